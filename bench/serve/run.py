@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -73,6 +74,11 @@ class LoadResult:
     requests: int
     non2xx: int
     socket_errors: int
+    # Cores busy on average during the run: the server (all its processes), wrk, and everything
+    # else on the machine. "others" is the noise: other people's work on a shared machine.
+    cores_server: float
+    cores_wrk: float
+    cores_others: float
 
 
 @dataclass
@@ -221,8 +227,38 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wrk(server: Server, connections: int, duration_s: int) -> LoadResult:
-    """Drive the server with wrk (one loader thread, same for every server) and post.lua."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot, summed over cores (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the live processes of one process group (server, workers)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk(server: Server, pgid: int, connections: int, duration_s: int) -> LoadResult:
+    """Drive the server with wrk (one loader thread, same for every server) and post.lua.
+
+    Also accounts for where the cores went during the run, so a noisy run can be recognised.
+    """
     cmd = [
         "wrk",
         "-t1",
@@ -236,9 +272,12 @@ def wrk(server: Server, connections: int, duration_s: int) -> LoadResult:
         server.url(server.invoke_path),
     ]
     env = {**os.environ, "BENCH_BODY": server.body, "BENCH_CONTENT_TYPE": server.content_type}
+    before = (time.perf_counter(), machine_busy_s(), group_cpu_s(pgid), children_cpu_s())
     out = subprocess.run(
         cmd, env=env, check=True, capture_output=True, text=True, timeout=duration_s + 60
     ).stdout
+    after = (time.perf_counter(), machine_busy_s(), group_cpu_s(pgid), children_cpu_s())
+    wall, busy, in_server, in_wrk = (a - b for a, b in zip(after, before, strict=True))
     line = next(line for line in out.splitlines() if line.startswith("BENCH_RESULT "))
     r = json.loads(line.removeprefix("BENCH_RESULT "))
     good = r["requests"] - r["non2xx"]
@@ -250,6 +289,9 @@ def wrk(server: Server, connections: int, duration_s: int) -> LoadResult:
         requests=r["requests"],
         non2xx=r["non2xx"],
         socket_errors=r["socket_errors"],
+        cores_server=in_server / wall,
+        cores_wrk=in_wrk / wall,
+        cores_others=max(0.0, busy - in_server - in_wrk) / wall,
     )
 
 
@@ -279,7 +321,7 @@ def profile(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wrk(server, 16, duration_s)
+        wrk(server, proc.pid, 16, duration_s)
     finally:
         spy.wait(timeout=duration_s + 60)
     return profile_summary.summarise(raw)
@@ -484,17 +526,18 @@ def ensure_wrk() -> None:
 
 def report(results: list[ServerResult], floors: dict[str, object]) -> str:
     lines = [
-        f"{'server':<18} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'non2xx':>7} {'cold start s (median)':>22}"
+        f"{'server':<22} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'non2xx':>7} {'cold s':>6}  cores: server wrk others"
     ]
     for res in results:
         cold = statistics.median(res.cold_start_s)
         for i, lr in enumerate(res.load):
             lines.append(
-                f"{res.name if i == 0 else '':<18} {lr.connections:>5} {lr.rps:>8.0f} "
+                f"{res.name if i == 0 else '':<22} {lr.connections:>5} {lr.rps:>8.0f} "
                 f"{lr.p50_ms:>8.3f} {lr.p99_ms:>8.2f} "
                 f"{lr.non2xx + lr.socket_errors:>7} "
-                f"{f'{cold:.3f}' if i == 0 else '':>22}"
+                f"{f'{cold:.3f}' if i == 0 else '':>6}  "
+                f"{lr.cores_server:>14.2f} {lr.cores_wrk:>3.2f} {lr.cores_others:>6.2f}"
             )
     lines.append("")
     for key, value in floors.items():
@@ -502,7 +545,7 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
     by = {r.name: r for r in results}
     lines.append("")
     for ours in (r for r in results if r.name.startswith("infermodes")):
-        for peer in ("mlserver-default", "mlserver-no-pool"):
+        for peer in ("mlserver-default", "mlserver-no-pool", "mlserver-no-pool-omp1"):
             if peer in by:
                 pairs = zip(ours.load, by[peer].load, strict=True)
                 ratios = ", ".join(f"{a.rps / b.rps:.2f}x at {a.connections}c" for a, b in pairs)
@@ -598,9 +641,9 @@ def main() -> None:
                 res.cold_start_s.append(cold)
                 if i < args.cold_starts - 1:
                     continue
-                wrk(server, 16, 2)  # warm-up, not recorded
+                wrk(server, proc.pid, 16, 2)  # warm-up, not recorded
                 for conns in connections:
-                    res.load.append(wrk(server, conns, args.duration))
+                    res.load.append(wrk(server, proc.pid, conns, args.duration))
                     print(f"{server.name} {res.load[-1]}", flush=True)
                 if args.profile and server.profile_python:
                     py_spy = peer_python.parent / "py-spy"
