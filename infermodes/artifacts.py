@@ -1,0 +1,129 @@
+"""Model artifacts: fetch from storage, unpack, recognise the format, load a Booster.
+
+Accepted: the managed platform's ``model.tar.gz`` (booster in the member ``xgboost-model``, or the
+one model-looking member), and bare XGBoost JSON, UBJ and legacy binary files. Pickles are refused
+unless the server's operator opts in, because unpickling an untrusted artifact runs its code.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from infermodes.errors import ModelLoadError, StorageError
+from infermodes.storage import Storage
+
+if TYPE_CHECKING:
+    import xgboost
+
+PLATFORM_MEMBER = "xgboost-model"
+MAX_MODEL_BYTES = 2 * 1024**3
+
+
+class ModelFormat(StrEnum):
+    JSON = "json"
+    UBJ = "ubj"
+    PICKLE = "pickle"
+    LEGACY_BINARY = "legacy-binary"
+
+
+def sniff_format(data: bytes) -> ModelFormat:
+    """Recognise a model by its first bytes (file names in tarballs are not trustworthy)."""
+    head = data[:16].lstrip()
+    if head.startswith(b"{"):
+        return (
+            ModelFormat.JSON
+            if head[1:2] in (b'"', b"\n", b" ", b"\r", b"\t", b"}")
+            else ModelFormat.UBJ
+        )
+    if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
+        return ModelFormat.PICKLE
+    return ModelFormat.LEGACY_BINARY
+
+
+def _is_gzip_tar(data: bytes) -> bool:
+    return data[:2] == b"\x1f\x8b"
+
+
+def extract_member(archive: bytes) -> bytes:
+    """The booster inside a ``model.tar.gz``: ``xgboost-model`` if present, else the only
+    regular file (ignoring hidden files). Members are read, never extracted to disk."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            files = [m for m in tar.getmembers() if m.isfile()]
+            named = [m for m in files if m.name.lstrip("./") == PLATFORM_MEMBER]
+            candidates = named or [
+                m for m in files if not m.name.rsplit("/", 1)[-1].startswith(".")
+            ]
+            if len(candidates) != 1:
+                names = ", ".join(m.name for m in files) or "none"
+                raise ModelLoadError(
+                    f"model.tar.gz must hold the member {PLATFORM_MEMBER!r} or exactly one model "
+                    f"file; found: {names}"
+                )
+            handle = tar.extractfile(candidates[0])
+            assert handle is not None  # a regular file always has a handle
+            return handle.read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ModelLoadError(f"model archive is not a readable tar.gz: {exc}") from exc
+
+
+def read_artifact(uri: str, storage: Storage) -> bytes:
+    """The raw booster bytes behind a model URI (unpacked when it is a tar.gz)."""
+    try:
+        data = storage.get_bytes(uri, limit=MAX_MODEL_BYTES)
+    except StorageError as exc:
+        raise ModelLoadError(f"cannot read model {uri}: {exc}") from exc
+    if not data:
+        raise ModelLoadError(f"model {uri} is empty")
+    return extract_member(data) if _is_gzip_tar(data) else data
+
+
+def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> xgboost.Booster:
+    """Build a Booster from raw model bytes in any accepted format."""
+    import xgboost
+
+    kind = sniff_format(data)
+    if kind is ModelFormat.PICKLE:
+        if not allow_pickle:
+            raise ModelLoadError(
+                "the model is a Python pickle; unpickling an untrusted artifact runs arbitrary "
+                "code, so it is refused. Re-save it with Booster.save_model('model.json' or "
+                "'model.ubj'), or start the server with --allow-pickle if you trust its source"
+            )
+        return _unpickle(data)
+    booster = xgboost.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgboost.core.XGBoostError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        hint = ""
+        if kind is ModelFormat.LEGACY_BINARY:
+            hint = (
+                f" (xgboost {xgboost.__version__} could not read it as the legacy binary format; "
+                "re-save it as JSON or UBJ with the xgboost version that wrote it)"
+            )
+        raise ModelLoadError(f"not a loadable XGBoost {kind} model: {first_line}{hint}") from exc
+    return booster
+
+
+def _unpickle(data: bytes) -> xgboost.Booster:
+    import pickle
+
+    import xgboost
+
+    try:
+        obj = pickle.loads(data)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot unpickle the model: {exc}") from exc
+    if hasattr(obj, "get_booster"):
+        obj = obj.get_booster()
+    if not isinstance(obj, xgboost.Booster):
+        raise ModelLoadError(f"the pickle holds a {type(obj).__name__}, not an XGBoost Booster")
+    return obj
+
+
+def load_booster(uri: str, storage: Storage, allow_pickle: bool = False) -> xgboost.Booster:
+    return booster_from_bytes(read_artifact(uri, storage), allow_pickle=allow_pickle)

@@ -1,0 +1,41 @@
+"""Domain errors. Each carries the HTTP status it maps to, so adapters map them in one place."""
+
+
+class InfermodesError(Exception):
+    """Base class; ``status_code`` is what an HTTP adapter answers for it."""
+
+    status_code: int = 500
+
+
+class InvalidInput(InfermodesError):
+    """The request body cannot be decoded or does not fit the model."""
+
+    status_code = 400
+
+
+class UnsupportedContentType(InfermodesError):
+    status_code = 415
+
+
+class NotAcceptable(InfermodesError):
+    status_code = 406
+
+
+class PayloadTooLarge(InfermodesError):
+    status_code = 413
+
+
+class ModelNotReady(InfermodesError):
+    status_code = 503
+
+
+class ModelLoadError(InfermodesError):
+    """The model artifact is missing, unreadable or in a format we refuse."""
+
+
+class StorageError(InfermodesError):
+    """Object storage failed or was given a URI it cannot serve."""
+
+
+class ObjectNotFound(StorageError):
+    status_code = 404

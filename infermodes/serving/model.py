@@ -1,0 +1,46 @@
+"""The XGBoost model: load once, predict many times. Nothing else lives here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from infermodes.artifacts import load_booster
+from infermodes.errors import InvalidInput
+from infermodes.storage import Storage
+
+if TYPE_CHECKING:
+    import xgboost
+
+
+@dataclass
+class XGBoostModel:
+    """A loaded booster and its feature count, checked on every request."""
+
+    booster: xgboost.Booster
+    num_features: int
+    load_seconds: float = 0.0
+
+    @classmethod
+    def load(
+        cls,
+        uri: str,
+        storage: Storage | None = None,
+        allow_pickle: bool = False,
+        threads: int = 1,
+    ) -> XGBoostModel:
+        """``threads`` is XGBoost's nthread for prediction: 1 for small online requests (more
+        threads per worker oversubscribe the cores and collapse throughput), more for batch."""
+        started = time.perf_counter()
+        booster = load_booster(uri, storage or Storage(), allow_pickle=allow_pickle)
+        booster.set_param({"nthread": threads})
+        return cls(booster, booster.num_features(), time.perf_counter() - started)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        if rows.ndim != 2 or rows.shape[1] != self.num_features:
+            got = rows.shape[1] if rows.ndim == 2 else rows.size
+            raise InvalidInput(f"expected {self.num_features} features, got {got}")
+        return self.booster.inplace_predict(rows, validate_features=False)

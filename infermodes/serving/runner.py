@@ -1,0 +1,171 @@
+"""Process model of ``infermodes serve``: one listening socket, N forked worker processes.
+
+Forking after the imports (rather than uvicorn's spawn-based workers, which re-import
+everything in each child) keeps cold start to one interpreter start. Each worker loads the
+model itself in the background and answers ``/ping`` 503 until it has. Predictions run with
+one XGBoost thread per worker, so workers do not oversubscribe the cores.
+
+Heavy imports happen inside functions: the multiprocess metrics directory must be in the
+environment before ``prometheus_client`` is first imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infermodes.settings import ServeSettings
+
+log = logging.getLogger("infermodes.serve")
+
+EXIT_MODEL_LOAD_FAILED = 3
+RESTART_BACKOFF_SECONDS = 1.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
+    """Serve on an already-bound socket until told to stop; returns the exit code."""
+    import uvicorn
+
+    from infermodes.serving.model import XGBoostModel
+    from infermodes.serving.server import ModelSlot, create_app
+
+    slot = ModelSlot()
+    app = create_app(settings, slot)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level=settings.log_level,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=75,
+    )
+    server = uvicorn.Server(config)
+
+    def load() -> XGBoostModel:
+        model = XGBoostModel.load(
+            settings.model_uri,
+            allow_pickle=settings.allow_pickle,
+            threads=settings.predict_threads,
+        )
+        app.state.metrics.model_load_duration.set(model.load_seconds)
+        log.info(
+            "model %s loaded in %.3f s (%d features)",
+            settings.model_uri,
+            model.load_seconds,
+            model.num_features,
+        )
+        return model
+
+    def stop(reason: str) -> None:
+        log.error("cannot load model: %s", reason)
+        server.should_exit = True
+
+    slot.load_in_background(load, stop)
+    server.run(sockets=[sock])
+    return EXIT_MODEL_LOAD_FAILED if slot.error else 0
+
+
+class Supervisor:
+    """Forks workers, restarts ones that crash, and stops them all on SIGTERM/SIGINT."""
+
+    def __init__(self, settings: ServeSettings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_worker(self.settings, self.sock)
+            finally:
+                os._exit(code)
+        self.children[pid] = index
+
+    def stop(self, signum: int, _frame: object = None) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        from prometheus_client import multiprocess
+
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        for index in range(self.settings.workers):
+            self.spawn(index)
+        exit_code = 0
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            multiprocess.mark_process_dead(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                continue
+            if code == EXIT_MODEL_LOAD_FAILED:
+                exit_code = code
+                self.stop(signal.SIGTERM)
+                continue
+            log.warning("worker %d (pid %d) exited with %d; restarting", index, pid, code)
+            time.sleep(RESTART_BACKOFF_SECONDS)
+            self.spawn(index)
+        return exit_code
+
+
+def preload_modules() -> None:
+    """Import the serving stack once, before forking, so workers share it instead of each
+    paying ~0.8 s of imports on a 2-core machine."""
+    import uvicorn  # noqa: F401
+    import xgboost  # noqa: F401
+
+    import infermodes.serving.server  # noqa: F401
+
+
+def serve(settings: ServeSettings) -> int:
+    """Entry point of ``infermodes serve``; returns the process exit code."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sock = bind_socket(settings.host, settings.port)
+    log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    if settings.workers == 1:
+        preload_modules()
+        return run_worker(settings, sock)
+    metrics_dir = tempfile.mkdtemp(prefix="infermodes-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        preload_modules()
+        return Supervisor(settings, sock).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

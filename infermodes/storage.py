@@ -1,0 +1,265 @@
+"""Object storage over ``file://`` (or plain paths) and ``s3://``.
+
+Payloads may be up to 1 GB, so the interface is streams: callers read and write in chunks
+and nothing here reads a whole object into memory unless asked to (``get_bytes``).
+Writes look atomic: a reader sees the old object or the whole new one, never a prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from infermodes.errors import ObjectNotFound, StorageError
+
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A parsed storage URI: ``scheme`` is ``file`` or ``s3``."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.key}"
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_uri(uri: str) -> ObjectRef:
+    """Parse ``file:///abs/path``, a plain path, or ``s3://bucket/key``."""
+    if not uri:
+        raise StorageError("empty storage URI")
+    if "://" not in uri:
+        return ObjectRef("file", "", str(Path(uri).resolve()))
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
+        return ObjectRef("file", "", unquote(parts.path))
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise StorageError(f"s3 URI has no bucket: {uri!r}")
+        return ObjectRef("s3", parts.netloc, parts.path.lstrip("/"))
+    raise StorageError(
+        f"unsupported storage scheme {parts.scheme!r} in {uri!r} (use file:// or s3://)"
+    )
+
+
+def join_uri(prefix: str, name: str) -> str:
+    """``join_uri("s3://b/out", "x.out") == "s3://b/out/x.out"``; works for paths too."""
+    return prefix.rstrip("/") + "/" + name.lstrip("/")
+
+
+class ObjectStore(Protocol):
+    """What async and batch need from storage."""
+
+    def open_read(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def exists(self, ref: ObjectRef) -> bool: ...
+    def size(self, ref: ObjectRef) -> int: ...
+    def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
+    def delete(self, ref: ObjectRef) -> None: ...
+
+
+class FileStore:
+    """Local files. Writes go to a temporary name in the same folder, then ``os.replace``."""
+
+    @contextlib.contextmanager
+    def open_read(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        try:
+            handle = open(ref.key, "rb")  # noqa: SIM115 - closed by the context manager
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no such object: {ref.uri}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {ref.uri}: {exc.strerror}") from exc
+        with handle:
+            yield handle
+
+    @contextlib.contextmanager
+    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        target = Path(ref.key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+    def exists(self, ref: ObjectRef) -> bool:
+        return Path(ref.key).is_file()
+
+    def size(self, ref: ObjectRef) -> int:
+        try:
+            return Path(ref.key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no such object: {ref.uri}") from None
+
+    def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
+        """Objects whose path starts with the prefix, sorted; temp files are skipped."""
+        base = Path(prefix.key)
+        root = base if base.is_dir() else base.parent
+        if not root.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if name.startswith(".") or not path.startswith(prefix.key):
+                    continue
+                yield ObjectRef("file", "", path)
+
+    def delete(self, ref: ObjectRef) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ref.key)
+
+
+class S3Store:
+    """S3 or any S3-compatible store. boto3 reads the endpoint and credentials from the standard
+    AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...): nothing to configure here.
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3  # deferred: boto3 costs ~0.3 s to import and file:// users never need it
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def _translate(self, exc: Exception, ref: ObjectRef) -> StorageError:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
+            return ObjectNotFound(f"no such object: {ref.uri}")
+        return StorageError(f"s3 error on {ref.uri}: {exc}")
+
+    @contextlib.contextmanager
+    def open_read(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        try:
+            body = self.client.get_object(Bucket=ref.bucket, Key=ref.key)["Body"]
+        except Exception as exc:
+            raise self._translate(exc, ref) from exc
+        try:
+            yield body
+        finally:
+            body.close()
+
+    @contextlib.contextmanager
+    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        """Spool to memory up to 8 MB, then to a temp file; upload (multipart when large) on
+        close. S3 makes the object visible only when the upload completes."""
+        with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as spool:
+            yield spool  # type: ignore[misc]
+            spool.seek(0)
+            try:
+                self.client.upload_fileobj(spool, ref.bucket, ref.key)
+            except Exception as exc:
+                raise self._translate(exc, ref) from exc
+
+    def exists(self, ref: ObjectRef) -> bool:
+        try:
+            self.size(ref)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def size(self, ref: ObjectRef) -> int:
+        try:
+            return int(self.client.head_object(Bucket=ref.bucket, Key=ref.key)["ContentLength"])
+        except Exception as exc:
+            raise self._translate(exc, ref) from exc
+
+    def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+                for item in page.get("Contents", []):
+                    yield ObjectRef("s3", prefix.bucket, item["Key"])
+        except Exception as exc:
+            raise self._translate(exc, prefix) from exc
+
+    def delete(self, ref: ObjectRef) -> None:
+        try:
+            self.client.delete_object(Bucket=ref.bucket, Key=ref.key)
+        except Exception as exc:
+            raise self._translate(exc, ref) from exc
+
+
+class Storage:
+    """One entry point for every scheme: methods take URIs and pick the store."""
+
+    def __init__(
+        self, file_store: FileStore | None = None, s3_store: S3Store | None = None
+    ) -> None:
+        self._stores: dict[str, ObjectStore] = {
+            "file": file_store or FileStore(),
+            "s3": s3_store or S3Store(),
+        }
+
+    def _resolve(self, uri: str) -> tuple[ObjectStore, ObjectRef]:
+        ref = parse_uri(uri)
+        return self._stores[ref.scheme], ref
+
+    def open_read(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        store, ref = self._resolve(uri)
+        return store.open_read(ref)
+
+    def open_write(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        store, ref = self._resolve(uri)
+        return store.open_write(ref)
+
+    def exists(self, uri: str) -> bool:
+        store, ref = self._resolve(uri)
+        return store.exists(ref)
+
+    def size(self, uri: str) -> int:
+        store, ref = self._resolve(uri)
+        return store.size(ref)
+
+    def list(self, prefix_uri: str) -> list[str]:
+        store, ref = self._resolve(prefix_uri)
+        return [item.uri for item in store.list(ref)]
+
+    def delete(self, uri: str) -> None:
+        store, ref = self._resolve(uri)
+        store.delete(ref)
+
+    def get_bytes(self, uri: str, limit: int | None = None) -> bytes:
+        """Read a whole object; ``limit`` guards memory for objects that should be small."""
+        with self.open_read(uri) as handle:
+            data = handle.read(-1 if limit is None else limit + 1)
+        if limit is not None and len(data) > limit:
+            raise StorageError(f"{uri} is larger than {limit} bytes")
+        return data
+
+    def put_bytes(self, uri: str, data: bytes) -> None:
+        with self.open_write(uri) as handle:
+            handle.write(data)
+
+    def copy_to_file(self, uri: str, dest: Path) -> None:
+        """Stream an object to a local file in chunks."""
+        with self.open_read(uri) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK_SIZE)

@@ -1,0 +1,52 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.processes import REPO
+from tests.support.s3 import S3Endpoint, s3_server
+
+
+@dataclass(frozen=True)
+class AbaloneModel:
+    """The example's trained model and held-out rows, written by the example script itself."""
+
+    directory: Path
+
+    @property
+    def tarball(self) -> Path:
+        return self.directory / "model.tar.gz"
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return np.loadtxt(self.directory / "test.csv", delimiter=",", dtype=np.float32)
+
+    def booster(self) -> object:
+        from infermodes.artifacts import booster_from_bytes, extract_member
+
+        return booster_from_bytes(extract_member(self.tarball.read_bytes()))
+
+
+@pytest.fixture(scope="session")
+def abalone_model(tmp_path_factory: pytest.TempPathFactory) -> AbaloneModel:
+    directory = tmp_path_factory.mktemp("abalone")
+    subprocess.run(
+        [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(directory)],
+        check=True,
+        capture_output=True,
+    )
+    return AbaloneModel(directory)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Endpoint]:
+    with s3_server() as endpoint:
+        yield endpoint

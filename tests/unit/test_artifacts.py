@@ -1,0 +1,121 @@
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from infermodes.artifacts import (
+    ModelFormat,
+    booster_from_bytes,
+    load_booster,
+    sniff_format,
+)
+from infermodes.errors import ModelLoadError
+from infermodes.serving.model import XGBoostModel
+from infermodes.storage import Storage
+
+FEATURES = np.random.default_rng(0).random((40, 4), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def booster() -> xgb.Booster:
+    labels = FEATURES.sum(axis=1)
+    return xgb.train({"max_depth": 2, "nthread": 1}, xgb.DMatrix(FEATURES, labels), 5)
+
+
+def tarball(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def same_predictions(loaded: xgb.Booster, original: xgb.Booster) -> bool:
+    return np.array_equal(loaded.inplace_predict(FEATURES), original.inplace_predict(FEATURES))
+
+
+@pytest.mark.parametrize("fmt", ["json", "ubj"])
+def test_bare_files_load(tmp_path: Path, booster: xgb.Booster, fmt: str) -> None:
+    path = tmp_path / f"model.{fmt}"
+    booster.save_model(path)
+    assert sniff_format(path.read_bytes()) == ModelFormat(fmt)
+    for uri in (str(path), f"file://{path}"):
+        assert same_predictions(load_booster(uri, Storage()), booster)
+
+
+@pytest.mark.parametrize("member", ["xgboost-model", "./xgboost-model", "model.json"])
+def test_platform_tarball(tmp_path: Path, booster: xgb.Booster, member: str) -> None:
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(tarball({member: bytes(booster.save_raw("json"))}))
+    model = XGBoostModel.load(str(path))
+    assert model.num_features == 4
+    np.testing.assert_array_equal(model.predict(FEATURES), booster.inplace_predict(FEATURES))
+
+
+def test_tarball_prefers_platform_member(tmp_path: Path, booster: xgb.Booster) -> None:
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(tarball({"README": b"hello", "xgboost-model": bytes(booster.save_raw())}))
+    assert same_predictions(load_booster(str(path), Storage()), booster)
+
+
+def test_tarball_with_several_candidates_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(tarball({"a.json": b"{}", "b.json": b"{}"}))
+    with pytest.raises(ModelLoadError, match="exactly one model file; found: a.json, b.json"):
+        load_booster(str(path), Storage())
+
+
+def test_pickle_is_refused_by_default(booster: xgb.Booster) -> None:
+    data = pickle.dumps(booster)
+    assert sniff_format(data) is ModelFormat.PICKLE
+    with pytest.raises(ModelLoadError, match="pickle.*refused.*--allow-pickle"):
+        booster_from_bytes(data)
+
+
+def test_pickle_inside_tarball_is_refused(tmp_path: Path, booster: xgb.Booster) -> None:
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(tarball({"xgboost-model": pickle.dumps(booster)}))
+    with pytest.raises(ModelLoadError, match="pickle"):
+        load_booster(str(path), Storage())
+
+
+def test_pickle_loads_with_explicit_opt_in(booster: xgb.Booster) -> None:
+    assert same_predictions(booster_from_bytes(pickle.dumps(booster), allow_pickle=True), booster)
+
+
+def test_pickle_of_something_else_is_refused_even_with_opt_in() -> None:
+    with pytest.raises(ModelLoadError, match="holds a dict, not an XGBoost Booster"):
+        booster_from_bytes(pickle.dumps({"a": 1}), allow_pickle=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"garbage that is not a model", "not a loadable XGBoost legacy-binary model"),
+        (b'{"learner": 1}', "not a loadable XGBoost json model"),
+        (b"\x1f\x8b broken gzip", "not a readable tar.gz"),
+    ],
+)
+def test_unloadable_artifacts(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message):
+        load_booster(str(path), Storage())
+
+
+def test_missing_artifact(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot read model .*no such object"):
+        load_booster(f"file://{tmp_path}/absent.tar.gz", Storage())
+
+
+def test_wrong_feature_count_is_checked() -> None:
+    model = XGBoostModel(booster=None, num_features=4)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="expected 4 features, got 3"):
+        model.predict(np.zeros((1, 3), dtype=np.float32))

@@ -1,0 +1,59 @@
+"""The app in-process: readiness before and after the model arrives, and error mapping."""
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from fastapi.testclient import TestClient
+
+from infermodes.serving.model import XGBoostModel
+from infermodes.serving.server import ModelSlot, create_app
+from infermodes.settings import ServeSettings
+
+
+@pytest.fixture
+def model() -> XGBoostModel:
+    features = np.random.default_rng(1).random((20, 3), dtype=np.float32)
+    booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 3)
+    return XGBoostModel(booster, booster.num_features())
+
+
+def test_ping_is_503_until_the_model_is_loaded(model: XGBoostModel) -> None:
+    slot = ModelSlot()
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    assert client.get("/ping").status_code == 503
+    response = client.post("/invocations", content=b"1,2,3", headers={"content-type": "text/csv"})
+    assert response.status_code == 503
+    assert response.json()["message"] == "model is loading"
+    slot.model = model
+    assert client.get("/ping").status_code == 200
+    response = client.post("/invocations", content=b"1,2,3", headers={"content-type": "text/csv"})
+    assert response.status_code == 200
+
+
+def test_load_failure_is_reported_by_ping() -> None:
+    slot = ModelSlot()
+    failures: list[str] = []
+
+    def load() -> XGBoostModel:
+        from infermodes.errors import ModelLoadError
+
+        raise ModelLoadError("no such object: file:///absent")
+
+    slot.load_in_background(load, failures.append).join(5)
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    response = client.get("/ping")
+    assert response.status_code == 503
+    assert "no such object" in response.json()["message"]
+    assert failures == ["no such object: file:///absent"]
+
+
+def test_chunked_body_over_limit_is_413(model: XGBoostModel) -> None:
+    slot = ModelSlot()
+    slot.model = model
+    client = TestClient(create_app(ServeSettings(model_uri="unused", max_payload_bytes=10), slot))
+
+    def chunks():  # no Content-Length: the limit must hold while streaming
+        yield b"1,2,3\n" * 3
+
+    response = client.post("/invocations", content=chunks(), headers={"content-type": "text/csv"})
+    assert response.status_code == 413
