@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 
-def summarise(raw: Path, top: int = 25) -> str:
+def summarise(raw: Path, top: int = 40) -> str:
     """Return self and inclusive sample shares of the busiest functions in ``raw``."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -21,7 +21,15 @@ def summarise(raw: Path, top: int = 25) -> str:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = stack.split(";")
+        # Merge a function's lines, and the workers of one server (py-spy roots each stack
+        # in "process PID:cmdline" frames), so that shares add up per function.
+        frames = [
+            f"{name} ({path.rsplit(':', 1)[0]})" if path else name
+            for name, _, path in (f.partition(" (") for f in stack.split(";"))
+            if not name.startswith("process ")
+        ]
+        if not frames:
+            continue
         total += n
         own[frames[-1]] += n
         for frame in set(frames):
@@ -29,7 +37,7 @@ def summarise(raw: Path, top: int = 25) -> str:
     if total == 0:
         return f"no samples in {raw}"
     out = [f"{total} samples (active threads only)", "self %  function"]
-    out += [f"{100 * n / total:6.1f}  {f}" for f, n in own.most_common(top)]
+    out += [f"{100 * n / total:6.1f}  {f}" for f, n in own.most_common(top // 2)]
     out += ["inclusive %  function"]
     out += [f"{100 * n / total:6.1f}  {f}" for f, n in inclusive.most_common(top)]
     return "\n".join(out)
