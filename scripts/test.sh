@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run the whole suite:
+# lint, unit, integration (real processes, real RabbitMQ) and cluster tests (a real
+# Kubernetes control plane built from source). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { echo "==> $1"; STEP_STARTED=$SECONDS; }
+done_step() { echo "    done in $((SECONDS - STEP_STARTED)) s"; }
+
+step "python environment"
+scripts/install.sh --dev
+done_step
+
+step "lint (ruff)"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+done_step
+
+step "tests"
+exec .venv/bin/python -m pytest "$@"
