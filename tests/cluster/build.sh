@@ -33,6 +33,32 @@ build() {
   rmdir "$tmp"
 }
 
+# The one change to Kubernetes: pods here are processes with loopback IPs (127.0.x.y), and
+# the API server refuses loopback addresses in EndpointSlices and Endpoints. A go build overlay
+# drops that single check (ValidateEndpointIP's loopback branch) so the real endpointslice
+# controller can publish pod IPs. Prints the overlay JSON's path.
+loopback_endpoints_overlay() {
+  local dir="$cache_root/overlay-$1" src
+  src="$(cd "$here/k8sbuild" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
+  src="$src/pkg/apis/core/validation/validation.go"
+  mkdir -p "$dir"
+  python3 - "$src" "$dir/validation.go" <<'PY'
+import sys
+
+src, dst = sys.argv[1], sys.argv[2]
+text = open(src, encoding="utf-8").read()
+check = """	if ip.IsLoopback() {
+		allErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
+	}
+"""
+if text.count(check) != 1:
+    sys.exit(f"loopback check not found exactly once in {src}: update the overlay for this version")
+open(dst, "w", encoding="utf-8").write(text.replace(check, ""))
+PY
+  printf '{"Replace": {"%s": "%s"}}\n' "$src" "$dir/validation.go" > "$dir/overlay.json"
+  echo "$dir/overlay.json"
+}
+
 build_k8s() {
   local version out
   version="$(mod_version "$here/k8sbuild" k8s.io/kubernetes)"
@@ -48,7 +74,9 @@ build_k8s() {
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  build "$here/k8sbuild" "$out" "$ldflags" \
+  local overlay
+  overlay="$(loopback_endpoints_overlay "$version")"
+  GOFLAGS="$GOFLAGS -overlay=$overlay" build "$here/k8sbuild" "$out" "$ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler
@@ -64,7 +92,7 @@ build_etcd() {
     return
   fi
   build "$here/etcdbuild" "$out" "" go.etcd.io/etcd/server/v3
-  mv "$out/v3" "$out/etcd"
+  mv "$out/server" "$out/etcd"  # the main package is the module root, named "server"
   echo "etcd $version: built into $out"
 }
 
