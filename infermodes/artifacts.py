@@ -10,13 +10,10 @@ from __future__ import annotations
 import io
 import tarfile
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from infermodes.errors import ModelLoadError, StorageError
+from infermodes.serving.xgb_native import NativeBooster, library_version
 from infermodes.storage import Storage
-
-if TYPE_CHECKING:
-    import xgboost
 
 PLATFORM_MEMBER = "xgboost-model"
 MAX_MODEL_BYTES = 2 * 1024**3
@@ -64,7 +61,8 @@ def extract_member(archive: bytes) -> bytes:
                     f"file; found: {names}"
                 )
             handle = tar.extractfile(candidates[0])
-            assert handle is not None  # a regular file always has a handle
+            if handle is None:
+                raise ModelLoadError(f"cannot read {candidates[0].name} from the archive")
             return handle.read()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ModelLoadError(f"model archive is not a readable tar.gz: {exc}") from exc
@@ -81,10 +79,8 @@ def read_artifact(uri: str, storage: Storage) -> bytes:
     return extract_member(data) if _is_gzip_tar(data) else data
 
 
-def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> xgboost.Booster:
-    """Build a Booster from raw model bytes in any accepted format."""
-    import xgboost
-
+def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster:
+    """Build a booster from raw model bytes in any accepted format."""
     kind = sniff_format(data)
     if kind is ModelFormat.PICKLE:
         if not allow_pickle:
@@ -93,37 +89,35 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> xgboost.Boost
                 "code, so it is refused. Re-save it with Booster.save_model('model.json' or "
                 "'model.ubj'), or start the server with --allow-pickle if you trust its source"
             )
-        return _unpickle(data)
-    booster = xgboost.Booster()
+        data = _unpickle_to_ubj(data)
     try:
-        booster.load_model(bytearray(data))
-    except xgboost.core.XGBoostError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
+        return NativeBooster(data)
+    except ModelLoadError as exc:
         hint = ""
         if kind is ModelFormat.LEGACY_BINARY:
             hint = (
-                f" (xgboost {xgboost.__version__} could not read it as the legacy binary format; "
+                f" (xgboost {library_version()} could not read it as the legacy binary format; "
                 "re-save it as JSON or UBJ with the xgboost version that wrote it)"
             )
-        raise ModelLoadError(f"not a loadable XGBoost {kind} model: {first_line}{hint}") from exc
-    return booster
+        raise ModelLoadError(f"not a loadable XGBoost {kind} model: {exc}{hint}") from exc
 
 
-def _unpickle(data: bytes) -> xgboost.Booster:
+def _unpickle_to_ubj(data: bytes) -> bytes:
+    """Unpickle (opt-in only) and re-serialise as UBJ for the native loader."""
     import pickle
 
     import xgboost
 
     try:
-        obj = pickle.loads(data)
+        obj = pickle.loads(data)  # noqa: S301 - only with an explicit opt-in
     except Exception as exc:
         raise ModelLoadError(f"cannot unpickle the model: {exc}") from exc
     if hasattr(obj, "get_booster"):
         obj = obj.get_booster()
     if not isinstance(obj, xgboost.Booster):
         raise ModelLoadError(f"the pickle holds a {type(obj).__name__}, not an XGBoost Booster")
-    return obj
+    return bytes(obj.save_raw("ubj"))
 
 
-def load_booster(uri: str, storage: Storage, allow_pickle: bool = False) -> xgboost.Booster:
+def load_booster(uri: str, storage: Storage, allow_pickle: bool = False) -> NativeBooster:
     return booster_from_bytes(read_artifact(uri, storage), allow_pickle=allow_pickle)

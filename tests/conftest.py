@@ -30,9 +30,14 @@ class AbaloneModel:
         return np.loadtxt(self.directory / "test.csv", delimiter=",", dtype=np.float32)
 
     def booster(self) -> object:
-        from infermodes.artifacts import booster_from_bytes, extract_member
+        """The booster loaded by the xgboost package itself: the oracle for predictions."""
+        import xgboost
 
-        return booster_from_bytes(extract_member(self.tarball.read_bytes()))
+        from infermodes.artifacts import extract_member
+
+        booster = xgboost.Booster()
+        booster.load_model(bytearray(extract_member(self.tarball.read_bytes())))
+        return booster
 
 
 @pytest.fixture(scope="session")

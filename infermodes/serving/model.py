@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from infermodes.artifacts import load_booster
 from infermodes.errors import InvalidInput
+from infermodes.serving.xgb_native import NativeBooster
 from infermodes.storage import Storage
-
-if TYPE_CHECKING:
-    import xgboost
 
 
 @dataclass
 class XGBoostModel:
     """A loaded booster and its feature count, checked on every request."""
 
-    booster: xgboost.Booster
+    booster: NativeBooster
     num_features: int
     load_seconds: float = 0.0
 
@@ -36,11 +33,11 @@ class XGBoostModel:
         threads per worker oversubscribe the cores and collapse throughput), more for batch."""
         started = time.perf_counter()
         booster = load_booster(uri, storage or Storage(), allow_pickle=allow_pickle)
-        booster.set_param({"nthread": threads})
-        return cls(booster, booster.num_features(), time.perf_counter() - started)
+        booster.set_threads(threads)
+        return cls(booster, booster.num_features, time.perf_counter() - started)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         if rows.ndim != 2 or rows.shape[1] != self.num_features:
             got = rows.shape[1] if rows.ndim == 2 else rows.size
             raise InvalidInput(f"expected {self.num_features} features, got {got}")
-        return self.booster.inplace_predict(rows, validate_features=False)
+        return self.booster.predict(rows)

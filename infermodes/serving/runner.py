@@ -147,9 +147,11 @@ def preload_modules() -> None:
     """Import the serving stack once, before forking, so workers share it instead of each
     paying ~0.8 s of imports on a 2-core machine."""
     import uvicorn  # noqa: F401
-    import xgboost  # noqa: F401
 
     import infermodes.serving.server  # noqa: F401
+    from infermodes.serving.xgb_native import library
+
+    library()
 
 
 def serve(settings: ServeSettings) -> int:

@@ -15,6 +15,7 @@ from infermodes.artifacts import (
 )
 from infermodes.errors import ModelLoadError
 from infermodes.serving.model import XGBoostModel
+from infermodes.serving.xgb_native import NativeBooster
 from infermodes.storage import Storage
 
 FEATURES = np.random.default_rng(0).random((40, 4), dtype=np.float32)
@@ -36,8 +37,8 @@ def tarball(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def same_predictions(loaded: xgb.Booster, original: xgb.Booster) -> bool:
-    return np.array_equal(loaded.inplace_predict(FEATURES), original.inplace_predict(FEATURES))
+def same_predictions(loaded: NativeBooster, original: xgb.Booster) -> bool:
+    return np.array_equal(loaded.predict(FEATURES), original.inplace_predict(FEATURES))
 
 
 @pytest.mark.parametrize("fmt", ["json", "ubj"])

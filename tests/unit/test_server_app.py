@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from infermodes.serving.model import XGBoostModel
 from infermodes.serving.server import ModelSlot, create_app
+from infermodes.serving.xgb_native import NativeBooster
 from infermodes.settings import ServeSettings
 
 
@@ -14,7 +15,8 @@ from infermodes.settings import ServeSettings
 def model() -> XGBoostModel:
     features = np.random.default_rng(1).random((20, 3), dtype=np.float32)
     booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 3)
-    return XGBoostModel(booster, booster.num_features())
+    native = NativeBooster(bytes(booster.save_raw("ubj")))
+    return XGBoostModel(native, native.num_features)
 
 
 def test_ping_is_503_until_the_model_is_loaded(model: XGBoostModel) -> None:
