@@ -25,7 +25,7 @@ build() {
   local dir="$1" out="$2" ldflags="$3"
   shift 3
   local tmp="$out.tmp.$$"
-  rm -rf "$tmp"
+  rm -rf "$out".tmp.*  # left behind by an interrupted build
   mkdir -p "$tmp"
   (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
   mkdir -p "$out"
@@ -33,30 +33,38 @@ build() {
   rmdir "$tmp"
 }
 
-# The one change to Kubernetes: pods here are processes with loopback IPs (127.0.x.y), and
-# the API server refuses loopback addresses in EndpointSlices and Endpoints. A go build overlay
-# drops that single check (ValidateEndpointIP's loopback branch) so the real endpointslice
-# controller can publish pod IPs. Prints the overlay JSON's path.
-loopback_endpoints_overlay() {
-  local dir="$cache_root/overlay-$1" src
-  src="$(cd "$here/k8sbuild" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)"
-  src="$src/pkg/apis/core/validation/validation.go"
-  mkdir -p "$dir"
-  python3 - "$src" "$dir/validation.go" <<'PY'
+# The one change to Kubernetes: pods here are processes with loopback IPs (127.x.y.z), and the
+# API server refuses loopback addresses in EndpointSlices and Endpoints. We build from a copy of
+# the k8s.io/kubernetes module (go build -overlay may not replace files in the module cache) in
+# which that single check, ValidateEndpointIP's loopback branch, is removed, so the real
+# endpointslice controller can publish pod IPs. Prints the path of the go.mod to build with.
+patched_kubernetes_modfile() {
+  local version="$1" dir="$cache_root/src-kubernetes-$1" src
+  src="$(cd "$here/k8sbuild" && go mod download -json k8s.io/kubernetes | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+  if [[ ! -f $dir/.patched ]]; then
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r "$src" "$dir/kubernetes"
+    chmod -R u+w "$dir/kubernetes"
+    python3 - "$dir/kubernetes/pkg/apis/core/validation/validation.go" <<'PY'
 import sys
 
-src, dst = sys.argv[1], sys.argv[2]
-text = open(src, encoding="utf-8").read()
-check = """	if ip.IsLoopback() {
-		allErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
-	}
+path = sys.argv[1]
+text = open(path, encoding="utf-8").read()
+check = """\tif ip.IsLoopback() {
+\t\tallErrs = append(allErrs, field.Invalid(fldPath, ipAddress, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
+\t}
 """
 if text.count(check) != 1:
-    sys.exit(f"loopback check not found exactly once in {src}: update the overlay for this version")
-open(dst, "w", encoding="utf-8").write(text.replace(check, ""))
+    sys.exit(f"loopback check not found exactly once in {path}: update the patch for this version")
+open(path, "w", encoding="utf-8").write(text.replace(check, ""))
 PY
-  printf '{"Replace": {"%s": "%s"}}\n' "$src" "$dir/validation.go" > "$dir/overlay.json"
-  echo "$dir/overlay.json"
+    cp "$here/k8sbuild/go.mod" "$dir/go.mod"
+    cp "$here/k8sbuild/go.sum" "$dir/go.sum"
+    echo "replace k8s.io/kubernetes => $dir/kubernetes" >> "$dir/go.mod"
+    touch "$dir/.patched"
+  fi
+  echo "$dir/go.mod"
 }
 
 build_k8s() {
@@ -74,9 +82,9 @@ build_k8s() {
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  local overlay
-  overlay="$(loopback_endpoints_overlay "$version")"
-  GOFLAGS="$GOFLAGS -overlay=$overlay" build "$here/k8sbuild" "$out" "$ldflags" \
+  local modfile
+  modfile="$(patched_kubernetes_modfile "$version")"
+  GOFLAGS="$GOFLAGS -modfile=$modfile" build "$here/k8sbuild" "$out" "$ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler
