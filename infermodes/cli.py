@@ -58,3 +58,31 @@ def serve(**options: Any) -> None:
 
     settings = _settings_or_exit(ServeSettings, **options)
     sys.exit(run_server(settings))
+
+
+@main.command("operator")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Namespace to watch (repeatable). [default: all namespaces]",
+)
+@click.option("--image", help="Image for endpoint pods. [env INFERMODES_OPERATOR_IMAGE]")
+@click.option("--resync-seconds", type=float, help="Reconcile and scale interval. [default 10]")
+@click.option("--log-level", help="debug, info, warning, error. [default info]")
+def operator_command(namespaces: tuple[str, ...], **options: Any) -> None:
+    """Run the Kubernetes operator that reconciles InferenceEndpoint resources."""
+    from infermodes.operator.handlers import run_operator
+    from infermodes.settings import OperatorSettings
+
+    if namespaces:
+        options["namespaces"] = list(namespaces)
+    run_operator(_settings_or_exit(OperatorSettings, **options))
+
+
+@main.command()
+def crd() -> None:
+    """Print the InferenceEndpoint CustomResourceDefinition (YAML)."""
+    from infermodes.operator.crd import crd_yaml
+
+    click.echo(crd_yaml(), nl=False)

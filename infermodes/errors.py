@@ -39,3 +39,19 @@ class StorageError(InfermodesError):
 
 class ObjectNotFound(StorageError):
     status_code = 404
+
+
+class EndpointNotFound(InfermodesError):
+    status_code = 404
+
+
+class BrokerUnavailable(InfermodesError):
+    """The message broker did not confirm a message: the request was not accepted."""
+
+    status_code = 503
+
+
+class InvocationTimeout(InfermodesError):
+    """An asynchronous request ran past its invocation timeout."""
+
+    status_code = 408

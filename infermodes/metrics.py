@@ -16,6 +16,7 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+PROCESSING_BUCKETS = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 3600.0)  # async: up to 1 h
 SIZE_BUCKETS = tuple(float(4**power) for power in range(3, 16))  # 64 B .. 1 GiB
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -59,6 +60,61 @@ class ServerMetrics:
             "How long loading the model artifact took.",
             registry=registry,
             multiprocess_mode="max",
+        )
+
+
+class WorkerMetrics:
+    """The async worker's metrics, served on its side port. ``outcome`` is one of
+    ``invocations.OUTCOMES``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "infermodes_async_messages",
+            "Queue deliveries handled, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.processing_duration = Histogram(
+            "infermodes_async_processing_duration_seconds",
+            "Time from delivery to settlement of one message.",
+            ["outcome"],
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "infermodes_async_in_flight",
+            "Messages delivered to this worker and not yet settled.",
+            registry=registry,
+        )
+        self.notifications = Counter(
+            "infermodes_async_notifications",
+            "Notifications sent, by channel (topic, webhook) and result (sent, failed).",
+            ["channel", "result"],
+            registry=registry,
+        )
+        self.rows_predicted = Counter(
+            "infermodes_async_rows_predicted",
+            "Input rows the worker has scored.",
+            registry=registry,
+        )
+
+
+class AsyncApiMetrics:
+    """The accepting side's metrics: how many requests were queued or refused, and how long
+    the broker took to confirm."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.accepted = Counter(
+            "infermodes_async_requests",
+            "Async invocation requests, by endpoint and HTTP status code.",
+            ["endpoint", "status_code"],
+            registry=registry,
+        )
+        self.enqueue_duration = Histogram(
+            "infermodes_async_enqueue_duration_seconds",
+            "Time to store an inline input and get the broker's publisher confirm.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
 
 

@@ -1,0 +1,154 @@
+"""Success and error notifications of async requests: a RabbitMQ topic exchange (routing keys
+``<endpoint>.success`` and ``<endpoint>.error``) and optional HTTP webhooks.
+
+Delivery is at least once: a redelivered request whose result exists is notified again, so
+consumers de-duplicate by ``inferenceId``. The body follows the managed platform's shape, with
+the result inline when it is at most 128 KB.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+import httpx
+
+from infermodes.errors import BrokerUnavailable
+from infermodes.invocations import Failure, InvocationRequest
+from infermodes.metrics import WorkerMetrics
+from infermodes.queue import NOTIFICATION_EXCHANGE, ConfirmedChannel
+
+log = logging.getLogger("infermodes.notifications")
+
+INLINE_RESULT_LIMIT = 128 * 1024
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_BACKOFF_SECONDS = 0.5
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def routing_key(endpoint: str, success: bool) -> str:
+    return f"{endpoint}.{'success' if success else 'error'}"
+
+
+def success_body(
+    request: InvocationRequest, completed_at: float, result: bytes | None
+) -> dict[str, object]:
+    """``result`` is the output when small enough to inline (see ``INLINE_RESULT_LIMIT``)."""
+    body = _common(request.inference_id, request.endpoint, request.accepted_at, completed_at)
+    body["invocationStatus"] = "Completed"
+    body["requestParameters"] = _request_parameters(request)
+    body["responseParameters"] = {
+        "contentType": request.accept,
+        "outputLocation": request.output_location,
+    }
+    if result is not None and len(result) <= INLINE_RESULT_LIMIT:
+        body["responseBody"] = {
+            "content": result.decode("utf-8", "replace"),
+            "encoding": "STRING",
+        }
+    return body
+
+
+def error_body(
+    inference_id: str | None,
+    endpoint: str,
+    failure: Failure,
+    failure_location: str | None,
+    completed_at: float,
+    request: InvocationRequest | None,
+) -> dict[str, object]:
+    """``request`` is None when the message itself could not be read (only salvaged fields)."""
+    received = request.accepted_at if request is not None else None
+    body = _common(inference_id, endpoint, received, completed_at)
+    body["invocationStatus"] = "Failed"
+    if request is not None:
+        body["requestParameters"] = _request_parameters(request)
+    body["responseParameters"] = {"failureLocation": failure_location}
+    body["failureReason"] = failure.reason
+    body["failureMessage"] = failure.message
+    return body
+
+
+def _common(
+    inference_id: str | None, endpoint: str, received_at: float | None, completed_at: float
+) -> dict[str, object]:
+    return {
+        "eventName": "InferenceResult",
+        "eventVersion": "1.0",
+        "eventSource": "infermodes",
+        "inferenceId": inference_id,
+        "endpointName": endpoint,
+        "receivedTime": _iso(received_at) if received_at is not None else None,
+        "eventTime": _iso(completed_at),
+    }
+
+
+def _request_parameters(request: InvocationRequest) -> dict[str, object]:
+    return {
+        "endpointName": request.endpoint,
+        "inputLocation": request.input_location,
+        "contentType": request.content_type,
+        "accept": request.accept,
+        "customAttributes": request.custom_attributes,
+        "invocationTimeoutSeconds": request.invocation_timeout_seconds,
+    }
+
+
+class Notifier:
+    """Publishes to the topic exchange (confirmed; a failure raises BrokerUnavailable so the
+    request is retried), then POSTs to each webhook with bounded retries (a webhook that stays
+    down is logged and counted, and does not hold the queue)."""
+
+    def __init__(
+        self,
+        channel: ConfirmedChannel,
+        metrics: WorkerMetrics,
+        webhook_urls: list[str],
+        webhook_attempts: int,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.channel = channel
+        self.metrics = metrics
+        self.webhook_urls = webhook_urls
+        self.webhook_attempts = webhook_attempts
+        self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS)
+
+    def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
+        payload = json.dumps(body).encode()
+        message_id = str(body.get("inferenceId") or "")
+        try:
+            self.channel.publish(
+                NOTIFICATION_EXCHANGE,
+                routing_key(endpoint, success),
+                payload,
+                message_id,
+                mandatory=False,
+            )
+        except BrokerUnavailable:
+            self.metrics.notifications.labels("topic", "failed").inc()
+            raise
+        self.metrics.notifications.labels("topic", "sent").inc()
+        for url in self.webhook_urls:
+            result = "sent" if self._post(url, payload) else "failed"
+            self.metrics.notifications.labels("webhook", result).inc()
+
+    def _post(self, url: str, payload: bytes) -> bool:
+        for attempt in range(self.webhook_attempts):
+            if attempt:
+                time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            try:
+                response = self.http.post(
+                    url, content=payload, headers={"content-type": "application/json"}
+                )
+                if response.status_code < 300:
+                    return True
+                log.warning("webhook %s answered %d", url, response.status_code)
+            except httpx.HTTPError as exc:
+                log.warning("webhook %s failed: %s", url, exc)
+        log.error("webhook %s: giving up after %d attempts", url, self.webhook_attempts)
+        return False

@@ -1,0 +1,194 @@
+"""The CustomResourceDefinition, generated from the spec models (``crds/`` holds the output).
+
+Pydantic's JSON schema is close to a Kubernetes structural schema; the differences handled here:
+``$ref`` is inlined, optional fields (``X | None``) become plain optional properties, ``const``
+and one-value enums stay enums, titles are dropped, and each model's ``cel_rules`` become
+``x-kubernetes-validations`` so cross-field rules are enforced by the API server too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermodes.operator import spec as s
+
+_DROPPED = {"title", "$defs"}
+
+
+def _models_by_name() -> dict[str, type[s.SpecBlock]]:
+    found: dict[str, type[s.SpecBlock]] = {}
+    pending: list[type[s.SpecBlock]] = [s.EndpointSpec]
+    while pending:
+        model = pending.pop()
+        found[model.__name__] = model
+        for field in model.model_fields.values():
+            for candidate in _model_types(field.annotation):
+                if candidate.__name__ not in found:
+                    pending.append(candidate)
+    return found
+
+
+def _model_types(annotation: Any) -> list[type[s.SpecBlock]]:
+    if isinstance(annotation, type) and issubclass(annotation, s.SpecBlock):
+        return [annotation]
+    return [t for arg in getattr(annotation, "__args__", ()) for t in _model_types(arg)]
+
+
+def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[s.SpecBlock]]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs, models) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        merged = {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs, models)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) == 1:
+            rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+            if node.get("default") is not None:
+                rest["default"] = node["default"]
+            return _structural({**options[0], **rest}, defs, models)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):  # OpenAPI 3.0 wants booleans
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+        elif key == "properties":
+            out[key] = {name: _structural(v, defs, models) for name, v in value.items()}
+        else:
+            out[key] = _structural(value, defs, models)
+    if out.get("type") == "object" and "properties" in out:
+        out.pop("additionalProperties", None)
+        model = models.get(node.get("title", ""))
+        if model is not None:
+            _add_object_defaults(model, out["properties"])
+            if model.cel_rules:
+                out["x-kubernetes-validations"] = [
+                    {"rule": rule, "message": message} for rule, message in model.cel_rules
+                ]
+    if "enum" in out and "type" not in out:
+        sample = out["enum"][0]
+        out["type"] = "integer" if isinstance(sample, int) else "string"
+    if out.get("type") == "number" and isinstance(out.get("default"), int):
+        out["default"] = float(out["default"])
+    return out
+
+
+def _add_object_defaults(model: type[s.SpecBlock], properties: dict[str, Any]) -> None:
+    """Sub-blocks with defaults (``default_factory``) default to ``{}``, so the API server
+    fills in their fields and ``kubectl get -o yaml`` shows every value in force."""
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        if field.default_factory is not None and alias in properties:
+            properties[alias]["default"] = {}
+
+
+def spec_schema() -> dict[str, Any]:
+    raw = s.EndpointSpec.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}), _models_by_name())
+
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "phase": {"type": "string"},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "replicas": {"type": "integer"},
+        "readyReplicas": {"type": "integer"},
+        "desiredReplicas": {"type": "integer"},
+        "observedGeneration": {"type": "integer"},
+        "url": {"type": "string"},
+        "conditions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "status"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+    },
+}
+
+
+def crd_manifest() -> dict[str, Any]:
+    """The whole CRD object, ready to dump as YAML."""
+    name_rule = (
+        f"self.metadata.name.matches('{s.NAME_PATTERN}') && "
+        f"size(self.metadata.name) <= {s.MAX_NAME_LENGTH}"
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{s.PLURAL}.{s.GROUP}"},
+        "spec": {
+            "group": s.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": s.KIND,
+                "plural": s.PLURAL,
+                "singular": s.KIND.lower(),
+                "shortNames": [s.SHORT_NAME],
+                "listKind": f"{s.KIND}List",
+            },
+            "versions": [
+                {
+                    "name": s.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                        {
+                            "name": "Desired",
+                            "type": "integer",
+                            "jsonPath": ".status.desiredReplicas",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": name_rule,
+                                    "message": "metadata.name must be a DNS-1035 label of at "
+                                    f"most {s.MAX_NAME_LENGTH} characters",
+                                }
+                            ],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": STATUS_SCHEMA,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    import yaml
+
+    header = "# Generated by `infermodes crd` from infermodes/operator/spec.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=100)

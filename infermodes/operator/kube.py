@@ -1,0 +1,85 @@
+"""The one module that talks to the Kubernetes API: get, list and server-side apply.
+
+Server-side apply with one field manager makes reconciling idempotent: applying the same
+desired object twice changes nothing (not even the resourceVersion). API failures surface as
+``KubeError`` for the handler to turn into a retry with a delay; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FIELD_MANAGER = "infermodes-operator"
+
+
+class KubeError(Exception):
+    """The API server failed or refused; worth retrying later."""
+
+
+class KubeDoor:
+    def __init__(self, api_client: Any = None) -> None:
+        from kubernetes import client, config
+        from kubernetes.dynamic import DynamicClient
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self._dynamic = DynamicClient(api_client)
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self._dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or update ``obj`` to match; fields we do not set are left to others."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta = obj["metadata"]
+        try:
+            result = self._dynamic.server_side_apply(
+                self._resource(obj["apiVersion"], obj["kind"]),
+                body=obj,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ApiException as exc:
+            raise KubeError(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
+        return result.to_dict()
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"reading {kind} {namespace}/{name}: {_reason(exc)}") from exc
+        return found.to_dict()
+
+    def list(
+        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        from kubernetes.client.exceptions import ApiException
+
+        label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        try:
+            found = self._resource(api_version, kind).get(
+                namespace=namespace, label_selector=label_selector
+            )
+        except ApiException as exc:
+            raise KubeError(f"listing {kind} in {namespace}: {_reason(exc)}") from exc
+        return [item.to_dict() for item in found.items]
+
+
+def _reason(exc: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"

@@ -1,0 +1,64 @@
+"""Realtime endpoints: an always-on Deployment of model servers behind a Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermodes.operator import spec as s
+from infermodes.operator.objects import SERVER_PORT, EndpointRef, server_container
+from infermodes.operator.observed import WorkloadState, synchronous_status
+from infermodes.operator.status import Status
+
+COMPONENT = "model-server"
+
+
+def replica_bounds(spec: s.EndpointSpec) -> tuple[int, int]:
+    block: s.RealtimeSpec = spec.block()
+    return block.min_replicas, block.max_replicas
+
+
+def desired_objects(
+    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+) -> list[dict[str, Any]]:
+    """The Deployment and Service for a realtime endpoint with ``replicas`` replicas."""
+    block: s.RealtimeSpec = spec.block()
+    labels = ref.labels(COMPONENT)
+    container = server_container(
+        spec.image or image, spec.model, block.workers, block.resources, spec.storage_secret_ref
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata(COMPONENT),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": ref.selector(COMPONENT)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": 30,
+                    "automountServiceAccountToken": False,
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": ref.selector(COMPONENT),
+            "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"}],
+        },
+    }
+    return [deployment, service]
+
+
+def observe(workload: WorkloadState, previous: Status | None) -> Status:
+    return synchronous_status(workload, previous)

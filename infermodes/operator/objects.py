@@ -1,0 +1,103 @@
+"""Names, labels and ownership shared by every mode's desired objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infermodes.operator import spec as s
+
+MANAGED_BY = "infermodes"
+ENDPOINT_LABEL = "infermodes.dev/endpoint"
+SERVER_PORT = 8080
+
+
+@dataclass(frozen=True)
+class EndpointRef:
+    """What child objects need to know about their InferenceEndpoint."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+    @classmethod
+    def from_body(cls, body: Any) -> EndpointRef:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation", 1)))
+
+    @property
+    def child_name(self) -> str:
+        return f"ie-{self.name}"
+
+    def labels(self, component: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": "infermodes",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            ENDPOINT_LABEL: self.name,
+        }
+
+    def selector(self, component: str) -> dict[str, str]:
+        return {ENDPOINT_LABEL: self.name, "app.kubernetes.io/component": component}
+
+    def metadata(self, component: str, name: str | None = None) -> dict[str, Any]:
+        """Metadata of a child: owned by the endpoint, so deleting it deletes the child."""
+        return {
+            "name": name or self.child_name,
+            "namespace": self.namespace,
+            "labels": self.labels(component),
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{s.GROUP}/{s.VERSION}",
+                    "kind": s.KIND,
+                    "name": self.name,
+                    "uid": self.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        }
+
+
+def resources(spec_resources: s.Resources) -> dict[str, Any]:
+    """Requests equal limits: Guaranteed QoS, predictable latency."""
+    amounts = {"cpu": spec_resources.cpu, "memory": spec_resources.memory}
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def server_container(
+    image: str,
+    model: s.ModelSource,
+    workers: int,
+    spec_resources: s.Resources,
+    storage_secret: s.SecretRef | None,
+) -> dict[str, Any]:
+    """The model server container every synchronous mode runs. It binds to its pod IP
+    (through the downward API), which is what the readiness probe and the gateway reach."""
+    env: list[dict[str, Any]] = [
+        {"name": "INFERMODES_SERVE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "INFERMODES_SERVE_PORT", "value": str(SERVER_PORT)},
+        {"name": "INFERMODES_SERVE_MODEL_URI", "value": model.uri},
+        {"name": "INFERMODES_SERVE_WORKERS", "value": str(workers)},
+    ]
+    if model.allow_pickle:
+        env.append({"name": "INFERMODES_SERVE_ALLOW_PICKLE", "value": "true"})
+    container: dict[str, Any] = {
+        "name": "model-server",
+        "image": image,
+        "command": ["infermodes", "serve"],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/ping", "port": SERVER_PORT},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "resources": resources(spec_resources),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if storage_secret is not None:
+        container["envFrom"] = [{"secretRef": {"name": storage_secret.name}}]
+    return container

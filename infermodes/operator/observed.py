@@ -1,0 +1,130 @@
+"""Observed state of an endpoint's workload, parsed from API objects, and the status it means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from infermodes.operator.spec import Phase
+from infermodes.operator.status import Status
+
+EXIT_MODEL_LOAD_FAILED = 3  # infermodes serve's exit code when the model cannot be loaded
+CANNOT_RUN_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
+    "CreateContainerConfigError", "RunContainerError", "StartError",
+})  # fmt: skip
+CRASH_RESTARTS = 3  # a container that has crashed this often is not going to come up
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    ip: str | None
+    ready: bool
+    restarts: int = 0
+    exit_code: int | None = None  # of the current or last terminated run
+    waiting_reason: str | None = None
+    message: str = ""
+
+    @classmethod
+    def from_pod(cls, pod: dict[str, Any]) -> PodState:
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        containers = status.get("containerStatuses") or []
+        restarts = sum(int(c.get("restartCount", 0)) for c in containers)
+        exit_code: int | None = None
+        waiting: str | None = None
+        message = ""
+        for container in containers:
+            state = container.get("state") or {}
+            last = container.get("lastState") or {}
+            terminated = state.get("terminated") or last.get("terminated")
+            if terminated:
+                exit_code = terminated.get("exitCode")
+                message = terminated.get("message") or terminated.get("reason") or ""
+            if state.get("waiting"):
+                waiting = state["waiting"].get("reason")
+                message = state["waiting"].get("message") or message
+        return cls(
+            name=pod["metadata"]["name"],
+            ip=status.get("podIP"),
+            ready=conditions.get("Ready") == "True"
+            and not pod["metadata"].get("deletionTimestamp"),
+            restarts=restarts,
+            exit_code=exit_code,
+            waiting_reason=waiting,
+            message=message.strip(),
+        )
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """A Deployment's view: ``exists`` False before it is created."""
+
+    exists: bool
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    rolled_out: bool = True  # the Deployment controller has seen and finished its latest spec
+    pods: list[PodState] = field(default_factory=list)
+
+    @classmethod
+    def from_objects(
+        cls, deployment: dict[str, Any] | None, pods: list[dict[str, Any]]
+    ) -> WorkloadState:
+        if deployment is None:
+            return cls(exists=False)
+        spec = deployment.get("spec") or {}
+        status = deployment.get("status") or {}
+        replicas = int(spec.get("replicas", 1))
+        updated = int(status.get("updatedReplicas", 0))
+        current = int(status.get("observedGeneration", 0)) >= int(
+            deployment["metadata"].get("generation", 1)
+        )
+        total = int(status.get("replicas", 0))
+        return cls(
+            exists=True,
+            replicas=replicas,
+            ready=int(status.get("readyReplicas", 0)),
+            updated=updated,
+            rolled_out=current and updated >= replicas and total <= replicas,
+            pods=[PodState.from_pod(p) for p in pods],
+        )
+
+
+def failure(workload: WorkloadState) -> tuple[str, str] | None:
+    """(reason, message) when the pods cannot come up, as far as their statuses tell."""
+    for pod in workload.pods:
+        if pod.exit_code == EXIT_MODEL_LOAD_FAILED:
+            detail = pod.message or "the model server exited with code 3; see the pod's log"
+            return "ModelLoadFailed", f"model cannot be loaded: {detail}"
+        if pod.waiting_reason in CANNOT_RUN_REASONS:
+            return "ContainerCannotRun", f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
+        if pod.restarts >= CRASH_RESTARTS and not pod.ready:
+            detail = pod.message or f"exit code {pod.exit_code}"
+            return "ContainerCrashing", f"pod {pod.name} keeps crashing: {detail}"
+    return None
+
+
+def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
+    """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
+    Failed with a reason when pods cannot run."""
+    counts = {
+        "replicas": workload.replicas,
+        "ready_replicas": min(workload.ready, workload.replicas),
+        "desired_replicas": workload.replicas,
+    }
+    problem = failure(workload)
+    if problem is not None:
+        return Status(Phase.FAILED, problem[0], problem[1], **counts)
+    if not workload.exists:
+        return Status(Phase.CREATING, "Creating", "creating the workload")
+    if workload.rolled_out and workload.ready >= workload.replicas:
+        return Status(Phase.IN_SERVICE, "AllReplicasReady",
+                      f"{workload.ready}/{workload.replicas} replicas ready", **counts)  # fmt: skip
+    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
+    phase = Phase.UPDATING if was_serving else Phase.CREATING
+    message = f"{workload.ready}/{workload.replicas} replicas ready"
+    if not workload.rolled_out:
+        message += f", {workload.updated} updated"
+    return Status(phase, "RollingOut" if was_serving else "Creating", message, **counts)

@@ -1,0 +1,248 @@
+"""The InferenceEndpoint resource as pydantic models: the one source of the CRD's schema.
+
+``crd.py`` turns these models into the CRD's OpenAPI schema, so ``kubectl apply`` rejects what
+these models reject wherever a schema can say it; the operator validates again with the same
+models and reports what only code can check as ``phase: Failed`` with a reason.
+Limits follow the managed platform (serverless memory 1024..6144 MB in steps of 1024, at most 200
+concurrent invocations, async invocation timeout at most 3600 s, batch payloads at most 100 MB).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "infermodes.dev"
+VERSION = "v1alpha1"
+KIND = "InferenceEndpoint"
+PLURAL = "inferenceendpoints"
+SHORT_NAME = "ie"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 50  # leaves room for suffixes in the names of the objects we create
+
+Quantity = Annotated[
+    str,
+    Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$", description="A quantity."),
+]
+
+
+class Mode(StrEnum):
+    REALTIME = "realtime"
+    SERVERLESS = "serverless"
+    ASYNC = "async"
+    BATCH = "batch"
+
+
+class SpecBlock(BaseModel):
+    """camelCase in YAML, snake_case in Python; unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+    cel_rules: ClassVar[list[tuple[str, str]]] = []  # (rule, message) for the CRD
+
+
+class ModelSource(SpecBlock):
+    uri: str = Field(min_length=1, description="model.tar.gz or XGBoost file: s3://, file://")
+    allow_pickle: bool = Field(
+        False, description="Load a pickled booster. Unpickling runs the artifact's code."
+    )
+
+
+class SecretRef(SpecBlock):
+    name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
+
+
+class Resources(SpecBlock):
+    cpu: Quantity = Field("1", description="CPU request and limit of each replica.")
+    memory: Quantity = Field("1Gi", description="Memory request and limit of each replica.")
+
+
+class ScalingMetric(StrEnum):
+    INVOCATIONS_PER_INSTANCE = "InvocationsPerInstance"
+    IN_FLIGHT_REQUESTS = "InFlightRequestsPerInstance"
+
+
+class RealtimeScaling(SpecBlock):
+    metric: ScalingMetric = Field(
+        ScalingMetric.INVOCATIONS_PER_INSTANCE,
+        description="InvocationsPerInstance (per minute) or InFlightRequestsPerInstance.",
+    )
+    target: float = Field(1000.0, gt=0, description="Target value of the metric per replica.")
+    scale_in_cooldown_seconds: int = Field(
+        300, ge=0, le=86400, description="Wait this long after a change before scaling in."
+    )
+    scale_out_cooldown_seconds: int = Field(
+        0, ge=0, le=86400, description="Wait this long after a change before scaling out."
+    )
+
+
+class RealtimeSpec(SpecBlock):
+    min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
+    max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
+    scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+    ]
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> RealtimeSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class ServerlessSpec(SpecBlock):
+    memory_size_in_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(
+        2048, description="Memory of each replica; CPU is given in proportion."
+    )
+    max_concurrency: int = Field(
+        20, ge=1, le=200, description="In-flight invocations at most; more get 429."
+    )
+    idle_timeout_seconds: int = Field(
+        300, ge=10, le=86400, description="Scale to zero after this long without requests."
+    )
+    provisioned_concurrency: int = Field(
+        0, ge=0, le=200, description="Concurrency kept warm (replicas that never scale to zero)."
+    )
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        ("self.provisionedConcurrency <= self.maxConcurrency",
+         "provisionedConcurrency must not exceed maxConcurrency"),
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _provisioned_within_max(self) -> ServerlessSpec:
+        if self.provisioned_concurrency > self.max_concurrency:
+            raise ValueError("provisionedConcurrency must not exceed maxConcurrency")
+        return self
+
+
+class NotificationSpec(SpecBlock):
+    topic: bool = Field(True, description="Publish to the RabbitMQ topic exchange.")
+    success_webhook: str | None = Field(None, description="URL POSTed on success.")
+    error_webhook: str | None = Field(None, description="URL POSTed on failure.")
+
+
+class AsyncSpec(SpecBlock):
+    output_path: str = Field(min_length=1, description="Outputs go to <outputPath>/<id>.out.")
+    failure_path: str | None = Field(
+        None, description="Errors go to <failurePath>/<id>.error (default: outputPath)."
+    )
+    max_concurrent_invocations_per_instance: int = Field(
+        4, ge=1, le=1000, description="Requests one replica works on at once (queue prefetch)."
+    )
+    invocation_timeout_seconds: int = Field(
+        900, ge=1, le=3600, description="Processing time allowed per request."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Deliveries before a request is dead-lettered."
+    )
+    min_replicas: int = Field(0, ge=0, le=100, description="0 allows scaling to zero.")
+    max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
+    target_backlog_per_instance: int = Field(
+        5, ge=1, le=100000, description="Queued + in-flight requests per replica to aim for."
+    )
+    scale_in_cooldown_seconds: int = Field(300, ge=0, le=86400)
+    notification: NotificationSpec = Field(default_factory=NotificationSpec)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+    ]
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> AsyncSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class BatchInput(SpecBlock):
+    uri: str = Field(min_length=1, description="Prefix of the input objects: s3://, file://")
+    content_type: str = Field("text/csv", description="text/csv, application/json, ...")
+    split_type: Literal["None", "Line"] = Field("Line", description="How records split.")
+
+
+class BatchOutput(SpecBlock):
+    uri: str = Field(min_length=1, description="Prefix for <input key>.out objects.")
+    accept: str = Field("text/csv", description="text/csv or application/json.")
+    assemble_with: Literal["None", "Line"] = Field("Line", description="How outputs join.")
+
+
+class DataProcessing(SpecBlock):
+    input_filter: str = Field("$", description="JSONPath selecting the model's input.")
+    output_filter: str = Field("$", description="JSONPath selecting what is written.")
+    join_source: Literal["None", "Input"] = Field("None", description="Join input to output.")
+
+
+class BatchSpec(SpecBlock):
+    input: BatchInput
+    output: BatchOutput
+    instance_count: int = Field(1, ge=1, le=100, description="Parallel workers (shards).")
+    max_concurrent_transforms: int = Field(
+        1, ge=1, le=100, description="Requests in flight per instance."
+    )
+    max_payload_in_mb: int = Field(
+        6, ge=0, le=100, description="Records are packed up to this size (0: no limit)."
+    )
+    batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field("MultiRecord")
+    data_processing: DataProcessing = Field(default_factory=DataProcessing)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+
+
+MODE_BLOCKS: dict[Mode, str] = {
+    Mode.REALTIME: "realtime",
+    Mode.SERVERLESS: "serverless",
+    Mode.ASYNC: "async",
+    Mode.BATCH: "batch",
+}
+
+
+class EndpointSpec(SpecBlock):
+    mode: Mode = Field(description="realtime, serverless, async or batch.")
+    model: ModelSource
+    image: str | None = Field(
+        None, description="Container image for this endpoint (default: the operator's)."
+    )
+    storage_secret_ref: SecretRef | None = Field(
+        None, description="Secret whose keys become env vars, e.g. AWS_ACCESS_KEY_ID."
+    )
+    realtime: RealtimeSpec | None = None
+    serverless: ServerlessSpec | None = None
+    async_: AsyncSpec | None = Field(None, alias="async")
+    batch: BatchSpec | None = None
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        (f"self.mode == '{mode}' ? has(self.{block}) : !has(self.{block})",
+         f"spec.{block} is required when mode is {mode} and not allowed otherwise")
+        for mode, block in MODE_BLOCKS.items()
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_block_for_the_mode(self) -> EndpointSpec:
+        for mode, block in MODE_BLOCKS.items():
+            present = self.block(mode) is not None
+            if present != (self.mode == mode):
+                raise ValueError(
+                    f"spec.{block} is required when mode is {mode} and not allowed otherwise"
+                )
+        return self
+
+    def block(self, mode: Mode | None = None) -> Any:
+        """The mode's own block (``spec.realtime`` for a realtime endpoint, ...)."""
+        attribute = MODE_BLOCKS[mode or self.mode]
+        return getattr(self, "async_" if attribute == "async" else attribute)
+
+
+class Phase(StrEnum):
+    CREATING = "Creating"
+    IN_SERVICE = "InService"
+    UPDATING = "Updating"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+    IN_PROGRESS = "InProgress"
+    COMPLETED = "Completed"
+    STOPPED = "Stopped"

@@ -1,0 +1,62 @@
+"""The status the operator writes: phase, reason, replica counts and conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from infermodes.operator.spec import Phase
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: Phase
+    reason: str = ""
+    message: str = ""
+    replicas: int = 0
+    ready_replicas: int = 0
+    desired_replicas: int = 0
+
+    @classmethod
+    def from_dict(cls, status: Any) -> Status | None:
+        if not status or "phase" not in status:
+            return None
+        try:
+            phase = Phase(status["phase"])
+        except ValueError:
+            return None
+        return cls(
+            phase,
+            status.get("reason", ""),
+            status.get("message", ""),
+            int(status.get("replicas", 0)),
+            int(status.get("readyReplicas", 0)),
+            int(status.get("desiredReplicas", 0)),
+        )
+
+    def to_patch(self, generation: int, previous: Any) -> dict[str, Any]:
+        """The status subresource patch. The Ready condition's transition time only moves
+        when its value changes, so re-reconciling an unchanged endpoint writes nothing new."""
+        ready = "True" if self.phase in (Phase.IN_SERVICE, Phase.COMPLETED) else "False"
+        old = next(
+            (c for c in (previous or {}).get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        since = old.get("lastTransitionTime") if old.get("status") == ready else None
+        condition: dict[str, Any] = {
+            "type": "Ready",
+            "status": ready,
+            "reason": self.reason or self.phase.value,
+            "message": self.message,
+            "lastTransitionTime": since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        return {
+            "phase": self.phase.value,
+            "reason": self.reason,
+            "message": self.message,
+            "replicas": self.replicas,
+            "readyReplicas": self.ready_replicas,
+            "desiredReplicas": self.desired_replicas,
+            "observedGeneration": generation,
+            "conditions": [condition],
+        }
