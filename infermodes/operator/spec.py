@@ -99,7 +99,7 @@ class RealtimeSpec(SpecBlock):
 
 class ServerlessSpec(SpecBlock):
     memory_size_in_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(
-        2048, description="Memory of each replica; CPU is given in proportion."
+        2048, alias="memorySizeInMB", description="Memory of each replica; CPU in proportion."
     )
     max_concurrency: int = Field(
         20, ge=1, le=200, description="In-flight invocations at most; more get 429."
@@ -187,7 +187,7 @@ class BatchSpec(SpecBlock):
         1, ge=1, le=100, description="Requests in flight per instance."
     )
     max_payload_in_mb: int = Field(
-        6, ge=0, le=100, description="Records are packed up to this size (0: no limit)."
+        6, ge=0, le=100, alias="maxPayloadInMB", description="Pack records up to this (0: no cap)."
     )
     batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field("MultiRecord")
     data_processing: DataProcessing = Field(default_factory=DataProcessing)  # type: ignore[arg-type]

@@ -1,0 +1,151 @@
+"""Predict over a stream: inputs up to 1 GB are read, decoded, predicted and written a chunk
+of whole lines at a time, so memory stays bounded by the chunk size, not the input size.
+
+CSV and libsvm are line-oriented and stream; JSON is one document and is read whole under a
+size cap. Decoding goes through the shared codecs (one fast path for clean CSV chunks, numpy's
+C parser, falls back to them for the exact error message), and a deadline is checked between
+chunks, which is how the per-request invocation timeout is enforced without killing threads.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Iterator
+from typing import IO, Protocol
+
+import numpy as np
+
+from infermodes import codecs
+from infermodes.errors import InvalidInput, InvocationTimeout, PayloadTooLarge
+from infermodes.serving.model import XGBoostModel
+
+LINE_LIMIT_CHUNKS = 16  # a "line" longer than this many chunks is refused, not buffered
+_ROW_PREFIX = re.compile(r"^row (\d+)")
+
+
+def iter_line_chunks(source: IO[bytes], chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(number of the chunk's first line, chunk)`` with every chunk made of whole lines
+    (the last may lack its newline)."""
+    carry = b""
+    first_line = 1
+    while True:
+        block = source.read(chunk_bytes)
+        if not block:
+            break
+        data = carry + block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            if len(data) > LINE_LIMIT_CHUNKS * chunk_bytes:
+                raise InvalidInput(f"line {first_line} is longer than {len(data)} bytes")
+            carry = data
+            continue
+        chunk, carry = data[:cut], data[cut:]
+        if chunk.strip():
+            yield first_line, chunk
+        first_line += chunk.count(b"\n")
+    if carry.strip():
+        yield first_line, carry
+
+
+def shift_rows(message: str, offset: int) -> str:
+    """Codecs number rows from 1 within what they were given; make that a row of the input."""
+    return _ROW_PREFIX.sub(lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
+
+
+def _clean_csv(chunk: bytes, num_features: int) -> np.ndarray | None:
+    """numpy's C parser for the common case; None (use the codecs) on anything unusual."""
+    try:
+        rows = np.loadtxt(
+            io.BytesIO(chunk), delimiter=",", dtype=np.float32, ndmin=2, comments=None
+        )
+    except ValueError:
+        return None
+    return rows if rows.shape[1] == num_features and rows.shape[0] > 0 else None
+
+
+def decode_chunk(chunk: bytes, content_type: str, num_features: int, first_line: int) -> np.ndarray:
+    if content_type == codecs.CSV:
+        rows = _clean_csv(chunk, num_features)
+        if rows is not None:
+            return rows
+    try:
+        return codecs.decode(chunk, content_type, num_features)
+    except InvalidInput as exc:
+        raise InvalidInput(shift_rows(str(exc), first_line - 1)) from None
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class JsonSplicer:
+    """Joins per-chunk JSON documents ``{"predictions": [...]}`` into one, taking the framing
+    from the codec's own output rather than repeating it here."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.tail: bytes | None = None
+
+    def write(self, piece: bytes) -> None:
+        start, end = piece.index(b"[") + 1, piece.rindex(b"]")
+        if self.tail is None:
+            self.sink.write(piece[:start])
+            self.tail = piece[end:]
+        else:
+            self.sink.write(b", ")
+        self.sink.write(piece[start:end])
+
+    def close(self) -> None:
+        if self.tail is not None:
+            self.sink.write(self.tail)
+
+
+def _check_deadline(deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise InvocationTimeout(
+            f"processing took longer than the invocation timeout of {timeout} s"
+        )
+
+
+def predict_stream(
+    model: XGBoostModel,
+    source: IO[bytes],
+    sink: Sink,
+    *,
+    content_type: str,
+    accept: str,
+    timeout: float,
+    chunk_bytes: int,
+    max_json_bytes: int,
+) -> int:
+    """Score everything in ``source`` into ``sink``; returns the number of rows."""
+    deadline = time.monotonic() + timeout
+    if content_type == codecs.JSON:
+        body = source.read(max_json_bytes + 1)
+        if len(body) > max_json_bytes:
+            raise PayloadTooLarge(
+                f"JSON inputs are parsed whole and are limited to {max_json_bytes} bytes; "
+                "send large inputs as text/csv or text/libsvm, which stream"
+            )
+        chunks: Iterator[tuple[int, bytes]] = iter([(1, body)])
+    else:
+        chunks = iter_line_chunks(source, chunk_bytes)
+    splicer = JsonSplicer(sink) if accept == codecs.JSON else None
+    rows = 0
+    for first_line, chunk in chunks:
+        _check_deadline(deadline, timeout)
+        matrix = decode_chunk(chunk, content_type, model.num_features, first_line)
+        piece = codecs.encode(model.predict(matrix), accept)
+        if splicer is not None:
+            splicer.write(piece)
+        else:
+            sink.write(piece)
+        rows += matrix.shape[0]
+    if rows == 0:
+        raise InvalidInput("empty input: expected at least one row")
+    if splicer is not None:
+        splicer.close()
+    _check_deadline(deadline, timeout)
+    return rows

@@ -1,0 +1,271 @@
+"""Realtime desired objects, status from observed state, and one reconcile with a fake API."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infermodes.operator import spec as s
+from infermodes.operator.modes import realtime
+from infermodes.operator.objects import EndpointRef
+from infermodes.operator.observed import PodState, WorkloadState
+from infermodes.operator.podmetrics import PodLoad, parse_load
+from infermodes.operator.reconcile import Deps, ScalerMemory, reconcile
+from infermodes.operator.status import Status
+from infermodes.settings import OperatorSettings
+
+GOLDEN = Path(__file__).parent / "golden"
+REF = EndpointRef("abalone", "models", "uid-1", 2)
+FULL_SPEC = {
+    "mode": "realtime",
+    "model": {"uri": "s3://models/abalone/model.tar.gz", "allowPickle": True},
+    "image": "registry.example/infermodes:test",
+    "storageSecretRef": {"name": "s3-credentials"},
+    "realtime": {
+        "minReplicas": 2,
+        "maxReplicas": 6,
+        "workers": 3,
+        "resources": {"cpu": "1500m", "memory": "2Gi"},
+        "scaling": {"metric": "InFlightRequestsPerInstance", "target": 4},
+    },
+}
+
+
+def check_golden(name: str, objects: list[dict]) -> None:
+    path = GOLDEN / name
+    text = yaml.safe_dump_all(objects, sort_keys=True)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def test_every_realtime_field_reaches_the_objects() -> None:
+    spec = s.EndpointSpec.model_validate(FULL_SPEC)
+    check_golden("realtime-full.yaml", realtime.desired_objects(REF, spec, 3, "default:img"))
+
+
+def test_defaults_and_operator_image() -> None:
+    spec = s.EndpointSpec.model_validate(
+        {"mode": "realtime", "model": {"uri": "file:///m.tar.gz"}, "realtime": {}}
+    )
+    deployment, service = realtime.desired_objects(REF, spec, 1, "default:img")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "default:img"
+    assert "envFrom" not in container
+    assert {"name": "INFERMODES_SERVE_ALLOW_PICKLE", "value": "true"} not in container["env"]
+    assert deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def pod(name: str, ready: bool, **state) -> PodState:
+    return PodState(name=name, ip="127.0.5.1", ready=ready, **state)
+
+
+@pytest.mark.parametrize(
+    ("workload", "previous", "phase", "reason"),
+    [
+        (WorkloadState(exists=False), None, s.Phase.CREATING, "Creating"),
+        (
+            WorkloadState(True, 2, 1, 2, True, [pod("a", True), pod("b", False)]),
+            None,
+            s.Phase.CREATING,
+            "Creating",
+        ),
+        (
+            WorkloadState(True, 2, 2, 2, True, [pod("a", True), pod("b", True)]),
+            None,
+            s.Phase.IN_SERVICE,
+            "AllReplicasReady",
+        ),
+        (
+            WorkloadState(True, 2, 2, 1, False, [pod("a", True), pod("b", True)]),
+            Status(s.Phase.IN_SERVICE),
+            s.Phase.UPDATING,
+            "RollingOut",
+        ),
+        (
+            WorkloadState(
+                True,
+                1,
+                0,
+                1,
+                True,
+                [pod("a", False, exit_code=3, restarts=1, message="no such object: file:///x")],
+            ),
+            None,
+            s.Phase.FAILED,
+            "ModelLoadFailed",
+        ),
+        (
+            WorkloadState(True, 1, 0, 1, True, [pod("a", False, waiting_reason="ErrImagePull")]),
+            None,
+            s.Phase.FAILED,
+            "ContainerCannotRun",
+        ),
+        (
+            WorkloadState(True, 1, 0, 1, True, [pod("a", False, exit_code=1, restarts=5)]),
+            None,
+            s.Phase.FAILED,
+            "ContainerCrashing",
+        ),
+    ],
+)
+def test_status_from_observed_state(workload, previous, phase, reason) -> None:
+    status = realtime.observe(workload, previous)
+    assert (status.phase, status.reason) == (phase, reason)
+
+
+def test_pod_state_from_an_api_object() -> None:
+    state = PodState.from_pod({
+        "metadata": {"name": "p"},
+        "status": {
+            "podIP": "127.0.3.4",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{
+                "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 3, "message": "cannot load model"}},
+            }],
+        },
+    })  # fmt: skip
+    assert state == PodState("p", "127.0.3.4", False, 2, 3, "CrashLoopBackOff", "cannot load model")
+
+
+def test_status_patch_keeps_transition_time_while_unchanged() -> None:
+    first = Status(s.Phase.IN_SERVICE, "AllReplicasReady").to_patch(1, None)
+    again = Status(s.Phase.IN_SERVICE, "AllReplicasReady").to_patch(1, first)
+    assert again == first
+    failed = Status(s.Phase.FAILED, "X").to_patch(1, first)
+    assert failed["conditions"][0]["status"] == "False"
+
+
+def test_parse_load_reads_only_invocations() -> None:
+    text = (
+        'infermodes_http_request_duration_seconds_count{route="/invocations",status_code="200"} 7\n'
+        'infermodes_http_request_duration_seconds_count{route="/invocations",status_code="400"} 2\n'
+        'infermodes_http_request_duration_seconds_count{route="/ping",status_code="200"} 50\n'
+        "infermodes_http_requests_in_flight 3\n"
+    )
+    assert parse_load(text) == PodLoad(9, 3)
+
+
+class FakeKube:
+    """Records applies; serves a Deployment and pods as the API would."""
+
+    def __init__(self, deployment=None, pods=()):
+        self.deployment = deployment
+        self.pods = list(pods)
+        self.applied: list[dict] = []
+
+    def get(self, api_version, kind, namespace, name):
+        return self.deployment
+
+    def list(self, api_version, kind, namespace, selector):
+        return self.pods
+
+    def apply(self, obj):
+        self.applied.append(obj)
+        if obj["kind"] == "Deployment":
+            live = {**obj, "metadata": {**obj["metadata"], "generation": 1}}
+            live["status"] = (self.deployment or {}).get("status", {})
+            return live
+        return obj
+
+
+def body(spec=None, status=None):
+    return {
+        "metadata": {"name": "abalone", "namespace": "models", "uid": "uid-1", "generation": 1},
+        "spec": spec or {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {}},
+        "status": status,
+    }
+
+
+def deps(kube, loads=None, now=1000.0):
+    clock = [now]
+    return Deps(
+        kube, OperatorSettings(), lambda ip, port: (loads or {}).get(ip), lambda: clock[0]
+    ), clock
+
+
+def test_reconcile_creates_objects_and_is_idempotent() -> None:
+    kube = FakeKube()
+    d, _ = deps(kube)
+    status = reconcile(body(), ScalerMemory(), d)
+    assert status.phase is s.Phase.CREATING
+    first = list(kube.applied)
+    reconcile(body(), ScalerMemory(), d)
+    assert kube.applied[len(first) :] == first  # the same desired objects again
+    assert [o["kind"] for o in first] == ["Deployment", "Service"]
+
+
+def test_invalid_and_unsupported_specs_fail_with_reasons() -> None:
+    kube = FakeKube()
+    d, _ = deps(kube)
+    status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    serverless = {"mode": "serverless", "model": {"uri": "x"}, "serverless": {}}
+    status = reconcile(body(serverless), ScalerMemory(), d)
+    assert (status.phase, status.message) == (s.Phase.FAILED, "mode serverless not supported yet")
+    assert kube.applied == []
+
+
+def ready_pod(name: str, ip: str) -> dict:
+    return {
+        "metadata": {"name": name},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_autoscaling_follows_in_flight_load_within_bounds() -> None:
+    spec = {
+        "mode": "realtime",
+        "model": {"uri": "x"},
+        "realtime": {
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "scaling": {
+                "metric": "InFlightRequestsPerInstance",
+                "target": 2,
+                "scaleInCooldownSeconds": 0,
+            },
+        },
+    }
+    deployment = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {
+            "observedGeneration": 1,
+            "replicas": 1,
+            "readyReplicas": 1,
+            "updatedReplicas": 1,
+        },
+    }
+    kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
+    d, clock = deps(kube, {"127.0.9.1": PodLoad(0, 5)})
+    memory = ScalerMemory()
+    reconcile(body(spec), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 3
+    d.scrape = lambda ip, port: PodLoad(0, 0)
+    clock[0] += 1
+    reconcile(body(spec), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 1
+
+
+def test_invocation_rate_needs_two_samples() -> None:
+    spec = {
+        "mode": "realtime",
+        "model": {"uri": "x"},
+        "realtime": {"minReplicas": 1, "maxReplicas": 4, "scaling": {"target": 60}},
+    }
+    deployment = {"metadata": {"generation": 1}, "spec": {"replicas": 1}, "status": {}}
+    kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
+    loads = {"127.0.9.1": PodLoad(100, 0)}
+    d, clock = deps(kube, loads)
+    memory = ScalerMemory()
+    reconcile(body(spec), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 1  # one sample: no rate yet
+    loads["127.0.9.1"] = PodLoad(100 + 150, 0)  # 150 invocations in 30 s = 300/min
+    clock[0] += 30
+    reconcile(body(spec), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 4  # ceil(300 / 60) = 5, clamped to 4

@@ -1,0 +1,143 @@
+"""The spec models and the CRD generated from them agree, and the committed copies are current."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infermodes.operator import spec as s
+from infermodes.operator.crd import crd_manifest, crd_yaml
+from infermodes.operator.reconcile import parse_spec
+
+REPO = Path(__file__).resolve().parents[3]
+MODEL = {"uri": "file:///models/abalone/model.tar.gz"}
+
+
+def test_committed_crd_is_generated_from_the_models() -> None:
+    assert (REPO / "crds/inferenceendpoints.yaml").read_text() == crd_yaml()
+
+
+def test_chart_carries_the_same_crd() -> None:
+    chart_copy = REPO / "charts/infermodes/crds/inferenceendpoints.yaml"
+    assert chart_copy.read_text() == (REPO / "crds/inferenceendpoints.yaml").read_text()
+
+
+def walk(schema: dict, path: str = "") -> dict[str, dict]:
+    found = {path: schema}
+    for name, child in (schema.get("properties") or {}).items():
+        found.update(walk(child, f"{path}.{name}" if path else name))
+    return found
+
+
+def test_schema_carries_the_platform_limits() -> None:
+    root = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    nodes = walk(root["properties"]["spec"])
+    assert nodes["mode"]["enum"] == ["realtime", "serverless", "async", "batch"]
+    assert nodes["serverless.memorySizeInMB"]["enum"] == [1024, 2048, 3072, 4096, 5120, 6144]
+    assert nodes["serverless.maxConcurrency"]["minimum"] == 1
+    assert nodes["serverless.maxConcurrency"]["maximum"] == 200
+    assert nodes["async.invocationTimeoutSeconds"]["maximum"] == 3600
+    assert nodes["batch.maxPayloadInMB"]["maximum"] == 100
+    assert nodes["realtime.scaling.target"]["exclusiveMinimum"] is True
+    assert "uri" in nodes["model"]["required"]
+    assert set(root["properties"]["spec"]["required"]) == {"mode", "model"}
+
+
+def test_every_model_field_is_in_the_schema() -> None:
+    nodes = walk(crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+    def fields(model: type, prefix: str) -> list[str]:
+        names = []
+        for name, field in model.model_fields.items():
+            path = f"{prefix}.{field.alias or name}"
+            names.append(path)
+            annotation = field.annotation
+            for candidate in (annotation, *getattr(annotation, "__args__", ())):
+                if isinstance(candidate, type) and issubclass(candidate, s.SpecBlock):
+                    names.extend(fields(candidate, path))
+        return names
+
+    missing = [path for path in fields(s.EndpointSpec, "spec") if path not in nodes]
+    assert missing == []
+
+
+def test_printer_columns_and_short_name() -> None:
+    crd = crd_manifest()["spec"]
+    assert crd["names"]["shortNames"] == ["ie"]
+    columns = [c["name"] for c in crd["versions"][0]["additionalPrinterColumns"]]
+    assert columns == ["Mode", "Phase", "Ready", "Desired", "Age"]
+    assert crd["versions"][0]["subresources"] == {"status": {}}
+
+
+def test_cel_rules_mirror_the_model_validators() -> None:
+    spec_node = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
+    rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
+    assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
+    assert len(rules) == 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"mode": "sometimes", "model": MODEL, "realtime": {}}, "spec.mode"),
+        (
+            {"mode": "serverless", "model": MODEL, "serverless": {"memorySizeInMB": 1000}},
+            "spec.serverless.memorySizeInMB",
+        ),
+        (
+            {"mode": "serverless", "model": MODEL, "serverless": {"maxConcurrency": 0}},
+            "greater than or equal to 1",
+        ),
+        (
+            {"mode": "serverless", "model": MODEL, "serverless": {"maxConcurrency": 201}},
+            "less than or equal to 200",
+        ),
+        (
+            {
+                "mode": "async",
+                "model": MODEL,
+                "async": {"outputPath": "file:///o", "invocationTimeoutSeconds": 4000},
+            },
+            "less than or equal to 3600",
+        ),
+        ({"mode": "realtime", "realtime": {}}, "spec.model: Field required"),
+        ({"mode": "realtime", "model": MODEL}, "spec.realtime is required when mode is realtime"),
+        (
+            {
+                "mode": "realtime",
+                "model": MODEL,
+                "realtime": {},
+                "batch": {"input": {"uri": "file:///i"}, "output": {"uri": "file:///o"}},
+            },
+            "spec.batch is required when mode is batch and not allowed otherwise",
+        ),
+        (
+            {"mode": "realtime", "model": MODEL, "realtime": {"minReplicas": 3, "maxReplicas": 2}},
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (
+            {"mode": "realtime", "model": MODEL, "realtime": {"replicas": 3}},
+            "spec.realtime.replicas",
+        ),
+    ],
+)
+def test_invalid_specs_are_named(raw: dict, message: str) -> None:
+    result = parse_spec(raw)
+    assert isinstance(result, str)
+    assert message in result
+
+
+def test_defaults_fill_in() -> None:
+    result = parse_spec({"mode": "realtime", "model": MODEL, "realtime": {}})
+    assert isinstance(result, s.EndpointSpec)
+    assert result.block().min_replicas == 1
+    assert result.block().scaling.metric is s.ScalingMetric.INVOCATIONS_PER_INSTANCE
+
+
+def test_example_manifests_are_valid() -> None:
+    for path in sorted((REPO / "examples/abalone").glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        assert document["kind"] == "InferenceEndpoint"
+        assert isinstance(parse_spec(document["spec"]), s.EndpointSpec), path
