@@ -86,3 +86,70 @@ def crd() -> None:
     from infermodes.operator.crd import crd_yaml
 
     click.echo(crd_yaml(), nl=False)
+
+
+@main.command()
+@click.option(
+    "--endpoint", help="Async endpoint whose queue to consume. [env INFERMODES_WORKER_ENDPOINT]"
+)
+@click.option("--model", "model_uri", help="Model URI: file://, s3:// or a path.")
+@click.option(
+    "--broker-url", help="RabbitMQ AMQP URL. [default amqp://guest:guest@127.0.0.1:5672/%2F]"
+)
+@click.option(
+    "--max-concurrent-invocations",
+    type=int,
+    help="Requests processed at once (the prefetch). [default 1]",
+)
+@click.option("--max-attempts", type=int, help="Attempts before dead-lettering. [default 3]")
+@click.option("--webhook-url", "webhook_urls", multiple=True, help="POST notifications here too.")
+@click.option("--metrics-port", type=int, help="Side port for /metrics; 0 disables. [default 9090]")
+@click.option("--predict-threads", type=int, help="XGBoost threads per request. [default 1]")
+@click.option("--log-level", help="debug, info, warning, error. [default info]")
+def worker(**options: Any) -> None:
+    """Process an async endpoint's queued requests (RabbitMQ): predict, store, notify, ack."""
+    from infermodes.serving.worker import run
+    from infermodes.settings import WorkerSettings
+
+    options["webhook_urls"] = list(options["webhook_urls"]) or None
+    settings = _settings_or_exit(WorkerSettings, **options)
+    sys.exit(run(settings))
+
+
+def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--endpoint NAME=PREFIX`` -> the default layout under PREFIX."""
+    from infermodes.settings import AsyncEndpoint
+
+    layouts = {}
+    for value in values:
+        name, sep, prefix = value.partition("=")
+        if not sep or not name or not prefix:
+            raise click.UsageError(f"--endpoint takes NAME=STORAGE_PREFIX, got {value!r}")
+        layouts[name] = AsyncEndpoint.under(prefix)
+    return layouts or None
+
+
+@main.command("async-api")
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    help="NAME=PREFIX: accept for NAME, with input/, output/ and failure/ under PREFIX. "
+    "[env INFERMODES_ASYNC_API_ENDPOINTS as JSON]",
+)
+@click.option(
+    "--broker-url", help="RabbitMQ AMQP URL. [default amqp://guest:guest@127.0.0.1:5672/%2F]"
+)
+@click.option("--max-attempts", type=int, help="Must match the workers'. [default 3]")
+@click.option("--host", help="Bind address. [default 127.0.0.1]")
+@click.option("--port", type=int, help="Port. [default 8081]")
+@click.option("--max-inline-bytes", type=int, help="Inline body limit. [default 16 MiB]")
+@click.option("--log-level", help="debug, info, warning, error. [default info]")
+def async_api(**options: Any) -> None:
+    """Accept async invocations (POST /endpoints/NAME/async-invocations) and queue them."""
+    from infermodes.serving.async_api import serve as run_api
+    from infermodes.settings import AsyncApiSettings
+
+    options["endpoints"] = _endpoint_layouts(options["endpoints"])
+    settings = _settings_or_exit(AsyncApiSettings, **options)
+    sys.exit(run_api(settings))

@@ -78,10 +78,21 @@ def connect(url: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(params)
 
 
-def message_properties(message_id: str, content_type: str = "application/json") -> object:
-    return pika.BasicProperties(
-        delivery_mode=PERSISTENT, content_type=content_type, message_id=message_id
+def publish_persistent(
+    channel: BlockingChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    message_id: str,
+    mandatory: bool,
+) -> None:
+    """On a confirm-mode channel this returns only once the broker has the message (and has
+    written it, for a durable queue); ``mandatory`` makes an unroutable message an error rather
+    than a silent drop: work must reach its queue, a notification may have no subscriber."""
+    properties = pika.BasicProperties(
+        delivery_mode=PERSISTENT, content_type="application/json", message_id=message_id
     )
+    channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
 
 class ConfirmedChannel:
@@ -136,21 +147,36 @@ class ConfirmedChannel:
     def publish(
         self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
     ) -> None:
-        """Persistent and confirmed before returning; ``mandatory`` makes an unroutable message
-        an error rather than a silent drop (work must reach its queue; a notification with no
-        subscriber bound may go nowhere)."""
-
-        def send(channel: BlockingChannel) -> None:
-            channel.basic_publish(
-                exchange,
-                routing_key,
-                body,
-                message_properties(message_id),  # type: ignore[arg-type]
-                mandatory=mandatory,
+        self.run(
+            lambda channel: publish_persistent(
+                channel, exchange, routing_key, body, message_id, mandatory
             )
-
-        self.run(send)
+        )
 
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+class RequestPublisher:
+    """Puts accepted requests on their endpoint's queue, declaring the topology once per
+    connection and endpoint."""
+
+    def __init__(self, url: str, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+        self._declared: set[str] = set()
+        self.channel = ConfirmedChannel(url, on_connect=lambda _: self._declared.clear())
+
+    def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
+        """Returns once the broker confirmed; raises BrokerUnavailable otherwise."""
+
+        def send(channel: BlockingChannel) -> None:
+            if endpoint not in self._declared:
+                declare_topology(channel, endpoint, self.max_attempts)
+                self._declared.add(endpoint)
+            publish_persistent(channel, "", queue_name(endpoint), body, message_id, True)
+
+        self.channel.run(send)
+
+    def close(self) -> None:
+        self.channel.close()
