@@ -14,6 +14,8 @@ import pytest
 from tests.support.processes import REPO
 from tests.support.s3 import S3Endpoint, s3_server
 
+pytest_plugins = ["tests.cluster.plugin"]
+
 
 @dataclass(frozen=True)
 class AbaloneModel:

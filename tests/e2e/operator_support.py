@@ -1,0 +1,123 @@
+"""Installing the chart and driving InferenceEndpoints the way users do: helm and kubectl."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.cluster.api import ApiError, KubeApi
+from tests.cluster.controlplane import Binaries
+from tests.cluster.harness import Cluster
+from tests.support.processes import REPO, wait_until
+
+CHART = REPO / "charts/infermodes"
+OPERATOR_NAMESPACE = "infermodes-system"
+RELEASE = "infermodes"
+IE_PATH = "/apis/infermodes.dev/v1alpha1/namespaces/{ns}/inferenceendpoints"
+
+
+@dataclass
+class Tools:
+    cluster: Cluster
+
+    @property
+    def env(self) -> dict[str, str]:
+        home = self.cluster.kubeconfig.parent
+        return {"KUBECONFIG": str(self.cluster.kubeconfig), "HOME": str(home),
+                "PATH": "/usr/local/bin:/usr/bin:/bin"}  # fmt: skip
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        binary = shutil.which("kubectl")
+        if binary is None:
+            raise RuntimeError("kubectl is not on PATH; scripts/test.sh installs it")
+        return subprocess.run([binary, *args], input=stdin, env=self.env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        binary = (self.cluster.binaries or Binaries.from_cache()).helm
+        return subprocess.run([str(binary), *args], env=self.env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+
+    def apply(self, manifest: dict[str, Any], namespace: str) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+
+
+def endpoint_manifest(name: str, model_uri: str, **realtime: Any) -> dict[str, Any]:
+    """The example manifest with its model URI (and any realtime fields) replaced."""
+    manifest = yaml.safe_load((REPO / "examples/abalone/realtime.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["uri"] = model_uri
+    manifest["spec"]["realtime"].update(realtime)
+    return manifest
+
+
+def get_endpoint(api: KubeApi, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return api.get(f"{IE_PATH.format(ns=namespace)}/{name}")
+    except ApiError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def wait_phase(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    phase: str,
+    timeout: float = 180,
+    also: Callable[[dict[str, Any]], bool] = lambda _: True,
+) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        endpoint = get_endpoint(api, namespace, name) or {}
+        seen.update(endpoint)
+        status = endpoint.get("status") or {}
+        return status.get("phase") == phase and also(endpoint)
+
+    try:
+        wait_until(reached, timeout, f"{name} to reach {phase}", interval=0.5)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status: {json.dumps(seen.get('status'))}") from None
+    return seen
+
+
+def ready_pod_ips(api: KubeApi, namespace: str, endpoint: str) -> list[str]:
+    pods = api.get(f"/api/v1/namespaces/{namespace}/pods",
+                   labelSelector=f"infermodes.dev/endpoint={endpoint}")["items"]  # fmt: skip
+    ips = []
+    for pod in pods:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            ips.append(pod["status"]["podIP"])
+    return sorted(ips)
+
+
+def install_operator(tools: Tools, resync_seconds: int = 2) -> None:
+    result = tools.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace",
+                        OPERATOR_NAMESPACE, "--create-namespace",
+                        "--set", f"operator.resyncSeconds={resync_seconds}",
+                        "--set", "operator.logLevel=debug")  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"helm install failed:\n{result.stdout}\n{result.stderr}")
+
+
+def operator_pods(api: KubeApi) -> list[dict[str, Any]]:
+    return api.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
+                   labelSelector="app.kubernetes.io/component=operator")["items"]  # fmt: skip
+
+
+def model_copy(tarball: Path, directory: Path) -> str:
+    """A file:// URI the pods (local processes) can read."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "model.tar.gz"
+    target.write_bytes(tarball.read_bytes())
+    return f"file://{target}"

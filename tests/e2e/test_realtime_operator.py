@@ -1,0 +1,262 @@
+"""The operator end to end on a real control plane: helm install, kubectl apply, real pods."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.cluster.api import ApiError
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Tools,
+    endpoint_manifest,
+    get_endpoint,
+    install_operator,
+    model_copy,
+    operator_pods,
+    ready_pod_ips,
+    wait_phase,
+)
+from tests.support.processes import wait_until
+
+CSV = {"content-type": "text/csv"}
+
+
+@pytest.fixture(scope="module")
+def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
+    """The chart installed with helm; uninstalled (and its pods gone) afterwards."""
+    tools = Tools(k8s_cluster)
+    install_operator(tools)
+    api = k8s_cluster.api
+    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
+               120, "the operator pod to run")  # fmt: skip
+    yield tools
+    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+    if k8s_cluster.kubelet is not None:
+        kubelet = k8s_cluster.kubelet
+        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "operator to stop")
+
+
+@pytest.fixture(scope="module")
+def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def test_apply_reaches_in_service_and_predicts_like_the_booster(
+    tools: Tools, k8s_namespace: str, model_uri: str, abalone_model: AbaloneModel
+) -> None:
+    api = tools.cluster.api
+    applied = tools.apply(endpoint_manifest("abalone", model_uri), k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_phase(api, k8s_namespace, "abalone", "InService")
+    assert endpoint["status"]["readyReplicas"] == 1
+    shown = tools.kubectl("get", "ie", "-n", k8s_namespace)
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["NAME", "MODE", "PHASE", "READY", "DESIRED"]
+    assert row.split()[:5] == ["abalone", "realtime", "InService", "1", "1"]
+
+    rows = abalone_model.test_rows
+    (ip,) = ready_pod_ips(api, k8s_namespace, "abalone")
+    response = httpx.post(f"http://{ip}:8080/invocations", content=to_csv(rows), headers=CSV)
+    assert response.status_code == 200, response.text
+    got = np.array(response.text.split(), dtype=np.float32)
+    np.testing.assert_array_equal(got, abalone_model.booster().inplace_predict(rows))
+
+    events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
+    reasons = {
+        e["reason"] for e in events if e["involvedObject"].get("kind") == "InferenceEndpoint"
+    }
+    assert "InService" in reasons
+
+    # a spec change rolls the Deployment: Updating, then InService on the new pods
+    before = api.get(f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-abalone")
+    changed = tools.apply(endpoint_manifest("abalone", model_uri, workers=2), k8s_namespace)
+    assert changed.returncode == 0, changed.stderr
+    wait_phase(api, k8s_namespace, "abalone", "InService", also=lambda e: (
+        e["status"].get("observedGeneration") == e["metadata"]["generation"]))  # fmt: skip
+    after = api.get(f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-abalone")
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    env = after["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "INFERMODES_SERVE_WORKERS", "value": "2"} in env
+    assert "Updating" in {e["reason"] for e in api.get(
+        f"/api/v1/namespaces/{k8s_namespace}/events")["items"]}  # fmt: skip
+
+
+def test_operator_runs_under_its_own_least_privilege_account(tools: Tools) -> None:
+    api = tools.cluster.api
+    (pod,) = [p for p in operator_pods(api) if not p["metadata"].get("deletionTimestamp")]
+    account = pod["spec"]["serviceAccountName"]
+    assert account == f"{RELEASE}-operator"
+    token = api.post(
+        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{account}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 600}},
+    )["status"]["token"]  # fmt: skip
+    as_operator = httpx.Client(base_url=tools.cluster.server, verify=False,
+                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    with as_operator:
+        allowed = as_operator.get("/apis/apps/v1/deployments")
+        assert allowed.status_code == 200
+        for method, path in [("GET", "/api/v1/secrets"),
+                             ("DELETE", f"/apis/apps/v1/namespaces/{OPERATOR_NAMESPACE}/"
+                                        "deployments/x"),
+                             ("GET", "/api/v1/nodes")]:  # fmt: skip
+            refused = as_operator.request(method, path)
+            assert refused.status_code == 403, (method, path, refused.text)
+
+
+INVALID = [
+    ("wrong-mode", {"mode": "sometimes"}, "spec.mode: Unsupported value"),
+    ("memory", {"mode": "serverless", "serverless": {"memorySizeInMB": 1000}},
+     "spec.serverless.memorySizeInMB: Unsupported value: 1000"),
+    ("concurrency-0", {"mode": "serverless", "serverless": {"maxConcurrency": 0}},
+     "spec.serverless.maxConcurrency: Invalid value: 0"),
+    ("concurrency-201", {"mode": "serverless", "serverless": {"maxConcurrency": 201}},
+     "spec.serverless.maxConcurrency: Invalid value: 201"),
+    ("timeout", {"mode": "async", "async": {"outputPath": "file:///o",
+                                            "invocationTimeoutSeconds": 4000}},
+     "spec.async.invocationTimeoutSeconds: Invalid value: 4000"),
+    ("no-model", {"mode": "realtime", "model": None, "realtime": {}}, "spec.model: Required value"),
+    ("no-block", {"mode": "realtime", "realtime": None},
+     "spec.realtime is required when mode is realtime"),
+    ("two-blocks", {"serverless": {}}, "spec.serverless is required when mode is serverless"),
+    ("replicas", {"realtime": {"minReplicas": 3, "maxReplicas": 2}},
+     "minReplicas must not exceed maxReplicas"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "change", "message"), INVALID, ids=[i[0] for i in INVALID])
+def test_invalid_specs_are_rejected_by_kubectl_apply(
+    tools: Tools, k8s_namespace: str, name: str, change: dict, message: str
+) -> None:
+    manifest = endpoint_manifest(f"bad-{name}", "file:///m.tar.gz")
+    spec = manifest["spec"]
+    if change.get("mode") not in (None, "realtime"):
+        spec.pop("realtime")
+    for key, value in change.items():
+        if value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    result = tools.apply(manifest, k8s_namespace)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert get_endpoint(tools.cluster.api, k8s_namespace, f"bad-{name}") is None
+
+
+def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:
+    manifest = endpoint_manifest("lost", f"file:///nonexistent/{k8s_namespace}/model.tar.gz")
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    endpoint = wait_phase(tools.cluster.api, k8s_namespace, "lost", "Failed")
+    assert endpoint["status"]["reason"] == "ModelLoadFailed"
+    assert "no such object" in endpoint["status"]["message"]
+
+
+def test_load_scales_out_to_max_and_back_to_min(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """Bounds: scale-out within 120 s of load, scale-in within 120 s of silence."""
+    api = tools.cluster.api
+    scaling = {"metric": "InvocationsPerInstance", "target": 60, "scaleInCooldownSeconds": 5}
+    manifest = endpoint_manifest("busy", model_uri, minReplicas=1, maxReplicas=3, scaling=scaling)
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "busy", "InService")
+    (ip,) = ready_pod_ips(api, k8s_namespace, "busy")
+    stop = threading.Event()
+    sent = [0]
+
+    def load() -> None:  # ~20 requests/s (1200/min against a target of 60/min per replica)
+        deadline = time.monotonic() + 150
+        with httpx.Client() as client:
+            while not stop.is_set() and time.monotonic() < deadline and sent[0] < 4000:
+                client.post(f"http://{ip}:8080/invocations",
+                            content=b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1,0.15", headers=CSV)  # fmt: skip
+                sent[0] += 1
+                time.sleep(0.05)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        wait_phase(api, k8s_namespace, "busy", "InService", timeout=120,
+                   also=lambda e: e["status"].get("readyReplicas") == 3)  # fmt: skip
+    finally:
+        stop.set()
+        worker.join(10)
+    assert sent[0] > 0
+    wait_phase(api, k8s_namespace, "busy", "InService", timeout=120,
+               also=lambda e: e["status"].get("desiredReplicas") == 1)  # fmt: skip
+
+
+def test_deleting_the_endpoint_removes_its_objects_and_processes(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    api = tools.cluster.api
+    assert tools.apply(endpoint_manifest("doomed", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "doomed", "InService")
+    kubelet = tools.cluster.kubelet
+    assert kubelet is not None and kubelet.running_pids(k8s_namespace)
+    deleted = tools.kubectl("delete", "ie", "doomed", "-n", k8s_namespace, "--wait=true")
+    assert deleted.returncode == 0, deleted.stderr
+
+    def gone(path: str) -> bool:
+        try:
+            api.get(path)
+        except ApiError as err:
+            return err.status == 404
+        return False
+
+    base = f"/namespaces/{k8s_namespace}"
+    wait_until(lambda: gone(f"/apis/apps/v1{base}/deployments/ie-doomed"), 60, "Deployment gone")
+    wait_until(lambda: gone(f"/api/v1{base}/services/ie-doomed"), 60, "Service gone")
+    wait_until(lambda: not kubelet.running_pids(k8s_namespace), 60, "pod processes gone")
+
+
+def test_restarting_the_operator_changes_nothing_that_was_correct(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    api = tools.cluster.api
+    assert tools.apply(endpoint_manifest("steady", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "steady", "InService")
+    deployment_path = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-steady"
+    service_path = f"/api/v1/namespaces/{k8s_namespace}/services/ie-steady"
+
+    def snapshot() -> tuple:
+        deployment = api.get(deployment_path)
+        service = api.get(service_path)
+        pods = api.get(f"/api/v1/namespaces/{k8s_namespace}/pods")["items"]
+        return (deployment["metadata"]["generation"], deployment["spec"],
+                service["metadata"]["resourceVersion"],
+                sorted(p["metadata"]["uid"] for p in pods))  # fmt: skip
+
+    before = snapshot()
+    (old,) = [p for p in operator_pods(api) if not p["metadata"].get("deletionTimestamp")]
+    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{old['metadata']['name']}")
+
+    def new_operator_running() -> bool:
+        return any(
+            p["metadata"]["uid"] != old["metadata"]["uid"] and p["status"].get("phase") == "Running"
+            for p in operator_pods(api)
+        )
+
+    wait_until(new_operator_running, 120, "a new operator pod")
+    (new,) = [p for p in operator_pods(api) if p["metadata"]["uid"] != old["metadata"]["uid"]]
+    marker = f"[{k8s_namespace}/steady]"
+    wait_until(lambda: marker in tools.cluster.pod_log(OPERATOR_NAMESPACE, new["metadata"]["name"]),
+               60, "the new operator to resume the endpoint")  # fmt: skip
+    time.sleep(6)  # an observation window of three resync ticks: nothing may change in it
+    assert snapshot() == before
+    assert get_endpoint(api, k8s_namespace, "steady")["status"]["phase"] == "InService"
