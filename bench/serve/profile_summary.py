@@ -6,9 +6,14 @@ in each function itself (self) and under it (inclusive), which is what a finding
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from pathlib import Path
+
+# "function (path:line)"; process frames ("process PID:cmdline") and the pieces of command
+# lines that contain ";" do not match.
+FRAME = re.compile(r"^(?P<name>\S.*) \((?P<path>[^()]+):\d+\)$")
 
 
 def summarise(raw: Path, top: int = 40) -> str:
@@ -23,11 +28,7 @@ def summarise(raw: Path, top: int = 40) -> str:
         n = int(count)
         # Merge a function's lines, and the workers of one server (py-spy roots each stack
         # in "process PID:cmdline" frames), so that shares add up per function.
-        frames = [
-            f"{name} ({path.rsplit(':', 1)[0]})" if path else name
-            for name, _, path in (f.partition(" (") for f in stack.split(";"))
-            if not name.startswith("process ")
-        ]
+        frames = [f"{m['name']} ({m['path']})" for m in map(FRAME.match, stack.split(";")) if m]
         if not frames:
             continue
         total += n

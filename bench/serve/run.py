@@ -476,6 +476,18 @@ def installed(package: str) -> str:
         return "not installed"
 
 
+def source_revision() -> str:
+    """The commit the measured infermodes came from, marked when its sources differ from it."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "infermodes", "pyproject.toml"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
+
+
 def versions(peer_python: Path) -> dict[str, str]:
     peer = subprocess.run(
         [
@@ -500,6 +512,7 @@ def versions(peer_python: Path) -> dict[str, str]:
     )
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     return {
+        "infermodes source": source_revision(),
         "cpu": f"{cpu} x {os.cpu_count()}",
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -638,28 +651,41 @@ def main() -> None:
     info = versions(peer_python)
     print(json.dumps(info, indent=2), flush=True)
 
-    results = []
-    for server in servers(work, tarball, model_json, row, peer_python):
-        if only and server.name not in only:
-            continue
-        res = ServerResult(server.name)
-        for i in range(args.cold_starts):
-            log = work / f"{server.name}-{i}.log"
-            with running(server, log, expected) as (proc, cold):
-                res.cold_start_s.append(cold)
-                if i < args.cold_starts - 1:
-                    continue
-                wrk(server, proc.pid, 16, 2)  # warm-up, not recorded
-                for conns in connections:
-                    res.load.append(wrk(server, proc.pid, conns, args.duration))
-                    print(f"{server.name} {res.load[-1]}", flush=True)
-                if args.profile and server.profile_python:
-                    py_spy = peer_python.parent / "py-spy"
-                    res.profile = profile(
-                        server, proc, py_spy, work / f"{server.name}-profile", args.duration
-                    )
-        print(f"{server.name} cold starts {[round(c, 3) for c in res.cold_start_s]}", flush=True)
-        results.append(res)
+    chosen = [
+        s
+        for s in servers(work, tarball, model_json, row, peer_python)
+        if not only or s.name in only
+    ]
+    by_name = {s.name: ServerResult(s.name) for s in chosen}
+    # Every phase interleaves the servers, so that other load on this shared machine falls on
+    # all of them alike rather than on whichever ran while it lasted.
+    for i in range(args.cold_starts):
+        for server in chosen:
+            with running(server, work / f"{server.name}-cold-{i}.log", expected) as (_, cold):
+                by_name[server.name].cold_start_s.append(cold)
+                print(f"{server.name} cold start {cold:.3f} s", flush=True)
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for server in chosen:
+            procs[server.name], _ = stack.enter_context(
+                running(server, work / f"{server.name}.log", expected)
+            )
+            wrk(server, procs[server.name].pid, 16, 2)  # warm-up, not recorded
+        for conns in connections:
+            for server in chosen:
+                result = wrk(server, procs[server.name].pid, conns, args.duration)
+                by_name[server.name].load.append(result)
+                print(f"{server.name} {result}", flush=True)
+        if args.profile:
+            for server in (s for s in chosen if s.profile_python):
+                by_name[server.name].profile = profile(
+                    server,
+                    procs[server.name],
+                    peer_python.parent / "py-spy",
+                    work / f"{server.name}-profile",
+                    args.duration,
+                )
+    results = list(by_name.values())
 
     print()
     print(report(results, floors))
