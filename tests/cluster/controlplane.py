@@ -106,7 +106,12 @@ def wait_until(
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca: Path, user: dict[str, str], name: str = "infermodes-test"
+    path: Path,
+    server: str,
+    ca: Path,
+    user: dict[str, str],
+    name: str = "infermodes-test",
+    namespace: str = "default",
 ) -> Path:
     """Write a one-context kubeconfig; `user` is the kubeconfig user entry (certs or token)."""
     config = {
@@ -116,7 +121,7 @@ def write_kubeconfig(
             {"name": name, "cluster": {"server": server, "certificate-authority": str(ca)}}
         ],
         "users": [{"name": name, "user": user}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}],
         "current-context": name,
     }
     path.write_text(yaml.safe_dump(config))

@@ -756,6 +756,7 @@ class PodWorker(threading.Thread):
                     self.api.ca_file,
                     {"token": value},
                     name=f"{self.namespace}-{sa}",
+                    namespace=self.namespace,
                 )
 
     # -- running --------------------------------------------------------------------------------
