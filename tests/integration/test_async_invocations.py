@@ -1,0 +1,170 @@
+"""Accept, queue, process, store, notify: the async data plane with a real broker, real
+``infermodes async-api`` and ``infermodes worker`` processes, and real storage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pika
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from infermodes.backlog import backlog
+from infermodes.storage import Storage
+from tests.conftest import AbaloneModel
+from tests.support.async_plane import (
+    Notifications,
+    Process,
+    dead_letters,
+    invoke,
+    running_api,
+    start_worker,
+    to_csv,
+    workers,
+)
+from tests.support.processes import stop_process, wait_until
+from tests.support.rabbitmq import Broker
+
+
+def predictions_in(path: Path) -> np.ndarray:
+    return np.array(path.read_text().split(), dtype=np.float32)
+
+
+def metric(worker: Process, name: str, **labels: str) -> float:
+    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_inline_and_by_reference_requests_complete_with_notifications(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "flow"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows[:20]
+    expected = abalone_model.booster().inplace_predict(rows)
+    by_reference = tmp_path / "given" / "rows.csv"
+    by_reference.parent.mkdir()
+    by_reference.write_bytes(to_csv(rows))
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}/store"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        inline = invoke(client, endpoint, to_csv(rows), {"accept": "application/json"})
+        reference = invoke(
+            client,
+            endpoint,
+            headers={
+                "X-Amzn-SageMaker-InputLocation": f"file://{by_reference}",
+                "X-Amzn-SageMaker-Custom-Attributes": "trace=1",
+                "X-Amzn-SageMaker-Inference-Id": "my-request-1",
+            },
+        )
+        for response in (inline, reference):
+            assert response.status_code == 202, response.text
+            body = response.json()
+            assert body["OutputLocation"] == response.headers["X-Amzn-SageMaker-OutputLocation"]
+            assert body["FailureLocation"] == response.headers["X-Amzn-SageMaker-FailureLocation"]
+        assert reference.json()["InferenceId"] == "my-request-1"
+        assert reference.json()["OutputLocation"] == f"file://{tmp_path}/store/output/my-request-1.out"
+        started.append(
+            start_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}", tmp_path / "w.log")
+        )
+        ids = {inline.json()["InferenceId"], "my-request-1"}
+        notes.wait_for(ids, "Completed", 60)
+    stored = Storage()
+    json_output = json.loads(stored.get_bytes(inline.json()["OutputLocation"]))
+    scores = np.array([p["score"] for p in json_output["predictions"]], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected)
+    np.testing.assert_array_equal(
+        predictions_in(tmp_path / "store/output/my-request-1.out"), expected
+    )
+    by_id = {n["inferenceId"]: n for n in notes.received}
+    note = by_id["my-request-1"]
+    assert note["routingKey"] == f"{endpoint}.success"
+    assert note["responseParameters"]["outputLocation"].endswith("my-request-1.out")
+    assert note["requestParameters"]["customAttributes"] == "trace=1"
+    inline_result = np.array(note["responseBody"]["content"].split(), dtype=np.float32)
+    np.testing.assert_array_equal(inline_result, expected)
+    assert (tmp_path / "store/input" / f"{inline.json()['InferenceId']}.in").exists()
+
+
+def test_requests_through_s3(
+    rabbitmq: Broker, s3, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "on-s3"
+    client_s3 = s3.client()
+    client_s3.create_bucket(Bucket="async")
+    client_s3.upload_file(str(abalone_model.tarball), "async", "model.tar.gz")
+    rows = abalone_model.test_rows[:7]
+    client_s3.put_object(Bucket="async", Key="given/rows.csv", Body=to_csv(rows))
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with (
+        running_api(rabbitmq, {endpoint: "s3://async/ep"}, tmp_path / "api.log", s3.env) as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        started.append(
+            start_worker(
+                rabbitmq, endpoint, "s3://async/model.tar.gz", tmp_path / "w.log", env=s3.env
+            )
+        )
+        inline = invoke(client, endpoint, to_csv(rows))
+        reference = invoke(
+            client, endpoint, headers={"X-Amzn-SageMaker-InputLocation": "s3://async/given/rows.csv"}
+        )
+        assert inline.status_code == reference.status_code == 202
+        ids = {inline.json()["InferenceId"], reference.json()["InferenceId"]}
+        notes.wait_for(ids, "Completed", 60)
+    expected = abalone_model.booster().inplace_predict(rows)
+    for response in (inline, reference):
+        key = response.json()["OutputLocation"].removeprefix("s3://async/")
+        body = client_s3.get_object(Bucket="async", Key=key)["Body"].read()
+        np.testing.assert_array_equal(np.array(body.split(), dtype=np.float32), expected)
+
+
+@pytest.fixture(scope="module")
+def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    root = tmp_path_factory.mktemp("refusing")
+    with running_api(rabbitmq, {"refused": f"file://{root}"}, root / "api.log") as api:
+        yield api
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "message"),
+    [
+        ({}, b"", 400, "no input"),
+        ({"X-Amzn-SageMaker-InputLocation": "file:///x"}, b"1", 400, "not both"),
+        ({"X-Amzn-SageMaker-InputLocation": "ftp://x/y"}, b"", 400, "unsupported storage"),
+        ({"content-type": "image/png"}, b"1", 415, "unsupported content type"),
+        ({"accept": "text/html"}, b"1", 406, "text/html"),
+        ({"X-Amzn-SageMaker-RequestTTLSeconds": "0"}, b"1", 400, "RequestTTLSeconds"),
+        ({"X-Amzn-SageMaker-InvocationTimeoutSeconds": "3601"}, b"1", 400, "1 to 3600"),
+        ({"X-Amzn-SageMaker-Inference-Id": "a/b"}, b"1", 400, "Inference-Id"),
+    ],
+)
+def test_bad_requests_are_refused_before_queueing(
+    rabbitmq: Broker,
+    refusing_api: Process,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    message: str,
+) -> None:
+    with httpx.Client(base_url=refusing_api.url) as client:
+        response = invoke(client, "refused", body, headers)
+        assert response.status_code == status, response.text
+        assert message in response.json()["message"]
+        assert invoke(client, "nowhere", b"1").status_code == 404
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+        backlog("refused", rabbitmq.amqp_url, None)  # nothing was ever queued

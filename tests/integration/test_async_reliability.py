@@ -1,0 +1,359 @@
+"""What the async data plane promises when things go wrong, proven with real processes: a
+worker killed mid-way, the broker restarted, a scale-down, bad inputs, poison messages, and
+backlog figures that never mistake in-flight work for an empty queue."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from infermodes.backlog import backlog
+from infermodes.invocations import InvocationRequest
+from infermodes.queue import RequestPublisher
+from tests.conftest import AbaloneModel
+from tests.support.async_plane import (
+    Notifications,
+    Process,
+    dead_letters,
+    invoke,
+    running_api,
+    start_worker,
+    to_csv,
+    workers,
+)
+from tests.support.processes import stop_process, wait_until
+from tests.support.rabbitmq import Broker
+
+LOCATION = "X-Amzn-SageMaker-InputLocation"
+
+
+def metric(worker: Process, name: str, **labels: str) -> float:
+    try:
+        text = httpx.get(f"{worker.url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return -1.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def outputs(folder: Path) -> list[Path]:
+    """Result objects (temp files of interrupted writes start with a dot and do not count)."""
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if not p.name.startswith(".")]
+
+
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    with capsys.disabled():
+        print(f"\n    measured: {line}")
+
+
+@pytest.fixture(scope="module")
+def big_input(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~25 MB of CSV (400k rows): long enough that a worker is visibly busy with it."""
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    block = to_csv(abalone_model.test_rows)
+    with path.open("wb") as out:
+        for _ in range(400_000 // len(abalone_model.test_rows) + 1):
+            out.write(block)
+    return path
+
+
+def model_uri(abalone_model: AbaloneModel) -> str:
+    return f"file://{abalone_model.tarball}"
+
+
+def test_sigkill_mid_way_loses_nothing_and_writes_each_output_once(
+    rabbitmq: Broker,
+    abalone_model: AbaloneModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    endpoint = "crash"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows
+    expected = abalone_model.booster().inplace_predict(rows)
+    inputs = {}  # inference id -> row indices
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        for i in range(300):
+            picked = [(i * 7 + k) % len(rows) for k in range(1 + i % 50)]
+            response = invoke(client, endpoint, to_csv(rows[picked]))
+            assert response.status_code == 202, response.text
+            inputs[response.json()["InferenceId"]] = picked
+        first = start_worker(
+            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "a.log", concurrency=4
+        )
+        started.append(first)
+        wait_until(lambda: len(outputs(tmp_path / "output")) >= 60, 60, "60 outputs", 0.005)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        done_at_kill = len(outputs(tmp_path / "output"))
+        assert done_at_kill < 300, "the worker finished before it could be killed"
+        second = start_worker(
+            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "b.log", concurrency=4
+        )
+        started.append(second)
+        notes.wait_for(set(inputs), "Completed", 120)
+        duplicates_processed = metric(second, "infermodes_async_messages_total", outcome="duplicate")
+    written = outputs(tmp_path / "output")
+    assert sorted(p.name for p in written) == sorted(f"{i}.out" for i in inputs)
+    for inference_id, picked in inputs.items():
+        got = np.array((tmp_path / "output" / f"{inference_id}.out").read_text().split(), "f4")
+        np.testing.assert_array_equal(got, expected[picked])
+    assert not outputs(tmp_path / "failure")
+    seen = notes.ids("Completed")
+    assert set(seen) == set(inputs)
+    duplicates = sum(n - 1 for n in seen.values())
+    report(
+        capsys,
+        f"SIGKILL after {done_at_kill}/300 outputs; 300 outputs, each once; "
+        f"{duplicates} duplicate success notification(s) seen by the consumer; "
+        f"{duplicates_processed:.0f} redelivery(ies) found their output already written",
+    )
+
+
+def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
+    rabbitmq: Broker,
+    abalone_model: AbaloneModel,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    endpoint = "restart"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    row = to_csv(abalone_model.test_rows[:3])
+    accepted: set[str] = set()
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+        workers() as started,
+    ):
+        started.append(
+            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log")
+        )
+        for _ in range(60):
+            response = invoke(client, endpoint, row)
+            assert response.status_code == 202, response.text
+            accepted.add(response.json()["InferenceId"])
+        rabbitmq.stop()
+        refused = [invoke(client, endpoint, row) for _ in range(5)]
+        assert [r.status_code for r in refused] == [503] * 5
+        assert "broker unreachable" in refused[0].json()["message"]
+        assert "not accepted" in refused[0].json()["message"]
+        restarted = time.monotonic()
+        rabbitmq.start()
+        for _ in range(60):
+            response = invoke(client, endpoint, row)
+            assert response.status_code == 202, response.text
+            accepted.add(response.json()["InferenceId"])
+        notes.wait_for(accepted, "Completed", 120)
+        took = time.monotonic() - restarted
+    assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(
+        f"{i}.out" for i in accepted
+    )
+    report(capsys, f"120 accepted, 5 refused with 503 while down; all done {took:.1f} s after restart")
+
+
+def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    endpoint = "drain"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        ids = set()
+        for _ in range(6):
+            response = invoke(client, endpoint, headers={LOCATION: f"file://{big_input}"})
+            assert response.status_code == 202
+            ids.add(response.json()["InferenceId"])
+        busy = start_worker(
+            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "a.log", concurrency=2
+        )
+        started.append(busy)
+        wait_until(lambda: metric(busy, "infermodes_async_in_flight") == 2, 60, "2 in flight")
+        busy.proc.send_signal(signal.SIGTERM)
+        assert busy.proc.wait(120) == 0
+        assert "stopped consuming; 2 request(s) in flight" in busy.log
+        finished = {p.name.removesuffix(".out") for p in outputs(tmp_path / "output")}
+        assert len(finished) >= 2
+        notes.wait_for(finished, "Completed", 30)
+        # nothing left unacknowledged: the rest waits, ready, for the next worker
+        wait_until(
+            lambda: backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url).total
+            == 6 - len(finished),
+            30,
+            "the backlog to settle",
+        )
+        started.append(
+            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "b.log")
+        )
+        notes.wait_for(ids, "Completed", 120)
+    assert notes.ids("Completed") == Counter(dict.fromkeys(ids, 1))  # none redelivered
+
+
+def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "bad"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    good = to_csv(abalone_model.test_rows[:2])
+    cases = {
+        "missing": ({LOCATION: f"file://{tmp_path}/absent.csv"}, b"", "InputNotFound"),
+        "malformed": ({}, b"1,0,0,0.5,abc,0.1,0.5,0.2,0.1,0.1\n", "InvalidInput"),
+        "width": ({}, b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1\n", "InvalidInput"),
+        "json": ({"content-type": "application/json"}, b'{"instances": [[1, 2,', "InvalidInput"),
+        "expired": ({"X-Amzn-SageMaker-RequestTTLSeconds": "1"}, good, "Expired"),
+    }
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        for name, (headers, body, _) in cases.items():
+            headers = {**headers, "X-Amzn-SageMaker-Inference-Id": name}
+            assert invoke(client, endpoint, body, headers).status_code == 202
+        accepted = time.time()
+        wait_until(lambda: time.time() > accepted + 1.5, 5, "the 1 s TTL to pass")
+        worker = start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log")
+        started.append(worker)
+        notes.wait_for(set(cases), "Failed", 60)
+        ok = invoke(client, endpoint, good, {"X-Amzn-SageMaker-Inference-Id": "after"})
+        assert ok.status_code == 202
+        notes.wait_for({"after"}, "Completed", 60)
+        assert worker.proc.poll() is None
+    assert notes.ids("Failed") == Counter(dict.fromkeys(cases, 1))
+    errors = sorted(p.name for p in outputs(tmp_path / "failure"))
+    assert errors == sorted(f"{name}.error" for name in cases)
+    assert [p.name for p in outputs(tmp_path / "output")] == ["after.out"]
+    for name, (_, _, reason) in cases.items():
+        record = json.loads((tmp_path / "failure" / f"{name}.error").read_text())
+        assert record["reason"] == reason, record
+        note = next(n for n in notes.received if n["inferenceId"] == name)
+        assert note["routingKey"] == f"{endpoint}.error"
+        assert note["failureReason"] == reason
+        assert note["responseParameters"]["failureLocation"].endswith(f"{name}.error")
+    width = json.loads((tmp_path / "failure/width.error").read_text())
+    assert "row 1: expected 10 features, got 9" in width["message"]
+
+
+def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    """Three kinds: a message no worker can read, an input that can never be read (a folder),
+    and a request whose worker process dies every time (killed while it holds it)."""
+    endpoint = "poison"
+    attempts = 3
+    notes = Notifications(rabbitmq, endpoint).declare()
+    (tmp_path / "folder").mkdir()
+    unreadable = InvocationRequest(
+        inference_id="unreadable",
+        endpoint=endpoint,
+        input_location=f"file://{big_input}",
+        output_location=f"file://{tmp_path}/output/unreadable.out",
+        failure_location=f"file://{tmp_path}/failure/unreadable.error",
+        content_type="text/csv",
+        accept="text/csv",
+        accepted_at=time.time(),
+        expires_at=time.time() + 3600,
+        invocation_timeout_seconds=900,
+    )
+    body = json.loads(unreadable.to_bytes())
+    body["acceptedAt"] = "yesterday"  # as a publisher of another version might send it
+    publisher = RequestPublisher(rabbitmq.amqp_url, attempts)
+    publisher.submit(endpoint, "unreadable", json.dumps(body).encode())
+    publisher.close()
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        headers = {LOCATION: f"file://{tmp_path}/folder", "X-Amzn-SageMaker-Inference-Id": "dir"}
+        assert invoke(client, endpoint, headers=headers).status_code == 202
+        started.append(
+            start_worker(
+                rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w0.log", attempts
+            )
+        )
+        notes.wait_for({"unreadable", "dir"}, "Failed", 60)
+        stop_process(started[0].proc)
+        # a request whose worker dies every time it holds it
+        headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "crasher"}
+        assert invoke(client, endpoint, headers=headers).status_code == 202
+        for attempt in range(attempts):
+            worker = start_worker(
+                rabbitmq, endpoint, model_uri(abalone_model), tmp_path / f"k{attempt}.log"
+            )
+            started.append(worker)
+            wait_until(lambda w=worker: metric(w, "infermodes_async_in_flight") == 1, 30, "work")
+            worker.proc.send_signal(signal.SIGKILL)
+            worker.proc.wait(10)
+        started.append(
+            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "last.log")
+        )
+        notes.wait_for({"crasher"}, "Failed", 60)
+        wait_until(
+            lambda: backlog(endpoint, rabbitmq.amqp_url, None).ready == 0, 30, "an empty queue"
+        )
+        dead = [json.loads(b) for b in dead_letters(rabbitmq, endpoint)]
+    assert sorted(d["inferenceId"] for d in dead) == ["crasher", "dir", "unreadable"]
+    assert notes.ids("Failed") == Counter({"unreadable": 1, "dir": 1, "crasher": 1})
+    for name in ("unreadable", "dir", "crasher"):
+        record = json.loads((tmp_path / "failure" / f"{name}.error").read_text())
+        assert record["reason"] == "AttemptsExhausted", record
+        assert record["attempts"] == attempts
+    assert "acceptedAt" in json.loads((tmp_path / "failure/unreadable.error").read_text())["message"]
+    assert "Is a directory" in json.loads((tmp_path / "failure/dir.error").read_text())["message"]
+    assert not outputs(tmp_path / "output")
+
+
+def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    endpoint = "backlog"
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url) as client,
+        workers() as started,
+    ):
+        for _ in range(5):
+            response = invoke(client, endpoint, headers={LOCATION: f"file://{big_input}"})
+            assert response.status_code == 202
+
+        def figures() -> tuple[int, int | None, int]:
+            found = backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url)
+            assert found.source == "management"
+            return found.ready, found.unacked, found.consumers
+
+        wait_until(lambda: figures() == (5, 0, 0), 30, "5 ready")
+        worker = start_worker(
+            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log", concurrency=2
+        )
+        started.append(worker)
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60, "2 in flight")
+        worker.proc.send_signal(signal.SIGSTOP)  # busy, and stays busy while we look
+        try:
+            wait_until(lambda: figures() == (3, 2, 1), 30, "3 ready, 2 in flight, 1 consumer")
+            assert backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url).total == 5
+            fallback = backlog(endpoint, rabbitmq.amqp_url, "http://127.0.0.1:9")
+            assert (fallback.source, fallback.ready, fallback.consumers) == ("amqp", 3, 1)
+            assert fallback.unacked is None and fallback.total is None  # unknown, never 0
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
