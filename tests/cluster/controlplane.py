@@ -121,7 +121,9 @@ def write_kubeconfig(
             {"name": name, "cluster": {"server": server, "certificate-authority": str(ca)}}
         ],
         "users": [{"name": name, "user": user}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}
+        ],
         "current-context": name,
     }
     path.write_text(yaml.safe_dump(config))
@@ -243,12 +245,10 @@ class ControlPlane:
         )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        """Start one process in its own group; setpriv kills it if the starting thread dies."""
+        """Start one process in its own group, to die with this process."""
         log = (self.log_dir / f"{name}.log").open("ab")
-        if shutil.which("setpriv"):
-            argv = ["setpriv", "--pdeathsig", "KILL", "--", *argv]
         self.processes[name] = subprocess.Popen(
-            argv,
+            killed_with_parent(argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -284,6 +284,17 @@ class ControlPlane:
         for name, proc in reversed(list(self.processes.items())):
             stop_process_group(proc, STOP_GRACE_S)
             del self.processes[name]
+
+
+def killed_with_parent(argv: list[str]) -> list[str]:
+    """Wrap argv so the kernel SIGKILLs the process when the thread that started it dies.
+
+    This covers a test run that is itself killed (no teardown runs then). Keep the starting
+    thread alive as long as the process should run.
+    """
+    if shutil.which("setpriv"):
+        return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+    return argv
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:

@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from tests.cluster.api import ApiError, KubeApi
-from tests.cluster.controlplane import stop_process_group, write_kubeconfig
+from tests.cluster.controlplane import killed_with_parent, stop_process_group, write_kubeconfig
 
 log = logging.getLogger("infermodes.kubelet")
 
@@ -767,7 +767,7 @@ class PodWorker(threading.Thread):
         with (self.dir / "container.log").open("ab") as out:
             try:
                 self.proc = subprocess.Popen(
-                    self.argv,
+                    killed_with_parent(self.argv),  # this worker thread outlives the process
                     cwd=self.cwd,
                     env=self.env,
                     stdin=subprocess.DEVNULL,

@@ -1,0 +1,96 @@
+"""The process kubelet's own rules: restarts, and SIGKILL after the grace period."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster import helpers as h
+from tests.cluster.api import KubeApi
+from tests.cluster.controlplane import wait_until
+from tests.cluster.harness import Cluster
+from tests.cluster.kubelet import pid_alive
+
+# Fails on the first run, succeeds on the second: the emptyDir outlives a restart.
+FAIL_ONCE = (
+    "import os, sys; m = sys.argv[1] + '/tried'; tried = os.path.exists(m); "
+    "open(m, 'w').close(); sys.exit(0 if tried else 3)"
+)
+IGNORE_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('up', flush=True); time.sleep(600)"
+)
+
+
+def pod(name: str, policy: str, script: str, args: list[str], **spec: object) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": policy,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11-slim",
+                    "command": ["python3", "-c", script],
+                    "args": args,
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                }
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            **spec,
+        },
+    }
+
+
+def phase(api: KubeApi, namespace: str, name: str) -> str:
+    return api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")["status"].get("phase", "")
+
+
+def test_on_failure_restarts_until_the_command_succeeds(k8s_cluster: Cluster, k8s_namespace: str):
+    if k8s_cluster.kubelet is None:
+        pytest.skip("tests the process kubelet")
+    api = k8s_cluster.api
+    api.post(
+        f"/api/v1/namespaces/{k8s_namespace}/pods",
+        pod("flaky", "OnFailure", FAIL_ONCE, ["/scratch"]),
+    )
+    wait_until(lambda: phase(api, k8s_namespace, "flaky") == "Succeeded", 60, "the pod to succeed")
+    status = h.pods(api, k8s_namespace)[0]["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+
+
+def test_never_ends_failed_with_the_exit_code(k8s_cluster: Cluster, k8s_namespace: str):
+    api = k8s_cluster.api
+    api.post(
+        f"/api/v1/namespaces/{k8s_namespace}/pods", pod("once", "Never", FAIL_ONCE, ["/scratch"])
+    )
+    wait_until(lambda: phase(api, k8s_namespace, "once") == "Failed", 60, "the pod to fail")
+    status = h.pods(api, k8s_namespace)[0]["status"]["containerStatuses"][0]
+    assert status["state"]["terminated"]["exitCode"] == 3
+    assert status["restartCount"] == 0
+
+
+def test_deletion_kills_a_process_that_ignores_sigterm_after_the_grace_period(
+    k8s_cluster: Cluster, k8s_namespace: str
+):
+    if k8s_cluster.kubelet is None:
+        pytest.skip("checks the process kubelet's processes")
+    kubelet = k8s_cluster.kubelet
+    api = k8s_cluster.api
+    api.post(
+        f"/api/v1/namespaces/{k8s_namespace}/pods",
+        pod("stubborn", "Always", IGNORE_SIGTERM, [], terminationGracePeriodSeconds=2),
+    )
+    wait_until(
+        lambda: "up" in k8s_cluster.pod_log(k8s_namespace, "stubborn"), 60, "the process to start"
+    )
+    pid = kubelet.running_pids(k8s_namespace)[f"{k8s_namespace}/stubborn"]
+
+    api.delete(f"/api/v1/namespaces/{k8s_namespace}/pods/stubborn")
+    wait_until(
+        lambda: h.gone(api, f"/api/v1/namespaces/{k8s_namespace}/pods/stubborn"),
+        60,
+        "the pod object to go",
+    )
+    assert not pid_alive(pid)
+    assert "exit code -9" in k8s_cluster.pod_log(k8s_namespace, "stubborn")
