@@ -68,6 +68,6 @@ def run_operator(operator_settings: OperatorSettings) -> None:
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
-        namespaces=namespaces or None,
+        namespaces=namespaces,
         memo=kopf.Memo(),
     )
