@@ -11,6 +11,7 @@ it. See docs/dev-cluster.md.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import tempfile
@@ -141,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the infermodes test cluster until Ctrl-C.")
     parser.add_argument("--state-dir", type=Path, help="where certs, etcd data and pod logs go")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="infermodes-cluster-"))
     if state_dir.exists() and any(state_dir.iterdir()):
         sys.exit(f"{state_dir} is not empty: give a new --state-dir")

@@ -471,16 +471,15 @@ class PodWorker(threading.Thread):
             return True
         if self.pod["metadata"].get("deletionTimestamp"):
             self._terminate(self._grace_s())
-            self._delete_object()
-            return True
+            return self._delete_object()
         return False
 
     def _idle_until_deleted(self) -> None:
         """A finished pod keeps its object (Jobs read it) until someone deletes it."""
         while not (self.kubelet.stopping.is_set() or self.gone):
-            if self.pod["metadata"].get("deletionTimestamp"):
-                self._delete_object()
+            if self.pod["metadata"].get("deletionTimestamp") and self._delete_object():
                 return
+            self._push_status()  # retries a status update that failed
             self.wake.wait(1.0)
             self.wake.clear()
 
@@ -501,13 +500,19 @@ class PodWorker(threading.Thread):
             self.phase = "Succeeded" if code == 0 else "Failed"
             self._push_status()
 
-    def _delete_object(self) -> None:
+    def _delete_object(self) -> bool:
+        """Remove the pod object now that its process is gone; False to try again later."""
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}}
         try:
             self.api.delete(pod_path(self.namespace, self.name), body)
         except ApiError as err:
             if err.status not in (404, 409):
-                raise
+                log.warning("deleting %s/%s failed: %s", self.namespace, self.name, err)
+                return False
+        except httpx.HTTPError as err:
+            log.warning("deleting %s/%s failed: %s", self.namespace, self.name, err)
+            return False
+        return True
 
     # -- preparing the process ------------------------------------------------------------------
 
@@ -802,13 +807,22 @@ class PodWorker(threading.Thread):
             return
         if self.probe and time.monotonic() >= self.probe.next_at:
             self._run_probe(self.probe)
-        self._refresh_tokens()
+        try:
+            self._refresh_tokens()
+        except (ApiError, httpx.HTTPError) as err:
+            log.warning(
+                "token refresh of %s/%s failed, will retry: %s", self.namespace, self.name, err
+            )
+        self._push_status()  # retries a status update that failed
 
     def _exited(self, code: int) -> None:
         self._log_line(f"exited with code {code}")
         self.run_state.ready = False
         policy = self.pod["spec"].get("restartPolicy", "Always")
         state = self._terminated_state(code, "Completed" if code == 0 else "Error")
+        message = self._termination_message(code)
+        if message:
+            state["message"] = message
         if policy == "Always" or (policy == "OnFailure" and code != 0):
             self.run_state.last_terminated = state
             self.run_state.waiting = {
@@ -825,6 +839,27 @@ class PodWorker(threading.Thread):
                 self.kubelet.ips.release(self.ip)
         self._push_status()
 
+    def _termination_message(self, code: int) -> str:
+        """Like the real kubelet: the terminationMessagePath file, or with the policy
+        FallbackToLogsOnError and a failed exit, the log's tail (80 lines, 2 KiB at most)."""
+        container = self.pod["spec"]["containers"][0]
+        path = self.root / container.get("terminationMessagePath", "/dev/termination-log").lstrip(
+            "/"
+        )
+        if path.is_file() and path.stat().st_size:
+            return path.read_text(errors="replace")[:4096]
+        if code == 0 or container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+            return ""
+        log_file = self.dir / "container.log"
+        if not log_file.exists():
+            return ""
+        lines = [
+            line
+            for line in log_file.read_text(errors="replace").splitlines()
+            if not line.startswith("[process-kubelet")
+        ]
+        return "\n".join(lines[-80:])[-2048:]
+
     def _terminated_state(self, code: int, reason: str) -> dict[str, Any]:
         return {
             "exitCode": code,
@@ -839,7 +874,11 @@ class PodWorker(threading.Thread):
 
     def _run_probe(self, probe: Probe) -> None:
         spec = probe.spec
-        ok = self._probe_once(spec, float(spec.get("timeoutSeconds", 1)))
+        try:
+            ok = self._probe_once(spec, float(spec.get("timeoutSeconds", 1)))
+        except PodConfigError as err:  # e.g. a named port the container does not declare
+            self._log_line(f"readiness probe: {err}")
+            ok = False
         probe.next_at = time.monotonic() + spec.get("periodSeconds", 10)
         if ok:
             probe.successes, probe.failures = probe.successes + 1, 0
@@ -906,6 +945,8 @@ class PodWorker(threading.Thread):
                 self.gone = True
             else:
                 log.warning("status update of %s/%s failed: %s", self.namespace, self.name, err)
+        except httpx.HTTPError as err:
+            log.warning("status update of %s/%s failed: %s", self.namespace, self.name, err)
 
     def _condition(self, kind: str, ok: bool) -> dict[str, Any]:
         value = "True" if ok else "False"
