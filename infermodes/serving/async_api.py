@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -49,6 +50,13 @@ FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
 MAX_CUSTOM_ATTRIBUTES = 1024
 
 
+class Enqueuer(Protocol):
+    """Puts a message on an endpoint's queue and returns only once the broker has it
+    (``queue.RequestPublisher``); raises BrokerUnavailable otherwise."""
+
+    def submit(self, endpoint: str, message_id: str, body: bytes) -> None: ...
+
+
 def header_seconds(value: str | None, name: str, default: int, maximum: int) -> int:
     """A whole number of seconds in 1..maximum, or ``default`` when the header is absent."""
     if value is None:
@@ -77,7 +85,7 @@ def input_location_of(value: str) -> str:
 
 def create_router(
     endpoints: dict[str, AsyncEndpoint],
-    publisher: RequestPublisher,
+    publisher: Enqueuer,
     storage: Storage,
     metrics: AsyncApiMetrics,
     max_inline_bytes: int,
@@ -163,7 +171,7 @@ def create_router(
 
 def create_app(
     settings: AsyncApiSettings,
-    publisher: RequestPublisher,
+    publisher: Enqueuer,
     storage: Storage | None = None,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:

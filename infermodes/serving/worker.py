@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import CollectorRegistry, start_http_server
@@ -118,6 +118,12 @@ class _Head:
         return bytes(self.head) if len(self.head) <= self.limit else None
 
 
+class Notifies(Protocol):
+    """``notifications.Notifier``: raises BrokerUnavailable when the topic did not confirm."""
+
+    def send(self, endpoint: str, body: dict[str, object], success: bool) -> None: ...
+
+
 class Processor:
     """Everything done with one delivery; returns how to settle it and never raises."""
 
@@ -126,7 +132,7 @@ class Processor:
         settings: WorkerSettings,
         model: XGBoostModel,
         storage: Storage,
-        notifier: Notifier,
+        notifier: Notifies,
         metrics: WorkerMetrics,
         stopping: threading.Event,
     ) -> None:
@@ -179,7 +185,7 @@ class Processor:
         if step is Step.EXPIRE:
             ttl = request.expires_at - request.accepted_at
             failure = Failure("Expired", f"the request's TTL of {ttl:.0f} s passed", retry=False)
-            self._finish_with_error(Target.of(request), failure, count)
+            self._finish_with_error(Target.of(request), failure, count + 1)
             return Result(Settle.ACK, "expired")
         result = self._predict(request)
         self._notify_success(request, result)
@@ -209,7 +215,7 @@ class Processor:
         """A permanent failure ends the request now; a retryable one is requeued after a
         backoff until the attempt budget is spent."""
         if not failure.retry:
-            self._finish_with_error(target, failure, count)
+            self._finish_with_error(target, failure, count + 1)
             return Result(Settle.ACK, "error")
         if count + 1 >= self.settings.max_attempts:
             return self._give_up(target, count + 1, f"; last error: {failure.message}")

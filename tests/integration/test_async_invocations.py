@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,6 @@ import httpx
 import numpy as np
 import pika
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from infermodes.backlog import backlog
 from infermodes.storage import Storage
@@ -21,28 +18,17 @@ from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
     Process,
-    dead_letters,
     invoke,
     running_api,
     start_worker,
     to_csv,
     workers,
 )
-from tests.support.processes import stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
 
 def predictions_in(path: Path) -> np.ndarray:
     return np.array(path.read_text().split(), dtype=np.float32)
-
-
-def metric(worker: Process, name: str, **labels: str) -> float:
-    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_inline_and_by_reference_requests_complete_with_notifications(
@@ -76,7 +62,9 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
             assert body["OutputLocation"] == response.headers["X-Amzn-SageMaker-OutputLocation"]
             assert body["FailureLocation"] == response.headers["X-Amzn-SageMaker-FailureLocation"]
         assert reference.json()["InferenceId"] == "my-request-1"
-        assert reference.json()["OutputLocation"] == f"file://{tmp_path}/store/output/my-request-1.out"
+        assert (
+            reference.json()["OutputLocation"] == f"file://{tmp_path}/store/output/my-request-1.out"
+        )
         started.append(
             start_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}", tmp_path / "w.log")
         )
@@ -121,7 +109,9 @@ def test_requests_through_s3(
         )
         inline = invoke(client, endpoint, to_csv(rows))
         reference = invoke(
-            client, endpoint, headers={"X-Amzn-SageMaker-InputLocation": "s3://async/given/rows.csv"}
+            client,
+            endpoint,
+            headers={"X-Amzn-SageMaker-InputLocation": "s3://async/given/rows.csv"},
         )
         assert inline.status_code == reference.status_code == 202
         ids = {inline.json()["InferenceId"], reference.json()["InferenceId"]}

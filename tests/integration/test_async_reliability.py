@@ -8,7 +8,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -110,7 +109,9 @@ def test_sigkill_mid_way_loses_nothing_and_writes_each_output_once(
         )
         started.append(second)
         notes.wait_for(set(inputs), "Completed", 120)
-        duplicates_processed = metric(second, "infermodes_async_messages_total", outcome="duplicate")
+        duplicates_processed = metric(
+            second, "infermodes_async_messages_total", outcome="duplicate"
+        )
     written = outputs(tmp_path / "output")
     assert sorted(p.name for p in written) == sorted(f"{i}.out" for i in inputs)
     for inference_id, picked in inputs.items():
@@ -166,7 +167,9 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
     assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(
         f"{i}.out" for i in accepted
     )
-    report(capsys, f"120 accepted, 5 refused with 503 while down; all done {took:.1f} s after restart")
+    report(
+        capsys, f"120 accepted, 5 refused with 503 while down; all done {took:.1f} s after restart"
+    )
 
 
 def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(
@@ -197,8 +200,10 @@ def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(
         notes.wait_for(finished, "Completed", 30)
         # nothing left unacknowledged: the rest waits, ready, for the next worker
         wait_until(
-            lambda: backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url).total
-            == 6 - len(finished),
+            lambda: (
+                backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url).total
+                == 6 - len(finished)
+            ),
             30,
             "the backlog to settle",
         )
@@ -319,7 +324,9 @@ def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
         record = json.loads((tmp_path / "failure" / f"{name}.error").read_text())
         assert record["reason"] == "AttemptsExhausted", record
         assert record["attempts"] == attempts
-    assert "acceptedAt" in json.loads((tmp_path / "failure/unreadable.error").read_text())["message"]
+    assert (
+        "acceptedAt" in json.loads((tmp_path / "failure/unreadable.error").read_text())["message"]
+    )
     assert "Is a directory" in json.loads((tmp_path / "failure/dir.error").read_text())["message"]
     assert not outputs(tmp_path / "output")
 

@@ -1,0 +1,157 @@
+"""The pure rules of async invocations: the message, the plan per delivery, failure classes."""
+
+import json
+
+import pytest
+
+from infermodes.errors import (
+    BrokerUnavailable,
+    InvalidInput,
+    InvocationTimeout,
+    NotAcceptable,
+    ObjectNotFound,
+    StorageError,
+)
+from infermodes.invocations import (
+    Failure,
+    InvocationRequest,
+    MalformedMessage,
+    Step,
+    classify,
+    delivery_count,
+    error_record,
+    parse_request,
+    plan,
+    retry_delay,
+)
+from infermodes.queue import queue_arguments
+
+REQUEST = InvocationRequest(
+    inference_id="abc-1",
+    endpoint="ep",
+    input_location="s3://b/in/abc-1.in",
+    output_location="s3://b/out/abc-1.out",
+    failure_location="s3://b/fail/abc-1.error",
+    content_type="text/csv",
+    accept="application/json",
+    custom_attributes="k=v",
+    accepted_at=100.0,
+    expires_at=160.0,
+    invocation_timeout_seconds=900,
+)
+
+
+def test_message_round_trips_with_camel_case_fields() -> None:
+    wire = json.loads(REQUEST.to_bytes())
+    assert wire["inferenceId"] == "abc-1" and wire["invocationTimeoutSeconds"] == 900
+    assert parse_request(REQUEST.to_bytes()) == REQUEST
+
+
+def test_unknown_fields_from_a_newer_publisher_are_ignored() -> None:
+    wire = json.loads(REQUEST.to_bytes()) | {"priority": 3}
+    assert parse_request(json.dumps(wire).encode()) == REQUEST
+
+
+@pytest.mark.parametrize(
+    ("body", "salvaged_id", "names"),
+    [
+        (json.dumps(json.loads(REQUEST.to_bytes()) | {"acceptedAt": "x"}), "abc-1", "acceptedAt"),
+        (json.dumps({"inferenceId": "z", "failureLocation": "file:///f"}), "z", "inputLocation"),
+        ("not json at all", None, "message"),
+        ("[1, 2]", None, "message"),
+    ],
+)
+def test_malformed_messages_keep_what_can_be_read(
+    body: str, salvaged_id: str | None, names: str
+) -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        parse_request(body.encode())
+    assert caught.value.salvage.inference_id == salvaged_id
+    assert names in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("output", "error", "count", "now", "step"),
+    [
+        (False, False, 0, 100.0, Step.PROCESS),
+        (False, False, 2, 159.0, Step.PROCESS),
+        (True, False, 0, 100.0, Step.RESEND_SUCCESS),
+        (True, False, 9, 999.0, Step.RESEND_SUCCESS),  # a result beats attempts and TTL
+        (False, True, 9, 999.0, Step.RESEND_ERROR),
+        (False, False, 3, 100.0, Step.GIVE_UP),
+        (False, False, 3, 999.0, Step.GIVE_UP),
+        (False, False, 0, 160.5, Step.EXPIRE),
+    ],
+)
+def test_plan(output: bool, error: bool, count: int, now: float, step: Step) -> None:
+    decided = plan(
+        output_exists=output,
+        error_exists=error,
+        delivery_count=count,
+        max_attempts=3,
+        now=now,
+        expires_at=REQUEST.expires_at,
+    )
+    assert decided is step
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "retry"),
+    [
+        (ObjectNotFound("no such object: s3://b/k"), "InputNotFound", False),
+        (InvalidInput("row 1: bad"), "InvalidInput", False),
+        (NotAcceptable("no"), "NotAcceptable", False),
+        (InvocationTimeout("slow"), "InvocationTimeout", False),
+        (StorageError("s3 error: connection refused"), "StorageUnavailable", True),
+        (BrokerUnavailable("down"), "ProcessingFailed", True),
+        (MemoryError(), "ProcessingFailed", True),
+        (ValueError("boom"), "ProcessingFailed", True),
+    ],
+)
+def test_classify(exc: BaseException, reason: str, retry: bool) -> None:
+    failure = classify(exc)
+    assert (failure.reason, failure.retry) == (reason, retry)
+    assert failure.message
+
+
+def test_retry_delay_doubles_up_to_the_cap() -> None:
+    assert [retry_delay(n, 0.5, 3.0) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert retry_delay(10_000, 1.0, 30.0) == 30.0
+
+
+@pytest.mark.parametrize(
+    ("headers", "count"),
+    [(None, 0), ({}, 0), ({"x-delivery-count": 0}, 0), ({"x-delivery-count": 4}, 4)],
+)
+def test_delivery_count(headers: dict[str, object] | None, count: int) -> None:
+    assert delivery_count(headers) == count
+
+
+def test_error_record_names_the_reason_and_attempts() -> None:
+    record = json.loads(
+        error_record(
+            "abc-1",
+            Failure("InvalidInput", "row 2: expected 10 features, got 9", retry=False),
+            attempts=1,
+            input_location="s3://b/in",
+            failed_at=5.0,
+        )
+    )
+    assert record == {
+        "inferenceId": "abc-1",
+        "status": "Failed",
+        "reason": "InvalidInput",
+        "message": "row 2: expected 10 features, got 9",
+        "attempts": 1,
+        "inputLocation": "s3://b/in",
+        "failedAt": 5.0,
+    }
+
+
+def test_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> None:
+    assert queue_arguments("ep", 4) == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 4,
+        "x-dead-letter-exchange": "infermodes.dead-letter",
+        "x-dead-letter-routing-key": "ep",
+    }

@@ -1,0 +1,108 @@
+"""Notification bodies and delivery: topic first (its failure is the caller's to retry), then
+webhooks with bounded retries that never block the request."""
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from infermodes.errors import BrokerUnavailable
+from infermodes.invocations import Failure, InvocationRequest
+from infermodes.metrics import WorkerMetrics
+from infermodes.notifications import (
+    INLINE_RESULT_LIMIT,
+    Notifier,
+    error_body,
+    routing_key,
+    success_body,
+)
+
+REQUEST = InvocationRequest(
+    inference_id="abc",
+    endpoint="ep",
+    input_location="s3://b/in",
+    output_location="s3://b/out/abc.out",
+    failure_location="s3://b/fail/abc.error",
+    content_type="text/csv",
+    accept="text/csv",
+    accepted_at=0.0,
+    expires_at=60.0,
+    invocation_timeout_seconds=900,
+)
+
+
+def test_success_body_inlines_small_results_only() -> None:
+    small = success_body(REQUEST, 1.5, b"1.0\n")
+    assert small["inferenceId"] == "abc" and small["invocationStatus"] == "Completed"
+    assert small["receivedTime"] == "1970-01-01T00:00:00.000+00:00"
+    assert small["eventTime"] == "1970-01-01T00:00:01.500+00:00"
+    assert small["responseParameters"] == {
+        "contentType": "text/csv",
+        "outputLocation": "s3://b/out/abc.out",
+    }
+    assert small["responseBody"] == {"content": "1.0\n", "encoding": "STRING"}
+    assert "responseBody" in success_body(REQUEST, 1.0, b"x" * INLINE_RESULT_LIMIT)
+    assert "responseBody" not in success_body(REQUEST, 1.0, None)
+
+
+def test_error_body_without_a_readable_request() -> None:
+    failure = Failure("AttemptsExhausted", "failed 3 times", retry=False)
+    body = error_body("abc", "ep", failure, "s3://b/fail/abc.error", 2.0, None)
+    assert body["invocationStatus"] == "Failed" and body["receivedTime"] is None
+    assert body["responseParameters"] == {"failureLocation": "s3://b/fail/abc.error"}
+    assert (body["failureReason"], body["failureMessage"]) == (
+        "AttemptsExhausted",
+        "failed 3 times",
+    )
+    assert "requestParameters" not in body
+    assert routing_key("ep", False) == "ep.error" and routing_key("ep", True) == "ep.success"
+
+
+class FakeChannel:
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.published: list[tuple[str, str, str, bool]] = []
+
+    def publish(
+        self, exchange: str, key: str, body: bytes, message_id: str, mandatory: bool
+    ) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.published.append((exchange, key, message_id, mandatory))
+
+
+def notifier(channel: FakeChannel, statuses: list[int]) -> tuple[Notifier, list[bytes]]:
+    posted: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(request.content)
+        return httpx.Response(statuses.pop(0) if statuses else 200)
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = Notifier(channel, metrics, ["http://hook.test/a"], 3, http)  # type: ignore[arg-type]
+    return sender, posted
+
+
+def test_topic_then_webhook_with_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("infermodes.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    channel = FakeChannel()
+    sender, posted = notifier(channel, [503, 500])
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert channel.published == [("infermodes.notifications", "ep.success", "abc", False)]
+    assert len(posted) == 3  # two failures, then 200
+    sender.send("ep", {"inferenceId": "abd"}, success=False)
+    assert channel.published[-1][1] == "ep.error"
+
+
+def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("infermodes.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    sender, posted = notifier(FakeChannel(), [500] * 10)
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert len(posted) == 3
+
+
+def test_topic_failure_raises_for_the_caller_to_retry() -> None:
+    sender, posted = notifier(FakeChannel(down=True), [])
+    with pytest.raises(BrokerUnavailable):
+        sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert not posted  # no webhook before the topic has it

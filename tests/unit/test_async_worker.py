@@ -1,0 +1,166 @@
+"""The worker's per-delivery logic on real files, with a recording notifier: one result object
+per request, errors and retries settled the right way, redeliveries never recomputed."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from prometheus_client import CollectorRegistry
+
+from infermodes.errors import BrokerUnavailable
+from infermodes.invocations import InvocationRequest
+from infermodes.metrics import WorkerMetrics
+from infermodes.serving.model import XGBoostModel
+from infermodes.serving.worker import Processor, Result, Settle
+from infermodes.serving.xgb_native import NativeBooster
+from infermodes.settings import WorkerSettings
+from infermodes.storage import Storage
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, object], bool]] = []
+        self.down = False
+
+    def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
+        if self.down:
+            raise BrokerUnavailable("down")
+        self.sent.append((endpoint, body, success))
+
+
+@pytest.fixture(scope="module")
+def model() -> XGBoostModel:
+    features = np.random.default_rng(4).random((30, 3), dtype=np.float32)
+    booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 3)
+    native = NativeBooster(bytes(booster.save_raw("ubj")))
+    return XGBoostModel(native, native.num_features)
+
+
+@pytest.fixture
+def notifier() -> RecordingNotifier:
+    return RecordingNotifier()
+
+
+@pytest.fixture
+def processor(model: XGBoostModel, notifier: RecordingNotifier) -> Processor:
+    settings = WorkerSettings(
+        endpoint="ep", model_uri="unused", max_attempts=3, retry_backoff_seconds=0
+    )
+    metrics = WorkerMetrics(CollectorRegistry())
+    return Processor(settings, model, Storage(), notifier, metrics, threading.Event())
+
+
+def request(tmp_path: Path, body: bytes | None = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:
+    if body is not None:
+        (tmp_path / "in.csv").write_bytes(body)
+    now = time.time()
+    fields = {
+        "inference_id": "r1",
+        "endpoint": "ep",
+        "input_location": f"file://{tmp_path}/in.csv",
+        "output_location": f"file://{tmp_path}/out/r1.out",
+        "failure_location": f"file://{tmp_path}/fail/r1.error",
+        "content_type": "text/csv",
+        "accept": "text/csv",
+        "accepted_at": now,
+        "expires_at": now + 60,
+        "invocation_timeout_seconds": 60,
+    } | kw
+    return InvocationRequest(**fields).to_bytes()  # type: ignore[arg-type]
+
+
+def test_success_writes_the_output_and_notifies_with_the_result_inline(
+    processor: Processor, notifier: RecordingNotifier, model: XGBoostModel, tmp_path: Path
+) -> None:
+    assert processor.handle(request(tmp_path), 0) == Result(Settle.ACK, "success")
+    output = (tmp_path / "out/r1.out").read_text()
+    want = model.predict(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    np.testing.assert_array_equal(np.array(output.split(), "f4"), want)
+    [(endpoint, body, success)] = notifier.sent
+    assert (endpoint, success, body["inferenceId"]) == ("ep", True, "r1")
+    assert body["responseBody"] == {"content": output, "encoding": "STRING"}
+
+
+def test_a_redelivery_after_success_notifies_again_without_rewriting(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    message = request(tmp_path)
+    processor.handle(message, 0)
+    (tmp_path / "out/r1.out").write_text("kept\n")
+    assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
+    assert (tmp_path / "out/r1.out").read_text() == "kept\n"
+    assert [b["responseBody"]["content"] for _, b, _ in notifier.sent][1] == "kept\n"  # type: ignore[index]
+
+
+def test_bad_input_ends_in_one_error_object_and_is_not_retried(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    message = request(tmp_path, b"1,2\n")
+    assert processor.handle(message, 0) == Result(Settle.ACK, "error")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("InvalidInput", 1)
+    assert "row 1: expected 3 features, got 2" in record["message"]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
+    assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [
+        (False, "InvalidInput"),
+        (False, "InvalidInput"),
+    ]
+
+
+def test_expired_requests_fail_without_being_processed(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    message = request(tmp_path, expires_at=time.time() - 1)
+    assert processor.handle(message, 0) == Result(Settle.ACK, "expired")
+    assert json.loads((tmp_path / "fail/r1.error").read_text())["reason"] == "Expired"
+
+
+def test_transient_failures_are_requeued_then_dead_lettered_on_the_last_attempt(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    (tmp_path / "folder").mkdir()
+    message = request(tmp_path, None, input_location=f"file://{tmp_path}/folder")
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert processor.handle(message, 1) == Result(Settle.REQUEUE, "retried")
+    assert not notifier.sent and not (tmp_path / "fail").exists()
+    assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 3)
+    assert "Is a directory" in record["message"]
+    assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
+
+
+def test_a_delivery_past_the_budget_is_given_up_without_processing(
+    processor: Processor, tmp_path: Path
+) -> None:
+    assert processor.handle(request(tmp_path), 3) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_messages_are_reported_where_they_say(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    body = json.loads(request(tmp_path)) | {"acceptedAt": "yesterday"}
+    message = json.dumps(body).encode()
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert "acceptedAt" in record["message"] and record["inputLocation"] is None
+    assert notifier.sent[0][1]["inferenceId"] == "r1"
+
+
+def test_a_lost_notification_requeues_and_the_redelivery_only_notifies(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    message = request(tmp_path)
+    notifier.down = True
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
+    notifier.down = False
+    assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
+    assert len(notifier.sent) == 1
