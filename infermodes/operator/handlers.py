@@ -62,7 +62,9 @@ def configure(operator_settings: OperatorSettings) -> None:
 
 def run_operator(operator_settings: OperatorSettings) -> None:
     """Run until stopped; watches the configured namespaces or all of them."""
-    logging.basicConfig(level=operator_settings.log_level.upper())
+    level = operator_settings.log_level.lower()
+    kopf.configure(debug=level == "debug", verbose=level in ("debug", "info"),
+                   quiet=level == "error", log_prefix=True)  # fmt: skip
     configure(operator_settings)
     namespaces = operator_settings.namespaces
     kopf.run(

@@ -92,12 +92,21 @@ class WorkloadState:
         )
 
 
+def load_error(message: str) -> str:
+    """The model server's reason from its termination message (its log tail, with
+    FallbackToLogsOnError): the text after its ``cannot load model:`` line."""
+    marker = "cannot load model: "
+    for line in reversed(message.splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return message or "the model server exited with code 3; see the pod's log"
+
+
 def failure(workload: WorkloadState) -> tuple[str, str] | None:
     """(reason, message) when the pods cannot come up, as far as their statuses tell."""
     for pod in workload.pods:
         if pod.exit_code == EXIT_MODEL_LOAD_FAILED:
-            detail = pod.message or "the model server exited with code 3; see the pod's log"
-            return "ModelLoadFailed", f"model cannot be loaded: {detail}"
+            return "ModelLoadFailed", f"model cannot be loaded: {load_error(pod.message)}"
         if pod.waiting_reason in CANNOT_RUN_REASONS:
             return "ContainerCannotRun", f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
         if pod.restarts >= CRASH_RESTARTS and not pod.ready:

@@ -14,7 +14,6 @@ from infermodes.errors import (
 )
 from infermodes.invocations import (
     Failure,
-    InvocationRequest,
     MalformedMessage,
     Step,
     classify,
@@ -25,20 +24,9 @@ from infermodes.invocations import (
     retry_delay,
 )
 from infermodes.queue import queue_arguments
+from tests.unit.async_samples import invocation
 
-REQUEST = InvocationRequest(
-    inference_id="abc-1",
-    endpoint="ep",
-    input_location="s3://b/in/abc-1.in",
-    output_location="s3://b/out/abc-1.out",
-    failure_location="s3://b/fail/abc-1.error",
-    content_type="text/csv",
-    accept="application/json",
-    custom_attributes="k=v",
-    accepted_at=100.0,
-    expires_at=160.0,
-    invocation_timeout_seconds=900,
-)
+REQUEST = invocation(accept="application/json", custom_attributes="k=v")
 
 
 def test_message_round_trips_with_camel_case_fields() -> None:

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.invocations import Failure, InvocationRequest
+from infermodes.invocations import Failure
 from infermodes.metrics import WorkerMetrics
 from infermodes.notifications import (
     INLINE_RESULT_LIMIT,
@@ -15,29 +15,19 @@ from infermodes.notifications import (
     routing_key,
     success_body,
 )
+from tests.unit.async_samples import invocation
 
-REQUEST = InvocationRequest(
-    inference_id="abc",
-    endpoint="ep",
-    input_location="s3://b/in",
-    output_location="s3://b/out/abc.out",
-    failure_location="s3://b/fail/abc.error",
-    content_type="text/csv",
-    accept="text/csv",
-    accepted_at=0.0,
-    expires_at=60.0,
-    invocation_timeout_seconds=900,
-)
+REQUEST = invocation(accepted_at=0.0)
 
 
 def test_success_body_inlines_small_results_only() -> None:
     small = success_body(REQUEST, 1.5, b"1.0\n")
-    assert small["inferenceId"] == "abc" and small["invocationStatus"] == "Completed"
+    assert small["inferenceId"] == "abc-1" and small["invocationStatus"] == "Completed"
     assert small["receivedTime"] == "1970-01-01T00:00:00.000+00:00"
     assert small["eventTime"] == "1970-01-01T00:00:01.500+00:00"
     assert small["responseParameters"] == {
         "contentType": "text/csv",
-        "outputLocation": "s3://b/out/abc.out",
+        "outputLocation": "s3://b/out/abc-1.out",
     }
     assert small["responseBody"] == {"content": "1.0\n", "encoding": "STRING"}
     assert "responseBody" in success_body(REQUEST, 1.0, b"x" * INLINE_RESULT_LIMIT)

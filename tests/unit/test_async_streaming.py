@@ -6,21 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import xgboost as xgb
 
 from infermodes import codecs
 from infermodes.errors import InvalidInput, InvocationTimeout, PayloadTooLarge
 from infermodes.serving.model import XGBoostModel
 from infermodes.serving.streaming import iter_line_chunks, predict_stream, shift_rows
-from infermodes.serving.xgb_native import NativeBooster
+from tests.unit.async_samples import tiny_model
 
 
 @pytest.fixture(scope="module")
 def model() -> XGBoostModel:
-    features = np.random.default_rng(2).random((50, 3), dtype=np.float32)
-    booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 4)
-    native = NativeBooster(bytes(booster.save_raw("ubj")))
-    return XGBoostModel(native, native.num_features)
+    return tiny_model(2)
 
 
 ROWS = np.random.default_rng(3).random((1000, 3), dtype=np.float32)

@@ -8,17 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xgboost as xgb
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.invocations import InvocationRequest
 from infermodes.metrics import WorkerMetrics
 from infermodes.serving.model import XGBoostModel
 from infermodes.serving.worker import Processor, Result, Settle
-from infermodes.serving.xgb_native import NativeBooster
 from infermodes.settings import WorkerSettings
 from infermodes.storage import Storage
+from tests.unit.async_samples import invocation, tiny_model
 
 
 class RecordingNotifier:
@@ -34,10 +32,7 @@ class RecordingNotifier:
 
 @pytest.fixture(scope="module")
 def model() -> XGBoostModel:
-    features = np.random.default_rng(4).random((30, 3), dtype=np.float32)
-    booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 3)
-    native = NativeBooster(bytes(booster.save_raw("ubj")))
-    return XGBoostModel(native, native.num_features)
+    return tiny_model(4)
 
 
 @pytest.fixture
@@ -60,17 +55,13 @@ def request(tmp_path: Path, body: bytes | None = b"1,2,3\n4,5,6\n", **kw: object
     now = time.time()
     fields = {
         "inference_id": "r1",
-        "endpoint": "ep",
         "input_location": f"file://{tmp_path}/in.csv",
         "output_location": f"file://{tmp_path}/out/r1.out",
         "failure_location": f"file://{tmp_path}/fail/r1.error",
-        "content_type": "text/csv",
-        "accept": "text/csv",
         "accepted_at": now,
         "expires_at": now + 60,
-        "invocation_timeout_seconds": 60,
     } | kw
-    return InvocationRequest(**fields).to_bytes()  # type: ignore[arg-type]
+    return invocation(**fields).to_bytes()
 
 
 def test_success_writes_the_output_and_notifies_with_the_result_inline(

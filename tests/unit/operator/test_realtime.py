@@ -269,3 +269,11 @@ def test_invocation_rate_needs_two_samples() -> None:
     clock[0] += 30
     reconcile(body(spec), memory, d, autoscale=True)
     assert kube.applied[-2]["spec"]["replicas"] == 4  # ceil(300 / 60) = 5, clamped to 4
+
+
+def test_model_load_reason_is_taken_from_the_log_tail() -> None:
+    tail = ("INFO listening\nERROR infermodes.serve: cannot load model: no such object: file:///m\n"
+            "INFO:     Shutting down")  # fmt: skip
+    workload = WorkloadState(True, 1, 0, 1, True, [pod("a", False, exit_code=3, message=tail)])
+    status = realtime.observe(workload, None)
+    assert status.message == "model cannot be loaded: no such object: file:///m"
