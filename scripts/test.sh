@@ -16,5 +16,9 @@ step "lint (ruff)"
 .venv/bin/ruff format --check .
 done_step
 
+step "Kubernetes test control plane: binaries built from source or reused from the cache"
+tests/cluster/setup.sh
+done_step
+
 step "tests"
 exec .venv/bin/python -m pytest "$@"
