@@ -21,6 +21,10 @@ class NotAcceptable(InfermodesError):
     status_code = 406
 
 
+class MethodNotAllowed(InfermodesError):
+    status_code = 405
+
+
 class PayloadTooLarge(InfermodesError):
     status_code = 413
 

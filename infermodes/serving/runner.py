@@ -68,7 +68,7 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
             allow_pickle=settings.allow_pickle,
             threads=settings.predict_threads,
         )
-        app.state.metrics.model_load_duration.set(model.load_seconds)
+        app.metrics.model_load_duration.set(model.load_seconds)
         log.info(
             "model %s loaded in %.3f s (%d features)",
             settings.model_uri,

@@ -59,3 +59,13 @@ def test_chunked_body_over_limit_is_413(model: XGBoostModel) -> None:
 
     response = client.post("/invocations", content=chunks(), headers={"content-type": "text/csv"})
     assert response.status_code == 413
+
+
+def test_get_on_invocations_is_405_and_unknown_routes_404(model: XGBoostModel) -> None:
+    slot = ModelSlot()
+    slot.model = model
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    response = client.get("/invocations")
+    assert response.status_code == 405
+    assert response.json()["error"] == "MethodNotAllowed"
+    assert client.get("/nope").status_code == 404
