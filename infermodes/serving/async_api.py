@@ -34,7 +34,7 @@ from infermodes.invocations import (
 )
 from infermodes.metrics import AsyncApiMetrics, render
 from infermodes.queue import RequestPublisher
-from infermodes.serving.server import error_response, read_body
+from infermodes.serving.server import error_body, read_body
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import Storage, join_uri, parse_uri
 
@@ -126,7 +126,7 @@ def create_router(
             raise InvalidInput(f"{CUSTOM_ATTRIBUTES} is longer than {MAX_CUSTOM_ATTRIBUTES}")
         inference_id = inference_id_of(headers.get(INFERENCE_ID_HEADER))
         location = headers.get(INPUT_LOCATION)
-        body = await read_body(request, max_inline_bytes)
+        body = await read_body(request.scope, request.receive, max_inline_bytes)
         if location and body:
             raise InvalidInput(f"send the input inline or by {INPUT_LOCATION}, not both")
         if not location and not body:
@@ -188,8 +188,8 @@ def create_app(
     app.include_router(router)
 
     @app.exception_handler(InfermodesError)
-    async def domain_error(_: Request, exc: InfermodesError) -> JSONResponse:
-        return error_response(exc)
+    async def domain_error(_: Request, exc: InfermodesError) -> Response:
+        return Response(error_body(exc), exc.status_code, media_type=codecs.JSON)
 
     @app.get("/ping")
     async def ping() -> Response:

@@ -18,11 +18,9 @@ from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
     Process,
-    invoke,
+    plane,
     running_api,
-    start_worker,
     to_csv,
-    workers,
 )
 from tests.support.rabbitmq import Broker
 
@@ -41,15 +39,9 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
     by_reference = tmp_path / "given" / "rows.csv"
     by_reference.parent.mkdir()
     by_reference.write_bytes(to_csv(rows))
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}/store"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
-        inline = invoke(client, endpoint, to_csv(rows), {"accept": "application/json"})
-        reference = invoke(
-            client,
-            endpoint,
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as live:
+        inline = live.invoke(to_csv(rows), {"accept": "application/json"})
+        reference = live.invoke(
             headers={
                 "X-Amzn-SageMaker-InputLocation": f"file://{by_reference}",
                 "X-Amzn-SageMaker-Custom-Attributes": "trace=1",
@@ -65,9 +57,7 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
         assert (
             reference.json()["OutputLocation"] == f"file://{tmp_path}/store/output/my-request-1.out"
         )
-        started.append(
-            start_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}", tmp_path / "w.log")
-        )
+        live.start_worker(f"file://{abalone_model.tarball}", "w")
         ids = {inline.json()["InferenceId"], "my-request-1"}
         notes.wait_for(ids, "Completed", 60)
     stored = Storage()
@@ -97,20 +87,10 @@ def test_requests_through_s3(
     rows = abalone_model.test_rows[:7]
     client_s3.put_object(Bucket="async", Key="given/rows.csv", Body=to_csv(rows))
     notes = Notifications(rabbitmq, endpoint).declare()
-    with (
-        running_api(rabbitmq, {endpoint: "s3://async/ep"}, tmp_path / "api.log", s3.env) as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
-        started.append(
-            start_worker(
-                rabbitmq, endpoint, "s3://async/model.tar.gz", tmp_path / "w.log", env=s3.env
-            )
-        )
-        inline = invoke(client, endpoint, to_csv(rows))
-        reference = invoke(
-            client,
-            endpoint,
+    with plane(rabbitmq, endpoint, "s3://async/ep", tmp_path, s3.env) as live:
+        live.start_worker("s3://async/model.tar.gz", "w")
+        inline = live.invoke(to_csv(rows))
+        reference = live.invoke(
             headers={"X-Amzn-SageMaker-InputLocation": "s3://async/given/rows.csv"},
         )
         assert inline.status_code == reference.status_code == 202
@@ -152,9 +132,11 @@ def test_bad_requests_are_refused_before_queueing(
     message: str,
 ) -> None:
     with httpx.Client(base_url=refusing_api.url) as client:
-        response = invoke(client, "refused", body, headers)
+        response = client.post(
+            "/endpoints/refused/async-invocations", content=body, headers=headers
+        )
         assert response.status_code == status, response.text
         assert message in response.json()["message"]
-        assert invoke(client, "nowhere", b"1").status_code == 404
+        assert client.post("/endpoints/nowhere/async-invocations", content=b"1").status_code == 404
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
         backlog("refused", rabbitmq.amqp_url, None)  # nothing was ever queued

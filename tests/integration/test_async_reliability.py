@@ -23,11 +23,8 @@ from tests.support.async_plane import (
     Notifications,
     Process,
     dead_letters,
-    invoke,
-    running_api,
-    start_worker,
+    plane,
     to_csv,
-    workers,
 )
 from tests.support.processes import stop_process, wait_until
 from tests.support.rabbitmq import Broker
@@ -85,29 +82,19 @@ def test_sigkill_mid_way_loses_nothing_and_writes_each_output_once(
     rows = abalone_model.test_rows
     expected = abalone_model.booster().inplace_predict(rows)
     inputs = {}  # inference id -> row indices
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         for i in range(300):
             picked = [(i * 7 + k) % len(rows) for k in range(1 + i % 50)]
-            response = invoke(client, endpoint, to_csv(rows[picked]))
+            response = live.invoke(to_csv(rows[picked]))
             assert response.status_code == 202, response.text
             inputs[response.json()["InferenceId"]] = picked
-        first = start_worker(
-            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "a.log", concurrency=4
-        )
-        started.append(first)
+        first = live.start_worker(model_uri(abalone_model), "a", concurrency=4)
         wait_until(lambda: len(outputs(tmp_path / "output")) >= 60, 60, "60 outputs", 0.005)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
         done_at_kill = len(outputs(tmp_path / "output"))
         assert done_at_kill < 300, "the worker finished before it could be killed"
-        second = start_worker(
-            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "b.log", concurrency=4
-        )
-        started.append(second)
+        second = live.start_worker(model_uri(abalone_model), "b", concurrency=4)
         notes.wait_for(set(inputs), "Completed", 120)
         duplicates_processed = metric(
             second, "infermodes_async_messages_total", outcome="duplicate"
@@ -139,27 +126,21 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
     notes = Notifications(rabbitmq, endpoint).declare()
     row = to_csv(abalone_model.test_rows[:3])
     accepted: set[str] = set()
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-        workers() as started,
-    ):
-        started.append(
-            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log")
-        )
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        live.start_worker(model_uri(abalone_model), "w")
         for _ in range(60):
-            response = invoke(client, endpoint, row)
+            response = live.invoke(row)
             assert response.status_code == 202, response.text
             accepted.add(response.json()["InferenceId"])
         rabbitmq.stop()
-        refused = [invoke(client, endpoint, row) for _ in range(5)]
+        refused = [live.invoke(row) for _ in range(5)]
         assert [r.status_code for r in refused] == [503] * 5
         assert "broker unreachable" in refused[0].json()["message"]
         assert "not accepted" in refused[0].json()["message"]
         restarted = time.monotonic()
         rabbitmq.start()
         for _ in range(60):
-            response = invoke(client, endpoint, row)
+            response = live.invoke(row)
             assert response.status_code == 202, response.text
             accepted.add(response.json()["InferenceId"])
         notes.wait_for(accepted, "Completed", 120)
@@ -177,20 +158,13 @@ def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(
 ) -> None:
     endpoint = "drain"
     notes = Notifications(rabbitmq, endpoint).declare()
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         ids = set()
         for _ in range(6):
-            response = invoke(client, endpoint, headers={LOCATION: f"file://{big_input}"})
+            response = live.invoke(headers={LOCATION: f"file://{big_input}"})
             assert response.status_code == 202
             ids.add(response.json()["InferenceId"])
-        busy = start_worker(
-            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "a.log", concurrency=2
-        )
-        started.append(busy)
+        busy = live.start_worker(model_uri(abalone_model), "a", concurrency=2)
         wait_until(lambda: metric(busy, "infermodes_async_in_flight") == 2, 60, "2 in flight")
         busy.proc.send_signal(signal.SIGTERM)
         assert busy.proc.wait(120) == 0
@@ -207,9 +181,7 @@ def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(
             30,
             "the backlog to settle",
         )
-        started.append(
-            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "b.log")
-        )
+        live.start_worker(model_uri(abalone_model), "b")
         notes.wait_for(ids, "Completed", 120)
     assert notes.ids("Completed") == Counter(dict.fromkeys(ids, 1))  # none redelivered
 
@@ -227,20 +199,15 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
         "json": ({"content-type": "application/json"}, b'{"instances": [[1, 2,', "InvalidInput"),
         "expired": ({"X-Amzn-SageMaker-RequestTTLSeconds": "1"}, good, "Expired"),
     }
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         for name, (headers, body, _) in cases.items():
             headers = {**headers, "X-Amzn-SageMaker-Inference-Id": name}
-            assert invoke(client, endpoint, body, headers).status_code == 202
+            assert live.invoke(body, headers).status_code == 202
         accepted = time.time()
         wait_until(lambda: time.time() > accepted + 1.5, 5, "the 1 s TTL to pass")
-        worker = start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log")
-        started.append(worker)
+        worker = live.start_worker(model_uri(abalone_model), "w")
         notes.wait_for(set(cases), "Failed", 60)
-        ok = invoke(client, endpoint, good, {"X-Amzn-SageMaker-Inference-Id": "after"})
+        ok = live.invoke(good, {"X-Amzn-SageMaker-Inference-Id": "after"})
         assert ok.status_code == 202
         notes.wait_for({"after"}, "Completed", 60)
         assert worker.proc.poll() is None
@@ -285,34 +252,21 @@ def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
     publisher = RequestPublisher(rabbitmq.amqp_url, attempts)
     publisher.submit(endpoint, "unreadable", json.dumps(body).encode())
     publisher.close()
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=attempts) as live:
         headers = {LOCATION: f"file://{tmp_path}/folder", "X-Amzn-SageMaker-Inference-Id": "dir"}
-        assert invoke(client, endpoint, headers=headers).status_code == 202
-        started.append(
-            start_worker(
-                rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w0.log", attempts
-            )
-        )
+        assert live.invoke(headers=headers).status_code == 202
+        first = live.start_worker(model_uri(abalone_model), "w0")
         notes.wait_for({"unreadable", "dir"}, "Failed", 60)
-        stop_process(started[0].proc)
+        stop_process(first.proc)
         # a request whose worker dies every time it holds it
         headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "crasher"}
-        assert invoke(client, endpoint, headers=headers).status_code == 202
+        assert live.invoke(headers=headers).status_code == 202
         for attempt in range(attempts):
-            worker = start_worker(
-                rabbitmq, endpoint, model_uri(abalone_model), tmp_path / f"k{attempt}.log"
-            )
-            started.append(worker)
+            worker = live.start_worker(model_uri(abalone_model), f"k{attempt}")
             wait_until(lambda w=worker: metric(w, "infermodes_async_in_flight") == 1, 30, "work")
             worker.proc.send_signal(signal.SIGKILL)
             worker.proc.wait(10)
-        started.append(
-            start_worker(rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "last.log")
-        )
+        live.start_worker(model_uri(abalone_model), "last")
         notes.wait_for({"crasher"}, "Failed", 60)
         wait_until(
             lambda: backlog(endpoint, rabbitmq.amqp_url, None).ready == 0, 30, "an empty queue"
@@ -335,13 +289,9 @@ def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
     rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
 ) -> None:
     endpoint = "backlog"
-    with (
-        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url) as client,
-        workers() as started,
-    ):
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         for _ in range(5):
-            response = invoke(client, endpoint, headers={LOCATION: f"file://{big_input}"})
+            response = live.invoke(headers={LOCATION: f"file://{big_input}"})
             assert response.status_code == 202
 
         def figures() -> tuple[int, int | None, int]:
@@ -350,10 +300,7 @@ def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
             return found.ready, found.unacked, found.consumers
 
         wait_until(lambda: figures() == (5, 0, 0), 30, "5 ready")
-        worker = start_worker(
-            rabbitmq, endpoint, model_uri(abalone_model), tmp_path / "w.log", concurrency=2
-        )
-        started.append(worker)
+        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=2)
         wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60, "2 in flight")
         worker.proc.send_signal(signal.SIGSTOP)  # busy, and stays busy while we look
         try:

@@ -79,7 +79,7 @@ def running_api(
         stop_process(api.proc)
 
 
-def start_worker(
+def spawn_worker(
     broker: Broker,
     endpoint: str,
     model_uri: str,
@@ -87,9 +87,8 @@ def start_worker(
     concurrency: int = 2,
     max_attempts: int = 3,
     env: dict[str, str] | None = None,
-    extra: tuple[str, ...] = (),
 ) -> Process:
-    """Started and consuming (its log says so) before this returns."""
+    """Started, not yet ready: see ``wait_consuming``. Retries back off for 50 ms, not 1 s."""
     metrics_port = free_port()
     args = [
         "worker",
@@ -105,28 +104,77 @@ def start_worker(
         str(max_attempts),
         "--metrics-port",
         str(metrics_port),
-        *extra,
     ]
     worker_env = {"INFERMODES_WORKER_RETRY_BACKOFF_SECONDS": "0.05", **(env or {})}
     worker = spawn(args, log_path, worker_env)
     worker.url = f"http://127.0.0.1:{metrics_port}"
+    return worker
+
+
+def wait_consuming(worker: Process) -> None:
     wait_until(
         lambda: worker.proc.poll() is not None or "consuming" in worker.log, 60, "the worker"
     )
     if worker.proc.poll() is not None:
         raise RuntimeError(f"worker exited with {worker.proc.returncode}:\n{worker.log}")
-    return worker
+
+
+@dataclass
+class Plane:
+    """An async API for one endpoint, a client for it, and the workers a test starts (all
+    stopped by PID when the ``plane`` block ends)."""
+
+    broker: Broker
+    endpoint: str
+    client: httpx.Client
+    root: Path
+    env: dict[str, str] | None
+    max_attempts: int
+    workers: list[Process] = field(default_factory=list)
+
+    def invoke(self, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.client.post(
+            f"/endpoints/{self.endpoint}/async-invocations",
+            content=body,
+            headers={"content-type": "text/csv", **(headers or {})},
+        )
+
+    def start_worker(self, model_uri: str, name: str, concurrency: int = 2) -> Process:
+        """Returns once the worker consumes."""
+        worker = spawn_worker(
+            self.broker,
+            self.endpoint,
+            model_uri,
+            self.root / f"{name}.log",
+            concurrency,
+            self.max_attempts,
+            self.env,
+        )
+        self.workers.append(worker)
+        wait_consuming(worker)
+        return worker
 
 
 @contextlib.contextmanager
-def workers() -> Iterator[list[Process]]:
-    """Collects workers a test starts and stops each (by PID) at the end."""
-    started: list[Process] = []
-    try:
-        yield started
-    finally:
-        for worker in started:
-            stop_process(worker.proc, grace=30)
+def plane(
+    broker: Broker,
+    endpoint: str,
+    prefix: str,
+    root: Path,
+    env: dict[str, str] | None = None,
+    max_attempts: int = 3,
+) -> Iterator[Plane]:
+    """``prefix``: the endpoint's storage (input/, output/, failure/ under it)."""
+    with (
+        running_api(broker, {endpoint: prefix}, root / "api.log", env, max_attempts) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        running = Plane(broker, endpoint, client, root, env, max_attempts)
+        try:
+            yield running
+        finally:
+            for worker in running.workers:
+                stop_process(worker.proc, grace=30)
 
 
 @dataclass
@@ -199,19 +247,6 @@ def dead_letters(broker: Broker, endpoint: str) -> list[bytes]:
     finally:
         connection.close()
     return bodies
-
-
-def invoke(
-    client: httpx.Client,
-    endpoint: str,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    return client.post(
-        f"/endpoints/{endpoint}/async-invocations",
-        content=body,
-        headers={"content-type": "text/csv", **(headers or {})},
-    )
 
 
 def to_csv(rows: object) -> bytes:
