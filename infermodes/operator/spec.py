@@ -80,21 +80,28 @@ class RealtimeScaling(SpecBlock):
     )
 
 
-class RealtimeSpec(SpecBlock):
-    min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
-    max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
-    scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)  # type: ignore[arg-type]
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
-    workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
+class ReplicaRange(SpecBlock):
+    """Blocks with ``minReplicas``/``maxReplicas``: min may not exceed max."""
+
+    min_replicas: int
+    max_replicas: int
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
     ]
 
     @model_validator(mode="after")
-    def _replica_range(self) -> RealtimeSpec:
+    def _replica_range(self) -> ReplicaRange:
         if self.min_replicas > self.max_replicas:
             raise ValueError("minReplicas must not exceed maxReplicas")
         return self
+
+
+class RealtimeSpec(ReplicaRange):
+    min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
+    max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
+    scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)  # type: ignore[arg-type]
+    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
 
 
 class ServerlessSpec(SpecBlock):
@@ -128,7 +135,7 @@ class NotificationSpec(SpecBlock):
     error_webhook: str | None = Field(None, description="URL POSTed on failure.")
 
 
-class AsyncSpec(SpecBlock):
+class AsyncSpec(ReplicaRange):
     output_path: str = Field(min_length=1, description="Outputs go to <outputPath>/<id>.out.")
     failure_path: str | None = Field(
         None, description="Errors go to <failurePath>/<id>.error (default: outputPath)."
@@ -150,15 +157,6 @@ class AsyncSpec(SpecBlock):
     scale_in_cooldown_seconds: int = Field(300, ge=0, le=86400)
     notification: NotificationSpec = Field(default_factory=NotificationSpec)  # type: ignore[arg-type]
     resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
-    cel_rules: ClassVar[list[tuple[str, str]]] = [
-        ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
-    ]
-
-    @model_validator(mode="after")
-    def _replica_range(self) -> AsyncSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must not exceed maxReplicas")
-        return self
 
 
 class BatchInput(SpecBlock):

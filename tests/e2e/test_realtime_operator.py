@@ -51,6 +51,13 @@ def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFact
     return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
 
 
+def create_in_service(tools: Tools, namespace: str, manifest: dict) -> dict:
+    """``kubectl apply`` the manifest and wait for the endpoint to be InService."""
+    applied = tools.apply(manifest, namespace)
+    assert applied.returncode == 0, applied.stderr
+    return wait_phase(tools.cluster.api, namespace, manifest["metadata"]["name"], "InService")
+
+
 def to_csv(rows: np.ndarray) -> bytes:
     return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
 
@@ -173,8 +180,7 @@ def test_load_scales_out_to_max_and_back_to_min(
     api = tools.cluster.api
     scaling = {"metric": "InvocationsPerInstance", "target": 60, "scaleInCooldownSeconds": 5}
     manifest = endpoint_manifest("busy", model_uri, minReplicas=1, maxReplicas=3, scaling=scaling)
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    wait_phase(api, k8s_namespace, "busy", "InService")
+    create_in_service(tools, k8s_namespace, manifest)
     (ip,) = ready_pod_ips(api, k8s_namespace, "busy")
     stop = threading.Event()
     sent = [0]
@@ -205,8 +211,7 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
     api = tools.cluster.api
-    assert tools.apply(endpoint_manifest("doomed", model_uri), k8s_namespace).returncode == 0
-    wait_phase(api, k8s_namespace, "doomed", "InService")
+    create_in_service(tools, k8s_namespace, endpoint_manifest("doomed", model_uri))
     kubelet = tools.cluster.kubelet
     assert kubelet is not None and kubelet.running_pids(k8s_namespace)
     deleted = tools.kubectl("delete", "ie", "doomed", "-n", k8s_namespace, "--wait=true")
@@ -229,8 +234,7 @@ def test_restarting_the_operator_changes_nothing_that_was_correct(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
     api = tools.cluster.api
-    assert tools.apply(endpoint_manifest("steady", model_uri), k8s_namespace).returncode == 0
-    wait_phase(api, k8s_namespace, "steady", "InService")
+    create_in_service(tools, k8s_namespace, endpoint_manifest("steady", model_uri))
     deployment_path = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-steady"
     service_path = f"/api/v1/namespaces/{k8s_namespace}/services/ie-steady"
 
