@@ -122,6 +122,9 @@ class AsyncApiSettings(BaseSettings):
     max_inline_bytes: int = Field(
         16 * MIB, ge=1, description="Inline bodies are stored first; larger inputs go by reference."
     )
+    publish_connections: int = Field(
+        8, ge=1, le=64, description="Broker connections publishing in parallel."
+    )
     log_level: str = "info"
 
 

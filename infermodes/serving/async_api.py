@@ -210,7 +210,9 @@ def serve(settings: AsyncApiSettings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    publisher = RequestPublisher(settings.broker_url, settings.max_attempts)
+    publisher = RequestPublisher(
+        settings.broker_url, settings.max_attempts, settings.publish_connections
+    )
     app = create_app(settings, publisher)
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))
     try:

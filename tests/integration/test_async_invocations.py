@@ -18,10 +18,12 @@ from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
     Process,
+    WebhookReceiver,
     plane,
     running_api,
     to_csv,
 )
+from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
 
@@ -39,7 +41,10 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
     by_reference = tmp_path / "given" / "rows.csv"
     by_reference.parent.mkdir()
     by_reference.write_bytes(to_csv(rows))
-    with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as live:
+    with (
+        plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as live,
+        WebhookReceiver() as hook,
+    ):
         inline = live.invoke(to_csv(rows), {"accept": "application/json"})
         reference = live.invoke(
             headers={
@@ -57,9 +62,11 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
         assert (
             reference.json()["OutputLocation"] == f"file://{tmp_path}/store/output/my-request-1.out"
         )
-        live.start_worker(f"file://{abalone_model.tarball}", "w")
+        live.start_worker(f"file://{abalone_model.tarball}", "w", extra=("--webhook-url", hook.url))
         ids = {inline.json()["InferenceId"], "my-request-1"}
         notes.wait_for(ids, "Completed", 60)
+        wait_until(lambda: len(hook.received) == 2, 30, "2 webhook calls")
+    assert {h["inferenceId"] for h in hook.received} == ids
     stored = Storage()
     json_output = json.loads(stored.get_bytes(inline.json()["OutputLocation"]))
     scores = np.array([p["score"] for p in json_output["predictions"]], dtype=np.float32)

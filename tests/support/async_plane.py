@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +89,7 @@ def spawn_worker(
     concurrency: int = 2,
     max_attempts: int = 3,
     env: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Process:
     """Started, not yet ready: see ``wait_consuming``. Retries back off for 50 ms, not 1 s."""
     metrics_port = free_port()
@@ -104,6 +107,7 @@ def spawn_worker(
         str(max_attempts),
         "--metrics-port",
         str(metrics_port),
+        *extra,
     ]
     worker_env = {"INFERMODES_WORKER_RETRY_BACKOFF_SECONDS": "0.05", **(env or {})}
     worker = spawn(args, log_path, worker_env)
@@ -139,8 +143,10 @@ class Plane:
             headers={"content-type": "text/csv", **(headers or {})},
         )
 
-    def start_worker(self, model_uri: str, name: str, concurrency: int = 2) -> Process:
-        """Returns once the worker consumes."""
+    def start_worker(
+        self, model_uri: str, name: str, concurrency: int = 2, extra: tuple[str, ...] = ()
+    ) -> Process:
+        """Returns once the worker consumes; ``extra``: more command-line options."""
         worker = spawn_worker(
             self.broker,
             self.endpoint,
@@ -149,6 +155,7 @@ class Plane:
             concurrency,
             self.max_attempts,
             self.env,
+            extra,
         )
         self.workers.append(worker)
         wait_consuming(worker)
@@ -175,6 +182,36 @@ def plane(
         finally:
             for worker in running.workers:
                 stop_process(worker.proc, grace=30)
+
+
+class WebhookReceiver:
+    """An HTTP server on loopback that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, object]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass

@@ -1,0 +1,304 @@
+"""Benchmark the async data plane end to end, beside the synchronous model server, in one run.
+
+Measures, with a private RabbitMQ, real ``infermodes async-api``, ``infermodes worker`` and
+``infermodes serve`` processes on loopback (all sharing this machine's cores):
+
+1. throughput: requests/s from the first 202 to the last success notification, 1 and 2 workers;
+2. per-request overhead: one request at a time, async (POST until its notification arrives)
+   against a synchronous ``POST /invocations`` of the same body;
+3. memory: peak RSS (the kernel's VmHWM) of a worker scoring a 1 GB CSV input.
+
+Run from the repository root: ``.venv/bin/python bench/async/run.py`` (``--help`` for sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from infermodes.queue import NOTIFICATION_EXCHANGE, connect  # noqa: E402
+from tests.support.async_plane import plane, to_csv  # noqa: E402
+from tests.support.processes import running_server  # noqa: E402
+from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
+
+WORKER_CONCURRENCY = 4
+
+
+class Subscriber:
+    """Consumes an endpoint's notifications on its own thread and connection, recording when
+    each inference id was first notified."""
+
+    def __init__(self, broker: Broker, endpoint: str) -> None:
+        self.arrived: dict[str, float] = {}
+        self.duplicates = 0
+        self.changed = threading.Condition()
+        self._stop = threading.Event()
+        connection = connect(broker.amqp_url)
+        channel = connection.channel()
+        channel.exchange_declare(NOTIFICATION_EXCHANGE, "topic", durable=True)
+        queue = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(queue, NOTIFICATION_EXCHANGE, routing_key=f"{endpoint}.*")
+        channel.basic_consume(queue, self._on_message, auto_ack=True)
+        self._thread = threading.Thread(target=self._run, args=(connection,), daemon=True)
+        self._thread.start()
+
+    def _on_message(self, _ch: object, _method: object, _props: object, body: bytes) -> None:
+        note = json.loads(body)
+        now = time.perf_counter()
+        with self.changed:
+            if note["inferenceId"] in self.arrived:
+                self.duplicates += 1
+            else:
+                self.arrived[note["inferenceId"]] = now
+            self.changed.notify_all()
+
+    def _run(self, connection: object) -> None:
+        while not self._stop.is_set():
+            connection.process_data_events(time_limit=0.1)  # type: ignore[attr-defined]
+        connection.close()  # type: ignore[attr-defined]
+
+    def wait(self, ids: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not ids <= self.arrived.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = len(ids - self.arrived.keys())
+                    raise TimeoutError(f"{missing} notification(s) missing after {timeout} s")
+                self.changed.wait(left)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def subscribed(broker: Broker, endpoint: str) -> Iterator[Subscriber]:
+    subscriber = Subscriber(broker, endpoint)
+    try:
+        yield subscriber
+    finally:
+        subscriber.close()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        "median_ms": round(statistics.median(ordered) * 1000, 3),
+        "p90_ms": round(pick(0.9) * 1000, 3),
+        "p99_ms": round(pick(0.99) * 1000, 3),
+    }
+
+
+def throughput(
+    broker: Broker, model_uri: str, root: Path, workers: int, bodies: list[bytes], clients: int
+) -> dict[str, object]:
+    endpoint = f"throughput-{workers}"
+    folder = root / endpoint
+    folder.mkdir()
+    with (
+        subscribed(broker, endpoint) as notes,
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+    ):
+        for index in range(workers):
+            live.start_worker(model_uri, f"w{index}", concurrency=WORKER_CONCURRENCY)
+
+        def send(chunk: list[bytes]) -> list[tuple[str, float]]:
+            accepted = []
+            with httpx.Client(base_url=live.client.base_url, timeout=30) as client:
+                for body in chunk:
+                    response = client.post(
+                        f"/endpoints/{endpoint}/async-invocations",
+                        content=body,
+                        headers={"content-type": "text/csv"},
+                    )
+                    response.raise_for_status()
+                    accepted.append((response.json()["InferenceId"], time.perf_counter()))
+            return accepted
+
+        chunks = [bodies[i::clients] for i in range(clients)]
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            accepted = [item for part in pool.map(send, chunks) for item in part]
+        ids = {inference_id for inference_id, _ in accepted}
+        first_202 = min(at for _, at in accepted)
+        last_202 = max(at for _, at in accepted)
+        notes.wait(ids, 600)
+        last_note = max(notes.arrived[i] for i in ids)
+    seconds = last_note - first_202
+    return {
+        "workers": workers,
+        "worker_concurrency": WORKER_CONCURRENCY,
+        "requests": len(ids),
+        "clients": clients,
+        "accept_rps": round(len(ids) / (last_202 - started), 1),
+        "end_to_end_rps": round(len(ids) / seconds, 1),
+        "first_202_to_last_notification_s": round(seconds, 2),
+        "duplicate_notifications": notes.duplicates,
+    }
+
+
+def overhead(
+    broker: Broker, model_uri: str, root: Path, body: bytes, samples: int
+) -> dict[str, object]:
+    endpoint = "overhead"
+    folder = root / endpoint
+    folder.mkdir()
+    sync: list[float] = []
+    accept: list[float] = []
+    end_to_end: list[float] = []
+    serve_args = ["--model", model_uri, "--workers", "1"]
+    with (
+        running_server(serve_args, root / "serve.log") as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        for _ in range(samples + 10):
+            began = time.perf_counter()
+            response = client.post(
+                "/invocations", content=body, headers={"content-type": "text/csv"}
+            )
+            response.raise_for_status()
+            sync.append(time.perf_counter() - began)
+    with (
+        subscribed(broker, endpoint) as notes,
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+    ):
+        live.start_worker(model_uri, "w", concurrency=1)
+        for _ in range(samples + 10):
+            began = time.perf_counter()
+            response = live.invoke(body)
+            response.raise_for_status()
+            accepted = time.perf_counter()
+            inference_id = response.json()["InferenceId"]
+            notes.wait({inference_id}, 60)
+            accept.append(accepted - began)
+            end_to_end.append(notes.arrived[inference_id] - began)
+    sync, accept, end_to_end = sync[10:], accept[10:], end_to_end[10:]  # warm-up dropped
+    return {
+        "samples": samples,
+        "sync_invocation": percentiles(sync),
+        "async_202": percentiles(accept),
+        "async_to_notification": percentiles(end_to_end),
+        "overhead_median_ms": round(
+            (statistics.median(end_to_end) - statistics.median(sync)) * 1000, 3
+        ),
+        "ratio_median": round(statistics.median(end_to_end) / statistics.median(sync), 1),
+    }
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A memory figure of /proc/<pid>/status in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def write_big_csv(path: Path, rows: np.ndarray, size: int) -> int:
+    block = to_csv(rows) * max(1, (8 << 20) // len(to_csv(rows)))
+    written = 0
+    with path.open("wb") as out:
+        while written < size:
+            out.write(block)
+            written += len(block)
+    return written
+
+
+def big_input(
+    broker: Broker, model_uri: str, root: Path, rows: np.ndarray, size: int
+) -> dict[str, object]:
+    endpoint = "big"
+    folder = root / endpoint
+    folder.mkdir()
+    source = folder / "big.csv"
+    written = write_big_csv(source, rows, size)
+    with (
+        subscribed(broker, endpoint) as notes,
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+    ):
+        worker = live.start_worker(model_uri, "w", concurrency=1)
+        pid = worker.proc.pid
+        baseline = proc_status(pid, "VmRSS")
+        began = time.perf_counter()
+        response = live.invoke(headers={"X-Amzn-SageMaker-InputLocation": f"file://{source}"})
+        response.raise_for_status()
+        notes.wait({response.json()["InferenceId"]}, 3600)
+        took = time.perf_counter() - began
+        peak = proc_status(pid, "VmHWM")
+        output = Path(response.json()["OutputLocation"].removeprefix("file://"))
+        output_bytes = output.stat().st_size
+    source.unlink()
+    output.unlink()
+    return {
+        "input_bytes": written,
+        "output_bytes": output_bytes,
+        "seconds": round(took, 1),
+        "input_mb_per_s": round(written / took / 1e6, 1),
+        "worker_rss_before_mib": round(baseline / 1024, 1),
+        "worker_peak_rss_mib": round(peak / 1024, 1),
+        "growth_mib": round((peak - baseline) / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--big-bytes", type=int, default=1 << 30)
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    with tempfile.TemporaryDirectory(prefix="infermodes-bench-async-") as tmp:
+        root = Path(tmp)
+        subprocess.run(
+            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
+            check=True,
+            capture_output=True,
+        )
+        model_uri = f"file://{root / 'model.tar.gz'}"
+        rows = np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)
+        one_row = to_csv(rows[:1])
+        began = time.monotonic()
+        with rabbitmq_broker() as broker:
+            results["broker_start_s"] = round(time.monotonic() - began, 1)
+            results["throughput"] = [
+                throughput(broker, model_uri, root, n, [one_row] * args.requests, args.clients)
+                for n in (1, 2)
+            ]
+            print(json.dumps(results["throughput"], indent=1), flush=True)
+            results["overhead_one_row"] = overhead(
+                broker, model_uri, root, one_row, args.latency_samples
+            )
+            print(json.dumps(results["overhead_one_row"], indent=1), flush=True)
+            if args.big_bytes:
+                results["big_input"] = big_input(broker, model_uri, root, rows, args.big_bytes)
+                print(json.dumps(results["big_input"], indent=1), flush=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
