@@ -225,6 +225,7 @@ def serve(settings: AsyncApiSettings) -> int:
             lifespan="off",
             access_log=False,
             log_level=settings.log_level,
+            server_header=False,
         )
     finally:
         publisher.close()
