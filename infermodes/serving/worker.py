@@ -125,7 +125,7 @@ class Notifies(Protocol):
 
 
 class Processor:
-    """Everything done with one delivery; returns how to settle it and never raises."""
+    """Everything done with one delivery; returns how to settle it."""
 
     def __init__(
         self,
@@ -144,6 +144,15 @@ class Processor:
         self.stopping = stopping
 
     def handle(self, body: bytes, count: int) -> Result:
+        """A notification the broker did not confirm requeues the message: the redelivery
+        finds the result stored and only notifies."""
+        try:
+            return self._dispatch(body, count)
+        except BrokerUnavailable as exc:
+            log.warning("cannot notify (%s); requeueing", exc)
+            return Result(Settle.REQUEUE, "retried")
+
+    def _dispatch(self, body: bytes, count: int) -> Result:
         try:
             request = parse_request(body)
         except MalformedMessage as exc:
@@ -157,10 +166,8 @@ class Processor:
             return self._on_failure(target, classify(exc), count)
         try:
             return self._handle(request, count)
-        except BrokerUnavailable as exc:
-            # the result may be stored already; the redelivery notifies it again
-            log.warning("inference %s: cannot notify (%s); requeueing", request.inference_id, exc)
-            return Result(Settle.REQUEUE, "retried")
+        except BrokerUnavailable:
+            raise  # not a failure of the request: its result may be stored already
         except Exception as exc:
             log.warning("inference %s failed: %s", request.inference_id, exc)
             return self._on_failure(Target.of(request), classify(exc), count)

@@ -155,3 +155,16 @@ def test_a_lost_notification_requeues_and_the_redelivery_only_notifies(
     notifier.down = False
     assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
     assert len(notifier.sent) == 1
+
+
+def test_a_lost_error_notification_requeues_and_keeps_the_one_error_object(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    message = request(tmp_path, b"1,2\n")
+    notifier.down = True
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    first = (tmp_path / "fail/r1.error").read_bytes()
+    notifier.down = False
+    assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
+    assert (tmp_path / "fail/r1.error").read_bytes() == first
+    assert [b["failureReason"] for _, b, _ in notifier.sent] == ["InvalidInput"]
