@@ -59,11 +59,10 @@ if text.count(check) != 1:
     sys.exit(f"loopback check not found exactly once in {path}: update the patch for this version")
 open(path, "w", encoding="utf-8").write(text.replace(check, ""))
 PY
-    cp "$here/k8sbuild/go.mod" "$dir/go.mod"
-    cp "$here/k8sbuild/go.sum" "$dir/go.sum"
-    echo "replace k8s.io/kubernetes => $dir/kubernetes" >> "$dir/go.mod"
     touch "$dir/.patched"
   fi
+  cp "$here/k8sbuild/go.sum" "$dir/go.sum"
+  { cat "$here/k8sbuild/go.mod"; echo "replace k8s.io/kubernetes => $dir/kubernetes"; } > "$dir/go.mod"
   echo "$dir/go.mod"
 }
 
