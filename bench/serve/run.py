@@ -80,6 +80,12 @@ class LoadResult:
     cores_wrk: float
     cores_others: float
 
+    @property
+    def per_cpu_s(self) -> float:
+        """Requests per CPU-second the server used: what one core buys, which other people's
+        load on the machine disturbs far less than req/s."""
+        return self.rps / self.cores_server if self.cores_server else 0.0
+
 
 @dataclass
 class ServerResult:
@@ -544,7 +550,7 @@ def ensure_wrk() -> None:
 def report(results: list[ServerResult], floors: dict[str, object]) -> str:
     lines = [
         f"{'server':<22} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'non2xx':>7} {'cold s':>6}  cores: server wrk others"
+        f"{'non2xx':>7} {'cold s':>6} {'req/cpu-s':>9}  cores: server wrk others"
     ]
     for res in results:
         cold = statistics.median(res.cold_start_s)
@@ -553,7 +559,7 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
                 f"{res.name if i == 0 else '':<22} {lr.connections:>5} {lr.rps:>8.0f} "
                 f"{lr.p50_ms:>8.3f} {lr.p99_ms:>8.2f} "
                 f"{lr.non2xx + lr.socket_errors:>7} "
-                f"{f'{cold:.3f}' if i == 0 else '':>6}  "
+                f"{f'{cold:.3f}' if i == 0 else '':>6} {lr.per_cpu_s:>9.0f}  "
                 f"{lr.cores_server:>14.2f} {lr.cores_wrk:>3.2f} {lr.cores_others:>6.2f}"
             )
     lines.append("")
@@ -565,7 +571,11 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
         for peer in ("mlserver-default", "mlserver-no-pool", "mlserver-no-pool-omp1"):
             if peer in by:
                 pairs = zip(ours.load, by[peer].load, strict=True)
-                ratios = ", ".join(f"{a.rps / b.rps:.2f}x at {a.connections}c" for a, b in pairs)
+                ratios = ", ".join(
+                    f"{a.rps / b.rps:.2f}x at {a.connections}c "
+                    f"({a.per_cpu_s / b.per_cpu_s:.2f}x per CPU-s)"
+                    for a, b in pairs
+                )
                 lines.append(f"{ours.name} / {peer}: {ratios}")
     lines.append("")
     lines.extend(targets(by))
