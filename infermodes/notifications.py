@@ -18,7 +18,7 @@ import httpx
 from infermodes.errors import BrokerUnavailable
 from infermodes.invocations import Failure, InvocationRequest
 from infermodes.metrics import WorkerMetrics
-from infermodes.queue import NOTIFICATION_EXCHANGE, ConfirmedChannel
+from infermodes.queue import NOTIFICATION_EXCHANGE, ChannelPool
 
 log = logging.getLogger("infermodes.notifications")
 
@@ -106,7 +106,7 @@ class Notifier:
 
     def __init__(
         self,
-        channel: ConfirmedChannel,
+        channel: ChannelPool,
         metrics: WorkerMetrics,
         webhook_urls: list[str],
         webhook_attempts: int,

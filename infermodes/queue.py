@@ -145,6 +145,29 @@ class ConfirmedChannel:
                         ) from exc
             raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+class ChannelPool:
+    """A few confirmed channels; each call takes an idle one, so concurrent callers wait for
+    their confirms together (a quorum queue confirms after its log is synced, and the broker
+    syncs once for everything that arrived meanwhile) instead of one after another."""
+
+    def __init__(self, url: str, size: int, on_connect: Callable[[BlockingChannel], None]) -> None:
+        self._channels = [ConfirmedChannel(url, on_connect) for _ in range(size)]
+        self._idle: SimpleQueue[ConfirmedChannel] = SimpleQueue()
+        for channel in self._channels:
+            self._idle.put(channel)
+
+    def run(self, action: Callable[[BlockingChannel], T]) -> T:
+        channel = self._idle.get()
+        try:
+            return channel.run(action)
+        finally:
+            self._idle.put(channel)
+
     def publish(
         self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
     ) -> None:
@@ -155,25 +178,18 @@ class ConfirmedChannel:
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        for channel in self._channels:
+            channel.close()
 
 
 class RequestPublisher:
-    """Puts accepted requests on their endpoint's queue over a few connections, so concurrent
-    requests wait for their confirms together (a quorum queue confirms after its log is synced,
-    and the broker syncs the log once for everything that arrived meanwhile)."""
+    """Puts accepted requests on their endpoint's queue, declaring its topology first (again
+    after a reconnect, in case the broker lost it)."""
 
     def __init__(self, url: str, max_attempts: int, connections: int = 8) -> None:
         self.max_attempts = max_attempts
         self._declared: set[str] = set()
-        self._channels = [
-            ConfirmedChannel(url, on_connect=lambda _: self._declared.clear())
-            for _ in range(connections)
-        ]
-        self._idle: SimpleQueue[ConfirmedChannel] = SimpleQueue()
-        for channel in self._channels:
-            self._idle.put(channel)
+        self._pool = ChannelPool(url, connections, lambda _: self._declared.clear())
 
     def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
         """Returns once the broker confirmed; raises BrokerUnavailable otherwise."""
@@ -184,12 +200,7 @@ class RequestPublisher:
                 self._declared.add(endpoint)
             publish_persistent(channel, "", queue_name(endpoint), body, message_id, True)
 
-        confirmed = self._idle.get()
-        try:
-            confirmed.run(send)
-        finally:
-            self._idle.put(confirmed)
+        self._pool.run(send)
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        self._pool.close()

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,6 +159,40 @@ def throughput(
     }
 
 
+def drain(
+    broker: Broker, model_uri: str, root: Path, workers: int, bodies: list[bytes]
+) -> dict[str, object]:
+    """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed."""
+    endpoint = f"drain-{workers}"
+    folder = root / endpoint
+    folder.mkdir()
+    with (
+        subscribed(broker, endpoint) as notes,
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+    ):
+        started = [
+            live.start_worker(model_uri, f"w{index}", concurrency=WORKER_CONCURRENCY)
+            for index in range(workers)
+        ]
+        for worker in started:
+            worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            ids = {live.invoke(body).json()["InferenceId"] for body in bodies}
+            resumed = time.perf_counter()
+        finally:
+            for worker in started:
+                worker.proc.send_signal(signal.SIGCONT)
+        notes.wait(ids, 600)
+        seconds = max(notes.arrived[i] for i in ids) - resumed
+    return {
+        "workers": workers,
+        "worker_concurrency": WORKER_CONCURRENCY,
+        "requests": len(ids),
+        "drain_rps": round(len(ids) / seconds, 1),
+        "seconds": round(seconds, 2),
+    }
+
+
 def overhead(
     broker: Broker, model_uri: str, root: Path, body: bytes, samples: int
 ) -> dict[str, object]:
@@ -270,6 +305,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_at_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="infermodes-bench-async-") as tmp:
         root = Path(tmp)
@@ -289,6 +325,10 @@ def main() -> None:
                 for n in (1, 2)
             ]
             print(json.dumps(results["throughput"], indent=1), flush=True)
+            results["drain"] = [
+                drain(broker, model_uri, root, n, [one_row] * args.requests) for n in (1, 2)
+            ]
+            print(json.dumps(results["drain"], indent=1), flush=True)
             results["overhead_one_row"] = overhead(
                 broker, model_uri, root, one_row, args.latency_samples
             )
@@ -296,6 +336,7 @@ def main() -> None:
             if args.big_bytes:
                 results["big_input"] = big_input(broker, model_uri, root, rows, args.big_bytes)
                 print(json.dumps(results["big_input"], indent=1), flush=True)
+    results["load_average_at_end"] = os.getloadavg()
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"written to {args.out}")
 

@@ -108,6 +108,12 @@ def create_router(
         metrics.accepted.labels(name, "202").inc()
         return response
 
+    def enqueue(message: InvocationRequest, inline: bytes | None) -> None:
+        """Store an inline input, then queue the reference: one thread hop for both."""
+        if inline is not None:
+            storage.put_bytes(message.input_location, inline)
+        publisher.submit(message.endpoint, message.inference_id, message.to_bytes())
+
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:
         headers = request.headers
         content_type = codecs.content_type_of(headers.get("content-type"))
@@ -136,7 +142,6 @@ def create_router(
             location = input_location_of(location)
         else:
             location = join_uri(endpoint.input_path, f"{inference_id}.in")
-            await run_in_threadpool(storage.put_bytes, location, body)
         now = clock()
         message = InvocationRequest(
             inference_id=inference_id,
@@ -151,7 +156,7 @@ def create_router(
             expires_at=now + ttl,
             invocation_timeout_seconds=timeout,
         )
-        await run_in_threadpool(publisher.submit, name, inference_id, message.to_bytes())
+        await run_in_threadpool(enqueue, message, body or None)
         metrics.enqueue_duration.observe(time.perf_counter() - started)
         return JSONResponse(
             {

@@ -48,7 +48,7 @@ from infermodes.metrics import WorkerMetrics
 from infermodes.notifications import INLINE_RESULT_LIMIT, Notifier, error_body, success_body
 from infermodes.queue import (
     BROKER_ERRORS,
-    ConfirmedChannel,
+    ChannelPool,
     connect,
     declare_topology,
     queue_name,
@@ -70,6 +70,7 @@ POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
 ERROR_RECORD_LIMIT = 1024 * 1024
+NOTIFY_CONNECTIONS = 8
 
 
 class Settle(StrEnum):
@@ -436,8 +437,9 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     )
     log.info("model %s loaded in %.3f s", settings.model_uri, model.load_seconds)
     metrics = WorkerMetrics(registry)
-    channel = ConfirmedChannel(
+    channel = ChannelPool(
         settings.broker_url,
+        min(settings.max_concurrent_invocations, NOTIFY_CONNECTIONS),
         lambda ch: declare_topology(ch, settings.endpoint, settings.max_attempts),
     )
     notifier = Notifier(channel, metrics, settings.webhook_urls, settings.webhook_attempts)

@@ -211,6 +211,16 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
         assert ok.status_code == 202
         notes.wait_for({"after"}, "Completed", 60)
         assert worker.proc.poll() is None
+        outcomes = {
+            outcome: metric(worker, "infermodes_async_messages_total", outcome=outcome)
+            for outcome in ("success", "error", "expired", "retried")
+        }
+        assert outcomes == {"success": 1, "error": 4, "expired": 1, "retried": 0}
+        assert (
+            metric(worker, "infermodes_async_processing_duration_seconds_count", outcome="error")
+            == 4
+        )
+        assert metric(worker, "infermodes_async_in_flight") == 0
     assert notes.ids("Failed") == Counter(dict.fromkeys(cases, 1))
     errors = sorted(p.name for p in outputs(tmp_path / "failure"))
     assert errors == sorted(f"{name}.error" for name in cases)
