@@ -152,7 +152,9 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)  # also when started in the background, where it is ignored
+    signal.signal(
+        signal.SIGINT, on_term
+    )  # also when started in the background, where it is ignored
     harness = Harness(state_dir, Binaries.from_cache())
     try:
         cluster = harness.start()

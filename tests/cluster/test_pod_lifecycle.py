@@ -17,7 +17,7 @@ FAIL_ONCE = (
 )
 IGNORE_SIGTERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print('up', flush=True); time.sleep(600)"
+    "print('ignoring' + '-sigterm', flush=True); time.sleep(600)"
 )
 
 
