@@ -81,8 +81,11 @@ def test_deletion_kills_a_process_that_ignores_sigterm_after_the_grace_period(
         f"/api/v1/namespaces/{k8s_namespace}/pods",
         pod("stubborn", "Always", IGNORE_SIGTERM, [], terminationGracePeriodSeconds=2),
     )
+    # The marker is assembled at run time, so the logged command line cannot match it.
     wait_until(
-        lambda: "up" in k8s_cluster.pod_log(k8s_namespace, "stubborn"), 60, "the process to start"
+        lambda: "ignoring-sigterm" in k8s_cluster.pod_log(k8s_namespace, "stubborn"),
+        60,
+        "the process to ignore SIGTERM",
     )
     pid = kubelet.running_pids(k8s_namespace)[f"{k8s_namespace}/stubborn"]
 
