@@ -26,7 +26,9 @@ import yaml
 from tests.cluster.pki import CertPair, Pki
 
 HERE = Path(__file__).resolve().parent
-SERVICE_CIDR = "10.0.0.0/24"  # ClusterIPs are only numbers here: there is no kube-proxy.
+SERVICE_CIDR = (
+    "127.1.0.0/24"  # ClusterIPs do not route (no kube-proxy); keep even them on loopback.
+)
 STOP_GRACE_S = 10.0
 
 
@@ -146,13 +148,10 @@ class ControlPlane:
         self.api_port = free_port()
         self.server = f"https://127.0.0.1:{self.api_port}"
         self.kubeconfig = state_dir / "admin.kubeconfig"
-        self.startup_seconds = 0.0
         self.pki: Pki
-        self.node_pairs: dict[str, CertPair] = {}
 
     def start(self) -> None:
         """Start everything and return once the API server is ready and the controllers healthy."""
-        began = time.monotonic()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         try:
@@ -160,14 +159,13 @@ class ControlPlane:
         except BaseException:
             self.stop()
             raise
-        self.startup_seconds = time.monotonic() - began
 
     def _start(self) -> None:
         pki = self.pki = Pki(self.state_dir / "pki")
         serving = pki.issue(
             "apiserver",
             "/CN=kube-apiserver",
-            server_sans="IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+            server_sans="IP:127.0.0.1,IP:127.1.0.1,DNS:localhost,DNS:kubernetes,"
             "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local",
         )
         sa = pki.service_account_keys()

@@ -58,7 +58,6 @@ HEARTBEAT_S = 5.0
 LEASE_DURATION_S = 40
 TOKEN_EXPIRATION_S = 3600
 MANAGED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 JOB_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -89,7 +88,10 @@ def pid_alive(pid: int) -> bool:
 
 
 class IpPool:
-    """Hands out 127.<n>.x.y addresses; <n> is random per kubelet so two harnesses rarely meet."""
+    """Hands out 127.<n>.x.y addresses; <n> is random per kubelet so two harnesses rarely meet.
+
+    <n> starts at 16: 127.0/16 holds the control plane, 127.1.0/24 the Service ClusterIPs.
+    """
 
     def __init__(self) -> None:
         self._second = random.randint(16, 250)
