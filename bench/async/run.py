@@ -159,6 +159,27 @@ def throughput(
     }
 
 
+def sync_throughput(
+    model_uri: str, root: Path, bodies: list[bytes], clients: int
+) -> dict[str, object]:
+    """The same bodies and clients against ``infermodes serve`` (2 processes, one per core)."""
+    serve_args = ["--model", model_uri, "--workers", "2"]
+    with running_server(serve_args, root / "serve-throughput.log") as server:
+
+        def send(chunk: list[bytes]) -> None:
+            with httpx.Client(base_url=server.url) as client:
+                for body in chunk:
+                    client.post(
+                        "/invocations", content=body, headers={"content-type": "text/csv"}
+                    ).raise_for_status()
+
+        began = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, [bodies[i::clients] for i in range(clients)]))
+        seconds = time.perf_counter() - began
+    return {"requests": len(bodies), "clients": clients, "rps": round(len(bodies) / seconds, 1)}
+
+
 def drain(
     broker: Broker, model_uri: str, root: Path, workers: int, bodies: list[bytes]
 ) -> dict[str, object]:
@@ -325,6 +346,10 @@ def main() -> None:
                 for n in (1, 2)
             ]
             print(json.dumps(results["throughput"], indent=1), flush=True)
+            results["sync_throughput"] = sync_throughput(
+                model_uri, root, [one_row] * args.requests, args.clients
+            )
+            print(json.dumps(results["sync_throughput"], indent=1), flush=True)
             results["drain"] = [
                 drain(broker, model_uri, root, n, [one_row] * args.requests) for n in (1, 2)
             ]

@@ -11,6 +11,6 @@ from tests.support.rabbitmq import Broker, rabbitmq_broker
 
 @pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[Broker]:
-    """A broker of our own on loopback ports (about 8 s to start); ``restart`` is real."""
+    """A broker of our own on loopback ports (5 to 14 s to start); ``restart`` is real."""
     with rabbitmq_broker() as broker:
         yield broker

@@ -3,7 +3,7 @@
 Everything the broker writes (data, logs, Erlang cookie, config) lives in one temporary folder,
 the node name carries our PID, and the broker finds its peers through its own ``epmd`` on a
 private port, which we start and stop by PID. A broker someone else runs on this machine is
-never touched. Start takes about 8 s and stop about 6 s on 2 cores; data survives a stop, so
+never touched. Start takes 5 to 14 s and stop about 6 s on 2 cores; data survives a stop, so
 ``restart`` is a real broker restart with durable queues intact.
 """
 
