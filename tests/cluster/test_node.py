@@ -1,0 +1,41 @@
+"""The process kubelet's Node: real capacity, and a Lease and Ready condition kept fresh."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.controlplane import wait_until
+from tests.cluster.harness import NODE_NAME, Cluster
+
+
+def test_node_reports_machine_capacity_and_stays_ready(k8s_cluster: Cluster):
+    if k8s_cluster.kubelet is None:
+        pytest.skip("checks the process kubelet's node")
+    api = k8s_cluster.api
+    node = api.get(f"/api/v1/nodes/{NODE_NAME}")
+    mem_kib = next(
+        line.split()[1]
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    assert node["status"]["capacity"]["cpu"] == str(os.cpu_count())
+    assert node["status"]["capacity"]["memory"] == f"{mem_kib}Ki"
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE_NAME}"
+    first = api.get(lease_path)["spec"]["renewTime"]
+    wait_until(
+        lambda: api.get(lease_path)["spec"]["renewTime"] != first,
+        30,
+        "the node Lease to be renewed",
+        0.5,
+    )
+    renewed = datetime.fromisoformat(
+        api.get(lease_path)["spec"]["renewTime"].replace("Z", "+00:00")
+    )
+    assert (datetime.now(UTC) - renewed).total_seconds() < 40  # within the Lease's duration
