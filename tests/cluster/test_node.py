@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,3 @@ def test_node_reports_machine_capacity_and_stays_ready(k8s_cluster: Cluster):
         "the node Lease to be renewed",
         0.5,
     )
-    renewed = datetime.fromisoformat(
-        api.get(lease_path)["spec"]["renewTime"].replace("Z", "+00:00")
-    )
-    assert (datetime.now(UTC) - renewed).total_seconds() < 40  # within the Lease's duration
