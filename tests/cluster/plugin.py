@@ -68,7 +68,11 @@ def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Itera
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         request.node.add_report_section("teardown", "pod logs", k8s_cluster.namespace_logs(name))
-    api.delete(f"/api/v1/namespaces/{name}")
+    try:
+        api.delete(f"/api/v1/namespaces/{name}")
+    except ApiError as err:
+        if err.status != 404:  # the test may have deleted it itself
+            raise
     if k8s_cluster.kubelet is not None:
         kubelet = k8s_cluster.kubelet
         wait_until(
