@@ -144,6 +144,12 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--host", help="Bind address. [default 127.0.0.1]")
 @click.option("--port", type=int, help="Port. [default 8081]")
 @click.option("--max-inline-bytes", type=int, help="Inline body limit. [default 16 MiB]")
+@click.option(
+    "--allow-input-prefix",
+    "allowed_input_prefixes",
+    multiple=True,
+    help="By-reference inputs must lie under one of these. [default: anywhere]",
+)
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def async_api(**options: Any) -> None:
     """Accept async invocations (POST /endpoints/NAME/async-invocations) and queue them."""
@@ -151,5 +157,6 @@ def async_api(**options: Any) -> None:
     from infermodes.settings import AsyncApiSettings
 
     options["endpoints"] = _endpoint_layouts(options["endpoints"])
+    options["allowed_input_prefixes"] = list(options["allowed_input_prefixes"]) or None
     settings = _settings_or_exit(AsyncApiSettings, **options)
     sys.exit(run_api(settings))

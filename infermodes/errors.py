@@ -49,6 +49,12 @@ class EndpointNotFound(InfermodesError):
     status_code = 404
 
 
+class InputNotAllowed(InfermodesError):
+    """An input location outside the prefixes the API was told to allow."""
+
+    status_code = 403
+
+
 class BrokerUnavailable(InfermodesError):
     """The message broker did not confirm a message: the request was not accepted."""
 

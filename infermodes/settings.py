@@ -125,6 +125,11 @@ class AsyncApiSettings(BaseSettings):
     publish_connections: int = Field(
         8, ge=1, le=64, description="Broker connections publishing in parallel."
     )
+    allowed_input_prefixes: list[str] = Field(
+        default_factory=list,
+        description="By-reference inputs must lie under one of these (empty: anywhere the "
+        "workers can read, which for file:// means any of their files).",
+    )
     log_level: str = "info"
 
 

@@ -12,6 +12,7 @@ that is down gets the client a 503, never a 202 for a request that was not store
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -22,7 +23,13 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from infermodes import codecs
-from infermodes.errors import EndpointNotFound, InfermodesError, InvalidInput, StorageError
+from infermodes.errors import (
+    EndpointNotFound,
+    InfermodesError,
+    InputNotAllowed,
+    InvalidInput,
+    StorageError,
+)
 from infermodes.invocations import (
     DEFAULT_INVOCATION_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
@@ -36,7 +43,7 @@ from infermodes.metrics import AsyncApiMetrics, render
 from infermodes.queue import RequestPublisher
 from infermodes.serving.server import error_body, read_body
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
-from infermodes.storage import Storage, join_uri, parse_uri
+from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
 
 log = logging.getLogger("infermodes.async_api")
 
@@ -76,11 +83,20 @@ def inference_id_of(value: str | None) -> str:
     return value
 
 
-def input_location_of(value: str) -> str:
+def input_location_of(value: str, allowed: list[str]) -> str:
+    """The location, normalised; with ``allowed`` prefixes it must lie under one of them, since
+    a worker reads whatever it is pointed at (a ``file://`` path could be any of its files)."""
     try:
-        return parse_uri(value).uri
+        ref = parse_uri(value)
     except StorageError as exc:
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
+    if ref.scheme == "file":
+        ref = ObjectRef("file", "", posixpath.normpath(ref.key))
+    if allowed and not any(ref.uri.startswith(prefix.rstrip("/") + "/") for prefix in allowed):
+        raise InputNotAllowed(
+            f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(allowed)}"
+        )
+    return ref.uri
 
 
 def create_router(
@@ -89,6 +105,7 @@ def create_router(
     storage: Storage,
     metrics: AsyncApiMetrics,
     max_inline_bytes: int,
+    allowed_input_prefixes: list[str],
     clock: Callable[[], float] = time.time,
 ) -> APIRouter:
     """The route; domain errors are mapped by the app's ``InfermodesError`` handler."""
@@ -139,7 +156,7 @@ def create_router(
             raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
         started = time.perf_counter()
         if location:
-            location = input_location_of(location)
+            location = input_location_of(location, allowed_input_prefixes)
         else:
             location = join_uri(endpoint.input_path, f"{inference_id}.in")
         now = clock()
@@ -189,6 +206,7 @@ def create_app(
         storage or Storage(),
         AsyncApiMetrics(registry),
         settings.max_inline_bytes,
+        settings.allowed_input_prefixes,
     )
     app.include_router(router)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from tests.support.async_plane import (
     WebhookReceiver,
     plane,
     running_api,
+    spawn,
     to_csv,
 )
-from tests.support.processes import wait_until
+from tests.support.processes import free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
 
@@ -147,3 +149,32 @@ def test_bad_requests_are_refused_before_queueing(
         assert client.post("/endpoints/nowhere/async-invocations", content=b"1").status_code == 404
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
         backlog("refused", rabbitmq.amqp_url, None)  # nothing was ever queued
+
+
+def test_worker_start_failures_are_clear(abalone_model: AbaloneModel, tmp_path: Path) -> None:
+    base = ["worker", "--endpoint", "ep", "--metrics-port", "0"]
+    cases = [
+        ([*base, "--model", f"file://{tmp_path}/absent.tar.gz"], 3, "cannot load model"),
+        ([*base, "--model", "x", "--max-concurrent-invocations", "0"], 2, "max_concurrent"),
+    ]
+    for index, (args, code, message) in enumerate(cases):
+        worker = spawn(args, tmp_path / f"{index}.log")
+        try:
+            assert worker.proc.wait(60) == code
+            assert message in worker.log
+        finally:
+            stop_process(worker.proc)
+
+
+def test_a_worker_waits_for_its_broker_and_stops_cleanly(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    args = ["worker", "--endpoint", "ep", "--metrics-port", "0", "--broker-url", nowhere]
+    worker = spawn([*args, "--model", f"file://{abalone_model.tarball}"], tmp_path / "w.log")
+    try:
+        wait_until(lambda: worker.log.count("reconnecting in") >= 2, 60, "reconnect attempts")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(30) == 0
+    finally:
+        stop_process(worker.proc)

@@ -7,9 +7,14 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from infermodes.errors import BrokerUnavailable, InvalidInput
+from infermodes.errors import BrokerUnavailable, InputNotAllowed, InvalidInput
 from infermodes.invocations import parse_request
-from infermodes.serving.async_api import create_app, header_seconds, inference_id_of
+from infermodes.serving.async_api import (
+    create_app,
+    header_seconds,
+    inference_id_of,
+    input_location_of,
+)
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 
 
@@ -24,9 +29,13 @@ class RecordingPublisher:
         self.sent.append((endpoint, message_id, body))
 
 
-def client_for(tmp_path: Path, publisher: RecordingPublisher) -> TestClient:
+def client_for(
+    tmp_path: Path, publisher: RecordingPublisher, allowed: tuple[str, ...] = ()
+) -> TestClient:
     settings = AsyncApiSettings(
-        endpoints={"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, max_inline_bytes=100
+        endpoints={"ep": AsyncEndpoint.under(f"file://{tmp_path}")},
+        max_inline_bytes=100,
+        allowed_input_prefixes=list(allowed),
     )
     return TestClient(create_app(settings, publisher, registry=CollectorRegistry()))
 
@@ -115,3 +124,35 @@ def test_inference_ids() -> None:
     for bad in ("", "a/b", "../x", "x" * 65, "-start"):
         with pytest.raises(InvalidInput):
             inference_id_of(bad)
+
+
+@pytest.mark.parametrize(
+    ("location", "normalised"),
+    [
+        ("s3://data/in/x.csv", "s3://data/in/x.csv"),
+        ("file:///data/in/x.csv", "file:///data/in/x.csv"),
+        ("file:///data/in/sub/../x.csv", "file:///data/in/x.csv"),
+    ],
+)
+def test_allowed_input_locations(location: str, normalised: str) -> None:
+    assert input_location_of(location, ["s3://data/in/", "file:///data/in"]) == normalised
+    assert input_location_of(location, []) == normalised
+
+
+@pytest.mark.parametrize(
+    "location", ["file:///data/in/../../etc/passwd", "file:///data/inbox/x", "s3://other/in/x"]
+)
+def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> None:
+    with pytest.raises(InputNotAllowed, match="not under an allowed prefix"):
+        input_location_of(location, ["s3://data/in", "file:///data/in"])
+
+
+def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher, ("s3://data/in",)).post(
+        "/endpoints/ep/async-invocations",
+        headers={"X-Amzn-SageMaker-InputLocation": "file:///etc/passwd"},
+    )
+    assert response.status_code == 403
+    assert "file:///etc/passwd is not under an allowed prefix: s3://data/in" in response.text
+    assert not publisher.sent
