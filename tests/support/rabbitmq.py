@@ -27,14 +27,15 @@ STOP_GRACE = 60.0
 
 
 def ensure_installed() -> None:
-    """Install Debian's rabbitmq-server when absent; its service is never started here
-    (``--no-start`` semantics come from policy-rc.d where present; we start our own node)."""
+    """Install Debian's rabbitmq-server when absent. We start our own node; the package's
+    system service stays down where policy-rc.d forbids starting services (as on our
+    machines), and would not collide with ours anyway (other ports, node name and epmd)."""
     if SERVER.exists():
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], check=True, capture_output=True, env=env)
     subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "rabbitmq-server"],
+        ["apt-get", "install", "-y", "rabbitmq-server"],
         check=True,
         capture_output=True,
         env=env,
