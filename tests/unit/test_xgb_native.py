@@ -64,3 +64,20 @@ def test_garbage_is_a_load_error() -> None:
 
 def test_version_matches_the_package() -> None:
     assert library_version() == xgb.__version__.split("+")[0].split("rc")[0]
+
+
+def test_concurrent_threads_each_get_their_own_answers() -> None:
+    """The proxy matrix is per thread: concurrent predictions never see each other's rows."""
+    import concurrent.futures
+
+    features = RNG.random((400, 5), dtype=np.float32)
+    booster = train({"max_depth": 3}, RNG.random(400), features)
+    native = NativeBooster(bytes(booster.save_raw("ubj")))
+    expected = booster.inplace_predict(features)
+
+    def one(index: int) -> float:
+        return float(native.predict(features[index : index + 1])[0])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, range(400)))
+    np.testing.assert_array_equal(np.array(got, dtype=np.float32), expected)
