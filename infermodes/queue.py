@@ -27,6 +27,9 @@ NOTIFICATION_EXCHANGE = "infermodes.notifications"
 PERSISTENT = 2
 CONNECT_TIMEOUT_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30
+# RabbitMQ closes a channel holding a message unacked longer than its consumer timeout
+# (30 min by default): it must outlast the longest invocation (1 h) plus the final writes.
+CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 
 T = TypeVar("T")
 
@@ -49,9 +52,11 @@ def dead_letter_queue_name(endpoint: str) -> str:
 
 def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     """The work queue's arguments. Every declarer must pass the same ones (RabbitMQ refuses a
-    redeclaration with different arguments), hence this one function."""
+    redeclaration with different arguments), hence this one function. ``x-consumer-timeout``
+    is honoured from RabbitMQ 3.12 on; older brokers need ``consumer_timeout`` in their config."""
     return {
         "x-queue-type": "quorum",
+        "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
         "x-delivery-limit": max_attempts,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": endpoint,

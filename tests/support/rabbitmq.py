@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from infermodes.queue import CONSUMER_TIMEOUT_MS
 from tests.support.processes import free_port, stop_process, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -59,6 +60,7 @@ class Broker:
             "management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n"
             "collect_statistics_interval = 500\n"
+            f"consumer_timeout = {CONSUMER_TIMEOUT_MS}\n"
             "log.console = false\n"
         )
         (root / "enabled_plugins").write_text("[rabbitmq_management].\n")

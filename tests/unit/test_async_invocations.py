@@ -139,6 +139,7 @@ def test_error_record_names_the_reason_and_attempts() -> None:
 def test_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> None:
     assert queue_arguments("ep", 4) == {
         "x-queue-type": "quorum",
+        "x-consumer-timeout": 3_900_000,
         "x-delivery-limit": 4,
         "x-dead-letter-exchange": "infermodes.dead-letter",
         "x-dead-letter-routing-key": "ep",
