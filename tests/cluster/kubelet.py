@@ -829,7 +829,9 @@ class PodWorker(threading.Thread):
             self.run_state.last_terminated = state
             self.run_state.waiting = {
                 "reason": "CrashLoopBackOff",
-                "message": f"back-off {self.backoff_s:.0f}s",
+                # the real kubelet's wording
+                "message": f"back-off {self.backoff_s:.0f}s restarting failed "
+                f"container={self.container['name']} pod={self.name}_{self.namespace}({self.uid})",
             }
             self.restart_at = time.monotonic() + self.backoff_s
             self.backoff_s = min(self.backoff_s * 2, 60.0)
