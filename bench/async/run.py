@@ -37,7 +37,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from infermodes.queue import NOTIFICATION_EXCHANGE, connect  # noqa: E402
-from tests.support.async_plane import plane, to_csv  # noqa: E402
+from tests.support.async_plane import Plane, plane, to_csv  # noqa: E402
 from tests.support.processes import running_server  # noqa: E402
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
 
@@ -101,6 +101,18 @@ def subscribed(broker: Broker, endpoint: str) -> Iterator[Subscriber]:
         subscriber.close()
 
 
+@contextlib.contextmanager
+def fresh_endpoint(broker: Broker, root: Path, endpoint: str) -> Iterator[tuple[Subscriber, Plane]]:
+    """An endpoint with its own storage folder, its API, and a subscriber to its notifications."""
+    folder = root / endpoint
+    folder.mkdir()
+    with (
+        subscribed(broker, endpoint) as notes,
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+    ):
+        yield notes, live
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
@@ -115,12 +127,7 @@ def throughput(
     broker: Broker, model_uri: str, root: Path, workers: int, bodies: list[bytes], clients: int
 ) -> dict[str, object]:
     endpoint = f"throughput-{workers}"
-    folder = root / endpoint
-    folder.mkdir()
-    with (
-        subscribed(broker, endpoint) as notes,
-        plane(broker, endpoint, f"file://{folder}", folder) as live,
-    ):
+    with fresh_endpoint(broker, root, endpoint) as (notes, live):
         for index in range(workers):
             live.start_worker(model_uri, f"w{index}", concurrency=WORKER_CONCURRENCY)
 
@@ -185,12 +192,7 @@ def drain(
 ) -> dict[str, object]:
     """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed."""
     endpoint = f"drain-{workers}"
-    folder = root / endpoint
-    folder.mkdir()
-    with (
-        subscribed(broker, endpoint) as notes,
-        plane(broker, endpoint, f"file://{folder}", folder) as live,
-    ):
+    with fresh_endpoint(broker, root, endpoint) as (notes, live):
         started = [
             live.start_worker(model_uri, f"w{index}", concurrency=WORKER_CONCURRENCY)
             for index in range(workers)
@@ -218,8 +220,6 @@ def overhead(
     broker: Broker, model_uri: str, root: Path, body: bytes, samples: int
 ) -> dict[str, object]:
     endpoint = "overhead"
-    folder = root / endpoint
-    folder.mkdir()
     sync: list[float] = []
     accept: list[float] = []
     end_to_end: list[float] = []
@@ -235,10 +235,7 @@ def overhead(
             )
             response.raise_for_status()
             sync.append(time.perf_counter() - began)
-    with (
-        subscribed(broker, endpoint) as notes,
-        plane(broker, endpoint, f"file://{folder}", folder) as live,
-    ):
+    with fresh_endpoint(broker, root, endpoint) as (notes, live):
         live.start_worker(model_uri, "w", concurrency=1)
         for _ in range(samples + 10):
             began = time.perf_counter()
@@ -283,15 +280,9 @@ def write_big_csv(path: Path, rows: np.ndarray, size: int) -> int:
 def big_input(
     broker: Broker, model_uri: str, root: Path, rows: np.ndarray, size: int
 ) -> dict[str, object]:
-    endpoint = "big"
-    folder = root / endpoint
-    folder.mkdir()
-    source = folder / "big.csv"
+    source = root / "big.csv"
     written = write_big_csv(source, rows, size)
-    with (
-        subscribed(broker, endpoint) as notes,
-        plane(broker, endpoint, f"file://{folder}", folder) as live,
-    ):
+    with fresh_endpoint(broker, root, "big") as (notes, live):
         worker = live.start_worker(model_uri, "w", concurrency=1)
         pid = worker.proc.pid
         baseline = proc_status(pid, "VmRSS")
