@@ -39,12 +39,12 @@ class PodState:
             state = container.get("state") or {}
             last = container.get("lastState") or {}
             terminated = state.get("terminated") or last.get("terminated")
-            if terminated:
+            if terminated:  # what the process said as it died outranks a back-off note
                 exit_code = terminated.get("exitCode")
                 message = terminated.get("message") or terminated.get("reason") or ""
             if state.get("waiting"):
                 waiting = state["waiting"].get("reason")
-                message = state["waiting"].get("message") or message
+                message = message or state["waiting"].get("message") or ""
         return cls(
             name=pod["metadata"]["name"],
             ip=status.get("podIP"),

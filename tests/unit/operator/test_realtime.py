@@ -124,7 +124,7 @@ def test_pod_state_from_an_api_object() -> None:
             "conditions": [{"type": "Ready", "status": "False"}],
             "containerStatuses": [{
                 "restartCount": 2,
-                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
                 "lastState": {"terminated": {"exitCode": 3, "message": "cannot load model"}},
             }],
         },
