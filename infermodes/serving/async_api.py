@@ -39,9 +39,10 @@ from infermodes.invocations import (
     InvocationRequest,
     new_inference_id,
 )
-from infermodes.metrics import AsyncApiMetrics, render
+from infermodes.logs import configure_logging
+from infermodes.metrics import AsyncApiMetrics
 from infermodes.queue import RequestPublisher
-from infermodes.serving.server import error_body, read_body
+from infermodes.serving.http import create_api, read_body, uvicorn_options
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
 
@@ -199,7 +200,7 @@ def create_app(
 ) -> FastAPI:
     """The router on its own, with ``/ping`` and ``/metrics``."""
     registry = registry if registry is not None else CollectorRegistry()
-    app = FastAPI(title="infermodes async invocations", docs_url=None, redoc_url=None)
+    app = create_api("infermodes async invocations", registry)
     router = create_router(
         settings.endpoints,
         publisher,
@@ -210,18 +211,9 @@ def create_app(
     )
     app.include_router(router)
 
-    @app.exception_handler(InfermodesError)
-    async def domain_error(_: Request, exc: InfermodesError) -> Response:
-        return Response(error_body(exc), exc.status_code, media_type=codecs.JSON)
-
     @app.get("/ping")
     async def ping() -> Response:
         return Response(b"", 200)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        payload, content_type = render(registry)
-        return Response(payload, media_type=content_type)
 
     return app
 
@@ -230,9 +222,7 @@ def serve(settings: AsyncApiSettings) -> int:
     """Entry point of ``infermodes async-api``."""
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     publisher = RequestPublisher(
         settings.broker_url, settings.max_attempts, settings.publish_connections
     )
@@ -240,15 +230,7 @@ def serve(settings: AsyncApiSettings) -> int:
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))
     try:
         uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_level=settings.log_level,
-            server_header=False,
+            app, host=settings.host, port=settings.port, **uvicorn_options(settings.log_level)
         )
     finally:
         publisher.close()

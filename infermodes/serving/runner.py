@@ -44,22 +44,13 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
     """Serve on an already-bound socket until told to stop; returns the exit code."""
     import uvicorn
 
+    from infermodes.serving.http import uvicorn_options
     from infermodes.serving.model import XGBoostModel
     from infermodes.serving.server import ModelSlot, create_app
 
     slot = ModelSlot()
     app = create_app(settings, slot)
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level=settings.log_level,
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=75,
-    )
+    config = uvicorn.Config(app, **uvicorn_options(settings.log_level))
     server = uvicorn.Server(config)
 
     def load() -> XGBoostModel:
@@ -156,9 +147,9 @@ def preload_modules() -> None:
 
 def serve(settings: ServeSettings) -> int:
     """Entry point of ``infermodes serve``; returns the process exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from infermodes.logs import configure_logging
+
+    configure_logging(settings.log_level)
     sock = bind_socket(settings.host, settings.port)
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:

@@ -8,31 +8,34 @@ few tens of microseconds of Python.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from infermodes import codecs
-from infermodes.errors import InfermodesError, MethodNotAllowed, ModelNotReady, PayloadTooLarge
-from infermodes.metrics import ServerMetrics, render
+from infermodes.errors import InfermodesError, MethodNotAllowed, ModelNotReady
+from infermodes.metrics import ServerMetrics
+from infermodes.serving.http import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    create_api,
+    error_body,
+    header,
+    read_body,
+)
 from infermodes.serving.model import XGBoostModel
 from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INVOCATIONS = "/invocations"
 ROUTES = frozenset({"/ping", INVOCATIONS, "/metrics"})
@@ -101,39 +104,6 @@ class MetricsMiddleware:
             self._histogram(route, status).observe(time.perf_counter() - started)
 
 
-def error_body(exc: InfermodesError) -> bytes:
-    """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``."""
-    return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
-
-
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, refusing (413) before reading when Content-Length is over the limit
-    and while reading when it is absent (chunked uploads)."""
-    declared = _header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    message = await receive()
-    body = message.get("body", b"")
-    chunks = [body]
-    size = len(body)
-    while True:
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if not message.get("more_body", False):
-            return body if len(chunks) == 1 else b"".join(chunks)
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 class InvocationsHandler:
     """``POST /invocations`` as a plain ASGI callable: the hot path skips the framework's
     routing, dependency solving and response classes (about 40% more requests per second per
@@ -164,8 +134,8 @@ class InvocationsHandler:
         model = self.slot.model
         if model is None:
             raise ModelNotReady(self.slot.error or "model is loading")
-        content_type = codecs.content_type_of(_header(scope, b"content-type"))
-        accept = codecs.accept_of(_header(scope, b"accept"))
+        content_type = codecs.content_type_of(header(scope, b"content-type"))
+        accept = codecs.accept_of(header(scope, b"accept"))
         body = await read_body(scope, receive, self.limit)
         self.metrics.request_body_size.observe(len(body))
         large = len(body) >= self.offload
@@ -200,22 +170,13 @@ def create_app(
     """The ASGI app for one model. ``slot`` is filled by whoever loads the model."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry)
-    api = FastAPI(title="infermodes model server", docs_url=None, redoc_url=None)
-
-    @api.exception_handler(InfermodesError)
-    async def domain_error(_: Request, exc: InfermodesError) -> Response:
-        return Response(error_body(exc), exc.status_code, media_type=codecs.JSON)
+    api = create_api("infermodes model server", registry)
 
     @api.get("/ping")
     async def ping() -> Response:
         if slot.model is None:
             raise ModelNotReady(slot.error or "model is loading")
         return Response(b"", 200)
-
-    @api.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        payload, content_type = render(registry)
-        return Response(payload, media_type=content_type)
 
     dispatch = Dispatch(InvocationsHandler(settings, slot, metrics), api)
     return ModelServerApp(MetricsMiddleware(dispatch, metrics), metrics)

@@ -44,6 +44,7 @@ from infermodes.invocations import (
     plan,
     retry_delay,
 )
+from infermodes.logs import configure_logging
 from infermodes.metrics import WorkerMetrics
 from infermodes.notifications import INLINE_RESULT_LIMIT, Notifier, error_body, success_body
 from infermodes.queue import (
@@ -450,9 +451,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
 
 def run(settings: WorkerSettings) -> int:
     """Entry point of ``infermodes worker``; returns the process exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     registry = CollectorRegistry()
     try:
         worker = build(settings, registry)
