@@ -16,6 +16,10 @@ step "lint (ruff)"
 .venv/bin/ruff format --check .
 done_step
 
+step "RabbitMQ (Debian's rabbitmq-server; the tests start their own broker on loopback)"
+.venv/bin/python -c "from tests.support.rabbitmq import ensure_installed; ensure_installed()"
+done_step
+
 step "Kubernetes test control plane: binaries built from source or reused from the cache"
 tests/cluster/setup.sh
 done_step
