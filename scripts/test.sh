@@ -4,6 +4,8 @@
 # Kubernetes control plane built from source). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Go may be installed without being on a non-interactive PATH
+command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 step() { echo "==> $1"; STEP_STARTED=$SECONDS; }
 done_step() { echo "    done in $((SECONDS - STEP_STARTED)) s"; }
 
