@@ -127,8 +127,8 @@ class AsyncApiSettings(BaseSettings):
     )
     allowed_input_prefixes: list[str] = Field(
         default_factory=list,
-        description="By-reference inputs must lie under one of these (empty: anywhere the "
-        "workers can read, which for file:// means any of their files).",
+        description="By-reference inputs must lie under one of these or the endpoint's input "
+        "prefix (empty: s3:// anywhere, file:// only under the endpoint's input prefix).",
     )
     log_level: str = "info"
 

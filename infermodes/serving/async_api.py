@@ -84,18 +84,22 @@ def inference_id_of(value: str | None) -> str:
     return value
 
 
-def input_location_of(value: str, allowed: list[str]) -> str:
-    """The location, normalised; with ``allowed`` prefixes it must lie under one of them, since
-    a worker reads whatever it is pointed at (a ``file://`` path could be any of its files)."""
+def input_location_of(value: str, allowed: list[str], own_prefix: str) -> str:
+    """The location, normalised. A worker reads whatever it is pointed at, so: with ``allowed``
+    prefixes it must lie under one of them (or the endpoint's own input prefix); without them
+    ``s3://`` may be anywhere (the store's own permissions govern) but ``file://`` only under the
+    endpoint's input prefix, since a file path could name any of the worker's files."""
     try:
         ref = parse_uri(value)
     except StorageError as exc:
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
     if ref.scheme == "file":
         ref = ObjectRef("file", "", posixpath.normpath(ref.key))
-    if allowed and not any(ref.uri.startswith(prefix.rstrip("/") + "/") for prefix in allowed):
+    permitted = [*allowed, own_prefix] if allowed or ref.scheme == "file" else []
+    if permitted and not any(ref.uri.startswith(p.rstrip("/") + "/") for p in permitted):
         raise InputNotAllowed(
-            f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(allowed)}"
+            f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
+            " (add one with --allow-input-prefix)"
         )
     return ref.uri
 
@@ -157,7 +161,7 @@ def create_router(
             raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
         started = time.perf_counter()
         if location:
-            location = input_location_of(location, allowed_input_prefixes)
+            location = input_location_of(location, allowed_input_prefixes, endpoint.input_path)
         else:
             location = join_uri(endpoint.input_path, f"{inference_id}.in")
         now = clock()

@@ -130,6 +130,12 @@ def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
         ({"X-Amzn-SageMaker-RequestTTLSeconds": "0"}, b"1", 400, "RequestTTLSeconds"),
         ({"X-Amzn-SageMaker-InvocationTimeoutSeconds": "3601"}, b"1", 400, "1 to 3600"),
         ({"X-Amzn-SageMaker-Inference-Id": "a/b"}, b"1", 400, "Inference-Id"),
+        (
+            {"X-Amzn-SageMaker-InputLocation": "file:///etc/passwd"},
+            b"",
+            403,
+            "is not under an allowed prefix",
+        ),
     ],
 )
 def test_bad_requests_are_refused_before_queueing(

@@ -54,11 +54,14 @@ def running_api(
     log_path: Path,
     env: dict[str, str] | None = None,
     max_attempts: int = 3,
+    allowed_input_prefixes: tuple[str, ...] = (),
 ) -> Iterator[Process]:
     """``endpoints``: name -> storage prefix (input/, output/, failure/ under it)."""
     port = free_port()
     args = ["async-api", "--broker-url", broker.amqp_url, "--port", str(port)]
     args += ["--max-attempts", str(max_attempts)]
+    for prefix in allowed_input_prefixes:
+        args += ["--allow-input-prefix", prefix]
     for name, prefix in endpoints.items():
         args += ["--endpoint", f"{name}={prefix}"]
     api = spawn(args, log_path, env)
@@ -173,7 +176,15 @@ def plane(
 ) -> Iterator[Plane]:
     """``prefix``: the endpoint's storage (input/, output/, failure/ under it)."""
     with (
-        running_api(broker, {endpoint: prefix}, root / "api.log", env, max_attempts) as api,
+        running_api(
+            broker,
+            {endpoint: prefix},
+            root / "api.log",
+            env,
+            max_attempts,
+            # test inputs live in the session's temp folders (root's parent)
+            allowed_input_prefixes=(f"file://{root.parent}", "s3://"),
+        ) as api,
         httpx.Client(base_url=api.url, timeout=30) as client,
     ):
         running = Plane(broker, endpoint, client, root, env, max_attempts)

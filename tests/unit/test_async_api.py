@@ -126,6 +126,9 @@ def test_inference_ids() -> None:
             inference_id_of(bad)
 
 
+OWN = "file:///srv/endpoints/ep/input"
+
+
 @pytest.mark.parametrize(
     ("location", "normalised"),
     [
@@ -135,8 +138,8 @@ def test_inference_ids() -> None:
     ],
 )
 def test_allowed_input_locations(location: str, normalised: str) -> None:
-    assert input_location_of(location, ["s3://data/in/", "file:///data/in"]) == normalised
-    assert input_location_of(location, []) == normalised
+    assert input_location_of(location, ["s3://data/in/", "file:///data/in"], OWN) == normalised
+    assert input_location_of(location, [], "file:///data") == normalised
 
 
 @pytest.mark.parametrize(
@@ -144,7 +147,24 @@ def test_allowed_input_locations(location: str, normalised: str) -> None:
 )
 def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> None:
     with pytest.raises(InputNotAllowed, match="not under an allowed prefix"):
-        input_location_of(location, ["s3://data/in", "file:///data/in"])
+        input_location_of(location, ["s3://data/in", "file:///data/in"], OWN)
+
+
+@pytest.mark.parametrize(
+    ("location", "allowed"),
+    [
+        ("s3://anywhere/x.csv", True),
+        (f"{OWN}/x.csv", True),
+        ("file:///etc/passwd", False),
+        (f"{OWN}/../../etc/passwd", False),
+    ],
+)
+def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, allowed: bool) -> None:
+    if allowed:
+        assert input_location_of(location, [], OWN)
+    else:
+        with pytest.raises(InputNotAllowed, match="add one with --allow-input-prefix"):
+            input_location_of(location, [], OWN)
 
 
 def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:
