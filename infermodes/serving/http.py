@@ -81,11 +81,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def uvicorn_options(log_level: str) -> dict[str, Any]:
-    """uvicorn settings of every infermodes server: uvloop and httptools, no access log or
-    lifespan, no Server or Date header (work per response that nobody reads)."""
+    """uvicorn settings of every infermodes server: uvloop and httptools, no websockets (their
+    import costs cold start), no access log or lifespan, no Server or Date header."""
     return {
         "loop": "uvloop",
         "http": "httptools",
+        "ws": "none",
         "lifespan": "off",
         "access_log": False,
         "log_level": log_level,

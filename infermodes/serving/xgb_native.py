@@ -132,9 +132,10 @@ class NativeBooster:
         if status != 0:
             raise RuntimeError(f"XGBoost prediction failed: {_last_error(self._lib)}")
         out_shape = tuple(int(shape[axis]) for axis in range(dims.value))
-        size = math.prod(out_shape)
         # the result buffer belongs to the booster and is reused by the next call: copy it
-        return np.ctypeslib.as_array(out, shape=(size,)).reshape(out_shape).copy()
+        # (string_at copies once, without building a ctypes array type per call)
+        copied = ctypes.string_at(out, math.prod(out_shape) * 4)
+        return np.frombuffer(copied, dtype=np.float32).reshape(out_shape)
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
