@@ -70,7 +70,8 @@ build_k8s() {
   local version out
   version="$(mod_version "$here/k8sbuild" k8s.io/kubernetes)"
   out="$cache_root/$version"
-  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler ]]; then
+  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler \
+        && -x $out/kubectl ]]; then
     echo "k8s $version: cached in $out"
     return
   fi
@@ -86,7 +87,8 @@ build_k8s() {
   GOFLAGS="$GOFLAGS -modfile=$modfile" build "$here/k8sbuild" "$out" "$ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl
   echo "k8s $version: built into $out"
 }
 

@@ -47,6 +47,7 @@ class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kube_scheduler: Path
+    kubectl: Path  # the same release as the server, so kubectl's version skew is zero
     etcd: Path
     helm: Path
 
@@ -67,6 +68,7 @@ class Binaries:
             kube_apiserver=root / k8s / "kube-apiserver",
             kube_controller_manager=root / k8s / "kube-controller-manager",
             kube_scheduler=root / k8s / "kube-scheduler",
+            kubectl=root / k8s / "kubectl",
             etcd=root / f"etcd-{etcd}" / "etcd",
             helm=root / f"helm-{helm_pkg.group(1)}" / "helm",
         )
@@ -82,6 +84,7 @@ class Binaries:
             self.kube_apiserver,
             self.kube_controller_manager,
             self.kube_scheduler,
+            self.kubectl,
             self.etcd,
             self.helm,
         ]

@@ -161,6 +161,7 @@ def main() -> None:
         print(f"control plane ready in {cluster.startup_seconds:.1f} s; state in {state_dir}")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
         print(f"  export INFERMODES_TEST_KUBECONFIG={cluster.kubeconfig}")
+        print(f"  kubectl: {harness.binaries.kubectl}")
         print(f"  helm: {harness.binaries.helm}")
         print("Ctrl-C stops everything.", flush=True)
         while True:

@@ -18,8 +18,20 @@ import pytest
 from tests.cluster.api import ApiError
 from tests.cluster.controlplane import Binaries, wait_until
 from tests.cluster.harness import Cluster, Harness, external_cluster
+from tests.cluster.kubelet import ProcessKubelet
 
 NAMESPACE_GONE_TIMEOUT_S = 60
+EXTERNAL_CLUSTER = (
+    "needs the process kubelet of the test control plane; INFERMODES_TEST_KUBECONFIG points at "
+    "another cluster, where pods are not local processes, so this harness check does not apply"
+)
+
+
+def require_process_kubelet(cluster: Cluster) -> ProcessKubelet:
+    """The harness's kubelet; the test skips, saying why, on an external cluster."""
+    if cluster.kubelet is None:
+        pytest.skip(EXTERNAL_CLUSTER)
+    return cluster.kubelet
 
 
 @pytest.fixture(scope="session")

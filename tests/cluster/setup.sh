@@ -23,7 +23,6 @@ debian_tools() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   fi
-  command -v kubectl >/dev/null || echo "warning: kubectl is not installed; the kubectl/helm test will skip"
 }
 
 total=$SECONDS

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from typing import Any
 
 import pytest
 
 from tests.cluster import helpers as h
 from tests.cluster.api import ApiError, KubeApi
-from tests.cluster.controlplane import wait_until
+from tests.cluster.controlplane import Binaries, wait_until
 from tests.cluster.harness import Cluster
+from tests.cluster.plugin import require_process_kubelet
 
 
 def grant_get_pods(api: KubeApi, namespace: str, account: str) -> None:
@@ -81,11 +81,12 @@ def run_pod(
 
 
 def test_pod_runs_under_its_service_account_kubeconfig(k8s_cluster: Cluster, k8s_namespace: str):
-    if k8s_cluster.kubelet is None or shutil.which("kubectl") is None:
-        pytest.skip("needs the process kubelet and kubectl")
+    require_process_kubelet(k8s_cluster)
     grant_get_pods(k8s_cluster.api, k8s_namespace, "reader")
+    kubectl = (k8s_cluster.binaries or Binaries.from_cache()).kubectl
     script = (
-        'kubectl get pod "$HOSTNAME" -o name && ! kubectl get secrets && cat "$TOKEN_FILE" | wc -c'
+        f'{kubectl} get pod "$HOSTNAME" -o name && ! {kubectl} get secrets '
+        '&& cat "$TOKEN_FILE" | wc -c'
     )
     pod = run_pod(
         k8s_cluster.api,
@@ -117,8 +118,7 @@ def test_pod_runs_under_its_service_account_kubeconfig(k8s_cluster: Cluster, k8s
 def test_pod_sees_env_and_volumes_from_configmaps_secrets_and_downward_api(
     k8s_cluster: Cluster, k8s_namespace: str
 ):
-    if k8s_cluster.kubelet is None:
-        pytest.skip("reads the pod's log file from the process kubelet")
+    require_process_kubelet(k8s_cluster)
     api = k8s_cluster.api
     ns = k8s_namespace
     api.post(

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import NODE_NAME, Cluster
+from tests.cluster.plugin import require_process_kubelet
 
 
 def test_node_reports_machine_capacity_and_stays_ready(k8s_cluster: Cluster):
-    if k8s_cluster.kubelet is None:
-        pytest.skip("checks the process kubelet's node")
+    require_process_kubelet(k8s_cluster)
     api = k8s_cluster.api
     node = api.get(f"/api/v1/nodes/{NODE_NAME}")
     mem_kib = next(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.cluster import helpers as h
 from tests.cluster.api import KubeApi
 from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import Cluster
 from tests.cluster.kubelet import pid_alive
+from tests.cluster.plugin import require_process_kubelet
 
 # Fails on the first run, succeeds on the second: the emptyDir outlives a restart.
 FAIL_ONCE = (
@@ -46,8 +45,7 @@ def phase(api: KubeApi, namespace: str, name: str) -> str:
 
 
 def test_on_failure_restarts_until_the_command_succeeds(k8s_cluster: Cluster, k8s_namespace: str):
-    if k8s_cluster.kubelet is None:
-        pytest.skip("tests the process kubelet")
+    require_process_kubelet(k8s_cluster)
     api = k8s_cluster.api
     api.post(
         f"/api/v1/namespaces/{k8s_namespace}/pods",
@@ -73,8 +71,7 @@ def test_never_ends_failed_with_the_exit_code(k8s_cluster: Cluster, k8s_namespac
 def test_deletion_kills_a_process_that_ignores_sigterm_after_the_grace_period(
     k8s_cluster: Cluster, k8s_namespace: str
 ):
-    if k8s_cluster.kubelet is None:
-        pytest.skip("checks the process kubelet's processes")
+    require_process_kubelet(k8s_cluster)
     kubelet = k8s_cluster.kubelet
     api = k8s_cluster.api
     api.post(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,10 +16,8 @@ CHART = Path(__file__).parent / "chart"
 def test_helm_install_of_a_small_chart_succeeds_and_kubectl_shows_its_objects(
     k8s_cluster: Cluster, k8s_namespace: str
 ):
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    helm = (k8s_cluster.binaries or Binaries.from_cache()).helm
+    binaries = k8s_cluster.binaries or Binaries.from_cache()
+    kubectl, helm = str(binaries.kubectl), binaries.helm
     env = {
         "KUBECONFIG": str(k8s_cluster.kubeconfig),
         "HOME": str(k8s_cluster.kubeconfig.parent),
@@ -67,7 +64,7 @@ def test_helm_install_of_a_small_chart_succeeds_and_kubectl_shows_its_objects(
 
 def test_report_control_plane_ready_time(k8s_cluster: Cluster, capsys: pytest.CaptureFixture[str]):
     if k8s_cluster.startup_seconds is None:
-        pytest.skip("the cluster was given by INFERMODES_TEST_KUBECONFIG")
+        pytest.skip("no start-up time to report: INFERMODES_TEST_KUBECONFIG gave a running cluster")
     with capsys.disabled():
         print(
             f"\ncontrol plane + process kubelet ready in {k8s_cluster.startup_seconds:.1f} s "

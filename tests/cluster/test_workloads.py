@@ -5,19 +5,12 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 
 from tests.cluster import helpers as h
 from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import Cluster
 from tests.cluster.kubelet import JOB_INDEX_ANNOTATION, pid_alive
-
-
-def needs_kubelet(cluster: Cluster) -> None:
-    if cluster.kubelet is None:
-        pytest.skip(
-            "checks processes of the process kubelet; INFERMODES_TEST_KUBECONFIG is another cluster"
-        )
+from tests.cluster.plugin import require_process_kubelet
 
 
 def start_web(cluster: Cluster, namespace: str, replicas: int) -> None:
@@ -47,7 +40,7 @@ def test_deployment_becomes_ready_and_endpointslice_lists_answering_pods(
 def test_scaling_to_zero_stops_processes_and_to_three_starts_three(
     k8s_cluster: Cluster, k8s_namespace: str
 ):
-    needs_kubelet(k8s_cluster)
+    require_process_kubelet(k8s_cluster)
     kubelet = k8s_cluster.kubelet
     assert kubelet is not None
     api = k8s_cluster.api
@@ -68,7 +61,7 @@ def test_scaling_to_zero_stops_processes_and_to_three_starts_three(
 
 
 def test_deleting_a_deployment_leaves_no_process(k8s_cluster: Cluster, k8s_namespace: str):
-    needs_kubelet(k8s_cluster)
+    require_process_kubelet(k8s_cluster)
     kubelet = k8s_cluster.kubelet
     assert kubelet is not None
     api = k8s_cluster.api

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +33,8 @@ class Tools:
                 "PATH": "/usr/local/bin:/usr/bin:/bin"}  # fmt: skip
 
     def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        binary = shutil.which("kubectl")
-        if binary is None:
-            raise RuntimeError("kubectl is not on PATH; scripts/test.sh installs it")
-        return subprocess.run([binary, *args], input=stdin, env=self.env, capture_output=True,
+        binary = (self.cluster.binaries or Binaries.from_cache()).kubectl
+        return subprocess.run([str(binary), *args], input=stdin, env=self.env, capture_output=True,
                               text=True, timeout=120)  # fmt: skip
 
     def helm(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster.api import ApiError
 from tests.cluster.harness import Cluster
+from tests.cluster.plugin import require_process_kubelet
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
     OPERATOR_NAMESPACE,
@@ -212,8 +213,8 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
 ) -> None:
     api = tools.cluster.api
     create_in_service(tools, k8s_namespace, endpoint_manifest("doomed", model_uri))
-    kubelet = tools.cluster.kubelet
-    assert kubelet is not None and kubelet.running_pids(k8s_namespace)
+    kubelet = require_process_kubelet(tools.cluster)
+    assert kubelet.running_pids(k8s_namespace)
     deleted = tools.kubectl("delete", "ie", "doomed", "-n", k8s_namespace, "--wait=true")
     assert deleted.returncode == 0, deleted.stderr
 
