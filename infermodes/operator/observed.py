@@ -132,6 +132,9 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
         return Status(Phase.IN_SERVICE, "AllReplicasReady",
                       f"{workload.ready}/{workload.replicas} replicas ready", **counts)  # fmt: skip
     was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
+    if was_serving and workload.rolled_out and workload.ready > 0:  # replicas changing, not specs
+        message = f"{workload.ready}/{workload.replicas} replicas ready"
+        return Status(Phase.IN_SERVICE, "Scaling", message, **counts)
     phase = Phase.UPDATING if was_serving else Phase.CREATING
     message = f"{workload.ready}/{workload.replicas} replicas ready"
     if not workload.rolled_out:

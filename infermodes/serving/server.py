@@ -48,6 +48,13 @@ class ModelSlot:
         self.model: XGBoostModel | None = None
         self.error: str | None = None
 
+    def require(self) -> XGBoostModel:
+        """The model, or ModelNotReady saying why not (loading, or the load error)."""
+        model = self.model
+        if model is None:
+            raise ModelNotReady(self.error or "model is loading")
+        return model
+
     def load_in_background(
         self, load: Callable[[], XGBoostModel], on_failure: Callable[[str], None]
     ) -> threading.Thread:
@@ -131,23 +138,24 @@ class InvocationsHandler:
         await send({"type": "http.response.body", "body": body})
 
     async def predict(self, scope: Scope, receive: Receive) -> tuple[bytes, str]:
-        model = self.slot.model
-        if model is None:
-            raise ModelNotReady(self.slot.error or "model is loading")
+        model = self.slot.require()
         content_type = codecs.content_type_of(header(scope, b"content-type"))
         accept = codecs.accept_of(header(scope, b"accept"))
         body = await read_body(scope, receive, self.limit)
         self.metrics.request_body_size.observe(len(body))
-        large = len(body) >= self.offload
-        if large:
-            rows = await run_in_threadpool(codecs.decode, body, content_type, model.num_features)
+        if len(body) >= self.offload:  # one thread hop for decode, predict and encode
+            payload = await run_in_threadpool(self.score, model, body, content_type, accept)
         else:
-            rows = codecs.decode(body, content_type, model.num_features)
+            payload = self.score(model, body, content_type, accept)
+        return payload, accept
+
+    def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
+        rows = codecs.decode(body, content_type, model.num_features)
         started = time.perf_counter()
-        predictions = await run_in_threadpool(model.predict, rows) if large else model.predict(rows)
+        predictions = model.predict(rows)
         self.metrics.predict_duration.observe(time.perf_counter() - started)
         self.metrics.rows_predicted.inc(rows.shape[0])
-        return codecs.encode(predictions, accept), accept
+        return codecs.encode(predictions, accept)
 
 
 class Dispatch:
@@ -166,28 +174,16 @@ class Dispatch:
 
 def create_app(
     settings: ServeSettings, slot: ModelSlot, registry: CollectorRegistry | None = None
-) -> ModelServerApp:
-    """The ASGI app for one model. ``slot`` is filled by whoever loads the model."""
+) -> MetricsMiddleware:
+    """The ASGI app for one model (its ``metrics`` at hand for whoever loads the model).
+    ``slot`` is filled by whoever loads the model."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry)
     api = create_api("infermodes model server", registry)
 
     @api.get("/ping")
     async def ping() -> Response:
-        if slot.model is None:
-            raise ModelNotReady(slot.error or "model is loading")
+        slot.require()
         return Response(b"", 200)
 
-    dispatch = Dispatch(InvocationsHandler(settings, slot, metrics), api)
-    return ModelServerApp(MetricsMiddleware(dispatch, metrics), metrics)
-
-
-class ModelServerApp:
-    """The served ASGI app, with its metrics at hand for whoever loads the model."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+    return MetricsMiddleware(Dispatch(InvocationsHandler(settings, slot, metrics), api), metrics)

@@ -67,6 +67,12 @@ def pod(name: str, ready: bool, **state) -> PodState:
     [
         (WorkloadState(exists=False), None, s.Phase.CREATING, "Creating"),
         (
+            WorkloadState(True, 3, 1, 3, True, [pod("a", True), pod("b", False), pod("c", False)]),
+            Status(s.Phase.IN_SERVICE),
+            s.Phase.IN_SERVICE,
+            "Scaling",
+        ),
+        (
             WorkloadState(True, 2, 1, 2, True, [pod("a", True), pod("b", False)]),
             None,
             s.Phase.CREATING,
