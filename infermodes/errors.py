@@ -1,5 +1,9 @@
 """Domain errors. Each carries the HTTP status it maps to, so adapters map them in one place."""
 
+# The exit code of `infermodes serve` and `infermodes worker` when the model cannot be loaded:
+# their supervisors stop instead of restarting, and the operator reports ModelLoadFailed.
+EXIT_MODEL_LOAD_FAILED = 3
+
 
 class InfermodesError(Exception):
     """Base class; ``status_code`` is what an HTTP adapter answers for it."""

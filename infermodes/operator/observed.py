@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.operator.spec import Phase
 from infermodes.operator.status import Status
 
-EXIT_MODEL_LOAD_FAILED = 3  # infermodes serve's exit code when the model cannot be loaded
 CANNOT_RUN_REASONS = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
     "CreateContainerConfigError", "RunContainerError", "StartError",

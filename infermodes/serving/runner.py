@@ -21,12 +21,13 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED
+
 if TYPE_CHECKING:
     from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
 
-EXIT_MODEL_LOAD_FAILED = 3
 RESTART_BACKOFF_SECONDS = 1.0
 
 
@@ -153,7 +154,6 @@ def serve(settings: ServeSettings) -> int:
     sock = bind_socket(settings.host, settings.port)
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
-        preload_modules()
         return run_worker(settings, sock)
     metrics_dir = tempfile.mkdtemp(prefix="infermodes-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

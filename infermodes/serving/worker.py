@@ -31,7 +31,12 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes import codecs
-from infermodes.errors import BrokerUnavailable, ModelLoadError, StorageError
+from infermodes.errors import (
+    EXIT_MODEL_LOAD_FAILED,
+    BrokerUnavailable,
+    ModelLoadError,
+    StorageError,
+)
 from infermodes.invocations import (
     Failure,
     InvocationRequest,
@@ -55,7 +60,6 @@ from infermodes.queue import (
     queue_name,
 )
 from infermodes.serving.model import XGBoostModel
-from infermodes.serving.runner import EXIT_MODEL_LOAD_FAILED
 from infermodes.serving.streaming import Sink, predict_stream
 from infermodes.storage import Storage
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from tests.conftest import AbaloneModel
 from tests.support.processes import ServerProcess, running_server, start_server, wait_until
 
@@ -168,7 +169,7 @@ def test_pickled_model_is_refused_at_start(abalone_model: AbaloneModel, tmp_path
 
         tar.addfile(info, io.BytesIO(payload))
     server = start_server(["--model", str(path)], tmp_path / "pickle.log")
-    assert server.proc.wait(60) == 3
+    assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
     assert "pickle" in server.log and "refused" in server.log
     with running_server(
         ["--model", str(path), "--allow-pickle", "--workers", "1"], tmp_path / "allowed.log"
@@ -178,7 +179,7 @@ def test_pickled_model_is_refused_at_start(abalone_model: AbaloneModel, tmp_path
 
 def test_missing_model_exits_with_the_reason(tmp_path: Path) -> None:
     server = start_server(["--model", f"file://{tmp_path}/absent.tar.gz"], tmp_path / "m.log")
-    assert server.proc.wait(60) == 3
+    assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
     assert "no such object" in server.log
 
 
