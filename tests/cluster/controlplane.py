@@ -11,19 +11,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from tests.cluster.pki import CertPair, Pki
+from tests.support.processes import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 SERVICE_CIDR = (
@@ -88,26 +87,6 @@ class Binaries:
             self.etcd,
             self.helm,
         ]
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the kernel picks; the small reuse race is fine in tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(
-    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
-) -> None:
-    """Poll `check` until it returns True, or raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def write_kubeconfig(
@@ -278,7 +257,7 @@ class ControlPlane:
             except (OSError, urllib.error.URLError):
                 return False
 
-        wait_until(ready, timeout_s, f"{name} at {url}", interval_s=0.2)
+        wait_until(ready, timeout_s, f"{name} at {url}", interval=0.2)
 
     def stop(self) -> None:
         """SIGTERM each process group (reverse start order), SIGKILL what outlives the grace."""

@@ -23,8 +23,9 @@ from types import FrameType
 from kubernetes import client, config
 
 from tests.cluster.api import KubeApi
-from tests.cluster.controlplane import Binaries, ControlPlane, wait_until
+from tests.cluster.controlplane import Binaries, ControlPlane
 from tests.cluster.kubelet import ProcessKubelet
+from tests.support.processes import wait_until
 
 NODE_NAME = "process-node"
 
@@ -119,9 +120,7 @@ def wait_for_schedulable(api: KubeApi, timeout_s: float) -> None:
         accounts = api.get("/api/v1/namespaces/default/serviceaccounts")["items"]
         return bool(usable) and any(a["metadata"]["name"] == "default" for a in accounts)
 
-    wait_until(
-        ready, timeout_s, "a schedulable node and the default ServiceAccount", interval_s=0.2
-    )
+    wait_until(ready, timeout_s, "a schedulable node and the default ServiceAccount", interval=0.2)
 
 
 def external_cluster(kubeconfig: Path) -> Cluster:

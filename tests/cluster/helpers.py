@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.cluster.api import ApiError, KubeApi
-from tests.cluster.controlplane import wait_until
+from tests.support.processes import wait_until
 
 HTTP_PORT = 8080
 

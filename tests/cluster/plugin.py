@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.api import ApiError
-from tests.cluster.controlplane import Binaries, wait_until
+from tests.cluster.controlplane import Binaries
 from tests.cluster.harness import Cluster, Harness, external_cluster
 from tests.cluster.kubelet import ProcessKubelet
+from tests.support.processes import wait_until
 
 NAMESPACE_GONE_TIMEOUT_S = 60
 EXTERNAL_CLUSTER = (

@@ -27,7 +27,7 @@ debian_tools() {
 
 total=$SECONDS
 step "Debian tools (openssl, setpriv)" debian_tools
-step "kube-apiserver, kube-controller-manager, kube-scheduler" "$here/build.sh" k8s
+step "kube-apiserver, kube-controller-manager, kube-scheduler, kubectl" "$here/build.sh" k8s
 step "etcd" "$here/build.sh" etcd
 step "helm" "$here/build.sh" helm
 echo "== cluster setup: total $((SECONDS - total)) s"

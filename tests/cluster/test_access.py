@@ -10,9 +10,10 @@ import pytest
 
 from tests.cluster import helpers as h
 from tests.cluster.api import ApiError, KubeApi
-from tests.cluster.controlplane import Binaries, wait_until
+from tests.cluster.controlplane import Binaries
 from tests.cluster.harness import Cluster
 from tests.cluster.plugin import require_process_kubelet
+from tests.support.processes import wait_until
 
 
 def grant_get_pods(api: KubeApi, namespace: str, account: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import NODE_NAME, Cluster
 from tests.cluster.plugin import require_process_kubelet
+from tests.support.processes import wait_until
 
 
 def test_node_reports_machine_capacity_and_stays_ready(k8s_cluster: Cluster):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from tests.cluster import helpers as h
 from tests.cluster.api import KubeApi
-from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import Cluster
 from tests.cluster.kubelet import pid_alive
 from tests.cluster.plugin import require_process_kubelet
+from tests.support.processes import wait_until
 
 # Fails on the first run, succeeds on the second: the emptyDir outlives a restart.
 FAIL_ONCE = (

@@ -7,10 +7,10 @@ import re
 import httpx
 
 from tests.cluster import helpers as h
-from tests.cluster.controlplane import wait_until
 from tests.cluster.harness import Cluster
 from tests.cluster.kubelet import JOB_INDEX_ANNOTATION, pid_alive
 from tests.cluster.plugin import require_process_kubelet
+from tests.support.processes import wait_until
 
 
 def start_web(cluster: Cluster, namespace: str, replicas: int) -> None:
