@@ -53,7 +53,7 @@ def main() -> None:
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def serve(**options: Any) -> None:
     """Serve one XGBoost model over HTTP (/ping, /invocations, /metrics)."""
-    from infermodes.serving.runner import serve as run_server
+    from infermodes.server.runner import serve as run_server
     from infermodes.settings import ServeSettings
 
     settings = _settings_or_exit(ServeSettings, **options)
@@ -108,8 +108,8 @@ def crd() -> None:
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def worker(**options: Any) -> None:
     """Process an async endpoint's queued requests (RabbitMQ): predict, store, notify, ack."""
-    from infermodes.serving.worker import run
     from infermodes.settings import WorkerSettings
+    from infermodes.workers.async_worker import run
 
     options["webhook_urls"] = list(options["webhook_urls"]) or None
     settings = _settings_or_exit(WorkerSettings, **options)
@@ -153,7 +153,7 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def async_api(**options: Any) -> None:
     """Accept async invocations (POST /endpoints/NAME/async-invocations) and queue them."""
-    from infermodes.serving.async_api import serve as run_api
+    from infermodes.gateway.async_accept import serve as run_api
     from infermodes.settings import AsyncApiSettings
 
     options["endpoints"] = _endpoint_layouts(options["endpoints"])

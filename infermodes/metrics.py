@@ -8,6 +8,7 @@ usual 5 ms first bucket would put every request in one bucket. Labels stay bound
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -20,20 +21,25 @@ PROCESSING_BUCKETS = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 3600.0)  # 
 SIZE_BUCKETS = tuple(float(4**power) for power in range(3, 16))  # 64 B .. 1 GiB
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+# The series the autoscaler reads from each model server (``ServerLoad``)
+REQUEST_DURATION = "infermodes_http_request_duration_seconds"
+REQUESTS_IN_FLIGHT = "infermodes_http_requests_in_flight"
+INVOCATIONS_ROUTE = "/invocations"
+
 
 class ServerMetrics:
     """The model server's metrics (one instance per process, shared by all routes)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.request_duration = Histogram(
-            "infermodes_http_request_duration_seconds",
+            REQUEST_DURATION,
             "Time from request start to response end, by route and status code.",
             ["route", "status_code"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.requests_in_flight = Gauge(
-            "infermodes_http_requests_in_flight",
+            REQUESTS_IN_FLIGHT,
             "Requests being handled now.",
             registry=registry,
             multiprocess_mode="livesum",
@@ -127,3 +133,29 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """A model server's load as its own ``/metrics`` tells it: the autoscaler's input."""
+
+    invocations_total: float  # all /invocations answered so far, any status
+    in_flight: float
+
+
+def parse_server_load(text: str) -> ServerLoad:
+    """Read ``ServerLoad`` from a model server's exposition text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    invocations = 0.0
+    in_flight = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (
+                sample.name == f"{REQUEST_DURATION}_count"
+                and sample.labels.get("route") == INVOCATIONS_ROUTE
+            ):
+                invocations += sample.value
+            elif sample.name == REQUESTS_IN_FLIGHT:
+                in_flight += sample.value
+    return ServerLoad(invocations, in_flight)

@@ -35,7 +35,7 @@ class AbaloneModel:
         """The booster loaded by the xgboost package itself: the oracle for predictions."""
         import xgboost
 
-        from infermodes.artifacts import extract_member
+        from infermodes.predict.artifacts import extract_member
 
         booster = xgboost.Booster()
         booster.load_model(bytearray(extract_member(self.tarball.read_bytes())))

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from infermodes.queue import NOTIFICATION_EXCHANGE, connect  # noqa: E402
+from infermodes.queueing.rabbitmq import NOTIFICATION_EXCHANGE, connect  # noqa: E402
 from tests.support.async_plane import Plane, plane, to_csv  # noqa: E402
 from tests.support.processes import running_server  # noqa: E402
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402

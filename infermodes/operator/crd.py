@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
 
 _DROPPED = {"title", "$defs"}
 

@@ -11,11 +11,12 @@ from typing import Any
 
 import kopf
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.status import Status
 from infermodes.operator.kube import KubeDoor, KubeError
-from infermodes.operator.podmetrics import scrape
-from infermodes.operator.reconcile import Deps, ScalerMemory, reconcile
-from infermodes.operator.status import Status
+from infermodes.operator.reconcile import Deps, reconcile
+from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5

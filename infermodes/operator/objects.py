@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
 
 MANAGED_BY = "infermodes"
 ENDPOINT_LABEL = "infermodes.dev/endpoint"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.status import Status
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
-from infermodes.operator.spec import Phase
-from infermodes.operator.status import Status
 
 CANNOT_RUN_REASONS = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",

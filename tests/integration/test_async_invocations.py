@@ -13,7 +13,7 @@ import numpy as np
 import pika
 import pytest
 
-from infermodes.backlog import backlog
+from infermodes.queueing.rabbitmq import backlog
 from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.backlog import backlog
-from infermodes.invocations import InvocationRequest
-from infermodes.queue import RequestPublisher
+from infermodes.queueing.messages import InvocationRequest
+from infermodes.queueing.rabbitmq import RequestPublisher, backlog
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pika
 
-from infermodes.queue import NOTIFICATION_EXCHANGE, connect, dead_letter_queue_name
+from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
+from infermodes.queueing.rabbitmq import connect, dead_letter_queue_name
 from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from infermodes.queue import CONSUMER_TIMEOUT_MS
+from infermodes.queueing.rabbitmq import CONSUMER_TIMEOUT_MS
 from tests.support.processes import free_port, stop_process, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")

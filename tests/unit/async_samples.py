@@ -3,9 +3,9 @@
 import numpy as np
 import xgboost as xgb
 
-from infermodes.invocations import InvocationRequest
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.xgb_native import NativeBooster
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.native import NativeBooster
+from infermodes.queueing.messages import InvocationRequest
 
 
 def invocation(**overrides: object) -> InvocationRequest:

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from infermodes.artifacts import (
+from infermodes.errors import ModelLoadError
+from infermodes.predict.artifacts import (
     ModelFormat,
     booster_from_bytes,
     load_booster,
     sniff_format,
 )
-from infermodes.errors import ModelLoadError
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.xgb_native import NativeBooster
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.native import NativeBooster
 from infermodes.storage import Storage
 
 FEATURES = np.random.default_rng(0).random((40, 4), dtype=np.float32)

@@ -8,13 +8,13 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable, InputNotAllowed, InvalidInput
-from infermodes.invocations import parse_request
-from infermodes.serving.async_api import (
+from infermodes.gateway.async_accept import (
     create_app,
     header_seconds,
     inference_id_of,
     input_location_of,
 )
+from infermodes.queueing.messages import parse_request
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 
 

@@ -12,18 +12,17 @@ from infermodes.errors import (
     ObjectNotFound,
     StorageError,
 )
-from infermodes.invocations import (
+from infermodes.queueing.messages import (
     Failure,
     MalformedMessage,
     Step,
     classify,
-    delivery_count,
     error_record,
     parse_request,
     plan,
     retry_delay,
 )
-from infermodes.queue import queue_arguments
+from infermodes.queueing.rabbitmq import delivery_count, queue_arguments
 from tests.unit.async_samples import invocation
 
 REQUEST = invocation(accept="application/json", custom_attributes="k=v")

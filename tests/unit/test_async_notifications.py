@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.invocations import Failure
 from infermodes.metrics import WorkerMetrics
-from infermodes.notifications import (
+from infermodes.queueing.messages import Failure
+from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Notifier,
     error_body,
@@ -74,7 +74,7 @@ def notifier(channel: FakeChannel, statuses: list[int]) -> tuple[Notifier, list[
 
 
 def test_topic_then_webhook_with_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infermodes.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
     channel = FakeChannel()
     sender, posted = notifier(channel, [503, 500])
     sender.send("ep", {"inferenceId": "abc"}, success=True)
@@ -85,7 +85,7 @@ def test_topic_then_webhook_with_retries(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infermodes.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
     sender, posted = notifier(FakeChannel(), [500] * 10)
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert len(posted) == 3

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from infermodes import codecs
 from infermodes.errors import InvalidInput, InvocationTimeout, PayloadTooLarge
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.streaming import iter_line_chunks, predict_stream, shift_rows
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.stream import iter_line_chunks, predict_stream, shift_rows
 from tests.unit.async_samples import tiny_model
 
 

@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.metrics import WorkerMetrics
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.worker import Processor, Result, Settle
+from infermodes.predict.model import XGBoostModel
+from infermodes.queueing.broker import Settle
 from infermodes.settings import WorkerSettings
 from infermodes.storage import Storage
+from infermodes.workers.async_worker import Processor, Result
 from tests.unit.async_samples import invocation, tiny_model
 
 

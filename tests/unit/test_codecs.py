@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from infermodes import codecs
 from infermodes.errors import InvalidInput, NotAcceptable, UnsupportedContentType
+from infermodes.predict import codecs
 
 
 def test_one_csv_row() -> None:

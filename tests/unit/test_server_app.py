@@ -5,9 +5,9 @@ import pytest
 import xgboost as xgb
 from fastapi.testclient import TestClient
 
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.server import ModelSlot, create_app
-from infermodes.serving.xgb_native import NativeBooster
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.native import NativeBooster
+from infermodes.server.app import ModelSlot, create_app
 from infermodes.settings import ServeSettings
 
 

@@ -5,7 +5,7 @@ import pytest
 import xgboost as xgb
 
 from infermodes.errors import ModelLoadError
-from infermodes.serving.xgb_native import NativeBooster, library_version
+from infermodes.predict.native import NativeBooster, library_version
 
 RNG = np.random.default_rng(7)
 

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
+from infermodes.endpoints.status import Status
+from infermodes.metrics import ServerLoad
 from infermodes.operator.objects import SERVER_PORT, EndpointRef, server_container
 from infermodes.operator.observed import WorkloadState, synchronous_status
-from infermodes.operator.status import Status
 
 COMPONENT = "model-server"
 
 
-def replica_bounds(spec: s.EndpointSpec) -> tuple[int, int]:
-    block: s.RealtimeSpec = spec.block()
-    return block.min_replicas, block.max_replicas
+def replicas(
+    spec: s.EndpointSpec,
+    workload: WorkloadState,
+    loads: Callable[[], Mapping[str, ServerLoad]],
+    memory: ScalerMemory,
+    now: float,
+    autoscale: bool,
+) -> int:
+    current = workload.replicas if workload.exists else None
+    return realtime_replicas(spec.realtime_block(), current, loads, memory, now, autoscale)
 
 
 def desired_objects(
     ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
 ) -> list[dict[str, Any]]:
     """The Deployment and Service for a realtime endpoint with ``replicas`` replicas."""
-    block: s.RealtimeSpec = spec.block()
+    block = spec.realtime_block()
     labels = ref.labels(COMPONENT)
     container = server_container(
         spec.image or image, spec.model, block.workers, block.resources, spec.storage_secret_ref

@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.status import Status
+from infermodes.metrics import ServerLoad as PodLoad
+from infermodes.metrics import parse_server_load as parse_load
 from infermodes.operator.modes import realtime
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import PodState, WorkloadState
-from infermodes.operator.podmetrics import PodLoad, parse_load
-from infermodes.operator.reconcile import Deps, ScalerMemory, reconcile
-from infermodes.operator.status import Status
+from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -1,6 +1,6 @@
 import pytest
 
-from infermodes.operator.scaling import (
+from infermodes.endpoints.scaling import (
     CounterSample,
     apply_cooldown,
     rate_per_minute,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infermodes.operator import spec as s
+from infermodes.endpoints import spec as s
 from infermodes.operator.crd import crd_manifest, crd_yaml
 from infermodes.operator.reconcile import parse_spec
 
@@ -132,8 +132,8 @@ def test_invalid_specs_are_named(raw: dict, message: str) -> None:
 def test_defaults_fill_in() -> None:
     result = parse_spec({"mode": "realtime", "model": MODEL, "realtime": {}})
     assert isinstance(result, s.EndpointSpec)
-    assert result.block().min_replicas == 1
-    assert result.block().scaling.metric is s.ScalingMetric.INVOCATIONS_PER_INSTANCE
+    assert result.realtime_block().min_replicas == 1
+    assert result.realtime_block().scaling.metric is s.ScalingMetric.INVOCATIONS_PER_INSTANCE
 
 
 def test_example_manifests_are_valid() -> None:

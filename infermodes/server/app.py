@@ -18,10 +18,8 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from infermodes import codecs
 from infermodes.errors import InfermodesError, MethodNotAllowed, ModelNotReady
-from infermodes.metrics import ServerMetrics
-from infermodes.serving.http import (
+from infermodes.http import (
     ASGIApp,
     Message,
     Receive,
@@ -32,13 +30,14 @@ from infermodes.serving.http import (
     header,
     read_body,
 )
-from infermodes.serving.model import XGBoostModel
+from infermodes.metrics import INVOCATIONS_ROUTE, ServerMetrics
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
 from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
 
-INVOCATIONS = "/invocations"
-ROUTES = frozenset({"/ping", INVOCATIONS, "/metrics"})
+ROUTES = frozenset({"/ping", INVOCATIONS_ROUTE, "/metrics"})
 
 
 class ModelSlot:
@@ -99,7 +98,7 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        counted = route == INVOCATIONS
+        counted = route == INVOCATIONS_ROUTE
         if counted:
             self.metrics.requests_in_flight.inc()
         started = time.perf_counter()
@@ -166,7 +165,7 @@ class Dispatch:
         self.rest = rest
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == INVOCATIONS:
+        if scope["type"] == "http" and scope["path"] == INVOCATIONS_ROUTE:
             await self.invocations(scope, receive, send)
         else:
             await self.rest(scope, receive, send)

@@ -1,35 +1,60 @@
-"""RabbitMQ topology and confirmed publishing for async endpoints.
+"""RabbitMQ behind the broker interface (``broker.py``): topology, confirmed publishing, the
+consumer loop and backlog figures.
 
 One quorum queue per endpoint (durable, replicated on a cluster, with a native delivery limit
 as the backstop that dead-letters a message whose worker dies every time), a dead-letter queue
 beside it, and one topic exchange for notifications. Publishing waits for the broker's confirm
 of a persistent, routed message: only then has a request been accepted.
+
+Backlog: the management API gives ready, unacknowledged (in flight on a worker) and consumer
+counts. When it cannot be reached, the AMQP passive declare still gives ready and consumers, but
+not in-flight work: ``unacked`` is then None ("unknown"), never 0, because a scaler that reads
+busy workers as an empty queue scales them away mid-request (the flaw of the common AMQP
+scaler). Management figures are sampled by the broker (every ``collect_statistics_interval``),
+so they may lag by that much.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import quote, unquote, urlsplit
 
+import httpx
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from infermodes.errors import BrokerUnavailable
+from infermodes.queueing.broker import (
+    NOTIFICATION_EXCHANGE,
+    Backlog,
+    Delivery,
+    Handler,
+    Settle,
+)
 
-log = logging.getLogger("infermodes.queue")
+if TYPE_CHECKING:
+    from pika.spec import Basic, BasicProperties
+
+log = logging.getLogger("infermodes.rabbitmq")
 
 DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
-NOTIFICATION_EXCHANGE = "infermodes.notifications"
 PERSISTENT = 2
 CONNECT_TIMEOUT_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30
 # RabbitMQ closes a channel holding a message unacked longer than its consumer timeout
 # (30 min by default): it must outlast the longest invocation (1 h) plus the final writes.
 CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
+MANAGEMENT_TIMEOUT_SECONDS = 5.0
+POLL_SECONDS = 0.2
+RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -209,3 +234,179 @@ class RequestPublisher:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def delivery_count(headers: dict[str, object] | None) -> int:
+    """Quorum queues stamp ``x-delivery-count`` (absent or 0 on the first delivery)."""
+    value = (headers or {}).get("x-delivery-count", 0)
+    return int(value) if isinstance(value, int) else 0
+
+
+class RabbitConsumer:
+    """The consumer loop of one endpoint's queue. pika's blocking connection is
+    single-threaded, so it runs on the calling thread, hands each delivery to a pool thread
+    (prefetch = pool size = ``concurrency``, so every delivered message is being worked on) and
+    settles it back on the connection's thread. Reconnects with back-off when the broker goes
+    away; after ``stop`` it cancels the consumer and returns once nothing is in flight."""
+
+    def __init__(self, url: str, endpoint: str, max_attempts: int, concurrency: int) -> None:
+        self.url = url
+        self.endpoint = endpoint
+        self.max_attempts = max_attempts
+        self.concurrency = concurrency
+        self.stopping = threading.Event()
+        self.on_in_flight: Callable[[int], None] = lambda _delta: None
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def _track(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
+        self.on_in_flight(delta)
+
+    def run(self, handle: Handler) -> None:
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            try:
+                self._consume(handle)
+                break
+            except BROKER_ERRORS as exc:
+                if self.stopping.is_set():
+                    log.warning(
+                        "broker lost while stopping (%s); in-flight work is redelivered", exc
+                    )
+                    break
+                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        self._pool.shutdown(wait=True)
+
+    def _consume(self, handle: Handler) -> None:
+        connection = connect(self.url)
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=self.concurrency)
+        declare_topology(channel, self.endpoint, self.max_attempts)
+        queue = queue_name(self.endpoint)
+        tag = channel.basic_consume(queue, functools.partial(self._on_message, connection, handle))
+        log.info("consuming %s", queue)
+        consuming = True
+        while True:
+            connection.process_data_events(time_limit=POLL_SECONDS)
+            if self.stopping.is_set():
+                if consuming:
+                    channel.basic_cancel(tag)
+                    consuming = False
+                    log.info("stopped consuming; %d request(s) in flight", self.in_flight)
+                if self.in_flight == 0:
+                    break
+        connection.close()
+
+    def _on_message(
+        self,
+        connection: pika.BlockingConnection,
+        handle: Handler,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        self._track(+1)
+        delivery = Delivery(body, delivery_count(properties.headers))
+        self._pool.submit(self._work, connection, channel, method.delivery_tag, handle, delivery)
+
+    def _work(
+        self,
+        connection: pika.BlockingConnection,
+        channel: BlockingChannel,
+        tag: int,
+        handle: Handler,
+        delivery: Delivery,
+    ) -> None:
+        try:
+            settle = handle(delivery)
+        except BaseException:
+            log.exception("unexpected error handling a message; requeueing it")
+            settle = Settle.REQUEUE
+        try:
+            connection.add_callback_threadsafe(
+                functools.partial(self._settle, channel, tag, settle)
+            )
+        except BROKER_ERRORS:
+            log.warning("connection gone before settling; the broker will redeliver")
+            self._track(-1)
+
+    def _settle(self, channel: BlockingChannel, tag: int, settle: Settle) -> None:
+        """Runs on the connection's thread."""
+        try:
+            if not channel.is_open:
+                log.warning("channel closed before settling; the broker will redeliver")
+            elif settle is Settle.ACK:
+                channel.basic_ack(tag)
+            elif settle is Settle.REQUEUE:
+                channel.basic_nack(tag, requeue=True)
+            else:
+                channel.basic_reject(tag, requeue=False)
+        finally:
+            self._track(-1)
+
+
+def _vhost(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def backlog_from_management(
+    management_url: str, vhost: str, queue: str, client: httpx.Client | None = None
+) -> Backlog:
+    """``management_url`` may carry credentials: ``http://user:pass@host:15672``."""
+    parts = urlsplit(management_url)
+    auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}{parts.path.rstrip('/')}"
+    url = f"{base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+    http = client or httpx.Client(timeout=MANAGEMENT_TIMEOUT_SECONDS)
+    try:
+        response = http.get(url, auth=auth)
+    finally:
+        if client is None:
+            http.close()
+    response.raise_for_status()
+    info = response.json()
+    return Backlog(
+        ready=int(info.get("messages_ready", 0)),
+        unacked=int(info.get("messages_unacknowledged", 0)),
+        consumers=int(info.get("consumers", 0)),
+        source="management",
+    )
+
+
+def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
+    connection = connect(amqp_url)
+    try:
+        method = connection.channel().queue_declare(queue, passive=True).method
+    finally:
+        if connection.is_open:
+            connection.close()
+    return Backlog(
+        ready=method.message_count, unacked=None, consumers=method.consumer_count, source="amqp"
+    )
+
+
+def backlog(endpoint: str, amqp_url: str, management_url: str | None) -> Backlog:
+    """The endpoint's backlog: management API first, AMQP passive declare as the fallback.
+    Raises pika's error when neither answers (the caller keeps its last decision)."""
+    queue = queue_name(endpoint)
+    if management_url:
+        try:
+            return backlog_from_management(management_url, _vhost(amqp_url), queue)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("management API unavailable (%s); falling back to AMQP", exc)
+    return backlog_from_amqp(amqp_url, queue)

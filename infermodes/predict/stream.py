@@ -17,9 +17,9 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from infermodes import codecs
 from infermodes.errors import InvalidInput, InvocationTimeout, PayloadTooLarge
-from infermodes.serving.model import XGBoostModel
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
 
 LINE_LIMIT_CHUNKS = 16  # a "line" longer than this many chunks is refused, not buffered
 _ROW_PREFIX = re.compile(r"^row (\d+)")

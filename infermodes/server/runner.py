@@ -45,9 +45,9 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
     """Serve on an already-bound socket until told to stop; returns the exit code."""
     import uvicorn
 
-    from infermodes.serving.http import uvicorn_options
-    from infermodes.serving.model import XGBoostModel
-    from infermodes.serving.server import ModelSlot, create_app
+    from infermodes.http import uvicorn_options
+    from infermodes.predict.model import XGBoostModel
+    from infermodes.server.app import ModelSlot, create_app
 
     slot = ModelSlot()
     app = create_app(settings, slot)
@@ -140,8 +140,8 @@ def preload_modules() -> None:
     paying ~0.8 s of imports on a 2-core machine."""
     import uvicorn  # noqa: F401
 
-    import infermodes.serving.server  # noqa: F401
-    from infermodes.serving.xgb_native import library
+    import infermodes.server.app  # noqa: F401
+    from infermodes.predict.native import library
 
     library()
 

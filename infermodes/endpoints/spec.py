@@ -10,7 +10,7 @@ concurrent invocations, async invocation timeout at most 3600 s, batch payloads 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -229,10 +229,17 @@ class EndpointSpec(SpecBlock):
                 )
         return self
 
-    def block(self, mode: Mode | None = None) -> Any:
+    def block(self, mode: Mode | None = None) -> SpecBlock | None:
         """The mode's own block (``spec.realtime`` for a realtime endpoint, ...)."""
         attribute = MODE_BLOCKS[mode or self.mode]
-        return getattr(self, "async_" if attribute == "async" else attribute)
+        found: SpecBlock | None = getattr(self, "async_" if attribute == "async" else attribute)
+        return found
+
+    def realtime_block(self) -> RealtimeSpec:
+        """``spec.realtime`` of a realtime endpoint (validation guarantees it is there)."""
+        if self.realtime is None:
+            raise ValueError(f"a {self.mode} endpoint has no spec.realtime")
+        return self.realtime
 
 
 class Phase(StrEnum):

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import httpx
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.invocations import Failure, InvocationRequest
 from infermodes.metrics import WorkerMetrics
-from infermodes.queue import NOTIFICATION_EXCHANGE, ChannelPool
+from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, Publisher
+from infermodes.queueing.messages import Failure, InvocationRequest
 
 log = logging.getLogger("infermodes.notifications")
 
@@ -106,7 +106,7 @@ class Notifier:
 
     def __init__(
         self,
-        channel: ChannelPool,
+        channel: Publisher,
         metrics: WorkerMetrics,
         webhook_urls: list[str],
         webhook_attempts: int,

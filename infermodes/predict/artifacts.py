@@ -12,7 +12,7 @@ import tarfile
 from enum import StrEnum
 
 from infermodes.errors import ModelLoadError, StorageError
-from infermodes.serving.xgb_native import NativeBooster, library_version
+from infermodes.predict.native import NativeBooster, library_version
 from infermodes.storage import Storage
 
 PLATFORM_MEMBER = "xgboost-model"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from infermodes.operator.spec import Phase
+from infermodes.endpoints.spec import Phase
 
 
 @dataclass(frozen=True)

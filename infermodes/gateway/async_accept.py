@@ -15,14 +15,12 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from infermodes import codecs
 from infermodes.errors import (
     EndpointNotFound,
     InfermodesError,
@@ -30,7 +28,12 @@ from infermodes.errors import (
     InvalidInput,
     StorageError,
 )
-from infermodes.invocations import (
+from infermodes.http import create_api, read_body, uvicorn_options
+from infermodes.logs import configure_logging
+from infermodes.metrics import AsyncApiMetrics
+from infermodes.predict import codecs
+from infermodes.queueing.broker import Enqueuer
+from infermodes.queueing.messages import (
     DEFAULT_INVOCATION_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
     INFERENCE_ID,
@@ -39,10 +42,7 @@ from infermodes.invocations import (
     InvocationRequest,
     new_inference_id,
 )
-from infermodes.logs import configure_logging
-from infermodes.metrics import AsyncApiMetrics
-from infermodes.queue import RequestPublisher
-from infermodes.serving.http import create_api, read_body, uvicorn_options
+from infermodes.queueing.rabbitmq import RequestPublisher
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
 
@@ -56,13 +56,6 @@ INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 OUTPUT_LOCATION = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
 MAX_CUSTOM_ATTRIBUTES = 1024
-
-
-class Enqueuer(Protocol):
-    """Puts a message on an endpoint's queue and returns only once the broker has it
-    (``queue.RequestPublisher``); raises BrokerUnavailable otherwise."""
-
-    def submit(self, endpoint: str, message_id: str, body: bytes) -> None: ...
 
 
 def header_seconds(value: str | None, name: str, default: int, maximum: int) -> int:

@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
-from infermodes import codecs
 from infermodes.errors import InfermodesError, PayloadTooLarge
 from infermodes.metrics import render
 
@@ -26,13 +25,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+ERROR_MEDIA_TYPE = "application/json"
+
+
 def error_body(exc: InfermodesError) -> bytes:
     """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``."""
     return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
 
 
 def error_response(exc: InfermodesError) -> Response:
-    return Response(error_body(exc), exc.status_code, media_type=codecs.JSON)
+    return Response(error_body(exc), exc.status_code, media_type=ERROR_MEDIA_TYPE)
 
 
 def create_api(title: str, registry: CollectorRegistry) -> FastAPI:

@@ -1,10 +1,8 @@
 """``infermodes worker``: consume one async endpoint's queue, predict, store, notify, then ack.
 
-Two halves. ``Processor`` does everything for one delivery (decide, read, predict, write,
-notify) and says how to settle it; it never touches the consumer channel. ``Worker`` owns the
-connection: it runs on the main thread (pika's blocking connection is single-threaded), hands
-each delivery to a pool thread (prefetch = pool size = maxConcurrentInvocationsPerInstance, so
-every delivered message is being worked on), and settles it back on the main thread.
+``Processor`` does everything for one delivery (decide, read, predict, write, notify) and says
+how to settle it; it never touches the broker. The broker's consumer loop (``queueing``) feeds
+it deliveries, ``maxConcurrentInvocationsPerInstance`` at a time, and settles them.
 
 Guarantees, and where they come from:
 - a message is acked only after its output (or error object) is written and notified;
@@ -16,72 +14,55 @@ Guarantees, and where they come from:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import CollectorRegistry, start_http_server
 
-from infermodes import codecs
 from infermodes.errors import (
     EXIT_MODEL_LOAD_FAILED,
     BrokerUnavailable,
     ModelLoadError,
     StorageError,
 )
-from infermodes.invocations import (
+from infermodes.logs import configure_logging
+from infermodes.metrics import WorkerMetrics
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.stream import Sink, predict_stream
+from infermodes.queueing.broker import Delivery, Handler, Settle
+from infermodes.queueing.messages import (
     Failure,
     InvocationRequest,
     MalformedMessage,
     Step,
     classify,
-    delivery_count,
     error_record,
     parse_request,
     plan,
     retry_delay,
 )
-from infermodes.logs import configure_logging
-from infermodes.metrics import WorkerMetrics
-from infermodes.notifications import INLINE_RESULT_LIMIT, Notifier, error_body, success_body
-from infermodes.queue import (
-    BROKER_ERRORS,
-    ChannelPool,
-    connect,
-    declare_topology,
-    queue_name,
+from infermodes.queueing.notifications import (
+    INLINE_RESULT_LIMIT,
+    Notifier,
+    error_body,
+    success_body,
 )
-from infermodes.serving.model import XGBoostModel
-from infermodes.serving.streaming import Sink, predict_stream
+from infermodes.queueing.rabbitmq import ChannelPool, RabbitConsumer, declare_topology
 from infermodes.storage import Storage
 
 if TYPE_CHECKING:
-    import pika
-    from pika.spec import Basic, BasicProperties
-
     from infermodes.settings import WorkerSettings
 
 log = logging.getLogger("infermodes.worker")
 
-POLL_SECONDS = 0.2
-RECONNECT_MIN_SECONDS = 0.5
-RECONNECT_MAX_SECONDS = 5.0
 ERROR_RECORD_LIMIT = 1024 * 1024
 NOTIFY_CONNECTIONS = 8
-
-
-class Settle(StrEnum):
-    ACK = "ack"
-    REQUEUE = "requeue"  # another attempt; the broker counts it
-    DEAD_LETTER = "dead_letter"
 
 
 @dataclass(frozen=True)
@@ -306,132 +287,20 @@ class Processor:
         self.notifier.send(target.endpoint, body, success=False)
 
 
-class Worker:
-    """Owns the consumer connection; reconnects with backoff when the broker goes away."""
+def delivery_handler(processor: Processor, metrics: WorkerMetrics) -> Handler:
+    """The consumer's handler: process one delivery and count its outcome."""
 
-    def __init__(
-        self, settings: WorkerSettings, processor: Processor, metrics: WorkerMetrics
-    ) -> None:
-        self.settings = settings
-        self.processor = processor
-        self.metrics = metrics
-        self.stopping = processor.stopping
-        self.pool = ThreadPoolExecutor(
-            settings.max_concurrent_invocations, thread_name_prefix="invocation"
-        )
-        self._lock = threading.Lock()
-        self._in_flight = 0
-
-    def request_stop(self, signum: int, _frame: object = None) -> None:
-        log.info("signal %d: stopping after in-flight requests", signum)
-        self.stopping.set()
-
-    def _track(self, delta: int) -> None:
-        with self._lock:
-            self._in_flight += delta
-        self.metrics.in_flight.inc(delta)
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
-
-    def run(self) -> int:
-        delay = RECONNECT_MIN_SECONDS
-        while True:
-            try:
-                self._consume()
-                break
-            except BROKER_ERRORS as exc:
-                if self.stopping.is_set():
-                    log.warning(
-                        "broker lost while stopping (%s); in-flight work is redelivered", exc
-                    )
-                    break
-                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-        self.pool.shutdown(wait=True)
-        log.info("stopped")
-        return 0
-
-    def _consume(self) -> None:
-        settings = self.settings
-        connection = connect(settings.broker_url)
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=settings.max_concurrent_invocations)
-        declare_topology(channel, settings.endpoint, settings.max_attempts)
-        tag = channel.basic_consume(
-            queue_name(settings.endpoint),
-            functools.partial(self._on_message, connection),
-        )
-        log.info("consuming %s", queue_name(settings.endpoint))
-        consuming = True
-        while True:
-            connection.process_data_events(time_limit=POLL_SECONDS)
-            if self.stopping.is_set():
-                if consuming:
-                    channel.basic_cancel(tag)
-                    consuming = False
-                    log.info("stopped consuming; %d request(s) in flight", self.in_flight)
-                if self.in_flight == 0:
-                    break
-        connection.close()
-
-    def _on_message(
-        self,
-        connection: pika.BlockingConnection,
-        channel: BlockingChannel,
-        method: Basic.Deliver,
-        properties: BasicProperties,
-        body: bytes,
-    ) -> None:
-        self._track(+1)
-        count = delivery_count(properties.headers)
-        self.pool.submit(self._work, connection, channel, method.delivery_tag, body, count)
-
-    def _work(
-        self,
-        connection: pika.BlockingConnection,
-        channel: BlockingChannel,
-        tag: int,
-        body: bytes,
-        count: int,
-    ) -> None:
+    def handle(delivery: Delivery) -> Settle:
         started = time.perf_counter()
-        try:
-            result = self.processor.handle(body, count)
-        except BaseException:
-            log.exception("unexpected error handling a message; requeueing it")
-            result = Result(Settle.REQUEUE, "retried")
-        self.metrics.messages.labels(result.outcome).inc()
-        self.metrics.processing_duration.labels(result.outcome).observe(
-            time.perf_counter() - started
-        )
-        try:
-            connection.add_callback_threadsafe(
-                functools.partial(self._settle, channel, tag, result.settle)
-            )
-        except BROKER_ERRORS:
-            log.warning("connection gone before settling; the broker will redeliver")
-            self._track(-1)
+        result = processor.handle(delivery.body, delivery.attempt)
+        metrics.messages.labels(result.outcome).inc()
+        metrics.processing_duration.labels(result.outcome).observe(time.perf_counter() - started)
+        return result.settle
 
-    def _settle(self, channel: BlockingChannel, tag: int, settle: Settle) -> None:
-        """Runs on the connection's thread."""
-        try:
-            if not channel.is_open:
-                log.warning("channel closed before settling; the broker will redeliver")
-            elif settle is Settle.ACK:
-                channel.basic_ack(tag)
-            elif settle is Settle.REQUEUE:
-                channel.basic_nack(tag, requeue=True)
-            else:
-                channel.basic_reject(tag, requeue=False)
-        finally:
-            self._track(-1)
+    return handle
 
 
-def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
+def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[RabbitConsumer, Handler]:
     """Load the model and wire the parts; raises ModelLoadError."""
     storage = Storage()
     model = XGBoostModel.load(
@@ -448,9 +317,15 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
         lambda ch: declare_topology(ch, settings.endpoint, settings.max_attempts),
     )
     notifier = Notifier(channel, metrics, settings.webhook_urls, settings.webhook_attempts)
-    stopping = threading.Event()
-    processor = Processor(settings, model, storage, notifier, metrics, stopping)
-    return Worker(settings, processor, metrics)
+    consumer = RabbitConsumer(
+        settings.broker_url,
+        settings.endpoint,
+        settings.max_attempts,
+        settings.max_concurrent_invocations,
+    )
+    consumer.on_in_flight = metrics.in_flight.inc
+    processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)
+    return consumer, delivery_handler(processor, metrics)
 
 
 def run(settings: WorkerSettings) -> int:
@@ -458,13 +333,20 @@ def run(settings: WorkerSettings) -> int:
     configure_logging(settings.log_level)
     registry = CollectorRegistry()
     try:
-        worker = build(settings, registry)
+        consumer, handle = build(settings, registry)
     except ModelLoadError as exc:
         log.error("cannot load model: %s", exc)
         return EXIT_MODEL_LOAD_FAILED
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
+
+    def request_stop(signum: int, _frame: object = None) -> None:
+        log.info("signal %d: stopping after in-flight requests", signum)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, settings.metrics_host, registry)
         log.info("metrics on %s:%d", settings.metrics_host, settings.metrics_port)
-    return worker.run()
+    consumer.run(handle)
+    log.info("stopped")
+    return 0

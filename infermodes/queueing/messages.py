@@ -161,12 +161,6 @@ def retry_delay(delivery_count: int, base: float, cap: float) -> float:
     return min(cap, base * math.pow(2, min(delivery_count, 30)))
 
 
-def delivery_count(headers: dict[str, object] | None) -> int:
-    """Quorum queues stamp ``x-delivery-count`` (absent or 0 on the first delivery)."""
-    value = (headers or {}).get("x-delivery-count", 0)
-    return int(value) if isinstance(value, int) else 0
-
-
 def error_record(
     inference_id: str | None,
     failure: Failure,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infermodes.artifacts import load_booster
 from infermodes.errors import InvalidInput
-from infermodes.serving.xgb_native import NativeBooster
+from infermodes.predict.artifacts import load_booster
+from infermodes.predict.native import NativeBooster
 from infermodes.storage import Storage
 
 

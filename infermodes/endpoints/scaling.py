@@ -1,0 +1,132 @@
+"""Scaling rules as pure functions: observed load -> desired replicas.
+
+The operator (on Kubernetes) and the local runtime are two actuators of these decisions; both
+call them, neither has a copy. Time is a parameter (any monotonic clock), never read here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from infermodes.endpoints.spec import RealtimeSpec, ScalingMetric
+from infermodes.metrics import ServerLoad
+
+TOLERANCE = 0.1  # like the HPA: ignore changes within 10% of the target
+
+
+@dataclass(frozen=True)
+class CounterSample:
+    """A monotonic counter read at ``at`` (seconds, any fixed clock)."""
+
+    at: float
+    value: float
+
+
+def rate_per_minute(previous: CounterSample | None, current: CounterSample) -> float | None:
+    """Increase per minute between two samples; None without a usable previous sample.
+    A counter that went down was reset (the pod restarted): count from zero."""
+    if previous is None or current.at <= previous.at:
+        return None
+    increase = current.value - previous.value
+    if increase < 0:
+        increase = current.value
+    return increase * 60.0 / (current.at - previous.at)
+
+
+def replicas_for_load(
+    total_load: float, target_per_replica: float, current: int, minimum: int, maximum: int
+) -> int:
+    """Replicas that bring the load per replica to the target, clamped to min..max.
+
+    Within the tolerance band around the target the current count is kept, so noise
+    in the measurement does not make the endpoint flap.
+    """
+    if target_per_replica <= 0:
+        raise ValueError("target_per_replica must be positive")
+    if current > 0 and total_load > 0:
+        ratio = total_load / (current * target_per_replica)
+        if abs(ratio - 1.0) <= TOLERANCE:
+            return min(max(current, minimum), maximum)
+    wanted = math.ceil(total_load / target_per_replica - 1e-9) if total_load > 0 else 0
+    return min(max(wanted, minimum), maximum)
+
+
+def apply_cooldown(
+    current: int,
+    wanted: int,
+    seconds_since_last_change: float,
+    scale_out_cooldown: float,
+    scale_in_cooldown: float,
+) -> int:
+    """Hold a change until its cooldown has passed since the last change."""
+    if wanted > current and seconds_since_last_change < scale_out_cooldown:
+        return current
+    if wanted < current and seconds_since_last_change < scale_in_cooldown:
+        return current
+    return wanted
+
+
+@dataclass
+class ScalerMemory:
+    """What the autoscaler remembers about one endpoint between decisions."""
+
+    samples: dict[str, CounterSample] = field(default_factory=dict)  # by replica name
+    last_change_at: float = 0.0
+
+
+def measured_load(
+    metric: ScalingMetric, loads: Mapping[str, ServerLoad], memory: ScalerMemory, now: float
+) -> float | None:
+    """Total load over the replicas that could be read, in the unit of the scaling target;
+    None until measurable (an invocation rate needs two samples of every replica)."""
+    if not loads:
+        return None
+    if metric is ScalingMetric.IN_FLIGHT_REQUESTS:
+        return sum(load.in_flight for load in loads.values())
+    total = 0.0
+    complete = True
+    samples = {}
+    for name, load in loads.items():
+        sample = CounterSample(now, load.invocations_total)
+        rate = rate_per_minute(memory.samples.get(name), sample)
+        samples[name] = sample
+        if rate is None:
+            complete = False
+        else:
+            total += rate
+    memory.samples = samples
+    return total if complete else None
+
+
+def realtime_replicas(
+    block: RealtimeSpec,
+    current: int | None,
+    loads: Callable[[], Mapping[str, ServerLoad]],
+    memory: ScalerMemory,
+    now: float,
+    autoscale: bool,
+) -> int:
+    """Replicas of a realtime endpoint. ``current`` is None before its workload exists;
+    ``loads`` reads each ready replica's load, and is only called when autoscaling."""
+    low, high = block.min_replicas, block.max_replicas
+    if current is None:
+        return low
+    current = min(max(current, low), high)
+    if not autoscale:
+        return current
+    load = measured_load(block.scaling.metric, loads(), memory, now)
+    if load is None:
+        return current
+    wanted = replicas_for_load(load, block.scaling.target, current, low, high)
+    decided = apply_cooldown(
+        current,
+        wanted,
+        now - memory.last_change_at,
+        block.scaling.scale_out_cooldown_seconds,
+        block.scaling.scale_in_cooldown_seconds,
+    )
+    if decided != current:
+        memory.last_change_at = now
+    return decided
