@@ -55,7 +55,8 @@ def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
 
 def header(scope: Scope, name: bytes) -> str | None:
     """A request header from the ASGI scope (``name`` in lower case)."""
-    for key, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None

@@ -131,7 +131,7 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -172,7 +172,7 @@ class S3Store:
         """Spool to memory up to 8 MB, then to a temp file; upload (multipart when large) on
         close. S3 makes the object visible only when the upload completes."""
         with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as spool:
-            yield spool  # type: ignore[misc]
+            yield spool
             spool.seek(0)
             try:
                 self.client.upload_fileobj(spool, ref.bucket, ref.key)

@@ -99,8 +99,8 @@ class ReplicaRange(SpecBlock):
 class RealtimeSpec(ReplicaRange):
     min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
     max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
-    scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)  # type: ignore[arg-type]
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)
+    resources: Resources = Field(default_factory=Resources)
     workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
 
 
@@ -155,8 +155,8 @@ class AsyncSpec(ReplicaRange):
         5, ge=1, le=100000, description="Queued + in-flight requests per replica to aim for."
     )
     scale_in_cooldown_seconds: int = Field(300, ge=0, le=86400)
-    notification: NotificationSpec = Field(default_factory=NotificationSpec)  # type: ignore[arg-type]
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    notification: NotificationSpec = Field(default_factory=NotificationSpec)
+    resources: Resources = Field(default_factory=Resources)
 
 
 class BatchInput(SpecBlock):
@@ -188,8 +188,8 @@ class BatchSpec(SpecBlock):
         6, ge=0, le=100, alias="maxPayloadInMB", description="Pack records up to this (0: no cap)."
     )
     batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field("MultiRecord")
-    data_processing: DataProcessing = Field(default_factory=DataProcessing)  # type: ignore[arg-type]
-    resources: Resources = Field(default_factory=Resources)  # type: ignore[arg-type]
+    data_processing: DataProcessing = Field(default_factory=DataProcessing)
+    resources: Resources = Field(default_factory=Resources)
 
 
 MODE_BLOCKS: dict[Mode, str] = {

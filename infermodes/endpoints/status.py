@@ -39,7 +39,7 @@ class Status:
         """The status subresource patch. The Ready condition's transition time only moves
         when its value changes, so re-reconciling an unchanged endpoint writes nothing new."""
         ready = "True" if self.phase in (Phase.IN_SERVICE, Phase.COMPLETED) else "False"
-        old = next(
+        old: dict[str, Any] = next(
             (c for c in (previous or {}).get("conditions") or [] if c.get("type") == "Ready"), {}
         )
         since = old.get("lastTransitionTime") if old.get("status") == ready else None

@@ -167,7 +167,7 @@ def decode_libsvm(body: bytes, num_features: int | None = None) -> np.ndarray:
             tokens = tokens[1:]
         row: dict[int, float] = {}
         for column, token in enumerate(tokens, 1):
-            feature, sep, value = token.partition(b":")
+            feature, sep, text = token.partition(b":")
             if not sep or not feature.isdigit():
                 raise InvalidInput(
                     f"row {index}, column {column}: expected index:value, got {token[:40]!r}"
@@ -178,7 +178,7 @@ def decode_libsvm(body: bytes, num_features: int | None = None) -> np.ndarray:
                     f"row {index}, column {column}: feature index {position} is out of range; "
                     f"expected {num_features} features (indices 0..{num_features - 1})"
                 )
-            row[position] = _number(value, index, column)
+            row[position] = _number(text, index, column)
             highest = max(highest, position)
         parsed.append(row)
     if not parsed:

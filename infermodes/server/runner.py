@@ -118,10 +118,10 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            index = self.children.pop(pid, None)
-            if index is None:
+            if pid not in self.children:
                 continue
-            multiprocess.mark_process_dead(pid)
+            index = self.children.pop(pid)
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated upstream
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
