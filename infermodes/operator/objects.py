@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import SERVER_PORT, ProcessPlan, env_name
+from infermodes.settings import ServeSettings
 
 MANAGED_BY = "infermodes"
 ENDPOINT_LABEL = "infermodes.dev/endpoint"
-SERVER_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -69,25 +70,22 @@ def resources(spec_resources: s.Resources) -> dict[str, Any]:
 
 def server_container(
     image: str,
-    model: s.ModelSource,
-    workers: int,
+    plan: ProcessPlan,
     spec_resources: s.Resources,
     storage_secret: s.SecretRef | None,
 ) -> dict[str, Any]:
-    """The model server container every synchronous mode runs. It binds to its pod IP
-    (through the downward API), which is what the readiness probe and the gateway reach."""
+    """The model server container every synchronous mode runs, from its process plan. It binds
+    to its pod IP (through the downward API), which is what the readiness probe and the gateway
+    reach."""
+    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
     env: list[dict[str, Any]] = [
-        {"name": "INFERMODES_SERVE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "INFERMODES_SERVE_PORT", "value": str(SERVER_PORT)},
-        {"name": "INFERMODES_SERVE_MODEL_URI", "value": model.uri},
-        {"name": "INFERMODES_SERVE_WORKERS", "value": str(workers)},
+        {"name": env_name(ServeSettings, "host"), "valueFrom": pod_ip},
+        *({"name": name, "value": value} for name, value in plan.env.items()),
     ]
-    if model.allow_pickle:
-        env.append({"name": "INFERMODES_SERVE_ALLOW_PICKLE", "value": "true"})
     container: dict[str, Any] = {
         "name": "model-server",
         "image": image,
-        "command": ["infermodes", "serve"],
+        "command": list(plan.command),
         "env": env,
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {

@@ -15,12 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad
 from infermodes.operator.kube import KubeDoor
 from infermodes.operator.modes import mode_for
-from infermodes.operator.objects import SERVER_PORT, EndpointRef
+from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
 from infermodes.settings import OperatorSettings
 

@@ -6,10 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import SERVER_PORT, model_server
 from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad
-from infermodes.operator.objects import SERVER_PORT, EndpointRef, server_container
+from infermodes.operator.objects import EndpointRef, server_container
 from infermodes.operator.observed import WorkloadState, synchronous_status
 
 COMPONENT = "model-server"
@@ -34,7 +35,10 @@ def desired_objects(
     block = spec.realtime_block()
     labels = ref.labels(COMPONENT)
     container = server_container(
-        spec.image or image, spec.model, block.workers, block.resources, spec.storage_secret_ref
+        spec.image or image,
+        model_server(spec, block.workers),
+        block.resources,
+        spec.storage_secret_ref,
     )
     deployment = {
         "apiVersion": "apps/v1",

@@ -1,0 +1,70 @@
+"""The process plan: the command and environment of each process an endpoint runs.
+
+Both actuators start processes from these plans (the operator as containers, the local runtime
+as child processes), and every variable name is generated from the settings class of the
+process that reads it, so a renamed setting cannot leave a stale, ignored variable behind.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pydantic_settings import BaseSettings
+
+from infermodes.endpoints.spec import EndpointSpec
+from infermodes.settings import ServeSettings
+
+SERVER_PORT = 8080  # the platform's container contract
+
+
+def env_name(settings: type[BaseSettings], name: str) -> str:
+    """``env_name(ServeSettings, "model_uri") == "INFERMODES_SERVE_MODEL_URI"``; a field the
+    class does not have is an error, not a variable nobody reads."""
+    if name not in settings.model_fields:
+        raise KeyError(f"{settings.__name__} has no setting {name!r}")
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return f"{prefix}{name}".upper()
+
+
+def env_value(value: object) -> str:
+    """How pydantic-settings reads a value back: booleans as true/false, lists and dicts as
+    JSON, everything else as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def settings_env(settings: type[BaseSettings], **values: object) -> dict[str, str]:
+    """The environment that makes ``settings()`` read ``values`` (None values are left out,
+    so the class's default applies)."""
+    return {
+        env_name(settings, name): env_value(value)
+        for name, value in values.items()
+        if value is not None
+    }
+
+
+@dataclass(frozen=True)
+class ProcessPlan:
+    """A process to run: its command and the environment it reads its settings from."""
+
+    command: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def model_server(spec: EndpointSpec, workers: int, port: int = SERVER_PORT) -> ProcessPlan:
+    """``infermodes serve`` for an endpoint's model (its bind address is the actuator's:
+    the pod IP on Kubernetes, loopback locally)."""
+    return ProcessPlan(
+        ("infermodes", "serve"),
+        settings_env(
+            ServeSettings,
+            port=port,
+            model_uri=spec.model.uri,
+            workers=workers,
+            allow_pickle=spec.model.allow_pickle or None,
+        ),
+    )

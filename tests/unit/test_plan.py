@@ -1,0 +1,48 @@
+"""Process plans: what a spec says is what the process's settings read back."""
+
+import pytest
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import env_name, model_server, settings_env
+from infermodes.settings import ServeSettings, WorkerSettings
+
+
+def realtime(**model: object) -> s.EndpointSpec:
+    return s.EndpointSpec.model_validate(
+        {"mode": "realtime", "model": {"uri": "s3://m/model.tar.gz", **model}, "realtime": {}}
+    )
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_model_server_plan_reads_back_as_the_spec_says(
+    allow_pickle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = model_server(realtime(allowPickle=allow_pickle), workers=3)
+    assert plan.command == ("infermodes", "serve")
+    for name, value in plan.env.items():
+        monkeypatch.setenv(name, value)
+    settings = ServeSettings()
+    assert settings.model_uri == "s3://m/model.tar.gz"
+    assert (settings.workers, settings.port, settings.allow_pickle) == (3, 8080, allow_pickle)
+
+
+def test_names_come_from_the_settings_class() -> None:
+    assert env_name(ServeSettings, "model_uri") == "INFERMODES_SERVE_MODEL_URI"
+    assert env_name(WorkerSettings, "max_attempts") == "INFERMODES_WORKER_MAX_ATTEMPTS"
+    with pytest.raises(KeyError, match="no setting 'modle_uri'"):
+        env_name(ServeSettings, "modle_uri")
+
+
+def test_values_are_written_the_way_settings_read_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = settings_env(
+        WorkerSettings,
+        endpoint="ep",
+        model_uri="file:///m",
+        allow_pickle=False,
+        metrics_port=None,
+    )
+    assert "INFERMODES_WORKER_METRICS_PORT" not in env  # None: the default applies
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = WorkerSettings()
+    assert (settings.endpoint, settings.allow_pickle, settings.metrics_port) == ("ep", False, 9090)
