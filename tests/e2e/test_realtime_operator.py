@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.cluster.api import ApiError
+from tests.cluster.api import ApiError, KubeApi
 from tests.cluster.harness import Cluster
 from tests.cluster.plugin import require_process_kubelet
 from tests.conftest import AbaloneModel
@@ -63,10 +63,24 @@ def to_csv(rows: np.ndarray) -> bytes:
     return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
 
 
-def test_apply_reaches_in_service_and_predicts_like_the_booster(
+def enforce_restricted_pod_security(api: KubeApi, namespace: str) -> None:
+    """Label the namespace so the API server admits only pods that meet the restricted Pod
+    Security Standard, and check that it does refuse one that does not."""
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    api.merge_patch(f"/api/v1/namespaces/{namespace}", {"metadata": {"labels": labels}})
+    container = {"name": "c", "image": "x", "command": ["true"]}
+    plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+             "spec": {"containers": [container]}}  # fmt: skip
+    with pytest.raises(ApiError) as refused:
+        api.post(f"/api/v1/namespaces/{namespace}/pods", plain)
+    assert refused.value.status == 403 and "restricted" in str(refused.value)
+
+
+def test_apply_reaches_in_service_under_restricted_pod_security_and_predicts_like_the_booster(
     tools: Tools, k8s_namespace: str, model_uri: str, abalone_model: AbaloneModel
 ) -> None:
     api = tools.cluster.api
+    enforce_restricted_pod_security(api, k8s_namespace)
     applied = tools.apply(endpoint_manifest("abalone", model_uri), k8s_namespace)
     assert applied.returncode == 0, applied.stderr
     endpoint = wait_phase(api, k8s_namespace, "abalone", "InService")

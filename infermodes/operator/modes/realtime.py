@@ -10,7 +10,7 @@ from infermodes.endpoints.plan import SERVER_PORT, model_server
 from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad
-from infermodes.operator.objects import EndpointRef, server_container
+from infermodes.operator.objects import EndpointRef, restricted_pod_spec, server_container
 from infermodes.operator.observed import WorkloadState, synchronous_status
 
 COMPONENT = "model-server"
@@ -53,11 +53,7 @@ def desired_objects(
             },
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [container],
-                    "terminationGracePeriodSeconds": 30,
-                    "automountServiceAccountToken": False,
-                },
+                "spec": restricted_pod_spec([container], termination_grace_seconds=30),
             },
         },
     }
