@@ -6,7 +6,9 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -149,3 +151,104 @@ class OperatorSettings(BaseSettings):
         10.0, gt=0, le=3600, description="How often each endpoint is reconciled and scaled."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+
+
+# The batch transform's vocabulary and limits, the managed platform's: the spec's batch block
+# (``endpoints/spec.py``) takes them from here, so the CRD and the runner cannot disagree.
+BATCH_CONTENT_TYPES = ("text/csv", "application/json", "application/jsonlines", "text/libsvm")
+BATCH_ACCEPT_TYPES = ("text/csv", "application/json", "application/jsonlines")
+BatchContentType = Literal["text/csv", "application/json", "application/jsonlines", "text/libsvm"]
+BatchAccept = Literal["text/csv", "application/json", "application/jsonlines"]
+BatchDataType = Literal["S3Prefix", "ManifestFile"]
+SplitType = Literal["None", "Line"]
+CompressionType = Literal["None", "Gzip"]
+BatchStrategy = Literal["SingleRecord", "MultiRecord"]
+AssembleWith = Literal["None", "Line"]
+JoinSource = Literal["None", "Input"]
+MAX_PAYLOAD_MB = 100  # maxPayloadInMB, and maxPayloadInMB x maxConcurrentTransforms, at most
+MAX_CONCURRENT_TRANSFORMS = 100
+MAX_INVOCATION_RETRIES = 3
+MAX_INVOCATION_TIMEOUT_SECONDS = 3600
+PAYLOAD_RULE = "maxPayloadInMB x maxConcurrentTransforms must not exceed 100"
+
+
+def check_batch_payload(max_payload_in_mb: int, max_concurrent_transforms: int) -> None:
+    """The platform's cross-field limit: what one instance holds in flight stays <= 100 MB."""
+    if max_payload_in_mb * max_concurrent_transforms > MAX_PAYLOAD_MB:
+        raise ValueError(PAYLOAD_RULE)
+
+
+class BatchSettings(BaseSettings):
+    """``infermodes batch``: one instance (Job index) of a batch transform. Env prefix
+    ``INFERMODES_BATCH_``; the instance index also reads ``JOB_COMPLETION_INDEX``, which
+    Kubernetes sets in every pod of an Indexed Job. Field names follow the spec's batch block."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INFERMODES_BATCH_", extra="forbid", populate_by_name=True
+    )
+
+    model_uri: str = Field(description="Model artifact: file://, s3:// or a local path.")
+    input_uri: str = Field(description="Input prefix, or the manifest file (ManifestFile).")
+    input_data_type: BatchDataType = Field(
+        "S3Prefix", description="S3Prefix: every object under input_uri (file:// too)."
+    )
+    output_uri: str = Field(description="Prefix of the <input key>.out objects.")
+    content_type: BatchContentType = "text/csv"
+    compression_type: CompressionType = "None"
+    split_type: SplitType = "Line"
+    batch_strategy: BatchStrategy = "MultiRecord"
+    max_payload_in_mb: int = Field(
+        6, ge=0, le=MAX_PAYLOAD_MB, description="Mini-batch size cap; 0 means the 100 MB maximum."
+    )
+    max_concurrent_transforms: int = Field(1, ge=1, le=MAX_CONCURRENT_TRANSFORMS)
+    accept: BatchAccept = "text/csv"
+    assemble_with: AssembleWith = "Line"
+    input_filter: str = "$"
+    output_filter: str = "$"
+    join_source: JoinSource = "None"
+    invocations_max_retries: int = Field(3, ge=0, le=MAX_INVOCATION_RETRIES)
+    invocations_timeout_in_seconds: float = Field(
+        600.0, gt=0, le=MAX_INVOCATION_TIMEOUT_SECONDS, description="Per mini-batch attempt."
+    )
+    instance_index: int = Field(
+        0,
+        ge=0,
+        validation_alias=AliasChoices(
+            "instance_index", "INFERMODES_BATCH_INSTANCE_INDEX", "JOB_COMPLETION_INDEX"
+        ),
+    )
+    instance_count: int = Field(1, ge=1, le=1000)
+    split_min_bytes: int = Field(
+        64 * MIB,
+        ge=1,
+        description="A Line object at least this large and over its fair share is split in "
+        "byte ranges over instances.",
+    )
+    predict_threads: int = Field(1, ge=1, le=256, description="XGBoost threads per mini-batch.")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
+    termination_message_path: str | None = Field(
+        None, description="Also write the summary here (a pod's /dev/termination-log)."
+    )
+    allow_pickle: bool = False
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchSettings:
+        check_batch_payload(self.max_payload_in_mb, self.max_concurrent_transforms)
+        if self.instance_index >= self.instance_count:
+            raise ValueError(
+                f"instance_index {self.instance_index} must be below instance_count "
+                f"{self.instance_count}"
+            )
+        if self.content_type == "text/libsvm" and (
+            self.join_source != "None" or self.input_filter != "$"
+        ):
+            raise ValueError("inputFilter and joinSource need CSV or JSON input, not libsvm")
+        csv_in, csv_out = self.content_type == "text/csv", self.accept == "text/csv"
+        if self.join_source == "Input" and csv_in != csv_out:
+            raise ValueError(
+                "joinSource Input joins like with like: CSV input needs accept text/csv, "
+                "JSON input application/json or application/jsonlines"
+            )
+        return self

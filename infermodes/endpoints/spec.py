@@ -4,7 +4,8 @@
 these models reject wherever a schema can say it; the operator validates again with the same
 models and reports what only code can check as ``phase: Failed`` with a reason.
 Limits follow the managed platform (serverless memory 1024..6144 MB in steps of 1024, at most 200
-concurrent invocations, async invocation timeout at most 3600 s, batch payloads at most 100 MB).
+concurrent invocations, async invocation timeout at most 3600 s, batch payloads at most 100 MB
+and payload x concurrent transforms at most 100 MB, at most 3 retries per mini-batch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from infermodes.settings import (
+    MAX_CONCURRENT_TRANSFORMS,
+    MAX_INVOCATION_RETRIES,
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    MAX_PAYLOAD_MB,
+    PAYLOAD_RULE,
+    AssembleWith,
+    BatchAccept,
+    BatchContentType,
+    BatchDataType,
+    BatchStrategy,
+    CompressionType,
+    JoinSource,
+    SplitType,
+    check_batch_payload,
+)
 
 GROUP = "infermodes.dev"
 VERSION = "v1alpha1"
@@ -160,21 +178,41 @@ class AsyncSpec(ReplicaRange):
 
 
 class BatchInput(SpecBlock):
-    uri: str = Field(min_length=1, description="Prefix of the input objects: s3://, file://")
-    content_type: str = Field("text/csv", description="text/csv, application/json, ...")
-    split_type: Literal["None", "Line"] = Field("Line", description="How records split.")
+    uri: str = Field(min_length=1, description="Input prefix (s3://, file://) or manifest file.")
+    data_type: BatchDataType = Field(
+        "S3Prefix",
+        description="S3Prefix: every object under uri (file:// too); ManifestFile: uri is a "
+        'JSON list [{"prefix": ...}, "key", ...].',
+    )
+    content_type: BatchContentType = Field(
+        "text/csv", description="text/csv, application/json, application/jsonlines, text/libsvm."
+    )
+    compression_type: CompressionType = Field("None", description="None or Gzip.")
+    split_type: SplitType = Field(
+        "Line", description="Line: a record per line; None: a record per object."
+    )
 
 
 class BatchOutput(SpecBlock):
     uri: str = Field(min_length=1, description="Prefix for <input key>.out objects.")
-    accept: str = Field("text/csv", description="text/csv or application/json.")
-    assemble_with: Literal["None", "Line"] = Field("Line", description="How outputs join.")
+    accept: BatchAccept = Field(
+        "text/csv", description="text/csv, application/json or application/jsonlines."
+    )
+    assemble_with: AssembleWith = Field(
+        "Line", description="Line: a newline after each mini-batch's output; None: as is."
+    )
 
 
 class DataProcessing(SpecBlock):
-    input_filter: str = Field("$", description="JSONPath selecting the model's input.")
-    output_filter: str = Field("$", description="JSONPath selecting what is written.")
-    join_source: Literal["None", "Input"] = Field("None", description="Join input to output.")
+    input_filter: str = Field(
+        "$", pattern=r"^\$", description="JSONPath selecting the model's input ($[1:], $.features)."
+    )
+    output_filter: str = Field(
+        "$", pattern=r"^\$", description="JSONPath selecting what is written."
+    )
+    join_source: JoinSource = Field(
+        "None", description="Input: the input record joined with its prediction."
+    )
 
 
 class BatchSpec(SpecBlock):
@@ -182,14 +220,34 @@ class BatchSpec(SpecBlock):
     output: BatchOutput
     instance_count: int = Field(1, ge=1, le=100, description="Parallel workers (shards).")
     max_concurrent_transforms: int = Field(
-        1, ge=1, le=100, description="Requests in flight per instance."
+        1, ge=1, le=MAX_CONCURRENT_TRANSFORMS, description="Mini-batches in flight per instance."
     )
     max_payload_in_mb: int = Field(
-        6, ge=0, le=100, alias="maxPayloadInMB", description="Pack records up to this (0: no cap)."
+        6,
+        ge=0,
+        le=MAX_PAYLOAD_MB,
+        alias="maxPayloadInMB",
+        description="Pack records up to this (0: the 100 MB maximum).",
     )
-    batch_strategy: Literal["SingleRecord", "MultiRecord"] = Field("MultiRecord")
+    batch_strategy: BatchStrategy = Field(
+        "MultiRecord", description="MultiRecord packs records; SingleRecord sends one each."
+    )
+    invocations_max_retries: int = Field(
+        3, ge=0, le=MAX_INVOCATION_RETRIES, description="Retries of a failed mini-batch."
+    )
+    invocations_timeout_in_seconds: int = Field(
+        600, ge=1, le=MAX_INVOCATION_TIMEOUT_SECONDS, description="Time per mini-batch attempt."
+    )
     data_processing: DataProcessing = Field(default_factory=DataProcessing)
     resources: Resources = Field(default_factory=Resources)
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        (f"self.maxPayloadInMB * self.maxConcurrentTransforms <= {MAX_PAYLOAD_MB}", PAYLOAD_RULE),
+    ]
+
+    @model_validator(mode="after")
+    def _payload_in_flight(self) -> BatchSpec:
+        check_batch_payload(self.max_payload_in_mb, self.max_concurrent_transforms)
+        return self
 
 
 MODE_BLOCKS: dict[Mode, str] = {

@@ -13,6 +13,11 @@ REPO = Path(__file__).resolve().parents[3]
 MODEL = {"uri": "file:///models/abalone/model.tar.gz"}
 
 
+def batch_spec(**fields: object) -> dict:
+    block = {"input": {"uri": "file:///i"}, "output": {"uri": "file:///o"}, **fields}
+    return {"mode": "batch", "model": MODEL, "batch": block}
+
+
 def test_committed_crd_is_generated_from_the_models() -> None:
     assert (REPO / "crds/inferenceendpoints.yaml").read_text() == crd_yaml()
 
@@ -38,6 +43,13 @@ def test_schema_carries_the_platform_limits() -> None:
     assert nodes["serverless.maxConcurrency"]["maximum"] == 200
     assert nodes["async.invocationTimeoutSeconds"]["maximum"] == 3600
     assert nodes["batch.maxPayloadInMB"]["maximum"] == 100
+    assert nodes["batch.invocationsMaxRetries"]["maximum"] == 3
+    assert nodes["batch.input.splitType"]["enum"] == ["None", "Line"]
+    assert nodes["batch.input.compressionType"]["enum"] == ["None", "Gzip"]
+    assert nodes["batch"]["x-kubernetes-validations"] == [
+        {"rule": "self.maxPayloadInMB * self.maxConcurrentTransforms <= 100",
+         "message": s.PAYLOAD_RULE}
+    ]  # fmt: skip
     assert nodes["realtime.scaling.target"]["exclusiveMinimum"] is True
     assert "uri" in nodes["model"]["required"]
     assert set(root["properties"]["spec"]["required"]) == {"mode", "model"}
@@ -121,6 +133,12 @@ def test_cel_rules_mirror_the_model_validators() -> None:
             {"mode": "realtime", "model": MODEL, "realtime": {"replicas": 3}},
             "spec.realtime.replicas",
         ),
+        (batch_spec(maxPayloadInMB=20, maxConcurrentTransforms=6), s.PAYLOAD_RULE),
+        (batch_spec(invocationsMaxRetries=4), "less than or equal to 3"),
+        (batch_spec(input={"uri": "file:///i", "splitType": "RecordIO"}), "'None' or 'Line'"),
+        (batch_spec(input={"uri": "file:///i", "compressionType": "Zip"}), "'None' or 'Gzip'"),
+        (batch_spec(output={"uri": "file:///o", "accept": "text/xml"}), "spec.batch.output.accept"),
+        (batch_spec(invocationsTimeoutInSeconds=3601), "less than or equal to 3600"),
     ],
 )
 def test_invalid_specs_are_named(raw: dict, message: str) -> None:
@@ -134,6 +152,13 @@ def test_defaults_fill_in() -> None:
     assert isinstance(result, s.EndpointSpec)
     assert result.realtime_block().min_replicas == 1
     assert result.realtime_block().scaling.metric is s.ScalingMetric.INVOCATIONS_PER_INSTANCE
+
+
+def test_payload_times_concurrency_may_reach_100() -> None:
+    result = parse_spec(batch_spec(maxPayloadInMB=20, maxConcurrentTransforms=5))
+    assert isinstance(result, s.EndpointSpec)
+    assert result.batch is not None
+    assert result.batch.input.split_type == "Line"
 
 
 def test_example_manifests_are_valid() -> None:
