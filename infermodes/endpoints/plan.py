@@ -55,7 +55,9 @@ class ProcessPlan:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def model_server(spec: EndpointSpec, workers: int, port: int = SERVER_PORT) -> ProcessPlan:
+def model_server(
+    spec: EndpointSpec, workers: int, port: int = SERVER_PORT, predict_threads: int | None = None
+) -> ProcessPlan:
     """``infermodes serve`` for an endpoint's model (its bind address is the actuator's:
     the pod IP on Kubernetes, loopback locally)."""
     return ProcessPlan(
@@ -65,6 +67,19 @@ def model_server(spec: EndpointSpec, workers: int, port: int = SERVER_PORT) -> P
             port=port,
             model_uri=spec.model.uri,
             workers=workers,
+            predict_threads=predict_threads,
             allow_pickle=spec.model.allow_pickle or None,
         ),
+    )
+
+
+SERVERLESS_MB_PER_CPU = 2048  # vCPU in proportion to memory, as the managed platform gives
+
+
+def serverless_server(spec: EndpointSpec, port: int = SERVER_PORT) -> ProcessPlan:
+    """A serverless replica: one worker with one model copy; XGBoost threads follow the CPU
+    that its memory size buys (one per full CPU), for large requests."""
+    memory = spec.serverless_block().memory_size_in_mb
+    return model_server(
+        spec, workers=1, port=port, predict_threads=max(1, memory // SERVERLESS_MB_PER_CPU)
     )

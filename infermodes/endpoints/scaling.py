@@ -10,7 +10,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from infermodes.endpoints.spec import RealtimeSpec, ScalingMetric
+from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.spec import RealtimeSpec, ScalingMetric, ServerlessSpec
 from infermodes.metrics import ServerLoad
 
 TOLERANCE = 0.1  # like the HPA: ignore changes within 10% of the target
@@ -74,6 +75,7 @@ class ScalerMemory:
 
     samples: dict[str, CounterSample] = field(default_factory=dict)  # by replica name
     last_change_at: float = 0.0
+    activated_at: float | None = None  # when a scale from zero was decided (wall clock)
 
 
 def measured_load(
@@ -130,3 +132,43 @@ def realtime_replicas(
     if decided != current:
         memory.last_change_at = now
     return decided
+
+
+SERVERLESS_SCALE_IN_DELAY_SECONDS = 30.0  # replicas above demand stay this long after a change
+
+
+def serverless_bounds(block: ServerlessSpec) -> tuple[int, int]:
+    """(replicas kept warm, replicas at most): provisioned concurrency and maxConcurrency in
+    replicas of ``concurrencyPerReplica`` each."""
+    per_replica = block.concurrency_per_replica
+    warm = math.ceil(block.provisioned_concurrency / per_replica)
+    return warm, max(1, math.ceil(block.max_concurrency / per_replica))
+
+
+def serverless_replicas(
+    block: ServerlessSpec, current: int, demand: Demand, memory: ScalerMemory, now: float
+) -> int:
+    """Replicas of a serverless endpoint from the gateways' demand (``now`` on the wall clock,
+    like the demand's timestamps), always within the warm floor and the maximum:
+
+    - demand (in flight or held) -> ceil(demand / concurrencyPerReplica), at least one; more
+      replicas than now at once (a held request is a cold start waiting for this decision);
+    - no demand, but a request within ``idleTimeoutSeconds`` -> one replica stays;
+    - no demand and no request for ``idleTimeoutSeconds`` -> the warm floor at once (zero
+      unless provisioned concurrency keeps some);
+    - any other decrease waits ``SERVERLESS_SCALE_IN_DELAY_SECONDS`` after the last change, so
+      the tail of a burst does not flap.
+    """
+    warm, most = serverless_bounds(block)
+    idle = demand.active == 0 and now - demand.last_request_at >= block.idle_timeout_seconds
+    if demand.active > 0:
+        wanted = math.ceil(demand.active / block.concurrency_per_replica)
+    else:
+        wanted = 0 if idle else min(current, 1)
+    wanted = min(max(wanted, warm, 1 if demand.active else 0), most)
+    held_back = not idle and now - memory.last_change_at < SERVERLESS_SCALE_IN_DELAY_SECONDS
+    if wanted < current and held_back:
+        return current
+    if wanted != current:
+        memory.last_change_at = now
+    return wanted

@@ -135,6 +135,13 @@ class ServerlessSpec(SpecBlock):
     provisioned_concurrency: int = Field(
         0, ge=0, le=200, description="Concurrency kept warm (replicas that never scale to zero)."
     )
+    concurrency_per_replica: int = Field(
+        10,
+        ge=1,
+        le=200,
+        description="In-flight invocations one replica takes before another starts: "
+        "replicas = ceil(in-flight / concurrencyPerReplica).",
+    )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         ("self.provisionedConcurrency <= self.maxConcurrency",
          "provisionedConcurrency must not exceed maxConcurrency"),
@@ -292,6 +299,12 @@ class EndpointSpec(SpecBlock):
         attribute = MODE_BLOCKS[mode or self.mode]
         found: SpecBlock | None = getattr(self, "async_" if attribute == "async" else attribute)
         return found
+
+    def serverless_block(self) -> ServerlessSpec:
+        """``spec.serverless`` of a serverless endpoint (validation guarantees it is there)."""
+        if self.serverless is None:
+            raise ValueError(f"a {self.mode} endpoint has no spec.serverless")
+        return self.serverless
 
     def realtime_block(self) -> RealtimeSpec:
         """``spec.realtime`` of a realtime endpoint (validation guarantees it is there)."""

@@ -1,26 +1,130 @@
 """kopf handlers: thin adapters that call ``reconcile`` and write its status.
 
-Create, update, resume and the timer share one reconcile; API failures become kopf's
-temporary errors (retried with a delay); phase changes become Kubernetes Events.
+Create, update, resume and the timer share one reconcile; API failures become kopf's temporary
+errors (retried with a delay); phase changes become Kubernetes Events. Between timer ticks the
+operator reacts to events: a change of the Deployments and pods it owns, or of the demand the
+gateways write on an endpoint, reconciles that endpoint at once (coalesced over a few
+milliseconds, so a burst of pod events costs one reconcile). One lock per endpoint keeps its
+reconciles one at a time, whichever path started them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
 from infermodes.operator.kube import KubeDoor, KubeError
-from infermodes.operator.reconcile import Deps, reconcile
+from infermodes.operator.objects import ENDPOINT_LABEL
+from infermodes.operator.reconcile import Deps, Reconciled, reconcile
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5
+NUDGE_DELAY_SECONDS = 0.02  # events closer than this share one reconcile
 RESOURCE = (s.GROUP, s.VERSION, s.PLURAL)
+API_VERSION = f"{s.GROUP}/{s.VERSION}"
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class EndpointState:
+    """What the operator keeps about one endpoint between reconciles."""
+
+    memory: ScalerMemory = field(default_factory=ScalerMemory)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    demand_seen: dict[str, str] = field(default_factory=dict)
+
+
+class Endpoints:
+    """Every endpoint's state, shared by all handlers (kopf's per-object memo is not shared
+    with the handlers of the pods and Deployments that nudge an endpoint)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[Key, EndpointState] = {}
+
+    def state(self, key: Key) -> EndpointState:
+        with self._lock:
+            return self._states.setdefault(key, EndpointState())
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._states.pop(key, None)
+
+
+class Nudger:
+    """Runs ``reconcile_now`` for an endpoint soon after it is nudged; nudges that arrive
+    before that run share it, and one more run follows a run in progress."""
+
+    def __init__(self, endpoints: Endpoints, deps: Deps) -> None:
+        self.endpoints = endpoints
+        self.deps = deps
+        self._pending: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def nudge(self, key: Key) -> None:
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: Key) -> None:
+        await asyncio.sleep(NUDGE_DELAY_SECONDS)
+        self._pending.discard(key)
+        try:
+            await asyncio.to_thread(self.reconcile_now, key)
+        except KubeError as exc:  # the next event or tick tries again
+            logging.getLogger("infermodes.operator").warning("reconcile of %s/%s: %s", *key, exc)
+
+    def reconcile_now(self, key: Key) -> None:
+        namespace, name = key
+        raw = self.deps.kube.get(API_VERSION, s.KIND, namespace, name)
+        if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
+            self.endpoints.forget(key)
+            return
+        body = kopf.Body(raw)  # type: ignore[arg-type]  # a RawBody is the API's JSON dict
+        result = run_locked(body, self.endpoints.state(key), self.deps, autoscale=False)
+        generation = int(body["metadata"].get("generation", 1))
+        patch = result.status.to_patch(generation, body.get("status"))
+        self.deps.kube.patch_status(API_VERSION, s.KIND, namespace, name, patch)
+        tell(body, Status.from_dict(body.get("status")), result)
+
+
+def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
+               autoscale: bool) -> Reconciled:  # fmt: skip
+    with state.lock:
+        return reconcile(body, state.memory, deps, autoscale=autoscale)
+
+
+def tell(body: kopf.Body, previous: Status | None, result: Reconciled) -> None:
+    """Events: every phase or reason change, and what the reconcile found worth telling."""
+    status = result.status
+    if previous is None or previous.phase != status.phase or previous.reason != status.reason:
+        kind = "Warning" if status.phase is s.Phase.FAILED else "Normal"
+        kopf.event(body, type=kind, reason=status.phase.value,
+                   message=status.message or status.reason)  # fmt: skip
+        logging.getLogger("infermodes.operator").info(
+            "%s: phase %s (%s): %s", body["metadata"]["name"], status.phase, status.reason,
+            status.message,
+        )  # fmt: skip
+    for reason, message in result.events:
+        kopf.event(body, type="Normal", reason=reason, message=message)
+
+
+def demand_annotations(body: kopf.Body) -> dict[str, str]:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}
 
 
 def configure(operator_settings: OperatorSettings) -> None:
@@ -34,31 +138,46 @@ def configure(operator_settings: OperatorSettings) -> None:
             prefix=s.GROUP, key="last-handled-configuration"
         )
         memo.deps = Deps(KubeDoor(), operator_settings, scrape)
+        memo.endpoints = Endpoints()
+        memo.nudger = Nudger(memo.endpoints, memo.deps)
 
-    def run(body: Any, patch: Any, memo: Any, logger: Any, autoscale: bool) -> None:
-        memory = memo.setdefault("scaler", ScalerMemory())
-        previous = Status.from_dict(body.get("status"))
+    def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        state: EndpointState = memo.endpoints.state(key)
         try:
-            status = reconcile(body, memory, memo.deps, autoscale=autoscale)
+            result = run_locked(body, state, memo.deps, autoscale)
         except KubeError as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_SECONDS) from exc
         generation = int(body["metadata"].get("generation", 1))
-        patch.status.update(status.to_patch(generation, body.get("status")))
-        if previous is None or previous.phase != status.phase or previous.reason != status.reason:
-            kind = "Warning" if status.phase is s.Phase.FAILED else "Normal"
-            kopf.event(body, type=kind, reason=status.phase.value,
-                       message=status.message or status.reason)  # fmt: skip
-            logger.info("phase %s (%s): %s", status.phase, status.reason, status.message)
+        patch.status.update(result.status.to_patch(generation, body.get("status")))
+        tell(body, Status.from_dict(body.get("status")), result)
 
     @kopf.on.create(*RESOURCE)
     @kopf.on.update(*RESOURCE, field="spec")
     @kopf.on.resume(*RESOURCE)
-    def changed(body: Any, patch: Any, memo: Any, logger: Any, **_: Any) -> None:
-        run(body, patch, memo, logger, autoscale=False)
+    def changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        run(body, patch, memo, autoscale=False)
 
     @kopf.timer(*RESOURCE, interval=operator_settings.resync_seconds, initial_delay=1)
-    def tick(body: Any, patch: Any, memo: Any, logger: Any, **_: Any) -> None:
-        run(body, patch, memo, logger, autoscale=True)
+    def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        run(body, patch, memo, autoscale=True)
+
+    @kopf.on.event(*RESOURCE)
+    async def demand_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """The gateways' demand moved: decide replicas now (a held request may be waiting)."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        state: EndpointState = memo.endpoints.state(key)
+        demand = demand_annotations(body)
+        if demand != state.demand_seen:
+            state.demand_seen = demand
+            memo.nudger.nudge(key)
+
+    @kopf.on.event("apps", "v1", "deployments", labels={ENDPOINT_LABEL: kopf.PRESENT})
+    @kopf.on.event("", "v1", "pods", labels={ENDPOINT_LABEL: kopf.PRESENT})
+    async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """A pod or Deployment of an endpoint changed: its status may have too."""
+        metadata = body["metadata"]
+        memo.nudger.nudge((metadata["namespace"], metadata["labels"][ENDPOINT_LABEL]))
 
 
 def run_operator(operator_settings: OperatorSettings) -> None:

@@ -50,6 +50,24 @@ class KubeDoor:
             raise KubeError(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
         return result.to_dict()
 
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        """Merge-patch an object's status subresource (for reconciles kopf did not start)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._dynamic.patch(
+                self._resource(api_version, kind).status,
+                body={"status": status},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            raise KubeError(f"patching the status of {kind} {namespace}/{name}: "
+                            f"{_reason(exc)}") from exc  # fmt: skip
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 

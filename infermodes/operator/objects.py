@@ -76,6 +76,7 @@ def server_container(
     plan: ProcessPlan,
     spec_resources: s.Resources,
     storage_secret: s.SecretRef | None,
+    probe_period_seconds: int = 2,
 ) -> dict[str, Any]:
     """The model server container every synchronous mode runs, from its process plan. It binds
     to its pod IP (through the downward API), which is what the readiness probe and the gateway
@@ -93,7 +94,7 @@ def server_container(
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/ping", "port": SERVER_PORT},
-            "periodSeconds": 2,
+            "periodSeconds": probe_period_seconds,
             "failureThreshold": 3,
         },
         "resources": resources(spec_resources),
@@ -131,3 +132,42 @@ def restricted_pod_spec(
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": termination_grace_seconds,
     }
+
+
+def model_server_objects(
+    ref: EndpointRef,
+    component: str,
+    replicas: int,
+    container: dict[str, Any],
+    termination_grace_seconds: int,
+) -> list[dict[str, Any]]:
+    """The Deployment of model servers and the Service in front of them, shared by the
+    synchronous modes. Rollouts never remove a ready replica before its successor is ready."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata(component),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": ref.selector(component)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": ref.labels(component)},
+                "spec": restricted_pod_spec([container], termination_grace_seconds),
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": ref.selector(component),
+            "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"}],
+        },
+    }
+    return [deployment, service]

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad
 from infermodes.operator.kube import KubeDoor
 from infermodes.operator.modes import mode_for
+from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
 from infermodes.settings import OperatorSettings
@@ -32,6 +34,15 @@ class Deps:
     settings: OperatorSettings
     scrape: Callable[[str, int], ServerLoad | None]
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The status to write, and Events worth telling beyond a phase change."""
+
+    status: Status
+    events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
 
 
 def spec_error(error: ValidationError) -> str:
@@ -49,16 +60,17 @@ def parse_spec(raw: Any) -> s.EndpointSpec | str:
         return spec_error(exc)
 
 
-def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Status:
+def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Reconciled:
     """Bring the endpoint's objects to their desired state and say what state it is in."""
     ref = EndpointRef.from_body(body)
     previous = Status.from_dict(body.get("status"))
     spec = parse_spec(body.get("spec") or {})
     if isinstance(spec, str):
-        return Status(s.Phase.FAILED, "InvalidSpec", spec)
+        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", spec))
     mode = mode_for(spec.mode)
     if mode is None:
-        return Status(s.Phase.FAILED, "ModeNotSupported", f"mode {spec.mode} not supported yet")
+        message = f"mode {spec.mode} not supported yet"
+        return Reconciled(Status(s.Phase.FAILED, "ModeNotSupported", message))
     deployment = deps.kube.get("apps/v1", "Deployment", ref.namespace, ref.child_name)
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = WorkloadState.from_objects(deployment, pods)
@@ -71,8 +83,21 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         }
         return {name: load for name, load in found.items() if load is not None}
 
-    replicas = mode.replicas(spec, workload, loads, memory, deps.clock(), autoscale)
+    wall = deps.wall_clock()
+    annotations = (body.get("metadata") or {}).get("annotations")
+    signals = Signals(
+        workload, loads, Demand.from_annotations(annotations, wall), deps.clock(), wall, autoscale
+    )
+    replicas = mode.replicas(spec, signals, memory)
+    if workload.exists and workload.replicas == 0 and replicas > 0:
+        memory.activated_at = wall
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
     deployment = applied.get("Deployment", deployment)
-    return mode.observe(WorkloadState.from_objects(deployment, pods), previous)
+    status = mode.observe(WorkloadState.from_objects(deployment, pods), previous)
+    events = []
+    if memory.activated_at is not None and status.ready_replicas > 0:
+        seconds = wall - memory.activated_at
+        events.append(("ScaledFromZero", f"a replica was ready {seconds:.2f} s after activation"))
+        memory.activated_at = None
+    return Reconciled(status, events)

@@ -199,7 +199,7 @@ def deps(kube, loads=None, now=1000.0):
 def test_reconcile_creates_objects_and_is_idempotent() -> None:
     kube = FakeKube()
     d, _ = deps(kube)
-    status = reconcile(body(), ScalerMemory(), d)
+    status = reconcile(body(), ScalerMemory(), d).status
     assert status.phase is s.Phase.CREATING
     first = list(kube.applied)
     reconcile(body(), ScalerMemory(), d)
@@ -210,11 +210,12 @@ def test_reconcile_creates_objects_and_is_idempotent() -> None:
 def test_invalid_and_unsupported_specs_fail_with_reasons() -> None:
     kube = FakeKube()
     d, _ = deps(kube)
-    status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d)
+    status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.FAILED, "InvalidSpec")
-    serverless = {"mode": "serverless", "model": {"uri": "x"}, "serverless": {}}
-    status = reconcile(body(serverless), ScalerMemory(), d)
-    assert (status.phase, status.message) == (s.Phase.FAILED, "mode serverless not supported yet")
+    data = {"input": {"uri": "file:///in"}, "output": {"uri": "file:///out"}}
+    batch = {"mode": "batch", "model": {"uri": "x"}, "batch": data}
+    status = reconcile(body(batch), ScalerMemory(), d).status
+    assert (status.phase, status.message) == (s.Phase.FAILED, "mode batch not supported yet")
     assert kube.applied == []
 
 

@@ -1,0 +1,46 @@
+"""The interface every mode module implements, and what the operator hands it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.spec import EndpointSpec
+from infermodes.endpoints.status import Status
+from infermodes.metrics import ServerLoad
+from infermodes.operator.objects import EndpointRef
+from infermodes.operator.observed import WorkloadState
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the operator observed for one endpoint, as the mode's decision reads it."""
+
+    workload: WorkloadState
+    loads: Callable[[], Mapping[str, ServerLoad]]  # ready pods' load, read only when called
+    demand: Demand  # the gateways' demand (synchronous modes)
+    now: float  # monotonic clock, for cooldowns between the operator's own decisions
+    wall: float  # wall clock, for timestamps written by other processes (demand)
+    autoscale: bool  # a resync tick: time-based decisions (rates, cooldowns) may move
+
+
+class EndpointMode(Protocol):
+    """observe -> replicas -> desired objects -> status."""
+
+    @property
+    def COMPONENT(self) -> str:
+        """The ``app.kubernetes.io/component`` label of the mode's pods."""
+
+    def replicas(self, spec: EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+        """The replicas wanted now."""
+
+    def desired_objects(
+        self, ref: EndpointRef, spec: EndpointSpec, replicas: int, image: str
+    ) -> list[dict[str, Any]]:
+        """Every object the endpoint should have, for server-side apply."""
+
+    def observe(self, workload: WorkloadState, previous: Status | None) -> Status:
+        """The status the observed workload means."""

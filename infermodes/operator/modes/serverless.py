@@ -1,0 +1,79 @@
+"""Serverless endpoints: model servers that exist only while there is demand.
+
+A Deployment of one-worker model servers scaled from zero by the gateways' demand (they hold a
+cold start's requests until a replica answers), back to zero after ``idleTimeoutSeconds``. Each
+replica's memory is ``memorySizeInMB`` (request = limit) with CPU in proportion, one vCPU per
+``SERVERLESS_MB_PER_CPU``: the managed platform also gives more CPU to more memory, and one
+worker uses one core for small requests and the rest through XGBoost's threads for large ones.
+The termination grace period outlasts the invocation timeout, so a replica that is scaled away
+finishes what it holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
+from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
+from infermodes.endpoints.status import Status
+from infermodes.operator.modes.base import Signals
+from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
+from infermodes.operator.observed import WorkloadState, failure
+
+COMPONENT = "model-server"
+INVOCATION_TIMEOUT_SECONDS = 60  # the platform's serverless limit, enforced by the gateway
+TERMINATION_GRACE_SECONDS = INVOCATION_TIMEOUT_SECONDS + 10
+READINESS_PERIOD_SECONDS = 1  # the gateway probes new replicas itself; this is for Services
+
+
+def replica_resources(block: s.ServerlessSpec) -> s.Resources:
+    millicores = block.memory_size_in_mb * 1000 // SERVERLESS_MB_PER_CPU
+    return s.Resources(cpu=f"{millicores}m", memory=f"{block.memory_size_in_mb}Mi")
+
+
+def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    workload = signals.workload
+    current = workload.replicas if workload.exists else 0
+    return serverless_replicas(
+        spec.serverless_block(), current, signals.demand, memory, signals.wall
+    )
+
+
+def desired_objects(
+    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+) -> list[dict[str, Any]]:
+    """The Deployment (``replicas`` may be 0) and the Service of a serverless endpoint."""
+    container = server_container(
+        spec.image or image,
+        serverless_server(spec),
+        replica_resources(spec.serverless_block()),
+        spec.storage_secret_ref,
+        probe_period_seconds=READINESS_PERIOD_SECONDS,
+    )
+    return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
+
+
+def observe(workload: WorkloadState, previous: Status | None) -> Status:
+    """``InService`` whenever the endpoint can take requests, also at zero replicas
+    (``ScaledToZero``: the next request cold-starts one) and while replicas come and go;
+    ``Updating`` only while a spec change rolls out over running replicas."""
+    counts = {
+        "replicas": workload.replicas,
+        "ready_replicas": min(workload.ready, workload.replicas),
+        "desired_replicas": workload.replicas,
+    }
+    problem = failure(workload)
+    if problem is not None:
+        return Status(s.Phase.FAILED, problem[0], problem[1], **counts)
+    if not workload.exists:
+        return Status(s.Phase.CREATING, "Creating", "creating the workload")
+    ready = f"{workload.ready}/{workload.replicas} replicas ready"
+    if workload.replicas == 0:
+        return Status(
+            s.Phase.IN_SERVICE, "ScaledToZero", "no replicas; a request starts one", **counts
+        )
+    if not workload.rolled_out and workload.ready > 0:
+        return Status(s.Phase.UPDATING, "RollingOut", ready, **counts)
+    reason = "AllReplicasReady" if workload.ready >= workload.replicas else "Scaling"
+    return Status(s.Phase.IN_SERVICE, reason, ready, **counts)

@@ -1,0 +1,160 @@
+"""Serverless: the demand contract, the replica decision at its edges, desired objects, status,
+and one reconcile driven by a gateway's demand annotation."""
+
+import pytest
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import (
+    STALE_SECONDS,
+    Demand,
+    GatewayDemand,
+    annotation_key,
+)
+from infermodes.endpoints.scaling import (
+    SERVERLESS_SCALE_IN_DELAY_SECONDS,
+    ScalerMemory,
+    serverless_bounds,
+    serverless_replicas,
+)
+from infermodes.operator.modes import serverless
+from infermodes.operator.observed import WorkloadState
+from infermodes.operator.reconcile import reconcile
+from tests.unit.operator.test_realtime import REF, FakeKube, check_golden, deps
+
+FULL_SPEC = {
+    "mode": "serverless",
+    "model": {"uri": "s3://models/abalone/model.tar.gz"},
+    "image": "registry.example/infermodes:test",
+    "storageSecretRef": {"name": "s3-credentials"},
+    "serverless": {
+        "memorySizeInMB": 3072,
+        "maxConcurrency": 40,
+        "idleTimeoutSeconds": 60,
+        "provisionedConcurrency": 5,
+        "concurrencyPerReplica": 4,
+    },
+}
+NOW = 1_000_000.0
+
+
+def block(**fields: object) -> s.ServerlessSpec:
+    return s.ServerlessSpec.model_validate(fields)
+
+
+def entry(gateway: str, in_flight: int = 0, held: int = 0, last: float = 0.0, at: float = NOW):
+    demand = GatewayDemand(gateway, in_flight, held, last, at)
+    return annotation_key(gateway), demand.to_annotation()
+
+
+def test_demand_sums_fresh_gateways_and_ignores_stale_and_foreign_entries() -> None:
+    annotations = dict(
+        [
+            entry("gw-a", in_flight=3, held=1, last=NOW - 5),
+            entry("gw-b", in_flight=2, last=NOW - 1),
+            entry("gw-dead", in_flight=50, last=NOW - 500, at=NOW - STALE_SECONDS - 1),
+        ]
+    )
+    annotations[annotation_key("broken")] = "{not json"
+    annotations["other.io/annotation"] = '{"inFlight": 99}'
+    demand = Demand.from_annotations(annotations, NOW)
+    assert (demand.in_flight, demand.held, demand.active) == (5, 1, 6)
+    assert demand.last_request_at == NOW - 1
+    assert annotation_key("gw-a") != annotation_key("gw-b")
+    assert len(annotation_key("x" * 253).split("/", 1)[1]) <= 63
+
+
+def test_bounds_are_concurrency_in_replicas() -> None:
+    assert serverless_bounds(block(maxConcurrency=20, concurrencyPerReplica=10)) == (0, 2)
+    assert serverless_bounds(
+        block(maxConcurrency=21, provisionedConcurrency=11, concurrencyPerReplica=10)
+    ) == (2, 3)
+
+
+def test_a_held_request_activates_a_replica_at_once() -> None:
+    memory = ScalerMemory(last_change_at=NOW)  # a change a moment ago does not delay activation
+    assert serverless_replicas(block(), 0, Demand(held=1), memory, NOW) == 1
+
+
+def test_scale_out_follows_demand_up_to_max_concurrency() -> None:
+    spec = block(maxConcurrency=30, concurrencyPerReplica=10)
+    memory = ScalerMemory()
+    assert serverless_replicas(spec, 1, Demand(in_flight=11, last_request_at=NOW), memory, NOW) == 2
+    assert serverless_replicas(spec, 2, Demand(in_flight=95), memory, NOW) == 3
+
+
+def test_scale_in_waits_for_the_delay_but_one_replica_stays_until_idle() -> None:
+    spec = block(idleTimeoutSeconds=60, concurrencyPerReplica=10)
+    memory = ScalerMemory(last_change_at=NOW)
+    quiet = Demand(last_request_at=NOW)
+    assert serverless_replicas(spec, 3, quiet, memory, NOW + 1) == 3
+    later = NOW + SERVERLESS_SCALE_IN_DELAY_SECONDS
+    assert serverless_replicas(spec, 3, quiet, memory, later) == 1
+    assert serverless_replicas(spec, 1, quiet, memory, NOW + 59.9) == 1
+
+
+@pytest.mark.parametrize(("idle_for", "replicas"), [(59.9, 1), (60.0, 0), (600.0, 0)])
+def test_idle_timeout_edges(idle_for: float, replicas: int) -> None:
+    spec = block(idleTimeoutSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW + idle_for)  # scale-in delay never holds zero back
+    demand = Demand(last_request_at=NOW)
+    assert serverless_replicas(spec, 1, demand, memory, NOW + idle_for) == replicas
+
+
+def test_provisioned_concurrency_is_a_floor_even_when_idle() -> None:
+    spec = block(provisionedConcurrency=15, concurrencyPerReplica=10, maxConcurrency=40)
+    assert serverless_replicas(spec, 0, Demand(), ScalerMemory(), NOW) == 2
+    assert serverless_replicas(spec, 4, Demand(), ScalerMemory(), NOW) == 2
+
+
+def test_never_requested_stays_at_zero() -> None:
+    assert serverless_replicas(block(), 0, Demand(), ScalerMemory(), NOW) == 0
+
+
+def test_every_serverless_field_reaches_the_objects() -> None:
+    spec = s.EndpointSpec.model_validate(FULL_SPEC)
+    check_golden("serverless-full.yaml", serverless.desired_objects(REF, spec, 2, "default:img"))
+
+
+def test_status_is_in_service_at_zero_and_while_scaling() -> None:
+    assert serverless.observe(WorkloadState(True, 0, 0, 0, True), None).reason == "ScaledToZero"
+    scaling = serverless.observe(WorkloadState(True, 1, 0, 0, True), None)
+    assert (scaling.phase, scaling.reason) == (s.Phase.IN_SERVICE, "Scaling")
+    ready = serverless.observe(WorkloadState(True, 2, 2, 2, True), None)
+    assert (ready.phase, ready.ready_replicas) == (s.Phase.IN_SERVICE, 2)
+
+
+def test_reconcile_scales_from_zero_on_a_held_request_and_tells_how_long_it_took() -> None:
+    spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    zero = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 0},
+        "status": {"observedGeneration": 1},
+    }
+    kube = FakeKube(zero)
+    d, _ = deps(kube)
+    d.wall_clock = lambda: NOW
+    memory = ScalerMemory()
+    endpoint = {
+        "metadata": {
+            "name": "abalone",
+            "namespace": "models",
+            "uid": "uid-1",
+            "generation": 1,
+            "annotations": dict([entry("gw", held=1, last=NOW)]),
+        },
+        "spec": spec,
+        "status": None,
+    }
+    result = reconcile(endpoint, memory, d)
+    assert kube.applied[0]["spec"]["replicas"] == 1
+    assert result.events == []
+    kube.deployment = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+                   "updatedReplicas": 1},
+    }  # fmt: skip
+    d.wall_clock = lambda: NOW + 0.75
+    result = reconcile(endpoint, memory, d)
+    assert result.status.phase is s.Phase.IN_SERVICE
+    assert result.events == [("ScaledFromZero", "a replica was ready 0.75 s after activation")]
