@@ -102,7 +102,18 @@ def crd() -> None:
     help="Requests processed at once (the prefetch). [default 1]",
 )
 @click.option("--max-attempts", type=int, help="Attempts before dead-lettering. [default 3]")
-@click.option("--webhook-url", "webhook_urls", multiple=True, help="POST notifications here too.")
+@click.option(
+    "--success-webhook-url",
+    "success_webhook_urls",
+    multiple=True,
+    help="POST success notifications here too (repeatable).",
+)
+@click.option(
+    "--error-webhook-url",
+    "error_webhook_urls",
+    multiple=True,
+    help="POST error notifications here too (repeatable).",
+)
 @click.option("--metrics-port", type=int, help="Side port for /metrics; 0 disables. [default 9090]")
 @click.option("--predict-threads", type=int, help="XGBoost threads per request. [default 1]")
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
@@ -111,21 +122,28 @@ def worker(**options: Any) -> None:
     from infermodes.settings import WorkerSettings
     from infermodes.workers.async_worker import run
 
-    options["webhook_urls"] = list(options["webhook_urls"]) or None
+    for name in ("success_webhook_urls", "error_webhook_urls"):
+        options[name] = list(options[name]) or None
     settings = _settings_or_exit(WorkerSettings, **options)
     sys.exit(run(settings))
 
 
-def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
+def _endpoint_layouts(values: tuple[str, ...], max_attempts: int | None) -> dict[str, Any] | None:
     """``--endpoint NAME=PREFIX`` -> the default layout under PREFIX."""
     from infermodes.settings import AsyncEndpoint
 
+    if max_attempts is not None and not values:
+        raise click.UsageError(
+            "--max-attempts applies to --endpoint endpoints; in ENDPOINTS give each its "
+            "max_attempts"
+        )
+    options = {} if max_attempts is None else {"max_attempts": max_attempts}
     layouts = {}
     for value in values:
         name, sep, prefix = value.partition("=")
         if not sep or not name or not prefix:
             raise click.UsageError(f"--endpoint takes NAME=STORAGE_PREFIX, got {value!r}")
-        layouts[name] = AsyncEndpoint.under(prefix)
+        layouts[name] = AsyncEndpoint.under(prefix, **options)
     return layouts or None
 
 
@@ -140,7 +158,11 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option(
     "--broker-url", help="RabbitMQ AMQP URL. [default amqp://guest:guest@127.0.0.1:5672/%2F]"
 )
-@click.option("--max-attempts", type=int, help="Must match the workers'. [default 3]")
+@click.option(
+    "--max-attempts",
+    type=int,
+    help="Attempts of the --endpoint endpoints' requests; must match their workers'. [default 3]",
+)
 @click.option("--host", help="Bind address. [default 127.0.0.1]")
 @click.option("--port", type=int, help="Port. [default 8081]")
 @click.option("--max-inline-bytes", type=int, help="Inline body limit. [default 16 MiB]")
@@ -148,15 +170,58 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
     "--allow-input-prefix",
     "allowed_input_prefixes",
     multiple=True,
-    help="By-reference inputs must lie under one of these. [default: anywhere]",
+    help="By-reference inputs must lie under one of these or the endpoint's input prefix "
+    "(repeatable). [default: s3:// anywhere, file:// only under the endpoint's input prefix]",
 )
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
-def async_api(**options: Any) -> None:
+def async_api(max_attempts: int | None, **options: Any) -> None:
     """Accept async invocations (POST /endpoints/NAME/async-invocations) and queue them."""
     from infermodes.gateway.async_accept import serve as run_api
     from infermodes.settings import AsyncApiSettings
 
-    options["endpoints"] = _endpoint_layouts(options["endpoints"])
+    options["endpoints"] = _endpoint_layouts(options["endpoints"], max_attempts)
     options["allowed_input_prefixes"] = list(options["allowed_input_prefixes"]) or None
     settings = _settings_or_exit(AsyncApiSettings, **options)
     sys.exit(run_api(settings))
+
+
+@main.command()
+@click.option("--model", "model_uri", help="Model URI: file://, s3:// or a path.")
+@click.option("--input", "input_uri", help="Input prefix: s3://bucket/prefix, file:// or a path.")
+@click.option("--manifest", "manifest_uri", help="A manifest file instead of --input.")
+@click.option("--output", "output_uri", help="Output prefix for <input key>.out objects.")
+@click.option(
+    "--content-type", help="text/csv, application/json, application/jsonlines, text/libsvm."
+)
+@click.option("--compression-type", help="None or Gzip. [default None]")
+@click.option("--split-type", help="Line or None. [default Line]")
+@click.option("--batch-strategy", help="MultiRecord or SingleRecord. [default MultiRecord]")
+@click.option("--max-payload-in-mb", type=int, help="Mini-batch size cap, 0..100. [default 6]")
+@click.option("--max-concurrent-transforms", type=int, help="Mini-batches in flight. [default 1]")
+@click.option("--accept", help="text/csv, application/json or application/jsonlines.")
+@click.option("--assemble-with", help="Line or None. [default Line]")
+@click.option("--input-filter", help="JSONPath of the model's input, e.g. '$[1:]'. [default $]")
+@click.option("--output-filter", help="JSONPath of what is written. [default $]")
+@click.option("--join-source", help="None or Input. [default None]")
+@click.option("--invocations-max-retries", type=int, help="Retries per mini-batch. [default 3]")
+@click.option(
+    "--invocations-timeout-in-seconds", type=float, help="Per mini-batch attempt. [default 600]"
+)
+@click.option(
+    "--instance-index", type=int, help="This instance's index. [env JOB_COMPLETION_INDEX; 0]"
+)
+@click.option("--instance-count", type=int, help="Instances sharing the input. [default 1]")
+@click.option("--predict-threads", type=int, help="XGBoost threads per mini-batch. [default 1]")
+@click.option("--metrics-port", type=int, help="Side port for /metrics; 0 disables. [default 9090]")
+@click.option("--allow-pickle", is_flag=True, default=None, help="Load pickled models.")
+@click.option("--log-level", help="debug, info, warning, error. [default info]")
+def batch(manifest_uri: str | None, **options: Any) -> None:
+    """Transform every object under an input prefix into <key>.out objects (one instance)."""
+    from infermodes.settings import BatchSettings
+    from infermodes.workers.batch.runner import run
+
+    if manifest_uri is not None:
+        if options["input_uri"] is not None:
+            raise click.UsageError("give --input or --manifest, not both")
+        options.update(input_uri=manifest_uri, input_data_type="ManifestFile")
+    sys.exit(run(_settings_or_exit(BatchSettings, **options)))

@@ -124,6 +124,54 @@ class AsyncApiMetrics:
         )
 
 
+class BatchMetrics:
+    """A batch instance's metrics on its side port: the model server's predict latency and
+    rows under the same names, and progress (objects, records, mini-batches, retries) that the
+    operator and a Prometheus scraping the job's pods read while it runs. ``outcome`` of an
+    object is succeeded, skipped or failed; of a mini-batch, ok, bad_input or failed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.predict_duration = Histogram(
+            "infermodes_model_predict_duration_seconds",
+            "Time spent in the model's predict call.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rows_predicted = Counter(
+            "infermodes_model_rows_predicted",
+            "Rows the model has scored.",
+            registry=registry,
+        )
+        self.units_assigned = Gauge(
+            "infermodes_batch_units_assigned",
+            "Objects and byte ranges of large objects this instance was given.",
+            registry=registry,
+        )
+        self.units = Counter(
+            "infermodes_batch_units",
+            "Objects and byte ranges finished, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.input_bytes = Counter(
+            "infermodes_batch_input_bytes",
+            "Input bytes transformed (after decompression).",
+            registry=registry,
+        )
+        self.minibatch_duration = Histogram(
+            "infermodes_batch_minibatch_duration_seconds",
+            "Decode, predict and encode of one mini-batch attempt, by outcome.",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "infermodes_batch_retries",
+            "Mini-batch attempts that failed or timed out and were retried.",
+            registry=registry,
+        )
+
+
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The text exposition. With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set),
     all workers' values are aggregated, whichever worker answers the scrape."""

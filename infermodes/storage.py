@@ -8,18 +8,20 @@ Writes look atomic: a reader sees the old object or the whole new one, never a p
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 from infermodes.errors import ObjectNotFound, StorageError
 
 CHUNK_SIZE = 1024 * 1024
+MULTIPART_CHUNK = 8 * CHUNK_SIZE  # S3 parts are at least 5 MiB (but the last)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ def join_uri(prefix: str, name: str) -> str:
 class ObjectStore(Protocol):
     """What async and batch need from storage."""
 
-    def open_read(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def open_read(
+        self, ref: ObjectRef, start: int = 0
+    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def exists(self, ref: ObjectRef) -> bool: ...
     def size(self, ref: ObjectRef) -> int: ...
@@ -77,7 +81,7 @@ class FileStore:
     """Local files. Writes go to a temporary name in the same folder, then ``os.replace``."""
 
     @contextlib.contextmanager
-    def open_read(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+    def open_read(self, ref: ObjectRef, start: int = 0) -> Iterator[IO[bytes]]:
         try:
             handle = open(ref.key, "rb")  # noqa: SIM115 - closed by the context manager
         except FileNotFoundError:
@@ -85,6 +89,7 @@ class FileStore:
         except OSError as exc:
             raise StorageError(f"cannot read {ref.uri}: {exc.strerror}") from exc
         with handle:
+            handle.seek(start)
             yield handle
 
     @contextlib.contextmanager
@@ -157,9 +162,10 @@ class S3Store:
         return StorageError(f"s3 error on {ref.uri}: {exc}")
 
     @contextlib.contextmanager
-    def open_read(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+    def open_read(self, ref: ObjectRef, start: int = 0) -> Iterator[IO[bytes]]:
+        extra = {"Range": f"bytes={start}-"} if start else {}
         try:
-            body = self.client.get_object(Bucket=ref.bucket, Key=ref.key)["Body"]
+            body = self.client.get_object(Bucket=ref.bucket, Key=ref.key, **extra)["Body"]
         except Exception as exc:
             raise self._translate(exc, ref) from exc
         try:
@@ -169,15 +175,18 @@ class S3Store:
 
     @contextlib.contextmanager
     def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
-        """Spool to memory up to 8 MB, then to a temp file; upload (multipart when large) on
-        close. S3 makes the object visible only when the upload completes."""
-        with tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as spool:
-            yield spool
-            spool.seek(0)
-            try:
-                self.client.upload_fileobj(spool, ref.bucket, ref.key)
-            except Exception as exc:
+        """Stream parts of a multipart upload as they fill (a single PUT when small), so memory
+        and local disk stay at one part whatever the size. The object appears only when the
+        upload completes at the end; on any failure the upload is aborted and nothing appears."""
+        writer = _MultipartWriter(self.client, ref)
+        try:
+            yield cast(IO[bytes], writer)
+            writer.finish()
+        except BaseException as exc:
+            writer.abort()
+            if writer.failed and isinstance(exc, Exception):
                 raise self._translate(exc, ref) from exc
+            raise
 
     def exists(self, ref: ObjectRef) -> bool:
         try:
@@ -208,6 +217,64 @@ class S3Store:
             raise self._translate(exc, ref) from exc
 
 
+class _MultipartWriter(io.RawIOBase):
+    """The file-like side of ``S3Store.open_write``. Parts are 8 MiB, growing by 8 MiB every
+    1000 parts, so S3's 10,000-part limit allows objects of several hundred GB."""
+
+    def __init__(self, client: Any, ref: ObjectRef) -> None:
+        self.client = client
+        self.ref = ref
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.failed = False  # an S3 call failed (rather than the caller's code)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.buffer += data
+        if len(self.buffer) >= MULTIPART_CHUNK * (1 + len(self.parts) // 1000):
+            self._upload_part()
+        return len(data)
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.client, method)(Bucket=self.ref.bucket, Key=self.ref.key, **kwargs)
+        except Exception:
+            self.failed = True
+            raise
+
+    def _upload_part(self) -> None:
+        if self.upload_id is None:
+            self.upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self.parts) + 1
+        answer = self._call(
+            "upload_part", UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
+        )
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self.buffer.clear()
+
+    def finish(self) -> None:
+        if self.upload_id is None:
+            self._call("put_object", Body=bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part()
+        self._call(
+            "complete_multipart_upload",
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},
+        )
+        self.upload_id = None
+
+    def abort(self) -> None:
+        if self.upload_id is not None:
+            with contextlib.suppress(Exception):  # the original error matters more
+                self._call("abort_multipart_upload", UploadId=self.upload_id)
+            self.upload_id = None
+
+
 class Storage:
     """One entry point for every scheme: methods take URIs and pick the store."""
 
@@ -223,9 +290,10 @@ class Storage:
         ref = parse_uri(uri)
         return self._stores[ref.scheme], ref
 
-    def open_read(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    def open_read(self, uri: str, start: int = 0) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """``start``: read from this byte offset on (a ranged GET on S3)."""
         store, ref = self._resolve(uri)
-        return store.open_read(ref)
+        return store.open_read(ref, start)
 
     def open_write(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         store, ref = self._resolve(uri)

@@ -1,0 +1,124 @@
+"""The JSONPath subset the managed platform defines for ``inputFilter`` and ``outputFilter``.
+
+``$`` (everything), then segments: ``.name``, ``['a','b']`` (one key: its value; several: an
+object of those keys), ``[i]``, ``[i,j,k]`` and ``[a:b]`` (negative indices count from the end).
+A CSV record is the list of its columns, so ``$[1:]`` drops the first column and ``$[0,2,4]``
+keeps three; a JSON record is the parsed value, so ``$.features`` picks an attribute and
+``$['id','SageMakerOutput']`` keeps two.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import cast
+
+from infermodes.errors import InvalidInput
+
+_NAME = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)")
+_BRACKET = re.compile(r"\[([^\]]*)\]")
+_QUOTED = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)")\s*""")
+_INDEX = re.compile(r"\s*(-?\d+)\s*")
+_SLICE = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*")
+
+
+@dataclass(frozen=True)
+class Keys:
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Indices:
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Slice:
+    start: int | None
+    stop: int | None
+
+
+Segment = Keys | Indices | Slice
+
+
+def _bracket(body: str, path: str) -> Segment:
+    sliced = _SLICE.fullmatch(body)
+    if sliced:
+        start, stop = sliced.groups()
+        return Slice(None if start is None else int(start), None if stop is None else int(stop))
+    parts = body.split(",")
+    if all(_INDEX.fullmatch(part) for part in parts):
+        return Indices(tuple(int(part) for part in parts))
+    names: list[str] = []
+    for part in parts:
+        quoted = _QUOTED.fullmatch(part)
+        if not quoted:
+            raise ValueError(f"unsupported JSONPath selector [{body}] in {path!r}")
+        names.append(quoted.group(1) if quoted.group(1) is not None else quoted.group(2))
+    return Keys(tuple(names))
+
+
+@dataclass(frozen=True)
+class JsonPath:
+    """A parsed filter; ``JsonPath.parse("$")`` selects the whole record."""
+
+    text: str
+    segments: tuple[Segment, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> JsonPath:
+        path = text.strip()
+        if not path.startswith("$"):
+            raise ValueError(f"a JSONPath filter starts with $: {text!r}")
+        segments: list[Segment] = []
+        position = 1
+        while position < len(path):
+            name = _NAME.match(path, position)
+            if name:
+                segments.append(Keys((name.group(1),)))
+                position = name.end()
+                continue
+            bracket = _BRACKET.match(path, position)
+            if not bracket:
+                raise ValueError(f"unsupported JSONPath {text!r} at {path[position:]!r}")
+            segments.append(_bracket(bracket.group(1), text))
+            position = bracket.end()
+        return cls(text, tuple(segments))
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.segments
+
+    def select(self, value: object) -> object:
+        """The part of ``value`` this path names; InvalidInput when it is not there."""
+        for segment in self.segments:
+            value = _apply(segment, value, self.text)
+        return value
+
+    def select_columns(self, columns: list[bytes]) -> list[bytes]:
+        """A CSV record's columns: a single selected column stays a one-column row."""
+        selected = self.select(columns)
+        return selected if isinstance(selected, list) else [cast(bytes, selected)]
+
+
+def _apply(segment: Segment, value: object, path: str) -> object:
+    if isinstance(segment, Keys):
+        if not isinstance(value, dict):
+            raise InvalidInput(f"{path} selects keys, but the record is not a JSON object")
+        missing = [name for name in segment.names if name not in value]
+        if missing:
+            raise InvalidInput(f"{path}: the record has no {missing[0]!r}")
+        if len(segment.names) == 1:
+            return value[segment.names[0]]
+        return {name: value[name] for name in segment.names}
+    if not isinstance(value, list):
+        raise InvalidInput(f"{path} selects positions, but the record is not a list")
+    if isinstance(segment, Slice):
+        return value[segment.start : segment.stop]
+    try:
+        picked = [value[position] for position in segment.positions]
+    except IndexError:
+        raise InvalidInput(
+            f"{path}: the record has {len(value)} columns, fewer than the filter selects"
+        ) from None
+    return picked[0] if len(picked) == 1 else picked

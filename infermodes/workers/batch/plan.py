@@ -1,0 +1,130 @@
+"""Which instance transforms what: pure functions of the input listing, so every instance of a
+job computes the same plan from the same listing without talking to the others.
+
+- Objects spread over instances by size, largest first, each to the least loaded instance
+  (ties: the lower index), ordered by key among equals: deterministic.
+- Beyond the managed platform, a ``Line`` object larger than its fair share of the job
+  (total / instances) and at least ``split_min_bytes`` is cut into byte ranges, at most one per
+  instance, so one 10 GB file keeps every instance busy. Range ``i`` of ``n`` holds the records
+  that *start* in ``[size*i//n, size*(i+1)//n)``; the reader moves both ends to line boundaries
+  (``records.line_range``), so every record lands in exactly one range.
+- Each range writes ``<key>.out.part-I-of-N-SIZE``; whoever finishes a range and then sees all parts
+  concatenates them into ``<key>.out`` in order and deletes them (``runner``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from infermodes.storage import join_uri
+
+OUT_SUFFIX = ".out"
+SUMMARY_FOLDER = "_infermodes-batch"
+
+
+@dataclass(frozen=True)
+class InputObject:
+    uri: str
+    key: str  # relative to the input prefix: the output is <output prefix>/<key>.out
+    size: int
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A whole object (``parts == 1``) or one byte range of it."""
+
+    obj: InputObject
+    part: int = 0
+    parts: int = 1
+    start: int = 0
+    end: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def is_range(self) -> bool:
+        return self.parts > 1
+
+
+def whole(obj: InputObject) -> WorkUnit:
+    return WorkUnit(obj, 0, 1, 0, obj.size)
+
+
+def ranges(obj: InputObject, parts: int) -> list[WorkUnit]:
+    bounds = [obj.size * i // parts for i in range(parts + 1)]
+    return [WorkUnit(obj, i, parts, bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def plan_units(
+    objects: Iterable[InputObject], count: int, splittable: bool, split_min_bytes: int
+) -> list[WorkUnit]:
+    """Every unit of the job: whole objects, and large splittable objects as ranges."""
+    items = list(objects)
+    share = math.ceil(sum(o.size for o in items) / count) if items else 0
+    units: list[WorkUnit] = []
+    for obj in items:
+        if splittable and count > 1 and obj.size > share and obj.size >= split_min_bytes:
+            units.extend(ranges(obj, min(count, math.ceil(obj.size / share))))
+        else:
+            units.append(whole(obj))
+    return units
+
+
+def assign(units: Iterable[WorkUnit], count: int) -> list[list[WorkUnit]]:
+    """Largest first to the least loaded instance; each instance's list in key order."""
+    loads = [0] * count
+    shards: list[list[WorkUnit]] = [[] for _ in range(count)]
+    for unit in sorted(units, key=lambda u: (-u.size, u.obj.key, u.part)):
+        target = min(range(count), key=lambda i: (loads[i], i))
+        loads[target] += unit.size
+        shards[target].append(unit)
+    for shard in shards:
+        shard.sort(key=lambda u: (u.obj.key, u.part))
+    return shards
+
+
+def relative_key(prefix: str, uri: str) -> str:
+    """The part of ``uri`` below the prefix's folder: ``s3://b/in/`` + ``s3://b/in/a/x.csv`` ->
+    ``a/x.csv``; a prefix ``s3://b/in/day-`` keeps the name: ``day-1.csv``."""
+    folder = prefix if prefix.endswith("/") else prefix[: prefix.rfind("/") + 1]
+    return uri[len(folder) :] if uri.startswith(folder) else uri.rsplit("/", 1)[-1]
+
+
+def output_uri(output_prefix: str, key: str) -> str:
+    return join_uri(output_prefix, key + OUT_SUFFIX)
+
+
+def part_uri(output_prefix: str, unit: WorkUnit) -> str:
+    """The object's size is in the name: parts left by a failed run are reused only for an
+    input of the same size (the cheap fingerprint every store has)."""
+    suffix = f".part-{unit.part:04d}-of-{unit.parts:04d}-{unit.obj.size}"
+    return output_uri(output_prefix, unit.obj.key) + suffix
+
+
+def summary_uri(output_prefix: str, index: int, count: int) -> str:
+    """Where instance ``index`` writes its summary (``summary.Summary``) for the operator."""
+    return join_uri(output_prefix, f"{SUMMARY_FOLDER}/summary-{index:04d}-of-{count:04d}.json")
+
+
+def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
+    """The platform's manifest: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]`` ->
+    ``[(prefix + key, key), ...]`` in its order."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"manifest {manifest_uri} is not JSON: {exc}") from None
+    if (
+        not isinstance(document, list)
+        or not document
+        or not isinstance(document[0], dict)
+        or not isinstance(document[0].get("prefix"), str)
+        or not all(isinstance(item, str) and item for item in document[1:])
+    ):
+        raise ValueError(f'manifest {manifest_uri} must be [{{"prefix": "s3://..."}}, "key", ...]')
+    prefix = document[0]["prefix"]
+    return [(prefix + key, key) for key in document[1:]]

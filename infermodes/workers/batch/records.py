@@ -1,0 +1,166 @@
+"""From a stream of bytes to mini-batches: decompression, byte ranges cut at line boundaries,
+and the platform's record packing. Everything works on iterators of blocks, so memory is a few
+blocks plus one mini-batch, whatever the object's size, and nothing here does I/O itself.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from infermodes.settings import BatchStrategy, SplitType
+
+MIB = 1024 * 1024
+
+
+class BadRecord(Exception):
+    """Input that cannot be transformed (retrying does not help): it fails its object, and the
+    summary names the object, this line and the reason."""
+
+    def __init__(self, line: int | None, reason: str) -> None:
+        super().__init__(reason if line is None else f"line {line}: {reason}")
+        self.line = line  # None: the object as a whole (e.g. a broken gzip stream)
+        self.reason = reason
+
+
+def too_large(line: int, limit: int) -> BadRecord:
+    return BadRecord(line, f"record is larger than maxPayloadInMB ({limit / MIB:g} MB)")
+
+
+@dataclass(frozen=True)
+class MiniBatch:
+    """Whole lines of input (blank ones included, so line numbers stay true) and the number of
+    its first line within its object (or byte range)."""
+
+    first_line: int
+    data: bytes
+
+
+def read_blocks(source: IO[bytes], block_bytes: int) -> Iterator[bytes]:
+    while block := source.read(block_bytes):
+        yield block
+
+
+def gunzip(blocks: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
+    """Decompress gzip (concatenated members too), never more than ``block_bytes`` at once,
+    so a small compressed block cannot blow up memory. A broken or truncated stream fails."""
+    decoder = zlib.decompressobj(wbits=31)
+    in_member = False
+    try:
+        for block in blocks:
+            data = block
+            while data:
+                in_member = True
+                out = decoder.decompress(data, block_bytes)
+                if out:
+                    yield out
+                if decoder.eof:
+                    in_member = False
+                    data = decoder.unused_data
+                    decoder = zlib.decompressobj(wbits=31)
+                else:
+                    data = decoder.unconsumed_tail
+    except zlib.error as exc:
+        raise BadRecord(None, f"not a valid gzip stream: {exc}") from None
+    if in_member:
+        raise BadRecord(None, "the gzip stream ends early: the object is truncated")
+
+
+def line_range(blocks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
+    """The records that start in ``[start, end)`` of an object, given its blocks from byte
+    ``start - 1`` on (from 0 when ``start`` is 0). A range starting inside a line skips to the
+    next line; the last record runs past ``end`` to its newline (or to the end of the object)."""
+    position = start - 1 if start > 0 else 0
+    if start > 0:
+        for block in blocks:
+            newline = block.find(b"\n")
+            if newline >= 0:
+                position += newline + 1
+                block = block[newline + 1 :]
+                break
+            position += len(block)
+        else:
+            return
+        if position >= end:
+            return
+        yield from _until_end(_chain(block, blocks), position, end)
+    else:
+        yield from _until_end(blocks, position, end)
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _until_end(blocks: Iterator[bytes], position: int, end: int) -> Iterator[bytes]:
+    """Blocks from ``position`` on, up to the first newline at or after ``end - 1``."""
+    for block in blocks:
+        if position + len(block) < end:
+            yield block
+            position += len(block)
+            continue
+        newline = block.find(b"\n", max(0, end - 1 - position))
+        if newline >= 0:
+            yield block[: newline + 1]
+            return
+        yield block
+        position += len(block)
+
+
+def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
+    """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch."""
+    buffer = bytearray()
+    first_line = 1
+    pending = iter(blocks)
+    exhausted = False
+    while True:
+        while not exhausted and len(buffer) <= limit:
+            block = next(pending, None)
+            if block is None:
+                exhausted = True
+            else:
+                buffer += block
+        if exhausted and len(buffer) <= limit:
+            if buffer.strip():
+                yield MiniBatch(first_line, bytes(buffer))
+            return
+        cut = buffer.rfind(b"\n", 0, limit) + 1
+        if cut == 0:
+            raise too_large(first_line, limit)
+        chunk = bytes(buffer[:cut])
+        del buffer[:cut]
+        if chunk.strip():
+            yield MiniBatch(first_line, chunk)
+        first_line += chunk.count(b"\n")
+
+
+def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:
+    """SingleRecord: one non-blank line per mini-batch."""
+    for batch in batches:
+        for offset, line in enumerate(batch.data.splitlines(keepends=True)):
+            if line.strip():
+                yield MiniBatch(batch.first_line + offset, line)
+
+
+def whole_object(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
+    """SplitType None: the object is one record, refused when it is over ``limit``."""
+    data = bytearray()
+    for block in blocks:
+        data += block
+        if len(data) > limit:
+            raise too_large(1, limit)
+    if data.strip():
+        yield MiniBatch(1, bytes(data))
+
+
+def minibatches(
+    blocks: Iterator[bytes], split_type: SplitType, strategy: BatchStrategy, limit: int
+) -> Iterator[MiniBatch]:
+    if split_type == "None":
+        return whole_object(blocks, limit)
+    packed = pack_lines(blocks, limit)
+    return single_lines(packed) if strategy == "SingleRecord" else packed

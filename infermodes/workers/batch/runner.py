@@ -1,0 +1,397 @@
+"""``infermodes batch``: one instance of a batch transform (one Job index, or a user's shell).
+
+List the inputs, take this instance's shard (``plan``), and for each object or byte range:
+stream it (``records``), transform ``maxConcurrentTransforms`` mini-batches at a time in
+threads (``transform``: XGBoost releases the GIL while predicting), and write the outputs in
+input order to an atomic writer, so ``<key>.out`` appears whole or not at all. An object that
+fails is reported and the others go on; a re-run skips every ``.out`` that exists.
+
+Memory: at most ``maxConcurrentTransforms + 1`` mini-batches of ``maxPayloadInMB`` exist at once
+(in flight, or read and waiting), each held about three times (input bytes, float32 rows,
+output text), plus one 1 MiB read block and the storage writer's buffer (8 MiB on S3): about
+``3 x (maxConcurrentTransforms + 1) x maxPayloadInMB + 10`` MB beyond the model, so
+``4 x 100 MB`` at the platform's limits and ~50 MB at the defaults, whatever the input's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING, TypeVar
+
+import numpy as np
+from prometheus_client import CollectorRegistry, start_http_server
+
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED, ModelLoadError, StorageError
+from infermodes.logs import configure_logging
+from infermodes.metrics import BatchMetrics
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
+from infermodes.storage import CHUNK_SIZE, Storage, parse_uri
+from infermodes.workers.batch import plan, records
+from infermodes.workers.batch.filters import JsonPath
+from infermodes.workers.batch.records import BadRecord, MiniBatch
+from infermodes.workers.batch.summary import Failure, Summary
+from infermodes.workers.batch.transform import Transform
+
+if TYPE_CHECKING:
+    from infermodes.settings import BatchSettings
+
+log = logging.getLogger("infermodes.batch")
+
+EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not help
+EXIT_CANNOT_START = 2  # no listing, a bad manifest or filter
+EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half written
+BLOCK_BYTES = CHUNK_SIZE
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived: unwind through every writer so that none leaves a partial object."""
+
+
+def ordered(
+    run: Callable[[T], R], items: Iterator[T], executor: ThreadPoolExecutor | None, window: int
+) -> Iterator[R]:
+    """``map(run, items)`` with up to ``window`` items in flight on ``executor``, results in
+    input order; items are read only as room frees up, so memory stays bounded."""
+    if executor is None:
+        yield from map(run, items)
+        return
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(executor.submit(run, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total = total
+        self.done = 0
+        self.records = 0
+        self.started = time.monotonic()
+        self.shown = 0.0
+
+    def advance(self, records: int = 0, units: int = 0) -> None:
+        self.records += records
+        self.done += units
+        now = time.monotonic()
+        if self.enabled and (units or now - self.shown >= 0.2):
+            self.shown = now
+            rate = self.records / max(now - self.started, 1e-9)
+            width = 30
+            filled = width * self.done // max(self.total, 1)
+            self.stream.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} objects  "
+                f"{self.records:,} records  {rate:,.0f}/s "
+            )
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: BatchSettings,
+        storage: Storage,
+        model: XGBoostModel,
+        metrics: BatchMetrics,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.metrics = metrics
+        self.output_prefix = parse_uri(settings.output_uri).uri.rstrip("/")
+        self.limit = (settings.max_payload_in_mb or 100) * records.MIB
+        self.transform = Transform(
+            num_features=model.num_features,
+            content_type=settings.content_type,
+            accept=settings.accept,
+            input_filter=JsonPath.parse(settings.input_filter),
+            output_filter=JsonPath.parse(settings.output_filter),
+            join=settings.join_source == "Input",
+            assemble_lines=settings.assemble_with == "Line",
+            whole_documents=settings.content_type == codecs.JSON and settings.split_type == "None",
+            predict=self._predict(model),
+        )
+        self.summary = Summary(settings.instance_index, settings.instance_count)
+        self.progress = Progress(0)
+
+    def _predict(self, model: XGBoostModel) -> Callable[[np.ndarray], np.ndarray]:
+        def predict(rows: np.ndarray) -> np.ndarray:
+            with self.metrics.predict_duration.time():
+                predictions = model.predict(rows)
+            self.metrics.rows_predicted.inc(rows.shape[0])
+            return predictions
+
+        return predict
+
+    # -- what to do ------------------------------------------------------------------------
+
+    def inputs(self) -> list[plan.InputObject]:
+        """The job's input objects (the output prefix excluded, should it lie inside)."""
+        settings = self.settings
+        if settings.input_data_type == "ManifestFile":
+            text = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB).decode()
+            pairs = plan.parse_manifest(text, settings.input_uri)
+        else:
+            prefix = parse_uri(settings.input_uri)
+            base = prefix.uri
+            if prefix.scheme == "file" and Path(prefix.key).is_dir():
+                base = base.rstrip("/") + "/"
+            pairs = [
+                (uri, plan.relative_key(base, uri))
+                for uri in self.storage.list(base)
+                if not uri.startswith(self.output_prefix + "/")
+            ]
+        return [plan.InputObject(uri, key, self.storage.size(uri)) for uri, key in pairs]
+
+    def shard(self, objects: list[plan.InputObject]) -> list[plan.WorkUnit]:
+        settings = self.settings
+        splittable = (
+            settings.split_type == "Line"
+            and settings.compression_type == "None"
+            and self.transform.per_record_output
+        )
+        units = plan.plan_units(
+            objects, settings.instance_count, splittable, settings.split_min_bytes
+        )
+        return plan.assign(units, settings.instance_count)[settings.instance_index]
+
+    # -- doing it --------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        started = time.monotonic()
+        executor = None
+        try:
+            units = self.shard(self.inputs())
+            self.summary.assigned = len(units)
+            self.metrics.units_assigned.set(len(units))
+            log.info(
+                "instance %d of %d: %d units (%d bytes)",
+                self.settings.instance_index,
+                self.settings.instance_count,
+                len(units),
+                sum(u.size for u in units),
+            )
+            self.progress = Progress(len(units))
+            window = self.settings.max_concurrent_transforms
+            executor = ThreadPoolExecutor(window, "transform") if window > 1 else None
+            for unit in units:
+                outcome = self.unit(unit, executor)
+                self.metrics.units.labels(outcome).inc()
+                setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+                self.progress.advance(units=1)
+        except (StorageError, ValueError, UnicodeDecodeError) as exc:
+            self.summary.error = f"cannot list the inputs: {exc}"
+        except Stopped:
+            self.summary.stopped = True
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+            self.progress.close()
+            self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def unit(self, unit: plan.WorkUnit, executor: ThreadPoolExecutor | None) -> str:
+        """Transform one object or range; returns succeeded, skipped or failed."""
+        out = plan.output_uri(self.output_prefix, unit.obj.key)
+        if self.storage.exists(out):
+            log.info("skipping %s: %s exists", unit.obj.uri, out)
+            if unit.is_range:
+                self.storage.delete(plan.part_uri(self.output_prefix, unit))
+            return "skipped"
+        target = plan.part_uri(self.output_prefix, unit) if unit.is_range else out
+        outcome = "succeeded"
+        if unit.is_range and self.storage.exists(target):
+            log.info("skipping range %d of %s: its part exists", unit.part, unit.obj.uri)
+            outcome = "skipped"
+        else:
+            try:
+                self.write(unit, target, executor)
+            except (BadRecord, StorageError) as exc:
+                line, reason = None, str(exc)
+                if isinstance(exc, BadRecord):
+                    reason = exc.reason
+                    if exc.line is not None:
+                        line = self.absolute_line(unit, exc.line)
+                log.error(
+                    "%s failed%s: %s", unit.obj.uri, f" at line {line}" if line else "", reason
+                )
+                self.summary.failures.append(Failure(unit.obj.uri, line, reason))
+                for part in self.parts(unit):  # the object will not assemble: drop its parts
+                    self.storage.delete(part)
+                return "failed"
+        if not unit.is_range or self.assemble(unit):
+            self.summary.objects_written += 1
+        return outcome
+
+    def write(self, unit: plan.WorkUnit, target: str, executor: ThreadPoolExecutor | None) -> None:
+        settings = self.settings
+        with (
+            self.storage.open_read(unit.obj.uri, max(unit.start - 1, 0)) as source,
+            self.storage.open_write(target) as sink,
+        ):
+            blocks = records.read_blocks(source, BLOCK_BYTES)
+            if settings.compression_type == "Gzip":
+                blocks = records.gunzip(blocks, BLOCK_BYTES)
+            if unit.is_range:
+                blocks = records.line_range(blocks, unit.start, unit.end)
+            batches = records.minibatches(
+                blocks, settings.split_type, settings.batch_strategy, self.limit
+            )
+            window = settings.max_concurrent_transforms
+            for output, rows in ordered(self.attempts, batches, executor, window):
+                sink.write(output)
+                self.summary.records += rows
+                self.progress.advance(records=rows)
+
+    def attempts(self, batch: MiniBatch) -> tuple[bytes, int]:
+        """Transform a mini-batch, retrying failures and attempts over the timeout (an
+        in-process attempt cannot be interrupted, so it is timed, then judged). Bad input is
+        not retried: it would fail the same way."""
+        retries = self.settings.invocations_max_retries
+        timeout = self.settings.invocations_timeout_in_seconds
+        problem = ""
+        for attempt in range(retries + 1):
+            started = time.perf_counter()
+            try:
+                output, rows = self.transform(batch)
+            except BadRecord:
+                self.metrics.minibatch_duration.labels("bad_input").observe(
+                    time.perf_counter() - started
+                )
+                raise
+            except Exception as exc:  # anything else may be transient: retry it
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                elapsed = time.perf_counter() - started
+                if elapsed <= timeout:
+                    self.metrics.minibatch_duration.labels("ok").observe(elapsed)
+                    self.metrics.input_bytes.inc(len(batch.data))
+                    return output, rows
+                problem = f"took {elapsed:.3g} s, over the invocation timeout of {timeout:g} s"
+            self.metrics.minibatch_duration.labels("failed").observe(time.perf_counter() - started)
+            if attempt < retries:
+                self.metrics.retries.inc()
+                log.warning("mini-batch at line %d: %s; retrying", batch.first_line, problem)
+        raise BadRecord(
+            batch.first_line,
+            f"the mini-batch starting here failed {retries + 1} attempt(s); last: {problem}",
+        )
+
+    def absolute_line(self, unit: plan.WorkUnit, line: int) -> int:
+        """Lines of a byte range count from the range's first record: count the object's
+        lines before it (done only when reporting a failure)."""
+        if unit.start == 0:
+            return line
+        before = 0
+        with self.storage.open_read(unit.obj.uri) as source:
+            remaining = unit.start - 1
+            while remaining > 0 and (block := source.read(min(BLOCK_BYTES, remaining))):
+                before += block.count(b"\n")
+                remaining -= len(block)
+        return before + 1 + line  # +1: the newline at or after start - 1 ends the last line
+
+    def parts(self, unit: plan.WorkUnit) -> list[str]:
+        """The part objects of a range's object (none for a whole object)."""
+        if not unit.is_range:
+            return []
+        return [plan.part_uri(self.output_prefix, u) for u in plan.ranges(unit.obj, unit.parts)]
+
+    def assemble(self, unit: plan.WorkUnit) -> bool:
+        """Once every part of the object exists, concatenate them into ``<key>.out`` and delete
+        them. Several finishers may race here; each writes the same bytes atomically, and one
+        that loses the parts to another's cleanup finds the ``.out`` already there."""
+        parts = self.parts(unit)
+        if not all(self.storage.exists(part) for part in parts):
+            return False
+        out = plan.output_uri(self.output_prefix, unit.obj.key)
+        try:
+            with self.storage.open_write(out) as sink:
+                for part in parts:
+                    with self.storage.open_read(part) as source:
+                        shutil.copyfileobj(source, sink, BLOCK_BYTES)
+        except StorageError:
+            if self.storage.exists(out):
+                return False
+            raise
+        for part in parts:
+            self.storage.delete(part)
+        log.info("assembled %s from %d parts", out, len(parts))
+        return True
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise Stopped
+
+
+def write_summary(settings: BatchSettings, storage: Storage, summary: Summary) -> None:
+    output = parse_uri(settings.output_uri).uri
+    uri = plan.summary_uri(output, settings.instance_index, settings.instance_count)
+    try:
+        storage.put_bytes(uri, summary.to_json())
+    except StorageError as exc:
+        log.error("cannot write the summary %s: %s", uri, exc)
+    if settings.termination_message_path:
+        try:
+            Path(settings.termination_message_path).write_bytes(summary.termination_message())
+        except OSError as exc:
+            log.error("cannot write the termination message: %s", exc)
+
+
+def run(settings: BatchSettings) -> int:
+    """The process: returns its exit code."""
+    configure_logging(settings.log_level)
+    registry = CollectorRegistry()
+    metrics = BatchMetrics(registry)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    storage = Storage()
+    try:
+        model = XGBoostModel.load(
+            settings.model_uri, storage, settings.allow_pickle, settings.predict_threads
+        )
+    except ModelLoadError as exc:
+        log.error("cannot load the model %s: %s", settings.model_uri, exc)
+        return EXIT_MODEL_LOAD_FAILED
+    except StorageError as exc:
+        log.error("cannot read the model %s: %s", settings.model_uri, exc)
+        return EXIT_MODEL_LOAD_FAILED
+    try:
+        runner = Runner(settings, storage, model, metrics)
+    except ValueError as exc:  # a filter we cannot parse
+        log.error("%s", exc)
+        return EXIT_CANNOT_START
+    signal.signal(signal.SIGTERM, _stop)
+    summary = runner.run()
+    write_summary(settings, storage, summary)
+    print(summary.line(), file=sys.stderr)
+    if summary.stopped:
+        return EXIT_STOPPED
+    if summary.error:
+        return EXIT_CANNOT_START
+    return EXIT_OBJECTS_FAILED if summary.failures else 0

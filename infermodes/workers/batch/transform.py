@@ -1,0 +1,168 @@
+"""One mini-batch in, its output bytes out: decode (through the input filter), predict, encode
+(with the join and the output filter). The same codecs and model as the model server.
+
+Output shapes, by ``accept``:
+- ``text/csv``: a line per input row: the prediction (joined: the input columns, then it).
+- ``application/jsonlines``: a line per input record: ``{"score": x}`` (a record of several
+  rows: ``{"predictions": [...]}``; joined: the input object plus ``SageMakerOutput``).
+- ``application/json``: the model server's response per mini-batch, ``{"predictions": [...]}``;
+  with a join or an output filter, a JSON line per record as for jsonlines.
+A record's error names its line within the mini-batch's object (``BadRecord.line``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from infermodes.errors import InvalidInput
+from infermodes.predict import codecs
+from infermodes.predict.stream import decode_chunk
+from infermodes.workers.batch.filters import JsonPath
+from infermodes.workers.batch.records import BadRecord, MiniBatch
+
+JSONLINES = "application/jsonlines"
+_ROW = re.compile(r"^row (\d+)(?:, )?")
+
+
+def bad_record(exc: InvalidInput, first_line: int) -> BadRecord:
+    """Codecs say ``row N`` of what they were given; the runner needs the object's line."""
+    message = str(exc)
+    found = _ROW.match(message)
+    if not found:
+        return BadRecord(first_line, message)
+    return BadRecord(first_line + int(found.group(1)) - 1, message[found.end() :])
+
+
+@dataclass(frozen=True)
+class Transform:
+    num_features: int
+    content_type: str
+    accept: str
+    input_filter: JsonPath
+    output_filter: JsonPath
+    join: bool
+    assemble_lines: bool
+    whole_documents: bool  # application/json with SplitType None: a mini-batch is one document
+    predict: Callable[[np.ndarray], np.ndarray]  # the model's, timed by the runner
+
+    @property
+    def per_record_output(self) -> bool:
+        """Output made of one line per record, whatever the mini-batches: such an object's
+        byte ranges may be transformed apart and their outputs concatenated."""
+        return self.accept != codecs.JSON or self.join or not self.output_filter.is_identity
+
+    def __call__(self, batch: MiniBatch) -> tuple[bytes, int]:
+        """The mini-batch's output and its number of rows."""
+        if self.content_type in (codecs.JSON, JSONLINES):
+            return self._json(batch)
+        if self.input_filter.is_identity and self.output_filter.is_identity and not self.join:
+            try:
+                rows = decode_chunk(
+                    batch.data, self.content_type, self.num_features, batch.first_line
+                )
+            except InvalidInput as exc:
+                raise bad_record(exc, 1) from None  # decode_chunk numbered the object's lines
+            return self._encode(self.predict(rows)), rows.shape[0]
+        return self._lines(batch)
+
+    def _encode(self, predictions: np.ndarray) -> bytes:
+        if self.accept == JSONLINES:
+            return b"".join(
+                json.dumps({"score": score}).encode() + b"\n" for score in predictions.tolist()
+            )
+        out = codecs.encode(predictions, self.accept)
+        return out + b"\n" if self.assemble_lines and not out.endswith(b"\n") else out
+
+    def _lines(self, batch: MiniBatch) -> tuple[bytes, int]:
+        """CSV or libsvm line by line, each line's columns kept for the join and filters."""
+        columns: list[list[bytes]] = []
+        selected: list[bytes] = []
+        numbers: list[int] = []
+        for offset, raw in enumerate(batch.data.split(b"\n")):
+            line = raw.strip()
+            if not line:
+                continue
+            fields = line.split(b",")
+            number = batch.first_line + offset
+            try:
+                selected.append(b",".join(self.input_filter.select_columns(fields)))
+            except InvalidInput as exc:
+                raise BadRecord(number, str(exc)) from None
+            columns.append(fields)
+            numbers.append(number)
+        if not selected:
+            return b"", 0
+        try:
+            rows = decode_chunk(b"\n".join(selected), self.content_type, self.num_features, 1)
+        except InvalidInput as exc:
+            bad = bad_record(exc, 1)  # numbered within the selected lines: map back
+            raise BadRecord(numbers[min(bad.line or 1, len(numbers)) - 1], bad.reason) from None
+        predictions = self.predict(rows).reshape(rows.shape[0], -1).tolist()
+        out = bytearray()
+        for fields, number, values in zip(columns, numbers, predictions, strict=True):
+            try:
+                if self.accept == codecs.CSV:
+                    predicted = [repr(float(value)).encode() for value in values]
+                    joined = (fields if self.join else []) + predicted
+                    out += b",".join(self.output_filter.select_columns(joined)) + b"\n"
+                else:
+                    score = {"score": values[0] if len(values) == 1 else values}
+                    out += json.dumps(self.output_filter.select(score)).encode() + b"\n"
+            except InvalidInput as exc:
+                raise BadRecord(number, str(exc)) from None
+        return bytes(out), len(predictions)
+
+    def _json(self, batch: MiniBatch) -> tuple[bytes, int]:
+        """JSON records: a document per line, or the whole mini-batch as one document."""
+        if self.whole_documents:
+            lines = [(batch.first_line, batch.data)]
+        else:
+            lines = [
+                (batch.first_line + offset, raw)
+                for offset, raw in enumerate(batch.data.split(b"\n"))
+                if raw.strip()
+            ]
+        documents: list[tuple[int, object]] = []
+        blocks: list[np.ndarray] = []
+        for number, raw in lines:
+            try:
+                document = json.loads(raw)
+                picked = self.input_filter.select(document)
+                rows = codecs.decode(json.dumps(picked).encode(), codecs.JSON, self.num_features)
+            except InvalidInput as exc:
+                raise BadRecord(number, str(exc)) from None
+            except ValueError as exc:  # json's own errors
+                raise BadRecord(number, f"malformed JSON: {exc}") from None
+            documents.append((number, document))
+            blocks.append(rows)
+        if not blocks:
+            return b"", 0
+        predictions = self.predict(np.concatenate(blocks))
+        if not self.per_record_output:
+            return self._encode(predictions), predictions.shape[0]
+        out = bytearray()
+        start = 0
+        for (number, document), rows in zip(documents, blocks, strict=True):
+            scores = predictions[start : start + rows.shape[0]].tolist()
+            start += rows.shape[0]
+            result: object = (
+                {"score": scores[0]}
+                if len(scores) == 1
+                else {"predictions": [{"score": score} for score in scores]}
+            )
+            if self.join:
+                joined = (
+                    dict(document) if isinstance(document, dict) else {"SageMakerInput": document}
+                )
+                joined["SageMakerOutput"] = result
+                result = joined
+            try:
+                out += json.dumps(self.output_filter.select(result)).encode() + b"\n"
+            except InvalidInput as exc:
+                raise BadRecord(number, str(exc)) from None
+        return bytes(out), predictions.shape[0]

@@ -1,0 +1,94 @@
+"""Batch sharding and naming: pure functions of the listing."""
+
+from __future__ import annotations
+
+import pytest
+
+from infermodes.workers.batch import plan
+from infermodes.workers.batch.plan import InputObject
+
+
+def objects(*sizes: int) -> list[InputObject]:
+    return [InputObject(f"s3://b/in/{i}.csv", f"{i}.csv", size) for i, size in enumerate(sizes)]
+
+
+def test_every_object_goes_to_exactly_one_instance() -> None:
+    items = objects(5, 90, 30, 30, 1, 60, 7)
+    shards = plan.assign(plan.plan_units(items, 3, False, 1), 3)
+    keys = sorted(u.obj.key for shard in shards for u in shard)
+    assert keys == sorted(o.key for o in items)
+
+
+def test_largest_first_to_the_least_loaded_instance() -> None:
+    shards = plan.assign(plan.plan_units(objects(10, 40, 30, 20), 2, False, 1), 2)
+    assert [[u.obj.size for u in shard] for shard in shards] == [[10, 40], [30, 20]]
+
+
+def test_the_plan_is_the_same_whatever_the_listing_order() -> None:
+    items = objects(8, 8, 8, 3, 3, 12)
+    forward = plan.assign(plan.plan_units(items, 2, True, 1), 2)
+    backward = plan.assign(plan.plan_units(list(reversed(items)), 2, True, 1), 2)
+    assert forward == backward
+
+
+def test_a_large_line_object_is_cut_into_one_range_per_instance() -> None:
+    units = plan.plan_units(objects(1000), 4, True, 100)
+    assert [(u.part, u.parts, u.start, u.end) for u in units] == [
+        (0, 4, 0, 250),
+        (1, 4, 250, 500),
+        (2, 4, 500, 750),
+        (3, 4, 750, 1000),
+    ]
+    shards = plan.assign(units, 4)
+    assert [len(shard) for shard in shards] == [1, 1, 1, 1]
+
+
+def test_only_objects_over_their_share_and_the_minimum_are_cut() -> None:
+    units = plan.plan_units(objects(100, 100, 1000), 2, True, 500)
+    assert [(u.obj.size, u.parts) for u in units] == [(100, 1), (100, 1), (1000, 2), (1000, 2)]
+    assert [u.parts for u in plan.plan_units(objects(1000), 2, True, 2000)] == [1]
+    assert [u.parts for u in plan.plan_units(objects(1000), 2, False, 1)] == [1]
+    assert [u.parts for u in plan.plan_units(objects(1000), 1, True, 1)] == [1]
+
+
+def test_more_instances_than_objects_leaves_some_idle() -> None:
+    shards = plan.assign(plan.plan_units(objects(3, 4), 4, False, 1), 4)
+    assert sorted(len(shard) for shard in shards) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "uri", "key"),
+    [
+        ("s3://b/in/", "s3://b/in/a.csv", "a.csv"),
+        ("s3://b/in/", "s3://b/in/sub/a.csv", "sub/a.csv"),
+        ("s3://b/in/day-", "s3://b/in/day-1.csv", "day-1.csv"),
+        ("s3://b/in", "s3://b/in/a.csv", "in/a.csv"),
+        ("file:///data/in/", "file:///data/in/x/y.csv", "x/y.csv"),
+    ],
+)
+def test_keys_are_relative_to_the_prefix_folder(prefix: str, uri: str, key: str) -> None:
+    assert plan.relative_key(prefix, uri) == key
+
+
+def test_output_part_and_summary_names() -> None:
+    obj = InputObject("s3://b/in/a.csv", "a.csv", 1000)
+    assert plan.output_uri("s3://b/out", "a.csv") == "s3://b/out/a.csv.out"
+    unit = plan.ranges(obj, 4)[2]
+    assert plan.part_uri("s3://b/out", unit) == "s3://b/out/a.csv.out.part-0002-of-0004-1000"
+    assert plan.summary_uri("s3://b/out/", 1, 2) == (
+        "s3://b/out/_infermodes-batch/summary-0001-of-0002.json"
+    )
+
+
+def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
+    text = '[{"prefix": "s3://b/in/"}, "z.csv", "sub/a.csv"]'
+    assert plan.parse_manifest(text, "m") == [
+        ("s3://b/in/z.csv", "z.csv"),
+        ("s3://b/in/sub/a.csv", "sub/a.csv"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["not json", "[]", '["a.csv"]', '[{"prefix": "s3://b/"}, 3]'])
+def test_bad_manifests_are_refused_by_name(text: str) -> None:
+    with pytest.raises(ValueError, match="manifest s3://b/m.json"):
+        plan.parse_manifest(text, "s3://b/m.json")

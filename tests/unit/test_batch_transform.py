@@ -1,0 +1,174 @@
+"""Batch filters, joins and output shapes, with a stand-in predict (the sum of each row) so
+that expected outputs are plain arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from infermodes.errors import InvalidInput
+from infermodes.workers.batch.filters import JsonPath
+from infermodes.workers.batch.records import BadRecord, MiniBatch
+from infermodes.workers.batch.transform import Transform
+
+
+def row_sums(rows: np.ndarray) -> np.ndarray:
+    return rows.sum(axis=1)
+
+
+def transform(
+    content_type: str = "text/csv",
+    accept: str = "text/csv",
+    input_filter: str = "$",
+    output_filter: str = "$",
+    join: bool = False,
+    assemble_lines: bool = True,
+    whole_documents: bool = False,
+    num_features: int = 2,
+) -> Transform:
+    return Transform(
+        num_features=num_features,
+        content_type=content_type,
+        accept=accept,
+        input_filter=JsonPath.parse(input_filter),
+        output_filter=JsonPath.parse(output_filter),
+        join=join,
+        assemble_lines=assemble_lines,
+        whole_documents=whole_documents,
+        predict=row_sums,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("$", [1, 2], [1, 2]),
+        ("$[1:]", ["id", "1", "2"], ["1", "2"]),
+        ("$[:-1]", ["1", "2", "label"], ["1", "2"]),
+        ("$[0,2,4]", ["a", "b", "c", "d", "e"], ["a", "c", "e"]),
+        ("$[1]", ["a", "b"], "b"),
+        ("$.features", {"id": 7, "features": [1, 2]}, [1, 2]),
+        ("$.data.features", {"data": {"features": [3]}}, [3]),
+        ("$['id','SageMakerOutput']", {"id": 1, "x": 2, "SageMakerOutput": 3},
+         {"id": 1, "SageMakerOutput": 3}),
+        ('$["id"]', {"id": 1}, 1),
+        ("$.features[0:2]", {"features": [1, 2, 3]}, [1, 2]),
+    ],
+)  # fmt: skip
+def test_jsonpath_subset(path: str, value: object, expected: object) -> None:
+    assert JsonPath.parse(path).select(value) == expected
+
+
+@pytest.mark.parametrize("path", ["features", "$..x", "$[?(@.a)]", "$[*]", "$.a[", "$['a"])
+def test_unsupported_jsonpath_is_refused_when_parsed(path: str) -> None:
+    with pytest.raises(ValueError, match="JSONPath"):
+        JsonPath.parse(path)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("$.features", [1, 2], "not a JSON object"),
+        ("$.features", {"id": 1}, "no 'features'"),
+        ("$[5]", ["a"], "fewer than the filter selects"),
+        ("$[1:]", {"a": 1}, "not a list"),
+    ],
+)
+def test_a_filter_that_does_not_fit_the_record_names_why(
+    path: str, value: object, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        JsonPath.parse(path).select(value)
+
+
+def test_csv_to_csv_one_line_per_row() -> None:
+    assert transform()(MiniBatch(1, b"1,2\n\n3,4\n")) == (b"3.0\n7.0\n", 2)
+
+
+def test_csv_input_filter_drops_an_id_column() -> None:
+    out, rows = transform(input_filter="$[1:]")(MiniBatch(1, b"a,1,2\nb,3,4\n"))
+    assert (out, rows) == (b"3.0\n7.0\n", 2)
+
+
+def test_csv_join_appends_the_prediction_and_output_filter_selects() -> None:
+    batch = MiniBatch(1, b"a,1,2\nb,3,4\n")
+    joined = transform(input_filter="$[1:]", join=True)(batch)
+    assert joined == (b"a,1,2,3.0\nb,3,4,7.0\n", 2)
+    picked = transform(input_filter="$[1:]", join=True, output_filter="$[0,-1]")(batch)
+    assert picked == (b"a,3.0\nb,7.0\n", 2)
+
+
+def test_csv_errors_name_the_line_of_the_object() -> None:
+    with pytest.raises(BadRecord) as caught:
+        transform()(MiniBatch(10, b"1,2\n\n3,x\n"))
+    assert caught.value.line == 12
+    assert "column 2" in caught.value.reason
+    with pytest.raises(BadRecord) as filtered:
+        transform(input_filter="$[1:]", join=True)(MiniBatch(10, b"a,1,2\n\nb,3\n"))
+    assert filtered.value.line == 12
+    assert "expected 2 features, got 1" in filtered.value.reason
+
+
+def test_jsonlines_input_filter_and_join_keep_the_record() -> None:
+    batch = MiniBatch(1, b'{"id": 1, "features": [1, 2]}\n{"id": 2, "features": [3, 4]}\n')
+    out, rows = transform(
+        content_type="application/jsonlines",
+        accept="application/jsonlines",
+        input_filter="$.features",
+        join=True,
+        output_filter="$['id','SageMakerOutput']",
+    )(batch)
+    assert rows == 2
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"id": 1, "SageMakerOutput": {"score": 3.0}},
+        {"id": 2, "SageMakerOutput": {"score": 7.0}},
+    ]
+
+
+def test_json_join_of_a_non_object_keeps_it_as_sagemaker_input() -> None:
+    out, _ = transform(content_type="application/jsonlines", accept="application/json", join=True)(
+        MiniBatch(1, b"[1, 2]\n")
+    )
+    assert json.loads(out) == {"SageMakerInput": [1, 2], "SageMakerOutput": {"score": 3.0}}
+
+
+def test_json_accept_without_join_is_the_servers_response_per_minibatch() -> None:
+    lines = transform(content_type="application/jsonlines", accept="application/json")
+    out, rows = lines(MiniBatch(1, b"[1, 2]\n[3, 4]\n"))
+    assert rows == 2
+    assert out == b'{"predictions": [{"score": 3.0}, {"score": 7.0}]}\n'
+    unassembled = transform(accept="application/json", assemble_lines=False)
+    assert unassembled(MiniBatch(1, b"1,2\n")) == (b'{"predictions": [{"score": 3.0}]}', 1)
+
+
+def test_a_whole_json_document_with_instances() -> None:
+    document = b'{"instances": [[1, 2],\n [3, 4]]}'
+    out, rows = transform(
+        content_type="application/json", accept="application/jsonlines", whole_documents=True
+    )(MiniBatch(1, document))
+    assert rows == 2
+    assert json.loads(out) == {"predictions": [{"score": 3.0}, {"score": 7.0}]}
+
+
+def test_malformed_json_names_its_line() -> None:
+    with pytest.raises(BadRecord) as caught:
+        transform(content_type="application/jsonlines")(MiniBatch(5, b"[1, 2]\n{oops\n"))
+    assert caught.value.line == 6
+    assert "malformed JSON" in caught.value.reason
+
+
+def test_libsvm_to_jsonlines() -> None:
+    out, rows = transform(content_type="text/libsvm", accept="application/jsonlines")(
+        MiniBatch(1, b"0 0:1 1:2\n1 0:4 1:5\n")
+    )
+    assert (out, rows) == (b'{"score": 3.0}\n{"score": 9.0}\n', 2)
+
+
+def test_only_per_record_outputs_may_be_cut_into_ranges() -> None:
+    assert transform().per_record_output
+    assert transform(accept="application/jsonlines").per_record_output
+    assert not transform(accept="application/json").per_record_output
+    joined = transform(content_type="application/jsonlines", accept="application/json", join=True)
+    assert joined.per_record_output
