@@ -76,7 +76,6 @@ def server_container(
     plan: ProcessPlan,
     spec_resources: s.Resources,
     storage_secret: s.SecretRef | None,
-    probe_period_seconds: int = 2,
 ) -> dict[str, Any]:
     """The model server container every synchronous mode runs, from its process plan. It binds
     to its pod IP (through the downward API), which is what the readiness probe and the gateway
@@ -94,7 +93,7 @@ def server_container(
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/ping", "port": SERVER_PORT},
-            "periodSeconds": probe_period_seconds,
+            "periodSeconds": 1,  # the probe's period is most of a cold start's wait otherwise
             "failureThreshold": 3,
         },
         "resources": resources(spec_resources),

@@ -24,7 +24,6 @@ from infermodes.operator.observed import WorkloadState, failure
 COMPONENT = "model-server"
 INVOCATION_TIMEOUT_SECONDS = 60  # the platform's serverless limit, enforced by the gateway
 TERMINATION_GRACE_SECONDS = INVOCATION_TIMEOUT_SECONDS + 10
-READINESS_PERIOD_SECONDS = 1  # the gateway probes new replicas itself; this is for Services
 
 
 def replica_resources(block: s.ServerlessSpec) -> s.Resources:
@@ -49,7 +48,6 @@ def desired_objects(
         serverless_server(spec),
         replica_resources(spec.serverless_block()),
         spec.storage_secret_ref,
-        probe_period_seconds=READINESS_PERIOD_SECONDS,
     )
     return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
 

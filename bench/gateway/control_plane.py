@@ -1,0 +1,170 @@
+"""Control-plane latencies on the test cluster: `kubectl apply` -> InService for a realtime
+endpoint, and a serverless cold start (first request at zero replicas -> response), each with
+where the time goes.
+
+Runs the project's own test control plane (tests/cluster) and the chart, like the e2e tests, and
+polls the API every 10 ms to timestamp each step (bounded: every wait has a deadline). Prints a
+table and writes JSON with --json.
+
+    .venv/bin/python bench/gateway/control_plane.py [--runs 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.cluster.api import ApiError  # noqa: E402
+from tests.cluster.controlplane import Binaries  # noqa: E402
+from tests.cluster.harness import Harness  # noqa: E402
+from tests.e2e.operator_support import (  # noqa: E402
+    IE_PATH,
+    OPERATOR_NAMESPACE,
+    Tools,
+    get_endpoint,
+    install_operator,
+    model_copy,
+    operator_pods,
+)
+from tests.support.processes import wait_until  # noqa: E402
+
+POLL_SECONDS = 0.01
+DEADLINE_SECONDS = 120.0
+
+
+def first_time(condition: Callable[[], bool], started: float, what: str) -> float:
+    """Seconds from ``started`` until ``condition`` first holds (polled every 10 ms)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(POLL_SECONDS)
+    raise TimeoutError(f"{what} did not happen within {DEADLINE_SECONDS} s")
+
+
+class Steps:
+    """Timestamps (seconds after ``started``) of the steps an endpoint goes through."""
+
+    def __init__(self, tools: Tools, namespace: str, name: str) -> None:
+        self.api = tools.cluster.api
+        self.namespace = namespace
+        self.name = name
+
+    def pods(self) -> list[dict[str, Any]]:
+        selector = f"infermodes.dev/endpoint={self.name}"
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        pods: list[dict[str, Any]] = self.api.get(path, labelSelector=selector)["items"]
+        return pods
+
+    def pod_with(self, test: Callable[[dict[str, Any]], bool]) -> bool:
+        return any(test(pod) for pod in self.pods())
+
+    def phase(self) -> str | None:
+        endpoint = get_endpoint(self.api, self.namespace, self.name) or {}
+        return (endpoint.get("status") or {}).get("phase")
+
+    def ready_replicas(self) -> int:
+        endpoint = get_endpoint(self.api, self.namespace, self.name) or {}
+        return int((endpoint.get("status") or {}).get("readyReplicas") or 0)
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+    return conditions.get("Ready") == "True"
+
+
+def realtime_apply(tools: Tools, namespace: str, model_uri: str, index: int) -> dict[str, float]:
+    name = f"rt-{index}"
+    manifest = yaml.safe_load((REPO / "examples/abalone/realtime.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["uri"] = model_uri
+    steps = Steps(tools, namespace, name)
+    started = time.monotonic()
+    applied = tools.apply(manifest, namespace)
+    if applied.returncode != 0:
+        raise RuntimeError(applied.stderr)
+    marks = {"kubectl apply returned": time.monotonic() - started}
+    marks["pod created"] = first_time(lambda: bool(steps.pods()), started, "a pod")
+    marks["pod has an IP (process started)"] = first_time(
+        lambda: steps.pod_with(lambda p: bool(p["status"].get("podIP"))), started, "pod IP"
+    )
+    marks["pod Ready"] = first_time(lambda: steps.pod_with(ready), started, "pod ready")
+    marks["endpoint InService"] = first_time(
+        lambda: steps.phase() == "InService", started, "InService"
+    )
+    tools.kubectl("delete", "ie", name, "-n", namespace, "--wait=true")
+    wait_until(lambda: not steps.pods(), DEADLINE_SECONDS, "the pods to go")  # free the node
+    return marks
+
+
+def usable(api: Any, namespace: str) -> bool:
+    """The namespace's default ServiceAccount exists and the CRD's storage answers."""
+    try:
+        api.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/default")
+        api.get(IE_PATH.format(ns=namespace))
+    except ApiError:
+        return False
+    return True
+
+
+def report(title: str, runs: list[dict[str, float]]) -> dict[str, Any]:
+    print(f"\n{title} (median of {len(runs)}; seconds after the start)")
+    summary = {}
+    for step in runs[0]:
+        values = [run[step] for run in runs]
+        summary[step] = {"median": statistics.median(values), "all": values}
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {step:<40} {statistics.median(values):6.2f}   ({shown})")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-control-plane-"))
+    subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
+                    str(work / "model")], check=True, capture_output=True)  # fmt: skip
+    model_uri = model_copy(work / "model" / "model.tar.gz", work / "models")
+    harness = Harness(work / "k8s", Binaries.from_cache())
+    cluster = harness.start()
+    results: dict[str, Any] = {}
+    try:
+        tools = Tools(cluster)
+        install_operator(tools, resync_seconds=10)
+        running = lambda: any(p["status"].get("phase") == "Running"  # noqa: E731
+                              for p in operator_pods(cluster.api))  # fmt: skip
+        wait_until(running, 120, "the operator")
+        namespace = "bench"
+        cluster.api.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": namespace}})  # fmt: skip
+        wait_until(lambda: usable(cluster.api, namespace), 60, "the namespace and the CRD")
+        realtime_apply(tools, namespace, model_uri, 0)  # warm-up: imports, page cache
+        runs = [realtime_apply(tools, namespace, model_uri, i) for i in range(1, args.runs + 1)]
+        results["realtime_apply_to_in_service"] = report(
+            "kubectl apply (realtime) -> InService", runs
+        )
+        print(f"\noperator namespace: {OPERATOR_NAMESPACE}; resync timer 10 s (not waited for)")
+    finally:
+        cluster.client.close()
+        harness.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
