@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from infermodes.endpoints.demand import Demand
-from infermodes.endpoints.spec import RealtimeSpec, ScalingMetric, ServerlessSpec
+from infermodes.endpoints.spec import AsyncSpec, RealtimeSpec, ScalingMetric, ServerlessSpec
 from infermodes.metrics import ServerLoad
 
 TOLERANCE = 0.1  # like the HPA: ignore changes within 10% of the target
@@ -76,6 +76,7 @@ class ScalerMemory:
     samples: dict[str, CounterSample] = field(default_factory=dict)  # by replica name
     last_change_at: float = 0.0
     activated_at: float | None = None  # when a scale from zero was decided (wall clock)
+    empty_since: float | None = None  # since when a queue's backlog has been empty
 
 
 def measured_load(
@@ -172,3 +173,60 @@ def serverless_replicas(
     if wanted != current:
         memory.last_change_at = now
     return wanted
+
+
+@dataclass(frozen=True)
+class BacklogDecision:
+    """Replicas for a queue-fed pool, and why (for the status)."""
+
+    replicas: int
+    reason: str
+
+
+def backlog_replicas(
+    block: AsyncSpec,
+    current: int,
+    ready: int | None,
+    unacked: int | None,
+    memory: ScalerMemory,
+    now: float,
+) -> BacklogDecision:
+    """KEDA's semantics for a queue-fed worker pool, without its known flaw: in-flight work
+    counts, so a busy pool is never mistaken for an idle one.
+
+    - backlog = ready + unacknowledged; replicas = ceil(backlog / targetBacklogPerInstance)
+      within minReplicas..maxReplicas (minReplicas may be 0);
+    - from zero as soon as anything is queued (the platform's HasBacklogWithoutCapacity);
+    - more replicas at once, fewer only ``scaleInCooldownSeconds`` after the last change, and
+      zero only once the backlog has been empty that long;
+    - the broker unreadable (``ready`` None) -> the current replicas, never a blind zero;
+      in-flight unknown (``unacked`` None) -> scale out on what is ready, never in.
+    """
+    low, high = block.min_replicas, block.max_replicas
+    target = block.target_backlog_per_instance
+    if ready is None:
+        return BacklogDecision(current, "BrokerUnreadable")
+    if unacked is None:
+        wanted = min(max(math.ceil(ready / target), low), high)
+        return BacklogDecision(max(current, wanted), "InFlightUnknown")
+    total = ready + unacked
+    if total > 0:
+        memory.empty_since = None
+    elif memory.empty_since is None:
+        memory.empty_since = now
+    wanted = min(max(math.ceil(total / target), low), high)
+    if wanted > current:
+        memory.last_change_at = now
+        reason = "Activated" if current == 0 else "ScaledOut"
+        return BacklogDecision(wanted, reason)
+    if wanted < current:
+        cooled = now - memory.last_change_at >= block.scale_in_cooldown_seconds
+        empty_long = (
+            memory.empty_since is not None
+            and now - memory.empty_since >= block.scale_in_cooldown_seconds
+        )
+        if not cooled or (wanted == 0 and not empty_long):
+            return BacklogDecision(current, "CoolingDown")
+        memory.last_change_at = now
+        return BacklogDecision(wanted, "ScaledIn")
+    return BacklogDecision(current, "Steady")

@@ -1,0 +1,71 @@
+"""The queue-fed pool's replica decision at its edges: in-flight work counts, activation from
+zero, cooldowns, clamps, and an unreadable broker."""
+
+import pytest
+
+from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
+from infermodes.endpoints.spec import AsyncSpec
+
+NOW = 10_000.0
+
+
+def block(**fields: object) -> AsyncSpec:
+    return AsyncSpec.model_validate({"outputPath": "s3://b/out", **fields})
+
+
+def decide(spec: AsyncSpec, current: int, ready: int | None, unacked: int | None,
+           memory: ScalerMemory, now: float = NOW) -> tuple[int, str]:  # fmt: skip
+    decision = backlog_replicas(spec, current, ready, unacked, memory, now)
+    return decision.replicas, decision.reason
+
+
+def test_in_flight_work_keeps_a_busy_pool_even_with_an_empty_queue() -> None:
+    memory = ScalerMemory()
+    spec = block(scaleInCooldownSeconds=0, targetBacklogPerInstance=1)
+    assert decide(spec, 3, 0, 3, memory) == (3, "Steady")
+
+
+def test_activation_from_zero_on_the_first_message() -> None:
+    memory = ScalerMemory(last_change_at=NOW)
+    assert decide(block(), 0, 1, 0, memory) == (1, "Activated")
+
+
+def test_replicas_follow_backlog_within_the_clamps() -> None:
+    spec = block(targetBacklogPerInstance=5, minReplicas=1, maxReplicas=4)
+    assert decide(spec, 1, 12, 0, ScalerMemory()) == (3, "ScaledOut")
+    assert decide(spec, 1, 500, 0, ScalerMemory()) == (4, "ScaledOut")
+
+
+def test_scale_in_waits_for_the_cooldown() -> None:
+    spec = block(scaleInCooldownSeconds=60, targetBacklogPerInstance=5)
+    memory = ScalerMemory(last_change_at=NOW)
+    assert decide(spec, 3, 5, 0, memory, NOW + 59) == (3, "CoolingDown")
+    assert decide(spec, 3, 5, 0, memory, NOW + 60) == (1, "ScaledIn")
+
+
+def test_zero_only_after_the_backlog_was_empty_for_the_cooldown() -> None:
+    spec = block(scaleInCooldownSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    assert decide(spec, 1, 0, 1, memory, NOW) == (1, "Steady")  # one still in flight
+    assert decide(spec, 1, 0, 0, memory, NOW + 1) == (1, "CoolingDown")  # empty since NOW + 1
+    assert decide(spec, 1, 0, 0, memory, NOW + 60) == (1, "CoolingDown")
+    assert decide(spec, 1, 0, 0, memory, NOW + 61) == (0, "ScaledIn")
+
+
+def test_a_message_resets_the_empty_clock() -> None:
+    spec = block(scaleInCooldownSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    decide(spec, 1, 0, 0, memory, NOW)
+    decide(spec, 1, 1, 0, memory, NOW + 30)
+    assert decide(spec, 1, 0, 0, memory, NOW + 61) == (1, "CoolingDown")
+
+
+@pytest.mark.parametrize("current", [0, 2])
+def test_an_unreadable_broker_keeps_the_replicas(current: int) -> None:
+    assert decide(block(), current, None, None, ScalerMemory()) == (current, "BrokerUnreadable")
+
+
+def test_unknown_in_flight_scales_out_on_ready_but_never_in() -> None:
+    spec = block(targetBacklogPerInstance=2, scaleInCooldownSeconds=0)
+    assert decide(spec, 1, 6, None, ScalerMemory()) == (3, "InFlightUnknown")
+    assert decide(spec, 3, 0, None, ScalerMemory()) == (3, "InFlightUnknown")
