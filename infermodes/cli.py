@@ -188,6 +188,11 @@ def async_api(**options: Any) -> None:
     "--instance-index", type=int, help="This instance's index. [env JOB_COMPLETION_INDEX; 0]"
 )
 @click.option("--instance-count", type=int, help="Instances sharing the input. [default 1]")
+@click.option(
+    "--split-min-bytes",
+    type=int,
+    help="Line objects this large (and over their share) are split over instances. [64 MiB]",
+)
 @click.option("--predict-threads", type=int, help="XGBoost threads per mini-batch. [default 1]")
 @click.option("--metrics-port", type=int, help="Side port for /metrics; 0 disables. [default 9090]")
 @click.option("--allow-pickle", is_flag=True, default=None, help="Load pickled models.")

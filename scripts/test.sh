@@ -36,6 +36,10 @@ step "RabbitMQ (Debian's rabbitmq-server; the tests start their own broker on lo
 .venv/bin/python -c "from tests.support.rabbitmq import ensure_installed; ensure_installed()"
 done_step
 
+step "SeaweedFS (a real S3 gateway: built once from its Go module and cached; tests start their own)"
+.venv/bin/python -c "from tests.support.seaweedfs import ensure_installed; ensure_installed()"
+done_step
+
 step "Kubernetes test control plane: binaries built from source or reused from the cache"
 tests/cluster/setup.sh
 done_step

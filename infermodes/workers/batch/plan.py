@@ -9,7 +9,8 @@ job computes the same plan from the same listing without talking to the others.
   that *start* in ``[size*i//n, size*(i+1)//n)``; the reader moves both ends to line boundaries
   (``records.line_range``), so every record lands in exactly one range.
 - Each range writes ``<key>.out.part-I-of-N-SIZE``; whoever finishes a range and then sees all parts
-  concatenates them into ``<key>.out`` in order and deletes them (``runner``).
+  concatenates them into ``<key>.out`` in order and deletes them (``runner``). Parts of an
+  object that failed stay until a later run of it succeeds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from infermodes.storage import join_uri
 
 OUT_SUFFIX = ".out"
+PART_MARK = ".part-"
 SUMMARY_FOLDER = "_infermodes-batch"
 
 
@@ -102,7 +104,7 @@ def output_uri(output_prefix: str, key: str) -> str:
 def part_uri(output_prefix: str, unit: WorkUnit) -> str:
     """The object's size is in the name: parts left by a failed run are reused only for an
     input of the same size (the cheap fingerprint every store has)."""
-    suffix = f".part-{unit.part:04d}-of-{unit.parts:04d}-{unit.obj.size}"
+    suffix = f"{PART_MARK}{unit.part:04d}-of-{unit.parts:04d}-{unit.obj.size}"
     return output_uri(output_prefix, unit.obj.key) + suffix
 
 

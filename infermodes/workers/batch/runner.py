@@ -324,12 +324,13 @@ class Runner:
 
     def assemble(self, unit: plan.WorkUnit) -> bool:
         """Once every part of the object exists, concatenate them into ``<key>.out`` and delete
-        them. Several finishers may race here; each writes the same bytes atomically, and one
-        that loses the parts to another's cleanup finds the ``.out`` already there."""
+        every part of it, stale ones of earlier failed runs too. Two finishers may race here;
+        each writes the same bytes atomically, and one that loses the parts to the other's
+        cleanup finds the ``.out`` there."""
         parts = self.parts(unit)
-        if not all(self.storage.exists(part) for part in parts):
-            return False
         out = plan.output_uri(self.output_prefix, unit.obj.key)
+        if self.storage.exists(out) or not all(self.storage.exists(p) for p in parts):
+            return False
         try:
             with self.storage.open_write(out) as sink:
                 for part in parts:
@@ -339,7 +340,7 @@ class Runner:
             if self.storage.exists(out):
                 return False
             raise
-        for part in parts:
+        for part in self.storage.list(out + plan.PART_MARK):
             self.storage.delete(part)
         log.info("assembled %s from %d parts", out, len(parts))
         return True

@@ -1,0 +1,136 @@
+"""``infermodes batch`` over a real S3 store (SeaweedFS's S3 gateway on loopback): two instances
+sharing a job, a failing object, a re-run, and a large object split over instances."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import AbaloneModel
+from tests.support.batch import (
+    batch_command,
+    csv_text,
+    expected_scores,
+    run,
+    run_instances,
+    sample_rows,
+    scores_of,
+)
+from tests.support.s3 import S3Endpoint
+
+EXIT_OBJECTS_FAILED = 4
+OBJECTS = 5
+ROWS = 20_000
+
+
+@pytest.fixture(scope="module")
+def booster(abalone_model: AbaloneModel) -> object:
+    return abalone_model.booster()
+
+
+def put(s3: S3Endpoint, bucket: str, key: str, data: bytes) -> None:
+    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get(s3: S3Endpoint, bucket: str, key: str) -> bytes:
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3: S3Endpoint, bucket: str, prefix: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def instances(model: AbaloneModel, bucket: str, count: int, *args: str) -> list[list[str]]:
+    return [
+        batch_command(model.tarball, f"s3://{bucket}/in/", f"s3://{bucket}/out/",
+                      "--instance-index", str(i), "--instance-count", str(count), *args)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def summary(s3: S3Endpoint, bucket: str, index: int, count: int) -> dict:
+    name = f"out/_infermodes-batch/summary-{index:04d}-of-{count:04d}.json"
+    return json.loads(get(s3, bucket, name))
+
+
+def test_five_objects_over_two_instances_equal_the_booster_row_by_row(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    texts = {}
+    for i in range(OBJECTS):
+        texts[f"part-{i}.csv"] = csv_text(sample_rows(abalone_model.test_rows, ROWS, seed=10 + i))
+        put(seaweedfs, bucket, f"in/part-{i}.csv", texts[f"part-{i}.csv"])
+    done = run_instances(instances(abalone_model, bucket, 2), env=seaweedfs.env)
+    assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of(get(seaweedfs, bucket, f"out/{name}.out")), expected_scores(booster, text)
+        )
+    documents = [summary(seaweedfs, bucket, i, 2) for i in range(2)]
+    assert [d["state"] for d in documents] == ["Completed", "Completed"]
+    assert sum(d["records"] for d in documents) == OBJECTS * ROWS
+    assert sorted(d["units"]["assigned"] for d in documents) == [2, 3]
+
+
+def test_a_malformed_row_fails_only_its_object_and_a_rerun_does_only_that_one(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    texts = {
+        f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 2000, seed=20 + i))
+        for i in range(OBJECTS)
+    }
+    lines = texts["part-3.csv"].splitlines(keepends=True)
+    good_line = lines[1233]
+    lines[1233] = b"1,0,0,0.5,0.4,0.1,0.5,x0.2,0.1,0.15\n"
+    for name, text in texts.items():
+        put(seaweedfs, bucket, f"in/{name}", b"".join(lines) if name == "part-3.csv" else text)
+    done = run_instances(instances(abalone_model, bucket, 2), env=seaweedfs.env)
+    assert sorted(d.returncode for d in done) == [0, EXIT_OBJECTS_FAILED]
+    assert keys(seaweedfs, bucket, "out/part-") == [
+        f"out/part-{i}.csv.out" for i in range(OBJECTS) if i != 3
+    ]
+    failures = [f for i in range(2) for f in summary(seaweedfs, bucket, i, 2)["failures"]]
+    assert len(failures) == 1
+    assert failures[0]["object"] == f"s3://{bucket}/in/part-3.csv"
+    assert failures[0]["line"] == 1234
+    assert failures[0]["reason"].startswith("column 8: cannot parse 'x0.2' as a number")
+    failed_log = next(d.log for d in done if d.returncode)
+    assert f"FAILED s3://{bucket}/in/part-3.csv line 1234: column 8" in failed_log
+
+    lines[1233] = good_line
+    put(seaweedfs, bucket, "in/part-3.csv", texts["part-3.csv"])
+    again = run_instances(instances(abalone_model, bucket, 2), env=seaweedfs.env)
+    assert [d.returncode for d in again] == [0, 0], [d.log for d in again]
+    documents = [summary(seaweedfs, bucket, i, 2) for i in range(2)]
+    assert sum(d["units"]["succeeded"] for d in documents) == 1
+    assert sum(d["units"]["skipped"] for d in documents) == OBJECTS - 1
+    assert sum(d["records"] for d in documents) == 2000
+    assert sum(d.log.count("skipping s3://") for d in again) == OBJECTS - 1
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of(get(seaweedfs, bucket, f"out/{name}.out")), expected_scores(booster, text)
+        )
+
+
+def test_a_large_object_split_over_two_instances_on_s3(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    text = csv_text(sample_rows(abalone_model.test_rows, 40_000, seed=30))
+    put(seaweedfs, bucket, "in/big.csv", text)
+    args = ("--split-min-bytes", "100000", "--max-payload-in-mb", "1")
+    done = run_instances(instances(abalone_model, bucket, 2, *args), env=seaweedfs.env)
+    assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+    assert keys(seaweedfs, bucket, "out/big") == ["out/big.csv.out"]
+    two = get(seaweedfs, bucket, "out/big.csv.out")
+    np.testing.assert_array_equal(scores_of(two), expected_scores(booster, text))
+    assert [summary(seaweedfs, bucket, i, 2)["units"]["assigned"] for i in range(2)] == [1, 1]
+
+    s3 = seaweedfs.client()
+    s3.delete_object(Bucket=bucket, Key="out/big.csv.out")
+    one = run(instances(abalone_model, bucket, 1, *args)[0], env=seaweedfs.env)
+    assert one.returncode == 0, one.log
+    assert get(seaweedfs, bucket, "out/big.csv.out") == two
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

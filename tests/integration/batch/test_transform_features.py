@@ -1,0 +1,376 @@
+"""Every transform feature of ``infermodes batch``, each through real processes over file://
+storage, checked against the xgboost package's own predictions."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import AbaloneModel
+from tests.support.batch import (
+    batch_command,
+    csv_text,
+    expected_scores,
+    run,
+    run_instances,
+    sample_rows,
+    scores_of,
+    with_faults,
+)
+
+EXIT_OBJECTS_FAILED = 4
+
+
+@pytest.fixture(scope="module")
+def booster(abalone_model: AbaloneModel) -> object:
+    return abalone_model.booster()
+
+
+@pytest.fixture
+def rows(abalone_model: AbaloneModel) -> np.ndarray:
+    return sample_rows(abalone_model.test_rows, 600, seed=1)
+
+
+def summary(output: Path, index: int = 0, count: int = 1) -> dict:
+    name = f"summary-{index:04d}-of-{count:04d}.json"
+    return json.loads((output / "_infermodes-batch" / name).read_text())
+
+
+def command(model: AbaloneModel, source: Path, output: Path, *args: str) -> list[str]:
+    return batch_command(model.tarball, str(source), str(output), *args)
+
+
+def test_csv_filters_and_join(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    features = csv_text(rows)
+    ids = [f"id-{i}" for i in range(len(rows))]
+    lines = [f"{i},{line}" for i, line in zip(ids, features.decode().splitlines(), strict=True)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_text("\n".join(lines) + "\n")
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--input-filter", "$[1:]",
+                "--join-source", "Input", "--output-filter", "$[0,-1]")
+    )  # fmt: skip
+    assert done.returncode == 0, done.log
+    out = (tmp_path / "out/a.csv.out").read_text().splitlines()
+    assert [line.split(",")[0] for line in out] == ids
+    scores = np.array([float(line.split(",")[1]) for line in out], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected_scores(booster, features))
+
+
+def test_jsonlines_features_filter_and_join(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    records = [{"id": i, "features": row, "note": "x"} for i, row in enumerate(rows.tolist())]
+    (tmp_path / "in/a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out",
+                "--content-type", "application/jsonlines", "--accept", "application/jsonlines",
+                "--input-filter", "$.features", "--join-source", "Input",
+                "--output-filter", "$['id','SageMakerOutput']")
+    )  # fmt: skip
+    assert done.returncode == 0, done.log
+    out = [json.loads(line) for line in (tmp_path / "out/a.jsonl.out").read_text().splitlines()]
+    assert [set(item) for item in out] == [{"id", "SageMakerOutput"}] * len(rows)
+    assert [item["id"] for item in out] == list(range(len(rows)))
+    scores = np.array([item["SageMakerOutput"]["score"] for item in out], dtype=np.float32)
+    np.testing.assert_array_equal(scores, np.asarray(booster.inplace_predict(rows)))
+
+
+def test_single_and_multi_record_strategies(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    text = csv_text(rows)
+    (tmp_path / "in/a.csv").write_bytes(text)
+    outputs = {}
+    for strategy in ("SingleRecord", "MultiRecord"):
+        for accept in ("text/csv", "application/json"):
+            out = tmp_path / f"out-{strategy}-{accept.replace('/', '-')}"
+            done = run(
+                command(abalone_model, tmp_path / "in", out, "--batch-strategy", strategy,
+                        "--accept", accept, "--max-payload-in-mb", "1")
+            )  # fmt: skip
+            assert done.returncode == 0, done.log
+            outputs[strategy, accept] = (out / "a.csv.out").read_bytes()
+    assert outputs["SingleRecord", "text/csv"] == outputs["MultiRecord", "text/csv"]
+    np.testing.assert_array_equal(
+        scores_of(outputs["MultiRecord", "text/csv"]), expected_scores(booster, text)
+    )
+    single = outputs["SingleRecord", "application/json"].splitlines()
+    multi = outputs["MultiRecord", "application/json"].splitlines()
+    assert len(single) == len(rows)  # one response document per record
+    assert len(multi) == 1  # every record fits in one 1 MB mini-batch
+    flattened = [json.loads(line)["predictions"][0]["score"] for line in single]
+    assert flattened == [p["score"] for p in json.loads(multi[0])["predictions"]]
+
+
+def test_split_none_sends_each_object_whole_and_refuses_one_over_the_payload(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    text = csv_text(rows)
+    (tmp_path / "in/small.csv").write_bytes(text)
+    (tmp_path / "in/large.csv").write_bytes(text * 60)  # over 1 MB
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--split-type", "None",
+                "--max-payload-in-mb", "1")
+    )  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/small.csv.out").read_bytes()), expected_scores(booster, text)
+    )
+    assert not (tmp_path / "out/large.csv.out").exists()
+    failures = summary(tmp_path / "out")["failures"]
+    assert failures == [
+        {
+            "object": f"file://{tmp_path}/in/large.csv",
+            "line": 1,
+            "reason": "record is larger than maxPayloadInMB (1 MB)",
+        }
+    ]
+
+
+def test_gzip_input_gives_the_plain_inputs_output(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    text = csv_text(rows)
+    for folder, name, data in (("plain", "a.csv", text), ("gz", "a.csv.gz", gzip.compress(text))):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(data)
+    plain = run(command(abalone_model, tmp_path / "plain", tmp_path / "out-plain"))
+    packed = run(
+        command(abalone_model, tmp_path / "gz", tmp_path / "out-gz", "--compression-type", "Gzip")
+    )
+    assert plain.returncode == packed.returncode == 0, packed.log
+    assert (tmp_path / "out-gz/a.csv.gz.out").read_bytes() == (
+        tmp_path / "out-plain/a.csv.out"
+    ).read_bytes()
+
+
+def test_assemble_none_concatenates_the_responses(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows[:3]))
+    outputs = {}
+    for assemble in ("None", "Line"):
+        done = run(
+            command(abalone_model, tmp_path / "in", tmp_path / assemble, "--accept",
+                    "application/json", "--batch-strategy", "SingleRecord",
+                    "--assemble-with", assemble)
+        )  # fmt: skip
+        assert done.returncode == 0, done.log
+        outputs[assemble] = (tmp_path / assemble / "a.csv.out").read_bytes()
+    assert outputs["None"].count(b"}]}{") == 2
+    assert b"\n" not in outputs["None"]
+    assert outputs["Line"] == outputs["None"].replace(b"}]}", b"}]}\n")
+
+
+def test_libsvm_input(abalone_model: AbaloneModel, booster: object, tmp_path: Path) -> None:
+    rows = abalone_model.test_rows[:50]
+    lines = [" ".join(f"{i}:{v:.6g}" for i, v in enumerate(row) if v) for row in rows.tolist()]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.libsvm").write_text("\n".join(f"0 {line}" for line in lines) + "\n")
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm")
+    )
+    assert done.returncode == 0, done.log
+    dense = np.full(rows.shape, np.nan, dtype=np.float32)
+    for r, line in enumerate(lines):
+        for item in line.split():
+            index, value = item.split(":")
+            dense[r, int(index)] = np.float32(value)
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/a.libsvm.out").read_bytes()),
+        np.asarray(booster.inplace_predict(dense), dtype=np.float32),
+    )
+
+
+def test_transient_failures_are_retried_per_minibatch(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    text = csv_text(rows)
+    (tmp_path / "in/a.csv").write_bytes(text)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--invocations-max-retries", "3"),
+        env=with_faults(2),
+    )
+    assert done.returncode == 0, done.log
+    assert done.log.count("injected transient failure; retrying") == 2
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/a.csv.out").read_bytes()), expected_scores(booster, text)
+    )
+
+
+def test_a_minibatch_out_of_retries_fails_its_object(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--invocations-max-retries", "1"),
+        env=with_faults(2),
+    )
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    assert not (tmp_path / "out/a.csv.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert failure["line"] == 1
+    assert failure["reason"] == (
+        "the mini-batch starting here failed 2 attempt(s); last: "
+        "RuntimeError: injected transient failure"
+    )
+
+
+def test_attempts_over_the_timeout_fail(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out",
+                "--invocations-timeout-in-seconds", "1e-9", "--invocations-max-retries", "2")
+    )  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    assert done.log.count("over the invocation timeout of 1e-09 s; retrying") == 2
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert "failed 3 attempt(s); last: took" in failure["reason"]
+
+
+def test_a_record_over_the_payload_fails_only_its_object(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    text = csv_text(rows)
+    lines = text.splitlines(keepends=True)
+    (tmp_path / "in/bad.csv").write_bytes(b"".join(lines[:7]) + b"1," * 600_000 + b"\n")
+    (tmp_path / "in/good.csv").write_bytes(text)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--max-payload-in-mb", "1")
+    )
+    assert done.returncode == EXIT_OBJECTS_FAILED
+    assert (tmp_path / "out/good.csv.out").exists()
+    assert not (tmp_path / "out/bad.csv.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["line"], failure["reason"]) == (
+        8,
+        "record is larger than maxPayloadInMB (1 MB)",
+    )
+    assert f"FAILED file://{tmp_path}/in/bad.csv line 8: record is larger" in done.log
+
+
+def test_a_large_object_over_two_instances_gives_the_one_instance_output(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    text = csv_text(sample_rows(abalone_model.test_rows, 30_000, seed=3))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/big.csv").write_bytes(text)
+    (tmp_path / "in/small.csv").write_bytes(text[:5000].rsplit(b"\n", 1)[0] + b"\n")
+    one = run(command(abalone_model, tmp_path / "in", tmp_path / "one"))
+    assert one.returncode == 0, one.log
+    args = ("--instance-count", "2", "--split-min-bytes", "1000", "--max-payload-in-mb", "1")
+    two = run_instances(
+        [
+            command(
+                abalone_model, tmp_path / "in", tmp_path / "two", "--instance-index", str(i), *args
+            )
+            for i in range(2)
+        ]
+    )
+    assert [t.returncode for t in two] == [0, 0], [t.log for t in two]
+    big = (tmp_path / "two/big.csv.out").read_bytes()
+    assert big == (tmp_path / "one/big.csv.out").read_bytes()
+    np.testing.assert_array_equal(scores_of(big), expected_scores(booster, text))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "_infermodes-batch", "big.csv.out", "small.csv.out",
+    ]  # fmt: skip
+    documents = [summary(tmp_path / "two", i, 2) for i in range(2)]
+    assert sum(d["units"]["succeeded"] for d in documents) == 3  # two ranges and the small one
+    # small.csv.out, and big.csv.out by whoever finished last (by both, when they tie)
+    assert sum(d["objectsWritten"] for d in documents) in (2, 3)
+
+
+def test_a_failing_range_names_the_line_of_the_whole_object(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    lines = csv_text(sample_rows(abalone_model.test_rows, 4000, seed=4)).splitlines(keepends=True)
+    lines[3500] = b"1,2,oops,4,5,6,7,8,9,10\n"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/big.csv").write_bytes(b"".join(lines))
+    args = ("--instance-count", "2", "--split-min-bytes", "1000")
+    done = run_instances(
+        [
+            command(
+                abalone_model, tmp_path / "in", tmp_path / "out", "--instance-index", str(i), *args
+            )
+            for i in range(2)
+        ]
+    )
+    assert [d.returncode for d in done] == [0, EXIT_OBJECTS_FAILED]
+    [failure] = summary(tmp_path / "out", 1, 2)["failures"]
+    assert failure["line"] == 3501
+    assert failure["reason"].startswith("column 3: cannot parse 'oops' as a number")
+    assert not (tmp_path / "out/big.csv.out").exists()
+    lines[3500] = b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1,0.15\n"  # fixed: another size, new parts
+    (tmp_path / "in/big.csv").write_bytes(b"".join(lines))
+    again = run_instances(
+        [
+            command(
+                abalone_model, tmp_path / "in", tmp_path / "out", "--instance-index", str(i), *args
+            )
+            for i in range(2)
+        ]
+    )
+    assert [d.returncode for d in again] == [0, 0], [d.log for d in again]
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/big.csv.out").read_bytes()),
+        expected_scores(booster, b"".join(lines)),
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "_infermodes-batch", "big.csv.out"
+    ]  # fmt: skip
+
+
+def test_a_manifest_names_the_inputs(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    (tmp_path / "in/sub").mkdir(parents=True)
+    for name in ("a.csv", "b.csv", "sub/c.csv"):
+        (tmp_path / "in" / name).write_bytes(csv_text(rows[:10]))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"prefix": f"file://{tmp_path}/in/"}, "sub/c.csv", "a.csv"]))
+    done = run(
+        [*command(abalone_model, tmp_path / "unused", tmp_path / "out")[:4], "--manifest",
+         str(manifest), "--output", str(tmp_path / "out"), "--metrics-port", "0"]
+    )  # fmt: skip
+    assert done.returncode == 0, done.log
+    assert (tmp_path / "out/a.csv.out").exists()
+    assert (tmp_path / "out/sub/c.csv.out").exists()
+    assert not (tmp_path / "out/b.csv.out").exists()
+
+
+def test_bad_settings_are_refused_before_any_work(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    bad = [
+        (("--max-payload-in-mb", "20", "--max-concurrent-transforms", "6"), "must not exceed 100"),
+        (("--invocations-max-retries", "4"), "less than or equal to 3"),
+        (("--split-type", "RecordIO"), "'None' or 'Line'"),
+        (("--join-source", "Input", "--accept", "application/json"), "joins like with like"),
+        (("--instance-index", "2", "--instance-count", "2"), "must be below instance_count"),
+    ]
+    for args, message in bad:
+        done = run(command(abalone_model, tmp_path, tmp_path / "out", *args))
+        assert done.returncode == 2, done.log
+        assert message in done.log
+    unparsable = run(command(abalone_model, tmp_path, tmp_path / "out", "--input-filter", "$..x"))
+    assert unparsable.returncode == 2
+    assert "unsupported JSONPath" in unparsable.log
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,30 @@
+"""Fault injection for tests of real ``infermodes`` processes: a test puts this folder on the
+child's PYTHONPATH and sets ``INFERMODES_TEST_FAILING_PREDICTS=N``; the first N predictions
+of the process then raise, as a transient failure would. Nothing happens without the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+_FAILURES = int(os.environ.get("INFERMODES_TEST_FAILING_PREDICTS", "0"))
+
+if _FAILURES:
+    import numpy as np
+
+    from infermodes.predict import native
+
+    _lock = threading.Lock()
+    _left = [_FAILURES]
+    _predict = native.NativeBooster.predict
+
+    def _failing_predict(self: native.NativeBooster, rows: np.ndarray) -> np.ndarray:
+        with _lock:
+            failing = _left[0] > 0
+            _left[0] -= 1
+        if failing:
+            raise RuntimeError("injected transient failure")
+        return _predict(self, rows)
+
+    native.NativeBooster.predict = _failing_predict
