@@ -207,3 +207,29 @@ def batch(manifest_uri: str | None, **options: Any) -> None:
             raise click.UsageError("give --input or --manifest, not both")
         options.update(input_uri=manifest_uri, input_data_type="ManifestFile")
     sys.exit(run(_settings_or_exit(BatchSettings, **options)))
+
+
+@main.command()
+@click.option("--host", help="Bind address. [default 127.0.0.1]")
+@click.option("--port", type=int, help="Port. [default 8090]")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Namespace whose endpoints to serve (repeatable). [default: the gateway's own]",
+)
+@click.option(
+    "--static-endpoints",
+    help="JSON file of endpoints and replica addresses, instead of Kubernetes.",
+)
+@click.option("--invocation-timeout-seconds", type=float, help="Per invocation. [default 60]")
+@click.option("--drain-delay-seconds", type=float, help="Accept this long after SIGTERM. [0]")
+@click.option("--log-level", help="debug, info, warning, error. [default info]")
+def gateway(namespaces: tuple[str, ...], **options: Any) -> None:
+    """The front door: POST /endpoints/NAME/invocations to realtime and serverless endpoints."""
+    from infermodes.gateway.app import serve as run_gateway
+    from infermodes.settings import GatewaySettings
+
+    if namespaces:
+        options["namespaces"] = list(namespaces)
+    sys.exit(run_gateway(_settings_or_exit(GatewaySettings, **options)))

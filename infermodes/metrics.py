@@ -207,3 +207,58 @@ def parse_server_load(text: str) -> ServerLoad:
             elif sample.name == REQUESTS_IN_FLIGHT:
                 in_flight += sample.value
     return ServerLoad(invocations, in_flight)
+
+
+class GatewayMetrics:
+    """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
+    ``unknown``; ``code`` an HTTP status code; ``outcome`` one of ``UPSTREAM_OUTCOMES``."""
+
+    # not_sent: the replica never got the request (it went to another); failed: it may have
+    # (a 502); status_5xx: it answered 5xx (a 502); timeout: no answer in time (a 504)
+    UPSTREAM_OUTCOMES = ("not_sent", "failed", "status_5xx", "timeout")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.request_duration = Histogram(
+            "infermodes_gateway_request_duration_seconds",
+            "Time from request start to response end (holding included), by endpoint and code.",
+            ["endpoint", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "infermodes_gateway_requests_in_flight",
+            "Invocations admitted and not yet answered (held ones included), by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.held_now = Gauge(
+            "infermodes_gateway_requests_held",
+            "Invocations waiting for a ready replica now, by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.throttled = Counter(
+            "infermodes_gateway_throttled",
+            "Invocations refused with 429 because the endpoint's maxConcurrency was reached.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.held = Counter(
+            "infermodes_gateway_held_for_cold_start",
+            "Invocations that had to wait for a replica (a cold start or no ready replica).",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.cold_start_duration = Histogram(
+            "infermodes_gateway_cold_start_duration_seconds",
+            "From the first held invocation of an endpoint with no ready replica to its forward.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "infermodes_gateway_upstream_errors",
+            "Failed attempts to reach a replica, by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )

@@ -153,6 +153,64 @@ class OperatorSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 
+class GatewaySettings(BaseSettings):
+    """``infermodes gateway``: the front door of synchronous endpoints. Env prefix
+    ``INFERMODES_GATEWAY_``. Endpoints come from the Kubernetes API (watched in ``namespaces``)
+    or, with ``static_endpoints``, from a JSON file (no cluster)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERMODES_GATEWAY_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind; in a pod, 0.0.0.0.")
+    port: int = Field(8090, ge=1, le=65535, description="TCP port.")
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces whose endpoints are served; empty means the gateway's own.",
+    )
+    static_endpoints: str | None = Field(
+        None, description="A JSON file of endpoints and replica addresses instead of Kubernetes."
+    )
+    gateway_id: str = Field(
+        "",
+        description="This replica's name in demand annotations (default: the host name, which "
+        "is the pod name in a pod).",
+    )
+    invocation_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Holding and forwarding one invocation take at most this."
+    )
+    serverless_max_payload_bytes: int = Field(
+        4 * MIB, ge=1, description="Larger serverless request bodies get 413 (the platform's 4 MB)."
+    )
+    realtime_max_payload_bytes: int = Field(
+        6 * MIB, ge=1, description="Larger realtime request bodies get 413 (the platform's 6 MB)."
+    )
+    probe_interval_seconds: float = Field(
+        0.05, gt=0, le=10, description="How often a new replica's /ping is tried until it answers."
+    )
+    probe_timeout_seconds: float = Field(
+        600.0, gt=0, description="A replica whose /ping has not answered by then is given up on."
+    )
+    upstream_idle_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Idle keep-alive connections to replicas are closed after this (below the "
+        "model server's 75 s, so the gateway, not the replica, closes them).",
+    )
+    max_idle_connections: int = Field(
+        64, ge=1, le=10000, description="Idle keep-alive connections kept per replica."
+    )
+    drain_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="After SIGTERM, keep accepting this long (readiness already failing) so load "
+        "balancers stop sending before the listener closes.",
+    )
+    drain_timeout_seconds: float = Field(
+        70.0, gt=0, le=3900, description="In-flight invocations get this long to finish on exit."
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+
 # The batch transform's vocabulary and limits, the managed platform's: the spec's batch block
 # (``endpoints/spec.py``) takes them from here, so the CRD and the runner cannot disagree.
 BATCH_CONTENT_TYPES = ("text/csv", "application/json", "application/jsonlines", "text/libsvm")

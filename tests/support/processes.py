@@ -73,9 +73,9 @@ class ServerProcess:
 
 
 def start_server(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, port: int | None = None
 ) -> ServerProcess:
-    port = free_port()
+    port = port or free_port()
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

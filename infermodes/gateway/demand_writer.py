@@ -1,0 +1,109 @@
+"""Writing this gateway's demand for serverless endpoints, by the rules of
+``infermodes.endpoints.demand``: rewrite when the figures change but at most every
+``WRITE_INTERVAL_SECONDS``; the first held request of a cold start at once; a heartbeat every
+``HEARTBEAT_SECONDS`` while requests are in flight or held.
+
+Where it goes is a ``DemandSink``: an annotation on the InferenceEndpoint on Kubernetes
+(``kube.KubeDemandSink``), anything else for the local runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from infermodes.endpoints.demand import HEARTBEAT_SECONDS, WRITE_INTERVAL_SECONDS, GatewayDemand
+from infermodes.gateway.table import Endpoint, Table
+
+log = logging.getLogger("infermodes.gateway")
+
+Figures = tuple[int, int, float]  # in flight, held, last request at
+
+
+class DemandSink(Protocol):
+    async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
+        """Store one gateway's demand for one endpoint; raise on failure (it is retried)."""
+
+
+class DemandSchedule:
+    """When one endpoint's demand is due (pure: the clock is an argument)."""
+
+    def __init__(self) -> None:
+        self.written: Figures | None = None
+        self.written_at = -float("inf")
+
+    def due(self, figures: Figures, now: float, urgent: bool = False) -> bool:
+        if urgent and figures != self.written:
+            return True
+        if figures != self.written:
+            return now - self.written_at >= WRITE_INTERVAL_SECONDS
+        active = figures[0] + figures[1] > 0
+        return active and now - self.written_at >= HEARTBEAT_SECONDS
+
+    def wrote(self, figures: Figures, now: float) -> None:
+        self.written, self.written_at = figures, now
+
+
+class DemandWriter:
+    """One task that writes every serverless endpoint's demand when due. It looks once per
+    write interval, and at once when a cold start begins (``urgent``)."""
+
+    def __init__(
+        self,
+        table: Table,
+        sink: DemandSink,
+        gateway_id: str,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.sink = sink
+        self.gateway_id = gateway_id
+        self.monotonic = monotonic
+        self.wall = wall
+        self.schedules: dict[tuple[str, str], DemandSchedule] = {}
+        self._urgent: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+
+    def cold_start(self, endpoint: Endpoint) -> None:
+        """The first request of a cold start is held: its demand goes out now."""
+        self._urgent.add((endpoint.namespace, endpoint.name))
+        self._wake.set()
+
+    async def write_due(self) -> None:
+        """Write every endpoint whose demand is due; failures wait for the next round."""
+        urgent, self._urgent = self._urgent, set()
+        now = self.monotonic()
+        for key, endpoint in list(self.table.endpoints.items()):
+            if endpoint.serverless is None and key not in self.schedules:
+                continue
+            figures = (endpoint.in_flight, endpoint.held, endpoint.last_request_at)
+            schedule = self.schedules.setdefault(key, DemandSchedule())
+            if not schedule.due(figures, now, key in urgent):
+                continue
+            demand = GatewayDemand(self.gateway_id, *figures, at=self.wall())
+            try:
+                await self.sink.write(endpoint.namespace, endpoint.name, demand)
+            except Exception as exc:  # any sink failure is retried on the next round
+                log.warning("cannot write demand of %s/%s: %s", *key, exc)
+                if key in urgent:
+                    self._urgent.add(key)
+                continue
+            schedule.wrote(figures, now)
+
+    async def flush(self) -> None:
+        """Write every changed figure now, whatever the interval (the gateway is stopping)."""
+        self._urgent.update(self.table.endpoints)
+        await self.write_due()
+
+    async def run(self) -> None:
+        """Until cancelled: a round per write interval, or sooner for a cold start."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), WRITE_INTERVAL_SECONDS)
+            self._wake.clear()
+            await self.write_due()

@@ -1,0 +1,91 @@
+"""The gateway's errors, named by the managed platform's runtime error codes.
+
+The class name is the code: it goes into the body's ``error`` field (``infermodes.http``'s one
+error shape) and into the ``x-amzn-ErrorType`` header, from which boto3's ``sagemaker-runtime``
+client picks its exception (``ValidationError``, ``ModelError`` and ``ServiceUnavailable`` are
+modelled there; ``ThrottlingException`` is the code botocore retries as throttling).
+"""
+
+from __future__ import annotations
+
+import json
+
+from infermodes.errors import InfermodesError
+from infermodes.http import error_body
+
+ERROR_TYPE_HEADER = b"x-amzn-errortype"
+
+
+class PlatformError(InfermodesError):
+    """An error whose body carries fields of the platform's besides ``error`` and ``message``."""
+
+    def details(self) -> dict[str, object]:
+        return {}
+
+
+def gateway_error_body(exc: InfermodesError) -> bytes:
+    """The one error shape (``infermodes.http.error_body``), plus the platform's fields."""
+    details = exc.details() if isinstance(exc, PlatformError) else {}
+    if not details:
+        return error_body(exc)
+    return json.dumps({"error": type(exc).__name__, "message": str(exc), **details}).encode()
+
+
+class ValidationError(InfermodesError):
+    """The request cannot be served as sent: unknown endpoint (404), wrong phase or mode (400),
+    ambiguous name (409), body too large (413). The platform's code for all of them."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ModelError(PlatformError):
+    """The model server answered a 4xx: its status and message travel on, as the platform's
+    ``OriginalStatusCode`` and ``OriginalMessage``."""
+
+    status_code = 424
+
+    def __init__(self, endpoint: str, original_status: int, original_message: str) -> None:
+        super().__init__(
+            f"endpoint {endpoint}: the model answered {original_status}: {original_message}"
+        )
+        self.original_status = original_status
+        self.original_message = original_message
+
+    def details(self) -> dict[str, object]:
+        return {
+            "OriginalStatusCode": self.original_status,
+            "OriginalMessage": self.original_message,
+        }
+
+
+class ThrottlingException(InfermodesError):
+    """The endpoint's ``maxConcurrency`` is reached; the client should retry later."""
+
+    status_code = 429
+
+
+class InternalDependencyException(PlatformError):
+    """A replica could not be reached or failed (5xx): 502, with its status when it answered."""
+
+    status_code = 502
+
+    def __init__(self, message: str, original_status: int | None = None) -> None:
+        super().__init__(message)
+        self.original_status = original_status
+
+    def details(self) -> dict[str, object]:
+        return {} if self.original_status is None else {"OriginalStatusCode": self.original_status}
+
+
+class ServiceUnavailable(InfermodesError):
+    """No replica became ready while the request was held, or the gateway is stopping."""
+
+    status_code = 503
+
+
+class ModelInvocationTimeout(InfermodesError):
+    """The replica did not answer within the invocation timeout."""
+
+    status_code = 504

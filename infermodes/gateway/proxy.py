@@ -1,0 +1,317 @@
+"""``POST /endpoints/{name}/invocations``: admit (maxConcurrency), hold while no replica is
+ready, forward to the ready replica with the fewest requests in flight, map the answer.
+
+A plain ASGI handler, like the model server's ``/invocations``: the forward is a few tens of
+microseconds of Python on top of the replica's own time. Bodies pass through as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
+from infermodes.gateway.demand_writer import DemandWriter
+from infermodes.gateway.errors import (
+    ERROR_TYPE_HEADER,
+    InternalDependencyException,
+    ModelError,
+    ModelInvocationTimeout,
+    ServiceUnavailable,
+    ThrottlingException,
+    ValidationError,
+    gateway_error_body,
+)
+from infermodes.gateway.table import Endpoint, Replica, Table
+from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
+from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body
+from infermodes.metrics import GatewayMetrics
+from infermodes.settings import GatewaySettings
+
+log = logging.getLogger("infermodes.gateway")
+
+PREFIX, SUFFIX = "/endpoints/", "/invocations"
+UPSTREAM_PATH = b"/invocations"
+# Request headers passed to the replica, with the spelling they are sent in
+FORWARDED = {
+    b"content-type": b"Content-Type",
+    b"accept": b"Accept",
+    b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
+}
+MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
+MAX_ORIGINAL_MESSAGE = 1000
+
+
+def is_invocation(path: str) -> bool:
+    return path.startswith(PREFIX) and path.endswith(SUFFIX) and len(path) > len(PREFIX + SUFFIX)
+
+
+def original_message(body: bytes) -> str:
+    """The model server's own message: the ``message`` of its JSON error, else its text."""
+    try:
+        parsed = json.loads(body)
+        message = parsed.get("message") if isinstance(parsed, dict) else None
+        if isinstance(message, str):
+            return message[:MAX_ORIGINAL_MESSAGE]
+    except ValueError:
+        pass
+    return body[:MAX_ORIGINAL_MESSAGE].decode("utf-8", "replace")
+
+
+def checked_answer(endpoint: Endpoint, replica: Replica, answer: Answer) -> Answer:
+    """The answer itself if 2xx/3xx; a model's 4xx is the platform's 424 ModelError, a 5xx
+    a 502."""
+    if answer.status < 400:
+        return answer
+    message = original_message(answer.body)
+    if answer.status < 500:
+        raise ModelError(endpoint.name, answer.status, message)
+    raise InternalDependencyException(
+        f"replica {replica.key} of endpoint {endpoint.name} failed with {answer.status}: {message}",
+        answer.status,
+    )
+
+
+class Prober:
+    """Probes a new (or refusing) replica's ``/ping`` until it answers 200, so it takes
+    traffic at once, without waiting for the pod's Ready condition to travel back."""
+
+    def __init__(self, table: Table, interval: float, timeout: float) -> None:
+        self.table = table
+        self.interval = interval
+        self.timeout = timeout
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def start(self, endpoint: Endpoint, replica: Replica) -> None:
+        if id(replica) not in self.tasks:
+            task = asyncio.get_running_loop().create_task(self.probe(endpoint, replica))
+            self.tasks[id(replica)] = task
+            task.add_done_callback(lambda _: self.tasks.pop(id(replica), None))
+
+    async def probe(self, endpoint: Endpoint, replica: Replica) -> None:
+        pool: Pool = replica.handle
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while not replica.removed and not replica.ready and loop.time() < deadline:
+            try:
+                async with asyncio.timeout(max(self.interval, 1.0)):
+                    if await pool.get("/ping") == 200:
+                        self.table.mark_ready(endpoint, replica)
+                        return
+            except (NotSent, UpstreamFailed, TimeoutError):
+                pass
+            await asyncio.sleep(self.interval)
+        if not replica.ready and not replica.removed:
+            log.warning(
+                "replica %s of endpoint %s did not answer /ping within %g s; not probed again "
+                "until its pod changes",
+                replica.key,
+                endpoint.name,
+                self.timeout,
+            )
+
+    def stop(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+
+
+class Proxy:
+    """The invocations route, over the table. One instance per gateway process."""
+
+    def __init__(
+        self,
+        table: Table,
+        settings: GatewaySettings,
+        metrics: GatewayMetrics,
+        demand: DemandWriter | None,
+    ) -> None:
+        self.table = table
+        self.settings = settings
+        self.metrics = metrics
+        self.demand = demand
+        self.timeout = settings.invocation_timeout_seconds
+        self.prober = Prober(table, settings.probe_interval_seconds, settings.probe_timeout_seconds)
+        table.on_new_replica = self.replica_added
+        table.on_removed_replica = self.replica_removed
+        self._durations: dict[tuple[str, int], Any] = {}
+        self._gauges: dict[str, tuple[Any, Any]] = {}
+
+    # replicas
+    def replica_added(self, endpoint: Endpoint, replica: Replica) -> None:
+        if replica.handle is None:
+            replica.handle = Pool(
+                replica.host,
+                replica.port,
+                self.settings.upstream_idle_seconds,
+                self.settings.max_idle_connections,
+            )
+        if not replica.ready:
+            self.prober.start(endpoint, replica)
+
+    def replica_removed(self, endpoint: Endpoint, replica: Replica) -> None:
+        if replica.handle is not None:
+            replica.handle.close()
+
+    # metrics children, cached: labels() costs more than the observation
+    def _observe(self, label: str, status: int, seconds: float) -> None:
+        key = (label, status)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = self.metrics.request_duration.labels(label, str(status))
+        child.observe(seconds)
+
+    def _live(self, label: str) -> tuple[Any, Any]:
+        gauges = self._gauges.get(label)
+        if gauges is None:
+            gauges = self._gauges[label] = (
+                self.metrics.in_flight.labels(label),
+                self.metrics.held_now.labels(label),
+            )
+        return gauges
+
+    # the route
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        label = "unknown"
+        headers: list[tuple[bytes, bytes]]
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
+            endpoint = self.table.lookup(scope["path"][len(PREFIX) : -len(SUFFIX)])
+            label = endpoint.name
+            endpoint.check_servable()
+            answer = await self.invoke(endpoint, scope, receive)
+            status, body, headers = answer.status, answer.body, list(answer.headers)
+        except InfermodesError as exc:
+            status, body = exc.status_code, gateway_error_body(exc)
+            headers = [
+                (b"content-type", ERROR_MEDIA_TYPE.encode()),
+                (ERROR_TYPE_HEADER, type(exc).__name__.encode()),
+            ]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._observe(label, status, time.perf_counter() - started)
+
+    async def invoke(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
+        serverless = endpoint.serverless is not None
+        limit = (
+            self.settings.serverless_max_payload_bytes
+            if serverless
+            else self.settings.realtime_max_payload_bytes
+        )
+        try:
+            body = await read_body(scope, receive, limit)
+        except PayloadTooLarge as exc:
+            mode = "serverless" if serverless else "realtime"
+            raise ValidationError(
+                f"endpoint {endpoint.name}: {exc} ({mode} endpoints take at most {limit} bytes)",
+                413,
+            ) from None
+        endpoint.last_request_at = time.time()
+        cap = endpoint.concurrency_cap()
+        if cap is not None and endpoint.active >= cap:
+            self.metrics.throttled.labels(endpoint.name).inc()
+            raise ThrottlingException(
+                f"endpoint {endpoint.name} is at its maxConcurrency ({cap} invocations in flight "
+                "or held in this gateway); retry later"
+            )
+        forwarded = [(FORWARDED[k], v) for k, v in scope["headers"] if k in FORWARDED]
+        in_flight, _ = self._live(endpoint.name)
+        endpoint.active += 1
+        in_flight.inc()
+        holding = [False]
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.forward(endpoint, forwarded, body, holding)
+        except TimeoutError:
+            if holding[0]:
+                raise ServiceUnavailable(
+                    f"no replica of endpoint {endpoint.name} became ready within {self.timeout:g} s"
+                ) from None
+            self.metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
+            raise ModelInvocationTimeout(
+                f"endpoint {endpoint.name} did not answer within the invocation timeout of "
+                f"{self.timeout:g} s"
+            ) from None
+        finally:
+            endpoint.active -= 1
+            in_flight.dec()
+            endpoint.last_request_at = time.time()
+
+    async def forward(
+        self,
+        endpoint: Endpoint,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        holding: list[bool],
+    ) -> Answer:
+        """Send to a ready replica, holding while there is none; a replica the request never
+        reached is left for another."""
+        was_held = False
+        for _ in range(MAX_ATTEMPTS):
+            replica = endpoint.choose()
+            if replica is None:
+                if not was_held:
+                    was_held = True
+                    self.metrics.held.labels(endpoint.name).inc()
+                holding[0] = True
+                await self.hold(endpoint)
+                holding[0] = False
+                continue
+            pool: Pool = replica.handle
+            replica.in_flight += 1
+            try:
+                answer = await pool.request(pool.head(UPSTREAM_PATH, headers, len(body)), body)
+            except NotSent as exc:
+                self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
+                log.info("endpoint %s: %s; trying again", endpoint.name, exc)
+                if exc.refused:
+                    self.table.mark_unready(endpoint, replica)
+                continue
+            except UpstreamFailed as exc:
+                self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
+                raise InternalDependencyException(
+                    f"replica {replica.key} of endpoint {endpoint.name} failed: {exc}"
+                ) from None
+            finally:
+                replica.in_flight -= 1
+            self._forwarded(endpoint)
+            if answer.status >= 500:
+                self.metrics.upstream_errors.labels(endpoint.name, "status_5xx").inc()
+            return checked_answer(endpoint, replica, answer)
+        raise InternalDependencyException(
+            f"no replica of endpoint {endpoint.name} took the request in {MAX_ATTEMPTS} attempts"
+        )
+
+    def _forwarded(self, endpoint: Endpoint) -> None:
+        """The first forward after a cold start ends it."""
+        if endpoint.cold_since is not None:
+            self.metrics.cold_start_duration.labels(endpoint.name).observe(
+                time.monotonic() - endpoint.cold_since
+            )
+            endpoint.cold_since = None
+
+    async def hold(self, endpoint: Endpoint) -> None:
+        """Wait until a replica of the endpoint becomes ready (the caller's timeout bounds it);
+        the first held request of a cold start has its demand written at once."""
+        _, held_now = self._live(endpoint.name)
+        if endpoint.held == 0 and endpoint.cold_since is None:
+            endpoint.cold_since = time.monotonic()
+        endpoint.held += 1
+        held_now.inc()
+        if endpoint.held == 1 and self.demand is not None:
+            self.demand.cold_start(endpoint)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        endpoint.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            endpoint.held -= 1
+            held_now.dec()
+            if not waiter.done():
+                waiter.cancel()
+                endpoint.waiters.remove(waiter)

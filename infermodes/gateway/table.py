@@ -1,0 +1,261 @@
+"""The routing table: the endpoints the gateway serves, their replicas, and the per-endpoint
+accounting (in flight, held, the concurrency cap). Pure state and decisions: sources fill it
+(``apply_*``, ``replace_*``), the proxy reads it, nothing here does I/O.
+
+Names: the gateway serves the endpoints of the namespaces it watches under their bare names.
+A name found in two of them is refused with 409 naming both namespaces rather than guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import ValidationError as SpecError
+
+from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
+from infermodes.endpoints.spec import EndpointSpec, Mode, Phase, ServerlessSpec
+from infermodes.gateway.errors import ValidationError
+
+SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
+SYNCHRONOUS_MODES = frozenset({Mode.REALTIME, Mode.SERVERLESS})
+
+
+@dataclass
+class Replica:
+    """One model server. ``ready`` once its ``/ping`` answered 200 (or its pod is Ready)."""
+
+    key: str  # the pod name, or the address for static replicas
+    host: str
+    port: int
+    ready: bool = False
+    in_flight: int = 0
+    removed: bool = False
+    handle: Any = None  # the proxy's per-replica state (its connection pool)
+
+
+@dataclass
+class Endpoint:
+    """One endpoint as the gateway sees it, and its live accounting."""
+
+    name: str
+    namespace: str
+    mode: Mode | None = None  # None: a spec the gateway cannot read
+    phase: Phase | None = None
+    serverless: ServerlessSpec | None = None
+    other_gateways: int = 0  # fresh demand entries of other gateway replicas
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    active: int = 0  # admitted and not yet answered (held included)
+    held: int = 0
+    last_request_at: float = 0.0  # wall clock
+    cold_since: float | None = None  # monotonic: first held request with no ready replica
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    _next: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Forwarded to a replica, not yet answered (the demand annotation's ``inFlight``)."""
+        return self.active - self.held
+
+    def concurrency_cap(self) -> int | None:
+        """This gateway's share of ``maxConcurrency`` (None: no cap, a realtime endpoint).
+        Each gateway replica that wrote fresh demand takes an equal share, at least one."""
+        if self.serverless is None:
+            return None
+        return max(1, self.serverless.max_concurrency // (1 + self.other_gateways))
+
+    def check_servable(self) -> None:
+        """Raise the error that says why this endpoint takes no invocations, if it does not."""
+        where = f"endpoint {self.name} (namespace {self.namespace})"
+        if self.mode is None:
+            raise ValidationError(f"{where} has a spec the gateway cannot read")
+        if self.mode not in SYNCHRONOUS_MODES:
+            raise ValidationError(
+                f"{where} is a {self.mode} endpoint: use "
+                + (f"/endpoints/{self.name}/async-invocations" if self.mode is Mode.ASYNC else
+                   "its batch job")
+            )  # fmt: skip
+        if self.phase not in SERVING_PHASES:
+            phase = self.phase.value if self.phase else "not reconciled yet"
+            raise ValidationError(f"{where} is {phase}, not InService")
+
+    def choose(self) -> Replica | None:
+        """The ready replica with the fewest requests in flight; ties rotate."""
+        ready = [r for r in self.replicas.values() if r.ready]
+        if not ready:
+            return None
+        self._next = (self._next + 1) % len(ready)
+        best = ready[self._next]
+        for replica in ready:
+            if replica.in_flight < best.in_flight:
+                best = replica
+        return best
+
+    def wake(self) -> None:
+        """A replica became ready: every held request looks again."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def demand_peers(annotations: Mapping[str, str] | None, own_key: str, now: float) -> int:
+    """Other gateway replicas with a fresh demand entry on the endpoint."""
+    count = 0
+    for key, value in (annotations or {}).items():
+        if key.startswith(ANNOTATION_PREFIX) and key != own_key:
+            entry = GatewayDemand.from_annotation(value)
+            if entry is not None and now - entry.at <= STALE_SECONDS:
+                count += 1
+    return count
+
+
+ReplicaHook = Callable[[Endpoint, Replica], None]
+
+
+class Table:
+    """Every endpoint of the watched namespaces, by namespace and name."""
+
+    def __init__(
+        self,
+        demand_key: str = "",
+        on_new_replica: ReplicaHook | None = None,
+        on_removed_replica: ReplicaHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.demand_key = demand_key
+        self.on_new_replica = on_new_replica
+        self.on_removed_replica = on_removed_replica
+        self.clock = clock
+        self.endpoints: dict[tuple[str, str], Endpoint] = {}
+        self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
+        self.synced: set[str] = set()  # sources that have listed everything once
+        self._by_name: dict[str, list[Endpoint]] = {}
+
+    # reading
+    def lookup(self, name: str) -> Endpoint:
+        """The endpoint serving ``name``, or the error naming why there is none."""
+        found = self._by_name.get(name)
+        if not found:
+            raise ValidationError(f"endpoint {name} not found", 404)
+        if len(found) > 1:
+            spaces = " and ".join(sorted(e.namespace for e in found))
+            raise ValidationError(
+                f"endpoint {name} exists in namespaces {spaces}; the gateway serves a name "
+                "from one namespace only (rename one, or give each namespace its own gateway)",
+                409,
+            )
+        return found[0]
+
+    def get(self, namespace: str, name: str) -> Endpoint:
+        key = (namespace, name)
+        endpoint = self.endpoints.get(key)
+        if endpoint is None:
+            endpoint = self.endpoints[key] = Endpoint(name, namespace)
+        return endpoint
+
+    # endpoint objects
+    def apply_endpoint(self, namespace: str, obj: Mapping[str, Any]) -> None:
+        """An InferenceEndpoint was added or changed."""
+        meta = obj.get("metadata") or {}
+        endpoint = self.get(namespace, str(meta.get("name", "")))
+        try:
+            spec = EndpointSpec.model_validate(obj.get("spec") or {})
+            endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
+        except SpecError:
+            endpoint.mode, endpoint.serverless = None, None
+        try:
+            endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
+        except ValueError:
+            endpoint.phase = None
+        endpoint.other_gateways = demand_peers(
+            meta.get("annotations"), self.demand_key, self.clock()
+        )
+        if (namespace, endpoint.name) not in self.known:
+            self.known.add((namespace, endpoint.name))
+            self._by_name.setdefault(endpoint.name, []).append(endpoint)
+
+    def remove_endpoint(self, namespace: str, name: str) -> None:
+        endpoint = self.endpoints.get((namespace, name))
+        if endpoint is None or (namespace, name) not in self.known:
+            return
+        self.known.discard((namespace, name))
+        self._by_name[name].remove(endpoint)
+        if not self._by_name[name]:
+            del self._by_name[name]
+        endpoint.mode, endpoint.phase = None, None
+
+    def replace_endpoints(self, namespace: str, objects: Iterable[Mapping[str, Any]]) -> None:
+        """A full list (after a relist): endpoints not in it are gone."""
+        names = set()
+        for obj in objects:
+            self.apply_endpoint(namespace, obj)
+            names.add(str((obj.get("metadata") or {}).get("name", "")))
+        for ns, name in list(self.known):
+            if ns == namespace and name not in names:
+                self.remove_endpoint(ns, name)
+
+    # replicas
+    def set_replica(self, namespace: str, endpoint_name: str, replica: Replica) -> None:
+        """Add a replica, or replace one whose address changed; a new one is probed."""
+        endpoint = self.get(namespace, endpoint_name)
+        old = endpoint.replicas.get(replica.key)
+        if old is not None and (old.host, old.port) == (replica.host, replica.port):
+            if replica.ready and not old.ready:
+                self.mark_ready(endpoint, old)
+            return
+        if old is not None:
+            self.drop_replica(namespace, endpoint_name, old.key)
+        endpoint.replicas[replica.key] = replica
+        if replica.ready:
+            self.mark_ready(endpoint, replica)
+        elif self.on_new_replica is not None:
+            self.on_new_replica(endpoint, replica)
+
+    def drop_replica(self, namespace: str, endpoint_name: str, key: str) -> None:
+        """The replica leaves the rotation at once; its in-flight requests finish."""
+        endpoint = self.endpoints.get((namespace, endpoint_name))
+        replica = endpoint.replicas.pop(key, None) if endpoint else None
+        if endpoint is None or replica is None:
+            return
+        replica.removed, replica.ready = True, False
+        if self.on_removed_replica is not None:
+            self.on_removed_replica(endpoint, replica)
+
+    def replace_replicas(self, namespace: str, replicas: Mapping[str, list[Replica]]) -> None:
+        """A full list of replicas by endpoint name (after a relist)."""
+        for (ns, name), endpoint in list(self.endpoints.items()):
+            if ns != namespace:
+                continue
+            keep = {r.key for r in replicas.get(name, [])}
+            for key in [k for k in endpoint.replicas if k not in keep]:
+                self.drop_replica(ns, name, key)
+        for name, found in replicas.items():
+            for replica in found:
+                self.set_replica(namespace, name, replica)
+
+    def mark_ready(self, endpoint: Endpoint, replica: Replica) -> None:
+        if replica.removed:
+            return
+        replica.ready = True
+        endpoint.wake()
+
+    def mark_unready(self, endpoint: Endpoint, replica: Replica) -> None:
+        """A replica refused a connection: out of rotation and probed again."""
+        if not replica.ready or replica.removed:
+            return
+        replica.ready = False
+        if self.on_new_replica is not None:
+            self.on_new_replica(endpoint, replica)
+
+
+class EndpointSource(Protocol):
+    """Where the table's endpoints and replicas come from (Kubernetes watches, a file, the
+    local runtime)."""
+
+    async def run(self, table: Table) -> None:
+        """Fill the table and keep it current until cancelled; add the source's name to
+        ``table.synced`` once everything has been listed."""

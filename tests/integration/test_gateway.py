@@ -1,0 +1,289 @@
+"""``infermodes gateway`` (static endpoints) in front of real ``infermodes serve`` processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import http.server
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from infermodes.settings import MIB
+from tests.conftest import AbaloneModel
+from tests.support.gateway import GatewayProcess, running_gateway, static_endpoint
+from tests.support.processes import (
+    ServerProcess,
+    free_port,
+    running_server,
+    start_server,
+    stop_process,
+    wait_until,
+)
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def predictions(response: httpx.Response) -> np.ndarray:
+    return np.array(response.text.split(), dtype=np.float32)
+
+
+def server_args(abalone_model: AbaloneModel) -> list[str]:
+    return ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def server(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:  # fmt: skip
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server(server_args(abalone_model), log) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def gateway(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[GatewayProcess]:  # fmt: skip
+    address = server.url.removeprefix("http://")
+    endpoints = [
+        static_endpoint("realtime", "realtime", [address]),
+        static_endpoint("serverless", "serverless", [address], maxConcurrency=5),
+        static_endpoint("creating", "serverless", [address], phase="Creating"),
+        static_endpoint("twice", "realtime", [address], namespace="team-a"),
+        static_endpoint("twice", "realtime", [address], namespace="team-b"),
+    ]
+    with running_gateway(endpoints, tmp_path_factory.mktemp("gateway")) as process:
+        yield process
+
+
+def test_predictions_through_the_gateway_equal_the_servers(
+    gateway: GatewayProcess, server: ServerProcess, abalone_model: AbaloneModel
+) -> None:
+    rows = abalone_model.test_rows
+    body = to_csv(rows)
+    direct = httpx.post(f"{server.url}/invocations", content=body,
+                        headers={"content-type": "text/csv"})  # fmt: skip
+    for name in ("realtime", "serverless"):
+        through = gateway.invoke(name, body)
+        assert through.status_code == 200, through.text
+        assert through.headers["content-type"] == direct.headers["content-type"]
+        assert through.content == direct.content
+    np.testing.assert_array_equal(
+        predictions(direct), abalone_model.booster().inplace_predict(rows)
+    )
+    instances = json.dumps({"instances": rows[:3].tolist()}).encode()
+    accept = {"accept": "application/json"}
+    as_json = gateway.invoke("realtime", instances, "application/json", headers=accept)
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.headers["content-type"] == "application/json"
+    got = [p["score"] for p in as_json.json()["predictions"]]
+    np.testing.assert_allclose(got, predictions(direct)[:3], rtol=1e-6)
+
+
+def expect_error(response: httpx.Response, status: int, code: str, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["x-amzn-errortype"] == code
+    body = response.json()
+    assert body["error"] == code
+    for word in words:
+        assert word in body["message"], body
+    return body
+
+
+def test_bad_inputs_get_the_documented_4xx_and_the_gateway_stays_up(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    expect_error(gateway.invoke("missing", b"1"), 404, "ValidationError", "endpoint missing")
+    expect_error(gateway.invoke("serverless", b"1" * (4 * MIB + 1)), 413, "ValidationError",
+                 str(4 * MIB))  # fmt: skip
+    expect_error(gateway.invoke("realtime", b"1" * (6 * MIB + 1)), 413, "ValidationError")
+    malformed = expect_error(gateway.invoke("serverless", b"1,2,x\n"), 424, "ModelError")
+    assert malformed["OriginalStatusCode"] == 400
+    assert "row 1" in malformed["OriginalMessage"]
+    assert malformed["OriginalMessage"] in malformed["message"]
+    unsupported = expect_error(gateway.invoke("realtime", b"\x00", "image/png"), 424, "ModelError")
+    assert unsupported["OriginalStatusCode"] == 415
+    assert "image/png" in unsupported["OriginalMessage"]
+    expect_error(gateway.invoke("creating", b"1"), 400, "ValidationError", "Creating")
+    expect_error(gateway.invoke("twice", b"1"), 409, "ValidationError", "team-a and team-b")
+    wrong_method = httpx.get(f"{gateway.url}/endpoints/realtime/invocations")
+    assert wrong_method.status_code == 405
+    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+    row = to_csv(abalone_model.test_rows[:1])
+    assert gateway.invoke("serverless", row).status_code == 200
+    assert gateway.proc.poll() is None
+
+
+def test_held_requests_over_max_concurrency_get_429_at_once_and_the_rest_are_forwarded_when_a_server_starts(  # noqa: E501
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """50 concurrent requests for a serverless endpoint (maxConcurrency 10) with no replica up:
+    10 are held, 40 get 429 without waiting; when the server starts, the 10 are answered."""
+    port = free_port()
+    endpoint = static_endpoint("cold", "serverless", [f"127.0.0.1:{port}"], maxConcurrency=10)
+    rows = abalone_model.test_rows[:5]
+    expected = abalone_model.booster().inplace_predict(rows)
+    with running_gateway([endpoint], tmp_path) as gateway:
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            futures = [pool.submit(gateway.invoke, "cold", to_csv(rows)) for _ in range(50)]
+            wait_until(
+                lambda: (
+                    sum(f.done() for f in futures) == 40
+                    and gateway.metric("infermodes_gateway_requests_held", endpoint="cold") == 10
+                ),
+                60,
+                "40 answered and 10 held requests",
+            )
+            for future in futures:
+                if future.done():  # answered at once, while the other 10 wait
+                    expect_error(future.result(), 429, "ThrottlingException", "maxConcurrency")
+            server = start_server(server_args(abalone_model), tmp_path / "server.log", port=port)
+            try:
+                responses = [f.result(timeout=120) for f in futures]
+            finally:
+                stop_process(server.proc)
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(429) == 40 and statuses.count(200) == 10, statuses
+        for response in responses:
+            if response.status_code == 200:
+                np.testing.assert_array_equal(predictions(response), expected)
+        metric = gateway.metric
+        assert metric("infermodes_gateway_throttled_total", endpoint="cold") == 40
+        assert metric("infermodes_gateway_held_for_cold_start_total", endpoint="cold") == 10
+        assert metric("infermodes_gateway_cold_start_duration_seconds_count", endpoint="cold") == 1
+
+
+def test_a_replica_stopped_while_requests_are_in_flight_loses_none(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    rows = abalone_model.test_rows[:300]
+    body = to_csv(rows)
+    expected = abalone_model.booster().inplace_predict(rows)
+    args = server_args(abalone_model)
+    with running_server(args, tmp_path / "a.log") as first, \
+            running_server(args, tmp_path / "b.log") as second:  # fmt: skip
+        replicas = [s.url.removeprefix("http://") for s in (first, second)]
+        with running_gateway([static_endpoint("pair", "realtime", replicas)], tmp_path) as gateway:
+            results: list[httpx.Response] = []
+            stop = threading.Event()
+
+            def client() -> None:
+                with httpx.Client(timeout=60) as http:
+                    for _ in range(2000):  # bounded; stopped long before
+                        if stop.is_set():
+                            return
+                        url = f"{gateway.url}/endpoints/pair/invocations"
+                        csv = {"content-type": "text/csv"}
+                        results.append(http.post(url, content=body, headers=csv))
+
+            threads = [threading.Thread(target=client) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            try:
+                wait_until(lambda: len(results) >= 30, 60, "traffic through both replicas")
+                stop_process(first.proc)  # SIGTERM while requests are in flight
+                count = len(results)
+                wait_until(lambda: len(results) >= count + 30, 60, "traffic after the stop")
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join(60)
+            assert len(results) >= 60
+            for response in results:
+                assert response.status_code == 200, response.text
+                np.testing.assert_array_equal(predictions(response), expected)
+            assert gateway.metric("infermodes_gateway_upstream_errors_total",
+                                  endpoint="pair", outcome="failed") == 0  # fmt: skip
+
+
+class FakeReplica(http.server.BaseHTTPRequestHandler):
+    """A replica whose /ping is fine but whose invocations fail (500) or hang (sleep)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.server.hang:  # type: ignore[attr-defined]
+            self.server.release.wait(30)  # type: ignore[attr-defined]
+            return
+        body = b'{"error": "Boom", "message": "the model crashed"}'
+        self.send_response(500)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def fake_replica(hang: bool) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeReplica)
+    server.hang = hang  # type: ignore[attr-defined]
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_failures_and_timeouts_get_502_504_and_503_with_clear_bodies(tmp_path: Path) -> None:
+    with fake_replica(hang=False) as failing, fake_replica(hang=True) as hanging:
+        endpoints = [
+            static_endpoint("failing", "realtime", [failing]),
+            static_endpoint("hanging", "realtime", [hanging]),
+            static_endpoint("never", "serverless", [f"127.0.0.1:{free_port()}"]),
+        ]
+        args = ["--invocation-timeout-seconds", "2"]
+        with running_gateway(endpoints, tmp_path, args) as gateway:
+            failed = expect_error(gateway.invoke("failing", b"1"), 502,
+                                  "InternalDependencyException", "the model crashed")  # fmt: skip
+            assert failed["OriginalStatusCode"] == 500
+            expect_error(gateway.invoke("hanging", b"1"), 504, "ModelInvocationTimeout",
+                         "invocation timeout of 2 s")  # fmt: skip
+            expect_error(gateway.invoke("never", b"1"), 503, "ServiceUnavailable",
+                         "no replica of endpoint never became ready within 2 s")  # fmt: skip
+            assert gateway.metric("infermodes_gateway_upstream_errors_total",
+                                  endpoint="hanging", outcome="timeout") == 1  # fmt: skip
+
+
+def test_sigterm_drains_a_held_request_before_the_gateway_exits(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    port = free_port()
+    rows = abalone_model.test_rows[:2]
+    endpoint = static_endpoint("late", "serverless", [f"127.0.0.1:{port}"])
+    with running_gateway([endpoint], tmp_path) as gateway, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:  # fmt: skip
+        pending = pool.submit(gateway.invoke, "late", to_csv(rows))
+        wait_until(lambda: gateway.metric("infermodes_gateway_requests_held", endpoint="late") == 1,
+                   30, "the request to be held")  # fmt: skip
+        os.killpg(gateway.proc.pid, signal.SIGTERM)
+        wait_until(lambda: not gateway.ready(), 30, "the gateway to stop accepting")
+        assert gateway.proc.poll() is None and not pending.done()  # its answer is still owed
+        server = start_server(server_args(abalone_model), tmp_path / "server.log", port=port)
+        try:
+            response = pending.result(timeout=120)
+            assert response.status_code == 200, response.text
+            np.testing.assert_array_equal(
+                predictions(response), abalone_model.booster().inplace_predict(rows)
+            )
+            assert gateway.proc.wait(60) == 0
+        finally:
+            stop_process(server.proc)

@@ -1,0 +1,177 @@
+"""The gateway's demand writes (the rules of endpoints/demand.py, on a fake clock), the error
+mapping of replica answers, and the kubeconfig credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from infermodes.endpoints.demand import (
+    HEARTBEAT_SECONDS,
+    WRITE_INTERVAL_SECONDS,
+    Demand,
+    GatewayDemand,
+    annotation_key,
+)
+from infermodes.gateway.demand_writer import DemandSchedule, DemandWriter
+from infermodes.gateway.errors import (
+    ERROR_TYPE_HEADER,
+    InternalDependencyException,
+    ModelError,
+    gateway_error_body,
+)
+from infermodes.gateway.kube import Credentials
+from infermodes.gateway.proxy import checked_answer, is_invocation, original_message
+from infermodes.gateway.table import Endpoint, Replica, Table
+from infermodes.gateway.upstream import Answer
+
+
+def test_schedule_writes_changes_at_most_once_per_interval() -> None:
+    schedule = DemandSchedule()
+    assert schedule.due((1, 0, 5.0), now=100.0)  # never written
+    schedule.wrote((1, 0, 5.0), 100.0)
+    assert not schedule.due((2, 0, 6.0), now=100.0 + WRITE_INTERVAL_SECONDS / 2)
+    assert schedule.due((2, 0, 6.0), now=100.0 + WRITE_INTERVAL_SECONDS)
+
+
+def test_the_first_held_request_is_written_at_once() -> None:
+    schedule = DemandSchedule()
+    schedule.wrote((0, 0, 5.0), 100.0)
+    assert schedule.due((0, 1, 6.0), now=100.01, urgent=True)
+    schedule.wrote((0, 1, 6.0), 100.01)
+    assert not schedule.due((0, 1, 6.0), now=100.02, urgent=True)  # nothing new to say
+
+
+def test_heartbeat_only_while_there_is_work() -> None:
+    schedule = DemandSchedule()
+    schedule.wrote((3, 0, 5.0), 100.0)
+    assert not schedule.due((3, 0, 5.0), now=100.0 + HEARTBEAT_SECONDS - 1)
+    assert schedule.due((3, 0, 5.0), now=100.0 + HEARTBEAT_SECONDS)
+    schedule.wrote((0, 0, 7.0), 200.0)
+    assert not schedule.due((0, 0, 7.0), now=200.0 + 10 * HEARTBEAT_SECONDS)
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, GatewayDemand]] = []
+        self.fail = False
+
+    async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
+        if self.fail:
+            raise OSError("API unreachable")
+        self.writes.append((namespace, name, demand))
+
+
+def serverless_table() -> Table:
+    table = Table()
+    spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    table.apply_endpoint("ns", {"metadata": {"name": "sl"}, "spec": spec})
+    spec = {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {}}
+    table.apply_endpoint("ns", {"metadata": {"name": "rt"}, "spec": spec})
+    return table
+
+
+def test_writer_writes_serverless_demand_by_the_rules_and_retries_failures() -> None:
+    async def scenario() -> None:
+        table = serverless_table()
+        sink = FakeSink()
+        clock = [100.0]
+        writer = DemandWriter(table, sink, "gw-0", monotonic=lambda: clock[0],
+                              wall=lambda: 5000.0 + clock[0])  # fmt: skip
+        endpoint = table.lookup("sl")
+        await writer.write_due()
+        assert [(ns, name) for ns, name, _ in sink.writes] == [("ns", "sl")]  # realtime: never
+        endpoint.active, endpoint.held, endpoint.last_request_at = 1, 1, 5100.0
+        clock[0] += 0.1
+        await writer.write_due()
+        assert len(sink.writes) == 1  # within the interval
+        writer.cold_start(endpoint)
+        await writer.write_due()
+        demand = sink.writes[-1][2]
+        assert (demand.gateway, demand.in_flight, demand.held, demand.at) == ("gw-0", 0, 1, 5100.1)
+        endpoint.held = 0
+        clock[0] += WRITE_INTERVAL_SECONDS
+        sink.fail = True
+        await writer.write_due()
+        sink.fail = False
+        await writer.write_due()  # the failed write is due still
+        assert sink.writes[-1][2].in_flight == 1
+        entry = {annotation_key("gw-0"): sink.writes[-1][2].to_annotation()}
+        assert Demand.from_annotations(entry, now=5101.1).active == 1
+
+    asyncio.run(scenario())
+
+
+def test_flush_writes_the_last_figures_inside_the_interval() -> None:
+    async def scenario() -> None:
+        table = serverless_table()
+        sink = FakeSink()
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: 1.0, wall=lambda: 9.0)
+        await writer.write_due()
+        table.lookup("sl").last_request_at = 8.0
+        await writer.flush()
+        assert sink.writes[-1][2].last_request_at == 8.0
+
+    asyncio.run(scenario())
+
+
+def endpoint_and_replica() -> tuple[Endpoint, Replica]:
+    return Endpoint("abalone", "ns"), Replica("pod-1", "127.0.0.1", 8080)
+
+
+def test_a_model_4xx_is_a_424_model_error_with_the_original_status_and_message() -> None:
+    body = json.dumps({"error": "InvalidInput", "message": "row 1: expected 10 features, got 2"})
+    with pytest.raises(ModelError) as raised:
+        checked_answer(*endpoint_and_replica(), Answer(400, [], body.encode()))
+    assert raised.value.status_code == 424
+    shown = json.loads(gateway_error_body(raised.value))
+    assert shown["error"] == "ModelError"
+    assert shown["OriginalStatusCode"] == 400
+    assert shown["OriginalMessage"] == "row 1: expected 10 features, got 2"
+    assert "row 1: expected 10 features" in shown["message"]
+
+
+def test_a_model_5xx_is_a_502_and_a_2xx_passes_untouched() -> None:
+    with pytest.raises(InternalDependencyException) as raised:
+        checked_answer(*endpoint_and_replica(), Answer(503, [], b"model is loading"))
+    assert raised.value.status_code == 502
+    assert json.loads(gateway_error_body(raised.value))["OriginalStatusCode"] == 503
+    answer = Answer(200, [(b"content-type", b"text/csv")], b"9.5\n")
+    assert checked_answer(*endpoint_and_replica(), answer) is answer
+
+
+def test_original_message_of_non_json_bodies_is_their_text_bounded() -> None:
+    assert original_message(b"plain failure") == "plain failure"
+    assert len(original_message(b"x" * 5000)) == 1000
+    assert ERROR_TYPE_HEADER == b"x-amzn-errortype"
+
+
+@pytest.mark.parametrize(
+    ("path", "routed"),
+    [("/endpoints/a/invocations", True), ("/endpoints/a/async-invocations", False),
+     ("/endpoints//invocations", False), ("/endpoints/invocations", False), ("/metrics", False)],
+)  # fmt: skip
+def test_only_the_invocations_route_takes_the_fast_path(path: str, routed: bool) -> None:
+    assert is_invocation(path) is routed
+
+
+def test_kubeconfig_credentials_use_its_current_context(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("secret-token\n")
+    config = {
+        "current-context": "gw",
+        "contexts": [{"name": "gw", "context": {"cluster": "c", "user": "u", "namespace": "ops"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443",
+                                               "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"tokenFile": "token"}}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    credentials = Credentials.from_kubeconfig(path)
+    assert credentials.server == "https://127.0.0.1:6443"
+    assert credentials.namespace == "ops"
+    assert credentials.verify is False
+    assert credentials.token() == "secret-token"
+    assert "secret-token" not in repr(credentials)

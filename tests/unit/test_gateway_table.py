@@ -1,0 +1,207 @@
+"""The gateway's routing table: names, phases, the replica choice, the concurrency share, and
+watch events (InferenceEndpoints, Pods) turned into table updates."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from infermodes.endpoints.demand import GatewayDemand, annotation_key
+from infermodes.endpoints.spec import Phase
+from infermodes.gateway.errors import ValidationError
+from infermodes.gateway.kube import apply_endpoint, apply_pod, replace_pods
+from infermodes.gateway.table import Endpoint, Replica, Table
+
+NOW = 1_000_000.0
+
+
+def endpoint_object(
+    name: str,
+    mode: str = "serverless",
+    phase: str | None = "InService",
+    annotations: dict[str, str] | None = None,
+    **block: Any,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"mode": mode, "model": {"uri": "file:///m"}, mode: block}
+    return {"metadata": {"name": name, "annotations": annotations or {}}, "spec": spec,
+            "status": {"phase": phase} if phase else {}}  # fmt: skip
+
+
+def pod(
+    name: str,
+    endpoint: str,
+    ip: str | None = "127.0.1.1",
+    ready: bool = False,
+    phase: str = "Running",
+    deleting: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"infermodes.dev/endpoint": endpoint}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {"phase": phase, "conditions": [
+        {"type": "Ready", "status": "True" if ready else "False"}]}  # fmt: skip
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.added: list[str] = []
+        self.removed: list[str] = []
+
+    def table(self, **kwargs: Any) -> Table:
+        return Table(on_new_replica=lambda _, r: self.added.append(r.key),
+                     on_removed_replica=lambda _, r: self.removed.append(r.key),
+                     clock=lambda: NOW, **kwargs)  # fmt: skip
+
+
+def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both() -> None:
+    table = Table()
+    with pytest.raises(ValidationError) as missing:
+        table.lookup("abalone")
+    assert missing.value.status_code == 404 and "abalone" in str(missing.value)
+    table.apply_endpoint("team-a", endpoint_object("abalone"))
+    assert table.lookup("abalone").namespace == "team-a"
+    table.apply_endpoint("team-b", endpoint_object("abalone"))
+    with pytest.raises(ValidationError) as clash:
+        table.lookup("abalone")
+    assert clash.value.status_code == 409
+    assert "team-a and team-b" in str(clash.value)
+    table.remove_endpoint("team-a", "abalone")
+    assert table.lookup("abalone").namespace == "team-b"
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (endpoint_object("e", phase="Creating"), "is Creating, not InService"),
+        (endpoint_object("e", phase="Failed"), "is Failed, not InService"),
+        (endpoint_object("e", phase=None), "not reconciled yet"),
+        (endpoint_object("e", mode="async", outputPath="file:///o"),
+         "/endpoints/e/async-invocations"),
+        ({"metadata": {"name": "e"}, "spec": {"mode": "teleport"}},
+         "a spec the gateway cannot read"),
+    ],
+)  # fmt: skip
+def test_endpoints_that_take_no_invocations_say_why(obj: dict[str, Any], message: str) -> None:
+    table = Table()
+    table.apply_endpoint("ns", obj)
+    with pytest.raises(ValidationError) as refused:
+        table.lookup("e").check_servable()
+    assert refused.value.status_code == 400
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("phase", ["InService", "Updating"])
+def test_in_service_and_updating_endpoints_are_served_even_at_zero_replicas(phase: str) -> None:
+    table = Table()
+    table.apply_endpoint("ns", endpoint_object("e", phase=phase))
+    endpoint = table.lookup("e")
+    endpoint.check_servable()
+    assert endpoint.choose() is None  # held, not refused
+
+
+def test_choice_is_the_ready_replica_with_the_fewest_in_flight_and_ties_rotate() -> None:
+    endpoint = Endpoint("e", "ns")
+    for key, in_flight, ready in [("a", 3, True), ("b", 1, True), ("c", 0, False), ("d", 1, True)]:
+        endpoint.replicas[key] = Replica(key, "127.0.0.1", 1, ready=ready, in_flight=in_flight)
+    chosen = {endpoint.choose().key for _ in range(4)}  # type: ignore[union-attr]
+    assert chosen == {"b", "d"}  # never the busier a, never the unready c
+    endpoint.replicas["d"].in_flight = 0
+    assert endpoint.choose().key == "d"  # type: ignore[union-attr]
+
+
+def test_the_concurrency_cap_is_shared_with_gateways_that_wrote_fresh_demand() -> None:
+    table = Table(demand_key=annotation_key("me"), clock=lambda: NOW)
+
+    def entry(gateway: str, at: float) -> tuple[str, str]:
+        return annotation_key(gateway), GatewayDemand(gateway, 1, 0, at, at).to_annotation()
+
+    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=10))
+    assert table.lookup("e").concurrency_cap() == 10
+    annotations = dict([entry("me", NOW), entry("other", NOW - 5), entry("dead", NOW - 600)])
+    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=10, annotations=annotations))
+    assert table.lookup("e").concurrency_cap() == 5  # me and other; dead is stale
+    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=1, annotations=annotations))
+    assert table.lookup("e").concurrency_cap() == 1  # never zero
+    table.apply_endpoint("ns", endpoint_object("e", mode="realtime"))
+    assert table.lookup("e").concurrency_cap() is None
+
+
+def test_pod_events_join_and_leave_the_rotation() -> None:
+    hooks = Hooks()
+    table = hooks.table()
+    apply_endpoint(table, "ns", "ADDED", endpoint_object("e"))
+    apply_pod(table, "ns", "ADDED", pod("p1", "e", ip=None, phase="Pending"))
+    assert table.lookup("e").replicas == {}
+    apply_pod(table, "ns", "MODIFIED", pod("p1", "e"))
+    assert hooks.added == ["p1"]  # probed: not ready until /ping answers
+    assert not table.lookup("e").replicas["p1"].ready
+    apply_pod(table, "ns", "MODIFIED", pod("p1", "e", ready=True))
+    assert table.lookup("e").replicas["p1"].ready  # the kubelet's Ready counts too
+    assert hooks.added == ["p1"]
+    apply_pod(table, "ns", "MODIFIED", pod("p1", "e", ready=True, deleting=True))
+    assert table.lookup("e").replicas == {} and hooks.removed == ["p1"]
+    apply_pod(table, "ns", "ADDED", pod("p2", "e", ready=True))
+    apply_pod(table, "ns", "DELETED", pod("p2", "e", ready=True))
+    assert table.lookup("e").replicas == {} and hooks.removed == ["p1", "p2"]
+
+
+def test_a_pod_with_a_new_ip_is_a_new_replica() -> None:
+    hooks = Hooks()
+    table = hooks.table()
+    apply_pod(table, "ns", "ADDED", pod("p", "e", ip="127.0.1.1", ready=True))
+    old = table.get("ns", "e").replicas["p"]
+    apply_pod(table, "ns", "MODIFIED", pod("p", "e", ip="127.0.1.2"))
+    assert old.removed and hooks.removed == ["p"]
+    assert table.get("ns", "e").replicas["p"].host == "127.0.1.2"
+
+
+def test_a_relist_drops_what_is_gone() -> None:
+    hooks = Hooks()
+    table = hooks.table()
+    table.replace_endpoints("ns", [endpoint_object("a"), endpoint_object("b")])
+    replace_pods(table, "ns", [pod("a1", "a", ready=True), pod("b1", "b", ready=True)])
+    table.replace_endpoints("ns", [endpoint_object("a")])
+    replace_pods(table, "ns", [pod("a1", "a", ready=True)])
+    assert table.lookup("a").replicas.keys() == {"a1"}
+    with pytest.raises(ValidationError):
+        table.lookup("b")
+    assert hooks.removed == ["b1"]
+
+
+def test_a_replica_becoming_ready_wakes_held_requests() -> None:
+    async def scenario() -> bool:
+        table = Table()
+        table.apply_endpoint("ns", endpoint_object("e"))
+        endpoint = table.lookup("e")
+        waiter = asyncio.get_running_loop().create_future()
+        endpoint.waiters.append(waiter)
+        table.set_replica("ns", "e", Replica("p", "127.0.0.1", 1))
+        assert not waiter.done()
+        table.mark_ready(endpoint, endpoint.replicas["p"])
+        return waiter.done() and endpoint.waiters == []
+
+    assert asyncio.run(scenario())
+
+
+def test_an_unready_replica_is_probed_again_and_a_removed_one_never_returns() -> None:
+    hooks = Hooks()
+    table = hooks.table()
+    table.set_replica("ns", "e", Replica("p", "127.0.0.1", 1, ready=True))
+    endpoint = table.get("ns", "e")
+    replica = endpoint.replicas["p"]
+    table.mark_unready(endpoint, replica)
+    assert not replica.ready and hooks.added == ["p"]
+    table.drop_replica("ns", "e", "p")
+    table.mark_ready(endpoint, replica)
+    assert not replica.ready
+
+
+def test_phase_is_parsed_from_status() -> None:
+    table = Table()
+    table.apply_endpoint("ns", endpoint_object("e", phase="Updating"))
+    assert table.lookup("e").phase is Phase.UPDATING
