@@ -127,8 +127,9 @@ class AsyncApiMetrics:
 class BatchMetrics:
     """A batch instance's metrics on its side port: the model server's predict latency and
     rows under the same names, and progress (objects, records, mini-batches, retries) that the
-    operator and a Prometheus scraping the job's pods read while it runs. ``outcome`` of an
-    object is succeeded, skipped or failed; of a mini-batch, ok, bad_input or failed."""
+    operator and a Prometheus scraping the job's pods read while it runs. ``outcome`` of a unit
+    (an object or a byte range of one) is succeeded, skipped or failed; of a mini-batch attempt,
+    ok or failed (then retried, or failing its object)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.predict_duration = Histogram(

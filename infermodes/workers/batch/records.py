@@ -24,6 +24,9 @@ class BadRecord(Exception):
         self.line = line  # None: the object as a whole (e.g. a broken gzip stream)
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[BadRecord], tuple[int | None, str]]:
+        return BadRecord, (self.line, self.reason)  # crosses from worker processes
+
 
 def too_large(line: int, limit: int) -> BadRecord:
     return BadRecord(line, f"record is larger than maxPayloadInMB ({limit / MIB:g} MB)")

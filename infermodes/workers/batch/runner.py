@@ -1,16 +1,17 @@
 """``infermodes batch``: one instance of a batch transform (one Job index, or a user's shell).
 
 List the inputs, take this instance's shard (``plan``), and for each object or byte range:
-stream it (``records``), transform ``maxConcurrentTransforms`` mini-batches at a time in
-threads (``transform``: XGBoost releases the GIL while predicting), and write the outputs in
-input order to an atomic writer, so ``<key>.out`` appears whole or not at all. An object that
+stream it (``records``), transform ``maxConcurrentTransforms`` mini-batches at a time
+(``worker``, ``transform``), and write the outputs in input order to an atomic writer, so
+``<key>.out`` appears whole or not at all. An object that
 fails is reported and the others go on; a re-run skips every ``.out`` that exists.
 
 Memory: at most ``maxConcurrentTransforms + 1`` mini-batches of ``maxPayloadInMB`` exist at once
 (in flight, or read and waiting), each held about three times (input bytes, float32 rows,
-output text), plus one 1 MiB read block and the storage writer's buffer (8 MiB on S3): about
-``3 x (maxConcurrentTransforms + 1) x maxPayloadInMB + 10`` MB beyond the model, so
-``4 x 100 MB`` at the platform's limits and ~50 MB at the defaults, whatever the input's size.
+output text, and a copy in transit to and from a worker process), plus one 1 MiB read block and
+the storage writer's buffer (8 MiB on S3): about ``3 x (maxConcurrentTransforms + 1) x
+maxPayloadInMB + 10`` MB beyond the interpreters and models, so ~400 MB at the platform's
+limits and ~50 MB at the defaults, whatever the input's size.
 """
 
 from __future__ import annotations
@@ -22,25 +23,27 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, TypeVar
 
-import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED, ModelLoadError, StorageError
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics
-from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri
 from infermodes.workers.batch import plan, records
-from infermodes.workers.batch.filters import JsonPath
-from infermodes.workers.batch.records import BadRecord, MiniBatch
+from infermodes.workers.batch.records import BadRecord
 from infermodes.workers.batch.summary import Failure, Summary
-from infermodes.workers.batch.transform import Transform
+from infermodes.workers.batch.worker import (
+    Done,
+    MiniBatchWorker,
+    run_in_process,
+    worker_processes,
+)
 
 if TYPE_CHECKING:
     from infermodes.settings import BatchSettings
@@ -60,7 +63,7 @@ class Stopped(BaseException):
 
 
 def ordered(
-    run: Callable[[T], R], items: Iterator[T], executor: ThreadPoolExecutor | None, window: int
+    run: Callable[[T], R], items: Iterator[T], executor: Executor | None, window: int
 ) -> Iterator[R]:
     """``map(run, items)`` with up to ``window`` items in flight on ``executor``, results in
     input order; items are read only as room frees up, so memory stays bounded."""
@@ -126,28 +129,9 @@ class Runner:
         self.metrics = metrics
         self.output_prefix = parse_uri(settings.output_uri).uri.rstrip("/")
         self.limit = (settings.max_payload_in_mb or 100) * records.MIB
-        self.transform = Transform(
-            num_features=model.num_features,
-            content_type=settings.content_type,
-            accept=settings.accept,
-            input_filter=JsonPath.parse(settings.input_filter),
-            output_filter=JsonPath.parse(settings.output_filter),
-            join=settings.join_source == "Input",
-            assemble_lines=settings.assemble_with == "Line",
-            whole_documents=settings.content_type == codecs.JSON and settings.split_type == "None",
-            predict=self._predict(model),
-        )
+        self.worker = MiniBatchWorker(settings, model)
         self.summary = Summary(settings.instance_index, settings.instance_count)
         self.progress = Progress(0)
-
-    def _predict(self, model: XGBoostModel) -> Callable[[np.ndarray], np.ndarray]:
-        def predict(rows: np.ndarray) -> np.ndarray:
-            with self.metrics.predict_duration.time():
-                predictions = model.predict(rows)
-            self.metrics.rows_predicted.inc(rows.shape[0])
-            return predictions
-
-        return predict
 
     # -- what to do ------------------------------------------------------------------------
 
@@ -174,7 +158,7 @@ class Runner:
         splittable = (
             settings.split_type == "Line"
             and settings.compression_type == "None"
-            and self.transform.per_record_output
+            and self.worker.transform.per_record_output
         )
         units = plan.plan_units(
             objects, settings.instance_count, splittable, settings.split_min_bytes
@@ -185,7 +169,7 @@ class Runner:
 
     def run(self) -> Summary:
         started = time.monotonic()
-        executor = None
+        executor: Executor | None = None
         try:
             units = self.shard(self.inputs())
             self.summary.assigned = len(units)
@@ -198,8 +182,8 @@ class Runner:
                 sum(u.size for u in units),
             )
             self.progress = Progress(len(units))
-            window = self.settings.max_concurrent_transforms
-            executor = ThreadPoolExecutor(window, "transform") if window > 1 else None
+            if self.settings.max_concurrent_transforms > 1:
+                executor = worker_processes(self.settings)
             for unit in units:
                 outcome = self.unit(unit, executor)
                 self.metrics.units.labels(outcome).inc()
@@ -207,6 +191,8 @@ class Runner:
                 self.progress.advance(units=1)
         except (StorageError, ValueError, UnicodeDecodeError) as exc:
             self.summary.error = f"cannot list the inputs: {exc}"
+        except BrokenExecutor as exc:
+            self.summary.error = f"the worker processes died (out of memory?): {exc}"
         except Stopped:
             self.summary.stopped = True
         finally:
@@ -216,7 +202,7 @@ class Runner:
             self.summary.seconds = time.monotonic() - started
         return self.summary
 
-    def unit(self, unit: plan.WorkUnit, executor: ThreadPoolExecutor | None) -> str:
+    def unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         """Transform one object or range; returns succeeded, skipped or failed."""
         out = plan.output_uri(self.output_prefix, unit.obj.key)
         if self.storage.exists(out):
@@ -249,7 +235,7 @@ class Runner:
             self.summary.objects_written += 1
         return outcome
 
-    def write(self, unit: plan.WorkUnit, target: str, executor: ThreadPoolExecutor | None) -> None:
+    def write(self, unit: plan.WorkUnit, target: str, executor: Executor | None) -> None:
         settings = self.settings
         with (
             self.storage.open_read(unit.obj.uri, max(unit.start - 1, 0)) as source,
@@ -263,45 +249,23 @@ class Runner:
             batches = records.minibatches(
                 blocks, settings.split_type, settings.batch_strategy, self.limit
             )
+            work = run_in_process if executor is not None else self.worker
             window = settings.max_concurrent_transforms
-            for output, rows in ordered(self.attempts, batches, executor, window):
-                sink.write(output)
-                self.summary.records += rows
-                self.progress.advance(records=rows)
+            for done in ordered(work, batches, executor, window):
+                self.record(done)
+                sink.write(done.output)
+                self.summary.records += done.rows
+                self.progress.advance(records=done.rows)
 
-    def attempts(self, batch: MiniBatch) -> tuple[bytes, int]:
-        """Transform a mini-batch, retrying failures and attempts over the timeout (an
-        in-process attempt cannot be interrupted, so it is timed, then judged). Bad input is
-        not retried: it would fail the same way."""
-        retries = self.settings.invocations_max_retries
-        timeout = self.settings.invocations_timeout_in_seconds
-        problem = ""
-        for attempt in range(retries + 1):
-            started = time.perf_counter()
-            try:
-                output, rows = self.transform(batch)
-            except BadRecord:
-                self.metrics.minibatch_duration.labels("bad_input").observe(
-                    time.perf_counter() - started
-                )
-                raise
-            except Exception as exc:  # anything else may be transient: retry it
-                problem = f"{type(exc).__name__}: {exc}"
-            else:
-                elapsed = time.perf_counter() - started
-                if elapsed <= timeout:
-                    self.metrics.minibatch_duration.labels("ok").observe(elapsed)
-                    self.metrics.input_bytes.inc(len(batch.data))
-                    return output, rows
-                problem = f"took {elapsed:.3g} s, over the invocation timeout of {timeout:g} s"
-            self.metrics.minibatch_duration.labels("failed").observe(time.perf_counter() - started)
-            if attempt < retries:
-                self.metrics.retries.inc()
-                log.warning("mini-batch at line %d: %s; retrying", batch.first_line, problem)
-        raise BadRecord(
-            batch.first_line,
-            f"the mini-batch starting here failed {retries + 1} attempt(s); last: {problem}",
-        )
+    def record(self, done: Done) -> None:
+        metrics = self.metrics
+        metrics.predict_duration.observe(done.predict_seconds)
+        metrics.rows_predicted.inc(done.rows)
+        metrics.input_bytes.inc(done.input_bytes)
+        metrics.minibatch_duration.labels("ok").observe(done.seconds)
+        for seconds in done.failed_seconds:
+            metrics.minibatch_duration.labels("failed").observe(seconds)
+        metrics.retries.inc(len(done.failed_seconds))
 
     def absolute_line(self, unit: plan.WorkUnit, line: int) -> int:
         """Lines of a byte range count from the range's first record: count the object's

@@ -26,7 +26,7 @@ from infermodes.workers.batch.filters import JsonPath
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 
 JSONLINES = "application/jsonlines"
-_ROW = re.compile(r"^row (\d+)(?:, )?")
+_ROW = re.compile(r"^row (\d+)[,:]?\s*")
 
 
 def bad_record(exc: InvalidInput, first_line: int) -> BadRecord:

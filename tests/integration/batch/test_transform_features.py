@@ -374,3 +374,23 @@ def test_bad_settings_are_refused_before_any_work(
     assert unparsable.returncode == 2
     assert "unsupported JSONPath" in unparsable.log
     assert not (tmp_path / "out").exists()
+
+
+def test_concurrent_transforms_in_worker_processes_keep_the_order_and_name_bad_lines(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    text = csv_text(sample_rows(abalone_model.test_rows, 50_000, seed=6))
+    lines = text.splitlines(keepends=True)
+    lines[45_000] = b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1\n"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/good.csv").write_bytes(text)
+    (tmp_path / "in/bad.csv").write_bytes(b"".join(lines))
+    # 3.5 MB per object: four 1 MB mini-batches each, three in flight at once
+    args = ("--max-concurrent-transforms", "3", "--max-payload-in-mb", "1")
+    done = run(command(abalone_model, tmp_path / "in", tmp_path / "out", *args))
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/good.csv.out").read_bytes()), expected_scores(booster, text)
+    )
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["line"], failure["reason"]) == (45_001, "expected 10 features, got 9")

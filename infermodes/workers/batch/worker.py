@@ -1,0 +1,146 @@
+"""Where mini-batches are transformed, and how each is attempted.
+
+One transform at a time runs in the runner's own process. ``maxConcurrentTransforms`` above 1
+runs that many worker processes, as the platform sends concurrent requests to a model server's
+worker processes: decoding and encoding are Python and numpy code that holds the GIL (measured:
+two threads transform no faster than one), so threads would only overlap XGBoost's part.
+Workers are spawned, not forked (a fork after XGBoost's OpenMP runtime has started can hang),
+and each loads the model once.
+
+Attempts: failures other than bad input are retried ``invocationsMaxRetries`` times, and an
+attempt over ``invocationsTimeoutInSeconds`` counts as failed (an in-process call cannot be
+interrupted, so it is timed, then judged). Bad input is not retried: it would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from infermodes.logs import configure_logging
+from infermodes.predict import codecs
+from infermodes.predict.model import XGBoostModel
+from infermodes.storage import Storage
+from infermodes.workers.batch.filters import JsonPath
+from infermodes.workers.batch.records import BadRecord, MiniBatch
+from infermodes.workers.batch.transform import Transform
+
+if TYPE_CHECKING:
+    from infermodes.settings import BatchSettings
+
+log = logging.getLogger("infermodes.batch")
+
+
+@dataclass(frozen=True)
+class Done:
+    """A transformed mini-batch and what its attempts took, for the runner's metrics (worker
+    processes have no registry of their own)."""
+
+    output: bytes
+    rows: int
+    input_bytes: int
+    predict_seconds: float
+    failed_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class TimedPredict:
+    """The model's predict, timed: the runner reports the time as predict latency."""
+
+    def __init__(self, model: XGBoostModel) -> None:
+        self.model = model
+        self.seconds = 0.0
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.model.predict(rows)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def make_transform(
+    settings: BatchSettings, num_features: int, predict: Callable[[np.ndarray], np.ndarray]
+) -> Transform:
+    """Raises ValueError for a filter outside the supported JSONPath subset."""
+    return Transform(
+        num_features=num_features,
+        content_type=settings.content_type,
+        accept=settings.accept,
+        input_filter=JsonPath.parse(settings.input_filter),
+        output_filter=JsonPath.parse(settings.output_filter),
+        join=settings.join_source == "Input",
+        assemble_lines=settings.assemble_with == "Line",
+        whole_documents=settings.content_type == codecs.JSON and settings.split_type == "None",
+        predict=predict,
+    )
+
+
+class MiniBatchWorker:
+    def __init__(self, settings: BatchSettings, model: XGBoostModel) -> None:
+        self.predict = TimedPredict(model)
+        self.transform = make_transform(settings, model.num_features, self.predict)
+        self.retries = settings.invocations_max_retries
+        self.timeout = settings.invocations_timeout_in_seconds
+
+    def __call__(self, batch: MiniBatch) -> Done:
+        failed: list[float] = []
+        problem = ""
+        for attempt in range(self.retries + 1):
+            self.predict.seconds = 0.0
+            started = time.perf_counter()
+            try:
+                output, rows = self.transform(batch)
+            except BadRecord:
+                raise
+            except Exception as exc:  # anything else may be transient: retry it
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                elapsed = time.perf_counter() - started
+                if elapsed <= self.timeout:
+                    return Done(
+                        output, rows, len(batch.data), self.predict.seconds, failed, elapsed
+                    )
+                problem = f"took {elapsed:.3g} s, over the invocation timeout of {self.timeout:g} s"
+            failed.append(time.perf_counter() - started)
+            if attempt < self.retries:
+                log.warning("mini-batch at line %d: %s; retrying", batch.first_line, problem)
+        raise BadRecord(
+            batch.first_line,
+            f"the mini-batch starting here failed {self.retries + 1} attempt(s); last: {problem}",
+        )
+
+
+_process_worker: MiniBatchWorker | None = None
+
+
+def _start_process(settings: BatchSettings) -> None:
+    global _process_worker
+    configure_logging(settings.log_level)
+    model = XGBoostModel.load(
+        settings.model_uri, Storage(), settings.allow_pickle, settings.predict_threads
+    )
+    _process_worker = MiniBatchWorker(settings, model)
+
+
+def run_in_process(batch: MiniBatch) -> Done:
+    """What a worker process runs for each mini-batch."""
+    if _process_worker is None:
+        raise RuntimeError("the batch worker process was not initialised")
+    return _process_worker(batch)
+
+
+def worker_processes(settings: BatchSettings) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        settings.max_concurrent_transforms,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_process,
+        initargs=(settings,),
+    )
