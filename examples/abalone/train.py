@@ -4,7 +4,8 @@ Features (10, in this order): ``sex`` one-hot as M, F, I (three 0/1 columns), th
 diameter, height, whole_weight, shucked_weight, viscera_weight, shell_weight. Target: rings.
 Writes ``model.tar.gz`` holding the booster as the member ``xgboost-model`` (UBJ), the layout
 the platform's XGBoost container uses, plus ``test.csv`` (features only, no header) and
-``test_labels.csv`` for trying the endpoint.
+``test_labels.csv`` for trying the endpoint, and the whole data set's features split into
+``batch/input/part-N.csv`` objects for a batch transform (``batch.yaml``).
 
     python examples/abalone/train.py --output examples/abalone/model
 """
@@ -71,10 +72,22 @@ def write_model_tar(booster: xgb.Booster, path: Path) -> None:
         tar.addfile(info, io.BytesIO(payload))
 
 
+def write_batch_inputs(features: np.ndarray, folder: Path, objects: int) -> None:
+    """The features in ``objects`` CSV files of about equal size, rows in data set order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("part-*.csv"):
+        stale.unlink()
+    for index, part in enumerate(np.array_split(features, objects)):
+        np.savetxt(folder / f"part-{index}.csv", part, delimiter=",", fmt="%g")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE / "abalone.csv")
     parser.add_argument("--output", type=Path, default=HERE / "model")
+    parser.add_argument(
+        "--batch-objects", type=int, default=4, help="objects under batch/input/ (default 4)"
+    )
     args = parser.parse_args()
     features, labels = load_abalone(args.data)
     order = np.random.default_rng(0).permutation(len(labels))
@@ -85,6 +98,7 @@ def main() -> None:
     write_model_tar(booster, args.output / "model.tar.gz")
     np.savetxt(args.output / "test.csv", features[test_rows], delimiter=",", fmt="%g")
     np.savetxt(args.output / "test_labels.csv", labels[test_rows], fmt="%g")
+    write_batch_inputs(features, args.output / "batch" / "input", args.batch_objects)
     rmse = float(
         np.sqrt(np.mean((booster.inplace_predict(features[test_rows]) - labels[test_rows]) ** 2))
     )

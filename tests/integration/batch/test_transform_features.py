@@ -9,18 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from infermodes.endpoints.spec import EndpointSpec
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
     batch_command,
     csv_text,
     expected_scores,
+    finish,
     run,
     run_instances,
     sample_rows,
     scores_of,
+    start,
     with_faults,
 )
+from tests.support.processes import INFERMODES, REPO
 
 EXIT_OBJECTS_FAILED = 4
 
@@ -394,3 +399,47 @@ def test_concurrent_transforms_in_worker_processes_keep_the_order_and_name_bad_l
     )
     [failure] = summary(tmp_path / "out")["failures"]
     assert (failure["line"], failure["reason"]) == (45_001, "expected 10 features, got 9")
+
+
+def test_the_example_manifest_runs_as_written_on_the_example_data(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    """examples/abalone/batch.yaml's batch block as the instances' environment (URIs pointed at
+    what train.py wrote), each instance told its index as an Indexed Job tells it."""
+    manifest = yaml.safe_load((REPO / "examples/abalone/batch.yaml").read_text())
+    spec = EndpointSpec.model_validate(manifest["spec"])
+    assert spec.batch is not None
+    block = spec.batch
+    env = {
+        "INFERMODES_BATCH_MODEL_URI": str(abalone_model.tarball),
+        "INFERMODES_BATCH_INPUT_URI": f"file://{abalone_model.directory}/batch/input/",
+        "INFERMODES_BATCH_OUTPUT_URI": f"file://{tmp_path}/output/",
+        "INFERMODES_BATCH_CONTENT_TYPE": block.input.content_type,
+        "INFERMODES_BATCH_SPLIT_TYPE": block.input.split_type,
+        "INFERMODES_BATCH_ACCEPT": block.output.accept,
+        "INFERMODES_BATCH_ASSEMBLE_WITH": block.output.assemble_with,
+        "INFERMODES_BATCH_BATCH_STRATEGY": block.batch_strategy,
+        "INFERMODES_BATCH_MAX_PAYLOAD_IN_MB": str(block.max_payload_in_mb),
+        "INFERMODES_BATCH_MAX_CONCURRENT_TRANSFORMS": str(block.max_concurrent_transforms),
+        "INFERMODES_BATCH_INVOCATIONS_MAX_RETRIES": str(block.invocations_max_retries),
+        "INFERMODES_BATCH_INVOCATIONS_TIMEOUT_IN_SECONDS": str(
+            block.invocations_timeout_in_seconds
+        ),
+        "INFERMODES_BATCH_INSTANCE_COUNT": str(block.instance_count),
+        "INFERMODES_BATCH_METRICS_PORT": "0",
+    }
+    procs = [
+        start([INFERMODES, "batch"], {**env, "JOB_COMPLETION_INDEX": str(index)})
+        for index in range(block.instance_count)
+    ]
+    done = [finish(proc) for proc in procs]
+    assert [d.returncode for d in done] == [0] * block.instance_count, [d.log for d in done]
+    inputs = sorted((abalone_model.directory / "batch/input").iterdir())
+    assert len(inputs) == 4
+    total = 0
+    for path in inputs:
+        text = path.read_bytes()
+        scores = scores_of((tmp_path / "output" / f"{path.name}.out").read_bytes())
+        np.testing.assert_array_equal(scores, expected_scores(booster, text))
+        total += len(scores)
+    assert total == 4177  # every row of the data set

@@ -1,0 +1,59 @@
+"""The batch summary's formats and the terminal progress bar."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from infermodes.workers.batch.runner import Progress
+from infermodes.workers.batch.summary import TERMINATION_MESSAGE_LIMIT, Failure, Summary
+
+
+def test_summary_document_for_the_operator() -> None:
+    summary = Summary(1, 2, assigned=3, succeeded=2, failed=1, objects_written=2, records=500)
+    summary.seconds = 2.0
+    summary.failures.append(Failure("s3://b/in/c.csv", 17, "column 3: bad"))
+    document = json.loads(summary.to_json())
+    assert document == {
+        "version": 1, "index": 1, "count": 2, "state": "Failed",
+        "units": {"assigned": 3, "succeeded": 2, "skipped": 0, "failed": 1},
+        "objectsWritten": 2, "records": 500, "seconds": 2.0, "recordsPerSecond": 250.0,
+        "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: bad"}],
+        "error": None,
+    }  # fmt: skip
+    assert "FAILED s3://b/in/c.csv line 17: column 3: bad" in summary.line()
+
+
+def test_states() -> None:
+    assert Summary(0, 1).state == "Completed"
+    assert Summary(0, 1, error="cannot list").state == "Failed"
+    assert Summary(0, 1, stopped=True).state == "Stopped"
+
+
+def test_termination_message_fits_kubernetes_limit_dropping_failures_from_the_end() -> None:
+    summary = Summary(0, 1, failed=500)
+    summary.failures.extend(Failure(f"s3://b/in/{i}.csv", i, "x" * 40) for i in range(500))
+    message = json.loads(summary.termination_message())
+    assert len(summary.termination_message()) <= TERMINATION_MESSAGE_LIMIT
+    assert message["units"]["failed"] == 500
+    assert 0 < len(message["failures"]) < 500
+    assert message["failures"][0]["object"] == "s3://b/in/0.csv"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    terminal = Terminal()
+    progress = Progress(4, terminal)
+    progress.advance(records=1000, units=1)
+    progress.close()
+    assert "1/4 objects" in terminal.getvalue()
+    assert "1,000 records" in terminal.getvalue()
+    piped = io.StringIO()
+    quiet = Progress(4, piped)
+    quiet.advance(records=1000, units=1)
+    quiet.close()
+    assert piped.getvalue() == ""
