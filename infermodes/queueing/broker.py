@@ -1,18 +1,29 @@
 """What async processing needs from a message broker, whichever broker it is.
 
-RabbitMQ (``rabbitmq.py``) implements these today; the local runtime's embedded queue will be
-a sibling implementing the same ones. Workers and the accepting side depend on these types
-only, so the per-message logic never sees pika.
+RabbitMQ (``rabbitmq.py``) and the local runtime's embedded queue (``embedded.py``, one SQLite
+file) implement these; ``connect.broker_from_url`` picks one by URL. Workers and the accepting
+side depend on these types only, so the per-message logic never sees pika or SQLite.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notification goes to
+# Deliveries a queue allows beyond maxAttempts before it dead-letters a message by itself.
+# Workers give up after maxAttempts (error object, notification, dead-letter); the extra
+# deliveries let a give-up that could not notify come back and notify. The queue's own limit is
+# the backstop for a worker that dies every time it holds a message.
+DELIVERY_LIMIT_HEADROOM = 3
+
+
+def delivery_limit(max_attempts: int) -> int:
+    """The most deliveries a queue makes of one message, whichever broker it is."""
+    return max_attempts + DELIVERY_LIMIT_HEADROOM
 
 
 class Settle(StrEnum):
@@ -54,7 +65,12 @@ class Publisher(Protocol):
 
 class Consumer(Protocol):
     """Feeds one endpoint's deliveries to a handler, ``concurrency`` at a time, settling each
-    as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight."""
+    as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight.
+    ``stopping`` is set by ``stop`` (handlers cut their back-off waits short on it);
+    ``on_in_flight`` is called with +1 / -1 as deliveries start and end (a metrics gauge)."""
+
+    stopping: threading.Event
+    on_in_flight: Callable[[int], None]
 
     def run(self, handle: Handler) -> None: ...
 
@@ -71,7 +87,8 @@ class Backlog:
     ready: int
     unacked: int | None  # None: unknown, never a guess of 0
     consumers: int
-    source: str  # where the figures came from, e.g. "management" or "amqp"
+    source: str  # where the figures came from, e.g. "management", "amqp" or "sqlite"
+    oldest_age: float | None = None  # seconds the oldest ready message waited; None: unknown
 
     @property
     def total(self) -> int | None:

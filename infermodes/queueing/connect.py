@@ -1,0 +1,96 @@
+"""Pick the broker by URL, so the worker, the accepting side and the local runtime are written
+once: ``amqp://`` / ``amqps://`` is RabbitMQ (``rabbitmq.py``), ``sqlite:///abs/path/queue.db``
+the embedded queue (``embedded.py``; ``?lease_seconds=N`` sets its lease, 15 s by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from infermodes.queueing.broker import Backlog, Consumer, Enqueuer, Publisher
+from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
+
+
+class ClosingEnqueuer(Enqueuer, Protocol):
+    def close(self) -> None: ...
+
+
+class ClosingPublisher(Publisher, Protocol):
+    def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """What a process needs from its broker. ``max_attempts``: the endpoint's (RabbitMQ
+    declares its queues with the matching delivery limit); ``connections``: how many publish
+    in parallel (the embedded queue groups concurrent commits on one)."""
+
+    def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> ClosingEnqueuer: ...
+
+    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> ClosingPublisher: ...
+
+    def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer: ...
+
+    def backlog(self, endpoint: str) -> Backlog: ...
+
+
+class RabbitBroker:
+    """RabbitMQ's classes behind ``Broker``; pika is imported only when one is made."""
+
+    def __init__(self, url: str, management_url: str | None) -> None:
+        self.url = url
+        self.management_url = management_url
+
+    def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> ClosingEnqueuer:
+        from infermodes.queueing.rabbitmq import RequestPublisher
+
+        return RequestPublisher(self.url, max_attempts, connections)
+
+    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> ClosingPublisher:
+        from infermodes.queueing.rabbitmq import ChannelPool, declare_topology
+
+        return ChannelPool(
+            self.url,
+            connections,
+            lambda channel: declare_topology(channel, endpoint, max_attempts),
+            "notifying",
+        )
+
+    def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer:
+        from infermodes.queueing.rabbitmq import RabbitConsumer
+
+        return RabbitConsumer(self.url, endpoint, max_attempts, concurrency)
+
+    def backlog(self, endpoint: str) -> Backlog:
+        from infermodes.queueing.rabbitmq import backlog
+
+        return backlog(endpoint, self.url, self.management_url)
+
+
+def embedded_path(url: str) -> tuple[Path, float]:
+    """The queue file and lease of a ``sqlite:///abs/path?lease_seconds=N`` URL."""
+    parts = urlsplit(url)
+    if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+        raise ValueError(f"{url!r}: expected sqlite:///absolute/path/to/queue.db")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"lease_seconds"}
+    if unknown:
+        raise ValueError(f"{url!r}: unknown parameter(s) {sorted(unknown)}")
+    lease = float(query.get("lease_seconds", [str(LEASE_SECONDS)])[-1])
+    if not 0 < lease <= 3600:
+        raise ValueError(f"{url!r}: lease_seconds must be in (0, 3600]")
+    return Path(unquote(parts.path)), lease
+
+
+def broker_from_url(url: str, management_url: str | None = None) -> Broker:
+    """The broker a URL names. ``management_url``: RabbitMQ's management API, for backlog
+    figures with in-flight counts (the embedded queue always has them)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("amqp", "amqps"):
+        return RabbitBroker(url, management_url)
+    if scheme == "sqlite":
+        path, lease = embedded_path(url)
+        return EmbeddedQueue(path, lease)
+    raise ValueError(f"{url!r}: the broker URL must start with amqp://, amqps:// or sqlite:///")

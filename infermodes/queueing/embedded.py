@@ -1,0 +1,584 @@
+"""The embedded durable queue: the broker interface (``broker.py``) over one SQLite file in WAL
+mode, for ``infermodes up`` on one machine without RabbitMQ. The accepting side and any number
+of worker processes open the same file; SQLite's locks order their writes.
+
+Durability. ``submit`` returns after its row is committed with ``synchronous=FULL``: the WAL is
+fsynced, so an accepted request survives a process kill and a power loss. Everything else
+(claims, acks, requeues, dead-letter moves, notifications) commits with ``synchronous=NORMAL``:
+it survives a process kill, and a power loss may undo the last of them. That never loses a
+request: the WAL is one log and recovery keeps a prefix of it, so an undone notification takes
+the later ack with it and the message is delivered again (the worker finds its result stored
+and notifies once more); an undone ack is a redelivery, an undone dead-letter move leaves the
+message queued.
+
+Leases. A consumer claims messages with a short lease (``lease_seconds``, 15 s by default) and
+renews the leases of what it is working on every fifth of that, so an invocation of an hour is
+never handed to a second worker while its own is alive, and the messages of a worker that died
+(SIGKILL, OOM) are taken by another one a lease later. A settle is conditional on the lease
+still being its own; a worker that lost its lease (paused longer than the lease) settles
+nothing, and the other delivery's worker finds the result stored. Leases use the wall clock,
+which every process on the machine shares.
+
+Delivery count and dead letters. Each claim raises the message's delivery count; ``attempt``
+is the count before it. REQUEUE releases the message with its count kept raised; a message
+delivered ``delivery_limit(max_attempts)`` times is moved to ``dead_letters`` by the next claim
+instead (the backstop RabbitMQ's ``x-delivery-limit`` is), and DEAD_LETTER moves it there at
+once. Dead letters are kept until someone removes them.
+
+Notifications are appended to a topic log that ``tail`` reads with RabbitMQ's topic patterns;
+it keeps ``RETAIN_SECONDS`` and at most ``RETAIN_COUNT`` entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infermodes.errors import BrokerUnavailable
+from infermodes.queueing.broker import (
+    NOTIFICATION_EXCHANGE,
+    Backlog,
+    Delivery,
+    Handler,
+    Settle,
+    delivery_limit,
+)
+
+log = logging.getLogger("infermodes.embedded_queue")
+
+LEASE_SECONDS = 15.0
+HEARTBEATS_PER_LEASE = 5
+BUSY_TIMEOUT_SECONDS = 10.0  # how long a write waits for another process's
+POLL_MIN_SECONDS = 0.005  # an idle consumer looks again after this, doubling ...
+POLL_MAX_SECONDS = 0.1  # ... up to this
+RETRY_MAX_SECONDS = 5.0  # a consumer whose database fails retries at most this far apart
+RETAIN_SECONDS = 24 * 3600.0
+RETAIN_COUNT = 100_000
+PRUNE_EVERY = 500  # notifications published between two prunes
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    enqueued_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_in_order ON messages (endpoint, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    enqueued_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    alive_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    published_at REAL NOT NULL
+);
+"""
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """RabbitMQ's topic rule: dot-separated words, ``*`` one word, ``#`` zero or more."""
+    words, keys = pattern.split("."), routing_key.split(".")
+    # reach[j]: the pattern so far matches the first j words of the key
+    reach = [True] + [False] * len(keys)
+    for word in words:
+        if word == "#":
+            for j in range(1, len(reach)):
+                reach[j] = reach[j] or reach[j - 1]
+        else:
+            reach = [False] + [
+                reach[j] and (word == "*" or word == keys[j]) for j in range(len(keys))
+            ]
+    return reach[-1]
+
+
+class Database:
+    """One connection, shared by the threads of one object under a lock (waiting on a Python
+    lock wakes at once, where SQLite's busy handler sleeps); other processes wait in SQLite's
+    busy handler. ``synchronous``: FULL for what must survive a power loss, else NORMAL."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._prepare(synchronous)
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _prepare(self, synchronous: str) -> None:
+        connection = self._connection
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file
+        connection.execute(f"PRAGMA synchronous={synchronous}")
+        connection.create_function("topic_matches", 2, topic_matches, deterministic=True)
+        if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            with self.write() as db:  # idempotent: another process may have just done it
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the file's write lock up front (a read that later
+        wants to write could find its snapshot stale and fail without waiting)."""
+        with self.lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            finally:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+
+    def read(self, sql: str, parameters: Sequence[object] = ()) -> list[Any]:
+        """One statement: one consistent snapshot. Rows are tuples of SQLite's values."""
+        with self.lock:
+            return self._connection.execute(sql, parameters).fetchall()
+
+    def close(self) -> None:
+        with self.lock:
+            self._connection.close()
+
+
+def unavailable(path: Path, exc: sqlite3.Error) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"embedded queue {path} failed ({type(exc).__name__}: {exc}); "
+        "the request was not accepted, retry later"
+    )
+
+
+@dataclass
+class _Pending:
+    row: tuple[str, str, bytes, float]
+    done: bool = False
+    error: BrokerUnavailable | None = None
+
+
+class EmbeddedEnqueuer:
+    """Accepts requests onto the queue file. Concurrent submits share one commit (and one
+    fsync): whoever takes the commit lock writes every row waiting at that moment, so callers
+    arriving during an fsync go together in the next one."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = Database(path, "FULL")
+        self._pending: list[_Pending] = []
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
+        """Returns once the row is committed and fsynced; raises BrokerUnavailable otherwise."""
+        entry = _Pending((endpoint, message_id, body, time.time()))
+        with self._pending_lock:
+            self._pending.append(entry)
+        with self._commit_lock:
+            if not entry.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                error = None
+                try:
+                    with self._db.write() as db:
+                        db.executemany(
+                            "INSERT INTO messages (endpoint, message_id, body, enqueued_at)"
+                            " VALUES (?, ?, ?, ?)",
+                            [pending.row for pending in batch],
+                        )
+                except sqlite3.Error as exc:
+                    error = unavailable(self._db.path, exc)
+                for pending in batch:
+                    pending.done, pending.error = True, error
+        if entry.error is not None:
+            raise entry.error
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class EmbeddedPublisher:
+    """Appends notifications to the topic log (``mandatory`` changes nothing: the log keeps
+    every message, so none is unroutable) and prunes it now and then."""
+
+    def __init__(
+        self, path: Path, retain_seconds: float = RETAIN_SECONDS, retain_count: int = RETAIN_COUNT
+    ) -> None:
+        self._db = Database(path, "NORMAL")
+        self.retain_seconds = retain_seconds
+        self.retain_count = retain_count
+
+    def publish(
+        self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
+    ) -> None:
+        now = time.time()
+        try:
+            with self._db.write() as db:
+                cursor = db.execute(
+                    "INSERT INTO notifications"
+                    " (exchange, routing_key, message_id, body, published_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (exchange, routing_key, message_id, body, now),
+                )
+                if (cursor.lastrowid or 0) % PRUNE_EVERY == 0:
+                    db.execute(
+                        "DELETE FROM notifications WHERE published_at < ? OR id <= ?",
+                        (now - self.retain_seconds, (cursor.lastrowid or 0) - self.retain_count),
+                    )
+        except sqlite3.Error as exc:
+            raise unavailable(self._db.path, exc) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass(frozen=True)
+class _Lease:
+    seq: int
+    body: bytes
+    attempt: int  # deliveries before this one; the row's count is attempt + 1 while leased
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.seq, self.attempt + 1
+
+
+def _bury(db: sqlite3.Connection, removed: list[Any], reason: str) -> int:
+    """Keep messages just deleted (``RETURNING`` their columns) as dead letters."""
+    now = time.time()
+    db.executemany(
+        "INSERT INTO dead_letters (seq, endpoint, message_id, body, enqueued_at, deliveries,"
+        " reason, dead_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*row, reason, now) for row in removed],
+    )
+    return len(removed)
+
+
+class EmbeddedConsumer:
+    """Feeds one endpoint's messages to a handler, ``concurrency`` at a time on a thread pool
+    (claiming only as many as there are free threads, the prefetch of ``RabbitConsumer``). A
+    heartbeat thread renews the leases of the messages in flight and tells ``backlog`` this
+    consumer is alive. ``stop``: take nothing more; ``run`` returns once in-flight work settled."""
+
+    def __init__(
+        self,
+        path: Path,
+        endpoint: str,
+        max_attempts: int,
+        concurrency: int,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self.endpoint = endpoint
+        self.limit = delivery_limit(max_attempts)
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.owner = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
+        self.stopping = threading.Event()
+        self.on_in_flight: Callable[[int], None] = lambda _delta: None
+        self._db = Database(path, "NORMAL")
+        self._changed = threading.Condition()
+        self._leases: dict[int, int] = {}  # seq -> deliveries, of the messages in flight
+        self._done = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def in_flight(self) -> int:
+        with self._changed:
+            return len(self._leases)
+
+    def run(self, handle: Handler) -> None:
+        self._done.clear()
+        heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
+        heartbeat.start()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="invocation")
+        try:
+            self._take(handle, pool)
+        finally:
+            pool.shutdown(wait=True)  # in-flight work settles; the heartbeat renews it meanwhile
+            self._done.set()
+            heartbeat.join()
+            self._unregister()
+            self._db.close()
+
+    def _take(self, handle: Handler, pool: ThreadPoolExecutor) -> None:
+        idle = POLL_MIN_SECONDS
+        retry = POLL_MIN_SECONDS
+        log.info("consuming %s from %s", self.endpoint, self._db.path)
+        while not self.stopping.is_set():
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: self.stopping.is_set() or len(self._leases) < self.concurrency,
+                    POLL_MAX_SECONDS,
+                )
+                free = self.concurrency - len(self._leases)
+            if self.stopping.is_set() or free <= 0:
+                continue
+            try:
+                leases, dead = self._claim(free)
+            except sqlite3.Error as exc:
+                log.warning("cannot claim messages (%s); retrying in %.2f s", exc, retry)
+                self.stopping.wait(retry)
+                retry = min(retry * 2, RETRY_MAX_SECONDS)
+                continue
+            retry = POLL_MIN_SECONDS
+            for lease in leases:
+                self.on_in_flight(+1)
+                pool.submit(self._work, handle, lease)
+            if leases or dead:
+                idle = POLL_MIN_SECONDS
+            else:
+                self.stopping.wait(idle)
+                idle = min(idle * 2, POLL_MAX_SECONDS)
+        log.info("stopped consuming; %d request(s) in flight", self.in_flight)
+
+    def _claim(self, most: int) -> tuple[list[_Lease], int]:
+        """The oldest messages not leased (or whose lease ran out), leased to this consumer;
+        those delivered ``limit`` times already go to the dead letters instead."""
+        now = time.time()
+        with self._db.write() as db:
+            rows = db.execute(
+                "SELECT seq, body, deliveries FROM messages"
+                " WHERE endpoint = ? AND lease_until <= ? ORDER BY seq LIMIT ?",
+                (self.endpoint, now, most),
+            ).fetchall()
+            spent = [
+                db.execute(
+                    "DELETE FROM messages WHERE seq = ? RETURNING"
+                    " seq, endpoint, message_id, body, enqueued_at, deliveries",
+                    (seq,),
+                ).fetchone()
+                for seq, _, deliveries in rows
+                if deliveries >= self.limit
+            ]
+            dead = _bury(db, spent, "delivery_limit")
+            leases = [_Lease(seq, body, count) for seq, body, count in rows if count < self.limit]
+            db.executemany(
+                "UPDATE messages SET owner = ?, lease_until = ?, deliveries = deliveries + 1"
+                " WHERE seq = ?",
+                [(self.owner, now + self.lease_seconds, lease.seq) for lease in leases],
+            )
+        with self._changed:
+            self._leases.update(lease.key for lease in leases)
+        if dead:
+            log.error(
+                "%d message(s) of %s delivered %d times without being settled: dead-lettered",
+                dead,
+                self.endpoint,
+                self.limit,
+            )
+        return leases, dead
+
+    def _work(self, handle: Handler, lease: _Lease) -> None:
+        try:
+            settle = handle(Delivery(lease.body, lease.attempt))
+        except Exception:
+            log.exception("unexpected error handling a message; requeueing it")
+            settle = Settle.REQUEUE
+        try:
+            self._settle(lease, settle)
+        except sqlite3.Error as exc:
+            log.warning("cannot settle a message (%s); it comes back after its lease", exc)
+        finally:
+            with self._changed:
+                del self._leases[lease.seq]
+                self._changed.notify_all()
+            self.on_in_flight(-1)
+
+    def _settle(self, lease: _Lease, settle: Settle) -> None:
+        mine = (lease.seq, self.owner, lease.attempt + 1)  # still leased to this delivery
+        with self._db.write() as db:
+            if settle is Settle.ACK:
+                settled = db.execute(
+                    "DELETE FROM messages WHERE seq = ? AND owner = ? AND deliveries = ?", mine
+                ).rowcount
+            elif settle is Settle.REQUEUE:
+                settled = db.execute(
+                    "UPDATE messages SET owner = NULL, lease_until = 0"
+                    " WHERE seq = ? AND owner = ? AND deliveries = ?",
+                    mine,
+                ).rowcount
+            else:
+                removed = db.execute(
+                    "DELETE FROM messages WHERE seq = ? AND owner = ? AND deliveries = ?"
+                    " RETURNING seq, endpoint, message_id, body, enqueued_at, deliveries",
+                    mine,
+                ).fetchall()
+                settled = _bury(db, removed, "rejected")
+        if not settled:
+            log.warning(
+                "the lease of message %d ran out before it was settled (%s); another delivery"
+                " handles it",
+                lease.seq,
+                settle.value,
+            )
+
+    def _heartbeat(self) -> None:
+        """Renew this consumer's leases and its presence until ``run`` ends; also forget
+        consumers that stopped renewing long ago (killed ones never unregister)."""
+        interval = self.lease_seconds / HEARTBEATS_PER_LEASE
+        while True:
+            try:
+                self._renew()
+            except sqlite3.Error as exc:
+                log.warning("cannot renew leases (%s); retrying in %.1f s", exc, interval)
+            if self._done.wait(interval):
+                return
+
+    def _renew(self) -> None:
+        now = time.time()
+        until = now + self.lease_seconds
+        with self._changed:
+            held = list(self._leases.items())
+        with self._db.write() as db:
+            db.executemany(
+                "UPDATE messages SET lease_until = ?"
+                " WHERE seq = ? AND owner = ? AND deliveries = ?",
+                [(until, seq, self.owner, deliveries) for seq, deliveries in held],
+            )
+            db.execute(
+                "INSERT INTO consumers (id, endpoint, pid, alive_until) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until",
+                (self.owner, self.endpoint, os.getpid(), until),
+            )
+            db.execute(
+                "DELETE FROM consumers WHERE alive_until < ?", (now - 10 * self.lease_seconds,)
+            )
+
+    def _unregister(self) -> None:
+        try:
+            with self._db.write() as db:
+                db.execute("DELETE FROM consumers WHERE id = ?", (self.owner,))
+        except sqlite3.Error as exc:
+            log.warning("cannot unregister (%s); its entry lapses with its heartbeat", exc)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One entry of the topic log; ``id`` orders them (pass the last one to ``tail``)."""
+
+    id: int
+    routing_key: str
+    message_id: str
+    body: bytes
+    published_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the queue gave up on: ``reason`` is ``rejected`` (a worker said so, after its
+    error object and notification) or ``delivery_limit`` (no worker ever settled it)."""
+
+    seq: int
+    message_id: str
+    body: bytes
+    deliveries: int
+    reason: str
+    enqueued_at: float
+    dead_at: float
+
+
+class EmbeddedQueue:
+    """One queue file as a ``connect.Broker``: makes its enqueuers, publishers and consumers,
+    and reads its backlog, topic log and dead letters. Safe to use from several processes.
+    Only consumers use ``max_attempts`` (the delivery limit is applied when claiming), and one
+    connection serves any number of publishing threads (``connections`` is RabbitMQ's)."""
+
+    def __init__(self, path: Path, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.path = path
+        self.lease_seconds = lease_seconds
+
+    def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> EmbeddedEnqueuer:
+        return EmbeddedEnqueuer(self.path)
+
+    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> EmbeddedPublisher:
+        return EmbeddedPublisher(self.path)
+
+    def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self.path, endpoint, max_attempts, concurrency, self.lease_seconds)
+
+    def _read(self, sql: str, parameters: Sequence[object]) -> list[Any]:
+        db = Database(self.path, "NORMAL")
+        try:
+            return db.read(sql, parameters)
+        finally:
+            db.close()
+
+    def backlog(self, endpoint: str) -> Backlog:
+        """Ready (including messages whose lease ran out), in flight (leased), consumers with
+        a live heartbeat, and how long the oldest ready message has waited."""
+        now = time.time()
+        ((ready, oldest, leased, consumers),) = self._read(
+            "SELECT"
+            " (SELECT count(*) FROM messages WHERE endpoint = ?1 AND lease_until <= ?2),"
+            " (SELECT min(enqueued_at) FROM messages WHERE endpoint = ?1 AND lease_until <= ?2),"
+            " (SELECT count(*) FROM messages WHERE endpoint = ?1 AND lease_until > ?2),"
+            " (SELECT count(*) FROM consumers WHERE endpoint = ?1 AND alive_until > ?2)",
+            (endpoint, now),
+        )
+        return Backlog(
+            ready=int(ready),
+            unacked=int(leased),
+            consumers=int(consumers),
+            source="sqlite",
+            oldest_age=max(0.0, now - oldest) if isinstance(oldest, float) else None,
+        )
+
+    def tail(
+        self,
+        topic_pattern: str,
+        after_id: int = 0,
+        limit: int = 100,
+        exchange: str = NOTIFICATION_EXCHANGE,
+    ) -> list[Notification]:
+        """Notifications after ``after_id`` whose routing key matches ``topic_pattern``
+        (``abalone.*``, ``#.error``), oldest first; poll with the last id seen to follow."""
+        rows = self._read(
+            "SELECT id, routing_key, message_id, body, published_at FROM notifications"
+            " WHERE id > ? AND exchange = ? AND topic_matches(?, routing_key)"
+            " ORDER BY id LIMIT ?",
+            (after_id, exchange, topic_pattern, limit),
+        )
+        return [Notification(*row) for row in rows]
+
+    def dead_letters(self, endpoint: str) -> list[DeadLetter]:
+        rows = self._read(
+            "SELECT seq, message_id, body, deliveries, reason, enqueued_at, dead_at"
+            " FROM dead_letters WHERE endpoint = ? ORDER BY seq",
+            (endpoint,),
+        )
+        return [DeadLetter(*row) for row in rows]

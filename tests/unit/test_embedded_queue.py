@@ -1,0 +1,351 @@
+"""The embedded queue (``queueing/embedded.py``) on a temporary file: order, settling and
+counts, leases, draining, backlog figures, the topic log, concurrent submitters, the URL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from infermodes.errors import BrokerUnavailable
+from infermodes.queueing import embedded
+from infermodes.queueing.broker import (
+    NOTIFICATION_EXCHANGE,
+    Backlog,
+    Delivery,
+    Settle,
+    delivery_limit,
+)
+from infermodes.queueing.connect import RabbitBroker, broker_from_url
+from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, topic_matches
+from tests.support.processes import wait_until
+
+EP = "ep"
+WAIT = 10.0  # seconds any wait here may take before the test fails
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> EmbeddedQueue:
+    return EmbeddedQueue(tmp_path / "queue.db", lease_seconds=0.5)
+
+
+def submit(queue: EmbeddedQueue, *bodies: str, endpoint: str = EP) -> None:
+    enqueuer = queue.enqueuer({endpoint: 3}, 1)
+    try:
+        for body in bodies:
+            enqueuer.submit(endpoint, body, body.encode())
+    finally:
+        enqueuer.close()
+
+
+class Recorder:
+    """A handler that records what it got and answers with ``settle(delivery)``."""
+
+    def __init__(self, settle: Callable[[Delivery], Settle] = lambda _d: Settle.ACK) -> None:
+        self.settle = settle
+        self.seen: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, delivery: Delivery) -> Settle:
+        with self.lock:
+            self.seen.append((delivery.body.decode(), delivery.attempt))
+        return self.settle(delivery)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.seen)
+
+
+@contextmanager
+def consuming(
+    consumer: EmbeddedConsumer, handle: Callable[[Delivery], Settle]
+) -> Iterator[threading.Thread]:
+    """``consumer.run`` on a thread, stopped and joined on exit."""
+    thread = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        consumer.stop()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "run() did not return after stop()"
+
+
+def empty(queue: EmbeddedQueue) -> bool:
+    backlog = queue.backlog(EP)
+    return backlog.ready == 0 and backlog.unacked == 0
+
+
+def test_messages_come_in_the_order_they_were_submitted(queue: EmbeddedQueue) -> None:
+    bodies = [f"m{i}" for i in range(20)]
+    submit(queue, *bodies)
+    handler = Recorder()
+    with consuming(queue.consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 20 and empty(queue), WAIT, "20 acks")
+    assert handler.seen == [(body, 0) for body in bodies]
+
+
+def test_requeue_raises_the_count_and_ack_removes(queue: EmbeddedQueue) -> None:
+    submit(queue, "a")
+    handler = Recorder(lambda d: Settle.ACK if d.attempt == 2 else Settle.REQUEUE)
+    with consuming(queue.consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 3 and empty(queue), WAIT, "three deliveries")
+    assert handler.seen == [("a", 0), ("a", 1), ("a", 2)]
+    assert queue.dead_letters(EP) == []
+
+
+def test_a_handler_that_raises_is_requeued(queue: EmbeddedQueue) -> None:
+    submit(queue, "a")
+
+    def settle(delivery: Delivery) -> Settle:
+        if delivery.attempt == 0:
+            raise RuntimeError("boom")
+        return Settle.ACK
+
+    handler = Recorder(settle)
+    with consuming(queue.consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 2 and empty(queue), WAIT, "the retry")
+    assert handler.seen == [("a", 0), ("a", 1)]
+
+
+def test_dead_letter_keeps_the_message_with_its_count(queue: EmbeddedQueue) -> None:
+    submit(queue, "poison", "fine")
+
+    def settle(delivery: Delivery) -> Settle:
+        if delivery.body == b"fine":
+            return Settle.ACK
+        return Settle.DEAD_LETTER if delivery.attempt == 1 else Settle.REQUEUE
+
+    handler = Recorder(settle)
+    with consuming(queue.consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 3 and empty(queue), WAIT, "both settled")
+    (dead,) = queue.dead_letters(EP)
+    assert (dead.message_id, dead.body, dead.deliveries, dead.reason) == (
+        "poison",
+        b"poison",
+        2,
+        "rejected",
+    )
+
+
+def test_the_delivery_limit_dead_letters_what_no_worker_settles(queue: EmbeddedQueue) -> None:
+    submit(queue, "a")
+    handler = Recorder(lambda _d: Settle.REQUEUE)
+    with consuming(queue.consumer(EP, 1, 1), handler):
+        wait_until(lambda: queue.dead_letters(EP) != [], WAIT, "the dead letter")
+    limit = delivery_limit(1)
+    assert handler.seen == [("a", attempt) for attempt in range(limit)]
+    (dead,) = queue.dead_letters(EP)
+    assert (dead.deliveries, dead.reason) == (limit, "delivery_limit")
+    assert empty(queue)
+
+
+def test_an_expired_lease_is_delivered_again_and_the_late_settle_is_void(
+    queue: EmbeddedQueue,
+) -> None:
+    submit(queue, "a")
+    killed = queue.consumer(EP, 3, 1)  # claims, then never renews: a killed process
+    (lost,), _ = killed._claim(1)
+    other = queue.consumer(EP, 3, 1)
+    assert other._claim(1) == ([], 0)  # leased: nobody else gets it meanwhile
+    wait_until(lambda: queue.backlog(EP).ready == 1, WAIT, "the lease to run out")
+    (again,), _ = other._claim(1)
+    assert (again.seq, again.body, again.attempt) == (lost.seq, b"a", 1)
+    for settle in Settle:  # the first delivery settles late: nothing happens
+        killed._settle(lost, settle)
+    backlog = queue.backlog(EP)
+    assert (backlog.ready, backlog.unacked, queue.dead_letters(EP)) == (0, 1, [])
+    other._settle(again, Settle.ACK)
+    assert empty(queue)
+
+
+def test_renewed_leases_keep_a_long_invocation_with_its_worker(queue: EmbeddedQueue) -> None:
+    submit(queue, "long")
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_delivery: Delivery) -> Settle:
+        started.set()
+        release.wait(WAIT)
+        return Settle.ACK
+
+    holder, other = Recorder(hold), Recorder()
+    with consuming(queue.consumer(EP, 3, 1), holder):
+        assert started.wait(WAIT)
+        with consuming(queue.consumer(EP, 3, 1), other):  # polls all along
+            time.sleep(6 * queue.lease_seconds)  # six leases pass while it runs
+            assert queue.backlog(EP).unacked == 1
+            release.set()
+            wait_until(lambda: empty(queue), WAIT, "the ack")
+    assert holder.seen == [("long", 0)]
+    assert other.seen == []
+
+
+def test_stop_takes_nothing_more_and_returns_once_in_flight_work_settled(
+    queue: EmbeddedQueue,
+) -> None:
+    submit(queue, "a", "b", "c", "d")
+    release = threading.Event()
+    handler = Recorder(lambda _d: Settle.ACK if release.wait(WAIT) else Settle.REQUEUE)
+    consumer = queue.consumer(EP, 3, 3)
+    thread = threading.Thread(target=consumer.run, args=(handler,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: consumer.in_flight == 3, WAIT, "three in flight")
+        consumer.stop()
+        thread.join(3 * queue.lease_seconds)
+        assert thread.is_alive()  # still finishing its three
+        release.set()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    finally:
+        release.set()
+        consumer.stop()
+    assert sorted(body for body, _ in handler.seen) == ["a", "b", "c"]
+    backlog = queue.backlog(EP)
+    assert (backlog.ready, backlog.unacked, backlog.consumers) == (1, 0, 0)
+
+
+def test_backlog_counts_ready_in_flight_consumers_and_the_oldest_wait(
+    queue: EmbeddedQueue,
+) -> None:
+    assert queue.backlog(EP) == Backlog(0, 0, 0, "sqlite", None)
+    submit(queue, "a", "b", "c", "d", "e")
+    submit(queue, "x", endpoint="other")
+    release = threading.Event()
+    consumer = queue.consumer(EP, 3, 2)
+    with consuming(
+        consumer, Recorder(lambda _d: Settle.ACK if release.wait(WAIT) else Settle.REQUEUE)
+    ):
+        wait_until(lambda: consumer.in_flight == 2, WAIT, "two in flight")
+        backlog = queue.backlog(EP)
+        assert (backlog.ready, backlog.unacked, backlog.consumers, backlog.total) == (3, 2, 1, 5)
+        assert backlog.oldest_age is not None and backlog.oldest_age >= 0
+        release.set()
+        wait_until(lambda: empty(queue), WAIT, "the rest")
+    assert queue.backlog(EP).consumers == 0
+    assert queue.backlog("other").ready == 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        ("ep.success", "ep.success", True),
+        ("ep.success", "ep.error", False),
+        ("ep.*", "ep.error", True),
+        ("ep.*", "ep", False),
+        ("ep.*", "ep.a.b", False),
+        ("*.error", "other.error", True),
+        ("#", "ep.success", True),
+        ("#", "", True),
+        ("ep.#", "ep", True),
+        ("ep.#", "ep.a.b", True),
+        ("#.error", "ep.error", True),
+        ("#.error", "ep.success", False),
+        ("a.#.z", "a.z", True),
+        ("a.#.z", "a.b.c.z", True),
+        ("a.#.z", "a.b.c", False),
+        ("a.*.#", "a", False),
+        ("a.*.#", "a.b", True),
+    ],
+)
+def test_topic_patterns_follow_rabbitmq(pattern: str, key: str, matches: bool) -> None:
+    assert topic_matches(pattern, key) is matches
+
+
+def test_tail_reads_the_topic_log_by_pattern_and_position(queue: EmbeddedQueue) -> None:
+    publisher = queue.publisher(EP, 3, 1)
+    for key in ("ep.success", "ep.error", "other.success", "ep.success"):
+        publisher.publish(NOTIFICATION_EXCHANGE, key, key.encode(), key, False)
+    publisher.close()
+    assert [n.routing_key for n in queue.tail("ep.*")] == ["ep.success", "ep.error", "ep.success"]
+    assert [n.routing_key for n in queue.tail("#.error")] == ["ep.error"]
+    first, *_ = queue.tail("#")
+    rest = queue.tail("#", after_id=first.id)
+    assert [n.routing_key for n in rest] == ["ep.error", "other.success", "ep.success"]
+    assert [n.routing_key for n in queue.tail("#", after_id=first.id, limit=1)] == ["ep.error"]
+    assert queue.tail("#", exchange="elsewhere") == []
+
+
+def test_the_topic_log_keeps_the_newest_entries(queue: EmbeddedQueue) -> None:
+    publisher = embedded.EmbeddedPublisher(queue.path, retain_count=10)
+    for i in range(embedded.PRUNE_EVERY):
+        publisher.publish(NOTIFICATION_EXCHANGE, "ep.success", b"{}", str(i), False)
+    publisher.close()
+    kept = queue.tail("#", limit=1000)
+    assert [n.message_id for n in kept] == [str(i) for i in range(490, 500)]
+
+
+def test_concurrent_submitters_lose_nothing_and_keep_their_order(queue: EmbeddedQueue) -> None:
+    enqueuer = queue.enqueuer({EP: 3}, 8)
+
+    def submitter(t: int) -> None:
+        for i in range(50):
+            enqueuer.submit(EP, f"{t}-{i}", f"{t}-{i}".encode())
+
+    threads = [threading.Thread(target=submitter, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    enqueuer.close()
+    assert queue.backlog(EP).ready == 400
+    handler = Recorder()
+    with consuming(queue.consumer(EP, 3, 4), handler):
+        wait_until(lambda: handler.count() == 400 and empty(queue), WAIT, "400 acks")
+    bodies = [body for body, _ in handler.seen]
+    assert sorted(bodies) == sorted(f"{t}-{i}" for t in range(8) for i in range(50))
+    for t in range(8):  # each submitter's messages in its order (claims are in order)
+        mine = [int(b.split("-")[1]) for b in bodies if b.startswith(f"{t}-")]
+        assert mine == sorted(mine)
+
+
+def test_a_locked_queue_file_refuses_the_request(
+    queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "BUSY_TIMEOUT_SECONDS", 0.05)
+    submit(queue, "a")
+    other = sqlite3.connect(queue.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    enqueuer = queue.enqueuer({EP: 3}, 1)
+    try:
+        with pytest.raises(BrokerUnavailable, match="not accepted"):
+            enqueuer.submit(EP, "b", b"b")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    enqueuer.submit(EP, "c", b"c")
+    enqueuer.close()
+    assert queue.backlog(EP).ready == 2
+
+
+def test_broker_from_url_picks_by_scheme(tmp_path: Path) -> None:
+    broker = broker_from_url(f"sqlite://{tmp_path}/q%20x.db?lease_seconds=2.5")
+    assert isinstance(broker, EmbeddedQueue)
+    assert (broker.path, broker.lease_seconds) == (tmp_path / "q x.db", 2.5)
+    default = broker_from_url(f"sqlite://{tmp_path}/q.db")
+    assert isinstance(default, EmbeddedQueue)
+    assert default.lease_seconds == embedded.LEASE_SECONDS
+    rabbit = broker_from_url("amqp://guest:guest@127.0.0.1:5672/%2F", "http://127.0.0.1:15672")
+    assert isinstance(rabbit, RabbitBroker)
+    assert rabbit.management_url == "http://127.0.0.1:15672"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/q.db",
+        "sqlite:///",
+        "sqlite:relative.db",
+        "sqlite:///q.db?lease_seconds=0",
+        "sqlite:///q.db?lease=5",
+        "redis://127.0.0.1/0",
+    ],
+)
+def test_broker_from_url_refuses_what_it_cannot_open(url: str) -> None:
+    with pytest.raises(ValueError, match="sqlite|lease|parameter"):
+        broker_from_url(url)
