@@ -104,6 +104,7 @@ class Runner:
             host=settings.host,
             port=settings.port,
             timeout_graceful_shutdown=settings.drain_timeout_seconds,
+            proxy_headers=False,  # nothing here reads the client's address
             **uvicorn_options(settings.log_level),
         )
         app = self.app

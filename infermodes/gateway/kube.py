@@ -40,6 +40,9 @@ MODEL_SERVER_SELECTOR = "app.kubernetes.io/component=model-server"
 WATCH_SECONDS = 300  # the server ends each watch after this; it is resumed at once
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 MERGE_PATCH = "application/merge-patch+json"
+ENDPOINTS_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+PODS_PATH = "/api/v1/pods"
+ALL_NAMESPACES = "*"  # in the namespaces setting: watch every namespace
 
 
 class ApiError(Exception):
@@ -245,9 +248,10 @@ class Watched:
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
 
-def pod_replica(pod: Mapping[str, Any]) -> tuple[str, Replica] | None:
-    """(endpoint name, replica) of a model-server pod that can take traffic: it has an IP, is
-    running and is not being deleted. Ready when the kubelet says so; otherwise probed."""
+def pod_replica(pod: Mapping[str, Any]) -> tuple[str, str, Replica] | None:
+    """(namespace, endpoint name, replica) of a model-server pod that can take traffic: it has
+    an IP, is running and is not being deleted. Ready when the kubelet says so; otherwise
+    probed."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     endpoint = (meta.get("labels") or {}).get(ENDPOINT_LABEL)
     ip = status.get("podIP")
@@ -255,10 +259,11 @@ def pod_replica(pod: Mapping[str, Any]) -> tuple[str, Replica] | None:
         return None
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     ready = conditions.get("Ready") == "True"
-    return endpoint, Replica(str(meta["name"]), ip, SERVER_PORT, ready=ready)
+    replica = Replica(str(meta["name"]), ip, SERVER_PORT, ready=ready)
+    return str(meta.get("namespace", "")), endpoint, replica
 
 
-def apply_pod(table: Table, namespace: str, kind: str, pod: Mapping[str, Any]) -> None:
+def apply_pod(table: Table, kind: str, pod: Mapping[str, Any]) -> None:
     """A pod event: it joins (probed if not yet Ready) or leaves the rotation at once."""
     meta = pod.get("metadata") or {}
     endpoint = (meta.get("labels") or {}).get(ENDPOINT_LABEL)
@@ -266,43 +271,50 @@ def apply_pod(table: Table, namespace: str, kind: str, pod: Mapping[str, Any]) -
         return
     found = None if kind == "DELETED" else pod_replica(pod)
     if found is None:
-        table.drop_replica(namespace, endpoint, str(meta.get("name")))
+        table.drop_replica(str(meta.get("namespace", "")), endpoint, str(meta.get("name")))
     else:
-        table.set_replica(namespace, *found)
+        table.set_replica(*found)
 
 
-def replace_pods(table: Table, namespace: str, pods: list[dict[str, Any]]) -> None:
-    replicas: dict[str, list[Replica]] = {}
+def replace_pods(table: Table, scope: str | None, pods: list[dict[str, Any]]) -> None:
+    replicas: dict[tuple[str, str], list[Replica]] = {}
     for pod in pods:
         found = pod_replica(pod)
         if found is not None:
-            replicas.setdefault(found[0], []).append(found[1])
-    table.replace_replicas(namespace, replicas)
+            replicas.setdefault(found[:2], []).append(found[2])
+    table.replace_replicas(scope, replicas)
 
 
-def apply_endpoint(table: Table, namespace: str, kind: str, obj: Mapping[str, Any]) -> None:
+def apply_endpoint(table: Table, kind: str, obj: Mapping[str, Any]) -> None:
     if kind == "DELETED":
-        table.remove_endpoint(namespace, str((obj.get("metadata") or {}).get("name")))
+        meta = obj.get("metadata") or {}
+        table.remove_endpoint(str(meta.get("namespace", "")), str(meta.get("name")))
     else:
-        table.apply_endpoint(namespace, obj)
+        table.apply_endpoint(obj)
 
 
-def endpoints_path(namespace: str) -> str:
-    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+def scoped(namespace: str | None, plural_path: str) -> str:
+    """A collection's path in one namespace, or across all (None)."""
+    if namespace is None:
+        return plural_path
+    head, _, tail = plural_path.rpartition("/")
+    return f"{head}/namespaces/{namespace}/{tail}"
 
 
 class KubeSource:
-    """Endpoints and replicas of the watched namespaces (the gateway's own by default)."""
+    """Endpoints and replicas of the watched namespaces: the gateway's own by default, a list,
+    or every namespace (``*``)."""
 
     def __init__(self, api: KubeApi, namespaces: list[str]) -> None:
         self.api = api
-        self.namespaces = namespaces or [api.credentials.namespace]
+        chosen = namespaces or [api.credentials.namespace]
+        self.scopes: list[str | None] = [None] if ALL_NAMESPACES in chosen else list(chosen)
 
     async def run(self, table: Table) -> None:
         watches: list[Watched] = []
-        pending = {(ns, kind) for ns in self.namespaces for kind in ("endpoints", "pods")}
+        pending = {(scope, kind) for scope in self.scopes for kind in ("endpoints", "pods")}
 
-        def synced(key: tuple[str, str]) -> Callable[[], None]:
+        def synced(key: tuple[str | None, str]) -> Callable[[], None]:
             def done() -> None:
                 pending.discard(key)
                 if not pending:
@@ -310,16 +322,16 @@ class KubeSource:
 
             return done
 
-        for ns in self.namespaces:
+        for scope in self.scopes:
             watches.append(Watched(
-                self.api, endpoints_path(ns), {},
-                partial(table.replace_endpoints, ns), partial(apply_endpoint, table, ns),
-                synced((ns, "endpoints")),
+                self.api, scoped(scope, ENDPOINTS_PATH), {},
+                partial(table.replace_endpoints, scope), partial(apply_endpoint, table),
+                synced((scope, "endpoints")),
             ))  # fmt: skip
             watches.append(Watched(
-                self.api, f"/api/v1/namespaces/{ns}/pods", {"labelSelector": MODEL_SERVER_SELECTOR},
-                partial(replace_pods, table, ns), partial(apply_pod, table, ns),
-                synced((ns, "pods")),
+                self.api, scoped(scope, PODS_PATH), {"labelSelector": MODEL_SERVER_SELECTOR},
+                partial(replace_pods, table, scope), partial(apply_pod, table),
+                synced((scope, "pods")),
             ))  # fmt: skip
         await asyncio.gather(*(w.run() for w in watches))
 
@@ -335,7 +347,7 @@ class KubeDemandSink:
     async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
         patch = {"metadata": {"annotations": {self.key: demand.to_annotation()}}}
         try:
-            await self.api.merge_patch(f"{endpoints_path(namespace)}/{name}", patch)
+            await self.api.merge_patch(f"{scoped(namespace, ENDPOINTS_PATH)}/{name}", patch)
         except ApiError as exc:
             if exc.status != 404:
                 raise

@@ -39,9 +39,8 @@ class StaticSource:
             for entry in entries:
                 namespace = entry.get("namespace", DEFAULT_NAMESPACE)
                 table.apply_endpoint(
-                    namespace,
                     {
-                        "metadata": {"name": entry["name"]},
+                        "metadata": {"name": entry["name"], "namespace": namespace},
                         "spec": entry["spec"],
                         "status": {"phase": entry.get("phase", "InService")},
                     },

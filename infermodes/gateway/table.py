@@ -2,8 +2,9 @@
 accounting (in flight, held, the concurrency cap). Pure state and decisions: sources fill it
 (``apply_*``, ``replace_*``), the proxy reads it, nothing here does I/O.
 
-Names: the gateway serves the endpoints of the namespaces it watches under their bare names.
-A name found in two of them is refused with 409 naming both namespaces rather than guessed.
+Names: the gateway serves the endpoints of the namespaces it watches (all of them, or a list)
+under their bare names. A name found in two of them is refused with 409 naming both namespaces
+rather than guessed.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ class Table:
         return endpoint
 
     # endpoint objects
-    def apply_endpoint(self, namespace: str, obj: Mapping[str, Any]) -> None:
+    def apply_endpoint(self, obj: Mapping[str, Any]) -> None:
         """An InferenceEndpoint was added or changed."""
         meta = obj.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
         endpoint = self.get(namespace, str(meta.get("name", "")))
         try:
             spec = EndpointSpec.model_validate(obj.get("spec") or {})
@@ -188,15 +190,17 @@ class Table:
             del self._by_name[name]
         endpoint.mode, endpoint.phase = None, None
 
-    def replace_endpoints(self, namespace: str, objects: Iterable[Mapping[str, Any]]) -> None:
-        """A full list (after a relist): endpoints not in it are gone."""
-        names = set()
+    def replace_endpoints(self, scope: str | None, objects: Iterable[Mapping[str, Any]]) -> None:
+        """A full list of one namespace (``scope``) or of all (None), after a relist: endpoints
+        not in it are gone."""
+        listed = set()
         for obj in objects:
-            self.apply_endpoint(namespace, obj)
-            names.add(str((obj.get("metadata") or {}).get("name", "")))
-        for ns, name in list(self.known):
-            if ns == namespace and name not in names:
-                self.remove_endpoint(ns, name)
+            self.apply_endpoint(obj)
+            meta = obj.get("metadata") or {}
+            listed.add((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+        for key in list(self.known):
+            if scope in (None, key[0]) and key not in listed:
+                self.remove_endpoint(*key)
 
     # replicas
     def set_replica(self, namespace: str, endpoint_name: str, replica: Replica) -> None:
@@ -225,17 +229,20 @@ class Table:
         if self.on_removed_replica is not None:
             self.on_removed_replica(endpoint, replica)
 
-    def replace_replicas(self, namespace: str, replicas: Mapping[str, list[Replica]]) -> None:
-        """A full list of replicas by endpoint name (after a relist)."""
+    def replace_replicas(
+        self, scope: str | None, replicas: Mapping[tuple[str, str], list[Replica]]
+    ) -> None:
+        """A full list of replicas by (namespace, endpoint name) of one namespace or all (None),
+        after a relist."""
         for (ns, name), endpoint in list(self.endpoints.items()):
-            if ns != namespace:
+            if scope not in (None, ns):
                 continue
-            keep = {r.key for r in replicas.get(name, [])}
+            keep = {r.key for r in replicas.get((ns, name), [])}
             for key in [k for k in endpoint.replicas if k not in keep]:
                 self.drop_replica(ns, name, key)
-        for name, found in replicas.items():
+        for (ns, name), found in replicas.items():
             for replica in found:
-                self.set_replica(namespace, name, replica)
+                self.set_replica(ns, name, replica)
 
     def mark_ready(self, endpoint: Endpoint, replica: Replica) -> None:
         if replica.removed:

@@ -20,6 +20,7 @@ import httptools
 
 # Response headers the gateway passes back to its client (lower case, as httptools gives them)
 PASSED_HEADERS = frozenset({b"content-type", b"x-amzn-sagemaker-custom-attributes"})
+COALESCE_BYTES = 64 * 1024  # smaller bodies are copied behind the head and written at once
 
 
 class NotSent(Exception):
@@ -108,7 +109,10 @@ class Connection(asyncio.Protocol):
         self.received = False
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.waiter = waiter
-        transport.writelines((head, body))
+        if len(body) < COALESCE_BYTES:  # one segment: one send here, one read at the replica
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
         try:
             return await waiter
         except asyncio.CancelledError:  # timeout or shutdown: the answer can no longer be read

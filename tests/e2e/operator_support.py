@@ -102,6 +102,8 @@ def install_operator(tools: Tools, resync_seconds: int = 2) -> None:
     result = tools.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace",
                         OPERATOR_NAMESPACE, "--create-namespace",
                         "--set", f"operator.resyncSeconds={resync_seconds}",
+                        # each test has its own namespace: the gateway serves them all
+                        "--set", "gateway.namespaces={*}", "--set", "gateway.drainDelaySeconds=0",
                         "--set", "operator.logLevel=debug")  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"helm install failed:\n{result.stdout}\n{result.stderr}")

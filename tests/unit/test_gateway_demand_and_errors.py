@@ -68,9 +68,9 @@ class FakeSink:
 def serverless_table() -> Table:
     table = Table()
     spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
-    table.apply_endpoint("ns", {"metadata": {"name": "sl"}, "spec": spec})
+    table.apply_endpoint({"metadata": {"name": "sl", "namespace": "ns"}, "spec": spec})
     spec = {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {}}
-    table.apply_endpoint("ns", {"metadata": {"name": "rt"}, "spec": spec})
+    table.apply_endpoint({"metadata": {"name": "rt", "namespace": "ns"}, "spec": spec})
     return table
 
 

@@ -22,10 +22,12 @@ def endpoint_object(
     mode: str = "serverless",
     phase: str | None = "InService",
     annotations: dict[str, str] | None = None,
+    namespace: str = "ns",
     **block: Any,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {"mode": mode, "model": {"uri": "file:///m"}, mode: block}
-    return {"metadata": {"name": name, "annotations": annotations or {}}, "spec": spec,
+    meta = {"name": name, "namespace": namespace, "annotations": annotations or {}}
+    return {"metadata": meta, "spec": spec,
             "status": {"phase": phase} if phase else {}}  # fmt: skip
 
 
@@ -37,7 +39,8 @@ def pod(
     phase: str = "Running",
     deleting: bool = False,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": {"infermodes.dev/endpoint": endpoint}}
+    meta: dict[str, Any] = {"name": name, "namespace": "ns",
+                            "labels": {"infermodes.dev/endpoint": endpoint}}  # fmt: skip
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     status: dict[str, Any] = {"phase": phase, "conditions": [
@@ -63,9 +66,9 @@ def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both()
     with pytest.raises(ValidationError) as missing:
         table.lookup("abalone")
     assert missing.value.status_code == 404 and "abalone" in str(missing.value)
-    table.apply_endpoint("team-a", endpoint_object("abalone"))
+    table.apply_endpoint(endpoint_object("abalone", namespace="team-a"))
     assert table.lookup("abalone").namespace == "team-a"
-    table.apply_endpoint("team-b", endpoint_object("abalone"))
+    table.apply_endpoint(endpoint_object("abalone", namespace="team-b"))
     with pytest.raises(ValidationError) as clash:
         table.lookup("abalone")
     assert clash.value.status_code == 409
@@ -82,13 +85,13 @@ def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both()
         (endpoint_object("e", phase=None), "not reconciled yet"),
         (endpoint_object("e", mode="async", outputPath="file:///o"),
          "/endpoints/e/async-invocations"),
-        ({"metadata": {"name": "e"}, "spec": {"mode": "teleport"}},
+        ({"metadata": {"name": "e", "namespace": "ns"}, "spec": {"mode": "teleport"}},
          "a spec the gateway cannot read"),
     ],
 )  # fmt: skip
 def test_endpoints_that_take_no_invocations_say_why(obj: dict[str, Any], message: str) -> None:
     table = Table()
-    table.apply_endpoint("ns", obj)
+    table.apply_endpoint(obj)
     with pytest.raises(ValidationError) as refused:
         table.lookup("e").check_servable()
     assert refused.value.status_code == 400
@@ -98,7 +101,7 @@ def test_endpoints_that_take_no_invocations_say_why(obj: dict[str, Any], message
 @pytest.mark.parametrize("phase", ["InService", "Updating"])
 def test_in_service_and_updating_endpoints_are_served_even_at_zero_replicas(phase: str) -> None:
     table = Table()
-    table.apply_endpoint("ns", endpoint_object("e", phase=phase))
+    table.apply_endpoint(endpoint_object("e", phase=phase))
     endpoint = table.lookup("e")
     endpoint.check_servable()
     assert endpoint.choose() is None  # held, not refused
@@ -120,42 +123,42 @@ def test_the_concurrency_cap_is_shared_with_gateways_that_wrote_fresh_demand() -
     def entry(gateway: str, at: float) -> tuple[str, str]:
         return annotation_key(gateway), GatewayDemand(gateway, 1, 0, at, at).to_annotation()
 
-    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=10))
+    table.apply_endpoint(endpoint_object("e", maxConcurrency=10))
     assert table.lookup("e").concurrency_cap() == 10
     annotations = dict([entry("me", NOW), entry("other", NOW - 5), entry("dead", NOW - 600)])
-    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=10, annotations=annotations))
+    table.apply_endpoint(endpoint_object("e", maxConcurrency=10, annotations=annotations))
     assert table.lookup("e").concurrency_cap() == 5  # me and other; dead is stale
-    table.apply_endpoint("ns", endpoint_object("e", maxConcurrency=1, annotations=annotations))
+    table.apply_endpoint(endpoint_object("e", maxConcurrency=1, annotations=annotations))
     assert table.lookup("e").concurrency_cap() == 1  # never zero
-    table.apply_endpoint("ns", endpoint_object("e", mode="realtime"))
+    table.apply_endpoint(endpoint_object("e", mode="realtime"))
     assert table.lookup("e").concurrency_cap() is None
 
 
 def test_pod_events_join_and_leave_the_rotation() -> None:
     hooks = Hooks()
     table = hooks.table()
-    apply_endpoint(table, "ns", "ADDED", endpoint_object("e"))
-    apply_pod(table, "ns", "ADDED", pod("p1", "e", ip=None, phase="Pending"))
+    apply_endpoint(table, "ADDED", endpoint_object("e"))
+    apply_pod(table, "ADDED", pod("p1", "e", ip=None, phase="Pending"))
     assert table.lookup("e").replicas == {}
-    apply_pod(table, "ns", "MODIFIED", pod("p1", "e"))
+    apply_pod(table, "MODIFIED", pod("p1", "e"))
     assert hooks.added == ["p1"]  # probed: not ready until /ping answers
     assert not table.lookup("e").replicas["p1"].ready
-    apply_pod(table, "ns", "MODIFIED", pod("p1", "e", ready=True))
+    apply_pod(table, "MODIFIED", pod("p1", "e", ready=True))
     assert table.lookup("e").replicas["p1"].ready  # the kubelet's Ready counts too
     assert hooks.added == ["p1"]
-    apply_pod(table, "ns", "MODIFIED", pod("p1", "e", ready=True, deleting=True))
+    apply_pod(table, "MODIFIED", pod("p1", "e", ready=True, deleting=True))
     assert table.lookup("e").replicas == {} and hooks.removed == ["p1"]
-    apply_pod(table, "ns", "ADDED", pod("p2", "e", ready=True))
-    apply_pod(table, "ns", "DELETED", pod("p2", "e", ready=True))
+    apply_pod(table, "ADDED", pod("p2", "e", ready=True))
+    apply_pod(table, "DELETED", pod("p2", "e", ready=True))
     assert table.lookup("e").replicas == {} and hooks.removed == ["p1", "p2"]
 
 
 def test_a_pod_with_a_new_ip_is_a_new_replica() -> None:
     hooks = Hooks()
     table = hooks.table()
-    apply_pod(table, "ns", "ADDED", pod("p", "e", ip="127.0.1.1", ready=True))
+    apply_pod(table, "ADDED", pod("p", "e", ip="127.0.1.1", ready=True))
     old = table.get("ns", "e").replicas["p"]
-    apply_pod(table, "ns", "MODIFIED", pod("p", "e", ip="127.0.1.2"))
+    apply_pod(table, "MODIFIED", pod("p", "e", ip="127.0.1.2"))
     assert old.removed and hooks.removed == ["p"]
     assert table.get("ns", "e").replicas["p"].host == "127.0.1.2"
 
@@ -176,7 +179,7 @@ def test_a_relist_drops_what_is_gone() -> None:
 def test_a_replica_becoming_ready_wakes_held_requests() -> None:
     async def scenario() -> bool:
         table = Table()
-        table.apply_endpoint("ns", endpoint_object("e"))
+        table.apply_endpoint(endpoint_object("e"))
         endpoint = table.lookup("e")
         waiter = asyncio.get_running_loop().create_future()
         endpoint.waiters.append(waiter)
@@ -203,5 +206,17 @@ def test_an_unready_replica_is_probed_again_and_a_removed_one_never_returns() ->
 
 def test_phase_is_parsed_from_status() -> None:
     table = Table()
-    table.apply_endpoint("ns", endpoint_object("e", phase="Updating"))
+    table.apply_endpoint(endpoint_object("e", phase="Updating"))
     assert table.lookup("e").phase is Phase.UPDATING
+
+
+def test_an_all_namespaces_relist_keeps_each_object_in_its_own_namespace() -> None:
+    hooks = Hooks()
+    table = hooks.table()
+    table.replace_endpoints(None, [endpoint_object("a", namespace="x"),
+                                   endpoint_object("b", namespace="y")])  # fmt: skip
+    assert (table.lookup("a").namespace, table.lookup("b").namespace) == ("x", "y")
+    table.replace_endpoints("x", [])  # a relist of x alone leaves y's endpoints
+    assert table.lookup("b").namespace == "y"
+    with pytest.raises(ValidationError):
+        table.lookup("a")

@@ -1,0 +1,32 @@
+{{- define "infermodes.gateway.fullname" -}}
+{{- printf "%s-gateway" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "infermodes.gateway.selectorLabels" -}}
+app.kubernetes.io/name: infermodes
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "infermodes.gateway.labels" -}}
+{{ include "infermodes.gateway.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "infermodes.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "infermodes.gateway.fullname" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the gateway serves: the configured list, or the release's own. */}}
+{{- define "infermodes.gateway.namespaces" -}}
+{{- if .Values.gateway.namespaces -}}
+{{- toJson .Values.gateway.namespaces -}}
+{{- else -}}
+{{- toJson (list .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,195 @@
+"""The gateway end to end on a real control plane: installed by the chart under its own
+least-privilege account, it learns endpoints and pods by watching and routes to new pods."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from infermodes.metrics import parse_server_load
+from tests.cluster.controlplane import Binaries
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    CHART,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Tools,
+    endpoint_manifest,
+    install_operator,
+    model_copy,
+    operator_pods,
+    ready_pod_ips,
+    wait_phase,
+)
+from tests.support.processes import wait_until
+
+CSV = {"content-type": "text/csv"}
+GATEWAY_ACCOUNT = f"{RELEASE}-gateway"
+
+
+def gateway_url(tools: Tools) -> str | None:
+    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
+    pods = tools.cluster.api.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
+                                 labelSelector="app.kubernetes.io/component=gateway")  # fmt: skip
+    for pod in pods["items"]:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            return f"http://{pod['status']['podIP']}:8080"
+    return None
+
+
+@pytest.fixture(scope="module")
+def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
+    """The chart (operator and gateway) installed with helm; uninstalled afterwards."""
+    tools = Tools(k8s_cluster)
+    install_operator(tools)
+    api = k8s_cluster.api
+    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
+               120, "the operator pod to run")  # fmt: skip
+    wait_until(lambda: gateway_url(tools) is not None, 120, "the gateway to be ready")
+    yield tools
+    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+    if k8s_cluster.kubelet is not None:
+        kubelet = k8s_cluster.kubelet
+        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "the chart to stop")
+
+
+@pytest.fixture(scope="module")
+def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def invocations_of(ip: str) -> float:
+    return parse_server_load(
+        httpx.get(f"http://{ip}:8080/metrics", timeout=10).text
+    ).invocations_total
+
+
+def test_realtime_predictions_through_the_gateway_and_a_new_pod_joins_the_rotation(
+    tools: Tools, k8s_namespace: str, model_uri: str, abalone_model: AbaloneModel
+) -> None:
+    api = tools.cluster.api
+    assert tools.apply(endpoint_manifest("abalone", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "abalone", "InService")
+    url = gateway_url(tools)
+    assert url is not None
+    rows = abalone_model.test_rows
+    expected = abalone_model.booster().inplace_predict(rows)
+
+    def through_gateway() -> httpx.Response:
+        return httpx.post(f"{url}/endpoints/abalone/invocations", content=to_csv(rows),
+                          headers=CSV, timeout=90)  # fmt: skip
+
+    wait_until(lambda: through_gateway().status_code == 200, 60, "the gateway to route abalone")
+    response = through_gateway()
+    np.testing.assert_array_equal(np.array(response.text.split(), dtype=np.float32), expected)
+    (first,) = ready_pod_ips(api, k8s_namespace, "abalone")
+
+    changed = endpoint_manifest("abalone", model_uri, minReplicas=2, maxReplicas=2)
+    assert tools.apply(changed, k8s_namespace).returncode == 0
+    wait_until(lambda: len(ready_pod_ips(api, k8s_namespace, "abalone")) == 2, 120,
+               "a second pod")  # fmt: skip
+    (second,) = set(ready_pod_ips(api, k8s_namespace, "abalone")) - {first}
+
+    def new_pod_served() -> bool:
+        for _ in range(10):
+            answer = through_gateway()
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_array_equal(np.array(answer.text.split(), dtype=np.float32),
+                                          expected)  # fmt: skip
+        return invocations_of(second) > 0
+
+    wait_until(new_pod_served, 60, "the gateway to send traffic to the new pod", interval=0.2)
+
+
+def test_an_unknown_endpoint_is_a_404_naming_it(tools: Tools) -> None:
+    url = gateway_url(tools)
+    assert url is not None
+    missing = httpx.post(f"{url}/endpoints/nowhere/invocations", content=b"1", headers=CSV)
+    assert missing.status_code == 404
+    assert missing.headers["x-amzn-errortype"] == "ValidationError"
+    assert "nowhere" in missing.json()["message"]
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_the_gateway_runs_under_its_own_least_privilege_account(
+    tools: Tools, k8s_namespace: str
+) -> None:
+    api = tools.cluster.api
+    (pod,) = [p for p in api.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
+                                 labelSelector="app.kubernetes.io/component=gateway")["items"]
+              if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+    assert pod["spec"]["serviceAccountName"] == GATEWAY_ACCOUNT
+    token = api.post(
+        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{GATEWAY_ACCOUNT}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 600}},
+    )["status"]["token"]  # fmt: skip
+    endpoints = f"/apis/infermodes.dev/v1alpha1/namespaces/{k8s_namespace}/inferenceendpoints"
+    as_gateway = httpx.Client(base_url=tools.cluster.server, verify=False,
+                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    with as_gateway:
+        assert as_gateway.get(endpoints).status_code == 200
+        assert as_gateway.get(f"/api/v1/namespaces/{k8s_namespace}/pods").status_code == 200
+        for method, path in [("GET", f"/api/v1/namespaces/{k8s_namespace}/secrets"),
+                             ("DELETE", f"{endpoints}/x"),
+                             ("PATCH", f"{endpoints}/x/status"),
+                             ("GET", f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments"),
+                             ("GET", "/api/v1/nodes")]:  # fmt: skip
+            refused = as_gateway.request(method, path, headers={
+                "content-type": "application/merge-patch+json"}, content=b"{}")  # fmt: skip
+            assert refused.status_code == 403, (method, path, refused.text)
+
+
+def render(*values: str) -> list[dict[str, Any]]:
+    args = [str(Binaries.from_cache().helm), "template", RELEASE, str(CHART), "--namespace", "ops"]
+    for value in values:
+        args += ["--set", value]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def test_the_chart_grants_the_gateway_reads_and_demand_patches_in_its_namespaces_only() -> None:
+    def gateway_grants(documents: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+        found: dict[str, set[tuple[str, str, str]]] = {}
+        for doc in documents:
+            if doc["kind"] in ("Role", "ClusterRole") and doc["metadata"]["name"].endswith(
+                "gateway"
+            ):
+                where = doc["metadata"].get("namespace", "*")
+                found[where] = {(g, r, v) for rule in doc["rules"] for g in rule["apiGroups"]
+                                for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
+        return found
+
+    expected = {("infermodes.dev", "inferenceendpoints", v) for v in ("get", "list", "watch",
+                                                                      "patch")}  # fmt: skip
+    expected |= {("", "pods", v) for v in ("get", "list", "watch")}
+    assert gateway_grants(render()) == {"ops": expected}
+    assert gateway_grants(render("gateway.namespaces={a,b}")) == {"a": expected, "b": expected}
+    assert gateway_grants(render("gateway.namespaces={*}")) == {"*": expected}
+    documents = render()
+    deployment = next(d for d in documents if d["kind"] == "Deployment"
+                      and d["metadata"]["name"] == GATEWAY_ACCOUNT)  # fmt: skip
+    spec = deployment["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["command"] == ["infermodes", "gateway"]
+    assert spec["serviceAccountName"] == GATEWAY_ACCOUNT
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["terminationGracePeriodSeconds"] > 60  # the invocation timeout fits in it
+    assert not any("secretKeyRef" in str(e) for e in container["env"])
+    assert render("gateway.enabled=false") and not gateway_grants(render("gateway.enabled=false"))
