@@ -4,6 +4,7 @@ watch events (InferenceEndpoints, Pods) turned into table updates."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from infermodes.endpoints.demand import GatewayDemand, annotation_key
 from infermodes.endpoints.spec import Phase
 from infermodes.gateway.errors import ValidationError
-from infermodes.gateway.kube import apply_endpoint, apply_pod, replace_pods
+from infermodes.gateway.kube import Gone, Watched, apply_endpoint, apply_pod, replace_pods
 from infermodes.gateway.table import Endpoint, Replica, Table
 
 NOW = 1_000_000.0
@@ -220,3 +221,45 @@ def test_an_all_namespaces_relist_keeps_each_object_in_its_own_namespace() -> No
     assert table.lookup("b").namespace == "y"
     with pytest.raises(ValidationError):
         table.lookup("a")
+
+
+class Stop(BaseException):
+    """Ends the fake watch (the real one ends only when cancelled)."""
+
+
+class FakeApi:
+    """Lists and watches as the API server does: a 410 Gone after a bookmark forces a relist."""
+
+    def __init__(self) -> None:
+        self.lists: list[list[dict[str, Any]]] = [
+            [endpoint_object("old")],
+            [endpoint_object("new")],
+        ]
+        self.watched_from: list[str] = []
+
+    async def get(self, path: str, params: Any) -> dict[str, Any]:
+        version = "1" if not self.watched_from else "20"
+        return {"metadata": {"resourceVersion": version}, "items": self.lists.pop(0)}
+
+    async def watch(self, path: str, params: Any, version: str) -> Any:
+        self.watched_from.append(version)
+        if len(self.watched_from) == 1:  # ends normally, as after timeoutSeconds
+            yield {"type": "ADDED", "object": endpoint_object("added")}
+            yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}}
+        elif len(self.watched_from) == 2:
+            raise Gone()
+        else:
+            raise Stop()
+
+
+def test_a_watch_applies_events_and_relists_after_410_gone() -> None:
+    table = Table()
+    api = FakeApi()
+    synced: list[bool] = []
+    watched = Watched(api, "/x", {}, partial(table.replace_endpoints, None),  # type: ignore[arg-type]
+                      partial(apply_endpoint, table), lambda: synced.append(True))  # fmt: skip
+    with pytest.raises(Stop):
+        asyncio.run(watched.run())
+    assert api.watched_from == ["1", "7", "20"]  # resumed from the bookmark, relisted on 410
+    assert synced == [True, True]
+    assert {name for _, name in table.known} == {"new"}  # the relist dropped old and added
