@@ -323,6 +323,7 @@ class EmbeddedConsumer:
 
     def run(self, handle: Handler) -> None:
         self._done.clear()
+        self._beat()  # registered before the first claim
         heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
         heartbeat.start()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="invocation")
@@ -450,14 +451,14 @@ class EmbeddedConsumer:
     def _heartbeat(self) -> None:
         """Renew this consumer's leases and its presence until ``run`` ends; also forget
         consumers that stopped renewing long ago (killed ones never unregister)."""
-        interval = self.lease_seconds / HEARTBEATS_PER_LEASE
-        while True:
-            try:
-                self._renew()
-            except sqlite3.Error as exc:
-                log.warning("cannot renew leases (%s); retrying in %.1f s", exc, interval)
-            if self._done.wait(interval):
-                return
+        while not self._done.wait(self.lease_seconds / HEARTBEATS_PER_LEASE):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self._renew()
+        except sqlite3.Error as exc:
+            log.warning("cannot renew leases (%s); retrying at the next heartbeat", exc)
 
     def _renew(self) -> None:
         now = time.time()
@@ -496,6 +497,15 @@ class Notification:
     message_id: str
     body: bytes
     published_at: float
+
+
+@dataclass(frozen=True)
+class Held:
+    """A message in flight: which process holds it, delivered how often (this one counted)."""
+
+    message_id: str
+    pid: int
+    deliveries: int
 
 
 @dataclass(frozen=True)
@@ -574,6 +584,16 @@ class EmbeddedQueue:
             (after_id, exchange, topic_pattern, limit),
         )
         return [Notification(*row) for row in rows]
+
+    def held(self, endpoint: str) -> list[Held]:
+        """The messages under a lease now, with the process holding each."""
+        rows = self._read(
+            "SELECT message_id, pid, deliveries FROM messages JOIN consumers"
+            " ON consumers.id = messages.owner WHERE messages.endpoint = ? AND lease_until > ?"
+            " ORDER BY seq",
+            (endpoint, time.time()),
+        )
+        return [Held(*row) for row in rows]
 
     def dead_letters(self, endpoint: str) -> list[DeadLetter]:
         rows = self._read(

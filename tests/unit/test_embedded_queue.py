@@ -3,6 +3,7 @@ counts, leases, draining, backlog figures, the topic log, concurrent submitters,
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -22,7 +23,7 @@ from infermodes.queueing.broker import (
     delivery_limit,
 )
 from infermodes.queueing.connect import RabbitBroker, broker_from_url
-from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, topic_matches
+from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, Held, topic_matches
 from tests.support.processes import wait_until
 
 EP = "ep"
@@ -225,6 +226,7 @@ def test_backlog_counts_ready_in_flight_consumers_and_the_oldest_wait(
         backlog = queue.backlog(EP)
         assert (backlog.ready, backlog.unacked, backlog.consumers, backlog.total) == (3, 2, 1, 5)
         assert backlog.oldest_age is not None and backlog.oldest_age >= 0
+        assert queue.held(EP) == [Held("a", os.getpid(), 1), Held("b", os.getpid(), 1)]
         release.set()
         wait_until(lambda: empty(queue), WAIT, "the rest")
     assert queue.backlog(EP).consumers == 0
