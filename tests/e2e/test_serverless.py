@@ -1,0 +1,237 @@
+"""Serverless end to end on the test control plane: helm install (operator and gateway),
+kubectl apply of the example, cold start through the gateway, throttling, scale-down with
+requests in flight, and back to zero."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Tools,
+    get_endpoint,
+    install_operator,
+    model_copy,
+    operator_pods,
+    wait_phase,
+)
+from tests.support.processes import REPO, wait_until
+
+CSV = {"content-type": "text/csv"}
+
+
+@pytest.fixture(scope="module")
+def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
+    tools = Tools(k8s_cluster)
+    install_operator(tools)
+    api = k8s_cluster.api
+    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
+               120, "the operator pod to run")  # fmt: skip
+    wait_until(lambda: gateway_url(tools) is not None, 120, "the gateway to be ready")
+    yield tools
+    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+    if k8s_cluster.kubelet is not None:
+        kubelet = k8s_cluster.kubelet
+        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "operator to stop")
+
+
+def gateway_url(tools: Tools) -> str | None:
+    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
+    path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+    pods = tools.cluster.api.get(path, labelSelector="app.kubernetes.io/component=gateway")
+    for pod in pods["items"]:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            return f"http://{pod['status']['podIP']}:{port}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
+
+
+def serverless_manifest(name: str, model_uri: str, **serverless: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((REPO / "examples/abalone/serverless.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["uri"] = model_uri
+    manifest["spec"]["serverless"].update(serverless)
+    return manifest
+
+
+def pod_processes(tools: Tools, namespace: str) -> dict[str, int]:
+    """Pod name -> pid of the pod processes running in the namespace."""
+    kubelet = tools.cluster.kubelet
+    return kubelet.running_pids(namespace) if kubelet is not None else {}
+
+
+def replicas_of(tools: Tools, namespace: str, name: str) -> int:
+    deployment = tools.cluster.api.get(
+        f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
+    )
+    return int(deployment["spec"]["replicas"])
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def gateway_metric(url: str, name: str, endpoint: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("endpoint") == endpoint:
+                total += sample.value
+    return total
+
+
+def test_cold_start_through_the_gateway_and_back_to_zero(
+    tools: Tools, k8s_namespace: str, model_uri: str, abalone_model: AbaloneModel
+) -> None:
+    api = tools.cluster.api
+    manifest = serverless_manifest("coldstart", model_uri, idleTimeoutSeconds=10)
+    applied = tools.apply(manifest, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_phase(api, k8s_namespace, "coldstart", "InService")
+    assert endpoint["status"]["reason"] == "ScaledToZero"
+    assert endpoint["status"]["replicas"] == 0
+    assert replicas_of(tools, k8s_namespace, "coldstart") == 0
+    assert pod_processes(tools, k8s_namespace) == {}
+
+    url = gateway_url(tools)
+    assert url is not None
+    rows = abalone_model.test_rows
+    response = httpx.post(f"{url}/endpoints/coldstart/invocations", content=to_csv(rows),
+                          headers=CSV, timeout=90)  # fmt: skip
+    assert response.status_code == 200, response.text
+    got = np.array(response.text.split(), dtype=np.float32)
+    np.testing.assert_array_equal(got, abalone_model.booster().inplace_predict(rows))
+    events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
+    assert "ScaledFromZero" in {e["reason"] for e in events}
+
+    # no request for idleTimeoutSeconds: back to zero replicas and no process
+    wait_phase(api, k8s_namespace, "coldstart", "InService", timeout=120,
+               also=lambda e: e["status"].get("reason") == "ScaledToZero")  # fmt: skip
+    wait_until(lambda: pod_processes(tools, k8s_namespace) == {}, 120, "the replica to stop")
+
+
+def test_max_concurrency_throttles_with_429_and_never_a_5xx(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    manifest = serverless_manifest("throttled", model_uri, maxConcurrency=10,
+                                   concurrencyPerReplica=10)  # fmt: skip
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(tools.cluster.api, k8s_namespace, "throttled", "InService")
+    url = gateway_url(tools)
+    assert url is not None
+    before = gateway_metric(url, "infermodes_gateway_throttled_total", "throttled")
+    body = b"\n".join([b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"] * 2000)
+
+    def call(_: int) -> int:
+        response = httpx.post(f"{url}/endpoints/throttled/invocations", content=body,
+                              headers=CSV, timeout=90)  # fmt: skip
+        if response.status_code == 429:
+            assert response.headers.get("x-amzn-errortype", "").startswith("ThrottlingException")
+        return response.status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(call, range(50)))
+    assert set(codes) <= {200, 429}, codes
+    assert codes.count(200) >= 10
+    throttled = gateway_metric(url, "infermodes_gateway_throttled_total", "throttled") - before
+    assert throttled == codes.count(429)
+
+
+def test_scale_down_with_requests_in_flight_loses_none(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """Four clients bring four replicas (one invocation each); three stop, and the operator
+    scales in while the last client keeps calling: every request gets its prediction."""
+    manifest = serverless_manifest("scaledown", model_uri, maxConcurrency=4,
+                                   concurrencyPerReplica=1, idleTimeoutSeconds=600)  # fmt: skip
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(tools.cluster.api, k8s_namespace, "scaledown", "InService")
+    url = gateway_url(tools)
+    assert url is not None
+    body = b"\n".join([b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"] * 500)
+    stop_all = threading.Event()
+    stop_three = threading.Event()
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        deadline = time.monotonic() + 240
+        while not stop_all.is_set() and time.monotonic() < deadline:
+            if index and stop_three.is_set():
+                return
+            try:
+                response = httpx.post(f"{url}/endpoints/scaledown/invocations", content=body,
+                                      headers=CSV, timeout=90)  # fmt: skip
+                code = response.status_code
+            except httpx.HTTPError:
+                code = -1
+            with lock:
+                codes.append(code)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: replicas_of(tools, k8s_namespace, "scaledown") >= 3, 120,
+                   "scale-out to follow four clients")  # fmt: skip
+        stop_three.set()
+        wait_until(lambda: replicas_of(tools, k8s_namespace, "scaledown") == 1, 150,
+                   "scale-in while one client keeps calling")  # fmt: skip
+        scaled_in_at = len(codes)
+        wait_until(lambda: len(codes) > scaled_in_at + 20, 60, "more requests after scale-in")
+    finally:
+        stop_all.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+
+def test_bad_inputs_through_the_gateway_get_documented_4xx(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    manifest = serverless_manifest("badinput", model_uri)
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(tools.cluster.api, k8s_namespace, "badinput", "InService")
+    url = gateway_url(tools)
+    assert url is not None
+    invoke = f"{url}/endpoints/badinput/invocations"
+    cases = {
+        "unknown endpoint": httpx.post(f"{url}/endpoints/nope/invocations", content=b"1",
+                                       headers=CSV, timeout=90),
+        "4 MB + 1 byte": httpx.post(invoke, content=b"1" * (4 * 1024 * 1024 + 1), headers=CSV,
+                                    timeout=90),
+        "malformed CSV": httpx.post(invoke, content=b"1,0,0,x,0.3,0.09,0.5,0.2,0.1,0.1",
+                                    headers=CSV, timeout=90),
+        "unsupported type": httpx.post(invoke, content=b"1", headers={"content-type": "image/png"},
+                                       timeout=90),
+    }  # fmt: skip
+    for case, response in cases.items():
+        assert 400 <= response.status_code < 500, (case, response.status_code, response.text)
+        assert set(response.json()) >= {"error", "message"}, case
+    assert cases["unknown endpoint"].status_code == 404
+    assert "nope" in cases["unknown endpoint"].json()["message"]
+    assert cases["4 MB + 1 byte"].status_code == 413
+    assert "column 4" in cases["malformed CSV"].json()["message"]
+    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # the gateway stays up
+    assert get_endpoint(tools.cluster.api, k8s_namespace, "badinput") is not None
