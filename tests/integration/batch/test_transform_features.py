@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from tests.support.batch import (
     start,
     with_faults,
 )
-from tests.support.processes import INFERMODES, REPO
+from tests.support.processes import INFERMODES, REPO, stop_process, wait_until
 
 EXIT_OBJECTS_FAILED = 4
 
@@ -443,3 +445,27 @@ def test_the_example_manifest_runs_as_written_on_the_example_data(
         np.testing.assert_array_equal(scores, expected_scores(booster, text))
         total += len(scores)
     assert total == 4177  # every row of the data set
+
+
+def test_sigterm_discards_the_output_in_progress_and_reports_stopped(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(sample_rows(abalone_model.test_rows, 200_000, 8)))
+    proc = start(
+        command(
+            abalone_model, tmp_path / "in", tmp_path / "out", "--batch-strategy", "SingleRecord"
+        )
+    )
+    try:
+        # the atomic writer's temporary file shows the transform under way
+        wait_until(
+            lambda: any((tmp_path / "out").glob(".a.csv.out.*")), 60, "the output in progress"
+        )
+        os.kill(proc.pid, signal.SIGTERM)
+        done = finish(proc)
+    finally:
+        stop_process(proc)
+    assert done.returncode == 143, done.log
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_infermodes-batch"]
+    assert summary(tmp_path / "out")["state"] == "Stopped"
