@@ -211,8 +211,8 @@ class Proxy:
                 f"endpoint {endpoint.name}: {exc} ({mode} endpoints take at most {limit} bytes)",
                 413,
             ) from None
-        endpoint.last_request_at = time.time()
-        cap = endpoint.concurrency_cap()
+        endpoint.last_request_at = now = time.time()
+        cap = endpoint.concurrency_cap(now)
         if cap is not None and endpoint.active >= cap:
             self.metrics.throttled.labels(endpoint.name).inc()
             raise ThrottlingException(

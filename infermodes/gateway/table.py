@@ -10,7 +10,6 @@ rather than guessed.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,7 +46,7 @@ class Endpoint:
     mode: Mode | None = None  # None: a spec the gateway cannot read
     phase: Phase | None = None
     serverless: ServerlessSpec | None = None
-    other_gateways: int = 0  # fresh demand entries of other gateway replicas
+    peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
     replicas: dict[str, Replica] = field(default_factory=dict)
     active: int = 0  # admitted and not yet answered (held included)
     held: int = 0
@@ -61,12 +60,14 @@ class Endpoint:
         """Forwarded to a replica, not yet answered (the demand annotation's ``inFlight``)."""
         return self.active - self.held
 
-    def concurrency_cap(self) -> int | None:
-        """This gateway's share of ``maxConcurrency`` (None: no cap, a realtime endpoint).
-        Each gateway replica that wrote fresh demand takes an equal share, at least one."""
+    def concurrency_cap(self, now: float) -> int | None:
+        """This gateway's share of ``maxConcurrency`` at wall-clock ``now`` (None: no cap, a
+        realtime endpoint). Each gateway replica whose demand entry is fresh takes an equal
+        share, at least one."""
         if self.serverless is None:
             return None
-        return max(1, self.serverless.max_concurrency // (1 + self.other_gateways))
+        peers = sum(1 for at in self.peers_seen_at if now - at <= STALE_SECONDS)
+        return max(1, self.serverless.max_concurrency // (1 + peers))
 
     def check_servable(self) -> None:
         """Raise the error that says why this endpoint takes no invocations, if it does not."""
@@ -103,15 +104,15 @@ class Endpoint:
                 waiter.set_result(None)
 
 
-def demand_peers(annotations: Mapping[str, str] | None, own_key: str, now: float) -> int:
-    """Other gateway replicas with a fresh demand entry on the endpoint."""
-    count = 0
+def demand_peers(annotations: Mapping[str, str] | None, own_key: str) -> tuple[float, ...]:
+    """When each other gateway replica wrote its demand entry on the endpoint."""
+    seen = []
     for key, value in (annotations or {}).items():
         if key.startswith(ANNOTATION_PREFIX) and key != own_key:
             entry = GatewayDemand.from_annotation(value)
-            if entry is not None and now - entry.at <= STALE_SECONDS:
-                count += 1
-    return count
+            if entry is not None:
+                seen.append(entry.at)
+    return tuple(seen)
 
 
 ReplicaHook = Callable[[Endpoint, Replica], None]
@@ -125,12 +126,10 @@ class Table:
         demand_key: str = "",
         on_new_replica: ReplicaHook | None = None,
         on_removed_replica: ReplicaHook | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.demand_key = demand_key
         self.on_new_replica = on_new_replica
         self.on_removed_replica = on_removed_replica
-        self.clock = clock
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
@@ -173,9 +172,7 @@ class Table:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:
             endpoint.phase = None
-        endpoint.other_gateways = demand_peers(
-            meta.get("annotations"), self.demand_key, self.clock()
-        )
+        endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
         if (namespace, endpoint.name) not in self.known:
             self.known.add((namespace, endpoint.name))
             self._by_name.setdefault(endpoint.name, []).append(endpoint)

@@ -59,7 +59,7 @@ class Hooks:
     def table(self, **kwargs: Any) -> Table:
         return Table(on_new_replica=lambda _, r: self.added.append(r.key),
                      on_removed_replica=lambda _, r: self.removed.append(r.key),
-                     clock=lambda: NOW, **kwargs)  # fmt: skip
+                     **kwargs)  # fmt: skip
 
 
 def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both() -> None:
@@ -119,20 +119,21 @@ def test_choice_is_the_ready_replica_with_the_fewest_in_flight_and_ties_rotate()
 
 
 def test_the_concurrency_cap_is_shared_with_gateways_that_wrote_fresh_demand() -> None:
-    table = Table(demand_key=annotation_key("me"), clock=lambda: NOW)
+    table = Table(demand_key=annotation_key("me"))
 
     def entry(gateway: str, at: float) -> tuple[str, str]:
         return annotation_key(gateway), GatewayDemand(gateway, 1, 0, at, at).to_annotation()
 
     table.apply_endpoint(endpoint_object("e", maxConcurrency=10))
-    assert table.lookup("e").concurrency_cap() == 10
+    assert table.lookup("e").concurrency_cap(NOW) == 10
     annotations = dict([entry("me", NOW), entry("other", NOW - 5), entry("dead", NOW - 600)])
     table.apply_endpoint(endpoint_object("e", maxConcurrency=10, annotations=annotations))
-    assert table.lookup("e").concurrency_cap() == 5  # me and other; dead is stale
+    assert table.lookup("e").concurrency_cap(NOW) == 5  # me and other; dead is stale
+    assert table.lookup("e").concurrency_cap(NOW + 600) == 10  # other went quiet since
     table.apply_endpoint(endpoint_object("e", maxConcurrency=1, annotations=annotations))
-    assert table.lookup("e").concurrency_cap() == 1  # never zero
+    assert table.lookup("e").concurrency_cap(NOW) == 1  # never zero
     table.apply_endpoint(endpoint_object("e", mode="realtime"))
-    assert table.lookup("e").concurrency_cap() is None
+    assert table.lookup("e").concurrency_cap(NOW) is None
 
 
 def test_pod_events_join_and_leave_the_rotation() -> None:
