@@ -44,6 +44,22 @@ def main() -> None:
 @click.option("--workers", type=int, help="Worker processes. [default 2]")
 @click.option("--predict-threads", type=int, help="XGBoost threads per worker. [default 1]")
 @click.option("--max-payload-bytes", type=int, help="Request body limit. [default 6 MiB]")
+@click.option("--max-rows", type=int, help="Rows per request (413 beyond). [default 200000]")
+@click.option(
+    "--max-values", type=int, help="Rows x features per request (413 beyond). [default 16777216]"
+)
+@click.option(
+    "--header-timeout",
+    "header_timeout_seconds",
+    type=float,
+    help="Seconds for a request's headers to arrive (408 beyond). [default 10]",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_seconds",
+    type=float,
+    help="Seconds for a request's body to arrive after its headers (408 beyond). [default 60]",
+)
 @click.option(
     "--allow-pickle",
     is_flag=True,

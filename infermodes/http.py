@@ -1,12 +1,15 @@
 """What every infermodes HTTP process shares: the error shape, body reading under a limit,
-the ``/metrics`` route, and the uvicorn options.
+the ``/metrics`` route, and the uvicorn options with a hardened HTTP protocol.
 
 Domain errors carry their status code (``infermodes.errors``); this is the one place that turns
-them into HTTP responses, for the plain ASGI handlers and for FastAPI routes alike.
+them into HTTP responses, for the plain ASGI handlers, for FastAPI routes, for routing's own 404
+and 405 and for requests too malformed or too slow to reach the app, alike.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -14,9 +17,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
-from infermodes.errors import InfermodesError, PayloadTooLarge
+from infermodes.errors import InfermodesError, InvalidInput, PayloadTooLarge, UnsupportedContentType
 from infermodes.metrics import render
+from infermodes.settings import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,26 +34,68 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 ERROR_MEDIA_TYPE = "application/json"
+MAX_HEADER_BYTES = 64 * 1024  # httptools sets no bound of its own
+
+
+def error_json(kind: str, message: str) -> bytes:
+    """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``."""
+    return json.dumps({"error": kind, "message": message}).encode()
+
+
+INTERNAL_ERROR = error_json("InternalServerError", "internal error; the server log has details")
 
 
 def error_body(exc: InfermodesError) -> bytes:
-    """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``."""
-    return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
+    return error_json(type(exc).__name__, str(exc))
+
+
+def status_kind(status: int) -> str:
+    """The ``error`` of a response made by HTTP itself rather than a domain error: 404 ->
+    ``NotFound``, 405 -> ``MethodNotAllowed`` (the domain error of the same name agrees)."""
+    return http.HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
 
 
 def error_response(exc: InfermodesError) -> Response:
     return Response(error_body(exc), exc.status_code, media_type=ERROR_MEDIA_TYPE)
 
 
+def _shown(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
-    """A FastAPI app that maps domain errors and serves the registry's ``/metrics``."""
-    api = FastAPI(title=title, docs_url=None, redoc_url=None)
+    """A FastAPI app that speaks the one error shape (domain errors, unknown routes, wrong
+    methods, bugs), publishes no schema or docs, and serves the registry's ``/metrics``."""
+    api = FastAPI(
+        title=title, openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False
+    )
 
     @api.exception_handler(InfermodesError)
     async def domain_error(_: Request, exc: InfermodesError) -> Response:
         return error_response(exc)
 
-    @api.get("/metrics")
+    @api.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> Response:
+        path = _shown(request.url.path)
+        if exc.status_code == 404:
+            message = f"no route {path}"
+        elif exc.status_code == 405 and exc.headers:
+            message = f"{request.method} is not allowed on {path}; use {exc.headers['Allow']}"
+        else:
+            message = str(exc.detail)
+        return Response(
+            error_json(status_kind(exc.status_code), message),
+            exc.status_code,
+            headers=exc.headers,
+            media_type=ERROR_MEDIA_TYPE,
+        )
+
+    @api.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> Response:
+        """A bug, not bad input: the traceback goes to the log, the shape stays the same."""
+        return Response(INTERNAL_ERROR, 500, media_type=ERROR_MEDIA_TYPE)
+
+    @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics_endpoint() -> Response:
         payload, content_type = render(registry)
         return Response(payload, media_type=content_type)
@@ -62,33 +112,172 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def refuse_coding(name: bytes, value: bytes) -> None:
+    """415 for a body coding nothing here undoes: a Content-Encoding other than identity (a
+    gzip body read as CSV fails with a misleading message) or a Transfer-Encoding other than
+    chunked (the HTTP parser undoes chunked alone and passes the rest through as the body)."""
+    coding = value.strip().lower()
+    if name == b"content-encoding" and coding not in (b"", b"identity"):
+        raise UnsupportedContentType(
+            f"Content-Encoding {_shown(value.decode('latin-1'), 40)!r} is not supported; "
+            "send the body uncompressed"
+        )
+    if name == b"transfer-encoding" and coding != b"chunked":
+        raise UnsupportedContentType(
+            f"Transfer-Encoding {_shown(value.decode('latin-1'), 40)!r} is not supported; "
+            "use chunked or Content-Length"
+        )
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) before reading when Content-Length is over the limit
-    and while reading when it is absent (chunked uploads)."""
+    and while reading when it is absent (chunked uploads). A body that ends early (the client
+    closed, or took longer than the body timeout) is refused, never returned in part."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
-    message = await receive()
-    body = message.get("body", b"")
-    chunks = [body]
-    size = len(body)
+    chunks: list[bytes] = []
+    size = 0
     while True:
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if not message.get("more_body", False):
-            return body if len(chunks) == 1 else b"".join(chunks)
         message = await receive()
+        if message["type"] == "http.disconnect":
+            expected = f" of {declared}" if declared is not None else ""
+            raise InvalidInput(
+                f"the request body ended after {size}{expected} bytes: the connection closed"
+            )
         chunk = message.get("body", b"")
         size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunk if len(chunks) == 1 else b"".join(chunks)
 
 
-def uvicorn_options(log_level: str) -> dict[str, Any]:
-    """uvicorn settings of every infermodes server: uvloop and httptools, no websockets (their
-    import costs cold start), no access log or lifespan, no Server or Date header."""
+def raw_error_response(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error response, for the protocol to write when there is no app to."""
+    body = error_json(status_kind(status), message)
+    return b"".join(
+        [
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode(),
+            f"content-type: {ERROR_MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n".encode(),
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+_IDLE, _HEADERS, _BODY = 0, 1, 2
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus what it lacks against slow or hostile clients: a
+    deadline for a request's headers (from its first byte) and one for its body (from the end
+    of the headers), so a client trickling bytes cannot hold a connection for ever; a bound on
+    header bytes; and the one error shape for requests too malformed to reach the app. The
+    fast path (a request in one read) only sets the phase; timers start when a read ends
+    mid-request."""
+
+    header_timeout = HEADER_TIMEOUT_SECONDS
+    body_timeout = BODY_TIMEOUT_SECONDS
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.phase = _IDLE
+        self.header_bytes = 0
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows BaseTransport the same way
+        super().connection_made(transport)
+        self._arm(self.timeout_keep_alive)  # a new connection may idle as a kept-alive one
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self.phase == _HEADERS:
+            self.header_bytes += len(data)
+            if self.header_bytes > MAX_HEADER_BYTES:
+                self._refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
+            elif self.deadline is None:
+                self._arm(self.header_timeout)
+        elif self.phase == _BODY and self.deadline is None:
+            self._arm(self.body_timeout)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.phase = _HEADERS
+        self.header_bytes = 0
+        self._disarm()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self.phase = _BODY
+        self._disarm()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.phase = _IDLE
+        self._disarm()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "malformed HTTP request")
+
+    def _arm(self, seconds: float) -> None:
+        self.deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.transport.write(raw_error_response(status, message))
+        self.transport.close()
+
+    def _expired(self) -> None:
+        self.deadline = None
+        cycle = self.cycle  # the current request's, or in the header phase the previous one's
+        busy = cycle is not None and not cycle.response_complete
+        if self.phase == _HEADERS and busy:
+            self._arm(self.header_timeout)  # pipelined: reading waits for the previous answer
+        elif self.phase == _HEADERS:
+            self._refuse(408, f"request headers not received within {self.header_timeout:g} s")
+        elif self.phase == _BODY and not cycle.response_started:
+            cycle.disconnected = True  # the app reads http.disconnect: nothing partial is scored
+            cycle.message_event.set()
+            self._refuse(408, f"request body not received within {self.body_timeout:g} s")
+        else:  # idle, or the answer is already out while the client still sends its body
+            self.transport.close()
+
+
+def uvicorn_options(
+    log_level: str,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
+    body_timeout: float = BODY_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """uvicorn settings of every infermodes server: uvloop, httptools behind the guarded
+    protocol, no websockets (their import costs cold start), no access log or lifespan, no
+    Server or Date header."""
+
+    class Protocol(GuardedHttpProtocol):
+        pass
+
+    Protocol.header_timeout = header_timeout
+    Protocol.body_timeout = body_timeout
     return {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": Protocol,
         "ws": "none",
         "lifespan": "off",
         "access_log": False,

@@ -12,6 +12,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+# How long an HTTP server waits for a request's headers (from its first byte) and for its body
+# (from the end of the headers) before answering 408 and closing the connection.
+HEADER_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 60.0
+# Rows x features one request (or one streamed chunk) may decode to: 64 MiB of float32.
+MAX_DECODED_VALUES = 1 << 24
 
 
 class ServeSettings(BaseSettings):
@@ -30,6 +36,30 @@ class ServeSettings(BaseSettings):
     )
     max_payload_bytes: int = Field(
         6 * MIB, ge=1, description="Larger request bodies get 413 (the platform allows 6 MB)."
+    )
+    max_rows: int = Field(
+        200_000,
+        ge=1,
+        description="Rows per request (lines, for CSV and libsvm); more get 413. Bounds the "
+        "work of one request, since a libsvm row can be two bytes.",
+    )
+    max_values: int = Field(
+        MAX_DECODED_VALUES,
+        ge=1,
+        description="Rows x features of one request's decoded input (4 bytes each); more get "
+        "413. Bounds libsvm, whose absent features cost no bytes in the body.",
+    )
+    header_timeout_seconds: float = Field(
+        HEADER_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
+        description="A request's headers must arrive within this from their first byte (408).",
+    )
+    body_timeout_seconds: float = Field(
+        BODY_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
+        description="A request's body must arrive within this after its headers (408).",
     )
     offload_bytes: int = Field(
         64 * 1024,

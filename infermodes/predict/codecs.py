@@ -4,17 +4,33 @@ Inputs (``text/csv``, ``application/json``, ``text/libsvm``) decode to a float32
 NaN for missing values; predictions encode to ``text/csv`` or ``application/json``. Every
 decoding error names the row and column (1-based), because a 400 that says only "bad input"
 sends users hunting. The one-row CSV case is the hot path: no pandas, no csv module.
+
+Numbers are read as the platform's container reads them (a C float parser), not as Python's
+``float`` would: a decimal with an optional sign, point and exponent (``1``, ``-0.5``, ``.5``,
+``1e-3``), spaces or tabs around it. An empty field, JSON ``null`` and ``nan`` (any case) are
+missing values. Refused, with the row and column: Python-only syntax (``1_0``), hexadecimal,
+infinities and anything beyond float32's range (XGBoost refuses infinite inputs), JSON's
+non-standard ``NaN``/``Infinity``. Rows end with LF or CRLF; a CR anywhere else is an error.
+``max_rows`` and ``max_values`` bound what one body may cost, whatever its size: libsvm rows
+need no bytes for absent features, so a small body can describe a huge dense matrix.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from infermodes.errors import InvalidInput, NotAcceptable, UnsupportedContentType
+from infermodes.errors import (
+    InvalidInput,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedContentType,
+)
+from infermodes.settings import MAX_DECODED_VALUES
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -23,6 +39,30 @@ JSONLINES = "application/jsonlines"
 INPUT_TYPES = (CSV, JSON, LIBSVM)
 OUTPUT_TYPES = (CSV, JSON)
 _ALIASES = {"application/x-libsvm": LIBSVM, "text/x-libsvm": LIBSVM, "application/csv": CSV}
+_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
+
+# The smallest magnitude that float32 rounds to infinity (2**128 - 2**103).
+F32_OVERFLOW = 2.0**128 - 2.0**103
+_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NAN = frozenset({b"nan", b"+nan", b"-nan"})
+_INFINITY = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
+# A field of these bytes only, with at most an exponent besides, is a plain decimal (or an
+# error): Python's float() reads it as a C parser would. It can still overflow float32, but
+# only with an exponent or 39 integer digits.
+_PLAIN = b"0123456789+-., \t"
+_LONG_DIGITS = re.compile(rb"\d{39}")
+_LONE_CR = re.compile(rb"\r(?!\n)")
+_INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any model we load
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(value: bytes | str, limit: int = 40) -> str:
+    """A piece of the input for an error message, cut short (inputs can be megabytes)."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return repr(_cut(text, limit))
 
 
 def media_type(header: str | None, default: str = CSV) -> str:
@@ -34,40 +74,104 @@ def media_type(header: str | None, default: str = CSV) -> str:
 
 
 def content_type_of(header: str | None) -> str:
+    """The input type of a Content-Type header; 415 for types and charsets we do not read."""
     kind = media_type(header)
     if kind not in INPUT_TYPES:
         raise UnsupportedContentType(
-            f"unsupported content type {kind!r}; use one of {', '.join(INPUT_TYPES)}"
+            f"unsupported content type {_show(kind, 60)}; use one of {', '.join(INPUT_TYPES)}"
         )
+    if header and ";" in header:
+        for parameter in header.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            charset = value.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset not in _CHARSETS:
+                raise UnsupportedContentType(
+                    f"unsupported charset {_show(charset, 30)}; send UTF-8"
+                )
     return kind
 
 
+_SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, "*/*": CSV}
+_WILDCARDS = {"*/*": (CSV, JSON), "text/*": (CSV,), "application/*": (JSON,)}
+_QUALITY = re.compile(r"0(?:\.\d{0,3})?|1(?:\.0{0,3})?")
+
+
+def _quality(parameters: list[str], header: str) -> float:
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            value = value.strip()
+            if not _QUALITY.fullmatch(value):
+                raise InvalidInput(
+                    f"Accept {_show(header, 60)}: q must be a number from 0 to 1, "
+                    f"got {_show(value, 20)}"
+                )
+            return float(value)
+    return 1.0
+
+
 def accept_of(header: str | None) -> str:
-    """Pick the first acceptable output type from an Accept header (CSV when absent or */*)."""
+    """The output type an Accept header prefers (CSV when absent or ``*/*``): the highest
+    q-value wins; among equals a more specific range, then the one listed first. Several
+    Accept headers are one list joined with commas."""
     if not header:
         return CSV
-    for part in header.split(","):
-        kind = media_type(part)
-        if kind in ("*/*", "text/*"):
-            return CSV
-        if kind == "application/*":
-            return JSON
-        if kind in OUTPUT_TYPES:
-            return kind
-    raise NotAcceptable(f"cannot produce {header!r}; accept one of {', '.join(OUTPUT_TYPES)}")
+    simple = _SIMPLE_ACCEPT.get(header)
+    if simple is not None:
+        return simple
+    # (q, specificity, -position) of the range that decides each output type
+    best: dict[str, tuple[float, int, int]] = {}
+    for position, element in enumerate(header.split(",")):
+        kind, *parameters = element.split(";")
+        kind = kind.strip().lower()
+        if not kind:
+            continue  # empty list elements are allowed
+        quality = _quality(parameters, header)
+        matches = (kind,) if kind in OUTPUT_TYPES else _WILDCARDS.get(kind, ())
+        specificity = 2 if kind in OUTPUT_TYPES else 0 if kind == "*/*" else 1
+        for output in matches:
+            # the most specific range naming a type sets its q (RFC 9110, 12.5.1)
+            known = best.get(output)
+            if known is None or specificity > known[1]:
+                best[output] = (quality, specificity, -position)
+    acceptable = [(rank, output) for output, rank in best.items() if rank[0] > 0]
+    if not acceptable:
+        raise NotAcceptable(
+            f"cannot produce {_show(header, 80)}; accept one of {', '.join(OUTPUT_TYPES)}"
+        )
+    return max(acceptable)[1]
 
 
-def _number(token: bytes | str, row: int, column: int) -> float:
-    token = token.strip()
+def _beyond_float32(token: bytes | float, row: int, column: int) -> InvalidInput:
+    if isinstance(token, bytes):
+        shown = _show(token)
+    else:  # a JSON number, already read: too large for float64 too, or only for float32
+        shown = "the number" if math.isinf(token) else repr(token)
+    return InvalidInput(f"row {row}, column {column}: {shown} is beyond the range of float32")
+
+
+def _number(token: bytes, row: int, column: int) -> float:
+    """One field, strictly: see the module's docstring for what is a number."""
+    token = token.strip(b" \t")
     if not token:
         return math.nan
-    try:
-        return float(token)
-    except ValueError:
-        shown = token.decode("utf-8", "replace") if isinstance(token, bytes) else token
+    if _DECIMAL.fullmatch(token):
+        value = float(token)
+        if -F32_OVERFLOW < value < F32_OVERFLOW:
+            return value
+        raise _beyond_float32(token, row, column)
+    lowered = token.lower()
+    if lowered in _NAN:
+        return math.nan
+    if lowered in _INFINITY:
         raise InvalidInput(
-            f"row {row}, column {column}: cannot parse {shown[:40]!r} as a number"
-        ) from None
+            f"row {row}, column {column}: infinite values are refused (XGBoost does not "
+            "take them); send an empty field or nan for a missing value"
+        )
+    raise InvalidInput(
+        f"row {row}, column {column}: cannot parse {_show(token)} as a number "
+        "(expected a decimal such as -1.5 or 2e-3)"
+    )
 
 
 def _check_width(width: int, num_features: int | None, row: int) -> None:
@@ -75,62 +179,140 @@ def _check_width(width: int, num_features: int | None, row: int) -> None:
         raise InvalidInput(f"row {row}: expected {num_features} features, got {width}")
 
 
-def decode_csv(body: bytes, num_features: int | None = None) -> np.ndarray:
-    """CSV without a header; empty fields are missing values."""
-    if b"\n" not in body.rstrip(b"\r\n"):
-        line = body.strip()
-        if not line:
-            raise InvalidInput("empty request body: expected at least one CSV row")
-        fields = line.split(b",")
-        _check_width(len(fields), num_features, 1)
+def _check_size(rows: int, width: int | None, max_rows: int | None, max_values: int) -> None:
+    """413 before decoding when the body has more rows (lines, for CSV and libsvm) or would
+    make a larger matrix than one request may."""
+    if max_rows is not None and rows > max_rows:
+        raise PayloadTooLarge(f"the body has {rows} rows; one request may carry at most {max_rows}")
+    if width is not None and rows * width > max_values:
+        raise PayloadTooLarge(
+            f"{rows} rows of {width} features make {rows * width} values; one request may "
+            f"decode to at most {max_values}"
+        )
+
+
+def _lines(
+    body: bytes, num_features: int | None, max_rows: int | None, max_values: int
+) -> list[bytes]:
+    """The body's lines, counted against the limits before they are split. Rows end with LF
+    or CRLF; a CR anywhere else is refused, since readers disagree on it (Python's splitlines
+    ends a row there, the platform's container does not)."""
+    text = body.rstrip(b"\r\n")
+    _check_size(text.count(b"\n") + 1, num_features, max_rows, max_values)
+    if b"\r" in text:
+        lone = _LONE_CR.search(text)
+        if lone is not None:
+            row = text.count(b"\n", 0, lone.start()) + 1
+            raise InvalidInput(f"row {row}: a carriage return inside a row; end rows with LF")
+        text = text.replace(b"\r\n", b"\n")
+    return text.split(b"\n")
+
+
+def _csv_row(line: bytes, row: int, width: int | None) -> list[float]:
+    """A row of plain decimals goes straight to float() (the hot path); anything else is read
+    field by field, strictly, so that the error names the field."""
+    fields = line.split(b",")
+    _check_width(len(fields), width, row)
+    rest = line.translate(None, _PLAIN)
+    if not rest or not rest.translate(None, b"eE"):
         try:
             values = [float(field) if field.strip() else math.nan for field in fields]
         except ValueError:
-            values = [_number(field, 1, col) for col, field in enumerate(fields, 1)]
+            pass  # e.g. "1.2.3" or "1 2": the strict reader below names it
+        else:
+            if rest or _LONG_DIGITS.search(line):
+                for column, value in enumerate(values, 1):
+                    if abs(value) >= F32_OVERFLOW:
+                        raise _beyond_float32(fields[column - 1].strip(), row, column)
+            return values
+    return [_number(field, row, column) for column, field in enumerate(fields, 1)]
+
+
+def decode_csv(
+    body: bytes,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+) -> np.ndarray:
+    """CSV without a header; empty fields are missing values, blank lines are skipped."""
+    line = body.rstrip(b"\r\n")
+    if b"\n" not in line and b"\r" not in line:  # one row: the hot path
+        if not line.strip(b" \t"):
+            raise InvalidInput("empty request body: expected at least one CSV row")
+        values = _csv_row(line, 1, num_features)
+        if len(values) > max_values:
+            _check_size(1, len(values), max_rows, max_values)
         return np.array(values, dtype=np.float32).reshape(1, -1)
+    lines = _lines(body, num_features, max_rows, max_values)
     rows: list[list[float]] = []
     width = num_features
-    for index, raw_line in enumerate(body.splitlines(), 1):
-        line = raw_line.strip()
-        if not line:
+    for number, line in enumerate(lines, 1):
+        if not line.strip(b" \t"):
             continue
-        fields = line.split(b",")
         if width is None:
-            width = len(fields)
-        _check_width(len(fields), width, index)
-        rows.append([_number(field, index, col) for col, field in enumerate(fields, 1)])
+            width = line.count(b",") + 1
+            _check_size(len(lines), width, max_rows, max_values)
+        rows.append(_csv_row(line, number, width))
     if not rows:
         raise InvalidInput("empty request body: expected at least one CSV row")
     return np.array(rows, dtype=np.float32)
 
 
-def _json_row(row: object, index: int) -> list[float]:
+def _describe(value: object) -> str:
+    """A JSON value for an error message, never rendered whole (it may be huge or deep)."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if type(value) is float:
+        return "a number"
+    return json.dumps(value[:40] if isinstance(value, str) else value)
+
+
+def _json_row(row: object, index: int, width: int | None) -> list[float]:
     if isinstance(row, dict):
         if "features" not in row:
             raise InvalidInput(f"row {index}: an object row needs a 'features' list")
         row = row["features"]
     if not isinstance(row, list):
-        raise InvalidInput(f"row {index}: expected a list of numbers, got {type(row).__name__}")
+        raise InvalidInput(f"row {index}: expected a list of numbers, got {_describe(row)}")
     values = []
     for column, value in enumerate(row, 1):
         if value is None:
             values.append(math.nan)
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidInput(
-                f"row {index}, column {column}: expected a number, got {json.dumps(value)[:40]}"
-            )
+        elif type(value) is float:  # integers are parsed as floats too; bool is not float
+            if not -F32_OVERFLOW < value < F32_OVERFLOW:
+                raise _beyond_float32(value, index, column)
+            values.append(value)
         else:
-            values.append(float(value))
+            raise InvalidInput(
+                f"row {index}, column {column}: expected a number, got {_describe(value)}"
+            )
+    _check_width(len(values), width, index)
     return values
 
 
-def decode_json(body: bytes, num_features: int | None = None) -> np.ndarray:
+def _refuse_constant(name: str) -> float:
+    raise InvalidInput(f"{name} is not JSON; send null for a missing value")
+
+
+def decode_json(
+    body: bytes,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+) -> np.ndarray:
     """``{"instances": [[...], ...]}``, ``{"instances": [{"features": [...]}]}``, a list of
     rows, one row, or ``{"features": [...]}``."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+        # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
+        document = json.loads(body, parse_int=float, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidInput("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise InvalidInput(f"malformed JSON: {str(exc)[:200]}") from None
     if isinstance(document, dict):
         if "instances" in document:
             rows = document["instances"]
@@ -147,43 +329,66 @@ def decode_json(body: bytes, num_features: int | None = None) -> np.ndarray:
         raise InvalidInput("JSON body must be an object with 'instances' or a list of rows")
     if not rows:
         raise InvalidInput("no rows in the JSON body")
-    matrix = [_json_row(row, index) for index, row in enumerate(rows, 1)]
-    width = num_features if num_features is not None else len(matrix[0])
-    for index, values in enumerate(matrix, 1):
-        _check_width(len(values), width, index)
+    _check_size(len(rows), num_features, max_rows, max_values)
+    matrix = [_json_row(rows[0], 1, num_features)]
+    width = len(matrix[0])
+    matrix.extend(_json_row(row, index, width) for index, row in enumerate(rows[1:], 2))
     return np.array(matrix, dtype=np.float32)
 
 
-def decode_libsvm(body: bytes, num_features: int | None = None) -> np.ndarray:
+def decode_libsvm(
+    body: bytes,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+) -> np.ndarray:
     """``[label] index:value ...`` per line with zero-based feature indices, as XGBoost reads
-    libsvm; a leading token without ``:`` is a label and is ignored; absent features are missing."""
+    libsvm; a leading token without ``:`` is a label (it must be a number) and is ignored;
+    absent features are missing, and a feature may appear once per row."""
+    lines = _lines(body, num_features, max_rows, max_values)
     parsed: list[dict[int, float]] = []
     highest = -1
-    for index, raw_line in enumerate(body.splitlines(), 1):
-        tokens = raw_line.split()
+    for number, line in enumerate(lines, 1):
+        tokens = line.split()
         if not tokens:
             continue
         if b":" not in tokens[0]:
+            if not _DECIMAL.fullmatch(tokens[0]):
+                raise InvalidInput(
+                    f"row {number}: the label {_show(tokens[0])} is not a number; "
+                    "libsvm rows are [label] index:value ..."
+                )
             tokens = tokens[1:]
         row: dict[int, float] = {}
         for column, token in enumerate(tokens, 1):
             feature, sep, text = token.partition(b":")
             if not sep or not feature.isdigit():
                 raise InvalidInput(
-                    f"row {index}, column {column}: expected index:value, got {token[:40]!r}"
+                    f"row {number}, column {column}: expected index:value, got {_show(token)}"
                 )
-            position = int(feature)
-            if num_features is not None and position >= num_features:
+            position = int(feature) if len(feature) <= _INDEX_DIGITS else -1
+            if position < 0 or (num_features is not None and position >= num_features):
+                expected = (
+                    f"; expected {num_features} features (indices 0..{num_features - 1})"
+                    if num_features is not None
+                    else ""
+                )
                 raise InvalidInput(
-                    f"row {index}, column {column}: feature index {position} is out of range; "
-                    f"expected {num_features} features (indices 0..{num_features - 1})"
+                    f"row {number}, column {column}: feature index {_cut(feature.decode(), 20)} "
+                    f"is out of range{expected}"
                 )
-            row[position] = _number(text, index, column)
+            if position in row:
+                raise InvalidInput(
+                    f"row {number}, column {column}: feature index {position} appears twice"
+                )
+            row[position] = _number(text, number, column)
             highest = max(highest, position)
         parsed.append(row)
     if not parsed:
         raise InvalidInput("empty request body: expected at least one libsvm row")
     width = num_features if num_features is not None else highest + 1
+    _check_size(len(parsed), width, max_rows, max_values)
     matrix = np.full((len(parsed), width), np.nan, dtype=np.float32)
     for row_index, row in enumerate(parsed):
         for position, value in row.items():
@@ -194,9 +399,17 @@ def decode_libsvm(body: bytes, num_features: int | None = None) -> np.ndarray:
 _DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm}
 
 
-def decode(body: bytes, content_type: str, num_features: int | None = None) -> np.ndarray:
-    """Decode a body of a known input type (see ``content_type_of``)."""
-    return _DECODERS[content_type](body, num_features)
+def decode(
+    body: bytes,
+    content_type: str,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+) -> np.ndarray:
+    """Decode a body of a known input type (see ``content_type_of``): a matrix, or
+    InvalidInput (400) / PayloadTooLarge (413) naming the problem."""
+    return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 
 
 def _format(value: float) -> str:

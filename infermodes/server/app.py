@@ -8,6 +8,7 @@ few tens of microseconds of Python.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -18,8 +19,10 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from infermodes.errors import InfermodesError, MethodNotAllowed, ModelNotReady
+from infermodes.errors import InfermodesError, InvalidInput, MethodNotAllowed, ModelNotReady
 from infermodes.http import (
+    ERROR_MEDIA_TYPE,
+    INTERNAL_ERROR,
     ASGIApp,
     Message,
     Receive,
@@ -27,8 +30,8 @@ from infermodes.http import (
     Send,
     create_api,
     error_body,
-    header,
     read_body,
+    refuse_coding,
 )
 from infermodes.metrics import INVOCATIONS_ROUTE, ServerMetrics
 from infermodes.predict import codecs
@@ -120,36 +123,74 @@ class InvocationsHandler:
         self.metrics = metrics
         self.limit = settings.max_payload_bytes
         self.offload = settings.offload_bytes
+        self.max_rows = settings.max_rows
+        self.max_values = settings.max_values
+        # Large bodies are decoded one at a time per worker: decoding holds the GIL, so a
+        # second thread gains nothing and would double the memory in flight.
+        self.offload_slot = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body_read = False
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed("use POST for /invocations")
-            body, accept = await self.predict(scope, receive)
-            status = 200
+            model, content_type, accept = self.negotiate(scope)
+            body = await read_body(scope, receive, self.limit)
+            body_read = True
+            payload, media_type, status = await self.predict(model, body, content_type, accept)
         except InfermodesError as exc:
-            body, accept, status = error_body(exc), codecs.JSON, exc.status_code
+            payload, media_type, status = error_body(exc), ERROR_MEDIA_TYPE, exc.status_code
+        except Exception:
+            log.exception("unexpected error in /invocations")
+            payload, media_type, status = INTERNAL_ERROR, ERROR_MEDIA_TYPE, 500
         headers = [
-            (b"content-type", accept.encode()),
-            (b"content-length", str(len(body)).encode()),
+            (b"content-type", media_type.encode()),
+            (b"content-length", str(len(payload)).encode()),
         ]
+        if status == 405:
+            headers.append((b"allow", b"POST"))
+        if not body_read:  # what is left of the body would be read as the next request
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": payload})
 
-    async def predict(self, scope: Scope, receive: Receive) -> tuple[bytes, str]:
+    def negotiate(self, scope: Scope) -> tuple[XGBoostModel, str, str]:
+        """Everything decided from the headers, before any body byte is read: the model, the
+        input type (one Content-Type), the output type (every Accept header, as one list), and
+        no body coding we would misread."""
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(f"{scope['method']} is not allowed on /invocations; use POST")
         model = self.slot.require()
-        content_type = codecs.content_type_of(header(scope, b"content-type"))
-        accept = codecs.accept_of(header(scope, b"accept"))
-        body = await read_body(scope, receive, self.limit)
+        content_type: str | None = None
+        accept: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                if content_type is not None:
+                    raise InvalidInput("more than one Content-Type header")
+                content_type = value.decode("latin-1")
+            elif name == b"accept":
+                text = value.decode("latin-1")
+                accept = text if accept is None else f"{accept}, {text}"
+            elif name == b"content-encoding" or name == b"transfer-encoding":
+                refuse_coding(name, value)
+        return model, codecs.content_type_of(content_type), codecs.accept_of(accept)
+
+    async def predict(
+        self, model: XGBoostModel, body: bytes, content_type: str, accept: str
+    ) -> tuple[bytes, str, int]:
         self.metrics.request_body_size.observe(len(body))
-        if len(body) >= self.offload:  # one thread hop for decode, predict and encode
+        if len(body) < self.offload:
+            return self.score(model, body, content_type, accept), accept, 200
+        async with self.offload_slot:  # one thread hop for decode, predict and encode
             payload = await run_in_threadpool(self.score, model, body, content_type, accept)
-        else:
-            payload = self.score(model, body, content_type, accept)
-        return payload, accept
+        return payload, accept, 200
 
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
-        rows = codecs.decode(body, content_type, model.num_features)
+        rows = codecs.decode(
+            body,
+            content_type,
+            model.num_features,
+            max_rows=self.max_rows,
+            max_values=self.max_values,
+        )
         started = time.perf_counter()
         predictions = model.predict(rows)
         self.metrics.predict_duration.observe(time.perf_counter() - started)
@@ -180,7 +221,7 @@ def create_app(
     metrics = ServerMetrics(registry)
     api = create_api("infermodes model server", registry)
 
-    @api.get("/ping")
+    @api.api_route("/ping", methods=["GET", "HEAD"])
     async def ping() -> Response:
         slot.require()
         return Response(b"", 200)

@@ -51,7 +51,10 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
 
     slot = ModelSlot()
     app = create_app(settings, slot)
-    config = uvicorn.Config(app, **uvicorn_options(settings.log_level))
+    options = uvicorn_options(
+        settings.log_level, settings.header_timeout_seconds, settings.body_timeout_seconds
+    )
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
 
     def load() -> XGBoostModel:

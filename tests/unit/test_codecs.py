@@ -65,7 +65,7 @@ def test_json_single_row_and_null() -> None:
         (b'{"instances": 3}', "'instances' must be a list"),
         (b'{"instances": [[1, 2], [3, "x"]]}', 'row 2, column 2: expected a number, got "x"'),
         (b'{"instances": [[1, true]]}', "row 1, column 2: expected a number, got true"),
-        (b'{"instances": [[1, 2], 5]}', "row 2: expected a list of numbers, got int"),
+        (b'{"instances": [[1, 2], 5]}', "row 2: expected a list of numbers, got a number"),
         (b'{"instances": [{"values": [1]}]}', "row 1: an object row needs a 'features' list"),
         (b'{"instances": [[1, 2, 3]]}', "row 1: expected 2 features, got 3"),
         (b'{"instances": []}', "no rows"),
@@ -148,3 +148,86 @@ def test_encode_multi_output() -> None:
     predictions = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
     assert codecs.encode(predictions, codecs.CSV) == b"0.25,0.75\n0.5,0.5\n"
     assert b'{"score": [0.25, 0.75]}' in codecs.encode(predictions, codecs.JSON)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"1,1_0,3", "row 1, column 2: cannot parse '1_0'"),
+        (b"1,0x10,3", "row 1, column 2: cannot parse '0x10'"),
+        (b"1,inf,3", "row 1, column 2: infinite values are refused"),
+        (b"1,2,1e39", "row 1, column 3: '1e39' is beyond the range of float32"),
+        (b"1,2,3\n4,5," + b"9" * 39, "row 2, column 3: '999"),
+        (b"1,2,3\r4,5,6", "row 1: a carriage return inside a row"),
+        (b"1,2,3\n4,5,6\r7,8,9\n", "row 2: a carriage return inside a row"),
+    ],
+)
+def test_numbers_are_read_as_a_c_parser_would(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codecs.decode(body, codecs.CSV, 3)
+
+
+def test_nan_and_exponents_are_numbers() -> None:
+    rows = codecs.decode(b"nan,-NaN,1e-3\r\n2E2,+.5,5.\r\n", codecs.CSV, 3)
+    assert math.isnan(rows[0, 0]) and math.isnan(rows[0, 1])
+    np.testing.assert_array_equal(rows[:, 2], np.array([1e-3, 5.0], dtype=np.float32))
+    np.testing.assert_array_equal(rows[1, :2], [200, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"[1" + b"0" * 400 + b", 2, 3]", codecs.JSON, "column 1: the number is beyond"),
+        (b"[1e39, 2, 3]", codecs.JSON, r"column 1: 1e\+39 is beyond"),
+        (b"[NaN, 2, 3]", codecs.JSON, "NaN is not JSON"),
+        (b"[" * 5000 + b"]" * 5000, codecs.JSON, "nested too deeply"),
+        (b"1,2,3", codecs.LIBSVM, "row 1: the label '1,2,3' is not a number"),
+        (b"0:1 0:2", codecs.LIBSVM, "row 1, column 2: feature index 0 appears twice"),
+        (b"0:1 " + b"1" * 5000 + b":2", codecs.LIBSVM, "feature index 1111"),
+    ],
+)
+def test_decoder_errors_are_invalid_input(body: bytes, content_type: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        codecs.decode(body, content_type, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "limits", "message"),
+    [
+        (b"0\n" * 5, codecs.LIBSVM, {"max_rows": 4}, "5 rows; one request may carry at most 4"),
+        (b"1,2,3\n" * 5, codecs.CSV, {"max_rows": 4}, "at most 4"),
+        (b"[[1,2,3],[1,2,3]]", codecs.JSON, {"max_rows": 1}, "at most 1"),
+        (b"0\n" * 5, codecs.LIBSVM, {"max_values": 14}, "5 rows of 3 features make 15 values"),
+    ],
+)
+def test_limits_are_413(
+    body: bytes, content_type: str, limits: dict[str, int], message: str
+) -> None:
+    from infermodes.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge, match=message):
+        codecs.decode(body, content_type, 3, **limits)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("text/csv;q=0.1, application/json;q=0.9", codecs.JSON),
+        ("text/csv;q=0, */*", codecs.JSON),
+        ("*/*, application/json", codecs.JSON),
+        ("application/json, text/csv", codecs.JSON),
+        ("text/csv, application/json", codecs.CSV),
+        ("application/*;q=0.5, text/*;q=0.4", codecs.JSON),
+    ],
+)
+def test_accept_q_values(header: str, expected: str) -> None:
+    assert codecs.accept_of(header) == expected
+
+
+def test_bad_q_value_and_charset() -> None:
+    with pytest.raises(InvalidInput, match="q must be a number from 0 to 1"):
+        codecs.accept_of("text/csv;q=2")
+    with pytest.raises(NotAcceptable):
+        codecs.accept_of("text/csv;q=0")
+    with pytest.raises(UnsupportedContentType, match="charset 'utf-16'"):
+        codecs.content_type_of("text/csv; charset=utf-16")

@@ -69,3 +69,51 @@ def test_get_on_invocations_is_405_and_unknown_routes_404(model: XGBoostModel) -
     assert response.status_code == 405
     assert response.json()["error"] == "MethodNotAllowed"
     assert client.get("/nope").status_code == 404
+
+
+def test_every_route_speaks_the_error_shape_and_publishes_no_schema(model: XGBoostModel) -> None:
+    slot = ModelSlot()
+    slot.model = model
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    assert client.head("/ping").status_code == 200
+    for method, path, status in [
+        ("GET", "/nope", 404),
+        ("GET", "/openapi.json", 404),
+        ("GET", "/docs", 404),
+        ("POST", "/ping", 405),
+        ("POST", "/metrics", 405),
+        ("PUT", "/invocations", 405),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == status
+        assert set(response.json()) == {"error", "message"}
+        assert "allow" in response.headers or status == 404
+
+
+def test_a_bug_is_a_500_in_the_error_shape_with_the_traceback_logged(
+    model: XGBoostModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        num_features = model.num_features
+
+        def predict(self, rows: object) -> object:
+            raise RuntimeError("a bug")
+
+    slot = ModelSlot()
+    slot.model = Broken()  # type: ignore[assignment]
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    response = client.post("/invocations", content=b"1,2,3", headers={"content-type": "text/csv"})
+    assert response.status_code == 500
+    assert response.json()["error"] == "InternalServerError"
+    assert "RuntimeError: a bug" in caplog.text
+
+
+def test_rows_over_the_limit_are_413(model: XGBoostModel) -> None:
+    slot = ModelSlot()
+    slot.model = model
+    client = TestClient(create_app(ServeSettings(model_uri="unused", max_rows=2), slot))
+    headers = {"content-type": "text/csv"}
+    assert client.post("/invocations", content=b"1,2,3\n" * 2, headers=headers).status_code == 200
+    response = client.post("/invocations", content=b"1,2,3\n" * 3, headers=headers)
+    assert response.status_code == 413
+    assert "at most 2" in response.json()["message"]
