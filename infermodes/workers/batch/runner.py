@@ -334,7 +334,10 @@ def run(settings: BatchSettings) -> int:
     registry = CollectorRegistry()
     metrics = BatchMetrics(registry)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        try:
+            start_http_server(settings.metrics_port, settings.metrics_host, registry)
+        except OSError as exc:  # e.g. two instances by hand on one machine: the work matters more
+            log.warning("no metrics: cannot serve port %d: %s", settings.metrics_port, exc)
     storage = Storage()
     try:
         model = XGBoostModel.load(
