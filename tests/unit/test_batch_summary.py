@@ -1,9 +1,10 @@
-"""The batch summary's formats and the terminal progress bar."""
+"""The batch summary's formats, the terminal progress bar, and in-order concurrency."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 
 from infermodes.workers.batch.runner import Progress
 from infermodes.workers.batch.summary import TERMINATION_MESSAGE_LIMIT, Failure, Summary
@@ -57,3 +58,23 @@ def test_progress_bar_only_on_a_terminal() -> None:
     quiet.advance(records=1000, units=1)
     quiet.close()
     assert piped.getvalue() == ""
+
+
+def test_ordered_keeps_input_order_and_reads_only_as_room_frees_up() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infermodes.workers.batch.runner import ordered
+
+    read: list[int] = []
+
+    def items() -> Iterator[int]:
+        for item in range(20):
+            read.append(item)
+            yield item
+
+    with ThreadPoolExecutor(3) as executor:
+        results = ordered(lambda x: x * x, items(), executor, 3)
+        assert next(results) == 0
+        assert len(read) == 3  # the window, no more
+        assert list(results) == [x * x for x in range(1, 20)]
+    assert list(ordered(lambda x: -x, iter([1, 2]), None, 1)) == [-1, -2]
