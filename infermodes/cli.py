@@ -118,7 +118,18 @@ def crd() -> None:
     help="Requests processed at once (the prefetch). [default 1]",
 )
 @click.option("--max-attempts", type=int, help="Attempts before dead-lettering. [default 3]")
-@click.option("--webhook-url", "webhook_urls", multiple=True, help="POST notifications here too.")
+@click.option(
+    "--success-webhook-url",
+    "success_webhook_urls",
+    multiple=True,
+    help="POST success notifications here too (repeatable).",
+)
+@click.option(
+    "--error-webhook-url",
+    "error_webhook_urls",
+    multiple=True,
+    help="POST error notifications here too (repeatable).",
+)
 @click.option("--metrics-port", type=int, help="Side port for /metrics; 0 disables. [default 9090]")
 @click.option("--predict-threads", type=int, help="XGBoost threads per request. [default 1]")
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
@@ -127,21 +138,28 @@ def worker(**options: Any) -> None:
     from infermodes.settings import WorkerSettings
     from infermodes.workers.async_worker import run
 
-    options["webhook_urls"] = list(options["webhook_urls"]) or None
+    for name in ("success_webhook_urls", "error_webhook_urls"):
+        options[name] = list(options[name]) or None
     settings = _settings_or_exit(WorkerSettings, **options)
     sys.exit(run(settings))
 
 
-def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
+def _endpoint_layouts(values: tuple[str, ...], max_attempts: int | None) -> dict[str, Any] | None:
     """``--endpoint NAME=PREFIX`` -> the default layout under PREFIX."""
     from infermodes.settings import AsyncEndpoint
 
+    if max_attempts is not None and not values:
+        raise click.UsageError(
+            "--max-attempts applies to --endpoint endpoints; in ENDPOINTS give each its "
+            "max_attempts"
+        )
+    options = {} if max_attempts is None else {"max_attempts": max_attempts}
     layouts = {}
     for value in values:
         name, sep, prefix = value.partition("=")
         if not sep or not name or not prefix:
             raise click.UsageError(f"--endpoint takes NAME=STORAGE_PREFIX, got {value!r}")
-        layouts[name] = AsyncEndpoint.under(prefix)
+        layouts[name] = AsyncEndpoint.under(prefix, **options)
     return layouts or None
 
 
@@ -156,7 +174,11 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option(
     "--broker-url", help="RabbitMQ AMQP URL. [default amqp://guest:guest@127.0.0.1:5672/%2F]"
 )
-@click.option("--max-attempts", type=int, help="Must match the workers'. [default 3]")
+@click.option(
+    "--max-attempts",
+    type=int,
+    help="Attempts of the --endpoint endpoints' requests; must match their workers'. [default 3]",
+)
 @click.option("--host", help="Bind address. [default 127.0.0.1]")
 @click.option("--port", type=int, help="Port. [default 8081]")
 @click.option("--max-inline-bytes", type=int, help="Inline body limit. [default 16 MiB]")
@@ -164,15 +186,16 @@ def _endpoint_layouts(values: tuple[str, ...]) -> dict[str, Any] | None:
     "--allow-input-prefix",
     "allowed_input_prefixes",
     multiple=True,
-    help="By-reference inputs must lie under one of these. [default: anywhere]",
+    help="By-reference inputs must lie under one of these or the endpoint's input prefix "
+    "(repeatable). [default: s3:// anywhere, file:// only under the endpoint's input prefix]",
 )
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
-def async_api(**options: Any) -> None:
+def async_api(max_attempts: int | None, **options: Any) -> None:
     """Accept async invocations (POST /endpoints/NAME/async-invocations) and queue them."""
     from infermodes.gateway.async_accept import serve as run_api
     from infermodes.settings import AsyncApiSettings
 
-    options["endpoints"] = _endpoint_layouts(options["endpoints"])
+    options["endpoints"] = _endpoint_layouts(options["endpoints"], max_attempts)
     options["allowed_input_prefixes"] = list(options["allowed_input_prefixes"]) or None
     settings = _settings_or_exit(AsyncApiSettings, **options)
     sys.exit(run_api(settings))

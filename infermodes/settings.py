@@ -78,8 +78,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 
 class WorkerSettings(BaseSettings):
     """``infermodes worker``: consumes one async endpoint's queue. Env prefix
-    ``INFERMODES_WORKER_``. Where outputs go is decided when a request is accepted and travels
-    in the message, so the worker needs no storage paths."""
+    ``INFERMODES_WORKER_``. Where inputs may lie and outputs go is decided when a request is
+    accepted and travels in the message, so the worker needs no storage paths."""
 
     model_config = SettingsConfigDict(env_prefix="INFERMODES_WORKER_", extra="forbid")
 
@@ -103,8 +103,12 @@ class WorkerSettings(BaseSettings):
         1.0, ge=0, le=60, description="First retry delay; doubles per attempt."
     )
     retry_backoff_max_seconds: float = Field(30.0, ge=0, le=600)
-    webhook_urls: list[str] = Field(
-        default_factory=list, description="HTTP endpoints POSTed each notification."
+    notify_topic: bool = Field(True, description="Publish each notification to the topic exchange.")
+    success_webhook_urls: list[str] = Field(
+        default_factory=list, description="HTTP endpoints POSTed each success notification."
+    )
+    error_webhook_urls: list[str] = Field(
+        default_factory=list, description="HTTP endpoints POSTed each error notification."
     )
     webhook_attempts: int = Field(3, ge=1, le=10)
     predict_threads: int = Field(1, ge=1, le=256)
@@ -123,20 +127,27 @@ class WorkerSettings(BaseSettings):
 
 
 class AsyncEndpoint(BaseModel):
-    """Where one async endpoint keeps inline inputs, outputs and failures."""
+    """One async endpoint as the accepting side sees it: where inline inputs (and request
+    records), outputs and failures go, the invocation timeout of requests that do not set one,
+    and the attempts its queue allows (the workers' ``max_attempts``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     input_path: str
     output_path: str
     failure_path: str
+    invocation_timeout_seconds: int = Field(900, ge=1, le=3600)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
 
     @classmethod
-    def under(cls, prefix: str) -> AsyncEndpoint:
+    def under(cls, prefix: str, **options: int) -> AsyncEndpoint:
         """The default layout: ``<prefix>/input``, ``<prefix>/output``, ``<prefix>/failure``."""
         base = prefix.rstrip("/")
         return cls(
-            input_path=f"{base}/input", output_path=f"{base}/output", failure_path=f"{base}/failure"
+            input_path=f"{base}/input",
+            output_path=f"{base}/output",
+            failure_path=f"{base}/failure",
+            **options,
         )
 
 
@@ -148,7 +159,6 @@ class AsyncApiSettings(BaseSettings):
 
     endpoints: dict[str, AsyncEndpoint] = Field(min_length=1)
     broker_url: str = DEFAULT_BROKER_URL
-    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)
     max_inline_bytes: int = Field(
@@ -161,6 +171,12 @@ class AsyncApiSettings(BaseSettings):
         default_factory=list,
         description="By-reference inputs must lie under one of these or the endpoint's input "
         "prefix (empty: s3:// anywhere, file:// only under the endpoint's input prefix).",
+    )
+    sweep_interval_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="How often stale inline inputs, request records and partial writes are "
+        "removed from the endpoints' storage (0: never).",
     )
     log_level: str = "info"
 

@@ -2,7 +2,9 @@
 
 Payloads may be up to 1 GB, so the interface is streams: callers read and write in chunks
 and nothing here reads a whole object into memory unless asked to (``get_bytes``).
-Writes look atomic: a reader sees the old object or the whole new one, never a prefix.
+Writes look atomic: a reader sees the old object or the whole new one, never a prefix. A file
+being written is a hidden ``.<name>.<random>.partial`` beside its target (S3: an incomplete
+multipart upload), invisible to ``list``; ``remove_partials`` clears those a killed writer left.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +21,18 @@ from pathlib import Path
 from typing import IO, Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
-from infermodes.errors import ObjectNotFound, StorageError
+from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
 
 CHUNK_SIZE = 1024 * 1024
 MULTIPART_CHUNK = 8 * CHUNK_SIZE  # S3 parts are at least 5 MiB (but the last)
+PARTIAL_SUFFIX = ".partial"
+
+
+class NotAFile(StorageError):
+    """The URI names a directory, a device or a pipe: a mistake of whoever gave it, which no
+    retry mends."""
+
+    status_code = 400
 
 
 @dataclass(frozen=True)
@@ -68,26 +79,47 @@ class ObjectStore(Protocol):
     """What async and batch need from storage."""
 
     def open_read(
-        self, ref: ObjectRef, start: int = 0
+        self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
     ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def create(self, ref: ObjectRef, data: bytes) -> bool: ...
     def exists(self, ref: ObjectRef) -> bool: ...
     def size(self, ref: ObjectRef) -> int: ...
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
+    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]: ...
     def delete(self, ref: ObjectRef) -> None: ...
+    def remove_partials(self, prefix: ObjectRef, before: float) -> int: ...
+
+
+def _outside(ref: ObjectRef, within: ObjectRef) -> InputNotAllowed:
+    return InputNotAllowed(f"{ref.uri} is not under {within.uri}")
 
 
 class FileStore:
     """Local files. Writes go to a temporary name in the same folder, then ``os.replace``."""
 
     @contextlib.contextmanager
-    def open_read(self, ref: ObjectRef, start: int = 0) -> Iterator[IO[bytes]]:
+    def open_read(
+        self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
+    ) -> Iterator[IO[bytes]]:
+        """Only regular files. ``within``: the file actually opened must lie under this
+        prefix's real path, checked on the open descriptor, so neither a symbolic link (to a
+        file or a folder, swapped in at any time) nor ``..`` leads elsewhere. O_NONBLOCK: a
+        named pipe must not hang the reader before it is refused (regular files ignore it)."""
         try:
-            handle = open(ref.key, "rb")  # noqa: SIM115 - closed by the context manager
+            fd = os.open(ref.key, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
         except OSError as exc:
             raise StorageError(f"cannot read {ref.uri}: {exc.strerror}") from exc
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(os.close, fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAFile(f"{ref.uri} is a directory or a special file, not an object")
+            if within is not None and not _under(_opened_path(fd), os.path.realpath(within.key)):
+                raise _outside(ref, within)
+            handle = os.fdopen(fd, "rb")
+            cleanup.pop_all()
         with handle:
             handle.seek(start)
             yield handle
@@ -95,11 +127,7 @@ class FileStore:
     @contextlib.contextmanager
     def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
         target = Path(ref.key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+        fd, tmp_name = self._partial(ref)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
@@ -111,6 +139,36 @@ class FileStore:
                 os.unlink(tmp_name)
             raise
 
+    def _partial(self, ref: ObjectRef) -> tuple[int, str]:
+        """A new hidden file beside the target, named so that ``remove_partials`` knows it."""
+        target = Path(ref.key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+
+    def create(self, ref: ObjectRef, data: bytes) -> bool:
+        """Write a new object whole, unless one exists (then False): a hard link of a complete
+        temporary file, so a concurrent reader never sees it half written."""
+        fd, tmp_name = self._partial(ref)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp_name, ref.key)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+        return True
+
     def exists(self, ref: ObjectRef) -> bool:
         return Path(ref.key).is_file()
 
@@ -121,22 +179,55 @@ class FileStore:
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
 
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
-        """Objects whose path starts with the prefix, sorted; temp files are skipped."""
-        base = Path(prefix.key)
-        root = base if base.is_dir() else base.parent
-        if not root.is_dir():
-            return
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if name.startswith(".") or not path.startswith(prefix.key):
-                    continue
+        """Objects whose path starts with the prefix, sorted; hidden (partial) files are
+        skipped."""
+        for path, name in _walk(prefix.key):
+            if not name.startswith("."):
                 yield ObjectRef("file", "", path)
+
+    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]:
+        """``list`` with each object's modification time."""
+        for ref in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                yield ref, os.stat(ref.key).st_mtime
 
     def delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ref.key)
+
+    def remove_partials(self, prefix: ObjectRef, before: float) -> int:
+        """Remove the partial files of writers that died, last written to before ``before``."""
+        removed = 0
+        for path, name in _walk(prefix.key):
+            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+        return removed
+
+
+def _walk(prefix: str) -> Iterator[tuple[str, str]]:
+    """(path, file name) of every file whose path starts with ``prefix``, sorted."""
+    base = Path(prefix)
+    root = base if base.is_dir() else base.parent
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if path.startswith(prefix):
+                yield path, name
+
+
+def _opened_path(fd: int) -> str:
+    """The real path of an open file (Linux, where infermodes runs: pods and hosts alike)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _under(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip("/") + "/")
 
 
 class S3Store:
@@ -162,7 +253,13 @@ class S3Store:
         return StorageError(f"s3 error on {ref.uri}: {exc}")
 
     @contextlib.contextmanager
-    def open_read(self, ref: ObjectRef, start: int = 0) -> Iterator[IO[bytes]]:
+    def open_read(
+        self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
+    ) -> Iterator[IO[bytes]]:
+        """``within``: the key must lie under this prefix (S3 keys are plain names: no links,
+        no ``..``)."""
+        if within is not None and (ref.bucket != within.bucket or not _under(ref.key, within.key)):
+            raise _outside(ref, within)
         extra = {"Range": f"bytes={start}-"} if start else {}
         try:
             body = self.client.get_object(Bucket=ref.bucket, Key=ref.key, **extra)["Body"]
@@ -188,6 +285,17 @@ class S3Store:
                 raise self._translate(exc, ref) from exc
             raise
 
+    def create(self, ref: ObjectRef, data: bytes) -> bool:
+        """A conditional PUT (``If-None-Match: *``): False when the key exists."""
+        try:
+            self.client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*")
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise self._translate(exc, ref) from exc
+        return True
+
     def exists(self, ref: ObjectRef) -> bool:
         try:
             self.size(ref)
@@ -202,13 +310,35 @@ class S3Store:
             raise self._translate(exc, ref) from exc
 
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
+        for ref, _modified in self.list_with_times(prefix):
+            yield ref
+
+    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
                 for item in page.get("Contents", []):
-                    yield ObjectRef("s3", prefix.bucket, item["Key"])
+                    ref = ObjectRef("s3", prefix.bucket, item["Key"])
+                    yield ref, item["LastModified"].timestamp()
         except Exception as exc:
             raise self._translate(exc, prefix) from exc
+
+    def remove_partials(self, prefix: ObjectRef, before: float) -> int:
+        """Abort the multipart uploads of writers that died (started before ``before``): S3
+        keeps, and bills, their parts until then."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        removed = 0
+        try:
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"].timestamp() < before:
+                        self.client.abort_multipart_upload(
+                            Bucket=prefix.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+        except Exception as exc:
+            raise self._translate(exc, prefix) from exc
+        return removed
 
     def delete(self, ref: ObjectRef) -> None:
         try:
@@ -290,14 +420,26 @@ class Storage:
         ref = parse_uri(uri)
         return self._stores[ref.scheme], ref
 
-    def open_read(self, uri: str, start: int = 0) -> contextlib.AbstractContextManager[IO[bytes]]:
-        """``start``: read from this byte offset on (a ranged GET on S3)."""
+    def open_read(
+        self, uri: str, start: int = 0, within: str | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """``start``: read from this byte offset on (a ranged GET on S3). ``within``: refuse
+        (InputNotAllowed) an object that is not under this prefix, links resolved."""
         store, ref = self._resolve(uri)
-        return store.open_read(ref, start)
+        root = parse_uri(within) if within is not None else None
+        if root is not None and root.scheme != ref.scheme:
+            raise _outside(ref, root)
+        return store.open_read(ref, start, root)
 
     def open_write(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         store, ref = self._resolve(uri)
         return store.open_write(ref)
+
+    def create(self, uri: str, data: bytes) -> bool:
+        """Write a new object whole unless one exists: True when this call created it (of
+        two concurrent callers, exactly one wins)."""
+        store, ref = self._resolve(uri)
+        return store.create(ref, data)
 
     def exists(self, uri: str) -> bool:
         store, ref = self._resolve(uri)
@@ -307,6 +449,11 @@ class Storage:
         store, ref = self._resolve(uri)
         return store.size(ref)
 
+    def list_with_times(self, prefix_uri: str) -> list[tuple[str, float]]:
+        """Objects under the prefix with their modification times (seconds since the epoch)."""
+        store, ref = self._resolve(prefix_uri)
+        return [(item.uri, modified) for item, modified in store.list_with_times(ref)]
+
     def list(self, prefix_uri: str) -> list[str]:
         store, ref = self._resolve(prefix_uri)
         return [item.uri for item in store.list(ref)]
@@ -314,6 +461,12 @@ class Storage:
     def delete(self, uri: str) -> None:
         store, ref = self._resolve(uri)
         store.delete(ref)
+
+    def remove_partials(self, prefix_uri: str, before: float) -> int:
+        """Remove what writers that died left under the prefix (partial files, incomplete
+        multipart uploads) started or last written before ``before``; returns how many."""
+        store, ref = self._resolve(prefix_uri)
+        return store.remove_partials(ref, before)
 
     def get_bytes(self, uri: str, limit: int | None = None) -> bytes:
         """Read a whole object; ``limit`` guards memory for objects that should be small."""

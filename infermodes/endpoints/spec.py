@@ -155,21 +155,37 @@ class ServerlessSpec(SpecBlock):
 
 
 class NotificationSpec(SpecBlock):
+    """Where each request's outcome is announced: the topic exchange and webhooks."""
+
     topic: bool = Field(True, description="Publish to the RabbitMQ topic exchange.")
     success_webhook: str | None = Field(None, description="URL POSTed on success.")
     error_webhook: str | None = Field(None, description="URL POSTed on failure.")
 
 
 class AsyncSpec(ReplicaRange):
+    """Requests are queued and answered at once with an id; results go to outputPath."""
+
+    # endpoints/async_plan.py maps these fields to the async API's and the workers' settings;
+    # replicas, scaling and resources are the operator's.
+
     output_path: str = Field(min_length=1, description="Outputs go to <outputPath>/<id>.out.")
     failure_path: str | None = Field(
         None, description="Errors go to <failurePath>/<id>.error (default: outputPath)."
+    )
+    input_path: str | None = Field(
+        None,
+        description="Inline inputs (<inputPath>/<id>.in, removed once answered) and request "
+        "records (<id>.request, kept 24 h); by-reference file:// inputs must lie here "
+        "(default: <outputPath>/input).",
     )
     max_concurrent_invocations_per_instance: int = Field(
         4, ge=1, le=1000, description="Requests one replica works on at once (queue prefetch)."
     )
     invocation_timeout_seconds: int = Field(
-        900, ge=1, le=3600, description="Processing time allowed per request."
+        900,
+        ge=1,
+        le=3600,
+        description="Processing time allowed per request that does not set its own.",
     )
     max_attempts: int = Field(
         3, ge=1, le=20, description="Deliveries before a request is dead-lettered."

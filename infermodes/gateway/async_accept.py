@@ -4,37 +4,52 @@ Shaped like the managed platform's InvokeEndpointAsync, so its clients can call 
 by reference (``X-Amzn-SageMaker-InputLocation``) or inline in the body (stored to the
 endpoint's input prefix first), and a 202 with the inference id and the output and failure
 locations. The 202 is sent only after the broker confirmed the persistent message; a broker
-that is down gets the client a 503, never a 202 for a request that was not stored.
+that is down gets the client a 503, never a 202 for a request that was not stored, and a
+refused request leaves nothing behind.
+
+The inference id is the caller's idempotency key: it names one request. Its first acceptance
+creates a request record ``<inputPath>/<id>.request`` (atomically: of two concurrent requests
+with one id, exactly one creates it); the same request again gets the same 202, a different
+one under a used id a 409.
+
+Header values are read as UTF-8 (ASCII, all the platform allows, is a subset); a value that is
+not UTF-8 is a 400 naming the header.
 
 ``create_router`` is what the gateway mounts; ``create_app`` and ``serve`` run it on its own.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from infermodes.errors import (
     EndpointNotFound,
     InfermodesError,
     InputNotAllowed,
     InvalidInput,
+    ObjectNotFound,
     StorageError,
 )
-from infermodes.http import create_api, read_body, uvicorn_options
+from infermodes.gateway.async_retention import Sweeper
+from infermodes.http import create_api, error_response, read_body, uvicorn_options
 from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics
 from infermodes.predict import codecs
 from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.messages import (
-    DEFAULT_INVOCATION_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
     INFERENCE_ID,
     MAX_INVOCATION_TIMEOUT_SECONDS,
@@ -42,7 +57,7 @@ from infermodes.queueing.messages import (
     InvocationRequest,
     new_inference_id,
 )
-from infermodes.queueing.rabbitmq import RequestPublisher
+from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
 
@@ -56,32 +71,60 @@ INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 OUTPUT_LOCATION = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
 MAX_CUSTOM_ATTRIBUTES = 1024
+RECORD_SUFFIX = ".request"
+RECORD_LIMIT = 64 * 1024
+
+
+class InferenceIdInUse(InfermodesError):
+    """The inference id already names a different request."""
+
+    status_code = 409
+
+
+class StorageUnavailable(InfermodesError):
+    """Storage failed while accepting: nothing was queued, the caller may retry."""
+
+    status_code = 503
+
+
+def header_text(headers: Headers, name: str) -> str | None:
+    """A header as the caller wrote it: HTTP carries bytes, which we read as UTF-8."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{name} is not valid UTF-8") from None
 
 
 def header_seconds(value: str | None, name: str, default: int, maximum: int) -> int:
-    """A whole number of seconds in 1..maximum, or ``default`` when the header is absent."""
+    """A whole number of seconds in 1..maximum (ASCII digits), or ``default`` when absent."""
     if value is None:
         return default
-    if not value.strip().isdigit() or not 1 <= int(value) <= maximum:
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= maximum:
         raise InvalidInput(f"{name} must be a whole number of seconds from 1 to {maximum}")
-    return int(value)
+    return int(digits)
 
 
 def inference_id_of(value: str | None) -> str:
     if value is None:
         return new_inference_id()
-    if not INFERENCE_ID.match(value):
+    if not INFERENCE_ID.fullmatch(value):
         raise InvalidInput(
             f"{INFERENCE_ID_HEADER} must be 1 to 64 letters, digits, '.', '_' or '-'"
         )
     return value
 
 
-def input_location_of(value: str, allowed: list[str], own_prefix: str) -> str:
-    """The location, normalised. A worker reads whatever it is pointed at, so: with ``allowed``
-    prefixes it must lie under one of them (or the endpoint's own input prefix); without them
-    ``s3://`` may be anywhere (the store's own permissions govern) but ``file://`` only under the
-    endpoint's input prefix, since a file path could name any of the worker's files."""
+def input_location_of(value: str, allowed: list[str], own_prefix: str) -> tuple[str, str | None]:
+    """The location, normalised, and for ``file://`` the prefix it was allowed under. A worker
+    reads whatever it is pointed at, so: with ``allowed`` prefixes it must lie under one of
+    them (or the endpoint's own input prefix); without them ``s3://`` may be anywhere (the
+    store's own permissions govern) but ``file://`` only under the endpoint's input prefix,
+    since a file path could name any of the worker's files. The worker holds the file it
+    opens to that prefix, links resolved (S3 keys have no links: this check is all)."""
     try:
         ref = parse_uri(value)
     except StorageError as exc:
@@ -89,16 +132,179 @@ def input_location_of(value: str, allowed: list[str], own_prefix: str) -> str:
     if ref.scheme == "file":
         ref = ObjectRef("file", "", posixpath.normpath(ref.key))
     permitted = [*allowed, own_prefix] if allowed or ref.scheme == "file" else []
-    if permitted and not any(ref.uri.startswith(p.rstrip("/") + "/") for p in permitted):
-        raise InputNotAllowed(
-            f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
-            " (add one with --allow-input-prefix)"
+    if not permitted:
+        return ref.uri, None
+    for prefix in permitted:
+        if ref.uri.startswith(prefix.rstrip("/") + "/"):
+            return ref.uri, prefix.rstrip("/") if ref.scheme == "file" else None
+    raise InputNotAllowed(
+        f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
+        " (add one with --allow-input-prefix)"
+    )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked request: the message to queue, the inline body to store first (None when by
+    reference), and the fingerprint of everything the caller sent."""
+
+    message: InvocationRequest
+    inline: bytes | None
+    fingerprint: str
+
+
+def fingerprint(input_: bytes | str, *fields: object) -> str:
+    """Equal for two requests only if they ask for the same work the same way."""
+    digest = hashlib.sha256(input_ if isinstance(input_, bytes) else input_.encode())
+    return hashlib.sha256(json.dumps([digest.hexdigest(), *fields]).encode()).hexdigest()
+
+
+class Acceptor:
+    """Queues each inference id's request once (runs on a worker thread: storage and the
+    broker block)."""
+
+    def __init__(self, storage: Storage, publisher: Enqueuer) -> None:
+        self.storage = storage
+        self.publisher = publisher
+
+    def accept(self, endpoint: AsyncEndpoint, submission: Submission) -> InvocationRequest:
+        """The request that now owns the id: this one, or the same request accepted before."""
+        message = submission.message
+        record = join_uri(endpoint.input_path, f"{message.inference_id}{RECORD_SUFFIX}")
+        content = json.dumps(
+            {"fingerprint": submission.fingerprint, "request": message.model_dump(by_alias=True)}
+        ).encode()
+        for _ in range(2):  # a refused first request removes its record: claim it again
+            if self.storage.create(record, content):
+                self._first(record, submission)
+                return message
+            previous = self._previous(record, submission)
+            if previous is not None:
+                return previous
+        raise InferenceIdInUse(
+            f"{INFERENCE_ID_HEADER} {message.inference_id} is being used by a concurrent "
+            "request; retry"
         )
-    return ref.uri
+
+    def _first(self, record: str, submission: Submission) -> None:
+        """Queue a new request; if that fails, remove everything it stored."""
+        message = submission.message
+        try:
+            done = self._result_of(message)
+            if done is not None:  # its record expired (see async_retention), its result stays
+                raise InferenceIdInUse(
+                    f"{INFERENCE_ID_HEADER} {message.inference_id} already has a result at "
+                    f"{done}; use another id"
+                )
+            self._enqueue(message, submission.inline, undo=True)
+        except BaseException:
+            self._remove(record)
+            raise
+
+    def _previous(self, record: str, submission: Submission) -> InvocationRequest | None:
+        """The request recorded under the id, if it is this same one (None: the record went
+        away meanwhile). A request that has no result yet is queued again: it may be a retry
+        of one whose 202 never arrived, or whose publish was lost; the worker does the work
+        once and notifies each delivery."""
+        inference_id = submission.message.inference_id
+        try:
+            stored = json.loads(self.storage.get_bytes(record, RECORD_LIMIT))
+            previous = InvocationRequest.model_validate(stored["request"])
+            same = stored["fingerprint"] == submission.fingerprint
+        except ObjectNotFound:
+            return None
+        except (ValueError, KeyError, TypeError, ValidationError, StorageError) as exc:
+            raise InferenceIdInUse(
+                f"{INFERENCE_ID_HEADER} {inference_id} is in use (its record is unreadable: "
+                f"{type(exc).__name__})"
+            ) from None
+        if not same:
+            raise InferenceIdInUse(
+                f"{INFERENCE_ID_HEADER} {inference_id} was already used for a different "
+                f"request (result at {previous.output_location}); use another id"
+            )
+        if self._result_of(previous) is None:
+            self._enqueue(previous, submission.inline, undo=False)
+        return previous
+
+    def _result_of(self, message: InvocationRequest) -> str | None:
+        for location in (message.output_location, message.failure_location):
+            if self.storage.exists(location):
+                return location
+        return None
+
+    def _enqueue(self, message: InvocationRequest, inline: bytes | None, undo: bool) -> None:
+        """Store an inline input, then queue the reference. ``undo``: a refused request
+        removes the input it stored (not so a repeat, whose input is its first's)."""
+        if inline is not None:
+            self.storage.put_bytes(message.input_location, inline)
+        try:
+            self.publisher.submit(message.endpoint, message.inference_id, message.to_bytes())
+        except BaseException:
+            if inline is not None and undo:
+                self._remove(message.input_location)
+            raise
+
+    def _remove(self, uri: str) -> None:
+        try:
+            self.storage.delete(uri)
+        except StorageError as exc:
+            log.warning("cannot remove %s (%s); the retention sweep will", uri, exc)
+
+
+def submission_of(
+    name: str,
+    endpoint: AsyncEndpoint,
+    headers: Headers,
+    body: bytes,
+    allowed_input_prefixes: list[str],
+    now: float,
+) -> Submission:
+    """Check every header and build the message; raises a 4xx domain error naming the header."""
+    content_type = codecs.content_type_of(header_text(headers, "content-type"))
+    accept = codecs.accept_of(header_text(headers, "accept"))
+    ttl = header_seconds(
+        header_text(headers, REQUEST_TTL), REQUEST_TTL, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+    )
+    timeout = header_seconds(
+        header_text(headers, INVOCATION_TIMEOUT),
+        INVOCATION_TIMEOUT,
+        endpoint.invocation_timeout_seconds,
+        MAX_INVOCATION_TIMEOUT_SECONDS,
+    )
+    attributes = header_text(headers, CUSTOM_ATTRIBUTES)
+    if attributes is not None and len(attributes) > MAX_CUSTOM_ATTRIBUTES:
+        raise InvalidInput(f"{CUSTOM_ATTRIBUTES} is longer than {MAX_CUSTOM_ATTRIBUTES} characters")
+    inference_id = inference_id_of(header_text(headers, INFERENCE_ID_HEADER))
+    location = header_text(headers, INPUT_LOCATION)
+    if location and body:
+        raise InvalidInput(f"send the input inline or by {INPUT_LOCATION}, not both")
+    if not location and not body:
+        raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
+    root = None
+    if location:
+        location, root = input_location_of(location, allowed_input_prefixes, endpoint.input_path)
+    message = InvocationRequest(
+        inference_id=inference_id,
+        endpoint=name,
+        input_location=location or join_uri(endpoint.input_path, f"{inference_id}.in"),
+        output_location=join_uri(endpoint.output_path, f"{inference_id}.out"),
+        failure_location=join_uri(endpoint.failure_path, f"{inference_id}.error"),
+        content_type=content_type,
+        accept=accept,
+        custom_attributes=attributes,
+        accepted_at=now,
+        expires_at=now + ttl,
+        invocation_timeout_seconds=timeout,
+        input_root=root,
+        inline_input=not location,
+    )
+    key = fingerprint(location or body, content_type, accept, attributes, ttl, timeout)
+    return Submission(message, None if location else body, key)
 
 
 def create_router(
-    endpoints: dict[str, AsyncEndpoint],
+    endpoints: Mapping[str, AsyncEndpoint],
     publisher: Enqueuer,
     storage: Storage,
     metrics: AsyncApiMetrics,
@@ -106,76 +312,45 @@ def create_router(
     allowed_input_prefixes: list[str],
     clock: Callable[[], float] = time.time,
 ) -> APIRouter:
-    """The route; domain errors are mapped by the app's ``InfermodesError`` handler."""
+    """The route; domain errors become their status, anything else a 500 that is logged and
+    counted like any answer."""
     router = APIRouter()
+    acceptor = Acceptor(storage, publisher)
 
     @router.post("/endpoints/{name}/async-invocations", status_code=202)
     async def invoke_async(name: str, request: Request) -> Response:
         endpoint = endpoints.get(name)
         if endpoint is None:
             metrics.accepted.labels("unknown", "404").inc()
-            raise EndpointNotFound(f"no async endpoint named {name!r}")
+            return error_response(EndpointNotFound(f"no async endpoint named {name!r}"))
         try:
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:
             metrics.accepted.labels(name, str(exc.status_code)).inc()
-            raise
+            return error_response(exc)
+        except Exception:
+            log.exception("unexpected error accepting a request for %s", name)
+            metrics.accepted.labels(name, "500").inc()
+            return error_response(InfermodesError("internal error; the request was not accepted"))
         metrics.accepted.labels(name, "202").inc()
         return response
 
-    def enqueue(message: InvocationRequest, inline: bytes | None) -> None:
-        """Store an inline input, then queue the reference: one thread hop for both."""
-        if inline is not None:
-            storage.put_bytes(message.input_location, inline)
-        publisher.submit(message.endpoint, message.inference_id, message.to_bytes())
-
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:
-        headers = request.headers
-        content_type = codecs.content_type_of(headers.get("content-type"))
-        accept = codecs.accept_of(headers.get("accept"))
-        ttl = header_seconds(
-            headers.get(REQUEST_TTL), REQUEST_TTL, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
-        )
-        timeout = header_seconds(
-            headers.get(INVOCATION_TIMEOUT),
-            INVOCATION_TIMEOUT,
-            DEFAULT_INVOCATION_TIMEOUT_SECONDS,
-            MAX_INVOCATION_TIMEOUT_SECONDS,
-        )
-        attributes = headers.get(CUSTOM_ATTRIBUTES)
-        if attributes is not None and len(attributes) > MAX_CUSTOM_ATTRIBUTES:
-            raise InvalidInput(f"{CUSTOM_ATTRIBUTES} is longer than {MAX_CUSTOM_ATTRIBUTES}")
-        inference_id = inference_id_of(headers.get(INFERENCE_ID_HEADER))
-        location = headers.get(INPUT_LOCATION)
         body = await read_body(request.scope, request.receive, max_inline_bytes)
-        if location and body:
-            raise InvalidInput(f"send the input inline or by {INPUT_LOCATION}, not both")
-        if not location and not body:
-            raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
-        started = time.perf_counter()
-        if location:
-            location = input_location_of(location, allowed_input_prefixes, endpoint.input_path)
-        else:
-            location = join_uri(endpoint.input_path, f"{inference_id}.in")
-        now = clock()
-        message = InvocationRequest(
-            inference_id=inference_id,
-            endpoint=name,
-            input_location=location,
-            output_location=join_uri(endpoint.output_path, f"{inference_id}.out"),
-            failure_location=join_uri(endpoint.failure_path, f"{inference_id}.error"),
-            content_type=content_type,
-            accept=accept,
-            custom_attributes=attributes,
-            accepted_at=now,
-            expires_at=now + ttl,
-            invocation_timeout_seconds=timeout,
+        submission = submission_of(
+            name, endpoint, request.headers, body, allowed_input_prefixes, clock()
         )
-        await run_in_threadpool(enqueue, message, body or None)
+        started = time.perf_counter()
+        try:
+            message = await run_in_threadpool(acceptor.accept, endpoint, submission)
+        except StorageError as exc:
+            raise StorageUnavailable(
+                f"storage failed ({exc}); the request was not accepted, retry later"
+            ) from exc
         metrics.enqueue_duration.observe(time.perf_counter() - started)
         return JSONResponse(
             {
-                "InferenceId": inference_id,
+                "InferenceId": message.inference_id,
                 "OutputLocation": message.output_location,
                 "FailureLocation": message.failure_location,
             },
@@ -220,15 +395,22 @@ def serve(settings: AsyncApiSettings) -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
+    quiet_client_logs(settings.log_level)
     publisher = RequestPublisher(
-        settings.broker_url, settings.max_attempts, settings.publish_connections
+        settings.broker_url,
+        {name: endpoint.max_attempts for name, endpoint in settings.endpoints.items()},
+        settings.publish_connections,
     )
-    app = create_app(settings, publisher)
+    storage = Storage()
+    app = create_app(settings, publisher, storage)
+    sweeper = Sweeper(storage, settings.endpoints, settings.sweep_interval_seconds)
+    sweeper.start()
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))
     try:
         uvicorn.run(
             app, host=settings.host, port=settings.port, **uvicorn_options(settings.log_level)
         )
     finally:
+        sweeper.stop()
         publisher.close()
     return 0

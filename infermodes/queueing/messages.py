@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infermodes.errors import InfermodesError, InvocationTimeout, ObjectNotFound, StorageError
+from infermodes.storage import NotAFile
 
 DEFAULT_TTL_SECONDS = 6 * 3600
 MAX_TTL_SECONDS = 6 * 3600
@@ -28,12 +29,18 @@ INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # outcomes counted by WorkerMetrics.messages
 OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "duplicate")
+GAVE_UP = "AttemptsExhausted"  # the failure reason of a request that ends in the dead-letter queue
 
 
 class InvocationRequest(BaseModel):
     """The queue message: a reference to the input and where the result goes; never the
     payload itself. Unknown fields are ignored so that a newer publisher does not poison an
-    older worker."""
+    older worker.
+
+    ``input_root``: the prefix the accepting side allowed a ``file://`` input under; the worker
+    holds the file it actually opens to it, so a symbolic link cannot lead elsewhere.
+    ``inline_input``: the input is the body the accepting side stored, removed once the
+    request has its result (a by-reference input is the caller's and never touched)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
@@ -50,6 +57,8 @@ class InvocationRequest(BaseModel):
     accepted_at: float
     expires_at: float
     invocation_timeout_seconds: int = Field(ge=1, le=MAX_INVOCATION_TIMEOUT_SECONDS)
+    input_root: str | None = None
+    inline_input: bool = False
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
@@ -141,7 +150,8 @@ class Failure:
 
 
 def classify(exc: BaseException) -> Failure:
-    """Permanent: the request itself is wrong (4xx-like errors, a missing input, a timeout).
+    """Permanent: the request itself is wrong (4xx-like errors, a missing input, an input that
+    is a directory, a timeout).
     Retryable: storage trouble and anything unexpected, which may be a crash that another
     attempt survives; the attempt budget bounds it."""
     message = str(exc) or type(exc).__name__
@@ -149,6 +159,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure("InputNotFound", message, retry=False)
     if isinstance(exc, InvocationTimeout):
         return Failure("InvocationTimeout", message, retry=False)
+    if isinstance(exc, NotAFile):
+        return Failure("InvalidInput", message, retry=False)
     if isinstance(exc, InfermodesError) and 400 <= exc.status_code < 500:
         return Failure(type(exc).__name__, message, retry=False)
     if isinstance(exc, StorageError):

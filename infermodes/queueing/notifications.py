@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
@@ -25,6 +26,15 @@ log = logging.getLogger("infermodes.notifications")
 INLINE_RESULT_LIMIT = 128 * 1024
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 WEBHOOK_BACKOFF_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """URLs POSTed each success and each error notification (the spec's successWebhook and
+    errorWebhook)."""
+
+    success: list[str] = field(default_factory=list)
+    error: list[str] = field(default_factory=list)
 
 
 def _iso(timestamp: float) -> str:
@@ -100,27 +110,36 @@ def _request_parameters(request: InvocationRequest) -> dict[str, object]:
 
 
 class Notifier:
-    """Publishes to the topic exchange (confirmed; a failure raises BrokerUnavailable so the
-    request is retried), then POSTs to each webhook with bounded retries (a webhook that stays
-    down is logged and counted, and does not hold the queue)."""
+    """Publishes to the topic exchange when ``topic`` (confirmed; a failure raises
+    BrokerUnavailable so the request is retried), then POSTs to each webhook of the outcome
+    with bounded retries (a webhook that stays down is logged and counted, and does not hold
+    the queue)."""
 
     def __init__(
         self,
         channel: Publisher,
         metrics: WorkerMetrics,
-        webhook_urls: list[str],
+        webhooks: Webhooks,
         webhook_attempts: int,
+        topic: bool = True,
         http: httpx.Client | None = None,
     ) -> None:
         self.channel = channel
         self.metrics = metrics
-        self.webhook_urls = webhook_urls
+        self.webhooks = webhooks
         self.webhook_attempts = webhook_attempts
+        self.topic = topic
         self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
         payload = json.dumps(body).encode()
-        message_id = str(body.get("inferenceId") or "")
+        if self.topic:
+            self._publish(endpoint, payload, str(body.get("inferenceId") or ""), success)
+        for url in self.webhooks.success if success else self.webhooks.error:
+            result = "sent" if self._post(url, payload) else "failed"
+            self.metrics.notifications.labels("webhook", result).inc()
+
+    def _publish(self, endpoint: str, payload: bytes, message_id: str, success: bool) -> None:
         try:
             self.channel.publish(
                 NOTIFICATION_EXCHANGE,
@@ -133,9 +152,6 @@ class Notifier:
             self.metrics.notifications.labels("topic", "failed").inc()
             raise
         self.metrics.notifications.labels("topic", "sent").inc()
-        for url in self.webhook_urls:
-            result = "sent" if self._post(url, payload) else "failed"
-            self.metrics.notifications.labels("webhook", result).inc()
 
     def _post(self, url: str, payload: bytes) -> bool:
         for attempt in range(self.webhook_attempts):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 import pika
@@ -37,6 +39,7 @@ from infermodes.queueing.broker import (
     Delivery,
     Handler,
     Settle,
+    delivery_limit,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ log = logging.getLogger("infermodes.rabbitmq")
 DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
 PERSISTENT = 2
 CONNECT_TIMEOUT_SECONDS = 5.0
-HEARTBEAT_SECONDS = 30
+HEARTBEAT_SECONDS = 30  # unless the URL says otherwise (``?heartbeat=N``)
 # RabbitMQ closes a channel holding a message unacked longer than its consumer timeout
 # (30 min by default): it must outlast the longest invocation (1 h) plus the final writes.
 CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
@@ -82,7 +85,7 @@ def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     return {
         "x-queue-type": "quorum",
         "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
-        "x-delivery-limit": max_attempts,
+        "x-delivery-limit": delivery_limit(max_attempts),
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": endpoint,
     }
@@ -100,13 +103,54 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
     )
 
 
+def heartbeat_seconds(url: str) -> int:
+    """The heartbeat the URL asks for (``?heartbeat=N``), else ``HEARTBEAT_SECONDS``."""
+    given = parse_qs(urlsplit(url).query).get("heartbeat", [""])[0]
+    return int(given) if given.isascii() and given.isdigit() else HEARTBEAT_SECONDS
+
+
 def connect(url: str) -> pika.BlockingConnection:
+    """A connection named after this process (``infermodes pid N`` in the management UI)."""
     params = pika.URLParameters(url)
     params.socket_timeout = CONNECT_TIMEOUT_SECONDS
     params.blocked_connection_timeout = CONNECT_TIMEOUT_SECONDS * 6
-    params.heartbeat = HEARTBEAT_SECONDS
+    params.heartbeat = heartbeat_seconds(url)
     params.connection_attempts = 1
+    params.client_properties = {"connection_name": f"infermodes pid {os.getpid()}"}
     return pika.BlockingConnection(params)
+
+
+def quiet_client_logs(level: str) -> None:
+    """pika logs every lost connection at ERROR with a traceback, also the idle ones we reopen
+    without the caller noticing; our own code logs one line per real outage instead."""
+    if level.lower() != "debug":
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+class Outage:
+    """One warning when the broker stops answering and one line when it answers again, however
+    many calls fail in between."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def failed(self, exc: BaseException, detail: str = "") -> None:
+        with self._lock:
+            first, self._since = self._since is None, self._since or time.monotonic()
+        if first:
+            log.warning(
+                "%s: broker unreachable (%s: %s)%s", self.what, type(exc).__name__, exc, detail
+            )
+        else:
+            log.debug("%s: broker still unreachable (%s)", self.what, exc)
+
+    def recovered(self) -> None:
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.info("%s: broker reachable again after %.1f s", self.what, time.monotonic() - since)
 
 
 def publish_persistent(
@@ -128,8 +172,8 @@ def publish_persistent(
 
 class ConfirmedChannel:
     """One connection with a confirm-mode channel, reconnected on demand; thread-safe by a lock
-    (pika's blocking connection is not). ``run`` retries once on a fresh connection, then
-    raises BrokerUnavailable."""
+    (pika's blocking connection is not). ``run`` retries once on a fresh connection (an idle
+    connection the broker dropped is reopened without a word), then raises BrokerUnavailable."""
 
     def __init__(self, url: str, on_connect: Callable[[BlockingChannel], None]) -> None:
         self.url = url
@@ -173,7 +217,22 @@ class ConfirmedChannel:
                             f"message broker unreachable ({type(exc).__name__}: {exc}); "
                             "the request was not accepted, retry later"
                         ) from exc
+                    log.debug("broker connection lost while idle (%s); reopening", exc)
             raise AssertionError("unreachable")
+
+    def keep_alive(self) -> None:
+        """Let pika answer the broker's heartbeats on an idle connection (it does so only while
+        serving I/O), so the broker does not drop it; skipped while the channel is in use."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.process_data_events(time_limit=0)
+        except BROKER_ERRORS as exc:
+            log.debug("idle broker connection lost (%s); reopened on next use", exc)
+            self._drop()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -183,20 +242,39 @@ class ConfirmedChannel:
 class ChannelPool:
     """A few confirmed channels; each call takes an idle one, so concurrent callers wait for
     their confirms together (a quorum queue confirms after its log is synced, and the broker
-    syncs once for everything that arrived meanwhile) instead of one after another."""
+    syncs once for everything that arrived meanwhile) instead of one after another. A thread
+    keeps idle connections alive; ``outage`` logs one line per real outage."""
 
-    def __init__(self, url: str, size: int, on_connect: Callable[[BlockingChannel], None]) -> None:
+    def __init__(
+        self, url: str, size: int, on_connect: Callable[[BlockingChannel], None], what: str
+    ) -> None:
         self._channels = [ConfirmedChannel(url, on_connect) for _ in range(size)]
         self._idle: SimpleQueue[ConfirmedChannel] = SimpleQueue()
         for channel in self._channels:
             self._idle.put(channel)
+        self.outage = Outage(what)
+        self._closed = threading.Event()
+        interval = max(0.5, heartbeat_seconds(url) / 4)
+        threading.Thread(
+            target=self._keep_alive, args=(interval,), name="broker-keepalive", daemon=True
+        ).start()
+
+    def _keep_alive(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            for channel in self._channels:
+                channel.keep_alive()
 
     def run(self, action: Callable[[BlockingChannel], T]) -> T:
         channel = self._idle.get()
         try:
-            return channel.run(action)
+            result = channel.run(action)
+        except BrokerUnavailable as exc:
+            self.outage.failed(exc.__cause__ or exc)
+            raise
         finally:
             self._idle.put(channel)
+        self.outage.recovered()
+        return result
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
@@ -208,25 +286,28 @@ class ChannelPool:
         )
 
     def close(self) -> None:
+        self._closed.set()
         for channel in self._channels:
             channel.close()
 
 
 class RequestPublisher:
     """Puts accepted requests on their endpoint's queue, declaring its topology first (again
-    after a reconnect, in case the broker lost it)."""
+    after a reconnect, in case the broker lost it). ``max_attempts``: each endpoint's."""
 
-    def __init__(self, url: str, max_attempts: int, connections: int = 8) -> None:
-        self.max_attempts = max_attempts
+    def __init__(self, url: str, max_attempts: Mapping[str, int], connections: int = 8) -> None:
+        self.max_attempts = dict(max_attempts)
         self._declared: set[str] = set()
-        self._pool = ChannelPool(url, connections, lambda _: self._declared.clear())
+        self._pool = ChannelPool(
+            url, connections, lambda _: self._declared.clear(), "accepting requests"
+        )
 
     def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
         """Returns once the broker confirmed; raises BrokerUnavailable otherwise."""
 
         def send(channel: BlockingChannel) -> None:
             if endpoint not in self._declared:
-                declare_topology(channel, endpoint, self.max_attempts)
+                declare_topology(channel, endpoint, self.max_attempts[endpoint])
                 self._declared.add(endpoint)
             publish_persistent(channel, "", queue_name(endpoint), body, message_id, True)
 
@@ -246,8 +327,9 @@ class RabbitConsumer:
     """The consumer loop of one endpoint's queue. pika's blocking connection is
     single-threaded, so it runs on the calling thread, hands each delivery to a pool thread
     (prefetch = pool size = ``concurrency``, so every delivered message is being worked on) and
-    settles it back on the connection's thread. Reconnects with back-off when the broker goes
-    away; after ``stop`` it cancels the consumer and returns once nothing is in flight."""
+    settles it back on the connection's thread. Reconnects when the broker goes away, with a
+    back-off that starts again from the shortest after each successful connection; after
+    ``stop`` it cancels the consumer and returns once nothing is in flight."""
 
     def __init__(self, url: str, endpoint: str, max_attempts: int, concurrency: int) -> None:
         self.url = url
@@ -256,9 +338,11 @@ class RabbitConsumer:
         self.concurrency = concurrency
         self.stopping = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
+        self.outage = Outage(f"consuming {queue_name(endpoint)}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._delay = RECONNECT_MIN_SECONDS
 
     def stop(self) -> None:
         self.stopping.set()
@@ -274,7 +358,6 @@ class RabbitConsumer:
         self.on_in_flight(delta)
 
     def run(self, handle: Handler) -> None:
-        delay = RECONNECT_MIN_SECONDS
         while True:
             try:
                 self._consume(handle)
@@ -285,9 +368,9 @@ class RabbitConsumer:
                         "broker lost while stopping (%s); in-flight work is redelivered", exc
                     )
                     break
-                log.warning("broker connection lost (%s); reconnecting in %.1f s", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                self.outage.failed(exc, f"; reconnecting in {self._delay:.1f} s")
+                self.stopping.wait(self._delay)
+                self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
         self._pool.shutdown(wait=True)
 
     def _consume(self, handle: Handler) -> None:
@@ -297,6 +380,8 @@ class RabbitConsumer:
         declare_topology(channel, self.endpoint, self.max_attempts)
         queue = queue_name(self.endpoint)
         tag = channel.basic_consume(queue, functools.partial(self._on_message, connection, handle))
+        self._delay = RECONNECT_MIN_SECONDS
+        self.outage.recovered()
         log.info("consuming %s", queue)
         consuming = True
         while True:
@@ -341,14 +426,14 @@ class RabbitConsumer:
                 functools.partial(self._settle, channel, tag, settle)
             )
         except BROKER_ERRORS:
-            log.warning("connection gone before settling; the broker will redeliver")
+            log.debug("connection gone before settling; the broker redelivers the message")
             self._track(-1)
 
     def _settle(self, channel: BlockingChannel, tag: int, settle: Settle) -> None:
         """Runs on the connection's thread."""
         try:
             if not channel.is_open:
-                log.warning("channel closed before settling; the broker will redeliver")
+                log.debug("channel closed before settling; the broker redelivers the message")
             elif settle is Settle.ACK:
                 channel.basic_ack(tag)
             elif settle is Settle.REQUEUE:

@@ -9,6 +9,9 @@ Guarantees, and where they come from:
 - a redelivery whose result already exists is notified again and acked, never recomputed, so
   there is exactly one result object per request (consumers de-duplicate notifications by id);
 - the broker's delivery count bounds attempts across crashes, restarts and transient errors;
+  a request given up on is dead-lettered only once its error notification went out;
+- an inline input is removed once its request has its result; a ``file://`` input is read only
+  if the file actually opened lies under the prefix the accepting side allowed;
 - SIGTERM stops consuming, lets in-flight requests finish and ack, and exits 0.
 """
 
@@ -37,6 +40,7 @@ from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import Sink, predict_stream
 from infermodes.queueing.broker import Delivery, Handler, Settle
 from infermodes.queueing.messages import (
+    GAVE_UP,
     Failure,
     InvocationRequest,
     MalformedMessage,
@@ -50,10 +54,16 @@ from infermodes.queueing.messages import (
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Notifier,
+    Webhooks,
     error_body,
     success_body,
 )
-from infermodes.queueing.rabbitmq import ChannelPool, RabbitConsumer, declare_topology
+from infermodes.queueing.rabbitmq import (
+    ChannelPool,
+    RabbitConsumer,
+    declare_topology,
+    quiet_client_logs,
+)
 from infermodes.storage import Storage
 
 if TYPE_CHECKING:
@@ -131,13 +141,20 @@ class Processor:
         self.stopping = stopping
 
     def handle(self, body: bytes, count: int) -> Result:
-        """A notification the broker did not confirm requeues the message: the redelivery
-        finds the result stored and only notifies."""
+        """A notification the broker did not confirm requeues the message (after a back-off):
+        the redelivery finds the result stored and only notifies."""
         try:
             return self._dispatch(body, count)
         except BrokerUnavailable as exc:
             log.warning("cannot notify (%s); requeueing", exc)
+            self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
+
+    def _back_off(self, count: int) -> None:
+        settings = self.settings
+        self.stopping.wait(
+            retry_delay(count, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
+        )
 
     def _dispatch(self, body: bytes, count: int) -> Result:
         try:
@@ -152,12 +169,38 @@ class Processor:
             )
             return self._on_failure(target, classify(exc), count)
         try:
-            return self._handle(request, count)
+            result = self._handle(request, count)
         except BrokerUnavailable:
             raise  # not a failure of the request: its result may be stored already
         except Exception as exc:
             log.warning("inference %s failed: %s", request.inference_id, exc)
-            return self._on_failure(Target.of(request), classify(exc), count)
+            failure = classify(exc)
+            if not failure.retry and self._has_output(request):
+                # another delivery of the request (a caller's retry re-queues it) finished
+                # first and removed the inline input this one was about to read
+                result = self._resend_success(request)
+            else:
+                result = self._on_failure(Target.of(request), failure, count)
+        if result.settle is not Settle.REQUEUE and request.inline_input:
+            self._remove_input(request)
+        return result
+
+    def _has_output(self, request: InvocationRequest) -> bool:
+        try:
+            return self.storage.exists(request.output_location)
+        except StorageError:
+            return False
+
+    def _remove_input(self, request: InvocationRequest) -> None:
+        """The request has its result: its stored body is no longer needed."""
+        try:
+            self.storage.delete(request.input_location)
+        except StorageError as exc:
+            log.warning(
+                "inference %s: cannot remove the inline input (%s); the retention sweep will",
+                request.inference_id,
+                exc,
+            )
 
     def _handle(self, request: InvocationRequest, count: int) -> Result:
         step = plan(
@@ -169,10 +212,12 @@ class Processor:
             expires_at=request.expires_at,
         )
         if step is Step.RESEND_SUCCESS:
-            self._notify_success(request, self._small_output(request))
-            return Result(Settle.ACK, "duplicate")
+            return self._resend_success(request)
         if step is Step.RESEND_ERROR:
-            self._notify_error(Target.of(request), self._stored_failure(request))
+            failure = self._stored_failure(request)
+            self._notify_error(Target.of(request), failure)
+            if failure.reason == GAVE_UP:  # its give-up could not notify: finish it now
+                return Result(Settle.DEAD_LETTER, "dead_lettered")
             return Result(Settle.ACK, "duplicate")
         if step is Step.GIVE_UP:
             return self._give_up(Target.of(request), count, "")
@@ -185,10 +230,14 @@ class Processor:
         self._notify_success(request, result)
         return Result(Settle.ACK, "success")
 
+    def _resend_success(self, request: InvocationRequest) -> Result:
+        self._notify_success(request, self._small_output(request))
+        return Result(Settle.ACK, "duplicate")
+
     def _predict(self, request: InvocationRequest) -> bytes | None:
         settings = self.settings
         with (
-            self.storage.open_read(request.input_location) as source,
+            self.storage.open_read(request.input_location, within=request.input_root) as source,
             self.storage.open_write(request.output_location) as sink,
         ):
             head = _Head(sink, INLINE_RESULT_LIMIT)
@@ -213,30 +262,25 @@ class Processor:
             return Result(Settle.ACK, "error")
         if count + 1 >= self.settings.max_attempts:
             return self._give_up(target, count + 1, f"; last error: {failure.message}")
-        settings = self.settings
-        delay = retry_delay(
-            count, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
-        )
         log.warning(
-            "inference %s: attempt %d failed (%s), retrying in %.1f s",
+            "inference %s: attempt %d failed (%s), retrying",
             target.inference_id,
             count + 1,
             failure.message,
-            delay,
         )
-        self.stopping.wait(delay)
+        self._back_off(count)
         return Result(Settle.REQUEUE, "retried")
 
     def _give_up(self, target: Target, attempts: int, detail: str) -> Result:
+        """Error object, error notification, dead-letter. When the notification cannot go
+        out (the broker is down), ``handle`` requeues instead: the redelivery finds the error
+        object, notifies and dead-letters then (the queue's delivery limit leaves room)."""
         failure = Failure(
-            "AttemptsExhausted",
+            GAVE_UP,
             f"processing failed {attempts} time(s), the maximum{detail}",
             retry=False,
         )
-        try:
-            self._finish_with_error(target, failure, attempts)
-        except BrokerUnavailable:
-            log.error("inference %s: dead-lettered without a notification", target.inference_id)
+        self._finish_with_error(target, failure, attempts)
         return Result(Settle.DEAD_LETTER, "dead_lettered")
 
     def _finish_with_error(self, target: Target, failure: Failure, attempts: int) -> None:
@@ -315,8 +359,15 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Rabbit
         settings.broker_url,
         min(settings.max_concurrent_invocations, NOTIFY_CONNECTIONS),
         lambda ch: declare_topology(ch, settings.endpoint, settings.max_attempts),
+        "notifying",
     )
-    notifier = Notifier(channel, metrics, settings.webhook_urls, settings.webhook_attempts)
+    notifier = Notifier(
+        channel,
+        metrics,
+        Webhooks(settings.success_webhook_urls, settings.error_webhook_urls),
+        settings.webhook_attempts,
+        topic=settings.notify_topic,
+    )
     consumer = RabbitConsumer(
         settings.broker_url,
         settings.endpoint,
@@ -331,6 +382,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Rabbit
 def run(settings: WorkerSettings) -> int:
     """Entry point of ``infermodes worker``; returns the process exit code."""
     configure_logging(settings.log_level)
+    quiet_client_logs(settings.log_level)
     registry = CollectorRegistry()
     try:
         consumer, handle = build(settings, registry)

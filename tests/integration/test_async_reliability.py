@@ -5,7 +5,9 @@ backlog figures that never mistake in-flight work for an empty queue."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -53,17 +55,6 @@ def outputs(folder: Path) -> list[Path]:
 def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
     with capsys.disabled():
         print(f"\n    measured: {line}")
-
-
-@pytest.fixture(scope="module")
-def big_input(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~25 MB of CSV (400k rows): long enough that a worker is visibly busy with it."""
-    path = tmp_path_factory.mktemp("big") / "big.csv"
-    block = to_csv(abalone_model.test_rows)
-    with path.open("wb") as out:
-        for _ in range(400_000 // len(abalone_model.test_rows) + 1):
-            out.write(block)
-    return path
 
 
 def model_uri(abalone_model: AbaloneModel) -> str:
@@ -191,8 +182,10 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
     endpoint = "bad"
     notes = Notifications(rabbitmq, endpoint).declare()
     good = to_csv(abalone_model.test_rows[:2])
+    (tmp_path / "folder").mkdir()
     cases = {
         "missing": ({LOCATION: f"file://{tmp_path}/absent.csv"}, b"", "InputNotFound"),
+        "folder": ({LOCATION: f"file://{tmp_path}/folder"}, b"", "InvalidInput"),
         "malformed": ({}, b"1,0,0,0.5,abc,0.1,0.5,0.2,0.1,0.1\n", "InvalidInput"),
         "width": ({}, b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1\n", "InvalidInput"),
         "json": ({"content-type": "application/json"}, b'{"instances": [[1, 2,', "InvalidInput"),
@@ -214,10 +207,10 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
             outcome: metric(worker, "infermodes_async_messages_total", outcome=outcome)
             for outcome in ("success", "error", "expired", "retried")
         }
-        assert outcomes == {"success": 1, "error": 4, "expired": 1, "retried": 0}
+        assert outcomes == {"success": 1, "error": 5, "expired": 1, "retried": 0}
         assert (
             metric(worker, "infermodes_async_processing_duration_seconds_count", outcome="error")
-            == 4
+            == 5
         )
         assert metric(worker, "infermodes_async_in_flight") == 0
     assert notes.ids("Failed") == Counter(dict.fromkeys(cases, 1))
@@ -233,17 +226,19 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
         assert note["responseParameters"]["failureLocation"].endswith(f"{name}.error")
     width = json.loads((tmp_path / "failure/width.error").read_text())
     assert "row 1: expected 10 features, got 9" in width["message"]
+    folder = json.loads((tmp_path / "failure/folder.error").read_text())
+    assert "is a directory or a special file, not an object" in folder["message"]
+    assert folder["attempts"] == 1  # permanent: never retried
 
 
 def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
     rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
 ) -> None:
-    """Three kinds: a message no worker can read, an input that can never be read (a folder),
-    and a request whose worker process dies every time (killed while it holds it)."""
+    """Two kinds: a message no worker can read, and a request whose worker process dies every
+    time (killed while it holds it)."""
     endpoint = "poison"
     attempts = 3
     notes = Notifications(rabbitmq, endpoint).declare()
-    (tmp_path / "folder").mkdir()
     unreadable = InvocationRequest(
         inference_id="unreadable",
         endpoint=endpoint,
@@ -258,14 +253,12 @@ def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
     )
     body = json.loads(unreadable.to_bytes())
     body["acceptedAt"] = "yesterday"  # as a publisher of another version might send it
-    publisher = RequestPublisher(rabbitmq.amqp_url, attempts)
+    publisher = RequestPublisher(rabbitmq.amqp_url, {endpoint: attempts})
     publisher.submit(endpoint, "unreadable", json.dumps(body).encode())
     publisher.close()
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=attempts) as live:
-        headers = {LOCATION: f"file://{tmp_path}/folder", "X-Amzn-SageMaker-Inference-Id": "dir"}
-        assert live.invoke(headers=headers).status_code == 202
         first = live.start_worker(model_uri(abalone_model), "w0")
-        notes.wait_for({"unreadable", "dir"}, "Failed", 60)
+        notes.wait_for({"unreadable"}, "Failed", 60)
         stop_process(first.proc)
         # a request whose worker dies every time it holds it
         headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "crasher"}
@@ -281,16 +274,15 @@ def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
             lambda: backlog(endpoint, rabbitmq.amqp_url, None).ready == 0, 30, "an empty queue"
         )
         dead = [json.loads(b) for b in dead_letters(rabbitmq, endpoint)]
-    assert sorted(d["inferenceId"] for d in dead) == ["crasher", "dir", "unreadable"]
-    assert notes.ids("Failed") == Counter({"unreadable": 1, "dir": 1, "crasher": 1})
-    for name in ("unreadable", "dir", "crasher"):
+    assert sorted(d["inferenceId"] for d in dead) == ["crasher", "unreadable"]
+    assert notes.ids("Failed") == Counter({"unreadable": 1, "crasher": 1})
+    for name in ("unreadable", "crasher"):
         record = json.loads((tmp_path / "failure" / f"{name}.error").read_text())
         assert record["reason"] == "AttemptsExhausted", record
         assert record["attempts"] == attempts
     assert (
         "acceptedAt" in json.loads((tmp_path / "failure/unreadable.error").read_text())["message"]
     )
-    assert "Is a directory" in json.loads((tmp_path / "failure/dir.error").read_text())["message"]
     assert not outputs(tmp_path / "output")
 
 
@@ -321,3 +313,75 @@ def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
             assert fallback.unacked is None and fallback.total is None  # unknown, never 0
         finally:
             worker.proc.send_signal(signal.SIGCONT)
+
+
+def partial_outputs(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.partial")) if folder.is_dir() else []
+
+
+def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_lettered_after(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    """Its one attempt fails (its output folder vanishes mid-write) while the broker is down:
+    the error object is written, the notification cannot be; once the broker is back the
+    request comes back, is notified and ends in the dead-letter queue."""
+    endpoint = "outage"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "doomed"}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=1) as live:
+        assert live.invoke(headers=headers).status_code == 202
+        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
+        wait_until(lambda: bool(partial_outputs(tmp_path / "output")), 60, "a write", 0.01)
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            rabbitmq.stop()
+            shutil.rmtree(tmp_path / "output")
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: "cannot notify" in worker.log, 60, "the give-up to fail to notify")
+        assert (tmp_path / "failure/doomed.error").exists()
+        rabbitmq.start()
+        notes.wait_for({"doomed"}, "Failed", 120)
+        wait_until(
+            lambda: metric(worker, "infermodes_async_messages_total", outcome="dead_lettered") == 1,
+            60,
+            "the dead-lettering",
+        )
+        dead = [json.loads(body)["inferenceId"] for body in dead_letters(rabbitmq, endpoint)]
+    assert dead == ["doomed"]
+    record = json.loads((tmp_path / "failure/doomed.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 1)
+    assert notes.ids("Failed") == Counter({"doomed": 1})
+
+
+def test_a_request_that_outlasts_its_invocation_timeout_fails_with_invocation_timeout(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    """A 25 MB input with a 1 s timeout, on a worker that stalls mid-way (stopped for longer
+    than the timeout): the deadline, checked between chunks, ends it."""
+    endpoint = "timeout"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    headers = {
+        LOCATION: f"file://{big_input}",
+        "X-Amzn-SageMaker-Inference-Id": "slow",
+        "X-Amzn-SageMaker-InvocationTimeoutSeconds": "1",
+    }
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        assert live.invoke(headers=headers).status_code == 202
+        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
+        wait_until(lambda: bool(partial_outputs(tmp_path / "output")), 60, "a write", 0.01)
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            threading.Event().wait(1.5)
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        notes.wait_for({"slow"}, "Failed", 60)
+        fast = live.invoke(
+            to_csv(abalone_model.test_rows[:2]), {"X-Amzn-SageMaker-Inference-Id": "ok"}
+        )
+        assert fast.status_code == 202
+        notes.wait_for({"ok"}, "Completed", 60)
+    record = json.loads((tmp_path / "failure/slow.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("InvocationTimeout", 1)
+    assert "longer than the invocation timeout of 1" in record["message"]
+    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["ok.out"]  # no partial

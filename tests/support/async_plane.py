@@ -56,10 +56,12 @@ def running_api(
     env: dict[str, str] | None = None,
     max_attempts: int = 3,
     allowed_input_prefixes: tuple[str, ...] = (),
+    broker_url: str | None = None,
 ) -> Iterator[Process]:
-    """``endpoints``: name -> storage prefix (input/, output/, failure/ under it)."""
+    """``endpoints``: name -> storage prefix (input/, output/, failure/ under it);
+    ``broker_url``: instead of the broker's own (another query, or a broker that is down)."""
     port = free_port()
-    args = ["async-api", "--broker-url", broker.amqp_url, "--port", str(port)]
+    args = ["async-api", "--broker-url", broker_url or broker.amqp_url, "--port", str(port)]
     args += ["--max-attempts", str(max_attempts)]
     for prefix in allowed_input_prefixes:
         args += ["--allow-input-prefix", prefix]
@@ -94,6 +96,7 @@ def spawn_worker(
     max_attempts: int = 3,
     env: dict[str, str] | None = None,
     extra: tuple[str, ...] = (),
+    broker_url: str | None = None,
 ) -> Process:
     """Started, not yet ready: see ``wait_consuming``. Retries back off for 50 ms, not 1 s."""
     metrics_port = free_port()
@@ -104,7 +107,7 @@ def spawn_worker(
         "--model",
         model_uri,
         "--broker-url",
-        broker.amqp_url,
+        broker_url or broker.amqp_url,
         "--max-concurrent-invocations",
         str(concurrency),
         "--max-attempts",
@@ -138,6 +141,8 @@ class Plane:
     root: Path
     env: dict[str, str] | None
     max_attempts: int
+    broker_url: str | None = None
+    api: Process | None = None
     workers: list[Process] = field(default_factory=list)
 
     def invoke(self, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
@@ -160,6 +165,7 @@ class Plane:
             self.max_attempts,
             self.env,
             extra,
+            self.broker_url,
         )
         self.workers.append(worker)
         wait_consuming(worker)
@@ -174,8 +180,14 @@ def plane(
     root: Path,
     env: dict[str, str] | None = None,
     max_attempts: int = 3,
+    allowed_input_prefixes: tuple[str, ...] | None = None,
+    broker_url: str | None = None,
 ) -> Iterator[Plane]:
-    """``prefix``: the endpoint's storage (input/, output/, failure/ under it)."""
+    """``prefix``: the endpoint's storage (input/, output/, failure/ under it). By-reference
+    inputs may come from the session's temp folders (root's parent) and ``s3://`` unless
+    ``allowed_input_prefixes`` says otherwise; ``broker_url`` is for the API and workers."""
+    if allowed_input_prefixes is None:
+        allowed_input_prefixes = (f"file://{root.parent}", "s3://")
     with (
         running_api(
             broker,
@@ -183,12 +195,12 @@ def plane(
             root / "api.log",
             env,
             max_attempts,
-            # test inputs live in the session's temp folders (root's parent)
-            allowed_input_prefixes=(f"file://{root.parent}", "s3://"),
+            allowed_input_prefixes,
+            broker_url,
         ) as api,
         httpx.Client(base_url=api.url, timeout=30) as client,
     ):
-        running = Plane(broker, endpoint, client, root, env, max_attempts)
+        running = Plane(broker, endpoint, client, root, env, max_attempts, broker_url, api)
         try:
             yield running
         finally:

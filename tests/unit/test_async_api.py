@@ -1,16 +1,19 @@
 """The accepting route in-process, with a recording publisher: headers, storage of inline
-bodies, 202 only after the publish returned, and 503 when it did not."""
+bodies, 202 only after the publish returned, 503 (leaving nothing stored) when it did not, and
+the inference id as the caller's idempotency key."""
 
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from starlette.datastructures import Headers
 
 from infermodes.errors import BrokerUnavailable, InputNotAllowed, InvalidInput
 from infermodes.gateway.async_accept import (
     create_app,
     header_seconds,
+    header_text,
     inference_id_of,
     input_location_of,
 )
@@ -71,24 +74,119 @@ def test_inline_body_is_stored_then_queued_then_202(tmp_path: Path) -> None:
     assert message.invocation_timeout_seconds == 60
 
 
-def test_by_reference_stores_nothing(tmp_path: Path) -> None:
+def test_by_reference_stores_only_the_request_record(tmp_path: Path) -> None:
     publisher = RecordingPublisher()
     response = client_for(tmp_path, publisher).post(
         "/endpoints/ep/async-invocations",
-        headers={"X-Amzn-SageMaker-InputLocation": "s3://bucket/key.csv"},
+        headers={
+            "X-Amzn-SageMaker-InputLocation": "s3://bucket/key.csv",
+            "X-Amzn-SageMaker-Inference-Id": "ref-1",
+        },
     )
     assert response.status_code == 202
-    assert parse_request(publisher.sent[0][2]).input_location == "s3://bucket/key.csv"
-    assert parse_request(publisher.sent[0][2]).invocation_timeout_seconds == 900
-    assert not (tmp_path / "input").exists()
+    message = parse_request(publisher.sent[0][2])
+    assert message.input_location == "s3://bucket/key.csv"
+    assert (message.inline_input, message.input_root) == (False, None)
+    assert message.invocation_timeout_seconds == 900
+    assert [p.name for p in (tmp_path / "input").iterdir()] == ["ref-1.request"]
 
 
-def test_broker_down_is_503_and_says_so(tmp_path: Path) -> None:
+def test_broker_down_is_503_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     response = client_for(tmp_path, RecordingPublisher(down=True)).post(
         "/endpoints/ep/async-invocations", content=b"1"
     )
     assert response.status_code == 503
     assert "broker unreachable" in response.json()["message"]
+    assert list((tmp_path / "input").iterdir()) == []
+
+
+def post(client: TestClient, body: bytes, **headers: str) -> tuple[int, dict[str, str]]:
+    response = client.post("/endpoints/ep/async-invocations", content=body, headers=headers)
+    return response.status_code, response.json()
+
+
+ID = "X-Amzn-SageMaker-Inference-Id"
+
+
+def test_a_repeated_request_gets_the_same_answer_and_a_different_one_a_409(
+    tmp_path: Path,
+) -> None:
+    publisher = RecordingPublisher()
+    client = client_for(tmp_path, publisher)
+    first = post(client, b"1,2,3\n", **{ID: "same"})
+    assert first[0] == 202
+    assert post(client, b"1,2,3\n", **{ID: "same"}) == first  # in flight: queued again
+    assert [message_id for _, message_id, _ in publisher.sent] == ["same", "same"]
+    assert parse_request(publisher.sent[0][2]) == parse_request(publisher.sent[1][2])
+    status, body = post(client, b"4,5,6\n", **{ID: "same"})
+    assert status == 409
+    assert "Inference-Id same was already used for a different request" in body["message"]
+    assert (tmp_path / "input/same.in").read_bytes() == b"1,2,3\n"
+    for other in ({"accept": "application/json"}, {"X-Amzn-SageMaker-RequestTTLSeconds": "60"}):
+        assert post(client, b"1,2,3\n", **{ID: "same"}, **other)[0] == 409
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output/same.out").write_text("9\n")
+    assert post(client, b"1,2,3\n", **{ID: "same"}) == first  # done: not queued again
+    assert len(publisher.sent) == 2
+
+
+def test_an_id_whose_record_is_gone_but_whose_result_stays_is_refused(tmp_path: Path) -> None:
+    client = client_for(tmp_path, RecordingPublisher())
+    (tmp_path / "failure").mkdir()
+    (tmp_path / "failure/old.error").write_text("{}")
+    status, body = post(client, b"1\n", **{ID: "old"})
+    assert status == 409
+    assert "already has a result at file://" in body["message"]
+    assert list((tmp_path / "input").iterdir()) == []
+
+
+def test_an_id_refused_by_the_broker_is_free_again(tmp_path: Path) -> None:
+    publisher = RecordingPublisher(down=True)
+    client = client_for(tmp_path, publisher)
+    assert post(client, b"1\n", **{ID: "again"})[0] == 503
+    publisher.down = False
+    assert post(client, b"2\n", **{ID: "again"})[0] == 202  # a different body: no conflict
+    assert (tmp_path / "input/again.in").read_bytes() == b"2\n"
+
+
+def test_an_unreadable_record_is_a_409_not_a_500(tmp_path: Path) -> None:
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input/torn.request").write_text("{not json")
+    status, body = post(client_for(tmp_path, RecordingPublisher()), b"1\n", **{ID: "torn"})
+    assert status == 409 and "record is unreadable" in body["message"]
+
+
+def test_header_values_are_utf8(tmp_path: Path) -> None:
+    publisher = RecordingPublisher()
+    client = client_for(tmp_path, publisher)
+    attributes = "café=naïve ✓"
+    response = client.post(
+        "/endpoints/ep/async-invocations",
+        content=b"1\n",
+        headers=[(b"X-Amzn-SageMaker-Custom-Attributes", attributes.encode())],
+    )
+    assert response.status_code == 202
+    assert parse_request(publisher.sent[0][2]).custom_attributes == attributes
+    latin1 = Headers(raw=[(b"x-amzn-sagemaker-custom-attributes", "café".encode("latin-1"))])
+    with pytest.raises(InvalidInput, match="Custom-Attributes is not valid UTF-8"):
+        header_text(latin1, "X-Amzn-SageMaker-Custom-Attributes")
+
+
+def test_unexpected_errors_are_a_counted_500_with_the_error_shape(tmp_path: Path) -> None:
+    class Broken(RecordingPublisher):
+        def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
+            raise RuntimeError("bug")
+
+    client = client_for(tmp_path, Broken())
+    response = client.post("/endpoints/ep/async-invocations", content=b"1")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "InfermodesError",
+        "message": "internal error; the request was not accepted",
+    }
+    assert list((tmp_path / "input").iterdir()) == []
+    text = client.get("/metrics").text
+    assert 'infermodes_async_requests_total{endpoint="ep",status_code="500"} 1.0' in text
 
 
 def test_inline_bodies_are_capped(tmp_path: Path) -> None:
@@ -112,7 +210,7 @@ def test_header_seconds(value: str | None, result: int) -> None:
     assert header_seconds(value, "T", 900, 3600) == result
 
 
-@pytest.mark.parametrize("value", ["0", "3601", "-1", "1.5", "abc", ""])
+@pytest.mark.parametrize("value", ["0", "3601", "-1", "1.5", "abc", "", "\xb2", "١٢", "+5"])
 def test_header_seconds_refuses(value: str) -> None:
     with pytest.raises(InvalidInput, match="T must be a whole number of seconds from 1 to 3600"):
         header_seconds(value, "T", 900, 3600)
@@ -138,8 +236,11 @@ OWN = "file:///srv/endpoints/ep/input"
     ],
 )
 def test_allowed_input_locations(location: str, normalised: str) -> None:
-    assert input_location_of(location, ["s3://data/in/", "file:///data/in"], OWN) == normalised
-    assert input_location_of(location, [], "file:///data") == normalised
+    allowed = ["s3://data/in/", "file:///data/in"]
+    root = None if location.startswith("s3") else "file:///data/in"  # S3 keys have no links
+    assert input_location_of(location, allowed, OWN) == (normalised, root)
+    own = input_location_of(location, [], "file:///data")
+    assert own == (normalised, None if location.startswith("s3") else "file:///data")
 
 
 @pytest.mark.parametrize(

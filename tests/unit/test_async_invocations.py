@@ -6,6 +6,7 @@ import pytest
 
 from infermodes.errors import (
     BrokerUnavailable,
+    InputNotAllowed,
     InvalidInput,
     InvocationTimeout,
     NotAcceptable,
@@ -22,7 +23,8 @@ from infermodes.queueing.messages import (
     plan,
     retry_delay,
 )
-from infermodes.queueing.rabbitmq import delivery_count, queue_arguments
+from infermodes.queueing.rabbitmq import delivery_count, heartbeat_seconds, queue_arguments
+from infermodes.storage import NotAFile
 from tests.unit.async_samples import invocation
 
 REQUEST = invocation(accept="application/json", custom_attributes="k=v")
@@ -89,6 +91,8 @@ def test_plan(output: bool, error: bool, count: int, now: float, step: Step) -> 
         (InvalidInput("row 1: bad"), "InvalidInput", False),
         (NotAcceptable("no"), "NotAcceptable", False),
         (InvocationTimeout("slow"), "InvocationTimeout", False),
+        (NotAFile("file:///d is a directory"), "InvalidInput", False),
+        (InputNotAllowed("file:///in/l is not under file:///in"), "InputNotAllowed", False),
         (StorageError("s3 error: connection refused"), "StorageUnavailable", True),
         (BrokerUnavailable("down"), "ProcessingFailed", True),
         (MemoryError(), "ProcessingFailed", True),
@@ -139,7 +143,20 @@ def test_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> N
     assert queue_arguments("ep", 4) == {
         "x-queue-type": "quorum",
         "x-consumer-timeout": 3_900_000,
-        "x-delivery-limit": 4,
+        "x-delivery-limit": 7,  # 4 attempts + the headroom for a give-up to notify
         "x-dead-letter-exchange": "infermodes.dead-letter",
         "x-dead-letter-routing-key": "ep",
     }
+
+
+@pytest.mark.parametrize(
+    ("url", "seconds"),
+    [
+        ("amqp://u:p@h:5672/%2F", 30),
+        ("amqp://u:p@h:5672/%2F?heartbeat=2", 2),
+        ("amqp://h/v?connection_attempts=3&heartbeat=600", 600),
+        ("amqp://h/v?heartbeat=\xb2", 30),
+    ],
+)
+def test_heartbeat_comes_from_the_url_or_the_default(url: str, seconds: int) -> None:
+    assert heartbeat_seconds(url) == seconds

@@ -11,6 +11,7 @@ from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Notifier,
+    Webhooks,
     error_body,
     routing_key,
     success_body,
@@ -60,16 +61,19 @@ class FakeChannel:
         self.published.append((exchange, key, message_id, mandatory))
 
 
-def notifier(channel: FakeChannel, statuses: list[int]) -> tuple[Notifier, list[bytes]]:
-    posted: list[bytes] = []
+def notifier(
+    channel: FakeChannel, statuses: list[int], topic: bool = True
+) -> tuple[Notifier, list[tuple[str, bytes]]]:
+    posted: list[tuple[str, bytes]] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
-        posted.append(request.content)
+        posted.append((request.url.path, request.content))
         return httpx.Response(statuses.pop(0) if statuses else 200)
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = Notifier(channel, metrics, ["http://hook.test/a"], 3, http)  # type: ignore[arg-type]
+    hooks = Webhooks(["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"])
+    sender = Notifier(channel, metrics, hooks, 3, topic, http)  # type: ignore[arg-type]
     return sender, posted
 
 
@@ -79,9 +83,17 @@ def test_topic_then_webhook_with_retries(monkeypatch: pytest.MonkeyPatch) -> Non
     sender, posted = notifier(channel, [503, 500])
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert channel.published == [("infermodes.notifications", "ep.success", "abc", False)]
-    assert len(posted) == 3  # two failures, then 200
+    assert [path for path, _ in posted] == ["/ok"] * 3  # two failures, then 200
     sender.send("ep", {"inferenceId": "abd"}, success=False)
     assert channel.published[-1][1] == "ep.error"
+    assert [path for path, _ in posted[3:]] == ["/failed", "/all"]  # the error webhooks only
+
+
+def test_without_the_topic_only_webhooks_are_called() -> None:
+    channel = FakeChannel(down=True)
+    sender, posted = notifier(channel, [], topic=False)
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert not channel.published and [path for path, _ in posted] == ["/ok"]
 
 
 def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:

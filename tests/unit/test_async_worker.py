@@ -1,21 +1,24 @@
 """The worker's per-delivery logic on real files, with a recording notifier: one result object
 per request, errors and retries settled the right way, redeliveries never recomputed."""
 
+import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from infermodes.errors import BrokerUnavailable
+from infermodes.errors import BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle
 from infermodes.settings import WorkerSettings
-from infermodes.storage import Storage
+from infermodes.storage import FileStore, ObjectRef, Storage
 from infermodes.workers.async_worker import Processor, Result
 from tests.unit.async_samples import invocation, tiny_model
 
@@ -112,19 +115,154 @@ def test_expired_requests_fail_without_being_processed(
     assert json.loads((tmp_path / "fail/r1.error").read_text())["reason"] == "Expired"
 
 
+class FlakyStore(FileStore):
+    """Reads fail as an unreachable store's do."""
+
+    def open_read(
+        self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise StorageError(f"s3 error on {ref.uri}: connection refused")
+
+
 def test_transient_failures_are_requeued_then_dead_lettered_on_the_last_attempt(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
-    (tmp_path / "folder").mkdir()
-    message = request(tmp_path, None, input_location=f"file://{tmp_path}/folder")
+    processor.storage = Storage(file_store=FlakyStore())
+    message = request(tmp_path)
     assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
     assert processor.handle(message, 1) == Result(Settle.REQUEUE, "retried")
     assert not notifier.sent and not (tmp_path / "fail").exists()
     assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
     record = json.loads((tmp_path / "fail/r1.error").read_text())
     assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 3)
-    assert "Is a directory" in record["message"]
+    assert "connection refused" in record["message"]
     assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
+
+
+def test_a_give_up_that_cannot_notify_is_requeued_and_dead_lettered_once_notified(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """The broker went down under the give-up: the message must come back to notify."""
+    message = request(tmp_path)
+    notifier.down = True
+    assert processor.handle(message, 3) == Result(Settle.REQUEUE, "retried")
+    assert json.loads((tmp_path / "fail/r1.error").read_text())["reason"] == "AttemptsExhausted"
+    notifier.down = False
+    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_an_input_that_is_not_a_file_is_a_permanent_invalid_input(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / kind
+    target.mkdir() if kind == "folder" else os.mkfifo(target)
+    message = request(tmp_path, None, input_location=f"file://{target}")
+    assert processor.handle(message, 0) == Result(Settle.ACK, "error")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("InvalidInput", 1)
+    assert "is a directory or a special file, not an object" in record["message"]
+
+
+@pytest.mark.parametrize("link", ["file", "folder", "dotdot"])
+def test_a_link_out_of_the_allowed_prefix_is_refused_when_opened(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path, link: str
+) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub/secret.csv").write_bytes(b"1,2,3\n")
+    allowed.mkdir()
+    location = {
+        "file": allowed / "link.csv",
+        "folder": allowed / "dir" / "secret.csv",
+        "dotdot": allowed / "up" / ".." / ".." / "outside/sub/secret.csv",
+    }[link]
+    if link == "file":
+        location.symlink_to(outside / "sub/secret.csv")
+    elif link == "folder":
+        location.parent.symlink_to(outside / "sub")
+    else:
+        (allowed / "up").symlink_to(outside / "sub")
+    message = request(
+        tmp_path, None, input_location=f"file://{location}", input_root=f"file://{allowed}"
+    )
+    assert processor.handle(message, 0) == Result(Settle.ACK, "error")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert record["reason"] == "InputNotAllowed"
+    assert not (tmp_path / "out").exists()
+    assert "1,2,3" not in json.dumps(notifier.sent)
+
+
+def test_a_link_that_stays_inside_is_followed(processor: Processor, tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "data/rows.csv").write_bytes(b"1,2,3\n")
+    (allowed / "latest.csv").symlink_to(allowed / "data/rows.csv")
+    message = request(
+        tmp_path,
+        None,
+        input_location=f"file://{allowed}/latest.csv",
+        input_root=f"file://{allowed}",
+    )
+    assert processor.handle(message, 0) == Result(Settle.ACK, "success")
+
+
+def test_an_inline_input_is_removed_once_its_request_has_a_result(
+    processor: Processor, tmp_path: Path
+) -> None:
+    ok = request(tmp_path, inline_input=True)
+    assert processor.handle(ok, 0) == Result(Settle.ACK, "success")
+    assert not (tmp_path / "in.csv").exists()
+    assert processor.handle(ok, 1) == Result(Settle.ACK, "duplicate")  # a redelivery
+    bad = request(tmp_path, b"1,2\n", inline_input=True, **elsewhere(tmp_path, "r2"))
+    assert processor.handle(bad, 0) == Result(Settle.ACK, "error")
+    assert not (tmp_path / "in.csv").exists()
+    retried = request(tmp_path, b"1,2,3\n", inline_input=True, **elsewhere(tmp_path, "r3"))
+    processor.storage = Storage(file_store=FlakyStore())
+    assert processor.handle(retried, 0) == Result(Settle.REQUEUE, "retried")
+    assert (tmp_path / "in.csv").exists()  # still needed
+
+
+def elsewhere(tmp_path: Path, inference_id: str) -> dict[str, str]:
+    return {
+        "inference_id": inference_id,
+        "output_location": f"file://{tmp_path}/out/{inference_id}.out",
+        "failure_location": f"file://{tmp_path}/fail/{inference_id}.error",
+    }
+
+
+def test_a_by_reference_input_is_never_removed(processor: Processor, tmp_path: Path) -> None:
+    assert processor.handle(request(tmp_path), 0) == Result(Settle.ACK, "success")
+    assert (tmp_path / "in.csv").exists()
+
+
+def test_an_input_removed_by_a_concurrent_delivery_that_finished_is_no_error(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Two deliveries of one request (a caller's retry queues it again): the first wrote the
+    output and removed the inline input before the second opened it."""
+    message = request(tmp_path, None, inline_input=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/r1.out").write_text("7\n")
+    processor.storage = Storage(file_store=LateOutputStore(tmp_path / "out/r1.out"))
+    assert processor.handle(message, 0) == Result(Settle.ACK, "duplicate")
+    assert not (tmp_path / "fail").exists()
+    assert [s for _, _, s in notifier.sent] == [True]
+
+
+class LateOutputStore(FileStore):
+    """The output appears after the worker looked for it, as another delivery writes it."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.looked = 0
+
+    def exists(self, ref: ObjectRef) -> bool:
+        if ref.key == str(self.output):
+            self.looked += 1
+            return self.looked > 1
+        return super().exists(ref)
 
 
 def test_a_delivery_past_the_budget_is_given_up_without_processing(

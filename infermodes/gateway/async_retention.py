@@ -1,0 +1,102 @@
+"""How long the async plane keeps what it stores for itself, and the sweep that enforces it.
+
+- An inline input ``<inputPath>/<id>.in`` is removed by the worker once its request has its
+  result. One left behind (an accepting process killed between storing and queueing) is
+  removed after ``INLINE_INPUT_MAX_AGE``: by then no worker can still start on it, since a
+  request expires at most ``MAX_TTL_SECONDS`` after acceptance and runs at most
+  ``MAX_INVOCATION_TIMEOUT_SECONDS``.
+- A request record ``<inputPath>/<id>.request`` (the inference id's owner, see
+  ``async_accept``) is kept ``RECORD_MAX_AGE``, longer than any request lives; after that the
+  id's result objects alone keep it from naming a different request.
+- A partial write (a worker or API killed mid-write: a hidden ``.<name>.<random>.partial``
+  file, or an incomplete S3 multipart upload) is removed after ``PARTIAL_MAX_AGE`` without a
+  write, longer than any write lasts.
+
+Outputs and error objects are the caller's, never removed. By-reference inputs are never
+touched; only names of the form ``<inference id>.in`` and ``.request`` directly under the input
+path count as ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from infermodes.errors import StorageError
+from infermodes.queueing.messages import (
+    INFERENCE_ID,
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    MAX_TTL_SECONDS,
+)
+from infermodes.settings import AsyncEndpoint
+from infermodes.storage import Storage
+
+log = logging.getLogger("infermodes.async_api")
+
+HOUR = 3600
+INLINE_INPUT_MAX_AGE = MAX_TTL_SECONDS + MAX_INVOCATION_TIMEOUT_SECONDS + HOUR  # 8 h
+RECORD_MAX_AGE = 24 * HOUR
+PARTIAL_MAX_AGE = MAX_INVOCATION_TIMEOUT_SECONDS + HOUR  # 2 h
+MAX_AGE_BY_SUFFIX = {".in": INLINE_INPUT_MAX_AGE, ".request": RECORD_MAX_AGE}
+
+
+def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
+    """Remove one endpoint's stale objects; returns how many."""
+    removed = 0
+    base = endpoint.input_path.rstrip("/") + "/"
+    for uri, modified in storage.list_with_times(base):
+        name = uri.removeprefix(base)
+        stem, dot, suffix = name.rpartition(".")
+        max_age = MAX_AGE_BY_SUFFIX.get(dot + suffix)
+        if max_age is None or "/" in name or not INFERENCE_ID.fullmatch(stem):
+            continue
+        if modified < now - max_age:
+            storage.delete(uri)
+            removed += 1
+    prefixes = {endpoint.input_path, endpoint.output_path, endpoint.failure_path}
+    for prefix in sorted(prefixes):
+        removed += storage.remove_partials(prefix.rstrip("/") + "/", now - PARTIAL_MAX_AGE)
+    return removed
+
+
+class Sweeper:
+    """Sweeps every endpoint at start and every ``interval`` seconds on a daemon thread (0:
+    never). A storage failure is one warning; the next sweep tries again."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        endpoints: Mapping[str, AsyncEndpoint],
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.endpoints = endpoints
+        self.interval = interval
+        self.clock = clock
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        if self.interval > 0:
+            threading.Thread(target=self._run, name="retention-sweep", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            self.sweep_all()
+            if self._stop.wait(self.interval):
+                return
+
+    def sweep_all(self) -> None:
+        for name, endpoint in sorted(self.endpoints.items()):
+            try:
+                removed = sweep(self.storage, endpoint, self.clock())
+            except StorageError as exc:
+                log.warning("retention sweep of %s failed: %s", name, exc)
+                continue
+            if removed:
+                log.info("retention sweep of %s: removed %d stale object(s)", name, removed)

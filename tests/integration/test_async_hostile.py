@@ -1,0 +1,382 @@
+"""What a hostile-but-ordinary user tried against the async data plane (issue 10), each with
+real ``async-api`` and ``worker`` processes and the real broker: a re-used inference id,
+symbolic links out of the allowed prefix, header values that are not ASCII digits or not
+UTF-8, a CSV body declared libsvm, inline inputs and partial writes left behind, and
+connections the broker drops."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+from infermodes.storage import Storage
+from tests.conftest import AbaloneModel
+from tests.support.async_plane import Notifications, Plane, plane, running_api, to_csv
+from tests.support.processes import INFERMODES, free_port, wait_until
+from tests.support.rabbitmq import Broker
+
+ID = "X-Amzn-SageMaker-Inference-Id"
+LOCATION = "X-Amzn-SageMaker-InputLocation"
+TTL = "X-Amzn-SageMaker-RequestTTLSeconds"
+TIMEOUT = "X-Amzn-SageMaker-InvocationTimeoutSeconds"
+ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+FAST_SWEEP = {"INFERMODES_ASYNC_API_SWEEP_INTERVAL_SECONDS": "0.3"}
+HOUR = 3600.0
+
+
+def model_uri(abalone_model: AbaloneModel) -> str:
+    return f"file://{abalone_model.tarball}"
+
+
+def scores(path: Path) -> np.ndarray:
+    return np.array(path.read_text().split(), dtype=np.float32)
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def post_together(
+    live: Plane, requests: list[tuple[bytes, dict[str, str]]]
+) -> list[httpx.Response]:
+    """Send the requests at the same moment, each on its own connection."""
+    barrier = threading.Barrier(len(requests))
+    answers: list[httpx.Response | None] = [None] * len(requests)
+    url = str(live.client.base_url)
+
+    def send(index: int) -> None:
+        body, headers = requests[index]
+        with httpx.Client(base_url=url, timeout=30) as client:
+            barrier.wait(30)
+            answers[index] = client.post(
+                f"/endpoints/{live.endpoint}/async-invocations",
+                content=body,
+                headers={"content-type": "text/csv", **headers},
+            )
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(answer is not None for answer in answers)
+    return [answer for answer in answers if answer is not None]
+
+
+def test_an_inference_id_names_one_request_even_when_two_race_for_it(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "reuse"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows
+    first, other = to_csv(rows[:3]), to_csv(rows[3:5])
+    predicted = abalone_model.booster().inplace_predict(rows)
+    expected = {first: predicted[:3], other: predicted[3:5]}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        live.start_worker(model_uri(abalone_model), "w")
+        done = live.invoke(first, {ID: "done"})
+        assert live.invoke(b"1,2\n", {ID: "failed"}).status_code == 202  # 9 features: an error
+        notes.wait_for({"done"}, "Completed", 60)
+        notes.wait_for({"failed"}, "Failed", 60)
+        again = live.invoke(first, {ID: "done"})
+        assert (again.status_code, again.json()) == (202, done.json())
+        for used, body in (("done", other), ("failed", first)):
+            refused = live.invoke(body, {ID: used})
+            assert refused.status_code == 409, refused.text
+            assert (
+                f"Inference-Id {used} was already used for a different request"
+                in (refused.json()["message"])
+            )
+        races = {f"same-{n}": (first, first) for n in range(3)}
+        races |= {f"different-{n}": (first, other) for n in range(3)}
+        answers = post_together(
+            live, [(body, {ID: name}) for name, pair in races.items() for body in pair]
+        )
+        winners: dict[str, bytes] = {}
+        for index, (name, pair) in enumerate(races.items()):
+            one, two = answers[2 * index], answers[2 * index + 1]
+            if name.startswith("same"):
+                assert (one.status_code, two.status_code) == (202, 202)
+                assert one.json() == two.json()
+                winners[name] = first
+            else:
+                assert sorted([one.status_code, two.status_code]) == [202, 409]
+                winners[name] = pair[0] if one.status_code == 202 else pair[1]
+        notes.wait_for(set(races), "Completed", 60)
+    np.testing.assert_array_equal(scores(tmp_path / "output/done.out"), predicted[:3])
+    for name, body in winners.items():
+        np.testing.assert_array_equal(scores(tmp_path / f"output/{name}.out"), expected[body])
+    assert names(tmp_path / "output") == sorted(f"{name}.out" for name in ["done", *races])
+    assert names(tmp_path / "failure") == ["failed.error"]
+    assert notes.ids("Completed")["done"] == 1  # the repeat was answered, not redone
+
+
+def test_a_worker_reads_no_file_outside_the_allowed_prefix_whatever_the_links(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "links"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    allowed, outside = tmp_path / "in", tmp_path / "outside"
+    (allowed / "data").mkdir(parents=True)
+    outside.mkdir()
+    secret = to_csv(abalone_model.test_rows[:4])  # a valid input: read, it would be scored
+    (outside / "secret.csv").write_bytes(secret)
+    (allowed / "data/rows.csv").write_bytes(to_csv(abalone_model.test_rows[:2]))
+    (allowed / "file-link.csv").symlink_to(outside / "secret.csv")
+    (allowed / "folder-link").symlink_to(outside)
+    (allowed / "passwd").symlink_to("/etc/passwd")
+    (allowed / "latest.csv").symlink_to(allowed / "data/rows.csv")  # inside: fine
+    (allowed / "swapped.csv").write_bytes(to_csv(abalone_model.test_rows[:2]))
+    locations = {
+        "file-link": allowed / "file-link.csv",
+        "folder-link": allowed / "folder-link/secret.csv",
+        "passwd": allowed / "passwd",
+        "swapped": allowed / "swapped.csv",
+        "inside": allowed / "latest.csv",
+    }
+    prefixes = (f"file://{allowed}",)
+    with plane(
+        rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path, allowed_input_prefixes=prefixes
+    ) as live:
+        for name, path in locations.items():
+            response = live.invoke(headers={ID: name, LOCATION: f"file://{path}"})
+            assert response.status_code == 202, response.text
+        # accepted as a regular file, then swapped for a link before any worker opens it
+        (allowed / "swap.tmp").symlink_to(outside / "secret.csv")
+        os.replace(allowed / "swap.tmp", allowed / "swapped.csv")
+        live.start_worker(model_uri(abalone_model), "w")
+        refused = {"file-link", "folder-link", "passwd", "swapped"}
+        notes.wait_for(refused, "Failed", 60)
+        notes.wait_for({"inside"}, "Completed", 60)
+    assert names(tmp_path / "store/output") == ["inside.out"]
+    for name in refused:
+        note = next(n for n in notes.received if n["inferenceId"] == name)
+        assert note["failureReason"] == "InputNotAllowed", note
+        assert f"is not under file://{allowed}" in str(note["failureMessage"])
+    assert secret.decode()[:20] not in str(notes.received)
+    assert "root:" not in str(notes.received)
+
+
+def test_header_values_that_are_not_ascii_digits_are_a_400_naming_the_header(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    with (
+        running_api(rabbitmq, {"digits": f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        for header in (TTL, TIMEOUT):
+            for value in (b"\xb2", "\u0661\u0662".encode(), b"+5"):  # superscript, Arabic-Indic
+                response = client.post(
+                    "/endpoints/digits/async-invocations",
+                    content=b"1\n",
+                    headers=[(header.encode(), value)],
+                )
+                assert response.status_code == 400, response.text
+                assert header in response.json()["message"]
+                # the keep-alive connection still serves the next request
+                assert client.post("/endpoints/digits/async-invocations", content=b"1\n").is_success
+        metrics = client.get("/metrics").text
+    assert 'infermodes_async_requests_total{endpoint="digits",status_code="400"} 6.0' in metrics
+    assert 'status_code="500"' not in metrics
+    assert "Traceback" not in api.log
+
+
+def test_custom_attributes_reach_the_notification_as_sent_in_utf8(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "utf8"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    attributes = "trace=é-ü-✓ 日本"
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        row = to_csv(abalone_model.test_rows[:1])
+        sent = live.client.post(
+            f"/endpoints/{endpoint}/async-invocations",
+            content=row,
+            headers=[(ID.encode(), b"utf8"), (ATTRIBUTES.encode(), attributes.encode())],
+        )
+        assert sent.status_code == 202, sent.text
+        latin1 = live.client.post(
+            f"/endpoints/{endpoint}/async-invocations",
+            content=row,
+            headers=[(ATTRIBUTES.encode(), "é".encode("latin-1"))],
+        )
+        assert latin1.status_code == 400
+        assert f"{ATTRIBUTES} is not valid UTF-8" in latin1.json()["message"]
+        live.start_worker(model_uri(abalone_model), "w")
+        notes.wait_for({"utf8"}, "Completed", 60)
+    [note] = notes.received
+    assert note["requestParameters"]["customAttributes"] == attributes  # type: ignore[index]
+
+
+def test_csv_declared_as_libsvm_ends_in_invalid_input(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "libsvm"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        headers = {ID: "csv", "content-type": "text/libsvm"}
+        assert live.invoke(to_csv(abalone_model.test_rows[:3]), headers).status_code == 202
+        live.start_worker(model_uri(abalone_model), "w")
+        notes.wait_for({"csv"}, "Failed", 60)
+    [note] = notes.received
+    assert note["failureReason"] == "InvalidInput", note
+    assert names(tmp_path / "output") == []
+
+
+def test_refused_and_answered_requests_leave_no_inline_input_and_the_sweep_takes_the_rest(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "orphans"
+    row = to_csv(abalone_model.test_rows[:2])
+    down = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # no broker there
+    with (
+        running_api(
+            rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "down.log", broker_url=down
+        ) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        for n in range(10):
+            response = client.post(
+                f"/endpoints/{endpoint}/async-invocations", content=row, headers={ID: f"r{n}"}
+            )
+            assert response.status_code == 503
+    assert names(tmp_path / "input") == []  # refused: nothing left
+    (tmp_path / "input").mkdir(exist_ok=True)
+    planted = {
+        "orphan.in": 9 * HOUR,  # an API killed between storing and queueing, long ago
+        "old.request": 25 * HOUR,
+        "recent.in": 60.0,  # might still be queued: kept
+        "recent.request": 60.0,
+    }
+    for name, age in planted.items():
+        (tmp_path / "input" / name).write_bytes(b"x")
+        os.utime(tmp_path / "input" / name, (os.path.getmtime(tmp_path) - age,) * 2)
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=FAST_SWEEP) as live:
+        live.start_worker(model_uri(abalone_model), "w")
+        ids = {f"r{n}" for n in range(10)}
+        for inference_id in sorted(ids):
+            assert live.invoke(row, {ID: inference_id}).status_code == 202
+        notes.wait_for(ids, "Completed", 60)
+        wait_until(lambda: "orphan.in" not in names(tmp_path / "input"), 30, "the retention sweep")
+    assert names(tmp_path / "input") == sorted(
+        ["recent.in", "recent.request", *(f"{i}.request" for i in ids)]
+    )
+
+
+def test_a_partial_output_of_a_killed_worker_is_never_seen_and_is_swept(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    endpoint = "partial"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    output = tmp_path / "output"
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=FAST_SWEEP) as live:
+        assert live.invoke(headers={ID: "big", LOCATION: f"file://{big_input}"}).is_success
+        worker = live.start_worker(model_uri(abalone_model), "killed")
+
+        def partials() -> list[Path]:
+            return sorted(output.glob(".big.out.*.partial")) if output.is_dir() else []
+
+        wait_until(lambda: bool(partials()), 60, "a partial output", interval=0.01)
+        worker.proc.kill()
+        worker.proc.wait(10)
+        [partial] = partials()
+        assert Storage().list(f"file://{output}/") == []  # readers see no output
+        assert not Storage().exists(f"file://{output}/big.out")
+        os.utime(partial, (partial.stat().st_mtime - 3 * HOUR,) * 2)
+        wait_until(lambda: not partial.exists(), 30, "the sweep to remove the partial file")
+        live.start_worker(model_uri(abalone_model), "next")
+        notes.wait_for({"big"}, "Completed", 120)
+    assert names(output) == ["big.out"]
+
+
+def connections_of(broker: Broker, pid: int) -> list[str]:
+    listing = httpx.get(
+        f"http://127.0.0.1:{broker.management_port}/api/connections",
+        auth=("guest", "guest"),
+        timeout=10,
+    ).json()
+    return [
+        c["name"]
+        for c in listing
+        if c.get("client_properties", {}).get("connection_name") == f"infermodes pid {pid}"
+    ]
+
+
+def close_connections(broker: Broker, pid: int, closed: set[str]) -> None:
+    """Close a process's connections from the broker's side, as it does after missed
+    heartbeats or for a node's maintenance. The management API lists connections a few
+    seconds late, so ``closed`` remembers those closed before."""
+    fresh: list[str] = []
+
+    def listed() -> bool:
+        fresh[:] = [name for name in connections_of(broker, pid) if name not in closed]
+        return bool(fresh)
+
+    wait_until(listed, 30, f"connections of pid {pid}", interval=0.5)
+    for name in fresh:
+        httpx.delete(
+            f"http://127.0.0.1:{broker.management_port}/api/connections/{quote(name)}",
+            auth=("guest", "guest"),
+            headers={"X-Reason": "closed by the test"},
+            timeout=10,
+        )
+    closed.update(fresh)
+
+
+def test_idle_connections_live_dropped_ones_reopen_quietly_and_back_off_starts_again(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    endpoint = "reconnect"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    row = to_csv(abalone_model.test_rows[:1])
+    heartbeat = 2  # the broker drops a client silent for about two of these
+    quick = f"{rabbitmq.amqp_url}?heartbeat={heartbeat}"
+    ids: set[str] = set()
+
+    def round_of_requests(name: str) -> None:
+        for n in range(4):
+            response = live.invoke(row, {ID: f"{name}-{n}"})
+            assert response.status_code == 202, response.text
+            ids.add(f"{name}-{n}")
+        notes.wait_for(ids, "Completed", 60)
+
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, broker_url=quick) as live:
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert live.api is not None
+        api = live.api.proc.pid
+        round_of_requests("first")
+        wait_until(lambda: bool(connections_of(rabbitmq, api)), 30, "listed", interval=0.5)
+        opened = set(connections_of(rabbitmq, api))
+        threading.Event().wait(3 * heartbeat + 1)  # idle past the broker's patience
+        round_of_requests("after-idle")
+        assert opened <= set(connections_of(rabbitmq, api))  # kept alive, not reopened
+        closed: set[str] = set()
+        for outage in (1, 2):  # the broker drops everything of both processes, twice
+            for pid in (api, worker.proc.pid):
+                close_connections(rabbitmq, pid, closed)
+            wait_until(
+                lambda n=outage: worker.log.count("broker reachable again") == n,
+                60,
+                "the worker to reconnect",
+            )
+            round_of_requests(f"outage-{outage}")
+        api_log = live.api.log
+    for log in (api_log, worker.log):
+        assert "Traceback" not in log and " ERROR " not in log, log
+    lost = [line for line in worker.log.splitlines() if "broker unreachable" in line]
+    assert len(lost) == 2 and all(line.endswith("reconnecting in 0.5 s") for line in lost), lost
+
+
+def test_the_help_says_what_the_code_does() -> None:
+    text = subprocess.run(
+        [INFERMODES, "async-api", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "[default: anywhere]" not in text
+    assert "file:// only under the endpoint's input prefix" in " ".join(text.split())
