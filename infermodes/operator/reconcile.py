@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
+from infermodes.operator.signals.podmetrics import fetch_text
 from infermodes.settings import OperatorSettings
 
 
@@ -35,6 +36,7 @@ class Deps:
     scrape: Callable[[str, int], ServerLoad | None]
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
+    fetch_metrics: Callable[[str, int], str | None] = fetch_text
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,15 @@ def parse_spec(raw: Any) -> s.EndpointSpec | str:
         return spec_error(exc)
 
 
+def observe_workload(
+    kind: str, workload: dict[str, Any] | None, pods: list[dict[str, Any]]
+) -> WorkloadState:
+    """A Deployment's view of replicas and pods; for other kinds only whether it exists."""
+    if kind == "Deployment" or workload is None:
+        return WorkloadState.from_objects(workload, pods)
+    return WorkloadState(exists=True)
+
+
 def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Reconciled:
     """Bring the endpoint's objects to their desired state and say what state it is in."""
     ref = EndpointRef.from_body(body)
@@ -71,9 +82,10 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     if mode is None:
         message = f"mode {spec.mode} not supported yet"
         return Reconciled(Status(s.Phase.FAILED, "ModeNotSupported", message))
-    deployment = deps.kube.get("apps/v1", "Deployment", ref.namespace, ref.child_name)
+    api_version, kind = mode.WORKLOAD
+    found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
-    workload = WorkloadState.from_objects(deployment, pods)
+    workload = observe_workload(kind, found, pods)
 
     def loads() -> dict[str, ServerLoad]:
         found = {
@@ -85,16 +97,18 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
 
     wall = deps.wall_clock()
     annotations = (body.get("metadata") or {}).get("annotations")
+    demand = Demand.from_annotations(annotations, wall)
     signals = Signals(
-        workload, loads, Demand.from_annotations(annotations, wall), deps.clock(), wall, autoscale
+        workload, found, pods, loads, deps.fetch_metrics, demand, deps.clock(), wall, autoscale
     )
     replicas = mode.replicas(spec, signals, memory)
     if workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
-    deployment = applied.get("Deployment", deployment)
-    status = mode.observe(WorkloadState.from_objects(deployment, pods), previous)
+    after = applied.get(kind, found)
+    observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
+    status = mode.observe(spec, observed, previous)
     events = []
     if memory.activated_at is not None and status.ready_replicas > 0:
         seconds = wall - memory.activated_at

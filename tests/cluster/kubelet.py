@@ -15,6 +15,7 @@ What it does, and the rules a pod's command must live by:
   directories under the pod's directory. **Path rewrite**: a volumeMount at `/etc/x` is found at
   `$INFERMODES_POD_ROOT/etc/x`; any command word, argument or env value that is a mount path or
   lies under one (also after `--flag=`) is rewritten to that place, so manifests keep their paths.
+  The container's terminationMessagePath counts as a mount, as the real kubelet mounts it.
 - A pod that mounts a service-account token (the default) also gets `KUBECONFIG` pointing to a
   kubeconfig built from a real TokenRequest token bound to the pod; tokens are refreshed at 80 %
   of their lifetime, like the real kubelet does.
@@ -560,6 +561,10 @@ class PodWorker(threading.Thread):
                 target.unlink()
             target.symlink_to(source)
             self.mounts.append((mount["mountPath"].rstrip("/") or "/", target))
+        # the real kubelet bind-mounts the termination message file at its path: the same here
+        message = self.container.get("terminationMessagePath", "/dev/termination-log")
+        self.mounts.append((message, self.root / message.lstrip("/")))
+        (self.root / message.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
 
     def _volume_dir(self, volume: dict[str, Any]) -> Path:

@@ -19,8 +19,11 @@ from infermodes.operator.observed import WorkloadState
 class Signals:
     """What the operator observed for one endpoint, as the mode's decision reads it."""
 
-    workload: WorkloadState
+    workload: WorkloadState  # the Deployment's view (``exists`` only, for other workloads)
+    workload_object: dict[str, Any] | None  # the workload as the API returned it
+    pods: list[dict[str, Any]]
     loads: Callable[[], Mapping[str, ServerLoad]]  # ready pods' load, read only when called
+    fetch_metrics: Callable[[str, int], str | None]  # a pod's /metrics text, or None
     demand: Demand  # the gateways' demand (synchronous modes)
     now: float  # monotonic clock, for cooldowns between the operator's own decisions
     wall: float  # wall clock, for timestamps written by other processes (demand)
@@ -34,6 +37,10 @@ class EndpointMode(Protocol):
     def COMPONENT(self) -> str:
         """The ``app.kubernetes.io/component`` label of the mode's pods."""
 
+    @property
+    def WORKLOAD(self) -> tuple[str, str]:
+        """(apiVersion, kind) of the object that runs the pods, named ``ref.child_name``."""
+
     def replicas(self, spec: EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
         """The replicas wanted now."""
 
@@ -42,5 +49,5 @@ class EndpointMode(Protocol):
     ) -> list[dict[str, Any]]:
         """Every object the endpoint should have, for server-side apply."""
 
-    def observe(self, workload: WorkloadState, previous: Status | None) -> Status:
-        """The status the observed workload means."""
+    def observe(self, spec: EndpointSpec, signals: Signals, previous: Status | None) -> Status:
+        """The status the workload means (``signals`` as observed after applying)."""

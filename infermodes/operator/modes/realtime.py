@@ -10,9 +10,10 @@ from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
 from infermodes.endpoints.status import Status
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
-from infermodes.operator.observed import WorkloadState, synchronous_status
+from infermodes.operator.observed import synchronous_status
 
 COMPONENT = "model-server"
+WORKLOAD = ("apps/v1", "Deployment")
 TERMINATION_GRACE_SECONDS = 30
 
 
@@ -38,5 +39,5 @@ def desired_objects(
     return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
 
 
-def observe(workload: WorkloadState, previous: Status | None) -> Status:
-    return synchronous_status(workload, previous)
+def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
+    return synchronous_status(signals.workload, previous)

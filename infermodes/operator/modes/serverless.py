@@ -19,9 +19,10 @@ from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import Status
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
-from infermodes.operator.observed import WorkloadState, failure
+from infermodes.operator.observed import failure
 
 COMPONENT = "model-server"
+WORKLOAD = ("apps/v1", "Deployment")
 INVOCATION_TIMEOUT_SECONDS = 60  # the platform's serverless limit, enforced by the gateway
 TERMINATION_GRACE_SECONDS = INVOCATION_TIMEOUT_SECONDS + 10
 
@@ -52,10 +53,11 @@ def desired_objects(
     return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
 
 
-def observe(workload: WorkloadState, previous: Status | None) -> Status:
+def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``InService`` whenever the endpoint can take requests, also at zero replicas
     (``ScaledToZero``: the next request cold-starts one) and while replicas come and go;
     ``Updating`` only while a spec change rolls out over running replicas."""
+    workload = signals.workload
     counts = {
         "replicas": workload.replicas,
         "ready_replicas": min(workload.ready, workload.replicas),

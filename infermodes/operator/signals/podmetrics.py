@@ -1,12 +1,12 @@
-"""Each model server pod's load, read over HTTP from its own ``/metrics``."""
+"""Pods' own ``/metrics``, read over HTTP: model servers' load, batch instances' progress."""
 
 from __future__ import annotations
 
 from infermodes.metrics import ServerLoad, parse_server_load
 
 
-def scrape(ip: str, port: int, timeout: float = 2.0) -> ServerLoad | None:
-    """One pod's load, or None when it cannot be read (the pod is then left out)."""
+def fetch_text(ip: str, port: int, timeout: float = 2.0) -> str | None:
+    """A pod's exposition text, or None when it cannot be read (the pod is then left out)."""
     import httpx
 
     host = f"[{ip}]" if ":" in ip else ip
@@ -15,4 +15,10 @@ def scrape(ip: str, port: int, timeout: float = 2.0) -> ServerLoad | None:
         response.raise_for_status()
     except httpx.HTTPError:
         return None
-    return parse_server_load(response.text)
+    return response.text
+
+
+def scrape(ip: str, port: int) -> ServerLoad | None:
+    """One model server pod's load, or None when it cannot be read."""
+    text = fetch_text(ip, port)
+    return None if text is None else parse_server_load(text)

@@ -7,17 +7,20 @@ import pytest
 import yaml
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad as PodLoad
 from infermodes.metrics import parse_server_load as parse_load
 from infermodes.operator.modes import realtime
+from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 
 GOLDEN = Path(__file__).parent / "golden"
+SPEC = s.EndpointSpec.model_validate({"mode": "realtime", "model": {"uri": "x"}, "realtime": {}})
 REF = EndpointRef("abalone", "models", "uid-1", 2)
 FULL_SPEC = {
     "mode": "realtime",
@@ -32,6 +35,11 @@ FULL_SPEC = {
         "scaling": {"metric": "InFlightRequestsPerInstance", "target": 4},
     },
 }
+
+
+def observed(workload: WorkloadState) -> Signals:
+    """Signals carrying only the workload, as ``observe`` reads them."""
+    return Signals(workload, None, [], dict, lambda ip, port: None, Demand(), 0.0, 0.0, False)
 
 
 def check_golden(name: str, objects: list[dict]) -> None:
@@ -120,7 +128,7 @@ def pod(name: str, ready: bool, **state) -> PodState:
     ],
 )
 def test_status_from_observed_state(workload, previous, phase, reason) -> None:
-    status = realtime.observe(workload, previous)
+    status = realtime.observe(SPEC, observed(workload), previous)
     assert (status.phase, status.reason) == (phase, reason)
 
 
@@ -284,5 +292,5 @@ def test_model_load_reason_is_taken_from_the_log_tail() -> None:
     tail = ("INFO listening\nERROR infermodes.serve: cannot load model: no such object: file:///m\n"
             "INFO:     Shutting down")  # fmt: skip
     workload = WorkloadState(True, 1, 0, 1, True, [pod("a", False, exit_code=3, message=tail)])
-    status = realtime.observe(workload, None)
+    status = realtime.observe(SPEC, observed(workload), None)
     assert status.message == "model cannot be loaded: no such object: file:///m"

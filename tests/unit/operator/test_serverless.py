@@ -19,7 +19,7 @@ from infermodes.endpoints.scaling import (
 from infermodes.operator.modes import serverless
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.reconcile import reconcile
-from tests.unit.operator.test_realtime import REF, FakeKube, check_golden, deps
+from tests.unit.operator.test_realtime import REF, FakeKube, check_golden, deps, observed
 
 FULL_SPEC = {
     "mode": "serverless",
@@ -116,10 +116,12 @@ def test_every_serverless_field_reaches_the_objects() -> None:
 
 
 def test_status_is_in_service_at_zero_and_while_scaling() -> None:
-    assert serverless.observe(WorkloadState(True, 0, 0, 0, True), None).reason == "ScaledToZero"
-    scaling = serverless.observe(WorkloadState(True, 1, 0, 0, True), None)
+    spec = s.EndpointSpec.model_validate(FULL_SPEC)
+    zero = serverless.observe(spec, observed(WorkloadState(True, 0, 0, 0, True)), None)
+    assert zero.reason == "ScaledToZero"
+    scaling = serverless.observe(spec, observed(WorkloadState(True, 1, 0, 0, True)), None)
     assert (scaling.phase, scaling.reason) == (s.Phase.IN_SERVICE, "Scaling")
-    ready = serverless.observe(WorkloadState(True, 2, 2, 2, True), None)
+    ready = serverless.observe(spec, observed(WorkloadState(True, 2, 2, 2, True)), None)
     assert (ready.phase, ready.ready_replicas) == (s.Phase.IN_SERVICE, 2)
 
 
