@@ -1,8 +1,10 @@
 """Model artifacts: fetch from storage, unpack, recognise the format, load a Booster.
 
 Accepted: the managed platform's ``model.tar.gz`` (booster in the member ``xgboost-model``, or the
-one model-looking member), and bare XGBoost JSON, UBJ and legacy binary files. Pickles are refused
-unless the server's operator opts in, because unpickling an untrusted artifact runs its code.
+one model-looking member), and bare XGBoost JSON, UBJ and legacy binary files (translated to JSON
+in ``legacy``, since XGBoost 3 no longer reads them). A pickled ``Booster`` is read without running
+the pickle (``safe_pickle``); any other pickle is refused unless the server's operator opts in,
+because unpickling an untrusted artifact runs its code.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import tarfile
 from enum import StrEnum
 
 from infermodes.errors import ModelLoadError, StorageError
-from infermodes.predict.native import NativeBooster, library_version
+from infermodes.predict.legacy import legacy_to_json
+from infermodes.predict.native import NativeBooster
+from infermodes.predict.safe_pickle import PickleRefused, booster_model_from_pickle
 from infermodes.storage import Storage
 
 PLATFORM_MEMBER = "xgboost-model"
@@ -83,23 +87,35 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster
     """Build a booster from raw model bytes in any accepted format."""
     kind = sniff_format(data)
     if kind is ModelFormat.PICKLE:
-        if not allow_pickle:
+        data = _model_from_pickle(data, allow_pickle)
+        kind = sniff_format(data)
+    if kind is ModelFormat.LEGACY_BINARY:
+        try:
+            data = legacy_to_json(data)
+        except ModelLoadError as exc:
             raise ModelLoadError(
-                "the model is a Python pickle; unpickling an untrusted artifact runs arbitrary "
-                "code, so it is refused. Re-save it with Booster.save_model('model.json' or "
-                "'model.ubj'), or start the server with --allow-pickle if you trust its source"
-            )
-        data = _unpickle_to_ubj(data)
+                f"the model is not XGBoost JSON or UBJ, and not a readable legacy binary model "
+                f"either: {exc}"
+            ) from exc
     try:
         return NativeBooster(data)
     except ModelLoadError as exc:
-        hint = ""
-        if kind is ModelFormat.LEGACY_BINARY:
-            hint = (
-                f" (xgboost {library_version()} could not read it as the legacy binary format; "
-                "re-save it as JSON or UBJ with the xgboost version that wrote it)"
-            )
-        raise ModelLoadError(f"not a loadable XGBoost {kind} model: {exc}{hint}") from exc
+        raise ModelLoadError(f"not a loadable XGBoost {kind} model: {exc}") from exc
+
+
+def _model_from_pickle(data: bytes, allow_pickle: bool) -> bytes:
+    """A Booster pickle's model, read without running it; other pickles only with the opt-in."""
+    try:
+        return booster_model_from_pickle(data)
+    except PickleRefused as exc:
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"the model is a Python pickle that is not an XGBoost Booster's: {exc}. "
+                "Unpickling an untrusted artifact runs arbitrary code, so it is refused. Re-save "
+                "it with Booster.save_model('model.json' or 'model.ubj'), or start the server "
+                "with --allow-pickle if you trust its source"
+            ) from exc
+    return _unpickle_to_ubj(data)
 
 
 def _unpickle_to_ubj(data: bytes) -> bytes:

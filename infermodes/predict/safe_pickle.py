@@ -1,0 +1,212 @@
+"""Pickled XGBoost boosters read without running the pickle.
+
+The platform's training wrote ``pickle.dump(booster)`` until its 1.3 container. Such a pickle is
+one object of class ``xgboost.core.Booster`` (protocol 2 and later: ``NEWOBJ`` then ``BUILD``)
+whose state is a dict of plain values holding the serialised booster under ``handle``, as a
+``bytearray``. This reader resolves exactly those two globals, to stand-ins that only store data,
+and refuses any other global by name, so nothing a pickle names is ever imported or called.
+
+What ``handle`` holds changed with the version that pickled it: XGBoost 0.90 the legacy binary
+model; 1.0-1.2 ``CONFIG-offset:`` + an int64 size + that binary model + its JSON configuration;
+1.3-1.5 a JSON ``{"Config": ..., "Model": ...}`` snapshot; 1.7 the same in UBJ. The model part
+is returned; the configuration (training parameters) is not needed to predict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+from typing import Any
+
+from infermodes.errors import ModelLoadError
+
+_BOOSTER = ("xgboost.core", "Booster")
+_CONFIG_HEADER = b"CONFIG-offset:"
+
+
+class PickleRefused(ModelLoadError):
+    """The pickle is not an XGBoost Booster's: it names another global or holds another object."""
+
+
+class _BoosterState:
+    """Stands in for ``xgboost.core.Booster``: keeps the state ``BUILD`` hands it, nothing else."""
+
+    state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+def _bytearray(*args: object) -> bytearray:
+    """``bytearray`` as pickles call it: from bytes (protocol 3+) or latin-1 text (protocol 2)."""
+    if len(args) == 1 and isinstance(args[0], bytes | bytearray):
+        return bytearray(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin-1", "latin1"):
+        return bytearray(args[0], "latin-1")
+    raise PickleRefused("the pickle calls bytearray with arguments a Booster pickle never has")
+
+
+def _latin1_encode(text: object, encoding: object = "utf-8") -> bytes:
+    """``_codecs.encode``, which protocol 2 uses to rebuild ``bytes`` from latin-1 text."""
+    if isinstance(text, str) and encoding in ("latin-1", "latin1"):
+        return text.encode("latin-1")
+    raise PickleRefused("the pickle calls _codecs.encode other than to rebuild bytes")
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    _BOOSTER: _BoosterState,
+    ("builtins", "bytearray"): _bytearray,
+    ("__builtin__", "bytearray"): _bytearray,  # protocol 2 names builtins as Python 2 did
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _BoosterUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED.get((module, name))
+        if allowed is None:
+            raise PickleRefused(
+                f"it names the global {module}.{name}, and only {'.'.join(_BOOSTER)} (with its "
+                "model bytes) is read without running the pickle"
+            )
+        return allowed
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise PickleRefused("it uses persistent ids, which a Booster pickle never has")
+
+
+def booster_model_from_pickle(data: bytes) -> bytes:
+    """The model inside a pickled Booster: legacy binary, JSON or UBJ bytes."""
+    try:
+        loaded = _BoosterUnpickler(io.BytesIO(data)).load()
+    except PickleRefused:
+        raise
+    except Exception as exc:  # malformed pickles fail in many ways; none of them runs code
+        raise ModelLoadError(f"cannot read the pickle: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(loaded, _BoosterState):
+        raise PickleRefused(f"it holds a {type(loaded).__name__}, not an XGBoost Booster")
+    state = loaded.state
+    handle = state.get("handle") if isinstance(state, dict) else None
+    if not isinstance(handle, bytes | bytearray) or not handle:
+        raise ModelLoadError("the pickled XGBoost Booster holds no model bytes under 'handle'")
+    return _unwrap(bytes(handle))
+
+
+def _unwrap(raw: bytes) -> bytes:
+    """The model part of what ``Booster.__getstate__`` stored, per the versions above."""
+    if raw.startswith(_CONFIG_HEADER):
+        start = len(_CONFIG_HEADER) + 8
+        (size,) = struct.unpack_from("<q", raw.ljust(start, b"\0"), len(_CONFIG_HEADER))
+        if not 0 < size <= len(raw) - start:
+            raise ModelLoadError(
+                f"the pickled XGBoost 1.0 Booster says its model has {size} bytes; "
+                f"{len(raw) - start} follow"
+            )
+        return raw[start : start + size]
+    if raw.startswith(b'{"'):
+        try:
+            snapshot = json.loads(raw)
+        except ValueError as exc:
+            raise ModelLoadError(f"the pickled Booster's JSON is malformed: {exc}") from exc
+        model = snapshot.get("Model", snapshot) if isinstance(snapshot, dict) else None
+        if not isinstance(model, dict):
+            raise ModelLoadError("the pickled Booster's JSON holds no model")
+        return json.dumps(model).encode()
+    if raw.startswith(b"{"):
+        return _ubj_member(raw, "Model") or raw
+    return raw
+
+
+_UBJ_SIZES = {
+    **dict.fromkeys(b"ZNTF", 0),
+    **dict.fromkeys(b"iUC", 1),
+    ord("I"): 2,
+    **dict.fromkeys(b"ld", 4),
+    **dict.fromkeys(b"LD", 8),
+}
+_UBJ_INTS = {ord("i"): ">b", ord("U"): ">B", ord("I"): ">h", ord("l"): ">i", ord("L"): ">q"}
+
+
+class _Ubj:
+    """Just enough UBJSON (big-endian) to find one member of the top-level object: values are
+    skipped by their size, never decoded."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise ModelLoadError("the pickled Booster's UBJ is truncated")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def integer(self, marker: int | None = None) -> int:
+        marker = self.byte() if marker is None else marker
+        layout = _UBJ_INTS.get(marker)
+        if layout is None:
+            raise ModelLoadError(f"the pickled Booster's UBJ has {chr(marker)!r} for a length")
+        size = struct.calcsize(layout)
+        self.advance(size)
+        (value,) = struct.unpack_from(layout, self.data, self.pos - size)
+        return int(value)
+
+    def advance(self, size: int) -> None:
+        if size < 0 or self.pos + size > len(self.data):
+            raise ModelLoadError("the pickled Booster's UBJ is truncated")
+        self.pos += size
+
+    def header(self) -> tuple[int | None, int | None]:
+        """A container's optional element type (``$``) and count (``#``)."""
+        kind = count = None
+        if self.pos < len(self.data) and self.data[self.pos] == ord("$"):
+            self.pos += 1
+            kind = self.byte()
+        if self.pos < len(self.data) and self.data[self.pos] == ord("#"):
+            self.pos += 1
+            count = self.integer()
+        return kind, count
+
+    def key(self) -> str:
+        size = self.integer()
+        self.advance(size)
+        return self.data[self.pos - size : self.pos].decode("utf-8", "replace")
+
+    def skip(self, marker: int | None = None) -> None:
+        marker = self.byte() if marker is None else marker
+        if marker in _UBJ_SIZES:
+            self.advance(_UBJ_SIZES[marker])
+        elif marker in b"SH":
+            self.advance(self.integer())
+        elif marker in b"[{":
+            self.container(is_object=marker == ord("{"), wanted=None)
+        else:
+            raise ModelLoadError(f"the pickled Booster's UBJ has an unknown marker {marker:#x}")
+
+    def container(self, is_object: bool, wanted: str | None) -> tuple[int, int] | None:
+        """Skip a container's members; for the top-level object, the span of ``wanted``."""
+        kind, count = self.header()
+        index = 0
+        while count is None or index < count:
+            if count is None and self.pos < len(self.data) and self.data[self.pos] in b"]}":
+                self.pos += 1
+                return None
+            if kind is not None and count is not None and kind in _UBJ_SIZES and not is_object:
+                self.advance(_UBJ_SIZES[kind] * count)  # a typed array: skipped at once
+                return None
+            name = self.key() if is_object else None
+            start = self.pos
+            self.skip(kind)
+            if wanted is not None and name == wanted:
+                return start, self.pos
+            index += 1
+        return None
+
+
+def _ubj_member(raw: bytes, key: str) -> bytes | None:
+    reader = _Ubj(raw)
+    reader.byte()  # the opening "{"
+    span = reader.container(is_object=True, wanted=key)
+    return raw[span[0] : span[1]] if span else None
