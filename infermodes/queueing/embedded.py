@@ -175,10 +175,9 @@ class Database:
             self._connection.close()
 
 
-def unavailable(path: Path, exc: sqlite3.Error) -> BrokerUnavailable:
+def unavailable(path: Path, exc: sqlite3.Error, consequence: str) -> BrokerUnavailable:
     return BrokerUnavailable(
-        f"embedded queue {path} failed ({type(exc).__name__}: {exc}); "
-        "the request was not accepted, retry later"
+        f"embedded queue {path} failed ({type(exc).__name__}: {exc}); {consequence}"
     )
 
 
@@ -186,7 +185,7 @@ def unavailable(path: Path, exc: sqlite3.Error) -> BrokerUnavailable:
 class _Pending:
     row: tuple[str, str, bytes, float]
     done: bool = False
-    error: BrokerUnavailable | None = None
+    error: sqlite3.Error | None = None
 
 
 class EmbeddedEnqueuer:
@@ -218,11 +217,13 @@ class EmbeddedEnqueuer:
                             [pending.row for pending in batch],
                         )
                 except sqlite3.Error as exc:
-                    error = unavailable(self._db.path, exc)
+                    error = exc
                 for pending in batch:
                     pending.done, pending.error = True, error
         if entry.error is not None:
-            raise entry.error
+            raise unavailable(
+                self._db.path, entry.error, "the request was not accepted, retry later"
+            ) from entry.error
 
     def close(self) -> None:
         self._db.close()
@@ -257,7 +258,7 @@ class EmbeddedPublisher:
                         (now - self.retain_seconds, (cursor.lastrowid or 0) - self.retain_count),
                     )
         except sqlite3.Error as exc:
-            raise unavailable(self._db.path, exc) from exc
+            raise unavailable(self._db.path, exc, "the notification was not published") from exc
 
     def close(self) -> None:
         self._db.close()
@@ -308,7 +309,7 @@ class EmbeddedConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self._db = Database(path, "NORMAL")
         self._changed = threading.Condition()
-        self._leases: dict[int, int] = {}  # seq -> deliveries, of the messages in flight
+        self._leases: set[tuple[int, int]] = set()  # (seq, deliveries) of those in flight
         self._done = threading.Event()
 
     def stop(self) -> None:
@@ -322,7 +323,6 @@ class EmbeddedConsumer:
             return len(self._leases)
 
     def run(self, handle: Handler) -> None:
-        self._done.clear()
         self._beat()  # registered before the first claim
         heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
         heartbeat.start()
@@ -369,8 +369,15 @@ class EmbeddedConsumer:
 
     def _claim(self, most: int) -> tuple[list[_Lease], int]:
         """The oldest messages not leased (or whose lease ran out), leased to this consumer;
-        those delivered ``limit`` times already go to the dead letters instead."""
+        those delivered ``limit`` times already go to the dead letters instead. Looks first
+        without the write lock (WAL readers never block writers), so idle polling does not
+        hold up submits."""
         now = time.time()
+        if not self._db.read(
+            "SELECT 1 FROM messages WHERE endpoint = ? AND lease_until <= ? LIMIT 1",
+            (self.endpoint, now),
+        ):
+            return [], 0
         with self._db.write() as db:
             rows = db.execute(
                 "SELECT seq, body, deliveries FROM messages"
@@ -416,7 +423,7 @@ class EmbeddedConsumer:
             log.warning("cannot settle a message (%s); it comes back after its lease", exc)
         finally:
             with self._changed:
-                del self._leases[lease.seq]
+                self._leases.discard(lease.key)
                 self._changed.notify_all()
             self.on_in_flight(-1)
 
@@ -464,7 +471,7 @@ class EmbeddedConsumer:
         now = time.time()
         until = now + self.lease_seconds
         with self._changed:
-            held = list(self._leases.items())
+            held = list(self._leases)
         with self._db.write() as db:
             db.executemany(
                 "UPDATE messages SET lease_until = ?"
