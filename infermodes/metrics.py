@@ -263,3 +263,21 @@ class GatewayMetrics:
             ["endpoint", "outcome"],
             registry=registry,
         )
+
+
+def parse_batch_units(text: str) -> dict[str, float]:
+    """A batch instance's progress from its exposition text: ``assigned``, the finished units
+    by outcome (``succeeded``, ``skipped``, ``failed``) and ``records`` (rows predicted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "infermodes_batch_units_assigned":
+                found["assigned"] = sample.value
+            elif sample.name == "infermodes_batch_units_total":
+                outcome = sample.labels.get("outcome", "")
+                found[outcome] = found.get(outcome, 0.0) + sample.value
+            elif sample.name == "infermodes_model_rows_predicted_total":
+                found["records"] = sample.value
+    return found

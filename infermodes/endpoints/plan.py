@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pydantic_settings import BaseSettings
 
 from infermodes.endpoints.spec import EndpointSpec
-from infermodes.settings import ServeSettings
+from infermodes.settings import BatchSettings, ServeSettings
 
 SERVER_PORT = 8080  # the platform's container contract
 
@@ -82,4 +82,43 @@ def serverless_server(spec: EndpointSpec, port: int = SERVER_PORT) -> ProcessPla
     memory = spec.serverless_block().memory_size_in_mb
     return model_server(
         spec, workers=1, port=port, predict_threads=max(1, memory // SERVERLESS_MB_PER_CPU)
+    )
+
+
+BATCH_METRICS_PORT = 9090
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+def batch_instance(spec: EndpointSpec) -> ProcessPlan:
+    """``infermodes batch`` for one instance of a batch endpoint; the instance's index comes
+    from ``JOB_COMPLETION_INDEX`` (an Indexed Job sets it; a local actuator sets it too), and
+    the summary goes to the termination message, where the operator reads it."""
+    block = spec.batch_block()
+    processing = block.data_processing
+    return ProcessPlan(
+        ("infermodes", "batch"),
+        settings_env(
+            BatchSettings,
+            model_uri=spec.model.uri,
+            input_uri=block.input.uri,
+            input_data_type=block.input.data_type,
+            content_type=block.input.content_type,
+            compression_type=block.input.compression_type,
+            split_type=block.input.split_type,
+            output_uri=block.output.uri,
+            accept=block.output.accept,
+            assemble_with=block.output.assemble_with,
+            batch_strategy=block.batch_strategy,
+            max_payload_in_mb=block.max_payload_in_mb,
+            max_concurrent_transforms=block.max_concurrent_transforms,
+            invocations_max_retries=block.invocations_max_retries,
+            invocations_timeout_in_seconds=block.invocations_timeout_in_seconds,
+            input_filter=processing.input_filter,
+            output_filter=processing.output_filter,
+            join_source=processing.join_source,
+            instance_count=block.instance_count,
+            metrics_port=BATCH_METRICS_PORT,
+            termination_message_path=TERMINATION_MESSAGE_PATH,
+            allow_pickle=spec.model.allow_pickle or None,
+        ),
     )

@@ -263,6 +263,9 @@ class BatchSpec(SpecBlock):
     )
     data_processing: DataProcessing = Field(default_factory=DataProcessing)
     resources: Resources = Field(default_factory=Resources)
+    stop: bool = Field(
+        False, description="true stops a running job (its instances end; it reports Stopped)."
+    )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         (f"self.maxPayloadInMB * self.maxConcurrentTransforms <= {MAX_PAYLOAD_MB}", PAYLOAD_RULE),
     ]
@@ -271,6 +274,23 @@ class BatchSpec(SpecBlock):
     def _payload_in_flight(self) -> BatchSpec:
         check_batch_payload(self.max_payload_in_mb, self.max_concurrent_transforms)
         return self
+
+
+BATCH_IMMUTABLE = (
+    "a batch job's spec cannot change once created, except spec.batch.stop; "
+    "delete and re-create it to run again (complete outputs are skipped)"
+)
+BatchSpec.cel_rules = [
+    *BatchSpec.cel_rules,
+    (
+        " && ".join(
+            f"self.{field.alias} == oldSelf.{field.alias}"
+            for name, field in BatchSpec.model_fields.items()
+            if name != "stop" and field.alias
+        ),
+        BATCH_IMMUTABLE,
+    ),
+]
 
 
 MODE_BLOCKS: dict[Mode, str] = {
@@ -295,9 +315,11 @@ class EndpointSpec(SpecBlock):
     async_: AsyncSpec | None = Field(None, alias="async")
     batch: BatchSpec | None = None
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        (f"self.mode == '{mode}' ? has(self.{block}) : !has(self.{block})",
-         f"spec.{block} is required when mode is {mode} and not allowed otherwise")
-        for mode, block in MODE_BLOCKS.items()
+        *[(f"self.mode == '{mode}' ? has(self.{block}) : !has(self.{block})",
+           f"spec.{block} is required when mode is {mode} and not allowed otherwise")
+          for mode, block in MODE_BLOCKS.items()],
+        ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
+         BATCH_IMMUTABLE),
     ]  # fmt: skip
 
     @model_validator(mode="after")
@@ -321,6 +343,12 @@ class EndpointSpec(SpecBlock):
         if self.serverless is None:
             raise ValueError(f"a {self.mode} endpoint has no spec.serverless")
         return self.serverless
+
+    def batch_block(self) -> BatchSpec:
+        """``spec.batch`` of a batch endpoint (validation guarantees it is there)."""
+        if self.batch is None:
+            raise ValueError(f"a {self.mode} endpoint has no spec.batch")
+        return self.batch
 
     def realtime_block(self) -> RealtimeSpec:
         """``spec.realtime`` of a realtime endpoint (validation guarantees it is there)."""

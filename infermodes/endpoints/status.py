@@ -10,6 +10,26 @@ from infermodes.endpoints.spec import Phase
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A batch job's progress: units are input objects (or byte ranges of large ones)."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    records: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objectsTotal": self.total,
+            "objectsDone": self.done,
+            "objectsFailed": self.failed,
+            "recordsDone": self.records,
+            "text": f"{self.done}/{self.total}"
+            + (f" ({self.failed} failed)" if self.failed else ""),
+        }
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase
     reason: str = ""
@@ -17,6 +37,7 @@ class Status:
     replicas: int = 0
     ready_replicas: int = 0
     desired_replicas: int = 0
+    progress: Progress | None = None  # batch only
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -50,7 +71,7 @@ class Status:
             "message": self.message,
             "lastTransitionTime": since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        return {
+        patch: dict[str, Any] = {
             "phase": self.phase.value,
             "reason": self.reason,
             "message": self.message,
@@ -60,3 +81,6 @@ class Status:
             "observedGeneration": generation,
             "conditions": [condition],
         }
+        if self.progress is not None:
+            patch["progress"] = self.progress.to_dict()
+        return patch

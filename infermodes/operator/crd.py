@@ -107,6 +107,16 @@ STATUS_SCHEMA: dict[str, Any] = {
         "desiredReplicas": {"type": "integer"},
         "observedGeneration": {"type": "integer"},
         "url": {"type": "string"},
+        "progress": {
+            "type": "object",
+            "properties": {
+                "objectsTotal": {"type": "integer"},
+                "objectsDone": {"type": "integer"},
+                "objectsFailed": {"type": "integer"},
+                "recordsDone": {"type": "integer"},
+                "text": {"type": "string"},
+            },
+        },
         "conditions": {
             "type": "array",
             "items": {
@@ -159,6 +169,11 @@ def crd_manifest() -> dict[str, Any]:
                             "name": "Desired",
                             "type": "integer",
                             "jsonPath": ".status.desiredReplicas",
+                        },
+                        {
+                            "name": "Progress",
+                            "type": "string",
+                            "jsonPath": ".status.progress.text",
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

@@ -173,9 +173,10 @@ def configure(operator_settings: OperatorSettings) -> None:
             memo.nudger.nudge(key)
 
     @kopf.on.event("apps", "v1", "deployments", labels={ENDPOINT_LABEL: kopf.PRESENT})
+    @kopf.on.event("batch", "v1", "jobs", labels={ENDPOINT_LABEL: kopf.PRESENT})
     @kopf.on.event("", "v1", "pods", labels={ENDPOINT_LABEL: kopf.PRESENT})
     async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """A pod or Deployment of an endpoint changed: its status may have too."""
+        """A pod, Deployment or Job of an endpoint changed: its status may have too."""
         metadata = body["metadata"]
         memo.nudger.nudge((metadata["namespace"], metadata["labels"][ENDPOINT_LABEL]))
 

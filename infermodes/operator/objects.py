@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_settings import BaseSettings
+
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVER_PORT, ProcessPlan, env_name
 from infermodes.settings import ServeSettings
@@ -71,6 +73,18 @@ def resources(spec_resources: s.Resources) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def env_list(
+    settings: type[BaseSettings], bind_setting: str, plan: ProcessPlan
+) -> list[dict[str, Any]]:
+    """A container's env: the plan's variables, and the setting naming the address to bind
+    set to the pod's IP (through the downward API), which is what probes and scrapes reach."""
+    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
+    return [
+        {"name": env_name(settings, bind_setting), "valueFrom": pod_ip},
+        *({"name": name, "value": value} for name, value in plan.env.items()),
+    ]
+
+
 def server_container(
     image: str,
     plan: ProcessPlan,
@@ -80,16 +94,11 @@ def server_container(
     """The model server container every synchronous mode runs, from its process plan. It binds
     to its pod IP (through the downward API), which is what the readiness probe and the gateway
     reach."""
-    pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
-    env: list[dict[str, Any]] = [
-        {"name": env_name(ServeSettings, "host"), "valueFrom": pod_ip},
-        *({"name": name, "value": value} for name, value in plan.env.items()),
-    ]
     container: dict[str, Any] = {
         "name": "model-server",
         "image": image,
         "command": list(plan.command),
-        "env": env,
+        "env": env_list(ServeSettings, "host", plan),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {
             "httpGet": {"path": "/ping", "port": SERVER_PORT},

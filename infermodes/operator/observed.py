@@ -68,6 +68,17 @@ class WorkloadState:
     rolled_out: bool = True  # the Deployment controller has seen and finished its latest spec
     pods: list[PodState] = field(default_factory=list)
 
+    def status(self, phase: Phase, reason: str, message: str) -> Status:
+        """A status with this workload's replica counts."""
+        return Status(
+            phase,
+            reason,
+            message,
+            replicas=self.replicas,
+            ready_replicas=min(self.ready, self.replicas),
+            desired_replicas=self.replicas,
+        )
+
     @classmethod
     def from_objects(
         cls, deployment: dict[str, Any] | None, pods: list[dict[str, Any]]
@@ -118,25 +129,20 @@ def failure(workload: WorkloadState) -> tuple[str, str] | None:
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
     """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
     Failed with a reason when pods cannot run."""
-    counts = {
-        "replicas": workload.replicas,
-        "ready_replicas": min(workload.ready, workload.replicas),
-        "desired_replicas": workload.replicas,
-    }
     problem = failure(workload)
     if problem is not None:
-        return Status(Phase.FAILED, problem[0], problem[1], **counts)
+        return workload.status(Phase.FAILED, problem[0], problem[1])
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
     if workload.rolled_out and workload.ready >= workload.replicas:
-        return Status(Phase.IN_SERVICE, "AllReplicasReady",
-                      f"{workload.ready}/{workload.replicas} replicas ready", **counts)  # fmt: skip
+        return workload.status(Phase.IN_SERVICE, "AllReplicasReady",
+                      f"{workload.ready}/{workload.replicas} replicas ready")  # fmt: skip
     was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
     if was_serving and workload.rolled_out and workload.ready > 0:  # replicas changing, not specs
         message = f"{workload.ready}/{workload.replicas} replicas ready"
-        return Status(Phase.IN_SERVICE, "Scaling", message, **counts)
+        return workload.status(Phase.IN_SERVICE, "Scaling", message)
     phase = Phase.UPDATING if was_serving else Phase.CREATING
     message = f"{workload.ready}/{workload.replicas} replicas ready"
     if not workload.rolled_out:
         message += f", {workload.updated} updated"
-    return Status(phase, "RollingOut" if was_serving else "Creating", message, **counts)
+    return workload.status(phase, "RollingOut" if was_serving else "Creating", message)

@@ -8,10 +8,14 @@ Adding a mode is one module here and one line in ``MODES``.
 from __future__ import annotations
 
 from infermodes.endpoints.spec import Mode
-from infermodes.operator.modes import realtime, serverless
+from infermodes.operator.modes import batch, realtime, serverless
 from infermodes.operator.modes.base import EndpointMode
 
-MODES: dict[Mode, EndpointMode] = {Mode.REALTIME: realtime, Mode.SERVERLESS: serverless}
+MODES: dict[Mode, EndpointMode] = {
+    Mode.REALTIME: realtime,
+    Mode.SERVERLESS: serverless,
+    Mode.BATCH: batch,
+}
 
 
 def mode_for(mode: Mode) -> EndpointMode | None:

@@ -58,22 +58,17 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     (``ScaledToZero``: the next request cold-starts one) and while replicas come and go;
     ``Updating`` only while a spec change rolls out over running replicas."""
     workload = signals.workload
-    counts = {
-        "replicas": workload.replicas,
-        "ready_replicas": min(workload.ready, workload.replicas),
-        "desired_replicas": workload.replicas,
-    }
     problem = failure(workload)
     if problem is not None:
-        return Status(s.Phase.FAILED, problem[0], problem[1], **counts)
+        return workload.status(s.Phase.FAILED, problem[0], problem[1])
     if not workload.exists:
         return Status(s.Phase.CREATING, "Creating", "creating the workload")
     ready = f"{workload.ready}/{workload.replicas} replicas ready"
     if workload.replicas == 0:
-        return Status(
-            s.Phase.IN_SERVICE, "ScaledToZero", "no replicas; a request starts one", **counts
+        return workload.status(
+            s.Phase.IN_SERVICE, "ScaledToZero", "no replicas; a request starts one"
         )
     if not workload.rolled_out and workload.ready > 0:
-        return Status(s.Phase.UPDATING, "RollingOut", ready, **counts)
+        return workload.status(s.Phase.UPDATING, "RollingOut", ready)
     reason = "AllReplicasReady" if workload.ready >= workload.replicas else "Scaling"
-    return Status(s.Phase.IN_SERVICE, reason, ready, **counts)
+    return workload.status(s.Phase.IN_SERVICE, reason, ready)

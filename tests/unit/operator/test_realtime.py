@@ -220,10 +220,9 @@ def test_invalid_and_unsupported_specs_fail_with_reasons() -> None:
     d, _ = deps(kube)
     status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.FAILED, "InvalidSpec")
-    data = {"input": {"uri": "file:///in"}, "output": {"uri": "file:///out"}}
-    batch = {"mode": "batch", "model": {"uri": "x"}, "batch": data}
-    status = reconcile(body(batch), ScalerMemory(), d).status
-    assert (status.phase, status.message) == (s.Phase.FAILED, "mode batch not supported yet")
+    unsupported = {"mode": "async", "model": {"uri": "x"}, "async": {"outputPath": "file:///o"}}
+    status = reconcile(body(unsupported), ScalerMemory(), d).status
+    assert (status.phase, status.message) == (s.Phase.FAILED, "mode async not supported yet")
     assert kube.applied == []
 
 

@@ -46,10 +46,11 @@ def test_schema_carries_the_platform_limits() -> None:
     assert nodes["batch.invocationsMaxRetries"]["maximum"] == 3
     assert nodes["batch.input.splitType"]["enum"] == ["None", "Line"]
     assert nodes["batch.input.compressionType"]["enum"] == ["None", "Gzip"]
-    assert nodes["batch"]["x-kubernetes-validations"] == [
-        {"rule": "self.maxPayloadInMB * self.maxConcurrentTransforms <= 100",
-         "message": s.PAYLOAD_RULE}
-    ]  # fmt: skip
+    payload, immutable = nodes["batch"]["x-kubernetes-validations"]
+    assert payload == {"rule": "self.maxPayloadInMB * self.maxConcurrentTransforms <= 100",
+                       "message": s.PAYLOAD_RULE}  # fmt: skip
+    assert "self.input == oldSelf.input" in immutable["rule"]
+    assert "stop" not in immutable["rule"]
     assert nodes["realtime.scaling.target"]["exclusiveMinimum"] is True
     assert "uri" in nodes["model"]["required"]
     assert set(root["properties"]["spec"]["required"]) == {"mode", "model"}
@@ -77,7 +78,7 @@ def test_printer_columns_and_short_name() -> None:
     crd = crd_manifest()["spec"]
     assert crd["names"]["shortNames"] == ["ie"]
     columns = [c["name"] for c in crd["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Mode", "Phase", "Ready", "Desired", "Age"]
+    assert columns == ["Mode", "Phase", "Ready", "Desired", "Progress", "Age"]
     assert crd["versions"][0]["subresources"] == {"status": {}}
 
 
@@ -87,7 +88,7 @@ def test_cel_rules_mirror_the_model_validators() -> None:
     ]
     rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
     assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
-    assert len(rules) == 4
+    assert len(rules) == 5  # one block per mode, and a batch job's model cannot change
 
 
 @pytest.mark.parametrize(

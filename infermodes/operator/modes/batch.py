@@ -1,0 +1,179 @@
+"""Batch endpoints: one Indexed Job scores a data set once, sharded over its instances.
+
+``completions = parallelism = instanceCount``; pod i runs ``infermodes batch`` as instance i
+(``JOB_COMPLETION_INDEX``) and ends; an index that fails for a reason a retry cannot mend
+(input objects failed, a bad listing, a model that does not load) fails at once, any other
+failure is retried ``BACKOFF_LIMIT_PER_INDEX`` times. Progress comes from each running
+instance's metrics and, once it ended, from the summary it left as its termination message.
+``spec.batch.stop`` suspends the Job: its pods get SIGTERM, discard what they had half written,
+and the endpoint reports ``Stopped``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import BATCH_METRICS_PORT, TERMINATION_MESSAGE_PATH, batch_instance
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.status import Progress, Status
+from infermodes.metrics import parse_batch_units
+from infermodes.operator.modes.base import Signals
+from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
+from infermodes.settings import BatchSettings
+
+COMPONENT = "batch"
+WORKLOAD = ("batch/v1", "Job")
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+BACKOFF_LIMIT_PER_INDEX = 2
+# exit codes of `infermodes batch` that another attempt of the same input cannot mend
+PERMANENT_EXIT_CODES = [2, 3, 4]
+STOPPED_EXIT_CODE = 143  # SIGTERM (a stop or a node drain): not the job's fault
+TERMINATION_GRACE_SECONDS = 30
+FAILURES_SHOWN = 5
+
+
+def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    return spec.batch_block().instance_count
+
+
+def desired_objects(
+    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+) -> list[dict[str, Any]]:
+    """The Indexed Job (immutable once created, as the CRD enforces, except ``suspend``)."""
+    block = spec.batch_block()
+    plan = batch_instance(spec)
+    container: dict[str, Any] = {
+        "name": "batch",
+        "image": spec.image or image,
+        "command": list(plan.command),
+        "env": env_list(BatchSettings, "metrics_host", plan),
+        "ports": [{"name": "metrics", "containerPort": BATCH_METRICS_PORT, "protocol": "TCP"}],
+        "resources": resources(block.resources),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.storage_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
+    pod = restricted_pod_spec([container], TERMINATION_GRACE_SECONDS)
+    pod["restartPolicy"] = "Never"
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": ref.metadata(COMPONENT),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": replicas,
+            "parallelism": replicas,
+            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailIndex",
+                        "onExitCodes": {"operator": "In", "values": PERMANENT_EXIT_CODES},
+                    },
+                    {
+                        "action": "Ignore",
+                        "onExitCodes": {"operator": "In", "values": [STOPPED_EXIT_CODE]},
+                    },
+                ]
+            },
+            "suspend": block.stop,
+            "template": {"metadata": {"labels": ref.labels(COMPONENT)}, "spec": pod},
+        },
+    }
+    return [job]
+
+
+def summary_of(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary an ended instance left as its termination message (None otherwise)."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        try:
+            document = json.loads(terminated.get("message") or "")
+        except ValueError:
+            continue
+        if isinstance(document, dict) and document.get("version") == 1:
+            return document
+    return None
+
+
+def latest_per_index(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One pod per instance index: the newest attempt."""
+    found: dict[str, dict[str, Any]] = {}
+    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", ""))):
+        index = (pod["metadata"].get("annotations") or {}).get(INDEX_ANNOTATION)
+        if index is not None:
+            found[index] = pod
+    return found
+
+
+def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
+    """Progress over every instance, and the failures their summaries name."""
+    total = done = failed = records = 0
+    failures: list[dict[str, Any]] = []
+    for pod in latest_per_index(signals.pods).values():
+        summary = summary_of(pod)
+        if summary is not None:
+            units = summary.get("units") or {}
+            total += int(units.get("assigned", 0))
+            done += int(units.get("succeeded", 0)) + int(units.get("skipped", 0))
+            failed += int(units.get("failed", 0))
+            records += int(summary.get("records", 0))
+            failures += list(summary.get("failures") or [])
+            if summary.get("error"):
+                failures.append({"object": None, "line": None, "reason": summary["error"]})
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        text = signals.fetch_metrics(ip, BATCH_METRICS_PORT) if ip else None
+        if text is not None:
+            units = parse_batch_units(text)
+            total += int(units.get("assigned", 0))
+            done += int(units.get("succeeded", 0) + units.get("skipped", 0))
+            failed += int(units.get("failed", 0))
+            records += int(units.get("records", 0))
+    return Progress(total, done, failed, records), failures
+
+
+def describe(failures: list[dict[str, Any]]) -> str:
+    shown = []
+    for failure in failures[:FAILURES_SHOWN]:
+        line = f" line {failure['line']}" if failure.get("line") is not None else ""
+        where = f"{failure['object']}{line}: " if failure.get("object") else ""
+        shown.append(f"{where}{failure.get('reason')}")
+    more = len(failures) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
+    """``InProgress`` -> ``Completed`` | ``Failed`` (naming each failed object with its first
+    bad record) | ``Stopped``, with progress throughout."""
+    job = signals.workload_object or {}
+    job_status = job.get("status") or {}
+    conditions = {
+        c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"
+    }
+    count = spec.batch_block().instance_count
+    active = int(job_status.get("active", 0))
+    found, failures = progress(signals)
+    counts = {"replicas": active, "ready_replicas": active, "desired_replicas": count}
+
+    def status(phase: s.Phase, reason: str, message: str) -> Status:
+        return Status(phase, reason, message, progress=found, **counts)
+
+    if "Complete" in conditions:
+        return status(s.Phase.COMPLETED, "Completed", f"{found.records} records; {found.done} "
+                      "objects written or already complete")  # fmt: skip
+    if "Failed" in conditions:
+        condition = conditions["Failed"]
+        detail = describe(failures) or condition.get("message") or condition.get("reason", "")
+        return status(s.Phase.FAILED, "ObjectsFailed" if failures else "JobFailed", detail)
+    if spec.batch_block().stop:
+        if active == 0:
+            return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")
+        return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
+    message = f"{found.done}/{found.total} objects, {found.records} records"
+    if failures:
+        message += f"; failed so far: {describe(failures)}"
+    return status(s.Phase.IN_PROGRESS, "Running" if job else "Starting", message)

@@ -1,0 +1,127 @@
+"""Batch: the Indexed Job for every field, and the status from the Job, its pods' summaries
+and the running instances' metrics."""
+
+import json
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.plan import batch_instance
+from infermodes.operator.modes import batch
+from infermodes.operator.modes.base import Signals
+from infermodes.operator.observed import WorkloadState
+from infermodes.settings import BatchSettings
+from tests.unit.operator.test_realtime import REF, check_golden
+
+FULL_SPEC = {
+    "mode": "batch",
+    "model": {"uri": "s3://models/abalone/model.tar.gz", "allowPickle": True},
+    "image": "registry.example/infermodes:test",
+    "storageSecretRef": {"name": "s3-credentials"},
+    "batch": {
+        "input": {"uri": "s3://data/in/", "contentType": "application/jsonlines",
+                  "compressionType": "Gzip", "splitType": "Line"},
+        "output": {"uri": "s3://data/out/", "accept": "application/jsonlines",
+                   "assembleWith": "None"},
+        "instanceCount": 3,
+        "maxConcurrentTransforms": 2,
+        "maxPayloadInMB": 10,
+        "batchStrategy": "SingleRecord",
+        "invocationsMaxRetries": 1,
+        "invocationsTimeoutInSeconds": 30,
+        "dataProcessing": {"inputFilter": "$.features", "outputFilter": "$['id','SageMakerOutput']",
+                           "joinSource": "Input"},
+        "resources": {"cpu": "2", "memory": "4Gi"},
+    },
+}  # fmt: skip
+SPEC = s.EndpointSpec.model_validate(FULL_SPEC)
+
+
+def test_every_batch_field_reaches_the_job() -> None:
+    check_golden("batch-full.yaml", batch.desired_objects(REF, SPEC, 3, "default:img"))
+
+
+def test_the_plan_reads_back_as_the_spec_says(monkeypatch) -> None:
+    for name, value in batch_instance(SPEC).env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    settings = BatchSettings()
+    assert (settings.instance_index, settings.instance_count) == (2, 3)
+    assert (settings.input_uri, settings.output_uri) == ("s3://data/in/", "s3://data/out/")
+    assert (settings.compression_type, settings.batch_strategy) == ("Gzip", "SingleRecord")
+    assert (settings.input_filter, settings.join_source) == ("$.features", "Input")
+    assert settings.max_payload_in_mb * settings.max_concurrent_transforms == 20
+    assert settings.allow_pickle and settings.termination_message_path == "/dev/termination-log"
+
+
+def pod(index: int, created: str, summary: dict | None = None, ip: str | None = None) -> dict:
+    state = {"terminated": {"exitCode": 0, "message": json.dumps(summary)}} if summary else {}
+    return {
+        "metadata": {"name": f"p{index}-{created}", "creationTimestamp": created,
+                     "annotations": {batch.INDEX_ANNOTATION: str(index)}},
+        "status": {"podIP": ip, "containerStatuses": [{"state": state}]},
+    }  # fmt: skip
+
+
+def summary(index: int, done: int, failed: int = 0, records: int = 0, failures=()) -> dict:
+    return {"version": 1, "index": index, "count": 3, "units": {"assigned": done + failed,
+            "succeeded": done, "skipped": 0, "failed": failed}, "records": records,
+            "failures": list(failures), "error": None}  # fmt: skip
+
+
+METRICS = """# TYPE infermodes_batch_units_assigned gauge
+infermodes_batch_units_assigned 4.0
+# TYPE infermodes_batch_units counter
+infermodes_batch_units_total{outcome="succeeded"} 1.0
+infermodes_batch_units_total{outcome="skipped"} 1.0
+# TYPE infermodes_model_rows_predicted counter
+infermodes_model_rows_predicted_total 500.0
+"""
+
+
+def signals(job: dict | None, pods: list[dict]) -> Signals:
+    return Signals(
+        WorkloadState(exists=job is not None), job, pods, dict,
+        lambda ip, port: METRICS if (ip, port) == ("127.0.0.9", 9090) else None,
+        Demand(), 0.0, 0.0, False,
+    )  # fmt: skip
+
+
+def test_in_progress_sums_summaries_of_ended_instances_and_metrics_of_running_ones() -> None:
+    job = {"status": {"active": 1}}
+    pods = [
+        pod(0, "2026-01-01T00:00:00Z", summary(0, 3, records=1000)),
+        pod(1, "2026-01-01T00:00:00Z", ip="127.0.0.8"),  # an older attempt, superseded
+        pod(1, "2026-01-01T00:00:05Z", ip="127.0.0.9"),
+        pod(2, "2026-01-01T00:00:00Z", ip="127.0.0.10"),  # metrics not readable yet
+    ]
+    status = batch.observe(SPEC, signals(job, pods), None)
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "Running")
+    assert status.progress is not None
+    assert (status.progress.total, status.progress.done, status.progress.records) == (7, 5, 1500)
+    assert status.to_patch(1, None)["progress"]["text"] == "5/7"
+
+
+def test_failed_names_each_object_and_line() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                      "reason": "FailedIndexes"}]}}  # fmt: skip
+    failures = [{"object": "s3://data/in/b.csv", "line": 17, "reason": "column 3: 'x'"}]
+    pods = [pod(0, "t", summary(0, 2)), pod(1, "t", summary(1, 1, 1, failures=failures))]
+    status = batch.observe(SPEC, signals(job, pods), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ObjectsFailed")
+    assert status.message == "s3://data/in/b.csv line 17: column 3: 'x'"
+    assert status.progress is not None and status.progress.failed == 1
+
+
+def test_completed_and_stopped() -> None:
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    assert batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None).phase is (
+        s.Phase.COMPLETED
+    )
+    stopping = s.EndpointSpec.model_validate(
+        {**FULL_SPEC, "batch": {**FULL_SPEC["batch"], "stop": True}}
+    )
+    assert batch.desired_objects(REF, stopping, 3, "img")[0]["spec"]["suspend"] is True
+    still = batch.observe(stopping, signals({"status": {"active": 2}}, []), None)
+    assert (still.phase, still.reason) == (s.Phase.IN_PROGRESS, "Stopping")
+    stopped = batch.observe(stopping, signals({"status": {}}, []), None)
+    assert stopped.phase is s.Phase.STOPPED
