@@ -38,7 +38,7 @@ JSON_SCHEMA_VERSION = [1, 7, 6]
 _HEADER = b"binf"
 _LEARNER_PARAM = struct.Struct("<fIiiiIIIi")  # followed by reserved space up to 136 bytes
 _LEARNER_PARAM_SIZE = 136
-_GBTREE_PARAM = struct.Struct("<ii")  # num_trees, num_parallel_tree (num_roots before 1.0)
+_GBTREE_PARAM = struct.Struct("<ii")  # num_trees, then num_parallel_tree or num_roots
 _GBTREE_PARAM_SIZE = 160
 _TREE_PARAM = struct.Struct("<iiiiii")  # roots, nodes, deleted, depth, features, leaf vector size
 _TREE_PARAM_SIZE = 148
@@ -64,14 +64,10 @@ _RENAMED_OBJECTIVES = {
 _OBJECTIVE_DEFAULTS = {
     "count:poisson": ("poisson_regression_param", {"max_delta_step": "0.7"}),
     "reg:tweedie": ("tweedie_regression_param", {"tweedie_variance_power": "1.5"}),
-    "survival:aft": (
-        "aft_loss_param",
-        {"aft_loss_distribution": "normal", "aft_loss_distribution_scale": "1"},
-    ),
 }
 # objectives whose margin is not the score: their link, in the base_score of files before 1.0
 _LOGISTIC = {"reg:logistic", "binary:logistic"}
-_LOG_LINK = {"count:poisson", "reg:gamma", "reg:tweedie", "survival:cox", "survival:aft"}
+_LOG_LINK = {"count:poisson", "reg:gamma", "reg:tweedie", "survival:cox"}
 
 
 class _Reader:
@@ -320,10 +316,9 @@ def _objective(name: str, num_class: int, attributes: dict[str, str]) -> dict[st
         config["softmax_multiclass_param"] = {"num_class": str(num_class)}
     elif name in _OBJECTIVE_DEFAULTS:
         key, defaults = _OBJECTIVE_DEFAULTS[name]
-        params = dict(defaults)
-        if max_delta_step is not None:
-            params["max_delta_step"] = max_delta_step
-        config[key] = params
+        config[key] = dict(defaults)
+        if name == "count:poisson" and max_delta_step is not None:
+            config[key]["max_delta_step"] = max_delta_step
     return config
 
 

@@ -18,6 +18,7 @@ import io
 import json
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from infermodes.errors import ModelLoadError
@@ -55,11 +56,27 @@ def _latin1_encode(text: object, encoding: object = "utf-8") -> bytes:
     raise PickleRefused("the pickle calls _codecs.encode other than to rebuild bytes")
 
 
+class _Callable:
+    """One of the functions above as the pickle sees it: callable, but with no attribute a
+    ``BUILD`` could set (a plain function's ``__defaults__`` would outlive this load)."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[..., bytes | bytearray]) -> None:
+        self._function = function
+
+    def __call__(self, *args: object) -> bytes | bytearray:
+        return self._function(*args)
+
+    def __setstate__(self, state: object) -> None:
+        raise PickleRefused("it sets state on bytearray or _codecs.encode")
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     _BOOSTER: _BoosterState,
-    ("builtins", "bytearray"): _bytearray,
-    ("__builtin__", "bytearray"): _bytearray,  # protocol 2 names builtins as Python 2 did
-    ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytearray"): _Callable(_bytearray),
+    ("__builtin__", "bytearray"): _Callable(_bytearray),  # protocol 2 names builtins as Python 2
+    ("_codecs", "encode"): _Callable(_latin1_encode),
 }
 
 

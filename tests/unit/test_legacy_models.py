@@ -350,6 +350,12 @@ def test_bytearray_and_bytes_are_rebuilt_only_from_bytes() -> None:
     assert booster_model_from_pickle(as_bytes) == model
 
 
+def test_a_pickle_cannot_change_the_functions_it_may_call() -> None:
+    build_on_bytearray = b"\x80\x04\x8c\x08builtins\x8c\x09bytearray\x93}b."  # BUILD {} on it
+    with pytest.raises(PickleRefused, match="sets state on bytearray"):
+        booster_model_from_pickle(build_on_bytearray)
+
+
 def test_a_pickle_of_something_else_is_refused_by_default() -> None:
     with pytest.raises(
         ModelLoadError, match="holds a dict, not an XGBoost Booster.*--allow-pickle"
