@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
-from tests.support.processes import running_server, start_server
+from tests.support.processes import running_server, start_server, stop_process
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 
@@ -70,6 +70,9 @@ def test_a_malicious_pickle_stops_the_server_and_runs_nothing(tmp_path: Path) ->
     payload = pickle.dumps(RunsCommand(f"touch {marker}"))
     model = platform_tarball(tmp_path / "model.tar.gz", payload)
     server = start_server(["--model", str(model)], tmp_path / "server.log")
-    assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
+    try:
+        assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
+    finally:
+        stop_process(server.proc)  # had it started, it must not outlive the test
     assert "posix.system" in server.log and "refused" in server.log
     assert not marker.exists()
