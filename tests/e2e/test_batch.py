@@ -1,0 +1,190 @@
+"""Batch transform end to end on the test control plane, over a real S3-compatible store
+(SeaweedFS): kubectl apply -> an Indexed Job -> Completed with every output right, a failing
+object named with its line, a re-run that processes only what is missing, and bad specs refused
+by the API server."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Tools,
+    get_endpoint,
+    install_operator,
+    operator_pods,
+    wait_phase,
+)
+from tests.support.processes import REPO, wait_until
+from tests.support.s3 import S3Endpoint
+from tests.support.seaweedfs import seaweedfs_server
+
+ROWS_PER_OBJECT = 20_000
+OBJECTS = 5
+
+
+@pytest.fixture(scope="module")
+def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
+    tools = Tools(k8s_cluster)
+    install_operator(tools)
+    api = k8s_cluster.api
+    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
+               120, "the operator pod to run")  # fmt: skip
+    yield tools
+    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[S3Endpoint]:
+    with seaweedfs_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="module")
+def data(store: S3Endpoint, abalone_model: AbaloneModel) -> dict[str, Any]:
+    """A bucket with the model and five CSV objects of 20,000 rows each."""
+    client: Any = store.client()
+    client.create_bucket(Bucket="e2e")
+    client.upload_file(str(abalone_model.tarball), "e2e", "model/model.tar.gz")
+    generator = np.random.default_rng(7)
+    base = abalone_model.test_rows
+    objects = {}
+    for index in range(OBJECTS):
+        rows = base[generator.integers(0, len(base), ROWS_PER_OBJECT)]
+        objects[f"part-{index}.csv"] = rows
+    return {"client": client, "objects": objects, "booster": abalone_model.booster()}
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    buffer = io.StringIO()
+    np.savetxt(buffer, rows, delimiter=",", fmt="%.6g")
+    return buffer.getvalue().encode()
+
+
+def upload_inputs(data: dict[str, Any], prefix: str, broken: str | None = None) -> None:
+    for name, rows in data["objects"].items():
+        text = to_csv(rows)
+        if name == broken:  # line 101 gets a non-number in its fourth column
+            lines = text.split(b"\n")
+            fields = lines[100].split(b",")
+            fields[3] = b"oops"
+            lines[100] = b",".join(fields)
+            text = b"\n".join(lines)
+        data["client"].put_object(Bucket="e2e", Key=f"{prefix}/input/{name}", Body=text)
+
+
+def storage_secret(tools: Tools, namespace: str, store: S3Endpoint) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+              "stringData": store.env}  # fmt: skip
+    tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
+
+
+def batch_manifest(name: str, prefix: str, **batch: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((REPO / "examples/abalone/batch.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["uri"] = "s3://e2e/model/model.tar.gz"
+    manifest["spec"]["storageSecretRef"] = {"name": "s3"}
+    block = manifest["spec"]["batch"]
+    block["input"]["uri"] = f"s3://e2e/{prefix}/input/"
+    block["output"]["uri"] = f"s3://e2e/{prefix}/output/"
+    block.update({"instanceCount": 2, "resources": {"cpu": "500m", "memory": "512Mi"}}, **batch)
+    return manifest
+
+
+def outputs(data: dict[str, Any], prefix: str) -> dict[str, bytes]:
+    listing = data["client"].list_objects_v2(Bucket="e2e", Prefix=f"{prefix}/output/")
+    found = {}
+    for item in listing.get("Contents", []):
+        key = item["Key"]
+        if key.endswith(".out") and "/_" not in key:
+            body = data["client"].get_object(Bucket="e2e", Key=key)["Body"].read()
+            found[key.rsplit("/", 1)[1]] = body
+    return found
+
+
+def test_five_objects_over_two_instances_complete_with_every_row_right(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "ok")
+    applied = tools.apply(batch_manifest("scores", "ok"), k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    progress_seen: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        status = (get_endpoint(api, k8s_namespace, "scores") or {}).get("status") or {}
+        if status.get("phase") == "InProgress" and status.get("progress"):
+            progress_seen.append(status["progress"])
+        return status.get("phase") in ("Completed", "Failed")
+
+    wait_until(finished, 300, "the job to end", interval=0.2)
+    endpoint = wait_phase(api, k8s_namespace, "scores", "Completed", timeout=10)
+    assert progress_seen, "status showed no progress while the job ran"
+    progress = endpoint["status"]["progress"]
+    assert (progress["objectsTotal"], progress["objectsDone"]) == (OBJECTS, OBJECTS)
+    assert progress["recordsDone"] == OBJECTS * ROWS_PER_OBJECT
+    shown = tools.kubectl("get", "ie", "scores", "-n", k8s_namespace)
+    assert "Completed" in shown.stdout and f"{OBJECTS}/{OBJECTS}" in shown.stdout, shown.stdout
+    found = outputs(data, "ok")
+    assert sorted(found) == sorted(f"{name}.out" for name in data["objects"])
+    for name, rows in data["objects"].items():
+        got = np.loadtxt(io.BytesIO(found[f"{name}.out"]), dtype=np.float32)
+        sent = np.loadtxt(io.BytesIO(to_csv(rows)), delimiter=",", dtype=np.float32)
+        np.testing.assert_array_equal(got, data["booster"].inplace_predict(sent))
+    reasons = {e["reason"] for e in api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
+               if e["involvedObject"].get("kind") == "InferenceEndpoint"}  # fmt: skip
+    assert {"InProgress", "Completed"} <= reasons
+
+
+def test_a_failing_object_is_named_and_a_rerun_processes_only_it(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "bad", broken="part-3.csv")
+    assert tools.apply(batch_manifest("partly", "bad"), k8s_namespace).returncode == 0
+    endpoint = wait_phase(api, k8s_namespace, "partly", "Failed", timeout=300)
+    message = endpoint["status"]["message"]
+    assert "s3://e2e/bad/input/part-3.csv line 101" in message, message
+    assert sorted(outputs(data, "bad")) == [f"part-{i}.csv.out" for i in (0, 1, 2, 4)]
+
+    # fix the input, then run again: delete and re-create the endpoint
+    upload_inputs(data, "bad")
+    deleted = tools.kubectl("delete", "ie", "partly", "-n", k8s_namespace, "--wait=true")
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: not api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"],
+               120, "the old job to go")  # fmt: skip
+    assert tools.apply(batch_manifest("partly", "bad"), k8s_namespace).returncode == 0
+    endpoint = wait_phase(api, k8s_namespace, "partly", "Completed", timeout=300)
+    assert endpoint["status"]["progress"]["recordsDone"] == ROWS_PER_OBJECT  # only part-3
+    assert len(outputs(data, "bad")) == OBJECTS
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"maxPayloadInMB": 20, "maxConcurrentTransforms": 6}, "must not exceed 100"),
+        ({"invocationsMaxRetries": 4}, "should be less than or equal to 3"),
+        ({"input": {"uri": "s3://e2e/x/", "splitType": "RecordIO"}}, "Unsupported value"),
+    ],
+)
+def test_bad_batch_specs_are_refused_by_kubectl_apply(
+    tools: Tools, k8s_namespace: str, change: dict[str, Any], message: str
+) -> None:
+    manifest = batch_manifest("refused", "x")
+    manifest["spec"]["batch"].update(change)
+    applied = tools.apply(manifest, k8s_namespace)
+    assert applied.returncode != 0
+    assert message in applied.stderr, applied.stderr
+    assert get_endpoint(tools.cluster.api, k8s_namespace, "refused") is None
