@@ -152,8 +152,9 @@ def summary(results: dict[tuple[str, int], list[serve_bench.LoadResult]]) -> str
 
     rounds = len(results[("direct", 1)])
     lines = [
-        f"{'target':<8} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cores':>6}"
-        f"   (medians of {rounds} rounds; cores: the replica for direct, else the proxy)"
+        f"{'target':<8} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cores':>6} "
+        f"{'others':>6}   (medians of {rounds} rounds; cores: the replica for direct, else the "
+        "proxy; others: cores busy with other people's work during the run)"
     ]
     for connections in (1, 16):
         for name in ("direct", "nginx", "gateway"):
@@ -161,7 +162,8 @@ def summary(results: dict[tuple[str, int], list[serve_bench.LoadResult]]) -> str
                 f"{name:<8} {connections:>5} {median(name, connections, 'rps'):>8.0f} "
                 f"{median(name, connections, 'p50_ms'):>8.3f} "
                 f"{median(name, connections, 'p99_ms'):>8.2f} "
-                f"{median(name, connections, 'cores_server'):>6.2f}"
+                f"{median(name, connections, 'cores_server'):>6.2f} "
+                f"{median(name, connections, 'cores_others'):>6.2f}"
             )
     ratio = median("gateway", 16, "rps") / median("nginx", 16, "rps")
     lines.append(f"gateway / nginx req/s at 16 connections: {ratio:.2f} (target >= 0.8)")

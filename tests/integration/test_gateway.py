@@ -287,3 +287,27 @@ def test_sigterm_drains_a_held_request_before_the_gateway_exits(
             assert gateway.proc.wait(60) == 0
         finally:
             stop_process(server.proc)
+
+
+def test_boto3s_sagemaker_runtime_client_calls_the_gateway_unchanged(
+    gateway: GatewayProcess, server: ServerProcess, abalone_model: AbaloneModel
+) -> None:
+    import boto3
+
+    client = boto3.client("sagemaker-runtime", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id="unused", aws_secret_access_key="unused")  # fmt: skip
+    body = to_csv(abalone_model.test_rows[:4])
+    direct = httpx.post(
+        f"{server.url}/invocations", content=body, headers={"content-type": "text/csv"}
+    )
+    answer = client.invoke_endpoint(EndpointName="serverless", Body=body, ContentType="text/csv",
+                                    Accept="text/csv")  # fmt: skip
+    assert answer["Body"].read() == direct.content
+    assert answer["ContentType"] == "text/csv"
+    with pytest.raises(client.exceptions.ValidationError) as missing:
+        client.invoke_endpoint(EndpointName="missing", Body=b"1", ContentType="text/csv")
+    assert "endpoint missing not found" in missing.value.response["Error"]["Message"]
+    with pytest.raises(client.exceptions.ModelError) as failed:
+        client.invoke_endpoint(EndpointName="realtime", Body=b"1,2,x", ContentType="text/csv")
+    assert failed.value.response["OriginalStatusCode"] == 400
+    assert "row 1" in failed.value.response["OriginalMessage"]
