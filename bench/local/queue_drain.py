@@ -167,24 +167,26 @@ def main() -> int:
             capture_output=True,
         )
         model = f"file://{root / 'm' / 'model.tar.gz'}"
-        urls = {"embedded": f"sqlite://{root}/queue.db", "rabbitmq": rabbit.amqp_url}
+
+        # each run on a fresh queue: a new quorum queue, a new SQLite file
+        def urls(run: str) -> dict[str, str]:
+            return {"embedded": f"sqlite://{root}/{run}.db", "rabbitmq": rabbit.amqp_url}
+
         drains: dict[str, object] = {}
-        run = 0
         for handler, messages, uri in (
             ("trivial", args.trivial_messages, None),
             ("predict", args.predict_messages, model),
         ):
             for count in args.workers:
-                for name, url in urls.items():
-                    run += 1
-                    endpoint = f"drain{run}"
+                for name, url in urls(f"{handler}{count}").items():
+                    endpoint = f"{handler}{count}-{name}"
                     figures = drain(url, endpoint, root / endpoint, count, messages, uri)
                     drains[f"{handler}/{count} workers/{name}"] = figures
                     log(f"{handler}, {count} worker(s), {name}: {figures['rate']:.0f} msg/s")
         results["drain"] = drains
         results["accept"] = {
             name: accept_latency(url, root / f"accept-{name}", args.accept_samples)
-            for name, url in urls.items()
+            for name, url in urls("accept").items()
         }
         log(json.dumps(results["accept"], indent=1))
     results["load_average_at_end"] = os.getloadavg()
