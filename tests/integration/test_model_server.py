@@ -159,20 +159,29 @@ def test_model_from_s3(s3, abalone_model: AbaloneModel, tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, abalone_model.booster().inplace_predict(rows))
 
 
-def test_pickled_model_is_refused_at_start(abalone_model: AbaloneModel, tmp_path: Path) -> None:
-    path = tmp_path / "model.tar.gz"
-    payload = pickle.dumps(abalone_model.booster())
+def pickled_tarball(path: Path, obj: object) -> Path:
+    import io
+
+    payload = pickle.dumps(obj)
     with tarfile.open(path, "w:gz") as tar:
         info = tarfile.TarInfo("xgboost-model")
         info.size = len(payload)
-        import io
-
         tar.addfile(info, io.BytesIO(payload))
-    server = start_server(["--model", str(path)], tmp_path / "pickle.log")
+    return path
+
+
+def test_a_pickle_other_than_a_booster_is_refused_at_start(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Booster pickles load without running them (tests/unit/test_legacy_models.py); any other
+    pickle is refused unless --allow-pickle says its source is trusted."""
+    other = pickled_tarball(tmp_path / "other.tar.gz", {"weights": [1.0, 2.0]})
+    server = start_server(["--model", str(other)], tmp_path / "pickle.log")
     assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
     assert "pickle" in server.log and "refused" in server.log
+    booster = pickled_tarball(tmp_path / "booster.tar.gz", abalone_model.booster())
     with running_server(
-        ["--model", str(path), "--allow-pickle", "--workers", "1"], tmp_path / "allowed.log"
+        ["--model", str(booster), "--allow-pickle", "--workers", "1"], tmp_path / "allowed.log"
     ) as allowed:
         assert allowed.ready()
 
