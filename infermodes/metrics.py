@@ -281,3 +281,45 @@ def parse_batch_units(text: str) -> dict[str, float]:
             elif sample.name == "infermodes_model_rows_predicted_total":
                 found["records"] = sample.value
     return found
+
+
+def parse_worker_in_flight(text: str) -> float | None:
+    """An async worker's messages in flight from its exposition text (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "infermodes_async_in_flight":
+                return sample.value
+    return None
+
+
+class OperatorMetrics:
+    """The operator's view of async endpoints, named after the managed platform's metrics
+    (ApproximateBacklogSize, ApproximateBacklogSizePerInstance, HasBacklogWithoutCapacity)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.backlog = Gauge(
+            "infermodes_async_approximate_backlog_size",
+            "Requests queued or in flight (ready + unacknowledged), by endpoint.",
+            ["namespace", "endpoint"],
+            registry=registry,
+        )
+        self.backlog_per_instance = Gauge(
+            "infermodes_async_approximate_backlog_size_per_instance",
+            "The backlog divided by the replicas (the backlog itself at zero replicas).",
+            ["namespace", "endpoint"],
+            registry=registry,
+        )
+        self.backlog_without_capacity = Gauge(
+            "infermodes_async_has_backlog_without_capacity",
+            "1 while requests wait and the endpoint has no replica.",
+            ["namespace", "endpoint"],
+            registry=registry,
+        )
+        self.broker_unreadable = Counter(
+            "infermodes_async_backlog_read_failures",
+            "Times the broker could not be read for an endpoint's backlog.",
+            ["namespace", "endpoint"],
+            registry=registry,
+        )

@@ -196,6 +196,23 @@ class OperatorSettings(BaseSettings):
     resync_seconds: float = Field(
         10.0, gt=0, le=3600, description="How often each endpoint is reconciled and scaled."
     )
+    broker_url: str | None = Field(
+        None,
+        description="AMQP URL of the RabbitMQ that async endpoints use, for their backlog "
+        "(from a Secret; without it, async endpoints keep their replicas).",
+    )
+    management_url: str | None = Field(
+        None,
+        description="RabbitMQ's management API (http://user:pass@host:15672): the backlog with "
+        "in-flight counts; without it only ready messages are known, so pools never scale in.",
+    )
+    activation_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often an async endpoint at zero replicas is checked "
+        "for a backlog (its activation delay at most).",
+    )
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 

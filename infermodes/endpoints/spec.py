@@ -74,6 +74,13 @@ class SecretRef(SpecBlock):
     name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
 
 
+class BrokerSecretRef(SpecBlock):
+    name: str = Field(
+        "infermodes-rabbitmq", min_length=1, description="A Secret in the endpoint's namespace."
+    )
+    key: str = Field("url", min_length=1, description="Its key that holds the AMQP URL.")
+
+
 class Resources(SpecBlock):
     cpu: Quantity = Field("1", description="CPU request and limit of each replica.")
     memory: Quantity = Field("1Gi", description="Memory request and limit of each replica.")
@@ -195,7 +202,17 @@ class AsyncSpec(ReplicaRange):
     target_backlog_per_instance: int = Field(
         5, ge=1, le=100000, description="Queued + in-flight requests per replica to aim for."
     )
-    scale_in_cooldown_seconds: int = Field(300, ge=0, le=86400)
+    scale_in_cooldown_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="Wait this long after a change (and with an empty "
+        "backlog, before zero) before scaling in.",
+    )
+    broker_secret_ref: BrokerSecretRef = Field(
+        default_factory=BrokerSecretRef,
+        description="The Secret holding the workers' AMQP URL (never the URL itself).",
+    )
     notification: NotificationSpec = Field(default_factory=NotificationSpec)
     resources: Resources = Field(default_factory=Resources)
 

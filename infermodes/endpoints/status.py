@@ -30,6 +30,23 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class QueueFigures:
+    """An async endpoint's queue as the scaler read it (None: unknown)."""
+
+    ready: int | None
+    in_flight: int | None
+
+    @property
+    def total(self) -> int | None:
+        if self.ready is None or self.in_flight is None:
+            return None
+        return self.ready + self.in_flight
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ready": self.ready, "inFlight": self.in_flight, "total": self.total}
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase
     reason: str = ""
@@ -38,6 +55,7 @@ class Status:
     ready_replicas: int = 0
     desired_replicas: int = 0
     progress: Progress | None = None  # batch only
+    backlog: QueueFigures | None = None  # async only
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -83,4 +101,6 @@ class Status:
         }
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
+        if self.backlog is not None:
+            patch["backlog"] = self.backlog.to_dict()
         return patch

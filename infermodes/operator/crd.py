@@ -107,6 +107,14 @@ STATUS_SCHEMA: dict[str, Any] = {
         "desiredReplicas": {"type": "integer"},
         "observedGeneration": {"type": "integer"},
         "url": {"type": "string"},
+        "backlog": {
+            "type": "object",
+            "properties": {
+                "ready": {"type": "integer", "nullable": True},
+                "inFlight": {"type": "integer", "nullable": True},
+                "total": {"type": "integer", "nullable": True},
+            },
+        },
         "progress": {
             "type": "object",
             "properties": {
@@ -169,6 +177,11 @@ def crd_manifest() -> dict[str, Any]:
                             "name": "Desired",
                             "type": "integer",
                             "jsonPath": ".status.desiredReplicas",
+                        },
+                        {
+                            "name": "Backlog",
+                            "type": "integer",
+                            "jsonPath": ".status.backlog.total",
                         },
                         {
                             "name": "Progress",

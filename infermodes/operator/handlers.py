@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
+from infermodes.metrics import OperatorMetrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
+from infermodes.operator.signals.backlog import read_backlog
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
 
@@ -65,9 +68,10 @@ class Nudger:
     """Runs ``reconcile_now`` for an endpoint soon after it is nudged; nudges that arrive
     before that run share it, and one more run follows a run in progress."""
 
-    def __init__(self, endpoints: Endpoints, deps: Deps) -> None:
+    def __init__(self, endpoints: Endpoints, deps: Deps, metrics: OperatorMetrics) -> None:
         self.endpoints = endpoints
         self.deps = deps
+        self.metrics = metrics
         self._pending: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -99,6 +103,7 @@ class Nudger:
         patch = result.status.to_patch(generation, body.get("status"))
         self.deps.kube.patch_status(API_VERSION, s.KIND, namespace, name, patch)
         tell(body, Status.from_dict(body.get("status")), result)
+        record(self.metrics, key, result.status)
 
 
 def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
@@ -122,6 +127,18 @@ def tell(body: kopf.Body, previous: Status | None, result: Reconciled) -> None:
         kopf.event(body, type="Normal", reason=reason, message=message)
 
 
+def record(metrics: OperatorMetrics, key: Key, status: Status) -> None:
+    """The async metrics the platform publishes, from what the reconcile read."""
+    if status.backlog is None or status.backlog.total is None:
+        return
+    total = status.backlog.total
+    metrics.backlog.labels(*key).set(total)
+    metrics.backlog_per_instance.labels(*key).set(total / max(status.replicas, 1))
+    metrics.backlog_without_capacity.labels(*key).set(
+        1 if total and not status.ready_replicas else 0
+    )
+
+
 def demand_annotations(body: kopf.Body) -> dict[str, str]:
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     return {k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}
@@ -137,9 +154,20 @@ def configure(operator_settings: OperatorSettings) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=s.GROUP, key="last-handled-configuration"
         )
-        memo.deps = Deps(KubeDoor(), operator_settings, scrape)
+        memo.deps = Deps(
+            KubeDoor(),
+            operator_settings,
+            scrape,
+            read_backlog=lambda endpoint: read_backlog(
+                endpoint, operator_settings.broker_url, operator_settings.management_url
+            ),
+        )
         memo.endpoints = Endpoints()
-        memo.nudger = Nudger(memo.endpoints, memo.deps)
+        registry = CollectorRegistry()
+        memo.metrics = OperatorMetrics(registry)
+        memo.nudger = Nudger(memo.endpoints, memo.deps, memo.metrics)
+        if operator_settings.metrics_port:
+            start_http_server(operator_settings.metrics_port, registry=registry)
 
     def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -151,6 +179,7 @@ def configure(operator_settings: OperatorSettings) -> None:
         generation = int(body["metadata"].get("generation", 1))
         patch.status.update(result.status.to_patch(generation, body.get("status")))
         tell(body, Status.from_dict(body.get("status")), result)
+        record(memo.metrics, key, result.status)
 
     @kopf.on.create(*RESOURCE)
     @kopf.on.update(*RESOURCE, field="spec")
@@ -161,6 +190,21 @@ def configure(operator_settings: OperatorSettings) -> None:
     @kopf.timer(*RESOURCE, interval=operator_settings.resync_seconds, initial_delay=1)
     def tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         run(body, patch, memo, autoscale=True)
+
+    @kopf.timer(
+        *RESOURCE,
+        interval=operator_settings.activation_seconds,
+        when=lambda spec, status, **_: (
+            spec.get("mode") == s.Mode.ASYNC and not (status or {}).get("replicas")
+        ),
+    )
+    async def activate(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """An async pool at zero workers: look at its queue every second and start workers
+        the moment something waits (the resync timer is too slow for that)."""
+        name = body["metadata"]["name"]
+        figures = await asyncio.to_thread(memo.deps.read_backlog, name)
+        if figures is not None and figures.ready:
+            memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)
     async def demand_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

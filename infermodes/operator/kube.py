@@ -68,6 +68,24 @@ class KubeDoor:
             raise KubeError(f"patching the status of {kind} {namespace}/{name}: "
                             f"{_reason(exc)}") from exc  # fmt: skip
 
+    def annotate(
+        self, api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]
+    ) -> None:
+        """Merge these annotations into an object; one that is gone already is left alone."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._dynamic.patch(
+                self._resource(api_version, kind),
+                body={"metadata": {"annotations": annotations}},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise KubeError(f"annotating {kind} {namespace}/{name}: {_reason(exc)}") from exc
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 

@@ -18,7 +18,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import QueueFigures, Status
 from infermodes.metrics import ServerLoad
 from infermodes.operator.kube import KubeDoor
 from infermodes.operator.modes import mode_for
@@ -37,6 +37,7 @@ class Deps:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     fetch_metrics: Callable[[str, int], str | None] = fetch_text
+    read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,6 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     if isinstance(spec, str):
         return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", spec))
     mode = mode_for(spec.mode)
-    if mode is None:
-        message = f"mode {spec.mode} not supported yet"
-        return Reconciled(Status(s.Phase.FAILED, "ModeNotSupported", message))
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
@@ -99,9 +97,20 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     annotations = (body.get("metadata") or {}).get("annotations")
     demand = Demand.from_annotations(annotations, wall)
     signals = Signals(
-        workload, found, pods, loads, deps.fetch_metrics, demand, deps.clock(), wall, autoscale
+        workload,
+        found,
+        pods,
+        loads,
+        deps.fetch_metrics,
+        lambda: deps.read_backlog(ref.name),
+        demand,
+        deps.clock(),
+        wall,
+        autoscale,
     )
     replicas = mode.replicas(spec, signals, memory)
+    for pod, annotations in mode.pod_annotations(spec, signals, replicas).items():
+        deps.kube.annotate("v1", "Pod", ref.namespace, pod, annotations)
     if workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)

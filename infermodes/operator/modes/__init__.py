@@ -8,16 +8,17 @@ Adding a mode is one module here and one line in ``MODES``.
 from __future__ import annotations
 
 from infermodes.endpoints.spec import Mode
-from infermodes.operator.modes import batch, realtime, serverless
+from infermodes.operator.modes import async_, batch, realtime, serverless
 from infermodes.operator.modes.base import EndpointMode
 
 MODES: dict[Mode, EndpointMode] = {
     Mode.REALTIME: realtime,
     Mode.SERVERLESS: serverless,
+    Mode.ASYNC: async_,
     Mode.BATCH: batch,
 }
 
 
-def mode_for(mode: Mode) -> EndpointMode | None:
-    """The mode's module, or None for a mode that is not built yet."""
-    return MODES.get(mode)
+def mode_for(mode: Mode) -> EndpointMode:
+    """The mode's module."""
+    return MODES[mode]

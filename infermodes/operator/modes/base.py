@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.spec import EndpointSpec
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import QueueFigures, Status
 from infermodes.metrics import ServerLoad
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
@@ -24,6 +24,7 @@ class Signals:
     pods: list[dict[str, Any]]
     loads: Callable[[], Mapping[str, ServerLoad]]  # ready pods' load, read only when called
     fetch_metrics: Callable[[str, int], str | None]  # a pod's /metrics text, or None
+    backlog: Callable[[], QueueFigures | None]  # the queue (async), None when unreadable
     demand: Demand  # the gateways' demand (synchronous modes)
     now: float  # monotonic clock, for cooldowns between the operator's own decisions
     wall: float  # wall clock, for timestamps written by other processes (demand)
@@ -48,6 +49,12 @@ class EndpointMode(Protocol):
         self, ref: EndpointRef, spec: EndpointSpec, replicas: int, image: str
     ) -> list[dict[str, Any]]:
         """Every object the endpoint should have, for server-side apply."""
+
+    def pod_annotations(
+        self, spec: EndpointSpec, signals: Signals, replicas: int
+    ) -> dict[str, dict[str, str]]:
+        """Annotations to set on running pods (by name) before the replicas change, such as
+        which pods the ReplicaSet should remove first."""
 
     def observe(self, spec: EndpointSpec, signals: Signals, previous: Status | None) -> Status:
         """The status the workload means (``signals`` as observed after applying)."""

@@ -38,6 +38,12 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     return spec.batch_block().instance_count
 
 
+def pod_annotations(
+    spec: s.EndpointSpec, signals: Signals, replicas: int
+) -> dict[str, dict[str, str]]:
+    return {}
+
+
 def desired_objects(
     ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
 ) -> list[dict[str, Any]]:
@@ -157,10 +163,9 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     count = spec.batch_block().instance_count
     active = int(job_status.get("active", 0))
     found, failures = progress(signals)
-    counts = {"replicas": active, "ready_replicas": active, "desired_replicas": count}
 
     def status(phase: s.Phase, reason: str, message: str) -> Status:
-        return Status(phase, reason, message, progress=found, **counts)
+        return Status(phase, reason, message, active, active, count, progress=found)
 
     if "Complete" in conditions:
         return status(s.Phase.COMPLETED, "Completed", f"{found.records} records; {found.done} "

@@ -40,6 +40,12 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     )
 
 
+def pod_annotations(
+    spec: s.EndpointSpec, signals: Signals, replicas: int
+) -> dict[str, dict[str, str]]:
+    return {}
+
+
 def desired_objects(
     ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
 ) -> list[dict[str, Any]]:

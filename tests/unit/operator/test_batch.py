@@ -81,7 +81,7 @@ infermodes_model_rows_predicted_total 500.0
 def signals(job: dict | None, pods: list[dict]) -> Signals:
     return Signals(
         WorkloadState(exists=job is not None), job, pods, dict,
-        lambda ip, port: METRICS if (ip, port) == ("127.0.0.9", 9090) else None,
+        lambda ip, port: METRICS if (ip, port) == ("127.0.0.9", 9090) else None, lambda: None,
         Demand(), 0.0, 0.0, False,
     )  # fmt: skip
 

@@ -12,7 +12,7 @@ from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status
 from infermodes.metrics import ServerLoad as PodLoad
 from infermodes.metrics import parse_server_load as parse_load
-from infermodes.operator.modes import realtime
+from infermodes.operator.modes import MODES, realtime
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import PodState, WorkloadState
@@ -39,7 +39,9 @@ FULL_SPEC = {
 
 def observed(workload: WorkloadState) -> Signals:
     """Signals carrying only the workload, as ``observe`` reads them."""
-    return Signals(workload, None, [], dict, lambda ip, port: None, Demand(), 0.0, 0.0, False)
+    return Signals(
+        workload, None, [], dict, lambda ip, port: None, lambda: None, Demand(), 0.0, 0.0, False
+    )
 
 
 def check_golden(name: str, objects: list[dict]) -> None:
@@ -215,14 +217,11 @@ def test_reconcile_creates_objects_and_is_idempotent() -> None:
     assert [o["kind"] for o in first] == ["Deployment", "Service"]
 
 
-def test_invalid_and_unsupported_specs_fail_with_reasons() -> None:
+def test_invalid_specs_fail_with_reasons() -> None:
     kube = FakeKube()
     d, _ = deps(kube)
     status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.FAILED, "InvalidSpec")
-    unsupported = {"mode": "async", "model": {"uri": "x"}, "async": {"outputPath": "file:///o"}}
-    status = reconcile(body(unsupported), ScalerMemory(), d).status
-    assert (status.phase, status.message) == (s.Phase.FAILED, "mode async not supported yet")
     assert kube.applied == []
 
 
@@ -293,3 +292,7 @@ def test_model_load_reason_is_taken_from_the_log_tail() -> None:
     workload = WorkloadState(True, 1, 0, 1, True, [pod("a", False, exit_code=3, message=tail)])
     status = realtime.observe(SPEC, observed(workload), None)
     assert status.message == "model cannot be loaded: no such object: file:///m"
+
+
+def test_every_mode_has_its_module() -> None:
+    assert set(MODES) == set(s.Mode)

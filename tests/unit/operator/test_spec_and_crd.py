@@ -78,7 +78,7 @@ def test_printer_columns_and_short_name() -> None:
     crd = crd_manifest()["spec"]
     assert crd["names"]["shortNames"] == ["ie"]
     columns = [c["name"] for c in crd["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Mode", "Phase", "Ready", "Desired", "Progress", "Age"]
+    assert columns == ["Mode", "Phase", "Ready", "Desired", "Backlog", "Progress", "Age"]
     assert crd["versions"][0]["subresources"] == {"status": {}}
 
 

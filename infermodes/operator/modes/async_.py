@@ -1,0 +1,152 @@
+"""Async endpoints: a pool of queue workers scaled on the backlog, from and to zero.
+
+A Deployment of ``infermodes worker`` (prefetch = ``maxConcurrentInvocationsPerInstance``) that
+consumes the endpoint's RabbitMQ quorum queue; each worker declares the queue, its dead-letter
+queue and their bindings when it connects (idempotently), with its AMQP URL from the Secret the
+spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``). Before a
+scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
+removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
+period outlasts the invocation timeout), acknowledges and exits.
+
+Deleting the endpoint removes the workers; its queue and the requests in it stay on the broker
+(re-creating the endpoint picks them up), as a queue the operator deleted would lose accepted
+requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.async_plan import async_block, worker
+from infermodes.endpoints.plan import env_name
+from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
+from infermodes.endpoints.status import Status
+from infermodes.metrics import parse_worker_in_flight
+from infermodes.operator.modes.base import Signals
+from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
+from infermodes.operator.observed import failure
+from infermodes.settings import WorkerSettings
+
+COMPONENT = "async-worker"
+WORKLOAD = ("apps/v1", "Deployment")
+METRICS_PORT = 9090
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+GRACE_MARGIN_SECONDS = 60  # writing the output, notifying and acknowledging after the timeout
+
+
+def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    workload = signals.workload
+    current = workload.replicas if workload.exists else 0
+    if not workload.exists:
+        return async_block(spec).min_replicas
+    figures = signals.backlog()
+    ready = figures.ready if figures is not None else None
+    in_flight = figures.in_flight if figures is not None else None
+    return backlog_replicas(
+        async_block(spec), current, ready, in_flight, memory, signals.now
+    ).replicas
+
+
+def pod_annotations(
+    spec: s.EndpointSpec, signals: Signals, replicas: int
+) -> dict[str, dict[str, str]]:
+    """Each running worker's in-flight count as its deletion cost, when the pool shrinks: the
+    ReplicaSet removes the pods of lowest cost first, so idle workers go before busy ones."""
+    if replicas >= signals.workload.replicas:
+        return {}
+    costs = {}
+    for pod in signals.pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        text = signals.fetch_metrics(ip, METRICS_PORT)
+        in_flight = parse_worker_in_flight(text) if text is not None else None
+        if in_flight is not None:
+            costs[pod["metadata"]["name"]] = {DELETION_COST: str(int(in_flight))}
+    return costs
+
+
+def desired_objects(
+    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+) -> list[dict[str, Any]]:
+    """The worker Deployment."""
+    block = async_block(spec)
+    plan = worker(ref.name, spec)
+    env = env_list(WorkerSettings, "metrics_host", plan)
+    env.append(
+        {
+            "name": env_name(WorkerSettings, "broker_url"),
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": block.broker_secret_ref.name,
+                    "key": block.broker_secret_ref.key,
+                }
+            },
+        }
+    )
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.image or image,
+        "command": list(plan.command),
+        "env": env,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": resources(block.resources),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.storage_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
+    grace = block.invocation_timeout_seconds + GRACE_MARGIN_SECONDS
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata(COMPONENT),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": ref.selector(COMPONENT)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": ref.labels(COMPONENT)},
+                "spec": restricted_pod_spec([container], grace),
+            },
+        },
+    }
+    return [deployment]
+
+
+def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
+    """``InService`` while the queue accepts work, also at zero workers; the reason says how
+    the pool stands (``Idle``, ``Processing``, ``BrokerUnreadable``: the replicas are kept)."""
+    workload = signals.workload
+    figures = signals.backlog()
+    problem = failure(workload)
+    if problem is not None:
+        status = workload.status(s.Phase.FAILED, problem[0], problem[1])
+    elif not workload.exists:
+        status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")
+    elif figures is None:
+        status = workload.status(
+            s.Phase.IN_SERVICE,
+            "BrokerUnreadable",
+            "the broker cannot be read; keeping the current replicas",
+        )
+    else:
+        total = figures.total
+        in_flight = "unknown" if figures.in_flight is None else str(figures.in_flight)
+        queued = f"{figures.ready} queued, {in_flight} in flight"
+        reason = "Idle" if total == 0 and workload.replicas == 0 else "Processing"
+        status = workload.status(
+            s.Phase.IN_SERVICE, reason, f"{queued}; {workload.ready}/{workload.replicas} workers"
+        )
+    return Status(
+        status.phase,
+        status.reason,
+        status.message,
+        status.replicas,
+        status.ready_replicas,
+        status.desired_replicas,
+        backlog=figures,
+    )

@@ -1,0 +1,25 @@
+"""An async endpoint's queue, read from the broker for the scaler."""
+
+from __future__ import annotations
+
+import logging
+
+from infermodes.endpoints.status import QueueFigures
+from infermodes.queueing.rabbitmq import BROKER_ERRORS, backlog
+
+log = logging.getLogger("infermodes.operator")
+
+
+def read_backlog(
+    endpoint: str, broker_url: str | None, management_url: str | None
+) -> QueueFigures | None:
+    """Ready and in-flight requests (in-flight None when only AMQP answers); None when the
+    broker cannot be read at all, which the scaler treats as "keep the replicas"."""
+    if not broker_url:
+        return None
+    try:
+        found = backlog(endpoint, broker_url, management_url)
+    except BROKER_ERRORS as exc:  # the management API's failures fall back to AMQP inside
+        log.warning("cannot read the backlog of %s: %s", endpoint, exc)
+        return None
+    return QueueFigures(found.ready, found.unacked)

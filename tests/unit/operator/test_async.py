@@ -1,0 +1,101 @@
+"""Async: the worker Deployment for every field, replicas from the backlog, idle workers
+removed first on scale-in, and the status with the queue's figures."""
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.status import QueueFigures
+from infermodes.operator.modes import async_
+from infermodes.operator.modes.base import Signals
+from infermodes.operator.observed import WorkloadState
+from tests.unit.operator.test_realtime import REF, check_golden
+
+FULL_SPEC = {
+    "mode": "async",
+    "model": {"uri": "s3://models/abalone/model.tar.gz"},
+    "storageSecretRef": {"name": "s3-credentials"},
+    "async": {
+        "outputPath": "s3://results/abalone/out",
+        "failurePath": "s3://results/abalone/failed",
+        "inputPath": "s3://results/abalone/in",
+        "maxConcurrentInvocationsPerInstance": 3,
+        "invocationTimeoutSeconds": 120,
+        "maxAttempts": 5,
+        "minReplicas": 0,
+        "maxReplicas": 6,
+        "targetBacklogPerInstance": 4,
+        "scaleInCooldownSeconds": 30,
+        "brokerSecretRef": {"name": "rabbit", "key": "amqp"},
+        "notification": {"topic": True, "successWebhook": "http://127.0.0.1:9/ok",
+                         "errorWebhook": "http://127.0.0.1:9/err"},
+        "resources": {"cpu": "500m", "memory": "768Mi"},
+    },
+}  # fmt: skip
+SPEC = s.EndpointSpec.model_validate(FULL_SPEC)
+
+
+def signals(
+    workload: WorkloadState,
+    figures: QueueFigures | None,
+    pods: list | None = None,
+    metrics: dict | None = None,
+    now: float = 1000.0,
+) -> Signals:
+    return Signals(
+        workload, {} if workload.exists else None, pods or [], dict,
+        lambda ip, port: (metrics or {}).get(ip), lambda: figures, Demand(), now, now, True,
+    )  # fmt: skip
+
+
+def test_every_async_field_reaches_the_deployment() -> None:
+    objects = async_.desired_objects(REF, SPEC, 2, "default:img")
+    check_golden("async-full.yaml", objects)
+    env = {e["name"]: e for e in objects[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["INFERMODES_WORKER_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rabbit",
+        "key": "amqp",
+    }  # the URL itself never appears in the spec or the objects
+    grace = objects[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= 120 + 30
+
+
+def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
+    memory = ScalerMemory()
+    zero = WorkloadState(True, 0, 0, 0, True)
+    assert async_.replicas(SPEC, signals(zero, QueueFigures(9, 0)), memory) == 3
+    busy = WorkloadState(True, 3, 3, 3, True)
+    assert async_.replicas(SPEC, signals(busy, QueueFigures(0, 9), now=5000), memory) == 3
+    assert async_.replicas(SPEC, signals(busy, None, now=9000), memory) == 3  # broker unreadable
+
+
+def pod(name: str, ip: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"podIP": ip}}
+
+
+def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
+    metrics = {
+        "127.0.0.1": "infermodes_async_in_flight 2.0\n",
+        "127.0.0.2": "infermodes_async_in_flight 0.0\n",
+    }
+    pods = [pod("busy", "127.0.0.1"), pod("idle", "127.0.0.2"), pod("silent", "127.0.0.3")]
+    three = WorkloadState(True, 3, 3, 3, True)
+    shrinking = async_.pod_annotations(SPEC, signals(three, QueueFigures(0, 2), pods, metrics), 1)
+    assert shrinking == {
+        "busy": {async_.DELETION_COST: "2"},
+        "idle": {async_.DELETION_COST: "0"},
+    }
+    steady = async_.pod_annotations(SPEC, signals(three, QueueFigures(0, 2), pods, metrics), 3)
+    assert steady == {}
+
+
+def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> None:
+    idle = async_.observe(SPEC, signals(WorkloadState(True, 0, 0, 0, True), QueueFigures(0, 0)),
+                          None)  # fmt: skip
+    assert (idle.phase, idle.reason) == (s.Phase.IN_SERVICE, "Idle")
+    assert idle.to_patch(1, None)["backlog"] == {"ready": 0, "inFlight": 0, "total": 0}
+    busy = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), QueueFigures(5, 6)),
+                          None)  # fmt: skip
+    assert busy.reason == "Processing" and "5 queued, 6 in flight" in busy.message
+    blind = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), None), None)
+    assert (blind.phase, blind.reason, blind.replicas) == (s.Phase.IN_SERVICE,
+                                                           "BrokerUnreadable", 2)  # fmt: skip
