@@ -171,7 +171,11 @@ class Runner:
         started = time.monotonic()
         executor: Executor | None = None
         try:
-            units = self.shard(self.inputs())
+            try:
+                units = self.shard(self.inputs())
+            except (StorageError, ValueError, UnicodeDecodeError) as exc:
+                self.summary.error = f"cannot list the inputs: {exc}"
+                return self.summary
             self.summary.assigned = len(units)
             self.metrics.units_assigned.set(len(units))
             log.info(
@@ -189,8 +193,6 @@ class Runner:
                 self.metrics.units.labels(outcome).inc()
                 setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
                 self.progress.advance(units=1)
-        except (StorageError, ValueError, UnicodeDecodeError) as exc:
-            self.summary.error = f"cannot list the inputs: {exc}"
         except BrokenExecutor as exc:
             self.summary.error = f"the worker processes died (out of memory?): {exc}"
         except Stopped:
@@ -203,7 +205,27 @@ class Runner:
         return self.summary
 
     def unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
-        """Transform one object or range; returns succeeded, skipped or failed."""
+        """Transform one object or range; returns succeeded, skipped or failed. Bad input and
+        storage errors fail this object only."""
+        try:
+            return self.transform_unit(unit, executor)
+        except (BadRecord, StorageError) as exc:
+            line, reason = None, str(exc)
+            if isinstance(exc, BadRecord):
+                reason = exc.reason
+                if exc.line is not None:
+                    try:
+                        line = self.absolute_line(unit, exc.line)
+                    except StorageError:  # cannot count: say where in the range instead
+                        reason += f" (line {exc.line} of the range from byte {unit.start})"
+            where = f" at line {line}" if line else ""
+            log.error("%s failed%s: %s", unit.obj.uri, where, reason)
+            self.summary.failures.append(Failure(unit.obj.uri, line, reason))
+            for part in self.parts(unit):  # the object will not assemble: drop its parts
+                self.storage.delete(part)
+            return "failed"
+
+    def transform_unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         out = plan.output_uri(self.output_prefix, unit.obj.key)
         if self.storage.exists(out):
             log.info("skipping %s: %s exists", unit.obj.uri, out)
@@ -216,21 +238,7 @@ class Runner:
             log.info("skipping range %d of %s: its part exists", unit.part, unit.obj.uri)
             outcome = "skipped"
         else:
-            try:
-                self.write(unit, target, executor)
-            except (BadRecord, StorageError) as exc:
-                line, reason = None, str(exc)
-                if isinstance(exc, BadRecord):
-                    reason = exc.reason
-                    if exc.line is not None:
-                        line = self.absolute_line(unit, exc.line)
-                log.error(
-                    "%s failed%s: %s", unit.obj.uri, f" at line {line}" if line else "", reason
-                )
-                self.summary.failures.append(Failure(unit.obj.uri, line, reason))
-                for part in self.parts(unit):  # the object will not assemble: drop its parts
-                    self.storage.delete(part)
-                return "failed"
+            self.write(unit, target, executor)
         if not unit.is_range or self.assemble(unit):
             self.summary.objects_written += 1
         return outcome

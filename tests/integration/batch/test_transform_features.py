@@ -469,3 +469,18 @@ def test_sigterm_discards_the_output_in_progress_and_reports_stopped(
     assert done.returncode == 143, done.log
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["_infermodes-batch"]
     assert summary(tmp_path / "out")["state"] == "Stopped"
+
+
+def test_an_unreadable_manifest_stops_the_instance_with_a_summary(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('["not", "a", "manifest"]')
+    done = run(
+        [*command(abalone_model, tmp_path, tmp_path / "out")[:4], "--manifest", str(manifest),
+         "--output", str(tmp_path / "out"), "--metrics-port", "0"]
+    )  # fmt: skip
+    assert done.returncode == 2, done.log
+    document = summary(tmp_path / "out")
+    assert document["state"] == "Failed"
+    assert document["error"].startswith(f"cannot list the inputs: manifest {manifest} must be")
