@@ -89,3 +89,10 @@ class ModelInvocationTimeout(InfermodesError):
     """The replica did not answer within the invocation timeout."""
 
     status_code = 504
+
+
+class ClientClosedRequest(InfermodesError):
+    """The client left while its request was held (nginx's 499): nobody reads the answer, and
+    its place under the endpoint's maxConcurrency is freed at once."""
+
+    status_code = 499

@@ -17,6 +17,7 @@ from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
+    ClientClosedRequest,
     InternalDependencyException,
     ModelError,
     ModelInvocationTimeout,
@@ -226,7 +227,7 @@ class Proxy:
         holding = [False]
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.forward(endpoint, forwarded, body, holding)
+                return await self.forward(endpoint, forwarded, body, holding, receive)
         except TimeoutError:
             if holding[0]:
                 raise ServiceUnavailable(
@@ -248,6 +249,7 @@ class Proxy:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         holding: list[bool],
+        receive: Receive,
     ) -> Answer:
         """Send to a ready replica, holding while there is none; a replica the request never
         reached is left for another."""
@@ -259,7 +261,7 @@ class Proxy:
                     was_held = True
                     self.metrics.held.labels(endpoint.name).inc()
                 holding[0] = True
-                await self.hold(endpoint)
+                await self.hold(endpoint, receive)
                 holding[0] = False
                 continue
             pool: Pool = replica.handle
@@ -295,9 +297,10 @@ class Proxy:
             )
             endpoint.cold_since = None
 
-    async def hold(self, endpoint: Endpoint) -> None:
-        """Wait until a replica of the endpoint becomes ready (the caller's timeout bounds it);
-        the first held request of a cold start has its demand written at once."""
+    async def hold(self, endpoint: Endpoint, receive: Receive) -> None:
+        """Wait until a replica of the endpoint becomes ready (the caller's timeout bounds it)
+        or the client leaves (its place under maxConcurrency is freed at once); the first held
+        request of a cold start has its demand written at once."""
         _, held_now = self._live(endpoint.name)
         if endpoint.held == 0 and endpoint.cold_since is None:
             endpoint.cold_since = time.monotonic()
@@ -307,11 +310,26 @@ class Proxy:
             self.demand.cold_start(endpoint)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         endpoint.waiters.append(waiter)
+        gone = asyncio.ensure_future(left(receive))
         try:
-            await waiter
+            await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                raise ClientClosedRequest(
+                    f"the client of endpoint {endpoint.name} left while its request was held"
+                )
         finally:
+            gone.cancel()
             endpoint.held -= 1
             held_now.dec()
             if not waiter.done():
                 waiter.cancel()
                 endpoint.waiters.remove(waiter)
+
+
+async def left(receive: Receive) -> None:
+    """Returns when the client disconnects (after the whole body, ``receive`` has nothing else
+    to tell)."""
+    for _ in range(MAX_ATTEMPTS):  # anything but a disconnect is not expected here
+        if (await receive())["type"] == "http.disconnect":
+            return
+    await asyncio.Event().wait()  # never a disconnect: only the waiter can end the hold

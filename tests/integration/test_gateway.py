@@ -57,6 +57,7 @@ def gateway(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
         static_endpoint("realtime", "realtime", [address]),
         static_endpoint("serverless", "serverless", [address], maxConcurrency=5),
         static_endpoint("creating", "serverless", [address], phase="Creating"),
+        static_endpoint("nowhere", "serverless", [f"127.0.0.1:{free_port()}"], maxConcurrency=1),
         static_endpoint("twice", "realtime", [address], namespace="team-a"),
         static_endpoint("twice", "realtime", [address], namespace="team-b"),
     ]
@@ -311,3 +312,20 @@ def test_boto3s_sagemaker_runtime_client_calls_the_gateway_unchanged(
         client.invoke_endpoint(EndpointName="realtime", Body=b"1,2,x", ContentType="text/csv")
     assert failed.value.response["OriginalStatusCode"] == 400
     assert "row 1" in failed.value.response["OriginalMessage"]
+
+
+HELD_NOW = "infermodes_gateway_requests_held"
+
+
+def test_a_held_client_that_gives_up_frees_its_place(gateway: GatewayProcess) -> None:
+    """maxConcurrency 1 and no replica: a client that leaves while held must not keep the
+    endpoint throttled until the invocation timeout."""
+    for attempt in (1, 2):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{gateway.url}/endpoints/nowhere/invocations", content=b"1",
+                       headers={"content-type": "text/csv"}, timeout=1.0)  # fmt: skip
+        # well before the gateway's 30 s invocation timeout would free it anyway
+        wait_until(lambda: gateway.metric(HELD_NOW, endpoint="nowhere") == 0, 10, "a free place")
+        held = gateway.metric("infermodes_gateway_held_for_cold_start_total", endpoint="nowhere")
+        assert held == attempt  # held again, not throttled by the one that left
+    assert gateway.metric("infermodes_gateway_throttled_total", endpoint="nowhere") == 0

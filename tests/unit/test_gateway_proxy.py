@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from infermodes.gateway.errors import ThrottlingException
+from infermodes.gateway.errors import ClientClosedRequest, ThrottlingException
 from infermodes.gateway.proxy import Proxy
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent
@@ -116,5 +116,36 @@ def test_a_request_that_never_reached_a_replica_goes_to_another() -> None:
         assert not refused.ready  # out of the rotation until a probe says otherwise
         assert metrics.upstream_errors.labels("sl", "not_sent")._value.get() == 1
         proxy.prober.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_held_client_that_leaves_frees_its_place_at_once() -> None:
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=1)
+        endpoint = table.lookup("sl")
+        left = asyncio.Event()
+        sent_body = False
+
+        async def leaving() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return await receive()
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        held = asyncio.create_task(proxy.invoke(endpoint, scope(), leaving))
+        await asyncio.sleep(0)
+        with pytest.raises(ThrottlingException):  # the one place is taken
+            await proxy.invoke(endpoint, scope(), receive)
+        left.set()
+        with pytest.raises(ClientClosedRequest):
+            await held
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+        assert (await proxy.invoke(endpoint, scope(), receive)).status == 200
 
     asyncio.run(scenario())
