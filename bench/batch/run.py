@@ -91,7 +91,23 @@ def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float,
     return seconds, usage.ru_utime + usage.ru_stime, peak, output
 
 
-def make_data(work: Path, rows: int) -> tuple[Path, Path, Path]:
+def larger_model(model_dir: Path, trees: int, depth: int) -> Path:
+    """The Abalone regression with more and deeper trees, packaged like train.py's."""
+    sys.path.insert(0, str(REPO / "examples/abalone"))
+    import xgboost as xgb
+    from train import load_abalone, write_model_tar
+
+    features, labels = load_abalone(REPO / "examples/abalone/abalone.csv")
+    params = {"objective": "reg:squarederror", "max_depth": depth, "eta": 0.05, "seed": 0}
+    booster = xgb.train(params, xgb.DMatrix(features, label=labels), num_boost_round=trees)
+    path = model_dir / f"model-{trees}x{depth}.tar.gz"
+    write_model_tar(booster, path)
+    return path
+
+
+def make_data(
+    work: Path, rows: int, trees: int | None = None, depth: int = 8
+) -> tuple[Path, Path, Path]:
     """Abalone-like rows (resampled from the data set, measurements jittered) as CSV and .npy."""
     model_dir = work / "model"
     subprocess.run(
@@ -99,6 +115,9 @@ def make_data(work: Path, rows: int) -> tuple[Path, Path, Path]:
         check=True,
         capture_output=True,
     )
+    model = model_dir / "model.tar.gz"
+    if trees:
+        model = larger_model(model_dir, trees, depth)
     base = np.loadtxt(model_dir / "test.csv", delimiter=",", dtype=np.float64)
     rng = np.random.default_rng(0)
     data = base[rng.integers(0, len(base), rows)]
@@ -110,7 +129,7 @@ def make_data(work: Path, rows: int) -> tuple[Path, Path, Path]:
     parsed = np.loadtxt(csv, delimiter=",", dtype=np.float32)  # the rows as a parser sees them
     npy = work / "rows.npy"
     np.save(npy, parsed)
-    return model_dir / "model.tar.gz", csv, npy
+    return model, csv, npy
 
 
 def batch(model: Path, source: str, output: Path, *args: str) -> list[str]:
@@ -243,14 +262,20 @@ def main() -> None:
     parser.add_argument("--big-bytes", type=int, default=2**30)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", choices=("throughput", "large"), help="one part of the run")
+    parser.add_argument(
+        "--trees", type=int, help="a larger model: this many trees (default: the example's 50)"
+    )
+    parser.add_argument("--depth", type=int, default=8, help="their depth, with --trees")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--work-dir", type=Path)
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
     log(f"work dir {work}; data: {args.rows:,} rows")
-    model, csv, npy = make_data(work, args.rows)
-    report: dict[str, object] = {"rows": args.rows, "csv_bytes": csv.stat().st_size}
+    model, csv, npy = make_data(work, args.rows, args.trees, args.depth)
+    report: dict[str, object] = {
+        "rows": args.rows, "csv_bytes": csv.stat().st_size, "model": model.name
+    }  # fmt: skip
     if args.only in (None, "throughput"):
         log("throughput (each repeat: raw inplace_predict, infermodes batch, user script)")
         speeds = throughput(args, work, model, csv, npy)
