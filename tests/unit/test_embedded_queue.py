@@ -4,6 +4,7 @@ counts, leases, draining, backlog figures, the topic log, concurrent submitters,
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing import embedded
@@ -257,6 +260,24 @@ def test_backlog_counts_ready_in_flight_consumers_and_the_oldest_wait(
 )
 def test_topic_patterns_follow_rabbitmq(pattern: str, key: str, matches: bool) -> None:
     assert topic_matches(pattern, key) is matches
+
+
+def _topic_regex(pattern: str) -> str:
+    """A second statement of the rule, for the property below: every word of ``"." + key``
+    starts with a dot; ``*`` is one word, ``#`` any number of them."""
+    parts = {"*": r"\.[^.]*", "#": r"(?:\.[^.]*)*"}
+    return "".join(parts.get(word, r"\." + re.escape(word)) for word in pattern.split("."))
+
+
+@settings(max_examples=1000)  # a small space: search most of it
+@given(
+    st.lists(st.sampled_from(["a", "b", "", "*", "#"]), min_size=1, max_size=4),
+    st.lists(st.sampled_from(["a", "b", ""]), min_size=1, max_size=4),
+)
+def test_topic_patterns_agree_with_a_regular_expression(pattern: list[str], key: list[str]) -> None:
+    joined, routing_key = ".".join(pattern), ".".join(key)
+    expected = re.fullmatch(_topic_regex(joined), "." + routing_key) is not None
+    assert topic_matches(joined, routing_key) is expected
 
 
 def test_tail_reads_the_topic_log_by_pattern_and_position(queue: EmbeddedQueue) -> None:
