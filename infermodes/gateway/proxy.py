@@ -107,8 +107,8 @@ class Prober:
             await asyncio.sleep(self.interval)
         if not replica.ready and not replica.removed:
             log.warning(
-                "replica %s of endpoint %s did not answer /ping within %g s; not probed again "
-                "until its pod changes",
+                "replica %s of endpoint %s did not answer /ping within %g s; it joins when its pod "
+                "reports Ready",
                 replica.key,
                 endpoint.name,
                 self.timeout,
