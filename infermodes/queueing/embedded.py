@@ -58,6 +58,7 @@ log = logging.getLogger("infermodes.embedded_queue")
 
 LEASE_SECONDS = 15.0
 HEARTBEATS_PER_LEASE = 5
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 BUSY_TIMEOUT_SECONDS = 10.0  # how long a write waits for another process's
 POLL_MIN_SECONDS = 0.005  # an idle consumer looks again after this, doubling ...
 POLL_MAX_SECONDS = 0.1  # ... up to this
@@ -144,6 +145,9 @@ class Database:
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file
         connection.execute(f"PRAGMA synchronous={synchronous}")
+        # after a burst, the WAL shrinks back to this once checkpointed (it is reused, not
+        # grown, below it)
+        connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         connection.create_function("topic_matches", 2, topic_matches, deterministic=True)
         if connection.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             with self.write() as db:  # idempotent: another process may have just done it
