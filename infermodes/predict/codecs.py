@@ -306,6 +306,13 @@ def decode_json(
 ) -> np.ndarray:
     """``{"instances": [[...], ...]}``, ``{"instances": [{"features": [...]}]}``, a list of
     rows, one row, or ``{"features": [...]}``."""
+    if max_rows is not None:  # parsing holds the GIL and costs ~70 bytes per container
+        containers = body.count(b"[") + body.count(b"{")
+        if containers > 2 * max_rows + 2:  # a row is at most an object and its list
+            raise PayloadTooLarge(
+                f"the body has {containers} JSON arrays and objects; {max_rows} rows, the most "
+                f"one request may carry, need at most {2 * max_rows + 2}"
+            )
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
         document = json.loads(body, parse_int=float, parse_constant=_refuse_constant)

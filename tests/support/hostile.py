@@ -8,11 +8,14 @@ Shared by the property tests (unit and live server) and by ``bench/hostile/run.p
 from __future__ import annotations
 
 import json
+import math
 import socket
 from dataclasses import dataclass, field
 
+import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 NUM_FEATURES = 10  # the Abalone model's
 
@@ -168,6 +171,45 @@ def json_bodies(draw: st.DrawFn) -> bytes:
     return text.encode()
 
 
+def write_body(matrix: np.ndarray, content_type: str, ending: str, missing: str) -> bytes:
+    """``matrix`` as a client writes it: ``missing`` for NaN in CSV (libsvm leaves it out,
+    JSON writes null), rows ending with ``ending``."""
+
+    def text(value: np.float32) -> str:
+        return missing if math.isnan(value) else repr(float(value))
+
+    if content_type == "text/csv":
+        lines = [",".join(text(v) for v in row) for row in matrix]
+    elif content_type == "text/libsvm":
+        lines = [
+            " ".join(["0"] + [f"{i}:{text(v)}" for i, v in enumerate(row) if not math.isnan(v)])
+            for row in matrix
+        ]
+    else:
+        rows = [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
+        return json.dumps({"instances": rows}).encode()
+    return ending.join(lines).encode()
+
+
+def matrices(width: int | None = None) -> st.SearchStrategy[np.ndarray]:
+    """float32 matrices as clients send them: finite values, NaN for missing."""
+    columns = st.integers(1, 8) if width is None else st.just(width)
+    return hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), columns),
+        elements=st.floats(width=32, allow_infinity=False),
+    )
+
+
+@st.composite
+def valid_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A (content type, body) pair the server must predict (width: the Abalone model's)."""
+    content_type = draw(st.sampled_from(["text/csv", "application/json", "text/libsvm"]))
+    ending = draw(st.sampled_from(["\n", "\r\n"]))
+    body = write_body(draw(matrices(NUM_FEATURES)), content_type, ending, "")
+    return content_type.encode(), body
+
+
 BODIES = st.one_of(csv_bodies(), libsvm_bodies(), json_bodies(), st.binary(max_size=300))
 HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=60).map(
     lambda text: text.encode("latin-1")
@@ -202,10 +244,15 @@ class Request:
 def requests(draw: st.DrawFn) -> Request:
     """Mostly /invocations with a plausible or hostile body; sometimes any route and method;
     headers from the known values or any latin-1 text; sometimes a coding we do not undo."""
-    invocation = draw(st.integers(0, 9)) < 8
-    method = "POST" if invocation else draw(st.sampled_from(METHODS))
-    path = "/invocations" if invocation else draw(st.sampled_from(ROUTES))
-    headers: list[tuple[bytes, bytes]] = []
+    kind = draw(st.integers(0, 9))
+    if kind < 3:  # a well-formed invocation, to keep the success path under fire too
+        content_type, body = draw(valid_bodies())
+        accept = draw(st.sampled_from(ACCEPTS[:5])).encode()
+        headers = [(b"Content-Type", content_type), (b"Accept", accept)]
+        return Request("POST", "/invocations", headers, body)
+    method = "POST" if kind < 8 else draw(st.sampled_from(METHODS))
+    path = "/invocations" if kind < 8 else draw(st.sampled_from(ROUTES))
+    headers = []
     for name, known in ((b"Content-Type", CONTENT_TYPES), (b"Accept", ACCEPTS)):
         for _ in range(draw(st.integers(0, 2))):
             value = draw(st.one_of(st.sampled_from(known).map(str.encode), HEADER_TEXT))

@@ -197,6 +197,7 @@ def test_decoder_errors_are_invalid_input(body: bytes, content_type: str, messag
         (b"0\n" * 5, codecs.LIBSVM, {"max_rows": 4}, "5 rows; one request may carry at most 4"),
         (b"1,2,3\n" * 5, codecs.CSV, {"max_rows": 4}, "at most 4"),
         (b"[[1,2,3],[1,2,3]]", codecs.JSON, {"max_rows": 1}, "at most 1"),
+        (b"[" + b"[]," * 9 + b"[]]", codecs.JSON, {"max_rows": 4}, "11 JSON arrays and objects"),
         (b"0\n" * 5, codecs.LIBSVM, {"max_values": 14}, "5 rows of 3 features make 15 values"),
     ],
 )

@@ -5,14 +5,10 @@ random one, with bounded examples (``tests/support/hostile.py``)."""
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from infermodes.errors import (
     InfermodesError,
@@ -23,16 +19,9 @@ from infermodes.errors import (
 )
 from infermodes.http import refuse_coding
 from infermodes.predict import codecs
-from tests.support.hostile import BODIES, HEADER_TEXT, PROFILES
+from tests.support.hostile import BODIES, HEADER_TEXT, PROFILES, matrices, write_body
 
 profiles = pytest.mark.parametrize("profile", PROFILES.values(), ids=PROFILES.keys())
-
-# float32 values as a client would send them: finite, or NaN for missing
-MATRICES = hnp.arrays(
-    np.float32,
-    st.tuples(st.integers(1, 6), st.integers(1, 8)),
-    elements=st.floats(width=32, allow_infinity=False),
-)
 
 
 def assert_4xx(exc: InfermodesError) -> None:
@@ -71,31 +60,20 @@ def test_any_body_decodes_or_is_a_4xx(profile: object) -> None:
     profile(check)()  # type: ignore[operator]
 
 
-def same(got: np.ndarray, sent: np.ndarray) -> None:
-    np.testing.assert_array_equal(got, sent)  # NaN equals NaN here
-
-
 @profiles
 def test_what_a_client_writes_reads_back_exactly(profile: object) -> None:
-    @given(matrix=MATRICES, crlf=st.booleans(), missing=st.sampled_from(["", "nan", "NaN"]))
-    def check(matrix: np.ndarray, crlf: bool, missing: str) -> None:
-        width = matrix.shape[1]
-        if width == 1:
+    @given(
+        matrix=matrices(),
+        content_type=st.sampled_from(codecs.INPUT_TYPES),
+        ending=st.sampled_from(["\n", "\r\n"]),
+        missing=st.sampled_from(["", "nan", "NaN"]),
+    )
+    def check(matrix: np.ndarray, content_type: str, ending: str, missing: str) -> None:
+        if matrix.shape[1] == 1:
             missing = missing or "nan"  # an empty line is a blank line, skipped, not a row
-
-        def text(value: np.float32) -> str:
-            return missing if math.isnan(value) else repr(float(value))
-
-        ending = "\r\n" if crlf else "\n"
-        csv = ending.join(",".join(text(v) for v in row) for row in matrix)
-        same(codecs.decode(csv.encode(), codecs.CSV, width), matrix)
-        libsvm = ending.join(
-            "0 " + " ".join(f"{i}:{text(v)}" for i, v in enumerate(row) if not math.isnan(v))
-            for row in matrix
-        )
-        same(codecs.decode(libsvm.encode(), codecs.LIBSVM, width), matrix)
-        rows = [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
-        same(codecs.decode(json.dumps({"instances": rows}).encode(), codecs.JSON, width), matrix)
+        body = write_body(matrix, content_type, ending, missing)
+        got = codecs.decode(body, content_type, matrix.shape[1])
+        np.testing.assert_array_equal(got, matrix)  # NaN equals NaN here
 
     profile(check)()  # type: ignore[operator]
 
