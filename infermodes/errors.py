@@ -3,6 +3,10 @@
 # The exit code of `infermodes serve` and `infermodes worker` when the model cannot be loaded:
 # their supervisors stop instead of restarting, and the operator reports ModelLoadFailed.
 EXIT_MODEL_LOAD_FAILED = 3
+# The exit codes of `infermodes batch` that its Job must not retry, and the one of a stop.
+EXIT_CANNOT_START = 2  # no listing, a bad manifest or filter
+EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not help
+EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half written
 
 
 class InfermodesError(Exception):

@@ -207,7 +207,10 @@ class OperatorSettings(BaseSettings):
         "in-flight counts; without it only ready messages are known, so pools never scale in.",
     )
     activation_seconds: float = Field(
-        1.0, gt=0, le=60, description="How often an async endpoint at zero replicas is checked "
+        1.0,
+        gt=0,
+        le=60,
+        description="How often an async endpoint at zero replicas is checked "
         "for a backlog (its activation delay at most).",
     )
     metrics_port: int = Field(

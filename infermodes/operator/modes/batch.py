@@ -18,6 +18,12 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import BATCH_METRICS_PORT, TERMINATION_MESSAGE_PATH, batch_instance
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Progress, Status
+from infermodes.errors import (
+    EXIT_CANNOT_START,
+    EXIT_MODEL_LOAD_FAILED,
+    EXIT_OBJECTS_FAILED,
+    EXIT_STOPPED,
+)
 from infermodes.metrics import parse_batch_units
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
@@ -28,8 +34,7 @@ WORKLOAD = ("batch/v1", "Job")
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 BACKOFF_LIMIT_PER_INDEX = 2
 # exit codes of `infermodes batch` that another attempt of the same input cannot mend
-PERMANENT_EXIT_CODES = [2, 3, 4]
-STOPPED_EXIT_CODE = 143  # SIGTERM (a stop or a node drain): not the job's fault
+PERMANENT_EXIT_CODES = [EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED]
 TERMINATION_GRACE_SECONDS = 30
 FAILURES_SHOWN = 5
 
@@ -81,7 +86,7 @@ def desired_objects(
                     },
                     {
                         "action": "Ignore",
-                        "onExitCodes": {"operator": "In", "values": [STOPPED_EXIT_CODE]},
+                        "onExitCodes": {"operator": "In", "values": [EXIT_STOPPED]},
                     },
                 ]
             },

@@ -30,7 +30,14 @@ from typing import IO, TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from infermodes.errors import EXIT_MODEL_LOAD_FAILED, ModelLoadError, StorageError
+from infermodes.errors import (
+    EXIT_CANNOT_START,
+    EXIT_MODEL_LOAD_FAILED,
+    EXIT_OBJECTS_FAILED,
+    EXIT_STOPPED,
+    ModelLoadError,
+    StorageError,
+)
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics
 from infermodes.predict.model import XGBoostModel
@@ -50,9 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infermodes.batch")
 
-EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not help
-EXIT_CANNOT_START = 2  # no listing, a bad manifest or filter
-EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half written
 BLOCK_BYTES = CHUNK_SIZE
 T = TypeVar("T")
 R = TypeVar("R")

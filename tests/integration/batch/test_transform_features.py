@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
+from infermodes.endpoints.plan import batch_instance
 from infermodes.endpoints.spec import EndpointSpec
+from infermodes.errors import EXIT_OBJECTS_FAILED
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
     batch_command,
@@ -28,8 +30,6 @@ from tests.support.batch import (
     with_faults,
 )
 from tests.support.processes import INFERMODES, REPO, stop_process, wait_until
-
-EXIT_OBJECTS_FAILED = 4
 
 
 @pytest.fixture(scope="module")
@@ -409,33 +409,21 @@ def test_the_example_manifest_runs_as_written_on_the_example_data(
     """examples/abalone/batch.yaml's batch block as the instances' environment (URIs pointed at
     what train.py wrote), each instance told its index as an Indexed Job tells it."""
     manifest = yaml.safe_load((REPO / "examples/abalone/batch.yaml").read_text())
+    manifest["spec"]["model"]["uri"] = str(abalone_model.tarball)
+    block = manifest["spec"]["batch"]
+    block["input"]["uri"] = f"file://{abalone_model.directory}/batch/input/"
+    block["output"]["uri"] = f"file://{tmp_path}/output/"
     spec = EndpointSpec.model_validate(manifest["spec"])
-    assert spec.batch is not None
-    block = spec.batch
-    env = {
-        "INFERMODES_BATCH_MODEL_URI": str(abalone_model.tarball),
-        "INFERMODES_BATCH_INPUT_URI": f"file://{abalone_model.directory}/batch/input/",
-        "INFERMODES_BATCH_OUTPUT_URI": f"file://{tmp_path}/output/",
-        "INFERMODES_BATCH_CONTENT_TYPE": block.input.content_type,
-        "INFERMODES_BATCH_SPLIT_TYPE": block.input.split_type,
-        "INFERMODES_BATCH_ACCEPT": block.output.accept,
-        "INFERMODES_BATCH_ASSEMBLE_WITH": block.output.assemble_with,
-        "INFERMODES_BATCH_BATCH_STRATEGY": block.batch_strategy,
-        "INFERMODES_BATCH_MAX_PAYLOAD_IN_MB": str(block.max_payload_in_mb),
-        "INFERMODES_BATCH_MAX_CONCURRENT_TRANSFORMS": str(block.max_concurrent_transforms),
-        "INFERMODES_BATCH_INVOCATIONS_MAX_RETRIES": str(block.invocations_max_retries),
-        "INFERMODES_BATCH_INVOCATIONS_TIMEOUT_IN_SECONDS": str(
-            block.invocations_timeout_in_seconds
-        ),
-        "INFERMODES_BATCH_INSTANCE_COUNT": str(block.instance_count),
-        "INFERMODES_BATCH_METRICS_PORT": "0",
-    }
+    env = dict(batch_instance(spec).env)  # what the operator gives each instance
+    env["INFERMODES_BATCH_METRICS_PORT"] = "0"  # instances share this machine's ports
+    env["INFERMODES_BATCH_TERMINATION_MESSAGE_PATH"] = str(tmp_path / "termination-log")
+    count = spec.batch_block().instance_count
     procs = [
         start([INFERMODES, "batch"], {**env, "JOB_COMPLETION_INDEX": str(index)})
-        for index in range(block.instance_count)
+        for index in range(count)
     ]
     done = [finish(proc) for proc in procs]
-    assert [d.returncode for d in done] == [0] * block.instance_count, [d.log for d in done]
+    assert [d.returncode for d in done] == [0] * count, [d.log for d in done]
     inputs = sorted((abalone_model.directory / "batch/input").iterdir())
     assert len(inputs) == 4
     total = 0
