@@ -54,15 +54,24 @@ def shift_rows(message: str, offset: int) -> str:
     return _ROW_PREFIX.sub(lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
 
 
+_CLEAN_CSV = b"0123456789+-.eE, \t\r\nnaNA"
+
+
 def _clean_csv(chunk: bytes, num_features: int) -> np.ndarray | None:
-    """numpy's C parser for the common case; None (use the codecs) on anything unusual."""
+    """numpy's C parser for the common case; None (use the codecs) on anything unusual,
+    including what numpy reads more leniently than the codecs (infinities, other whitespace,
+    a lone CR), so that every mode accepts and refuses the same input."""
+    if chunk.translate(None, _CLEAN_CSV) or chunk.count(b"\r") != chunk.count(b"\r\n"):
+        return None
     try:
         rows = np.loadtxt(
             io.BytesIO(chunk), delimiter=",", dtype=np.float32, ndmin=2, comments=None
         )
     except ValueError:
         return None
-    return rows if rows.shape[1] == num_features and rows.shape[0] > 0 else None
+    if rows.shape[1] != num_features or rows.shape[0] == 0 or np.isinf(rows).any():
+        return None
+    return rows
 
 
 def decode_chunk(chunk: bytes, content_type: str, num_features: int, first_line: int) -> np.ndarray:

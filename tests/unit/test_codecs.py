@@ -232,3 +232,18 @@ def test_bad_q_value_and_charset() -> None:
         codecs.accept_of("text/csv;q=0")
     with pytest.raises(UnsupportedContentType, match="charset 'utf-16'"):
         codecs.content_type_of("text/csv; charset=utf-16")
+
+
+@pytest.mark.parametrize(
+    "chunk", [b"1,inf,3\n", b"1,2,1e39\n", b"1,2,3\r4,5,6\n", b"1,\x0c2,3\n", b"1,1_0,3\n"]
+)
+def test_streamed_chunks_are_refused_like_request_bodies(chunk: bytes) -> None:
+    """The async worker and the batch runner read chunks with numpy's parser first; what it
+    reads more leniently than the codecs must still be refused, with the codecs' message."""
+    from infermodes.predict.stream import decode_chunk
+
+    with pytest.raises(InvalidInput) as whole:
+        codecs.decode(chunk, codecs.CSV, 3)
+    with pytest.raises(InvalidInput) as streamed:
+        decode_chunk(chunk, codecs.CSV, 3, 1)
+    assert str(streamed.value) == str(whole.value)
