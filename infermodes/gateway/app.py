@@ -97,7 +97,8 @@ class OneWriteTransport:
                 data = head + data
             else:
                 self._transport.write(head)
-        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n"):
+        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") and data[9:10] != b"1":
+            # a final response's head (a 100 Continue must go out at once: the body waits for it)
             self._head = data
             return
         self._transport.write(data)

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,3 +330,23 @@ def test_a_held_client_that_gives_up_frees_its_place(gateway: GatewayProcess) ->
         held = gateway.metric("infermodes_gateway_held_for_cold_start_total", endpoint="nowhere")
         assert held == attempt  # held again, not throttled by the one that left
     assert gateway.metric("infermodes_gateway_throttled_total", endpoint="nowhere") == 0
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_and_then_its_answer(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    body = to_csv(abalone_model.test_rows[:1])
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: gw\r\n"
+                     b"Content-Type: text/csv\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        assert conn.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
+        conn.sendall(body)
+        answer = b""
+        for _ in range(100):  # bounded: the answer is a few hundred bytes
+            chunk = conn.recv(4096)
+            answer += chunk
+            if not chunk or (b"\r\n\r\n" in answer and answer.endswith(b"\n")):
+                break
+    assert answer.startswith(b"HTTP/1.1 200 ")

@@ -58,3 +58,10 @@ def test_large_bodies_are_not_copied_and_other_writes_pass_as_they_are() -> None
     raw_error = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 2\r\n\r\n{}"
     transport.write(raw_error)
     assert recorder.writes[-1] == raw_error
+
+
+def test_an_interim_100_continue_goes_out_at_once() -> None:
+    recorder = Recorder()
+    transport = OneWriteTransport(recorder)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert recorder.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
