@@ -146,12 +146,14 @@ class Runner:
         source: EndpointSource,
         sink: DemandSink | None,
         gateway_id: str,
+        registry: CollectorRegistry | None = None,
+        routers: Sequence[APIRouter] = (),
     ) -> None:
         self.settings = settings
         self.source = source
         self.table = Table(demand_key=annotation_key(gateway_id))
         self.demand = DemandWriter(self.table, sink, gateway_id) if sink is not None else None
-        self.app = Gateway(settings, self.table, self.demand)
+        self.app = Gateway(settings, self.table, self.demand, registry, routers)
 
     async def run(self) -> int:
         config_class, server_class = _uvicorn()
@@ -230,7 +232,16 @@ def serve(settings: GatewaySettings) -> int:
     else:
         from infermodes.gateway.kube import Credentials, KubeApi, KubeDemandSink, KubeSource
 
-        api = KubeApi(Credentials.discover())
+        try:
+            api = KubeApi(Credentials.discover())
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            log.error(
+                "no Kubernetes credentials (%s: %s): run in a pod, set KUBECONFIG, or give "
+                "--static-endpoints",
+                type(exc).__name__,
+                exc,
+            )
+            return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
     runner = Runner(settings, source, sink, gateway_id)

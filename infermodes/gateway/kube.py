@@ -91,7 +91,12 @@ class Credentials:
         """The current context of a kubeconfig file (yaml is imported only here)."""
         import yaml
 
-        config = yaml.safe_load(path.read_text())
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:  # its message quotes the file, which holds secrets
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ValueError(f"kubeconfig {path} is not valid YAML{where}") from None
         current = config.get("current-context")
         context = next(c["context"] for c in config["contexts"] if c["name"] == current)
         cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
@@ -150,7 +155,10 @@ class KubeApi:
             context.load_cert_chain(*credentials.cert)
             verify = context
         self.client = httpx.AsyncClient(
-            base_url=credentials.server, verify=verify, timeout=httpx.Timeout(30.0)
+            base_url=credentials.server,
+            verify=verify,
+            timeout=httpx.Timeout(30.0),
+            limits=httpx.Limits(max_connections=None),  # a long-lived stream per watch
         )
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -202,9 +210,6 @@ class KubeApi:
                             raise Gone()
                         raise ApiError(int(status.get("code", 500)), str(status.get("message")))
                     yield event
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
 
 class Watched:

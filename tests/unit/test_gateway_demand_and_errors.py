@@ -175,3 +175,12 @@ def test_kubeconfig_credentials_use_its_current_context(tmp_path: Path) -> None:
     assert credentials.verify is False
     assert credentials.token() == "secret-token"
     assert "secret-token" not in repr(credentials)
+
+
+def test_a_broken_kubeconfig_is_reported_without_quoting_its_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text('users:\n- name: u\n  user: {token: "supersecret\n')
+    with pytest.raises(ValueError) as broken:
+        Credentials.from_kubeconfig(path)
+    assert "not valid YAML" in str(broken.value)
+    assert "supersecret" not in str(broken.value)
