@@ -193,3 +193,22 @@ def test_the_chart_grants_the_gateway_reads_and_demand_patches_in_its_namespaces
     assert spec["terminationGracePeriodSeconds"] > 60  # the invocation timeout fits in it
     assert not any("secretKeyRef" in str(e) for e in container["env"])
     assert render("gateway.enabled=false") and not gateway_grants(render("gateway.enabled=false"))
+
+
+def test_every_variable_the_chart_gives_the_gateway_is_a_setting_it_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from infermodes.settings import GatewaySettings
+
+    deployment = next(d for d in render("gateway.namespaces={a,b}") if d["kind"] == "Deployment"
+                      and d["metadata"]["name"] == GATEWAY_ACCOUNT)  # fmt: skip
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    prefix = GatewaySettings.model_config["env_prefix"]
+    names = {e["name"].removeprefix(prefix).lower() for e in env}
+    assert all(e["name"].startswith(prefix) for e in env)
+    assert names <= set(GatewaySettings.model_fields)
+    for variable in env:  # as the pod gets them (the downward API's values are not literal)
+        monkeypatch.setenv(variable["name"], variable.get("value", "from-the-downward-api"))
+    settings = GatewaySettings()
+    assert settings.namespaces == ["a", "b"]
+    assert settings.drain_timeout_seconds > settings.invocation_timeout_seconds
