@@ -4,6 +4,7 @@ so ``infermodes serve`` pays for nothing the worker or operator needs."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -272,3 +273,143 @@ def gateway(namespaces: tuple[str, ...], **options: Any) -> None:
     if namespaces:
         options["namespaces"] = list(namespaces)
     sys.exit(run_gateway(_settings_or_exit(GatewaySettings, **options)))
+
+
+DEFAULT_UP_PORT = 8080
+
+
+@main.command()
+@click.option("--port", type=int, default=DEFAULT_UP_PORT, show_default=True, help="Port.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".infermodes"),
+    show_default=True,
+    help="Endpoints, the queue, logs and batch summaries live here.",
+)
+@click.option(
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="InferenceEndpoint YAML file or directory to apply at start (repeatable).",
+)
+@click.option("--log-level", default="info", help="debug, info, warning, error.")
+def up(port: int, state_dir: Path, files: tuple[Path, ...], log_level: str) -> None:
+    """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
+    from infermodes.local.manifests import ManifestError
+    from infermodes.local.up import serve as run_up
+
+    try:
+        code = run_up(port, state_dir, list(files), log_level)
+    except ManifestError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
+
+
+def _up_client(url: str) -> Any:
+    from infermodes.local.client import Client
+
+    return Client(url)
+
+
+def _up_call(action: Any) -> Any:
+    """Run a request to ``up``; its errors (not running, refused) end the command clearly."""
+    from infermodes.local.client import UpError
+
+    try:
+        return action()
+    except UpError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+_up_url = click.option(
+    "--url",
+    envvar="INFERMODES_UP_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="Where infermodes up listens. [env INFERMODES_UP_URL]",
+)
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
+    "path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="InferenceEndpoint YAML file or directory.",
+)
+@_up_url
+def apply(path: Path, url: str) -> None:
+    """Create or update endpoints on a running `infermodes up`."""
+    for applied in _up_call(lambda: _up_client(url).apply(path)):
+        click.echo(f"inferenceendpoint/{applied['name']} {applied['result']}")
+
+
+@main.command()
+@click.argument("name", required=False)
+@_up_url
+def get(name: str | None, url: str) -> None:
+    """List endpoints (the columns of `kubectl get ie`)."""
+    from infermodes.local.client import row, table
+
+    client = _up_client(url)
+    if name:
+        items = [_up_call(lambda: client.api("GET", f"/endpoints/{name}"))]
+    else:
+        items = _up_call(lambda: client.api("GET", "/endpoints"))["items"]
+    click.echo(table([row(item) for item in items]))
+
+
+@main.command()
+@click.argument("name")
+@_up_url
+def describe(name: str, url: str) -> None:
+    """Show an endpoint: status, processes, events and the URL to call."""
+    from infermodes.local.client import describe as text
+
+    click.echo(text(_up_call(lambda: _up_client(url).api("GET", f"/endpoints/{name}"))))
+
+
+@main.command()
+@click.argument("name")
+@_up_url
+def delete(name: str, url: str) -> None:
+    """Delete an endpoint and stop its processes."""
+    _up_call(lambda: _up_client(url).api("DELETE", f"/endpoints/{name}"))
+    click.echo(f"inferenceendpoint/{name} deleted")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", required=True, help="The request body, or @FILE to read it from a file.")
+@click.option("--content-type", default="text/csv", show_default=True)
+@click.option("--accept", help="Accept header (text/csv or application/json).")
+@click.option("--async", "use_async", is_flag=True, help="Queue it (an async endpoint).")
+@_up_url
+def invoke(
+    name: str, data: str, content_type: str, accept: str | None, use_async: bool, url: str
+) -> None:
+    """Call an endpoint; prints the answer (for --async: the inference id and output location)."""
+    body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    path = "async-invocations" if use_async else "invocations"
+    headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+    response = _up_call(
+        lambda: _up_client(url).request(
+            "POST", f"/endpoints/{name}/{path}", content=body, headers=headers
+        )
+    )
+    if response.status_code >= 400:
+        raise click.ClickException(f"{response.status_code}: {response.text}")
+    click.echo(response.text.rstrip("\n"))
+
+
+@main.command()
+@click.argument("name")
+@_up_url
+def logs(name: str, url: str) -> None:
+    """Print the end of each process log of an endpoint."""
+    click.echo(_up_call(lambda: _up_client(url).api("GET", f"/endpoints/{name}/logs")), nl=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,3 +105,38 @@ class Status:
         if self.backlog is not None:
             patch["backlog"] = self.backlog.to_dict()
         return patch
+
+
+FAILURES_SHOWN = 5
+
+
+def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[str, Any]]]:
+    """The progress one ended batch instance reports in its summary (``workers/batch/
+    summary.py``, version 1), and the failures it names (an instance-wide error as one without
+    an object)."""
+    units = summary.get("units") or {}
+    failures = list(summary.get("failures") or [])
+    if summary.get("error"):
+        failures.append({"object": None, "line": None, "reason": summary["error"]})
+    found = Progress(
+        int(units.get("assigned", 0)),
+        int(units.get("succeeded", 0)) + int(units.get("skipped", 0)),
+        int(units.get("failed", 0)),
+        int(summary.get("records", 0)),
+    )
+    return found, failures
+
+
+def add_progress(a: Progress, b: Progress) -> Progress:
+    return Progress(a.total + b.total, a.done + b.done, a.failed + b.failed, a.records + b.records)
+
+
+def describe_failures(failures: list[dict[str, Any]]) -> str:
+    """The first few failures, each as ``object line N: reason``, and how many more."""
+    shown = []
+    for failure in failures[:FAILURES_SHOWN]:
+        line = f" line {failure['line']}" if failure.get("line") is not None else ""
+        where = f"{failure['object']}{line}: " if failure.get("object") else ""
+        shown.append(f"{where}{failure.get('reason')}")
+    more = len(failures) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")

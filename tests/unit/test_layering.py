@@ -24,7 +24,17 @@ ALLOWED: dict[str, set[str]] = {
     "workers": {"predict", "queueing"},
     "gateway": {"predict", "queueing", "endpoints"},
     "operator": {"endpoints", "queueing"},
-    "cli": {"server", "workers", "gateway", "operator", "endpoints", "predict", "queueing"},
+    "local": {"endpoints", "predict", "queueing", "gateway", "server", "workers"},
+    "cli": {
+        "server",
+        "workers",
+        "gateway",
+        "operator",
+        "endpoints",
+        "predict",
+        "queueing",
+        "local",
+    },
 }
 
 

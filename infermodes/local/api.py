@@ -1,0 +1,66 @@
+"""The small HTTP API of a running ``infermodes up`` (under ``/_infermodes``), which the CLI's
+``apply``, ``get``, ``describe``, ``delete`` and ``logs`` talk to."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from infermodes.local.manifests import ManifestError, parse_text
+from infermodes.local.supervisor import Supervisor
+
+PREFIX = "/_infermodes"
+MAX_MANIFEST_BYTES = 1024 * 1024
+LOG_TAIL_BYTES = 64 * 1024
+
+
+def not_found(name: str) -> JSONResponse:
+    return JSONResponse({"error": "NotFound", "message": f"endpoint {name} not found"}, 404)
+
+
+def create_router(supervisor: Supervisor) -> APIRouter:
+    router = APIRouter(prefix=PREFIX)
+
+    @router.get("/endpoints")
+    async def list_endpoints() -> JSONResponse:
+        items = [supervisor.object_of(e) for _, e in sorted(supervisor.endpoints.items())]
+        return JSONResponse({"items": items})
+
+    @router.post("/endpoints")
+    async def apply(request: Request) -> JSONResponse:
+        """The body: one YAML stream; every document is checked before any is applied."""
+        body = await request.body()
+        if len(body) > MAX_MANIFEST_BYTES:
+            return JSONResponse({"error": "TooLarge", "message": "manifest over 1 MiB"}, 413)
+        source = request.headers.get("x-infermodes-source", "the request body")
+        try:
+            manifests = parse_text(body.decode("utf-8", errors="replace"), source)
+        except ManifestError as exc:
+            return JSONResponse({"error": "InvalidManifest", "message": str(exc)}, 400)
+        applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]
+        return JSONResponse({"applied": applied})
+
+    @router.get("/endpoints/{name}")
+    async def get_endpoint(name: str) -> JSONResponse:
+        endpoint = supervisor.endpoints.get(name)
+        return JSONResponse(supervisor.object_of(endpoint)) if endpoint else not_found(name)
+
+    @router.delete("/endpoints/{name}")
+    async def delete_endpoint(name: str) -> Response:
+        if not supervisor.delete(name):
+            return not_found(name)
+        return JSONResponse({"deleted": name})
+
+    @router.get("/endpoints/{name}/logs")
+    async def logs(name: str) -> Response:
+        """The end of each of the endpoint's process logs, one after the other."""
+        if name not in supervisor.endpoints:
+            return not_found(name)
+        parts = []
+        for path in supervisor.log_paths(name):
+            with path.open("rb") as file:
+                file.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                parts.append(f"==> {path.name} <==\n" + file.read().decode(errors="replace"))
+        return PlainTextResponse("\n".join(parts))
+
+    return router

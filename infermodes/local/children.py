@@ -1,0 +1,169 @@
+"""Child processes of ``infermodes up``: started from the operator's process plans, each in
+its own process group (so its forked workers stop with it), logged to a file under the state
+dir, restarted with back-off when it dies, and stopped by its PID: SIGTERM to the group, then
+SIGKILL after a grace period.
+
+The groups of the running children are recorded in ``children.json``, so an ``up`` that was
+killed (SIGKILL leaves no time to stop anything) removes its orphans when it starts again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infermodes.endpoints.plan import ProcessPlan
+
+log = logging.getLogger("infermodes.local")
+
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+STOP_GRACE_SECONDS = 10.0
+
+
+def executable(command: tuple[str, ...]) -> list[str]:
+    """``infermodes`` is this interpreter's own script, so children run the same install."""
+    if command[0] != "infermodes":
+        return list(command)
+    beside = Path(sys.executable).parent / "infermodes"
+    found = str(beside) if beside.exists() else shutil.which("infermodes")
+    if found is None:
+        raise RuntimeError("the infermodes command is not installed beside this interpreter")
+    return [found, *command[1:]]
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the PID, it
+    names one process, whatever PIDs were reused since."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass
+class Child:
+    """One supervised process. ``exits`` counts unexpected ends; after each the next start
+    waits ``backoff`` (doubling, reset once a run lasted a minute)."""
+
+    key: str  # e.g. "abalone/server-0": unique within the supervisor
+    plan: ProcessPlan
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    restart: bool = True  # False: a run to completion (batch instances)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    exits: int = 0
+    last_exit: int | None = None
+    not_before: float = 0.0
+    backoff: float = BACKOFF_FIRST_SECONDS
+    stopping: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, now: float) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.plan.env, **self.extra_env}
+        with self.log_path.open("ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                executable(self.plan.command),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started_at = now
+        log.info("%s started (pid %d)", self.key, self.proc.pid)
+
+    def check(self, now: float) -> bool:
+        """True when the process ended since the last check; a crash schedules a restart."""
+        if self.proc is None or self.proc.poll() is None:
+            return False
+        code = self.proc.returncode
+        self.proc = None
+        self.last_exit = code
+        if self.stopping:
+            return True
+        if self.restart or code != 0:
+            self.exits += 1
+        if now - self.started_at >= 60.0:
+            self.backoff = BACKOFF_FIRST_SECONDS
+        self.not_before = now + self.backoff
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_SECONDS)
+        log.warning("%s exited with %d", self.key, code)
+        return True
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signum)
+
+    def stop(self) -> None:
+        """Ask it to drain and stop (SIGTERM to its group); ``reap`` finishes the stop."""
+        self.stopping = True
+        self.signal(signal.SIGTERM)
+
+    def reap(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Wait for a stopping process, SIGKILL its group after ``grace``; then its group
+        again, so no forked worker outlives it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(grace)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+
+class Registry:
+    """``children.json``: the process groups of running children, by PID and start time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, children: list[Child]) -> None:
+        entries = [
+            {"key": c.key, "pid": c.pid, "start": start_time(c.pid)}
+            for c in children
+            if c.pid is not None
+        ]
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(entries))
+        temporary.replace(self.path)
+
+    def kill_orphans(self) -> list[str]:
+        """SIGKILL the groups a previous ``up`` left running (only processes whose PID and
+        start time both match what it recorded); returns their keys."""
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        killed = []
+        for entry in entries:
+            pid = int(entry["pid"])
+            if entry.get("start") is not None and start_time(pid) == entry["start"]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                killed.append(str(entry["key"]))
+        self.path.unlink(missing_ok=True)
+        return killed

@@ -1,0 +1,136 @@
+"""The CLI's side of the ``/_infermodes`` API: requests to a running ``infermodes up`` and
+the tables and text they print."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infermodes.local.api import PREFIX
+from infermodes.local.manifests import manifest_files
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TIMEOUT_SECONDS = 70.0  # an invocation may be held for a cold start (the gateway's 60 s)
+COLUMNS = ("NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG", "PROGRESS", "AGE")
+
+
+class UpError(RuntimeError):
+    """``up`` is not running, or refused the request; the message says which."""
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        try:
+            response = httpx.request(
+                method, f"{self.url}{path}", timeout=TIMEOUT_SECONDS, **options
+            )
+        except httpx.ConnectError:
+            raise UpError(
+                f"infermodes up is not running at {self.url} (start it with `infermodes up`, "
+                "or give --url)"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpError(f"{self.url}: {exc}") from None
+        return response
+
+    def api(self, method: str, path: str, **options: Any) -> Any:
+        """A call to the API; its errors become ``UpError`` with the server's message."""
+        response = self.request(method, f"{PREFIX}{path}", **options)
+        if response.status_code >= 400:
+            try:
+                message = response.json()["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text
+            raise UpError(message)
+        return response.json() if "json" in response.headers.get("content-type", "") else (
+            response.text
+        )  # fmt: skip
+
+    def apply(self, path: Path) -> list[dict[str, str]]:
+        applied: list[dict[str, str]] = []
+        for file in manifest_files(path):
+            try:
+                body = file.read_bytes()
+            except OSError as exc:
+                raise UpError(f"{file}: {exc.strerror}") from None
+            result = self.api("POST", "/endpoints", content=body,
+                              headers={"x-infermodes-source": str(file)})  # fmt: skip
+            applied += result["applied"]
+        return applied
+
+
+def age(created: str, now: datetime | None = None) -> str:
+    """kubectl's short age: 45s, 12m, 3h, 2d."""
+    try:
+        then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "<unknown>"
+    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def row(obj: Mapping[str, Any], now: datetime | None = None) -> tuple[str, ...]:
+    """The columns of ``kubectl get ie`` for one endpoint (empty where kubectl prints none)."""
+    status = obj.get("status") or {}
+    backlog = (status.get("backlog") or {}).get("total")
+    return (
+        str(obj["metadata"]["name"]),
+        str(obj["spec"]["mode"]),
+        str(status.get("phase", "")),
+        str(status.get("readyReplicas", "")),
+        str(status.get("desiredReplicas", "")),
+        "" if backlog is None else str(backlog),
+        str((status.get("progress") or {}).get("text", "")),
+        age(str(obj["metadata"].get("creationTimestamp", "")), now),
+    )
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Columns padded as kubectl pads them (three spaces between)."""
+    every = [COLUMNS, *rows]
+    widths = [max(len(r[i]) for r in every) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()
+        for r in every
+    )
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    status = obj.get("status") or {}
+    lines = [
+        f"Name:      {obj['metadata']['name']}",
+        f"Mode:      {obj['spec']['mode']}",
+        f"Model:     {obj['spec']['model']['uri']}",
+        f"Phase:     {status.get('phase')} ({status.get('reason')})",
+    ]
+    if status.get("message"):
+        lines.append(f"Message:   {status['message']}")
+    if status.get("url"):
+        lines.append(f"URL:       POST {status['url']}")
+    lines.append(f"Replicas:  {status.get('readyReplicas')} ready of "
+                 f"{status.get('desiredReplicas')} desired")  # fmt: skip
+    if status.get("backlog"):
+        backlog = status["backlog"]
+        lines.append(f"Backlog:   {backlog['ready']} ready, {backlog['inFlight']} in flight")
+    if status.get("progress"):
+        lines.append(f"Progress:  {status['progress']['text']} objects, "
+                     f"{status['progress']['recordsDone']} records")  # fmt: skip
+    lines.append("Processes:")
+    for process in status.get("processes") or []:
+        state = "running" if process["running"] else f"exited {process['lastExit']}"
+        port = f" port {process['port']}" if process.get("port") else ""
+        lines.append(f"  {process['key']}  pid {process['pid']}{port}  {state}  "
+                     f"restarts {process['restarts']}  log {process['log']}")  # fmt: skip
+    lines.append("Events:")
+    lines += [f"  {event}" for event in status.get("events") or []]
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+"""The gateway's demand, handed to the supervisor in memory: the ``DemandSink`` of the local
+runtime (on Kubernetes the same figures travel as annotations)."""
+
+from __future__ import annotations
+
+from infermodes.endpoints.demand import GatewayDemand
+from infermodes.local.supervisor import Supervisor
+
+
+class LocalDemandSink:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
+        """Keep the figures; held requests (a cold start) wake the supervisor at once."""
+        self.supervisor.demand[name] = demand
+        if demand.held:
+            self.supervisor.wake.set()

@@ -1,0 +1,479 @@
+"""The local actuator: endpoints as child processes, sized by the same decisions the operator
+uses (``endpoints/scaling.py``) and started from the same process plans (``endpoints/plan.py``,
+``endpoints/async_plan.py``). The gateway's table is fed from here (``source.LocalSource``),
+and its demand comes back here (``source.LocalDemandSink``) to size serverless endpoints.
+
+Endpoints are kept under ``<state dir>/endpoints/`` as the manifests that were applied, so they
+come back after a restart; logs go to ``<state dir>/logs/``; batch summaries to
+``<state dir>/batch/<name>/``."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import shutil
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from infermodes.endpoints import async_plan, plan
+from infermodes.endpoints.demand import Demand, GatewayDemand
+from infermodes.endpoints.scaling import (
+    ScalerMemory,
+    backlog_replicas,
+    realtime_replicas,
+    serverless_replicas,
+)
+from infermodes.endpoints.spec import Mode, Phase
+from infermodes.endpoints.status import (
+    Progress,
+    QueueFigures,
+    Status,
+    add_progress,
+    describe_failures,
+    summary_progress,
+)
+from infermodes.gateway.table import Replica, Table
+from infermodes.local.children import Child, Registry
+from infermodes.local.manifests import Manifest, parse_document
+from infermodes.metrics import ServerLoad, parse_server_load
+from infermodes.queueing.connect import Broker
+from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
+
+log = logging.getLogger("infermodes.local")
+
+NAMESPACE = "local"  # the table's namespace for every local endpoint
+TICK_SECONDS = 0.25  # how often children are checked and decisions taken
+LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
+EVENTS_KEPT = 20
+SCRAPE_TIMEOUT_SECONDS = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class LocalEndpoint:
+    """One endpoint, its children and what the last decision saw."""
+
+    manifest: Manifest
+    created: str
+    memory: ScalerMemory = field(default_factory=ScalerMemory)
+    children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
+    ports: dict[str, int] = field(default_factory=dict)
+    stopping: list[tuple[Child, float]] = field(default_factory=list)  # with a kill deadline
+    sequence: int = 0
+    desired: int = 0
+    initialized: bool = False
+    served: bool = False  # a realtime endpoint is Creating until its first replica is ready
+    scraped_at: float = -float("inf")
+    status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
+    events: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=EVENTS_KEPT)
+    )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def event(self, text: str) -> None:
+        self.events.append(f"{now_iso()} {text}")
+        log.info("%s: %s", self.name, text)
+
+
+class Supervisor:
+    """Every local endpoint. ``tick`` takes one round of decisions; ``run`` repeats it."""
+
+    def __init__(self, state_dir: Path, broker: Broker, broker_url: str, port: int) -> None:
+        self.state_dir = state_dir
+        self.broker = broker
+        self.broker_url = broker_url
+        self.port = port
+        self.endpoints: dict[str, LocalEndpoint] = {}
+        self.demand: dict[str, GatewayDemand] = {}
+        self.async_layouts: dict[str, AsyncEndpoint] = {}  # read live by the accept route
+        self.max_attempts: dict[str, int] = {}
+        self.table: Table | None = None
+        self.wake = asyncio.Event()
+        self.registry = Registry(state_dir / "children.json")
+        for directory in ("endpoints", "logs", "batch"):
+            (state_dir / directory).mkdir(parents=True, exist_ok=True)
+
+    # the endpoints
+    def load_state(self) -> None:
+        """The endpoints applied before, as they were; a previous run's orphans are killed."""
+        for key in self.registry.kill_orphans():
+            log.warning("killed %s, left running by a previous infermodes up", key)
+        for path in sorted((self.state_dir / "endpoints").glob("*.json")):
+            saved = json.loads(path.read_text())
+            self._add(parse_document(saved["document"], str(path)), saved["created"])
+
+    def _add(self, manifest: Manifest, created: str) -> LocalEndpoint:
+        endpoint = LocalEndpoint(manifest, created)
+        self.endpoints[manifest.name] = endpoint
+        if manifest.spec.mode is Mode.ASYNC:
+            block = async_plan.async_block(manifest.spec)
+            self.async_layouts[manifest.name] = async_plan.async_endpoint(block)
+            self.max_attempts[manifest.name] = block.max_attempts
+        return endpoint
+
+    def apply(self, manifest: Manifest) -> str:
+        """Create or replace an endpoint; a changed spec replaces its processes."""
+        old = self.endpoints.get(manifest.name)
+        if old is not None and old.manifest.document == manifest.document:
+            return "unchanged"
+        created = old.created if old is not None else now_iso()
+        if old is not None:
+            self._remove(old)
+        shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
+        path = self.state_dir / "endpoints" / f"{manifest.name}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"document": manifest.document, "created": created}))
+        temporary.replace(path)
+        self._add(manifest, created).event("applied")
+        self.wake.set()
+        return "configured" if old is not None else "created"
+
+    def delete(self, name: str) -> bool:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return False
+        self._remove(endpoint)
+        (self.state_dir / "endpoints" / f"{name}.json").unlink(missing_ok=True)
+        shutil.rmtree(self._batch_dir(name), ignore_errors=True)
+        self.demand.pop(name, None)
+        if self.table is not None:
+            self.table.remove_endpoint(NAMESPACE, name)
+        return True
+
+    def _remove(self, endpoint: LocalEndpoint) -> None:
+        """Stop its processes now (a drain in the background, by the next ticks)."""
+        for key in list(endpoint.children):
+            self._stop_child(endpoint, key)
+        self._reap(endpoint, force=True)
+        self.endpoints.pop(endpoint.name, None)
+        self.async_layouts.pop(endpoint.name, None)
+        self.max_attempts.pop(endpoint.name, None)
+
+    # the processes
+    def _batch_dir(self, name: str) -> Path:
+        return self.state_dir / "batch" / name
+
+    def _log_path(self, endpoint: LocalEndpoint, key: str) -> Path:
+        return self.state_dir / "logs" / endpoint.name / f"{key.replace('/', '-')}.log"
+
+    def _new_child(self, endpoint: LocalEndpoint) -> Child:
+        """A worker or a model server (whose port ``_start`` picks, a new one each start)."""
+        spec, name = endpoint.manifest.spec, endpoint.name
+        number = endpoint.sequence
+        endpoint.sequence += 1
+        if spec.mode is Mode.ASYNC:
+            key = f"{name}/worker-{number}"
+            child_plan = async_plan.worker(name, spec)
+            extra = plan.settings_env(WorkerSettings, broker_url=self.broker_url, metrics_port=0)
+            return Child(key, child_plan, self._log_path(endpoint, key), extra)
+        key = f"{name}/server-{number}"
+        endpoint.ports[key] = 0
+        if spec.mode is Mode.SERVERLESS:
+            child_plan = plan.serverless_server(spec)
+        else:
+            child_plan = plan.model_server(spec, spec.realtime_block().workers)
+        return Child(key, child_plan, self._log_path(endpoint, key))
+
+    def _start(self, endpoint: LocalEndpoint, child: Child, now: float) -> None:
+        if child.key not in endpoint.ports:
+            child.start(now)
+            return
+        port = endpoint.ports[child.key] = free_port()  # the bind address is the actuator's
+        child.extra_env = plan.settings_env(ServeSettings, port=port)
+        child.start(now)
+        if self.table is not None:
+            self.table.set_replica(NAMESPACE, endpoint.name, Replica(child.key, "127.0.0.1", port))
+
+    def _stop_child(self, endpoint: LocalEndpoint, key: str, grace: float = 10.0) -> None:
+        child = endpoint.children.pop(key)
+        if self.table is not None:
+            self.table.drop_replica(NAMESPACE, endpoint.name, key)
+        endpoint.ports.pop(key, None)
+        child.stop()
+        endpoint.stopping.append((child, time.monotonic() + grace))
+
+    def _reap(self, endpoint: LocalEndpoint, force: bool = False) -> None:
+        """Forget stopped children; SIGKILL those past their grace (all of them: ``force``)."""
+        kept = []
+        for child, deadline in endpoint.stopping:
+            if force:
+                child.reap()
+            elif child.running():
+                if time.monotonic() < deadline:
+                    kept.append((child, deadline))
+                    continue
+                child.reap(0.0)
+            child.check(time.monotonic())
+        endpoint.stopping = kept
+
+    def all_children(self) -> list[Child]:
+        return [
+            child
+            for endpoint in self.endpoints.values()
+            for child in [*endpoint.children.values(), *(c for c, _ in endpoint.stopping)]
+        ]
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM every child, wait for each (SIGKILL after ``grace``): nothing outlives us."""
+        for endpoint in self.endpoints.values():
+            for key in list(endpoint.children):
+                self._stop_child(endpoint, key, grace)
+        for child in self.all_children():
+            child.reap(grace)
+        self.registry.save([])
+
+    # the decisions
+    def _loads(self, endpoint: LocalEndpoint) -> Callable[[], Mapping[str, ServerLoad]]:
+        def read() -> Mapping[str, ServerLoad]:
+            table = self.table
+            found = {}
+            for key, port in list(endpoint.ports.items()):
+                replica = table.endpoints.get((NAMESPACE, endpoint.name)) if table else None
+                if replica is None or not replica.replicas.get(key, Replica(key, "", 0)).ready:
+                    continue
+                try:
+                    text = httpx.get(
+                        f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_SECONDS
+                    ).text
+                except httpx.HTTPError:
+                    continue
+                found[key] = parse_server_load(text)
+            return found
+
+        return read
+
+    async def _decide(self, endpoint: LocalEndpoint, now: float) -> int:
+        spec = endpoint.manifest.spec
+        current = len(endpoint.children)
+        if spec.mode is Mode.REALTIME:
+            if endpoint.initialized and now - endpoint.scraped_at < LOAD_INTERVAL_SECONDS:
+                return endpoint.desired
+            endpoint.scraped_at = now
+            previous = current if endpoint.initialized else None
+            endpoint.initialized = True
+            return await asyncio.to_thread(
+                realtime_replicas,
+                spec.realtime_block(),
+                previous,
+                self._loads(endpoint),
+                endpoint.memory,
+                now,
+                True,
+            )
+        if spec.mode is Mode.SERVERLESS:
+            seen = self.demand.get(endpoint.name)
+            demand = Demand(seen.in_flight, seen.held, seen.last_request_at) if seen else Demand()
+            return serverless_replicas(
+                spec.serverless_block(), current, demand, endpoint.memory, time.time()
+            )
+        block = async_plan.async_block(spec)
+        ready: int | None
+        unacked: int | None
+        try:
+            backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
+            ready, unacked = backlog.ready, backlog.unacked
+        except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
+            log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
+            ready = unacked = None
+        decision = backlog_replicas(block, current, ready, unacked, endpoint.memory, now)
+        endpoint.status = Status(
+            endpoint.status.phase,
+            decision.reason,
+            endpoint.status.message,
+            backlog=QueueFigures(ready, unacked),
+        )
+        return decision.replicas
+
+    async def _actuate(self, endpoint: LocalEndpoint, now: float) -> None:
+        """Bring the running children to the decision, restart crashed ones, set the status."""
+        if endpoint.manifest.spec.mode is Mode.BATCH:
+            self._run_batch(endpoint, now)
+            return
+        for key, child in endpoint.children.items():
+            if child.check(now):
+                endpoint.event(f"{key} exited with {child.last_exit}; restarting after back-off")
+                if self.table is not None:
+                    self.table.drop_replica(NAMESPACE, endpoint.name, key)
+        wanted = await self._decide(endpoint, now)
+        if wanted != endpoint.desired:
+            endpoint.event(f"replicas {endpoint.desired} -> {wanted}")
+        endpoint.desired = wanted
+        while len(endpoint.children) < wanted:
+            child = self._new_child(endpoint)
+            endpoint.children[child.key] = child
+        for key in list(endpoint.children)[wanted:][::-1]:
+            self._stop_child(endpoint, key, self._grace(endpoint))
+        for child in endpoint.children.values():
+            if not child.running() and now >= child.not_before:
+                self._start(endpoint, child, now)
+        self._reap(endpoint)
+        self._set_status(endpoint)
+
+    def _grace(self, endpoint: LocalEndpoint) -> float:
+        spec = endpoint.manifest.spec
+        if spec.mode is Mode.ASYNC:  # a draining worker finishes what it holds
+            return async_plan.async_block(spec).invocation_timeout_seconds + 10.0
+        return 10.0
+
+    def _ready(self, endpoint: LocalEndpoint) -> int:
+        if endpoint.manifest.spec.mode is Mode.ASYNC:
+            return sum(1 for c in endpoint.children.values() if c.running())
+        found = self.table.endpoints.get((NAMESPACE, endpoint.name)) if self.table else None
+        return sum(1 for r in found.replicas.values() if r.ready) if found else 0
+
+    def _set_status(self, endpoint: LocalEndpoint) -> None:
+        mode = endpoint.manifest.spec.mode
+        ready = self._ready(endpoint)
+        running = sum(1 for c in endpoint.children.values() if c.running())
+        restarts = sum(c.exits for c in endpoint.children.values())
+        endpoint.served = endpoint.served or ready > 0
+        if mode is Mode.REALTIME and not endpoint.served:
+            phase, reason = Phase.CREATING, "NoReplicaReady"
+        else:
+            phase = Phase.IN_SERVICE
+            reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
+        message = f"{restarts} restart(s) of crashed processes" if restarts else ""
+        endpoint.status = Status(
+            phase, reason, message, running, ready, endpoint.desired,
+            backlog=endpoint.status.backlog,
+        )  # fmt: skip
+
+    # batch
+    def _summary_path(self, name: str, index: int) -> Path:
+        return self._batch_dir(name) / f"summary-{index}.json"
+
+    def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
+        """``instanceCount`` instances, each run once to its end (an instance that left a
+        summary is not run again, also after a restart of ``up``)."""
+        spec, name = endpoint.manifest.spec, endpoint.name
+        count = spec.batch_block().instance_count
+        self._batch_dir(name).mkdir(parents=True, exist_ok=True)
+        if not endpoint.initialized:
+            endpoint.initialized = True
+            for index in range(count):
+                if self._summary_path(name, index).exists():
+                    continue
+                key = f"{name}/instance-{index}"
+                extra = {
+                    "JOB_COMPLETION_INDEX": str(index),
+                    **plan.settings_env(
+                        BatchSettings,
+                        metrics_port=0,
+                        termination_message_path=str(self._summary_path(name, index)),
+                    ),
+                }
+                child = Child(key, plan.batch_instance(spec), self._log_path(endpoint, key),
+                              extra, restart=False)  # fmt: skip
+                endpoint.children[key] = child
+                child.start(now)
+        for key, child in list(endpoint.children.items()):
+            if child.check(now):
+                endpoint.event(f"{key} ended with {child.last_exit}")
+                del endpoint.children[key]
+                index = int(key.rsplit("-", 1)[1])
+                if not self._summary_path(name, index).exists():
+                    self._summary_path(name, index).write_text(json.dumps({
+                        "version": 1, "index": index, "count": count, "state": "Failed",
+                        "error": f"instance {index} exited with {child.last_exit} "
+                                 "without a summary",
+                    }))  # fmt: skip
+        found, ended = Progress(), 0
+        failures: list[dict[str, Any]] = []
+        for index in range(count):
+            try:
+                summary = json.loads(self._summary_path(name, index).read_text())
+            except (OSError, ValueError):
+                continue
+            ended += 1
+            progress, failed = summary_progress(summary)
+            found, failures = add_progress(found, progress), failures + failed
+        active = len(endpoint.children)
+        if ended < count:
+            phase, reason = Phase.IN_PROGRESS, "Running"
+            message = f"{found.done}/{found.total} objects, {found.records} records"
+            if failures:
+                message += f"; failed so far: {describe_failures(failures)}"
+        elif failures:
+            phase, reason, message = Phase.FAILED, "ObjectsFailed", describe_failures(failures)
+        else:
+            phase, reason = Phase.COMPLETED, "Completed"
+            message = f"{found.records} records; {found.done} objects written or already complete"
+        endpoint.desired = count
+        endpoint.status = Status(phase, reason, message, active, active, count, progress=found)
+
+    # the loop
+    async def tick(self) -> None:
+        now = time.monotonic()
+        for endpoint in list(self.endpoints.values()):
+            await self._actuate(endpoint, now)
+            if self.table is not None:
+                self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+        self.registry.save(self.all_children())
+
+    async def run(self, table: Table) -> None:
+        """Until cancelled: a round per tick, or at once when woken (a cold start, an apply);
+        on the way out every child is stopped."""
+        self.table = table
+        try:
+            for endpoint in self.endpoints.values():
+                table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+            table.synced.add("local")
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
+                self.wake.clear()
+                await self.tick()
+        finally:
+            await asyncio.to_thread(self.stop_all)
+
+    # what the API shows
+    def object_of(self, endpoint: LocalEndpoint, with_processes: bool = True) -> dict[str, Any]:
+        """The endpoint as ``kubectl get ie -o yaml`` would show it, plus its processes."""
+        obj: dict[str, Any] = {
+            **endpoint.manifest.document,
+            "metadata": {"name": endpoint.name, "namespace": NAMESPACE,
+                         "creationTimestamp": endpoint.created},
+            "status": endpoint.status.to_patch(1, None),
+        }  # fmt: skip
+        if with_processes:
+            mode = endpoint.manifest.spec.mode
+            path = "async-invocations" if mode is Mode.ASYNC else "invocations"
+            obj["status"]["url"] = (
+                None if mode is Mode.BATCH
+                else f"http://127.0.0.1:{self.port}/endpoints/{endpoint.name}/{path}"
+            )  # fmt: skip
+            obj["status"]["processes"] = [
+                {"key": c.key, "pid": c.pid, "port": endpoint.ports.get(c.key),
+                 "running": c.running(), "restarts": c.exits, "lastExit": c.last_exit,
+                 "log": str(c.log_path)}
+                for c in endpoint.children.values()
+            ]  # fmt: skip
+            obj["status"]["events"] = list(endpoint.events)
+        return obj
+
+    def log_paths(self, name: str) -> list[Path]:
+        directory = self.state_dir / "logs" / name
+        return sorted(directory.glob("*.log")) if directory.is_dir() else []

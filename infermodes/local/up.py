@@ -1,0 +1,70 @@
+"""``infermodes up``: one process with the gateway's routes on one port (its own app and
+proxy, fed by the supervisor instead of Kubernetes watches), the async accept route over the
+embedded queue, the ``/_infermodes`` API, and the supervisor that runs every endpoint as local
+processes. SIGTERM / Ctrl-C drains the gateway, then stops every child."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from infermodes.gateway.app import Runner
+from infermodes.gateway.async_accept import create_router as async_router
+from infermodes.local.api import create_router as api_router
+from infermodes.local.demand import LocalDemandSink
+from infermodes.local.manifests import load_paths
+from infermodes.local.supervisor import Supervisor
+from infermodes.logs import configure_logging
+from infermodes.metrics import AsyncApiMetrics
+from infermodes.queueing.connect import broker_from_url
+from infermodes.settings import AsyncApiSettings, GatewaySettings
+from infermodes.storage import Storage
+
+log = logging.getLogger("infermodes.local")
+
+GATEWAY_ID = "infermodes-up"
+MAX_INLINE_BYTES = AsyncApiSettings.model_fields["max_inline_bytes"].default
+PUBLISH_CONNECTIONS = 4
+
+
+def queue_url(state_dir: Path) -> str:
+    return f"sqlite:///{(state_dir / 'queue.db').resolve()}"
+
+
+def serve(port: int, state_dir: Path, files: list[Path], log_level: str = "info") -> int:
+    """Entry point of ``infermodes up``; manifests are checked before anything starts (a bad
+    one raises ``ManifestError``)."""
+    import uvloop
+
+    configure_logging(log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
+    manifests = load_paths(files)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    url = queue_url(state_dir)
+    broker = broker_from_url(url)
+    supervisor = Supervisor(state_dir.resolve(), broker, url, port)
+    supervisor.load_state()
+    for manifest in manifests:
+        supervisor.apply(manifest)
+    registry = CollectorRegistry()
+    enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
+    routers = [
+        api_router(supervisor),
+        async_router(
+            supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
+            MAX_INLINE_BYTES, [],
+        ),
+    ]  # fmt: skip
+    settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level)
+    runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
+                    routers)  # fmt: skip
+    log.info("infermodes up on http://127.0.0.1:%d, state in %s", port, state_dir)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
+            return loop.run(runner.run())
+    finally:
+        supervisor.stop_all()  # a no-op after a clean drain; otherwise nothing may outlive us
+        enqueuer.close()

@@ -1,0 +1,100 @@
+"""The pure parts of ``infermodes up``: manifests, the CLI's table, the child registry, and
+progress from batch summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from infermodes.endpoints.status import Progress, describe_failures, summary_progress
+from infermodes.local.children import Registry
+from infermodes.local.client import age, row, table
+from infermodes.local.manifests import ManifestError, load_paths, parse_text
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """\
+apiVersion: infermodes.dev/v1alpha1
+kind: InferenceEndpoint
+metadata: {name: abalone}
+spec:
+  mode: realtime
+  model: {uri: file:///m/model.tar.gz}
+  realtime: {}
+"""
+
+
+def test_the_example_manifests_are_read_as_kubectl_would_apply_them() -> None:
+    found = load_paths([REPO / "examples" / "abalone"])
+    modes = {m.name: str(m.spec.mode) for m in found}
+    assert modes == {"abalone-async": "async", "abalone-batch": "batch", "abalone": "realtime",
+                     "abalone-serverless": "serverless"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (GOOD.replace("mode: realtime", "mode: sometimes"), "spec.mode"),
+        (GOOD.replace("model: {uri: file:///m/model.tar.gz}", "model: {}"), "spec.model.uri"),
+        (GOOD + "  extra: 1\n", "spec.extra"),
+        (GOOD.replace("metadata: {name: abalone}", "metadata: {}"), "metadata.name"),
+        (GOOD.replace("kind: InferenceEndpoint", "kind: Deployment"), "apiVersion/kind"),
+        ("a: [", "not valid YAML"),
+        ("", "no InferenceEndpoint"),
+        (GOOD.replace("realtime: {}", "serverless: {}"), "spec: Value error, spec.realtime"),
+    ],
+)
+def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, "ep.yaml")
+    assert "ep.yaml" in str(caught.value)
+    assert named in str(caught.value)
+
+
+def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD)
+    with pytest.raises(ManifestError, match="abalone is defined twice"):
+        load_paths([tmp_path])
+
+
+def test_get_prints_the_columns_of_kubectl_get_ie() -> None:
+    now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=UTC)
+    obj = {
+        "metadata": {"name": "a", "creationTimestamp": "2026-01-01T00:58:00Z"},
+        "spec": {"mode": "async"},
+        "status": {"phase": "InService", "readyReplicas": 1, "desiredReplicas": 2,
+                   "backlog": {"total": 7}},
+    }  # fmt: skip
+    assert row(obj, now) == ("a", "async", "InService", "1", "2", "7", "", "2m")
+    lines = table([row(obj, now)]).splitlines()
+    assert lines[0].split() == ["NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG",
+                                "PROGRESS", "AGE"]  # fmt: skip
+    assert lines[1].split() == ["a", "async", "InService", "1", "2", "7", "2m"]
+    assert age("2026-01-01T00:00:00Z", now) == "1h"
+    assert age("garbage", now) == "<unknown>"
+
+
+def test_the_registry_kills_only_processes_whose_start_time_matches(tmp_path: Path) -> None:
+    """Our own PID with a start time that is not ours: a reused PID, left alone."""
+    path = tmp_path / "children.json"
+    path.write_text(json.dumps([{"key": "x/server-0", "pid": os.getpid(), "start": "1"}]))
+    assert Registry(path).kill_orphans() == []
+    assert not path.exists()
+    assert Registry(tmp_path / "missing.json").kill_orphans() == []
+
+
+def test_progress_and_failures_from_a_batch_summary() -> None:
+    summary = {
+        "version": 1, "units": {"assigned": 3, "succeeded": 1, "skipped": 1, "failed": 1},
+        "records": 40, "failures": [{"object": "file:///in/b.csv", "line": 2, "reason": "bad"}],
+        "error": "cannot list",
+    }  # fmt: skip
+    found, failures = summary_progress(summary)
+    assert found == Progress(total=3, done=2, failed=1, records=40)
+    assert describe_failures(failures) == "file:///in/b.csv line 2: bad; cannot list"
+    many = [{"object": f"o{i}", "line": None, "reason": "r"} for i in range(7)]
+    assert describe_failures(many).endswith("o4: r; and 2 more")
