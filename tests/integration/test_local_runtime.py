@@ -33,7 +33,14 @@ def up(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) ->
         manifest("realtime", model, folder, minReplicas=1, maxReplicas=1),
         manifest("serverless", model, folder, idleTimeoutSeconds=IDLE_SECONDS,
                  maxConcurrency=1, concurrencyPerReplica=1),
+        manifest("batch", model, folder, instanceCount=2),
     ]  # fmt: skip
+    inputs = folder / "batch" / "input"
+    inputs.mkdir(parents=True)
+    rows = abalone_model.test_rows
+    for index in range(3):
+        (inputs / f"part-{index}.csv").write_bytes(to_csv(rows[index * 50 : index * 50 + 50]))
+    (inputs / "broken.csv").write_bytes(to_csv(rows[:2]) + b"\n1,2,not-a-number\n")
     with running_up(folder / "state", files, folder / "up.log") as process:
         yield process
 
@@ -118,3 +125,25 @@ def test_the_cli_says_when_up_is_not_running() -> None:
     result = cli(f"http://127.0.0.1:{free_port()}", "get")
     assert result.returncode != 0
     assert "infermodes up is not running" in result.stderr
+
+
+def test_batch_writes_every_output_and_reports_the_failing_object(
+    up: Up, abalone_model: AbaloneModel
+) -> None:
+    wait_until(lambda: up.status("abalone-batch")["phase"] != "InProgress", WAIT * 3,
+               "the batch endpoint to end")  # fmt: skip
+    status = up.status("abalone-batch")
+    assert status["phase"] == "Failed", status
+    assert "broken.csv line" in status["message"]
+    assert "expected 10 features" in status["message"]
+    assert status["progress"]["objectsTotal"] == 4
+    assert status["progress"]["objectsFailed"] == 1
+    assert status["progress"]["objectsDone"] == 3
+    output = up.state_dir.parent / "batch" / "output"
+    booster = abalone_model.booster()
+    rows = abalone_model.test_rows
+    for index in range(3):
+        got = scores((output / f"part-{index}.csv.out").read_text())
+        expected = booster.inplace_predict(rows[index * 50 : index * 50 + 50])  # type: ignore[attr-defined]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert not (output / "broken.csv.out").exists()

@@ -30,6 +30,9 @@ def manifest(mode: str, model: Path, folder: Path, **spec_block: Any) -> Path:
     block = document["spec"][mode]
     if mode == "async":
         block["outputPath"] = f"file://{folder}/async/output"
+    if mode == "batch":
+        block["input"]["uri"] = f"file://{folder}/batch/input/"
+        block["output"]["uri"] = f"file://{folder}/batch/output/"
     block.update(spec_block)
     path = folder / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(document))
