@@ -146,7 +146,7 @@ class Processor:
         try:
             return self._dispatch(body, count)
         except BrokerUnavailable as exc:
-            log.warning("cannot notify (%s); requeueing", exc)
+            log.info("cannot notify (%s); requeueing", exc)
             self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
 

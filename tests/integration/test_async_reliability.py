@@ -315,8 +315,9 @@ def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
             worker.proc.send_signal(signal.SIGCONT)
 
 
-def partial_outputs(folder: Path) -> list[Path]:
-    return sorted(folder.glob(".*.partial")) if folder.is_dir() else []
+def writes_in_progress(folder: Path) -> list[Path]:
+    """Hidden files: outputs being written."""
+    return sorted(folder.glob(".*")) if folder.is_dir() else []
 
 
 def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_lettered_after(
@@ -331,16 +332,17 @@ def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_letter
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=1) as live:
         assert live.invoke(headers=headers).status_code == 202
         worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
-        wait_until(lambda: bool(partial_outputs(tmp_path / "output")), 60, "a write", 0.01)
+        wait_until(lambda: bool(writes_in_progress(tmp_path / "output")), 60, "a write", 0.01)
         worker.proc.send_signal(signal.SIGSTOP)
         try:
             rabbitmq.stop()
             shutil.rmtree(tmp_path / "output")
+            worker.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: "cannot notify" in worker.log, 60, "the give-up to fail to notify")
+            assert (tmp_path / "failure/doomed.error").exists()
         finally:
             worker.proc.send_signal(signal.SIGCONT)
-        wait_until(lambda: "cannot notify" in worker.log, 60, "the give-up to fail to notify")
-        assert (tmp_path / "failure/doomed.error").exists()
-        rabbitmq.start()
+            rabbitmq.start()
         notes.wait_for({"doomed"}, "Failed", 120)
         wait_until(
             lambda: metric(worker, "infermodes_async_messages_total", outcome="dead_lettered") == 1,
@@ -369,7 +371,7 @@ def test_a_request_that_outlasts_its_invocation_timeout_fails_with_invocation_ti
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         assert live.invoke(headers=headers).status_code == 202
         worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
-        wait_until(lambda: bool(partial_outputs(tmp_path / "output")), 60, "a write", 0.01)
+        wait_until(lambda: bool(writes_in_progress(tmp_path / "output")), 60, "a write", 0.01)
         worker.proc.send_signal(signal.SIGSTOP)
         try:
             threading.Event().wait(1.5)
