@@ -203,8 +203,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.transport.is_closing():
-            return
+        if self.phase == _IDLE or self.transport.is_closing():
+            return  # the usual case: the read held whole requests
         if self.phase == _HEADERS:
             self.header_bytes += len(data)
             if self.header_bytes > MAX_HEADER_BYTES:
@@ -218,17 +218,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.phase = _HEADERS
         self.header_bytes = 0
-        self._disarm()
+        if self.deadline is not None:
+            self._disarm()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         self.phase = _BODY
-        self._disarm()
+        if self.deadline is not None:
+            self._disarm()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.phase = _IDLE
-        self._disarm()
+        if self.deadline is not None:
+            self._disarm()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed HTTP request")
