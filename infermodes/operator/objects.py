@@ -142,16 +142,16 @@ def restricted_pod_spec(
     }
 
 
-def model_server_objects(
+def deployment(
     ref: EndpointRef,
     component: str,
     replicas: int,
     container: dict[str, Any],
     termination_grace_seconds: int,
-) -> list[dict[str, Any]]:
-    """The Deployment of model servers and the Service in front of them, shared by the
-    synchronous modes. Rollouts never remove a ready replica before its successor is ready."""
-    deployment = {
+) -> dict[str, Any]:
+    """A Deployment of restricted pods running ``container``. Rollouts never remove a ready
+    replica before its successor is ready."""
+    return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": ref.metadata(component),
@@ -168,6 +168,17 @@ def model_server_objects(
             },
         },
     }
+
+
+def model_server_objects(
+    ref: EndpointRef,
+    component: str,
+    replicas: int,
+    container: dict[str, Any],
+    termination_grace_seconds: int,
+) -> list[dict[str, Any]]:
+    """The Deployment of model servers and the Service in front of them, shared by the
+    synchronous modes."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -178,4 +189,5 @@ def model_server_objects(
             "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT, "protocol": "TCP"}],
         },
     }
-    return [deployment, service]
+    workload = deployment(ref, component, replicas, container, termination_grace_seconds)
+    return [workload, service]

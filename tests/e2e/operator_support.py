@@ -120,3 +120,20 @@ def model_copy(tarball: Path, directory: Path) -> str:
     target = directory / "model.tar.gz"
     target.write_bytes(tarball.read_bytes())
     return f"file://{target}"
+
+
+def gateway_url(tools: Tools) -> str | None:
+    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
+    path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+    pods = tools.cluster.api.get(path, labelSelector="app.kubernetes.io/component=gateway")
+    for pod in pods["items"]:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            return f"http://{pod['status']['podIP']}:{port}"
+    return None
+
+
+def to_csv(rows: Any) -> bytes:
+    """Rows as the CSV body of an invocation, every float written exactly."""
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()

@@ -13,15 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
-    OPERATOR_NAMESPACE,
-    RELEASE,
     Tools,
     get_endpoint,
-    install_operator,
-    operator_pods,
     wait_phase,
 )
 from tests.support.processes import REPO, wait_until
@@ -30,18 +25,6 @@ from tests.support.seaweedfs import seaweedfs_server
 
 ROWS_PER_OBJECT = 20_000
 OBJECTS = 5
-
-
-@pytest.fixture(scope="module")
-def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
-    tools = Tools(k8s_cluster)
-    install_operator(tools)
-    api = k8s_cluster.api
-    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
-               120, "the operator pod to run")  # fmt: skip
-    yield tools
-    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ least-privilege account, it learns endpoints and pods by watching and routes to 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,6 @@ import yaml
 
 from infermodes.metrics import parse_server_load
 from tests.cluster.controlplane import Binaries
-from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
     CHART,
@@ -22,53 +20,15 @@ from tests.e2e.operator_support import (
     RELEASE,
     Tools,
     endpoint_manifest,
-    install_operator,
-    model_copy,
-    operator_pods,
+    gateway_url,
     ready_pod_ips,
+    to_csv,
     wait_phase,
 )
 from tests.support.processes import wait_until
 
 CSV = {"content-type": "text/csv"}
 GATEWAY_ACCOUNT = f"{RELEASE}-gateway"
-
-
-def gateway_url(tools: Tools) -> str | None:
-    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
-    pods = tools.cluster.api.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods",
-                                 labelSelector="app.kubernetes.io/component=gateway")  # fmt: skip
-    for pod in pods["items"]:
-        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
-            return f"http://{pod['status']['podIP']}:8080"
-    return None
-
-
-@pytest.fixture(scope="module")
-def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
-    """The chart (operator and gateway) installed with helm; uninstalled afterwards."""
-    tools = Tools(k8s_cluster)
-    install_operator(tools)
-    api = k8s_cluster.api
-    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
-               120, "the operator pod to run")  # fmt: skip
-    wait_until(lambda: gateway_url(tools) is not None, 120, "the gateway to be ready")
-    yield tools
-    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
-    if k8s_cluster.kubelet is not None:
-        kubelet = k8s_cluster.kubelet
-        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "the chart to stop")
-
-
-@pytest.fixture(scope="module")
-def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
-
-
-def to_csv(rows: np.ndarray) -> bytes:
-    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
 
 
 def invocations_of(ip: str) -> float:

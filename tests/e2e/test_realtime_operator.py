@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.cluster.api import ApiError, KubeApi
-from tests.cluster.harness import Cluster
 from tests.cluster.plugin import require_process_kubelet
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -20,10 +18,9 @@ from tests.e2e.operator_support import (
     Tools,
     endpoint_manifest,
     get_endpoint,
-    install_operator,
-    model_copy,
     operator_pods,
     ready_pod_ips,
+    to_csv,
     wait_phase,
 )
 from tests.support.processes import wait_until
@@ -31,36 +28,11 @@ from tests.support.processes import wait_until
 CSV = {"content-type": "text/csv"}
 
 
-@pytest.fixture(scope="module")
-def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
-    """The chart installed with helm; uninstalled (and its pods gone) afterwards."""
-    tools = Tools(k8s_cluster)
-    install_operator(tools)
-    api = k8s_cluster.api
-    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
-               120, "the operator pod to run")  # fmt: skip
-    yield tools
-    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
-    if k8s_cluster.kubelet is not None:
-        kubelet = k8s_cluster.kubelet
-        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "operator to stop")
-
-
-@pytest.fixture(scope="module")
-def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
-
-
 def create_in_service(tools: Tools, namespace: str, manifest: dict) -> dict:
     """``kubectl apply`` the manifest and wait for the endpoint to be InService."""
     applied = tools.apply(manifest, namespace)
     assert applied.returncode == 0, applied.stderr
     return wait_phase(tools.cluster.api, namespace, manifest["metadata"]["name"], "InService")
-
-
-def to_csv(rows: np.ndarray) -> bytes:
-    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
 
 
 def enforce_restricted_pod_security(api: KubeApi, namespace: str) -> None:
@@ -194,7 +166,10 @@ def test_load_scales_out_to_max_and_back_to_min(
     """Bounds: scale-out within 120 s of load, scale-in within 120 s of silence."""
     api = tools.cluster.api
     scaling = {"metric": "InvocationsPerInstance", "target": 60, "scaleInCooldownSeconds": 5}
-    manifest = endpoint_manifest("busy", model_uri, minReplicas=1, maxReplicas=3, scaling=scaling)
+    small = {"cpu": "250m", "memory": "256Mi"}  # three replicas beside the chart on 2 CPUs
+    manifest = endpoint_manifest(
+        "busy", model_uri, minReplicas=1, maxReplicas=3, scaling=scaling, resources=small
+    )
     create_in_service(tools, k8s_namespace, manifest)
     (ip,) = ready_pod_ips(api, k8s_namespace, "busy")
     stop = threading.Event()

@@ -6,64 +6,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
-    OPERATOR_NAMESPACE,
-    RELEASE,
     Tools,
+    gateway_url,
     get_endpoint,
-    install_operator,
-    model_copy,
-    operator_pods,
+    to_csv,
     wait_phase,
 )
 from tests.support.processes import REPO, wait_until
 
 CSV = {"content-type": "text/csv"}
-
-
-@pytest.fixture(scope="module")
-def tools(k8s_cluster: Cluster) -> Iterator[Tools]:
-    tools = Tools(k8s_cluster)
-    install_operator(tools)
-    api = k8s_cluster.api
-    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
-               120, "the operator pod to run")  # fmt: skip
-    wait_until(lambda: gateway_url(tools) is not None, 120, "the gateway to be ready")
-    yield tools
-    tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-    api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
-    if k8s_cluster.kubelet is not None:
-        kubelet = k8s_cluster.kubelet
-        wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60, "operator to stop")
-
-
-def gateway_url(tools: Tools) -> str | None:
-    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
-    path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
-    pods = tools.cluster.api.get(path, labelSelector="app.kubernetes.io/component=gateway")
-    for pod in pods["items"]:
-        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
-            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-            return f"http://{pod['status']['podIP']}:{port}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def model_uri(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return model_copy(abalone_model.tarball, tmp_path_factory.mktemp("models") / "abalone")
 
 
 def serverless_manifest(name: str, model_uri: str, **serverless: Any) -> dict[str, Any]:
@@ -85,10 +46,6 @@ def replicas_of(tools: Tools, namespace: str, name: str) -> int:
         f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
     )
     return int(deployment["spec"]["replicas"])
-
-
-def to_csv(rows: np.ndarray) -> bytes:
-    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
 
 
 def gateway_metric(url: str, name: str, endpoint: str) -> float:
@@ -122,8 +79,12 @@ def test_cold_start_through_the_gateway_and_back_to_zero(
     assert response.status_code == 200, response.text
     got = np.array(response.text.split(), dtype=np.float32)
     np.testing.assert_array_equal(got, abalone_model.booster().inplace_predict(rows))
-    events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
-    assert "ScaledFromZero" in {e["reason"] for e in events}
+
+    def reasons() -> set[str]:
+        return {e["reason"] for e in api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]}
+
+    # the gateway forwards the moment /ping answers; the operator's Event follows the pod's Ready
+    wait_until(lambda: "ScaledFromZero" in reasons(), 60, "the ScaledFromZero Event")
 
     # no request for idleTimeoutSeconds: back to zero replicas and no process
     wait_phase(api, k8s_namespace, "coldstart", "InService", timeout=120,

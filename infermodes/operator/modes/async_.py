@@ -24,7 +24,7 @@ from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
 from infermodes.endpoints.status import Status
 from infermodes.metrics import parse_worker_in_flight
 from infermodes.operator.modes.base import Signals
-from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
+from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure
 from infermodes.settings import WorkerSettings
 
@@ -97,24 +97,7 @@ def desired_objects(
     if spec.storage_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
     grace = block.invocation_timeout_seconds + GRACE_MARGIN_SECONDS
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": ref.metadata(COMPONENT),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": ref.selector(COMPONENT)},
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {"labels": ref.labels(COMPONENT)},
-                "spec": restricted_pod_spec([container], grace),
-            },
-        },
-    }
-    return [deployment]
+    return [deployment(ref, COMPONENT, replicas, container, grace)]
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:

@@ -58,3 +58,10 @@ class EndpointMode(Protocol):
 
     def observe(self, spec: EndpointSpec, signals: Signals, previous: Status | None) -> Status:
         """The status the workload means (``signals`` as observed after applying)."""
+
+
+def no_pod_annotations(
+    spec: EndpointSpec, signals: Signals, replicas: int
+) -> dict[str, dict[str, str]]:
+    """``pod_annotations`` of the modes that leave their pods alone."""
+    return {}

@@ -25,7 +25,7 @@ from infermodes.errors import (
     EXIT_STOPPED,
 )
 from infermodes.metrics import parse_batch_units
-from infermodes.operator.modes.base import Signals
+from infermodes.operator.modes.base import Signals, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
 from infermodes.settings import BatchSettings
 
@@ -43,10 +43,7 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     return spec.batch_block().instance_count
 
 
-def pod_annotations(
-    spec: s.EndpointSpec, signals: Signals, replicas: int
-) -> dict[str, dict[str, str]]:
-    return {}
+pod_annotations = no_pod_annotations
 
 
 def desired_objects(

@@ -17,7 +17,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import Status
-from infermodes.operator.modes.base import Signals
+from infermodes.operator.modes.base import Signals, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
 from infermodes.operator.observed import failure
 
@@ -40,10 +40,7 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     )
 
 
-def pod_annotations(
-    spec: s.EndpointSpec, signals: Signals, replicas: int
-) -> dict[str, dict[str, str]]:
-    return {}
+pod_annotations = no_pod_annotations
 
 
 def desired_objects(
