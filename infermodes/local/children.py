@@ -27,6 +27,7 @@ log = logging.getLogger("infermodes.local")
 BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
+KILL_WAIT_SECONDS = 5.0  # a SIGKILLed process is gone within this
 
 
 def executable(command: tuple[str, ...]) -> list[str]:
@@ -129,7 +130,7 @@ class Child:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL)
-            self.proc.wait(grace)
+            self.proc.wait(KILL_WAIT_SECONDS)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None

@@ -43,7 +43,7 @@ from infermodes.endpoints.status import (
     summary_progress,
 )
 from infermodes.gateway.table import Replica, Table
-from infermodes.local.children import Child, Registry
+from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
 from infermodes.metrics import ServerLoad, parse_server_load
 from infermodes.queueing.connect import Broker
@@ -78,7 +78,6 @@ class LocalEndpoint:
     memory: ScalerMemory = field(default_factory=ScalerMemory)
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
     ports: dict[str, int] = field(default_factory=dict)
-    stopping: list[tuple[Child, float]] = field(default_factory=list)  # with a kill deadline
     sequence: int = 0
     desired: int = 0
     initialized: bool = False
@@ -111,6 +110,7 @@ class Supervisor:
         self.async_layouts: dict[str, AsyncEndpoint] = {}  # read live by the accept route
         self.max_attempts: dict[str, int] = {}
         self.table: Table | None = None
+        self.retiring: list[tuple[Child, float]] = []  # stopping children, with a kill deadline
         self.wake = asyncio.Event()
         self.registry = Registry(state_dir / "children.json")
         for directory in ("endpoints", "logs", "batch"):
@@ -166,8 +166,7 @@ class Supervisor:
     def _remove(self, endpoint: LocalEndpoint) -> None:
         """Stop its processes now (a drain in the background, by the next ticks)."""
         for key in list(endpoint.children):
-            self._stop_child(endpoint, key)
-        self._reap(endpoint, force=True)
+            self._stop_child(endpoint, key, self._grace(endpoint))
         self.endpoints.pop(endpoint.name, None)
         self.async_layouts.pop(endpoint.name, None)
         self.max_attempts.pop(endpoint.name, None)
@@ -207,36 +206,31 @@ class Supervisor:
         if self.table is not None:
             self.table.set_replica(NAMESPACE, endpoint.name, Replica(child.key, "127.0.0.1", port))
 
-    def _stop_child(self, endpoint: LocalEndpoint, key: str, grace: float = 10.0) -> None:
+    def _stop_child(
+        self, endpoint: LocalEndpoint, key: str, grace: float = STOP_GRACE_SECONDS
+    ) -> None:
         child = endpoint.children.pop(key)
         if self.table is not None:
             self.table.drop_replica(NAMESPACE, endpoint.name, key)
         endpoint.ports.pop(key, None)
         child.stop()
-        endpoint.stopping.append((child, time.monotonic() + grace))
+        self.retiring.append((child, time.monotonic() + grace))
 
-    def _reap(self, endpoint: LocalEndpoint, force: bool = False) -> None:
-        """Forget stopped children; SIGKILL those past their grace (all of them: ``force``)."""
+    def _reap(self) -> None:
+        """Forget stopped children; SIGKILL the groups of those past their grace."""
         kept = []
-        for child, deadline in endpoint.stopping:
-            if force:
-                child.reap()
-            elif child.running():
-                if time.monotonic() < deadline:
-                    kept.append((child, deadline))
-                    continue
-                child.reap(0.0)
-            child.check(time.monotonic())
-        endpoint.stopping = kept
+        for child, deadline in self.retiring:
+            if child.running() and time.monotonic() < deadline:
+                kept.append((child, deadline))
+                continue
+            child.reap(0.0)  # gone: at once; past its grace: SIGKILL
+        self.retiring = kept
 
     def all_children(self) -> list[Child]:
-        return [
-            child
-            for endpoint in self.endpoints.values()
-            for child in [*endpoint.children.values(), *(c for c, _ in endpoint.stopping)]
-        ]
+        running = [c for e in self.endpoints.values() for c in e.children.values()]
+        return running + [child for child, _ in self.retiring]
 
-    def stop_all(self, grace: float = 10.0) -> None:
+    def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM every child, wait for each (SIGKILL after ``grace``): nothing outlives us."""
         for endpoint in self.endpoints.values():
             for key in list(endpoint.children):
@@ -318,6 +312,8 @@ class Supervisor:
                 if self.table is not None:
                     self.table.drop_replica(NAMESPACE, endpoint.name, key)
         wanted = await self._decide(endpoint, now)
+        if self.endpoints.get(endpoint.name) is not endpoint:
+            return  # deleted or replaced meanwhile: its children were stopped with it
         if wanted != endpoint.desired:
             endpoint.event(f"replicas {endpoint.desired} -> {wanted}")
         endpoint.desired = wanted
@@ -329,14 +325,13 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
-        self._reap(endpoint)
         self._set_status(endpoint)
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
         if spec.mode is Mode.ASYNC:  # a draining worker finishes what it holds
-            return async_plan.async_block(spec).invocation_timeout_seconds + 10.0
-        return 10.0
+            return async_plan.async_block(spec).invocation_timeout_seconds + STOP_GRACE_SECONDS
+        return STOP_GRACE_SECONDS
 
     def _ready(self, endpoint: LocalEndpoint) -> int:
         if endpoint.manifest.spec.mode is Mode.ASYNC:
@@ -429,8 +424,11 @@ class Supervisor:
         now = time.monotonic()
         for endpoint in list(self.endpoints.values()):
             await self._actuate(endpoint, now)
+            if self.endpoints.get(endpoint.name) is not endpoint:
+                continue  # deleted or replaced while its decision was taken
             if self.table is not None:
                 self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+        self._reap()
         self.registry.save(self.all_children())
 
     async def run(self, table: Table) -> None:

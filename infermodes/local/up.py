@@ -31,7 +31,7 @@ PUBLISH_CONNECTIONS = 4
 
 
 def queue_url(state_dir: Path) -> str:
-    return f"sqlite:///{(state_dir / 'queue.db').resolve()}"
+    return f"sqlite://{(state_dir / 'queue.db').resolve()}"
 
 
 def serve(port: int, state_dir: Path, files: list[Path], log_level: str = "info") -> int:
