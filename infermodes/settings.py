@@ -151,16 +151,10 @@ class AsyncEndpoint(BaseModel):
         )
 
 
-class AsyncApiSettings(BaseSettings):
-    """``infermodes async-api``: accepts async invocations and queues them. Env prefix
-    ``INFERMODES_ASYNC_API_``; ``ENDPOINTS`` is JSON: ``{"name": {"input_path": ...}}``."""
+class AsyncAcceptSettings(BaseSettings):
+    """What accepting async invocations needs, in ``infermodes async-api`` and in the gateway
+    alike (each class that inherits these sets its own env prefix)."""
 
-    model_config = SettingsConfigDict(env_prefix="INFERMODES_ASYNC_API_", extra="forbid")
-
-    endpoints: dict[str, AsyncEndpoint] = Field(min_length=1)
-    broker_url: str = DEFAULT_BROKER_URL
-    host: str = "127.0.0.1"
-    port: int = Field(8081, ge=1, le=65535)
     max_inline_bytes: int = Field(
         16 * MIB, ge=1, description="Inline bodies are stored first; larger inputs go by reference."
     )
@@ -178,6 +172,18 @@ class AsyncApiSettings(BaseSettings):
         description="How often stale inline inputs, request records and partial writes are "
         "removed from the endpoints' storage (0: never).",
     )
+
+
+class AsyncApiSettings(AsyncAcceptSettings):
+    """``infermodes async-api``: accepts async invocations and queues them. Env prefix
+    ``INFERMODES_ASYNC_API_``; ``ENDPOINTS`` is JSON: ``{"name": {"input_path": ...}}``."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERMODES_ASYNC_API_", extra="forbid")
+
+    endpoints: dict[str, AsyncEndpoint] = Field(min_length=1)
+    broker_url: str = DEFAULT_BROKER_URL
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=1, le=65535)
     log_level: str = "info"
 
 
@@ -219,7 +225,7 @@ class OperatorSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(AsyncAcceptSettings):
     """``infermodes gateway``: the front door of synchronous endpoints. Env prefix
     ``INFERMODES_GATEWAY_``. Endpoints come from the Kubernetes API (watched in ``namespaces``)
     or, with ``static_endpoints``, from a JSON file (no cluster)."""
@@ -273,6 +279,11 @@ class GatewaySettings(BaseSettings):
     )
     drain_timeout_seconds: float = Field(
         70.0, gt=0, le=3900, description="In-flight invocations get this long to finish on exit."
+    )
+    broker_url: str | None = Field(
+        None,
+        description="The broker (amqp://... or sqlite:///...) of async endpoints; with it the "
+        "gateway also accepts POST /endpoints/{name}/async-invocations.",
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
 

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -63,9 +63,14 @@ class Gateway:
                 return Response(b"endpoints not listed yet", 503)
             return Response(b"ok", 200)
 
+        self.api = api
         for router in routers:
-            api.include_router(router)
+            self.include(router)
         self.rest: ASGIApp = api
+
+    def include(self, router: APIRouter) -> None:
+        """Serve a router's routes too (the async accept route, the local runtime's API)."""
+        self.api.include_router(router)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_invocation(scope["path"]):
@@ -244,6 +249,48 @@ def serve(settings: GatewaySettings) -> int:
             return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
-    runner = Runner(settings, source, sink, gateway_id)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
-        return loop.run(runner.run())
+    registry = CollectorRegistry()
+    runner = Runner(settings, source, sink, gateway_id, registry)
+    closing: list[Callable[[], None]] = []
+    if settings.broker_url:
+        router = async_accept_router(settings, settings.broker_url, runner.table, registry, closing)
+        runner.app.include(router)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
+            return loop.run(runner.run())
+    finally:
+        for close in closing:
+            close()
+
+
+def async_accept_router(
+    settings: GatewaySettings,
+    broker_url: str,
+    table: Table,
+    registry: CollectorRegistry,
+    closing: list[Callable[[], None]],
+) -> APIRouter:
+    """``POST /endpoints/{name}/async-invocations`` for the async endpoints the table knows,
+    over the broker at ``broker_url``, with the retention sweep of their inputs;
+    what must be closed at exit is added to ``closing``."""
+    from infermodes.gateway.async_accept import create_router
+    from infermodes.gateway.async_retention import Sweeper
+    from infermodes.metrics import AsyncApiMetrics
+    from infermodes.queueing.connect import broker_from_url
+    from infermodes.storage import Storage
+
+    storage = Storage()
+    enqueuer = broker_from_url(broker_url).enqueuer(
+        table.max_attempts, settings.publish_connections
+    )
+    sweeper = Sweeper(storage, table.async_layouts, settings.sweep_interval_seconds)
+    sweeper.start()
+    closing.extend([sweeper.stop, enqueuer.close])
+    return create_router(
+        table.async_layouts,
+        enqueuer,
+        storage,
+        AsyncApiMetrics(registry),
+        settings.max_inline_bytes,
+        settings.allowed_input_prefixes,
+    )

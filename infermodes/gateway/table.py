@@ -16,9 +16,11 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError as SpecError
 
+from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import EndpointSpec, Mode, Phase, ServerlessSpec
 from infermodes.gateway.errors import ValidationError
+from infermodes.settings import AsyncEndpoint
 
 SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
 SYNCHRONOUS_MODES = frozenset({Mode.REALTIME, Mode.SERVERLESS})
@@ -134,6 +136,9 @@ class Table:
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
         self._by_name: dict[str, list[Endpoint]] = {}
+        # async endpoints as the accept route reads them, live (names unique per gateway)
+        self.async_layouts: dict[str, AsyncEndpoint] = {}
+        self.max_attempts: dict[str, int] = {}
 
     # reading
     def lookup(self, name: str) -> Endpoint:
@@ -168,6 +173,11 @@ class Table:
             endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         except SpecError:
             endpoint.mode, endpoint.serverless = None, None
+        if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
+            self.async_layouts[endpoint.name] = async_endpoint(spec.async_)
+            self.max_attempts[endpoint.name] = spec.async_.max_attempts
+        else:
+            self._forget_async(endpoint.name)
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:
@@ -177,11 +187,16 @@ class Table:
             self.known.add((namespace, endpoint.name))
             self._by_name.setdefault(endpoint.name, []).append(endpoint)
 
+    def _forget_async(self, name: str) -> None:
+        self.async_layouts.pop(name, None)
+        self.max_attempts.pop(name, None)
+
     def remove_endpoint(self, namespace: str, name: str) -> None:
         endpoint = self.endpoints.get((namespace, name))
         if endpoint is None or (namespace, name) not in self.known:
             return
         self.known.discard((namespace, name))
+        self._forget_async(name)
         self._by_name[name].remove(endpoint)
         if not self._by_name[name]:
             del self._by_name[name]

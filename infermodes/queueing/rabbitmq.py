@@ -296,7 +296,7 @@ class RequestPublisher:
     after a reconnect, in case the broker lost it). ``max_attempts``: each endpoint's."""
 
     def __init__(self, url: str, max_attempts: Mapping[str, int], connections: int = 8) -> None:
-        self.max_attempts = dict(max_attempts)
+        self.max_attempts = max_attempts  # read live: endpoints may come and go
         self._declared: set[str] = set()
         self._pool = ChannelPool(
             url, connections, lambda _: self._declared.clear(), "accepting requests"
