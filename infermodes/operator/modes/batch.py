@@ -17,7 +17,13 @@ from typing import Any
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import BATCH_METRICS_PORT, TERMINATION_MESSAGE_PATH, batch_instance
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import Progress, Status
+from infermodes.endpoints.status import (
+    Progress,
+    Status,
+    add_progress,
+    describe_failures,
+    summary_progress,
+)
 from infermodes.errors import (
     EXIT_CANNOT_START,
     EXIT_MODEL_LOAD_FAILED,
@@ -36,7 +42,6 @@ BACKOFF_LIMIT_PER_INDEX = 2
 # exit codes of `infermodes batch` that another attempt of the same input cannot mend
 PERMANENT_EXIT_CODES = [EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED]
 TERMINATION_GRACE_SECONDS = 30
-FAILURES_SHOWN = 5
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
@@ -119,39 +124,26 @@ def latest_per_index(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     """Progress over every instance, and the failures their summaries name."""
-    total = done = failed = records = 0
+    found = Progress()
     failures: list[dict[str, Any]] = []
     for pod in latest_per_index(signals.pods).values():
         summary = summary_of(pod)
         if summary is not None:
-            units = summary.get("units") or {}
-            total += int(units.get("assigned", 0))
-            done += int(units.get("succeeded", 0)) + int(units.get("skipped", 0))
-            failed += int(units.get("failed", 0))
-            records += int(summary.get("records", 0))
-            failures += list(summary.get("failures") or [])
-            if summary.get("error"):
-                failures.append({"object": None, "line": None, "reason": summary["error"]})
+            ended, failed = summary_progress(summary)
+            found, failures = add_progress(found, ended), failures + failed
             continue
         ip = (pod.get("status") or {}).get("podIP")
         text = signals.fetch_metrics(ip, BATCH_METRICS_PORT) if ip else None
         if text is not None:
             units = parse_batch_units(text)
-            total += int(units.get("assigned", 0))
-            done += int(units.get("succeeded", 0) + units.get("skipped", 0))
-            failed += int(units.get("failed", 0))
-            records += int(units.get("records", 0))
-    return Progress(total, done, failed, records), failures
-
-
-def describe(failures: list[dict[str, Any]]) -> str:
-    shown = []
-    for failure in failures[:FAILURES_SHOWN]:
-        line = f" line {failure['line']}" if failure.get("line") is not None else ""
-        where = f"{failure['object']}{line}: " if failure.get("object") else ""
-        shown.append(f"{where}{failure.get('reason')}")
-    more = len(failures) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+            running = Progress(
+                int(units.get("assigned", 0)),
+                int(units.get("succeeded", 0) + units.get("skipped", 0)),
+                int(units.get("failed", 0)),
+                int(units.get("records", 0)),
+            )
+            found = add_progress(found, running)
+    return found, failures
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
@@ -174,7 +166,9 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
                       "objects written or already complete")  # fmt: skip
     if "Failed" in conditions:
         condition = conditions["Failed"]
-        detail = describe(failures) or condition.get("message") or condition.get("reason", "")
+        detail = (
+            describe_failures(failures) or condition.get("message") or condition.get("reason", "")
+        )
         return status(s.Phase.FAILED, "ObjectsFailed" if failures else "JobFailed", detail)
     if spec.batch_block().stop:
         if active == 0:
@@ -182,5 +176,5 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
-        message += f"; failed so far: {describe(failures)}"
+        message += f"; failed so far: {describe_failures(failures)}"
     return status(s.Phase.IN_PROGRESS, "Running" if job else "Starting", message)
