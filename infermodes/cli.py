@@ -295,14 +295,35 @@ DEFAULT_UP_PORT = 8080
     type=click.Path(exists=True, path_type=Path),
     help="InferenceEndpoint YAML file or directory to apply at start (repeatable).",
 )
+@click.option(
+    "--broker-url",
+    help="amqp://... : async requests go to RabbitMQ instead of the embedded queue.",
+)
+@click.option(
+    "--management-url",
+    help="RabbitMQ's management API (http://user:pass@host:15672), for in-flight figures.",
+)
 @click.option("--log-level", default="info", help="debug, info, warning, error.")
-def up(port: int, state_dir: Path, files: tuple[Path, ...], log_level: str) -> None:
+def up(
+    port: int,
+    state_dir: Path,
+    files: tuple[Path, ...],
+    broker_url: str | None,
+    management_url: str | None,
+    log_level: str,
+) -> None:
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.local.manifests import ManifestError
     from infermodes.local.up import serve as run_up
+    from infermodes.queueing.connect import broker_from_url
 
+    if broker_url is not None:
+        try:
+            broker_from_url(broker_url, management_url)  # only parses the URL
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--broker-url") from None
     try:
-        code = run_up(port, state_dir, list(files), log_level)
+        code = run_up(port, state_dir, list(files), log_level, broker_url, management_url)
     except ManifestError as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
@@ -413,3 +434,21 @@ def invoke(
 def logs(name: str, url: str) -> None:
     """Print the end of each process log of an endpoint."""
     click.echo(_up_call(lambda: _up_client(url).api("GET", f"/endpoints/{name}/logs")), nl=False)
+
+
+@main.command()
+@click.argument("topic", default="#")
+@click.option("--after", type=int, default=0, help="Only notifications after this id.")
+@_up_url
+def notifications(topic: str, after: int, url: str) -> None:
+    """Print async notifications of `infermodes up` (TOPIC: e.g. NAME.*, #.error; default #),
+    one JSON object a line; give the last id as --after to read on."""
+    import json
+
+    found = _up_call(
+        lambda: _up_client(url).api(
+            "GET", "/notifications", params={"topic": topic, "after": after}
+        )
+    )
+    for item in found["items"]:
+        click.echo(json.dumps(item, separators=(",", ":")))

@@ -3,23 +3,52 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from infermodes.local.manifests import ManifestError, parse_text
 from infermodes.local.supervisor import Supervisor
+from infermodes.queueing.embedded import Notification
 
 PREFIX = "/_infermodes"
 MAX_MANIFEST_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
+NOTIFICATIONS_PER_CALL = 1000
+
+Tail = Callable[[str, int, int], list[Notification]]  # pattern, after id, limit
 
 
 def not_found(name: str) -> JSONResponse:
     return JSONResponse({"error": "NotFound", "message": f"endpoint {name} not found"}, 404)
 
 
-def create_router(supervisor: Supervisor) -> APIRouter:
+def notification(entry: Notification) -> dict[str, object]:
+    """One entry of the topic log, its body as the JSON it is (text if it is not)."""
+    try:
+        body: object = json.loads(entry.body)
+    except ValueError:
+        body = entry.body.decode(errors="replace")
+    return {"id": entry.id, "routingKey": entry.routing_key, "messageId": entry.message_id,
+            "publishedAt": entry.published_at, "body": body}  # fmt: skip
+
+
+def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
+    """``tail``: the embedded queue's topic log (``EmbeddedQueue.tail``); None when async
+    requests go to RabbitMQ, whose notifications are on its topic exchange."""
     router = APIRouter(prefix=PREFIX)
+
+    @router.get("/notifications")
+    async def notifications(topic: str = "#", after: int = 0) -> JSONResponse:
+        """Async notifications after id ``after`` whose routing key (``<endpoint>.success`` or
+        ``<endpoint>.error``) matches the topic pattern, oldest first."""
+        if tail is None:
+            message = "up uses RabbitMQ: bind a queue to its notification exchange instead"
+            return JSONResponse({"error": "NotEmbedded", "message": message}, 400)
+        found = tail(topic, after, NOTIFICATIONS_PER_CALL)
+        return JSONResponse({"items": [notification(entry) for entry in found]})
 
     @router.get("/endpoints")
     async def list_endpoints() -> JSONResponse:

@@ -13,13 +13,15 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.gateway.app import Runner
 from infermodes.gateway.async_accept import create_router as async_router
+from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import load_paths
 from infermodes.local.supervisor import Supervisor
 from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics
-from infermodes.queueing.connect import broker_from_url
+from infermodes.queueing.connect import Broker, broker_from_url
+from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import AsyncApiSettings, GatewaySettings
 from infermodes.storage import Storage
 
@@ -30,21 +32,32 @@ MAX_INLINE_BYTES = AsyncApiSettings.model_fields["max_inline_bytes"].default
 PUBLISH_CONNECTIONS = 4
 
 
-def queue_url(state_dir: Path) -> str:
-    return f"sqlite://{(state_dir / 'queue.db').resolve()}"
-
-
-def serve(port: int, state_dir: Path, files: list[Path], log_level: str = "info") -> int:
+def serve(
+    port: int,
+    state_dir: Path,
+    files: list[Path],
+    log_level: str = "info",
+    broker_url: str | None = None,
+    management_url: str | None = None,
+) -> int:
     """Entry point of ``infermodes up``; manifests are checked before anything starts (a bad
-    one raises ``ManifestError``)."""
+    one raises ``ManifestError``). Async requests go to the embedded queue in the state dir,
+    or to the broker ``broker_url`` names (RabbitMQ, with ``management_url`` for in-flight
+    figures)."""
     import uvloop
 
     configure_logging(log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     manifests = load_paths(files)
     state_dir.mkdir(parents=True, exist_ok=True)
-    url = queue_url(state_dir)
-    broker = broker_from_url(url)
+    tail: Tail | None = None
+    if broker_url is None:
+        queue_file = (state_dir / "queue.db").resolve()
+        embedded = EmbeddedQueue(queue_file)  # the workers open the same file by its URL
+        broker: Broker = embedded
+        url, tail = f"sqlite://{queue_file}", embedded.tail
+    else:
+        broker, url = broker_from_url(broker_url, management_url), broker_url
     supervisor = Supervisor(state_dir.resolve(), broker, url, port)
     supervisor.load_state()
     for manifest in manifests:
@@ -52,7 +65,7 @@ def serve(port: int, state_dir: Path, files: list[Path], log_level: str = "info"
     registry = CollectorRegistry()
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
     routers = [
-        api_router(supervisor),
+        api_router(supervisor, tail),
         async_router(
             supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
             MAX_INLINE_BYTES, [],
