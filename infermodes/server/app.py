@@ -135,7 +135,8 @@ class InvocationsHandler:
             model, content_type, accept = self.negotiate(scope)
             body = await read_body(scope, receive, self.limit)
             body_read = True
-            payload, media_type, status = await self.predict(model, body, content_type, accept)
+            payload = await self.predict(model, body, content_type, accept)
+            media_type, status = accept, 200
         except InfermodesError as exc:
             payload, media_type, status = error_body(exc), ERROR_MEDIA_TYPE, exc.status_code
         except Exception:
@@ -175,13 +176,12 @@ class InvocationsHandler:
 
     async def predict(
         self, model: XGBoostModel, body: bytes, content_type: str, accept: str
-    ) -> tuple[bytes, str, int]:
+    ) -> bytes:
         self.metrics.request_body_size.observe(len(body))
         if len(body) < self.offload:
-            return self.score(model, body, content_type, accept), accept, 200
+            return self.score(model, body, content_type, accept)
         async with self.offload_slot:  # one thread hop for decode, predict and encode
-            payload = await run_in_threadpool(self.score, model, body, content_type, accept)
-        return payload, accept, 200
+            return await run_in_threadpool(self.score, model, body, content_type, accept)
 
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
         rows = codecs.decode(
