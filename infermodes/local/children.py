@@ -141,13 +141,15 @@ class Registry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.saved: set[tuple[str, int]] | None = None
 
     def save(self, children: list[Child]) -> None:
-        entries = [
-            {"key": c.key, "pid": c.pid, "start": start_time(c.pid)}
-            for c in children
-            if c.pid is not None
-        ]
+        """Record the running children (written only when they changed)."""
+        running = {(c.key, c.pid) for c in children if c.pid is not None}
+        if running == self.saved:
+            return
+        self.saved = running
+        entries = [{"key": key, "pid": pid, "start": start_time(pid)} for key, pid in running]
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(entries))
         temporary.replace(self.path)
