@@ -314,6 +314,7 @@ def up(
 ) -> None:
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.local.manifests import ManifestError
+    from infermodes.local.up import StateDirBusy
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url
 
@@ -324,7 +325,7 @@ def up(
             raise click.BadParameter(str(exc), param_hint="--broker-url") from None
     try:
         code = run_up(port, state_dir, list(files), log_level, broker_url, management_url)
-    except ManifestError as exc:
+    except (ManifestError, StateDirBusy) as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
 

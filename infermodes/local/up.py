@@ -6,7 +6,10 @@ processes. SIGTERM / Ctrl-C drains the gateway, then stops every child."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -16,7 +19,7 @@ from infermodes.gateway.async_accept import create_router as async_router
 from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
-from infermodes.local.manifests import load_paths
+from infermodes.local.manifests import Manifest, load_paths
 from infermodes.local.supervisor import Supervisor
 from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics
@@ -32,6 +35,21 @@ MAX_INLINE_BYTES = AsyncApiSettings.model_fields["max_inline_bytes"].default
 PUBLISH_CONNECTIONS = 4
 
 
+class StateDirBusy(RuntimeError):
+    """Another ``up`` runs on this state dir (it would take the other's children for orphans)."""
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``<state dir>/lock`` while ``up`` runs; the kernel releases it when we die."""
+    with (state_dir / "lock").open("a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirBusy(f"another infermodes up is running on {state_dir}") from None
+        yield
+
+
 def serve(
     port: int,
     state_dir: Path,
@@ -44,12 +62,24 @@ def serve(
     one raises ``ManifestError``). Async requests go to the embedded queue in the state dir,
     or to the broker ``broker_url`` names (RabbitMQ, with ``management_url`` for in-flight
     figures)."""
-    import uvloop
-
     configure_logging(log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     manifests = load_paths(files)
     state_dir.mkdir(parents=True, exist_ok=True)
+    with state_lock(state_dir):
+        return _serve(port, state_dir, manifests, log_level, broker_url, management_url)
+
+
+def _serve(
+    port: int,
+    state_dir: Path,
+    manifests: list[Manifest],
+    log_level: str,
+    broker_url: str | None,
+    management_url: str | None,
+) -> int:
+    import uvloop
+
     tail: Tail | None = None
     if broker_url is None:
         queue_file = (state_dir / "queue.db").resolve()
