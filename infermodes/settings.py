@@ -219,6 +219,9 @@ class OperatorSettings(BaseSettings):
         description="How often an async endpoint at zero replicas is checked "
         "for a backlog (its activation delay at most).",
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of the operator's /metrics; in a pod, its pod IP."
+    )
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
     )

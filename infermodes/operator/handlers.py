@@ -167,7 +167,9 @@ def configure(operator_settings: OperatorSettings) -> None:
         memo.metrics = OperatorMetrics(registry)
         memo.nudger = Nudger(memo.endpoints, memo.deps, memo.metrics)
         if operator_settings.metrics_port:
-            start_http_server(operator_settings.metrics_port, registry=registry)
+            start_http_server(
+                operator_settings.metrics_port, operator_settings.metrics_host, registry
+            )
 
     def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,13 +99,15 @@ def ready_pod_ips(api: KubeApi, namespace: str, endpoint: str) -> list[str]:
     return sorted(ips)
 
 
-def install_operator(tools: Tools, resync_seconds: int = 2) -> None:
+def install_operator(tools: Tools, resync_seconds: int = 2, **values: str) -> None:
+    """helm install the chart; ``values`` are more ``--set`` pairs."""
+    extra = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
     result = tools.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace",
                         OPERATOR_NAMESPACE, "--create-namespace",
                         "--set", f"operator.resyncSeconds={resync_seconds}",
                         # each test has its own namespace: the gateway serves them all
                         "--set", "gateway.namespaces={*}", "--set", "gateway.drainDelaySeconds=0",
-                        "--set", "operator.logLevel=debug")  # fmt: skip
+                        "--set", "operator.logLevel=debug", *extra)  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"helm install failed:\n{result.stdout}\n{result.stderr}")
 
@@ -137,3 +140,34 @@ def gateway_url(tools: Tools) -> str | None:
 def to_csv(rows: Any) -> bytes:
     """Rows as the CSV body of an invocation, every float written exactly."""
     return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def namespace_gone(api: KubeApi, name: str) -> bool:
+    try:
+        api.get(f"/api/v1/namespaces/{name}")
+    except ApiError as err:
+        return err.status == 404
+    return False
+
+
+@contextlib.contextmanager
+def installed_chart(cluster: Cluster, **values: str) -> Iterator[Tools]:
+    """The chart installed with helm, its operator running and its gateway ready; uninstalled
+    (its pods' processes gone, and its namespace) afterwards."""
+    tools = Tools(cluster)
+    install_operator(tools, **values)
+    api = cluster.api
+    wait_until(lambda: any(p["status"].get("phase") == "Running" for p in operator_pods(api)),
+               120, "the operator pod to run")  # fmt: skip
+    wait_until(lambda: gateway_url(tools) is not None, 120, "the gateway to be ready")
+    try:
+        yield tools
+    finally:
+        tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
+        api.delete(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}")
+        if cluster.kubelet is not None:
+            kubelet = cluster.kubelet
+            wait_until(lambda: not kubelet.running_pids(OPERATOR_NAMESPACE), 60,
+                       "the chart to stop")  # fmt: skip
+        # the next module installs the chart again into a namespace of the same name
+        wait_until(lambda: namespace_gone(api, OPERATOR_NAMESPACE), 120, "the namespace to go")

@@ -1,0 +1,188 @@
+"""Async endpoints end to end on the test control plane with a real RabbitMQ: kubectl apply of
+the example at zero workers, requests through the gateway, workers from zero and back, exactly
+one output per request across a worker deleted and one SIGKILLed, and a broker outage that the
+scaler sits out."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    Tools,
+    gateway_url,
+    get_endpoint,
+    installed_chart,
+    to_csv,
+    wait_phase,
+)
+from tests.support.async_plane import Notifications, dead_letters
+from tests.support.processes import REPO, wait_until
+from tests.support.rabbitmq import Broker, rabbitmq_broker
+
+SECRET = "infermodes-rabbitmq"
+CSV = {"content-type": "text/csv"}
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    with rabbitmq_broker() as running:
+        yield running
+
+
+def broker_secret(tools: Tools, namespace: str, broker: Broker) -> None:
+    urls = {"url": broker.amqp_url, "managementUrl": broker.management_url}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+              "stringData": urls}  # fmt: skip
+    tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
+
+
+@pytest.fixture(scope="module")
+def tools(k8s_cluster: Cluster, broker: Broker) -> Iterator[Tools]:
+    """The chart with the broker's Secret: the operator reads the backlog, the gateway accepts
+    async invocations."""
+    api = k8s_cluster.api
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    api.post("/api/v1/namespaces", namespace)
+    broker_secret(Tools(k8s_cluster), OPERATOR_NAMESPACE, broker)
+    with installed_chart(k8s_cluster, **{"rabbitmq.secretRef.name": SECRET}) as tools:
+        yield tools
+
+
+def async_manifest(name: str, model_uri: str, out: Path, **fields: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((REPO / "examples/abalone/async.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"]["uri"] = model_uri
+    block = manifest["spec"]["async"]
+    block["outputPath"] = f"file://{out}/output"
+    block.update({"resources": {"cpu": "250m", "memory": "256Mi"}}, **fields)
+    return manifest
+
+
+def worker_pods(tools: Tools, namespace: str, name: str) -> list[dict[str, Any]]:
+    path = f"/api/v1/namespaces/{namespace}/pods"
+    selector = f"infermodes.dev/endpoint={name},app.kubernetes.io/component=async-worker"
+    pods: list[dict[str, Any]] = tools.cluster.api.get(path, labelSelector=selector)["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def invoke_all(url: str, name: str, rows: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """``count`` async invocations of one row each; inference id -> the row it carries."""
+    sent = {}
+    with httpx.Client(timeout=60) as client:
+        for index in range(count):
+            row = rows[index % len(rows)]
+            response = client.post(f"{url}/endpoints/{name}/async-invocations",
+                                   content=to_csv([row]), headers=CSV)  # fmt: skip
+            assert response.status_code == 202, response.text
+            sent[response.json()["InferenceId"]] = row
+    return sent
+
+
+def check_outputs(out: Path, sent: dict[str, np.ndarray], booster: Any) -> None:
+    """Every request has exactly one output, equal to the booster's prediction."""
+    outputs = {p.name for p in (out / "output").glob("*.out")}
+    assert outputs == {f"{inference_id}.out" for inference_id in sent}
+    rows = np.array(list(sent.values()), dtype=np.float32)
+    expected = booster.inplace_predict(rows)
+    for (inference_id, _row), want in zip(sent.items(), expected, strict=True):
+        got = np.float32((out / "output" / f"{inference_id}.out").read_text().strip())
+        assert got == want, inference_id
+
+
+def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    api = tools.cluster.api
+    broker_secret(tools, k8s_namespace, broker)
+    manifest = async_manifest("queued", model_uri, tmp_path, scaleInCooldownSeconds=10,
+                              targetBacklogPerInstance=50, maxReplicas=2)  # fmt: skip
+    notifications = Notifications(broker, "queued").declare()
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    endpoint = wait_phase(api, k8s_namespace, "queued", "InService")
+    assert endpoint["status"]["replicas"] == 0 and not worker_pods(tools, k8s_namespace, "queued")
+    url = gateway_url(tools)
+    assert url is not None
+
+    sent = invoke_all(url, "queued", abalone_model.test_rows, 200)
+    wait_until(lambda: bool(worker_pods(tools, k8s_namespace, "queued")), 60, "workers to start")
+    notifications.wait_for(set(sent), "Completed", timeout=180)
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    assert all(count == 1 for count in notifications.ids("Completed").values())
+    assert dead_letters(broker, "queued") == []
+    shown = tools.kubectl("get", "ie", "queued", "-n", k8s_namespace)
+    assert "BACKLOG" in shown.stdout.splitlines()[0], shown.stdout
+
+    # the cooldown passes with an empty queue: back to zero workers
+    wait_phase(api, k8s_namespace, "queued", "InService", timeout=120,
+               also=lambda e: e["status"].get("replicas") == 0)  # fmt: skip
+    wait_until(lambda: not worker_pods(tools, k8s_namespace, "queued"), 120, "workers to stop")
+
+
+def test_workers_deleted_and_killed_midway_lose_nothing(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    api = tools.cluster.api
+    broker_secret(tools, k8s_namespace, broker)
+    manifest = async_manifest("resilient", model_uri, tmp_path, minReplicas=2, maxReplicas=2,
+                              maxConcurrentInvocationsPerInstance=2)  # fmt: skip
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "resilient", "InService",
+               also=lambda e: e["status"].get("readyReplicas") == 2)  # fmt: skip
+    url = gateway_url(tools)
+    assert url is not None
+    notifications = Notifications(broker, "resilient").declare()
+    sent = invoke_all(url, "resilient", abalone_model.test_rows, 300)
+    done = lambda: len(list((tmp_path / "output").glob("*.out")))  # noqa: E731
+    wait_until(lambda: done() >= 30, 120, "some outputs")
+    first, second = worker_pods(tools, k8s_namespace, "resilient")[:2]
+    api.delete(f"/api/v1/namespaces/{k8s_namespace}/pods/{first['metadata']['name']}")
+    kubelet = tools.cluster.kubelet
+    assert kubelet is not None
+    pid = kubelet.running_pids(k8s_namespace)[f"{k8s_namespace}/{second['metadata']['name']}"]
+    os.killpg(pid, signal.SIGKILL)
+    notifications.wait_for(set(sent), "Completed", timeout=240)
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    assert dead_letters(broker, "resilient") == []
+
+
+def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    api = tools.cluster.api
+    broker_secret(tools, k8s_namespace, broker)
+    manifest = async_manifest("outage", model_uri, tmp_path, minReplicas=1, maxReplicas=2)
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "outage", "InService",
+               also=lambda e: e["status"].get("readyReplicas") == 1)  # fmt: skip
+    url = gateway_url(tools)
+    assert url is not None
+    sent = invoke_all(url, "outage", abalone_model.test_rows, 20)
+    broker.stop()
+    try:
+        blind = lambda e: e["status"].get("reason") == "BrokerUnreadable"  # noqa: E731
+        endpoint = wait_phase(api, k8s_namespace, "outage", "InService", timeout=60, also=blind)
+        assert endpoint["status"]["replicas"] == 1
+        events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
+        assert any(e["reason"] == "InService" and "broker" in e.get("message", "")
+                   for e in events)  # fmt: skip
+    finally:
+        broker.start()
+    wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 180,
+               "every accepted request to complete")  # fmt: skip
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    assert get_endpoint(api, k8s_namespace, "outage") is not None
