@@ -67,6 +67,11 @@ def main() -> None:
     default=None,
     help="Load pickled models (runs the artifact's code; trusted sources only).",
 )
+@click.option(
+    "--inference-output",
+    help="Selectable output keys, comma-separated, e.g. predicted_label,probabilities. "
+    "[env SAGEMAKER_INFERENCE_OUTPUT too]",
+)
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def serve(**options: Any) -> None:
     """Serve one XGBoost model over HTTP (/ping, /invocations, /metrics)."""

@@ -69,6 +69,16 @@ class ServeSettings(BaseSettings):
     allow_pickle: bool = Field(
         False, description="Load pickled boosters. Unpickling runs the artifact's code."
     )
+    inference_output: str | None = Field(
+        None,
+        min_length=1,
+        # the platform's container reads SAGEMAKER_INFERENCE_OUTPUT: its users' configs work
+        validation_alias=AliasChoices(
+            "inference_output", "INFERMODES_SERVE_INFERENCE_OUTPUT", "SAGEMAKER_INFERENCE_OUTPUT"
+        ),
+        description="The container's selectable output keys, comma-separated (e.g. "
+        "predicted_label,probabilities); checked against the model's objective at start.",
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 

@@ -69,6 +69,7 @@ def model_server(
             workers=workers,
             predict_threads=predict_threads,
             allow_pickle=spec.model.allow_pickle or None,
+            inference_output=spec.model.inference_output,
         ),
     )
 

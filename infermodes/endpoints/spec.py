@@ -68,6 +68,13 @@ class ModelSource(SpecBlock):
     allow_pickle: bool = Field(
         False, description="Load a pickled booster. Unpickling runs the artifact's code."
     )
+    inference_output: str | None = Field(
+        None,
+        min_length=1,
+        description="The platform container's selectable outputs (its SAGEMAKER_INFERENCE_OUTPUT),"
+        " comma-separated: predicted_label, labels, probability, probabilities, raw_score, "
+        "raw_scores, predicted_score; the model's objective decides which are valid.",
+    )
 
 
 class SecretRef(SpecBlock):

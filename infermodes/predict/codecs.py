@@ -1,7 +1,9 @@
 """Request and response codecs of the managed platform's XGBoost container contract.
 
-Inputs (``text/csv``, ``application/json``, ``text/libsvm``) decode to a float32 matrix with
-NaN for missing values; predictions encode to ``text/csv`` or ``application/json``. Every
+Inputs (``text/csv``, ``application/json``, ``text/libsvm``, ``application/x-recordio-protobuf``)
+decode to a float32 matrix with NaN for missing values; predictions encode to ``text/csv``,
+``application/json`` or ``application/jsonlines``, as one score per row or as the container's
+selected output keys (``outputs.OutputSelection``). Every
 decoding error names the row and column (1-based), because a 400 that says only "bad input"
 sends users hunting. The one-row CSV case is the hot path: no pandas, no csv module.
 
@@ -30,14 +32,17 @@ from infermodes.errors import (
     PayloadTooLarge,
     UnsupportedContentType,
 )
+from infermodes.predict import recordio
+from infermodes.predict.outputs import OutputSelection
 from infermodes.settings import MAX_DECODED_VALUES
 
 CSV = "text/csv"
 JSON = "application/json"
 LIBSVM = "text/libsvm"
 JSONLINES = "application/jsonlines"
-INPUT_TYPES = (CSV, JSON, LIBSVM)
-OUTPUT_TYPES = (CSV, JSON)
+RECORDIO = "application/x-recordio-protobuf"
+INPUT_TYPES = (CSV, JSON, LIBSVM, RECORDIO)
+OUTPUT_TYPES = (CSV, JSON, JSONLINES)  # in order of preference for a wildcard
 _ALIASES = {"application/x-libsvm": LIBSVM, "text/x-libsvm": LIBSVM, "application/csv": CSV}
 _CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 
@@ -91,8 +96,8 @@ def content_type_of(header: str | None) -> str:
     return kind
 
 
-_SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, "*/*": CSV}
-_WILDCARDS = {"*/*": (CSV, JSON), "text/*": (CSV,), "application/*": (JSON,)}
+_SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, JSONLINES: JSONLINES, "*/*": CSV}
+_WILDCARDS = {"*/*": OUTPUT_TYPES, "text/*": (CSV,), "application/*": (JSON, JSONLINES)}
 _QUALITY = re.compile(r"0(?:\.\d{0,3})?|1(?:\.0{0,3})?")
 
 
@@ -134,12 +139,14 @@ def accept_of(header: str | None) -> str:
             known = best.get(output)
             if known is None or specificity > known[1]:
                 best[output] = (quality, specificity, -position)
-    acceptable = [(rank, output) for output, rank in best.items() if rank[0] > 0]
+    acceptable = [
+        (rank, -OUTPUT_TYPES.index(output), output) for output, rank in best.items() if rank[0] > 0
+    ]
     if not acceptable:
         raise NotAcceptable(
             f"cannot produce {_show(header, 80)}; accept one of {', '.join(OUTPUT_TYPES)}"
         )
-    return max(acceptable)[1]
+    return max(acceptable)[2]
 
 
 def _beyond_float32(token: bytes | float, row: int, column: int) -> InvalidInput:
@@ -403,7 +410,71 @@ def decode_libsvm(
     return matrix
 
 
-_DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm}
+def decode_recordio(
+    body: bytes,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+) -> np.ndarray:
+    """A row per ``Record``: its ``"values"`` tensor, dense, or sparse with zero-based ``keys``
+    (absent features are missing; a key at most once). Frames are counted against the limits
+    before any record is parsed. Errors name the record (1-based) as others name the row."""
+    payloads = recordio.frames(body)
+    if not payloads:
+        raise InvalidInput("empty request body: expected at least one RecordIO record")
+    _check_size(len(payloads), num_features, max_rows, max_values)
+    first = recordio.features(payloads[0], 1)
+    width = num_features if num_features is not None else _record_width(first, 1)
+    _check_size(len(payloads), width, max_rows, max_values)
+    matrix = np.full((len(payloads), width), np.nan, dtype=np.float32)
+    _place_record(matrix[0], first, 1)
+    for number, payload in enumerate(payloads[1:], 2):
+        _place_record(matrix[number - 1], recordio.features(payload, number), number)
+    return matrix
+
+
+def _record_width(tensor: recordio.Tensor, number: int) -> int:
+    if tensor.keys is None:
+        return len(tensor.values)
+    if len(tensor.shape) != 1:
+        raise InvalidInput(f"record {number}: a sparse record needs a one-dimensional shape")
+    return tensor.shape[0]
+
+
+def _place_record(row: np.ndarray, tensor: recordio.Tensor, number: int) -> None:
+    """Write one record's values into its (all-missing) row of the matrix."""
+    width = len(row)
+    values = tensor.values
+    if tensor.shape and tensor.shape != (width if tensor.keys is not None else len(values),):
+        raise InvalidInput(
+            f"record {number}: shape {list(tensor.shape)} does not match "
+            f"{width if tensor.keys is not None else len(values)} features"
+        )
+    if not np.all(np.isnan(values) | (np.abs(values) < F32_OVERFLOW)):
+        bad = int(np.flatnonzero(~(np.isnan(values) | (np.abs(values) < F32_OVERFLOW)))[0])
+        raise InvalidInput(
+            f"record {number}, value {bad + 1}: {float(values[bad])!r} is infinite or beyond the "
+            "range of float32"
+        )
+    if tensor.keys is None:
+        _check_width(len(values), width, number)
+        row[:] = values
+        return
+    keys = tensor.keys
+    if len(keys) != len(values):
+        raise InvalidInput(f"record {number}: {len(keys)} keys for {len(values)} values")
+    if len(keys) and int(keys.max()) >= width:
+        raise InvalidInput(
+            f"record {number}: feature index {int(keys.max())} is out of range; expected "
+            f"{width} features (indices 0..{width - 1})"
+        )
+    if len(np.unique(keys)) != len(keys):
+        raise InvalidInput(f"record {number}: a feature index appears twice")
+    row[keys.astype(np.intp)] = values
+
+
+_DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm, RECORDIO: decode_recordio}
 
 
 def decode(
@@ -423,11 +494,31 @@ def _format(value: float) -> str:
     return repr(float(value))
 
 
-def encode(predictions: np.ndarray, accept: str) -> bytes:
-    """One prediction per input row, in order. Multi-output rows become CSV rows or JSON lists."""
-    if accept == JSON:
-        scores: Sequence[object] = predictions.tolist()
-        return json.dumps({"predictions": [{"score": score} for score in scores]}).encode()
+def _csv_field(value: object) -> str:
+    """A selected output in a CSV row as the container writes it: a list quoted whole."""
+    return f'"{value}"' if isinstance(value, list) else str(value)
+
+
+def encode(predictions: np.ndarray, accept: str, outputs: OutputSelection | None = None) -> bytes:
+    """One prediction per input row, in order: ``{"score": ...}`` entries (a list for
+    multi-output rows) or, with ``outputs``, the selected keys. JSON wraps the entries in
+    ``{"predictions": [...]}``, jsonlines writes one per line; CSV writes a row per prediction
+    (its values, or the selected keys' values in their order)."""
+    if accept in (JSON, JSONLINES):
+        entries: Sequence[object] = (
+            outputs.rows(predictions)
+            if outputs is not None
+            else [{"score": score} for score in predictions.tolist()]
+        )
+        if accept == JSON:
+            return json.dumps({"predictions": entries}).encode()
+        return b"".join(json.dumps(entry).encode() + b"\n" for entry in entries)
+    if outputs is not None:
+        lines = (
+            ",".join(_csv_field(row[key]) for key in outputs.keys)
+            for row in outputs.rows(predictions)
+        )
+        return "\n".join(lines).encode() + b"\n"
     if predictions.ndim == 1:
         return "\n".join(map(_format, predictions.tolist())).encode() + b"\n"
     lines = (",".join(map(_format, row)) for row in predictions.tolist())

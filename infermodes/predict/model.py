@@ -10,16 +10,19 @@ import numpy as np
 from infermodes.errors import InvalidInput
 from infermodes.predict.artifacts import load_booster
 from infermodes.predict.native import NativeBooster
+from infermodes.predict.outputs import OutputSelection
 from infermodes.storage import Storage
 
 
 @dataclass
 class XGBoostModel:
-    """A loaded booster and its feature count, checked on every request."""
+    """A loaded booster and its feature count, checked on every request; ``outputs`` is the
+    selection of the container's output keys (None: one score per row)."""
 
     booster: NativeBooster
     num_features: int
     load_seconds: float = 0.0
+    outputs: OutputSelection | None = None
 
     @classmethod
     def load(
@@ -28,13 +31,21 @@ class XGBoostModel:
         storage: Storage | None = None,
         allow_pickle: bool = False,
         threads: int = 1,
+        inference_output: str | None = None,
     ) -> XGBoostModel:
         """``threads`` is XGBoost's nthread for prediction: 1 for small online requests (more
-        threads per worker oversubscribe the cores and collapse throughput), more for batch."""
+        threads per worker oversubscribe the cores and collapse throughput), more for batch.
+        ``inference_output`` (``SAGEMAKER_INFERENCE_OUTPUT``'s keys) is checked against the
+        model's objective here, so that a wrong key stops the server at start."""
         started = time.perf_counter()
         booster = load_booster(uri, storage or Storage(), allow_pickle=allow_pickle)
         booster.set_threads(threads)
-        return cls(booster, booster.num_features, time.perf_counter() - started)
+        outputs = (
+            OutputSelection.for_model(inference_output, booster.objective, booster.num_class)
+            if inference_output is not None
+            else None
+        )
+        return cls(booster, booster.num_features, time.perf_counter() - started, outputs)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         if rows.ndim != 2 or rows.shape[1] != self.num_features:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import math
 import threading
 from pathlib import Path
@@ -108,6 +109,21 @@ class NativeBooster:
         if lib.XGBoosterGetNumFeature(self._handle, ctypes.byref(count)) != 0:
             raise ModelLoadError(f"cannot read the feature count: {_last_error(lib)}")
         self.num_features = int(count.value)
+        self.objective, self.num_class = self._objective()
+
+    def _objective(self) -> tuple[str, int]:
+        """The learner's objective name and number of classes (0 unless multi-class), read
+        from its JSON configuration as the platform's container reads them."""
+        length = _bst_ulong()
+        text = ctypes.c_char_p()
+        status = self._lib.XGBoosterSaveJsonConfig(
+            self._handle, ctypes.byref(length), ctypes.byref(text)
+        )
+        if status != 0 or text.value is None:
+            raise ModelLoadError(f"cannot read the model's configuration: {_last_error(self._lib)}")
+        learner = json.loads(ctypes.string_at(text, length.value))["learner"]
+        num_class = int(learner["learner_model_param"].get("num_class", "0"))
+        return str(learner["objective"]["name"]), num_class
 
     def set_threads(self, threads: int) -> None:
         if self._lib.XGBoosterSetParam(self._handle, b"nthread", str(threads).encode()) != 0:

@@ -1,10 +1,12 @@
 """Predict over a stream: inputs up to 1 GB are read, decoded, predicted and written a chunk
 of whole lines at a time, so memory stays bounded by the chunk size, not the input size.
 
-CSV and libsvm are line-oriented and stream; JSON is one document and is read whole under a
-size cap. Decoding goes through the shared codecs (one fast path for clean CSV chunks, numpy's
-C parser, falls back to them for the exact error message), and a deadline is checked between
-chunks, which is how the per-request invocation timeout is enforced without killing threads.
+CSV and libsvm are line-oriented and stream; JSON is one document and RecordIO-protobuf is
+binary, so both are read whole under a size cap. jsonlines output is written a line per row as
+each chunk is scored; JSON output is spliced into one document. Decoding goes through the
+shared codecs (one fast path for clean CSV chunks, numpy's C parser, falls back to them for the
+exact error message), and a deadline is checked between chunks, which is how the per-request
+invocation timeout is enforced without killing threads.
 """
 
 from __future__ import annotations
@@ -131,12 +133,12 @@ def predict_stream(
 ) -> int:
     """Score everything in ``source`` into ``sink``; returns the number of rows."""
     deadline = time.monotonic() + timeout
-    if content_type == codecs.JSON:
+    if content_type in (codecs.JSON, codecs.RECORDIO):
         body = source.read(max_json_bytes + 1)
         if len(body) > max_json_bytes:
             raise PayloadTooLarge(
-                f"JSON inputs are parsed whole and are limited to {max_json_bytes} bytes; "
-                "send large inputs as text/csv or text/libsvm, which stream"
+                f"{content_type} inputs are decoded whole and are limited to {max_json_bytes} "
+                "bytes; send large inputs as text/csv or text/libsvm, which stream"
             )
         chunks: Iterator[tuple[int, bytes]] = iter([(1, body)])
     else:
@@ -146,7 +148,7 @@ def predict_stream(
     for first_line, chunk in chunks:
         _check_deadline(deadline, timeout)
         matrix = decode_chunk(chunk, content_type, model.num_features, first_line)
-        piece = codecs.encode(model.predict(matrix), accept)
+        piece = codecs.encode(model.predict(matrix), accept, model.outputs)
         if splicer is not None:
             splicer.write(piece)
         else:

@@ -195,7 +195,7 @@ class InvocationsHandler:
         predictions = model.predict(rows)
         self.metrics.predict_duration.observe(time.perf_counter() - started)
         self.metrics.rows_predicted.inc(rows.shape[0])
-        return codecs.encode(predictions, accept)
+        return codecs.encode(predictions, accept, model.outputs)
 
 
 class Dispatch:

@@ -62,6 +62,7 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
             settings.model_uri,
             allow_pickle=settings.allow_pickle,
             threads=settings.predict_threads,
+            inference_output=settings.inference_output,
         )
         app.metrics.model_load_duration.set(model.load_seconds)
         log.info(

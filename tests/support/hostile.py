@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tests.support import recordio
+
 NUM_FEATURES = 10  # the Abalone model's
 
 # A fixed seed (the same examples every run) and a random one (new examples every run); each
@@ -178,6 +180,8 @@ def write_body(matrix: np.ndarray, content_type: str, ending: str, missing: str)
     def text(value: np.float32) -> str:
         return missing if math.isnan(value) else repr(float(value))
 
+    if content_type == "application/x-recordio-protobuf":
+        return recordio.dense(matrix)  # NaN is a missing value there too
     if content_type == "text/csv":
         lines = [",".join(text(v) for v in row) for row in matrix]
     elif content_type == "text/libsvm":

@@ -26,6 +26,19 @@ def test_model_server_plan_reads_back_as_the_spec_says(
     assert (settings.workers, settings.port, settings.allow_pickle) == (3, 8080, allow_pickle)
 
 
+def test_inference_output_travels_from_the_spec_to_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "INFERMODES_SERVE_INFERENCE_OUTPUT" not in model_server(realtime(), workers=1).env
+    plan = model_server(realtime(inferenceOutput="predicted_label,probabilities"), workers=1)
+    for name, value in plan.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SAGEMAKER_INFERENCE_OUTPUT", "labels")  # the infermodes name wins
+    assert ServeSettings().inference_output == "predicted_label,probabilities"
+    monkeypatch.delenv("INFERMODES_SERVE_INFERENCE_OUTPUT")
+    assert ServeSettings().inference_output == "labels"  # as the platform's container reads it
+
+
 def test_names_come_from_the_settings_class() -> None:
     assert env_name(ServeSettings, "model_uri") == "INFERMODES_SERVE_MODEL_URI"
     assert env_name(WorkerSettings, "max_attempts") == "INFERMODES_WORKER_MAX_ATTEMPTS"

@@ -1,0 +1,148 @@
+"""The RecordIO-protobuf decoder: the SDK's bytes read back exactly, dense and sparse; anything
+malformed is a 400 naming the record, anything too large a 413, never another exception."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from infermodes.errors import InfermodesError, InvalidInput, PayloadTooLarge
+from infermodes.predict import codecs
+from tests.support import recordio as rio
+
+# Serialized once by the real protobuf package (7.36.2) from the platform's record.proto, framed
+# as the SDK's _write_recordio frames: the test writer produces these bytes exactly.
+PROTOBUF_WRITTEN = {
+    "dense_f32_label": "0a23d7ce300000000a1a0a0676616c7565731210120e0a0c0000c03f000000c00000803e"
+    "12120a0676616c756573120812060a040000803f",
+    "dense_f64": "0a23d7ce280000000a260a0676616c756573121c1a1a0a18000000000000f83f00000000000000"
+    "c0000000000000d03f",
+    "dense_i32": "0a23d7ce1c0000000a1a0a0676616c75657312103a0e0a0c03f9ffffffffffffffff0100",
+    "sparse": "0a23d7ce1f0000000a1d0a0676616c756573121312110a08000080400000003f120200021a010300",
+}
+
+
+def decode(body: bytes, width: int | None = 3, **limits: int) -> np.ndarray:
+    return codecs.decode(body, codecs.RECORDIO, width, **limits)
+
+
+def test_the_test_writer_writes_what_protobuf_writes() -> None:
+    written = {
+        "dense_f32_label": rio.frame(rio.record(rio.tensor([1.5, -2.0, 0.25]), rio.tensor([1.0]))),
+        "dense_f64": rio.frame(rio.record(rio.tensor([1.5, -2.0, 0.25], kind="float64"))),
+        "dense_i32": rio.frame(rio.record(rio.tensor([3, -7, 0], kind="int32"))),
+        "sparse": rio.frame(rio.record(rio.tensor([4.0, 0.5], keys=[0, 2], shape=[3]))),
+    }
+    assert {name: body.hex() for name, body in written.items()} == PROTOBUF_WRITTEN
+
+
+@pytest.mark.parametrize(
+    ("name", "row"),
+    [
+        ("dense_f32_label", [1.5, -2.0, 0.25]),
+        ("dense_f64", [1.5, -2.0, 0.25]),
+        ("dense_i32", [3.0, -7.0, 0.0]),
+        ("sparse", [4.0, np.nan, 0.5]),
+    ],
+)
+def test_protobuf_written_records_decode(name: str, row: list[float]) -> None:
+    got = decode(bytes.fromhex(PROTOBUF_WRITTEN[name]))
+    np.testing.assert_array_equal(got, np.array([row], dtype=np.float32))
+
+
+def test_dense_and_sparse_rows_mix_and_keep_their_order() -> None:
+    matrix = np.array([[1, 2, 3], [np.nan, 5, np.nan], [np.nan] * 3, [7, 8, 9]], np.float32)
+    body = rio.dense(matrix[:2]) + rio.sparse(matrix[2:])
+    np.testing.assert_array_equal(decode(body), matrix)
+    np.testing.assert_array_equal(decode(rio.sparse(matrix)), matrix)
+    np.testing.assert_array_equal(decode(rio.dense(matrix[:1]), None), matrix[:1])
+
+
+def test_unpacked_repeated_fields_are_read_too() -> None:
+    """proto2 writers may send repeated scalars one by one; protobuf readers accept both."""
+    values = b"".join(b"\x0d" + struct.pack("<f", v) for v in (1.0, 2.0))  # field 1, fixed32
+    keys = b"\x10\x00\x10\x02"  # field 2 varints 0 and 2
+    shape = b"\x18\x03"
+    body = rio.frame(rio.record(rio.field(2, values + keys + shape)))
+    np.testing.assert_array_equal(decode(body), np.array([[1.0, np.nan, 2.0]], np.float32))
+
+
+def test_every_truncation_is_a_400_naming_a_record() -> None:
+    body = rio.dense(np.array([[1, 2, 3], [4, 5, 6]], np.float32)) + bytes.fromhex(
+        PROTOBUF_WRITTEN["sparse"]
+    )
+    for end in range(1, len(body)):
+        try:
+            decode(body[:end])
+        except InvalidInput as exc:
+            assert str(exc).startswith("record "), str(exc)
+        else:  # only a cut at a frame boundary leaves whole records
+            assert body[end : end + 4] == struct.pack("<I", rio.MAGIC), end
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty request body"),
+        (rio.frame(b"", magic=0xDEADBEEF), "record 1: bad magic number 0xdeadbeef at byte 0"),
+        (rio.dense(np.ones((1, 3))) + b"\x0a\x23", "record 2: 2 byte(s) at the end"),
+        (rio.frame(rio.record(rio.tensor([1, 2, 3])), flags=1), "record 1: flags 1"),
+        (rio.frame(rio.record(rio.tensor([1, 2, 3]))[:-1]), "record 1: truncated field 1 in"),
+        (rio.frame(b"\x0b"), "record 1: unsupported wire type start group of field 1"),
+        (rio.frame(b"\x0e"), "record 1: unsupported wire type reserved (6) of field 1"),
+        (rio.frame(b"\x0a\x05ab"), "record 1: truncated field 1 in the Record"),
+        (rio.frame(b"\x0a" + b"\xff" * 11), "record 1: a varint longer than 10 bytes"),
+        (rio.frame(b"\x08"), "record 1: truncated varint"),
+        (rio.frame(b"\x00\x00"), "record 1: field number 0"),
+        (rio.frame(b""), "record 1: no feature named 'values'"),
+        (rio.frame(rio.record(rio.field(9, b""))), "record 1: the 'values' feature holds Bytes"),
+        (rio.frame(rio.record(b"")), "record 1: the 'values' feature holds no Float32"),
+        (
+            rio.frame(rio.record(rio.tensor([1, 2, 3]) + rio.tensor([1, 2, 3], kind="float64"))),
+            "record 1: the 'values' feature holds more than one tensor",
+        ),
+        (
+            rio.frame(rio.record(rio.tensor([1, 2, 3])) + rio.record(rio.tensor([1, 2, 3]))),
+            "record 1: the feature 'values' appears twice",
+        ),
+        (rio.frame(rio.record(rio.field(2, rio.field(1, b"abc")))), "not whole f4s"),
+        (rio.dense(np.ones((1, 3))) + rio.dense(np.ones((1, 2))), "row 2: expected 3 features"),
+        (rio.frame(rio.record(rio.tensor([1.0], keys=[3], shape=[3]))), "feature index 3 is out"),
+        (rio.frame(rio.record(rio.tensor([1.0, 2.0], keys=[1, 1]))), "appears twice"),
+        (rio.frame(rio.record(rio.tensor([1.0, 2.0], keys=[1]))), "1 keys for 2 values"),
+        (rio.frame(rio.record(rio.tensor([1.0], keys=[1], shape=[4]))), "shape [4] does not"),
+        (rio.frame(rio.record(rio.tensor([1.0, 2.0, np.inf]))), "record 1, value 3: inf"),
+        (rio.frame(rio.record(rio.tensor([1.0, 2.0, 1e300], kind="float64"))), "beyond the range"),
+        (rio.frame(rio.record(rio.tensor([1, 2, 2**40], kind="int32"))), "beyond the range of int"),
+    ],
+)
+def test_malformed_bodies_are_400s_naming_the_record(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode(body)
+    assert caught.value.status_code == 400
+    assert message in str(caught.value)
+
+
+def test_limits_are_checked_on_the_frames_before_records_are_parsed() -> None:
+    body = rio.dense(np.ones((5, 3), np.float32))
+    with pytest.raises(PayloadTooLarge, match="5 rows"):
+        decode(body, max_rows=4)
+    with pytest.raises(PayloadTooLarge, match="15 values"):
+        decode(body, max_values=14)
+    # a sparse body names a width its bytes do not pay for: max_values binds
+    wide = rio.frame(rio.record(rio.tensor([1.0], keys=[0], shape=[1 << 30])))
+    with pytest.raises(PayloadTooLarge):
+        decode(wide + wide, None, max_values=1 << 24)
+    assert decode(body, max_rows=5, max_values=15).shape == (5, 3)
+
+
+def test_random_bytes_after_a_valid_header_never_escape_as_other_exceptions() -> None:
+    generator = np.random.default_rng(17)
+    for _ in range(2000):
+        payload = generator.integers(0, 256, int(generator.integers(0, 40)), np.uint8).tobytes()
+        try:
+            decode(rio.frame(payload))
+        except InfermodesError as exc:
+            assert 400 <= exc.status_code < 500
