@@ -71,10 +71,6 @@ class Transform:
         return self._lines(batch)
 
     def _encode(self, predictions: np.ndarray) -> bytes:
-        if self.accept == JSONLINES:
-            return b"".join(
-                json.dumps({"score": score}).encode() + b"\n" for score in predictions.tolist()
-            )
         out = codecs.encode(predictions, self.accept)
         return out + b"\n" if self.assemble_lines and not out.endswith(b"\n") else out
 
