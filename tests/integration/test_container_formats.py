@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
+from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
 from tests.integration.test_legacy_serving import FIXTURES, platform_tarball, to_csv
 from tests.support import recordio
+from tests.support.async_plane import Notifications, plane
 from tests.support.processes import ServerProcess, running_server, start_server, stop_process
+from tests.support.rabbitmq import Broker
 
 ROWS = np.load(FIXTURES / "rows.npy")
 JSONLINES = "application/jsonlines"
@@ -172,3 +175,27 @@ def test_a_key_the_objective_lacks_stops_the_server(tmp_path: Path) -> None:
     assert "'probabilities' not available for the model's objective 'reg:squarederror'" in (
         server.log
     )
+
+
+def test_async_invocations_take_recordio_and_answer_in_the_same_shapes(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    """A multi-class model behind the real async plane: RecordIO in, jsonlines out, and CSV in,
+    JSON out, each what the old XGBoost predicted, in the server's shapes."""
+    endpoint = "formats"
+    model = "1.0.2/multiclass.bin"
+    want = expected(model)
+    tarball = platform_tarball(tmp_path / "model.tar.gz", (FIXTURES / model).read_bytes())
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as live:
+        sparse = live.invoke(recordio.sparse(ROWS), {"content-type": RECORDIO, "accept": JSONLINES})
+        dense = live.invoke(to_csv(ROWS), {"accept": "application/json"})
+        assert (sparse.status_code, dense.status_code) == (202, 202), sparse.text + dense.text
+        live.start_worker(f"file://{tarball}", "w")
+        ids = {sparse.json()["InferenceId"], dense.json()["InferenceId"]}
+        notes.wait_for(ids, "Completed", 60)
+    stored = Storage()
+    lines = stored.get_bytes(sparse.json()["OutputLocation"]).decode().splitlines()
+    close([json.loads(line)["score"] for line in lines], want)
+    document = json.loads(stored.get_bytes(dense.json()["OutputLocation"]))
+    close([entry["score"] for entry in document["predictions"]], want)
