@@ -428,9 +428,17 @@ def decode_recordio(
     width = num_features if num_features is not None else _record_width(first, 1)
     _check_size(len(payloads), width, max_rows, max_values)
     matrix = np.full((len(payloads), width), np.nan, dtype=np.float32)
-    _place_record(matrix[0], first, 1)
-    for number, payload in enumerate(payloads[1:], 2):
-        _place_record(matrix[number - 1], recordio.features(payload, number), number)
+    with np.errstate(over="ignore"):  # beyond float32 becomes infinity, refused below
+        _place_record(matrix[0], first, 1)
+        for number, payload in enumerate(payloads[1:], 2):
+            _place_record(matrix[number - 1], recordio.features(payload, number), number)
+    infinite = np.isinf(matrix)
+    if infinite.any():
+        row, column = (int(i) for i in np.argwhere(infinite)[0])
+        raise InvalidInput(
+            f"record {row + 1}, feature index {column}: a value is infinite or beyond the range of "
+            "float32 (XGBoost refuses infinite inputs)"
+        )
     return matrix
 
 
@@ -450,12 +458,6 @@ def _place_record(row: np.ndarray, tensor: recordio.Tensor, number: int) -> None
         raise InvalidInput(
             f"record {number}: shape {list(tensor.shape)} does not match "
             f"{width if tensor.keys is not None else len(values)} features"
-        )
-    if not np.all(np.isnan(values) | (np.abs(values) < F32_OVERFLOW)):
-        bad = int(np.flatnonzero(~(np.isnan(values) | (np.abs(values) < F32_OVERFLOW)))[0])
-        raise InvalidInput(
-            f"record {number}, value {bad + 1}: {float(values[bad])!r} is infinite or beyond the "
-            "range of float32"
         )
     if tensor.keys is None:
         _check_width(len(values), width, number)

@@ -128,7 +128,7 @@ def _fields(data: memoryview, record: int, what: str) -> list[tuple[int, int, in
     return fields
 
 
-def _packed_varints(data: memoryview, record: int, what: str) -> list[int]:
+def _packed_varints(data: memoryview, record: int) -> list[int]:
     values: list[int] = []
     pos = 0
     while pos < len(data):
@@ -152,7 +152,7 @@ def _repeated(
         expected = _VARINT if dtype is None else _FIXED32 if dtype == "<f4" else _FIXED64
         if isinstance(value, memoryview):
             if dtype is None:
-                runs.append(np.array(_packed_varints(value, record, what), dtype=np.uint64))
+                runs.append(np.array(_packed_varints(value, record), dtype=np.uint64))
             else:
                 width = np.dtype(dtype).itemsize
                 if len(value) % width:
