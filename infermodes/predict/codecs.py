@@ -506,22 +506,19 @@ def encode(predictions: np.ndarray, accept: str, outputs: OutputSelection | None
     multi-output rows) or, with ``outputs``, the selected keys. JSON wraps the entries in
     ``{"predictions": [...]}``, jsonlines writes one per line; CSV writes a row per prediction
     (its values, or the selected keys' values in their order)."""
-    if accept in (JSON, JSONLINES):
-        entries: Sequence[object] = (
-            outputs.rows(predictions)
-            if outputs is not None
-            else [{"score": score} for score in predictions.tolist()]
-        )
-        if accept == JSON:
-            return json.dumps({"predictions": entries}).encode()
-        return b"".join(json.dumps(entry).encode() + b"\n" for entry in entries)
-    if outputs is not None:
-        lines = (
-            ",".join(_csv_field(row[key]) for key in outputs.keys)
-            for row in outputs.rows(predictions)
-        )
-        return "\n".join(lines).encode() + b"\n"
-    if predictions.ndim == 1:
-        return "\n".join(map(_format, predictions.tolist())).encode() + b"\n"
-    lines = (",".join(map(_format, row)) for row in predictions.tolist())
-    return "\n".join(lines).encode() + b"\n"
+    entries: Sequence[dict[str, object]]
+    if outputs is None:
+        if accept == CSV:  # the hot path
+            if predictions.ndim == 1:
+                return "\n".join(map(_format, predictions.tolist())).encode() + b"\n"
+            lines = (",".join(map(_format, row)) for row in predictions.tolist())
+            return "\n".join(lines).encode() + b"\n"
+        entries = [{"score": score} for score in predictions.tolist()]
+    else:
+        entries = outputs.rows(predictions)
+        if accept == CSV:
+            lines = (",".join(_csv_field(row[key]) for key in outputs.keys) for row in entries)
+            return "\n".join(lines).encode() + b"\n"
+    if accept == JSON:
+        return json.dumps({"predictions": entries}).encode()
+    return b"".join(json.dumps(entry).encode() + b"\n" for entry in entries)
