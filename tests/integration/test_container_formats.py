@@ -1,7 +1,8 @@
 """The platform container's request and response formats through the real ``infermodes serve``
 process: ``text/x-libsvm``, RecordIO-protobuf (dense and sparse records), ``Accept:
 application/jsonlines``, and the selectable outputs of ``SAGEMAKER_INFERENCE_OUTPUT`` for
-regression, binary and multi-class models. Classification models are the old XGBoost versions'
+regression, binary and multi-class models; then classifiers through the real async plane and
+``infermodes batch``, in the same shapes. Classification models are the old XGBoost versions'
 fixtures, and every answer is checked against what that XGBoost predicted."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from tests.conftest import AbaloneModel
 from tests.integration.test_legacy_serving import FIXTURES, platform_tarball, to_csv
 from tests.support import recordio
 from tests.support.async_plane import Notifications, plane
+from tests.support.batch import batch_command
+from tests.support.batch import run as run_batch
 from tests.support.processes import ServerProcess, running_server, start_server, stop_process
 from tests.support.rabbitmq import Broker
 
@@ -199,3 +202,25 @@ def test_async_invocations_take_recordio_and_answer_in_the_same_shapes(
     close([json.loads(line)["score"] for line in lines], want)
     document = json.loads(stored.get_bytes(dense.json()["OutputLocation"]))
     close([entry["score"] for entry in document["predictions"]], want)
+
+
+@pytest.mark.parametrize("model", ["1.0.2/multiclass.bin", "1.7.6/binary.bin"])
+def test_batch_transforms_answer_in_the_same_shapes(tmp_path: Path, model: str) -> None:
+    """``infermodes batch`` over a classifier: CSV, JSON and jsonlines outputs as the server
+    writes them, each what the old XGBoost predicted."""
+    want = expected(model)
+    tarball = platform_tarball(tmp_path / "model.tar.gz", (FIXTURES / model).read_bytes())
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/rows.csv").write_bytes(to_csv(ROWS) + b"\n")
+    outputs = {}
+    for accept in ("text/csv", "application/json", JSONLINES):
+        out = tmp_path / accept.replace("/", "-")
+        done = run_batch(batch_command(tarball, str(tmp_path / "in"), str(out), "--accept", accept))
+        assert done.returncode == 0, done.log
+        outputs[accept] = (out / "rows.csv.out").read_text()
+    csv_rows = [line.split(",") for line in outputs["text/csv"].splitlines()]
+    close(csv_rows, want.reshape(len(ROWS), -1))
+    close(
+        [entry["score"] for entry in json.loads(outputs["application/json"])["predictions"]], want
+    )
+    close([json.loads(line)["score"] for line in outputs[JSONLINES].splitlines()], want)
