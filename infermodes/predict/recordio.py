@@ -3,12 +3,13 @@
 
 A frame is the magic number ``0xced7230a`` and a length (both little-endian uint32; the top
 three bits of the length are flags, which must be 0: a whole record), then the payload padded
-with zeros to a multiple of 4 bytes. The payload is the platform's ``Record``
-(``features = 1``: map<string, Value>; ``label = 2``; ``uid``, ``metadata``, ``configuration``
-= 3..5), whose feature ``"values"`` holds the row as a ``Value`` (oneof ``Float32Tensor = 2``,
-``Float64Tensor = 3``, ``Int32Tensor = 7``, ``Bytes = 9``); a tensor has ``values = 1``, ``keys =
-2`` (sparse indices) and ``shape = 3``, packed or not. Anything malformed is InvalidInput naming
-the record (1-based): every loop here advances through the body, so work is bounded by its size.
+to a multiple of 4 bytes (the padding's bytes are not read). The payload is the platform's
+``Record`` (``features = 1``: map<string, Value>; ``label = 2``; ``uid``, ``metadata``,
+``configuration`` = 3..5), whose feature ``"values"`` holds the row as a ``Value`` (oneof
+``Float32Tensor = 2``, ``Float64Tensor = 3``, ``Int32Tensor = 7``, ``Bytes = 9``); a tensor has
+``values = 1``, ``keys = 2`` (sparse indices) and ``shape = 3``, packed or not. Anything
+malformed is InvalidInput naming the record (1-based): every loop here advances through the
+body, so work is bounded by its size.
 """
 
 from __future__ import annotations
