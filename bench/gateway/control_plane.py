@@ -1,6 +1,7 @@
 """Control-plane latencies on the test cluster: `kubectl apply` -> InService for a realtime
-endpoint, and a serverless cold start (first request at zero replicas -> response), each with
-where the time goes.
+endpoint, a serverless cold start (first request at zero replicas -> response), and an async
+pool's reaction from zero (first request -> a worker decided, started, the first output), each
+with where the time goes; and one request's latency, async at a warm pool vs sync.
 
 Runs the project's own test control plane (tests/cluster) and the chart, like the e2e tests, and
 polls the API every 10 ms to timestamp each step (bounded: every wait has a deadline). Prints a
@@ -12,6 +13,7 @@ table and writes JSON with --json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -36,14 +38,17 @@ from tests.e2e.operator_support import (  # noqa: E402
     IE_PATH,
     OPERATOR_NAMESPACE,
     Tools,
+    gateway_url,
     get_endpoint,
     install_operator,
     model_copy,
     operator_pods,
 )
 from tests.support.processes import wait_until  # noqa: E402
+from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
 POLL_SECONDS = 0.01
+SECRET = "infermodes-rabbitmq"
 DEADLINE_SECONDS = 120.0
 
 
@@ -122,17 +127,6 @@ def usable(api: Any, namespace: str) -> bool:
     return True
 
 
-def gateway_url(tools: Tools) -> str | None:
-    path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
-    for pod in tools.cluster.api.get(path, labelSelector="app.kubernetes.io/component=gateway")[
-        "items"
-    ]:
-        if ready(pod) and not pod["metadata"].get("deletionTimestamp"):
-            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
-            return f"http://{pod['status']['podIP']}:{port}"
-    return None
-
-
 def serverless_cold_start(
     tools: Tools, namespace: str, name: str, gateway: str, row: bytes
 ) -> dict[str, float]:
@@ -177,6 +171,43 @@ def serverless_cold_start(
     return dict(sorted(marks.items(), key=lambda item: item[1]))
 
 
+def async_from_zero(
+    tools: Tools, namespace: str, name: str, gateway: str, row: bytes, out: Path
+) -> dict[str, float]:
+    """One request to an async pool at zero workers: when the operator decided a worker (the
+    Deployment's replicas), when the worker's process started, and when the output appeared."""
+    steps = Steps(tools, namespace, name)
+    deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
+    started = time.monotonic()
+    response = httpx.post(f"{gateway}/endpoints/{name}/async-invocations", content=row,
+                          headers={"content-type": "text/csv"}, timeout=60)  # fmt: skip
+    if response.status_code != 202:
+        raise RuntimeError(f"async invocation answered {response.status_code}: {response.text}")
+    accepted = time.monotonic() - started
+    output = out / f"{response.json()['InferenceId']}.out"
+    marks = {"accepted (202)": accepted}
+    marks["reaction (Deployment replicas 1)"] = first_time(
+        lambda: int(tools.cluster.api.get(deployment)["spec"]["replicas"]) > 0, started, "scale"
+    )
+    marks["worker process started"] = first_time(
+        lambda: steps.pod_with(lambda p: bool(p["status"].get("podIP"))), started, "worker"
+    )
+    marks["first output"] = first_time(output.exists, started, "the output")
+    return marks
+
+
+def async_warm(gateway: str, name: str, row: bytes, out: Path, runs: int) -> list[float]:
+    """Seconds from POST to the output's appearance, one request at a time, pool warm."""
+    seconds = []
+    for _ in range(runs):
+        started = time.monotonic()
+        response = httpx.post(f"{gateway}/endpoints/{name}/async-invocations", content=row,
+                              headers={"content-type": "text/csv"}, timeout=60)  # fmt: skip
+        output = out / f"{response.json()['InferenceId']}.out"
+        seconds.append(first_time(output.exists, started, "the output"))
+    return seconds
+
+
 def report(title: str, runs: list[dict[str, float]]) -> dict[str, Any]:
     print(f"\n{title} (median of {len(runs)}; seconds after the start)")
     summary = {}
@@ -200,9 +231,18 @@ def main() -> None:
     harness = Harness(work / "k8s", Binaries.from_cache())
     cluster = harness.start()
     results: dict[str, Any] = {}
+    stack = contextlib.ExitStack()
+    broker = stack.enter_context(rabbitmq_broker())
     try:
         tools = Tools(cluster)
-        install_operator(tools, resync_seconds=2)
+        operators = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": OPERATOR_NAMESPACE}}  # fmt: skip
+        cluster.api.post("/api/v1/namespaces", operators)
+        urls = {"url": broker.amqp_url, "managementUrl": broker.management_url}
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
+                  "stringData": urls}  # fmt: skip
+        cluster.api.post(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets", secret)
+        install_operator(tools, resync_seconds=2, **{"rabbitmq.secretRef.name": SECRET})
         running = lambda: any(p["status"].get("phase") == "Running"  # noqa: E731
                               for p in operator_pods(cluster.api))  # fmt: skip
         wait_until(running, 120, "the operator")
@@ -235,10 +275,39 @@ def main() -> None:
         results["serverless_cold_start"] = report(
             "serverless: first request at zero replicas -> response", cold[1:]
         )
+        warm_sync = [run["warm request after it"] for run in cold[1:]]
+        results["serverless_warm_sync_seconds"] = warm_sync
+
+        cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
+        manifest = yaml.safe_load((REPO / "examples/abalone/async.yaml").read_text())
+        manifest["spec"]["model"]["uri"] = model_uri
+        manifest["spec"]["async"].update(outputPath=f"file://{work}/async/output",
+                                         scaleInCooldownSeconds=3,
+                                         resources={"cpu": "250m", "memory": "256Mi"})  # fmt: skip
+        name = manifest["metadata"]["name"]
+        if (applied := tools.apply(manifest, namespace)).returncode != 0:
+            raise RuntimeError(applied.stderr)
+        steps = Steps(tools, namespace, name)
+        reactions = []
+        for _ in range(args.runs + 1):  # the first is a warm-up
+            wait_until(lambda: steps.phase() == "InService" and not steps.pods(),
+                       DEADLINE_SECONDS, "zero workers")  # fmt: skip
+            reactions.append(async_from_zero(tools, namespace, name, gateway, row,
+                                             work / "async/output"))  # fmt: skip
+        results["async_from_zero"] = report(
+            "async: first request at zero workers (through the gateway)", reactions[1:]
+        )
+        warm = async_warm(gateway, name, row, work / "async/output", 20)
+        results["async_warm_seconds"] = warm
+        print(
+            f"\nasync, warm pool, POST -> output (median of 20): {statistics.median(warm):.3f} s; "
+            f"sync through the gateway, warm: {statistics.median(warm_sync):.3f} s"
+        )
         print("\nthe operator's resync timer was 2 s (only the idle timeout waits for it)")
     finally:
         cluster.client.close()
         harness.stop()
+        stack.close()
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -55,6 +55,7 @@ HEARTBEAT_SECONDS = 30  # unless the URL says otherwise (``?heartbeat=N``)
 # (30 min by default): it must outlast the longest invocation (1 h) plus the final writes.
 CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
+NOT_FOUND = 404  # AMQP reply code of a passive declare of a queue that does not exist
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
@@ -474,9 +475,15 @@ def backlog_from_management(
 
 
 def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
+    """Ready messages and consumers as the broker counts them now; in flight unknown. A queue
+    that does not exist yet holds nothing (no request was ever accepted for it)."""
     connection = connect(amqp_url)
     try:
         method = connection.channel().queue_declare(queue, passive=True).method
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return Backlog(ready=0, unacked=0, consumers=0, source="amqp")
+        raise
     finally:
         if connection.is_open:
             connection.close()
@@ -486,12 +493,18 @@ def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
 
 
 def backlog(endpoint: str, amqp_url: str, management_url: str | None) -> Backlog:
-    """The endpoint's backlog: management API first, AMQP passive declare as the fallback.
-    Raises pika's error when neither answers (the caller keeps its last decision)."""
+    """The endpoint's backlog: ready and consumers from the AMQP passive declare (exact now, so
+    a pool at zero starts within a second of the first request), in flight from the management
+    API (which samples every ``collect_statistics_interval``, 5 s by default; without it in
+    flight is unknown). Raises pika's error when the broker does not answer (the caller keeps
+    its last decision)."""
     queue = queue_name(endpoint)
-    if management_url:
-        try:
-            return backlog_from_management(management_url, _vhost(amqp_url), queue)
-        except (httpx.HTTPError, ValueError) as exc:
-            log.warning("management API unavailable (%s); falling back to AMQP", exc)
-    return backlog_from_amqp(amqp_url, queue)
+    now = backlog_from_amqp(amqp_url, queue)
+    if not management_url or now.unacked is not None:
+        return now
+    try:
+        sampled = backlog_from_management(management_url, _vhost(amqp_url), queue)
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("management API unavailable (%s); in-flight work unknown", exc)
+        return now
+    return Backlog(now.ready, sampled.unacked, now.consumers, source="amqp+management")

@@ -13,7 +13,7 @@ import numpy as np
 import pika
 import pytest
 
-from infermodes.queueing.rabbitmq import backlog
+from infermodes.queueing.rabbitmq import backlog, connect, queue_name
 from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
@@ -158,8 +158,14 @@ def test_bad_requests_are_refused_before_queueing(
         assert response.status_code == status, response.text
         assert message in response.json()["message"]
         assert client.post("/endpoints/nowhere/async-invocations", content=b"1").status_code == 404
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
-        backlog("refused", rabbitmq.amqp_url, None)  # nothing was ever queued
+    assert backlog("refused", rabbitmq.amqp_url, None).total == 0
+    connection = connect(rabbitmq.amqp_url)
+    try:  # nothing was ever queued: not even the queue was declared
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+            connection.channel().queue_declare(queue_name("refused"), passive=True)
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 def test_worker_start_failures_are_clear(abalone_model: AbaloneModel, tmp_path: Path) -> None:

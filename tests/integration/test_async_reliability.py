@@ -297,7 +297,7 @@ def test_backlog_counts_in_flight_work_and_falls_back_to_amqp(
 
         def figures() -> tuple[int, int | None, int]:
             found = backlog(endpoint, rabbitmq.amqp_url, rabbitmq.management_url)
-            assert found.source == "management"
+            assert found.source == "amqp+management"
             return found.ready, found.unacked, found.consumers
 
         wait_until(lambda: figures() == (5, 0, 0), 30, "5 ready")
