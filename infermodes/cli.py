@@ -116,7 +116,9 @@ def crd() -> None:
 )
 @click.option("--model", "model_uri", help="Model URI: file://, s3:// or a path.")
 @click.option(
-    "--broker-url", help="RabbitMQ AMQP URL. [default amqp://guest:guest@127.0.0.1:5672/%2F]"
+    "--broker-url",
+    help="amqp://... (RabbitMQ) or sqlite:///path/queue.db (the embedded queue). "
+    "[default amqp://guest:guest@127.0.0.1:5672/%2F]",
 )
 @click.option(
     "--max-concurrent-invocations",
@@ -140,7 +142,8 @@ def crd() -> None:
 @click.option("--predict-threads", type=int, help="XGBoost threads per request. [default 1]")
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def worker(**options: Any) -> None:
-    """Process an async endpoint's queued requests (RabbitMQ): predict, store, notify, ack."""
+    """Process an async endpoint's queued requests (RabbitMQ or the embedded queue): predict,
+    store, notify, ack."""
     from infermodes.settings import WorkerSettings
     from infermodes.workers.async_worker import run
 

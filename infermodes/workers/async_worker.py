@@ -38,7 +38,8 @@ from infermodes.metrics import WorkerMetrics
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import Sink, predict_stream
-from infermodes.queueing.broker import Delivery, Handler, Settle
+from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
+from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
     GAVE_UP,
     Failure,
@@ -58,12 +59,7 @@ from infermodes.queueing.notifications import (
     error_body,
     success_body,
 )
-from infermodes.queueing.rabbitmq import (
-    ChannelPool,
-    RabbitConsumer,
-    declare_topology,
-    quiet_client_logs,
-)
+from infermodes.queueing.rabbitmq import quiet_client_logs
 from infermodes.storage import Storage
 
 if TYPE_CHECKING:
@@ -344,7 +340,7 @@ def delivery_handler(processor: Processor, metrics: WorkerMetrics) -> Handler:
     return handle
 
 
-def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[RabbitConsumer, Handler]:
+def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:
     """Load the model and wire the parts; raises ModelLoadError."""
     storage = Storage()
     model = XGBoostModel.load(
@@ -355,11 +351,11 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Rabbit
     )
     log.info("model %s loaded in %.3f s", settings.model_uri, model.load_seconds)
     metrics = WorkerMetrics(registry)
-    channel = ChannelPool(
-        settings.broker_url,
+    broker = broker_from_url(settings.broker_url)  # RabbitMQ, or the embedded queue of `up`
+    channel = broker.publisher(
+        settings.endpoint,
+        settings.max_attempts,
         min(settings.max_concurrent_invocations, NOTIFY_CONNECTIONS),
-        lambda ch: declare_topology(ch, settings.endpoint, settings.max_attempts),
-        "notifying",
     )
     notifier = Notifier(
         channel,
@@ -368,11 +364,8 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Rabbit
         settings.webhook_attempts,
         topic=settings.notify_topic,
     )
-    consumer = RabbitConsumer(
-        settings.broker_url,
-        settings.endpoint,
-        settings.max_attempts,
-        settings.max_concurrent_invocations,
+    consumer = broker.consumer(
+        settings.endpoint, settings.max_attempts, settings.max_concurrent_invocations
     )
     consumer.on_in_flight = metrics.in_flight.inc
     processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)

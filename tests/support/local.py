@@ -42,18 +42,22 @@ def manifest(mode: str, model: Path, folder: Path, **spec_block: Any) -> Path:
 class Up:
     """A running ``infermodes up`` and its API."""
 
-    def __init__(self, port: int, state_dir: Path, files: list[Path], log_path: Path) -> None:
+    def __init__(
+        self, port: int, state_dir: Path, files: list[Path], log_path: Path, args: list[str]
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.state_dir = state_dir
         self.files = files
         self.log_path = log_path
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = [INFERMODES, "up", "--port", str(self.port), "--state-dir", str(self.state_dir)]
         for file in self.files:
             args += ["-f", str(file)]
+        args += self.args
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
@@ -102,9 +106,12 @@ class Up:
 
 
 @contextlib.contextmanager
-def running_up(state_dir: Path, files: list[Path], log_path: Path) -> Iterator[Up]:
-    """``up`` running; at the end it is stopped and nothing it started is left."""
-    up = Up(free_port(), state_dir, files, log_path)
+def running_up(
+    state_dir: Path, files: list[Path], log_path: Path, args: tuple[str, ...] = ()
+) -> Iterator[Up]:
+    """``up`` running (with more command-line ``args``); at the end it is stopped and nothing
+    it started is left."""
+    up = Up(free_port(), state_dir, files, log_path, list(args))
     try:
         up.start()
         yield up
