@@ -317,6 +317,11 @@ BatchSpec.cel_rules = [
 ]
 
 
+INFERENCE_OUTPUT_MODES = (
+    "spec.model.inferenceOutput selects what the model server answers: realtime and serverless "
+    "endpoints only (async workers and batch instances write the model's scores)"
+)
+
 MODE_BLOCKS: dict[Mode, str] = {
     Mode.REALTIME: "realtime",
     Mode.SERVERLESS: "serverless",
@@ -344,7 +349,15 @@ class EndpointSpec(SpecBlock):
           for mode, block in MODE_BLOCKS.items()],
         ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
          BATCH_IMMUTABLE),
+        ("!has(self.model.inferenceOutput) || self.mode in ['realtime', 'serverless']",
+         INFERENCE_OUTPUT_MODES),
     ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _inference_output_where_served(self) -> EndpointSpec:
+        if self.model.inference_output and self.mode not in (Mode.REALTIME, Mode.SERVERLESS):
+            raise ValueError(INFERENCE_OUTPUT_MODES)
+        return self
 
     @model_validator(mode="after")
     def _one_block_for_the_mode(self) -> EndpointSpec:

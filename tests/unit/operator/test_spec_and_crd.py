@@ -88,7 +88,7 @@ def test_cel_rules_mirror_the_model_validators() -> None:
     ]
     rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
     assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
-    assert len(rules) == 5  # one block per mode, and a batch job's model cannot change
+    assert len(rules) == 6  # a block per mode, a batch job's model, where inferenceOutput applies
 
 
 @pytest.mark.parametrize(
@@ -136,6 +136,14 @@ def test_cel_rules_mirror_the_model_validators() -> None:
         ),
         (batch_spec(maxPayloadInMB=20, maxConcurrentTransforms=6), s.PAYLOAD_RULE),
         (batch_spec(invocationsMaxRetries=4), "less than or equal to 3"),
+        (
+            {
+                "mode": "async",
+                "model": {**MODEL, "inferenceOutput": "predicted_label"},
+                "async": {"outputPath": "file:///o"},
+            },
+            "realtime and serverless endpoints only",
+        ),
         (batch_spec(input={"uri": "file:///i", "splitType": "RecordIO"}), "'None' or 'Line'"),
         (batch_spec(input={"uri": "file:///i", "compressionType": "Zip"}), "'None' or 'Gzip'"),
         (batch_spec(output={"uri": "file:///o", "accept": "text/xml"}), "spec.batch.output.accept"),
