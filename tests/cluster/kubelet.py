@@ -682,6 +682,7 @@ class PodWorker(threading.Thread):
         }
         if self.tokens and self.pod["spec"].get("automountServiceAccountToken", True):
             env["KUBECONFIG"] = str(self.dir / "kubeconfig")
+        own = dict(env)  # the kubelet's own: real paths of this machine, never rewritten
         for source in self.container.get("envFrom", []):
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -696,7 +697,9 @@ class PodWorker(threading.Thread):
             value = self._env_value(var, env)
             if value is not None:
                 env[var["name"]] = value
-        self.env = {k: self._rewrite(v) for k, v in env.items()}
+        # a pod's paths are rewritten to where its mounts live (a mount at /tmp must not move
+        # this machine's PATH when the kubelet itself runs from under /tmp)
+        self.env = {k: v if own.get(k) == v else self._rewrite(v) for k, v in env.items()}
         self.argv = [
             self._rewrite(_expand(a, env))
             for a in self.container["command"] + self.container.get("args", [])
