@@ -36,7 +36,7 @@ class GatewayDemand:
     """One gateway replica's view of one endpoint, at wall-clock time ``at``."""
 
     gateway: str
-    in_flight: int  # forwarded to a replica, not yet answered
+    in_flight: int  # forwarded to a replica, not yet answered: the most at once since last written
     held: int  # waiting for a replica (cold start)
     last_request_at: float  # when the latest request arrived or ended (0: never)
     at: float

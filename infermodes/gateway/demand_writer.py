@@ -81,7 +81,10 @@ class DemandWriter:
         for key, endpoint in list(self.table.endpoints.items()):
             if endpoint.serverless is None and key not in self.schedules:
                 continue
-            figures = (endpoint.in_flight, endpoint.held, endpoint.last_request_at)
+            # the busiest moment since the last write, not this instant: short requests in a
+            # burst are mostly between two samples, and replicas must follow the burst
+            in_flight = max(endpoint.in_flight, endpoint.peak_active - endpoint.held)
+            figures = (in_flight, endpoint.held, endpoint.last_request_at)
             schedule = self.schedules.setdefault(key, DemandSchedule())
             if not schedule.due(figures, now, key in urgent):
                 continue
@@ -94,6 +97,7 @@ class DemandWriter:
                     self._urgent.add(key)
                 continue
             schedule.wrote(figures, now)
+            endpoint.peak_active = endpoint.active
 
     async def flush(self) -> None:
         """Write every changed figure now, whatever the interval (the gateway is stopping)."""

@@ -223,6 +223,7 @@ class Proxy:
         forwarded = [(FORWARDED[k], v) for k, v in scope["headers"] if k in FORWARDED]
         in_flight, _ = self._live(endpoint.name)
         endpoint.active += 1
+        endpoint.peak_active = max(endpoint.peak_active, endpoint.active)
         in_flight.inc()
         holding = [False]
         try:

@@ -51,6 +51,7 @@ class Endpoint:
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
     replicas: dict[str, Replica] = field(default_factory=dict)
     active: int = 0  # admitted and not yet answered (held included)
+    peak_active: int = 0  # the most ``active`` since the demand was last written
     held: int = 0
     last_request_at: float = 0.0  # wall clock
     cold_since: float | None = None  # monotonic: first held request with no ready replica

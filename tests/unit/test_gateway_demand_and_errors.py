@@ -118,6 +118,29 @@ def test_flush_writes_the_last_figures_inside_the_interval() -> None:
     asyncio.run(scenario())
 
 
+def test_a_burst_between_two_writes_is_reported_at_its_peak() -> None:
+    """Short requests are mostly answered between two samples: the demand written is the most
+    in flight since the last write, then what is in flight now."""
+
+    async def scenario() -> None:
+        table = serverless_table()
+        sink = FakeSink()
+        clock = [100.0]
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: clock[0], wall=lambda: 9.0)
+        endpoint = table.lookup("sl")
+        await writer.write_due()
+        endpoint.active = endpoint.peak_active = 4  # four at once, all answered before the write
+        endpoint.active = 0
+        clock[0] += WRITE_INTERVAL_SECONDS
+        await writer.write_due()
+        assert sink.writes[-1][2].in_flight == 4
+        clock[0] += WRITE_INTERVAL_SECONDS
+        await writer.write_due()
+        assert sink.writes[-1][2].in_flight == 0
+
+    asyncio.run(scenario())
+
+
 def endpoint_and_replica() -> tuple[Endpoint, Replica]:
     return Endpoint("abalone", "ns"), Replica("pod-1", "127.0.0.1", 8080)
 
