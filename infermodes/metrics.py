@@ -27,6 +27,23 @@ REQUESTS_IN_FLIGHT = "infermodes_http_requests_in_flight"
 INVOCATIONS_ROUTE = "/invocations"
 
 
+def model_metrics(registry: CollectorRegistry) -> tuple[Histogram, Counter]:
+    """The predict latency and rows scored, under the same names wherever a model predicts
+    (the model server, the batch runner), so one dashboard reads both."""
+    predict_duration = Histogram(
+        "infermodes_model_predict_duration_seconds",
+        "Time spent in the model's predict call.",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    rows_predicted = Counter(
+        "infermodes_model_rows_predicted",
+        "Rows the model has scored.",
+        registry=registry,
+    )
+    return predict_duration, rows_predicted
+
+
 class ServerMetrics:
     """The model server's metrics (one instance per process, shared by all routes)."""
 
@@ -50,17 +67,7 @@ class ServerMetrics:
             buckets=SIZE_BUCKETS,
             registry=registry,
         )
-        self.predict_duration = Histogram(
-            "infermodes_model_predict_duration_seconds",
-            "Time spent in the model's predict call.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rows_predicted = Counter(
-            "infermodes_model_rows_predicted",
-            "Rows the model has scored.",
-            registry=registry,
-        )
+        self.predict_duration, self.rows_predicted = model_metrics(registry)
         self.model_load_duration = Gauge(
             "infermodes_model_load_duration_seconds",
             "How long loading the model artifact took.",
@@ -132,17 +139,7 @@ class BatchMetrics:
     ok or failed (then retried, or failing its object)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.predict_duration = Histogram(
-            "infermodes_model_predict_duration_seconds",
-            "Time spent in the model's predict call.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rows_predicted = Counter(
-            "infermodes_model_rows_predicted",
-            "Rows the model has scored.",
-            registry=registry,
-        )
+        self.predict_duration, self.rows_predicted = model_metrics(registry)
         self.units_assigned = Gauge(
             "infermodes_batch_units_assigned",
             "Objects and byte ranges of large objects this instance was given.",

@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
+from tests.support.processes import (
+    INFERMODES,
+    ServerProcess,
+    free_port,
+    stop_process,
+    wait_until,
+)
 
 
 def static_endpoint(
@@ -29,15 +35,8 @@ def static_endpoint(
             "replicas": replicas}  # fmt: skip
 
 
-class GatewayProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-        self.proc = proc
-        self.url = url
-        self.log_path = log_path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class GatewayProcess(ServerProcess):
+    """A running ``infermodes gateway`` (ready on ``/readyz``, not ``/ping``)."""
 
     def invoke(
         self,
