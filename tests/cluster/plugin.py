@@ -7,8 +7,11 @@ the session from the binaries that tests/cluster/setup.sh cached.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,13 +47,27 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
         cluster.api.close()
         return
-    harness = Harness(tmp_path_factory.mktemp("k8s"), Binaries.from_cache())
-    cluster = harness.start()
-    try:
-        yield cluster
-    finally:
-        cluster.client.close()
-        harness.stop()
+    with one_harness_at_a_time():
+        harness = Harness(tmp_path_factory.mktemp("k8s"), Binaries.from_cache())
+        cluster = harness.start()
+        try:
+            yield cluster
+        finally:
+            cluster.client.close()
+            harness.stop()
+
+
+@contextlib.contextmanager
+def one_harness_at_a_time() -> Iterator[None]:
+    """Two harnesses on one machine collide (their process kubelets hand out the same 127.x pod
+    IPs): a second test session waits here until the first one's harness is gone."""
+    with (Path(tempfile.gettempdir()) / "infermodes-test-harness.lock").open("a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another test session runs a control plane here: waiting for it to end")
+            fcntl.flock(file, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture
