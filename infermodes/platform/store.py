@@ -1,0 +1,70 @@
+"""Where the managed platform's API keeps what it is told: the one interface both actuators
+implement. On Kubernetes (``gateway/platform_store.py``) models and endpoint configs are
+``InferenceModel`` / ``InferenceEndpointConfig`` objects and endpoints and transform jobs are
+``InferenceEndpoint`` objects, so ``kubectl`` sees everything; under ``infermodes up``
+(``local/platform_store.py``) records are files in the state dir and endpoints are the
+supervisor's. Nothing of the API's state lives only in a process's memory.
+
+Records and endpoints travel as plain JSON-able dicts: a record is the platform request as it
+was accepted plus what the API added (ARN, creation time); an endpoint is an InferenceEndpoint
+object (``apiVersion``, ``kind``, ``metadata`` with ``name``, ``labels``, ``annotations`` and
+``creationTimestamp``, ``spec``, and ``status`` once the actuator wrote one)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class RecordKind(StrEnum):
+    """The platform objects kept as records (nothing runs for them)."""
+
+    MODEL = "Model"
+    ENDPOINT_CONFIG = "EndpointConfig"
+
+
+class AlreadyExists(Exception):
+    """A create named something that exists (the API answers ``ValidationException``, as the
+    platform does for "Cannot create already existing ...")."""
+
+
+class NotFound(Exception):
+    """A replace or delete named something that does not exist."""
+
+
+JsonObject = dict[str, Any]
+
+
+class PlatformStore(Protocol):
+    """Every method may raise ``AlreadyExists``/``NotFound`` as documented and nothing else for
+    a caller's mistake; any other exception is the store's own failure (answered 500)."""
+
+    async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
+        """Keep ``record`` under ``name``; ``AlreadyExists`` if one is kept there."""
+        ...
+
+    async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None: ...
+
+    async def list_records(self, kind: RecordKind) -> list[JsonObject]: ...
+
+    async def delete_record(self, kind: RecordKind, name: str) -> None:
+        """``NotFound`` if nothing is kept under ``name``."""
+        ...
+
+    async def create_endpoint(self, endpoint: JsonObject) -> None:
+        """Apply a new InferenceEndpoint object; ``AlreadyExists`` if its name is taken."""
+        ...
+
+    async def replace_endpoint(self, endpoint: JsonObject) -> None:
+        """Replace the spec, labels and annotations of an existing one; ``NotFound`` if gone."""
+        ...
+
+    async def read_endpoint(self, name: str) -> JsonObject | None:
+        """The object with its status (None when there is none)."""
+        ...
+
+    async def list_endpoints(self) -> list[JsonObject]: ...
+
+    async def delete_endpoint(self, name: str) -> None:
+        """``NotFound`` if there is no such endpoint."""
+        ...
