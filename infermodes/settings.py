@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -297,6 +297,28 @@ class GatewaySettings(AsyncAcceptSettings):
         None,
         description="The broker (amqp://... or sqlite:///...) of async endpoints; with it the "
         "gateway also accepts POST /endpoints/{name}/async-invocations.",
+    )
+    access_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Access keys the managed platform's API accepts (AWS Signature V4), as "
+        "'<access key id>:<secret>' entries separated by commas or newlines; every request but "
+        "/healthz, /readyz and /metrics must be signed by one. Empty: the gateway is open, and "
+        "says so in its log and /readyz.",
+    )
+    platform_namespace: str = Field(
+        "",
+        description="Where the platform API keeps its models, endpoint configs, endpoints and "
+        "transform jobs; empty means the gateway's own namespace.",
+    )
+    platform_storage_secret: str | None = Field(
+        None,
+        description="A Secret in the platform namespace whose keys become the env of endpoints "
+        "the API creates (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).",
+    )
+    platform_broker_secret: str | None = Field(
+        None,
+        description="A Secret in the platform namespace holding the AMQP URL (key url) of async "
+        "endpoints the API creates.",
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
 
