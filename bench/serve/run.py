@@ -88,10 +88,29 @@ class LoadResult:
 
 
 @dataclass
+class MixedResult:
+    """One-row latency under 16 connections, with every ``big_every``-th request of each
+    connection carrying ``big_rows`` rows (0: none), timed per request in ``mixed.lua``."""
+
+    connections: int
+    big_every: int
+    big_rows: int
+    rps: float
+    small_requests: int
+    small_p50_ms: float
+    small_p99_ms: float
+    big_requests: int
+    big_p50_ms: float
+    big_p99_ms: float
+    non2xx: int
+
+
+@dataclass
 class ServerResult:
     name: str
     cold_start_s: list[float] = field(default_factory=list)
     load: list[LoadResult] = field(default_factory=list)
+    mixed: list[MixedResult] = field(default_factory=list)
     profile: str | None = None
 
 
@@ -101,12 +120,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def first_row() -> list[float]:
-    """The first Abalone row, encoded as the example model expects: sex one-hot (M, F, I)."""
+def abalone_rows(count: int) -> list[list[float]]:
+    """The first ``count`` Abalone rows, encoded as the example model expects: sex one-hot
+    (M, F, I)."""
+    out = []
     with DATA.open() as f:
-        row = next(csv.DictReader(f))
-    sex = [float(row["sex"] == s) for s in "MFI"]
-    return sex + [float(v) for k, v in row.items() if k not in ("sex", "rings")]
+        for row, _ in zip(csv.DictReader(f), range(count), strict=False):
+            sex = [float(row["sex"] == s) for s in "MFI"]
+            out.append(sex + [float(v) for k, v in row.items() if k not in ("sex", "rings")])
+    return out
 
 
 def prepare_model(work: Path, tarball: Path | None) -> tuple[Path, Path]:
@@ -305,6 +327,49 @@ def wrk(server: Server, pgid: int, connections: int, duration_s: int) -> LoadRes
     )
 
 
+def mixed(
+    server: Server, connections: int, big_body: str, big_rows: int, every: int, duration_s: int
+) -> MixedResult:
+    """wrk with one thread per connection and ``mixed.lua``: one-row requests, and every
+    ``every``-th request of a connection carrying ``big_body`` (0: none)."""
+    cmd = [
+        "wrk",
+        f"-t{connections}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(HERE / "mixed.lua"),
+        server.url(server.invoke_path),
+    ]
+    env = {
+        **os.environ,
+        "BENCH_BODY": server.body,
+        "BENCH_BIG_BODY": big_body,
+        "BENCH_BIG_EVERY": str(every),
+        "BENCH_CONTENT_TYPE": server.content_type,
+    }
+    out = subprocess.run(
+        cmd, env=env, check=True, capture_output=True, text=True, timeout=duration_s + 60
+    ).stdout
+    line = next(line for line in out.splitlines() if line.startswith("BENCH_MIXED "))
+    r = json.loads(line.removeprefix("BENCH_MIXED "))
+    return MixedResult(
+        connections=connections,
+        big_every=every,
+        big_rows=big_rows if every else 0,
+        rps=(r["requests"] - r["non2xx"]) / (r["duration_us"] / 1e6),
+        small_requests=r["small"],
+        small_p50_ms=r["small_p50_us"] / 1e3,
+        small_p99_ms=r["small_p99_us"] / 1e3,
+        big_requests=r["big"],
+        big_p50_ms=r["big_p50_us"] / 1e3,
+        big_p99_ms=r["big_p99_us"] / 1e3,
+        non2xx=r["non2xx"] + r["socket_errors"],
+    )
+
+
 def profile(
     server: Server, proc: subprocess.Popen, py_spy: Path, out: Path, duration_s: int
 ) -> str:
@@ -407,23 +472,39 @@ def mlserver(
 MLSERVER_NO_POOL = {"parallel_workers": 0, "debug": False, "metrics_endpoint": None}
 
 
+# The uvicorn settings ``infermodes serve`` runs with (``infermodes.http.uvicorn_options``),
+# as command-line flags, for the HTTP floor.
+SAME_UVICORN = [
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--ws",
+    "none",
+    "--lifespan",
+    "off",
+    "--no-access-log",
+    "--no-server-header",
+    "--no-date-header",
+    "--timeout-keep-alive",
+    "75",
+]
+
+
+def uvicorn_app(app: str) -> list[str]:
+    return [str(PY), "-m", "uvicorn", "--factory", "--app-dir", str(HERE), app]
+
+
 def servers(
-    work: Path, tarball: Path, model_json: Path, row: list[float], peer_python: Path
+    work: Path,
+    tarball: Path,
+    model_json: Path,
+    row: list[float],
+    peer_python: Path,
+    expected: float,
 ) -> list[Server]:
     csv_row = ",".join(repr(v) for v in row)
     infermodes = str(PY.parent / "infermodes")
-    uvicorn = [
-        str(PY),
-        "-m",
-        "uvicorn",
-        "--factory",
-        "--app-dir",
-        str(HERE),
-        "bare_app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--no-access-log",
-    ]
     out = []
     for workers in (1, 2):
         port = free_port()
@@ -450,8 +531,37 @@ def servers(
         port = free_port()
         out.append(
             csv_server(
+                f"http-floor-{workers}w",
+                [
+                    *uvicorn_app("floor_app:create_app"),
+                    *SAME_UVICORN,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
+                port,
+                csv_row,
+                env={"BENCH_ANSWER": repr(expected)},
+            )
+        )
+    for workers in (1, 2):
+        port = free_port()
+        out.append(
+            csv_server(
                 f"bare-fastapi-{workers}w",
-                [*uvicorn, "--port", str(port), "--workers", str(workers)],
+                [
+                    *uvicorn_app("bare_app:create_app"),
+                    "--host",
+                    "127.0.0.1",
+                    "--no-access-log",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
                 port,
                 csv_row,
                 env={"BENCH_MODEL": str(model_json)},
@@ -577,6 +687,28 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
                     for a, b in pairs
                 )
                 lines.append(f"{ours.name} / {peer}: {ratios}")
+    for ours in (r for r in results if r.name.startswith("infermodes")):
+        floor = by.get(ours.name.replace("infermodes", "http-floor"))
+        if floor is not None and floor.load:
+            pairs = zip(ours.load, floor.load, strict=True)
+            ratios = ", ".join(
+                f"{a.rps / b.rps:.2f}x at {a.connections}c (p50 {a.p50_ms / b.p50_ms:.2f}x)"
+                for a, b in pairs
+            )
+            lines.append(f"{ours.name} / {floor.name} (the HTTP floor): {ratios}")
+    mixed_rows = [(r.name, m) for r in results for m in r.mixed]
+    if mixed_rows:
+        lines += ["", "mixed load (one thread and connection each in wrk, latency per request):"]
+        lines.append(
+            f"{'server':<22} {'conns':>5} {'big':>11} {'req/s':>8} {'1-row p50':>9} "
+            f"{'1-row p99':>9} {'big p50':>8} {'big p99':>8} {'non2xx':>7}"
+        )
+        for name, m in mixed_rows:
+            big = f"1/{m.big_every}x{m.big_rows}" if m.big_every else "none"
+            lines.append(
+                f"{name:<22} {m.connections:>5} {big:>11} {m.rps:>8.0f} {m.small_p50_ms:>9.3f} "
+                f"{m.small_p99_ms:>9.3f} {m.big_p50_ms:>8.3f} {m.big_p99_ms:>8.3f} {m.non2xx:>7}"
+            )
     lines.append("")
     lines.extend(targets(by))
     return "\n".join(lines)
@@ -604,6 +736,23 @@ def targets(by: dict[str, ServerResult]) -> list[str]:
         if ours1:
             checks.append(("p50 at 1c (ms)", ours1.p50_ms, 0.6, False))
         checks.append(("cold start (s)", statistics.median(by[name].cold_start_s), 0.8, False))
+        floor = name.replace("infermodes", "http-floor")
+        floor16, floor1 = at(floor, 16), at(floor, 1)
+        if ours16 and floor16:
+            checks.append(("16c throughput / HTTP floor", ours16.rps / floor16.rps, 0.6, True))
+        if ours1 and floor1:
+            checks.append(("p50 at 1c / HTTP floor's", ours1.p50_ms / floor1.p50_ms, 1.5, False))
+        alone = next((m for m in by[name].mixed if not m.big_every), None)
+        for with_big in (m for m in by[name].mixed if m.big_every):
+            if alone is not None:
+                checks.append(
+                    (
+                        f"1-row p99 with 1/{with_big.big_every} big / without",
+                        with_big.small_p99_ms / alone.small_p99_ms,
+                        3.0,
+                        False,
+                    )
+                )
         for what, value, bar, higher in checks:
             ok = value is not None and (value >= bar if higher else value <= bar)
             out.append(
@@ -631,6 +780,14 @@ def main() -> None:
         action="store_true",
         help="after timing, sample each infermodes server with py-spy",
     )
+    parser.add_argument(
+        "--mixed-every",
+        type=int,
+        default=10,
+        help="mixed-load row: every Nth request of a connection carries --mixed-rows rows "
+        "(0: no mixed-load row)",
+    )
+    parser.add_argument("--mixed-rows", type=int, default=1000, help="rows of a big request")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--work-dir", type=Path, help="keep logs and models here")
     parser.add_argument("--peer-venv", type=Path, default=peer_env.DEFAULT_DIR)
@@ -646,7 +803,7 @@ def main() -> None:
         tarball, model_json = prepare_model(work, args.model)
         peer_python = peer_future.result()
 
-    row = first_row()
+    row = abalone_rows(1)[0]
     booster = xgb.Booster(model_file=str(model_json))
     expected = float(booster.inplace_predict(np.asarray([row], dtype=np.float32))[0])
     floors: dict[str, object] = inplace_floor(model_json, row, calls=5000)
@@ -663,7 +820,7 @@ def main() -> None:
 
     chosen = [
         s
-        for s in servers(work, tarball, model_json, row, peer_python)
+        for s in servers(work, tarball, model_json, row, peer_python, expected)
         if not only or s.name in only
     ]
     by_name = {s.name: ServerResult(s.name) for s in chosen}
@@ -686,6 +843,13 @@ def main() -> None:
                 result = wrk(server, procs[server.name].pid, conns, args.duration)
                 by_name[server.name].load.append(result)
                 print(f"{server.name} {result}", flush=True)
+        if args.mixed_every:
+            big_body = "\n".join(",".join(map(repr, r)) for r in abalone_rows(args.mixed_rows))
+            for every in (0, args.mixed_every):  # without the big requests, then with them
+                for server in (s for s in chosen if s.name.startswith("infermodes")):
+                    result_m = mixed(server, 16, big_body, args.mixed_rows, every, args.duration)
+                    by_name[server.name].mixed.append(result_m)
+                    print(f"{server.name} {result_m}", flush=True)
         if args.profile:
             for server in (s for s in chosen if s.profile_python):
                 by_name[server.name].profile = profile(
