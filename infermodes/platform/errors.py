@@ -1,0 +1,53 @@
+"""The control plane's errors, as the platform's JSON 1.1 protocol spells them.
+
+boto3's ``sagemaker`` client reads the code from the body's ``__type`` (the runtime routes'
+``{"error": ...}`` shape is another protocol's, ``gateway/errors.py``), and its waiters match
+on it: ``endpoint_in_service`` fails on ``ValidationException`` (what the platform answers for
+an endpoint that does not exist), ``endpoint_deleted`` succeeds on it."""
+
+from __future__ import annotations
+
+import json
+
+from infermodes.errors import InfermodesError
+
+ERROR_TYPE_HEADER = "x-amzn-ErrorType"
+CONTENT_TYPE = "application/x-amz-json-1.1"
+
+
+class ApiError(InfermodesError):
+    """A client error: HTTP 400 with the class name as the code."""
+
+    status_code = 400
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+    def body(self) -> bytes:
+        return json.dumps({"__type": self.code, "message": str(self)}).encode()
+
+
+class ValidationException(ApiError):
+    """Bad input, or (as the platform answers) a model, config or endpoint that does not exist
+    or already exists."""
+
+
+class ResourceNotFound(ApiError):
+    """A transform job that does not exist."""
+
+
+class ResourceInUse(ApiError):
+    """A name already taken by a transform job or an endpoint."""
+
+
+class ResourceLimitExceeded(ApiError):
+    """More endpoints and transform jobs than the actuator is configured to run."""
+
+
+class UnknownOperationException(ApiError):
+    """An ``X-Amz-Target`` this API does not serve."""
+
+
+class SerializationException(ApiError):
+    """A body that is not a JSON object."""

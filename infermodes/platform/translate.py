@@ -1,0 +1,443 @@
+"""Platform requests -> records and InferenceEndpoint objects (pure functions).
+
+A model or endpoint config is kept as the request that created it plus its ARN and creation
+time. An endpoint is an InferenceEndpoint whose mode follows its one production variant
+(``ServerlessConfig`` -> serverless, ``InstanceType`` -> realtime, ``AsyncInferenceConfig`` ->
+async); a transform job is a batch one. What we cannot run is refused with a
+``ValidationException`` naming the field: every structure's members are checked against the
+ones we translate, so nothing is silently ignored."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from infermodes.endpoints.spec import (
+    GROUP,
+    KIND,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    VERSION,
+    EndpointSpec,
+)
+from infermodes.platform.errors import ValidationException
+from infermodes.platform.store import JsonObject
+
+ANNOTATION = "platform.infermodes.dev/"
+NAME_ANNOTATION = ANNOTATION + "name"  # the name as given (the object's is lower case)
+REQUEST_ANNOTATION = ANNOTATION + "request"  # what Describe answers with, as JSON
+MODIFIED_ANNOTATION = ANNOTATION + "last-modified"  # epoch seconds of the last update
+KIND_LABEL = "platform.infermodes.dev/kind"
+ENDPOINT, TRANSFORM_JOB = "Endpoint", "TransformJob"
+
+# PrimaryContainer.Environment keys the XGBoost container reads that change nothing here, and
+# the one we translate; any other key is refused (SAGEMAKER_PROGRAM means a script we do not run).
+IGNORED_ENVIRONMENT = {
+    "SAGEMAKER_CONTAINER_LOG_LEVEL",
+    "SAGEMAKER_REGION",
+    "SAGEMAKER_ENABLE_CLOUDWATCH_METRICS",
+}
+INFERENCE_OUTPUT = "SAGEMAKER_INFERENCE_OUTPUT"
+XGBOOST_IMAGE = re.compile(r"(^|/)(sagemaker-)?xgboost(:[^/]*)?$")
+PLATFORM_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+MAX_PLATFORM_NAME = 63
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the actuator adds to every endpoint and answer: ARNs' region and account, the
+    namespace and Secrets on Kubernetes, the image that really runs, and a cap on endpoints."""
+
+    region: str = "us-east-1"
+    account: str = "000000000000"
+    namespace: str | None = None
+    storage_secret: str | None = None
+    broker_secret: str | None = None
+    resolved_image: str = "infermodes model server"
+    max_endpoints: int = 100
+
+
+def arn(defaults: Defaults, resource: str, name: str) -> str:
+    """The platform's ARN spells names in lower case."""
+    return f"arn:aws:sagemaker:{defaults.region}:{defaults.account}:{resource}/{name.lower()}"
+
+
+def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
+    """A platform name; an endpoint's or job's must also make a Kubernetes name when lower
+    cased (a letter first, at most 50 characters)."""
+    if not isinstance(name, str) or not PLATFORM_NAME.match(name) or len(name) > MAX_PLATFORM_NAME:
+        raise ValidationException(
+            f"{field} {name!r} must be 1 to 63 letters, digits and hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    if kubernetes and (len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name.lower())):
+        raise ValidationException(
+            f"{field} {name!r}: infermodes names endpoints and transform jobs as Kubernetes "
+            f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"
+        )
+    return name
+
+
+def only(where: str, given: Mapping[str, Any], supported: set[str]) -> None:
+    """Refuse members we do not translate, naming the first."""
+    for key in sorted(given):
+        if key not in supported and given[key] not in (None, [], {}):
+            raise ValidationException(f"{where}{key} is not supported by infermodes")
+
+
+def mapping(where: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationException(f"{where} must be a structure")
+    return value
+
+
+# records
+def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
+    """CreateModel: one XGBoost container with a ModelDataUrl."""
+    name = check_name("ModelName", request.get("ModelName"))
+    only("", request, {"ModelName", "PrimaryContainer", "Containers", "ExecutionRoleArn", "Tags",
+                       "EnableNetworkIsolation"})  # fmt: skip
+    if request.get("EnableNetworkIsolation"):
+        raise ValidationException("EnableNetworkIsolation is not supported by infermodes")
+    containers = request.get("Containers") or []
+    if request.get("PrimaryContainer") is not None and containers:
+        raise ValidationException("give PrimaryContainer or Containers, not both")
+    if len(containers) > 1:
+        raise ValidationException(
+            "Containers: inference pipelines (more than one container) are not supported by "
+            "infermodes"
+        )
+    container = mapping("PrimaryContainer", request.get("PrimaryContainer") or
+                        (containers[0] if containers else None))  # fmt: skip
+    field = "PrimaryContainer." if request.get("PrimaryContainer") is not None else "Containers[0]."
+    check_container(field, container)
+    return {**request, "ModelArn": arn(defaults, "model", name), "CreationTime": time.time()}
+
+
+def check_container(field: str, container: Mapping[str, Any]) -> None:
+    only(field, container, {"ContainerHostname", "Image", "Mode", "ModelDataUrl", "Environment"})
+    if container.get("Mode", "SingleModel") != "SingleModel":
+        raise ValidationException(
+            f"{field}Mode {container['Mode']}: only SingleModel is supported by infermodes"
+        )
+    url = container.get("ModelDataUrl")
+    if not isinstance(url, str) or not url.startswith(("s3://", "file://")):
+        raise ValidationException(
+            f"{field}ModelDataUrl is required: the s3:// URI of the model.tar.gz (or XGBoost "
+            f"model file), got {url!r}"
+        )
+    image = container.get("Image")
+    if image is not None and not XGBOOST_IMAGE.search(str(image)):
+        raise ValidationException(
+            f"{field}Image {image!r} is not an XGBoost image: infermodes serves XGBoost models "
+            "with its own model server (give the platform's xgboost or sagemaker-xgboost image, "
+            "or no Image)"
+        )
+    for key in mapping(f"{field}Environment", container.get("Environment")):
+        if key not in IGNORED_ENVIRONMENT and key != INFERENCE_OUTPUT:
+            raise ValidationException(
+                f"{field}Environment {key} is not supported by infermodes (only "
+                f"{INFERENCE_OUTPUT} and {', '.join(sorted(IGNORED_ENVIRONMENT))})"
+            )
+
+
+def primary_container(model: JsonObject) -> Mapping[str, Any]:
+    found: Mapping[str, Any] = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+    return found
+
+
+VARIANT_FIELDS = {
+    "VariantName", "ModelName", "InitialInstanceCount", "InstanceType", "InitialVariantWeight",
+    "ServerlessConfig", "VolumeSizeInGB", "ModelDataDownloadTimeoutInSeconds",
+    "ContainerStartupHealthCheckTimeoutInSeconds", "ManagedInstanceScaling",
+}  # fmt: skip
+
+
+def endpoint_config_record(
+    request: JsonObject, models: Mapping[str, JsonObject | None], defaults: Defaults
+) -> JsonObject:
+    """CreateEndpointConfig: one production variant of a model that exists (``models``: the
+    records of the names the variants give, None where there is none)."""
+    name = check_name("EndpointConfigName", request.get("EndpointConfigName"))
+    only("", request, {"EndpointConfigName", "ProductionVariants", "AsyncInferenceConfig",
+                       "Tags", "ExecutionRoleArn", "EnableNetworkIsolation"})  # fmt: skip
+    variants = request.get("ProductionVariants") or []
+    if len(variants) != 1:
+        raise ValidationException(
+            f"ProductionVariants: infermodes runs exactly one production variant per endpoint, "
+            f"got {len(variants)}"
+        )
+    variant = mapping("ProductionVariants[0]", variants[0])
+    field = "ProductionVariants[0]."
+    only(field, variant, VARIANT_FIELDS)
+    model_name = variant.get("ModelName")
+    if not isinstance(model_name, str) or models.get(model_name) is None:
+        raise ValidationException(
+            f'Could not find model "{arn(defaults, "model", str(model_name))}".'
+        )
+    serverless = variant.get("ServerlessConfig") is not None
+    instances = variant.get("InstanceType") is not None or variant.get("InitialInstanceCount")
+    if serverless == bool(instances):
+        raise ValidationException(
+            f"{field}: give either ServerlessConfig or InstanceType and InitialInstanceCount"
+        )
+    if instances and not (variant.get("InstanceType") and variant.get("InitialInstanceCount")):
+        raise ValidationException(f"{field}: InstanceType and InitialInstanceCount go together")
+    if serverless and request.get("AsyncInferenceConfig") is not None:
+        raise ValidationException(
+            "AsyncInferenceConfig: an asynchronous endpoint runs on instances, not serverless"
+        )
+    only(f"{field}ServerlessConfig.", mapping(f"{field}ServerlessConfig",
+         variant.get("ServerlessConfig")), {"MemorySizeInMB", "MaxConcurrency",
+                                            "ProvisionedConcurrency"})  # fmt: skip
+    scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
+    only(f"{field}ManagedInstanceScaling.", scaling,
+         {"Status", "MinInstanceCount", "MaxInstanceCount"})  # fmt: skip
+    check_async(mapping("AsyncInferenceConfig", request.get("AsyncInferenceConfig")))
+    record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),
+              "CreationTime": time.time()}  # fmt: skip
+    endpoint_spec(record, models[model_name] or {}, defaults)  # everything the spec checks too
+    return record
+
+
+def check_async(config: Mapping[str, Any]) -> None:
+    if not config:
+        return
+    only("AsyncInferenceConfig.", config, {"ClientConfig", "OutputConfig"})
+    only("AsyncInferenceConfig.ClientConfig.", mapping("ClientConfig", config.get("ClientConfig")),
+         {"MaxConcurrentInvocationsPerInstance"})  # fmt: skip
+    output = mapping("OutputConfig", config.get("OutputConfig"))
+    only("AsyncInferenceConfig.OutputConfig.", output,
+         {"S3OutputPath", "S3FailurePath", "NotificationConfig"})  # fmt: skip
+    if not output.get("S3OutputPath"):
+        raise ValidationException("AsyncInferenceConfig.OutputConfig.S3OutputPath is required")
+    only("AsyncInferenceConfig.OutputConfig.NotificationConfig.",
+         mapping("NotificationConfig", output.get("NotificationConfig")),
+         {"SuccessTopic", "ErrorTopic"})  # fmt: skip
+
+
+# objects
+def _validated(spec: JsonObject, origins: Mapping[str, str]) -> JsonObject:
+    """The spec as our schema accepts it; a refusal names the platform's field it came from."""
+    try:
+        EndpointSpec.model_validate(spec)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = ".".join(str(part) for part in error["loc"])
+            field = next((origins[p] for p in sorted(origins, key=len, reverse=True)
+                          if path == p or path.startswith(p + ".")), f"spec.{path}")  # fmt: skip
+            problems.append(f"{field}: {error['msg']}")
+        raise ValidationException("; ".join(dict.fromkeys(problems))) from None
+    return spec
+
+
+def _model_block(model: Mapping[str, Any], served: bool) -> tuple[JsonObject, str | None]:
+    """``spec.model`` and the image the request named."""
+    container = primary_container(dict(model))
+    block: JsonObject = {"uri": container.get("ModelDataUrl")}
+    output = (container.get("Environment") or {}).get(INFERENCE_OUTPUT)
+    if output is not None:
+        if not served:
+            raise ValidationException(
+                f"Environment {INFERENCE_OUTPUT}: only realtime and serverless endpoints select "
+                "outputs (async and batch write the model's scores)"
+            )
+        block["inferenceOutput"] = output
+    image = container.get("Image")
+    return block, (str(image) if image is not None else None)
+
+
+def _object(
+    name: str, kind: str, spec: JsonObject, annotations: JsonObject, defaults: Defaults
+) -> JsonObject:
+    if defaults.storage_secret:
+        spec["storageSecretRef"] = {"name": defaults.storage_secret}
+    metadata: JsonObject = {
+        "name": name.lower(),
+        "labels": {KIND_LABEL: kind},
+        "annotations": {NAME_ANNOTATION: name, MODIFIED_ANNOTATION: str(time.time()),
+                        **annotations},
+    }  # fmt: skip
+    if defaults.namespace:
+        metadata["namespace"] = defaults.namespace
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}
+
+
+SERVERLESS_FIELDS = (
+    ("memorySizeInMB", "MemorySizeInMB"),
+    ("maxConcurrency", "MaxConcurrency"),
+    ("provisionedConcurrency", "ProvisionedConcurrency"),
+)
+
+
+def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> JsonObject:
+    """The InferenceEndpoint spec of an endpoint config's one variant."""
+    variant = config["ProductionVariants"][0]
+    field = "ProductionVariants[0]."
+    origins = {
+        "model.uri": "PrimaryContainer.ModelDataUrl",
+        "model.inferenceOutput": f"PrimaryContainer.Environment.{INFERENCE_OUTPUT}",
+    }
+    async_config = config.get("AsyncInferenceConfig")
+    serverless = variant.get("ServerlessConfig")
+    block, _ = _model_block(model, served=async_config is None)
+    spec: JsonObject = {"model": block}
+    if serverless is not None:
+        spec["mode"] = "serverless"
+        spec["serverless"] = {}
+        for key, name in SERVERLESS_FIELDS:
+            if name in serverless:
+                spec["serverless"][key] = serverless[name]
+            origins[f"serverless.{key}"] = f"{field}ServerlessConfig.{name}"
+        origins["serverless"] = f"{field}ServerlessConfig"
+        return _validated(spec, origins)
+    count = int(variant["InitialInstanceCount"])
+    scaling = variant.get("ManagedInstanceScaling") or {}
+    low, high = count, count
+    if scaling.get("Status") == "ENABLED":
+        low = int(scaling.get("MinInstanceCount", count))
+        high = int(scaling.get("MaxInstanceCount", max(count, low)))
+    scaled = (
+        "ManagedInstanceScaling" if scaling.get("Status") == "ENABLED" else "InitialInstanceCount"
+    )
+    if async_config is None:
+        spec["mode"] = "realtime"
+        spec["realtime"] = {"minReplicas": low, "maxReplicas": high}
+        origins["realtime"] = f"{field}{scaled}"
+        return _validated(spec, origins)
+    output = async_config["OutputConfig"]
+    notify = output.get("NotificationConfig") or {}
+    notification: JsonObject = {"topic": True}
+    for key, name in (("successWebhook", "SuccessTopic"), ("errorWebhook", "ErrorTopic")):
+        topic = notify.get(name)
+        if isinstance(topic, str) and topic.startswith(("http://", "https://")):
+            notification[key] = topic  # an SNS topic ARN is announced on our topic exchange
+    block_async: JsonObject = {
+        "outputPath": output["S3OutputPath"],
+        "minReplicas": low,
+        "maxReplicas": high,
+        "notification": notification,
+    }
+    if output.get("S3FailurePath"):
+        block_async["failurePath"] = output["S3FailurePath"]
+    client = async_config.get("ClientConfig") or {}
+    if "MaxConcurrentInvocationsPerInstance" in client:
+        block_async["maxConcurrentInvocationsPerInstance"] = client[
+            "MaxConcurrentInvocationsPerInstance"
+        ]
+    if defaults.broker_secret:
+        block_async["brokerSecretRef"] = {"name": defaults.broker_secret}
+    spec["mode"] = "async"
+    spec["async"] = block_async
+    origins.update({
+        "async.outputPath": "AsyncInferenceConfig.OutputConfig.S3OutputPath",
+        "async.failurePath": "AsyncInferenceConfig.OutputConfig.S3FailurePath",
+        "async.maxConcurrentInvocationsPerInstance":
+            "AsyncInferenceConfig.ClientConfig.MaxConcurrentInvocationsPerInstance",
+        "async": f"{field}{scaled}",
+    })  # fmt: skip
+    return _validated(spec, origins)
+
+
+def endpoint_object(
+    name: str, config: JsonObject, model: JsonObject, defaults: Defaults
+) -> JsonObject:
+    """CreateEndpoint / UpdateEndpoint: the InferenceEndpoint of ``config``'s variant."""
+    spec = endpoint_spec(config, model, defaults)
+    _, image = _model_block(model, served=spec["mode"] != "async")
+    described = {
+        "EndpointConfigName": config["EndpointConfigName"],
+        "ProductionVariants": config["ProductionVariants"],
+        "AsyncInferenceConfig": config.get("AsyncInferenceConfig"),
+        "Image": image,
+        "EndpointArn": arn(defaults, "endpoint", name),
+    }
+    annotations = {REQUEST_ANNOTATION: json.dumps({k: v for k, v in described.items() if v})}
+    return _object(name, ENDPOINT, spec, annotations, defaults)
+
+
+TRANSFORM_FIELDS = {
+    "TransformJobName", "ModelName", "MaxConcurrentTransforms", "ModelClientConfig",
+    "MaxPayloadInMB", "BatchStrategy", "TransformInput", "TransformOutput", "TransformResources",
+    "DataProcessing", "Tags", "Environment",
+}  # fmt: skip
+
+
+def transform_object(
+    request: JsonObject, model: JsonObject | None, defaults: Defaults
+) -> JsonObject:
+    """CreateTransformJob: a batch InferenceEndpoint with every field ``BatchSpec`` has."""
+    name = check_name("TransformJobName", request.get("TransformJobName"), kubernetes=True)
+    only("", request, TRANSFORM_FIELDS)
+    if model is None:
+        raise ValidationException(
+            f'Could not find model "{arn(defaults, "model", str(request.get("ModelName")))}".'
+        )
+    for key in mapping("Environment", request.get("Environment")):
+        raise ValidationException(f"Environment {key} is not supported by infermodes")
+    source = mapping("TransformInput", request.get("TransformInput"))
+    only("TransformInput.", source, {"DataSource", "ContentType", "CompressionType", "SplitType"})
+    data_source = mapping("TransformInput.DataSource", source.get("DataSource"))
+    s3 = mapping("TransformInput.DataSource.S3DataSource", data_source.get("S3DataSource"))
+    output = mapping("TransformOutput", request.get("TransformOutput"))
+    only("TransformOutput.", output, {"S3OutputPath", "Accept", "AssembleWith"})
+    resources = mapping("TransformResources", request.get("TransformResources"))
+    only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
+    client = mapping("ModelClientConfig", request.get("ModelClientConfig"))
+    processing = mapping("DataProcessing", request.get("DataProcessing"))
+    pairs: list[tuple[JsonObject, str, Mapping[str, Any], str, str]] = []
+    batch_input: JsonObject = {"uri": s3.get("S3Uri"), "dataType": s3.get("S3DataType")}
+    batch_output: JsonObject = {"uri": output.get("S3OutputPath")}
+    batch: JsonObject = {"input": batch_input, "output": batch_output}
+    processing_block: JsonObject = {}
+    pairs += [
+        (batch_input, "contentType", source, "ContentType", "TransformInput."),
+        (batch_input, "compressionType", source, "CompressionType", "TransformInput."),
+        (batch_input, "splitType", source, "SplitType", "TransformInput."),
+        (batch_output, "accept", output, "Accept", "TransformOutput."),
+        (batch_output, "assembleWith", output, "AssembleWith", "TransformOutput."),
+        (batch, "instanceCount", resources, "InstanceCount", "TransformResources."),
+        (batch, "maxPayloadInMB", request, "MaxPayloadInMB", ""),
+        (batch, "batchStrategy", request, "BatchStrategy", ""),
+        (batch, "invocationsMaxRetries", client, "InvocationsMaxRetries", "ModelClientConfig."),
+        (batch, "invocationsTimeoutInSeconds", client, "InvocationsTimeoutInSeconds",
+         "ModelClientConfig."),
+        (processing_block, "inputFilter", processing, "InputFilter", "DataProcessing."),
+        (processing_block, "outputFilter", processing, "OutputFilter", "DataProcessing."),
+        (processing_block, "joinSource", processing, "JoinSource", "DataProcessing."),
+    ]  # fmt: skip
+    if request.get("MaxConcurrentTransforms"):  # 0: the platform picks; here the default
+        pairs.append((batch, "maxConcurrentTransforms", request, "MaxConcurrentTransforms", ""))
+    origins = {
+        "batch.input.uri": "TransformInput.DataSource.S3DataSource.S3Uri",
+        "batch.input.dataType": "TransformInput.DataSource.S3DataSource.S3DataType",
+        "batch.output.uri": "TransformOutput.S3OutputPath",
+        "batch": "MaxPayloadInMB x MaxConcurrentTransforms",
+        "model.uri": "the model's ModelDataUrl",
+    }
+    prefixes = {id(batch): "batch.", id(batch_input): "batch.input.",
+                id(batch_output): "batch.output.",
+                id(processing_block): "batch.dataProcessing."}  # fmt: skip
+    for target, key, given, name_, where in pairs:
+        if given.get(name_) is not None:
+            target[key] = given[name_]
+        origins[prefixes[id(target)] + key] = where + name_
+    if processing_block:
+        batch["dataProcessing"] = processing_block
+    block, image = _model_block(model, served=False)
+    spec = _validated({"mode": "batch", "model": block, "batch": batch}, origins)
+    described = {k: v for k, v in request.items() if k not in ("Tags",) and v is not None} | {
+        "TransformJobArn": arn(defaults, "transform-job", name),
+        "Image": image,
+    }
+    annotations = {REQUEST_ANNOTATION: json.dumps(described)}
+    return _object(name, TRANSFORM_JOB, spec, annotations, defaults)

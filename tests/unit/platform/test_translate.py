@@ -1,0 +1,246 @@
+"""Platform requests -> records and InferenceEndpoint objects: each mode's fields, the
+actuator's defaults, and a ValidationException naming the field for what we cannot run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from infermodes.endpoints.spec import BatchSpec, EndpointSpec
+from infermodes.platform.errors import ValidationException
+from infermodes.platform.translate import (
+    KIND_LABEL,
+    NAME_ANNOTATION,
+    REQUEST_ANNOTATION,
+    Defaults,
+    endpoint_config_record,
+    endpoint_object,
+    model_record,
+    transform_object,
+)
+
+XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+DEFAULTS = Defaults()
+
+
+def model(**container: Any) -> dict[str, Any]:
+    request = {"ModelName": "abalone", "ExecutionRoleArn": "arn:aws:iam::123456789012:role/r",
+               "PrimaryContainer": {"Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz",
+                                    **container}}  # fmt: skip
+    return model_record(request, DEFAULTS)
+
+
+def config(variant: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+    request = {"EndpointConfigName": "cfg", "ProductionVariants": [
+        {"VariantName": "AllTraffic", "ModelName": "abalone",
+         **(variant or {"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}})}],
+        **more}  # fmt: skip
+    return endpoint_config_record(request, {"abalone": model()}, DEFAULTS)
+
+
+def spec_of(cfg: dict[str, Any], defaults: Defaults = DEFAULTS, **container: Any) -> Any:
+    return endpoint_object("Abalone-EP", cfg, model(**container), defaults)
+
+
+def test_serverless_config_becomes_a_serverless_endpoint_named_in_lower_case() -> None:
+    cfg = config({"ServerlessConfig": {"MemorySizeInMB": 3072, "MaxConcurrency": 7,
+                                       "ProvisionedConcurrency": 2}})  # fmt: skip
+    obj = spec_of(cfg)
+    assert obj["metadata"]["name"] == "abalone-ep"
+    assert obj["metadata"]["annotations"][NAME_ANNOTATION] == "Abalone-EP"
+    assert obj["metadata"]["labels"][KIND_LABEL] == "Endpoint"
+    assert obj["spec"] == {
+        "mode": "serverless",
+        "model": {"uri": "s3://b/model.tar.gz"},
+        "serverless": {"memorySizeInMB": 3072, "maxConcurrency": 7, "provisionedConcurrency": 2},
+    }
+    assert json.loads(obj["metadata"]["annotations"][REQUEST_ANNOTATION])["Image"] == XGBOOST
+    EndpointSpec.model_validate(obj["spec"])
+
+
+def test_instances_become_a_realtime_endpoint_of_that_many_replicas() -> None:
+    obj = spec_of(config({"InstanceType": "ml.m5.large", "InitialInstanceCount": 3}))
+    assert obj["spec"]["mode"] == "realtime"
+    assert obj["spec"]["realtime"] == {"minReplicas": 3, "maxReplicas": 3}
+    scaled = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 1,
+              "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 1,
+                                         "MaxInstanceCount": 4}}  # fmt: skip
+    assert spec_of(config(scaled))["spec"]["realtime"] == {"minReplicas": 1, "maxReplicas": 4}
+
+
+def test_async_config_becomes_an_async_endpoint_with_its_paths_concurrency_and_notifications() -> (
+    None
+):
+    async_config = {
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 8},
+        "OutputConfig": {
+            "S3OutputPath": "s3://b/out/",
+            "S3FailurePath": "s3://b/failed/",
+            "NotificationConfig": {"SuccessTopic": "arn:aws:sns:us-east-1:123456789012:ok",
+                                   "ErrorTopic": "http://127.0.0.1:9/errors"},
+        },
+    }  # fmt: skip
+    cfg = config({"InstanceType": "ml.m5.large", "InitialInstanceCount": 1},
+                 AsyncInferenceConfig=async_config)  # fmt: skip
+    defaults = Defaults(namespace="ns", storage_secret="s3-keys", broker_secret="amqp")
+    obj = spec_of(cfg, defaults)
+    assert obj["metadata"]["namespace"] == "ns"
+    assert obj["spec"]["storageSecretRef"] == {"name": "s3-keys"}
+    assert obj["spec"]["async"] == {
+        "outputPath": "s3://b/out/",
+        "failurePath": "s3://b/failed/",
+        "maxConcurrentInvocationsPerInstance": 8,
+        "minReplicas": 1,
+        "maxReplicas": 1,
+        "notification": {"topic": True, "errorWebhook": "http://127.0.0.1:9/errors"},
+        "brokerSecretRef": {"name": "amqp"},
+    }
+    EndpointSpec.model_validate(obj["spec"])
+
+
+def transform_request(**more: Any) -> dict[str, Any]:
+    return {
+        "TransformJobName": "Score-1",
+        "ModelName": "abalone",
+        "MaxConcurrentTransforms": 2,
+        "MaxPayloadInMB": 4,
+        "BatchStrategy": "SingleRecord",
+        "ModelClientConfig": {"InvocationsTimeoutInSeconds": 30, "InvocationsMaxRetries": 1},
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": "s3://b/m"}},
+            "ContentType": "application/jsonlines",
+            "SplitType": "Line",
+            "CompressionType": "Gzip",
+        },
+        "TransformOutput": {"S3OutputPath": "s3://b/out/", "Accept": "application/json",
+                            "AssembleWith": "None"},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 3},
+        "DataProcessing": {"InputFilter": "$.features", "OutputFilter": "$",
+                           "JoinSource": "Input"},
+        **more,
+    }  # fmt: skip
+
+
+def test_a_transform_job_becomes_a_batch_endpoint_with_every_field_batch_spec_has() -> None:
+    obj = transform_object(transform_request(), model(), DEFAULTS)
+    batch = obj["spec"]["batch"]
+    assert batch == {
+        "input": {"uri": "s3://b/m", "dataType": "ManifestFile", "contentType":
+                  "application/jsonlines", "splitType": "Line", "compressionType": "Gzip"},
+        "output": {"uri": "s3://b/out/", "accept": "application/json", "assembleWith": "None"},
+        "instanceCount": 3,
+        "maxConcurrentTransforms": 2,
+        "maxPayloadInMB": 4,
+        "batchStrategy": "SingleRecord",
+        "invocationsMaxRetries": 1,
+        "invocationsTimeoutInSeconds": 30,
+        "dataProcessing": {"inputFilter": "$.features", "outputFilter": "$",
+                           "joinSource": "Input"},
+    }  # fmt: skip
+    # every field of BatchSpec the platform has is set (resources and stop are ours)
+    translated = {BatchSpec.model_fields[name].alias for name in BatchSpec.model_fields}
+    assert translated - set(batch) == {"resources", "stop"}
+    assert obj["metadata"]["labels"][KIND_LABEL] == "TransformJob"
+    EndpointSpec.model_validate(obj["spec"])
+
+
+def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> None:
+    obj = spec_of(config(), Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
+    assert obj["spec"]["model"]["inferenceOutput"] == "predicted_label"
+    chosen = model(Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
+    with pytest.raises(ValidationException, match="SAGEMAKER_INFERENCE_OUTPUT"):
+        transform_object(transform_request(), chosen, DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("container", "named"),
+    [
+        ({"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1"},
+         "PrimaryContainer.Image"),
+        ({"Mode": "MultiModel"}, "PrimaryContainer.Mode"),
+        ({"Environment": {"SAGEMAKER_PROGRAM": "serve.py"}},
+         "PrimaryContainer.Environment SAGEMAKER_PROGRAM"),
+        ({"ModelDataUrl": None}, "PrimaryContainer.ModelDataUrl"),
+        ({"ModelDataSource": {"S3DataSource": {}}}, "PrimaryContainer.ModelDataSource"),
+    ],
+)  # fmt: skip
+def test_containers_we_cannot_run_are_refused_naming_the_field(
+    container: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValidationException, match=named.replace(".", r"\.")):
+        model(**container)
+
+
+def test_models_with_more_than_we_run_are_refused() -> None:
+    two = [{"ModelDataUrl": "s3://b/a"}, {"ModelDataUrl": "s3://b/b"}]
+    with pytest.raises(ValidationException, match="Containers: inference pipelines"):
+        model_record({"ModelName": "m", "Containers": two}, DEFAULTS)
+    vpc = {"SecurityGroupIds": ["sg-1"], "Subnets": ["s-1"]}
+    with pytest.raises(ValidationException, match="VpcConfig is not supported"):
+        model_record({"ModelName": "m", "PrimaryContainer": two[0], "VpcConfig": vpc}, DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("variant", "more", "named"),
+    [
+        ({"ServerlessConfig": {"MemorySizeInMB": 1500, "MaxConcurrency": 5}}, {},
+         r"ProductionVariants\[0\]\.ServerlessConfig\.MemorySizeInMB"),
+        ({"ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 5,
+                               "ProvisionedConcurrency": 6}}, {},
+         r"ProductionVariants\[0\]\.ServerlessConfig"),
+        ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 101}, {},
+         r"ProductionVariants\[0\]\.InitialInstanceCount"),
+        ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 1, "AcceleratorType":
+          "ml.eia1.medium"}, {}, r"ProductionVariants\[0\]\.AcceleratorType"),
+        ({"InstanceType": "ml.m5.large"}, {}, "InstanceType and InitialInstanceCount"),
+        (None, {"DataCaptureConfig": {"EnableCapture": True}}, "DataCaptureConfig"),
+        (None, {"AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://b/o"}}},
+         "AsyncInferenceConfig: an asynchronous endpoint runs on instances"),
+        ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 1},
+         {"AsyncInferenceConfig": {"OutputConfig": {"KmsKeyId": "k", "S3OutputPath": "s3://o"}}},
+         r"AsyncInferenceConfig\.OutputConfig\.KmsKeyId"),
+        ({"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}, "ModelName": "nope"},
+         {}, 'Could not find model "arn:aws:sagemaker:us-east-1:000000000000:model/nope"'),
+    ],
+)  # fmt: skip
+def test_endpoint_configs_we_cannot_run_are_refused_naming_the_field(
+    variant: dict[str, Any] | None, more: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValidationException, match=named):
+        config(variant, **more)
+
+
+def test_one_production_variant_only() -> None:
+    variant = {"VariantName": "v", "ModelName": "abalone", "ServerlessConfig":
+               {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}  # fmt: skip
+    request = {"EndpointConfigName": "cfg", "ProductionVariants": [variant, variant]}
+    with pytest.raises(ValidationException, match="exactly one production variant per endpoint, got 2"):
+        endpoint_config_record(request, {"abalone": model()}, DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("more", "named"),
+    [
+        ({"MaxPayloadInMB": 60, "MaxConcurrentTransforms": 2},
+         "MaxPayloadInMB x MaxConcurrentTransforms"),
+        ({"BatchStrategy": "Whatever"}, "BatchStrategy"),
+        ({"DataCaptureConfig": {"DestinationS3Uri": "s3://b/c"}}, "DataCaptureConfig"),
+        ({"TransformJobName": "1job"}, "must start with a letter"),
+        ({"TransformJobName": "a" * 51}, "at most 50 characters"),
+        ({"Environment": {"A": "b"}}, "Environment A"),
+    ],
+)  # fmt: skip
+def test_transform_jobs_we_cannot_run_are_refused_naming_the_field(
+    more: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValidationException, match=named):
+        transform_object(transform_request(**more), model(), DEFAULTS)
+
+
+def test_split_types_we_do_not_read_are_refused_naming_the_field() -> None:
+    request = transform_request()
+    request["TransformInput"]["SplitType"] = "RecordIO"
+    with pytest.raises(ValidationException, match=r"TransformInput\.SplitType"):
+        transform_object(request, model(), DEFAULTS)
