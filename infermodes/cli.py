@@ -62,6 +62,16 @@ def main() -> None:
     help="Seconds for a request's body to arrive after its headers (408 beyond). [default 60]",
 )
 @click.option(
+    "--max-batch-rows",
+    type=int,
+    help="Rows one predict call may gather from concurrent requests; 1: no batching. [default 128]",
+)
+@click.option(
+    "--max-batch-wait-us",
+    type=int,
+    help="Microseconds a batch waits for more requests. [default 0: none]",
+)
+@click.option(
     "--allow-pickle",
     is_flag=True,
     default=None,
@@ -103,11 +113,18 @@ def operator_command(namespaces: tuple[str, ...], **options: Any) -> None:
 
 
 @main.command()
-def crd() -> None:
-    """Print the InferenceEndpoint CustomResourceDefinition (YAML)."""
-    from infermodes.operator.crd import crd_yaml
+@click.option(
+    "--kind",
+    type=click.Choice(["InferenceEndpoint", "InferenceModel", "InferenceEndpointConfig"]),
+    default="InferenceEndpoint",
+    show_default=True,
+    help="Which CRD (the other two keep the platform API's models and endpoint configs).",
+)
+def crd(kind: str) -> None:
+    """Print a CustomResourceDefinition (YAML)."""
+    from infermodes.operator.crd import crd_yaml, record_crd_yaml
 
-    click.echo(crd_yaml(), nl=False)
+    click.echo(crd_yaml() if kind == "InferenceEndpoint" else record_crd_yaml(kind), nl=False)
 
 
 @main.command()

@@ -1,6 +1,7 @@
 """The gateway's view of Kubernetes, over the REST API with httpx (the ``kubernetes`` client is
 the operator's alone): list + watch of InferenceEndpoints and model-server Pods in each watched
-namespace, and the demand annotation as a merge patch.
+namespace, the demand annotation as a merge patch, and the platform API's creates, replaces and
+deletes (``platform_store.py``).
 
 Watches resume from the last resourceVersion (bookmarks keep it fresh), relist on 410 Gone and
 reconnect with a bounded back-off. Credentials: the pod's service account when running
@@ -174,6 +175,17 @@ class KubeApi:
             raise ApiError(response.status_code, response.text[:500])
         result: dict[str, Any] = response.json()
         return result
+
+    async def send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """One create (POST), replace (PUT) or delete (DELETE); its answer's JSON. Any status
+        but 200/201/202 is an ``ApiError`` (409 a name taken or a stale resourceVersion, 404
+        nothing there)."""
+        content = None if body is None else json.dumps(body)
+        headers = self._headers({"Content-Type": "application/json"} if content else None)
+        response = await self.client.request(method, path, content=content, headers=headers)
+        if response.status_code not in (200, 201, 202):
+            raise ApiError(response.status_code, response.text[:500])
+        return response.json()
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
         response = await self.client.patch(

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from infermodes.endpoints import spec as s
-from infermodes.operator.crd import crd_manifest, crd_yaml
+from infermodes.operator.crd import crd_files, crd_manifest, crd_yaml
 from infermodes.operator.reconcile import parse_spec
 
 REPO = Path(__file__).resolve().parents[3]
@@ -18,13 +18,20 @@ def batch_spec(**fields: object) -> dict:
     return {"mode": "batch", "model": MODEL, "batch": block}
 
 
-def test_committed_crd_is_generated_from_the_models() -> None:
+def test_committed_crds_are_generated_from_the_models() -> None:
     assert (REPO / "crds/inferenceendpoints.yaml").read_text() == crd_yaml()
+    files = crd_files()
+    assert set(files) == {"inferenceendpoints.yaml", "inferencemodels.yaml",
+                          "inferenceendpointconfigs.yaml"}  # fmt: skip
+    assert {p.name for p in (REPO / "crds").glob("*.yaml")} == set(files)
+    for name, text in files.items():
+        assert (REPO / "crds" / name).read_text() == text, name
 
 
-def test_chart_carries_the_same_crd() -> None:
-    chart_copy = REPO / "charts/infermodes/crds/inferenceendpoints.yaml"
-    assert chart_copy.read_text() == (REPO / "crds/inferenceendpoints.yaml").read_text()
+def test_chart_carries_the_same_crds() -> None:
+    for committed in (REPO / "crds").glob("*.yaml"):
+        chart_copy = REPO / "charts/infermodes/crds" / committed.name
+        assert chart_copy.read_text() == committed.read_text()
 
 
 def walk(schema: dict, path: str = "") -> dict[str, dict]:

@@ -1,0 +1,129 @@
+"""The managed platform API's state on Kubernetes (``platform/store.py``'s interface): models and
+endpoint configs are ``InferenceModel`` and ``InferenceEndpointConfig`` objects whose spec is the
+accepted record, endpoints and transform jobs are ``InferenceEndpoint`` objects the operator
+reconciles as any other. All live in one namespace per gateway, so ``kubectl get
+inferencemodels,inferenceendpointconfigs,inferenceendpoints`` there shows everything the API
+holds and nothing lives only in the gateway's memory.
+
+Platform names may carry upper case; a Kubernetes name is the platform name lower-cased (the
+record keeps the name as it was given). The CRDs come from ``operator/crd.py``
+(``RECORD_CRDS``), which the gateway may not import: the plurals here must match its."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermodes.endpoints.demand import ANNOTATION_PREFIX
+from infermodes.endpoints.spec import GROUP, VERSION
+from infermodes.gateway.kube import ENDPOINTS_PATH, ApiError, KubeApi, scoped
+from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+
+RECORD_RESOURCES = {
+    RecordKind.MODEL: ("InferenceModel", "inferencemodels"),
+    RecordKind.ENDPOINT_CONFIG: ("InferenceEndpointConfig", "inferenceendpointconfigs"),
+}
+REPLACE_ATTEMPTS = 5  # a replace that meets another writer's change reads and tries again
+
+
+def kube_name(name: str) -> str:
+    return name.lower()
+
+
+class KubePlatformStore:
+    """``PlatformStore`` over the gateway's REST client, in ``namespace``."""
+
+    def __init__(self, api: KubeApi, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.endpoints = scoped(namespace, ENDPOINTS_PATH)
+
+    def _records(self, kind: RecordKind) -> str:
+        return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{RECORD_RESOURCES[kind][1]}"
+
+    async def _create(self, path: str, obj: JsonObject, what: str) -> None:
+        try:
+            await self.api.send("POST", path, obj)
+        except ApiError as exc:
+            if exc.status == 409:
+                raise AlreadyExists(f"{what} {obj['metadata']['name']!r} exists") from None
+            raise
+
+    async def _read(self, path: str) -> JsonObject | None:
+        try:
+            return await self.api.get(path, {})
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _delete(self, path: str, what: str) -> None:
+        try:
+            await self.api.send("DELETE", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise NotFound(f"{what} {path.rsplit('/', 1)[-1]!r} does not exist") from None
+            raise
+
+    async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
+        resource_kind, _ = RECORD_RESOURCES[kind]
+        obj = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": resource_kind,
+            "metadata": {"name": kube_name(name), "namespace": self.namespace},
+            "spec": record,
+        }
+        await self._create(self._records(kind), obj, resource_kind)
+
+    async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
+        found = await self._read(f"{self._records(kind)}/{kube_name(name)}")
+        return None if found is None else dict(found.get("spec") or {})
+
+    async def list_records(self, kind: RecordKind) -> list[JsonObject]:
+        listed = await self.api.get(self._records(kind), {})
+        return [dict(item.get("spec") or {}) for item in listed.get("items") or []]
+
+    async def delete_record(self, kind: RecordKind, name: str) -> None:
+        path = f"{self._records(kind)}/{kube_name(name)}"
+        await self._delete(path, RECORD_RESOURCES[kind][0])
+
+    async def create_endpoint(self, endpoint: JsonObject) -> None:
+        meta = {**endpoint.get("metadata", {}), "namespace": self.namespace}
+        meta["name"] = kube_name(str(meta["name"]))
+        await self._create(self.endpoints, {**endpoint, "metadata": meta}, "InferenceEndpoint")
+
+    async def replace_endpoint(self, endpoint: JsonObject) -> None:
+        """Spec, labels and annotations as given; the gateways' demand annotations stay (they
+        are theirs). Read, change, put with the read's resourceVersion; a conflict reads again."""
+        meta = endpoint.get("metadata") or {}
+        name = kube_name(str(meta["name"]))
+        path = f"{self.endpoints}/{name}"
+        for _ in range(REPLACE_ATTEMPTS):
+            current = await self._read(path)
+            if current is None:
+                raise NotFound(f"InferenceEndpoint {name!r} does not exist")
+            kept = current["metadata"].get("annotations") or {}
+            current["metadata"]["labels"] = dict(meta.get("labels") or {})
+            current["metadata"]["annotations"] = {
+                **{k: v for k, v in kept.items() if k.startswith(ANNOTATION_PREFIX)},
+                **(meta.get("annotations") or {}),
+            }
+            current["spec"] = endpoint["spec"]
+            try:
+                await self.api.send("PUT", path, current)
+                return
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise NotFound(f"InferenceEndpoint {name!r} does not exist") from None
+                if exc.status != 409:
+                    raise
+        raise ApiError(409, f"InferenceEndpoint {name!r} kept changing; not replaced")
+
+    async def read_endpoint(self, name: str) -> JsonObject | None:
+        return await self._read(f"{self.endpoints}/{kube_name(name)}")
+
+    async def list_endpoints(self) -> list[JsonObject]:
+        listed: dict[str, Any] = await self.api.get(self.endpoints, {})
+        return list(listed.get("items") or [])
+
+    async def delete_endpoint(self, name: str) -> None:
+        await self._delete(f"{self.endpoints}/{kube_name(name)}", "InferenceEndpoint")
