@@ -79,8 +79,13 @@ def failure_reason(obj: JsonObject) -> str:
 
 
 def endpoint_status(obj: JsonObject) -> str:
-    """Creating until the actuator reports; Updating while an updated endpoint comes up."""
+    """Creating until the actuator reports; Updating while an updated endpoint comes up (its
+    new spec not observed yet, or its replicas starting again)."""
     phase = phase_of(obj)
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if phase not in (None, Phase.FAILED) and generation and observed and observed < generation:
+        return "Updating"
     if phase in (None, Phase.CREATING) and modified(obj) > created(obj) + 1.0:
         return "Updating"
     return ENDPOINT_STATUS.get(phase or Phase.CREATING, "Creating")

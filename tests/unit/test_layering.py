@@ -22,9 +22,10 @@ ALLOWED: dict[str, set[str]] = {
     "queueing": set(),
     "server": {"predict"},
     "workers": {"predict", "queueing"},
-    "gateway": {"predict", "queueing", "endpoints"},
+    "platform": {"endpoints"},
+    "gateway": {"predict", "queueing", "endpoints", "platform"},
     "operator": {"endpoints", "queueing"},
-    "local": {"endpoints", "predict", "queueing", "gateway", "server", "workers"},
+    "local": {"endpoints", "predict", "queueing", "gateway", "server", "workers", "platform"},
     "cli": {
         "server",
         "workers",
@@ -34,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
         "predict",
         "queueing",
         "local",
+        "platform",
     },
 }
 

@@ -35,6 +35,7 @@ class MemoryStore:
         if name in self.endpoints:
             raise AlreadyExists(name)
         stored = copy.deepcopy(endpoint)
+        stored["metadata"]["generation"] = 1
         stored["metadata"]["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.endpoints[name] = stored
 
@@ -44,6 +45,7 @@ class MemoryStore:
             raise NotFound(name)
         stored = self.endpoints[name]
         stored["spec"] = copy.deepcopy(endpoint["spec"])
+        stored["metadata"]["generation"] += 1
         for key in ("labels", "annotations"):
             stored["metadata"][key] = copy.deepcopy(endpoint["metadata"].get(key) or {})
 
@@ -58,4 +60,5 @@ class MemoryStore:
             raise NotFound(name)
 
     def set_status(self, name: str, phase: str, **more: Any) -> None:
-        self.endpoints[name]["status"] = {"phase": phase, **more}
+        generation = self.endpoints[name]["metadata"]["generation"]
+        self.endpoints[name]["status"] = {"phase": phase, "observedGeneration": generation, **more}

@@ -1,0 +1,343 @@
+"""The control plane's operations: each takes the request's JSON and answers the platform's
+output shape, or raises the platform's error. Names are case-insensitive as the platform's are:
+records and objects are kept under the lower-cased name, answers carry the name as given."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from infermodes.platform.describe import (
+    describe_endpoint,
+    describe_transform_job,
+    endpoint_summary,
+    given_name,
+    job_status,
+    kind_of,
+    transform_job_summary,
+)
+from infermodes.platform.errors import (
+    ResourceInUse,
+    ResourceLimitExceeded,
+    ResourceNotFound,
+    ValidationException,
+)
+from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, PlatformStore, RecordKind
+from infermodes.platform.translate import (
+    ENDPOINT,
+    MODIFIED_ANNOTATION,
+    TRANSFORM_JOB,
+    Defaults,
+    arn,
+    check_name,
+    endpoint_config_record,
+    endpoint_object,
+    model_record,
+    only,
+    transform_object,
+)
+
+DEFAULT_MAX_RESULTS = 10
+MAX_RESULTS = 100
+MODEL_OUTPUT = ("ModelName", "PrimaryContainer", "Containers", "ExecutionRoleArn",
+                "CreationTime", "ModelArn", "EnableNetworkIsolation")  # fmt: skip
+CONFIG_OUTPUT = ("EndpointConfigName", "EndpointConfigArn", "ProductionVariants",
+                 "CreationTime", "AsyncInferenceConfig", "ExecutionRoleArn",
+                 "EnableNetworkIsolation")  # fmt: skip
+LIST_FIELDS = {"SortBy", "SortOrder", "NextToken", "MaxResults", "NameContains",
+               "CreationTimeBefore", "CreationTimeAfter", "LastModifiedTimeBefore",
+               "LastModifiedTimeAfter", "StatusEquals"}  # fmt: skip
+RESOURCE = {RecordKind.MODEL: "model", RecordKind.ENDPOINT_CONFIG: "endpoint-config"}
+SPOKEN = {RecordKind.MODEL: "model", RecordKind.ENDPOINT_CONFIG: "endpoint configuration"}
+
+
+def required(request: JsonObject, key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValidationException(f"{key} is required")
+    return value
+
+
+def number(request: JsonObject, key: str) -> float | None:
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationException(f"{key} must be a number (epoch seconds)")
+    return float(value)
+
+
+def page(request: JsonObject, items: list[JsonObject], name_key: str,
+         status_key: str | None) -> tuple[list[JsonObject], str | None]:  # fmt: skip
+    """Filter, sort and cut one page as the List operations define it; ``NextToken`` is the
+    offset of the next page."""
+    only("", request, LIST_FIELDS)
+    contains = request.get("NameContains")
+    if contains is not None:
+        items = [i for i in items if str(contains).lower() in i[name_key].lower()]
+    for key, field, before in (("CreationTimeBefore", "CreationTime", True),
+                               ("CreationTimeAfter", "CreationTime", False),
+                               ("LastModifiedTimeBefore", "LastModifiedTime", True),
+                               ("LastModifiedTimeAfter", "LastModifiedTime", False)):  # fmt: skip
+        bound = number(request, key)
+        if bound is not None:
+            items = [i for i in items if field in i and (i[field] < bound) == before]
+    if request.get("StatusEquals") is not None:
+        if status_key is None:
+            raise ValidationException("StatusEquals is not a filter of this list")
+        items = [i for i in items if i[status_key] == request["StatusEquals"]]
+    sort_by = request.get("SortBy", "CreationTime")
+    sort_key = {"Name": name_key, "CreationTime": "CreationTime", "Status": status_key}.get(
+        str(sort_by)
+    )
+    if sort_key is None:
+        raise ValidationException(f"SortBy {sort_by!r} is not a sort key of this list")
+    order = request.get("SortOrder", "Descending")
+    if order not in ("Ascending", "Descending"):
+        raise ValidationException(f"SortOrder {order!r}: Ascending or Descending")
+    items.sort(key=lambda i: (i[sort_key], i[name_key]), reverse=order == "Descending")
+    size = request.get("MaxResults", DEFAULT_MAX_RESULTS)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_RESULTS:
+        raise ValidationException(f"MaxResults {size!r}: 1 to {MAX_RESULTS}")
+    token = request.get("NextToken") or "0"
+    if not isinstance(token, str) or not token.isdigit():
+        raise ValidationException(f"NextToken {token!r} is not one this API gave")
+    start = int(token)
+    rest = items[start + size :]
+    return items[start : start + size], (str(start + size) if rest else None)
+
+
+class ControlPlane:
+    """The seventeen operations over one store."""
+
+    def __init__(self, store: PlatformStore, defaults: Defaults) -> None:
+        self.store = store
+        self.defaults = defaults
+
+    def operations(self) -> dict[str, Callable[[JsonObject], Awaitable[JsonObject]]]:
+        names = (
+            "CreateModel", "DescribeModel", "ListModels", "DeleteModel", "CreateEndpointConfig",
+            "DescribeEndpointConfig", "ListEndpointConfigs", "DeleteEndpointConfig",
+            "CreateEndpoint", "DescribeEndpoint", "ListEndpoints", "UpdateEndpoint",
+            "DeleteEndpoint", "CreateTransformJob", "DescribeTransformJob", "ListTransformJobs",
+            "StopTransformJob",
+        )  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+    # records
+    def _missing(self, kind: RecordKind, name: str) -> ValidationException:
+        where = arn(self.defaults, RESOURCE[kind], name)
+        return ValidationException(f'Could not find {SPOKEN[kind]} "{where}".')
+
+    async def _record(self, kind: RecordKind, name: str) -> JsonObject:
+        found = await self.store.read_record(kind, name.lower())
+        if found is None:
+            raise self._missing(kind, name)
+        return found
+
+    async def _create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
+        try:
+            await self.store.create_record(kind, name.lower(), record)
+        except AlreadyExists:
+            where = arn(self.defaults, RESOURCE[kind], name)
+            raise ValidationException(
+                f'Cannot create already existing {SPOKEN[kind]} "{where}".'
+            ) from None
+
+    async def _delete_record(self, kind: RecordKind, name: str) -> JsonObject:
+        try:
+            await self.store.delete_record(kind, name.lower())
+        except NotFound:
+            raise self._missing(kind, name) from None
+        return {}
+
+    async def _list_records(
+        self, kind: RecordKind, request: JsonObject, name_key: str, arn_key: str, list_key: str
+    ) -> JsonObject:
+        records = await self.store.list_records(kind)
+        items = [{name_key: r[name_key], arn_key: r[arn_key], "CreationTime": r["CreationTime"]}
+                 for r in records]  # fmt: skip
+        if request.get("SortBy") == "Status":
+            raise ValidationException("SortBy Status is not a sort key of this list")
+        found, token = page(request, items, name_key, None)
+        return {list_key: found, **({"NextToken": token} if token else {})}
+
+    async def CreateModel(self, request: JsonObject) -> JsonObject:
+        record = model_record(request, self.defaults)
+        await self._create_record(RecordKind.MODEL, record["ModelName"], record)
+        return {"ModelArn": record["ModelArn"]}
+
+    async def DescribeModel(self, request: JsonObject) -> JsonObject:
+        record = await self._record(RecordKind.MODEL, required(request, "ModelName"))
+        return {key: record[key] for key in MODEL_OUTPUT if key in record}
+
+    async def ListModels(self, request: JsonObject) -> JsonObject:
+        return await self._list_records(RecordKind.MODEL, request, "ModelName", "ModelArn",
+                                        "Models")  # fmt: skip
+
+    async def DeleteModel(self, request: JsonObject) -> JsonObject:
+        return await self._delete_record(RecordKind.MODEL, required(request, "ModelName"))
+
+    async def CreateEndpointConfig(self, request: JsonObject) -> JsonObject:
+        names = {str(v["ModelName"]) for v in request.get("ProductionVariants") or []
+                 if isinstance(v, dict) and isinstance(v.get("ModelName"), str)}  # fmt: skip
+        models = {n: await self.store.read_record(RecordKind.MODEL, n.lower()) for n in names}
+        record = endpoint_config_record(request, models, self.defaults)
+        await self._create_record(RecordKind.ENDPOINT_CONFIG, record["EndpointConfigName"], record)
+        return {"EndpointConfigArn": record["EndpointConfigArn"]}
+
+    async def DescribeEndpointConfig(self, request: JsonObject) -> JsonObject:
+        name = required(request, "EndpointConfigName")
+        record = await self._record(RecordKind.ENDPOINT_CONFIG, name)
+        return {key: record[key] for key in CONFIG_OUTPUT if key in record}
+
+    async def ListEndpointConfigs(self, request: JsonObject) -> JsonObject:
+        return await self._list_records(RecordKind.ENDPOINT_CONFIG, request,
+                                        "EndpointConfigName", "EndpointConfigArn",
+                                        "EndpointConfigs")  # fmt: skip
+
+    async def DeleteEndpointConfig(self, request: JsonObject) -> JsonObject:
+        name = required(request, "EndpointConfigName")
+        return await self._delete_record(RecordKind.ENDPOINT_CONFIG, name)
+
+    # endpoints and transform jobs: InferenceEndpoint objects
+    async def _objects(self, kind: str) -> list[JsonObject]:
+        return [o for o in await self.store.list_endpoints() if kind_of(o) == kind]
+
+    async def _object(self, kind: str, name: str) -> JsonObject | None:
+        found = await self.store.read_endpoint(name.lower())
+        return found if found is not None and kind_of(found) == kind else None
+
+    async def _endpoint(self, name: str) -> JsonObject:
+        found = await self._object(ENDPOINT, name)
+        if found is None:
+            where = arn(self.defaults, "endpoint", name)
+            raise ValidationException(f'Could not find endpoint "{where}".')
+        return found
+
+    async def _job(self, name: str) -> JsonObject:
+        found = await self._object(TRANSFORM_JOB, name)
+        if found is None:
+            raise ResourceNotFound(f"Could not find requested job with name {name}")
+        return found
+
+    async def _new_object(self, obj: JsonObject, taken: Callable[[JsonObject], Exception]) -> None:
+        """Create ``obj`` unless its name is taken (by either kind) or the cap is reached."""
+        name = obj["metadata"]["name"]
+        existing = await self.store.read_endpoint(name)
+        if existing is not None:
+            raise taken(existing)
+        if len(await self.store.list_endpoints()) >= self.defaults.max_endpoints:
+            raise ResourceLimitExceeded(
+                f"at most {self.defaults.max_endpoints} endpoints and transform jobs may exist "
+                "at once; delete some first"
+            )
+        try:
+            await self.store.create_endpoint(obj)
+        except AlreadyExists:
+            raise taken(obj) from None
+
+    async def _endpoint_object(self, name: str, config_name: str) -> JsonObject:
+        config = await self._record(RecordKind.ENDPOINT_CONFIG, config_name)
+        model_name = config["ProductionVariants"][0]["ModelName"]
+        model = await self._record(RecordKind.MODEL, model_name)
+        return endpoint_object(name, config, model, self.defaults)
+
+    async def CreateEndpoint(self, request: JsonObject) -> JsonObject:
+        only("", request, {"EndpointName", "EndpointConfigName", "Tags"})
+        name = check_name("EndpointName", request.get("EndpointName"), kubernetes=True)
+        obj = await self._endpoint_object(name, required(request, "EndpointConfigName"))
+
+        def taken(existing: JsonObject) -> Exception:
+            if kind_of(existing) == ENDPOINT:
+                where = arn(self.defaults, "endpoint", name)
+                return ValidationException(f'Cannot create already existing endpoint "{where}".')
+            return ResourceInUse(
+                f"the name {name.lower()} is taken by another InferenceEndpoint (endpoints and "
+                "transform jobs share names here)"
+            )
+
+        await self._new_object(obj, taken)
+        return {"EndpointArn": arn(self.defaults, "endpoint", name)}
+
+    async def DescribeEndpoint(self, request: JsonObject) -> JsonObject:
+        obj = await self._endpoint(required(request, "EndpointName"))
+        return describe_endpoint(obj, self.defaults)
+
+    async def ListEndpoints(self, request: JsonObject) -> JsonObject:
+        items = [endpoint_summary(o, self.defaults) for o in await self._objects(ENDPOINT)]
+        found, token = page(request, items, "EndpointName", "EndpointStatus")
+        return {"Endpoints": found, **({"NextToken": token} if token else {})}
+
+    async def UpdateEndpoint(self, request: JsonObject) -> JsonObject:
+        only("", request, {"EndpointName", "EndpointConfigName", "RetainAllVariantProperties"})
+        if request.get("RetainAllVariantProperties"):
+            raise ValidationException("RetainAllVariantProperties is not supported by infermodes")
+        name = required(request, "EndpointName")
+        current = await self._endpoint(name)
+        status = describe_endpoint(current, self.defaults)["EndpointStatus"]
+        if status in ("Creating", "Updating"):
+            where = arn(self.defaults, "endpoint", name)
+            raise ValidationException(f'Cannot update in-progress endpoint "{where}".')
+        obj = await self._endpoint_object(
+            given_name(current), required(request, "EndpointConfigName")
+        )
+        try:
+            await self.store.replace_endpoint(obj)
+        except NotFound:
+            await self._endpoint(name)  # gone meanwhile: the platform's error
+        return {"EndpointArn": arn(self.defaults, "endpoint", name)}
+
+    async def DeleteEndpoint(self, request: JsonObject) -> JsonObject:
+        obj = await self._endpoint(required(request, "EndpointName"))
+        try:
+            await self.store.delete_endpoint(obj["metadata"]["name"])
+        except NotFound:
+            await self._endpoint(given_name(obj))
+        return {}
+
+    async def CreateTransformJob(self, request: JsonObject) -> JsonObject:
+        model_name = required(request, "ModelName")
+        model = await self.store.read_record(RecordKind.MODEL, model_name.lower())
+        obj = transform_object(request, model, self.defaults)
+        name = given_name(obj)
+
+        def taken(existing: JsonObject) -> Exception:
+            where = arn(self.defaults, "transform-job", name)
+            return ResourceInUse(
+                f"Job name must be unique within an AWS account and region, and a job with this "
+                f"name already exists ({where})"
+                if kind_of(existing) == TRANSFORM_JOB
+                else f"the name {name.lower()} is taken by an endpoint (endpoints and transform "
+                "jobs share names here)"
+            )
+
+        await self._new_object(obj, taken)
+        return {"TransformJobArn": arn(self.defaults, "transform-job", name)}
+
+    async def DescribeTransformJob(self, request: JsonObject) -> JsonObject:
+        obj = await self._job(required(request, "TransformJobName"))
+        return describe_transform_job(obj, self.defaults)
+
+    async def ListTransformJobs(self, request: JsonObject) -> JsonObject:
+        items = [transform_job_summary(o, self.defaults)
+                 for o in await self._objects(TRANSFORM_JOB)]  # fmt: skip
+        found, token = page(request, items, "TransformJobName", "TransformJobStatus")
+        return {"TransformJobSummaries": found, **({"NextToken": token} if token else {})}
+
+    async def StopTransformJob(self, request: JsonObject) -> JsonObject:
+        name = required(request, "TransformJobName")
+        obj = await self._job(name)
+        state = job_status(obj)
+        if state in ("Completed", "Failed"):
+            raise ValidationException(f"Transform job {name} has already ended: {state}")
+        if state in ("Stopping", "Stopped"):
+            return {}
+        obj["spec"]["batch"]["stop"] = True
+        obj["metadata"]["annotations"][MODIFIED_ANNOTATION] = str(time.time())
+        stopped = {key: obj[key] for key in ("apiVersion", "kind", "metadata", "spec")}
+        try:
+            await self.store.replace_endpoint(stopped)
+        except NotFound:
+            await self._job(name)
+        return {}

@@ -1,0 +1,108 @@
+"""The platform's control plane over its JSON 1.1 protocol: ``POST /`` with
+``X-Amz-Target: SageMaker.<Operation>``, a JSON body in and out, errors as
+``{"__type": <code>, "message": ...}`` with the code in ``x-amzn-ErrorType`` too (HTTP 400 for a
+caller's mistake), so boto3's ``sagemaker`` client, its waiters and its ``ClientError`` codes
+work unchanged. The state lives behind a ``PlatformStore`` (one per actuator)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from infermodes.platform.errors import (
+    CONTENT_TYPE,
+    ERROR_TYPE_HEADER,
+    ApiError,
+    SerializationException,
+    UnknownOperationException,
+    ValidationException,
+)
+from infermodes.platform.operations import ControlPlane
+from infermodes.platform.store import JsonObject, PlatformStore
+from infermodes.platform.translate import Defaults
+
+log = logging.getLogger("infermodes.platform")
+
+TARGET_PREFIX = "SageMaker."
+MAX_REQUEST_BYTES = 1024 * 1024
+# (method, path, query string, headers, body) -> None to go on, or the error to answer
+Authenticate = Callable[[str, str, str, Mapping[str, str], bytes], ApiError | None]
+
+
+class InternalFailure(ApiError):
+    """A failure of ours (the store's), answered 500 so boto3 retries it."""
+
+    status_code = 500
+
+
+def answer(payload: JsonObject, status: int = 200, code: str | None = None) -> Response:
+    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+    if code is not None:
+        headers[ERROR_TYPE_HEADER] = code
+    return Response(json.dumps(payload).encode(), status, headers, media_type=CONTENT_TYPE)
+
+
+def error_answer(exc: ApiError) -> Response:
+    return answer({"__type": exc.code, "message": str(exc)}, exc.status_code, exc.code)
+
+
+async def bounded_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise ValidationException(f"request body over {MAX_REQUEST_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(body: bytes) -> JsonObject:
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise SerializationException(f"the body is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise SerializationException("the body must be a JSON object")
+    return parsed
+
+
+def create_router(
+    store: PlatformStore, defaults: Defaults, authenticate: Authenticate | None = None
+) -> APIRouter:
+    """``authenticate`` (SigV4 on Kubernetes) is asked first; its error is answered as is."""
+    plane = ControlPlane(store, defaults)
+    operations: dict[str, Callable[[JsonObject], Awaitable[JsonObject]]] = plane.operations()
+    router = APIRouter()
+
+    @router.post("/")
+    async def control_plane(request: Request) -> Response:
+        try:
+            body = await bounded_body(request)
+            if authenticate is not None:
+                refused = authenticate(request.method, request.url.path,
+                                       request.url.query, request.headers, body)  # fmt: skip
+                if refused is not None:
+                    return error_answer(refused)
+            target = request.headers.get("x-amz-target", "")
+            operation = target.removeprefix(TARGET_PREFIX)
+            run = operations.get(operation) if target.startswith(TARGET_PREFIX) else None
+            if run is None:
+                raise UnknownOperationException(
+                    f"X-Amz-Target {target[:100]!r}: infermodes serves {TARGET_PREFIX}<one of "
+                    f"{', '.join(sorted(operations))}>"
+                )
+            result: Any = await run(parse_request(body))
+            return answer(result)
+        except ApiError as exc:
+            return error_answer(exc)
+        except Exception:
+            log.exception("control plane request failed")
+            return error_answer(InternalFailure("internal failure; the log has details"))
+
+    return router

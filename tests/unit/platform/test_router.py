@@ -1,0 +1,215 @@
+"""The JSON 1.1 router over an in-memory store: targets, error shapes and codes as boto3 reads
+them, case-insensitive names, statuses from the actuator's objects, lists, limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from infermodes.platform.errors import ApiError
+from infermodes.platform.router import create_router
+from infermodes.platform.translate import Defaults
+from tests.unit.platform.memory import MemoryStore
+
+XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+SERVERLESS = {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+
+
+class Api:
+    def __init__(self, defaults: Defaults | None = None, authenticate: Any = None) -> None:
+        self.store = MemoryStore()
+        app = FastAPI()
+        app.include_router(create_router(self.store, defaults or Defaults(), authenticate))
+        self.client = TestClient(app)
+
+    def raw(self, operation: str, body: bytes) -> Any:
+        headers = {"X-Amz-Target": f"SageMaker.{operation}",
+                   "Content-Type": "application/x-amz-json-1.1"}  # fmt: skip
+        return self.client.post("/", content=body, headers=headers)
+
+    def call(self, operation: str, **request: Any) -> dict[str, Any]:
+        response = self.raw(operation, json.dumps(request).encode())
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/x-amz-json-1.1"
+        result: dict[str, Any] = response.json()
+        return result
+
+    def error(self, operation: str, **request: Any) -> tuple[str, str]:
+        """The code and message as botocore's JSON parser takes them (``__type``)."""
+        response = self.raw(operation, json.dumps(request).encode())
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert response.headers["x-amzn-errortype"] == body["__type"]
+        return body["__type"], body["message"]
+
+    def seed(self, endpoint: str = "Abalone", variant: dict[str, Any] | None = None) -> None:
+        container = {"Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz"}
+        self.call("CreateModel", ModelName="abalone", PrimaryContainer=container)
+        self.call("CreateEndpointConfig", EndpointConfigName="cfg", ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "abalone",
+             **(variant or {"ServerlessConfig": SERVERLESS})}])  # fmt: skip
+        self.call("CreateEndpoint", EndpointName=endpoint, EndpointConfigName="cfg")
+
+
+def test_unknown_operations_and_bodies_that_are_not_json_get_the_platforms_codes() -> None:
+    api = Api()
+    assert api.error("LaunchRocket")[0] == "UnknownOperationException"
+    response = api.raw("ListModels", b"{not json")
+    assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
+    assert api.raw("ListModels", b"[1]").json()["__type"] == "SerializationException"
+    response = api.client.post("/", content=b"{}")
+    assert response.json()["__type"] == "UnknownOperationException"
+
+
+def test_an_authenticators_error_is_answered_before_anything_else() -> None:
+    class Forbidden(ApiError):
+        status_code = 403
+
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    def authenticate(method: str, path: str, query: str, headers: Mapping[str, str],
+                     body: bytes) -> ApiError | None:  # fmt: skip
+        seen.append((method, path, headers["x-amz-target"], body))
+        return Forbidden("The request signature we calculated does not match")
+
+    api = Api(authenticate=authenticate)
+    response = api.raw("ListModels", b"{}")
+    assert response.status_code == 403
+    assert response.json()["__type"] == "Forbidden"
+    assert seen == [("POST", "/", "SageMaker.ListModels", b"{}")]
+    assert api.store.records == {}
+
+
+def test_the_seed_flow_with_statuses_from_the_actuator() -> None:
+    api = Api()
+    api.seed()
+    described = api.call("DescribeEndpoint", EndpointName="abalone")
+    assert described["EndpointName"] == "Abalone"  # as given
+    assert described["EndpointArn"] == "arn:aws:sagemaker:us-east-1:000000000000:endpoint/abalone"
+    assert described["EndpointStatus"] == "Creating"
+    assert described["ProductionVariants"][0]["CurrentServerlessConfig"] == SERVERLESS
+    assert described["ProductionVariants"][0]["DeployedImages"][0]["SpecifiedImage"] == XGBOOST
+    api.store.set_status("abalone", "InService", readyReplicas=0, desiredReplicas=0)
+    assert api.call("DescribeEndpoint", EndpointName="Abalone")["EndpointStatus"] == "InService"
+    api.store.set_status("abalone", "Failed", reason="ModelLoadFailed", message="bad tarball")
+    failed = api.call("DescribeEndpoint", EndpointName="Abalone")
+    assert (failed["EndpointStatus"], failed["FailureReason"]) == (
+        "Failed", "ModelLoadFailed: bad tarball")  # fmt: skip
+    api.call("DeleteEndpoint", EndpointName="ABALONE")
+    code, message = api.error("DescribeEndpoint", EndpointName="Abalone")
+    assert code == "ValidationException"  # what endpoint_deleted waits for
+    assert message.startswith('Could not find endpoint "arn:aws:sagemaker:')
+
+
+def test_names_differing_only_in_case_are_the_same_resource() -> None:
+    api = Api()
+    api.seed("Abalone")
+    code, message = api.error("CreateEndpoint", EndpointName="ABALONE", EndpointConfigName="cfg")
+    assert (code, message.split(" ")[0]) == ("ValidationException", "Cannot")
+    assert api.error("CreateModel", ModelName="ABALONE", PrimaryContainer={
+        "ModelDataUrl": "s3://b/m"})[0] == "ValidationException"  # fmt: skip
+    assert api.call("DescribeModel", ModelName="Abalone")["ModelName"] == "abalone"
+
+
+def test_every_not_found_has_the_platforms_code() -> None:
+    api = Api()
+    for operation, request in [
+        ("DescribeModel", {"ModelName": "m"}),
+        ("DeleteModel", {"ModelName": "m"}),
+        ("DescribeEndpointConfig", {"EndpointConfigName": "c"}),
+        ("DeleteEndpointConfig", {"EndpointConfigName": "c"}),
+        ("DescribeEndpoint", {"EndpointName": "e"}),
+        ("DeleteEndpoint", {"EndpointName": "e"}),
+        ("UpdateEndpoint", {"EndpointName": "e", "EndpointConfigName": "c"}),
+        ("CreateEndpoint", {"EndpointName": "e", "EndpointConfigName": "c"}),
+    ]:
+        assert api.error(operation, **request)[0] == "ValidationException", operation
+    for operation in ("DescribeTransformJob", "StopTransformJob"):
+        assert api.error(operation, TransformJobName="j")[0] == "ResourceNotFound", operation
+
+
+def job(name: str) -> dict[str, Any]:
+    source = {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}
+    return {
+        "TransformJobName": name,
+        "ModelName": "abalone",
+        "TransformInput": {"DataSource": source},
+        "TransformOutput": {"S3OutputPath": "s3://b/out/"},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    }
+
+
+def test_transform_jobs_run_stop_and_share_names_with_endpoints() -> None:
+    api = Api()
+    api.seed("Abalone")
+    arn = api.call("CreateTransformJob", **job("Job-1"))["TransformJobArn"]
+    assert arn.endswith(":transform-job/job-1")
+    assert api.call("DescribeTransformJob", TransformJobName="job-1")["TransformJobStatus"] == (
+        "InProgress")  # fmt: skip
+    api.call("StopTransformJob", TransformJobName="Job-1")
+    assert api.store.endpoints["job-1"]["spec"]["batch"]["stop"] is True
+    assert api.call("DescribeTransformJob", TransformJobName="Job-1")["TransformJobStatus"] == (
+        "Stopping")  # fmt: skip
+    api.store.set_status("job-1", "Stopped")
+    assert api.call("DescribeTransformJob", TransformJobName="Job-1")["TransformJobStatus"] == (
+        "Stopped")  # fmt: skip
+    assert api.error("CreateTransformJob", **job("job-1"))[0] == "ResourceInUse"
+    code, message = api.error("CreateTransformJob", **job("abalone"))
+    assert (code, "taken by an endpoint" in message) == ("ResourceInUse", True)
+    assert api.error("DescribeEndpoint", EndpointName="job-1")[0] == "ValidationException"
+    assert [j["TransformJobName"] for j in
+            api.call("ListTransformJobs")["TransformJobSummaries"]] == ["Job-1"]  # fmt: skip
+
+
+def test_the_cap_on_endpoints_is_resource_limit_exceeded() -> None:
+    api = Api(Defaults(max_endpoints=1))
+    api.seed("one")
+    code, _ = api.error("CreateEndpoint", EndpointName="two", EndpointConfigName="cfg")
+    assert code == "ResourceLimitExceeded"
+
+
+def test_lists_filter_sort_and_page() -> None:
+    api = Api()
+    for name in ("alpha", "beta", "gamma-x", "delta-x"):
+        api.call("CreateModel", ModelName=name, PrimaryContainer={"ModelDataUrl": "s3://b/m"})
+    names = [m["ModelName"] for m in api.call("ListModels", SortBy="Name",
+                                               SortOrder="Ascending")["Models"]]  # fmt: skip
+    assert names == ["alpha", "beta", "delta-x", "gamma-x"]
+    newest_first = [m["ModelName"] for m in api.call("ListModels")["Models"]]
+    assert newest_first == ["delta-x", "gamma-x", "beta", "alpha"]
+    assert [m["ModelName"] for m in api.call("ListModels", NameContains="-X")["Models"]] == [
+        "delta-x", "gamma-x"]  # fmt: skip
+    first = api.call("ListModels", MaxResults=3, SortBy="Name", SortOrder="Ascending")
+    assert len(first["Models"]) == 3
+    second = api.call("ListModels", MaxResults=3, SortBy="Name", SortOrder="Ascending",
+                      NextToken=first["NextToken"])  # fmt: skip
+    assert [m["ModelName"] for m in second["Models"]] == ["gamma-x"]
+    assert "NextToken" not in second
+    assert api.error("ListModels", MaxResults=500)[0] == "ValidationException"
+    assert api.error("ListModels", NextToken="bogus")[0] == "ValidationException"
+    api.seed("Ep-1")
+    api.store.set_status("ep-1", "InService")
+    assert api.call("ListEndpoints", StatusEquals="InService")["Endpoints"][0]["EndpointName"] == (
+        "Ep-1")  # fmt: skip
+    assert api.call("ListEndpoints", StatusEquals="Failed")["Endpoints"] == []
+
+
+def test_update_endpoint_replaces_the_spec_and_reports_updating() -> None:
+    api = Api()
+    api.seed("ep")
+    api.call("CreateEndpointConfig", EndpointConfigName="bigger", ProductionVariants=[
+        {"VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+         "InitialInstanceCount": 2}])  # fmt: skip
+    _, message = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="bigger")
+    assert message.startswith("Cannot update in-progress endpoint")
+    api.store.set_status("ep", "InService")
+    api.call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="bigger")
+    assert api.store.endpoints["ep"]["spec"]["realtime"] == {"minReplicas": 2, "maxReplicas": 2}
+    described = api.call("DescribeEndpoint", EndpointName="ep")
+    assert (described["EndpointConfigName"], described["EndpointStatus"]) == ("bigger", "Updating")
+    api.store.set_status("ep", "InService")
+    assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "InService"
