@@ -66,6 +66,21 @@ class ServeSettings(BaseSettings):
         ge=0,
         description="Bodies at least this large are predicted off the event loop.",
     )
+    max_batch_rows: int = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description="Rows one predict call may gather from concurrent requests (KServe "
+        "maxBatchSize, MLServer max_batch_size); a larger request is predicted alone; 1 turns "
+        "batching off.",
+    )
+    max_batch_wait_us: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Microseconds a batch waits for more requests before predicting (KServe "
+        "maxLatency, MLServer max_batch_time); 0: none, a batch is what arrived together.",
+    )
     allow_pickle: bool = Field(
         False, description="Load pickled boosters. Unpickling runs the artifact's code."
     )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +37,7 @@ from infermodes.http import (
 from infermodes.metrics import INVOCATIONS_ROUTE, ServerMetrics
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
+from infermodes.server.batching import Batcher
 from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
@@ -125,6 +127,7 @@ class InvocationsHandler:
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
         self.max_values = settings.max_values
+        self.batcher = Batcher(metrics, settings.max_batch_rows, settings.max_batch_wait_us)
         # Large bodies are decoded one at a time per worker: decoding holds the GIL, so a
         # second thread gains nothing and would double the memory in flight.
         self.offload_slot = asyncio.Semaphore(1)
@@ -178,23 +181,23 @@ class InvocationsHandler:
         self, model: XGBoostModel, body: bytes, content_type: str, accept: str
     ) -> bytes:
         self.metrics.request_body_size.observe(len(body))
-        if len(body) < self.offload:
-            return self.score(model, body, content_type, accept)
-        async with self.offload_slot:  # one thread hop for decode, predict and encode
+        if len(body) < self.offload:  # on the event loop, batched with its neighbours
+            predictions = await self.batcher.predict(model, self.decode(model, body, content_type))
+            return codecs.encode(predictions, accept, model.outputs)
+        async with self.offload_slot:  # one thread hop for decode, predict and encode, alone
             return await run_in_threadpool(self.score, model, body, content_type, accept)
 
-    def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
-        rows = codecs.decode(
+    def decode(self, model: XGBoostModel, body: bytes, content_type: str) -> np.ndarray:
+        return codecs.decode(
             body,
             content_type,
             model.num_features,
             max_rows=self.max_rows,
             max_values=self.max_values,
         )
-        started = time.perf_counter()
-        predictions = model.predict(rows)
-        self.metrics.predict_duration.observe(time.perf_counter() - started)
-        self.metrics.rows_predicted.inc(rows.shape[0])
+
+    def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
+        predictions = self.batcher.predict_now(model, self.decode(model, body, content_type))
         return codecs.encode(predictions, accept, model.outputs)
 
 
