@@ -1,6 +1,8 @@
 """``infermodes gateway``: the app (invocations as a plain ASGI handler in front of a FastAPI app
 with ``/metrics``, ``/healthz``, ``/readyz`` and any mounted routers, such as the async accept
-route) and the process (uvicorn, the endpoint source, the demand writer, the SIGTERM drain).
+route and the managed platform's control plane; with access keys, every request but health,
+readiness and metrics verified first) and the process (uvicorn, the endpoint source, the demand
+writer, the SIGTERM drain).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints.demand import annotation_key
+from infermodes.gateway.auth import OPEN_STATUS, OPEN_WARNING, verified
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.proxy import Proxy, is_invocation
 from infermodes.gateway.table import EndpointSource, Table
@@ -26,7 +29,12 @@ from infermodes.gateway.upstream import COALESCE_BYTES
 from infermodes.http import ASGIApp, Receive, Scope, Send, create_api, uvicorn_options
 from infermodes.logs import configure_logging
 from infermodes.metrics import GatewayMetrics
+from infermodes.platform.router import MAX_REQUEST_BYTES
+from infermodes.platform.sigv4 import Verifier, parse_keys
 from infermodes.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from infermodes.gateway.kube import KubeApi
 
 log = logging.getLogger("infermodes.gateway")
 
@@ -34,7 +42,8 @@ FINAL_DEMAND_SECONDS = 5.0  # the last demand write on exit waits at most this
 
 
 class Gateway:
-    """The ASGI app. ``draining`` turns readiness off while in-flight requests finish."""
+    """The ASGI app. ``draining`` turns readiness off while in-flight requests finish. Without
+    access keys it is open, and its ``/readyz`` says so."""
 
     def __init__(
         self,
@@ -49,6 +58,16 @@ class Gateway:
         self.metrics = GatewayMetrics(self.registry)
         self.proxy = Proxy(table, settings, self.metrics, demand)
         self.draining = False
+        keys = parse_keys(settings.access_keys.get_secret_value())
+        self.verifier = Verifier(keys) if keys else None
+        # a signed body is read whole before routing: the largest any route takes
+        self.body_limit = max(
+            settings.realtime_max_payload_bytes,
+            settings.serverless_max_payload_bytes,
+            settings.max_inline_bytes,
+            MAX_REQUEST_BYTES,
+        )
+        ready = b"ok" if self.verifier is not None else OPEN_STATUS
         api = create_api("infermodes gateway", self.registry)
 
         @api.get("/healthz")
@@ -61,7 +80,7 @@ class Gateway:
                 return Response(b"draining", 503)
             if not table.synced:
                 return Response(b"endpoints not listed yet", 503)
-            return Response(b"ok", 200)
+            return Response(ready, 200)
 
         self.api = api
         for router in routers:
@@ -73,6 +92,11 @@ class Gateway:
         self.api.include_router(router)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.verifier is not None and scope["type"] == "http":
+            checked = await verified(self.verifier, self.body_limit, scope, receive, send)
+            if checked is None:
+                return
+            receive = checked
         if scope["type"] == "http" and is_invocation(scope["path"]):
             await self.proxy(scope, receive, send)
         else:
@@ -227,9 +251,19 @@ def serve(settings: GatewaySettings) -> int:
     import uvloop
 
     configure_logging(settings.log_level)
+    try:
+        keys = parse_keys(settings.access_keys.get_secret_value())
+    except ValueError as exc:
+        log.error("INFERMODES_GATEWAY_ACCESS_KEYS: %s", exc)
+        return 1
+    if keys:
+        log.info("requests must be signed (AWS Signature V4) with one of %d access keys", len(keys))
+    else:
+        log.warning(OPEN_WARNING)
     gateway_id = settings.gateway_id or socket.gethostname()
     source: EndpointSource
     sink: DemandSink | None
+    routers: list[APIRouter] = []
     if settings.static_endpoints:
         from infermodes.gateway.static import StaticSource
 
@@ -249,8 +283,9 @@ def serve(settings: GatewaySettings) -> int:
             return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
+        routers.append(platform_router(settings, api))
     registry = CollectorRegistry()
-    runner = Runner(settings, source, sink, gateway_id, registry)
+    runner = Runner(settings, source, sink, gateway_id, registry, routers)
     closing: list[Callable[[], None]] = []
     if settings.broker_url:
         router = async_accept_router(settings, settings.broker_url, runner.table, registry, closing)
@@ -261,6 +296,23 @@ def serve(settings: GatewaySettings) -> int:
     finally:
         for close in closing:
             close()
+
+
+def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:
+    """The managed platform's control plane (``POST /``), its state as objects in the platform
+    namespace; endpoints it creates get the configured Secrets."""
+    from infermodes.gateway.platform_store import KubePlatformStore
+    from infermodes.platform.router import create_router
+    from infermodes.platform.translate import Defaults
+
+    namespace = settings.platform_namespace or api.credentials.namespace
+    defaults = Defaults(
+        namespace=namespace,
+        storage_secret=settings.platform_storage_secret,
+        broker_secret=settings.platform_broker_secret,
+    )
+    log.info("platform API: models, endpoint configs and endpoints in namespace %s", namespace)
+    return create_router(KubePlatformStore(api, namespace), defaults)
 
 
 def async_accept_router(

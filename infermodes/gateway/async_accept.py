@@ -319,6 +319,7 @@ def create_router(
 
     @router.post("/endpoints/{name}/async-invocations", status_code=202)
     async def invoke_async(name: str, request: Request) -> Response:
+        name = name.lower()  # platform names may carry upper case; the Kubernetes name does not
         endpoint = endpoints.get(name)
         if endpoint is None:
             metrics.accepted.labels("unknown", "404").inc()

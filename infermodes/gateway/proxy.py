@@ -181,7 +181,8 @@ class Proxy:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
-            endpoint = self.table.lookup(scope["path"][len(PREFIX) : -len(SUFFIX)])
+            # platform names may carry upper case; the Kubernetes name is lower case
+            endpoint = self.table.lookup(scope["path"][len(PREFIX) : -len(SUFFIX)].lower())
             label = endpoint.name
             endpoint.check_servable()
             answer = await self.invoke(endpoint, scope, receive)

@@ -59,9 +59,28 @@ class InvalidSignatureException(AuthError):
     pass
 
 
-def error_response(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body of the refusal: the code in the body's ``__type`` (the JSON 1.1
-    control plane's parser reads it) and in ``x-amzn-ErrorType`` (the runtime's reads that)."""
+def parse_keys(text: str) -> dict[str, str]:
+    """Access keys from ``<id>:<secret>`` entries separated by commas or newlines (the gateway's
+    ``access_keys`` setting). Messages name entries by position, never by content."""
+    keys: dict[str, str] = {}
+    entries = [e.strip() for e in text.replace("\n", ",").split(",") if e.strip()]
+    for index, entry in enumerate(entries, 1):
+        key_id, _, secret = entry.partition(":")
+        if not ACCESS_KEY_ID.fullmatch(key_id) or not secret:
+            raise ValueError(
+                f"access key entry {index} must be <access key id>:<secret access key> (an id "
+                "of letters, digits and _+=,.@- and a non-empty secret)"
+            )
+        if key_id in keys:
+            raise ValueError(f"access key entry {index} repeats an access key id")
+        keys[key_id] = secret
+    return keys
+
+
+def error_response(exc: InfermodesError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body of a refusal before routing: the code (the class name) in the
+    body's ``__type`` (the JSON 1.1 control plane's parser reads it) and in ``x-amzn-ErrorType``
+    (the runtime's reads that)."""
     code = type(exc).__name__
     body = json.dumps({"__type": code, "message": str(exc)}).encode()
     headers = [

@@ -71,9 +71,13 @@ class GatewayProcess(ServerProcess):
 
 @contextlib.contextmanager
 def running_gateway(
-    endpoints: list[dict[str, Any]], directory: Path, args: list[str] | None = None
+    endpoints: list[dict[str, Any]],
+    directory: Path,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """A gateway over ``endpoints`` (``static_endpoint`` entries), ready; stopped after."""
+    """A gateway over ``endpoints`` (``static_endpoint`` entries), ready; stopped after.
+    ``env``: more environment variables."""
     config = directory / "endpoints.json"
     config.write_text(json.dumps({"endpoints": endpoints}))
     port = free_port()
@@ -82,7 +86,8 @@ def running_gateway(
         proc = subprocess.Popen(
             [INFERMODES, "gateway", "--static-endpoints", str(config), "--port", str(port),
              "--invocation-timeout-seconds", "30", *(args or [])],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
         )  # fmt: skip
     gateway = GatewayProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:

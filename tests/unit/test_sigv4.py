@@ -22,6 +22,7 @@ from infermodes.platform.sigv4 import (
     Verifier,
     canonical_path,
     error_response,
+    parse_keys,
 )
 
 KEY_ID, SECRET = "AKIAINFERMODESTEST01", "s3cr3t/with+chars=="
@@ -160,3 +161,15 @@ def test_refusals_carry_the_code_where_both_of_botocores_parsers_read_it() -> No
     assert status == 403
     assert (b"x-amzn-errortype", b"UnrecognizedClientException") in headers
     assert b'"__type": "UnrecognizedClientException"' in body
+
+
+def test_access_keys_parse_from_the_setting_and_bad_entries_name_no_secret() -> None:
+    assert parse_keys(f"{KEY_ID}:{SECRET},\n AKIATWO:two:with:colons \n") == {
+        KEY_ID: SECRET,
+        "AKIATWO": "two:with:colons",
+    }
+    assert parse_keys("") == {}
+    for bad in ("AKIAONLY", "bad id:secret", f"{KEY_ID}:{SECRET},{KEY_ID}:again"):
+        with pytest.raises(ValueError, match="entry") as caught:
+            parse_keys(bad)
+        assert SECRET not in str(caught.value) and "again" not in str(caught.value)

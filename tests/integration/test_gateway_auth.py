@@ -1,0 +1,133 @@
+"""``infermodes gateway`` with access keys, in front of a real model server, called by boto3's
+real ``sagemaker-runtime`` client: signed requests are served (the endpoint's name in any case),
+a wrong secret, an unknown key or no signature get the platform's 403 codes through boto3, the
+body limits still hold; without keys the gateway says it is open."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from tests.conftest import AbaloneModel
+from tests.support.gateway import GatewayProcess, running_gateway, static_endpoint
+from tests.support.processes import ServerProcess, running_server
+
+KEY_ID, SECRET = "AKIAGATEWAYTEST", "gateway-secret/+="
+LIMIT = 1000  # bytes a serverless or realtime invocation may carry here
+
+
+@pytest.fixture(scope="module")
+def server(
+    abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    with running_server(args, log) as process:
+        yield process
+
+
+def endpoints(server: ServerProcess) -> list[dict[str, Any]]:
+    address = server.url.removeprefix("http://")
+    return [static_endpoint("abalone-sl", "serverless", [address], maxConcurrency=5)]
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    env = {
+        "INFERMODES_GATEWAY_ACCESS_KEYS": f"AKIAOTHER:x,{KEY_ID}:{SECRET}",
+        "INFERMODES_GATEWAY_SERVERLESS_MAX_PAYLOAD_BYTES": str(LIMIT),
+        "INFERMODES_GATEWAY_REALTIME_MAX_PAYLOAD_BYTES": str(LIMIT),
+    }
+    directory = tmp_path_factory.mktemp("gateway")
+    with running_gateway(endpoints(server), directory, env=env) as process:
+        yield process
+
+
+def runtime(url: str, key_id: str = KEY_ID, secret: str = SECRET) -> Any:
+    return boto3.client("sagemaker-runtime", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id=key_id, aws_secret_access_key=secret,
+                        config=Config(retries={"total_max_attempts": 1}))  # fmt: skip
+
+
+def signed_post(url: str, body: bytes) -> httpx.Response:
+    """A POST signed by botocore's own signer, sent by httpx."""
+    request = AWSRequest(method="POST", url=url, data=body)
+    SigV4Auth(Credentials(KEY_ID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    return httpx.post(url, content=body, headers=dict(request.headers.items()), timeout=30)
+
+
+def to_csv(rows: np.ndarray) -> bytes:
+    return "\n".join(",".join(repr(float(v)) for v in row) for row in rows).encode()
+
+
+def test_signed_invocations_are_served_and_the_name_may_carry_upper_case(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    rows = abalone_model.test_rows[:5]
+    answer = runtime(gateway.url).invoke_endpoint(
+        EndpointName="Abalone-SL", Body=to_csv(rows), ContentType="text/csv"
+    )
+    got = np.array(answer["Body"].read().split(), dtype=np.float32)
+    booster: Any = abalone_model.booster()
+    assert np.array_equal(got, booster.inplace_predict(rows))
+    assert httpx.get(f"{gateway.url}/readyz").text == "ok"  # probes carry no signature
+
+
+@pytest.mark.parametrize(
+    ("key_id", "secret", "code"),
+    [(KEY_ID, "not-the-secret", "InvalidSignatureException"),
+     ("AKIAUNKNOWN", SECRET, "UnrecognizedClientException")],
+)  # fmt: skip
+def test_a_wrong_secret_or_an_unknown_key_is_refused_with_the_platforms_code(
+    gateway: GatewayProcess, key_id: str, secret: str, code: str
+) -> None:
+    with pytest.raises(ClientError) as caught:
+        runtime(gateway.url, key_id, secret).invoke_endpoint(
+            EndpointName="abalone-sl", Body=b"1,2,3", ContentType="text/csv"
+        )
+    assert caught.value.response["Error"]["Code"] == code
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert SECRET not in gateway.log and "not-the-secret" not in gateway.log
+
+
+def test_unsigned_requests_to_any_route_are_refused(gateway: GatewayProcess) -> None:
+    for path in ("/endpoints/abalone-sl/invocations", "/endpoints/abalone-sl/async-invocations",
+                 "/"):  # fmt: skip
+        response = httpx.post(f"{gateway.url}{path}", content=b"1,2,3")
+        assert response.status_code == 403, (path, response.text)
+        assert response.headers["x-amzn-errortype"] == "MissingAuthenticationTokenException"
+        assert response.json()["__type"] == "MissingAuthenticationTokenException"
+
+
+def test_the_body_limits_hold_for_signed_requests(gateway: GatewayProcess) -> None:
+    client = runtime(gateway.url)
+    with pytest.raises(ClientError) as caught:  # the endpoint's own limit, after verification
+        client.invoke_endpoint(EndpointName="abalone-sl", Body=b"1" * (LIMIT + 1))
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    too_large = signed_post(f"{gateway.url}/endpoints/abalone-sl/invocations", b"1" * (2 << 20))
+    assert too_large.status_code == 413, too_large.text  # read no further than the limit
+
+
+def test_without_keys_the_gateway_says_it_is_open(
+    server: ServerProcess, tmp_path: Path, abalone_model: AbaloneModel
+) -> None:
+    with running_gateway(endpoints(server), tmp_path) as gateway:
+        assert "OPEN" in httpx.get(f"{gateway.url}/readyz").text
+        assert "NO ACCESS KEYS: this gateway is OPEN" in gateway.log
+        answer = httpx.post(f"{gateway.url}/endpoints/Abalone-SL/invocations",
+                            content=to_csv(abalone_model.test_rows[:1]),
+                            headers={"content-type": "text/csv"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
