@@ -25,6 +25,9 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUEST_DURATION = "infermodes_http_request_duration_seconds"
 REQUESTS_IN_FLIGHT = "infermodes_http_requests_in_flight"
 INVOCATIONS_ROUTE = "/invocations"
+# The series the operator reads from each async worker
+WORKER_IN_FLIGHT = "infermodes_async_in_flight"
+DEQUEUED_ACCEPTED_AT = "infermodes_async_dequeued_accepted_timestamp_seconds"
 
 
 def model_metrics(registry: CollectorRegistry) -> tuple[Histogram, Counter]:
@@ -95,7 +98,7 @@ class WorkerMetrics:
             registry=registry,
         )
         self.in_flight = Gauge(
-            "infermodes_async_in_flight",
+            WORKER_IN_FLIGHT,
             "Messages delivered to this worker and not yet settled.",
             registry=registry,
         )
@@ -108,6 +111,26 @@ class WorkerMetrics:
         self.rows_predicted = Counter(
             "infermodes_async_rows_predicted",
             "Input rows the worker has scored.",
+            registry=registry,
+        )
+        self.time_in_backlog = Histogram(
+            "infermodes_async_time_in_backlog_seconds",
+            "From a request's acceptance to its first delivery to a worker (TimeInBacklog).",
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.total_processing_time = Histogram(
+            "infermodes_async_total_processing_time_seconds",
+            "From a request's acceptance to its result and notification, by outcome "
+            "(TotalProcessingTime).",
+            ["outcome"],
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.dequeued_accepted_at = Gauge(
+            DEQUEUED_ACCEPTED_AT,
+            "When the newest request this worker took from the queue was accepted (Unix "
+            "time): whatever still waits was accepted after it.",
             registry=registry,
         )
 
@@ -280,20 +303,32 @@ def parse_batch_units(text: str) -> dict[str, float]:
     return found
 
 
-def parse_worker_in_flight(text: str) -> float | None:
-    """An async worker's messages in flight from its exposition text (None if absent)."""
+def parse_sample(text: str, name: str) -> float | None:
+    """The first sample called ``name`` in an exposition text (None if absent)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "infermodes_async_in_flight":
+            if sample.name == name:
                 return sample.value
     return None
 
 
+def parse_worker_in_flight(text: str) -> float | None:
+    """An async worker's messages in flight from its exposition text (None if absent)."""
+    return parse_sample(text, WORKER_IN_FLIGHT)
+
+
+def parse_worker_dequeued_accepted_at(text: str) -> float | None:
+    """When the newest request an async worker took was accepted; None before its first."""
+    value = parse_sample(text, DEQUEUED_ACCEPTED_AT)
+    return value if value else None
+
+
 class OperatorMetrics:
-    """The operator's view of async endpoints, named after the managed platform's metrics
-    (ApproximateBacklogSize, ApproximateBacklogSizePerInstance, HasBacklogWithoutCapacity)."""
+    """Async endpoints as the operator (or ``infermodes up``) reads their queues, named after
+    the managed platform's metrics (ApproximateBacklogSize, ApproximateBacklogSizePerInstance,
+    HasBacklogWithoutCapacity, ApproximateAgeOfOldestRequest)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.backlog = Gauge(
@@ -320,3 +355,28 @@ class OperatorMetrics:
             ["namespace", "endpoint"],
             registry=registry,
         )
+        self.oldest_age = Gauge(
+            "infermodes_async_approximate_age_of_oldest_request_seconds",
+            "How long the oldest waiting request has waited since it was accepted (0: none "
+            "waits), by endpoint.",
+            ["namespace", "endpoint"],
+            registry=registry,
+        )
+
+    def record(
+        self,
+        key: tuple[str, str],
+        total: int | None,
+        replicas: int,
+        ready_replicas: int,
+        oldest_age: float | None,
+    ) -> None:
+        """One reading of an endpoint's queue (``key``: namespace, name); an unknown figure
+        leaves its gauge as it was."""
+        if oldest_age is not None:
+            self.oldest_age.labels(*key).set(oldest_age)
+        if total is None:
+            return
+        self.backlog.labels(*key).set(total)
+        self.backlog_per_instance.labels(*key).set(total / max(replicas, 1))
+        self.backlog_without_capacity.labels(*key).set(1 if total and not ready_replicas else 0)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infermodes.endpoints.spec import Phase
+from infermodes.metrics import OperatorMetrics
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class QueueFigures:
-    """An async endpoint's queue as the scaler read it (None: unknown)."""
+    """An async endpoint's queue as the scaler read it (None: unknown). ``oldest_age``: the
+    seconds the oldest waiting request has waited since it was accepted (the platform's
+    ApproximateAgeOfOldestRequest), 0 when nothing waits."""
 
     ready: int | None
     in_flight: int | None
+    oldest_age: float | None = None
 
     @property
     def total(self) -> int | None:
@@ -44,7 +48,29 @@ class QueueFigures:
         return self.ready + self.in_flight
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ready": self.ready, "inFlight": self.in_flight, "total": self.total}
+        age = None if self.oldest_age is None else round(self.oldest_age, 3)
+        return {
+            "ready": self.ready,
+            "inFlight": self.in_flight,
+            "total": self.total,
+            "oldestAgeSeconds": age,
+        }
+
+
+def oldest_age_from_dequeues(
+    ready: int, dequeued_accepted_at: list[float], now: float
+) -> float | None:
+    """The oldest waiting request's age when the broker cannot tell it (a quorum queue has no
+    head timestamp): each worker reports when the newest request it took was accepted, and as
+    the queue hands requests out oldest first, whatever still waits was accepted after the
+    newest of those. So ``now`` minus it bounds the age from above, tightly while workers take
+    requests (only a retry put back in the queue can be older). 0 when nothing waits; None
+    when no worker has taken a request yet."""
+    if ready == 0:
+        return 0.0
+    if not dequeued_accepted_at:
+        return None
+    return max(0.0, now - max(dequeued_accepted_at))
 
 
 @dataclass(frozen=True)
@@ -105,6 +131,16 @@ class Status:
         if self.backlog is not None:
             patch["backlog"] = self.backlog.to_dict()
         return patch
+
+
+def record_queue(metrics: OperatorMetrics, key: tuple[str, str], status: Status) -> None:
+    """The platform's async metrics from the queue a reconcile read (``key``: namespace and
+    name); the operator and ``infermodes up`` publish the same ones."""
+    if status.backlog is not None:
+        figures = status.backlog
+        metrics.record(
+            key, figures.total, status.replicas, status.ready_replicas, figures.oldest_age
+        )
 
 
 FAILURES_SHOWN = 5

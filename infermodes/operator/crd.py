@@ -113,6 +113,7 @@ STATUS_SCHEMA: dict[str, Any] = {
                 "ready": {"type": "integer", "nullable": True},
                 "inFlight": {"type": "integer", "nullable": True},
                 "total": {"type": "integer", "nullable": True},
+                "oldestAgeSeconds": {"type": "number", "nullable": True},
             },
         },
         "progress": {

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import Status, record_queue
 from infermodes.metrics import OperatorMetrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
@@ -103,7 +103,7 @@ class Nudger:
         patch = result.status.to_patch(generation, body.get("status"))
         self.deps.kube.patch_status(API_VERSION, s.KIND, namespace, name, patch)
         tell(body, Status.from_dict(body.get("status")), result)
-        record(self.metrics, key, result.status)
+        record_queue(self.metrics, key, result.status)
 
 
 def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
@@ -125,18 +125,6 @@ def tell(body: kopf.Body, previous: Status | None, result: Reconciled) -> None:
         )  # fmt: skip
     for reason, message in result.events:
         kopf.event(body, type="Normal", reason=reason, message=message)
-
-
-def record(metrics: OperatorMetrics, key: Key, status: Status) -> None:
-    """The async metrics the platform publishes, from what the reconcile read."""
-    if status.backlog is None or status.backlog.total is None:
-        return
-    total = status.backlog.total
-    metrics.backlog.labels(*key).set(total)
-    metrics.backlog_per_instance.labels(*key).set(total / max(status.replicas, 1))
-    metrics.backlog_without_capacity.labels(*key).set(
-        1 if total and not status.ready_replicas else 0
-    )
 
 
 def demand_annotations(body: kopf.Body) -> dict[str, str]:
@@ -181,7 +169,7 @@ def configure(operator_settings: OperatorSettings) -> None:
         generation = int(body["metadata"].get("generation", 1))
         patch.status.update(result.status.to_patch(generation, body.get("status")))
         tell(body, Status.from_dict(body.get("status")), result)
-        record(memo.metrics, key, result.status)
+        record_queue(memo.metrics, key, result.status)
 
     @kopf.on.create(*RESOURCE)
     @kopf.on.update(*RESOURCE, field="spec")

@@ -88,7 +88,9 @@ class Backlog:
     unacked: int | None  # None: unknown, never a guess of 0
     consumers: int
     source: str  # where the figures came from, e.g. "management", "amqp" or "sqlite"
-    oldest_age: float | None = None  # seconds the oldest ready message waited; None: unknown
+    # seconds the oldest ready message has waited since it was accepted (0 when none waits);
+    # None: unknown
+    oldest_age: float | None = None
 
     @property
     def total(self) -> int | None:

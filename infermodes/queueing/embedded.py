@@ -561,7 +561,7 @@ class EmbeddedQueue:
 
     def backlog(self, endpoint: str) -> Backlog:
         """Ready (including messages whose lease ran out), in flight (leased), consumers with
-        a live heartbeat, and how long the oldest ready message has waited."""
+        a live heartbeat, and how long the oldest ready message has waited (0: none waits)."""
         now = time.time()
         ((ready, oldest, leased, consumers),) = self._read(
             "SELECT"
@@ -576,7 +576,7 @@ class EmbeddedQueue:
             unacked=int(leased),
             consumers=int(consumers),
             source="sqlite",
-            oldest_age=max(0.0, now - oldest) if isinstance(oldest, float) else None,
+            oldest_age=max(0.0, now - oldest) if isinstance(oldest, float) else 0.0,
         )
 
     def tail(

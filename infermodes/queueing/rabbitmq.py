@@ -7,15 +7,18 @@ beside it, and one topic exchange for notifications. Publishing waits for the br
 of a persistent, routed message: only then has a request been accepted.
 
 Backlog: the management API gives ready, unacknowledged (in flight on a worker) and consumer
-counts. When it cannot be reached, the AMQP passive declare still gives ready and consumers, but
-not in-flight work: ``unacked`` is then None ("unknown"), never 0, because a scaler that reads
-busy workers as an empty queue scales them away mid-request (the flaw of the common AMQP
-scaler). Management figures are sampled by the broker (every ``collect_statistics_interval``),
-so they may lag by that much.
+counts, and for a classic queue the oldest waiting message's ``timestamp`` (RabbitMQ reports
+none for a quorum queue, ours: the operator then estimates the age from the workers). When it
+cannot be reached, the AMQP passive declare still gives ready and consumers, but not in-flight
+work: ``unacked`` is then None ("unknown"), never 0, because a scaler that reads busy workers
+as an empty queue scales them away mid-request (the flaw of the common AMQP scaler).
+Management figures are sampled by the broker (every ``collect_statistics_interval``), so they
+may lag by that much.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -164,9 +167,14 @@ def publish_persistent(
 ) -> None:
     """On a confirm-mode channel this returns only once the broker has the message (and has
     written it, for a durable queue); ``mandatory`` makes an unroutable message an error rather
-    than a silent drop: work must reach its queue, a notification may have no subscriber."""
+    than a silent drop: work must reach its queue, a notification may have no subscriber. The
+    ``timestamp`` property is what the broker reports as a classic queue's
+    ``head_message_timestamp`` (quorum queues do not report it)."""
     properties = pika.BasicProperties(
-        delivery_mode=PERSISTENT, content_type="application/json", message_id=message_id
+        delivery_mode=PERSISTENT,
+        content_type="application/json",
+        message_id=message_id,
+        timestamp=int(time.time()),
     )
     channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
@@ -466,11 +474,14 @@ def backlog_from_management(
             http.close()
     response.raise_for_status()
     info = response.json()
+    ready = int(info.get("messages_ready") or 0)
+    head = info.get("head_message_timestamp")  # classic queues only, when messages have one
     return Backlog(
-        ready=int(info.get("messages_ready", 0)),
-        unacked=int(info.get("messages_unacknowledged", 0)),
-        consumers=int(info.get("consumers", 0)),
+        ready=ready,
+        unacked=int(info.get("messages_unacknowledged") or 0),
+        consumers=int(info.get("consumers") or 0),
         source="management",
+        oldest_age=max(0.0, time.time() - head) if isinstance(head, int | float) else None,
     )
 
 
@@ -500,6 +511,8 @@ def backlog(endpoint: str, amqp_url: str, management_url: str | None) -> Backlog
     its last decision)."""
     queue = queue_name(endpoint)
     now = backlog_from_amqp(amqp_url, queue)
+    if now.ready == 0:
+        now = dataclasses.replace(now, oldest_age=0.0)  # nothing waits
     if not management_url or now.unacked is not None:
         return now
     try:
@@ -507,4 +520,5 @@ def backlog(endpoint: str, amqp_url: str, management_url: str | None) -> Backlog
     except (httpx.HTTPError, ValueError) as exc:
         log.warning("management API unavailable (%s); in-flight work unknown", exc)
         return now
-    return Backlog(now.ready, sampled.unacked, now.consumers, source="amqp+management")
+    oldest = now.oldest_age if now.ready == 0 else sampled.oldest_age
+    return Backlog(now.ready, sampled.unacked, now.consumers, "amqp+management", oldest)

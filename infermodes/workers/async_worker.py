@@ -135,6 +135,8 @@ class Processor:
         self.notifier = notifier
         self.metrics = metrics
         self.stopping = stopping
+        self._taken_lock = threading.Lock()
+        self._newest_taken = 0.0
 
     def handle(self, body: bytes, count: int) -> Result:
         """A notification the broker did not confirm requeues the message (after a back-off):
@@ -164,6 +166,7 @@ class Processor:
                 None,
             )
             return self._on_failure(target, classify(exc), count)
+        self._taken(request, count)
         try:
             result = self._handle(request, count)
         except BrokerUnavailable:
@@ -177,9 +180,24 @@ class Processor:
                 result = self._resend_success(request)
             else:
                 result = self._on_failure(Target.of(request), failure, count)
-        if result.settle is not Settle.REQUEUE and request.inline_input:
-            self._remove_input(request)
+        if result.settle is not Settle.REQUEUE:
+            if result.outcome != "duplicate":
+                self.metrics.total_processing_time.labels(result.outcome).observe(
+                    max(0.0, time.time() - request.accepted_at)
+                )
+            if request.inline_input:
+                self._remove_input(request)
         return result
+
+    def _taken(self, request: InvocationRequest, count: int) -> None:
+        """Time in backlog (first deliveries), and the newest acceptance time taken, which
+        bounds the age of what still waits (the operator's estimate for a quorum queue)."""
+        if count == 0:
+            self.metrics.time_in_backlog.observe(max(0.0, time.time() - request.accepted_at))
+        with self._taken_lock:
+            if request.accepted_at > self._newest_taken:
+                self._newest_taken = request.accepted_at
+                self.metrics.dequeued_accepted_at.set(request.accepted_at)
 
     def _has_output(self, request: InvocationRequest) -> bool:
         try:

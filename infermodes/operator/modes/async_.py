@@ -6,7 +6,9 @@ queue and their bindings when it connects (idempotently), with its AMQP URL from
 spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``). Before a
 scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
 removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
-period outlasts the invocation timeout), acknowledges and exits.
+period outlasts the invocation timeout), acknowledges and exits. The status carries the age of
+the oldest waiting request: the broker's for a classic queue, else estimated from when the
+newest request each worker took was accepted (``status.oldest_age_from_dequeues``).
 
 Deleting the endpoint removes the workers; its queue and the requests in it stay on the broker
 (re-creating the endpoint picks them up), as a queue the operator deleted would lose accepted
@@ -15,14 +17,15 @@ requests.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import async_block, worker
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
-from infermodes.endpoints.status import Status
-from infermodes.metrics import parse_worker_in_flight
+from infermodes.endpoints.status import QueueFigures, Status, oldest_age_from_dequeues
+from infermodes.metrics import parse_worker_dequeued_accepted_at, parse_worker_in_flight
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure
@@ -48,6 +51,31 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     ).replicas
 
 
+def running_pods(signals: Signals) -> list[tuple[str, str]]:
+    """(name, IP) of the workers that run and are not being deleted."""
+    found = []
+    for pod in signals.pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and not pod["metadata"].get("deletionTimestamp"):
+            found.append((pod["metadata"]["name"], ip))
+    return found
+
+
+def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
+    """The broker's figures, with the oldest waiting request's age estimated from what the
+    workers took last when the broker does not report it (a quorum queue)."""
+    if figures is None or figures.oldest_age is not None or figures.ready is None:
+        return figures
+    taken = []
+    for _name, ip in running_pods(signals):
+        text = signals.fetch_metrics(ip, METRICS_PORT)
+        accepted_at = parse_worker_dequeued_accepted_at(text) if text is not None else None
+        if accepted_at is not None:
+            taken.append(accepted_at)
+    age = oldest_age_from_dequeues(figures.ready, taken, signals.wall)
+    return dataclasses.replace(figures, oldest_age=age)
+
+
 def pod_annotations(
     spec: s.EndpointSpec, signals: Signals, replicas: int
 ) -> dict[str, dict[str, str]]:
@@ -56,14 +84,11 @@ def pod_annotations(
     if replicas >= signals.workload.replicas:
         return {}
     costs = {}
-    for pod in signals.pods:
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip or pod["metadata"].get("deletionTimestamp"):
-            continue
+    for name, ip in running_pods(signals):
         text = signals.fetch_metrics(ip, METRICS_PORT)
         in_flight = parse_worker_in_flight(text) if text is not None else None
         if in_flight is not None:
-            costs[pod["metadata"]["name"]] = {DELETION_COST: str(int(in_flight))}
+            costs[name] = {DELETION_COST: str(int(in_flight))}
     return costs
 
 
@@ -104,7 +129,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     """``InService`` while the queue accepts work, also at zero workers; the reason says how
     the pool stands (``Idle``, ``Processing``, ``BrokerUnreadable``: the replicas are kept)."""
     workload = signals.workload
-    figures = signals.backlog()
+    figures = with_oldest_age(signals.backlog(), signals)
     problem = failure(workload)
     if problem is not None:
         status = workload.status(s.Phase.FAILED, problem[0], problem[1])
@@ -120,6 +145,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         total = figures.total
         in_flight = "unknown" if figures.in_flight is None else str(figures.in_flight)
         queued = f"{figures.ready} queued, {in_flight} in flight"
+        if figures.ready and figures.oldest_age is not None:
+            queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
         reason = "Idle" if total == 0 and workload.replicas == 0 else "Processing"
         status = workload.status(
             s.Phase.IN_SERVICE, reason, f"{queued}; {workload.ready}/{workload.replicas} workers"

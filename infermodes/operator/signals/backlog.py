@@ -22,4 +22,4 @@ def read_backlog(
     except BROKER_ERRORS as exc:  # the management API's failures fall back to AMQP inside
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
-    return QueueFigures(found.ready, found.unacked)
+    return QueueFigures(found.ready, found.unacked, found.oldest_age)

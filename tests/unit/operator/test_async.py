@@ -1,10 +1,20 @@
 """Async: the worker Deployment for every field, replicas from the backlog, idle workers
 removed first on scale-in, and the status with the queue's figures."""
 
+import pytest
+from prometheus_client import CollectorRegistry
+
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import QueueFigures
+from infermodes.endpoints.status import (
+    QueueFigures,
+    Status,
+    oldest_age_from_dequeues,
+    record_queue,
+)
+from infermodes.metrics import DEQUEUED_ACCEPTED_AT as DEQUEUED
+from infermodes.metrics import OperatorMetrics
 from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
@@ -92,10 +102,67 @@ def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> 
     idle = async_.observe(SPEC, signals(WorkloadState(True, 0, 0, 0, True), QueueFigures(0, 0)),
                           None)  # fmt: skip
     assert (idle.phase, idle.reason) == (s.Phase.IN_SERVICE, "Idle")
-    assert idle.to_patch(1, None)["backlog"] == {"ready": 0, "inFlight": 0, "total": 0}
+    assert idle.to_patch(1, None)["backlog"] == {"ready": 0, "inFlight": 0, "total": 0,
+                                                 "oldestAgeSeconds": 0.0}  # fmt: skip
     busy = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), QueueFigures(5, 6)),
                           None)  # fmt: skip
     assert busy.reason == "Processing" and "5 queued, 6 in flight" in busy.message
     blind = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), None), None)
     assert (blind.phase, blind.reason, blind.replicas) == (s.Phase.IN_SERVICE,
                                                            "BrokerUnreadable", 2)  # fmt: skip
+
+
+def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
+    two = WorkloadState(True, 2, 2, 2, True)
+    pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2"), pod("new", "127.0.0.3"),
+            pod("silent", "127.0.0.4")]  # fmt: skip
+    metrics = {  # the signals' wall clock is 1000.0
+        "127.0.0.1": f"{DEQUEUED} 990.5\n",
+        "127.0.0.2": f"{DEQUEUED} 996.0\n",  # the newest taken: what waits came after it
+        "127.0.0.3": f"{DEQUEUED} 0.0\n",  # has taken nothing yet
+    }
+    waiting = async_.observe(SPEC, signals(two, QueueFigures(7, 8), pods, metrics), None)
+    assert waiting.backlog == QueueFigures(7, 8, 4.0)
+    assert "(oldest waiting 4.0 s)" in waiting.message
+    assert waiting.to_patch(1, None)["backlog"]["oldestAgeSeconds"] == 4.0
+    exact = async_.observe(SPEC, signals(two, QueueFigures(7, 8, 42.25), pods, metrics), None)
+    assert exact.backlog == QueueFigures(7, 8, 42.25)  # the broker's own figure wins
+    at_zero = async_.observe(SPEC, signals(WorkloadState(True, 0, 0, 0, True),
+                                           QueueFigures(3, 0)), None)  # fmt: skip
+    assert at_zero.backlog == QueueFigures(3, 0, None)  # no worker took any: unknown
+    assert at_zero.to_patch(1, None)["backlog"]["oldestAgeSeconds"] is None
+    empty = async_.observe(SPEC, signals(two, QueueFigures(0, 2), pods, metrics), None)
+    assert empty.backlog == QueueFigures(0, 2, 0.0)  # nothing waits
+
+
+@pytest.mark.parametrize(
+    ("ready", "taken", "age"),
+    [
+        (0, [], 0.0),
+        (0, [10.0], 0.0),
+        (4, [], None),
+        (4, [10.0, 70.0, 40.0], 30.0),
+        (4, [105.0], 0.0),  # a clock a little ahead of ours: never negative
+    ],
+)
+def test_oldest_age_from_dequeues(ready: int, taken: list[float], age: float | None) -> None:
+    assert oldest_age_from_dequeues(ready, taken, now=100.0) == age
+
+
+def test_the_operator_metrics_carry_the_oldest_age_and_keep_unknown_figures() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    key = ("ns", "abalone")
+    busy = Status(s.Phase.IN_SERVICE, replicas=2, ready_replicas=2,
+                  backlog=QueueFigures(5, 3, 12.5))  # fmt: skip
+    record_queue(metrics, key, busy)
+    labels = {"namespace": "ns", "endpoint": "abalone"}
+    value = lambda name: registry.get_sample_value(name, labels)  # noqa: E731
+    assert value("infermodes_async_approximate_age_of_oldest_request_seconds") == 12.5
+    assert value("infermodes_async_approximate_backlog_size") == 8
+    assert value("infermodes_async_approximate_backlog_size_per_instance") == 4
+    assert value("infermodes_async_has_backlog_without_capacity") == 0
+    unknown = Status(s.Phase.IN_SERVICE, backlog=QueueFigures(6, None, None))
+    record_queue(metrics, key, unknown)  # in flight and age unknown: the gauges stay
+    assert value("infermodes_async_approximate_age_of_oldest_request_seconds") == 12.5
+    assert value("infermodes_async_approximate_backlog_size") == 8
