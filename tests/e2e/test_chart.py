@@ -1,8 +1,10 @@
-"""The Helm chart lints, renders, and grants exactly the verbs the operator uses."""
+"""The Helm chart lints, renders, and grants exactly the verbs the operator and the gateway use;
+the gateway's access keys come from a Secret, never from values."""
 
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 import yaml
 
@@ -37,3 +39,57 @@ def test_rendered_rbac_is_least_privilege_and_the_operator_holds_no_secrets() ->
     assert "envFrom" not in container  # it reads no storage and no broker: no credentials
     assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in container["env"])
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "infermodes-operator"
+
+
+def gateway_documents(*sets: str) -> list[dict[str, Any]]:
+    args = [arg for value in sets for arg in ("--set", value)]
+    result = helm("template", "infermodes", str(CHART), "--namespace", "ops", *args)
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def gateway_env(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    deployment = next(d for d in documents if d["kind"] == "Deployment"
+                      and d["metadata"]["name"] == "infermodes-gateway")  # fmt: skip
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_the_gateways_access_keys_come_from_a_secret_and_without_one_none_are_set() -> None:
+    env = gateway_env(gateway_documents("gateway.auth.secretRef.name=platform-keys"))
+    keys = env["INFERMODES_GATEWAY_ACCESS_KEYS"]
+    assert "value" not in keys
+    assert keys["valueFrom"] == {"secretKeyRef": {"name": "platform-keys", "key": "accessKeys"}}
+    assert "INFERMODES_GATEWAY_ACCESS_KEYS" not in gateway_env(gateway_documents())
+
+
+def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in_its_namespace(
+) -> None:  # fmt: skip
+    documents = gateway_documents("gateway.platform.namespace=platform",
+                                  "gateway.platform.storageSecretName=s3",
+                                  "gateway.platform.brokerSecretName=amqp")  # fmt: skip
+    env = gateway_env(documents)
+    assert env["INFERMODES_GATEWAY_PLATFORM_NAMESPACE"]["value"] == "platform"
+    assert env["INFERMODES_GATEWAY_PLATFORM_STORAGE_SECRET"]["value"] == "s3"
+    assert env["INFERMODES_GATEWAY_PLATFORM_BROKER_SECRET"]["value"] == "amqp"
+    role = next(d for d in documents if d["metadata"]["name"] == "infermodes-gateway-platform"
+                and d["kind"] == "Role")  # fmt: skip
+    assert role["metadata"]["namespace"] == "platform"
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+    group = "infermodes.dev"
+    assert granted == (
+        {(group, "inferenceendpoints", verb)
+         for verb in ("create", "get", "list", "update", "delete")}
+        | {(group, resource, verb) for resource in ("inferencemodels", "inferenceendpointconfigs")
+           for verb in ("create", "get", "list", "delete")}
+    )  # fmt: skip
+    binding = next(d for d in documents if d["metadata"]["name"] == "infermodes-gateway-platform"
+                   and d["kind"] == "RoleBinding")  # fmt: skip
+    assert binding["metadata"]["namespace"] == "platform"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "infermodes-gateway",
+                                    "namespace": "ops"}]  # fmt: skip
+    # the gateway holds no grant on Secrets anywhere: it reads its keys from its env
+    gateway_rules = [rule for d in documents if d["kind"] in ("Role", "ClusterRole")
+                     and d["metadata"]["name"].startswith("infermodes-gateway")
+                     for rule in d["rules"]]  # fmt: skip
+    assert not any(r in ("secrets", "*") for rule in gateway_rules for r in rule["resources"])

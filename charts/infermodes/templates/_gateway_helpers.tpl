@@ -30,3 +30,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- toJson (list .Release.Namespace) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where the platform API keeps what it creates: the configured namespace, or the release's. */}}
+{{- define "infermodes.gateway.platformNamespace" -}}
+{{- default .Release.Namespace .Values.gateway.platform.namespace -}}
+{{- end -}}
