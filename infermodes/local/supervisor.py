@@ -40,12 +40,13 @@ from infermodes.endpoints.status import (
     Status,
     add_progress,
     describe_failures,
+    record_queue,
     summary_progress,
 )
 from infermodes.gateway.table import Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
-from infermodes.metrics import ServerLoad, parse_server_load
+from infermodes.metrics import OperatorMetrics, ServerLoad, parse_server_load
 from infermodes.queueing.connect import Broker
 from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
 
@@ -112,6 +113,7 @@ class Supervisor:
         self.table: Table | None = None
         self.retiring: list[tuple[Child, float]] = []  # stopping children, with a kill deadline
         self.wake = asyncio.Event()
+        self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
         self.registry = Registry(state_dir / "children.json")
         for directory in ("endpoints", "logs", "batch"):
             (state_dir / directory).mkdir(parents=True, exist_ok=True)
@@ -284,20 +286,20 @@ class Supervisor:
                 spec.serverless_block(), current, demand, endpoint.memory, time.time()
             )
         block = async_plan.async_block(spec)
-        ready: int | None
-        unacked: int | None
+        figures = QueueFigures(None, None)
         try:
             backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
-            ready, unacked = backlog.ready, backlog.unacked
+            figures = QueueFigures(backlog.ready, backlog.unacked, backlog.oldest_age)
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
-            ready = unacked = None
-        decision = backlog_replicas(block, current, ready, unacked, endpoint.memory, now)
+        decision = backlog_replicas(
+            block, current, figures.ready, figures.in_flight, endpoint.memory, now
+        )
         endpoint.status = Status(
             endpoint.status.phase,
             decision.reason,
             endpoint.status.message,
-            backlog=QueueFigures(ready, unacked),
+            backlog=figures,
         )
         return decision.replicas
 
@@ -355,6 +357,8 @@ class Supervisor:
             phase, reason, message, running, ready, endpoint.desired,
             backlog=endpoint.status.backlog,
         )  # fmt: skip
+        if self.metrics is not None:
+            record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
 
     # batch
     def _summary_path(self, name: str, index: int) -> Path:
@@ -365,6 +369,9 @@ class Supervisor:
         summary is not run again, also after a restart of ``up``)."""
         spec, name = endpoint.manifest.spec, endpoint.name
         count = spec.batch_block().instance_count
+        if spec.batch_block().stop:  # applying it stopped the instances (see ``apply``)
+            endpoint.status = Status(Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")
+            return
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         if not endpoint.initialized:
             endpoint.initialized = True

@@ -20,9 +20,12 @@ from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, load_paths
+from infermodes.local.platform_store import LocalPlatformStore
 from infermodes.local.supervisor import Supervisor
 from infermodes.logs import configure_logging
-from infermodes.metrics import AsyncApiMetrics
+from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
+from infermodes.platform.router import create_router as platform_router
+from infermodes.platform.translate import Defaults
 from infermodes.queueing.connect import Broker, broker_from_url
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import AsyncApiSettings, GatewaySettings
@@ -33,6 +36,10 @@ log = logging.getLogger("infermodes.local")
 GATEWAY_ID = "infermodes-up"
 MAX_INLINE_BYTES = AsyncApiSettings.model_fields["max_inline_bytes"].default
 PUBLISH_CONNECTIONS = 4
+# a new replica's /ping is polled this often (the gateway's default is 50 ms, for pods): on
+# loopback a probe costs ~0.1 ms, and a cold start waits for the next one after the model loads
+PROBE_INTERVAL_SECONDS = 0.01
+LOCAL_DEFAULTS = Defaults(resolved_image="infermodes model server (a local process of up)")
 
 
 class StateDirBusy(RuntimeError):
@@ -93,6 +100,7 @@ def _serve(
     for manifest in manifests:
         supervisor.apply(manifest)
     registry = CollectorRegistry()
+    supervisor.metrics = OperatorMetrics(registry)  # the operator's async gauges, on /metrics
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
     routers = [
         api_router(supervisor, tail),
@@ -100,8 +108,10 @@ def _serve(
             supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
             MAX_INLINE_BYTES, [],
         ),
+        platform_router(LocalPlatformStore(state_dir, supervisor), LOCAL_DEFAULTS),
     ]  # fmt: skip
-    settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level)
+    settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level,
+                               probe_interval_seconds=PROBE_INTERVAL_SECONDS)  # fmt: skip
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers)  # fmt: skip
     log.info("infermodes up on http://127.0.0.1:%d, state in %s", port, state_dir)

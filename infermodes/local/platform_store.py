@@ -1,0 +1,108 @@
+"""The managed platform's API state under ``infermodes up``: models and endpoint configs are JSON
+files in ``<state dir>/platform/``, endpoints and transform jobs are the supervisor's endpoints
+(so ``infermodes get`` lists them and they come back after a restart like any applied
+manifest). The supervisor keeps a manifest's name and spec only; the labels and annotations
+the API reads back are kept beside the records, one file per endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from infermodes.local.manifests import parse_document
+from infermodes.local.supervisor import Supervisor
+from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+
+DIRECTORIES = {RecordKind.MODEL: "models", RecordKind.ENDPOINT_CONFIG: "endpoint-configs"}
+METADATA = "endpoints"  # labels and annotations of the endpoints the API made
+
+
+def write_atomically(path: Path, content: Any) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(content))
+    temporary.replace(path)
+
+
+class LocalPlatformStore:
+    """A ``PlatformStore`` over the state dir and the supervisor. Every method runs on the
+    event loop that runs the supervisor, without awaiting in between, so a check and the write
+    after it see no other request."""
+
+    def __init__(self, state_dir: Path, supervisor: Supervisor) -> None:
+        self.root = state_dir / "platform"
+        self.supervisor = supervisor
+        for directory in (*DIRECTORIES.values(), METADATA):
+            (self.root / directory).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, kind: RecordKind, name: str) -> Path:
+        return self.root / DIRECTORIES[kind] / f"{name}.json"
+
+    def _metadata_path(self, name: str) -> Path:
+        return self.root / METADATA / f"{name}.json"
+
+    async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
+        path = self._path(kind, name)
+        if path.exists():
+            raise AlreadyExists(name)
+        write_atomically(path, record)
+
+    async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
+        try:
+            found: JsonObject = json.loads(self._path(kind, name).read_text())
+        except FileNotFoundError:
+            return None
+        return found
+
+    async def list_records(self, kind: RecordKind) -> list[JsonObject]:
+        paths = sorted((self.root / DIRECTORIES[kind]).glob("*.json"))
+        return [json.loads(path.read_text()) for path in paths]
+
+    async def delete_record(self, kind: RecordKind, name: str) -> None:
+        try:
+            self._path(kind, name).unlink()
+        except FileNotFoundError:
+            raise NotFound(name) from None
+
+    def _apply(self, endpoint: JsonObject) -> None:
+        name = endpoint["metadata"]["name"]
+        document = {key: endpoint[key] for key in ("apiVersion", "kind", "spec")}
+        document["metadata"] = {"name": name}
+        manifest = parse_document(document, f"the platform API's endpoint {name}")
+        metadata = endpoint["metadata"]
+        write_atomically(self._metadata_path(name), {
+            "labels": metadata.get("labels") or {},
+            "annotations": metadata.get("annotations") or {},
+        })  # fmt: skip
+        self.supervisor.apply(manifest)
+
+    async def create_endpoint(self, endpoint: JsonObject) -> None:
+        if endpoint["metadata"]["name"] in self.supervisor.endpoints:
+            raise AlreadyExists(endpoint["metadata"]["name"])
+        self._apply(endpoint)
+
+    async def replace_endpoint(self, endpoint: JsonObject) -> None:
+        if endpoint["metadata"]["name"] not in self.supervisor.endpoints:
+            raise NotFound(endpoint["metadata"]["name"])
+        self._apply(endpoint)
+
+    async def read_endpoint(self, name: str) -> JsonObject | None:
+        endpoint = self.supervisor.endpoints.get(name)
+        if endpoint is None:
+            return None
+        obj = copy.deepcopy(self.supervisor.object_of(endpoint, with_processes=False))
+        # an endpoint applied as a manifest, not through the API, has no labels of the API's
+        with contextlib.suppress(FileNotFoundError):
+            obj["metadata"] |= json.loads(self._metadata_path(name).read_text())
+        return obj
+
+    async def list_endpoints(self) -> list[JsonObject]:
+        found = [await self.read_endpoint(name) for name in sorted(self.supervisor.endpoints)]
+        return [obj for obj in found if obj is not None]
+
+    async def delete_endpoint(self, name: str) -> None:
+        if not self.supervisor.delete(name):
+            raise NotFound(name)
+        self._metadata_path(name).unlink(missing_ok=True)

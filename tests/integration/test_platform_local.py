@@ -1,0 +1,336 @@
+"""boto3's own ``sagemaker`` and ``sagemaker-runtime`` clients, unchanged but for
+``endpoint_url``, against a real ``infermodes up`` process and a real S3 API server: the seed
+flow (model.tar.gz in S3, a serverless endpoint, boto3's waiters, predictions equal to the
+booster's, clean-up), an async endpoint, a transform job, and every operation's errors as the
+``ClientError`` codes boto3 raises."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError, WaiterError
+
+from tests.conftest import AbaloneModel
+from tests.support.async_plane import to_csv
+from tests.support.local import Up, running_up
+from tests.support.processes import wait_until
+from tests.support.s3 import S3Endpoint
+
+REGION = "us-east-1"
+XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+ROLE = "arn:aws:iam::123456789012:role/infermodes-test"
+FAST = {"Delay": 1, "MaxAttempts": 120}  # the waiters' own acceptors, polled every second
+MODEL_URL = "s3://models/abalone/model.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def up(s3: S3Endpoint, abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory
+       ) -> Iterator[Up]:  # fmt: skip
+    """``up`` with no manifest: everything comes through the platform's API; its children
+    reach the S3 server through the standard AWS variables."""
+    folder = tmp_path_factory.mktemp("platform")
+    storage: Any = s3.client()
+    for bucket in ("models", "async", "batch"):
+        storage.create_bucket(Bucket=bucket)
+    storage.upload_file(str(abalone_model.tarball), "models", "abalone/model.tar.gz")
+    with (
+        mock.patch.dict("os.environ", s3.env),
+        running_up(folder / "state", [], folder / "up.log") as process,
+    ):
+        yield process
+
+
+def client(up: Up, service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, endpoint_url=up.url, region_name=REGION,
+                        aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sagemaker(up: Up) -> Any:
+    return client(up, "sagemaker")
+
+
+@pytest.fixture(scope="module")
+def runtime(up: Up) -> Any:
+    return client(up, "sagemaker-runtime")
+
+
+def code_of(call: Any, **request: Any) -> str:
+    with pytest.raises(ClientError) as caught:
+        call(**request)
+    code: str = caught.value.response["Error"]["Code"]
+    return code
+
+
+def scores(text: str) -> np.ndarray:
+    return np.array(text.replace(",", "\n").split(), dtype=np.float32)
+
+
+def expected(abalone_model: AbaloneModel, rows: np.ndarray) -> np.ndarray:
+    found: np.ndarray = abalone_model.booster().inplace_predict(rows)  # type: ignore[attr-defined]
+    return found
+
+
+def create_model(sagemaker: Any, name: str) -> None:
+    container = {"Image": XGBOOST_IMAGE, "ModelDataUrl": MODEL_URL}
+    sagemaker.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
+
+
+def test_the_seed_flow_with_a_serverless_endpoint(
+    sagemaker: Any, runtime: Any, abalone_model: AbaloneModel
+) -> None:
+    create_model(sagemaker, "abalone-xgb")
+    config_arn = sagemaker.create_endpoint_config(
+        EndpointConfigName="abalone-serverless",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-xgb",
+                             "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}],
+    )["EndpointConfigArn"]  # fmt: skip
+    assert config_arn.endswith(":endpoint-config/abalone-serverless")
+    created = sagemaker.create_endpoint(EndpointName="abalone-seed",
+                                        EndpointConfigName="abalone-serverless")  # fmt: skip
+    assert created["EndpointArn"] == (
+        "arn:aws:sagemaker:us-east-1:000000000000:endpoint/abalone-seed")  # fmt: skip
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="abalone-seed",
+                                                     WaiterConfig=FAST)  # fmt: skip
+    described = sagemaker.describe_endpoint(EndpointName="abalone-seed")
+    assert described["EndpointStatus"] == "InService"
+    variant = described["ProductionVariants"][0]
+    assert variant["CurrentServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
+    assert variant["DeployedImages"][0]["SpecifiedImage"] == XGBOOST_IMAGE
+    assert described["CreationTime"] <= described["LastModifiedTime"]
+
+    rows = abalone_model.test_rows[:20]
+    answer = runtime.invoke_endpoint(EndpointName="abalone-seed", ContentType="text/csv",
+                                     Accept="text/csv", Body=to_csv(rows))  # fmt: skip
+    predictions = scores(answer["Body"].read().decode())
+    np.testing.assert_allclose(predictions, expected(abalone_model, rows), rtol=1e-6)
+
+    assert "abalone-xgb" in [m["ModelName"] for m in sagemaker.list_models()["Models"]]
+    configs = sagemaker.list_endpoint_configs(NameContains="serverless")["EndpointConfigs"]
+    assert [c["EndpointConfigName"] for c in configs] == ["abalone-serverless"]
+    listed = sagemaker.list_endpoints(StatusEquals="InService")["Endpoints"]
+    assert "abalone-seed" in [e["EndpointName"] for e in listed]
+    model = sagemaker.describe_model(ModelName="abalone-xgb")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == MODEL_URL
+    config = sagemaker.describe_endpoint_config(EndpointConfigName="abalone-serverless")
+    assert config["ProductionVariants"][0]["ServerlessConfig"]["MaxConcurrency"] == 5
+
+    # UpdateEndpoint: another config, Updating -> InService, served by the new spec
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="abalone-realtime",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-xgb",
+                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+    )  # fmt: skip
+    sagemaker.update_endpoint(EndpointName="abalone-seed", EndpointConfigName="abalone-realtime")
+    assert sagemaker.describe_endpoint(EndpointName="abalone-seed")["EndpointStatus"] in (
+        "Updating", "InService")  # fmt: skip
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="abalone-seed",
+                                                     WaiterConfig=FAST)  # fmt: skip
+    updated = sagemaker.describe_endpoint(EndpointName="abalone-seed")
+    assert updated["EndpointConfigName"] == "abalone-realtime"
+    assert updated["ProductionVariants"][0]["CurrentInstanceCount"] == 1
+    answer = runtime.invoke_endpoint(EndpointName="abalone-seed", ContentType="text/csv",
+                                     Body=to_csv(rows))  # fmt: skip
+    np.testing.assert_allclose(scores(answer["Body"].read().decode()),
+                               expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
+
+    sagemaker.delete_endpoint(EndpointName="abalone-seed")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="abalone-seed", WaiterConfig=FAST)
+    for name in ("abalone-serverless", "abalone-realtime"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=name)
+    sagemaker.delete_model(ModelName="abalone-xgb")
+    assert code_of(sagemaker.describe_endpoint, EndpointName="abalone-seed") == (
+        "ValidationException")  # fmt: skip
+    assert code_of(sagemaker.describe_model, ModelName="abalone-xgb") == "ValidationException"
+    assert code_of(runtime.invoke_endpoint, EndpointName="abalone-seed", ContentType="text/csv",
+                   Body=b"1,2") == "ValidationError"  # fmt: skip
+
+
+def read_when_there(storage: Any, uri: str, seconds: float = 90.0) -> bytes:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    found: list[bytes] = []
+
+    def there() -> bool:
+        try:
+            found.append(storage.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError:
+            return False
+        return True
+
+    wait_until(there, seconds, f"{uri} to be written")
+    return found[0]
+
+
+def test_an_async_endpoint_writes_its_output_to_s3(
+    sagemaker: Any, runtime: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+) -> None:
+    create_model(sagemaker, "abalone-async-model")
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="abalone-async-config",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-async-model",
+                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+        AsyncInferenceConfig={
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2},
+            "OutputConfig": {"S3OutputPath": "s3://async/output",
+                             "S3FailurePath": "s3://async/failures"},
+        },
+    )  # fmt: skip
+    sagemaker.create_endpoint(EndpointName="abalone-async",
+                              EndpointConfigName="abalone-async-config")  # fmt: skip
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="abalone-async",
+                                                     WaiterConfig=FAST)  # fmt: skip
+    described = sagemaker.describe_endpoint(EndpointName="abalone-async")
+    assert described["AsyncInferenceConfig"]["OutputConfig"]["S3OutputPath"] == "s3://async/output"
+
+    storage: Any = s3.client()
+    rows = abalone_model.test_rows[:30]
+    storage.put_object(Bucket="async", Key="input/rows.csv", Body=to_csv(rows))
+    accepted = runtime.invoke_endpoint_async(EndpointName="abalone-async",
+                                             InputLocation="s3://async/input/rows.csv",
+                                             ContentType="text/csv",
+                                             InferenceId=uuid.uuid4().hex[:8])  # fmt: skip
+    assert accepted["OutputLocation"].startswith("s3://async/output/")
+    output = read_when_there(storage, accepted["OutputLocation"])
+    np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
+
+    sagemaker.delete_endpoint(EndpointName="abalone-async")
+    sagemaker.delete_endpoint_config(EndpointConfigName="abalone-async-config")
+    sagemaker.delete_model(ModelName="abalone-async-model")
+
+
+def transform_request(name: str, model: str, prefix: str) -> dict[str, Any]:
+    return {
+        "TransformJobName": name,
+        "ModelName": model,
+        "MaxConcurrentTransforms": 2,
+        "MaxPayloadInMB": 1,
+        "BatchStrategy": "MultiRecord",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                            "S3Uri": f"s3://batch/{prefix}/input/"}},
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {"S3OutputPath": f"s3://batch/{prefix}/output/",
+                            "Accept": "text/csv", "AssembleWith": "Line"},
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 2},
+    }  # fmt: skip
+
+
+def test_a_transform_job_completes_with_every_output(
+    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+) -> None:
+    storage: Any = s3.client()
+    rows = abalone_model.test_rows
+    for index in range(3):
+        part = rows[index * 40 : index * 40 + 40]
+        storage.put_object(Bucket="batch", Key=f"job/input/part-{index}.csv", Body=to_csv(part))
+    create_model(sagemaker, "abalone-batch-model")
+    request = transform_request("Abalone-Batch", "abalone-batch-model", "job")
+    arn = sagemaker.create_transform_job(**request)["TransformJobArn"]
+    assert arn.endswith(":transform-job/abalone-batch")
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="Abalone-Batch", WaiterConfig=FAST
+    )
+    described = sagemaker.describe_transform_job(TransformJobName="abalone-batch")
+    assert described["TransformJobName"] == "Abalone-Batch"
+    assert described["TransformJobStatus"] == "Completed"
+    assert described["TransformResources"]["InstanceCount"] == 2
+    assert described["TransformEndTime"] >= described["CreationTime"]
+    for index in range(3):
+        output = storage.get_object(Bucket="batch", Key=f"job/output/part-{index}.csv.out")
+        part = rows[index * 40 : index * 40 + 40]
+        np.testing.assert_allclose(scores(output["Body"].read().decode()),
+                                   expected(abalone_model, part), rtol=1e-6)  # fmt: skip
+    summaries = sagemaker.list_transform_jobs(StatusEquals="Completed")["TransformJobSummaries"]
+    assert "Abalone-Batch" in [s["TransformJobName"] for s in summaries]
+    assert code_of(sagemaker.stop_transform_job, TransformJobName="abalone-batch") == (
+        "ValidationException")  # fmt: skip
+    assert code_of(sagemaker.create_transform_job, **request) == "ResourceInUse"
+
+
+def test_a_stopped_transform_job_reports_stopped(sagemaker: Any, s3: S3Endpoint,
+                                                 big_input: Path) -> None:  # fmt: skip
+    storage: Any = s3.client()
+    storage.upload_file(str(big_input), "batch", "big/input/big.csv")
+    create_model(sagemaker, "abalone-stop-model")
+    sagemaker.create_transform_job(**transform_request("abalone-stop", "abalone-stop-model", "big"))
+    sagemaker.stop_transform_job(TransformJobName="abalone-stop")
+    assert sagemaker.describe_transform_job(TransformJobName="abalone-stop")[
+        "TransformJobStatus"] in ("Stopping", "Stopped")  # fmt: skip
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="abalone-stop", WaiterConfig=FAST
+    )
+    assert sagemaker.describe_transform_job(TransformJobName="abalone-stop")[
+        "TransformJobStatus"] == "Stopped"  # fmt: skip
+
+
+def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up) -> None:
+    """What boto3 lets through (its own checks catch missing and mistyped members) is refused
+    by the API with the platform's codes."""
+    missing = {
+        sagemaker.describe_model: {"ModelName": "nothing"},
+        sagemaker.delete_model: {"ModelName": "nothing"},
+        sagemaker.describe_endpoint_config: {"EndpointConfigName": "nothing"},
+        sagemaker.delete_endpoint_config: {"EndpointConfigName": "nothing"},
+        sagemaker.describe_endpoint: {"EndpointName": "nothing"},
+        sagemaker.delete_endpoint: {"EndpointName": "nothing"},
+        sagemaker.update_endpoint: {"EndpointName": "nothing", "EndpointConfigName": "nothing"},
+        sagemaker.create_endpoint: {"EndpointName": "nothing", "EndpointConfigName": "nothing"},
+    }
+    for call, request in missing.items():
+        assert code_of(call, **request) == "ValidationException", call
+    for call in (sagemaker.describe_transform_job, sagemaker.stop_transform_job):
+        assert code_of(call, TransformJobName="nothing") == "ResourceNotFound"
+    with pytest.raises(WaiterError, match="ValidationException"):
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="nothing",
+                                                         WaiterConfig=FAST)  # fmt: skip
+    orphan = transform_request("orphan", "no-such-model", "x")
+    assert code_of(sagemaker.create_transform_job, **orphan) == "ValidationException"
+
+    assert code_of(sagemaker.create_model, ModelName="torch", ExecutionRoleArn=ROLE,
+                   PrimaryContainer={"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+                                     "pytorch-inference:2.1", "ModelDataUrl": MODEL_URL}
+                   ) == "ValidationException"  # fmt: skip
+    assert code_of(sagemaker.create_model, ModelName="bad_name!", PrimaryContainer={
+        "ModelDataUrl": MODEL_URL}) == "ValidationException"  # fmt: skip
+    create_model(sagemaker, "errors-model")
+    assert code_of(sagemaker.create_model, ModelName="Errors-Model", PrimaryContainer={
+        "ModelDataUrl": MODEL_URL}) == "ValidationException"  # fmt: skip
+    variant = {"VariantName": "v", "ModelName": "errors-model",
+               "ServerlessConfig": {"MemorySizeInMB": 1500, "MaxConcurrency": 5}}  # fmt: skip
+    with pytest.raises(ClientError, match="ServerlessConfig.MemorySizeInMB"):
+        sagemaker.create_endpoint_config(EndpointConfigName="bad", ProductionVariants=[variant])
+    two = [{**variant, "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}] * 2
+    assert code_of(sagemaker.create_endpoint_config, EndpointConfigName="bad",
+                   ProductionVariants=two) == "ValidationException"  # fmt: skip
+    sagemaker.create_endpoint_config(EndpointConfigName="errors-config",
+                                     ProductionVariants=two[:1])  # fmt: skip
+    assert code_of(sagemaker.create_endpoint_config, EndpointConfigName="Errors-Config",
+                   ProductionVariants=two[:1]) == "ValidationException"  # fmt: skip
+    assert code_of(sagemaker.create_endpoint, EndpointName="9-starts-with-a-digit",
+                   EndpointConfigName="errors-config") == "ValidationException"  # fmt: skip
+    for call in (sagemaker.list_models, sagemaker.list_endpoint_configs, sagemaker.list_endpoints,
+                 sagemaker.list_transform_jobs):  # fmt: skip
+        assert code_of(call, MaxResults=1000) == "ValidationException", call
+        assert code_of(call, NextToken="not-a-token") == "ValidationException", call
+    bad_job = transform_request("bad-job", "errors-model", "x") | {"BatchStrategy": "Whatever"}
+    with pytest.raises(ClientError, match="BatchStrategy"):
+        sagemaker.create_transform_job(**bad_job)
+    sagemaker.delete_endpoint_config(EndpointConfigName="errors-config")
+    sagemaker.delete_model(ModelName="errors-model")
+
+    import httpx
+
+    unknown = httpx.post(up.url + "/", content=b"{}", timeout=10.0,
+                         headers={"X-Amz-Target": "SageMaker.CreateTrainingJob",
+                                  "Content-Type": "application/x-amz-json-1.1"})  # fmt: skip
+    assert (unknown.status_code, unknown.json()["__type"]) == (400, "UnknownOperationException")
