@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from infermodes.errors import InvalidInput
-from infermodes.predict import codecs
+from infermodes.predict import codecs, fastcsv
 from infermodes.predict.stream import decode_chunk
 from infermodes.workers.batch.filters import JsonPath
 from infermodes.workers.batch.records import BadRecord, MiniBatch
@@ -71,7 +71,7 @@ class Transform:
         return self._lines(batch)
 
     def _encode(self, predictions: np.ndarray) -> bytes:
-        out = codecs.encode(predictions, self.accept)
+        out = fastcsv.encode(predictions, self.accept)
         return out + b"\n" if self.assemble_lines and not out.endswith(b"\n") else out
 
     def _lines(self, batch: MiniBatch) -> tuple[bytes, int]:

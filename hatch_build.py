@@ -1,0 +1,49 @@
+"""Build hook: compile the C extension ``infermodes/predict/_fastcsv.c`` (native CSV parsing and
+formatting for batch transform) with the machine's C compiler while the package is installed.
+
+An editable install (``scripts/install.sh``) writes the module beside its source; a wheel
+carries it (and is then tagged for this interpreter and platform). Where no C compiler or no
+Python headers exist (a slim container image) the install goes on without it and
+``infermodes.predict.fastcsv`` uses the Python path: the same output, slower. A compiler that
+fails on the source is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+SOURCE = "infermodes/predict/_fastcsv.c"
+
+
+class NativeBuildHook(BuildHookInterface):
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name != "wheel":
+            return
+        compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("gcc") or "cc"]
+        include = sysconfig.get_paths()["include"]
+        if not shutil.which(compiler[0]) or not Path(include, "Python.h").exists():
+            self.app.display_warning(
+                f"infermodes: no C compiler or no Python headers ({include}): installing "
+                "without the native CSV module (batch transform runs slower)"
+            )
+            return
+        name = "_fastcsv" + sysconfig.get_config_var("EXT_SUFFIX")
+        source = Path(self.root, SOURCE)
+        if version == "editable":
+            target = source.with_name(name)
+        else:
+            target = Path(tempfile.mkdtemp(prefix="infermodes-build-"), name)
+            build_data["force_include"][str(target)] = f"infermodes/predict/{name}"
+            build_data["pure_python"] = False
+            build_data["infer_tag"] = True
+        command = [*compiler, "-O2", "-shared", "-fPIC", "-I", include, "-o", str(target)]
+        subprocess.run([*command, str(source), "-lm"], check=True)

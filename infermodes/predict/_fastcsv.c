@@ -1,0 +1,403 @@
+/* Fast CSV parse and format for batch transform (infermodes/predict/fastcsv.py wraps this).
+ *
+ * parse(data, width, out): clean numeric CSV -> float32 rows, exactly as the codecs read it
+ *   (each field correctly rounded to float64, then to float32), the GIL released. Anything the
+ *   fast path does not handle (letters, a wrong field count, a lone CR, a value beyond float32)
+ *   returns -1, and the caller decodes that chunk with the codecs, which name the error.
+ * format(values, columns): float32/float64 values -> one CSV line per row, each value written as
+ *   Python's repr(float(value)) writes it: the shortest decimal that reads back to the same
+ *   float64 (the nearest of those, ties to even), in Python's fixed or exponent notation. Values
+ *   outside [1e-10, 1e16) in magnitude, NaN and infinities go through CPython's own
+ *   PyOS_double_to_string, so every value is written as repr writes it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef unsigned __int128 u128;
+
+/* 2**128 - 2**103: the smallest magnitude float32 rounds to infinity (codecs.F32_OVERFLOW). */
+static const double F32_OVERFLOW = 340282356779733661637539395458142568448.0;
+
+static const double EXACT_POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static inline int is_blank(char c) { return c == ' ' || c == '\t'; }
+static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* One field at *pp (spaces, a decimal, spaces): 1 and the value, 0 for something else. */
+static int parse_field(const char **pp, const char *end, double *value) {
+    const char *p = *pp;
+    while (p < end && is_blank(*p)) p++;
+    const char *start = p;
+    int negative = 0;
+    if (p < end && (*p == '+' || *p == '-')) negative = *p++ == '-';
+    if (end - p >= 3 && (p[0] | 0x20) == 'n' && (p[1] | 0x20) == 'a' && (p[2] | 0x20) == 'n') {
+        p += 3; /* nan, any case, signed or not: a missing value */
+        while (p < end && is_blank(*p)) p++;
+        *value = NAN;
+        *pp = p;
+        return 1;
+    }
+    uint64_t mantissa = 0;
+    int significant = 0, dropped = 0, exponent = 0, digits = 0;
+    for (; p < end && is_digit(*p); p++, digits++) {
+        if (significant < 19) {
+            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+            significant += mantissa != 0;
+        } else {
+            dropped = 1;
+            exponent++;
+        }
+    }
+    if (p < end && *p == '.') {
+        p++;
+        for (; p < end && is_digit(*p); p++, digits++) {
+            if (significant < 19) {
+                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
+                significant += mantissa != 0;
+                exponent--;
+            } else {
+                dropped = 1;
+            }
+        }
+    }
+    if (digits == 0) {
+        if (p != start) return 0; /* a sign or a point alone */
+        while (p < end && is_blank(*p)) p++;
+        *value = NAN; /* an empty field is a missing value */
+        *pp = p;
+        return 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        int exp_negative = 0, exp_digits = 0;
+        long exp_value = 0;
+        if (p < end && (*p == '+' || *p == '-')) exp_negative = *p++ == '-';
+        for (; p < end && is_digit(*p); p++, exp_digits++) {
+            if (exp_value < 100000) exp_value = exp_value * 10 + (*p - '0');
+        }
+        if (exp_digits == 0) return 0;
+        exponent += (int)(exp_negative ? -exp_value : exp_value);
+    }
+    const char *token_end = p;
+    while (p < end && is_blank(*p)) p++;
+    double result;
+    if (!dropped && mantissa <= (UINT64_C(1) << 53) && exponent >= -22 && exponent <= 22) {
+        /* exact operands, one correctly rounded operation (Clinger's fast path) */
+        result = exponent >= 0 ? (double)mantissa * EXACT_POW10[exponent]
+                               : (double)mantissa / EXACT_POW10[-exponent];
+        if (negative) result = -result;
+    } else {
+        char buffer[128];
+        size_t length = (size_t)(token_end - start);
+        if (length >= sizeof buffer) return 0;
+        memcpy(buffer, start, length);
+        buffer[length] = '\0';
+        result = strtod(buffer, NULL); /* glibc's strtod rounds correctly */
+    }
+    if (!(fabs(result) < F32_OVERFLOW)) return 0;
+    *value = result;
+    *pp = p;
+    return 1;
+}
+
+/* Rows of ``width`` fields into out (room for ``capacity`` rows); -1 for the codecs' path. */
+static Py_ssize_t parse_rows(const char *p, const char *end, Py_ssize_t width, float *out,
+                             Py_ssize_t capacity) {
+    Py_ssize_t rows = 0;
+    while (p < end) {
+        const char *q = p;
+        while (q < end && is_blank(*q)) q++;
+        if (q == end) break;
+        if (*q == '\n' || (*q == '\r' && q + 1 < end && q[1] == '\n')) { /* a blank line */
+            p = q + (*q == '\r' ? 2 : 1);
+            continue;
+        }
+        if (rows == capacity) return -1;
+        float *row = out + rows * width;
+        for (Py_ssize_t column = 0; column < width; column++) {
+            double value;
+            if (!parse_field(&p, end, &value)) return -1;
+            row[column] = (float)value;
+            if (column + 1 < width) {
+                if (p == end || *p != ',') return -1;
+                p++;
+            }
+        }
+        if (p < end) {
+            if (*p == '\r' && p + 1 < end && p[1] == '\n') p++;
+            if (*p != '\n') return -1;
+            p++;
+        }
+        rows++;
+    }
+    return rows;
+}
+
+static PyObject *fastcsv_parse(PyObject *Py_UNUSED(module), PyObject *args) {
+    Py_buffer data, out;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "y*nw*", &data, &width, &out)) return NULL;
+    Py_ssize_t rows = -1;
+    if (width > 0 && out.len % ((Py_ssize_t)sizeof(float) * width) == 0) {
+        Py_ssize_t capacity = out.len / ((Py_ssize_t)sizeof(float) * width);
+        Py_BEGIN_ALLOW_THREADS rows =
+            parse_rows((const char *)data.buf, (const char *)data.buf + data.len, width,
+                       (float *)out.buf, capacity);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return PyLong_FromSsize_t(rows);
+}
+
+static const uint64_t POW5[28] = {1ULL,
+                                  5ULL,
+                                  25ULL,
+                                  125ULL,
+                                  625ULL,
+                                  3125ULL,
+                                  15625ULL,
+                                  78125ULL,
+                                  390625ULL,
+                                  1953125ULL,
+                                  9765625ULL,
+                                  48828125ULL,
+                                  244140625ULL,
+                                  1220703125ULL,
+                                  6103515625ULL,
+                                  30517578125ULL,
+                                  152587890625ULL,
+                                  762939453125ULL,
+                                  3814697265625ULL,
+                                  19073486328125ULL,
+                                  95367431640625ULL,
+                                  476837158203125ULL,
+                                  2384185791015625ULL,
+                                  11920928955078125ULL,
+                                  59604644775390625ULL,
+                                  298023223876953125ULL,
+                                  1490116119384765625ULL,
+                                  7450580596923828125ULL};
+
+static const uint64_t POW10[18] = {1ULL,
+                                   10ULL,
+                                   100ULL,
+                                   1000ULL,
+                                   10000ULL,
+                                   100000ULL,
+                                   1000000ULL,
+                                   10000000ULL,
+                                   100000000ULL,
+                                   1000000000ULL,
+                                   10000000000ULL,
+                                   100000000000ULL,
+                                   1000000000000ULL,
+                                   10000000000000ULL,
+                                   100000000000000ULL,
+                                   1000000000000000ULL,
+                                   10000000000000000ULL,
+                                   100000000000000000ULL};
+
+/* x * 2**t for t >= 0, x / 2**-t otherwise: the quotient, and whether a remainder exists. */
+static inline uint64_t scaled(u128 x, int t, u128 *remainder) {
+    if (t >= 0) {
+        *remainder = 0;
+        return (uint64_t)(x << t);
+    }
+    *remainder = x & ((((u128)1) << -t) - 1);
+    return (uint64_t)(x >> -t);
+}
+
+/* The shortest digits of a positive finite double in [1e-10, 1e16) that read back to it, the
+ * nearest of those (ties to an even last digit): writes the digits, returns their count and
+ * sets *decpt (the value is 0.DIGITS x 10**decpt); 0 when the caller must fall back. */
+static int shortest(double value, char *digits, int *decpt) {
+    uint64_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    int biased = (int)(bits >> 52);
+    uint64_t fraction = bits & ((UINT64_C(1) << 52) - 1);
+    uint64_t m = fraction | (UINT64_C(1) << 52);
+    int e = biased - 1075; /* value = m * 2**e */
+    int closed = (m & 1) == 0; /* an even mantissa owns the halfway points (round half even) */
+    /* the interval that reads back to value, in units of 2**(e-2) */
+    uint64_t low4 = 4 * m - (fraction == 0 && biased > 1 ? 1 : 2), high4 = 4 * m + 2, mid4 = 4 * m;
+    int k = 16 - (int)floor(log10(value)); /* value * 10**k in [1e16, 1e17) */
+    uint64_t lo = 0, hi = 0, mid = 0;
+    u128 mid_rest = 0;
+    int t = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        if (k < 0 || k > 27) return 0;
+        t = k + e - 2;
+        if (t > 10 || t < -120) return 0;
+        u128 rest_lo, rest_hi;
+        lo = scaled((u128)low4 * POW5[k], t, &rest_lo);
+        hi = scaled((u128)high4 * POW5[k], t, &rest_hi);
+        mid = scaled((u128)mid4 * POW5[k], t, &mid_rest);
+        if (mid < POW10[16])
+            k++;
+        else if (mid >= POW10[17])
+            k--;
+        else {
+            if (rest_lo != 0 || !closed) lo++; /* ceiling, or past an excluded end */
+            if (rest_hi == 0 && !closed) hi--;
+            break;
+        }
+        if (attempt == 2) return 0;
+    }
+    if (lo > hi) return 0;
+    int j = 0;
+    while (j < 17 && (lo + POW10[j + 1] - 1) / POW10[j + 1] * POW10[j + 1] <= hi) j++;
+    uint64_t unit = POW10[j];
+    uint64_t below = mid / unit * unit, above = below + unit, chosen;
+    int below_ok = below >= lo, above_ok = above <= hi;
+    if (below_ok && above_ok) {
+        /* mid = MID + f (f in [0, 1)); below is nearer iff 2f < gap */
+        int64_t gap = (int64_t)(above - mid) - (int64_t)(mid - below);
+        int order; /* <0: below nearer, >0: above nearer, 0: a tie */
+        if (gap >= 2)
+            order = -1;
+        else if (gap <= -1)
+            order = 1;
+        else if (gap == 0)
+            order = mid_rest == 0 ? 0 : 1;
+        else { /* gap 1: compare f with 1/2 */
+            u128 half = t < 0 ? ((u128)1) << (-t - 1) : 0;
+            order = t >= 0 ? -1 : (mid_rest < half ? -1 : mid_rest > half ? 1 : 0);
+        }
+        if (order == 0) order = (below / unit) % 2 == 0 ? -1 : 1;
+        chosen = order < 0 ? below : above;
+    } else if (below_ok) {
+        chosen = below;
+    } else if (above_ok) {
+        chosen = above;
+    } else {
+        return 0;
+    }
+    uint64_t q = chosen / unit;
+    while (q % 10 == 0) {
+        q /= 10;
+        j++;
+    }
+    char reversed[20];
+    int count = 0;
+    while (q) {
+        reversed[count++] = (char)('0' + q % 10);
+        q /= 10;
+    }
+    for (int i = 0; i < count; i++) digits[i] = reversed[count - 1 - i];
+    *decpt = count + j - k;
+    return count;
+}
+
+/* repr(float(value)) at p; returns the end. */
+static char *write_repr(char *p, double value) {
+    if (value == 0.0) {
+        if (signbit(value)) *p++ = '-';
+        memcpy(p, "0.0", 3);
+        return p + 3;
+    }
+    char digits[20];
+    int decpt = 0, count = 0;
+    double magnitude = fabs(value);
+    if (magnitude >= 1e-10 && magnitude < 1e16) count = shortest(magnitude, digits, &decpt);
+    if (count == 0) {
+        char *text = PyOS_double_to_string(value, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (text == NULL) return NULL;
+        size_t length = strlen(text);
+        memcpy(p, text, length);
+        PyMem_Free(text);
+        return p + length;
+    }
+    if (value < 0) *p++ = '-';
+    if (decpt > -4 && decpt <= 16) { /* Python's fixed notation, a ".0" for integers */
+        if (decpt <= 0) {
+            *p++ = '0';
+            *p++ = '.';
+            for (int i = 0; i < -decpt; i++) *p++ = '0';
+            memcpy(p, digits, (size_t)count);
+            p += count;
+        } else if (decpt >= count) {
+            memcpy(p, digits, (size_t)count);
+            p += count;
+            for (int i = count; i < decpt; i++) *p++ = '0';
+            memcpy(p, ".0", 2);
+            p += 2;
+        } else {
+            memcpy(p, digits, (size_t)decpt);
+            p += decpt;
+            *p++ = '.';
+            memcpy(p, digits + decpt, (size_t)(count - decpt));
+            p += count - decpt;
+        }
+        return p;
+    }
+    *p++ = digits[0]; /* exponent notation: d[.ddd]e-XX */
+    if (count > 1) {
+        *p++ = '.';
+        memcpy(p, digits + 1, (size_t)(count - 1));
+        p += count - 1;
+    }
+    int exponent = decpt - 1;
+    *p++ = 'e';
+    *p++ = exponent < 0 ? '-' : '+';
+    if (exponent < 0) exponent = -exponent;
+    if (exponent >= 100) *p++ = (char)('0' + exponent / 100);
+    *p++ = (char)('0' + exponent / 10 % 10);
+    *p++ = (char)('0' + exponent % 10);
+    return p;
+}
+
+#define MAX_REPR 32 /* "-1.2345678901234567e-308" and a separator fit */
+
+static PyObject *fastcsv_format(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *source;
+    Py_ssize_t columns;
+    if (!PyArg_ParseTuple(args, "On", &source, &columns)) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(source, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    PyObject *result = NULL;
+    int is_float = strcmp(view.format, "f") == 0, is_double = strcmp(view.format, "d") == 0;
+    Py_ssize_t count = view.itemsize ? view.len / view.itemsize : 0;
+    if (!(is_float || is_double) || columns <= 0 || count % columns != 0) {
+        PyErr_SetString(PyExc_ValueError, "format takes float32 or float64 values, whole rows");
+        goto done;
+    }
+    if (count > PY_SSIZE_T_MAX / MAX_REPR) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, count * MAX_REPR);
+    if (result == NULL) goto done;
+    char *start = PyBytes_AS_STRING(result), *p = start;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double value = is_float ? (double)((const float *)view.buf)[i] : ((const double *)view.buf)[i];
+        p = write_repr(p, value);
+        if (p == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        *p++ = (i + 1) % columns == 0 ? '\n' : ',';
+    }
+    _PyBytes_Resize(&result, p - start);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", fastcsv_parse, METH_VARARGS,
+     "parse(data, width, out) -> rows written into out (float32), or -1: use the codecs."},
+    {"format", fastcsv_format, METH_VARARGS,
+     "format(values, columns) -> CSV lines, each value as repr(float(value))."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastcsv", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__fastcsv(void) { return PyModule_Create(&module); }
