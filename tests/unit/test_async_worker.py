@@ -307,3 +307,26 @@ def test_a_lost_error_notification_requeues_and_keeps_the_one_error_object(
     assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
     assert (tmp_path / "fail/r1.error").read_bytes() == first
     assert [b["failureReason"] for _, b, _ in notifier.sent] == ["InvalidInput"]
+
+
+def test_time_in_backlog_total_time_and_the_newest_acceptance_taken_are_measured(
+    processor: Processor, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    processor.metrics = WorkerMetrics(registry)
+    value = registry.get_sample_value
+    now = time.time()
+    older = request(tmp_path, accepted_at=now - 30, expires_at=now + 60)
+    assert processor.handle(older, 0).outcome == "success"
+    waited = value("infermodes_async_time_in_backlog_seconds_sum")
+    assert waited is not None and 30 <= waited < 60
+    assert value("infermodes_async_dequeued_accepted_timestamp_seconds") == now - 30
+    total = ("infermodes_async_total_processing_time_seconds_count", {"outcome": "success"})
+    assert value(*total) == 1
+    newer = request(tmp_path, inference_id="r2", accepted_at=now - 5,
+                    output_location=f"file://{tmp_path}/out/r2.out")  # fmt: skip
+    processor.handle(newer, 0)
+    processor.handle(older, 1)  # a redelivery: waited before, counted then; nothing new done
+    assert value("infermodes_async_time_in_backlog_seconds_count") == 2
+    assert value("infermodes_async_dequeued_accepted_timestamp_seconds") == now - 5  # newest
+    assert value(*total) == 2  # the duplicate is not a second result
