@@ -216,7 +216,9 @@ def test_one_production_variant_only() -> None:
     variant = {"VariantName": "v", "ModelName": "abalone", "ServerlessConfig":
                {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}  # fmt: skip
     request = {"EndpointConfigName": "cfg", "ProductionVariants": [variant, variant]}
-    with pytest.raises(ValidationException, match="exactly one production variant per endpoint, got 2"):
+    with pytest.raises(
+        ValidationException, match="exactly one production variant per endpoint, got 2"
+    ):
         endpoint_config_record(request, {"abalone": model()}, DEFAULTS)
 
 
