@@ -1,6 +1,6 @@
 """boto3's own ``sagemaker`` and ``sagemaker-runtime`` clients, unchanged but for
-``endpoint_url``, against a real ``infermodes up`` process and a real S3 API server: the seed
-flow (model.tar.gz in S3, a serverless endpoint, boto3's waiters, predictions equal to the
+``endpoint_url``, against a real ``infermodes up`` process and a real S3 server (SeaweedFS): the
+seed flow (model.tar.gz in S3, a serverless endpoint, boto3's waiters, predictions equal to the
 booster's, clean-up), an async endpoint, a transform job, and every operation's errors as the
 ``ClientError`` codes boto3 raises."""
 
@@ -21,12 +21,20 @@ from tests.support.async_plane import to_csv
 from tests.support.local import Up, running_up
 from tests.support.processes import wait_until
 from tests.support.s3 import S3Endpoint
+from tests.support.seaweedfs import seaweedfs_server
 
 REGION = "us-east-1"
 XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 ROLE = "arn:aws:iam::123456789012:role/infermodes-test"
 FAST = {"Delay": 1, "MaxAttempts": 120}  # the waiters' own acceptors, polled every second
 MODEL_URL = "s3://models/abalone/model.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Endpoint]:
+    """SeaweedFS: a real S3 server process (its own, on loopback ports)."""
+    with seaweedfs_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
