@@ -8,9 +8,12 @@ import io
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from infermodes.workers.batch import records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
+from tests.support.hostile import FIXED_SEED
 
 
 def blocks(data: bytes, size: int) -> list[bytes]:
@@ -106,3 +109,38 @@ def test_a_truncated_or_broken_gzip_stream_fails_the_object() -> None:
 
 def test_read_blocks_reads_the_whole_stream() -> None:
     assert list(records.read_blocks(io.BytesIO(b"abcdefg"), 3)) == [b"abc", b"def", b"g"]
+
+
+def _packed_by_spec(data: bytes, limit: int) -> list[records.MiniBatch] | str:
+    """The platform's MultiRecord packing, written plainly over the whole input."""
+    out: list[records.MiniBatch] = []
+    first_line = 1
+    while len(data) > limit:
+        cut = data.rfind(b"\n", 0, limit) + 1
+        if cut == 0:
+            return f"line {first_line}"
+        if data[:cut].strip():
+            out.append(records.MiniBatch(first_line, data[:cut]))
+        first_line += data[:cut].count(b"\n")
+        data = data[cut:]
+    if data.strip():
+        out.append(records.MiniBatch(first_line, data))
+    return out
+
+
+@FIXED_SEED
+@given(
+    lines=st.lists(st.sampled_from([b"", b" ", b"1", b"12,3", b"1234567", b"x" * 12]), max_size=30),
+    block=st.integers(1, 20),
+    limit=st.integers(1, 24),
+)
+def test_packing_does_not_depend_on_the_blocks(lines: list[bytes], block: int, limit: int) -> None:
+    data = b"\n".join(lines)
+    expected = _packed_by_spec(data, limit)
+    try:
+        got: list[records.MiniBatch] | str = list(
+            records.pack_lines(iter(blocks(data, block)), limit)
+        )
+    except records.BadRecord as exc:
+        got = f"line {exc.line}"
+    assert got == expected

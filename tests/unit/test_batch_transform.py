@@ -172,3 +172,24 @@ def test_only_per_record_outputs_may_be_cut_into_ranges() -> None:
     assert not transform(accept="application/json").per_record_output
     joined = transform(content_type="application/jsonlines", accept="application/json", join=True)
     assert joined.per_record_output
+
+
+def test_only_plain_csv_is_native_and_runs_in_threads() -> None:
+    """Native CSV transforms run concurrently in threads; what holds the GIL (JSON, filtered
+    or joined lines) in worker processes."""
+    assert transform().native
+    assert not transform(accept="application/jsonlines").native
+    assert not transform(content_type="application/jsonlines").native
+    assert not transform(input_filter="$[1:]").native
+    assert not transform(output_filter="$[0]").native
+    assert not transform(join=True).native
+
+
+def test_native_csv_output_is_what_the_codecs_write() -> None:
+    """Values with 17 digits, few digits, and beyond the native range, as repr writes them."""
+    pairs = [(0.1, 0.2), (1e-12, 0.0), (3.0, 4.25), (1e30, 1e30)]
+    data = b"".join(b"%r,%r\n" % pair for pair in pairs) + b"\n"
+    out, rows = transform()(MiniBatch(1, data))
+    assert rows == 4
+    sums = [np.float32(a) + np.float32(b) for a, b in pairs]
+    assert out == "".join(f"{float(value)!r}\n" for value in sums).encode()

@@ -114,31 +114,38 @@ def _until_end(blocks: Iterator[bytes], position: int, end: int) -> Iterator[byt
         position += len(block)
 
 
+def has_record(data: bytes) -> bool:
+    """Anything but whitespace (``bytes.strip`` would copy a whole mini-batch to say so)."""
+    return bool(data) and not data.isspace()
+
+
 def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
-    """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch."""
-    buffer = bytearray()
+    """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch. Blocks are
+    kept as they come and joined once per mini-batch: its bytes are copied once."""
+    parts: list[bytes] = []
+    size = 0
     first_line = 1
-    pending = iter(blocks)
-    exhausted = False
-    while True:
-        while not exhausted and len(buffer) <= limit:
-            block = next(pending, None)
-            if block is None:
-                exhausted = True
-            else:
-                buffer += block
-        if exhausted and len(buffer) <= limit:
-            if buffer.strip():
-                yield MiniBatch(first_line, bytes(buffer))
-            return
-        cut = buffer.rfind(b"\n", 0, limit) + 1
-        if cut == 0:
-            raise too_large(first_line, limit)
-        chunk = bytes(buffer[:cut])
-        del buffer[:cut]
-        if chunk.strip():
-            yield MiniBatch(first_line, chunk)
-        first_line += chunk.count(b"\n")
+    for block in blocks:
+        while size + len(block) > limit:
+            cut = block.rfind(b"\n", 0, limit - size) + 1
+            if cut:
+                chunk, block = b"".join([*parts, block[:cut]]), block[cut:]
+            else:  # no line ends in this block's share: the cut lies in an earlier block
+                data = b"".join([*parts, block])
+                cut = data.rfind(b"\n", 0, limit) + 1
+                if cut == 0:
+                    raise too_large(first_line, limit)
+                chunk, block = data[:cut], data[cut:]
+            parts, size = [], 0
+            if has_record(chunk):
+                yield MiniBatch(first_line, chunk)
+            first_line += chunk.count(b"\n")
+        if block:
+            parts.append(block)
+            size += len(block)
+    chunk = b"".join(parts)
+    if has_record(chunk):
+        yield MiniBatch(first_line, chunk)
 
 
 def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:

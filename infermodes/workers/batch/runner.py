@@ -43,14 +43,9 @@ from infermodes.metrics import BatchMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri
 from infermodes.workers.batch import plan, records
-from infermodes.workers.batch.records import BadRecord
+from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.summary import Failure, Summary
-from infermodes.workers.batch.worker import (
-    Done,
-    MiniBatchWorker,
-    run_in_process,
-    worker_processes,
-)
+from infermodes.workers.batch.worker import Done, MiniBatchWorker, concurrent_workers
 
 if TYPE_CHECKING:
     from infermodes.settings import BatchSettings
@@ -133,7 +128,9 @@ class Runner:
         self.metrics = metrics
         self.output_prefix = parse_uri(settings.output_uri).uri.rstrip("/")
         self.limit = (settings.max_payload_in_mb or 100) * records.MIB
+        self.model = model
         self.worker = MiniBatchWorker(settings, model)
+        self.work: Callable[[MiniBatch], Done] = self.worker
         self.summary = Summary(settings.instance_index, settings.instance_count)
         self.progress = Progress(0)
 
@@ -191,7 +188,9 @@ class Runner:
             )
             self.progress = Progress(len(units))
             if self.settings.max_concurrent_transforms > 1:
-                executor = worker_processes(self.settings)
+                executor, self.work = concurrent_workers(
+                    self.settings, self.model, self.worker.transform
+                )
             for unit in units:
                 outcome = self.unit(unit, executor)
                 self.metrics.units.labels(outcome).inc()
@@ -261,9 +260,8 @@ class Runner:
             batches = records.minibatches(
                 blocks, settings.split_type, settings.batch_strategy, self.limit
             )
-            work = run_in_process if executor is not None else self.worker
             window = settings.max_concurrent_transforms
-            for done in ordered(work, batches, executor, window):
+            for done in ordered(self.work, batches, executor, window):
                 self.record(done)
                 sink.write(done.output)
                 self.summary.records += done.rows

@@ -56,6 +56,13 @@ class Transform:
         byte ranges may be transformed apart and their outputs concatenated."""
         return self.accept != codecs.JSON or self.join or not self.output_filter.is_identity
 
+    @property
+    def native(self) -> bool:
+        """CSV in and out through ``fastcsv``: parsing and prediction release the GIL, so
+        threads transform in parallel."""
+        plain = self.input_filter.is_identity and self.output_filter.is_identity and not self.join
+        return fastcsv.AVAILABLE and plain and self.content_type == self.accept == codecs.CSV
+
     def __call__(self, batch: MiniBatch) -> tuple[bytes, int]:
         """The mini-batch's output and its number of rows."""
         if self.content_type in (codecs.JSON, JSONLINES):

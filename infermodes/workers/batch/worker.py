@@ -1,11 +1,14 @@
 """Where mini-batches are transformed, and how each is attempted.
 
 One transform at a time runs in the runner's own process. ``maxConcurrentTransforms`` above 1
-runs that many worker processes, as the platform sends concurrent requests to a model server's
-worker processes: decoding and encoding are Python and numpy code that holds the GIL (measured:
-two threads transform no faster than one), so threads would only overlap XGBoost's part.
-Workers are spawned, not forked (a fork after XGBoost's OpenMP runtime has started can hang),
-and each loads the model once.
+runs that many at once: in threads of the runner's process when the transform is native CSV
+(``Transform.native``: parsing and XGBoost release the GIL, formatting is a few per cent of the
+time), else in worker processes, as the platform sends concurrent requests to a model server's
+worker processes: decoding and encoding JSON or filtered lines is Python code that holds the
+GIL (measured: two threads transform no faster than one). Threads share the model and cost
+nothing to start; processes cost an interpreter and a model each, and every mini-batch and its
+output crosses a pipe (measured: ~6 % of the CPU time). Workers are spawned, not forked (a
+fork after XGBoost's OpenMP runtime has started can hang), and each loads the model once.
 
 Attempts: failures other than bad input are retried ``invocationsMaxRetries`` times, and an
 attempt over ``invocationsTimeoutInSeconds`` counts as failed (an in-process call cannot be
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -137,10 +141,33 @@ def run_in_process(batch: MiniBatch) -> Done:
     return _process_worker(batch)
 
 
-def worker_processes(settings: BatchSettings) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
+class ThreadWorkers:
+    """A MiniBatchWorker per thread (each times its own predictions), one model for all."""
+
+    def __init__(self, settings: BatchSettings, model: XGBoostModel) -> None:
+        self.settings = settings
+        self.model = model
+        self.local = threading.local()
+
+    def __call__(self, batch: MiniBatch) -> Done:
+        worker: MiniBatchWorker | None = getattr(self.local, "worker", None)
+        if worker is None:
+            worker = self.local.worker = MiniBatchWorker(self.settings, self.model)
+        return worker(batch)
+
+
+def concurrent_workers(
+    settings: BatchSettings, model: XGBoostModel, transform: Transform
+) -> tuple[Executor, Callable[[MiniBatch], Done]]:
+    """``maxConcurrentTransforms`` transforms at once: the executor and what it runs."""
+    if transform.native:
+        return ThreadPoolExecutor(settings.max_concurrent_transforms), ThreadWorkers(
+            settings, model
+        )
+    processes = ProcessPoolExecutor(
         settings.max_concurrent_transforms,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_process,
         initargs=(settings,),
     )
+    return processes, run_in_process

@@ -383,8 +383,15 @@ def test_bad_settings_are_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
-def test_concurrent_transforms_in_worker_processes_keep_the_order_and_name_bad_lines(
-    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/csv",  # native CSV: transforms in threads of the runner's process
+        "application/jsonlines",  # Python JSON encoding: transforms in worker processes
+    ],
+)
+def test_concurrent_transforms_keep_the_order_and_name_bad_lines(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path, accept: str
 ) -> None:
     text = csv_text(sample_rows(abalone_model.test_rows, 50_000, seed=6))
     lines = text.splitlines(keepends=True)
@@ -393,12 +400,15 @@ def test_concurrent_transforms_in_worker_processes_keep_the_order_and_name_bad_l
     (tmp_path / "in/good.csv").write_bytes(text)
     (tmp_path / "in/bad.csv").write_bytes(b"".join(lines))
     # 3.5 MB per object: four 1 MB mini-batches each, three in flight at once
-    args = ("--max-concurrent-transforms", "3", "--max-payload-in-mb", "1")
+    args = ("--max-concurrent-transforms", "3", "--max-payload-in-mb", "1", "--accept", accept)
     done = run(command(abalone_model, tmp_path / "in", tmp_path / "out", *args))
     assert done.returncode == EXIT_OBJECTS_FAILED, done.log
-    np.testing.assert_array_equal(
-        scores_of((tmp_path / "out/good.csv.out").read_bytes()), expected_scores(booster, text)
-    )
+    out = (tmp_path / "out/good.csv.out").read_bytes()
+    if accept == "text/csv":
+        scores = scores_of(out)
+    else:
+        scores = np.array([json.loads(line)["score"] for line in out.splitlines()], np.float32)
+    np.testing.assert_array_equal(scores, expected_scores(booster, text))
     [failure] = summary(tmp_path / "out")["failures"]
     assert (failure["line"], failure["reason"]) == (45_001, "expected 10 features, got 9")
 
