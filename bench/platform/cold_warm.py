@@ -6,7 +6,7 @@ the request is held); warm: the invokes after it. Each round creates a fresh end
 its first invoke and ``--warms`` more, and deletes it.
 
 Targets:
-- no ``--endpoint-url``: the script starts its own S3 API server (moto) and ``infermodes up``,
+- no ``--endpoint-url``: the script starts its own S3 server (SeaweedFS) and ``infermodes up``,
   trains the Abalone example model and uploads it;
 - ``--endpoint-url URL --model-url s3://...``: an ``up`` or a gateway already running, with the
   model already where its replicas read it (``--access-key``/``--secret-key`` sign requests).
@@ -40,13 +40,14 @@ ROW = b"0.0,0.0,1.0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15\n"  # one Abalone 
 
 @contextlib.contextmanager
 def own_target(state: Path) -> Iterator[tuple[str, str]]:
-    """moto S3 + ``infermodes up`` on loopback, the example model uploaded: (URL, model URL)."""
+    """SeaweedFS + ``infermodes up`` on loopback, the example model uploaded: (URL, model
+    URL)."""
     from tests.support.local import running_up
-    from tests.support.s3 import s3_server
+    from tests.support.seaweedfs import seaweedfs_server
 
     subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
                     str(state / "model")], check=True, capture_output=True)  # fmt: skip
-    with s3_server() as s3, mock.patch.dict(os.environ, s3.env):
+    with seaweedfs_server() as s3, mock.patch.dict(os.environ, s3.env):
         storage: Any = s3.client()
         storage.create_bucket(Bucket="models")
         storage.upload_file(str(state / "model" / "model.tar.gz"), "models", "model.tar.gz")
