@@ -86,7 +86,7 @@ class ObjectStore(Protocol):
     def exists(self, ref: ObjectRef) -> bool: ...
     def size(self, ref: ObjectRef) -> int: ...
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
-    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]: ...
+    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]: ...
     def delete(self, ref: ObjectRef) -> None: ...
     def remove_partials(self, prefix: ObjectRef, before: float) -> int: ...
 
@@ -185,11 +185,12 @@ class FileStore:
             if not name.startswith("."):
                 yield ObjectRef("file", "", path)
 
-    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]:
-        """``list`` with each object's modification time."""
+    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]:
+        """``list`` with each object's modification time and size."""
         for ref in self.list(prefix):
             with contextlib.suppress(FileNotFoundError):
-                yield ref, os.stat(ref.key).st_mtime
+                stat = os.stat(ref.key)
+                yield ref, stat.st_mtime, stat.st_size
 
     def delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -310,16 +311,17 @@ class S3Store:
             raise self._translate(exc, ref) from exc
 
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
-        for ref, _modified in self.list_with_times(prefix):
+        for ref, _modified, _size in self.list_stats(prefix):
             yield ref
 
-    def list_with_times(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float]]:
+    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]:
+        """Times and sizes come with the listing: no request per object."""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
                 for item in page.get("Contents", []):
                     ref = ObjectRef("s3", prefix.bucket, item["Key"])
-                    yield ref, item["LastModified"].timestamp()
+                    yield ref, item["LastModified"].timestamp(), int(item["Size"])
         except Exception as exc:
             raise self._translate(exc, prefix) from exc
 
@@ -452,7 +454,12 @@ class Storage:
     def list_with_times(self, prefix_uri: str) -> list[tuple[str, float]]:
         """Objects under the prefix with their modification times (seconds since the epoch)."""
         store, ref = self._resolve(prefix_uri)
-        return [(item.uri, modified) for item, modified in store.list_with_times(ref)]
+        return [(item.uri, modified) for item, modified, _size in store.list_stats(ref)]
+
+    def list_with_sizes(self, prefix_uri: str) -> list[tuple[str, int]]:
+        """Objects under the prefix with their sizes in bytes, from the listing itself."""
+        store, ref = self._resolve(prefix_uri)
+        return [(item.uri, size) for item, _modified, size in store.list_stats(ref)]
 
     def list(self, prefix_uri: str) -> list[str]:
         store, ref = self._resolve(prefix_uri)

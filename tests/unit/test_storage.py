@@ -107,6 +107,7 @@ def test_remove_partials_takes_only_stale_partial_files(tmp_path: Path) -> None:
         [".b.out.x2.partial", ".keep", "a.out", "sub"]
     )
     assert storage.list_with_times(f"file://{tmp_path}/") == [(f"file://{output}", 1000.0)]
+    assert storage.list_with_sizes(f"file://{tmp_path}/") == [(f"file://{output}", 1)]
 
 
 def test_create_is_exclusive_even_when_racing(tmp_path: Path) -> None:
@@ -161,6 +162,7 @@ def test_s3_create_remove_partials_and_prefix_checks() -> None:
     assert storage.get_bytes("s3://bkt/in/id.request") == b"first"
     [(uri, modified)] = storage.list_with_times("s3://bkt/in/")
     assert uri == "s3://bkt/in/id.request" and abs(modified - time.time()) < 3600
+    assert storage.list_with_sizes("s3://bkt/in/") == [(uri, len(b"first"))]
     client = storage._stores["s3"].client  # type: ignore[attr-defined]
     client.create_multipart_upload(Bucket="bkt", Key="out/dead.out")
     # (moto dates every upload in 2010, so only the removal can be checked here; the age rule

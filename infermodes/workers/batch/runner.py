@@ -142,17 +142,16 @@ class Runner:
         if settings.input_data_type == "ManifestFile":
             text = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB).decode()
             pairs = plan.parse_manifest(text, settings.input_uri)
-        else:
-            prefix = parse_uri(settings.input_uri)
-            base = prefix.uri
-            if prefix.scheme == "file" and Path(prefix.key).is_dir():
-                base = base.rstrip("/") + "/"
-            pairs = [
-                (uri, plan.relative_key(base, uri))
-                for uri in self.storage.list(base)
-                if not uri.startswith(self.output_prefix + "/")
-            ]
-        return [plan.InputObject(uri, key, self.storage.size(uri)) for uri, key in pairs]
+            return [plan.InputObject(uri, key, self.storage.size(uri)) for uri, key in pairs]
+        prefix = parse_uri(settings.input_uri)
+        base = prefix.uri
+        if prefix.scheme == "file" and Path(prefix.key).is_dir():
+            base = base.rstrip("/") + "/"
+        return [  # sizes from the listing: no request per object
+            plan.InputObject(uri, plan.relative_key(base, uri), size)
+            for uri, size in self.storage.list_with_sizes(base)
+            if not uri.startswith(self.output_prefix + "/")
+        ]
 
     def shard(self, objects: list[plan.InputObject]) -> list[plan.WorkUnit]:
         settings = self.settings
