@@ -1,25 +1,21 @@
 """Serverless end to end on the test control plane: helm install (operator and gateway),
-kubectl apply of the example, cold start through the gateway, throttling, scale-down with
-requests in flight, and back to zero."""
+kubectl apply of the example, scale-down with requests in flight, bad inputs through the
+gateway. Cold start from zero, back to zero and throttling are scenarios run on both actuators
+(``tests/scenarios/test_modes.py``)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
     Tools,
     gateway_url,
     get_endpoint,
-    to_csv,
     wait_phase,
 )
 from tests.support.processes import REPO, wait_until
@@ -35,88 +31,11 @@ def serverless_manifest(name: str, model_uri: str, **serverless: Any) -> dict[st
     return manifest
 
 
-def pod_processes(tools: Tools, namespace: str) -> dict[str, int]:
-    """Pod name -> pid of the pod processes running in the namespace."""
-    kubelet = tools.cluster.kubelet
-    return kubelet.running_pids(namespace) if kubelet is not None else {}
-
-
 def replicas_of(tools: Tools, namespace: str, name: str) -> int:
     deployment = tools.cluster.api.get(
         f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
     )
     return int(deployment["spec"]["replicas"])
-
-
-def gateway_metric(url: str, name: str, endpoint: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels.get("endpoint") == endpoint:
-                total += sample.value
-    return total
-
-
-def test_cold_start_through_the_gateway_and_back_to_zero(
-    tools: Tools, k8s_namespace: str, model_uri: str, abalone_model: AbaloneModel
-) -> None:
-    api = tools.cluster.api
-    manifest = serverless_manifest("coldstart", model_uri, idleTimeoutSeconds=10)
-    applied = tools.apply(manifest, k8s_namespace)
-    assert applied.returncode == 0, applied.stderr
-    endpoint = wait_phase(api, k8s_namespace, "coldstart", "InService")
-    assert endpoint["status"]["reason"] == "ScaledToZero"
-    assert endpoint["status"]["replicas"] == 0
-    assert replicas_of(tools, k8s_namespace, "coldstart") == 0
-    assert pod_processes(tools, k8s_namespace) == {}
-
-    url = gateway_url(tools)
-    assert url is not None
-    rows = abalone_model.test_rows
-    response = httpx.post(f"{url}/endpoints/coldstart/invocations", content=to_csv(rows),
-                          headers=CSV, timeout=90)  # fmt: skip
-    assert response.status_code == 200, response.text
-    got = np.array(response.text.split(), dtype=np.float32)
-    np.testing.assert_array_equal(got, abalone_model.booster().inplace_predict(rows))
-
-    def reasons() -> set[str]:
-        return {e["reason"] for e in api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]}
-
-    # the gateway forwards the moment /ping answers; the operator's Event follows the pod's Ready
-    wait_until(lambda: "ScaledFromZero" in reasons(), 60, "the ScaledFromZero Event")
-
-    # no request for idleTimeoutSeconds: back to zero replicas and no process
-    wait_phase(api, k8s_namespace, "coldstart", "InService", timeout=120,
-               also=lambda e: e["status"].get("reason") == "ScaledToZero")  # fmt: skip
-    wait_until(lambda: pod_processes(tools, k8s_namespace) == {}, 120, "the replica to stop")
-
-
-def test_max_concurrency_throttles_with_429_and_never_a_5xx(
-    tools: Tools, k8s_namespace: str, model_uri: str
-) -> None:
-    manifest = serverless_manifest("throttled", model_uri, maxConcurrency=10,
-                                   concurrencyPerReplica=10)  # fmt: skip
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    wait_phase(tools.cluster.api, k8s_namespace, "throttled", "InService")
-    url = gateway_url(tools)
-    assert url is not None
-    before = gateway_metric(url, "infermodes_gateway_throttled_total", "throttled")
-    body = b"\n".join([b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"] * 2000)
-
-    def call(_: int) -> int:
-        response = httpx.post(f"{url}/endpoints/throttled/invocations", content=body,
-                              headers=CSV, timeout=90)  # fmt: skip
-        if response.status_code == 429:
-            assert response.headers.get("x-amzn-errortype", "").startswith("ThrottlingException")
-        return response.status_code
-
-    with ThreadPoolExecutor(50) as pool:
-        codes = list(pool.map(call, range(50)))
-    assert set(codes) <= {200, 429}, codes
-    assert codes.count(200) >= 10
-    throttled = gateway_metric(url, "infermodes_gateway_throttled_total", "throttled") - before
-    assert throttled == codes.count(429)
 
 
 def test_scale_down_with_requests_in_flight_loses_none(

@@ -22,10 +22,10 @@ EXAMPLES = REPO / "examples" / "abalone"
 EXAMPLE_MODEL = "file:///var/lib/infermodes/models/abalone/model.tar.gz"
 
 
-def manifest(mode: str, model: Path, folder: Path, **spec_block: Any) -> Path:
+def document(mode: str, model: Path, folder: Path, **spec_block: Any) -> dict[str, Any]:
     """The example manifest of ``mode`` with the test's model, its own storage under
-    ``folder`` and ``spec_block`` merged into its mode's block; written into ``folder``."""
-    document = yaml.safe_load((EXAMPLES / f"{mode}.yaml").read_text())
+    ``folder`` and ``spec_block`` merged into its mode's block."""
+    document: dict[str, Any] = yaml.safe_load((EXAMPLES / f"{mode}.yaml").read_text())
     document["spec"]["model"]["uri"] = f"file://{model}"
     block = document["spec"][mode]
     if mode == "async":
@@ -34,8 +34,13 @@ def manifest(mode: str, model: Path, folder: Path, **spec_block: Any) -> Path:
         block["input"]["uri"] = f"file://{folder}/batch/input/"
         block["output"]["uri"] = f"file://{folder}/batch/output/"
     block.update(spec_block)
+    return document
+
+
+def manifest(mode: str, model: Path, folder: Path, **spec_block: Any) -> Path:
+    """``document`` written into ``folder``."""
     path = folder / f"{mode}.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(document(mode, model, folder, **spec_block)))
     return path
 
 

@@ -1,0 +1,210 @@
+"""Each mode's behaviour through the gateway URL, on both actuators (``conftest.actuator``):
+predictions equal the booster's, serverless cold start from zero and back to zero, throttling
+with 429, async exactly once with a worker SIGKILLed while it holds work, batch outputs and a
+failing object named in the status."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import AbaloneModel
+from tests.scenarios.actuators import Actuator, kill
+from tests.support.async_plane import to_csv
+from tests.support.local import document
+from tests.support.processes import wait_until
+
+WAIT = 180.0  # the operator's pods start in seconds, up's processes in a fraction of one
+IDLE_SECONDS = 10  # the spec's minimum idleTimeoutSeconds
+CSV = {"content-type": "text/csv"}
+
+
+def endpoint(
+    mode: str, name: str, model: AbaloneModel, folder: Path, **block: Any
+) -> dict[str, Any]:
+    """The example manifest of ``mode``, named ``name`` (storage under ``folder``)."""
+    manifest = document(mode, model.tarball, folder, **block)
+    manifest["metadata"]["name"] = name
+    return manifest
+
+
+def scores(text: str) -> np.ndarray:
+    return np.array(text.split(), dtype=np.float32)
+
+
+def predicted(model: AbaloneModel, rows: np.ndarray) -> np.ndarray:
+    return model.booster().inplace_predict(rows)  # type: ignore[attr-defined,no-any-return]
+
+
+def invoke(actuator: Actuator, name: str, body: bytes, path: str = "invocations") -> httpx.Response:
+    return httpx.post(f"{actuator.url}/endpoints/{name}/{path}", content=body, headers=CSV,
+                      timeout=90.0)  # fmt: skip
+
+
+def wait_status(
+    actuator: Actuator, name: str, what: str, check: Any, timeout: float = WAIT
+) -> None:
+    """Until ``check(status)`` holds; on a timeout the last status is in the error."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.clear()
+        seen.update(actuator.status(name))
+        return bool(check(seen))
+
+    try:
+        wait_until(reached, timeout, f"{name}: {what}", interval=0.2)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc} on {actuator.name}; last status: {json.dumps(seen)}") from None
+
+
+def test_realtime_predictions_equal_the_boosters(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    actuator.apply(endpoint("realtime", "rt", abalone_model, tmp_path,
+                            minReplicas=1, maxReplicas=1))  # fmt: skip
+    wait_status(actuator, "rt", "a ready replica", lambda s: s.get("readyReplicas") == 1)
+    rows = abalone_model.test_rows
+    response = invoke(actuator, "rt", to_csv(rows))
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(scores(response.text), predicted(abalone_model, rows), rtol=1e-6)
+
+
+def test_serverless_cold_starts_from_zero_and_returns_to_zero(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    actuator.apply(endpoint("serverless", "sls", abalone_model, tmp_path,
+                            idleTimeoutSeconds=IDLE_SECONDS))  # fmt: skip
+    wait_status(actuator, "sls", "InService at zero",
+                lambda s: s.get("phase") == "InService" and s.get("replicas") == 0)  # fmt: skip
+    assert actuator.processes("sls") == []
+    rows = abalone_model.test_rows[:20]
+    response = invoke(actuator, "sls", to_csv(rows))
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(scores(response.text), predicted(abalone_model, rows), rtol=1e-6)
+    assert len(actuator.processes("sls")) == 1
+    # no request for idleTimeoutSeconds: back to zero replicas and no process
+    wait_status(actuator, "sls", "back to zero after its idle timeout",
+                lambda s: s.get("replicas") == 0, WAIT + IDLE_SECONDS)  # fmt: skip
+    wait_until(lambda: actuator.processes("sls") == [], WAIT, "the replica to stop")
+
+
+def throttled_total(actuator: Actuator, name: str) -> float:
+    """The gateway's ``infermodes_gateway_throttled_total`` of one endpoint."""
+    text = httpx.get(f"{actuator.url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "infermodes_gateway_throttled_total"
+        and sample.labels.get("endpoint") == name
+    )
+
+
+def test_serverless_beyond_max_concurrency_is_throttled_with_429(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """maxConcurrency 1 at zero replicas: the first request is held for the cold start, the
+    others arriving meanwhile get 429 ThrottlingException at once, never a 5xx."""
+    actuator.apply(endpoint("serverless", "throttled", abalone_model, tmp_path,
+                            maxConcurrency=1, concurrencyPerReplica=1))  # fmt: skip
+    wait_status(actuator, "throttled", "InService at zero",
+                lambda s: s.get("phase") == "InService" and s.get("replicas") == 0)  # fmt: skip
+    before = throttled_total(actuator, "throttled")
+    body = to_csv(abalone_model.test_rows[:5])
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: invoke(actuator, "throttled", body), range(6)))
+    codes = [a.status_code for a in answers]
+    assert set(codes) == {200, 429}, codes
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["error"] == "ThrottlingException"
+            assert answer.headers["x-amzn-errortype"].startswith("ThrottlingException")
+    assert throttled_total(actuator, "throttled") - before == codes.count(429)
+
+
+def outputs(folder: Path) -> dict[str, np.ndarray]:
+    """Result objects by inference id (a dot starts an interrupted write's temporary file)."""
+    return {
+        path.name.removesuffix(".out"): scores(path.read_text())
+        for path in folder.glob("*.out")
+        if not path.name.startswith(".")
+    }
+
+
+def test_async_requests_complete_once_with_a_worker_killed_mid_way(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A large request by reference keeps the one worker busy; it is SIGKILLed while it holds
+    work. Every accepted request still ends with exactly one output, equal to the booster's,
+    and no error object."""
+    actuator.apply(endpoint("async", "queued", abalone_model, tmp_path, maxReplicas=1,
+                            maxConcurrentInvocationsPerInstance=2))  # fmt: skip
+    wait_status(actuator, "queued", "InService", lambda s: s.get("phase") == "InService")
+    output = tmp_path / "async" / "output"
+    rows = abalone_model.test_rows
+    copies = 400_000 // len(rows) + 1  # ~25 MB of CSV: seconds of a worker's time
+    big_input = output / "input" / "big.csv"  # where the accept route takes inputs from
+    big_input.parent.mkdir(parents=True)
+    big_input.write_bytes(to_csv(rows) * copies)
+    by_reference = {**CSV, "X-Amzn-SageMaker-InputLocation": f"file://{big_input}"}
+    big = httpx.post(f"{actuator.url}/endpoints/queued/async-invocations", timeout=30,
+                     headers=by_reference)  # fmt: skip
+    assert big.status_code == 202, big.text
+    small = {}
+    for index in range(20):
+        answer = invoke(actuator, "queued", to_csv(rows[index : index + 5]), "async-invocations")
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["OutputLocation"].startswith(f"file://{output}/")
+        small[answer.json()["InferenceId"]] = rows[index : index + 5]
+
+    wait_until(lambda: bool(actuator.processes("queued")) and actuator.in_flight("queued") > 0,
+               WAIT, f"a worker holding requests on {actuator.name}")  # fmt: skip
+    (worker,) = actuator.processes("queued")
+    kill(worker)
+    wait_until(lambda: len(outputs(output)) == 21, WAIT * 2, "every async output")
+    found = outputs(output)
+    assert set(found) == set(small) | {big.json()["InferenceId"]}
+    for inference_id, request_rows in small.items():
+        np.testing.assert_allclose(found[inference_id], predicted(abalone_model, request_rows),
+                                   rtol=1e-6)  # fmt: skip
+    expected_big = np.tile(predicted(abalone_model, rows), copies)
+    np.testing.assert_allclose(found[big.json()["InferenceId"]], expected_big, rtol=1e-6)
+    assert not list(output.glob("*.error"))
+    wait_status(actuator, "queued", "an empty backlog",
+                lambda s: (s.get("backlog") or {}).get("total") == 0)  # fmt: skip
+    assert len(outputs(output)) == 21  # nothing written twice under a second name
+
+
+def test_batch_writes_every_output_and_names_the_failing_object(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    rows = abalone_model.test_rows
+    for index in range(3):
+        (inputs / f"part-{index}.csv").write_bytes(to_csv(rows[index * 50 : index * 50 + 50]))
+    (inputs / "broken.csv").write_bytes(to_csv(rows[:2]) + b"1,2,not-a-number\n")
+    actuator.apply(endpoint("batch", "scores", abalone_model, tmp_path, instanceCount=2))
+    wait_status(actuator, "scores", "the batch to end",
+                lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
+    status = actuator.status("scores")
+    assert status["phase"] == "Failed", status
+    assert f"{inputs}/broken.csv line 3" in status["message"], status["message"]
+    assert "expected 10 features" in status["message"]
+    progress = status["progress"]
+    assert (progress["objectsTotal"], progress["objectsDone"], progress["objectsFailed"]) == (
+        4, 3, 1,
+    ), progress  # fmt: skip
+    output = tmp_path / "batch" / "output"
+    assert sorted(p.name for p in output.glob("*.out")) == [f"part-{i}.csv.out" for i in range(3)]
+    for index in range(3):
+        got = scores((output / f"part-{index}.csv.out").read_text())
+        expected = predicted(abalone_model, rows[index * 50 : index * 50 + 50])
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
