@@ -170,6 +170,51 @@ def raw_error_response(status: int, message: str) -> bytes:
 _IDLE, _HEADERS, _BODY = 0, 1, 2
 
 
+class _HeadWithBody:
+    """The transport as a request's cycle sees it: the response head (uvicorn writes it on
+    ``http.response.start``) is held until the first body write and goes out with it, in one
+    ``writev``: one TCP segment and one wake-up of the client per small response instead of
+    two, and one system call less (on loopback the sender pays for the receiver's network stack
+    too). A head with no body in the same loop turn is flushed at the end of the turn."""
+
+    __slots__ = ("_flush", "_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            if self._flush is not None:
+                self._flush.cancel()
+            self._transport.writelines((head, data))
+        elif self._flush is None:  # the first write: hold it
+            self._head = data
+            self._flush = self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus what it lacks against slow or hostile clients: a
     deadline for a request's headers (from its first byte) and one for its body (from the end
@@ -223,6 +268,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
+        self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
         self.phase = _BODY
         if self.deadline is not None:
             self._disarm()

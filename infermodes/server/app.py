@@ -35,7 +35,7 @@ from infermodes.http import (
     refuse_coding,
 )
 from infermodes.metrics import INVOCATIONS_ROUTE, ServerMetrics
-from infermodes.predict import codecs
+from infermodes.predict import codecs, fastcsv
 from infermodes.predict.model import XGBoostModel
 from infermodes.server.batching import Batcher
 from infermodes.settings import ServeSettings
@@ -120,14 +120,22 @@ class InvocationsHandler:
     routing, dependency solving and response classes (about 40% more requests per second per
     worker, measured against the same handler as a FastAPI route)."""
 
-    def __init__(self, settings: ServeSettings, slot: ModelSlot, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        slot: ModelSlot,
+        metrics: ServerMetrics,
+        connections: Callable[[], int] | None = None,
+    ) -> None:
         self.slot = slot
         self.metrics = metrics
         self.limit = settings.max_payload_bytes
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
         self.max_values = settings.max_values
-        self.batcher = Batcher(metrics, settings.max_batch_rows, settings.max_batch_wait_us)
+        self.batcher = Batcher(
+            metrics, settings.max_batch_rows, settings.max_batch_wait_us, connections
+        )
         # Large bodies are decoded one at a time per worker: decoding holds the GIL, so a
         # second thread gains nothing and would double the memory in flight.
         self.offload_slot = asyncio.Semaphore(1)
@@ -183,11 +191,19 @@ class InvocationsHandler:
         self.metrics.request_body_size.observe(len(body))
         if len(body) < self.offload:  # on the event loop, batched with its neighbours
             predictions = await self.batcher.predict(model, self.decode(model, body, content_type))
-            return codecs.encode(predictions, accept, model.outputs)
+            return fastcsv.encode(predictions, accept, model.outputs)
         async with self.offload_slot:  # one thread hop for decode, predict and encode, alone
             return await run_in_threadpool(self.score, model, body, content_type, accept)
 
     def decode(self, model: XGBoostModel, body: bytes, content_type: str) -> np.ndarray:
+        """CSV within the limits goes to the native parser (20x the codecs on 1,000 rows, 4x
+        on one); what it does not take, the codecs read or name the error of."""
+        if content_type == codecs.CSV:
+            lines = body.count(b"\n") + 1  # at least the codecs' count: limits hold
+            if lines <= self.max_rows and lines * model.num_features <= self.max_values:
+                rows = fastcsv.parse(body, model.num_features)
+                if rows is not None:
+                    return rows
         return codecs.decode(
             body,
             content_type,
@@ -198,7 +214,7 @@ class InvocationsHandler:
 
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
         predictions = self.batcher.predict_now(model, self.decode(model, body, content_type))
-        return codecs.encode(predictions, accept, model.outputs)
+        return fastcsv.encode(predictions, accept, model.outputs)
 
 
 class Dispatch:
@@ -216,10 +232,14 @@ class Dispatch:
 
 
 def create_app(
-    settings: ServeSettings, slot: ModelSlot, registry: CollectorRegistry | None = None
+    settings: ServeSettings,
+    slot: ModelSlot,
+    registry: CollectorRegistry | None = None,
+    connections: Callable[[], int] | None = None,
 ) -> MetricsMiddleware:
     """The ASGI app for one model (its ``metrics`` at hand for whoever loads the model).
-    ``slot`` is filled by whoever loads the model."""
+    ``slot`` is filled by whoever loads the model; ``connections`` counts the worker's open
+    connections (see ``Batcher``)."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry)
     api = create_api("infermodes model server", registry)
@@ -229,4 +249,5 @@ def create_app(
         slot.require()
         return Response(b"", 200)
 
-    return MetricsMiddleware(Dispatch(InvocationsHandler(settings, slot, metrics), api), metrics)
+    invocations = InvocationsHandler(settings, slot, metrics, connections)
+    return MetricsMiddleware(Dispatch(invocations, api), metrics)

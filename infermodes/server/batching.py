@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,12 +38,22 @@ class _Batch:
 
 
 class Batcher:
-    """Per worker (one event loop); ``max_rows`` 1 turns batching off."""
+    """Per worker (one event loop); ``max_rows`` 1 turns batching off. ``connections`` counts
+    the worker's open connections: with one, no other request can be in the same loop turn
+    (HTTP/1.1 answers a connection's requests in order), so a lone client's request is
+    predicted at once, without the turn."""
 
-    def __init__(self, metrics: ServerMetrics, max_rows: int, max_wait_us: int = 0) -> None:
+    def __init__(
+        self,
+        metrics: ServerMetrics,
+        max_rows: int,
+        max_wait_us: int = 0,
+        connections: Callable[[], int] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.max_rows = max_rows
         self.max_wait = max_wait_us / 1e6
+        self.connections = connections
         self.open: _Batch | None = None
 
     def predict_now(self, model: XGBoostModel, rows: np.ndarray) -> np.ndarray:
@@ -58,6 +69,8 @@ class Batcher:
         count = rows.shape[0]
         if count >= self.max_rows or rows.ndim != 2 or rows.shape[1] != model.num_features:
             return self.predict_now(model, rows)  # too big to share, or its error is its own
+        if self.connections is not None and self.connections() < 2 and not self.max_wait:
+            return self.predict_now(model, rows)  # nobody to wait for
         batch = self.open
         if batch is not None and batch.model is model and batch.count + count <= self.max_rows:
             return await self._join(batch, rows)

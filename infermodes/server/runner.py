@@ -50,7 +50,12 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
     from infermodes.server.app import ModelSlot, create_app
 
     slot = ModelSlot()
-    app = create_app(settings, slot)
+    server: uvicorn.Server | None = None
+
+    def connections() -> int:
+        return len(server.server_state.connections) if server is not None else 0
+
+    app = create_app(settings, slot, connections=connections)
     options = uvicorn_options(
         settings.log_level, settings.header_timeout_seconds, settings.body_timeout_seconds
     )
