@@ -29,65 +29,53 @@ static const double EXACT_POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
 static inline int is_blank(char c) { return c == ' ' || c == '\t'; }
 static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* One field at *pp (spaces, a decimal, spaces): 1 and the value, 0 for something else. */
-static int parse_field(const char **pp, const char *end, double *value) {
+/* One field at *pp (spaces, a decimal, spaces): 1 and the value, 0 for something else. The
+ * data ends with a NUL (a bytes object's), which no loop here reads past: it is neither a
+ * blank nor a digit, and the caller tells a NUL at the end from one inside. */
+static int parse_field(const char **pp, double *value) {
     const char *p = *pp;
-    while (p < end && is_blank(*p)) p++;
+    while (is_blank(*p)) p++;
     const char *start = p;
     int negative = 0;
-    if (p < end && (*p == '+' || *p == '-')) negative = *p++ == '-';
-    if (end - p >= 3 && (p[0] | 0x20) == 'n' && (p[1] | 0x20) == 'a' && (p[2] | 0x20) == 'n') {
-        p += 3; /* nan, any case, signed or not: a missing value */
-        while (p < end && is_blank(*p)) p++;
-        *value = NAN;
-        *pp = p;
-        return 1;
-    }
+    if (*p == '+' || *p == '-') negative = *p++ == '-';
+    const char *digits_start = p;
     uint64_t mantissa = 0;
-    int significant = 0, dropped = 0, exponent = 0, digits = 0;
-    for (; p < end && is_digit(*p); p++, digits++) {
-        if (significant < 19) {
-            mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-            significant += mantissa != 0;
-        } else {
-            dropped = 1;
-            exponent++;
-        }
-    }
-    if (p < end && *p == '.') {
-        p++;
-        for (; p < end && is_digit(*p); p++, digits++) {
-            if (significant < 19) {
-                mantissa = mantissa * 10 + (uint64_t)(*p - '0');
-                significant += mantissa != 0;
-                exponent--;
-            } else {
-                dropped = 1;
-            }
-        }
+    while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+    int digits = (int)(p - digits_start), exponent = 0;
+    if (*p == '.') {
+        const char *fraction = ++p;
+        while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+        exponent = -(int)(p - fraction);
+        digits -= exponent;
     }
     if (digits == 0) {
-        if (p != start) return 0; /* a sign or a point alone */
-        while (p < end && is_blank(*p)) p++;
-        *value = NAN; /* an empty field is a missing value */
+        if (p != digits_start) return 0; /* a point alone */
+        if ((p[0] | 0x20) == 'n' && (p[1] | 0x20) == 'a' && (p[2] | 0x20) == 'n') {
+            p += 3; /* nan, any case, signed or not: a missing value */
+        } else if (p != start) {
+            return 0; /* a sign alone */
+        }
+        while (is_blank(*p)) p++;
+        *value = NAN; /* an empty field is a missing value too */
         *pp = p;
         return 1;
     }
-    if (p < end && (*p == 'e' || *p == 'E')) {
+    if (*p == 'e' || *p == 'E') {
         p++;
-        int exp_negative = 0, exp_digits = 0;
+        int exp_negative = 0;
         long exp_value = 0;
-        if (p < end && (*p == '+' || *p == '-')) exp_negative = *p++ == '-';
-        for (; p < end && is_digit(*p); p++, exp_digits++) {
+        if (*p == '+' || *p == '-') exp_negative = *p++ == '-';
+        const char *exp_start = p;
+        for (; is_digit(*p); p++) {
             if (exp_value < 100000) exp_value = exp_value * 10 + (*p - '0');
         }
-        if (exp_digits == 0) return 0;
+        if (p == exp_start) return 0;
         exponent += (int)(exp_negative ? -exp_value : exp_value);
     }
     const char *token_end = p;
-    while (p < end && is_blank(*p)) p++;
+    while (is_blank(*p)) p++;
     double result;
-    if (!dropped && mantissa <= (UINT64_C(1) << 53) && exponent >= -22 && exponent <= 22) {
+    if (digits <= 19 && mantissa <= (UINT64_C(1) << 53) && exponent >= -22 && exponent <= 22) {
         /* exact operands, one correctly rounded operation (Clinger's fast path) */
         result = exponent >= 0 ? (double)mantissa * EXACT_POW10[exponent]
                                : (double)mantissa / EXACT_POW10[-exponent];
@@ -112,9 +100,9 @@ static Py_ssize_t parse_rows(const char *p, const char *end, Py_ssize_t width, f
     Py_ssize_t rows = 0;
     while (p < end) {
         const char *q = p;
-        while (q < end && is_blank(*q)) q++;
+        while (is_blank(*q)) q++;
         if (q == end) break;
-        if (*q == '\n' || (*q == '\r' && q + 1 < end && q[1] == '\n')) { /* a blank line */
+        if (*q == '\n' || (*q == '\r' && q[1] == '\n')) { /* a blank line */
             p = q + (*q == '\r' ? 2 : 1);
             continue;
         }
@@ -122,17 +110,18 @@ static Py_ssize_t parse_rows(const char *p, const char *end, Py_ssize_t width, f
         float *row = out + rows * width;
         for (Py_ssize_t column = 0; column < width; column++) {
             double value;
-            if (!parse_field(&p, end, &value)) return -1;
+            if (!parse_field(&p, &value)) return -1;
             row[column] = (float)value;
             if (column + 1 < width) {
-                if (p == end || *p != ',') return -1;
+                if (*p != ',') return -1;
                 p++;
             }
         }
-        if (p < end) {
-            if (*p == '\r' && p + 1 < end && p[1] == '\n') p++;
-            if (*p != '\n') return -1;
+        if (*p == '\r' && p[1] == '\n') p++;
+        if (*p == '\n') {
             p++;
+        } else if (p != end) {
+            return -1; /* more fields, other bytes, a lone CR, a NUL */
         }
         rows++;
     }
@@ -140,18 +129,18 @@ static Py_ssize_t parse_rows(const char *p, const char *end, Py_ssize_t width, f
 }
 
 static PyObject *fastcsv_parse(PyObject *Py_UNUSED(module), PyObject *args) {
-    Py_buffer data, out;
+    PyObject *data;
+    Py_buffer out;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "y*nw*", &data, &width, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "Snw*", &data, &width, &out)) return NULL;
     Py_ssize_t rows = -1;
     if (width > 0 && out.len % ((Py_ssize_t)sizeof(float) * width) == 0) {
         Py_ssize_t capacity = out.len / ((Py_ssize_t)sizeof(float) * width);
-        Py_BEGIN_ALLOW_THREADS rows =
-            parse_rows((const char *)data.buf, (const char *)data.buf + data.len, width,
-                       (float *)out.buf, capacity);
+        const char *start = PyBytes_AS_STRING(data); /* NUL-terminated, immutable */
+        const char *end = start + PyBytes_GET_SIZE(data);
+        Py_BEGIN_ALLOW_THREADS rows = parse_rows(start, end, width, (float *)out.buf, capacity);
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&data);
     PyBuffer_Release(&out);
     return PyLong_FromSsize_t(rows);
 }
@@ -214,9 +203,24 @@ static inline uint64_t scaled(u128 x, int t, u128 *remainder) {
     return (uint64_t)(x >> -t);
 }
 
+/* 10**n for n in -11..17, as doubles (the nearest for negative n): a first guess of the
+ * decimal exponent, which shortest() then checks exactly. */
+static const double GUESS_POW10[29] = {1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4,
+                                       1e-3,  1e-2,  1e-1, 1e0,  1e1,  1e2,  1e3,  1e4,
+                                       1e5,   1e6,   1e7,  1e8,  1e9,  1e10, 1e11, 1e12,
+                                       1e13,  1e14,  1e15, 1e16, 1e17};
+
 /* The shortest digits of a positive finite double in [1e-10, 1e16) that read back to it, the
  * nearest of those (ties to an even last digit): writes the digits, returns their count and
- * sets *decpt (the value is 0.DIGITS x 10**decpt); 0 when the caller must fall back. */
+ * sets *decpt (the value is 0.DIGITS x 10**decpt); 0 when the caller must fall back.
+ *
+ * With value = m * 2**e, the doubles nearest to it read back to it from the interval
+ * [value - gap_below/2, value + gap_above/2] (ends included when m is even, as strtod rounds
+ * ties to even). Scaled by 10**k so that value * 10**k lies in [1e16, 1e17), the interval's
+ * ends and the value are (2m-1, 2m+1, 2m) * 2**(e-1) * 5**k * 2**k: integers times a power of
+ * two, exact in 128 bits for this range. The answer is the multiple of the largest power of
+ * ten inside the interval (the interval is wider than 1 at this scale, so one exists), the
+ * nearer of the two around the value. */
 static int shortest(double value, char *digits, int *decpt) {
     uint64_t bits;
     memcpy(&bits, &value, sizeof bits);
@@ -227,38 +231,47 @@ static int shortest(double value, char *digits, int *decpt) {
     int closed = (m & 1) == 0; /* an even mantissa owns the halfway points (round half even) */
     /* the interval that reads back to value, in units of 2**(e-2) */
     uint64_t low4 = 4 * m - (fraction == 0 && biased > 1 ? 1 : 2), high4 = 4 * m + 2, mid4 = 4 * m;
-    int k = 16 - (int)floor(log10(value)); /* value * 10**k in [1e16, 1e17) */
+    int exponent10 = ((biased - 1023) * 78913) >> 18; /* floor(log10(2**(biased-1023))) */
+    if (exponent10 + 1 >= -11 && exponent10 + 1 <= 17 && value >= GUESS_POW10[exponent10 + 12])
+        exponent10++;
+    int k = 16 - exponent10;
     uint64_t lo = 0, hi = 0, mid = 0;
     u128 mid_rest = 0;
     int t = 0;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        if (k < 0 || k > 27) return 0;
+    for (int attempt = 0;; attempt++) {
+        if (attempt == 3 || k < 0 || k > 27) return 0;
         t = k + e - 2;
         if (t > 10 || t < -120) return 0;
         u128 rest_lo, rest_hi;
         lo = scaled((u128)low4 * POW5[k], t, &rest_lo);
         hi = scaled((u128)high4 * POW5[k], t, &rest_hi);
         mid = scaled((u128)mid4 * POW5[k], t, &mid_rest);
-        if (mid < POW10[16])
+        if (mid < POW10[16]) {
             k++;
-        else if (mid >= POW10[17])
+        } else if (mid >= POW10[17]) {
             k--;
-        else {
+        } else {
             if (rest_lo != 0 || !closed) lo++; /* ceiling, or past an excluded end */
             if (rest_hi == 0 && !closed) hi--;
             break;
         }
-        if (attempt == 2) return 0;
     }
     if (lo > hi) return 0;
+    /* the multiples of 10**j inside are low..high times 10**j: find the largest such j */
+    uint64_t low = lo, high = hi, near = mid;
     int j = 0;
-    while (j < 17 && (lo + POW10[j + 1] - 1) / POW10[j + 1] * POW10[j + 1] <= hi) j++;
-    uint64_t unit = POW10[j];
-    uint64_t below = mid / unit * unit, above = below + unit, chosen;
-    int below_ok = below >= lo, above_ok = above <= hi;
+    while ((low + 9) / 10 <= high / 10) {
+        low = (low + 9) / 10;
+        high /= 10;
+        near /= 10;
+        j++;
+    }
+    /* below = near * 10**j <= mid < above = (near + 1) * 10**j; mid = MID + f, f in [0, 1) */
+    uint64_t unit = POW10[j], r = mid - near * unit;
+    int below_ok = near >= low, above_ok = near + 1 <= high;
+    uint64_t q;
     if (below_ok && above_ok) {
-        /* mid = MID + f (f in [0, 1)); below is nearer iff 2f < gap */
-        int64_t gap = (int64_t)(above - mid) - (int64_t)(mid - below);
+        int64_t gap = (int64_t)(unit - 2 * r); /* below is nearer iff 2f < gap */
         int order; /* <0: below nearer, >0: above nearer, 0: a tie */
         if (gap >= 2)
             order = -1;
@@ -270,16 +283,15 @@ static int shortest(double value, char *digits, int *decpt) {
             u128 half = t < 0 ? ((u128)1) << (-t - 1) : 0;
             order = t >= 0 ? -1 : (mid_rest < half ? -1 : mid_rest > half ? 1 : 0);
         }
-        if (order == 0) order = (below / unit) % 2 == 0 ? -1 : 1;
-        chosen = order < 0 ? below : above;
+        if (order == 0) order = near % 2 == 0 ? -1 : 1;
+        q = order < 0 ? near : near + 1;
     } else if (below_ok) {
-        chosen = below;
+        q = near;
     } else if (above_ok) {
-        chosen = above;
+        q = near + 1;
     } else {
         return 0;
     }
-    uint64_t q = chosen / unit;
     while (q % 10 == 0) {
         q /= 10;
         j++;
