@@ -176,3 +176,14 @@ def describe_failures(failures: list[dict[str, Any]]) -> str:
         shown.append(f"{where}{failure.get('reason')}")
     more = len(failures) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def load_error(message: str) -> str:
+    """The model server's (or worker's) reason from the end of its log (a pod's termination
+    message with FallbackToLogsOnError, a local process's log file): the text after its
+    ``cannot load model:`` line."""
+    marker = "cannot load model: "
+    for line in reversed(message.splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return message or "the model server exited with code 3; see its log"

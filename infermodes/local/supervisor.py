@@ -40,9 +40,11 @@ from infermodes.endpoints.status import (
     Status,
     add_progress,
     describe_failures,
+    load_error,
     record_queue,
     summary_progress,
 )
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
@@ -56,6 +58,7 @@ NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 EVENTS_KEPT = 20
+LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
 
 
@@ -64,6 +67,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def now_iso() -> str:
@@ -83,6 +95,7 @@ class LocalEndpoint:
     desired: int = 0
     initialized: bool = False
     served: bool = False  # a realtime endpoint is Creating until its first replica is ready
+    failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
     scraped_at: float = -float("inf")
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
@@ -313,6 +326,15 @@ class Supervisor:
                 endpoint.event(f"{key} exited with {child.last_exit}; restarting after back-off")
                 if self.table is not None:
                     self.table.drop_replica(NAMESPACE, endpoint.name, key)
+                if child.last_exit == EXIT_MODEL_LOAD_FAILED and not child.stopping:
+                    reason = load_error(log_tail(child.log_path))
+                    endpoint.failure = ("ModelLoadFailed", f"model cannot be loaded: {reason}")
+        if endpoint.failure is not None:  # as the operator: no restarts of what cannot load
+            for key in list(endpoint.children):
+                self._stop_child(endpoint, key)
+            endpoint.desired = 0
+            endpoint.status = Status(Phase.FAILED, *endpoint.failure)
+            return
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it

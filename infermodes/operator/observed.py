@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infermodes.endpoints.spec import Phase
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import Status, load_error
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 CANNOT_RUN_REASONS = frozenset({
@@ -101,16 +101,6 @@ class WorkloadState:
             rolled_out=current and updated >= replicas and total <= replicas,
             pods=[PodState.from_pod(p) for p in pods],
         )
-
-
-def load_error(message: str) -> str:
-    """The model server's reason from its termination message (its log tail, with
-    FallbackToLogsOnError): the text after its ``cannot load model:`` line."""
-    marker = "cannot load model: "
-    for line in reversed(message.splitlines()):
-        if marker in line:
-            return line.split(marker, 1)[1].strip()
-    return message or "the model server exited with code 3; see the pod's log"
 
 
 def failure(workload: WorkloadState) -> tuple[str, str] | None:

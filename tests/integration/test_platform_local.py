@@ -281,6 +281,28 @@ def test_a_stopped_transform_job_reports_stopped(sagemaker: Any, s3: S3Endpoint,
         "TransformJobStatus"] == "Stopped"  # fmt: skip
 
 
+def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
+    """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
+    missing = "s3://models/absent/model.tar.gz"
+    sagemaker.create_model(ModelName="absent-model", PrimaryContainer={"ModelDataUrl": missing})
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="absent-config",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "absent-model",
+                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+    )  # fmt: skip
+    sagemaker.create_endpoint(EndpointName="absent", EndpointConfigName="absent-config")
+    with pytest.raises(WaiterError, match="Failed"):
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="absent",
+                                                         WaiterConfig=FAST)  # fmt: skip
+    described = sagemaker.describe_endpoint(EndpointName="absent")
+    assert described["EndpointStatus"] == "Failed"
+    assert described["FailureReason"].startswith("ModelLoadFailed: model cannot be loaded: ")
+    assert "absent/model.tar.gz" in described["FailureReason"]
+    sagemaker.delete_endpoint(EndpointName="absent")
+    sagemaker.delete_endpoint_config(EndpointConfigName="absent-config")
+    sagemaker.delete_model(ModelName="absent-model")
+
+
 def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up) -> None:
     """What boto3 lets through (its own checks catch missing and mistyped members) is refused
     by the API with the platform's codes."""
