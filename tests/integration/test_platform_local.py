@@ -102,21 +102,21 @@ def test_the_seed_flow_with_a_serverless_endpoint(
                              "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5}}],
     )["EndpointConfigArn"]  # fmt: skip
     assert config_arn.endswith(":endpoint-config/abalone-serverless")
-    created = sagemaker.create_endpoint(EndpointName="abalone-seed",
+    created = sagemaker.create_endpoint(EndpointName="Abalone-Seed",  # a platform name
                                         EndpointConfigName="abalone-serverless")  # fmt: skip
     assert created["EndpointArn"] == (
         "arn:aws:sagemaker:us-east-1:000000000000:endpoint/abalone-seed")  # fmt: skip
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="abalone-seed",
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="Abalone-Seed",
                                                      WaiterConfig=FAST)  # fmt: skip
-    described = sagemaker.describe_endpoint(EndpointName="abalone-seed")
-    assert described["EndpointStatus"] == "InService"
+    described = sagemaker.describe_endpoint(EndpointName="Abalone-Seed")
+    assert (described["EndpointName"], described["EndpointStatus"]) == ("Abalone-Seed", "InService")
     variant = described["ProductionVariants"][0]
     assert variant["CurrentServerlessConfig"] == {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
     assert variant["DeployedImages"][0]["SpecifiedImage"] == XGBOOST_IMAGE
     assert described["CreationTime"] <= described["LastModifiedTime"]
 
     rows = abalone_model.test_rows[:20]
-    answer = runtime.invoke_endpoint(EndpointName="abalone-seed", ContentType="text/csv",
+    answer = runtime.invoke_endpoint(EndpointName="Abalone-Seed", ContentType="text/csv",
                                      Accept="text/csv", Body=to_csv(rows))  # fmt: skip
     predictions = scores(answer["Body"].read().decode())
     np.testing.assert_allclose(predictions, expected(abalone_model, rows), rtol=1e-6)
@@ -125,7 +125,7 @@ def test_the_seed_flow_with_a_serverless_endpoint(
     configs = sagemaker.list_endpoint_configs(NameContains="serverless")["EndpointConfigs"]
     assert [c["EndpointConfigName"] for c in configs] == ["abalone-serverless"]
     listed = sagemaker.list_endpoints(StatusEquals="InService")["Endpoints"]
-    assert "abalone-seed" in [e["EndpointName"] for e in listed]
+    assert "Abalone-Seed" in [e["EndpointName"] for e in listed]
     model = sagemaker.describe_model(ModelName="abalone-xgb")
     assert model["PrimaryContainer"]["ModelDataUrl"] == MODEL_URL
     config = sagemaker.describe_endpoint_config(EndpointConfigName="abalone-serverless")
@@ -137,28 +137,28 @@ def test_the_seed_flow_with_a_serverless_endpoint(
         ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-xgb",
                              "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
     )  # fmt: skip
-    sagemaker.update_endpoint(EndpointName="abalone-seed", EndpointConfigName="abalone-realtime")
-    assert sagemaker.describe_endpoint(EndpointName="abalone-seed")["EndpointStatus"] in (
+    sagemaker.update_endpoint(EndpointName="Abalone-Seed", EndpointConfigName="abalone-realtime")
+    assert sagemaker.describe_endpoint(EndpointName="Abalone-Seed")["EndpointStatus"] in (
         "Updating", "InService")  # fmt: skip
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="abalone-seed",
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="Abalone-Seed",
                                                      WaiterConfig=FAST)  # fmt: skip
-    updated = sagemaker.describe_endpoint(EndpointName="abalone-seed")
+    updated = sagemaker.describe_endpoint(EndpointName="Abalone-Seed")
     assert updated["EndpointConfigName"] == "abalone-realtime"
     assert updated["ProductionVariants"][0]["CurrentInstanceCount"] == 1
-    answer = runtime.invoke_endpoint(EndpointName="abalone-seed", ContentType="text/csv",
+    answer = runtime.invoke_endpoint(EndpointName="Abalone-Seed", ContentType="text/csv",
                                      Body=to_csv(rows))  # fmt: skip
     np.testing.assert_allclose(scores(answer["Body"].read().decode()),
                                expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
 
-    sagemaker.delete_endpoint(EndpointName="abalone-seed")
-    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="abalone-seed", WaiterConfig=FAST)
+    sagemaker.delete_endpoint(EndpointName="Abalone-Seed")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="Abalone-Seed", WaiterConfig=FAST)
     for name in ("abalone-serverless", "abalone-realtime"):
         sagemaker.delete_endpoint_config(EndpointConfigName=name)
     sagemaker.delete_model(ModelName="abalone-xgb")
-    assert code_of(sagemaker.describe_endpoint, EndpointName="abalone-seed") == (
+    assert code_of(sagemaker.describe_endpoint, EndpointName="Abalone-Seed") == (
         "ValidationException")  # fmt: skip
     assert code_of(sagemaker.describe_model, ModelName="abalone-xgb") == "ValidationException"
-    assert code_of(runtime.invoke_endpoint, EndpointName="abalone-seed", ContentType="text/csv",
+    assert code_of(runtime.invoke_endpoint, EndpointName="Abalone-Seed", ContentType="text/csv",
                    Body=b"1,2") == "ValidationError"  # fmt: skip
 
 
