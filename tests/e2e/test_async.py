@@ -16,8 +16,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.metrics import parse_worker_in_flight
+from infermodes.metrics import parse_sample, parse_worker_in_flight
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -26,6 +27,7 @@ from tests.e2e.operator_support import (
     gateway_url,
     get_endpoint,
     installed_chart,
+    operator_pods,
     to_csv,
     wait_phase,
 )
@@ -34,6 +36,7 @@ from tests.support.processes import REPO, wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 
 SECRET = "infermodes-rabbitmq"
+AGE = "infermodes_async_approximate_age_of_oldest_request_seconds"
 CSV = {"content-type": "text/csv"}
 
 
@@ -121,6 +124,10 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     sent = invoke_all(url, "queued", abalone_model.test_rows, 200)
     wait_until(lambda: bool(worker_pods(tools, k8s_namespace, "queued")), 60, "workers to start")
     notifications.wait_for(set(sent), "Completed", timeout=180)
+    # the requests waited for workers to start from zero: the workers measured it
+    waited = [worker_sample(p, "infermodes_async_time_in_backlog_seconds_sum")
+              for p in worker_pods(tools, k8s_namespace, "queued")]  # fmt: skip
+    assert sum(w or 0 for w in waited) > 0, waited
     check_outputs(tmp_path, sent, abalone_model.booster())
     assert all(count == 1 for count in notifications.ids("Completed").values())
     assert dead_letters(broker, "queued") == []
@@ -128,9 +135,32 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     assert "BACKLOG" in shown.stdout.splitlines()[0], shown.stdout
 
     # the cooldown passes with an empty queue: back to zero workers
-    wait_phase(api, k8s_namespace, "queued", "InService", timeout=120,
-               also=lambda e: e["status"].get("replicas") == 0)  # fmt: skip
+    idle = wait_phase(api, k8s_namespace, "queued", "InService", timeout=120,
+                      also=lambda e: e["status"].get("replicas") == 0)  # fmt: skip
+    assert idle["status"]["backlog"]["oldestAgeSeconds"] == 0  # nothing waits
+    labels = {"namespace": k8s_namespace, "endpoint": "queued"}
+    assert operator_sample(tools, AGE, labels) == 0
     wait_until(lambda: not worker_pods(tools, k8s_namespace, "queued"), 120, "workers to stop")
+
+
+def worker_sample(pod: dict[str, Any], name: str) -> float | None:
+    """One sample of a worker's /metrics; None when the pod does not answer (stopping)."""
+    try:
+        text = httpx.get(f"http://{pod['status']['podIP']}:9090/metrics", timeout=5).text
+    except (httpx.HTTPError, KeyError):
+        return None
+    return parse_sample(text, name)
+
+
+def operator_sample(tools: Tools, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the operator's /metrics, by its labels."""
+    (operator,) = operator_pods(tools.cluster.api)
+    text = httpx.get(f"http://{operator['status']['podIP']}:9090/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
 
 
 def test_workers_deleted_and_killed_midway_lose_nothing(
