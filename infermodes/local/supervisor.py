@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import json
 import logging
 import shutil
@@ -96,6 +97,7 @@ class LocalEndpoint:
     initialized: bool = False
     served: bool = False  # a realtime endpoint is Creating until its first replica is ready
     failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
+    reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
@@ -479,11 +481,12 @@ class Supervisor:
     # what the API shows
     def object_of(self, endpoint: LocalEndpoint, with_processes: bool = True) -> dict[str, Any]:
         """The endpoint as ``kubectl get ie -o yaml`` would show it, plus its processes."""
+        endpoint.reported = endpoint.status.to_patch(1, endpoint.reported)
         obj: dict[str, Any] = {
             **endpoint.manifest.document,
             "metadata": {"name": endpoint.name, "namespace": NAMESPACE,
                          "creationTimestamp": endpoint.created},
-            "status": endpoint.status.to_patch(1, None),
+            "status": copy.deepcopy(endpoint.reported),
         }  # fmt: skip
         if with_processes:
             mode = endpoint.manifest.spec.mode

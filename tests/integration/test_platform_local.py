@@ -6,6 +6,7 @@ booster's, clean-up), an async endpoint, a transform job, and every operation's 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,6 +254,9 @@ def test_a_transform_job_completes_with_every_output(
     assert described["TransformJobStatus"] == "Completed"
     assert described["TransformResources"]["InstanceCount"] == 2
     assert described["TransformEndTime"] >= described["CreationTime"]
+    time.sleep(1.1)  # the end time is when the job ended, not when it was asked for
+    again = sagemaker.describe_transform_job(TransformJobName="abalone-batch")
+    assert again["TransformEndTime"] == described["TransformEndTime"]
     for index in range(3):
         output = storage.get_object(Bucket="batch", Key=f"job/output/part-{index}.csv.out")
         part = rows[index * 40 : index * 40 + 40]
