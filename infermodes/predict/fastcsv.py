@@ -24,11 +24,16 @@ except ImportError:  # pragma: no cover - an install without a C compiler
 AVAILABLE = _fastcsv is not None
 
 
+def count_lines(data: bytes) -> int:
+    """``data.count(b"\\n")`` in a quarter of the time (memchr)."""
+    return data.count(b"\n") if _fastcsv is None else _fastcsv.count_lines(data)
+
+
 def parse(chunk: bytes, num_features: int) -> np.ndarray | None:
     """The chunk's rows (blank lines skipped), or None: decode it with the codecs."""
     if _fastcsv is None or num_features <= 0:
         return None
-    rows = np.empty((chunk.count(b"\n") + 1, num_features), dtype=np.float32)
+    rows = np.empty((_fastcsv.count_lines(chunk) + 1, num_features), dtype=np.float32)
     count = _fastcsv.parse(chunk, num_features, rows)
     return rows[:count] if count > 0 else None
 

@@ -121,3 +121,8 @@ def test_what_it_hands_back_gets_the_codecs_message(chunk: bytes) -> None:
     with pytest.raises(InvalidInput) as streamed:
         decode_chunk(chunk, codecs.CSV, 3, 1)
     assert str(streamed.value) == str(whole.value)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\nb", b"\n\n\r\n", b"x\n" * 1000 + b"y"])
+def test_count_lines_counts_what_bytes_count_counts(data: bytes) -> None:
+    assert fastcsv.count_lines(data) == data.count(b"\n")

