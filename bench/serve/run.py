@@ -486,6 +486,7 @@ SAME_UVICORN = [
     "--no-access-log",
     "--no-server-header",
     "--no-date-header",
+    "--no-proxy-headers",
     "--timeout-keep-alive",
     "75",
 ]

@@ -43,6 +43,7 @@ from infermodes.settings import ServeSettings
 log = logging.getLogger("infermodes.serve")
 
 ROUTES = frozenset({"/ping", INVOCATIONS_ROUTE, "/metrics"})
+_MEDIA_TYPES = {kind: kind.encode() for kind in (*codecs.OUTPUT_TYPES, ERROR_MEDIA_TYPE)}
 
 
 class ModelSlot:
@@ -74,21 +75,29 @@ class ModelSlot:
         return thread
 
 
-class MetricsMiddleware:
-    """Request duration by route template and status, and invocations in flight."""
+class RequestDurations:
+    """The request duration histogram's children by (route, status), made once each."""
 
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app = app
+    def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self._children: dict[tuple[str, int], Any] = {}
 
-    def _histogram(self, route: str, status: int) -> Any:
+    def __call__(self, route: str, status: int) -> Any:
         key = (route, status)
         child = self._children.get(key)
         if child is None:
             child = self.metrics.request_duration.labels(route, str(status))
             self._children[key] = child
         return child
+
+
+class MetricsMiddleware:
+    """Request duration by route template and status for every route but ``/invocations``,
+    which records its own (and its requests in flight) without a wrapped ``send``."""
+
+    def __init__(self, app: ASGIApp, durations: RequestDurations) -> None:
+        self.app = app
+        self.durations = durations
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,16 +112,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        counted = route == INVOCATIONS_ROUTE
-        if counted:
-            self.metrics.requests_in_flight.inc()
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            if counted:
-                self.metrics.requests_in_flight.dec()
-            self._histogram(route, status).observe(time.perf_counter() - started)
+            self.durations(route, status).observe(time.perf_counter() - started)
 
 
 class InvocationsHandler:
@@ -129,6 +133,7 @@ class InvocationsHandler:
     ) -> None:
         self.slot = slot
         self.metrics = metrics
+        self.durations = RequestDurations(metrics)
         self.limit = settings.max_payload_bytes
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
@@ -141,6 +146,18 @@ class InvocationsHandler:
         self.offload_slot = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        in_flight = self.metrics.requests_in_flight
+        in_flight.inc()
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await self.answer(scope, receive, send)
+        finally:
+            in_flight.dec()
+            self.durations(INVOCATIONS_ROUTE, status).observe(time.perf_counter() - started)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Respond; the status sent."""
         body_read = False
         try:
             model, content_type, accept = self.negotiate(scope)
@@ -154,8 +171,8 @@ class InvocationsHandler:
             log.exception("unexpected error in /invocations")
             payload, media_type, status = INTERNAL_ERROR, ERROR_MEDIA_TYPE, 500
         headers = [
-            (b"content-type", media_type.encode()),
-            (b"content-length", str(len(payload)).encode()),
+            (b"content-type", _MEDIA_TYPES.get(media_type) or media_type.encode()),
+            (b"content-length", b"%d" % len(payload)),
         ]
         if status == 405:
             headers.append((b"allow", b"POST"))
@@ -163,6 +180,7 @@ class InvocationsHandler:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+        return status
 
     def negotiate(self, scope: Scope) -> tuple[XGBoostModel, str, str]:
         """Everything decided from the headers, before any body byte is read: the model, the
@@ -218,11 +236,13 @@ class InvocationsHandler:
 
 
 class Dispatch:
-    """Sends ``/invocations`` to its plain handler and everything else to the FastAPI app."""
+    """Sends ``/invocations`` to its plain handler and everything else, through the metrics
+    middleware, to the FastAPI app."""
 
-    def __init__(self, invocations: ASGIApp, rest: ASGIApp) -> None:
+    def __init__(self, invocations: InvocationsHandler, rest: ASGIApp) -> None:
         self.invocations = invocations
-        self.rest = rest
+        self.metrics = invocations.metrics
+        self.rest = MetricsMiddleware(rest, invocations.durations)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == INVOCATIONS_ROUTE:
@@ -236,7 +256,7 @@ def create_app(
     slot: ModelSlot,
     registry: CollectorRegistry | None = None,
     connections: Callable[[], int] | None = None,
-) -> MetricsMiddleware:
+) -> Dispatch:
     """The ASGI app for one model (its ``metrics`` at hand for whoever loads the model).
     ``slot`` is filled by whoever loads the model; ``connections`` counts the worker's open
     connections (see ``Batcher``)."""
@@ -249,5 +269,4 @@ def create_app(
         slot.require()
         return Response(b"", 200)
 
-    invocations = InvocationsHandler(settings, slot, metrics, connections)
-    return MetricsMiddleware(Dispatch(invocations, api), metrics)
+    return Dispatch(InvocationsHandler(settings, slot, metrics, connections), api)

@@ -59,7 +59,8 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
     options = uvicorn_options(
         settings.log_level, settings.header_timeout_seconds, settings.body_timeout_seconds
     )
-    config = uvicorn.Config(app, **options)
+    # nothing reads the client's address: no X-Forwarded-For middleware around every request
+    config = uvicorn.Config(app, **options, proxy_headers=False)
     server = uvicorn.Server(config)
 
     def load() -> XGBoostModel:
