@@ -179,7 +179,9 @@ class ControlPlane:
         return await self._delete_record(RecordKind.MODEL, required(request, "ModelName"))
 
     async def CreateEndpointConfig(self, request: JsonObject) -> JsonObject:
-        names = {str(v["ModelName"]) for v in request.get("ProductionVariants") or []
+        variants = request.get("ProductionVariants")
+        listed = variants if isinstance(variants, list) else []
+        names = {str(v["ModelName"]) for v in listed
                  if isinstance(v, dict) and isinstance(v.get("ModelName"), str)}  # fmt: skip
         models = {n: await self.store.read_record(RecordKind.MODEL, n.lower()) for n in names}
         record = endpoint_config_record(request, models, self.defaults)

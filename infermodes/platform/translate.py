@@ -91,6 +91,12 @@ def only(where: str, given: Mapping[str, Any], supported: set[str]) -> None:
             raise ValidationException(f"{where}{key} is not supported by infermodes")
 
 
+def integer(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationException(f"{where} must be an integer, got {value!r}")
+    return value
+
+
 def mapping(where: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -170,10 +176,10 @@ def endpoint_config_record(
     only("", request, {"EndpointConfigName", "ProductionVariants", "AsyncInferenceConfig",
                        "Tags", "ExecutionRoleArn", "EnableNetworkIsolation"})  # fmt: skip
     variants = request.get("ProductionVariants") or []
-    if len(variants) != 1:
+    if not isinstance(variants, list) or len(variants) != 1:
         raise ValidationException(
-            f"ProductionVariants: infermodes runs exactly one production variant per endpoint, "
-            f"got {len(variants)}"
+            "ProductionVariants: infermodes runs exactly one production variant per endpoint, "
+            f"got {len(variants) if isinstance(variants, list) else repr(variants)}"
         )
     variant = mapping("ProductionVariants[0]", variants[0])
     field = "ProductionVariants[0]."
@@ -201,7 +207,8 @@ def endpoint_config_record(
     scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
     only(f"{field}ManagedInstanceScaling.", scaling,
          {"Status", "MinInstanceCount", "MaxInstanceCount"})  # fmt: skip
-    check_async(mapping("AsyncInferenceConfig", request.get("AsyncInferenceConfig")))
+    if request.get("AsyncInferenceConfig") is not None:
+        check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]))
     record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),
               "CreationTime": time.time()}  # fmt: skip
     endpoint_spec(record, models[model_name] or {}, defaults)  # everything the spec checks too
@@ -209,8 +216,6 @@ def endpoint_config_record(
 
 
 def check_async(config: Mapping[str, Any]) -> None:
-    if not config:
-        return
     only("AsyncInferenceConfig.", config, {"ClientConfig", "OutputConfig"})
     only("AsyncInferenceConfig.ClientConfig.", mapping("ClientConfig", config.get("ClientConfig")),
          {"MaxConcurrentInvocationsPerInstance"})  # fmt: skip
@@ -300,12 +305,13 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
             origins[f"serverless.{key}"] = f"{field}ServerlessConfig.{name}"
         origins["serverless"] = f"{field}ServerlessConfig"
         return _validated(spec, origins)
-    count = int(variant["InitialInstanceCount"])
+    count = integer(f"{field}InitialInstanceCount", variant["InitialInstanceCount"])
     scaling = variant.get("ManagedInstanceScaling") or {}
     low, high = count, count
     if scaling.get("Status") == "ENABLED":
-        low = int(scaling.get("MinInstanceCount", count))
-        high = int(scaling.get("MaxInstanceCount", max(count, low)))
+        where = f"{field}ManagedInstanceScaling."
+        low = integer(f"{where}MinInstanceCount", scaling.get("MinInstanceCount", count))
+        high = integer(f"{where}MaxInstanceCount", scaling.get("MaxInstanceCount", max(count, low)))
     scaled = (
         "ManagedInstanceScaling" if scaling.get("Status") == "ENABLED" else "InitialInstanceCount"
     )

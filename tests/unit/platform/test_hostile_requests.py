@@ -1,0 +1,78 @@
+"""Every member of a valid request of each operation replaced by values of the wrong type or
+range: the answer is the platform's 4xx (or a success), never a 500."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.unit.platform.test_router import XGBOOST, Api
+from tests.unit.platform.test_translate import transform_request
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "CreateModel": {"ModelName": "m2", "PrimaryContainer": {
+        "Image": XGBOOST, "ModelDataUrl": "s3://b/m",
+        "Environment": {"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"}}},
+    "CreateEndpointConfig": {
+        "EndpointConfigName": "c2",
+        "ProductionVariants": [{
+            "VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1, "ManagedInstanceScaling": {
+                "Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 2}}],
+        "AsyncInferenceConfig": {
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2},
+            "OutputConfig": {"S3OutputPath": "s3://b/o",
+                             "NotificationConfig": {"SuccessTopic": "http://127.0.0.1:9/"}}},
+    },
+    "CreateEndpoint": {"EndpointName": "e2", "EndpointConfigName": "cfg"},
+    "UpdateEndpoint": {"EndpointName": "Abalone", "EndpointConfigName": "cfg"},
+    "CreateTransformJob": transform_request(),
+    "ListEndpoints": {"SortBy": "Name", "SortOrder": "Ascending", "MaxResults": 5,
+                      "NameContains": "a", "StatusEquals": "InService",
+                      "CreationTimeBefore": 2e9, "NextToken": "0"},
+    "ListModels": {"SortBy": "Name", "MaxResults": 5, "CreationTimeAfter": 1.0},
+    "ListTransformJobs": {"StatusEquals": "Completed", "SortBy": "Status"},
+    "DescribeEndpoint": {"EndpointName": "Abalone"},
+    "StopTransformJob": {"TransformJobName": "j"},
+    "DeleteModel": {"ModelName": "zzz"},
+}  # fmt: skip
+CODES = ("ValidationException", "ResourceNotFound", "ResourceInUse", "SerializationException")
+WRONG = [None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80]
+
+
+def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, list) else ()  # fmt: skip
+    for key, inner in items:
+        yield from paths(inner, (*path, key))
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    changed = copy.deepcopy(value)
+    target = changed
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = new
+    return changed
+
+
+@pytest.mark.parametrize("operation", sorted(SAMPLES))
+def test_wrong_members_are_answered_4xx_never_500(operation: str) -> None:
+    api = Api()
+    api.seed()
+    api.store.set_status("abalone", "InService")
+    sample = SAMPLES[operation]
+    for path in paths(sample):
+        for value in WRONG:
+            request = replaced(sample, path, value)
+            response = api.raw(operation, json.dumps(request).encode())
+            assert response.status_code < 500, (path, value, response.text)
+            if response.status_code >= 400:
+                assert response.json()["__type"] in CODES
