@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ from infermodes.local.supervisor import Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
 
 DIRECTORIES = {RecordKind.MODEL: "models", RecordKind.ENDPOINT_CONFIG: "endpoint-configs"}
+SAFE_NAME = re.compile(r"^[a-z0-9][-a-z0-9]*$")
 METADATA = "endpoints"  # labels and annotations of the endpoints the API made
+
+
+def file_name(name: str) -> str:
+    """The API checks names against the platform's pattern; this keeps any other caller's out
+    of the paths too."""
+    if not SAFE_NAME.match(name):
+        raise ValueError(f"not a record name: {name!r}")
+    return f"{name}.json"
 
 
 def write_atomically(path: Path, content: Any) -> None:
@@ -38,10 +48,10 @@ class LocalPlatformStore:
             (self.root / directory).mkdir(parents=True, exist_ok=True)
 
     def _path(self, kind: RecordKind, name: str) -> Path:
-        return self.root / DIRECTORIES[kind] / f"{name}.json"
+        return self.root / DIRECTORIES[kind] / file_name(name)
 
     def _metadata_path(self, name: str) -> Path:
-        return self.root / METADATA / f"{name}.json"
+        return self.root / METADATA / file_name(name)
 
     async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
         path = self._path(kind, name)

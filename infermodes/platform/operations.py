@@ -52,10 +52,12 @@ SPOKEN = {RecordKind.MODEL: "model", RecordKind.ENDPOINT_CONFIG: "endpoint confi
 
 
 def required(request: JsonObject, key: str) -> str:
+    """A name the request must give, in the platform's pattern (never a path: the local store
+    keeps records as files named by it)."""
     value = request.get(key)
     if not isinstance(value, str) or not value:
         raise ValidationException(f"{key} is required")
-    return value
+    return check_name(key, value)
 
 
 def number(request: JsonObject, key: str) -> float | None:

@@ -132,6 +132,16 @@ def test_every_not_found_has_the_platforms_code() -> None:
         assert api.error(operation, TransformJobName="j")[0] == "ResourceNotFound", operation
 
 
+def test_names_that_are_paths_are_refused() -> None:
+    api = Api()
+    for operation, key in [("DescribeModel", "ModelName"), ("DeleteModel", "ModelName"),
+                           ("DeleteEndpointConfig", "EndpointConfigName"),
+                           ("DescribeEndpoint", "EndpointName")]:  # fmt: skip
+        code, message = api.error(operation, **{key: "../../endpoints/abalone"})
+        assert code == "ValidationException"
+        assert message.startswith(f"{key} '../../endpoints/abalone' must be 1 to 63 letters")
+
+
 def job(name: str) -> dict[str, Any]:
     source = {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}
     return {
