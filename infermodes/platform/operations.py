@@ -138,6 +138,11 @@ class ControlPlane:
         return found
 
     async def _create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
+        if len(await self.store.list_records(kind)) >= self.defaults.max_records:
+            raise ResourceLimitExceeded(
+                f"at most {self.defaults.max_records} {SPOKEN[kind]}s may exist at once; "
+                "delete some first"
+            )
         try:
             await self.store.create_record(kind, name.lower(), record)
         except AlreadyExists:

@@ -52,7 +52,7 @@ MAX_PLATFORM_NAME = 63
 @dataclass(frozen=True)
 class Defaults:
     """What the actuator adds to every endpoint and answer: ARNs' region and account, the
-    namespace and Secrets on Kubernetes, the image that really runs, and a cap on endpoints."""
+    namespace and Secrets on Kubernetes, the image that really runs, and caps on what is kept."""
 
     region: str = "us-east-1"
     account: str = "000000000000"
@@ -61,6 +61,7 @@ class Defaults:
     broker_secret: str | None = None
     resolved_image: str = "infermodes model server"
     max_endpoints: int = 100
+    max_records: int = 1000  # models, and endpoint configs, each
 
 
 def arn(defaults: Defaults, resource: str, name: str) -> str:

@@ -175,11 +175,14 @@ def test_transform_jobs_run_stop_and_share_names_with_endpoints() -> None:
             api.call("ListTransformJobs")["TransformJobSummaries"]] == ["Job-1"]  # fmt: skip
 
 
-def test_the_cap_on_endpoints_is_resource_limit_exceeded() -> None:
-    api = Api(Defaults(max_endpoints=1))
+def test_the_caps_are_resource_limit_exceeded() -> None:
+    api = Api(Defaults(max_endpoints=1, max_records=1))
     api.seed("one")
     code, _ = api.error("CreateEndpoint", EndpointName="two", EndpointConfigName="cfg")
     assert code == "ResourceLimitExceeded"
+    container = {"ModelDataUrl": "s3://b/m"}
+    assert api.error("CreateModel", ModelName="m2", PrimaryContainer=container)[0] == (
+        "ResourceLimitExceeded")  # fmt: skip
 
 
 def test_lists_filter_sort_and_page() -> None:
