@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.spec import GROUP, VERSION
 from infermodes.gateway.kube import ENDPOINTS_PATH, ApiError, KubeApi, scoped
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
@@ -92,8 +91,9 @@ class KubePlatformStore:
         await self._create(self.endpoints, {**endpoint, "metadata": meta}, "InferenceEndpoint")
 
     async def replace_endpoint(self, endpoint: JsonObject) -> None:
-        """Spec, labels and annotations as given; the gateways' demand annotations stay (they
-        are theirs). Read, change, put with the read's resourceVersion; a conflict reads again."""
+        """The spec as given, the labels and annotations given set over the object's (the
+        others are the operator's and the gateways': its handling state, the demand). Read,
+        change, put with the read's resourceVersion; a conflict reads again."""
         meta = endpoint.get("metadata") or {}
         name = kube_name(str(meta["name"]))
         path = f"{self.endpoints}/{name}"
@@ -101,12 +101,11 @@ class KubePlatformStore:
             current = await self._read(path)
             if current is None:
                 raise NotFound(f"InferenceEndpoint {name!r} does not exist")
-            kept = current["metadata"].get("annotations") or {}
-            current["metadata"]["labels"] = dict(meta.get("labels") or {})
-            current["metadata"]["annotations"] = {
-                **{k: v for k, v in kept.items() if k.startswith(ANNOTATION_PREFIX)},
-                **(meta.get("annotations") or {}),
-            }
+            for field in ("labels", "annotations"):
+                current["metadata"][field] = {
+                    **(current["metadata"].get(field) or {}),
+                    **(meta.get(field) or {}),
+                }
             current["spec"] = endpoint["spec"]
             try:
                 await self.api.send("PUT", path, current)
