@@ -5,9 +5,11 @@ body limits still hold; without keys the gateway says it is open."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 import httpx
@@ -101,6 +103,24 @@ def test_a_wrong_secret_or_an_unknown_key_is_refused_with_the_platforms_code(
     assert caught.value.response["Error"]["Code"] == code
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert SECRET not in gateway.log and "not-the-secret" not in gateway.log
+
+
+def test_a_request_signed_six_minutes_ago_is_a_signature_expired_and_not_retried(
+    gateway: GatewayProcess,
+) -> None:
+    stale = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(minutes=6)
+    client = boto3.client("sagemaker-runtime", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)  # fmt: skip
+    with (
+        mock.patch("botocore.auth.get_current_datetime", return_value=stale),
+        pytest.raises(ClientError) as caught,
+    ):
+        client.invoke_endpoint(EndpointName="abalone-sl", Body=b"1,2,3", ContentType="text/csv")
+    error = caught.value.response
+    assert error["Error"]["Code"] == "InvalidSignatureException"
+    assert error["Error"]["Message"].startswith("Signature expired:")
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert error["ResponseMetadata"]["RetryAttempts"] == 0  # boto3's default retries skip it
 
 
 def test_unsigned_requests_to_any_route_are_refused(gateway: GatewayProcess) -> None:
