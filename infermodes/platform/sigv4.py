@@ -13,6 +13,7 @@ before its body is read. Secrets appear in no message and no log line.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import json
@@ -33,6 +34,7 @@ AUTHORIZATION = re.compile(
     r"SignedHeaders=(?P<signed>[^,\s]+)\s*,\s*Signature=(?P<signature>[0-9a-fA-F]+)\s*$"
 )
 ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
+TIMESTAMP = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 
 
 class AuthError(InfermodesError):
@@ -118,12 +120,26 @@ def canonical_query(raw_query: str) -> str:
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, message.encode(), "sha256")
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The day's key of one secret, region and service (kept: a client signs every request of
+    the day with the same one)."""
     key = _hmac(f"AWS4{secret}".encode(), date)
     return _hmac(_hmac(_hmac(key, region), service), "aws4_request")
+
+
+def _epoch(timestamp: str) -> int:
+    """Seconds since the epoch of a ``YYYYMMDDTHHMMSSZ`` timestamp (ValueError if it is not)."""
+    if not TIMESTAMP.fullmatch(timestamp):
+        raise ValueError(timestamp)
+    t = timestamp
+    fields = (int(t[0:4]), int(t[4:6]), int(t[6:8]), int(t[9:11]), int(t[11:13]), int(t[13:15]))
+    if not (1 <= fields[1] <= 12 and 1 <= fields[2] <= 31 and fields[3] < 24 and fields[4] < 60):
+        raise ValueError(timestamp)
+    return calendar.timegm(fields)
 
 
 @dataclass(frozen=True)
@@ -133,10 +149,10 @@ class Request:
     method: str
     raw_path: str  # percent-encoded, as on the wire, without the query
     raw_query: str
-    headers: tuple[tuple[str, str], ...]  # names lower-cased; repeated names kept
+    headers: Mapping[str, list[str]]  # by lower-cased name, repeated names' values in order
 
     def values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name]
+        return self.headers.get(name) or []
 
 
 @dataclass(frozen=True)
@@ -202,7 +218,10 @@ class Verifier:
     ) -> Pending:
         """Checks what the headers alone decide: a signature is there and well formed, its key
         is known, its date is near now and its scope is the date's."""
-        request = Request(method, raw_path, raw_query, tuple((k.lower(), v) for k, v in headers))
+        by_name: dict[str, list[str]] = {}
+        for key, value in headers:
+            by_name.setdefault(key.lower(), []).append(value)
+        request = Request(method, raw_path, raw_query, by_name)
         authorization = request.values("authorization")
         if not authorization:
             raise MissingAuthenticationTokenException("Missing Authentication Token")
@@ -261,7 +280,7 @@ class Verifier:
             )
         timestamp = dates[0].strip()
         try:
-            signed_at = calendar.timegm(time.strptime(timestamp, TIMESTAMP_FORMAT))
+            signed_at = _epoch(timestamp)
         except ValueError:
             raise IncompleteSignatureException(
                 f"X-Amz-Date must have the form YYYYMMDDTHHMMSSZ, not {timestamp[:32]!r}"

@@ -148,6 +148,9 @@ def test_a_missing_or_malformed_authorization_is_refused_with_its_code() -> None
     undated = [(k, v) for k, v in headers if k.lower() != "x-amz-date"]
     with pytest.raises(IncompleteSignatureException, match="X-Amz-Date"):
         verifier.begin(method, path, query, undated)
+    for bad_date in ("2026-12-02T00:00:00Z", "20261302T000000Z", "20261202T250000Z"):
+        with pytest.raises(IncompleteSignatureException, match="YYYYMMDDTHHMMSSZ"):
+            verifier.begin(method, path, query, [*undated, ("X-Amz-Date", bad_date)])
 
 
 def test_a_content_sha256_header_must_be_the_bodys() -> None:
