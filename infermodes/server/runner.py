@@ -46,9 +46,12 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
     import uvicorn
 
     from infermodes.http import uvicorn_options
+    from infermodes.metrics import MULTIPROCESS_ENV, use_forked_worker_values
     from infermodes.predict.model import XGBoostModel
     from infermodes.server.app import ModelSlot, create_app
 
+    if os.environ.get(MULTIPROCESS_ENV):
+        use_forked_worker_values()  # forked before any metric exists: no per-update fork check
     slot = ModelSlot()
     server: uvicorn.Server | None = None
 
