@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ from tests.support.processes import running_server  # noqa: E402
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
 
 WORKER_CONCURRENCY = 4
+RUNS = itertools.count()  # each drain gets an endpoint (and a queue) of its own
 
 
 class Subscriber:
@@ -187,33 +189,111 @@ def sync_throughput(
     return {"requests": len(bodies), "clients": clients, "rps": round(len(bodies) / seconds, 1)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of every thread of a process so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
+
+
+def broker_pid(broker: Broker) -> int:
+    """The Erlang VM's pid (the wrapper script that started it uses no CPU)."""
+    return int((broker.root / "rabbitmq.pid").read_text().split()[0])
+
+
 def drain(
-    broker: Broker, model_uri: str, root: Path, workers: int, bodies: list[bytes]
+    broker: Broker,
+    model_uri: str,
+    root: Path,
+    workers: int,
+    bodies: list[bytes],
+    profile: Path | None = None,
+    concurrency: int = WORKER_CONCURRENCY,
 ) -> dict[str, object]:
-    """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed."""
-    endpoint = f"drain-{workers}"
-    with fresh_endpoint(broker, root, endpoint) as (notes, live):
+    """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed,
+    until the last output is written. Nothing subscribes to the notifications (a subscriber in
+    this process would take a share of the cores the workers are measured on); this process
+    only lists the output folder. CPU seconds and context switches per request of the
+    workers, the broker and this process say where the time goes; ``profile``: py-spy records
+    the first worker meanwhile."""
+    endpoint = f"drain-{workers}-{next(RUNS)}"
+    folder = root / endpoint
+    (folder / "output").mkdir(parents=True)
+    with plane(broker, endpoint, f"file://{folder}", folder) as live:
         started = [
-            live.start_worker(model_uri, f"w{index}", concurrency=WORKER_CONCURRENCY)
+            live.start_worker(model_uri, f"w{index}", concurrency=concurrency)
             for index in range(workers)
         ]
         for worker in started:
             worker.proc.send_signal(signal.SIGSTOP)
+        pids = {
+            **{f"worker{i}": w.proc.pid for i, w in enumerate(started)},
+            "broker": broker_pid(broker),
+            "bench": os.getpid(),
+        }
         try:
             ids = {live.invoke(body).json()["InferenceId"] for body in bodies}
+            spy = py_spy(started[0].proc.pid, profile) if profile else None
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            switches = {name: context_switches(pid) for name, pid in pids.items()}
             resumed = time.perf_counter()
         finally:
             for worker in started:
                 worker.proc.send_signal(signal.SIGCONT)
-        notes.wait(ids, 600)
-        seconds = max(notes.arrived[i] for i in ids) - resumed
+        seconds = wait_outputs(folder / "output", len(ids), 600) - resumed
+        used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     return {
         "workers": workers,
-        "worker_concurrency": WORKER_CONCURRENCY,
+        "worker_concurrency": concurrency,
         "requests": len(ids),
         "drain_rps": round(len(ids) / seconds, 1),
         "seconds": round(seconds, 2),
+        "cpu_ms_per_request": {name: round(cpu * 1000 / len(ids), 3) for name, cpu in used.items()},
+        "cpu_cores_busy": round(sum(used.values()) / seconds, 2),
+        "context_switches_per_request": {
+            name: round(count / len(ids), 1) for name, count in switched.items()
+        },
     }
+
+
+def wait_outputs(folder: Path, count: int, timeout: float) -> float:
+    """When (``perf_counter``) the folder first held ``count`` outputs; polled every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with os.scandir(folder) as entries:
+            done = sum(1 for e in entries if e.name.endswith(".out") and e.name[0] != ".")
+        if done >= count:
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise TimeoutError(f"{count} outputs not written in {timeout} s")
+
+
+def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of one process into ``out`` (raw collapsed stacks by thread), not
+    pausing it; ``PY_SPY_FLAGS``: more flags, e.g. ``--idle`` (where threads wait for work)
+    or ``--gil`` (only the thread holding the GIL: where Python's CPU goes)."""
+    spy = REPO / ".venv/bin/py-spy"
+    flags = os.environ.get("PY_SPY_FLAGS", "").split()
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--nonblocking", "--threads", *flags,
+         "--format", "raw", "--output", str(out), "--rate", "250"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def overhead(

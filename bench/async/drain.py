@@ -1,0 +1,105 @@
+"""Drain rate of N workers against N x the rate of one, repeated, with where the CPU goes.
+
+The queue of a fresh endpoint is filled while its workers are paused (SIGSTOP); they resume and
+the rate is requests / (resume -> last success notification). Runs alternate 1, N, N, 1, ...
+so that a change in the machine's load hits both sides; the ratio is the median rate of N
+workers over N times the median rate of one. Each run also reports the CPU milliseconds per
+request of every worker, the broker and this process (which subscribes to the notifications),
+and ``--profile DIR`` records the first worker of each run with py-spy (raw collapsed stacks).
+
+Run from the repository root, alone on the machine::
+
+    flock /tmp/infermodes-bench.lock .venv/bin/python bench/async/drain.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+from run import REPO, WORKER_CONCURRENCY, drain  # noqa: E402
+
+from tests.support.async_plane import to_csv  # noqa: E402
+from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
+
+
+def summary(runs: list[dict[str, Any]], workers: int) -> dict[str, object]:
+    """Medians by shape (``NxC``: N workers of C concurrent invocations), and two ratios of N
+    workers to N times one: of drain rates, and of requests per CPU-second of all our
+    processes (workers, broker, bench), which says whether N workers cost more per request
+    than one, whatever share of a busy machine's cores the run got."""
+    shapes = sorted({(r["workers"], r["worker_concurrency"]) for r in runs})
+    median = lambda key, n, c: statistics.median(  # noqa: E731
+        float(key(r)) for r in runs if (r["workers"], r["worker_concurrency"]) == (n, c)
+    )
+    rate = {f"{n}x{c}": median(lambda r: r["drain_rps"], n, c) for n, c in shapes}
+    per_cpu = {
+        f"{n}x{c}": round(median(lambda r: r["drain_rps"] / r["cpu_cores_busy"], n, c), 1)
+        for n, c in shapes
+    }
+    one, many = f"1x{WORKER_CONCURRENCY}", f"{workers}x{WORKER_CONCURRENCY}"
+    return {
+        "median_drain_rps": rate,
+        "median_requests_per_cpu_second": per_cpu,
+        "ratio_to_n_times_one": round(rate[many] / (workers * rate[one]), 3),
+        "ratio_of_requests_per_cpu_second": round(per_cpu[many] / per_cpu[one], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2, help="N, compared with 1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="also one worker with N times the concurrency: is the limit per worker or shared?",
+    )
+    parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
+    parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
+    args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    results: dict[str, object] = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
+    runs: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="infermodes-bench-drain-") as tmp:
+        root = Path(tmp)
+        subprocess.run(
+            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
+            check=True,
+            capture_output=True,
+        )
+        model_uri = f"file://{root / 'model.tar.gz'}"
+        one_row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
+        with rabbitmq_broker() as broker:
+            for repeat in range(args.repeats):
+                shapes = [(1, WORKER_CONCURRENCY), (args.workers, WORKER_CONCURRENCY)]
+                if args.wide:
+                    shapes.append((1, args.workers * WORKER_CONCURRENCY))
+                for n, concurrency in shapes if repeat % 2 == 0 else shapes[::-1]:
+                    name = f"n{n}x{concurrency}-r{repeat}"
+                    profile = args.profile / f"worker-{name}.txt" if args.profile else None
+                    run = drain(
+                        broker, model_uri, root, n, [one_row] * args.requests, profile, concurrency
+                    )
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+    results |= {"runs": runs, **summary(runs, args.workers), "load_at_end": os.getloadavg()}
+    print(json.dumps({k: v for k, v in results.items() if k.startswith(("median", "ratio"))}))
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
