@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("infermodes.gateway")
 
 FINAL_DEMAND_SECONDS = 5.0  # the last demand write on exit waits at most this
+ASYNC_SUFFIX = "/async-invocations"
 
 
 class Gateway:
@@ -60,13 +61,11 @@ class Gateway:
         self.draining = False
         keys = parse_keys(settings.access_keys.get_secret_value())
         self.verifier = Verifier(keys) if keys else None
-        # a signed body is read whole before routing: the largest any route takes
-        self.body_limit = max(
-            settings.realtime_max_payload_bytes,
-            settings.serverless_max_payload_bytes,
-            settings.max_inline_bytes,
-            MAX_REQUEST_BYTES,
+        # a signed body is read whole before routing: at most what its route takes
+        self.invocation_limit = max(
+            settings.realtime_max_payload_bytes, settings.serverless_max_payload_bytes
         )
+        self.async_limit = settings.max_inline_bytes
         ready = b"ok" if self.verifier is not None else OPEN_STATUS
         api = create_api("infermodes gateway", self.registry)
 
@@ -91,9 +90,15 @@ class Gateway:
         """Serve a router's routes too (the async accept route, the local runtime's API)."""
         self.api.include_router(router)
 
+    def body_limit(self, path: str) -> int:
+        if is_invocation(path):
+            return self.invocation_limit
+        return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.verifier is not None and scope["type"] == "http":
-            checked = await verified(self.verifier, self.body_limit, scope, receive, send)
+            limit = self.body_limit(scope["path"])
+            checked = await verified(self.verifier, limit, scope, receive, send)
             if checked is None:
                 return
             receive = checked
