@@ -137,22 +137,25 @@ def batch(model: Path, source: str, output: Path, *args: str) -> list[str]:
             str(output), "--metrics-port", "0", *args]  # fmt: skip
 
 
-def run_ours(model: Path, work: Path, threads: int, tag: str) -> tuple[float, float, float]:
-    """(wall seconds of the process, its CPU seconds, seconds the runner reports for its work:
-    the wall time from listing to the last output, without interpreter start and model load)."""
+def run_ours(model: Path, work: Path, threads: int, tag: str) -> tuple[float, float, float, float]:
+    """(wall seconds of the process, its CPU seconds, then what the runner reports for its
+    work, from listing to the last output, without interpreter start and model load: wall
+    seconds and CPU seconds)."""
     output = work / f"out-{tag}"
     subprocess.run(["rm", "-rf", str(output)], check=True)
     args = ["--predict-threads", "1", "--max-concurrent-transforms", str(threads)]
     seconds, cpu, _, _ = timed(batch(model, str(work / "in"), output, *args))
     summary = json.loads((output / "_infermodes-batch/summary-0000-of-0001.json").read_text())
-    return seconds, cpu, float(summary["seconds"])
+    return seconds, cpu, float(summary["seconds"]), float(summary["cpuSeconds"])
 
 
 def throughput(args: argparse.Namespace, work: Path, model: Path, csv: Path, npy: Path) -> dict:
     results: dict[str, dict[str, list[float]]] = {}
     script = work / "user.py"
     script.write_text(USER_SCRIPT)
-    names = ("raw", "raw_cpu", "ours_wall", "ours_cpu", "ours_work", "user", "user_cpu")
+    names = (
+        "raw", "raw_cpu", "ours_wall", "ours_cpu", "ours_work", "ours_work_cpu", "user", "user_cpu"
+    )  # fmt: skip
     for repeat in range(args.repeats):
         for threads in (1, 2):
             key = f"threads={threads}"
@@ -164,18 +167,19 @@ def throughput(args: argparse.Namespace, work: Path, model: Path, csv: Path, npy
             raw_wall, raw_cpu = map(float, raw.stdout.split())
             entry["raw"].append(raw_wall)
             entry["raw_cpu"].append(raw_cpu)
-            wall, cpu, work_seconds = run_ours(model, work, threads, key)
+            wall, cpu, work_seconds, work_cpu = run_ours(model, work, threads, key)
             entry["ours_wall"].append(wall)
             entry["ours_cpu"].append(cpu)
             entry["ours_work"].append(work_seconds)
+            entry["ours_work_cpu"].append(work_cpu)
             user, user_cpu, _, _ = timed(
                 [PYTHON, str(script), str(model), str(csv), str(work / "user.out"), str(threads)]
             )
             entry["user"].append(user)
             entry["user_cpu"].append(user_cpu)
             log(f"  repeat {repeat} {key}: raw {raw_wall:.2f} s ({raw_cpu:.2f} CPU), ours "
-                f"{wall:.2f} s ({cpu:.2f} CPU, work {work_seconds:.2f} s), user script "
-                f"{user:.2f} s ({user_cpu:.2f} CPU)")  # fmt: skip
+                f"{wall:.2f} s ({cpu:.2f} CPU; work {work_seconds:.2f} s, {work_cpu:.2f} CPU), "
+                f"user {user:.2f} s ({user_cpu:.2f} CPU)")  # fmt: skip
     return results
 
 
@@ -288,6 +292,7 @@ def main() -> None:
                 "ours_wall_vs_raw": round(rate["ours_wall"] / rate["raw"], 3),
                 "ours_work_vs_raw": round(rate["ours_work"] / rate["raw"], 3),
                 "ours_cpu_vs_raw_cpu": round(rate["ours_cpu"] / rate["raw_cpu"], 3),
+                "ours_work_cpu_vs_raw_cpu": round(rate["ours_work_cpu"] / rate["raw_cpu"], 3),
                 "ours_wall_vs_user_script": round(rate["ours_wall"] / rate["user"], 3),
                 "ours_cpu_vs_user_script_cpu": round(rate["ours_cpu"] / rate["user_cpu"], 3),
             }

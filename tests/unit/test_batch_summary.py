@@ -13,12 +13,14 @@ from infermodes.workers.batch.summary import TERMINATION_MESSAGE_LIMIT, Failure,
 def test_summary_document_for_the_operator() -> None:
     summary = Summary(1, 2, assigned=3, succeeded=2, failed=1, objects_written=2, records=500)
     summary.seconds = 2.0
+    summary.cpu_seconds = 1.5
     summary.failures.append(Failure("s3://b/in/c.csv", 17, "column 3: bad"))
     document = json.loads(summary.to_json())
     assert document == {
         "version": 1, "index": 1, "count": 2, "state": "Failed",
         "units": {"assigned": 3, "succeeded": 2, "skipped": 0, "failed": 1},
         "objectsWritten": 2, "records": 500, "seconds": 2.0, "recordsPerSecond": 250.0,
+        "cpuSeconds": 1.5,
         "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: bad"}],
         "error": None,
     }  # fmt: skip

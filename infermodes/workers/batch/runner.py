@@ -169,7 +169,7 @@ class Runner:
     # -- doing it --------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         executor: Executor | None = None
         try:
             try:
@@ -205,6 +205,7 @@ class Runner:
                 executor.shutdown(wait=False, cancel_futures=True)
             self.progress.close()
             self.summary.seconds = time.monotonic() - started
+            self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
 
     def unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:

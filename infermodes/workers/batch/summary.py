@@ -6,6 +6,7 @@ Format (version 1)::
     {"version": 1, "index": 0, "count": 2, "state": "Completed" | "Failed" | "Stopped",
      "units": {"assigned": 3, "succeeded": 2, "skipped": 0, "failed": 1},
      "objectsWritten": 2, "records": 40000, "seconds": 1.9, "recordsPerSecond": 21052.6,
+     "cpuSeconds": 1.4,
      "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: ..."}],
      "error": null}
 
@@ -43,6 +44,7 @@ class Summary:
     objects_written: int = 0
     records: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of this process (its threads), without interpreter start
     stopped: bool = False
     error: str | None = None
     failures: list[Failure] = field(default_factory=list)
@@ -69,6 +71,7 @@ class Summary:
             "records": self.records,
             "seconds": round(self.seconds, 3),
             "recordsPerSecond": round(self.records / self.seconds, 1) if self.seconds else 0.0,
+            "cpuSeconds": round(self.cpu_seconds, 3),
             "failures": [asdict(f) for f in (self.failures if failures is None else failures)],
             "error": self.error,
         }
