@@ -1,6 +1,9 @@
 # The one image every infermodes entrypoint runs: `infermodes serve`, `infermodes operator`,
 # `infermodes worker`, ... (the Deployment or Job picks the command).
 FROM python:3.11-slim AS build
+# gcc: the install compiles infermodes/predict/_fastcsv.c (native CSV for batch transform)
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY infermodes ./infermodes
