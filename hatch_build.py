@@ -1,11 +1,11 @@
 """Build hook: compile the C extension ``infermodes/predict/_fastcsv.c`` (native CSV parsing and
 formatting for batch transform) with the machine's C compiler while the package is installed.
 
-An editable install (``scripts/install.sh``) writes the module beside its source; a wheel
-carries it (and is then tagged for this interpreter and platform). Where no C compiler or no
-Python headers exist (a slim container image) the install goes on without it and
-``infermodes.predict.fastcsv`` uses the Python path: the same output, slower. A compiler that
-fails on the source is an error.
+An editable install (``scripts/install.sh``) puts the module beside its source (replacing any
+earlier one whole); a wheel carries it (and is then tagged for this interpreter and platform).
+Where no C compiler or no Python headers exist (a slim container image) the install goes on
+without it and ``infermodes.predict.fastcsv`` uses the Python path: the same output, slower. A
+compiler that fails on the source is an error.
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ class NativeBuildHook(BuildHookInterface):
             return
         name = "_fastcsv" + sysconfig.get_config_var("EXT_SUFFIX")
         source = Path(self.root, SOURCE)
+        built = Path(tempfile.mkdtemp(prefix="infermodes-build-"), name)
+        command = [*compiler, "-O2", "-shared", "-fPIC", "-I", include, "-o", str(built)]
+        subprocess.run([*command, str(source), "-lm"], check=True)
         if version == "editable":
-            target = source.with_name(name)
+            # replaced whole, never rewritten in place: processes of a shared checkout may
+            # have the old one loaded
+            partial = source.with_name(f".{name}.{os.getpid()}")
+            shutil.copyfile(built, partial)
+            os.replace(partial, source.with_name(name))
         else:
-            target = Path(tempfile.mkdtemp(prefix="infermodes-build-"), name)
-            build_data["force_include"][str(target)] = f"infermodes/predict/{name}"
+            build_data["force_include"][str(built)] = f"infermodes/predict/{name}"
             build_data["pure_python"] = False
             build_data["infer_tag"] = True
-        command = [*compiler, "-O2", "-shared", "-fPIC", "-I", include, "-o", str(target)]
-        subprocess.run([*command, str(source), "-lm"], check=True)
