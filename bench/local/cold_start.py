@@ -5,8 +5,8 @@ model load, what a cold start cannot go below). Each cold start is split by the 
 (milliseconds, from the request): the model server started by the supervisor, listening, its
 model loaded, and the response.
 
-Each round deletes and re-applies the endpoint, so it is at zero again without waiting for its
-idle timeout. Writes ``cold_start.json`` beside this file.
+Each round applies an endpoint of a new name (checked to be at zero) and deletes it after.
+Writes ``cold_start.json`` beside this file.
 
     .venv/bin/python bench/local/cold_start.py [--rounds 5]
 """
@@ -25,17 +25,18 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support.local import manifest, running_up  # noqa: E402
+from tests.support.local import document, running_up  # noqa: E402
 from tests.support.processes import INFERMODES, running_server  # noqa: E402
 
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
 # the log lines that mark each phase of a cold start, in order
 PHASES = {
-    "started": re.compile(r"abalone-serverless/server-\d+ started"),
+    "started": re.compile(r"/server-\d+ started"),
     "listening": re.compile(r"infermodes\.serve: listening on"),
     "loaded": re.compile(r"infermodes\.serve: model .* loaded"),
 }
@@ -82,22 +83,27 @@ def main() -> None:
         subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
                         str(folder / "model")], check=True, capture_output=True)  # fmt: skip
         model = folder / "model" / "model.tar.gz"
-        path = manifest("serverless", model, folder, idleTimeoutSeconds=10)
         floor, cold, split = [], [], []
         with running_up(folder / "state", [], folder / "up.log") as up:
             client = httpx.Client(timeout=90.0)
-            for _ in range(args.rounds):
+            for index in range(args.rounds):
                 floor.append(bare_start(model, folder))
+                name = f"serverless-{index}"
+                endpoint = document("serverless", model, folder, idleTimeoutSeconds=10)
+                endpoint["metadata"]["name"] = name
+                path = folder / f"{name}.yaml"
+                path.write_text(yaml.safe_dump(endpoint))
                 subprocess.run([INFERMODES, "apply", "-f", str(path), "--url", up.url],
                                check=True, capture_output=True)  # fmt: skip
+                assert up.status(name)["replicas"] == 0, up.status(name)
                 started, wall = time.perf_counter(), time.time()
-                answer = client.post(f"{up.url}/endpoints/abalone-serverless/invocations",
+                answer = client.post(f"{up.url}/endpoints/{name}/invocations",
                                      content=ROW, headers={"content-type": "text/csv"})  # fmt: skip
                 cold.append(time.perf_counter() - started)
                 assert answer.status_code == 200, answer.text
-                logs = [up.log_path, *up.state_dir.glob("logs/abalone-serverless/*.log")]
+                logs = [up.log_path, *up.state_dir.glob(f"logs/{name}/*.log")]
                 split.append({**phases(logs, wall), "response": round(cold[-1], 3)})
-                subprocess.run([INFERMODES, "delete", "abalone-serverless", "--url", up.url],
+                subprocess.run([INFERMODES, "delete", name, "--url", up.url],
                                check=True, capture_output=True)  # fmt: skip
     result = {
         "rounds": args.rounds,

@@ -19,8 +19,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from infermodes.endpoints.plan import ProcessPlan
+from infermodes.local.zygote import Forked, Zygote
 
 log = logging.getLogger("infermodes.local")
 
@@ -51,6 +53,20 @@ def start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+class Running(Protocol):
+    """What a child's process is to us: a ``Popen``, or a server forked by the zygote."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class Child:
     """One supervised process. ``exits`` counts unexpected ends; after each the next start
@@ -61,7 +77,8 @@ class Child:
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     restart: bool = True  # False: a run to completion (batch instances)
-    proc: subprocess.Popen[bytes] | None = None
+    zygote: Zygote | None = None  # forks it when it can (``infermodes serve`` only)
+    proc: Running | None = None
     started_at: float = 0.0
     exits: int = 0
     last_exit: int | None = None
@@ -81,8 +98,23 @@ class Child:
         env = {**os.environ, **self.plan.env, **self.extra_env}
         with self.log_path.open("ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(
+        forked = self._fork(env)
+        if forked is not None:
+            self.proc = Forked(forked)
+        else:
+            self.proc = self._exec(env)
+        self.started_at = now
+        log.info("%s started (pid %d%s)", self.key, self.proc.pid,
+                 ", forked" if forked is not None else "")  # fmt: skip
+
+    def _fork(self, env: dict[str, str]) -> int | None:
+        if self.zygote is None or self.plan.command != ("infermodes", "serve"):
+            return None
+        return self.zygote.spawn(env, str(self.log_path))
+
+    def _exec(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as out:
+            return subprocess.Popen(
                 executable(self.plan.command),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -90,8 +122,6 @@ class Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.started_at = now
-        log.info("%s started (pid %d)", self.key, self.proc.pid)
 
     def check(self, now: float) -> bool:
         """True when the process ended since the last check; a crash schedules a restart."""

@@ -12,7 +12,11 @@ class LocalDemandSink:
         self.supervisor = supervisor
 
     async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
-        """Keep the figures; held requests (a cold start) wake the supervisor at once."""
+        """Keep the figures; held requests (a cold start) wake the supervisor at once. A deleted
+        endpoint's last figures are dropped: the gateway keeps its entry, and the figures would
+        otherwise start a replica for an endpoint of the same name applied again."""
+        if name not in self.supervisor.endpoints:
+            return
         self.supervisor.demand[name] = demand
         if demand.held:
             self.supervisor.wake.set()

@@ -49,6 +49,7 @@ from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
+from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import OperatorMetrics, ServerLoad, parse_server_load
 from infermodes.queueing.connect import Broker
 from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
@@ -130,6 +131,7 @@ class Supervisor:
         self.wake = asyncio.Event()
         self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
         self.registry = Registry(state_dir / "children.json")
+        self.zygote = Zygote()  # forks serverless model servers: a cold start skips the imports
         for directory in ("endpoints", "logs", "batch"):
             (state_dir / directory).mkdir(parents=True, exist_ok=True)
 
@@ -208,9 +210,9 @@ class Supervisor:
         key = f"{name}/server-{number}"
         endpoint.ports[key] = 0
         if spec.mode is Mode.SERVERLESS:
-            child_plan = plan.serverless_server(spec)
-        else:
-            child_plan = plan.model_server(spec, spec.realtime_block().workers)
+            return Child(key, plan.serverless_server(spec), self._log_path(endpoint, key),
+                         zygote=self.zygote)  # fmt: skip
+        child_plan = plan.model_server(spec, spec.realtime_block().workers)
         return Child(key, child_plan, self._log_path(endpoint, key))
 
     def _start(self, endpoint: LocalEndpoint, child: Child, now: float) -> None:
@@ -242,6 +244,8 @@ class Supervisor:
                 continue
             child.reap(0.0)  # gone: at once; past its grace: SIGKILL
         self.retiring = kept
+        known = {child.pid for child in self.all_children() if child.pid is not None}
+        reap_adopted(known | {self.zygote.pid})
 
     def all_children(self) -> list[Child]:
         running = [c for e in self.endpoints.values() for c in e.children.values()]
@@ -255,6 +259,7 @@ class Supervisor:
         for child in self.all_children():
             child.reap(grace)
         self.registry.save([])
+        self.zygote.stop()
 
     # the decisions
     def _loads(self, endpoint: LocalEndpoint) -> Callable[[], Mapping[str, ServerLoad]]:
@@ -453,6 +458,9 @@ class Supervisor:
     # the loop
     async def tick(self) -> None:
         now = time.monotonic()
+        modes = {endpoint.manifest.spec.mode for endpoint in self.endpoints.values()}
+        if Mode.SERVERLESS in modes and not self.zygote.started:
+            self.zygote.start()  # once the first serverless endpoint is there
         for endpoint in list(self.endpoints.values()):
             await self._actuate(endpoint, now)
             if self.endpoints.get(endpoint.name) is not endpoint:
@@ -460,6 +468,7 @@ class Supervisor:
             if self.table is not None:
                 self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
         self._reap()
+        self.zygote.check()
         self.registry.save(self.all_children())
 
     async def run(self, table: Table) -> None:

@@ -189,3 +189,46 @@ def test_async_on_rabbitmq_with_broker_url(
             np.testing.assert_allclose(found[inference_id], expected, rtol=1e-6)
         assert not (tmp_path / "state" / "queue.db").exists()
         assert "RabbitMQ" in cli(up.url, "notifications").stderr
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """PID -> state letter (R, S, Z...) of each child of ``pid``, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found[int(stat.parent.name)] = fields[0]
+    return found
+
+
+def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A cold start forks the model server from ``up``'s pre-imported zygote; the server is
+    ``up``'s own child (subreaper), so a SIGKILL of it is seen as exit -9 and leaves no zombie,
+    and the next request is served by its restart. Stopping ``up`` stops the zygote too."""
+    files = [manifest("serverless", abalone_model.tarball, tmp_path, idleTimeoutSeconds=10)]
+    body = to_csv(abalone_model.test_rows[:3])
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        assert up.proc is not None
+        parent = up.proc.pid
+        wait_until(lambda: "model-server zygote ready" in up.log, WAIT, "the zygote")
+        assert up.invoke("abalone-serverless", body).status_code == 200
+        (server,) = [p["pid"] for p in up.running("abalone-serverless")]
+        assert f"abalone-serverless/server-0 started (pid {server}, forked)" in up.log
+        assert server in children_of(parent)
+        (zygote,) = set(children_of(parent)) - {server}
+        assert "infermodes.local.zygote" in Path(f"/proc/{zygote}/cmdline").read_text()
+        os.killpg(server, signal.SIGKILL)
+        wait_until(lambda: any("exited with -9" in event for event in
+                               up.status("abalone-serverless")["events"]), WAIT,
+                   "the killed server to be seen")  # fmt: skip
+        wait_until(lambda: "Z" not in children_of(parent).values(), WAIT, "no zombie")
+        assert up.invoke("abalone-serverless", body).status_code == 200
+        assert up.log.count("abalone-serverless/server-0 started (pid") == 2  # restarted
+        assert up.log.count(", forked)") == 2
+        up.stop()
+        assert not alive(zygote)
