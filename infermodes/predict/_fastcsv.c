@@ -203,6 +203,11 @@ static inline uint64_t scaled(u128 x, int t, u128 *remainder) {
     return (uint64_t)(x >> -t);
 }
 
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 /* 10**n for n in -11..17, as doubles (the nearest for negative n): a first guess of the
  * decimal exponent, which shortest() then checks exactly. */
 static const double GUESS_POW10[29] = {1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4,
@@ -296,13 +301,24 @@ static int shortest(double value, char *digits, int *decpt) {
         q /= 10;
         j++;
     }
-    char reversed[20];
-    int count = 0;
-    while (q) {
-        reversed[count++] = (char)('0' + q % 10);
-        q /= 10;
+    /* q < 10**18: two halves of up to nine digits, each two digits at a time (independent
+     * chains of 32-bit arithmetic instead of one chain of 64-bit divisions) */
+    char text[18];
+    uint32_t halves[2] = {(uint32_t)(q / 1000000000), (uint32_t)(q % 1000000000)};
+    for (int h = 0; h < 2; h++) {
+        char *out = text + 9 * h + 9;
+        uint32_t n = halves[h];
+        for (int pair = 0; pair < 4; pair++) {
+            out -= 2;
+            memcpy(out, DIGIT_PAIRS + 2 * (n % 100), 2);
+            n /= 100;
+        }
+        out[-1] = (char)('0' + n);
     }
-    for (int i = 0; i < count; i++) digits[i] = reversed[count - 1 - i];
+    int skip = 0;
+    while (text[skip] == '0') skip++;
+    int count = 18 - skip;
+    memcpy(digits, text + skip, (size_t)count);
     *decpt = count + j - k;
     return count;
 }
