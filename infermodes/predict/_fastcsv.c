@@ -32,7 +32,40 @@ static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
 /* One field at *pp (spaces, a decimal, spaces): 1 and the value, 0 for something else. The
  * data ends with a NUL (a bytes object's), which no loop here reads past: it is neither a
  * blank nor a digit, and the caller tells a NUL at the end from one inside. */
-static int parse_field(const char **pp, double *value) {
+static const uint64_t POW10[18];
+
+/* The digits at p (at least eight readable bytes) appended to *mantissa, eight at a time
+ * (SWAR, as in simdjson and fast_float): the run's length from a mask of the non-digit bytes,
+ * so no branch depends on it, its value in three multiplications. Wraps past 19 digits (the
+ * caller then uses strtod). Returns the end of the run. */
+static inline const char *swar_digits(const char *p, const char *end, uint64_t *mantissa) {
+    uint64_t m = *mantissa;
+    for (;;) {
+        if (end - p < 8) {
+            while (is_digit(*p)) m = m * 10 + (uint64_t)(*p++ - '0');
+            break;
+        }
+        uint64_t v, high = 0xF0F0F0F0F0F0F0F0ULL, threes = 0x3030303030303030ULL;
+        memcpy(&v, p, 8);
+        /* a byte is a digit iff its high nibble is 3 before and after adding 6 (a carry out of
+         * a byte above 0xF9 only disturbs the bytes after that non-digit) */
+        uint64_t other = ((v & high) ^ threes) | (((v + 0x0606060606060606ULL) & high) ^ threes);
+        int n = other ? __builtin_ctzll(other) / 8 : 8;
+        if (n == 0) break;
+        uint64_t d = (v << (64 - 8 * n)) - (threes << (64 - 8 * n)); /* zeros before */
+        d = d * 10 + (d >> 8);
+        d = (((d & 0x000000FF000000FFULL) * (100 + (1000000ULL << 32))) +
+             (((d >> 16) & 0x000000FF000000FFULL) * (1 + (10000ULL << 32)))) >>
+            32;
+        m = m * POW10[n] + (uint32_t)d;
+        p += n;
+        if (n < 8) break;
+    }
+    *mantissa = m;
+    return p;
+}
+
+static int parse_field(const char **pp, const char *end, double *value) {
     const char *p = *pp;
     while (is_blank(*p)) p++;
     const char *start = p;
@@ -44,7 +77,7 @@ static int parse_field(const char **pp, double *value) {
     int digits = (int)(p - digits_start), exponent = 0;
     if (*p == '.') {
         const char *fraction = ++p;
-        while (is_digit(*p)) mantissa = mantissa * 10 + (uint64_t)(*p++ - '0');
+        p = swar_digits(p, end, &mantissa);
         exponent = -(int)(p - fraction);
         digits -= exponent;
     }
@@ -110,7 +143,7 @@ static Py_ssize_t parse_rows(const char *p, const char *end, Py_ssize_t width, f
         float *row = out + rows * width;
         for (Py_ssize_t column = 0; column < width; column++) {
             double value;
-            if (!parse_field(&p, &value)) return -1;
+            if (!parse_field(&p, end, &value)) return -1;
             row[column] = (float)value;
             if (column + 1 < width) {
                 if (*p != ',') return -1;

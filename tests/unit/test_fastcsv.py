@@ -126,3 +126,26 @@ def test_what_it_hands_back_gets_the_codecs_message(chunk: bytes) -> None:
 @pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\nb", b"\n\n\r\n", b"x\n" * 1000 + b"y"])
 def test_count_lines_counts_what_bytes_count_counts(data: bytes) -> None:
     assert fastcsv.count_lines(data) == data.count(b"\n")
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b"0.12345678,0.123456789012345678901\n",  # a run of eight digits, then more than 19
+        b"1.00000000000000000000000001,2\n",
+        b"0.1234,5.67",  # the last bytes, no newline: fewer than eight left to read
+        b"12345678.87654321,.5\r\n",
+        b"0.1234\xfa9,1\n",  # a byte above 0xF9 right after digits
+        b"0.12\xff\xff\xff\xff\xff\xff\xff,1\n",
+        b"0.123:5678,1\n",
+        b"0.1/345678,1\n",
+    ],
+)
+def test_digit_runs_read_eight_at_a_time_end_where_the_codecs_say(chunk: bytes) -> None:
+    parsed = fastcsv.parse(chunk, 2)
+    try:
+        expected = codecs.decode(chunk, codecs.CSV, 2)
+    except InvalidInput:
+        assert parsed is None
+        return
+    assert parsed is not None and parsed.tobytes() == expected.tobytes()
