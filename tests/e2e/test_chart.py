@@ -69,6 +69,14 @@ def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in
                                   "gateway.platform.brokerSecretName=amqp")  # fmt: skip
     env = gateway_env(documents)
     assert env["INFERMODES_GATEWAY_PLATFORM_NAMESPACE"]["value"] == "platform"
+    # it serves the endpoints the API makes there, besides the release's
+    assert env["INFERMODES_GATEWAY_NAMESPACES"]["value"] == '["ops","platform"]'
+    served = {d["metadata"]["namespace"] for d in documents if d["kind"] == "Role"
+              and d["metadata"]["name"] == "infermodes-gateway"}  # fmt: skip
+    assert served == {"ops", "platform"}
+    everywhere = gateway_env(gateway_documents("gateway.platform.namespace=platform",
+                                               "gateway.namespaces={*}"))  # fmt: skip
+    assert everywhere["INFERMODES_GATEWAY_NAMESPACES"]["value"] == '["*"]'
     assert env["INFERMODES_GATEWAY_PLATFORM_STORAGE_SECRET"]["value"] == "s3"
     assert env["INFERMODES_GATEWAY_PLATFORM_BROKER_SECRET"]["value"] == "amqp"
     role = next(d for d in documents if d["metadata"]["name"] == "infermodes-gateway-platform"

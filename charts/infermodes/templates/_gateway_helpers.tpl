@@ -22,12 +22,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{/* The namespaces the gateway serves: the configured list, or the release's own. */}}
+{{/* The namespaces the gateway serves: the configured list, or the release's own; and the
+platform API's, whose endpoints it must serve too. */}}
 {{- define "infermodes.gateway.namespaces" -}}
-{{- if .Values.gateway.namespaces -}}
-{{- toJson .Values.gateway.namespaces -}}
+{{- $chosen := .Values.gateway.namespaces | default (list .Release.Namespace) -}}
+{{- if has "*" $chosen -}}
+{{- toJson $chosen -}}
 {{- else -}}
-{{- toJson (list .Release.Namespace) -}}
+{{- toJson (append $chosen (include "infermodes.gateway.platformNamespace" .) | uniq) -}}
 {{- end -}}
 {{- end -}}
 
