@@ -83,6 +83,11 @@ def read_artifact(uri: str, storage: Storage) -> bytes:
     return extract_member(data) if _is_gzip_tar(data) else data
 
 
+MAX_FEATURES = 1 << 24
+"""Rows are decoded dense, so a model's feature count bounds every row's memory: a corrupt
+header (one flipped byte of a legacy model's ``num_feature``) must not ask for gigabytes."""
+
+
 def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster:
     """Build a booster from raw model bytes in any accepted format."""
     kind = sniff_format(data)
@@ -98,9 +103,16 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster
                 f"either: {exc}"
             ) from exc
     try:
-        return NativeBooster(data)
+        booster = NativeBooster(data)
     except ModelLoadError as exc:
         raise ModelLoadError(f"not a loadable XGBoost {kind} model: {exc}") from exc
+    if booster.num_features > MAX_FEATURES:
+        raise ModelLoadError(
+            f"the model declares {booster.num_features} features; rows are scored dense, and "
+            f"infermodes serves at most {MAX_FEATURES} features (a {MAX_FEATURES * 4 >> 20} MiB "
+            "row): a corrupt or foreign model?"
+        )
+    return booster
 
 
 def _model_from_pickle(data: bytes, allow_pickle: bool) -> bytes:

@@ -254,6 +254,14 @@ def test_every_truncation_is_named() -> None:
             legacy_to_json(data[:end])
 
 
+def test_a_corrupt_feature_count_is_refused_not_allocated() -> None:
+    """One flipped byte of num_feature (found by the test below) declared 3.2e9 features."""
+    data = bytearray((FIXTURES / "0.90" / "multiclass.bin").read_bytes())
+    data[7] = 191
+    with pytest.raises(ModelLoadError, match=r"declares \d+ features; .* at most 16777216"):
+        booster_from_bytes(bytes(data))
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
 def test_corrupted_bytes_load_or_are_refused(edits: list[tuple[int, int]]) -> None:
