@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,8 +31,6 @@ log = logging.getLogger("infermodes.platform")
 
 TARGET_PREFIX = "SageMaker."
 MAX_REQUEST_BYTES = 1024 * 1024
-# (method, path, query string, headers, body) -> None to go on, or the error to answer
-Authenticate = Callable[[str, str, str, Mapping[str, str], bytes], ApiError | None]
 
 
 class InternalFailure(ApiError):
@@ -72,10 +70,8 @@ def parse_request(body: bytes) -> JsonObject:
     return parsed
 
 
-def create_router(
-    store: PlatformStore, defaults: Defaults, authenticate: Authenticate | None = None
-) -> APIRouter:
-    """``authenticate`` (SigV4 on Kubernetes) is asked first; its error is answered as is."""
+def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
+    """Signatures are checked before a request gets here (``gateway/auth.py``)."""
     plane = ControlPlane(store, defaults)
     operations: dict[str, Callable[[JsonObject], Awaitable[JsonObject]]] = plane.operations()
     router = APIRouter()
@@ -84,11 +80,6 @@ def create_router(
     async def control_plane(request: Request) -> Response:
         try:
             body = await bounded_body(request)
-            if authenticate is not None:
-                refused = authenticate(request.method, request.url.path,
-                                       request.url.query, request.headers, body)  # fmt: skip
-                if refused is not None:
-                    return error_answer(refused)
             target = request.headers.get("x-amz-target", "")
             operation = target.removeprefix(TARGET_PREFIX)
             run = operations.get(operation) if target.startswith(TARGET_PREFIX) else None

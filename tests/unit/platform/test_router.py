@@ -4,13 +4,11 @@ them, case-insensitive names, statuses from the actuator's objects, lists, limit
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from infermodes.platform.errors import ApiError
 from infermodes.platform.router import create_router
 from infermodes.platform.translate import Defaults
 from tests.unit.platform.memory import MemoryStore
@@ -20,10 +18,10 @@ SERVERLESS = {"MemorySizeInMB": 2048, "MaxConcurrency": 5}
 
 
 class Api:
-    def __init__(self, defaults: Defaults | None = None, authenticate: Any = None) -> None:
+    def __init__(self, defaults: Defaults | None = None) -> None:
         self.store = MemoryStore()
         app = FastAPI()
-        app.include_router(create_router(self.store, defaults or Defaults(), authenticate))
+        app.include_router(create_router(self.store, defaults or Defaults()))
         self.client = TestClient(app)
 
     def raw(self, operation: str, body: bytes) -> Any:
@@ -63,25 +61,6 @@ def test_unknown_operations_and_bodies_that_are_not_json_get_the_platforms_codes
     assert api.raw("ListModels", b"[1]").json()["__type"] == "SerializationException"
     response = api.client.post("/", content=b"{}")
     assert response.json()["__type"] == "UnknownOperationException"
-
-
-def test_an_authenticators_error_is_answered_before_anything_else() -> None:
-    class Forbidden(ApiError):
-        status_code = 403
-
-    seen: list[tuple[str, str, str, bytes]] = []
-
-    def authenticate(method: str, path: str, query: str, headers: Mapping[str, str],
-                     body: bytes) -> ApiError | None:  # fmt: skip
-        seen.append((method, path, headers["x-amz-target"], body))
-        return Forbidden("The request signature we calculated does not match")
-
-    api = Api(authenticate=authenticate)
-    response = api.raw("ListModels", b"{}")
-    assert response.status_code == 403
-    assert response.json()["__type"] == "Forbidden"
-    assert seen == [("POST", "/", "SageMaker.ListModels", b"{}")]
-    assert api.store.records == {}
 
 
 def test_the_seed_flow_with_statuses_from_the_actuator() -> None:
