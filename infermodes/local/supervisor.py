@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import shutil
 import socket
 import time
@@ -216,6 +217,8 @@ class Supervisor:
         return Child(key, child_plan, self._log_path(endpoint, key))
 
     def _start(self, endpoint: LocalEndpoint, child: Child, now: float) -> None:
+        if child.zygote is not None and child.zygote.importing():
+            return  # sooner forked from it than started beside it: it wakes us when ready
         if child.key not in endpoint.ports:
             child.start(now)
             return
@@ -460,7 +463,7 @@ class Supervisor:
         now = time.monotonic()
         modes = {endpoint.manifest.spec.mode for endpoint in self.endpoints.values()}
         if Mode.SERVERLESS in modes and not self.zygote.started:
-            self.zygote.start()  # once the first serverless endpoint is there
+            self._start_zygote()  # once the first serverless endpoint is there
         for endpoint in list(self.endpoints.values()):
             await self._actuate(endpoint, now)
             if self.endpoints.get(endpoint.name) is not endpoint:
@@ -470,6 +473,22 @@ class Supervisor:
         self._reap()
         self.zygote.check()
         self.registry.save(self.all_children())
+
+    def _start_zygote(self) -> None:
+        """Start it; the moment it is ready (its first line) wakes the loop."""
+        self.zygote.start()
+        out = self.zygote.proc.stdout if self.zygote.proc is not None else None
+        if out is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            loop.remove_reader(out)
+            os.set_blocking(out.fileno(), True)  # the loop's reader made it non-blocking
+            self.zygote.check()
+            self.wake.set()
+
+        loop.add_reader(out, readable)
 
     async def run(self, table: Table) -> None:
         """Until cancelled: a round per tick, or at once when woken (a cold start, an apply);

@@ -32,6 +32,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 READY = "ready"
 SPAWN_TIMEOUT_SECONDS = 5.0  # a fork takes milliseconds; beyond this the zygote is stuck
+IMPORT_WAIT_SECONDS = 10.0  # servers wait this long for its imports, then start by exec
 
 
 def prctl(option: int, value: int) -> None:
@@ -120,12 +121,13 @@ class Zygote:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
         self.started = False
+        self.started_at = 0.0
         self.ready = False
 
     def start(self) -> None:
         """Start it (its imports take a moment: until then servers start by exec)."""
         become_subreaper()
-        self.started = True
+        self.started, self.started_at = True, time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "infermodes.local.zygote"],
             stdin=subprocess.PIPE,
@@ -137,6 +139,12 @@ class Zygote:
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
+
+    def importing(self) -> bool:
+        """Still importing, for a short while yet: a server to start had better wait for it."""
+        if self.check() or self.proc is None or self.proc.poll() is not None:
+            return False
+        return time.monotonic() - self.started_at < IMPORT_WAIT_SECONDS
 
     def check(self) -> bool:
         """Whether it can fork now (its imports done); never blocks."""
@@ -155,6 +163,7 @@ class Zygote:
         if not self.check() or proc is None or proc.stdin is None or proc.stdout is None:
             return None
         try:
+            os.set_blocking(proc.stdout.fileno(), True)  # an event loop's reader may have unset it
             proc.stdin.write(json.dumps({"env": env, "log": log_path}) + "\n")
             proc.stdin.flush()
             if select.select([proc.stdout], [], [], SPAWN_TIMEOUT_SECONDS)[0]:
