@@ -202,7 +202,8 @@ class _HeadWithBody:
         head = self._head
         if head is not None:
             self._head = None
-            self._transport.write(head)
+            if not self._transport.is_closing():
+                self._transport.write(head)
 
     def close(self) -> None:
         self.flush()
@@ -268,7 +269,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
+        if self.cycle.scope["method"] != "HEAD":  # a HEAD answer has no body to wait for
+            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
         self.phase = _BODY
         if self.deadline is not None:
             self._disarm()
