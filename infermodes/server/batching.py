@@ -1,6 +1,6 @@
 """Adaptive micro-batching of one worker's concurrent requests into one predict call.
 
-XGBoost's C predict costs ~25-35 µs per call whatever the rows (setup, not trees), so requests
+XGBoost's C predict costs ~20 µs per call whatever the rows (setup, not trees), so requests
 that are in the worker together are cheaper predicted together. No fixed window by default:
 the first request of a batch (its leader) yields one event-loop turn, in which the requests
 already parsed beside it decode and join, then predicts for all; requests that arrive while
