@@ -149,7 +149,7 @@ def test_async_requests_complete_once_with_a_worker_killed_mid_way(
     wait_status(actuator, "queued", "InService", lambda s: s.get("phase") == "InService")
     output = tmp_path / "async" / "output"
     rows = abalone_model.test_rows
-    copies = 400_000 // len(rows) + 1  # ~25 MB of CSV: seconds of a worker's time
+    copies = 1_200_000 // len(rows) + 1  # ~75 MB of CSV: seconds of a worker's time
     big_input = output / "input" / "big.csv"  # where the accept route takes inputs from
     big_input.parent.mkdir(parents=True)
     big_input.write_bytes(to_csv(rows) * copies)
@@ -168,6 +168,8 @@ def test_async_requests_complete_once_with_a_worker_killed_mid_way(
                WAIT, f"a worker holding requests on {actuator.name}")  # fmt: skip
     (worker,) = actuator.processes("queued")
     kill(worker)
+    big_output = output / f"{big.json()['InferenceId']}.out"
+    assert not big_output.exists(), "the worker was done with the large request before the kill"
     wait_until(lambda: len(outputs(output)) == 21, WAIT * 2, "every async output")
     found = outputs(output)
     assert set(found) == set(small) | {big.json()["InferenceId"]}
