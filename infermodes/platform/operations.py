@@ -4,6 +4,7 @@ records and objects are kept under the lower-cased name, answers carry the name 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -38,6 +39,7 @@ from infermodes.platform.translate import (
 )
 
 DEFAULT_MAX_RESULTS = 10
+TOKEN = re.compile(r"[0-9]{1,9}")  # an offset, as page() gives them (ASCII: int() reads more)
 MAX_RESULTS = 100
 MODEL_OUTPUT = ("ModelName", "PrimaryContainer", "Containers", "ExecutionRoleArn",
                 "CreationTime", "ModelArn", "EnableNetworkIsolation")  # fmt: skip
@@ -76,7 +78,9 @@ def page(request: JsonObject, items: list[JsonObject], name_key: str,
     only("", request, LIST_FIELDS)
     contains = request.get("NameContains")
     if contains is not None:
-        items = [i for i in items if str(contains).lower() in i[name_key].lower()]
+        if not isinstance(contains, str):
+            raise ValidationException(f"NameContains {contains!r} must be a string")
+        items = [i for i in items if contains.lower() in i[name_key].lower()]
     for key, field, before in (("CreationTimeBefore", "CreationTime", True),
                                ("CreationTimeAfter", "CreationTime", False),
                                ("LastModifiedTimeBefore", "LastModifiedTime", True),
@@ -102,7 +106,7 @@ def page(request: JsonObject, items: list[JsonObject], name_key: str,
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_RESULTS:
         raise ValidationException(f"MaxResults {size!r}: 1 to {MAX_RESULTS}")
     token = request.get("NextToken") or "0"
-    if not isinstance(token, str) or not token.isdigit():
+    if not isinstance(token, str) or not TOKEN.fullmatch(token):
         raise ValidationException(f"NextToken {token!r} is not one this API gave")
     start = int(token)
     rest = items[start + size :]

@@ -65,6 +65,8 @@ def parse_request(body: bytes) -> JsonObject:
         parsed = json.loads(body or b"{}")
     except ValueError as exc:
         raise SerializationException(f"the body is not JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: a megabyte of "[" is past its depth
+        raise SerializationException("the body nests deeper than the parser reads") from None
     if not isinstance(parsed, dict):
         raise SerializationException("the body must be a JSON object")
     return parsed

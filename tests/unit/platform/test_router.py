@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -205,3 +206,25 @@ def test_update_endpoint_replaces_the_spec_and_reports_updating() -> None:
     assert (described["EndpointConfigName"], described["EndpointStatus"]) == ("bigger", "Updating")
     api.store.set_status("ep", "InService")
     assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "InService"
+
+
+def test_bodies_nested_past_the_parsers_depth_are_a_serialization_error() -> None:
+    api = Api()
+    for body in (b"[" * 100_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000):
+        response = api.raw("ListModels", body)
+        assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
+
+
+@pytest.mark.parametrize("token", ["9" * 5_000, "\u00b2", "\u0661", "99999999999999999999", "-1"])
+def test_next_tokens_this_api_never_gave_are_refused(token: str) -> None:
+    api = Api()
+    api.seed()
+    code, message = api.error("ListModels", NextToken=token)
+    assert code == "ValidationException" and "NextToken" in message
+
+
+def test_name_filters_that_are_not_strings_are_refused() -> None:
+    api = Api()
+    api.seed()
+    for value in (5, {"a": 1}, ["abalone"]):
+        assert api.error("ListModels", NameContains=value)[0] == "ValidationException"
