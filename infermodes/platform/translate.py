@@ -114,19 +114,34 @@ def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
                        "EnableNetworkIsolation"})  # fmt: skip
     if request.get("EnableNetworkIsolation"):
         raise ValidationException("EnableNetworkIsolation is not supported by infermodes")
+    check_common(request)
     containers = request.get("Containers") or []
-    if request.get("PrimaryContainer") is not None and containers:
+    if not isinstance(containers, list):
+        raise ValidationException("Containers must be a list")
+    primary = request.get("PrimaryContainer") is not None
+    if primary and containers:
         raise ValidationException("give PrimaryContainer or Containers, not both")
     if len(containers) > 1:
         raise ValidationException(
             "Containers: inference pipelines (more than one container) are not supported by "
             "infermodes"
         )
-    container = mapping("PrimaryContainer", request.get("PrimaryContainer") or
-                        (containers[0] if containers else None))  # fmt: skip
-    field = "PrimaryContainer." if request.get("PrimaryContainer") is not None else "Containers[0]."
-    check_container(field, container)
+    field = "PrimaryContainer" if primary else "Containers[0]"
+    given = request.get("PrimaryContainer") if primary else (containers or [None])[0]
+    check_container(f"{field}.", mapping(field, given))
     return {**request, "ModelArn": arn(defaults, "model", name), "CreationTime": time.time()}
+
+
+def check_common(request: JsonObject) -> None:
+    """The members every create shares that we keep but do not translate: kept, so typed as
+    the platform types them (Describe answers them back to boto3)."""
+    role = request.get("ExecutionRoleArn")
+    if role is not None and not isinstance(role, str):
+        raise ValidationException(f"ExecutionRoleArn must be a string, got {role!r}")
+    tags = request.get("Tags")
+    if tags is not None and not (isinstance(tags, list) and all(
+            isinstance(t, dict) and isinstance(t.get("Key"), str) for t in tags)):  # fmt: skip
+        raise ValidationException("Tags must be a list of {Key, Value} structures")
 
 
 def check_container(field: str, container: Mapping[str, Any]) -> None:
@@ -176,6 +191,7 @@ def endpoint_config_record(
     name = check_name("EndpointConfigName", request.get("EndpointConfigName"))
     only("", request, {"EndpointConfigName", "ProductionVariants", "AsyncInferenceConfig",
                        "Tags", "ExecutionRoleArn", "EnableNetworkIsolation"})  # fmt: skip
+    check_common(request)
     variants = request.get("ProductionVariants") or []
     if not isinstance(variants, list) or len(variants) != 1:
         raise ValidationException(

@@ -246,3 +246,28 @@ def test_split_types_we_do_not_read_are_refused_naming_the_field() -> None:
     request["TransformInput"]["SplitType"] = "RecordIO"
     with pytest.raises(ValidationException, match=r"TransformInput\.SplitType"):
         transform_object(request, model(), DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("more", "named"),
+    [
+        ({"Containers": {"ModelDataUrl": "s3://b/a"}}, "Containers must be a list"),
+        ({"Containers": "abc"}, "Containers must be a list"),
+        ({"Containers": [1]}, r"Containers\[0\] must be a structure"),
+        ({"PrimaryContainer": {"ModelDataUrl": "s3://b/a"}, "ExecutionRoleArn": {"a": [1]}},
+         "ExecutionRoleArn must be a string"),
+        ({"PrimaryContainer": {"ModelDataUrl": "s3://b/a"}, "Tags": "x"}, "Tags must be a list"),
+        ({"PrimaryContainer": {"ModelDataUrl": "s3://b/a"}, "Tags": [{"Value": "v"}]},
+         "Tags must be a list"),
+    ],
+)  # fmt: skip
+def test_model_members_of_the_wrong_type_are_refused_naming_them(
+    more: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValidationException, match=named):
+        model_record({"ModelName": "m", **more}, DEFAULTS)
+
+
+def test_endpoint_config_members_kept_as_given_are_typed() -> None:
+    with pytest.raises(ValidationException, match="ExecutionRoleArn must be a string"):
+        config(None, ExecutionRoleArn=5)
