@@ -26,8 +26,10 @@ from infermodes.endpoints.spec import (
     VERSION,
     EndpointSpec,
 )
+from infermodes.errors import StorageError
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
+from infermodes.storage import parse_uri
 
 ANNOTATION = "platform.infermodes.dev/"
 NAME_ANNOTATION = ANNOTATION + "name"  # the name as given (the object's is lower case)
@@ -62,6 +64,9 @@ class Defaults:
     resolved_image: str = "infermodes model server"
     max_endpoints: int = 100
     max_records: int = 1000  # models, and endpoint configs, each
+    # file:// URIs name files of the machine the actuator runs on: the caller's own under up;
+    # the gateway turns them off (its pods' files are not the caller's, see check_uri)
+    file_uris: bool = True
 
 
 def arn(defaults: Defaults, resource: str, name: str) -> str:
@@ -83,6 +88,22 @@ def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
             f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"
         )
     return name
+
+
+def check_uri(field: str, uri: Any, defaults: Defaults) -> None:
+    """An ``s3://bucket/...`` URI, or ``file:///...`` where ``defaults.file_uris`` allows it. On
+    Kubernetes a file URI would have the cluster's pods read and write their own files (the
+    service-account token, ``/proc/self/environ`` with the storage keys) for whoever calls the
+    API, and failure reasons quote pieces of what was read."""
+    try:
+        ref = parse_uri(uri) if isinstance(uri, str) and "://" in uri else None
+    except StorageError as exc:
+        raise ValidationException(f"{field}: {exc}") from None
+    if ref is None or (ref.scheme == "file" and not defaults.file_uris):
+        raise ValidationException(
+            f"{field} must be an s3://bucket/key URI"
+            f"{' (or file:///path)' if defaults.file_uris else ''}, got {uri!r}"
+        )
 
 
 def only(where: str, given: Mapping[str, Any], supported: set[str]) -> None:
@@ -128,7 +149,7 @@ def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
         )
     field = "PrimaryContainer" if primary else "Containers[0]"
     given = request.get("PrimaryContainer") if primary else (containers or [None])[0]
-    check_container(f"{field}.", mapping(field, given))
+    check_container(f"{field}.", mapping(field, given), defaults)
     return {**request, "ModelArn": arn(defaults, "model", name), "CreationTime": time.time()}
 
 
@@ -144,18 +165,19 @@ def check_common(request: JsonObject) -> None:
         raise ValidationException("Tags must be a list of {Key, Value} structures")
 
 
-def check_container(field: str, container: Mapping[str, Any]) -> None:
+def check_container(field: str, container: Mapping[str, Any], defaults: Defaults) -> None:
     only(field, container, {"ContainerHostname", "Image", "Mode", "ModelDataUrl", "Environment"})
     if container.get("Mode", "SingleModel") != "SingleModel":
         raise ValidationException(
             f"{field}Mode {container['Mode']}: only SingleModel is supported by infermodes"
         )
     url = container.get("ModelDataUrl")
-    if not isinstance(url, str) or not url.startswith(("s3://", "file://")):
+    if url is None:
         raise ValidationException(
             f"{field}ModelDataUrl is required: the s3:// URI of the model.tar.gz (or XGBoost "
-            f"model file), got {url!r}"
+            "model file)"
         )
+    check_uri(f"{field}ModelDataUrl", url, defaults)
     image = container.get("Image")
     if image is not None and not XGBOOST_IMAGE.search(str(image)):
         raise ValidationException(
@@ -225,14 +247,14 @@ def endpoint_config_record(
     only(f"{field}ManagedInstanceScaling.", scaling,
          {"Status", "MinInstanceCount", "MaxInstanceCount"})  # fmt: skip
     if request.get("AsyncInferenceConfig") is not None:
-        check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]))
+        check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]), defaults)
     record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),
               "CreationTime": time.time()}  # fmt: skip
     endpoint_spec(record, models[model_name] or {}, defaults)  # everything the spec checks too
     return record
 
 
-def check_async(config: Mapping[str, Any]) -> None:
+def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     only("AsyncInferenceConfig.", config, {"ClientConfig", "OutputConfig"})
     only("AsyncInferenceConfig.ClientConfig.", mapping("ClientConfig", config.get("ClientConfig")),
          {"MaxConcurrentInvocationsPerInstance"})  # fmt: skip
@@ -241,6 +263,9 @@ def check_async(config: Mapping[str, Any]) -> None:
          {"S3OutputPath", "S3FailurePath", "NotificationConfig"})  # fmt: skip
     if not output.get("S3OutputPath"):
         raise ValidationException("AsyncInferenceConfig.OutputConfig.S3OutputPath is required")
+    for key in ("S3OutputPath", "S3FailurePath"):
+        if output.get(key) is not None:
+            check_uri(f"AsyncInferenceConfig.OutputConfig.{key}", output[key], defaults)
     only("AsyncInferenceConfig.OutputConfig.NotificationConfig.",
          mapping("NotificationConfig", output.get("NotificationConfig")),
          {"SuccessTopic", "ErrorTopic"})  # fmt: skip
@@ -413,6 +438,10 @@ def transform_object(
     s3 = mapping("TransformInput.DataSource.S3DataSource", data_source.get("S3DataSource"))
     output = mapping("TransformOutput", request.get("TransformOutput"))
     only("TransformOutput.", output, {"S3OutputPath", "Accept", "AssembleWith"})
+    for where, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", s3.get("S3Uri")),
+                       ("TransformOutput.S3OutputPath", output.get("S3OutputPath"))):  # fmt: skip
+        if uri is not None:  # missing: the spec names it
+            check_uri(where, uri, defaults)
     resources = mapping("TransformResources", request.get("TransformResources"))
     only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
     client = mapping("ModelClientConfig", request.get("ModelClientConfig"))

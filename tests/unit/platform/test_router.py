@@ -228,3 +228,17 @@ def test_name_filters_that_are_not_strings_are_refused() -> None:
     api.seed()
     for value in (5, {"a": 1}, ["abalone"]):
         assert api.error("ListModels", NameContains=value)[0] == "ValidationException"
+
+
+def test_the_gateway_refuses_file_uris_through_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its pods' files are not the caller's: ``file://`` would read them for whoever calls."""
+    from unittest import mock
+
+    from infermodes.gateway.app import platform_router
+    from infermodes.platform import router
+    from infermodes.settings import GatewaySettings
+
+    seen: list[Defaults] = []
+    monkeypatch.setattr(router, "create_router", lambda _store, defaults: seen.append(defaults))
+    platform_router(GatewaySettings(platform_namespace="platform"), mock.Mock())
+    assert [d.file_uris for d in seen] == [False]

@@ -271,3 +271,44 @@ def test_model_members_of_the_wrong_type_are_refused_naming_them(
 def test_endpoint_config_members_kept_as_given_are_typed() -> None:
     with pytest.raises(ValidationException, match="ExecutionRoleArn must be a string"):
         config(None, ExecutionRoleArn=5)
+
+
+ON_KUBERNETES = Defaults(file_uris=False)
+ASYNC = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+
+
+def async_config(output: dict[str, Any], defaults: Defaults) -> dict[str, Any]:
+    request = {"EndpointConfigName": "cfg", "ProductionVariants": [
+        {"VariantName": "v", "ModelName": "abalone", **ASYNC}],
+        "AsyncInferenceConfig": {"OutputConfig": output}}  # fmt: skip
+    return endpoint_config_record(request, {"abalone": model()}, defaults)
+
+
+def test_uris_must_be_s3_or_file_and_well_formed() -> None:
+    for url in ("s3://", "file://relative/model.json", "http://127.0.0.1:9/m", "m.tar.gz", 5):
+        with pytest.raises(ValidationException, match=r"PrimaryContainer\.ModelDataUrl"):
+            model(ModelDataUrl=url)
+    assert model(ModelDataUrl="file:///srv/m.json")["PrimaryContainer"]["ModelDataUrl"] == (
+        "file:///srv/m.json")  # fmt: skip
+
+
+def test_file_uris_are_refused_where_the_actuator_is_not_the_callers_machine() -> None:
+    """The gateway's pods would read their own files (a service-account token,
+    /proc/self/environ) for the caller, and failure reasons quote what they read."""
+    container = {"ModelDataUrl": "file:///proc/self/environ"}
+    with pytest.raises(ValidationException, match=r"ModelDataUrl must be an s3://"):
+        model_record({"ModelName": "m", "PrimaryContainer": container}, ON_KUBERNETES)
+    for output in ({"S3OutputPath": "file:///tmp/out"},
+                   {"S3OutputPath": "s3://b/o", "S3FailurePath": "file:///tmp/f"}):  # fmt: skip
+        with pytest.raises(ValidationException, match=r"OutputConfig\.S3(Output|Failure)Path"):
+            async_config(output, ON_KUBERNETES)
+    assert async_config({"S3OutputPath": "s3://b/o", "S3FailurePath": "s3://b/f"}, ON_KUBERNETES)
+    source = {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                              "S3Uri": "file:///var/run/secrets/"}}}  # fmt: skip
+    for more, named in (({"TransformInput": source}, r"S3DataSource\.S3Uri"),
+                        ({"TransformOutput": {"S3OutputPath": "file:///tmp/o"}},
+                         r"TransformOutput\.S3OutputPath")):  # fmt: skip
+        with pytest.raises(ValidationException, match=named):
+            transform_object(transform_request(**more), model(), ON_KUBERNETES)
+    assert transform_object(transform_request(), model(), ON_KUBERNETES)
+    assert transform_object(transform_request(TransformInput=source), model(), DEFAULTS)
