@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import socket
+import struct
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -168,6 +170,7 @@ def raw_error_response(status: int, message: str) -> bytes:
 
 
 _IDLE, _HEADERS, _BODY = 0, 1, 2
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 
 
 class _HeadWithBody:
@@ -280,6 +283,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.phase = _IDLE
         if self.deadline is not None:
             self._disarm()
+
+    def shutdown(self) -> None:
+        """Graceful stop. A connection that has not carried a whole request head yet is reset
+        (SO_LINGER 0), not closed: its client's request, if one is on the way, was not read, and
+        a reset says so (a plain close after a partly read head, or before the request arrived,
+        would look like a server that read it and failed, which a proxy must not retry)."""
+        if self.cycle is None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed HTTP request")

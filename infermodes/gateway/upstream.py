@@ -6,8 +6,9 @@ needs: one request at a time per connection, ``Content-Length`` bodies, and a cl
 failures where the request provably never reached the replica (``NotSent``: the connection
 could not be made, or was found closed before the request was written, or a reused keep-alive
 connection was closed without one byte of answer, the race in which a server closes an idle
-connection as a request is sent, see docs/gateway.md) and failures after it may have
-(``UpstreamFailed``), which are never retried.
+connection as a request is sent, or a new connection was reset without one byte of answer,
+the request unread; see docs/gateway.md) and failures after it may have (``UpstreamFailed``),
+which are never retried.
 """
 
 from __future__ import annotations
@@ -73,10 +74,16 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self.received or not self.reused:
+        if self.received:
             self._fail(UpstreamFailed(f"{self.pool.address} closed the connection mid-answer"))
-        else:
+        elif self.reused:
             self._fail(NotSent(f"{self.pool.address} closed an idle connection"))
+        elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            # a reset: the replica closed the socket with request bytes unread, or never
+            # accepted it (a stopping server's listen backlog): it processed nothing
+            self._fail(NotSent(f"{self.pool.address} reset a new connection unanswered"))
+        else:
+            self._fail(UpstreamFailed(f"{self.pool.address} closed the connection unanswered"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
