@@ -96,6 +96,9 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
     name = given_name(obj)
     variant = request["ProductionVariants"][0]
     resolution = created(obj)
+    weight = float(
+        1.0 if variant.get("InitialVariantWeight") is None else variant["InitialVariantWeight"]
+    )
     summary: JsonObject = {
         "VariantName": variant["VariantName"],
         "DeployedImages": [{
@@ -103,8 +106,8 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
             "ResolvedImage": (obj.get("spec") or {}).get("image") or defaults.resolved_image,
             "ResolutionTime": resolution,
         }],
-        "CurrentWeight": float(variant.get("InitialVariantWeight", 1.0)),
-        "DesiredWeight": float(variant.get("InitialVariantWeight", 1.0)),
+        "CurrentWeight": weight,
+        "DesiredWeight": weight,
         "CurrentInstanceCount": int(status.get("readyReplicas", 0)),
         "DesiredInstanceCount": int(status.get("desiredReplicas", 0)),
     }  # fmt: skip

@@ -153,12 +153,22 @@ def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
     return {**request, "ModelArn": arn(defaults, "model", name), "CreationTime": time.time()}
 
 
+SPOKEN_TYPES = {str: "a string", int: "an integer", float: "a number"}
+
+
+def typed(where: str, given: Mapping[str, Any], types: Mapping[str, type]) -> None:
+    """Members we keep and answer back (Describe) without translating them: typed as the
+    platform's model types them, so a kept request can always be answered."""
+    for key, kind in types.items():
+        value = given.get(key)
+        wanted = (int, float) if kind is float else kind
+        if value is not None and (isinstance(value, bool) or not isinstance(value, wanted)):
+            raise ValidationException(f"{where}{key} must be {SPOKEN_TYPES[kind]}, got {value!r}")
+
+
 def check_common(request: JsonObject) -> None:
-    """The members every create shares that we keep but do not translate: kept, so typed as
-    the platform types them (Describe answers them back to boto3)."""
-    role = request.get("ExecutionRoleArn")
-    if role is not None and not isinstance(role, str):
-        raise ValidationException(f"ExecutionRoleArn must be a string, got {role!r}")
+    """The members every create shares that we keep but do not translate."""
+    typed("", request, {"ExecutionRoleArn": str})
     tags = request.get("Tags")
     if tags is not None and not (isinstance(tags, list) and all(
             isinstance(t, dict) and isinstance(t.get("Key"), str) for t in tags)):  # fmt: skip
@@ -167,6 +177,7 @@ def check_common(request: JsonObject) -> None:
 
 def check_container(field: str, container: Mapping[str, Any], defaults: Defaults) -> None:
     only(field, container, {"ContainerHostname", "Image", "Mode", "ModelDataUrl", "Environment"})
+    typed(field, container, {"ContainerHostname": str, "Image": str})
     if container.get("Mode", "SingleModel") != "SingleModel":
         raise ValidationException(
             f"{field}Mode {container['Mode']}: only SingleModel is supported by infermodes"
@@ -185,7 +196,9 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
             "with its own model server (give the platform's xgboost or sagemaker-xgboost image, "
             "or no Image)"
         )
-    for key in mapping(f"{field}Environment", container.get("Environment")):
+    environment = mapping(f"{field}Environment", container.get("Environment"))
+    typed(f"{field}Environment.", environment, dict.fromkeys(environment, str))
+    for key in environment:
         if key not in IGNORED_ENVIRONMENT and key != INFERENCE_OUTPUT:
             raise ValidationException(
                 f"{field}Environment {key} is not supported by infermodes (only "
@@ -202,6 +215,12 @@ VARIANT_FIELDS = {
     "VariantName", "ModelName", "InitialInstanceCount", "InstanceType", "InitialVariantWeight",
     "ServerlessConfig", "VolumeSizeInGB", "ModelDataDownloadTimeoutInSeconds",
     "ContainerStartupHealthCheckTimeoutInSeconds", "ManagedInstanceScaling",
+}  # fmt: skip
+
+
+VARIANT_TYPES = {
+    "InstanceType": str, "InitialVariantWeight": float, "VolumeSizeInGB": int,
+    "ModelDataDownloadTimeoutInSeconds": int, "ContainerStartupHealthCheckTimeoutInSeconds": int,
 }  # fmt: skip
 
 
@@ -223,6 +242,10 @@ def endpoint_config_record(
     variant = mapping("ProductionVariants[0]", variants[0])
     field = "ProductionVariants[0]."
     only(field, variant, VARIANT_FIELDS)
+    check_name(f"{field}VariantName", variant.get("VariantName"))
+    typed(field, variant, VARIANT_TYPES)
+    if (variant.get("InitialVariantWeight") or 0) < 0:
+        raise ValidationException(f"{field}InitialVariantWeight must be 0 or more")
     model_name = variant.get("ModelName")
     if not isinstance(model_name, str) or models.get(model_name) is None:
         raise ValidationException(
@@ -266,9 +289,10 @@ def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     for key in ("S3OutputPath", "S3FailurePath"):
         if output.get(key) is not None:
             check_uri(f"AsyncInferenceConfig.OutputConfig.{key}", output[key], defaults)
-    only("AsyncInferenceConfig.OutputConfig.NotificationConfig.",
-         mapping("NotificationConfig", output.get("NotificationConfig")),
-         {"SuccessTopic", "ErrorTopic"})  # fmt: skip
+    notification = mapping("NotificationConfig", output.get("NotificationConfig"))
+    where = "AsyncInferenceConfig.OutputConfig.NotificationConfig."
+    only(where, notification, {"SuccessTopic", "ErrorTopic"})
+    typed(where, notification, {"SuccessTopic": str, "ErrorTopic": str})
 
 
 # objects
@@ -444,6 +468,7 @@ def transform_object(
             check_uri(where, uri, defaults)
     resources = mapping("TransformResources", request.get("TransformResources"))
     only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
+    typed("TransformResources.", resources, {"InstanceType": str})
     client = mapping("ModelClientConfig", request.get("ModelClientConfig"))
     processing = mapping("DataProcessing", request.get("DataProcessing"))
     pairs: list[tuple[JsonObject, str, Mapping[str, Any], str, str]] = []

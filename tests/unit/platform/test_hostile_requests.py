@@ -21,6 +21,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "EndpointConfigName": "c2",
         "ProductionVariants": [{
             "VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+            "InitialVariantWeight": 1.0,
             "InitialInstanceCount": 1, "ManagedInstanceScaling": {
                 "Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 2}}],
         "AsyncInferenceConfig": {
@@ -41,7 +42,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "DeleteModel": {"ModelName": "zzz"},
 }  # fmt: skip
 CODES = ("ValidationException", "ResourceNotFound", "ResourceInUse", "SerializationException")
-WRONG = [None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80]
+MISSING = object()  # the member left out
+WRONG = [MISSING, None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80]
 
 
 def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -54,12 +56,15 @@ def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
 
 def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
     if not path:
-        return new
+        return {} if new is MISSING else new
     changed = copy.deepcopy(value)
     target = changed
     for key in path[:-1]:
         target = target[key]
-    target[path[-1]] = new
+    if new is MISSING:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = new
     return changed
 
 
@@ -76,3 +81,34 @@ def test_wrong_members_are_answered_4xx_never_500(operation: str) -> None:
             assert response.status_code < 500, (path, value, response.text)
             if response.status_code >= 400:
                 assert response.json()["__type"] in CODES
+            elif operation in FOLLOW_UPS:  # what was kept can be answered back
+                answered(api, request, *FOLLOW_UPS[operation])
+
+
+# What a create kept, read back: (name member, Describe, List); CreateEndpointConfig's is read
+# by CreateEndpoint and DescribeEndpoint too (an endpoint answers with its config's variant).
+FOLLOW_UPS = {
+    "CreateModel": ("ModelName", "DescribeModel", "ListModels"),
+    "CreateEndpointConfig": ("EndpointConfigName", "DescribeEndpointConfig",
+                             "ListEndpointConfigs"),
+    "CreateEndpoint": ("EndpointName", "DescribeEndpoint", "ListEndpoints"),
+    "CreateTransformJob": ("TransformJobName", "DescribeTransformJob", "ListTransformJobs"),
+}  # fmt: skip
+
+
+def answered(api: Any, request: dict[str, Any], key: str, describe: str, listing: str) -> None:
+    name = request[key]
+    calls = [(describe, {key: name}), (listing, {})]
+    if describe == "DescribeEndpointConfig":
+        calls += [("CreateEndpoint", {"EndpointName": "probe", "EndpointConfigName": name}),
+                  ("DescribeEndpoint", {"EndpointName": "probe"}),
+                  ("DeleteEndpoint", {"EndpointName": "probe"})]  # fmt: skip
+    for operation, body in calls:
+        response = api.raw(operation, json.dumps(body).encode())
+        assert response.status_code == 200, (request, operation, response.text)
+    deleting = {"DescribeModel": "DeleteModel", "DescribeEndpointConfig": "DeleteEndpointConfig",
+                "DescribeEndpoint": "DeleteEndpoint"}.get(describe)  # fmt: skip
+    if deleting is not None:  # the next variant may use the name again
+        assert api.raw(deleting, json.dumps({key: name}).encode()).status_code == 200
+    else:  # a transform job: the API has no delete
+        del api.store.endpoints[name.lower()]
