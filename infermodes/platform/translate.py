@@ -36,6 +36,7 @@ NAME_ANNOTATION = ANNOTATION + "name"  # the name as given (the object's is lowe
 REQUEST_ANNOTATION = ANNOTATION + "request"  # what Describe answers with, as JSON
 MODIFIED_ANNOTATION = ANNOTATION + "last-modified"  # epoch seconds of the last update
 KIND_LABEL = "platform.infermodes.dev/kind"
+MAX_ANNOTATIONS = 128 * 1024  # Kubernetes refuses an object whose annotations pass 256 KiB
 ENDPOINT, TRANSFORM_JOB = "Endpoint", "TransformJob"
 
 # PrimaryContainer.Environment keys the XGBoost container reads that change nothing here, and
@@ -338,6 +339,12 @@ def _object(
         "annotations": {NAME_ANNOTATION: name, MODIFIED_ANNOTATION: str(time.time()),
                         **annotations},
     }  # fmt: skip
+    size = sum(len(key) + len(value.encode()) for key, value in metadata["annotations"].items())
+    if size > MAX_ANNOTATIONS:
+        raise ValidationException(
+            f"the request is too large to keep: {size} bytes of it to keep, at most "
+            f"{MAX_ANNOTATIONS} (its strings are longer than the platform allows)"
+        )
     if defaults.namespace:
         metadata["namespace"] = defaults.namespace
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": metadata, "spec": spec}

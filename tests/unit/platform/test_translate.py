@@ -312,3 +312,11 @@ def test_file_uris_are_refused_where_the_actuator_is_not_the_callers_machine() -
             transform_object(transform_request(**more), model(), ON_KUBERNETES)
     assert transform_object(transform_request(), model(), ON_KUBERNETES)
     assert transform_object(transform_request(TransformInput=source), model(), DEFAULTS)
+
+
+def test_requests_too_large_for_an_objects_annotations_are_refused() -> None:
+    """Kubernetes refuses an object whose annotations pass 256 KiB (a 500 from the API server
+    otherwise); the request is kept in one."""
+    processing = {"InputFilter": "$." + "a" * 300_000}
+    with pytest.raises(ValidationException, match="too large"):
+        transform_object(transform_request(DataProcessing=processing), model(), DEFAULTS)
