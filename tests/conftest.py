@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.processes import REPO
+from tests.support.abalone import train_abalone
 from tests.support.s3 import S3Endpoint, s3_server
 
 pytest_plugins = ["tests.cluster.plugin"]
@@ -44,13 +42,7 @@ class AbaloneModel:
 
 @pytest.fixture(scope="session")
 def abalone_model(tmp_path_factory: pytest.TempPathFactory) -> AbaloneModel:
-    directory = tmp_path_factory.mktemp("abalone")
-    subprocess.run(
-        [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(directory)],
-        check=True,
-        capture_output=True,
-    )
-    return AbaloneModel(directory)
+    return AbaloneModel(train_abalone(tmp_path_factory.mktemp("abalone")))
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from run import REPO, WORKER_CONCURRENCY, drain  # noqa: E402
+from run import WORKER_CONCURRENCY, drain  # noqa: E402
 
+from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
@@ -74,13 +73,7 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
     runs: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="infermodes-bench-drain-") as tmp:
-        root = Path(tmp)
-        subprocess.run(
-            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
-            check=True,
-            capture_output=True,
-        )
+    with trained_abalone("infermodes-bench-drain-") as root:
         model_uri = f"file://{root / 'model.tar.gz'}"
         one_row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
         with rabbitmq_broker() as broker:

@@ -24,7 +24,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from infermodes.queueing.rabbitmq import NOTIFICATION_EXCHANGE, connect  # noqa: E402
+from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import Plane, plane, to_csv  # noqa: E402
 from tests.support.processes import running_server  # noqa: E402
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
@@ -399,13 +399,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory(prefix="infermodes-bench-async-") as tmp:
-        root = Path(tmp)
-        subprocess.run(
-            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
-            check=True,
-            capture_output=True,
-        )
+    with trained_abalone("infermodes-bench-async-") as root:
         model_uri = f"file://{root / 'model.tar.gz'}"
         rows = np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)
         one_row = to_csv(rows[:1])

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(REPO))
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 
+from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import Notifications, plane  # noqa: E402
 from tests.support.processes import free_port, stop_process, wait_until  # noqa: E402
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
@@ -47,13 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-bytes", type=int, default=1 << 30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="infermodes-s3-memory-") as tmp:
-        root = Path(tmp)
-        subprocess.run(
-            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
-            check=True,
-            capture_output=True,
-        )
+    with trained_abalone("infermodes-s3-memory-") as root:
         rows = args.output_bytes // JSON_BYTES_PER_ROW + 1
         source = root / "big.csv"
         block = ROW * 100_000

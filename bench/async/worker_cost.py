@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +42,7 @@ from infermodes.queueing.rabbitmq import (  # noqa: E402
 from infermodes.settings import WorkerSettings  # noqa: E402
 from infermodes.storage import Storage  # noqa: E402
 from infermodes.workers.async_worker import Processor  # noqa: E402
+from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
@@ -141,13 +140,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "worker_cost_results.json")
     args = parser.parse_args()
     results: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="infermodes-bench-cost-") as tmp:
-        root = Path(tmp)
-        subprocess.run(
-            [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(root)],
-            check=True,
-            capture_output=True,
-        )
+    with trained_abalone("infermodes-bench-cost-") as root:
         results.append(processor_part(root, args.messages))
         print(json.dumps(results[-1]), flush=True)
         with rabbitmq_broker() as broker:

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from tests.e2e.operator_support import (  # noqa: E402
     model_copy,
     operator_pods,
 )
+from tests.support.abalone import train_abalone  # noqa: E402
 from tests.support.processes import wait_until  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
@@ -225,8 +225,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-control-plane-"))
-    subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
-                    str(work / "model")], check=True, capture_output=True)  # fmt: skip
+    train_abalone(work / "model")
     model_uri = model_copy(work / "model" / "model.tar.gz", work / "models")
     harness = Harness(work / "k8s", Binaries.from_cache())
     cluster = harness.start()

@@ -18,7 +18,6 @@ import argparse
 import collections
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +31,7 @@ from hypothesis import Phase, given, seed, settings
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.support.abalone import train_abalone  # noqa: E402
 from tests.support.hostile import Connection, Request, probe, requests  # noqa: E402
 from tests.support.processes import running_server  # noqa: E402
 
@@ -115,8 +115,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="infermodes-hostile-"))
     model = work / "model"
-    train = [sys.executable, str(REPO / "examples/abalone/train.py"), "--output", str(model)]
-    subprocess.run(train, check=True, capture_output=True)
+    train_abalone(model)
     serve = ["--model", f"file://{model / 'model.tar.gz'}", "--workers", str(args.workers)]
     statuses: collections.Counter[int] = collections.Counter()
     started = time.monotonic()

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,11 +41,11 @@ ROW = b"0.0,0.0,1.0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15\n"  # one Abalone 
 def own_target(state: Path) -> Iterator[tuple[str, str]]:
     """SeaweedFS + ``infermodes up`` on loopback, the example model uploaded: (URL, model
     URL)."""
+    from tests.support.abalone import train_abalone
     from tests.support.local import running_up
     from tests.support.seaweedfs import seaweedfs_server
 
-    subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
-                    str(state / "model")], check=True, capture_output=True)  # fmt: skip
+    train_abalone(state / "model")
     with seaweedfs_server() as s3, mock.patch.dict(os.environ, s3.env):
         storage: Any = s3.client()
         storage.create_bucket(Bucket="models")

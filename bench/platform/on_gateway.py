@@ -31,6 +31,7 @@ from tests.e2e.operator_support import (  # noqa: E402
     gateway_url,
     install_operator,
 )
+from tests.support.abalone import train_abalone  # noqa: E402
 from tests.support.processes import wait_until  # noqa: E402
 from tests.support.seaweedfs import seaweedfs_server  # noqa: E402
 
@@ -43,8 +44,7 @@ def main() -> None:
     parser.add_argument("--warms", type=int, default=20)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-platform-gateway-"))
-    subprocess.run([sys.executable, str(REPO / "examples/abalone/train.py"), "--output",
-                    str(work / "model")], check=True, capture_output=True)  # fmt: skip
+    train_abalone(work / "model")
     with one_harness_at_a_time(), seaweedfs_server() as s3:
         storage: Any = s3.client()
         storage.create_bucket(Bucket="models")
