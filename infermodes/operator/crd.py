@@ -150,69 +150,68 @@ def crd_manifest() -> dict[str, Any]:
         f"self.metadata.name.matches('{s.NAME_PATTERN}') && "
         f"size(self.metadata.name) <= {s.MAX_NAME_LENGTH}"
     )
+    columns = [
+        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+        {"name": "Backlog", "type": "integer", "jsonPath": ".status.backlog.total"},
+        {"name": "Progress", "type": "string", "jsonPath": ".status.progress.text"},
+    ]
+    schema = {
+        "type": "object",
+        "required": ["spec"],
+        "x-kubernetes-validations": [
+            {
+                "rule": name_rule,
+                "message": "metadata.name must be a DNS-1035 label of at "
+                f"most {s.MAX_NAME_LENGTH} characters",
+            }
+        ],
+        "properties": {**_OBJECT_FIELDS, "spec": spec_schema(), "status": STATUS_SCHEMA},
+    }
+    return _definition(s.KIND, s.PLURAL, s.SHORT_NAME, columns, schema, {"status": {}})
+
+
+_OBJECT_FIELDS = {
+    "apiVersion": {"type": "string"},
+    "kind": {"type": "string"},
+    "metadata": {"type": "object"},
+}
+
+
+def _definition(
+    kind: str,
+    plural: str,
+    short_name: str,
+    columns: list[dict[str, str]],
+    schema: dict[str, Any],
+    subresources: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A namespaced CRD of one served and stored version, its columns followed by Age."""
+    version: dict[str, Any] = {"name": s.VERSION, "served": True, "storage": True}
+    if subresources is not None:
+        version["subresources"] = subresources
+    version["additionalPrinterColumns"] = [
+        *columns,
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    version["schema"] = {"openAPIV3Schema": schema}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{s.PLURAL}.{s.GROUP}"},
+        "metadata": {"name": f"{plural}.{s.GROUP}"},
         "spec": {
             "group": s.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": s.KIND,
-                "plural": s.PLURAL,
-                "singular": s.KIND.lower(),
-                "shortNames": [s.SHORT_NAME],
-                "listKind": f"{s.KIND}List",
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
+                "listKind": f"{kind}List",
             },
-            "versions": [
-                {
-                    "name": s.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-                        {
-                            "name": "Desired",
-                            "type": "integer",
-                            "jsonPath": ".status.desiredReplicas",
-                        },
-                        {
-                            "name": "Backlog",
-                            "type": "integer",
-                            "jsonPath": ".status.backlog.total",
-                        },
-                        {
-                            "name": "Progress",
-                            "type": "string",
-                            "jsonPath": ".status.progress.text",
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": name_rule,
-                                    "message": "metadata.name must be a DNS-1035 label of at "
-                                    f"most {s.MAX_NAME_LENGTH} characters",
-                                }
-                            ],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema(),
-                                "status": STATUS_SCHEMA,
-                            },
-                        }
-                    },
-                }
-            ],
+            "versions": [version],
         },
     }
 
@@ -261,48 +260,15 @@ RECORD_CRDS: dict[str, tuple[str, str, list[dict[str, str]]]] = {
 def record_crd_manifest(kind: str) -> dict[str, Any]:
     """The CRD of one kind of platform record: a spec of any shape (the API validated it)."""
     plural, short_name, columns = RECORD_CRDS[kind]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{s.GROUP}"},
-        "spec": {
-            "group": s.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": kind,
-                "plural": plural,
-                "singular": kind.lower(),
-                "shortNames": [short_name],
-                "listKind": f"{kind}List",
-            },
-            "versions": [
-                {
-                    "name": s.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": [
-                        *columns,
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                },
-                            },
-                        }
-                    },
-                }
-            ],
+    schema = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            **_OBJECT_FIELDS,
+            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
     }
+    return _definition(kind, plural, short_name, columns, schema)
 
 
 def record_crd_yaml(kind: str) -> str:
