@@ -506,68 +506,26 @@ def servers(
 ) -> list[Server]:
     csv_row = ",".join(repr(v) for v in row)
     infermodes = str(PY.parent / "infermodes")
+    # name, command before its address and workers, environment
+    ours_and_floors: list[tuple[str, list[str], dict[str, str] | None]] = [
+        ("infermodes", [infermodes, "serve", "--model", f"file://{tarball}"], None),
+        (
+            "http-floor",
+            [*uvicorn_app("floor_app:create_app"), *SAME_UVICORN],
+            {"BENCH_ANSWER": repr(expected)},
+        ),
+        (
+            "bare-fastapi",
+            [*uvicorn_app("bare_app:create_app"), "--no-access-log"],
+            {"BENCH_MODEL": str(model_json)},
+        ),
+    ]
     out = []
-    for workers in (1, 2):
-        port = free_port()
-        out.append(
-            csv_server(
-                f"infermodes-{workers}w",
-                [
-                    infermodes,
-                    "serve",
-                    "--model",
-                    f"file://{tarball}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ],
-                port,
-                csv_row,
-            )
-        )
-    for workers in (1, 2):
-        port = free_port()
-        out.append(
-            csv_server(
-                f"http-floor-{workers}w",
-                [
-                    *uvicorn_app("floor_app:create_app"),
-                    *SAME_UVICORN,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ],
-                port,
-                csv_row,
-                env={"BENCH_ANSWER": repr(expected)},
-            )
-        )
-    for workers in (1, 2):
-        port = free_port()
-        out.append(
-            csv_server(
-                f"bare-fastapi-{workers}w",
-                [
-                    *uvicorn_app("bare_app:create_app"),
-                    "--host",
-                    "127.0.0.1",
-                    "--no-access-log",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                ],
-                port,
-                csv_row,
-                env={"BENCH_MODEL": str(model_json)},
-            )
-        )
+    for name, command, env in ours_and_floors:
+        for workers in (1, 2):
+            port = free_port()
+            listen = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+            out.append(csv_server(f"{name}-{workers}w", [*command, *listen], port, csv_row, env))
     out.append(mlserver("mlserver-default", peer_python, work, model_json, row, {}))
     out.append(mlserver("mlserver-no-pool", peer_python, work, model_json, row, MLSERVER_NO_POOL))
     # Not a target, a diagnosis: how much of MLServer's gap is XGBoost's OpenMP threads
