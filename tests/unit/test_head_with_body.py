@@ -7,33 +7,11 @@ import asyncio
 from typing import Any
 
 from infermodes.http import _HeadWithBody
+from tests.support.transports import RecordingTransport
 
 
-class Recorder:
-    """A transport that records each system-call-sized write."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def writelines(self, parts: Any) -> None:
-        self.writes.append(b"".join(parts))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> str:
-        return f"extra {name}"
-
-
-def run(scenario: Any) -> Recorder:
-    recorder = Recorder()
+def run(scenario: Any) -> RecordingTransport:
+    recorder = RecordingTransport()
 
     async def main() -> None:
         await scenario(_HeadWithBody(recorder, asyncio.get_running_loop()), recorder)  # type: ignore[arg-type]
@@ -43,7 +21,7 @@ def run(scenario: Any) -> Recorder:
 
 
 def test_head_and_body_are_one_write_and_later_chunks_pass_through() -> None:
-    async def scenario(writer: _HeadWithBody, recorder: Recorder) -> None:
+    async def scenario(writer: _HeadWithBody, recorder: RecordingTransport) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
         assert recorder.writes == []
         writer.write(b"body")
@@ -54,7 +32,7 @@ def test_head_and_body_are_one_write_and_later_chunks_pass_through() -> None:
 
 
 def test_a_head_alone_leaves_at_the_end_of_the_turn() -> None:
-    async def scenario(writer: _HeadWithBody, recorder: Recorder) -> None:
+    async def scenario(writer: _HeadWithBody, recorder: RecordingTransport) -> None:
         writer.write(b"head")
         await asyncio.sleep(0)
         assert recorder.writes == [b"head"]
@@ -64,7 +42,7 @@ def test_a_head_alone_leaves_at_the_end_of_the_turn() -> None:
 
 
 def test_close_sends_the_held_head_first_and_other_calls_reach_the_transport() -> None:
-    async def scenario(writer: _HeadWithBody, recorder: Recorder) -> None:
+    async def scenario(writer: _HeadWithBody, recorder: RecordingTransport) -> None:
         writer.write(b"head")
         assert writer.get_extra_info("peername") == "extra peername"
         writer.close()
