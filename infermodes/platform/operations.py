@@ -168,8 +168,6 @@ class ControlPlane:
         records = await self.store.list_records(kind)
         items = [{name_key: r[name_key], arn_key: r[arn_key], "CreationTime": r["CreationTime"]}
                  for r in records]  # fmt: skip
-        if request.get("SortBy") == "Status":
-            raise ValidationException("SortBy Status is not a sort key of this list")
         found, token = page(request, items, name_key, None)
         return {list_key: found, **({"NextToken": token} if token else {})}
 

@@ -242,3 +242,11 @@ def test_the_gateway_refuses_file_uris_through_the_api(monkeypatch: pytest.Monke
     monkeypatch.setattr(router, "create_router", lambda _store, defaults: seen.append(defaults))
     platform_router(GatewaySettings(platform_namespace="platform"), mock.Mock())
     assert [d.file_uris for d in seen] == [False]
+
+
+def test_records_have_no_status_to_sort_or_filter_by() -> None:
+    api = Api()
+    api.seed()
+    for operation in ("ListModels", "ListEndpointConfigs"):
+        assert "SortBy 'Status'" in api.error(operation, SortBy="Status")[1]
+        assert "StatusEquals" in api.error(operation, StatusEquals="InService")[1]
