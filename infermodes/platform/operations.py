@@ -71,10 +71,10 @@ def number(request: JsonObject, key: str) -> float | None:
     return float(value)
 
 
-def page(request: JsonObject, items: list[JsonObject], name_key: str,
-         status_key: str | None) -> tuple[list[JsonObject], str | None]:  # fmt: skip
-    """Filter, sort and cut one page as the List operations define it; ``NextToken`` is the
-    offset of the next page."""
+def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: str,
+         status_key: str | None) -> JsonObject:  # fmt: skip
+    """A List operation's answer: ``items`` filtered, sorted and cut to one page under
+    ``list_key``; ``NextToken`` is the offset of the next page."""
     only("", request, LIST_FIELDS)
     contains = request.get("NameContains")
     if contains is not None:
@@ -109,8 +109,8 @@ def page(request: JsonObject, items: list[JsonObject], name_key: str,
     if not isinstance(token, str) or not TOKEN.fullmatch(token):
         raise ValidationException(f"NextToken {token!r} is not one this API gave")
     start = int(token)
-    rest = items[start + size :]
-    return items[start : start + size], (str(start + size) if rest else None)
+    more = {"NextToken": str(start + size)} if items[start + size :] else {}
+    return {list_key: items[start : start + size], **more}
 
 
 class ControlPlane:
@@ -168,8 +168,7 @@ class ControlPlane:
         records = await self.store.list_records(kind)
         items = [{name_key: r[name_key], arn_key: r[arn_key], "CreationTime": r["CreationTime"]}
                  for r in records]  # fmt: skip
-        found, token = page(request, items, name_key, None)
-        return {list_key: found, **({"NextToken": token} if token else {})}
+        return page(request, items, list_key, name_key, None)
 
     async def CreateModel(self, request: JsonObject) -> JsonObject:
         record = model_record(request, self.defaults)
@@ -277,8 +276,7 @@ class ControlPlane:
 
     async def ListEndpoints(self, request: JsonObject) -> JsonObject:
         items = [endpoint_summary(o, self.defaults) for o in await self._objects(ENDPOINT)]
-        found, token = page(request, items, "EndpointName", "EndpointStatus")
-        return {"Endpoints": found, **({"NextToken": token} if token else {})}
+        return page(request, items, "Endpoints", "EndpointName", "EndpointStatus")
 
     async def UpdateEndpoint(self, request: JsonObject) -> JsonObject:
         only("", request, {"EndpointName", "EndpointConfigName", "RetainAllVariantProperties"})
@@ -333,8 +331,8 @@ class ControlPlane:
     async def ListTransformJobs(self, request: JsonObject) -> JsonObject:
         items = [transform_job_summary(o, self.defaults)
                  for o in await self._objects(TRANSFORM_JOB)]  # fmt: skip
-        found, token = page(request, items, "TransformJobName", "TransformJobStatus")
-        return {"TransformJobSummaries": found, **({"NextToken": token} if token else {})}
+        return page(request, items, "TransformJobSummaries", "TransformJobName",
+                    "TransformJobStatus")  # fmt: skip
 
     async def StopTransformJob(self, request: JsonObject) -> JsonObject:
         name = required(request, "TransformJobName")
