@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,9 +61,22 @@ async def bounded_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
+
+
+def no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_request(body: bytes) -> JsonObject:
+    """A JSON object of finite numbers (Python's parser reads NaN and Infinity, which answered
+    back would not be JSON)."""
     try:
-        parsed = json.loads(body or b"{}")
+        parsed = json.loads(body or b"{}", parse_float=finite, parse_constant=no_constant)
     except ValueError as exc:
         raise SerializationException(f"the body is not JSON: {exc}") from None
     except RecursionError:  # the parser recurses per level: a megabyte of "[" is past its depth

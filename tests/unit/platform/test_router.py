@@ -250,3 +250,12 @@ def test_records_have_no_status_to_sort_or_filter_by() -> None:
     for operation in ("ListModels", "ListEndpointConfigs"):
         assert "SortBy 'Status'" in api.error(operation, SortBy="Status")[1]
         assert "StatusEquals" in api.error(operation, StatusEquals="InService")[1]
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_numbers_json_cannot_carry_are_a_serialization_error(number: bytes) -> None:
+    """Kept, they would be answered back as ``NaN``, which is not JSON."""
+    api = Api()
+    api.seed()
+    response = api.raw("ListModels", b'{"CreationTimeBefore": ' + number + b"}")
+    assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
