@@ -18,14 +18,14 @@ from infermodes.local.supervisor import Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
 
 DIRECTORIES = {RecordKind.MODEL: "models", RecordKind.ENDPOINT_CONFIG: "endpoint-configs"}
-SAFE_NAME = re.compile(r"^[a-z0-9][-a-z0-9]*$")
+SAFE_NAME = re.compile(r"[a-z0-9][-a-z0-9]*")  # fullmatch: $ allows a "\n" after
 METADATA = "endpoints"  # labels and annotations of the endpoints the API made
 
 
 def file_name(name: str) -> str:
     """The API checks names against the platform's pattern; this keeps any other caller's out
     of the paths too."""
-    if not SAFE_NAME.match(name):
+    if not SAFE_NAME.fullmatch(name):
         raise ValueError(f"not a record name: {name!r}")
     return f"{name}.json"
 

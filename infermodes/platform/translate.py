@@ -48,7 +48,7 @@ IGNORED_ENVIRONMENT = {
 }
 INFERENCE_OUTPUT = "SAGEMAKER_INFERENCE_OUTPUT"
 XGBOOST_IMAGE = re.compile(r"(^|/)(sagemaker-)?xgboost(:[^/]*)?$")
-PLATFORM_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+PLATFORM_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")  # fullmatch: $ allows a "\n" after
 MAX_PLATFORM_NAME = 63
 
 
@@ -78,12 +78,16 @@ def arn(defaults: Defaults, resource: str, name: str) -> str:
 def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
     """A platform name; an endpoint's or job's must also make a Kubernetes name when lower
     cased (a letter first, at most 50 characters)."""
-    if not isinstance(name, str) or not PLATFORM_NAME.match(name) or len(name) > MAX_PLATFORM_NAME:
+    if (
+        not isinstance(name, str)
+        or len(name) > MAX_PLATFORM_NAME
+        or not PLATFORM_NAME.fullmatch(name)
+    ):
         raise ValidationException(
             f"{field} {name!r} must be 1 to 63 letters, digits and hyphens, "
             "starting and ending with a letter or digit"
         )
-    if kubernetes and (len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name.lower())):
+    if kubernetes and (len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name.lower())):
         raise ValidationException(
             f"{field} {name!r}: infermodes names endpoints and transform jobs as Kubernetes "
             f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"

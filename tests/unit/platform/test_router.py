@@ -259,3 +259,19 @@ def test_numbers_json_cannot_carry_are_a_serialization_error(number: bytes) -> N
     api.seed()
     response = api.raw("ListModels", b'{"CreationTimeBefore": ' + number + b"}")
     assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
+
+
+def test_names_with_a_trailing_newline_are_refused() -> None:
+    """``$`` matches before a final newline: ``abc\\n`` passed the name patterns (a file
+    ``abc\\n.json`` under up, an object name the Kubernetes API refuses)."""
+    from infermodes.local.platform_store import file_name
+
+    api = Api()
+    api.seed()
+    container = {"ModelDataUrl": "s3://b/m"}
+    assert api.error("CreateModel", ModelName="abc\n", PrimaryContainer=container)[0] == (
+        "ValidationException")  # fmt: skip
+    assert api.error("CreateEndpoint", EndpointName="ep\n", EndpointConfigName="cfg")[0] == (
+        "ValidationException")  # fmt: skip
+    with pytest.raises(ValueError, match="not a record name"):
+        file_name("abc\n")
