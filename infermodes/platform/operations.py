@@ -35,6 +35,7 @@ from infermodes.platform.translate import (
     endpoint_object,
     model_record,
     only,
+    shown,
     transform_object,
 )
 
@@ -79,7 +80,7 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
     contains = request.get("NameContains")
     if contains is not None:
         if not isinstance(contains, str):
-            raise ValidationException(f"NameContains {contains!r} must be a string")
+            raise ValidationException(f"NameContains {shown(contains)} must be a string")
         items = [i for i in items if contains.lower() in i[name_key].lower()]
     for key, field, before in (("CreationTimeBefore", "CreationTime", True),
                                ("CreationTimeAfter", "CreationTime", False),
@@ -97,17 +98,17 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
         str(sort_by)
     )
     if sort_key is None:
-        raise ValidationException(f"SortBy {sort_by!r} is not a sort key of this list")
+        raise ValidationException(f"SortBy {shown(sort_by)} is not a sort key of this list")
     order = request.get("SortOrder", "Descending")
     if order not in ("Ascending", "Descending"):
-        raise ValidationException(f"SortOrder {order!r}: Ascending or Descending")
+        raise ValidationException(f"SortOrder {shown(order)}: Ascending or Descending")
     items.sort(key=lambda i: (i[sort_key], i[name_key]), reverse=order == "Descending")
     size = request.get("MaxResults", DEFAULT_MAX_RESULTS)
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_RESULTS:
-        raise ValidationException(f"MaxResults {size!r}: 1 to {MAX_RESULTS}")
+        raise ValidationException(f"MaxResults {shown(size)}: 1 to {MAX_RESULTS}")
     token = request.get("NextToken") or "0"
     if not isinstance(token, str) or not TOKEN.fullmatch(token):
-        raise ValidationException(f"NextToken {token!r} is not one this API gave")
+        raise ValidationException(f"NextToken {shown(token)} is not one this API gave")
     start = int(token)
     more = {"NextToken": str(start + size)} if items[start + size :] else {}
     return {list_key: items[start : start + size], **more}

@@ -50,6 +50,7 @@ INFERENCE_OUTPUT = "SAGEMAKER_INFERENCE_OUTPUT"
 XGBOOST_IMAGE = re.compile(r"(^|/)(sagemaker-)?xgboost(:[^/]*)?$")
 PLATFORM_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")  # fullmatch: $ allows a "\n" after
 MAX_PLATFORM_NAME = 63
+MAX_URI = 1024  # the platform's S3Uri and ModelDataUrl
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ def arn(defaults: Defaults, resource: str, name: str) -> str:
     return f"arn:aws:sagemaker:{defaults.region}:{defaults.account}:{resource}/{name.lower()}"
 
 
+def shown(value: Any) -> str:
+    """A caller's value in a message, cut short (a request may carry a megabyte of it)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
     """A platform name; an endpoint's or job's must also make a Kubernetes name when lower
     cased (a letter first, at most 50 characters)."""
@@ -84,12 +91,12 @@ def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
         or not PLATFORM_NAME.fullmatch(name)
     ):
         raise ValidationException(
-            f"{field} {name!r} must be 1 to 63 letters, digits and hyphens, "
+            f"{field} {shown(name)} must be 1 to 63 letters, digits and hyphens, "
             "starting and ending with a letter or digit"
         )
     if kubernetes and (len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name.lower())):
         raise ValidationException(
-            f"{field} {name!r}: infermodes names endpoints and transform jobs as Kubernetes "
+            f"{field} {shown(name)}: infermodes names endpoints and transform jobs as Kubernetes "
             f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"
         )
     return name
@@ -101,13 +108,17 @@ def check_uri(field: str, uri: Any, defaults: Defaults) -> None:
     service-account token, ``/proc/self/environ`` with the storage keys) for whoever calls the
     API, and failure reasons quote pieces of what was read."""
     try:
-        ref = parse_uri(uri) if isinstance(uri, str) and "://" in uri else None
-    except StorageError as exc:
-        raise ValidationException(f"{field}: {exc}") from None
+        usable = isinstance(uri, str) and "://" in uri and len(uri) <= MAX_URI
+        ref = parse_uri(uri) if usable else None
+    except StorageError:  # its message quotes the whole URI
+        raise ValidationException(
+            f"{field} {shown(uri)} is not an s3://bucket/key or file:///path URI"
+        ) from None
     if ref is None or (ref.scheme == "file" and not defaults.file_uris):
         raise ValidationException(
             f"{field} must be an s3://bucket/key URI"
-            f"{' (or file:///path)' if defaults.file_uris else ''}, got {uri!r}"
+            f"{' (or file:///path)' if defaults.file_uris else ''} of at most {MAX_URI} "
+            f"characters, got {shown(uri)}"
         )
 
 
@@ -120,7 +131,7 @@ def only(where: str, given: Mapping[str, Any], supported: set[str]) -> None:
 
 def integer(where: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationException(f"{where} must be an integer, got {value!r}")
+        raise ValidationException(f"{where} must be an integer, got {shown(value)}")
     return value
 
 
@@ -168,7 +179,9 @@ def typed(where: str, given: Mapping[str, Any], types: Mapping[str, type]) -> No
         value = given.get(key)
         wanted = (int, float) if kind is float else kind
         if value is not None and (isinstance(value, bool) or not isinstance(value, wanted)):
-            raise ValidationException(f"{where}{key} must be {SPOKEN_TYPES[kind]}, got {value!r}")
+            raise ValidationException(
+                f"{where}{key} must be {SPOKEN_TYPES[kind]}, got {shown(value)}"
+            )
 
 
 def check_common(request: JsonObject) -> None:
@@ -185,7 +198,7 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
     typed(field, container, {"ContainerHostname": str, "Image": str})
     if container.get("Mode", "SingleModel") != "SingleModel":
         raise ValidationException(
-            f"{field}Mode {container['Mode']}: only SingleModel is supported by infermodes"
+            f"{field}Mode {shown(container['Mode'])}: only SingleModel is supported by infermodes"
         )
     url = container.get("ModelDataUrl")
     if url is None:
@@ -197,9 +210,9 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
     image = container.get("Image")
     if image is not None and not XGBOOST_IMAGE.search(str(image)):
         raise ValidationException(
-            f"{field}Image {image!r} is not an XGBoost image: infermodes serves XGBoost models "
-            "with its own model server (give the platform's xgboost or sagemaker-xgboost image, "
-            "or no Image)"
+            f"{field}Image {shown(image)} is not an XGBoost image: infermodes serves XGBoost "
+            "models with its own model server (give the platform's xgboost or sagemaker-xgboost "
+            "image, or no Image)"
         )
     environment = mapping(f"{field}Environment", container.get("Environment"))
     typed(f"{field}Environment.", environment, dict.fromkeys(environment, str))

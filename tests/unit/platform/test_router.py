@@ -275,3 +275,16 @@ def test_names_with_a_trailing_newline_are_refused() -> None:
         "ValidationException")  # fmt: skip
     with pytest.raises(ValueError, match="not a record name"):
         file_name("abc\n")
+
+
+def test_refusals_quote_a_callers_value_cut_short() -> None:
+    api = Api()
+    api.seed()
+    huge = "a" * 500_000
+    container = {"ModelDataUrl": "s3://b/m"}
+    for operation, request in (("CreateModel", {"ModelName": huge, "PrimaryContainer": container}),
+                               ("CreateModel", {"ModelName": "m", "PrimaryContainer": {
+                                   "ModelDataUrl": "s3://" + huge[:300_000]}}),
+                               ("ListModels", {"NextToken": huge})):  # fmt: skip
+        code, message = api.error(operation, **request)
+        assert code == "ValidationException" and len(message) < 1_000, message[:200]
