@@ -30,9 +30,8 @@ from tests.e2e.operator_support import (
     installed_chart,
     to_csv,
 )
-from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
-from tests.support.s3 import S3Endpoint
+from tests.support.s3 import S3Endpoint, read_when_there
 from tests.support.seaweedfs import seaweedfs_server
 
 KEY_ID, SECRET = "AKIAE2EPLATFORM", "e2e/platform+secret="
@@ -106,21 +105,6 @@ def expected(abalone_model: AbaloneModel, rows: np.ndarray) -> np.ndarray:
 
 def scores(text: bytes) -> np.ndarray:
     return np.array(text.decode().replace(",", "\n").split(), dtype=np.float32)
-
-
-def read_when_there(bucket: Any, uri: str, seconds: float) -> bytes:
-    name, key = uri.removeprefix("s3://").split("/", 1)
-    found: list[bytes] = []
-
-    def there() -> bool:
-        try:
-            found.append(bucket.get_object(Bucket=name, Key=key)["Body"].read())
-        except ClientError:
-            return False
-        return True
-
-    wait_until(there, seconds, f"{uri} to be written", interval=0.5)
-    return found[0]
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,7 @@ from botocore.exceptions import ClientError, WaiterError
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
 from tests.support.local import Up, running_up
-from tests.support.processes import wait_until
-from tests.support.s3 import S3Endpoint
+from tests.support.s3 import S3Endpoint, read_when_there
 from tests.support.seaweedfs import seaweedfs_server
 
 REGION = "us-east-1"
@@ -93,6 +92,14 @@ def create_model(sagemaker: Any, name: str) -> None:
     sagemaker.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer=container)
 
 
+def create_instance_config(sagemaker: Any, name: str, model: str, **fields: Any) -> None:
+    """An endpoint config of one instance-backed variant, plus any other ``fields``."""
+    variant = {"VariantName": "AllTraffic", "ModelName": model,
+               "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}  # fmt: skip
+    sagemaker.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant],
+                                     **fields)  # fmt: skip
+
+
 def test_the_seed_flow_with_a_serverless_endpoint(
     sagemaker: Any, runtime: Any, abalone_model: AbaloneModel
 ) -> None:
@@ -133,11 +140,7 @@ def test_the_seed_flow_with_a_serverless_endpoint(
     assert config["ProductionVariants"][0]["ServerlessConfig"]["MaxConcurrency"] == 5
 
     # UpdateEndpoint: another config, Updating -> InService, served by the new spec
-    sagemaker.create_endpoint_config(
-        EndpointConfigName="abalone-realtime",
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-xgb",
-                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
-    )  # fmt: skip
+    create_instance_config(sagemaker, "abalone-realtime", "abalone-xgb")
     sagemaker.update_endpoint(EndpointName="Abalone-Seed", EndpointConfigName="abalone-realtime")
     assert sagemaker.describe_endpoint(EndpointName="Abalone-Seed")["EndpointStatus"] in (
         "Updating", "InService")  # fmt: skip
@@ -163,29 +166,12 @@ def test_the_seed_flow_with_a_serverless_endpoint(
                    Body=b"1,2") == "ValidationError"  # fmt: skip
 
 
-def read_when_there(storage: Any, uri: str, seconds: float = 90.0) -> bytes:
-    bucket, key = uri.removeprefix("s3://").split("/", 1)
-    found: list[bytes] = []
-
-    def there() -> bool:
-        try:
-            found.append(storage.get_object(Bucket=bucket, Key=key)["Body"].read())
-        except ClientError:
-            return False
-        return True
-
-    wait_until(there, seconds, f"{uri} to be written")
-    return found[0]
-
-
 def test_an_async_endpoint_writes_its_output_to_s3(
     sagemaker: Any, runtime: Any, s3: S3Endpoint, abalone_model: AbaloneModel
 ) -> None:
     create_model(sagemaker, "abalone-async-model")
-    sagemaker.create_endpoint_config(
-        EndpointConfigName="abalone-async-config",
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "abalone-async-model",
-                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+    create_instance_config(
+        sagemaker, "abalone-async-config", "abalone-async-model",
         AsyncInferenceConfig={
             "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2},
             "OutputConfig": {"S3OutputPath": "s3://async/output",
@@ -289,11 +275,7 @@ def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagema
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
     missing = "s3://models/absent/model.tar.gz"
     sagemaker.create_model(ModelName="absent-model", PrimaryContainer={"ModelDataUrl": missing})
-    sagemaker.create_endpoint_config(
-        EndpointConfigName="absent-config",
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "absent-model",
-                             "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
-    )  # fmt: skip
+    create_instance_config(sagemaker, "absent-config", "absent-model")
     sagemaker.create_endpoint(EndpointName="absent", EndpointConfigName="absent-config")
     with pytest.raises(WaiterError, match="Failed"):
         sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="absent",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_until
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,22 @@ def s3_server() -> Iterator[S3Endpoint]:
         yield S3Endpoint(f"http://127.0.0.1:{port}")
     finally:
         server.stop()
+
+
+def read_when_there(client: Any, uri: str, seconds: float = 90.0) -> bytes:
+    """The object at ``s3://bucket/key`` once it exists (an async output is written after the
+    invocation was accepted), read with the boto3 S3 ``client``."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    found: list[bytes] = []
+
+    def there() -> bool:
+        try:
+            found.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError:
+            return False
+        return True
+
+    wait_until(there, seconds, f"{uri} to be written", interval=0.2)
+    return found[0]
