@@ -50,6 +50,12 @@ CONFIG_OUTPUT = ("EndpointConfigName", "EndpointConfigArn", "ProductionVariants"
 LIST_FIELDS = {"SortBy", "SortOrder", "NextToken", "MaxResults", "NameContains",
                "CreationTimeBefore", "CreationTimeAfter", "LastModifiedTimeBefore",
                "LastModifiedTimeAfter", "StatusEquals"}  # fmt: skip
+# the platform's enums (a filter by one we never report is valid and finds nothing)
+STATUSES = {
+    "EndpointStatus": ("OutOfService", "Creating", "Updating", "SystemUpdating", "RollingBack",
+                       "InService", "Deleting", "Failed", "UpdateRollbackFailed"),
+    "TransformJobStatus": ("InProgress", "Completed", "Failed", "Stopping", "Stopped"),
+}  # fmt: skip
 RESOURCE = {RecordKind.MODEL: "model", RecordKind.ENDPOINT_CONFIG: "endpoint-config"}
 SPOKEN = {RecordKind.MODEL: "model", RecordKind.ENDPOINT_CONFIG: "endpoint configuration"}
 
@@ -92,6 +98,11 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
     if request.get("StatusEquals") is not None:
         if status_key is None:
             raise ValidationException("StatusEquals is not a filter of this list")
+        if request["StatusEquals"] not in STATUSES[status_key]:
+            raise ValidationException(
+                f"StatusEquals {shown(request['StatusEquals'])}: one of "
+                f"{', '.join(STATUSES[status_key])}"
+            )
         items = [i for i in items if i[status_key] == request["StatusEquals"]]
     sort_by = request.get("SortBy", "CreationTime")
     sort_key = {"Name": name_key, "CreationTime": "CreationTime", "Status": status_key}.get(

@@ -288,3 +288,11 @@ def test_refusals_quote_a_callers_value_cut_short() -> None:
                                ("ListModels", {"NextToken": huge})):  # fmt: skip
         code, message = api.error(operation, **request)
         assert code == "ValidationException" and len(message) < 1_000, message[:200]
+
+
+def test_status_filters_are_the_platforms_statuses() -> None:
+    api = Api()
+    api.seed()
+    assert "StatusEquals 'Bogus'" in api.error("ListEndpoints", StatusEquals="Bogus")[1]
+    assert api.error("ListTransformJobs", StatusEquals="InService")[0] == "ValidationException"
+    assert api.call("ListEndpoints", StatusEquals="RollingBack")["Endpoints"] == []
