@@ -73,12 +73,14 @@ def no_constant(name: str) -> float:
 
 
 def parse_request(body: bytes) -> JsonObject:
-    """A JSON object of finite numbers (Python's parser reads NaN and Infinity, which answered
-    back would not be JSON)."""
+    """A JSON object of finite numbers and Unicode strings (Python's parser reads NaN,
+    Infinity and lone surrogates such as ``"\\ud800"``: answered back they are not JSON, and
+    the Kubernetes API would replace the surrogate in what it keeps)."""
     try:
         parsed = json.loads(body or b"{}", parse_float=finite, parse_constant=no_constant)
-    except ValueError as exc:
-        raise SerializationException(f"the body is not JSON: {exc}") from None
+        json.dumps(parsed, ensure_ascii=False).encode()  # UnicodeEncodeError: a lone surrogate
+    except ValueError as exc:  # UnicodeEncodeError is one
+        raise SerializationException(f"the body is not JSON: {str(exc)[:200]}") from None
     except RecursionError:  # the parser recurses per level: a megabyte of "[" is past its depth
         raise SerializationException("the body nests deeper than the parser reads") from None
     if not isinstance(parsed, dict):

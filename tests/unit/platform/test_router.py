@@ -296,3 +296,13 @@ def test_status_filters_are_the_platforms_statuses() -> None:
     assert "StatusEquals 'Bogus'" in api.error("ListEndpoints", StatusEquals="Bogus")[1]
     assert api.error("ListTransformJobs", StatusEquals="InService")[0] == "ValidationException"
     assert api.call("ListEndpoints", StatusEquals="RollingBack")["Endpoints"] == []
+
+
+@pytest.mark.parametrize("text", [b'"\\ud800"', b'"a\\udfff"', b'"\\udc00\\ud800"'])
+def test_strings_with_lone_surrogates_are_a_serialization_error(text: bytes) -> None:
+    api = Api()
+    body = b'{"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "s3://b/k", "Image": ' + text
+    response = api.raw("CreateModel", body + b"}}")
+    assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
+    assert api.call("ListModels") == {"Models": []}
+    assert api.call("ListModels", NameContains="\U0001f600") == {"Models": []}  # a pair is fine
