@@ -1,5 +1,6 @@
-"""Every member of a valid request of each operation replaced by values of the wrong type or
-range: the answer is the platform's 4xx (or a success), never a 500."""
+"""Every member of a valid request of each operation left out or replaced by values of the
+wrong type or range: the answer is the platform's 4xx, changing nothing, or a success whose
+result can be read back; never a 500."""
 
 from __future__ import annotations
 
@@ -77,10 +78,12 @@ def test_wrong_members_are_answered_4xx_never_500(operation: str) -> None:
     for path in paths(sample):
         for value in WRONG:
             request = replaced(sample, path, value)
+            before = copy.deepcopy((api.store.records, api.store.endpoints))
             response = api.raw(operation, json.dumps(request).encode())
             assert response.status_code < 500, (path, value, response.text)
             if response.status_code >= 400:
                 assert response.json()["__type"] in CODES
+                assert (api.store.records, api.store.endpoints) == before, (path, value)
             elif operation in FOLLOW_UPS:  # what was kept can be answered back
                 answered(api, request, *FOLLOW_UPS[operation])
 
