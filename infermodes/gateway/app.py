@@ -259,7 +259,6 @@ def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:
         namespace=namespace,
         storage_secret=settings.platform_storage_secret,
         broker_secret=settings.platform_broker_secret,
-        file_uris=False,  # the caller's files are not the pods' (translate.check_uri)
     )
     log.info("platform API: models, endpoint configs and endpoints in namespace %s", namespace)
     return create_router(KubePlatformStore(api, namespace), defaults)

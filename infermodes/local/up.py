@@ -39,7 +39,7 @@ PUBLISH_CONNECTIONS = 4
 # a new replica's /ping is polled this often (the gateway's default is 50 ms, for pods): on
 # loopback a probe costs ~0.1 ms, and a cold start waits for the next one after the model loads
 PROBE_INTERVAL_SECONDS = 0.01
-LOCAL_DEFAULTS = Defaults(resolved_image="infermodes model server (a local process of up)")
+LOCAL_DEFAULTS = Defaults(resolved_image="infermodes/model-server:local-process", file_uris=True)
 
 
 class StateDirBusy(RuntimeError):

@@ -15,6 +15,7 @@ from infermodes.platform.translate import (
     NAME_ANNOTATION,
     REQUEST_ANNOTATION,
     TRANSFORM_JOB,
+    UPDATED_ANNOTATION,
     Defaults,
     arn,
 )
@@ -86,7 +87,8 @@ def endpoint_status(obj: JsonObject) -> str:
     observed = (obj.get("status") or {}).get("observedGeneration")
     if phase not in (None, Phase.FAILED) and generation and observed and observed < generation:
         return "Updating"
-    if phase in (None, Phase.CREATING) and modified(obj) > created(obj) + 1.0:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    if phase in (None, Phase.CREATING) and UPDATED_ANNOTATION in annotations:
         return "Updating"
     return ENDPOINT_STATUS.get(phase or Phase.CREATING, "Creating")
 

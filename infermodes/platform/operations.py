@@ -28,6 +28,7 @@ from infermodes.platform.translate import (
     ENDPOINT,
     MODIFIED_ANNOTATION,
     TRANSFORM_JOB,
+    UPDATED_ANNOTATION,
     Defaults,
     arn,
     check_name,
@@ -303,6 +304,7 @@ class ControlPlane:
         obj = await self._endpoint_object(
             given_name(current), required(request, "EndpointConfigName")
         )
+        obj["metadata"]["annotations"][UPDATED_ANNOTATION] = "true"
         try:
             await self.store.replace_endpoint(obj)
         except NotFound:

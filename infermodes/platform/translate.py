@@ -35,6 +35,7 @@ ANNOTATION = "platform.infermodes.dev/"
 NAME_ANNOTATION = ANNOTATION + "name"  # the name as given (the object's is lower case)
 REQUEST_ANNOTATION = ANNOTATION + "request"  # what Describe answers with, as JSON
 MODIFIED_ANNOTATION = ANNOTATION + "last-modified"  # epoch seconds of the last update
+UPDATED_ANNOTATION = ANNOTATION + "updated"  # set by UpdateEndpoint: its Creating is Updating
 KIND_LABEL = "platform.infermodes.dev/kind"
 MAX_ANNOTATIONS = 128 * 1024  # Kubernetes refuses an object whose annotations pass 256 KiB
 ENDPOINT, TRANSFORM_JOB = "Endpoint", "TransformJob"
@@ -63,12 +64,13 @@ class Defaults:
     namespace: str | None = None
     storage_secret: str | None = None
     broker_secret: str | None = None
-    resolved_image: str = "infermodes model server"
+    resolved_image: str = "infermodes/model-server"  # DeployedImages' pattern: no spaces
     max_endpoints: int = 100
     max_records: int = 1000  # models, and endpoint configs, each
-    # file:// URIs name files of the machine the actuator runs on: the caller's own under up;
-    # the gateway turns them off (its pods' files are not the caller's, see check_uri)
-    file_uris: bool = True
+    # file:// URIs name files of the machine the actuator runs on: the caller's own under up,
+    # which turns them on; never the gateway's (its pods' files are not the caller's, see
+    # check_uri), so off unless an actuator says so
+    file_uris: bool = False
 
 
 def arn(defaults: Defaults, resource: str, name: str) -> str:

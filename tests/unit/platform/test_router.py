@@ -204,6 +204,8 @@ def test_update_endpoint_replaces_the_spec_and_reports_updating() -> None:
     assert api.store.endpoints["ep"]["spec"]["realtime"] == {"minReplicas": 2, "maxReplicas": 2}
     described = api.call("DescribeEndpoint", EndpointName="ep")
     assert (described["EndpointConfigName"], described["EndpointStatus"]) == ("bigger", "Updating")
+    api.store.set_status("ep", "Creating")  # an actuator starting the new spec, at once or not
+    assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "Updating"
     api.store.set_status("ep", "InService")
     assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "InService"
 

@@ -22,7 +22,7 @@ from infermodes.platform.translate import (
 )
 
 XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
-DEFAULTS = Defaults()
+DEFAULTS = Defaults(file_uris=True)  # as under up
 
 
 def model(**container: Any) -> dict[str, Any]:
@@ -273,7 +273,7 @@ def test_endpoint_config_members_kept_as_given_are_typed() -> None:
         config(None, ExecutionRoleArn=5)
 
 
-ON_KUBERNETES = Defaults(file_uris=False)
+ON_KUBERNETES = Defaults()  # the default: no file:// URIs
 ASYNC = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
 
 
