@@ -138,7 +138,11 @@ def test_the_chart_grants_the_gateway_reads_and_demand_patches_in_its_namespaces
                                                                       "patch")}  # fmt: skip
     expected |= {("", "pods", v) for v in ("get", "list", "watch")}
     assert gateway_grants(render()) == {"ops": expected}
-    assert gateway_grants(render("gateway.namespaces={a,b}")) == {"a": expected, "b": expected}
+    # the platform API's namespace (the release's unless set) is served too: it invokes its own
+    both = {"a": expected, "b": expected}
+    assert gateway_grants(render("gateway.namespaces={a,b}")) == {**both, "ops": expected}
+    in_a = render("gateway.namespaces={a,b}", "gateway.platform.namespace=a")
+    assert gateway_grants(in_a) == both
     assert gateway_grants(render("gateway.namespaces={*}")) == {"*": expected}
     documents = render()
     deployment = next(d for d in documents if d["kind"] == "Deployment"
@@ -170,5 +174,5 @@ def test_every_variable_the_chart_gives_the_gateway_is_a_setting_it_reads(
     for variable in env:  # as the pod gets them (the downward API's values are not literal)
         monkeypatch.setenv(variable["name"], variable.get("value", "from-the-downward-api"))
     settings = GatewaySettings()
-    assert settings.namespaces == ["a", "b"]
+    assert settings.namespaces == ["a", "b", "ops"]  # the platform API's namespace too
     assert settings.drain_timeout_seconds > settings.invocation_timeout_seconds
