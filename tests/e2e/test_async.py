@@ -6,8 +6,8 @@ scaler sits out."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tests.e2e.operator_support import (
     to_csv,
     wait_phase,
 )
-from tests.support.async_plane import Notifications, dead_letters
+from tests.support.async_plane import Notifications, WebhookReceiver, dead_letters
 from tests.support.processes import REPO, wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 
@@ -220,8 +220,12 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
     assert get_endpoint(api, k8s_namespace, "outage") is not None
 
 
-def in_flight(ip: str) -> float:
-    text = httpx.get(f"http://{ip}:9090/metrics", timeout=5).text
+def in_flight(ip: str) -> float | None:
+    """A worker's requests in flight; None while its metrics do not answer yet (starting)."""
+    try:
+        text = httpx.get(f"http://{ip}:9090/metrics", timeout=5).text
+    except httpx.TransportError:
+        return None
     return parse_worker_in_flight(text) or 0.0
 
 
@@ -229,49 +233,44 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
     tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """Two workers each hold one long request; the pool is cut to one. The worker the
-    ReplicaSet removes stops consuming, finishes and acknowledges its request, and exits 0:
-    both requests complete, once each."""
+    """Two workers each hold one request (their success webhook does not answer until the
+    test says so); the pool is cut to one. The worker the ReplicaSet removes stops consuming,
+    finishes and acknowledges its request, and exits 0: both requests complete, once each."""
     api = tools.cluster.api
     broker_secret(tools, k8s_namespace, broker)
-    fields = {"minReplicas": 2, "maxReplicas": 2, "maxConcurrentInvocationsPerInstance": 1,
-              "targetBacklogPerInstance": 1, "scaleInCooldownSeconds": 0,
-              "invocationTimeoutSeconds": 120}  # fmt: skip
-    applied = tools.apply(async_manifest("busy", model_uri, tmp_path, **fields), k8s_namespace)
-    assert applied.returncode == 0, applied.stderr
-    wait_phase(api, k8s_namespace, "busy", "InService",
-               also=lambda e: e["status"].get("readyReplicas") == 2)  # fmt: skip
-    url = gateway_url(tools)
-    assert url is not None
-    notifications = Notifications(broker, "busy").declare()
-    rows = abalone_model.test_rows[np.arange(1_500_000) % len(abalone_model.test_rows)]
-    inputs = tmp_path / "output" / "input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    paths = [inputs / "long-0.csv", inputs / "long-1.csv"]
-    np.savetxt(paths[0], rows, delimiter=",", fmt="%.6g")
-    shutil.copyfile(paths[0], paths[1])
-    ids = []
-    for path in paths:  # by reference, back to back: each takes a worker seconds to stream
-        response = httpx.post(f"{url}/endpoints/busy/async-invocations", timeout=60,
-                              headers={"X-Amzn-SageMaker-InputLocation": f"file://{path}",
-                                       "content-type": "text/csv"})  # fmt: skip
-        assert response.status_code == 202, response.text
-        ids.append(response.json()["InferenceId"])
-    pods = {p["metadata"]["name"]: p["status"]["podIP"]
-            for p in worker_pods(tools, k8s_namespace, "busy")}  # fmt: skip
-    wait_until(lambda: all(in_flight(ip) == 1 for ip in pods.values()), 60,
-               "both workers to hold a request")  # fmt: skip
+    release = threading.Event()
+    with WebhookReceiver(hold=release) as webhook:
+        fields = {"minReplicas": 2, "maxReplicas": 2, "maxConcurrentInvocationsPerInstance": 1,
+                  "targetBacklogPerInstance": 1, "scaleInCooldownSeconds": 0,
+                  "invocationTimeoutSeconds": 120,
+                  "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
+        manifest = async_manifest("busy", model_uri, tmp_path, **fields)
+        assert tools.apply(manifest, k8s_namespace).returncode == 0
+        wait_phase(api, k8s_namespace, "busy", "InService",
+                   also=lambda e: e["status"].get("readyReplicas") == 2)  # fmt: skip
+        url = gateway_url(tools)
+        assert url is not None
+        notifications = Notifications(broker, "busy").declare()
+        sent = invoke_all(url, "busy", abalone_model.test_rows, 2)
+        pods = {p["metadata"]["name"]: p["status"]["podIP"]
+                for p in worker_pods(tools, k8s_namespace, "busy")}  # fmt: skip
+        wait_until(lambda: all(in_flight(ip) == 1 for ip in pods.values()), 60,
+                   "both workers to hold a request")  # fmt: skip
 
-    cut = async_manifest("busy", model_uri, tmp_path, **{**fields, "minReplicas": 1,
-                                                          "maxReplicas": 1})  # fmt: skip
-    assert tools.apply(cut, k8s_namespace).returncode == 0
-    wait_until(lambda: len(worker_pods(tools, k8s_namespace, "busy")) == 1, 60, "a scale-in")
-    (kept,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "busy")]
-    (removed,) = set(pods) - {kept}
-    notifications.wait_for(set(ids), "Completed", timeout=240)
-    assert notifications.ids("Completed") == {inference_id: 1 for inference_id in ids}
+        cut = async_manifest("busy", model_uri, tmp_path, **{**fields, "minReplicas": 1,
+                                                              "maxReplicas": 1})  # fmt: skip
+        assert tools.apply(cut, k8s_namespace).returncode == 0
+        wait_until(lambda: len(worker_pods(tools, k8s_namespace, "busy")) == 1, 60, "a scale-in")
+        (kept,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "busy")]
+        (removed,) = set(pods) - {kept}
+        log = lambda: tools.cluster.pod_log(k8s_namespace, removed)  # noqa: E731
+        # its request is held by the webhook until the worker has said what it holds at stop
+        wait_until(lambda: "stopped consuming" in log(), 60, "the removed worker's SIGTERM")
+        assert "stopped consuming; 1 request(s) in flight" in log(), log()[-2000:]
+        release.set()
+        notifications.wait_for(set(sent), "Completed", timeout=120)
+    assert notifications.ids("Completed") == {inference_id: 1 for inference_id in sent}
+    check_outputs(tmp_path, sent, abalone_model.booster())
     assert dead_letters(broker, "busy") == []
-    log = lambda: tools.cluster.pod_log(k8s_namespace, removed)  # noqa: E731
     wait_until(lambda: "exit code" in log(), 150, "the removed worker to exit")
-    assert "stopped consuming; 1 request(s) in flight" in log(), log()[-2000:]
     assert "terminated by the kubelet, exit code 0" in log(), log()[-2000:]

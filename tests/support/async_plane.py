@@ -208,18 +208,34 @@ def plane(
                 stop_process(worker.proc, grace=30)
 
 
-class WebhookReceiver:
-    """An HTTP server on loopback that records the JSON bodies POSTed to it."""
+HOLD_SECONDS = 120  # a held webhook answers at the latest after this
 
-    def __init__(self) -> None:
+
+class WebhookReceiver:
+    """An HTTP server on loopback that records the JSON bodies POSTed to it. With ``hold``,
+    each answer trickles a byte a second until ``hold`` is set (at most ``HOLD_SECONDS``): the
+    worker that posted is kept mid-request, as long as a test needs, without timing out."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
         received: list[dict[str, object]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["content-length"])
                 received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
+                if hold is None:
+                    self.send_response(204)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-length", str(HOLD_SECONDS))
                 self.end_headers()
+                sent = 0
+                while sent < HOLD_SECONDS - 1 and not hold.wait(1.0):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    sent += 1
+                self.wfile.write(b" " * (HOLD_SECONDS - sent))
 
             def log_message(self, *args: object) -> None:
                 pass
