@@ -96,6 +96,18 @@ def outputs(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
+def accept_async(up: Up, rows: np.ndarray, count: int, size: int) -> dict[str, np.ndarray]:
+    """``count`` async requests of ``size`` rows each to abalone-async, every one accepted:
+    inference id -> the rows it carries."""
+    accepted = {}
+    for index in range(count):
+        chunk = rows[index : index + size]
+        answer = up.invoke("abalone-async", to_csv(chunk), "async-invocations")
+        assert answer.status_code == 202, answer.text
+        accepted[answer.json()["InferenceId"]] = chunk
+    return accepted
+
+
 def backlog_total(up: Up, name: str) -> int | None:
     """The endpoint's queued + in-flight requests, None until up has read its queue."""
     backlog = up.status(name).get("backlog") or {}
@@ -116,12 +128,7 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
     output = tmp_path / "async" / "output"
     rows = abalone_model.test_rows
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
-        accepted = {}
-        for index in range(100):
-            answer = up.invoke("abalone-async", to_csv(rows[index : index + 3]),
-                               "async-invocations")  # fmt: skip
-            assert answer.status_code == 202, answer.text
-            accepted[answer.json()["InferenceId"]] = rows[index : index + 3]
+        accepted = accept_async(up, rows, 100, 3)
         assert not outputs(output)
         up.stop(signum)
         model.parent.mkdir()
@@ -175,12 +182,7 @@ def test_async_on_rabbitmq_with_broker_url(
     rows = abalone_model.test_rows
     output = tmp_path / "async" / "output"
     with running_up(tmp_path / "state", files, tmp_path / "up.log", args) as up:
-        accepted = {}
-        for index in range(10):
-            answer = up.invoke("abalone-async", to_csv(rows[index : index + 2]),
-                               "async-invocations")  # fmt: skip
-            assert answer.status_code == 202, answer.text
-            accepted[answer.json()["InferenceId"]] = rows[index : index + 2]
+        accepted = accept_async(up, rows, 10, 2)
         wait_until(lambda: len(outputs(output)) == 10, WAIT * 2, "every async output")
         found = outputs(output)
         booster = abalone_model.booster()
