@@ -374,7 +374,7 @@ def _up_call(action: Any) -> Any:
 _up_url = click.option(
     "--url",
     envvar="INFERMODES_UP_URL",
-    default="http://127.0.0.1:8080",
+    default=f"http://127.0.0.1:{DEFAULT_UP_PORT}",
     show_default=True,
     help="Where infermodes up listens. [env INFERMODES_UP_URL]",
 )
