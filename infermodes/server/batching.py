@@ -111,10 +111,7 @@ class Batcher:
     def _predict_batch(self, batch: _Batch) -> np.ndarray | BaseException:
         """Predict every request of the batch, settle the followers; the leader's result."""
         if not batch.waiters:
-            try:
-                return self.predict_now(batch.model, batch.rows[0])
-            except Exception as exc:
-                return exc
+            return self._alone(batch.model, batch.rows[0])
         try:
             predictions = self.predict_now(batch.model, np.concatenate(batch.rows))
         except Exception:  # retry alone: only the request that fails gets the error
