@@ -53,6 +53,21 @@ def broker_secret(tools: Tools, namespace: str, broker: Broker) -> None:
     tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
 
 
+def serve_async(
+    tools: Tools, namespace: str, broker: Broker, manifest: dict[str, Any], ready: int
+) -> tuple[dict[str, Any], str]:
+    """Apply an async endpoint beside its broker Secret and wait until it is InService with
+    ``ready`` ready workers: the endpoint as it is then, and the gateway's URL."""
+    broker_secret(tools, namespace, broker)
+    assert tools.apply(manifest, namespace).returncode == 0
+    name = manifest["metadata"]["name"]
+    endpoint = wait_phase(tools.cluster.api, namespace, name, "InService",
+                          also=lambda e: e["status"].get("readyReplicas", 0) == ready)  # fmt: skip
+    url = gateway_url(tools)
+    assert url is not None
+    return endpoint, url
+
+
 @pytest.fixture(scope="module")
 def tools(k8s_cluster: Cluster, broker: Broker) -> Iterator[Tools]:
     """The chart with the broker's Secret: the operator reads the backlog, the gateway accepts
@@ -111,15 +126,11 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     api = tools.cluster.api
-    broker_secret(tools, k8s_namespace, broker)
     manifest = async_manifest("queued", model_uri, tmp_path, scaleInCooldownSeconds=10,
                               targetBacklogPerInstance=50, maxReplicas=2)  # fmt: skip
     notifications = Notifications(broker, "queued").declare()
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    endpoint = wait_phase(api, k8s_namespace, "queued", "InService")
+    endpoint, url = serve_async(tools, k8s_namespace, broker, manifest, ready=0)
     assert endpoint["status"]["replicas"] == 0 and not worker_pods(tools, k8s_namespace, "queued")
-    url = gateway_url(tools)
-    assert url is not None
 
     sent = invoke_all(url, "queued", abalone_model.test_rows, 200)
     wait_until(lambda: bool(worker_pods(tools, k8s_namespace, "queued")), 60, "workers to start")
@@ -168,14 +179,9 @@ def test_workers_deleted_and_killed_midway_lose_nothing(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     api = tools.cluster.api
-    broker_secret(tools, k8s_namespace, broker)
     manifest = async_manifest("resilient", model_uri, tmp_path, minReplicas=2, maxReplicas=2,
                               maxConcurrentInvocationsPerInstance=2)  # fmt: skip
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    wait_phase(api, k8s_namespace, "resilient", "InService",
-               also=lambda e: e["status"].get("readyReplicas") == 2)  # fmt: skip
-    url = gateway_url(tools)
-    assert url is not None
+    _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=2)
     notifications = Notifications(broker, "resilient").declare()
     sent = invoke_all(url, "resilient", abalone_model.test_rows, 300)
     done = lambda: len(list((tmp_path / "output").glob("*.out")))  # noqa: E731
@@ -196,13 +202,8 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     api = tools.cluster.api
-    broker_secret(tools, k8s_namespace, broker)
     manifest = async_manifest("outage", model_uri, tmp_path, minReplicas=1, maxReplicas=2)
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    wait_phase(api, k8s_namespace, "outage", "InService",
-               also=lambda e: e["status"].get("readyReplicas") == 1)  # fmt: skip
-    url = gateway_url(tools)
-    assert url is not None
+    _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
     sent = invoke_all(url, "outage", abalone_model.test_rows, 20)
     broker.stop()
     try:
@@ -236,8 +237,6 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
     """Two workers each hold one request (their success webhook does not answer until the
     test says so); the pool is cut to one. The worker the ReplicaSet removes stops consuming,
     finishes and acknowledges its request, and exits 0: both requests complete, once each."""
-    api = tools.cluster.api
-    broker_secret(tools, k8s_namespace, broker)
     release = threading.Event()
     with WebhookReceiver(hold=release) as webhook:
         fields = {"minReplicas": 2, "maxReplicas": 2, "maxConcurrentInvocationsPerInstance": 1,
@@ -245,11 +244,7 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
                   "invocationTimeoutSeconds": 120,
                   "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
         manifest = async_manifest("busy", model_uri, tmp_path, **fields)
-        assert tools.apply(manifest, k8s_namespace).returncode == 0
-        wait_phase(api, k8s_namespace, "busy", "InService",
-                   also=lambda e: e["status"].get("readyReplicas") == 2)  # fmt: skip
-        url = gateway_url(tools)
-        assert url is not None
+        _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=2)
         notifications = Notifications(broker, "busy").declare()
         sent = invoke_all(url, "busy", abalone_model.test_rows, 2)
         pods = {p["metadata"]["name"]: p["status"]["podIP"]
