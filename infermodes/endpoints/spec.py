@@ -41,6 +41,14 @@ SHORT_NAME = "ie"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 50  # leaves room for suffixes in the names of the objects we create
 
+
+def object_name(name: str) -> str:
+    """The InferenceEndpoint (or record) a name means: the managed platform's names may carry
+    upper case, a Kubernetes name does not, so names differing only in case are one object.
+    The platform API, the stores and both invocation routes all name objects through here."""
+    return name.lower()
+
+
 Quantity = Annotated[
     str,
     Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$", description="A quantity."),

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
+from infermodes.endpoints.spec import object_name
 from infermodes.errors import (
     EndpointNotFound,
     InfermodesError,
@@ -319,7 +320,7 @@ def create_router(
 
     @router.post("/endpoints/{name}/async-invocations", status_code=202)
     async def invoke_async(name: str, request: Request) -> Response:
-        name = name.lower()  # platform names may carry upper case; the Kubernetes name does not
+        name = object_name(name)
         endpoint = endpoints.get(name)
         if endpoint is None:
             metrics.accepted.labels("unknown", "404").inc()

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from infermodes.endpoints.spec import object_name
 from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
@@ -181,8 +182,7 @@ class Proxy:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
-            # platform names may carry upper case; the Kubernetes name is lower case
-            endpoint = self.table.lookup(scope["path"][len(PREFIX) : -len(SUFFIX)].lower())
+            endpoint = self.table.lookup(object_name(scope["path"][len(PREFIX) : -len(SUFFIX)]))
             label = endpoint.name
             endpoint.check_servable()
             answer = await self.invoke(endpoint, scope, receive)

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
+from infermodes.endpoints.spec import object_name
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -149,7 +150,7 @@ class ControlPlane:
         return ValidationException(f'Could not find {SPOKEN[kind]} "{where}".')
 
     async def _record(self, kind: RecordKind, name: str) -> JsonObject:
-        found = await self.store.read_record(kind, name.lower())
+        found = await self.store.read_record(kind, object_name(name))
         if found is None:
             raise self._missing(kind, name)
         return found
@@ -161,7 +162,7 @@ class ControlPlane:
                 "delete some first"
             )
         try:
-            await self.store.create_record(kind, name.lower(), record)
+            await self.store.create_record(kind, object_name(name), record)
         except AlreadyExists:
             where = arn(self.defaults, RESOURCE[kind], name)
             raise ValidationException(
@@ -170,7 +171,7 @@ class ControlPlane:
 
     async def _delete_record(self, kind: RecordKind, name: str) -> JsonObject:
         try:
-            await self.store.delete_record(kind, name.lower())
+            await self.store.delete_record(kind, object_name(name))
         except NotFound:
             raise self._missing(kind, name) from None
         return {}
@@ -204,7 +205,7 @@ class ControlPlane:
         listed = variants if isinstance(variants, list) else []
         names = {str(v["ModelName"]) for v in listed
                  if isinstance(v, dict) and isinstance(v.get("ModelName"), str)}  # fmt: skip
-        models = {n: await self.store.read_record(RecordKind.MODEL, n.lower()) for n in names}
+        models = {n: await self.store.read_record(RecordKind.MODEL, object_name(n)) for n in names}
         record = endpoint_config_record(request, models, self.defaults)
         await self._create_record(RecordKind.ENDPOINT_CONFIG, record["EndpointConfigName"], record)
         return {"EndpointConfigArn": record["EndpointConfigArn"]}
@@ -228,7 +229,7 @@ class ControlPlane:
         return [o for o in await self.store.list_endpoints() if kind_of(o) == kind]
 
     async def _object(self, kind: str, name: str) -> JsonObject | None:
-        found = await self.store.read_endpoint(name.lower())
+        found = await self.store.read_endpoint(object_name(name))
         return found if found is not None and kind_of(found) == kind else None
 
     async def _endpoint(self, name: str) -> JsonObject:
@@ -276,8 +277,8 @@ class ControlPlane:
                 where = arn(self.defaults, "endpoint", name)
                 return ValidationException(f'Cannot create already existing endpoint "{where}".')
             return ResourceInUse(
-                f"the name {name.lower()} is taken by another InferenceEndpoint (endpoints and "
-                "transform jobs share names here)"
+                f"the name {object_name(name)} is taken by another InferenceEndpoint (endpoints "
+                "and transform jobs share names here)"
             )
 
         await self._new_object(obj, taken)
@@ -321,7 +322,7 @@ class ControlPlane:
 
     async def CreateTransformJob(self, request: JsonObject) -> JsonObject:
         model_name = required(request, "ModelName")
-        model = await self.store.read_record(RecordKind.MODEL, model_name.lower())
+        model = await self.store.read_record(RecordKind.MODEL, object_name(model_name))
         obj = transform_object(request, model, self.defaults)
         name = given_name(obj)
 
@@ -331,8 +332,8 @@ class ControlPlane:
                 f"Job name must be unique within an AWS account and region, and a job with this "
                 f"name already exists ({where})"
                 if kind_of(existing) == TRANSFORM_JOB
-                else f"the name {name.lower()} is taken by an endpoint (endpoints and transform "
-                "jobs share names here)"
+                else f"the name {object_name(name)} is taken by an endpoint (endpoints and "
+                "transform jobs share names here)"
             )
 
         await self._new_object(obj, taken)

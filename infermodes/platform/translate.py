@@ -25,6 +25,7 @@ from infermodes.endpoints.spec import (
     NAME_PATTERN,
     VERSION,
     EndpointSpec,
+    object_name,
 )
 from infermodes.errors import StorageError
 from infermodes.platform.errors import ValidationException
@@ -75,7 +76,7 @@ class Defaults:
 
 def arn(defaults: Defaults, resource: str, name: str) -> str:
     """The platform's ARN spells names in lower case."""
-    return f"arn:aws:sagemaker:{defaults.region}:{defaults.account}:{resource}/{name.lower()}"
+    return f"arn:aws:sagemaker:{defaults.region}:{defaults.account}:{resource}/{object_name(name)}"
 
 
 def shown(value: Any) -> str:
@@ -96,7 +97,8 @@ def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
             f"{field} {shown(name)} must be 1 to 63 letters, digits and hyphens, "
             "starting and ending with a letter or digit"
         )
-    if kubernetes and (len(name) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, name.lower())):
+    too_long = len(name) > MAX_NAME_LENGTH
+    if kubernetes and (too_long or not re.fullmatch(NAME_PATTERN, object_name(name))):
         raise ValidationException(
             f"{field} {shown(name)}: infermodes names endpoints and transform jobs as Kubernetes "
             f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"
@@ -353,7 +355,7 @@ def _object(
     if defaults.storage_secret:
         spec["storageSecretRef"] = {"name": defaults.storage_secret}
     metadata: JsonObject = {
-        "name": name.lower(),
+        "name": object_name(name),
         "labels": {KIND_LABEL: kind},
         "annotations": {NAME_ANNOTATION: name, MODIFIED_ANNOTATION: str(time.time()),
                         **annotations},
