@@ -5,15 +5,16 @@ reconciles as any other. All live in one namespace per gateway, so ``kubectl get
 inferencemodels,inferenceendpointconfigs,inferenceendpoints`` there shows everything the API
 holds and nothing lives only in the gateway's memory.
 
-Names arrive as object names (``endpoints.spec.object_name``; the record keeps the name as it
-was given). The CRDs come from ``operator/crd.py``
-(``RECORD_CRDS``), which the gateway may not import: the plurals here must match its."""
+Platform names may carry upper case; each object is named ``endpoints.spec.object_name`` of it
+(the record keeps the name as it was given), whoever calls the store. The CRDs come from
+``operator/crd.py`` (``RECORD_CRDS``), which the gateway may not import: the plurals here must
+match its."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from infermodes.endpoints.spec import GROUP, VERSION
+from infermodes.endpoints.spec import GROUP, VERSION, object_name
 from infermodes.gateway.kube import ENDPOINTS_PATH, ApiError, KubeApi, scoped
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
 
@@ -64,13 +65,13 @@ class KubePlatformStore:
         obj = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": resource_kind,
-            "metadata": {"name": name, "namespace": self.namespace},
+            "metadata": {"name": object_name(name), "namespace": self.namespace},
             "spec": record,
         }
         await self._create(self._records(kind), obj, resource_kind)
 
     async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
-        found = await self._read(f"{self._records(kind)}/{name}")
+        found = await self._read(f"{self._records(kind)}/{object_name(name)}")
         return None if found is None else dict(found.get("spec") or {})
 
     async def list_records(self, kind: RecordKind) -> list[JsonObject]:
@@ -78,12 +79,12 @@ class KubePlatformStore:
         return [dict(item.get("spec") or {}) for item in listed.get("items") or []]
 
     async def delete_record(self, kind: RecordKind, name: str) -> None:
-        path = f"{self._records(kind)}/{name}"
+        path = f"{self._records(kind)}/{object_name(name)}"
         await self._delete(path, RECORD_RESOURCES[kind][0])
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:
         meta = {**endpoint.get("metadata", {}), "namespace": self.namespace}
-        meta["name"] = str(meta["name"])
+        meta["name"] = object_name(str(meta["name"]))
         await self._create(self.endpoints, {**endpoint, "metadata": meta}, "InferenceEndpoint")
 
     async def replace_endpoint(self, endpoint: JsonObject) -> None:
@@ -91,7 +92,7 @@ class KubePlatformStore:
         others are the operator's and the gateways': its handling state, the demand). Read,
         change, put with the read's resourceVersion; a conflict reads again."""
         meta = endpoint.get("metadata") or {}
-        name = str(meta["name"])
+        name = object_name(str(meta["name"]))
         path = f"{self.endpoints}/{name}"
         for _ in range(REPLACE_ATTEMPTS):
             current = await self._read(path)
@@ -114,11 +115,11 @@ class KubePlatformStore:
         raise ApiError(409, f"InferenceEndpoint {name!r} kept changing; not replaced")
 
     async def read_endpoint(self, name: str) -> JsonObject | None:
-        return await self._read(f"{self.endpoints}/{name}")
+        return await self._read(f"{self.endpoints}/{object_name(name)}")
 
     async def list_endpoints(self) -> list[JsonObject]:
         listed: dict[str, Any] = await self.api.get(self.endpoints, {})
         return list(listed.get("items") or [])
 
     async def delete_endpoint(self, name: str) -> None:
-        await self._delete(f"{self.endpoints}/{name}", "InferenceEndpoint")
+        await self._delete(f"{self.endpoints}/{object_name(name)}", "InferenceEndpoint")
