@@ -18,6 +18,7 @@ may lag by that much.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -332,6 +333,13 @@ def delivery_count(headers: dict[str, object] | None) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
+@dataclasses.dataclass
+class _Held:
+    """How many deliveries of one connection are not settled yet."""
+
+    count: int = 0
+
+
 class RabbitConsumer:
     """The consumer loop of one endpoint's queue. pika's blocking connection is
     single-threaded, so it runs on the calling thread, hands each delivery to a pool thread
@@ -361,10 +369,21 @@ class RabbitConsumer:
         with self._lock:
             return self._in_flight
 
-    def _track(self, delta: int) -> None:
+    def _hold(self, held: _Held) -> None:
         with self._lock:
-            self._in_flight += delta
-        self.on_in_flight(delta)
+            held.count += 1
+            self._in_flight += 1
+        self.on_in_flight(+1)
+
+    def _release(self, held: _Held, everything: bool = False) -> None:
+        """One delivery settled, or ``everything`` held written off with a lost connection;
+        a delivery of a lost connection is counted once, whichever comes first."""
+        with self._lock:
+            count = held.count if everything else min(1, held.count)
+            held.count -= count
+            self._in_flight -= count
+        if count:
+            self.on_in_flight(-count)
 
     def run(self, handle: Handler) -> None:
         while True:
@@ -384,11 +403,28 @@ class RabbitConsumer:
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)
+        held = _Held()
+        try:
+            self._consume_on(connection, held, handle)
+        finally:
+            # What this connection delivered and did not settle is the broker's again (it
+            # redelivers it); its settlements could never arrive, so waiting for them at a stop
+            # would wait forever. The work itself still runs to its end in the pool.
+            self._release(held, everything=True)
+            if connection.is_open:
+                with contextlib.suppress(*BROKER_ERRORS):
+                    connection.close()
+
+    def _consume_on(
+        self, connection: pika.BlockingConnection, held: _Held, handle: Handler
+    ) -> None:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.concurrency)
         declare_topology(channel, self.endpoint, self.max_attempts)
         queue = queue_name(self.endpoint)
-        tag = channel.basic_consume(queue, functools.partial(self._on_message, connection, handle))
+        tag = channel.basic_consume(
+            queue, functools.partial(self._on_message, connection, held, handle)
+        )
         self._delay = RECONNECT_MIN_SECONDS
         self.outage.recovered()
         log.info("consuming %s", queue)
@@ -400,26 +436,29 @@ class RabbitConsumer:
                     channel.basic_cancel(tag)
                     consuming = False
                     log.info("stopped consuming; %d request(s) in flight", self.in_flight)
-                if self.in_flight == 0:
+                if held.count == 0:
                     break
-        connection.close()
 
     def _on_message(
         self,
         connection: pika.BlockingConnection,
+        held: _Held,
         handle: Handler,
         channel: BlockingChannel,
         method: Basic.Deliver,
         properties: BasicProperties,
         body: bytes,
     ) -> None:
-        self._track(+1)
+        self._hold(held)
         delivery = Delivery(body, delivery_count(properties.headers))
-        self._pool.submit(self._work, connection, channel, method.delivery_tag, handle, delivery)
+        self._pool.submit(
+            self._work, connection, held, channel, method.delivery_tag, handle, delivery
+        )
 
     def _work(
         self,
         connection: pika.BlockingConnection,
+        held: _Held,
         channel: BlockingChannel,
         tag: int,
         handle: Handler,
@@ -432,13 +471,13 @@ class RabbitConsumer:
             settle = Settle.REQUEUE
         try:
             connection.add_callback_threadsafe(
-                functools.partial(self._settle, channel, tag, settle)
+                functools.partial(self._settle, held, channel, tag, settle)
             )
         except BROKER_ERRORS:
             log.debug("connection gone before settling; the broker redelivers the message")
-            self._track(-1)
+            self._release(held)
 
-    def _settle(self, channel: BlockingChannel, tag: int, settle: Settle) -> None:
+    def _settle(self, held: _Held, channel: BlockingChannel, tag: int, settle: Settle) -> None:
         """Runs on the connection's thread."""
         try:
             if not channel.is_open:
@@ -450,7 +489,7 @@ class RabbitConsumer:
             else:
                 channel.basic_reject(tag, requeue=False)
         finally:
-            self._track(-1)
+            self._release(held)
 
 
 def _vhost(amqp_url: str) -> str:

@@ -23,6 +23,7 @@ from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
     Process,
+    WebhookReceiver,
     dead_letters,
     plane,
     to_csv,
@@ -141,6 +142,36 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
     report(
         capsys, f"120 accepted, 5 refused with 503 while down; all done {took:.1f} s after restart"
     )
+
+
+def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Deliveries held when the broker went away can never be settled on that connection (the
+    broker redelivers them): a worker stopped later finishes its work and exits, rather than
+    waiting for acknowledgements that cannot happen."""
+    endpoint = "lost"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    release = threading.Event()
+    with (
+        WebhookReceiver(hold=release) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
+    ):
+        worker = live.start_worker(
+            model_uri(abalone_model), "w", extra=("--success-webhook-url", hook.url)
+        )
+        ids = {live.invoke(to_csv(abalone_model.test_rows[:2])).json()["InferenceId"]
+               for _ in range(2)}  # fmt: skip
+        wait_until(lambda: len(hook.received) == 2, 60, "both requests held by the webhook")
+        rabbitmq.stop()
+        rabbitmq.start()
+        wait_until(lambda: "broker reachable again" in worker.log, 60, "the worker to reconnect")
+        release.set()
+        notes.wait_for(ids, "Completed", 120)
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 0, 60, "no work left")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(60) == 0, worker.log[-2000:]
+        assert "stopped consuming; 0 request(s) in flight" in worker.log
 
 
 def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(

@@ -1,0 +1,99 @@
+"""The consumer's bookkeeping when a connection dies between a settlement being queued and the
+connection running it: the delivery is the broker's again, and a later stop must not wait for
+an acknowledgement that can never be sent (seen in CI: a worker stopped after a broker restart
+hung until it was killed). A scripted connection plays the broker; the real broker's side is
+in tests/integration/test_async_reliability.py."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import SimpleNamespace
+from unittest import mock
+
+import pika.exceptions
+import pytest
+
+from infermodes.queueing import rabbitmq
+from infermodes.queueing.broker import Delivery, Settle
+from infermodes.queueing.rabbitmq import RabbitConsumer
+
+WAIT_SECONDS = 10.0
+
+
+class ScriptedConnection:
+    """The first connection delivers one message, waits until its settlement is queued, then
+    dies without running it; the next ones run what is queued and deliver nothing."""
+
+    def __init__(self, first: bool, settled: threading.Event) -> None:
+        self.first = first
+        self.settled = settled
+        self.queued: list[Callable[[], None]] = []
+        self.is_open = True
+        self.acks: list[int] = []
+        self.channel_ = mock.MagicMock()
+        self.channel_.basic_consume.side_effect = self._consume
+        self.channel_.basic_ack.side_effect = self.acks.append
+        self.on_message: Callable[..., None] | None = None
+        self.delivered = False
+
+    def _consume(self, _queue: str, on_message: Callable[..., None]) -> str:
+        self.on_message = on_message
+        return "tag"
+
+    def channel(self) -> mock.MagicMock:
+        return self.channel_
+
+    def add_callback_threadsafe(self, callback: Callable[[], None]) -> None:
+        self.queued.append(callback)
+        self.settled.set()
+
+    def process_data_events(self, time_limit: float) -> None:
+        assert self.on_message is not None
+        if self.first and not self.delivered:
+            self.delivered = True
+            method = SimpleNamespace(delivery_tag=1)
+            self.on_message(self.channel_, method, SimpleNamespace(headers={}), b"request")
+            assert self.settled.wait(WAIT_SECONDS)
+            self.is_open = False
+            raise pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown")
+        while self.queued:
+            self.queued.pop(0)()
+        threading.Event().wait(min(time_limit, 0.01))
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+def test_a_settlement_lost_with_its_connection_does_not_hold_up_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settled = threading.Event()
+    connections: list[ScriptedConnection] = []
+
+    def connect(_url: str) -> ScriptedConnection:
+        connections.append(ScriptedConnection(not connections, settled))
+        return connections[-1]
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "lost", max_attempts=3, concurrency=2)
+    gauge: list[int] = []
+    consumer.on_in_flight = gauge.append
+
+    def handle(_delivery: Delivery) -> Settle:
+        return Settle.ACK
+
+    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    runner.start()
+    for _ in range(int(WAIT_SECONDS / 0.01)):
+        if len(connections) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert len(connections) == 2, "the consumer did not reconnect"
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive(), "stop waited for a settlement of a lost connection"
+    assert consumer.in_flight == 0
+    assert sum(gauge) == 0 and gauge[0] == 1
+    assert connections[0].acks == []  # never sent on the dead connection
