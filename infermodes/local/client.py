@@ -121,7 +121,11 @@ def describe(obj: Mapping[str, Any]) -> str:
                  f"{status.get('desiredReplicas')} desired")  # fmt: skip
     if status.get("backlog"):
         backlog = status["backlog"]
-        lines.append(f"Backlog:   {backlog['ready']} ready, {backlog['inFlight']} in flight")
+        oldest = backlog.get("oldestAgeSeconds")
+        waited = "" if oldest is None else f", the oldest waiting {oldest:.1f} s"
+        lines.append(
+            f"Backlog:   {backlog['ready']} ready, {backlog['inFlight']} in flight{waited}"
+        )
     if status.get("progress"):
         lines.append(f"Progress:  {status['progress']['text']} objects, "
                      f"{status['progress']['recordsDone']} records")  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
 from infermodes.local.children import Registry
-from infermodes.local.client import age, row, table
+from infermodes.local.client import age, describe, row, table
 from infermodes.local.manifests import ManifestError, load_paths, parse_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,6 +76,19 @@ def test_get_prints_the_columns_of_kubectl_get_ie() -> None:
     assert lines[1].split() == ["a", "async", "InService", "1", "2", "7", "2m"]
     assert age("2026-01-01T00:00:00Z", now) == "1h"
     assert age("garbage", now) == "<unknown>"
+
+
+def test_describe_shows_the_backlog_and_how_long_its_oldest_request_waited() -> None:
+    backlog: dict[str, float | None] = {"ready": 3, "inFlight": 2, "oldestAgeSeconds": 12.345}
+    obj = {
+        "metadata": {"name": "a"},
+        "spec": {"mode": "async", "model": {"uri": "file:///m.tar.gz"}},
+        "status": {"phase": "InService", "reason": "Ready", "readyReplicas": 1,
+                   "desiredReplicas": 1, "backlog": backlog},
+    }  # fmt: skip
+    assert "Backlog:   3 ready, 2 in flight, the oldest waiting 12.3 s" in describe(obj)
+    backlog["oldestAgeSeconds"] = None  # unknown: not shown
+    assert "Backlog:   3 ready, 2 in flight\n" in describe(obj)
 
 
 def test_the_registry_kills_only_processes_whose_start_time_matches(tmp_path: Path) -> None:
