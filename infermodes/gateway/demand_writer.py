@@ -78,7 +78,11 @@ class DemandWriter:
         """Write every endpoint whose demand is due; failures wait for the next round."""
         urgent, self._urgent = self._urgent, set()
         now = self.monotonic()
+        for gone in self.schedules.keys() - self.table.known:  # its object (and demand) is gone
+            del self.schedules[gone]
         for key, endpoint in list(self.table.endpoints.items()):
+            if key not in self.table.known:
+                continue
             if endpoint.serverless is None and key not in self.schedules:
                 continue
             # the busiest moment since the last write, not this instant: short requests in a

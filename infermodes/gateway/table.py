@@ -201,7 +201,12 @@ class Table:
         self._by_name[name].remove(endpoint)
         if not self._by_name[name]:
             del self._by_name[name]
-        endpoint.mode, endpoint.phase = None, None
+        endpoint.mode, endpoint.phase, endpoint.serverless = None, None, None
+        # an object created later under this name is a new endpoint: none of this one's demand
+        # carries over (its pods may still finish requests: the entry goes once they are gone)
+        endpoint.last_request_at, endpoint.peak_active, endpoint.peers_seen_at = 0.0, 0, ()
+        if not endpoint.replicas and endpoint.active == 0:
+            del self.endpoints[(namespace, name)]
 
     def replace_endpoints(self, scope: str | None, objects: Iterable[Mapping[str, Any]]) -> None:
         """A full list of one namespace (``scope``) or of all (None), after a relist: endpoints

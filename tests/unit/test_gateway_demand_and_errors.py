@@ -105,6 +105,30 @@ def test_writer_writes_serverless_demand_by_the_rules_and_retries_failures() -> 
     asyncio.run(scenario())
 
 
+def test_a_deleted_endpoint_is_written_no_more_and_a_new_one_of_its_name_starts_afresh() -> None:
+    async def scenario() -> None:
+        table = serverless_table()
+        sink = FakeSink()
+        clock = [100.0]
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: clock[0], wall=lambda: 9.0)
+        await writer.write_due()
+        table.lookup("sl").last_request_at = 8.0  # traffic just before the delete
+        table.remove_endpoint("ns", "sl")
+        clock[0] += WRITE_INTERVAL_SECONDS
+        written = len(sink.writes)
+        await writer.write_due()
+        await writer.flush()
+        assert len(sink.writes) == written  # nothing for an object that no longer exists
+        assert ("ns", "sl") not in writer.schedules
+        spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+        table.apply_endpoint({"metadata": {"name": "sl", "namespace": "ns"}, "spec": spec})
+        assert table.lookup("sl").last_request_at == 0.0
+        await writer.write_due()
+        assert sink.writes[-1][1] == "sl" and sink.writes[-1][2].last_request_at == 0.0
+
+    asyncio.run(scenario())
+
+
 def test_flush_writes_the_last_figures_inside_the_interval() -> None:
     async def scenario() -> None:
         table = serverless_table()
