@@ -1,11 +1,13 @@
-"""Build hook: compile the C extension ``infermodes/predict/_fastcsv.c`` (native CSV parsing and
-formatting for batch transform) with the machine's C compiler while the package is installed.
+"""Build hook: compile the C extensions ``infermodes/predict/_fastcsv.c`` (native CSV parsing and
+formatting) and ``infermodes/predict/_trees.c`` (the exact tree evaluator) with the machine's C
+compiler while the package is installed.
 
-An editable install (``scripts/install.sh``) puts the module beside its source (replacing any
-earlier one whole); a wheel carries it (and is then tagged for this interpreter and platform).
+An editable install (``scripts/install.sh``) puts each module beside its source (replacing any
+earlier one whole); a wheel carries them (and is then tagged for this interpreter and platform).
 Where no C compiler or no Python headers exist (a slim container image) the install goes on
-without it and ``infermodes.predict.fastcsv`` uses the Python path: the same output, slower. A
-compiler that fails on the source is an error.
+without them and ``infermodes.predict.fastcsv`` and ``infermodes.predict.trees`` use their
+fallbacks (the codecs, XGBoost's own predict): the same output, slower. A compiler that fails on
+a source is an error.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = "infermodes/predict/_fastcsv.c"
+SOURCES = ("infermodes/predict/_fastcsv.c", "infermodes/predict/_trees.c")
 
 
 class NativeBuildHook(BuildHookInterface):
@@ -33,11 +35,22 @@ class NativeBuildHook(BuildHookInterface):
         if not shutil.which(compiler[0]) or not Path(include, "Python.h").exists():
             self.app.display_warning(
                 f"infermodes: no C compiler or no Python headers ({include}): installing "
-                "without the native CSV module (batch transform runs slower)"
+                "without the native CSV module and tree evaluator (slower, same output)"
             )
             return
-        name = "_fastcsv" + sysconfig.get_config_var("EXT_SUFFIX")
-        source = Path(self.root, SOURCE)
+        for source in SOURCES:
+            self._build(compiler, include, Path(self.root, source), version, build_data)
+
+    def _build(
+        self,
+        compiler: list[str],
+        include: str,
+        source: Path,
+        version: str,
+        build_data: dict[str, Any],
+    ) -> None:
+        # no -ffast-math or the like: the tree evaluator's float32 sums must stay in order
+        name = source.stem + sysconfig.get_config_var("EXT_SUFFIX")
         built = Path(tempfile.mkdtemp(prefix="infermodes-build-"), name)
         command = [*compiler, "-O2", "-shared", "-fPIC", "-I", include, "-o", str(built)]
         subprocess.run([*command, str(source), "-lm"], check=True)

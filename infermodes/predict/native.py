@@ -125,6 +125,18 @@ class NativeBooster:
         num_class = int(learner["learner_model_param"].get("num_class", "0"))
         return str(learner["objective"]["name"]), num_class
 
+    def save_ubj(self) -> bytes:
+        """The model as XGBoost saves it in UBJSON: the in-memory values, floats as their
+        float32 bits (JSON text would round-trip them through decimal)."""
+        length = _bst_ulong()
+        data = ctypes.POINTER(ctypes.c_char)()
+        status = self._lib.XGBoosterSaveModelToBuffer(
+            self._handle, b'{"format": "ubj"}', ctypes.byref(length), ctypes.byref(data)
+        )
+        if status != 0:
+            raise ModelLoadError(f"cannot save the model: {_last_error(self._lib)}")
+        return ctypes.string_at(data, length.value)
+
     def set_threads(self, threads: int) -> None:
         if self._lib.XGBoosterSetParam(self._handle, b"nthread", str(threads).encode()) != 0:
             raise ValueError(f"cannot set nthread={threads}: {_last_error(self._lib)}")

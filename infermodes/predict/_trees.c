@@ -1,0 +1,301 @@
+/* An exact evaluator of XGBoost tree ensembles (infermodes/predict/trees.py builds and checks it).
+ *
+ * Forest(left, feature, value, default_left, roots, base, num_features): the trees' nodes, all
+ *   trees in one array (`left` absolute, -1 for a leaf; the right child is always left + 1, as
+ *   XGBoost's CPU predictor assumes), each tree's root, and the base margin. The constructor
+ *   checks every index and that each tree is a tree (no node reached twice). It then makes
+ *   every leaf its own child (split NaN, so every value goes "right", to left + 1 = itself; its
+ *   value kept aside), so that every walk of a tree takes exactly its depth in steps: no
+ *   data-dependent loop exit, and several rows walk a tree in lockstep (independent loads the
+ *   CPU overlaps), as XGBoost's array layout walks blocks of rows.
+ * Forest.predict(rows, out): for each row of a C-contiguous float32 matrix, what XGBoost's CPU
+ *   predictor computes (src/predictor/cpu_predictor.cc, predict_fn.h at v3.2.0): start from the
+ *   base margin, then for each tree in order add its leaf's value, in float32; at a split the
+ *   row goes left when `value < split_condition` (float32 compare), and a NaN goes to the
+ *   default child. Infinities compare as numbers, as in XGBoost. Large batches release the GIL.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    float value;     /* split condition; NaN at a leaf */
+    int32_t left;    /* absolute index of the left child; a leaf's: its own index - 1 */
+    uint32_t column; /* split feature; bit 31: a missing value goes left */
+} Node;
+
+typedef struct {
+    PyObject_HEAD Node *nodes;
+    float *leaf_values; /* by node index; 0 for a split */
+    int32_t *roots;
+    int32_t *depths; /* the longest root-to-leaf walk of each tree, in splits */
+    Py_ssize_t num_nodes, num_trees, num_features;
+    float base;
+} Forest;
+
+#define DEFAULT_LEFT 0x80000000u
+#define ROW_BLOCK 64        /* rows that stay in L1 while every tree walks them */
+#define LOCKSTEP 16          /* rows that walk a tree together */
+#define GIL_FREE_WORK 4096  /* rows x trees above which the GIL is released */
+
+static void forest_dealloc(Forest *self) {
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->leaf_values);
+    PyMem_Free(self->roots);
+    PyMem_Free(self->depths);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A buffer of `count` items of one struct format character (e.g. "i" int32). */
+static int get_vector(PyObject *source, Py_buffer *view, const char *format, Py_ssize_t itemsize,
+                      const char *name) {
+    if (PyObject_GetBuffer(source, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (view->itemsize != itemsize || strcmp(view->format, format) != 0 || view->ndim > 1) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a 1-D array of format '%s'", name, format);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every node of the tree at `root` reached once, children in range: its depth, or -1. `seen`
+ * marks nodes across trees (a node shared by two trees is refused too); `stack` has room for
+ * every node. */
+static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root, uint8_t *seen,
+                          int32_t *stack, int32_t *depth_of) {
+    if (root < 0 || root >= num_nodes || seen[root]) return -1;
+    Py_ssize_t top = 0;
+    int32_t deepest = 0;
+    stack[top++] = root;
+    seen[root] = 1;
+    depth_of[root] = 0;
+    while (top > 0) { /* each node is pushed at most once: at most num_nodes iterations */
+        int32_t at = stack[--top];
+        int32_t left = nodes[at].left;
+        if (left < 0) {
+            if (depth_of[at] > deepest) deepest = depth_of[at];
+            continue;
+        }
+        if (left >= num_nodes - 1 || seen[left] || seen[left + 1]) return -1;
+        for (int32_t child = left; child <= left + 1; child++) {
+            seen[child] = 1;
+            depth_of[child] = depth_of[at] + 1;
+            stack[top++] = child;
+        }
+    }
+    return deepest;
+}
+
+static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"left",  "feature", "value",        "default_left",
+                               "roots", "base",    "num_features", NULL};
+    PyObject *left_obj, *feature_obj, *value_obj, *default_obj, *roots_obj;
+    float base;
+    Py_ssize_t num_features;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOfn", keywords, &left_obj, &feature_obj,
+                                     &value_obj, &default_obj, &roots_obj, &base, &num_features))
+        return -1;
+    Py_buffer left, feature, value, default_left, roots;
+    int ok = -1;
+    uint8_t *seen = NULL;
+    int32_t *stack = NULL, *depth_of = NULL;
+    if (get_vector(left_obj, &left, "i", 4, "left") < 0) return -1;
+    if (get_vector(feature_obj, &feature, "i", 4, "feature") < 0) goto release_left;
+    if (get_vector(value_obj, &value, "f", 4, "value") < 0) goto release_feature;
+    if (get_vector(default_obj, &default_left, "B", 1, "default_left") < 0) goto release_value;
+    if (get_vector(roots_obj, &roots, "i", 4, "roots") < 0) goto release_default;
+    Py_ssize_t n = left.len / 4, trees = roots.len / 4;
+    if (feature.len / 4 != n || value.len / 4 != n || default_left.len != n || n >= INT32_MAX ||
+        trees < 1 || num_features < 1 || num_features > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "node arrays of different lengths, or no trees");
+        goto release_all;
+    }
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->leaf_values);
+    PyMem_Free(self->roots);
+    PyMem_Free(self->depths);
+    self->nodes = PyMem_Calloc((size_t)n, sizeof(Node));
+    self->leaf_values = PyMem_Calloc((size_t)n, sizeof(float));
+    self->roots = PyMem_Calloc((size_t)trees, sizeof(int32_t));
+    self->depths = PyMem_Calloc((size_t)trees, sizeof(int32_t));
+    seen = PyMem_Calloc((size_t)n, 1);
+    stack = PyMem_Calloc((size_t)n, sizeof(int32_t));
+    depth_of = PyMem_Calloc((size_t)n, sizeof(int32_t));
+    if (!self->nodes || !self->leaf_values || !self->roots || !self->depths || !seen || !stack || !depth_of) {
+        PyErr_NoMemory();
+        goto release_all;
+    }
+    const int32_t *lefts = left.buf, *features = feature.buf;
+    const float *values = value.buf;
+    const uint8_t *defaults = default_left.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t column = features[i];
+        if (lefts[i] >= 0 && (column < 0 || column >= num_features)) {
+            PyErr_Format(PyExc_ValueError, "node %zd splits on feature %d of %zd", i, column,
+                         num_features);
+            goto release_all;
+        }
+        self->nodes[i].value = values[i];
+        self->nodes[i].left = lefts[i] < 0 ? -1 : lefts[i];
+        self->nodes[i].column = (uint32_t)(lefts[i] < 0 ? 0 : column) | (defaults[i] ? DEFAULT_LEFT : 0);
+    }
+    for (Py_ssize_t t = 0; t < trees; t++) {
+        int32_t root = ((const int32_t *)roots.buf)[t];
+        int32_t depth = check_tree(self->nodes, n, root, seen, stack, depth_of);
+        if (depth < 0) {
+            PyErr_Format(PyExc_ValueError, "tree %zd is not a tree of in-range nodes", t);
+            goto release_all;
+        }
+        self->roots[t] = root;
+        self->depths[t] = depth;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) { /* each leaf its own child: x < NaN is false */
+        if (self->nodes[i].left >= 0) continue;
+        self->leaf_values[i] = self->nodes[i].value;
+        self->nodes[i] = (Node){.value = NAN, .left = (int32_t)i - 1, .column = 0};
+    }
+    self->num_nodes = n;
+    self->num_trees = trees;
+    self->num_features = num_features;
+    self->base = base;
+    ok = 0;
+release_all:
+    PyMem_Free(seen);
+    PyMem_Free(stack);
+    PyMem_Free(depth_of);
+    PyBuffer_Release(&roots);
+release_default:
+    PyBuffer_Release(&default_left);
+release_value:
+    PyBuffer_Release(&value);
+release_feature:
+    PyBuffer_Release(&feature);
+release_left:
+    PyBuffer_Release(&left);
+    return ok;
+}
+
+/* One step down a tree. A NaN compares false, so !(x < split) sends it right; XOR with (NaN
+ * and default-left) turns that into left: XGBoost's default child. Rows without a NaN skip
+ * that (`nan_possible` is a constant where this is inlined). */
+static inline __attribute__((always_inline)) const Node *step(const Node *nodes, const Node *node,
+                                                              const float *row,
+                                                              const int nan_possible) {
+    float x = row[node->column & ~DEFAULT_LEFT];
+    uint32_t right = (uint32_t)!(x < node->value);
+    if (nan_possible) right ^= (uint32_t)(x != x) & (node->column >> 31);
+    return nodes + (node->left + (int32_t)right);
+}
+
+/* out[i] += the tree's leaf value for rows i in [start, end), LOCKSTEP rows at a time. */
+static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_ssize_t t,
+                                                           const float *rows, Py_ssize_t start,
+                                                           Py_ssize_t end, float *out,
+                                                           const int nan_possible) {
+    const Node *nodes = f->nodes, *root = f->nodes + f->roots[t];
+    const int32_t depth = f->depths[t];
+    const Py_ssize_t width = f->num_features;
+    Py_ssize_t i = start;
+    for (; i + LOCKSTEP <= end; i += LOCKSTEP) {
+        const Node *at[LOCKSTEP];
+        const float *row[LOCKSTEP];
+        for (int j = 0; j < LOCKSTEP; j++) {
+            at[j] = root;
+            row[j] = rows + (i + j) * width;
+        }
+        for (int32_t level = 0; level < depth; level++)
+            for (int j = 0; j < LOCKSTEP; j++) at[j] = step(nodes, at[j], row[j], nan_possible);
+        for (int j = 0; j < LOCKSTEP; j++) out[i + j] += f->leaf_values[at[j] - nodes];
+    }
+    for (; i < end; i++) {
+        const Node *at = root;
+        for (int32_t level = 0; level < depth; level++)
+            at = step(nodes, at, rows + i * width, nan_possible);
+        out[i] += f->leaf_values[at - nodes];
+    }
+}
+
+static void predict_rows(const Forest *f, const float *rows, Py_ssize_t count, float *out) {
+    const Py_ssize_t width = f->num_features;
+    for (Py_ssize_t start = 0; start < count; start += ROW_BLOCK) {
+        Py_ssize_t end = start + ROW_BLOCK < count ? start + ROW_BLOCK : count;
+        int nan_possible = 0;
+        for (Py_ssize_t k = start * width; k < end * width; k++) nan_possible |= rows[k] != rows[k];
+        for (Py_ssize_t i = start; i < end; i++) out[i] = f->base;
+        /* tree order: XGBoost's order of the float32 sum */
+        for (Py_ssize_t t = 0; t < f->num_trees; t++) {
+            if (nan_possible)
+                add_tree(f, t, rows, start, end, out, 1);
+            else
+                add_tree(f, t, rows, start, end, out, 0);
+        }
+    }
+}
+
+static PyObject *forest_predict(Forest *self, PyObject *args) {
+    PyObject *rows_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OO", &rows_obj, &out_obj)) return NULL;
+    if (self->nodes == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the forest was not initialised");
+        return NULL;
+    }
+    Py_buffer rows, out;
+    if (PyObject_GetBuffer(rows_obj, &rows, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&rows);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t count = out.len / 4;
+    if (rows.itemsize != 4 || strcmp(rows.format, "f") != 0 || out.itemsize != 4 ||
+        strcmp(out.format, "f") != 0 || rows.len != count * self->num_features * 4) {
+        PyErr_SetString(PyExc_ValueError,
+                        "predict takes float32 rows of num_features values and one float32 out "
+                        "value per row");
+        goto done;
+    }
+    if (count * self->num_trees >= GIL_FREE_WORK) {
+        Py_BEGIN_ALLOW_THREADS predict_rows(self, rows.buf, count, out.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        predict_rows(self, rows.buf, count, out.buf);
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef forest_methods[] = {
+    {"predict", (PyCFunction)forest_predict, METH_VARARGS,
+     "predict(rows, out): each row's prediction into out (float32, one per row)."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject ForestType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "infermodes.predict._trees.Forest",
+    .tp_basicsize = sizeof(Forest),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A tree ensemble evaluated as XGBoost's CPU predictor does.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)forest_init,
+    .tp_dealloc = (destructor)forest_dealloc,
+    .tp_methods = forest_methods,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, NULL,
+                                    NULL,                  NULL,     NULL, NULL};
+
+PyMODINIT_FUNC PyInit__trees(void) {
+    if (PyType_Ready(&ForestType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Forest", (PyObject *)&ForestType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

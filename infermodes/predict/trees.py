@@ -1,0 +1,315 @@
+"""An exact tree evaluator of our own, for the models where it certainly predicts what XGBoost
+predicts, bit for bit; every other model keeps XGBoost's own predict (``NativeBooster``).
+
+Why: XGBoost's C predict costs ~20 µs per call whatever the rows (context and proxy set-up,
+configuration parsing), while scoring one row of a 50-tree model is well under a microsecond of
+tree walking. Treelite was measured and is not exact (it sums in another order).
+
+What makes it exact, read from XGBoost's CPU predictor (v3.2.0: ``src/predictor/cpu_predictor.cc``,
+``predict_fn.h``, ``array_tree_layout.h``, ``src/learner.cc``, ``src/objective/``):
+
+- each row's output starts from the base margin ``learner_model_param.base_score`` (the
+  objective's ``ProbToMargin`` of it, the identity for the objectives below) and each tree's
+  leaf value is added in tree order, in float32 (``out_predt(row, group) += leaf``);
+- at a numerical split the row goes left when ``value < split_condition`` (float32), to the
+  default child when the value is missing (NaN; our ``missing`` is NaN), to ``left + 1``
+  otherwise; infinities are plain values;
+- the prediction is the margin itself when the objective's ``PredTransform`` is the identity.
+
+The trees come from the booster's own UBJSON (``NativeBooster.save_ubj``), where every float is
+its float32 bits, so the source format (JSON, UBJ, legacy binary) does not matter. The base
+score is the one decimal number in the model, written as the shortest decimal of its float32;
+it is read back to the float32 nearest to it, exactly (``_nearest_float32``). Anything outside
+those bounds is refused (``NotExact``): dart and gblinear, categorical splits or categorical
+features, multi-output models, vector leaves, a right child not at ``left + 1``, objectives
+with a transform. And after building, a probe of rows at and beside every split threshold,
+with NaNs and infinities, must equal XGBoost's predictions bitwise, or the model keeps XGBoost.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import numpy as np
+
+from infermodes.predict.native import NativeBooster
+
+try:
+    from infermodes.predict import _trees
+except ImportError:  # pragma: no cover - an install without a C compiler
+    _trees = None  # type: ignore[assignment]
+
+log = logging.getLogger("infermodes.predict")
+
+AVAILABLE = _trees is not None
+
+IDENTITY_OBJECTIVES = frozenset(
+    {
+        # PredTransform and ProbToMargin both the identity (src/objective/regression_loss.h,
+        # regression_obj.cu, quantile_obj.cu, lambdarank_obj.cc; ObjFunction's defaults where
+        # not overridden)
+        "reg:squarederror",
+        "reg:linear",
+        "reg:squaredlogerror",
+        "reg:pseudohubererror",
+        "reg:absoluteerror",
+        "reg:quantileerror",
+        "binary:logitraw",
+        "rank:pairwise",
+        "rank:ndcg",
+        "rank:map",
+    }
+)
+PROBE_ROWS = 512
+
+
+class NotExact(Exception):
+    """The model is outside what the evaluator reproduces exactly; the message says why."""
+
+
+class TreeEnsemble:
+    """A compiled gbtree model: one float32 prediction per row, XGBoost's to the bit."""
+
+    def __init__(self, forest: _trees.Forest, num_features: int) -> None:
+        self._forest = forest
+        self.num_features = num_features
+
+    @classmethod
+    def of(cls, booster: NativeBooster) -> TreeEnsemble:
+        """The booster's trees, checked against its own predictions; NotExact if out of bounds."""
+        if _trees is None:
+            raise NotExact("the native tree evaluator is not built (no C compiler at install)")
+        learner = _UBJReader(booster.save_ubj()).document()["learner"]
+        objective = learner["objective"]["name"]
+        if objective not in IDENTITY_OBJECTIVES:
+            raise NotExact(f"objective {objective} is not one that predicts its margin as is")
+        booster_json = learner["gradient_booster"]
+        if booster_json["name"] != "gbtree":
+            raise NotExact(f"booster {booster_json['name']}, not gbtree")
+        params = learner["learner_model_param"]
+        if int(params.get("num_class", "0")) > 1 or int(params.get("num_target", "1")) != 1:
+            raise NotExact("more than one output per row")
+        if "c" in learner.get("feature_types", []):
+            raise NotExact("categorical features")
+        model = booster_json["model"]
+        if len(model.get("cats", {}).get("enc", [])):
+            raise NotExact("a categorical encoding")
+        ensemble = cls(
+            _forest(model, _base_margin(params["base_score"]), booster), booster.num_features
+        )
+        ensemble._check_against(booster, model)
+        return ensemble
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Predictions for a 2-D matrix of ``num_features`` columns (NaN = missing), in the
+        shape XGBoost gives them: one value per row, or (0, 0) for no rows."""
+        if not rows.shape[0]:
+            return np.empty((0, 0), dtype=np.float32)
+        if rows.dtype != np.float32 or not rows.flags.c_contiguous:
+            rows = np.ascontiguousarray(rows, dtype=np.float32)
+        out = np.empty(rows.shape[0], dtype=np.float32)
+        self._forest.predict(rows, out)
+        return out
+
+    def _check_against(self, booster: NativeBooster, model: dict[str, Any]) -> None:
+        """Rows at, just below and around every split threshold, NaNs and infinities: the
+        same bits as XGBoost's, or NotExact."""
+        thresholds = [
+            np.asarray(tree["split_conditions"], dtype=np.float32)[
+                np.asarray(tree["left_children"]) >= 0
+            ]
+            for tree in model["trees"]
+        ]
+        values = np.concatenate([*thresholds, np.array([0, 1, -1], dtype=np.float32)])
+        # a fixed scatter over the values (numpy.random would add 20 ms of import to a cold
+        # start): each cell a threshold, a quarter of them one float32 below it, one in twenty
+        # NaN or an infinity
+        cells = np.arange(PROBE_ROWS * self.num_features, dtype=np.uint64)
+        rows = values[(cells * np.uint64(2654435761)) % np.uint64(values.size)]
+        rows = rows.reshape(PROBE_ROWS, self.num_features)
+        scatter = ((cells * np.uint64(40503)) >> np.uint64(7)).reshape(rows.shape)
+        below = scatter % np.uint64(4) == 0
+        rows[below] = np.nextafter(rows[below], np.float32(-np.inf))
+        special = np.array([np.nan, np.inf, -np.inf], dtype=np.float32)
+        rare = scatter % np.uint64(20) == 1
+        rows[rare] = special[scatter[rare] % np.uint64(3)]
+        ours, theirs = self.predict(rows), booster.predict(rows)
+        if ours.shape != theirs.shape or not np.array_equal(
+            ours.view(np.uint32), np.ascontiguousarray(theirs).view(np.uint32)
+        ):
+            raise NotExact("differs from XGBoost's predictions on the probe rows")
+
+
+def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
+    """The exact evaluator of the booster, or None (logged why): predict with XGBoost."""
+    try:
+        ensemble = TreeEnsemble.of(booster)
+    except NotExact as exc:
+        log.info("predicting with XGBoost itself (the tree evaluator would not be exact: %s)", exc)
+        return None
+    except (KeyError, TypeError, ValueError, struct.error) as exc:
+        log.warning("predicting with XGBoost itself: cannot read the model's trees: %s", exc)
+        return None
+    log.info("predicting with the exact tree evaluator")
+    return ensemble
+
+
+def _forest(model: dict[str, Any], base: np.float32, booster: NativeBooster) -> _trees.Forest:
+    """The C forest of a gbtree model's trees, all of one output group, numerical splits."""
+    trees = model["trees"]
+    if not trees:
+        raise NotExact("no trees")
+    if any(int(group) != 0 for group in model.get("tree_info", [])):
+        raise NotExact("trees of more than one output group")
+    lefts, features, values, defaults, roots = [], [], [], [], []
+    offset = 0
+    for tree in trees:
+        if tree["tree_param"].get("size_leaf_vector", "1") not in ("0", "1"):
+            raise NotExact("vector leaves (a multi-target tree)")
+        if np.any(np.asarray(tree.get("split_type", []))) or len(tree.get("categories", [])):
+            raise NotExact("categorical splits")
+        left = np.asarray(tree["left_children"], dtype=np.int32)
+        right = np.asarray(tree["right_children"], dtype=np.int32)
+        split = left >= 0
+        if np.any(right[split] != left[split] + 1):
+            raise NotExact("a right child not beside its left one (XGBoost assumes left + 1)")
+        lefts.append(np.where(split, left + offset, -1).astype(np.int32))
+        features.append(np.asarray(tree["split_indices"], dtype=np.int32))
+        values.append(np.asarray(tree["split_conditions"], dtype=np.float32))
+        defaults.append(np.asarray(tree["default_left"], dtype=np.uint8))
+        roots.append(offset)
+        offset += left.shape[0]
+    return _trees.Forest(
+        np.concatenate(lefts),
+        np.concatenate(features),
+        np.concatenate(values),
+        np.concatenate(defaults),
+        np.array(roots, dtype=np.int32),
+        float(base),
+        booster.num_features,
+    )
+
+
+def _base_margin(text: str) -> np.float32:
+    """``"[9.927906E0]"`` (or ``"5E-1"`` from older versions) -> its one float32."""
+    parts = text.strip().strip("[]").split(",")
+    if len(parts) != 1:
+        raise NotExact(f"base_score {text!r} has more than one value")
+    return _nearest_float32(parts[0].strip())
+
+
+def _nearest_float32(text: str) -> np.float32:
+    """The float32 nearest to a decimal. ``float()`` rounds it correctly to float64, and
+    rounding is monotonic, so the decimal lies on the same side of every float32 midpoint as
+    its float64 does, unless that float64 is a midpoint itself (then we cannot tell: refused);
+    float32 midpoints are exact in float64."""
+    value = float(text)
+    nearest = np.float32(value)
+    if not np.isfinite(nearest):
+        raise NotExact(f"base_score {text!r} is not finite in float32")
+    with np.errstate(over="ignore"):  # beside the largest float32: infinity, no midpoint
+        below = float(np.nextafter(nearest, np.float32(-np.inf)))
+        above = float(np.nextafter(nearest, np.float32(np.inf)))
+    if value in ((below + float(nearest)) / 2, (float(nearest) + above) / 2):
+        raise NotExact(f"base_score {text!r} is halfway between two float32 values")
+    return nearest
+
+
+_NUMBERS = {
+    marker: struct.Struct(layout)
+    for marker, layout in (
+        (b"i", ">b"), (b"U", ">B"), (b"I", ">h"), (b"l", ">i"), (b"L", ">q"), (b"d", ">f"),
+        (b"D", ">d"),
+    )
+}  # fmt: skip
+
+
+class _UBJReader:
+    """The UBJSON that XGBoost writes (``src/common/json.cc``, ``UBJWriter``): objects with
+    int64-length keys, strings, numbers, booleans, null, arrays with a count, and typed arrays
+    (``[$<type>#L<count>`` then big-endian values) read whole as numpy arrays."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def document(self) -> dict[str, Any]:
+        value = self.value(self._take(1))
+        if not isinstance(value, dict):
+            raise ValueError("the model's UBJSON is not an object")
+        return value
+
+    def value(self, marker: bytes) -> Any:
+        if marker in _NUMBERS:
+            return self._number(marker)
+        if marker == b"S":
+            return self._text()
+        if marker == b"{":
+            return self._object()
+        if marker == b"[":
+            return self._array()
+        if marker in (b"T", b"F"):
+            return marker == b"T"
+        if marker == b"Z":
+            return None
+        raise ValueError(f"unknown UBJSON marker {marker!r} at byte {self.at - 1}")
+
+    def _take(self, size: int) -> bytes:
+        chunk = self.data[self.at : self.at + size]
+        if len(chunk) != size:
+            raise ValueError("the model's UBJSON ends early")
+        self.at += size
+        return chunk
+
+    def _number(self, marker: bytes) -> Any:
+        layout = _NUMBERS[marker]
+        if self.at + layout.size > len(self.data):
+            raise ValueError("the model's UBJSON ends early")
+        self.at += layout.size
+        return layout.unpack_from(self.data, self.at - layout.size)[0]
+
+    def _count(self) -> int:
+        marker = self._take(1)
+        if marker not in (b"i", b"U", b"I", b"l", b"L"):
+            raise ValueError(f"a count with marker {marker!r}")
+        count = int(self._number(marker))
+        if count < 0 or count > len(self.data):
+            raise ValueError(f"a count of {count}")
+        return count
+
+    def _text(self) -> str:
+        return self._take(self._count()).decode("utf-8")
+
+    def _object(self) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        while self.at < len(self.data):  # every key takes bytes
+            if self.data[self.at : self.at + 1] == b"}":
+                self.at += 1
+                return result
+            key = self._text()
+            result[key] = self.value(self._take(1))
+        raise ValueError("the model's UBJSON ends inside an object")
+
+    def _array(self) -> Any:
+        head = self._take(1)
+        if head == b"$":
+            kind = self._take(1)
+            if kind not in _NUMBERS or self._take(1) != b"#":
+                raise ValueError(f"a typed array of {kind!r}")
+            dtype = np.dtype(_NUMBERS[kind].format)
+            count = self._count()
+            if self.at + count * dtype.itemsize > len(self.data):
+                raise ValueError("the model's UBJSON ends early")
+            values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.at)
+            self.at += count * dtype.itemsize
+            return values.astype(dtype.newbyteorder("="))
+        if head == b"#":
+            return [self.value(self._take(1)) for _ in range(self._count())]
+        items: list[Any] = []
+        marker = head
+        while marker != b"]":  # every item takes bytes; _take stops at the end
+            items.append(self.value(marker))
+            marker = self._take(1)
+        return items

@@ -1,0 +1,255 @@
+"""The exact tree evaluator: for every model it accepts, XGBoost's own predictions bit for bit
+(the abalone example, 100k hostile rows, every model kind the suite trains or keeps as a
+fixture); every model it cannot reproduce exactly keeps XGBoost."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from infermodes.predict import trees
+from infermodes.predict.artifacts import booster_from_bytes, extract_member
+from infermodes.predict.model import XGBoostModel
+from infermodes.predict.native import NativeBooster
+from infermodes.predict.trees import NotExact, TreeEnsemble, compile_booster
+from tests.conftest import AbaloneModel
+
+_trees = pytest.importorskip("infermodes.predict._trees", reason="the C extension is not built")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
+LEGACY = sorted(
+    path.relative_to(FIXTURES).as_posix()
+    for suffix in ("bin", "pkl", "json")
+    for path in FIXTURES.glob(f"*/*.{suffix}")
+    if path.name != "trained.json"
+)
+RNG = np.random.default_rng(14)
+
+
+def same_bits(ours: np.ndarray, theirs: np.ndarray) -> None:
+    assert ours.shape == theirs.shape
+    assert ours.dtype == theirs.dtype == np.float32
+    mismatch = np.flatnonzero(ours.view(np.uint32) != np.ascontiguousarray(theirs).view(np.uint32))
+    assert mismatch.size == 0, f"{mismatch.size} rows differ, first {mismatch[:5]}"
+
+
+def hostile_rows(booster: NativeBooster, count: int) -> np.ndarray:
+    """Rows at, just below and just above the model's own thresholds, beside NaNs, infinities,
+    huge, tiny (subnormal) and negative values, signed zeros and plain noise."""
+    document = trees._UBJReader(booster.save_ubj()).document()
+    forest = document["learner"]["gradient_booster"]["model"]
+    thresholds = np.concatenate(
+        [np.asarray(tree["split_conditions"], dtype=np.float32) for tree in forest.get("trees", [])]
+        or [np.zeros(1, dtype=np.float32)]
+    )
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    specials = np.array(
+        [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45, 0.0, -0.0, 1e30, -1e30],
+        dtype=np.float32,
+    )
+    pool = np.concatenate(
+        [thresholds, np.nextafter(thresholds, up), np.nextafter(thresholds, down), specials]
+    )
+    rows = RNG.choice(pool, size=(count, booster.num_features))
+    noise = RNG.random(rows.shape) < 0.3
+    rows[noise] = (RNG.standard_normal(int(noise.sum())) * 10).astype(np.float32)
+    missing = RNG.random(rows.shape) < 0.1
+    rows[missing] = np.nan
+    rows[: count // 20] = np.nan  # whole rows missing
+    return rows
+
+
+def train(params: dict[str, Any], features: np.ndarray, labels: np.ndarray, **kw: Any) -> bytes:
+    dmatrix = xgb.DMatrix(features, labels, **kw)
+    booster = xgb.train({"nthread": 1, **params}, dmatrix, 12)
+    return bytes(booster.save_raw("ubj"))
+
+
+def test_abalone_test_rows_and_100k_hostile_rows(abalone_model: AbaloneModel) -> None:
+    native = NativeBooster(extract_member(abalone_model.tarball.read_bytes()))
+    ensemble = TreeEnsemble.of(native)
+    same_bits(ensemble.predict(abalone_model.test_rows), native.predict(abalone_model.test_rows))
+    rows = hostile_rows(native, 100_000)
+    same_bits(ensemble.predict(rows), native.predict(rows))
+    for count in (0, 1, 7, 8, 9, 63, 64, 65, 1000):  # block and lockstep edges
+        same_bits(ensemble.predict(rows[:count]), native.predict(rows[:count]))
+    same_bits(ensemble.predict(rows.astype(np.float64)[::2]), native.predict(rows[::2]))
+
+
+def test_the_model_predicts_through_the_evaluator(abalone_model: AbaloneModel) -> None:
+    model = XGBoostModel.load(f"file://{abalone_model.tarball}")
+    assert model.trees is not None
+    rows = abalone_model.test_rows
+    same_bits(model.predict(rows), model.booster.predict(rows))
+
+
+SCORE = np.linspace(0, 1, 400)
+EXACT = {
+    "squared error with missing values": {"max_depth": 5},
+    "absolute error": {"objective": "reg:absoluteerror"},
+    "pseudo-Huber": {"objective": "reg:pseudohubererror"},
+    "one quantile": {"objective": "reg:quantileerror", "quantile_alpha": 0.3},
+    "squared log error": {"objective": "reg:squaredlogerror"},
+    "logit raw": {"objective": "binary:logitraw"},
+    "a set base score": {"base_score": 0.123456789},
+    "a random forest": {"num_parallel_tree": 4, "subsample": 0.7, "colsample_bynode": 0.7},
+    "loss-guided deep trees": {"grow_policy": "lossguide", "max_leaves": 64, "max_depth": 0},
+    "exact method, pruned": {"tree_method": "exact", "gamma": 0.05, "max_depth": 8},
+    "approx method": {"tree_method": "approx"},
+}
+FALLBACK = {
+    "logistic": {"objective": "binary:logistic"},
+    "softprob": {"objective": "multi:softprob", "num_class": 3},
+    "softmax": {"objective": "multi:softmax", "num_class": 3},
+    "gamma": {"objective": "reg:gamma"},
+    "poisson": {"objective": "count:poisson"},
+    "tweedie": {"objective": "reg:tweedie"},
+    "dart": {"booster": "dart", "rate_drop": 0.3},
+    "gblinear": {"booster": "gblinear"},
+    "two quantiles": {"objective": "reg:quantileerror", "quantile_alpha": [0.3, 0.7]},
+}
+
+
+def features_and_labels(objective: str) -> tuple[np.ndarray, np.ndarray]:
+    features = RNG.standard_normal((400, 6)).astype(np.float32)
+    features[RNG.random(features.shape) < 0.15] = np.nan
+    labels: np.ndarray = np.nan_to_num(features[:, 0]) * 2 + np.nan_to_num(features[:, 1]) + 3
+    if objective.startswith(("binary:", "reg:logistic")):
+        labels = (labels > 3).astype(np.float32)
+    elif objective.startswith("multi:"):
+        labels = np.digitize(labels, [2, 4]).astype(np.float32)
+    elif objective in ("reg:gamma", "count:poisson", "reg:tweedie", "reg:squaredlogerror"):
+        labels = np.abs(labels) + 0.1
+    return features, labels
+
+
+@pytest.mark.parametrize("params", EXACT.values(), ids=EXACT.keys())
+def test_models_it_accepts_predict_exactly(params: dict[str, Any]) -> None:
+    features, labels = features_and_labels(params.get("objective", ""))
+    native = NativeBooster(train(params, features, labels))
+    ensemble = compile_booster(native)
+    assert ensemble is not None
+    rows = np.concatenate([features, hostile_rows(native, 20_000)])
+    same_bits(ensemble.predict(rows), native.predict(rows))
+
+
+@pytest.mark.parametrize("params", FALLBACK.values(), ids=FALLBACK.keys())
+def test_models_with_a_transform_or_not_trees_fall_back(params: dict[str, Any]) -> None:
+    features, labels = features_and_labels(params.get("objective", ""))
+    native = NativeBooster(train(params, features, labels))
+    with pytest.raises(NotExact):
+        TreeEnsemble.of(native)
+
+
+def test_categorical_splits_fall_back() -> None:
+    features = RNG.integers(0, 5, size=(300, 3)).astype(np.float32)
+    labels = features[:, 0] * 2 + RNG.random(300)
+    model = train(
+        {"tree_method": "hist", "max_cat_to_onehot": 1},
+        features,
+        labels,
+        feature_types=["c", "q", "q"],
+        enable_categorical=True,
+    )
+    with pytest.raises(NotExact, match="categorical"):
+        TreeEnsemble.of(NativeBooster(model))
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_every_legacy_fixture_is_exact_or_falls_back(name: str) -> None:
+    native = booster_from_bytes((FIXTURES / name).read_bytes())
+    ensemble = compile_booster(native)
+    kind = Path(name).stem
+    if kind in ("dart", "gblinear", "binary", "multiclass", "softmax", "gamma", "poisson"):
+        assert ensemble is None
+    if kind in ("regression", "missing", "forest", "logitraw", "absolute", "pairwise"):
+        assert ensemble is not None
+    if ensemble is not None:
+        rows = np.concatenate([np.load(FIXTURES / "rows.npy"), hostile_rows(native, 20_000)])
+        same_bits(ensemble.predict(rows), native.predict(rows))
+
+
+def test_the_reader_reads_what_xgboost_writes_as_json(abalone_model: AbaloneModel) -> None:
+    """UBJ as we read it and XGBoost's JSON of the same model: the same document (floats as
+    float32, compared after JSON's decimal round trip)."""
+    booster = xgb.Booster(model_file=bytearray(extract_member(abalone_model.tarball.read_bytes())))
+    ours = trees._UBJReader(bytes(booster.save_raw("ubj"))).document()
+    theirs = json.loads(bytes(booster.save_raw("json")))
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            return [float(np.float32(v)) for v in value.tolist()]
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        if isinstance(value, float):
+            return float(np.float32(value))
+        return value
+
+    assert plain(ours) == plain(theirs)
+
+
+@pytest.mark.parametrize("text", ["9.927906E0", "5E-1", "1.0000001", "3.4028235E38", "1E-45"])
+def test_base_score_is_the_nearest_float32(text: str) -> None:
+    value = trees._nearest_float32(text)
+    exact = Fraction(text)
+    for towards in (-np.inf, np.inf):
+        with np.errstate(over="ignore"):  # beside the largest float32: infinity
+            neighbour = float(np.nextafter(value, np.float32(towards)))
+        if np.isfinite(neighbour):
+            assert abs(Fraction(float(value)) - exact) < abs(Fraction(neighbour) - exact)
+
+
+def test_a_base_score_halfway_between_two_float32_is_refused() -> None:
+    one = np.float32(1)
+    halfway = (float(one) + float(np.nextafter(one, np.float32(2)))) / 2
+    with pytest.raises(NotExact, match="halfway"):
+        trees._nearest_float32(repr(halfway))
+
+
+def node_arrays(
+    left: list[int], feature: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    count = len(left)
+    return (
+        np.array(left, dtype=np.int32),
+        np.array(feature, dtype=np.int32),
+        np.zeros(count, dtype=np.float32),
+        np.zeros(count, dtype=np.uint8),
+    )
+
+
+@pytest.mark.parametrize(
+    ("left", "feature", "roots"),
+    [
+        ([1, -1, -1], [0, 0, 0], [0, 0]),  # two trees share a root
+        ([1, 0, -1], [0, 0, 0], [0]),  # a child loops back to the root
+        ([2, -1, -1], [0, 0, 0], [0]),  # a right child out of range
+        ([1, -1, -1], [3, 0, 0], [0]),  # a split on a feature the model does not have
+        ([1, -1, -1], [0, 0, 0], [5]),  # a root out of range
+    ],
+)
+def test_the_forest_refuses_what_is_not_a_tree(
+    left: list[int], feature: list[int], roots: list[int]
+) -> None:
+    with pytest.raises(ValueError):
+        _trees.Forest(*node_arrays(left, feature), np.array(roots, dtype=np.int32), 0.0, 2)
+
+
+def test_without_the_extension_xgboost_predicts(
+    abalone_model: AbaloneModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trees, "_trees", None)
+    model = XGBoostModel.load(f"file://{abalone_model.tarball}")
+    assert model.trees is None
+    rows = abalone_model.test_rows
+    same_bits(model.predict(rows), model.booster.predict(rows))
