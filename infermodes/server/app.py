@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from fastapi.responses import Response
@@ -75,29 +74,13 @@ class ModelSlot:
         return thread
 
 
-class RequestDurations:
-    """The request duration histogram's children by (route, status), made once each."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self.metrics = metrics
-        self._children: dict[tuple[str, int], Any] = {}
-
-    def __call__(self, route: str, status: int) -> Any:
-        key = (route, status)
-        child = self._children.get(key)
-        if child is None:
-            child = self.metrics.request_duration.labels(route, str(status))
-            self._children[key] = child
-        return child
-
-
 class MetricsMiddleware:
     """Request duration by route template and status for every route but ``/invocations``,
     which records its own (and its requests in flight) without a wrapped ``send``."""
 
-    def __init__(self, app: ASGIApp, durations: RequestDurations) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
-        self.durations = durations
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,7 +99,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.durations(route, status).observe(time.perf_counter() - started)
+            self.metrics.request_took(route, status, time.perf_counter() - started)
 
 
 class InvocationsHandler:
@@ -133,7 +116,6 @@ class InvocationsHandler:
     ) -> None:
         self.slot = slot
         self.metrics = metrics
-        self.durations = RequestDurations(metrics)
         self.limit = settings.max_payload_bytes
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
@@ -146,15 +128,15 @@ class InvocationsHandler:
         self.offload_slot = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        in_flight = self.metrics.requests_in_flight
-        in_flight.inc()
+        metrics = self.metrics
+        metrics.request_started()
         started = time.perf_counter()
         status = 500
         try:
             status = await self.answer(scope, receive, send)
         finally:
-            in_flight.dec()
-            self.durations(INVOCATIONS_ROUTE, status).observe(time.perf_counter() - started)
+            metrics.request_ended()
+            metrics.request_took(INVOCATIONS_ROUTE, status, time.perf_counter() - started)
 
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Respond; the status sent."""
@@ -163,7 +145,14 @@ class InvocationsHandler:
             model, content_type, accept = self.negotiate(scope)
             body = await read_body(scope, receive, self.limit)
             body_read = True
-            payload = await self.predict(model, body, content_type, accept)
+            self.metrics.body_received(len(body))
+            if len(body) < self.offload:  # on the event loop, batched with its neighbours
+                rows = self.decode(model, body, content_type)
+                predictions = await self.batcher.predict(model, rows)
+                payload = fastcsv.encode(predictions, accept, model.outputs)
+            else:
+                async with self.offload_slot:  # one thread hop: decode, predict, encode, alone
+                    payload = await run_in_threadpool(self.score, model, body, content_type, accept)
             media_type, status = accept, 200
         except InfermodesError as exc:
             payload, media_type, status = error_body(exc), ERROR_MEDIA_TYPE, exc.status_code
@@ -203,16 +192,6 @@ class InvocationsHandler:
                 refuse_coding(name, value)
         return model, codecs.content_type_of(content_type), codecs.accept_of(accept)
 
-    async def predict(
-        self, model: XGBoostModel, body: bytes, content_type: str, accept: str
-    ) -> bytes:
-        self.metrics.request_body_size.observe(len(body))
-        if len(body) < self.offload:  # on the event loop, batched with its neighbours
-            predictions = await self.batcher.predict(model, self.decode(model, body, content_type))
-            return fastcsv.encode(predictions, accept, model.outputs)
-        async with self.offload_slot:  # one thread hop for decode, predict and encode, alone
-            return await run_in_threadpool(self.score, model, body, content_type, accept)
-
     def decode(self, model: XGBoostModel, body: bytes, content_type: str) -> np.ndarray:
         """CSV within the limits goes to the native parser (20x the codecs on 1,000 rows, 4x
         on one); what it does not take, the codecs read or name the error of."""
@@ -242,7 +221,7 @@ class Dispatch:
     def __init__(self, invocations: InvocationsHandler, rest: ASGIApp) -> None:
         self.invocations = invocations
         self.metrics = invocations.metrics
-        self.rest = MetricsMiddleware(rest, invocations.durations)
+        self.rest = MetricsMiddleware(rest, invocations.metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == INVOCATIONS_ROUTE:

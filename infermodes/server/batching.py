@@ -1,7 +1,9 @@
 """Adaptive micro-batching of one worker's concurrent requests into one predict call.
 
 XGBoost's C predict costs ~20 µs per call whatever the rows (setup, not trees), so requests
-that are in the worker together are cheaper predicted together. No fixed window by default:
+that are in the worker together are cheaper predicted together. Models the exact tree evaluator
+predicts (``predict.trees``: ~1 µs per call) are not batched unless a window is asked for:
+joining a batch would cost more than the call it shares. No fixed window by default:
 the first request of a batch (its leader) yields one event-loop turn, in which the requests
 already parsed beside it decode and join, then predicts for all; requests that arrive while
 that prediction runs form the next batch. A lone request pays one loop turn, not a timer.
@@ -60,8 +62,7 @@ class Batcher:
         """One predict call, recorded (it raises InvalidInput for a wrong feature count)."""
         started = time.perf_counter()
         predictions = model.predict(rows)
-        self.metrics.predict_duration.observe(time.perf_counter() - started)
-        self.metrics.rows_predicted.inc(rows.shape[0])
+        self.metrics.predicted(rows.shape[0], time.perf_counter() - started)
         return predictions
 
     async def predict(self, model: XGBoostModel, rows: np.ndarray) -> np.ndarray:
@@ -69,8 +70,11 @@ class Batcher:
         count = rows.shape[0]
         if count >= self.max_rows or rows.ndim != 2 or rows.shape[1] != model.num_features:
             return self.predict_now(model, rows)  # too big to share, or its error is its own
-        if self.connections is not None and self.connections() < 2 and not self.max_wait:
-            return self.predict_now(model, rows)  # nobody to wait for
+        if not self.max_wait and (
+            not model.calls_are_shared_cost
+            or (self.connections is not None and self.connections() < 2)
+        ):
+            return self.predict_now(model, rows)  # nothing to share, or nobody to share with
         batch = self.open
         if batch is not None and batch.model is model and batch.count + count <= self.max_rows:
             return await self._join(batch, rows)

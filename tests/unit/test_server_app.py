@@ -95,6 +95,7 @@ def test_a_bug_is_a_500_in_the_error_shape_with_the_traceback_logged(
 ) -> None:
     class Broken:
         num_features = model.num_features
+        calls_are_shared_cost = False
 
         def predict(self, rows: object) -> object:
             raise RuntimeError("a bug")
