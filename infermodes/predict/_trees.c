@@ -41,11 +41,20 @@ typedef struct {
 #define LOCKSTEP 16          /* rows that walk a tree together */
 #define GIL_FREE_WORK 4096  /* rows x trees above which the GIL is released */
 
-static void forest_dealloc(Forest *self) {
+/* Back to an empty forest (predict refuses it), as after a failed __init__. */
+static void forest_clear(Forest *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaf_values);
     PyMem_Free(self->roots);
     PyMem_Free(self->depths);
+    self->nodes = NULL;
+    self->leaf_values = NULL;
+    self->roots = self->depths = NULL;
+    self->num_nodes = self->num_trees = 0;
+}
+
+static void forest_dealloc(Forest *self) {
+    forest_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -113,10 +122,7 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
         PyErr_SetString(PyExc_ValueError, "node arrays of different lengths, or no trees");
         goto release_all;
     }
-    PyMem_Free(self->nodes);
-    PyMem_Free(self->leaf_values);
-    PyMem_Free(self->roots);
-    PyMem_Free(self->depths);
+    forest_clear(self);
     self->nodes = PyMem_Calloc((size_t)n, sizeof(Node));
     self->leaf_values = PyMem_Calloc((size_t)n, sizeof(float));
     self->roots = PyMem_Calloc((size_t)trees, sizeof(int32_t));
@@ -163,6 +169,7 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->base = base;
     ok = 0;
 release_all:
+    if (ok != 0) forest_clear(self);
     PyMem_Free(seen);
     PyMem_Free(stack);
     PyMem_Free(depth_of);

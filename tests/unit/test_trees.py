@@ -253,3 +253,14 @@ def test_without_the_extension_xgboost_predicts(
     assert model.trees is None
     rows = abalone_model.test_rows
     same_bits(model.predict(rows), model.booster.predict(rows))
+
+
+def test_a_forest_whose_init_failed_refuses_to_predict() -> None:
+    forest = _trees.Forest(*node_arrays([1, -1, -1], [0, 0, 0]), np.zeros(1, np.int32), 0.5, 2)
+    out = np.empty(1, dtype=np.float32)
+    forest.predict(np.zeros((1, 2), dtype=np.float32), out)
+    assert out[0] == 0.5  # base margin + a zero leaf
+    with pytest.raises(ValueError):
+        forest.__init__(*node_arrays([1, 0, -1], [0, 0, 0]), np.zeros(1, np.int32), 0.5, 2)
+    with pytest.raises(ValueError, match="not initialised"):
+        forest.predict(np.zeros((1, 2), dtype=np.float32), out)
