@@ -3,6 +3,7 @@ so ``infermodes serve`` pays for nothing the worker or operator needs."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -274,6 +275,7 @@ def async_api(max_attempts: int | None, **options: Any) -> None:
 @click.option("--log-level", help="debug, info, warning, error. [default info]")
 def batch(manifest_uri: str | None, **options: Any) -> None:
     """Transform every object under an input prefix into <key>.out objects (one instance)."""
+    gc.disable()  # until the runner freezes what start-up made: imports allocate, nothing dies
     from infermodes.settings import BatchSettings
     from infermodes.workers.batch.runner import run
 

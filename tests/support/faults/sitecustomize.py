@@ -13,13 +13,13 @@ _FAILURES = int(os.environ.get("INFERMODES_TEST_FAILING_PREDICTS", "0"))
 if _FAILURES:
     import numpy as np
 
-    from infermodes.predict import native
+    from infermodes.predict import model
 
     _lock = threading.Lock()
     _left = [_FAILURES]
-    _predict = native.NativeBooster.predict
+    _predict = model.XGBoostModel.predict  # the one predict core, whichever evaluator it uses
 
-    def _failing_predict(self: native.NativeBooster, rows: np.ndarray) -> np.ndarray:
+    def _failing_predict(self: model.XGBoostModel, rows: np.ndarray) -> np.ndarray:
         with _lock:
             failing = _left[0] > 0
             _left[0] -= 1
@@ -27,4 +27,4 @@ if _FAILURES:
             raise RuntimeError("injected transient failure")
         return _predict(self, rows)
 
-    native.NativeBooster.predict = _failing_predict
+    model.XGBoostModel.predict = _failing_predict  # type: ignore[method-assign]
