@@ -6,7 +6,8 @@
 3. the same with one confirmed notification published per message, as a worker does.
 
 Each reports CPU milliseconds (user + system) and context switches per message, from
-``getrusage``. Run from the repository root::
+``getrusage``; the broker parts also the broker's CPU milliseconds per message. Run from
+the repository root::
 
     flock /tmp/infermodes-bench.lock .venv/bin/python bench/async/worker_cost.py
 """
@@ -25,9 +26,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
+from run import broker_pid, cpu_seconds  # noqa: E402
 
 from infermodes.metrics import WorkerMetrics  # noqa: E402
 from infermodes.predict.model import XGBoostModel  # noqa: E402
@@ -44,16 +47,19 @@ from infermodes.storage import Storage  # noqa: E402
 from infermodes.workers.async_worker import Processor  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
-from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
+from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
 
 CONCURRENCY = 4
 
 
 class Meter:
-    """This process's CPU time and context switches since it was made."""
+    """This process's CPU time and context switches since it was made, and the broker's CPU
+    time when given its pid."""
 
-    def __init__(self, messages: int) -> None:
+    def __init__(self, messages: int, broker_pid: int | None = None) -> None:
         self.messages = messages
+        self.broker_pid = broker_pid
+        self.broker_start = cpu_seconds(broker_pid) if broker_pid else 0.0
         self.start = self._now()
         self.began = time.perf_counter()
 
@@ -64,12 +70,16 @@ class Meter:
 
     def result(self, part: str) -> dict[str, object]:
         cpu, switches = self._now()
-        return {
+        result: dict[str, object] = {
             "part": part,
             "cpu_ms_per_message": round((cpu - self.start[0]) * 1000 / self.messages, 3),
             "context_switches_per_message": round((switches - self.start[1]) / self.messages, 1),
             "messages_per_s": round(self.messages / (time.perf_counter() - self.began)),
         }
+        if self.broker_pid:
+            broker_cpu = cpu_seconds(self.broker_pid) - self.broker_start
+            result["broker_cpu_ms_per_message"] = round(broker_cpu * 1000 / self.messages, 3)
+        return result
 
 
 class NoNotifier:
@@ -104,7 +114,8 @@ def processor_part(root: Path, messages: int) -> dict[str, object]:
     return meter.result("processor: storage and predict")
 
 
-def consumer_part(amqp_url: str, messages: int, notify: bool) -> dict[str, object]:
+def consumer_part(broker: Broker, messages: int, notify: bool) -> dict[str, object]:
+    amqp_url = broker.amqp_url
     endpoint = f"cost-{int(notify)}"
     publisher = RequestPublisher(amqp_url, {endpoint: 3}, 8)
     for index in range(messages):
@@ -127,7 +138,7 @@ def consumer_part(amqp_url: str, messages: int, notify: bool) -> dict[str, objec
                 consumer.stop()
         return Settle.ACK
 
-    meter = Meter(messages)
+    meter = Meter(messages, broker_pid(broker))
     consumer.run(handle)
     notifications.close()
     part = "consumer loop" + (" + a confirmed notification" if notify else "")
@@ -145,7 +156,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
         with rabbitmq_broker() as broker:
             for notify in (False, True):
-                results.append(consumer_part(broker.amqp_url, args.messages, notify))
+                results.append(consumer_part(broker, args.messages, notify))
                 print(json.dumps(results[-1]), flush=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
 
