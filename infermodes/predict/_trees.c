@@ -8,11 +8,16 @@
  *   value kept aside), so that every walk of a tree takes exactly its depth in steps: no
  *   data-dependent loop exit, and several rows walk a tree in lockstep (independent loads the
  *   CPU overlaps), as XGBoost's array layout walks blocks of rows.
+ *   With sigmoid=True (binary:logistic, reg:logistic) `base` is the base score as the model
+ *   stores it and the margin is XGBoost's ProbToMargin of it, the output its PredTransform.
  * Forest.predict(rows, out): for each row of a C-contiguous float32 matrix, what XGBoost's CPU
  *   predictor computes (src/predictor/cpu_predictor.cc, predict_fn.h at v3.2.0): start from the
  *   base margin, then for each tree in order add its leaf's value, in float32; at a split the
  *   row goes left when `value < split_condition` (float32 compare), and a NaN goes to the
  *   default child. Infinities compare as numbers, as in XGBoost. Large batches release the GIL.
+ *   The sigmoid and logit are XGBoost's expressions (src/common/math.h, common.h,
+ *   src/objective/regression_loss.h) on the same glibc expf and logf that libxgboost.so
+ *   imports (it has no vector math), in this same process.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,13 +38,32 @@ typedef struct {
     int32_t *roots;
     int32_t *depths; /* the longest root-to-leaf walk of each tree, in splits */
     Py_ssize_t num_nodes, num_trees, num_features;
-    float base;
+    float base; /* the margin every row starts from */
+    int sigmoid;
 } Forest;
 
 #define DEFAULT_LEFT 0x80000000u
 #define ROW_BLOCK 64        /* rows that stay in L1 while every tree walks them */
 #define LOCKSTEP 16          /* rows that walk a tree together */
 #define GIL_FREE_WORK 4096  /* rows x trees above which the GIL is released */
+
+/* LogisticRegression::ProbToMargin: the base score bounded to [kRtEps, 1 - kRtEps] (common::Max,
+ * common::Min), then common::Logit. */
+static float logistic_margin(float base_score) {
+    const float rt_eps = 1e-6f;
+    base_score = base_score < rt_eps ? rt_eps : base_score;
+    base_score = base_score > 1.0f - rt_eps ? 1.0f - rt_eps : base_score;
+    return -logf(1.0f / base_score - 1.0f);
+}
+
+/* common::Sigmoid(float): std::min(-x, 88.7f), then 1 / (expf + 1 + kEps), in float. */
+static inline float sigmoid_of(float x) {
+    const float eps = 1e-16; /* float constexpr kEps = 1e-16 */
+    float m = -x;
+    m = 88.7f < m ? 88.7f : m;
+    float denom = expf(m) + 1.0f + eps;
+    return 1.0f / denom;
+}
 
 /* Back to an empty forest (predict refuses it), as after a failed __init__. */
 static void forest_clear(Forest *self) {
@@ -99,13 +123,15 @@ static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root,
 }
 
 static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"left",  "feature", "value",        "default_left",
-                               "roots", "base",    "num_features", NULL};
+    static char *keywords[] = {"left", "feature",      "value",   "default_left", "roots",
+                               "base", "num_features", "sigmoid", NULL};
     PyObject *left_obj, *feature_obj, *value_obj, *default_obj, *roots_obj;
     float base;
     Py_ssize_t num_features;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOfn", keywords, &left_obj, &feature_obj,
-                                     &value_obj, &default_obj, &roots_obj, &base, &num_features))
+    int sigmoid = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOfn|p", keywords, &left_obj,
+                                     &feature_obj, &value_obj, &default_obj, &roots_obj, &base,
+                                     &num_features, &sigmoid))
         return -1;
     Py_buffer left, feature, value, default_left, roots;
     int ok = -1;
@@ -166,7 +192,8 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->num_nodes = n;
     self->num_trees = trees;
     self->num_features = num_features;
-    self->base = base;
+    self->base = sigmoid ? logistic_margin(base) : base;
+    self->sigmoid = sigmoid;
     ok = 0;
 release_all:
     if (ok != 0) forest_clear(self);
@@ -239,6 +266,8 @@ static void predict_rows(const Forest *f, const float *rows, Py_ssize_t count, f
             else
                 add_tree(f, t, rows, start, end, out, 0);
         }
+        if (f->sigmoid)
+            for (Py_ssize_t i = start; i < end; i++) out[i] = sigmoid_of(out[i]);
     }
 }
 

@@ -12,5 +12,6 @@ class Forest:
         roots: npt.NDArray[np.int32],
         base: float,
         num_features: int,
+        sigmoid: bool = False,
     ) -> None: ...
     def predict(self, rows: npt.NDArray[np.float32], out: npt.NDArray[np.float32], /) -> None: ...

@@ -8,22 +8,27 @@ tree walking. Treelite was measured and is not exact (it sums in another order).
 What makes it exact, read from XGBoost's CPU predictor (v3.2.0: ``src/predictor/cpu_predictor.cc``,
 ``predict_fn.h``, ``array_tree_layout.h``, ``src/learner.cc``, ``src/objective/``):
 
-- each row's output starts from the base margin ``learner_model_param.base_score`` (the
-  objective's ``ProbToMargin`` of it, the identity for the objectives below) and each tree's
-  leaf value is added in tree order, in float32 (``out_predt(row, group) += leaf``);
+- each row's output starts from the base margin: the objective's ``ProbToMargin`` of
+  ``learner_model_param.base_score`` (the identity for ``IDENTITY_OBJECTIVES``, the bounded
+  logit for ``SIGMOID_OBJECTIVES``), and each tree's leaf value is added in tree order, in
+  float32 (``out_predt(row, group) += leaf``);
 - at a numerical split the row goes left when ``value < split_condition`` (float32), to the
   default child when the value is missing (NaN; our ``missing`` is NaN), to ``left + 1``
   otherwise; infinities are plain values;
-- the prediction is the margin itself when the objective's ``PredTransform`` is the identity.
+- the prediction is the objective's ``PredTransform`` of the margin: the margin itself, or
+  ``common::Sigmoid`` for the logistic objectives, computed in ``_trees.c`` with XGBoost's own
+  float expressions on the same glibc ``expf``/``logf`` that ``libxgboost.so`` imports (it
+  links no vector math library), in the same process.
 
 The trees come from the booster's own UBJSON (``NativeBooster.save_ubj``), where every float is
 its float32 bits, so the source format (JSON, UBJ, legacy binary) does not matter. The base
 score is the one decimal number in the model, written as the shortest decimal of its float32;
 it is read back to the float32 nearest to it, exactly (``_nearest_float32``). Anything outside
 those bounds is refused (``NotExact``): dart and gblinear, categorical splits or categorical
-features, multi-output models, vector leaves, a right child not at ``left + 1``, objectives
-with a transform. And after building, a probe of rows at and beside every split threshold,
-with NaNs and infinities, must equal XGBoost's predictions bitwise, or the model keeps XGBoost.
+features, multi-output models (softmax, softprob), vector leaves, a right child not at
+``left + 1``, objectives with another link (exp for gamma, Poisson, Tweedie...). And after
+building, a probe of rows at and beside every split threshold, with NaNs and infinities, must
+equal XGBoost's predictions bitwise, or the model keeps XGBoost.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ IDENTITY_OBJECTIVES = frozenset(
         "rank:map",
     }
 )
+SIGMOID_OBJECTIVES = frozenset(
+    # PredTransform common::Sigmoid, ProbToMargin common::Logit of the bounded base score
+    # (LogisticRegression and LogisticClassification in src/objective/regression_loss.h):
+    # reproduced in _trees.c with the same expressions on the same glibc expf and logf
+    {"binary:logistic", "reg:logistic"}
+)
 PROBE_ROWS = 512
 
 
@@ -83,8 +94,8 @@ class TreeEnsemble:
             raise NotExact("the native tree evaluator is not built (no C compiler at install)")
         learner = _UBJReader(booster.save_ubj()).document()["learner"]
         objective = learner["objective"]["name"]
-        if objective not in IDENTITY_OBJECTIVES:
-            raise NotExact(f"objective {objective} is not one that predicts its margin as is")
+        if objective not in IDENTITY_OBJECTIVES and objective not in SIGMOID_OBJECTIVES:
+            raise NotExact(f"objective {objective} has a link the evaluator does not reproduce")
         booster_json = learner["gradient_booster"]
         if booster_json["name"] != "gbtree":
             raise NotExact(f"booster {booster_json['name']}, not gbtree")
@@ -97,7 +108,8 @@ class TreeEnsemble:
         if len(model.get("cats", {}).get("enc", [])):
             raise NotExact("a categorical encoding")
         ensemble = cls(
-            _forest(model, _base_margin(params["base_score"]), booster), booster.num_features
+            _forest(model, _base_score(params["base_score"]), booster, objective),
+            booster.num_features,
         )
         ensemble._check_against(booster, model)
         return ensemble
@@ -156,7 +168,9 @@ def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
     return ensemble
 
 
-def _forest(model: dict[str, Any], base: np.float32, booster: NativeBooster) -> _trees.Forest:
+def _forest(
+    model: dict[str, Any], base: np.float32, booster: NativeBooster, objective: str
+) -> _trees.Forest:
     """The C forest of a gbtree model's trees, all of one output group, numerical splits."""
     trees = model["trees"]
     if not trees:
@@ -189,10 +203,11 @@ def _forest(model: dict[str, Any], base: np.float32, booster: NativeBooster) -> 
         np.array(roots, dtype=np.int32),
         float(base),
         booster.num_features,
+        sigmoid=objective in SIGMOID_OBJECTIVES,
     )
 
 
-def _base_margin(text: str) -> np.float32:
+def _base_score(text: str) -> np.float32:
     """``"[9.927906E0]"`` (or ``"5E-1"`` from older versions) -> its one float32."""
     parts = text.strip().strip("[]").split(",")
     if len(parts) != 1:

@@ -97,6 +97,17 @@ EXACT = {
     "one quantile": {"objective": "reg:quantileerror", "quantile_alpha": 0.3},
     "squared log error": {"objective": "reg:squaredlogerror"},
     "logit raw": {"objective": "binary:logitraw"},
+    "binary logistic": {"objective": "binary:logistic"},
+    "logistic regression": {"objective": "reg:logistic"},
+    "logistic, a base score at the bound": {"objective": "binary:logistic", "base_score": 1e-7},
+    "logistic, margins past the sigmoid's clamp": {
+        "objective": "binary:logistic",
+        "base_score": 0.999999,
+        "eta": 1.0,
+        "max_depth": 8,
+        "lambda": 0,
+        "min_child_weight": 0,
+    },
     "a set base score": {"base_score": 0.123456789},
     "a random forest": {"num_parallel_tree": 4, "subsample": 0.7, "colsample_bynode": 0.7},
     "loss-guided deep trees": {"grow_policy": "lossguide", "max_leaves": 64, "max_depth": 0},
@@ -104,7 +115,6 @@ EXACT = {
     "approx method": {"tree_method": "approx"},
 }
 FALLBACK = {
-    "logistic": {"objective": "binary:logistic"},
     "softprob": {"objective": "multi:softprob", "num_class": 3},
     "softmax": {"objective": "multi:softmax", "num_class": 3},
     "gamma": {"objective": "reg:gamma"},
@@ -166,9 +176,9 @@ def test_every_legacy_fixture_is_exact_or_falls_back(name: str) -> None:
     native = booster_from_bytes((FIXTURES / name).read_bytes())
     ensemble = compile_booster(native)
     kind = Path(name).stem
-    if kind in ("dart", "gblinear", "binary", "multiclass", "softmax", "gamma", "poisson"):
+    if kind in ("dart", "gblinear", "multiclass", "softmax", "gamma", "poisson", "hinge"):
         assert ensemble is None
-    if kind in ("regression", "missing", "forest", "logitraw", "absolute", "pairwise"):
+    if kind in ("regression", "missing", "forest", "logitraw", "absolute", "pairwise", "binary"):
         assert ensemble is not None
     if ensemble is not None:
         rows = np.concatenate([np.load(FIXTURES / "rows.npy"), hostile_rows(native, 20_000)])
