@@ -8,16 +8,20 @@
  *   value kept aside), so that every walk of a tree takes exactly its depth in steps: no
  *   data-dependent loop exit, and several rows walk a tree in lockstep (independent loads the
  *   CPU overlaps), as XGBoost's array layout walks blocks of rows.
- *   With sigmoid=True (binary:logistic, reg:logistic) `base` is the base score as the model
- *   stores it and the margin is XGBoost's ProbToMargin of it, the output its PredTransform.
- * Forest.predict(rows, out): for each row of a C-contiguous float32 matrix, what XGBoost's CPU
+ *   `base` holds one float32 per output group, `groups` each tree's group (default: all 0).
+ *   `transform` is the objective's PredTransform: 0 none, 1 sigmoid (binary:logistic,
+ *   reg:logistic: `base` is then the base score as stored, the margin its ProbToMargin),
+ *   2 softmax over the groups (multi:softprob), 3 the index of the largest margin
+ *   (multi:softmax).
+ * Forest.predict(rows, out): for each row of a C-contiguous float32 matrix (out: one value per
+ *   row, or one per group for softmax), what XGBoost's CPU
  *   predictor computes (src/predictor/cpu_predictor.cc, predict_fn.h at v3.2.0): start from the
  *   base margin, then for each tree in order add its leaf's value, in float32; at a split the
  *   row goes left when `value < split_condition` (float32 compare), and a NaN goes to the
  *   default child. Infinities compare as numbers, as in XGBoost. Large batches release the GIL.
- *   The sigmoid and logit are XGBoost's expressions (src/common/math.h, common.h,
- *   src/objective/regression_loss.h) on the same glibc expf and logf that libxgboost.so
- *   imports (it has no vector math), in this same process.
+ *   The sigmoid, logit, softmax and arg-max are XGBoost's expressions (src/common/math.h,
+ *   common.h, src/objective/regression_loss.h, multiclass_obj.cu) on the same glibc expf and
+ *   logf that libxgboost.so imports (it has no vector math), in this same process.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,10 +41,13 @@ typedef struct {
     float *leaf_values; /* by node index; 0 for a split */
     int32_t *roots;
     int32_t *depths; /* the longest root-to-leaf walk of each tree, in splits */
-    Py_ssize_t num_nodes, num_trees, num_features;
-    float base; /* the margin every row starts from */
-    int sigmoid;
+    int32_t *tree_groups;                       /* each tree's output group */
+    float *bases;                               /* the margin each group starts from */
+    Py_ssize_t num_nodes, num_trees, num_features, groups;
+    int transform;
 } Forest;
+
+enum { TRANSFORM_NONE, TRANSFORM_SIGMOID, TRANSFORM_SOFTPROB, TRANSFORM_ARGMAX };
 
 #define DEFAULT_LEFT 0x80000000u
 #define ROW_BLOCK 64        /* rows that stay in L1 while every tree walks them */
@@ -65,16 +72,40 @@ static inline float sigmoid_of(float x) {
     return 1.0f / denom;
 }
 
+/* common::Softmax: the largest by fmaxf, expf of each minus it summed in double, each divided
+ * by the sum as a float. */
+static void softmax(float *p, Py_ssize_t k) {
+    float wmax = p[0];
+    for (Py_ssize_t i = 1; i < k; i++) wmax = fmaxf(p[i], wmax);
+    double wsum = 0.0f;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        p[i] = expf(p[i] - wmax);
+        wsum += p[i];
+    }
+    for (Py_ssize_t i = 0; i < k; i++) p[i] /= (float)wsum;
+}
+
+/* common::FindMaxIndex: the first of the largest. */
+static float argmax(const float *p, Py_ssize_t k) {
+    Py_ssize_t best = 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (p[i] > p[best]) best = i;
+    return (float)best;
+}
+
 /* Back to an empty forest (predict refuses it), as after a failed __init__. */
 static void forest_clear(Forest *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->leaf_values);
     PyMem_Free(self->roots);
     PyMem_Free(self->depths);
+    PyMem_Free(self->tree_groups);
+    PyMem_Free(self->bases);
     self->nodes = NULL;
     self->leaf_values = NULL;
-    self->roots = self->depths = NULL;
-    self->num_nodes = self->num_trees = 0;
+    self->roots = self->depths = self->tree_groups = NULL;
+    self->bases = NULL;
+    self->num_nodes = self->num_trees = self->groups = 0;
 }
 
 static void forest_dealloc(Forest *self) {
@@ -123,17 +154,17 @@ static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root,
 }
 
 static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"left", "feature",      "value",   "default_left", "roots",
-                               "base", "num_features", "sigmoid", NULL};
-    PyObject *left_obj, *feature_obj, *value_obj, *default_obj, *roots_obj;
-    float base;
+    static char *keywords[] = {"left",         "feature",   "value",  "default_left", "roots", "base",
+                               "num_features", "transform", "groups", NULL};
+    PyObject *left_obj, *feature_obj, *value_obj, *default_obj, *roots_obj, *base_obj;
+    PyObject *groups_obj = Py_None;
     Py_ssize_t num_features;
-    int sigmoid = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOfn|p", keywords, &left_obj,
-                                     &feature_obj, &value_obj, &default_obj, &roots_obj, &base,
-                                     &num_features, &sigmoid))
+    int transform = TRANSFORM_NONE;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOn|iO", keywords, &left_obj,
+                                     &feature_obj, &value_obj, &default_obj, &roots_obj, &base_obj,
+                                     &num_features, &transform, &groups_obj))
         return -1;
-    Py_buffer left, feature, value, default_left, roots;
+    Py_buffer left, feature, value, default_left, roots, base, groups = {0};
     int ok = -1;
     uint8_t *seen = NULL;
     int32_t *stack = NULL, *depth_of = NULL;
@@ -142,10 +173,17 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     if (get_vector(value_obj, &value, "f", 4, "value") < 0) goto release_feature;
     if (get_vector(default_obj, &default_left, "B", 1, "default_left") < 0) goto release_value;
     if (get_vector(roots_obj, &roots, "i", 4, "roots") < 0) goto release_default;
-    Py_ssize_t n = left.len / 4, trees = roots.len / 4;
+    if (get_vector(base_obj, &base, "f", 4, "base") < 0) goto release_roots;
+    if (groups_obj != Py_None && get_vector(groups_obj, &groups, "i", 4, "groups") < 0)
+        goto release_base;
+    Py_ssize_t n = left.len / 4, trees = roots.len / 4, k = base.len / 4;
     if (feature.len / 4 != n || value.len / 4 != n || default_left.len != n || n >= INT32_MAX ||
-        trees < 1 || num_features < 1 || num_features > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "node arrays of different lengths, or no trees");
+        trees < 1 || num_features < 1 || num_features > INT32_MAX || k < 1 ||
+        (groups.buf != NULL && groups.len / 4 != trees) || transform < TRANSFORM_NONE ||
+        transform > TRANSFORM_ARGMAX || ((transform == TRANSFORM_SIGMOID) && k != 1)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "node arrays of different lengths, no trees, or groups, bases and "
+                        "transform that do not fit");
         goto release_all;
     }
     forest_clear(self);
@@ -153,10 +191,12 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->leaf_values = PyMem_Calloc((size_t)n, sizeof(float));
     self->roots = PyMem_Calloc((size_t)trees, sizeof(int32_t));
     self->depths = PyMem_Calloc((size_t)trees, sizeof(int32_t));
+    self->tree_groups = PyMem_Calloc((size_t)trees, sizeof(int32_t));
+    self->bases = PyMem_Calloc((size_t)k, sizeof(float));
     seen = PyMem_Calloc((size_t)n, 1);
     stack = PyMem_Calloc((size_t)n, sizeof(int32_t));
     depth_of = PyMem_Calloc((size_t)n, sizeof(int32_t));
-    if (!self->nodes || !self->leaf_values || !self->roots || !self->depths || !seen || !stack || !depth_of) {
+    if (!self->nodes || !self->leaf_values || !self->tree_groups || !self->bases || !self->roots || !self->depths || !seen || !stack || !depth_of) {
         PyErr_NoMemory();
         goto release_all;
     }
@@ -181,8 +221,14 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
             PyErr_Format(PyExc_ValueError, "tree %zd is not a tree of in-range nodes", t);
             goto release_all;
         }
+        int32_t group = groups.buf != NULL ? ((const int32_t *)groups.buf)[t] : 0;
+        if (group < 0 || group >= k) {
+            PyErr_Format(PyExc_ValueError, "tree %zd is of group %d of %zd", t, group, k);
+            goto release_all;
+        }
         self->roots[t] = root;
         self->depths[t] = depth;
+        self->tree_groups[t] = group;
     }
     for (Py_ssize_t i = 0; i < n; i++) { /* each leaf its own child: x < NaN is false */
         if (self->nodes[i].left >= 0) continue;
@@ -192,14 +238,22 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->num_nodes = n;
     self->num_trees = trees;
     self->num_features = num_features;
-    self->base = sigmoid ? logistic_margin(base) : base;
-    self->sigmoid = sigmoid;
+    for (Py_ssize_t g = 0; g < k; g++) {
+        float score = ((const float *)base.buf)[g];
+        self->bases[g] = transform == TRANSFORM_SIGMOID ? logistic_margin(score) : score;
+    }
+    self->groups = k;
+    self->transform = transform;
     ok = 0;
 release_all:
     if (ok != 0) forest_clear(self);
     PyMem_Free(seen);
     PyMem_Free(stack);
     PyMem_Free(depth_of);
+    if (groups.buf != NULL) PyBuffer_Release(&groups);
+release_base:
+    PyBuffer_Release(&base);
+release_roots:
     PyBuffer_Release(&roots);
 release_default:
     PyBuffer_Release(&default_left);
@@ -224,14 +278,16 @@ static inline __attribute__((always_inline)) const Node *step(const Node *nodes,
     return nodes + (node->left + (int32_t)right);
 }
 
-/* out[i] += the tree's leaf value for rows i in [start, end), LOCKSTEP rows at a time. */
+/* margins[(i - start) * groups + g] += the tree's leaf value for rows i in [start, end), g the
+ * tree's group, LOCKSTEP rows at a time. */
 static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_ssize_t t,
                                                            const float *rows, Py_ssize_t start,
-                                                           Py_ssize_t end, float *out,
+                                                           Py_ssize_t end, float *margins,
                                                            const int nan_possible) {
     const Node *nodes = f->nodes, *root = f->nodes + f->roots[t];
     const int32_t depth = f->depths[t];
-    const Py_ssize_t width = f->num_features;
+    const Py_ssize_t width = f->num_features, k = f->groups;
+    float *margin = margins + f->tree_groups[t] - start * k;
     Py_ssize_t i = start;
     for (; i + LOCKSTEP <= end; i += LOCKSTEP) {
         const Node *at[LOCKSTEP];
@@ -242,32 +298,49 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
         }
         for (int32_t level = 0; level < depth; level++)
             for (int j = 0; j < LOCKSTEP; j++) at[j] = step(nodes, at[j], row[j], nan_possible);
-        for (int j = 0; j < LOCKSTEP; j++) out[i + j] += f->leaf_values[at[j] - nodes];
+        for (int j = 0; j < LOCKSTEP; j++) margin[(i + j) * k] += f->leaf_values[at[j] - nodes];
     }
     for (; i < end; i++) {
         const Node *at = root;
         for (int32_t level = 0; level < depth; level++)
             at = step(nodes, at, rows + i * width, nan_possible);
-        out[i] += f->leaf_values[at - nodes];
+        margin[i * k] += f->leaf_values[at - nodes];
     }
 }
 
-static void predict_rows(const Forest *f, const float *rows, Py_ssize_t count, float *out) {
-    const Py_ssize_t width = f->num_features;
+/* The rows' outputs, ROW_BLOCK rows at a time through `margins` (ROW_BLOCK x groups floats). */
+static void predict_rows(const Forest *f, const float *rows, Py_ssize_t count, float *out,
+                         float *margins) {
+    const Py_ssize_t width = f->num_features, k = f->groups;
     for (Py_ssize_t start = 0; start < count; start += ROW_BLOCK) {
         Py_ssize_t end = start + ROW_BLOCK < count ? start + ROW_BLOCK : count;
         int nan_possible = 0;
-        for (Py_ssize_t k = start * width; k < end * width; k++) nan_possible |= rows[k] != rows[k];
-        for (Py_ssize_t i = start; i < end; i++) out[i] = f->base;
-        /* tree order: XGBoost's order of the float32 sum */
+        for (Py_ssize_t v = start * width; v < end * width; v++) nan_possible |= rows[v] != rows[v];
+        for (Py_ssize_t i = 0; i < end - start; i++)
+            for (Py_ssize_t g = 0; g < k; g++) margins[i * k + g] = f->bases[g];
+        /* tree order: XGBoost's order of the float32 sums */
         for (Py_ssize_t t = 0; t < f->num_trees; t++) {
             if (nan_possible)
-                add_tree(f, t, rows, start, end, out, 1);
+                add_tree(f, t, rows, start, end, margins, 1);
             else
-                add_tree(f, t, rows, start, end, out, 0);
+                add_tree(f, t, rows, start, end, margins, 0);
         }
-        if (f->sigmoid)
-            for (Py_ssize_t i = start; i < end; i++) out[i] = sigmoid_of(out[i]);
+        for (Py_ssize_t i = 0; i < end - start; i++) {
+            float *margin = margins + i * k;
+            switch (f->transform) {
+            case TRANSFORM_SIGMOID:
+                out[start + i] = sigmoid_of(margin[0]);
+                break;
+            case TRANSFORM_ARGMAX:
+                out[start + i] = argmax(margin, k);
+                break;
+            case TRANSFORM_SOFTPROB:
+                softmax(margin, k); /* the probabilities are the outputs: */
+                __attribute__((fallthrough));
+            default:
+                memcpy(out + (start + i) * k, margin, (size_t)k * sizeof(float));
+            }
+        }
     }
 }
 
@@ -285,22 +358,33 @@ static PyObject *forest_predict(Forest *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = NULL;
-    Py_ssize_t count = out.len / 4;
+    float *margins = NULL;
+    Py_ssize_t per_row = self->transform == TRANSFORM_SIGMOID || self->transform == TRANSFORM_ARGMAX
+                             ? 1
+                             : self->groups;
+    Py_ssize_t count = out.len / 4 / per_row;
     if (rows.itemsize != 4 || strcmp(rows.format, "f") != 0 || out.itemsize != 4 ||
-        strcmp(out.format, "f") != 0 || rows.len != count * self->num_features * 4) {
+        strcmp(out.format, "f") != 0 || out.len != count * per_row * 4 ||
+        rows.len != count * self->num_features * 4) {
         PyErr_SetString(PyExc_ValueError,
-                        "predict takes float32 rows of num_features values and one float32 out "
-                        "value per row");
+                        "predict takes float32 rows of num_features values and float32 out "
+                        "values for as many rows (one per group for softmax probabilities)");
+        goto done;
+    }
+    margins = PyMem_Malloc((size_t)(ROW_BLOCK * self->groups) * sizeof(float));
+    if (margins == NULL) {
+        PyErr_NoMemory();
         goto done;
     }
     if (count * self->num_trees >= GIL_FREE_WORK) {
-        Py_BEGIN_ALLOW_THREADS predict_rows(self, rows.buf, count, out.buf);
+        Py_BEGIN_ALLOW_THREADS predict_rows(self, rows.buf, count, out.buf, margins);
         Py_END_ALLOW_THREADS
     } else {
-        predict_rows(self, rows.buf, count, out.buf);
+        predict_rows(self, rows.buf, count, out.buf, margins);
     }
     result = Py_NewRef(Py_None);
 done:
+    PyMem_Free(margins);
     PyBuffer_Release(&rows);
     PyBuffer_Release(&out);
     return result;

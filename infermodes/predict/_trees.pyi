@@ -10,8 +10,9 @@ class Forest:
         value: npt.NDArray[np.float32],
         default_left: npt.NDArray[np.uint8],
         roots: npt.NDArray[np.int32],
-        base: float,
+        base: npt.NDArray[np.float32],
         num_features: int,
-        sigmoid: bool = False,
+        transform: int = 0,
+        groups: npt.NDArray[np.int32] | None = None,
     ) -> None: ...
     def predict(self, rows: npt.NDArray[np.float32], out: npt.NDArray[np.float32], /) -> None: ...

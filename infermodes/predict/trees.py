@@ -8,24 +8,27 @@ tree walking. Treelite was measured and is not exact (it sums in another order).
 What makes it exact, read from XGBoost's CPU predictor (v3.2.0: ``src/predictor/cpu_predictor.cc``,
 ``predict_fn.h``, ``array_tree_layout.h``, ``src/learner.cc``, ``src/objective/``):
 
-- each row's output starts from the base margin: the objective's ``ProbToMargin`` of
-  ``learner_model_param.base_score`` (the identity for ``IDENTITY_OBJECTIVES``, the bounded
-  logit for ``SIGMOID_OBJECTIVES``), and each tree's leaf value is added in tree order, in
+- each row's output (one per output group: per class for the softmax objectives) starts from
+  the base margin: the objective's ``ProbToMargin`` of ``learner_model_param.base_score`` (the
+  identity for ``IDENTITY_OBJECTIVES`` and ``SOFTMAX_OBJECTIVES``, the bounded logit for
+  ``SIGMOID_OBJECTIVES``), and each tree's leaf value is added to its group in tree order, in
   float32 (``out_predt(row, group) += leaf``);
 - at a numerical split the row goes left when ``value < split_condition`` (float32), to the
   default child when the value is missing (NaN; our ``missing`` is NaN), to ``left + 1``
   otherwise; infinities are plain values;
-- the prediction is the objective's ``PredTransform`` of the margin: the margin itself, or
-  ``common::Sigmoid`` for the logistic objectives, computed in ``_trees.c`` with XGBoost's own
-  float expressions on the same glibc ``expf``/``logf`` that ``libxgboost.so`` imports (it
-  links no vector math library), in the same process.
+- the prediction is the objective's ``PredTransform`` of the margins: the margin itself,
+  ``common::Sigmoid`` for the logistic objectives, ``common::Softmax`` (or the index of the
+  largest margin, ``FindMaxIndex``) for the multi-class ones, computed in ``_trees.c`` with
+  XGBoost's own expressions (float, the softmax sum in double) on the same glibc
+  ``expf``/``logf`` that ``libxgboost.so`` imports (it links no vector math library), in the
+  same process.
 
 The trees come from the booster's own UBJSON (``NativeBooster.save_ubj``), where every float is
 its float32 bits, so the source format (JSON, UBJ, legacy binary) does not matter. The base
 score is the one decimal number in the model, written as the shortest decimal of its float32;
 it is read back to the float32 nearest to it, exactly (``_nearest_float32``). Anything outside
 those bounds is refused (``NotExact``): dart and gblinear, categorical splits or categorical
-features, multi-output models (softmax, softprob), vector leaves, a right child not at
+features, multi-target models and vector leaves, a right child not at
 ``left + 1``, objectives with another link (exp for gamma, Poisson, Tweedie...). And after
 building, a probe of rows at and beside every split threshold, with NaNs and infinities, must
 equal XGBoost's predictions bitwise, or the model keeps XGBoost.
@@ -49,6 +52,8 @@ except ImportError:  # pragma: no cover - an install without a C compiler
 log = logging.getLogger("infermodes.predict")
 
 AVAILABLE = _trees is not None
+# _trees.c's transforms: XGBoost's PredTransform of each objective below
+_TRANSFORM_NONE, _TRANSFORM_SIGMOID, _TRANSFORM_SOFTPROB, _TRANSFORM_ARGMAX = range(4)
 
 IDENTITY_OBJECTIVES = frozenset(
     {
@@ -73,6 +78,13 @@ SIGMOID_OBJECTIVES = frozenset(
     # reproduced in _trees.c with the same expressions on the same glibc expf and logf
     {"binary:logistic", "reg:logistic"}
 )
+SOFTMAX_OBJECTIVES = {
+    # one output group per class, ProbToMargin the identity (the intercept is estimated as
+    # margins); PredTransform common::Softmax of each row's margins, or the index of the
+    # largest (common::FindMaxIndex) for multi:softmax (src/objective/multiclass_obj.cu)
+    "multi:softprob": _TRANSFORM_SOFTPROB,
+    "multi:softmax": _TRANSFORM_ARGMAX,
+}
 PROBE_ROWS = 512
 
 
@@ -81,11 +93,13 @@ class NotExact(Exception):
 
 
 class TreeEnsemble:
-    """A compiled gbtree model: one float32 prediction per row, XGBoost's to the bit."""
+    """A compiled gbtree model: XGBoost's predictions to the bit (one float32 per row, or
+    one per class and row for ``multi:softprob``)."""
 
-    def __init__(self, forest: _trees.Forest, num_features: int) -> None:
+    def __init__(self, forest: _trees.Forest, num_features: int, per_row: int) -> None:
         self._forest = forest
         self.num_features = num_features
+        self.per_row = per_row
 
     @classmethod
     def of(cls, booster: NativeBooster) -> TreeEnsemble:
@@ -94,34 +108,43 @@ class TreeEnsemble:
             raise NotExact("the native tree evaluator is not built (no C compiler at install)")
         learner = _UBJReader(booster.save_ubj()).document()["learner"]
         objective = learner["objective"]["name"]
-        if objective not in IDENTITY_OBJECTIVES and objective not in SIGMOID_OBJECTIVES:
+        if objective in IDENTITY_OBJECTIVES:
+            transform = _TRANSFORM_NONE
+        elif objective in SIGMOID_OBJECTIVES:
+            transform = _TRANSFORM_SIGMOID
+        elif objective in SOFTMAX_OBJECTIVES:
+            transform = SOFTMAX_OBJECTIVES[objective]
+        else:
             raise NotExact(f"objective {objective} has a link the evaluator does not reproduce")
         booster_json = learner["gradient_booster"]
         if booster_json["name"] != "gbtree":
             raise NotExact(f"booster {booster_json['name']}, not gbtree")
         params = learner["learner_model_param"]
-        if int(params.get("num_class", "0")) > 1 or int(params.get("num_target", "1")) != 1:
-            raise NotExact("more than one output per row")
+        classes = int(params.get("num_class", "0"))
+        groups = classes if objective in SOFTMAX_OBJECTIVES else 1
+        if int(params.get("num_target", "1")) != 1 or (classes > 1) != (groups > 1):
+            raise NotExact("more than one output per row, and not one per class")
         if "c" in learner.get("feature_types", []):
             raise NotExact("categorical features")
         model = booster_json["model"]
         if len(model.get("cats", {}).get("enc", [])):
             raise NotExact("a categorical encoding")
-        ensemble = cls(
-            _forest(model, _base_score(params["base_score"]), booster, objective),
-            booster.num_features,
-        )
+        bases = _base_scores(params["base_score"], groups)
+        per_row = groups if transform == _TRANSFORM_SOFTPROB else 1
+        ensemble = cls(_forest(model, bases, booster, transform), booster.num_features, per_row)
         ensemble._check_against(booster, model)
         return ensemble
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Predictions for a 2-D matrix of ``num_features`` columns (NaN = missing), in the
-        shape XGBoost gives them: one value per row, or (0, 0) for no rows."""
+        shape XGBoost gives them: one value per row (or a row of class probabilities), or
+        (0, 0) for no rows."""
         if not rows.shape[0]:
             return np.empty((0, 0), dtype=np.float32)
         if rows.dtype != np.float32 or not rows.flags.c_contiguous:
             rows = np.ascontiguousarray(rows, dtype=np.float32)
-        out = np.empty(rows.shape[0], dtype=np.float32)
+        shape = (rows.shape[0], self.per_row) if self.per_row > 1 else (rows.shape[0],)
+        out = np.empty(shape, dtype=np.float32)
         self._forest.predict(rows, out)
         return out
 
@@ -169,14 +192,15 @@ def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
 
 
 def _forest(
-    model: dict[str, Any], base: np.float32, booster: NativeBooster, objective: str
+    model: dict[str, Any], bases: np.ndarray, booster: NativeBooster, transform: int
 ) -> _trees.Forest:
-    """The C forest of a gbtree model's trees, all of one output group, numerical splits."""
+    """The C forest of a gbtree model's trees (numerical splits), each of its output group."""
     trees = model["trees"]
     if not trees:
         raise NotExact("no trees")
-    if any(int(group) != 0 for group in model.get("tree_info", [])):
-        raise NotExact("trees of more than one output group")
+    groups = np.asarray(model.get("tree_info", np.zeros(len(trees))), dtype=np.int32)
+    if groups.shape != (len(trees),) or np.any((groups < 0) | (groups >= bases.size)):
+        raise NotExact("trees of output groups the model does not have")
     lefts, features, values, defaults, roots = [], [], [], [], []
     offset = 0
     for tree in trees:
@@ -201,18 +225,21 @@ def _forest(
         np.concatenate(values),
         np.concatenate(defaults),
         np.array(roots, dtype=np.int32),
-        float(base),
+        bases,
         booster.num_features,
-        sigmoid=objective in SIGMOID_OBJECTIVES,
+        transform=transform,
+        groups=groups,
     )
 
 
-def _base_score(text: str) -> np.float32:
-    """``"[9.927906E0]"`` (or ``"5E-1"`` from older versions) -> its one float32."""
+def _base_scores(text: str, groups: int) -> np.ndarray:
+    """``"[9.927906E0]"`` (or ``"5E-1"`` from older versions) -> one float32 per output group:
+    one value for all of them (XGBoost's HandleOldFormat), or one each."""
     parts = text.strip().strip("[]").split(",")
-    if len(parts) != 1:
-        raise NotExact(f"base_score {text!r} has more than one value")
-    return _nearest_float32(parts[0].strip())
+    if len(parts) not in (1, groups):
+        raise NotExact(f"base_score {text!r} for {groups} output groups")
+    values = np.array([_nearest_float32(part.strip()) for part in parts], dtype=np.float32)
+    return np.resize(values, groups)
 
 
 def _nearest_float32(text: str) -> np.float32:
