@@ -260,98 +260,105 @@ def _nearest_float32(text: str) -> np.float32:
 
 
 _NUMBERS = {
-    marker: struct.Struct(layout)
+    ord(marker): struct.Struct(layout)
     for marker, layout in (
-        (b"i", ">b"), (b"U", ">B"), (b"I", ">h"), (b"l", ">i"), (b"L", ">q"), (b"d", ">f"),
-        (b"D", ">d"),
+        ("i", ">b"), ("U", ">B"), ("I", ">h"), ("l", ">i"), ("L", ">q"), ("d", ">f"), ("D", ">d"),
     )
 }  # fmt: skip
+_COUNTS = frozenset(map(ord, "iUIlL"))
+_OBJECT, _OBJECT_END, _ARRAY, _ARRAY_END, _STRING = map(ord, "{}[]S")
+_TYPED, _SIZED, _TRUE, _FALSE, _NULL = map(ord, "$#TFZ")
 
 
 class _UBJReader:
     """The UBJSON that XGBoost writes (``src/common/json.cc``, ``UBJWriter``): objects with
     int64-length keys, strings, numbers, booleans, null, arrays with a count, and typed arrays
-    (``[$<type>#L<count>`` then big-endian values) read whole as numpy arrays."""
+    (``[$<type>#L<count>`` then big-endian values), each read as a numpy view of the bytes
+    (converted where it is used: most of a tree's arrays never are)."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
 
     def document(self) -> dict[str, Any]:
-        value = self.value(self._take(1))
+        value = self.value(self._marker())
         if not isinstance(value, dict):
             raise ValueError("the model's UBJSON is not an object")
         return value
 
-    def value(self, marker: bytes) -> Any:
-        if marker in _NUMBERS:
-            return self._number(marker)
-        if marker == b"S":
-            return self._text()
-        if marker == b"{":
+    def value(self, marker: int) -> Any:
+        layout = _NUMBERS.get(marker)
+        if layout is not None:
+            return self._number(layout)
+        if marker == _OBJECT:
             return self._object()
-        if marker == b"[":
+        if marker == _ARRAY:
             return self._array()
-        if marker in (b"T", b"F"):
-            return marker == b"T"
-        if marker == b"Z":
+        if marker == _STRING:
+            return self._text()
+        if marker in (_TRUE, _FALSE):
+            return marker == _TRUE
+        if marker == _NULL:
             return None
         raise ValueError(f"unknown UBJSON marker {marker!r} at byte {self.at - 1}")
 
-    def _take(self, size: int) -> bytes:
-        chunk = self.data[self.at : self.at + size]
-        if len(chunk) != size:
+    def _marker(self) -> int:
+        at = self.at
+        if at >= len(self.data):
             raise ValueError("the model's UBJSON ends early")
-        self.at += size
-        return chunk
+        self.at = at + 1
+        return self.data[at]
 
-    def _number(self, marker: bytes) -> Any:
-        layout = _NUMBERS[marker]
-        if self.at + layout.size > len(self.data):
+    def _skip(self, size: int) -> int:
+        """Where the next ``size`` bytes start; moves past them."""
+        at = self.at
+        if at + size > len(self.data):
             raise ValueError("the model's UBJSON ends early")
-        self.at += layout.size
-        return layout.unpack_from(self.data, self.at - layout.size)[0]
+        self.at = at + size
+        return at
+
+    def _number(self, layout: struct.Struct) -> Any:
+        return layout.unpack_from(self.data, self._skip(layout.size))[0]
 
     def _count(self) -> int:
-        marker = self._take(1)
-        if marker not in (b"i", b"U", b"I", b"l", b"L"):
+        marker = self._marker()
+        if marker not in _COUNTS:
             raise ValueError(f"a count with marker {marker!r}")
-        count = int(self._number(marker))
+        count = int(self._number(_NUMBERS[marker]))
         if count < 0 or count > len(self.data):
             raise ValueError(f"a count of {count}")
         return count
 
     def _text(self) -> str:
-        return self._take(self._count()).decode("utf-8")
+        size = self._count()
+        at = self._skip(size)
+        return self.data[at : at + size].decode("utf-8")
 
     def _object(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
         while self.at < len(self.data):  # every key takes bytes
-            if self.data[self.at : self.at + 1] == b"}":
+            if self.data[self.at] == _OBJECT_END:
                 self.at += 1
                 return result
             key = self._text()
-            result[key] = self.value(self._take(1))
+            result[key] = self.value(self._marker())
         raise ValueError("the model's UBJSON ends inside an object")
 
     def _array(self) -> Any:
-        head = self._take(1)
-        if head == b"$":
-            kind = self._take(1)
-            if kind not in _NUMBERS or self._take(1) != b"#":
+        head = self._marker()
+        if head == _TYPED:
+            kind = self._marker()
+            if kind not in _NUMBERS or self._marker() != _SIZED:
                 raise ValueError(f"a typed array of {kind!r}")
             dtype = np.dtype(_NUMBERS[kind].format)
             count = self._count()
-            if self.at + count * dtype.itemsize > len(self.data):
-                raise ValueError("the model's UBJSON ends early")
-            values = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.at)
-            self.at += count * dtype.itemsize
-            return values.astype(dtype.newbyteorder("="))
-        if head == b"#":
-            return [self.value(self._take(1)) for _ in range(self._count())]
+            at = self._skip(count * dtype.itemsize)
+            return np.frombuffer(self.data, dtype=dtype, count=count, offset=at)
+        if head == _SIZED:
+            return [self.value(self._marker()) for _ in range(self._count())]
         items: list[Any] = []
         marker = head
-        while marker != b"]":  # every item takes bytes; _take stops at the end
+        while marker != _ARRAY_END:  # every item takes bytes; _marker stops at the end
             items.append(self.value(marker))
-            marker = self._take(1)
+            marker = self._marker()
         return items
