@@ -4,6 +4,7 @@ fixture); every model it cannot reproduce exactly keeps XGBoost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 import xgboost as xgb
+from prometheus_client import CollectorRegistry
 
+from infermodes.metrics import ServerMetrics
 from infermodes.predict import trees
 from infermodes.predict.artifacts import booster_from_bytes, extract_member
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.native import NativeBooster
 from infermodes.predict.trees import NotExact, TreeEnsemble, compile_booster
+from infermodes.server.batching import Batcher
 from tests.conftest import AbaloneModel
 
 _trees = pytest.importorskip("infermodes.predict._trees", reason="the C extension is not built")
@@ -299,3 +303,32 @@ def test_the_forest_refuses_groups_and_bases_that_do_not_fit() -> None:
         _trees.Forest(*nodes, root, np.zeros(2, np.float32), 2, 2, np.array([2], np.int32))
     with pytest.raises(ValueError):  # the sigmoid of two groups
         _trees.Forest(*nodes, root, np.zeros(2, np.float32), 2, 1)
+
+
+def test_models_the_evaluator_predicts_are_batched_only_with_a_window(
+    abalone_model: AbaloneModel,
+) -> None:
+    """Its call costs less than joining a batch: concurrent requests are predicted at once,
+    each alone, unless a window asks for batches."""
+    model = XGBoostModel.load(f"file://{abalone_model.tarball}")
+    assert model.trees is not None and not model.calls_are_shared_cost
+    calls: list[int] = []
+    predict = model.predict
+
+    def counting(rows: np.ndarray) -> np.ndarray:
+        calls.append(rows.shape[0])
+        return predict(rows)
+
+    model.predict = counting  # type: ignore[method-assign]
+    parts = [abalone_model.test_rows[i : i + 2] for i in range(0, 12, 2)]
+
+    async def together(wait_us: int) -> list[np.ndarray]:
+        batcher = Batcher(ServerMetrics(CollectorRegistry()), 12, wait_us, lambda: 16)
+        return list(await asyncio.gather(*(batcher.predict(model, part) for part in parts)))
+
+    for got, part in zip(asyncio.run(together(0)), parts, strict=True):
+        same_bits(got, model.booster.predict(part))
+    assert calls == [2] * 6
+    calls.clear()
+    asyncio.run(together(1_000_000))
+    assert calls == [12]
