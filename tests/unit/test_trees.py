@@ -294,7 +294,9 @@ def test_a_forest_whose_init_failed_refuses_to_predict() -> None:
     forest.predict(np.zeros((1, 2), dtype=np.float32), out)
     assert out[0] == 0.5  # base margin + a zero leaf
     with pytest.raises(ValueError):
-        forest.__init__(*node_arrays([1, 0, -1], [0, 0, 0]), np.zeros(1, np.int32), half, 2)
+        _trees.Forest.__init__(
+            forest, *node_arrays([1, 0, -1], [0, 0, 0]), np.zeros(1, np.int32), half, 2
+        )
     with pytest.raises(ValueError, match="not initialised"):
         forest.predict(np.zeros((1, 2), dtype=np.float32), out)
 
