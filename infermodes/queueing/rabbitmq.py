@@ -358,7 +358,7 @@ class RabbitConsumer:
         self.outage = Outage(f"consuming {queue_name(endpoint)}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._held = _Held()  # the current connection's; a lost one's are written off
         self._delay = RECONNECT_MIN_SECONDS
 
     def stop(self) -> None:
@@ -367,12 +367,11 @@ class RabbitConsumer:
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return self._in_flight
+            return self._held.count
 
     def _hold(self, held: _Held) -> None:
         with self._lock:
             held.count += 1
-            self._in_flight += 1
         self.on_in_flight(+1)
 
     def _release(self, held: _Held, everything: bool = False) -> None:
@@ -381,7 +380,6 @@ class RabbitConsumer:
         with self._lock:
             count = held.count if everything else min(1, held.count)
             held.count -= count
-            self._in_flight -= count
         if count:
             self.on_in_flight(-count)
 
@@ -403,7 +401,7 @@ class RabbitConsumer:
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)
-        held = _Held()
+        held = self._held = _Held()
         try:
             self._consume_on(connection, held, handle)
         finally:
