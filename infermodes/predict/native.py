@@ -67,6 +67,14 @@ def _last_error(lib: ctypes.CDLL) -> str:
     return message.splitlines()[0] if message else "unknown error"
 
 
+def float32_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows as the C predictors read them: C-contiguous float32 (the same array when it
+    already is)."""
+    if rows.dtype != np.float32 or not rows.flags.c_contiguous:
+        return np.ascontiguousarray(rows, dtype=np.float32)
+    return rows
+
+
 class _ProxyMatrix:
     """XGBoost's proxy DMatrix, one per thread and reused across calls. Without it every
     prediction builds a fresh proxy whose context reads the cgroup CPU quota files: ten
@@ -143,8 +151,7 @@ class NativeBooster:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Predictions for a 2-D float32 matrix (NaN = missing); one value (or row) per row."""
-        if rows.dtype != np.float32 or not rows.flags.c_contiguous:
-            rows = np.ascontiguousarray(rows, dtype=np.float32)
+        rows = float32_rows(rows)
         interface = (
             b'{"data": [%d, true], "shape": [%d, %d], "strides": null, '
             % (rows.ctypes.data, rows.shape[0], rows.shape[1])

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from infermodes.predict.native import NativeBooster
+from infermodes.predict.native import NativeBooster, float32_rows
 
 try:
     from infermodes.predict import _trees
@@ -85,6 +85,11 @@ SOFTMAX_OBJECTIVES = {
     "multi:softprob": _TRANSFORM_SOFTPROB,
     "multi:softmax": _TRANSFORM_ARGMAX,
 }
+_TRANSFORMS = {
+    **dict.fromkeys(IDENTITY_OBJECTIVES, _TRANSFORM_NONE),
+    **dict.fromkeys(SIGMOID_OBJECTIVES, _TRANSFORM_SIGMOID),
+    **SOFTMAX_OBJECTIVES,
+}
 PROBE_ROWS = 512
 
 
@@ -106,21 +111,16 @@ class TreeEnsemble:
         """The booster's trees, checked against its own predictions; NotExact if out of bounds."""
         if _trees is None:
             raise NotExact("the native tree evaluator is not built (no C compiler at install)")
-        learner = _UBJReader(booster.save_ubj()).document()["learner"]
-        objective = learner["objective"]["name"]
-        if objective in IDENTITY_OBJECTIVES:
-            transform = _TRANSFORM_NONE
-        elif objective in SIGMOID_OBJECTIVES:
-            transform = _TRANSFORM_SIGMOID
-        elif objective in SOFTMAX_OBJECTIVES:
-            transform = SOFTMAX_OBJECTIVES[objective]
-        else:
+        objective = booster.objective
+        transform = _TRANSFORMS.get(objective)
+        if transform is None:
             raise NotExact(f"objective {objective} has a link the evaluator does not reproduce")
+        learner = _UBJReader(booster.save_ubj()).document()["learner"]
         booster_json = learner["gradient_booster"]
         if booster_json["name"] != "gbtree":
             raise NotExact(f"booster {booster_json['name']}, not gbtree")
         params = learner["learner_model_param"]
-        classes = int(params.get("num_class", "0"))
+        classes = booster.num_class
         groups = classes if objective in SOFTMAX_OBJECTIVES else 1
         if int(params.get("num_target", "1")) != 1 or (classes > 1) != (groups > 1):
             raise NotExact("more than one output per row, and not one per class")
@@ -141,8 +141,7 @@ class TreeEnsemble:
         (0, 0) for no rows."""
         if not rows.shape[0]:
             return np.empty((0, 0), dtype=np.float32)
-        if rows.dtype != np.float32 or not rows.flags.c_contiguous:
-            rows = np.ascontiguousarray(rows, dtype=np.float32)
+        rows = float32_rows(rows)
         shape = (rows.shape[0], self.per_row) if self.per_row > 1 else (rows.shape[0],)
         out = np.empty(shape, dtype=np.float32)
         self._forest.predict(rows, out)
