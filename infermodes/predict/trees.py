@@ -131,8 +131,9 @@ class TreeEnsemble:
             raise NotExact("a categorical encoding")
         bases = _base_scores(params["base_score"], groups)
         per_row = groups if transform == _TRANSFORM_SOFTPROB else 1
-        ensemble = cls(_forest(model, bases, booster, transform), booster.num_features, per_row)
-        ensemble._check_against(booster, model)
+        forest, thresholds = _forest(model, bases, booster.num_features, transform)
+        ensemble = cls(forest, booster.num_features, per_row)
+        ensemble._check_against(booster, thresholds)
         return ensemble
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -147,16 +148,10 @@ class TreeEnsemble:
         self._forest.predict(rows, out)
         return out
 
-    def _check_against(self, booster: NativeBooster, model: dict[str, Any]) -> None:
+    def _check_against(self, booster: NativeBooster, thresholds: np.ndarray) -> None:
         """Rows at, just below and around every split threshold, NaNs and infinities: the
         same bits as XGBoost's, or NotExact."""
-        thresholds = [
-            np.asarray(tree["split_conditions"], dtype=np.float32)[
-                np.asarray(tree["left_children"]) >= 0
-            ]
-            for tree in model["trees"]
-        ]
-        values = np.concatenate([*thresholds, np.array([0, 1, -1], dtype=np.float32)])
+        values = np.concatenate([thresholds, np.array([0, 1, -1], dtype=np.float32)])
         # a fixed scatter over the values (numpy.random would add 20 ms of import to a cold
         # start): each cell a threshold, a quarter of them one float32 below it, one in twenty
         # NaN or an infinity
@@ -191,9 +186,10 @@ def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
 
 
 def _forest(
-    model: dict[str, Any], bases: np.ndarray, booster: NativeBooster, transform: int
-) -> _trees.Forest:
-    """The C forest of a gbtree model's trees (numerical splits), each of its output group."""
+    model: dict[str, Any], bases: np.ndarray, num_features: int, transform: int
+) -> tuple[_trees.Forest, np.ndarray]:
+    """The C forest of a gbtree model's trees (numerical splits), each of its output group,
+    and the thresholds of its splits (the probe's values)."""
     trees = model["trees"]
     if not trees:
         raise NotExact("no trees")
@@ -218,17 +214,19 @@ def _forest(
         defaults.append(np.asarray(tree["default_left"], dtype=np.uint8))
         roots.append(offset)
         offset += left.shape[0]
-    return _trees.Forest(
-        np.concatenate(lefts),
+    all_lefts, all_values = np.concatenate(lefts), np.concatenate(values)
+    forest = _trees.Forest(
+        all_lefts,
         np.concatenate(features),
-        np.concatenate(values),
+        all_values,
         np.concatenate(defaults),
         np.array(roots, dtype=np.int32),
         bases,
-        booster.num_features,
+        num_features,
         transform=transform,
         groups=groups,
     )
+    return forest, all_values[all_lefts >= 0]
 
 
 def _base_scores(text: str, groups: int) -> np.ndarray:
