@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -45,6 +46,15 @@ typedef struct {
     float *bases;                               /* the margin each group starts from */
     Py_ssize_t num_nodes, num_trees, num_features, groups;
     int transform;
+    /* The SIMD kernels' layout (NULL when a tree is deeper than SIMD_MAX_DEPTH): each tree of
+     * depth D padded to a complete tree, 2^(D+1) - 1 slots from simd_offsets[t] in breadth-first
+     * order (the children of slot p at 2p + 1 and 2p + 2): slots below 2^D - 1 are splits, the
+     * rest leaves. A leaf above depth D becomes a split on NaN (every value goes right, a NaN too:
+     * default left is not set) above its rightmost descendant at depth D, which holds its value. */
+    uint32_t *simd_columns; /* split feature, DEFAULT_LEFT as in Node.column */
+    float *simd_values;     /* split condition, or the leaf's value */
+    int32_t *simd_offsets;
+    int kernel; /* the Kernel that predicts large batches */
 } Forest;
 
 enum { TRANSFORM_NONE, TRANSFORM_SIGMOID, TRANSFORM_SOFTPROB, TRANSFORM_ARGMAX };
@@ -53,6 +63,16 @@ enum { TRANSFORM_NONE, TRANSFORM_SIGMOID, TRANSFORM_SOFTPROB, TRANSFORM_ARGMAX }
 #define ROW_BLOCK 64        /* rows that stay in L1 while every tree walks them */
 #define LOCKSTEP 16          /* rows that walk a tree together */
 #define GIL_FREE_WORK 4096  /* rows x trees above which the GIL is released */
+#define SIMD_MAX_DEPTH 10   /* deeper trees stay scalar: a padded tree has 2^(depth+1) slots */
+#define SIMD_MAX_FEATURES (1 << 24) /* row offsets of a block in int32 gather indices */
+#define SIMD_SLACK 32       /* slots read past the last tree by the 32-slot table loads */
+
+/* Which code walks the trees of full blocks of rows: blocks of 16 rows (AVX-512) or 8 (AVX2)
+ * walk each tree in lanes of SIMD registers, the remaining rows as with KERNEL_SCALAR. */
+typedef enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_AVX512, KERNEL_COUNT } Kernel;
+static const char *const kernel_names[KERNEL_COUNT] = {"scalar", "avx2", "avx512"};
+static int kernel_runs[KERNEL_COUNT]; /* this CPU runs it (set at import) */
+static const Py_ssize_t kernel_lanes[KERNEL_COUNT] = {1, 8, 16};
 
 /* LogisticRegression::ProbToMargin: the base score bounded to [kRtEps, 1 - kRtEps] (common::Max,
  * common::Min), then common::Logit. */
@@ -101,6 +121,13 @@ static void forest_clear(Forest *self) {
     PyMem_Free(self->depths);
     PyMem_Free(self->tree_groups);
     PyMem_Free(self->bases);
+    PyMem_Free(self->simd_columns);
+    PyMem_Free(self->simd_values);
+    PyMem_Free(self->simd_offsets);
+    self->simd_columns = NULL;
+    self->simd_values = NULL;
+    self->simd_offsets = NULL;
+    self->kernel = KERNEL_SCALAR;
     self->nodes = NULL;
     self->leaf_values = NULL;
     self->roots = self->depths = self->tree_groups = NULL;
@@ -151,6 +178,54 @@ static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root,
         }
     }
     return deepest;
+}
+
+/* The SIMD layout of the forest's trees (see Forest), before their leaves become their own
+ * children; the best kernel this CPU runs. Left empty (scalar) when a tree is deeper than
+ * SIMD_MAX_DEPTH or the rows too wide; -1 when out of memory. */
+static int pad_trees(Forest *self, Py_ssize_t trees) {
+    self->kernel = KERNEL_SCALAR;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t t = 0; t < trees; t++) {
+        if (self->depths[t] > SIMD_MAX_DEPTH || self->num_features > SIMD_MAX_FEATURES) return 0;
+        total += ((Py_ssize_t)2 << self->depths[t]) - 1;
+    }
+    self->simd_columns = PyMem_Calloc((size_t)(total + SIMD_SLACK), sizeof(uint32_t));
+    self->simd_values = PyMem_Calloc((size_t)(total + SIMD_SLACK), sizeof(float));
+    self->simd_offsets = PyMem_Calloc((size_t)trees, sizeof(int32_t));
+    int32_t *origin = PyMem_Calloc(((size_t)2 << SIMD_MAX_DEPTH) - 1, sizeof(int32_t));
+    if (!self->simd_columns || !self->simd_values || !self->simd_offsets || !origin) {
+        PyMem_Free(origin);
+        return -1;
+    }
+    Py_ssize_t offset = 0;
+    for (Py_ssize_t t = 0; t < trees; t++) {
+        uint32_t *columns = self->simd_columns + offset;
+        float *values = self->simd_values + offset;
+        const int32_t splits = (1 << self->depths[t]) - 1;
+        self->simd_offsets[t] = (int32_t)offset;
+        origin[0] = self->roots[t]; /* the node each slot stands for; -1: none reaches it */
+        for (int32_t p = 0; p < splits; p++) {
+            const int32_t at = origin[p];
+            if (at >= 0 && self->nodes[at].left >= 0) {
+                columns[p] = self->nodes[at].column;
+                values[p] = self->nodes[at].value;
+                origin[2 * p + 1] = self->nodes[at].left;
+                origin[2 * p + 2] = self->nodes[at].left + 1;
+            } else { /* a leaf's value or nothing, carried right */
+                values[p] = NAN;
+                origin[2 * p + 1] = -1;
+                origin[2 * p + 2] = at;
+            }
+        }
+        for (int32_t p = splits; p < 2 * splits + 1; p++)
+            values[p] = origin[p] >= 0 ? self->nodes[origin[p]].value : 0.0f;
+        offset += 2 * (Py_ssize_t)splits + 1;
+    }
+    PyMem_Free(origin);
+    for (int kernel = KERNEL_AVX2; kernel < KERNEL_COUNT; kernel++)
+        if (kernel_runs[kernel]) self->kernel = kernel;
+    return 0;
 }
 
 static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
@@ -230,6 +305,11 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
         self->depths[t] = depth;
         self->tree_groups[t] = group;
     }
+    self->num_features = num_features;
+    if (pad_trees(self, trees) < 0) {
+        PyErr_NoMemory();
+        goto release_all;
+    }
     for (Py_ssize_t i = 0; i < n; i++) { /* each leaf its own child: x < NaN is false */
         if (self->nodes[i].left >= 0) continue;
         self->leaf_values[i] = self->nodes[i].value;
@@ -237,7 +317,6 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     }
     self->num_nodes = n;
     self->num_trees = trees;
-    self->num_features = num_features;
     for (Py_ssize_t g = 0; g < k; g++) {
         float score = ((const float *)base.buf)[g];
         self->bases[g] = transform == TRANSFORM_SIGMOID ? logistic_margin(score) : score;
@@ -308,22 +387,199 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
     }
 }
 
-/* The rows' outputs, ROW_BLOCK rows at a time through `margins` (ROW_BLOCK x groups floats). */
-static void predict_rows(const Forest *f, const float *rows, Py_ssize_t count, float *out,
-                         float *margins) {
+/* The SIMD kernels: margins[i * groups + g] = the base margins plus each tree's leaf in tree
+ * order (the scalar code's float32 sums, in the same order) for rows i < count, count a multiple
+ * of the lanes and at most ROW_BLOCK. Each lane walks one row down a padded tree (see Forest):
+ * from slot 0, `depth` times: gather the split's feature of the row and compare it with the
+ * split's condition (the scalar step's decision, NaN and default left included), go to 2p + 1
+ * (left) or 2p + 2; then gather the leaf. The splits of the top five levels (slots 0-30) and
+ * the leaves of a tree no deeper than five come from two registers by a permutation, not a
+ * gather, in the AVX-512 kernel (the top three levels, slots 0-6, in the AVX2 one). Blocks of
+ * ROW_BLOCK rows walk each tree in several registers at once (independent chains of loads).
+ * Only compares, integer index arithmetic and float32 additions: no contraction is possible.
+ * `lanes` holds the margins by group (margins itself when there is one group). */
+#define AVX512_LANES 16
+#define AVX512_TABLE_LEVELS 5 /* a two-register table holds slots 0-31 */
+#define AVX2_LANES 8
+#define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
+
+/* Each lane's margins start from the bases; afterwards the row-major margins of the lanes. */
+static void lanes_start(const Forest *f, Py_ssize_t count, float *lanes) {
+    for (Py_ssize_t g = 0; g < f->groups; g++)
+        for (Py_ssize_t i = 0; i < count; i++) lanes[g * ROW_BLOCK + i] = f->bases[g];
+}
+
+static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, float *margins) {
+    if (lanes == margins) return;
+    for (Py_ssize_t i = 0; i < count; i++)
+        for (Py_ssize_t g = 0; g < f->groups; g++)
+            margins[i * f->groups + g] = lanes[g * ROW_BLOCK + i];
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) void
+walk_avx512(const Forest *f, const float *rows, float *lanes, const int vectors,
+            const int nan_possible) {
+    const Py_ssize_t width = f->num_features;
+    int32_t offsets[AVX512_LANES];
+    for (int j = 0; j < AVX512_LANES; j++) offsets[j] = (int32_t)(j * width);
+    const __m512i row_offsets = _mm512_loadu_si512(offsets);
+    const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2);
+    const __m512i feature_bits = _mm512_set1_epi32((int32_t)~DEFAULT_LEFT);
+    for (Py_ssize_t t = 0; t < f->num_trees; t++) {
+        const int32_t *columns = (const int32_t *)f->simd_columns + f->simd_offsets[t];
+        const float *values = f->simd_values + f->simd_offsets[t];
+        const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
+        const __m512i columns_low = _mm512_loadu_si512(columns);
+        const __m512i columns_high = _mm512_loadu_si512(columns + 16);
+        const __m512 values_low = _mm512_loadu_ps(values), values_high = _mm512_loadu_ps(values + 16);
+        __m512i at[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) at[v] = _mm512_setzero_si512();
+        for (int32_t level = 0; level < depth; level++) {
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                __m512i column;
+                __m512 split;
+                if (level < AVX512_TABLE_LEVELS) {
+                    column = _mm512_permutex2var_epi32(columns_low, at[v], columns_high);
+                    split = _mm512_permutex2var_ps(values_low, at[v], values_high);
+                } else {
+                    column = _mm512_i32gather_epi32(at[v], columns, 4);
+                    split = _mm512_i32gather_ps(at[v], values, 4);
+                }
+                const __m512i cell =
+                    _mm512_add_epi32(row_offsets, _mm512_and_si512(column, feature_bits));
+                const __m512 x = _mm512_i32gather_ps(cell, rows + v * AVX512_LANES * width, 4);
+                __mmask16 left = _mm512_cmp_ps_mask(x, split, _CMP_LT_OQ);
+                if (nan_possible)
+                    left |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) &
+                            _mm512_cmplt_epi32_mask(column, _mm512_setzero_si512());
+                const __m512i right = _mm512_add_epi32(_mm512_add_epi32(at[v], at[v]), two);
+                at[v] = _mm512_mask_sub_epi32(right, left, right, one);
+            }
+        }
+        float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
+        const __m512 leaves_low = _mm512_loadu_ps(values + first_leaf);
+        const __m512 leaves_high = _mm512_loadu_ps(values + first_leaf + 16);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            const __m512 leaf =
+                depth <= AVX512_TABLE_LEVELS
+                    ? _mm512_permutex2var_ps(leaves_low,
+                                             _mm512_sub_epi32(at[v], _mm512_set1_epi32(first_leaf)),
+                                             leaves_high)
+                    : _mm512_i32gather_ps(at[v], values, 4);
+            float *sum = margin + v * AVX512_LANES;
+            _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), leaf));
+        }
+    }
+}
+
+static inline __attribute__((always_inline, target("avx2"))) void
+walk_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
+          const int nan_possible) {
+    const Py_ssize_t width = f->num_features;
+    int32_t offsets[AVX2_LANES];
+    for (int j = 0; j < AVX2_LANES; j++) offsets[j] = (int32_t)(j * width);
+    const __m256i row_offsets = _mm256_loadu_si256((const __m256i *)offsets);
+    const __m256i two = _mm256_set1_epi32(2);
+    const __m256i feature_bits = _mm256_set1_epi32((int32_t)~DEFAULT_LEFT);
+    for (Py_ssize_t t = 0; t < f->num_trees; t++) {
+        const int *columns = (const int *)f->simd_columns + f->simd_offsets[t];
+        const float *values = f->simd_values + f->simd_offsets[t];
+        const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
+        const __m256i columns_table = _mm256_loadu_si256((const __m256i *)columns);
+        const __m256 values_table = _mm256_loadu_ps(values);
+        __m256i at[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) at[v] = _mm256_setzero_si256();
+        for (int32_t level = 0; level < depth; level++) {
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                __m256i column;
+                __m256 split;
+                if (level < AVX2_TABLE_LEVELS) {
+                    column = _mm256_permutevar8x32_epi32(columns_table, at[v]);
+                    split = _mm256_permutevar8x32_ps(values_table, at[v]);
+                } else {
+                    column = _mm256_i32gather_epi32(columns, at[v], 4);
+                    split = _mm256_i32gather_ps(values, at[v], 4);
+                }
+                const __m256i cell =
+                    _mm256_add_epi32(row_offsets, _mm256_and_si256(column, feature_bits));
+                const __m256 x = _mm256_i32gather_ps(rows + v * AVX2_LANES * width, cell, 4);
+                __m256i left = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_LT_OQ));
+                if (nan_possible)
+                    left = _mm256_or_si256(
+                        left, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)),
+                                               _mm256_srai_epi32(column, 31)));
+                /* left is -1 where the row goes left */
+                at[v] = _mm256_add_epi32(_mm256_add_epi32(at[v], at[v]), _mm256_add_epi32(two, left));
+            }
+        }
+        float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
+        const __m256 leaves = _mm256_loadu_ps(values + first_leaf);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            const __m256 leaf =
+                depth <= AVX2_TABLE_LEVELS
+                    ? _mm256_permutevar8x32_ps(leaves,
+                                               _mm256_sub_epi32(at[v], _mm256_set1_epi32(first_leaf)))
+                    : _mm256_i32gather_ps(values, at[v], 4);
+            float *sum = margin + v * AVX2_LANES;
+            _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), leaf));
+        }
+    }
+}
+
+/* A kernel's entry: groups of four registers of rows walk the trees together, then single
+ * registers (count is a multiple of the lanes). */
+#define MARGINS_KERNEL(name, target_isa, walk, lane_count)                                      \
+    __attribute__((target(target_isa))) static void name(const Forest *f, const float *rows,      \
+                                                         Py_ssize_t count, float *margins,        \
+                                                         float *lanes, int nan_possible) {        \
+        lanes = f->groups == 1 ? margins : lanes;                                                 \
+        lanes_start(f, count, lanes);                                                             \
+        Py_ssize_t i = 0;                                                                         \
+        for (; i + 4 * (lane_count) <= count; i += 4 * (lane_count)) {                            \
+            if (nan_possible)                                                                     \
+                walk(f, rows + i * f->num_features, lanes + i, 4, 1);                             \
+            else                                                                                  \
+                walk(f, rows + i * f->num_features, lanes + i, 4, 0);                             \
+        }                                                                                         \
+        for (; i < count; i += (lane_count)) walk(f, rows + i * f->num_features, lanes + i, 1, 1); \
+        lanes_end(f, count, lanes, margins);                                                      \
+    }
+
+MARGINS_KERNEL(margins_avx512, "avx512f", walk_avx512, AVX512_LANES)
+MARGINS_KERNEL(margins_avx2, "avx2", walk_avx2, AVX2_LANES)
+
+typedef void (*MarginsKernel)(const Forest *, const float *, Py_ssize_t, float *, float *, int);
+static const MarginsKernel kernel_margins[KERNEL_COUNT] = {NULL, margins_avx2, margins_avx512};
+
+/* The rows' outputs, ROW_BLOCK rows at a time through `margins` (ROW_BLOCK x groups floats;
+ * `lanes` as many, for the SIMD kernels): the kernel's whole registers of rows, the rest
+ * scalar. */
+static void predict_rows(const Forest *f, Kernel kernel, const float *rows, Py_ssize_t count,
+                         float *out, float *margins, float *lanes) {
     const Py_ssize_t width = f->num_features, k = f->groups;
     for (Py_ssize_t start = 0; start < count; start += ROW_BLOCK) {
         Py_ssize_t end = start + ROW_BLOCK < count ? start + ROW_BLOCK : count;
         int nan_possible = 0;
         for (Py_ssize_t v = start * width; v < end * width; v++) nan_possible |= rows[v] != rows[v];
-        for (Py_ssize_t i = 0; i < end - start; i++)
+        Py_ssize_t simd = (end - start) / kernel_lanes[kernel] * kernel_lanes[kernel];
+        if (kernel != KERNEL_SCALAR && simd > 0)
+            kernel_margins[kernel](f, rows + start * width, simd, margins, lanes, nan_possible);
+        else
+            simd = 0;
+        for (Py_ssize_t i = simd; i < end - start; i++)
             for (Py_ssize_t g = 0; g < k; g++) margins[i * k + g] = f->bases[g];
         /* tree order: XGBoost's order of the float32 sums */
-        for (Py_ssize_t t = 0; t < f->num_trees; t++) {
+        for (Py_ssize_t t = 0; simd < end - start && t < f->num_trees; t++) {
             if (nan_possible)
-                add_tree(f, t, rows, start, end, margins, 1);
+                add_tree(f, t, rows, start + simd, end, margins + simd * k, 1);
             else
-                add_tree(f, t, rows, start, end, margins, 0);
+                add_tree(f, t, rows, start + simd, end, margins + simd * k, 0);
         }
         for (Py_ssize_t i = 0; i < end - start; i++) {
             float *margin = margins + i * k;
@@ -371,16 +627,18 @@ static PyObject *forest_predict(Forest *self, PyObject *args) {
                         "values for as many rows (one per group for softmax probabilities)");
         goto done;
     }
-    margins = PyMem_Malloc((size_t)(ROW_BLOCK * self->groups) * sizeof(float));
+    margins = PyMem_Malloc((size_t)(2 * ROW_BLOCK * self->groups) * sizeof(float));
     if (margins == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    float *lanes = margins + ROW_BLOCK * self->groups;
+    Kernel kernel = self->kernel;
     if (count * self->num_trees >= GIL_FREE_WORK) {
-        Py_BEGIN_ALLOW_THREADS predict_rows(self, rows.buf, count, out.buf, margins);
+        Py_BEGIN_ALLOW_THREADS predict_rows(self, kernel, rows.buf, count, out.buf, margins, lanes);
         Py_END_ALLOW_THREADS
     } else {
-        predict_rows(self, rows.buf, count, out.buf, margins);
+        predict_rows(self, kernel, rows.buf, count, out.buf, margins, lanes);
     }
     result = Py_NewRef(Py_None);
 done:
@@ -389,6 +647,42 @@ done:
     PyBuffer_Release(&out);
     return result;
 }
+
+static PyObject *forest_get_kernel(Forest *self, void *closure) {
+    return PyUnicode_FromString(kernel_names[self->kernel]);
+}
+
+/* Which kernel predicts: one of KERNELS, a SIMD one only where the trees are padded. */
+static int forest_set_kernel(Forest *self, PyObject *value, void *closure) {
+    const char *name = value != NULL ? PyUnicode_AsUTF8(value) : NULL;
+    if (name == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "the kernel cannot be deleted");
+        return -1;
+    }
+    for (int kernel = 0; kernel < KERNEL_COUNT; kernel++) {
+        if (strcmp(name, kernel_names[kernel]) != 0) continue;
+        if (!kernel_runs[kernel]) {
+            PyErr_Format(PyExc_ValueError, "this CPU does not run the %s kernel", name);
+            return -1;
+        }
+        if (kernel != KERNEL_SCALAR && self->simd_offsets == NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "the %s kernel takes trees of at most %d levels (and %d features), "
+                         "on an initialised forest",
+                         name, SIMD_MAX_DEPTH, SIMD_MAX_FEATURES);
+            return -1;
+        }
+        self->kernel = kernel;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "no kernel %R", value);
+    return -1;
+}
+
+static PyGetSetDef forest_getset[] = {
+    {"kernel", (getter)forest_get_kernel, (setter)forest_set_kernel,
+     "The code that walks the trees of large batches: 'scalar', 'avx2' or 'avx512'.", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
 
 static PyMethodDef forest_methods[] = {
     {"predict", (PyCFunction)forest_predict, METH_VARARGS,
@@ -404,16 +698,35 @@ static PyTypeObject ForestType = {
     .tp_init = (initproc)forest_init,
     .tp_dealloc = (destructor)forest_dealloc,
     .tp_methods = forest_methods,
+    .tp_getset = forest_getset,
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, NULL,
                                     NULL,                  NULL,     NULL, NULL};
 
 PyMODINIT_FUNC PyInit__trees(void) {
+    __builtin_cpu_init();
+    kernel_runs[KERNEL_SCALAR] = 1;
+    kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
+    kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;
     if (PyType_Ready(&ForestType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Forest", (PyObject *)&ForestType) < 0) {
+    Py_ssize_t runs = 0, at = 0;
+    for (int kernel = 0; kernel < KERNEL_COUNT; kernel++) runs += kernel_runs[kernel];
+    PyObject *kernels = PyTuple_New(runs);
+    for (int kernel = 0; kernels != NULL && kernel < KERNEL_COUNT; kernel++) {
+        if (!kernel_runs[kernel]) continue;
+        PyObject *name = PyUnicode_FromString(kernel_names[kernel]);
+        if (name == NULL)
+            Py_CLEAR(kernels);
+        else
+            PyTuple_SET_ITEM(kernels, at++, name);
+    }
+    int added = kernels != NULL && PyModule_AddObjectRef(m, "KERNELS", kernels) == 0 &&
+                PyModule_AddObjectRef(m, "Forest", (PyObject *)&ForestType) == 0;
+    Py_XDECREF(kernels);
+    if (!added) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,7 +2,10 @@
 import numpy as np
 import numpy.typing as npt
 
+KERNELS: tuple[str, ...]  # the kernels this CPU runs: "scalar", then "avx2", "avx512"
+
 class Forest:
+    kernel: str  # one of KERNELS; a SIMD one only where every tree was padded
     def __init__(
         self,
         left: npt.NDArray[np.int32],

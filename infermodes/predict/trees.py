@@ -148,6 +148,17 @@ class TreeEnsemble:
         self._forest.predict(rows, out)
         return out
 
+    @property
+    def kernel(self) -> str:
+        """The code that walks the trees of whole SIMD registers of rows (``_trees.KERNELS``):
+        the widest this CPU runs, or ``"scalar"`` where a tree is too deep to pad. Setting it
+        (to compare them) raises ValueError for one this CPU or these trees cannot run."""
+        return self._forest.kernel
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        self._forest.kernel = name
+
     def _check_against(self, booster: NativeBooster, thresholds: np.ndarray) -> None:
         """Rows at, just below and around every split threshold, NaNs and infinities: the
         same bits as XGBoost's, or NotExact."""
@@ -181,7 +192,7 @@ def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
     except (KeyError, TypeError, ValueError, struct.error) as exc:
         log.warning("predicting with XGBoost itself: cannot read the model's trees: %s", exc)
         return None
-    log.info("predicting with the exact tree evaluator")
+    log.info("predicting with the exact tree evaluator (%s kernel)", ensemble.kernel)
     return ensemble
 
 

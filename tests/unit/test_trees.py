@@ -25,6 +25,7 @@ from infermodes.server.batching import Batcher
 from tests.conftest import AbaloneModel
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
+KERNELS = ("scalar", "avx2", "avx512")
 LEGACY = sorted(
     path.relative_to(FIXTURES).as_posix()
     for suffix in ("bin", "pkl", "json")
@@ -37,6 +38,32 @@ RNG = np.random.default_rng(14)
 def test_the_extension_was_built_by_the_install() -> None:
     """hatch_build.py builds it; without it every model falls back to XGBoost's ~20 µs call."""
     assert trees.AVAILABLE
+
+
+def test_every_kernel_the_cpu_has_is_offered() -> None:
+    """The SIMD kernels are chosen at run time (no -march at build): on a CPU with AVX2 and
+    AVX-512 (the development machine) both run, so the tests below skip neither there."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    simd = (kernel for kernel, flag in (("avx2", "avx2"), ("avx512", "avx512f")) if flag in flags)
+    assert _trees.KERNELS == ("scalar", *simd)  # noqa: SIM300 - the actual value first
+
+
+def each_kernel(ensemble: TreeEnsemble) -> list[str]:
+    """The kernels the ensemble runs, all of KERNELS where its trees are shallow enough."""
+    runs = []
+    for kernel in _trees.KERNELS:
+        try:
+            ensemble.kernel = kernel
+        except ValueError:
+            continue
+        runs.append(kernel)
+    return runs
+
+
+def using(kernel: str) -> None:
+    if kernel not in _trees.KERNELS:
+        pytest.skip(f"this CPU does not run the {kernel} kernel")
 
 
 def same_bits(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -78,13 +105,22 @@ def train(params: dict[str, Any], features: np.ndarray, labels: np.ndarray, **kw
     return bytes(booster.save_raw("ubj"))
 
 
-def test_abalone_test_rows_and_100k_hostile_rows(abalone_model: AbaloneModel) -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_abalone_test_rows_and_100k_hostile_rows(abalone_model: AbaloneModel, kernel: str) -> None:
+    using(kernel)
     native = NativeBooster(extract_member(abalone_model.tarball.read_bytes()))
     ensemble = TreeEnsemble.of(native)
+    assert ensemble.kernel == _trees.KERNELS[-1]  # the widest by default
+    ensemble.kernel = kernel
+    assert ensemble.kernel == kernel
     same_bits(ensemble.predict(abalone_model.test_rows), native.predict(abalone_model.test_rows))
     rows = hostile_rows(native, 100_000)
-    same_bits(ensemble.predict(rows), native.predict(rows))
-    for count in (0, 1, 7, 8, 9, 63, 64, 65, 1000):  # block and lockstep edges
+    clean = np.where(np.isnan(rows), np.float32(1), rows)  # blocks without a NaN, infinities kept
+    # NaN-free blocks, blocks with NaN rows among clean ones, then hostile blocks
+    mixed = np.concatenate([clean[:5000], rows[5000:5100], clean[5100:7000], rows])
+    same_bits(ensemble.predict(mixed), native.predict(mixed))
+    for count in (0, 1, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 79, 1000):  # block and lane edges
+        same_bits(ensemble.predict(clean[:count]), native.predict(clean[:count]))
         same_bits(ensemble.predict(rows[:count]), native.predict(rows[:count]))
     same_bits(ensemble.predict(rows.astype(np.float64)[::2]), native.predict(rows[::2]))
 
@@ -164,7 +200,61 @@ def test_models_it_accepts_predict_exactly(params: dict[str, Any]) -> None:
     ensemble = compile_booster(native)
     assert ensemble is not None
     rows = np.concatenate([features, hostile_rows(native, 20_000)])
-    same_bits(ensemble.predict(rows), native.predict(rows))
+    clean = np.nan_to_num(rows[:3000], nan=0.5)
+    expected, expected_clean = native.predict(rows), native.predict(clean)
+    for kernel in each_kernel(ensemble):
+        ensemble.kernel = kernel
+        same_bits(ensemble.predict(rows), expected)
+        same_bits(ensemble.predict(clean), expected_clean)
+
+
+DEPTHS = {
+    # (params, the deepest tree's depth): leaves at every depth (loss-guided growth), single-leaf
+    # trees (no split gains enough), and the deepest the SIMD kernels pad
+    "single leaves": ({"gamma": 1e9}, 0),
+    **{
+        f"depth {depth}": (
+            {"grow_policy": "lossguide", "max_depth": depth, "max_leaves": 3 * depth, "eta": 1},
+            depth,
+        )
+        for depth in (1, 2, 3, 4, 5, 6, 7, 10)
+    },
+    "depth 11": ({"max_depth": 11, "eta": 1, "min_child_weight": 0, "lambda": 0}, 11),
+}
+
+
+def tree_depth(left: np.ndarray) -> int:
+    """The longest root-to-leaf walk, in splits (the right child is left + 1)."""
+    depth, level = 0, [0]
+    while any(left[node] >= 0 for node in level):  # bounded: a tree's levels
+        level = [
+            child for node in level if left[node] >= 0 for child in (left[node], left[node] + 1)
+        ]
+        depth += 1
+    return depth
+
+
+@pytest.mark.parametrize(("params", "depth"), DEPTHS.values(), ids=DEPTHS.keys())
+def test_every_kernel_at_every_depth_predicts_exactly(params: dict[str, Any], depth: int) -> None:
+    """Trees of up to ten levels are padded for the SIMD kernels (a leaf above the last level at
+    its rightmost descendant); deeper ones keep the scalar walk."""
+    features = RNG.standard_normal((3000, 8)).astype(np.float32)
+    features[RNG.random(features.shape) < 0.1] = np.nan
+    labels = np.sin(np.nan_to_num(features[:, 0]) * 3) + np.nan_to_num(features[:, 1]) ** 2
+    labels += np.nan_to_num(features[:, 2]) * np.nan_to_num(features[:, 3])
+    native = NativeBooster(train({"max_bin": 1024, **params}, features, labels))
+    document = trees._UBJReader(native.save_ubj()).document()
+    grown = document["learner"]["gradient_booster"]["model"]["trees"]
+    assert max(tree_depth(np.asarray(tree["left_children"])) for tree in grown) == depth
+    ensemble = TreeEnsemble.of(native)
+    runs = each_kernel(ensemble)
+    assert runs == (["scalar"] if depth > 10 else list(_trees.KERNELS))
+    rows = np.concatenate([features, hostile_rows(native, 10_000)])
+    clean = np.nan_to_num(rows[:5000], nan=-0.25)
+    for kernel in runs:
+        ensemble.kernel = kernel
+        same_bits(ensemble.predict(rows), native.predict(rows))
+        same_bits(ensemble.predict(clean), native.predict(clean))
 
 
 @pytest.mark.parametrize("params", FALLBACK.values(), ids=FALLBACK.keys())
@@ -201,7 +291,10 @@ def test_every_legacy_fixture_is_exact_or_falls_back(name: str) -> None:
         assert ensemble is not None
     if ensemble is not None:
         rows = np.concatenate([np.load(FIXTURES / "rows.npy"), hostile_rows(native, 20_000)])
-        same_bits(ensemble.predict(rows), native.predict(rows))
+        expected = native.predict(rows)
+        for kernel in each_kernel(ensemble):
+            ensemble.kernel = kernel
+            same_bits(ensemble.predict(rows), expected)
 
 
 def test_the_reader_reads_what_xgboost_writes_as_json(abalone_model: AbaloneModel) -> None:
