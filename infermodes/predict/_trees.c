@@ -389,17 +389,19 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
 
 /* The SIMD kernels: margins[i * groups + g] = the base margins plus each tree's leaf in tree
  * order (the scalar code's float32 sums, in the same order) for rows i < count, count a multiple
- * of the lanes and at most ROW_BLOCK. Each lane walks one row down a padded tree (see Forest):
- * from slot 0, `depth` times: gather the split's feature of the row and compare it with the
- * split's condition (the scalar step's decision, NaN and default left included), go to 2p + 1
- * (left) or 2p + 2; then gather the leaf. The splits of the top five levels (slots 0-30) and
- * the leaves of a tree no deeper than five come from two registers by a permutation, not a
- * gather, in the AVX-512 kernel (the top three levels, slots 0-6, in the AVX2 one). Blocks of
- * ROW_BLOCK rows walk each tree in several registers at once (independent chains of loads).
- * Only compares, integer index arithmetic and float32 additions: no contraction is possible.
+ * of the lanes and at most ROW_BLOCK; each lane finds one row's leaf in a padded tree (see
+ * Forest) with the scalar step's decisions (NaN and default left included). AVX2 walks down:
+ * from slot 0, `depth` times, gather the split's feature of the row, compare it with the split's
+ * condition and go to 2p + 1 (left) or 2p + 2; then gather the leaf (the top three levels and
+ * the leaves of a tree of up to three levels come from one register by a permutation). AVX-512
+ * finds the leaf of a tree of up to five levels with one compare per split and no gather
+ * (leaves_avx512), and walks down deeper trees as AVX2 does, sixteen rows per register. Blocks
+ * of ROW_BLOCK rows take each tree in four registers at once (independent chains). Only
+ * compares, integer index arithmetic and float32 additions: no contraction is possible.
  * `lanes` holds the margins by group (margins itself when there is one group). */
 #define AVX512_LANES 16
 #define AVX512_TABLE_LEVELS 5 /* a two-register table holds slots 0-31 */
+#define BLOCK_FEATURES 64     /* rows up to this wide are copied by feature (16 KiB of stack) */
 #define AVX2_LANES 8
 #define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
 
@@ -416,48 +418,122 @@ static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, flo
             margins[i * f->groups + g] = lanes[g * ROW_BLOCK + i];
 }
 
+/* For a padded tree of depth D <= AVX512_TABLE_LEVELS and its split slot p: every leaf's bit
+ * (the leftmost leaf's is bit 31) but those of p's left subtree, which no row that goes right at
+ * p reaches. A row's leaf is the leftmost that no split it goes right at rules out (the
+ * QuickScorer algorithm): one compare per split of the whole tree, with no chain of loads. */
+static uint32_t leaves_not_left[AVX512_TABLE_LEVELS + 1][32];
+
+static void leaves_not_left_init(void) {
+    for (int depth = 0; depth <= AVX512_TABLE_LEVELS; depth++)
+        for (int p = 0; p < (1 << depth) - 1; p++) {
+            int level = 0;
+            while ((2 << level) - 1 <= p) level++; /* at most AVX512_TABLE_LEVELS steps */
+            const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
+            uint32_t left = 0;
+            for (int leaf = first; leaf < first + span / 2; leaf++) left |= 1u << (31 - leaf);
+            leaves_not_left[depth][p] = ~left;
+        }
+}
+
+/* at[v]: each lane's leaf slot in the tree (see leaves_not_left), its row's features in `block`
+ * by feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
+ * right, as do all values at a padding split on NaN), or where a NaN goes left, x >= split
+ * (GE_OQ: a NaN does not). */
+static inline __attribute__((always_inline, target("avx512f,avx512cd"))) void
+leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *block,
+              __m512i *at, const int vectors, const int nan_possible) {
+    const int32_t first_leaf = (1 << depth) - 1;
+    __m512i reachable[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
+    for (int32_t p = 0; p < first_leaf; p++) {
+        const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+        const __m512 split = _mm512_set1_ps(values[p]);
+        const __m512i keep = _mm512_set1_epi32((int32_t)leaves_not_left[depth][p]);
+        const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
+            __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
+            if (nan_possible)
+                right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
+            reachable[v] = _mm512_mask_and_epi32(reachable[v], right, reachable[v], keep);
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++)
+        at[v] = _mm512_add_epi32(_mm512_lzcnt_epi32(reachable[v]), _mm512_set1_epi32(first_leaf));
+}
+
+/* at[v]: each lane's leaf slot, walking down the tree level by level (trees deeper than
+ * AVX512_TABLE_LEVELS, or rows wider than BLOCK_FEATURES): the top levels' splits from two
+ * registers, the rest and the row's value gathered. */
 static inline __attribute__((always_inline, target("avx512f"))) void
-walk_avx512(const Forest *f, const float *rows, float *lanes, const int vectors,
-            const int nan_possible) {
-    const Py_ssize_t width = f->num_features;
+walk_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *rows,
+            Py_ssize_t width, __m512i *at, const int vectors, const int nan_possible) {
     int32_t offsets[AVX512_LANES];
     for (int j = 0; j < AVX512_LANES; j++) offsets[j] = (int32_t)(j * width);
     const __m512i row_offsets = _mm512_loadu_si512(offsets);
     const __m512i one = _mm512_set1_epi32(1), two = _mm512_set1_epi32(2);
     const __m512i feature_bits = _mm512_set1_epi32((int32_t)~DEFAULT_LEFT);
+    const __m512i columns_low = _mm512_loadu_si512(columns);
+    const __m512i columns_high = _mm512_loadu_si512(columns + 16);
+    const __m512 values_low = _mm512_loadu_ps(values), values_high = _mm512_loadu_ps(values + 16);
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) at[v] = _mm512_setzero_si512();
+    for (int32_t level = 0; level < depth; level++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            __m512i column;
+            __m512 split;
+            if (level < AVX512_TABLE_LEVELS) {
+                column = _mm512_permutex2var_epi32(columns_low, at[v], columns_high);
+                split = _mm512_permutex2var_ps(values_low, at[v], values_high);
+            } else {
+                column = _mm512_i32gather_epi32(at[v], columns, 4);
+                split = _mm512_i32gather_ps(at[v], values, 4);
+            }
+            const __m512i cell =
+                _mm512_add_epi32(row_offsets, _mm512_and_si512(column, feature_bits));
+            const __m512 x = _mm512_i32gather_ps(cell, rows + v * AVX512_LANES * width, 4);
+            __mmask16 left = _mm512_cmp_ps_mask(x, split, _CMP_LT_OQ);
+            if (nan_possible)
+                left |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) &
+                        _mm512_cmplt_epi32_mask(column, _mm512_setzero_si512());
+            const __m512i right = _mm512_add_epi32(_mm512_add_epi32(at[v], at[v]), two);
+            at[v] = _mm512_mask_sub_epi32(right, left, right, one);
+        }
+    }
+}
+
+/* The AVX-512 kernel's trees: the rows copied by feature into `block` once (when they are
+ * narrow enough), then for each tree every lane's leaf slot, by leaves_avx512 or walk_avx512,
+ * its value (from two registers for a tree of up to five levels) added to the lane's margin. */
+static inline __attribute__((always_inline, target("avx512f,avx512cd"))) void
+trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors,
+             const int nan_possible) {
+    const Py_ssize_t width = f->num_features;
+    float block[BLOCK_FEATURES * ROW_BLOCK];
+    const int by_feature = width <= BLOCK_FEATURES;
+    for (Py_ssize_t feature = 0; by_feature && feature < width; feature++) {
+        int32_t cells[AVX512_LANES];
+        for (int j = 0; j < AVX512_LANES; j++) cells[j] = (int32_t)(j * width + feature);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++)
+            _mm512_storeu_ps(block + feature * ROW_BLOCK + v * AVX512_LANES,
+                             _mm512_i32gather_ps(_mm512_loadu_si512(cells),
+                                                 rows + v * AVX512_LANES * width, 4));
+    }
     for (Py_ssize_t t = 0; t < f->num_trees; t++) {
-        const int32_t *columns = (const int32_t *)f->simd_columns + f->simd_offsets[t];
+        const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        const __m512i columns_low = _mm512_loadu_si512(columns);
-        const __m512i columns_high = _mm512_loadu_si512(columns + 16);
-        const __m512 values_low = _mm512_loadu_ps(values), values_high = _mm512_loadu_ps(values + 16);
         __m512i at[4];
-#pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++) at[v] = _mm512_setzero_si512();
-        for (int32_t level = 0; level < depth; level++) {
-#pragma GCC unroll 4
-            for (int v = 0; v < vectors; v++) {
-                __m512i column;
-                __m512 split;
-                if (level < AVX512_TABLE_LEVELS) {
-                    column = _mm512_permutex2var_epi32(columns_low, at[v], columns_high);
-                    split = _mm512_permutex2var_ps(values_low, at[v], values_high);
-                } else {
-                    column = _mm512_i32gather_epi32(at[v], columns, 4);
-                    split = _mm512_i32gather_ps(at[v], values, 4);
-                }
-                const __m512i cell =
-                    _mm512_add_epi32(row_offsets, _mm512_and_si512(column, feature_bits));
-                const __m512 x = _mm512_i32gather_ps(cell, rows + v * AVX512_LANES * width, 4);
-                __mmask16 left = _mm512_cmp_ps_mask(x, split, _CMP_LT_OQ);
-                if (nan_possible)
-                    left |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) &
-                            _mm512_cmplt_epi32_mask(column, _mm512_setzero_si512());
-                const __m512i right = _mm512_add_epi32(_mm512_add_epi32(at[v], at[v]), two);
-                at[v] = _mm512_mask_sub_epi32(right, left, right, one);
-            }
-        }
+        if (by_feature && depth <= AVX512_TABLE_LEVELS)
+            leaves_avx512(columns, values, depth, block, at, vectors, nan_possible);
+        else
+            walk_avx512(columns, values, depth, rows, width, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
         const __m512 leaves_low = _mm512_loadu_ps(values + first_leaf);
         const __m512 leaves_high = _mm512_loadu_ps(values + first_leaf + 16);
@@ -551,7 +627,7 @@ walk_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         lanes_end(f, count, lanes, margins);                                                      \
     }
 
-MARGINS_KERNEL(margins_avx512, "avx512f", walk_avx512, AVX512_LANES)
+MARGINS_KERNEL(margins_avx512, "avx512f,avx512cd", trees_avx512, AVX512_LANES)
 MARGINS_KERNEL(margins_avx2, "avx2", walk_avx2, AVX2_LANES)
 
 typedef void (*MarginsKernel)(const Forest *, const float *, Py_ssize_t, float *, float *, int);
@@ -706,9 +782,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, N
 
 PyMODINIT_FUNC PyInit__trees(void) {
     __builtin_cpu_init();
+    leaves_not_left_init();
     kernel_runs[KERNEL_SCALAR] = 1;
     kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
-    kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;
+    kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
     if (PyType_Ready(&ForestType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -45,7 +45,8 @@ def test_every_kernel_the_cpu_has_is_offered() -> None:
     AVX-512 (the development machine) both run, so the tests below skip neither there."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
-    simd = (kernel for kernel, flag in (("avx2", "avx2"), ("avx512", "avx512f")) if flag in flags)
+    needs = {"avx2": {"avx2"}, "avx512": {"avx512f", "avx512cd"}}
+    simd = (kernel for kernel, flags_needed in needs.items() if flags_needed <= flags)
     assert _trees.KERNELS == ("scalar", *simd)  # noqa: SIM300 - the actual value first
 
 
@@ -430,3 +431,19 @@ def test_models_the_evaluator_predicts_are_batched_only_with_a_window(
     calls.clear()
     asyncio.run(together(1_000_000))
     assert calls == [12]
+
+
+def test_rows_wider_than_the_feature_block_walk_down_exactly() -> None:
+    """The AVX-512 kernel copies rows of up to 64 features into a block by feature; wider rows
+    walk down the trees instead, shallow ones too."""
+    features = RNG.standard_normal((2000, 70)).astype(np.float32)
+    features[RNG.random(features.shape) < 0.1] = np.nan
+    labels = np.nan_to_num(features[:, 65]) * 2 + np.nan_to_num(features[:, 3])
+    native = NativeBooster(train({"max_depth": 4}, features, labels))
+    ensemble = TreeEnsemble.of(native)
+    rows = np.concatenate([features, hostile_rows(native, 5_000)])
+    clean = np.nan_to_num(rows, nan=0.5)
+    for kernel in each_kernel(ensemble):
+        ensemble.kernel = kernel
+        same_bits(ensemble.predict(rows), native.predict(rows))
+        same_bits(ensemble.predict(clean), native.predict(clean))
