@@ -74,9 +74,9 @@ static const char *const kernel_names[KERNEL_COUNT] = {"scalar", "avx2", "avx512
 static int kernel_runs[KERNEL_COUNT]; /* this CPU runs it (set at import) */
 static const Py_ssize_t kernel_lanes[KERNEL_COUNT] = {1, 8, 16};
 /* The fewest rows left over that one more register (padded with zero rows) predicts faster than
- * the scalar walk (Abalone, 1-16 rows): AVX-512 from 3 rows (2.1 against 2.3 us), AVX2 never
- * below 8 (3.5 us, as much as 6 scalar rows). */
-static const Py_ssize_t kernel_padded_min_rows[KERNEL_COUNT] = {1, 8, 3};
+ * the scalar walk (Abalone, one run: one AVX-512 register 2.3 us, one AVX2 register 2.1 us;
+ * scalar 2 rows 1.8 us, 3 rows 2.2, 4 rows 2.6). */
+static const Py_ssize_t kernel_padded_min_rows[KERNEL_COUNT] = {1, 4, 4};
 
 /* LogisticRegression::ProbToMargin: the base score bounded to [kRtEps, 1 - kRtEps] (common::Max,
  * common::Min), then common::Logit. */
@@ -394,20 +394,22 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
 /* The SIMD kernels: margins[i * groups + g] = the base margins plus each tree's leaf in tree
  * order (the scalar code's float32 sums, in the same order) for rows i < count, count a multiple
  * of the lanes and at most ROW_BLOCK; each lane finds one row's leaf in a padded tree (see
- * Forest) with the scalar step's decisions (NaN and default left included). AVX2 walks down:
- * from slot 0, `depth` times, gather the split's feature of the row, compare it with the split's
- * condition and go to 2p + 1 (left) or 2p + 2; then gather the leaf (the top three levels and
- * the leaves of a tree of up to three levels come from one register by a permutation). AVX-512
- * finds the leaf of a tree of up to five levels with one compare per split and no gather
- * (leaves_avx512), and walks down deeper trees as AVX2 does, sixteen rows per register. Blocks
- * of ROW_BLOCK rows take each tree in four registers at once (independent chains). Only
- * compares, integer index arithmetic and float32 additions: no contraction is possible.
+ * Forest) with the scalar step's decisions (NaN and default left included), sixteen rows per
+ * register (AVX-512) or eight (AVX2). Rows of up to BLOCK_FEATURES features are first copied by
+ * feature; then a tree of up to LEAF_BITS_LEVELS levels finds each row's leaf with one compare
+ * per split and no gather (leaves_avx512, leaves_avx2); a deeper tree (or wider rows) is walked
+ * down: from slot 0, `depth` times, gather the split's feature of the row, compare it with the
+ * split's condition and go to 2p + 1 (left) or 2p + 2 (walk_avx512, walk_avx2; the top levels'
+ * splits come from registers by a permutation). Blocks of ROW_BLOCK rows take each tree in four
+ * registers at once (independent chains). Only compares, integer index arithmetic and float32
+ * additions: no contraction is possible.
  * `lanes` holds the margins by group (margins itself when there is one group). */
 #define AVX512_LANES 16
 #define AVX512_TABLE_LEVELS 5 /* a two-register table holds slots 0-31 */
 #define BLOCK_FEATURES 64     /* rows up to this wide are copied by feature (16 KiB of stack) */
 #define AVX2_LANES 8
 #define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
+#define LEAF_BITS_LEVELS 5  /* trees of up to 32 leaves find them by bits (left_leaves) */
 
 /* Each lane's margins start from the bases; afterwards the row-major margins of the lanes. */
 static void lanes_start(const Forest *f, Py_ssize_t count, float *lanes) {
@@ -422,29 +424,28 @@ static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, flo
             margins[i * f->groups + g] = lanes[g * ROW_BLOCK + i];
 }
 
-/* For a padded tree of depth D <= AVX512_TABLE_LEVELS and its split slot p: every leaf's bit
- * (the leftmost leaf's is bit 31) but those of p's left subtree, which no row that goes right at
- * p reaches. A row's leaf is the leftmost that no split it goes right at rules out (the
+/* For a padded tree of depth D <= LEAF_BITS_LEVELS and its split slot p: the bits of the leaves
+ * (leaf i, left to right, at bit i) of p's left subtree, which no row that goes right at p
+ * reaches. A row's leaf is the leftmost that no split it goes right at rules out (the
  * QuickScorer algorithm): one compare per split of the whole tree, with no chain of loads. */
-static uint32_t leaves_not_left[AVX512_TABLE_LEVELS + 1][32];
+static uint32_t left_leaves[LEAF_BITS_LEVELS + 1][32];
 
-static void leaves_not_left_init(void) {
-    for (int depth = 0; depth <= AVX512_TABLE_LEVELS; depth++)
+static void left_leaves_init(void) {
+    for (int depth = 0; depth <= LEAF_BITS_LEVELS; depth++)
         for (int p = 0; p < (1 << depth) - 1; p++) {
             int level = 0;
-            while ((2 << level) - 1 <= p) level++; /* at most AVX512_TABLE_LEVELS steps */
+            while ((2 << level) - 1 <= p) level++; /* at most LEAF_BITS_LEVELS steps */
             const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
-            uint32_t left = 0;
-            for (int leaf = first; leaf < first + span / 2; leaf++) left |= 1u << (31 - leaf);
-            leaves_not_left[depth][p] = ~left;
+            for (int leaf = first; leaf < first + span / 2; leaf++) left_leaves[depth][p] |= 1u << leaf;
         }
 }
 
-/* at[v]: each lane's leaf slot in the tree (see leaves_not_left), its row's features in `block`
+/* at[v]: each lane's leaf slot in the tree (see left_leaves), its row's features in `block`
  * by feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
  * right, as do all values at a padding split on NaN), or where a NaN goes left, x >= split
- * (GE_OQ: a NaN does not). */
-static inline __attribute__((always_inline, target("avx512f,avx512cd"))) void
+ * (GE_OQ: a NaN does not). The lowest bit left is the leaf: the exponent of its float (exact:
+ * a power of two; bit 31 converts to -2^31, whose exponent is 31 too). */
+static inline __attribute__((always_inline, target("avx512f"))) void
 leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *block,
               __m512i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
@@ -454,7 +455,7 @@ leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const
     for (int32_t p = 0; p < first_leaf; p++) {
         const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
         const __m512 split = _mm512_set1_ps(values[p]);
-        const __m512i keep = _mm512_set1_epi32((int32_t)leaves_not_left[depth][p]);
+        const __m512i ruled_out = _mm512_set1_epi32((int32_t)left_leaves[depth][p]);
         const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
@@ -462,12 +463,18 @@ leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const
             __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
             if (nan_possible)
                 right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
-            reachable[v] = _mm512_mask_and_epi32(reachable[v], right, reachable[v], keep);
+            reachable[v] = _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
         }
     }
 #pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++)
-        at[v] = _mm512_add_epi32(_mm512_lzcnt_epi32(reachable[v]), _mm512_set1_epi32(first_leaf));
+    for (int v = 0; v < vectors; v++) {
+        const __m512i lowest =
+            _mm512_and_si512(reachable[v], _mm512_sub_epi32(_mm512_setzero_si512(), reachable[v]));
+        const __m512i exponent = _mm512_and_si512(
+            _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(lowest)), 23),
+            _mm512_set1_epi32(0xff));
+        at[v] = _mm512_add_epi32(exponent, _mm512_set1_epi32(first_leaf - 127));
+    }
 }
 
 /* at[v]: each lane's leaf slot, walking down the tree level by level (trees deeper than
@@ -514,7 +521,7 @@ walk_avx512(const uint32_t *columns, const float *values, int32_t depth, const f
 /* The AVX-512 kernel's trees: the rows copied by feature into `block` once (when they are
  * narrow enough), then for each tree every lane's leaf slot, by leaves_avx512 or walk_avx512,
  * its value (from two registers for a tree of up to five levels) added to the lane's margin. */
-static inline __attribute__((always_inline, target("avx512f,avx512cd"))) void
+static inline __attribute__((always_inline, target("avx512f"))) void
 trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors,
              const int nan_possible) {
     const Py_ssize_t width = f->num_features;
@@ -534,7 +541,7 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
         __m512i at[4];
-        if (by_feature && depth <= AVX512_TABLE_LEVELS)
+        if (by_feature && depth <= LEAF_BITS_LEVELS)
             leaves_avx512(columns, values, depth, block, at, vectors, nan_possible);
         else
             walk_avx512(columns, values, depth, rows, width, at, vectors, nan_possible);
@@ -555,48 +562,104 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
     }
 }
 
+/* As leaves_avx512, eight rows per register. */
 static inline __attribute__((always_inline, target("avx2"))) void
-walk_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
-          const int nan_possible) {
-    const Py_ssize_t width = f->num_features;
+leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *block,
+            __m256i *at, const int vectors, const int nan_possible) {
+    const int32_t first_leaf = (1 << depth) - 1;
+    __m256i reachable[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
+    for (int32_t p = 0; p < first_leaf; p++) {
+        const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+        const __m256 split = _mm256_set1_ps(values[p]);
+        const __m256i ruled_out = _mm256_set1_epi32((int32_t)left_leaves[depth][p]);
+        const __m256i nan_right = _mm256_set1_epi32(columns[p] & DEFAULT_LEFT ? 0 : -1);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
+            __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_NLT_UQ));
+            if (nan_possible)
+                right = _mm256_or_si256(_mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_GE_OQ)),
+                                        _mm256_and_si256(right, nan_right));
+            reachable[v] = _mm256_andnot_si256(_mm256_and_si256(right, ruled_out), reachable[v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) {
+        const __m256i lowest =
+            _mm256_and_si256(reachable[v], _mm256_sub_epi32(_mm256_setzero_si256(), reachable[v]));
+        const __m256i exponent = _mm256_and_si256(
+            _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)), 23),
+            _mm256_set1_epi32(0xff));
+        at[v] = _mm256_add_epi32(exponent, _mm256_set1_epi32(first_leaf - 127));
+    }
+}
+
+/* As walk_avx512, eight rows per register, the top three levels' splits from one register. */
+static inline __attribute__((always_inline, target("avx2"))) void
+walk_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *rows,
+          Py_ssize_t width, __m256i *at, const int vectors, const int nan_possible) {
     int32_t offsets[AVX2_LANES];
     for (int j = 0; j < AVX2_LANES; j++) offsets[j] = (int32_t)(j * width);
     const __m256i row_offsets = _mm256_loadu_si256((const __m256i *)offsets);
     const __m256i two = _mm256_set1_epi32(2);
     const __m256i feature_bits = _mm256_set1_epi32((int32_t)~DEFAULT_LEFT);
+    const __m256i columns_table = _mm256_loadu_si256((const __m256i *)columns);
+    const __m256 values_table = _mm256_loadu_ps(values);
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) at[v] = _mm256_setzero_si256();
+    for (int32_t level = 0; level < depth; level++) {
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++) {
+            __m256i column;
+            __m256 split;
+            if (level < AVX2_TABLE_LEVELS) {
+                column = _mm256_permutevar8x32_epi32(columns_table, at[v]);
+                split = _mm256_permutevar8x32_ps(values_table, at[v]);
+            } else {
+                column = _mm256_i32gather_epi32((const int *)columns, at[v], 4);
+                split = _mm256_i32gather_ps(values, at[v], 4);
+            }
+            const __m256i cell =
+                _mm256_add_epi32(row_offsets, _mm256_and_si256(column, feature_bits));
+            const __m256 x = _mm256_i32gather_ps(rows + v * AVX2_LANES * width, cell, 4);
+            __m256i left = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_LT_OQ));
+            if (nan_possible)
+                left = _mm256_or_si256(
+                    left, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)),
+                                           _mm256_srai_epi32(column, 31)));
+            /* left is -1 where the row goes left */
+            at[v] = _mm256_add_epi32(_mm256_add_epi32(at[v], at[v]), _mm256_add_epi32(two, left));
+        }
+    }
+}
+
+/* As trees_avx512, eight rows per register. */
+static inline __attribute__((always_inline, target("avx2"))) void
+trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
+           const int nan_possible) {
+    const Py_ssize_t width = f->num_features;
+    float block[BLOCK_FEATURES * ROW_BLOCK];
+    const int by_feature = width <= BLOCK_FEATURES;
+    for (Py_ssize_t feature = 0; by_feature && feature < width; feature++) {
+        int32_t cells[AVX2_LANES];
+        for (int j = 0; j < AVX2_LANES; j++) cells[j] = (int32_t)(j * width + feature);
+#pragma GCC unroll 4
+        for (int v = 0; v < vectors; v++)
+            _mm256_storeu_ps(block + feature * ROW_BLOCK + v * AVX2_LANES,
+                             _mm256_i32gather_ps(rows + v * AVX2_LANES * width,
+                                                 _mm256_loadu_si256((const __m256i *)cells), 4));
+    }
     for (Py_ssize_t t = 0; t < f->num_trees; t++) {
-        const int *columns = (const int *)f->simd_columns + f->simd_offsets[t];
+        const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        const __m256i columns_table = _mm256_loadu_si256((const __m256i *)columns);
-        const __m256 values_table = _mm256_loadu_ps(values);
         __m256i at[4];
-#pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++) at[v] = _mm256_setzero_si256();
-        for (int32_t level = 0; level < depth; level++) {
-#pragma GCC unroll 4
-            for (int v = 0; v < vectors; v++) {
-                __m256i column;
-                __m256 split;
-                if (level < AVX2_TABLE_LEVELS) {
-                    column = _mm256_permutevar8x32_epi32(columns_table, at[v]);
-                    split = _mm256_permutevar8x32_ps(values_table, at[v]);
-                } else {
-                    column = _mm256_i32gather_epi32(columns, at[v], 4);
-                    split = _mm256_i32gather_ps(values, at[v], 4);
-                }
-                const __m256i cell =
-                    _mm256_add_epi32(row_offsets, _mm256_and_si256(column, feature_bits));
-                const __m256 x = _mm256_i32gather_ps(rows + v * AVX2_LANES * width, cell, 4);
-                __m256i left = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_LT_OQ));
-                if (nan_possible)
-                    left = _mm256_or_si256(
-                        left, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)),
-                                               _mm256_srai_epi32(column, 31)));
-                /* left is -1 where the row goes left */
-                at[v] = _mm256_add_epi32(_mm256_add_epi32(at[v], at[v]), _mm256_add_epi32(two, left));
-            }
-        }
+        if (by_feature && depth <= LEAF_BITS_LEVELS)
+            leaves_avx2(columns, values, depth, block, at, vectors, nan_possible);
+        else
+            walk_avx2(columns, values, depth, rows, width, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
         const __m256 leaves = _mm256_loadu_ps(values + first_leaf);
 #pragma GCC unroll 4
@@ -631,27 +694,32 @@ walk_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         lanes_end(f, count, lanes, margins);                                                      \
     }
 
-MARGINS_KERNEL(margins_avx512, "avx512f,avx512cd", trees_avx512, AVX512_LANES)
-MARGINS_KERNEL(margins_avx2, "avx2", walk_avx2, AVX2_LANES)
+MARGINS_KERNEL(margins_avx512, "avx512f", trees_avx512, AVX512_LANES)
+MARGINS_KERNEL(margins_avx2, "avx2", trees_avx2, AVX2_LANES)
 
 typedef void (*MarginsKernel)(const Forest *, const float *, Py_ssize_t, float *, float *, int);
 static const MarginsKernel kernel_margins[KERNEL_COUNT] = {NULL, margins_avx2, margins_avx512};
 
 /* The margins of a block's first rows (count <= ROW_BLOCK) by a SIMD kernel: its whole registers
- * of rows, then the last few rows with zero rows after them in one more register, when the rows
- * are narrow enough to copy on the stack (margins and lanes have room for ROW_BLOCK rows: the
- * whole registers leave room for one more). How many rows it did. */
+ * of rows, then the last few rows with zero rows after them in one more register (an AVX2 one
+ * for up to eight rows: faster than half-empty AVX-512), when the rows are narrow enough to copy
+ * on the stack (margins and lanes have room for ROW_BLOCK rows: the whole registers leave room
+ * for one more). How many rows it did. */
 static Py_ssize_t simd_margins(const Forest *f, Kernel kernel, const float *rows, Py_ssize_t count,
                                float *margins, float *lanes, int nan_possible) {
     const Py_ssize_t width = f->num_features, register_rows = kernel_lanes[kernel];
     const Py_ssize_t whole = count / register_rows * register_rows;
     if (whole > 0) kernel_margins[kernel](f, rows, whole, margins, lanes, nan_possible);
-    if (count - whole < kernel_padded_min_rows[kernel] || width > BLOCK_FEATURES) return whole;
+    const Py_ssize_t left_over = count - whole;
+    const Kernel last = kernel == KERNEL_AVX512 && left_over <= AVX2_LANES && kernel_runs[KERNEL_AVX2]
+                            ? KERNEL_AVX2
+                            : kernel;
+    if (left_over < kernel_padded_min_rows[last] || width > BLOCK_FEATURES) return whole;
     float padded[AVX512_LANES * BLOCK_FEATURES];
-    memset(padded, 0, (size_t)(register_rows * width) * sizeof(float));
-    memcpy(padded, rows + whole * width, (size_t)((count - whole) * width) * sizeof(float));
-    kernel_margins[kernel](f, padded, register_rows, margins + whole * f->groups, lanes,
-                           nan_possible);
+    memset(padded, 0, (size_t)(kernel_lanes[last] * width) * sizeof(float));
+    memcpy(padded, rows + whole * width, (size_t)(left_over * width) * sizeof(float));
+    kernel_margins[last](f, padded, kernel_lanes[last], margins + whole * f->groups, lanes,
+                         nan_possible);
     return count;
 }
 
@@ -804,10 +872,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, N
 
 PyMODINIT_FUNC PyInit__trees(void) {
     __builtin_cpu_init();
-    leaves_not_left_init();
+    left_leaves_init();
     kernel_runs[KERNEL_SCALAR] = 1;
     kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
-    kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
+    kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;
     if (PyType_Ready(&ForestType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
