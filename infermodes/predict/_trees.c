@@ -409,7 +409,7 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
 #define BLOCK_FEATURES 64     /* rows up to this wide are copied by feature (16 KiB of stack) */
 #define AVX2_LANES 8
 #define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
-#define LEAF_BITS_LEVELS 5  /* trees of up to 32 leaves find them by bits (left_leaves) */
+#define LEAF_BITS_LEVELS 6  /* trees of up to 64 leaves find them by bits (LeafBits) */
 
 /* Each lane's margins start from the bases; afterwards the row-major margins of the lanes. */
 static void lanes_start(const Forest *f, Py_ssize_t count, float *lanes) {
@@ -424,56 +424,78 @@ static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, flo
             margins[i * f->groups + g] = lanes[g * ROW_BLOCK + i];
 }
 
-/* For a padded tree of depth D <= LEAF_BITS_LEVELS and its split slot p: the bits of the leaves
- * (leaf i, left to right, at bit i) of p's left subtree, which no row that goes right at p
- * reaches. A row's leaf is the leftmost that no split it goes right at rules out (the
+/* For a padded tree of depth D <= LEAF_BITS_LEVELS: its 2^D leaves (left to right) in 32-bit
+ * words, leaf i at bit i % 32 of word i / 32 (two words at depth 6); for each split slot p,
+ * left[p] the bits of the leaves of its left subtree (all in one word: the root's left
+ * subtree is word 0 at depth 6), which no row that goes right at p reaches, and the slots of
+ * each word. A row's leaf is the leftmost that no split it goes right at rules out (the
  * QuickScorer algorithm): one compare per split of the whole tree, with no chain of loads. */
-static uint32_t left_leaves[LEAF_BITS_LEVELS + 1][32];
+typedef struct {
+    int count[2];
+    uint8_t slots[2][64];
+    uint32_t left[64];
+} LeafBits;
+static LeafBits leaf_bits[LEAF_BITS_LEVELS + 1];
 
-static void left_leaves_init(void) {
-    for (int depth = 0; depth <= LEAF_BITS_LEVELS; depth++)
+static void leaf_bits_init(void) {
+    memset(leaf_bits, 0, sizeof(leaf_bits)); /* the module may be initialised more than once */
+    for (int depth = 0; depth <= LEAF_BITS_LEVELS; depth++) {
+        LeafBits *bits = &leaf_bits[depth];
         for (int p = 0; p < (1 << depth) - 1; p++) {
             int level = 0;
             while ((2 << level) - 1 <= p) level++; /* at most LEAF_BITS_LEVELS steps */
             const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
-            for (int leaf = first; leaf < first + span / 2; leaf++) left_leaves[depth][p] |= 1u << leaf;
+            for (int leaf = first; leaf < first + span / 2; leaf++) bits->left[p] |= 1u << (leaf % 32);
+            const int word = first / 32;
+            bits->slots[word][bits->count[word]++] = (uint8_t)p;
         }
+    }
 }
 
-/* at[v]: each lane's leaf slot in the tree (see left_leaves), its row's features in `block`
- * by feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
+/* at[v]: each lane's leaf slot in the tree (see LeafBits), its row's features in `block` by
+ * feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
  * right, as do all values at a padding split on NaN), or where a NaN goes left, x >= split
  * (GE_OQ: a NaN does not). The lowest bit left is the leaf: the exponent of its float (exact:
- * a power of two; bit 31 converts to -2^31, whose exponent is 31 too). */
+ * a power of two; bit 31 converts to -2^31, whose exponent is 31 too); in word 1 where word 0
+ * has none left. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *block,
               __m512i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
-    __m512i reachable[4];
+    const LeafBits *bits = &leaf_bits[depth];
+    __mmask16 in_first_word[4];
+    for (int word = 0; word < (depth > 5 ? 2 : 1); word++) {
+        __m512i reachable[4];
 #pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
-    for (int32_t p = 0; p < first_leaf; p++) {
-        const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
-        const __m512 split = _mm512_set1_ps(values[p]);
-        const __m512i ruled_out = _mm512_set1_epi32((int32_t)left_leaves[depth][p]);
-        const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
+        for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
+        for (int i = 0; i < bits->count[word]; i++) {
+            const int p = bits->slots[word][i];
+            const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+            const __m512 split = _mm512_set1_ps(values[p]);
+            const __m512i ruled_out = _mm512_set1_epi32((int32_t)bits->left[p]);
+            const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
+                __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
+                if (nan_possible)
+                    right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
+                reachable[v] =
+                    _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
+            }
+        }
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
-            const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
-            __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
-            if (nan_possible)
-                right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
-            reachable[v] = _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
+            const __m512i lowest = _mm512_and_si512(
+                reachable[v], _mm512_sub_epi32(_mm512_setzero_si512(), reachable[v]));
+            const __m512i exponent = _mm512_and_si512(
+                _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(lowest)), 23),
+                _mm512_set1_epi32(0xff));
+            const __m512i slot =
+                _mm512_add_epi32(exponent, _mm512_set1_epi32(first_leaf + 32 * word - 127));
+            at[v] = word == 0 ? slot : _mm512_mask_mov_epi32(slot, in_first_word[v], at[v]);
+            in_first_word[v] = _mm512_test_epi32_mask(reachable[v], reachable[v]);
         }
-    }
-#pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) {
-        const __m512i lowest =
-            _mm512_and_si512(reachable[v], _mm512_sub_epi32(_mm512_setzero_si512(), reachable[v]));
-        const __m512i exponent = _mm512_and_si512(
-            _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(lowest)), 23),
-            _mm512_set1_epi32(0xff));
-        at[v] = _mm512_add_epi32(exponent, _mm512_set1_epi32(first_leaf - 127));
     }
 }
 
@@ -540,7 +562,7 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        __m512i at[4];
+        __m512i at[4] = {0}; /* set by leaves_avx512 or walk_avx512 (zero: no compiler warning) */
         if (by_feature && depth <= LEAF_BITS_LEVELS)
             leaves_avx512(columns, values, depth, block, at, vectors, nan_possible);
         else
@@ -567,32 +589,42 @@ static inline __attribute__((always_inline, target("avx2"))) void
 leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *block,
             __m256i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
-    __m256i reachable[4];
+    const LeafBits *bits = &leaf_bits[depth];
+    __m256i first_word_empty[4];
+    for (int word = 0; word < (depth > 5 ? 2 : 1); word++) {
+        __m256i reachable[4];
 #pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
-    for (int32_t p = 0; p < first_leaf; p++) {
-        const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
-        const __m256 split = _mm256_set1_ps(values[p]);
-        const __m256i ruled_out = _mm256_set1_epi32((int32_t)left_leaves[depth][p]);
-        const __m256i nan_right = _mm256_set1_epi32(columns[p] & DEFAULT_LEFT ? 0 : -1);
+        for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
+        for (int i = 0; i < bits->count[word]; i++) {
+            const int p = bits->slots[word][i];
+            const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+            const __m256 split = _mm256_set1_ps(values[p]);
+            const __m256i ruled_out = _mm256_set1_epi32((int32_t)bits->left[p]);
+            const __m256i nan_right = _mm256_set1_epi32(columns[p] & DEFAULT_LEFT ? 0 : -1);
+#pragma GCC unroll 4
+            for (int v = 0; v < vectors; v++) {
+                const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
+                __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_NLT_UQ));
+                if (nan_possible)
+                    right = _mm256_or_si256(
+                        _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_GE_OQ)),
+                        _mm256_and_si256(right, nan_right));
+                reachable[v] =
+                    _mm256_andnot_si256(_mm256_and_si256(right, ruled_out), reachable[v]);
+            }
+        }
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
-            const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
-            __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_NLT_UQ));
-            if (nan_possible)
-                right = _mm256_or_si256(_mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_GE_OQ)),
-                                        _mm256_and_si256(right, nan_right));
-            reachable[v] = _mm256_andnot_si256(_mm256_and_si256(right, ruled_out), reachable[v]);
+            const __m256i lowest = _mm256_and_si256(
+                reachable[v], _mm256_sub_epi32(_mm256_setzero_si256(), reachable[v]));
+            const __m256i exponent = _mm256_and_si256(
+                _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)), 23),
+                _mm256_set1_epi32(0xff));
+            const __m256i slot =
+                _mm256_add_epi32(exponent, _mm256_set1_epi32(first_leaf + 32 * word - 127));
+            at[v] = word == 0 ? slot : _mm256_blendv_epi8(at[v], slot, first_word_empty[v]);
+            first_word_empty[v] = _mm256_cmpeq_epi32(reachable[v], _mm256_setzero_si256());
         }
-    }
-#pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) {
-        const __m256i lowest =
-            _mm256_and_si256(reachable[v], _mm256_sub_epi32(_mm256_setzero_si256(), reachable[v]));
-        const __m256i exponent = _mm256_and_si256(
-            _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)), 23),
-            _mm256_set1_epi32(0xff));
-        at[v] = _mm256_add_epi32(exponent, _mm256_set1_epi32(first_leaf - 127));
     }
 }
 
@@ -655,7 +687,7 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        __m256i at[4];
+        __m256i at[4] = {0}; /* set by leaves_avx2 or walk_avx2 (zero: no compiler warning) */
         if (by_feature && depth <= LEAF_BITS_LEVELS)
             leaves_avx2(columns, values, depth, block, at, vectors, nan_possible);
         else
@@ -872,7 +904,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, N
 
 PyMODINIT_FUNC PyInit__trees(void) {
     __builtin_cpu_init();
-    left_leaves_init();
+    leaf_bits_init();
     kernel_runs[KERNEL_SCALAR] = 1;
     kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
     kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;

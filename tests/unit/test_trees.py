@@ -222,6 +222,8 @@ DEPTHS = {
         )
         for depth in (1, 2, 3, 4, 5, 6, 7, 10)
     },
+    # complete trees of 64 leaves: the two words of leaf bits
+    "depth 6, complete": ({"max_depth": 6, "eta": 1, "min_child_weight": 0, "lambda": 0}, 6),
     "depth 11": ({"max_depth": 11, "eta": 1, "min_child_weight": 0, "lambda": 0}, 11),
 }
 
