@@ -25,10 +25,16 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 def _settings_or_exit(factory: Any, **options: Any) -> Any:
+    """The settings from the flags given and the environment; what is wrong in either is a
+    usage error naming the setting (or the variable), not a traceback."""
     from pydantic import ValidationError
+
+    from infermodes.settings import SettingsError
 
     try:
         return factory(**_given(**options))
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

@@ -6,10 +6,12 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import os
+from typing import Any, ClassVar, Literal, get_origin
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
 
 MIB = 1024 * 1024
 # How long an HTTP server waits for a request's headers (from its first byte) and for its body
@@ -20,7 +22,81 @@ BODY_TIMEOUT_SECONDS = 60.0
 MAX_DECODED_VALUES = 1 << 24
 
 
-class ServeSettings(BaseSettings):
+class SettingsConfigDict(ConfigDict, total=False):
+    """pydantic's model config, plus the prefix of a settings class's variables."""
+
+    env_prefix: str
+
+
+class SettingsError(ValueError):
+    """A variable a setting is read from that cannot be decoded (bad JSON)."""
+
+
+_JSON_ORIGINS = (list, dict, set, frozenset, tuple)
+
+
+def _is_json(annotation: Any) -> bool:
+    """Whether a field's variable is JSON: a collection or a model (a union is not decoded,
+    so ``list[str] | None`` would be refused by validation, not silently read)."""
+    origin = get_origin(annotation) or annotation
+    return origin in _JSON_ORIGINS or (isinstance(origin, type) and issubclass(origin, BaseModel))
+
+
+def _aliases(field: FieldInfo) -> list[str]:
+    """The names of a field's ``validation_alias`` (an ``AliasPath`` names no variable)."""
+    alias = field.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    return [choice for choice in choices if isinstance(choice, str)]
+
+
+class EnvSettings(BaseModel):
+    """A process's settings: keyword arguments (its command-line flags) win over the
+    environment, which wins over the defaults.
+
+    The environment is read as pydantic-settings reads it for the field types used here,
+    without importing it (~50 ms of every process's start): a field is set by
+    ``<env_prefix><FIELD NAME>``, or, if it has a ``validation_alias``, by each alias taken as
+    a variable name (and by the prefixed name too with ``populate_by_name``), the first one set
+    winning; names match in any case; an empty variable is an empty string, not an absent one;
+    list, dict and model fields are JSON. Schemas are built on first use (``defer_build``), so
+    a process builds only the class it reads.
+    """
+
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        extra="forbid", validate_default=True, defer_build=True
+    )
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**self._from_environment(values), **values})
+
+    @classmethod
+    def _from_environment(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """What the environment sets of the fields that ``given`` does not name."""
+        environ = {name.lower(): (name, value) for name, value in os.environ.items()}
+        prefix = cls.model_config.get("env_prefix", "")
+        by_name = cls.model_config.get("validate_by_name") or cls.model_config.get(
+            "populate_by_name"
+        )
+        found: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            aliases = _aliases(field)
+            if given.keys() & {name, *aliases}:
+                continue
+            names = [*aliases, *([f"{prefix}{name}"] if by_name or not aliases else [])]
+            variable = next((environ[n.lower()] for n in names if n.lower() in environ), None)
+            if variable is None:
+                continue
+            value: Any = variable[1]
+            if _is_json(field.annotation):
+                try:
+                    value = json.loads(value)
+                except ValueError as exc:
+                    raise SettingsError(f"{variable[0]}: not valid JSON ({exc})") from None
+            found[aliases[0] if aliases else name] = value
+        return found
+
+
+class ServeSettings(EnvSettings):
     """``infermodes serve``: the model server. Env prefix ``INFERMODES_SERVE_``."""
 
     model_config = SettingsConfigDict(env_prefix="INFERMODES_SERVE_", extra="forbid")
@@ -101,7 +177,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_MAX_ATTEMPTS = 3
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(EnvSettings):
     """``infermodes worker``: consumes one async endpoint's queue. Env prefix
     ``INFERMODES_WORKER_``. Where inputs may lie and outputs go is decided when a request is
     accepted and travels in the message, so the worker needs no storage paths."""
@@ -156,7 +232,7 @@ class AsyncEndpoint(BaseModel):
     records), outputs and failures go, the invocation timeout of requests that do not set one,
     and the attempts its queue allows (the workers' ``max_attempts``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     input_path: str
     output_path: str
@@ -176,7 +252,7 @@ class AsyncEndpoint(BaseModel):
         )
 
 
-class AsyncAcceptSettings(BaseSettings):
+class AsyncAcceptSettings(EnvSettings):
     """What accepting async invocations needs, in ``infermodes async-api`` and in the gateway
     alike (each class that inherits these sets its own env prefix)."""
 
@@ -212,7 +288,7 @@ class AsyncApiSettings(AsyncAcceptSettings):
     log_level: str = "info"
 
 
-class OperatorSettings(BaseSettings):
+class OperatorSettings(EnvSettings):
     """``infermodes operator``: the kopf controller. Env prefix ``INFERMODES_OPERATOR_``."""
 
     model_config = SettingsConfigDict(env_prefix="INFERMODES_OPERATOR_", extra="forbid")
@@ -363,7 +439,7 @@ def check_batch_payload(max_payload_in_mb: int, max_concurrent_transforms: int) 
         raise ValueError(PAYLOAD_RULE)
 
 
-class BatchSettings(BaseSettings):
+class BatchSettings(EnvSettings):
     """``infermodes batch``: one instance (Job index) of a batch transform. Env prefix
     ``INFERMODES_BATCH_``; the instance index also reads ``JOB_COMPLETION_INDEX``, which
     Kubernetes sets in every pod of an Indexed Job. Field names follow the spec's batch block."""

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pydantic_settings import BaseSettings
-
 from infermodes.endpoints.spec import EndpointSpec
-from infermodes.settings import BatchSettings, ServeSettings
+from infermodes.settings import BatchSettings, EnvSettings, ServeSettings
 
 SERVER_PORT = 8080  # the platform's container contract
 
 
-def env_name(settings: type[BaseSettings], name: str) -> str:
+def env_name(settings: type[EnvSettings], name: str) -> str:
     """``env_name(ServeSettings, "model_uri") == "INFERMODES_SERVE_MODEL_URI"``; a field the
     class does not have is an error, not a variable nobody reads."""
     if name not in settings.model_fields:
@@ -28,7 +26,7 @@ def env_name(settings: type[BaseSettings], name: str) -> str:
 
 
 def env_value(value: object) -> str:
-    """How pydantic-settings reads a value back: booleans as true/false, lists and dicts as
+    """How a settings class reads a value back: booleans as true/false, lists and dicts as
     JSON, everything else as text."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -37,7 +35,7 @@ def env_value(value: object) -> str:
     return str(value)
 
 
-def settings_env(settings: type[BaseSettings], **values: object) -> dict[str, str]:
+def settings_env(settings: type[EnvSettings], **values: object) -> dict[str, str]:
     """The environment that makes ``settings()`` read ``values`` (None values are left out,
     so the class's default applies)."""
     return {

@@ -74,7 +74,8 @@ def become_server(request: dict[str, Any]) -> None:
         from infermodes.settings import ServeSettings
 
         sys.argv = ["infermodes", "serve"]
-        code = serve(ServeSettings())  # every setting from the environment
+        # every setting from the environment, which pydantic's mypy plugin cannot know of
+        code = serve(ServeSettings())  # type: ignore[call-arg]
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     except BaseException:  # never back into the zygote's loop: the reason goes to the log

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic_settings import BaseSettings
-
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVER_PORT, ProcessPlan, env_name
-from infermodes.settings import ServeSettings
+from infermodes.settings import EnvSettings, ServeSettings
 
 MANAGED_BY = "infermodes"
 ENDPOINT_LABEL = "infermodes.dev/endpoint"
@@ -74,7 +72,7 @@ def resources(spec_resources: s.Resources) -> dict[str, Any]:
 
 
 def env_list(
-    settings: type[BaseSettings], bind_setting: str, plan: ProcessPlan
+    settings: type[EnvSettings], bind_setting: str, plan: ProcessPlan
 ) -> list[dict[str, Any]]:
     """A container's env: the plan's variables, and the setting naming the address to bind
     set to the pod's IP (through the downward API), which is what probes and scrapes reach."""
