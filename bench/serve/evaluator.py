@@ -1,7 +1,8 @@
-"""CPU time per predict call: the exact tree evaluator (``infermodes.predict.trees``) against
-XGBoost's C predict (``NativeBooster``, one thread), on the Abalone model, for 1, 8, 64 and 2M
-rows; the two interleaved, the best of ``--repeats`` rounds each (process CPU time, so other
-people's load on the machine disturbs it little). It also checks the two agree bit for bit.
+"""CPU time per predict call: the exact tree evaluator (``infermodes.predict.trees``) with each
+kernel this CPU runs (scalar, AVX2, AVX-512: ``TreeEnsemble.kernel``) against XGBoost's C
+predict (``NativeBooster``, one thread), on the Abalone model, for 1, 8, 64 and 2M rows; all
+interleaved, the best of ``--repeats`` rounds each (process CPU time, so other people's load on
+the machine disturbs it little). It also checks that each kernel agrees with XGBoost bit for bit.
 
     flock /tmp/infermodes-bench.lock .venv/bin/python bench/serve/evaluator.py --model M.tar.gz
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infermodes.predict import _trees
 from infermodes.predict.artifacts import extract_member
 from infermodes.predict.native import NativeBooster
 from infermodes.predict.trees import TreeEnsemble
@@ -34,6 +36,15 @@ def per_call(predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, call
     return (time.process_time() - started) / calls
 
 
+def can_run(ensemble: TreeEnsemble, kernel: str) -> bool:
+    """Whether the ensemble's trees run on the kernel (left set to it when they do)."""
+    try:
+        ensemble.kernel = kernel
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a model.tar.gz (default: train Abalone)")
@@ -47,24 +58,35 @@ def main() -> None:
     native = NativeBooster(extract_member(tarball.read_bytes()))
     native.set_threads(1)
     ensemble = TreeEnsemble.of(native)
+    kernels = [kernel for kernel in _trees.KERNELS if can_run(ensemble, kernel)]
     test_rows = np.loadtxt(directory / "test.csv", delimiter=",", dtype=np.float32)
     for size in SIZES:
         rows = np.resize(test_rows, (size, test_rows.shape[1]))
         if size == SIZES[-1]:  # one row in ten with a missing value, as real data has
             rows[::10, 3] = np.nan
-        same = np.array_equal(
-            ensemble.predict(rows).view(np.uint32), native.predict(rows).view(np.uint32)
-        )
+        expected = native.predict(rows).view(np.uint32)
+        same = {}
+        for kernel in kernels:
+            ensemble.kernel = kernel
+            same[kernel] = np.array_equal(ensemble.predict(rows).view(np.uint32), expected)
         calls = max(1, 20_000 // size)
-        ours, theirs = [], []
+        ours: dict[str, list[float]] = {kernel: [] for kernel in kernels}
+        theirs = []
         for _ in range(args.repeats):
-            ours.append(per_call(ensemble.predict, rows, calls))
+            for kernel in kernels:
+                ensemble.kernel = kernel
+                ours[kernel].append(per_call(ensemble.predict, rows, calls))
             theirs.append(per_call(native.predict, rows, calls))
-        best, xgboost = min(ours), min(theirs)
+        xgboost = min(theirs)
         print(
-            f"{size:>9} rows: evaluator {best * 1e6:10.1f} us, XGBoost {xgboost * 1e6:10.1f} us,"
-            f" ratio {xgboost / best:5.2f}x, bitwise equal: {same}"
+            f"{size:>9} rows: XGBoost {xgboost * 1e6:10.1f} us ({xgboost / size * 1e9:7.1f} ns/row)"
         )
+        for kernel in kernels:
+            best = min(ours[kernel])
+            print(
+                f"{'':>15}{kernel:>7} {best * 1e6:10.1f} us ({best / size * 1e9:7.1f} ns/row),"
+                f" {xgboost / best:5.2f}x XGBoost's speed, bitwise equal: {same[kernel]}"
+            )
 
 
 if __name__ == "__main__":
