@@ -427,12 +427,13 @@ static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, flo
 /* For a padded tree of depth D <= LEAF_BITS_LEVELS: its 2^D leaves (left to right) in 32-bit
  * words, leaf i at bit i % 32 of word i / 32 (two words at depth 6); for each split slot p,
  * left[p] the bits of the leaves of its left subtree (all in one word: the root's left
- * subtree is word 0 at depth 6), which no row that goes right at p reaches, and the slots of
- * each word. A row's leaf is the leftmost that no split it goes right at rules out (the
- * QuickScorer algorithm): one compare per split of the whole tree, with no chain of loads. */
+ * subtree is word 0 at depth 6), which no row that goes right at p reaches; the slots of each
+ * word as runs of consecutive slots [from, to) (one run below depth 6, one per level at 6). A
+ * row's leaf is the leftmost that no split it goes right at rules out (the QuickScorer
+ * algorithm): one compare per split of the whole tree, with no chain of loads. */
 typedef struct {
-    int count[2];
-    uint8_t slots[2][64];
+    int runs[2];
+    uint8_t from[2][LEAF_BITS_LEVELS], to[2][LEAF_BITS_LEVELS];
     uint32_t left[64];
 } LeafBits;
 static LeafBits leaf_bits[LEAF_BITS_LEVELS + 1];
@@ -446,8 +447,14 @@ static void leaf_bits_init(void) {
             while ((2 << level) - 1 <= p) level++; /* at most LEAF_BITS_LEVELS steps */
             const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
             for (int leaf = first; leaf < first + span / 2; leaf++) bits->left[p] |= 1u << (leaf % 32);
-            const int word = first / 32;
-            bits->slots[word][bits->count[word]++] = (uint8_t)p;
+            const int word = first / 32, runs = bits->runs[word];
+            if (runs > 0 && bits->to[word][runs - 1] == p) {
+                bits->to[word][runs - 1]++;
+            } else {
+                bits->from[word][runs] = (uint8_t)p;
+                bits->to[word][runs] = (uint8_t)(p + 1);
+                bits->runs[word]++;
+            }
         }
     }
 }
@@ -455,12 +462,12 @@ static void leaf_bits_init(void) {
 /* at[v]: each lane's leaf slot in the tree (see LeafBits), its row's features in `block` by
  * feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
  * right, as do all values at a padding split on NaN), or where a NaN goes left, x >= split
- * (GE_OQ: a NaN does not). The lowest bit left is the leaf: the exponent of its float (exact:
- * a power of two; bit 31 converts to -2^31, whose exponent is 31 too); in word 1 where word 0
- * has none left. */
+ * (GE_OQ: a NaN does not; compared only on features with a NaN in the block, `feature_nan`).
+ * The lowest bit left is the leaf: the exponent of its float (exact: a power of two; bit 31
+ * converts to -2^31, whose exponent is 31 too); in word 1 where word 0 has none left. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *block,
-              __m512i *at, const int vectors, const int nan_possible) {
+              const uint8_t *feature_nan, __m512i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
     const LeafBits *bits = &leaf_bits[depth];
     __mmask16 in_first_word[4];
@@ -468,9 +475,11 @@ leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const
         __m512i reachable[4];
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
-        for (int i = 0; i < bits->count[word]; i++) {
-            const int p = bits->slots[word][i];
-            const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+        for (int run = 0; run < bits->runs[word]; run++)
+        for (int32_t p = bits->from[word][run]; p < bits->to[word][run]; p++) {
+            const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
+            const float *x_at = block + feature * ROW_BLOCK;
+            const int nan_here = nan_possible && feature_nan[feature];
             const __m512 split = _mm512_set1_ps(values[p]);
             const __m512i ruled_out = _mm512_set1_epi32((int32_t)bits->left[p]);
             const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
@@ -478,7 +487,7 @@ leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const
             for (int v = 0; v < vectors; v++) {
                 const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
                 __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
-                if (nan_possible)
+                if (nan_here)
                     right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
                 reachable[v] =
                     _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
@@ -549,14 +558,19 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
     const Py_ssize_t width = f->num_features;
     float block[BLOCK_FEATURES * ROW_BLOCK];
     const int by_feature = width <= BLOCK_FEATURES;
+    uint8_t feature_nan[BLOCK_FEATURES]; /* a NaN in the block's feature */
     for (Py_ssize_t feature = 0; by_feature && feature < width; feature++) {
         int32_t cells[AVX512_LANES];
         for (int j = 0; j < AVX512_LANES; j++) cells[j] = (int32_t)(j * width + feature);
+        __mmask16 nan = 0;
 #pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++)
-            _mm512_storeu_ps(block + feature * ROW_BLOCK + v * AVX512_LANES,
-                             _mm512_i32gather_ps(_mm512_loadu_si512(cells),
-                                                 rows + v * AVX512_LANES * width, 4));
+        for (int v = 0; v < vectors; v++) {
+            const __m512 x = _mm512_i32gather_ps(_mm512_loadu_si512(cells),
+                                                 rows + v * AVX512_LANES * width, 4);
+            if (nan_possible) nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+            _mm512_storeu_ps(block + feature * ROW_BLOCK + v * AVX512_LANES, x);
+        }
+        feature_nan[feature] = nan != 0;
     }
     for (Py_ssize_t t = 0; t < f->num_trees; t++) {
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
@@ -564,7 +578,7 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
         __m512i at[4] = {0}; /* set by leaves_avx512 or walk_avx512 (zero: no compiler warning) */
         if (by_feature && depth <= LEAF_BITS_LEVELS)
-            leaves_avx512(columns, values, depth, block, at, vectors, nan_possible);
+            leaves_avx512(columns, values, depth, block, feature_nan, at, vectors, nan_possible);
         else
             walk_avx512(columns, values, depth, rows, width, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
@@ -587,7 +601,7 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
 /* As leaves_avx512, eight rows per register. */
 static inline __attribute__((always_inline, target("avx2"))) void
 leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *block,
-            __m256i *at, const int vectors, const int nan_possible) {
+            const uint8_t *feature_nan, __m256i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
     const LeafBits *bits = &leaf_bits[depth];
     __m256i first_word_empty[4];
@@ -595,9 +609,11 @@ leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const f
         __m256i reachable[4];
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
-        for (int i = 0; i < bits->count[word]; i++) {
-            const int p = bits->slots[word][i];
-            const float *x_at = block + (columns[p] & ~DEFAULT_LEFT) * ROW_BLOCK;
+        for (int run = 0; run < bits->runs[word]; run++)
+        for (int32_t p = bits->from[word][run]; p < bits->to[word][run]; p++) {
+            const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
+            const float *x_at = block + feature * ROW_BLOCK;
+            const int nan_here = nan_possible && feature_nan[feature];
             const __m256 split = _mm256_set1_ps(values[p]);
             const __m256i ruled_out = _mm256_set1_epi32((int32_t)bits->left[p]);
             const __m256i nan_right = _mm256_set1_epi32(columns[p] & DEFAULT_LEFT ? 0 : -1);
@@ -605,7 +621,7 @@ leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const f
             for (int v = 0; v < vectors; v++) {
                 const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
                 __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_NLT_UQ));
-                if (nan_possible)
+                if (nan_here)
                     right = _mm256_or_si256(
                         _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_GE_OQ)),
                         _mm256_and_si256(right, nan_right));
@@ -674,14 +690,19 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
     const Py_ssize_t width = f->num_features;
     float block[BLOCK_FEATURES * ROW_BLOCK];
     const int by_feature = width <= BLOCK_FEATURES;
+    uint8_t feature_nan[BLOCK_FEATURES]; /* a NaN in the block's feature */
     for (Py_ssize_t feature = 0; by_feature && feature < width; feature++) {
         int32_t cells[AVX2_LANES];
         for (int j = 0; j < AVX2_LANES; j++) cells[j] = (int32_t)(j * width + feature);
+        int nan = 0;
 #pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++)
-            _mm256_storeu_ps(block + feature * ROW_BLOCK + v * AVX2_LANES,
-                             _mm256_i32gather_ps(rows + v * AVX2_LANES * width,
-                                                 _mm256_loadu_si256((const __m256i *)cells), 4));
+        for (int v = 0; v < vectors; v++) {
+            const __m256 x = _mm256_i32gather_ps(rows + v * AVX2_LANES * width,
+                                                 _mm256_loadu_si256((const __m256i *)cells), 4);
+            if (nan_possible) nan |= _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+            _mm256_storeu_ps(block + feature * ROW_BLOCK + v * AVX2_LANES, x);
+        }
+        feature_nan[feature] = nan != 0;
     }
     for (Py_ssize_t t = 0; t < f->num_trees; t++) {
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
@@ -689,7 +710,7 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
         __m256i at[4] = {0}; /* set by leaves_avx2 or walk_avx2 (zero: no compiler warning) */
         if (by_feature && depth <= LEAF_BITS_LEVELS)
-            leaves_avx2(columns, values, depth, block, at, vectors, nan_possible);
+            leaves_avx2(columns, values, depth, block, feature_nan, at, vectors, nan_possible);
         else
             walk_avx2(columns, values, depth, rows, width, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
