@@ -23,6 +23,7 @@ from infermodes.errors import InfermodesError, InvalidInput, MethodNotAllowed, M
 from infermodes.http import (
     ERROR_MEDIA_TYPE,
     INTERNAL_ERROR,
+    Answer,
     ASGIApp,
     Message,
     Receive,
@@ -127,6 +128,8 @@ class InvocationsHandler:
         # second thread gains nothing and would double the memory in flight.
         self.offload_slot = asyncio.Semaphore(1)
 
+    path = INVOCATIONS_ROUTE
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics = self.metrics
         metrics.request_started()
@@ -137,6 +140,27 @@ class InvocationsHandler:
         finally:
             metrics.request_ended()
             metrics.request_took(INVOCATIONS_ROUTE, status, time.perf_counter() - started)
+
+    def answer_now(self, scope: Scope, body: bytes) -> Answer | None:
+        """The answer to a POST whose whole body is in hand, without awaiting anything (the
+        protocol writes it without an ASGI task, ``WholeBodyRoute``); None where the request
+        needs the ASGI path: no model yet (its 503), a body for the offload thread, or a model
+        whose predictions join batches."""
+        model = self.slot.model
+        if model is None or len(body) >= self.offload or not self.batcher.predicts_alone(model):
+            return None
+        metrics = self.metrics
+        metrics.request_started()
+        started = time.perf_counter()
+        try:
+            model, content_type, accept = self.negotiate(scope)
+            metrics.body_received(len(body))
+            answer: Answer = (200, accept, self.score(model, body, content_type, accept))
+        except Exception as exc:
+            answer = failure(exc)
+        metrics.request_ended()
+        metrics.request_took(INVOCATIONS_ROUTE, answer[0], time.perf_counter() - started)
+        return answer
 
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Respond; the status sent."""
@@ -154,11 +178,8 @@ class InvocationsHandler:
                 async with self.offload_slot:  # one thread hop: decode, predict, encode, alone
                     payload = await run_in_threadpool(self.score, model, body, content_type, accept)
             media_type, status = accept, 200
-        except InfermodesError as exc:
-            payload, media_type, status = error_body(exc), ERROR_MEDIA_TYPE, exc.status_code
-        except Exception:
-            log.exception("unexpected error in /invocations")
-            payload, media_type, status = INTERNAL_ERROR, ERROR_MEDIA_TYPE, 500
+        except Exception as exc:
+            status, media_type, payload = failure(exc)
         headers = [
             (b"content-type", _MEDIA_TYPES.get(media_type) or media_type.encode()),
             (b"content-length", b"%d" % len(payload)),
@@ -212,6 +233,14 @@ class InvocationsHandler:
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:
         predictions = self.batcher.predict_now(model, self.decode(model, body, content_type))
         return fastcsv.encode(predictions, accept, model.outputs)
+
+
+def failure(exc: Exception) -> Answer:
+    """A domain error's answer in the one error shape; anything else is a bug: logged, 500."""
+    if isinstance(exc, InfermodesError):
+        return exc.status_code, ERROR_MEDIA_TYPE, error_body(exc)
+    log.error("unexpected error in /invocations", exc_info=exc)
+    return 500, ERROR_MEDIA_TYPE, INTERNAL_ERROR
 
 
 class Dispatch:

@@ -65,14 +65,18 @@ class Batcher:
         self.metrics.predicted(rows.shape[0], time.perf_counter() - started)
         return predictions
 
+    def predicts_alone(self, model: XGBoostModel) -> bool:
+        """Whether every request for ``model`` is predicted on its own, at once: no window
+        asked for, and its calls cost too little to share."""
+        return not self.max_wait and not model.calls_are_shared_cost
+
     async def predict(self, model: XGBoostModel, rows: np.ndarray) -> np.ndarray:
         """The predictions for ``rows``, possibly computed in one call with other requests'."""
         count = rows.shape[0]
         if count >= self.max_rows or rows.ndim != 2 or rows.shape[1] != model.num_features:
             return self.predict_now(model, rows)  # too big to share, or its error is its own
-        if not self.max_wait and (
-            not model.calls_are_shared_cost
-            or (self.connections is not None and self.connections() < 2)
+        if self.predicts_alone(model) or (
+            not self.max_wait and self.connections is not None and self.connections() < 2
         ):
             return self.predict_now(model, rows)  # nothing to share, or nobody to share with
         batch = self.open

@@ -60,7 +60,10 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
 
     app = create_app(settings, slot, connections=connections)
     options = uvicorn_options(
-        settings.log_level, settings.header_timeout_seconds, settings.body_timeout_seconds
+        settings.log_level,
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        route=app.invocations,
     )
     # nothing reads the client's address: no X-Forwarded-For middleware around every request
     config = uvicorn.Config(app, **options, proxy_headers=False)
