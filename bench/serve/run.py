@@ -515,6 +515,11 @@ def servers(
             {"BENCH_ANSWER": repr(expected)},
         ),
         (
+            "protocol-floor",
+            [str(PY), str(HERE / "protocol_floor.py")],
+            {"BENCH_ANSWER": repr(expected)},
+        ),
+        (
             "bare-fastapi",
             [*uvicorn_app("bare_app:create_app"), "--no-access-log"],
             {"BENCH_MODEL": str(model_json)},
@@ -655,6 +660,14 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
                 for a, b in pairs
             )
             lines.append(f"{ours.name} / {floor.name} (the HTTP floor): {ratios}")
+        floor = by.get(ours.name.replace("infermodes", "protocol-floor"))
+        if floor is not None and floor.load:
+            pairs = zip(ours.load, floor.load, strict=True)
+            ratios = ", ".join(
+                f"{a.rps / b.rps:.2f}x at {a.connections}c (p50 {a.p50_ms / b.p50_ms:.2f}x)"
+                for a, b in pairs
+            )
+            lines.append(f"{ours.name} / {floor.name} (our protocol, constant answer): {ratios}")
     mixed_rows = [(r.name, m) for r in results for m in r.mixed]
     if mixed_rows:
         lines += ["", "mixed load (one thread and connection each in wrk, latency per request):"]
