@@ -13,6 +13,8 @@ import io
 import tarfile
 from enum import StrEnum
 
+import numpy as np
+
 from infermodes.errors import ModelLoadError, StorageError
 from infermodes.predict.legacy import legacy_to_json
 from infermodes.predict.native import NativeBooster
@@ -112,6 +114,10 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster
             f"infermodes serves at most {MAX_FEATURES} features (a {MAX_FEATURES * 4 >> 20} MiB "
             "row): a corrupt or foreign model?"
         )
+    try:  # what XGBoost loads may still fail every prediction (a corrupt legacy tree count)
+        booster.predict(np.zeros((1, booster.num_features), dtype=np.float32))
+    except RuntimeError as exc:
+        raise ModelLoadError(f"the {kind} model loads but cannot predict: {exc}") from exc
     return booster
 
 

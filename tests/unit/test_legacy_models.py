@@ -262,6 +262,15 @@ def test_a_corrupt_feature_count_is_refused_not_allocated() -> None:
         booster_from_bytes(bytes(data))
 
 
+def test_a_model_that_loads_but_cannot_predict_is_refused_at_load() -> None:
+    """One zeroed byte (found by the test below) left XGBoost a model whose every prediction
+    failed its own check (``iteration_indptr`` empty): a server would have answered 500s."""
+    data = bytearray((FIXTURES / "0.90" / "multiclass.bin").read_bytes())
+    data[172] = 0
+    with pytest.raises(ModelLoadError, match="loads but cannot predict"):
+        booster_from_bytes(bytes(data))
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
 def test_corrupted_bytes_load_or_are_refused(edits: list[tuple[int, int]]) -> None:
