@@ -212,8 +212,11 @@ static int pad_trees(Forest *self, Py_ssize_t trees) {
         for (int32_t p = 0; p < splits; p++) {
             const int32_t at = origin[p];
             if (at >= 0 && self->nodes[at].left >= 0) {
+                /* a split on NaN sends every value right, as one on -inf does (a NaN goes to the
+                 * default child either way); only the padding splits on NaN */
+                const float value = self->nodes[at].value;
                 columns[p] = self->nodes[at].column;
-                values[p] = self->nodes[at].value;
+                values[p] = value != value ? -INFINITY : value;
                 origin[2 * p + 1] = self->nodes[at].left;
                 origin[2 * p + 2] = self->nodes[at].left + 1;
             } else { /* a leaf's value or nothing, carried right */
@@ -396,20 +399,22 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
  * of the lanes and at most ROW_BLOCK; each lane finds one row's leaf in a padded tree (see
  * Forest) with the scalar step's decisions (NaN and default left included), sixteen rows per
  * register (AVX-512) or eight (AVX2). Rows of up to BLOCK_FEATURES features are first copied by
- * feature; then a tree of up to LEAF_BITS_LEVELS levels finds each row's leaf with one compare
- * per split and no gather (leaves_avx512, leaves_avx2); a deeper tree (or wider rows) is walked
- * down: from slot 0, `depth` times, gather the split's feature of the row, compare it with the
- * split's condition and go to 2p + 1 (left) or 2p + 2 (walk_avx512, walk_avx2; the top levels'
- * splits come from registers by a permutation). Blocks of ROW_BLOCK rows take each tree in four
- * registers at once (independent chains). Only compares, integer index arithmetic and float32
- * additions: no contraction is possible.
+ * feature; then the top LEAF_BITS_LEVELS levels of a tree (all of a shallower one) find each
+ * row's slot at the next level (its leaf) with one compare per split and no gather
+ * (leaves_avx512, leaves_avx2), and the levels below are walked down: `depth` - 5 times, gather
+ * the split's feature of the row, compare it with the split's condition and go to 2p + 1 (left)
+ * or 2p + 2 (walk_avx512, walk_avx2; wider rows are walked from the root, the top levels'
+ * splits from registers by a permutation). Five levels by bits and the rest walked was faster
+ * than six by bits (63 compares, two 32-bit words of leaves) for trees of 6-10 levels. Blocks of
+ * ROW_BLOCK rows take each tree in four registers at once (independent chains). Only compares,
+ * integer index arithmetic and float32 additions: no contraction is possible.
  * `lanes` holds the margins by group (margins itself when there is one group). */
 #define AVX512_LANES 16
 #define AVX512_TABLE_LEVELS 5 /* a two-register table holds slots 0-31 */
 #define BLOCK_FEATURES 64     /* rows up to this wide are copied by feature (16 KiB of stack) */
 #define AVX2_LANES 8
 #define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
-#define LEAF_BITS_LEVELS 6  /* trees of up to 64 leaves find them by bits (LeafBits) */
+#define LEAF_BITS_LEVELS 5  /* a tree's top five levels (32 leaves) by bits (left_leaves) */
 
 /* Each lane's margins start from the bases; afterwards the row-major margins of the lanes. */
 static void lanes_start(const Forest *f, Py_ssize_t count, float *lanes) {
@@ -424,96 +429,73 @@ static void lanes_end(const Forest *f, Py_ssize_t count, const float *lanes, flo
             margins[i * f->groups + g] = lanes[g * ROW_BLOCK + i];
 }
 
-/* For a padded tree of depth D <= LEAF_BITS_LEVELS: its 2^D leaves (left to right) in 32-bit
- * words, leaf i at bit i % 32 of word i / 32 (two words at depth 6); for each split slot p,
- * left[p] the bits of the leaves of its left subtree (all in one word: the root's left
- * subtree is word 0 at depth 6), which no row that goes right at p reaches; the slots of each
- * word as runs of consecutive slots [from, to) (one run below depth 6, one per level at 6). A
- * row's leaf is the leftmost that no split it goes right at rules out (the QuickScorer
- * algorithm): one compare per split of the whole tree, with no chain of loads. */
-typedef struct {
-    int runs[2];
-    uint8_t from[2][LEAF_BITS_LEVELS], to[2][LEAF_BITS_LEVELS];
-    uint32_t left[64];
-} LeafBits;
-static LeafBits leaf_bits[LEAF_BITS_LEVELS + 1];
+/* For a padded tree of depth D <= LEAF_BITS_LEVELS and its split slot p: the bits of the leaves
+ * (leaf i, left to right, at bit i) of p's left subtree, which no row that goes right at p
+ * reaches. A row's leaf is the leftmost that no split it goes right at rules out (the
+ * QuickScorer algorithm): one compare per split of the whole tree, with no chain of loads. The
+ * top LEAF_BITS_LEVELS levels of a deeper tree are such a tree, whose leaves are the slots of
+ * the next level. */
+static uint32_t left_leaves[LEAF_BITS_LEVELS + 1][32];
 
-static void leaf_bits_init(void) {
-    memset(leaf_bits, 0, sizeof(leaf_bits)); /* the module may be initialised more than once */
-    for (int depth = 0; depth <= LEAF_BITS_LEVELS; depth++) {
-        LeafBits *bits = &leaf_bits[depth];
+static void left_leaves_init(void) {
+    for (int depth = 0; depth <= LEAF_BITS_LEVELS; depth++)
         for (int p = 0; p < (1 << depth) - 1; p++) {
             int level = 0;
             while ((2 << level) - 1 <= p) level++; /* at most LEAF_BITS_LEVELS steps */
             const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
-            for (int leaf = first; leaf < first + span / 2; leaf++) bits->left[p] |= 1u << (leaf % 32);
-            const int word = first / 32, runs = bits->runs[word];
-            if (runs > 0 && bits->to[word][runs - 1] == p) {
-                bits->to[word][runs - 1]++;
-            } else {
-                bits->from[word][runs] = (uint8_t)p;
-                bits->to[word][runs] = (uint8_t)(p + 1);
-                bits->runs[word]++;
-            }
+            left_leaves[depth][p] = 0;
+            for (int leaf = first; leaf < first + span / 2; leaf++) left_leaves[depth][p] |= 1u << leaf;
         }
-    }
 }
 
-/* at[v]: each lane's leaf slot in the tree (see LeafBits), its row's features in `block` by
+/* at[v]: each lane's leaf slot in the tree (see left_leaves), its row's features in `block` by
  * feature (ROW_BLOCK floats each). Going right at a split: !(x < split) (NLT_UQ: a NaN goes
- * right, as do all values at a padding split on NaN), or where a NaN goes left, x >= split
- * (GE_OQ: a NaN does not; compared only on features with a NaN in the block, `feature_nan`).
+ * right, as do all values at a padding split on NaN), or, on a feature with a NaN in the block
+ * (`feature_nan`) where a NaN goes left, x >= split (GE_OQ: a NaN does not; the same for other
+ * values, as no split's condition is NaN: see pad_trees).
  * The lowest bit left is the leaf: the exponent of its float (exact: a power of two; bit 31
- * converts to -2^31, whose exponent is 31 too); in word 1 where word 0 has none left. */
+ * converts to -2^31, whose exponent is 31 too). */
 static inline __attribute__((always_inline, target("avx512f"))) void
 leaves_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *block,
               const uint8_t *feature_nan, __m512i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
-    const LeafBits *bits = &leaf_bits[depth];
-    __mmask16 in_first_word[4];
-    for (int word = 0; word < (depth > 5 ? 2 : 1); word++) {
-        __m512i reachable[4];
+    __m512i reachable[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
-        for (int run = 0; run < bits->runs[word]; run++)
-        for (int32_t p = bits->from[word][run]; p < bits->to[word][run]; p++) {
-            const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
-            const float *x_at = block + feature * ROW_BLOCK;
-            const int nan_here = nan_possible && feature_nan[feature];
-            const __m512 split = _mm512_set1_ps(values[p]);
-            const __m512i ruled_out = _mm512_set1_epi32((int32_t)bits->left[p]);
-            const __mmask16 nan_right = columns[p] & DEFAULT_LEFT ? 0 : 0xffff;
-#pragma GCC unroll 4
-            for (int v = 0; v < vectors; v++) {
-                const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
-                __mmask16 right = _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
-                if (nan_here)
-                    right = _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ) | (right & nan_right);
-                reachable[v] =
-                    _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
-            }
-        }
+    for (int v = 0; v < vectors; v++) reachable[v] = _mm512_set1_epi32(-1);
+    for (int32_t p = 0; p < first_leaf; p++) {
+        const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
+        const float *x_at = block + feature * ROW_BLOCK;
+        const int nan_goes_left =
+            nan_possible && feature_nan[feature] && (columns[p] & DEFAULT_LEFT);
+        const __m512 split = _mm512_set1_ps(values[p]);
+        const __m512i ruled_out = _mm512_set1_epi32((int32_t)left_leaves[depth][p]);
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
-            const __m512i lowest = _mm512_and_si512(
-                reachable[v], _mm512_sub_epi32(_mm512_setzero_si512(), reachable[v]));
-            const __m512i exponent = _mm512_and_si512(
-                _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(lowest)), 23),
-                _mm512_set1_epi32(0xff));
-            const __m512i slot =
-                _mm512_add_epi32(exponent, _mm512_set1_epi32(first_leaf + 32 * word - 127));
-            at[v] = word == 0 ? slot : _mm512_mask_mov_epi32(slot, in_first_word[v], at[v]);
-            in_first_word[v] = _mm512_test_epi32_mask(reachable[v], reachable[v]);
+            const __m512 x = _mm512_loadu_ps(x_at + v * AVX512_LANES);
+            const __mmask16 right = nan_goes_left ? _mm512_cmp_ps_mask(x, split, _CMP_GE_OQ)
+                                                  : _mm512_cmp_ps_mask(x, split, _CMP_NLT_UQ);
+            reachable[v] = _mm512_mask_andnot_epi32(reachable[v], right, ruled_out, reachable[v]);
         }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) {
+        const __m512i lowest =
+            _mm512_and_si512(reachable[v], _mm512_sub_epi32(_mm512_setzero_si512(), reachable[v]));
+        const __m512i exponent = _mm512_and_si512(
+            _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(lowest)), 23),
+            _mm512_set1_epi32(0xff));
+        at[v] = _mm512_add_epi32(exponent, _mm512_set1_epi32(first_leaf - 127));
     }
 }
 
-/* at[v]: each lane's leaf slot, walking down the tree level by level (trees deeper than
- * AVX512_TABLE_LEVELS, or rows wider than BLOCK_FEATURES): the top levels' splits from two
- * registers, the rest and the row's value gathered. */
+/* at[v]: each lane's leaf slot, walking down the tree level by level from `level`'s slot at[v]
+ * (trees deeper than LEAF_BITS_LEVELS below their top levels, or rows wider than
+ * BLOCK_FEATURES from the root): the top levels' splits from two registers, the rest and the
+ * row's value gathered. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 walk_avx512(const uint32_t *columns, const float *values, int32_t depth, const float *rows,
-            Py_ssize_t width, __m512i *at, const int vectors, const int nan_possible) {
+            Py_ssize_t width, int32_t level, __m512i *at, const int vectors,
+            const int nan_possible) {
     int32_t offsets[AVX512_LANES];
     for (int j = 0; j < AVX512_LANES; j++) offsets[j] = (int32_t)(j * width);
     const __m512i row_offsets = _mm512_loadu_si512(offsets);
@@ -522,9 +504,7 @@ walk_avx512(const uint32_t *columns, const float *values, int32_t depth, const f
     const __m512i columns_low = _mm512_loadu_si512(columns);
     const __m512i columns_high = _mm512_loadu_si512(columns + 16);
     const __m512 values_low = _mm512_loadu_ps(values), values_high = _mm512_loadu_ps(values + 16);
-#pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) at[v] = _mm512_setzero_si512();
-    for (int32_t level = 0; level < depth; level++) {
+    for (; level < depth; level++) {
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
             __m512i column;
@@ -550,8 +530,9 @@ walk_avx512(const uint32_t *columns, const float *values, int32_t depth, const f
 }
 
 /* The AVX-512 kernel's trees: the rows copied by feature into `block` once (when they are
- * narrow enough), then for each tree every lane's leaf slot, by leaves_avx512 or walk_avx512,
- * its value (from two registers for a tree of up to five levels) added to the lane's margin. */
+ * narrow enough), then for each tree every lane's leaf slot, by leaves_avx512 and then
+ * walk_avx512 below its top levels, its value (from two registers for a tree of up to five
+ * levels) added to the lane's margin. */
 static inline __attribute__((always_inline, target("avx512f"))) void
 trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors,
              const int nan_possible) {
@@ -576,11 +557,14 @@ trees_avx512(const Forest *f, const float *rows, float *lanes, const int vectors
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        __m512i at[4] = {0}; /* set by leaves_avx512 or walk_avx512 (zero: no compiler warning) */
-        if (by_feature && depth <= LEAF_BITS_LEVELS)
-            leaves_avx512(columns, values, depth, block, feature_nan, at, vectors, nan_possible);
-        else
-            walk_avx512(columns, values, depth, rows, width, at, vectors, nan_possible);
+        __m512i at[4] = {0}; /* the root's slot */
+        /* the top levels by leaf bits (their "leaves" are the slots of the next level), the
+         * rest walked */
+        const int32_t top = by_feature ? (depth < LEAF_BITS_LEVELS ? depth : LEAF_BITS_LEVELS) : 0;
+        if (top > 0)
+            leaves_avx512(columns, values, top, block, feature_nan, at, vectors, nan_possible);
+        if (top < depth)
+            walk_avx512(columns, values, depth, rows, width, top, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
         const __m512 leaves_low = _mm512_loadu_ps(values + first_leaf);
         const __m512 leaves_high = _mm512_loadu_ps(values + first_leaf + 16);
@@ -603,51 +587,40 @@ static inline __attribute__((always_inline, target("avx2"))) void
 leaves_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *block,
             const uint8_t *feature_nan, __m256i *at, const int vectors, const int nan_possible) {
     const int32_t first_leaf = (1 << depth) - 1;
-    const LeafBits *bits = &leaf_bits[depth];
-    __m256i first_word_empty[4];
-    for (int word = 0; word < (depth > 5 ? 2 : 1); word++) {
-        __m256i reachable[4];
+    __m256i reachable[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
-        for (int run = 0; run < bits->runs[word]; run++)
-        for (int32_t p = bits->from[word][run]; p < bits->to[word][run]; p++) {
-            const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
-            const float *x_at = block + feature * ROW_BLOCK;
-            const int nan_here = nan_possible && feature_nan[feature];
-            const __m256 split = _mm256_set1_ps(values[p]);
-            const __m256i ruled_out = _mm256_set1_epi32((int32_t)bits->left[p]);
-            const __m256i nan_right = _mm256_set1_epi32(columns[p] & DEFAULT_LEFT ? 0 : -1);
-#pragma GCC unroll 4
-            for (int v = 0; v < vectors; v++) {
-                const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
-                __m256i right = _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_NLT_UQ));
-                if (nan_here)
-                    right = _mm256_or_si256(
-                        _mm256_castps_si256(_mm256_cmp_ps(x, split, _CMP_GE_OQ)),
-                        _mm256_and_si256(right, nan_right));
-                reachable[v] =
-                    _mm256_andnot_si256(_mm256_and_si256(right, ruled_out), reachable[v]);
-            }
-        }
+    for (int v = 0; v < vectors; v++) reachable[v] = _mm256_set1_epi32(-1);
+    for (int32_t p = 0; p < first_leaf; p++) {
+        const uint32_t feature = columns[p] & ~DEFAULT_LEFT;
+        const float *x_at = block + feature * ROW_BLOCK;
+        const int nan_goes_left =
+            nan_possible && feature_nan[feature] && (columns[p] & DEFAULT_LEFT);
+        const __m256 split = _mm256_set1_ps(values[p]);
+        const __m256i ruled_out = _mm256_set1_epi32((int32_t)left_leaves[depth][p]);
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
-            const __m256i lowest = _mm256_and_si256(
-                reachable[v], _mm256_sub_epi32(_mm256_setzero_si256(), reachable[v]));
-            const __m256i exponent = _mm256_and_si256(
-                _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)), 23),
-                _mm256_set1_epi32(0xff));
-            const __m256i slot =
-                _mm256_add_epi32(exponent, _mm256_set1_epi32(first_leaf + 32 * word - 127));
-            at[v] = word == 0 ? slot : _mm256_blendv_epi8(at[v], slot, first_word_empty[v]);
-            first_word_empty[v] = _mm256_cmpeq_epi32(reachable[v], _mm256_setzero_si256());
+            const __m256 x = _mm256_loadu_ps(x_at + v * AVX2_LANES);
+            const __m256 right = nan_goes_left ? _mm256_cmp_ps(x, split, _CMP_GE_OQ)
+                                               : _mm256_cmp_ps(x, split, _CMP_NLT_UQ);
+            reachable[v] = _mm256_andnot_si256(
+                _mm256_and_si256(_mm256_castps_si256(right), ruled_out), reachable[v]);
         }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < vectors; v++) {
+        const __m256i lowest =
+            _mm256_and_si256(reachable[v], _mm256_sub_epi32(_mm256_setzero_si256(), reachable[v]));
+        const __m256i exponent = _mm256_and_si256(
+            _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(lowest)), 23),
+            _mm256_set1_epi32(0xff));
+        at[v] = _mm256_add_epi32(exponent, _mm256_set1_epi32(first_leaf - 127));
     }
 }
 
 /* As walk_avx512, eight rows per register, the top three levels' splits from one register. */
 static inline __attribute__((always_inline, target("avx2"))) void
 walk_avx2(const uint32_t *columns, const float *values, int32_t depth, const float *rows,
-          Py_ssize_t width, __m256i *at, const int vectors, const int nan_possible) {
+          Py_ssize_t width, int32_t level, __m256i *at, const int vectors, const int nan_possible) {
     int32_t offsets[AVX2_LANES];
     for (int j = 0; j < AVX2_LANES; j++) offsets[j] = (int32_t)(j * width);
     const __m256i row_offsets = _mm256_loadu_si256((const __m256i *)offsets);
@@ -655,9 +628,7 @@ walk_avx2(const uint32_t *columns, const float *values, int32_t depth, const flo
     const __m256i feature_bits = _mm256_set1_epi32((int32_t)~DEFAULT_LEFT);
     const __m256i columns_table = _mm256_loadu_si256((const __m256i *)columns);
     const __m256 values_table = _mm256_loadu_ps(values);
-#pragma GCC unroll 4
-    for (int v = 0; v < vectors; v++) at[v] = _mm256_setzero_si256();
-    for (int32_t level = 0; level < depth; level++) {
+    for (; level < depth; level++) {
 #pragma GCC unroll 4
         for (int v = 0; v < vectors; v++) {
             __m256i column;
@@ -708,11 +679,12 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         const uint32_t *columns = f->simd_columns + f->simd_offsets[t];
         const float *values = f->simd_values + f->simd_offsets[t];
         const int32_t depth = f->depths[t], first_leaf = (1 << depth) - 1;
-        __m256i at[4] = {0}; /* set by leaves_avx2 or walk_avx2 (zero: no compiler warning) */
-        if (by_feature && depth <= LEAF_BITS_LEVELS)
-            leaves_avx2(columns, values, depth, block, feature_nan, at, vectors, nan_possible);
-        else
-            walk_avx2(columns, values, depth, rows, width, at, vectors, nan_possible);
+        __m256i at[4] = {0}; /* the root's slot */
+        const int32_t top = by_feature ? (depth < LEAF_BITS_LEVELS ? depth : LEAF_BITS_LEVELS) : 0;
+        if (top > 0)
+            leaves_avx2(columns, values, top, block, feature_nan, at, vectors, nan_possible);
+        if (top < depth)
+            walk_avx2(columns, values, depth, rows, width, top, at, vectors, nan_possible);
         float *margin = lanes + f->tree_groups[t] * ROW_BLOCK;
         const __m256 leaves = _mm256_loadu_ps(values + first_leaf);
 #pragma GCC unroll 4
@@ -925,7 +897,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, N
 
 PyMODINIT_FUNC PyInit__trees(void) {
     __builtin_cpu_init();
-    leaf_bits_init();
+    left_leaves_init();
     kernel_runs[KERNEL_SCALAR] = 1;
     kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
     kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;

@@ -451,3 +451,76 @@ def test_rows_wider_than_the_feature_block_walk_down_exactly() -> None:
         ensemble.kernel = kernel
         same_bits(ensemble.predict(rows), native.predict(rows))
         same_bits(ensemble.predict(clean), native.predict(clean))
+
+
+def random_forest(
+    rng: np.random.Generator, depth: int, num_features: int, groups: int
+) -> _trees.Forest:
+    """Twelve trees of up to ``depth`` levels, leaves at every depth, splits on NaN and on
+    infinities among plain conditions, NaNs sent either way: what XGBoost never writes but
+    the evaluator must still walk as its scalar code does."""
+    conditions = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.25], dtype=np.float32)
+    lefts: list[int] = []
+    features: list[int] = []
+    values: list[np.float32] = []
+    defaults: list[int] = []
+    roots: list[int] = []
+    for _ in range(12):
+        roots.append(len(lefts))
+        level = [len(lefts)]
+        lefts.append(-1)
+        features.append(0)
+        values.append(np.float32(rng.standard_normal()))
+        defaults.append(0)
+        for at_depth in range(depth):  # bounded: one level per step
+            grown = []
+            for node in level:
+                if at_depth and rng.random() < 0.2:
+                    continue  # stays a leaf
+                lefts[node] = len(lefts)
+                features[node] = int(rng.integers(num_features))
+                pick = rng.random() < 0.3
+                values[node] = rng.choice(conditions) if pick else np.float32(rng.standard_normal())
+                defaults[node] = int(rng.integers(2))
+                for _child in range(2):
+                    grown.append(len(lefts))
+                    lefts.append(-1)
+                    features.append(0)
+                    values.append(np.float32(rng.standard_normal()))
+                    defaults.append(0)
+            level = grown
+    return _trees.Forest(
+        np.array(lefts, dtype=np.int32),
+        np.array(features, dtype=np.int32),
+        np.array(values, dtype=np.float32),
+        np.array(defaults, dtype=np.uint8),
+        np.array(roots, dtype=np.int32),
+        rng.standard_normal(groups).astype(np.float32),
+        num_features,
+        groups=rng.integers(groups, size=12).astype(np.int32),
+    )
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3, 5, 6, 8, 10])
+@pytest.mark.parametrize("num_features", [3, 70])
+def test_every_kernel_walks_odd_trees_as_the_scalar_code_does(
+    depth: int, num_features: int
+) -> None:
+    """The scalar code is XGBoost's walk (the tests above); the SIMD kernels give its bits on
+    trees with splits on NaN and infinities, in blocks with and without NaNs."""
+    rng = np.random.default_rng(depth * 100 + num_features)
+    forest = random_forest(rng, depth, num_features, groups=3)
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -2.25, 3e38], dtype=np.float32)
+    rows = rng.standard_normal((3000, num_features)).astype(np.float32)
+    special = rng.random(rows.shape) < 0.2
+    rows[special] = rng.choice(pool, size=int(special.sum()))
+    rows[:1000] = np.nan_to_num(rows[:1000], nan=0.25)  # blocks without a NaN
+    expected = np.empty((rows.shape[0], 3), dtype=np.float32)
+    forest.kernel = "scalar"
+    forest.predict(rows, expected)
+    for kernel in _trees.KERNELS[1:]:
+        forest.kernel = kernel
+        for count in (rows.shape[0], 1000, 77, 5):
+            got = np.empty((count, 3), dtype=np.float32)
+            forest.predict(rows[:count], got)
+            same_bits(got, expected[:count])
