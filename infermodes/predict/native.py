@@ -15,6 +15,7 @@ import ctypes
 import importlib.util
 import json
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -62,9 +63,13 @@ def library_version() -> str:
     return f"{major.value}.{minor.value}.{patch.value}"
 
 
+_ERROR_ORIGIN = re.compile(r"^\[[0-9:]+\] [^ ]+:[0-9]+: ")  # "[06:21:06] /src/gbm.h:109: "
+
+
 def _last_error(lib: ctypes.CDLL) -> str:
+    """XGBoost's last error, its first line, without the time and source line it starts with."""
     message = (lib.XGBGetLastError() or b"unknown error").decode("utf-8", "replace").strip()
-    return message.splitlines()[0] if message else "unknown error"
+    return _ERROR_ORIGIN.sub("", message.splitlines()[0]) if message else "unknown error"
 
 
 def float32_rows(rows: np.ndarray) -> np.ndarray:
