@@ -22,6 +22,12 @@
  *   The sigmoid, logit, softmax and arg-max are XGBoost's expressions (src/common/math.h,
  *   common.h, src/objective/regression_loss.h, multiclass_obj.cu) on the same glibc expf and
  *   logf that libxgboost.so imports (it has no vector math), in this same process.
+ * Forest.kernel: what walks the trees of whole SIMD registers of rows: "avx512" (16 rows per
+ *   register) or "avx2" (8), the widest this CPU runs (module KERNELS, chosen at import:
+ *   the build has no -march), on a copy of the trees padded to complete trees; "scalar" (the
+ *   walk above, always used for the rows left over) where a tree is deeper than SIMD_MAX_DEPTH.
+ *   Every kernel gives the same bits (see "The SIMD kernels" below); setting the attribute
+ *   forces one, to compare them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -444,7 +450,8 @@ static void left_leaves_init(void) {
             while ((2 << level) - 1 <= p) level++; /* at most LEAF_BITS_LEVELS steps */
             const int span = 1 << (depth - level), first = (p + 1 - (1 << level)) * span;
             left_leaves[depth][p] = 0;
-            for (int leaf = first; leaf < first + span / 2; leaf++) left_leaves[depth][p] |= 1u << leaf;
+            for (int leaf = first; leaf < first + span / 2; leaf++)
+                left_leaves[depth][p] |= 1u << leaf;
         }
 }
 
@@ -691,8 +698,8 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
         for (int v = 0; v < vectors; v++) {
             const __m256 leaf =
                 depth <= AVX2_TABLE_LEVELS
-                    ? _mm256_permutevar8x32_ps(leaves,
-                                               _mm256_sub_epi32(at[v], _mm256_set1_epi32(first_leaf)))
+                    ? _mm256_permutevar8x32_ps(
+                          leaves, _mm256_sub_epi32(at[v], _mm256_set1_epi32(first_leaf)))
                     : _mm256_i32gather_ps(values, at[v], 4);
             float *sum = margin + v * AVX2_LANES;
             _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), leaf));
@@ -736,9 +743,10 @@ static Py_ssize_t simd_margins(const Forest *f, Kernel kernel, const float *rows
     const Py_ssize_t whole = count / register_rows * register_rows;
     if (whole > 0) kernel_margins[kernel](f, rows, whole, margins, lanes, nan_possible);
     const Py_ssize_t left_over = count - whole;
-    const Kernel last = kernel == KERNEL_AVX512 && left_over <= AVX2_LANES && kernel_runs[KERNEL_AVX2]
-                            ? KERNEL_AVX2
-                            : kernel;
+    const Kernel last =
+        kernel == KERNEL_AVX512 && left_over <= AVX2_LANES && kernel_runs[KERNEL_AVX2]
+            ? KERNEL_AVX2
+            : kernel;
     if (left_over < kernel_padded_min_rows[last] || width > BLOCK_FEATURES) return whole;
     float padded[AVX512_LANES * BLOCK_FEATURES];
     memset(padded, 0, (size_t)(kernel_lanes[last] * width) * sizeof(float));
