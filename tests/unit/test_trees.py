@@ -30,7 +30,8 @@ LEGACY = sorted(
     path.relative_to(FIXTURES).as_posix()
     for suffix in ("bin", "pkl", "json")
     for path in FIXTURES.glob(f"*/*.{suffix}")
-    if path.name != "trained.json"
+    # gblinear: XGBoost's in-place prediction has none, so the load refuses it (9d1aca9)
+    if path.name != "trained.json" and path.stem != "gblinear"
 )
 RNG = np.random.default_rng(14)
 
@@ -289,7 +290,7 @@ def test_every_legacy_fixture_is_exact_or_falls_back(name: str) -> None:
     native = booster_from_bytes((FIXTURES / name).read_bytes())
     ensemble = compile_booster(native)
     kind = Path(name).stem
-    if kind in ("dart", "gblinear", "gamma", "poisson", "hinge", "tweedie", "cox"):
+    if kind in ("dart", "gamma", "poisson", "hinge", "tweedie", "cox"):
         assert ensemble is None
     exact = ("regression", "missing", "forest", "logitraw", "absolute", "pairwise", "binary")
     if kind in (*exact, "multiclass", "softmax", "logistic_regression"):
