@@ -31,7 +31,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define X86_KERNELS /* the SIMD kernels are built (elsewhere only the scalar walk) */
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -422,6 +425,7 @@ static inline __attribute__((always_inline)) void add_tree(const Forest *f, Py_s
 #define AVX2_TABLE_LEVELS 3 /* a one-register table holds slots 0-7 */
 #define LEAF_BITS_LEVELS 5  /* a tree's top five levels (32 leaves) by bits (left_leaves) */
 
+#ifdef X86_KERNELS
 /* Each lane's margins start from the bases; afterwards the row-major margins of the lanes. */
 static void lanes_start(const Forest *f, Py_ssize_t count, float *lanes) {
     for (Py_ssize_t g = 0; g < f->groups; g++)
@@ -728,9 +732,14 @@ trees_avx2(const Forest *f, const float *rows, float *lanes, const int vectors,
 
 MARGINS_KERNEL(margins_avx512, "avx512f", trees_avx512, AVX512_LANES)
 MARGINS_KERNEL(margins_avx2, "avx2", trees_avx2, AVX2_LANES)
+#endif
 
 typedef void (*MarginsKernel)(const Forest *, const float *, Py_ssize_t, float *, float *, int);
+#ifdef X86_KERNELS
 static const MarginsKernel kernel_margins[KERNEL_COUNT] = {NULL, margins_avx2, margins_avx512};
+#else
+static const MarginsKernel kernel_margins[KERNEL_COUNT] = {NULL, NULL, NULL}; /* none runs */
+#endif
 
 /* The margins of a block's first rows (count <= ROW_BLOCK) by a SIMD kernel: its whole registers
  * of rows, then the last few rows with zero rows after them in one more register (an AVX2 one
@@ -904,11 +913,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trees", NULL, -1, N
                                     NULL,                  NULL,     NULL, NULL};
 
 PyMODINIT_FUNC PyInit__trees(void) {
+    kernel_runs[KERNEL_SCALAR] = 1;
+#ifdef X86_KERNELS
     __builtin_cpu_init();
     left_leaves_init();
-    kernel_runs[KERNEL_SCALAR] = 1;
     kernel_runs[KERNEL_AVX2] = __builtin_cpu_supports("avx2") != 0;
     kernel_runs[KERNEL_AVX512] = __builtin_cpu_supports("avx512f") != 0;
+#endif
     if (PyType_Ready(&ForestType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
