@@ -14,11 +14,6 @@ from infermodes.predict.outputs import OutputSelection
 from infermodes.predict.trees import TreeEnsemble, compile_booster
 from infermodes.storage import Storage
 
-PARALLEL_ROWS = 4096
-"""With more than one predict thread, batches of at least this many rows go to XGBoost, which
-spreads them over its threads; the tree evaluator runs on one (as fast as XGBoost's one thread
-on large batches, measured, so with one thread it takes every batch)."""
-
 
 @dataclass
 class XGBoostModel:
@@ -71,6 +66,6 @@ class XGBoostModel:
             got = rows.shape[1] if rows.ndim == 2 else rows.size
             raise InvalidInput(f"expected {self.num_features} features, got {got}")
         trees = self.trees
-        if trees is not None and (self.threads == 1 or rows.shape[0] < PARALLEL_ROWS):
+        if trees is not None:  # one thread of it outruns XGBoost's threads (bench/serve/README)
             return trees.predict(rows)
         return self.booster.predict(rows)
