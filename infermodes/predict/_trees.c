@@ -75,6 +75,7 @@ enum { TRANSFORM_NONE, TRANSFORM_SIGMOID, TRANSFORM_SOFTPROB, TRANSFORM_ARGMAX }
 #define SIMD_MAX_DEPTH 10   /* deeper trees stay scalar: a padded tree has 2^(depth+1) slots */
 #define SIMD_MAX_FEATURES (1 << 24) /* row offsets of a block in int32 gather indices */
 #define SIMD_SLACK 32       /* slots read past the last tree by the 32-slot table loads */
+#define SIMD_MAX_SLOTS (8 << 20) /* at most 64 MiB of padded trees; a larger forest stays scalar */
 
 /* Which code walks the trees of full blocks of rows: blocks of 16 rows (AVX-512) or 8 (AVX2)
  * walk each tree in lanes of SIMD registers, the remaining rows as with KERNEL_SCALAR. */
@@ -195,13 +196,15 @@ static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root,
 
 /* The SIMD layout of the forest's trees (see Forest), before their leaves become their own
  * children; the best kernel this CPU runs. Left empty (scalar) when a tree is deeper than
- * SIMD_MAX_DEPTH or the rows too wide; -1 when out of memory. */
+ * SIMD_MAX_DEPTH, the padded trees would take over SIMD_MAX_SLOTS slots, or the rows are too
+ * wide; -1 when out of memory. */
 static int pad_trees(Forest *self, Py_ssize_t trees) {
     self->kernel = KERNEL_SCALAR;
     Py_ssize_t total = 0;
     for (Py_ssize_t t = 0; t < trees; t++) {
         if (self->depths[t] > SIMD_MAX_DEPTH || self->num_features > SIMD_MAX_FEATURES) return 0;
         total += ((Py_ssize_t)2 << self->depths[t]) - 1;
+        if (total > SIMD_MAX_SLOTS) return 0; /* many deep, sparse trees: padding would balloon */
     }
     self->simd_columns = PyMem_Calloc((size_t)(total + SIMD_SLACK), sizeof(uint32_t));
     self->simd_values = PyMem_Calloc((size_t)(total + SIMD_SLACK), sizeof(float));

@@ -502,6 +502,26 @@ def random_forest(
     )
 
 
+def test_a_forest_whose_padding_would_pass_64_mib_stays_scalar() -> None:
+    """4,100 chains of ten splits: 86,100 nodes, but padded to complete trees 8.4 million
+    slots (67 MiB); a tenth as many take a SIMD kernel."""
+
+    def chains(count: int) -> _trees.Forest:
+        lefts, features = [], []
+        for tree in range(count):
+            base = tree * 21
+            for level in range(10):  # split -> (leaf, next split)
+                lefts += [base + 2 * level + 1, -1]
+                features += [level, 0]
+            lefts.append(-1)
+            features.append(0)
+        roots = np.arange(count, dtype=np.int32) * 21
+        return _trees.Forest(*node_arrays(lefts, features), roots, BASE, 10)
+
+    assert chains(4100).kernel == "scalar"
+    assert chains(410).kernel == _trees.KERNELS[-1]
+
+
 @pytest.mark.parametrize("depth", [0, 1, 3, 5, 6, 8, 10])
 @pytest.mark.parametrize("num_features", [3, 70])
 def test_every_kernel_walks_odd_trees_as_the_scalar_code_does(
