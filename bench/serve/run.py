@@ -651,23 +651,17 @@ def report(results: list[ServerResult], floors: dict[str, object]) -> str:
                     for a, b in pairs
                 )
                 lines.append(f"{ours.name} / {peer}: {ratios}")
+    floors_named = (("http-floor", "the HTTP floor"), ("protocol-floor", "our protocol, constant"))
     for ours in (r for r in results if r.name.startswith("infermodes")):
-        floor = by.get(ours.name.replace("infermodes", "http-floor"))
-        if floor is not None and floor.load:
-            pairs = zip(ours.load, floor.load, strict=True)
-            ratios = ", ".join(
-                f"{a.rps / b.rps:.2f}x at {a.connections}c (p50 {a.p50_ms / b.p50_ms:.2f}x)"
-                for a, b in pairs
-            )
-            lines.append(f"{ours.name} / {floor.name} (the HTTP floor): {ratios}")
-        floor = by.get(ours.name.replace("infermodes", "protocol-floor"))
-        if floor is not None and floor.load:
-            pairs = zip(ours.load, floor.load, strict=True)
-            ratios = ", ".join(
-                f"{a.rps / b.rps:.2f}x at {a.connections}c (p50 {a.p50_ms / b.p50_ms:.2f}x)"
-                for a, b in pairs
-            )
-            lines.append(f"{ours.name} / {floor.name} (our protocol, constant answer): {ratios}")
+        for prefix, what in floors_named:
+            floor = by.get(ours.name.replace("infermodes", prefix))
+            if floor is not None and floor.load:
+                pairs = zip(ours.load, floor.load, strict=True)
+                ratios = ", ".join(
+                    f"{a.rps / b.rps:.2f}x at {a.connections}c (p50 {a.p50_ms / b.p50_ms:.2f}x)"
+                    for a, b in pairs
+                )
+                lines.append(f"{ours.name} / {floor.name} ({what}): {ratios}")
     mixed_rows = [(r.name, m) for r in results for m in r.mixed]
     if mixed_rows:
         lines += ["", "mixed load (one thread and connection each in wrk, latency per request):"]

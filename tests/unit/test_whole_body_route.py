@@ -6,36 +6,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
 from infermodes.http import Answer, Receive, Scope, Send, uvicorn_options
+from tests.support.transports import RecordingTransport
 
 
-class RecordingTransport:
-    """A transport that records writes and whether it was closed."""
+class ProtocolTransport(RecordingTransport):
+    """What uvicorn's protocol asks of a transport besides writes: no socket details, and
+    flow control."""
 
     def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
+        super().__init__()
         self.closed_by_server = False  # before the client went away
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def writelines(self, parts: Any) -> None:
-        self.writes.append(b"".join(parts))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> None:
+    def get_extra_info(self, name: str) -> None:  # type: ignore[override]
         return None
 
     def pause_reading(self) -> None:
@@ -73,8 +61,8 @@ def answered(body: bytes, extra: str = "") -> bytes:
 
 
 def exchange(
-    chunks: list[bytes], between: Callable[[RecordingTransport], None] | None = None
-) -> tuple[RecordingTransport, Route, list[bytes]]:
+    chunks: list[bytes], between: Callable[[ProtocolTransport], None] | None = None
+) -> tuple[ProtocolTransport, Route, list[bytes]]:
     """Feed ``chunks`` to a fresh connection of the server protocol, one read each, and let the
     loop run; the transport, the route, and the bodies the ASGI app was given."""
     route = Route()
@@ -86,11 +74,11 @@ def exchange(
         await send({"type": "http.response.start", "status": 202, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def main() -> RecordingTransport:
+    async def main() -> ProtocolTransport:
         config = uvicorn.Config(app, **uvicorn_options("warning", route=route))
         config.load()
         protocol = config.http_protocol_class(config, ServerState(), {})  # type: ignore[call-arg]
-        transport = RecordingTransport()
+        transport = ProtocolTransport()
         protocol.connection_made(transport)  # type: ignore[arg-type]  # what the protocol calls
         for chunk in chunks:
             protocol.data_received(chunk)
@@ -121,7 +109,7 @@ def test_pipelined_requests_are_answered_in_order() -> None:
 def test_a_body_in_several_reads_is_answered_once_it_is_whole() -> None:
     whole = request(b"0123456789")
 
-    def nothing_yet(transport: RecordingTransport) -> None:
+    def nothing_yet(transport: ProtocolTransport) -> None:
         if len(checked) == 0:
             assert transport.writes == []
         checked.append(True)
