@@ -304,8 +304,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        if self.cycle.scope["method"] != "HEAD":  # a HEAD answer has no body to wait for
-            self.cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
+        if self.deferred is None:  # a deferred request's answer is one write already
+            self._join_head_and_body(self.cycle)
         self.phase = _BODY
         if self.deadline is not None:
             self._disarm()
@@ -319,6 +319,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if deferred is not None:
             self.deferred = None
             self._answer_whole(*deferred)
+
+    def _join_head_and_body(self, cycle: RequestResponseCycle) -> None:
+        """The cycle writes through ``_HeadWithBody`` (a HEAD answer has no body to wait for)."""
+        if cycle.scope["method"] != "HEAD":
+            cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]  # uvicorn types the app as its ASGI3Application
         """The request's ASGI task, or, for a small POST to the ``route``, nothing until its
@@ -360,6 +365,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         write, and go on as after any response; or start the ASGI task after all."""
         answer = route.answer_now(cast(Scope, cycle.scope), bytes(cycle.body))
         if answer is None:
+            self._join_head_and_body(cycle)
             super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
             return
         status, media_type, payload = answer

@@ -130,6 +130,7 @@ def test_what_the_route_declines_goes_to_the_app_with_its_body() -> None:
     transport, route, app_bodies = exchange([request(b"decline me")])
     assert route.bodies == [b"decline me"]
     assert app_bodies == [b"decline me"]
+    assert len(transport.writes) == 1  # the head still waits for its body: one write
     assert transport.writes[0].startswith(b"HTTP/1.1 202 Accepted\r\n")
 
 
