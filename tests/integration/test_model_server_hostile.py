@@ -55,7 +55,7 @@ def server(
 
 @pytest.fixture
 def port(server: ServerProcess) -> int:
-    return int(server.url.rsplit(":", 1)[1])
+    return server.port
 
 
 def exchange(port: int, request: Request) -> Response:

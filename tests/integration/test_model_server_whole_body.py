@@ -54,13 +54,9 @@ def server(
     assert "Traceback" not in process.log, process.log
 
 
-def port_of(server: ServerProcess) -> int:
-    return int(server.url.rsplit(":", 1)[1])
-
-
 def answers(server: ServerProcess, requests: list[Request]) -> list[Response]:
     """The answers to ``requests`` pipelined on one connection."""
-    with Connection(port_of(server)) as connection:
+    with Connection(server.port) as connection:
         connection.send(b"".join(request.wire() for request in requests))
         out = [connection.response() for _ in requests]
     assert all(response is not None for response in out)
@@ -106,7 +102,7 @@ def test_each_answer_is_counted_once_by_its_status(server: ServerProcess) -> Non
 
 def test_http_1_0_is_answered_and_closed(server: ServerProcess) -> None:
     wire = b"POST /invocations HTTP/1.0\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n"
-    with Connection(port_of(server)) as connection:
+    with Connection(server.port) as connection:
         connection.send(wire % len(ROW) + ROW)
         response = connection.response()
         assert response is not None and response.status == 200

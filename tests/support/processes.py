@@ -65,6 +65,10 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def ready(self) -> bool:
         try:
             return httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 200
