@@ -53,7 +53,7 @@ typedef struct {
     int32_t *depths; /* the longest root-to-leaf walk of each tree, in splits */
     int32_t *tree_groups;                       /* each tree's output group */
     float *bases;                               /* the margin each group starts from */
-    Py_ssize_t num_nodes, num_trees, num_features, groups;
+    Py_ssize_t num_trees, num_features, groups;
     int transform;
     /* The SIMD kernels' layout (NULL when a tree is deeper than SIMD_MAX_DEPTH): each tree of
      * depth D padded to a complete tree, 2^(D+1) - 1 slots from simd_offsets[t] in breadth-first
@@ -122,7 +122,7 @@ static void softmax(float *p, Py_ssize_t k) {
 /* common::FindMaxIndex: the first of the largest. */
 static float argmax(const float *p, Py_ssize_t k) {
     Py_ssize_t best = 0;
-    for (Py_ssize_t i = 0; i < k; i++)
+    for (Py_ssize_t i = 1; i < k; i++)
         if (p[i] > p[best]) best = i;
     return (float)best;
 }
@@ -146,7 +146,7 @@ static void forest_clear(Forest *self) {
     self->leaf_values = NULL;
     self->roots = self->depths = self->tree_groups = NULL;
     self->bases = NULL;
-    self->num_nodes = self->num_trees = self->groups = 0;
+    self->num_trees = self->groups = 0;
 }
 
 static void forest_dealloc(Forest *self) {
@@ -200,9 +200,10 @@ static int32_t check_tree(const Node *nodes, Py_ssize_t num_nodes, int32_t root,
  * wide; -1 when out of memory. */
 static int pad_trees(Forest *self, Py_ssize_t trees) {
     self->kernel = KERNEL_SCALAR;
+    if (!kernel_runs[KERNEL_AVX2] || self->num_features > SIMD_MAX_FEATURES) return 0;
     Py_ssize_t total = 0;
     for (Py_ssize_t t = 0; t < trees; t++) {
-        if (self->depths[t] > SIMD_MAX_DEPTH || self->num_features > SIMD_MAX_FEATURES) return 0;
+        if (self->depths[t] > SIMD_MAX_DEPTH) return 0;
         total += ((Py_ssize_t)2 << self->depths[t]) - 1;
         if (total > SIMD_MAX_SLOTS) return 0; /* many deep, sparse trees: padding would balloon */
     }
@@ -254,6 +255,10 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     PyObject *groups_obj = Py_None;
     Py_ssize_t num_features;
     int transform = TRANSFORM_NONE;
+    if (self->nodes != NULL) { /* another thread may be predicting from its arrays, GIL released */
+        PyErr_SetString(PyExc_TypeError, "a Forest is initialised once");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOn|iO", keywords, &left_obj,
                                      &feature_obj, &value_obj, &default_obj, &roots_obj, &base_obj,
                                      &num_features, &transform, &groups_obj))
@@ -334,7 +339,6 @@ static int forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
         self->leaf_values[i] = self->nodes[i].value;
         self->nodes[i] = (Node){.value = NAN, .left = (int32_t)i - 1, .column = 0};
     }
-    self->num_nodes = n;
     self->num_trees = trees;
     for (Py_ssize_t g = 0; g < k; g++) {
         float score = ((const float *)base.buf)[g];
@@ -831,8 +835,8 @@ static PyObject *forest_predict(Forest *self, PyObject *args) {
                              : self->groups;
     Py_ssize_t count = out.len / 4 / per_row;
     if (rows.itemsize != 4 || strcmp(rows.format, "f") != 0 || out.itemsize != 4 ||
-        strcmp(out.format, "f") != 0 || out.len != count * per_row * 4 ||
-        rows.len != count * self->num_features * 4) {
+        strcmp(out.format, "f") != 0 || out.len % (per_row * 4) != 0 ||
+        rows.len % (self->num_features * 4) != 0 || rows.len / 4 / self->num_features != count) {
         PyErr_SetString(PyExc_ValueError,
                         "predict takes float32 rows of num_features values and float32 out "
                         "values for as many rows (one per group for softmax probabilities)");

@@ -388,10 +388,11 @@ def test_without_the_extension_xgboost_predicts(
 
 def test_a_forest_whose_init_failed_refuses_to_predict() -> None:
     half = np.full(1, 0.5, dtype=np.float32)
-    forest = _trees.Forest(*node_arrays([1, -1, -1], [0, 0, 0]), np.zeros(1, np.int32), half, 2)
+    good = _trees.Forest(*node_arrays([1, -1, -1], [0, 0, 0]), np.zeros(1, np.int32), half, 2)
     out = np.empty(1, dtype=np.float32)
-    forest.predict(np.zeros((1, 2), dtype=np.float32), out)
+    good.predict(np.zeros((1, 2), dtype=np.float32), out)
     assert out[0] == 0.5  # base margin + a zero leaf
+    forest = _trees.Forest.__new__(_trees.Forest)
     with pytest.raises(ValueError):
         _trees.Forest.__init__(
             forest, *node_arrays([1, 0, -1], [0, 0, 0]), np.zeros(1, np.int32), half, 2
@@ -500,6 +501,16 @@ def random_forest(
         num_features,
         groups=rng.integers(groups, size=12).astype(np.int32),
     )
+
+
+def test_a_forest_is_initialised_once() -> None:
+    """A second __init__ would free arrays that another thread may be predicting from."""
+    arrays = (*node_arrays([1, -1, -1], [0, 0, 0]), np.zeros(1, np.int32), BASE, 2)
+    forest = _trees.Forest(*arrays)
+    with pytest.raises(TypeError, match="initialised once"):
+        forest.__init__(*arrays)  # type: ignore[misc]
+    out = np.empty(1, np.float32)
+    forest.predict(np.zeros((1, 2), np.float32), out)  # still the forest it was
 
 
 def test_a_forest_whose_padding_would_pass_64_mib_stays_scalar() -> None:
