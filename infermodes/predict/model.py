@@ -27,7 +27,6 @@ class XGBoostModel:
     load_seconds: float = 0.0
     outputs: OutputSelection | None = None
     trees: TreeEnsemble | None = None
-    threads: int = 1
 
     @classmethod
     def load(
@@ -38,8 +37,9 @@ class XGBoostModel:
         threads: int = 1,
         inference_output: str | None = None,
     ) -> XGBoostModel:
-        """``threads`` is XGBoost's nthread for prediction: 1 for small online requests (more
-        threads per worker oversubscribe the cores and collapse throughput), more for batch.
+        """``threads`` is XGBoost's nthread for the models it predicts (the tree evaluator, one
+        thread, takes the others): 1 for small online requests (more threads per worker
+        oversubscribe the cores and collapse throughput), more for batch.
         ``inference_output`` (``SAGEMAKER_INFERENCE_OUTPUT``'s keys) is checked against the
         model's objective here, so that a wrong key stops the server at start."""
         started = time.perf_counter()
@@ -52,7 +52,7 @@ class XGBoostModel:
         )
         trees = compile_booster(booster)
         seconds = time.perf_counter() - started
-        return cls(booster, booster.num_features, seconds, outputs, trees, threads)
+        return cls(booster, booster.num_features, seconds, outputs, trees)
 
     @property
     def calls_are_shared_cost(self) -> bool:
