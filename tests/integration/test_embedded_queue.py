@@ -20,6 +20,8 @@ from tests.support.async_plane import Process, to_csv, wait_consuming
 from tests.support.processes import stop_process, wait_until
 from tests.support.queue_worker import (
     accepted,
+    computed_once,
+    finished,
     read_records,
     request,
     spawn,
@@ -99,7 +101,8 @@ def test_a_worker_killed_mid_way_loses_nothing_and_each_request_is_computed_once
             "300 outputs",
         )
     assert len(lost) == 2
-    assert successes(results) == Counter(dict.fromkeys(picks, 1))
+    assert finished(results) == set(picks)
+    assert computed_once(results)
     redelivered = {r.inference_id for r in read_records(results) if r.attempt > 0}
     assert lost <= redelivered
     written = outputs(folder)
@@ -136,17 +139,18 @@ def test_everything_killed_with_requests_accepted_completes_them_all_after_a_res
             each.proc.send_signal(signal.SIGKILL)
         for each in started:
             each.proc.wait(WAIT)
-        done_before = set(successes(results))
+        done_before = finished(results)
         assert len(done_before) < 100, "everything finished before the kill"
         waiting = queue.backlog(endpoint).total
         assert waiting is not None and waiting >= 100 - len(done_before)  # none lost
         for _ in range(2):
             started.append(spawn(url, endpoint, results, model, concurrency=2))
         wait_until(
-            lambda: len(successes(results)) == 100 and queue.backlog(endpoint).total == 0,
+            lambda: len(finished(results)) == 100 and queue.backlog(endpoint).total == 0,
             WAIT,
             "all 100 after the restart",
         )
-    assert successes(results) == Counter(dict.fromkeys(accepted(submitter), 1))
+    assert finished(results) == accepted(submitter)
+    assert computed_once(results)
     assert set(outputs(folder)) == accepted(submitter)
     assert queue.dead_letters(endpoint) == []

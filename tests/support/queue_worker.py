@@ -5,7 +5,8 @@ runs the same parts through the broker interface.
 
 Each delivery is recorded, before it is settled, as one line of ``<results>/<pid>.log``:
 ``<inference id> <outcome> <attempt> <pid> <unix time>``. A request computed twice shows as two
-``success`` lines; a redelivery that found its output stored shows as ``duplicate``. With
+``success`` lines; a redelivery that found its output stored shows as ``duplicate`` (and is
+all there is of a request whose worker was killed between storing the output and its line). With
 ``--submit N`` it submits N requests instead, printing ``accepted <id>`` as each returns, and
 lingers until killed.
 
@@ -60,6 +61,24 @@ def read_records(results: Path) -> list[Record]:
 
 def successes(results: Path) -> Counter[str]:
     return Counter(r.inference_id for r in read_records(results) if r.outcome == "success")
+
+
+def finished(results: Path) -> set[str]:
+    """Requests with a stored output: computed (``success``), or found stored by a redelivery
+    (``duplicate``), which is all a request shows when its worker was killed after storing the
+    output and before writing its record line."""
+    return {r.inference_id for r in read_records(results) if r.outcome in ("success", "duplicate")}
+
+
+def computed_once(results: Path) -> bool:
+    """No request computed twice, and every request with no ``success`` line (its computing
+    worker was killed before writing one) finished on a redelivery."""
+    records = read_records(results)
+    computed = Counter(r.inference_id for r in records if r.outcome == "success")
+    redelivered = {r.inference_id for r in records if r.outcome == "duplicate" and r.attempt > 0}
+    return max(computed.values(), default=0) <= 1 and finished(results) - set(computed) <= (
+        redelivered
+    )
 
 
 def request(folder: Path, endpoint: str, inference_id: str, csv: bytes) -> InvocationRequest:
