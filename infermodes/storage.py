@@ -95,8 +95,21 @@ def _outside(ref: ObjectRef, within: ObjectRef) -> InputNotAllowed:
     return InputNotAllowed(f"{ref.uri} is not under {within.uri}")
 
 
+def _sync_folders(target: Path, created: list[Path]) -> None:
+    """Make a new name durable: the file's own fsync does not cover its entry in the folder
+    (nor the entries of folders this write created), which a power loss could otherwise undo
+    after the caller was told the object is stored (an acknowledged async result, say)."""
+    for folder in [target.parent, *(made.parent for made in created)]:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class FileStore:
-    """Local files. Writes go to a temporary name in the same folder, then ``os.replace``."""
+    """Local files. Writes go to a temporary name in the same folder, then ``os.replace``;
+    the file and then its folder are fsynced before a write returns."""
 
     @contextlib.contextmanager
     def open_read(
@@ -127,39 +140,46 @@ class FileStore:
     @contextlib.contextmanager
     def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
         target = Path(ref.key)
-        fd, tmp_name = self._partial(ref)
+        fd, tmp_name, created = self._partial(ref)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp_name, target)
+            _sync_folders(target, created)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
 
-    def _partial(self, ref: ObjectRef) -> tuple[int, str]:
-        """A new hidden file beside the target, named so that ``remove_partials`` knows it."""
+    def _partial(self, ref: ObjectRef) -> tuple[int, str, list[Path]]:
+        """A new hidden file beside the target, named so that ``remove_partials`` knows it;
+        also the folders made for it, outermost first."""
         target = Path(ref.key)
+        created = []
+        if not target.parent.is_dir():
+            created = [folder for folder in target.parents if not folder.exists()][::-1]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            return tempfile.mkstemp(
+            fd, name = tempfile.mkstemp(
                 prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent
             )
         except OSError as exc:
             raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+        return fd, name, created
 
     def create(self, ref: ObjectRef, data: bytes) -> bool:
         """Write a new object whole, unless one exists (then False): a hard link of a complete
         temporary file, so a concurrent reader never sees it half written."""
-        fd, tmp_name = self._partial(ref)
+        fd, tmp_name, created = self._partial(ref)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.link(tmp_name, ref.key)
+            _sync_folders(Path(ref.key), created)
         except FileExistsError:
             return False
         except OSError as exc:

@@ -171,3 +171,25 @@ def test_s3_create_remove_partials_and_prefix_checks() -> None:
     assert client.list_multipart_uploads(Bucket="bkt").get("Uploads", []) == []
     with pytest.raises(InputNotAllowed):
         storage.open_read("s3://bkt/other/x", within="s3://bkt/in").__enter__()
+
+
+def test_a_file_write_fsyncs_the_file_then_every_folder_whose_entry_it_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after a write returned keeps the object: its data, its name in its folder
+    and the names of the folders the write made (each lives in its parent's entries)."""
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    storage = Storage()
+    storage.put_bytes(f"file://{tmp_path}/new/deeper/a.out", b"1")
+    assert synced[1:] == [f"{tmp_path}/new/deeper", str(tmp_path), f"{tmp_path}/new"]
+    assert synced[0].startswith(f"{tmp_path}/new/deeper/.a.out.")  # the data, before its name
+    synced.clear()
+    assert storage.create(f"file://{tmp_path}/new/deeper/b.out", b"2")
+    assert synced[1:] == [f"{tmp_path}/new/deeper"]
