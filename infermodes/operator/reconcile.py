@@ -7,6 +7,7 @@ applies the result and returns the status.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
 
+    @functools.cache  # read at most once per reconcile: the decision and the status agree
     def loads() -> dict[str, ServerLoad]:
         found = {
             pod.name: deps.scrape(pod.ip, SERVER_PORT)
@@ -102,7 +104,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         pods,
         loads,
         deps.fetch_metrics,
-        lambda: deps.read_backlog(ref.name),
+        functools.cache(lambda: deps.read_backlog(ref.name)),
         demand,
         deps.clock(),
         wall,

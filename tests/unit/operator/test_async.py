@@ -18,7 +18,9 @@ from infermodes.metrics import OperatorMetrics
 from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
-from tests.unit.operator.test_realtime import REF, check_golden
+from infermodes.operator.reconcile import Deps, reconcile
+from infermodes.settings import OperatorSettings
+from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
 FULL_SPEC = {
     "mode": "async",
@@ -166,3 +168,23 @@ def test_the_operator_metrics_carry_the_oldest_age_and_keep_unknown_figures() ->
     record_queue(metrics, key, unknown)  # in flight and age unknown: the gauges stay
     assert value("infermodes_async_approximate_age_of_oldest_request_seconds") == 12.5
     assert value("infermodes_async_approximate_backlog_size") == 8
+
+
+def test_one_reconcile_reads_the_broker_once_and_its_status_shows_what_the_decision_saw() -> None:
+    reads = []
+
+    def read_backlog(endpoint: str) -> QueueFigures:
+        reads.append(endpoint)
+        return QueueFigures(ready=5 * len(reads), in_flight=0)
+
+    pool = {
+        "metadata": {"name": "abalone", "generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"replicas": 1, "readyReplicas": 1, "observedGeneration": 1},
+    }
+    deps = Deps(FakeKube(pool), OperatorSettings(), lambda ip, port: None)
+    deps.read_backlog = read_backlog
+    status = reconcile(body(FULL_SPEC), ScalerMemory(), deps, autoscale=True).status
+    assert reads == ["abalone"]
+    assert status.backlog == QueueFigures(ready=5, in_flight=0)
+    assert status.desired_replicas == 2  # 5 waiting at 4 per instance
