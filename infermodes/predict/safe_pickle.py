@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infermodes.errors import ModelLoadError
+from infermodes.predict import ubj
 
 _BOOSTER = ("xgboost.core", "Booster")
 _CONFIG_HEADER = b"CONFIG-offset:"
@@ -132,98 +133,9 @@ def _unwrap(raw: bytes) -> bytes:
             raise ModelLoadError("the pickled Booster's JSON holds no model")
         return json.dumps(model).encode()
     if raw.startswith(b"{"):
-        return _ubj_member(raw, "Model") or raw
+        try:
+            return ubj.member(raw, "Model") or raw
+        except ubj.UBJError as exc:
+            problem = f"{exc.problem} (at byte {exc.at})"
+            raise ModelLoadError(f"the pickled Booster's UBJ {problem}") from exc
     return raw
-
-
-_UBJ_SIZES = {
-    **dict.fromkeys(b"ZNTF", 0),
-    **dict.fromkeys(b"iUC", 1),
-    ord("I"): 2,
-    **dict.fromkeys(b"ld", 4),
-    **dict.fromkeys(b"LD", 8),
-}
-_UBJ_INTS = {ord("i"): ">b", ord("U"): ">B", ord("I"): ">h", ord("l"): ">i", ord("L"): ">q"}
-
-
-class _Ubj:
-    """Just enough UBJSON (big-endian) to find one member of the top-level object: values are
-    skipped by their size, never decoded."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise ModelLoadError("the pickled Booster's UBJ is truncated")
-        self.pos += 1
-        return self.data[self.pos - 1]
-
-    def integer(self, marker: int | None = None) -> int:
-        marker = self.byte() if marker is None else marker
-        layout = _UBJ_INTS.get(marker)
-        if layout is None:
-            raise ModelLoadError(f"the pickled Booster's UBJ has {chr(marker)!r} for a length")
-        size = struct.calcsize(layout)
-        self.advance(size)
-        (value,) = struct.unpack_from(layout, self.data, self.pos - size)
-        return int(value)
-
-    def advance(self, size: int) -> None:
-        if size < 0 or self.pos + size > len(self.data):
-            raise ModelLoadError("the pickled Booster's UBJ is truncated")
-        self.pos += size
-
-    def header(self) -> tuple[int | None, int | None]:
-        """A container's optional element type (``$``) and count (``#``)."""
-        kind = count = None
-        if self.pos < len(self.data) and self.data[self.pos] == ord("$"):
-            self.pos += 1
-            kind = self.byte()
-        if self.pos < len(self.data) and self.data[self.pos] == ord("#"):
-            self.pos += 1
-            count = self.integer()
-        return kind, count
-
-    def key(self) -> str:
-        size = self.integer()
-        self.advance(size)
-        return self.data[self.pos - size : self.pos].decode("utf-8", "replace")
-
-    def skip(self, marker: int | None = None) -> None:
-        marker = self.byte() if marker is None else marker
-        if marker in _UBJ_SIZES:
-            self.advance(_UBJ_SIZES[marker])
-        elif marker in b"SH":
-            self.advance(self.integer())
-        elif marker in b"[{":
-            self.container(is_object=marker == ord("{"), wanted=None)
-        else:
-            raise ModelLoadError(f"the pickled Booster's UBJ has an unknown marker {marker:#x}")
-
-    def container(self, is_object: bool, wanted: str | None) -> tuple[int, int] | None:
-        """Skip a container's members; for the top-level object, the span of ``wanted``."""
-        kind, count = self.header()
-        index = 0
-        while count is None or index < count:
-            if count is None and self.pos < len(self.data) and self.data[self.pos] in b"]}":
-                self.pos += 1
-                return None
-            if kind is not None and count is not None and kind in _UBJ_SIZES and not is_object:
-                self.advance(_UBJ_SIZES[kind] * count)  # a typed array: skipped at once
-                return None
-            name = self.key() if is_object else None
-            start = self.pos
-            self.skip(kind)
-            if wanted is not None and name == wanted:
-                return start, self.pos
-            index += 1
-        return None
-
-
-def _ubj_member(raw: bytes, key: str) -> bytes | None:
-    reader = _Ubj(raw)
-    reader.byte()  # the opening "{"
-    span = reader.container(is_object=True, wanted=key)
-    return raw[span[0] : span[1]] if span else None

@@ -37,12 +37,12 @@ equal XGBoost's predictions bitwise, or the model keeps XGBoost.
 from __future__ import annotations
 
 import logging
-import struct
 from typing import Any
 
 import numpy as np
 
 from infermodes.predict.native import NativeBooster, float32_rows
+from infermodes.predict.ubj import UBJReader
 
 try:
     from infermodes.predict import _trees
@@ -115,7 +115,7 @@ class TreeEnsemble:
         transform = _TRANSFORMS.get(objective)
         if transform is None:
             raise NotExact(f"objective {objective} has a link the evaluator does not reproduce")
-        learner = _UBJReader(booster.save_ubj()).document()["learner"]
+        learner = UBJReader(booster.save_ubj()).document()["learner"]
         booster_json = learner["gradient_booster"]
         if booster_json["name"] != "gbtree":
             raise NotExact(f"booster {booster_json['name']}, not gbtree")
@@ -189,7 +189,7 @@ def compile_booster(booster: NativeBooster) -> TreeEnsemble | None:
     except NotExact as exc:
         log.info("predicting with XGBoost itself (the tree evaluator would not be exact: %s)", exc)
         return None
-    except (KeyError, TypeError, ValueError, struct.error) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         log.warning("predicting with XGBoost itself: cannot read the model's trees: %s", exc)
         return None
     log.info("predicting with the exact tree evaluator (%s kernel)", ensemble.kernel)
@@ -265,108 +265,3 @@ def _nearest_float32(text: str) -> np.float32:
     if value in ((below + float(nearest)) / 2, (float(nearest) + above) / 2):
         raise NotExact(f"base_score {text!r} is halfway between two float32 values")
     return nearest
-
-
-_NUMBERS = {
-    ord(marker): struct.Struct(layout)
-    for marker, layout in (
-        ("i", ">b"), ("U", ">B"), ("I", ">h"), ("l", ">i"), ("L", ">q"), ("d", ">f"), ("D", ">d"),
-    )
-}  # fmt: skip
-_COUNTS = frozenset(map(ord, "iUIlL"))
-_OBJECT, _OBJECT_END, _ARRAY, _ARRAY_END, _STRING = map(ord, "{}[]S")
-_TYPED, _SIZED, _TRUE, _FALSE, _NULL = map(ord, "$#TFZ")
-
-
-class _UBJReader:
-    """The UBJSON that XGBoost writes (``src/common/json.cc``, ``UBJWriter``): objects with
-    int64-length keys, strings, numbers, booleans, null, arrays with a count, and typed arrays
-    (``[$<type>#L<count>`` then big-endian values), each read as a numpy view of the bytes
-    (converted where it is used: most of a tree's arrays never are)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.at = 0
-
-    def document(self) -> dict[str, Any]:
-        value = self.value(self._marker())
-        if not isinstance(value, dict):
-            raise ValueError("the model's UBJSON is not an object")
-        return value
-
-    def value(self, marker: int) -> Any:
-        layout = _NUMBERS.get(marker)
-        if layout is not None:
-            return self._number(layout)
-        if marker == _OBJECT:
-            return self._object()
-        if marker == _ARRAY:
-            return self._array()
-        if marker == _STRING:
-            return self._text()
-        if marker in (_TRUE, _FALSE):
-            return marker == _TRUE
-        if marker == _NULL:
-            return None
-        raise ValueError(f"unknown UBJSON marker {marker!r} at byte {self.at - 1}")
-
-    def _marker(self) -> int:
-        at = self.at
-        if at >= len(self.data):
-            raise ValueError("the model's UBJSON ends early")
-        self.at = at + 1
-        return self.data[at]
-
-    def _skip(self, size: int) -> int:
-        """Where the next ``size`` bytes start; moves past them."""
-        at = self.at
-        if at + size > len(self.data):
-            raise ValueError("the model's UBJSON ends early")
-        self.at = at + size
-        return at
-
-    def _number(self, layout: struct.Struct) -> Any:
-        return layout.unpack_from(self.data, self._skip(layout.size))[0]
-
-    def _count(self) -> int:
-        marker = self._marker()
-        if marker not in _COUNTS:
-            raise ValueError(f"a count with marker {marker!r}")
-        count = int(self._number(_NUMBERS[marker]))
-        if count < 0 or count > len(self.data):
-            raise ValueError(f"a count of {count}")
-        return count
-
-    def _text(self) -> str:
-        size = self._count()
-        at = self._skip(size)
-        return self.data[at : at + size].decode("utf-8")
-
-    def _object(self) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        while self.at < len(self.data):  # every key takes bytes
-            if self.data[self.at] == _OBJECT_END:
-                self.at += 1
-                return result
-            key = self._text()
-            result[key] = self.value(self._marker())
-        raise ValueError("the model's UBJSON ends inside an object")
-
-    def _array(self) -> Any:
-        head = self._marker()
-        if head == _TYPED:
-            kind = self._marker()
-            if kind not in _NUMBERS or self._marker() != _SIZED:
-                raise ValueError(f"a typed array of {kind!r}")
-            dtype = np.dtype(_NUMBERS[kind].format)
-            count = self._count()
-            at = self._skip(count * dtype.itemsize)
-            return np.frombuffer(self.data, dtype=dtype, count=count, offset=at)
-        if head == _SIZED:
-            return [self.value(self._marker()) for _ in range(self._count())]
-        items: list[Any] = []
-        marker = head
-        while marker != _ARRAY_END:  # every item takes bytes; _marker stops at the end
-            items.append(self.value(marker))
-            marker = self._marker()
-        return items

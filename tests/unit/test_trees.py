@@ -21,6 +21,7 @@ from infermodes.predict.artifacts import booster_from_bytes, extract_member
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.native import NativeBooster
 from infermodes.predict.trees import NotExact, TreeEnsemble, compile_booster
+from infermodes.predict.ubj import UBJReader
 from infermodes.server.batching import Batcher
 from tests.conftest import AbaloneModel
 
@@ -78,7 +79,7 @@ def same_bits(ours: np.ndarray, theirs: np.ndarray) -> None:
 def hostile_rows(booster: NativeBooster, count: int) -> np.ndarray:
     """Rows at, just below and just above the model's own thresholds, beside NaNs, infinities,
     huge, tiny (subnormal) and negative values, signed zeros and plain noise."""
-    document = trees._UBJReader(booster.save_ubj()).document()
+    document = UBJReader(booster.save_ubj()).document()
     forest = document["learner"]["gradient_booster"]["model"]
     thresholds = np.concatenate(
         [np.asarray(tree["split_conditions"], dtype=np.float32) for tree in forest.get("trees", [])]
@@ -249,7 +250,7 @@ def test_every_kernel_at_every_depth_predicts_exactly(params: dict[str, Any], de
     labels = np.sin(np.nan_to_num(features[:, 0]) * 3) + np.nan_to_num(features[:, 1]) ** 2
     labels += np.nan_to_num(features[:, 2]) * np.nan_to_num(features[:, 3])
     native = NativeBooster(train({"max_bin": 1024, **params}, features, labels))
-    document = trees._UBJReader(native.save_ubj()).document()
+    document = UBJReader(native.save_ubj()).document()
     grown = document["learner"]["gradient_booster"]["model"]["trees"]
     assert max(tree_depth(np.asarray(tree["left_children"])) for tree in grown) == depth
     ensemble = TreeEnsemble.of(native)
@@ -307,7 +308,7 @@ def test_the_reader_reads_what_xgboost_writes_as_json(abalone_model: AbaloneMode
     """UBJ as we read it and XGBoost's JSON of the same model: the same document (floats as
     float32, compared after JSON's decimal round trip)."""
     booster = xgb.Booster(model_file=bytearray(extract_member(abalone_model.tarball.read_bytes())))
-    ours = trees._UBJReader(bytes(booster.save_raw("ubj"))).document()
+    ours = UBJReader(bytes(booster.save_raw("ubj"))).document()
     theirs = json.loads(bytes(booster.save_raw("json")))
 
     def plain(value: Any) -> Any:
