@@ -40,7 +40,7 @@ def of_shape(runs: list[dict[str, Any]], n: int, c: int) -> list[dict[str, Any]]
     return [r for r in runs if (r["workers"], r["worker_concurrency"]) == (n, c)]
 
 
-def summary(runs: list[dict[str, Any]], workers: int) -> dict[str, object]:
+def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[str, object]:
     """Medians by shape (``NxC``: N workers of C concurrent invocations), and two ratios of N
     workers to N times one: of drain rates, and of requests per CPU-second of all our
     processes (workers, broker, bench), which says whether N workers cost more per request
@@ -55,15 +55,13 @@ def summary(runs: list[dict[str, Any]], workers: int) -> dict[str, object]:
         f"{n}x{c}": round(median(lambda r: r["drain_rps"] / r["cpu_cores_busy"], n, c), 1)
         for n, c in shapes
     }
-    one, many = f"1x{WORKER_CONCURRENCY}", f"{workers}x{WORKER_CONCURRENCY}"
+    one, many = f"1x{concurrency}", f"{workers}x{concurrency}"
     return {
         "median_drain_rps": rate,
         "median_requests_per_cpu_second": per_cpu,
         "ratio_to_n_times_one": round(rate[many] / (workers * rate[one]), 3),
         "ratio_of_requests_per_cpu_second": round(per_cpu[many] / per_cpu[one], 3),
-        **ceiling(
-            of_shape(runs, 1, WORKER_CONCURRENCY), of_shape(runs, workers, WORKER_CONCURRENCY)
-        ),
+        **ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency)),
     }
 
 
@@ -97,6 +95,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="N, compared with 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=WORKER_CONCURRENCY,
+        help="maxConcurrentInvocationsPerInstance of every worker (the endpoint default: 4)",
+    )
+    parser.add_argument(
         "--wide",
         action="store_true",
         help="also one worker with N times the concurrency: is the limit per worker or shared?",
@@ -113,9 +117,9 @@ def main() -> None:
         one_row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
         with rabbitmq_broker() as broker:
             for repeat in range(args.repeats):
-                shapes = [(1, WORKER_CONCURRENCY), (args.workers, WORKER_CONCURRENCY)]
+                shapes = [(1, args.concurrency), (args.workers, args.concurrency)]
                 if args.wide:
-                    shapes.append((1, args.workers * WORKER_CONCURRENCY))
+                    shapes.append((1, args.workers * args.concurrency))
                 for n, concurrency in shapes if repeat % 2 == 0 else shapes[::-1]:
                     name = f"n{n}x{concurrency}-r{repeat}"
                     profile = args.profile / f"worker-{name}.txt" if args.profile else None
@@ -124,7 +128,11 @@ def main() -> None:
                     )
                     runs.append(run)
                     print(json.dumps(run), flush=True)
-    results |= {"runs": runs, **summary(runs, args.workers), "load_at_end": os.getloadavg()}
+    results |= {
+        "runs": runs,
+        **summary(runs, args.workers, args.concurrency),
+        "load_at_end": os.getloadavg(),
+    }
     print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "cpus")}))
     args.out.write_text(json.dumps(results, indent=1) + "\n")
 
