@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -95,6 +95,12 @@ def _outside(ref: ObjectRef, within: ObjectRef) -> InputNotAllowed:
     return InputNotAllowed(f"{ref.uri} is not under {within.uri}")
 
 
+def _link_new(partial: str, name: str) -> None:
+    """Give a complete partial file a name that must not exist yet (FileExistsError)."""
+    os.link(partial, name)
+    os.unlink(partial)
+
+
 def _sync_folders(target: Path, created: list[Path]) -> None:
     """Make a new name durable: the file's own fsync does not cover its entry in the folder
     (nor the entries of folders this write created), which a power loss could otherwise undo
@@ -137,17 +143,24 @@ class FileStore:
             handle.seek(start)
             yield handle
 
+    def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return self._published(ref, os.replace)
+
     @contextlib.contextmanager
-    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
-        target = Path(ref.key)
+    def _published(
+        self, ref: ObjectRef, publish: Callable[[str, str], None]
+    ) -> Iterator[IO[bytes]]:
+        """A partial file to write, fsynced when the block ends, then given the object's name
+        by ``publish`` (``os.replace``, or ``_link_new``), which consumes the partial file, and
+        the name fsynced; on any failure the partial file is removed."""
         fd, tmp_name, created = self._partial(ref)
         try:
             with os.fdopen(fd, "wb") as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-            _sync_folders(target, created)
+            publish(tmp_name, ref.key)
+            _sync_folders(Path(ref.key), created)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
@@ -172,21 +185,13 @@ class FileStore:
     def create(self, ref: ObjectRef, data: bytes) -> bool:
         """Write a new object whole, unless one exists (then False): a hard link of a complete
         temporary file, so a concurrent reader never sees it half written."""
-        fd, tmp_name, created = self._partial(ref)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with self._published(ref, _link_new) as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(tmp_name, ref.key)
-            _sync_folders(Path(ref.key), created)
         except FileExistsError:
             return False
         except OSError as exc:
             raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
         return True
 
     def exists(self, ref: ObjectRef) -> bool:
