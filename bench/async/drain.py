@@ -29,11 +29,27 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from run import WORKER_CONCURRENCY, drain  # noqa: E402
+import yaml  # noqa: E402
+from run import REPO, drain  # noqa: E402
 
+from infermodes.endpoints.spec import AsyncSpec, EndpointSpec  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
+
+EXAMPLE = REPO / "examples/abalone/async.yaml"
+
+
+def example_workers() -> AsyncSpec:
+    """The async block of the endpoint users start from: its workers' concurrency and CPU."""
+    block = EndpointSpec.model_validate(yaml.safe_load(EXAMPLE.read_text())["spec"]).async_
+    assert block is not None, f"{EXAMPLE} is not an async endpoint"
+    return block
+
+
+def cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" -> 2.0."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
 def of_shape(runs: list[dict[str, Any]], n: int, c: int) -> list[dict[str, Any]]:
@@ -90,6 +106,7 @@ def ceiling(ones: list[dict[str, Any]], manys: list[dict[str, Any]]) -> dict[str
 
 
 def main() -> None:
+    example = example_workers()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="N, compared with 1")
@@ -97,20 +114,32 @@ def main() -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=WORKER_CONCURRENCY,
-        help="maxConcurrentInvocationsPerInstance of every worker (the endpoint default: 4)",
+        default=example.max_concurrent_invocations_per_instance,
+        help="maxConcurrentInvocationsPerInstance of every worker (default: the example's)",
     )
     parser.add_argument(
         "--wide",
         action="store_true",
         help="also one worker with N times the concurrency: is the limit per worker or shared?",
     )
+    parser.add_argument(
+        "--worker-cpu",
+        type=float,
+        default=cores(example.resources.cpu),
+        help="hold every worker to this many cores, as the kubelet holds a pod to its CPU "
+        "limit (default: the example's resources.cpu); 0: no limit",
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
     parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    results: dict[str, object] = {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()}
+    worker_cpu = args.worker_cpu or None
+    results: dict[str, object] = {
+        "cpus": os.cpu_count(),
+        "worker_cpu": worker_cpu,
+        "load_at_start": os.getloadavg(),
+    }
     runs: list[dict[str, object]] = []
     with trained_abalone("infermodes-bench-drain-") as root:
         model_uri = f"file://{root / 'model.tar.gz'}"
@@ -123,8 +152,9 @@ def main() -> None:
                 for n, concurrency in shapes if repeat % 2 == 0 else shapes[::-1]:
                     name = f"n{n}x{concurrency}-r{repeat}"
                     profile = args.profile / f"worker-{name}.txt" if args.profile else None
+                    bodies = [one_row] * args.requests
                     run = drain(
-                        broker, model_uri, root, n, [one_row] * args.requests, profile, concurrency
+                        broker, model_uri, root, n, bodies, profile, concurrency, worker_cpu
                     )
                     runs.append(run)
                     print(json.dumps(run), flush=True)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+from cpu_budget import cpu_budget, throttled_seconds  # noqa: E402
 
 from infermodes.queueing.rabbitmq import NOTIFICATION_EXCHANGE, connect  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
@@ -195,6 +196,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds of the whole machine so far by state, all cores (``/proc/stat``): what our
+    processes leave idle, what waits on the disk, what the hypervisor takes (steal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = os.sysconf("SC_CLK_TCK")
+    counted = fields[: len(MACHINE_STATES)]  # guest time follows, already within user
+    return {state: int(v) / ticks for state, v in zip(MACHINE_STATES, counted, strict=True)}
+
+
 def context_switches(pid: int) -> int:
     """Voluntary and involuntary context switches of every thread of a process so far."""
     total = 0
@@ -219,20 +232,30 @@ def drain(
     bodies: list[bytes],
     profile: Path | None = None,
     concurrency: int = WORKER_CONCURRENCY,
+    worker_cpu: float | None = None,
 ) -> dict[str, object]:
     """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed,
     until the last output is written. Nothing subscribes to the notifications (a subscriber in
     this process would take a share of the cores the workers are measured on); this process
     only lists the output folder. CPU seconds and context switches per request of the
     workers, the broker and this process say where the time goes; ``profile``: py-spy records
-    the first worker meanwhile."""
+    the first worker meanwhile. ``worker_cpu``: each worker held to that many cores, as a pod
+    to its CPU limit (``cpu_budget.py``)."""
     endpoint = f"drain-{workers}-{next(RUNS)}"
     folder = root / endpoint
     (folder / "output").mkdir(parents=True)
-    with plane(broker, endpoint, f"file://{folder}", folder) as live:
+    with (
+        plane(broker, endpoint, f"file://{folder}", folder) as live,
+        contextlib.ExitStack() as held,
+    ):
         started = [
             live.start_worker(model_uri, f"w{index}", concurrency=concurrency)
             for index in range(workers)
+        ]
+        groups = [
+            held.enter_context(cpu_budget(w.proc.pid, worker_cpu, f"{endpoint}-w{i}"))
+            for i, w in enumerate(started)
+            if worker_cpu is not None
         ]
         for worker in started:
             worker.proc.send_signal(signal.SIGSTOP)
@@ -246,6 +269,8 @@ def drain(
             spy = py_spy(started[0].proc.pid, profile) if profile else None
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             switches = {name: context_switches(pid) for name, pid in pids.items()}
+            throttled = [throttled_seconds(group) for group in groups]
+            machine = machine_seconds()
             resumed = time.perf_counter()
         finally:
             for worker in started:
@@ -253,17 +278,27 @@ def drain(
         seconds = wait_outputs(folder / "output", len(ids), 600) - resumed
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
+        throttled = [throttled_seconds(g) - t for g, t in zip(groups, throttled, strict=True)]
+        machine = {k: v - machine[k] for k, v in machine_seconds().items()}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
     return {
         "workers": workers,
         "worker_concurrency": concurrency,
+        "worker_cpu": worker_cpu,
+        "worker_throttled_s": [round(t, 2) for t in throttled],
         "requests": len(ids),
         "drain_rps": round(len(ids) / seconds, 1),
         "seconds": round(seconds, 2),
         "cpu_ms_per_request": {name: round(cpu * 1000 / len(ids), 3) for name, cpu in used.items()},
         "cpu_cores_busy": round(sum(used.values()) / seconds, 2),
+        "machine_cores": {
+            "busy": round(
+                sum(machine[k] for k in ("user", "nice", "system", "irq", "softirq")) / seconds, 2
+            ),
+            **{k: round(machine[k] / seconds, 2) for k in ("idle", "iowait", "steal")},
+        },
         "context_switches_per_request": {
             name: round(count / len(ids), 1) for name, count in switched.items()
         },
