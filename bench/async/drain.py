@@ -47,20 +47,18 @@ def example_workers() -> AsyncSpec:
     return block
 
 
-def cores(quantity: str) -> float:
-    """A Kubernetes CPU quantity in cores: "500m" -> 0.5, "2" -> 2.0."""
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
 def of_shape(runs: list[dict[str, Any]], n: int, c: int) -> list[dict[str, Any]]:
     return [r for r in runs if (r["workers"], r["worker_concurrency"]) == (n, c)]
 
 
-def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[str, object]:
+def summary(
+    runs: list[dict[str, Any]], workers: int, concurrency: int, limited: bool
+) -> dict[str, object]:
     """Medians by shape (``NxC``: N workers of C concurrent invocations), and two ratios of N
     workers to N times one: of drain rates, and of requests per CPU-second of all our
     processes (workers, broker, bench), which says whether N workers cost more per request
-    than one, whatever share of a busy machine's cores the run got."""
+    than one, whatever share of a busy machine's cores the run got. The ``ceiling`` assumes
+    workers without a CPU limit, so ``limited`` runs go without it."""
     shapes = sorted({(r["workers"], r["worker_concurrency"]) for r in runs})
 
     def median(key: Callable[[dict[str, Any]], float], n: int, c: int) -> float:
@@ -77,7 +75,11 @@ def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[
         "median_requests_per_cpu_second": per_cpu,
         "ratio_to_n_times_one": round(rate[many] / (workers * rate[one]), 3),
         "ratio_of_requests_per_cpu_second": round(per_cpu[many] / per_cpu[one], 3),
-        **ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency)),
+        **(
+            {}
+            if limited
+            else ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency))
+        ),
     }
 
 
@@ -125,19 +127,18 @@ def main() -> None:
     parser.add_argument(
         "--worker-cpu",
         type=float,
-        default=cores(example.resources.cpu),
         help="hold every worker to this many cores, as the kubelet holds a pod to its CPU "
-        "limit (default: the example's resources.cpu); 0: no limit",
+        f"limit (cpu_budget.py; the example's resources.cpu is {example.resources.cpu}); "
+        "default: no limit",
     )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
     parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    worker_cpu = args.worker_cpu or None
     results: dict[str, object] = {
         "cpus": os.cpu_count(),
-        "worker_cpu": worker_cpu,
+        "worker_cpu": args.worker_cpu,
         "load_at_start": os.getloadavg(),
     }
     runs: list[dict[str, object]] = []
@@ -154,13 +155,13 @@ def main() -> None:
                     profile = args.profile / f"worker-{name}.txt" if args.profile else None
                     bodies = [one_row] * args.requests
                     run = drain(
-                        broker, model_uri, root, n, bodies, profile, concurrency, worker_cpu
+                        broker, model_uri, root, n, bodies, profile, concurrency, args.worker_cpu
                     )
                     runs.append(run)
                     print(json.dumps(run), flush=True)
     results |= {
         "runs": runs,
-        **summary(runs, args.workers, args.concurrency),
+        **summary(runs, args.workers, args.concurrency, limited=args.worker_cpu is not None),
         "load_at_end": os.getloadavg(),
     }
     print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "cpus")}))
