@@ -99,6 +99,9 @@ def test_up_shows_the_exact_age_while_requests_wait_and_publishes_it(
             answer = up.invoke("abalone-async", to_csv(rows[index : index + 1]),
                                "async-invocations")  # fmt: skip
             assert answer.status_code == 202, answer.text
+            # Requests wait only until the worker has started, which on a slow disk can be
+            # before the last of them is accepted: look while sending, not only after.
+            waited()
         wait_until(waited, WAIT, "the status to show a request waiting")
         wait_until(lambda: len(list(output.glob("*.out"))) == 20, WAIT * 2, "every output")
         wait_until(
