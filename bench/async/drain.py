@@ -6,8 +6,10 @@ that a change in the machine's load hits both sides; the ratio is the median rat
 workers over N times the median rate of one. Each run also reports the CPU milliseconds per
 request of every worker, the broker and this process (which lists the output folder); the
 summary says how many cores one worker kept busy and the ratio those CPU costs allow at
-most on this machine's cores (``ceiling``). ``--profile DIR`` records the first worker of
-each run with py-spy (raw collapsed stacks).
+most on this machine's cores (``ceiling``). ``--worker-cpu C`` holds every worker to C cores
+as the kubelet holds a pod to its CPU limit (``cpu_budget.py``; a different question, see the
+README). ``--profile DIR`` records the first worker of each run with py-spy (raw collapsed
+stacks).
 
 Run from the repository root, alone on the machine::
 
