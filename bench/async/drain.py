@@ -31,10 +31,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from run import REPO, drain  # noqa: E402
 
-from infermodes.endpoints.spec import AsyncSpec, EndpointSpec  # noqa: E402
+from infermodes.endpoints.spec import AsyncSpec  # noqa: E402
+from infermodes.local.manifests import load_paths  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
@@ -44,7 +44,7 @@ EXAMPLE = REPO / "examples/abalone/async.yaml"
 
 def example_workers() -> AsyncSpec:
     """The async block of the endpoint users start from: its workers' concurrency and CPU."""
-    block = EndpointSpec.model_validate(yaml.safe_load(EXAMPLE.read_text())["spec"]).async_
+    block = load_paths([EXAMPLE])[0].spec.async_
     assert block is not None, f"{EXAMPLE} is not an async endpoint"
     return block
 
@@ -53,14 +53,12 @@ def of_shape(runs: list[dict[str, Any]], n: int, c: int) -> list[dict[str, Any]]
     return [r for r in runs if (r["workers"], r["worker_concurrency"]) == (n, c)]
 
 
-def summary(
-    runs: list[dict[str, Any]], workers: int, concurrency: int, limited: bool
-) -> dict[str, object]:
+def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[str, object]:
     """Medians by shape (``NxC``: N workers of C concurrent invocations), and two ratios of N
     workers to N times one: of drain rates, and of requests per CPU-second of all our
     processes (workers, broker, bench), which says whether N workers cost more per request
     than one, whatever share of a busy machine's cores the run got. The ``ceiling`` assumes
-    workers without a CPU limit, so ``limited`` runs go without it."""
+    workers without a CPU limit, so runs with one go without it."""
     shapes = sorted({(r["workers"], r["worker_concurrency"]) for r in runs})
 
     def median(key: Callable[[dict[str, Any]], float], n: int, c: int) -> float:
@@ -72,17 +70,15 @@ def summary(
         for n, c in shapes
     }
     one, many = f"1x{concurrency}", f"{workers}x{concurrency}"
-    return {
+    found = {
         "median_drain_rps": rate,
         "median_requests_per_cpu_second": per_cpu,
         "ratio_to_n_times_one": round(rate[many] / (workers * rate[one]), 3),
         "ratio_of_requests_per_cpu_second": round(per_cpu[many] / per_cpu[one], 3),
-        **(
-            {}
-            if limited
-            else ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency))
-        ),
     }
+    if all(r["worker_cpu"] is None for r in runs):
+        found |= ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency))
+    return found
 
 
 def ceiling(ones: list[dict[str, Any]], manys: list[dict[str, Any]]) -> dict[str, object]:
@@ -163,7 +159,7 @@ def main() -> None:
                     print(json.dumps(run), flush=True)
     results |= {
         "runs": runs,
-        **summary(runs, args.workers, args.concurrency, limited=args.worker_cpu is not None),
+        **summary(runs, args.workers, args.concurrency),
         "load_at_end": os.getloadavg(),
     }
     print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "cpus")}))

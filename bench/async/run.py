@@ -40,7 +40,11 @@ from cpu_budget import cpu_budget, throttled_seconds  # noqa: E402
 from infermodes.queueing.rabbitmq import NOTIFICATION_EXCHANGE, connect  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import Plane, plane, to_csv  # noqa: E402
-from tests.support.processes import running_server  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    BUSY_STATES,
+    machine_cpu_seconds,
+    running_server,
+)
 from tests.support.rabbitmq import Broker, rabbitmq_broker  # noqa: E402
 
 WORKER_CONCURRENCY = 4
@@ -196,18 +200,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-
-def machine_seconds() -> dict[str, float]:
-    """CPU seconds of the whole machine so far by state, all cores (``/proc/stat``): what our
-    processes leave idle, what waits on the disk, what the hypervisor takes (steal)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    ticks = os.sysconf("SC_CLK_TCK")
-    counted = fields[: len(MACHINE_STATES)]  # guest time follows, already within user
-    return {state: int(v) / ticks for state, v in zip(MACHINE_STATES, counted, strict=True)}
-
-
 def context_switches(pid: int) -> int:
     """Voluntary and involuntary context switches of every thread of a process so far."""
     total = 0
@@ -270,7 +262,7 @@ def drain(
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             switches = {name: context_switches(pid) for name, pid in pids.items()}
             throttled = [throttled_seconds(group) for group in groups]
-            machine = machine_seconds()
+            machine = machine_cpu_seconds()
             resumed = time.perf_counter()
         finally:
             for worker in started:
@@ -279,7 +271,7 @@ def drain(
         used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
         throttled = [throttled_seconds(g) - t for g, t in zip(groups, throttled, strict=True)]
-        machine = {k: v - machine[k] for k, v in machine_seconds().items()}
+        machine = {k: v - machine[k] for k, v in machine_cpu_seconds().items()}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -294,9 +286,7 @@ def drain(
         "cpu_ms_per_request": {name: round(cpu * 1000 / len(ids), 3) for name, cpu in used.items()},
         "cpu_cores_busy": round(sum(used.values()) / seconds, 2),
         "machine_cores": {
-            "busy": round(
-                sum(machine[k] for k in ("user", "nice", "system", "irq", "softirq")) / seconds, 2
-            ),
+            "busy": round(sum(machine[k] for k in BUSY_STATES) / seconds, 2),
             **{k: round(machine[k] / seconds, 2) for k in ("idle", "iowait", "steal")},
         },
         "context_switches_per_request": {

@@ -32,13 +32,17 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import peer_env
-import profile_summary
-import xgboost as xgb
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import peer_env  # noqa: E402
+import profile_summary  # noqa: E402
+import xgboost as xgb  # noqa: E402
+
+from tests.support.processes import BUSY_STATES, machine_cpu_seconds  # noqa: E402
+
 DATA = REPO / "examples" / "abalone" / "abalone.csv"
 PY = Path(sys.executable)
 MODEL_NAME = "abalone"
@@ -263,11 +267,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> float:
-    """Busy CPU seconds of the whole machine since boot, summed over cores (/proc/stat)."""
-    user, nice, system, _idle, _iowait, irq, softirq = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
-    )
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+    """Busy CPU seconds of the whole machine since boot, summed over cores."""
+    machine = machine_cpu_seconds()
+    return sum(machine[state] for state in BUSY_STATES)
 
 
 def group_cpu_s(pgid: int) -> float:

@@ -18,6 +18,21 @@ REPO = Path(__file__).resolve().parents[2]
 INFERMODES = str(Path(sys.executable).parent / "infermodes")
 
 
+# /proc/stat's first line: CPU time of the whole machine by state (guest time, which follows,
+# is already counted in user)
+MACHINE_STATES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+BUSY_STATES = ("user", "nice", "system", "irq", "softirq")
+
+
+def machine_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot by state, summed over cores: what processes
+    kept busy, what was idle, what waited on a disk, what the hypervisor took (steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = os.sysconf("SC_CLK_TCK")
+    counted = fields[: len(MACHINE_STATES)]
+    return {state: int(v) / ticks for state, v in zip(MACHINE_STATES, counted, strict=True)}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
