@@ -6,10 +6,12 @@ that a change in the machine's load hits both sides; the ratio is the median rat
 workers over N times the median rate of one. Each run also reports the CPU milliseconds per
 request of every worker, the broker and this process (which lists the output folder); the
 summary says how many cores one worker kept busy and the ratio those CPU costs allow at
-most on this machine's cores (``ceiling``). ``--worker-cpu C`` holds every worker to C cores
-as the kubelet holds a pod to its CPU limit (``cpu_budget.py``; a different question, see the
-README). ``--profile DIR`` records the first worker of each run with py-spy (raw collapsed
-stacks).
+most on this machine's cores (``ceiling``). Before each run, as many processes as it has
+workers spin on pure-Python CPU work for a second (``spin_rate``): the same ratio for work
+that shares nothing is the machine's own floor, in the same run. ``--worker-cpu C`` holds
+every worker to C cores as the kubelet holds a pod to its CPU limit (``cpu_budget.py``; a
+different question, see the README). ``--profile DIR`` records the first worker of each run
+with py-spy (raw collapsed stacks).
 
 Run from the repository root, alone on the machine::
 
@@ -22,7 +24,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,22 +35,46 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-from run import REPO, drain  # noqa: E402
+from run import drain, example_workers  # noqa: E402
 
-from infermodes.endpoints.spec import AsyncSpec  # noqa: E402
-from infermodes.local.manifests import load_paths  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import to_csv  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
-EXAMPLE = REPO / "examples/abalone/async.yaml"
+# Pure-Python CPU work from a start to an end on the monotonic clock (shared by processes):
+# prints the loop's iterations.
+SPIN = """
+import sys, time
 
 
-def example_workers() -> AsyncSpec:
-    """The async block of the endpoint users start from: its workers' concurrency and CPU."""
-    block = load_paths([EXAMPLE])[0].spec.async_
-    assert block is not None, f"{EXAMPLE} is not an async endpoint"
-    return block
+def spin(start, end):
+    while time.monotonic() < start:
+        time.sleep(0.001)
+    count = 0
+    while time.monotonic() < end:
+        for _ in range(1000):
+            count += 1
+    return count
+
+
+print(spin(float(sys.argv[1]), float(sys.argv[2])))
+"""
+
+
+def spin_rate(processes: int, seconds: float = 1.0) -> float:
+    """Iterations per second of ``processes`` processes spinning at once, sharing nothing: the
+    machine's floor for N CPU-bound processes against one (a hypervisor's or a neighbour's
+    share of the cores shows here as it does in the drain)."""
+    start = time.monotonic() + 0.5  # after every interpreter started
+    spinners = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPIN, str(start), str(start + seconds)],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    counts = [int(spinner.communicate(timeout=seconds + 30)[0]) for spinner in spinners]
+    return sum(counts) / seconds
 
 
 def of_shape(runs: list[dict[str, Any]], n: int, c: int) -> list[dict[str, Any]]:
@@ -57,7 +85,9 @@ def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[
     """Medians by shape (``NxC``: N workers of C concurrent invocations), and two ratios of N
     workers to N times one: of drain rates, and of requests per CPU-second of all our
     processes (workers, broker, bench), which says whether N workers cost more per request
-    than one, whatever share of a busy machine's cores the run got. The ``ceiling`` assumes
+    than one, whatever share of a busy machine's cores the run got; and the ratio of the spin
+    rates measured before the runs (N spinning processes against N times one), what the
+    machine's cores give work that shares nothing. The ``ceiling`` assumes
     workers without a CPU limit, so runs with one go without it."""
     shapes = sorted({(r["workers"], r["worker_concurrency"]) for r in runs})
 
@@ -70,11 +100,13 @@ def summary(runs: list[dict[str, Any]], workers: int, concurrency: int) -> dict[
         for n, c in shapes
     }
     one, many = f"1x{concurrency}", f"{workers}x{concurrency}"
+    spin = {n: median(lambda r: r["spin_rate"], n, concurrency) for n in (1, workers)}
     found = {
         "median_drain_rps": rate,
         "median_requests_per_cpu_second": per_cpu,
         "ratio_to_n_times_one": round(rate[many] / (workers * rate[one]), 3),
         "ratio_of_requests_per_cpu_second": round(per_cpu[many] / per_cpu[one], 3),
+        "spin_ratio_to_n_times_one": round(spin[workers] / (workers * spin[1]), 3),
     }
     if all(r["worker_cpu"] is None for r in runs):
         found |= ceiling(of_shape(runs, 1, concurrency), of_shape(runs, workers, concurrency))
@@ -152,9 +184,11 @@ def main() -> None:
                     name = f"n{n}x{concurrency}-r{repeat}"
                     profile = args.profile / f"worker-{name}.txt" if args.profile else None
                     bodies = [one_row] * args.requests
+                    spin = spin_rate(n)
                     run = drain(
                         broker, model_uri, root, n, bodies, profile, concurrency, args.worker_cpu
                     )
+                    run["spin_rate"] = round(spin)
                     runs.append(run)
                     print(json.dumps(run), flush=True)
     results |= {
