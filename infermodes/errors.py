@@ -9,6 +9,10 @@ EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not
 EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half written
 
 
+class BrokerUrlError(ValueError):
+    """A broker URL that names no broker we speak; its text never holds the URL's password."""
+
+
 class InfermodesError(Exception):
     """Base class; ``status_code`` is what an HTTP adapter answers for it."""
 

@@ -4,9 +4,31 @@ configures logging before anything imports prometheus_client)."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def redacted_url(url: str, keep_path: bool = True) -> str:
+    """``url`` fit for a log line, an error message or a status: never its password or query,
+    and with ``keep_path=False`` not its path either (a webhook's path is often its token)."""
+    if not url:
+        return "<an empty URL>"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    if "@" in parts.path or "@" in parts.query:  # no '//': where the password ends is a guess
+        return f"{parts.scheme}:..." if parts.scheme else "..."
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    path = parts.path if keep_path else "/..." if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{netloc}{path}"

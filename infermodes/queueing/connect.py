@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from infermodes.errors import BrokerUrlError
+from infermodes.logs import redacted_url
 from infermodes.queueing.broker import Backlog, Consumer, Enqueuer, Publisher
 from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
 
@@ -72,25 +74,29 @@ class RabbitBroker:
 def embedded_path(url: str) -> tuple[Path, float]:
     """The queue file and lease of a ``sqlite:///abs/path?lease_seconds=N`` URL."""
     parts = urlsplit(url)
+    shown = redacted_url(url)
     if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-        raise ValueError(f"{url!r}: expected sqlite:///absolute/path/to/queue.db")
+        raise BrokerUrlError(f"{shown!r}: expected sqlite:///absolute/path/to/queue.db")
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = set(query) - {"lease_seconds"}
     if unknown:
-        raise ValueError(f"{url!r}: unknown parameter(s) {sorted(unknown)}")
+        raise BrokerUrlError(f"{shown!r}: unknown parameter(s) {sorted(unknown)}")
     lease = float(query.get("lease_seconds", [str(LEASE_SECONDS)])[-1])
     if not 0 < lease <= 3600:
-        raise ValueError(f"{url!r}: lease_seconds must be in (0, 3600]")
+        raise BrokerUrlError(f"{shown!r}: lease_seconds must be in (0, 3600]")
     return Path(unquote(parts.path)), lease
 
 
 def broker_from_url(url: str, management_url: str | None = None) -> Broker:
     """The broker a URL names. ``management_url``: RabbitMQ's management API, for backlog
-    figures with in-flight counts (the embedded queue always has them)."""
+    figures with in-flight counts (the embedded queue always has them). Raises BrokerUrlError,
+    whose text shows the URL without its password."""
     scheme = urlsplit(url).scheme
     if scheme in ("amqp", "amqps"):
         return RabbitBroker(url, management_url)
     if scheme == "sqlite":
         path, lease = embedded_path(url)
         return EmbeddedQueue(path, lease)
-    raise ValueError(f"{url!r}: the broker URL must start with amqp://, amqps:// or sqlite:///")
+    raise BrokerUrlError(
+        f"{redacted_url(url)!r}: the broker URL must start with amqp://, amqps:// or sqlite:///"
+    )

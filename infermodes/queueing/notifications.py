@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import httpx
 
 from infermodes.errors import BrokerUnavailable
+from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, Publisher
 from infermodes.queueing.messages import Failure, InvocationRequest
@@ -154,6 +155,8 @@ class Notifier:
         self.metrics.notifications.labels("topic", "sent").inc()
 
     def _post(self, url: str, payload: bytes) -> bool:
+        """Logs name the webhook by scheme and host only: its path is often its token."""
+        shown = redacted_url(url, keep_path=False)
         for attempt in range(self.webhook_attempts):
             if attempt:
                 time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
@@ -163,8 +166,9 @@ class Notifier:
                 )
                 if response.status_code < 300:
                     return True
-                log.warning("webhook %s answered %d", url, response.status_code)
+                log.warning("webhook %s answered %d", shown, response.status_code)
             except httpx.HTTPError as exc:
-                log.warning("webhook %s failed: %s", url, exc)
-        log.error("webhook %s: giving up after %d attempts", url, self.webhook_attempts)
+                reason = str(exc).replace(url, shown) or type(exc).__name__
+                log.warning("webhook %s failed: %s", shown, reason)
+        log.error("webhook %s: giving up after %d attempts", shown, self.webhook_attempts)
         return False

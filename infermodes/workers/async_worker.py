@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.errors import (
+    EXIT_CANNOT_START,
     EXIT_MODEL_LOAD_FAILED,
     BrokerUnavailable,
+    BrokerUrlError,
     ModelLoadError,
     StorageError,
 )
@@ -359,7 +361,8 @@ def delivery_handler(processor: Processor, metrics: WorkerMetrics) -> Handler:
 
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:
-    """Load the model and wire the parts; raises ModelLoadError."""
+    """Load the model and wire the parts; raises ModelLoadError, or BrokerUrlError for a
+    broker URL that names no broker."""
     storage = Storage()
     model = XGBoostModel.load(
         settings.model_uri,
@@ -400,6 +403,9 @@ def run(settings: WorkerSettings) -> int:
     except ModelLoadError as exc:
         log.error("cannot load model: %s", exc)
         return EXIT_MODEL_LOAD_FAILED
+    except BrokerUrlError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CANNOT_START
 
     def request_stop(signum: int, _frame: object = None) -> None:
         log.info("signal %d: stopping after in-flight requests", signum)

@@ -103,6 +103,25 @@ def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatc
     assert len(posted) == 3
 
 
+def test_webhook_logs_show_no_token(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook's path is often its secret (chat services put the token there)."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+
+    metrics = WorkerMetrics(CollectorRegistry())
+    hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
+    http = httpx.Client(transport=httpx.MockTransport(refuse))
+    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http)  # type: ignore[arg-type]
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    logged = caplog.text
+    assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
+    assert "token123" not in logged and "sig=abc" not in logged
+
+
 def test_topic_failure_raises_for_the_caller_to_retry() -> None:
     sender, posted = notifier(FakeChannel(down=True), [])
     with pytest.raises(BrokerUnavailable):

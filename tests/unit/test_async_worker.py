@@ -11,15 +11,16 @@ from typing import IO
 
 import numpy as np
 import pytest
+import xgboost as xgb
 from prometheus_client import CollectorRegistry
 
-from infermodes.errors import BrokerUnavailable, StorageError
+from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
-from infermodes.workers.async_worker import Processor, Result
+from infermodes.workers.async_worker import Processor, Result, run
 from tests.unit.async_samples import invocation, tiny_model
 
 
@@ -330,3 +331,23 @@ def test_time_in_backlog_total_time_and_the_newest_acceptance_taken_are_measured
     assert value("infermodes_async_time_in_backlog_seconds_count") == 2
     assert value("infermodes_async_dequeued_accepted_timestamp_seconds") == now - 5  # newest
     assert value(*total) == 2  # the duplicate is not a second result
+
+
+def test_a_broker_url_of_another_scheme_stops_the_worker_without_its_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chart's Secret also holds the management URL (http://user:pass@...): put in the
+    wrong key, the worker ends with a clear line, and its log (a crashing pod's status
+    message) never shows the password."""
+    features = np.random.default_rng(5).random((30, 3))
+    path = tmp_path / "model.json"
+    xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 2).save_model(path)
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{path}",
+        broker_url="http://admin:S3cretPw@rabbit:15672/",
+        metrics_port=0,
+    )
+    assert run(settings) == EXIT_CANNOT_START
+    assert "must start with amqp://" in caplog.text and "http://admin@rabbit:15672/" in caplog.text
+    assert "S3cretPw" not in caplog.text

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermodes.errors import BrokerUnavailable
+from infermodes.errors import BrokerUnavailable, BrokerUrlError
 from infermodes.queueing import embedded
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
@@ -372,3 +372,11 @@ def test_broker_from_url_picks_by_scheme(tmp_path: Path) -> None:
 def test_broker_from_url_refuses_what_it_cannot_open(url: str) -> None:
     with pytest.raises(ValueError, match="sqlite|lease|parameter"):
         broker_from_url(url)
+
+
+def test_a_refused_broker_url_is_named_without_its_password() -> None:
+    """The message reaches logs, a pod's termination message and so an endpoint's status."""
+    with pytest.raises(BrokerUrlError) as refused:
+        broker_from_url("http://admin:S3cretPw@rabbit:15672/")
+    assert "S3cretPw" not in str(refused.value)
+    assert "http://admin@rabbit:15672/" in str(refused.value)

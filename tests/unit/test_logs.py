@@ -1,0 +1,30 @@
+"""URLs in log lines, error messages and statuses: never a password, a query or (for
+webhooks) a path that may be a token."""
+
+from __future__ import annotations
+
+import pytest
+
+from infermodes.logs import redacted_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "host_only"),
+    [
+        ("amqp://u:p4ss@h:5672/%2F?heartbeat=5", "amqp://u@h:5672/%2F", "amqp://u@h:5672/..."),
+        (
+            "http://admin:S3cret@rabbit:15672/",
+            "http://admin@rabbit:15672/",
+            "http://admin@rabbit:15672",
+        ),
+        ("sqlite:///var/q.db", "sqlite:///var/q.db", "sqlite:///..."),
+        ("https://hooks.test/T0/B0/tok", "https://hooks.test/T0/B0/tok", "https://hooks.test/..."),
+        ("http://[::1]:8080/x", "http://[::1]:8080/x", "http://[::1]:8080/..."),
+        ("admin:p4ss@host:5672", "admin:...", "admin:..."),  # no '//': all of it may be secret
+        ("http://h:99999/", "<a URL that cannot be parsed>", "<a URL that cannot be parsed>"),
+        ("", "<an empty URL>", "<an empty URL>"),
+    ],
+)
+def test_redacted_url(url: str, shown: str, host_only: str) -> None:
+    assert redacted_url(url) == shown
+    assert redacted_url(url, keep_path=False) == host_only
