@@ -206,7 +206,7 @@ class AsyncSpec(ReplicaRange):
     invocation_timeout_seconds: int = Field(
         900,
         ge=1,
-        le=3600,
+        le=MAX_INVOCATION_TIMEOUT_SECONDS,
         description="Processing time allowed per request that does not set its own.",
     )
     max_attempts: int = Field(

@@ -53,13 +53,12 @@ from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.messages import (
     DEFAULT_TTL_SECONDS,
     INFERENCE_ID,
-    MAX_INVOCATION_TIMEOUT_SECONDS,
     MAX_TTL_SECONDS,
     InvocationRequest,
     new_inference_id,
 )
 from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
-from infermodes.settings import AsyncApiSettings, AsyncEndpoint
+from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
 
 log = logging.getLogger("infermodes.async_api")

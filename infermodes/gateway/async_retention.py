@@ -25,12 +25,8 @@ import time
 from collections.abc import Callable, Mapping
 
 from infermodes.errors import StorageError
-from infermodes.queueing.messages import (
-    INFERENCE_ID,
-    MAX_INVOCATION_TIMEOUT_SECONDS,
-    MAX_TTL_SECONDS,
-)
-from infermodes.settings import AsyncEndpoint
+from infermodes.queueing.messages import INFERENCE_ID, MAX_TTL_SECONDS
+from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncEndpoint
 from infermodes.storage import Storage
 
 log = logging.getLogger("infermodes.async_api")

@@ -19,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infermodes.errors import InfermodesError, InvocationTimeout, ObjectNotFound, StorageError
+from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS
 from infermodes.storage import NotAFile
 
 DEFAULT_TTL_SECONDS = 6 * 3600
 MAX_TTL_SECONDS = 6 * 3600
 DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
-MAX_INVOCATION_TIMEOUT_SECONDS = 3600
 INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # outcomes counted by WorkerMetrics.messages

@@ -6,7 +6,8 @@ queue and their bindings when it connects (idempotently), with its AMQP URL from
 spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``). Before a
 scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
 removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
-period outlasts the invocation timeout), acknowledges and exits. The status carries the age of
+period outlasts the longest invocation timeout a request may set, whatever the endpoint's
+default), acknowledges and exits. The status carries the age of
 the oldest waiting request: the broker's for a classic queue, else estimated from when the
 newest request each worker took was accepted (``status.oldest_age_from_dequeues``).
 
@@ -29,7 +30,7 @@ from infermodes.metrics import parse_worker_dequeued_accepted_at, parse_worker_i
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure
-from infermodes.settings import WorkerSettings
+from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, WorkerSettings
 
 COMPONENT = "async-worker"
 WORKLOAD = ("apps/v1", "Deployment")
@@ -121,7 +122,8 @@ def desired_objects(
     }
     if spec.storage_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
-    grace = block.invocation_timeout_seconds + GRACE_MARGIN_SECONDS
+    # a request's own X-Amzn-SageMaker-InvocationTimeoutSeconds may exceed the endpoint's
+    grace = MAX_INVOCATION_TIMEOUT_SECONDS + GRACE_MARGIN_SECONDS
     return [deployment(ref, COMPONENT, replicas, container, grace)]
 
 

@@ -19,7 +19,7 @@ from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
-from infermodes.settings import OperatorSettings
+from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
 FULL_SPEC = {
@@ -67,8 +67,9 @@ def test_every_async_field_reaches_the_deployment() -> None:
         "name": "rabbit",
         "key": "amqp",
     }  # the URL itself never appears in the spec or the objects
+    # a request may set a longer timeout than the endpoint's (120 s here): up to the maximum
     grace = objects[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= 120 + 30
+    assert grace >= MAX_INVOCATION_TIMEOUT_SECONDS + 30
 
 
 def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
