@@ -103,7 +103,8 @@ def header_seconds(value: str | None, name: str, default: int, maximum: int) -> 
     if value is None:
         return default
     digits = value.strip()
-    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= maximum:
+    well_formed = digits.isascii() and digits.isdigit() and len(digits) <= len(str(maximum))
+    if not well_formed or not 1 <= int(digits) <= maximum:
         raise InvalidInput(f"{name} must be a whole number of seconds from 1 to {maximum}")
     return int(digits)
 

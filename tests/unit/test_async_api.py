@@ -172,6 +172,19 @@ def test_header_values_are_utf8(tmp_path: Path) -> None:
         header_text(latin1, "X-Amzn-SageMaker-Custom-Attributes")
 
 
+@pytest.mark.parametrize(
+    "header", ["X-Amzn-SageMaker-RequestTTLSeconds", "X-Amzn-SageMaker-InvocationTimeoutSeconds"]
+)
+def test_a_number_too_long_to_convert_is_a_400(tmp_path: Path, header: str) -> None:
+    """Python refuses to convert over 4300 digits: that must not become a 500."""
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations", content=b"1\n", headers={header: "9" * 5000}
+    )
+    assert response.status_code == 400 and header in response.json()["message"]
+    assert not publisher.sent
+
+
 def test_unexpected_errors_are_a_counted_500_with_the_error_shape(tmp_path: Path) -> None:
     class Broken(RecordingPublisher):
         def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
@@ -210,7 +223,10 @@ def test_header_seconds(value: str | None, result: int) -> None:
     assert header_seconds(value, "T", 900, 3600) == result
 
 
-@pytest.mark.parametrize("value", ["0", "3601", "-1", "1.5", "abc", "", "\xb2", "١٢", "+5"])
+@pytest.mark.parametrize(
+    "value",
+    ["0", "3601", "-1", "1.5", "abc", "", "\xb2", "١٢", "+5", "9" * 5000, "0" * 5000 + "60"],
+)
 def test_header_seconds_refuses(value: str) -> None:
     with pytest.raises(InvalidInput, match="T must be a whole number of seconds from 1 to 3600"):
         header_seconds(value, "T", 900, 3600)
