@@ -200,15 +200,18 @@ def backlog_replicas(
     - more replicas at once, fewer only ``scaleInCooldownSeconds`` after the last change, and
       zero only once the backlog has been empty that long;
     - the broker unreadable (``ready`` None) -> the current replicas, never a blind zero;
-      in-flight unknown (``unacked`` None) -> scale out on what is ready, never in.
+      in-flight unknown (``unacked`` None) -> scale out on what is ready, never in;
+    - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
+      worker finishes what it holds before it exits).
     """
     low, high = block.min_replicas, block.max_replicas
     target = block.target_backlog_per_instance
+    within = min(max(current, low), high)
     if ready is None:
-        return BacklogDecision(current, "BrokerUnreadable")
+        return BacklogDecision(within, "BrokerUnreadable")
     if unacked is None:
         wanted = min(max(math.ceil(ready / target), low), high)
-        return BacklogDecision(max(current, wanted), "InFlightUnknown")
+        return BacklogDecision(max(within, wanted), "InFlightUnknown")
     total = ready + unacked
     if total > 0:
         memory.empty_since = None
@@ -226,6 +229,9 @@ def backlog_replicas(
             and now - memory.empty_since >= block.scale_in_cooldown_seconds
         )
         if not cooled or (wanted == 0 and not empty_long):
+            if within < current:  # maxReplicas was lowered
+                memory.last_change_at = now
+                return BacklogDecision(within, "ScaledIn")
             return BacklogDecision(current, "CoolingDown")
         memory.last_change_at = now
         return BacklogDecision(wanted, "ScaledIn")

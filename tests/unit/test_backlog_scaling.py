@@ -69,3 +69,16 @@ def test_unknown_in_flight_scales_out_on_ready_but_never_in() -> None:
     spec = block(targetBacklogPerInstance=2, scaleInCooldownSeconds=0)
     assert decide(spec, 1, 6, None, ScalerMemory()) == (3, "InFlightUnknown")
     assert decide(spec, 3, 0, None, ScalerMemory()) == (3, "InFlightUnknown")
+
+
+def test_changed_bounds_apply_at_once_whatever_the_broker_says() -> None:
+    """A lowered maxReplicas (or a raised minReplicas) is the user's word: it neither waits for
+    a cooldown nor for a readable broker."""
+    lowered = block(maxReplicas=2, scaleInCooldownSeconds=600)
+    assert decide(lowered, 4, None, None, ScalerMemory()) == (2, "BrokerUnreadable")
+    assert decide(lowered, 4, 0, None, ScalerMemory()) == (2, "InFlightUnknown")
+    busy = ScalerMemory(last_change_at=NOW)
+    assert decide(lowered, 4, 100, 8, busy) == (2, "ScaledIn")
+    assert decide(lowered, 4, 0, 1, ScalerMemory(last_change_at=NOW)) == (2, "ScaledIn")
+    raised = block(minReplicas=2)
+    assert decide(raised, 0, None, None, ScalerMemory()) == (2, "BrokerUnreadable")
