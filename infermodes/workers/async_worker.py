@@ -113,6 +113,10 @@ class _Head:
         return bytes(self.head) if len(self.head) <= self.limit else None
 
 
+class ErrorNotStored(Exception):
+    """A request's error object could not be written, so the request is not finished."""
+
+
 class Notifies(Protocol):
     """``notifications.Notifier``: raises BrokerUnavailable when the topic did not confirm."""
 
@@ -142,11 +146,16 @@ class Processor:
 
     def handle(self, body: bytes, count: int) -> Result:
         """A notification the broker did not confirm requeues the message (after a back-off):
-        the redelivery finds the result stored and only notifies."""
+        the redelivery finds the result stored and only notifies. So does an error object that
+        could not be written: a request ends with its result object, or not at all."""
         try:
             return self._dispatch(body, count)
         except BrokerUnavailable as exc:
             log.info("cannot notify (%s); requeueing", exc)
+            self._back_off(count)
+            return Result(Settle.REQUEUE, "retried")
+        except ErrorNotStored as exc:
+            log.warning("%s; requeueing", exc)
             self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
 
@@ -171,7 +180,7 @@ class Processor:
         self._taken(request, count)
         try:
             result = self._handle(request, count)
-        except BrokerUnavailable:
+        except (BrokerUnavailable, ErrorNotStored):
             raise  # not a failure of the request: its result may be stored already
         except Exception as exc:
             log.warning("inference %s failed: %s", request.inference_id, exc)
@@ -300,7 +309,8 @@ class Processor:
         return Result(Settle.DEAD_LETTER, "dead_lettered")
 
     def _finish_with_error(self, target: Target, failure: Failure, attempts: int) -> None:
-        """One error object (when we know where) and one error notification."""
+        """One error object (when we know where) and one error notification; raises
+        ErrorNotStored, notifying nothing, when the object cannot be written."""
         if target.failure_location:
             record = error_record(
                 target.inference_id,
@@ -312,9 +322,9 @@ class Processor:
             try:
                 self.storage.put_bytes(target.failure_location, record)
             except StorageError as exc:
-                log.error(
-                    "inference %s: cannot write the error object: %s", target.inference_id, exc
-                )
+                raise ErrorNotStored(
+                    f"inference {target.inference_id}: cannot write the error object: {exc}"
+                ) from exc
         self._notify_error(target, failure)
 
     def _small_output(self, request: InvocationRequest) -> bytes | None:

@@ -108,6 +108,21 @@ def test_bad_input_ends_in_one_error_object_and_is_not_retried(
     ]
 
 
+def test_an_error_object_that_cannot_be_written_requeues_and_notifies_nothing(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """A request ends with its one result object, or not at all: acked without one, a caller
+    waiting on its FailureLocation would wait forever."""
+    message = request(tmp_path, b"1,2\n")  # permanently bad input
+    (tmp_path / "fail").write_bytes(b"")  # the failure prefix cannot take objects now
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert not notifier.sent and (tmp_path / "in.csv").exists()
+    (tmp_path / "fail").unlink()  # the store is back
+    assert processor.handle(message, 1) == Result(Settle.ACK, "error")
+    assert json.loads((tmp_path / "fail/r1.error").read_text())["reason"] == "InvalidInput"
+    assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "InvalidInput")]
+
+
 def test_expired_requests_fail_without_being_processed(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
