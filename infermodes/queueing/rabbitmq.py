@@ -60,6 +60,7 @@ HEARTBEAT_SECONDS = 30  # unless the URL says otherwise (``?heartbeat=N``)
 CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
 NOT_FOUND = 404  # AMQP reply code of a passive declare of a queue that does not exist
+PRECONDITION_FAILED = 406  # ... of a redeclaration with other arguments
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
@@ -103,9 +104,35 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
     dead = dead_letter_queue_name(endpoint)
     channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=endpoint)
-    channel.queue_declare(
-        queue_name(endpoint), durable=True, arguments=queue_arguments(endpoint, max_attempts)
-    )
+    declare_work_queue(channel.connection, endpoint, max_attempts)
+
+
+def declare_work_queue(
+    connection: pika.BlockingConnection, endpoint: str, max_attempts: int
+) -> None:
+    """The endpoint's work queue, on a channel of its own: a queue kept from an endpoint
+    declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
+    has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
+    channel). That queue, and the requests in it, are used as they are, with a warning:
+    refusing would stop every worker and the accepting side for good."""
+    queue = queue_name(endpoint)
+    channel = connection.channel()
+    try:
+        channel.queue_declare(
+            queue, durable=True, arguments=queue_arguments(endpoint, max_attempts)
+        )
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != PRECONDITION_FAILED:
+            raise
+        log.warning(
+            "%s was declared with other arguments than maxAttempts %d gives (%s); using it as "
+            "it is, its delivery limit included (delete the queue to declare it anew)",
+            queue,
+            max_attempts,
+            exc.reply_text,
+        )
+        return
+    channel.close()
 
 
 def heartbeat_seconds(url: str) -> int:

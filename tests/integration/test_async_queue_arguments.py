@@ -1,0 +1,46 @@
+"""An endpoint's queue outlives the endpoint (deleting it keeps accepted requests), so a later
+endpoint of the same name may come with another ``maxAttempts``, hence another delivery limit:
+RabbitMQ refuses such a redeclaration (406). The accepting side and the workers must go on
+with the queue as it is, on a real broker, rather than fail for good."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from infermodes.queueing.broker import Delivery, Settle
+from infermodes.queueing.rabbitmq import RabbitConsumer, RequestPublisher
+from tests.support.processes import wait_until
+from tests.support.rabbitmq import Broker
+
+
+def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
+    rabbitmq: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = "redeclared"
+    first = RequestPublisher(rabbitmq.amqp_url, {endpoint: 3})
+    first.submit(endpoint, "before", b"{}")
+    first.close()
+    later = RequestPublisher(rabbitmq.amqp_url, {endpoint: 5})
+    later.submit(endpoint, "after", b"{}")  # raised BrokerUnavailable (503) before
+    later.close()
+    assert "was declared with other arguments than maxAttempts 5 gives" in caplog.text
+    assert "x-delivery-limit" in caplog.text
+
+    consumer = RabbitConsumer(rabbitmq.amqp_url, endpoint, max_attempts=5, concurrency=2)
+    got: list[bytes] = []
+
+    def handle(delivery: Delivery) -> Settle:
+        got.append(delivery.body)
+        return Settle.ACK
+
+    loop = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: len(got) == 2, 30, "both requests consumed")
+    finally:
+        consumer.stop()
+        loop.join(30)
+    assert not loop.is_alive()
+    assert got == [b"{}", b"{}"]
