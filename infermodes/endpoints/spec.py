@@ -184,18 +184,28 @@ class NotificationSpec(SpecBlock):
     error_webhook: str | None = Field(None, description="URL POSTed on failure.")
 
 
+# Where an async endpoint keeps objects: s3://bucket[/prefix] or file:///absolute/path. Anything
+# else would pass the spec and answer every request with 503.
+STORAGE_PREFIX = r"^(s3://[^/]+(/.*)?|file:///.*)$"
+
+
 class AsyncSpec(ReplicaRange):
     """Requests are queued and answered at once with an id; results go to outputPath."""
 
     # endpoints/async_plan.py maps these fields to the async API's and the workers' settings;
     # replicas, scaling and resources are the operator's.
 
-    output_path: str = Field(min_length=1, description="Outputs go to <outputPath>/<id>.out.")
+    output_path: str = Field(
+        pattern=STORAGE_PREFIX, description="Outputs go to <outputPath>/<id>.out."
+    )
     failure_path: str | None = Field(
-        None, description="Errors go to <failurePath>/<id>.error (default: outputPath)."
+        None,
+        pattern=STORAGE_PREFIX,
+        description="Errors go to <failurePath>/<id>.error (default: outputPath).",
     )
     input_path: str | None = Field(
         None,
+        pattern=STORAGE_PREFIX,
         description="Inline inputs (<inputPath>/<id>.in, removed once answered) and request "
         "records (<id>.request, kept 24 h); by-reference file:// inputs must lie here "
         "(default: <outputPath>/input).",

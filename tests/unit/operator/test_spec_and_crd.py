@@ -155,6 +155,14 @@ def test_cel_rules_mirror_the_model_validators() -> None:
         (batch_spec(input={"uri": "file:///i", "compressionType": "Zip"}), "'None' or 'Gzip'"),
         (batch_spec(output={"uri": "file:///o", "accept": "text/xml"}), "spec.batch.output.accept"),
         (batch_spec(invocationsTimeoutInSeconds=3601), "less than or equal to 3600"),
+        *(
+            (
+                {"mode": "async", "model": MODEL, "async": {"outputPath": "s3://b/o", field: path}},
+                f"spec.async.{field}: String should match pattern",
+            )
+            for field in ("outputPath", "failurePath", "inputPath")
+            for path in ("http://host/out", "s3://", "out/relative", "file://host/out")
+        ),
     ],
 )
 def test_invalid_specs_are_named(raw: dict, message: str) -> None:
