@@ -124,6 +124,8 @@ INVALID = [
     ("timeout", {"mode": "async", "async": {"outputPath": "file:///o",
                                             "invocationTimeoutSeconds": 4000}},
      "spec.async.invocationTimeoutSeconds: Invalid value: 4000"),
+    ("output-path", {"mode": "async", "async": {"outputPath": "http://store/out"}},
+     "spec.async.outputPath: Invalid value: \"http://store/out\""),
     ("no-model", {"mode": "realtime", "model": None, "realtime": {}}, "spec.model: Required value"),
     ("no-block", {"mode": "realtime", "realtime": None},
      "spec.realtime is required when mode is realtime"),
