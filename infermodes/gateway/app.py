@@ -284,7 +284,7 @@ def async_accept_router(
     enqueuer = broker_from_url(broker_url).enqueuer(
         table.max_attempts, settings.publish_connections
     )
-    sweeper = Sweeper(storage, table.async_layouts, settings.sweep_interval_seconds)
+    sweeper = Sweeper(storage, table.async_swept, settings.sweep_interval_seconds)
     sweeper.start()
     closing.extend([sweeper.stop, enqueuer.close])
     return create_router(
@@ -294,4 +294,5 @@ def async_accept_router(
         AsyncApiMetrics(registry),
         settings.max_inline_bytes,
         settings.allowed_input_prefixes,
+        missing=table.async_missing,
     )

@@ -312,9 +312,11 @@ def create_router(
     max_inline_bytes: int,
     allowed_input_prefixes: list[str],
     clock: Callable[[], float] = time.time,
+    missing: Callable[[str], InfermodesError] | None = None,
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
-    counted like any answer."""
+    counted like any answer. ``missing``: the error for a name without a layout (by default
+    a 404)."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
 
@@ -323,8 +325,11 @@ def create_router(
         name = object_name(name)
         endpoint = endpoints.get(name)
         if endpoint is None:
-            metrics.accepted.labels("unknown", "404").inc()
-            return error_response(EndpointNotFound(f"no async endpoint named {name!r}"))
+            refusal = (
+                missing(name) if missing else EndpointNotFound(f"no async endpoint named {name!r}")
+            )
+            metrics.accepted.labels("unknown", str(refusal.status_code)).inc()
+            return error_response(refusal)
         try:
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:

@@ -19,6 +19,7 @@ from pydantic import ValidationError as SpecError
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import EndpointSpec, Mode, Phase, ServerlessSpec
+from infermodes.errors import EndpointNotFound, InfermodesError
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
 
@@ -121,6 +122,14 @@ def demand_peers(annotations: Mapping[str, str] | None, own_key: str) -> tuple[f
 ReplicaHook = Callable[[Endpoint, Replica], None]
 
 
+@dataclass(frozen=True)
+class AsyncSpecView:
+    """What the accept route needs of one async endpoint."""
+
+    layout: AsyncEndpoint
+    max_attempts: int
+
+
 class Table:
     """Every endpoint of the watched namespaces, by namespace and name."""
 
@@ -137,9 +146,13 @@ class Table:
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
         self._by_name: dict[str, list[Endpoint]] = {}
-        # async endpoints as the accept route reads them, live (names unique per gateway)
+        self._async: dict[tuple[str, str], AsyncSpecView] = {}
+        # the accept route's views, by name, live: a name only while one namespace has an
+        # endpoint of that name and it is async (``async_missing`` says why not)
         self.async_layouts: dict[str, AsyncEndpoint] = {}
         self.max_attempts: dict[str, int] = {}
+        # every async endpoint, by "namespace/name": the retention sweep's
+        self.async_swept: dict[str, AsyncEndpoint] = {}
 
     # reading
     def lookup(self, name: str) -> Endpoint:
@@ -155,6 +168,16 @@ class Table:
                 409,
             )
         return found[0]
+
+    def async_missing(self, name: str) -> InfermodesError:
+        """Why the accept route has no layout for ``name``: a name in several namespaces (409,
+        as for synchronous invocations), or no async endpoint of that name (404)."""
+        try:
+            self.lookup(name)
+        except ValidationError as exc:
+            if exc.status_code == 409:
+                return exc
+        return EndpointNotFound(f"no async endpoint named {name!r}")
 
     def get(self, namespace: str, name: str) -> Endpoint:
         key = (namespace, name)
@@ -174,33 +197,42 @@ class Table:
             endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         except SpecError:
             endpoint.mode, endpoint.serverless = None, None
+        key = (namespace, endpoint.name)
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
-            self.async_layouts[endpoint.name] = async_endpoint(spec.async_)
-            self.max_attempts[endpoint.name] = spec.async_.max_attempts
+            self._async[key] = AsyncSpecView(async_endpoint(spec.async_), spec.async_.max_attempts)
         else:
-            self._forget_async(endpoint.name)
+            self._async.pop(key, None)
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:
             endpoint.phase = None
         endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
-        if (namespace, endpoint.name) not in self.known:
-            self.known.add((namespace, endpoint.name))
+        if key not in self.known:
+            self.known.add(key)
             self._by_name.setdefault(endpoint.name, []).append(endpoint)
+        self._index_async(endpoint.name)
 
-    def _forget_async(self, name: str) -> None:
-        self.async_layouts.pop(name, None)
-        self.max_attempts.pop(name, None)
+    def _index_async(self, name: str) -> None:
+        owners = self._by_name.get(name, [])
+        found = self._async.get((owners[0].namespace, name)) if len(owners) == 1 else None
+        if found is None:
+            self.async_layouts.pop(name, None)
+            self.max_attempts.pop(name, None)
+        else:
+            self.async_layouts[name], self.max_attempts[name] = found.layout, found.max_attempts
+        self.async_swept.clear()
+        self.async_swept.update({f"{ns}/{n}": view.layout for (ns, n), view in self._async.items()})
 
     def remove_endpoint(self, namespace: str, name: str) -> None:
         endpoint = self.endpoints.get((namespace, name))
         if endpoint is None or (namespace, name) not in self.known:
             return
         self.known.discard((namespace, name))
-        self._forget_async(name)
+        self._async.pop((namespace, name), None)
         self._by_name[name].remove(endpoint)
         if not self._by_name[name]:
             del self._by_name[name]
+        self._index_async(name)
         endpoint.mode, endpoint.phase, endpoint.serverless = None, None, None
         # an object created later under this name is a new endpoint: none of this one's demand
         # carries over (its pods may still finish requests: the entry goes once they are gone)

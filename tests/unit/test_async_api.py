@@ -5,6 +5,7 @@ the inference id as the caller's idempotency key."""
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from starlette.datastructures import Headers
@@ -12,13 +13,17 @@ from starlette.datastructures import Headers
 from infermodes.errors import BrokerUnavailable, InputNotAllowed, InvalidInput
 from infermodes.gateway.async_accept import (
     create_app,
+    create_router,
     header_seconds,
     header_text,
     inference_id_of,
     input_location_of,
 )
+from infermodes.gateway.table import Table
+from infermodes.metrics import AsyncApiMetrics
 from infermodes.queueing.messages import parse_request
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
+from infermodes.storage import Storage
 
 
 class RecordingPublisher:
@@ -293,3 +298,25 @@ def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None
     assert response.status_code == 403
     assert "file:///etc/passwd is not under an allowed prefix: s3://data/in" in response.text
     assert not publisher.sent
+
+
+def test_the_gateway_route_answers_409_for_a_name_in_two_namespaces(tmp_path: Path) -> None:
+    table = Table()
+    for namespace in ("team-a", "team-b"):
+        spec = {"mode": "async", "model": {"uri": "file:///m"},
+                "async": {"outputPath": f"file://{tmp_path}/{namespace}"}}  # fmt: skip
+        table.apply_endpoint({"metadata": {"name": "s", "namespace": namespace}, "spec": spec})
+    publisher = RecordingPublisher()
+    metrics = AsyncApiMetrics(CollectorRegistry())
+    app = FastAPI()
+    app.include_router(
+        create_router(
+            table.async_layouts, publisher, Storage(), metrics, 100, [], missing=table.async_missing
+        )
+    )
+    response = TestClient(app).post("/endpoints/s/async-invocations", content=b"1")
+    assert response.status_code == 409 and "team-a and team-b" in response.text
+    assert not publisher.sent
+    table.remove_endpoint("team-b", "s")
+    response = TestClient(app).post("/endpoints/s/async-invocations", content=b"1")
+    assert response.status_code == 202 and f"{tmp_path}/team-a" in response.json()["OutputLocation"]

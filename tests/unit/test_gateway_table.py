@@ -78,6 +78,31 @@ def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both()
     assert table.lookup("abalone").namespace == "team-b"
 
 
+def test_the_async_route_serves_a_name_from_one_namespace_only() -> None:
+    """As synchronous invocations: a name in two namespaces is a 409 naming both, never the
+    layout (and output location) of whichever was written last; the retention sweep still
+    sees every async endpoint."""
+    table = Table()
+    table.apply_endpoint(endpoint_object("s", "async", namespace="a", outputPath="s3://a/out"))
+    assert table.async_layouts["s"].output_path == "s3://a/out"
+    table.apply_endpoint(endpoint_object("s", "async", namespace="b", outputPath="s3://b/out"))
+    assert "s" not in table.async_layouts and "s" not in table.max_attempts
+    refusal = table.async_missing("s")
+    assert refusal.status_code == 409 and "a and b" in str(refusal)
+    assert {k: v.output_path for k, v in table.async_swept.items()} == {
+        "a/s": "s3://a/out",
+        "b/s": "s3://b/out",
+    }
+    table.apply_endpoint(endpoint_object("s", "realtime", namespace="b"))  # b's is not async
+    assert "s" not in table.async_layouts and table.async_missing("s").status_code == 409
+    table.remove_endpoint("b", "s")
+    assert table.async_layouts["s"].output_path == "s3://a/out"
+    assert set(table.async_swept) == {"a/s"}
+    table.remove_endpoint("a", "s")
+    assert not table.async_layouts and not table.async_swept
+    assert table.async_missing("s").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("obj", "message"),
     [
