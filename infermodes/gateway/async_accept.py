@@ -72,6 +72,7 @@ OUTPUT_LOCATION = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
 MAX_CUSTOM_ATTRIBUTES = 1024
 RECORD_SUFFIX = ".request"
+INLINE_SUFFIX = ".in"
 RECORD_LIMIT = 64 * 1024
 
 
@@ -125,13 +126,22 @@ def input_location_of(value: str, allowed: list[str], own_prefix: str) -> tuple[
     them (or the endpoint's own input prefix); without them ``s3://`` may be anywhere (the
     store's own permissions govern) but ``file://`` only under the endpoint's input prefix,
     since a file path could name any of the worker's files. The worker holds the file it
-    opens to that prefix, links resolved (S3 keys have no links: this check is all)."""
+    opens to that prefix, links resolved (S3 keys have no links: this check is all). Never
+    the API's own objects in that prefix: other callers' inline inputs and records."""
     try:
         ref = parse_uri(value)
     except StorageError as exc:
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
     if ref.scheme == "file":
         ref = ObjectRef("file", "", posixpath.normpath(ref.key))
+    folder, _, name = ref.uri.rpartition("/")
+    if folder == own_prefix.rstrip("/") and (
+        name.endswith((INLINE_SUFFIX, RECORD_SUFFIX)) or name.startswith(".")
+    ):
+        raise InputNotAllowed(
+            f"{INPUT_LOCATION} {ref.uri} is one of the API's own objects (another request's "
+            "inline input or record); send your input inline or name an object of your own"
+        )
     permitted = [*allowed, own_prefix] if allowed or ref.scheme == "file" else []
     if not permitted:
         return ref.uri, None
@@ -288,7 +298,7 @@ def submission_of(
     message = InvocationRequest(
         inference_id=inference_id,
         endpoint=name,
-        input_location=location or join_uri(endpoint.input_path, f"{inference_id}.in"),
+        input_location=location or join_uri(endpoint.input_path, f"{inference_id}{INLINE_SUFFIX}"),
         output_location=join_uri(endpoint.output_path, f"{inference_id}.out"),
         failure_location=join_uri(endpoint.failure_path, f"{inference_id}.error"),
         content_type=content_type,

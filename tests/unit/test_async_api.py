@@ -289,6 +289,23 @@ def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, all
             input_location_of(location, [], OWN)
 
 
+@pytest.mark.parametrize(
+    ("own", "name"),
+    [
+        (OWN, "someone-else.in"),
+        (OWN, "someone-else.request"),
+        (OWN, "sub/../someone-else.in"),
+        (OWN, ".someone-else.in.partial"),
+        ("s3://bucket/ep/input", "someone-else.in"),
+    ],
+)
+def test_the_apis_own_objects_are_never_an_input_location(own: str, name: str) -> None:
+    """Other callers' inline bodies and request records share the endpoint's input prefix."""
+    with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
+        input_location_of(f"{own}/{name}", [], own)
+    assert input_location_of(f"{own}/sub/mine.in", [], own)  # a folder of the caller's own
+
+
 def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:
     publisher = RecordingPublisher()
     response = client_for(tmp_path, publisher, ("s3://data/in",)).post(
