@@ -45,7 +45,13 @@ from infermodes.errors import (
     StorageError,
 )
 from infermodes.gateway.async_retention import Sweeper
-from infermodes.http import create_api, error_response, read_body, uvicorn_options
+from infermodes.http import (
+    create_api,
+    error_response,
+    read_body,
+    refuse_coding,
+    uvicorn_options,
+)
 from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics
 from infermodes.predict import codecs
@@ -353,6 +359,9 @@ def create_router(
         return response
 
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:
+        for key, value in request.scope["headers"]:
+            if key in (b"content-encoding", b"transfer-encoding"):
+                refuse_coding(key, value)  # a worker would read a gzip body as CSV
         body = await read_body(request.scope, request.receive, max_inline_bytes)
         submission = submission_of(
             name, endpoint, request.headers, body, allowed_input_prefixes, clock()

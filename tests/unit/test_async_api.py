@@ -337,3 +337,16 @@ def test_the_gateway_route_answers_409_for_a_name_in_two_namespaces(tmp_path: Pa
     table.remove_endpoint("team-b", "s")
     response = TestClient(app).post("/endpoints/s/async-invocations", content=b"1")
     assert response.status_code == 202 and f"{tmp_path}/team-a" in response.json()["OutputLocation"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br, gzip"])
+def test_a_compressed_body_is_a_415_before_anything_is_stored(tmp_path: Path, coding: str) -> None:
+    """As the model server answers: no worker would undo the coding."""
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations",
+        content=b"\x1f\x8b\x08",
+        headers={"content-encoding": coding},
+    )
+    assert response.status_code == 415 and "send the body uncompressed" in response.text
+    assert not publisher.sent and not list(tmp_path.rglob("*.in"))
