@@ -175,6 +175,7 @@ class ServeSettings(EnvSettings):
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_MAX_ATTEMPTS = 3
+MAX_INVOCATION_TIMEOUT_SECONDS = 3600  # an async request's or a batch attempt's, at most
 
 
 class WorkerSettings(EnvSettings):
@@ -237,7 +238,7 @@ class AsyncEndpoint(BaseModel):
     input_path: str
     output_path: str
     failure_path: str
-    invocation_timeout_seconds: int = Field(900, ge=1, le=3600)
+    invocation_timeout_seconds: int = Field(900, ge=1, le=MAX_INVOCATION_TIMEOUT_SECONDS)
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
 
     @classmethod
@@ -429,7 +430,6 @@ JoinSource = Literal["None", "Input"]
 MAX_PAYLOAD_MB = 100  # maxPayloadInMB, and maxPayloadInMB x maxConcurrentTransforms, at most
 MAX_CONCURRENT_TRANSFORMS = 100
 MAX_INVOCATION_RETRIES = 3
-MAX_INVOCATION_TIMEOUT_SECONDS = 3600
 PAYLOAD_RULE = "maxPayloadInMB x maxConcurrentTransforms must not exceed 100"
 
 

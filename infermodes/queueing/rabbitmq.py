@@ -114,7 +114,8 @@ def declare_work_queue(
     declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
     has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
     channel). That queue, and the requests in it, are used as they are, with a warning:
-    refusing would stop every worker and the accepting side for good."""
+    refusing would stop every worker and the accepting side for good. Any other difference (a
+    classic queue: no delivery count, so no attempt limit) is refused as before."""
     queue = queue_name(endpoint)
     channel = connection.channel()
     try:
@@ -122,11 +123,11 @@ def declare_work_queue(
             queue, durable=True, arguments=queue_arguments(endpoint, max_attempts)
         )
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != PRECONDITION_FAILED:
-            raise
+        if exc.reply_code != PRECONDITION_FAILED or "x-delivery-limit" not in exc.reply_text:
+            raise  # another queue type or dead-lettering: not ours to use as it is
         log.warning(
-            "%s was declared with other arguments than maxAttempts %d gives (%s); using it as "
-            "it is, its delivery limit included (delete the queue to declare it anew)",
+            "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
+            "is (delete the queue to declare it anew)",
             queue,
             max_attempts,
             exc.reply_text,

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
+from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import Delivery, Settle
-from infermodes.queueing.rabbitmq import RabbitConsumer, RequestPublisher
+from infermodes.queueing.rabbitmq import RabbitConsumer, RequestPublisher, connect, queue_name
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -25,7 +26,7 @@ def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
     later = RequestPublisher(rabbitmq.amqp_url, {endpoint: 5})
     later.submit(endpoint, "after", b"{}")  # raised BrokerUnavailable (503) before
     later.close()
-    assert "was declared with other arguments than maxAttempts 5 gives" in caplog.text
+    assert "has another delivery limit than maxAttempts 5 gives" in caplog.text
     assert "x-delivery-limit" in caplog.text
 
     consumer = RabbitConsumer(rabbitmq.amqp_url, endpoint, max_attempts=5, concurrency=2)
@@ -44,3 +45,16 @@ def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
         loop.join(30)
     assert not loop.is_alive()
     assert got == [b"{}", b"{}"]
+
+
+def test_a_classic_queue_of_the_same_name_is_still_refused(rabbitmq: Broker) -> None:
+    """Without a delivery count there is no attempt limit: that queue is not used as it is."""
+    connection = connect(rabbitmq.amqp_url)
+    connection.channel().queue_declare(queue_name("classic"), durable=True)
+    connection.close()
+    publisher = RequestPublisher(rabbitmq.amqp_url, {"classic": 3})
+    try:
+        with pytest.raises(BrokerUnavailable, match="PRECONDITION_FAILED - inequivalent arg"):
+            publisher.submit("classic", "refused", b"{}")
+    finally:
+        publisher.close()

@@ -365,12 +365,13 @@ def test_broker_from_url_picks_by_scheme(tmp_path: Path) -> None:
         "sqlite:///",
         "sqlite:relative.db",
         "sqlite:///q.db?lease_seconds=0",
+        "sqlite:///q.db?lease_seconds=abc",
         "sqlite:///q.db?lease=5",
         "redis://127.0.0.1/0",
     ],
 )
 def test_broker_from_url_refuses_what_it_cannot_open(url: str) -> None:
-    with pytest.raises(ValueError, match="sqlite|lease|parameter"):
+    with pytest.raises(BrokerUrlError, match="sqlite|lease|parameter"):
         broker_from_url(url)
 
 
