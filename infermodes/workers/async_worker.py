@@ -147,7 +147,7 @@ class Processor:
     def handle(self, body: bytes, count: int) -> Result:
         """A notification the broker did not confirm requeues the message (after a back-off):
         the redelivery finds the result stored and only notifies. So does an error object that
-        could not be written: a request ends with its result object, or not at all."""
+        could not be written, until the last attempt (``_finish_with_error``)."""
         try:
             return self._dispatch(body, count)
         except BrokerUnavailable as exc:
@@ -309,8 +309,9 @@ class Processor:
         return Result(Settle.DEAD_LETTER, "dead_lettered")
 
     def _finish_with_error(self, target: Target, failure: Failure, attempts: int) -> None:
-        """One error object (when we know where) and one error notification; raises
-        ErrorNotStored, notifying nothing, when the object cannot be written."""
+        """One error object (when we know where) and one error notification. An object that
+        cannot be written raises ErrorNotStored, notifying nothing, until the last attempt:
+        that one notifies without it rather than leave the caller nothing at all."""
         if target.failure_location:
             record = error_record(
                 target.inference_id,
@@ -322,9 +323,10 @@ class Processor:
             try:
                 self.storage.put_bytes(target.failure_location, record)
             except StorageError as exc:
-                raise ErrorNotStored(
-                    f"inference {target.inference_id}: cannot write the error object: {exc}"
-                ) from exc
+                problem = f"inference {target.inference_id}: cannot write the error object: {exc}"
+                if attempts < self.settings.max_attempts:
+                    raise ErrorNotStored(problem) from exc
+                log.error("%s; the last attempt notifies without it", problem)
         self._notify_error(target, failure)
 
     def _small_output(self, request: InvocationRequest) -> bytes | None:

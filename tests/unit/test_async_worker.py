@@ -111,9 +111,9 @@ def test_bad_input_ends_in_one_error_object_and_is_not_retried(
 def test_an_error_object_that_cannot_be_written_requeues_and_notifies_nothing(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
-    """A request ends with its one result object, or not at all: acked without one, a caller
-    waiting on its FailureLocation would wait forever."""
-    message = request(tmp_path, b"1,2\n")  # permanently bad input
+    """A request ends with its one result object: acked without one, a caller waiting on its
+    FailureLocation would wait forever. The inline input stays for the next attempt."""
+    message = request(tmp_path, b"1,2\n", inline_input=True)  # permanently bad input
     (tmp_path / "fail").write_bytes(b"")  # the failure prefix cannot take objects now
     assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
     assert not notifier.sent and (tmp_path / "in.csv").exists()
@@ -121,6 +121,24 @@ def test_an_error_object_that_cannot_be_written_requeues_and_notifies_nothing(
     assert processor.handle(message, 1) == Result(Settle.ACK, "error")
     assert json.loads((tmp_path / "fail/r1.error").read_text())["reason"] == "InvalidInput"
     assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "InvalidInput")]
+    assert not (tmp_path / "in.csv").exists()  # the request has its result
+
+
+def test_the_last_attempt_notifies_even_without_its_error_object(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """A failure location that can never be written (a missing bucket, no permission) ends
+    with the error notification at least, once the attempts are spent, never in silence."""
+    (tmp_path / "fail").write_bytes(b"")
+    bad = request(tmp_path, b"1,2\n", inline_input=True)
+    assert processor.handle(bad, 1) == Result(Settle.REQUEUE, "retried")
+    assert processor.handle(bad, 2) == Result(Settle.ACK, "error")  # attempt 3 of 3
+    given_up = request(tmp_path, b"1,2,3\n", inference_id="r2")
+    assert processor.handle(given_up, 3) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [
+        (False, "InvalidInput"),
+        (False, "AttemptsExhausted"),
+    ]
 
 
 def test_expired_requests_fail_without_being_processed(
