@@ -184,9 +184,10 @@ class NotificationSpec(SpecBlock):
     error_webhook: str | None = Field(None, description="URL POSTed on failure.")
 
 
-# Where an async endpoint keeps objects: s3://bucket[/prefix] or file:///absolute/path. Anything
-# else would pass the spec and answer every request with 503.
-STORAGE_PREFIX = r"^(s3://[^/]+(/.*)?|file:///.*)$"
+# Where an async endpoint keeps objects: s3://bucket[/prefix] or file:///absolute/path (schemes
+# in any case, file://localhost/ too: what storage.parse_uri reads). Anything else would pass
+# the spec and answer every request with 503.
+STORAGE_PREFIX = r"^([sS]3://[^/]+(/.*)?|[fF][iI][lL][eE]://(localhost)?/.*)$"
 
 
 class AsyncSpec(ReplicaRange):

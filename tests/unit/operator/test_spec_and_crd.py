@@ -190,3 +190,9 @@ def test_example_manifests_are_valid() -> None:
         document = yaml.safe_load(path.read_text())
         assert document["kind"] == "InferenceEndpoint"
         assert isinstance(parse_spec(document["spec"]), s.EndpointSpec), path
+
+
+@pytest.mark.parametrize("path", ["s3://b", "S3://b/o", "file:///o", "file://localhost/o"])
+def test_async_paths_take_what_storage_reads(path: str) -> None:
+    raw = {"mode": "async", "model": MODEL, "async": {"outputPath": path, "inputPath": path}}
+    assert not isinstance(parse_spec(raw), str)
