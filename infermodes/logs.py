@@ -14,8 +14,9 @@ def configure_logging(level: str) -> None:
 
 
 def redacted_url(url: str, keep_path: bool = True) -> str:
-    """``url`` fit for a log line, an error message or a status: never its password or query,
-    and with ``keep_path=False`` not its path either (a webhook's path is often its token)."""
+    """``url`` fit for a log line, an error message or a status: never its password, query or
+    fragment, and with ``keep_path=False`` neither its path nor its user name (where webhooks
+    keep their tokens)."""
     if not url:
         return "<an empty URL>"
     try:
@@ -23,12 +24,12 @@ def redacted_url(url: str, keep_path: bool = True) -> str:
         host, port = parts.hostname or "", parts.port
     except ValueError:
         return "<a URL that cannot be parsed>"
-    if "@" in parts.path or "@" in parts.query:  # no '//': where the password ends is a guess
+    if "@" in parts.path + parts.query + parts.fragment:  # where the password ends is a guess
         return f"{parts.scheme}:..." if parts.scheme else "..."
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"
-    if parts.username:
+    if parts.username and keep_path:  # a webhook's user name may be its token
         netloc = f"{parts.username}@{netloc}"
     path = parts.path if keep_path else "/..." if parts.path.strip("/") or parts.query else ""
     return f"{parts.scheme}://{netloc}{path}"

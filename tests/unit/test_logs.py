@@ -11,12 +11,10 @@ from infermodes.logs import redacted_url
 @pytest.mark.parametrize(
     ("url", "shown", "host_only"),
     [
-        ("amqp://u:p4ss@h:5672/%2F?heartbeat=5", "amqp://u@h:5672/%2F", "amqp://u@h:5672/..."),
-        (
-            "http://admin:S3cret@rabbit:15672/",
-            "http://admin@rabbit:15672/",
-            "http://admin@rabbit:15672",
-        ),
+        ("amqp://u:p4ss@h:5672/%2F?heartbeat=5", "amqp://u@h:5672/%2F", "amqp://h:5672/..."),
+        ("http://admin:S3cret@rabbit:15672/", "http://admin@rabbit:15672/", "http://rabbit:15672"),
+        ("amqp://admin:12#34@rabbit/", "amqp:...", "amqp:..."),  # '#' in an unquoted password
+        ("https://T0KEN@hooks.test/x", "https://T0KEN@hooks.test/x", "https://hooks.test/..."),
         ("sqlite:///var/q.db", "sqlite:///var/q.db", "sqlite:///..."),
         ("https://hooks.test/T0/B0/tok", "https://hooks.test/T0/B0/tok", "https://hooks.test/..."),
         ("http://[::1]:8080/x", "http://[::1]:8080/x", "http://[::1]:8080/..."),
