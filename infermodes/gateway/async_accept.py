@@ -25,7 +25,7 @@ import json
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from fastapi import APIRouter, FastAPI, Request
@@ -126,14 +126,17 @@ def inference_id_of(value: str | None) -> str:
     return value
 
 
-def input_location_of(value: str, allowed: list[str], own_prefix: str) -> tuple[str, str | None]:
+def input_location_of(
+    value: str, allowed: list[str], own_prefix: str, api_prefixes: Iterable[str] = ()
+) -> tuple[str, str | None]:
     """The location, normalised, and for ``file://`` the prefix it was allowed under. A worker
     reads whatever it is pointed at, so: with ``allowed`` prefixes it must lie under one of
     them (or the endpoint's own input prefix); without them ``s3://`` may be anywhere (the
     store's own permissions govern) but ``file://`` only under the endpoint's input prefix,
     since a file path could name any of the worker's files. The worker holds the file it
     opens to that prefix, links resolved (S3 keys have no links: this check is all). Never
-    the API's own objects in that prefix: other callers' inline inputs and records."""
+    the API's own objects there or in another endpoint's input prefix (``api_prefixes``):
+    other callers' inline inputs and records."""
     try:
         ref = parse_uri(value)
     except StorageError as exc:
@@ -141,7 +144,8 @@ def input_location_of(value: str, allowed: list[str], own_prefix: str) -> tuple[
     if ref.scheme == "file":
         ref = ObjectRef("file", "", posixpath.normpath(ref.key))
     folder, _, name = ref.uri.rpartition("/")
-    if folder == own_prefix.rstrip("/") and (
+    api_folders = {_folder(prefix) for prefix in (own_prefix, *api_prefixes)}
+    if folder in api_folders and (
         name.endswith((INLINE_SUFFIX, RECORD_SUFFIX)) or name.startswith(".")
     ):
         raise InputNotAllowed(
@@ -158,6 +162,17 @@ def input_location_of(value: str, allowed: list[str], own_prefix: str) -> tuple[
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
         " (add one with --allow-input-prefix)"
     )
+
+
+def _folder(prefix: str) -> str:
+    """A prefix as a location's folder is compared with it: file paths normalised."""
+    try:
+        ref = parse_uri(prefix)
+    except StorageError:
+        return prefix.rstrip("/")
+    if ref.scheme == "file":
+        return ObjectRef("file", "", posixpath.normpath(ref.key)).uri
+    return ref.uri.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -276,8 +291,10 @@ def submission_of(
     body: bytes,
     allowed_input_prefixes: list[str],
     now: float,
+    api_prefixes: Iterable[str] = (),
 ) -> Submission:
-    """Check every header and build the message; raises a 4xx domain error naming the header."""
+    """Check every header and build the message; raises a 4xx domain error naming the header.
+    ``api_prefixes``: every endpoint's input prefix (see ``input_location_of``)."""
     content_type = codecs.content_type_of(header_text(headers, "content-type"))
     accept = codecs.accept_of(header_text(headers, "accept"))
     ttl = header_seconds(
@@ -300,7 +317,9 @@ def submission_of(
         raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
     root = None
     if location:
-        location, root = input_location_of(location, allowed_input_prefixes, endpoint.input_path)
+        location, root = input_location_of(
+            location, allowed_input_prefixes, endpoint.input_path, api_prefixes
+        )
     message = InvocationRequest(
         inference_id=inference_id,
         endpoint=name,
@@ -363,8 +382,9 @@ def create_router(
             if key in (b"content-encoding", b"transfer-encoding"):
                 refuse_coding(key, value)  # a worker would read a gzip body as CSV
         body = await read_body(request.scope, request.receive, max_inline_bytes)
+        api_prefixes = [layout.input_path for layout in endpoints.values()]
         submission = submission_of(
-            name, endpoint, request.headers, body, allowed_input_prefixes, clock()
+            name, endpoint, request.headers, body, allowed_input_prefixes, clock(), api_prefixes
         )
         started = time.perf_counter()
         try:

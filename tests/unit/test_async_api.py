@@ -306,6 +306,15 @@ def test_the_apis_own_objects_are_never_an_input_location(own: str, name: str) -
     assert input_location_of(f"{own}/sub/mine.in", [], own)  # a folder of the caller's own
 
 
+def test_nor_are_another_endpoints_or_a_prefix_written_loosely() -> None:
+    others = ["s3://bucket/other/input/", "file:///srv/x//in/"]
+    for location in ("s3://bucket/other/input/id.in", "file:///srv/x/in/id.request"):
+        with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
+            input_location_of(location, ["s3://bucket", "file:///srv"], OWN, others)
+    with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
+        input_location_of("file:///srv/y/in/id.in", [], "file:///srv/y/./in/")
+
+
 def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:
     publisher = RecordingPublisher()
     response = client_for(tmp_path, publisher, ("s3://data/in",)).post(
