@@ -44,7 +44,7 @@ from infermodes.errors import (
     ObjectNotFound,
     StorageError,
 )
-from infermodes.gateway.async_retention import Sweeper
+from infermodes.gateway.async_retention import INLINE_SUFFIX, RECORD_SUFFIX, Sweeper, own_suffix
 from infermodes.http import (
     create_api,
     error_response,
@@ -77,8 +77,6 @@ INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 OUTPUT_LOCATION = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
 MAX_CUSTOM_ATTRIBUTES = 1024
-RECORD_SUFFIX = ".request"
-INLINE_SUFFIX = ".in"
 RECORD_LIMIT = 64 * 1024
 
 
@@ -138,16 +136,10 @@ def input_location_of(
     the API's own objects there or in another endpoint's input prefix (``api_prefixes``):
     other callers' inline inputs and records."""
     try:
-        ref = parse_uri(value)
+        ref = normalised(value)
     except StorageError as exc:
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
-    if ref.scheme == "file":
-        ref = ObjectRef("file", "", posixpath.normpath(ref.key))
-    folder, _, name = ref.uri.rpartition("/")
-    api_folders = {_folder(prefix) for prefix in (own_prefix, *api_prefixes)}
-    if folder in api_folders and (
-        name.endswith((INLINE_SUFFIX, RECORD_SUFFIX)) or name.startswith(".")
-    ):
+    if any(_api_object(prefix, ref.uri) for prefix in (own_prefix, *api_prefixes)):
         raise InputNotAllowed(
             f"{INPUT_LOCATION} {ref.uri} is one of the API's own objects (another request's "
             "inline input or record); send your input inline or name an object of your own"
@@ -164,15 +156,22 @@ def input_location_of(
     )
 
 
-def _folder(prefix: str) -> str:
-    """A prefix as a location's folder is compared with it: file paths normalised."""
+def normalised(uri: str) -> ObjectRef:
+    """``uri`` parsed, a file path with ``.``, ``..`` and repeated '/' resolved (S3 keys are
+    taken as written: they name distinct objects); raises StorageError."""
+    ref = parse_uri(uri)
+    return ObjectRef("file", "", posixpath.normpath(ref.key)) if ref.scheme == "file" else ref
+
+
+def _api_object(input_prefix: str, uri: str) -> bool:
+    """Whether ``uri`` (normalised) is one the API keeps under an endpoint's input prefix:
+    an inline input or request record (the sweep's own), or a hidden partial write of one."""
     try:
-        ref = parse_uri(prefix)
+        base = normalised(input_prefix).uri.rstrip("/") + "/"
     except StorageError:
-        return prefix.rstrip("/")
-    if ref.scheme == "file":
-        return ObjectRef("file", "", posixpath.normpath(ref.key)).uri
-    return ref.uri.rstrip("/")
+        return False
+    hidden = uri.startswith(base) and uri.removeprefix(base).startswith(".")
+    return hidden or own_suffix(base, uri) is not None
 
 
 @dataclass(frozen=True)
@@ -382,9 +381,14 @@ def create_router(
             if key in (b"content-encoding", b"transfer-encoding"):
                 refuse_coding(key, value)  # a worker would read a gzip body as CSV
         body = await read_body(request.scope, request.receive, max_inline_bytes)
-        api_prefixes = [layout.input_path for layout in endpoints.values()]
         submission = submission_of(
-            name, endpoint, request.headers, body, allowed_input_prefixes, clock(), api_prefixes
+            name,
+            endpoint,
+            request.headers,
+            body,
+            allowed_input_prefixes,
+            clock(),
+            (layout.input_path for layout in endpoints.values()),  # read by reference only
         )
         started = time.perf_counter()
         try:

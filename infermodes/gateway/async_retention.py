@@ -35,7 +35,22 @@ HOUR = 3600
 INLINE_INPUT_MAX_AGE = MAX_TTL_SECONDS + MAX_INVOCATION_TIMEOUT_SECONDS + HOUR  # 8 h
 RECORD_MAX_AGE = 24 * HOUR
 PARTIAL_MAX_AGE = MAX_INVOCATION_TIMEOUT_SECONDS + HOUR  # 2 h
-MAX_AGE_BY_SUFFIX = {".in": INLINE_INPUT_MAX_AGE, ".request": RECORD_MAX_AGE}
+INLINE_SUFFIX = ".in"
+RECORD_SUFFIX = ".request"
+MAX_AGE_BY_SUFFIX = {INLINE_SUFFIX: INLINE_INPUT_MAX_AGE, RECORD_SUFFIX: RECORD_MAX_AGE}
+
+
+def own_suffix(base: str, uri: str) -> str | None:
+    """The suffix of ``uri`` when it is one of the API's own objects under the input prefix
+    ``base`` (ending in '/'): ``<inference id>.in`` or ``.request`` directly in it."""
+    if not uri.startswith(base):
+        return None
+    name = uri.removeprefix(base)
+    stem, dot, suffix = name.rpartition(".")
+    kind = dot + suffix
+    if kind in MAX_AGE_BY_SUFFIX and "/" not in name and INFERENCE_ID.fullmatch(stem):
+        return kind
+    return None
 
 
 def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
@@ -43,12 +58,8 @@ def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
     removed = 0
     base = endpoint.input_path.rstrip("/") + "/"
     for uri, modified in storage.list_with_times(base):
-        name = uri.removeprefix(base)
-        stem, dot, suffix = name.rpartition(".")
-        max_age = MAX_AGE_BY_SUFFIX.get(dot + suffix)
-        if max_age is None or "/" in name or not INFERENCE_ID.fullmatch(stem):
-            continue
-        if modified < now - max_age:
+        kind = own_suffix(base, uri)
+        if kind is not None and modified < now - MAX_AGE_BY_SUFFIX[kind]:
             storage.delete(uri)
             removed += 1
     prefixes = {endpoint.input_path, endpoint.output_path, endpoint.failure_path}
