@@ -40,6 +40,14 @@ class Replica:
     handle: Any = None  # the proxy's per-replica state (its connection pool)
 
 
+@dataclass(frozen=True)
+class AsyncSpecView:
+    """What the accept route needs of one async endpoint."""
+
+    layout: AsyncEndpoint
+    max_attempts: int
+
+
 @dataclass
 class Endpoint:
     """One endpoint as the gateway sees it, and its live accounting."""
@@ -49,6 +57,7 @@ class Endpoint:
     mode: Mode | None = None  # None: a spec the gateway cannot read
     phase: Phase | None = None
     serverless: ServerlessSpec | None = None
+    async_: AsyncSpecView | None = None
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
     replicas: dict[str, Replica] = field(default_factory=dict)
     active: int = 0  # admitted and not yet answered (held included)
@@ -122,14 +131,6 @@ def demand_peers(annotations: Mapping[str, str] | None, own_key: str) -> tuple[f
 ReplicaHook = Callable[[Endpoint, Replica], None]
 
 
-@dataclass(frozen=True)
-class AsyncSpecView:
-    """What the accept route needs of one async endpoint."""
-
-    layout: AsyncEndpoint
-    max_attempts: int
-
-
 class Table:
     """Every endpoint of the watched namespaces, by namespace and name."""
 
@@ -146,7 +147,6 @@ class Table:
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
         self._by_name: dict[str, list[Endpoint]] = {}
-        self._async: dict[tuple[str, str], AsyncSpecView] = {}
         # the accept route's views, by name, live: a name only while one namespace has an
         # endpoint of that name and it is async (``async_missing`` says why not)
         self.async_layouts: dict[str, AsyncEndpoint] = {}
@@ -199,9 +199,11 @@ class Table:
             endpoint.mode, endpoint.serverless = None, None
         key = (namespace, endpoint.name)
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
-            self._async[key] = AsyncSpecView(async_endpoint(spec.async_), spec.async_.max_attempts)
+            endpoint.async_ = AsyncSpecView(async_endpoint(spec.async_), spec.async_.max_attempts)
+            self.async_swept[f"{namespace}/{endpoint.name}"] = endpoint.async_.layout
         else:
-            self._async.pop(key, None)
+            endpoint.async_ = None
+            self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:
@@ -214,21 +216,20 @@ class Table:
 
     def _index_async(self, name: str) -> None:
         owners = self._by_name.get(name, [])
-        found = self._async.get((owners[0].namespace, name)) if len(owners) == 1 else None
+        found = owners[0].async_ if len(owners) == 1 else None
         if found is None:
             self.async_layouts.pop(name, None)
             self.max_attempts.pop(name, None)
         else:
             self.async_layouts[name], self.max_attempts[name] = found.layout, found.max_attempts
-        self.async_swept.clear()
-        self.async_swept.update({f"{ns}/{n}": view.layout for (ns, n), view in self._async.items()})
 
     def remove_endpoint(self, namespace: str, name: str) -> None:
         endpoint = self.endpoints.get((namespace, name))
         if endpoint is None or (namespace, name) not in self.known:
             return
         self.known.discard((namespace, name))
-        self._async.pop((namespace, name), None)
+        endpoint.async_ = None
+        self.async_swept.pop(f"{namespace}/{name}", None)
         self._by_name[name].remove(endpoint)
         if not self._by_name[name]:
             del self._by_name[name]
