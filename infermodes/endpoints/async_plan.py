@@ -9,9 +9,17 @@ from collections.abc import Mapping
 
 from infermodes.endpoints.plan import ProcessPlan, settings_env
 from infermodes.endpoints.spec import AsyncSpec, EndpointSpec
-from infermodes.settings import AsyncApiSettings, AsyncEndpoint, WorkerSettings
+from infermodes.settings import (
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    AsyncApiSettings,
+    AsyncEndpoint,
+    WorkerSettings,
+)
 
 INPUT_FOLDER = "input"  # inline inputs go to <outputPath>/input unless inputPath says otherwise
+# How long a stopped worker may take to finish what it holds: a request may set any timeout up
+# to the maximum, whatever the endpoint's default, plus writing, notifying and acknowledging.
+WORKER_STOP_GRACE_SECONDS = MAX_INVOCATION_TIMEOUT_SECONDS + 60
 
 
 def async_block(spec: EndpointSpec) -> AsyncSpec:

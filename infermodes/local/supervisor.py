@@ -53,13 +53,7 @@ from infermodes.local.manifests import Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import OperatorMetrics, ServerLoad, parse_server_load
 from infermodes.queueing.connect import Broker
-from infermodes.settings import (
-    MAX_INVOCATION_TIMEOUT_SECONDS,
-    AsyncEndpoint,
-    BatchSettings,
-    ServeSettings,
-    WorkerSettings,
-)
+from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
 
 log = logging.getLogger("infermodes.local")
 
@@ -369,8 +363,8 @@ class Supervisor:
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
-        if spec.mode is Mode.ASYNC:  # a draining worker finishes what it holds, and a request
-            return MAX_INVOCATION_TIMEOUT_SECONDS + STOP_GRACE_SECONDS  # may set a long timeout
+        if spec.mode is Mode.ASYNC:  # a draining worker finishes what it holds
+            return async_plan.WORKER_STOP_GRACE_SECONDS
         return STOP_GRACE_SECONDS
 
     def _ready(self, endpoint: LocalEndpoint) -> int:

@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.async_plan import async_block, worker
+from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
 from infermodes.endpoints.status import QueueFigures, Status, oldest_age_from_dequeues
@@ -30,13 +30,12 @@ from infermodes.metrics import parse_worker_dequeued_accepted_at, parse_worker_i
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure
-from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, WorkerSettings
+from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"
 WORKLOAD = ("apps/v1", "Deployment")
 METRICS_PORT = 9090
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-GRACE_MARGIN_SECONDS = 60  # writing the output, notifying and acknowledging after the timeout
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
@@ -122,9 +121,7 @@ def desired_objects(
     }
     if spec.storage_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
-    # a request's own X-Amzn-SageMaker-InvocationTimeoutSeconds may exceed the endpoint's
-    grace = MAX_INVOCATION_TIMEOUT_SECONDS + GRACE_MARGIN_SECONDS
-    return [deployment(ref, COMPONENT, replicas, container, grace)]
+    return [deployment(ref, COMPONENT, replicas, container, WORKER_STOP_GRACE_SECONDS)]
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
