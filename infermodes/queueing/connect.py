@@ -5,7 +5,6 @@ the embedded queue (``embedded.py``; ``?lease_seconds=N`` sets its lease, 15 s b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -82,10 +81,11 @@ def embedded_path(url: str) -> tuple[Path, float]:
     unknown = set(query) - {"lease_seconds"}
     if unknown:
         raise BrokerUrlError(f"{shown!r}: unknown parameter(s) {sorted(unknown)}")
+    given = query.get("lease_seconds", [str(LEASE_SECONDS)])[-1]
     try:
-        lease = float(query.get("lease_seconds", [str(LEASE_SECONDS)])[-1])
+        lease = float(given)
     except ValueError:
-        lease = math.nan
+        raise BrokerUrlError(f"{shown!r}: lease_seconds must be a number") from None
     if not 0 < lease <= 3600:
         raise BrokerUrlError(f"{shown!r}: lease_seconds must be in (0, 3600]")
     return Path(unquote(parts.path)), lease
