@@ -354,7 +354,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                return value.isdigit() and len(value) < 16 and int(value) <= _WHOLE_BODY_BYTES
+                return value.isdigit() and int(value) <= _WHOLE_BODY_BYTES
         return False
 
     def _answer_whole(
