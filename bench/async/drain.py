@@ -161,6 +161,12 @@ def main() -> None:
         f"limit (cpu_budget.py; the example's resources.cpu is {example.resources.cpu}); "
         "default: no limit",
     )
+    parser.add_argument(
+        "--no-topic",
+        action="store_true",
+        help="the workers publish no notification to the topic exchange (the spec's "
+        "notification.topic: false; default: they do, as every endpoint does by default)",
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
     parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
     args = parser.parse_args()
@@ -169,6 +175,7 @@ def main() -> None:
     results: dict[str, object] = {
         "cpus": os.cpu_count(),
         "worker_cpu": args.worker_cpu,
+        "notify_topic": not args.no_topic,
         "load_at_start": os.getloadavg(),
     }
     runs: list[dict[str, object]] = []
@@ -186,7 +193,15 @@ def main() -> None:
                     bodies = [one_row] * args.requests
                     spin = spin_rate(n)
                     run = drain(
-                        broker, model_uri, root, n, bodies, profile, concurrency, args.worker_cpu
+                        broker,
+                        model_uri,
+                        root,
+                        n,
+                        bodies,
+                        profile,
+                        concurrency,
+                        args.worker_cpu,
+                        not args.no_topic,
                     )
                     run["spin_rate"] = round(spin)
                     runs.append(run)

@@ -37,9 +37,11 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from cpu_budget import cpu_budget, throttled_seconds  # noqa: E402
 
+from infermodes.endpoints.plan import env_name  # noqa: E402
 from infermodes.endpoints.spec import AsyncSpec  # noqa: E402
 from infermodes.local.manifests import load_paths  # noqa: E402
 from infermodes.queueing.rabbitmq import NOTIFICATION_EXCHANGE, connect  # noqa: E402
+from infermodes.settings import WorkerSettings  # noqa: E402
 from tests.support.abalone import trained_abalone  # noqa: E402
 from tests.support.async_plane import Plane, plane, to_csv  # noqa: E402
 from tests.support.processes import (  # noqa: E402
@@ -237,6 +239,7 @@ def drain(
     profile: Path | None = None,
     concurrency: int = WORKER_CONCURRENCY,
     worker_cpu: float | None = None,
+    notify_topic: bool = True,
 ) -> dict[str, object]:
     """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed,
     until the last output is written. Nothing subscribes to the notifications (a subscriber in
@@ -244,12 +247,14 @@ def drain(
     only lists the output folder. CPU seconds and context switches per request of the
     workers, the broker and this process say where the time goes; ``profile``: py-spy records
     the first worker meanwhile. ``worker_cpu``: each worker held to that many cores, as a pod
-    to its CPU limit (``cpu_budget.py``)."""
+    to its CPU limit (``cpu_budget.py``). ``notify_topic`` False: the workers publish no
+    notification (the spec's ``notification.topic: false``)."""
     endpoint = f"drain-{workers}-{next(RUNS)}"
     folder = root / endpoint
     (folder / "output").mkdir(parents=True)
+    env = {} if notify_topic else {env_name(WorkerSettings, "notify_topic"): "false"}
     with (
-        plane(broker, endpoint, f"file://{folder}", folder) as live,
+        plane(broker, endpoint, f"file://{folder}", folder, env) as live,
         contextlib.ExitStack() as held,
     ):
         started = [
@@ -291,6 +296,7 @@ def drain(
         "workers": workers,
         "worker_concurrency": concurrency,
         "worker_cpu": worker_cpu,
+        "notify_topic": notify_topic,
         "worker_throttled_s": [round(t, 2) for t in throttled],
         "requests": len(ids),
         "drain_rps": round(len(ids) / seconds, 1),

@@ -3,13 +3,15 @@
 A Deployment of ``infermodes worker`` (prefetch = ``maxConcurrentInvocationsPerInstance``) that
 consumes the endpoint's RabbitMQ quorum queue; each worker declares the queue, its dead-letter
 queue and their bindings when it connects (idempotently), with its AMQP URL from the Secret the
-spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``). Before a
-scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
-removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
-period outlasts the longest invocation timeout a request may set, whatever the endpoint's
-default), acknowledges and exits. The status carries the age of
-the oldest waiting request: the broker's for a classic queue, else estimated from when the
-newest request each worker took was accepted (``status.oldest_age_from_dequeues``).
+spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``); when the
+broker reports none while workers run, their own in-flight counts stand in for its sampled
+unacknowledged count, so a pool never goes to zero under work it holds. Before a scale-in,
+each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet removes idle
+workers first; a removed worker stops consuming, finishes what it holds (the grace period
+outlasts the longest invocation timeout a request may set, whatever the endpoint's default),
+acknowledges and exits. The status carries the age of the oldest waiting request: the broker's
+for a classic queue, else estimated from when the newest request each worker took was accepted
+(``status.oldest_age_from_dequeues``).
 
 Deleting the endpoint removes the workers; its queue and the requests in it stay on the broker
 (re-creating the endpoint picks them up), as a queue the operator deleted would lose accepted
@@ -19,6 +21,7 @@ requests.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from infermodes.endpoints import spec as s
@@ -46,6 +49,10 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     figures = signals.backlog()
     ready = figures.ready if figures is not None else None
     in_flight = figures.in_flight if figures is not None else None
+    if ready == 0 and in_flight == 0 and current > 0:
+        # the broker's counts are sampled (collect_statistics_interval) and may predate the
+        # deliveries the workers hold: before an empty queue lets the pool go, ask them
+        in_flight = int(sum(worker_figures(signals, parse_worker_in_flight).values()))
     return backlog_replicas(
         async_block(spec), current, ready, in_flight, memory, signals.now
     ).replicas
@@ -61,17 +68,24 @@ def running_pods(signals: Signals) -> list[tuple[str, str]]:
     return found
 
 
+def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
+    """One figure of each running worker's metrics, by pod name; a worker whose metrics
+    cannot be read now (still loading its model, say) or lack the figure is left out."""
+    found: dict[str, float] = {}
+    for name, ip in running_pods(signals):
+        text = signals.fetch_metrics(ip, METRICS_PORT)
+        value = parse(text) if text is not None else None
+        if value is not None:
+            found[name] = value
+    return found
+
+
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
     """The broker's figures, with the oldest waiting request's age estimated from what the
     workers took last when the broker does not report it (a quorum queue)."""
     if figures is None or figures.oldest_age is not None or figures.ready is None:
         return figures
-    taken = []
-    for _name, ip in running_pods(signals):
-        text = signals.fetch_metrics(ip, METRICS_PORT)
-        accepted_at = parse_worker_dequeued_accepted_at(text) if text is not None else None
-        if accepted_at is not None:
-            taken.append(accepted_at)
+    taken = list(worker_figures(signals, parse_worker_dequeued_accepted_at).values())
     age = oldest_age_from_dequeues(figures.ready, taken, signals.wall)
     return dataclasses.replace(figures, oldest_age=age)
 
@@ -83,13 +97,8 @@ def pod_annotations(
     ReplicaSet removes the pods of lowest cost first, so idle workers go before busy ones."""
     if replicas >= signals.workload.replicas:
         return {}
-    costs = {}
-    for name, ip in running_pods(signals):
-        text = signals.fetch_metrics(ip, METRICS_PORT)
-        in_flight = parse_worker_in_flight(text) if text is not None else None
-        if in_flight is not None:
-            costs[name] = {DELETION_COST: str(int(in_flight))}
-    return costs
+    in_flight = worker_figures(signals, parse_worker_in_flight)
+    return {name: {DELETION_COST: str(int(count))} for name, count in in_flight.items()}
 
 
 def desired_objects(

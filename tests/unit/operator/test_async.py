@@ -85,6 +85,21 @@ def pod(name: str, ip: str) -> dict:
     return {"metadata": {"name": name}, "status": {"podIP": ip}}
 
 
+def test_an_empty_queue_lets_the_pool_go_only_when_its_workers_hold_nothing() -> None:
+    """The management API samples the queue: it may say 0 ready, 0 unacknowledged while the
+    workers hold deliveries. Before going to zero, their own counts are asked."""
+    one = WorkloadState(True, 1, 1, 1, True)
+    pods = [pod("a", "127.0.0.1"), pod("loading", "127.0.0.2")]
+    busy = {"127.0.0.1": "infermodes_async_in_flight 3.0\n"}
+    idle = {"127.0.0.1": "infermodes_async_in_flight 0.0\n"}
+    memory = ScalerMemory()  # the last change long ago: the cooldown (30 s) has passed
+    for now in (1000.0, 2000.0):
+        assert async_.replicas(SPEC, signals(one, QueueFigures(0, 0), pods, busy, now), memory) == 1
+        assert memory.empty_since is None  # held work is not an empty backlog
+    assert async_.replicas(SPEC, signals(one, QueueFigures(0, 0), pods, idle, 3000.0), memory) == 1
+    assert async_.replicas(SPEC, signals(one, QueueFigures(0, 0), pods, idle, 3030.0), memory) == 0
+
+
 def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
     metrics = {
         "127.0.0.1": "infermodes_async_in_flight 2.0\n",
