@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +62,9 @@ CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
 NOT_FOUND = 404  # AMQP reply code of a passive declare of a queue that does not exist
 PRECONDITION_FAILED = 406  # ... of a redeclaration with other arguments
+# the existing queue's limit in that refusal: "... but current is '9'" (3.10), or "... but
+# current is the value '9' of type 'long'"
+CURRENT_DELIVERY_LIMIT = re.compile(r"'x-delivery-limit'.* current is (?:the value )?'(\d+)'")
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
@@ -114,25 +118,35 @@ def declare_work_queue(
     declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
     has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
     channel). That queue, and the requests in it, are used as they are, with a warning:
-    refusing would stop every worker and the accepting side for good. Any other difference (a
-    classic queue: no delivery count, so no attempt limit) is refused as before."""
+    refusing would stop every worker and the accepting side for good. RabbitMQ names only the
+    first argument that differs, so the queue is declared once more with its own limit (from
+    the refusal's text): any other difference (a classic queue: no delivery count, so no
+    attempt limit; another dead-letter exchange) is refused as before."""
     queue = queue_name(endpoint)
-    channel = connection.channel()
+    arguments = queue_arguments(endpoint, max_attempts)
     try:
-        channel.queue_declare(
-            queue, durable=True, arguments=queue_arguments(endpoint, max_attempts)
-        )
+        _declare_queue(connection, queue, arguments)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != PRECONDITION_FAILED or "x-delivery-limit" not in exc.reply_text:
             raise  # another queue type or dead-lettering: not ours to use as it is
+        current = CURRENT_DELIVERY_LIMIT.search(exc.reply_text)
+        if current is not None:  # raises if anything else differs too
+            _declare_queue(connection, queue, {**arguments, "x-delivery-limit": int(current[1])})
         log.warning(
             "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
-            "is (delete the queue to declare it anew)",
+            "is (delete the queue to declare it anew)%s",
             queue,
             max_attempts,
             exc.reply_text,
+            "" if current else "; its other arguments could not be checked",
         )
-        return
+
+
+def _declare_queue(
+    connection: pika.BlockingConnection, queue: str, arguments: dict[str, object]
+) -> None:
+    channel = connection.channel()
+    channel.queue_declare(queue, durable=True, arguments=arguments)
     channel.close()
 
 

@@ -11,7 +11,13 @@ import pytest
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import Delivery, Settle
-from infermodes.queueing.rabbitmq import RabbitConsumer, RequestPublisher, connect, queue_name
+from infermodes.queueing.rabbitmq import (
+    RabbitConsumer,
+    RequestPublisher,
+    connect,
+    queue_arguments,
+    queue_name,
+)
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -28,6 +34,7 @@ def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
     later.close()
     assert "has another delivery limit than maxAttempts 5 gives" in caplog.text
     assert "x-delivery-limit" in caplog.text
+    assert "could not be checked" not in caplog.text  # the broker's refusal gave its limit
 
     consumer = RabbitConsumer(rabbitmq.amqp_url, endpoint, max_attempts=5, concurrency=2)
     got: list[bytes] = []
@@ -56,5 +63,27 @@ def test_a_classic_queue_of_the_same_name_is_still_refused(rabbitmq: Broker) -> 
     try:
         with pytest.raises(BrokerUnavailable, match="PRECONDITION_FAILED - inequivalent arg"):
             publisher.submit("classic", "refused", b"{}")
+    finally:
+        publisher.close()
+
+
+def test_a_queue_that_differs_in_its_limit_and_its_dead_lettering_is_refused(
+    rabbitmq: Broker,
+) -> None:
+    """A queue of the same name with another delivery limit and another dead-letter exchange
+    (failed requests would not reach the endpoint's dead-letter queue) is not used as it is."""
+    endpoint = "elsewhere"
+    arguments = {
+        **queue_arguments(endpoint, 3),
+        "x-delivery-limit": 9,
+        "x-dead-letter-exchange": "elsewhere",
+    }
+    connection = connect(rabbitmq.amqp_url)
+    connection.channel().queue_declare(queue_name(endpoint), durable=True, arguments=arguments)
+    connection.close()
+    publisher = RequestPublisher(rabbitmq.amqp_url, {endpoint: 3})
+    try:
+        with pytest.raises(BrokerUnavailable, match="inequivalent arg 'x-dead-letter-exchange'"):
+            publisher.submit(endpoint, "refused", b"{}")
     finally:
         publisher.close()
