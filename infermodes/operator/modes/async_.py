@@ -147,7 +147,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         status = workload.status(
             s.Phase.IN_SERVICE,
             "BrokerUnreadable",
-            "the broker cannot be read; keeping the current replicas",
+            "the broker cannot be read; the replicas stay as they are, but for a change of "
+            "minReplicas or maxReplicas",
         )
     else:
         total = figures.total
