@@ -58,7 +58,9 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
     ):
         urls = (broker.amqp_url, broker.management_url)
         worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1)
-        response = live.invoke(headers={LOCATION: f"file://{big_input}"})
+        long_input = tmp_path / "long.csv"  # ~100 MB: seconds of work on a fast machine
+        long_input.write_bytes(big_input.read_bytes() * 4)
+        response = live.invoke(headers={LOCATION: f"file://{long_input}"})
         assert response.status_code == 202, response.text
         output = tmp_path / "output" / f"{response.json()['InferenceId']}.out"
         held = lambda: parse_worker_in_flight(fetch_text("127.0.0.1", port(worker)) or "")  # noqa: E731
