@@ -103,7 +103,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         found,
         pods,
         loads,
-        deps.fetch_metrics,
+        functools.cache(deps.fetch_metrics),  # once per pod and reconcile, as the loads
         functools.cache(lambda: deps.read_backlog(ref.name)),
         demand,
         deps.clock(),

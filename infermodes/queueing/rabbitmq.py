@@ -62,9 +62,10 @@ CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
 NOT_FOUND = 404  # AMQP reply code of a passive declare of a queue that does not exist
 PRECONDITION_FAILED = 406  # ... of a redeclaration with other arguments
-# the existing queue's limit in that refusal: "... but current is '9'" (3.10), or "... but
-# current is the value '9' of type 'long'"
-CURRENT_DELIVERY_LIMIT = re.compile(r"'x-delivery-limit'.* current is (?:the value )?'(\d+)'")
+# a refusal for the delivery limit, and the kept queue's limit in it: "... but current is '9'"
+# (both sides set), "... but current is the value '9' of type 'long'", "... current is none"
+OTHER_LIMIT = "inequivalent arg 'x-delivery-limit' for"
+CURRENT_DELIVERY_LIMIT = re.compile(r" current is (?:the value )?(?:'(-?\d+)'|none)")
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
@@ -118,27 +119,40 @@ def declare_work_queue(
     declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
     has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
     channel). That queue, and the requests in it, are used as they are, with a warning:
-    refusing would stop every worker and the accepting side for good. RabbitMQ names only the
-    first argument that differs, so the queue is declared once more with its own limit (from
-    the refusal's text): any other difference (a classic queue: no delivery count, so no
-    attempt limit; another dead-letter exchange) is refused as before."""
+    refusing would stop every worker and the accepting side for good. Any other difference (a
+    classic queue: no delivery count, so no attempt limit; another dead-letter exchange) is
+    refused. RabbitMQ names only the first argument that differs (the released versions check
+    the queue type and dead-lettering before the limit), so the queue is declared once more
+    with its own limit, read from the refusal: what else differs is refused then, whatever
+    the order of the checks."""
     queue = queue_name(endpoint)
     arguments = queue_arguments(endpoint, max_attempts)
     try:
         _declare_queue(connection, queue, arguments)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != PRECONDITION_FAILED or "x-delivery-limit" not in exc.reply_text:
+        if exc.reply_code != PRECONDITION_FAILED or OTHER_LIMIT not in exc.reply_text:
             raise  # another queue type or dead-lettering: not ours to use as it is
         current = CURRENT_DELIVERY_LIMIT.search(exc.reply_text)
-        if current is not None:  # raises if anything else differs too
-            _declare_queue(connection, queue, {**arguments, "x-delivery-limit": int(current[1])})
+        if current is None:  # e.g. cut short: RabbitMQ keeps 255 characters of a reply
+            log.error(
+                "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
+                "is, without checking its other arguments (delete the queue to declare it "
+                "anew)",
+                queue,
+                max_attempts,
+                exc.reply_text,
+            )
+            return
+        own = {k: v for k, v in arguments.items() if k != "x-delivery-limit"}
+        if current[1] is not None:  # else the kept queue has no limit
+            own["x-delivery-limit"] = int(current[1])
+        _declare_queue(connection, queue, own)  # raises if anything else differs too
         log.warning(
             "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
-            "is (delete the queue to declare it anew)%s",
+            "is (delete the queue to declare it anew)",
             queue,
             max_attempts,
             exc.reply_text,
-            "" if current else "; its other arguments could not be checked",
         )
 
 

@@ -33,7 +33,7 @@ def signals(endpoint: str, worker: Process, broker_urls: tuple[str, str]) -> Sig
     reads it, the pod's metrics fetched as the operator fetches them (from the worker's own
     port on loopback, where the cluster's pod would listen on ``async_.METRICS_PORT``)."""
     one = WorkloadState(True, 1, 1, 1, True)
-    pod = {"metadata": {"name": "worker-0"}, "status": {"podIP": "127.0.0.1"}}
+    pod = {"metadata": {"name": "worker-0"}, "status": {"podIP": "127.0.0.1", "phase": "Running"}}
     now = time.monotonic()
     return Signals(
         one, {}, [pod], dict, lambda ip, _port: fetch_text(ip, port(worker)),
@@ -58,8 +58,11 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
     ):
         urls = (broker.amqp_url, broker.management_url)
         worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1)
-        long_input = tmp_path / "long.csv"  # ~100 MB: seconds of work on a fast machine
-        long_input.write_bytes(big_input.read_bytes() * 4)
+        long_input = tmp_path / "long.csv"  # ~200 MB: seconds of work on a fast machine
+        block = big_input.read_bytes()
+        with long_input.open("wb") as out:
+            for _ in range(8):
+                out.write(block)
         response = live.invoke(headers={LOCATION: f"file://{long_input}"})
         assert response.status_code == 202, response.text
         output = tmp_path / "output" / f"{response.json()['InferenceId']}.out"

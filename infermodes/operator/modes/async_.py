@@ -4,8 +4,9 @@ A Deployment of ``infermodes worker`` (prefetch = ``maxConcurrentInvocationsPerI
 consumes the endpoint's RabbitMQ quorum queue; each worker declares the queue, its dead-letter
 queue and their bindings when it connects (idempotently), with its AMQP URL from the Secret the
 spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``); when the
-broker reports none while workers run, their own in-flight counts stand in for its sampled
-unacknowledged count, so a pool never goes to zero under work it holds. Before a scale-in,
+broker reports none while the pool could shrink, the workers' own in-flight counts stand in
+for its sampled unacknowledged count (unknown, so no scale-in, while one cannot say), so a
+pool does not go to zero under work it holds. Before a scale-in,
 each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet removes idle
 workers first; a removed worker stops consuming, finishes what it holds (the grace period
 outlasts the longest invocation timeout a request may set, whatever the endpoint's default),
@@ -21,6 +22,7 @@ requests.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,40 +46,58 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
     workload = signals.workload
     current = workload.replicas if workload.exists else 0
+    block = async_block(spec)
     if not workload.exists:
-        return async_block(spec).min_replicas
+        return block.min_replicas
     figures = signals.backlog()
     ready = figures.ready if figures is not None else None
     in_flight = figures.in_flight if figures is not None else None
-    if ready == 0 and in_flight == 0 and current > 0:
+    if ready == 0 and in_flight == 0 and current > block.min_replicas:
         # the broker's counts are sampled (collect_statistics_interval) and may predate the
-        # deliveries the workers hold: before an empty queue lets the pool go, ask them
-        in_flight = int(sum(worker_figures(signals, parse_worker_in_flight).values()))
-    return backlog_replicas(
-        async_block(spec), current, ready, in_flight, memory, signals.now
-    ).replicas
+        # deliveries the workers hold: before an empty queue lets the pool shrink, ask them
+        in_flight = workers_in_flight(signals)
+    return backlog_replicas(block, current, ready, in_flight, memory, signals.now).replicas
 
 
 def running_pods(signals: Signals) -> list[tuple[str, str]]:
-    """(name, IP) of the workers that run and are not being deleted."""
+    """(name, IP) of the workers that run and are not being deleted (a failed or evicted pod
+    keeps its IP, which another pod may have been given since)."""
     found = []
     for pod in signals.pods:
-        ip = (pod.get("status") or {}).get("podIP")
-        if ip and not pod["metadata"].get("deletionTimestamp"):
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        if ip and status.get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
             found.append((pod["metadata"]["name"], ip))
     return found
 
 
-def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
-    """One figure of each running worker's metrics, by pod name; a worker whose metrics
-    cannot be read now (still loading its model, say) or lack the figure is left out."""
-    found: dict[str, float] = {}
-    for name, ip in running_pods(signals):
-        text = signals.fetch_metrics(ip, METRICS_PORT)
+def worker_figure(signals: Signals, ip: str, parse: Callable[[str], float | None]) -> float | None:
+    """One figure of a worker's metrics; None when it cannot be read now (still loading its
+    model, say), is absent, or is not a count or a time (negative, NaN, infinite)."""
+    text = signals.fetch_metrics(ip, METRICS_PORT)
+    try:
         value = parse(text) if text is not None else None
-        if value is not None:
-            found[name] = value
-    return found
+    except ValueError:  # not the exposition format
+        return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
+    """One figure of each running worker that can say, by pod name."""
+    found = {name: worker_figure(signals, ip, parse) for name, ip in running_pods(signals)}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def workers_in_flight(signals: Signals) -> int | None:
+    """The requests the running workers hold now; None (unknown: the pool is not scaled in)
+    when any of them cannot say."""
+    total = 0
+    for _name, ip in running_pods(signals):
+        count = worker_figure(signals, ip, parse_worker_in_flight)
+        if count is None:
+            return None
+        total += int(count)
+    return total
 
 
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:

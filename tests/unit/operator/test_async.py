@@ -1,6 +1,8 @@
 """Async: the worker Deployment for every field, replicas from the backlog, idle workers
 removed first on scale-in, and the status with the queue's figures."""
 
+import dataclasses
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -81,16 +83,17 @@ def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
     assert async_.replicas(SPEC, signals(busy, None, now=9000), memory) == 3  # broker unreadable
 
 
-def pod(name: str, ip: str) -> dict:
-    return {"metadata": {"name": name}, "status": {"podIP": ip}}
+def pod(name: str, ip: str, phase: str = "Running") -> dict:
+    return {"metadata": {"name": name}, "status": {"podIP": ip, "phase": phase}}
 
 
 def test_an_empty_queue_lets_the_pool_go_only_when_its_workers_hold_nothing() -> None:
     """The management API samples the queue: it may say 0 ready, 0 unacknowledged while the
-    workers hold deliveries. Before going to zero, their own counts are asked."""
+    workers hold deliveries. Before the pool shrinks, their own counts are asked."""
     one = WorkloadState(True, 1, 1, 1, True)
-    pods = [pod("a", "127.0.0.1"), pod("loading", "127.0.0.2")]
-    busy = {"127.0.0.1": "infermodes_async_in_flight 3.0\n"}
+    pods = [pod("a", "127.0.0.1"), pod("evicted", "127.0.0.9", "Failed")]
+    busy = {"127.0.0.1": "infermodes_async_in_flight 3.0\n",
+            "127.0.0.9": "infermodes_async_in_flight 0.0\n"}  # fmt: skip
     idle = {"127.0.0.1": "infermodes_async_in_flight 0.0\n"}
     memory = ScalerMemory()  # the last change long ago: the cooldown (30 s) has passed
     for now in (1000.0, 2000.0):
@@ -98,6 +101,41 @@ def test_an_empty_queue_lets_the_pool_go_only_when_its_workers_hold_nothing() ->
         assert memory.empty_since is None  # held work is not an empty backlog
     assert async_.replicas(SPEC, signals(one, QueueFigures(0, 0), pods, idle, 3000.0), memory) == 1
     assert async_.replicas(SPEC, signals(one, QueueFigures(0, 0), pods, idle, 3030.0), memory) == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [None, "", "infermodes_async_in_flight NaN\n", "infermodes_async_in_flight -1.0\n",
+     "not the exposition format {\n"],
+    ids=["unreachable", "no figure", "nan", "negative", "garbage"],
+)  # fmt: skip
+def test_a_worker_that_cannot_say_what_it_holds_keeps_the_pool(text: str | None) -> None:
+    """In flight unknown: the pool is not scaled in, as when the broker cannot say."""
+    two = WorkloadState(True, 2, 2, 2, True)
+    pods = [pod("idle", "127.0.0.1"), pod("silent", "127.0.0.2")]
+    metrics = {"127.0.0.1": "infermodes_async_in_flight 0.0\n", "127.0.0.2": text}
+    memory = ScalerMemory()
+    for now in (1000.0, 5000.0):
+        assert (
+            async_.replicas(SPEC, signals(two, QueueFigures(0, 0), pods, metrics, now), memory) == 2
+        )
+
+
+def test_the_workers_are_not_asked_when_the_pool_cannot_shrink() -> None:
+    at_floor = s.EndpointSpec.model_validate(
+        {**FULL_SPEC, "async": {**FULL_SPEC["async"], "minReplicas": 2}}
+    )
+    asked: list[str] = []
+
+    def fetch(ip: str, port: int) -> str:
+        asked.append(ip)
+        return "infermodes_async_in_flight 0.0\n"
+
+    two = WorkloadState(True, 2, 2, 2, True)
+    observed = signals(two, QueueFigures(0, 0), [pod("a", "127.0.0.1")])
+    observed = dataclasses.replace(observed, fetch_metrics=fetch)
+    assert async_.replicas(at_floor, observed, ScalerMemory()) == 2
+    assert asked == []
 
 
 def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
