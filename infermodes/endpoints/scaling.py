@@ -210,6 +210,7 @@ def backlog_replicas(
     if ready is None:
         return BacklogDecision(within, "BrokerUnreadable")
     if unacked is None:
+        memory.empty_since = None  # unknown is not empty: zero waits for empty readings
         wanted = min(max(math.ceil(ready / target), low), high)
         return BacklogDecision(max(within, wanted), "InFlightUnknown")
     total = ready + unacked

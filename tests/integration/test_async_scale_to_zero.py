@@ -33,7 +33,9 @@ def signals(endpoint: str, worker: Process, broker_urls: tuple[str, str]) -> Sig
     reads it, the pod's metrics fetched as the operator fetches them (from the worker's own
     port on loopback, where the cluster's pod would listen on ``async_.METRICS_PORT``)."""
     one = WorkloadState(True, 1, 1, 1, True)
-    pod = {"metadata": {"name": "worker-0"}, "status": {"podIP": "127.0.0.1", "phase": "Running"}}
+    running = [{"name": "worker", "state": {"running": {}}}]
+    status = {"podIP": "127.0.0.1", "phase": "Running", "containerStatuses": running}
+    pod = {"metadata": {"name": "worker-0"}, "status": status}
     now = time.monotonic()
     return Signals(
         one, {}, [pod], dict, lambda ip, _port: fetch_text(ip, port(worker)),

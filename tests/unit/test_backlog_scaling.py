@@ -60,6 +60,17 @@ def test_a_message_resets_the_empty_clock() -> None:
     assert decide(spec, 1, 0, 0, memory, NOW + 61) == (1, "CoolingDown")
 
 
+def test_unknown_in_flight_resets_the_empty_clock() -> None:
+    """Work may have been held while nobody could say: zero waits for a full empty cooldown."""
+    spec = block(scaleInCooldownSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    decide(spec, 1, 0, 0, memory, NOW)
+    assert decide(spec, 1, 0, None, memory, NOW + 30) == (1, "InFlightUnknown")
+    assert decide(spec, 1, 0, 0, memory, NOW + 61) == (1, "CoolingDown")
+    assert decide(spec, 1, 0, 0, memory, NOW + 120) == (1, "CoolingDown")  # empty since +61
+    assert decide(spec, 1, 0, 0, memory, NOW + 121) == (0, "ScaledIn")
+
+
 @pytest.mark.parametrize("current", [0, 2])
 def test_an_unreadable_broker_keeps_the_replicas(current: int) -> None:
     assert decide(block(), current, None, None, ScalerMemory()) == (current, "BrokerUnreadable")

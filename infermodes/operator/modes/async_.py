@@ -60,13 +60,18 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
 
 
 def running_pods(signals: Signals) -> list[tuple[str, str]]:
-    """(name, IP) of the workers that run and are not being deleted (a failed or evicted pod
-    keeps its IP, which another pod may have been given since)."""
+    """(name, IP) of the workers whose container runs and that are not being deleted. A
+    failed or evicted pod keeps its IP, which another pod may have been given since; a
+    crash-looping one stays ``Running`` with its container waiting, and holds no delivery (the
+    broker took them back with its connection)."""
     found = []
     for pod in signals.pods:
         status = pod.get("status") or {}
         ip = status.get("podIP")
-        if ip and status.get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
+        containers = status.get("containerStatuses") or []
+        running = bool(containers) and all("running" in (c.get("state") or {}) for c in containers)
+        deleting = pod["metadata"].get("deletionTimestamp")
+        if ip and running and status.get("phase") == "Running" and not deleting:
             found.append((pod["metadata"]["name"], ip))
     return found
 

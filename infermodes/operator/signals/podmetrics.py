@@ -6,7 +6,9 @@ from infermodes.metrics import ServerLoad, parse_server_load
 
 
 def fetch_text(ip: str, port: int, timeout: float = 2.0) -> str | None:
-    """A pod's exposition text, or None when it cannot be read (the pod is then left out)."""
+    """A pod's exposition text, or None when it cannot be read (what that means is the
+    reader's: a model server's load leaves the pod out, an async worker's in-flight count
+    becomes unknown)."""
     import httpx
 
     host = f"[{ip}]" if ":" in ip else ip

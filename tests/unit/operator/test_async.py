@@ -83,15 +83,19 @@ def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
     assert async_.replicas(SPEC, signals(busy, None, now=9000), memory) == 3  # broker unreadable
 
 
-def pod(name: str, ip: str, phase: str = "Running") -> dict:
-    return {"metadata": {"name": name}, "status": {"podIP": ip, "phase": phase}}
+def pod(name: str, ip: str, phase: str = "Running", state: str = "running") -> dict:
+    return {
+        "metadata": {"name": name},
+        "status": {"podIP": ip, "phase": phase, "containerStatuses": [{"state": {state: {}}}]},
+    }
 
 
 def test_an_empty_queue_lets_the_pool_go_only_when_its_workers_hold_nothing() -> None:
     """The management API samples the queue: it may say 0 ready, 0 unacknowledged while the
     workers hold deliveries. Before the pool shrinks, their own counts are asked."""
     one = WorkloadState(True, 1, 1, 1, True)
-    pods = [pod("a", "127.0.0.1"), pod("evicted", "127.0.0.9", "Failed")]
+    pods = [pod("a", "127.0.0.1"), pod("evicted", "127.0.0.9", "Failed"),
+            pod("crash-looping", "127.0.0.8", state="waiting")]  # fmt: skip
     busy = {"127.0.0.1": "infermodes_async_in_flight 3.0\n",
             "127.0.0.9": "infermodes_async_in_flight 0.0\n"}  # fmt: skip
     idle = {"127.0.0.1": "infermodes_async_in_flight 0.0\n"}
