@@ -6,12 +6,12 @@ queue and their bindings when it connects (idempotently), with its AMQP URL from
 spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``); when the
 broker reports none while the pool could shrink, the workers' own in-flight counts stand in
 for its sampled unacknowledged count (unknown, so no scale-in, while one cannot say), so a
-pool does not go to zero under work it holds. Before a scale-in,
-each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet removes idle
-workers first; a removed worker stops consuming, finishes what it holds (the grace period
-outlasts the longest invocation timeout a request may set, whatever the endpoint's default),
-acknowledges and exits. The status carries the age of the oldest waiting request: the broker's
-for a classic queue, else estimated from when the newest request each worker took was accepted
+pool does not go to zero under work it holds. Before a scale-in, each worker's in-flight count
+becomes its ``pod-deletion-cost``, so the ReplicaSet removes idle workers first; a removed
+worker stops consuming, finishes what it holds (the grace period outlasts the longest
+invocation timeout a request may set, whatever the endpoint's default), acknowledges and
+exits. The status carries the age of the oldest waiting request: the broker's for a classic
+queue, else estimated from when the newest request each worker took was accepted
 (``status.oldest_age_from_dequeues``).
 
 Deleting the endpoint removes the workers; its queue and the requests in it stay on the broker
