@@ -201,7 +201,7 @@ def main() -> None:
                         profile,
                         concurrency,
                         args.worker_cpu,
-                        not args.no_topic,
+                        notify_topic=not args.no_topic,
                     )
                     run["spin_rate"] = round(spin)
                     runs.append(run)

@@ -35,7 +35,9 @@ from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
 ROUTING_KEY = "bench.success"
 # about the size of a success notification with a one-row result inline
-BODY = json.dumps({"inferenceId": "0" * 36, "invocationStatus": "Completed", "pad": "x" * 500})
+BODY = json.dumps(
+    {"inferenceId": "0" * 36, "invocationStatus": "Completed", "pad": "x" * 500}
+).encode()
 
 
 def declare(channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
@@ -48,9 +50,7 @@ def blocking(url: str, messages: int, threads: int) -> None:
 
     def publish(thread: int) -> None:
         for index in range(messages // threads):
-            pool.publish(
-                NOTIFICATION_EXCHANGE, ROUTING_KEY, BODY.encode(), f"{thread}-{index}", False
-            )
+            pool.publish(NOTIFICATION_EXCHANGE, ROUTING_KEY, BODY, f"{thread}-{index}", False)
 
     started = [threading.Thread(target=publish, args=(k,)) for k in range(threads)]
     for thread in started:
@@ -68,7 +68,7 @@ def pipelined(url: str, messages: int, window: int) -> None:
 
     def fill(channel: Channel) -> None:
         while len(waiting) < window and state["sent"] < messages:
-            channel.basic_publish(NOTIFICATION_EXCHANGE, ROUTING_KEY, BODY.encode(), properties)
+            channel.basic_publish(NOTIFICATION_EXCHANGE, ROUTING_KEY, BODY, properties)
             state["sent"] += 1
             waiting.add(state["sent"])  # delivery tags count from 1 on a confirm channel
 

@@ -87,22 +87,25 @@ def worker_figure(signals: Signals, ip: str, parse: Callable[[str], float | None
     return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
+def worker_readings(
+    signals: Signals, parse: Callable[[str], float | None]
+) -> dict[str, float | None]:
+    """One figure of each running worker, by pod name (None: it cannot say)."""
+    return {name: worker_figure(signals, ip, parse) for name, ip in running_pods(signals)}
+
+
 def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
     """One figure of each running worker that can say, by pod name."""
-    found = {name: worker_figure(signals, ip, parse) for name, ip in running_pods(signals)}
-    return {name: value for name, value in found.items() if value is not None}
+    readings = worker_readings(signals, parse)
+    return {name: value for name, value in readings.items() if value is not None}
 
 
 def workers_in_flight(signals: Signals) -> int | None:
     """The requests the running workers hold now; None (unknown: the pool is not scaled in)
     when any of them cannot say."""
-    total = 0
-    for _name, ip in running_pods(signals):
-        count = worker_figure(signals, ip, parse_worker_in_flight)
-        if count is None:
-            return None
-        total += int(count)
-    return total
+    counts = list(worker_readings(signals, parse_worker_in_flight).values())
+    known = [int(count) for count in counts if count is not None]
+    return sum(known) if len(known) == len(counts) else None
 
 
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
