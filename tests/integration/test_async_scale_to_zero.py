@@ -82,7 +82,10 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
 
         wait_until(output.exists, WAIT, "the output")
         wait_until(lambda: held() == 0, WAIT, "the worker done")
-        assert async_.replicas(spec, signals(endpoint, worker, urls), memory) == 0
+        # the operator decides again every loop: a reading the loaded machine could not take
+        # in time (in-flight unknown) keeps the pool for that loop only
+        idle = lambda: async_.replicas(spec, signals(endpoint, worker, urls), memory) == 0  # noqa: E731
+        wait_until(idle, WAIT, "the pool at zero once the worker is done")
 
 
 def port(worker: Process) -> int:
