@@ -103,6 +103,23 @@ class WorkloadState:
         )
 
 
+def running_pods(pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(name, IP) of the pods whose containers run and that are not being deleted: the ones
+    whose own metrics mean something now. A failed or evicted pod keeps its IP, which another
+    pod may have been given since; a crash-looping one stays ``Running`` with its container
+    waiting."""
+    found = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        containers = status.get("containerStatuses") or []
+        running = bool(containers) and all("running" in (c.get("state") or {}) for c in containers)
+        deleting = pod["metadata"].get("deletionTimestamp")
+        if ip and running and status.get("phase") == "Running" and not deleting:
+            found.append((pod["metadata"]["name"], ip))
+    return found
+
+
 def failure(workload: WorkloadState) -> tuple[str, str] | None:
     """(reason, message) when the pods cannot come up, as far as their statuses tell."""
     for pod in workload.pods:

@@ -1,8 +1,9 @@
 """One reconcile for create, update, resume and the timer: spec -> objects -> status.
 
 Pure decisions live in the mode modules and ``endpoints.scaling``; this function gathers the
-observed state through ``KubeDoor`` (and pod load through ``Deps.scrape``), asks the mode,
-applies the result and returns the status.
+observed state through ``KubeDoor`` (and the pods' own metrics through ``Deps.scrape`` and
+``Deps.fetch_metrics``, every pod of one reading at once), asks the mode, applies the result
+and returns the status.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
-from infermodes.operator.signals.podmetrics import fetch_text
+from infermodes.operator.signals.podmetrics import fetch_text, read_pods
 from infermodes.settings import OperatorSettings
 
 
@@ -88,12 +89,13 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
 
     @functools.cache  # read at most once per reconcile: the decision and the status agree
     def loads() -> dict[str, ServerLoad]:
-        found = {
-            pod.name: deps.scrape(pod.ip, SERVER_PORT)
-            for pod in workload.pods
-            if pod.ready and pod.ip
-        }
-        return {name: load for name, load in found.items() if load is not None}
+        ready = {pod.name: pod.ip for pod in workload.pods if pod.ready and pod.ip}
+        found = read_pods(deps.scrape, ready.values(), SERVER_PORT)
+        return {name: load for name, ip in ready.items() if (load := found.get(ip)) is not None}
+
+    @functools.cache  # once per set of pods and reconcile, as the loads
+    def fetch_metrics(ips: tuple[str, ...], port: int) -> dict[str, str | None]:
+        return read_pods(deps.fetch_metrics, ips, port)
 
     wall = deps.wall_clock()
     annotations = (body.get("metadata") or {}).get("annotations")
@@ -103,7 +105,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         found,
         pods,
         loads,
-        functools.cache(deps.fetch_metrics),  # once per pod and reconcile, as the loads
+        fetch_metrics,
         functools.cache(lambda: deps.read_backlog(ref.name)),
         demand,
         deps.clock(),

@@ -18,7 +18,7 @@ from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.signals.backlog import read_backlog
-from infermodes.operator.signals.podmetrics import fetch_text
+from infermodes.operator.signals.podmetrics import fetch_text, read_pods
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import Process, plane
 from tests.support.processes import wait_until
@@ -38,7 +38,7 @@ def signals(endpoint: str, worker: Process, broker_urls: tuple[str, str]) -> Sig
     pod = {"metadata": {"name": "worker-0"}, "status": status}
     now = time.monotonic()
     return Signals(
-        one, {}, [pod], dict, lambda ip, _port: fetch_text(ip, port(worker)),
+        one, {}, [pod], dict, lambda ips, _port: read_pods(fetch_text, ips, port(worker)),
         lambda: read_backlog(endpoint, *broker_urls), Demand(), now, time.time(), True,
     )  # fmt: skip
 

@@ -4,15 +4,15 @@ A Deployment of ``infermodes worker`` (prefetch = ``maxConcurrentInvocationsPerI
 consumes the endpoint's RabbitMQ quorum queue; each worker declares the queue, its dead-letter
 queue and their bindings when it connects (idempotently), with its AMQP URL from the Secret the
 spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``); when the
-broker reports none while the pool could shrink, the workers' own in-flight counts stand in
-for its sampled unacknowledged count (unknown, so no scale-in, while one cannot say), so a
-pool does not go to zero under work it holds. Before a scale-in, each worker's in-flight count
-becomes its ``pod-deletion-cost``, so the ReplicaSet removes idle workers first; a removed
-worker stops consuming, finishes what it holds (the grace period outlasts the longest
-invocation timeout a request may set, whatever the endpoint's default), acknowledges and
-exits. The status carries the age of the oldest waiting request: the broker's for a classic
-queue, else estimated from when the newest request each worker took was accepted
-(``status.oldest_age_from_dequeues``).
+broker's figures would let the pool shrink, or it does not count unacknowledged messages (no
+management API), the workers' own in-flight counts are asked too (``pool_figures``: unknown, so
+no scale-in, while one cannot say), so a pool does not shrink under work it holds. Before a
+scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
+removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
+period outlasts the longest invocation timeout a request may set, whatever the endpoint's
+default), acknowledges and exits. The status carries the age of the oldest waiting request: the
+broker's for a classic queue, else estimated from when the newest request each worker took was
+accepted (``status.oldest_age_from_dequeues``).
 
 Deleting the endpoint removes the workers; its queue and the requests in it stay on the broker
 (re-creating the endpoint picks them up), as a queue the operator deleted would lose accepted
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from infermodes.endpoints import spec as s
@@ -34,7 +35,7 @@ from infermodes.endpoints.status import QueueFigures, Status, oldest_age_from_de
 from infermodes.metrics import parse_worker_dequeued_accepted_at, parse_worker_in_flight
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
-from infermodes.operator.observed import failure
+from infermodes.operator.observed import failure, running_pods
 from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"
@@ -49,37 +50,49 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     block = async_block(spec)
     if not workload.exists:
         return block.min_replicas
-    figures = signals.backlog()
+    figures = pool_figures(spec, signals).figures
     ready = figures.ready if figures is not None else None
     in_flight = figures.in_flight if figures is not None else None
-    if ready == 0 and in_flight == 0 and current > block.min_replicas:
-        # the broker's counts are sampled (collect_statistics_interval) and may predate the
-        # deliveries the workers hold: before an empty queue lets the pool shrink, ask them
-        in_flight = workers_in_flight(signals)
     return backlog_replicas(block, current, ready, in_flight, memory, signals.now).replicas
 
 
-def running_pods(signals: Signals) -> list[tuple[str, str]]:
-    """(name, IP) of the workers whose container runs and that are not being deleted. A
-    failed or evicted pod keeps its IP, which another pod may have been given since; a
-    crash-looping one stays ``Running`` with its container waiting, and holds no delivery (the
-    broker took them back with its connection)."""
-    found = []
-    for pod in signals.pods:
-        status = pod.get("status") or {}
-        ip = status.get("podIP")
-        containers = status.get("containerStatuses") or []
-        running = bool(containers) and all("running" in (c.get("state") or {}) for c in containers)
-        deleting = pod["metadata"].get("deletionTimestamp")
-        if ip and running and status.get("phase") == "Running" and not deleting:
-            found.append((pod["metadata"]["name"], ip))
-    return found
+@dataclass(frozen=True)
+class PoolFigures:
+    """The queue as the scaler reads it (None: the broker cannot be read), and the running
+    workers that could not say what they hold (their in-flight count is then unknown)."""
+
+    figures: QueueFigures | None
+    silent: tuple[str, ...] = ()
 
 
-def worker_figure(signals: Signals, ip: str, parse: Callable[[str], float | None]) -> float | None:
-    """One figure of a worker's metrics; None when it cannot be read now (still loading its
-    model, say), is absent, or is not a count or a time (negative, NaN, infinite)."""
-    text = signals.fetch_metrics(ip, METRICS_PORT)
+def pool_figures(spec: s.EndpointSpec, signals: Signals) -> PoolFigures:
+    """The broker's figures, with the workers' own in-flight count when the broker's could
+    let the pool shrink under work it holds: the management API samples the queue
+    (collect_statistics_interval) and may say 0 unacknowledged while the workers hold
+    deliveries, and without it the broker does not say at all. The workers' count is exact
+    and current; the larger of the two counts. The decision and the status both read this,
+    from the same once-per-reconcile readings, so they agree."""
+    figures = signals.backlog()
+    if figures is None or figures.ready is None:
+        return PoolFigures(figures)
+    running = running_pods(signals.pods)
+    if figures.total is not None:
+        block = async_block(spec)
+        wanted = math.ceil(figures.total / block.target_backlog_per_instance)
+        if min(max(wanted, block.min_replicas), block.max_replicas) >= len(running):
+            return PoolFigures(figures)  # the pool cannot shrink on these figures
+    readings = worker_readings(signals, parse_worker_in_flight)
+    silent = tuple(sorted(name for name, count in readings.items() if count is None))
+    if silent:
+        return PoolFigures(dataclasses.replace(figures, in_flight=None), silent)
+    held = int(sum(count for count in readings.values() if count is not None))
+    return PoolFigures(dataclasses.replace(figures, in_flight=max(figures.in_flight or 0, held)))
+
+
+def worker_figure(text: str | None, parse: Callable[[str], float | None]) -> float | None:
+    """One figure of a worker's metrics; None when they cannot be read now (still loading its
+    model, say), the figure is absent, or it is not a count or a time (negative, NaN,
+    infinite)."""
     try:
         value = parse(text) if text is not None else None
     except ValueError:  # not the exposition format
@@ -91,21 +104,15 @@ def worker_readings(
     signals: Signals, parse: Callable[[str], float | None]
 ) -> dict[str, float | None]:
     """One figure of each running worker, by pod name (None: it cannot say)."""
-    return {name: worker_figure(signals, ip, parse) for name, ip in running_pods(signals)}
+    running = running_pods(signals.pods)
+    texts = signals.fetch_metrics(tuple(ip for _, ip in running), METRICS_PORT)
+    return {name: worker_figure(texts.get(ip), parse) for name, ip in running}
 
 
 def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
     """One figure of each running worker that can say, by pod name."""
     readings = worker_readings(signals, parse)
     return {name: value for name, value in readings.items() if value is not None}
-
-
-def workers_in_flight(signals: Signals) -> int | None:
-    """The requests the running workers hold now; None (unknown: the pool is not scaled in)
-    when any of them cannot say."""
-    counts = list(worker_readings(signals, parse_worker_in_flight).values())
-    known = [int(count) for count in counts if count is not None]
-    return sum(known) if len(known) == len(counts) else None
 
 
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
@@ -163,9 +170,11 @@ def desired_objects(
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``InService`` while the queue accepts work, also at zero workers; the reason says how
-    the pool stands (``Idle``, ``Processing``, ``BrokerUnreadable``: the replicas are kept)."""
+    the pool stands (``Idle``, ``Processing``; ``BrokerUnreadable`` and ``InFlightUnknown``:
+    the pool is not scaled in, and the message says why)."""
     workload = signals.workload
-    figures = with_oldest_age(signals.backlog(), signals)
+    read = pool_figures(spec, signals)
+    figures = with_oldest_age(read.figures, signals)
     problem = failure(workload)
     if problem is not None:
         status = workload.status(s.Phase.FAILED, problem[0], problem[1])
@@ -179,15 +188,22 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             "minReplicas or maxReplicas",
         )
     else:
-        total = figures.total
         in_flight = "unknown" if figures.in_flight is None else str(figures.in_flight)
         queued = f"{figures.ready} queued, {in_flight} in flight"
         if figures.ready and figures.oldest_age is not None:
             queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
-        reason = "Idle" if total == 0 and workload.replicas == 0 else "Processing"
-        status = workload.status(
-            s.Phase.IN_SERVICE, reason, f"{queued}; {workload.ready}/{workload.replicas} workers"
-        )
+        workers = f"{workload.ready}/{workload.replicas} workers"
+        if read.silent:
+            reason = "InFlightUnknown"
+            message = (
+                f"{queued}; worker(s) {', '.join(read.silent)} cannot say what they hold "
+                f"(port {METRICS_PORT} does not answer yet, or is blocked): the pool is not "
+                f"scaled in until they can; {workers}"
+            )
+        else:
+            reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
+            message = f"{queued}; {workers}"
+        status = workload.status(s.Phase.IN_SERVICE, reason, message)
     return Status(
         status.phase,
         status.reason,

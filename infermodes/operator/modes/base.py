@@ -23,7 +23,8 @@ class Signals:
     workload_object: dict[str, Any] | None  # the workload as the API returned it
     pods: list[dict[str, Any]]
     loads: Callable[[], Mapping[str, ServerLoad]]  # ready pods' load, read only when called
-    fetch_metrics: Callable[[str, int], str | None]  # a pod's /metrics text, or None
+    # the /metrics text of each pod IP on a port, read together (None: it cannot be read)
+    fetch_metrics: Callable[[tuple[str, ...], int], Mapping[str, str | None]]
     backlog: Callable[[], QueueFigures | None]  # the queue (async), None when unreadable
     demand: Demand  # the gateways' demand (synchronous modes)
     now: float  # monotonic clock, for cooldowns between the operator's own decisions

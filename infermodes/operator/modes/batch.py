@@ -33,6 +33,7 @@ from infermodes.errors import (
 from infermodes.metrics import parse_batch_units
 from infermodes.operator.modes.base import Signals, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
+from infermodes.operator.observed import running_pods
 from infermodes.settings import BatchSettings
 
 COMPONENT = "batch"
@@ -123,26 +124,30 @@ def latest_per_index(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
-    """Progress over every instance, and the failures their summaries name."""
+    """Progress over every instance, and the failures their summaries name: an ended
+    instance's from its summary, a running one's from its metrics (read together); an
+    instance neither ended nor running (starting, or gone without a summary) adds nothing."""
     found = Progress()
     failures: list[dict[str, Any]] = []
-    for pod in latest_per_index(signals.pods).values():
+    latest = list(latest_per_index(signals.pods).values())
+    for pod in latest:
         summary = summary_of(pod)
         if summary is not None:
             ended, failed = summary_progress(summary)
             found, failures = add_progress(found, ended), failures + failed
-            continue
-        ip = (pod.get("status") or {}).get("podIP")
-        text = signals.fetch_metrics(ip, BATCH_METRICS_PORT) if ip else None
+    running = running_pods([pod for pod in latest if summary_of(pod) is None])
+    texts = signals.fetch_metrics(tuple(ip for _, ip in running), BATCH_METRICS_PORT)
+    for _, ip in running:
+        text = texts.get(ip)
         if text is not None:
             units = parse_batch_units(text)
-            running = Progress(
+            running_progress = Progress(
                 int(units.get("assigned", 0)),
                 int(units.get("succeeded", 0) + units.get("skipped", 0)),
                 int(units.get("failed", 0)),
                 int(units.get("records", 0)),
             )
-            found = add_progress(found, running)
+            found = add_progress(found, running_progress)
     return found, failures
 
 

@@ -57,7 +57,8 @@ def signals(
 ) -> Signals:
     return Signals(
         workload, {} if workload.exists else None, pods or [], dict,
-        lambda ip, port: (metrics or {}).get(ip), lambda: figures, Demand(), now, now, True,
+        lambda ips, port: {ip: (metrics or {}).get(ip) for ip in ips}, lambda: figures,
+        Demand(), now, now, True,
     )  # fmt: skip
 
 
@@ -125,21 +126,68 @@ def test_a_worker_that_cannot_say_what_it_holds_keeps_the_pool(text: str | None)
         )
 
 
+def test_the_status_says_which_workers_cannot_say_what_they_hold() -> None:
+    """The decision and the status read the same figures: a pool kept because a worker is
+    silent says so, by name, with the reason ``InFlightUnknown`` (an Event with it)."""
+    two = WorkloadState(True, 2, 2, 2, True)
+    pods = [pod("idle", "127.0.0.1"), pod("silent", "127.0.0.2")]
+    metrics = {"127.0.0.1": "infermodes_async_in_flight 0.0\n"}
+    kept = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
+    assert (kept.reason, kept.backlog) == ("InFlightUnknown", QueueFigures(0, None, 0.0))
+    assert "worker(s) silent cannot say what they hold" in kept.message
+    assert "the pool is not scaled in until they can" in kept.message
+    metrics["127.0.0.2"] = "infermodes_async_in_flight 3.0\n"  # more than the sampled 0
+    held = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
+    assert (held.reason, held.backlog) == ("Processing", QueueFigures(0, 3, 0.0))
+    assert held.message == "0 queued, 3 in flight; 2/2 workers"
+
+
+def test_without_the_management_api_the_workers_say_what_is_in_flight() -> None:
+    """AMQP alone counts ready messages only; the workers' counts let the pool scale in (and
+    keep it while they hold work) instead of never shrinking."""
+    two = WorkloadState(True, 2, 2, 2, True)
+    pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2")]
+    metrics = {"127.0.0.1": "infermodes_async_in_flight 0.0\n",
+               "127.0.0.2": "infermodes_async_in_flight 1.0\n"}  # fmt: skip
+    memory = ScalerMemory()
+    busy = signals(two, QueueFigures(0, None), pods, metrics, now=1000.0)
+    assert async_.replicas(SPEC, busy, memory) == 1  # one request held: one worker stays
+    assert async_.observe(SPEC, busy, None).backlog == QueueFigures(0, 1, 0.0)
+    metrics["127.0.0.2"] = "infermodes_async_in_flight 0.0\n"
+    for now in (2000.0, 2030.0):  # empty for the cooldown (30 s), then zero
+        assert async_.replicas(SPEC, signals(two, QueueFigures(0, None), pods, metrics, now),
+                               memory) == (2 if now == 2000.0 else 0)  # fmt: skip
+
+
+def test_a_stale_unacknowledged_count_gives_way_to_what_the_workers_hold() -> None:
+    """The broker's sample says 1 in flight while three workers hold one each: the larger
+    count is used, so busy workers are not scaled in on a stale figure."""
+    three = WorkloadState(True, 3, 3, 3, True)
+    pods = [pod(name, f"127.0.0.{n}") for n, name in enumerate("abc", 1)]
+    metrics = {f"127.0.0.{n}": "infermodes_async_in_flight 4.0\n" for n in (1, 2, 3)}
+    memory = ScalerMemory()
+    assert async_.replicas(SPEC, signals(three, QueueFigures(0, 1), pods, metrics), memory) == 3
+
+
 def test_the_workers_are_not_asked_when_the_pool_cannot_shrink() -> None:
     at_floor = s.EndpointSpec.model_validate(
         {**FULL_SPEC, "async": {**FULL_SPEC["async"], "minReplicas": 2}}
     )
-    asked: list[str] = []
+    asked: list[tuple[str, ...]] = []
 
-    def fetch(ip: str, port: int) -> str:
-        asked.append(ip)
-        return "infermodes_async_in_flight 0.0\n"
+    def fetch(ips: tuple[str, ...], port: int) -> dict[str, str]:
+        asked.append(ips)
+        return {ip: "infermodes_async_in_flight 0.0\n" for ip in ips}
 
     two = WorkloadState(True, 2, 2, 2, True)
-    observed = signals(two, QueueFigures(0, 0), [pod("a", "127.0.0.1")])
-    observed = dataclasses.replace(observed, fetch_metrics=fetch)
+    pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2")]
+    observed = dataclasses.replace(signals(two, QueueFigures(0, 0), pods), fetch_metrics=fetch)
     assert async_.replicas(at_floor, observed, ScalerMemory()) == 2
+    busy = dataclasses.replace(signals(two, QueueFigures(5, 3), pods), fetch_metrics=fetch)
+    assert async_.replicas(SPEC, busy, ScalerMemory()) == 2  # 8 at 4 each: no shrink either
     assert asked == []
+    async_.replicas(SPEC, observed, ScalerMemory())  # minReplicas 0: the pool could shrink
+    assert asked == [("127.0.0.1", "127.0.0.2")]
 
 
 def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
@@ -191,8 +239,8 @@ def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_
                                            QueueFigures(3, 0)), None)  # fmt: skip
     assert at_zero.backlog == QueueFigures(3, 0, None)  # no worker took any: unknown
     assert at_zero.to_patch(1, None)["backlog"]["oldestAgeSeconds"] is None
-    empty = async_.observe(SPEC, signals(two, QueueFigures(0, 2), pods, metrics), None)
-    assert empty.backlog == QueueFigures(0, 2, 0.0)  # nothing waits
+    empty = async_.observe(SPEC, signals(two, QueueFigures(0, 16), pods, metrics), None)
+    assert empty.backlog == QueueFigures(0, 16, 0.0)  # nothing waits
 
 
 @pytest.mark.parametrize(

@@ -53,12 +53,15 @@ def test_the_plan_reads_back_as_the_spec_says(monkeypatch) -> None:
     assert settings.allow_pickle and settings.termination_message_path == "/dev/termination-log"
 
 
-def pod(index: int, created: str, summary: dict | None = None, ip: str | None = None) -> dict:
-    state = {"terminated": {"exitCode": 0, "message": json.dumps(summary)}} if summary else {}
+def pod(index: int, created: str, summary: dict | None = None, ip: str | None = None,
+        phase: str = "Running") -> dict:  # fmt: skip
+    ended = {"terminated": {"exitCode": 0, "message": json.dumps(summary)}}
+    state = ended if summary else {"running": {}} if phase == "Running" else {"terminated": {}}
     return {
         "metadata": {"name": f"p{index}-{created}", "creationTimestamp": created,
                      "annotations": {batch.INDEX_ANNOTATION: str(index)}},
-        "status": {"podIP": ip, "containerStatuses": [{"state": state}]},
+        "status": {"podIP": ip, "phase": "Succeeded" if summary else phase,
+                   "containerStatuses": [{"state": state}]},
     }  # fmt: skip
 
 
@@ -81,7 +84,8 @@ infermodes_model_rows_predicted_total 500.0
 def signals(job: dict | None, pods: list[dict]) -> Signals:
     return Signals(
         WorkloadState(exists=job is not None), job, pods, dict,
-        lambda ip, port: METRICS if (ip, port) == ("127.0.0.9", 9090) else None, lambda: None,
+        lambda ips, port: {ip: METRICS if (ip, port) == ("127.0.0.9", 9090) else None
+                           for ip in ips}, lambda: None,
         Demand(), 0.0, 0.0, False,
     )  # fmt: skip
 
@@ -99,6 +103,19 @@ def test_in_progress_sums_summaries_of_ended_instances_and_metrics_of_running_on
     assert status.progress is not None
     assert (status.progress.total, status.progress.done, status.progress.records) == (7, 5, 1500)
     assert status.to_patch(1, None)["progress"]["text"] == "5/7"
+
+
+def test_an_instance_gone_without_a_summary_adds_no_one_elses_progress() -> None:
+    """A failed or evicted pod keeps its IP in its status, which a running pod (here of
+    another instance) may have been given since: only running pods' metrics are read."""
+    job = {"status": {"active": 1}}
+    pods = [
+        pod(0, "2026-01-01T00:00:00Z", ip="127.0.0.9", phase="Failed"),  # OOM-killed, say
+        pod(1, "2026-01-01T00:00:00Z", ip="127.0.0.9"),
+    ]
+    status = batch.observe(SPEC, signals(job, pods), None)
+    assert status.progress is not None
+    assert (status.progress.total, status.progress.done, status.progress.records) == (4, 2, 500)
 
 
 def test_failed_names_each_object_and_line() -> None:

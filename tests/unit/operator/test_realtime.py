@@ -40,7 +40,7 @@ FULL_SPEC = {
 def observed(workload: WorkloadState) -> Signals:
     """Signals carrying only the workload, as ``observe`` reads them."""
     return Signals(
-        workload, None, [], dict, lambda ip, port: None, lambda: None, Demand(), 0.0, 0.0, False
+        workload, None, [], dict, lambda ips, port: {}, lambda: None, Demand(), 0.0, 0.0, False
     )
 
 
