@@ -1,8 +1,8 @@
 """The operator's scale-to-zero decision for an async pool on real parts: a RabbitMQ whose
-management API reports sampled figures, a real worker holding a long request, the operator's
-own readers of the queue and of a worker's metrics. RabbitMQ samples every 5 s by default;
-here the interval is stretched to 10 minutes so the test reads the sample that predates the
-request every time instead of racing the broker's timer."""
+management API reports sampled figures (or is not used), a real worker holding a long request,
+the operator's own readers of the queue and of the workers' metrics. RabbitMQ samples every
+5 s by default; here the interval is stretched to 10 minutes so the test reads the sample that
+predates the request every time instead of racing the broker's timer."""
 
 from __future__ import annotations
 
@@ -28,17 +28,24 @@ WAIT = 60.0
 LOCATION = "X-Amzn-SageMaker-InputLocation"
 
 
-def signals(endpoint: str, worker: Process, broker_urls: tuple[str, str]) -> Signals:
+def signals(
+    endpoint: str, worker: Process, broker_urls: tuple[str, str | None], silent: bool = False
+) -> Signals:
     """What the operator observes: one running worker pod, the queue read as the operator
     reads it, the pod's metrics fetched as the operator fetches them (from the worker's own
-    port on loopback, where the cluster's pod would listen on ``async_.METRICS_PORT``)."""
-    one = WorkloadState(True, 1, 1, 1, True)
+    port on loopback, where the cluster's pod would listen on ``async_.METRICS_PORT``).
+    ``silent`` adds a second running pod at an address where nothing answers."""
+    ips = ["127.0.0.1", "127.0.0.2"] if silent else ["127.0.0.1"]
     running = [{"name": "worker", "state": {"running": {}}}]
-    status = {"podIP": "127.0.0.1", "phase": "Running", "containerStatuses": running}
-    pod = {"metadata": {"name": "worker-0"}, "status": status}
+    pods = [
+        {"metadata": {"name": f"worker-{n}"},
+         "status": {"podIP": ip, "phase": "Running", "containerStatuses": running}}
+        for n, ip in enumerate(ips)
+    ]  # fmt: skip
+    pool = WorkloadState(True, len(pods), len(pods), len(pods), True)
     now = time.monotonic()
     return Signals(
-        one, {}, [pod], dict, lambda ips, _port: read_pods(fetch_text, ips, port(worker)),
+        pool, {}, pods, dict, lambda ips, _port: read_pods(fetch_text, ips, port(worker)),
         lambda: read_backlog(endpoint, *broker_urls), Demand(), now, time.time(), True,
     )  # fmt: skip
 
@@ -79,13 +86,24 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
         assert async_.replicas(spec, busy, memory) == 1  # the worker said it holds one
         assert async_.replicas(spec, signals(endpoint, worker, urls), memory) == 1
         assert memory.empty_since is None
+        amqp_only = (broker.amqp_url, None)  # no management API: the broker counts no in-flight
+        assert async_.replicas(spec, signals(endpoint, worker, amqp_only), ScalerMemory()) == 1
+        status = async_.observe(spec, signals(endpoint, worker, amqp_only), None)
+        assert status.backlog is not None and status.backlog.in_flight == 1, status
+        kept = async_.observe(spec, signals(endpoint, worker, urls, silent=True), None)
+        assert kept.reason == "InFlightUnknown" and "worker(s) worker-1 " in kept.message, kept
 
         wait_until(output.exists, WAIT, "the output")
         wait_until(lambda: held() == 0, WAIT, "the worker done")
         # the operator decides again every loop: a reading the loaded machine could not take
         # in time (in-flight unknown) keeps the pool for that loop only
-        idle = lambda: async_.replicas(spec, signals(endpoint, worker, urls), memory) == 0  # noqa: E731
-        wait_until(idle, WAIT, "the pool at zero once the worker is done")
+        amqp_memory = ScalerMemory()
+
+        def idle(broker_urls: tuple[str, str | None], memory: ScalerMemory) -> bool:
+            return async_.replicas(spec, signals(endpoint, worker, broker_urls), memory) == 0
+
+        wait_until(lambda: idle(urls, memory), WAIT, "the pool at zero once the worker is done")
+        wait_until(lambda: idle(amqp_only, amqp_memory), WAIT, "without the management API")
 
 
 def port(worker: Process) -> int:
