@@ -7,6 +7,7 @@ usual 5 ms first bucket would put every request in one bucket. Labels stay bound
 
 from __future__ import annotations
 
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable
@@ -418,6 +419,17 @@ def parse_worker_dequeued_accepted_at(text: str) -> float | None:
     """When the newest request an async worker took was accepted; None before its first."""
     value = parse_sample(text, DEQUEUED_ACCEPTED_AT)
     return value if value else None
+
+
+def worker_reading(text: str | None, parse: Callable[[str], float | None]) -> float | None:
+    """One figure of a worker's exposition text, as a scaler may use it: None when the text
+    could not be read (the worker still loading its model, say), the figure is absent, or it
+    is not a count or a time (not the exposition format, negative, NaN, infinite)."""
+    try:
+        value = parse(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
 class OperatorMetrics:

@@ -176,6 +176,42 @@ def serverless_replicas(
 
 
 @dataclass(frozen=True)
+class PoolInFlight:
+    """What a queue-fed pool holds, as the backlog decision reads it (None: unknown), and the
+    running workers that could not say."""
+
+    count: int | None
+    silent: tuple[str, ...] = ()
+
+
+def pool_in_flight(
+    block: AsyncSpec,
+    ready: int | None,
+    unacked: int | None,
+    running: int,
+    workers: Callable[[], Mapping[str, float | None]],
+) -> PoolInFlight:
+    """The broker's unacknowledged count, checked against the workers' own counts whenever it
+    could let the pool shrink: RabbitMQ's management API samples the queue and may say 0
+    while the workers hold deliveries, and without it the broker does not say at all.
+    ``workers`` reads each running worker's in-flight count (None: it cannot say) and is only
+    called then; the larger of the two counts stands, and one silent worker makes it unknown
+    (no scale-in). ``running``: workers whose process runs now."""
+    if ready is None:
+        return PoolInFlight(unacked)
+    if unacked is not None:
+        wanted = math.ceil((ready + unacked) / block.target_backlog_per_instance)
+        if min(max(wanted, block.min_replicas), block.max_replicas) >= running:
+            return PoolInFlight(unacked)  # the pool cannot shrink on the broker's figures
+    readings = workers()
+    silent = tuple(sorted(name for name, count in readings.items() if count is None))
+    if silent:
+        return PoolInFlight(None, silent)
+    held = int(sum(count for count in readings.values() if count is not None))
+    return PoolInFlight(max(unacked or 0, held))
+
+
+@dataclass(frozen=True)
 class BacklogDecision:
     """Replicas for a queue-fed pool, and why (for the status)."""
 

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from infermodes.endpoints.demand import Demand, GatewayDemand
 from infermodes.endpoints.scaling import (
     ScalerMemory,
     backlog_replicas,
+    pool_in_flight,
     realtime_replicas,
     serverless_replicas,
 )
@@ -51,7 +53,13 @@ from infermodes.gateway.table import Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
-from infermodes.metrics import OperatorMetrics, ServerLoad, parse_server_load
+from infermodes.metrics import (
+    OperatorMetrics,
+    ServerLoad,
+    parse_server_load,
+    parse_worker_in_flight,
+    worker_reading,
+)
 from infermodes.queueing.connect import Broker
 from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
 
@@ -63,6 +71,20 @@ LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
+
+
+def workers_in_flight(ports: Mapping[str, int]) -> dict[str, float | None]:
+    """Each local worker's in-flight count from its metrics port, by key (None: it cannot
+    say, e.g. while it loads its model)."""
+    found: dict[str, float | None] = {}
+    for key, port in ports.items():
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            text: str | None = httpx.get(url, timeout=SCRAPE_TIMEOUT_SECONDS).text
+        except httpx.HTTPError:
+            text = None
+        found[key] = worker_reading(text, parse_worker_in_flight)
+    return found
 
 
 def free_port() -> int:
@@ -93,7 +115,8 @@ class LocalEndpoint:
     created: str
     memory: ScalerMemory = field(default_factory=ScalerMemory)
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
     sequence: int = 0
     desired: int = 0
     initialized: bool = False
@@ -205,9 +228,8 @@ class Supervisor:
         endpoint.sequence += 1
         if spec.mode is Mode.ASYNC:
             key = f"{name}/worker-{number}"
-            child_plan = async_plan.worker(name, spec)
-            extra = plan.settings_env(WorkerSettings, broker_url=self.broker_url, metrics_port=0)
-            return Child(key, child_plan, self._log_path(endpoint, key), extra)
+            endpoint.metrics_ports[key] = 0
+            return Child(key, async_plan.worker(name, spec), self._log_path(endpoint, key))
         key = f"{name}/server-{number}"
         endpoint.ports[key] = 0
         if spec.mode is Mode.SERVERLESS:
@@ -219,6 +241,13 @@ class Supervisor:
     def _start(self, endpoint: LocalEndpoint, child: Child, now: float) -> None:
         if child.zygote is not None and child.zygote.importing():
             return  # sooner forked from it than started beside it: it wakes us when ready
+        if child.key in endpoint.metrics_ports:  # a worker: its metrics say what it holds
+            port = endpoint.metrics_ports[child.key] = free_port()
+            child.extra_env = plan.settings_env(
+                WorkerSettings, broker_url=self.broker_url, metrics_port=port
+            )
+            child.start(now)
+            return
         if child.key not in endpoint.ports:
             child.start(now)
             return
@@ -235,6 +264,7 @@ class Supervisor:
         if self.table is not None:
             self.table.drop_replica(NAMESPACE, endpoint.name, key)
         endpoint.ports.pop(key, None)
+        endpoint.metrics_ports.pop(key, None)
         child.stop()
         self.retiring.append((child, time.monotonic() + grace))
 
@@ -315,6 +345,16 @@ class Supervisor:
             figures = QueueFigures(backlog.ready, backlog.unacked, backlog.oldest_age)
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
+        running = {
+            key: endpoint.metrics_ports[key]
+            for key, child in endpoint.children.items()
+            if child.running() and key in endpoint.metrics_ports
+        }
+        held = await asyncio.to_thread(
+            pool_in_flight, block, figures.ready, figures.in_flight, len(running),
+            lambda: workers_in_flight(running),
+        )  # fmt: skip
+        figures = dataclasses.replace(figures, in_flight=held.count)
         decision = backlog_replicas(
             block, current, figures.ready, figures.in_flight, endpoint.memory, now
         )

@@ -176,9 +176,11 @@ def test_async_on_rabbitmq_with_broker_url(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """The same manifest with ``--broker-url``: requests go through RabbitMQ, workers start
-    from zero on its backlog, outputs equal the booster's."""
-    files = [manifest("async", abalone_model.tarball, tmp_path, maxReplicas=1)]
-    args = ("--broker-url", rabbitmq.amqp_url, "--management-url", rabbitmq.management_url)
+    from zero on its backlog, outputs equal the booster's. Without ``--management-url`` the
+    broker counts no in-flight work: the workers' own counts let the pool go back to zero."""
+    files = [manifest("async", abalone_model.tarball, tmp_path, maxReplicas=1,
+                      scaleInCooldownSeconds=2)]  # fmt: skip
+    args = ("--broker-url", rabbitmq.amqp_url)
     rows = abalone_model.test_rows
     output = tmp_path / "async" / "output"
     with running_up(tmp_path / "state", files, tmp_path / "up.log", args) as up:
@@ -191,6 +193,8 @@ def test_async_on_rabbitmq_with_broker_url(
             np.testing.assert_allclose(found[inference_id], expected, rtol=1e-6)
         assert not (tmp_path / "state" / "queue.db").exists()
         assert "RabbitMQ" in cli(up.url, "notifications").stderr
+        wait_until(lambda: up.running("abalone-async") == [], WAIT, "the pool back at zero")
+        assert up.status("abalone-async")["backlog"]["inFlight"] == 0
 
 
 def children_of(pid: int) -> dict[int, str]:

@@ -3,7 +3,12 @@ zero, cooldowns, clamps, and an unreadable broker."""
 
 import pytest
 
-from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
+from infermodes.endpoints.scaling import (
+    PoolInFlight,
+    ScalerMemory,
+    backlog_replicas,
+    pool_in_flight,
+)
 from infermodes.endpoints.spec import AsyncSpec
 
 NOW = 10_000.0
@@ -93,3 +98,34 @@ def test_changed_bounds_apply_at_once_whatever_the_broker_says() -> None:
     assert decide(lowered, 4, 0, 1, ScalerMemory(last_change_at=NOW)) == (2, "ScaledIn")
     raised = block(minReplicas=2)
     assert decide(raised, 0, None, None, ScalerMemory()) == (2, "BrokerUnreadable")
+
+
+def held(spec: AsyncSpec, ready: int | None, unacked: int | None, running: int,
+         workers: dict[str, float | None]) -> tuple[PoolInFlight, bool]:  # fmt: skip
+    """The in-flight figure, and whether the workers were asked."""
+    asked = []
+
+    def read() -> dict[str, float | None]:
+        asked.append(True)
+        return workers
+
+    return pool_in_flight(spec, ready, unacked, running, read), bool(asked)
+
+
+def test_the_workers_are_asked_only_when_the_broker_would_let_the_pool_shrink() -> None:
+    spec = block(targetBacklogPerInstance=4, minReplicas=1, maxReplicas=5)
+    busy = {"a": 2.0, "b": 3.0}
+    assert held(spec, 5, 3, 2, busy) == (PoolInFlight(3), False)  # 8 at 4 each: 2 stay
+    assert held(spec, 0, 0, 1, busy) == (PoolInFlight(0), False)  # at minReplicas
+    assert held(spec, None, None, 2, busy) == (PoolInFlight(None), False)  # broker unreadable
+    assert held(spec, 0, 1, 2, busy) == (PoolInFlight(5), True)  # a stale sample: theirs
+    assert held(spec, 0, 4, 2, {"a": 0.0, "b": 1.0}) == (PoolInFlight(4), True)  # the larger
+    assert held(spec, 0, None, 2, busy) == (PoolInFlight(5), True)  # no management API
+    assert held(spec, 0, None, 0, {}) == (PoolInFlight(0), True)  # no worker runs: none held
+
+
+def test_one_silent_worker_makes_the_in_flight_figure_unknown() -> None:
+    spec = block(minReplicas=0)
+    found, asked = held(spec, 0, 0, 3, {"a": 0.0, "b": None, "c": None})
+    assert asked and found == PoolInFlight(None, ("b", "c"))
+    assert decide(spec, 3, 0, found.count, ScalerMemory()) == (3, "InFlightUnknown")

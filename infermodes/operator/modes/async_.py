@@ -22,7 +22,6 @@ requests.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +29,13 @@ from typing import Any
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
-from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas
+from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
 from infermodes.endpoints.status import QueueFigures, Status, oldest_age_from_dequeues
-from infermodes.metrics import parse_worker_dequeued_accepted_at, parse_worker_in_flight
+from infermodes.metrics import (
+    parse_worker_dequeued_accepted_at,
+    parse_worker_in_flight,
+    worker_reading,
+)
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure, running_pods
@@ -66,38 +69,20 @@ class PoolFigures:
 
 
 def pool_figures(spec: s.EndpointSpec, signals: Signals) -> PoolFigures:
-    """The broker's figures, with the workers' own in-flight count when the broker's could
-    let the pool shrink under work it holds: the management API samples the queue
-    (collect_statistics_interval) and may say 0 unacknowledged while the workers hold
-    deliveries, and without it the broker does not say at all. The workers' count is exact
-    and current; the larger of the two counts. The decision and the status both read this,
-    from the same once-per-reconcile readings, so they agree."""
+    """The broker's figures, with the in-flight count checked against the workers' own
+    (``scaling.pool_in_flight``). The decision and the status both read this, from the same
+    once-per-reconcile readings, so they agree."""
     figures = signals.backlog()
-    if figures is None or figures.ready is None:
-        return PoolFigures(figures)
-    running = running_pods(signals.pods)
-    if figures.total is not None:
-        block = async_block(spec)
-        wanted = math.ceil(figures.total / block.target_backlog_per_instance)
-        if min(max(wanted, block.min_replicas), block.max_replicas) >= len(running):
-            return PoolFigures(figures)  # the pool cannot shrink on these figures
-    readings = worker_readings(signals, parse_worker_in_flight)
-    silent = tuple(sorted(name for name, count in readings.items() if count is None))
-    if silent:
-        return PoolFigures(dataclasses.replace(figures, in_flight=None), silent)
-    held = int(sum(count for count in readings.values() if count is not None))
-    return PoolFigures(dataclasses.replace(figures, in_flight=max(figures.in_flight or 0, held)))
-
-
-def worker_figure(text: str | None, parse: Callable[[str], float | None]) -> float | None:
-    """One figure of a worker's metrics; None when they cannot be read now (still loading its
-    model, say), the figure is absent, or it is not a count or a time (negative, NaN,
-    infinite)."""
-    try:
-        value = parse(text) if text is not None else None
-    except ValueError:  # not the exposition format
-        return None
-    return value if value is not None and math.isfinite(value) and value >= 0 else None
+    if figures is None:
+        return PoolFigures(None)
+    held = pool_in_flight(
+        async_block(spec),
+        figures.ready,
+        figures.in_flight,
+        len(running_pods(signals.pods)),
+        lambda: worker_readings(signals, parse_worker_in_flight),
+    )
+    return PoolFigures(dataclasses.replace(figures, in_flight=held.count), held.silent)
 
 
 def worker_readings(
@@ -106,7 +91,7 @@ def worker_readings(
     """One figure of each running worker, by pod name (None: it cannot say)."""
     running = running_pods(signals.pods)
     texts = signals.fetch_metrics(tuple(ip for _, ip in running), METRICS_PORT)
-    return {name: worker_figure(texts.get(ip), parse) for name, ip in running}
+    return {name: worker_reading(texts.get(ip), parse) for name, ip in running}
 
 
 def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
