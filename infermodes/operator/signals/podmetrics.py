@@ -3,12 +3,14 @@ counts, batch instances' progress."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from infermodes.metrics import ServerLoad, parse_server_load
 
+log = logging.getLogger("infermodes.operator")
 T = TypeVar("T")
 
 FETCH_TIMEOUT_SECONDS = 2.0  # one pod's answer
@@ -54,9 +56,12 @@ def read_pods(
     try:
         futures = {ip: pool.submit(read, ip, port) for ip in wanted}
         wait(futures.values(), timeout=deadline)
-        return {
-            ip: future.result() if future.done() and not future.exception() else None
-            for ip, future in futures.items()
-        }
+        found: dict[str, T | None] = {}
+        for ip, future in futures.items():
+            failed = future.exception() if future.done() else None
+            if failed is not None:
+                log.warning("cannot read the metrics of pod %s: %r", ip, failed)
+            found[ip] = future.result() if future.done() and failed is None else None
+        return found
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a late answer is dropped
