@@ -7,15 +7,19 @@ usual 5 ms first bucket would put every request in one bucket. Labels stay bound
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("infermodes.metrics")
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
@@ -487,3 +491,54 @@ class OperatorMetrics:
         self.backlog.labels(*key).set(total)
         self.backlog_per_instance.labels(*key).set(total / max(replicas, 1))
         self.backlog_without_capacity.labels(*key).set(1 if total and not ready_replicas else 0)
+
+
+# Reading other processes' /metrics: the operator reads its pods', ``infermodes up`` its
+# children's, for the scaling decisions and the status.
+FETCH_TIMEOUT_SECONDS = 2.0  # one process's answer
+READ_DEADLINE_SECONDS = 3.0  # every process of one reading, together
+MAX_READERS = 64  # processes read at once; more wait for a free reader
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+def fetch_metrics_text(host: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> str | None:
+    """A process's exposition text from ``http://host:port/metrics``, or None when it cannot
+    be read (what that means is the reader's: a model server's load leaves it out, an async
+    worker's in-flight count becomes unknown)."""
+    import httpx
+
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        response = httpx.get(f"http://{shown}:{port}/metrics", timeout=timeout)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return response.text
+
+
+def read_all(
+    read: Callable[[K], T | None], keys: Iterable[K], deadline: float = READ_DEADLINE_SECONDS
+) -> dict[K, T | None]:
+    """``read`` of every key at once; a key not answered within ``deadline`` seconds of the
+    start is None, like one that cannot be read, and so is one whose read raised (logged).
+    Read one after another, a pool of silent processes (a NetworkPolicy that drops the port,
+    say) would hold the whole decision for seconds per process."""
+    wanted = list(dict.fromkeys(keys))
+    if not wanted:
+        return {}
+    pool = ThreadPoolExecutor(min(MAX_READERS, len(wanted)), thread_name_prefix="read-metrics")
+    try:
+        futures = {key: pool.submit(read, key) for key in wanted}
+        wait(futures.values(), timeout=deadline)
+        found: dict[K, T | None] = {}
+        for key, future in futures.items():
+            done = future.done()  # once: a read may end between two looks
+            failed = future.exception() if done else None
+            if failed is not None:
+                log.warning("cannot read the metrics of %s: %r", key, failed)
+            found[key] = future.result() if done and failed is None else None
+        return found
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # a late answer is dropped

@@ -311,8 +311,8 @@ class OperatorSettings(EnvSettings):
     )
     management_url: str | None = Field(
         None,
-        description="RabbitMQ's management API (http://user:pass@host:15672): the backlog with "
-        "in-flight counts; without it only ready messages are known, so pools never scale in.",
+        description="RabbitMQ's management API (http://user:pass@host:15672): the broker's "
+        "in-flight counts; without it the workers' own counts (their metrics port) are used.",
     )
     activation_seconds: float = Field(
         1.0,

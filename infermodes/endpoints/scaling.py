@@ -188,20 +188,22 @@ def pool_in_flight(
     block: AsyncSpec,
     ready: int | None,
     unacked: int | None,
-    running: int,
+    pool: int,
     workers: Callable[[], Mapping[str, float | None]],
 ) -> PoolInFlight:
     """The broker's unacknowledged count, checked against the workers' own counts whenever it
     could let the pool shrink: RabbitMQ's management API samples the queue and may say 0
-    while the workers hold deliveries, and without it the broker does not say at all.
-    ``workers`` reads each running worker's in-flight count (None: it cannot say) and is only
-    called then; the larger of the two counts stands, and one silent worker makes it unknown
-    (no scale-in). ``running``: workers whose process runs now."""
+    while the workers hold deliveries, and without it the broker does not say at all. The
+    larger of the two counts stands; one silent worker makes it unknown (no scale-in).
+
+    ``pool``: the workers the pool has (the larger of its replicas and its running workers);
+    ``workers`` reads each running worker's in-flight count (None: it cannot say), and is
+    called only when needed: the rule is pure, the reading is the actuator's."""
     if ready is None:
         return PoolInFlight(unacked)
     if unacked is not None:
         wanted = math.ceil((ready + unacked) / block.target_backlog_per_instance)
-        if min(max(wanted, block.min_replicas), block.max_replicas) >= running:
+        if min(max(wanted, block.min_replicas), block.max_replicas) >= pool:
             return PoolInFlight(unacked)  # the pool cannot shrink on the broker's figures
     readings = workers()
     silent = tuple(sorted(name for name, count in readings.items() if count is None))

@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from infermodes.endpoints import async_plan, plan
 from infermodes.endpoints.demand import Demand, GatewayDemand
 from infermodes.endpoints.scaling import (
@@ -56,8 +54,10 @@ from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
     OperatorMetrics,
     ServerLoad,
+    fetch_metrics_text,
     parse_server_load,
     parse_worker_in_flight,
+    read_all,
     worker_reading,
 )
 from infermodes.queueing.connect import Broker
@@ -71,20 +71,17 @@ LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
+LOOPBACK = "127.0.0.1"
 
 
 def workers_in_flight(ports: Mapping[str, int]) -> dict[str, float | None]:
-    """Each local worker's in-flight count from its metrics port, by key (None: it cannot
-    say, e.g. while it loads its model)."""
-    found: dict[str, float | None] = {}
-    for key, port in ports.items():
-        try:
-            url = f"http://127.0.0.1:{port}/metrics"
-            text: str | None = httpx.get(url, timeout=SCRAPE_TIMEOUT_SECONDS).text
-        except httpx.HTTPError:
-            text = None
-        found[key] = worker_reading(text, parse_worker_in_flight)
-    return found
+    """Each local worker's in-flight count from its metrics port, by key, all read at once
+    (None: it cannot say, e.g. while it loads its model)."""
+    texts = read_all(
+        lambda port: fetch_metrics_text(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS), ports.values()
+    )
+    return {key: worker_reading(texts.get(port), parse_worker_in_flight)
+            for key, port in ports.items()}  # fmt: skip
 
 
 def free_port() -> int:
@@ -117,6 +114,7 @@ class LocalEndpoint:
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
     metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
+    silent: tuple[str, ...] = ()  # async workers that could not say what they hold
     sequence: int = 0
     desired: int = 0
     initialized: bool = False
@@ -298,19 +296,23 @@ class Supervisor:
     def _loads(self, endpoint: LocalEndpoint) -> Callable[[], Mapping[str, ServerLoad]]:
         def read() -> Mapping[str, ServerLoad]:
             table = self.table
-            found = {}
-            for key, port in list(endpoint.ports.items()):
-                replica = table.endpoints.get((NAMESPACE, endpoint.name)) if table else None
-                if replica is None or not replica.replicas.get(key, Replica(key, "", 0)).ready:
-                    continue
-                try:
-                    text = httpx.get(
-                        f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_SECONDS
-                    ).text
-                except httpx.HTTPError:
-                    continue
-                found[key] = parse_server_load(text)
-            return found
+            replica = table.endpoints.get((NAMESPACE, endpoint.name)) if table else None
+            if replica is None:
+                return {}
+            ready = {
+                key: port
+                for key, port in list(endpoint.ports.items())
+                if replica.replicas.get(key, Replica(key, "", 0)).ready
+            }
+            texts = read_all(
+                lambda port: fetch_metrics_text(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS),
+                ready.values(),
+            )
+            return {
+                key: parse_server_load(text)
+                for key, port in ready.items()
+                if (text := texts.get(port)) is not None
+            }
 
         return read
 
@@ -340,9 +342,11 @@ class Supervisor:
             )
         block = async_plan.async_block(spec)
         figures = QueueFigures(None, None)
+        exact = False
         try:
             backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
             figures = QueueFigures(backlog.ready, backlog.unacked, backlog.oldest_age)
+            exact = backlog.unacked_exact
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
         running = {
@@ -351,10 +355,12 @@ class Supervisor:
             if child.running() and key in endpoint.metrics_ports
         }
         held = await asyncio.to_thread(
-            pool_in_flight, block, figures.ready, figures.in_flight, len(running),
-            lambda: workers_in_flight(running),
+            pool_in_flight, block, figures.ready, figures.in_flight,
+            max(len(endpoint.children), len(running)),
+            dict if exact else lambda: workers_in_flight(running),
         )  # fmt: skip
         figures = dataclasses.replace(figures, in_flight=held.count)
+        endpoint.silent = held.silent
         decision = backlog_replicas(
             block, current, figures.ready, figures.in_flight, endpoint.memory, now
         )
@@ -424,7 +430,12 @@ class Supervisor:
         else:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
-        message = f"{restarts} restart(s) of crashed processes" if restarts else ""
+        notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
+        if mode is Mode.ASYNC and endpoint.silent:
+            notes.append(f"worker(s) {', '.join(endpoint.silent)} cannot say what they hold "
+                         "(no count on their metrics port): the queue's figures scale the "
+                         "pool in only once they can")  # fmt: skip
+        message = "; ".join(notes)
         endpoint.status = Status(
             phase, reason, message, running, ready, endpoint.desired,
             backlog=endpoint.status.backlog,

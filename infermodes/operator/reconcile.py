@@ -21,13 +21,12 @@ from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import QueueFigures, Status
-from infermodes.metrics import ServerLoad
+from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import KubeDoor
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
-from infermodes.operator.signals.podmetrics import fetch_text, read_pods
 from infermodes.settings import OperatorSettings
 
 
@@ -38,7 +37,7 @@ class Deps:
     scrape: Callable[[str, int], ServerLoad | None]
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
-    fetch_metrics: Callable[[str, int], str | None] = fetch_text
+    fetch_metrics: Callable[[str, int], str | None] = fetch_metrics_text
     read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
 
 
@@ -90,12 +89,12 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     @functools.cache  # read at most once per reconcile: the decision and the status agree
     def loads() -> dict[str, ServerLoad]:
         ready = {pod.name: pod.ip for pod in workload.pods if pod.ready and pod.ip}
-        found = read_pods(deps.scrape, ready.values(), SERVER_PORT)
+        found = read_all(lambda ip: deps.scrape(ip, SERVER_PORT), ready.values())
         return {name: load for name, ip in ready.items() if (load := found.get(ip)) is not None}
 
     @functools.cache  # once per set of pods and reconcile, as the loads
     def fetch_metrics(ips: tuple[str, ...], port: int) -> dict[str, str | None]:
-        return read_pods(deps.fetch_metrics, ips, port)
+        return read_all(lambda ip: deps.fetch_metrics(ip, port), ips)
 
     wall = deps.wall_clock()
     annotations = (body.get("metadata") or {}).get("annotations")

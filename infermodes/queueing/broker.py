@@ -91,6 +91,8 @@ class Backlog:
     # seconds the oldest ready message has waited since it was accepted (0 when none waits);
     # None: unknown
     oldest_age: float | None = None
+    # ``unacked`` counted now, not sampled: no need to ask the workers what they hold
+    unacked_exact: bool = False
 
     @property
     def total(self) -> int | None:

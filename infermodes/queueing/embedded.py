@@ -577,6 +577,7 @@ class EmbeddedQueue:
             consumers=int(consumers),
             source="sqlite",
             oldest_age=max(0.0, now - oldest) if isinstance(oldest, float) else 0.0,
+            unacked_exact=True,  # leases are rows, counted in the same query
         )
 
     def tail(

@@ -13,12 +13,11 @@ from urllib.parse import urlsplit
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.spec import EndpointSpec
-from infermodes.metrics import parse_worker_in_flight
+from infermodes.metrics import fetch_metrics_text, parse_worker_in_flight, read_all
 from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.signals.backlog import read_backlog
-from infermodes.operator.signals.podmetrics import fetch_text, read_pods
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import Process, plane
 from tests.support.processes import wait_until
@@ -44,8 +43,9 @@ def signals(
     ]  # fmt: skip
     pool = WorkloadState(True, len(pods), len(pods), len(pods), True)
     now = time.monotonic()
+    fetch = lambda ip: fetch_metrics_text(ip, port(worker))  # noqa: E731
     return Signals(
-        pool, {}, pods, dict, lambda ips, _port: read_pods(fetch_text, ips, port(worker)),
+        pool, {}, pods, dict, lambda ips, _port: read_all(fetch, ips),
         lambda: read_backlog(endpoint, *broker_urls), Demand(), now, time.time(), True,
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
         response = live.invoke(headers={LOCATION: f"file://{long_input}"})
         assert response.status_code == 202, response.text
         output = tmp_path / "output" / f"{response.json()['InferenceId']}.out"
-        held = lambda: parse_worker_in_flight(fetch_text("127.0.0.1", port(worker)) or "")  # noqa: E731
+        held = lambda: parse_worker_in_flight(fetch_metrics_text("127.0.0.1", port(worker)) or "")  # noqa: E731
         wait_until(lambda: held() == 1, WAIT, "the worker holds the request")
 
         memory = ScalerMemory()
@@ -96,7 +96,7 @@ def test_a_sampled_empty_queue_does_not_take_the_pool_from_a_busy_worker(
         wait_until(output.exists, WAIT, "the output")
         wait_until(lambda: held() == 0, WAIT, "the worker done")
         # the operator decides again every loop: a reading the loaded machine could not take
-        # in time (in-flight unknown) keeps the pool for that loop only
+        # in time (in-flight unknown) keeps the pool and restarts the empty cooldown (0 s here)
         amqp_memory = ScalerMemory()
 
         def idle(broker_urls: tuple[str, str | None], memory: ScalerMemory) -> bool:

@@ -172,15 +172,19 @@ def test_a_killed_up_removes_its_orphans_when_it_starts_again(
         assert up.invoke("abalone", to_csv(abalone_model.test_rows[:2])).status_code == 200
 
 
+@pytest.mark.parametrize("management", [True, False], ids=["management-api", "amqp-only"])
 def test_async_on_rabbitmq_with_broker_url(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, management: bool
 ) -> None:
     """The same manifest with ``--broker-url``: requests go through RabbitMQ, workers start
-    from zero on its backlog, outputs equal the booster's. Without ``--management-url`` the
-    broker counts no in-flight work: the workers' own counts let the pool go back to zero."""
+    from zero on its backlog, outputs equal the booster's, and the pool goes back to zero.
+    Without ``--management-url`` the broker counts no in-flight work: the workers' own counts
+    (their metrics ports) let the pool shrink."""
     files = [manifest("async", abalone_model.tarball, tmp_path, maxReplicas=1,
                       scaleInCooldownSeconds=2)]  # fmt: skip
-    args = ("--broker-url", rabbitmq.amqp_url)
+    args: tuple[str, ...] = ("--broker-url", rabbitmq.amqp_url)
+    if management:
+        args += ("--management-url", rabbitmq.management_url)
     rows = abalone_model.test_rows
     output = tmp_path / "async" / "output"
     with running_up(tmp_path / "state", files, tmp_path / "up.log", args) as up:

@@ -122,6 +122,8 @@ def test_the_workers_are_asked_only_when_the_broker_would_let_the_pool_shrink() 
     assert held(spec, 0, 4, 2, {"a": 0.0, "b": 1.0}) == (PoolInFlight(4), True)  # the larger
     assert held(spec, 0, None, 2, busy) == (PoolInFlight(5), True)  # no management API
     assert held(spec, 0, None, 0, {}) == (PoolInFlight(0), True)  # no worker runs: none held
+    # four replicas, one running (three starting): the pool can shrink, so the one is asked
+    assert held(spec, 0, 1, 4, {"a": 4.0}) == (PoolInFlight(4), True)
 
 
 def test_one_silent_worker_makes_the_in_flight_figure_unknown() -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
 from infermodes.local.children import Registry
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.manifests import ManifestError, load_paths, parse_text
+from infermodes.local.supervisor import workers_in_flight
+from infermodes.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -111,3 +115,22 @@ def test_progress_and_failures_from_a_batch_summary() -> None:
     assert describe_failures(failures) == "file:///in/b.csv line 2: bad; cannot list"
     many = [{"object": f"o{i}", "line": None, "reason": "r"} for i in range(7)]
     assert describe_failures(many).endswith("o4: r; and 2 more")
+
+
+def test_local_workers_say_what_they_hold_on_their_metrics_ports() -> None:
+    """What ``infermodes up`` reads before a pool shrinks: a worker's gauge over real HTTP on
+    loopback; a worker whose port does not answer is unknown, never 0."""
+    registry = CollectorRegistry()
+    WorkerMetrics(registry).in_flight.set(2)
+    server, thread = start_http_server(0, "127.0.0.1", registry)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        ports = {"abalone/worker-0": server.server_port,
+                 "abalone/worker-1": closed.getsockname()[1]}  # fmt: skip
+        assert workers_in_flight(ports) == {"abalone/worker-0": 2.0, "abalone/worker-1": None}
+    finally:
+        closed.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

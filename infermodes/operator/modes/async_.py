@@ -75,11 +75,13 @@ def pool_figures(spec: s.EndpointSpec, signals: Signals) -> PoolFigures:
     figures = signals.backlog()
     if figures is None:
         return PoolFigures(None)
+    workload = signals.workload
+    pool = max(workload.replicas if workload.exists else 0, len(running_pods(signals.pods)))
     held = pool_in_flight(
         async_block(spec),
         figures.ready,
         figures.in_flight,
-        len(running_pods(signals.pods)),
+        pool,
         lambda: worker_readings(signals, parse_worker_in_flight),
     )
     return PoolFigures(dataclasses.replace(figures, in_flight=held.count), held.silent)
@@ -182,8 +184,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             reason = "InFlightUnknown"
             message = (
                 f"{queued}; worker(s) {', '.join(read.silent)} cannot say what they hold "
-                f"(port {METRICS_PORT} does not answer yet, or is blocked): the pool is not "
-                f"scaled in until they can; {workers}"
+                f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
+                f"figures scale the pool in only once they can; {workers}"
             )
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"

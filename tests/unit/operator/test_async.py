@@ -135,7 +135,7 @@ def test_the_status_says_which_workers_cannot_say_what_they_hold() -> None:
     kept = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
     assert (kept.reason, kept.backlog) == ("InFlightUnknown", QueueFigures(0, None, 0.0))
     assert "worker(s) silent cannot say what they hold" in kept.message
-    assert "the pool is not scaled in until they can" in kept.message
+    assert "the queue's figures scale the pool in only once they can" in kept.message
     metrics["127.0.0.2"] = "infermodes_async_in_flight 3.0\n"  # more than the sampled 0
     held = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
     assert (held.reason, held.backlog) == ("Processing", QueueFigures(0, 3, 0.0))
@@ -167,6 +167,10 @@ def test_a_stale_unacknowledged_count_gives_way_to_what_the_workers_hold() -> No
     metrics = {f"127.0.0.{n}": "infermodes_async_in_flight 4.0\n" for n in (1, 2, 3)}
     memory = ScalerMemory()
     assert async_.replicas(SPEC, signals(three, QueueFigures(0, 1), pods, metrics), memory) == 3
+    starting = pods[:1]  # three replicas, one of them running: the pool is still 3 workers
+    one_busy = {"127.0.0.1": "infermodes_async_in_flight 12.0\n"}
+    assert async_.replicas(SPEC, signals(three, QueueFigures(0, 1), starting, one_busy),
+                           ScalerMemory()) == 3  # fmt: skip
 
 
 def test_the_workers_are_not_asked_when_the_pool_cannot_shrink() -> None:

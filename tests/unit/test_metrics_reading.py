@@ -1,8 +1,9 @@
-"""Reading many pods' metrics: all at once, and never longer than the deadline."""
+"""Reading many processes' metrics (``metrics.read_all``): all at once, and never longer than
+the deadline."""
 
 import threading
 
-from infermodes.operator.signals.podmetrics import read_pods
+from infermodes.metrics import read_all
 
 
 def test_every_pod_is_read_at_the_same_time() -> None:
@@ -11,32 +12,32 @@ def test_every_pod_is_read_at_the_same_time() -> None:
     ips = [f"127.0.0.{n}" for n in range(1, 11)]
     barrier = threading.Barrier(len(ips), timeout=10)
 
-    def read(ip: str, port: int) -> str:
+    def read(ip: str) -> str:
         barrier.wait()
-        return f"{ip}:{port}"
+        return f"{ip}:9090"
 
-    assert read_pods(read, ips, 9090, deadline=30) == {ip: f"{ip}:9090" for ip in ips}
+    assert read_all(read, ips, deadline=30) == {ip: f"{ip}:9090" for ip in ips}
 
 
 def test_a_pod_that_does_not_answer_in_time_is_unknown_and_the_others_are_kept() -> None:
     released = threading.Event()
 
-    def read(ip: str, port: int) -> str | None:
+    def read(ip: str) -> str | None:
         if ip == "127.0.0.2":
             released.wait(30)  # a port whose packets are dropped
             return "too late"
         return None if ip == "127.0.0.3" else "answer"
 
     try:
-        found = read_pods(read, ["127.0.0.1", "127.0.0.2", "127.0.0.3"], 9090, deadline=3)
+        found = read_all(read, ["127.0.0.1", "127.0.0.2", "127.0.0.3"], deadline=3)
     finally:
         released.set()
     assert found == {"127.0.0.1": "answer", "127.0.0.2": None, "127.0.0.3": None}
 
 
 def test_a_read_that_raises_is_unknown_and_no_pods_read_nothing() -> None:
-    def read(ip: str, port: int) -> str:
+    def read(ip: str) -> str:
         raise ValueError("not the exposition format")
 
-    assert read_pods(read, ["127.0.0.1"], 9090) == {"127.0.0.1": None}
-    assert read_pods(read, [], 9090) == {}
+    assert read_all(read, ["127.0.0.1", "127.0.0.1"]) == {"127.0.0.1": None}  # read once
+    assert read_all(read, []) == {}
