@@ -14,6 +14,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from infermodes.endpoints.status import (
     add_progress,
     describe_failures,
     load_error,
+    oldest_age_from_dequeues,
     record_queue,
     summary_progress,
 )
@@ -56,6 +58,7 @@ from infermodes.metrics import (
     ServerLoad,
     fetch_metrics_text,
     parse_server_load,
+    parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
     read_all,
     worker_reading,
@@ -74,14 +77,20 @@ SCRAPE_TIMEOUT_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
 
 
-def workers_in_flight(ports: Mapping[str, int]) -> dict[str, float | None]:
-    """Each local worker's in-flight count from its metrics port, by key, all read at once
-    (None: it cannot say, e.g. while it loads its model)."""
+def worker_texts(ports: Mapping[str, int]) -> dict[str, str | None]:
+    """Each local worker's exposition text from its metrics port, by key, all read at once
+    (None: it cannot be read, e.g. while the worker loads its model)."""
     texts = read_all(
         lambda port: fetch_metrics_text(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS), ports.values()
     )
-    return {key: worker_reading(texts.get(port), parse_worker_in_flight)
-            for key, port in ports.items()}  # fmt: skip
+    return {key: texts.get(port) for key, port in ports.items()}
+
+
+def worker_figures(
+    texts: Mapping[str, str | None], parse: Callable[[str], float | None]
+) -> dict[str, float | None]:
+    """One figure of each worker's text, by key (None: it cannot say)."""
+    return {key: worker_reading(text, parse) for key, text in texts.items()}
 
 
 def free_port() -> int:
@@ -354,13 +363,27 @@ class Supervisor:
             for key, child in endpoint.children.items()
             if child.running() and key in endpoint.metrics_ports
         }
+        texts = functools.cache(lambda: worker_texts(running))  # read at most once a decision
+
+        def in_flight() -> dict[str, float | None]:
+            # the embedded queue counts leases exactly: nothing to check against the workers
+            return {} if exact else worker_figures(texts(), parse_worker_in_flight)
+
         held = await asyncio.to_thread(
             pool_in_flight, block, figures.ready, figures.in_flight,
-            max(len(endpoint.children), len(running)),
-            dict if exact else lambda: workers_in_flight(running),
+            max(len(endpoint.children), len(running)), in_flight,
         )  # fmt: skip
         figures = dataclasses.replace(figures, in_flight=held.count)
         endpoint.silent = held.silent
+        if figures.ready is not None and figures.oldest_age is None:  # a quorum queue
+            # estimated as the operator does: from what the workers took last
+            taken = await asyncio.to_thread(
+                lambda: worker_figures(texts(), parse_worker_dequeued_accepted_at)
+            )
+            age = oldest_age_from_dequeues(
+                figures.ready, [at for at in taken.values() if at is not None], time.time()
+            )
+            figures = dataclasses.replace(figures, oldest_age=age)
         decision = backlog_replicas(
             block, current, figures.ready, figures.in_flight, endpoint.memory, now
         )

@@ -100,7 +100,7 @@ def test_changed_bounds_apply_at_once_whatever_the_broker_says() -> None:
     assert decide(raised, 0, None, None, ScalerMemory()) == (2, "BrokerUnreadable")
 
 
-def held(spec: AsyncSpec, ready: int | None, unacked: int | None, running: int,
+def held(spec: AsyncSpec, ready: int | None, unacked: int | None, pool: int,
          workers: dict[str, float | None]) -> tuple[PoolInFlight, bool]:  # fmt: skip
     """The in-flight figure, and whether the workers were asked."""
     asked = []
@@ -109,7 +109,7 @@ def held(spec: AsyncSpec, ready: int | None, unacked: int | None, running: int,
         asked.append(True)
         return workers
 
-    return pool_in_flight(spec, ready, unacked, running, read), bool(asked)
+    return pool_in_flight(spec, ready, unacked, pool, read), bool(asked)
 
 
 def test_the_workers_are_asked_only_when_the_broker_would_let_the_pool_shrink() -> None:

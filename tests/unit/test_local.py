@@ -3,21 +3,27 @@ progress from batch summaries."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
 from infermodes.local.children import Registry
 from infermodes.local.client import age, describe, row, table
-from infermodes.local.manifests import ManifestError, load_paths, parse_text
-from infermodes.local.supervisor import workers_in_flight
+from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
+from infermodes.local.supervisor import LocalEndpoint, Supervisor
 from infermodes.metrics import WorkerMetrics
+from infermodes.queueing.broker import Backlog
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -117,20 +123,92 @@ def test_progress_and_failures_from_a_batch_summary() -> None:
     assert describe_failures(many).endswith("o4: r; and 2 more")
 
 
-def test_local_workers_say_what_they_hold_on_their_metrics_ports() -> None:
-    """What ``infermodes up`` reads before a pool shrinks: a worker's gauge over real HTTP on
-    loopback; a worker whose port does not answer is unknown, never 0."""
+class FixedQueue:
+    """A broker whose queue always reads the same."""
+
+    def __init__(self, backlog: Backlog) -> None:
+        self.found = backlog
+
+    def backlog(self, endpoint: str) -> Backlog:
+        return self.found
+
+
+class FakeChild:
+    def __init__(self, running: bool) -> None:
+        self.is_running = running
+        self.exits = 0
+
+    def running(self) -> bool:
+        return self.is_running
+
+
+@contextlib.contextmanager
+def worker_port(in_flight: float, taken_at: float) -> Iterator[int]:
+    """A worker's metrics served over real HTTP on loopback, as ``infermodes worker`` does."""
     registry = CollectorRegistry()
-    WorkerMetrics(registry).in_flight.set(2)
+    metrics = WorkerMetrics(registry)
+    metrics.in_flight.set(in_flight)
+    metrics.dequeued_accepted_at.set(taken_at)
     server, thread = start_http_server(0, "127.0.0.1", registry)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     try:
-        ports = {"abalone/worker-0": server.server_port,
-                 "abalone/worker-1": closed.getsockname()[1]}  # fmt: skip
-        assert workers_in_flight(ports) == {"abalone/worker-0": 2.0, "abalone/worker-1": None}
+        yield server.server_port
     finally:
-        closed.close()
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def decide(tmp_path: Path, backlog: Backlog, running: dict[str, int], starting: int
+           ) -> tuple[int, LocalEndpoint]:  # fmt: skip
+    """One async decision of ``infermodes up``: ``running`` workers (key -> metrics port)
+    and ``starting`` more that do not run yet; 1 request per worker is the target."""
+    supervisor = Supervisor(tmp_path, FixedQueue(backlog), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(targetBacklogPerInstance=1, maxReplicas=6)
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    for key, port in running.items():
+        endpoint.children[key] = FakeChild(True)  # type: ignore[assignment]
+        endpoint.metrics_ports[key] = port
+    for n in range(starting):
+        endpoint.children[f"starting-{n}"] = FakeChild(False)  # type: ignore[assignment]
+    replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    return replicas, endpoint
+
+
+def test_up_checks_a_sampled_in_flight_count_against_its_workers(tmp_path: Path) -> None:
+    """RabbitMQ's sampled count says 1 while the one running worker of three holds 4: the
+    pool is not shrunk on the sample, it grows to what is held; the oldest waiting request's
+    age comes from what the workers took last (a quorum queue does not report it)."""
+    with worker_port(4, time.time() - 7) as port:
+        sampled = Backlog(ready=1, unacked=0, consumers=1, source="amqp+management")
+        replicas, endpoint = decide(tmp_path, sampled, {"abalone-async/worker-0": port}, 2)
+    assert replicas == 5  # 1 waiting + 4 held, at 1 each
+    backlog = endpoint.status.backlog
+    assert backlog is not None and backlog.in_flight == 4
+    assert backlog.oldest_age is not None and 6 <= backlog.oldest_age < 60
+
+
+def test_up_keeps_a_pool_whose_worker_cannot_say_and_names_it(tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        empty = Backlog(ready=0, unacked=0, consumers=1, source="amqp+management")
+        silent = {"abalone-async/worker-0": closed.getsockname()[1]}
+        replicas, endpoint = decide(tmp_path, empty, silent, 2)
+    finally:
+        closed.close()
+    assert replicas == 3 and endpoint.status.reason == "InFlightUnknown"
+    Supervisor(tmp_path, FixedQueue(empty), "", 0)._set_status(endpoint)  # type: ignore[arg-type]
+    assert "worker(s) abalone-async/worker-0 cannot say what they hold" in (endpoint.status.message)
+
+
+def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> None:
+    """Its leases are counted exactly: a worker that cannot say does not hold the pool."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    try:
+        exact = Backlog(ready=0, unacked=1, consumers=1, source="sqlite", unacked_exact=True)
+        replicas, endpoint = decide(tmp_path, exact, {"w": closed.getsockname()[1]}, 2)
+    finally:
+        closed.close()
+    assert replicas == 1 and endpoint.status.reason == "ScaledIn"

@@ -36,8 +36,12 @@ def test_a_pod_that_does_not_answer_in_time_is_unknown_and_the_others_are_kept()
 
 
 def test_a_read_that_raises_is_unknown_and_no_pods_read_nothing() -> None:
+    reads = []
+
     def read(ip: str) -> str:
+        reads.append(ip)
         raise ValueError("not the exposition format")
 
-    assert read_all(read, ["127.0.0.1", "127.0.0.1"]) == {"127.0.0.1": None}  # read once
+    assert read_all(read, ["127.0.0.1", "127.0.0.1"]) == {"127.0.0.1": None}
+    assert reads == ["127.0.0.1"]  # a key given twice is read once
     assert read_all(read, []) == {}
