@@ -217,7 +217,7 @@ def test_stop_takes_nothing_more_and_returns_once_in_flight_work_settled(
 def test_backlog_counts_ready_in_flight_consumers_and_the_oldest_wait(
     queue: EmbeddedQueue,
 ) -> None:
-    assert queue.backlog(EP) == Backlog(0, 0, 0, "sqlite", 0.0)
+    assert queue.backlog(EP) == Backlog(0, 0, 0, "sqlite", 0.0, unacked_exact=True)
     submit(queue, "a", "b", "c", "d", "e")
     submit(queue, "x", endpoint="other")
     release = threading.Event()
