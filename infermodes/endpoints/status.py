@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +71,19 @@ def oldest_age_from_dequeues(
     if not dequeued_accepted_at:
         return None
     return max(0.0, now - max(dequeued_accepted_at))
+
+
+def with_estimated_age(
+    figures: QueueFigures, taken: Callable[[], Iterable[float | None]], now: float
+) -> QueueFigures:
+    """``figures`` with the oldest waiting request's age estimated from what the workers took
+    last (``oldest_age_from_dequeues``; ``taken`` reads each worker's figure, None when it
+    cannot say) when the broker does not report it (a quorum queue). The operator and
+    ``infermodes up`` both use it; ``taken`` is read only then."""
+    if figures.oldest_age is not None or figures.ready is None:
+        return figures
+    known = [at for at in taken() if at is not None]
+    return replace(figures, oldest_age=oldest_age_from_dequeues(figures.ready, known, now))
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,9 @@ from infermodes.endpoints.status import (
     add_progress,
     describe_failures,
     load_error,
-    oldest_age_from_dequeues,
     record_queue,
     summary_progress,
+    with_estimated_age,
 )
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import Replica, Table
@@ -86,7 +86,7 @@ def worker_texts(ports: Mapping[str, int]) -> dict[str, str | None]:
     return {key: texts.get(port) for key, port in ports.items()}
 
 
-def worker_figures(
+def worker_readings(
     texts: Mapping[str, str | None], parse: Callable[[str], float | None]
 ) -> dict[str, float | None]:
     """One figure of each worker's text, by key (None: it cannot say)."""
@@ -367,7 +367,7 @@ class Supervisor:
 
         def in_flight() -> dict[str, float | None]:
             # the embedded queue counts leases exactly: nothing to check against the workers
-            return {} if exact else worker_figures(texts(), parse_worker_in_flight)
+            return {} if exact else worker_readings(texts(), parse_worker_in_flight)
 
         held = await asyncio.to_thread(
             pool_in_flight, block, figures.ready, figures.in_flight,
@@ -375,15 +375,12 @@ class Supervisor:
         )  # fmt: skip
         figures = dataclasses.replace(figures, in_flight=held.count)
         endpoint.silent = held.silent
-        if figures.ready is not None and figures.oldest_age is None:  # a quorum queue
-            # estimated as the operator does: from what the workers took last
-            taken = await asyncio.to_thread(
-                lambda: worker_figures(texts(), parse_worker_dequeued_accepted_at)
-            )
-            age = oldest_age_from_dequeues(
-                figures.ready, [at for at in taken.values() if at is not None], time.time()
-            )
-            figures = dataclasses.replace(figures, oldest_age=age)
+        figures = await asyncio.to_thread(
+            with_estimated_age,
+            figures,
+            lambda: worker_readings(texts(), parse_worker_dequeued_accepted_at).values(),
+            time.time(),
+        )
         decision = backlog_replicas(
             block, current, figures.ready, figures.in_flight, endpoint.memory, now
         )

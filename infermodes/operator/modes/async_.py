@@ -30,7 +30,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
-from infermodes.endpoints.status import QueueFigures, Status, oldest_age_from_dequeues
+from infermodes.endpoints.status import QueueFigures, Status, with_estimated_age
 from infermodes.metrics import (
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
@@ -103,13 +103,12 @@ def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> di
 
 
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
-    """The broker's figures, with the oldest waiting request's age estimated from what the
-    workers took last when the broker does not report it (a quorum queue)."""
-    if figures is None or figures.oldest_age is not None or figures.ready is None:
-        return figures
-    taken = list(worker_figures(signals, parse_worker_dequeued_accepted_at).values())
-    age = oldest_age_from_dequeues(figures.ready, taken, signals.wall)
-    return dataclasses.replace(figures, oldest_age=age)
+    """The broker's figures, with the oldest waiting request's age estimated from the running
+    workers when the broker does not report it (``status.with_estimated_age``)."""
+    if figures is None:
+        return None
+    taken = lambda: worker_readings(signals, parse_worker_dequeued_accepted_at).values()  # noqa: E731
+    return with_estimated_age(figures, taken, signals.wall)
 
 
 def pod_annotations(

@@ -129,13 +129,15 @@ def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     instance neither ended nor running (starting, or gone without a summary) adds nothing."""
     found = Progress()
     failures: list[dict[str, Any]] = []
-    latest = list(latest_per_index(signals.pods).values())
-    for pod in latest:
+    unfinished = []
+    for pod in latest_per_index(signals.pods).values():
         summary = summary_of(pod)
-        if summary is not None:
-            ended, failed = summary_progress(summary)
-            found, failures = add_progress(found, ended), failures + failed
-    running = running_pods([pod for pod in latest if summary_of(pod) is None])
+        if summary is None:
+            unfinished.append(pod)
+            continue
+        ended, failed = summary_progress(summary)
+        found, failures = add_progress(found, ended), failures + failed
+    running = running_pods(unfinished)
     texts = signals.fetch_metrics(tuple(ip for _, ip in running), BATCH_METRICS_PORT)
     for _, ip in running:
         text = texts.get(ip)
