@@ -103,6 +103,7 @@ def processor_part(root: Path, messages: int) -> dict[str, object]:
             failure_location=f"file://{root}/failure/r{index}.error",
             content_type="text/csv", accept="text/csv", accepted_at=now, expires_at=now + 3600,
             invocation_timeout_seconds=60, inline_input=True,
+            claim_location=f"file://{root}/input/r{index}.result",
         ).to_bytes())  # fmt: skip
     settings = WorkerSettings(endpoint="cost", model_uri="unused", max_attempts=3)
     metrics = WorkerMetrics(CollectorRegistry())

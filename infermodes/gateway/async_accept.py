@@ -44,7 +44,13 @@ from infermodes.errors import (
     ObjectNotFound,
     StorageError,
 )
-from infermodes.gateway.async_retention import INLINE_SUFFIX, RECORD_SUFFIX, Sweeper, own_suffix
+from infermodes.gateway.async_retention import (
+    CLAIM_SUFFIX,
+    INLINE_SUFFIX,
+    RECORD_SUFFIX,
+    Sweeper,
+    own_suffix,
+)
 from infermodes.http import (
     create_api,
     error_response,
@@ -165,7 +171,8 @@ def normalised(uri: str) -> ObjectRef:
 
 def _api_object(input_prefix: str, uri: str) -> bool:
     """Whether ``uri`` (normalised) is one the API keeps under an endpoint's input prefix:
-    an inline input or request record (the sweep's own), or a hidden partial write of one."""
+    an inline input, request record or result claim (the sweep's own), or a hidden partial
+    write of one."""
     try:
         base = normalised(input_prefix).uri.rstrip("/") + "/"
     except StorageError:
@@ -333,6 +340,7 @@ def submission_of(
         invocation_timeout_seconds=timeout,
         input_root=root,
         inline_input=not location,
+        claim_location=join_uri(endpoint.input_path, f"{inference_id}{CLAIM_SUFFIX}"),
     )
     key = fingerprint(location or body, content_type, accept, attributes, ttl, timeout)
     return Submission(message, None if location else body, key)

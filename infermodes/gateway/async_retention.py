@@ -8,13 +8,15 @@
 - A request record ``<inputPath>/<id>.request`` (the inference id's owner, see
   ``async_accept``) is kept ``RECORD_MAX_AGE``, longer than any request lives; after that the
   id's result objects alone keep it from naming a different request.
+- A result claim ``<inputPath>/<id>.result`` (the worker's, see ``InvocationRequest``) is kept
+  as long: once no copy of the request can run any more, its stored result decides alone.
 - A partial write (a worker or API killed mid-write: a hidden ``.<name>.<random>.partial``
   file, or an incomplete S3 multipart upload) is removed after ``PARTIAL_MAX_AGE`` without a
   write, longer than any write lasts.
 
 Outputs and error objects are the caller's, never removed. By-reference inputs are never
-touched; only names of the form ``<inference id>.in`` and ``.request`` directly under the input
-path count as ours.
+touched; only names of the form ``<inference id>.in``, ``.request`` and ``.result`` directly
+under the input path count as ours.
 """
 
 from __future__ import annotations
@@ -37,12 +39,18 @@ RECORD_MAX_AGE = 24 * HOUR
 PARTIAL_MAX_AGE = MAX_INVOCATION_TIMEOUT_SECONDS + HOUR  # 2 h
 INLINE_SUFFIX = ".in"
 RECORD_SUFFIX = ".request"
-MAX_AGE_BY_SUFFIX = {INLINE_SUFFIX: INLINE_INPUT_MAX_AGE, RECORD_SUFFIX: RECORD_MAX_AGE}
+CLAIM_SUFFIX = ".result"
+MAX_AGE_BY_SUFFIX = {
+    INLINE_SUFFIX: INLINE_INPUT_MAX_AGE,
+    RECORD_SUFFIX: RECORD_MAX_AGE,
+    CLAIM_SUFFIX: RECORD_MAX_AGE,
+}
 
 
 def own_suffix(base: str, uri: str) -> str | None:
     """The suffix of ``uri`` when it is one of the API's own objects under the input prefix
-    ``base`` (ending in '/'): ``<inference id>.in`` or ``.request`` directly in it."""
+    ``base`` (ending in '/'): ``<inference id>.in``, ``.request`` or ``.result`` directly in
+    it."""
     if not uri.startswith(base):
         return None
     name = uri.removeprefix(base)

@@ -40,7 +40,11 @@ class InvocationRequest(BaseModel):
     ``input_root``: the prefix the accepting side allowed a ``file://`` input under; the worker
     holds the file it actually opens to it, so a symbolic link cannot lead elsewhere.
     ``inline_input``: the input is the body the accepting side stored, removed once the
-    request has its result (a by-reference input is the caller's and never touched)."""
+    request has its result (a by-reference input is the caller's and never touched).
+    ``claim_location``: where a worker claims the request's one result before storing it
+    (``SUCCESS_CLAIM`` or the error record): two copies of a request (a caller's retry queued
+    while the first still runs, a redelivery after a lost connection) never leave both an
+    output and an error. None (a message from an older publisher): no claim."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
@@ -59,6 +63,7 @@ class InvocationRequest(BaseModel):
     invocation_timeout_seconds: int = Field(ge=1, le=MAX_INVOCATION_TIMEOUT_SECONDS)
     input_root: str | None = None
     inline_input: bool = False
+    claim_location: str | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
@@ -125,13 +130,18 @@ def plan(
     max_attempts: int,
     now: float,
     expires_at: float,
+    success_claimed: bool = False,
 ) -> Step:
     """Decide from what is already stored and how often the message came: existing results win
-    (exactly one output per request), then the attempt budget, then the TTL."""
+    (exactly one output per request), then a success claimed but not stored (its worker died
+    storing it: finish it, whatever the budget and TTL), then the attempt budget, then the
+    TTL."""
     if output_exists:
         return Step.RESEND_SUCCESS
     if error_exists:
         return Step.RESEND_ERROR
+    if success_claimed:
+        return Step.PROCESS
     if delivery_count >= max_attempts:
         return Step.GIVE_UP
     if now > expires_at:
@@ -171,6 +181,17 @@ def classify(exc: BaseException) -> Failure:
 def retry_delay(delivery_count: int, base: float, cap: float) -> float:
     """Exponential backoff before a requeue: base, 2 base, 4 base, ... at most ``cap``."""
     return min(cap, base * math.pow(2, min(delivery_count, 30)))
+
+
+SUCCESS_CLAIM = b'{"status": "Completed"}'
+
+
+def claims_success(claim: bytes) -> bool:
+    """Whether a result claim (``SUCCESS_CLAIM`` or an error record) is a success's."""
+    try:
+        return bool(json.loads(claim).get("status") == "Completed")
+    except (ValueError, AttributeError):
+        return False
 
 
 def error_record(

@@ -8,6 +8,9 @@ Guarantees, and where they come from:
 - a message is acked only after its output (or error object) is written and notified;
 - a redelivery whose result already exists is notified again and acked, never recomputed, so
   there is exactly one result object per request (consumers de-duplicate notifications by id);
+- of two copies of a request processed at once, the first to claim a result (the request's
+  ``claim_location``, just before storing it) decides whether it ends in an output or an
+  error; the other drops its own and reports that one;
 - the broker's delivery count bounds attempts across crashes, restarts and transient errors;
   a request given up on is dead-lettered only once its error notification went out;
 - an inline input is removed once its request has its result; a ``file://`` input is read only
@@ -17,6 +20,7 @@ Guarantees, and where they come from:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -33,6 +37,7 @@ from infermodes.errors import (
     BrokerUnavailable,
     BrokerUrlError,
     ModelLoadError,
+    ObjectNotFound,
     StorageError,
 )
 from infermodes.logs import configure_logging
@@ -44,10 +49,12 @@ from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
 from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
     GAVE_UP,
+    SUCCESS_CLAIM,
     Failure,
     InvocationRequest,
     MalformedMessage,
     Step,
+    claims_success,
     classify,
     error_record,
     parse_request,
@@ -117,6 +124,23 @@ class ErrorNotStored(Exception):
     """A request's error object could not be written, so the request is not finished."""
 
 
+class SuccessClaimed(Exception):
+    """Another copy of the request claimed its success first: this copy stores no error."""
+
+    def __init__(self, request: InvocationRequest) -> None:
+        super().__init__(f"inference {request.inference_id}: another delivery claimed success")
+        self.request = request
+
+
+class ErrorClaimed(Exception):
+    """Another copy of the request claimed an error first: this copy's output is dropped
+    (raised inside the output's write, which it aborts)."""
+
+    def __init__(self, record: bytes) -> None:
+        super().__init__("another delivery claimed the request's error")
+        self.record = record
+
+
 class Notifies(Protocol):
     """``notifications.Notifier``: raises BrokerUnavailable when the topic did not confirm."""
 
@@ -158,6 +182,12 @@ class Processor:
             log.warning("%s; requeueing", exc)
             self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
+        except SuccessClaimed as exc:
+            if self._has_output(exc.request):
+                return self._resend_success(exc.request)
+            log.info("%s and is storing it; requeueing", exc)
+            self._back_off(count)
+            return Result(Settle.REQUEUE, "retried")
 
     def _back_off(self, count: int) -> None:
         settings = self.settings
@@ -180,7 +210,7 @@ class Processor:
         self._taken(request, count)
         try:
             result = self._handle(request, count)
-        except (BrokerUnavailable, ErrorNotStored):
+        except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
             raise  # not a failure of the request: its result may be stored already
         except Exception as exc:
             log.warning("inference %s failed: %s", request.inference_id, exc)
@@ -228,7 +258,8 @@ class Processor:
             )
 
     def _handle(self, request: InvocationRequest, count: int) -> Result:
-        step = plan(
+        decide = functools.partial(
+            plan,
             output_exists=self.storage.exists(request.output_location),
             error_exists=self.storage.exists(request.failure_location),
             delivery_count=count,
@@ -236,14 +267,13 @@ class Processor:
             now=time.time(),
             expires_at=request.expires_at,
         )
+        step = decide()
+        if step in (Step.GIVE_UP, Step.EXPIRE) and self._success_claimed(request):
+            step = decide(success_claimed=True)
         if step is Step.RESEND_SUCCESS:
             return self._resend_success(request)
         if step is Step.RESEND_ERROR:
-            failure = self._stored_failure(request)
-            self._notify_error(Target.of(request), failure)
-            if failure.reason == GAVE_UP:  # its give-up could not notify: finish it now
-                return Result(Settle.DEAD_LETTER, "dead_lettered")
-            return Result(Settle.ACK, "duplicate")
+            return self._resend_error(request, self._stored_failure(request))
         if step is Step.GIVE_UP:
             return self._give_up(Target.of(request), count, "")
         if step is Step.EXPIRE:
@@ -251,7 +281,10 @@ class Processor:
             failure = Failure("Expired", f"the request's TTL of {ttl:.0f} s passed", retry=False)
             self._finish_with_error(Target.of(request), failure, count + 1)
             return Result(Settle.ACK, "expired")
-        result = self._predict(request)
+        try:
+            result = self._predict(request)
+        except ErrorClaimed as claimed:
+            return self._store_claimed_error(request, claimed.record)
         self._notify_success(request, result)
         return Result(Settle.ACK, "success")
 
@@ -259,25 +292,88 @@ class Processor:
         self._notify_success(request, self._small_output(request))
         return Result(Settle.ACK, "duplicate")
 
-    def _predict(self, request: InvocationRequest) -> bytes | None:
-        settings = self.settings
-        with (
-            self.storage.open_read(request.input_location, within=request.input_root) as source,
-            self.storage.open_write(request.output_location) as sink,
-        ):
-            head = _Head(sink, INLINE_RESULT_LIMIT)
-            rows = predict_stream(
-                self.model,
-                source,
-                head,
-                content_type=codecs.content_type_of(request.content_type),
-                accept=codecs.accept_of(request.accept),
-                timeout=request.invocation_timeout_seconds,
-                chunk_bytes=settings.chunk_bytes,
-                max_json_bytes=settings.max_json_bytes,
+    def _resend_error(self, request: InvocationRequest, failure: Failure) -> Result:
+        self._notify_error(Target.of(request), failure)
+        if failure.reason == GAVE_UP:  # its give-up could not notify: finish it now
+            return Result(Settle.DEAD_LETTER, "dead_lettered")
+        return Result(Settle.ACK, "duplicate")
+
+    def _claim(self, location: str | None, claim: bytes) -> bytes | None:
+        """Claim the request's one result: None when this delivery holds the claim now (or
+        the request has no claim location), else the claim another copy took first. Not
+        fsynced: a claim matters only until its result is stored (durably), and results are
+        looked at before claims."""
+        if location is None or self.storage.create(location, claim, durable=False):
+            return None
+        return self.storage.get_bytes(location, ERROR_RECORD_LIMIT)
+
+    def _success_claimed(self, request: InvocationRequest) -> bool:
+        """A copy claimed the request's success but its output is not there: it died storing
+        it (or is storing it now)."""
+        if request.claim_location is None:
+            return False
+        try:
+            return claims_success(
+                self.storage.get_bytes(request.claim_location, ERROR_RECORD_LIMIT)
             )
+        except ObjectNotFound:
+            return False
+
+    def _store_claimed_error(self, request: InvocationRequest, record: bytes) -> Result:
+        """Another copy claimed the request's error first: store it (that copy may have died
+        before it could) and notify it, as a redelivery would."""
+        try:
+            self.storage.put_bytes(request.failure_location, record)
+        except StorageError as exc:
+            problem = f"inference {request.inference_id}: cannot write the claimed error: {exc}"
+            raise ErrorNotStored(problem) from exc
+        return self._resend_error(request, _failure_of(record, request.failure_location))
+
+    def _predict(self, request: InvocationRequest) -> bytes | None:
+        """Predict into the output, claiming success just before the output is stored; an
+        output that then cannot be stored releases the claim this delivery took, so the
+        request can still end in an error."""
+        settings = self.settings
+        took_claim = False
+        try:
+            with (
+                self.storage.open_read(request.input_location, within=request.input_root) as source,
+                self.storage.open_write(request.output_location) as sink,
+            ):
+                head = _Head(sink, INLINE_RESULT_LIMIT)
+                rows = predict_stream(
+                    self.model,
+                    source,
+                    head,
+                    content_type=codecs.content_type_of(request.content_type),
+                    accept=codecs.accept_of(request.accept),
+                    timeout=request.invocation_timeout_seconds,
+                    chunk_bytes=settings.chunk_bytes,
+                    max_json_bytes=settings.max_json_bytes,
+                )
+                claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
+                if claimed is not None and not claims_success(claimed):
+                    raise ErrorClaimed(claimed)
+                took_claim = claimed is None
+        except Exception:
+            if took_claim:
+                self._release_claim(request)
+            raise
         self.metrics.rows_predicted.inc(rows)
         return head.small
+
+    def _release_claim(self, request: InvocationRequest) -> None:
+        if request.claim_location is None:
+            return
+        try:
+            self.storage.delete(request.claim_location)
+        except StorageError as exc:
+            log.warning(
+                "inference %s: cannot release its result claim (%s); a later delivery "
+                "finishes the success it claims",
+                request.inference_id,
+                exc,
+            )
 
     def _on_failure(self, target: Target, failure: Failure, count: int) -> Result:
         """A permanent failure ends the request now; a retryable one is requeued after a
@@ -309,9 +405,11 @@ class Processor:
         return Result(Settle.DEAD_LETTER, "dead_lettered")
 
     def _finish_with_error(self, target: Target, failure: Failure, attempts: int) -> None:
-        """One error object (when we know where) and one error notification. An object that
-        cannot be written raises ErrorNotStored, notifying nothing, until the last attempt:
-        that one notifies without it rather than leave the caller nothing at all."""
+        """One error object (when we know where) and one error notification. The error is
+        claimed first: a copy that claimed success wins (SuccessClaimed), one that claimed
+        another error has that one stored and notified. An object that cannot be written
+        (nor claimed) raises ErrorNotStored, notifying nothing, until the last attempt: that
+        one notifies without it rather than leave the caller nothing at all."""
         if target.failure_location:
             record = error_record(
                 target.inference_id,
@@ -321,6 +419,13 @@ class Processor:
                 failed_at=time.time(),
             )
             try:
+                if target.request is not None:
+                    claimed = self._claim(target.request.claim_location, record)
+                    if claimed is not None and claims_success(claimed):
+                        raise SuccessClaimed(target.request)
+                    if claimed is not None:
+                        record = claimed
+                        failure = _failure_of(claimed, target.failure_location)
                 self.storage.put_bytes(target.failure_location, record)
             except StorageError as exc:
                 problem = f"inference {target.inference_id}: cannot write the error object: {exc}"
@@ -336,12 +441,10 @@ class Processor:
 
     def _stored_failure(self, request: InvocationRequest) -> Failure:
         try:
-            record = json.loads(
-                self.storage.get_bytes(request.failure_location, ERROR_RECORD_LIMIT)
-            )
-            return Failure(str(record["reason"]), str(record["message"]), retry=False)
-        except (ValueError, KeyError, TypeError, StorageError):
-            return Failure("Failed", f"see {request.failure_location}", retry=False)
+            record = self.storage.get_bytes(request.failure_location, ERROR_RECORD_LIMIT)
+        except StorageError:
+            record = b""
+        return _failure_of(record, request.failure_location)
 
     def _notify_success(self, request: InvocationRequest, result: bytes | None) -> None:
         body = success_body(request, time.time(), result)
@@ -357,6 +460,15 @@ class Processor:
             target.request,
         )
         self.notifier.send(target.endpoint, body, success=False)
+
+
+def _failure_of(record: bytes, failure_location: str) -> Failure:
+    """The failure an error record describes."""
+    try:
+        stored = json.loads(record)
+        return Failure(str(stored["reason"]), str(stored["message"]), retry=False)
+    except (ValueError, KeyError, TypeError):
+        return Failure("Failed", f"see {failure_location}", retry=False)
 
 
 def delivery_handler(processor: Processor, metrics: WorkerMetrics) -> Handler:

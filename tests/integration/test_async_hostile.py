@@ -251,8 +251,10 @@ def test_refused_and_answered_requests_leave_no_inline_input_and_the_sweep_takes
     planted = {
         "orphan.in": 9 * HOUR,  # an API killed between storing and queueing, long ago
         "old.request": 25 * HOUR,
+        "old.result": 25 * HOUR,
         "recent.in": 60.0,  # might still be queued: kept
         "recent.request": 60.0,
+        "recent.result": 60.0,
     }
     for name, age in planted.items():
         (tmp_path / "input" / name).write_bytes(b"x")
@@ -265,8 +267,9 @@ def test_refused_and_answered_requests_leave_no_inline_input_and_the_sweep_takes
             assert live.invoke(row, {ID: inference_id}).status_code == 202
         notes.wait_for(ids, "Completed", 60)
         wait_until(lambda: "orphan.in" not in names(tmp_path / "input"), 30, "the retention sweep")
+    kept = ["recent.in", "recent.request", "recent.result"]
     assert names(tmp_path / "input") == sorted(
-        ["recent.in", "recent.request", *(f"{i}.request" for i in ids)]
+        kept + [f"{i}{suffix}" for i in ids for suffix in (".request", ".result")]
     )
 
 

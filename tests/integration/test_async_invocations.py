@@ -85,9 +85,10 @@ def test_inline_and_by_reference_requests_complete_with_notifications(
     assert note["requestParameters"]["customAttributes"] == "trace=1"
     inline_result = np.array(note["responseBody"]["content"].split(), dtype=np.float32)
     np.testing.assert_array_equal(inline_result, expected)
-    # the inline input is gone once answered; each request keeps its record of the id
+    # the inline input is gone once answered; each request keeps its record of the id and
+    # the claim of its one result
     assert sorted(p.name for p in (tmp_path / "store/input").iterdir()) == sorted(
-        f"{i}.request" for i in ids
+        f"{i}{suffix}" for i in ids for suffix in (".request", ".result")
     )
 
 

@@ -32,6 +32,7 @@ from tests.support.processes import stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
 LOCATION = "X-Amzn-SageMaker-InputLocation"
+MESSAGES = "infermodes_async_messages_total"
 
 
 def metric(worker: Process, name: str, **labels: str) -> float:
@@ -418,3 +419,47 @@ def test_a_request_that_outlasts_its_invocation_timeout_fails_with_invocation_ti
     assert (record["reason"], record["attempts"]) == ("InvocationTimeout", 1)
     assert "longer than the invocation timeout of 1" in record["message"]
     assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["ok.out"]  # no partial
+
+
+def test_two_copies_of_a_request_end_in_one_result_the_first_claimed(
+    rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
+) -> None:
+    """A caller's retry queues a second copy while the first is mid-way (its worker stopped),
+    and the caller has meanwhile replaced the input with one that is not valid: the second
+    copy, on another worker, fails and claims the request's error; the first, resumed,
+    finishes its prediction, drops its output and reports that same error. Exactly one result
+    object, and every notification says Failed."""
+    endpoint = "twice"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    source = tmp_path / "data/rows.csv"
+    source.parent.mkdir()
+    shutil.copy(big_input, source)
+    headers = {LOCATION: f"file://{source}", "X-Amzn-SageMaker-Inference-Id": "twice"}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/ep", tmp_path) as live:
+        assert live.invoke(headers=headers).status_code == 202
+        first = live.start_worker(model_uri(abalone_model), "first", concurrency=1)
+        wait_until(lambda: bool(writes_in_progress(tmp_path / "ep/output")), 60, "a write", 0.01)
+        first.proc.send_signal(signal.SIGSTOP)
+        try:
+            replacement = source.with_suffix(".new")
+            replacement.write_bytes(b"1,2\n")
+            replacement.replace(source)  # the first copy keeps reading what it opened
+            second = live.start_worker(model_uri(abalone_model), "second", concurrency=1)
+            assert live.invoke(headers=headers).status_code == 202  # queued again
+            notes.wait_for({"twice"}, "Failed", 60)
+        finally:
+            first.proc.send_signal(signal.SIGCONT)
+        settled = ("success", "duplicate")
+        wait_until(
+            lambda: sum(metric(first, MESSAGES, outcome=o) for o in settled) >= 1,
+            120,
+            "the first copy to finish",
+        )
+        assert [metric(first, MESSAGES, outcome=o) for o in settled] == [0, 1]
+        assert metric(second, MESSAGES, outcome="error") == 1
+        notes.drain()
+    assert outputs(tmp_path / "ep/output") == [] and not writes_in_progress(tmp_path / "ep/output")
+    record = json.loads((tmp_path / "ep/failure/twice.error").read_text())
+    assert record["reason"] == "InvalidInput"
+    assert notes.ids("Completed") == Counter()
+    assert notes.ids("Failed") == Counter({"twice": 2})

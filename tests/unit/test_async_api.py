@@ -74,6 +74,7 @@ def test_inline_body_is_stored_then_queued_then_202(tmp_path: Path) -> None:
     message = parse_request(wire)
     assert (endpoint, message_id, message.inference_id) == ("ep", inference_id, inference_id)
     assert message.input_location == f"file://{tmp_path}/input/{inference_id}.in"
+    assert message.claim_location == f"file://{tmp_path}/input/{inference_id}.result"
     assert (message.accept, message.custom_attributes) == ("application/json", "a=b")
     assert message.expires_at - message.accepted_at == 120
     assert message.invocation_timeout_seconds == 60
@@ -92,6 +93,7 @@ def test_by_reference_stores_only_the_request_record(tmp_path: Path) -> None:
     message = parse_request(publisher.sent[0][2])
     assert message.input_location == "s3://bucket/key.csv"
     assert (message.inline_input, message.input_root) == (False, None)
+    assert message.claim_location == f"file://{tmp_path}/input/ref-1.result"
     assert message.invocation_timeout_seconds == 900
     assert [p.name for p in (tmp_path / "input").iterdir()] == ["ref-1.request"]
 
@@ -294,6 +296,7 @@ def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, all
     [
         (OWN, "someone-else.in"),
         (OWN, "someone-else.request"),
+        (OWN, "someone-else.result"),
         (OWN, "sub/../someone-else.in"),
         (OWN, ".someone-else.in.partial"),
         ("s3://bucket/ep/input", "someone-else.in"),

@@ -14,9 +14,11 @@ from infermodes.errors import (
     StorageError,
 )
 from infermodes.queueing.messages import (
+    SUCCESS_CLAIM,
     Failure,
     MalformedMessage,
     Step,
+    claims_success,
     classify,
     error_record,
     parse_request,
@@ -60,19 +62,24 @@ def test_malformed_messages_keep_what_can_be_read(
 
 
 @pytest.mark.parametrize(
-    ("output", "error", "count", "now", "step"),
+    ("output", "error", "claimed", "count", "now", "step"),
     [
-        (False, False, 0, 100.0, Step.PROCESS),
-        (False, False, 2, 159.0, Step.PROCESS),
-        (True, False, 0, 100.0, Step.RESEND_SUCCESS),
-        (True, False, 9, 999.0, Step.RESEND_SUCCESS),  # a result beats attempts and TTL
-        (False, True, 9, 999.0, Step.RESEND_ERROR),
-        (False, False, 3, 100.0, Step.GIVE_UP),
-        (False, False, 3, 999.0, Step.GIVE_UP),
-        (False, False, 0, 160.5, Step.EXPIRE),
+        (False, False, False, 0, 100.0, Step.PROCESS),
+        (False, False, False, 2, 159.0, Step.PROCESS),
+        (True, False, False, 0, 100.0, Step.RESEND_SUCCESS),
+        (True, False, False, 9, 999.0, Step.RESEND_SUCCESS),  # a result beats attempts and TTL
+        (False, True, False, 9, 999.0, Step.RESEND_ERROR),
+        (False, False, False, 3, 100.0, Step.GIVE_UP),
+        (False, False, False, 3, 999.0, Step.GIVE_UP),
+        (False, False, False, 0, 160.5, Step.EXPIRE),
+        # a success claimed but not stored is finished, whatever the budget and TTL
+        (False, False, True, 3, 100.0, Step.PROCESS),
+        (False, False, True, 0, 160.5, Step.PROCESS),
+        (True, False, True, 3, 999.0, Step.RESEND_SUCCESS),
+        (False, True, True, 3, 999.0, Step.RESEND_ERROR),  # stored results still come first
     ],
 )
-def test_plan(output: bool, error: bool, count: int, now: float, step: Step) -> None:
+def test_plan(output: bool, error: bool, claimed: bool, count: int, now: float, step: Step) -> None:
     decided = plan(
         output_exists=output,
         error_exists=error,
@@ -80,8 +87,32 @@ def test_plan(output: bool, error: bool, count: int, now: float, step: Step) -> 
         max_attempts=3,
         now=now,
         expires_at=REQUEST.expires_at,
+        success_claimed=claimed,
     )
     assert decided is step
+
+
+@pytest.mark.parametrize(
+    ("claim", "success"),
+    [
+        (SUCCESS_CLAIM, True),
+        (
+            error_record(
+                "r",
+                Failure("Expired", "late", False),
+                attempts=1,
+                input_location=None,
+                failed_at=1.0,
+            ),
+            False,
+        ),
+        (b"", False),
+        (b"[1]", False),
+        (b'{"status": "Completed"', False),
+    ],
+)
+def test_a_claim_says_whether_it_is_a_success(claim: bytes, success: bool) -> None:
+    assert claims_success(claim) is success
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path) -> None:
     gone = [
         touch(tmp_path / "input/old.in", INLINE_INPUT_MAX_AGE + 1),
         touch(tmp_path / "input/old.request", RECORD_MAX_AGE + 1),
+        touch(tmp_path / "input/old.result", RECORD_MAX_AGE + 1),
         touch(tmp_path / "output/.dead.out.k2j3.partial", PARTIAL_MAX_AGE + 1),
         touch(tmp_path / "failure/.dead.error.x9.partial", PARTIAL_MAX_AGE + 1),
         touch(tmp_path / "input/.late.in.q1.partial", PARTIAL_MAX_AGE + 1),
@@ -39,6 +40,7 @@ def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path) -> None:
     kept = [
         touch(tmp_path / "input/young.in", INLINE_INPUT_MAX_AGE - 60),
         touch(tmp_path / "input/young.request", RECORD_MAX_AGE - 60),
+        touch(tmp_path / "input/young.result", RECORD_MAX_AGE - 60),
         touch(tmp_path / "input/users/own.in", 10 * RECORD_MAX_AGE),  # not ours: nested
         touch(tmp_path / "input/rows.csv", 10 * RECORD_MAX_AGE),  # not ours: another name
         touch(tmp_path / "input/not an id.in", 10 * RECORD_MAX_AGE),

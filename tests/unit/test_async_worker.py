@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +19,7 @@ from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle
+from infermodes.queueing.messages import GAVE_UP, SUCCESS_CLAIM, Failure, error_record
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
 from infermodes.workers.async_worker import Processor, Result, run
@@ -384,3 +386,179 @@ def test_a_broker_url_of_another_scheme_stops_the_worker_without_its_password(
     assert run(settings) == EXIT_CANNOT_START
     assert "must start with amqp://" in caplog.text and "http://admin@rabbit:15672/" in caplog.text
     assert "S3cretPw" not in caplog.text
+
+
+def claimed(tmp_path: Path, body: bytes = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:
+    """A request with a result claim location, as the accepting side makes it."""
+    return request(tmp_path, body, claim_location=f"file://{tmp_path}/in/r1.result", **kw)
+
+
+def another_copys_error(tmp_path: Path, reason: str = "Expired") -> bytes:
+    record = error_record(
+        "r1",
+        Failure(reason, "claimed by the other copy", False),
+        attempts=1,
+        input_location=None,
+        failed_at=1.0,
+    )
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in/r1.result").write_bytes(record)
+    return record
+
+
+def test_a_success_claims_the_result_before_its_output_appears(
+    processor: Processor, tmp_path: Path
+) -> None:
+    assert processor.handle(claimed(tmp_path), 0) == Result(Settle.ACK, "success")
+    assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+    assert (tmp_path / "out/r1.out").exists()
+
+
+def test_an_error_claimed_by_another_copy_drops_this_copys_output(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """The other copy expired (or gave up) while this one predicted: its error is the
+    request's one result, stored here too in case that copy died before storing it."""
+    record = another_copys_error(tmp_path)
+    assert processor.handle(claimed(tmp_path), 0) == Result(Settle.ACK, "duplicate")
+    assert not list((tmp_path / "out").glob("*")), "the output must not appear"
+    assert (tmp_path / "fail/r1.error").read_bytes() == record
+    assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "Expired")]
+
+
+def test_a_claimed_give_up_is_dead_lettered_by_the_copy_that_stores_it(
+    processor: Processor, tmp_path: Path
+) -> None:
+    another_copys_error(tmp_path, GAVE_UP)
+    assert processor.handle(claimed(tmp_path), 0) == Result(Settle.DEAD_LETTER, "dead_lettered")
+
+
+def test_an_error_loses_to_a_success_claimed_first_and_waits_for_its_output(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """This copy's input went bad (the caller replaced it) after another copy predicted and
+    claimed success: no error object, no notification; the redelivery finds the output."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
+    message = claimed(tmp_path, body=b"1,2\n")
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert not (tmp_path / "fail").exists() and notifier.sent == []
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out/r1.out").write_text("7\n")
+    assert processor.handle(message, 1) == Result(Settle.ACK, "duplicate")
+    assert [s for _, _, s in notifier.sent] == [True]
+
+
+@pytest.mark.parametrize(
+    ("count", "expires_in"), [(3, 60.0), (0, -1.0)], ids=["past the budget", "expired"]
+)
+def test_a_success_claimed_but_never_stored_is_finished_not_given_up(
+    processor: Processor,
+    notifier: RecordingNotifier,
+    tmp_path: Path,
+    count: int,
+    expires_in: float,
+) -> None:
+    """The copy that claimed success died before its output was stored: a later delivery
+    finishes that success rather than contradict it with an error."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
+    message = claimed(tmp_path, expires_at=time.time() + expires_in)
+    assert processor.handle(message, count) == Result(Settle.ACK, "success")
+    assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
+    assert [s for _, _, s in notifier.sent] == [True]
+
+
+def test_an_error_claims_the_result_with_its_record(processor: Processor, tmp_path: Path) -> None:
+    assert processor.handle(claimed(tmp_path, body=b"1,2\n"), 0) == Result(Settle.ACK, "error")
+    claim = (tmp_path / "in/r1.result").read_bytes()
+    assert claim == (tmp_path / "fail/r1.error").read_bytes()
+    assert json.loads(claim)["reason"] == "InvalidInput"
+
+
+@pytest.mark.parametrize(
+    ("held_at", "result", "success"),
+    [("predicting", "r1.error", False), ("storing", "r1.out", True)],
+)
+def test_two_copies_racing_leave_exactly_one_result(
+    model: XGBoostModel, tmp_path: Path, held_at: str, result: str, success: bool
+) -> None:
+    """One copy is held while predicting (before it claims) or while storing its output
+    (claimed), as the other copy of the request finds its TTL passed: the first claim decides
+    the one result, and every notification reports it."""
+    message = claimed(tmp_path)
+    late = json.dumps(json.loads(message) | {"expiresAt": time.time() - 1}).encode()
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0)
+    notes = RecordingNotifier()
+    metrics = WorkerMetrics(CollectorRegistry())
+    held = HeldOutput(held_at)
+    slow = Processor(settings, model, Storage(held), notes, metrics, threading.Event())
+    quick = Processor(settings, model, Storage(), notes, metrics, threading.Event())
+    settled: list[Result] = []
+    copy = threading.Thread(target=lambda: settled.append(slow.handle(message, 0)))
+    copy.start()
+    assert held.reached.wait(10)
+    other = quick.handle(late, 0)
+    held.release.set()
+    copy.join(10)
+    stored = sorted(p.name for p in (tmp_path / "out").glob("*")) + sorted(
+        p.name for p in (tmp_path / "fail").glob("*")
+    )
+    assert stored == [result], (other, settled)
+    assert [s for _, _, s in notes.sent] == [success, success]
+
+
+class HeldOutput(FileStore):
+    """Holds the output's write at its first write (``predicting``: not claimed yet) or at
+    its end (``storing``: claimed, not stored yet) until ``release``."""
+
+    def __init__(self, at: str) -> None:
+        self.at = at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def _hold(self) -> None:
+        self.reached.set()
+        assert self.release.wait(10)
+
+    @contextlib.contextmanager
+    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        with super().open_write(ref) as handle:
+            if ref.key.endswith(".out") and self.at == "predicting":
+                write = handle.write
+
+                def held_write(data: bytes) -> int:
+                    if not self.reached.is_set():
+                        self._hold()
+                    return write(data)
+
+                handle.write = held_write  # type: ignore[method-assign,assignment]
+            yield handle
+            if ref.key.endswith(".out") and self.at == "storing":
+                self._hold()
+
+
+class UnstorableOutput(FileStore):
+    """Every output's write fails as it is stored (the end of the block)."""
+
+    @contextlib.contextmanager
+    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        with super().open_write(ref) as handle:
+            yield handle
+            if ref.key.endswith(".out"):
+                raise StorageError(f"cannot write {ref.uri}: permission denied")
+
+
+def test_an_output_that_cannot_be_stored_releases_its_claim_and_ends_in_an_error(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Otherwise its success claim would keep every later delivery from giving up."""
+    processor.storage = Storage(file_store=UnstorableOutput())
+    message = claimed(tmp_path)
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert not (tmp_path / "in/r1.result").exists()
+    assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert record["reason"] == GAVE_UP and "permission denied" in record["message"]
+    assert json.loads((tmp_path / "in/r1.result").read_text()) == record
+    assert [s for _, _, s in notifier.sent] == [False]

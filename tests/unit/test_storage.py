@@ -110,7 +110,9 @@ def test_remove_partials_takes_only_stale_partial_files(tmp_path: Path) -> None:
     assert storage.list_with_sizes(f"file://{tmp_path}/") == [(f"file://{output}", 1)]
 
 
-def test_create_is_exclusive_even_when_racing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False])
+def test_create_is_exclusive_even_when_racing(tmp_path: Path, durable: bool) -> None:
+    """Without ``durable`` (no fsync) too: a reader sees a whole object or none."""
     storage = Storage()
     uri = f"file://{tmp_path}/r/id.request"
     contents = [f"writer {n}".encode() * 1000 for n in range(8)]
@@ -118,7 +120,7 @@ def test_create_is_exclusive_even_when_racing(tmp_path: Path) -> None:
 
     def create(data: bytes) -> bool:
         barrier.wait(10)
-        return storage.create(uri, data)
+        return storage.create(uri, data, durable)
 
     with ThreadPoolExecutor(len(contents)) as pool:
         won = list(pool.map(create, contents))
