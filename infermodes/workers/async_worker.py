@@ -182,12 +182,6 @@ class Processor:
             log.warning("%s; requeueing", exc)
             self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
-        except SuccessClaimed as exc:
-            if self._has_output(exc.request):
-                return self._resend_success(exc.request)
-            log.info("%s and is storing it; requeueing", exc)
-            self._back_off(count)
-            return Result(Settle.REQUEUE, "retried")
 
     def _back_off(self, count: int) -> None:
         settings = self.settings
@@ -209,18 +203,9 @@ class Processor:
             return self._on_failure(target, classify(exc), count)
         self._taken(request, count)
         try:
-            result = self._handle(request, count)
-        except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
-            raise  # not a failure of the request: its result may be stored already
-        except Exception as exc:
-            log.warning("inference %s failed: %s", request.inference_id, exc)
-            failure = classify(exc)
-            if not failure.retry and self._has_output(request):
-                # another delivery of the request (a caller's retry re-queues it) finished
-                # first and removed the inline input this one was about to read
-                result = self._resend_success(request)
-            else:
-                result = self._on_failure(Target.of(request), failure, count)
+            result = self._attempt(request, count)
+        except SuccessClaimed as exc:
+            result = self._await_claimed_success(request, count, exc)
         if result.settle is not Settle.REQUEUE:
             if result.outcome != "duplicate":
                 self.metrics.total_processing_time.labels(result.outcome).observe(
@@ -229,6 +214,32 @@ class Processor:
             if request.inline_input:
                 self._remove_input(request)
         return result
+
+    def _attempt(self, request: InvocationRequest, count: int) -> Result:
+        try:
+            return self._handle(request, count)
+        except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
+            raise  # not a failure of the request: its result may be stored already
+        except Exception as exc:
+            log.warning("inference %s failed: %s", request.inference_id, exc)
+            failure = classify(exc)
+            if not failure.retry and self._has_output(request):
+                # another delivery of the request (a caller's retry re-queues it) finished
+                # first and removed the inline input this one was about to read (a request
+                # without a claim location; with one, SuccessClaimed says so)
+                return self._resend_success(request)
+            return self._on_failure(Target.of(request), failure, count)
+
+    def _await_claimed_success(
+        self, request: InvocationRequest, count: int, claimed: SuccessClaimed
+    ) -> Result:
+        """This copy failed after another one claimed the request's success: report that
+        success once it is stored; until then, requeue."""
+        if self._has_output(request):
+            return self._resend_success(request)
+        log.info("%s and is storing it; requeueing", claimed)
+        self._back_off(count)
+        return Result(Settle.REQUEUE, "retried")
 
     def _taken(self, request: InvocationRequest, count: int) -> None:
         """Time in backlog (first deliveries), and the newest acceptance time taken, which
