@@ -106,9 +106,9 @@ def test_plan(output: bool, error: bool, claimed: bool, count: int, now: float, 
             ),
             False,
         ),
-        (b"", False),
-        (b"[1]", False),
-        (b'{"status": "Completed"', False),
+        (b"", True),  # a success's claim is empty
+        (b"[1]", False),  # anything else is an error's record, even one that cannot be read
+        (b'{"status": "Completed"}', False),
     ],
 )
 def test_a_claim_says_whether_it_is_a_success(claim: bytes, success: bool) -> None:

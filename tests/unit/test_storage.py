@@ -129,6 +129,23 @@ def test_create_is_exclusive_even_when_racing(tmp_path: Path, durable: bool) -> 
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["id.request"]
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_an_empty_object_is_created_once_in_a_new_folder(tmp_path: Path, durable: bool) -> None:
+    storage = Storage()
+    uri = f"file://{tmp_path}/new/deeper/id.result"
+    barrier = threading.Barrier(8)
+
+    def create(_: int) -> bool:
+        barrier.wait(10)
+        return storage.create(uri, b"", durable)
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(create, range(8)))
+    assert won.count(True) == 1
+    assert storage.get_bytes(uri) == b""
+    assert [p.name for p in (tmp_path / "new/deeper").iterdir()] == ["id.result"]
+
+
 def test_a_directory_is_not_an_object(tmp_path: Path) -> None:
     with pytest.raises(NotAFile, match="is a directory or a special file"):
         Storage().get_bytes(f"file://{tmp_path}")
