@@ -225,8 +225,7 @@ class Processor:
             failure = classify(exc)
             if not failure.retry and self._has_output(request):
                 # another delivery of the request (a caller's retry re-queues it) finished
-                # first and removed the inline input this one was about to read (a request
-                # without a claim location; with one, SuccessClaimed says so)
+                # first and removed the inline input this one was about to read
                 return self._resend_success(request)
             return self._on_failure(Target.of(request), failure, count)
 
@@ -314,9 +313,14 @@ class Processor:
         the request has no claim location), else the claim another copy took first. Not
         fsynced: a claim matters only until its result is stored (durably), and results are
         looked at before claims."""
-        if location is None or self.storage.create(location, claim, durable=False):
-            return None
-        return self.storage.get_bytes(location, ERROR_RECORD_LIMIT)
+        for _ in range(2):  # a claim released meanwhile (see _predict): claim again
+            if location is None or self.storage.create(location, claim, durable=False):
+                return None
+            try:
+                return self.storage.get_bytes(location, ERROR_RECORD_LIMIT)
+            except ObjectNotFound:
+                continue
+        raise StorageError(f"the result claim {location} keeps changing")
 
     def _success_claimed(self, request: InvocationRequest) -> bool:
         """A copy claimed the request's success but its output is not there: it died storing

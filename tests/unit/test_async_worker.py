@@ -562,3 +562,24 @@ def test_an_output_that_cannot_be_stored_releases_its_claim_and_ends_in_an_error
     assert record["reason"] == GAVE_UP and "permission denied" in record["message"]
     assert json.loads((tmp_path / "in/r1.result").read_text()) == record
     assert [s for _, _, s in notifier.sent] == [False]
+
+
+class ReleasedClaim(FileStore):
+    """The claim exists when this copy tries to take it and is released before it reads it
+    (the other copy could not store its output)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+
+    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+        self.tries += 1
+        return self.tries > 1 and super().create(ref, data, durable)
+
+
+def test_a_claim_released_before_it_is_read_is_taken_again(
+    processor: Processor, tmp_path: Path
+) -> None:
+    store = ReleasedClaim()
+    processor.storage = Storage(file_store=store)
+    assert processor.handle(claimed(tmp_path), 0) == Result(Settle.ACK, "success")
+    assert store.tries == 2 and (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
