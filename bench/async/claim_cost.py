@@ -30,11 +30,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
 from prometheus_client import CollectorRegistry  # noqa: E402
+from worker_cost import NoNotifier, one_row_requests  # noqa: E402
 
 from infermodes.metrics import WorkerMetrics  # noqa: E402
-from infermodes.queueing.messages import InvocationRequest  # noqa: E402
 from infermodes.settings import WorkerSettings  # noqa: E402
 from infermodes.storage import Storage  # noqa: E402
 from infermodes.workers.async_worker import Processor  # noqa: E402
@@ -42,11 +43,6 @@ from tests.support.seaweedfs import seaweedfs_server  # noqa: E402
 from tests.unit.async_samples import tiny_model  # noqa: E402
 
 CONCURRENCY = 4
-
-
-class NoNotifier:
-    def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
-        pass
 
 
 def cpu_seconds() -> float:
@@ -57,20 +53,7 @@ def cpu_seconds() -> float:
 def processor_run(claim: bool, messages: int) -> tuple[float, float]:
     """CPU-ms and wall-ms per message of ``messages`` one-row requests in a fresh folder."""
     root = Path(tempfile.mkdtemp(prefix="claim-cost-"))
-    (root / "input").mkdir()
-    bodies = []
-    for index in range(messages):
-        (root / "input" / f"r{index}.in").write_bytes(b"1,2,3\n")
-        now = time.time()
-        bodies.append(InvocationRequest(
-            inference_id=f"r{index}", endpoint="cost",
-            input_location=f"file://{root}/input/r{index}.in",
-            output_location=f"file://{root}/output/r{index}.out",
-            failure_location=f"file://{root}/failure/r{index}.error",
-            content_type="text/csv", accept="text/csv", accepted_at=now, expires_at=now + 3600,
-            invocation_timeout_seconds=60, inline_input=True,
-            claim_location=f"file://{root}/input/r{index}.result" if claim else None,
-        ).to_bytes())  # fmt: skip
+    bodies = one_row_requests(root, b"1,2,3\n", messages, claim)
     settings = WorkerSettings(endpoint="cost", model_uri="unused")
     metrics = WorkerMetrics(CollectorRegistry())
     processor = Processor(

@@ -87,24 +87,31 @@ class NoNotifier:
         pass
 
 
-def processor_part(root: Path, messages: int) -> dict[str, object]:
-    storage = Storage()
-    model = XGBoostModel.load(f"file://{root}/model.tar.gz", storage)
-    row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
+def one_row_requests(root: Path, row: bytes, messages: int, claim: bool = True) -> list[bytes]:
+    """Queue messages of one inline row each, their inputs stored under ``root/input``, as the
+    accepting side makes them (``claim``: with a result claim location, as it does)."""
     (root / "input").mkdir()
     bodies = []
     for index in range(messages):
-        (root / "input" / f"{index}.csv").write_bytes(row)
+        (root / "input" / f"r{index}.in").write_bytes(row)
         now = time.time()
         bodies.append(InvocationRequest(
             inference_id=f"r{index}", endpoint="cost",
-            input_location=f"file://{root}/input/{index}.csv",
+            input_location=f"file://{root}/input/r{index}.in",
             output_location=f"file://{root}/output/r{index}.out",
             failure_location=f"file://{root}/failure/r{index}.error",
             content_type="text/csv", accept="text/csv", accepted_at=now, expires_at=now + 3600,
             invocation_timeout_seconds=60, inline_input=True,
-            claim_location=f"file://{root}/input/r{index}.result",
+            claim_location=f"file://{root}/input/r{index}.result" if claim else None,
         ).to_bytes())  # fmt: skip
+    return bodies
+
+
+def processor_part(root: Path, messages: int) -> dict[str, object]:
+    storage = Storage()
+    model = XGBoostModel.load(f"file://{root}/model.tar.gz", storage)
+    row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
+    bodies = one_row_requests(root, row, messages)
     settings = WorkerSettings(endpoint="cost", model_uri="unused", max_attempts=3)
     metrics = WorkerMetrics(CollectorRegistry())
     processor = Processor(settings, model, storage, NoNotifier(), metrics, threading.Event())
