@@ -378,7 +378,8 @@ class Processor:
         return head.small
 
     def _release_claim(self, request: InvocationRequest) -> None:
-        if request.claim_location is None:
+        """Unless the output was stored after all (a failure after its name was given)."""
+        if request.claim_location is None or self._has_output(request):
             return
         try:
             self.storage.delete(request.claim_location)

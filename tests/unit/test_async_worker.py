@@ -583,3 +583,26 @@ def test_a_claim_released_before_it_is_read_is_taken_again(
     processor.storage = Storage(file_store=store)
     assert processor.handle(claimed(tmp_path), 0) == Result(Settle.ACK, "success")
     assert store.tries == 2 and (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+
+
+class StoredThenFailing(FileStore):
+    """The output is stored, then its write fails (as an fsync of its folder would)."""
+
+    @contextlib.contextmanager
+    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        with super().open_write(ref) as handle:
+            yield handle
+        if ref.key.endswith(".out"):
+            raise StorageError(f"cannot write {ref.uri}: input/output error")
+
+
+def test_an_output_stored_before_its_write_failed_keeps_its_claim(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Even on the last attempt, whose give-up would otherwise claim a second result: the
+    stored output is the result, and is notified."""
+    processor.storage = Storage(file_store=StoredThenFailing())
+    assert processor.handle(claimed(tmp_path), 2) == Result(Settle.ACK, "duplicate")
+    assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+    assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
+    assert [s for _, _, s in notifier.sent] == [True]
