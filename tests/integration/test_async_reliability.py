@@ -22,6 +22,7 @@ from infermodes.queueing.rabbitmq import RequestPublisher, backlog
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
+    Plane,
     Process,
     WebhookReceiver,
     dead_letters,
@@ -352,6 +353,15 @@ def writes_in_progress(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*")) if folder.is_dir() else []
 
 
+def stopped_mid_write(live: Plane, model: AbaloneModel, name: str, output: Path) -> Process:
+    """A worker (one invocation at a time) stopped with SIGSTOP once it writes an output
+    under ``output``; the caller sends it SIGCONT."""
+    worker = live.start_worker(model_uri(model), name, concurrency=1)
+    wait_until(lambda: bool(writes_in_progress(output)), 60, "a write", 0.01)
+    worker.proc.send_signal(signal.SIGSTOP)
+    return worker
+
+
 def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_lettered_after(
     rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
 ) -> None:
@@ -363,9 +373,7 @@ def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_letter
     headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "doomed"}
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=1) as live:
         assert live.invoke(headers=headers).status_code == 202
-        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
-        wait_until(lambda: bool(writes_in_progress(tmp_path / "output")), 60, "a write", 0.01)
-        worker.proc.send_signal(signal.SIGSTOP)
+        worker = stopped_mid_write(live, abalone_model, "w", tmp_path / "output")
         try:
             rabbitmq.stop()
             shutil.rmtree(tmp_path / "output")
@@ -402,9 +410,7 @@ def test_a_request_that_outlasts_its_invocation_timeout_fails_with_invocation_ti
     }
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         assert live.invoke(headers=headers).status_code == 202
-        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=1)
-        wait_until(lambda: bool(writes_in_progress(tmp_path / "output")), 60, "a write", 0.01)
-        worker.proc.send_signal(signal.SIGSTOP)
+        worker = stopped_mid_write(live, abalone_model, "w", tmp_path / "output")
         try:
             threading.Event().wait(1.5)
         finally:
@@ -437,9 +443,7 @@ def test_two_copies_of_a_request_end_in_one_result_the_first_claimed(
     headers = {LOCATION: f"file://{source}", "X-Amzn-SageMaker-Inference-Id": "twice"}
     with plane(rabbitmq, endpoint, f"file://{tmp_path}/ep", tmp_path) as live:
         assert live.invoke(headers=headers).status_code == 202
-        first = live.start_worker(model_uri(abalone_model), "first", concurrency=1)
-        wait_until(lambda: bool(writes_in_progress(tmp_path / "ep/output")), 60, "a write", 0.01)
-        first.proc.send_signal(signal.SIGSTOP)
+        first = stopped_mid_write(live, abalone_model, "first", tmp_path / "ep/output")
         try:
             replacement = source.with_suffix(".new")
             replacement.write_bytes(b"1,2\n")

@@ -538,28 +538,35 @@ class HeldOutput(FileStore):
                 self._hold()
 
 
-class UnstorableOutput(FileStore):
-    """Every output's write fails as it is stored (the end of the block)."""
+class FailingOutputWrite(FileStore):
+    """Every output's write fails: before the output is stored (``stored`` False), or after
+    it got its name (as an fsync of its folder would)."""
+
+    def __init__(self, stored: bool) -> None:
+        self.stored = stored
 
     @contextlib.contextmanager
     def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+        failure = StorageError(f"cannot write {ref.uri}: input/output error")
         with super().open_write(ref) as handle:
             yield handle
-            if ref.key.endswith(".out"):
-                raise StorageError(f"cannot write {ref.uri}: permission denied")
+            if ref.key.endswith(".out") and not self.stored:
+                raise failure
+        if ref.key.endswith(".out"):
+            raise failure
 
 
 def test_an_output_that_cannot_be_stored_releases_its_claim_and_ends_in_an_error(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
     """Otherwise its success claim would keep every later delivery from giving up."""
-    processor.storage = Storage(file_store=UnstorableOutput())
+    processor.storage = Storage(file_store=FailingOutputWrite(stored=False))
     message = claimed(tmp_path)
     assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
     assert not (tmp_path / "in/r1.result").exists()
     assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
     record = json.loads((tmp_path / "fail/r1.error").read_text())
-    assert record["reason"] == GAVE_UP and "permission denied" in record["message"]
+    assert record["reason"] == GAVE_UP and "input/output error" in record["message"]
     assert json.loads((tmp_path / "in/r1.result").read_text()) == record
     assert [s for _, _, s in notifier.sent] == [False]
 
@@ -585,23 +592,12 @@ def test_a_claim_released_before_it_is_read_is_taken_again(
     assert store.tries == 2 and (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
 
 
-class StoredThenFailing(FileStore):
-    """The output is stored, then its write fails (as an fsync of its folder would)."""
-
-    @contextlib.contextmanager
-    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
-        with super().open_write(ref) as handle:
-            yield handle
-        if ref.key.endswith(".out"):
-            raise StorageError(f"cannot write {ref.uri}: input/output error")
-
-
 def test_an_output_stored_before_its_write_failed_keeps_its_claim(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
     """Even on the last attempt, whose give-up would otherwise claim a second result: the
     stored output is the result, and is notified."""
-    processor.storage = Storage(file_store=StoredThenFailing())
+    processor.storage = Storage(file_store=FailingOutputWrite(stored=True))
     assert processor.handle(claimed(tmp_path), 2) == Result(Settle.ACK, "duplicate")
     assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
     assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
