@@ -116,6 +116,8 @@ def test_requests_through_s3(
         key = response.json()["OutputLocation"].removeprefix("s3://async/")
         body = client_s3.get_object(Bucket="async", Key=key)["Body"].read()
         np.testing.assert_array_equal(np.array(body.split(), dtype=np.float32), expected)
+        claim = f"ep/input/{response.json()['InferenceId']}.result"  # a success's: empty
+        assert client_s3.get_object(Bucket="async", Key=claim)["Body"].read() == b""
 
 
 @pytest.fixture(scope="module")
