@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from infermodes.errors import InfermodesError, InvocationTimeout, ObjectNotFound, StorageError
+from infermodes.queueing.broker import delivery_limit
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS
 from infermodes.storage import NotAFile
 
@@ -30,6 +31,8 @@ INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # outcomes counted by WorkerMetrics.messages
 OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "duplicate")
 GAVE_UP = "AttemptsExhausted"  # the failure reason of a request that ends in the dead-letter queue
+# the failure reason of a claimed success that no delivery could store (see Step.ABANDON)
+OUTPUT_NOT_STORED = "OutputNotStored"
 
 
 class InvocationRequest(BaseModel):
@@ -120,6 +123,9 @@ class Step(StrEnum):
     RESEND_ERROR = "resend_error"  # error object exists: likewise
     GIVE_UP = "give_up"  # attempts exhausted: error object, error notification, dead-letter
     EXPIRE = "expire"  # the request's TTL passed before processing
+    # a success claimed but never stored, still unfinished on the queue's last delivery:
+    # error notification, dead-letter, no error object (it would contradict the claim)
+    ABANDON = "abandon"
 
 
 def plan(
@@ -134,14 +140,15 @@ def plan(
 ) -> Step:
     """Decide from what is already stored and how often the message came: existing results win
     (exactly one output per request), then a success claimed but not stored (its worker died
-    storing it: finish it, whatever the budget and TTL), then the attempt budget, then the
-    TTL."""
+    storing it, or could not store it: finish it, whatever the budget and TTL, until the
+    queue's last delivery), then the attempt budget, then the TTL."""
     if output_exists:
         return Step.RESEND_SUCCESS
     if error_exists:
         return Step.RESEND_ERROR
     if success_claimed:
-        return Step.PROCESS
+        last = delivery_count >= delivery_limit(max_attempts) - 1
+        return Step.ABANDON if last else Step.PROCESS
     if delivery_count >= max_attempts:
         return Step.GIVE_UP
     if now > expires_at:

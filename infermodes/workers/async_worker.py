@@ -5,12 +5,15 @@ how to settle it; it never touches the broker. The broker's consumer loop (``que
 it deliveries, ``maxConcurrentInvocationsPerInstance`` at a time, and settles them.
 
 Guarantees, and where they come from:
-- a message is acked only after its output (or error object) is written and notified;
+- a message is acked only after its output (or error object) is written and notified (on
+  the last attempt, an error object that cannot be written is notified without it);
 - a redelivery whose result already exists is notified again and acked, never recomputed, so
   there is exactly one result object per request (consumers de-duplicate notifications by id);
 - of two copies of a request processed at once, the first to claim a result (the request's
   ``claim_location``, just before storing it) decides whether it ends in an output or an
-  error; the other drops its own and reports that one;
+  error; the other drops its own and reports that one. A claim is never released: a success
+  claimed but not stored is finished by a later delivery, or, if none can until the queue's
+  last, notified as ``OutputNotStored`` and dead-lettered without an error object;
 - the broker's delivery count bounds attempts across crashes, restarts and transient errors;
   a request given up on is dead-lettered only once its error notification went out;
 - an inline input is removed once its request has its result; a ``file://`` input is read only
@@ -49,6 +52,7 @@ from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
 from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
     GAVE_UP,
+    OUTPUT_NOT_STORED,
     SUCCESS_CLAIM,
     Failure,
     InvocationRequest,
@@ -125,11 +129,11 @@ class ErrorNotStored(Exception):
 
 
 class SuccessClaimed(Exception):
-    """Another copy of the request claimed its success first: this copy stores no error."""
+    """A copy of the request (maybe this one, earlier) claimed its success: no error is
+    stored; a later delivery finishes that success."""
 
     def __init__(self, request: InvocationRequest) -> None:
-        super().__init__(f"inference {request.inference_id}: another delivery claimed success")
-        self.request = request
+        super().__init__(f"inference {request.inference_id}: a delivery claimed success")
 
 
 class ErrorClaimed(Exception):
@@ -232,8 +236,8 @@ class Processor:
     def _await_claimed_success(
         self, request: InvocationRequest, count: int, claimed: SuccessClaimed
     ) -> Result:
-        """This copy failed after another one claimed the request's success: report that
-        success once it is stored; until then, requeue."""
+        """This copy failed after a copy claimed the request's success: report that success
+        once it is stored; until then, requeue (a later delivery finishes it)."""
         if self._has_output(request):
             return self._resend_success(request)
         log.info("%s and is storing it; requeueing", claimed)
@@ -286,6 +290,8 @@ class Processor:
             return self._resend_error(request, self._stored_failure(request))
         if step is Step.GIVE_UP:
             return self._give_up(Target.of(request), count, "")
+        if step is Step.ABANDON:
+            return self._abandon(request, count)
         if step is Step.EXPIRE:
             ttl = request.expires_at - request.accepted_at
             failure = Failure("Expired", f"the request's TTL of {ttl:.0f} s passed", retry=False)
@@ -294,7 +300,7 @@ class Processor:
         try:
             result = self._predict(request)
         except ErrorClaimed as claimed:
-            return self._store_claimed_error(request, claimed.record)
+            return self._store_claimed_error(request, claimed.record, count)
         self._notify_success(request, result)
         return Result(Settle.ACK, "success")
 
@@ -308,12 +314,29 @@ class Processor:
             return Result(Settle.DEAD_LETTER, "dead_lettered")
         return Result(Settle.ACK, "duplicate")
 
+    def _abandon(self, request: InvocationRequest, count: int) -> Result:
+        """A success was claimed, and no delivery could store its output, up to the queue's
+        last: say so in an error notification and dead-letter the message, rather than let
+        the queue drop it silently. No error object: the claim decided success, which a
+        resend of the request can still complete."""
+        failure = Failure(
+            OUTPUT_NOT_STORED,
+            f"a delivery claimed the request's success but its output was never stored, and "
+            f"none of the {count} deliveries since could store it; the message is "
+            "dead-lettered",
+            retry=False,
+        )
+        log.error("inference %s: %s", request.inference_id, failure.message)
+        self._notify_error(Target.of(request), failure)
+        return Result(Settle.DEAD_LETTER, "dead_lettered")
+
     def _claim(self, location: str | None, claim: bytes) -> bytes | None:
         """Claim the request's one result: None when this delivery holds the claim now (or
-        the request has no claim location), else the claim another copy took first. Not
-        fsynced: a claim matters only until its result is stored (durably), and results are
-        looked at before claims."""
-        for _ in range(2):  # a claim released meanwhile (see _predict): claim again
+        the request has no claim location), else the claim a copy took first. A claim is
+        never released: once a success is claimed, no copy can end the request in an error
+        (and the reverse), whatever fails afterwards. Not fsynced: a claim matters only until
+        its result is stored (durably), and results are looked at before claims."""
+        for _ in range(2):  # a claim swept meanwhile (retention, after 24 h): claim again
             if location is None or self.storage.create(location, claim, durable=False):
                 return None
             try:
@@ -334,62 +357,44 @@ class Processor:
         except ObjectNotFound:
             return False
 
-    def _store_claimed_error(self, request: InvocationRequest, record: bytes) -> Result:
+    def _store_claimed_error(self, request: InvocationRequest, record: bytes, count: int) -> Result:
         """Another copy claimed the request's error first: store it (that copy may have died
-        before it could) and notify it, as a redelivery would."""
+        before it could) and notify it, as a redelivery would; as in ``_finish_with_error``,
+        the last attempt notifies without the object."""
         try:
             self.storage.put_bytes(request.failure_location, record)
         except StorageError as exc:
             problem = f"inference {request.inference_id}: cannot write the claimed error: {exc}"
-            raise ErrorNotStored(problem) from exc
+            if count + 1 < self.settings.max_attempts:
+                raise ErrorNotStored(problem) from exc
+            log.error("%s; the last attempt notifies without it", problem)
         return self._resend_error(request, _failure_of(record, request.failure_location))
 
     def _predict(self, request: InvocationRequest) -> bytes | None:
-        """Predict into the output, claiming success just before the output is stored; an
-        output that then cannot be stored releases the claim this delivery took, so the
-        request can still end in an error."""
+        """Predict into the output, claiming success just before the output is stored. An
+        output that then cannot be stored keeps the claim: the request ends in success, which
+        a later delivery finishes."""
         settings = self.settings
-        took_claim = False
-        try:
-            with (
-                self.storage.open_read(request.input_location, within=request.input_root) as source,
-                self.storage.open_write(request.output_location) as sink,
-            ):
-                head = _Head(sink, INLINE_RESULT_LIMIT)
-                rows = predict_stream(
-                    self.model,
-                    source,
-                    head,
-                    content_type=codecs.content_type_of(request.content_type),
-                    accept=codecs.accept_of(request.accept),
-                    timeout=request.invocation_timeout_seconds,
-                    chunk_bytes=settings.chunk_bytes,
-                    max_json_bytes=settings.max_json_bytes,
-                )
-                claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
-                if claimed is not None and not claims_success(claimed):
-                    raise ErrorClaimed(claimed)
-                took_claim = claimed is None
-        except Exception:
-            if took_claim:
-                self._release_claim(request)
-            raise
+        with (
+            self.storage.open_read(request.input_location, within=request.input_root) as source,
+            self.storage.open_write(request.output_location) as sink,
+        ):
+            head = _Head(sink, INLINE_RESULT_LIMIT)
+            rows = predict_stream(
+                self.model,
+                source,
+                head,
+                content_type=codecs.content_type_of(request.content_type),
+                accept=codecs.accept_of(request.accept),
+                timeout=request.invocation_timeout_seconds,
+                chunk_bytes=settings.chunk_bytes,
+                max_json_bytes=settings.max_json_bytes,
+            )
+            claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
+            if claimed is not None and not claims_success(claimed):
+                raise ErrorClaimed(claimed)
         self.metrics.rows_predicted.inc(rows)
         return head.small
-
-    def _release_claim(self, request: InvocationRequest) -> None:
-        """Unless the output was stored after all (a failure after its name was given)."""
-        if request.claim_location is None or self._has_output(request):
-            return
-        try:
-            self.storage.delete(request.claim_location)
-        except StorageError as exc:
-            log.warning(
-                "inference %s: cannot release its result claim (%s); a later delivery "
-                "finishes the success it claims",
-                request.inference_id,
-                exc,
-            )
 
     def _on_failure(self, target: Target, failure: Failure, count: int) -> Result:
         """A permanent failure ends the request now; a retryable one is requeued after a

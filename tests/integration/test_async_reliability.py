@@ -5,6 +5,7 @@ backlog figures that never mistake in-flight work for an empty queue."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import signal
 import threading
@@ -365,9 +366,10 @@ def stopped_mid_write(live: Plane, model: AbaloneModel, name: str, output: Path)
 def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_lettered_after(
     rabbitmq: Broker, abalone_model: AbaloneModel, big_input: Path, tmp_path: Path
 ) -> None:
-    """Its one attempt fails (its output folder vanishes mid-write) while the broker is down:
-    the error object is written, the notification cannot be; once the broker is back the
-    request comes back, is notified and ends in the dead-letter queue."""
+    """Its one attempt fails while the broker is down (its worker may no longer write files
+    past 1 MiB, and the output grows past that before it is claimed): the error object is
+    written, the notification cannot be; once the broker is back the request comes back, is
+    notified and ends in the dead-letter queue."""
     endpoint = "outage"
     notes = Notifications(rabbitmq, endpoint).declare()
     headers = {LOCATION: f"file://{big_input}", "X-Amzn-SageMaker-Inference-Id": "doomed"}
@@ -376,7 +378,7 @@ def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_letter
         worker = stopped_mid_write(live, abalone_model, "w", tmp_path / "output")
         try:
             rabbitmq.stop()
-            shutil.rmtree(tmp_path / "output")
+            resource.prlimit(worker.proc.pid, resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
             worker.proc.send_signal(signal.SIGCONT)
             wait_until(lambda: "cannot notify" in worker.log, 60, "the give-up to fail to notify")
             assert (tmp_path / "failure/doomed.error").exists()
@@ -393,6 +395,7 @@ def test_a_request_given_up_while_the_broker_is_down_is_notified_and_dead_letter
     assert dead == ["doomed"]
     record = json.loads((tmp_path / "failure/doomed.error").read_text())
     assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 1)
+    assert "File too large" in record["message"], record
     assert notes.ids("Failed") == Counter({"doomed": 1})
 
 
@@ -467,3 +470,36 @@ def test_two_copies_of_a_request_end_in_one_result_the_first_claimed(
     assert record["reason"] == "InvalidInput"
     assert notes.ids("Completed") == Counter()
     assert notes.ids("Failed") == Counter({"twice": 2})
+
+
+def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A copy claimed the request's success and died before storing its output (the claim is
+    put in place here), and the caller then removed the input: no later delivery can keep the
+    claim's promise. They try until the real quorum queue's last delivery, which notifies
+    ``OutputNotStored`` and dead-letters the message, rather than the queue dropping it into
+    the dead-letter queue by itself with nothing said. No error object contradicts the claim."""
+    endpoint = "orphan"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    source = tmp_path / "data/rows.csv"
+    source.parent.mkdir()
+    headers = {LOCATION: f"file://{source}", "X-Amzn-SageMaker-Inference-Id": "orphan"}
+    claim = tmp_path / "ep/input/orphan.result"
+    claim.parent.mkdir(parents=True)
+    claim.write_bytes(b"")  # a success's claim
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/ep", tmp_path, max_attempts=1) as live:
+        assert live.invoke(headers=headers).status_code == 202
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        notes.wait_for({"orphan"}, "Failed", 60)
+        wait_until(
+            lambda: metric(worker, MESSAGES, outcome="dead_lettered") == 1, 30, "the dead-letter"
+        )
+        dead = [json.loads(body)["inferenceId"] for body in dead_letters(rabbitmq, endpoint)]
+        retried = metric(worker, MESSAGES, outcome="retried")
+    assert dead == ["orphan"]
+    assert retried == 3  # deliveries 1 to 3 of the 4 that maxAttempts 1 + headroom 3 allow
+    [note] = [n for n in notes.received if n["inferenceId"] == "orphan"]
+    assert note["failureReason"] == "OutputNotStored", note
+    assert claim.read_bytes() == b""
+    assert outputs(tmp_path / "ep/output") == [] and outputs(tmp_path / "ep/failure") == []

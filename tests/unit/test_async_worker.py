@@ -19,7 +19,13 @@ from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle
-from infermodes.queueing.messages import GAVE_UP, SUCCESS_CLAIM, Failure, error_record
+from infermodes.queueing.messages import (
+    GAVE_UP,
+    OUTPUT_NOT_STORED,
+    SUCCESS_CLAIM,
+    Failure,
+    error_record,
+)
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
 from infermodes.workers.async_worker import Processor, Result, run
@@ -539,41 +545,81 @@ class HeldOutput(FileStore):
 
 
 class FailingOutputWrite(FileStore):
-    """Every output's write fails: before the output is stored (``stored`` False), or after
-    it got its name (as an fsync of its folder would)."""
+    """Every write of an object named ``*<suffix>`` fails: before it is stored (``stored``
+    False), or after it got its name (as an fsync of its folder would)."""
 
-    def __init__(self, stored: bool) -> None:
+    def __init__(self, stored: bool, suffix: str = ".out") -> None:
         self.stored = stored
+        self.suffix = suffix
 
     @contextlib.contextmanager
     def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
         failure = StorageError(f"cannot write {ref.uri}: input/output error")
         with super().open_write(ref) as handle:
             yield handle
-            if ref.key.endswith(".out") and not self.stored:
+            if ref.key.endswith(self.suffix) and not self.stored:
                 raise failure
-        if ref.key.endswith(".out"):
+        if ref.key.endswith(self.suffix):
             raise failure
 
 
-def test_an_output_that_cannot_be_stored_releases_its_claim_and_ends_in_an_error(
-    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+def test_an_output_that_cannot_be_stored_keeps_its_claim_and_a_later_copy_stores_it(
+    processor: Processor, model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
-    """Otherwise its success claim would keep every later delivery from giving up."""
+    """Even on the last attempt, and even when the copy that stores it found its TTL passed:
+    had the claim been released, that copy's expiry (or this one's give-up) could have
+    claimed an error while a third copy, already past its own claim, stored the output."""
     processor.storage = Storage(file_store=FailingOutputWrite(stored=False))
     message = claimed(tmp_path)
     assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
-    assert not (tmp_path / "in/r1.result").exists()
-    assert processor.handle(message, 2) == Result(Settle.DEAD_LETTER, "dead_lettered")
-    record = json.loads((tmp_path / "fail/r1.error").read_text())
-    assert record["reason"] == GAVE_UP and "input/output error" in record["message"]
-    assert json.loads((tmp_path / "in/r1.result").read_text()) == record
-    assert [s for _, _, s in notifier.sent] == [False]
+    assert processor.handle(message, 2) == Result(Settle.REQUEUE, "retried")  # not given up
+    assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+    assert not (tmp_path / "fail").exists() and notifier.sent == []
+    expired = json.dumps(json.loads(message) | {"expiresAt": time.time() - 1}).encode()
+    processor.storage = Storage()
+    assert processor.handle(expired, 0) == Result(Settle.ACK, "success")
+    assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
+    assert [s for _, _, s in notifier.sent] == [True]
 
 
-class ReleasedClaim(FileStore):
-    """The claim exists when this copy tries to take it and is released before it reads it
-    (the other copy could not store its output)."""
+def test_a_claimed_success_no_delivery_could_store_is_notified_and_dead_lettered(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Its input is gone (the copy that claimed it died, the caller removed the input): the
+    deliveries keep the claim's promise until the queue's last one (maxAttempts 3 + 3), which
+    says so instead of leaving the queue to drop the message silently. No error object: a
+    resend of the request can still complete the claimed success."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
+    message = claimed(tmp_path, body=None)
+    for count in range(5):
+        assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
+    assert notifier.sent == []
+    assert processor.handle(message, 5) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    [(_, body, success)] = notifier.sent
+    assert not success and body["failureReason"] == OUTPUT_NOT_STORED
+    assert "none of the 5 deliveries since could store it" in str(body["failureMessage"])
+    assert not (tmp_path / "fail").exists() and not (tmp_path / "out").exists()
+    assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+
+
+def test_a_claimed_error_that_cannot_be_stored_is_notified_on_the_last_attempt(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Requeued before (another delivery may store it), notified without the object then."""
+    another_copys_error(tmp_path)
+    processor.storage = Storage(file_store=FailingOutputWrite(stored=False, suffix=".error"))
+    message = claimed(tmp_path)
+    assert processor.handle(message, 1) == Result(Settle.REQUEUE, "retried")
+    assert notifier.sent == []
+    assert processor.handle(message, 2) == Result(Settle.ACK, "duplicate")
+    assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "Expired")]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+class SweptClaim(FileStore):
+    """The claim exists when this copy tries to take it and is gone before it reads it (the
+    retention sweep removed it)."""
 
     def __init__(self) -> None:
         self.tries = 0
@@ -583,10 +629,10 @@ class ReleasedClaim(FileStore):
         return self.tries > 1 and super().create(ref, data, durable)
 
 
-def test_a_claim_released_before_it_is_read_is_taken_again(
+def test_a_claim_removed_before_it_is_read_is_taken_again(
     processor: Processor, tmp_path: Path
 ) -> None:
-    store = ReleasedClaim()
+    store = SweptClaim()
     processor.storage = Storage(file_store=store)
     assert processor.handle(claimed(tmp_path), 0) == Result(Settle.ACK, "success")
     assert store.tries == 2 and (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
