@@ -29,7 +29,7 @@ DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
 INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # outcomes counted by WorkerMetrics.messages
-OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "duplicate")
+OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "abandoned", "duplicate")
 GAVE_UP = "AttemptsExhausted"  # the failure reason of a request that ends in the dead-letter queue
 # the failure reason of a claimed success that no delivery could store (see Step.ABANDON)
 OUTPUT_NOT_STORED = "OutputNotStored"
@@ -147,13 +147,20 @@ def plan(
     if error_exists:
         return Step.RESEND_ERROR
     if success_claimed:
-        last = delivery_count >= delivery_limit(max_attempts) - 1
-        return Step.ABANDON if last else Step.PROCESS
+        return Step.ABANDON if last_resort(delivery_count, max_attempts) else Step.PROCESS
     if delivery_count >= max_attempts:
         return Step.GIVE_UP
     if now > expires_at:
         return Step.EXPIRE
     return Step.PROCESS
+
+
+def last_resort(delivery_count: int, max_attempts: int) -> bool:
+    """Whether a delivery is among the queue's last two, where a worker ends the message
+    itself, said in a notification, whatever is missing: the embedded queue makes
+    ``delivery_limit`` deliveries (RabbitMQ one more), and one is kept for a notification
+    that could not go out."""
+    return delivery_count >= delivery_limit(max_attempts) - 2
 
 
 @dataclass(frozen=True)

@@ -539,7 +539,9 @@ class RabbitConsumer:
             elif settle is Settle.ACK:
                 channel.basic_ack(tag)
             elif settle is Settle.REQUEUE:
-                channel.basic_nack(tag, requeue=True)
+                # reject, not nack: from RabbitMQ 4.3 only a reject counts as a failed delivery
+                # (x-delivery-count, which the delivery limit and the attempt budget read)
+                channel.basic_reject(tag, requeue=True)
             else:
                 channel.basic_reject(tag, requeue=False)
         finally:

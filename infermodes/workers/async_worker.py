@@ -23,6 +23,7 @@ Guarantees, and where they come from:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -61,6 +62,7 @@ from infermodes.queueing.messages import (
     claims_success,
     classify,
     error_record,
+    last_resort,
     parse_request,
     plan,
     retry_delay,
@@ -215,8 +217,8 @@ class Processor:
                 self.metrics.total_processing_time.labels(result.outcome).observe(
                     max(0.0, time.time() - request.accepted_at)
                 )
-            if request.inline_input:
-                self._remove_input(request)
+            if request.inline_input and result.outcome != "abandoned":
+                self._remove_input(request)  # an abandoned request has no result: kept
         return result
 
     def _attempt(self, request: InvocationRequest, count: int) -> Result:
@@ -240,7 +242,7 @@ class Processor:
         once it is stored; until then, requeue (a later delivery finishes it)."""
         if self._has_output(request):
             return self._resend_success(request)
-        log.info("%s and is storing it; requeueing", claimed)
+        log.info("%s, not stored yet; requeueing", claimed)
         self._back_off(count)
         return Result(Settle.REQUEUE, "retried")
 
@@ -289,13 +291,13 @@ class Processor:
         if step is Step.RESEND_ERROR:
             return self._resend_error(request, self._stored_failure(request))
         if step is Step.GIVE_UP:
-            return self._give_up(Target.of(request), count, "")
+            return self._give_up(Target.of(request), count, count, "")
         if step is Step.ABANDON:
             return self._abandon(request, count)
         if step is Step.EXPIRE:
             ttl = request.expires_at - request.accepted_at
             failure = Failure("Expired", f"the request's TTL of {ttl:.0f} s passed", retry=False)
-            self._finish_with_error(Target.of(request), failure, count + 1)
+            self._finish_with_error(Target.of(request), failure, count + 1, count)
             return Result(Settle.ACK, "expired")
         try:
             result = self._predict(request)
@@ -319,16 +321,19 @@ class Processor:
         last: say so in an error notification and dead-letter the message, rather than let
         the queue drop it silently. No error object: the claim decided success, which a
         resend of the request can still complete."""
+        if self._has_output(request):  # a copy in flight stored it just now
+            return self._resend_success(request)
         failure = Failure(
             OUTPUT_NOT_STORED,
-            f"a delivery claimed the request's success but its output was never stored, and "
-            f"none of the {count} deliveries since could store it; the message is "
-            "dead-lettered",
+            "a delivery claimed the request's success but its output was never stored, and "
+            f"no delivery since could store it (this is delivery {count + 1} of this "
+            "message); the message is dead-lettered",
             retry=False,
         )
         log.error("inference %s: %s", request.inference_id, failure.message)
-        self._notify_error(Target.of(request), failure)
-        return Result(Settle.DEAD_LETTER, "dead_lettered")
+        target = dataclasses.replace(Target.of(request), failure_location=None)
+        self._notify_error(target, failure)
+        return Result(Settle.DEAD_LETTER, "abandoned")
 
     def _claim(self, location: str | None, claim: bytes) -> bytes | None:
         """Claim the request's one result: None when this delivery holds the claim now (or
@@ -336,7 +341,8 @@ class Processor:
         never released: once a success is claimed, no copy can end the request in an error
         (and the reverse), whatever fails afterwards. Not fsynced: a claim matters only until
         its result is stored (durably), and results are looked at before claims."""
-        for _ in range(2):  # a claim swept meanwhile (retention, after 24 h): claim again
+        for _ in range(2):  # gone when read (an S3 409 for a create that did not complete,
+            # or the retention sweep): claim again
             if location is None or self.storage.create(location, claim, durable=False):
                 return None
             try:
@@ -359,15 +365,8 @@ class Processor:
 
     def _store_claimed_error(self, request: InvocationRequest, record: bytes, count: int) -> Result:
         """Another copy claimed the request's error first: store it (that copy may have died
-        before it could) and notify it, as a redelivery would; as in ``_finish_with_error``,
-        the last attempt notifies without the object."""
-        try:
-            self.storage.put_bytes(request.failure_location, record)
-        except StorageError as exc:
-            problem = f"inference {request.inference_id}: cannot write the claimed error: {exc}"
-            if count + 1 < self.settings.max_attempts:
-                raise ErrorNotStored(problem) from exc
-            log.error("%s; the last attempt notifies without it", problem)
+        before it could) and notify it, as a redelivery would."""
+        self._store_error(request.inference_id, request.failure_location, record, count + 1)
         return self._resend_error(request, _failure_of(record, request.failure_location))
 
     def _predict(self, request: InvocationRequest) -> bytes | None:
@@ -400,10 +399,10 @@ class Processor:
         """A permanent failure ends the request now; a retryable one is requeued after a
         backoff until the attempt budget is spent."""
         if not failure.retry:
-            self._finish_with_error(target, failure, count + 1)
+            self._finish_with_error(target, failure, count + 1, count)
             return Result(Settle.ACK, "error")
         if count + 1 >= self.settings.max_attempts:
-            return self._give_up(target, count + 1, f"; last error: {failure.message}")
+            return self._give_up(target, count + 1, count, f"; last error: {failure.message}")
         log.warning(
             "inference %s: attempt %d failed (%s), retrying",
             target.inference_id,
@@ -413,7 +412,7 @@ class Processor:
         self._back_off(count)
         return Result(Settle.REQUEUE, "retried")
 
-    def _give_up(self, target: Target, attempts: int, detail: str) -> Result:
+    def _give_up(self, target: Target, attempts: int, count: int, detail: str) -> Result:
         """Error object, error notification, dead-letter. When the notification cannot go
         out (the broker is down), ``handle`` requeues instead: the redelivery finds the error
         object, notifies and dead-letters then (the queue's delivery limit leaves room)."""
@@ -422,16 +421,21 @@ class Processor:
             f"processing failed {attempts} time(s), the maximum{detail}",
             retry=False,
         )
-        self._finish_with_error(target, failure, attempts)
+        self._finish_with_error(target, failure, attempts, count)
         return Result(Settle.DEAD_LETTER, "dead_lettered")
 
-    def _finish_with_error(self, target: Target, failure: Failure, attempts: int) -> None:
+    def _finish_with_error(
+        self, target: Target, failure: Failure, attempts: int, count: int
+    ) -> None:
         """One error object (when we know where) and one error notification. The error is
         claimed first: a copy that claimed success wins (SuccessClaimed), one that claimed
-        another error has that one stored and notified. An object that cannot be written
-        (nor claimed) raises ErrorNotStored, notifying nothing, until the last attempt: that
-        one notifies without it rather than leave the caller nothing at all."""
-        if target.failure_location:
+        another error has that one stored and notified. A claim that cannot be taken or read
+        raises ErrorNotStored (requeue: nothing may be said before the claim decides) until
+        the queue's last deliveries (``last_resort``), which notify without it rather than
+        leave the caller nothing at all; an object that cannot be written, once claimed, does
+        so until the last attempt."""
+        location = target.failure_location
+        if location:
             record = error_record(
                 target.inference_id,
                 failure,
@@ -446,14 +450,29 @@ class Processor:
                         raise SuccessClaimed(target.request)
                     if claimed is not None:
                         record = claimed
-                        failure = _failure_of(claimed, target.failure_location)
-                self.storage.put_bytes(target.failure_location, record)
+                        failure = _failure_of(claimed, location)
             except StorageError as exc:
-                problem = f"inference {target.inference_id}: cannot write the error object: {exc}"
-                if attempts < self.settings.max_attempts:
+                problem = f"inference {target.inference_id}: cannot claim its result: {exc}"
+                if not last_resort(count, self.settings.max_attempts):
                     raise ErrorNotStored(problem) from exc
-                log.error("%s; the last attempt notifies without it", problem)
+                log.error("%s; the queue's last delivery notifies the error without it", problem)
+                target = dataclasses.replace(target, failure_location=None)
+            else:
+                self._store_error(target.inference_id, location, record, attempts)
         self._notify_error(target, failure)
+
+    def _store_error(
+        self, inference_id: str | None, location: str, record: bytes, attempts: int
+    ) -> None:
+        """The claimed error's object; on the last attempt, one that cannot be written is
+        notified without it."""
+        try:
+            self.storage.put_bytes(location, record)
+        except StorageError as exc:
+            problem = f"inference {inference_id}: cannot write the error object: {exc}"
+            if attempts < self.settings.max_attempts:
+                raise ErrorNotStored(problem) from exc
+            log.error("%s; the last attempt notifies without it", problem)
 
     def _small_output(self, request: InvocationRequest) -> bytes | None:
         if self.storage.size(request.output_location) > INLINE_RESULT_LIMIT:

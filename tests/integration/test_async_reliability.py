@@ -477,9 +477,10 @@ def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
 ) -> None:
     """A copy claimed the request's success and died before storing its output (the claim is
     put in place here), and the caller then removed the input: no later delivery can keep the
-    claim's promise. They try until the real quorum queue's last delivery, which notifies
-    ``OutputNotStored`` and dead-letters the message, rather than the queue dropping it into
-    the dead-letter queue by itself with nothing said. No error object contradicts the claim."""
+    claim's promise. They try until the real quorum queue's last two deliveries, the first of
+    which notifies ``OutputNotStored`` and dead-letters the message, rather than the queue
+    dropping it into the dead-letter queue by itself with nothing said. No error object
+    contradicts the claim."""
     endpoint = "orphan"
     notes = Notifications(rabbitmq, endpoint).declare()
     source = tmp_path / "data/rows.csv"
@@ -493,13 +494,14 @@ def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
         worker = live.start_worker(model_uri(abalone_model), "w")
         notes.wait_for({"orphan"}, "Failed", 60)
         wait_until(
-            lambda: metric(worker, MESSAGES, outcome="dead_lettered") == 1, 30, "the dead-letter"
+            lambda: metric(worker, MESSAGES, outcome="abandoned") == 1, 30, "the dead-letter"
         )
         dead = [json.loads(body)["inferenceId"] for body in dead_letters(rabbitmq, endpoint)]
         retried = metric(worker, MESSAGES, outcome="retried")
     assert dead == ["orphan"]
-    assert retried == 3  # deliveries 1 to 3 of the 4 that maxAttempts 1 + headroom 3 allow
+    assert retried == 2  # of RabbitMQ's 5 deliveries (maxAttempts 1 + headroom 3, plus one)
     [note] = [n for n in notes.received if n["inferenceId"] == "orphan"]
     assert note["failureReason"] == "OutputNotStored", note
+    assert note["responseParameters"] == {"failureLocation": None}
     assert claim.read_bytes() == b""
     assert outputs(tmp_path / "ep/output") == [] and outputs(tmp_path / "ep/failure") == []

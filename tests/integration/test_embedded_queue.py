@@ -5,6 +5,7 @@ a dead worker's requests come back quickly."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -154,3 +155,29 @@ def test_everything_killed_with_requests_accepted_completes_them_all_after_a_res
     assert computed_once(results)
     assert set(outputs(folder)) == accepted(submitter)
     assert queue.dead_letters(endpoint) == []
+
+
+def test_a_claimed_success_no_delivery_can_store_is_notified_before_the_queue_buries_it(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The embedded queue's last delivery is the limit's, with none after it: a success
+    claimed by a copy that died, whose input is then gone, is notified (``OutputNotStored``)
+    and dead-lettered by a worker (``rejected``), not buried by the queue unsaid."""
+    url, queue = open_queue(tmp_path)
+    endpoint, results, folder = "orphan", tmp_path / "results", tmp_path / "objects"
+    message = request(folder, endpoint, "r0", b"")
+    message = message.model_copy(update={"claim_location": f"file://{folder}/input/r0.result"})
+    (folder / "input/r0.csv").unlink()
+    (folder / "input/r0.result").write_bytes(b"")  # the success claim the dead copy left
+    enqueuer = queue.enqueuer({endpoint: 1}, 1)
+    enqueuer.submit(endpoint, "r0", message.to_bytes())
+    enqueuer.close()
+    with cleanup() as started:
+        worker = spawn(url, endpoint, results, f"file://{abalone_model.tarball}", max_attempts=1)
+        started.append(worker)
+        wait_until(lambda: bool(queue.dead_letters(endpoint)), WAIT, "the dead-letter")
+    [dead] = queue.dead_letters(endpoint)
+    assert (dead.message_id, dead.reason, dead.deliveries) == ("r0", "rejected", 3)
+    [note] = queue.tail(f"{endpoint}.error")
+    assert json.loads(note.body)["failureReason"] == "OutputNotStored"
+    assert not (folder / "failure").exists() and not (folder / "output").exists()

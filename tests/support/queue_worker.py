@@ -110,6 +110,7 @@ def spawn(
     model_uri: str | None = None,
     concurrency: int = 2,
     delay: float = 0.0,
+    max_attempts: int = 3,
 ) -> Process:
     """Started in its own session, not yet consuming (see ``async_plane.wait_consuming``); its
     log is ``<results>/worker-<n>.out``."""
@@ -117,6 +118,7 @@ def spawn(
     args = [sys.executable, "-m", "tests.support.queue_worker", "--url", url]
     args += ["--endpoint", endpoint, "--results", str(results)]
     args += ["--concurrency", str(concurrency), "--delay", str(delay)]
+    args += ["--max-attempts", str(max_attempts)]
     if model_uri:
         args += ["--model", model_uri]
     log_path = results / f"worker-{len(list(results.glob('worker-*.out')))}.out"

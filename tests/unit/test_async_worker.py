@@ -586,21 +586,75 @@ def test_a_claimed_success_no_delivery_could_store_is_notified_and_dead_lettered
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
     """Its input is gone (the copy that claimed it died, the caller removed the input): the
-    deliveries keep the claim's promise until the queue's last one (maxAttempts 3 + 3), which
-    says so instead of leaving the queue to drop the message silently. No error object: a
-    resend of the request can still complete the claimed success."""
+    deliveries keep the claim's promise until the queue's last two (maxAttempts 3 + 3: the
+    embedded queue's last is count 5), the first of which says so, with a delivery to spare
+    for a notification that cannot go out, instead of leaving the queue to drop the message
+    silently. No error object (nor a location for one): a resend of the request can still
+    complete the claimed success."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
     message = claimed(tmp_path, body=None)
-    for count in range(5):
+    for count in range(4):
         assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
     assert notifier.sent == []
-    assert processor.handle(message, 5) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "abandoned")
     [(_, body, success)] = notifier.sent
     assert not success and body["failureReason"] == OUTPUT_NOT_STORED
-    assert "none of the 5 deliveries since could store it" in str(body["failureMessage"])
+    assert "(this is delivery 5 of this message)" in str(body["failureMessage"])
+    assert body["responseParameters"] == {"failureLocation": None}
     assert not (tmp_path / "fail").exists() and not (tmp_path / "out").exists()
     assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
+
+
+def test_an_abandoned_request_keeps_its_inline_input_and_a_stored_output_wins(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """A resend in flight may still need the input; and a copy that stored the output between
+    the decision and the notification makes it a success."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
+    message = claimed(tmp_path, body=b"1,2\n", inline_input=True)
+    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "abandoned")
+    assert (tmp_path / "in.csv").exists()
+
+    class StoredMeanwhile(FileStore):
+        def exists(self, ref: ObjectRef) -> bool:
+            if ref.key.endswith(".out") and not (tmp_path / "out/r1.out").exists():
+                (tmp_path / "out").mkdir(exist_ok=True)
+                (tmp_path / "out/r1.out").write_text("7\n")
+                return False  # what plan saw
+            return super().exists(ref)
+
+    processor.storage = Storage(file_store=StoredMeanwhile())
+    assert processor.handle(message, 4) == Result(Settle.ACK, "duplicate")
+    assert [s for _, _, s in notifier.sent] == [False, True]
+
+
+class UnclaimableResult(FileStore):
+    """The store answers every attempt to create a result claim with an error."""
+
+    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+        if ref.key.endswith(".result"):
+            raise StorageError(f"cannot create {ref.uri}: service unavailable")
+        return super().create(ref, data, durable)
+
+
+def test_an_error_whose_claim_cannot_be_taken_is_said_only_on_the_queues_last_deliveries(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Another copy may have claimed success: until the queue's last two deliveries the error
+    is neither stored nor notified, even past the attempt budget; then it is notified without
+    an object (there is no claim to store it under) and dead-lettered."""
+    processor.storage = Storage(file_store=UnclaimableResult())
+    message = claimed(tmp_path, body=None)  # its input is missing: a permanent failure
+    for count in range(4):
+        assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
+    assert notifier.sent == []
+    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    [(_, body, success)] = notifier.sent
+    assert not success and body["failureReason"] == GAVE_UP
+    assert body["responseParameters"] == {"failureLocation": None}
+    assert not (tmp_path / "fail").exists()
 
 
 def test_a_claimed_error_that_cannot_be_stored_is_notified_on_the_last_attempt(
