@@ -394,7 +394,7 @@ def test_a_broker_url_of_another_scheme_stops_the_worker_without_its_password(
     assert "S3cretPw" not in caplog.text
 
 
-def claimed(tmp_path: Path, body: bytes = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:
+def claimed(tmp_path: Path, body: bytes | None = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:
     """A request with a result claim location, as the accepting side makes it."""
     return request(tmp_path, body, claim_location=f"file://{tmp_path}/in/r1.result", **kw)
 
@@ -582,6 +582,20 @@ def test_an_output_that_cannot_be_stored_keeps_its_claim_and_a_later_copy_stores
     assert [s for _, _, s in notifier.sent] == [True]
 
 
+def said_on_the_last_but_one(
+    processor: Processor, notifier: RecordingNotifier, message: bytes, outcome: str
+) -> dict[str, object]:
+    """Requeued with nothing said on counts 0 to 3 (maxAttempts 3), then dead-lettered on
+    count 4 with one error notification without a failure location: its body."""
+    for count in range(4):
+        assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
+    assert notifier.sent == []
+    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, outcome)
+    [(_, body, success)] = notifier.sent
+    assert not success and body["responseParameters"] == {"failureLocation": None}
+    return body
+
+
 def test_a_claimed_success_no_delivery_could_store_is_notified_and_dead_lettered(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
@@ -593,15 +607,9 @@ def test_a_claimed_success_no_delivery_could_store_is_notified_and_dead_lettered
     complete the claimed success."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in/r1.result").write_bytes(SUCCESS_CLAIM)
-    message = claimed(tmp_path, body=None)
-    for count in range(4):
-        assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
-    assert notifier.sent == []
-    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "abandoned")
-    [(_, body, success)] = notifier.sent
-    assert not success and body["failureReason"] == OUTPUT_NOT_STORED
+    body = said_on_the_last_but_one(processor, notifier, claimed(tmp_path, body=None), "abandoned")
+    assert body["failureReason"] == OUTPUT_NOT_STORED
     assert "(this is delivery 5 of this message)" in str(body["failureMessage"])
-    assert body["responseParameters"] == {"failureLocation": None}
     assert not (tmp_path / "fail").exists() and not (tmp_path / "out").exists()
     assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
 
@@ -647,13 +655,8 @@ def test_an_error_whose_claim_cannot_be_taken_is_said_only_on_the_queues_last_de
     an object (there is no claim to store it under) and dead-lettered."""
     processor.storage = Storage(file_store=UnclaimableResult())
     message = claimed(tmp_path, body=None)  # its input is missing: a permanent failure
-    for count in range(4):
-        assert processor.handle(message, count) == Result(Settle.REQUEUE, "retried")
-    assert notifier.sent == []
-    assert processor.handle(message, 4) == Result(Settle.DEAD_LETTER, "dead_lettered")
-    [(_, body, success)] = notifier.sent
-    assert not success and body["failureReason"] == GAVE_UP
-    assert body["responseParameters"] == {"failureLocation": None}
+    body = said_on_the_last_but_one(processor, notifier, message, "dead_lettered")
+    assert body["failureReason"] == GAVE_UP
     assert not (tmp_path / "fail").exists()
 
 
