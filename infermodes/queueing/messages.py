@@ -123,8 +123,8 @@ class Step(StrEnum):
     RESEND_ERROR = "resend_error"  # error object exists: likewise
     GIVE_UP = "give_up"  # attempts exhausted: error object, error notification, dead-letter
     EXPIRE = "expire"  # the request's TTL passed before processing
-    # a success claimed but never stored, still unfinished on the queue's last delivery:
-    # error notification, dead-letter, no error object (it would contradict the claim)
+    # a success claimed but never stored, still unfinished on the queue's last two
+    # deliveries: error notification, dead-letter, no error object (it would contradict it)
     ABANDON = "abandon"
 
 
@@ -141,7 +141,7 @@ def plan(
     """Decide from what is already stored and how often the message came: existing results win
     (exactly one output per request), then a success claimed but not stored (its worker died
     storing it, or could not store it: finish it, whatever the budget and TTL, until the
-    queue's last delivery), then the attempt budget, then the TTL."""
+    queue's last two deliveries), then the attempt budget, then the TTL."""
     if output_exists:
         return Step.RESEND_SUCCESS
     if error_exists:

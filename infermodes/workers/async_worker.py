@@ -12,8 +12,8 @@ Guarantees, and where they come from:
 - of two copies of a request processed at once, the first to claim a result (the request's
   ``claim_location``, just before storing it) decides whether it ends in an output or an
   error; the other drops its own and reports that one. A claim is never released: a success
-  claimed but not stored is finished by a later delivery, or, if none can until the queue's
-  last, notified as ``OutputNotStored`` and dead-lettered without an error object;
+  claimed but not stored is finished by a later delivery, or, if none can before the queue's
+  last two, notified as ``OutputNotStored`` and dead-lettered without an error object;
 - the broker's delivery count bounds attempts across crashes, restarts and transient errors;
   a request given up on is dead-lettered only once its error notification went out;
 - an inline input is removed once its request has its result; a ``file://`` input is read only
@@ -317,9 +317,9 @@ class Processor:
         return Result(Settle.ACK, "duplicate")
 
     def _abandon(self, request: InvocationRequest, count: int) -> Result:
-        """A success was claimed, and no delivery could store its output, up to the queue's
-        last: say so in an error notification and dead-letter the message, rather than let
-        the queue drop it silently. No error object: the claim decided success, which a
+        """A success was claimed, and no delivery could store its output before the queue's
+        last two: say so in an error notification and dead-letter the message, rather than
+        let the queue drop it silently. No error object: the claim decided success, which a
         resend of the request can still complete."""
         if self._has_output(request):  # a copy in flight stored it just now
             return self._resend_success(request)
@@ -431,9 +431,9 @@ class Processor:
         claimed first: a copy that claimed success wins (SuccessClaimed), one that claimed
         another error has that one stored and notified. A claim that cannot be taken or read
         raises ErrorNotStored (requeue: nothing may be said before the claim decides) until
-        the queue's last deliveries (``last_resort``), which notify without it rather than
-        leave the caller nothing at all; an object that cannot be written, once claimed, does
-        so until the last attempt."""
+        the queue's last two deliveries (``last_resort``), which notify without it rather
+        than leave the caller nothing at all. An object that cannot be written once its claim
+        is held raises it until the last attempt, which notifies without the object."""
         location = target.failure_location
         if location:
             record = error_record(
