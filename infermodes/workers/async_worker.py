@@ -147,6 +147,11 @@ class ErrorClaimed(Exception):
         self.record = record
 
 
+def _unstored(target: Target) -> Target:
+    """The target of an error notified without its object: no failure location to point at."""
+    return dataclasses.replace(target, failure_location=None)
+
+
 class Notifies(Protocol):
     """``notifications.Notifier``: raises BrokerUnavailable when the topic did not confirm."""
 
@@ -289,7 +294,7 @@ class Processor:
         if step is Step.RESEND_SUCCESS:
             return self._resend_success(request)
         if step is Step.RESEND_ERROR:
-            return self._resend_error(request, self._stored_failure(request))
+            return self._resend_error(Target.of(request), self._stored_failure(request))
         if step is Step.GIVE_UP:
             return self._give_up(Target.of(request), count, count, "")
         if step is Step.ABANDON:
@@ -310,8 +315,8 @@ class Processor:
         self._notify_success(request, self._small_output(request))
         return Result(Settle.ACK, "duplicate")
 
-    def _resend_error(self, request: InvocationRequest, failure: Failure) -> Result:
-        self._notify_error(Target.of(request), failure)
+    def _resend_error(self, target: Target, failure: Failure) -> Result:
+        self._notify_error(target, failure)
         if failure.reason == GAVE_UP:  # its give-up could not notify: finish it now
             return Result(Settle.DEAD_LETTER, "dead_lettered")
         return Result(Settle.ACK, "duplicate")
@@ -331,8 +336,7 @@ class Processor:
             retry=False,
         )
         log.error("inference %s: %s", request.inference_id, failure.message)
-        target = dataclasses.replace(Target.of(request), failure_location=None)
-        self._notify_error(target, failure)
+        self._notify_error(_unstored(Target.of(request)), failure)
         return Result(Settle.DEAD_LETTER, "abandoned")
 
     def _claim(self, location: str | None, claim: bytes) -> bytes | None:
@@ -366,8 +370,10 @@ class Processor:
     def _store_claimed_error(self, request: InvocationRequest, record: bytes, count: int) -> Result:
         """Another copy claimed the request's error first: store it (that copy may have died
         before it could) and notify it, as a redelivery would."""
-        self._store_error(request.inference_id, request.failure_location, record, count + 1)
-        return self._resend_error(request, _failure_of(record, request.failure_location))
+        target = Target.of(request)
+        if not self._store_error(target.inference_id, request.failure_location, record, count + 1):
+            target = _unstored(target)
+        return self._resend_error(target, _failure_of(record, request.failure_location))
 
     def _predict(self, request: InvocationRequest) -> bytes | None:
         """Predict into the output, claiming success just before the output is stored. An
@@ -456,16 +462,17 @@ class Processor:
                 if not last_resort(count, self.settings.max_attempts):
                     raise ErrorNotStored(problem) from exc
                 log.error("%s; the queue's last delivery notifies the error without it", problem)
-                target = dataclasses.replace(target, failure_location=None)
+                target = _unstored(target)
             else:
-                self._store_error(target.inference_id, location, record, attempts)
+                if not self._store_error(target.inference_id, location, record, attempts):
+                    target = _unstored(target)
         self._notify_error(target, failure)
 
     def _store_error(
         self, inference_id: str | None, location: str, record: bytes, attempts: int
-    ) -> None:
-        """The claimed error's object; on the last attempt, one that cannot be written is
-        notified without it."""
+    ) -> bool:
+        """The claimed error's object, and whether it was stored: on the last attempt, one
+        that cannot be written is notified without it."""
         try:
             self.storage.put_bytes(location, record)
         except StorageError as exc:
@@ -473,6 +480,8 @@ class Processor:
             if attempts < self.settings.max_attempts:
                 raise ErrorNotStored(problem) from exc
             log.error("%s; the last attempt notifies without it", problem)
+            return False
+        return True
 
     def _small_output(self, request: InvocationRequest) -> bytes | None:
         if self.storage.size(request.output_location) > INLINE_RESULT_LIMIT:

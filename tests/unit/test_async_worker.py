@@ -147,6 +147,10 @@ def test_the_last_attempt_notifies_even_without_its_error_object(
         (False, "InvalidInput"),
         (False, "AttemptsExhausted"),
     ]
+    # nothing to point at: no failure location in either notification
+    assert {str(b["responseParameters"]) for _, b, _ in notifier.sent} == {
+        str({"failureLocation": None})
+    }
 
 
 def test_expired_requests_fail_without_being_processed(
@@ -671,6 +675,7 @@ def test_a_claimed_error_that_cannot_be_stored_is_notified_on_the_last_attempt(
     assert notifier.sent == []
     assert processor.handle(message, 2) == Result(Settle.ACK, "duplicate")
     assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "Expired")]
+    assert notifier.sent[0][1]["responseParameters"] == {"failureLocation": None}
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
