@@ -26,6 +26,16 @@ def delivery_limit(max_attempts: int) -> int:
     return max_attempts + DELIVERY_LIMIT_HEADROOM
 
 
+def attempts_allowed(limit: int | None, max_attempts: int) -> int:
+    """The attempts workers make within a queue's delivery ``limit`` (None: it has none):
+    ``max_attempts``, or fewer on a RabbitMQ queue kept from an endpoint with a smaller
+    ``maxAttempts`` (a queue's arguments never change), so that the workers still give up,
+    notify and dead-letter before the queue drops the message without a word."""
+    if limit is None:
+        return max_attempts
+    return max(1, min(max_attempts, limit - DELIVERY_LIMIT_HEADROOM))
+
+
 class Settle(StrEnum):
     """How a delivery ends."""
 
@@ -67,10 +77,13 @@ class Consumer(Protocol):
     """Feeds one endpoint's deliveries to a handler, ``concurrency`` at a time, settling each
     as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight.
     ``stopping`` is set by ``stop`` (handlers cut their back-off waits short on it);
-    ``on_in_flight`` is called with +1 / -1 as deliveries start and end (a metrics gauge)."""
+    ``on_in_flight`` is called with +1 / -1 as deliveries start and end (a metrics gauge);
+    ``on_attempts_allowed`` with ``attempts_allowed`` each time the queue is declared, before
+    it delivers anything (a RabbitMQ queue kept with a smaller limit allows fewer)."""
 
     stopping: threading.Event
     on_in_flight: Callable[[int], None]
+    on_attempts_allowed: Callable[[int], None]
 
     def run(self, handle: Handler) -> None: ...
 

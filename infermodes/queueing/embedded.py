@@ -305,12 +305,14 @@ class EmbeddedConsumer:
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.endpoint = endpoint
-        self.limit = delivery_limit(max_attempts)
+        self.max_attempts = max_attempts
+        self.limit = delivery_limit(max_attempts)  # this queue's: a consumer brings its own
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.owner = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
         self.stopping = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
+        self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self._db = Database(path, "NORMAL")
         self._changed = threading.Condition()
         self._leases: set[tuple[int, int]] = set()  # (seq, deliveries) of those in flight
@@ -327,6 +329,7 @@ class EmbeddedConsumer:
             return len(self._leases)
 
     def run(self, handle: Handler) -> None:
+        self.on_attempts_allowed(self.max_attempts)
         self._beat()  # registered before the first claim
         heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
         heartbeat.start()

@@ -44,6 +44,7 @@ from infermodes.queueing.broker import (
     Delivery,
     Handler,
     Settle,
+    attempts_allowed,
     delivery_limit,
 )
 
@@ -102,19 +103,20 @@ def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     }
 
 
-def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int) -> None:
-    """Declare (idempotently) everything one endpoint needs."""
+def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int) -> int | None:
+    """Declare (idempotently) everything one endpoint needs; returns the work queue's delivery
+    limit (``declare_work_queue``)."""
     channel.exchange_declare(DEAD_LETTER_EXCHANGE, "direct", durable=True)
     channel.exchange_declare(NOTIFICATION_EXCHANGE, "topic", durable=True)
     dead = dead_letter_queue_name(endpoint)
     channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=endpoint)
-    declare_work_queue(channel.connection, endpoint, max_attempts)
+    return declare_work_queue(channel.connection, endpoint, max_attempts)
 
 
 def declare_work_queue(
     connection: pika.BlockingConnection, endpoint: str, max_attempts: int
-) -> None:
+) -> int | None:
     """The endpoint's work queue, on a channel of its own: a queue kept from an endpoint
     declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
     has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
@@ -124,7 +126,8 @@ def declare_work_queue(
     refused. RabbitMQ names only the first argument that differs (the released versions check
     the queue type and dead-lettering before the limit), so the queue is declared once more
     with its own limit, read from the refusal: what else differs is refused then, whatever
-    the order of the checks."""
+    the order of the checks. Returns the queue's delivery limit, which workers plan their
+    attempts within (``attempts_allowed``); None when it has none or the refusal did not say."""
     queue = queue_name(endpoint)
     arguments = queue_arguments(endpoint, max_attempts)
     try:
@@ -142,10 +145,11 @@ def declare_work_queue(
                 max_attempts,
                 exc.reply_text,
             )
-            return
+            return None
+        kept = None if current[1] is None else int(current[1])  # None: the queue has no limit
         own = {k: v for k, v in arguments.items() if k != "x-delivery-limit"}
-        if current[1] is not None:  # else the kept queue has no limit
-            own["x-delivery-limit"] = int(current[1])
+        if kept is not None:
+            own["x-delivery-limit"] = kept
         _declare_queue(connection, queue, own)  # raises if anything else differs too
         log.warning(
             "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
@@ -154,6 +158,8 @@ def declare_work_queue(
             max_attempts,
             exc.reply_text,
         )
+        return kept
+    return delivery_limit(max_attempts)
 
 
 def _declare_queue(
@@ -241,7 +247,7 @@ class ConfirmedChannel:
     (pika's blocking connection is not). ``run`` retries once on a fresh connection (an idle
     connection the broker dropped is reopened without a word), then raises BrokerUnavailable."""
 
-    def __init__(self, url: str, on_connect: Callable[[BlockingChannel], None]) -> None:
+    def __init__(self, url: str, on_connect: Callable[[BlockingChannel], object]) -> None:
         self.url = url
         self.on_connect = on_connect
         self._lock = threading.Lock()
@@ -312,7 +318,7 @@ class ChannelPool:
     keeps idle connections alive; ``outage`` logs one line per real outage."""
 
     def __init__(
-        self, url: str, size: int, on_connect: Callable[[BlockingChannel], None], what: str
+        self, url: str, size: int, on_connect: Callable[[BlockingChannel], object], what: str
     ) -> None:
         self._channels = [ConfirmedChannel(url, on_connect) for _ in range(size)]
         self._idle: SimpleQueue[ConfirmedChannel] = SimpleQueue()
@@ -411,6 +417,7 @@ class RabbitConsumer:
         self.concurrency = concurrency
         self.stopping = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
+        self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.outage = Outage(f"consuming {queue_name(endpoint)}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
@@ -474,7 +481,8 @@ class RabbitConsumer:
     ) -> None:
         channel = connection.channel()
         channel.basic_qos(prefetch_count=self.concurrency)
-        declare_topology(channel, self.endpoint, self.max_attempts)
+        limit = declare_topology(channel, self.endpoint, self.max_attempts)
+        self.on_attempts_allowed(attempts_allowed(limit, self.max_attempts))
         queue = queue_name(self.endpoint)
         tag = channel.basic_consume(
             queue, functools.partial(self._on_message, connection, held, handle)

@@ -176,8 +176,22 @@ class Processor:
         self.notifier = notifier
         self.metrics = metrics
         self.stopping = stopping
+        self.max_attempts = settings.max_attempts  # within the queue's limit: allow_attempts
         self._taken_lock = threading.Lock()
         self._newest_taken = 0.0
+
+    def allow_attempts(self, attempts: int) -> None:
+        """Give up within the attempts the queue allows (the consumer's ``on_attempts_allowed``):
+        fewer than maxAttempts on a RabbitMQ queue kept from an endpoint with a smaller one."""
+        if attempts < self.settings.max_attempts:
+            log.warning(
+                "the queue's delivery limit allows %d attempt(s) of a request, not maxAttempts "
+                "%d: giving up after %d (delete the queue, once empty, to declare it anew)",
+                attempts,
+                self.settings.max_attempts,
+                attempts,
+            )
+        self.max_attempts = attempts
 
     def handle(self, body: bytes, count: int) -> Result:
         """A notification the broker did not confirm requeues the message (after a back-off):
@@ -284,7 +298,7 @@ class Processor:
             output_exists=self.storage.exists(request.output_location),
             error_exists=self.storage.exists(request.failure_location),
             delivery_count=count,
-            max_attempts=self.settings.max_attempts,
+            max_attempts=self.max_attempts,
             now=time.time(),
             expires_at=request.expires_at,
         )
@@ -407,7 +421,7 @@ class Processor:
         if not failure.retry:
             self._finish_with_error(target, failure, count + 1, count)
             return Result(Settle.ACK, "error")
-        if count + 1 >= self.settings.max_attempts:
+        if count + 1 >= self.max_attempts:
             return self._give_up(target, count + 1, count, f"; last error: {failure.message}")
         log.warning(
             "inference %s: attempt %d failed (%s), retrying",
@@ -459,7 +473,7 @@ class Processor:
                         failure = _failure_of(claimed, location)
             except StorageError as exc:
                 problem = f"inference {target.inference_id}: cannot claim its result: {exc}"
-                if not last_resort(count, self.settings.max_attempts):
+                if not last_resort(count, self.max_attempts):
                     raise ErrorNotStored(problem) from exc
                 log.error("%s; the queue's last delivery notifies the error without it", problem)
                 target = _unstored(target)
@@ -477,7 +491,7 @@ class Processor:
             self.storage.put_bytes(location, record)
         except StorageError as exc:
             problem = f"inference {inference_id}: cannot write the error object: {exc}"
-            if attempts < self.settings.max_attempts:
+            if attempts < self.max_attempts:
                 raise ErrorNotStored(problem) from exc
             log.error("%s; the last attempt notifies without it", problem)
             return False
@@ -563,6 +577,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
     )
     consumer.on_in_flight = metrics.in_flight.inc
     processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)
+    consumer.on_attempts_allowed = processor.allow_attempts
     return consumer, delivery_handler(processor, metrics)
 
 

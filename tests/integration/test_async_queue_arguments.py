@@ -5,12 +5,17 @@ with the queue as it is, on a real broker, rather than fail for good."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import Delivery, Settle
+from infermodes.queueing.messages import InvocationRequest
 from infermodes.queueing.rabbitmq import (
     RabbitConsumer,
     RequestPublisher,
@@ -18,6 +23,8 @@ from infermodes.queueing.rabbitmq import (
     queue_arguments,
     queue_name,
 )
+from tests.conftest import AbaloneModel
+from tests.support.async_plane import Notifications, dead_letters, plane
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -52,6 +59,42 @@ def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
         loop.join(30)
     assert not loop.is_alive()
     assert got == [b"{}", b"{}"]
+
+
+def test_workers_give_up_within_a_kept_queue_s_smaller_limit_and_say_so(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The queue was declared for ``maxAttempts`` 1 (delivery limit 4) and is kept; the
+    endpoint now says 8. A request that fails every time must still end in an error object, an
+    error notification and the dead-letter queue, by the workers' give-up within the queue's
+    4 deliveries, not be dropped there by the queue's own limit with nothing said."""
+    endpoint = "kept-limit"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    failing = InvocationRequest(
+        inference_id="failing",
+        endpoint=endpoint,
+        input_location=f"file://{tmp_path}/input/failing",
+        output_location=f"file://{tmp_path}/output/failing.out",
+        failure_location=f"file://{tmp_path}/failure/failing.error",
+        content_type="text/csv",
+        accept="text/csv",
+        accepted_at=time.time(),
+        expires_at=time.time() + 3600,
+        invocation_timeout_seconds=900,
+    )
+    body = json.loads(failing.to_bytes())
+    body["acceptedAt"] = "yesterday"  # unreadable: a retryable failure at every delivery
+    first = RequestPublisher(rabbitmq.amqp_url, {endpoint: 1})
+    first.submit(endpoint, "failing", json.dumps(body).encode())
+    first.close()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=8) as live:
+        live.start_worker(f"file://{abalone_model.tarball}", "w")
+        notes.wait_for({"failing"}, "Failed", 60)
+        dead = [json.loads(b)["inferenceId"] for b in dead_letters(rabbitmq, endpoint)]
+    assert dead == ["failing"]
+    assert notes.ids("Failed") == Counter({"failing": 1})
+    record = json.loads((tmp_path / "failure/failing.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 1), record
 
 
 def test_a_classic_queue_of_the_same_name_is_still_refused(rabbitmq: Broker) -> None:

@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         notifier = Notifier(publisher, metrics, Webhooks(), 1)
         model = XGBoostModel.load(args.model, storage)
         processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)
+        consumer.on_attempts_allowed = processor.allow_attempts
         process: Callable[[bytes, int], Result] = processor.handle
     else:
         process = lambda _body, _attempt: Result(Settle.ACK, "success")  # noqa: E731

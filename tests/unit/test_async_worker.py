@@ -185,6 +185,22 @@ def test_transient_failures_are_requeued_then_dead_lettered_on_the_last_attempt(
     assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
 
 
+def test_a_queue_that_allows_fewer_attempts_is_given_up_within_them(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """A RabbitMQ queue kept from an endpoint with a smaller maxAttempts: the worker gives up
+    on the attempt the queue's limit allows last, not after maxAttempts (the queue would
+    have dropped the message into the dead-letter queue without a word before)."""
+    processor.storage = Storage(file_store=FlakyStore())
+    processor.allow_attempts(2)
+    message = request(tmp_path)
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert processor.handle(message, 1) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    record = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 2)
+    assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
+
+
 def test_a_give_up_that_cannot_notify_is_requeued_and_dead_lettered_once_notified(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:

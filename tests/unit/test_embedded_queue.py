@@ -89,9 +89,13 @@ def test_messages_come_in_the_order_they_were_submitted(queue: EmbeddedQueue) ->
     bodies = [f"m{i}" for i in range(20)]
     submit(queue, *bodies)
     handler = Recorder()
-    with consuming(queue.consumer(EP, 3, 1), handler):
+    consumer = queue.consumer(EP, 3, 1)
+    allowed: list[int] = []
+    consumer.on_attempts_allowed = allowed.append
+    with consuming(consumer, handler):
         wait_until(lambda: handler.count() == 20 and empty(queue), WAIT, "20 acks")
     assert handler.seen == [(body, 0) for body in bodies]
+    assert allowed == [3]  # its queue's limit is its own: all of maxAttempts
 
 
 def test_requeue_raises_the_count_and_ack_removes(queue: EmbeddedQueue) -> None:

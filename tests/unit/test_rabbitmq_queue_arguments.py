@@ -11,7 +11,7 @@ from typing import Any
 import pika.exceptions
 import pytest
 
-from infermodes.queueing.broker import delivery_limit
+from infermodes.queueing.broker import attempts_allowed, delivery_limit
 from infermodes.queueing.rabbitmq import declare_work_queue, queue_arguments
 
 
@@ -52,14 +52,35 @@ class ScriptedBroker:
 
 def test_a_queue_that_differs_only_in_its_limit_is_used_with_its_own_limit() -> None:
     broker = ScriptedBroker({**queue_arguments("e", 2), "x-delivery-limit": 9})
-    declare_work_queue(broker, "e", 2)  # type: ignore[arg-type]
+    assert declare_work_queue(broker, "e", 2) == 9  # type: ignore[arg-type]
     assert [a["x-delivery-limit"] for a in broker.declared] == [delivery_limit(2), 9]
+
+
+def test_a_queue_declared_as_asked_has_the_limit_max_attempts_gives() -> None:
+    broker = ScriptedBroker(queue_arguments("e", 2))
+    assert declare_work_queue(broker, "e", 2) == delivery_limit(2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("limit", "max_attempts", "allowed"),
+    [
+        (delivery_limit(3), 3, 3),  # the queue as declared
+        (delivery_limit(1), 8, 1),  # kept from maxAttempts 1, now 8: give up after 1
+        (delivery_limit(8), 3, 3),  # kept from 8, now 3: the queue allows more, 3 it is
+        (2, 3, 1),  # not ours (a limit under the headroom): still one attempt
+        (None, 3, 3),  # no limit, or the refusal did not say: maxAttempts
+    ],
+)
+def test_workers_attempt_within_the_queue_s_limit(
+    limit: int | None, max_attempts: int, allowed: int
+) -> None:
+    assert attempts_allowed(limit, max_attempts) == allowed
 
 
 def test_a_queue_without_a_limit_is_checked_without_one() -> None:
     kept = {k: v for k, v in queue_arguments("e", 2).items() if k != "x-delivery-limit"}
     broker = ScriptedBroker(kept)
-    declare_work_queue(broker, "e", 2)  # type: ignore[arg-type]
+    assert declare_work_queue(broker, "e", 2) is None  # type: ignore[arg-type]
     assert "x-delivery-limit" not in broker.declared[-1]
 
 
@@ -90,6 +111,6 @@ def test_a_refusal_cut_short_uses_the_queue_and_says_it_could_not_check(
             )
 
     broker = CutShort({})
-    declare_work_queue(broker, "e", 2)  # type: ignore[arg-type]
+    assert declare_work_queue(broker, "e", 2) is None  # type: ignore[arg-type]
     assert len(broker.declared) == 1
     assert "without checking its other arguments" in caplog.text
