@@ -357,11 +357,12 @@ class Processor:
         """Claim the request's one result: None when this delivery holds the claim now (or
         the request has no claim location), else the claim a copy took first. A claim is
         never released: once a success is claimed, no copy can end the request in an error
-        (and the reverse), whatever fails afterwards. Not fsynced: a claim matters only until
-        its result is stored (durably), and results are looked at before claims."""
+        (and the reverse), whatever fails afterwards. A success's (empty) claim is not
+        fsynced: it matters only until its output is stored (durably), and results are looked
+        at before claims. An error's is: a power loss could leave it empty, a success's claim."""
         for _ in range(2):  # gone when read (an S3 409 for a create that did not complete,
             # or the retention sweep): claim again
-            if location is None or self.storage.create(location, claim, durable=False):
+            if location is None or self.storage.create(location, claim, durable=bool(claim)):
                 return None
             try:
                 return self.storage.get_bytes(location, ERROR_RECORD_LIMIT)

@@ -170,6 +170,35 @@ class FlakyStore(FileStore):
         raise StorageError(f"s3 error on {ref.uri}: connection refused")
 
 
+class CreateRecorder(FileStore):
+    """Records whether each exclusive create was made durable."""
+
+    def __init__(self) -> None:
+        self.creates: list[tuple[str, bool]] = []
+
+    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+        self.creates.append((Path(ref.key).name, durable))
+        return super().create(ref, data, durable)
+
+
+def test_an_error_s_claim_is_fsynced_and_a_success_s_is_not(
+    processor: Processor, tmp_path: Path
+) -> None:
+    """An error's claim holds its record, which a power loss must not leave empty (an empty
+    claim is a success's); a success's claim is empty, on the hot path, and needs no fsync."""
+    store = CreateRecorder()
+    processor.storage = Storage(file_store=store)
+    for name, body in (("good", b"1,2,3\n"), ("bad", b"1,2\n")):
+        where = {
+            "claim_location": f"file://{tmp_path}/in/{name}.result",
+            "output_location": f"file://{tmp_path}/out/{name}.out",
+            "failure_location": f"file://{tmp_path}/fail/{name}.error",
+        }
+        processor.handle(request(tmp_path, body, inference_id=name, **where), 0)
+    claims = [(name, durable) for name, durable in store.creates if name.endswith(".result")]
+    assert claims == [("good.result", False), ("bad.result", True)]
+
+
 def test_transient_failures_are_requeued_then_dead_lettered_on_the_last_attempt(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
