@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -55,18 +56,21 @@ class GatewayDemand:
 
     @classmethod
     def from_annotation(cls, text: str) -> GatewayDemand | None:
-        """None for anything that is not a well-formed entry (it is then ignored)."""
+        """None for anything that is not a well-formed entry (it is then ignored): anyone who
+        may annotate the endpoint can write one, so an infinity or a NaN (``1e999``, which
+        ``int`` refuses with an OverflowError) is ignored too."""
         try:
             raw = json.loads(text)
-            return cls(
+            entry = cls(
                 gateway=str(raw["gateway"]),
                 in_flight=max(0, int(raw["inFlight"])),
                 held=max(0, int(raw["held"])),
                 last_request_at=float(raw["lastRequestAt"]),
                 at=float(raw["at"]),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             return None
+        return entry if math.isfinite(entry.last_request_at + entry.at) else None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,24 @@ class Hooks:
                      **kwargs)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        '{"gateway":"g","inFlight":1e999,"held":0,"lastRequestAt":0,"at":0}',
+        '{"gateway":"g","inFlight":1,"held":0,"lastRequestAt":NaN,"at":0}',
+        '{"gateway":"g","inFlight":1,"held":0,"lastRequestAt":0,"at":-Infinity}',
+        '["gateway"]',
+    ],
+)
+def test_a_demand_entry_anyone_may_write_wrongly_is_ignored_not_raised(written: str) -> None:
+    """Anyone who may annotate an endpoint can write an entry: an infinity (``int`` raises an
+    OverflowError) or a NaN must not stop the gateway's watch, nor the operator's sums."""
+    table = Table()
+    table.apply_endpoint(endpoint_object("e", annotations={annotation_key("g"): written}))
+    assert table.get("ns", "e").peers_seen_at == ()
+    assert GatewayDemand.from_annotation(written) is None
+
+
 def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both() -> None:
     table = Table()
     with pytest.raises(ValidationError) as missing:
