@@ -336,6 +336,23 @@ BatchSpec.cel_rules = [
 ]
 
 
+# Modes served by the same model-server Deployment: an endpoint moves between them in place.
+# Any other change of mode would need another kind of workload, under a selector Kubernetes
+# never changes; it is refused rather than left retrying.
+IN_PLACE_MODES = (Mode.REALTIME, Mode.SERVERLESS)
+MODE_CHANGE = (
+    "spec.mode can change only between realtime and serverless; delete the endpoint and "
+    "create it again to make it another mode (an async endpoint's queue and requests are kept)"
+)
+
+
+IN_PLACE_CEL = "[" + ", ".join(f"'{mode}'" for mode in IN_PLACE_MODES) + "]"
+
+
+def mode_change_allowed(old: Mode, new: Mode) -> bool:
+    return old == new or (old in IN_PLACE_MODES and new in IN_PLACE_MODES)
+
+
 INFERENCE_OUTPUT_MODES = (
     "spec.model.inferenceOutput selects what the model server answers: realtime and serverless "
     "endpoints only (async workers and batch instances write the model's scores)"
@@ -368,6 +385,8 @@ class EndpointSpec(SpecBlock):
           for mode, block in MODE_BLOCKS.items()],
         ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
          BATCH_IMMUTABLE),
+        (f"self.mode == oldSelf.mode || (self.mode in {IN_PLACE_CEL}"
+         f" && oldSelf.mode in {IN_PLACE_CEL})", MODE_CHANGE),
         ("!has(self.model.inferenceOutput) || self.mode in ['realtime', 'serverless']",
          INFERENCE_OUTPUT_MODES),
     ]  # fmt: skip

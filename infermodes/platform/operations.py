@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from infermodes.endpoints.spec import object_name
+from infermodes.endpoints.spec import Mode, mode_change_allowed, object_name
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -52,6 +52,13 @@ CONFIG_OUTPUT = ("EndpointConfigName", "EndpointConfigArn", "ProductionVariants"
 LIST_FIELDS = {"SortBy", "SortOrder", "NextToken", "MaxResults", "NameContains",
                "CreationTimeBefore", "CreationTimeAfter", "LastModifiedTimeBefore",
                "LastModifiedTimeAfter", "StatusEquals"}  # fmt: skip
+# What the platform calls each mode, in its errors.
+PLATFORM_MODE = {
+    Mode.REALTIME: "real-time",
+    Mode.SERVERLESS: "serverless",
+    Mode.ASYNC: "asynchronous",
+    Mode.BATCH: "batch",
+}
 # the platform's enums (a filter by one we never report is valid and finds nothing)
 STATUSES = {
     "EndpointStatus": ("OutOfService", "Creating", "Updating", "SystemUpdating", "RollingBack",
@@ -305,6 +312,15 @@ class ControlPlane:
         obj = await self._endpoint_object(
             given_name(current), required(request, "EndpointConfigName")
         )
+        old, new = Mode(current["spec"]["mode"]), Mode(obj["spec"]["mode"])
+        if not mode_change_allowed(old, new):
+            where = arn(self.defaults, "endpoint", name)
+            raise ValidationException(
+                f'Cannot update endpoint "{where}" from {PLATFORM_MODE[old]} to '
+                f"{PLATFORM_MODE[new]} inference: an endpoint changes in place only between "
+                "real-time and serverless; delete it and create it again (an asynchronous "
+                "endpoint's queue and requests are kept)"
+            )
         obj["metadata"]["annotations"][UPDATED_ANNOTATION] = "true"
         try:
             await self.store.replace_endpoint(obj)

@@ -154,6 +154,27 @@ def test_invalid_specs_are_rejected_by_kubectl_apply(
     assert get_endpoint(tools.cluster.api, k8s_namespace, f"bad-{name}") is None
 
 
+def test_a_mode_change_to_another_workload_is_refused_by_kubectl_apply(
+    tools: Tools, k8s_namespace: str
+) -> None:
+    """The API server runs the CRD's transition rule: realtime may become serverless (one
+    model-server Deployment), not async (workers under another selector, which Kubernetes
+    never changes: the operator would retry for ever)."""
+    manifest = endpoint_manifest("moves", "file:///m.tar.gz")
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    spec = manifest["spec"]
+    del spec["realtime"]
+    spec |= {"mode": "async", "async": {"outputPath": "file:///o"}}
+    refused = tools.apply(manifest, k8s_namespace)
+    assert refused.returncode != 0
+    assert "spec.mode can change only between realtime and serverless" in refused.stderr
+    kept = get_endpoint(tools.cluster.api, k8s_namespace, "moves")
+    assert kept is not None and kept["spec"]["mode"] == "realtime" and "async" not in kept["spec"]
+    del spec["async"]
+    spec |= {"mode": "serverless", "serverless": {}}
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+
+
 def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:
     manifest = endpoint_manifest("lost", f"file:///nonexistent/{k8s_namespace}/model.tar.gz")
     assert tools.apply(manifest, k8s_namespace).returncode == 0

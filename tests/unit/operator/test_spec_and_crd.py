@@ -95,7 +95,28 @@ def test_cel_rules_mirror_the_model_validators() -> None:
     ]
     rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
     assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
-    assert len(rules) == 6  # a block per mode, a batch job's model, where inferenceOutput applies
+    # a block per mode, a batch job's model, which mode changes, where inferenceOutput applies
+    assert len(rules) == 7
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        (s.Mode.REALTIME, s.Mode.SERVERLESS, True),  # one model-server Deployment
+        (s.Mode.SERVERLESS, s.Mode.REALTIME, True),
+        (s.Mode.ASYNC, s.Mode.ASYNC, True),
+        (s.Mode.ASYNC, s.Mode.REALTIME, False),  # workers and model servers: other selectors
+        (s.Mode.SERVERLESS, s.Mode.ASYNC, False),
+        (s.Mode.REALTIME, s.Mode.BATCH, False),  # a Job
+        (s.Mode.BATCH, s.Mode.ASYNC, False),
+    ],
+)
+def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
+    old: s.Mode, new: s.Mode, allowed: bool
+) -> None:
+    """The CRD's transition rule says the same (``MODE_CHANGE``), run by the API server in
+    tests/e2e/test_realtime_operator.py."""
+    assert s.mode_change_allowed(old, new) is allowed
 
 
 @pytest.mark.parametrize(

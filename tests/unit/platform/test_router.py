@@ -210,6 +210,25 @@ def test_update_endpoint_replaces_the_spec_and_reports_updating() -> None:
     assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "InService"
 
 
+def test_update_endpoint_to_another_kind_of_workload_is_refused_and_changes_nothing() -> None:
+    """Real-time and serverless share a workload; asynchronous endpoints have workers of
+    their own: the operator could never switch one into the other in place."""
+    api = Api()
+    api.seed("ep")
+    api.store.set_status("ep", "InService")
+    api.call("CreateEndpointConfig", EndpointConfigName="queued", ProductionVariants=[
+        {"VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+         "InitialInstanceCount": 1}],
+        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://b/out"}})  # fmt: skip
+    before = json.dumps(api.store.endpoints["ep"], sort_keys=True)
+    code, message = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="queued")
+    assert code == "ValidationException"
+    assert "from serverless to asynchronous inference" in message, message
+    assert "delete it and create it again" in message
+    assert json.dumps(api.store.endpoints["ep"], sort_keys=True) == before
+    assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointConfigName"] == "cfg"
+
+
 def test_bodies_nested_past_the_parsers_depth_are_a_serialization_error() -> None:
     api = Api()
     for body in (b"[" * 100_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000):
