@@ -97,6 +97,9 @@ def broker_from_url(url: str, management_url: str | None = None) -> Broker:
     whose text shows the URL without its password."""
     scheme = urlsplit(url).scheme
     if scheme in ("amqp", "amqps"):
+        from infermodes.queueing.rabbitmq import amqp_parameters
+
+        amqp_parameters(url)  # refused now, not at each connection
         return RabbitBroker(url, management_url)
     if scheme == "sqlite":
         path, lease = embedded_path(url)

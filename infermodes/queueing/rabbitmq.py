@@ -37,7 +37,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from infermodes.errors import BrokerUnavailable
+from infermodes.errors import BrokerUnavailable, BrokerUrlError
+from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
     Backlog,
@@ -176,9 +177,22 @@ def heartbeat_seconds(url: str) -> int:
     return int(given) if given.isascii() and given.isdigit() else HEARTBEAT_SECONDS
 
 
+def amqp_parameters(url: str) -> pika.URLParameters:
+    """pika's reading of ``url``. Its errors quote parts of the URL (a password with an
+    unencoded '/' ends the host part there, and its first half is read as the port): they are
+    replaced by a BrokerUrlError that shows none of it."""
+    try:
+        return pika.URLParameters(url)
+    except (ValueError, TypeError, KeyError):
+        raise BrokerUrlError(
+            f"{redacted_url(url)!r} cannot be read as an AMQP URL: percent-encode any '/', "
+            "'?', '#', '@' or ':' in its user name and password"
+        ) from None
+
+
 def connect(url: str) -> pika.BlockingConnection:
     """A connection named after this process (``infermodes pid N`` in the management UI)."""
-    params = pika.URLParameters(url)
+    params = amqp_parameters(url)
     params.socket_timeout = CONNECT_TIMEOUT_SECONDS
     params.blocked_connection_timeout = CONNECT_TIMEOUT_SECONDS * 6
     params.heartbeat = heartbeat_seconds(url)

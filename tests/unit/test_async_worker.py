@@ -423,24 +423,45 @@ def test_time_in_backlog_total_time_and_the_newest_acceptance_taken_are_measured
     assert value(*total) == 2  # the duplicate is not a second result
 
 
+def tiny_model_file(tmp_path: Path) -> Path:
+    features = np.random.default_rng(5).random((30, 3))
+    path = tmp_path / "model.json"
+    xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 2).save_model(path)
+    return path
+
+
 def test_a_broker_url_of_another_scheme_stops_the_worker_without_its_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The chart's Secret also holds the management URL (http://user:pass@...): put in the
     wrong key, the worker ends with a clear line, and its log (a crashing pod's status
     message) never shows the password."""
-    features = np.random.default_rng(5).random((30, 3))
-    path = tmp_path / "model.json"
-    xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 2).save_model(path)
     settings = WorkerSettings(
         endpoint="ep",
-        model_uri=f"file://{path}",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
         broker_url="http://admin:S3cretPw@rabbit:15672/",
         metrics_port=0,
     )
     assert run(settings) == EXIT_CANNOT_START
     assert "must start with amqp://" in caplog.text and "http://admin@rabbit:15672/" in caplog.text
     assert "S3cretPw" not in caplog.text
+
+
+@pytest.mark.parametrize("password", ["S3cr/etPw", "S3cr#etPw", "S3cr?etPw"])
+def test_a_password_pika_cannot_read_stops_the_worker_without_a_piece_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, password: str
+) -> None:
+    """A base64 password often holds a '/': unencoded, pika reads its first half as the port
+    and says so in its error, which would reach the pod's status and an Event."""
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
+        broker_url=f"amqp://admin:{password}@rabbit:5672/",
+        metrics_port=0,
+    )
+    assert run(settings) == EXIT_CANNOT_START
+    assert "cannot be read as an AMQP URL: percent-encode" in caplog.text
+    assert "S3cr" not in caplog.text and "etPw" not in caplog.text
 
 
 def claimed(tmp_path: Path, body: bytes | None = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from infermodes.endpoints.status import QueueFigures
+from infermodes.errors import BrokerUrlError
 from infermodes.queueing.rabbitmq import BROKER_ERRORS, backlog
 
 log = logging.getLogger("infermodes.operator")
+UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError)
 
 
 def read_backlog(
@@ -19,7 +21,7 @@ def read_backlog(
         return None
     try:
         found = backlog(endpoint, broker_url, management_url)
-    except BROKER_ERRORS as exc:  # the management API's failures fall back to AMQP inside
+    except UNREADABLE as exc:  # the management API's failures fall back to AMQP inside
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
     return QueueFigures(found.ready, found.unacked, found.oldest_age)

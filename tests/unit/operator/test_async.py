@@ -21,6 +21,7 @@ from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
+from infermodes.operator.signals.backlog import read_backlog
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
@@ -298,3 +299,13 @@ def test_one_reconcile_reads_the_broker_once_and_its_status_shows_what_the_decis
     assert reads == ["abalone"]
     assert status.backlog == QueueFigures(ready=5, in_flight=0)
     assert status.desired_replicas == 2  # 5 waiting at 4 per instance
+
+
+def test_a_broker_url_pika_cannot_read_is_an_unreadable_backlog_without_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The scaler keeps the replicas (None), and the log line it leaves quotes nothing of the
+    password (pika's own error would quote its first half as the port)."""
+    assert read_backlog("ep", "amqp://admin:S3cr/etPw@rabbit:5672/", None) is None
+    assert "cannot be read as an AMQP URL" in caplog.text
+    assert "S3cr" not in caplog.text and "etPw" not in caplog.text
