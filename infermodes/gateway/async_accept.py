@@ -27,6 +27,7 @@ import posixpath
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -107,6 +108,17 @@ def header_text(headers: Headers, name: str) -> str | None:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"{name} is not valid UTF-8") from None
+
+
+# Every printable ASCII character but '%': what a response header carries as it is.
+HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_location(location: str) -> str:
+    """A location as a response header: the bytes outside printable ASCII (a path may hold any
+    character) percent-encoded as UTF-8, as is '%' itself, so that the header can always be
+    sent and read back with one unquote (the JSON body carries the location as it is)."""
+    return quote(location, safe=HEADER_SAFE, errors="surrogatepass")
 
 
 def header_seconds(value: str | None, name: str, default: int, maximum: int) -> int:
@@ -414,8 +426,8 @@ def create_router(
             },
             202,
             headers={
-                OUTPUT_LOCATION: message.output_location,
-                FAILURE_LOCATION: message.failure_location,
+                OUTPUT_LOCATION: header_location(message.output_location),
+                FAILURE_LOCATION: header_location(message.failure_location),
             },
         )
 

@@ -3,6 +3,7 @@ bodies, 202 only after the publish returned, 503 (leaving nothing stored) when i
 the inference id as the caller's idempotency key."""
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from fastapi import FastAPI
@@ -177,6 +178,26 @@ def test_header_values_are_utf8(tmp_path: Path) -> None:
     latin1 = Headers(raw=[(b"x-amzn-sagemaker-custom-attributes", "café".encode("latin-1"))])
     with pytest.raises(InvalidInput, match="Custom-Attributes is not valid UTF-8"):
         header_text(latin1, "X-Amzn-SageMaker-Custom-Attributes")
+
+
+def test_locations_outside_printable_ascii_are_percent_encoded_in_the_headers(
+    tmp_path: Path,
+) -> None:
+    """An endpoint's paths may hold any character; a header cannot carry most of them: it
+    had the request queued and then answered 500 "not accepted", and each retry queued it
+    again. The JSON body keeps the locations as they are."""
+    publisher = RecordingPublisher()
+    settings = AsyncApiSettings(endpoints={"ep": AsyncEndpoint.under(f"file://{tmp_path}/予測 %")})
+    client = TestClient(create_app(settings, publisher, registry=CollectorRegistry()))
+    response = client.post("/endpoints/ep/async-invocations", content=b"1\n")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["OutputLocation"].startswith(f"file://{tmp_path}/予測 %/output/")
+    header = response.headers["X-Amzn-SageMaker-OutputLocation"]
+    assert header.startswith(f"file://{tmp_path}/%E4%BA%88%E6%B8%AC %25/output/")
+    assert unquote(header) == body["OutputLocation"]
+    assert unquote(response.headers["X-Amzn-SageMaker-FailureLocation"]) == body["FailureLocation"]
+    assert len(publisher.sent) == 1
 
 
 @pytest.mark.parametrize(
