@@ -269,3 +269,32 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
     assert dead_letters(broker, "busy") == []
     wait_until(lambda: "exit code" in log(), 150, "the removed worker to exit")
     assert "terminated by the kubelet, exit code 0" in log(), log()[-2000:]
+
+
+def test_a_model_edit_that_cannot_load_leaves_the_old_workers_serving(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A worker is ready once its model is loaded (its metrics port opens then): the rollout
+    of a model that cannot load never replaces the worker that serves, which still
+    answers every request."""
+    manifest = async_manifest("steady", model_uri, tmp_path, minReplicas=1, maxReplicas=1)
+    _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
+    (serving,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "steady")]
+    broken = async_manifest("steady", f"file:///nonexistent/{k8s_namespace}/model.tar.gz",
+                            tmp_path, minReplicas=1, maxReplicas=1)  # fmt: skip
+    assert tools.apply(broken, k8s_namespace).returncode == 0
+
+    def restarts() -> int:
+        pods = worker_pods(tools, k8s_namespace, "steady")
+        new = [p for p in pods if p["metadata"]["name"] != serving]
+        statuses = [s for p in new for s in p.get("status", {}).get("containerStatuses", [])]
+        return sum(s.get("restartCount", 0) for s in statuses)
+
+    wait_until(lambda: restarts() >= 1, 120, "the new worker to fail to load its model")
+    names = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "steady")]
+    assert serving in names, names
+    sent = invoke_all(url, "steady", abalone_model.test_rows, 10)
+    wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
+               "the old worker to answer every request")  # fmt: skip
+    check_outputs(tmp_path, sent, abalone_model.booster())

@@ -146,6 +146,13 @@ def desired_objects(
         "command": list(plan.command),
         "env": env,
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        # the metrics port opens once the model is loaded: a rollout keeps the old workers
+        # until the new ones have loaded theirs (a model that cannot load never gets there)
+        "readinessProbe": {
+            "tcpSocket": {"port": "metrics"},
+            "periodSeconds": 1,
+            "failureThreshold": 3,
+        },
         "resources": resources(block.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
