@@ -166,8 +166,12 @@ def input_location_of(
     if not permitted:
         return ref.uri, None
     for prefix in permitted:
-        if ref.uri.startswith(prefix.rstrip("/") + "/"):
-            return ref.uri, prefix.rstrip("/") if ref.scheme == "file" else None
+        try:  # written as the spec allows: FILE:///..., file://localhost/..., S3://...
+            base = normalised(prefix).uri.rstrip("/")
+        except StorageError:
+            continue
+        if ref.uri.startswith(base + "/"):
+            return ref.uri, base if ref.scheme == "file" else None
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
         " (add one with --allow-input-prefix)"

@@ -288,6 +288,20 @@ def test_allowed_input_locations(location: str, normalised: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "prefix", ["FILE:///data/ep/input", "file://localhost/data/ep/input/", "file:///data//ep/input"]
+)
+def test_an_own_prefix_written_as_the_spec_allows_admits_the_files_under_it(prefix: str) -> None:
+    """The spec takes a scheme in any case and file://localhost/: the endpoint's own input
+    prefix written so refused every file input before."""
+    found = input_location_of("file:///data/ep/input/x.csv", [], prefix)
+    assert found == ("file:///data/ep/input/x.csv", "file:///data/ep/input")
+    allowed = input_location_of("s3://data/in/x.csv", ["S3://data/in"], OWN)
+    assert allowed == ("s3://data/in/x.csv", None)
+    with pytest.raises(InputNotAllowed):
+        input_location_of("file:///data/ep/inputs/x.csv", [], prefix)
+
+
+@pytest.mark.parametrize(
     "location", ["file:///data/in/../../etc/passwd", "file:///data/inbox/x", "s3://other/in/x"]
 )
 def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> None:
