@@ -143,6 +143,8 @@ class Status:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:
             patch["backlog"] = self.backlog.to_dict()
+        elif (previous or {}).get("backlog") is not None:
+            patch["backlog"] = None  # unread now (BrokerUnreadable): no figures left frozen
         return patch
 
 

@@ -210,6 +210,7 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
         blind = lambda e: e["status"].get("reason") == "BrokerUnreadable"  # noqa: E731
         endpoint = wait_phase(api, k8s_namespace, "outage", "InService", timeout=60, also=blind)
         assert endpoint["status"]["replicas"] == 1
+        assert "backlog" not in endpoint["status"]  # not the figures of before, frozen
         events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
         assert any(e["reason"] == "InService" and "broker" in e.get("message", "")
                    for e in events)  # fmt: skip

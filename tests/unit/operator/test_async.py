@@ -223,6 +223,9 @@ def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> 
     blind = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), None), None)
     assert (blind.phase, blind.reason, blind.replicas) == (s.Phase.IN_SERVICE,
                                                            "BrokerUnreadable", 2)  # fmt: skip
+    # the figures read before are removed (a merge patch's null), not left as if current
+    assert blind.to_patch(1, busy.to_patch(1, None))["backlog"] is None
+    assert "backlog" not in blind.to_patch(1, None)
 
 
 def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
