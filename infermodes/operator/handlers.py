@@ -28,6 +28,7 @@ from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
 from infermodes.operator.signals.backlog import read_backlog
+from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
 
@@ -142,13 +143,15 @@ def configure(operator_settings: OperatorSettings) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=s.GROUP, key="last-handled-configuration"
         )
+        kube = KubeDoor()
         memo.deps = Deps(
-            KubeDoor(),
+            kube,
             operator_settings,
             scrape,
             read_backlog=lambda endpoint: read_backlog(
                 endpoint, operator_settings.broker_url, operator_settings.management_url
             ),
+            async_holders=AsyncNames(kube).holders,
         )
         memo.endpoints = Endpoints()
         registry = CollectorRegistry()

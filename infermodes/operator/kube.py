@@ -97,6 +97,16 @@ class KubeDoor:
             raise KubeError(f"reading {kind} {namespace}/{name}: {_reason(exc)}") from exc
         return found.to_dict()
 
+    def list_everywhere(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind, in every namespace."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self._resource(api_version, kind).get()
+        except ApiException as exc:
+            raise KubeError(f"listing {kind} in every namespace: {_reason(exc)}") from exc
+        return [item.to_dict() for item in found.items]
+
     def list(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
+from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings
 
 
@@ -39,6 +40,8 @@ class Deps:
     wall_clock: Callable[[], float] = time.time
     fetch_metrics: Callable[[str, int], str | None] = fetch_metrics_text
     read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
+    # the async endpoints of a name in every namespace (None: they cannot be listed)
+    async_holders: Callable[[str], list[Holder] | None] = lambda _name: []
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,15 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         return read_all(lambda ip: deps.fetch_metrics(ip, port), ips)
 
     wall = deps.wall_clock()
-    annotations = (body.get("metadata") or {}).get("annotations")
-    demand = Demand.from_annotations(annotations, wall)
+    metadata = body.get("metadata") or {}
+    demand = Demand.from_annotations(metadata.get("annotations"), wall)
+
+    @functools.cache
+    def name_held_by() -> str | None:
+        holders = deps.async_holders(ref.name)
+        created = str(metadata.get("creationTimestamp") or "")
+        return None if holders is None else holder_elsewhere(ref.namespace, created, holders)
+
     signals = Signals(
         workload,
         found,
@@ -110,10 +120,11 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         deps.clock(),
         wall,
         autoscale,
+        name_held_by,
     )
     replicas = mode.replicas(spec, signals, memory)
-    for pod, annotations in mode.pod_annotations(spec, signals, replicas).items():
-        deps.kube.annotate("v1", "Pod", ref.namespace, pod, annotations)
+    for pod, wanted in mode.pod_annotations(spec, signals, replicas).items():
+        deps.kube.annotate("v1", "Pod", ref.namespace, pod, wanted)
     if workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)

@@ -70,15 +70,15 @@ def one_harness_at_a_time() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards; waits until its pods' processes end.
-
-    Pod logs of the namespace are attached to the report when the test fails.
-    """
+@contextlib.contextmanager
+def fresh_namespace(
+    k8s_cluster: Cluster, request: pytest.FixtureRequest, suffix: str = ""
+) -> Iterator[str]:
+    """A new namespace named after the test, deleted afterwards; waits until its pods'
+    processes end. Its pod logs are attached to the report when the test fails."""
     api = k8s_cluster.api
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:6]}"
+    name = f"{slug}-{suffix}{uuid.uuid4().hex[:6]}"
     api.post(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
@@ -110,6 +110,20 @@ def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Itera
             NAMESPACE_GONE_TIMEOUT_S,
             f"pods of {name} to stop",
         )
+
+
+@pytest.fixture
+def k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (``fresh_namespace``)."""
+    with fresh_namespace(k8s_cluster, request) as name:
+        yield name
+
+
+@pytest.fixture
+def other_k8s_namespace(k8s_cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second fresh namespace, for a test of two (names are per namespace)."""
+    with fresh_namespace(k8s_cluster, request, "b-") as name:
+        yield name
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -22,6 +22,7 @@ from infermodes.metrics import parse_sample, parse_worker_in_flight
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
+    IE_PATH,
     OPERATOR_NAMESPACE,
     Tools,
     gateway_url,
@@ -299,3 +300,25 @@ def test_a_model_edit_that_cannot_load_leaves_the_old_workers_serving(
     wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
                "the old worker to answer every request")  # fmt: skip
     check_outputs(tmp_path, sent, abalone_model.booster())
+
+
+def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_free(
+    tools: Tools, k8s_namespace: str, other_k8s_namespace: str, broker: Broker, model_uri: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """One RabbitMQ queue per async name: the later of two same-named endpoints in two
+    namespaces would consume the other's requests. It stays at zero workers, Failed with
+    NameInUse, and starts its workers once the older endpoint is gone."""
+    api = tools.cluster.api
+    first = async_manifest("twin", model_uri, tmp_path / "a", minReplicas=1, maxReplicas=1)
+    serve_async(tools, k8s_namespace, broker, first, ready=1)
+    broker_secret(tools, other_k8s_namespace, broker)
+    second = async_manifest("twin", model_uri, tmp_path / "b", minReplicas=1, maxReplicas=1)
+    assert tools.apply(second, other_k8s_namespace).returncode == 0
+    held = lambda e: e["status"].get("reason") == "NameInUse"  # noqa: E731
+    wait_phase(api, other_k8s_namespace, "twin", "Failed", timeout=60, also=held)
+    assert worker_pods(tools, other_k8s_namespace, "twin") == []
+    assert len(worker_pods(tools, k8s_namespace, "twin")) == 1  # the holder serves on
+    api.delete(f"{IE_PATH.format(ns=k8s_namespace)}/twin")
+    wait_phase(api, other_k8s_namespace, "twin", "InService", timeout=120,
+               also=lambda e: e["status"].get("readyReplicas", 0) == 1)  # fmt: skip

@@ -48,6 +48,8 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    if signals.name_held_by() is not None:
+        return 0  # its workers would consume the other endpoint's requests
     workload = signals.workload
     current = workload.replicas if workload.exists else 0
     block = async_block(spec)
@@ -169,7 +171,15 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     read = pool_figures(spec, signals)
     figures = with_oldest_age(read.figures, signals)
     problem = failure(workload)
-    if problem is not None:
+    if signals.name_held_by() is not None:
+        status = workload.status(
+            s.Phase.FAILED,
+            "NameInUse",
+            "an async endpoint of this name in another namespace, created earlier, holds the "
+            "name's queue (one RabbitMQ queue per name): this one runs no workers until it "
+            "holds the name alone; rename one of them",
+        )
+    elif problem is not None:
         status = workload.status(s.Phase.FAILED, problem[0], problem[1])
     elif not workload.exists:
         status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")

@@ -30,6 +30,9 @@ class Signals:
     now: float  # monotonic clock, for cooldowns between the operator's own decisions
     wall: float  # wall clock, for timestamps written by other processes (demand)
     autoscale: bool  # a resync tick: time-based decisions (rates, cooldowns) may move
+    # the namespace of an older async endpoint of the same name, which holds the name's queue
+    # (``signals/names.py``); None when there is none, or it cannot be told
+    name_held_by: Callable[[], str | None] = lambda: None
 
 
 class EndpointMode(Protocol):

@@ -17,11 +17,13 @@ from infermodes.endpoints.status import (
 )
 from infermodes.metrics import DEQUEUED_ACCEPTED_AT as DEQUEUED
 from infermodes.metrics import OperatorMetrics
+from infermodes.operator.kube import KubeError
 from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.operator.signals.backlog import read_backlog
+from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
@@ -312,3 +314,82 @@ def test_a_broker_url_pika_cannot_read_is_an_unreadable_backlog_without_its_pass
     assert read_backlog("ep", "amqp://admin:S3cr/etPw@rabbit:5672/", None) is None
     assert "cannot be read as an AMQP URL" in caplog.text
     assert "S3cr" not in caplog.text and "etPw" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("holders", "held_by"),
+    [
+        ([], None),  # alone (or its own entry not listed yet)
+        ([("models", "2026-03-01T10:00:00Z")], None),  # itself
+        ([("team-b", "2026-03-01T11:00:00Z")], None),  # the other came later
+        ([("team-a", "2026-03-01T09:00:00Z")], "team-a"),  # the other came first
+        ([("aaa", "2026-03-01T10:00:00Z")], "aaa"),  # the same second: namespace order
+        ([("zzz", "2026-03-01T10:00:00Z")], None),
+    ],
+)
+def test_the_oldest_async_endpoint_of_a_name_holds_its_queue(
+    holders: list[tuple[str, str]], held_by: str | None
+) -> None:
+    assert holder_elsewhere("models", "2026-03-01T10:00:00Z", holders) == held_by
+
+
+def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says_why() -> None:
+    """Its workers would consume the other endpoint's requests (one queue per name)."""
+    pool = {
+        "metadata": {"name": "abalone", "generation": 1},
+        "spec": {"replicas": 2},
+        "status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 1},
+    }
+    kube = FakeKube(pool)
+    deps = Deps(kube, OperatorSettings(), lambda ip, port: None)
+    deps.read_backlog = lambda _endpoint: QueueFigures(ready=9, in_flight=0)
+    deps.async_holders = lambda name: [("team-a", "2026-01-01T00:00:00Z")]
+    later = body(FULL_SPEC)
+    later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
+    status = reconcile(later, ScalerMemory(), deps, autoscale=True).status
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "NameInUse")
+    assert "rename one of them" in status.message and "team-a" not in status.message
+    [deployment] = kube.applied
+    assert deployment["spec"]["replicas"] == 0
+    deps.async_holders = lambda name: None  # cannot be listed: nothing is held back
+    status = reconcile(later, ScalerMemory(), deps, autoscale=True).status
+    assert status.phase is s.Phase.IN_SERVICE and kube.applied[-1]["spec"]["replicas"] == 3
+
+
+class ListingKube:
+    def __init__(self, objects: list[dict] | Exception) -> None:
+        self.objects = objects
+        self.lists = 0
+
+    def list_everywhere(self, api_version: str, kind: str) -> list[dict]:
+        self.lists += 1
+        if isinstance(self.objects, Exception):
+            raise self.objects
+        return self.objects
+
+
+def endpoint(namespace: str, name: str, mode: str, created: str) -> dict:
+    meta = {"namespace": namespace, "name": name, "creationTimestamp": created}
+    return {"metadata": meta, "spec": {"mode": mode}}
+
+
+def test_async_names_are_listed_once_per_interval_and_only_async_endpoints_count() -> None:
+    kube = ListingKube(
+        [
+            endpoint("a", "x", "async", "T1"),
+            endpoint("b", "x", "realtime", "T0"),
+            endpoint("c", "x", "async", "T2"),
+            endpoint("a", "y", "async", "T3"),
+        ]
+    )
+    clock = [100.0]
+    names = AsyncNames(kube, lambda: clock[0], interval=5.0)  # type: ignore[arg-type]
+    assert names.holders("x") == [("a", "T1"), ("c", "T2")]
+    assert names.holders("y") == [("a", "T3")] and names.holders("z") == []
+    assert kube.lists == 1
+    clock[0] = 105.0
+    names.holders("x")
+    assert kube.lists == 2
+    kube.objects = KubeError("forbidden")
+    clock[0] = 110.0
+    assert names.holders("x") is None

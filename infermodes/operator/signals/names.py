@@ -1,0 +1,73 @@
+"""Async endpoints of one name in several namespaces: RabbitMQ has one queue per name.
+
+The queue of an async endpoint is named after the endpoint alone (the gateway routes by name,
+and a queue outlives its endpoint), so two of one name in two namespaces would consume each
+other's requests: the workers of one reading the other's inputs, writing its outputs. The
+oldest holds the name; the operator keeps any other at zero workers, ``Failed`` with
+``NameInUse``, until it holds the name alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from infermodes.endpoints import spec as s
+from infermodes.operator.kube import KubeDoor, KubeError
+
+log = logging.getLogger("infermodes.operator")
+
+LIST_INTERVAL_SECONDS = 5.0  # one list of every endpoint serves the reconciles meanwhile
+Holder = tuple[str, str]  # (namespace, creationTimestamp: RFC 3339, which sorts as time)
+
+
+def holder_elsewhere(namespace: str, created: str, holders: Iterable[Holder]) -> str | None:
+    """The namespace of the endpoint that holds the name when it is not this one: the oldest
+    (then the first namespace in order, for two created in the same second)."""
+    first = min([(created, namespace), *((when, where) for where, when in holders)])
+    return None if first[1] == namespace else first[1]
+
+
+class AsyncNames:
+    """Every async InferenceEndpoint's namespace and creation time by name, listed across
+    namespaces at most every ``LIST_INTERVAL_SECONDS``; reconciles run on threads."""
+
+    def __init__(
+        self,
+        kube: KubeDoor,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = LIST_INTERVAL_SECONDS,
+    ) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._listed_at: float | None = None
+        self._by_name: dict[str, list[Holder]] | None = None
+
+    def holders(self, name: str) -> list[Holder] | None:
+        """The async endpoints named ``name``, this one among them; None when they cannot be
+        listed (an operator allowed to read only some namespaces): nothing is held back then."""
+        with self._lock:
+            now = self.clock()
+            if self._listed_at is None or now - self._listed_at >= self.interval:
+                self._listed_at, self._by_name = now, self._list()
+            if self._by_name is None:
+                return None
+            return list(self._by_name.get(name, []))
+
+    def _list(self) -> dict[str, list[Holder]] | None:
+        try:
+            found = self.kube.list_everywhere(f"{s.GROUP}/{s.VERSION}", s.KIND)
+        except KubeError as exc:
+            log.warning("cannot list the async endpoints of other namespaces: %s", exc)
+            return None
+        by_name: dict[str, list[Holder]] = {}
+        for obj in found:
+            meta = obj.get("metadata") or {}
+            if (obj.get("spec") or {}).get("mode") == s.Mode.ASYNC:
+                holder = (str(meta.get("namespace")), str(meta.get("creationTimestamp") or ""))
+                by_name.setdefault(str(meta.get("name")), []).append(holder)
+        return by_name
