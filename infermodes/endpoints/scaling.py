@@ -77,6 +77,17 @@ class ScalerMemory:
     last_change_at: float = 0.0
     activated_at: float | None = None  # when a scale from zero was decided (wall clock)
     empty_since: float | None = None  # since when a queue's backlog has been empty
+    restored: bool = False  # the last change was taken from the status (``restore``)
+
+    def restore(self, last_scale_wall: float | None, now: float, wall: float) -> None:
+        """A memory just made (an operator started) takes the last change from the status's
+        wall-clock time (``lastScaleTime``), so that a restart does not end a cooldown: only
+        the first time, and never later than now."""
+        if self.restored:
+            return
+        self.restored = True
+        if last_scale_wall is not None and self.last_change_at == 0.0:
+            self.last_change_at = now - max(0.0, wall - last_scale_wall)
 
 
 def measured_load(

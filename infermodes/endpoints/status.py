@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -96,6 +97,8 @@ class Status:
     desired_replicas: int = 0
     progress: Progress | None = None  # batch only
     backlog: QueueFigures | None = None  # async only
+    # when the operator last changed the replicas (RFC 3339): its cooldowns outlive a restart
+    last_scale_time: str | None = None
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -112,6 +115,7 @@ class Status:
             int(status.get("replicas", 0)),
             int(status.get("readyReplicas", 0)),
             int(status.get("desiredReplicas", 0)),
+            last_scale_time=status.get("lastScaleTime"),
         )
 
     def to_patch(self, generation: int, previous: Any) -> dict[str, Any]:
@@ -127,7 +131,7 @@ class Status:
             "status": ready,
             "reason": self.reason or self.phase.value,
             "message": self.message,
-            "lastTransitionTime": since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastTransitionTime": since or rfc3339(time.time()),
         }
         patch: dict[str, Any] = {
             "phase": self.phase.value,
@@ -139,6 +143,8 @@ class Status:
             "observedGeneration": generation,
             "conditions": [condition],
         }
+        if self.last_scale_time is not None:
+            patch["lastScaleTime"] = self.last_scale_time
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:
@@ -146,6 +152,19 @@ class Status:
         elif (previous or {}).get("backlog") is not None:
             patch["backlog"] = None  # unread now (BrokerUnreadable): no figures left frozen
         return patch
+
+
+def rfc3339(wall: float) -> str:
+    """A wall-clock time as Kubernetes writes them (whole seconds, UTC)."""
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: object) -> float | None:
+    """The wall-clock time ``rfc3339`` wrote; None for anything else."""
+    try:
+        return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def record_queue(metrics: OperatorMetrics, key: tuple[str, str], status: Status) -> None:

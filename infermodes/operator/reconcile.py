@@ -20,7 +20,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import QueueFigures, Status
+from infermodes.endpoints.status import QueueFigures, Status, parse_rfc3339, rfc3339
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import KubeDoor
 from infermodes.operator.modes import mode_for
@@ -122,6 +122,9 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         autoscale,
         name_held_by,
     )
+    previous_scale = (body.get("status") or {}).get("lastScaleTime")
+    memory.restore(parse_rfc3339(previous_scale), signals.now, wall)
+    changed_at = memory.last_change_at
     replicas = mode.replicas(spec, signals, memory)
     for pod, wanted in mode.pod_annotations(spec, signals, replicas).items():
         deps.kube.annotate("v1", "Pod", ref.namespace, pod, wanted)
@@ -131,7 +134,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
-    status = mode.observe(spec, observed, previous)
+    last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
+    status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)
     events = []
     if memory.activated_at is not None and status.ready_replicas > 0:
         seconds = wall - memory.activated_at

@@ -9,7 +9,7 @@ import yaml
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import Status, rfc3339
 from infermodes.metrics import ServerLoad as PodLoad
 from infermodes.metrics import parse_server_load as parse_load
 from infermodes.operator.modes import MODES, realtime
@@ -264,6 +264,41 @@ def test_autoscaling_follows_in_flight_load_within_bounds() -> None:
     d.scrape = lambda ip, port: PodLoad(0, 0)
     clock[0] += 1
     reconcile(body(spec), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 1
+
+
+def test_a_restarted_operator_keeps_the_scale_in_cooldown_of_the_last_change() -> None:
+    """The last change's time is in the status (``lastScaleTime``): a fresh memory (the
+    operator restarted) counts the cooldown from it instead of scaling in at once."""
+    spec = {
+        "mode": "realtime",
+        "model": {"uri": "x"},
+        "realtime": {
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "scaling": {"metric": "InFlightRequestsPerInstance", "target": 2,
+                        "scaleInCooldownSeconds": 300},
+        },
+    }  # fmt: skip
+    deployment = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 3},
+        "status": {"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
+                   "updatedReplicas": 3},
+    }  # fmt: skip
+    kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
+    d, _ = deps(kube, {"127.0.9.1": PodLoad(0, 0)})
+    wall = [1_000_000.0]
+    d.wall_clock = lambda: wall[0]
+    scaled = {"phase": "InService", "lastScaleTime": rfc3339(wall[0] - 60)}
+    held = reconcile(body(spec, scaled), ScalerMemory(), d, autoscale=True).status
+    assert kube.applied[-2]["spec"]["replicas"] == 3  # 60 s of a 300 s cooldown
+    assert held.to_patch(1, scaled)["lastScaleTime"] == scaled["lastScaleTime"]
+    scaled["lastScaleTime"] = rfc3339(wall[0] - 301)
+    done = reconcile(body(spec, scaled), ScalerMemory(), d, autoscale=True).status
+    assert kube.applied[-2]["spec"]["replicas"] == 1
+    assert done.last_scale_time == rfc3339(wall[0])  # this change, for the next restart
+    reconcile(body(spec), ScalerMemory(), d, autoscale=True)  # no time recorded: as before
     assert kube.applied[-2]["spec"]["replicas"] == 1
 
 
