@@ -88,11 +88,22 @@ class ObjectStore(Protocol):
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
     def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]: ...
     def delete(self, ref: ObjectRef) -> None: ...
-    def remove_partials(self, prefix: ObjectRef, before: float) -> int: ...
+    def remove_partials(
+        self, prefix: ObjectRef, before: float, owned: Callable[[str], bool]
+    ) -> int: ...
 
 
 def _outside(ref: ObjectRef, within: ObjectRef) -> InputNotAllowed:
     return InputNotAllowed(f"{ref.uri} is not under {within.uri}")
+
+
+def partial_target(name: str) -> str | None:
+    """The name of the object a partial file ``.<name>.<random>.partial`` was writing (None
+    for any other name): ``tempfile.mkstemp``'s random part holds no '.'."""
+    if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+        return None
+    target, dot, _random = name[1 : -len(PARTIAL_SUFFIX)].rpartition(".")
+    return target if dot and target else None
 
 
 def _link_new(partial: str, name: str) -> None:
@@ -241,14 +252,24 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(ref.key)
 
-    def remove_partials(self, prefix: ObjectRef, before: float) -> int:
-        """Remove the partial files of writers that died, last written to before ``before``."""
+    def remove_partials(
+        self, prefix: ObjectRef, before: float, owned: Callable[[str], bool]
+    ) -> int:
+        """Remove the partial files of writers that died, last written to before ``before``,
+        directly in the folder ``prefix`` names, of the targets whose names ``owned`` takes."""
         removed = 0
-        for path, name in _walk(prefix.key):
-            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+        try:
+            entries = list(os.scandir(prefix.key))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        except OSError as exc:
+            raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
+        for entry in entries:
+            target = partial_target(entry.name)
+            if target is not None and owned(target):
                 with contextlib.suppress(FileNotFoundError):
-                    if os.stat(path).st_mtime < before:
-                        os.unlink(path)
+                    if entry.stat(follow_symlinks=False).st_mtime < before:
+                        os.unlink(entry.path)
                         removed += 1
         return removed
 
@@ -371,14 +392,21 @@ class S3Store:
         except Exception as exc:
             raise self._translate(exc, prefix) from exc
 
-    def remove_partials(self, prefix: ObjectRef, before: float) -> int:
+    def remove_partials(
+        self, prefix: ObjectRef, before: float, owned: Callable[[str], bool]
+    ) -> int:
         """Abort the multipart uploads of writers that died (started before ``before``): S3
-        keeps, and bills, their parts until then."""
+        keeps, and bills, their parts until then. Only uploads of keys directly under the
+        prefix whose names ``owned`` takes: the bucket may hold other writers' uploads."""
         paginator = self.client.get_paginator("list_multipart_uploads")
         removed = 0
         try:
-            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+            pages = paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key, Delimiter="/")
+            for page in pages:
                 for upload in page.get("Uploads", []):
+                    name = str(upload["Key"]).removeprefix(prefix.key)
+                    if "/" in name or not owned(name):
+                        continue
                     if upload["Initiated"].timestamp() < before:
                         self.client.abort_multipart_upload(
                             Bucket=prefix.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -516,11 +544,12 @@ class Storage:
         store, ref = self._resolve(uri)
         store.delete(ref)
 
-    def remove_partials(self, prefix_uri: str, before: float) -> int:
-        """Remove what writers that died left under the prefix (partial files, incomplete
-        multipart uploads) started or last written before ``before``; returns how many."""
+    def remove_partials(self, prefix_uri: str, before: float, owned: Callable[[str], bool]) -> int:
+        """Remove what writers that died left directly under the folder ``prefix_uri`` names
+        (partial files, incomplete multipart uploads), started or last written before
+        ``before``, of the objects whose names ``owned`` takes; returns how many."""
         store, ref = self._resolve(prefix_uri)
-        return store.remove_partials(ref, before)
+        return store.remove_partials(ref, before, owned)
 
     def get_bytes(self, uri: str, limit: int | None = None) -> bytes:
         """Read a whole object; ``limit`` guards memory for objects that should be small."""

@@ -16,7 +16,8 @@
 
 Outputs and error objects are the caller's, never removed. By-reference inputs are never
 touched; only names of the form ``<inference id>.in``, ``.request`` and ``.result`` directly
-under the input path count as ours.
+under the input path count as ours, and only partial writes of ``<inference id>.<suffix>``
+objects directly under the three paths (an endpoint's path may be a shared bucket's root).
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ MAX_AGE_BY_SUFFIX = {
 }
 
 
+# What the async plane writes: inline inputs, records and claims, outputs, error objects.
+WRITTEN_SUFFIXES = (*MAX_AGE_BY_SUFFIX, ".out", ".error")
+
+
+def written_by_us(name: str) -> bool:
+    """Whether an object name is one the async plane writes (``<inference id>.<suffix>``):
+    only the partial writes of those are swept, whatever else shares the folder or bucket."""
+    stem, dot, suffix = name.rpartition(".")
+    return dot + suffix in WRITTEN_SUFFIXES and INFERENCE_ID.fullmatch(stem) is not None
+
+
 def own_suffix(base: str, uri: str) -> str | None:
     """The suffix of ``uri`` when it is one of the API's own objects under the input prefix
     ``base`` (ending in '/'): ``<inference id>.in``, ``.request`` or ``.result`` directly in
@@ -72,7 +84,9 @@ def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
             removed += 1
     prefixes = {endpoint.input_path, endpoint.output_path, endpoint.failure_path}
     for prefix in sorted(prefixes):
-        removed += storage.remove_partials(prefix.rstrip("/") + "/", now - PARTIAL_MAX_AGE)
+        removed += storage.remove_partials(
+            prefix.rstrip("/") + "/", now - PARTIAL_MAX_AGE, written_by_us
+        )
     return removed
 
 

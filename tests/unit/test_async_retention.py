@@ -47,6 +47,9 @@ def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path) -> None:
         touch(tmp_path / "output/old.out", 10 * RECORD_MAX_AGE),
         touch(tmp_path / "failure/old.error", 10 * RECORD_MAX_AGE),
         touch(tmp_path / "output/.writing.out.k7.partial", PARTIAL_MAX_AGE - 60),
+        # another writer's, in a folder the endpoint shares: not ours to remove
+        touch(tmp_path / "output/.report.csv.k8.partial", 10 * RECORD_MAX_AGE),
+        touch(tmp_path / "output/team/.dead.out.k9.partial", 10 * RECORD_MAX_AGE),
     ]
     assert sweep(Storage(), endpoint, NOW) == len(gone)
     assert [p for p in gone if p.exists()] == []

@@ -93,19 +93,24 @@ def test_writes_in_progress_are_hidden_partial_files_that_list_never_shows(
     assert storage.list(f"file://{tmp_path}/out/") == [uri]
 
 
-def test_remove_partials_takes_only_stale_partial_files(tmp_path: Path) -> None:
+def test_remove_partials_takes_only_stale_partial_files_of_owned_names(tmp_path: Path) -> None:
     storage = Storage()
     (tmp_path / "sub").mkdir()
-    stale, fresh = tmp_path / ".a.out.x1.partial", tmp_path / "sub/.b.out.x2.partial"
+    stale, fresh = tmp_path / ".a.out.x1.partial", tmp_path / ".b.out.x2.partial"
+    nested = tmp_path / "sub/.c.out.x3.partial"  # directly in the folder only
+    another_writers = tmp_path / ".report.csv.x4.partial"
     hidden_but_not_partial, output = tmp_path / ".keep", tmp_path / "a.out"
-    for path in (stale, fresh, hidden_but_not_partial, output):
+    for path in (stale, fresh, nested, another_writers, hidden_but_not_partial, output):
         path.write_bytes(b"x")
         os.utime(path, (1000.0, 1000.0))
     os.utime(fresh, (5000.0, 5000.0))
-    assert storage.remove_partials(f"file://{tmp_path}/", before=2000.0) == 1
+    owned = lambda name: name.endswith(".out")  # noqa: E731
+    assert storage.remove_partials(f"file://{tmp_path}/", before=2000.0, owned=owned) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
-        [".b.out.x2.partial", ".keep", "a.out", "sub"]
-    )
+        [".b.out.x2.partial", ".c.out.x3.partial", ".report.csv.x4.partial", ".keep", "a.out",
+         "sub"]
+    )  # fmt: skip
+    assert storage.remove_partials(f"file://{tmp_path}/none/", 2000.0, owned) == 0
     assert storage.list_with_times(f"file://{tmp_path}/") == [(f"file://{output}", 1000.0)]
     assert storage.list_with_sizes(f"file://{tmp_path}/") == [(f"file://{output}", 1)]
 
@@ -183,11 +188,14 @@ def test_s3_create_remove_partials_and_prefix_checks() -> None:
     assert uri == "s3://bkt/in/id.request" and abs(modified - time.time()) < 3600
     assert storage.list_with_sizes("s3://bkt/in/") == [(uri, len(b"first"))]
     client = storage._stores["s3"].client  # type: ignore[attr-defined]
-    client.create_multipart_upload(Bucket="bkt", Key="out/dead.out")
+    for key in ("out/dead.out", "out/report.csv", "out/sub/dead.out"):
+        client.create_multipart_upload(Bucket="bkt", Key=key)
     # (moto dates every upload in 2010, so only the removal can be checked here; the age rule
     # is the file store's test above)
-    assert storage.remove_partials("s3://bkt/out/", before=time.time()) == 1
-    assert client.list_multipart_uploads(Bucket="bkt").get("Uploads", []) == []
+    owned = lambda name: name.endswith(".out")  # noqa: E731
+    assert storage.remove_partials("s3://bkt/out/", before=time.time(), owned=owned) == 1
+    uploads = client.list_multipart_uploads(Bucket="bkt").get("Uploads", [])
+    assert sorted(u["Key"] for u in uploads) == ["out/report.csv", "out/sub/dead.out"]
     with pytest.raises(InputNotAllowed):
         storage.open_read("s3://bkt/other/x", within="s3://bkt/in").__enter__()
 
