@@ -86,7 +86,9 @@ class ObjectStore(Protocol):
     def exists(self, ref: ObjectRef) -> bool: ...
     def size(self, ref: ObjectRef) -> int: ...
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
-    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]: ...
+    def list_stats(
+        self, prefix: ObjectRef, shallow: bool = False
+    ) -> Iterator[tuple[ObjectRef, float, int]]: ...
     def delete(self, ref: ObjectRef) -> None: ...
     def remove_partials(
         self, prefix: ObjectRef, before: float, owned: Callable[[str], bool]
@@ -241,12 +243,28 @@ class FileStore:
             if not name.startswith("."):
                 yield ObjectRef("file", "", path)
 
-    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]:
-        """``list`` with each object's modification time and size."""
-        for ref in self.list(prefix):
+    def list_stats(
+        self, prefix: ObjectRef, shallow: bool = False
+    ) -> Iterator[tuple[ObjectRef, float, int]]:
+        """``list`` with each object's modification time and size; ``shallow``: only the
+        files directly in the folder ``prefix`` names (a sweep of a folder that may be a
+        whole file system's root)."""
+        refs = self._folder(prefix) if shallow else self.list(prefix)
+        for ref in refs:
             with contextlib.suppress(FileNotFoundError):
                 stat = os.stat(ref.key)
                 yield ref, stat.st_mtime, stat.st_size
+
+    def _folder(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
+        try:
+            entries = sorted(os.scandir(prefix.key), key=lambda entry: entry.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                yield ObjectRef("file", "", entry.path)
 
     def delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -381,11 +399,15 @@ class S3Store:
         for ref, _modified, _size in self.list_stats(prefix):
             yield ref
 
-    def list_stats(self, prefix: ObjectRef) -> Iterator[tuple[ObjectRef, float, int]]:
-        """Times and sizes come with the listing: no request per object."""
+    def list_stats(
+        self, prefix: ObjectRef, shallow: bool = False
+    ) -> Iterator[tuple[ObjectRef, float, int]]:
+        """Times and sizes come with the listing: no request per object; ``shallow``: only
+        the keys with no '/' after the prefix."""
         paginator = self.client.get_paginator("list_objects_v2")
+        more = {"Delimiter": "/"} if shallow else {}
         try:
-            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+            for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key, **more):
                 for item in page.get("Contents", []):
                     ref = ObjectRef("s3", prefix.bucket, item["Key"])
                     yield ref, item["LastModified"].timestamp(), int(item["Size"])
@@ -526,10 +548,12 @@ class Storage:
         store, ref = self._resolve(uri)
         return store.size(ref)
 
-    def list_with_times(self, prefix_uri: str) -> list[tuple[str, float]]:
-        """Objects under the prefix with their modification times (seconds since the epoch)."""
+    def list_folder_times(self, prefix_uri: str) -> list[tuple[str, float]]:
+        """The objects directly in the folder ``prefix_uri`` names (a key with no further
+        '/'), with their modification times (seconds since the epoch)."""
         store, ref = self._resolve(prefix_uri)
-        return [(item.uri, modified) for item, modified, _size in store.list_stats(ref)]
+        stats = store.list_stats(ref, shallow=True)
+        return [(item.uri, modified) for item, modified, _size in stats]
 
     def list_with_sizes(self, prefix_uri: str) -> list[tuple[str, int]]:
         """Objects under the prefix with their sizes in bytes, from the listing itself."""

@@ -77,7 +77,7 @@ def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
     """Remove one endpoint's stale objects; returns how many."""
     removed = 0
     base = endpoint.input_path.rstrip("/") + "/"
-    for uri, modified in storage.list_with_times(base):
+    for uri, modified in storage.list_folder_times(base):
         kind = own_suffix(base, uri)
         if kind is not None and modified < now - MAX_AGE_BY_SUFFIX[kind]:
             storage.delete(uri)

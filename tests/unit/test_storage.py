@@ -111,8 +111,14 @@ def test_remove_partials_takes_only_stale_partial_files_of_owned_names(tmp_path:
          "sub"]
     )  # fmt: skip
     assert storage.remove_partials(f"file://{tmp_path}/none/", 2000.0, owned) == 0
-    assert storage.list_with_times(f"file://{tmp_path}/") == [(f"file://{output}", 1000.0)]
-    assert storage.list_with_sizes(f"file://{tmp_path}/") == [(f"file://{output}", 1)]
+    deeper = tmp_path / "sub/deeper.out"
+    deeper.write_bytes(b"yy")
+    # the folder itself only (a sweep's); the whole tree under the prefix (a batch input's)
+    assert storage.list_folder_times(f"file://{tmp_path}/") == [(f"file://{output}", 1000.0)]
+    assert storage.list_with_sizes(f"file://{tmp_path}/") == [
+        (f"file://{output}", 1),
+        (f"file://{deeper}", 2),
+    ]
 
 
 @pytest.mark.parametrize("durable", [True, False])
@@ -184,9 +190,11 @@ def test_s3_create_remove_partials_and_prefix_checks() -> None:
     assert storage.create("s3://bkt/in/id.request", b"first")
     assert not storage.create("s3://bkt/in/id.request", b"second")
     assert storage.get_bytes("s3://bkt/in/id.request") == b"first"
-    [(uri, modified)] = storage.list_with_times("s3://bkt/in/")
+    assert storage.create("s3://bkt/in/deeper/x.in", b"")
+    [(uri, modified)] = storage.list_folder_times("s3://bkt/in/")
     assert uri == "s3://bkt/in/id.request" and abs(modified - time.time()) < 3600
-    assert storage.list_with_sizes("s3://bkt/in/") == [(uri, len(b"first"))]
+    assert storage.list_with_sizes("s3://bkt/in/") == [("s3://bkt/in/deeper/x.in", 0),
+                                                        (uri, len(b"first"))]  # fmt: skip
     client = storage._stores["s3"].client  # type: ignore[attr-defined]
     for key in ("out/dead.out", "out/report.csv", "out/sub/dead.out"):
         client.create_multipart_upload(Bucket="bkt", Key=key)
