@@ -158,10 +158,17 @@ def serverless_bounds(block: ServerlessSpec) -> tuple[int, int]:
 
 
 def serverless_replicas(
-    block: ServerlessSpec, current: int, demand: Demand, memory: ScalerMemory, now: float
+    block: ServerlessSpec,
+    current: int,
+    demand: Demand,
+    memory: ScalerMemory,
+    now: float,
+    wall: float,
 ) -> int:
-    """Replicas of a serverless endpoint from the gateways' demand (``now`` on the wall clock,
-    like the demand's timestamps), always within the warm floor and the maximum:
+    """Replicas of a serverless endpoint from the gateways' demand (``wall``: the wall clock,
+    like the demand's timestamps; ``now``: the monotonic clock of every mode's cooldowns, which
+    share one memory across a change between realtime and serverless), always within the warm
+    floor and the maximum:
 
     - demand (in flight or held) -> ceil(demand / concurrencyPerReplica), at least one; more
       replicas than now at once (a held request is a cold start waiting for this decision);
@@ -172,7 +179,7 @@ def serverless_replicas(
       the tail of a burst does not flap.
     """
     warm, most = serverless_bounds(block)
-    idle = demand.active == 0 and now - demand.last_request_at >= block.idle_timeout_seconds
+    idle = demand.active == 0 and wall - demand.last_request_at >= block.idle_timeout_seconds
     if demand.active > 0:
         wanted = math.ceil(demand.active / block.concurrency_per_replica)
     else:

@@ -167,10 +167,10 @@ def input_location_of(
         return ref.uri, None
     for prefix in permitted:
         try:  # written as the spec allows: FILE:///..., file://localhost/..., S3://...
-            base = normalised(prefix).uri.rstrip("/")
-        except StorageError:
-            continue
-        if ref.uri.startswith(base + "/"):
+            base = normalised(prefix).uri  # no trailing '/' but at the root: file:///
+        except StorageError:  # a scheme alone (s3://: any bucket) is taken as written
+            base = prefix
+        if ref.uri.startswith(base.rstrip("/") + "/"):
             return ref.uri, base if ref.scheme == "file" else None
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"

@@ -347,7 +347,7 @@ class Supervisor:
             seen = self.demand.get(endpoint.name)
             demand = Demand(seen.in_flight, seen.held, seen.last_request_at) if seen else Demand()
             return serverless_replicas(
-                spec.serverless_block(), current, demand, endpoint.memory, time.time()
+                spec.serverless_block(), current, demand, endpoint.memory, now, time.time()
             )
         block = async_plan.async_block(spec)
         figures = QueueFigures(None, None)

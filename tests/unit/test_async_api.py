@@ -302,6 +302,20 @@ def test_an_own_prefix_written_as_the_spec_allows_admits_the_files_under_it(pref
 
 
 @pytest.mark.parametrize(
+    ("allowed", "location", "root"),
+    [
+        ("s3://", "s3://any/bucket/x.csv", None),  # a scheme alone: anywhere on it
+        ("file:///", "file:///data/x.csv", "file:///"),  # the root: the worker's root too
+        ("file://localhost/", "file:///data/x.csv", "file:///"),
+    ],
+)
+def test_a_prefix_at_the_top_admits_everything_under_it(
+    allowed: str, location: str, root: str | None
+) -> None:
+    assert input_location_of(location, [allowed], OWN) == (location, root)
+
+
+@pytest.mark.parametrize(
     "location", ["file:///data/in/../../etc/passwd", "file:///data/inbox/x", "s3://other/in/x"]
 )
 def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> None:

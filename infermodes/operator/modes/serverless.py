@@ -36,7 +36,7 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     workload = signals.workload
     current = workload.replicas if workload.exists else 0
     return serverless_replicas(
-        spec.serverless_block(), current, signals.demand, memory, signals.wall
+        spec.serverless_block(), current, signals.demand, memory, signals.now, signals.wall
     )
 
 

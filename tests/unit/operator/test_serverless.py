@@ -72,24 +72,27 @@ def test_bounds_are_concurrency_in_replicas() -> None:
 
 def test_a_held_request_activates_a_replica_at_once() -> None:
     memory = ScalerMemory(last_change_at=NOW)  # a change a moment ago does not delay activation
-    assert serverless_replicas(block(), 0, Demand(held=1), memory, NOW) == 1
+    assert serverless_replicas(block(), 0, Demand(held=1), memory, NOW, NOW) == 1
 
 
 def test_scale_out_follows_demand_up_to_max_concurrency() -> None:
     spec = block(maxConcurrency=30, concurrencyPerReplica=10)
     memory = ScalerMemory()
-    assert serverless_replicas(spec, 1, Demand(in_flight=11, last_request_at=NOW), memory, NOW) == 2
-    assert serverless_replicas(spec, 2, Demand(in_flight=95), memory, NOW) == 3
+    assert (
+        serverless_replicas(spec, 1, Demand(in_flight=11, last_request_at=NOW), memory, NOW, NOW)
+        == 2
+    )
+    assert serverless_replicas(spec, 2, Demand(in_flight=95), memory, NOW, NOW) == 3
 
 
 def test_scale_in_waits_for_the_delay_but_one_replica_stays_until_idle() -> None:
     spec = block(idleTimeoutSeconds=60, concurrencyPerReplica=10)
     memory = ScalerMemory(last_change_at=NOW)
     quiet = Demand(last_request_at=NOW)
-    assert serverless_replicas(spec, 3, quiet, memory, NOW + 1) == 3
+    assert serverless_replicas(spec, 3, quiet, memory, NOW + 1, NOW + 1) == 3
     later = NOW + SERVERLESS_SCALE_IN_DELAY_SECONDS
-    assert serverless_replicas(spec, 3, quiet, memory, later) == 1
-    assert serverless_replicas(spec, 1, quiet, memory, NOW + 59.9) == 1
+    assert serverless_replicas(spec, 3, quiet, memory, later, later) == 1
+    assert serverless_replicas(spec, 1, quiet, memory, NOW + 59.9, NOW + 59.9) == 1
 
 
 @pytest.mark.parametrize(("idle_for", "replicas"), [(59.9, 1), (60.0, 0), (600.0, 0)])
@@ -97,17 +100,17 @@ def test_idle_timeout_edges(idle_for: float, replicas: int) -> None:
     spec = block(idleTimeoutSeconds=60)
     memory = ScalerMemory(last_change_at=NOW + idle_for)  # scale-in delay never holds zero back
     demand = Demand(last_request_at=NOW)
-    assert serverless_replicas(spec, 1, demand, memory, NOW + idle_for) == replicas
+    assert serverless_replicas(spec, 1, demand, memory, NOW + idle_for, NOW + idle_for) == replicas
 
 
 def test_provisioned_concurrency_is_a_floor_even_when_idle() -> None:
     spec = block(provisionedConcurrency=15, concurrencyPerReplica=10, maxConcurrency=40)
-    assert serverless_replicas(spec, 0, Demand(), ScalerMemory(), NOW) == 2
-    assert serverless_replicas(spec, 4, Demand(), ScalerMemory(), NOW) == 2
+    assert serverless_replicas(spec, 0, Demand(), ScalerMemory(), NOW, NOW) == 2
+    assert serverless_replicas(spec, 4, Demand(), ScalerMemory(), NOW, NOW) == 2
 
 
 def test_never_requested_stays_at_zero() -> None:
-    assert serverless_replicas(block(), 0, Demand(), ScalerMemory(), NOW) == 0
+    assert serverless_replicas(block(), 0, Demand(), ScalerMemory(), NOW, NOW) == 0
 
 
 def test_every_serverless_field_reaches_the_objects() -> None:
