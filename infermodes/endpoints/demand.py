@@ -24,6 +24,7 @@ ANNOTATION_PREFIX = "infermodes.dev/demand-"
 WRITE_INTERVAL_SECONDS = 1.0
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 90.0
+MAX_DEMAND = 1_000_000  # requests one gateway replica can say it holds: far past any maximum
 
 
 def annotation_key(gateway_id: str) -> str:
@@ -58,7 +59,8 @@ class GatewayDemand:
     def from_annotation(cls, text: str) -> GatewayDemand | None:
         """None for anything that is not a well-formed entry (it is then ignored): anyone who
         may annotate the endpoint can write one, so an infinity or a NaN (``1e999``, which
-        ``int`` refuses with an OverflowError) is ignored too."""
+        ``int`` refuses with an OverflowError), a NaN or a count past ``MAX_DEMAND`` (whose
+        replicas no float could hold) is ignored too."""
         try:
             raw = json.loads(text)
             entry = cls(
@@ -70,7 +72,9 @@ class GatewayDemand:
             )
         except (ValueError, TypeError, KeyError, OverflowError):
             return None
-        return entry if math.isfinite(entry.last_request_at + entry.at) else None
+        finite = math.isfinite(entry.last_request_at + entry.at)
+        bounded = entry.in_flight + entry.held <= MAX_DEMAND
+        return entry if finite and bounded else None
 
 
 @dataclass(frozen=True)

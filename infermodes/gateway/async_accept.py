@@ -110,15 +110,16 @@ def header_text(headers: Headers, name: str) -> str | None:
         raise InvalidInput(f"{name} is not valid UTF-8") from None
 
 
-# Every printable ASCII character but '%': what a response header carries as it is.
-HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
 def header_location(location: str) -> str:
-    """A location as a response header: the bytes outside printable ASCII (a path may hold any
-    character) percent-encoded as UTF-8, as is '%' itself, so that the header can always be
-    sent and read back with one unquote (the JSON body carries the location as it is)."""
-    return quote(location, safe=HEADER_SAFE, errors="surrogatepass")
+    """A location as a response header: sent as Latin-1, as HTTP clients read headers (boto3
+    among them), so a character outside printable Latin-1 (a path may hold any) is
+    percent-encoded as UTF-8 rather than fail the answer; the JSON body carries it as it is."""
+    return "".join(
+        char
+        if " " <= char <= "~" or "\xa0" <= char <= "\xff"
+        else quote(char, safe="", errors="surrogatepass")
+        for char in location
+    )
 
 
 def header_seconds(value: str | None, name: str, default: int, maximum: int) -> int:

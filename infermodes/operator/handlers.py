@@ -28,7 +28,7 @@ from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
 from infermodes.operator.signals.backlog import read_backlog
-from infermodes.operator.signals.names import AsyncNames
+from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
 
@@ -188,7 +188,9 @@ def configure(operator_settings: OperatorSettings) -> None:
         *RESOURCE,
         interval=operator_settings.activation_seconds,
         when=lambda spec, status, **_: (
-            spec.get("mode") == s.Mode.ASYNC and not (status or {}).get("replicas")
+            spec.get("mode") == s.Mode.ASYNC
+            and not (status or {}).get("replicas")
+            and (status or {}).get("reason") != NAME_IN_USE  # the queue is another's
         ),
     )
     async def activate(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

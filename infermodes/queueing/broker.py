@@ -27,11 +27,11 @@ def delivery_limit(max_attempts: int) -> int:
 
 
 def attempts_allowed(limit: int | None, max_attempts: int) -> int:
-    """The attempts workers make within a queue's delivery ``limit`` (None: it has none):
-    ``max_attempts``, or fewer on a RabbitMQ queue kept from an endpoint with a smaller
+    """The attempts workers make within a queue's delivery ``limit`` (None or negative: it has
+    none): ``max_attempts``, or fewer on a RabbitMQ queue kept from an endpoint with a smaller
     ``maxAttempts`` (a queue's arguments never change), so that the workers still give up,
     notify and dead-letter before the queue drops the message without a word."""
-    if limit is None:
+    if limit is None or limit < 0:  # RabbitMQ 4 reads -1 as no limit
         return max_attempts
     return max(1, min(max_attempts, limit - DELIVERY_LIMIT_HEADROOM))
 

@@ -183,10 +183,11 @@ def amqp_parameters(url: str) -> pika.URLParameters:
     replaced by a BrokerUrlError that shows none of it."""
     try:
         return pika.URLParameters(url)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, SyntaxError, OSError):  # ssl_options: a literal
         raise BrokerUrlError(
             f"{redacted_url(url)!r} cannot be read as an AMQP URL: percent-encode any '/', "
-            "'?', '#', '@' or ':' in its user name and password"
+            "'?', '#', '@' or ':' in its user name and password, and check its options "
+            "(ssl_options and its files)"
         ) from None
 
 

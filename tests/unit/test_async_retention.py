@@ -27,8 +27,10 @@ def touch(path: Path, age: float) -> Path:
     return path
 
 
-def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path) -> None:
-    endpoint = AsyncEndpoint.under(f"file://{tmp_path}")
+@pytest.mark.parametrize("scheme", ["file://", "FILE://", "file://localhost"])
+def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path, scheme: str) -> None:
+    """Whichever way the spec spells the endpoint's path."""
+    endpoint = AsyncEndpoint.under(f"{scheme}{tmp_path}")
     gone = [
         touch(tmp_path / "input/old.in", INLINE_INPUT_MAX_AGE + 1),
         touch(tmp_path / "input/old.request", RECORD_MAX_AGE + 1),

@@ -447,16 +447,25 @@ def test_a_broker_url_of_another_scheme_stops_the_worker_without_its_password(
     assert "S3cretPw" not in caplog.text
 
 
-@pytest.mark.parametrize("password", ["S3cr/etPw", "S3cr#etPw", "S3cr?etPw"])
-def test_a_password_pika_cannot_read_stops_the_worker_without_a_piece_of_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, password: str
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://admin:S3cr/etPw@127.0.0.1:5672/",
+        "amqp://admin:S3cr#etPw@127.0.0.1:5672/",
+        "amqp://admin:S3cr?etPw@127.0.0.1:5672/",
+        "amqps://admin:S3cretPw@127.0.0.1:5671/?ssl_options={bad",  # pika's literal_eval
+        "amqps://admin:S3cretPw@127.0.0.1:5671/?ssl_options={'ca_certs':'/nonexistent/ca.pem'}",
+    ],
+)
+def test_a_url_pika_cannot_read_stops_the_worker_without_a_piece_of_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str
 ) -> None:
     """A base64 password often holds a '/': unencoded, pika reads its first half as the port
     and says so in its error, which would reach the pod's status and an Event."""
     settings = WorkerSettings(
         endpoint="ep",
         model_uri=f"file://{tiny_model_file(tmp_path)}",
-        broker_url=f"amqp://admin:{password}@rabbit:5672/",
+        broker_url=url,
         metrics_port=0,
     )
     assert run(settings) == EXIT_CANNOT_START

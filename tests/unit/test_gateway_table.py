@@ -69,6 +69,7 @@ class Hooks:
         '{"gateway":"g","inFlight":1,"held":0,"lastRequestAt":NaN,"at":0}',
         '{"gateway":"g","inFlight":1,"held":0,"lastRequestAt":0,"at":-Infinity}',
         '["gateway"]',
+        '{"gateway":"g","inFlight":1' + "0" * 400 + ',"held":0,"lastRequestAt":0,"at":0}',
     ],
 )
 def test_a_demand_entry_anyone_may_write_wrongly_is_ignored_not_raised(written: str) -> None:

@@ -69,6 +69,7 @@ def test_a_queue_declared_as_asked_has_the_limit_max_attempts_gives() -> None:
         (delivery_limit(8), 3, 3),  # kept from 8, now 3: the queue allows more, 3 it is
         (2, 3, 1),  # not ours (a limit under the headroom): still one attempt
         (None, 3, 3),  # no limit, or the refusal did not say: maxAttempts
+        (-1, 3, 3),  # RabbitMQ 4's "no limit"
     ],
 )
 def test_workers_attempt_within_the_queue_s_limit(

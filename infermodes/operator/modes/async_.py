@@ -39,6 +39,7 @@ from infermodes.metrics import (
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure, running_pods
+from infermodes.operator.signals.names import NAME_IN_USE
 from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"
@@ -168,13 +169,14 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     the pool stands (``Idle``, ``Processing``; ``BrokerUnreadable`` and ``InFlightUnknown``:
     the pool is not scaled in, and the message says why)."""
     workload = signals.workload
-    read = pool_figures(spec, signals)
+    held = signals.name_held_by() is not None
+    read = PoolFigures(None) if held else pool_figures(spec, signals)  # not its own queue
     figures = with_oldest_age(read.figures, signals)
     problem = failure(workload)
-    if signals.name_held_by() is not None:
+    if held:
         status = workload.status(
             s.Phase.FAILED,
-            "NameInUse",
+            NAME_IN_USE,
             "an async endpoint of this name in another namespace, created earlier, holds the "
             "name's queue (one RabbitMQ queue per name): this one runs no workers until it "
             "holds the name alone; rename one of them",

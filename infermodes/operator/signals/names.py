@@ -19,6 +19,7 @@ from infermodes.operator.kube import KubeDoor, KubeError
 
 log = logging.getLogger("infermodes.operator")
 
+NAME_IN_USE = "NameInUse"  # the status reason of an endpoint held back
 LIST_INTERVAL_SECONDS = 5.0  # one list of every endpoint serves the reconciles meanwhile
 Holder = tuple[str, str]  # (namespace, creationTimestamp: RFC 3339, which sorts as time)
 
@@ -48,12 +49,16 @@ class AsyncNames:
         self._by_name: dict[str, list[Holder]] | None = None
 
     def holders(self, name: str) -> list[Holder] | None:
-        """The async endpoints named ``name``, this one among them; None when they cannot be
-        listed (an operator allowed to read only some namespaces): nothing is held back then."""
+        """The async endpoints named ``name``, this one among them, as last listed (a list
+        that fails keeps the one before: a throttled API server must not let a held-back
+        endpoint start its workers); None when they were never listed (an operator allowed
+        to read only some namespaces): nothing is held back then."""
         with self._lock:
             now = self.clock()
             if self._listed_at is None or now - self._listed_at >= self.interval:
-                self._listed_at, self._by_name = now, self._list()
+                self._listed_at = now
+                listed = self._list()
+                self._by_name = self._by_name if listed is None else listed
             if self._by_name is None:
                 return None
             return list(self._by_name.get(name, []))

@@ -311,7 +311,7 @@ def test_a_broker_url_pika_cannot_read_is_an_unreadable_backlog_without_its_pass
 ) -> None:
     """The scaler keeps the replicas (None), and the log line it leaves quotes nothing of the
     password (pika's own error would quote its first half as the port)."""
-    assert read_backlog("ep", "amqp://admin:S3cr/etPw@rabbit:5672/", None) is None
+    assert read_backlog("ep", "amqp://admin:S3cr/etPw@127.0.0.1:5672/", None) is None
     assert "cannot be read as an AMQP URL" in caplog.text
     assert "S3cr" not in caplog.text and "etPw" not in caplog.text
 
@@ -349,6 +349,7 @@ def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says
     status = reconcile(later, ScalerMemory(), deps, autoscale=True).status
     assert (status.phase, status.reason) == (s.Phase.FAILED, "NameInUse")
     assert "rename one of them" in status.message and "team-a" not in status.message
+    assert status.backlog is None  # the queue's figures are the other endpoint's
     [deployment] = kube.applied
     assert deployment["spec"]["replicas"] == 0
     deps.async_holders = lambda name: None  # cannot be listed: nothing is held back
@@ -390,6 +391,11 @@ def test_async_names_are_listed_once_per_interval_and_only_async_endpoints_count
     clock[0] = 105.0
     names.holders("x")
     assert kube.lists == 2
-    kube.objects = KubeError("forbidden")
+    kube.objects = KubeError("too many requests")
     clock[0] = 110.0
-    assert names.holders("x") is None
+    assert names.holders("x") == [("a", "T1"), ("c", "T2")]  # the last listing holds
+    kube.objects = []
+    clock[0] = 115.0
+    assert names.holders("x") == []  # none left: an empty listing is a listing
+    never = AsyncNames(ListingKube(KubeError("forbidden")), lambda: 0.0)  # type: ignore[arg-type]
+    assert never.holders("x") is None

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.demand import Demand, GatewayDemand, annotation_key
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status, rfc3339
 from infermodes.metrics import ServerLoad as PodLoad
@@ -331,3 +331,34 @@ def test_model_load_reason_is_taken_from_the_log_tail() -> None:
 
 def test_every_mode_has_its_module() -> None:
     assert set(MODES) == set(s.Mode)
+
+
+def test_a_serverless_endpoint_made_realtime_keeps_one_clock_for_its_cooldowns() -> None:
+    """The memory outlives a change between serverless and realtime (one Deployment): both
+    modes time their cooldowns on the monotonic clock, so the realtime scaler is not frozen by
+    a serverless change stamped on the wall clock."""
+    serverless = {"mode": "serverless", "model": {"uri": "x"}, "serverless": {}}
+    realtime = {
+        "mode": "realtime",
+        "model": {"uri": "x"},
+        "realtime": {"minReplicas": 1, "maxReplicas": 3, "scaling": {
+            "metric": "InFlightRequestsPerInstance", "target": 2, "scaleOutCooldownSeconds": 0}},
+    }  # fmt: skip
+    deployment = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 0},
+        "status": {"observedGeneration": 1, "replicas": 0, "readyReplicas": 0},
+    }
+    kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
+    d, clock = deps(kube, {"127.0.9.1": PodLoad(0, 5)})
+    d.wall_clock = lambda: 1.8e9
+    memory = ScalerMemory()
+    held = body(serverless)
+    entry = GatewayDemand("gw", in_flight=0, held=1, last_request_at=1.8e9, at=1.8e9)
+    held["metadata"]["annotations"] = {annotation_key("gw"): entry.to_annotation()}
+    reconcile(held, memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 1  # a cold start: one replica
+    deployment["spec"]["replicas"] = deployment["status"]["replicas"] = 1
+    clock[0] += 1
+    reconcile(body(realtime), memory, d, autoscale=True)
+    assert kube.applied[-2]["spec"]["replicas"] == 3  # 5 in flight at 2 per replica
