@@ -24,7 +24,7 @@ from infermodes.queueing.rabbitmq import (
     queue_name,
 )
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import Notifications, dead_letters, plane
+from tests.support.async_plane import Notifications, dead_letter_ids, plane
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -90,7 +90,7 @@ def test_workers_give_up_within_a_kept_queue_s_smaller_limit_and_say_so(
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=8) as live:
         live.start_worker(f"file://{abalone_model.tarball}", "w")
         notes.wait_for({"failing"}, "Failed", 60)
-        dead = [json.loads(b)["inferenceId"] for b in dead_letters(rabbitmq, endpoint)]
+        dead = dead_letter_ids(rabbitmq, endpoint, 1)
     assert dead == ["failing"]
     assert notes.ids("Failed") == Counter({"failing": 1})
     record = json.loads((tmp_path / "failure/failing.error").read_text())

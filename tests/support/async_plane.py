@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -324,6 +325,21 @@ def dead_letters(broker: Broker, endpoint: str) -> list[bytes]:
     finally:
         connection.close()
     return bodies
+
+
+def dead_letter_ids(broker: Broker, endpoint: str, count: int, timeout: float = 30) -> list[str]:
+    """The inference ids of the first ``count`` dead letters, read as they arrive: a worker
+    counts one once it rejected the message, and the broker moves it to the dead-letter
+    queue a moment later (so more than ``count`` would go unseen: compare the whole list)."""
+    found: list[str] = []
+
+    def arrived() -> bool:
+        found.extend(json.loads(body)["inferenceId"] for body in dead_letters(broker, endpoint))
+        return len(found) >= count
+
+    wait_until(arrived, timeout, f"{count} dead letter(s) of {endpoint}", interval=0.2)
+    time.sleep(0.5)  # one that should not be there has had time to arrive too
+    return found + [json.loads(body)["inferenceId"] for body in dead_letters(broker, endpoint)]
 
 
 def to_csv(rows: object) -> bytes:
