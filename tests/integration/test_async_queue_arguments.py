@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import Delivery, Settle
-from infermodes.queueing.messages import InvocationRequest
 from infermodes.queueing.rabbitmq import (
     RabbitConsumer,
     RequestPublisher,
@@ -24,7 +22,7 @@ from infermodes.queueing.rabbitmq import (
     queue_name,
 )
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import Notifications, dead_letter_ids, plane
+from tests.support.async_plane import Notifications, dead_letter_ids, plane, submit_unreadable
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -70,23 +68,7 @@ def test_workers_give_up_within_a_kept_queue_s_smaller_limit_and_say_so(
     4 deliveries, not be dropped there by the queue's own limit with nothing said."""
     endpoint = "kept-limit"
     notes = Notifications(rabbitmq, endpoint).declare()
-    failing = InvocationRequest(
-        inference_id="failing",
-        endpoint=endpoint,
-        input_location=f"file://{tmp_path}/input/failing",
-        output_location=f"file://{tmp_path}/output/failing.out",
-        failure_location=f"file://{tmp_path}/failure/failing.error",
-        content_type="text/csv",
-        accept="text/csv",
-        accepted_at=time.time(),
-        expires_at=time.time() + 3600,
-        invocation_timeout_seconds=900,
-    )
-    body = json.loads(failing.to_bytes())
-    body["acceptedAt"] = "yesterday"  # unreadable: a retryable failure at every delivery
-    first = RequestPublisher(rabbitmq.amqp_url, {endpoint: 1})
-    first.submit(endpoint, "failing", json.dumps(body).encode())
-    first.close()
+    submit_unreadable(rabbitmq, endpoint, "failing", tmp_path, 1, f"file://{tmp_path}/in")
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=8) as live:
         live.start_worker(f"file://{abalone_model.tarball}", "w")
         notes.wait_for({"failing"}, "Failed", 60)

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.queueing.messages import InvocationRequest
-from infermodes.queueing.rabbitmq import RequestPublisher, backlog
+from infermodes.queueing.rabbitmq import backlog
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
@@ -28,6 +27,7 @@ from tests.support.async_plane import (
     WebhookReceiver,
     dead_letter_ids,
     plane,
+    submit_unreadable,
     to_csv,
 )
 from tests.support.processes import stop_process, wait_until
@@ -273,23 +273,7 @@ def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(
     endpoint = "poison"
     attempts = 3
     notes = Notifications(rabbitmq, endpoint).declare()
-    unreadable = InvocationRequest(
-        inference_id="unreadable",
-        endpoint=endpoint,
-        input_location=f"file://{big_input}",
-        output_location=f"file://{tmp_path}/output/unreadable.out",
-        failure_location=f"file://{tmp_path}/failure/unreadable.error",
-        content_type="text/csv",
-        accept="text/csv",
-        accepted_at=time.time(),
-        expires_at=time.time() + 3600,
-        invocation_timeout_seconds=900,
-    )
-    body = json.loads(unreadable.to_bytes())
-    body["acceptedAt"] = "yesterday"  # as a publisher of another version might send it
-    publisher = RequestPublisher(rabbitmq.amqp_url, {endpoint: attempts})
-    publisher.submit(endpoint, "unreadable", json.dumps(body).encode())
-    publisher.close()
+    submit_unreadable(rabbitmq, endpoint, "unreadable", tmp_path, attempts, f"file://{big_input}")
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, max_attempts=attempts) as live:
         first = live.start_worker(model_uri(abalone_model), "w0")
         notes.wait_for({"unreadable"}, "Failed", 60)

@@ -19,7 +19,8 @@ import httpx
 import pika
 
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
-from infermodes.queueing.rabbitmq import connect, dead_letter_queue_name
+from infermodes.queueing.messages import InvocationRequest
+from infermodes.queueing.rabbitmq import RequestPublisher, connect, dead_letter_queue_name
 from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
@@ -340,6 +341,38 @@ def dead_letter_ids(broker: Broker, endpoint: str, count: int, timeout: float = 
     wait_until(arrived, timeout, f"{count} dead letter(s) of {endpoint}", interval=0.2)
     time.sleep(0.5)  # one that should not be there has had time to arrive too
     return found + [json.loads(body)["inferenceId"] for body in dead_letters(broker, endpoint)]
+
+
+def submit_unreadable(
+    broker: Broker,
+    endpoint: str,
+    inference_id: str,
+    folder: Path,
+    max_attempts: int,
+    input_uri: str,
+) -> None:
+    """Queue a request no worker can read (``acceptedAt`` is not a time, as a publisher of
+    another version might send it): a retryable failure at every delivery, reported under
+    ``folder``'s output/ and failure/ (its queue declared for ``max_attempts``)."""
+    request = InvocationRequest(
+        inference_id=inference_id,
+        endpoint=endpoint,
+        input_location=input_uri,
+        output_location=f"file://{folder}/output/{inference_id}.out",
+        failure_location=f"file://{folder}/failure/{inference_id}.error",
+        content_type="text/csv",
+        accept="text/csv",
+        accepted_at=time.time(),
+        expires_at=time.time() + 3600,
+        invocation_timeout_seconds=900,
+    )
+    body = json.loads(request.to_bytes())
+    body["acceptedAt"] = "yesterday"
+    publisher = RequestPublisher(broker.amqp_url, {endpoint: max_attempts})
+    try:
+        publisher.submit(endpoint, inference_id, json.dumps(body).encode())
+    finally:
+        publisher.close()
 
 
 def to_csv(rows: object) -> bytes:
