@@ -256,13 +256,7 @@ class FileStore:
                 yield ref, stat.st_mtime, stat.st_size
 
     def _folder(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
-        try:
-            entries = sorted(os.scandir(prefix.key), key=lambda entry: entry.name)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except OSError as exc:
-            raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
-        for entry in entries:
+        for entry in _entries(prefix):
             if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
                 yield ObjectRef("file", "", entry.path)
 
@@ -276,13 +270,7 @@ class FileStore:
         """Remove the partial files of writers that died, last written to before ``before``,
         directly in the folder ``prefix`` names, of the targets whose names ``owned`` takes."""
         removed = 0
-        try:
-            entries = list(os.scandir(prefix.key))
-        except (FileNotFoundError, NotADirectoryError):
-            return 0
-        except OSError as exc:
-            raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
-        for entry in entries:
+        for entry in _entries(prefix):
             target = partial_target(entry.name)
             if target is not None and owned(target):
                 with contextlib.suppress(FileNotFoundError):
@@ -290,6 +278,16 @@ class FileStore:
                         os.unlink(entry.path)
                         removed += 1
         return removed
+
+
+def _entries(prefix: ObjectRef) -> list[os.DirEntry[str]]:
+    """What the folder ``prefix`` names holds directly, by name (none when it is no folder)."""
+    try:
+        return sorted(os.scandir(prefix.key), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
 
 
 def _walk(prefix: str) -> Iterator[tuple[str, str]]:

@@ -58,9 +58,9 @@ class GatewayDemand:
     @classmethod
     def from_annotation(cls, text: str) -> GatewayDemand | None:
         """None for anything that is not a well-formed entry (it is then ignored): anyone who
-        may annotate the endpoint can write one, so an infinity or a NaN (``1e999``, which
-        ``int`` refuses with an OverflowError), a NaN or a count past ``MAX_DEMAND`` (whose
-        replicas no float could hold) is ignored too."""
+        may annotate the endpoint can write one, so an infinity (``1e999``, which ``int``
+        refuses with an OverflowError), a NaN or a count past ``MAX_DEMAND`` (whose replicas
+        no float could hold) is ignored too."""
         try:
             raw = json.loads(text)
             entry = cls(

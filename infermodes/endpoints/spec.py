@@ -336,21 +336,20 @@ BatchSpec.cel_rules = [
 ]
 
 
-# Modes served by the same model-server Deployment: an endpoint moves between them in place.
-# Any other change of mode would need another kind of workload, under a selector Kubernetes
-# never changes; it is refused rather than left retrying.
-IN_PLACE_MODES = (Mode.REALTIME, Mode.SERVERLESS)
+# Modes served by the same model-server Deployment: an endpoint moves between them in place
+# (any other change of mode would need another kind of workload, under a selector Kubernetes
+# never changes: it is refused rather than left retrying), and only they answer with the
+# model server's selectable outputs.
+MODEL_SERVER_MODES = (Mode.REALTIME, Mode.SERVERLESS)
+MODEL_SERVER_CEL = "[" + ", ".join(f"'{mode}'" for mode in MODEL_SERVER_MODES) + "]"
 MODE_CHANGE = (
     "spec.mode can change only between realtime and serverless; delete the endpoint and "
     "create it again to make it another mode (an async endpoint's queue and requests are kept)"
 )
 
 
-IN_PLACE_CEL = "[" + ", ".join(f"'{mode}'" for mode in IN_PLACE_MODES) + "]"
-
-
 def mode_change_allowed(old: Mode, new: Mode) -> bool:
-    return old == new or (old in IN_PLACE_MODES and new in IN_PLACE_MODES)
+    return old == new or (old in MODEL_SERVER_MODES and new in MODEL_SERVER_MODES)
 
 
 INFERENCE_OUTPUT_MODES = (
@@ -385,15 +384,15 @@ class EndpointSpec(SpecBlock):
           for mode, block in MODE_BLOCKS.items()],
         ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
          BATCH_IMMUTABLE),
-        (f"self.mode == oldSelf.mode || (self.mode in {IN_PLACE_CEL}"
-         f" && oldSelf.mode in {IN_PLACE_CEL})", MODE_CHANGE),
-        ("!has(self.model.inferenceOutput) || self.mode in ['realtime', 'serverless']",
+        (f"self.mode == oldSelf.mode || (self.mode in {MODEL_SERVER_CEL}"
+         f" && oldSelf.mode in {MODEL_SERVER_CEL})", MODE_CHANGE),
+        (f"!has(self.model.inferenceOutput) || self.mode in {MODEL_SERVER_CEL}",
          INFERENCE_OUTPUT_MODES),
     ]  # fmt: skip
 
     @model_validator(mode="after")
     def _inference_output_where_served(self) -> EndpointSpec:
-        if self.model.inference_output and self.mode not in (Mode.REALTIME, Mode.SERVERLESS):
+        if self.model.inference_output and self.mode not in MODEL_SERVER_MODES:
             raise ValueError(INFERENCE_OUTPUT_MODES)
         return self
 

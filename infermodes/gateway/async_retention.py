@@ -52,25 +52,27 @@ MAX_AGE_BY_SUFFIX = {
 WRITTEN_SUFFIXES = (*MAX_AGE_BY_SUFFIX, ".out", ".error")
 
 
+def id_suffix(name: str) -> str | None:
+    """The suffix of a name of the form ``<inference id>.<suffix>`` (None for any other)."""
+    stem, dot, suffix = name.rpartition(".")
+    return dot + suffix if dot and INFERENCE_ID.fullmatch(stem) else None
+
+
 def written_by_us(name: str) -> bool:
     """Whether an object name is one the async plane writes (``<inference id>.<suffix>``):
     only the partial writes of those are swept, whatever else shares the folder or bucket."""
-    stem, dot, suffix = name.rpartition(".")
-    return dot + suffix in WRITTEN_SUFFIXES and INFERENCE_ID.fullmatch(stem) is not None
+    return id_suffix(name) in WRITTEN_SUFFIXES
 
 
 def own_suffix(base: str, uri: str) -> str | None:
     """The suffix of ``uri`` when it is one of the API's own objects under the input prefix
     ``base`` (ending in '/'): ``<inference id>.in``, ``.request`` or ``.result`` directly in
     it."""
-    if not uri.startswith(base):
-        return None
     name = uri.removeprefix(base)
-    stem, dot, suffix = name.rpartition(".")
-    kind = dot + suffix
-    if kind in MAX_AGE_BY_SUFFIX and "/" not in name and INFERENCE_ID.fullmatch(stem):
-        return kind
-    return None
+    if name == uri or "/" in name:
+        return None
+    kind = id_suffix(name)
+    return kind if kind in MAX_AGE_BY_SUFFIX else None
 
 
 def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:

@@ -18,13 +18,13 @@ from pydantic import ValidationError as SpecError
 
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
-from infermodes.endpoints.spec import EndpointSpec, Mode, Phase, ServerlessSpec
+from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
 from infermodes.errors import EndpointNotFound, InfermodesError
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
 
 SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
-SYNCHRONOUS_MODES = frozenset({Mode.REALTIME, Mode.SERVERLESS})
+SYNCHRONOUS_MODES = frozenset(MODEL_SERVER_MODES)  # invoked through the model servers
 
 
 @dataclass

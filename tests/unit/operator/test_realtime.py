@@ -232,30 +232,26 @@ def ready_pod(name: str, ip: str) -> dict:
     }
 
 
-def test_autoscaling_follows_in_flight_load_within_bounds() -> None:
-    spec = {
-        "mode": "realtime",
-        "model": {"uri": "x"},
-        "realtime": {
-            "minReplicas": 1,
-            "maxReplicas": 3,
-            "scaling": {
-                "metric": "InFlightRequestsPerInstance",
-                "target": 2,
-                "scaleInCooldownSeconds": 0,
-            },
-        },
-    }
-    deployment = {
+def in_flight_spec(**scaling: object) -> dict:
+    """A realtime endpoint of 1 to 3 replicas scaled on 2 requests in flight per replica."""
+    scaling = {"metric": "InFlightRequestsPerInstance", "target": 2, **scaling}
+    return {"mode": "realtime", "model": {"uri": "x"},
+            "realtime": {"minReplicas": 1, "maxReplicas": 3, "scaling": scaling}}  # fmt: skip
+
+
+def deployment_of(replicas: int) -> dict:
+    """A Deployment whose replicas are all ready and current."""
+    return {
         "metadata": {"generation": 1},
-        "spec": {"replicas": 1},
-        "status": {
-            "observedGeneration": 1,
-            "replicas": 1,
-            "readyReplicas": 1,
-            "updatedReplicas": 1,
-        },
-    }
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": 1, "replicas": replicas, "readyReplicas": replicas,
+                   "updatedReplicas": replicas},
+    }  # fmt: skip
+
+
+def test_autoscaling_follows_in_flight_load_within_bounds() -> None:
+    spec = in_flight_spec(scaleInCooldownSeconds=0)
+    deployment = deployment_of(1)
     kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
     d, clock = deps(kube, {"127.0.9.1": PodLoad(0, 5)})
     memory = ScalerMemory()
@@ -270,22 +266,8 @@ def test_autoscaling_follows_in_flight_load_within_bounds() -> None:
 def test_a_restarted_operator_keeps_the_scale_in_cooldown_of_the_last_change() -> None:
     """The last change's time is in the status (``lastScaleTime``): a fresh memory (the
     operator restarted) counts the cooldown from it instead of scaling in at once."""
-    spec = {
-        "mode": "realtime",
-        "model": {"uri": "x"},
-        "realtime": {
-            "minReplicas": 1,
-            "maxReplicas": 3,
-            "scaling": {"metric": "InFlightRequestsPerInstance", "target": 2,
-                        "scaleInCooldownSeconds": 300},
-        },
-    }  # fmt: skip
-    deployment = {
-        "metadata": {"generation": 1},
-        "spec": {"replicas": 3},
-        "status": {"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
-                   "updatedReplicas": 3},
-    }  # fmt: skip
+    spec = in_flight_spec(scaleInCooldownSeconds=300)
+    deployment = deployment_of(3)
     kube = FakeKube(deployment, [ready_pod("a", "127.0.9.1")])
     d, _ = deps(kube, {"127.0.9.1": PodLoad(0, 0)})
     wall = [1_000_000.0]
@@ -338,12 +320,7 @@ def test_a_serverless_endpoint_made_realtime_keeps_one_clock_for_its_cooldowns()
     modes time their cooldowns on the monotonic clock, so the realtime scaler is not frozen by
     a serverless change stamped on the wall clock."""
     serverless = {"mode": "serverless", "model": {"uri": "x"}, "serverless": {}}
-    realtime = {
-        "mode": "realtime",
-        "model": {"uri": "x"},
-        "realtime": {"minReplicas": 1, "maxReplicas": 3, "scaling": {
-            "metric": "InFlightRequestsPerInstance", "target": 2, "scaleOutCooldownSeconds": 0}},
-    }  # fmt: skip
+    realtime = in_flight_spec(scaleOutCooldownSeconds=0)
     deployment = {
         "metadata": {"generation": 1},
         "spec": {"replicas": 0},
