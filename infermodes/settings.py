@@ -390,6 +390,13 @@ class GatewaySettings(AsyncAcceptSettings):
         description="The broker (amqp://... or sqlite:///...) of async endpoints; with it the "
         "gateway also accepts POST /endpoints/{name}/async-invocations.",
     )
+    async_storage_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Where the gateway may store and sweep, with its own credentials, for async "
+        "endpoints: each of an endpoint's inputPath, outputPath and failurePath must lie under "
+        "one of these (s3://... or file:///...; {namespace} stands for the endpoint's "
+        "namespace), or its async invocations get 403. Empty: anywhere (logged at start).",
+    )
     access_keys: SecretStr = Field(
         SecretStr(""),
         description="Access keys the managed platform's API accepts (AWS Signature V4), as "
@@ -413,6 +420,16 @@ class GatewaySettings(AsyncAcceptSettings):
         "endpoints the API creates.",
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @model_validator(mode="after")
+    def _storage_prefixes_have_schemes(self) -> GatewaySettings:
+        for prefix in self.async_storage_prefixes:
+            if not prefix.lower().startswith(("s3://", "file:///", "file://localhost/")):
+                raise ValueError(
+                    f"async_storage_prefixes: {prefix!r} is not an s3://bucket[/prefix] or "
+                    "file:///absolute/path prefix"
+                )
+        return self
 
 
 # The batch transform's vocabulary and limits, the managed platform's: the spec's batch block

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import posixpath
 import shutil
 import stat
 import tempfile
@@ -68,6 +69,28 @@ def parse_uri(uri: str) -> ObjectRef:
     raise StorageError(
         f"unsupported storage scheme {parts.scheme!r} in {uri!r} (use file:// or s3://)"
     )
+
+
+def normalised(uri: str) -> ObjectRef:
+    """``uri`` parsed, a file path with ``.``, ``..`` and repeated '/' resolved (S3 keys are
+    taken as written: they name distinct objects); raises StorageError."""
+    ref = parse_uri(uri)
+    return ObjectRef("file", "", posixpath.normpath(ref.key)) if ref.scheme == "file" else ref
+
+
+def prefix_base(prefix: str) -> str:
+    """A prefix written as a spec or setting allows (``FILE:///...``, ``file://localhost/...``,
+    ``S3://...``) spelt as normalised URIs are: no trailing '/' but at the root (``file:///``).
+    A scheme alone (``s3://``: any bucket) is taken as written."""
+    try:
+        return normalised(prefix).uri
+    except StorageError:
+        return prefix
+
+
+def lies_under(uri: str, base: str) -> bool:
+    """Whether a normalised ``uri`` names something under ``base`` (from ``prefix_base``)."""
+    return uri.startswith(base.rstrip("/") + "/")
 
 
 def join_uri(prefix: str, name: str) -> str:

@@ -39,6 +39,11 @@ log = logging.getLogger("infermodes.gateway")
 
 FINAL_DEMAND_SECONDS = 5.0  # the last demand write on exit waits at most this
 ASYNC_SUFFIX = "/async-invocations"
+ANYWHERE_WARNING = (
+    "no async storage prefixes: this gateway stores async inputs and sweeps under whatever "
+    "paths an endpoint names, with its own storage credentials. Set INFERMODES_GATEWAY_ASYNC_"
+    "STORAGE_PREFIXES (in the chart, gateway.asyncStoragePrefixes) to the prefixes it may use."
+)
 
 
 class Gateway:
@@ -129,7 +134,10 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.source = source
-        self.table = Table(demand_key=annotation_key(gateway_id))
+        self.table = Table(
+            demand_key=annotation_key(gateway_id),
+            storage_prefixes=settings.async_storage_prefixes,
+        )
         self.demand = DemandWriter(self.table, sink, gateway_id) if sink is not None else None
         self.app = Gateway(settings, self.table, self.demand, registry, routers)
 
@@ -236,6 +244,8 @@ def serve(settings: GatewaySettings) -> int:
     registry = CollectorRegistry()
     runner = Runner(settings, source, sink, gateway_id, registry, routers)
     closing: list[Callable[[], None]] = []
+    if settings.broker_url and not settings.async_storage_prefixes:
+        log.warning(ANYWHERE_WARNING)
     if settings.broker_url:
         router = async_accept_router(settings, settings.broker_url, runner.table, registry, closing)
         runner.app.include(router)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import posixpath
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -72,7 +71,7 @@ from infermodes.queueing.messages import (
 )
 from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
-from infermodes.storage import ObjectRef, Storage, join_uri, parse_uri
+from infermodes.storage import Storage, join_uri, lies_under, normalised, prefix_base
 
 log = logging.getLogger("infermodes.async_api")
 
@@ -167,23 +166,13 @@ def input_location_of(
     if not permitted:
         return ref.uri, None
     for prefix in permitted:
-        try:  # written as the spec allows: FILE:///..., file://localhost/..., S3://...
-            base = normalised(prefix).uri  # no trailing '/' but at the root: file:///
-        except StorageError:  # a scheme alone (s3://: any bucket) is taken as written
-            base = prefix
-        if ref.uri.startswith(base.rstrip("/") + "/"):
+        base = prefix_base(prefix)
+        if lies_under(ref.uri, base):
             return ref.uri, base if ref.scheme == "file" else None
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
         " (add one with --allow-input-prefix)"
     )
-
-
-def normalised(uri: str) -> ObjectRef:
-    """``uri`` parsed, a file path with ``.``, ``..`` and repeated '/' resolved (S3 keys are
-    taken as written: they name distinct objects); raises StorageError."""
-    ref = parse_uri(uri)
-    return ObjectRef("file", "", posixpath.normpath(ref.key)) if ref.scheme == "file" else ref
 
 
 def _api_object(input_prefix: str, uri: str) -> bool:

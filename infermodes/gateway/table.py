@@ -10,7 +10,7 @@ rather than guessed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,9 +19,10 @@ from pydantic import ValidationError as SpecError
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
-from infermodes.errors import EndpointNotFound, InfermodesError
+from infermodes.errors import EndpointNotFound, InfermodesError, StorageError
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
+from infermodes.storage import lies_under, normalised, prefix_base
 
 SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
 SYNCHRONOUS_MODES = frozenset(MODEL_SERVER_MODES)  # invoked through the model servers
@@ -42,10 +43,48 @@ class Replica:
 
 @dataclass(frozen=True)
 class AsyncSpecView:
-    """What the accept route needs of one async endpoint."""
+    """What the accept route needs of one async endpoint; ``refusal`` says why the gateway
+    does not serve it (its storage lies outside the gateway's prefixes)."""
 
     layout: AsyncEndpoint
     max_attempts: int
+    refusal: str | None = None
+
+
+class StorageNotAllowed(InfermodesError):
+    """An async endpoint whose paths lie outside the gateway's async storage prefixes."""
+
+    status_code = 403
+
+
+NAMESPACE_PLACEHOLDER = "{namespace}"
+PATH_FIELDS = (("inputPath", "input_path"), ("outputPath", "output_path"),
+               ("failurePath", "failure_path"))  # fmt: skip
+
+
+def storage_refusal(
+    prefixes: Sequence[str], namespace: str, name: str, layout: AsyncEndpoint
+) -> str | None:
+    """Why the gateway may not store and sweep under an async endpoint's paths (None: it may).
+    It does so with its own credentials, so every path must lie under one of ``prefixes``
+    (``{namespace}`` is the endpoint's); no prefixes: anywhere."""
+    if not prefixes:
+        return None
+    bases = [prefix_base(p.replace(NAMESPACE_PLACEHOLDER, namespace)) for p in prefixes]
+    for field_name, attribute in PATH_FIELDS:
+        path = getattr(layout, attribute)
+        try:
+            folder = normalised(path).uri.rstrip("/") + "/"
+        except StorageError:
+            folder = path
+        if not any(lies_under(folder, base) for base in bases):
+            return (
+                f"endpoint {name} (namespace {namespace}): its {field_name} {path} is not under "
+                f"the gateway's async storage prefixes ({', '.join(bases)}); the gateway stores "
+                "and sweeps there with its own credentials, so it accepts async invocations "
+                "only for endpoints under them"
+            )
+    return None
 
 
 @dataclass
@@ -139,8 +178,10 @@ class Table:
         demand_key: str = "",
         on_new_replica: ReplicaHook | None = None,
         on_removed_replica: ReplicaHook | None = None,
+        storage_prefixes: Sequence[str] = (),
     ) -> None:
         self.demand_key = demand_key
+        self.storage_prefixes = storage_prefixes  # see ``storage_refusal``
         self.on_new_replica = on_new_replica
         self.on_removed_replica = on_removed_replica
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
@@ -171,12 +212,16 @@ class Table:
 
     def async_missing(self, name: str) -> InfermodesError:
         """Why the accept route has no layout for ``name``: a name in several namespaces (409,
-        as for synchronous invocations), or no async endpoint of that name (404)."""
+        as for synchronous invocations), an endpoint whose storage the gateway may not use
+        (403), or no async endpoint of that name (404)."""
         try:
-            self.lookup(name)
+            found = self.lookup(name).async_
         except ValidationError as exc:
             if exc.status_code == 409:
                 return exc
+        else:
+            if found is not None and found.refusal is not None:
+                return StorageNotAllowed(found.refusal)
         return EndpointNotFound(f"no async endpoint named {name!r}")
 
     def get(self, namespace: str, name: str) -> Endpoint:
@@ -199,8 +244,13 @@ class Table:
             endpoint.mode, endpoint.serverless = None, None
         key = (namespace, endpoint.name)
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
-            endpoint.async_ = AsyncSpecView(async_endpoint(spec.async_), spec.async_.max_attempts)
-            self.async_swept[f"{namespace}/{endpoint.name}"] = endpoint.async_.layout
+            layout = async_endpoint(spec.async_)
+            refusal = storage_refusal(self.storage_prefixes, namespace, endpoint.name, layout)
+            endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal)
+            if refusal is None:
+                self.async_swept[f"{namespace}/{endpoint.name}"] = layout
+            else:
+                self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
         else:
             endpoint.async_ = None
             self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
@@ -217,7 +267,7 @@ class Table:
     def _index_async(self, name: str) -> None:
         owners = self._by_name.get(name, [])
         found = owners[0].async_ if len(owners) == 1 else None
-        if found is None:
+        if found is None or found.refusal is not None:
             self.async_layouts.pop(name, None)
             self.max_attempts.pop(name, None)
         else:

@@ -99,9 +99,14 @@ def ready_pod_ips(api: KubeApi, namespace: str, endpoint: str) -> list[str]:
     return sorted(ips)
 
 
-def install_operator(tools: Tools, resync_seconds: int = 2, **values: str) -> None:
-    """helm install the chart; ``values`` are more ``--set`` pairs."""
-    extra = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+def install_operator(tools: Tools, resync_seconds: int = 2, **values: str | list[str]) -> None:
+    """helm install the chart; ``values`` are more ``--set`` pairs (lists as JSON)."""
+    extra = [
+        arg
+        for key, value in values.items()
+        for arg in (("--set", f"{key}={value}") if isinstance(value, str)
+                    else ("--set-json", f"{key}={json.dumps(value)}"))
+    ]  # fmt: skip
     result = tools.helm("upgrade", "--install", RELEASE, str(CHART), "--namespace",
                         OPERATOR_NAMESPACE, "--create-namespace",
                         "--set", f"operator.resyncSeconds={resync_seconds}",
@@ -151,7 +156,7 @@ def namespace_gone(api: KubeApi, name: str) -> bool:
 
 
 @contextlib.contextmanager
-def installed_chart(cluster: Cluster, **values: str) -> Iterator[Tools]:
+def installed_chart(cluster: Cluster, **values: str | list[str]) -> Iterator[Tools]:
     """The chart installed with helm, its operator running and its gateway ready; uninstalled
     (its pods' processes gone, and its namespace) afterwards."""
     tools = Tools(cluster)

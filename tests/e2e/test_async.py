@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,14 +71,29 @@ def serve_async(
 
 
 @pytest.fixture(scope="module")
-def tools(k8s_cluster: Cluster, broker: Broker) -> Iterator[Tools]:
+def by_namespace() -> Iterator[Path]:
+    """A folder outside the tests' own, holding one folder per namespace (see ``tools``)."""
+    with tempfile.TemporaryDirectory(prefix="infermodes-async-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture(scope="module")
+def tools(
+    k8s_cluster: Cluster, broker: Broker, tmp_path_factory: pytest.TempPathFactory,
+    by_namespace: Path,
+) -> Iterator[Tools]:  # fmt: skip
     """The chart with the broker's Secret: the operator reads the backlog, the gateway accepts
-    async invocations."""
+    async invocations for endpoints under the tests' folder or their namespace's folder."""
     api = k8s_cluster.api
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
     api.post("/api/v1/namespaces", namespace)
     broker_secret(Tools(k8s_cluster), OPERATOR_NAMESPACE, broker)
-    with installed_chart(k8s_cluster, **{"rabbitmq.secretRef.name": SECRET}) as tools:
+    prefixes = [
+        f"file://{tmp_path_factory.getbasetemp()}/",
+        f"file://{by_namespace}/{{namespace}}/",
+    ]
+    values = {"rabbitmq.secretRef.name": SECRET, "gateway.asyncStoragePrefixes": prefixes}
+    with installed_chart(k8s_cluster, **values) as tools:
         yield tools
 
 
@@ -322,3 +338,37 @@ def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_fre
     api.delete(f"{IE_PATH.format(ns=k8s_namespace)}/twin")
     wait_phase(api, other_k8s_namespace, "twin", "InService", timeout=120,
                also=lambda e: e["status"].get("readyReplicas", 0) == 1)  # fmt: skip
+
+
+def test_the_gateway_stores_only_under_its_async_storage_prefixes(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    by_namespace: Path,
+) -> None:  # fmt: skip
+    """The gateway writes inline inputs (and sweeps) with its own credentials: this module's
+    chart lets it do so under a folder per namespace (``{namespace}``). An endpoint there is
+    served; one that names another namespace's folder gets 403 naming the path, and nothing is
+    written there."""
+    own = by_namespace / k8s_namespace
+    served = async_manifest("inside", model_uri, own, minReplicas=1, maxReplicas=1)
+    _, url = serve_async(tools, k8s_namespace, broker, served, ready=1)
+    sent = invoke_all(url, "inside", abalone_model.test_rows, 5)
+    done = lambda: len(list((own / "output").glob("*.out")))  # noqa: E731
+    wait_until(lambda: done() == len(sent), 60, "the outputs")
+    check_outputs(own, sent, abalone_model.booster())
+
+    elsewhere = by_namespace / f"not-{k8s_namespace}"
+    assert (
+        tools.apply(async_manifest("outside", model_uri, elsewhere), k8s_namespace).returncode == 0
+    )
+    wait_phase(tools.cluster.api, k8s_namespace, "outside", "InService")
+    row = to_csv(abalone_model.test_rows[:1])
+
+    def post() -> httpx.Response:
+        path = f"{url}/endpoints/outside/async-invocations"
+        return httpx.post(path, content=row, headers=CSV, timeout=30)
+
+    wait_until(lambda: post().status_code != 404, 30, "the gateway to see the endpoint")
+    refused = post()
+    assert refused.status_code == 403, refused.text
+    assert "async storage prefixes" in refused.text and f"{elsewhere}/output" in refused.text
+    assert not elsewhere.exists()

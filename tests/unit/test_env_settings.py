@@ -183,6 +183,18 @@ def test_secrets_are_read_and_not_shown(monkeypatch: pytest.MonkeyPatch) -> None
     assert "hunter2" not in repr(settings)
 
 
+def test_async_storage_prefixes_are_a_json_list_of_storage_uris(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    prefixes = '["s3://async/{namespace}/", "file:///srv/async/", "FILE://localhost/x"]'
+    monkeypatch.setenv("INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES", prefixes)
+    assert GatewaySettings().async_storage_prefixes[0] == "s3://async/{namespace}/"
+    for wrong in ('["async/{namespace}/"]', '["file://host/x"]', '["http://x/"]'):
+        monkeypatch.setenv("INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES", wrong)
+        with pytest.raises(ValueError, match="is not an s3://bucket"):
+            GatewaySettings()
+
+
 def test_inherited_fields_are_read_with_each_classs_own_prefix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

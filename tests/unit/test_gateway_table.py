@@ -122,6 +122,51 @@ def test_the_async_route_serves_a_name_from_one_namespace_only() -> None:
     assert table.async_missing("s").status_code == 404
 
 
+PREFIXES = ("s3://async/{namespace}/", "FILE:///srv/async/shared")
+
+
+@pytest.mark.parametrize(
+    ("paths", "served"),
+    [
+        ({"outputPath": "s3://async/team-a/abalone/out"}, True),
+        ({"outputPath": "s3://async/team-a"}, True),  # the namespace's folder itself
+        ({"outputPath": "file:///srv/async/shared/x", "failurePath": "s3://async/team-a/f"}, True),
+        ({"outputPath": "file://localhost/srv/async/shared/./x/"}, True),  # spelt otherwise
+        ({"outputPath": "s3://async/team-b/out"}, False),  # another namespace's folder
+        ({"outputPath": "s3://async/team-a-x/out"}, False),  # a prefix of the name only
+        ({"outputPath": "file:///srv/async/shared/../private/out"}, False),
+        ({"outputPath": "s3://async/team-a/out", "inputPath": "s3://other/in"}, False),
+        ({"outputPath": "s3://async/team-a/out", "failurePath": "s3://other/f"}, False),
+    ],
+)
+def test_the_gateway_uses_storage_only_under_its_prefixes(
+    paths: dict[str, str], served: bool
+) -> None:
+    """The gateway stores inline inputs and sweeps with its own credentials: an endpoint whose
+    paths leave its prefixes gets 403 naming the path, and is not swept; the others are
+    served as before."""
+    table = Table(storage_prefixes=PREFIXES)
+    table.apply_endpoint(endpoint_object("e", "async", namespace="team-a", **paths))
+    assert ("e" in table.async_layouts) is served
+    assert ("team-a/e" in table.async_swept) is served
+    if not served:
+        refusal = table.async_missing("e")
+        assert refusal.status_code == 403
+        assert "async storage prefixes" in str(refusal) and "s3://async/team-a" in str(refusal)
+        assert any(path in str(refusal) for path in paths.values())
+
+
+def test_an_endpoint_moved_under_the_prefixes_is_served_and_one_moved_out_is_not() -> None:
+    table = Table(storage_prefixes=PREFIXES)
+    table.apply_endpoint(endpoint_object("e", "async", namespace="a", outputPath="s3://x/out"))
+    assert table.async_missing("e").status_code == 403 and not table.async_swept
+    table.apply_endpoint(endpoint_object("e", "async", namespace="a", outputPath="s3://async/a"))
+    assert table.async_layouts["e"].output_path == "s3://async/a" and "a/e" in table.async_swept
+    table.apply_endpoint(endpoint_object("e", "async", namespace="a", outputPath="s3://x/out"))
+    assert "e" not in table.async_layouts and not table.async_swept
+    assert Table().storage_prefixes == ()  # none: anywhere, as before
+
+
 @pytest.mark.parametrize(
     ("obj", "message"),
     [
