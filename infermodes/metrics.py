@@ -7,6 +7,7 @@ usual 5 ms first bucket would put every request in one bucket. Labels stay bound
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -491,6 +492,18 @@ class OperatorMetrics:
         self.backlog.labels(*key).set(total)
         self.backlog_per_instance.labels(*key).set(total / max(replicas, 1))
         self.backlog_without_capacity.labels(*key).set(1 if total and not ready_replicas else 0)
+
+    def forget(self, key: tuple[str, str], deleted: bool = False) -> None:
+        """Drop an endpoint's queue figures: while its queue cannot be read (a figure left as
+        it was would read as current; the failures counter says why), and, with ``deleted``,
+        every series of an endpoint that is gone."""
+        metrics: list[Gauge | Counter] = [
+            self.backlog, self.backlog_per_instance, self.backlog_without_capacity,
+            self.oldest_age, *([self.broker_unreadable] if deleted else []),
+        ]  # fmt: skip
+        for metric in metrics:
+            with contextlib.suppress(KeyError):  # never recorded
+                metric.remove(*key)
 
 
 # Reading other processes' /metrics: the operator reads its pods', ``infermodes up`` its

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.spec import AsyncSpec, RealtimeSpec, ScalingMetric, ServerlessSpec
+from infermodes.endpoints.status import BROKER_UNREADABLE
 from infermodes.metrics import ServerLoad
 
 TOLERANCE = 0.1  # like the HPA: ignore changes within 10% of the target
@@ -264,7 +265,7 @@ def backlog_replicas(
     target = block.target_backlog_per_instance
     within = min(max(current, low), high)
     if ready is None:
-        return BacklogDecision(within, "BrokerUnreadable")
+        return BacklogDecision(within, BROKER_UNREADABLE)
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
         wanted = min(max(math.ceil(ready / target), low), high)

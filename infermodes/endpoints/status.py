@@ -11,6 +11,8 @@ from typing import Any
 from infermodes.endpoints.spec import Phase
 from infermodes.metrics import OperatorMetrics
 
+BROKER_UNREADABLE = "BrokerUnreadable"  # an async endpoint's reason while its queue is unread
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -169,12 +171,15 @@ def parse_rfc3339(text: object) -> float | None:
 
 def record_queue(metrics: OperatorMetrics, key: tuple[str, str], status: Status) -> None:
     """The platform's async metrics from the queue a reconcile read (``key``: namespace and
-    name); the operator and ``infermodes up`` publish the same ones."""
-    if status.backlog is not None:
-        figures = status.backlog
-        metrics.record(
-            key, figures.total, status.replicas, status.ready_replicas, figures.oldest_age
-        )
+    name); the operator and ``infermodes up`` publish the same ones. None read (the broker
+    unreadable, or no queue of its own): none published."""
+    if status.backlog is None:
+        metrics.forget(key)
+        if status.reason == BROKER_UNREADABLE:
+            metrics.broker_unreadable.labels(*key).inc()
+        return
+    figures = status.backlog
+    metrics.record(key, figures.total, status.replicas, status.ready_replicas, figures.oldest_age)
 
 
 FAILURES_SHOWN = 5

@@ -1,6 +1,7 @@
 """The routing table: the endpoints the gateway serves, their replicas, and the per-endpoint
 accounting (in flight, held, the concurrency cap). Pure state and decisions: sources fill it
-(``apply_*``, ``replace_*``), the proxy reads it, nothing here does I/O.
+(``apply_*``, ``replace_*``), the proxy reads it, nothing here does I/O (but a warning in the
+log).
 
 Names: the gateway serves the endpoints of the namespaces it watches (all of them, or a list)
 under their bare names. A name found in two of them is refused with 409 naming both namespaces
@@ -10,6 +11,7 @@ rather than guessed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +25,8 @@ from infermodes.errors import EndpointNotFound, InfermodesError, StorageError
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
 from infermodes.storage import lies_under, normalised, prefix_base
+
+log = logging.getLogger("infermodes.gateway")
 
 SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
 SYNCHRONOUS_MODES = frozenset(MODEL_SERVER_MODES)  # invoked through the model servers
@@ -233,36 +237,50 @@ class Table:
 
     # endpoint objects
     def apply_endpoint(self, obj: Mapping[str, Any]) -> None:
-        """An InferenceEndpoint was added or changed."""
+        """An InferenceEndpoint was added or changed. One whose values cannot be read (the API
+        server checks a schema, not every value) takes no invocations, as an unreadable spec:
+        raising would stop the watch that serves every other endpoint."""
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace", ""))
         endpoint = self.get(namespace, str(meta.get("name", "")))
+        try:
+            self._read(endpoint, obj)
+        except Exception as exc:  # whatever it holds
+            log.warning("endpoint %s/%s cannot be read (%s: %s); it takes no invocations",
+                        namespace, endpoint.name, type(exc).__name__, exc)  # fmt: skip
+            endpoint.mode = endpoint.serverless = endpoint.async_ = endpoint.phase = None
+            endpoint.peers_seen_at = ()
+        key = (namespace, endpoint.name)
+        view = endpoint.async_
+        if view is not None and view.refusal is None:
+            self.async_swept[f"{namespace}/{endpoint.name}"] = view.layout
+        else:
+            self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
+        if key not in self.known:
+            self.known.add(key)
+            self._by_name.setdefault(endpoint.name, []).append(endpoint)
+        self._index_async(endpoint.name)
+
+    def _read(self, endpoint: Endpoint, obj: Mapping[str, Any]) -> None:
+        """The endpoint's mode, blocks, phase and peers, from its object."""
         try:
             spec = EndpointSpec.model_validate(obj.get("spec") or {})
             endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         except SpecError:
             endpoint.mode, endpoint.serverless = None, None
-        key = (namespace, endpoint.name)
+        endpoint.async_ = None
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
             layout = async_endpoint(spec.async_)
-            refusal = storage_refusal(self.storage_prefixes, namespace, endpoint.name, layout)
+            refusal = storage_refusal(
+                self.storage_prefixes, endpoint.namespace, endpoint.name, layout
+            )
             endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal)
-            if refusal is None:
-                self.async_swept[f"{namespace}/{endpoint.name}"] = layout
-            else:
-                self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
-        else:
-            endpoint.async_ = None
-            self.async_swept.pop(f"{namespace}/{endpoint.name}", None)
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:
             endpoint.phase = None
+        meta = obj.get("metadata") or {}
         endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
-        if key not in self.known:
-            self.known.add(key)
-            self._by_name.setdefault(endpoint.name, []).append(endpoint)
-        self._index_async(endpoint.name)
 
     def _index_async(self, name: str) -> None:
         owners = self._by_name.get(name, [])

@@ -211,6 +211,8 @@ class Supervisor:
         self.demand.pop(name, None)
         if self.table is not None:
             self.table.remove_endpoint(NAMESPACE, name)
+        if self.metrics is not None:
+            self.metrics.forget((NAMESPACE, name), deleted=True)
         return True
 
     def _remove(self, endpoint: LocalEndpoint) -> None:
@@ -388,7 +390,7 @@ class Supervisor:
             endpoint.status.phase,
             decision.reason,
             endpoint.status.message,
-            backlog=figures,
+            backlog=None if figures.ready is None else figures,  # unread: no figures shown
         )
         return decision.replicas
 

@@ -97,6 +97,7 @@ class Nudger:
         raw = self.deps.kube.get(API_VERSION, s.KIND, namespace, name)
         if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
             self.endpoints.forget(key)
+            self.metrics.forget(key, deleted=True)
             return
         body = kopf.Body(raw)  # type: ignore[arg-type]  # a RawBody is the API's JSON dict
         result = run_locked(body, self.endpoints.state(key), self.deps, autoscale=False)
@@ -202,9 +203,14 @@ def configure(operator_settings: OperatorSettings) -> None:
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)
-    async def demand_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """The gateways' demand moved: decide replicas now (a held request may be waiting)."""
+    async def demand_changed(body: kopf.Body, memo: kopf.Memo, type: str, **_: Any) -> None:
+        """The gateways' demand moved: decide replicas now (a held request may be waiting).
+        An endpoint gone: its state and metrics go with it."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if type == "DELETED":
+            memo.endpoints.forget(key)
+            memo.metrics.forget(key, deleted=True)
+            return
         state: EndpointState = memo.endpoints.state(key)
         demand = demand_annotations(body)
         if demand != state.demand_seen:

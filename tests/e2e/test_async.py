@@ -39,6 +39,8 @@ from tests.support.rabbitmq import Broker, rabbitmq_broker
 
 SECRET = "infermodes-rabbitmq"
 AGE = "infermodes_async_approximate_age_of_oldest_request_seconds"
+BACKLOG = "infermodes_async_approximate_backlog_size"
+READ_FAILURES = "infermodes_async_backlog_read_failures_total"
 CSV = {"content-type": "text/csv"}
 
 
@@ -228,6 +230,9 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
         endpoint = wait_phase(api, k8s_namespace, "outage", "InService", timeout=60, also=blind)
         assert endpoint["status"]["replicas"] == 1
         assert "backlog" not in endpoint["status"]  # not the figures of before, frozen
+        labels = {"namespace": k8s_namespace, "endpoint": "outage"}
+        assert operator_sample(tools, BACKLOG, labels) is None  # nor in the metrics
+        assert (operator_sample(tools, READ_FAILURES, labels) or 0) >= 1
         events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
         assert any(e["reason"] == "InService" and "broker" in e.get("message", "")
                    for e in events)  # fmt: skip
@@ -237,6 +242,11 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
                "every accepted request to complete")  # fmt: skip
     check_outputs(tmp_path, sent, abalone_model.booster())
     assert get_endpoint(api, k8s_namespace, "outage") is not None
+    wait_until(lambda: operator_sample(tools, BACKLOG, labels) == 0, 60, "the figures again")
+    api.delete(f"{IE_PATH.format(ns=k8s_namespace)}/outage")  # gone: no series left behind
+    wait_until(lambda: operator_sample(tools, READ_FAILURES, labels) is None, 60,
+               "the endpoint's series to go")  # fmt: skip
+    assert operator_sample(tools, BACKLOG, labels) is None
 
 
 def in_flight(ip: str) -> float | None:

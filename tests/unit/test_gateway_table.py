@@ -81,6 +81,28 @@ def test_a_demand_entry_anyone_may_write_wrongly_is_ignored_not_raised(written: 
     assert GatewayDemand.from_annotation(written) is None
 
 
+def test_an_object_the_gateway_cannot_read_takes_no_invocations_and_stops_nothing_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever a value holds, reading it must not raise: a raise would stop the watch (or
+    the relist) that serves every other endpoint."""
+    table = Table()
+    bad = endpoint_object("odd", "async", outputPath="s3://b/odd")
+    bad["status"] = ["not", "an", "object"]
+    table.replace_endpoints(None, [endpoint_object("fine"), bad])
+    assert table.lookup("fine").mode is not None
+    with pytest.raises(ValidationError, match="has a spec the gateway cannot read"):
+        table.lookup("odd").check_servable()
+    assert "odd" not in table.async_layouts and not table.async_swept
+    assert "endpoint ns/odd cannot be read (AttributeError" in caplog.text
+    served = endpoint_object("queued", "async", outputPath="s3://b/q")
+    table.apply_endpoint(served)
+    assert "queued" in table.async_layouts and "ns/queued" in table.async_swept
+    served["metadata"]["annotations"] = ["not", "a", "map"]  # it was served: now it is not
+    table.apply_endpoint(served)
+    assert "queued" not in table.async_layouts and "ns/queued" not in table.async_swept
+
+
 def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both() -> None:
     table = Table()
     with pytest.raises(ValidationError) as missing:

@@ -21,8 +21,8 @@ from infermodes.endpoints.status import Progress, describe_failures, summary_pro
 from infermodes.local.children import Registry
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
-from infermodes.local.supervisor import LocalEndpoint, Supervisor
-from infermodes.metrics import WorkerMetrics
+from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
+from infermodes.metrics import OperatorMetrics, WorkerMetrics
 from infermodes.queueing.broker import Backlog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,3 +212,27 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
     finally:
         closed.close()
     assert replicas == 1 and endpoint.status.reason == "ScaledIn"
+
+
+class UnreadableQueue:
+    def backlog(self, endpoint: str) -> Backlog:
+        raise ConnectionRefusedError("the broker is down")
+
+
+def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_path: Path) -> None:
+    """As the operator: the workers stay, the status says BrokerUnreadable with no backlog,
+    and the metrics carry no frozen figure but count the failure."""
+    registry = CollectorRegistry()
+    supervisor = Supervisor(tmp_path, UnreadableQueue(), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    supervisor.metrics = OperatorMetrics(registry)
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    endpoint.children["w"] = FakeChild(True)  # type: ignore[assignment]
+    replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    supervisor._set_status(endpoint)
+    assert replicas == 1 and endpoint.status.reason == "BrokerUnreadable"
+    assert endpoint.status.backlog is None
+    labels = {"namespace": NAMESPACE, "endpoint": endpoint.name}
+    assert registry.get_sample_value("infermodes_async_approximate_backlog_size", labels) is None
+    failures = "infermodes_async_backlog_read_failures_total"
+    assert registry.get_sample_value(failures, labels) == 1

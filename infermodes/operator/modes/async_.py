@@ -30,7 +30,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
-from infermodes.endpoints.status import QueueFigures, Status, with_estimated_age
+from infermodes.endpoints.status import BROKER_UNREADABLE, QueueFigures, Status, with_estimated_age
 from infermodes.metrics import (
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
@@ -188,7 +188,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     elif figures is None:
         status = workload.status(
             s.Phase.IN_SERVICE,
-            "BrokerUnreadable",
+            BROKER_UNREADABLE,
             "the broker cannot be read; the replicas stay as they are, but for a change of "
             "minReplicas or maxReplicas",
         )

@@ -10,6 +10,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
+    BROKER_UNREADABLE,
     QueueFigures,
     Status,
     oldest_age_from_dequeues,
@@ -284,6 +285,47 @@ def test_the_operator_metrics_carry_the_oldest_age_and_keep_unknown_figures() ->
     record_queue(metrics, key, unknown)  # in flight and age unknown: the gauges stay
     assert value("infermodes_async_approximate_age_of_oldest_request_seconds") == 12.5
     assert value("infermodes_async_approximate_backlog_size") == 8
+
+
+GAUGES = (
+    "infermodes_async_approximate_backlog_size",
+    "infermodes_async_approximate_backlog_size_per_instance",
+    "infermodes_async_has_backlog_without_capacity",
+    "infermodes_async_approximate_age_of_oldest_request_seconds",
+)
+
+
+def test_an_unread_queue_publishes_no_figures_and_a_deleted_endpoint_none_at_all() -> None:
+    """A figure left as it was would read as current (an alert on backlog without capacity
+    would fire on, or never fire): while the broker cannot be read the gauges are absent and
+    the failures counter says why; a deleted endpoint leaves no series behind."""
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    key, other = ("ns", "abalone"), ("ns", "other")
+    labels = {"namespace": "ns", "endpoint": "abalone"}
+    value = lambda name: registry.get_sample_value(name, labels)  # noqa: E731
+    waiting = Status(s.Phase.IN_SERVICE, backlog=QueueFigures(5, 0, 3.0))
+    record_queue(metrics, key, waiting)
+    record_queue(metrics, other, waiting)
+    assert value("infermodes_async_has_backlog_without_capacity") == 1
+    unread = Status(s.Phase.IN_SERVICE, BROKER_UNREADABLE, backlog=None)
+    record_queue(metrics, key, unread)
+    record_queue(metrics, key, unread)
+    assert [value(name) for name in GAUGES] == [None] * 4
+    assert value("infermodes_async_backlog_read_failures_total") == 2  # one per reading
+    record_queue(metrics, other, Status(s.Phase.FAILED, "NameInUse"))  # no queue read at all
+    assert registry.get_sample_value(GAUGES[0], {"namespace": "ns", "endpoint": "other"}) is None
+    assert registry.get_sample_value("infermodes_async_backlog_read_failures_total",
+                                      {"namespace": "ns", "endpoint": "other"}) is None  # fmt: skip
+    record_queue(metrics, other, waiting)
+    other_labels = {"namespace": "ns", "endpoint": "other"}
+    assert registry.get_sample_value(GAUGES[0], other_labels) == 5  # the others' stay
+    record_queue(metrics, key, waiting)  # read again
+    assert value("infermodes_async_approximate_backlog_size") == 5
+    metrics.forget(key, deleted=True)
+    assert [value(name) for name in GAUGES] == [None] * 4
+    assert value("infermodes_async_backlog_read_failures_total") is None
+    metrics.forget(("ns", "never-seen"), deleted=True)  # nothing to drop: no error
 
 
 def test_one_reconcile_reads_the_broker_once_and_its_status_shows_what_the_decision_saw() -> None:
