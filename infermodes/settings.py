@@ -186,6 +186,12 @@ class WorkerSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix="INFERMODES_WORKER_", extra="forbid")
 
     endpoint: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    namespace: str | None = Field(
+        None,
+        description="The endpoint's Kubernetes namespace (the operator sets it): a request "
+        "accepted for a same-named endpoint of another namespace, left in the queue that "
+        "endpoint's deletion kept, is dead-lettered unread.",
+    )
     model_uri: str = Field(description="Model artifact: file://, s3:// or a local path.")
     broker_url: str = Field(DEFAULT_BROKER_URL, description="AMQP URL of RabbitMQ.")
     max_concurrent_invocations: int = Field(
@@ -240,6 +246,7 @@ class AsyncEndpoint(BaseModel):
     failure_path: str
     invocation_timeout_seconds: int = Field(900, ge=1, le=MAX_INVOCATION_TIMEOUT_SECONDS)
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
+    namespace: str | None = None  # the gateway's: the endpoint's namespace, stamped on messages
 
     @classmethod
     def under(cls, prefix: str, **options: int) -> AsyncEndpoint:

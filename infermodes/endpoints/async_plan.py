@@ -29,15 +29,16 @@ def async_block(spec: EndpointSpec) -> AsyncSpec:
     return spec.async_
 
 
-def async_endpoint(spec: AsyncSpec) -> AsyncEndpoint:
+def async_endpoint(spec: AsyncSpec, namespace: str | None = None) -> AsyncEndpoint:
     """The API's view of the endpoint: paths with their documented defaults, the default
-    invocation timeout and the queue's attempts."""
+    invocation timeout, the queue's attempts, and (on Kubernetes) its namespace."""
     return AsyncEndpoint(
         input_path=spec.input_path or f"{spec.output_path.rstrip('/')}/{INPUT_FOLDER}",
         output_path=spec.output_path,
         failure_path=spec.failure_path or spec.output_path,
         invocation_timeout_seconds=spec.invocation_timeout_seconds,
         max_attempts=spec.max_attempts,
+        namespace=namespace,
     )
 
 

@@ -347,6 +347,7 @@ def submission_of(
         input_root=root,
         inline_input=not location,
         claim_location=join_uri(endpoint.input_path, f"{inference_id}{CLAIM_SUFFIX}"),
+        namespace=endpoint.namespace,
     )
     key = fingerprint(location or body, content_type, accept, attributes, ttl, timeout)
     return Submission(message, None if location else body, key)

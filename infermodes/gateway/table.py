@@ -270,7 +270,7 @@ class Table:
             endpoint.mode, endpoint.serverless = None, None
         endpoint.async_ = None
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
-            layout = async_endpoint(spec.async_)
+            layout = async_endpoint(spec.async_, endpoint.namespace)
             refusal = storage_refusal(
                 self.storage_prefixes, endpoint.namespace, endpoint.name, layout
             )

@@ -47,7 +47,10 @@ class InvocationRequest(BaseModel):
     ``claim_location``: where a worker claims the request's one result before storing it
     (``SUCCESS_CLAIM`` or the error record): two copies of a request (a caller's retry queued
     while the first still runs, a redelivery after a lost connection) never leave both an
-    output and an error. None (a message from an older publisher): no claim."""
+    output and an error. None (a message from an older publisher): no claim.
+    ``namespace``: the Kubernetes namespace of the endpoint that accepted it (None outside
+    Kubernetes): a queue outlives its endpoint and is named after the endpoint alone, so a
+    worker of a same-named endpoint in another namespace must not process it."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
@@ -67,6 +70,7 @@ class InvocationRequest(BaseModel):
     input_root: str | None = None
     inline_input: bool = False
     claim_location: str | None = None
+    namespace: str | None = None
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -226,6 +226,14 @@ class Processor:
                 None,
             )
             return self._on_failure(target, classify(exc), count)
+        own = self.settings.namespace
+        if own is not None and request.namespace is not None and request.namespace != own:
+            log.warning(  # not naming the other namespace: these are another tenant's logs
+                "inference %s was accepted for a same-named endpoint of another namespace, "
+                "whose queue this one inherited: dead-lettered unread",
+                request.inference_id,
+            )
+            return Result(Settle.DEAD_LETTER, "foreign")
         self._taken(request, count)
         try:
             result = self._attempt(request, count)

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from infermodes.metrics import parse_sample, parse_worker_in_flight
+from infermodes.settings import DEFAULT_MAX_ATTEMPTS
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -33,7 +34,14 @@ from tests.e2e.operator_support import (
     to_csv,
     wait_phase,
 )
-from tests.support.async_plane import Notifications, WebhookReceiver, dead_letters
+from tests.support.async_plane import (
+    Notifications,
+    WebhookReceiver,
+    dead_letter_ids,
+    dead_letters,
+    folder_request,
+    publish,
+)
 from tests.support.processes import REPO, wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 
@@ -330,11 +338,12 @@ def test_a_model_edit_that_cannot_load_leaves_the_old_workers_serving(
 
 def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_free(
     tools: Tools, k8s_namespace: str, other_k8s_namespace: str, broker: Broker, model_uri: str,
-    tmp_path: Path,
+    abalone_model: AbaloneModel, tmp_path: Path,
 ) -> None:  # fmt: skip
     """One RabbitMQ queue per async name: the later of two same-named endpoints in two
     namespaces would consume the other's requests. It stays at zero workers, Failed with
-    NameInUse, and starts its workers once the older endpoint is gone."""
+    NameInUse, and starts its workers once the older endpoint is gone; what the older one
+    left in the queue it kept is dead-lettered unread, not processed by the heir."""
     api = tools.cluster.api
     first = async_manifest("twin", model_uri, tmp_path / "a", minReplicas=1, maxReplicas=1)
     serve_async(tools, k8s_namespace, broker, first, ready=1)
@@ -346,8 +355,26 @@ def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_fre
     assert worker_pods(tools, other_k8s_namespace, "twin") == []
     assert len(worker_pods(tools, k8s_namespace, "twin")) == 1  # the holder serves on
     api.delete(f"{IE_PATH.format(ns=k8s_namespace)}/twin")
+    kubelet = tools.cluster.kubelet
+    assert kubelet is not None
+    wait_until(lambda: not kubelet.running_pids(k8s_namespace), 120, "the older's workers to end")
+    # a request the older endpoint accepted and never processed, left in the queue it kept
+    row = tmp_path / "a" / "left.csv"
+    row.parent.mkdir(parents=True, exist_ok=True)
+    row.write_bytes(to_csv(abalone_model.test_rows[:1]))
+    left = folder_request("twin", "left-behind", tmp_path / "a", f"file://{row}",
+                          namespace=k8s_namespace)  # fmt: skip
+    publish(broker, "twin", left.inference_id, left.to_bytes(), DEFAULT_MAX_ATTEMPTS)  # as declared
     wait_phase(api, other_k8s_namespace, "twin", "InService", timeout=120,
                also=lambda e: e["status"].get("readyReplicas", 0) == 1)  # fmt: skip
+    # the heir's workers dead-letter it unread: nothing written where the other's results go
+    assert dead_letter_ids(broker, "twin", 1, timeout=60) == ["left-behind"]
+    assert not (tmp_path / "a" / "output").exists() and not (tmp_path / "a" / "failure").exists()
+    # and serve their own
+    sent = invoke_all(str(gateway_url(tools)), "twin", abalone_model.test_rows, 3)
+    own = lambda: len(list((tmp_path / "b" / "output").glob("*.out")))  # noqa: E731
+    wait_until(lambda: own() == len(sent), 60, "the heir's outputs")
+    check_outputs(tmp_path / "b", sent, abalone_model.booster())
 
 
 def test_the_gateway_stores_only_under_its_async_storage_prefixes(

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pika
@@ -354,23 +355,35 @@ def submit_unreadable(
     """Queue a request no worker can read (``acceptedAt`` is not a time, as a publisher of
     another version might send it): a retryable failure at every delivery, reported under
     ``folder``'s output/ and failure/ (its queue declared for ``max_attempts``)."""
-    request = InvocationRequest(
-        inference_id=inference_id,
-        endpoint=endpoint,
-        input_location=input_uri,
-        output_location=f"file://{folder}/output/{inference_id}.out",
-        failure_location=f"file://{folder}/failure/{inference_id}.error",
-        content_type="text/csv",
-        accept="text/csv",
-        accepted_at=time.time(),
-        expires_at=time.time() + 3600,
-        invocation_timeout_seconds=900,
-    )
-    body = json.loads(request.to_bytes())
+    body = json.loads(folder_request(endpoint, inference_id, folder, input_uri).to_bytes())
     body["acceptedAt"] = "yesterday"
+    publish(broker, endpoint, inference_id, json.dumps(body).encode(), max_attempts)
+
+
+def folder_request(
+    endpoint: str, inference_id: str, folder: Path, input_uri: str, **fields: object
+) -> InvocationRequest:
+    """A CSV request whose result goes to ``folder``'s output/ and failure/."""
+    values: dict[str, Any] = {
+        "inference_id": inference_id,
+        "endpoint": endpoint,
+        "input_location": input_uri,
+        "output_location": f"file://{folder}/output/{inference_id}.out",
+        "failure_location": f"file://{folder}/failure/{inference_id}.error",
+        "content_type": "text/csv",
+        "accept": "text/csv",
+        "accepted_at": time.time(),
+        "expires_at": time.time() + 3600,
+        "invocation_timeout_seconds": 900,
+    }
+    return InvocationRequest(**(values | fields))
+
+
+def publish(broker: Broker, endpoint: str, message_id: str, body: bytes, max_attempts: int) -> None:
+    """One message on the endpoint's queue, as an accepting side publishes it (confirmed)."""
     publisher = RequestPublisher(broker.amqp_url, {endpoint: max_attempts})
     try:
-        publisher.submit(endpoint, inference_id, json.dumps(body).encode())
+        publisher.submit(endpoint, message_id, body)
     finally:
         publisher.close()
 

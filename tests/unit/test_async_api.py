@@ -402,6 +402,8 @@ def test_the_gateway_route_answers_409_for_a_name_in_two_namespaces(tmp_path: Pa
     table.remove_endpoint("team-b", "s")
     response = TestClient(app).post("/endpoints/s/async-invocations", content=b"1")
     assert response.status_code == 202 and f"{tmp_path}/team-a" in response.json()["OutputLocation"]
+    [(_, _, body)] = publisher.sent  # stamped: a team-b worker inheriting the queue skips it
+    assert parse_request(body).namespace == "team-a"
 
 
 @pytest.mark.parametrize("coding", ["gzip", "br, gzip"])

@@ -89,6 +89,41 @@ def test_success_writes_the_output_and_notifies_with_the_result_inline(
     assert body["responseBody"] == {"content": output, "encoding": "STRING"}
 
 
+@pytest.mark.parametrize(
+    ("own", "stamped", "outcome"),
+    [
+        ("team-b", "team-a", "foreign"),  # a kept queue's request of the deleted team-a's
+        ("team-b", "team-b", "success"),
+        ("team-b", None, "success"),  # an older gateway stamps nothing
+        (None, "team-a", "success"),  # outside Kubernetes (infermodes up, async-api)
+    ],
+)
+def test_a_request_of_another_namespace_is_dead_lettered_unread(
+    model: XGBoostModel,
+    notifier: RecordingNotifier,
+    tmp_path: Path,
+    own: str | None,
+    stamped: str | None,
+    outcome: str,
+) -> None:
+    """A queue outlives its endpoint and is named after the endpoint alone: a same-named
+    endpoint of another namespace inherits it, and its workers must neither read the other's
+    inputs nor write its outputs, nor tell their own subscribers about it."""
+    settings = WorkerSettings(endpoint="ep", namespace=own, model_uri="unused")
+    metrics = WorkerMetrics(CollectorRegistry())
+    worker = Processor(settings, model, Storage(), notifier, metrics, threading.Event())
+    message = request(tmp_path, namespace=stamped, inline_input=True)
+    result = worker.handle(message, 0)
+    assert result.outcome == outcome
+    if outcome == "foreign":
+        assert result == Result(Settle.DEAD_LETTER, "foreign")
+        assert (tmp_path / "in.csv").exists()  # not removed, nor anything written
+        assert not (tmp_path / "out").exists() and not (tmp_path / "fail").exists()
+        assert notifier.sent == []
+    else:
+        assert (tmp_path / "out/r1.out").exists() and len(notifier.sent) == 1
+
+
 def test_a_redelivery_after_success_notifies_again_without_rewriting(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:

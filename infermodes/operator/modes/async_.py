@@ -132,6 +132,10 @@ def desired_objects(
     block = async_block(spec)
     plan = worker(ref.name, spec)
     env = env_list(WorkerSettings, "metrics_host", plan)
+    env.append({"name": env_name(WorkerSettings, "namespace"), "value": ref.namespace})
+    # pinned (an env entry wins over the storage Secret's envFrom): the readiness probe and
+    # the operator's in-flight readings reach this port
+    env.append({"name": env_name(WorkerSettings, "metrics_port"), "value": str(METRICS_PORT)})
     env.append(
         {
             "name": env_name(WorkerSettings, "broker_url"),
