@@ -4,7 +4,9 @@ The queue of an async endpoint is named after the endpoint alone (the gateway ro
 and a queue outlives its endpoint), so two of one name in two namespaces would consume each
 other's requests: the workers of one reading the other's inputs, writing its outputs. The
 oldest holds the name; the operator keeps any other at zero workers, ``Failed`` with
-``NameInUse``, until it holds the name alone.
+``NameInUse``, until it holds the name alone. The queue, kept after the older one is deleted,
+may still hold its requests: each carries the namespace it was accepted in, and the heir's
+workers dead-letter those unread (``workers/async_worker.py``).
 """
 
 from __future__ import annotations
