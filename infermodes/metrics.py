@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -484,10 +484,15 @@ class OperatorMetrics:
         oldest_age: float | None,
     ) -> None:
         """One reading of an endpoint's queue (``key``: namespace, name); an unknown figure
-        leaves its gauge as it was."""
-        if oldest_age is not None:
+        (in flight, or the oldest request's age) is absent, not left as it was."""
+        if oldest_age is None:
+            self._drop(key, [self.oldest_age])
+        else:
             self.oldest_age.labels(*key).set(oldest_age)
         if total is None:
+            self._drop(
+                key, [self.backlog, self.backlog_per_instance, self.backlog_without_capacity]
+            )
             return
         self.backlog.labels(*key).set(total)
         self.backlog_per_instance.labels(*key).set(total / max(replicas, 1))
@@ -497,10 +502,13 @@ class OperatorMetrics:
         """Drop an endpoint's queue figures: while its queue cannot be read (a figure left as
         it was would read as current; the failures counter says why), and, with ``deleted``,
         every series of an endpoint that is gone."""
-        metrics: list[Gauge | Counter] = [
+        self._drop(key, [
             self.backlog, self.backlog_per_instance, self.backlog_without_capacity,
             self.oldest_age, *([self.broker_unreadable] if deleted else []),
-        ]  # fmt: skip
+        ])  # fmt: skip
+
+    @staticmethod
+    def _drop(key: tuple[str, str], metrics: Sequence[Gauge | Counter]) -> None:
         for metric in metrics:
             with contextlib.suppress(KeyError):  # never recorded
                 metric.remove(*key)

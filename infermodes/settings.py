@@ -57,7 +57,8 @@ class EnvSettings(BaseModel):
     without importing it (~50 ms of every process's start): a field is set by
     ``<env_prefix><FIELD NAME>``, or, if it has a ``validation_alias``, by each alias taken as
     a variable name (and by the prefixed name too with ``populate_by_name``), the first one set
-    winning; names match in any case; an empty variable is an empty string, not an absent one;
+    winning; names match in any case, a name as written before any other case of it; an empty
+    variable is an empty string, not an absent one;
     list, dict and model fields are JSON. Schemas are built on first use (``defer_build``), so
     a process builds only the class it reads.
     """
@@ -82,8 +83,12 @@ class EnvSettings(BaseModel):
             aliases = _aliases(field)
             if given.keys() & {name, *aliases}:
                 continue
-            names = [*aliases, *([f"{prefix}{name}"] if by_name or not aliases else [])]
-            variable = next((environ[n.lower()] for n in names if n.lower() in environ), None)
+            names = [*aliases, *([f"{prefix}{name}".upper()] if by_name or not aliases else [])]
+            # a name as written wins over another case of it (a pod's env entry over an
+            # envFrom Secret's key), whatever order the environment came in
+            variable = next(((n, os.environ[n]) for n in names if n in os.environ), None)
+            if variable is None:
+                variable = next((environ[n.lower()] for n in names if n.lower() in environ), None)
             if variable is None:
                 continue
             value: Any = variable[1]

@@ -89,8 +89,20 @@ def prefix_base(prefix: str) -> str:
 
 
 def lies_under(uri: str, base: str) -> bool:
-    """Whether a normalised ``uri`` names something under ``base`` (from ``prefix_base``)."""
-    return uri.startswith(base.rstrip("/") + "/")
+    """Whether a normalised ``uri`` names something under ``base`` (from ``prefix_base``). An
+    S3 key keeps ``.`` and ``..`` segments as written, and an S3-compatible server or a proxy
+    may resolve them: such a key lies under nothing."""
+    dotted = any(part in (".", "..") for part in uri.split("/")[3:])
+    return not dotted and uri.startswith(base.rstrip("/") + "/")
+
+
+def folder_uri(path: str) -> str | None:
+    """A folder path as normalised URIs spell what lies in it (ending in '/'); None when it is
+    not a storage URI."""
+    try:
+        return normalised(path).uri.rstrip("/") + "/"
+    except StorageError:
+        return None
 
 
 def join_uri(prefix: str, name: str) -> str:

@@ -187,7 +187,8 @@ class NotificationSpec(SpecBlock):
 # Where an async endpoint keeps objects: s3://bucket[/prefix] or file:///absolute/path (schemes
 # in any case, file://localhost/ too: what storage.parse_uri reads). Anything else would pass
 # the spec and answer every request with 503.
-STORAGE_PREFIX = r"^([sS]3://[^/]+(/.*)?|[fF][iI][lL][eE]://(localhost)?/.*)$"
+# no '?' or '#': a URI reader would take them for a query or fragment and drop the rest
+STORAGE_PREFIX = r"^([sS]3://[^/?#]+(/[^?#]*)?|[fF][iI][lL][eE]://(localhost)?/[^?#]*)$"
 
 
 class AsyncSpec(ReplicaRange):

@@ -305,4 +305,5 @@ def async_accept_router(
         settings.max_inline_bytes,
         settings.allowed_input_prefixes,
         missing=table.async_missing,
+        input_paths=table.async_input_paths,
     )

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -71,7 +71,14 @@ from infermodes.queueing.messages import (
 )
 from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
-from infermodes.storage import Storage, join_uri, lies_under, normalised, prefix_base
+from infermodes.storage import (
+    Storage,
+    folder_uri,
+    join_uri,
+    lies_under,
+    normalised,
+    prefix_base,
+)
 
 log = logging.getLogger("infermodes.async_api")
 
@@ -179,9 +186,8 @@ def _api_object(input_prefix: str, uri: str) -> bool:
     """Whether ``uri`` (normalised) is one the API keeps under an endpoint's input prefix:
     an inline input, request record or result claim (the sweep's own), or a hidden partial
     write of one."""
-    try:
-        base = normalised(input_prefix).uri.rstrip("/") + "/"
-    except StorageError:
+    base = folder_uri(input_prefix)
+    if base is None:
         return False
     hidden = uri.startswith(base) and uri.removeprefix(base).startswith(".")
     return hidden or own_suffix(base, uri) is not None
@@ -362,12 +368,17 @@ def create_router(
     allowed_input_prefixes: list[str],
     clock: Callable[[], float] = time.time,
     missing: Callable[[str], InfermodesError] | None = None,
+    input_paths: Callable[[], Iterable[str]] | None = None,
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
     counted like any answer. ``missing``: the error for a name without a layout (by default
-    a 404)."""
+    a 404); ``input_paths``: every endpoint's input path, those without a layout too (by
+    default the layouts')."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
+
+    def api_input_paths() -> Iterator[str]:  # runs only for a by-reference input
+        yield from input_paths() if input_paths else (e.input_path for e in endpoints.values())
 
     @router.post("/endpoints/{name}/async-invocations", status_code=202)
     async def invoke_async(name: str, request: Request) -> Response:
@@ -403,7 +414,7 @@ def create_router(
             body,
             allowed_input_prefixes,
             clock(),
-            (layout.input_path for layout in endpoints.values()),  # read by reference only
+            api_input_paths(),
         )
         started = time.perf_counter()
         try:

@@ -21,10 +21,10 @@ from pydantic import ValidationError as SpecError
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
-from infermodes.errors import EndpointNotFound, InfermodesError, StorageError
+from infermodes.errors import EndpointNotFound, InfermodesError
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
-from infermodes.storage import lies_under, normalised, prefix_base
+from infermodes.storage import folder_uri, lies_under, prefix_base
 
 log = logging.getLogger("infermodes.gateway")
 
@@ -62,31 +62,37 @@ class StorageNotAllowed(InfermodesError):
 
 
 NAMESPACE_PLACEHOLDER = "{namespace}"
-PATH_FIELDS = (("inputPath", "input_path"), ("outputPath", "output_path"),
-               ("failurePath", "failure_path"))  # fmt: skip
+# the one a platform user sets first: a derived inputPath (<outputPath>/input) follows it
+PATH_FIELDS = (("outputPath", "output_path"), ("failurePath", "failure_path"),
+               ("inputPath", "input_path"))  # fmt: skip
 
 
-def storage_refusal(
-    prefixes: Sequence[str], namespace: str, name: str, layout: AsyncEndpoint
-) -> str | None:
-    """Why the gateway may not store and sweep under an async endpoint's paths (None: it may).
-    It does so with its own credentials, so every path must lie under one of ``prefixes``
-    (``{namespace}`` is the endpoint's); no prefixes: anywhere."""
+def storage_bases(prefixes: Sequence[str], namespace: str) -> list[str]:
+    """The prefixes for one namespace's endpoints, spelt as normalised URIs; one with
+    ``{namespace}`` is for named namespaces only (an empty name would widen it)."""
+    return [
+        prefix_base(prefix.replace(NAMESPACE_PLACEHOLDER, namespace))
+        for prefix in prefixes
+        if namespace or NAMESPACE_PLACEHOLDER not in prefix
+    ]
+
+
+def storage_refusal(prefixes: Sequence[str], namespace: str, name: str, layout: AsyncEndpoint
+                    ) -> str | None:  # fmt: skip
+    """Why the gateway may not store and sweep under an async endpoint's paths (None: it may),
+    as its callers are told. It does so with its own credentials, so every path must lie under
+    one of ``prefixes`` (``{namespace}`` is the endpoint's); no prefixes: anywhere."""
     if not prefixes:
         return None
-    bases = [prefix_base(p.replace(NAMESPACE_PLACEHOLDER, namespace)) for p in prefixes]
+    bases = storage_bases(prefixes, namespace)
     for field_name, attribute in PATH_FIELDS:
         path = getattr(layout, attribute)
-        try:
-            folder = normalised(path).uri.rstrip("/") + "/"
-        except StorageError:
-            folder = path
-        if not any(lies_under(folder, base) for base in bases):
+        folder = folder_uri(path)
+        if folder is None or not any(lies_under(folder, base) for base in bases):
             return (
-                f"endpoint {name} (namespace {namespace}): its {field_name} {path} is not under "
-                f"the gateway's async storage prefixes ({', '.join(bases)}); the gateway stores "
-                "and sweeps there with its own credentials, so it accepts async invocations "
-                "only for endpoints under them"
+                f"endpoint {name}: its {field_name} {path} is not under the gateway's async "
+                "storage prefixes, where alone it stores and sweeps with its own credentials "
+                "(its operator sets them: gateway.asyncStoragePrefixes)"
             )
     return None
 
@@ -214,6 +220,11 @@ class Table:
             )
         return found[0]
 
+    def async_input_paths(self) -> list[str]:
+        """Every async endpoint's input path, served or not (refused, or a name in two
+        namespaces): no by-reference input may name the API's own objects in any of them."""
+        return [e.async_.layout.input_path for e in self.endpoints.values() if e.async_]
+
     def async_missing(self, name: str) -> InfermodesError:
         """Why the accept route has no layout for ``name``: a name in several namespaces (409,
         as for synchronous invocations), an endpoint whose storage the gateway may not use
@@ -268,6 +279,7 @@ class Table:
             endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         except SpecError:
             endpoint.mode, endpoint.serverless = None, None
+        refused_before = endpoint.async_ is not None and endpoint.async_.refusal is not None
         endpoint.async_ = None
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
             layout = async_endpoint(spec.async_, endpoint.namespace)
@@ -275,6 +287,13 @@ class Table:
                 self.storage_prefixes, endpoint.namespace, endpoint.name, layout
             )
             endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal)
+            if refusal is not None and not refused_before:  # the detail for the operator only
+                log.warning(
+                    "namespace %s: %s (prefixes: %s)",
+                    endpoint.namespace,
+                    refusal,
+                    ", ".join(storage_bases(self.storage_prefixes, endpoint.namespace)),
+                )
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:

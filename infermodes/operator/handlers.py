@@ -203,7 +203,7 @@ def configure(operator_settings: OperatorSettings) -> None:
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)
-    async def demand_changed(body: kopf.Body, memo: kopf.Memo, type: str, **_: Any) -> None:
+    async def demand_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
         """The gateways' demand moved: decide replicas now (a held request may be waiting).
         An endpoint gone: its state and metrics go with it."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

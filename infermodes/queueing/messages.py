@@ -29,7 +29,8 @@ DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
 INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # outcomes counted by WorkerMetrics.messages
-OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "abandoned", "duplicate")
+OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "abandoned", "duplicate",
+            "foreign")  # fmt: skip
 GAVE_UP = "AttemptsExhausted"  # the failure reason of a request that ends in the dead-letter queue
 # the failure reason of a claimed success that no delivery could store (see Step.ABANDON)
 OUTPUT_NOT_STORED = "OutputNotStored"
@@ -84,6 +85,7 @@ class _Salvage(BaseModel):
     inference_id: str | None = None
     endpoint: str | None = None
     failure_location: str | None = None
+    namespace: str | None = None
 
 
 class MalformedMessage(Exception):

@@ -208,6 +208,20 @@ class Processor:
             self._back_off(count)
             return Result(Settle.REQUEUE, "retried")
 
+    def _foreign(self, namespace: str | None, inference_id: str | None) -> bool:
+        """Whether a request was accepted for a same-named endpoint of another namespace, whose
+        kept queue this one inherited: it is dead-lettered unread (nothing read or written
+        where the other's results go, nothing told to this endpoint's subscribers)."""
+        own = self.settings.namespace
+        if own is None or namespace is None or namespace == own:
+            return False
+        log.warning(  # not naming the other namespace: these are another tenant's logs
+            "inference %s was accepted for a same-named endpoint of another namespace, whose "
+            "queue this one inherited: dead-lettered unread",
+            inference_id,
+        )
+        return True
+
     def _back_off(self, count: int) -> None:
         settings = self.settings
         self.stopping.wait(
@@ -219,6 +233,8 @@ class Processor:
             request = parse_request(body)
         except MalformedMessage as exc:
             salvage = exc.salvage
+            if self._foreign(salvage.namespace, salvage.inference_id):
+                return Result(Settle.DEAD_LETTER, "foreign")
             target = Target(
                 salvage.inference_id,
                 salvage.endpoint or self.settings.endpoint,
@@ -226,13 +242,7 @@ class Processor:
                 None,
             )
             return self._on_failure(target, classify(exc), count)
-        own = self.settings.namespace
-        if own is not None and request.namespace is not None and request.namespace != own:
-            log.warning(  # not naming the other namespace: these are another tenant's logs
-                "inference %s was accepted for a same-named endpoint of another namespace, "
-                "whose queue this one inherited: dead-lettered unread",
-                request.inference_id,
-            )
+        if self._foreign(request.namespace, request.inference_id):
             return Result(Settle.DEAD_LETTER, "foreign")
         self._taken(request, count)
         try:

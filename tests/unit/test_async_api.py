@@ -406,6 +406,28 @@ def test_the_gateway_route_answers_409_for_a_name_in_two_namespaces(tmp_path: Pa
     assert parse_request(body).namespace == "team-a"
 
 
+def test_no_input_names_the_api_s_objects_of_an_endpoint_the_gateway_does_not_serve(
+    tmp_path: Path,
+) -> None:
+    """A refused endpoint (or a name in two namespaces) has no layout on the route, but its
+    input folder still holds the API's objects: requests of its own from before, records."""
+    table = Table(storage_prefixes=[f"file://{tmp_path}/"])
+    for name, out in (("served", f"file://{tmp_path}/served"), ("refused", "s3://legacy/b")):
+        spec = {"mode": "async", "model": {"uri": "file:///m"}, "async": {"outputPath": out}}
+        table.apply_endpoint({"metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+    assert "refused" not in table.async_layouts
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    app.include_router(create_router(
+        table.async_layouts, publisher, Storage(), AsyncApiMetrics(CollectorRegistry()), 100, [],
+        missing=table.async_missing, input_paths=table.async_input_paths,
+    ))  # fmt: skip
+    location = {"X-Amzn-SageMaker-InputLocation": "s3://legacy/b/input/123.request"}
+    response = TestClient(app).post("/endpoints/served/async-invocations", headers=location)
+    assert response.status_code == 403 and "the API's own objects" in response.text
+    assert not publisher.sent
+
+
 @pytest.mark.parametrize("coding", ["gzip", "br, gzip"])
 def test_a_compressed_body_is_a_415_before_anything_is_stored(tmp_path: Path, coding: str) -> None:
     """As the model server answers: no worker would undo the coding."""

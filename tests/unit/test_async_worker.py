@@ -410,6 +410,19 @@ def test_unreadable_messages_are_reported_where_they_say(
     assert notifier.sent[0][1]["inferenceId"] == "r1"
 
 
+def test_an_unreadable_message_of_another_namespace_is_dead_lettered_unread(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Not reported where it says (the other's failure path) nor to this endpoint's
+    subscribers: what can be read of it is enough to see it is not this endpoint's."""
+    settings = WorkerSettings(endpoint="ep", namespace="team-b", model_uri="unused")
+    worker = Processor(settings, model, Storage(), notifier, WorkerMetrics(CollectorRegistry()),
+                       threading.Event())  # fmt: skip
+    body = json.loads(request(tmp_path, namespace="team-a")) | {"acceptedAt": "yesterday"}
+    assert worker.handle(json.dumps(body).encode(), 2) == Result(Settle.DEAD_LETTER, "foreign")
+    assert not (tmp_path / "fail").exists() and notifier.sent == []
+
+
 def test_a_lost_notification_requeues_and_the_redelivery_only_notifies(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:

@@ -183,6 +183,19 @@ def test_secrets_are_read_and_not_shown(monkeypatch: pytest.MonkeyPatch) -> None
     assert "hunter2" not in repr(settings)
 
 
+@pytest.mark.parametrize("order", ["as written first", "other case first"])
+def test_a_name_as_written_wins_over_another_case_of_it(
+    monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """A pod's env entry (the operator's, as written) over an envFrom Secret's key in another
+    case, whatever order the kubelet put them in."""
+    pairs = [("INFERMODES_WORKER_NAMESPACE", "mine"), ("infermodes_worker_namespace", "theirs")]
+    for name, value in pairs if order == "as written first" else pairs[::-1]:
+        monkeypatch.setenv(name, value)
+    settings = WorkerSettings(endpoint="e", model_uri="m")
+    assert settings.namespace == "mine"
+
+
 def test_async_storage_prefixes_are_a_json_list_of_storage_uris(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

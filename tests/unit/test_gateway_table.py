@@ -13,7 +13,7 @@ from infermodes.endpoints.demand import GatewayDemand, annotation_key
 from infermodes.endpoints.spec import Phase
 from infermodes.gateway.errors import ValidationError
 from infermodes.gateway.kube import Gone, Watched, apply_endpoint, apply_pod, replace_pods
-from infermodes.gateway.table import Endpoint, Replica, Table
+from infermodes.gateway.table import Endpoint, Replica, Table, storage_bases
 
 NOW = 1_000_000.0
 
@@ -148,34 +148,48 @@ PREFIXES = ("s3://async/{namespace}/", "FILE:///srv/async/shared")
 
 
 @pytest.mark.parametrize(
-    ("paths", "served"),
+    ("paths", "outside"),
     [
-        ({"outputPath": "s3://async/team-a/abalone/out"}, True),
-        ({"outputPath": "s3://async/team-a"}, True),  # the namespace's folder itself
-        ({"outputPath": "file:///srv/async/shared/x", "failurePath": "s3://async/team-a/f"}, True),
-        ({"outputPath": "file://localhost/srv/async/shared/./x/"}, True),  # spelt otherwise
-        ({"outputPath": "s3://async/team-b/out"}, False),  # another namespace's folder
-        ({"outputPath": "s3://async/team-a-x/out"}, False),  # a prefix of the name only
-        ({"outputPath": "file:///srv/async/shared/../private/out"}, False),
-        ({"outputPath": "s3://async/team-a/out", "inputPath": "s3://other/in"}, False),
-        ({"outputPath": "s3://async/team-a/out", "failurePath": "s3://other/f"}, False),
+        ({"outputPath": "s3://async/team-a/abalone/out"}, None),
+        ({"outputPath": "s3://async/team-a"}, None),  # the namespace's folder itself
+        ({"outputPath": "file:///srv/async/shared/x", "failurePath": "s3://async/team-a/f"},
+         None),
+        ({"outputPath": "file://localhost/srv/async/shared/./x/"}, None),  # spelt otherwise
+        ({"outputPath": "s3://async/team-b/out"}, "outputPath s3://async/team-b/out"),
+        ({"outputPath": "s3://async/team-a-x/out"}, "outputPath s3://async/team-a-x/out"),
+        ({"outputPath": "file:///srv/async/shared/../private/out"}, "outputPath file:///srv"),
+        # S3 keys keep dot segments, which a server or proxy may resolve
+        ({"outputPath": "s3://async/team-a/../team-b"}, "outputPath s3://async/team-a/../team-b"),
+        ({"outputPath": "s3://async/team-a/./x"}, "outputPath s3://async/team-a/./x"),
+        ({"outputPath": "s3://async/team-a/out", "inputPath": "s3://other/in"},
+         "inputPath s3://other/in"),
+        ({"outputPath": "s3://async/team-a/out", "failurePath": "s3://other/f"},
+         "failurePath s3://other/f"),
+        # the derived inputPath follows outputPath: the path a platform user set is named
+        ({"outputPath": "s3://other/out"}, "outputPath s3://other/out"),
     ],
-)
+)  # fmt: skip
 def test_the_gateway_uses_storage_only_under_its_prefixes(
-    paths: dict[str, str], served: bool
+    paths: dict[str, str], outside: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The gateway stores inline inputs and sweeps with its own credentials: an endpoint whose
-    paths leave its prefixes gets 403 naming the path, and is not swept; the others are
-    served as before."""
+    paths leave its prefixes gets 403 naming the path (the prefixes and the namespace go to
+    the gateway's log only), and is not swept; the others are served as before."""
     table = Table(storage_prefixes=PREFIXES)
     table.apply_endpoint(endpoint_object("e", "async", namespace="team-a", **paths))
-    assert ("e" in table.async_layouts) is served
-    assert ("team-a/e" in table.async_swept) is served
-    if not served:
+    assert ("e" in table.async_layouts) is (outside is None)
+    assert ("team-a/e" in table.async_swept) is (outside is None)
+    if outside is not None:
         refusal = table.async_missing("e")
         assert refusal.status_code == 403
-        assert "async storage prefixes" in str(refusal) and "s3://async/team-a" in str(refusal)
-        assert any(path in str(refusal) for path in paths.values())
+        assert outside in str(refusal) and "async storage prefixes" in str(refusal)
+        assert "team-a" not in str(refusal).replace(paths["outputPath"], "")
+        assert "s3://async/team-a" in caplog.text  # the detail, for the gateway's operator
+
+
+def test_a_namespace_placeholder_does_not_widen_for_an_unnamed_namespace() -> None:
+    assert storage_bases(PREFIXES, "") == ["file:///srv/async/shared"]
+    assert storage_bases(PREFIXES, "ns") == ["s3://async/ns/", "file:///srv/async/shared"]
 
 
 def test_an_endpoint_moved_under_the_prefixes_is_served_and_one_moved_out_is_not() -> None:

@@ -182,7 +182,15 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 f"spec.async.{field}: String should match pattern",
             )
             for field in ("outputPath", "failurePath", "inputPath")
-            for path in ("http://host/out", "s3://", "out/relative", "file://host/out")
+            for path in (
+                "http://host/out",
+                "s3://",
+                "out/relative",
+                "file://host/out",
+                "s3://b/out?x",
+                "s3://b?x",
+                "file:///out#x",
+            )  # a query would cut it
         ),
     ],
 )
