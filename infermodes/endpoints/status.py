@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,6 +99,8 @@ class Status:
     desired_replicas: int = 0
     progress: Progress | None = None  # batch only
     backlog: QueueFigures | None = None  # async only
+    # async only: its queue was to be read and could not be (whatever the phase says)
+    backlog_unread: bool = field(default=False, compare=False)
     # when the operator last changed the replicas (RFC 3339): its cooldowns outlive a restart
     last_scale_time: str | None = None
 
@@ -175,7 +177,7 @@ def record_queue(metrics: OperatorMetrics, key: tuple[str, str], status: Status)
     unreadable, or no queue of its own): none published."""
     if status.backlog is None:
         metrics.forget(key)
-        if status.reason == BROKER_UNREADABLE:
+        if status.backlog_unread:
             metrics.broker_unreadable.labels(*key).inc()
         return
     figures = status.backlog

@@ -391,6 +391,7 @@ class Supervisor:
             decision.reason,
             endpoint.status.message,
             backlog=None if figures.ready is None else figures,  # unread: no figures shown
+            backlog_unread=figures.ready is None,
         )
         return decision.replicas
 
@@ -412,6 +413,8 @@ class Supervisor:
                 self._stop_child(endpoint, key)
             endpoint.desired = 0
             endpoint.status = Status(Phase.FAILED, *endpoint.failure)
+            if self.metrics is not None:  # no queue figures of a pool that cannot run
+                record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
             return
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
@@ -460,7 +463,7 @@ class Supervisor:
         message = "; ".join(notes)
         endpoint.status = Status(
             phase, reason, message, running, ready, endpoint.desired,
-            backlog=endpoint.status.backlog,
+            backlog=endpoint.status.backlog, backlog_unread=endpoint.status.backlog_unread,
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)

@@ -236,3 +236,21 @@ def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_pat
     assert registry.get_sample_value("infermodes_async_approximate_backlog_size", labels) is None
     failures = "infermodes_async_backlog_read_failures_total"
     assert registry.get_sample_value(failures, labels) == 1
+
+
+def test_up_publishes_no_queue_figures_of_an_endpoint_that_failed(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    waiting = Backlog(ready=3, unacked=0, consumers=0, source="amqp+management")
+    supervisor = Supervisor(tmp_path, FixedQueue(waiting), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    supervisor.metrics = OperatorMetrics(registry)
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    supervisor._set_status(endpoint)
+    labels = {"namespace": NAMESPACE, "endpoint": endpoint.name}
+    backlog = "infermodes_async_approximate_backlog_size"
+    assert registry.get_sample_value(backlog, labels) == 3
+    endpoint.failure = ("ModelLoadFailed", "model cannot be loaded")
+    asyncio.run(supervisor._actuate(endpoint, time.monotonic()))
+    assert endpoint.status.phase.value == "Failed"
+    assert registry.get_sample_value(backlog, labels) is None

@@ -221,4 +221,5 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         status.ready_replicas,
         status.desired_replicas,
         backlog=figures,
+        backlog_unread=not held and read.figures is None,
     )

@@ -21,7 +21,7 @@ from infermodes.metrics import OperatorMetrics
 from infermodes.operator.kube import KubeError
 from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
-from infermodes.operator.observed import WorkloadState
+from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.operator.signals.backlog import read_backlog
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
@@ -229,6 +229,12 @@ def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> 
     # the figures read before are removed (a merge patch's null), not left as if current
     assert blind.to_patch(1, busy.to_patch(1, None))["backlog"] is None
     assert "backlog" not in blind.to_patch(1, None)
+    assert blind.backlog_unread and not busy.backlog_unread  # counted as a failed reading
+    crashing = WorkloadState(
+        True, 2, 0, 2, True, [PodState("w", None, False, waiting_reason="ErrImagePull")]
+    )
+    failed_blind = async_.observe(SPEC, signals(crashing, None), None)
+    assert failed_blind.phase is s.Phase.FAILED and failed_blind.backlog_unread
 
 
 def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
@@ -309,9 +315,10 @@ def test_an_unread_queue_publishes_no_figures_and_a_deleted_endpoint_none_at_all
     record_queue(metrics, key, waiting)
     record_queue(metrics, other, waiting)
     assert value("infermodes_async_has_backlog_without_capacity") == 1
-    unread = Status(s.Phase.IN_SERVICE, BROKER_UNREADABLE, backlog=None)
+    unread = Status(s.Phase.IN_SERVICE, BROKER_UNREADABLE, backlog_unread=True)
     record_queue(metrics, key, unread)
-    record_queue(metrics, key, unread)
+    failed = Status(s.Phase.FAILED, "CrashLoopBackOff", backlog_unread=True)  # counted too
+    record_queue(metrics, key, failed)
     assert [value(name) for name in GAUGES] == [None] * 4
     assert value("infermodes_async_backlog_read_failures_total") == 2  # one per reading
     record_queue(metrics, other, Status(s.Phase.FAILED, "NameInUse"))  # no queue read at all
