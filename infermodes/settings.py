@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, ClassVar, Literal, get_origin
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -342,6 +343,12 @@ class OperatorSettings(EnvSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 
+# Where an async endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
+# file:///absolute/path (schemes in any case). No '?' or '#': a URI reader would take them for
+# a query or fragment and drop the rest.
+STORAGE_PREFIX = r"^([sS]3://[^/?#]+(/[^?#]*)?|[fF][iI][lL][eE]://(localhost)?/[^?#]*)$"
+
+
 class GatewaySettings(AsyncAcceptSettings):
     """``infermodes gateway``: the front door of synchronous endpoints. Env prefix
     ``INFERMODES_GATEWAY_``. Endpoints come from the Kubernetes API (watched in ``namespaces``)
@@ -436,10 +443,10 @@ class GatewaySettings(AsyncAcceptSettings):
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
         for prefix in self.async_storage_prefixes:
-            if not prefix.lower().startswith(("s3://", "file:///", "file://localhost/")):
+            if prefix.lower() != "s3://" and not re.fullmatch(STORAGE_PREFIX, prefix):
                 raise ValueError(
                     f"async_storage_prefixes: {prefix!r} is not an s3://bucket[/prefix] or "
-                    "file:///absolute/path prefix"
+                    "file:///absolute/path prefix (no '?' or '#')"
                 )
         return self
 

@@ -22,6 +22,7 @@ from infermodes.settings import (
     MAX_INVOCATION_TIMEOUT_SECONDS,
     MAX_PAYLOAD_MB,
     PAYLOAD_RULE,
+    STORAGE_PREFIX,
     AssembleWith,
     BatchAccept,
     BatchContentType,
@@ -184,11 +185,8 @@ class NotificationSpec(SpecBlock):
     error_webhook: str | None = Field(None, description="URL POSTed on failure.")
 
 
-# Where an async endpoint keeps objects: s3://bucket[/prefix] or file:///absolute/path (schemes
-# in any case, file://localhost/ too: what storage.parse_uri reads). Anything else would pass
-# the spec and answer every request with 503.
-# no '?' or '#': a URI reader would take them for a query or fragment and drop the rest
-STORAGE_PREFIX = r"^([sS]3://[^/?#]+(/[^?#]*)?|[fF][iI][lL][eE]://(localhost)?/[^?#]*)$"
+# Async paths take STORAGE_PREFIX (settings.py): what storage.parse_uri reads. Anything else
+# would pass the spec and answer every request with 503.
 
 
 class AsyncSpec(ReplicaRange):

@@ -199,10 +199,11 @@ def test_a_name_as_written_wins_over_another_case_of_it(
 def test_async_storage_prefixes_are_a_json_list_of_storage_uris(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prefixes = '["s3://async/{namespace}/", "file:///srv/async/", "FILE://localhost/x"]'
+    prefixes = '["s3://async/{namespace}/", "file:///srv/async/", "FILE://localhost/x", "s3://"]'
     monkeypatch.setenv("INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES", prefixes)
     assert GatewaySettings().async_storage_prefixes[0] == "s3://async/{namespace}/"
-    for wrong in ('["async/{namespace}/"]', '["file://host/x"]', '["http://x/"]'):
+    wrong_ones = ('["async/{namespace}/"]', '["file://host/x"]', '["http://x/"]', '["s3://b/x?y"]')
+    for wrong in wrong_ones:
         monkeypatch.setenv("INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES", wrong)
         with pytest.raises(ValueError, match="is not an s3://bucket"):
             GatewaySettings()
