@@ -244,9 +244,9 @@ def serve(settings: GatewaySettings) -> int:
     registry = CollectorRegistry()
     runner = Runner(settings, source, sink, gateway_id, registry, routers)
     closing: list[Callable[[], None]] = []
-    if settings.broker_url and not settings.async_storage_prefixes:
-        log.warning(ANYWHERE_WARNING)
     if settings.broker_url:
+        if not settings.async_storage_prefixes:
+            log.warning(ANYWHERE_WARNING)
         router = async_accept_router(settings, settings.broker_url, runner.table, registry, closing)
         runner.app.include(router)
     try:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from infermodes.errors import StorageError
 from infermodes.queueing.messages import INFERENCE_ID, MAX_TTL_SECONDS
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncEndpoint
-from infermodes.storage import Storage, parse_uri
+from infermodes.storage import Storage, folder_uri
 
 log = logging.getLogger("infermodes.async_api")
 
@@ -78,7 +78,9 @@ def own_suffix(base: str, uri: str) -> str | None:
 def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
     """Remove one endpoint's stale objects; returns how many."""
     removed = 0
-    base = parse_uri(endpoint.input_path).uri.rstrip("/") + "/"  # as listings spell it
+    base = folder_uri(endpoint.input_path)  # as listings of it spell what they hold
+    if base is None:
+        raise StorageError(f"{endpoint.input_path} is not a storage URI")
     for uri, modified in storage.list_folder_times(base):
         kind = own_suffix(base, uri)
         if kind is not None and modified < now - MAX_AGE_BY_SUFFIX[kind]:

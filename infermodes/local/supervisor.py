@@ -461,9 +461,9 @@ class Supervisor:
                          "(no count on their metrics port): the queue's figures scale the "
                          "pool in only once they can")  # fmt: skip
         message = "; ".join(notes)
-        endpoint.status = Status(
-            phase, reason, message, running, ready, endpoint.desired,
-            backlog=endpoint.status.backlog, backlog_unread=endpoint.status.backlog_unread,
+        endpoint.status = dataclasses.replace(
+            endpoint.status, phase=phase, reason=reason, message=message, replicas=running,
+            ready_replicas=ready, desired_replicas=endpoint.desired,
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
