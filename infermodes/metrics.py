@@ -11,13 +11,17 @@ import contextlib
 import logging
 import math
 import os
+import socket
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("infermodes.metrics")
@@ -303,6 +307,47 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+READY_PATH = "/readyz"
+
+
+class _MetricsHttpServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in progress never holds the process at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's name
+        """Scrapes and probes every second are not worth a log line each."""
+
+
+def serve_metrics(
+    port: int, host: str, registry: CollectorRegistry, ready: Callable[[], bool] | None = None
+) -> WSGIServer:
+    """Serve ``registry`` at every path on a daemon thread (Prometheus reads ``/metrics``);
+    with ``ready``, ``GET /readyz`` answers 200 while it holds and 503 otherwise: a readiness
+    probe that means more than an open port."""
+    expose = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if ready is None or environ.get("PATH_INFO") != READY_PATH:
+            return expose(environ, start_response)  # type: ignore[no-any-return]
+        if ready():
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ready\n"]
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"not ready\n"]
+
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+
+    class Server(_MetricsHttpServer):
+        address_family = family  # an IPv6 host needs its own family
+
+    server = make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status, record_queue
-from infermodes.metrics import OperatorMetrics
+from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
@@ -159,9 +159,7 @@ def configure(operator_settings: OperatorSettings) -> None:
         memo.metrics = OperatorMetrics(registry)
         memo.nudger = Nudger(memo.endpoints, memo.deps, memo.metrics)
         if operator_settings.metrics_port:
-            start_http_server(
-                operator_settings.metrics_port, operator_settings.metrics_host, registry
-            )
+            serve_metrics(operator_settings.metrics_port, operator_settings.metrics_host, registry)
 
     def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])

@@ -77,11 +77,14 @@ class Consumer(Protocol):
     """Feeds one endpoint's deliveries to a handler, ``concurrency`` at a time, settling each
     as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight.
     ``stopping`` is set by ``stop`` (handlers cut their back-off waits short on it);
+    ``consuming`` is set while the consumer takes deliveries (subscribed on a live connection),
+    cleared when the broker is lost or at ``stop`` (the worker's readiness);
     ``on_in_flight`` is called with +1 / -1 as deliveries start and end (a metrics gauge);
     ``on_attempts_allowed`` with ``attempts_allowed`` each time the queue is declared, before
     it delivers anything (a RabbitMQ queue kept with a smaller limit allows fewer)."""
 
     stopping: threading.Event
+    consuming: threading.Event
     on_in_flight: Callable[[int], None]
     on_attempts_allowed: Callable[[int], None]
 

@@ -311,6 +311,7 @@ class EmbeddedConsumer:
         self.lease_seconds = lease_seconds
         self.owner = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
         self.stopping = threading.Event()
+        self.consuming = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self._db = Database(path, "NORMAL")
@@ -347,6 +348,7 @@ class EmbeddedConsumer:
         idle = POLL_MIN_SECONDS
         retry = POLL_MIN_SECONDS
         log.info("consuming %s from %s", self.endpoint, self._db.path)
+        self.consuming.set()
         while not self.stopping.is_set():
             with self._changed:
                 self._changed.wait_for(
@@ -360,10 +362,12 @@ class EmbeddedConsumer:
                 leases, dead = self._claim(free)
             except sqlite3.Error as exc:
                 log.warning("cannot claim messages (%s); retrying in %.2f s", exc, retry)
+                self.consuming.clear()
                 self.stopping.wait(retry)
                 retry = min(retry * 2, RETRY_MAX_SECONDS)
                 continue
             retry = POLL_MIN_SECONDS
+            self.consuming.set()
             for lease in leases:
                 self.on_in_flight(+1)
                 pool.submit(self._work, handle, lease)
@@ -372,6 +376,7 @@ class EmbeddedConsumer:
             else:
                 self.stopping.wait(idle)
                 idle = min(idle * 2, POLL_MAX_SECONDS)
+        self.consuming.clear()
         log.info("stopped consuming; %d request(s) in flight", self.in_flight)
 
     def _claim(self, most: int) -> tuple[list[_Lease], int]:

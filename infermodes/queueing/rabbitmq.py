@@ -74,6 +74,12 @@ RECONNECT_MAX_SECONDS = 5.0
 
 T = TypeVar("T")
 
+# A broker that answers but does not let the URL's user in (a wrong password or vhost)
+REFUSED_LOGIN_ERRORS = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.AuthenticationError,
+)
 # What a dead or refusing broker raises through pika; callers turn these into
 # BrokerUnavailable or a reconnect.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (
@@ -222,8 +228,10 @@ class Outage:
         with self._lock:
             first, self._since = self._since is None, self._since or time.monotonic()
         if first:
+            refused = isinstance(exc, REFUSED_LOGIN_ERRORS)
+            problem = "the broker refused the login of the URL's user" if refused else "unreachable"
             log.warning(
-                "%s: broker unreachable (%s: %s)%s", self.what, type(exc).__name__, exc, detail
+                "%s: broker %s (%s: %s)%s", self.what, problem, type(exc).__name__, exc, detail
             )
         else:
             log.debug("%s: broker still unreachable (%s)", self.what, exc)
@@ -431,6 +439,7 @@ class RabbitConsumer:
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.stopping = threading.Event()
+        self.consuming = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.outage = Outage(f"consuming {queue_name(endpoint)}")
@@ -483,6 +492,7 @@ class RabbitConsumer:
         try:
             self._consume_on(connection, held, handle)
         finally:
+            self.consuming.clear()
             # What this connection delivered and did not settle is the broker's again (it
             # redelivers it); its settlements could never arrive, so waiting for them at a stop
             # would wait forever. The work itself still runs to its end in the pool.
@@ -505,13 +515,13 @@ class RabbitConsumer:
         self._delay = RECONNECT_MIN_SECONDS
         self.outage.recovered()
         log.info("consuming %s", queue)
-        consuming = True
+        self.consuming.set()
         while True:
             connection.process_data_events(time_limit=POLL_SECONDS)
             if self.stopping.is_set():
-                if consuming:
+                if self.consuming.is_set():
+                    self.consuming.clear()
                     channel.basic_cancel(tag)
-                    consuming = False
                     log.info("stopped consuming; %d request(s) in flight", self.in_flight)
                 if held.count == 0:
                     break

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from infermodes.errors import (
     EXIT_CANNOT_START,
@@ -45,7 +45,7 @@ from infermodes.errors import (
     StorageError,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import WorkerMetrics
+from infermodes.metrics import READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import Sink, predict_stream
@@ -621,8 +621,15 @@ def run(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, settings.metrics_host, registry)
-        log.info("metrics on %s:%d", settings.metrics_host, settings.metrics_port)
+        serve_metrics(
+            settings.metrics_port, settings.metrics_host, registry, consumer.consuming.is_set
+        )
+        log.info(
+            "metrics and readiness (%s) on %s:%d",
+            READY_PATH,
+            settings.metrics_host,
+            settings.metrics_port,
+        )
     consumer.run(handle)
     log.info("stopped")
     return 0

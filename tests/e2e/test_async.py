@@ -124,6 +124,13 @@ def worker_pods(tools: Tools, namespace: str, name: str) -> list[dict[str, Any]]
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def ready_workers(tools: Tools, namespace: str, name: str) -> int:
+    """The endpoint's worker pods whose readiness probe passes."""
+    pods = worker_pods(tools, namespace, name)
+    conditions = [c for p in pods for c in p.get("status", {}).get("conditions", [])]
+    return sum(1 for c in conditions if c["type"] == "Ready" and c["status"] == "True")
+
+
 def invoke_all(url: str, name: str, rows: np.ndarray, count: int) -> dict[str, np.ndarray]:
     """``count`` async invocations of one row each; inference id -> the row it carries."""
     sent = {}
@@ -244,8 +251,12 @@ def test_with_the_broker_down_the_scaler_keeps_its_replicas_and_says_why(
         events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
         assert any(e["reason"] == "InService" and "broker" in e.get("message", "")
                    for e in events)  # fmt: skip
+        wait_until(lambda: ready_workers(tools, k8s_namespace, "outage") == 0, 60,
+                   "the worker that cannot consume to be not ready")  # fmt: skip
     finally:
         broker.start()
+    wait_until(lambda: ready_workers(tools, k8s_namespace, "outage") == 1, 60,
+               "the worker to be ready again")  # fmt: skip
     wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 180,
                "every accepted request to complete")  # fmt: skip
     check_outputs(tmp_path, sent, abalone_model.booster())
@@ -334,6 +345,46 @@ def test_a_model_edit_that_cannot_load_leaves_the_old_workers_serving(
     wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
                "the old worker to answer every request")  # fmt: skip
     check_outputs(tmp_path, sent, abalone_model.booster())
+
+
+def test_a_rollout_whose_workers_the_broker_refuses_leaves_the_old_workers_serving(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A worker is ready only while it consumes its queue: after the broker Secret is edited
+    to a wrong password, the rollout of an edit never replaces the worker that serves (its
+    successor loads its model, is refused by the broker and stays not ready), and the
+    password is in no log."""
+    manifest = async_manifest("refused", model_uri, tmp_path, minReplicas=1, maxReplicas=1)
+    _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
+    (serving,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "refused")]
+    password = f"not-the-password-{k8s_namespace}"
+    wrong = broker.amqp_url.replace("guest:guest@", f"guest:{password}@")
+    assert wrong != broker.amqp_url
+    secret = f"/api/v1/namespaces/{k8s_namespace}/secrets/{SECRET}"
+    tools.cluster.api.merge_patch(secret, {"stringData": {"url": wrong}})
+    edited = async_manifest("refused", model_uri, tmp_path, minReplicas=1, maxReplicas=1,
+                            maxConcurrentInvocationsPerInstance=2)  # fmt: skip
+    assert tools.apply(edited, k8s_namespace).returncode == 0
+
+    def successor() -> str | None:
+        names = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "refused")]
+        return next((name for name in names if name != serving), None)
+
+    wait_until(lambda: "ACCESS_REFUSED" in tools.cluster.pod_log(k8s_namespace,
+                                                                 successor() or ""), 120,
+               "the new worker to be refused by the broker")  # fmt: skip
+    sent = invoke_all(url, "refused", abalone_model.test_rows, 10)
+    wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
+               "the old worker to answer every request")  # fmt: skip
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    names = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "refused")]
+    assert serving in names, names
+    assert ready_workers(tools, k8s_namespace, "refused") == 1  # the old one only
+    new = successor()
+    assert new is not None
+    assert password not in tools.cluster.pod_log(k8s_namespace, new)
+    assert password not in tools.cluster.namespace_logs(k8s_namespace)
 
 
 def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_free(

@@ -27,6 +27,7 @@ from tests.support.async_plane import (
     WebhookReceiver,
     dead_letter_ids,
     plane,
+    spawn_worker,
     submit_unreadable,
     to_csv,
 )
@@ -47,6 +48,11 @@ def metric(worker: Process, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+def readiness(worker: Process) -> int:
+    """The status of the worker's readiness probe (``/readyz`` on its metrics port)."""
+    return httpx.get(f"{worker.url}/readyz", timeout=5).status_code
 
 
 def outputs(folder: Path) -> list[Path]:
@@ -121,7 +127,8 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
     row = to_csv(abalone_model.test_rows[:3])
     accepted: set[str] = set()
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
-        live.start_worker(model_uri(abalone_model), "w")
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert readiness(worker) == 200
         for _ in range(60):
             response = live.invoke(row)
             assert response.status_code == 202, response.text
@@ -131,8 +138,10 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
         assert [r.status_code for r in refused] == [503] * 5
         assert "broker unreachable" in refused[0].json()["message"]
         assert "not accepted" in refused[0].json()["message"]
+        wait_until(lambda: readiness(worker) == 503, 30, "the worker to say it is not ready")
         restarted = time.monotonic()
         rabbitmq.start()
+        wait_until(lambda: readiness(worker) == 200, 60, "the worker to be ready again")
         for _ in range(60):
             response = live.invoke(row)
             assert response.status_code == 202, response.text
@@ -145,6 +154,29 @@ def test_broker_restart_completes_every_accepted_request_and_refuses_while_down(
     report(
         capsys, f"120 accepted, 5 refused with 503 while down; all done {took:.1f} s after restart"
     )
+
+
+def test_a_worker_the_broker_does_not_let_in_is_never_ready_and_never_logs_the_password(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A wrong password in the broker URL (a Secret edited by mistake, say): the worker loads
+    its model and serves its metrics, but its readiness probe fails for as long as it cannot
+    consume, so a rollout never replaces a working worker with it."""
+    password = "not-the-password-7f3a"
+    url = rabbitmq.amqp_url.replace("guest:guest@", f"guest:{password}@")
+    worker = spawn_worker(rabbitmq, "shut-out", model_uri(abalone_model),
+                          tmp_path / "worker.log", broker_url=url)  # fmt: skip
+    try:
+        wait_until(lambda: "metrics and readiness" in worker.log, 60, "the model to load")
+        wait_until(lambda: "refused the login" in worker.log, 30, "the broker's refusal")
+        for _ in range(10):  # across several attempts to connect
+            assert readiness(worker) == 503
+            time.sleep(0.3)
+        assert worker.proc.poll() is None, worker.log
+        assert httpx.get(f"{worker.url}/metrics", timeout=5).status_code == 200
+    finally:
+        assert stop_process(worker.proc) == 0
+    assert password not in worker.log
 
 
 def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(

@@ -1,9 +1,12 @@
 """Reading many processes' metrics (``metrics.read_all``): all at once, and never longer than
-the deadline."""
+the deadline; and serving them, with a readiness path beside them."""
 
 import threading
 
-from infermodes.metrics import read_all
+import httpx
+from prometheus_client import CollectorRegistry, Gauge
+
+from infermodes.metrics import fetch_metrics_text, read_all, serve_metrics
 
 
 def test_every_pod_is_read_at_the_same_time() -> None:
@@ -45,3 +48,29 @@ def test_a_read_that_raises_is_unknown_and_no_pods_read_nothing() -> None:
     assert read_all(read, ["127.0.0.1", "127.0.0.1"]) == {"127.0.0.1": None}
     assert reads == ["127.0.0.1"]  # a key given twice is read once
     assert read_all(read, []) == {}
+
+
+def test_the_readiness_path_answers_as_its_check_says_and_every_other_path_is_metrics() -> None:
+    registry = CollectorRegistry()
+    Gauge("infermodes_probe_sample", "A sample to find.", registry=registry).set(3)
+    consuming = threading.Event()
+    server = serve_metrics(0, "127.0.0.1", registry, consuming.is_set)
+    plain = serve_metrics(0, "127.0.0.1", registry)  # no check: /readyz is the metrics too
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        consuming.set()
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        consuming.clear()
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        assert "infermodes_probe_sample 3.0" in httpx.get(f"{url}/metrics", timeout=5).text
+        text = fetch_metrics_text("127.0.0.1", plain.server_port)
+        assert text is not None and "infermodes_probe_sample 3.0" in text
+        assert (
+            "infermodes_probe_sample"
+            in httpx.get(f"http://127.0.0.1:{plain.server_port}/readyz", timeout=5).text
+        )
+    finally:
+        for running in (server, plain):
+            running.shutdown()
+            running.server_close()

@@ -32,6 +32,7 @@ from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
 from infermodes.endpoints.status import BROKER_UNREADABLE, QueueFigures, Status, with_estimated_age
 from infermodes.metrics import (
+    READY_PATH,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
     worker_reading,
@@ -153,10 +154,12 @@ def desired_objects(
         "command": list(plan.command),
         "env": env,
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        # the metrics port opens once the model is loaded: a rollout keeps the old workers
-        # until the new ones have loaded theirs (a model that cannot load never gets there)
+        # ready once the model is loaded (the metrics port opens then) and while the worker
+        # consumes its queue: a rollout keeps the old workers until the new ones have loaded
+        # their model and reached the broker (a model that cannot load, or a broker Secret
+        # that does not let them in, never gets there)
         "readinessProbe": {
-            "tcpSocket": {"port": "metrics"},
+            "httpGet": {"path": READY_PATH, "port": "metrics"},
             "periodSeconds": 1,
             "failureThreshold": 3,
         },

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, TypeVar
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from infermodes.errors import (
     EXIT_CANNOT_START,
@@ -40,7 +40,7 @@ from infermodes.errors import (
     StorageError,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import BatchMetrics
+from infermodes.metrics import BatchMetrics, serve_metrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri
 from infermodes.workers.batch import plan, records
@@ -346,7 +346,7 @@ def run(settings: BatchSettings) -> int:
     metrics = BatchMetrics(registry)
     if settings.metrics_port:
         try:
-            start_http_server(settings.metrics_port, settings.metrics_host, registry)
+            serve_metrics(settings.metrics_port, settings.metrics_host, registry)
         except OSError as exc:  # e.g. two instances by hand on one machine: the work matters more
             log.warning("no metrics: cannot serve port %d: %s", settings.metrics_port, exc)
     storage = Storage()
