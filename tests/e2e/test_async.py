@@ -383,6 +383,9 @@ def test_a_rollout_whose_workers_the_broker_refuses_leaves_the_old_workers_servi
     assert ready_workers(tools, k8s_namespace, "refused") == 1  # the old one only
     new = successor()
     assert new is not None
+    said = lambda: get_endpoint(tools.cluster.api, k8s_namespace, "refused")["status"]  # noqa: E731
+    wait_until(lambda: f"not ready: {new} (" in said().get("message", ""), 60,
+               "the status to name the worker that does not consume")  # fmt: skip
     assert password not in tools.cluster.pod_log(k8s_namespace, new)
     assert password not in tools.cluster.namespace_logs(k8s_namespace)
 

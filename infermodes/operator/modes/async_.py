@@ -39,7 +39,7 @@ from infermodes.metrics import (
 )
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
-from infermodes.operator.observed import failure, running_pods
+from infermodes.operator.observed import PodState, failure, running_pods
 from infermodes.operator.signals.names import NAME_IN_USE
 from infermodes.settings import WorkerSettings
 
@@ -113,6 +113,20 @@ def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigu
         return None
     taken = lambda: worker_readings(signals, parse_worker_dequeued_accepted_at).values()  # noqa: E731
     return with_estimated_age(figures, taken, signals.wall)
+
+
+def not_consuming(signals: Signals) -> str:
+    """A note naming the workers whose container runs but which are not ready: loading their
+    model, or not consuming (a worker is ready only while it consumes its queue), which a
+    rollout waits for and nothing else would show."""
+    ready = {state.name for state in map(PodState.from_pod, signals.pods) if state.ready}
+    waiting = sorted(name for name, _ in running_pods(signals.pods) if name not in ready)
+    if not waiting:
+        return ""
+    return (
+        f"; not ready: {', '.join(waiting)} (loading the model, or not consuming the queue: "
+        "the broker down, or refusing the login of the broker Secret's URL; the pod's log says)"
+    )
 
 
 def pod_annotations(
@@ -204,7 +218,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         queued = f"{figures.ready} queued, {in_flight} in flight"
         if figures.ready and figures.oldest_age is not None:
             queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
-        workers = f"{workload.ready}/{workload.replicas} workers"
+        workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
         if read.silent:
             reason = "InFlightUnknown"
             message = (

@@ -88,11 +88,15 @@ def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
     assert async_.replicas(SPEC, signals(busy, None, now=9000), memory) == 3  # broker unreadable
 
 
-def pod(name: str, ip: str, phase: str = "Running", state: str = "running") -> dict:
+def pod(
+    name: str, ip: str, phase: str = "Running", state: str = "running", ready: bool = True
+) -> dict:
+    conditions = [{"type": "Ready", "status": str(ready and state == "running")}]
     return {
         "metadata": {"name": name},
-        "status": {"podIP": ip, "phase": phase, "containerStatuses": [{"state": {state: {}}}]},
-    }
+        "status": {"podIP": ip, "phase": phase, "containerStatuses": [{"state": {state: {}}}],
+                   "conditions": conditions},
+    }  # fmt: skip
 
 
 def test_an_empty_queue_lets_the_pool_go_only_when_its_workers_hold_nothing() -> None:
@@ -144,6 +148,23 @@ def test_the_status_says_which_workers_cannot_say_what_they_hold() -> None:
     held = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
     assert (held.reason, held.backlog) == ("Processing", QueueFigures(0, 3, 0.0))
     assert held.message == "0 queued, 3 in flight; 2/2 workers"
+
+
+def test_the_status_names_the_running_workers_that_are_not_ready() -> None:
+    """A worker is ready only while it consumes its queue: one the broker refuses holds up a
+    rollout, and the status says which (a crash-looping or failed pod is reported otherwise)."""
+    two = WorkloadState(True, 2, 1, 2, False)
+    pods = [pod("serving", "127.0.0.1"), pod("refused", "127.0.0.2", ready=False),
+            pod("crash-looping", "127.0.0.3", state="waiting"),
+            pod("evicted", "127.0.0.4", "Failed", ready=False)]  # fmt: skip
+    idle = {ip: "infermodes_async_in_flight 0.0\n" for ip in ("127.0.0.1", "127.0.0.2")}
+    status = async_.observe(SPEC, signals(two, QueueFigures(5, 0), pods, idle), None)
+    assert status.reason == "Processing"
+    assert status.message.startswith("5 queued, 0 in flight; 1/2 workers; not ready: refused (")
+    assert "refusing the login of the broker Secret's URL" in status.message
+    every = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2")]
+    ready = async_.observe(SPEC, signals(two, QueueFigures(5, 0), every, idle), None)
+    assert "not ready" not in ready.message
 
 
 def test_without_the_management_api_the_workers_say_what_is_in_flight() -> None:
