@@ -25,6 +25,7 @@ class PodState:
     exit_code: int | None = None  # of the current or last terminated run
     waiting_reason: str | None = None
     message: str = ""
+    running: bool = False  # its containers run, and it is not being deleted (``running_pods``)
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> PodState:
@@ -54,6 +55,10 @@ class PodState:
             exit_code=exit_code,
             waiting_reason=waiting,
             message=message.strip(),
+            running=bool(containers)
+            and all("running" in (c.get("state") or {}) for c in containers)
+            and status.get("phase") == "Running"
+            and not pod["metadata"].get("deletionTimestamp"),
         )
 
 
@@ -108,26 +113,22 @@ def running_pods(pods: list[dict[str, Any]]) -> list[tuple[str, str]]:
     whose own metrics mean something now. A failed or evicted pod keeps its IP, which another
     pod may have been given since; a crash-looping one stays ``Running`` with its container
     waiting."""
-    found = []
-    for pod in pods:
-        status = pod.get("status") or {}
-        ip = status.get("podIP")
-        containers = status.get("containerStatuses") or []
-        running = bool(containers) and all("running" in (c.get("state") or {}) for c in containers)
-        deleting = pod["metadata"].get("deletionTimestamp")
-        if ip and running and status.get("phase") == "Running" and not deleting:
-            found.append((pod["metadata"]["name"], ip))
-    return found
+    states = map(PodState.from_pod, pods)
+    return [(state.name, state.ip) for state in states if state.running and state.ip]
 
 
-def failure(workload: WorkloadState) -> tuple[str, str] | None:
-    """(reason, message) when the pods cannot come up, as far as their statuses tell."""
+def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[str, str] | None:
+    """(reason, message) when the pods cannot come up, as far as their statuses tell. With
+    ``ready_needs_broker`` (async workers: ready only while they consume their queue), a pod
+    whose containers run is not crashing, ready or not: a broker outage makes every worker
+    not ready, whatever restarts it had before."""
     for pod in workload.pods:
         if pod.exit_code == EXIT_MODEL_LOAD_FAILED:
             return "ModelLoadFailed", f"model cannot be loaded: {load_error(pod.message)}"
         if pod.waiting_reason in CANNOT_RUN_REASONS:
             return "ContainerCannotRun", f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
-        if pod.restarts >= CRASH_RESTARTS and not pod.ready:
+        alive = pod.ready or (ready_needs_broker and pod.running)
+        if pod.restarts >= CRASH_RESTARTS and not alive:
             detail = pod.message or f"exit code {pod.exit_code}"
             return "ContainerCrashing", f"pod {pod.name} keeps crashing: {detail}"
     return None

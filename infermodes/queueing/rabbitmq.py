@@ -74,7 +74,8 @@ RECONNECT_MAX_SECONDS = 5.0
 
 T = TypeVar("T")
 
-# A broker that answers but does not let the URL's user in (a wrong password or vhost)
+# A broker that closes the connection while it logs in: pika's guess at a wrong user,
+# password or vhost
 REFUSED_LOGIN_ERRORS = (
     pika.exceptions.ProbableAuthenticationError,
     pika.exceptions.ProbableAccessDeniedError,
@@ -228,8 +229,11 @@ class Outage:
         with self._lock:
             first, self._since = self._since is None, self._since or time.monotonic()
         if first:
-            refused = isinstance(exc, REFUSED_LOGIN_ERRORS)
-            problem = "the broker refused the login of the URL's user" if refused else "unreachable"
+            problem = "unreachable"
+            if isinstance(exc, REFUSED_LOGIN_ERRORS):
+                problem = "closed the connection at login (a wrong user, password or vhost?)"
+            elif isinstance(exc, pika.exceptions.ConsumerCancelled):
+                problem = "cancelled the consumer"
             log.warning(
                 "%s: broker %s (%s: %s)%s", self.what, problem, type(exc).__name__, exc, detail
             )
@@ -471,7 +475,7 @@ class RabbitConsumer:
             self.on_in_flight(-count)
 
     def run(self, handle: Handler) -> None:
-        while True:
+        while not self.stopping.is_set():  # a stop during a reconnect's back-off takes nothing
             try:
                 self._consume(handle)
                 break
@@ -518,6 +522,12 @@ class RabbitConsumer:
         self.consuming.set()
         while True:
             connection.process_data_events(time_limit=POLL_SECONDS)
+            dropped = not channel.is_open or tag not in channel.consumer_tags
+            if dropped and self.consuming.is_set():
+                # the broker cancelled the consumer (its queue deleted) or closed the channel (a
+                # consumer timeout) and left the connection open: no error says so; reconnecting
+                # declares the queue again
+                raise pika.exceptions.ConsumerCancelled(f"the broker stopped delivering {queue}")
             if self.stopping.is_set():
                 if self.consuming.is_set():
                     self.consuming.clear()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.queueing.rabbitmq import backlog
+from infermodes.queueing.rabbitmq import backlog, connect, queue_name
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
@@ -168,7 +168,7 @@ def test_a_worker_the_broker_does_not_let_in_is_never_ready_and_never_logs_the_p
                           tmp_path / "worker.log", broker_url=url)  # fmt: skip
     try:
         wait_until(lambda: "metrics and readiness" in worker.log, 60, "the model to load")
-        wait_until(lambda: "refused the login" in worker.log, 30, "the broker's refusal")
+        wait_until(lambda: "connection at login" in worker.log, 30, "the broker's refusal")
         for _ in range(10):  # across several attempts to connect
             assert readiness(worker) == 503
             time.sleep(0.3)
@@ -177,6 +177,32 @@ def test_a_worker_the_broker_does_not_let_in_is_never_ready_and_never_logs_the_p
     finally:
         assert stop_process(worker.proc) == 0
     assert password not in worker.log
+
+
+def test_a_worker_whose_queue_is_deleted_declares_it_again_and_consumes(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """An operator deletes a queue to declare it anew (the README's kept queue): RabbitMQ
+    cancels its consumers and leaves their connections open, which pika reports nowhere. The
+    worker notices, is not ready meanwhile, declares the queue again and serves from it."""
+    endpoint = "redeclared"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    row = to_csv(abalone_model.test_rows[:2])
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert readiness(worker) == 200
+        connection = connect(rabbitmq.amqp_url)
+        try:
+            connection.channel().queue_delete(queue_name(endpoint))
+        finally:
+            connection.close()
+        wait_until(lambda: worker.log.count("consuming infermodes.async.redeclared") >= 2, 30,
+                   "the worker to consume the queue it declared again")  # fmt: skip
+        assert "the broker stopped delivering" in worker.log
+        wait_until(lambda: readiness(worker) == 200, 30, "the worker to be ready again")
+        response = live.invoke(row)
+        assert response.status_code == 202, response.text
+        notes.wait_for({response.json()["InferenceId"]}, "Completed", 60)
 
 
 def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(

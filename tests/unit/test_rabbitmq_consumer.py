@@ -34,11 +34,14 @@ class ScriptedConnection:
         self.channel_ = mock.MagicMock()
         self.channel_.basic_consume.side_effect = self._consume
         self.channel_.basic_ack.side_effect = self.acks.append
+        self.channel_.consumer_tags = []  # as pika's: the consumers the broker has not cancelled
+        self.channel_.is_open = True
         self.on_message: Callable[..., None] | None = None
         self.delivered = False
 
     def _consume(self, _queue: str, on_message: Callable[..., None]) -> str:
         self.on_message = on_message
+        self.channel_.consumer_tags = ["tag"]
         return "tag"
 
     def channel(self) -> mock.MagicMock:
@@ -97,3 +100,61 @@ def test_a_settlement_lost_with_its_connection_does_not_hold_up_a_stop(
     assert consumer.in_flight == 0
     assert sum(gauge) == 0 and gauge[0] == 1
     assert connections[0].acks == []  # never sent on the dead connection
+
+
+class CancelledConnection:
+    """A connection whose consumer the broker cancels (its queue deleted) while the connection
+    stays open, as RabbitMQ does: pika raises nothing."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self.channel_ = mock.MagicMock()
+        self.channel_.is_open = True
+        self.channel_.consumer_tags = []
+        self.channel_.basic_consume.side_effect = self._consume
+        self.polls = 0
+
+    def _consume(self, _queue: str, _on_message: Callable[..., None]) -> str:
+        self.channel_.consumer_tags = ["tag"]
+        return "tag"
+
+    def channel(self) -> mock.MagicMock:
+        return self.channel_
+
+    def process_data_events(self, time_limit: float) -> None:
+        self.polls += 1
+        if self.polls == 3:
+            self.channel_.consumer_tags = []  # Basic.Cancel from the broker, dispatched
+        threading.Event().wait(min(time_limit, 0.01))
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+def test_a_consumer_the_broker_cancels_is_not_ready_and_subscribes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connections: list[CancelledConnection] = []
+    readiness: list[bool] = []
+
+    def connect(_url: str) -> CancelledConnection:
+        readiness.append(consumer.consuming.is_set())  # never ready between two connections
+        connections.append(CancelledConnection())
+        return connections[-1]
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "cancelled", max_attempts=3, concurrency=1)
+    runner = threading.Thread(target=consumer.run, args=(lambda _d: Settle.ACK,), daemon=True)
+    runner.start()
+    for _ in range(int(WAIT_SECONDS / 0.01)):
+        if len(connections) >= 2 and consumer.consuming.is_set():
+            break
+        threading.Event().wait(0.01)
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive()
+    assert len(connections) >= 2, "a cancelled consumer stayed subscribed to nothing"
+    assert connections[0].is_open is False  # closed: what it held is the broker's again
+    assert readiness[:2] == [False, False]
+    assert not consumer.consuming.is_set()  # stopped

@@ -39,7 +39,7 @@ from infermodes.metrics import (
 )
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
-from infermodes.operator.observed import PodState, failure, running_pods
+from infermodes.operator.observed import failure, running_pods
 from infermodes.operator.signals.names import NAME_IN_USE
 from infermodes.settings import WorkerSettings
 
@@ -119,8 +119,8 @@ def not_consuming(signals: Signals) -> str:
     """A note naming the workers whose container runs but which are not ready: loading their
     model, or not consuming (a worker is ready only while it consumes its queue), which a
     rollout waits for and nothing else would show."""
-    ready = {state.name for state in map(PodState.from_pod, signals.pods) if state.ready}
-    waiting = sorted(name for name, _ in running_pods(signals.pods) if name not in ready)
+    pods = signals.workload.pods
+    waiting = sorted(pod.name for pod in pods if pod.running and pod.ip and not pod.ready)
     if not waiting:
         return ""
     return (
@@ -175,6 +175,8 @@ def desired_objects(
         "readinessProbe": {
             "httpGet": {"path": READY_PATH, "port": "metrics"},
             "periodSeconds": 1,
+            # answered by a Python thread: a worker parsing big JSON inputs holds the GIL
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "resources": resources(block.resources),
@@ -193,7 +195,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     held = signals.name_held_by() is not None
     read = PoolFigures(None) if held else pool_figures(spec, signals)  # not its own queue
     figures = with_oldest_age(read.figures, signals)
-    problem = failure(workload)
+    problem = failure(workload, ready_needs_broker=True)
     if held:
         status = workload.status(
             s.Phase.FAILED,

@@ -59,6 +59,8 @@ def signals(
     metrics: dict | None = None,
     now: float = 1000.0,
 ) -> Signals:
+    if pods and not workload.pods:  # as the operator reads them: one list of pods for both
+        workload = dataclasses.replace(workload, pods=[PodState.from_pod(p) for p in pods])
     return Signals(
         workload, {} if workload.exists else None, pods or [], dict,
         lambda ips, port: {ip: (metrics or {}).get(ip) for ip in ips}, lambda: figures,
@@ -256,6 +258,23 @@ def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> 
     )
     failed_blind = async_.observe(SPEC, signals(crashing, None), None)
     assert failed_blind.phase is s.Phase.FAILED and failed_blind.backlog_unread
+
+
+def test_workers_not_ready_while_the_broker_is_down_are_not_crashing_whatever_restarts() -> None:
+    """A worker is ready only while it consumes: in a broker outage every worker is not ready.
+    One that restarted before (OOM-killed three times, say) and runs now is not crash-looping;
+    one whose container waits in its back-off is."""
+    restarted = {"restartCount": 3, "state": {"running": {}},
+                 "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}  # fmt: skip
+    runs = pod("oom-killed-before", "127.0.0.1", ready=False)
+    runs["status"]["containerStatuses"] = [restarted]
+    one = WorkloadState(True, 1, 0, 1, True)
+    blind = async_.observe(SPEC, signals(one, None, [runs]), None)
+    assert (blind.phase, blind.reason) == (s.Phase.IN_SERVICE, BROKER_UNREADABLE)
+    backing_off = {**restarted, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+    runs["status"]["containerStatuses"] = [backing_off]
+    crashing = async_.observe(SPEC, signals(one, None, [runs]), None)
+    assert (crashing.phase, crashing.reason) == (s.Phase.FAILED, "ContainerCrashing")
 
 
 def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
