@@ -21,23 +21,17 @@ from infermodes.queueing.rabbitmq import RabbitConsumer
 WAIT_SECONDS = 10.0
 
 
-class ScriptedConnection:
-    """The first connection delivers one message, waits until its settlement is queued, then
-    dies without running it; the next ones run what is queued and deliver nothing."""
+class FakeConnection:
+    """pika's blocking connection as the consumer uses it: one channel whose consumer the
+    broker holds (``consumer_tags``) until it cancels it."""
 
-    def __init__(self, first: bool, settled: threading.Event) -> None:
-        self.first = first
-        self.settled = settled
-        self.queued: list[Callable[[], None]] = []
+    def __init__(self) -> None:
         self.is_open = True
-        self.acks: list[int] = []
         self.channel_ = mock.MagicMock()
-        self.channel_.basic_consume.side_effect = self._consume
-        self.channel_.basic_ack.side_effect = self.acks.append
-        self.channel_.consumer_tags = []  # as pika's: the consumers the broker has not cancelled
         self.channel_.is_open = True
+        self.channel_.consumer_tags = []
+        self.channel_.basic_consume.side_effect = self._consume
         self.on_message: Callable[..., None] | None = None
-        self.delivered = False
 
     def _consume(self, _queue: str, on_message: Callable[..., None]) -> str:
         self.on_message = on_message
@@ -46,6 +40,23 @@ class ScriptedConnection:
 
     def channel(self) -> mock.MagicMock:
         return self.channel_
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+class ScriptedConnection(FakeConnection):
+    """The first connection delivers one message, waits until its settlement is queued, then
+    dies without running it; the next ones run what is queued and deliver nothing."""
+
+    def __init__(self, first: bool, settled: threading.Event) -> None:
+        super().__init__()
+        self.first = first
+        self.settled = settled
+        self.queued: list[Callable[[], None]] = []
+        self.acks: list[int] = []
+        self.channel_.basic_ack.side_effect = self.acks.append
+        self.delivered = False
 
     def add_callback_threadsafe(self, callback: Callable[[], None]) -> None:
         self.queued.append(callback)
@@ -63,9 +74,6 @@ class ScriptedConnection:
         while self.queued:
             self.queued.pop(0)()
         threading.Event().wait(min(time_limit, 0.01))
-
-    def close(self) -> None:
-        self.is_open = False
 
 
 def test_a_settlement_lost_with_its_connection_does_not_hold_up_a_stop(
@@ -102,33 +110,19 @@ def test_a_settlement_lost_with_its_connection_does_not_hold_up_a_stop(
     assert connections[0].acks == []  # never sent on the dead connection
 
 
-class CancelledConnection:
+class CancelledConnection(FakeConnection):
     """A connection whose consumer the broker cancels (its queue deleted) while the connection
     stays open, as RabbitMQ does: pika raises nothing."""
 
     def __init__(self) -> None:
-        self.is_open = True
-        self.channel_ = mock.MagicMock()
-        self.channel_.is_open = True
-        self.channel_.consumer_tags = []
-        self.channel_.basic_consume.side_effect = self._consume
+        super().__init__()
         self.polls = 0
-
-    def _consume(self, _queue: str, _on_message: Callable[..., None]) -> str:
-        self.channel_.consumer_tags = ["tag"]
-        return "tag"
-
-    def channel(self) -> mock.MagicMock:
-        return self.channel_
 
     def process_data_events(self, time_limit: float) -> None:
         self.polls += 1
         if self.polls == 3:
             self.channel_.consumer_tags = []  # Basic.Cancel from the broker, dispatched
         threading.Event().wait(min(time_limit, 0.01))
-
-    def close(self) -> None:
-        self.is_open = False
 
 
 def test_a_consumer_the_broker_cancels_is_not_ready_and_subscribes_again(
