@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,6 +38,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+_LASTING: set[int] = set()  # given by lasting_port: never twice in one session
+
+
+def lasting_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A free port below the kernel's ephemeral range, for a server a test stops and starts
+    again on the same port: a port of that range (``free_port``) may be given meanwhile to a
+    client's outgoing connection (one retrying the stopped server, say), and the restart then
+    fails with EADDRINUSE."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(attempts):
+        port = random.randrange(10000, max(10001, low))
+        if port in _LASTING:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _LASTING.add(port)
+        return port
+    raise RuntimeError(f"no free port in 10000..{low - 1} after {attempts} tries")
 
 
 def wait_until(

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from infermodes.queueing.rabbitmq import CONSUMER_TIMEOUT_MS
-from tests.support.processes import free_port, stop_process, wait_until
+from tests.support.processes import lasting_port, stop_process, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 START_TIMEOUT = 90.0
@@ -48,10 +48,11 @@ class Broker:
 
     def __init__(self, root: Path, statistics_interval_ms: int = 500) -> None:
         self.root = root
-        self.amqp_port = free_port()
-        self.management_port = free_port()
-        self.dist_port = free_port()
-        self.epmd_port = free_port()
+        # kept across stop and start: out of the range outgoing connections are given ports from
+        self.amqp_port = lasting_port()
+        self.management_port = lasting_port()
+        self.dist_port = lasting_port()
+        self.epmd_port = lasting_port()
         self.node = f"infermodes-test-{os.getpid()}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
         self.epmd: subprocess.Popen[bytes] | None = None
