@@ -332,11 +332,15 @@ def serve_metrics(
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if ready is None or environ.get("PATH_INFO") != READY_PATH:
             return expose(environ, start_response)  # type: ignore[no-any-return]
-        if ready():
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ready\n"]
-        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-        return [b"not ready\n"]
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [f"{READY_PATH} answers GET and HEAD, not {method}\n".encode()]
+        is_ready = ready()
+        status = "200 OK" if is_ready else "503 Service Unavailable"
+        body = b"ready\n" if is_ready else b"not ready\n"
+        start_response(status, [("Content-Type", "text/plain")])
+        return [] if method == "HEAD" else [body]
 
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -569,19 +573,31 @@ K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-def fetch_metrics_text(host: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> str | None:
-    """A process's exposition text from ``http://host:port/metrics``, or None when it cannot
-    be read (what that means is the reader's: a model server's load leaves it out, an async
-    worker's in-flight count becomes unknown)."""
+def _get_text(host: str, port: int, path: str, timeout: float) -> str | None:
+    """The body of a 2xx answer to ``GET http://host:port{path}``, or None for any other
+    answer or none."""
     import httpx
 
     shown = f"[{host}]" if ":" in host else host
     try:
-        response = httpx.get(f"http://{shown}:{port}/metrics", timeout=timeout)
+        response = httpx.get(f"http://{shown}:{port}{path}", timeout=timeout)
         response.raise_for_status()
     except httpx.HTTPError:
         return None
     return response.text
+
+
+def fetch_metrics_text(host: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> str | None:
+    """A process's exposition text from ``http://host:port/metrics``, or None when it cannot
+    be read (what that means is the reader's: a model server's load leaves it out, an async
+    worker's in-flight count becomes unknown)."""
+    return _get_text(host, port, "/metrics", timeout)
+
+
+def probe_ready(host: str, port: int, timeout: float = FETCH_TIMEOUT_SECONDS) -> bool:
+    """Whether ``serve_metrics``' readiness check at ``http://host:port/readyz`` answers 200:
+    what the kubelet's probe asks of a worker pod, for the local runtime."""
+    return _get_text(host, port, READY_PATH, timeout) is not None
 
 
 def read_all(

@@ -60,6 +60,7 @@ from infermodes.metrics import (
     parse_server_load,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
+    probe_ready,
     read_all,
     worker_reading,
 )
@@ -71,6 +72,7 @@ log = logging.getLogger("infermodes.local")
 NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
+READY_PROBE_SECONDS = 1.0  # async workers' /readyz is asked this often (the pods' probe period)
 EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
@@ -131,6 +133,8 @@ class LocalEndpoint:
     failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
+    consuming: frozenset[tuple[str, int]] = frozenset()  # (key, pid): /readyz said 200
+    probed_at: float = -float("inf")
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=EVENTS_KEPT)
@@ -360,11 +364,7 @@ class Supervisor:
             exact = backlog.unacked_exact
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
-        running = {
-            key: endpoint.metrics_ports[key]
-            for key, child in endpoint.children.items()
-            if child.running() and key in endpoint.metrics_ports
-        }
+        running = self._running_workers(endpoint)
         texts = functools.cache(lambda: worker_texts(running))  # read at most once a decision
 
         def in_flight() -> dict[str, float | None]:
@@ -430,7 +430,36 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
+        if endpoint.manifest.spec.mode is Mode.ASYNC:
+            await self._probe_workers(endpoint, now)
         self._set_status(endpoint)
+
+    @staticmethod
+    def _running_workers(endpoint: LocalEndpoint) -> dict[str, int]:
+        """The metrics port of each running async worker, by key."""
+        return {
+            key: endpoint.metrics_ports[key]
+            for key, child in endpoint.children.items()
+            if child.running() and key in endpoint.metrics_ports
+        }
+
+    async def _probe_workers(self, endpoint: LocalEndpoint, now: float) -> None:
+        """Which running workers consume, by their ``/readyz`` (at most once a second): a
+        worker the broker refuses, or one between connections, is running but not ready, as
+        the kubelet's probe says of a worker pod."""
+        if now - endpoint.probed_at < READY_PROBE_SECONDS:
+            return
+        endpoint.probed_at = now
+        ports = self._running_workers(endpoint)
+        pids = {key: endpoint.children[key].pid for key in ports}
+        answers = await asyncio.to_thread(
+            read_all,
+            lambda port: probe_ready(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS),
+            ports.values(),
+        )
+        endpoint.consuming = frozenset(
+            (key, pid) for key, pid in pids.items() if pid is not None and answers.get(ports[key])
+        )
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
@@ -439,8 +468,9 @@ class Supervisor:
         return STOP_GRACE_SECONDS
 
     def _ready(self, endpoint: LocalEndpoint) -> int:
-        if endpoint.manifest.spec.mode is Mode.ASYNC:
-            return sum(1 for c in endpoint.children.values() if c.running())
+        if endpoint.manifest.spec.mode is Mode.ASYNC:  # a restarted worker is asked again
+            children = endpoint.children.values()
+            return sum(1 for c in children if c.running() and (c.key, c.pid) in endpoint.consuming)
         found = self.table.endpoints.get((NAMESPACE, endpoint.name)) if self.table else None
         return sum(1 for r in found.replicas.values() if r.ready) if found else 0
 

@@ -201,6 +201,33 @@ def test_async_on_rabbitmq_with_broker_url(
         assert up.status("abalone-async")["backlog"]["inFlight"] == 0
 
 
+def test_up_counts_an_async_worker_ready_only_while_it_consumes(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """With ``--broker-url``, a worker that lost its broker runs but is not ready (``up`` asks
+    its ``/readyz``, as the kubelet asks a worker pod's); once the broker is back it consumes
+    and is ready again, and requests accepted then complete."""
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
+    rows = abalone_model.test_rows
+    output = tmp_path / "async" / "output"
+    args = ("--broker-url", rabbitmq.amqp_url)
+    with running_up(tmp_path / "state", files, tmp_path / "up.log", args) as up:
+
+        def replicas() -> tuple[int, int]:
+            status = up.status("abalone-async")
+            return status.get("replicas", 0), status.get("readyReplicas", 0)
+
+        wait_until(lambda: replicas() == (1, 1), WAIT, "one worker, consuming")
+        rabbitmq.stop()
+        try:
+            wait_until(lambda: replicas() == (1, 0), WAIT, "the worker running, not ready")
+        finally:
+            rabbitmq.start()
+        wait_until(lambda: replicas() == (1, 1), WAIT, "the worker consuming again")
+        accepted = accept_async(up, rows, 3, 2)
+        wait_until(lambda: set(outputs(output)) == set(accepted), WAIT, "every async output")
+
+
 def children_of(pid: int) -> dict[int, str]:
     """PID -> state letter (R, S, Z...) of each child of ``pid``, from /proc."""
     found = {}

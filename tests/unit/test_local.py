@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from infermodes.local.children import Registry
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
 from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
-from infermodes.metrics import OperatorMetrics, WorkerMetrics
+from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
 from infermodes.queueing.broker import Backlog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,8 +135,10 @@ class FixedQueue:
 
 
 class FakeChild:
-    def __init__(self, running: bool) -> None:
+    def __init__(self, running: bool, key: str = "", pid: int = 100) -> None:
         self.is_running = running
+        self.key = key
+        self.pid = pid
         self.exits = 0
 
     def running(self) -> bool:
@@ -167,10 +170,10 @@ def decide(tmp_path: Path, backlog: Backlog, running: dict[str, int], starting: 
     document["spec"]["async"].update(targetBacklogPerInstance=1, maxReplicas=6)
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     for key, port in running.items():
-        endpoint.children[key] = FakeChild(True)  # type: ignore[assignment]
+        endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
         endpoint.metrics_ports[key] = port
     for n in range(starting):
-        endpoint.children[f"starting-{n}"] = FakeChild(False)  # type: ignore[assignment]
+        endpoint.children[f"starting-{n}"] = FakeChild(False, f"starting-{n}")  # type: ignore[assignment]
     replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
     return replicas, endpoint
 
@@ -214,6 +217,38 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
     assert replicas == 1 and endpoint.status.reason == "ScaledIn"
 
 
+def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Path) -> None:
+    """``readyReplicas`` of an async endpoint: running workers whose ``/readyz`` answered 200
+    at the last probe (once a second); a restarted worker (a new PID) is asked again."""
+    consuming = threading.Event()
+    server = serve_metrics(0, "127.0.0.1", CollectorRegistry(), consuming.is_set)
+    try:
+        supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 1, "sqlite")), "", 0)  # type: ignore[arg-type]
+        document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+        endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+        key = "abalone-async/worker-0"
+        endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
+        endpoint.metrics_ports[key] = server.server_port
+        now = time.monotonic()
+
+        def ready_at(moment: float) -> int:
+            asyncio.run(supervisor._probe_workers(endpoint, moment))
+            return supervisor._ready(endpoint)
+
+        assert ready_at(now) == 0  # running, not consuming
+        consuming.set()
+        assert ready_at(now + 0.5) == 0  # not asked again within the second
+        assert ready_at(now + 1.0) == 1
+        endpoint.children[key] = FakeChild(True, key, pid=101)  # type: ignore[assignment]
+        assert supervisor._ready(endpoint) == 0  # restarted: not ready until asked
+        assert ready_at(now + 2.0) == 1
+        endpoint.children[key].is_running = False  # type: ignore[attr-defined]
+        assert supervisor._ready(endpoint) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class UnreadableQueue:
     def backlog(self, endpoint: str) -> Backlog:
         raise ConnectionRefusedError("the broker is down")
@@ -227,7 +262,7 @@ def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_pat
     supervisor.metrics = OperatorMetrics(registry)
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
-    endpoint.children["w"] = FakeChild(True)  # type: ignore[assignment]
+    endpoint.children["w"] = FakeChild(True, "w")  # type: ignore[assignment]
     replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
     supervisor._set_status(endpoint)
     assert replicas == 1 and endpoint.status.reason == "BrokerUnreadable"

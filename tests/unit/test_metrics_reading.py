@@ -1,12 +1,13 @@
 """Reading many processes' metrics (``metrics.read_all``): all at once, and never longer than
 the deadline; and serving them, with a readiness path beside them."""
 
+import socket
 import threading
 
 import httpx
 from prometheus_client import CollectorRegistry, Gauge
 
-from infermodes.metrics import fetch_metrics_text, read_all, serve_metrics
+from infermodes.metrics import fetch_metrics_text, probe_ready, read_all, serve_metrics
 
 
 def test_every_pod_is_read_at_the_same_time() -> None:
@@ -59,8 +60,15 @@ def test_the_readiness_path_answers_as_its_check_says_and_every_other_path_is_me
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        assert not probe_ready("127.0.0.1", server.server_port)
         consuming.set()
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        assert probe_ready("127.0.0.1", server.server_port)
+        head = httpx.head(f"{url}/readyz", timeout=5)
+        assert (head.status_code, head.content) == (200, b"")
+        posted = httpx.post(f"{url}/readyz", timeout=5)
+        assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
+        assert "POST" in posted.text
         consuming.clear()
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
         assert "infermodes_probe_sample 3.0" in httpx.get(f"{url}/metrics", timeout=5).text
@@ -74,3 +82,10 @@ def test_the_readiness_path_answers_as_its_check_says_and_every_other_path_is_me
         for running in (server, plain):
             running.shutdown()
             running.server_close()
+
+
+def test_a_port_nobody_serves_is_not_ready() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: the connection is refused
+        assert not probe_ready("127.0.0.1", port, timeout=2)
