@@ -167,6 +167,21 @@ def main() -> None:
         help="the workers publish no notification to the topic exchange (the spec's "
         "notification.topic: false; default: they do, as every endpoint does by default)",
     )
+    parser.add_argument(
+        "--statistics-interval-ms",
+        type=int,
+        default=500,
+        help="the broker's collect_statistics_interval (default: the tests' 500; RabbitMQ's "
+        "own default is 5000)",
+    )
+    parser.add_argument(
+        "--broker-conf",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="one more rabbitmq.conf line for the broker, e.g. 'management.rates_mode = none' "
+        "(repeatable)",
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
     parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
     args = parser.parse_args()
@@ -176,13 +191,15 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "worker_cpu": args.worker_cpu,
         "notify_topic": not args.no_topic,
+        "broker_statistics_interval_ms": args.statistics_interval_ms,
+        "broker_conf": args.broker_conf,
         "load_at_start": os.getloadavg(),
     }
     runs: list[dict[str, object]] = []
     with trained_abalone("infermodes-bench-drain-") as root:
         model_uri = f"file://{root / 'model.tar.gz'}"
         one_row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
-        with rabbitmq_broker() as broker:
+        with rabbitmq_broker(args.statistics_interval_ms, tuple(args.broker_conf)) as broker:
             for repeat in range(args.repeats):
                 shapes = [(1, args.concurrency), (args.workers, args.concurrency)]
                 if args.wide:

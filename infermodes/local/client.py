@@ -131,7 +131,10 @@ def describe(obj: Mapping[str, Any]) -> str:
                      f"{status['progress']['recordsDone']} records")  # fmt: skip
     lines.append("Processes:")
     for process in status.get("processes") or []:
-        state = "running" if process["running"] else f"exited {process['lastExit']}"
+        ready = process.get("ready")  # None: a batch instance, which runs to its end
+        state = f"exited {process['lastExit']}"
+        if process["running"]:
+            state = "running" + ("" if ready is None else ", ready" if ready else ", not ready")
         port = f" port {process['port']}" if process.get("port") else ""
         lines.append(f"  {process['key']}  pid {process['pid']}{port}  {state}  "
                      f"restarts {process['restarts']}  log {process['log']}")  # fmt: skip

@@ -467,12 +467,17 @@ class Supervisor:
             return async_plan.WORKER_STOP_GRACE_SECONDS
         return STOP_GRACE_SECONDS
 
-    def _ready(self, endpoint: LocalEndpoint) -> int:
-        if endpoint.manifest.spec.mode is Mode.ASYNC:  # a restarted worker is asked again
-            children = endpoint.children.values()
-            return sum(1 for c in children if c.running() and (c.key, c.pid) in endpoint.consuming)
+    def _is_ready(self, endpoint: LocalEndpoint, child: Child) -> bool:
+        """A worker whose ``/readyz`` said so (a restarted one is asked again), or a model
+        server the gateway's prober marked ready."""
+        if endpoint.manifest.spec.mode is Mode.ASYNC:
+            return child.running() and (child.key, child.pid) in endpoint.consuming
         found = self.table.endpoints.get((NAMESPACE, endpoint.name)) if self.table else None
-        return sum(1 for r in found.replicas.values() if r.ready) if found else 0
+        replica = found.replicas.get(child.key) if found else None
+        return replica is not None and replica.ready
+
+    def _ready(self, endpoint: LocalEndpoint) -> int:
+        return sum(1 for child in endpoint.children.values() if self._is_ready(endpoint, child))
 
     def _set_status(self, endpoint: LocalEndpoint) -> None:
         mode = endpoint.manifest.spec.mode
@@ -631,7 +636,9 @@ class Supervisor:
             )  # fmt: skip
             obj["status"]["processes"] = [
                 {"key": c.key, "pid": c.pid, "port": endpoint.ports.get(c.key),
-                 "running": c.running(), "restarts": c.exits, "lastExit": c.last_exit,
+                 "running": c.running(),
+                 "ready": None if mode is Mode.BATCH else self._is_ready(endpoint, c),
+                 "restarts": c.exits, "lastExit": c.last_exit,
                  "log": str(c.log_path)}
                 for c in endpoint.children.values()
             ]  # fmt: skip

@@ -221,6 +221,7 @@ def test_up_counts_an_async_worker_ready_only_while_it_consumes(
         rabbitmq.stop()
         try:
             wait_until(lambda: replicas() == (1, 0), WAIT, "the worker running, not ready")
+            assert [p["ready"] for p in up.running("abalone-async")] == [False]
         finally:
             rabbitmq.start()
         wait_until(lambda: replicas() == (1, 1), WAIT, "the worker consuming again")

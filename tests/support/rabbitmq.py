@@ -46,7 +46,9 @@ def ensure_installed() -> None:
 class Broker:
     """One broker node; ``stop`` and ``start`` keep its data folder."""
 
-    def __init__(self, root: Path, statistics_interval_ms: int = 500) -> None:
+    def __init__(
+        self, root: Path, statistics_interval_ms: int = 500, config: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         # kept across stop and start: out of the range outgoing connections are given ports from
         self.amqp_port = lasting_port()
@@ -62,7 +64,7 @@ class Broker:
             f"management.tcp.port = {self.management_port}\n"
             f"collect_statistics_interval = {statistics_interval_ms}\n"
             f"consumer_timeout = {CONSUMER_TIMEOUT_MS}\n"
-            "log.console = false\n"
+            "log.console = false\n" + "".join(f"{line}\n" for line in config)
         )
         (root / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (root / "rabbitmq-env.conf").write_text("")
@@ -149,12 +151,15 @@ class Broker:
 
 
 @contextlib.contextmanager
-def rabbitmq_broker(statistics_interval_ms: int = 500) -> Iterator[Broker]:
+def rabbitmq_broker(
+    statistics_interval_ms: int = 500, config: tuple[str, ...] = ()
+) -> Iterator[Broker]:
     """``statistics_interval_ms``: how often the broker samples the figures its management
-    API reports (RabbitMQ's default is 5000; ours is short, for scalers that follow them)."""
+    API reports (RabbitMQ's default is 5000; ours is short, for scalers that follow them);
+    ``config``: more ``rabbitmq.conf`` lines."""
     ensure_installed()
     root = Path(tempfile.mkdtemp(prefix="infermodes-rabbitmq-"))
-    broker = Broker(root, statistics_interval_ms)
+    broker = Broker(root, statistics_interval_ms, config)
     try:
         broker.start()
         yield broker

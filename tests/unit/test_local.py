@@ -89,6 +89,25 @@ def test_get_prints_the_columns_of_kubectl_get_ie() -> None:
     assert age("garbage", now) == "<unknown>"
 
 
+def test_describe_says_which_running_processes_are_ready() -> None:
+    process = {"pid": 7, "restarts": 0, "lastExit": None, "log": "/l"}
+    obj = {
+        "metadata": {"name": "a"},
+        "spec": {"mode": "async", "model": {"uri": "file:///m.tar.gz"}},
+        "status": {"phase": "InService", "processes": [
+            {**process, "key": "a/worker-0", "running": True, "ready": True},
+            {**process, "key": "a/worker-1", "running": True, "ready": False},
+            {**process, "key": "a/worker-2", "running": False, "ready": False, "lastExit": 1},
+            {**process, "key": "b/instance-0", "running": True, "ready": None},
+        ]},
+    }  # fmt: skip
+    text = describe(obj)
+    assert "a/worker-0  pid 7  running, ready  " in text
+    assert "a/worker-1  pid 7  running, not ready  " in text
+    assert "a/worker-2  pid 7  exited 1  " in text
+    assert "b/instance-0  pid 7  running  " in text  # a batch instance: no readiness
+
+
 def test_describe_shows_the_backlog_and_how_long_its_oldest_request_waited() -> None:
     backlog: dict[str, float | None] = {"ready": 3, "inFlight": 2, "oldestAgeSeconds": 12.345}
     obj = {
