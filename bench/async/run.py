@@ -208,10 +208,16 @@ def sync_throughput(
     return {"requests": len(bodies), "clients": clients, "rps": round(len(bodies) / seconds, 1)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time a process has used so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    return sum(cpu_times(pid))
 
 
 def context_switches(pid: int) -> int:
@@ -276,7 +282,7 @@ def drain(
         try:
             ids = {live.invoke(body).json()["InferenceId"] for body in bodies}
             spy = py_spy(started[0].proc.pid, profile) if profile else None
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            before = {name: cpu_times(pid) for name, pid in pids.items()}
             switches = {name: context_switches(pid) for name, pid in pids.items()}
             throttled = [throttled_seconds(group) for group in groups]
             machine = machine_cpu_seconds()
@@ -285,7 +291,9 @@ def drain(
             for worker in started:
                 worker.proc.send_signal(signal.SIGCONT)
         seconds = wait_outputs(folder / "output", len(ids), 600, resumed) - resumed
-        used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        after = {name: cpu_times(pid) for name, pid in pids.items()}
+        used = {name: sum(after[name]) - sum(before[name]) for name in pids}
+        system = {name: after[name][1] - before[name][1] for name in pids}
         switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
         throttled = [throttled_seconds(g) - t for g, t in zip(groups, throttled, strict=True)]
         machine = {k: v - machine[k] for k, v in machine_cpu_seconds().items()}
@@ -302,6 +310,10 @@ def drain(
         "drain_rps": round(len(ids) / seconds, 1),
         "seconds": round(seconds, 2),
         "cpu_ms_per_request": {name: round(cpu * 1000 / len(ids), 3) for name, cpu in used.items()},
+        # the kernel's part of it (file and socket calls, the output's fsync)
+        "system_cpu_ms_per_request": {
+            name: round(cpu * 1000 / len(ids), 3) for name, cpu in system.items()
+        },
         "cpu_cores_busy": round(sum(used.values()) / seconds, 2),
         "machine_cores": {
             "busy": round(sum(machine[k] for k in BUSY_STATES) / seconds, 2),
