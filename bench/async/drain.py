@@ -21,11 +21,13 @@ Run from the repository root, alone on the machine::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +139,49 @@ def ceiling(ones: list[dict[str, Any]], manys: list[dict[str, Any]]) -> dict[str
     }
 
 
+def summarize_perf(data: Path) -> None:
+    """Beside ``data``: where the samples went, by process name and library (the kernel's
+    own as ``[kernel.kallsyms]``), by symbol, and the workers' by system call."""
+    for suffix, sort in ((".by-process.txt", "comm,dso"), (".by-symbol.txt", "comm,dso,sym")):
+        report = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+             "-g", "none", "--percent-limit", "0.5"],
+            capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        data.with_suffix(suffix).write_text(report.stdout)
+    script = subprocess.run(
+        ["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    counts = worker_syscalls(script.stdout)
+    total = sum(counts.values()) or 1
+    lines = [f"{count / total:6.1%}  {name}" for name, count in counts.most_common()]
+    data.with_suffix(".worker-by-syscall.txt").write_text(
+        f"{total} samples of the workers (comm infermodes), by the system call each was in "
+        "(outermost), or outside any\n" + "\n".join(lines) + "\n"
+    )
+
+
+def worker_syscalls(script: str) -> collections.Counter[str]:
+    """Samples of the workers' processes in ``perf script -F comm,ip,sym,dso`` text, by the
+    system call on their stack; ``user`` when the sample is outside the kernel (Python and
+    its libraries), ``kernel, no system call`` for interrupts and switches."""
+    counts: collections.Counter[str] = collections.Counter()
+    for sample in script.split("\n\n"):
+        lines = sample.strip().splitlines()
+        if not lines or lines[0].split()[0] != "infermodes":
+            continue
+        frames = [line.split() for line in lines[1:] if len(line.split()) >= 3]
+        calls = [f[1] for f in frames if f[1].startswith(("__x64_sys_", "__do_sys_"))]
+        if calls:
+            counts[calls[-1].removeprefix("__x64_sys_").removeprefix("__do_sys_")] += 1
+        elif frames and frames[0][-1] == "([kernel.kallsyms])":
+            counts["kernel, no system call"] += 1
+        else:
+            counts["user"] += 1
+    return counts
+
+
 def main() -> None:
     example = example_workers()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,21 +227,46 @@ def main() -> None:
         help="one more rabbitmq.conf line for the broker, e.g. 'management.rates_mode = none' "
         "(repeatable)",
     )
+    parser.add_argument(
+        "--storage-dir",
+        type=Path,
+        help="put the endpoints' file:// storage (inputs, outputs, claims) in a new folder "
+        "under this one, e.g. a tmpfs (default: in the temporary folder, TMPDIR, where the "
+        "broker's data stays)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="worker i and its threads on CPU i (the broker free): a lone worker's threads "
+        "then hand its GIL over on one core, not across two",
+    )
     parser.add_argument("--profile", type=Path, help="write py-spy profiles here")
+    parser.add_argument(
+        "--perf",
+        type=Path,
+        help="write a perf profile of the whole machine per run here (perf.data and a summary "
+        "by process and library; needs root)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "drain_results.json")
     args = parser.parse_args()
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for folder in (args.profile, args.perf):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {
         "cpus": os.cpu_count(),
         "worker_cpu": args.worker_cpu,
         "notify_topic": not args.no_topic,
         "broker_statistics_interval_ms": args.statistics_interval_ms,
         "broker_conf": args.broker_conf,
+        "storage_dir": str(args.storage_dir) if args.storage_dir else None,
+        "pinned": args.pin,
         "load_at_start": os.getloadavg(),
     }
     runs: list[dict[str, object]] = []
-    with trained_abalone("infermodes-bench-drain-") as root:
+    with (
+        trained_abalone("infermodes-bench-drain-") as root,
+        tempfile.TemporaryDirectory(dir=args.storage_dir) as storage,
+    ):
         model_uri = f"file://{root / 'model.tar.gz'}"
         one_row = to_csv(np.loadtxt(root / "test.csv", delimiter=",", dtype=np.float32)[:1])
         with rabbitmq_broker(args.statistics_interval_ms, tuple(args.broker_conf)) as broker:
@@ -207,19 +277,24 @@ def main() -> None:
                 for n, concurrency in shapes if repeat % 2 == 0 else shapes[::-1]:
                     name = f"n{n}x{concurrency}-r{repeat}"
                     profile = args.profile / f"worker-{name}.txt" if args.profile else None
+                    perf = args.perf / f"{name}.data" if args.perf else None
                     bodies = [one_row] * args.requests
                     spin = spin_rate(n)
                     run = drain(
                         broker,
                         model_uri,
-                        root,
+                        Path(storage),
                         n,
                         bodies,
                         profile,
                         concurrency,
                         args.worker_cpu,
                         notify_topic=not args.no_topic,
+                        perf=perf,
+                        pin=args.pin,
                     )
+                    if perf:
+                        summarize_perf(perf)
                     run["spin_rate"] = round(spin)
                     runs.append(run)
                     print(json.dumps(run), flush=True)

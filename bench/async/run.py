@@ -246,6 +246,8 @@ def drain(
     concurrency: int = WORKER_CONCURRENCY,
     worker_cpu: float | None = None,
     notify_topic: bool = True,
+    perf: Path | None = None,
+    pin: bool = False,
 ) -> dict[str, object]:
     """Processing rate alone: workers paused (SIGSTOP) while the queue fills, then resumed,
     until the last output is written. Nothing subscribes to the notifications (a subscriber in
@@ -254,7 +256,10 @@ def drain(
     workers, the broker and this process say where the time goes; ``profile``: py-spy records
     the first worker meanwhile. ``worker_cpu``: each worker held to that many cores, as a pod
     to its CPU limit (``cpu_budget.py``). ``notify_topic`` False: the workers publish no
-    notification (the spec's ``notification.topic: false``)."""
+    notification (the spec's ``notification.topic: false``). ``pin``: worker i and all its
+    threads on CPU i (modulo the CPUs), the broker left free. ``perf``: ``perf record`` of
+    the whole machine (every process and the kernel, with call graphs) meanwhile, into that
+    file."""
     endpoint = f"drain-{workers}-{next(RUNS)}"
     folder = root / endpoint
     (folder / "output").mkdir(parents=True)
@@ -274,6 +279,9 @@ def drain(
         ]
         for worker in started:
             worker.proc.send_signal(signal.SIGSTOP)
+        if pin:
+            for index, worker in enumerate(started):
+                pin_threads(worker.proc.pid, index % (os.cpu_count() or 1))
         pids = {
             **{f"worker{i}": w.proc.pid for i, w in enumerate(started)},
             "broker": broker_pid(broker),
@@ -282,6 +290,7 @@ def drain(
         try:
             ids = {live.invoke(body).json()["InferenceId"] for body in bodies}
             spy = py_spy(started[0].proc.pid, profile) if profile else None
+            recorder = perf_record(perf) if perf else None
             before = {name: cpu_times(pid) for name, pid in pids.items()}
             switches = {name: context_switches(pid) for name, pid in pids.items()}
             throttled = [throttled_seconds(group) for group in groups]
@@ -297,9 +306,10 @@ def drain(
         switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
         throttled = [throttled_seconds(g) - t for g, t in zip(groups, throttled, strict=True)]
         machine = {k: v - machine[k] for k, v in machine_cpu_seconds().items()}
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(60)
+        for recording in (spy, recorder):
+            if recording is not None:
+                recording.send_signal(signal.SIGINT)
+                recording.wait(60)
     return {
         "workers": workers,
         "worker_concurrency": concurrency,
@@ -354,6 +364,28 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def pin_threads(pid: int, cpu: int) -> None:
+    """Every thread a process has now (a worker's threads all start before it consumes) on
+    one CPU."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
+def perf_record(out: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` of every CPU, user and kernel stacks, until SIGINT (needs root or
+    ``kernel.perf_event_paranoid`` <= -1). Waits until it records: it takes a moment to start."""
+    recorder = subprocess.Popen(
+        ["perf", "record", "-a", "-g", "-F", "499", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # perf opens its events per CPU before it samples
+    if recorder.poll() is not None:
+        error = recorder.stderr.read().decode(errors="replace") if recorder.stderr else ""
+        raise RuntimeError(f"perf record exited with {recorder.returncode}: {error[-500:]}")
+    return recorder
 
 
 def overhead(
