@@ -312,6 +312,10 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
 READY_PATH = "/readyz"
 
 
+def _text_headers(body: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+
+
 class _MetricsHttpServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a scrape in progress never holds the process at exit
 
@@ -334,12 +338,15 @@ def serve_metrics(
             return expose(environ, start_response)  # type: ignore[no-any-return]
         method = environ.get("REQUEST_METHOD")
         if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
-            return [f"{READY_PATH} answers GET and HEAD, not {method}\n".encode()]
+            refusal = f"{READY_PATH} answers GET and HEAD, not {method}\n".encode()
+            start_response(
+                "405 Method Not Allowed", [*_text_headers(refusal), ("Allow", "GET, HEAD")]
+            )
+            return [refusal]
         is_ready = ready()
         status = "200 OK" if is_ready else "503 Service Unavailable"
         body = b"ready\n" if is_ready else b"not ready\n"
-        start_response(status, [("Content-Type", "text/plain")])
+        start_response(status, _text_headers(body))  # HEAD: GET's headers, no body
         return [] if method == "HEAD" else [body]
 
     family, _, _, _, address = socket.getaddrinfo(

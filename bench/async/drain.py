@@ -153,33 +153,45 @@ def summarize_perf(data: Path) -> None:
         ["perf", "script", "-i", str(data), "-F", "comm,ip,sym,dso"],
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
-    counts = worker_syscalls(script.stdout)
-    total = sum(counts.values()) or 1
-    lines = [f"{count / total:6.1%}  {name}" for name, count in counts.most_common()]
-    data.with_suffix(".worker-by-syscall.txt").write_text(
+    samples = worker_samples(script.stdout)
+    total = len(samples) or 1
+    calls = collections.Counter(call for call, _ in samples)
+    lines = [
         f"{total} samples of the workers (comm infermodes), by the system call each was in "
-        "(outermost), or outside any\n" + "\n".join(lines) + "\n"
-    )
+        "(outermost), or outside any; under each of the three largest calls, the kernel "
+        "functions on the stacks of its samples (inclusive: the share of the call's samples "
+        "a function was on the stack of; 5-95 %, the entry path on every stack left out)"
+    ]
+    for rank, (call, count) in enumerate(calls.most_common()):
+        lines.append(f"{count / total:6.1%}  {call}")
+        if rank < 3 and call != "user":
+            inside = collections.Counter(f for c, stack in samples if c == call for f in stack)
+            shares = [(function, n / count) for function, n in inside.most_common(12)]
+            lines += [f"          {share:6.1%}  {function}" for function, share in shares
+                      if 0.05 <= share <= 0.95]  # fmt: skip
+    data.with_suffix(".worker-by-syscall.txt").write_text("\n".join(lines) + "\n")
 
 
-def worker_syscalls(script: str) -> collections.Counter[str]:
-    """Samples of the workers' processes in ``perf script -F comm,ip,sym,dso`` text, by the
-    system call on their stack; ``user`` when the sample is outside the kernel (Python and
-    its libraries), ``kernel, no system call`` for interrupts and switches."""
-    counts: collections.Counter[str] = collections.Counter()
+def worker_samples(script: str) -> list[tuple[str, frozenset[str]]]:
+    """Each sample of the workers' processes in ``perf script -F comm,ip,sym,dso`` text as
+    (the system call on its stack, the functions on its stack); the call is ``user`` when the
+    sample is outside the kernel (Python and its libraries), ``kernel, no system call`` for
+    interrupts and switches."""
+    found: list[tuple[str, frozenset[str]]] = []
     for sample in script.split("\n\n"):
         lines = sample.strip().splitlines()
         if not lines or lines[0].split()[0] != "infermodes":
             continue
         frames = [line.split() for line in lines[1:] if len(line.split()) >= 3]
         calls = [f[1] for f in frames if f[1].startswith(("__x64_sys_", "__do_sys_"))]
+        stack = frozenset(f[1] for f in frames)
         if calls:
-            counts[calls[-1].removeprefix("__x64_sys_").removeprefix("__do_sys_")] += 1
+            found.append((calls[-1].removeprefix("__x64_sys_").removeprefix("__do_sys_"), stack))
         elif frames and frames[0][-1] == "([kernel.kallsyms])":
-            counts["kernel, no system call"] += 1
+            found.append(("kernel, no system call", stack))
         else:
-            counts["user"] += 1
-    return counts
+            found.append(("user", stack))
+    return found
 
 
 def main() -> None:
@@ -260,6 +272,7 @@ def main() -> None:
         "broker_conf": args.broker_conf,
         "storage_dir": str(args.storage_dir) if args.storage_dir else None,
         "pinned": args.pin,
+        "tmpdir": tempfile.gettempdir(),  # the broker's data (and, by default, the storage)
         "load_at_start": os.getloadavg(),
     }
     runs: list[dict[str, object]] = []

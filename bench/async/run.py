@@ -289,8 +289,8 @@ def drain(
         }
         try:
             ids = {live.invoke(body).json()["InferenceId"] for body in bodies}
-            spy = py_spy(started[0].proc.pid, profile) if profile else None
-            recorder = perf_record(perf) if perf else None
+            held.enter_context(recording(py_spy(started[0].proc.pid, profile) if profile else None))
+            held.enter_context(recording(perf_record(perf) if perf else None))
             before = {name: cpu_times(pid) for name, pid in pids.items()}
             switches = {name: context_switches(pid) for name, pid in pids.items()}
             throttled = [throttled_seconds(group) for group in groups]
@@ -306,10 +306,6 @@ def drain(
         switched = {name: context_switches(pid) - switches[name] for name, pid in pids.items()}
         throttled = [throttled_seconds(g) - t for g, t in zip(groups, throttled, strict=True)]
         machine = {k: v - machine[k] for k, v in machine_cpu_seconds().items()}
-        for recording in (spy, recorder):
-            if recording is not None:
-                recording.send_signal(signal.SIGINT)
-                recording.wait(60)
     return {
         "workers": workers,
         "worker_concurrency": concurrency,
@@ -367,25 +363,40 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
 
 
 def pin_threads(pid: int, cpu: int) -> None:
-    """Every thread a process has now (a worker's threads all start before it consumes) on
-    one CPU."""
+    """Every thread a process has now on one CPU; the threads it starts later (its
+    invocation pool's, as work arrives) inherit the CPU from the thread that starts them."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         os.sched_setaffinity(int(task.name), {cpu})
 
 
 def perf_record(out: Path) -> subprocess.Popen[bytes]:
     """``perf record`` of every CPU, user and kernel stacks, until SIGINT (needs root or
-    ``kernel.perf_event_paranoid`` <= -1). Waits until it records: it takes a moment to start."""
-    recorder = subprocess.Popen(
-        ["perf", "record", "-a", "-g", "-F", "499", "-o", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    ``kernel.perf_event_paranoid`` <= -1; its messages go to ``out`` + ``.log``). Waits until
+    it records: it takes a moment to start."""
+    log = out.with_suffix(".log")
+    with log.open("wb") as messages:
+        recorder = subprocess.Popen(
+            ["perf", "record", "-a", "-g", "-F", "499", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=messages,
+        )
     time.sleep(1.0)  # perf opens its events per CPU before it samples
     if recorder.poll() is not None:
-        error = recorder.stderr.read().decode(errors="replace") if recorder.stderr else ""
-        raise RuntimeError(f"perf record exited with {recorder.returncode}: {error[-500:]}")
+        error = log.read_text(errors="replace")[-500:]
+        raise RuntimeError(f"perf record exited with {recorder.returncode}: {error}")
     return recorder
+
+
+@contextlib.contextmanager
+def recording(recorder: subprocess.Popen[bytes] | None) -> Iterator[None]:
+    """A profiler (py-spy, perf) stopped however the run ends: SIGINT makes it write what it
+    recorded."""
+    try:
+        yield
+    finally:
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(60)
 
 
 def overhead(

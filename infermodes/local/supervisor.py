@@ -133,7 +133,7 @@ class LocalEndpoint:
     failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
-    consuming: frozenset[tuple[str, int]] = frozenset()  # (key, pid): /readyz said 200
+    consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
     probed_at: float = -float("inf")
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
@@ -432,6 +432,8 @@ class Supervisor:
                 self._start(endpoint, child, now)
         if endpoint.manifest.spec.mode is Mode.ASYNC:
             await self._probe_workers(endpoint, now)
+            if self.endpoints.get(endpoint.name) is not endpoint:
+                return  # deleted or replaced during the probe: no status, no metrics of it
         self._set_status(endpoint)
 
     @staticmethod
@@ -451,14 +453,14 @@ class Supervisor:
             return
         endpoint.probed_at = now
         ports = self._running_workers(endpoint)
-        pids = {key: endpoint.children[key].pid for key in ports}
+        starts = {key: endpoint.children[key].started_at for key in ports}  # one start each
         answers = await asyncio.to_thread(
             read_all,
             lambda port: probe_ready(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS),
             ports.values(),
         )
         endpoint.consuming = frozenset(
-            (key, pid) for key, pid in pids.items() if pid is not None and answers.get(ports[key])
+            (key, started) for key, started in starts.items() if answers.get(ports[key])
         )
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
@@ -471,7 +473,7 @@ class Supervisor:
         """A worker whose ``/readyz`` said so (a restarted one is asked again), or a model
         server the gateway's prober marked ready."""
         if endpoint.manifest.spec.mode is Mode.ASYNC:
-            return child.running() and (child.key, child.pid) in endpoint.consuming
+            return child.running() and (child.key, child.started_at) in endpoint.consuming
         found = self.table.endpoints.get((NAMESPACE, endpoint.name)) if self.table else None
         replica = found.replicas.get(child.key) if found else None
         return replica is not None and replica.ready

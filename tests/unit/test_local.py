@@ -154,10 +154,11 @@ class FixedQueue:
 
 
 class FakeChild:
-    def __init__(self, running: bool, key: str = "", pid: int = 100) -> None:
+    def __init__(self, running: bool, key: str = "", started_at: float = 0.0) -> None:
         self.is_running = running
         self.key = key
-        self.pid = pid
+        self.pid = 100
+        self.started_at = started_at
         self.exits = 0
 
     def running(self) -> bool:
@@ -238,7 +239,7 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
 
 def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Path) -> None:
     """``readyReplicas`` of an async endpoint: running workers whose ``/readyz`` answered 200
-    at the last probe (once a second); a restarted worker (a new PID) is asked again."""
+    at the last probe (once a second); a restarted worker is asked again."""
     consuming = threading.Event()
     server = serve_metrics(0, "127.0.0.1", CollectorRegistry(), consuming.is_set)
     try:
@@ -258,9 +259,13 @@ def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Pat
         consuming.set()
         assert ready_at(now + 0.5) == 0  # not asked again within the second
         assert ready_at(now + 1.0) == 1
-        endpoint.children[key] = FakeChild(True, key, pid=101)  # type: ignore[assignment]
-        assert supervisor._ready(endpoint) == 0  # restarted: not ready until asked
-        assert ready_at(now + 2.0) == 1
+        consuming.clear()  # e.g. its broker went away
+        assert ready_at(now + 2.0) == 0
+        consuming.set()
+        assert ready_at(now + 3.0) == 1
+        endpoint.children[key] = FakeChild(True, key, started_at=now + 3.5)  # type: ignore[assignment]
+        assert supervisor._ready(endpoint) == 0  # restarted (the same PID or not): asked again
+        assert ready_at(now + 4.0) == 1
         endpoint.children[key].is_running = False  # type: ignore[attr-defined]
         assert supervisor._ready(endpoint) == 0
     finally:

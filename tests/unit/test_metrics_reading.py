@@ -66,6 +66,7 @@ def test_the_readiness_path_answers_as_its_check_says_and_every_other_path_is_me
         assert probe_ready("127.0.0.1", server.server_port)
         head = httpx.head(f"{url}/readyz", timeout=5)
         assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-length"] == str(len(b"ready\n"))  # GET's headers
         posted = httpx.post(f"{url}/readyz", timeout=5)
         assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
         assert "POST" in posted.text
