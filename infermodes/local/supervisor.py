@@ -416,6 +416,10 @@ class Supervisor:
             if self.metrics is not None:  # no queue figures of a pool that cannot run
                 record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
             return
+        if endpoint.manifest.spec.mode is Mode.ASYNC:
+            # before the decision: from the status the decision sets to the metrics that
+            # publish it, nothing may wait (the API would show one beside the other's old value)
+            await self._probe_workers(endpoint, now)
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
@@ -430,10 +434,6 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
-        if endpoint.manifest.spec.mode is Mode.ASYNC:
-            await self._probe_workers(endpoint, now)
-            if self.endpoints.get(endpoint.name) is not endpoint:
-                return  # deleted or replaced during the probe: no status, no metrics of it
         self._set_status(endpoint)
 
     @staticmethod
