@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from infermodes.endpoints import async_plan, plan
 from infermodes.endpoints.demand import Demand, GatewayDemand
@@ -68,6 +68,7 @@ from infermodes.queueing.connect import Broker
 from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
 
 log = logging.getLogger("infermodes.local")
+T = TypeVar("T")  # what one read of a process's port gives
 
 NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
@@ -79,13 +80,13 @@ SCRAPE_TIMEOUT_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
 
 
-def worker_texts(ports: Mapping[str, int]) -> dict[str, str | None]:
-    """Each local worker's exposition text from its metrics port, by key, all read at once
-    (None: it cannot be read, e.g. while the worker loads its model)."""
-    texts = read_all(
-        lambda port: fetch_metrics_text(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS), ports.values()
-    )
-    return {key: texts.get(port) for key, port in ports.items()}
+def read_ports(
+    ports: Mapping[str, int], read: Callable[[str, int, float], T | None]
+) -> dict[str, T | None]:
+    """``read(host, port, timeout)`` of each local process's port, by key, all at once
+    (None: it cannot be read, e.g. while a worker loads its model)."""
+    found = read_all(lambda port: read(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS), ports.values())
+    return {key: found.get(port) for key, port in ports.items()}
 
 
 def worker_readings(
@@ -319,15 +320,8 @@ class Supervisor:
                 for key, port in list(endpoint.ports.items())
                 if replica.replicas.get(key, Replica(key, "", 0)).ready
             }
-            texts = read_all(
-                lambda port: fetch_metrics_text(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS),
-                ready.values(),
-            )
-            return {
-                key: parse_server_load(text)
-                for key, port in ready.items()
-                if (text := texts.get(port)) is not None
-            }
+            texts = read_ports(ready, fetch_metrics_text)
+            return {key: parse_server_load(text) for key, text in texts.items() if text is not None}
 
         return read
 
@@ -365,7 +359,7 @@ class Supervisor:
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
         running = self._running_workers(endpoint)
-        texts = functools.cache(lambda: worker_texts(running))  # read at most once a decision
+        texts = functools.cache(lambda: read_ports(running, fetch_metrics_text))  # once a decision
 
         def in_flight() -> dict[str, float | None]:
             # the embedded queue counts leases exactly: nothing to check against the workers
@@ -454,14 +448,8 @@ class Supervisor:
         endpoint.probed_at = now
         ports = self._running_workers(endpoint)
         starts = {key: endpoint.children[key].started_at for key in ports}  # one start each
-        answers = await asyncio.to_thread(
-            read_all,
-            lambda port: probe_ready(LOOPBACK, port, SCRAPE_TIMEOUT_SECONDS),
-            ports.values(),
-        )
-        endpoint.consuming = frozenset(
-            (key, started) for key, started in starts.items() if answers.get(ports[key])
-        )
+        answers = await asyncio.to_thread(read_ports, ports, probe_ready)
+        endpoint.consuming = frozenset((key, starts[key]) for key, ok in answers.items() if ok)
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
