@@ -247,7 +247,9 @@ def serve(settings: GatewaySettings) -> int:
     if settings.broker_url:
         if not settings.async_storage_prefixes:
             log.warning(ANYWHERE_WARNING)
-        router = async_accept_router(settings, settings.broker_url, runner.table, registry, closing)
+        router = async_accept_router(
+            settings, settings.broker_url, runner.table, registry, closing, runner.demand
+        )
         runner.app.include(router)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
@@ -280,10 +282,12 @@ def async_accept_router(
     table: Table,
     registry: CollectorRegistry,
     closing: list[Callable[[], None]],
+    demand: DemandWriter | None = None,
 ) -> APIRouter:
     """``POST /endpoints/{name}/async-invocations`` for the async endpoints the table knows,
     over the broker at ``broker_url``, with the retention sweep of their inputs;
-    what must be closed at exit is added to ``closing``."""
+    what must be closed at exit is added to ``closing``; ``demand`` hears of each accepted
+    request (it wakes a pool at zero workers)."""
     from infermodes.gateway.async_accept import create_router
     from infermodes.gateway.async_retention import Sweeper
     from infermodes.metrics import AsyncApiMetrics
@@ -306,4 +310,5 @@ def async_accept_router(
         settings.allowed_input_prefixes,
         missing=table.async_missing,
         input_paths=table.async_input_paths,
+        accepted=demand.async_accepted if demand is not None else None,
     )

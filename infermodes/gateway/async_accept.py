@@ -369,11 +369,13 @@ def create_router(
     clock: Callable[[], float] = time.time,
     missing: Callable[[str], InfermodesError] | None = None,
     input_paths: Callable[[], Iterable[str]] | None = None,
+    accepted: Callable[[str], None] | None = None,
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
     counted like any answer. ``missing``: the error for a name without a layout (by default
     a 404); ``input_paths``: every endpoint's input path, those without a layout too (by
-    default the layouts')."""
+    default the layouts'); ``accepted``: told the endpoint's name once its request is on the
+    queue (the gateway's push to a pool at zero workers)."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
 
@@ -400,6 +402,8 @@ def create_router(
             metrics.accepted.labels(name, "500").inc()
             return error_response(InfermodesError("internal error; the request was not accepted"))
         metrics.accepted.labels(name, "202").inc()
+        if accepted is not None:
+            accepted(name)
         return response
 
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:

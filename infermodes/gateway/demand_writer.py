@@ -3,6 +3,12 @@
 ``WRITE_INTERVAL_SECONDS``; the first held request of a cold start at once; a heartbeat every
 ``HEARTBEAT_SECONDS`` while requests are in flight or held.
 
+For an async endpoint whose pool is at zero workers, the entry is a push: written at once when a
+request was accepted (at most once per ``WRITE_INTERVAL_SECONDS``), so the operator, which
+reconciles an endpoint whose demand changed, reads the queue and starts a worker without
+waiting for its next look. Nothing else is written for async endpoints: the queue is their
+demand.
+
 Where it goes is a ``DemandSink``: an annotation on the InferenceEndpoint on Kubernetes
 (``kube.KubeDemandSink``), anything else for the local runtime.
 """
@@ -17,6 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from infermodes.endpoints.demand import HEARTBEAT_SECONDS, WRITE_INTERVAL_SECONDS, GatewayDemand
+from infermodes.gateway.errors import ValidationError
 from infermodes.gateway.table import Endpoint, Table
 
 log = logging.getLogger("infermodes.gateway")
@@ -67,6 +74,7 @@ class DemandWriter:
         self.wall = wall
         self.schedules: dict[tuple[str, str], DemandSchedule] = {}
         self._urgent: set[tuple[str, str]] = set()
+        self._pushes: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
 
     def cold_start(self, endpoint: Endpoint) -> None:
@@ -74,23 +82,46 @@ class DemandWriter:
         self._urgent.add((endpoint.namespace, endpoint.name))
         self._wake.set()
 
+    def async_accepted(self, name: str) -> None:
+        """A request for async endpoint ``name`` was accepted (its message is on the queue):
+        when the operator last said its pool had no worker, push."""
+        try:
+            endpoint = self.table.lookup(name)
+        except ValidationError:  # gone (or ambiguous) since it was accepted: the timer's
+            return
+        if endpoint.async_ is None:
+            return
+        endpoint.last_request_at = self.wall()
+        key = (endpoint.namespace, endpoint.name)
+        schedule = self.schedules.get(key)
+        recent = schedule is not None and (
+            self.monotonic() - schedule.written_at < WRITE_INTERVAL_SECONDS
+        )
+        if endpoint.async_.workers == 0 and not recent:
+            self._pushes.add(key)
+            self._wake.set()
+
     async def write_due(self) -> None:
         """Write every endpoint whose demand is due; failures wait for the next round."""
         urgent, self._urgent = self._urgent, set()
+        pushes, self._pushes = self._pushes, set()
         now = self.monotonic()
         for gone in self.schedules.keys() - self.table.known:  # its object (and demand) is gone
             del self.schedules[gone]
         for key, endpoint in list(self.table.endpoints.items()):
             if key not in self.table.known:
                 continue
-            if endpoint.serverless is None and key not in self.schedules:
+            if endpoint.async_ is not None:
+                if key not in pushes:
+                    continue
+            elif endpoint.serverless is None and key not in self.schedules:
                 continue
             # the busiest moment since the last write, not this instant: short requests in a
             # burst are mostly between two samples, and replicas must follow the burst
             in_flight = max(endpoint.in_flight, endpoint.peak_active - endpoint.held)
             figures = (in_flight, endpoint.held, endpoint.last_request_at)
             schedule = self.schedules.setdefault(key, DemandSchedule())
-            if not schedule.due(figures, now, key in urgent):
+            if not schedule.due(figures, now, key in urgent or key in pushes):
                 continue
             demand = GatewayDemand(self.gateway_id, *figures, at=self.wall())
             try:
@@ -99,7 +130,7 @@ class DemandWriter:
                 log.warning("cannot write demand of %s/%s: %s", *key, exc)
                 if key in urgent:
                     self._urgent.add(key)
-                continue
+                continue  # a push is not retried: the operator's own look finds the queue
             schedule.wrote(figures, now)
             endpoint.peak_active = endpoint.active
 

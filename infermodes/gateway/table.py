@@ -53,6 +53,7 @@ class AsyncSpecView:
     layout: AsyncEndpoint
     max_attempts: int
     refusal: str | None = None
+    workers: int = 0  # the pool's replicas as the operator last wrote them (its status)
 
 
 class StorageNotAllowed(InfermodesError):
@@ -164,6 +165,13 @@ class Endpoint:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def status_replicas(status: Any) -> int:
+    """``status.replicas`` of an endpoint object; 0 when absent or not a count (a pool the
+    operator has not scaled yet has no workers)."""
+    value = status.get("replicas") if isinstance(status, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def demand_peers(annotations: Mapping[str, str] | None, own_key: str) -> tuple[float, ...]:
@@ -286,7 +294,8 @@ class Table:
             refusal = storage_refusal(
                 self.storage_prefixes, endpoint.namespace, endpoint.name, layout
             )
-            endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal)
+            workers = status_replicas(obj.get("status"))
+            endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal, workers)
             if refusal is not None and not refused_before:  # the detail for the operator only
                 log.warning(
                     "namespace %s: %s (prefixes: %s)",

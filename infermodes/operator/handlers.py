@@ -202,8 +202,9 @@ def configure(operator_settings: OperatorSettings) -> None:
 
     @kopf.on.event(*RESOURCE)
     async def demand_changed(body: kopf.Body, memo: kopf.Memo, type: str | None, **_: Any) -> None:
-        """The gateways' demand moved: decide replicas now (a held request may be waiting).
-        An endpoint gone: its state and metrics go with it."""
+        """The gateways' demand moved: decide replicas now (a held request may be waiting, or
+        an async request was accepted for a pool at zero). An endpoint gone: its state and
+        metrics go with it."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if type == "DELETED":
             memo.endpoints.forget(key)

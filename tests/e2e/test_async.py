@@ -9,6 +9,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from infermodes.endpoints.demand import ANNOTATION_PREFIX, GatewayDemand
 from infermodes.metrics import parse_sample, parse_worker_in_flight
 from infermodes.settings import DEFAULT_MAX_ATTEMPTS
+from tests.cluster.api import KubeApi
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -166,8 +169,13 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     endpoint, url = serve_async(tools, k8s_namespace, broker, manifest, ready=0)
     assert endpoint["status"]["replicas"] == 0 and not worker_pods(tools, k8s_namespace, "queued")
 
+    first_sent_at = time.time()
     sent = invoke_all(url, "queued", abalone_model.test_rows, 200)
     wait_until(lambda: bool(worker_pods(tools, k8s_namespace, "queued")), 60, "workers to start")
+    # the gateway pushed the requests it accepted while the pool had no worker: its entry on
+    # the endpoint, which the operator reconciles on, names a request of this burst
+    pushed = [entry.last_request_at for entry in gateway_entries(api, k8s_namespace, "queued")]
+    assert pushed and max(pushed) >= first_sent_at, pushed
     notifications.wait_for(set(sent), "Completed", timeout=180)
     # the requests waited for workers to start from zero: the workers measured it
     waited = [worker_sample(p, "infermodes_async_time_in_backlog_seconds_sum")
@@ -186,6 +194,15 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     labels = {"namespace": k8s_namespace, "endpoint": "queued"}
     assert operator_sample(tools, AGE, labels) == 0
     wait_until(lambda: not worker_pods(tools, k8s_namespace, "queued"), 120, "workers to stop")
+
+
+def gateway_entries(api: KubeApi, namespace: str, name: str) -> list[GatewayDemand]:
+    """The gateways' entries on an endpoint (``endpoints.demand``)."""
+    endpoint = get_endpoint(api, namespace, name) or {}
+    annotations = endpoint.get("metadata", {}).get("annotations") or {}
+    entries = (GatewayDemand.from_annotation(v) for k, v in annotations.items()
+               if k.startswith(ANNOTATION_PREFIX))  # fmt: skip
+    return [entry for entry in entries if entry is not None]
 
 
 def worker_sample(pod: dict[str, Any], name: str) -> float | None:

@@ -439,3 +439,21 @@ def test_a_compressed_body_is_a_415_before_anything_is_stored(tmp_path: Path, co
     )
     assert response.status_code == 415 and "send the body uncompressed" in response.text
     assert not publisher.sent and not list(tmp_path.rglob("*.in"))
+
+
+def test_the_route_tells_of_each_accepted_request_and_of_no_refused_one(tmp_path: Path) -> None:
+    """What the gateway pushes to a pool at zero workers: only requests on the queue."""
+    told: list[str] = []
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    app.include_router(create_router(
+        {"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, publisher, Storage(),
+        AsyncApiMetrics(CollectorRegistry()), 100, [], accepted=told.append,
+    ))  # fmt: skip
+    client = TestClient(app)
+    assert client.post("/endpoints/ep/async-invocations", content=b"1").status_code == 202
+    assert client.post("/endpoints/nope/async-invocations", content=b"1").status_code == 404
+    assert client.post("/endpoints/ep/async-invocations", content=b"1" * 101).status_code == 413
+    publisher.down = True
+    assert client.post("/endpoints/ep/async-invocations", content=b"1").status_code == 503
+    assert told == ["ep"]

@@ -165,6 +165,76 @@ def test_a_burst_between_two_writes_is_reported_at_its_peak() -> None:
     asyncio.run(scenario())
 
 
+def async_table(replicas: object = None) -> Table:
+    """Serverless ``sl`` and async ``queued``, whose status says ``replicas`` workers."""
+    table = serverless_table()
+    spec = {"mode": "async", "model": {"uri": "file:///m"},
+            "async": {"outputPath": "s3://b/q", "minReplicas": 0}}  # fmt: skip
+    status = {} if replicas is None else {"replicas": replicas}
+    table.apply_endpoint({"metadata": {"name": "queued", "namespace": "ns"}, "spec": spec,
+                          "status": status})  # fmt: skip
+    return table
+
+
+def test_a_request_accepted_for_an_async_pool_at_zero_is_pushed_at_once_and_at_most_once_a_second(
+) -> None:  # fmt: skip
+    async def scenario() -> None:
+        table = async_table(replicas=0)
+        sink = FakeSink()
+        clock = [100.0]
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: clock[0],
+                              wall=lambda: 5000.0 + clock[0])  # fmt: skip
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes] == ["sl"]  # nothing for async unasked
+        writer.async_accepted("queued")
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes] == ["sl", "queued"]
+        pushed = sink.writes[-1][2]
+        assert (pushed.in_flight, pushed.held, pushed.last_request_at) == (0, 0, 5100.0)
+        clock[0] += WRITE_INTERVAL_SECONDS / 2
+        writer.async_accepted("queued")  # the operator has the first push
+        await writer.write_due()
+        assert len(sink.writes) == 2
+        clock[0] += WRITE_INTERVAL_SECONDS
+        await writer.write_due()
+        await writer.flush()  # the gateway stops: async entries are pushes only
+        assert len(sink.writes) == 2
+        writer.async_accepted("queued")  # still no worker a second later: push again
+        await writer.write_due()
+        assert len(sink.writes) == 3 and sink.writes[-1][2].last_request_at == 5101.5
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_a_request_accepted_for_an_async_pool_with_workers_writes_nothing(replicas: int) -> None:
+    async def scenario() -> None:
+        table = async_table(replicas)
+        sink = FakeSink()
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: 1.0, wall=lambda: 9.0)
+        writer.async_accepted("queued")
+        writer.async_accepted("missing")  # deleted since: nothing to wake
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes] == ["sl"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("status", "workers"),
+    [({}, 0), ({"replicas": 0}, 0), ({"replicas": 2}, 2), ({"replicas": "2"}, 0),
+     ({"replicas": True}, 0), ({"replicas": -1}, 0), (None, 0)],
+)  # fmt: skip
+def test_the_table_reads_an_async_pool_s_workers_from_its_status(status: object,
+                                                                 workers: int) -> None:  # fmt: skip
+    table = async_table()
+    spec = {"mode": "async", "model": {"uri": "file:///m"}, "async": {"outputPath": "s3://b/q"}}
+    table.apply_endpoint({"metadata": {"name": "queued", "namespace": "ns"}, "spec": spec,
+                          "status": status})  # fmt: skip
+    view = table.lookup("queued").async_
+    assert view is not None and view.workers == workers
+
+
 def endpoint_and_replica() -> tuple[Endpoint, Replica]:
     return Endpoint("abalone", "ns"), Replica("pod-1", "127.0.0.1", 8080)
 
