@@ -87,7 +87,7 @@ class DemandWriter:
         when the operator last said its pool had no worker, push."""
         try:
             endpoint = self.table.lookup(name)
-        except ValidationError:  # gone (or ambiguous) since it was accepted: the timer's
+        except ValidationError:  # gone or ambiguous since: the operator's own look finds it
             return
         if endpoint.async_ is None:
             return
