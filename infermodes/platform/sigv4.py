@@ -27,6 +27,7 @@ from infermodes.errors import InfermodesError
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+SERVICE = "sagemaker"  # the signing name of both the control plane and the runtime (boto3)
 MAX_SKEW_SECONDS = 300
 ERROR_TYPE_HEADER = b"x-amzn-errortype"
 AUTHORIZATION = re.compile(
@@ -217,7 +218,8 @@ class Verifier:
         self, method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[str, str]]
     ) -> Pending:
         """Checks what the headers alone decide: a signature is there and well formed, its key
-        is known, its date is near now and its scope is the date's."""
+        is known, its date is near now and its scope is the date's and the platform's service
+        (``SERVICE``; any region: the gateway has none of its own)."""
         by_name: dict[str, list[str]] = {}
         for key, value in headers:
             by_name.setdefault(key.lower(), []).append(value)
@@ -246,6 +248,10 @@ class Verifier:
         if secret is None:
             raise UnrecognizedClientException(
                 "The security token included in the request is invalid."
+            )
+        if service != SERVICE:  # a signature for another service is not one for this API
+            raise InvalidSignatureException(
+                f"Credential should be scoped to correct service: {SERVICE!r}, not {service[:64]!r}"
             )
         timestamp = self._timestamp(request)
         if date != timestamp[:8]:

@@ -64,10 +64,10 @@ def runtime(url: str, key_id: str = KEY_ID, secret: str = SECRET) -> Any:
                         config=Config(retries={"total_max_attempts": 1}))  # fmt: skip
 
 
-def signed_post(url: str, body: bytes) -> httpx.Response:
+def signed_post(url: str, body: bytes, service: str = "sagemaker") -> httpx.Response:
     """A POST signed by botocore's own signer, sent by httpx."""
     request = AWSRequest(method="POST", url=url, data=body)
-    SigV4Auth(Credentials(KEY_ID, SECRET), "sagemaker", "us-east-1").add_auth(request)
+    SigV4Auth(Credentials(KEY_ID, SECRET), service, "us-east-1").add_auth(request)
     return httpx.post(url, content=body, headers=dict(request.headers.items()), timeout=30)
 
 
@@ -103,6 +103,15 @@ def test_a_wrong_secret_or_an_unknown_key_is_refused_with_the_platforms_code(
     assert caught.value.response["Error"]["Code"] == code
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert SECRET not in gateway.log and "not-the-secret" not in gateway.log
+
+
+def test_a_request_signed_with_the_right_key_for_another_service_is_refused(
+    gateway: GatewayProcess,
+) -> None:
+    response = signed_post(f"{gateway.url}/endpoints/abalone-sl/invocations", b"1,2,3", "s3")
+    assert response.status_code == 403, response.text
+    assert response.headers["x-amzn-errortype"] == "InvalidSignatureException"
+    assert "scoped to correct service: 'sagemaker'" in response.json()["message"]
 
 
 def test_a_request_signed_six_minutes_ago_is_a_signature_expired_and_not_retried(

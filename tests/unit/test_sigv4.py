@@ -37,6 +37,8 @@ def signed(
     key_id: str = KEY_ID,
     headers: dict[str, str] | None = None,
     method: str = "POST",
+    service: str = "sagemaker",
+    region: str = "us-east-1",
 ) -> AWSRequest:
     request = AWSRequest(
         method=method,
@@ -44,7 +46,7 @@ def signed(
         data=body,
         headers={"Content-Type": "text/csv", "Accept": "text/csv", **(headers or {})},
     )
-    SigV4Auth(Credentials(key_id, secret), "sagemaker", "us-east-1").add_auth(request)
+    SigV4Auth(Credentials(key_id, secret), service, region).add_auth(request)
     return request
 
 
@@ -105,6 +107,14 @@ def test_a_tampered_path_query_method_or_signed_header_is_an_invalid_signature(
     tamper(request)  # type: ignore[operator]
     with pytest.raises(InvalidSignatureException):
         verify(request)
+
+
+def test_a_signature_for_another_service_is_refused_and_any_region_is_accepted() -> None:
+    """The same key signing for S3 (or anything else) has not signed a request to this API."""
+    for service in ("s3", "sagemaker-runtime", "SageMaker"):
+        with pytest.raises(InvalidSignatureException, match="scoped to correct service"):
+            verify(signed(service=service))
+    assert verify(signed(region="eu-west-3")) == KEY_ID
 
 
 def test_an_unsigned_header_may_change() -> None:
