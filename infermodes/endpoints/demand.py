@@ -6,8 +6,8 @@ each gateway replica writes its own key, the operator's watch sees the change wi
 milliseconds and reconciles the endpoint at once (a cold start does not wait for a timer).
 
 For an async endpoint the queue is the demand, and the entry only wakes the operator: a gateway
-writes it when it accepts a request while the pool has no worker, so the pool starts without
-waiting for the operator's next look at the queue.
+writes it when it accepts the first request while the pool has no worker (once each time the
+pool is at zero), so the pool starts without waiting for the operator's next look at the queue.
 
 A gateway rewrites its entry when its figures change, at most once per ``WRITE_INTERVAL_SECONDS``
 except that the first held request of a cold start is written at once, and at least every

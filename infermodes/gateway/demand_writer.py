@@ -3,11 +3,12 @@
 ``WRITE_INTERVAL_SECONDS``; the first held request of a cold start at once; a heartbeat every
 ``HEARTBEAT_SECONDS`` while requests are in flight or held.
 
-For an async endpoint whose pool is at zero workers, the entry is a push: written at once when a
-request was accepted (at most once per ``WRITE_INTERVAL_SECONDS``), so the operator, which
-reconciles an endpoint whose demand changed, reads the queue and starts a worker without
-waiting for its next look. Nothing else is written for async endpoints: the queue is their
-demand.
+For an async endpoint whose pool is at zero workers, the entry is a push: written at once when
+the first request is accepted, so the operator, which reconciles an endpoint whose demand
+changed, reads the queue and starts a worker without waiting for its next look. One push each
+time the pool is at zero (a failed one is tried again at the next request): the operator's
+once-a-second look covers the rest, so a pool that cannot start costs no write per request.
+Nothing else is written for async endpoints: the queue is their demand.
 
 Where it goes is a ``DemandSink``: an annotation on the InferenceEndpoint on Kubernetes
 (``kube.KubeDemandSink``), anything else for the local runtime.
@@ -84,7 +85,7 @@ class DemandWriter:
 
     def async_accepted(self, name: str) -> None:
         """A request for async endpoint ``name`` was accepted (its message is on the queue):
-        when the operator last said its pool had no worker, push."""
+        when the operator last said its pool had no worker, and no push went out since, push."""
         try:
             endpoint = self.table.lookup(name)
         except ValidationError:  # gone or ambiguous since: the operator's own look finds it
@@ -92,13 +93,8 @@ class DemandWriter:
         if endpoint.async_ is None:
             return
         endpoint.last_request_at = self.wall()
-        key = (endpoint.namespace, endpoint.name)
-        schedule = self.schedules.get(key)
-        recent = schedule is not None and (
-            self.monotonic() - schedule.written_at < WRITE_INTERVAL_SECONDS
-        )
-        if endpoint.async_.workers == 0 and not recent:
-            self._pushes.add(key)
+        if endpoint.async_.workers == 0 and not endpoint.pushed_at_zero:
+            self._pushes.add((endpoint.namespace, endpoint.name))
             self._wake.set()
 
     async def write_due(self) -> None:
@@ -130,9 +126,11 @@ class DemandWriter:
                 log.warning("cannot write demand of %s/%s: %s", *key, exc)
                 if key in urgent:
                     self._urgent.add(key)
-                continue  # a push is not retried: the operator's own look finds the queue
+                continue  # a push is tried again at the endpoint's next request
             schedule.wrote(figures, now)
             endpoint.peak_active = endpoint.active
+            if key in pushes:
+                endpoint.pushed_at_zero = True
 
     async def flush(self) -> None:
         """Write every changed figure now, whatever the interval (the gateway is stopping)."""

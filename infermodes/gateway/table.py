@@ -114,6 +114,7 @@ class Endpoint:
     peak_active: int = 0  # the most ``active`` since the demand was last written
     held: int = 0
     last_request_at: float = 0.0  # wall clock
+    pushed_at_zero: bool = False  # async: the push went out since the pool was last at zero
     cold_since: float | None = None  # monotonic: first held request with no ready replica
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     _next: int = 0
@@ -296,6 +297,8 @@ class Table:
             )
             workers = status_replicas(obj.get("status"))
             endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal, workers)
+            if workers:  # the push did its work: the next time at zero gets one again
+                endpoint.pushed_at_zero = False
             if refusal is not None and not refused_before:  # the detail for the operator only
                 log.warning(
                     "namespace %s: %s (prefixes: %s)",
@@ -334,6 +337,7 @@ class Table:
         # an object created later under this name is a new endpoint: none of this one's demand
         # carries over (its pods may still finish requests: the entry goes once they are gone)
         endpoint.last_request_at, endpoint.peak_active, endpoint.peers_seen_at = 0.0, 0, ()
+        endpoint.pushed_at_zero = False
         if not endpoint.replicas and endpoint.active == 0:
             del self.endpoints[(namespace, name)]
 

@@ -176,7 +176,15 @@ def async_table(replicas: object = None) -> Table:
     return table
 
 
-def test_a_request_accepted_for_an_async_pool_at_zero_is_pushed_at_once_and_at_most_once_a_second(
+def async_status(table: Table, replicas: int) -> None:
+    """The operator wrote the async endpoint's status: ``replicas`` workers."""
+    spec = {"mode": "async", "model": {"uri": "file:///m"},
+            "async": {"outputPath": "s3://b/q", "minReplicas": 0}}  # fmt: skip
+    table.apply_endpoint({"metadata": {"name": "queued", "namespace": "ns"}, "spec": spec,
+                          "status": {"replicas": replicas}})  # fmt: skip
+
+
+def test_a_request_accepted_for_an_async_pool_at_zero_is_pushed_once_each_time_it_is_at_zero(
 ) -> None:  # fmt: skip
     async def scenario() -> None:
         table = async_table(replicas=0)
@@ -184,24 +192,48 @@ def test_a_request_accepted_for_an_async_pool_at_zero_is_pushed_at_once_and_at_m
         clock = [100.0]
         writer = DemandWriter(table, sink, "gw", monotonic=lambda: clock[0],
                               wall=lambda: 5000.0 + clock[0])  # fmt: skip
+        pushed = lambda: [d.last_request_at for _, name, d in sink.writes if name == "queued"]  # noqa: E731
         await writer.write_due()
         assert [name for _, name, _ in sink.writes] == ["sl"]  # nothing for async unasked
         writer.async_accepted("queued")
+        writer.async_accepted("queued")  # a burst before the writer's round: one push
         await writer.write_due()
-        assert [name for _, name, _ in sink.writes] == ["sl", "queued"]
-        pushed = sink.writes[-1][2]
-        assert (pushed.in_flight, pushed.held, pushed.last_request_at) == (0, 0, 5100.0)
-        clock[0] += WRITE_INTERVAL_SECONDS / 2
-        writer.async_accepted("queued")  # the operator has the first push
-        await writer.write_due()
-        assert len(sink.writes) == 2
-        clock[0] += WRITE_INTERVAL_SECONDS
-        await writer.write_due()
+        assert pushed() == [5100.0]
+        first = sink.writes[-1][2]
+        assert (first.in_flight, first.held) == (0, 0)
+        for _ in range(3):  # still at zero: the operator has the push, its own look the rest
+            clock[0] += WRITE_INTERVAL_SECONDS
+            writer.async_accepted("queued")
+            await writer.write_due()
         await writer.flush()  # the gateway stops: async entries are pushes only
-        assert len(sink.writes) == 2
-        writer.async_accepted("queued")  # still no worker a second later: push again
+        assert pushed() == [5100.0]
+        async_status(table, 1)  # workers came, and went after the cooldown
+        writer.async_accepted("queued")
         await writer.write_due()
-        assert len(sink.writes) == 3 and sink.writes[-1][2].last_request_at == 5101.5
+        assert pushed() == [5100.0]
+        async_status(table, 0)
+        clock[0] += 60
+        writer.async_accepted("queued")
+        await writer.write_due()
+        assert pushed() == [5100.0, 5163.0]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_push_is_tried_again_at_the_next_request() -> None:
+    async def scenario() -> None:
+        table = async_table(replicas=0)
+        sink = FakeSink()
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: 1.0, wall=lambda: 9.0)
+        sink.fail = True
+        writer.async_accepted("queued")
+        await writer.write_due()
+        sink.fail = False
+        await writer.write_due()  # no request since: nothing to push
+        assert "queued" not in [name for _, name, _ in sink.writes]
+        writer.async_accepted("queued")
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes][-1] == "queued"
 
     asyncio.run(scenario())
 
