@@ -403,7 +403,10 @@ def create_router(
             return error_response(InfermodesError("internal error; the request was not accepted"))
         metrics.accepted.labels(name, "202").inc()
         if accepted is not None:
-            accepted(name)
+            try:
+                accepted(name)
+            except Exception:  # the request is on the queue: telling of it is best effort
+                log.exception("telling of a request accepted for %s", name)
         return response
 
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:

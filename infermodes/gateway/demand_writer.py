@@ -6,7 +6,7 @@
 For an async endpoint whose pool is at zero workers, the entry is a push: written at once when
 the first request is accepted, so the operator, which reconciles an endpoint whose demand
 changed, reads the queue and starts a worker without waiting for its next look. One push each
-time the pool is at zero (a failed one is tried again at the next request): the operator's
+time the pool is at zero (a failed one is tried again at the next round): the operator's
 once-a-second look covers the rest, so a pool that cannot start costs no write per request.
 Nothing else is written for async endpoints: the queue is their demand.
 
@@ -57,8 +57,9 @@ class DemandSchedule:
 
 
 class DemandWriter:
-    """One task that writes every serverless endpoint's demand when due. It looks once per
-    write interval, and at once when a cold start begins (``urgent``)."""
+    """One task that writes every serverless endpoint's demand when due, and the pushes to
+    async pools at zero. It looks once per write interval, and at once when a cold start
+    begins (``urgent``) or a push is due."""
 
     def __init__(
         self,
@@ -85,7 +86,8 @@ class DemandWriter:
 
     def async_accepted(self, name: str) -> None:
         """A request for async endpoint ``name`` was accepted (its message is on the queue):
-        when the operator last said its pool had no worker, and no push went out since, push."""
+        when the operator last said its pool had no worker, and no push went out since, push.
+        A push already waiting (one that failed waits for the next round) is not hurried."""
         try:
             endpoint = self.table.lookup(name)
         except ValidationError:  # gone or ambiguous since: the operator's own look finds it
@@ -93,12 +95,14 @@ class DemandWriter:
         if endpoint.async_ is None:
             return
         endpoint.last_request_at = self.wall()
-        if endpoint.async_.workers == 0 and not endpoint.pushed_at_zero:
-            self._pushes.add((endpoint.namespace, endpoint.name))
+        key = (endpoint.namespace, endpoint.name)
+        if endpoint.async_.workers == 0 and not endpoint.pushed_at_zero and key not in self._pushes:
+            self._pushes.add(key)
             self._wake.set()
 
     async def write_due(self) -> None:
-        """Write every endpoint whose demand is due; failures wait for the next round."""
+        """Write every endpoint whose demand is due, and the pushes; failures wait for the
+        next round."""
         urgent, self._urgent = self._urgent, set()
         pushes, self._pushes = self._pushes, set()
         now = self.monotonic()
@@ -108,16 +112,17 @@ class DemandWriter:
             if key not in self.table.known:
                 continue
             if endpoint.async_ is not None:
-                if key not in pushes:
-                    continue
-            elif endpoint.serverless is None and key not in self.schedules:
+                if key in pushes:
+                    await self._push(key, endpoint)
+                continue
+            if endpoint.serverless is None and key not in self.schedules:
                 continue
             # the busiest moment since the last write, not this instant: short requests in a
             # burst are mostly between two samples, and replicas must follow the burst
             in_flight = max(endpoint.in_flight, endpoint.peak_active - endpoint.held)
             figures = (in_flight, endpoint.held, endpoint.last_request_at)
             schedule = self.schedules.setdefault(key, DemandSchedule())
-            if not schedule.due(figures, now, key in urgent or key in pushes):
+            if not schedule.due(figures, now, key in urgent):
                 continue
             demand = GatewayDemand(self.gateway_id, *figures, at=self.wall())
             try:
@@ -126,11 +131,23 @@ class DemandWriter:
                 log.warning("cannot write demand of %s/%s: %s", *key, exc)
                 if key in urgent:
                     self._urgent.add(key)
-                continue  # a push is tried again at the endpoint's next request
+                continue
             schedule.wrote(figures, now)
             endpoint.peak_active = endpoint.active
-            if key in pushes:
-                endpoint.pushed_at_zero = True
+
+    async def _push(self, key: tuple[str, str], endpoint: Endpoint) -> None:
+        """The async endpoint's entry, naming its latest accepted request; the flag is set
+        before the write, so requests accepted meanwhile add no second push."""
+        if endpoint.pushed_at_zero or endpoint.async_ is None or endpoint.async_.workers:
+            return  # pushed meanwhile, or the operator has already started workers
+        endpoint.pushed_at_zero = True
+        demand = GatewayDemand(self.gateway_id, 0, 0, endpoint.last_request_at, at=self.wall())
+        try:
+            await self.sink.write(endpoint.namespace, endpoint.name, demand)
+        except Exception as exc:  # tried again at the next round, not at each request
+            log.warning("cannot push the backlog of %s/%s: %s", *key, exc)
+            endpoint.pushed_at_zero = False
+            self._pushes.add(key)
 
     async def flush(self) -> None:
         """Write every changed figure now, whatever the interval (the gateway is stopping)."""
@@ -138,7 +155,7 @@ class DemandWriter:
         await self.write_due()
 
     async def run(self) -> None:
-        """Until cancelled: a round per write interval, or sooner for a cold start."""
+        """Until cancelled: a round per write interval, or sooner for a cold start or a push."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), WRITE_INTERVAL_SECONDS)

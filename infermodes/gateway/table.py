@@ -297,8 +297,6 @@ class Table:
             )
             workers = status_replicas(obj.get("status"))
             endpoint.async_ = AsyncSpecView(layout, spec.async_.max_attempts, refusal, workers)
-            if workers:  # the push did its work: the next time at zero gets one again
-                endpoint.pushed_at_zero = False
             if refusal is not None and not refused_before:  # the detail for the operator only
                 log.warning(
                     "namespace %s: %s (prefixes: %s)",
@@ -306,6 +304,8 @@ class Table:
                     refusal,
                     ", ".join(storage_bases(self.storage_prefixes, endpoint.namespace)),
                 )
+        if endpoint.async_ is None or endpoint.async_.workers:  # the next time at zero: a push
+            endpoint.pushed_at_zero = False
         try:
             endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
         except ValueError:

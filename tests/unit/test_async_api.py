@@ -457,3 +457,19 @@ def test_the_route_tells_of_each_accepted_request_and_of_no_refused_one(tmp_path
     publisher.down = True
     assert client.post("/endpoints/ep/async-invocations", content=b"1").status_code == 503
     assert told == ["ep"]
+
+
+def test_a_failure_telling_of_an_accepted_request_leaves_it_accepted(tmp_path: Path) -> None:
+    """The message is on the queue: a 500 would have the client send it again."""
+
+    def failing(name: str) -> None:
+        raise RuntimeError(f"cannot tell of {name}")
+
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    app.include_router(create_router(
+        {"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, publisher, Storage(),
+        AsyncApiMetrics(CollectorRegistry()), 100, [], accepted=failing,
+    ))  # fmt: skip
+    response = TestClient(app).post("/endpoints/ep/async-invocations", content=b"1")
+    assert response.status_code == 202 and len(publisher.sent) == 1

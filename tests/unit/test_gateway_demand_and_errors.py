@@ -220,7 +220,7 @@ def test_a_request_accepted_for_an_async_pool_at_zero_is_pushed_once_each_time_i
     asyncio.run(scenario())
 
 
-def test_a_failed_push_is_tried_again_at_the_next_request() -> None:
+def test_a_failed_push_is_tried_again_at_the_next_round_not_at_each_request() -> None:
     async def scenario() -> None:
         table = async_table(replicas=0)
         sink = FakeSink()
@@ -228,12 +228,57 @@ def test_a_failed_push_is_tried_again_at_the_next_request() -> None:
         sink.fail = True
         writer.async_accepted("queued")
         await writer.write_due()
+        writer._wake.clear()  # as the writer's loop does before a round
+        for _ in range(3):  # the API server fails fast: requests do not hurry the retry
+            writer.async_accepted("queued")
+        assert not writer._wake.is_set()
         sink.fail = False
-        await writer.write_due()  # no request since: nothing to push
-        assert "queued" not in [name for _, name, _ in sink.writes]
+        await writer.write_due()  # the writer's next round, a second later at most
+        assert [name for _, name, _ in sink.writes].count("queued") == 1
         writer.async_accepted("queued")
         await writer.write_due()
-        assert [name for _, name, _ in sink.writes][-1] == "queued"
+        assert [name for _, name, _ in sink.writes].count("queued") == 1
+
+    asyncio.run(scenario())
+
+
+class SlowSink(FakeSink):
+    """A sink whose writes wait until released: requests arrive while a push is in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
+        await self.release.wait()
+        await super().write(namespace, name, demand)
+
+
+@pytest.mark.parametrize("behind", [False, True], ids=["push-written", "push-behind-a-write"])
+def test_requests_accepted_while_the_push_is_written_add_no_second_push(behind: bool) -> None:
+    """The operator's status may arrive while the push is written or, when the push waits
+    behind another endpoint's write, before it: either way one push, and one again at zero."""
+
+    async def scenario() -> None:
+        table = async_table(replicas=0)
+        sink = SlowSink()
+        writer = DemandWriter(table, sink, "gw", monotonic=lambda: 1.0, wall=lambda: 9.0)
+        if not behind:
+            table.remove_endpoint("ns", "sl")
+        writer.async_accepted("queued")
+        pushing = asyncio.create_task(writer.write_due())
+        await asyncio.sleep(0)  # the push is being written
+        for _ in range(5):
+            writer.async_accepted("queued")
+        async_status(table, 3)  # the operator's answer arrives before the write returns
+        sink.release.set()
+        await pushing
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes].count("queued") == (0 if behind else 1)
+        async_status(table, 0)  # the pool went back to zero: its next request is pushed
+        writer.async_accepted("queued")
+        await writer.write_due()
+        assert [name for _, name, _ in sink.writes].count("queued") == (1 if behind else 2)
 
     asyncio.run(scenario())
 
