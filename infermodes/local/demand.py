@@ -4,6 +4,7 @@ runtime (on Kubernetes the same figures travel as annotations)."""
 from __future__ import annotations
 
 from infermodes.endpoints.demand import GatewayDemand
+from infermodes.endpoints.spec import Mode
 from infermodes.local.supervisor import Supervisor
 
 
@@ -12,10 +13,16 @@ class LocalDemandSink:
         self.supervisor = supervisor
 
     async def write(self, namespace: str, name: str, demand: GatewayDemand) -> None:
-        """Keep the figures; held requests (a cold start) wake the supervisor at once. A deleted
-        endpoint's last figures are dropped: the gateway keeps its entry, and the figures would
-        otherwise start a replica for an endpoint of the same name applied again."""
-        if name not in self.supervisor.endpoints:
+        """Keep the figures; held requests (a cold start) wake the supervisor at once, as does
+        the push for an async pool at zero (whose queue is its demand: nothing is kept). A
+        deleted endpoint's last figures are dropped: the gateway keeps its entry, and the
+        figures would otherwise start a replica for an endpoint of the same name applied
+        again."""
+        endpoint = self.supervisor.endpoints.get(name)
+        if endpoint is None:
+            return
+        if endpoint.manifest.spec.mode is Mode.ASYNC:
+            self.supervisor.wake.set()
             return
         self.supervisor.demand[name] = demand
         if demand.held:

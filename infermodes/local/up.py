@@ -104,16 +104,17 @@ def _serve(
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
     routers = [
         api_router(supervisor, tail),
-        async_router(
-            supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
-            MAX_INLINE_BYTES, [],
-        ),
         platform_router(LocalPlatformStore(state_dir, supervisor), LOCAL_DEFAULTS),
-    ]  # fmt: skip
+    ]
     settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level,
                                probe_interval_seconds=PROBE_INTERVAL_SECONDS)  # fmt: skip
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers)  # fmt: skip
+    demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
+    runner.app.include(async_router(
+        supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
+        MAX_INLINE_BYTES, [], accepted=demand.async_accepted if demand is not None else None,
+    ))  # fmt: skip
     log.info("infermodes up on http://127.0.0.1:%d, state in %s", port, state_dir)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:

@@ -18,9 +18,11 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
+from infermodes.endpoints.demand import GatewayDemand
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
 from infermodes.local.children import Registry
 from infermodes.local.client import age, describe, row, table
+from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
 from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
@@ -313,3 +315,22 @@ def test_up_publishes_no_queue_figures_of_an_endpoint_that_failed(tmp_path: Path
     asyncio.run(supervisor._actuate(endpoint, time.monotonic()))
     assert endpoint.status.phase.value == "Failed"
     assert registry.get_sample_value(backlog, labels) is None
+
+
+@pytest.mark.parametrize(
+    ("example", "held", "wakes", "kept"),
+    [("async", 0, True, False), ("serverless", 1, True, True), ("serverless", 0, False, True)],
+)
+def test_the_local_demand_sink_wakes_the_supervisor_for_a_push_or_a_cold_start(
+    tmp_path: Path, example: str, held: int, wakes: bool, kept: bool
+) -> None:
+    """A push for an async pool at zero starts its worker at once, as a cold start does; the
+    queue is an async endpoint's demand, so its entry is not kept."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / f"{example}.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    demand = GatewayDemand("gw", 0, held, 9.0, at=9.0)
+    asyncio.run(LocalDemandSink(supervisor).write("", name, demand))
+    assert supervisor.wake.is_set() is wakes
+    assert (name in supervisor.demand) is kept
