@@ -194,6 +194,21 @@ def serverless_replicas(
     return wanted
 
 
+def backlog_wants(block: AsyncSpec, backlog: int) -> int:
+    """Workers for ``backlog`` queued and in-flight requests: ceil(backlog /
+    targetBacklogPerInstance) within minReplicas..maxReplicas."""
+    wanted = math.ceil(backlog / block.target_backlog_per_instance)
+    return min(max(wanted, block.min_replicas), block.max_replicas)
+
+
+def scale_out_due(block: AsyncSpec, current: int, ready: int, unacked: int | None) -> bool:
+    """Whether one reading of the queue asks for more workers than the pool has: the
+    operator's look between resyncs (a pool at zero with anything waiting, or a burst that
+    outgrew the pool), which then decides in full (``backlog_replicas``). In flight unknown
+    counts as none, as the decision does."""
+    return backlog_wants(block, ready + (unacked or 0)) > current
+
+
 @dataclass(frozen=True)
 class PoolInFlight:
     """What a queue-fed pool holds, as the backlog decision reads it (None: unknown), and the
@@ -220,10 +235,8 @@ def pool_in_flight(
     called only when needed: the rule is pure, the reading is the actuator's."""
     if ready is None:
         return PoolInFlight(unacked)
-    if unacked is not None:
-        wanted = math.ceil((ready + unacked) / block.target_backlog_per_instance)
-        if min(max(wanted, block.min_replicas), block.max_replicas) >= pool:
-            return PoolInFlight(unacked)  # the pool cannot shrink on the broker's figures
+    if unacked is not None and backlog_wants(block, ready + unacked) >= pool:
+        return PoolInFlight(unacked)  # the pool cannot shrink on the broker's figures
     readings = workers()
     silent = tuple(sorted(name for name, count in readings.items() if count is None))
     if silent:
@@ -262,20 +275,18 @@ def backlog_replicas(
       worker finishes what it holds before it exits).
     """
     low, high = block.min_replicas, block.max_replicas
-    target = block.target_backlog_per_instance
     within = min(max(current, low), high)
     if ready is None:
         return BacklogDecision(within, BROKER_UNREADABLE)
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
-        wanted = min(max(math.ceil(ready / target), low), high)
-        return BacklogDecision(max(within, wanted), "InFlightUnknown")
+        return BacklogDecision(max(within, backlog_wants(block, ready)), "InFlightUnknown")
     total = ready + unacked
     if total > 0:
         memory.empty_since = None
     elif memory.empty_since is None:
         memory.empty_since = now
-    wanted = min(max(math.ceil(total / target), low), high)
+    wanted = backlog_wants(block, total)
     if wanted > current:
         memory.last_change_at = now
         reason = "Activated" if current == 0 else "ScaledOut"

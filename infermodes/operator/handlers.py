@@ -21,12 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
-from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
 from infermodes.endpoints.status import Status, record_queue
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
-from infermodes.operator.reconcile import Deps, Reconciled, reconcile
+from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
 from infermodes.operator.signals.backlog import read_backlog
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
@@ -188,16 +188,24 @@ def configure(operator_settings: OperatorSettings) -> None:
         interval=operator_settings.activation_seconds,
         when=lambda spec, status, **_: (
             spec.get("mode") == s.Mode.ASYNC
-            and not (status or {}).get("replicas")
             and (status or {}).get("reason") != NAME_IN_USE  # the queue is another's
         ),
     )
-    async def activate(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """An async pool at zero workers: look at its queue every second and start workers
-        the moment something waits (the resync timer is too slow for that)."""
+    async def look_at_queue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """An async pool: look at its queue every second and decide at once when the backlog
+        asks for more workers than the pool has (a pool at zero with anything waiting, a burst
+        that outgrew it); the resync timer is too slow for that. Scale-in stays with the
+        resync, behind its cooldown."""
+        spec = parse_spec(body.get("spec") or {})
+        if isinstance(spec, str) or spec.async_ is None:
+            return  # the reconcile reports the spec
         name = body["metadata"]["name"]
         figures = await asyncio.to_thread(memo.deps.read_backlog, name)
-        if figures is not None and figures.ready:
+        status = Status.from_dict(body.get("status"))
+        current = status.replicas if status is not None else 0
+        if figures is not None and scale_out_due(
+            spec.async_, current, figures.ready, figures.in_flight
+        ):
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)

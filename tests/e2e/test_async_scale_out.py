@@ -1,0 +1,99 @@
+"""An async pool with workers scales out on the operator's one-second look at its queue, not on
+the resync: this module's chart resyncs once an hour, so nothing but the look can decide while
+the pool's only worker holds a request and more wait."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.harness import Cluster
+from tests.conftest import AbaloneModel
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    Tools,
+    get_endpoint,
+    installed_chart,
+)
+from tests.e2e.test_async import (
+    SECRET,
+    async_manifest,
+    broker_secret,
+    check_outputs,
+    in_flight,
+    invoke_all,
+    serve_async,
+    worker_pods,
+)
+from tests.support.async_plane import Notifications, WebhookReceiver, dead_letters
+from tests.support.processes import wait_until
+from tests.support.rabbitmq import Broker, rabbitmq_broker
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Broker]:
+    with rabbitmq_broker() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tools(
+    k8s_cluster: Cluster, broker: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Tools]:
+    """The chart with the broker's Secret, resyncing once an hour."""
+    api = k8s_cluster.api
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}
+    api.post("/api/v1/namespaces", namespace)
+    broker_secret(Tools(k8s_cluster), OPERATOR_NAMESPACE, broker)
+    values: dict[str, str | list[str]] = {
+        "rabbitmq.secretRef.name": SECRET,
+        "gateway.asyncStoragePrefixes": [f"file://{tmp_path_factory.getbasetemp()}/"],
+        "operator.resyncSeconds": "3600",  # after the tests' own 2 s: it wins
+    }
+    with installed_chart(k8s_cluster, **values) as tools:
+        yield tools
+
+
+def deployment_replicas(tools: Tools, namespace: str, name: str) -> int:
+    path = f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
+    return int(tools.cluster.api.get(path)["spec"]["replicas"])
+
+
+def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """One worker, one request at a time, holding its first request (its success webhook does
+    not answer until the test says so); four more wait in the queue. The look at the queue
+    sees five requests for one worker and the pool goes to maxReplicas (3) while that request
+    is still held: no pod or Deployment changed meanwhile, and the resync is an hour away.
+    Then every request completes once."""
+    release = threading.Event()
+    with WebhookReceiver(hold=release) as webhook:
+        fields = {"minReplicas": 1, "maxReplicas": 3, "maxConcurrentInvocationsPerInstance": 1,
+                  "targetBacklogPerInstance": 1, "invocationTimeoutSeconds": 120,
+                  "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
+        manifest = async_manifest("burst", model_uri, tmp_path, **fields)
+        endpoint, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
+        assert endpoint["status"]["replicas"] == 1
+        notifications = Notifications(broker, "burst").declare()
+        rows = abalone_model.test_rows
+        sent = invoke_all(url, "burst", rows, 1)
+        (pod,) = worker_pods(tools, k8s_namespace, "burst")
+        pod_ip = pod["status"]["podIP"]
+        wait_until(lambda: in_flight(pod_ip) == 1, 60, "the worker to hold the first request")
+        sent |= invoke_all(url, "burst", rows[1:], 4)
+
+        wait_until(lambda: deployment_replicas(tools, k8s_namespace, "burst") == 3, 60,
+                   "the look at the queue to scale the pool out")  # fmt: skip
+        assert in_flight(pod_ip) == 1  # decided while the first request was still held
+        status = (get_endpoint(tools.cluster.api, k8s_namespace, "burst") or {})["status"]
+        assert status["desiredReplicas"] == 3 and status["lastScaleTime"], status
+        release.set()
+        notifications.wait_for(set(sent), "Completed", timeout=120)
+    assert notifications.ids("Completed") == {inference_id: 1 for inference_id in sent}
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    assert dead_letters(broker, "burst") == []
