@@ -1,13 +1,16 @@
 """Control-plane latencies on the test cluster: `kubectl apply` -> InService for a realtime
 endpoint, a serverless cold start (first request at zero replicas -> response), and an async
-pool's reaction from zero (first request -> a worker decided, started, the first output), each
-with where the time goes; and one request's latency, async at a warm pool vs sync.
+pool's reaction from zero (first request -> a worker decided, started, the first output), and a
+running async pool's reaction to a burst that outgrows it (-> more workers decided, one more
+started), each with where the time goes; and one request's latency, async at a warm pool vs
+sync. The operator resyncs at the chart's default (10 s; ``--resync-seconds``).
 
 Runs the project's own test control plane (tests/cluster) and the chart, like the e2e tests, and
 polls the API every 10 ms to timestamp each step (bounded: every wait has a deadline). Prints a
 table and writes JSON with --json.
 
     .venv/bin/python bench/gateway/control_plane.py [--runs 5] [--json out.json]
+        [--resync-seconds 10]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from infermodes.metrics import parse_worker_in_flight  # noqa: E402
 from tests.cluster.api import ApiError  # noqa: E402
 from tests.cluster.controlplane import Binaries  # noqa: E402
 from tests.cluster.harness import Harness  # noqa: E402
@@ -44,6 +48,7 @@ from tests.e2e.operator_support import (  # noqa: E402
     operator_pods,
 )
 from tests.support.abalone import train_abalone  # noqa: E402
+from tests.support.async_plane import WebhookReceiver  # noqa: E402
 from tests.support.processes import wait_until  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
 
@@ -196,6 +201,54 @@ def async_from_zero(
     return marks
 
 
+def accept(gateway: str, name: str, row: bytes) -> str:
+    """One async invocation through the gateway: its inference id."""
+    response = httpx.post(f"{gateway}/endpoints/{name}/async-invocations", content=row,
+                          headers={"content-type": "text/csv"}, timeout=60)  # fmt: skip
+    if response.status_code != 202:
+        raise RuntimeError(f"async invocation answered {response.status_code}: {response.text}")
+    return str(response.json()["InferenceId"])
+
+
+def worker_in_flight(pod: dict[str, Any]) -> float:
+    """A worker's requests in flight, from its metrics port (0 while it does not answer)."""
+    try:
+        text = httpx.get(f"http://{pod['status']['podIP']}:9090/metrics", timeout=5).text
+    except (httpx.HTTPError, KeyError):
+        return 0.0
+    return parse_worker_in_flight(text) or 0.0
+
+
+def async_scale_out(
+    tools: Tools, namespace: str, name: str, gateway: str, row: bytes, out: Path,
+    hold: threading.Event,
+) -> dict[str, float]:  # fmt: skip
+    """A pool of one worker taking one request at a time (``targetBacklogPerInstance`` 1) holds
+    a request (its success webhook answers only once ``hold`` is set); four more arrive. From
+    the second one's 202, when the backlog first asks for two workers: when the operator
+    decided more (the Deployment's replicas), and when a second worker's process started. Then
+    the hold ends and every output is waited for."""
+    steps = Steps(tools, namespace, name)
+    deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
+    hold.clear()
+    ids = [accept(gateway, name, row)]
+    (pod,) = steps.pods()
+    first_time(lambda: worker_in_flight(pod) == 1, time.monotonic(), "the held request")
+    ids.append(accept(gateway, name, row))
+    started = time.monotonic()
+    ids += [accept(gateway, name, row) for _ in range(3)]
+    marks = {"reaction (Deployment replicas > 1)": first_time(
+        lambda: int(tools.cluster.api.get(deployment)["spec"]["replicas"]) > 1, started, "scale"
+    )}  # fmt: skip
+    marks["second worker process started"] = first_time(
+        lambda: sum(1 for p in steps.pods() if p["status"].get("podIP")) > 1, started, "worker"
+    )
+    hold.set()
+    for inference_id in ids:
+        first_time((out / f"{inference_id}.out").exists, started, "the outputs")
+    return marks
+
+
 def async_warm(gateway: str, name: str, row: bytes, out: Path, runs: int) -> list[float]:
     """Seconds from POST to the output's appearance, one request at a time, pool warm."""
     seconds = []
@@ -223,6 +276,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--resync-seconds", type=int, default=10,
+                        help="the operator's resync (the chart's default: 10)")  # fmt: skip
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-control-plane-"))
     train_abalone(work / "model")
@@ -241,7 +296,8 @@ def main() -> None:
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
                   "stringData": urls}  # fmt: skip
         cluster.api.post(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets", secret)
-        install_operator(tools, resync_seconds=2, **{"rabbitmq.secretRef.name": SECRET})
+        install_operator(tools, resync_seconds=args.resync_seconds,
+                         **{"rabbitmq.secretRef.name": SECRET})  # fmt: skip
         running = lambda: any(p["status"].get("phase") == "Running"  # noqa: E731
                               for p in operator_pods(cluster.api))  # fmt: skip
         wait_until(running, 120, "the operator")
@@ -302,7 +358,30 @@ def main() -> None:
             f"\nasync, warm pool, POST -> output (median of 20): {statistics.median(warm):.3f} s; "
             f"sync through the gateway, warm: {statistics.median(warm_sync):.3f} s"
         )
-        print("\nthe operator's resync timer was 2 s (only the idle timeout waits for it)")
+
+        manifest["metadata"]["name"] = name = "abalone-burst"
+        hold = threading.Event()
+        with WebhookReceiver(hold=hold) as webhook:
+            manifest["spec"]["async"].update(
+                minReplicas=1, maxReplicas=3, maxConcurrentInvocationsPerInstance=1,
+                targetBacklogPerInstance=1, outputPath=f"file://{work}/burst/output",
+                notification={"topic": True, "successWebhook": webhook.url},
+            )  # fmt: skip
+            if (applied := tools.apply(manifest, namespace)).returncode != 0:
+                raise RuntimeError(applied.stderr)
+            steps = Steps(tools, namespace, name)
+            bursts = []
+            for _ in range(args.runs + 1):  # the first is a warm-up
+                wait_until(lambda: steps.phase() == "InService" and steps.ready_replicas() == 1
+                           and len(steps.pods()) == 1, DEADLINE_SECONDS, "one worker")  # fmt: skip
+                bursts.append(async_scale_out(tools, namespace, name, gateway, row,
+                                              work / "burst/output", hold))  # fmt: skip
+            hold.set()
+        results["async_scale_out"] = report(
+            "async: a burst beyond a pool of one worker (through the gateway)", bursts[1:]
+        )
+        results["resync_seconds"] = args.resync_seconds
+        print(f"\nthe operator's resync timer was {args.resync_seconds} s")
     finally:
         cluster.client.close()
         harness.stop()
