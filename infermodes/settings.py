@@ -332,8 +332,8 @@ class OperatorSettings(EnvSettings):
         gt=0,
         le=60,
         description="How often the operator looks at each async endpoint's queue between "
-        "resyncs, to start workers for a pool at zero or scale a pool out when its backlog "
-        "outgrows it (the delay of either at most; scale-in waits for the resync).",
+        "resyncs, to start workers for a pool at zero or scale a pool out when the requests "
+        "waiting outgrow it (the delay of either at most; scale-in waits for the resync).",
     )
     metrics_host: str = Field(
         "127.0.0.1", description="Address of the operator's /metrics; in a pod, its pod IP."

@@ -201,12 +201,13 @@ def backlog_wants(block: AsyncSpec, backlog: int) -> int:
     return min(max(wanted, block.min_replicas), block.max_replicas)
 
 
-def scale_out_due(block: AsyncSpec, current: int, ready: int, unacked: int | None) -> bool:
-    """Whether one reading of the queue asks for more workers than the pool has: the
-    operator's look between resyncs (a pool at zero with anything waiting, or a burst that
-    outgrew the pool), which then decides in full (``backlog_replicas``). In flight unknown
-    counts as none, as the decision does."""
-    return backlog_wants(block, ready + (unacked or 0)) > current
+def scale_out_due(block: AsyncSpec, current: int, ready: int) -> bool:
+    """Whether the requests waiting now ask for more workers than the pool has, before any
+    in-flight work is counted: the operator's look between resyncs (a pool at zero with
+    anything waiting, a burst that outgrew the pool), which then decides in full
+    (``backlog_replicas``, which counts in-flight work too, so it scales out whenever this
+    says so). A smaller overflow that only the in-flight work makes waits for the resync."""
+    return backlog_wants(block, ready) > current
 
 
 @dataclass(frozen=True)

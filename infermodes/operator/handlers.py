@@ -27,7 +27,7 @@ from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
-from infermodes.operator.signals.backlog import read_backlog
+from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.settings import OperatorSettings
@@ -192,20 +192,18 @@ def configure(operator_settings: OperatorSettings) -> None:
         ),
     )
     async def look_at_queue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        """An async pool: look at its queue every second and decide at once when the backlog
-        asks for more workers than the pool has (a pool at zero with anything waiting, a burst
-        that outgrew it); the resync timer is too slow for that. Scale-in stays with the
-        resync, behind its cooldown."""
+        """An async pool: look at its queue every second and decide at once when the requests
+        waiting ask for more workers than the pool has (a pool at zero with anything waiting,
+        a burst that outgrew it); the resync timer is too slow for that. Scale-in stays with
+        the resync, behind its cooldown."""
         spec = parse_spec(body.get("spec") or {})
         if isinstance(spec, str) or spec.async_ is None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
-        figures = await asyncio.to_thread(memo.deps.read_backlog, name)
+        ready = await asyncio.to_thread(read_ready, name, operator_settings.broker_url)
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0
-        if figures is not None and scale_out_due(
-            spec.async_, current, figures.ready, figures.in_flight
-        ):
+        if ready is not None and scale_out_due(spec.async_, current, ready):
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)

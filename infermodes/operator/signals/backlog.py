@@ -6,7 +6,7 @@ import logging
 
 from infermodes.endpoints.status import QueueFigures
 from infermodes.errors import BrokerUrlError
-from infermodes.queueing.rabbitmq import BROKER_ERRORS, backlog
+from infermodes.queueing.rabbitmq import BROKER_ERRORS, backlog, backlog_from_amqp, queue_name
 
 log = logging.getLogger("infermodes.operator")
 UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError)
@@ -25,3 +25,17 @@ def read_backlog(
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
     return QueueFigures(found.ready, found.unacked, found.oldest_age)
+
+
+def read_ready(endpoint: str, broker_url: str | None) -> int | None:
+    """The requests waiting in the endpoint's queue now (an AMQP passive declare, exact), for
+    the operator's once-a-second look; None when the broker cannot be read. Failures go to the
+    debug log only: the reconcile reports an unreadable broker (status, Event, log, metric),
+    and the look would repeat it every second for every async endpoint."""
+    if not broker_url:
+        return None
+    try:
+        return backlog_from_amqp(broker_url, queue_name(endpoint)).ready
+    except UNREADABLE as exc:
+        log.debug("cannot read the queue of %s: %s", endpoint, exc)
+        return None

@@ -2,6 +2,7 @@
 removed first on scale-in, and the status with the queue's figures."""
 
 import dataclasses
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -23,7 +24,7 @@ from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
-from infermodes.operator.signals.backlog import read_backlog
+from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
@@ -402,6 +403,19 @@ def test_a_broker_url_pika_cannot_read_is_an_unreadable_backlog_without_its_pass
     """The scaler keeps the replicas (None), and the log line it leaves quotes nothing of the
     password (pika's own error would quote its first half as the port)."""
     assert read_backlog("ep", "amqp://admin:S3cr/etPw@127.0.0.1:5672/", None) is None
+    assert "cannot be read as an AMQP URL" in caplog.text
+    assert "S3cr" not in caplog.text and "etPw" not in caplog.text
+
+
+def test_the_look_at_a_queue_it_cannot_read_says_nothing_above_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """None (no decision asked for), and no warning every second: the reconcile reports an
+    unreadable broker; the debug line quotes nothing of the password either."""
+    caplog.set_level(logging.DEBUG, logger="infermodes.operator")
+    assert read_ready("ep", "amqp://admin:S3cr/etPw@127.0.0.1:5672/") is None
+    assert read_ready("ep", None) is None
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "cannot be read as an AMQP URL" in caplog.text
     assert "S3cr" not in caplog.text and "etPw" not in caplog.text
 
