@@ -4,6 +4,7 @@ cluster and a bad file is refused here as the CRD's schema refuses it there."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from infermodes.endpoints.spec import EndpointSpec
+from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN, EndpointSpec
 
 API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
@@ -60,6 +61,22 @@ def parse_document(document: Any, source: str) -> Manifest:
     return Manifest(name, spec, kept)
 
 
+def check_name(manifest: Manifest, source: str) -> Manifest:
+    """The CRD's rule for ``metadata.name``: a DNS-1035 label of at most ``MAX_NAME_LENGTH``
+    characters. A name becomes paths under the state folder and the gateway's routes, so one
+    the CRD would refuse (``..``, ``a/b``, upper case) is refused here too. (The platform API's
+    endpoints come through ``parse_document`` with names it has checked by its own rule.)"""
+    name = manifest.name
+    if len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name):
+        return manifest
+    shown = repr(name if len(name) <= 60 else name[:57] + "...")
+    raise ManifestError(
+        f"{source}: metadata.name {shown} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
+        "characters (lower-case letters, digits and '-', starting with a letter and ending with "
+        "a letter or digit), as the CRD requires"
+    )
+
+
 def parse_text(text: str, source: str) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped)."""
     try:
@@ -68,7 +85,11 @@ def parse_text(text: str, source: str) -> list[Manifest]:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from None
     if not documents:
         raise ManifestError(f"{source}: no InferenceEndpoint in it")
-    return [parse_document(d, f"{source} document {i + 1}") for i, d in enumerate(documents)]
+    manifests = []
+    for index, document in enumerate(documents):
+        where = f"{source} document {index + 1}"
+        manifests.append(check_name(parse_document(document, where), where))
+    return manifests
 
 
 def manifest_files(path: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
@@ -67,6 +68,23 @@ def test_the_cli_lists_describes_invokes_and_applies(
     assert refused.returncode != 0
     assert "bad.yaml" in refused.stderr and "spec.realtime.minReplicas" in refused.stderr
     assert cli(up.url, "delete", "nothing-here").returncode != 0
+
+
+def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``..`` in a name once reached the state folder's paths (and deleted a folder above
+    it); the CRD's name rule refuses it, as any name ``kubectl apply`` would refuse."""
+    written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
+    for name in ("../..", "a/b", "UPPER"):
+        hostile = tmp_path / "hostile.yaml"
+        hostile.write_text(yaml.safe_dump({**written, "metadata": {"name": name}}))
+        refused = cli(up.url, "apply", "-f", str(hostile))
+        assert refused.returncode != 0, name
+        assert "metadata.name" in refused.stderr and "DNS-1035" in refused.stderr, refused.stderr
+        assert "internal error" not in refused.stderr
+    assert (up.state_dir / "endpoints").is_dir()
+    assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
 
 
 def test_a_second_up_on_the_same_state_dir_is_refused(up: Up) -> None:

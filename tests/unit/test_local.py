@@ -67,6 +67,24 @@ def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: 
     assert named in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["'..'", "'../..'", "a/b", "UPPER", "'with space'", "-lead", "trail-", "1abc", "名前",
+     "a%2Fb", "'a\\n'", "x" * 51],
+)  # fmt: skip
+def test_a_name_the_crd_refuses_is_refused_before_it_becomes_a_path(name: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_text(GOOD.replace("{name: abalone}", f"{{name: {name}}}"), "ep.yaml")
+    message = str(caught.value)
+    assert message.startswith("ep.yaml document 1: metadata.name ") and "DNS-1035" in message
+    assert len(message) < 400  # a long name is shortened, not echoed whole
+
+
+def test_the_longest_name_the_crd_takes_is_taken() -> None:
+    (manifest,) = parse_text(GOOD.replace("{name: abalone}", "{name: a" + "b" * 49 + "}"), "e")
+    assert len(manifest.name) == 50
+
+
 def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD)
