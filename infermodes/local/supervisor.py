@@ -124,6 +124,8 @@ class LocalEndpoint:
     created: str
     memory: ScalerMemory = field(default_factory=ScalerMemory)
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
+    # the previous spec's model servers: they serve until one of this spec's is ready
+    outgoing: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
     metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
     silent: tuple[str, ...] = ()  # async workers that could not say what they hold
@@ -148,6 +150,18 @@ class LocalEndpoint:
     def event(self, text: str) -> None:
         self.events.append(f"{now_iso()} {text}")
         log.info("%s: %s", self.name, text)
+
+
+def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
+    """Whether a changed spec keeps the old model servers serving until a new one is ready:
+    between model-server modes, unless the old spec had failed."""
+    servers = (Mode.REALTIME, Mode.SERVERLESS)
+    return (
+        old.manifest.spec.mode in servers
+        and new.spec.mode in servers
+        and old.failure is None
+        and bool(old.children or old.outgoing)
+    )
 
 
 class Supervisor:
@@ -190,19 +204,29 @@ class Supervisor:
         return endpoint
 
     def apply(self, manifest: Manifest) -> str:
-        """Create or replace an endpoint; a changed spec replaces its processes."""
+        """Create or replace an endpoint; a changed spec replaces its processes. The model
+        servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
+        the old ones serve (the endpoint ``Updating``) until one of the new spec's is ready."""
         old = self.endpoints.get(manifest.name)
         if old is not None and old.manifest.document == manifest.document:
             return "unchanged"
         created = old.created if old is not None else now_iso()
+        outgoing: dict[str, Child] = {}
         if old is not None:
+            if rolls_over(old, manifest):
+                outgoing = {**old.outgoing, **old.children}
+                old.outgoing, old.children = {}, {}
             self._remove(old)
         shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
         path = self.state_dir / "endpoints" / f"{manifest.name}.json"
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"document": manifest.document, "created": created}))
         temporary.replace(path)
-        self._add(manifest, created).event("applied")
+        endpoint = self._add(manifest, created)
+        if old is not None and outgoing:
+            endpoint.outgoing = outgoing
+            endpoint.sequence = old.sequence  # the new replicas' keys follow the old ones'
+        endpoint.event("applied")
         self.wake.set()
         return "configured" if old is not None else "created"
 
@@ -224,6 +248,7 @@ class Supervisor:
         """Stop its processes now (a drain in the background, by the next ticks)."""
         for key in list(endpoint.children):
             self._stop_child(endpoint, key, self._grace(endpoint))
+        self._retire_outgoing(endpoint)
         self.endpoints.pop(endpoint.name, None)
         self.async_layouts.pop(endpoint.name, None)
         self.max_attempts.pop(endpoint.name, None)
@@ -274,13 +299,22 @@ class Supervisor:
     def _stop_child(
         self, endpoint: LocalEndpoint, key: str, grace: float = STOP_GRACE_SECONDS
     ) -> None:
-        child = endpoint.children.pop(key)
+        self._retire(endpoint, endpoint.children.pop(key), grace)
+
+    def _retire(self, endpoint: LocalEndpoint, child: Child, grace: float) -> None:
+        """Out of the gateway's table, SIGTERM, and killed if it outlives ``grace``."""
         if self.table is not None:
-            self.table.drop_replica(NAMESPACE, endpoint.name, key)
-        endpoint.ports.pop(key, None)
-        endpoint.metrics_ports.pop(key, None)
+            self.table.drop_replica(NAMESPACE, endpoint.name, child.key)
+        endpoint.ports.pop(child.key, None)
+        endpoint.metrics_ports.pop(child.key, None)
         child.stop()
         self.retiring.append((child, time.monotonic() + grace))
+
+    def _retire_outgoing(self, endpoint: LocalEndpoint) -> None:
+        """Stop the previous spec's model servers (a new one is ready, none is wanted, or the
+        new spec failed: a Failed endpoint is not served either way)."""
+        for key in list(endpoint.outgoing):
+            self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
 
     def _reap(self) -> None:
         """Forget stopped children; SIGKILL the groups of those past their grace."""
@@ -295,7 +329,11 @@ class Supervisor:
         reap_adopted(known | {self.zygote.pid})
 
     def all_children(self) -> list[Child]:
-        running = [c for e in self.endpoints.values() for c in e.children.values()]
+        running = [
+            child
+            for endpoint in self.endpoints.values()
+            for child in (*endpoint.children.values(), *endpoint.outgoing.values())
+        ]
         return running + [child for child, _ in self.retiring]
 
     def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -303,6 +341,7 @@ class Supervisor:
         for endpoint in self.endpoints.values():
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key, grace)
+            self._retire_outgoing(endpoint)
         for child in self.all_children():
             child.reap(grace)
         self.registry.save([])
@@ -405,6 +444,7 @@ class Supervisor:
         if endpoint.failure is not None:  # as the operator: no restarts of what cannot load
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key)
+            self._retire_outgoing(endpoint)
             endpoint.desired = 0
             endpoint.status = Status(Phase.FAILED, *endpoint.failure)
             if self.metrics is not None:  # no queue figures of a pool that cannot run
@@ -428,6 +468,8 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
+        if endpoint.outgoing and (wanted == 0 or self._ready(endpoint) > 0):
+            self._retire_outgoing(endpoint)
         self._set_status(endpoint)
 
     @staticmethod
@@ -475,7 +517,9 @@ class Supervisor:
         running = sum(1 for c in endpoint.children.values() if c.running())
         restarts = sum(c.exits for c in endpoint.children.values())
         endpoint.served = endpoint.served or ready > 0
-        if mode is Mode.REALTIME and not endpoint.served:
+        if endpoint.outgoing:
+            phase, reason = Phase.UPDATING, "Updating"
+        elif mode is Mode.REALTIME and not endpoint.served:
             phase, reason = Phase.CREATING, "NoReplicaReady"
         else:
             phase = Phase.IN_SERVICE

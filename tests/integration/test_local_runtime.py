@@ -4,10 +4,12 @@ mode's behaviour is in ``tests/scenarios``, run on ``up`` and on the operator al
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,6 +164,48 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
             expected = booster.inplace_predict(request_rows)  # type: ignore[attr-defined]
             np.testing.assert_allclose(found[inference_id], expected, rtol=1e-6)
         assert not list(output.glob("*.error"))
+
+
+def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Applying another spec to a realtime endpoint keeps its old model server serving (the
+    endpoint ``Updating``) until the new spec's is ready, as a rollout keeps the old pods: no
+    request sent meanwhile is refused, and the old server goes once the new one serves."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
+    (tmp_path / "v2").mkdir()
+    changed = manifest("realtime", abalone_model.tarball, tmp_path / "v2", minReplicas=1,
+                       maxReplicas=2)  # fmt: skip
+    body = to_csv(abalone_model.test_rows[:1])
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        for _ in range(20_000):
+            if stop.is_set():
+                return
+            answers.append(up.invoke("abalone", body).status_code)
+
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
+        (old,) = [process["pid"] for process in up.running("abalone")]
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            wait_until(lambda: len(answers) >= 5, WAIT, "answers before the change")
+            applied = cli(up.url, "apply", "-f", str(changed))
+            assert applied.returncode == 0, applied.stderr
+            replaced = lambda: (  # noqa: E731
+                up.status("abalone")["phase"] == "InService"
+                and old not in [process["pid"] for process in up.running("abalone")]
+            )
+            wait_until(replaced, WAIT, "the new spec's server to replace the old one")
+            seen = len(answers)
+            wait_until(lambda: len(answers) >= seen + 5, WAIT, "answers after the change")
+        finally:
+            stop.set()
+            sender.join(120)
+    assert set(answers) == {200}, collections.Counter(answers)
 
 
 def alive(pid: int) -> bool:
