@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from infermodes.endpoints.spec import object_name
+from infermodes.endpoints.spec import Phase, object_name
 from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
@@ -29,7 +29,7 @@ from infermodes.gateway.errors import (
 )
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
-from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body
+from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body, refuse_coding
 from infermodes.metrics import GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -43,6 +43,9 @@ FORWARDED = {
     b"accept": b"Accept",
     b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
 }
+# Body codings are refused here as the model server refuses them: the replica is sent neither
+# header (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
+CODINGS = (b"content-encoding", b"transfer-encoding")
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 MAX_ORIGINAL_MESSAGE = 1000
 
@@ -199,6 +202,9 @@ class Proxy:
         self._observe(label, status, time.perf_counter() - started)
 
     async def invoke(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
+        for name, value in scope["headers"]:
+            if name in CODINGS:
+                refuse_coding(name, value)
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes
@@ -253,12 +259,14 @@ class Proxy:
         holding: list[bool],
         receive: Receive,
     ) -> Answer:
-        """Send to a ready replica, holding while there is none; a replica the request never
-        reached is left for another."""
+        """Send to a ready replica, holding while there is none (and the endpoint has not
+        failed); a replica the request never reached is left for another."""
         was_held = False
         for _ in range(MAX_ATTEMPTS):
             replica = endpoint.choose()
             if replica is None:
+                if endpoint.phase is Phase.FAILED:  # none will be: what a new request is told
+                    endpoint.check_servable()
                 if not was_held:
                     was_held = True
                     self.metrics.held.labels(endpoint.name).inc()

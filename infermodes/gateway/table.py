@@ -106,6 +106,7 @@ class Endpoint:
     namespace: str
     mode: Mode | None = None  # None: a spec the gateway cannot read
     phase: Phase | None = None
+    why: str = ""  # the status's reason and message: why a phase takes no invocations
     serverless: ServerlessSpec | None = None
     async_: AsyncSpecView | None = None
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
@@ -146,7 +147,8 @@ class Endpoint:
             )  # fmt: skip
         if self.phase not in SERVING_PHASES:
             phase = self.phase.value if self.phase else "not reconciled yet"
-            raise ValidationError(f"{where} is {phase}, not InService")
+            why = f" ({self.why})" if self.why else ""
+            raise ValidationError(f"{where} is {phase}{why}, not InService")
 
     def choose(self) -> Replica | None:
         """The ready replica with the fewest requests in flight; ties rotate."""
@@ -161,7 +163,7 @@ class Endpoint:
         return best
 
     def wake(self) -> None:
-        """A replica became ready: every held request looks again."""
+        """A replica became ready, or the endpoint failed: every held request looks again."""
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -270,6 +272,8 @@ class Table:
                         namespace, endpoint.name, type(exc).__name__, exc)  # fmt: skip
             endpoint.mode = endpoint.serverless = endpoint.async_ = endpoint.phase = None
             endpoint.peers_seen_at = ()
+        if endpoint.phase is Phase.FAILED:  # no replica is coming: held requests look again
+            endpoint.wake()
         key = (namespace, endpoint.name)
         view = endpoint.async_
         if view is not None and view.refusal is None:
@@ -306,10 +310,14 @@ class Table:
                 )
         if endpoint.async_ is None or endpoint.async_.workers:  # the next time at zero: a push
             endpoint.pushed_at_zero = False
+        status = obj.get("status") or {}
         try:
-            endpoint.phase = Phase(str((obj.get("status") or {}).get("phase")))
+            endpoint.phase = Phase(str(status.get("phase")))
         except ValueError:
             endpoint.phase = None
+        endpoint.why = ": ".join(
+            str(status[key]) for key in ("reason", "message") if status.get(key)
+        )
         meta = obj.get("metadata") or {}
         endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gzip
 import http.server
 import json
 import os
@@ -122,6 +123,20 @@ def test_bad_inputs_get_the_documented_4xx_and_the_gateway_stays_up(
     row = to_csv(abalone_model.test_rows[:1])
     assert gateway.invoke("serverless", row).status_code == 200
     assert gateway.proc.poll() is None
+
+
+def test_a_gzip_body_gets_the_model_servers_415_through_the_gateway(
+    gateway: GatewayProcess, server: ServerProcess, abalone_model: AbaloneModel
+) -> None:
+    """Not read as CSV by a replica that was never told of the coding (a 424 then)."""
+    coded = {"content-type": "text/csv", "content-encoding": "gzip"}
+    body = gzip.compress(to_csv(abalone_model.test_rows[:1]))
+    direct = httpx.post(f"{server.url}/invocations", content=body, headers=coded)
+    assert direct.status_code == 415, direct.text
+    for name in ("realtime", "serverless"):
+        through = gateway.invoke(name, body, headers=coded)
+        assert through.json() == direct.json()
+        expect_error(through, 415, "UnsupportedContentType", "Content-Encoding 'gzip'")
 
 
 def test_held_requests_over_max_concurrency_get_429_at_once_and_the_rest_are_forwarded_when_a_server_starts(  # noqa: E501

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -332,3 +333,22 @@ def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
         assert up.log.count(", forked)") == 2
         up.stop()
         assert not alive(zygote)
+
+
+def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway would hold it 300 s and the client waits at most 60: only the endpoint's
+    turn to Failed, seen while the request is held, answers it in time, with the 400 a later
+    request gets, naming why."""
+    monkeypatch.setenv("INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS", "300")  # read by up
+    files = [manifest("serverless", tmp_path / "missing.tar.gz", tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        url = f"{up.url}/endpoints/abalone-serverless/invocations"
+        held = httpx.post(url, content=b"1,2", headers={"content-type": "text/csv"}, timeout=60)
+        assert held.status_code == 400, held.text
+        assert held.headers["x-amzn-errortype"] == "ValidationError"
+        assert "is Failed (ModelLoadFailed: model cannot be loaded" in held.json()["message"]
+        assert up.status("abalone-serverless")["phase"] == "Failed"
+        later = up.invoke("abalone-serverless", b"1,2")
+        assert (later.status_code, later.json()) == (400, held.json())

@@ -5,15 +5,24 @@ for requests that never reached a replica."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from infermodes.gateway.errors import ClientClosedRequest, ThrottlingException
+from infermodes.errors import UnsupportedContentType
+from infermodes.gateway.errors import (
+    ERROR_TYPE_HEADER,
+    ClientClosedRequest,
+    ThrottlingException,
+    ValidationError,
+)
+from infermodes.gateway.kube import apply_endpoint
 from infermodes.gateway.proxy import Proxy
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent
+from infermodes.http import refuse_coding
 from infermodes.metrics import GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -147,5 +156,93 @@ def test_a_held_client_that_leaves_frees_its_place_at_once() -> None:
         pool.release.set()
         ready_replica(table, pool)
         assert (await proxy.invoke(endpoint, scope(), receive)).status == 200
+
+    asyncio.run(scenario())
+
+
+def sl_object(phase: str, **status: str) -> dict[str, Any]:
+    spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    return {"metadata": {"name": "sl", "namespace": "ns"}, "spec": spec,
+            "status": {"phase": phase, **status}}  # fmt: skip
+
+
+def test_held_requests_of_an_endpoint_that_fails_get_the_error_a_new_request_gets() -> None:
+    """Held through a cold start that stays Creating/InService; released when the endpoint
+    turns Failed (here by a watch event, as on Kubernetes; ``up`` applies the same objects),
+    with the 400 naming its reason and message, instead of holding until the timeout."""
+
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        endpoint = table.lookup("sl")
+        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+        for phase in ("Creating", "InService"):  # a cold start as usual: still held
+            apply_endpoint(table, "MODIFIED", sl_object(phase, reason="Scaling"))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not any(task.done() for task in held) and endpoint.held == 2
+        failed = sl_object("Failed", reason="ModelLoadFailed",
+                           message="model cannot be loaded: no such file")  # fmt: skip
+        apply_endpoint(table, "MODIFIED", failed)
+        async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
+            errors = await asyncio.gather(*held, return_exceptions=True)
+        with pytest.raises(ValidationError) as later:
+            endpoint.check_servable()
+        for error in errors:
+            assert isinstance(error, ValidationError) and error.status_code == 400
+            assert str(error) == str(later.value)
+            assert "Failed (ModelLoadFailed: model cannot be loaded: no such file)" in str(error)
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+
+    asyncio.run(scenario())
+
+
+def test_a_request_admitted_just_before_its_endpoint_failed_is_not_held() -> None:
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        endpoint = table.lookup("sl")  # admitted while InService; Failed before it holds
+        table.apply_endpoint(sl_object("Failed", reason="ModelLoadFailed"))
+        async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
+            with pytest.raises(ValidationError, match="is Failed .ModelLoadFailed."):
+                await proxy.invoke(endpoint, scope(), receive)
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [(b"content-encoding", b"gzip", "Content-Encoding 'gzip' is not supported"),
+     (b"content-encoding", b"br", "Content-Encoding 'br' is not supported"),
+     (b"transfer-encoding", b"gzip, chunked", "Transfer-Encoding 'gzip, chunked'")],
+)  # fmt: skip
+def test_a_coded_body_is_refused_with_the_model_servers_415_and_never_forwarded(
+    name: bytes, value: bytes, refused: str
+) -> None:
+    """The replica is sent no coding header: forwarded, a gzip body would be read as CSV."""
+
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+        coded = scope()
+        coded["headers"].append((name, value))
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await proxy(coded, receive, send)
+        with pytest.raises(UnsupportedContentType) as direct:  # the model server's check
+            refuse_coding(name, value)
+        assert sent[0]["status"] == 415
+        assert (ERROR_TYPE_HEADER, b"UnsupportedContentType") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"]) == {"error": "UnsupportedContentType",
+                                               "message": str(direct.value)}  # fmt: skip
+        assert refused in str(direct.value)
+        assert pool.sent == [] and table.lookup("sl").active == 0
+        identity = scope()
+        identity["headers"].append((b"content-encoding", b"identity"))
+        assert (await proxy.invoke(table.lookup("sl"), identity, receive)).status == 200
 
     asyncio.run(scenario())

@@ -318,6 +318,28 @@ def test_a_replica_becoming_ready_wakes_held_requests() -> None:
     assert asyncio.run(scenario())
 
 
+def test_an_endpoint_that_fails_wakes_held_requests_and_says_why_it_takes_none() -> None:
+    async def scenario() -> None:
+        table = Table()
+        table.apply_endpoint(endpoint_object("e"))
+        endpoint = table.lookup("e")
+        waiter = asyncio.get_running_loop().create_future()
+        endpoint.waiters.append(waiter)
+        table.apply_endpoint(endpoint_object("e", phase="Creating"))
+        assert not waiter.done()  # a replica may still come
+        failed = endpoint_object("e", phase="Failed")
+        failed["status"].update(reason="ModelLoadFailed", message="model cannot be loaded: x")
+        table.apply_endpoint(failed)
+        assert waiter.done() and endpoint.waiters == []
+        with pytest.raises(ValidationError) as refused:
+            endpoint.check_servable()
+        assert "is Failed (ModelLoadFailed: model cannot be loaded: x), not InService" in str(
+            refused.value
+        )
+
+    asyncio.run(scenario())
+
+
 def test_an_unready_replica_is_probed_again_and_a_removed_one_never_returns() -> None:
     hooks = Hooks()
     table = hooks.table()
