@@ -173,10 +173,14 @@ class Runner:
         executor: Executor | None = None
         try:
             try:
-                units = self.shard(self.inputs())
+                objects = self.inputs()
             except (StorageError, ValueError, UnicodeDecodeError) as exc:
                 self.summary.error = f"cannot list the inputs: {exc}"
                 return self.summary
+            if not objects:  # a mistyped prefix must not look like a job that succeeded
+                self.summary.error = no_inputs(self.settings)
+                return self.summary
+            units = self.shard(objects)
             self.summary.assigned = len(units)
             self.metrics.units_assigned.set(len(units))
             log.info(
@@ -319,6 +323,17 @@ class Runner:
             self.storage.delete(part)
         log.info("assembled %s from %d parts", out, len(parts))
         return True
+
+
+def no_inputs(settings: BatchSettings) -> str:
+    """Why a job with nothing to transform fails (every instance lists the whole input, so
+    each says it; one with no share of a non-empty input has nothing to say)."""
+    if settings.input_data_type == "ManifestFile":
+        return f"the manifest {settings.input_uri} lists no input object"
+    return (
+        f"no input objects under {settings.input_uri} (objects under the output prefix "
+        f"{settings.output_uri} are not inputs)"
+    )
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

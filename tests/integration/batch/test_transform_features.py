@@ -482,3 +482,18 @@ def test_an_unreadable_manifest_stops_the_instance_with_a_summary(
     document = summary(tmp_path / "out")
     assert document["state"] == "Failed"
     assert document["error"].startswith(f"cannot list the inputs: manifest {manifest} must be")
+
+
+def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A mistyped prefix (or one holding only the outputs) is not a job that succeeded."""
+    (tmp_path / "empty").mkdir()
+    done = run(command(abalone_model, tmp_path / "empty", tmp_path / "out", "--metrics-port", "0"))
+    assert done.returncode == 2, done.log
+    document = summary(tmp_path / "out")
+    assert document["state"] == "Failed"
+    assert document["error"] == (
+        f"no input objects under {tmp_path}/empty (objects under the output prefix "
+        f"{tmp_path}/out are not inputs)"
+    )
