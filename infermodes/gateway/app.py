@@ -142,8 +142,11 @@ class Runner:
         self.app = Gateway(settings, self.table, self.demand, registry, routers)
 
     async def run(self) -> int:
-        config_class, server_class = _uvicorn()
         settings = self.settings
+        sock = listen(settings.host, settings.port)
+        if sock is None:
+            return 1
+        config_class, server_class = _uvicorn()
         config = config_class(
             self.app,
             host=settings.host,
@@ -185,7 +188,7 @@ class Runner:
 
         background[0].add_done_callback(source_failed)
         try:
-            await server.serve()
+            await server.serve(sockets=[sock])
         finally:
             self.app.proxy.prober.stop()
             for task in background:
@@ -201,6 +204,21 @@ class Runner:
             and (background[0].exception() is not None)
         )
         return 1 if failed or not server.started else 0
+
+
+def listen(host: str, port: int) -> socket.socket | None:
+    """The listening socket, bound before the endpoint source and the demand writer start: a
+    busy port must end the process before they run (under ``up``, before any child starts),
+    not leave them running behind a server that failed to start. None, the reason logged,
+    when the address cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family)  # SO_REUSEADDR, as uvicorn
+    except OSError as exc:  # its message names the address and port
+        log.error("cannot listen: %s", exc.strerror)
+        return None
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    return sock
 
 
 def serve(settings: GatewaySettings) -> int:

@@ -115,7 +115,7 @@ def _serve(
         supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
         MAX_INLINE_BYTES, [], accepted=demand.async_accepted if demand is not None else None,
     ))  # fmt: skip
-    log.info("infermodes up on http://127.0.0.1:%d, state in %s", port, state_dir)
+    log.info("infermodes up, state in %s", state_dir)  # the runner says where, once it listens
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())
