@@ -157,7 +157,9 @@ class DemandWriter:
     async def run(self) -> None:
         """Until cancelled: a round per write interval, or sooner for a cold start or a push."""
         while True:
+            # not wait_for: on 3.11 it drops a cancel that comes as the event fires (gh-86296)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), WRITE_INTERVAL_SECONDS)
+                async with asyncio.timeout(WRITE_INTERVAL_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             await self.write_due()

@@ -644,8 +644,10 @@ class Supervisor:
                 table.apply_endpoint(self.object_of(endpoint, with_processes=False))
             table.synced.add("local")
             while True:
+                # not wait_for: on 3.11 it drops a cancel that comes as the event fires (gh-86296)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), TICK_SECONDS)
+                    async with asyncio.timeout(TICK_SECONDS):
+                        await self.wake.wait()
                 self.wake.clear()
                 await self.tick()
         finally:
