@@ -259,12 +259,14 @@ class Proxy:
         holding: list[bool],
         receive: Receive,
     ) -> Answer:
-        """Send to a ready replica, holding while there is none (and the endpoint has not
-        failed); a replica the request never reached is left for another."""
+        """Send to a ready replica, holding while there is none (and the endpoint has neither
+        failed nor been deleted); a replica the request never reached is left for another."""
         was_held = False
         for _ in range(MAX_ATTEMPTS):
             replica = endpoint.choose()
             if replica is None:
+                if not self.table.serves(endpoint):  # deleted: what a new request is told
+                    raise self.table.not_found(endpoint.name)
                 if endpoint.phase is Phase.FAILED:  # none will be: what a new request is told
                     endpoint.check_servable()
                 if not was_held:

@@ -221,7 +221,7 @@ class Table:
         """The endpoint serving ``name``, or the error naming why there is none."""
         found = self._by_name.get(name)
         if not found:
-            raise ValidationError(f"endpoint {name} not found", 404)
+            raise self.not_found(name)
         if len(found) > 1:
             spaces = " and ".join(sorted(e.namespace for e in found))
             raise ValidationError(
@@ -230,6 +230,14 @@ class Table:
                 409,
             )
         return found[0]
+
+    @staticmethod
+    def not_found(name: str) -> ValidationError:
+        return ValidationError(f"endpoint {name} not found", 404)
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is still in the table (not deleted since it was looked up)."""
+        return (endpoint.namespace, endpoint.name) in self.known
 
     def async_input_paths(self) -> list[str]:
         """Every async endpoint's input path, served or not (refused, or a name in two
@@ -346,6 +354,7 @@ class Table:
         # carries over (its pods may still finish requests: the entry goes once they are gone)
         endpoint.last_request_at, endpoint.peak_active, endpoint.peers_seen_at = 0.0, 0, ()
         endpoint.pushed_at_zero = False
+        endpoint.wake()  # requests held for it get what a new request gets: 404
         if not endpoint.replicas and endpoint.active == 0:
             del self.endpoints[(namespace, name)]
 

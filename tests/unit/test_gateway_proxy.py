@@ -196,6 +196,27 @@ def test_held_requests_of_an_endpoint_that_fails_get_the_error_a_new_request_get
     asyncio.run(scenario())
 
 
+def test_held_requests_of_an_endpoint_deleted_meanwhile_get_the_404_a_new_request_gets() -> None:
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        endpoint = table.lookup("sl")
+        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert endpoint.held == 2
+        apply_endpoint(table, "DELETED", sl_object("InService"))
+        async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
+            errors = await asyncio.gather(*held, return_exceptions=True)
+        with pytest.raises(ValidationError) as later:
+            table.lookup("sl")
+        for error in errors:
+            assert isinstance(error, ValidationError) and error.status_code == 404
+            assert str(error) == str(later.value) == "endpoint sl not found"
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+
+    asyncio.run(scenario())
+
+
 def test_a_request_admitted_just_before_its_endpoint_failed_is_not_held() -> None:
     async def scenario() -> None:
         table, proxy, _, _ = setup(max_concurrency=5)
