@@ -176,6 +176,11 @@ def input_location_of(
         base = prefix_base(prefix)
         if lies_under(ref.uri, base):
             return ref.uri, base if ref.scheme == "file" else None
+        if ref.uri == base:
+            raise InvalidInput(
+                f"{INPUT_LOCATION} {ref.uri} names the prefix {prefix} itself: name one object "
+                "under it"
+            )
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
         " (add one with --allow-input-prefix)"

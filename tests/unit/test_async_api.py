@@ -327,6 +327,13 @@ def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> No
         input_location_of(location, ["s3://data/in", "file:///data/in"], OWN)
 
 
+@pytest.mark.parametrize("location", [OWN, f"{OWN}/", "s3://data/in", "file:///data/in/"])
+def test_a_location_naming_a_prefix_itself_says_so(location: str) -> None:
+    """Not "x is not under an allowed prefix: x": a folder is no input object."""
+    with pytest.raises(InvalidInput, match=r"names the prefix \S+ itself: name one object"):
+        input_location_of(location, ["s3://data/in", "file:///data/in"], OWN)
+
+
 @pytest.mark.parametrize(
     ("location", "allowed"),
     [
