@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from infermodes.errors import StorageError
 from infermodes.workers.batch import records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from tests.support.hostile import FIXED_SEED
@@ -144,3 +145,17 @@ def test_packing_does_not_depend_on_the_blocks(lines: list[bytes], block: int, l
     except records.BadRecord as exc:
         got = f"line {exc.line}"
     assert got == expected
+
+
+class FailingSource(io.BytesIO):
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self.tell():
+            raise OSError(5, "Input/output error")
+        return super().read(size)
+
+
+def test_a_read_that_fails_is_a_storage_error_of_its_object_not_of_the_instance() -> None:
+    blocks = records.read_blocks(FailingSource(b"1,2\n" * 4), 8)
+    assert next(blocks) == b"1,2\n1,2\n"
+    with pytest.raises(StorageError, match="cannot read the input: Input/output error"):
+        next(blocks)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from infermodes.errors import StorageError
 from infermodes.predict.fastcsv import count_lines
 from infermodes.settings import BatchStrategy, SplitType
 
@@ -43,8 +44,13 @@ class MiniBatch:
 
 
 def read_blocks(source: IO[bytes], block_bytes: int) -> Iterator[bytes]:
-    while block := source.read(block_bytes):
-        yield block
+    """The input in blocks; a read that fails fails its object (``StorageError``), not the
+    instance."""
+    try:
+        while block := source.read(block_bytes):
+            yield block
+    except OSError as exc:
+        raise StorageError(f"cannot read the input: {exc.strerror or exc}") from None
 
 
 def gunzip(blocks: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
