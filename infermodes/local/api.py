@@ -41,13 +41,17 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
 
     @router.get("/notifications")
-    async def notifications(topic: str = "#", after: int = 0) -> JSONResponse:
+    async def notifications(topic: str = "#", after: str = "0") -> JSONResponse:
         """Async notifications after id ``after`` whose routing key (``<endpoint>.success`` or
-        ``<endpoint>.error``) matches the topic pattern, oldest first."""
+        ``<endpoint>.error``) matches the topic pattern, oldest first (at most
+        ``NOTIFICATIONS_PER_CALL``: ask again after the last id for more)."""
         if tail is None:
             message = "up uses RabbitMQ: bind a queue to its notification exchange instead"
             return JSONResponse({"error": "NotEmbedded", "message": message}, 400)
-        found = tail(topic, after, NOTIFICATIONS_PER_CALL)
+        if not after.isascii() or not after.isdigit():  # the error shape of every other answer
+            message = f"after must be a notification id (a whole number >= 0), not {after[:40]!r}"
+            return JSONResponse({"error": "ValidationError", "message": message}, 400)
+        found = tail(topic, int(after), NOTIFICATIONS_PER_CALL)
         return JSONResponse({"items": [notification(entry) for entry in found]})
 
     @router.get("/endpoints")

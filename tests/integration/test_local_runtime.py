@@ -90,6 +90,17 @@ def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
     assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
 
 
+def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
+    for after in ("abc", "-1", "1.5"):
+        answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] == "ValidationError"
+        assert "after must be a notification id" in answer.json()["message"]
+    assert httpx.get(f"{up.url}/_infermodes/notifications", params={"after": "0"}).json() == {
+        "items": []
+    }
+
+
 def test_a_second_up_on_the_same_state_dir_is_refused(up: Up) -> None:
     """It would take the first one's children for orphans and kill them."""
     wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
