@@ -247,15 +247,24 @@ class Table:
     def async_missing(self, name: str) -> InfermodesError:
         """Why the accept route has no layout for ``name``: a name in several namespaces (409,
         as for synchronous invocations), an endpoint whose storage the gateway may not use
-        (403), or no async endpoint of that name (404)."""
+        (403), an endpoint of another mode (400, as the synchronous route answers an async
+        one), or no endpoint of that name (404)."""
         try:
-            found = self.lookup(name).async_
+            endpoint = self.lookup(name)
         except ValidationError as exc:
             if exc.status_code == 409:
                 return exc
         else:
+            found = endpoint.async_
             if found is not None and found.refusal is not None:
                 return StorageNotAllowed(found.refusal)
+            if endpoint.mode is not None and endpoint.mode is not Mode.ASYNC:
+                return ValidationError(
+                    f"endpoint {name} (namespace {endpoint.namespace}) is a {endpoint.mode} "
+                    "endpoint: use "
+                    + (f"/endpoints/{name}/invocations" if endpoint.mode in SYNCHRONOUS_MODES
+                       else "its batch job")
+                )  # fmt: skip
         return EndpointNotFound(f"no async endpoint named {name!r}")
 
     def get(self, namespace: str, name: str) -> Endpoint:

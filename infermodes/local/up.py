@@ -113,7 +113,8 @@ def _serve(
     demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
     runner.app.include(async_router(
         supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
-        MAX_INLINE_BYTES, [], accepted=demand.async_accepted if demand is not None else None,
+        MAX_INLINE_BYTES, [], missing=runner.table.async_missing,
+        accepted=demand.async_accepted if demand is not None else None,
     ))  # fmt: skip
     log.info("infermodes up, state in %s", state_dir)  # the runner says where, once it listens
     try:

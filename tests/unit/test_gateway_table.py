@@ -119,6 +119,22 @@ def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both()
     assert table.lookup("abalone").namespace == "team-b"
 
 
+@pytest.mark.parametrize(
+    ("mode", "use"),
+    [("realtime", "/endpoints/e/invocations"), ("serverless", "/endpoints/e/invocations")],
+)
+def test_the_async_route_tells_an_endpoint_of_another_mode_how_to_call_it(
+    mode: str, use: str
+) -> None:
+    """As the synchronous route tells an async endpoint: 400 naming the mode, not a 404."""
+    table = Table()
+    table.apply_endpoint(endpoint_object("e", mode))
+    refusal = table.async_missing("e")
+    assert refusal.status_code == 400
+    assert f"is a {mode} endpoint: use {use}" in str(refusal)
+    assert table.async_missing("other").status_code == 404
+
+
 def test_the_async_route_serves_a_name_from_one_namespace_only() -> None:
     """As synchronous invocations: a name in two namespaces is a 409 naming both, never the
     layout (and output location) of whichever was written last; the retention sweep still
