@@ -101,6 +101,16 @@ def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up
     }
 
 
+def test_the_async_route_tells_a_realtime_endpoint_its_route(up: Up) -> None:
+    answer = up.invoke("abalone", b"1", path="async-invocations")
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"] == (
+        "endpoint abalone (namespace local) is a realtime endpoint: use "
+        "/endpoints/abalone/invocations"
+    )
+    assert up.invoke("nothing-here", b"1", path="async-invocations").status_code == 404
+
+
 def test_a_second_up_on_the_same_state_dir_is_refused(up: Up) -> None:
     """It would take the first one's children for orphans and kill them."""
     wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
