@@ -138,7 +138,8 @@ class Child:
             self.backoff = BACKOFF_FIRST_SECONDS
         self.not_before = now + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_SECONDS)
-        log.warning("%s exited with %d", self.key, code)
+        ended = code == 0 and not self.restart  # a batch instance that finished its share
+        log.log(logging.INFO if ended else logging.WARNING, "%s exited with %d", self.key, code)
         return True
 
     def signal(self, signum: int) -> None:

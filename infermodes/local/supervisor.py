@@ -435,12 +435,16 @@ class Supervisor:
             return
         for key, child in endpoint.children.items():
             if child.check(now):
-                endpoint.event(f"{key} exited with {child.last_exit}; restarting after back-off")
                 if self.table is not None:
                     self.table.drop_replica(NAMESPACE, endpoint.name, key)
                 if child.last_exit == EXIT_MODEL_LOAD_FAILED and not child.stopping:
+                    endpoint.event(f"{key} exited with {child.last_exit}: the model cannot be "
+                                   "loaded; not restarted")  # fmt: skip
                     reason = load_error(log_tail(child.log_path))
                     endpoint.failure = ("ModelLoadFailed", f"model cannot be loaded: {reason}")
+                else:
+                    endpoint.event(f"{key} exited with {child.last_exit}; restarting after "
+                                   "back-off")  # fmt: skip
         if endpoint.failure is not None:  # as the operator: no restarts of what cannot load
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key)
