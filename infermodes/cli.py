@@ -319,6 +319,7 @@ def gateway(namespaces: tuple[str, ...], **options: Any) -> None:
 
 
 DEFAULT_UP_PORT = 8080
+MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone meets
 
 
 @main.command()
@@ -486,13 +487,15 @@ def logs(name: str, url: str) -> None:
 @_up_url
 def notifications(topic: str, after: int, url: str) -> None:
     """Print async notifications of `infermodes up` (TOPIC: e.g. NAME.*, #.error; default #),
-    one JSON object a line; give the last id as --after to read on."""
+    one JSON object a line, every one there is now; give the last id as --after to read on
+    later."""
     import json
 
-    found = _up_call(
-        lambda: _up_client(url).api(
-            "GET", "/notifications", params={"topic": topic, "after": after}
-        )
-    )
-    for item in found["items"]:
-        click.echo(json.dumps(item, separators=(",", ":")))
+    for _ in range(MAX_NOTIFICATION_PAGES):  # the API answers a page at a time
+        params = {"topic": topic, "after": after}
+        found = _up_call(lambda p=params: _up_client(url).api("GET", "/notifications", params=p))
+        if not found["items"]:
+            return
+        for item in found["items"]:
+            click.echo(json.dumps(item, separators=(",", ":")))
+        after = int(found["items"][-1]["id"])

@@ -5,6 +5,7 @@ mode's behaviour is in ``tests/scenarios``, run on ``up`` and on the operator al
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
 from tests.support.local import Up, manifest, running_up
@@ -186,6 +188,26 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
             expected = booster.inplace_predict(request_rows)  # type: ignore[attr-defined]
             np.testing.assert_allclose(found[inference_id], expected, rtol=1e-6)
         assert not list(output.glob("*.error"))
+
+
+def test_notifications_prints_every_one_past_the_apis_page(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The API answers 1,000 at a time; the command reads on until there are no more."""
+    count = NOTIFICATIONS_PER_CALL + 5
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                      maxConcurrentInvocationsPerInstance=4)]  # fmt: skip
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        rows = np.resize(abalone_model.test_rows, (count, abalone_model.test_rows.shape[1]))
+        accepted = accept_async(up, rows, count, 1)
+        output = tmp_path / "async" / "output"
+        wait_until(lambda: len(outputs(output)) == count, WAIT * 3, "every async output")
+        wait_until(lambda: backlog_total(up, "abalone-async") == 0, WAIT, "no backlog")
+        printed = cli(up.url, "notifications", "abalone-async.success")
+    assert printed.returncode == 0, printed.stderr
+    items = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert sorted(item["body"]["inferenceId"] for item in items) == sorted(accepted)
+    assert [item["id"] for item in items] == sorted({item["id"] for item in items})
 
 
 def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
