@@ -124,8 +124,9 @@ class LocalEndpoint:
     created: str
     memory: ScalerMemory = field(default_factory=ScalerMemory)
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
-    # the previous spec's model servers: they serve until one of this spec's is ready
+    # the previous spec's model servers: they serve until as many of this spec's are ready
     outgoing: dict[str, Child] = field(default_factory=dict)
+    carried: int | None = None  # a realtime rollover: the old spec's replicas, decided from
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
     metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
     silent: tuple[str, ...] = ()  # async workers that could not say what they hold
@@ -206,7 +207,8 @@ class Supervisor:
     def apply(self, manifest: Manifest) -> str:
         """Create or replace an endpoint; a changed spec replaces its processes. The model
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
-        the old ones serve (the endpoint ``Updating``) until one of the new spec's is ready."""
+        the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
+        that is ready; a realtime endpoint keeps the replicas it had (within the new bounds)."""
         old = self.endpoints.get(manifest.name)
         if old is not None and old.manifest.document == manifest.document:
             return "unchanged"
@@ -225,7 +227,10 @@ class Supervisor:
         endpoint = self._add(manifest, created)
         if old is not None and outgoing:
             endpoint.outgoing = outgoing
+            endpoint.ports = {key: old.ports[key] for key in outgoing if key in old.ports}
             endpoint.sequence = old.sequence  # the new replicas' keys follow the old ones'
+            if old.initialized and old.manifest.spec.mode is manifest.spec.mode is Mode.REALTIME:
+                endpoint.memory, endpoint.carried = old.memory, old.desired  # capacity kept
         endpoint.event("applied")
         self.wake.set()
         return "configured" if old is not None else "created"
@@ -310,10 +315,10 @@ class Supervisor:
         child.stop()
         self.retiring.append((child, time.monotonic() + grace))
 
-    def _retire_outgoing(self, endpoint: LocalEndpoint) -> None:
-        """Stop the previous spec's model servers (a new one is ready, none is wanted, or the
-        new spec failed: a Failed endpoint is not served either way)."""
-        for key in list(endpoint.outgoing):
+    def _retire_outgoing(self, endpoint: LocalEndpoint, keep: int = 0) -> None:
+        """Stop the previous spec's model servers but ``keep`` (by default all: the endpoint
+        is deleted, or the new spec failed, and a Failed endpoint is not served either way)."""
+        for key in list(endpoint.outgoing)[: max(0, len(endpoint.outgoing) - keep)]:
             self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
 
     def _reap(self) -> None:
@@ -357,7 +362,8 @@ class Supervisor:
             ready = {
                 key: port
                 for key, port in list(endpoint.ports.items())
-                if replica.replicas.get(key, Replica(key, "", 0)).ready
+                if key in endpoint.children  # not the old spec's, in a rollover
+                and replica.replicas.get(key, Replica(key, "", 0)).ready
             }
             texts = read_ports(ready, fetch_metrics_text)
             return {key: parse_server_load(text) for key, text in texts.items() if text is not None}
@@ -371,7 +377,7 @@ class Supervisor:
             if endpoint.initialized and now - endpoint.scraped_at < LOAD_INTERVAL_SECONDS:
                 return endpoint.desired
             endpoint.scraped_at = now
-            previous = current if endpoint.initialized else None
+            previous = current if endpoint.initialized else endpoint.carried
             endpoint.initialized = True
             return await asyncio.to_thread(
                 realtime_replicas,
@@ -472,8 +478,11 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
-        if endpoint.outgoing and (wanted == 0 or self._ready(endpoint) > 0):
-            self._retire_outgoing(endpoint)
+        for key, child in list(endpoint.outgoing.items()):
+            if child.check(now):  # an old server that crashed is not restarted: out
+                self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+        # one old server goes for each new one ready, so the rollover keeps the capacity
+        self._retire_outgoing(endpoint, keep=wanted - self._ready(endpoint))
         self._set_status(endpoint)
 
     @staticmethod
@@ -679,8 +688,9 @@ class Supervisor:
                  "running": c.running(),
                  "ready": None if mode is Mode.BATCH else self._is_ready(endpoint, c),
                  "restarts": c.exits, "lastExit": c.last_exit,
-                 "log": str(c.log_path)}
-                for c in endpoint.children.values()
+                 "log": str(c.log_path), "outgoing": outgoing}
+                for outgoing, children in ((False, endpoint.children), (True, endpoint.outgoing))
+                for c in children.values()
             ]  # fmt: skip
             obj["status"]["events"] = list(endpoint.events)
         return obj

@@ -213,10 +213,12 @@ def test_notifications_prints_every_one_past_the_apis_page(
 def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
-    """Applying another spec to a realtime endpoint keeps its old model server serving (the
-    endpoint ``Updating``) until the new spec's is ready, as a rollout keeps the old pods: no
-    request sent meanwhile is refused, and the old server goes once the new one serves."""
-    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
+    """Applying another spec to a realtime endpoint keeps its old model servers serving (the
+    endpoint ``Updating``, the old ones listed as outgoing) until as many of the new spec's are
+    ready, as a rollout keeps the old pods: no request sent meanwhile is refused, the old
+    servers go, and the endpoint keeps the replicas it had (two, though the new spec's
+    minimum is one)."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
     (tmp_path / "v2").mkdir()
     changed = manifest("realtime", abalone_model.tarball, tmp_path / "v2", minReplicas=1,
                        maxReplicas=2)  # fmt: skip
@@ -230,9 +232,12 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
                 return
             answers.append(up.invoke("abalone", body).status_code)
 
+    def pids() -> set[int]:
+        return {process["pid"] for process in up.status("abalone")["processes"]}
+
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
-        wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
-        (old,) = [process["pid"] for process in up.running("abalone")]
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
+        old = pids()
         sender = threading.Thread(target=send)
         sender.start()
         try:
@@ -240,15 +245,16 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
             applied = cli(up.url, "apply", "-f", str(changed))
             assert applied.returncode == 0, applied.stderr
             replaced = lambda: (  # noqa: E731
-                up.status("abalone")["phase"] == "InService"
-                and old not in [process["pid"] for process in up.running("abalone")]
+                up.status("abalone")["phase"] == "InService" and not old & pids()
             )
-            wait_until(replaced, WAIT, "the new spec's server to replace the old one")
+            wait_until(replaced, WAIT, "the new spec's servers to replace the old ones")
             seen = len(answers)
             wait_until(lambda: len(answers) >= seen + 5, WAIT, "answers after the change")
         finally:
             stop.set()
             sender.join(120)
+        status = up.status("abalone")
+        assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
     assert set(answers) == {200}, collections.Counter(answers)
 
 
