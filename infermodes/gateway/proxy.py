@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from infermodes.endpoints.spec import Phase, object_name
+from infermodes.endpoints.spec import object_name
 from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
@@ -267,7 +267,7 @@ class Proxy:
             if replica is None:
                 if not self.table.serves(endpoint):  # deleted: what a new request is told
                     raise self.table.not_found(endpoint.name)
-                if endpoint.phase is Phase.FAILED:  # none will be: what a new request is told
+                if not endpoint.may_come():  # none will: what a new request is told
                     endpoint.check_servable()
                 if not was_held:
                     was_held = True

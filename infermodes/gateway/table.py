@@ -30,6 +30,7 @@ log = logging.getLogger("infermodes.gateway")
 
 SERVING_PHASES = frozenset({Phase.IN_SERVICE, Phase.UPDATING})  # Updating keeps old replicas
 SYNCHRONOUS_MODES = frozenset(MODEL_SERVER_MODES)  # invoked through the model servers
+MAX_REASON = 64  # a status reason is one CamelCase word; a longer value is cut
 
 
 @dataclass
@@ -106,7 +107,9 @@ class Endpoint:
     namespace: str
     mode: Mode | None = None  # None: a spec the gateway cannot read
     phase: Phase | None = None
-    why: str = ""  # the status's reason and message: why a phase takes no invocations
+    # the status's reason (a word): why a phase takes no invocations. Not its message, which
+    # may quote a container's log: that is for whoever may read the endpoint, not its callers
+    why: str = ""
     serverless: ServerlessSpec | None = None
     async_: AsyncSpecView | None = None
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
@@ -141,7 +144,7 @@ class Endpoint:
             raise ValidationError(f"{where} has a spec the gateway cannot read")
         if self.mode not in SYNCHRONOUS_MODES:
             raise ValidationError(
-                f"{where} is a {self.mode} endpoint: use "
+                f"{where} is {'an' if self.mode is Mode.ASYNC else 'a'} {self.mode} endpoint: use "
                 + (f"/endpoints/{self.name}/async-invocations" if self.mode is Mode.ASYNC else
                    "its batch job")
             )  # fmt: skip
@@ -149,6 +152,11 @@ class Endpoint:
             phase = self.phase.value if self.phase else "not reconciled yet"
             why = f" ({self.why})" if self.why else ""
             raise ValidationError(f"{where} is {phase}{why}, not InService")
+
+    def may_come(self) -> bool:
+        """Whether a replica may still come for held requests: not once the endpoint failed,
+        or its spec became one of another mode (or one the gateway cannot read)."""
+        return self.phase is not Phase.FAILED and self.mode in SYNCHRONOUS_MODES
 
     def choose(self) -> Replica | None:
         """The ready replica with the fewest requests in flight; ties rotate."""
@@ -289,7 +297,7 @@ class Table:
                         namespace, endpoint.name, type(exc).__name__, exc)  # fmt: skip
             endpoint.mode = endpoint.serverless = endpoint.async_ = endpoint.phase = None
             endpoint.peers_seen_at = ()
-        if endpoint.phase is Phase.FAILED:  # no replica is coming: held requests look again
+        if not endpoint.may_come():  # no replica is coming: held requests look again
             endpoint.wake()
         key = (namespace, endpoint.name)
         view = endpoint.async_
@@ -332,9 +340,7 @@ class Table:
             endpoint.phase = Phase(str(status.get("phase")))
         except ValueError:
             endpoint.phase = None
-        endpoint.why = ": ".join(
-            str(status[key]) for key in ("reason", "message") if status.get(key)
-        )
+        endpoint.why = str(status.get("reason") or "")[:MAX_REASON]
         meta = obj.get("metadata") or {}
         endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
 

@@ -397,7 +397,7 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         held = httpx.post(url, content=b"1,2", headers={"content-type": "text/csv"}, timeout=60)
         assert held.status_code == 400, held.text
         assert held.headers["x-amzn-errortype"] == "ValidationError"
-        assert "is Failed (ModelLoadFailed: model cannot be loaded" in held.json()["message"]
+        assert "is Failed (ModelLoadFailed), not InService" in held.json()["message"]
         assert up.status("abalone-serverless")["phase"] == "Failed"
         later = up.invoke("abalone-serverless", b"1,2")
         assert (later.status_code, later.json()) == (400, held.json())
