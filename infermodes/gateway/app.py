@@ -39,6 +39,7 @@ log = logging.getLogger("infermodes.gateway")
 
 FINAL_DEMAND_SECONDS = 5.0  # the last demand write on exit waits at most this
 ASYNC_SUFFIX = "/async-invocations"
+LISTEN_BACKLOG = 2048  # uvicorn's own default
 ANYWHERE_WARNING = (
     "no async storage prefixes: this gateway stores async inputs and sweeps under whatever "
     "paths an endpoint names, with its own storage credentials. Set INFERMODES_GATEWAY_ASYNC_"
@@ -143,8 +144,8 @@ class Runner:
 
     async def run(self) -> int:
         settings = self.settings
-        sock = listen(settings.host, settings.port)
-        if sock is None:
+        sockets = listen(settings.host, settings.port)
+        if sockets is None:
             return 1
         config_class, server_class = _uvicorn()
         config = config_class(
@@ -188,7 +189,7 @@ class Runner:
 
         background[0].add_done_callback(source_failed)
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
         finally:
             self.app.proxy.prober.stop()
             for task in background:
@@ -206,19 +207,45 @@ class Runner:
         return 1 if failed or not server.started else 0
 
 
-def listen(host: str, port: int) -> socket.socket | None:
-    """The listening socket, bound before the endpoint source and the demand writer start: a
+def listen(host: str, port: int) -> list[socket.socket] | None:
+    """The listening sockets, bound before the endpoint source and the demand writer start: a
     busy port must end the process before they run (under ``up``, before any child starts),
-    not leave them running behind a server that failed to start. None, the reason logged,
-    when the address cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    not leave them running behind a server that failed to start. One per address ``host``
+    resolves to, as uvicorn's own bind would make (IPv6 ones IPv6 only). None, the reason
+    logged, when an address cannot be had."""
     try:
-        sock = socket.create_server((host, port), family=family)  # SO_REUSEADDR, as uvicorn
-    except OSError as exc:  # its message names the address and port
-        log.error("cannot listen: %s", exc.strerror)
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+    except socket.gaierror as exc:
+        log.error("cannot listen on %s port %d: %s", host, port, exc.strerror)
         return None
-    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
-    return sock
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(found):  # once each, in order
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family this machine has no stack for (IPv6 off, say)
+        sockets.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            log.error("cannot listen: %s (while attempting to bind on address %r)",
+                      exc.strerror, address[:2])  # fmt: skip
+            return None
+    if not sockets:
+        log.error("cannot listen on %s port %d: no address to bind", host, port)
+        return None
+    for sock in sockets:
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        log.info("listening on http://%s:%d", shown, bound[1])
+    return sockets
 
 
 def serve(settings: GatewaySettings) -> int:
