@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5
 NUDGE_DELAY_SECONDS = 0.02  # events closer than this share one reconcile
+QUEUE_LOOK_THREADS = 4
 RESOURCE = (s.GROUP, s.VERSION, s.PLURAL)
 API_VERSION = f"{s.GROUP}/{s.VERSION}"
 Key = tuple[str, str]  # (namespace, name)
@@ -158,6 +160,9 @@ def configure(operator_settings: OperatorSettings) -> None:
         registry = CollectorRegistry()
         memo.metrics = OperatorMetrics(registry)
         memo.nudger = Nudger(memo.endpoints, memo.deps, memo.metrics)
+        # threads of their own: looks at a broker that does not answer (each may wait for its
+        # connect timeout) must not hold the threads every other reconcile runs on
+        memo.queue_looks = ThreadPoolExecutor(QUEUE_LOOK_THREADS, "queue-look")
         if operator_settings.metrics_port:
             serve_metrics(operator_settings.metrics_port, operator_settings.metrics_host, registry)
 
@@ -200,7 +205,9 @@ def configure(operator_settings: OperatorSettings) -> None:
         if isinstance(spec, str) or spec.async_ is None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
-        ready = await asyncio.to_thread(read_ready, name, operator_settings.broker_url)
+        ready = await asyncio.get_running_loop().run_in_executor(
+            memo.queue_looks, read_ready, name, operator_settings.broker_url
+        )
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0
         if ready is not None and scale_out_due(spec.async_, current, ready):
