@@ -209,7 +209,9 @@ def add_progress(a: Progress, b: Progress) -> Progress:
 
 
 def describe_failures(failures: list[dict[str, Any]]) -> str:
-    """The first few failures, each as ``object line N: reason``, and how many more."""
+    """The first few failures, each as ``object line N: reason``, and how many more (the same
+    failure told by several instances, an instance-wide error say, once)."""
+    failures = list({repr(sorted(f.items())): f for f in failures}.values())
     shown = []
     for failure in failures[:FAILURES_SHOWN]:
         line = f" line {failure['line']}" if failure.get("line") is not None else ""

@@ -330,10 +330,10 @@ def no_inputs(settings: BatchSettings) -> str:
     each says it; one with no share of a non-empty input has nothing to say)."""
     if settings.input_data_type == "ManifestFile":
         return f"the manifest {settings.input_uri} lists no input object"
-    return (
-        f"no input objects under {settings.input_uri} (objects under the output prefix "
-        f"{settings.output_uri} are not inputs)"
-    )
+    found = f"no input objects under {settings.input_uri}"
+    if (settings.output_uri.rstrip("/") + "/").startswith(settings.input_uri.rstrip("/") + "/"):
+        found += f" (objects under the output prefix {settings.output_uri} are not inputs)"
+    return found
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:

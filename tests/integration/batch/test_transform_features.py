@@ -493,7 +493,11 @@ def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
     assert done.returncode == 2, done.log
     document = summary(tmp_path / "out")
     assert document["state"] == "Failed"
-    assert document["error"] == (
+    assert document["error"] == f"no input objects under {tmp_path}/empty"
+    inside = run(command(abalone_model, tmp_path / "empty", tmp_path / "empty" / "out",
+                         "--metrics-port", "0"))  # fmt: skip
+    assert inside.returncode == 2, inside.log
+    assert summary(tmp_path / "empty" / "out")["error"] == (
         f"no input objects under {tmp_path}/empty (objects under the output prefix "
-        f"{tmp_path}/out are not inputs)"
+        f"{tmp_path}/empty/out are not inputs)"
     )
