@@ -70,7 +70,7 @@ def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: 
 @pytest.mark.parametrize(
     "name",
     ["'..'", "'../..'", "a/b", "UPPER", "'with space'", "-lead", "trail-", "1abc", "名前",
-     "a%2Fb", "'a\\n'", "x" * 51],
+     "a%2Fb", "'a\\n'", '"a\\n"', "x" * 51],
 )  # fmt: skip
 def test_a_name_the_crd_refuses_is_refused_before_it_becomes_a_path(name: str) -> None:
     with pytest.raises(ManifestError) as caught:
