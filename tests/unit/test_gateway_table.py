@@ -319,13 +319,19 @@ def test_a_relist_drops_what_is_gone() -> None:
     assert hooks.removed == ["b1"]
 
 
+def held_request(endpoint: Endpoint) -> asyncio.Future[None]:
+    """What a held request waits on: a future among the endpoint's waiters."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    endpoint.waiters.append(waiter)
+    return waiter
+
+
 def test_a_replica_becoming_ready_wakes_held_requests() -> None:
     async def scenario() -> bool:
         table = Table()
         table.apply_endpoint(endpoint_object("e"))
         endpoint = table.lookup("e")
-        waiter = asyncio.get_running_loop().create_future()
-        endpoint.waiters.append(waiter)
+        waiter = held_request(endpoint)
         table.set_replica("ns", "e", Replica("p", "127.0.0.1", 1))
         assert not waiter.done()
         table.mark_ready(endpoint, endpoint.replicas["p"])
@@ -339,8 +345,7 @@ def test_an_endpoint_that_fails_wakes_held_requests_and_says_why_it_takes_none()
         table = Table()
         table.apply_endpoint(endpoint_object("e"))
         endpoint = table.lookup("e")
-        waiter = asyncio.get_running_loop().create_future()
-        endpoint.waiters.append(waiter)
+        waiter = held_request(endpoint)
         table.apply_endpoint(endpoint_object("e", phase="Creating"))
         assert not waiter.done()  # a replica may still come
         failed = endpoint_object("e", phase="Failed")
@@ -351,8 +356,7 @@ def test_an_endpoint_that_fails_wakes_held_requests_and_says_why_it_takes_none()
             endpoint.check_servable()
         assert "is Failed (ModelLoadFailed), not InService" in str(refused.value)
         assert "cannot be loaded" not in str(refused.value)  # the message may quote a log
-        waiter = asyncio.get_running_loop().create_future()
-        endpoint.waiters.append(waiter)
+        waiter = held_request(endpoint)
         table.apply_endpoint(endpoint_object("e", mode="async", outputPath="s3://b/out"))
         assert waiter.done()  # another mode: no replica is coming either
         with pytest.raises(ValidationError, match="is an async endpoint: use"):
