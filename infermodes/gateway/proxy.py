@@ -336,6 +336,8 @@ class Proxy:
             if not waiter.done():
                 waiter.cancel()
                 endpoint.waiters.remove(waiter)
+            if endpoint.held == 0 and not any(r.ready for r in endpoint.replicas.values()):
+                endpoint.cold_since = None  # it ended unserved: the next cold start is new
 
 
 async def left(receive: Receive) -> None:

@@ -111,6 +111,31 @@ def test_held_requests_count_against_the_cap_and_go_out_when_a_replica_is_ready(
     asyncio.run(scenario())
 
 
+def test_a_cold_start_that_ended_unserved_does_not_stretch_the_next_ones_duration() -> None:
+    """The last held request gave up (the hold's timeout) before any replica was ready: the
+    next cold start is timed from its own first held request."""
+
+    async def scenario() -> None:
+        table, proxy, _, metrics = setup(max_concurrency=2)
+        endpoint = table.lookup("sl")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await proxy.invoke(endpoint, scope(), receive)
+        assert endpoint.held == 0 and endpoint.cold_since is None
+        held = asyncio.create_task(proxy.invoke(endpoint, scope(), receive))
+        await asyncio.sleep(0)
+        started = endpoint.cold_since
+        assert started is not None
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+        await held
+        assert endpoint.cold_since is None
+        assert metrics.cold_start_duration.labels("sl")._sum.get() > 0
+
+    asyncio.run(scenario())
+
+
 def test_a_request_that_never_reached_a_replica_goes_to_another() -> None:
     async def scenario() -> None:
         table, proxy, _, metrics = setup(max_concurrency=10)
