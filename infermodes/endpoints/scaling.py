@@ -201,13 +201,17 @@ def backlog_wants(block: AsyncSpec, backlog: int) -> int:
     return min(max(wanted, block.min_replicas), block.max_replicas)
 
 
-def scale_out_due(block: AsyncSpec, current: int, ready: int) -> bool:
-    """Whether the requests waiting now ask for more workers than the pool has, before any
-    in-flight work is counted: the operator's look between resyncs (a pool at zero with
-    anything waiting, a burst that outgrew the pool), which then decides in full
-    (``backlog_replicas``, which counts in-flight work too, so it scales out whenever this
-    says so). A smaller overflow that only the in-flight work makes waits for the resync."""
-    return backlog_wants(block, ready) > current
+def scale_out_due(block: AsyncSpec, current: int, ready: int, consumers: int) -> bool:
+    """Whether the queue as one AMQP passive declare shows it asks for more workers than the
+    pool has: the operator's look between resyncs (a pool at zero with anything waiting, a
+    burst that outgrew the pool), which then decides in full (``backlog_replicas``).
+
+    In-flight work is not in the declare, but while requests wait the broker has filled every
+    consumer's prefetch (one consumer per worker, prefetch = maxConcurrentInvocationsPerInstance),
+    so at least ``consumers x prefetch`` are in flight: a bound the full decision's count meets
+    or passes, so it scales out whenever this says so."""
+    held = consumers * block.max_concurrent_invocations_per_instance if ready else 0
+    return backlog_wants(block, ready + held) > current
 
 
 @dataclass(frozen=True)

@@ -205,12 +205,12 @@ def configure(operator_settings: OperatorSettings) -> None:
         if isinstance(spec, str) or spec.async_ is None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
-        ready = await asyncio.get_running_loop().run_in_executor(
+        found = await asyncio.get_running_loop().run_in_executor(
             memo.queue_looks, read_ready, name, operator_settings.broker_url
         )
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0
-        if ready is not None and scale_out_due(spec.async_, current, ready):
+        if found is not None and scale_out_due(spec.async_, current, *found):
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)

@@ -136,23 +136,35 @@ def test_one_silent_worker_makes_the_in_flight_figure_unknown() -> None:
 
 def test_the_look_between_resyncs_asks_for_a_decision_when_what_waits_outgrew_the_pool() -> None:
     spec = block(targetBacklogPerInstance=5, minReplicas=0, maxReplicas=4)
-    assert scale_out_due(spec, 0, 1)  # a pool at zero with anything waiting
-    assert not scale_out_due(spec, 0, 0)
-    assert not scale_out_due(spec, 1, 5)  # five waiting for one worker: its target
-    assert scale_out_due(spec, 1, 6)
-    assert scale_out_due(spec, 2, 11)
-    assert not scale_out_due(spec, 4, 500)  # at maxReplicas
-    assert not scale_out_due(spec, 3, 0)  # fewer is the resync's, behind its cooldown
+    assert scale_out_due(spec, 0, 1, 0)  # a pool at zero with anything waiting
+    assert not scale_out_due(spec, 0, 0, 0)
+    assert not scale_out_due(spec, 1, 5, 0)  # five for one worker: its target
+    assert scale_out_due(spec, 1, 6, 0)
+    assert scale_out_due(spec, 2, 11, 0)
+    assert not scale_out_due(spec, 4, 500, 4)  # at maxReplicas
+    assert not scale_out_due(spec, 3, 0, 3)  # fewer is the resync's, behind its cooldown
+    # while requests wait, every consumer's prefetch (4 by default) is full: in flight too
+    assert scale_out_due(spec, 1, 2, 1)  # 2 waiting + 4 held by the one worker: 6 for one
+    assert not scale_out_due(spec, 1, 0, 1)  # none waiting: in flight unknown, none counted
+    assert not scale_out_due(spec, 2, 2, 2)  # 2 + 8 = 10: two workers' target
 
 
 def test_the_decision_the_look_asks_for_scales_out() -> None:
-    """Whenever the look asks, the full decision (which adds in-flight work, known or not)
-    scales out; it never asks for nothing."""
+    """Whenever the look asks, the full decision scales out: it never asks for nothing. The
+    decision counts what the broker (or the workers) say is in flight, which while requests
+    wait is at least every consumer's prefetch; with the broker's count unknown, it scales
+    out on what waits, which the look's bound can exceed (then the look asks again, and the
+    resync decides)."""
     spec = block(targetBacklogPerInstance=3, minReplicas=1, maxReplicas=6)
+    prefetch = spec.max_concurrent_invocations_per_instance
     for current in range(0, 7):
-        for ready in range(0, 25):
-            if not scale_out_due(spec, current, ready):
-                continue
-            for unacked in (None, 0, 1, 4, 12):
-                replicas, _ = decide(spec, current, ready, unacked, ScalerMemory())
-                assert replicas > current, (current, ready, unacked)
+        for consumers in range(0, current + 1):
+            for ready in range(0, 25):
+                if not scale_out_due(spec, current, ready, consumers):
+                    continue
+                held = consumers * prefetch if ready else 0
+                for extra in (0, 1, 4, 12):
+                    replicas, _ = decide(spec, current, ready, held + extra, ScalerMemory())
+                    assert replicas > current, (current, consumers, ready, extra)
+                if consumers == 0:
+                    assert decide(spec, current, ready, None, ScalerMemory())[0] > current

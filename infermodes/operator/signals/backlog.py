@@ -27,15 +27,17 @@ def read_backlog(
     return QueueFigures(found.ready, found.unacked, found.oldest_age)
 
 
-def read_ready(endpoint: str, broker_url: str | None) -> int | None:
-    """The requests waiting in the endpoint's queue now (an AMQP passive declare, exact), for
-    the operator's once-a-second look; None when the broker cannot be read. Failures go to the
-    debug log only: the reconcile reports an unreadable broker (status, Event, log, metric),
-    and the look would repeat it every second for every async endpoint."""
+def read_ready(endpoint: str, broker_url: str | None) -> tuple[int, int] | None:
+    """The requests waiting in the endpoint's queue now and its consumers (an AMQP passive
+    declare, exact), for the operator's once-a-second look; None when the broker cannot be
+    read. Failures go to the debug log only: the reconcile reports an unreadable broker
+    (status, Event, log, metric), and the look would repeat it every second for every async
+    endpoint."""
     if not broker_url:
         return None
     try:
-        return backlog_from_amqp(broker_url, queue_name(endpoint)).ready
+        found = backlog_from_amqp(broker_url, queue_name(endpoint))
+        return found.ready, found.consumers
     except UNREADABLE as exc:
         log.debug("cannot read the queue of %s: %s", endpoint, exc)
         return None
