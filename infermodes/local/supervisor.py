@@ -126,7 +126,8 @@ class LocalEndpoint:
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
     # the previous spec's model servers: they serve until as many of this spec's are ready
     outgoing: dict[str, Child] = field(default_factory=dict)
-    carried: int | None = None  # a realtime rollover: the old spec's replicas, decided from
+    # a realtime rollover: the old spec's replicas, where the first decision starts from
+    carried: int | None = None
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
     metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
     silent: tuple[str, ...] = ()  # async workers that could not say what they hold
