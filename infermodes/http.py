@@ -13,7 +13,7 @@ import http
 import json
 import socket
 import struct
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol, cast
 
 from fastapi import FastAPI, Request
@@ -116,6 +116,16 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+CODING_HEADERS = (b"content-encoding", b"transfer-encoding")
+
+
+def refuse_codings(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """``refuse_coding`` of every body coding header among ``headers`` (ASGI's)."""
+    for name, value in headers:
+        if name in CODING_HEADERS:
+            refuse_coding(name, value)
 
 
 def refuse_coding(name: bytes, value: bytes) -> None:

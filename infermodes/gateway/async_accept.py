@@ -55,7 +55,7 @@ from infermodes.http import (
     create_api,
     error_response,
     read_body,
-    refuse_coding,
+    refuse_codings,
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
@@ -415,9 +415,7 @@ def create_router(
         return response
 
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:
-        for key, value in request.scope["headers"]:
-            if key in (b"content-encoding", b"transfer-encoding"):
-                refuse_coding(key, value)  # a worker would read a gzip body as CSV
+        refuse_codings(request.scope["headers"])  # a worker would read a gzip body as CSV
         body = await read_body(request.scope, request.receive, max_inline_bytes)
         submission = submission_of(
             name,

@@ -29,7 +29,7 @@ from infermodes.gateway.errors import (
 )
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
-from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body, refuse_coding
+from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body, refuse_codings
 from infermodes.metrics import GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -43,9 +43,6 @@ FORWARDED = {
     b"accept": b"Accept",
     b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
 }
-# Body codings are refused here as the model server refuses them: the replica is sent neither
-# header (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
-CODINGS = (b"content-encoding", b"transfer-encoding")
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 MAX_ORIGINAL_MESSAGE = 1000
 
@@ -202,9 +199,9 @@ class Proxy:
         self._observe(label, status, time.perf_counter() - started)
 
     async def invoke(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
-        for name, value in scope["headers"]:
-            if name in CODINGS:
-                refuse_coding(name, value)
+        # refused here as the model server refuses them: the replica is sent neither header
+        # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
+        refuse_codings(scope["headers"])
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes

@@ -143,15 +143,24 @@ class Endpoint:
         if self.mode is None:
             raise ValidationError(f"{where} has a spec the gateway cannot read")
         if self.mode not in SYNCHRONOUS_MODES:
-            raise ValidationError(
-                f"{where} is {'an' if self.mode is Mode.ASYNC else 'a'} {self.mode} endpoint: use "
-                + (f"/endpoints/{self.name}/async-invocations" if self.mode is Mode.ASYNC else
-                   "its batch job")
-            )  # fmt: skip
+            raise self.other_route()
         if self.phase not in SERVING_PHASES:
             phase = self.phase.value if self.phase else "not reconciled yet"
             why = f" ({self.why})" if self.why else ""
             raise ValidationError(f"{where} is {phase}{why}, not InService")
+
+    def other_route(self) -> ValidationError:
+        """The 400 for a request to a route this endpoint's mode does not take: its route."""
+        use = (
+            f"/endpoints/{self.name}/async-invocations" if self.mode is Mode.ASYNC
+            else f"/endpoints/{self.name}/invocations" if self.mode in SYNCHRONOUS_MODES
+            else "its batch job"
+        )  # fmt: skip
+        article = "an" if self.mode is Mode.ASYNC else "a"
+        return ValidationError(
+            f"endpoint {self.name} (namespace {self.namespace}) is {article} {self.mode} "
+            f"endpoint: use {use}"
+        )
 
     def may_come(self) -> bool:
         """Whether a replica may still come for held requests: not once the endpoint failed,
@@ -267,12 +276,7 @@ class Table:
             if found is not None and found.refusal is not None:
                 return StorageNotAllowed(found.refusal)
             if endpoint.mode is not None and endpoint.mode is not Mode.ASYNC:
-                return ValidationError(
-                    f"endpoint {name} (namespace {endpoint.namespace}) is a {endpoint.mode} "
-                    "endpoint: use "
-                    + (f"/endpoints/{name}/invocations" if endpoint.mode in SYNCHRONOUS_MODES
-                       else "its batch job")
-                )  # fmt: skip
+                return endpoint.other_route()
         return EndpointNotFound(f"no async endpoint named {name!r}")
 
     def get(self, namespace: str, name: str) -> Endpoint:

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from infermodes.errors import InfermodesError, InvalidInput, MethodNotAllowed, ModelNotReady
 from infermodes.http import (
+    CODING_HEADERS,
     ERROR_MEDIA_TYPE,
     INTERNAL_ERROR,
     Answer,
@@ -208,7 +209,7 @@ class InvocationsHandler:
             elif name == b"accept":
                 text = value.decode("latin-1")
                 accept = text if accept is None else f"{accept}, {text}"
-            elif name == b"content-encoding" or name == b"transfer-encoding":
+            elif name in CODING_HEADERS:
                 refuse_coding(name, value)
         return model, codecs.content_type_of(content_type), codecs.accept_of(accept)
 
