@@ -31,6 +31,7 @@ from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcil
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
+from infermodes.queueing.rabbitmq import QueueReader
 from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5
@@ -163,6 +164,11 @@ def configure(operator_settings: OperatorSettings) -> None:
         # threads of their own: looks at a broker that does not answer (each may wait for its
         # connect timeout) must not hold the threads every other reconcile runs on
         memo.queue_looks = ThreadPoolExecutor(QUEUE_LOOK_THREADS, "queue-look")
+        memo.queue_reader = (  # a connection each, kept: the looks come every second
+            QueueReader(operator_settings.broker_url, QUEUE_LOOK_THREADS)
+            if operator_settings.broker_url
+            else None
+        )
         if operator_settings.metrics_port:
             serve_metrics(operator_settings.metrics_port, operator_settings.metrics_host, registry)
 
@@ -206,7 +212,7 @@ def configure(operator_settings: OperatorSettings) -> None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
         found = await asyncio.get_running_loop().run_in_executor(
-            memo.queue_looks, read_ready, name, operator_settings.broker_url
+            memo.queue_looks, read_ready, name, memo.queue_reader
         )
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0

@@ -5,15 +5,21 @@ the embedded queue (``embedded.py``; ``?lease_seconds=N`` sets its lease, 15 s b
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import Backlog, Consumer, Enqueuer, Publisher
 from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
+
+if TYPE_CHECKING:
+    from infermodes.queueing.rabbitmq import QueueReader
+
+BACKLOG_READERS = 2  # connections kept for reading queues: reads are one round trip each
 
 
 class ClosingEnqueuer(Enqueuer, Protocol):
@@ -44,6 +50,8 @@ class RabbitBroker:
     def __init__(self, url: str, management_url: str | None) -> None:
         self.url = url
         self.management_url = management_url
+        self._reader: QueueReader | None = None
+        self._reader_lock = threading.Lock()
 
     def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> ClosingEnqueuer:
         from infermodes.queueing.rabbitmq import RequestPublisher
@@ -66,9 +74,14 @@ class RabbitBroker:
         return RabbitConsumer(self.url, endpoint, max_attempts, concurrency)
 
     def backlog(self, endpoint: str) -> Backlog:
-        from infermodes.queueing.rabbitmq import backlog
+        """Read over kept connections: ``infermodes up`` reads every async pool's queue each
+        tick."""
+        from infermodes.queueing.rabbitmq import QueueReader, backlog
 
-        return backlog(endpoint, self.url, self.management_url)
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = QueueReader(self.url, BACKLOG_READERS)
+        return backlog(endpoint, self.url, self.management_url, self._reader)
 
 
 def embedded_path(url: str) -> tuple[Path, float]:

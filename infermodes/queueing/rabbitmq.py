@@ -282,10 +282,13 @@ class ConfirmedChannel:
         self._channel: BlockingChannel | None = None
 
     def _open(self) -> BlockingChannel:
+        """The channel, or a new one: on the same connection when only the channel was closed
+        (a passive declare of a missing queue closes it), else on a new connection."""
         if self._channel is not None and self._channel.is_open:
             return self._channel
-        self._drop()
-        self._connection = connect(self.url)
+        if self._connection is None or not self._connection.is_open:
+            self._drop()
+            self._connection = connect(self.url)
         channel = self._connection.channel()
         channel.confirm_delivery()
         self.on_connect(channel)
@@ -623,32 +626,67 @@ def backlog_from_management(
     )
 
 
-def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
-    """Ready messages and consumers as the broker counts them now; in flight unknown. A queue
-    that does not exist yet holds nothing (no request was ever accepted for it)."""
-    connection = connect(amqp_url)
+def count_queue(channel: BlockingChannel, queue: str) -> Backlog:
+    """Ready messages and consumers as the broker counts them now (a passive declare); in
+    flight unknown. A queue that does not exist yet holds nothing (no request was ever
+    accepted for it); the broker closes the channel that asked."""
     try:
-        method = connection.channel().queue_declare(queue, passive=True).method
+        method = channel.queue_declare(queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == NOT_FOUND:
             return Backlog(ready=0, unacked=0, consumers=0, source="amqp")
         raise
-    finally:
-        if connection.is_open:
-            connection.close()
     return Backlog(
         ready=method.message_count, unacked=None, consumers=method.consumer_count, source="amqp"
     )
 
 
-def backlog(endpoint: str, amqp_url: str, management_url: str | None) -> Backlog:
+def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
+    """``count_queue`` on a connection of its own, for a caller that reads once in a while."""
+    connection = connect(amqp_url)
+    try:
+        return count_queue(connection.channel(), queue)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+class QueueReader:
+    """``count_queue`` over a few kept connections, for callers that read every second (the
+    operator's look at every async pool, ``infermodes up``'s at its own): a connection opened
+    for each read is the churn RabbitMQ warns against, a TCP handshake, a login and broker
+    processes each time. Safe from ``connections`` threads at once (more wait their turn);
+    raises BrokerUnavailable when the broker does not answer, after one retry on a new
+    connection (the broker may have dropped an idle one)."""
+
+    def __init__(self, url: str, connections: int) -> None:
+        self.url = url
+        self._pool = ChannelPool(url, connections, lambda _: None, "reading queues")
+
+    def read(self, queue: str) -> Backlog:
+        try:
+            return self._pool.run(functools.partial(count_queue, queue=queue))
+        except BrokerUnavailable as exc:  # its text speaks of a request not accepted
+            cause = exc.__cause__ or exc
+            raise BrokerUnavailable(
+                f"message broker unreachable ({type(cause).__name__}: {cause})"
+            ) from cause
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def backlog(
+    endpoint: str, amqp_url: str, management_url: str | None, reader: QueueReader | None = None
+) -> Backlog:
     """The endpoint's backlog: ready and consumers from the AMQP passive declare (exact now, so
-    a pool at zero starts within a second of the first request), in flight from the management
-    API (which samples every ``collect_statistics_interval``, 5 s by default; without it in
-    flight is unknown). Raises pika's error when the broker does not answer (the caller keeps
-    its last decision)."""
+    a pool at zero starts within a second of the first request; through ``reader``'s kept
+    connections when given), in flight from the management API (which samples every
+    ``collect_statistics_interval``, 5 s by default; without it in flight is unknown). Raises
+    pika's error or BrokerUnavailable when the broker does not answer (the caller keeps its
+    last decision)."""
     queue = queue_name(endpoint)
-    now = backlog_from_amqp(amqp_url, queue)
+    now = reader.read(queue) if reader is not None else backlog_from_amqp(amqp_url, queue)
     if now.ready == 0:
         now = dataclasses.replace(now, oldest_age=0.0)  # nothing waits
     if not management_url or now.unacked is not None:

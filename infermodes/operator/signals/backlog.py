@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from infermodes.endpoints.status import QueueFigures
-from infermodes.errors import BrokerUrlError
-from infermodes.queueing.rabbitmq import BROKER_ERRORS, backlog, backlog_from_amqp, queue_name
+from infermodes.errors import BrokerUnavailable, BrokerUrlError
+from infermodes.queueing.rabbitmq import BROKER_ERRORS, QueueReader, backlog, queue_name
 
 log = logging.getLogger("infermodes.operator")
-UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError)
+UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError, BrokerUnavailable)
 
 
 def read_backlog(
@@ -27,16 +27,17 @@ def read_backlog(
     return QueueFigures(found.ready, found.unacked, found.oldest_age)
 
 
-def read_ready(endpoint: str, broker_url: str | None) -> tuple[int, int] | None:
+def read_ready(endpoint: str, reader: QueueReader | None) -> tuple[int, int] | None:
     """The requests waiting in the endpoint's queue now and its consumers (an AMQP passive
-    declare, exact), for the operator's once-a-second look; None when the broker cannot be
-    read. Failures go to the debug log only: the reconcile reports an unreadable broker
-    (status, Event, log, metric), and the look would repeat it every second for every async
-    endpoint."""
-    if not broker_url:
+    declare, exact, over the reader's kept connections), for the operator's once-a-second
+    look; None when the broker cannot be read. Failures go to the debug log only (the reader
+    logs one line when the broker stops answering and one when it is back): the reconcile
+    reports an unreadable broker (status, Event, log, metric), and the look would repeat it
+    every second for every async endpoint."""
+    if reader is None:
         return None
     try:
-        found = backlog_from_amqp(broker_url, queue_name(endpoint))
+        found = reader.read(queue_name(endpoint))
         return found.ready, found.consumers
     except UNREADABLE as exc:
         log.debug("cannot read the queue of %s: %s", endpoint, exc)

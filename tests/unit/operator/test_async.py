@@ -26,6 +26,7 @@ from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
+from infermodes.queueing.rabbitmq import QueueReader
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
@@ -413,7 +414,11 @@ def test_the_look_at_a_queue_it_cannot_read_says_nothing_above_debug(
     """None (no decision asked for), and no warning every second: the reconcile reports an
     unreadable broker; the debug line quotes nothing of the password either."""
     caplog.set_level(logging.DEBUG, logger="infermodes.operator")
-    assert read_ready("ep", "amqp://admin:S3cr/etPw@127.0.0.1:5672/") is None
+    reader = QueueReader("amqp://admin:S3cr/etPw@127.0.0.1:5672/", 1)
+    try:
+        assert read_ready("ep", reader) is None
+    finally:
+        reader.close()
     assert read_ready("ep", None) is None
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "cannot be read as an AMQP URL" in caplog.text
