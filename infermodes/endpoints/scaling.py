@@ -210,8 +210,13 @@ def scale_out_due(block: AsyncSpec, current: int, ready: int, consumers: int) ->
     consumer's prefetch (one consumer per worker, prefetch = maxConcurrentInvocationsPerInstance),
     so at least ``consumers x prefetch`` are in flight: a bound the full decision's count meets
     or passes, so it scales out whenever this says so."""
-    held = consumers * block.max_concurrent_invocations_per_instance if ready else 0
-    return backlog_wants(block, ready + held) > current
+    return backlog_wants(block, ready + held_at_least(block, ready, consumers)) > current
+
+
+def held_at_least(block: AsyncSpec, ready: int, consumers: int | None) -> int:
+    """In flight at least, whatever else is known: while requests wait, the broker has filled
+    every consumer's prefetch."""
+    return (consumers or 0) * block.max_concurrent_invocations_per_instance if ready else 0
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,7 @@ def backlog_replicas(
     unacked: int | None,
     memory: ScalerMemory,
     now: float,
+    consumers: int | None = None,
 ) -> BacklogDecision:
     """KEDA's semantics for a queue-fed worker pool, without its known flaw: in-flight work
     counts, so a busy pool is never mistaken for an idle one.
@@ -275,7 +281,8 @@ def backlog_replicas(
     - more replicas at once, fewer only ``scaleInCooldownSeconds`` after the last change, and
       zero only once the backlog has been empty that long;
     - the broker unreadable (``ready`` None) -> the current replicas, never a blind zero;
-      in-flight unknown (``unacked`` None) -> scale out on what is ready, never in;
+      in-flight unknown (``unacked`` None) -> scale out on what is ready plus what the
+      ``consumers`` hold at least (``held_at_least``, the bound the look counts too), never in;
     - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
       worker finishes what it holds before it exits).
     """
@@ -285,7 +292,8 @@ def backlog_replicas(
         return BacklogDecision(within, BROKER_UNREADABLE)
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
-        return BacklogDecision(max(within, backlog_wants(block, ready)), "InFlightUnknown")
+        wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
+        return BacklogDecision(max(within, wanted), "InFlightUnknown")
     total = ready + unacked
     if total > 0:
         memory.empty_since = None

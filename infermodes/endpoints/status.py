@@ -38,11 +38,13 @@ class Progress:
 class QueueFigures:
     """An async endpoint's queue as the scaler read it (None: unknown). ``oldest_age``: the
     seconds the oldest waiting request has waited since it was accepted (the platform's
-    ApproximateAgeOfOldestRequest), 0 when nothing waits."""
+    ApproximateAgeOfOldestRequest), 0 when nothing waits; ``consumers``: the queue's, for the
+    scaler (not shown in the status)."""
 
     ready: int | None
     in_flight: int | None
     oldest_age: float | None = None
+    consumers: int | None = None
 
     @property
     def total(self) -> int | None:

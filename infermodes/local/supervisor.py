@@ -400,7 +400,9 @@ class Supervisor:
         exact = False
         try:
             backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
-            figures = QueueFigures(backlog.ready, backlog.unacked, backlog.oldest_age)
+            figures = QueueFigures(
+                backlog.ready, backlog.unacked, backlog.oldest_age, backlog.consumers
+            )
             exact = backlog.unacked_exact
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
@@ -424,8 +426,9 @@ class Supervisor:
             time.time(),
         )
         decision = backlog_replicas(
-            block, current, figures.ready, figures.in_flight, endpoint.memory, now
-        )
+            block, current, figures.ready, figures.in_flight, endpoint.memory, now,
+            figures.consumers,
+        )  # fmt: skip
         endpoint.status = Status(
             endpoint.status.phase,
             decision.reason,

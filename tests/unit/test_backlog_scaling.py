@@ -20,8 +20,9 @@ def block(**fields: object) -> AsyncSpec:
 
 
 def decide(spec: AsyncSpec, current: int, ready: int | None, unacked: int | None,
-           memory: ScalerMemory, now: float = NOW) -> tuple[int, str]:  # fmt: skip
-    decision = backlog_replicas(spec, current, ready, unacked, memory, now)
+           memory: ScalerMemory, now: float = NOW,
+           consumers: int | None = None) -> tuple[int, str]:  # fmt: skip
+    decision = backlog_replicas(spec, current, ready, unacked, memory, now, consumers)
     return decision.replicas, decision.reason
 
 
@@ -88,6 +89,15 @@ def test_unknown_in_flight_scales_out_on_ready_but_never_in() -> None:
     assert decide(spec, 3, 0, None, ScalerMemory()) == (3, "InFlightUnknown")
 
 
+def test_unknown_in_flight_counts_the_prefetch_of_every_consumer_while_requests_wait() -> None:
+    """The broker has filled each consumer's prefetch (4 here) while anything waits: in flight
+    at least, the bound the look counts, so the look does not ask each second in vain."""
+    spec = block(targetBacklogPerInstance=5)
+    assert decide(spec, 1, 2, None, ScalerMemory(), consumers=1) == (2, "InFlightUnknown")
+    assert decide(spec, 1, 2, None, ScalerMemory(), consumers=0) == (1, "InFlightUnknown")
+    assert decide(spec, 1, 0, None, ScalerMemory(), consumers=1) == (1, "InFlightUnknown")
+
+
 def test_changed_bounds_apply_at_once_whatever_the_broker_says() -> None:
     """A lowered maxReplicas (or a raised minReplicas) is the user's word: it neither waits for
     a cooldown nor for a readable broker."""
@@ -152,9 +162,8 @@ def test_the_look_between_resyncs_asks_for_a_decision_when_what_waits_outgrew_th
 def test_the_decision_the_look_asks_for_scales_out() -> None:
     """Whenever the look asks, the full decision scales out: it never asks for nothing. The
     decision counts what the broker (or the workers) say is in flight, which while requests
-    wait is at least every consumer's prefetch; with the broker's count unknown, it scales
-    out on what waits, which the look's bound can exceed (then the look asks again, and the
-    resync decides)."""
+    wait is at least every consumer's prefetch; with that count unknown, it counts the same
+    bound as the look."""
     spec = block(targetBacklogPerInstance=3, minReplicas=1, maxReplicas=6)
     prefetch = spec.max_concurrent_invocations_per_instance
     for current in range(0, 7):
@@ -166,5 +175,5 @@ def test_the_decision_the_look_asks_for_scales_out() -> None:
                 for extra in (0, 1, 4, 12):
                     replicas, _ = decide(spec, current, ready, held + extra, ScalerMemory())
                     assert replicas > current, (current, consumers, ready, extra)
-                if consumers == 0:
-                    assert decide(spec, current, ready, None, ScalerMemory())[0] > current
+                unknown = decide(spec, current, ready, None, ScalerMemory(), NOW, consumers)
+                assert unknown[0] > current, (current, consumers, ready)

@@ -57,10 +57,10 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     block = async_block(spec)
     if not workload.exists:
         return block.min_replicas
-    figures = pool_figures(spec, signals).figures
-    ready = figures.ready if figures is not None else None
-    in_flight = figures.in_flight if figures is not None else None
-    return backlog_replicas(block, current, ready, in_flight, memory, signals.now).replicas
+    figures = pool_figures(spec, signals).figures or QueueFigures(None, None)
+    return backlog_replicas(
+        block, current, figures.ready, figures.in_flight, memory, signals.now, figures.consumers
+    ).replicas
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def read_backlog(
     except UNREADABLE as exc:  # the management API's failures fall back to AMQP inside
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
-    return QueueFigures(found.ready, found.unacked, found.oldest_age)
+    return QueueFigures(found.ready, found.unacked, found.oldest_age, found.consumers)
 
 
 def read_ready(endpoint: str, reader: QueueReader | None) -> tuple[int, int] | None:

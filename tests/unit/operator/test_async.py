@@ -8,8 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.async_plan import async_block
 from infermodes.endpoints.demand import Demand
-from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
 from infermodes.endpoints.status import (
     BROKER_UNREADABLE,
     QueueFigures,
@@ -136,6 +137,17 @@ def test_a_worker_that_cannot_say_what_it_holds_keeps_the_pool(text: str | None)
         assert (
             async_.replicas(SPEC, signals(two, QueueFigures(0, 0), pods, metrics, now), memory) == 2
         )
+
+
+def test_a_silent_worker_with_requests_waiting_is_counted_at_its_full_prefetch() -> None:
+    """The look asks for a second worker (2 waiting + 3 the one consumer holds, at 4 per
+    instance), and the reconcile, with in flight unknown (no management API, the worker
+    silent), decides the same instead of leaving the look to ask every second."""
+    one = WorkloadState(True, 1, 1, 1, True)
+    pods = [pod("silent", "127.0.0.1")]
+    waiting = QueueFigures(ready=2, in_flight=None, consumers=1)
+    assert scale_out_due(async_block(SPEC), 1, 2, 1)
+    assert async_.replicas(SPEC, signals(one, waiting, pods, {}), ScalerMemory()) == 2
 
 
 def test_the_status_says_which_workers_cannot_say_what_they_hold() -> None:
