@@ -19,12 +19,15 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 from infermodes.endpoints import async_plan, plan
@@ -342,8 +345,18 @@ class Supervisor:
         ]
         return running + [child for child, _ in self.retiring]
 
+    def kill_all(self) -> None:
+        """SIGKILL every child's group now (a signal while ``stop_all`` waits): what they held
+        is the queue's again, or was cut off with the gateway."""
+        for child in self.all_children():
+            child.signal(signal.SIGKILL)
+
     def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM every child, wait for each (SIGKILL after ``grace``): nothing outlives us."""
+        running = sum(child.proc is not None for child in self.all_children())
+        if running:
+            log.info("stopping %d process(es): each finishes what it holds, killed after %g s "
+                     "(a signal now kills them at once)", running, grace)  # fmt: skip
         for endpoint in self.endpoints.values():
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key, grace)
@@ -668,7 +681,8 @@ class Supervisor:
                 self.wake.clear()
                 await self.tick()
         finally:
-            await asyncio.to_thread(self.stop_all)
+            with killing_on_signal(self.kill_all):  # the gateway is done with signals
+                await asyncio.to_thread(self.stop_all)
 
     # what the API shows
     def object_of(self, endpoint: LocalEndpoint, with_processes: bool = True) -> dict[str, Any]:
@@ -702,3 +716,24 @@ class Supervisor:
     def log_paths(self, name: str) -> list[Path]:
         directory = self.state_dir / "logs" / name
         return sorted(directory.glob("*.log")) if directory.is_dir() else []
+
+
+@contextlib.contextmanager
+def killing_on_signal(kill: Callable[[], None]) -> Iterator[None]:
+    """While the children drain: SIGTERM or Ctrl-C again kills them now, instead of ending
+    ``up`` (the default action once the gateway has stopped) and leaving them running, an
+    async worker until its invocations end. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def now(signum: int, _frame: FrameType | None) -> None:
+        log.warning("signal %d while the children stop: killing them now", signum)
+        kill()
+
+    previous = {sig: signal.signal(sig, now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -21,7 +21,7 @@ from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, load_paths
 from infermodes.local.platform_store import LocalPlatformStore
-from infermodes.local.supervisor import Supervisor
+from infermodes.local.supervisor import Supervisor, killing_on_signal
 from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
 from infermodes.platform.router import create_router as platform_router
@@ -121,5 +121,6 @@ def _serve(
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())
     finally:
-        supervisor.stop_all()  # a no-op after a clean drain; otherwise nothing may outlive us
+        with killing_on_signal(supervisor.kill_all):
+            supervisor.stop_all()  # a no-op after a clean drain; otherwise nothing may outlive us
         enqueuer.close()

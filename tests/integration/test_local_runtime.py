@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -282,6 +283,36 @@ def test_a_killed_up_removes_its_orphans_when_it_starts_again(
         assert "left running by a previous infermodes up" in up.log
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
         assert up.invoke("abalone", to_csv(abalone_model.test_rows[:2])).status_code == 200
+
+
+def test_a_signal_while_up_stops_its_children_kills_them_before_up_ends(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A worker stopping finishes what it holds first: here a success webhook that never
+    answers. Another SIGTERM meanwhile kills it, and ``up`` ends only then (before, the
+    signal's default action ended ``up`` and left the worker running)."""
+    hanging = socket.socket()  # accepts connections (the kernel does) and never answers
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(8)
+    webhook = f"http://127.0.0.1:{hanging.getsockname()[1]}/never"
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                      notification={"topic": False, "successWebhook": webhook})]  # fmt: skip
+    try:
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            accept_async(up, abalone_model.test_rows, 1, 2)
+            output = tmp_path / "async" / "output"
+            wait_until(lambda: len(outputs(output)) == 1, WAIT, "the output (then the webhook)")
+            worker = up.running("abalone-async")[0]["pid"]
+            assert up.proc is not None
+            up.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "stopping 1 process(es)" in up.log, WAIT, "up to stop its worker")
+            assert alive(worker)  # still posting its notification
+            up.proc.send_signal(signal.SIGTERM)
+            assert up.proc.wait(WAIT) == 0
+            assert not alive(worker)
+            assert "killing them now" in up.log
+    finally:
+        hanging.close()
 
 
 @pytest.mark.parametrize("management", [True, False], ids=["management-api", "amqp-only"])
