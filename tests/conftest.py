@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,10 @@ from tests.support.abalone import train_abalone
 from tests.support.s3 import S3Endpoint, s3_server
 
 pytest_plugins = ["tests.cluster.plugin"]
+
+# An S3 client without credentials asks the EC2 metadata address (169.254.169.254) for some:
+# tests reach loopback only, and every process they start inherits this
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @dataclass(frozen=True)

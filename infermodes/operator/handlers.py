@@ -172,6 +172,13 @@ def configure(operator_settings: OperatorSettings) -> None:
         if operator_settings.metrics_port:
             serve_metrics(operator_settings.metrics_port, operator_settings.metrics_host, registry)
 
+    @kopf.on.cleanup()
+    def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        """Close the kept broker connections (the broker would log each as dropped)."""
+        memo.queue_looks.shutdown(wait=False, cancel_futures=True)
+        if memo.queue_reader is not None:
+            memo.queue_reader.close()
+
     def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         state: EndpointState = memo.endpoints.state(key)

@@ -679,6 +679,7 @@ class PodWorker(threading.Thread):
             "HOSTNAME": self.name,
             "POD_IP": self.ip or "",
             "INFERMODES_POD_ROOT": str(self.root),
+            "AWS_EC2_METADATA_DISABLED": "true",  # no metadata address here: loopback only
         }
         if self.tokens and self.pod["spec"].get("automountServiceAccountToken", True):
             env["KUBECONFIG"] = str(self.dir / "kubeconfig")
