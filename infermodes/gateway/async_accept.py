@@ -51,9 +51,9 @@ from infermodes.gateway.async_retention import (
     Sweeper,
     own_suffix,
 )
+from infermodes.gateway.errors import runtime_error_response
 from infermodes.http import (
     create_api,
-    error_response,
     read_body,
     refuse_codings,
     uvicorn_options,
@@ -89,6 +89,11 @@ INVOCATION_TIMEOUT = "X-Amzn-SageMaker-InvocationTimeoutSeconds"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
 OUTPUT_LOCATION = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION = "X-Amzn-SageMaker-FailureLocation"
+# boto3 sends InvokeEndpointAsync's ContentType and Accept in these, not in Content-Type/Accept
+CONTENT_TYPE = "X-Amzn-SageMaker-Content-Type"
+ACCEPT = "X-Amzn-SageMaker-Accept"
+# the platform's output naming; refused rather than ignored: outputs go to OutputLocation
+UNSUPPORTED = ("X-Amzn-SageMaker-S3OutputPathExtension", "X-Amzn-SageMaker-Filename")
 MAX_CUSTOM_ATTRIBUTES = 1024
 RECORD_LIMIT = 64 * 1024
 
@@ -318,8 +323,16 @@ def submission_of(
 ) -> Submission:
     """Check every header and build the message; raises a 4xx domain error naming the header.
     ``api_prefixes``: every endpoint's input prefix (see ``input_location_of``)."""
-    content_type = codecs.content_type_of(header_text(headers, "content-type"))
-    accept = codecs.accept_of(header_text(headers, "accept"))
+    for header in UNSUPPORTED:
+        if header in headers:
+            raise InvalidInput(
+                f"{header} is not supported: the output goes to {endpoint.output_path}"
+                "/<InferenceId>.out (the response's OutputLocation)"
+            )
+    content_type = codecs.content_type_of(
+        header_text(headers, CONTENT_TYPE) or header_text(headers, "content-type")
+    )
+    accept = codecs.accept_of(header_text(headers, ACCEPT) or header_text(headers, "accept"))
     ttl = header_seconds(
         header_text(headers, REQUEST_TTL), REQUEST_TTL, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
     )
@@ -396,16 +409,18 @@ def create_router(
                 missing(name) if missing else EndpointNotFound(f"no async endpoint named {name!r}")
             )
             metrics.accepted.labels("unknown", str(refusal.status_code)).inc()
-            return error_response(refusal)
+            return runtime_error_response(refusal)
         try:
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:
             metrics.accepted.labels(name, str(exc.status_code)).inc()
-            return error_response(exc)
+            return runtime_error_response(exc)
         except Exception:
             log.exception("unexpected error accepting a request for %s", name)
             metrics.accepted.labels(name, "500").inc()
-            return error_response(InfermodesError("internal error; the request was not accepted"))
+            return runtime_error_response(
+                InfermodesError("internal error; the request was not accepted")
+            )
         metrics.accepted.labels(name, "202").inc()
         if accepted is not None:
             try:

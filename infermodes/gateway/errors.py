@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 
+from fastapi.responses import Response
+
 from infermodes.errors import InfermodesError
-from infermodes.http import error_body
+from infermodes.http import error_body, error_response
 
 ERROR_TYPE_HEADER = b"x-amzn-errortype"
 
@@ -96,3 +98,22 @@ class ClientClosedRequest(InfermodesError):
     its place under the endpoint's maxConcurrency is freed at once."""
 
     status_code = 499
+
+
+def runtime_code(exc: InfermodesError) -> str:
+    """The platform's runtime error code for an error: its name when it is one of this
+    module's (named after them), else by status, among the codes InvokeEndpointAsync has:
+    ServiceUnavailable (503), InternalFailure (other 5xx), ValidationError (4xx)."""
+    if type(exc).__module__ == __name__:
+        return type(exc).__name__
+    if exc.status_code == 503:
+        return "ServiceUnavailable"
+    return "InternalFailure" if exc.status_code >= 500 else "ValidationError"
+
+
+def runtime_error_response(exc: InfermodesError) -> Response:
+    """The one error shape, with the platform's code in ``x-amzn-ErrorType``: boto3 raises its
+    exception of that code (the body's ``error`` keeps ours, which names the problem)."""
+    response = error_response(exc)
+    response.headers[ERROR_TYPE_HEADER.decode()] = runtime_code(exc)
+    return response

@@ -52,7 +52,7 @@ from infermodes.endpoints.status import (
     with_estimated_age,
 )
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
-from infermodes.gateway.table import Replica, Table
+from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
 from infermodes.local.manifests import Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
@@ -138,6 +138,8 @@ class LocalEndpoint:
     desired: int = 0
     initialized: bool = False
     served: bool = False  # a realtime endpoint is Creating until its first replica is ready
+    # ... or Updating, its requests held, when the spec it replaced was in service
+    replaced_in_service: bool = False
     failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
@@ -229,6 +231,8 @@ class Supervisor:
         temporary.write_text(json.dumps({"document": manifest.document, "created": created}))
         temporary.replace(path)
         endpoint = self._add(manifest, created)
+        if old is not None:
+            endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
         if old is not None and outgoing:
             endpoint.outgoing = outgoing
             endpoint.ports = {key: old.ports[key] for key in outgoing if key in old.ports}
@@ -549,6 +553,8 @@ class Supervisor:
         endpoint.served = endpoint.served or ready > 0
         if endpoint.outgoing:
             phase, reason = Phase.UPDATING, "Updating"
+        elif mode is Mode.REALTIME and not endpoint.served and endpoint.replaced_in_service:
+            phase, reason = Phase.UPDATING, "Updating"  # e.g. from serverless at zero
         elif mode is Mode.REALTIME and not endpoint.served:
             phase, reason = Phase.CREATING, "NoReplicaReady"
         else:

@@ -23,7 +23,7 @@ import yaml
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
-from tests.support.local import Up, manifest, running_up
+from tests.support.local import Up, document, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, wait_until
 from tests.support.rabbitmq import Broker
 
@@ -257,6 +257,29 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
         status = up.status("abalone")
         assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
     assert set(answers) == {200}, collections.Counter(answers)
+
+
+def test_a_request_during_an_update_from_serverless_at_zero_waits_for_the_new_replica(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A serverless endpoint at zero instances is in service; applying a realtime spec to it
+    makes it ``Updating`` (not ``Creating``), so a request sent at once is held until the new
+    replica is ready, as a cold start would be, instead of refused with a 400."""
+    serverless = document("serverless", abalone_model.tarball, tmp_path)
+    realtime = document("realtime", abalone_model.tarball, tmp_path, minReplicas=1)
+    realtime["metadata"]["name"] = serverless["metadata"]["name"]
+    (tmp_path / "realtime.yaml").write_text(yaml.safe_dump(realtime))
+    (tmp_path / "serverless.yaml").write_text(yaml.safe_dump(serverless))
+    name = serverless["metadata"]["name"]
+    with running_up(tmp_path / "state", [tmp_path / "serverless.yaml"], tmp_path / "up.log") as up:
+        wait_until(lambda: up.status(name)["phase"] == "InService", WAIT, "in service at zero")
+        assert up.running(name) == []
+        applied = cli(up.url, "apply", "-f", str(tmp_path / "realtime.yaml"))
+        assert applied.returncode == 0, applied.stderr
+        assert up.status(name)["phase"] == "Updating"
+        answer = up.invoke(name, to_csv(abalone_model.test_rows[:1]))
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: up.status(name)["phase"] == "InService", WAIT, "in service again")
 
 
 def alive(pid: int) -> bool:

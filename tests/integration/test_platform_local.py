@@ -6,6 +6,7 @@ booster's, clean-up), an async endpoint, a transform job, and every operation's 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -195,6 +196,19 @@ def test_an_async_endpoint_writes_its_output_to_s3(
     assert accepted["OutputLocation"].startswith("s3://async/output/")
     output = read_when_there(storage, accepted["OutputLocation"])
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
+    # boto3 sends ContentType and Accept as X-Amzn-SageMaker-* headers: JSON in, JSON out
+    storage.put_object(Bucket="async", Key="input/rows.json",
+                       Body=json.dumps({"instances": rows.tolist()}))  # fmt: skip
+    accepted = runtime.invoke_endpoint_async(EndpointName="abalone-async",
+                                             InputLocation="s3://async/input/rows.json",
+                                             ContentType="application/json",
+                                             Accept="application/json")  # fmt: skip
+    output = read_when_there(storage, accepted["OutputLocation"])
+    found = [p["score"] for p in json.loads(output)["predictions"]]
+    np.testing.assert_allclose(found, expected(abalone_model, rows), rtol=1e-6)
+    with pytest.raises(ClientError, match="S3OutputPathExtension is not supported"):
+        runtime.invoke_endpoint_async(EndpointName="abalone-async", S3OutputPathExtension="x",
+                                      InputLocation="s3://async/input/rows.json")  # fmt: skip
 
     sagemaker.delete_endpoint(EndpointName="abalone-async")
     sagemaker.delete_endpoint_config(EndpointConfigName="abalone-async-config")

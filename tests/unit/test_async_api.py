@@ -108,6 +108,57 @@ def test_broker_down_is_503_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     assert list((tmp_path / "input").iterdir()) == []
 
 
+def test_boto3s_content_type_and_accept_headers_win(tmp_path: Path) -> None:
+    """boto3 sends InvokeEndpointAsync's ContentType and Accept as X-Amzn-SageMaker-* headers
+    (its own Content-Type, if any, says nothing of the input); plain ones serve curl."""
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations",
+        content=b'{"instances": [[1, 2]]}',
+        headers={"content-type": "application/octet-stream", "accept": "text/csv",
+                 "X-Amzn-SageMaker-Content-Type": "application/json",
+                 "X-Amzn-SageMaker-Accept": "application/jsonlines"},
+    )  # fmt: skip
+    assert response.status_code == 202, response.text
+    message = parse_request(publisher.sent[0][2])
+    assert (message.content_type, message.accept) == ("application/json", "application/jsonlines")
+    refused = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations",
+        content=b"x",
+        headers={"content-type": "text/csv", "X-Amzn-SageMaker-Content-Type": "image/png"},
+    )
+    assert refused.status_code == 415, refused.text
+    assert refused.headers["x-amzn-errortype"] == "ValidationError"
+
+
+@pytest.mark.parametrize(
+    "header", ["X-Amzn-SageMaker-S3OutputPathExtension", "X-Amzn-SageMaker-Filename"]
+)
+def test_output_naming_headers_are_refused_not_ignored(tmp_path: Path, header: str) -> None:
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations", content=b"1", headers={header: "x"}
+    )
+    assert response.status_code == 400
+    assert f"{header} is not supported" in response.json()["message"]
+    assert publisher.sent == []
+
+
+def test_refusals_carry_the_platforms_code_for_boto3(tmp_path: Path) -> None:
+    """boto3 takes an error's code from ``x-amzn-ErrorType`` (else it is the HTTP status);
+    the body's ``error`` keeps ours, which names the problem."""
+    client = client_for(tmp_path, RecordingPublisher())
+    refused = {"X-Amzn-SageMaker-InputLocation": "file:///etc/passwd"}
+    outside = client.post("/endpoints/ep/async-invocations", headers=refused)
+    assert (outside.status_code, outside.headers["x-amzn-errortype"]) == (403, "ValidationError")
+    assert outside.json()["error"] == "InputNotAllowed"
+    unknown = client.post("/endpoints/nope/async-invocations", content=b"1")
+    assert (unknown.status_code, unknown.headers["x-amzn-errortype"]) == (404, "ValidationError")
+    down = client_for(tmp_path, RecordingPublisher(down=True))
+    busy = down.post("/endpoints/ep/async-invocations", content=b"1")
+    assert (busy.status_code, busy.headers["x-amzn-errortype"]) == (503, "ServiceUnavailable")
+
+
 def post(client: TestClient, body: bytes, **headers: str) -> tuple[int, dict[str, str]]:
     response = client.post("/endpoints/ep/async-invocations", content=body, headers=headers)
     return response.status_code, response.json()
