@@ -4,7 +4,8 @@ records and objects are kept under the lower-cased name, answers carry the name 
 
 from __future__ import annotations
 
-import re
+import base64
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -42,7 +43,7 @@ from infermodes.platform.translate import (
 )
 
 DEFAULT_MAX_RESULTS = 10
-TOKEN = re.compile(r"[0-9]{1,9}")  # an offset, as page() gives them (ASCII: int() reads more)
+MAX_TOKEN_LENGTH = 1024  # a token names a list, its order and one item: far less
 MAX_RESULTS = 100
 MODEL_OUTPUT = ("ModelName", "PrimaryContainer", "Containers", "ExecutionRoleArn",
                 "CreationTime", "ModelArn", "EnableNetworkIsolation")  # fmt: skip
@@ -90,7 +91,7 @@ def number(request: JsonObject, key: str) -> float | None:
 def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: str,
          status_key: str | None) -> JsonObject:  # fmt: skip
     """A List operation's answer: ``items`` filtered, sorted and cut to one page under
-    ``list_key``; ``NextToken`` is the offset of the next page."""
+    ``list_key``; ``NextToken`` names the last item given (``next_token``)."""
     only("", request, LIST_FIELDS)
     contains = request.get("NameContains")
     if contains is not None:
@@ -126,12 +127,53 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
     size = request.get("MaxResults", DEFAULT_MAX_RESULTS)
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_RESULTS:
         raise ValidationException(f"MaxResults {shown(size)}: 1 to {MAX_RESULTS}")
-    token = request.get("NextToken") or "0"
-    if not isinstance(token, str) or not TOKEN.fullmatch(token):
-        raise ValidationException(f"NextToken {shown(token)} is not one this API gave")
-    start = int(token)
-    more = {"NextToken": str(start + size)} if items[start + size :] else {}
-    return {list_key: items[start : start + size], **more}
+    token = request.get("NextToken")
+    if token is not None:
+        last = after_token(token, (list_key, str(sort_by), order))
+        items = [
+            i for i in items
+            if ((i[sort_key], i[name_key]) > last if order == "Ascending"
+                else (i[sort_key], i[name_key]) < last)
+        ]  # fmt: skip
+    if not items[size:]:
+        return {list_key: items}
+    end = items[size - 1]
+    return {
+        list_key: items[:size],
+        "NextToken": next_token((list_key, str(sort_by), order), end[sort_key], end[name_key]),
+    }
+
+
+def next_token(listing: tuple[str, str, str], value: object, name: str) -> str:
+    """Where the next page starts: after the last item given, by its sort key and name (so
+    items deleted or created meanwhile move no other item to another page), for one list in
+    one order."""
+    raw = json.dumps([*listing, value, name], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def after_token(token: object, listing: tuple[str, str, str]) -> tuple[object, str]:
+    """The (sort key, name) a ``next_token`` of this list and order names; a token this API
+    did not give for them is a ValidationException."""
+    refused = ValidationException(f"NextToken {shown(token)} is not one this API gave")
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise refused
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, UnicodeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise refused from None
+    if not isinstance(decoded, list) or len(decoded) != 5:
+        raise refused
+    *given, value, name = decoded
+    if tuple(given) != listing:
+        raise ValidationException(
+            "NextToken was given for another list or order: send the same SortBy and SortOrder"
+        )
+    if not isinstance(name, str) or not isinstance(value, str | int | float):
+        raise refused
+    if isinstance(value, bool) or (given[1] == "CreationTime") == isinstance(value, str):
+        raise refused  # compared with the items' own sort keys: of their type
+    return value, name
 
 
 class ControlPlane:

@@ -236,7 +236,49 @@ def test_bodies_nested_past_the_parsers_depth_are_a_serialization_error() -> Non
         assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
 
 
-@pytest.mark.parametrize("token", ["9" * 5_000, "\u00b2", "\u0661", "99999999999999999999", "-1"])
+def test_deleting_while_paging_skips_nothing_left_and_repeats_nothing() -> None:
+    """A token names the last item given, not an offset: deleting what a page showed moves
+    no item still there onto a page already read."""
+    api = Api()
+    names = [f"pg-{index:02}" for index in range(25)]
+    for name in names:
+        api.call("CreateModel", ModelName=name, PrimaryContainer={"ModelDataUrl": "s3://b/m"})
+    seen: list[str] = []
+    request: dict[str, object] = {"MaxResults": 5, "SortBy": "Name", "SortOrder": "Ascending"}
+    for _ in range(10):
+        answer = api.call("ListModels", **request)
+        shown = [m["ModelName"] for m in answer["Models"]]
+        seen += shown
+        for name in shown[:2]:  # deleting some of what this page showed
+            api.call("DeleteModel", ModelName=name)
+        if "NextToken" not in answer:
+            break
+        request["NextToken"] = answer["NextToken"]
+    assert seen == names
+    left = [name for index, name in enumerate(names) if index % 5 >= 2]
+    newest = api.call("ListModels", MaxResults=5)  # the default order: newest first
+    api.call("DeleteModel", ModelName=newest["Models"][0]["ModelName"])
+    second = api.call("ListModels", MaxResults=5, NextToken=newest["NextToken"])
+    shown = [m["ModelName"] for m in newest["Models"] + second["Models"]]
+    assert shown == left[::-1][:10]
+
+
+def test_a_token_serves_only_the_list_and_order_it_was_given_for() -> None:
+    api = Api()
+    for name in ("a", "b", "c"):
+        api.call("CreateModel", ModelName=name, PrimaryContainer={"ModelDataUrl": "s3://b/m"})
+    token = api.call("ListModels", MaxResults=1)["NextToken"]
+    for operation, request in (("ListEndpoints", {}), ("ListModels", {"SortBy": "Name"}),
+                               ("ListModels", {"SortOrder": "Ascending"})):  # fmt: skip
+        code, message = api.error(operation, NextToken=token, **request)
+        assert code == "ValidationException" and "another list or order" in message
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["9" * 5_000, "\u00b2", "\u0661", "99999999999999999999", "-1", "0", "bnVsbA==",
+     "WyJNb2RlbHMiLCAiQ3JlYXRpb25UaW1lIiwgIkRlc2NlbmRpbmciLCAieCIsICJhIl0="],
+)  # fmt: skip
 def test_next_tokens_this_api_never_gave_are_refused(token: str) -> None:
     api = Api()
     api.seed()
