@@ -138,7 +138,8 @@ class Runner:
     # -- what to do ------------------------------------------------------------------------
 
     def inputs(self) -> list[plan.InputObject]:
-        """The job's input objects (the output prefix excluded, should it lie inside)."""
+        """The job's input objects (the output prefix excluded, should it lie inside, and
+        the summaries a job leaves in its output: its output may be another job's input)."""
         settings = self.settings
         if settings.input_data_type == "ManifestFile":
             text = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB).decode()
@@ -148,11 +149,12 @@ class Runner:
         base = prefix.uri
         if prefix.scheme == "file" and Path(prefix.key).is_dir():
             base = base.rstrip("/") + "/"
-        return [  # sizes from the listing: no request per object
+        listed = [  # sizes from the listing: no request per object
             plan.InputObject(uri, plan.relative_key(base, uri), size)
             for uri, size in self.storage.list_with_sizes(base)
             if not uri.startswith(self.output_prefix + "/")
         ]
+        return [obj for obj in listed if plan.SUMMARY_FOLDER not in obj.key.split("/")[:-1]]
 
     def shard(self, objects: list[plan.InputObject]) -> list[plan.WorkUnit]:
         settings = self.settings

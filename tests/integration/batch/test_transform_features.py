@@ -484,6 +484,26 @@ def test_an_unreadable_manifest_stops_the_instance_with_a_summary(
     assert document["error"].startswith(f"cannot list the inputs: manifest {manifest} must be")
 
 
+def test_a_jobs_output_read_by_another_job_leaves_out_the_first_jobs_summaries(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """The first job's summaries (its bookkeeping under ``_infermodes-batch/``) are not the
+    second job's inputs: only its outputs are."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows))
+    joining = ("--join-source", "Input", "--metrics-port", "0")  # the features, then the score
+    first = run(command(abalone_model, tmp_path / "in", tmp_path / "first", *joining))
+    assert first.returncode == 0, first.log
+    assert summary(tmp_path / "first")["state"] == "Completed"
+    second = run(command(abalone_model, tmp_path / "first", tmp_path / "second",
+                         "--input-filter", "$[:-1]", "--metrics-port", "0"))  # fmt: skip
+    assert second.returncode == 0, second.log
+    assert [p.name for p in (tmp_path / "second").iterdir() if p.is_file()] == ["a.csv.out.out"]
+    joined = (tmp_path / "first/a.csv.out").read_text().splitlines()
+    again = (tmp_path / "second/a.csv.out.out").read_text().splitlines()
+    assert [float(line) for line in again] == [float(line.rsplit(",", 1)[1]) for line in joined]
+
+
 def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
