@@ -371,11 +371,13 @@ def run(settings: BatchSettings) -> int:
         model = XGBoostModel.load(
             settings.model_uri, storage, settings.allow_pickle, settings.predict_threads
         )
-    except ModelLoadError as exc:
-        log.error("cannot load the model %s: %s", settings.model_uri, exc)
-        return EXIT_MODEL_LOAD_FAILED
-    except StorageError as exc:
-        log.error("cannot read the model %s: %s", settings.model_uri, exc)
+    except (ModelLoadError, StorageError) as exc:
+        doing = "load" if isinstance(exc, ModelLoadError) else "read"
+        failed = Summary(settings.instance_index, settings.instance_count)
+        named = "" if settings.model_uri in str(exc) else f" {settings.model_uri}"
+        failed.error = f"cannot {doing} the model{named}: {exc}"
+        log.error("%s", failed.error)
+        write_summary(settings, storage, failed)  # the job's status says why, not an exit code
         return EXIT_MODEL_LOAD_FAILED
     try:
         runner = Runner(settings, storage, model, metrics)

@@ -504,6 +504,23 @@ def test_a_jobs_output_read_by_another_job_leaves_out_the_first_jobs_summaries(
     assert [float(line) for line in again] == [float(line.rsplit(",", 1)[1]) for line in joined]
 
 
+def test_a_model_that_cannot_be_loaded_leaves_a_summary_saying_so(
+    rows: np.ndarray, tmp_path: Path
+) -> None:
+    """Exit 3 says only "the model"; the summary, which the job's status quotes, says why."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows))
+    (tmp_path / "model.tar.gz").write_bytes(b"not a tarball")
+    for model, why in ((tmp_path / "missing.tar.gz", "no such object"),
+                       (tmp_path / "model.tar.gz", "the model is not XGBoost")):  # fmt: skip
+        done = run(batch_command(model, str(tmp_path / "in"), str(tmp_path / "out")))
+        assert done.returncode == 3, done.log
+        error = summary(tmp_path / "out")["error"]
+        assert error.startswith("cannot load the model") and str(model) in error, error
+        assert why in error
+        assert summary(tmp_path / "out")["state"] == "Failed"
+
+
 def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
