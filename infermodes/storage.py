@@ -201,7 +201,11 @@ class FileStore:
             handle = os.fdopen(fd, "rb")
             cleanup.pop_all()
         with handle:
-            handle.seek(start)
+            if start:
+                try:
+                    handle.seek(start)
+                except OSError as exc:  # a file that is not one: /proc's say
+                    raise StorageError(f"cannot read {ref.uri} from byte {start}: {exc}") from exc
             yield handle
 
     def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]:

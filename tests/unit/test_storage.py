@@ -1,3 +1,4 @@
+import io
 import os
 import threading
 import time
@@ -228,3 +229,29 @@ def test_a_file_write_fsyncs_the_file_then_every_folder_whose_entry_it_added(
     synced.clear()
     assert storage.create(f"file://{tmp_path}/new/deeper/b.out", b"2")
     assert synced[1:] == [f"{tmp_path}/new/deeper"]
+
+
+def test_a_file_that_cannot_seek_to_a_range_is_a_storage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some of /proc's regular files cannot seek: a range of one fails that read (a batch
+    fails that object), not the process with a traceback."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"1,2\n" * 10)
+    real_fdopen = os.fdopen
+
+    def unseekable(fd: int, mode: str) -> object:
+        handle = real_fdopen(fd, mode)
+
+        def refuse(*_args: object) -> int:
+            raise io.UnsupportedOperation("File or stream is not seekable.")
+
+        handle.seek = refuse  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(os, "fdopen", unseekable)
+    refused = pytest.raises(StorageError, match="from byte 8: File or stream is not seekable")
+    with refused, Storage().open_read(path.as_uri(), start=8):
+        pass
+    with Storage().open_read(path.as_uri()) as whole:  # from the start: no seek needed
+        assert whole.read(4) == b"1,2\n"
