@@ -65,7 +65,8 @@ def error_response(exc: InfermodesError) -> Response:
     return Response(error_body(exc), exc.status_code, media_type=ERROR_MEDIA_TYPE)
 
 
-def _shown(text: str, limit: int = 100) -> str:
+def clipped(text: str, limit: int = 100) -> str:
+    """``text`` cut to ``limit`` characters for a message: callers choose what they send."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -82,7 +83,7 @@ def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
 
     @api.exception_handler(HTTPException)
     async def routing_error(request: Request, exc: HTTPException) -> Response:
-        path = _shown(request.url.path)
+        path = clipped(request.url.path)
         if exc.status_code == 404:
             message = f"no route {path}"
         elif exc.status_code == 405 and exc.headers:
@@ -135,12 +136,12 @@ def refuse_coding(name: bytes, value: bytes) -> None:
     coding = value.strip().lower()
     if name == b"content-encoding" and coding not in (b"", b"identity"):
         raise UnsupportedContentType(
-            f"Content-Encoding {_shown(value.decode('latin-1'), 40)!r} is not supported; "
+            f"Content-Encoding {clipped(value.decode('latin-1'), 40)!r} is not supported; "
             "send the body uncompressed"
         )
     if name == b"transfer-encoding" and coding != b"chunked":
         raise UnsupportedContentType(
-            f"Transfer-Encoding {_shown(value.decode('latin-1'), 40)!r} is not supported; "
+            f"Transfer-Encoding {clipped(value.decode('latin-1'), 40)!r} is not supported; "
             "use chunked or Content-Length"
         )
 

@@ -53,6 +53,7 @@ from infermodes.gateway.async_retention import (
 )
 from infermodes.gateway.errors import runtime_error_response
 from infermodes.http import (
+    clipped,
     create_api,
     read_body,
     refuse_codings,
@@ -169,6 +170,8 @@ def input_location_of(
         ref = normalised(value)
     except StorageError as exc:
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
+    if not ref.key.strip("/"):  # a bucket, or the root folder
+        raise InvalidInput(f"{INPUT_LOCATION} {ref.uri} names no object: name one, as bucket/key")
     if any(_api_object(prefix, ref.uri) for prefix in (own_prefix, *api_prefixes)):
         raise InputNotAllowed(
             f"{INPUT_LOCATION} {ref.uri} is one of the API's own objects (another request's "
@@ -188,7 +191,7 @@ def input_location_of(
             )
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
-        " (add one with --allow-input-prefix)"
+        " (the gateway's --allow-input-prefix adds more)"
     )
 
 
@@ -406,7 +409,9 @@ def create_router(
         endpoint = endpoints.get(name)
         if endpoint is None:
             refusal = (
-                missing(name) if missing else EndpointNotFound(f"no async endpoint named {name!r}")
+                missing(name)
+                if missing
+                else EndpointNotFound(f"no async endpoint named {clipped(name)!r}")
             )
             metrics.accepted.labels("unknown", str(refusal.status_code)).inc()
             return runtime_error_response(refusal)

@@ -23,6 +23,7 @@ from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, Gatewa
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
 from infermodes.errors import EndpointNotFound, InfermodesError
 from infermodes.gateway.errors import ValidationError
+from infermodes.http import clipped
 from infermodes.settings import AsyncEndpoint
 from infermodes.storage import folder_uri, lies_under, prefix_base
 
@@ -250,7 +251,7 @@ class Table:
 
     @staticmethod
     def not_found(name: str) -> ValidationError:
-        return ValidationError(f"endpoint {name} not found", 404)
+        return ValidationError(f"endpoint {clipped(name)} not found", 404)
 
     def serves(self, endpoint: Endpoint) -> bool:
         """Whether ``endpoint`` is still in the table (not deleted since it was looked up)."""
@@ -277,7 +278,7 @@ class Table:
                 return StorageNotAllowed(found.refusal)
             if endpoint.mode is not None and endpoint.mode is not Mode.ASYNC:
                 return endpoint.other_route()
-        return EndpointNotFound(f"no async endpoint named {name!r}")
+        return EndpointNotFound(f"no async endpoint named {clipped(name)!r}")
 
     def get(self, namespace: str, name: str) -> Endpoint:
         key = (namespace, name)

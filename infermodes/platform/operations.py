@@ -103,6 +103,9 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
                                ("LastModifiedTimeBefore", "LastModifiedTime", True),
                                ("LastModifiedTimeAfter", "LastModifiedTime", False)):  # fmt: skip
         bound = number(request, key)
+        if bound is not None and field == "LastModifiedTime" and status_key is None:
+            # models and endpoint configs: no status, and never modified (the platform's too)
+            raise ValidationException(f"{key} is not a filter of this list")
         if bound is not None:
             items = [i for i in items if field in i and (i[field] < bound) == before]
     if request.get("StatusEquals") is not None:

@@ -106,8 +106,9 @@ def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
     return name
 
 
-def check_uri(field: str, uri: Any, defaults: Defaults) -> None:
-    """An ``s3://bucket/...`` URI, or ``file:///...`` where ``defaults.file_uris`` allows it. On
+def check_uri(field: str, uri: Any, defaults: Defaults, one_object: bool = False) -> None:
+    """An ``s3://bucket/...`` URI, or ``file:///...`` where ``defaults.file_uris`` allows it;
+    with a key, not a folder, when it names ``one_object`` (a prefix may be a whole bucket). On
     Kubernetes a file URI would have the cluster's pods read and write their own files (the
     service-account token, ``/proc/self/environ`` with the storage keys) for whoever calls the
     API, and failure reasons quote pieces of what was read."""
@@ -124,6 +125,8 @@ def check_uri(field: str, uri: Any, defaults: Defaults) -> None:
             f"{' (or file:///path)' if defaults.file_uris else ''} of at most {MAX_URI} "
             f"characters, got {shown(uri)}"
         )
+    if one_object and (not ref.key.strip("/") or uri.endswith("/")):
+        raise ValidationException(f"{field} {shown(uri)} names no object: s3://bucket/key")
 
 
 def only(where: str, given: Mapping[str, Any], supported: set[str]) -> None:
@@ -210,7 +213,7 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
             f"{field}ModelDataUrl is required: the s3:// URI of the model.tar.gz (or XGBoost "
             "model file)"
         )
-    check_uri(f"{field}ModelDataUrl", url, defaults)
+    check_uri(f"{field}ModelDataUrl", url, defaults, one_object=True)
     image = container.get("Image")
     if image is not None and not XGBOOST_IMAGE.search(str(image)):
         raise ValidationException(

@@ -370,6 +370,12 @@ def test_a_prefix_at_the_top_admits_everything_under_it(
     assert input_location_of(location, [allowed], OWN) == (location, root)
 
 
+@pytest.mark.parametrize("location", ["s3://bucket", "s3://bucket/", "file:///"])
+def test_a_location_naming_no_object_is_refused(location: str) -> None:
+    with pytest.raises(InvalidInput, match="names no object"):
+        input_location_of(location, [], OWN)
+
+
 @pytest.mark.parametrize(
     "location", ["file:///data/in/../../etc/passwd", "file:///data/inbox/x", "s3://other/in/x"]
 )
@@ -398,7 +404,7 @@ def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, all
     if allowed:
         assert input_location_of(location, [], OWN)
     else:
-        with pytest.raises(InputNotAllowed, match="add one with --allow-input-prefix"):
+        with pytest.raises(InputNotAllowed, match="the gateway.s --allow-input-prefix adds more"):
             input_location_of(location, [], OWN)
 
 

@@ -436,3 +436,12 @@ def test_a_watch_applies_events_and_relists_after_410_gone() -> None:
     assert api.watched_from == ["1", "7", "20"]  # resumed from the bookmark, relisted on 410
     assert synced == [True, True]
     assert {name for _, name in table.known} == {"new"}  # the relist dropped old and added
+
+
+def test_a_name_not_found_is_quoted_cut_short() -> None:
+    """A caller's 5,000-character name is not sent back whole, on either route."""
+    table = Table()
+    with pytest.raises(ValidationError) as refused:
+        table.lookup("x" * 5_000)
+    assert refused.value.status_code == 404 and len(str(refused.value)) < 200
+    assert len(str(table.async_missing("y" * 5_000))) < 200

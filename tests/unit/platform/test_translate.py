@@ -163,6 +163,8 @@ def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> Non
         ({"Environment": {"SAGEMAKER_PROGRAM": "serve.py"}},
          "PrimaryContainer.Environment SAGEMAKER_PROGRAM"),
         ({"ModelDataUrl": None}, "PrimaryContainer.ModelDataUrl"),
+        ({"ModelDataUrl": "s3://bucket"}, "PrimaryContainer.ModelDataUrl 's3://bucket' names no"),
+        ({"ModelDataUrl": "s3://bucket/models/"}, "PrimaryContainer.ModelDataUrl 's3://bucket/"),
         ({"ModelDataSource": {"S3DataSource": {}}}, "PrimaryContainer.ModelDataSource"),
     ],
 )  # fmt: skip
