@@ -74,8 +74,10 @@ def required(request: JsonObject, key: str) -> str:
     """A name the request must give, in the platform's pattern (never a path: the local store
     keeps records as files named by it)."""
     value = request.get(key)
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise ValidationException(f"{key} is required")
+    if not isinstance(value, str):
+        raise ValidationException(f"{key} must be a string, got {shown(value)}")
     return check_name(key, value)
 
 

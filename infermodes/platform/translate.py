@@ -280,10 +280,13 @@ def endpoint_config_record(
     instances = variant.get("InstanceType") is not None or variant.get("InitialInstanceCount")
     if serverless == bool(instances):
         raise ValidationException(
-            f"{field}: give either ServerlessConfig or InstanceType and InitialInstanceCount"
+            "ProductionVariants[0]: give either ServerlessConfig or InstanceType and "
+            "InitialInstanceCount"
         )
     if instances and not (variant.get("InstanceType") and variant.get("InitialInstanceCount")):
-        raise ValidationException(f"{field}: InstanceType and InitialInstanceCount go together")
+        raise ValidationException(
+            "ProductionVariants[0]: InstanceType and InitialInstanceCount go together"
+        )
     if serverless and request.get("AsyncInferenceConfig") is not None:
         raise ValidationException(
             "AsyncInferenceConfig: an asynchronous endpoint runs on instances, not serverless"

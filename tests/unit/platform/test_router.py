@@ -184,6 +184,8 @@ def test_lists_filter_sort_and_page() -> None:
     assert "NextToken" not in second
     assert api.error("ListModels", MaxResults=500)[0] == "ValidationException"
     assert api.error("ListModels", NextToken="bogus")[0] == "ValidationException"
+    assert api.error("DescribeEndpointConfig", EndpointConfigName=5) == (
+        "ValidationException", "EndpointConfigName must be a string, got 5")  # fmt: skip
     for key in ("LastModifiedTimeAfter", "LastModifiedTimeBefore"):  # models have none
         code, message = api.error("ListModels", **{key: 0})
         assert (code, message) == ("ValidationException", f"{key} is not a filter of this list")

@@ -196,7 +196,10 @@ def test_models_with_more_than_we_run_are_refused() -> None:
          r"ProductionVariants\[0\]\.InitialInstanceCount"),
         ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 1, "AcceleratorType":
           "ml.eia1.medium"}, {}, r"ProductionVariants\[0\]\.AcceleratorType"),
-        ({"InstanceType": "ml.m5.large"}, {}, "InstanceType and InitialInstanceCount"),
+        ({"InstanceType": "ml.m5.large"}, {},
+         r"^ProductionVariants\[0\]: InstanceType and InitialInstanceCount go together$"),
+        ({"VariantName": "v"}, {},
+         r"^ProductionVariants\[0\]: give either ServerlessConfig or InstanceType"),
         (None, {"DataCaptureConfig": {"EnableCapture": True}}, "DataCaptureConfig"),
         (None, {"AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://b/o"}}},
          "AsyncInferenceConfig: an asynchronous endpoint runs on instances"),
