@@ -246,7 +246,12 @@ VARIANT_FIELDS = {
 VARIANT_TYPES = {
     "InstanceType": str, "InitialVariantWeight": float, "VolumeSizeInGB": int,
     "ModelDataDownloadTimeoutInSeconds": int, "ContainerStartupHealthCheckTimeoutInSeconds": int,
+    "InitialInstanceCount": int,
 }  # fmt: skip
+# translated members, typed as the platform's model types them: the spec's schema would take
+# "4" for 4, but the request is kept and answered back as sent
+SERVERLESS_TYPES = {"MemorySizeInMB": int, "MaxConcurrency": int, "ProvisionedConcurrency": int}
+SCALING_TYPES = {"MinInstanceCount": int, "MaxInstanceCount": int}
 
 
 def endpoint_config_record(
@@ -291,12 +296,12 @@ def endpoint_config_record(
         raise ValidationException(
             "AsyncInferenceConfig: an asynchronous endpoint runs on instances, not serverless"
         )
-    only(f"{field}ServerlessConfig.", mapping(f"{field}ServerlessConfig",
-         variant.get("ServerlessConfig")), {"MemorySizeInMB", "MaxConcurrency",
-                                            "ProvisionedConcurrency"})  # fmt: skip
+    serverless_config = mapping(f"{field}ServerlessConfig", variant.get("ServerlessConfig"))
+    only(f"{field}ServerlessConfig.", serverless_config, set(SERVERLESS_TYPES))
+    typed(f"{field}ServerlessConfig.", serverless_config, SERVERLESS_TYPES)
     scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
-    only(f"{field}ManagedInstanceScaling.", scaling,
-         {"Status", "MinInstanceCount", "MaxInstanceCount"})  # fmt: skip
+    only(f"{field}ManagedInstanceScaling.", scaling, {"Status", *SCALING_TYPES})
+    typed(f"{field}ManagedInstanceScaling.", scaling, SCALING_TYPES)
     if request.get("AsyncInferenceConfig") is not None:
         check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]), defaults)
     record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),
@@ -307,8 +312,11 @@ def endpoint_config_record(
 
 def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     only("AsyncInferenceConfig.", config, {"ClientConfig", "OutputConfig"})
-    only("AsyncInferenceConfig.ClientConfig.", mapping("ClientConfig", config.get("ClientConfig")),
-         {"MaxConcurrentInvocationsPerInstance"})  # fmt: skip
+    client = mapping("ClientConfig", config.get("ClientConfig"))
+    only("AsyncInferenceConfig.ClientConfig.", client, {"MaxConcurrentInvocationsPerInstance"})
+    typed(
+        "AsyncInferenceConfig.ClientConfig.", client, {"MaxConcurrentInvocationsPerInstance": int}
+    )
     output = mapping("OutputConfig", config.get("OutputConfig"))
     only("AsyncInferenceConfig.OutputConfig.", output,
          {"S3OutputPath", "S3FailurePath", "NotificationConfig"})  # fmt: skip
