@@ -31,7 +31,7 @@ from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcil
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
-from infermodes.queueing.rabbitmq import QueueReader
+from infermodes.queueing.rabbitmq import QueueReader, quiet_client_logs
 from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5
@@ -251,11 +251,19 @@ def configure(operator_settings: OperatorSettings) -> None:
         memo.nudger.nudge((metadata["namespace"], metadata["labels"][ENDPOINT_LABEL]))
 
 
+def configure_logging(level: str) -> None:
+    """kopf's handler at ``level`` (its own ``verbose`` means DEBUG, so it is not used for
+    info); pika's lines about channels the broker closes (a passive declare of a queue no
+    request made yet, every second) only at debug."""
+    level = level.lower()
+    kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"), log_prefix=True)
+    logging.getLogger().setLevel(level.upper())
+    quiet_client_logs(level)
+
+
 def run_operator(operator_settings: OperatorSettings) -> None:
     """Run until stopped; watches the configured namespaces or all of them."""
-    level = operator_settings.log_level.lower()
-    kopf.configure(debug=level == "debug", verbose=level in ("debug", "info"),
-                   quiet=level == "error", log_prefix=True)  # fmt: skip
+    configure_logging(operator_settings.log_level)
     configure(operator_settings)
     namespaces = operator_settings.namespaces
     kopf.run(
