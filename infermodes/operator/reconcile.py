@@ -128,8 +128,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     replicas = mode.replicas(spec, signals, memory)
     for pod, wanted in mode.pod_annotations(spec, signals, replicas).items():
         deps.kube.annotate("v1", "Pod", ref.namespace, pod, wanted)
-    if workload.exists and workload.replicas == 0 and replicas > 0:
-        memory.activated_at = wall
+    if kind == "Deployment" and workload.exists and workload.replicas == 0 and replicas > 0:
+        memory.activated_at = wall  # a pool at zero starting (a Job has no replicas to scale)
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
     after = applied.get(kind, found)

@@ -142,3 +142,25 @@ def test_completed_and_stopped() -> None:
     assert (still.phase, still.reason) == (s.Phase.IN_PROGRESS, "Stopping")
     stopped = batch.observe(stopping, signals({"status": {}}, []), None)
     assert stopped.phase is s.Phase.STOPPED
+
+
+def test_a_running_job_reports_no_scale_from_zero() -> None:
+    """A Job has no replicas to scale: its active instances are not a pool at zero that
+    started, so no ``ScaledFromZero`` event at each reconcile."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    class JobKube(FakeKube):
+        def apply(self, obj):  # the API answers an apply with the live object
+            applied = super().apply(obj)
+            return {**applied, "status": {"active": 3}} if obj["kind"] == "Job" else applied
+
+    job = {"metadata": {"generation": 1}, "spec": {"parallelism": 3}, "status": {"active": 3}}
+    kube = JobKube(job)
+    d, _ = deps(kube)
+    memory = ScalerMemory()
+    for _ in range(3):
+        result = reconcile(body(FULL_SPEC), memory, d)
+        assert result.status.phase is s.Phase.IN_PROGRESS
+        assert result.events == []
