@@ -136,16 +136,22 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
 
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
     """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
-    Failed with a reason when pods cannot run."""
+    Failed with a reason when pods cannot run, unless the previous spec's replicas still serve
+    while the new one's cannot roll out: the endpoint stays Updating (and served), the reason
+    saying why, as the platform keeps an endpoint on its old config when an update fails."""
+    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
     problem = failure(workload)
     if problem is not None:
+        if was_serving and not workload.rolled_out and workload.ready > 0:
+            return workload.status(Phase.UPDATING, problem[0], (
+                f"the new spec cannot roll out ({problem[1]}); {workload.ready} replica(s) of "
+                "the previous spec still serve: fix or revert the spec"))  # fmt: skip
         return workload.status(Phase.FAILED, problem[0], problem[1])
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
     if workload.rolled_out and workload.ready >= workload.replicas:
         return workload.status(Phase.IN_SERVICE, "AllReplicasReady",
                       f"{workload.ready}/{workload.replicas} replicas ready")  # fmt: skip
-    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
     if was_serving and workload.rolled_out and workload.ready > 0:  # replicas changing, not specs
         message = f"{workload.ready}/{workload.replicas} replicas ready"
         return workload.status(Phase.IN_SERVICE, "Scaling", message)

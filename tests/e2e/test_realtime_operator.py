@@ -89,6 +89,20 @@ def test_apply_reaches_in_service_under_restricted_pod_security_and_predicts_lik
     assert "Updating" in {e["reason"] for e in api.get(
         f"/api/v1/namespaces/{k8s_namespace}/events")["items"]}  # fmt: skip
 
+    # an update whose model cannot load: the old replica keeps serving, the endpoint Updating
+    # with the reason (not Failed, which the gateway would refuse), until the spec is fixed
+    lost = f"file:///nonexistent/{k8s_namespace}/model.tar.gz"
+    assert tools.apply(endpoint_manifest("abalone", lost, workers=2), k8s_namespace).returncode == 0
+    failing = wait_phase(api, k8s_namespace, "abalone", "Updating",
+                         also=lambda e: e["status"].get("reason") == "ModelLoadFailed")  # fmt: skip
+    assert "replica(s) of the previous spec still serve" in failing["status"]["message"]
+    (ip,) = ready_pod_ips(api, k8s_namespace, "abalone")
+    response = httpx.post(f"http://{ip}:8080/invocations", content=to_csv(rows), headers=CSV)
+    assert response.status_code == 200, response.text
+    fixed = tools.apply(endpoint_manifest("abalone", model_uri, workers=2), k8s_namespace)
+    assert fixed.returncode == 0, fixed.stderr
+    wait_phase(api, k8s_namespace, "abalone", "InService")
+
 
 def test_operator_runs_under_its_own_least_privilege_account(tools: Tools) -> None:
     api = tools.cluster.api

@@ -115,6 +115,40 @@ def pod(name: str, ready: bool, **state) -> PodState:
             s.Phase.FAILED,
             "ModelLoadFailed",
         ),
+        (  # an update whose model cannot load while the old replica serves: still served
+            WorkloadState(
+                True,
+                1,
+                1,
+                0,
+                False,
+                [pod("old", True), pod("new", False, exit_code=3, restarts=2, message="x")],
+            ),
+            Status(s.Phase.IN_SERVICE),
+            s.Phase.UPDATING,
+            "ModelLoadFailed",
+        ),
+        (  # ... and at the next reconcile, from Updating
+            WorkloadState(
+                True,
+                1,
+                1,
+                0,
+                False,
+                [pod("old", True), pod("new", False, exit_code=3, restarts=3, message="x")],
+            ),
+            Status(s.Phase.UPDATING, "ModelLoadFailed"),
+            s.Phase.UPDATING,
+            "ModelLoadFailed",
+        ),
+        (  # no replica of the previous spec left: failed
+            WorkloadState(
+                True, 1, 0, 0, False, [pod("new", False, exit_code=3, restarts=2, message="x")]
+            ),
+            Status(s.Phase.IN_SERVICE),
+            s.Phase.FAILED,
+            "ModelLoadFailed",
+        ),
         (
             WorkloadState(True, 1, 0, 1, True, [pod("a", False, waiting_reason="ErrImagePull")]),
             None,
