@@ -383,6 +383,10 @@ class EndpointSpec(SpecBlock):
           for mode, block in MODE_BLOCKS.items()],
         ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
          BATCH_IMMUTABLE),
+        # the Job's pod template, which Kubernetes never changes, is made of these too
+        *[(f"self.mode != 'batch' || oldSelf.mode != 'batch' || (has(self.{name}) == "
+           f"has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name}))",
+           BATCH_IMMUTABLE) for name in ("image", "storageSecretRef")],
         (f"self.mode == oldSelf.mode || (self.mode in {MODEL_SERVER_CEL}"
          f" && oldSelf.mode in {MODEL_SERVER_CEL})", MODE_CHANGE),
         (f"!has(self.model.inferenceOutput) || self.mode in {MODEL_SERVER_CEL}",

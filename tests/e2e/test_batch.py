@@ -128,6 +128,14 @@ def test_five_objects_over_two_instances_complete_with_every_row_right(
     reasons = {e["reason"] for e in api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
                if e["involvedObject"].get("kind") == "InferenceEndpoint"}  # fmt: skip
     assert {"InProgress", "Completed"} <= reasons
+    # the Job's pod template never changes: neither do the fields it is made of
+    for field, value in (("image", "registry.example/other:1"),
+                         ("storageSecretRef", {"name": "other"})):  # fmt: skip
+        changed = batch_manifest("scores", "ok")
+        changed["spec"][field] = value
+        refused = tools.apply(changed, k8s_namespace)
+        assert refused.returncode != 0, field
+        assert "a batch job's spec cannot change once created" in refused.stderr, refused.stderr
 
 
 def test_a_failing_object_is_named_and_a_rerun_processes_only_it(

@@ -95,8 +95,9 @@ def test_cel_rules_mirror_the_model_validators() -> None:
     ]
     rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
     assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
-    # a block per mode, a batch job's model, which mode changes, where inferenceOutput applies
-    assert len(rules) == 7
+    # a block per mode, a batch job's model, image and storage Secret, which mode changes,
+    # where inferenceOutput applies
+    assert len(rules) == 9
 
 
 @pytest.mark.parametrize(
