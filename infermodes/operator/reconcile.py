@@ -76,6 +76,33 @@ def observe_workload(
     return WorkloadState(exists=True)
 
 
+NAME_CONFLICT = "NameConflict"
+
+
+def owned(obj: dict[str, Any], ref: EndpointRef) -> bool:
+    """Whether ``obj`` is this endpoint's (its owner reference, which every object the
+    operator makes carries)."""
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("kind") == s.KIND and o.get("name") == ref.name for o in owners)
+
+
+def foreign_object(
+    deps: Deps, ref: EndpointRef, objects: list[dict[str, Any]], workload: dict[str, Any] | None
+) -> str | None:
+    """The first object of the names this endpoint's would have that someone else owns: a
+    forced apply would take it over, and the endpoint's deletion would delete it with it."""
+    for obj in objects:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        live = (
+            workload
+            if kind in ("Deployment", "Job")
+            else deps.kube.get(obj["apiVersion"], kind, ref.namespace, name)
+        )
+        if live is not None and not owned(live, ref):
+            return f"{kind} {name}"
+    return None
+
+
 def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Reconciled:
     """Bring the endpoint's objects to their desired state and say what state it is in."""
     ref = EndpointRef.from_body(body)
@@ -131,6 +158,12 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     if kind == "Deployment" and workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall  # a pool at zero starting (a Job has no replicas to scale)
     objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)
+    taken = foreign_object(deps, ref, objects, found)
+    if taken is not None:
+        return Reconciled(Status(s.Phase.FAILED, NAME_CONFLICT, (
+            f"a {taken} already exists in namespace {ref.namespace} and is not this "
+            "endpoint's (no owner reference to it): the operator leaves it alone; rename the "
+            "endpoint, or delete that object if it is not needed")))  # fmt: skip
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)

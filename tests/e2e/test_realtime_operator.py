@@ -189,6 +189,29 @@ def test_a_mode_change_to_another_workload_is_refused_by_kubectl_apply(
     assert tools.apply(manifest, k8s_namespace).returncode == 0
 
 
+def test_an_object_of_its_names_that_a_user_owns_is_left_alone(
+    tools: Tools, k8s_namespace: str
+) -> None:
+    """A user's own Service named ``ie-<name>``: the endpoint fails naming it, and the operator
+    neither takes it over (a forced apply would) nor deletes it with the endpoint."""
+    api = tools.cluster.api
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ie-theirs"},
+               "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 8000}]}}  # fmt: skip
+    api.post(f"/api/v1/namespaces/{k8s_namespace}/services", service)
+    applied = tools.apply(endpoint_manifest("theirs", "file:///m.tar.gz"), k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_phase(api, k8s_namespace, "theirs", "Failed")
+    assert endpoint["status"]["reason"] == "NameConflict"
+    assert "a Service ie-theirs already exists" in endpoint["status"]["message"]
+    path = f"/api/v1/namespaces/{k8s_namespace}/services/ie-theirs"
+    assert api.get(path)["spec"]["selector"] == {"app": "theirs"}
+    deployments = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments"
+    assert api.get(deployments)["items"] == []
+    assert tools.kubectl("delete", "ie", "theirs", "-n", k8s_namespace).returncode == 0
+    wait_until(lambda: get_endpoint(api, k8s_namespace, "theirs") is None, 60, "the deletion")
+    assert api.get(path)["spec"]["selector"] == {"app": "theirs"}
+
+
 def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:
     manifest = endpoint_manifest("lost", f"file:///nonexistent/{k8s_namespace}/model.tar.gz")
     assert tools.apply(manifest, k8s_namespace).returncode == 0

@@ -205,19 +205,28 @@ def test_parse_load_reads_only_invocations() -> None:
 class FakeKube:
     """Records applies; serves a Deployment and pods as the API would."""
 
-    def __init__(self, deployment=None, pods=()):
+    def __init__(self, deployment=None, pods=(), others=()):
         self.deployment = deployment
         self.pods = list(pods)
+        self.others = {(o["kind"], o["metadata"]["name"]): o for o in others}
         self.applied: list[dict] = []
 
     def get(self, api_version, kind, namespace, name):
-        return self.deployment
+        if kind in ("Deployment", "Job"):  # the workload the operator made: its owner's
+            if self.deployment is None:
+                return None
+            owner = {"kind": "InferenceEndpoint", "name": name.removeprefix("ie-")}
+            metadata = {"ownerReferences": [owner], **self.deployment.get("metadata", {})}
+            return {**self.deployment, "metadata": metadata}
+        return self.others.get((kind, name))
 
     def list(self, api_version, kind, namespace, selector):
         return self.pods
 
     def apply(self, obj):
         self.applied.append(obj)
+        if obj["kind"] not in ("Deployment", "Job"):
+            self.others[(obj["kind"], obj["metadata"]["name"])] = obj
         if obj["kind"] == "Deployment":
             live = {**obj, "metadata": {**obj["metadata"], "generation": 1}}
             live["status"] = (self.deployment or {}).get("status", {})
@@ -373,3 +382,26 @@ def test_a_serverless_endpoint_made_realtime_keeps_one_clock_for_its_cooldowns()
     clock[0] += 1
     reconcile(body(realtime), memory, d, autoscale=True)
     assert kube.applied[-2]["spec"]["replicas"] == 3  # 5 in flight at 2 per replica
+
+
+def test_an_object_of_the_endpoints_names_that_someone_else_owns_is_left_alone() -> None:
+    """A user's own Service (or Deployment) named ``ie-<name>``: a forced apply would take it
+    over and the endpoint's deletion would delete it. Nothing is applied; the endpoint says
+    which object is in the way."""
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ie-abalone"}}
+    kube = FakeKube(others=[theirs])
+    d, _ = deps(kube)
+    status = reconcile(body(), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "NameConflict")
+    assert "a Service ie-abalone already exists in namespace models" in status.message
+    assert kube.applied == []
+
+    class TheirDeployment(FakeKube):
+        def get(self, api_version, kind, namespace, name):
+            return {"metadata": {"name": name}} if kind == "Deployment" else None
+
+    kube = TheirDeployment()
+    d, _ = deps(kube)
+    status = reconcile(body(), ScalerMemory(), d).status
+    assert status.reason == "NameConflict" and "a Deployment ie-abalone" in status.message
+    assert kube.applied == []
