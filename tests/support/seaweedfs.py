@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.processes import free_port, stop_process, wait_until
+from tests.support.processes import lasting_port, stop_process, wait_until
 from tests.support.s3 import S3Endpoint
 
 MODULE = "github.com/seaweedfs/seaweedfs"
@@ -104,9 +104,11 @@ def seaweedfs_server() -> Iterator[S3Endpoint]:
         ]
     }
     (root / "s3.json").write_text(json.dumps(config))
-    s3_port = free_port()
-    ports = {name: free_port() for name in ("master", "volume", "filer")}
-    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    # eight ports at once: each free_port() is free when asked, but the kernel may give one
+    # twice in a row (a CI run's filer found its port taken by the master's gRPC server)
+    s3_port = lasting_port()
+    ports = {name: lasting_port() for name in ("master", "volume", "filer")}
+    grpc = {name: lasting_port() for name in ("master", "volume", "filer", "s3")}
     command = [
         str(binary), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
