@@ -138,6 +138,21 @@ def test_five_objects_over_two_instances_complete_with_every_row_right(
         assert "a batch job's spec cannot change once created" in refused.stderr, refused.stderr
 
 
+def test_an_instance_that_cannot_start_is_named_in_the_status(
+    tools: Tools, k8s_namespace: str
+) -> None:
+    """A storage Secret that does not exist keeps the instances waiting: the endpoint stays
+    InProgress (creating the Secret lets them start) and its status says why."""
+    manifest = batch_manifest("waits", "never")
+    manifest["spec"]["storageSecretRef"] = {"name": "no-such-secret"}
+    applied = tools.apply(manifest, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    stuck = lambda e: e["status"].get("reason") == "ContainerCannotRun"  # noqa: E731
+    endpoint = wait_phase(tools.cluster.api, k8s_namespace, "waits", "InProgress", also=stuck)
+    assert "cannot start: CreateContainerConfigError" in endpoint["status"]["message"]
+    assert "no-such-secret" in endpoint["status"]["message"]
+
+
 def test_a_failing_object_is_named_and_a_rerun_processes_only_it(
     tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
 ) -> None:

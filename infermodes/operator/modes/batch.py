@@ -33,7 +33,7 @@ from infermodes.errors import (
 from infermodes.metrics import parse_batch_units
 from infermodes.operator.modes.base import Signals, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
-from infermodes.operator.observed import running_pods
+from infermodes.operator.observed import CANNOT_RUN_REASONS, PodState, running_pods
 from infermodes.settings import BatchSettings
 
 COMPONENT = "batch"
@@ -184,4 +184,18 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
         message += f"; failed so far: {describe_failures(failures)}"
+    stuck = cannot_run(signals.pods)
+    if stuck:  # the Job waits for them (a Secret created later lets them start): not Failed
+        return status(s.Phase.IN_PROGRESS, "ContainerCannotRun", f"{message}; {stuck}")
     return status(s.Phase.IN_PROGRESS, "Running" if job else "Starting", message)
+
+
+def cannot_run(pods: list[dict[str, Any]]) -> str:
+    """What keeps the newest attempt of an instance from starting (a missing Secret, an image
+    that cannot be pulled), as its container's waiting reason says; empty when none."""
+    for pod in latest_per_index(pods).values():
+        state = PodState.from_pod(pod)
+        if state.waiting_reason in CANNOT_RUN_REASONS:
+            detail = f"{state.waiting_reason}: {state.message}".rstrip(": ")
+            return f"instance pod {state.name} cannot start: {detail}"
+    return ""

@@ -105,6 +105,23 @@ def test_in_progress_sums_summaries_of_ended_instances_and_metrics_of_running_on
     assert status.to_patch(1, None)["progress"]["text"] == "5/7"
 
 
+def test_an_instance_whose_container_cannot_start_is_named_in_the_status() -> None:
+    """A missing Secret (or image) keeps an instance waiting: still InProgress (the Job waits,
+    and a Secret created later lets it start), but the reason and message say why."""
+    job = {"status": {"active": 1}}
+    waiting = pod(0, "2026-01-01T00:00:00Z", phase="Pending")
+    waiting["status"]["containerStatuses"] = [{"state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "s3" not found'}}}]  # fmt: skip
+    status = batch.observe(SPEC, signals(job, [waiting]), None)
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "ContainerCannotRun")
+    assert status.message.endswith(
+        f"instance pod {waiting['metadata']['name']} cannot start: "
+        'CreateContainerConfigError: secret "s3" not found'
+    )
+    started = pod(0, "2026-01-01T00:00:00Z")
+    assert batch.observe(SPEC, signals(job, [started]), None).reason == "Running"
+
+
 def test_an_instance_gone_without_a_summary_adds_no_one_elses_progress() -> None:
     """A failed or evicted pod keeps its IP in its status, which a running pod (here of
     another instance) may have been given since: only running pods' metrics are read."""
