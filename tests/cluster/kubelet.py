@@ -502,6 +502,18 @@ class PodWorker(threading.Thread):
             self.run_state.ready = False
             self.phase = "Succeeded" if code == 0 else "Failed"
             self._push_status()
+        elif self.phase == "Pending":  # never started (a missing Secret): terminal too, as the
+            # real kubelet makes it; a Job's tracking finalizer holds the pod until then
+            self.run_state.waiting = None
+            self.run_state.terminated = {
+                "exitCode": 137,
+                "reason": "ContainerStatusUnknown",
+                "message": "the pod was deleted before its container started",
+                "startedAt": None,
+                "finishedAt": now(),
+            }
+            self.phase = "Failed"
+            self._push_status()
 
     def _delete_object(self) -> bool:
         """Remove the pod object now that its process is gone; False to try again later."""

@@ -160,3 +160,39 @@ def test_failing_job_reaches_failed_after_backoff_limit(k8s_cluster: Cluster, k8
     assert len(failed) == 2  # the first try and one retry (backoffLimit 1)
     for pod in failed:
         assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 1
+
+
+def test_a_deleted_job_pod_that_never_started_is_gone(k8s_cluster: Cluster, k8s_namespace: str):
+    """A pod waiting on a Secret that does not exist never starts; deleted, it still turns
+    terminal, so the Job controller drops its tracking finalizer and the pod (and the node's
+    room it held) is gone, as with the real kubelet."""
+    api = k8s_cluster.api
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "waiting"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "work", "image": "busybox", "command": ["true"],
+                            "envFrom": [{"secretRef": {"name": "no-such-secret"}}]}],
+        }}},
+    }  # fmt: skip
+    api.post(h.job_path(k8s_namespace), job)
+
+    def waiting() -> bool:
+        found = h.pods(api, k8s_namespace, "job-name=waiting")
+        states = [c["state"] for p in found for c in p["status"].get("containerStatuses", [])]
+        reasons = {s.get("waiting", {}).get("reason") for s in states}
+        return "CreateContainerConfigError" in reasons
+
+    wait_until(waiting, 60, "the pod to wait on its Secret")
+    (pod,) = h.pods(api, k8s_namespace, "job-name=waiting")
+    api.delete(f"/api/v1/namespaces/{k8s_namespace}/pods/{pod['metadata']['name']}")
+    wait_until(
+        lambda: (
+            pod["metadata"]["uid"]
+            not in {p["metadata"]["uid"] for p in h.pods(api, k8s_namespace, "job-name=waiting")}
+        ),
+        60,
+        "the deleted pod to be gone",
+    )
