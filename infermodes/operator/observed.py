@@ -26,11 +26,13 @@ class PodState:
     waiting_reason: str | None = None
     message: str = ""
     running: bool = False  # its containers run, and it is not being deleted (``running_pods``)
+    unschedulable: str = ""  # the scheduler's word when no node can take it
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> PodState:
         status = pod.get("status") or {}
-        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        scheduled = conditions.get("PodScheduled") or {}
         containers = status.get("containerStatuses") or []
         restarts = sum(int(c.get("restartCount", 0)) for c in containers)
         exit_code: int | None = None
@@ -49,7 +51,7 @@ class PodState:
         return cls(
             name=pod["metadata"]["name"],
             ip=status.get("podIP"),
-            ready=conditions.get("Ready") == "True"
+            ready=(conditions.get("Ready") or {}).get("status") == "True"
             and not pod["metadata"].get("deletionTimestamp"),
             restarts=restarts,
             exit_code=exit_code,
@@ -59,6 +61,9 @@ class PodState:
             and all("running" in (c.get("state") or {}) for c in containers)
             and status.get("phase") == "Running"
             and not pod["metadata"].get("deletionTimestamp"),
+            unschedulable=(scheduled.get("message") or "Unschedulable").strip()
+            if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+            else "",
         )
 
 
@@ -72,6 +77,7 @@ class WorkloadState:
     updated: int = 0
     rolled_out: bool = True  # the Deployment controller has seen and finished its latest spec
     pods: list[PodState] = field(default_factory=list)
+    replica_failure: str = ""  # why the API refused its pods (a quota, an admission policy)
 
     def status(self, phase: Phase, reason: str, message: str) -> Status:
         """A status with this workload's replica counts."""
@@ -98,6 +104,11 @@ class WorkloadState:
             deployment["metadata"].get("generation", 1)
         )
         total = int(status.get("replicas", 0))
+        refused = next(
+            (c for c in status.get("conditions") or []
+             if c.get("type") == "ReplicaFailure" and c.get("status") == "True"),
+            None,
+        )  # fmt: skip
         return cls(
             exists=True,
             replicas=replicas,
@@ -105,6 +116,9 @@ class WorkloadState:
             updated=updated,
             rolled_out=current and updated >= replicas and total <= replicas,
             pods=[PodState.from_pod(p) for p in pods],
+            replica_failure=""
+            if refused is None
+            else (refused.get("message") or refused.get("reason") or "ReplicaFailure").strip(),
         )
 
 
@@ -134,6 +148,29 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
     return None
 
 
+def stalled(workload: WorkloadState) -> tuple[str, str] | None:
+    """(reason, message) when wanted replicas cannot be created or placed: the API refuses
+    their pods (``FailedCreate``: a quota, an admission policy) or no node has room for them
+    (``Unschedulable``). Not a failure: either mends by itself once capacity frees or the
+    quota grows, and the pods then start; until then the status says why they do not."""
+    if workload.replica_failure:
+        return "FailedCreate", f"pods cannot be created: {workload.replica_failure}"
+    for pod in workload.pods:
+        if pod.unschedulable:
+            return "Unschedulable", f"pod {pod.name} cannot be scheduled: {pod.unschedulable}"
+    return None
+
+
+def waiting_status(workload: WorkloadState, phase: Phase, reason: str, message: str) -> Status:
+    """A status for replicas still to come up; a stall, when there is one, gives the reason
+    and adds why to the message."""
+    settled = workload.rolled_out and workload.ready >= workload.replicas
+    stall = None if settled else stalled(workload)
+    if stall is not None:
+        reason, message = stall[0], f"{message}; {stall[1]}"
+    return workload.status(phase, reason, message)
+
+
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
     """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
     Failed with a reason when pods cannot run, unless the previous spec's replicas still serve
@@ -154,9 +191,9 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
                       f"{workload.ready}/{workload.replicas} replicas ready")  # fmt: skip
     if was_serving and workload.rolled_out and workload.ready > 0:  # replicas changing, not specs
         message = f"{workload.ready}/{workload.replicas} replicas ready"
-        return workload.status(Phase.IN_SERVICE, "Scaling", message)
+        return waiting_status(workload, Phase.IN_SERVICE, "Scaling", message)
     phase = Phase.UPDATING if was_serving else Phase.CREATING
     message = f"{workload.ready}/{workload.replicas} replicas ready"
     if not workload.rolled_out:
         message += f", {workload.updated} updated"
-    return workload.status(phase, "RollingOut" if was_serving else "Creating", message)
+    return waiting_status(workload, phase, "RollingOut" if was_serving else "Creating", message)

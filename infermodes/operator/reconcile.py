@@ -103,6 +103,12 @@ def foreign_object(
     return None
 
 
+def workload_gone(message: str, kind: str) -> str:
+    """An ended endpoint's message once its workload was deleted: it stays as it ended."""
+    note = f"its {kind} was deleted and is not made again: delete and re-create the endpoint"
+    return message if message.endswith(note) else f"{message}; {note}"
+
+
 def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Reconciled:
     """Bring the endpoint's objects to their desired state and say what state it is in."""
     ref = EndpointRef.from_body(body)
@@ -164,6 +170,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             f"a {taken} already exists in namespace {ref.namespace} and is not this "
             "endpoint's (no owner reference to it): the operator leaves it alone; rename the "
             "endpoint, or delete that object if it is not needed")))  # fmt: skip
+    if found is None and previous is not None and not mode.remakes(previous):
+        return Reconciled(replace(previous, message=workload_gone(previous.message, kind)))
     applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)

@@ -136,6 +136,15 @@ def test_five_objects_over_two_instances_complete_with_every_row_right(
         refused = tools.apply(changed, k8s_namespace)
         assert refused.returncode != 0, field
         assert "a batch job's spec cannot change once created" in refused.stderr, refused.stderr
+    # its Job deleted once it ended: not made again (that would run it anew), outcome kept
+    deleted = tools.kubectl("delete", "job", "ie-scores", "-n", k8s_namespace, "--wait=true")
+    assert deleted.returncode == 0, deleted.stderr
+    gone = "its Job was deleted and is not made again"
+    kept = wait_phase(api, k8s_namespace, "scores", "Completed", timeout=60,
+                      also=lambda e: gone in e["status"]["message"])  # fmt: skip
+    assert kept["status"]["progress"]["objectsDone"] == OBJECTS
+    jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
+    assert jobs == [], [j["metadata"]["name"] for j in jobs]
 
 
 def test_an_instance_that_cannot_start_is_named_in_the_status(

@@ -212,6 +212,35 @@ def test_an_object_of_its_names_that_a_user_owns_is_left_alone(
     assert api.get(path)["spec"]["selector"] == {"app": "theirs"}
 
 
+def test_pods_that_cannot_be_created_or_placed_are_named_in_the_status(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """A quota of no pods, then a CPU request no node has: the endpoint waits (not Failed: a
+    quota can grow, capacity can free), its reason and message saying why; once the spec asks
+    for what a node has, it comes up."""
+    api = tools.cluster.api
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+             "spec": {"hard": {"pods": "0"}}}  # fmt: skip
+    quotas = f"/api/v1/namespaces/{k8s_namespace}/resourcequotas"
+    api.post(quotas, quota)
+    refused = endpoint_manifest("refused", model_uri)
+    assert tools.apply(refused, k8s_namespace).returncode == 0
+    by = lambda reason: lambda e: e["status"].get("reason") == reason  # noqa: E731
+    endpoint = wait_phase(api, k8s_namespace, "refused", "Creating", also=by("FailedCreate"))
+    assert "pods cannot be created:" in endpoint["status"]["message"]
+    assert "no-pods" in endpoint["status"]["message"], endpoint["status"]["message"]
+    assert tools.kubectl("delete", "ie", "refused", "-n", k8s_namespace).returncode == 0
+    api.delete(f"{quotas}/no-pods")
+
+    too_big = endpoint_manifest("too-big", model_uri, resources={"cpu": "64", "memory": "512Mi"})
+    assert tools.apply(too_big, k8s_namespace).returncode == 0
+    endpoint = wait_phase(api, k8s_namespace, "too-big", "Creating", also=by("Unschedulable"))
+    assert "cannot be scheduled: 0/1 nodes are available" in endpoint["status"]["message"]
+    assert "Insufficient cpu" in endpoint["status"]["message"]
+    fits = endpoint_manifest("too-big", model_uri)
+    create_in_service(tools, k8s_namespace, fits)
+
+
 def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:
     manifest = endpoint_manifest("lost", f"file:///nonexistent/{k8s_namespace}/model.tar.gz")
     assert tools.apply(manifest, k8s_namespace).returncode == 0

@@ -37,9 +37,9 @@ from infermodes.metrics import (
     parse_worker_in_flight,
     worker_reading,
 )
-from infermodes.operator.modes.base import Signals
+from infermodes.operator.modes.base import Signals, always_remakes
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
-from infermodes.operator.observed import failure, running_pods
+from infermodes.operator.observed import failure, running_pods, waiting_status
 from infermodes.operator.signals.names import NAME_IN_USE
 from infermodes.settings import WorkerSettings
 
@@ -127,6 +127,9 @@ def not_consuming(signals: Signals) -> str:
         f"; not ready: {', '.join(waiting)} (loading the model, or not consuming the queue: "
         "the broker down, or refusing the login of the broker Secret's URL; the pod's log says)"
     )
+
+
+remakes = always_remakes
 
 
 def pod_annotations(
@@ -222,16 +225,15 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
         workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
         if read.silent:
-            reason = "InFlightUnknown"
             message = (
                 f"{queued}; worker(s) {', '.join(read.silent)} cannot say what they hold "
                 f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
                 f"figures scale the pool in only once they can; {workers}"
             )
+            status = workload.status(s.Phase.IN_SERVICE, "InFlightUnknown", message)
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
-            message = f"{queued}; {workers}"
-        status = workload.status(s.Phase.IN_SERVICE, reason, message)
+            status = waiting_status(workload, s.Phase.IN_SERVICE, reason, f"{queued}; {workers}")
     return Status(
         status.phase,
         status.reason,

@@ -63,9 +63,17 @@ class EndpointMode(Protocol):
     def observe(self, spec: EndpointSpec, signals: Signals, previous: Status | None) -> Status:
         """The status the workload means (``signals`` as observed after applying)."""
 
+    def remakes(self, previous: Status | None) -> bool:
+        """Whether a workload gone from under the endpoint (deleted by hand) is made again."""
+
 
 def no_pod_annotations(
     spec: EndpointSpec, signals: Signals, replicas: int
 ) -> dict[str, dict[str, str]]:
     """``pod_annotations`` of the modes that leave their pods alone."""
     return {}
+
+
+def always_remakes(previous: Status | None) -> bool:
+    """``remakes`` of the modes whose workload serves for as long as the endpoint exists."""
+    return True

@@ -50,6 +50,13 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
 
 
 pod_annotations = no_pod_annotations
+ENDED_REASONS = frozenset({"Completed", "ObjectsFailed", "JobFailed"})  # what a Job ended with
+
+
+def remakes(previous: Status | None) -> bool:
+    """A transform job runs once: its Job deleted after it ended (by hand, or by a clean-up)
+    is not made again, which would run every instance anew; the outcome stays in the status."""
+    return previous is None or previous.reason not in ENDED_REASONS
 
 
 def desired_objects(
@@ -184,18 +191,23 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
         message += f"; failed so far: {describe_failures(failures)}"
-    stuck = cannot_run(signals.pods)
-    if stuck:  # the Job waits for them (a Secret created later lets them start): not Failed
-        return status(s.Phase.IN_PROGRESS, "ContainerCannotRun", f"{message}; {stuck}")
+    stuck = stalled_instance(signals.pods)
+    if stuck is not None:  # the Job waits for them (a Secret created later lets them start)
+        return status(s.Phase.IN_PROGRESS, stuck[0], f"{message}; {stuck[1]}")
     return status(s.Phase.IN_PROGRESS, "Running" if job else "Starting", message)
 
 
-def cannot_run(pods: list[dict[str, Any]]) -> str:
-    """What keeps the newest attempt of an instance from starting (a missing Secret, an image
-    that cannot be pulled), as its container's waiting reason says; empty when none."""
+def stalled_instance(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) of what keeps the newest attempt of an instance from starting: a
+    missing Secret or an image that cannot be pulled (``ContainerCannotRun``, as its
+    container's waiting reason says), or no node with room for it (``Unschedulable``)."""
     for pod in latest_per_index(pods).values():
         state = PodState.from_pod(pod)
         if state.waiting_reason in CANNOT_RUN_REASONS:
             detail = f"{state.waiting_reason}: {state.message}".rstrip(": ")
-            return f"instance pod {state.name} cannot start: {detail}"
-    return ""
+            return "ContainerCannotRun", f"instance pod {state.name} cannot start: {detail}"
+        if state.unschedulable:
+            return "Unschedulable", (
+                f"instance pod {state.name} cannot be scheduled: {state.unschedulable}"
+            )
+    return None

@@ -17,9 +17,9 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import Status
-from infermodes.operator.modes.base import Signals, no_pod_annotations
+from infermodes.operator.modes.base import Signals, always_remakes, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
-from infermodes.operator.observed import failure
+from infermodes.operator.observed import failure, waiting_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")
@@ -41,6 +41,7 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
 
 
 pod_annotations = no_pod_annotations
+remakes = always_remakes
 
 
 def desired_objects(
@@ -72,6 +73,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             s.Phase.IN_SERVICE, "ScaledToZero", "no replicas; a request starts one"
         )
     if not workload.rolled_out and workload.ready > 0:
-        return workload.status(s.Phase.UPDATING, "RollingOut", ready)
-    reason = "AllReplicasReady" if workload.ready >= workload.replicas else "Scaling"
-    return workload.status(s.Phase.IN_SERVICE, reason, ready)
+        return waiting_status(workload, s.Phase.UPDATING, "RollingOut", ready)
+    if workload.ready >= workload.replicas:
+        return workload.status(s.Phase.IN_SERVICE, "AllReplicasReady", ready)
+    return waiting_status(workload, s.Phase.IN_SERVICE, "Scaling", ready)

@@ -183,6 +183,16 @@ def test_the_status_names_the_running_workers_that_are_not_ready() -> None:
     assert "not ready" not in ready.message
 
 
+def test_workers_the_api_refuses_are_named_with_the_backlog() -> None:
+    """A quota refusing the workers' pods leaves the queue growing: the status says why."""
+    refused = WorkloadState(True, 1, 0, 0, False, replica_failure="exceeded quota: pods")
+    status = async_.observe(SPEC, signals(refused, QueueFigures(7, 0)), None)
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "FailedCreate")
+    assert status.message == (
+        "7 queued, 0 in flight; 0/1 workers; pods cannot be created: exceeded quota: pods"
+    )
+
+
 def test_without_the_management_api_the_workers_say_what_is_in_flight() -> None:
     """AMQP alone counts ready messages only; the workers' counts let the pool scale in (and
     keep it while they hold work) instead of never shrinking."""

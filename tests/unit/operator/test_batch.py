@@ -181,3 +181,43 @@ def test_a_running_job_reports_no_scale_from_zero() -> None:
         result = reconcile(body(FULL_SPEC), memory, d)
         assert result.status.phase is s.Phase.IN_PROGRESS
         assert result.events == []
+
+
+def test_an_instance_no_node_has_room_for_is_named_in_the_status() -> None:
+    job = {"status": {"active": 1}}
+    pending = pod(1, "2026-01-01T00:00:00Z", phase="Pending")
+    no_room = "0/1 nodes are available: 1 Insufficient cpu."
+    pending["status"]["conditions"] = [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": no_room}
+    ]
+    status = batch.observe(SPEC, signals(job, [pending]), None)
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "Unschedulable")
+    assert status.message.endswith(
+        f"instance pod {pending['metadata']['name']} cannot be scheduled: {no_room}"
+    )
+
+
+def test_a_job_deleted_after_it_ended_is_not_run_again() -> None:
+    """Deleting a finished transform's Job (by hand, or a clean-up) keeps its outcome: no Job
+    is applied, which would run every instance anew. One deleted while it runs is remade."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    for reason, phase in (("Completed", "Completed"), ("ObjectsFailed", "Failed")):
+        kube = FakeKube()
+        d, _ = deps(kube)
+        ended = {"phase": phase, "reason": reason, "message": "5 records", "replicas": 0}
+        result = reconcile(body(FULL_SPEC, ended), ScalerMemory(), d)
+        assert kube.applied == []
+        assert (result.status.phase.value, result.status.reason) == (phase, reason)
+        gone = "its Job was deleted and is not made again: delete and re-create the endpoint"
+        assert result.status.message == f"5 records; {gone}"
+        again = {**ended, "message": result.status.message}
+        assert reconcile(body(FULL_SPEC, again), ScalerMemory(), d).status.message.count(gone) == 1
+
+    kube = FakeKube()
+    d, _ = deps(kube)
+    running = {"phase": "InProgress", "reason": "Running", "message": "1/5 objects"}
+    reconcile(body(FULL_SPEC, running), ScalerMemory(), d)
+    assert [obj["kind"] for obj in kube.applied] == ["Job"]

@@ -184,6 +184,58 @@ def test_pod_state_from_an_api_object() -> None:
     assert state == PodState("p", "127.0.3.4", False, 2, 3, "CrashLoopBackOff", "cannot load model")
 
 
+UNSCHEDULABLE = "0/1 nodes are available: 1 Insufficient cpu."
+QUOTA = 'pods "ie-abalone-7d9-x" is forbidden: exceeded quota: pods, limited: pods=0'
+
+
+def deployment_refused(message: str) -> dict:
+    """A Deployment whose ReplicaSet the API refuses pods, as the controller reports it."""
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": 1, "conditions": [
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": message},
+        ]},
+    }  # fmt: skip
+
+
+def pending_pod(name: str) -> dict:
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": UNSCHEDULABLE},
+        ]},
+    }  # fmt: skip
+
+
+def test_pods_that_cannot_be_created_or_placed_are_named_while_the_endpoint_waits() -> None:
+    """A quota or an admission policy refusing the pods (FailedCreate), or no node with room
+    (Unschedulable): not Failed, as either mends by itself, but the status says why nothing
+    comes up instead of 'Creating' for ever."""
+    refused = WorkloadState.from_objects(deployment_refused(QUOTA), [])
+    status = realtime.observe(SPEC, observed(refused), None)
+    assert (status.phase, status.reason) == (s.Phase.CREATING, "FailedCreate")
+    assert status.message == f"0/1 replicas ready, 0 updated; pods cannot be created: {QUOTA}"
+
+    placing = {**deployment_of(1), "status": {"observedGeneration": 1, "replicas": 1}}
+    pending = WorkloadState.from_objects(placing, [pending_pod("ie-abalone-1")])
+    assert pending.pods[0].unschedulable == UNSCHEDULABLE
+    status = realtime.observe(SPEC, observed(pending), None)
+    assert (status.phase, status.reason) == (s.Phase.CREATING, "Unschedulable")
+    assert status.message.endswith(f"pod ie-abalone-1 cannot be scheduled: {UNSCHEDULABLE}")
+
+    # scaling out a serving endpoint: still in service, the reason says why replicas lag
+    two = WorkloadState(True, 2, 1, 2, True, [pod("a", True), pod("b", False, unschedulable="x")])
+    status = realtime.observe(SPEC, observed(two), Status(s.Phase.IN_SERVICE))
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "Unschedulable")
+    # every wanted replica ready (an extra pod pending): nothing to say
+    ready = WorkloadState(True, 1, 1, 1, True, [pod("a", True), pod("b", False, unschedulable="x")])
+    assert realtime.observe(SPEC, observed(ready), None).reason == "AllReplicasReady"
+
+
 def test_status_patch_keeps_transition_time_while_unchanged() -> None:
     first = Status(s.Phase.IN_SERVICE, "AllReplicasReady").to_patch(1, None)
     again = Status(s.Phase.IN_SERVICE, "AllReplicasReady").to_patch(1, first)

@@ -17,7 +17,7 @@ from infermodes.endpoints.scaling import (
     serverless_replicas,
 )
 from infermodes.operator.modes import serverless
-from infermodes.operator.observed import WorkloadState
+from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import reconcile
 from tests.unit.operator.test_realtime import REF, FakeKube, check_golden, deps, observed
 
@@ -126,6 +126,10 @@ def test_status_is_in_service_at_zero_and_while_scaling() -> None:
     assert (scaling.phase, scaling.reason) == (s.Phase.IN_SERVICE, "Scaling")
     ready = serverless.observe(spec, observed(WorkloadState(True, 2, 2, 2, True)), None)
     assert (ready.phase, ready.ready_replicas) == (s.Phase.IN_SERVICE, 2)
+    cold = WorkloadState(True, 1, 0, 0, True, [PodState("p", None, False, unschedulable="no")])
+    stalled = serverless.observe(spec, observed(cold), None)
+    assert (stalled.phase, stalled.reason) == (s.Phase.IN_SERVICE, "Unschedulable")
+    assert stalled.message == "0/1 replicas ready; pod p cannot be scheduled: no"
 
 
 def test_reconcile_scales_from_zero_on_a_held_request_and_tells_how_long_it_took() -> None:
