@@ -16,6 +16,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from infermodes.destinations import LITERAL_LINK_LOCAL_CEL, WEBHOOK_PATTERN, literal_refusal
 from infermodes.settings import (
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
@@ -177,12 +178,36 @@ class ServerlessSpec(SpecBlock):
         return self
 
 
+WEBHOOK_NOTE = (
+    " http(s) with a host; not a link-local address (169.254.0.0/16, fe80::/10: where clouds "
+    "serve instance metadata), as written or as the host resolves when the worker POSTs."
+)
+
+
 class NotificationSpec(SpecBlock):
     """Where each request's outcome is announced: the topic exchange and webhooks."""
 
     topic: bool = Field(True, description="Publish to the RabbitMQ topic exchange.")
-    success_webhook: str | None = Field(None, description="URL POSTed on success.")
-    error_webhook: str | None = Field(None, description="URL POSTed on failure.")
+    success_webhook: str | None = Field(
+        None, pattern=WEBHOOK_PATTERN, description="URL POSTed on success:" + WEBHOOK_NOTE
+    )
+    error_webhook: str | None = Field(
+        None, pattern=WEBHOOK_PATTERN, description="URL POSTed on failure:" + WEBHOOK_NOTE
+    )
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
+         f"{name} must not be a link-local address (where clouds serve instance metadata)")
+        for name in ("successWebhook", "errorWebhook")
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _no_link_local_webhook(self) -> NotificationSpec:
+        for name, url in (("successWebhook", self.success_webhook),
+                          ("errorWebhook", self.error_webhook)):  # fmt: skip
+            refused = None if url is None else literal_refusal(url)
+            if refused is not None:
+                raise ValueError(f"{name} must not be a link-local address: {refused}")
+        return self
 
 
 # Async paths take STORAGE_PREFIX (settings.py): what storage.parse_uri reads. Anything else

@@ -16,6 +16,14 @@ class KubeError(Exception):
     """The API server failed or refused; worth retrying later."""
 
 
+class ApplyRefused(KubeError):
+    """The API server refused an object as it is (invalid, or forbidden by a quota or an
+    admission policy): retrying the same object will not do until something changes."""
+
+
+REFUSED_STATUSES = frozenset({400, 403, 422})
+
+
 class KubeDoor:
     def __init__(self, api_client: Any = None) -> None:
         from kubernetes import client, config
@@ -47,7 +55,8 @@ class KubeDoor:
                 force_conflicts=True,
             )
         except ApiException as exc:
-            raise KubeError(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
+            error = ApplyRefused if exc.status in REFUSED_STATUSES else KubeError
+            raise error(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
         return result.to_dict()
 
     def patch_status(

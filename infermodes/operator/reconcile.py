@@ -22,7 +22,7 @@ from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import QueueFigures, Status, parse_rfc3339, rfc3339
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
-from infermodes.operator.kube import KubeDoor
+from infermodes.operator.kube import ApplyRefused, KubeDoor
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
@@ -103,6 +103,24 @@ def foreign_object(
     return None
 
 
+APPLY_REFUSED = "ApplyRefused"
+REFUSAL_SHOWN = 1000
+
+
+def refused_status(previous: Status | None, refusal: str) -> Status:
+    """The API server refused an object of the endpoint: Failed, naming what refused it,
+    unless the previous spec's objects still serve (an update refused: Updating, as an update
+    that cannot roll out). Every resync applies again, so it mends once the cause is gone."""
+    if len(refusal) > REFUSAL_SHOWN:  # an invalid object's error can run to kilobytes
+        refusal = refusal[:REFUSAL_SHOWN] + "..."
+    message = (f"the API server refused {refusal}; applied again at every resync: fix the "
+               "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
+    if previous is not None and previous.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+        return replace(previous, phase=s.Phase.UPDATING, reason=APPLY_REFUSED,
+                       message=f"{message}; the previous spec still serves")  # fmt: skip
+    return Status(s.Phase.FAILED, APPLY_REFUSED, message)
+
+
 def workload_gone(message: str, kind: str) -> str:
     """An ended endpoint's message once its workload was deleted: it stays as it ended."""
     note = f"its {kind} was deleted and is not made again: delete and re-create the endpoint"
@@ -172,7 +190,10 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             "endpoint, or delete that object if it is not needed")))  # fmt: skip
     if found is None and previous is not None and not mode.remakes(previous):
         return Reconciled(replace(previous, message=workload_gone(previous.message, kind)))
-    applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
+    try:
+        applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
+    except ApplyRefused as exc:
+        return Reconciled(refused_status(previous, str(exc)))
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale

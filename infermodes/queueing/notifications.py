@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
 
+from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
@@ -124,6 +126,7 @@ class Notifier:
         webhook_attempts: int,
         topic: bool = True,
         http: httpx.Client | None = None,
+        refusal: Callable[[str], str | None] = destinations.refusal,
     ) -> None:
         self.channel = channel
         self.metrics = metrics
@@ -131,6 +134,7 @@ class Notifier:
         self.webhook_attempts = webhook_attempts
         self.topic = topic
         self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS)
+        self.refusal = refusal  # why a webhook may not be POSTed (``destinations``)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
         payload = json.dumps(body).encode()
@@ -157,6 +161,10 @@ class Notifier:
     def _post(self, url: str, payload: bytes) -> bool:
         """Logs name the webhook by scheme and host only: its path is often its token."""
         shown = redacted_url(url, keep_path=False)
+        refused = self.refusal(url)
+        if refused is not None:
+            log.error("webhook %s refused, not sent: %s", shown, refused)
+            return False
         for attempt in range(self.webhook_attempts):
             if attempt:
                 time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))

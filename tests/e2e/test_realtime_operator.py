@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -146,6 +147,12 @@ INVALID = [
     ("two-blocks", {"serverless": {}}, "spec.serverless is required when mode is serverless"),
     ("replicas", {"realtime": {"minReplicas": 3, "maxReplicas": 2}},
      "minReplicas must not exceed maxReplicas"),
+    ("metadata-webhook", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
+        "successWebhook": "http://169.254.169.254/latest/meta-data/"}}},
+     "successWebhook must not be a link-local address"),
+    ("webhook-scheme", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
+        "errorWebhook": "gopher://hooks/x"}}},
+     "spec.async.notification.errorWebhook: Invalid value: \"gopher://hooks/x\""),
 ]  # fmt: skip
 
 
@@ -215,17 +222,26 @@ def test_an_object_of_its_names_that_a_user_owns_is_left_alone(
 def test_pods_that_cannot_be_created_or_placed_are_named_in_the_status(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
-    """A quota of no pods, then a CPU request no node has: the endpoint waits (not Failed: a
-    quota can grow, capacity can free), its reason and message saying why; once the spec asks
-    for what a node has, it comes up."""
+    """A quota of no Deployments: Failed, naming the refusal. A quota of no pods: the endpoint
+    waits (not Failed: a quota can grow, capacity can free), as does one whose CPU request no
+    node has, the reason and message saying why; once the spec asks for what a node has, it
+    comes up."""
     api = tools.cluster.api
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
-             "spec": {"hard": {"pods": "0"}}}  # fmt: skip
     quotas = f"/api/v1/namespaces/{k8s_namespace}/resourcequotas"
-    api.post(quotas, quota)
+
+    def quota(name: str, hard: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name},
+                "spec": {"hard": hard}}  # fmt: skip
+
+    api.post(quotas, quota("no-deployments", {"count/deployments.apps": "0"}))
     refused = endpoint_manifest("refused", model_uri)
     assert tools.apply(refused, k8s_namespace).returncode == 0
     by = lambda reason: lambda e: e["status"].get("reason") == reason  # noqa: E731
+    endpoint = wait_phase(api, k8s_namespace, "refused", "Failed", also=by("ApplyRefused"))
+    assert "the API server refused applying Deployment ie-refused" in endpoint["status"]["message"]
+    assert "no-deployments" in endpoint["status"]["message"], endpoint["status"]["message"]
+    api.post(quotas, quota("no-pods", {"pods": "0"}))
+    api.delete(f"{quotas}/no-deployments")  # the next resync's apply goes through
     endpoint = wait_phase(api, k8s_namespace, "refused", "Creating", also=by("FailedCreate"))
     assert "pods cannot be created:" in endpoint["status"]["message"]
     assert "no-pods" in endpoint["status"]["message"], endpoint["status"]["message"]

@@ -5,6 +5,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.messages import Failure
@@ -61,8 +62,20 @@ class FakeChannel:
         self.published.append((exchange, key, message_id, mandatory))
 
 
+RESOLVED = {"hook.test": ["127.0.0.9"], "hooks.test": ["127.0.0.9"],
+            "metadata.test": ["10.0.0.1", "169.254.169.254"]}  # fmt: skip
+
+
+def refusal(url: str) -> str | None:
+    """The workers' check, with names resolved here (tests ask no DNS server)."""
+    return destinations.refusal(url, lambda host: RESOLVED.get(host, []))
+
+
 def notifier(
-    channel: FakeChannel, statuses: list[int], topic: bool = True
+    channel: FakeChannel,
+    statuses: list[int],
+    topic: bool = True,
+    hooks: Webhooks | None = None,
 ) -> tuple[Notifier, list[tuple[str, bytes]]]:
     posted: list[tuple[str, bytes]] = []
 
@@ -72,8 +85,10 @@ def notifier(
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
-    hooks = Webhooks(["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"])
-    sender = Notifier(channel, metrics, hooks, 3, topic, http)  # type: ignore[arg-type]
+    hooks = hooks or Webhooks(
+        ["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"]
+    )
+    sender = Notifier(channel, metrics, hooks, 3, topic, http, refusal)  # type: ignore[arg-type]
     return sender, posted
 
 
@@ -115,7 +130,7 @@ def test_webhook_logs_show_no_token(
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
     http = httpx.Client(transport=httpx.MockTransport(refuse))
-    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http)  # type: ignore[arg-type]
+    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http, refusal)  # type: ignore[arg-type]
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
@@ -127,3 +142,33 @@ def test_topic_failure_raises_for_the_caller_to_retry() -> None:
     with pytest.raises(BrokerUnavailable):
         sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert not posted  # no webhook before the topic has it
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]:8080/hook",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fd00:ec2::254]/",
+        "http://metadata.test/hook",  # a name that resolves to one
+    ],
+)
+def test_a_webhook_at_a_link_local_address_is_not_posted(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where clouds serve instance metadata and credentials: the worker never POSTs there,
+    whatever the spec let through (a name resolving there now)."""
+    sender, posted = notifier(FakeChannel(), [], hooks=Webhooks([url], []))
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert posted == []
+    assert "refused, not sent" in caplog.text and "link-local address" in caplog.text
+    failed = sender.metrics.notifications.labels("webhook", "failed")._value.get()
+    assert failed == 1
+
+
+def test_loopback_and_private_webhooks_are_posted() -> None:
+    urls = ["http://127.0.0.1:9/a", "http://10.1.2.3/b", "http://[::1]:9/c", "http://hook.test/d"]
+    sender, posted = notifier(FakeChannel(), [], hooks=Webhooks(urls, []))
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert [path for path, _ in posted] == ["/a", "/b", "/c", "/d"]

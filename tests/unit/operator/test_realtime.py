@@ -457,3 +457,32 @@ def test_an_object_of_the_endpoints_names_that_someone_else_owns_is_left_alone()
     status = reconcile(body(), ScalerMemory(), d).status
     assert status.reason == "NameConflict" and "a Deployment ie-abalone" in status.message
     assert kube.applied == []
+
+
+def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> None:
+    """A quota or an admission policy refusing the Deployment: Failed with the API's words
+    (it was a retry loop with no status); an update refused while the previous spec serves:
+    Updating. A later reconcile that the API accepts mends it."""
+    from infermodes.operator.kube import ApplyRefused
+
+    refusal = 'applying Deployment ie-abalone: deployments.apps "ie-abalone" is forbidden: quota'
+
+    class RefusingKube(FakeKube):
+        refuse = True
+
+        def apply(self, obj):
+            if self.refuse and obj["kind"] == "Deployment":
+                raise ApplyRefused(refusal)
+            return super().apply(obj)
+
+    kube = RefusingKube()
+    d, _ = deps(kube)
+    failed = reconcile(body(), ScalerMemory(), d).status
+    assert (failed.phase, failed.reason) == (s.Phase.FAILED, "ApplyRefused")
+    assert failed.message.startswith(f"the API server refused {refusal}; applied again")
+    serving = {"phase": "InService", "reason": "AllReplicasReady", "replicas": 1}
+    kept = reconcile(body(status=serving), ScalerMemory(), d).status
+    assert (kept.phase, kept.reason, kept.replicas) == (s.Phase.UPDATING, "ApplyRefused", 1)
+    assert kept.message.endswith("the previous spec still serves")
+    kube.refuse = False
+    assert reconcile(body(), ScalerMemory(), d).status.reason == "Creating"

@@ -193,6 +193,27 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
+        *(
+            (
+                {
+                    "mode": "async",
+                    "model": MODEL,
+                    "async": {"outputPath": "s3://b/o", "notification": {field: url}},
+                },
+                message,
+            )
+            for field in ("successWebhook", "errorWebhook")
+            for url, message in (
+                (
+                    "http://169.254.169.254/latest/meta-data/",
+                    f"{field} must not be a link-local address",
+                ),
+                ("https://user@[fe80::1%25eth0]:80/x", f"{field} must not be a link-local address"),
+                ("ftp://hooks/x", "String should match pattern"),
+                ("http:///nohost", "String should match pattern"),
+                ("hooks.example/x", "String should match pattern"),
+            )
+        ),
     ],
 )
 def test_invalid_specs_are_named(raw: dict, message: str) -> None:

@@ -1,0 +1,72 @@
+"""Where a webhook may be POSTed: anywhere but a link-local address.
+
+Clouds serve instance metadata, with the node's credentials, on link-local addresses
+(169.254.169.254, fd00:ec2::254): a webhook URL is written by whoever creates an endpoint, and
+the workers that POST it run with the node's network. The spec refuses such addresses as
+literals (``literal_refusal``); the worker refuses, before each POST, a name that resolves to
+one (``refusal``). Loopback and private addresses stay allowed: a webhook receiver in the
+cluster, or on this machine under ``infermodes up``, is the common case.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+METADATA_NETWORKS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),  # the EC2 metadata service over IPv6
+)
+WEBHOOK_PATTERN = r"^https?://[^/?#\s]+"  # a scheme httpx speaks, and a host
+# the spec's CEL rule for literal link-local hosts (the API server runs it at kubectl apply)
+LITERAL_LINK_LOCAL_CEL = r"^https?://([^/?#@]*@)?(169\.254\.|\[(fe[89ab]|fd00:ec2::254\]))"
+
+Resolver = Callable[[str], list[str]]
+
+
+def refused_address(address: str) -> bool:
+    """Whether ``address`` (an IP literal) is one a webhook may not reach."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in METADATA_NETWORKS)
+
+
+def literal_refusal(url: str) -> str | None:
+    """Why ``url`` names a refused address as its host, literally; None when it does not."""
+    host = urlsplit(url).hostname or ""
+    if refused_address(host):
+        return f"{host} is a link-local address (where clouds serve instance metadata)"
+    return None
+
+
+def resolve(host: str) -> list[str]:
+    """Every address ``host`` resolves to; none when it does not resolve (the POST then fails
+    as it would have)."""
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return [str(info[4][0]) for info in found]
+
+
+def refusal(url: str, resolver: Resolver = resolve) -> str | None:
+    """Why ``url`` may not be POSTed, its host as written or as it resolves now; None when
+    it may."""
+    literal = literal_refusal(url)
+    if literal is not None:
+        return literal
+    host = urlsplit(url).hostname or ""
+    for address in resolver(host):
+        if refused_address(address):
+            return (
+                f"{host} resolves to {address}, a link-local address (where clouds serve "
+                "instance metadata)"
+            )
+    return None
