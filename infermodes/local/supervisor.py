@@ -161,12 +161,13 @@ class LocalEndpoint:
 
 def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
     """Whether a changed spec keeps the old model servers serving until a new one is ready:
-    between model-server modes, unless the old spec had failed."""
+    between model-server modes, unless the old spec had failed with nothing left serving (a
+    failed update whose previous spec's servers still serve rolls over from those)."""
     servers = (Mode.REALTIME, Mode.SERVERLESS)
     return (
         old.manifest.spec.mode in servers
         and new.spec.mode in servers
-        and old.failure is None
+        and (old.failure is None or bool(old.outgoing))
         and bool(old.children or old.outgoing)
     )
 
@@ -475,9 +476,8 @@ class Supervisor:
         if endpoint.failure is not None:  # as the operator: no restarts of what cannot load
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key)
-            self._retire_outgoing(endpoint)
             endpoint.desired = 0
-            endpoint.status = Status(Phase.FAILED, *endpoint.failure)
+            endpoint.status = self._failed_status(endpoint, endpoint.failure, now)
             if self.metrics is not None:  # no queue figures of a pool that cannot run
                 record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
             return
@@ -505,6 +505,23 @@ class Supervisor:
         # one old server goes for each new one ready, so the rollover keeps the capacity
         self._retire_outgoing(endpoint, keep=wanted - self._ready(endpoint))
         self._set_status(endpoint)
+
+    def _failed_status(
+        self, endpoint: LocalEndpoint, failure: tuple[str, str], now: float
+    ) -> Status:
+        """Failed, unless the previous spec's model servers still serve: then the update
+        failed, not the endpoint, which stays ``Updating`` on them, as the operator keeps an
+        endpoint whose new spec cannot roll out (a crashed old server is not restarted)."""
+        for key, child in list(endpoint.outgoing.items()):
+            if child.check(now) or not self._is_ready(endpoint, child):
+                self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+        reason, detail = failure
+        serving = len(endpoint.outgoing)
+        if not serving:
+            return Status(Phase.FAILED, reason, detail)
+        message = (f"the new spec cannot roll out ({detail}); {serving} replica(s) of the "
+                   "previous spec still serve: fix or revert the spec")  # fmt: skip
+        return Status(Phase.UPDATING, reason, message, serving, serving, serving)
 
     @staticmethod
     def _running_workers(endpoint: LocalEndpoint) -> dict[str, int]:
