@@ -23,11 +23,11 @@ from prometheus_client import CollectorRegistry
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
-from infermodes.endpoints.status import Status, record_queue
+from infermodes.endpoints.status import BROKER_UNREADABLE, Status, record_queue
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
-from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
+from infermodes.operator.reconcile import APPLY_REFUSED, Deps, Reconciled, parse_spec, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
@@ -117,11 +117,26 @@ def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
         return reconcile(body, state.memory, deps, autoscale=autoscale)
 
 
+# reasons that say something is wrong though the phase is not Failed: an update that cannot
+# roll out, pods that cannot be created or placed, a queue that cannot be read
+WARNING_REASONS = frozenset({
+    "ModelLoadFailed", "ContainerCannotRun", "ContainerCrashing", APPLY_REFUSED, "FailedCreate",
+    "Unschedulable", BROKER_UNREADABLE, "InFlightUnknown",
+})  # fmt: skip
+
+
+def event_type(status: Status) -> str:
+    """Warning for a Failed endpoint or a problem it waits on; Normal otherwise."""
+    if status.phase is s.Phase.FAILED or status.reason in WARNING_REASONS:
+        return "Warning"
+    return "Normal"
+
+
 def tell(body: kopf.Body, previous: Status | None, result: Reconciled) -> None:
     """Events: every phase or reason change, and what the reconcile found worth telling."""
     status = result.status
     if previous is None or previous.phase != status.phase or previous.reason != status.reason:
-        kind = "Warning" if status.phase is s.Phase.FAILED else "Normal"
+        kind = event_type(status)
         kopf.event(body, type=kind, reason=status.phase.value,
                    message=status.message or status.reason)  # fmt: skip
         logging.getLogger("infermodes.operator").info(

@@ -97,6 +97,13 @@ def test_apply_reaches_in_service_under_restricted_pod_security_and_predicts_lik
     failing = wait_phase(api, k8s_namespace, "abalone", "Updating",
                          also=lambda e: e["status"].get("reason") == "ModelLoadFailed")  # fmt: skip
     assert "replica(s) of the previous spec still serve" in failing["status"]["message"]
+
+    def warned() -> bool:  # a problem, though not Failed: a Warning Event
+        found = api.get(f"/api/v1/namespaces/{k8s_namespace}/events")["items"]
+        return any(e["type"] == "Warning" and e["reason"] == "Updating"
+                   and "cannot roll out" in e.get("message", "") for e in found)  # fmt: skip
+
+    wait_until(warned, 30, "a Warning Event of the update that cannot roll out")
     (ip,) = ready_pod_ips(api, k8s_namespace, "abalone")
     response = httpx.post(f"http://{ip}:8080/invocations", content=to_csv(rows), headers=CSV)
     assert response.status_code == 200, response.text

@@ -486,3 +486,20 @@ def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> No
     assert kept.message.endswith("the previous spec still serves")
     kube.refuse = False
     assert reconcile(body(), ScalerMemory(), d).status.reason == "Creating"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (Status(s.Phase.FAILED, "InvalidSpec"), "Warning"),
+        (Status(s.Phase.UPDATING, "ModelLoadFailed"), "Warning"),  # the old spec serves
+        (Status(s.Phase.CREATING, "Unschedulable"), "Warning"),
+        (Status(s.Phase.IN_SERVICE, "BrokerUnreadable"), "Warning"),
+        (Status(s.Phase.UPDATING, "RollingOut"), "Normal"),
+        (Status(s.Phase.IN_SERVICE, "AllReplicasReady"), "Normal"),
+    ],
+)
+def test_events_warn_of_problems_whatever_the_phase(status: Status, kind: str) -> None:
+    from infermodes.operator.handlers import event_type
+
+    assert event_type(status) == kind
