@@ -210,6 +210,12 @@ def add_progress(a: Progress, b: Progress) -> Progress:
     return Progress(a.total + b.total, a.done + b.done, a.failed + b.failed, a.records + b.records)
 
 
+def batch_failure_reason(failures: list[dict[str, Any]]) -> str:
+    """``ObjectsFailed`` when an object failed; ``JobFailed`` when none did (no inputs, a
+    listing that failed, a model that cannot load: an instance-wide error)."""
+    return "ObjectsFailed" if any(f.get("object") for f in failures) else "JobFailed"
+
+
 def describe_failures(failures: list[dict[str, Any]]) -> str:
     """The first few failures, each as ``object line N: reason``, and how many more (the same
     failure told by several instances, an instance-wide error say, once)."""

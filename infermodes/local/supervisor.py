@@ -45,6 +45,7 @@ from infermodes.endpoints.status import (
     QueueFigures,
     Status,
     add_progress,
+    batch_failure_reason,
     describe_failures,
     load_error,
     record_queue,
@@ -649,7 +650,8 @@ class Supervisor:
             if failures:
                 message += f"; failed so far: {describe_failures(failures)}"
         elif failures:
-            phase, reason, message = Phase.FAILED, "ObjectsFailed", describe_failures(failures)
+            phase, message = Phase.FAILED, describe_failures(failures)
+            reason = batch_failure_reason(failures)
         else:
             phase, reason = Phase.COMPLETED, "Completed"
             message = f"{found.records} records; {found.done} objects written or already complete"

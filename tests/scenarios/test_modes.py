@@ -206,7 +206,7 @@ def test_batch_writes_every_output_and_names_the_failing_object(
     wait_status(actuator, "scores", "the batch to end",
                 lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
     status = actuator.status("scores")
-    assert status["phase"] == "Failed", status
+    assert (status["phase"], status["reason"]) == ("Failed", "ObjectsFailed"), status
     assert f"{inputs}/broken.csv line 3" in status["message"], status["message"]
     assert "expected 10 features" in status["message"]
     progress = status["progress"]
@@ -219,3 +219,18 @@ def test_batch_writes_every_output_and_names_the_failing_object(
         got = scores((output / f"part-{index}.csv.out").read_text())
         expected = predicted(abalone_model, rows[index * 50 : index * 50 + 50])
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_batch_with_no_inputs_fails_as_a_job_saying_so(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A mistyped input prefix: Failed, not Completed with nothing done, and not as if its
+    objects had failed."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    actuator.apply(endpoint("batch", "nothing", abalone_model, tmp_path, instanceCount=1))
+    wait_status(actuator, "nothing", "the batch to end",
+                lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
+    status = actuator.status("nothing")
+    assert (status["phase"], status["reason"]) == ("Failed", "JobFailed"), status
+    assert f"no input objects under file://{inputs}" in status["message"], status["message"]

@@ -21,6 +21,7 @@ from infermodes.endpoints.status import (
     Progress,
     Status,
     add_progress,
+    batch_failure_reason,
     describe_failures,
     summary_progress,
 )
@@ -183,7 +184,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         detail = (
             describe_failures(failures) or condition.get("message") or condition.get("reason", "")
         )
-        return status(s.Phase.FAILED, "ObjectsFailed" if failures else "JobFailed", detail)
+        return status(s.Phase.FAILED, batch_failure_reason(failures), detail)
     if spec.batch_block().stop:
         if active == 0:
             return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")

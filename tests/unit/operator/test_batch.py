@@ -146,6 +146,16 @@ def test_failed_names_each_object_and_line() -> None:
     assert status.progress is not None and status.progress.failed == 1
 
 
+def test_a_job_with_no_inputs_failed_as_a_job_not_on_its_objects() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                      "reason": "FailedIndexes"}]}}  # fmt: skip
+    none = "no input objects under s3://data/in/"
+    ended = summary(0, 0)
+    ended["error"] = none
+    status = batch.observe(SPEC, signals(job, [pod(0, "t", ended)]), None)
+    assert (status.phase, status.reason, status.message) == (s.Phase.FAILED, "JobFailed", none)
+
+
 def test_completed_and_stopped() -> None:
     done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None).phase is (
