@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
@@ -43,8 +44,30 @@ FORWARDED = {
     b"accept": b"Accept",
     b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
 }
+# InvokeEndpoint's routing to one of several models, containers or components, and Clarify's
+# explanations: one model serves an endpoint here, so a request asking for another, if
+# answered, would get that model's answer without a word
+UNSUPPORTED_TARGETS = {
+    b"x-amzn-sagemaker-target-model": "TargetModel (multi-model endpoints)",
+    b"x-amzn-sagemaker-target-container-hostname": "TargetContainerHostname (multi-container "
+    "endpoints)",
+    b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
+    b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
+}
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 MAX_ORIGINAL_MESSAGE = 1000
+
+
+def refuse_targets(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """400 for a request that asks for a model, container or component other than the
+    endpoint's one, or for an explanation."""
+    for name, _ in headers:
+        asked = UNSUPPORTED_TARGETS.get(name)
+        if asked is not None:
+            raise ValidationError(
+                f"{asked} is not supported: an endpoint serves one model; send no "
+                f"{name.decode()} header"
+            )
 
 
 def is_invocation(path: str) -> bool:
@@ -202,6 +225,7 @@ class Proxy:
         # refused here as the model server refuses them: the replica is sent neither header
         # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
         refuse_codings(scope["headers"])
+        refuse_targets(scope["headers"])
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes

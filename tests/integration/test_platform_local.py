@@ -154,6 +154,9 @@ def test_the_seed_flow_with_a_serverless_endpoint(
                                      Body=to_csv(rows))  # fmt: skip
     np.testing.assert_allclose(scores(answer["Body"].read().decode()),
                                expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
+    # another model of a multi-model endpoint: refused, not answered by this one's model
+    assert code_of(runtime.invoke_endpoint, EndpointName="Abalone-Seed", ContentType="text/csv",
+                   TargetModel="other.tar.gz", Body=to_csv(rows)) == "ValidationError"  # fmt: skip
 
     sagemaker.delete_endpoint(EndpointName="Abalone-Seed")
     sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="Abalone-Seed", WaiterConfig=FAST)

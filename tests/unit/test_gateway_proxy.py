@@ -294,3 +294,40 @@ def test_a_coded_body_is_refused_with_the_model_servers_415_and_never_forwarded(
         assert (await proxy.invoke(table.lookup("sl"), identity, receive)).status == 200
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        (b"x-amzn-sagemaker-target-model", "TargetModel"),
+        (b"x-amzn-sagemaker-target-container-hostname", "TargetContainerHostname"),
+        (b"x-amzn-sagemaker-inference-component", "InferenceComponentName"),
+        (b"x-amzn-sagemaker-enable-explanations", "EnableExplanations"),
+    ],
+)
+def test_a_request_for_another_model_or_an_explanation_is_refused_not_answered(
+    header: bytes, named: str
+) -> None:
+    """One model serves an endpoint: a request routed to another (a multi-model endpoint's
+    TargetModel, say) would get this one's answer without a word."""
+
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+        asked = scope()
+        asked["headers"].append((header, b"model-b.tar.gz"))
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await proxy(asked, receive, send)
+        assert sent[0]["status"] == 400
+        assert (ERROR_TYPE_HEADER, b"ValidationError") in sent[0]["headers"]
+        message = json.loads(sent[1]["body"])["message"]
+        assert message.startswith(named) and "is not supported" in message, message
+        assert pool.sent == []
+
+    asyncio.run(scenario())
