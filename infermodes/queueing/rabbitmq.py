@@ -316,8 +316,7 @@ class ConfirmedChannel:
                     self._drop()
                     if attempt == 2:
                         raise BrokerUnavailable(
-                            f"message broker unreachable ({type(exc).__name__}: {exc}); "
-                            "the request was not accepted, retry later"
+                            f"message broker unreachable ({type(exc).__name__}: {exc})"
                         ) from exc
                     log.debug("broker connection lost while idle (%s); reopening", exc)
             raise AssertionError("unreachable")
@@ -413,7 +412,12 @@ class RequestPublisher:
                 self._declared.add(endpoint)
             publish_persistent(channel, "", queue_name(endpoint), body, message_id, True)
 
-        self._pool.run(send)
+        try:
+            self._pool.run(send)
+        except BrokerUnavailable as exc:  # what the caller answers with
+            raise BrokerUnavailable(f"{exc}; the request was not accepted, retry later") from (
+                exc.__cause__ or exc
+            )
 
     def close(self) -> None:
         self._pool.close()
@@ -664,13 +668,7 @@ class QueueReader:
         self._pool = ChannelPool(url, connections, lambda _: None, "reading queues")
 
     def read(self, queue: str) -> Backlog:
-        try:
-            return self._pool.run(functools.partial(count_queue, queue=queue))
-        except BrokerUnavailable as exc:  # its text speaks of a request not accepted
-            cause = exc.__cause__ or exc
-            raise BrokerUnavailable(
-                f"message broker unreachable ({type(cause).__name__}: {cause})"
-            ) from cause
+        return self._pool.run(functools.partial(count_queue, queue=queue))
 
     def close(self) -> None:
         self._pool.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 import httpx
+import pytest
 
+from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.rabbitmq import QueueReader, RequestPublisher, queue_name
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
@@ -67,6 +69,15 @@ def test_the_first_read_after_a_broker_restart_reconnects(rabbitmq: Broker) -> N
     try:
         assert reader.read(queue_name("across-a-restart")).ready == 0
         rabbitmq.restart()
+        assert reader.read(queue_name("across-a-restart")).ready == 0
+        rabbitmq.stop()
+        try:  # a look, not a request: its error says nothing of a request not accepted
+            with pytest.raises(BrokerUnavailable) as down:
+                reader.read(queue_name("across-a-restart"))
+            assert str(down.value).startswith("message broker unreachable (")
+            assert "request" not in str(down.value)
+        finally:
+            rabbitmq.start()
         assert reader.read(queue_name("across-a-restart")).ready == 0
     finally:
         reader.close()
