@@ -240,7 +240,9 @@ class Supervisor:
             endpoint.ports = {key: old.ports[key] for key in outgoing if key in old.ports}
             endpoint.sequence = old.sequence  # the new replicas' keys follow the old ones'
             if old.initialized and old.manifest.spec.mode is manifest.spec.mode is Mode.REALTIME:
-                endpoint.memory, endpoint.carried = old.memory, old.desired  # capacity kept
+                # capacity kept: what was wanted, or after a failed update what still serves
+                endpoint.memory = old.memory
+                endpoint.carried = old.desired if old.failure is None else len(outgoing)
         endpoint.event("applied")
         self.wake.set()
         return "configured" if old is not None else "created"
@@ -500,9 +502,7 @@ class Supervisor:
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
                 self._start(endpoint, child, now)
-        for key, child in list(endpoint.outgoing.items()):
-            if child.check(now):  # an old server that crashed is not restarted: out
-                self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+        self._retire_crashed_outgoing(endpoint, now)
         # one old server goes for each new one ready, so the rollover keeps the capacity
         self._retire_outgoing(endpoint, keep=wanted - self._ready(endpoint))
         self._set_status(endpoint)
@@ -513,16 +513,21 @@ class Supervisor:
         """Failed, unless the previous spec's model servers still serve: then the update
         failed, not the endpoint, which stays ``Updating`` on them, as the operator keeps an
         endpoint whose new spec cannot roll out (a crashed old server is not restarted)."""
-        for key, child in list(endpoint.outgoing.items()):
-            if child.check(now) or not self._is_ready(endpoint, child):
-                self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+        self._retire_crashed_outgoing(endpoint, now)
         reason, detail = failure
-        serving = len(endpoint.outgoing)
+        serving = sum(1 for child in endpoint.outgoing.values() if self._is_ready(endpoint, child))
         if not serving:
+            self._retire_outgoing(endpoint)
             return Status(Phase.FAILED, reason, detail)
         message = (f"the new spec cannot roll out ({detail}); {serving} replica(s) of the "
                    "previous spec still serve: fix or revert the spec")  # fmt: skip
-        return Status(Phase.UPDATING, reason, message, serving, serving, serving)
+        return Status(Phase.UPDATING, reason, message, len(endpoint.outgoing), serving, serving)
+
+    def _retire_crashed_outgoing(self, endpoint: LocalEndpoint, now: float) -> None:
+        """An old server that crashed is not restarted: out."""
+        for key, child in list(endpoint.outgoing.items()):
+            if child.check(now):
+                self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
 
     @staticmethod
     def _running_workers(endpoint: LocalEndpoint) -> dict[str, int]:

@@ -107,18 +107,21 @@ APPLY_REFUSED = "ApplyRefused"
 REFUSAL_SHOWN = 1000
 
 
-def refused_status(previous: Status | None, refusal: str) -> Status:
-    """The API server refused an object of the endpoint: Failed, naming what refused it,
-    unless the previous spec's objects still serve (an update refused: Updating, as an update
-    that cannot roll out). Every resync applies again, so it mends once the cause is gone."""
+def refused_status(live: Status, exists: bool, refusal: str) -> Status:
+    """The API server refused an object of the endpoint: Failed, naming what refused it, when
+    nothing of the endpoint runs; else the workload's own status (it runs as it was), with the
+    refusal as its reason, ``Updating`` while it serves (as an update that cannot roll out).
+    Every resync applies again, so it mends once the cause is gone."""
     if len(refusal) > REFUSAL_SHOWN:  # an invalid object's error can run to kilobytes
         refusal = refusal[:REFUSAL_SHOWN] + "..."
     message = (f"the API server refused {refusal}; applied again at every resync: fix the "
                "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
-    if previous is not None and previous.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
-        return replace(previous, phase=s.Phase.UPDATING, reason=APPLY_REFUSED,
-                       message=f"{message}; the previous spec still serves")  # fmt: skip
-    return Status(s.Phase.FAILED, APPLY_REFUSED, message)
+    if not exists or live.phase is s.Phase.FAILED:
+        return replace(live, phase=s.Phase.FAILED, reason=APPLY_REFUSED, message=message)
+    if live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+        serving = f"{message}; the workload as it was still serves: {live.message}"
+        return replace(live, phase=s.Phase.UPDATING, reason=APPLY_REFUSED, message=serving)
+    return replace(live, reason=APPLY_REFUSED, message=f"{message}; {live.message}")
 
 
 def workload_gone(message: str, kind: str) -> str:
@@ -188,16 +191,22 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             f"a {taken} already exists in namespace {ref.namespace} and is not this "
             "endpoint's (no owner reference to it): the operator leaves it alone; rename the "
             "endpoint, or delete that object if it is not needed")))  # fmt: skip
-    if found is None and previous is not None and not mode.remakes(previous):
+    ended = previous is not None and mode.ended(previous)
+    if previous is not None and ended and found is None:
         return Reconciled(replace(previous, message=workload_gone(previous.message, kind)))
-    try:
-        applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
-    except ApplyRefused as exc:
-        return Reconciled(refused_status(previous, str(exc)))
+    applied: dict[str, dict[str, Any]] = {}
+    refusal = None
+    if not ended:  # an ended job's Job stays as it is (another version's template, say)
+        try:
+            applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
+        except ApplyRefused as exc:
+            refusal = str(exc)
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
     status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)
+    if refusal is not None and not mode.ended(status):
+        status = refused_status(status, found is not None, refusal)
     events = []
     if memory.activated_at is not None and status.ready_replicas > 0:
         seconds = wall - memory.activated_at

@@ -263,26 +263,32 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """A realtime update to a model that cannot load: the endpoint stays ``Updating`` on the
-    previous spec's server (it used to go Failed and refuse every request), the reason says
-    why; reverting the spec rolls over from that server, and no request is refused."""
-    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
-    (tmp_path / "v2").mkdir()
-    broken = manifest("realtime", tmp_path / "v2" / "missing.tar.gz", tmp_path / "v2",
-                      minReplicas=1, maxReplicas=1)  # fmt: skip
+    previous spec's servers (it used to go Failed and refuse every request), the reason says
+    why; the fixed spec rolls over from those servers and keeps their number (two, though its
+    minimum is one), and no request is refused."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
+    for version in ("broken", "fixed"):
+        (tmp_path / version).mkdir()
+    broken = manifest("realtime", tmp_path / "broken" / "missing.tar.gz", tmp_path / "broken",
+                      minReplicas=1, maxReplicas=2)  # fmt: skip
+    fixed = manifest("realtime", abalone_model.tarball, tmp_path / "fixed", minReplicas=1,
+                     maxReplicas=2)  # fmt: skip
     body = to_csv(abalone_model.test_rows[:1])
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
-        wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
         assert cli(up.url, "apply", "-f", str(broken)).returncode == 0
         failed = lambda: up.status("abalone")["reason"] == "ModelLoadFailed"  # noqa: E731
         wait_until(failed, WAIT, "the update to fail")
         status = up.status("abalone")
         assert status["phase"] == "Updating", status
-        assert "1 replica(s) of the previous spec still serve" in status["message"], status
+        assert "2 replica(s) of the previous spec still serve" in status["message"], status
         answers = [up.invoke("abalone", body).status_code for _ in range(5)]
         assert answers == [200] * 5
-        assert cli(up.url, "apply", "-f", str(files[0])).returncode == 0
+        assert cli(up.url, "apply", "-f", str(fixed)).returncode == 0
         back = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
-        wait_until(back, WAIT, "the reverted spec in service")
+        wait_until(back, WAIT, "the fixed spec in service")
+        status = up.status("abalone")
+        assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
         assert up.invoke("abalone", body).status_code == 200
 
 

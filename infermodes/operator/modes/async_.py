@@ -37,7 +37,7 @@ from infermodes.metrics import (
     parse_worker_in_flight,
     worker_reading,
 )
-from infermodes.operator.modes.base import Signals, always_remakes
+from infermodes.operator.modes.base import Signals, never_ends
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure, running_pods, waiting_status
 from infermodes.operator.signals.names import NAME_IN_USE
@@ -129,7 +129,7 @@ def not_consuming(signals: Signals) -> str:
     )
 
 
-remakes = always_remakes
+ended = never_ends
 
 
 def pod_annotations(

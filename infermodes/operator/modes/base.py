@@ -63,8 +63,9 @@ class EndpointMode(Protocol):
     def observe(self, spec: EndpointSpec, signals: Signals, previous: Status | None) -> Status:
         """The status the workload means (``signals`` as observed after applying)."""
 
-    def remakes(self, previous: Status | None) -> bool:
-        """Whether a workload gone from under the endpoint (deleted by hand) is made again."""
+    def ended(self, status: Status) -> bool:
+        """Whether the endpoint's work is done (a transform job that ended): its workload is
+        then neither applied again nor made again when someone deletes it."""
 
 
 def no_pod_annotations(
@@ -74,6 +75,6 @@ def no_pod_annotations(
     return {}
 
 
-def always_remakes(previous: Status | None) -> bool:
-    """``remakes`` of the modes whose workload serves for as long as the endpoint exists."""
-    return True
+def never_ends(status: Status) -> bool:
+    """``ended`` of the modes whose workload serves for as long as the endpoint exists."""
+    return False

@@ -54,10 +54,11 @@ pod_annotations = no_pod_annotations
 ENDED_REASONS = frozenset({"Completed", "ObjectsFailed", "JobFailed"})  # what a Job ended with
 
 
-def remakes(previous: Status | None) -> bool:
-    """A transform job runs once: its Job deleted after it ended (by hand, or by a clean-up)
-    is not made again, which would run every instance anew; the outcome stays in the status."""
-    return previous is None or previous.reason not in ENDED_REASONS
+def ended(status: Status) -> bool:
+    """A transform job runs once: once it ended, its Job is left as it is, and one deleted
+    (by hand, or by a clean-up) is not made again, which would run every instance anew; the
+    outcome stays in the status."""
+    return status.reason in ENDED_REASONS
 
 
 def desired_objects(

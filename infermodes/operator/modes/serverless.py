@@ -17,7 +17,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import Status
-from infermodes.operator.modes.base import Signals, always_remakes, no_pod_annotations
+from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
 from infermodes.operator.observed import failure, waiting_status
 
@@ -41,7 +41,7 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
 
 
 pod_annotations = no_pod_annotations
-remakes = always_remakes
+ended = never_ends
 
 
 def desired_objects(

@@ -231,3 +231,36 @@ def test_a_job_deleted_after_it_ended_is_not_run_again() -> None:
     running = {"phase": "InProgress", "reason": "Running", "message": "1/5 objects"}
     reconcile(body(FULL_SPEC, running), ScalerMemory(), d)
     assert [obj["kind"] for obj in kube.applied] == ["Job"]
+
+
+def test_an_ended_job_is_left_alone_and_a_refused_update_does_not_hide_its_outcome() -> None:
+    """A Job's template never changes: an operator of another version makes another one, which
+    the API refuses (immutable). An ended job's Job is not applied at all; a running one keeps
+    its phase, the refusal as its reason, and ends Completed all the same."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.kube import ApplyRefused
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    class ImmutableJob(FakeKube):
+        def apply(self, obj):
+            raise ApplyRefused('applying Job ie-abalone: Job "ie-abalone" is invalid: immutable')
+
+    done = {"metadata": {"generation": 1}, "spec": {},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]}}  # fmt: skip
+    kube = ImmutableJob(done)
+    d, _ = deps(kube)
+    completed = {"phase": "Completed", "reason": "Completed", "message": "5 records"}
+    status = reconcile(body(FULL_SPEC, completed), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")
+
+    running = {"metadata": {"generation": 1}, "spec": {}, "status": {"active": 3}}
+    kube = ImmutableJob(running)
+    d, _ = deps(kube)
+    progress = {"phase": "InProgress", "reason": "Running", "message": "1/5 objects"}
+    status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "ApplyRefused")
+    assert "immutable" in status.message and status.message.endswith("0/0 objects, 0 records")
+    kube.deployment = done  # the Job ends, its update still refused
+    status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")

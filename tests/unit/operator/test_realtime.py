@@ -461,8 +461,9 @@ def test_an_object_of_the_endpoints_names_that_someone_else_owns_is_left_alone()
 
 def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> None:
     """A quota or an admission policy refusing the Deployment: Failed with the API's words
-    (it was a retry loop with no status); an update refused while the previous spec serves:
-    Updating. A later reconcile that the API accepts mends it."""
+    (it was a retry loop with no status) while nothing runs; an update refused while the live
+    Deployment serves: Updating with its counts; a refusal with nothing live, whatever the
+    last status said: Failed. A later reconcile that the API accepts mends it."""
     from infermodes.operator.kube import ApplyRefused
 
     refusal = 'applying Deployment ie-abalone: deployments.apps "ie-abalone" is forbidden: quota'
@@ -481,10 +482,16 @@ def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> No
     assert (failed.phase, failed.reason) == (s.Phase.FAILED, "ApplyRefused")
     assert failed.message.startswith(f"the API server refused {refusal}; applied again")
     serving = {"phase": "InService", "reason": "AllReplicasReady", "replicas": 1}
+    nothing_live = reconcile(body(status=serving), ScalerMemory(), d).status
+    assert (nothing_live.phase, nothing_live.reason) == (s.Phase.FAILED, "ApplyRefused")
+
+    live = RefusingKube(deployment_of(1), [ready_pod("ie-abalone-1", "127.0.5.1")])
+    d, _ = deps(live)
     kept = reconcile(body(status=serving), ScalerMemory(), d).status
-    assert (kept.phase, kept.reason, kept.replicas) == (s.Phase.UPDATING, "ApplyRefused", 1)
-    assert kept.message.endswith("the previous spec still serves")
+    assert (kept.phase, kept.reason, kept.ready_replicas) == (s.Phase.UPDATING, "ApplyRefused", 1)
+    assert kept.message.endswith("the workload as it was still serves: 1/1 replicas ready")
     kube.refuse = False
+    d, _ = deps(kube)
     assert reconcile(body(), ScalerMemory(), d).status.reason == "Creating"
 
 
