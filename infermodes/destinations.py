@@ -20,9 +20,16 @@ METADATA_NETWORKS = (
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),  # the EC2 metadata service over IPv6
 )
-WEBHOOK_PATTERN = r"^https?://[^/?#\s]+"  # a scheme httpx speaks, and a host
-# the spec's CEL rule for literal link-local hosts (the API server runs it at kubectl apply)
-LITERAL_LINK_LOCAL_CEL = r"^https?://([^/?#@]*@)?(169\.254\.|\[(fe[89ab]|fd00:ec2::254\]))"
+# a scheme httpx speaks, any case, and a host after what may be a user name
+WEBHOOK_PATTERN = r"^[hH][tT][tT][pP][sS]?://([^/?#\s]*@)?[^/?#\s@:]"
+WEBHOOK_MAX_LENGTH = 2048
+# the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of
+# ``METADATA_NETWORKS`` a URL is most often written in; the operator's validation
+# (``literal_refusal``) and the worker (``refusal``) catch every other spelling
+LITERAL_LINK_LOCAL_CEL = (
+    r"(?i)^https?://([^/?#]*@)?"
+    r"(169\.254\.|\[(fe[89ab][0-9a-f]:|fd00:ec2::254\]|::ffff:(169\.254\.|a9fe:)))"
+)
 
 Resolver = Callable[[str], list[str]]
 
@@ -40,7 +47,7 @@ def refused_address(address: str) -> bool:
 
 def literal_refusal(url: str) -> str | None:
     """Why ``url`` names a refused address as its host, literally; None when it does not."""
-    host = urlsplit(url).hostname or ""
+    host = (urlsplit(url).hostname or "").rstrip(".")
     if refused_address(host):
         return f"{host} is a link-local address (where clouds serve instance metadata)"
     return None

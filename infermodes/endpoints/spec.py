@@ -16,7 +16,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from infermodes.destinations import LITERAL_LINK_LOCAL_CEL, WEBHOOK_PATTERN, literal_refusal
+from infermodes.destinations import (
+    LITERAL_LINK_LOCAL_CEL,
+    WEBHOOK_MAX_LENGTH,
+    WEBHOOK_PATTERN,
+    literal_refusal,
+)
 from infermodes.settings import (
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
@@ -189,10 +194,16 @@ class NotificationSpec(SpecBlock):
 
     topic: bool = Field(True, description="Publish to the RabbitMQ topic exchange.")
     success_webhook: str | None = Field(
-        None, pattern=WEBHOOK_PATTERN, description="URL POSTed on success:" + WEBHOOK_NOTE
+        None,
+        pattern=WEBHOOK_PATTERN,
+        max_length=WEBHOOK_MAX_LENGTH,
+        description="URL POSTed on success:" + WEBHOOK_NOTE,
     )
     error_webhook: str | None = Field(
-        None, pattern=WEBHOOK_PATTERN, description="URL POSTed on failure:" + WEBHOOK_NOTE
+        None,
+        pattern=WEBHOOK_PATTERN,
+        max_length=WEBHOOK_MAX_LENGTH,
+        description="URL POSTed on failure:" + WEBHOOK_NOTE,
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",

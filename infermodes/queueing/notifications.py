@@ -133,7 +133,8 @@ class Notifier:
         self.webhooks = webhooks
         self.webhook_attempts = webhook_attempts
         self.topic = topic
-        self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS)
+        # no proxy from the environment: it would reach addresses ``refusal`` never saw
+        self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, trust_env=False)
         self.refusal = refusal  # why a webhook may not be POSTed (``destinations``)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:

@@ -1,0 +1,89 @@
+"""Where webhooks may go: the spec's CEL rule and its Python twin agree on literal link-local
+hosts, and the worker's check catches a name that resolves to one."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from infermodes.destinations import (
+    LITERAL_LINK_LOCAL_CEL,
+    WEBHOOK_PATTERN,
+    literal_refusal,
+    refusal,
+    refused_address,
+)
+
+# RE2 (the API server's) and Python's re agree on this rule's syntax: classes, (?i), groups
+CEL = re.compile(LITERAL_LINK_LOCAL_CEL)
+
+REFUSED_BY_BOTH = [
+    "http://169.254.169.254/latest/meta-data/",
+    "HTTP://169.254.169.254/",
+    "https://user:secret@169.254.1.1:8443/hook",
+    "http://a@b@169.254.169.254/",
+    "http://[fe80::1]:8080/hook",
+    "http://[FE80::1]/",
+    "http://[febf:1::2]/",
+    "http://[fd00:ec2::254]/",
+    "http://[FD00:EC2::254]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://[::ffff:a9fe:a9fe]/",
+]
+ALLOWED_BY_BOTH = [
+    "http://127.0.0.1:9/ok",
+    "http://[::1]:9/ok",
+    "http://10.0.0.1/hook",
+    "https://hooks.example/services/T0/B0/x",
+    "http://169.25.4.1/",
+    "http://[fe8::1]/",  # 0fe8::1, not fe80::/10
+    "http://[fec0::1]/",
+]
+
+
+def numeric(host: str) -> list[str]:
+    """The C library's reading of a host, with no DNS query (tests ask no DNS server)."""
+    found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP, flags=socket.AI_NUMERICHOST)
+    return [str(info[4][0]) for info in found]
+
+
+@pytest.mark.parametrize("url", REFUSED_BY_BOTH)
+def test_the_cel_rule_and_the_validator_refuse_literal_link_local_hosts(url: str) -> None:
+    assert CEL.match(url), url
+    assert literal_refusal(url) is not None, url
+
+
+@pytest.mark.parametrize("url", ALLOWED_BY_BOTH)
+def test_the_cel_rule_and_the_validator_leave_other_hosts(url: str) -> None:
+    assert not CEL.match(url), url
+    assert literal_refusal(url) is None, url
+
+
+def test_spellings_the_cel_rule_cannot_read_are_left_to_the_validator_and_the_worker() -> None:
+    """An IPv6 address written longhand: the API server lets it in, the operator's validation
+    refuses it (InvalidSpec); a number for an IPv4 address reaches the worker, which refuses
+    it as it resolves."""
+    assert not CEL.match("http://[fd00:ec2:0::254]/")
+    assert literal_refusal("http://[fd00:ec2:0::254]/") is not None
+    assert literal_refusal("http://169.254.169.254./") is not None
+    for spelled in ("http://2852039166/", "http://0xa9fea9fe/"):
+        assert literal_refusal(spelled) is None
+        assert refusal(spelled, numeric) is not None, spelled  # the C library reads it
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [("https://hooks.example/x", True), ("HTTPS://hooks.example/x", True),
+     ("http://user@hooks.example/x", True), ("http://[::1]:9/", True),
+     ("ftp://hooks.example/x", False), ("http:///x", False), ("http://@/x", False),
+     ("http://:80/x", False), ("hooks.example/x", False)],
+)  # fmt: skip
+def test_a_webhook_is_http_with_a_host(url: str, ok: bool) -> None:
+    assert bool(re.match(WEBHOOK_PATTERN, url)) is ok
+
+
+def test_addresses() -> None:
+    assert refused_address("169.254.169.254") and refused_address("[fe80::1%25eth0]")
+    assert not refused_address("127.0.0.1") and not refused_address("hooks.example")
