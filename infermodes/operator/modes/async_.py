@@ -230,7 +230,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
                 f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
                 f"figures scale the pool in only once they can; {workers}"
             )
-            status = workload.status(s.Phase.IN_SERVICE, "InFlightUnknown", message)
+            status = waiting_status(workload, s.Phase.IN_SERVICE, "InFlightUnknown", message)
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
             status = waiting_status(workload, s.Phase.IN_SERVICE, reason, f"{queued}; {workers}")

@@ -164,6 +164,13 @@ def test_the_status_says_which_workers_cannot_say_what_they_hold() -> None:
     held = async_.observe(SPEC, signals(two, QueueFigures(0, 0), pods, metrics), None)
     assert (held.reason, held.backlog) == ("Processing", QueueFigures(0, 3, 0.0))
     assert held.message == "0 queued, 3 in flight; 2/2 workers"
+    # a third worker the API refuses: said too, its reason first
+    three = WorkloadState(True, 3, 2, 3, True, replica_failure="exceeded quota: pods")
+    del metrics["127.0.0.2"]
+    stalled = async_.observe(SPEC, signals(three, QueueFigures(0, 0), pods, metrics), None)
+    assert stalled.reason == "FailedCreate"
+    assert "worker(s) silent cannot say what they hold" in stalled.message
+    assert stalled.message.endswith("pods cannot be created: exceeded quota: pods")
 
 
 def test_the_status_names_the_running_workers_that_are_not_ready() -> None:
