@@ -193,6 +193,16 @@ def test_async_requests_complete_once_with_a_worker_killed_mid_way(
     assert len(outputs(output)) == 21  # nothing written twice under a second name
 
 
+def batch_outcome(
+    actuator: Actuator, name: str, model: AbaloneModel, folder: Path, **block: Any
+) -> dict[str, Any]:
+    """Apply the example batch endpoint and wait for it to end: its status."""
+    actuator.apply(endpoint("batch", name, model, folder, **block))
+    wait_status(actuator, name, "the batch to end",
+                lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
+    return actuator.status(name)
+
+
 def test_batch_writes_every_output_and_names_the_failing_object(
     actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
@@ -202,10 +212,7 @@ def test_batch_writes_every_output_and_names_the_failing_object(
     for index in range(3):
         (inputs / f"part-{index}.csv").write_bytes(to_csv(rows[index * 50 : index * 50 + 50]))
     (inputs / "broken.csv").write_bytes(to_csv(rows[:2]) + b"1,2,not-a-number\n")
-    actuator.apply(endpoint("batch", "scores", abalone_model, tmp_path, instanceCount=2))
-    wait_status(actuator, "scores", "the batch to end",
-                lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
-    status = actuator.status("scores")
+    status = batch_outcome(actuator, "scores", abalone_model, tmp_path, instanceCount=2)
     assert (status["phase"], status["reason"]) == ("Failed", "ObjectsFailed"), status
     assert f"{inputs}/broken.csv line 3" in status["message"], status["message"]
     assert "expected 10 features" in status["message"]
@@ -228,9 +235,6 @@ def test_batch_with_no_inputs_fails_as_a_job_saying_so(
     objects had failed."""
     inputs = tmp_path / "batch" / "input"
     inputs.mkdir(parents=True)
-    actuator.apply(endpoint("batch", "nothing", abalone_model, tmp_path, instanceCount=1))
-    wait_status(actuator, "nothing", "the batch to end",
-                lambda s: s.get("phase") in ("Completed", "Failed"), WAIT * 2)  # fmt: skip
-    status = actuator.status("nothing")
+    status = batch_outcome(actuator, "nothing", abalone_model, tmp_path, instanceCount=1)
     assert (status["phase"], status["reason"]) == ("Failed", "JobFailed"), status
     assert f"no input objects under file://{inputs}" in status["message"], status["message"]

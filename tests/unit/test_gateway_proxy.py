@@ -257,6 +257,26 @@ def test_a_request_admitted_just_before_its_endpoint_failed_is_not_held() -> Non
     asyncio.run(scenario())
 
 
+async def answered_with(
+    name: bytes, value: bytes
+) -> tuple[Table, Proxy, FakePool, list[dict[str, Any]]]:
+    """One request with this header more, to an endpoint with a ready replica: what the proxy
+    sent back."""
+    table, proxy, _, _ = setup(max_concurrency=5)
+    pool = FakePool()
+    pool.release.set()
+    ready_replica(table, pool)
+    request = scope()
+    request["headers"].append((name, value))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await proxy(request, receive, send)
+    return table, proxy, pool, sent
+
+
 @pytest.mark.parametrize(
     ("name", "value", "refused"),
     [(b"content-encoding", b"gzip", "Content-Encoding 'gzip' is not supported"),
@@ -269,18 +289,7 @@ def test_a_coded_body_is_refused_with_the_model_servers_415_and_never_forwarded(
     """The replica is sent no coding header: forwarded, a gzip body would be read as CSV."""
 
     async def scenario() -> None:
-        table, proxy, _, _ = setup(max_concurrency=5)
-        pool = FakePool()
-        pool.release.set()
-        ready_replica(table, pool)
-        coded = scope()
-        coded["headers"].append((name, value))
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await proxy(coded, receive, send)
+        table, proxy, pool, sent = await answered_with(name, value)
         with pytest.raises(UnsupportedContentType) as direct:  # the model server's check
             refuse_coding(name, value)
         assert sent[0]["status"] == 415
@@ -312,18 +321,7 @@ def test_a_request_for_another_model_or_an_explanation_is_refused_not_answered(
     TargetModel, say) would get this one's answer without a word."""
 
     async def scenario() -> None:
-        table, proxy, _, _ = setup(max_concurrency=5)
-        pool = FakePool()
-        pool.release.set()
-        ready_replica(table, pool)
-        asked = scope()
-        asked["headers"].append((header, b"model-b.tar.gz"))
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        await proxy(asked, receive, send)
+        _, _, pool, sent = await answered_with(header, b"model-b.tar.gz")
         assert sent[0]["status"] == 400
         assert (ERROR_TYPE_HEADER, b"ValidationError") in sent[0]["headers"]
         message = json.loads(sent[1]["body"])["message"]
