@@ -100,11 +100,18 @@ class ClientClosedRequest(InfermodesError):
     status_code = 499
 
 
+# this module's errors, named after the platform runtime's error codes
+NAMED_ERRORS: frozenset[type[InfermodesError]] = frozenset({
+    ValidationError, ModelError, ThrottlingException, InternalDependencyException,
+    ServiceUnavailable, ModelInvocationTimeout, ClientClosedRequest,
+})  # fmt: skip
+
+
 def runtime_code(exc: InfermodesError) -> str:
-    """The platform's runtime error code for an error: its name when it is one of this
-    module's (named after them), else by status, among the codes InvokeEndpointAsync has:
+    """The platform's runtime error code for an error: its name when it is named after one
+    (``NAMED_ERRORS``), else by status, among the codes InvokeEndpointAsync has:
     ServiceUnavailable (503), InternalFailure (other 5xx), ValidationError (4xx)."""
-    if type(exc).__module__ == __name__:
+    if type(exc) in NAMED_ERRORS:
         return type(exc).__name__
     if exc.status_code == 503:
         return "ServiceUnavailable"
