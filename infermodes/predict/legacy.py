@@ -20,6 +20,10 @@ The layout (all little-endian, as dmlc streams store it), after an optional ``bi
    objective's configuration is the attribute ``objective`` (JSON).
 
 What follows (0.x eval metric names) does not affect predictions and is ignored, as XGBoost did.
+
+Until the first fields read as a model's, an error quotes nothing read from the file: a model
+URI may name any file the server can read (a key, a password file), and the error reaches the
+endpoint's status.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class _Reader:
     def string(self, what: str) -> str:
         length = self.count(what)
         if length > max(_MAX_NAME, len(self.data)):
-            raise ModelLoadError(f"legacy binary model: {what} has an impossible length {length}")
+            raise ModelLoadError(f"legacy binary model: {what} has an impossible length")
         raw = self.take(length, what)
         try:
             return raw.decode("utf-8")
@@ -109,9 +113,7 @@ class _Reader:
         """A short identifier (objective or booster name): anything else means garbage."""
         value = self.string(what)
         if not value or len(value) > _MAX_NAME or not value.isascii() or not value.isprintable():
-            raise ModelLoadError(
-                f"not an XGBoost legacy binary model: {what} reads as {value[:40]!r}"
-            )
+            raise ModelLoadError(f"not an XGBoost legacy binary model: {what} is not a name")
         return value
 
     def array(self, dtype: np.dtype[Any], count: int, what: str) -> np.ndarray:
@@ -136,10 +138,10 @@ def legacy_to_json(data: bytes) -> bytes:
         num_target,
         boost_from_average,
     ) = reader.unpack(_LEARNER_PARAM, _LEARNER_PARAM_SIZE, "the learner parameters")
-    if num_class < 0 or num_feature == 0 or major > 2:
+    if num_class < 0 or num_feature == 0 or major > 2:  # the values stay unsaid (below)
         raise ModelLoadError(
-            "not an XGBoost legacy binary model: its learner parameters read as "
-            f"num_feature={num_feature}, num_class={num_class}, version {major}.{minor}"
+            "not an XGBoost legacy binary model: its learner parameters are out of range "
+            "(no features, a negative number of classes, or a format version above 2)"
         )
     objective = reader.name("the objective name")
     objective = _RENAMED_OBJECTIVES.get(objective, objective)

@@ -220,8 +220,8 @@ def test_dart_tree_weights_scale_the_leaves() -> None:
     ("data", "message"),
     [
         (b"garbage", "truncated at byte 0: reading the learner parameters needs 136 bytes"),
-        (legacy_model(num_feature=0), "num_feature=0"),
-        (legacy_model(objective=b"\x01\x02"), "the objective name reads as"),
+        (legacy_model(num_feature=0), "learner parameters are out of range"),
+        (legacy_model(objective=b"\x01\x02"), "the objective name is not a name"),
         (legacy_model(booster=b"gbforest"), "unknown booster 'gbforest'"),
         (legacy_model(body=struct.pack("<ii", 1, 1).ljust(160, b"\0")), "parameters of tree 0"),
         (legacy_model(trees=[tree(STUMP, leaf_vector=2)]), "size_leaf_vector=2"),
@@ -399,3 +399,21 @@ def test_corrupted_pickles_are_read_or_refused(name: str, edits: list[tuple[int,
         data[position % len(data)] = value
     with contextlib.suppress(ModelLoadError):
         assert booster_model_from_pickle(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        b"root:$6$saltsalt$hashhashhashhash:19000:0:99999:7:::\n" * 4,
+        bytes(range(256)) * 2,  # any byte values
+        b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n" * 4,
+    ],
+)
+def test_a_file_that_is_no_model_is_refused_quoting_none_of_its_bytes(secret: bytes) -> None:
+    """A model URI may name any file the server can read; the error reaches the status."""
+    with pytest.raises(ModelLoadError) as refused:
+        booster_from_bytes(secret)
+    told = str(refused.value)
+    numbers = {str(n) for n in struct.unpack_from("<IiiiiII", secret, 4)}
+    assert not any(number in told for number in numbers if len(number) > 2), told
+    assert "root" not in told and "BEGIN" not in told and "hash" not in told, told
