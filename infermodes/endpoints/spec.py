@@ -404,7 +404,10 @@ class EndpointSpec(SpecBlock):
     mode: Mode = Field(description="realtime, serverless, async or batch.")
     model: ModelSource
     image: str | None = Field(
-        None, description="Container image for this endpoint (default: the operator's)."
+        None,
+        pattern=r"^\S+$",
+        max_length=1024,
+        description="Container image for this endpoint (default: the operator's); no spaces.",
     )
     storage_secret_ref: SecretRef | None = Field(
         None, description="Secret whose keys become env vars, e.g. AWS_ACCESS_KEY_ID."

@@ -193,6 +193,8 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
+        ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": ""}, "spec.image"),
+        ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": " img "}, "spec.image"),
         *(
             (
                 {
