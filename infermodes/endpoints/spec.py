@@ -58,7 +58,11 @@ def object_name(name: str) -> str:
 
 Quantity = Annotated[
     str,
-    Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$", description="A quantity."),
+    Field(
+        # a number above zero (none: a pod of no CPU or memory), then a unit
+        pattern=r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$",
+        description="A quantity above zero.",
+    ),
 ]
 
 

@@ -193,6 +193,14 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
+        (
+            {"mode": "realtime", "model": MODEL, "realtime": {"resources": {"cpu": "0"}}},
+            "spec.realtime.resources.cpu",
+        ),
+        (
+            {"mode": "realtime", "model": MODEL, "realtime": {"resources": {"memory": "0Mi"}}},
+            "spec.realtime.resources.memory",
+        ),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": ""}, "spec.image"),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": " img "}, "spec.image"),
         *(
