@@ -49,6 +49,9 @@ class EndpointState:
     memory: ScalerMemory = field(default_factory=ScalerMemory)
     lock: threading.Lock = field(default_factory=threading.Lock)
     demand_seen: dict[str, str] = field(default_factory=dict)
+    # the (phase, reason) last told in an Event: a body read before the last status write
+    # (kopf's, or the nudger's) would tell the same change twice
+    told: tuple[s.Phase, str] | None = None
 
 
 class Endpoints:
@@ -103,18 +106,24 @@ class Nudger:
             self.metrics.forget(key, deleted=True)
             return
         body = kopf.Body(raw)  # type: ignore[arg-type]  # a RawBody is the API's JSON dict
-        result = run_locked(body, self.endpoints.state(key), self.deps, autoscale=False)
+        result, changed = run_locked(body, self.endpoints.state(key), self.deps, autoscale=False)
         generation = int(body["metadata"].get("generation", 1))
         patch = result.status.to_patch(generation, body.get("status"))
         self.deps.kube.patch_status(API_VERSION, s.KIND, namespace, name, patch)
-        tell(body, Status.from_dict(body.get("status")), result)
+        tell(body, result, changed)
         record_queue(self.metrics, key, result.status)
 
 
 def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
-               autoscale: bool) -> Reconciled:  # fmt: skip
+               autoscale: bool) -> tuple[Reconciled, bool]:  # fmt: skip
+    """The reconcile, and whether its phase or reason is news: against the last told, or
+    (first after a start) the body's."""
     with state.lock:
-        return reconcile(body, state.memory, deps, autoscale=autoscale)
+        result = reconcile(body, state.memory, deps, autoscale=autoscale)
+        before = Status.from_dict(body.get("status"))
+        told = state.told or (None if before is None else (before.phase, before.reason))
+        state.told = (result.status.phase, result.status.reason)
+        return result, told != state.told
 
 
 # reasons that say something is wrong though the phase is not Failed: an update that cannot
@@ -132,10 +141,10 @@ def event_type(status: Status) -> str:
     return "Normal"
 
 
-def tell(body: kopf.Body, previous: Status | None, result: Reconciled) -> None:
+def tell(body: kopf.Body, result: Reconciled, changed: bool) -> None:
     """Events: every phase or reason change, and what the reconcile found worth telling."""
     status = result.status
-    if previous is None or previous.phase != status.phase or previous.reason != status.reason:
+    if changed:
         kind = event_type(status)
         kopf.event(body, type=kind, reason=status.phase.value,
                    message=status.message or status.reason)  # fmt: skip
@@ -198,12 +207,12 @@ def configure(operator_settings: OperatorSettings) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         state: EndpointState = memo.endpoints.state(key)
         try:
-            result = run_locked(body, state, memo.deps, autoscale)
+            result, changed = run_locked(body, state, memo.deps, autoscale)
         except KubeError as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_SECONDS) from exc
         generation = int(body["metadata"].get("generation", 1))
         patch.status.update(result.status.to_patch(generation, body.get("status")))
-        tell(body, Status.from_dict(body.get("status")), result)
+        tell(body, result, changed)
         record_queue(memo.metrics, key, result.status)
 
     @kopf.on.create(*RESOURCE)

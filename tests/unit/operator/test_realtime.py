@@ -510,3 +510,19 @@ def test_events_warn_of_problems_whatever_the_phase(status: Status, kind: str) -
     from infermodes.operator.handlers import event_type
 
     assert event_type(status) == kind
+
+
+def test_a_phase_change_is_news_once_whatever_body_the_next_reconcile_reads() -> None:
+    """kopf's body and the nudger's may both predate the last status write: the change is
+    told (an Event) once, then not again from a stale body; a restarted operator (no memory)
+    compares with the body's status."""
+    from infermodes.operator.handlers import EndpointState, run_locked
+
+    d, _ = deps(FakeKube(deployment_of(1), [ready_pod("ie-abalone-1", "127.0.5.1")]))
+    state = EndpointState()
+    stale = body(status={"phase": "Creating", "reason": "Creating"})
+    first, changed = run_locked(stale, state, d, autoscale=False)
+    assert (first.status.reason, changed) == ("AllReplicasReady", True)
+    assert run_locked(stale, state, d, autoscale=False)[1] is False
+    current = body(status={"phase": "InService", "reason": "AllReplicasReady"})
+    assert run_locked(current, EndpointState(), d, autoscale=False)[1] is False
