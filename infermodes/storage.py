@@ -36,6 +36,21 @@ class NotAFile(StorageError):
     status_code = 400
 
 
+class StorageRefused(StorageError):
+    """The store refuses this process the object: no credentials, or credentials it does not
+    take or that may not reach that object. No retry mends it (an async request ends at once,
+    not after its every attempt)."""
+
+    status_code = 403
+
+
+# S3's error codes of a refusal (AWS's and S3-compatible servers')
+S3_REFUSALS = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "AccountProblem", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "403",
+})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ObjectRef:
     """A parsed storage URI: ``scheme`` is ``file`` or ``s3``."""
@@ -369,9 +384,13 @@ class S3Store:
         return self._client
 
     def _translate(self, exc: Exception, ref: ObjectRef) -> StorageError:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
             return ObjectNotFound(f"no such object: {ref.uri}")
+        if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return StorageRefused(f"s3 refused access to {ref.uri}: {exc}")
         return StorageError(f"s3 error on {ref.uri}: {exc}")
 
     @contextlib.contextmanager

@@ -6,10 +6,12 @@ connections the broker drops."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -383,3 +385,29 @@ def test_the_help_says_what_the_code_does() -> None:
     ).stdout
     assert "[default: anywhere]" not in text
     assert "file:// only under the endpoint's input prefix" in " ".join(text.split())
+
+
+def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Credentials the S3 server does not take: no retry mends that, so the request ends on
+    its first attempt, naming the refusal (it was retried until its attempts ran out)."""
+    from tests.support.seaweedfs import seaweedfs_server
+
+    endpoint = "refused"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with seaweedfs_server() as store:
+        client: Any = store.client()
+        client.create_bucket(Bucket="inputs")
+        client.put_object(Bucket="inputs", Key="rows.csv", Body=to_csv(abalone_model.test_rows[:2]))
+        wrong = {**store.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, wrong, 3) as live:
+            headers = {ID: "refused", LOCATION: "s3://inputs/rows.csv"}
+            assert live.invoke(headers=headers).status_code == 202
+            live.start_worker(model_uri(abalone_model), "w")
+            notes.wait_for({"refused"}, "Failed", 60)
+    [note] = notes.received
+    assert note["failureReason"] == "StorageRefused", note
+    assert "s3 refused access to s3://inputs/rows.csv" in str(note["failureMessage"])
+    record = json.loads((tmp_path / "failure" / "refused.error").read_bytes())
+    assert record["attempts"] == 1, record

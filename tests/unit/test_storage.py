@@ -255,3 +255,49 @@ def test_a_file_that_cannot_seek_to_a_range_is_a_storage_error(
         pass
     with Storage().open_read(path.as_uri()) as whole:  # from the start: no seek needed
         assert whole.read(4) == b"1,2\n"
+
+
+class RefusingClient:
+    """An S3 client whose every call fails as ``error`` says."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            raise self.error
+
+        return call
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_an_s3_refusal_is_storage_refused_which_no_retry_mends(code: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from infermodes.queueing.messages import classify
+    from infermodes.storage import StorageRefused
+
+    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "GetObject")
+    storage = Storage(s3_store=S3Store(RefusingClient(error)))
+    with pytest.raises(StorageRefused) as refused:
+        storage.get_bytes("s3://bkt/in/x.csv")
+    assert "s3 refused access to s3://bkt/in/x.csv" in str(refused.value)
+    failure = classify(refused.value)
+    assert (failure.reason, failure.retry) == ("StorageRefused", False)
+
+
+def test_no_credentials_is_storage_refused_and_other_s3_errors_stay_retryable() -> None:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    from infermodes.queueing.messages import classify
+    from infermodes.storage import StorageRefused
+
+    storage = Storage(s3_store=S3Store(RefusingClient(NoCredentialsError())))
+    with pytest.raises(StorageRefused):
+        storage.get_bytes("s3://bkt/in/x.csv")
+    slow = ClientError({"Error": {"Code": "SlowDown", "Message": "busy"}}, "GetObject")
+    storage = Storage(s3_store=S3Store(RefusingClient(slow)))
+    with pytest.raises(StorageError) as busy:
+        storage.get_bytes("s3://bkt/in/x.csv")
+    assert not isinstance(busy.value, StorageRefused)
+    assert classify(busy.value).retry
