@@ -20,15 +20,21 @@ METADATA_NETWORKS = (
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),  # the EC2 metadata service over IPv6
 )
-# a scheme httpx speaks, any case, and a host after what may be a user name
-WEBHOOK_PATTERN = r"^[hH][tT][tT][pP][sS]?://([^/?#\s]*@)?[^/?#\s@:]"
+# a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
+# what may be a user name; a port; no space anywhere
+WEBHOOK_PATTERN = (
+    r"^[hH][tT][tT][pP][sS]?://([^/?#\s]*@)?"
+    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s@:\[\]]+)(:[0-9]{1,5})?([/?#]\S*)?$"
+)
 WEBHOOK_MAX_LENGTH = 2048
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of
-# ``METADATA_NETWORKS`` a URL is most often written in; the operator's validation
-# (``literal_refusal``) and the worker (``refusal``) catch every other spelling
+# ``METADATA_NETWORKS`` a URL is most often written in, as its whole host (the part after the
+# last '@', before a port or the path); the operator's validation (``literal_refusal``) and the
+# worker (``refusal``) catch every other spelling
 LITERAL_LINK_LOCAL_CEL = (
     r"(?i)^https?://([^/?#]*@)?"
-    r"(169\.254\.|\[(fe[89ab][0-9a-f]:|fd00:ec2::254\]|::ffff:(169\.254\.|a9fe:)))"
+    r"(169\.254\.[0-9]+\.[0-9]+|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254"
+    r"|::ffff:(169\.254\.[0-9]+\.[0-9]+|a9fe:[0-9a-f]+))\])(:[0-9]*)?([/?#]|$)"
 )
 
 Resolver = Callable[[str], list[str]]
@@ -49,7 +55,7 @@ def literal_refusal(url: str) -> str | None:
     """Why ``url`` names a refused address as its host, literally; None when it does not."""
     host = (urlsplit(url).hostname or "").rstrip(".")
     if refused_address(host):
-        return f"{host} is a link-local address (where clouds serve instance metadata)"
+        return f"{host} is a link-local or metadata address (where clouds serve instance metadata)"
     return None
 
 
@@ -73,7 +79,7 @@ def refusal(url: str, resolver: Resolver = resolve) -> str | None:
     for address in resolver(host):
         if refused_address(address):
             return (
-                f"{host} resolves to {address}, a link-local address (where clouds serve "
-                "instance metadata)"
+                f"{host} resolves to {address}, a link-local or metadata address (where "
+                "clouds serve instance metadata)"
             )
     return None

@@ -211,7 +211,8 @@ class NotificationSpec(SpecBlock):
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
-         f"{name} must not be a link-local address (where clouds serve instance metadata)")
+         f"{name} must not be a link-local or metadata address (where clouds serve "
+         "instance metadata)")
         for name in ("successWebhook", "errorWebhook")
     ]  # fmt: skip
 
@@ -221,7 +222,7 @@ class NotificationSpec(SpecBlock):
                           ("errorWebhook", self.error_webhook)):  # fmt: skip
             refused = None if url is None else literal_refusal(url)
             if refused is not None:
-                raise ValueError(f"{name} must not be a link-local address: {refused}")
+                raise ValueError(f"{name} must not be a link-local or metadata address: {refused}")
         return self
 
 

@@ -59,6 +59,26 @@ class KubeDoor:
             raise error(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
         return result.to_dict()
 
+    def scale(
+        self, api_version: str, kind: str, namespace: str, name: str, replicas: int
+    ) -> dict[str, Any]:
+        """Set only a workload's replicas (a merge patch): what can still change while an
+        apply of its whole object is refused."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            result = self._dynamic.patch(
+                self._resource(api_version, kind),
+                body={"spec": {"replicas": replicas}},
+                name=name,
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            raise KubeError(f"scaling {kind} {namespace}/{name}: {_reason(exc)}") from exc
+        return dict(result.to_dict())
+
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> None:

@@ -195,5 +195,5 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     phase = Phase.UPDATING if was_serving else Phase.CREATING
     message = f"{workload.ready}/{workload.replicas} replicas ready"
     if not workload.rolled_out:
-        message += f", {workload.updated} updated"
+        message += f", {workload.updated} of the new spec created"
     return waiting_status(workload, phase, "RollingOut" if was_serving else "Creating", message)

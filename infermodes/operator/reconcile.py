@@ -107,21 +107,30 @@ APPLY_REFUSED = "ApplyRefused"
 REFUSAL_SHOWN = 1000
 
 
-def refused_status(live: Status, exists: bool, refusal: str) -> Status:
-    """The API server refused an object of the endpoint: Failed, naming what refused it, when
-    nothing of the endpoint runs; else the workload's own status (it runs as it was), with the
-    refusal as its reason, ``Updating`` while it serves (as an update that cannot roll out).
-    Every resync applies again, so it mends once the cause is gone."""
+def refused_status(live: Status, previous: Status | None, refusal: str) -> Status:
+    """The API server refused an object of the endpoint: ``Failed``, naming what refused it,
+    with the live workload's counts; ``Updating`` when an endpoint that served still serves
+    on the spec it had (as an update that cannot roll out; it still scales); a running batch
+    job stays ``InProgress``. Every resync applies again, so it mends once the cause is gone."""
     if len(refusal) > REFUSAL_SHOWN:  # an invalid object's error can run to kilobytes
         refusal = refusal[:REFUSAL_SHOWN] + "..."
     message = (f"the API server refused {refusal}; applied again at every resync: fix the "
                "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
-    if not exists or live.phase is s.Phase.FAILED:
-        return replace(live, phase=s.Phase.FAILED, reason=APPLY_REFUSED, message=message)
-    if live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
-        serving = f"{message}; the workload as it was still serves: {live.message}"
+    served = previous is not None and previous.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING)
+    if served and live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+        serving = f"{message}; the spec it had still serves: {live.message}"
         return replace(live, phase=s.Phase.UPDATING, reason=APPLY_REFUSED, message=serving)
-    return replace(live, reason=APPLY_REFUSED, message=f"{message}; {live.message}")
+    if live.phase is s.Phase.IN_PROGRESS:
+        return replace(live, reason=APPLY_REFUSED, message=f"{message}; {live.message}")
+    return replace(live, phase=s.Phase.FAILED, reason=APPLY_REFUSED, message=message)
+
+
+def scaled(deps: Deps, ref: EndpointRef, live: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The live Deployment at ``replicas`` (patched when it is not): while its new spec is
+    refused, the previous one still scales, from zero too (a held request starts a replica)."""
+    if int((live.get("spec") or {}).get("replicas", 1)) == replicas:
+        return live
+    return deps.kube.scale("apps/v1", "Deployment", ref.namespace, ref.child_name, replicas)
 
 
 def workload_gone(message: str, kind: str) -> str:
@@ -201,12 +210,14 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
         except ApplyRefused as exc:
             refusal = str(exc)
+            if kind == "Deployment" and found is not None:  # the spec as it was still scales
+                applied = {kind: scaled(deps, ref, found, replicas)}
     after = applied.get(kind, found)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
     status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)
     if refusal is not None and not mode.ended(status):
-        status = refused_status(status, found is not None, refusal)
+        status = refused_status(status, previous, refusal)
     events = []
     if memory.activated_at is not None and status.ready_replicas > 0:
         seconds = wall - memory.activated_at

@@ -156,7 +156,7 @@ INVALID = [
      "minReplicas must not exceed maxReplicas"),
     ("metadata-webhook", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
         "successWebhook": "http://169.254.169.254/latest/meta-data/"}}},
-     "successWebhook must not be a link-local address"),
+     "successWebhook must not be a link-local or metadata address"),
     ("webhook-scheme", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
         "errorWebhook": "gopher://hooks/x"}}},
      "spec.async.notification.errorWebhook: Invalid value: \"gopher://hooks/x\""),
@@ -262,6 +262,56 @@ def test_pods_that_cannot_be_created_or_placed_are_named_in_the_status(
     assert "Insufficient cpu" in endpoint["status"]["message"]
     fits = endpoint_manifest("too-big", model_uri)
     create_in_service(tools, k8s_namespace, fits)
+
+
+def test_an_update_an_admission_policy_refuses_keeps_the_old_spec_serving_and_scaling(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """A ValidatingAdmissionPolicy freezes pod templates: the update is refused, the endpoint
+    stays Updating with the policy's words, and a new minimum still scales the spec it had;
+    once the policy goes, the update rolls out."""
+    api = tools.cluster.api
+    small = {"cpu": "100m", "memory": "256Mi"}  # the rollout's surge fits beside the rest
+    create_in_service(tools, k8s_namespace, endpoint_manifest("frozen", model_uri, resources=small))
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": k8s_namespace},
+        "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+            {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+             "resources": ["deployments"]}]},
+            "validations": [{"expression": "object.spec.template == oldObject.spec.template",
+                             "message": "pod templates are frozen here"}]},
+    }  # fmt: skip
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": k8s_namespace},
+        "spec": {"policyName": k8s_namespace, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": k8s_namespace}}}},
+    }  # fmt: skip
+    policies = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+    bindings = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+    api.post(policies, policy)
+    api.post(bindings, binding)
+    try:
+        changed = endpoint_manifest("frozen", model_uri, workers=2, minReplicas=2, maxReplicas=3,
+                                    resources=small)  # fmt: skip
+        assert tools.apply(changed, k8s_namespace).returncode == 0
+        refused = wait_phase(api, k8s_namespace, "frozen", "Updating", also=lambda e: (
+            e["status"].get("reason") == "ApplyRefused"))  # fmt: skip
+        assert "pod templates are frozen here" in refused["status"]["message"]
+        deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-frozen"
+        wait_until(lambda: api.get(deployment)["spec"]["replicas"] == 2, 60,
+                   "the spec it had to scale to the new minimum")  # fmt: skip
+        env = api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "INFERMODES_SERVE_WORKERS", "value": "2"} not in env
+    finally:
+        api.delete(f"{bindings}/{k8s_namespace}")
+        api.delete(f"{policies}/{k8s_namespace}")
+    wait_phase(api, k8s_namespace, "frozen", "InService", also=lambda e: (
+        e["status"].get("readyReplicas") == 2))  # fmt: skip
+    env = api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "INFERMODES_SERVE_WORKERS", "value": "2"} in env
 
 
 def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:

@@ -162,7 +162,7 @@ def test_a_webhook_at_a_link_local_address_is_not_posted(
     sender, posted = notifier(FakeChannel(), [], hooks=Webhooks([url], []))
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert posted == []
-    assert "refused, not sent" in caplog.text and "link-local address" in caplog.text
+    assert "refused, not sent" in caplog.text and "link-local or metadata" in caplog.text
     failed = sender.metrics.notifications.labels("webhook", "failed")._value.get()
     assert failed == 1
 

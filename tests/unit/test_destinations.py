@@ -40,6 +40,8 @@ ALLOWED_BY_BOTH = [
     "http://169.25.4.1/",
     "http://[fe8::1]/",  # 0fe8::1, not fe80::/10
     "http://[fec0::1]/",
+    "http://169.254.example.com/hook",  # a name
+    "http://[fe80::1]:8080@example.com/",  # a user name; the host is example.com
 ]
 
 
@@ -78,7 +80,9 @@ def test_spellings_the_cel_rule_cannot_read_are_left_to_the_validator_and_the_wo
     [("https://hooks.example/x", True), ("HTTPS://hooks.example/x", True),
      ("http://user@hooks.example/x", True), ("http://[::1]:9/", True),
      ("ftp://hooks.example/x", False), ("http:///x", False), ("http://@/x", False),
-     ("http://:80/x", False), ("hooks.example/x", False)],
+     ("http://:80/x", False), ("hooks.example/x", False), ("http://exa mple.com/", False),
+     ("http://[]/", False), ("http://hooks.example:123456/", False),
+     ("https://hooks.example:8443/a?b=c#d", True), ("http://[fe80::1%25eth0]:80/", True)],
 )  # fmt: skip
 def test_a_webhook_is_http_with_a_host(url: str, ok: bool) -> None:
     assert bool(re.match(WEBHOOK_PATTERN, url)) is ok

@@ -174,8 +174,10 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     active = int(job_status.get("active", 0))
     found, failures = progress(signals)
 
+    ready = int(job_status.get("ready", 0))  # active counts instances not placed yet too
+
     def status(phase: s.Phase, reason: str, message: str) -> Status:
-        return Status(phase, reason, message, active, active, count, progress=found)
+        return Status(phase, reason, message, active, ready, count, progress=found)
 
     if "Complete" in conditions:
         return status(s.Phase.COMPLETED, "Completed", f"{found.records} records; {found.done} "

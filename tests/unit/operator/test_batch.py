@@ -202,6 +202,7 @@ def test_an_instance_no_node_has_room_for_is_named_in_the_status() -> None:
     ]
     status = batch.observe(SPEC, signals(job, [pending]), None)
     assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "Unschedulable")
+    assert (status.replicas, status.ready_replicas) == (1, 0)  # active, but not ready
     assert status.message.endswith(
         f"instance pod {pending['metadata']['name']} cannot be scheduled: {no_room}"
     )

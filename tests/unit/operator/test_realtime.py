@@ -218,7 +218,8 @@ def test_pods_that_cannot_be_created_or_placed_are_named_while_the_endpoint_wait
     refused = WorkloadState.from_objects(deployment_refused(QUOTA), [])
     status = realtime.observe(SPEC, observed(refused), None)
     assert (status.phase, status.reason) == (s.Phase.CREATING, "FailedCreate")
-    assert status.message == f"0/1 replicas ready, 0 updated; pods cannot be created: {QUOTA}"
+    created = "0/1 replicas ready, 0 of the new spec created"
+    assert status.message == f"{created}; pods cannot be created: {QUOTA}"
 
     placing = {**deployment_of(1), "status": {"observedGeneration": 1, "replicas": 1}}
     pending = WorkloadState.from_objects(placing, [pending_pod("ie-abalone-1")])
@@ -262,6 +263,7 @@ class FakeKube:
         self.pods = list(pods)
         self.others = {(o["kind"], o["metadata"]["name"]): o for o in others}
         self.applied: list[dict] = []
+        self.scaled: list[int] = []
 
     def get(self, api_version, kind, namespace, name):
         if kind in ("Deployment", "Job"):  # the workload the operator made: its owner's
@@ -274,6 +276,12 @@ class FakeKube:
 
     def list(self, api_version, kind, namespace, selector):
         return self.pods
+
+    def scale(self, api_version, kind, namespace, name, replicas):
+        self.scaled.append(replicas)
+        spec = {**self.deployment["spec"], "replicas": replicas}
+        self.deployment = {**self.deployment, "spec": spec}
+        return self.deployment
 
     def apply(self, obj):
         self.applied.append(obj)
@@ -489,7 +497,17 @@ def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> No
     d, _ = deps(live)
     kept = reconcile(body(status=serving), ScalerMemory(), d).status
     assert (kept.phase, kept.reason, kept.ready_replicas) == (s.Phase.UPDATING, "ApplyRefused", 1)
-    assert kept.message.endswith("the workload as it was still serves: 1/1 replicas ready")
+    assert kept.message.endswith("the spec it had still serves: 1/1 replicas ready")
+    # the spec it had still scales: a new minimum reaches the live Deployment's replicas
+    two = {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {"minReplicas": 2}}
+    reconcile(body(two, serving), ScalerMemory(), d)
+    assert live.scaled == [2] and live.deployment["spec"]["replicas"] == 2
+    # a new endpoint never served: Failed while refused, whatever its pods do (no flip from
+    # Failed to Creating to Updating as they come up)
+    fresh = RefusingKube(deployment_of(1), [ready_pod("ie-abalone-1", "127.0.5.1")])
+    d, _ = deps(fresh)
+    for status in (None, {"phase": "Failed", "reason": "ApplyRefused"}):
+        assert reconcile(body(status=status), ScalerMemory(), d).status.phase is s.Phase.FAILED
     kube.refuse = False
     d, _ = deps(kube)
     assert reconcile(body(), ScalerMemory(), d).status.reason == "Creating"

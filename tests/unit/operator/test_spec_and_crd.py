@@ -216,9 +216,12 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             for url, message in (
                 (
                     "http://169.254.169.254/latest/meta-data/",
-                    f"{field} must not be a link-local address",
+                    f"{field} must not be a link-local or metadata address",
                 ),
-                ("https://user@[fe80::1%25eth0]:80/x", f"{field} must not be a link-local address"),
+                (
+                    "https://user@[fe80::1%25eth0]:80/x",
+                    f"{field} must not be a link-local or metadata address",
+                ),
                 ("ftp://hooks/x", "String should match pattern"),
                 ("http:///nohost", "String should match pattern"),
                 ("hooks.example/x", "String should match pattern"),
