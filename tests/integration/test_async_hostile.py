@@ -394,7 +394,7 @@ def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
     its first attempt, naming the refusal (it was retried until its attempts ran out)."""
     from tests.support.seaweedfs import seaweedfs_server
 
-    endpoint = "refused"
+    endpoint = "store-refuses"  # the session's broker is shared: a queue name of its own
     notes = Notifications(rabbitmq, endpoint).declare()
     with seaweedfs_server() as store:
         client: Any = store.client()
