@@ -346,6 +346,8 @@ def decode_json(
     _check_size(len(rows), num_features, max_rows, max_values)
     matrix = [_json_row(rows[0], 1, num_features)]
     width = len(matrix[0])
+    if num_features is None:  # the first row gave the width: the rest is bounded now
+        _check_size(len(rows), width, max_rows, max_values)
     matrix.extend(_json_row(row, index, width) for index, row in enumerate(rows[1:], 2))
     return np.array(matrix, dtype=np.float32)
 

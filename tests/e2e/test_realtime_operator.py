@@ -293,14 +293,25 @@ def test_an_update_an_admission_policy_refuses_keeps_the_old_spec_serving_and_sc
     bindings = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
     api.post(policies, policy)
     api.post(bindings, binding)
+    deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-frozen"
+
+    def enforced() -> bool:  # the API server loads a new policy a moment after it is made
+        probe = {"spec": {"template": {"metadata": {"annotations": {"probe": "1"}}}}}
+        try:
+            api.request("PATCH", deployment, probe, params={"dryRun": "All"},
+                        content_type="application/merge-patch+json")  # fmt: skip
+        except ApiError as refused:
+            return "pod templates are frozen here" in str(refused)
+        return False
+
     try:
+        wait_until(enforced, 60, "the policy to be enforced")
         changed = endpoint_manifest("frozen", model_uri, workers=2, minReplicas=2, maxReplicas=3,
                                     resources=small)  # fmt: skip
         assert tools.apply(changed, k8s_namespace).returncode == 0
         refused = wait_phase(api, k8s_namespace, "frozen", "Updating", also=lambda e: (
             e["status"].get("reason") == "ApplyRefused"))  # fmt: skip
         assert "pod templates are frozen here" in refused["status"]["message"]
-        deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-frozen"
         wait_until(lambda: api.get(deployment)["spec"]["replicas"] == 2, 60,
                    "the spec it had to scale to the new minimum")  # fmt: skip
         env = api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from infermodes.errors import InvalidInput, NotAcceptable, UnsupportedContentType
+from infermodes.errors import InvalidInput, NotAcceptable, PayloadTooLarge, UnsupportedContentType
 from infermodes.predict import codecs
 
 
@@ -247,3 +247,12 @@ def test_streamed_chunks_are_refused_like_request_bodies(chunk: bytes) -> None:
     with pytest.raises(InvalidInput) as streamed:
         decode_chunk(chunk, codecs.CSV, 3, 1)
     assert str(streamed.value) == str(whole.value)
+
+
+def test_a_json_body_without_a_feature_count_is_held_to_max_values_too() -> None:
+    """Found by the property test's random seed: with no feature count the first row gives
+    the width, and the matrix it makes was not checked against ``max_values``."""
+    body = b'{"instances":[[null,0,0,null,0,0,0,0,null,0,0,0,0,0,0,null]]}'
+    with pytest.raises(PayloadTooLarge, match="1 rows of 16 features make 16 values"):
+        codecs.decode(body, "application/json", None, max_rows=None, max_values=1)
+    assert codecs.decode(body, "application/json", None, max_values=16).shape == (1, 16)
