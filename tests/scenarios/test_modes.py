@@ -96,16 +96,20 @@ def test_serverless_cold_starts_from_zero_and_returns_to_zero(
     wait_until(lambda: actuator.processes("sls") == [], WAIT, "the replica to stop")
 
 
-def throttled_total(actuator: Actuator, name: str) -> float:
-    """The gateway's ``infermodes_gateway_throttled_total`` of one endpoint."""
+def gateway_figure(actuator: Actuator, metric: str, name: str) -> float:
+    """One of the gateway's metrics for one endpoint."""
     text = httpx.get(f"{actuator.url}/metrics", timeout=10).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "infermodes_gateway_throttled_total"
-        and sample.labels.get("endpoint") == name
+        if sample.name == metric and sample.labels.get("endpoint") == name
     )
+
+
+def throttled_total(actuator: Actuator, name: str) -> float:
+    """The gateway's ``infermodes_gateway_throttled_total`` of one endpoint."""
+    return gateway_figure(actuator, "infermodes_gateway_throttled_total", name)
 
 
 def test_serverless_beyond_max_concurrency_is_throttled_with_429(
@@ -119,16 +123,25 @@ def test_serverless_beyond_max_concurrency_is_throttled_with_429(
                 lambda s: s.get("phase") == "InService" and s.get("replicas") == 0)  # fmt: skip
     before = throttled_total(actuator, "throttled")
     body = to_csv(abalone_model.test_rows[:5])
-    # all six leave together, while the first is held for the cold start: a pool's threads
-    # started one by one on a loaded machine could each arrive after the replica was up
-    start = threading.Barrier(6, timeout=30)
+    # the five others leave once the gateway has admitted the first (held for the cold start,
+    # then a large body to score): sent together at the start, a loaded machine's threads
+    # could each arrive after the first was answered (all 200)
+    rows = abalone_model.test_rows
+    large = to_csv(np.resize(rows, (10_000, rows.shape[1])))  # ~1 MB: a serverless body is <= 4
+    go = threading.Event()
 
-    def together(_: int) -> httpx.Response:
-        start.wait()
+    def after_the_first(_: int) -> httpx.Response:
+        assert go.wait(60)
         return invoke(actuator, "throttled", body)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(together, range(6)))
+        first = pool.submit(invoke, actuator, "throttled", large)
+        others = [pool.submit(after_the_first, index) for index in range(5)]
+        admitted = "infermodes_gateway_requests_in_flight"
+        wait_until(lambda: first.done() or gateway_figure(actuator, admitted, "throttled") >= 1,
+                   30, "the first request admitted", interval=0.005)  # fmt: skip
+        go.set()
+        answers = [first.result(), *(other.result() for other in others)]
     codes = [a.status_code for a in answers]
     assert set(codes) == {200, 429}, codes
     for answer in answers:
