@@ -229,6 +229,16 @@ def describe_failures(failures: list[dict[str, Any]]) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
+def update_blocked(detail: str, serving: int) -> str:
+    """The message of an endpoint whose new spec cannot roll out while the previous spec's
+    replicas serve (both actuators keep it ``Updating``, as the platform keeps an endpoint on
+    its old config when an update fails)."""
+    return (
+        f"the new spec cannot roll out ({detail}); {serving} replica(s) of the previous spec "
+        "still serve: fix or revert the spec"
+    )
+
+
 def load_error(message: str) -> str:
     """The model server's (or worker's) reason from the end of its log (a pod's termination
     message with FallbackToLogsOnError, a local process's log file): the text after its

@@ -50,6 +50,7 @@ from infermodes.endpoints.status import (
     load_error,
     record_queue,
     summary_progress,
+    update_blocked,
     with_estimated_age,
 )
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
@@ -519,8 +520,7 @@ class Supervisor:
         if not serving:
             self._retire_outgoing(endpoint)
             return Status(Phase.FAILED, reason, detail)
-        message = (f"the new spec cannot roll out ({detail}); {serving} replica(s) of the "
-                   "previous spec still serve: fix or revert the spec")  # fmt: skip
+        message = update_blocked(detail, serving)
         return Status(Phase.UPDATING, reason, message, len(endpoint.outgoing), serving, serving)
 
     def _retire_crashed_outgoing(self, endpoint: LocalEndpoint, now: float) -> None:

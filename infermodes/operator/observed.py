@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infermodes.endpoints.spec import Phase
-from infermodes.endpoints.status import Status, load_error
+from infermodes.endpoints.status import Status, load_error, update_blocked
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 CANNOT_RUN_REASONS = frozenset({
@@ -180,9 +180,8 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     problem = failure(workload)
     if problem is not None:
         if was_serving and not workload.rolled_out and workload.ready > 0:
-            return workload.status(Phase.UPDATING, problem[0], (
-                f"the new spec cannot roll out ({problem[1]}); {workload.ready} replica(s) of "
-                "the previous spec still serve: fix or revert the spec"))  # fmt: skip
+            message = update_blocked(problem[1], workload.ready)
+            return workload.status(Phase.UPDATING, problem[0], message)
         return workload.status(Phase.FAILED, problem[0], problem[1])
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
