@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,10 @@ def deployment_replicas(tools: Tools, namespace: str, name: str) -> int:
     return int(tools.cluster.api.get(path)["spec"]["replicas"])
 
 
+def endpoint_status(tools: Tools, namespace: str, name: str) -> dict[str, Any]:
+    return dict((get_endpoint(tools.cluster.api, namespace, name) or {}).get("status") or {})
+
+
 def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
     tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
     tmp_path: Path,
@@ -87,12 +92,16 @@ def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
         wait_until(lambda: in_flight(pod_ip) == 1, 60, "the worker to hold the first request")
         sent |= invoke_all(url, "burst", rows[1:], 4)
 
-        wait_until(lambda: deployment_replicas(tools, k8s_namespace, "burst") == 3, 60,
-                   "the look at the queue to scale the pool out")  # fmt: skip
-        assert in_flight(pod_ip) == 1  # decided while the first request was still held
-        status = (get_endpoint(tools.cluster.api, k8s_namespace, "burst") or {})["status"]
-        assert status["desiredReplicas"] == 3 and status["lastScaleTime"], status
-        release.set()
+        try:
+            wait_until(lambda: deployment_replicas(tools, k8s_namespace, "burst") == 3, 60,
+                       "the look at the queue to scale the pool out")  # fmt: skip
+            # the status is written just after the Deployment is scaled, in the same reconcile
+            wait_until(lambda: endpoint_status(tools, k8s_namespace, "burst").get(
+                "desiredReplicas") == 3, 30, "the status to say the pool scaled out")  # fmt: skip
+            assert in_flight(pod_ip) == 1  # decided while the first request was still held
+            assert endpoint_status(tools, k8s_namespace, "burst")["lastScaleTime"]
+        finally:  # a held request would keep its worker, and the namespace, for two minutes
+            release.set()
         notifications.wait_for(set(sent), "Completed", timeout=120)
     assert notifications.ids("Completed") == {inference_id: 1 for inference_id in sent}
     check_outputs(tmp_path, sent, abalone_model.booster())
