@@ -10,6 +10,7 @@ multipart upload), invisible to ``list``; ``remove_partials`` clears those a kil
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import posixpath
@@ -42,6 +43,30 @@ class StorageRefused(StorageError):
     not after its every attempt)."""
 
     status_code = 403
+
+
+class UnusableLocation(StorageError):
+    """The URI names what the file system cannot hold: a name too long, a path through a
+    file. A mistake of whoever gave it (the spec's path, a request's location), which no retry
+    mends."""
+
+    status_code = 400
+
+
+# errno of a file operation no retry mends: the file system refuses this process, or the name
+REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+UNUSABLE_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
+
+
+def file_error(action: str, uri: str, exc: OSError) -> StorageError:
+    """An OSError on a file as the storage error that says whether a retry can mend it (a
+    full disk, an I/O error may mend; a refusal or an unusable name does not)."""
+    message = f"cannot {action} {uri}: {exc.strerror or exc}"
+    if exc.errno in REFUSED_ERRNOS:
+        return StorageRefused(message)
+    if exc.errno in UNUSABLE_ERRNOS:
+        return UnusableLocation(message)
+    return StorageError(message)
 
 
 # S3's error codes of a refusal (AWS's and S3-compatible servers')
@@ -179,13 +204,16 @@ def _sync_folders(target: Path, created: list[Path]) -> None:
 def _make_folders(ref: ObjectRef) -> list[Path]:
     """Make the folders an object's file needs; returns those made, outermost first."""
     target = Path(ref.key)
-    if target.parent.is_dir():
-        return []
-    created = [folder for folder in target.parents if not folder.exists()][::-1]
     try:
+        if target.parent.is_dir():
+            return []
+        created = [folder for folder in target.parents if not folder.exists()][::-1]
         target.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # not the object's: a file where a folder would be
+        in_the_way = f"cannot write {ref.uri}: a file is in the way of its folder"
+        raise UnusableLocation(in_the_way) from None
     except OSError as exc:
-        raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+        raise file_error("write", ref.uri, exc) from exc
     return created
 
 
@@ -203,10 +231,10 @@ class FileStore:
         named pipe must not hang the reader before it is refused (regular files ignore it)."""
         try:
             fd = os.open(ref.key, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # as exists() says: a path through a file
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
         except OSError as exc:
-            raise StorageError(f"cannot read {ref.uri}: {exc.strerror}") from exc
+            raise file_error("read", ref.uri, exc) from exc
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(os.close, fd)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -240,9 +268,14 @@ class FileStore:
                 if durable:
                     handle.flush()
                     os.fsync(handle.fileno())
-            publish(tmp_name, ref.key)
-            if durable:
-                _sync_folders(Path(ref.key), created)
+            try:
+                publish(tmp_name, ref.key)
+                if durable:
+                    _sync_folders(Path(ref.key), created)
+            except FileExistsError:  # _link_new's answer: the object exists
+                raise
+            except OSError as exc:
+                raise file_error("write", ref.uri, exc) from exc
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
@@ -258,7 +291,7 @@ class FileStore:
                 prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent
             )
         except OSError as exc:
-            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+            raise file_error("write", ref.uri, exc) from exc
         return fd, name, created
 
     def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
@@ -278,17 +311,22 @@ class FileStore:
         except FileExistsError:
             return False
         except OSError as exc:
-            raise StorageError(f"cannot write {ref.uri}: {exc.strerror}") from exc
+            raise file_error("write", ref.uri, exc) from exc
         return True
 
     def exists(self, ref: ObjectRef) -> bool:
-        return Path(ref.key).is_file()
+        try:
+            return Path(ref.key).is_file()
+        except OSError as exc:  # a name too long, say: is_file passes only "no such file"
+            raise file_error("read", ref.uri, exc) from exc
 
     def size(self, ref: ObjectRef) -> int:
         try:
             return Path(ref.key).stat().st_size
         except FileNotFoundError:
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
+        except OSError as exc:
+            raise file_error("read", ref.uri, exc) from exc
 
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
         """Objects whose path starts with the prefix, sorted; hidden (partial) files are
@@ -341,15 +379,18 @@ def _entries(prefix: ObjectRef) -> list[os.DirEntry[str]]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
-        raise StorageError(f"cannot list {prefix.uri}: {exc.strerror}") from exc
+        raise file_error("list", prefix.uri, exc) from exc
 
 
 def _walk(prefix: str) -> Iterator[tuple[str, str]]:
     """(path, file name) of every file whose path starts with ``prefix``, sorted."""
     base = Path(prefix)
-    root = base if base.is_dir() else base.parent
-    if not root.is_dir():
-        return
+    try:
+        root = base if base.is_dir() else base.parent
+        if not root.is_dir():
+            return
+    except OSError as exc:  # a name too long, say: is_dir passes only "no such file"
+        raise file_error("list", f"file://{prefix}", exc) from exc
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):

@@ -82,8 +82,15 @@ class SpecBlock(BaseModel):
     cel_rules: ClassVar[list[tuple[str, str]]] = []  # (rule, message) for the CRD
 
 
+# Every storage URI of a spec (the model, async paths, batch input and output) takes
+# STORAGE_PREFIX (settings.py): what storage.parse_uri reads, with its scheme. Anything else
+# would pass the spec and fail in the pods (a plain path: the pod's working directory).
+
+
 class ModelSource(SpecBlock):
-    uri: str = Field(min_length=1, description="model.tar.gz or XGBoost file: s3://, file://")
+    uri: str = Field(
+        pattern=STORAGE_PREFIX, description="model.tar.gz or XGBoost file: s3://, file:///"
+    )
     allow_pickle: bool = Field(
         False, description="Load a pickled booster. Unpickling runs the artifact's code."
     )
@@ -226,10 +233,6 @@ class NotificationSpec(SpecBlock):
         return self
 
 
-# Async paths take STORAGE_PREFIX (settings.py): what storage.parse_uri reads. Anything else
-# would pass the spec and answer every request with 503.
-
-
 class AsyncSpec(ReplicaRange):
     """Requests are queued and answered at once with an id; results go to outputPath."""
 
@@ -284,7 +287,10 @@ class AsyncSpec(ReplicaRange):
 
 
 class BatchInput(SpecBlock):
-    uri: str = Field(min_length=1, description="Input prefix (s3://, file://) or manifest file.")
+    uri: str = Field(
+        pattern=STORAGE_PREFIX,
+        description="Input prefix or manifest file: s3://bucket/..., file:///...",
+    )
     data_type: BatchDataType = Field(
         "S3Prefix",
         description="S3Prefix: every object under uri (file:// too); ManifestFile: uri is a "
@@ -300,7 +306,10 @@ class BatchInput(SpecBlock):
 
 
 class BatchOutput(SpecBlock):
-    uri: str = Field(min_length=1, description="Prefix for <input key>.out objects.")
+    uri: str = Field(
+        pattern=STORAGE_PREFIX,
+        description="Prefix for <input key>.out objects: s3://bucket/..., file:///...",
+    )
     accept: BatchAccept = Field(
         "text/csv", description="text/csv, application/json or application/jsonlines."
     )

@@ -37,6 +37,7 @@ from infermodes.settings import OperatorSettings
 RETRY_DELAY_SECONDS = 5
 NUDGE_DELAY_SECONDS = 0.02  # events closer than this share one reconcile
 QUEUE_LOOK_THREADS = 4
+TIMER_EXIT_POLL_SECONDS = 1.0  # a deleted endpoint's timer still running: look again after
 RESOURCE = (s.GROUP, s.VERSION, s.PLURAL)
 API_VERSION = f"{s.GROUP}/{s.VERSION}"
 Key = tuple[str, str]  # (namespace, name)
@@ -167,6 +168,10 @@ def configure(operator_settings: OperatorSettings) -> None:
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.posting.level = logging.INFO
+        # an endpoint deleted while its timer runs a reconcile (in a thread, which cannot be
+        # cancelled) keeps its finalizer until kopf sees the timer gone: look again in a
+        # second, not kopf's default minute
+        settings.background.cancellation_polling = TIMER_EXIT_POLL_SECONDS
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=s.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=s.GROUP, key="last-handled-configuration"

@@ -278,6 +278,8 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
     cases = {
         "missing": ({LOCATION: f"file://{tmp_path}/absent.csv"}, b"", "InputNotFound"),
         "folder": ({LOCATION: f"file://{tmp_path}/folder"}, b"", "InvalidInput"),
+        # a name no file can have: was a bare OSError, retried until the attempts ran out
+        "toolong": ({LOCATION: f"file://{tmp_path}/{'a' * 300}.csv"}, b"", "UnusableLocation"),
         "malformed": ({}, b"1,0,0,0.5,abc,0.1,0.5,0.2,0.1,0.1\n", "InvalidInput"),
         "width": ({}, b"1,0,0,0.5,0.4,0.1,0.5,0.2,0.1\n", "InvalidInput"),
         "json": ({"content-type": "application/json"}, b'{"instances": [[1, 2,', "InvalidInput"),
@@ -299,10 +301,10 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
             outcome: metric(worker, "infermodes_async_messages_total", outcome=outcome)
             for outcome in ("success", "error", "expired", "retried")
         }
-        assert outcomes == {"success": 1, "error": 5, "expired": 1, "retried": 0}
+        assert outcomes == {"success": 1, "error": 6, "expired": 1, "retried": 0}
         assert (
             metric(worker, "infermodes_async_processing_duration_seconds_count", outcome="error")
-            == 5
+            == 6
         )
         assert metric(worker, "infermodes_async_in_flight") == 0
     assert notes.ids("Failed") == Counter(dict.fromkeys(cases, 1))
@@ -321,6 +323,8 @@ def test_bad_inputs_each_end_in_one_error_object_and_one_error_notification(
     folder = json.loads((tmp_path / "failure/folder.error").read_text())
     assert "is a directory or a special file, not an object" in folder["message"]
     assert folder["attempts"] == 1  # permanent: never retried
+    too_long = json.loads((tmp_path / "failure/toolong.error").read_text())
+    assert "File name too long" in too_long["message"] and too_long["attempts"] == 1
 
 
 def test_poison_messages_end_in_the_dead_letter_queue_after_n_attempts(

@@ -301,3 +301,57 @@ def test_no_credentials_is_storage_refused_and_other_s3_errors_stay_retryable() 
         storage.get_bytes("s3://bkt/in/x.csv")
     assert not isinstance(busy.value, StorageRefused)
     assert classify(busy.value).retry
+
+
+def test_a_file_name_the_file_system_cannot_hold_is_unusable_which_no_retry_mends(
+    tmp_path: Path,
+) -> None:
+    """A component longer than 255 bytes, a path through a file: 400-like, on every call
+    (``is_file`` and ``is_dir`` pass only "no such file"; a name too long was a bare OSError)."""
+    from infermodes.queueing.messages import classify
+    from infermodes.storage import UnusableLocation
+
+    storage = Storage()
+    writes = (lambda u: storage.put_bytes(u, b"1"), lambda u: storage.create(u, b"1"),
+              lambda u: storage.create(u, b""))  # fmt: skip
+    too_long = f"file://{tmp_path}/{'a' * 300}/x.out"
+    for call in (storage.exists, storage.size, storage.get_bytes, storage.list, *writes):
+        with pytest.raises(UnusableLocation, match="cannot (read|write|list) file://"):
+            call(too_long)
+    (tmp_path / "plain").write_bytes(b"x")
+    through_a_file = f"file://{tmp_path}/plain/x.out"
+    for call in writes:
+        with pytest.raises(UnusableLocation, match="in the way"):
+            call(through_a_file)
+    assert not storage.exists(through_a_file)  # to a reader, no such object
+    with pytest.raises(ObjectNotFound):
+        storage.get_bytes(through_a_file)
+    with pytest.raises(UnusableLocation) as unusable:
+        storage.put_bytes(f"file://{tmp_path}/{'b' * 250}", b"1")  # its partial file's is longer
+    failure = classify(unusable.value)
+    assert (failure.reason, failure.retry) == ("UnusableLocation", False)
+
+
+def test_a_file_the_file_system_refuses_is_storage_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EACCES, EPERM, EROFS (the tests run as root, who is refused nothing: the refusal is
+    made up); a full disk stays retryable."""
+    import errno
+
+    from infermodes.storage import StorageRefused
+
+    storage = Storage()
+    uri = f"file://{tmp_path}/x.out"
+    storage.put_bytes(uri, b"1")
+    for code, kind in ((errno.EACCES, StorageRefused), (errno.EROFS, StorageRefused),
+                       (errno.ENOSPC, StorageError)):  # fmt: skip
+
+        def refuse(*_args: object, code: int = code) -> int:
+            raise OSError(code, os.strerror(code))
+
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "open", refuse)
+            with pytest.raises(kind) as raised:
+                storage.get_bytes(uri)
+        assert type(raised.value) is kind and os.strerror(code) in str(raised.value)

@@ -419,7 +419,7 @@ def test_the_example_manifest_runs_as_written_on_the_example_data(
     """examples/abalone/batch.yaml's batch block as the instances' environment (URIs pointed at
     what train.py wrote), each instance told its index as an Indexed Job tells it."""
     manifest = yaml.safe_load((REPO / "examples/abalone/batch.yaml").read_text())
-    manifest["spec"]["model"]["uri"] = str(abalone_model.tarball)
+    manifest["spec"]["model"]["uri"] = abalone_model.tarball.as_uri()
     block = manifest["spec"]["batch"]
     block["input"]["uri"] = f"file://{abalone_model.directory}/batch/input/"
     block["output"]["uri"] = f"file://{tmp_path}/output/"

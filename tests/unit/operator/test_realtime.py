@@ -20,7 +20,8 @@ from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 
 GOLDEN = Path(__file__).parent / "golden"
-SPEC = s.EndpointSpec.model_validate({"mode": "realtime", "model": {"uri": "x"}, "realtime": {}})
+MODEL = {"uri": "file:///m"}
+SPEC = s.EndpointSpec.model_validate({"mode": "realtime", "model": MODEL, "realtime": {}})
 REF = EndpointRef("abalone", "models", "uid-1", 2)
 FULL_SPEC = {
     "mode": "realtime",
@@ -297,7 +298,7 @@ class FakeKube:
 def body(spec=None, status=None):
     return {
         "metadata": {"name": "abalone", "namespace": "models", "uid": "uid-1", "generation": 1},
-        "spec": spec or {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {}},
+        "spec": spec or {"mode": "realtime", "model": MODEL, "realtime": {}},
         "status": status,
     }
 
@@ -323,7 +324,7 @@ def test_reconcile_creates_objects_and_is_idempotent() -> None:
 def test_invalid_specs_fail_with_reasons() -> None:
     kube = FakeKube()
     d, _ = deps(kube)
-    status = reconcile(body({"mode": "realtime", "model": {"uri": "x"}}), ScalerMemory(), d).status
+    status = reconcile(body({"mode": "realtime", "model": MODEL}), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.FAILED, "InvalidSpec")
     assert kube.applied == []
 
@@ -338,7 +339,7 @@ def ready_pod(name: str, ip: str) -> dict:
 def in_flight_spec(**scaling: object) -> dict:
     """A realtime endpoint of 1 to 3 replicas scaled on 2 requests in flight per replica."""
     scaling = {"metric": "InFlightRequestsPerInstance", "target": 2, **scaling}
-    return {"mode": "realtime", "model": {"uri": "x"},
+    return {"mode": "realtime", "model": MODEL,
             "realtime": {"minReplicas": 1, "maxReplicas": 3, "scaling": scaling}}  # fmt: skip
 
 
@@ -390,7 +391,7 @@ def test_a_restarted_operator_keeps_the_scale_in_cooldown_of_the_last_change() -
 def test_invocation_rate_needs_two_samples() -> None:
     spec = {
         "mode": "realtime",
-        "model": {"uri": "x"},
+        "model": {"uri": "file:///m"},
         "realtime": {"minReplicas": 1, "maxReplicas": 4, "scaling": {"target": 60}},
     }
     deployment = {"metadata": {"generation": 1}, "spec": {"replicas": 1}, "status": {}}
@@ -422,7 +423,7 @@ def test_a_serverless_endpoint_made_realtime_keeps_one_clock_for_its_cooldowns()
     """The memory outlives a change between serverless and realtime (one Deployment): both
     modes time their cooldowns on the monotonic clock, so the realtime scaler is not frozen by
     a serverless change stamped on the wall clock."""
-    serverless = {"mode": "serverless", "model": {"uri": "x"}, "serverless": {}}
+    serverless = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
     realtime = in_flight_spec(scaleOutCooldownSeconds=0)
     deployment = {
         "metadata": {"generation": 1},
@@ -499,7 +500,7 @@ def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> No
     assert (kept.phase, kept.reason, kept.ready_replicas) == (s.Phase.UPDATING, "ApplyRefused", 1)
     assert kept.message.endswith("the spec it had still serves: 1/1 replicas ready")
     # the spec it had still scales: a new minimum reaches the live Deployment's replicas
-    two = {"mode": "realtime", "model": {"uri": "file:///m"}, "realtime": {"minReplicas": 2}}
+    two = {"mode": "realtime", "model": MODEL, "realtime": {"minReplicas": 2}}
     reconcile(body(two, serving), ScalerMemory(), d)
     assert live.scaled == [2] and live.deployment["spec"]["replicas"] == 2
     # a new endpoint never served: Failed while refused, whatever its pods do (no flip from

@@ -193,6 +193,15 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
+        *(  # a plain path would be the pod's working directory's
+            (raw, f"{where}: String should match pattern")
+            for path in ("300m", "/models/abalone/model.tar.gz", "https://host/m.tar.gz")
+            for raw, where in (
+                ({"mode": "realtime", "model": {"uri": path}, "realtime": {}}, "spec.model.uri"),
+                (batch_spec(input={"uri": path}), "spec.batch.input.uri"),
+                (batch_spec(output={"uri": path}), "spec.batch.output.uri"),
+            )
+        ),
         (
             {"mode": "realtime", "model": MODEL, "realtime": {"resources": {"cpu": "0"}}},
             "spec.realtime.resources.cpu",
