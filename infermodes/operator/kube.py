@@ -137,14 +137,22 @@ class KubeDoor:
         return [item.to_dict() for item in found.items]
 
     def list(
-        self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        selector: dict[str, str],
+        fields: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """The objects of a kind in a namespace whose labels are ``selector`` (and whose
+        fields are ``fields``: an Event's ``involvedObject.name``, say)."""
         from kubernetes.client.exceptions import ApiException
 
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        field_selector = ",".join(f"{k}={v}" for k, v in sorted((fields or {}).items()))
         try:
             found = self._resource(api_version, kind).get(
-                namespace=namespace, label_selector=label_selector
+                namespace=namespace, label_selector=label_selector, field_selector=field_selector
             )
         except ApiException as exc:
             raise KubeError(f"listing {kind} in {namespace}: {_reason(exc)}") from exc

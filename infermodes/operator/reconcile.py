@@ -172,6 +172,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         created = str(metadata.get("creationTimestamp") or "")
         return None if holders is None else holder_elsewhere(ref.namespace, created, holders)
 
+    workload_is = {"involvedObject.kind": kind, "involvedObject.name": ref.child_name}
     signals = Signals(
         workload,
         found,
@@ -184,6 +185,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         wall,
         autoscale,
         name_held_by,
+        functools.cache(lambda: deps.kube.list("v1", "Event", ref.namespace, {}, workload_is)),
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)

@@ -162,6 +162,29 @@ def test_an_instance_that_cannot_start_is_named_in_the_status(
     assert "no-such-secret" in endpoint["status"]["message"]
 
 
+def test_instance_pods_a_quota_refuses_are_named_in_the_status(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    """A quota of no pods: the Job cannot create its instances, which no condition of it
+    says; the endpoint stays InProgress with the Job's words. The quota gone, the Job creates
+    them and the job runs on."""
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "quota")
+    quotas = f"/api/v1/namespaces/{k8s_namespace}/resourcequotas"
+    no_pods = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+               "spec": {"hard": {"pods": "0"}}}  # fmt: skip
+    api.post(quotas, no_pods)
+    applied = tools.apply(batch_manifest("held", "quota"), k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    by = lambda reason: lambda e: e["status"].get("reason") == reason  # noqa: E731
+    endpoint = wait_phase(api, k8s_namespace, "held", "InProgress", also=by("FailedCreate"))
+    message = endpoint["status"]["message"]
+    assert "instance pods cannot be created:" in message and "no-pods" in message, message
+    api.delete(f"{quotas}/no-pods")
+    wait_phase(api, k8s_namespace, "held", "Completed", timeout=300)
+
+
 def test_a_failing_object_is_named_and_a_rerun_processes_only_it(
     tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
 ) -> None:

@@ -33,6 +33,8 @@ class Signals:
     # the namespace of an older async endpoint of the same name, which holds the name's queue
     # (``signals/names.py``); None when there is none, or it cannot be told
     name_held_by: Callable[[], str | None] = lambda: None
+    # the Events of the workload (a Job's FailedCreate: no condition says it), read when called
+    workload_events: Callable[[], list[dict[str, Any]]] = lambda: []
 
 
 class EndpointMode(Protocol):

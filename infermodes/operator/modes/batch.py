@@ -196,6 +196,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     if failures:
         message += f"; failed so far: {describe_failures(failures)}"
     stuck = stalled_instance(signals.pods)
+    if stuck is None and job and len(latest_per_index(signals.pods)) < count:
+        stuck = refused_creation(signals.workload_events())  # an instance with no pod at all
     if stuck is not None:  # the Job waits for them (a Secret created later lets them start)
         return status(s.Phase.IN_PROGRESS, stuck[0], f"{message}; {stuck[1]}")
     return status(s.Phase.IN_PROGRESS, "Running" if job else "Starting", message)
@@ -215,3 +217,15 @@ def stalled_instance(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 f"instance pod {state.name} cannot be scheduled: {state.unschedulable}"
             )
     return None
+
+
+def refused_creation(events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) when the Job's newest word on creating pods is that it could not (a
+    quota of pods, a Pod Security level): its Events say so, as no condition of it does."""
+    creations = [e for e in events if e.get("reason") in ("FailedCreate", "SuccessfulCreate")]
+    if not creations:
+        return None
+    newest = max(creations, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    if newest["reason"] != "FailedCreate":
+        return None
+    return "FailedCreate", f"instance pods cannot be created: {newest.get('message', '')}"

@@ -2,8 +2,10 @@
 and the running instances' metrics."""
 
 import json
+from dataclasses import replace
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints import status as s_
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import batch_instance
 from infermodes.operator.modes import batch
@@ -206,6 +208,35 @@ def test_an_instance_no_node_has_room_for_is_named_in_the_status() -> None:
     assert status.message.endswith(
         f"instance pod {pending['metadata']['name']} cannot be scheduled: {no_room}"
     )
+
+
+def test_pods_the_job_cannot_create_are_named_from_its_newest_event() -> None:
+    """A quota of pods: the Job has no pod for an instance and no condition says why; its
+    newest FailedCreate Event does, until a newer SuccessfulCreate. Events are read only while
+    an instance has no pod."""
+    quota = ('Error creating: pods "ie-transform-0-x" is forbidden: exceeded quota: no-pods, '
+             "requested: pods=1, used: pods=0, limited: pods=0")  # fmt: skip
+
+    def event(reason: str, at: str, message: str = "") -> dict:
+        return {"reason": reason, "lastTimestamp": at, "message": message}
+
+    refused = [event("FailedCreate", "2026-01-01T00:00:09Z", quota),
+               event("SuccessfulCreate", "2026-01-01T00:00:01Z", "Created pod: p1")]  # fmt: skip
+    read: list[int] = []
+
+    def observed(pods: list[dict], events: list[dict]) -> s_.Status:
+        found = signals({"status": {"active": len(pods)}}, pods)
+        found = replace(found, workload_events=lambda: read.append(1) or events)
+        return batch.observe(SPEC, found, None)
+
+    running = [pod(i, "2026-01-01T00:00:00Z") for i in range(3)]
+    assert observed(running, refused).reason == "Running" and read == []  # every instance has one
+    status = observed(running[:1], refused)
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "FailedCreate")
+    assert status.message.endswith(f"instance pods cannot be created: {quota}")
+    mended = [*refused, event("SuccessfulCreate", "2026-01-01T00:00:20Z", "Created pod: p2")]
+    assert observed(running[:2], mended).reason == "Running"
+    assert observed([], []).reason == "Running"  # a new Job: nothing said yet
 
 
 def test_a_job_deleted_after_it_ended_is_not_run_again() -> None:

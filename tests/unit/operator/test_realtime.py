@@ -265,6 +265,7 @@ class FakeKube:
         self.others = {(o["kind"], o["metadata"]["name"]): o for o in others}
         self.applied: list[dict] = []
         self.scaled: list[int] = []
+        self.events: list[dict] = []
 
     def get(self, api_version, kind, namespace, name):
         if kind in ("Deployment", "Job"):  # the workload the operator made: its owner's
@@ -275,8 +276,8 @@ class FakeKube:
             return {**self.deployment, "metadata": metadata}
         return self.others.get((kind, name))
 
-    def list(self, api_version, kind, namespace, selector):
-        return self.pods
+    def list(self, api_version, kind, namespace, selector, fields=None):
+        return self.pods if kind == "Pod" else self.events
 
     def scale(self, api_version, kind, namespace, name, replicas):
         self.scaled.append(replicas)
