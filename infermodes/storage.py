@@ -432,6 +432,8 @@ class S3Store:
             return ObjectNotFound(f"no such object: {ref.uri}")
         if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageRefused(f"s3 refused access to {ref.uri}: {exc}")
+        if code in ("KeyTooLongError", "InvalidBucketName"):
+            return UnusableLocation(f"s3 cannot hold {ref.uri}: {exc}")
         return StorageError(f"s3 error on {ref.uri}: {exc}")
 
     @contextlib.contextmanager

@@ -286,6 +286,20 @@ def test_an_s3_refusal_is_storage_refused_which_no_retry_mends(code: str) -> Non
     assert (failure.reason, failure.retry) == ("StorageRefused", False)
 
 
+@pytest.mark.parametrize("code", ["KeyTooLongError", "InvalidBucketName"])
+def test_an_s3_name_the_store_cannot_hold_is_unusable_which_no_retry_mends(code: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from infermodes.queueing.messages import classify
+    from infermodes.storage import UnusableLocation
+
+    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "PutObject")
+    storage = Storage(s3_store=S3Store(RefusingClient(error)))
+    with pytest.raises(UnusableLocation, match="s3 cannot hold s3://bkt/out/x.out"):
+        storage.put_bytes("s3://bkt/out/x.out", b"1")
+    assert not classify(UnusableLocation("x")).retry
+
+
 def test_no_credentials_is_storage_refused_and_other_s3_errors_stay_retryable() -> None:
     from botocore.exceptions import ClientError, NoCredentialsError
 
