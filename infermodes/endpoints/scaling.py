@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.spec import AsyncSpec, RealtimeSpec, ScalingMetric, ServerlessSpec
-from infermodes.endpoints.status import BROKER_UNREADABLE
+from infermodes.endpoints.status import BROKER_UNREADABLE, IN_FLIGHT_UNKNOWN
 from infermodes.metrics import ServerLoad
 
 TOLERANCE = 0.1  # like the HPA: ignore changes within 10% of the target
@@ -293,7 +293,7 @@ def backlog_replicas(
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
         wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
-        return BacklogDecision(max(within, wanted), "InFlightUnknown")
+        return BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
     total = ready + unacked
     if total > 0:
         memory.empty_since = None

@@ -11,7 +11,18 @@ from typing import Any
 from infermodes.endpoints.spec import Phase
 from infermodes.metrics import OperatorMetrics
 
+# status reasons written by the operator and by `infermodes up`, read by Events and the docs
 BROKER_UNREADABLE = "BrokerUnreadable"  # an async endpoint's reason while its queue is unread
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+CONTAINER_CANNOT_RUN = "ContainerCannotRun"  # a missing Secret, an image that cannot be pulled
+CONTAINER_CRASHING = "ContainerCrashing"
+FAILED_CREATE = "FailedCreate"  # the API refuses the pods: a quota, a Pod Security level
+UNSCHEDULABLE = "Unschedulable"  # no node has room for them
+IN_FLIGHT_UNKNOWN = "InFlightUnknown"  # an async pool whose workers cannot say what they hold
+COMPLETED = "Completed"
+OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
+JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
+BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ def add_progress(a: Progress, b: Progress) -> Progress:
 def batch_failure_reason(failures: list[dict[str, Any]]) -> str:
     """``ObjectsFailed`` when an object failed; ``JobFailed`` when none did (no inputs, a
     listing that failed, a model that cannot load: an instance-wide error)."""
-    return "ObjectsFailed" if any(f.get("object") for f in failures) else "JobFailed"
+    return OBJECTS_FAILED if any(f.get("object") for f in failures) else JOB_FAILED
 
 
 def describe_failures(failures: list[dict[str, Any]]) -> str:

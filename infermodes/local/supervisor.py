@@ -41,6 +41,8 @@ from infermodes.endpoints.scaling import (
 )
 from infermodes.endpoints.spec import Mode, Phase
 from infermodes.endpoints.status import (
+    COMPLETED,
+    MODEL_LOAD_FAILED,
     Progress,
     QueueFigures,
     Status,
@@ -473,7 +475,7 @@ class Supervisor:
                     endpoint.event(f"{key} exited with {child.last_exit}: the model cannot be "
                                    "loaded; not restarted")  # fmt: skip
                     reason = load_error(log_tail(child.log_path))
-                    endpoint.failure = ("ModelLoadFailed", f"model cannot be loaded: {reason}")
+                    endpoint.failure = (MODEL_LOAD_FAILED, f"model cannot be loaded: {reason}")
                 else:
                     endpoint.event(f"{key} exited with {child.last_exit}; restarting after "
                                    "back-off")  # fmt: skip
@@ -658,7 +660,7 @@ class Supervisor:
             phase, message = Phase.FAILED, describe_failures(failures)
             reason = batch_failure_reason(failures)
         else:
-            phase, reason = Phase.COMPLETED, "Completed"
+            phase, reason = Phase.COMPLETED, COMPLETED
             message = f"{found.records} records; {found.done} objects written or already complete"
         endpoint.desired = count
         endpoint.status = Status(phase, reason, message, active, active, count, progress=found)

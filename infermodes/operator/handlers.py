@@ -23,7 +23,17 @@ from prometheus_client import CollectorRegistry
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
-from infermodes.endpoints.status import BROKER_UNREADABLE, Status, record_queue
+from infermodes.endpoints.status import (
+    BROKER_UNREADABLE,
+    CONTAINER_CANNOT_RUN,
+    CONTAINER_CRASHING,
+    FAILED_CREATE,
+    IN_FLIGHT_UNKNOWN,
+    MODEL_LOAD_FAILED,
+    UNSCHEDULABLE,
+    Status,
+    record_queue,
+)
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
@@ -130,8 +140,8 @@ def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
 # reasons that say something is wrong though the phase is not Failed: an update that cannot
 # roll out, pods that cannot be created or placed, a queue that cannot be read
 WARNING_REASONS = frozenset({
-    "ModelLoadFailed", "ContainerCannotRun", "ContainerCrashing", APPLY_REFUSED, "FailedCreate",
-    "Unschedulable", BROKER_UNREADABLE, "InFlightUnknown",
+    MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING, APPLY_REFUSED, FAILED_CREATE,
+    UNSCHEDULABLE, BROKER_UNREADABLE, IN_FLIGHT_UNKNOWN,
 })  # fmt: skip
 
 

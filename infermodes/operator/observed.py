@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infermodes.endpoints.spec import Phase
-from infermodes.endpoints.status import Status, load_error, update_blocked
+from infermodes.endpoints.status import (
+    CONTAINER_CANNOT_RUN,
+    CONTAINER_CRASHING,
+    FAILED_CREATE,
+    MODEL_LOAD_FAILED,
+    UNSCHEDULABLE,
+    Status,
+    load_error,
+    update_blocked,
+)
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 CANNOT_RUN_REASONS = frozenset({
@@ -138,13 +147,13 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
     not ready, whatever restarts it had before."""
     for pod in workload.pods:
         if pod.exit_code == EXIT_MODEL_LOAD_FAILED:
-            return "ModelLoadFailed", f"model cannot be loaded: {load_error(pod.message)}"
+            return MODEL_LOAD_FAILED, f"model cannot be loaded: {load_error(pod.message)}"
         if pod.waiting_reason in CANNOT_RUN_REASONS:
-            return "ContainerCannotRun", f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
+            return CONTAINER_CANNOT_RUN, f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
         alive = pod.ready or (ready_needs_broker and pod.running)
         if pod.restarts >= CRASH_RESTARTS and not alive:
             detail = pod.message or f"exit code {pod.exit_code}"
-            return "ContainerCrashing", f"pod {pod.name} keeps crashing: {detail}"
+            return CONTAINER_CRASHING, f"pod {pod.name} keeps crashing: {detail}"
     return None
 
 
@@ -154,10 +163,10 @@ def stalled(workload: WorkloadState) -> tuple[str, str] | None:
     (``Unschedulable``). Not a failure: either mends by itself once capacity frees or the
     quota grows, and the pods then start; until then the status says why they do not."""
     if workload.replica_failure:
-        return "FailedCreate", f"pods cannot be created: {workload.replica_failure}"
+        return FAILED_CREATE, f"pods cannot be created: {workload.replica_failure}"
     for pod in workload.pods:
         if pod.unschedulable:
-            return "Unschedulable", f"pod {pod.name} cannot be scheduled: {pod.unschedulable}"
+            return UNSCHEDULABLE, f"pod {pod.name} cannot be scheduled: {pod.unschedulable}"
     return None
 
 

@@ -30,7 +30,13 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
-from infermodes.endpoints.status import BROKER_UNREADABLE, QueueFigures, Status, with_estimated_age
+from infermodes.endpoints.status import (
+    BROKER_UNREADABLE,
+    IN_FLIGHT_UNKNOWN,
+    QueueFigures,
+    Status,
+    with_estimated_age,
+)
 from infermodes.metrics import (
     READY_PATH,
     parse_worker_dequeued_accepted_at,
@@ -230,7 +236,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
                 f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
                 f"figures scale the pool in only once they can; {workers}"
             )
-            status = waiting_status(workload, s.Phase.IN_SERVICE, "InFlightUnknown", message)
+            status = waiting_status(workload, s.Phase.IN_SERVICE, IN_FLIGHT_UNKNOWN, message)
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
             status = waiting_status(workload, s.Phase.IN_SERVICE, reason, f"{queued}; {workers}")

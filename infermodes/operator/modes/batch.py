@@ -18,6 +18,11 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import BATCH_METRICS_PORT, TERMINATION_MESSAGE_PATH, batch_instance
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
+    BATCH_ENDED,
+    COMPLETED,
+    CONTAINER_CANNOT_RUN,
+    FAILED_CREATE,
+    UNSCHEDULABLE,
     Progress,
     Status,
     add_progress,
@@ -51,14 +56,13 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
 
 
 pod_annotations = no_pod_annotations
-ENDED_REASONS = frozenset({"Completed", "ObjectsFailed", "JobFailed"})  # what a Job ended with
 
 
 def ended(status: Status) -> bool:
     """A transform job runs once: once it ended, its Job is left as it is, and one deleted
     (by hand, or by a clean-up) is not made again, which would run every instance anew; the
     outcome stays in the status."""
-    return status.reason in ENDED_REASONS
+    return status.reason in BATCH_ENDED
 
 
 def desired_objects(
@@ -180,7 +184,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         return Status(phase, reason, message, active, ready, count, progress=found)
 
     if "Complete" in conditions:
-        return status(s.Phase.COMPLETED, "Completed", f"{found.records} records; {found.done} "
+        return status(s.Phase.COMPLETED, COMPLETED, f"{found.records} records; {found.done} "
                       "objects written or already complete")  # fmt: skip
     if "Failed" in conditions:
         condition = conditions["Failed"]
@@ -211,9 +215,9 @@ def stalled_instance(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         state = PodState.from_pod(pod)
         if state.waiting_reason in CANNOT_RUN_REASONS:
             detail = f"{state.waiting_reason}: {state.message}".rstrip(": ")
-            return "ContainerCannotRun", f"instance pod {state.name} cannot start: {detail}"
+            return CONTAINER_CANNOT_RUN, f"instance pod {state.name} cannot start: {detail}"
         if state.unschedulable:
-            return "Unschedulable", (
+            return UNSCHEDULABLE, (
                 f"instance pod {state.name} cannot be scheduled: {state.unschedulable}"
             )
     return None
@@ -222,10 +226,10 @@ def stalled_instance(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
 def refused_creation(events: list[dict[str, Any]]) -> tuple[str, str] | None:
     """(reason, message) when the Job's newest word on creating pods is that it could not (a
     quota of pods, a Pod Security level): its Events say so, as no condition of it does."""
-    creations = [e for e in events if e.get("reason") in ("FailedCreate", "SuccessfulCreate")]
+    creations = [e for e in events if e.get("reason") in (FAILED_CREATE, "SuccessfulCreate")]
     if not creations:
         return None
     newest = max(creations, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    if newest["reason"] != "FailedCreate":
+    if newest["reason"] != FAILED_CREATE:
         return None
-    return "FailedCreate", f"instance pods cannot be created: {newest.get('message', '')}"
+    return FAILED_CREATE, f"instance pods cannot be created: {newest.get('message', '')}"
