@@ -23,6 +23,8 @@ COMPLETED = "Completed"
 OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
 BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
+# wanted replicas that do not come soon, though the endpoint has not failed
+STALLED = frozenset({FAILED_CREATE, UNSCHEDULABLE})
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ class InternalDependencyException(PlatformError):
 
 
 class ServiceUnavailable(InfermodesError):
-    """No replica became ready while the request was held, or the gateway is stopping."""
+    """No replica became ready while the request was held, none can start now (its pods cannot
+    be created or placed), or the gateway is stopping."""
 
     status_code = 503
 

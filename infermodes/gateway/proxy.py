@@ -55,6 +55,7 @@ UNSUPPORTED_TARGETS = {
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
 }
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
+STALLED_HOLD_SECONDS = 5.0  # a request that arrives while the pods cannot start: held this long
 MAX_ORIGINAL_MESSAGE = 1000
 
 
@@ -290,11 +291,19 @@ class Proxy:
                     raise self.table.not_found(endpoint.name)
                 if not endpoint.may_come():  # none will: what a new request is told
                     endpoint.check_servable()
+                if was_held and endpoint.stalled():
+                    raise ServiceUnavailable(
+                        f"no replica of endpoint {endpoint.name} can start now: its pods cannot "
+                        f"be created or placed ({endpoint.why}); retry later"
+                    )
                 if not was_held:
                     was_held = True
                     self.metrics.held.labels(endpoint.name).inc()
                 holding[0] = True
-                await self.hold(endpoint, receive)
+                # its demand is written all the same: the cause may be gone (a quota raised)
+                await self.hold(
+                    endpoint, receive, STALLED_HOLD_SECONDS if endpoint.stalled() else None
+                )
                 holding[0] = False
                 continue
             pool: Pool = replica.handle
@@ -330,10 +339,11 @@ class Proxy:
             )
             endpoint.cold_since = None
 
-    async def hold(self, endpoint: Endpoint, receive: Receive) -> None:
-        """Wait until a replica of the endpoint becomes ready (the caller's timeout bounds it)
-        or the client leaves (its place under maxConcurrency is freed at once); the first held
-        request of a cold start has its demand written at once."""
+    async def hold(self, endpoint: Endpoint, receive: Receive, limit: float | None = None) -> None:
+        """Wait until a replica of the endpoint becomes ready or it is woken (the caller's
+        timeout bounds it, and ``limit`` if given) or the client leaves (its place under
+        maxConcurrency is freed at once); the first held request of a cold start has its
+        demand written at once."""
         _, held_now = self._live(endpoint.name)
         if endpoint.held == 0 and endpoint.cold_since is None:
             endpoint.cold_since = time.monotonic()
@@ -345,8 +355,8 @@ class Proxy:
         endpoint.waiters.append(waiter)
         gone = asyncio.ensure_future(left(receive))
         try:
-            await asyncio.wait((waiter, gone), return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():
+            await asyncio.wait((waiter, gone), timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
                 raise ClientClosedRequest(
                     f"the client of endpoint {endpoint.name} left while its request was held"
                 )

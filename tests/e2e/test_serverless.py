@@ -115,3 +115,36 @@ def test_bad_inputs_through_the_gateway_get_documented_4xx(
     assert "column 4" in cases["malformed CSV"].json()["message"]
     assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # the gateway stays up
     assert get_endpoint(tools.cluster.api, k8s_namespace, "badinput") is not None
+
+
+def test_a_cold_start_a_quota_refuses_is_answered_at_once_and_serves_once_it_is_gone(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """A quota of no pods: the endpoint is InService at zero; a request holds for a cold
+    start whose pod the API refuses. The status says FailedCreate, and the request gets a 503
+    naming it, well before the gateway's 60 s hold ends. The quota gone, a request serves."""
+    api = tools.cluster.api
+    quotas = f"/api/v1/namespaces/{k8s_namespace}/resourcequotas"
+    no_pods = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+               "spec": {"hard": {"pods": "0"}}}  # fmt: skip
+    api.post(quotas, no_pods)
+    assert tools.apply(serverless_manifest("quota", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "quota", "InService")
+    url = gateway_url(tools)
+    assert url is not None
+    row = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
+    invoke = f"{url}/endpoints/quota/invocations"
+    refused = httpx.post(invoke, content=row, headers=CSV, timeout=90)
+    assert refused.status_code == 503, refused.text  # not the hold's end: "within 60 s"
+    assert "pods cannot be created or placed (FailedCreate)" in refused.json()["message"]
+    status = (get_endpoint(api, k8s_namespace, "quota") or {})["status"]
+    assert status["reason"] == "FailedCreate" and "no-pods" in status["message"], status
+    api.delete(f"{quotas}/no-pods")
+    codes: list[int] = []
+
+    def served() -> bool:  # a client that retries a 503, as the message says to
+        codes.append(httpx.post(invoke, content=row, headers=CSV, timeout=90).status_code)
+        return codes[-1] == 200
+
+    wait_until(served, 180, "a request to be served once the quota is gone", interval=1)
+    assert set(codes) <= {200, 503}, codes

@@ -15,6 +15,7 @@ from infermodes.errors import UnsupportedContentType
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
     ClientClosedRequest,
+    ServiceUnavailable,
     ThrottlingException,
     ValidationError,
 )
@@ -219,6 +220,42 @@ def test_held_requests_of_an_endpoint_that_fails_get_the_error_a_new_request_get
             assert "is Failed (ModelLoadFailed), not InService" in str(error)
             assert "no such file" not in str(error)
         assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+
+    asyncio.run(scenario())
+
+
+def test_held_requests_of_an_endpoint_whose_pods_cannot_start_get_a_503_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cold start whose pods a quota refuses (or no node has room for): the requests held
+    are answered when the status says so, not at the timeout; one that arrives meanwhile is
+    held a little (its demand written: the cause may be gone), then told the same; once the
+    cause is gone, a replica serves as usual."""
+    monkeypatch.setattr("infermodes.gateway.proxy.STALLED_HOLD_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        table, proxy, demand, _ = setup(max_concurrency=5)
+        endpoint = table.lookup("sl")
+        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert endpoint.held == 2 and demand.cold_starts == ["sl"]
+        apply_endpoint(table, "MODIFIED", sl_object("InService", reason="FailedCreate"))
+        async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
+            errors = await asyncio.gather(*held, return_exceptions=True)
+            with pytest.raises(ServiceUnavailable) as later:  # held 0.05 s: still refused
+                await proxy.invoke(endpoint, scope(), receive)
+        for error in [*errors, later.value]:
+            assert isinstance(error, ServiceUnavailable) and error.status_code == 503
+            assert "its pods cannot be created or placed (FailedCreate)" in str(error)
+        assert demand.cold_starts == ["sl", "sl"]  # the late one asked for a replica too
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+        pool = FakePool()
+        pool.release.set()
+        apply_endpoint(table, "MODIFIED", sl_object("InService", reason="Scaling"))
+        ready_replica(table, pool)
+        answer = await proxy.invoke(endpoint, scope(), receive)
+        assert answer.status == 200
 
     asyncio.run(scenario())
 
