@@ -192,6 +192,14 @@ def sl_object(phase: str, **status: str) -> dict[str, Any]:
             "status": {"phase": phase, **status}}  # fmt: skip
 
 
+async def two_held(proxy: Proxy, endpoint: Endpoint) -> list[asyncio.Task[Any]]:
+    """Two requests for an endpoint with no replica, held by the time this returns."""
+    held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return held
+
+
 def test_held_requests_of_an_endpoint_that_fails_get_the_error_a_new_request_gets() -> None:
     """Held through a cold start that stays Creating/InService; released when the endpoint
     turns Failed (here by a watch event, as on Kubernetes; ``up`` applies the same objects),
@@ -236,9 +244,7 @@ def test_held_requests_of_an_endpoint_whose_pods_cannot_start_get_a_503_at_once(
     async def scenario() -> None:
         table, proxy, demand, _ = setup(max_concurrency=5)
         endpoint = table.lookup("sl")
-        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
-        for _ in range(3):
-            await asyncio.sleep(0)
+        held = await two_held(proxy, endpoint)
         assert endpoint.held == 2 and demand.cold_starts == ["sl"]
         apply_endpoint(table, "MODIFIED", sl_object("InService", reason="FailedCreate"))
         async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
@@ -264,9 +270,7 @@ def test_held_requests_of_an_endpoint_deleted_meanwhile_get_the_404_a_new_reques
     async def scenario() -> None:
         table, proxy, _, _ = setup(max_concurrency=5)
         endpoint = table.lookup("sl")
-        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
-        for _ in range(3):
-            await asyncio.sleep(0)
+        held = await two_held(proxy, endpoint)
         assert endpoint.held == 2
         apply_endpoint(table, "DELETED", sl_object("InService"))
         async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
