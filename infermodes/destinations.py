@@ -21,10 +21,10 @@ METADATA_NETWORKS = (
     ipaddress.ip_network("fd00:ec2::254/128"),  # the EC2 metadata service over IPv6
 )
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
-# what may be a user name; a port; no space anywhere
+# what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#\s]*@)?"
-    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s@:\[\]]+)(:[0-9]{1,5})?([/?#]\S*)?$"
+    r"^[hH][tT][tT][pP][sS]?://([^/?#\s\x00-\x1f\x7f]*@)?"
+    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s\x00-\x1f\x7f@:\[\]]+)(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of

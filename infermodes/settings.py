@@ -344,10 +344,14 @@ class OperatorSettings(EnvSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
 
 
-# Where an async endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
+# Where an endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
 # file:///absolute/path (schemes in any case). No '?' or '#': a URI reader would take them for
-# a query or fragment and drop the rest.
-STORAGE_PREFIX = r"^([sS]3://[^/?#]+(/[^?#]*)?|[fF][iI][lL][eE]://(localhost)?/[^?#]*)$"
+# a query or fragment and drop the rest. No control character: a NUL cannot be in a path (an
+# OS call raises), and none belongs in an S3 key.
+STORAGE_PREFIX = (
+    r"^([sS]3://[^/?#\x00-\x1f\x7f]+(/[^?#\x00-\x1f\x7f]*)?"
+    r"|[fF][iI][lL][eE]://(localhost)?/[^?#\x00-\x1f\x7f]*)$"
+)
 
 
 class GatewaySettings(AsyncAcceptSettings):

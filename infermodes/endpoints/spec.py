@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from infermodes.destinations import (
@@ -22,6 +22,7 @@ from infermodes.destinations import (
     WEBHOOK_PATTERN,
     literal_refusal,
 )
+from infermodes.jsonpath import JsonPath
 from infermodes.settings import (
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
@@ -96,7 +97,7 @@ class ModelSource(SpecBlock):
     )
     inference_output: str | None = Field(
         None,
-        min_length=1,
+        pattern=r"^[A-Za-z_, ]+$",
         description="The platform container's selectable outputs (its SAGEMAKER_INFERENCE_OUTPUT),"
         " comma-separated: predicted_label, labels, probability, probabilities, raw_score, "
         "raw_scores, predicted_score; the model's objective decides which are valid.",
@@ -223,14 +224,13 @@ class NotificationSpec(SpecBlock):
         for name in ("successWebhook", "errorWebhook")
     ]  # fmt: skip
 
-    @model_validator(mode="after")
-    def _no_link_local_webhook(self) -> NotificationSpec:
-        for name, url in (("successWebhook", self.success_webhook),
-                          ("errorWebhook", self.error_webhook)):  # fmt: skip
-            refused = None if url is None else literal_refusal(url)
-            if refused is not None:
-                raise ValueError(f"{name} must not be a link-local or metadata address: {refused}")
-        return self
+    @field_validator("success_webhook", "error_webhook")
+    @classmethod
+    def _no_link_local_webhook(cls, url: str | None) -> str | None:
+        refused = None if url is None else literal_refusal(url)
+        if refused is not None:
+            raise ValueError(f"must not be a link-local or metadata address: {refused}")
+        return url
 
 
 class AsyncSpec(ReplicaRange):
@@ -318,16 +318,27 @@ class BatchOutput(SpecBlock):
     )
 
 
+FILTER_PATTERN = r"^\$[^\x00-\x1f\x7f]*$"  # the CRD's check; the spec's parses it whole
+
+
 class DataProcessing(SpecBlock):
     input_filter: str = Field(
-        "$", pattern=r"^\$", description="JSONPath selecting the model's input ($[1:], $.features)."
+        "$",
+        pattern=FILTER_PATTERN,
+        description="JSONPath selecting the model's input ($[1:], $.features).",
     )
     output_filter: str = Field(
-        "$", pattern=r"^\$", description="JSONPath selecting what is written."
+        "$", pattern=FILTER_PATTERN, description="JSONPath selecting what is written."
     )
     join_source: JoinSource = Field(
         "None", description="Input: the input record joined with its prediction."
     )
+
+    @field_validator("input_filter", "output_filter")
+    @classmethod
+    def _a_filter_the_instances_read(cls, text: str) -> str:
+        JsonPath.parse(text)  # a ValueError names what it cannot read
+        return text
 
 
 class BatchSpec(SpecBlock):
@@ -419,7 +430,7 @@ class EndpointSpec(SpecBlock):
     model: ModelSource
     image: str | None = Field(
         None,
-        pattern=r"^\S+$",
+        pattern=r"^[^\s\x00-\x1f\x7f]+$",
         max_length=1024,
         description="Container image for this endpoint (default: the operator's); no spaces.",
     )

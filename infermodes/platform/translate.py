@@ -30,6 +30,7 @@ from infermodes.endpoints.spec import (
 from infermodes.errors import StorageError
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
+from infermodes.settings import STORAGE_PREFIX
 from infermodes.storage import parse_uri
 
 ANNOTATION = "platform.infermodes.dev/"
@@ -113,7 +114,9 @@ def check_uri(field: str, uri: Any, defaults: Defaults, one_object: bool = False
     service-account token, ``/proc/self/environ`` with the storage keys) for whoever calls the
     API, and failure reasons quote pieces of what was read."""
     try:
-        usable = isinstance(uri, str) and "://" in uri and len(uri) <= MAX_URI
+        usable = (  # the spec's pattern: no control character (a NUL no path can hold)
+            isinstance(uri, str) and len(uri) <= MAX_URI and re.fullmatch(STORAGE_PREFIX, uri)
+        )
         ref = parse_uri(uri) if usable else None
     except StorageError:  # its message quotes the whole URI
         raise ValidationException(
@@ -430,6 +433,7 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
         return _validated(spec, origins)
     output = async_config["OutputConfig"]
     notify = output.get("NotificationConfig") or {}
+    notifications = "AsyncInferenceConfig.OutputConfig.NotificationConfig."
     notification: JsonObject = {"topic": True}
     for key, name in (("successWebhook", "SuccessTopic"), ("errorWebhook", "ErrorTopic")):
         topic = notify.get(name)
@@ -457,6 +461,8 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
         "async.failurePath": "AsyncInferenceConfig.OutputConfig.S3FailurePath",
         "async.maxConcurrentInvocationsPerInstance":
             "AsyncInferenceConfig.ClientConfig.MaxConcurrentInvocationsPerInstance",
+        "async.notification.successWebhook": f"{notifications}SuccessTopic",
+        "async.notification.errorWebhook": f"{notifications}ErrorTopic",
         "async": f"{field}{scaled}",
     })  # fmt: skip
     return _validated(spec, origins)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infermodes.errors import InvalidInput
-from infermodes.workers.batch.filters import JsonPath
+from infermodes.jsonpath import JsonPath
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.transform import Transform
 

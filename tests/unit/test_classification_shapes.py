@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.outputs import OutputSelection
 from infermodes.predict.stream import predict_stream
-from infermodes.workers.batch.filters import JsonPath
 from infermodes.workers.batch.records import MiniBatch
 from infermodes.workers.batch.transform import JSONLINES, Transform
 from tests.support import recordio

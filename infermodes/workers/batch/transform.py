@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from infermodes.errors import InvalidInput
+from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs, fastcsv
 from infermodes.predict.stream import decode_chunk
-from infermodes.workers.batch.filters import JsonPath
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 
 JSONLINES = "application/jsonlines"

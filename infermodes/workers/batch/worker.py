@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from infermodes.jsonpath import JsonPath
 from infermodes.logs import configure_logging
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import Storage
-from infermodes.workers.batch.filters import JsonPath
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.transform import Transform
 

@@ -193,9 +193,16 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
-        *(  # a plain path would be the pod's working directory's
+        *(  # a plain path would be the pod's working directory's; a NUL no path can hold
             (raw, f"{where}: String should match pattern")
-            for path in ("300m", "/models/abalone/model.tar.gz", "https://host/m.tar.gz")
+            for path in (
+                "300m",
+                "/models/abalone/model.tar.gz",
+                "https://host/m.tar.gz",
+                "file:///m.tar.gz\x00x",
+                "s3://b/k\x01",
+                "s3://b\x7f/k",
+            )
             for raw, where in (
                 ({"mode": "realtime", "model": {"uri": path}, "realtime": {}}, "spec.model.uri"),
                 (batch_spec(input={"uri": path}), "spec.batch.input.uri"),
@@ -211,6 +218,27 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             "spec.realtime.resources.memory",
         ),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": ""}, "spec.image"),
+        ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": "i\x00"}, "spec.image"),
+        (
+            {
+                "mode": "realtime",
+                "model": {**MODEL, "inferenceOutput": "labels\x00"},
+                "realtime": {},
+            },
+            "spec.model.inferenceOutput",
+        ),
+        (
+            batch_spec(dataProcessing={"inputFilter": "$[[["}),
+            "spec.batch.dataProcessing.inputFilter: Value error, unsupported JSONPath '$[[['",
+        ),
+        (
+            batch_spec(dataProcessing={"outputFilter": "$['a',b]"}),
+            "spec.batch.dataProcessing.outputFilter: Value error, unsupported JSONPath selector",
+        ),
+        (
+            batch_spec(dataProcessing={"outputFilter": "$.x\x00"}),
+            "spec.batch.dataProcessing.outputFilter: String should match pattern",
+        ),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": " img "}, "spec.image"),
         *(
             (
@@ -225,13 +253,14 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             for url, message in (
                 (
                     "http://169.254.169.254/latest/meta-data/",
-                    f"{field} must not be a link-local or metadata address",
+                    f"{field}: Value error, must not be a link-local or metadata address",
                 ),
                 (
                     "https://user@[fe80::1%25eth0]:80/x",
-                    f"{field} must not be a link-local or metadata address",
+                    f"{field}: Value error, must not be a link-local or metadata address",
                 ),
                 ("ftp://hooks/x", "String should match pattern"),
+                ("http://hooks/x\x00y", "String should match pattern"),
                 ("http:///nohost", "String should match pattern"),
                 ("hooks.example/x", "String should match pattern"),
             )

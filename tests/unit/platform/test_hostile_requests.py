@@ -44,7 +44,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 CODES = ("ValidationException", "ResourceNotFound", "ResourceInUse", "SerializationException")
 MISSING = object()  # the member left out
-WRONG = [MISSING, None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80]
+WRONG = [MISSING, None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80, "s3://b/m\x00"]
 
 
 def paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

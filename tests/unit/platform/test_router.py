@@ -374,3 +374,31 @@ def test_strings_with_lone_surrogates_are_a_serialization_error(text: bytes) -> 
     assert (response.status_code, response.json()["__type"]) == (400, "SerializationException")
     assert api.call("ListModels") == {"Models": []}
     assert api.call("ListModels", NameContains="\U0001f600") == {"Models": []}  # a pair is fine
+
+
+def test_a_control_character_a_metadata_webhook_and_a_bad_filter_are_refused_by_member() -> None:
+    """A NUL in a URI took `infermodes up` down (no OS call takes one); a link-local ErrorTopic
+    was blamed on InitialInstanceCount; a filter the instances cannot read failed the job."""
+    from tests.unit.platform.test_translate import transform_request
+
+    api = Api()
+    code, message = api.error("CreateModel", ModelName="nul", PrimaryContainer={
+        "Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz\x00x"})  # fmt: skip
+    assert code == "ValidationException" and "ModelDataUrl" in message, message
+    api.seed()
+    variant = {"VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+               "InitialInstanceCount": 1}  # fmt: skip
+    notify = {"ErrorTopic": "http://169.254.169.254/latest"}
+    code, message = api.error("CreateEndpointConfig", EndpointConfigName="meta",
+                              ProductionVariants=[variant], AsyncInferenceConfig={
+                                  "OutputConfig": {"S3OutputPath": "s3://b/out",
+                                                   "NotificationConfig": notify}})  # fmt: skip
+    assert ("AsyncInferenceConfig.OutputConfig.NotificationConfig.ErrorTopic: Value error, "
+            "must not be a link-local or metadata address") in message, message  # fmt: skip
+    for member, value, named in (
+        ("TransformInput", {"DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://b/in/\x00"}}}, "S3Uri"),
+        ("DataProcessing", {"InputFilter": "$[[["}, "unsupported JSONPath '$[[['"),
+    ):  # fmt: skip
+        code, message = api.error("CreateTransformJob", **transform_request(**{member: value}))
+        assert code == "ValidationException" and named in message, message
