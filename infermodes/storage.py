@@ -305,7 +305,8 @@ class FileStore:
                     handle.write(data)
             else:
                 created = _make_folders(ref)
-                os.close(os.open(ref.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                os.close(os.open(ref.key, flags, 0o600))  # as mkstemp makes every other object
                 if durable:
                     _sync_folders(Path(ref.key), created)
         except FileExistsError:

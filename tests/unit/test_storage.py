@@ -156,6 +156,10 @@ def test_an_empty_object_is_created_once_in_a_new_folder(tmp_path: Path, durable
     assert won.count(True) == 1
     assert storage.get_bytes(uri) == b""
     assert [p.name for p in (tmp_path / "new/deeper").iterdir()] == ["id.result"]
+    storage.create(f"file://{tmp_path}/whole.out", b"1")
+    modes = {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("new/deeper/id.result",
+                                                                        "whole.out")}  # fmt: skip
+    assert modes == {"0o600"}  # not executable, as an open() without a mode would make it
 
 
 def test_a_directory_is_not_an_object(tmp_path: Path) -> None:
