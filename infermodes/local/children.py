@@ -128,6 +128,8 @@ class Child:
         if self.proc is None or self.proc.poll() is None:
             return False
         code = self.proc.returncode
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # its forked workers
+            os.killpg(self.proc.pid, signal.SIGKILL)  # must not outlive it (an OOM kill, say)
         self.proc = None
         self.last_exit = code
         if self.stopping:

@@ -471,6 +471,27 @@ def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
         assert not alive(zygote)
 
 
+def test_a_model_server_killed_alone_takes_its_forked_workers_with_it(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The OOM killer's way: SIGKILL to the server's parent process only. Its forked workers
+    would go on answering on the old port, after ``up`` too; they are killed with it, and the
+    restarted server serves."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, workers=2)]
+    body = to_csv(abalone_model.test_rows[:3])
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "InService")
+        (server,) = [p["pid"] for p in up.running("abalone")]
+        wait_until(lambda: len(children_of(server)) == 2, WAIT, "the server's two workers")
+        workers = list(children_of(server))
+        os.kill(server, signal.SIGKILL)
+        wait_until(lambda: not any(alive(worker) for worker in workers), WAIT,
+                   "the killed server's workers to go with it")  # fmt: skip
+        wait_until(lambda: up.status("abalone")["phase"] == "InService" and up.running("abalone")
+                   and up.running("abalone")[0]["pid"] != server, WAIT, "the restart")  # fmt: skip
+        assert up.invoke("abalone", body).status_code == 200
+
+
 def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
