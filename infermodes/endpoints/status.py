@@ -23,8 +23,18 @@ COMPLETED = "Completed"
 OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
 BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
+APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoint
 # wanted replicas that do not come soon, though the endpoint has not failed
 STALLED = frozenset({FAILED_CREATE, UNSCHEDULABLE})
+# an update that cannot roll out: the spec before it serves (``Updating``), and a new update
+# may replace it, as the platform lets one follow an update that failed and rolled back
+UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING,
+                             APPLY_REFUSED})  # fmt: skip
+
+
+def update_failed(status: Mapping[str, Any]) -> bool:
+    """Whether a status (as the API shows it) is an update that cannot roll out."""
+    return status.get("phase") == Phase.UPDATING.value and status.get("reason") in UPDATE_FAILURES
 
 
 @dataclass(frozen=True)

@@ -216,13 +216,15 @@ class Supervisor:
         return endpoint
 
     def apply(self, manifest: Manifest) -> str:
-        """Create or replace an endpoint; a changed spec replaces its processes. The model
+        """Create or replace an endpoint; a changed spec replaces its processes, as does the
+        same spec of an endpoint that failed (a model that could not load may be there now:
+        nothing else restarts what cannot load). The model
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
         the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
         that is ready; a realtime endpoint keeps the replicas it had (within the new bounds)."""
         old = self.endpoints.get(manifest.name)
-        if old is not None and old.manifest.document == manifest.document:
-            return "unchanged"
+        if old is not None and old.manifest.document == manifest.document and old.failure is None:
+            return "unchanged"  # the same spec again: unless it failed, when it tries again
         created = old.created if old is not None else now_iso()
         outgoing: dict[str, Child] = {}
         if old is not None:

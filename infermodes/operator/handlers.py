@@ -24,6 +24,7 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
 from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
 from infermodes.endpoints.status import (
+    APPLY_REFUSED,
     BROKER_UNREADABLE,
     CONTAINER_CANNOT_RUN,
     CONTAINER_CRASHING,
@@ -37,7 +38,7 @@ from infermodes.endpoints.status import (
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
-from infermodes.operator.reconcile import APPLY_REFUSED, Deps, Reconciled, parse_spec, reconcile
+from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
 from infermodes.operator.signals.podmetrics import scrape

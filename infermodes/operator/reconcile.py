@@ -20,7 +20,13 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
-from infermodes.endpoints.status import QueueFigures, Status, parse_rfc3339, rfc3339
+from infermodes.endpoints.status import (
+    APPLY_REFUSED,
+    QueueFigures,
+    Status,
+    parse_rfc3339,
+    rfc3339,
+)
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import ApplyRefused, KubeDoor
 from infermodes.operator.modes import mode_for
@@ -103,7 +109,6 @@ def foreign_object(
     return None
 
 
-APPLY_REFUSED = "ApplyRefused"
 REFUSAL_SHOWN = 1000
 
 

@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 
 from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.status import update_failed
 from infermodes.platform.store import JsonObject
 from infermodes.platform.translate import (
     ENDPOINT,
@@ -125,8 +126,8 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "CreationTime": created(obj),
         "LastModifiedTime": max(modified(obj), created(obj)),
     }
-    if answer["EndpointStatus"] == "Failed":
-        answer["FailureReason"] = failure_reason(obj)[:1024]
+    if answer["EndpointStatus"] == "Failed" or update_failed(obj.get("status") or {}):
+        answer["FailureReason"] = failure_reason(obj)[:1024]  # an update's: the old one serves
     if request.get("AsyncInferenceConfig"):
         answer["AsyncInferenceConfig"] = request["AsyncInferenceConfig"]
     return answer

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from infermodes.endpoints.spec import Mode, mode_change_allowed, object_name
+from infermodes.endpoints.status import update_failed
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -353,7 +354,7 @@ class ControlPlane:
         name = required(request, "EndpointName")
         current = await self._endpoint(name)
         status = describe_endpoint(current, self.defaults)["EndpointStatus"]
-        if status in ("Creating", "Updating"):
+        if status in ("Creating", "Updating") and not update_failed(current.get("status") or {}):
             where = arn(self.defaults, "endpoint", name)
             raise ValidationException(f'Cannot update in-progress endpoint "{where}".')
         obj = await self._endpoint_object(

@@ -493,7 +493,7 @@ def test_a_model_server_killed_alone_takes_its_forked_workers_with_it(
 
 
 def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway would hold it 300 s and the client waits at most 60: only the endpoint's
     turn to Failed, seen while the request is held, answers it in time, with the 400 a later
@@ -509,3 +509,9 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert up.status("abalone-serverless")["phase"] == "Failed"
         later = up.invoke("abalone-serverless", b"1,2")
         assert (later.status_code, later.json()) == (400, held.json())
+        # the model put in place, the same spec applied again starts again (it was unchanged)
+        shutil.copy(abalone_model.tarball, tmp_path / "missing.tar.gz")
+        applied = cli(up.url, "apply", "-f", str(files[0]))
+        assert applied.returncode == 0 and "configured" in applied.stdout, applied.stdout
+        served = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:2]))
+        assert served.status_code == 200, served.text

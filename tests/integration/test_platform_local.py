@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError, WaiterError
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
 from tests.support.local import Up, running_up
+from tests.support.processes import wait_until
 from tests.support.s3 import S3Endpoint, read_when_there
 from tests.support.seaweedfs import seaweedfs_server
 
@@ -304,6 +305,42 @@ def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagema
     sagemaker.delete_endpoint(EndpointName="absent")
     sagemaker.delete_endpoint_config(EndpointConfigName="absent-config")
     sagemaker.delete_model(ModelName="absent-model")
+
+
+def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(
+    sagemaker: Any, runtime: Any, abalone_model: AbaloneModel
+) -> None:
+    """The old config serves while the update cannot roll out: DescribeEndpoint says why, and
+    an UpdateEndpoint back to it is taken (it was refused as in progress)."""
+    create_model(sagemaker, "good-model")
+    create_instance_config(sagemaker, "good-config", "good-model")
+    sagemaker.create_model(ModelName="gone-model", PrimaryContainer={
+        "ModelDataUrl": "s3://models/gone/model.tar.gz"})  # fmt: skip
+    create_instance_config(sagemaker, "gone-config", "gone-model")
+    sagemaker.create_endpoint(EndpointName="reverted", EndpointConfigName="good-config")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="reverted", WaiterConfig=FAST)
+    sagemaker.update_endpoint(EndpointName="reverted", EndpointConfigName="gone-config")
+    wait_until(lambda: "FailureReason" in sagemaker.describe_endpoint(EndpointName="reverted"),
+               60, "the update's failure to show")  # fmt: skip
+    described = sagemaker.describe_endpoint(EndpointName="reverted")
+    assert described["EndpointStatus"] == "Updating"
+    assert described["FailureReason"].startswith("ModelLoadFailed: the new spec cannot roll out")
+    assert "gone/model.tar.gz" in described["FailureReason"]
+    rows = abalone_model.test_rows[:5]
+    answer = runtime.invoke_endpoint(EndpointName="reverted", ContentType="text/csv",
+                                     Body=to_csv(rows))  # fmt: skip
+    np.testing.assert_allclose(scores(answer["Body"].read().decode()),
+                               expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
+    sagemaker.update_endpoint(EndpointName="reverted", EndpointConfigName="good-config")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="reverted", WaiterConfig=FAST)
+    described = sagemaker.describe_endpoint(EndpointName="reverted")
+    assert described["EndpointConfigName"] == "good-config" and "FailureReason" not in described
+    sagemaker.delete_endpoint(EndpointName="reverted")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="reverted", WaiterConfig=FAST)
+    for config in ("good-config", "gone-config"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=config)
+    for model in ("good-model", "gone-model"):
+        sagemaker.delete_model(ModelName=model)
 
 
 def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up) -> None:

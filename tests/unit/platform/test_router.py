@@ -402,3 +402,21 @@ def test_a_control_character_a_metadata_webhook_and_a_bad_filter_are_refused_by_
     ):  # fmt: skip
         code, message = api.error("CreateTransformJob", **transform_request(**{member: value}))
         assert code == "ValidationException" and named in message, message
+
+
+def test_an_update_that_cannot_roll_out_shows_why_and_another_update_may_replace_it() -> None:
+    """The spec before it still serves (Updating): DescribeEndpoint gives the FailureReason,
+    and UpdateEndpoint (a revert, a fix) is taken, as after the platform's rollback; an update
+    that is rolling out as it should is still in progress."""
+    api = Api()
+    api.seed("ep")
+    api.store.set_status("ep", "Updating", reason="RollingOut", message="1/1 replicas ready")
+    code, _ = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
+    assert code == "ValidationException"
+    assert "FailureReason" not in api.call("DescribeEndpoint", EndpointName="ep")
+    api.store.set_status("ep", "Updating", reason="ModelLoadFailed",
+                         message="model cannot be loaded: no such object")  # fmt: skip
+    described = api.call("DescribeEndpoint", EndpointName="ep")
+    assert described["EndpointStatus"] == "Updating"
+    assert described["FailureReason"] == "ModelLoadFailed: model cannot be loaded: no such object"
+    api.call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
