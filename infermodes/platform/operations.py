@@ -35,6 +35,7 @@ from infermodes.platform.translate import (
     Defaults,
     arn,
     check_name,
+    check_tags,
     endpoint_config_record,
     endpoint_object,
     model_record,
@@ -324,6 +325,7 @@ class ControlPlane:
 
     async def CreateEndpoint(self, request: JsonObject) -> JsonObject:
         only("", request, {"EndpointName", "EndpointConfigName", "Tags"})
+        check_tags(request.get("Tags"))
         name = check_name("EndpointName", request.get("EndpointName"), kubernetes=True)
         obj = await self._endpoint_object(name, required(request, "EndpointConfigName"))
 

@@ -194,13 +194,40 @@ def typed(where: str, given: Mapping[str, Any], types: Mapping[str, type]) -> No
             )
 
 
+MAX_TAGS = 50  # the platform's limits: tags per resource, and a key's and a value's length
+MAX_TAG_KEY, MAX_TAG_VALUE = 128, 256
+# the platform's instance types are ml.<family>.<size>; which of them exist is its business
+INSTANCE_TYPE = re.compile(r"ml\.[a-z0-9-]+\.[a-z0-9-]+")
+
+
 def check_common(request: JsonObject) -> None:
     """The members every create shares that we keep but do not translate."""
     typed("", request, {"ExecutionRoleArn": str})
-    tags = request.get("Tags")
-    if tags is not None and not (isinstance(tags, list) and all(
-            isinstance(t, dict) and isinstance(t.get("Key"), str) for t in tags)):  # fmt: skip
+    check_tags(request.get("Tags"))
+
+
+def check_tags(tags: Any) -> None:
+    if tags is None:
+        return
+    if not (isinstance(tags, list) and all(
+            isinstance(t, dict) and isinstance(t.get("Key"), str)
+            and isinstance(t.get("Value", ""), str) for t in tags)):  # fmt: skip
         raise ValidationException("Tags must be a list of {Key, Value} structures")
+    if len(tags) > MAX_TAGS:
+        raise ValidationException(f"Tags: at most {MAX_TAGS} tags, got {len(tags)}")
+    for tag in tags:
+        if not 1 <= len(tag["Key"]) <= MAX_TAG_KEY or len(tag.get("Value", "")) > MAX_TAG_VALUE:
+            raise ValidationException(
+                f"Tags: a key of 1 to {MAX_TAG_KEY} characters and a value of at most "
+                f"{MAX_TAG_VALUE}, got {shown(tag['Key'])}"
+            )
+
+
+def check_instance_type(field: str, value: Any) -> None:
+    if isinstance(value, str) and not INSTANCE_TYPE.fullmatch(value):
+        raise ValidationException(
+            f"{field} {shown(value)} is not an instance type: ml.<family>.<size>"
+        )
 
 
 def check_container(field: str, container: Mapping[str, Any], defaults: Defaults) -> None:
@@ -295,6 +322,7 @@ def endpoint_config_record(
         raise ValidationException(
             "ProductionVariants[0]: InstanceType and InitialInstanceCount go together"
         )
+    check_instance_type("ProductionVariants[0].InstanceType", variant.get("InstanceType"))
     if serverless and request.get("AsyncInferenceConfig") is not None:
         raise ValidationException(
             "AsyncInferenceConfig: an asynchronous endpoint runs on instances, not serverless"
@@ -498,6 +526,7 @@ def transform_object(
     """CreateTransformJob: a batch InferenceEndpoint with every field ``BatchSpec`` has."""
     name = check_name("TransformJobName", request.get("TransformJobName"), kubernetes=True)
     only("", request, TRANSFORM_FIELDS)
+    check_tags(request.get("Tags"))
     if model is None:
         raise ValidationException(
             f'Could not find model "{arn(defaults, "model", str(request.get("ModelName")))}".'
@@ -517,6 +546,7 @@ def transform_object(
     resources = mapping("TransformResources", request.get("TransformResources"))
     only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
     typed("TransformResources.", resources, {"InstanceType": str})
+    check_instance_type("TransformResources.InstanceType", resources.get("InstanceType"))
     client = mapping("ModelClientConfig", request.get("ModelClientConfig"))
     processing = mapping("DataProcessing", request.get("DataProcessing"))
     pairs: list[tuple[JsonObject, str, Mapping[str, Any], str, str]] = []

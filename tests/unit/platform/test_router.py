@@ -420,3 +420,28 @@ def test_an_update_that_cannot_roll_out_shows_why_and_another_update_may_replace
     assert described["EndpointStatus"] == "Updating"
     assert described["FailureReason"] == "ModelLoadFailed: model cannot be loaded: no such object"
     api.call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
+
+
+def test_instance_types_and_tags_are_held_to_the_platforms_forms_and_limits() -> None:
+    from tests.unit.platform.test_translate import transform_request
+
+    api = Api()
+    api.seed()
+    variant = {"VariantName": "v", "ModelName": "abalone", "InitialInstanceCount": 1,
+               "InstanceType": "ml.bogus"}  # fmt: skip
+    code, message = api.error("CreateEndpointConfig", EndpointConfigName="odd",
+                              ProductionVariants=[variant])  # fmt: skip
+    assert "ProductionVariants[0].InstanceType 'ml.bogus' is not an instance type" in message
+    resources = {"InstanceType": "m5.large", "InstanceCount": 1}
+    code, message = api.error("CreateTransformJob",
+                              **transform_request(TransformResources=resources))  # fmt: skip
+    assert "TransformResources.InstanceType 'm5.large' is not an instance type" in message
+    tags = [{"Key": f"k{i}", "Value": "v"} for i in range(51)]
+    container = {"Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz"}
+    code, message = api.error("CreateModel", ModelName="tagged", PrimaryContainer=container,
+                              Tags=tags)  # fmt: skip
+    assert (code, message) == ("ValidationException", "Tags: at most 50 tags, got 51")
+    code, message = api.error("CreateEndpoint", EndpointName="t", EndpointConfigName="cfg",
+                              Tags=[{"Key": "k" * 129, "Value": "v"}])  # fmt: skip
+    assert message.startswith("Tags: a key of 1 to 128 characters"), message
+    api.call("CreateModel", ModelName="tagged", PrimaryContainer=container, Tags=tags[:50])
