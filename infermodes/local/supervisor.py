@@ -85,6 +85,8 @@ EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
+ACTUATION_FAILED = "ActuationFailed"  # up could not run an endpoint's processes
+REASON_SHOWN = 1000  # characters of an unforeseen error in the status
 
 
 def read_ports(
@@ -674,7 +676,10 @@ class Supervisor:
         if Mode.SERVERLESS in modes and not self.zygote.started:
             self._start_zygote()  # once the first serverless endpoint is there
         for endpoint in list(self.endpoints.values()):
-            await self._actuate(endpoint, now)
+            try:
+                await self._actuate(endpoint, now)
+            except Exception as exc:  # one endpoint's trouble: the others, and up, go on
+                self._actuation_failed(endpoint, exc, now)
             if self.endpoints.get(endpoint.name) is not endpoint:
                 continue  # deleted or replaced while its decision was taken
             if self.table is not None:
@@ -682,6 +687,16 @@ class Supervisor:
         self._reap()
         self.zygote.check()
         self.registry.save(self.all_children())
+
+    def _actuation_failed(self, endpoint: LocalEndpoint, exc: Exception, now: float) -> None:
+        """What no check foresaw (an OS call refusing a value, say): the endpoint fails, with
+        the error, and its processes stop; the traceback is logged once."""
+        failure = (ACTUATION_FAILED, f"{type(exc).__name__}: {exc}"[:REASON_SHOWN])
+        if endpoint.failure != failure:
+            log.error("%s: %s", endpoint.name, failure[1], exc_info=exc)
+            endpoint.event(f"cannot run its processes: {failure[1]}")
+        endpoint.failure = failure
+        endpoint.status = self._failed_status(endpoint, failure, now)
 
     def _start_zygote(self) -> None:
         """Start it; the moment it is ready (its first line) wakes the loop."""

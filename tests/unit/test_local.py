@@ -354,3 +354,31 @@ def test_the_local_demand_sink_wakes_the_supervisor_for_a_push_or_a_cold_start(
     asyncio.run(LocalDemandSink(supervisor).write("", name, demand))
     assert supervisor.wake.is_set() is wakes
     assert (name in supervisor.demand) is kept
+
+
+def test_an_endpoint_whose_processes_cannot_run_fails_alone_and_up_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What no check foresaw, raised while one endpoint is actuated (a NUL in a URI took all
+    of ``up`` down before the spec refused it): that endpoint is Failed with the error, and
+    the round goes on for the others."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    for name in ("broken", "fine"):
+        document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+        document["metadata"]["name"] = name
+        supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    actuated = []
+
+    async def actuate(endpoint: LocalEndpoint, now: float) -> None:
+        if endpoint.name == "broken":
+            raise ValueError("embedded null byte")
+        actuated.append(endpoint.name)
+
+    monkeypatch.setattr(supervisor, "_actuate", actuate)
+    for _ in range(2):
+        asyncio.run(supervisor.tick())
+    assert actuated == ["fine", "fine"]
+    status = supervisor.endpoints["broken"].status
+    assert (status.phase.value, status.reason) == ("Failed", "ActuationFailed")
+    assert status.message == "ValueError: embedded null byte"
+    assert sum("cannot run its processes" in e for e in supervisor.endpoints["broken"].events) == 1
