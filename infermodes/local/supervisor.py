@@ -266,6 +266,7 @@ class Supervisor:
             self.table.remove_endpoint(NAMESPACE, name)
         if self.metrics is not None:
             self.metrics.forget((NAMESPACE, name), deleted=True)
+        log.info("%s: deleted", name)  # as "applied": what the log says happened
         return True
 
     def _remove(self, endpoint: LocalEndpoint) -> None:
