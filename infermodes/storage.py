@@ -324,7 +324,7 @@ class FileStore:
     def size(self, ref: ObjectRef) -> int:
         try:
             return Path(ref.key).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # as exists() says
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
         except OSError as exc:
             raise file_error("read", ref.uri, exc) from exc

@@ -85,12 +85,16 @@ class SpecBlock(BaseModel):
 
 # Every storage URI of a spec (the model, async paths, batch input and output) takes
 # STORAGE_PREFIX (settings.py): what storage.parse_uri reads, with its scheme. Anything else
-# would pass the spec and fail in the pods (a plain path: the pod's working directory).
+# would pass the spec and fail in the pods (a relative path: the pod's working directory's).
+# What is read or written once (the model, batch input and output) may also be an absolute
+# path, as it always could; async paths are prefixes the gateway compares: URIs only.
+OBJECT_LOCATION = r"^/[^\x00-\x1f\x7f]*$|" + STORAGE_PREFIX
 
 
 class ModelSource(SpecBlock):
     uri: str = Field(
-        pattern=STORAGE_PREFIX, description="model.tar.gz or XGBoost file: s3://, file:///"
+        pattern=OBJECT_LOCATION,
+        description="model.tar.gz or XGBoost file: s3://bucket/key, file:///path or /path",
     )
     allow_pickle: bool = Field(
         False, description="Load a pickled booster. Unpickling runs the artifact's code."
@@ -288,8 +292,8 @@ class AsyncSpec(ReplicaRange):
 
 class BatchInput(SpecBlock):
     uri: str = Field(
-        pattern=STORAGE_PREFIX,
-        description="Input prefix or manifest file: s3://bucket/..., file:///...",
+        pattern=OBJECT_LOCATION,
+        description="Input prefix or manifest file: s3://bucket/..., file:///... or /...",
     )
     data_type: BatchDataType = Field(
         "S3Prefix",
@@ -307,8 +311,8 @@ class BatchInput(SpecBlock):
 
 class BatchOutput(SpecBlock):
     uri: str = Field(
-        pattern=STORAGE_PREFIX,
-        description="Prefix for <input key>.out objects: s3://bucket/..., file:///...",
+        pattern=OBJECT_LOCATION,
+        description="Prefix for <input key>.out objects: s3://bucket/..., file:///... or /...",
     )
     accept: BatchAccept = Field(
         "text/csv", description="text/csv, application/json or application/jsonlines."

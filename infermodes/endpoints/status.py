@@ -24,17 +24,25 @@ OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
 BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
 APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoint
-# wanted replicas that do not come soon, though the endpoint has not failed
-STALLED = frozenset({FAILED_CREATE, UNSCHEDULABLE})
+ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoint's processes
 # an update that cannot roll out: the spec before it serves (``Updating``), and a new update
 # may replace it, as the platform lets one follow an update that failed and rolled back
 UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING,
-                             APPLY_REFUSED})  # fmt: skip
+                             APPLY_REFUSED, ACTUATION_FAILED})  # fmt: skip
 
 
-def update_failed(status: Mapping[str, Any]) -> bool:
-    """Whether a status (as the API shows it) is an update that cannot roll out."""
-    return status.get("phase") == Phase.UPDATING.value and status.get("reason") in UPDATE_FAILURES
+def update_failed(obj: Mapping[str, Any]) -> bool:
+    """Whether an endpoint (as the API shows it) is an update that cannot roll out: said of
+    its current spec (a status of the spec before a newer update says nothing of that one)."""
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    current = not generation or not observed or observed >= generation
+    return (
+        current
+        and status.get("phase") == Phase.UPDATING.value
+        and status.get("reason") in UPDATE_FAILURES
+    )
 
 
 @dataclass(frozen=True)

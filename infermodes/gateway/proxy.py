@@ -55,7 +55,7 @@ UNSUPPORTED_TARGETS = {
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
 }
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
-STALLED_HOLD_SECONDS = 5.0  # a request that arrives while the pods cannot start: held this long
+REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the pods: held this long
 MAX_ORIGINAL_MESSAGE = 1000
 
 
@@ -291,10 +291,10 @@ class Proxy:
                     raise self.table.not_found(endpoint.name)
                 if not endpoint.may_come():  # none will: what a new request is told
                     endpoint.check_servable()
-                if was_held and endpoint.stalled():
+                if was_held and endpoint.pods_refused():
                     raise ServiceUnavailable(
                         f"no replica of endpoint {endpoint.name} can start now: its pods cannot "
-                        f"be created or placed ({endpoint.why}); retry later"
+                        f"be created ({endpoint.why}); retry later"
                     )
                 if not was_held:
                     was_held = True
@@ -302,7 +302,7 @@ class Proxy:
                 holding[0] = True
                 # its demand is written all the same: the cause may be gone (a quota raised)
                 await self.hold(
-                    endpoint, receive, STALLED_HOLD_SECONDS if endpoint.stalled() else None
+                    endpoint, receive, REFUSED_HOLD_SECONDS if endpoint.pods_refused() else None
                 )
                 holding[0] = False
                 continue

@@ -21,7 +21,7 @@ from pydantic import ValidationError as SpecError
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
-from infermodes.endpoints.status import STALLED
+from infermodes.endpoints.status import FAILED_CREATE
 from infermodes.errors import EndpointNotFound, InfermodesError
 from infermodes.gateway.errors import ValidationError
 from infermodes.http import clipped
@@ -169,10 +169,11 @@ class Endpoint:
         or its spec became one of another mode (or one the gateway cannot read)."""
         return self.phase is not Phase.FAILED and self.mode in SYNCHRONOUS_MODES
 
-    def stalled(self) -> bool:
-        """Its status says its pods cannot be created or placed (a quota, no node with room):
-        no replica comes soon, though one may later. A held request is told at once."""
-        return self.why in STALLED
+    def pods_refused(self) -> bool:
+        """Its status says the API refuses its pods (a quota, a Pod Security level): no replica
+        comes soon, though one may later. A held request is told at once. Not ``Unschedulable``:
+        with a cluster autoscaler that is how a cold start waits for its node."""
+        return self.why == FAILED_CREATE
 
     def choose(self) -> Replica | None:
         """The ready replica with the fewest requests in flight; ties rotate."""
@@ -308,7 +309,7 @@ class Table:
                         namespace, endpoint.name, type(exc).__name__, exc)  # fmt: skip
             endpoint.mode = endpoint.serverless = endpoint.async_ = endpoint.phase = None
             endpoint.peers_seen_at = ()
-        if not endpoint.may_come() or endpoint.stalled():  # none is coming: held ones look again
+        if not endpoint.may_come() or endpoint.pods_refused():  # none is coming: look again
             endpoint.wake()
         key = (namespace, endpoint.name)
         view = endpoint.async_

@@ -41,6 +41,7 @@ from infermodes.endpoints.scaling import (
 )
 from infermodes.endpoints.spec import Mode, Phase
 from infermodes.endpoints.status import (
+    ACTUATION_FAILED,
     COMPLETED,
     MODEL_LOAD_FAILED,
     Progress,
@@ -85,7 +86,6 @@ EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
-ACTUATION_FAILED = "ActuationFailed"  # up could not run an endpoint's processes
 REASON_SHOWN = 1000  # characters of an unforeseen error in the status
 
 
@@ -205,8 +205,14 @@ class Supervisor:
         for key in self.registry.kill_orphans():
             log.warning("killed %s, left running by a previous infermodes up", key)
         for path in sorted((self.state_dir / "endpoints").glob("*.json")):
-            saved = json.loads(path.read_text())
-            self._add(parse_document(saved["document"], str(path)), saved["created"])
+            try:
+                saved = json.loads(path.read_text())
+                manifest = parse_document(saved["document"], str(path))
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # ManifestError included
+                log.error("%s is not loaded (a spec this version refuses, or a damaged "
+                          "file): %s; apply it again, or delete the file", path, exc)  # fmt: skip
+                continue
+            self._add(manifest, saved["created"])
 
     def _add(self, manifest: Manifest, created: str) -> LocalEndpoint:
         endpoint = LocalEndpoint(manifest, created)
@@ -469,7 +475,7 @@ class Supervisor:
 
     async def _actuate(self, endpoint: LocalEndpoint, now: float) -> None:
         """Bring the running children to the decision, restart crashed ones, set the status."""
-        if endpoint.manifest.spec.mode is Mode.BATCH:
+        if endpoint.manifest.spec.mode is Mode.BATCH and endpoint.failure is None:
             self._run_batch(endpoint, now)
             return
         for key, child in endpoint.children.items():
@@ -696,8 +702,11 @@ class Supervisor:
         if endpoint.failure != failure:
             log.error("%s: %s", endpoint.name, failure[1], exc_info=exc)
             endpoint.event(f"cannot run its processes: {failure[1]}")
-        endpoint.failure = failure
-        endpoint.status = self._failed_status(endpoint, failure, now)
+        endpoint.failure = failure  # the next round stops its processes
+        try:
+            endpoint.status = self._failed_status(endpoint, failure, now)
+        except Exception:  # looking at its processes failed too: Failed, without them
+            endpoint.status = Status(Phase.FAILED, *failure)
 
     def _start_zygote(self) -> None:
         """Start it; the moment it is ready (its first line) wakes the loop."""

@@ -9,6 +9,7 @@ and returns the status.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -28,13 +29,15 @@ from infermodes.endpoints.status import (
     rfc3339,
 )
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
-from infermodes.operator.kube import ApplyRefused, KubeDoor
+from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings
+
+log = logging.getLogger("infermodes.operator")
 
 
 @dataclass
@@ -177,7 +180,21 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         created = str(metadata.get("creationTimestamp") or "")
         return None if holders is None else holder_elsewhere(ref.namespace, created, holders)
 
-    workload_is = {"involvedObject.kind": kind, "involvedObject.name": ref.child_name}
+    @functools.cache
+    def workload_events() -> list[dict[str, Any]]:
+        """This workload's Events (its UID: not a namesake's that was deleted); none when they
+        cannot be listed (a role without the chart's rule): the status then says less."""
+        uid = str(((found or {}).get("metadata") or {}).get("uid") or "")
+        fields = {"involvedObject.kind": kind, "involvedObject.name": ref.child_name}
+        if uid:
+            fields["involvedObject.uid"] = uid
+        try:
+            return deps.kube.list("v1", "Event", ref.namespace, {}, fields)
+        except KubeError as exc:
+            log.warning("cannot list the Events of %s %s/%s: %s", kind, ref.namespace,
+                        ref.child_name, exc)  # fmt: skip
+            return []
+
     signals = Signals(
         workload,
         found,
@@ -190,7 +207,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         wall,
         autoscale,
         name_held_by,
-        functools.cache(lambda: deps.kube.list("v1", "Event", ref.namespace, {}, workload_is)),
+        workload_events,
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)

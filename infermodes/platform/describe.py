@@ -126,7 +126,7 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "CreationTime": created(obj),
         "LastModifiedTime": max(modified(obj), created(obj)),
     }
-    if answer["EndpointStatus"] == "Failed" or update_failed(obj.get("status") or {}):
+    if answer["EndpointStatus"] == "Failed" or update_failed(obj):
         answer["FailureReason"] = failure_reason(obj)[:1024]  # an update's: the old one serves
     if request.get("AsyncInferenceConfig"):
         answer["AsyncInferenceConfig"] = request["AsyncInferenceConfig"]

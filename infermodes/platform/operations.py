@@ -356,7 +356,7 @@ class ControlPlane:
         name = required(request, "EndpointName")
         current = await self._endpoint(name)
         status = describe_endpoint(current, self.defaults)["EndpointStatus"]
-        if status in ("Creating", "Updating") and not update_failed(current.get("status") or {}):
+        if status in ("Creating", "Updating") and not update_failed(current):
             where = arn(self.defaults, "endpoint", name)
             raise ValidationException(f'Cannot update in-progress endpoint "{where}".')
         obj = await self._endpoint_object(

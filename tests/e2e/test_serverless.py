@@ -136,7 +136,7 @@ def test_a_cold_start_a_quota_refuses_is_answered_at_once_and_serves_once_it_is_
     invoke = f"{url}/endpoints/quota/invocations"
     refused = httpx.post(invoke, content=row, headers=CSV, timeout=90)
     assert refused.status_code == 503, refused.text  # not the hold's end: "within 60 s"
-    assert "pods cannot be created or placed (FailedCreate)" in refused.json()["message"]
+    assert "pods cannot be created (FailedCreate)" in refused.json()["message"]
     status = (get_endpoint(api, k8s_namespace, "quota") or {})["status"]
     assert status["reason"] == "FailedCreate" and "no-pods" in status["message"], status
     api.delete(f"{quotas}/no-pods")

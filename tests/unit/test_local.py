@@ -382,3 +382,44 @@ def test_an_endpoint_whose_processes_cannot_run_fails_alone_and_up_goes_on(
     assert (status.phase.value, status.reason) == ("Failed", "ActuationFailed")
     assert status.message == "ValueError: embedded null byte"
     assert sum("cannot run its processes" in e for e in supervisor.endpoints["broken"].events) == 1
+
+
+def test_a_batch_job_whose_instances_cannot_start_stays_failed_and_up_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real round, with an instance whose start raises: Failed (ActuationFailed) on this
+    round and the next (the batch runner does not overwrite it), nothing left running."""
+    from infermodes.local import children
+
+    def refuse(self: children.Child, now: float) -> None:
+        raise ValueError("embedded null byte")
+
+    monkeypatch.setattr(children.Child, "start", refuse)
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    for _ in range(3):
+        asyncio.run(supervisor.tick())
+        status = endpoint.status
+        assert (status.phase.value, status.reason) == ("Failed", "ActuationFailed")
+    assert endpoint.children == {} and all(not c.running() for c in supervisor.all_children())
+
+
+def test_a_saved_endpoint_this_version_refuses_is_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state file written by an older version (or damaged) must not keep ``up`` from
+    starting; the endpoints beside it load."""
+    good = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    bad = {**good, "metadata": {"name": "old"}}
+    bad["spec"] = {**good["spec"], "model": {"uri": "relative/model.tar.gz"}}
+    folder = tmp_path / "endpoints"
+    folder.mkdir()
+    for name, document in (("abalone", good), ("old", bad)):
+        saved = {"document": document, "created": "2026-01-01T00:00:00Z"}
+        (folder / f"{name}.json").write_text(json.dumps(saved))
+    (folder / "damaged.json").write_text("{")
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    supervisor.load_state()
+    assert list(supervisor.endpoints) == ["abalone"]
+    assert sum("is not loaded" in r.getMessage() for r in caplog.records) == 2

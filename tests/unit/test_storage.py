@@ -342,8 +342,9 @@ def test_a_file_name_the_file_system_cannot_hold_is_unusable_which_no_retry_mend
         with pytest.raises(UnusableLocation, match="in the way"):
             call(through_a_file)
     assert not storage.exists(through_a_file)  # to a reader, no such object
-    with pytest.raises(ObjectNotFound):
-        storage.get_bytes(through_a_file)
+    for read in (storage.get_bytes, storage.size):
+        with pytest.raises(ObjectNotFound):
+            read(through_a_file)
     with pytest.raises(UnusableLocation) as unusable:
         storage.put_bytes(f"file://{tmp_path}/{'b' * 250}", b"1")  # its partial file's is longer
     failure = classify(unusable.value)

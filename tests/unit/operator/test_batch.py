@@ -239,6 +239,29 @@ def test_pods_the_job_cannot_create_are_named_from_its_newest_event() -> None:
     assert observed([], []).reason == "Running"  # a new Job: nothing said yet
 
 
+def test_events_that_cannot_be_listed_leave_the_status_saying_less_not_failing() -> None:
+    """A role without the chart's rule to list Events (or an API that flakes): the reconcile
+    of a Job whose pods do not exist yet goes on; the Job's own UID narrows what is read."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.kube import KubeError
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    class NoEvents(FakeKube):
+        def list(self, api_version, kind, namespace, selector, fields=None):
+            if kind == "Event":
+                self.asked = fields
+                raise KubeError("events is forbidden")
+            return super().list(api_version, kind, namespace, selector, fields)
+
+    kube = NoEvents(deployment={"metadata": {"uid": "job-uid"}, "status": {"active": 0}})
+    d, _ = deps(kube)
+    status = reconcile(body(FULL_SPEC), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "Running")
+    assert kube.asked == {"involvedObject.kind": "Job", "involvedObject.name": "ie-abalone",
+                          "involvedObject.uid": "job-uid"}  # fmt: skip
+
+
 def test_a_job_deleted_after_it_ended_is_not_run_again() -> None:
     """Deleting a finished transform's Job (by hand, or a clean-up) keeps its outcome: no Job
     is applied, which would run every instance anew. One deleted while it runs is remade."""

@@ -193,11 +193,11 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "file:///out#x",
             )  # a query would cut it
         ),
-        *(  # a plain path would be the pod's working directory's; a NUL no path can hold
+        *(  # a relative path would be the pod's working directory's; a NUL no path can hold
             (raw, f"{where}: String should match pattern")
             for path in (
                 "300m",
-                "/models/abalone/model.tar.gz",
+                "models/abalone/model.tar.gz",
                 "https://host/m.tar.gz",
                 "file:///m.tar.gz\x00x",
                 "s3://b/k\x01",
@@ -292,6 +292,14 @@ def test_example_manifests_are_valid() -> None:
         document = yaml.safe_load(path.read_text())
         assert document["kind"] == "InferenceEndpoint"
         assert isinstance(parse_spec(document["spec"]), s.EndpointSpec), path
+
+
+@pytest.mark.parametrize("path", ["/models/m.tar.gz", "file:///m.tar.gz", "s3://b/m.tar.gz"])
+def test_the_model_and_batch_locations_may_be_absolute_paths_as_they_always_could(
+    path: str,
+) -> None:
+    raw = batch_spec(input={"uri": path}, output={"uri": path})
+    assert not isinstance(parse_spec({**raw, "model": {"uri": path}}), str)
 
 
 @pytest.mark.parametrize("path", ["s3://b", "S3://b/o", "file:///o", "file://localhost/o"])

@@ -420,6 +420,12 @@ def test_an_update_that_cannot_roll_out_shows_why_and_another_update_may_replace
     assert described["EndpointStatus"] == "Updating"
     assert described["FailureReason"] == "ModelLoadFailed: model cannot be loaded: no such object"
     api.call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
+    # the fix applied: the status of the spec before it says nothing of this one
+    generation = api.store.endpoints["ep"]["metadata"]["generation"]
+    api.store.endpoints["ep"]["status"]["observedGeneration"] = generation - 1
+    assert "FailureReason" not in api.call("DescribeEndpoint", EndpointName="ep")
+    code, _ = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
+    assert code == "ValidationException"  # in progress
 
 
 def test_instance_types_and_tags_are_held_to_the_platforms_forms_and_limits() -> None:
