@@ -391,9 +391,10 @@ class GatewayMetrics:
     """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
     ``unknown``; ``code`` an HTTP status code; ``outcome`` one of ``UPSTREAM_OUTCOMES``."""
 
-    # not_sent: the replica never got the request (it went to another); failed: it may have
+    # not_sent: the replica never got the request (it went to another); not_ready: it answered
+    # 503, its model not loaded (it went to another, or waited for one); failed: it may have
     # (a 502); status_5xx: it answered 5xx (a 502); timeout: no answer in time (a 504)
-    UPSTREAM_OUTCOMES = ("not_sent", "failed", "status_5xx", "timeout")
+    UPSTREAM_OUTCOMES = ("not_sent", "not_ready", "failed", "status_5xx", "timeout")
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.request_duration = Histogram(

@@ -55,6 +55,8 @@ UNSUPPORTED_TARGETS = {
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
 }
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
+# a model server's answer while its model loads (a replica's other worker may answer /ping)
+NOT_READY = 503
 REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the pods: held this long
 MAX_ORIGINAL_MESSAGE = 1000
 
@@ -323,6 +325,10 @@ class Proxy:
                 ) from None
             finally:
                 replica.in_flight -= 1
+            if answer.status == NOT_READY:  # one of its workers still loads the model: it took
+                self.metrics.upstream_errors.labels(endpoint.name, "not_ready").inc()  # nothing
+                self.table.mark_unready(endpoint, replica)  # probed again; the request goes on
+                continue
             self._forwarded(endpoint)
             if answer.status >= 500:
                 self.metrics.upstream_errors.labels(endpoint.name, "status_5xx").inc()

@@ -489,7 +489,8 @@ def test_a_model_server_killed_alone_takes_its_forked_workers_with_it(
                    "the killed server's workers to go with it")  # fmt: skip
         wait_until(lambda: up.status("abalone")["phase"] == "InService" and up.running("abalone")
                    and up.running("abalone")[0]["pid"] != server, WAIT, "the restart")  # fmt: skip
-        assert up.invoke("abalone", body).status_code == 200
+        answer = up.invoke("abalone", body)
+        assert answer.status_code == 200, answer.text
 
 
 def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(

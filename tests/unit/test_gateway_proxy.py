@@ -155,6 +155,43 @@ def test_a_request_that_never_reached_a_replica_goes_to_another() -> None:
     asyncio.run(scenario())
 
 
+class LoadingPool(FakePool):
+    """A replica whose worker that took the request still loads its model (another of its
+    workers answered the probe): 503 once, then answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loading = True
+        self.release.set()
+
+    async def request(self, head: bytes, body: bytes) -> Answer:
+        if self.loading:
+            self.loading = False
+            return Answer(503, [], b'{"error": "ModelNotReady", "message": "model is loading"}')
+        return await super().request(head, body)
+
+
+def test_a_replica_whose_model_still_loads_takes_nothing_and_the_request_goes_on() -> None:
+    """It answered 503 and processed nothing: out of the rotation until probed again, and
+    the request goes to another replica instead of the client getting a 502."""
+
+    async def scenario() -> None:
+        table, proxy, _, metrics = setup(max_concurrency=10)
+        loading = ready_replica(table, LoadingPool(), "a")
+        working = FakePool()
+        working.release.set()
+        ready_replica(table, working, "b")
+        endpoint = table.lookup("sl")
+        for _ in range(2):  # ties rotate: one of the two requests tries the loading replica
+            answer = await proxy.invoke(endpoint, scope(), receive)
+            assert answer.status == 200
+        assert not loading.ready and len(working.sent) == 2
+        assert metrics.upstream_errors.labels("sl", "not_ready")._value.get() == 1
+        proxy.prober.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_held_client_that_leaves_frees_its_place_at_once() -> None:
     async def scenario() -> None:
         table, proxy, _, _ = setup(max_concurrency=1)
