@@ -137,24 +137,6 @@ def test_a_cold_start_that_ended_unserved_does_not_stretch_the_next_ones_duratio
     asyncio.run(scenario())
 
 
-def test_a_request_that_never_reached_a_replica_goes_to_another() -> None:
-    async def scenario() -> None:
-        table, proxy, _, metrics = setup(max_concurrency=10)
-        refused = ready_replica(table, FakePool([NotSent("refused", refused=True)]), "a")
-        working = FakePool()
-        working.release.set()
-        ready_replica(table, working, "b")
-        endpoint = table.lookup("sl")
-        for _ in range(2):  # ties rotate: one of the two requests tries the refusing replica
-            answer = await proxy.invoke(endpoint, scope(), receive)
-            assert answer.status == 200
-        assert not refused.ready  # out of the rotation until a probe says otherwise
-        assert metrics.upstream_errors.labels("sl", "not_sent")._value.get() == 1
-        proxy.prober.stop()
-
-    asyncio.run(scenario())
-
-
 class LoadingPool(FakePool):
     """A replica whose worker that took the request still loads its model (another of its
     workers answered the probe): 503 once, then answers."""
@@ -171,22 +153,32 @@ class LoadingPool(FakePool):
         return await super().request(head, body)
 
 
-def test_a_replica_whose_model_still_loads_takes_nothing_and_the_request_goes_on() -> None:
-    """It answered 503 and processed nothing: out of the rotation until probed again, and
-    the request goes to another replica instead of the client getting a 502."""
+@pytest.mark.parametrize(
+    ("first", "outcome"),
+    [
+        (lambda: FakePool([NotSent("refused", refused=True)]), "not_sent"),
+        (LoadingPool, "not_ready"),
+    ],
+    ids=["refused", "model-loading"],
+)
+def test_a_request_a_replica_did_not_take_goes_to_another(first: Any, outcome: str) -> None:
+    """A replica that refused the connection, or answered 503 as the worker that took the
+    request still loads its model (another answered the probe), processed nothing: out of the
+    rotation until a probe says otherwise, and the request goes to another replica instead of
+    the client getting a 502."""
 
     async def scenario() -> None:
         table, proxy, _, metrics = setup(max_concurrency=10)
-        loading = ready_replica(table, LoadingPool(), "a")
+        skipped = ready_replica(table, first(), "a")
         working = FakePool()
         working.release.set()
         ready_replica(table, working, "b")
         endpoint = table.lookup("sl")
-        for _ in range(2):  # ties rotate: one of the two requests tries the loading replica
+        for _ in range(2):  # ties rotate: one of the two requests tries the first replica
             answer = await proxy.invoke(endpoint, scope(), receive)
             assert answer.status == 200
-        assert not loading.ready and len(working.sent) == 2
-        assert metrics.upstream_errors.labels("sl", "not_ready")._value.get() == 1
+        assert not skipped.ready and len(working.sent) == 2
+        assert metrics.upstream_errors.labels("sl", outcome)._value.get() == 1
         proxy.prober.stop()
 
     asyncio.run(scenario())
