@@ -31,20 +31,6 @@ UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_
                              APPLY_REFUSED, ACTUATION_FAILED})  # fmt: skip
 
 
-def update_failed(obj: Mapping[str, Any]) -> bool:
-    """Whether an endpoint (as the API shows it) is an update that cannot roll out: said of
-    its current spec (a status of the spec before a newer update says nothing of that one)."""
-    status = obj.get("status") or {}
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = status.get("observedGeneration")
-    current = not generation or not observed or observed >= generation
-    return (
-        current
-        and status.get("phase") == Phase.UPDATING.value
-        and status.get("reason") in UPDATE_FAILURES
-    )
-
-
 @dataclass(frozen=True)
 class Progress:
     """A batch job's progress: units are input objects (or byte ranges of large ones)."""

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 
 from infermodes.endpoints.spec import Phase
-from infermodes.endpoints.status import update_failed
+from infermodes.endpoints.status import UPDATE_FAILURES
 from infermodes.platform.store import JsonObject
 from infermodes.platform.translate import (
     ENDPOINT,
@@ -80,13 +80,29 @@ def failure_reason(obj: JsonObject) -> str:
     return ": ".join(part for part in (status.get("reason"), status.get("message")) if part)
 
 
+def status_predates_spec(obj: JsonObject) -> bool:
+    """The status was written for a spec before the current one (an update not observed yet)."""
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    return bool(generation and observed and observed < generation)
+
+
+def update_failed(obj: JsonObject) -> bool:
+    """An update of the current spec that cannot roll out (the spec before it serves): the
+    status of an older spec says nothing of a newer one."""
+    reason = (obj.get("status") or {}).get("reason")
+    return (
+        phase_of(obj) is Phase.UPDATING
+        and reason in UPDATE_FAILURES
+        and not status_predates_spec(obj)
+    )
+
+
 def endpoint_status(obj: JsonObject) -> str:
     """Creating until the actuator reports; Updating while an updated endpoint comes up (its
     new spec not observed yet, or its replicas starting again)."""
     phase = phase_of(obj)
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = (obj.get("status") or {}).get("observedGeneration")
-    if phase not in (None, Phase.FAILED) and generation and observed and observed < generation:
+    if phase not in (None, Phase.FAILED) and status_predates_spec(obj):
         return "Updating"
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     if phase in (None, Phase.CREATING) and UPDATED_ANNOTATION in annotations:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from infermodes.endpoints.spec import Mode, mode_change_allowed, object_name
-from infermodes.endpoints.status import update_failed
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -19,6 +18,7 @@ from infermodes.platform.describe import (
     job_status,
     kind_of,
     transform_job_summary,
+    update_failed,
 )
 from infermodes.platform.errors import (
     ResourceInUse,
