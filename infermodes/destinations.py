@@ -15,6 +15,8 @@ import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from infermodes.settings import CONTROL
+
 METADATA_NETWORKS = (
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fe80::/10"),
@@ -23,8 +25,9 @@ METADATA_NETWORKS = (
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#\s\x00-\x1f\x7f]*@)?"
-    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s\x00-\x1f\x7f@:\[\]]+)(:[0-9]{1,5})?([/?#][^\s\x00-\x1f\x7f]*)?$"
+    r"^[hH][tT][tT][pP][sS]?://([^/?#\s" + CONTROL + r"]*@)?"
+    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s" + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
+    r"([/?#][^\s" + CONTROL + r"]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of

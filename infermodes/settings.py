@@ -348,9 +348,10 @@ class OperatorSettings(EnvSettings):
 # file:///absolute/path (schemes in any case). No '?' or '#': a URI reader would take them for
 # a query or fragment and drop the rest. No control character: a NUL cannot be in a path (an
 # OS call raises), and none belongs in an S3 key.
+CONTROL = r"\x00-\x1f\x7f"  # the control characters, for a pattern's character class
 STORAGE_PREFIX = (
-    r"^([sS]3://[^/?#\x00-\x1f\x7f]+(/[^?#\x00-\x1f\x7f]*)?"
-    r"|[fF][iI][lL][eE]://(localhost)?/[^?#\x00-\x1f\x7f]*)$"
+    r"^([sS]3://[^/?#" + CONTROL + r"]+(/[^?#" + CONTROL + r"]*)?"
+    r"|[fF][iI][lL][eE]://(localhost)?/[^?#" + CONTROL + r"]*)$"
 )
 
 

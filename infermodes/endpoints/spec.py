@@ -24,6 +24,7 @@ from infermodes.destinations import (
 )
 from infermodes.jsonpath import JsonPath
 from infermodes.settings import (
+    CONTROL,
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
     MAX_INVOCATION_TIMEOUT_SECONDS,
@@ -88,7 +89,7 @@ class SpecBlock(BaseModel):
 # would pass the spec and fail in the pods (a relative path: the pod's working directory's).
 # What is read or written once (the model, batch input and output) may also be an absolute
 # path, as it always could; async paths are prefixes the gateway compares: URIs only.
-OBJECT_LOCATION = r"^/[^\x00-\x1f\x7f]*$|" + STORAGE_PREFIX
+OBJECT_LOCATION = r"^/[^" + CONTROL + r"]*$|" + STORAGE_PREFIX
 
 
 class ModelSource(SpecBlock):
@@ -322,7 +323,7 @@ class BatchOutput(SpecBlock):
     )
 
 
-FILTER_PATTERN = r"^\$[^\x00-\x1f\x7f]*$"  # the CRD's check; the spec's parses it whole
+FILTER_PATTERN = r"^\$[^" + CONTROL + r"]*$"  # the CRD's check; the spec's parses it whole
 
 
 class DataProcessing(SpecBlock):
@@ -434,7 +435,7 @@ class EndpointSpec(SpecBlock):
     model: ModelSource
     image: str | None = Field(
         None,
-        pattern=r"^[^\s\x00-\x1f\x7f]+$",
+        pattern=r"^[^\s" + CONTROL + r"]+$",
         max_length=1024,
         description="Container image for this endpoint (default: the operator's); no spaces.",
     )
