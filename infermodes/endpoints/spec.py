@@ -10,11 +10,20 @@ and payload x concurrent transforms at most 100 MB, at most 3 retries per mini-b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
@@ -58,14 +67,11 @@ def object_name(name: str) -> str:
     return name.lower()
 
 
-Quantity = Annotated[
-    str,
-    Field(
-        # a number above zero (none: a pod of no CPU or memory), then a unit
-        pattern=r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$",
-        description="A quantity above zero.",
-    ),
-]
+# a number above zero (none: a pod of no CPU or memory), then a unit
+QUANTITY_PATTERN = (
+    r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+)
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, description="A quantity above zero.")]
 
 
 class Mode(StrEnum):
@@ -90,6 +96,8 @@ class SpecBlock(BaseModel):
 # What is read or written once (the model, batch input and output) may also be an absolute
 # path, as it always could; async paths are prefixes the gateway compares: URIs only.
 OBJECT_LOCATION = r"^/[^" + CONTROL + r"]*$|" + STORAGE_PREFIX
+INFERENCE_OUTPUT_PATTERN = r"^[A-Za-z_, ]+$"
+IMAGE_PATTERN = r"^[^\s" + CONTROL + r"]+$"
 
 
 class ModelSource(SpecBlock):
@@ -102,7 +110,7 @@ class ModelSource(SpecBlock):
     )
     inference_output: str | None = Field(
         None,
-        pattern=r"^[A-Za-z_, ]+$",
+        pattern=INFERENCE_OUTPUT_PATTERN,
         description="The platform container's selectable outputs (its SAGEMAKER_INFERENCE_OUTPUT),"
         " comma-separated: predicted_label, labels, probability, probabilities, raw_score, "
         "raw_scores, predicted_score; the model's objective decides which are valid.",
@@ -435,7 +443,7 @@ class EndpointSpec(SpecBlock):
     model: ModelSource
     image: str | None = Field(
         None,
-        pattern=r"^[^\s" + CONTROL + r"]+$",
+        pattern=IMAGE_PATTERN,
         max_length=1024,
         description="Container image for this endpoint (default: the operator's); no spaces.",
     )
@@ -512,3 +520,44 @@ class Phase(StrEnum):
     IN_PROGRESS = "InProgress"
     COMPLETED = "Completed"
     STOPPED = "Stopped"
+
+
+# What a value failing each pattern should have been, in words: the regular expressions
+# themselves are the CRD's checks and help no one reading an error.
+PATTERN_MEANINGS = {
+    OBJECT_LOCATION: "an s3://bucket/key URI, a file:/// URI or an absolute path, without control "
+    "characters",
+    STORAGE_PREFIX: "an s3://bucket/prefix or file:///path URI, without control characters",
+    WEBHOOK_PATTERN: "an http:// or https:// URL without spaces or control characters",
+    FILTER_PATTERN: "a JSONPath that starts with $, without control characters",
+    QUANTITY_PATTERN: "a quantity above zero: a number and an optional unit (500m, 2, 512Mi)",
+    IMAGE_PATTERN: "an image reference without spaces or control characters",
+    INFERENCE_OUTPUT_PATTERN: "comma-separated output names (predicted_label, probability)",
+}
+
+
+def problem(error: ErrorDetails) -> str:
+    """One value's problem as a reader wants it: a failed pattern named by what it stands for,
+    with the value given (cut short; a webhook's not at all); anything else in pydantic's
+    words."""
+    pattern = str(error.get("ctx", {}).get("pattern"))
+    meaning = PATTERN_MEANINGS.get(pattern)
+    if error["type"] == "value_error":  # our own validators' words, without pydantic's prefix
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if error["type"] != "string_pattern_mismatch" or meaning is None:
+        return error["msg"]
+    if pattern == WEBHOOK_PATTERN:  # a URL may carry a token: not repeated into logs
+        return f"must be {meaning}"
+    given = repr(error["input"])
+    given = given if len(given) <= 80 else f"{given[:60]}... ({len(given)} characters)"
+    return f"must be {meaning}; got {given}"
+
+
+def spec_problems(exc: ValidationError, field: Callable[[str], str] = "spec.{}".format) -> str:
+    """Every problem of a spec, once each, after the field it is in (``field`` of its dotted
+    path: ``spec.model.uri`` by default); a problem of the whole spec stands alone."""
+    problems = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{field(path)}: {problem(error)}" if path else problem(error))
+    return "; ".join(dict.fromkeys(problems))

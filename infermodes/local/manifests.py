@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN, EndpointSpec
+from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN, EndpointSpec, spec_problems
 
 API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
@@ -32,13 +32,6 @@ class Manifest:
     document: dict[str, Any]
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(['spec', *(str(part) for part in error['loc'])])}: {error['msg']}"
-        for error in exc.errors()
-    )
-
-
 def parse_document(document: Any, source: str) -> Manifest:
     """Validate one YAML document; ``source`` names where it came from in errors."""
     if not isinstance(document, dict):
@@ -55,7 +48,7 @@ def parse_document(document: Any, source: str) -> Manifest:
     try:
         spec = EndpointSpec.model_validate(document.get("spec") or {})
     except ValidationError as exc:
-        raise ManifestError(f"{source} ({name}): {_problems(exc)}") from None
+        raise ManifestError(f"{source} ({name}): {spec_problems(exc)}") from None
     kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": document.get("spec")}  # fmt: skip
     return Manifest(name, spec, kept)

@@ -61,19 +61,11 @@ class Reconciled:
     events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
 
 
-def spec_error(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
-        problems.append(f"spec.{where}: {item['msg']}" if where else item["msg"])
-    return "; ".join(problems)
-
-
 def parse_spec(raw: Any) -> s.EndpointSpec | str:
     try:
         return s.EndpointSpec.model_validate(dict(raw))
     except ValidationError as exc:
-        return spec_error(exc)
+        return s.spec_problems(exc)
 
 
 def observe_workload(

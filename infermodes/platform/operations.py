@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -180,6 +181,8 @@ def after_token(token: object, listing: tuple[str, str, str]) -> tuple[object, s
         raise refused
     if isinstance(value, bool) or (given[1] == "CreationTime") == isinstance(value, str):
         raise refused  # compared with the items' own sort keys: of their type
+    if isinstance(value, float) and not math.isfinite(value):
+        raise refused  # 1e400, NaN: JSON's reader takes them, no item's time is one
     return value, name
 
 

@@ -26,6 +26,7 @@ from infermodes.endpoints.spec import (
     VERSION,
     EndpointSpec,
     object_name,
+    spec_problems,
 )
 from infermodes.errors import StorageError
 from infermodes.platform.errors import ValidationException
@@ -368,13 +369,12 @@ def _validated(spec: JsonObject, origins: Mapping[str, str]) -> JsonObject:
     try:
         EndpointSpec.model_validate(spec)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            path = ".".join(str(part) for part in error["loc"])
-            field = next((origins[p] for p in sorted(origins, key=len, reverse=True)
-                          if path == p or path.startswith(p + ".")), f"spec.{path}")  # fmt: skip
-            problems.append(f"{field}: {error['msg']}")
-        raise ValidationException("; ".join(dict.fromkeys(problems))) from None
+
+        def field(path: str) -> str:
+            return next((origins[p] for p in sorted(origins, key=len, reverse=True)
+                         if path == p or path.startswith(p + ".")), f"spec.{path}")  # fmt: skip
+
+        raise ValidationException(spec_problems(exc, field)) from None
     return spec
 
 

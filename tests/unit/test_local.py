@@ -57,7 +57,7 @@ def test_the_example_manifests_are_read_as_kubectl_would_apply_them() -> None:
         (GOOD.replace("kind: InferenceEndpoint", "kind: Deployment"), "apiVersion/kind"),
         ("a: [", "not valid YAML"),
         ("", "no InferenceEndpoint"),
-        (GOOD.replace("realtime: {}", "serverless: {}"), "spec: Value error, spec.realtime"),
+        (GOOD.replace("realtime: {}", "serverless: {}"), "abalone): spec.realtime"),
     ],
 )
 def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: str) -> None:

@@ -180,7 +180,8 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         *(
             (
                 {"mode": "async", "model": MODEL, "async": {"outputPath": "s3://b/o", field: path}},
-                f"spec.async.{field}: String should match pattern",
+                f"spec.async.{field}: must be an s3://bucket/prefix or file:///path URI, without control"
+                " characters; got ",
             )
             for field in ("outputPath", "failurePath", "inputPath")
             for path in (
@@ -194,7 +195,7 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             )  # a query would cut it
         ),
         *(  # a relative path would be the pod's working directory's; a NUL no path can hold
-            (raw, f"{where}: String should match pattern")
+            (raw, f"{where}: must be an s3://bucket/key URI, a file:/// URI or an absolute path")
             for path in (
                 "300m",
                 "models/abalone/model.tar.gz",
@@ -229,15 +230,16 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         ),
         (
             batch_spec(dataProcessing={"inputFilter": "$[[["}),
-            "spec.batch.dataProcessing.inputFilter: Value error, unsupported JSONPath '$[[['",
+            "spec.batch.dataProcessing.inputFilter: unsupported JSONPath '$[[['",
         ),
         (
             batch_spec(dataProcessing={"outputFilter": "$['a',b]"}),
-            "spec.batch.dataProcessing.outputFilter: Value error, unsupported JSONPath selector",
+            "spec.batch.dataProcessing.outputFilter: unsupported JSONPath selector",
         ),
         (
             batch_spec(dataProcessing={"outputFilter": "$.x\x00"}),
-            "spec.batch.dataProcessing.outputFilter: String should match pattern",
+            "spec.batch.dataProcessing.outputFilter: must be a JSONPath that starts with $, without "
+            "control characters; got '$.x\\x00'",
         ),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": " img "}, "spec.image"),
         *(
@@ -253,16 +255,16 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             for url, message in (
                 (
                     "http://169.254.169.254/latest/meta-data/",
-                    f"{field}: Value error, must not be a link-local or metadata address",
+                    f"{field}: must not be a link-local or metadata address",
                 ),
                 (
                     "https://user@[fe80::1%25eth0]:80/x",
-                    f"{field}: Value error, must not be a link-local or metadata address",
+                    f"{field}: must not be a link-local or metadata address",
                 ),
-                ("ftp://hooks/x", "String should match pattern"),
-                ("http://hooks/x\x00y", "String should match pattern"),
-                ("http:///nohost", "String should match pattern"),
-                ("hooks.example/x", "String should match pattern"),
+                ("ftp://hooks/x", f"{field}: must be an http:// or https:// URL without spaces"),
+                ("http://hooks/x\x00y", f"{field}: must be an http:// or https:// URL"),
+                ("http:///nohost", f"{field}: must be an http:// or https:// URL"),
+                ("hooks.example/x", f"{field}: must be an http:// or https:// URL"),
             )
         ),
     ],
@@ -271,6 +273,25 @@ def test_invalid_specs_are_named(raw: dict, message: str) -> None:
     result = parse_spec(raw)
     assert isinstance(result, str)
     assert message in result
+    assert "pattern" not in result  # the regular expressions are the CRD's, not for readers
+
+
+def test_a_value_failing_a_pattern_is_quoted_cut_short_and_a_webhook_not_at_all() -> None:
+    long_path = "relative/" + "m" * 500
+    cpu = {"mode": "realtime", "model": {"uri": long_path}, "realtime": {"resources": {"cpu": "x"}}}
+    result = parse_spec(cpu)
+    assert isinstance(result, str)
+    assert "spec.realtime.resources.cpu: must be a quantity above zero" in result
+    assert "got 'x'" in result
+    assert (
+        "got 'relative/mmm" in result and "(511 characters)" in result and "m" * 100 not in result
+    )
+    hook = "http://user:secret-token@hooks example/x"
+    webhook = {"mode": "async", "model": MODEL,
+               "async": {"outputPath": "s3://b/o", "notification": {"errorWebhook": hook}}}  # fmt: skip
+    result = parse_spec(webhook)
+    assert isinstance(result, str) and "errorWebhook: must be an http" in result
+    assert "secret-token" not in result
 
 
 def test_defaults_fill_in() -> None:
