@@ -180,8 +180,8 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         *(
             (
                 {"mode": "async", "model": MODEL, "async": {"outputPath": "s3://b/o", field: path}},
-                f"spec.async.{field}: must be an s3://bucket/prefix or file:///path URI, without control"
-                " characters; got ",
+                f"spec.async.{field}: must be an s3://bucket/prefix or file:///path URI, "
+                "without control characters; got ",
             )
             for field in ("outputPath", "failurePath", "inputPath")
             for path in (
@@ -238,8 +238,8 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         ),
         (
             batch_spec(dataProcessing={"outputFilter": "$.x\x00"}),
-            "spec.batch.dataProcessing.outputFilter: must be a JSONPath that starts with $, without "
-            "control characters; got '$.x\\x00'",
+            "spec.batch.dataProcessing.outputFilter: must be a JSONPath that starts with $, "
+            "without control characters; got '$.x\\x00'",
         ),
         ({"mode": "realtime", "model": MODEL, "realtime": {}, "image": " img "}, "spec.image"),
         *(
@@ -287,8 +287,9 @@ def test_a_value_failing_a_pattern_is_quoted_cut_short_and_a_webhook_not_at_all(
         "got 'relative/mmm" in result and "(511 characters)" in result and "m" * 100 not in result
     )
     hook = "http://user:secret-token@hooks example/x"
+    notification = {"errorWebhook": hook}
     webhook = {"mode": "async", "model": MODEL,
-               "async": {"outputPath": "s3://b/o", "notification": {"errorWebhook": hook}}}  # fmt: skip
+               "async": {"outputPath": "s3://b/o", "notification": notification}}  # fmt: skip
     result = parse_spec(webhook)
     assert isinstance(result, str) and "errorWebhook: must be an http" in result
     assert "secret-token" not in result
