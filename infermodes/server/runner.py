@@ -2,7 +2,9 @@
 
 Forking after the imports (rather than uvicorn's spawn-based workers, which re-import
 everything in each child) keeps cold start to one interpreter start. Each worker loads the
-model itself in the background and answers ``/ping`` 503 until it has. Predictions run with
+model itself in the background and answers ``/ping`` 503 until it has; one that replaces a
+crashed worker while others serve loads the model first and only then takes connections, so
+no request meets it unready (the socket is shared: it would get its share). Predictions run with
 one XGBoost thread per worker, so workers do not oversubscribe the cores.
 
 Heavy imports happen inside functions: the multiprocess metrics directory must be in the
@@ -21,7 +23,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from infermodes.errors import EXIT_MODEL_LOAD_FAILED
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED, InfermodesError
 
 if TYPE_CHECKING:
     from infermodes.settings import ServeSettings
@@ -41,8 +43,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
-    """Serve on an already-bound socket until told to stop; returns the exit code."""
+def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = False) -> int:
+    """Serve on an already-bound socket until told to stop; returns the exit code.
+    ``load_first``: take no connection before the model is loaded (others answer meanwhile)."""
     import uvicorn
 
     from infermodes.http import uvicorn_options
@@ -89,7 +92,14 @@ def run_worker(settings: ServeSettings, sock: socket.socket) -> int:
         log.error("cannot load model: %s", reason)
         server.should_exit = True
 
-    slot.load_in_background(load, stop)
+    if not load_first:
+        slot.load_in_background(load, stop)
+    else:
+        try:
+            slot.model = load()
+        except InfermodesError as exc:
+            log.error("cannot load model: %s", exc)
+            return EXIT_MODEL_LOAD_FAILED
     server.run(sockets=[sock])
     return EXIT_MODEL_LOAD_FAILED if slot.error else 0
 
@@ -103,14 +113,14 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
 
-    def spawn(self, index: int) -> None:
+    def spawn(self, index: int, load_first: bool = False) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker(self.settings, self.sock)
+                code = run_worker(self.settings, self.sock, load_first)
             finally:
                 os._exit(code)
         self.children[pid] = index
@@ -147,7 +157,7 @@ class Supervisor:
                 continue
             log.warning("worker %d (pid %d) exited with %d; restarting", index, pid, code)
             time.sleep(RESTART_BACKOFF_SECONDS)
-            self.spawn(index)
+            self.spawn(index, load_first=bool(self.children))  # others serve while it loads
         return exit_code
 
 
