@@ -673,8 +673,10 @@ class Supervisor:
         else:
             phase, reason = Phase.COMPLETED, COMPLETED
             message = f"{found.records} records; {found.done} objects written or already complete"
-        endpoint.desired = count
-        endpoint.status = Status(phase, reason, message, active, active, count, progress=found)
+        endpoint.desired = count if phase is Phase.IN_PROGRESS else 0  # ended: wants no process
+        endpoint.status = Status(
+            phase, reason, message, active, active, endpoint.desired, progress=found
+        )
 
     # the loop
     async def tick(self) -> None:

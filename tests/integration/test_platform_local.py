@@ -239,8 +239,10 @@ def transform_request(name: str, model: str, prefix: str) -> dict[str, Any]:
 
 
 def test_a_transform_job_completes_with_every_output(
-    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel, up: Up
 ) -> None:
+    import httpx
+
     storage: Any = s3.client()
     rows = abalone_model.test_rows
     for index in range(3):
@@ -261,6 +263,8 @@ def test_a_transform_job_completes_with_every_output(
     time.sleep(1.1)  # the end time is when the job ended, not when it was asked for
     again = sagemaker.describe_transform_job(TransformJobName="abalone-batch")
     assert again["TransformEndTime"] == described["TransformEndTime"]
+    shown = httpx.get(f"{up.url}/_infermodes/endpoints/abalone-batch", timeout=10).json()["status"]
+    assert (shown["phase"], shown["desiredReplicas"]) == ("Completed", 0)  # wants no process
     for index in range(3):
         output = storage.get_object(Bucket="batch", Key=f"job/output/part-{index}.csv.out")
         part = rows[index * 40 : index * 40 + 40]

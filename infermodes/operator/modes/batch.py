@@ -181,7 +181,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     ready = int(job_status.get("ready", 0))  # active counts instances not placed yet too
 
     def status(phase: s.Phase, reason: str, message: str) -> Status:
-        return Status(phase, reason, message, active, ready, count, progress=found)
+        wanted = count if phase is s.Phase.IN_PROGRESS else 0  # an ended job wants no pods
+        return Status(phase, reason, message, active, ready, wanted, progress=found)
 
     if "Complete" in conditions:
         return status(s.Phase.COMPLETED, COMPLETED, f"{found.records} records; {found.done} "

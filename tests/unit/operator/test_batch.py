@@ -160,9 +160,11 @@ def test_a_job_with_no_inputs_failed_as_a_job_not_on_its_objects() -> None:
 
 def test_completed_and_stopped() -> None:
     done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None).phase is (
-        s.Phase.COMPLETED
-    )
+    completed = batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None)
+    assert completed.phase is s.Phase.COMPLETED
+    assert completed.desired_replicas == 0  # kubectl get ie: an ended job wants no pods
+    running = batch.observe(SPEC, signals({"status": {"active": 2}}, []), None)
+    assert running.desired_replicas == SPEC.batch_block().instance_count
     stopping = s.EndpointSpec.model_validate(
         {**FULL_SPEC, "batch": {**FULL_SPEC["batch"], "stop": True}}
     )
@@ -170,7 +172,7 @@ def test_completed_and_stopped() -> None:
     still = batch.observe(stopping, signals({"status": {"active": 2}}, []), None)
     assert (still.phase, still.reason) == (s.Phase.IN_PROGRESS, "Stopping")
     stopped = batch.observe(stopping, signals({"status": {}}, []), None)
-    assert stopped.phase is s.Phase.STOPPED
+    assert stopped.phase is s.Phase.STOPPED and stopped.desired_replicas == 0
 
 
 def test_a_running_job_reports_no_scale_from_zero() -> None:
