@@ -4,8 +4,10 @@ uses (``endpoints/scaling.py``) and started from the same process plans (``endpo
 and its demand comes back here (``source.LocalDemandSink``) to size serverless endpoints.
 
 Endpoints are kept under ``<state dir>/endpoints/`` as the manifests that were applied, so they
-come back after a restart; logs go to ``<state dir>/logs/``; batch summaries to
-``<state dir>/batch/<name>/``."""
+come back after a restart (with the spec a rollover is replacing, which comes back first and
+serves until the new spec rolls over from it again: an update that cannot roll out keeps its
+previous spec serving across a restart, as its old pods keep serving on a cluster); logs go to
+``<state dir>/logs/``; batch summaries to ``<state dir>/batch/<name>/``."""
 
 from __future__ import annotations
 
@@ -135,6 +137,9 @@ class LocalEndpoint:
     children: dict[str, Child] = field(default_factory=dict)  # the replicas, by key
     # the previous spec's model servers: they serve until as many of this spec's are ready
     outgoing: dict[str, Child] = field(default_factory=dict)
+    # what a restart brings back first: the spec the newest outgoing servers run (for the
+    # endpoint a restart brought back so, its own, until the spec after it is applied again)
+    previous: dict[str, Any] | None = None
     # a realtime rollover: the old spec's replicas, where the first decision starts from
     carried: int | None = None
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
@@ -192,6 +197,8 @@ class Supervisor:
         self.max_attempts: dict[str, int] = {}
         self.table: Table | None = None
         self.retiring: list[tuple[Child, float]] = []  # stopping children, with a kill deadline
+        # specs a restart found mid-rollover: applied again once their previous spec serves
+        self.resumed: dict[str, Manifest] = {}
         self.wake = asyncio.Event()
         self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
         self.registry = Registry(state_dir / "children.json")
@@ -212,7 +219,15 @@ class Supervisor:
                 log.error("%s is not loaded (a spec this version refuses, or a damaged "
                           "file): %s; apply it again, or delete the file", path, exc)  # fmt: skip
                 continue
-            self._add(manifest, saved["created"])
+            try:
+                previous = parse_document(saved["previous"], str(path))
+            except (KeyError, ValueError, TypeError):  # none, or one this version refuses
+                self._add(manifest, saved["created"])
+                continue
+            self._add(previous, saved["created"]).previous = previous.document
+            self.resumed[manifest.name] = manifest
+            log.info("%s: the previous spec serves until the one applied last rolls over "
+                     "from it", manifest.name)  # fmt: skip
 
     def _add(self, manifest: Manifest, created: str) -> LocalEndpoint:
         endpoint = LocalEndpoint(manifest, created)
@@ -230,22 +245,30 @@ class Supervisor:
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
         the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
         that is ready; a realtime endpoint keeps the replicas it had (within the new bounds)."""
+        resuming = self.resumed.pop(manifest.name, None)
+        if resuming is not None and resuming.document == manifest.document:
+            self.resumed[manifest.name] = resuming  # up -f of it: still after its previous spec
+            return "unchanged"
         old = self.endpoints.get(manifest.name)
         if old is not None and old.manifest.document == manifest.document and old.failure is None:
+            if old.previous is not None:  # a restart's previous spec, applied again: kept
+                old.previous = None
+                self._save(old)
             return "unchanged"  # the same spec again: unless it failed, when it tries again
         created = old.created if old is not None else now_iso()
         outgoing: dict[str, Child] = {}
+        previous = None
         if old is not None:
             if rolls_over(old, manifest):
                 outgoing = {**old.outgoing, **old.children}
                 old.outgoing, old.children = {}, {}
+                # what the newest of them run: the old spec, unless its own update had failed
+                previous = old.manifest.document if old.failure is None else old.previous
             self._remove(old)
         shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
-        path = self.state_dir / "endpoints" / f"{manifest.name}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"document": manifest.document, "created": created}))
-        temporary.replace(path)
         endpoint = self._add(manifest, created)
+        endpoint.previous = previous
+        self._save(endpoint)
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
         if old is not None and outgoing:
@@ -260,7 +283,40 @@ class Supervisor:
         self.wake.set()
         return "configured" if old is not None else "created"
 
+    def _save(self, endpoint: LocalEndpoint) -> None:
+        """Its manifest, and the spec its outgoing servers run while a rollover lasts."""
+        saved = {"document": endpoint.manifest.document, "created": endpoint.created}
+        if endpoint.previous is not None:
+            saved["previous"] = endpoint.previous
+        path = self.state_dir / "endpoints" / f"{endpoint.name}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(saved))
+        temporary.replace(path)
+
+    def _resume(self) -> None:
+        """A spec a restart found mid-rollover is applied again once its previous spec serves
+        (or has failed): the rollover then starts over from those servers."""
+        for name, manifest in list(self.resumed.items()):
+            endpoint = self.endpoints.get(name)
+            if endpoint is None:
+                del self.resumed[name]
+            elif endpoint.status.phase in (Phase.IN_SERVICE, Phase.FAILED):
+                del self.resumed[name]
+                endpoint.event("applying again the spec a restart found rolling out")
+                self.apply(manifest)
+
+    def _rolled_over(self, endpoint: LocalEndpoint) -> None:
+        """Once no outgoing server is left, a restart has no previous spec to bring back."""
+        if (
+            endpoint.previous is not None
+            and not endpoint.outgoing
+            and endpoint.name not in self.resumed
+        ):
+            endpoint.previous = None
+            self._save(endpoint)
+
     def delete(self, name: str) -> bool:
+        self.resumed.pop(name, None)
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return False
@@ -691,8 +747,10 @@ class Supervisor:
                 self._actuation_failed(endpoint, exc, now)
             if self.endpoints.get(endpoint.name) is not endpoint:
                 continue  # deleted or replaced while its decision was taken
+            self._rolled_over(endpoint)
             if self.table is not None:
                 self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+        self._resume()
         self._reap()
         self.zygote.check()
         self.registry.save(self.all_children())

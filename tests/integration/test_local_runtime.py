@@ -264,8 +264,9 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
 ) -> None:
     """A realtime update to a model that cannot load: the endpoint stays ``Updating`` on the
     previous spec's servers (it used to go Failed and refuse every request), the reason says
-    why; the fixed spec rolls over from those servers and keeps their number (two, though its
-    minimum is one), and no request is refused."""
+    why, and so again after a restart of ``up`` (which used to bring back the failed spec
+    alone: Failed, nothing serving); the fixed spec rolls over from those servers and keeps
+    their number (two, though its minimum is one), and no request is refused."""
     files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
     for version in ("broken", "fixed"):
         (tmp_path / version).mkdir()
@@ -284,12 +285,25 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
         assert "2 replica(s) of the previous spec still serve" in status["message"], status
         answers = [up.invoke("abalone", body).status_code for _ in range(5)]
         assert answers == [200] * 5
+        saved = tmp_path / "state" / "endpoints" / "abalone.json"
+        assert "previous" in json.loads(saved.read_text())
+        up.stop()
+        up.files = []  # from its state alone
+        up.start()
+        wait_until(failed, WAIT, "the update to fail again after the restart")
+        status = up.status("abalone")
+        assert status["phase"] == "Updating", status
+        assert "2 replica(s) of the previous spec still serve" in status["message"], status
+        answers = [up.invoke("abalone", body).status_code for _ in range(5)]
+        assert answers == [200] * 5
         assert cli(up.url, "apply", "-f", str(fixed)).returncode == 0
         back = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
         wait_until(back, WAIT, "the fixed spec in service")
         status = up.status("abalone")
         assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
         assert up.invoke("abalone", body).status_code == 200
+        wait_until(lambda: "previous" not in json.loads(saved.read_text()), WAIT,
+                   "the rollover over: no previous spec to bring back")  # fmt: skip
 
 
 def test_a_request_during_an_update_from_serverless_at_zero_waits_for_the_new_replica(
