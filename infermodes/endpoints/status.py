@@ -214,6 +214,10 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
     failures = list(summary.get("failures") or [])
     if summary.get("error"):
         failures.append({"object": None, "line": None, "reason": summary["error"]})
+    if summary.get("state") == "Failed" and not failures:  # every one cut from a 4 KiB message
+        failed = f"instance {summary.get('index')}: {units.get('failed', 0)} unit(s) failed"
+        reason = f"{failed} (see its summary under the output prefix)"
+        failures.append({"object": None, "line": None, "reason": reason})
     found = Progress(
         int(units.get("assigned", 0)),
         int(units.get("succeeded", 0)) + int(units.get("skipped", 0)),

@@ -669,33 +669,31 @@ class Supervisor:
     def _summary_path(self, name: str, index: int) -> Path:
         return self._batch_dir(name) / f"summary-{index}.json"
 
+    def _ended(self, name: str, index: int) -> bool:
+        """Whether an instance ran to its end: it left a summary, and not one of an instance
+        stopped by ``up`` stopping (the job was not: it runs again, and skips what it wrote)."""
+        path = self._summary_path(name, index)
+        try:
+            summary = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):  # a summary cut short: ended, as a failure (the status)
+            return True
+        if isinstance(summary, dict) and summary.get("state") == "Stopped":
+            path.unlink()
+            return False
+        return True
+
     def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
         """``instanceCount`` instances, each run once to its end (an instance that left a
-        summary is not run again, also after a restart of ``up``)."""
+        summary is not run again, also after a restart of ``up``, unless ``up`` stopping
+        stopped it)."""
         spec, name = endpoint.manifest.spec, endpoint.name
         count = spec.batch_block().instance_count
         if spec.batch_block().stop:  # applying it stopped the instances (see ``apply``)
             endpoint.status = Status(Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")
             return
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
-        if not endpoint.initialized:
-            endpoint.initialized = True
-            for index in range(count):
-                if self._summary_path(name, index).exists():
-                    continue
-                key = f"{name}/instance-{index}"
-                extra = {
-                    "JOB_COMPLETION_INDEX": str(index),
-                    **plan.settings_env(
-                        BatchSettings,
-                        metrics_port=0,
-                        termination_message_path=str(self._summary_path(name, index)),
-                    ),
-                }
-                child = Child(key, plan.batch_instance(spec), self._log_path(endpoint, key),
-                              extra, restart=False)  # fmt: skip
-                endpoint.children[key] = child
-                child.start(now)
         for key, child in list(endpoint.children.items()):
             if child.check(now):
                 endpoint.event(f"{key} ended with {child.last_exit}")
@@ -707,13 +705,35 @@ class Supervisor:
                         "error": f"instance {index} exited with {child.last_exit} "
                                  "without a summary",
                     }))  # fmt: skip
+        for index in range(count):  # at the start, and again for one stopped by another's hand
+            key = f"{name}/instance-{index}"
+            if key in endpoint.children or self._ended(name, index):
+                continue
+            extra = {
+                "JOB_COMPLETION_INDEX": str(index),
+                **plan.settings_env(
+                    BatchSettings,
+                    metrics_port=0,
+                    termination_message_path=str(self._summary_path(name, index)),
+                ),
+            }
+            child = Child(key, plan.batch_instance(spec), self._log_path(endpoint, key), extra,
+                          restart=False)  # fmt: skip
+            endpoint.children[key] = child
+            child.start(now)
         found, ended = Progress(), 0
         failures: list[dict[str, Any]] = []
         for index in range(count):
-            try:
-                summary = json.loads(self._summary_path(name, index).read_text())
-            except (OSError, ValueError):
+            path = self._summary_path(name, index)
+            if not path.exists():
                 continue
+            try:
+                summary = json.loads(path.read_text())
+                if not isinstance(summary, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError):
+                unread = f"instance {index} left a summary that cannot be read"
+                summary = {"index": index, "state": "Failed", "error": unread}
             ended += 1
             progress, failed = summary_progress(summary)
             found, failures = add_progress(found, progress), failures + failed
@@ -741,6 +761,8 @@ class Supervisor:
         if Mode.SERVERLESS in modes and not self.zygote.started:
             self._start_zygote()  # once the first serverless endpoint is there
         for endpoint in list(self.endpoints.values()):
+            if self.endpoints.get(endpoint.name) is not endpoint:
+                continue  # replaced or deleted while another's decision awaited: not started
             try:
                 await self._actuate(endpoint, now)
             except Exception as exc:  # one endpoint's trouble: the others, and up, go on

@@ -530,3 +530,36 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert applied.returncode == 0 and "configured" in applied.stdout, applied.stdout
         served = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:2]))
         assert served.status_code == 200, served.text
+
+
+def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up`` stopped (SIGTERM) while its instances work: they stop and say so; the restart
+    runs them again (what they wrote is skipped) and the job completes with every output. It
+    used to read their "Stopped" summaries as ended and say Completed, most inputs untouched."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    rows = abalone_model.test_rows[:2]
+    for number in range(6_000):
+        (inputs / f"part-{number:05d}.csv").write_bytes(to_csv(rows))
+    files = [manifest("batch", abalone_model.tarball, tmp_path)]
+    output = tmp_path / "batch" / "output"
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: len(list(output.glob("*.out"))) >= 20, WAIT, "the first outputs")
+        up.stop()
+        summaries = list((tmp_path / "state" / "batch" / "abalone-batch").glob("summary-*.json"))
+        states = {json.loads(path.read_text())["state"] for path in summaries}
+        written = len(list(output.glob("*.out")))
+        assert states == {"Stopped"} and written < 6_000, (states, written)  # stopped midway
+        up.files = []  # from its state alone
+        up.start()
+        ended = lambda: up.status("abalone-batch")["phase"] in ("Completed", "Failed")  # noqa: E731
+        wait_until(ended, WAIT * 3, "the job to end")
+        status = up.status("abalone-batch")
+        assert status["phase"] == "Completed", status
+    outs = sorted(output.glob("*.out"))
+    assert len(outs) == 6_000
+    expected = abalone_model.booster().inplace_predict(rows)  # type: ignore[attr-defined]
+    for out in outs[::500]:
+        np.testing.assert_allclose(np.loadtxt(out, delimiter=","), expected, rtol=1e-6)

@@ -43,6 +43,28 @@ def test_termination_message_fits_kubernetes_limit_dropping_failures_from_the_en
     assert message["failures"][0]["object"] == "s3://b/in/0.csv"
 
 
+def test_a_failure_too_long_for_the_message_is_cut_short_and_the_job_still_reads_failed() -> None:
+    """A 4,000-character path (or reason, or error) used to leave a message with no failure at
+    all, which ``up`` read as Completed."""
+    from infermodes.endpoints.status import summary_progress
+
+    summary = Summary(0, 2, failed=4, error="e" * 9_000)
+    summary.failures.append(Failure("file:///" + "p/" * 2_000 + "x.csv", 3, "r" * 5_000))
+    message = json.loads(summary.termination_message())
+    assert len(summary.termination_message()) <= TERMINATION_MESSAGE_LIMIT
+    assert message["state"] == "Failed"
+    assert message["failures"][0]["line"] == 3 and message["failures"][0]["object"].endswith("...")
+    assert len(message["error"]) < 1_000
+    _, failures = summary_progress(message)
+    assert failures
+    # a summary whose failures were all dropped still names a failure
+    _, failures = summary_progress({"index": 1, "state": "Failed", "units": {"failed": 4},
+                                    "failures": [], "error": None})  # fmt: skip
+    assert failures == [{"object": None, "line": None, "reason": "instance 1: 4 unit(s) failed "
+                         "(see its summary under the output prefix)"}]  # fmt: skip
+    assert summary_progress({"state": "Completed", "failures": []})[1] == []
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

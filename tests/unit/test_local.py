@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -403,6 +404,37 @@ def test_a_batch_job_whose_instances_cannot_start_stays_failed_and_up_goes_on(
         status = endpoint.status
         assert (status.phase.value, status.reason) == ("Failed", "ActuationFailed")
     assert endpoint.children == {} and all(not c.running() for c in supervisor.all_children())
+
+
+def test_a_job_stopped_while_another_endpoint_is_actuated_starts_no_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop applied during a round (another endpoint's decision awaits) replaces the job:
+    the round's old object of it must not start instances nobody would then stop."""
+    from infermodes.local import children
+
+    started: list[str] = []
+    monkeypatch.setattr(children.Child, "start", lambda self, now: started.append(self.key))
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    first = {**document, "metadata": {"name": "first"}}
+    first["spec"] = {**document["spec"], "batch": {**document["spec"]["batch"], "stop": True}}
+    supervisor.apply(parse_document(first, "test"))
+    supervisor.apply(parse_document(document, "test"))
+    stopped = copy.deepcopy(document)
+    stopped["spec"]["batch"]["stop"] = True
+    actuate = supervisor._actuate
+
+    async def stop_meanwhile(endpoint: LocalEndpoint, now: float) -> None:
+        if endpoint.name == "first":  # as StopTransformJob arriving while this one awaits
+            supervisor.apply(parse_document(stopped, "test"))
+        await actuate(endpoint, now)
+
+    monkeypatch.setattr(supervisor, "_actuate", stop_meanwhile)
+    asyncio.run(supervisor.tick())
+    asyncio.run(supervisor.tick())  # the stopped job's first round
+    assert started == []
+    assert supervisor.endpoints["abalone-batch"].status.phase.value == "Stopped"
 
 
 def test_a_saved_endpoint_this_version_refuses_is_skipped_not_fatal(

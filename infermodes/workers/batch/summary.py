@@ -26,6 +26,13 @@ from dataclasses import asdict, dataclass, field
 TERMINATION_MESSAGE_LIMIT = 4096  # what Kubernetes keeps of a termination message
 
 
+FAILURE_TEXT_KEPT = 600  # of an object's name or a reason, in the termination message
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= FAILURE_TEXT_KEPT else text[:FAILURE_TEXT_KEPT] + "..."
+
+
 @dataclass(frozen=True)
 class Failure:
     object: str
@@ -73,16 +80,17 @@ class Summary:
             "recordsPerSecond": round(self.records / self.seconds, 1) if self.seconds else 0.0,
             "cpuSeconds": round(self.cpu_seconds, 3),
             "failures": [asdict(f) for f in (self.failures if failures is None else failures)],
-            "error": self.error,
+            "error": self.error if failures is None or self.error is None else clip(self.error),
         }
 
     def to_json(self) -> bytes:
         return json.dumps(self.document(), indent=1).encode() + b"\n"
 
     def termination_message(self) -> bytes:
-        """The summary within Kubernetes' 4 KiB, dropping failures from the end if needed (the
-        full list is in the summary object)."""
-        kept = list(self.failures)
+        """The summary within Kubernetes' 4 KiB: each failure's names and reason cut short,
+        then failures dropped from the end if needed (the full list is in the summary object);
+        the state says Failed even when none is left."""
+        kept = [Failure(clip(f.object), f.line, clip(f.reason)) for f in self.failures]
         while True:
             text = json.dumps(self.document(kept), separators=(",", ":")).encode()
             if len(text) <= TERMINATION_MESSAGE_LIMIT or not kept:
