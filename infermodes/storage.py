@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
 
@@ -86,28 +86,36 @@ class ObjectRef:
 
     @property
     def uri(self) -> str:
+        """The URI ``parse_uri`` reads back as this object: a file path's '%' (and '?', '#',
+        which URI readers take for a query or fragment) percent-encoded; an S3 key as is."""
         if self.scheme == "file":
-            return f"file://{self.key}"
+            quoted = self.key.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+            return f"file://{quoted}"
         return f"s3://{self.bucket}/{self.key}"
 
 
 def parse_uri(uri: str) -> ObjectRef:
-    """Parse ``file:///abs/path``, a plain path, or ``s3://bucket/key``."""
+    """Parse ``file:///abs/path`` (percent-decoded, as file URIs are), a plain path, or
+    ``s3://bucket/key`` (the key as written: S3 decodes nothing). Nothing after a '?' or '#'
+    is dropped as a query or fragment: an object may have them in its name, and a name read
+    back as another object's would read or overwrite that one."""
     if not uri:
         raise StorageError("empty storage URI")
     if "://" not in uri:
         return ObjectRef("file", "", str(Path(uri).resolve()))
-    parts = urlsplit(uri)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() == "file":
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost") or not slash:
             raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
-        return ObjectRef("file", "", unquote(parts.path))
-    if parts.scheme == "s3":
-        if not parts.netloc:
+        return ObjectRef("file", "", unquote("/" + path))
+    if scheme.lower() == "s3":
+        bucket, _, key = rest.partition("/")
+        if not bucket:
             raise StorageError(f"s3 URI has no bucket: {uri!r}")
-        return ObjectRef("s3", parts.netloc, parts.path.lstrip("/"))
+        return ObjectRef("s3", bucket, key.lstrip("/"))
     raise StorageError(
-        f"unsupported storage scheme {parts.scheme!r} in {uri!r} (use file:// or s3://)"
+        f"unsupported storage scheme {scheme.lower()!r} in {uri!r} (use file:// or s3://)"
     )
 
 

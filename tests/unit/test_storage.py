@@ -9,7 +9,7 @@ import pytest
 from moto import mock_aws
 
 from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
-from infermodes.storage import NotAFile, S3Store, Storage, join_uri, parse_uri
+from infermodes.storage import NotAFile, ObjectRef, S3Store, Storage, join_uri, parse_uri
 
 
 def test_parse_uris(tmp_path: Path) -> None:
@@ -18,6 +18,17 @@ def test_parse_uris(tmp_path: Path) -> None:
     assert parse_uri("file:///tmp/x").key == "/tmp/x"
     assert parse_uri("relative/x").key == str(Path("relative/x").resolve())
     assert join_uri("s3://b/out/", "/id.out") == "s3://b/out/id.out"
+
+
+@pytest.mark.parametrize("name", ["h#1.csv", "q?z.csv", "x%41.csv", "a b.csv", "run#1/c.csv"])
+def test_a_name_with_uri_characters_reads_back_as_itself_not_another(name: str) -> None:
+    """'#', '?' and '%XX' in a listed object's name used to make its URI name another object
+    (``h#1.csv`` -> ``h``, ``x%41.csv`` -> ``xA.csv``), which was then read and overwritten."""
+    for ref in (ObjectRef("file", "", f"/data/in/{name}"), ObjectRef("s3", "b", f"in/{name}")):
+        assert parse_uri(ref.uri) == ref
+    assert parse_uri("file:///data/run%231/a.csv").key == "/data/run#1/a.csv"
+    assert parse_uri("s3://b/run%231/a.csv").key == "run%231/a.csv"  # S3 decodes nothing
+    assert parse_uri("S3://b/k#x").key == "k#x"
 
 
 @pytest.mark.parametrize(
