@@ -286,6 +286,7 @@ class Proxy:
         """Send to a ready replica, holding while there is none (and the endpoint has neither
         failed nor been deleted); a replica the request never reached is left for another."""
         was_held = False
+        presumed_once = False
         for _ in range(MAX_ATTEMPTS):
             replica = endpoint.choose()
             if replica is None:
@@ -313,6 +314,13 @@ class Proxy:
             try:
                 answer = await pool.request(pool.head(UPSTREAM_PATH, headers, len(body)), body)
             except NotSent as exc:
+                if exc.presumed and presumed_once:  # twice: not a race with an idle close
+                    self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
+                    raise InternalDependencyException(
+                        f"replicas of endpoint {endpoint.name} closed the connection twice "
+                        "without an answer; the request is not sent again"
+                    ) from None
+                presumed_once = presumed_once or exc.presumed
                 self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
                 log.info("endpoint %s: %s; trying again", endpoint.name, exc)
                 if exc.refused:

@@ -26,11 +26,14 @@ COALESCE_BYTES = 64 * 1024  # smaller bodies are copied behind the head and writ
 
 class NotSent(Exception):
     """The request did not reach the replica: safe to send it to another. ``refused``: the
-    replica takes no connections (it is stopping or gone), not just one closed connection."""
+    replica takes no connections (it is stopping or gone), not just one closed connection.
+    ``presumed``: a kept connection closed unanswered, as a replica closes an idle one, but a
+    replica that died of the request (its model server killed by it) closes it the same way."""
 
-    def __init__(self, message: str, refused: bool = False) -> None:
+    def __init__(self, message: str, refused: bool = False, presumed: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+        self.presumed = presumed
 
 
 class UpstreamFailed(Exception):
@@ -77,7 +80,8 @@ class Connection(asyncio.Protocol):
         if self.received:
             self._fail(UpstreamFailed(f"{self.pool.address} closed the connection mid-answer"))
         elif self.reused:
-            self._fail(NotSent(f"{self.pool.address} closed an idle connection"))
+            closed = f"{self.pool.address} closed a kept connection unanswered"
+            self._fail(NotSent(closed, presumed=True))
         elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             # a reset: the replica closed the socket with request bytes unread, or never
             # accepted it (a stopping server's listen backlog): it processed nothing

@@ -15,6 +15,7 @@ from infermodes.errors import UnsupportedContentType
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
     ClientClosedRequest,
+    InternalDependencyException,
     ServiceUnavailable,
     ThrottlingException,
     ValidationError,
@@ -180,6 +181,33 @@ def test_a_request_a_replica_did_not_take_goes_to_another(first: Any, outcome: s
         assert not skipped.ready and len(working.sent) == 2
         assert metrics.upstream_errors.labels("sl", outcome)._value.get() == 1
         proxy.prober.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_whose_kept_connections_close_unanswered_twice_is_not_sent_a_third_time() -> None:
+    """A kept connection closed unanswered is taken for a replica closing an idle one and the
+    request goes on, once: a request that kills every model server it reaches (a query of
+    death) must not be sent to replica after replica until the timeout."""
+
+    async def scenario() -> None:
+        table, proxy, _, metrics = setup(max_concurrency=10)
+        pools = [FakePool([NotSent("closed", presumed=True)]) for _ in range(3)]
+        for name, pool in zip("abc", pools, strict=True):
+            pool.release.set()
+            ready_replica(table, pool, name)
+        endpoint = table.lookup("sl")
+        with pytest.raises(InternalDependencyException, match="closed the connection twice"):
+            await proxy.invoke(endpoint, scope(), receive)
+        assert sum(not pool.failures for pool in pools) == 2  # two tried, the third not
+        assert metrics.upstream_errors.labels("sl", "not_sent")._value.get() == 1
+        once = FakePool([NotSent("closed", presumed=True)])
+        once.release.set()
+        table2, proxy2, _, _ = setup(max_concurrency=10)
+        ready_replica(table2, once, "a")
+        assert (await proxy2.invoke(table2.lookup("sl"), scope(), receive)).status == 200
+        proxy.prober.stop()
+        proxy2.prober.stop()
 
     asyncio.run(scenario())
 
