@@ -278,24 +278,20 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
         assert cli(up.url, "apply", "-f", str(broken)).returncode == 0
-        failed = lambda: up.status("abalone")["reason"] == "ModelLoadFailed"  # noqa: E731
-        wait_until(failed, WAIT, "the update to fail")
-        status = up.status("abalone")
-        assert status["phase"] == "Updating", status
-        assert "2 replica(s) of the previous spec still serve" in status["message"], status
-        answers = [up.invoke("abalone", body).status_code for _ in range(5)]
-        assert answers == [200] * 5
         saved = tmp_path / "state" / "endpoints" / "abalone.json"
-        assert "previous" in json.loads(saved.read_text())
-        up.stop()
-        up.files = []  # from its state alone
-        up.start()
-        wait_until(failed, WAIT, "the update to fail again after the restart")
-        status = up.status("abalone")
-        assert status["phase"] == "Updating", status
-        assert "2 replica(s) of the previous spec still serve" in status["message"], status
-        answers = [up.invoke("abalone", body).status_code for _ in range(5)]
-        assert answers == [200] * 5
+        for when in ("the update to fail", "the update to fail again after a restart"):
+            failed = lambda: up.status("abalone")["reason"] == "ModelLoadFailed"  # noqa: E731
+            wait_until(failed, WAIT, when)
+            status = up.status("abalone")
+            assert status["phase"] == "Updating", status
+            assert "2 replica(s) of the previous spec still serve" in status["message"], status
+            answers = [up.invoke("abalone", body).status_code for _ in range(5)]
+            assert answers == [200] * 5
+            assert "previous" in json.loads(saved.read_text())
+            if when == "the update to fail":
+                up.stop()
+                up.files = []  # from its state alone
+                up.start()
         assert cli(up.url, "apply", "-f", str(fixed)).returncode == 0
         back = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
         wait_until(back, WAIT, "the fixed spec in service")
