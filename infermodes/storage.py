@@ -243,15 +243,17 @@ class FileStore:
             raise ObjectNotFound(f"no such object: {ref.uri}") from None
         except OSError as exc:
             raise file_error("read", ref.uri, exc) from exc
-        with contextlib.ExitStack() as cleanup:
-            cleanup.callback(os.close, fd)
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise NotAFile(f"{ref.uri} is a directory or a special file, not an object")
             if within is not None and not _under(_opened_path(fd), os.path.realpath(within.key)):
                 raise _outside(ref, within)
-            handle = os.fdopen(fd, "rb")
-            cleanup.pop_all()
-        with handle:
+        except BaseException:
+            os.close(fd)
+            raise
+        # from here the file object alone closes the descriptor: closing it here too after an
+        # exception (a SIGTERM's) could close another thread's file that got its number since
+        with os.fdopen(fd, "rb") as handle:
             if start:
                 try:
                     handle.seek(start)

@@ -88,7 +88,13 @@ def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["not json", "[]", '["a.csv"]', '[{"prefix": "s3://b/"}, 3]'])
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[]", '["a.csv"]', '[{"prefix": "s3://b/"}, 3]',
+     # a key that would read or write outside the prefix and the output path
+     '[{"prefix": "file:///d/"}, "../elsewhere/v.csv"]', '[{"prefix": "s3://b/"}, "a/./b"]',
+     '[{"prefix": "file:///d/"}, "ok.csv", "/etc/hostname"]', '[{"prefix": "s3://b/"}, "a/.."]'],
+)  # fmt: skip
 def test_bad_manifests_are_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="manifest s3://b/m.json"):
         plan.parse_manifest(text, "s3://b/m.json")

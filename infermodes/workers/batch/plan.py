@@ -128,5 +128,12 @@ def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
         or not all(isinstance(item, str) and item for item in document[1:])
     ):
         raise ValueError(f'manifest {manifest_uri} must be [{{"prefix": "s3://..."}}, "key", ...]')
+    for key in document[1:]:
+        # read from the prefix, written under the output path: a key must stay below both
+        if key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
+            raise ValueError(
+                f"manifest {manifest_uri}: key {key[:200]!r} must lie under its prefix "
+                "(no leading '/', no '.' or '..' segment)"
+            )
     prefix = document[0]["prefix"]
     return [(prefix + key, key) for key in document[1:]]
