@@ -60,11 +60,16 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 50  # leaves room for suffixes in the names of the objects we create
 
 
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def object_name(name: str) -> str:
     """The InferenceEndpoint (or record) a name means: the managed platform's names may carry
     upper case, a Kubernetes name does not, so names differing only in case are one object.
-    The platform API, the stores and both invocation routes all name objects through here."""
-    return name.lower()
+    The platform API, the stores and both invocation routes all name objects through here.
+    ASCII letters only: Unicode's lower case maps the Kelvin sign to 'k', which would let a
+    name no API accepts reach an endpoint."""
+    return name.translate(ASCII_LOWER)
 
 
 # a number above zero (none: a pod of no CPU or memory), then a unit

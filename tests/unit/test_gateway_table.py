@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from infermodes.endpoints.demand import GatewayDemand, annotation_key
-from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.spec import Phase, object_name
 from infermodes.gateway.errors import ValidationError
 from infermodes.gateway.kube import Gone, Watched, apply_endpoint, apply_pod, replace_pods
 from infermodes.gateway.table import Endpoint, Replica, Table, storage_bases
@@ -117,6 +117,15 @@ def test_unknown_names_are_404_and_a_name_in_two_namespaces_is_409_naming_both()
     assert "team-a and team-b" in str(clash.value)
     table.remove_endpoint("team-a", "abalone")
     assert table.lookup("abalone").namespace == "team-b"
+
+
+def test_another_ascii_case_finds_the_endpoint_and_a_unicode_look_alike_does_not() -> None:
+    table = Table()
+    table.apply_endpoint(endpoint_object("kelp"))
+    assert table.lookup(object_name("KeLP")).name == "kelp"  # the platform's carry upper case
+    with pytest.raises(ValidationError) as kelvin:
+        table.lookup(object_name("\u212aelp"))  # KELVIN SIGN, which str.lower() makes 'k'
+    assert kelvin.value.status_code == 404
 
 
 @pytest.mark.parametrize(
