@@ -19,6 +19,14 @@ class InfermodesError(Exception):
     status_code: int = 500
 
 
+class ClientClosedRequest(InfermodesError):
+    """The client left before its answer (nginx's 499): mid-body, or while its request was held
+    by the gateway (whose place under maxConcurrency is then freed at once). Nobody reads the
+    answer; counted apart from the client's errors (400s)."""
+
+    status_code = 499
+
+
 class InvalidInput(InfermodesError):
     """The request body cannot be decoded or does not fit the model."""
 

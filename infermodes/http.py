@@ -28,7 +28,12 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.server import ServerState
 
-from infermodes.errors import InfermodesError, InvalidInput, PayloadTooLarge, UnsupportedContentType
+from infermodes.errors import (
+    ClientClosedRequest,
+    InfermodesError,
+    PayloadTooLarge,
+    UnsupportedContentType,
+)
 from infermodes.metrics import render
 from infermodes.settings import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS
 
@@ -159,7 +164,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         message = await receive()
         if message["type"] == "http.disconnect":
             expected = f" of {declared}" if declared is not None else ""
-            raise InvalidInput(
+            raise ClientClosedRequest(
                 f"the request body ended after {size}{expected} bytes: the connection closed"
             )
         chunk = message.get("body", b"")

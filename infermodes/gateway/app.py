@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from infermodes.endpoints.demand import annotation_key
 from infermodes.gateway.auth import OPEN_STATUS, OPEN_WARNING, verified
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
+from infermodes.gateway.errors import ValidationError, runtime_error_response
 from infermodes.gateway.proxy import Proxy, is_invocation
 from infermodes.gateway.table import EndpointSource, Table
 from infermodes.http import ASGIApp, Receive, Scope, Send, create_api, uvicorn_options
@@ -85,6 +86,16 @@ class Gateway:
             if not table.synced:
                 return Response(b"endpoints not listed yet", 503)
             return Response(ready, 200)
+
+        @api.post("/endpoints/{name}/invocations-response-stream")
+        async def response_stream(name: str) -> Response:
+            """InvokeEndpointWithResponseStream: refused in a code boto3 models, naming it."""
+            return runtime_error_response(
+                ValidationError(
+                    "InvokeEndpointWithResponseStream is not supported: the model server "
+                    "answers whole; call InvokeEndpoint (POST /endpoints/NAME/invocations)"
+                )
+            )
 
         self.api = api
         for router in routers:

@@ -12,7 +12,7 @@ import json
 
 from fastapi.responses import Response
 
-from infermodes.errors import InfermodesError
+from infermodes.errors import ClientClosedRequest, InfermodesError
 from infermodes.http import error_body, error_response
 
 ERROR_TYPE_HEADER = b"x-amzn-errortype"
@@ -92,13 +92,6 @@ class ModelInvocationTimeout(InfermodesError):
     """The replica did not answer within the invocation timeout."""
 
     status_code = 504
-
-
-class ClientClosedRequest(InfermodesError):
-    """The client left while its request was held (nginx's 499): nobody reads the answer, and
-    its place under the endpoint's maxConcurrency is freed at once."""
-
-    status_code = 499
 
 
 # this module's errors, named after the platform runtime's error codes

@@ -15,11 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
-from infermodes.errors import InfermodesError, MethodNotAllowed, PayloadTooLarge
+from infermodes.errors import (
+    ClientClosedRequest,
+    InfermodesError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+)
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
-    ClientClosedRequest,
     InternalDependencyException,
     ModelError,
     ModelInvocationTimeout,

@@ -29,7 +29,7 @@ from tests.support.hostile import (
     probe,
     requests,
 )
-from tests.support.processes import ServerProcess, running_server
+from tests.support.processes import ServerProcess, running_server, wait_until
 
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
 CSV = [(b"Content-Type", b"text/csv")]
@@ -180,17 +180,27 @@ def test_a_body_cut_short_is_never_scored(server: ServerProcess, port: int) -> N
         )
         return ok, sample(server, "infermodes_model_rows_predicted_total")
 
-    before = scored()
+    def counted(status: str) -> float:
+        name = "infermodes_http_request_duration_seconds_count"
+        return sample(server, name, route="/invocations", status_code=status)
+
+    before, client_errors, gone = scored(), counted("400"), counted("499")
     head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
     declared = head + b"Content-Length: 1000\r\n\r\n" + ROW + b"\n" + ROW + b"\n"
     unfinished = head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(ROW), ROW)
-    for sent in (declared, unfinished):
+    rows = (ROW + b"\n") * (70_000 // (len(ROW) + 1))  # over 64 KiB: read by the app, not whole
+    streamed = head + b"Content-Length: %d\r\n\r\n" % (2 * len(rows)) + rows
+    for sent in (declared, unfinished, streamed):
         with Connection(port) as connection:
             connection.send(sent)
             connection.sock.shutdown(socket.SHUT_WR)  # the client is done, the body is not
             assert connection.response() is None  # closed; whatever was answered went nowhere
     assert scored() == before
     assert server.ready()
+    # counted as clients that left (nginx's 499), not as their errors: anyone could otherwise
+    # raise an endpoint's 4xx rate by hanging up
+    wait_until(lambda: counted("499") == gone + 2, 10, "the two bodies the app read counted as 499")
+    assert counted("400") == client_errors
 
 
 # Observed: slow clients held connections for 130 s and more

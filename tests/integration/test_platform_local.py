@@ -158,6 +158,13 @@ def test_the_seed_flow_with_a_serverless_endpoint(
     # another model of a multi-model endpoint: refused, not answered by this one's model
     assert code_of(runtime.invoke_endpoint, EndpointName="Abalone-Seed", ContentType="text/csv",
                    TargetModel="other.tar.gz", Body=to_csv(rows)) == "ValidationError"  # fmt: skip
+    # a streamed answer: refused in a code boto3 models (it was a 404 "no route")
+    with pytest.raises(ClientError) as streamed:
+        runtime.invoke_endpoint_with_response_stream(
+            EndpointName="Abalone-Seed", ContentType="text/csv", Body=to_csv(rows)
+        )
+    assert streamed.value.response["Error"]["Code"] == "ValidationError"
+    assert "InvokeEndpointWithResponseStream is not supported" in str(streamed.value)
 
     sagemaker.delete_endpoint(EndpointName="Abalone-Seed")
     sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="Abalone-Seed", WaiterConfig=FAST)

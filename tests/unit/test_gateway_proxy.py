@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from infermodes.errors import UnsupportedContentType
+from infermodes.errors import ClientClosedRequest, UnsupportedContentType
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
-    ClientClosedRequest,
     InternalDependencyException,
     ServiceUnavailable,
     ThrottlingException,
