@@ -481,6 +481,21 @@ def check_batch_payload(max_payload_in_mb: int, max_concurrent_transforms: int) 
         raise ValueError(PAYLOAD_RULE)
 
 
+def check_batch_processing(
+    content_type: str, accept: str, join_source: str, input_filter: str
+) -> None:
+    """What the instances cannot do with the data, refused with the spec (not by every
+    instance at its start, which only its log would tell)."""
+    if content_type == "text/libsvm" and (join_source != "None" or input_filter != "$"):
+        raise ValueError("inputFilter and joinSource need CSV or JSON input, not libsvm")
+    csv_in, csv_out = content_type == "text/csv", accept == "text/csv"
+    if join_source == "Input" and csv_in != csv_out:
+        raise ValueError(
+            "joinSource Input joins like with like: CSV input needs accept text/csv, "
+            "JSON input application/json or application/jsonlines"
+        )
+
+
 class BatchSettings(EnvSettings):
     """``infermodes batch``: one instance (Job index) of a batch transform. Env prefix
     ``INFERMODES_BATCH_``; the instance index also reads ``JOB_COMPLETION_INDEX``, which
@@ -544,14 +559,5 @@ class BatchSettings(EnvSettings):
                 f"instance_index {self.instance_index} must be below instance_count "
                 f"{self.instance_count}"
             )
-        if self.content_type == "text/libsvm" and (
-            self.join_source != "None" or self.input_filter != "$"
-        ):
-            raise ValueError("inputFilter and joinSource need CSV or JSON input, not libsvm")
-        csv_in, csv_out = self.content_type == "text/csv", self.accept == "text/csv"
-        if self.join_source == "Input" and csv_in != csv_out:
-            raise ValueError(
-                "joinSource Input joins like with like: CSV input needs accept text/csv, "
-                "JSON input application/json or application/jsonlines"
-            )
+        check_batch_processing(self.content_type, self.accept, self.join_source, self.input_filter)
         return self

@@ -49,6 +49,7 @@ from infermodes.settings import (
     JoinSource,
     SplitType,
     check_batch_payload,
+    check_batch_processing,
 )
 
 GROUP = "infermodes.dev"
@@ -392,8 +393,11 @@ class BatchSpec(SpecBlock):
     ]
 
     @model_validator(mode="after")
-    def _payload_in_flight(self) -> BatchSpec:
+    def _consistent(self) -> BatchSpec:
         check_batch_payload(self.max_payload_in_mb, self.max_concurrent_transforms)
+        processing = self.data_processing
+        check_batch_processing(self.input.content_type, self.output.accept,
+                               processing.join_source, processing.input_filter)  # fmt: skip
         return self
 
 

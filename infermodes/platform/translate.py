@@ -576,7 +576,7 @@ def transform_object(
         "batch.input.uri": "TransformInput.DataSource.S3DataSource.S3Uri",
         "batch.input.dataType": "TransformInput.DataSource.S3DataSource.S3DataType",
         "batch.output.uri": "TransformOutput.S3OutputPath",
-        "batch": "MaxPayloadInMB x MaxConcurrentTransforms",
+        "batch": "TransformJob",  # the batch block's own rules: the message names the fields
         "model.uri": "the model's ModelDataUrl",
     }
     prefixes = {id(batch): "batch.", id(batch_input): "batch.input.",

@@ -177,6 +177,21 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         (batch_spec(input={"uri": "file:///i", "compressionType": "Zip"}), "'None' or 'Gzip'"),
         (batch_spec(output={"uri": "file:///o", "accept": "text/xml"}), "spec.batch.output.accept"),
         (batch_spec(invocationsTimeoutInSeconds=3601), "less than or equal to 3600"),
+        # what every instance refused at its start, only its log saying why: refused here
+        (
+            batch_spec(
+                output={"uri": "file:///o", "accept": "application/jsonlines"},
+                dataProcessing={"joinSource": "Input"},
+            ),
+            "spec.batch: joinSource Input joins like with like",
+        ),
+        (
+            batch_spec(
+                input={"uri": "file:///i", "contentType": "text/libsvm"},
+                dataProcessing={"inputFilter": "$[1:]"},
+            ),
+            "spec.batch: inputFilter and joinSource need CSV or JSON input, not libsvm",
+        ),
         *(
             (
                 {"mode": "async", "model": MODEL, "async": {"outputPath": "s3://b/o", field: path}},

@@ -239,7 +239,7 @@ def test_one_production_variant_only() -> None:
     ("more", "named"),
     [
         ({"MaxPayloadInMB": 60, "MaxConcurrentTransforms": 2},
-         "MaxPayloadInMB x MaxConcurrentTransforms"),
+         "TransformJob: maxPayloadInMB x maxConcurrentTransforms must not exceed 100"),
         ({"BatchStrategy": "Whatever"}, "BatchStrategy"),
         ({"DataCaptureConfig": {"DestinationS3Uri": "s3://b/c"}}, "DataCaptureConfig"),
         ({"TransformJobName": "1job"}, "must start with a letter"),
@@ -317,9 +317,11 @@ def test_file_uris_are_refused_where_the_actuator_is_not_the_callers_machine() -
             async_config(output, ON_KUBERNETES)
     assert async_config({"S3OutputPath": "s3://b/o", "S3FailurePath": "s3://b/f"}, ON_KUBERNETES)
     source = {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
-                                              "S3Uri": "file:///var/run/secrets/"}}}  # fmt: skip
+                                              "S3Uri": "file:///var/run/secrets/"}},
+              "ContentType": "application/jsonlines"}  # fmt: skip
     for more, named in (({"TransformInput": source}, r"S3DataSource\.S3Uri"),
-                        ({"TransformOutput": {"S3OutputPath": "file:///tmp/o"}},
+                        ({"TransformOutput": {"S3OutputPath": "file:///tmp/o",
+                                              "Accept": "application/json"}},
                          r"TransformOutput\.S3OutputPath")):  # fmt: skip
         with pytest.raises(ValidationException, match=named):
             transform_object(transform_request(**more), model(), ON_KUBERNETES)
