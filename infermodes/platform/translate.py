@@ -533,10 +533,14 @@ def transform_object(
         )
     for key in mapping("Environment", request.get("Environment")):
         raise ValidationException(f"Environment {key} is not supported by infermodes")
+    # the numbers as boto3's model types them: our schema would read "6" or true as a number
+    typed("", request, {"MaxPayloadInMB": int, "MaxConcurrentTransforms": int})
     source = mapping("TransformInput", request.get("TransformInput"))
     only("TransformInput.", source, {"DataSource", "ContentType", "CompressionType", "SplitType"})
     data_source = mapping("TransformInput.DataSource", source.get("DataSource"))
+    only("TransformInput.DataSource.", data_source, {"S3DataSource"})
     s3 = mapping("TransformInput.DataSource.S3DataSource", data_source.get("S3DataSource"))
+    only("TransformInput.DataSource.S3DataSource.", s3, {"S3DataType", "S3Uri"})
     output = mapping("TransformOutput", request.get("TransformOutput"))
     only("TransformOutput.", output, {"S3OutputPath", "Accept", "AssembleWith"})
     for where, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", s3.get("S3Uri")),
@@ -545,10 +549,14 @@ def transform_object(
             check_uri(where, uri, defaults)
     resources = mapping("TransformResources", request.get("TransformResources"))
     only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
-    typed("TransformResources.", resources, {"InstanceType": str})
+    typed("TransformResources.", resources, {"InstanceType": str, "InstanceCount": int})
     check_instance_type("TransformResources.InstanceType", resources.get("InstanceType"))
     client = mapping("ModelClientConfig", request.get("ModelClientConfig"))
+    only("ModelClientConfig.", client, {"InvocationsTimeoutInSeconds", "InvocationsMaxRetries"})
+    typed("ModelClientConfig.", client, {"InvocationsTimeoutInSeconds": int,
+                                         "InvocationsMaxRetries": int})  # fmt: skip
     processing = mapping("DataProcessing", request.get("DataProcessing"))
+    only("DataProcessing.", processing, {"InputFilter", "OutputFilter", "JoinSource"})
     pairs: list[tuple[JsonObject, str, Mapping[str, Any], str, str]] = []
     batch_input: JsonObject = {"uri": s3.get("S3Uri"), "dataType": s3.get("S3DataType")}
     batch_output: JsonObject = {"uri": output.get("S3OutputPath")}

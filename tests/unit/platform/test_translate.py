@@ -245,6 +245,18 @@ def test_one_production_variant_only() -> None:
         ({"TransformJobName": "1job"}, "must start with a letter"),
         ({"TransformJobName": "a" * 51}, "at most 50 characters"),
         ({"Environment": {"A": "b"}}, "Environment A"),
+        # members we would not read, and numbers our schema would take from a string or a bool
+        ({"ModelClientConfig": {"Foo": 1}}, "ModelClientConfig.Foo is not supported"),
+        ({"DataProcessing": {"JoinSources": "Input"}}, "DataProcessing.JoinSources"),
+        ({"TransformInput": {"DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": "s3://b/in/",
+            "S3DataDistributionType": "FullyReplicated"}}}},
+         "S3DataSource.S3DataDistributionType is not supported"),
+        ({"MaxPayloadInMB": "6"}, "MaxPayloadInMB must be"),
+        ({"MaxPayloadInMB": True}, "MaxPayloadInMB must be"),
+        ({"TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": "2"}},
+         "InstanceCount must be"),
+        ({"ModelClientConfig": {"InvocationsMaxRetries": 1.5}}, "InvocationsMaxRetries must be"),
     ],
 )  # fmt: skip
 def test_transform_jobs_we_cannot_run_are_refused_naming_the_field(
