@@ -511,6 +511,14 @@ class BatchSettings(EnvSettings):
         "S3Prefix", description="S3Prefix: every object under input_uri (file:// too)."
     )
     output_uri: str = Field(description="Prefix of the <input key>.out objects.")
+    run_id: str = Field(
+        "",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9-]*$",
+        description="The job's identity (its InferenceEndpoint's UID): an output that exists "
+        "from before the job is written over, one it wrote is skipped when it runs again; "
+        "empty: any output that exists is skipped (a re-run from a shell, or keepExisting).",
+    )
     content_type: BatchContentType = "text/csv"
     compression_type: CompressionType = "None"
     split_type: SplitType = "Line"

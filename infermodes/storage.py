@@ -167,6 +167,7 @@ class ObjectStore(Protocol):
     def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool: ...
     def exists(self, ref: ObjectRef) -> bool: ...
+    def modified(self, ref: ObjectRef) -> float | None: ...
     def size(self, ref: ObjectRef) -> int: ...
     def list(self, prefix: ObjectRef) -> Iterator[ObjectRef]: ...
     def list_stats(
@@ -330,6 +331,17 @@ class FileStore:
             return Path(ref.key).is_file()
         except OSError as exc:  # a name too long, say: is_file passes only "no such file"
             raise file_error("read", ref.uri, exc) from exc
+
+    def modified(self, ref: ObjectRef) -> float | None:
+        """When the object was last written (the store's clock, seconds since the epoch); None
+        when there is none."""
+        try:
+            found = os.stat(ref.key)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise file_error("read", ref.uri, exc) from exc
+        return found.st_mtime if stat.S_ISREG(found.st_mode) else None
 
     def size(self, ref: ObjectRef) -> int:
         try:
@@ -499,6 +511,16 @@ class S3Store:
             return False
         return True
 
+    def modified(self, ref: ObjectRef) -> float | None:
+        try:
+            head = self.client.head_object(Bucket=ref.bucket, Key=ref.key)
+        except Exception as exc:
+            translated = self._translate(exc, ref)
+            if isinstance(translated, ObjectNotFound):
+                return None
+            raise translated from exc
+        return float(head["LastModified"].timestamp())
+
     def size(self, ref: ObjectRef) -> int:
         try:
             return int(self.client.head_object(Bucket=ref.bucket, Key=ref.key)["ContentLength"])
@@ -653,6 +675,11 @@ class Storage:
     def exists(self, uri: str) -> bool:
         store, ref = self._resolve(uri)
         return store.exists(ref)
+
+    def modified(self, uri: str) -> float | None:
+        """When the object was last written, by the store's clock; None when there is none."""
+        store, ref = self._resolve(uri)
+        return store.modified(ref)
 
     def size(self, uri: str) -> int:
         store, ref = self._resolve(uri)

@@ -88,10 +88,11 @@ BATCH_METRICS_PORT = 9090
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 
-def batch_instance(spec: EndpointSpec) -> ProcessPlan:
+def batch_instance(spec: EndpointSpec, run_id: str) -> ProcessPlan:
     """``infermodes batch`` for one instance of a batch endpoint; the instance's index comes
     from ``JOB_COMPLETION_INDEX`` (an Indexed Job sets it; a local actuator sets it too), and
-    the summary goes to the termination message, where the operator reads it."""
+    the summary goes to the termination message, where the operator reads it. ``run_id``
+    names this job (outputs from before it are written over), unless it keeps them."""
     block = spec.batch_block()
     processing = block.data_processing
     return ProcessPlan(
@@ -105,6 +106,7 @@ def batch_instance(spec: EndpointSpec) -> ProcessPlan:
             compression_type=block.input.compression_type,
             split_type=block.input.split_type,
             output_uri=block.output.uri,
+            run_id=None if block.output.keep_existing else run_id,
             accept=block.output.accept,
             assemble_with=block.output.assemble_with,
             batch_strategy=block.batch_strategy,

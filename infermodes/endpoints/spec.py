@@ -335,6 +335,12 @@ class BatchOutput(SpecBlock):
     assemble_with: AssembleWith = Field(
         "Line", description="Line: a newline after each mini-batch's output; None: as is."
     )
+    keep_existing: bool = Field(
+        False,
+        description="true: an input whose .out exists from before this job is skipped, not "
+        "written over (a job made again after fixing inputs does what failed or was missing); "
+        "false: as the platform, every output is this job's.",
+    )
 
 
 FILTER_PATTERN = r"^\$[^" + CONTROL + r"]*$"  # the CRD's check; the spec's parses it whole
@@ -403,7 +409,7 @@ class BatchSpec(SpecBlock):
 
 BATCH_IMMUTABLE = (
     "a batch job's spec cannot change once created, except spec.batch.stop; "
-    "delete and re-create it to run again (complete outputs are skipped)"
+    "delete and re-create it to run again (output.keepExisting keeps complete outputs)"
 )
 BatchSpec.cel_rules = [
     *BatchSpec.cel_rules,

@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -669,6 +670,14 @@ class Supervisor:
     def _summary_path(self, name: str, index: int) -> Path:
         return self._batch_dir(name) / f"summary-{index}.json"
 
+    def _run_id(self, name: str) -> str:
+        """The job's identity, as the operator's is its InferenceEndpoint's UID: made when the
+        job is (its folder is new at each apply of a changed spec), kept across restarts."""
+        path = self._batch_dir(name) / "run-id"
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex)
+        return path.read_text().strip()
+
     def _ended(self, name: str, index: int) -> bool:
         """Whether an instance ran to its end: it left a summary, and not one of an instance
         stopped by ``up`` stopping (the job was not: it runs again, and skips what it wrote)."""
@@ -717,8 +726,8 @@ class Supervisor:
                     termination_message_path=str(self._summary_path(name, index)),
                 ),
             }
-            child = Child(key, plan.batch_instance(spec), self._log_path(endpoint, key), extra,
-                          restart=False)  # fmt: skip
+            child_plan = plan.batch_instance(spec, self._run_id(name))
+            child = Child(key, child_plan, self._log_path(endpoint, key), extra, restart=False)
             endpoint.children[key] = child
             child.start(now)
         found, ended = Progress(), 0

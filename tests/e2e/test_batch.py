@@ -197,13 +197,16 @@ def test_a_failing_object_is_named_and_a_rerun_processes_only_it(
     assert "s3://e2e/bad/input/part-3.csv line 101" in message, message
     assert sorted(outputs(data, "bad")) == [f"part-{i}.csv.out" for i in (0, 1, 2, 4)]
 
-    # fix the input, then run again: delete and re-create the endpoint
+    # fix the input, then run again keeping what is done: delete and re-create the endpoint
+    # with output.keepExisting (a new job otherwise writes over every output, as the platform)
     upload_inputs(data, "bad")
     deleted = tools.kubectl("delete", "ie", "partly", "-n", k8s_namespace, "--wait=true")
     assert deleted.returncode == 0, deleted.stderr
     wait_until(lambda: not api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"],
                120, "the old job to go")  # fmt: skip
-    assert tools.apply(batch_manifest("partly", "bad"), k8s_namespace).returncode == 0
+    again = batch_manifest("partly", "bad")
+    again["spec"]["batch"]["output"]["keepExisting"] = True
+    assert tools.apply(again, k8s_namespace).returncode == 0
     endpoint = wait_phase(api, k8s_namespace, "partly", "Completed", timeout=300)
     assert endpoint["status"]["progress"]["recordsDone"] == ROWS_PER_OBJECT  # only part-3
     assert len(outputs(data, "bad")) == OBJECTS

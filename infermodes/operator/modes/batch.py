@@ -70,7 +70,7 @@ def desired_objects(
 ) -> list[dict[str, Any]]:
     """The Indexed Job (immutable once created, as the CRD enforces, except ``suspend``)."""
     block = spec.batch_block()
-    plan = batch_instance(spec)
+    plan = batch_instance(spec, ref.uid)  # made again (deleted, re-created): a new job
     container: dict[str, Any] = {
         "name": "batch",
         "image": spec.image or image,

@@ -113,6 +113,12 @@ def summary_uri(output_prefix: str, index: int, count: int) -> str:
     return join_uri(output_prefix, f"{SUMMARY_FOLDER}/summary-{index:04d}-of-{count:04d}.json")
 
 
+def run_marker_uri(output_prefix: str, run_id: str) -> str:
+    """Created by the job's first instance to start: its time, by the store's clock, is when
+    the job started, what tells the job's own outputs from older ones under the same path."""
+    return join_uri(output_prefix, f"{SUMMARY_FOLDER}/run-{run_id}")
+
+
 def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
     """The platform's manifest: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]`` ->
     ``[(prefix + key, key), ...]`` in its order."""

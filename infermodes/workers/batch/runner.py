@@ -4,7 +4,9 @@ List the inputs, take this instance's shard (``plan``), and for each object or b
 stream it (``records``), transform ``maxConcurrentTransforms`` mini-batches at a time
 (``worker``, ``transform``), and write the outputs in input order to an atomic writer, so
 ``<key>.out`` appears whole or not at all. An object that
-fails is reported and the others go on; a re-run skips every ``.out`` that exists.
+fails is reported and the others go on. With a run id (the operator's, ``up``'s), an output
+from before the job is written over, as the platform does, and one the job wrote is skipped
+when an instance runs again; without one, a re-run skips every ``.out`` that exists.
 
 Memory: at most ``maxConcurrentTransforms + 1`` mini-batches of ``maxPayloadInMB`` exist at once
 (in flight, or read and waiting), each held about three times (input bytes, float32 rows,
@@ -133,6 +135,7 @@ class Runner:
         self.worker = MiniBatchWorker(settings, model)
         self.work: Callable[[MiniBatch], Done] = self.worker
         self.summary = Summary(settings.instance_index, settings.instance_count)
+        self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
 
     # -- what to do ------------------------------------------------------------------------
@@ -182,6 +185,11 @@ class Runner:
             if not objects:  # a mistyped prefix must not look like a job that succeeded
                 self.summary.error = no_inputs(self.settings)
                 return self.summary
+            try:
+                self.run_started = self.mark_run()
+            except StorageError as exc:
+                self.summary.error = f"cannot mark the job's start under its output: {exc}"
+                return self.summary
             units = self.shard(objects)
             self.summary.assigned = len(units)
             self.metrics.units_assigned.set(len(units))
@@ -214,6 +222,29 @@ class Runner:
             self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
 
+    def mark_run(self) -> float | None:
+        """When this job started, by the output store's clock (its marker, made by the first
+        instance to start, found by the others and by a restart); None without a run id."""
+        run_id = self.settings.run_id
+        if not run_id:
+            return None
+        marker = plan.run_marker_uri(self.output_prefix, run_id)
+        self.storage.create(marker, b"")  # False: another instance's, or this job's before
+        started = self.storage.modified(marker)
+        if started is None:
+            raise StorageError(f"{marker} is gone right after it was made")
+        return started
+
+    def done(self, uri: str) -> bool:
+        """Whether this job wrote ``uri`` (without a run id: whether it exists). An output of
+        an earlier job under the same path is not this job's: it is written over. Written in
+        the very second the job started, by a store of whole seconds (S3's times), it cannot
+        be told apart: written again, which is never wrong."""
+        if self.run_started is None:
+            return self.storage.exists(uri)
+        modified = self.storage.modified(uri)
+        return modified is not None and modified > self.run_started
+
     def unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         """Transform one object or range; returns succeeded, skipped or failed. Bad input and
         storage errors fail this object only."""
@@ -237,14 +268,14 @@ class Runner:
 
     def transform_unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         out = plan.output_uri(self.output_prefix, unit.obj.key)
-        if self.storage.exists(out):
+        if self.done(out):
             log.info("skipping %s: %s exists", unit.obj.uri, out)
             if unit.is_range:
                 self.storage.delete(plan.part_uri(self.output_prefix, unit))
             return "skipped"
         target = plan.part_uri(self.output_prefix, unit) if unit.is_range else out
         outcome = "succeeded"
-        if unit.is_range and self.storage.exists(target):
+        if unit.is_range and self.done(target):
             log.info("skipping range %d of %s: its part exists", unit.part, unit.obj.uri)
             outcome = "skipped"
         else:
@@ -310,7 +341,7 @@ class Runner:
         cleanup finds the ``.out`` there."""
         parts = self.parts(unit)
         out = plan.output_uri(self.output_prefix, unit.obj.key)
-        if self.storage.exists(out) or not all(self.storage.exists(p) for p in parts):
+        if self.done(out) or not all(self.done(p) for p in parts):
             return False
         try:
             with self.storage.open_write(out) as sink:
@@ -318,7 +349,7 @@ class Runner:
                     with self.storage.open_read(part) as source:
                         shutil.copyfileobj(source, sink, BLOCK_BYTES)
         except StorageError:
-            if self.storage.exists(out):
+            if self.done(out):
                 return False
             raise
         for part in self.storage.list(out + plan.PART_MARK):

@@ -160,3 +160,28 @@ def test_s3_writes_stream_as_multipart_and_abort_on_failure(
         raise RuntimeError("the transform failed")
     assert not storage.exists(f"s3://{bucket}/broken")
     assert seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_new_job_writes_over_an_earlier_jobs_outputs_on_s3(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """S3's times come in whole seconds: the job's start (its marker's time) and the outputs'
+    are both the store's, so an earlier job's outputs are written over whatever the clocks
+    of the machines running the instances say; both instances find the one marker."""
+    for run_id, seed in (("job-1", 60), ("job-2", 70)):
+        texts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 200, seed + i))
+                 for i in range(3)}  # fmt: skip
+        for name, text in texts.items():
+            put(seaweedfs, bucket, f"in/{name}", text)
+        env = {**seaweedfs.env, "INFERMODES_BATCH_RUN_ID": run_id}
+        done = run_instances(instances(abalone_model, bucket, 2), env=env)
+        assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+        documents = [summary(seaweedfs, bucket, i, 2) for i in range(2)]
+        assert sum(d["units"]["succeeded"] for d in documents) == 3, documents
+        for name, text in texts.items():
+            np.testing.assert_array_equal(
+                scores_of(get(seaweedfs, bucket, f"out/{name}.out")),
+                expected_scores(booster, text),
+            )
+    assert keys(seaweedfs, bucket, "out/_infermodes-batch/run-") == [
+        "out/_infermodes-batch/run-job-1", "out/_infermodes-batch/run-job-2"]  # fmt: skip

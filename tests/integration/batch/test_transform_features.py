@@ -424,7 +424,7 @@ def test_the_example_manifest_runs_as_written_on_the_example_data(
     block["input"]["uri"] = f"file://{abalone_model.directory}/batch/input/"
     block["output"]["uri"] = f"file://{tmp_path}/output/"
     spec = EndpointSpec.model_validate(manifest["spec"])
-    env = dict(batch_instance(spec).env)  # what the operator gives each instance
+    env = dict(batch_instance(spec, "uid-1").env)  # what the operator gives each instance
     env["INFERMODES_BATCH_METRICS_PORT"] = "0"  # instances share this machine's ports
     env["INFERMODES_BATCH_TERMINATION_MESSAGE_PATH"] = str(tmp_path / "termination-log")
     count = spec.batch_block().instance_count
@@ -538,3 +538,44 @@ def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
         f"no input objects under {tmp_path}/empty (objects under the output prefix "
         f"{tmp_path}/empty/out are not inputs)"
     )
+
+
+def test_a_new_job_writes_over_an_earlier_jobs_outputs_and_an_instance_run_again_skips_its_own(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    """The same output path, inputs changed, a new job (a new run id, as a re-created
+    InferenceEndpoint's UID): its outputs are the new predictions (the earlier job's used to
+    be skipped as done, the job Completed on stale results). The same job run again (an
+    instance restarted) skips what it wrote; without a run id, as from a shell, anything."""
+    (tmp_path / "in").mkdir()
+    names = [f"part-{i}.csv" for i in range(3)]
+
+    def job(run_id: str | None, seed: int) -> tuple[dict, dict[str, bytes]]:
+        texts = {name: csv_text(sample_rows(abalone_model.test_rows, 50, seed + i))
+                 for i, name in enumerate(names)}  # fmt: skip
+        for name, text in texts.items():
+            (tmp_path / "in" / name).write_bytes(text)
+        env = {"INFERMODES_BATCH_RUN_ID": run_id} if run_id else {}
+        done = run(command(abalone_model, tmp_path / "in", tmp_path / "out"), env)
+        assert done.returncode == 0, done.log
+        return summary(tmp_path / "out")["units"], texts
+
+    def outputs_predict(texts: dict[str, bytes]) -> None:
+        for name, text in texts.items():
+            np.testing.assert_array_equal(
+                scores_of((tmp_path / "out" / f"{name}.out").read_bytes()),
+                expected_scores(booster, text),
+            )
+
+    units, texts = job("job-1", seed=30)
+    assert (units["succeeded"], units["skipped"]) == (3, 0)
+    units, texts = job("job-2", seed=40)  # new inputs, a new job
+    assert (units["succeeded"], units["skipped"]) == (3, 0)
+    outputs_predict(texts)
+    (tmp_path / "out" / "part-1.csv.out").unlink()  # as if its instance stopped before it
+    units, _ = job("job-2", seed=40)  # the same job again
+    assert (units["succeeded"], units["skipped"]) == (1, 2)
+    outputs_predict(texts)
+    units, _ = job(None, seed=50)  # a shell's re-run: whatever exists is done
+    assert (units["succeeded"], units["skipped"]) == (0, 3)
+    outputs_predict(texts)

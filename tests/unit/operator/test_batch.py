@@ -43,7 +43,7 @@ def test_every_batch_field_reaches_the_job() -> None:
 
 
 def test_the_plan_reads_back_as_the_spec_says(monkeypatch) -> None:
-    for name, value in batch_instance(SPEC).env.items():
+    for name, value in batch_instance(SPEC, "uid-1").env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
     settings = BatchSettings()
@@ -53,6 +53,12 @@ def test_the_plan_reads_back_as_the_spec_says(monkeypatch) -> None:
     assert (settings.input_filter, settings.join_source) == ("$.features", "Input")
     assert settings.max_payload_in_mb * settings.max_concurrent_transforms == 20
     assert settings.allow_pickle and settings.termination_message_path == "/dev/termination-log"
+    assert settings.run_id == "uid-1"  # outputs from before this job are written over
+    keeping = s.EndpointSpec.model_validate(
+        {**FULL_SPEC, "batch": {**FULL_SPEC["batch"],
+                                "output": {**FULL_SPEC["batch"]["output"], "keepExisting": True}}}
+    )  # fmt: skip
+    assert "INFERMODES_BATCH_RUN_ID" not in batch_instance(keeping, "uid-1").env  # skips them
 
 
 def pod(index: int, created: str, summary: dict | None = None, ip: str | None = None,
