@@ -319,6 +319,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():  # llhttp parses no body after it: refused, not lost
+            self._refuse(400, "Connection: Upgrade is not supported (its body would go unread): "
+                         "send the request without it (curl: --http1.1)")  # fmt: skip
+            return
         super().on_headers_complete()
         if self.deferred is None:  # a deferred request's answer is one write already
             self._join_head_and_body(self.cycle)
@@ -326,7 +330,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.deadline is not None:
             self._disarm()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # refused: no cycle reads it
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.transport.is_closing():  # refused: no cycle reads it
+            return
         super().on_message_complete()
         self.phase = _IDLE
         if self.deadline is not None:

@@ -329,6 +329,23 @@ def test_malformed_http_gets_the_error_shape_too(port: int) -> None:
         check_contract(response)
 
 
+def test_an_upgrade_request_is_refused_naming_it_not_scored_as_an_empty_body(port: int) -> None:
+    """``curl --http2`` on http:// asks for h2c with Connection: Upgrade; the HTTP parser
+    stops at the upgrade and hands over no body, so it was answered "empty request body"."""
+    for upgrade in (b"h2c", b"foo"):
+        sent = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+                b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: " + upgrade + b"\r\n"
+                b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(ROW), ROW))  # fmt: skip
+        with Connection(port) as connection:
+            connection.send(sent)
+            response = connection.response()
+        assert response is not None and response.status == 400, response
+        check_contract(response)
+        assert "Connection: Upgrade is not supported" in message(response)
+    assert exchange(port, Request("POST", "/invocations", CSV, ROW)).status == 200
+
+
 def test_endless_headers_are_refused_not_buffered(port: int) -> None:
     with Connection(port) as connection:
         try:
