@@ -101,8 +101,9 @@ def checked_answer(endpoint: Endpoint, replica: Replica, answer: Answer) -> Answ
     message = original_message(answer.body)
     if answer.status < 500:
         raise ModelError(endpoint.name, answer.status, message)
-    raise InternalDependencyException(
-        f"replica {replica.key} of endpoint {endpoint.name} failed with {answer.status}: {message}",
+    log.warning("endpoint %s: replica %s answered %d", endpoint.name, replica.key, answer.status)
+    raise InternalDependencyException(  # no replica named to the caller: the log has it
+        f"endpoint {endpoint.name}: the model server failed with {answer.status}: {message}",
         answer.status,
     )
 
@@ -332,8 +333,10 @@ class Proxy:
                 continue
             except UpstreamFailed as exc:
                 self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
+                log.warning("endpoint %s: replica %s at %s failed: %s", endpoint.name,
+                            replica.key, pool.address, exc)  # fmt: skip
                 raise InternalDependencyException(
-                    f"replica {replica.key} of endpoint {endpoint.name} failed: {exc}"
+                    f"endpoint {endpoint.name}: a model server failed: {exc}"
                 ) from None
             finally:
                 replica.in_flight -= 1

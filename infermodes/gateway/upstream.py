@@ -37,7 +37,8 @@ class NotSent(Exception):
 
 
 class UpstreamFailed(Exception):
-    """The replica may have seen the request but gave no complete answer."""
+    """The replica may have seen the request but gave no complete answer. The message goes to
+    the caller: it names no address (the log does)."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,14 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamFailed(f"malformed answer from {self.pool.address}: {exc}"))
+            self._fail(UpstreamFailed(f"malformed answer: {exc}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
         if self.received:
-            self._fail(UpstreamFailed(f"{self.pool.address} closed the connection mid-answer"))
+            self._fail(UpstreamFailed("it closed the connection mid-answer"))
         elif self.reused:
             closed = f"{self.pool.address} closed a kept connection unanswered"
             self._fail(NotSent(closed, presumed=True))
@@ -87,7 +88,7 @@ class Connection(asyncio.Protocol):
             # accepted it (a stopping server's listen backlog): it processed nothing
             self._fail(NotSent(f"{self.pool.address} reset a new connection unanswered"))
         else:
-            self._fail(UpstreamFailed(f"{self.pool.address} closed the connection unanswered"))
+            self._fail(UpstreamFailed("it closed the connection unanswered"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:

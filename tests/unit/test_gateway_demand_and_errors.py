@@ -333,6 +333,7 @@ def test_a_model_5xx_is_a_502_and_a_2xx_passes_untouched() -> None:
         checked_answer(*endpoint_and_replica(), Answer(503, [], b"model is loading"))
     assert raised.value.status_code == 502
     assert json.loads(gateway_error_body(raised.value))["OriginalStatusCode"] == 503
+    assert "pod-1" not in str(raised.value)  # which pod, and where, is for the log
     answer = Answer(200, [(b"content-type", b"text/csv")], b"9.5\n")
     assert checked_answer(*endpoint_and_replica(), answer) is answer
 

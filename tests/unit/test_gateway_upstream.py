@@ -92,6 +92,7 @@ def test_a_new_connection_closed_after_the_request_was_read_failed() -> None:
     with replica(read_request) as port:
         [outcome] = requests(port, 1)
     assert isinstance(outcome, UpstreamFailed), outcome
+    assert str(port) not in str(outcome)  # the caller is told what, not where: the log says
 
 
 def test_a_reused_connection_closed_without_an_answer_was_not_sent() -> None:
