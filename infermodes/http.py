@@ -261,6 +261,10 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)  # ": ", CRLF
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus what it lacks against slow or hostile clients: a
     deadline for a request's headers (from its first byte) and one for its body (from the end
@@ -322,6 +326,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade():  # llhttp parses no body after it: refused, not lost
             self._refuse(400, "Connection: Upgrade is not supported (its body would go unread): "
                          "send the request without it (curl: --http1.1)")  # fmt: skip
+            return
+        if _head_size(self.url, self.headers) > MAX_HEADER_BYTES:
+            # data_received counts only what reads that end mid-head bring: a head within one
+            # read (up to asyncio's 256 KiB), or whose last read was large, is measured here
+            self._refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
             return
         super().on_headers_complete()
         if self.deferred is None:  # a deferred request's answer is one write already

@@ -346,6 +346,20 @@ def test_an_upgrade_request_is_refused_naming_it_not_scored_as_an_empty_body(por
     assert exchange(port, Request("POST", "/invocations", CSV, ROW)).status == 200
 
 
+def test_headers_over_the_bound_in_one_write_are_refused_too(port: int) -> None:
+    """The bound was counted only over reads that ended mid-head: 100 KB of one header in one
+    write was taken (and a gateway passed it on to the replica)."""
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+    big = b"X-Big: " + b"a" * 100_000 + b"\r\n"
+    with Connection(port) as connection:
+        connection.send(head + big + b"Content-Length: %d\r\n\r\n%s" % (len(ROW), ROW))
+        response = connection.response()
+    assert response is not None and response.status == 431, response
+    check_contract(response)
+    headers = [*CSV, (b"X-Fine", b"a" * 60_000)]  # within the bound: served
+    assert exchange(port, Request("POST", "/invocations", headers, ROW)).status == 200
+
+
 def test_endless_headers_are_refused_not_buffered(port: int) -> None:
     with Connection(port) as connection:
         try:
