@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-from infermodes.endpoints.spec import Mode, mode_change_allowed, object_name
+from infermodes.endpoints.spec import Mode, Phase, mode_change_allowed, object_name
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -150,6 +150,16 @@ def page(request: JsonObject, items: list[JsonObject], list_key: str, name_key: 
         list_key: items[:size],
         "NextToken": next_token((list_key, str(sort_by), order), end[sort_key], end[name_key]),
     }
+
+
+ENDED_JOB_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.STOPPED})
+
+
+def ended_job(obj: JsonObject) -> bool:
+    """A transform job that ended (Completed, Failed or Stopped): it runs no pod."""
+    phase = (obj.get("status") or {}).get("phase")
+    mode = (obj.get("spec") or {}).get("mode")
+    return mode == Mode.BATCH and phase in ENDED_JOB_PHASES
 
 
 def next_token(listing: tuple[str, str, str], value: object, name: str) -> str:
@@ -310,10 +320,20 @@ class ControlPlane:
         existing = await self.store.read_endpoint(name)
         if existing is not None:
             raise taken(existing)
-        if len(await self.store.list_endpoints()) >= self.defaults.max_endpoints:
+        objects = await self.store.list_endpoints()
+        # an ended transform job holds nothing and this API has no way to delete it (the
+        # platform keeps them too): it counts only toward the larger cap on records
+        running = [o for o in objects if not ended_job(o)]
+        if len(running) >= self.defaults.max_endpoints:
             raise ResourceLimitExceeded(
-                f"at most {self.defaults.max_endpoints} endpoints and transform jobs may exist "
-                "at once; delete some first"
+                f"at most {self.defaults.max_endpoints} endpoints and running transform jobs "
+                "may exist at once; delete some first"
+            )
+        if len(objects) >= self.defaults.max_records:
+            raise ResourceLimitExceeded(
+                f"at most {self.defaults.max_records} endpoints and transform jobs, ended ones "
+                "included, may exist at once; delete ended jobs (kubectl delete ie NAME, or "
+                "infermodes delete NAME)"
             )
         try:
             await self.store.create_endpoint(obj)

@@ -165,6 +165,25 @@ def test_the_caps_are_resource_limit_exceeded() -> None:
         "ResourceLimitExceeded")  # fmt: skip
 
 
+def test_ended_transform_jobs_count_only_toward_the_cap_on_records() -> None:
+    """boto3 cannot delete a transform job: ended ones used to fill the cap of endpoints and
+    running jobs for good."""
+    api = Api(Defaults(max_endpoints=1, max_records=3))
+    api.seed("one")
+    api.store.set_status("one", "Completed")  # as if it were an ended job
+    api.store.endpoints["one"]["spec"]["mode"] = "batch"
+    for name in ("two", "three"):
+        api.call("CreateEndpoint", EndpointName=name, EndpointConfigName="cfg")
+        api.store.set_status(name, "Stopped")
+        api.store.endpoints[name]["spec"]["mode"] = "batch"
+    code, message = api.error("CreateEndpoint", EndpointName="four", EndpointConfigName="cfg")
+    assert code == "ResourceLimitExceeded" and "delete ended jobs" in message
+    api.store.set_status("three", "InProgress")  # running: under the smaller cap
+    del api.store.endpoints["two"]
+    code, message = api.error("CreateEndpoint", EndpointName="four", EndpointConfigName="cfg")
+    assert code == "ResourceLimitExceeded" and "running transform jobs" in message
+
+
 def test_lists_filter_sort_and_page() -> None:
     api = Api()
     for name in ("alpha", "beta", "gamma-x", "delta-x"):
