@@ -122,6 +122,8 @@ class Status:
     backlog_unread: bool = field(default=False, compare=False)
     # when the operator last changed the replicas (RFC 3339): its cooldowns outlive a restart
     last_scale_time: str | None = None
+    # when a batch job ended (RFC 3339), from what outlives a restart of either actuator
+    end_time: str | None = None
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -168,6 +170,8 @@ class Status:
         }
         if self.last_scale_time is not None:
             patch["lastScaleTime"] = self.last_scale_time
+        if self.end_time is not None:
+            patch["endTime"] = self.end_time
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:

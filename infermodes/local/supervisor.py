@@ -55,6 +55,7 @@ from infermodes.endpoints.status import (
     describe_failures,
     load_error,
     record_queue,
+    rfc3339,
     summary_progress,
     update_blocked,
     with_estimated_age,
@@ -700,7 +701,11 @@ class Supervisor:
         spec, name = endpoint.manifest.spec, endpoint.name
         count = spec.batch_block().instance_count
         if spec.batch_block().stop:  # applying it stopped the instances (see ``apply``)
-            endpoint.status = Status(Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")
+            applied = self.state_dir / "endpoints" / f"{name}.json"  # when the stop was
+            stopped = rfc3339(applied.stat().st_mtime) if applied.exists() else None
+            endpoint.status = Status(
+                Phase.STOPPED, "Stopped", "stopped by spec.batch.stop", end_time=stopped
+            )
             return
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         for key, child in list(endpoint.children.items()):
@@ -759,9 +764,14 @@ class Supervisor:
             phase, reason = Phase.COMPLETED, COMPLETED
             message = f"{found.records} records; {found.done} objects written or already complete"
         endpoint.desired = count if phase is Phase.IN_PROGRESS else 0  # ended: wants no process
+        end_time = None
+        if phase is not Phase.IN_PROGRESS:  # when its last instance left its summary
+            times = [path.stat().st_mtime for path in self._batch_dir(name).glob("summary-*")]
+            end_time = rfc3339(max(times)) if times else None
         endpoint.status = Status(
-            phase, reason, message, active, active, endpoint.desired, progress=found
-        )
+            phase, reason, message, active, active, endpoint.desired, progress=found,
+            end_time=end_time,
+        )  # fmt: skip
 
     # the loop
     async def tick(self) -> None:

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 
 from infermodes.endpoints.spec import Phase
-from infermodes.endpoints.status import UPDATE_FAILURES
+from infermodes.endpoints.status import UPDATE_FAILURES, parse_rfc3339
 from infermodes.platform.store import JsonObject
 from infermodes.platform.translate import (
     ENDPOINT,
@@ -188,7 +188,8 @@ def describe_transform_job(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "TransformStartTime": created(obj),
     }
     if state in ("Completed", "Failed", "Stopped"):
-        answer["TransformEndTime"] = transition_time(obj) or created(obj)
+        ended = parse_rfc3339((obj.get("status") or {}).get("endTime"))
+        answer["TransformEndTime"] = ended or transition_time(obj) or created(obj)
     if state == "Failed":
         answer["FailureReason"] = failure_reason(obj)[:1024]
     return answer

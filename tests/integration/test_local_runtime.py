@@ -554,6 +554,11 @@ def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
         wait_until(ended, WAIT * 3, "the job to end")
         status = up.status("abalone-batch")
         assert status["phase"] == "Completed", status
+        end_time = status["endTime"]
+        up.stop()
+        up.start()  # its end time is the job's, not the restart's (it was only in memory)
+        wait_until(ended, WAIT, "the job to show its outcome again")
+        assert up.status("abalone-batch")["endTime"] == end_time
     outs = sorted(output.glob("*.out"))
     assert len(outs) == 6_000
     expected = abalone_model.booster().inplace_predict(rows)  # type: ignore[attr-defined]

@@ -180,22 +180,29 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
 
     ready = int(job_status.get("ready", 0))  # active counts instances not placed yet too
 
-    def status(phase: s.Phase, reason: str, message: str) -> Status:
+    def status(phase: s.Phase, reason: str, message: str, ended: str | None = None) -> Status:
         wanted = count if phase is s.Phase.IN_PROGRESS else 0  # an ended job wants no pods
-        return Status(phase, reason, message, active, ready, wanted, progress=found)
+        return Status(phase, reason, message, active, ready, wanted, progress=found,
+                      end_time=ended)  # fmt: skip
+
+    def since(condition: str) -> str | None:  # when the Job's condition became true
+        stamp = conditions.get(condition, {}).get("lastTransitionTime")
+        return str(stamp) if stamp else None
 
     if "Complete" in conditions:
         return status(s.Phase.COMPLETED, COMPLETED, f"{found.records} records; {found.done} "
-                      "objects written or already complete")  # fmt: skip
+                      "objects written or already complete",
+                      str(job_status.get("completionTime") or "") or since("Complete"))  # fmt: skip
     if "Failed" in conditions:
         condition = conditions["Failed"]
         detail = (
             describe_failures(failures) or condition.get("message") or condition.get("reason", "")
         )
-        return status(s.Phase.FAILED, batch_failure_reason(failures), detail)
+        return status(s.Phase.FAILED, batch_failure_reason(failures), detail, since("Failed"))
     if spec.batch_block().stop:
         if active == 0:
-            return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop")
+            return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop",
+                          since("Suspended"))  # fmt: skip
         return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:

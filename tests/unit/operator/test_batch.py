@@ -165,9 +165,11 @@ def test_a_job_with_no_inputs_failed_as_a_job_not_on_its_objects() -> None:
 
 
 def test_completed_and_stopped() -> None:
-    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}],
+                       "completionTime": "2026-01-01T00:10:00Z"}}  # fmt: skip
     completed = batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None)
     assert completed.phase is s.Phase.COMPLETED
+    assert completed.to_patch(1, None)["endTime"] == "2026-01-01T00:10:00Z"
     assert completed.desired_replicas == 0  # kubectl get ie: an ended job wants no pods
     running = batch.observe(SPEC, signals({"status": {"active": 2}}, []), None)
     assert running.desired_replicas == SPEC.batch_block().instance_count
@@ -177,8 +179,15 @@ def test_completed_and_stopped() -> None:
     assert batch.desired_objects(REF, stopping, 3, "img")[0]["spec"]["suspend"] is True
     still = batch.observe(stopping, signals({"status": {"active": 2}}, []), None)
     assert (still.phase, still.reason) == (s.Phase.IN_PROGRESS, "Stopping")
-    stopped = batch.observe(stopping, signals({"status": {}}, []), None)
+    suspended = {
+        "type": "Suspended",
+        "status": "True",
+        "lastTransitionTime": "2026-01-01T00:05:00Z",
+    }
+    stopped = batch.observe(stopping, signals({"status": {"conditions": [suspended]}}, []), None)
     assert stopped.phase is s.Phase.STOPPED and stopped.desired_replicas == 0
+    assert stopped.end_time == "2026-01-01T00:05:00Z"
+    assert "endTime" not in still.to_patch(1, None)  # running: not ended
 
 
 def test_a_running_job_reports_no_scale_from_zero() -> None:

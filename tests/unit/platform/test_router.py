@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from infermodes.endpoints.status import parse_rfc3339
 from infermodes.platform.router import create_router
 from infermodes.platform.translate import Defaults
 from tests.unit.platform.memory import MemoryStore
@@ -144,9 +145,12 @@ def test_transform_jobs_run_stop_and_share_names_with_endpoints() -> None:
     assert api.store.endpoints["job-1"]["spec"]["batch"]["stop"] is True
     assert api.call("DescribeTransformJob", TransformJobName="Job-1")["TransformJobStatus"] == (
         "Stopping")  # fmt: skip
-    api.store.set_status("job-1", "Stopped")
-    assert api.call("DescribeTransformJob", TransformJobName="Job-1")["TransformJobStatus"] == (
-        "Stopped")  # fmt: skip
+    api.store.set_status("job-1", "Stopped", endTime="2026-01-02T03:04:05Z")
+    described = api.call("DescribeTransformJob", TransformJobName="Job-1")
+    assert described["TransformJobStatus"] == "Stopped"
+    # when it ended, as its status says (not when its Ready condition last changed: a job
+    # that failed or stopped was never ready, and up's conditions start again at a restart)
+    assert described["TransformEndTime"] == parse_rfc3339("2026-01-02T03:04:05Z")
     assert api.error("CreateTransformJob", **job("job-1"))[0] == "ResourceInUse"
     code, message = api.error("CreateTransformJob", **job("abalone"))
     assert (code, "taken by an endpoint" in message) == ("ResourceInUse", True)
