@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+import httpx
+
 from infermodes.endpoints import async_plan, plan
 from infermodes.endpoints.demand import Demand, GatewayDemand
 from infermodes.endpoints.scaling import (
@@ -86,6 +88,12 @@ NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 READY_PROBE_SECONDS = 1.0  # async workers' /readyz is asked this often (the pods' probe period)
+# a model server that stops answering (hung, SIGSTOPped): out of rotation at the first /ping it
+# leaves unanswered (asked this often, once it had time to bind), killed and restarted, as a
+# crash is, after this many in a row
+SERVER_PROBE_SECONDS = 5.0
+SERVER_START_GRACE_SECONDS = 10.0
+UNANSWERED_PINGS_KILL = 3
 EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
@@ -107,6 +115,14 @@ def worker_readings(
 ) -> dict[str, float | None]:
     """One figure of each worker's text, by key (None: it cannot say)."""
     return {key: worker_reading(text, parse) for key, text in texts.items()}
+
+
+def ping_status(host: str, port: int, timeout: float) -> int | None:
+    """A model server's ``/ping`` status; None when it gives no answer in time."""
+    try:
+        return httpx.get(f"http://{host}:{port}/ping", timeout=timeout).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def free_port() -> int:
@@ -158,6 +174,8 @@ class LocalEndpoint:
     scraped_at: float = -float("inf")
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
     probed_at: float = -float("inf")
+    pinged_at: float = -float("inf")
+    unanswered: dict[str, int] = field(default_factory=dict)  # model servers' pings in a row
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=EVENTS_KEPT)
@@ -560,6 +578,8 @@ class Supervisor:
             # before the decision: from the status the decision sets to the metrics that
             # publish it, nothing may wait (the API would show one beside the other's old value)
             await self._probe_workers(endpoint, now)
+        else:
+            await self._ping_servers(endpoint, now)
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
@@ -620,6 +640,38 @@ class Supervisor:
         starts = {key: endpoint.children[key].started_at for key in ports}  # one start each
         answers = await asyncio.to_thread(read_ports, ports, probe_ready)
         endpoint.consuming = frozenset((key, starts[key]) for key, ok in answers.items() if ok)
+
+    async def _ping_servers(self, endpoint: LocalEndpoint, now: float) -> None:
+        """Ask each model server's ``/ping`` (every few seconds): one that gives no answer at
+        all leaves the rotation (a 503 while its model loads is an answer), and after a few in
+        a row is killed, to be restarted as after a crash, as a kubelet's liveness probe would
+        have it; one that answers 200 again is back in the rotation."""
+        if now - endpoint.pinged_at < SERVER_PROBE_SECONDS or self.table is None:
+            return
+        endpoint.pinged_at = now
+        ports = {key: endpoint.ports[key] for key, child in endpoint.children.items()
+                 if child.running() and endpoint.ports.get(key)
+                 and now - child.started_at >= SERVER_START_GRACE_SECONDS}  # fmt: skip
+        answers = await asyncio.to_thread(read_ports, ports, ping_status)
+        for gone in set(endpoint.unanswered) - set(endpoint.children):
+            del endpoint.unanswered[gone]
+        found = self.table.endpoints.get((NAMESPACE, endpoint.name))
+        for key, status in answers.items():
+            replica = found.replicas.get(key) if found else None
+            if status is not None:
+                endpoint.unanswered.pop(key, None)
+                if status == 200 and found and replica and not replica.ready:
+                    self.table.mark_ready(found, replica)
+                continue
+            missed = endpoint.unanswered[key] = endpoint.unanswered.get(key, 0) + 1
+            if found and replica:
+                self.table.mark_unready(found, replica)
+            child = endpoint.children.get(key)
+            if missed >= UNANSWERED_PINGS_KILL and child is not None:
+                endpoint.event(f"{key} answered no /ping {missed} times in a row: killed, to "
+                               "be restarted")  # fmt: skip
+                endpoint.unanswered.pop(key, None)
+                child.signal(signal.SIGKILL)
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
