@@ -112,8 +112,13 @@ class StorageUnavailable(InfermodesError):
 
 
 def header_text(headers: Headers, name: str) -> str | None:
-    """A header as the caller wrote it: HTTP carries bytes, which we read as UTF-8."""
-    value = headers.get(name)
+    """A header as the caller wrote it: HTTP carries bytes, which we read as UTF-8. One that
+    takes one value, given twice, is refused: taking either would be a guess (an Accept may
+    come several times: its values are one list)."""
+    values = headers.getlist(name)
+    if len(values) > 1 and name != "accept":
+        raise InvalidInput(f"{name} was given {len(values)} times; send it once")
+    value = values[0] if values else None
     if value is None:
         return None
     try:

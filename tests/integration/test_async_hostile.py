@@ -189,6 +189,25 @@ def test_header_values_that_are_not_ascii_digits_are_a_400_naming_the_header(
     assert "Traceback" not in api.log
 
 
+def test_a_header_of_one_value_given_twice_is_a_400_naming_it(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    """Two Inference-Ids (or Content-Types) were answered as if the first were the only one."""
+    with (
+        running_api(rabbitmq, {"twice": f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        for header, values in ((ID, (b"a", b"b")), ("Content-Type", (b"text/csv", b"text/csv"))):
+            response = client.post("/endpoints/twice/async-invocations", content=b"1\n",
+                                   headers=[(header.encode(), v) for v in values])  # fmt: skip
+            assert response.status_code == 400, response.text
+            assert f"{header.lower()} was given 2 times" in response.json()["message"].lower()
+        accepts = [(b"Accept", b"text/csv"), (b"Accept", b"application/json")]  # one list
+        response = client.post("/endpoints/twice/async-invocations", content=b"1\n",
+                               headers=accepts)  # fmt: skip
+        assert response.status_code == 202, response.text
+
+
 def test_custom_attributes_reach_the_notification_as_sent_in_utf8(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
