@@ -261,6 +261,13 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
+            return True
+    return False
+
+
 def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)  # ": ", CRLF
 
@@ -316,6 +323,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self.body_timeout)
 
     def on_message_begin(self) -> None:
+        if self.transport.is_closing():  # pipelined behind a refused request: not served
+            return
         super().on_message_begin()
         self.phase = _HEADERS
         self.header_bytes = 0
@@ -323,7 +332,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_headers_complete(self) -> None:
-        if self.parser.should_upgrade():  # llhttp parses no body after it: refused, not lost
+        if self.transport.is_closing():  # a request pipelined behind a refused one
+            return
+        if self.parser.should_upgrade() and _has_body(self.headers):
+            # llhttp stops at an upgrade and parses no body: refused, not scored empty (one
+            # without a body, Java's GET /ping asking for h2c, is answered as usual)
             self._refuse(400, "Connection: Upgrade is not supported (its body would go unread): "
                          "send the request without it (curl: --http1.1)")  # fmt: skip
             return
@@ -354,6 +367,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if deferred is not None:
             self.deferred = None
             self._answer_whole(*deferred)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """uvicorn warns of every upgrade it does not do, and tells to install a WebSocket
+        library: a client could fill the log with it. Ours are refused or answered as usual."""
 
     def _join_head_and_body(self, cycle: RequestResponseCycle) -> None:
         """The cycle writes through ``_HeadWithBody`` (a HEAD answer has no body to wait for)."""

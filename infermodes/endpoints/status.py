@@ -172,6 +172,8 @@ class Status:
             patch["lastScaleTime"] = self.last_scale_time
         if self.end_time is not None:
             patch["endTime"] = self.end_time
+        elif (previous or {}).get("endTime") is not None:
+            patch["endTime"] = None  # running again (a stopped job resumed): not ended
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:

@@ -118,7 +118,7 @@ def header_text(headers: Headers, name: str) -> str | None:
     values = headers.getlist(name)
     if len(values) > 1 and name != "accept":
         raise InvalidInput(f"{name} was given {len(values)} times; send it once")
-    value = values[0] if values else None
+    value = ", ".join(values) if values else None  # several Accepts: one list
     if value is None:
         return None
     try:

@@ -319,13 +319,15 @@ class Proxy:
             try:
                 answer = await pool.request(pool.head(UPSTREAM_PATH, headers, len(body)), body)
             except NotSent as exc:
-                if exc.presumed and presumed_once:  # twice: not a race with an idle close
+                # one going away (left the table) closes its kept connections: that is the race
+                presumed = exc.presumed and not replica.removed
+                if presumed and presumed_once:  # twice: not a race with an idle close
                     self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
                     raise InternalDependencyException(
                         f"replicas of endpoint {endpoint.name} closed the connection twice "
                         "without an answer; the request is not sent again"
                     ) from None
-                presumed_once = presumed_once or exc.presumed
+                presumed_once = presumed_once or presumed
                 self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
                 log.info("endpoint %s: %s; trying again", endpoint.name, exc)
                 if exc.refused:

@@ -88,12 +88,11 @@ NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 READY_PROBE_SECONDS = 1.0  # async workers' /readyz is asked this often (the pods' probe period)
-# a model server that stops answering (hung, SIGSTOPped): out of rotation at the first /ping it
-# leaves unanswered (asked this often, once it had time to bind), killed and restarted, as a
-# crash is, after this many in a row
+# a model server that stops answering (hung, SIGSTOPped) leaves the rotation after this many
+# /pings in a row it left unanswered (asked this often, once it had time to bind its port)
 SERVER_PROBE_SECONDS = 5.0
 SERVER_START_GRACE_SECONDS = 10.0
-UNANSWERED_PINGS_KILL = 3
+UNANSWERED_PINGS_UNREADY = 2
 EVENTS_KEPT = 20
 LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
@@ -175,7 +174,8 @@ class LocalEndpoint:
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
     probed_at: float = -float("inf")
     pinged_at: float = -float("inf")
-    unanswered: dict[str, int] = field(default_factory=dict)  # model servers' pings in a row
+    # model servers' /pings left unanswered in a row, by (key, start)
+    unanswered: dict[tuple[str, float], int] = field(default_factory=dict)
     status: Status = field(default_factory=lambda: Status(Phase.CREATING, "Starting"))
     events: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=EVENTS_KEPT)
@@ -258,21 +258,23 @@ class Supervisor:
             self.max_attempts[manifest.name] = block.max_attempts
         return endpoint
 
-    def apply(self, manifest: Manifest) -> str:
+    def apply(self, manifest: Manifest, starting: bool = False) -> str:
         """Create or replace an endpoint; a changed spec replaces its processes, as does the
         same spec of an endpoint that failed (a model that could not load may be there now:
         nothing else restarts what cannot load). The model
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
         the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
-        that is ready; a realtime endpoint keeps the replicas it had (within the new bounds)."""
+        that is ready; a realtime endpoint keeps the replicas it had (within the new bounds).
+        ``starting``: an ``-f`` file of ``up``'s start, which lets a spec a restart found rolling
+        out wait for its previous spec to serve."""
         resuming = self.resumed.pop(manifest.name, None)
-        if resuming is not None and resuming.document == manifest.document:
+        if starting and resuming is not None and resuming.document == manifest.document:
             self.resumed[manifest.name] = resuming  # up -f of it: still after its previous spec
-            return "unchanged"
+            return "unchanged"  # (applied later, by hand: at once, whatever the previous does)
         old = self.endpoints.get(manifest.name)
         if old is not None and old.manifest.document == manifest.document and old.failure is None:
-            if old.previous is not None:  # a restart's previous spec, applied again: kept
-                old.previous = None
+            if old.previous == old.manifest.document:  # a restart's previous spec, applied
+                old.previous = None  # again (a revert): it is the spec now
                 self._save(old)
             return "unchanged"  # the same spec again: unless it failed, when it tries again
         created = old.created if old is not None else now_iso()
@@ -285,7 +287,10 @@ class Supervisor:
                 # what the newest of them run: the old spec, unless its own update had failed
                 previous = old.manifest.document if old.failure is None else old.previous
             self._remove(old)
+        run_id = self._same_job(old, manifest)
         shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
+        if run_id is not None:  # stopped or resumed: the same job, which skips what it wrote
+            self._save_run_id(manifest.name, run_id)
         endpoint = self._add(manifest, created)
         endpoint.previous = previous
         self._save(endpoint)
@@ -642,36 +647,34 @@ class Supervisor:
         endpoint.consuming = frozenset((key, starts[key]) for key, ok in answers.items() if ok)
 
     async def _ping_servers(self, endpoint: LocalEndpoint, now: float) -> None:
-        """Ask each model server's ``/ping`` (every few seconds): one that gives no answer at
-        all leaves the rotation (a 503 while its model loads is an answer), and after a few in
-        a row is killed, to be restarted as after a crash, as a kubelet's liveness probe would
-        have it; one that answers 200 again is back in the rotation."""
+        """Ask each model server's ``/ping`` every few seconds, as the kubelet's readiness
+        probe asks a pod's: one that gives no answer at all twice in a row (hung, SIGSTOPped;
+        a 503 while its model loads is an answer) leaves the rotation, and comes back when it
+        answers 200. Not killed: the operator gives its pods no liveness probe either."""
         if now - endpoint.pinged_at < SERVER_PROBE_SECONDS or self.table is None:
             return
         endpoint.pinged_at = now
         ports = {key: endpoint.ports[key] for key, child in endpoint.children.items()
                  if child.running() and endpoint.ports.get(key)
                  and now - child.started_at >= SERVER_START_GRACE_SECONDS}  # fmt: skip
+        starts = {key: endpoint.children[key].started_at for key in ports}  # a count per start
         answers = await asyncio.to_thread(read_ports, ports, ping_status)
-        for gone in set(endpoint.unanswered) - set(endpoint.children):
-            del endpoint.unanswered[gone]
         found = self.table.endpoints.get((NAMESPACE, endpoint.name))
+        unanswered = {}
         for key, status in answers.items():
             replica = found.replicas.get(key) if found else None
             if status is not None:
-                endpoint.unanswered.pop(key, None)
                 if status == 200 and found and replica and not replica.ready:
                     self.table.mark_ready(found, replica)
                 continue
-            missed = endpoint.unanswered[key] = endpoint.unanswered.get(key, 0) + 1
-            if found and replica:
+            missed = unanswered[key, starts[key]] = (
+                endpoint.unanswered.get((key, starts[key]), 0) + 1
+            )
+            if missed >= UNANSWERED_PINGS_UNREADY and found and replica and replica.ready:
+                endpoint.event(f"{key} answered no /ping {missed} times in a row: out of the "
+                               "rotation until it answers")  # fmt: skip
                 self.table.mark_unready(found, replica)
-            child = endpoint.children.get(key)
-            if missed >= UNANSWERED_PINGS_KILL and child is not None:
-                endpoint.event(f"{key} answered no /ping {missed} times in a row: killed, to "
-                               "be restarted")  # fmt: skip
-                endpoint.unanswered.pop(key, None)
-                child.signal(signal.SIGKILL)
+        endpoint.unanswered = unanswered
 
     def _grace(self, endpoint: LocalEndpoint) -> float:
         spec = endpoint.manifest.spec
@@ -725,11 +728,33 @@ class Supervisor:
 
     def _run_id(self, name: str) -> str:
         """The job's identity, as the operator's is its InferenceEndpoint's UID: made when the
-        job is (its folder is new at each apply of a changed spec), kept across restarts."""
+        job is (its folder is new at each apply of a changed spec, but for ``stop``), kept
+        across restarts."""
         path = self._batch_dir(name) / "run-id"
-        if not path.exists():
-            path.write_text(uuid.uuid4().hex)
-        return path.read_text().strip()
+        with contextlib.suppress(FileNotFoundError):
+            if found := path.read_text().strip():
+                return found
+        return self._save_run_id(name, uuid.uuid4().hex)
+
+    def _save_run_id(self, name: str, run_id: str) -> str:
+        self._batch_dir(name).mkdir(parents=True, exist_ok=True)
+        path = self._batch_dir(name) / "run-id"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(run_id)
+        temporary.replace(path)  # whole or not at all: an empty one would mean "no run id"
+        return run_id
+
+    def _same_job(self, old: LocalEndpoint | None, new: Manifest) -> str | None:
+        """The run id of a batch job that ``new`` only stops or resumes (as a CR's UID stays
+        through ``spec.batch.stop``); None for a new job."""
+        if old is None or old.manifest.spec.batch is None or new.spec.batch is None:
+            return None
+        before, after = old.manifest.spec, new.spec
+        stop = {"batch": before.batch_block().model_copy(update={"stop": after.batch_block().stop})}
+        path = self._batch_dir(new.name) / "run-id"
+        if before.model_copy(update=stop) != after or not path.exists():
+            return None
+        return path.read_text().strip() or None
 
     def _ended(self, name: str, index: int) -> bool:
         """Whether an instance ran to its end: it left a summary, and not one of an instance

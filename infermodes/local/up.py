@@ -98,7 +98,7 @@ def _serve(
     supervisor = Supervisor(state_dir.resolve(), broker, url, port)
     supervisor.load_state()
     for manifest in manifests:
-        supervisor.apply(manifest)
+        supervisor.apply(manifest, starting=True)
     registry = CollectorRegistry()
     supervisor.metrics = OperatorMetrics(registry)  # the operator's async gauges, on /metrics
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)

@@ -344,6 +344,12 @@ def test_an_upgrade_request_is_refused_naming_it_not_scored_as_an_empty_body(por
         check_contract(response)
         assert "Connection: Upgrade is not supported" in message(response)
     assert exchange(port, Request("POST", "/invocations", CSV, ROW)).status == 200
+    # without a body nothing goes unread: answered (Java's HttpClient asks a GET for h2c)
+    with Connection(port) as connection:
+        upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AA"
+        connection.send(b"GET /ping HTTP/1.1\r\nHost: x\r\n" + upgrade + b"\r\n\r\n")
+        response = connection.response()
+    assert response is not None and response.status == 200, response
 
 
 def test_headers_over_the_bound_in_one_write_are_refused_too(port: int) -> None:

@@ -64,10 +64,25 @@ def test_more_instances_than_objects_leaves_some_idle() -> None:
         ("s3://b/in/day-", "s3://b/in/day-1.csv", "day-1.csv"),
         ("s3://b/in", "s3://b/in/a.csv", "in/a.csv"),
         ("file:///data/in/", "file:///data/in/x/y.csv", "x/y.csv"),
+        # names, not pieces of URIs: a file's '%' is encoded in its URI, an S3 key's is not
+        ("file:///data/in/", "file:///data/in/x%2541%23.csv", "x%41#.csv"),
+        ("s3://b/in/", "s3://b/in/x%41#.csv", "x%41#.csv"),
+        ("file:///data/run%231/", "file:///data/run%231/a.csv", "a.csv"),
     ],
 )
 def test_keys_are_relative_to_the_prefix_folder(prefix: str, uri: str, key: str) -> None:
     assert plan.relative_key(prefix, uri) == key
+
+
+@pytest.mark.parametrize("output", ["file:///data/out", "s3://b/out"])
+def test_an_output_is_named_by_its_input_key_in_any_store(output: str) -> None:
+    """An S3 key 'x%41.csv' written to a file:// output became 'xA.csv.out' (the '%41' read as
+    an escape), the output of another input; a '..' reached above the output path."""
+    from infermodes.storage import parse_uri
+
+    for key in ("x%41.csv", "h#1.csv", "%2e%2e/%2e%2e/etc/x"):
+        written = parse_uri(plan.output_uri(output, key)).key
+        assert written in (f"/data/out/{key}.out", f"out/{key}.out"), written
 
 
 def test_output_part_and_summary_names() -> None:
@@ -82,7 +97,7 @@ def test_output_part_and_summary_names() -> None:
 
 def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
     text = '[{"prefix": "s3://b/in/"}, "z.csv", "sub/a.csv"]'
-    assert plan.parse_manifest(text, "m") == [
+    assert plan.parse_manifest(text, "s3://b/m.json") == [
         ("s3://b/in/z.csv", "z.csv"),
         ("s3://b/in/sub/a.csv", "sub/a.csv"),
     ]
@@ -91,6 +106,7 @@ def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
 @pytest.mark.parametrize(
     "text",
     ["not json", "[]", '["a.csv"]', '[{"prefix": "s3://b/"}, 3]',
+     '[{"prefix": "file:///proc/self/"}, "environ"]',  # an S3 manifest naming the pod's files
      # a key that would read or write outside the prefix and the output path
      '[{"prefix": "file:///d/"}, "../elsewhere/v.csv"]', '[{"prefix": "s3://b/"}, "a/./b"]',
      '[{"prefix": "file:///d/"}, "ok.csv", "/etc/hostname"]', '[{"prefix": "s3://b/"}, "a/.."]'],

@@ -205,8 +205,16 @@ def test_a_request_whose_kept_connections_close_unanswered_twice_is_not_sent_a_t
         table2, proxy2, _, _ = setup(max_concurrency=10)
         ready_replica(table2, once, "a")
         assert (await proxy2.invoke(table2.lookup("sl"), scope(), receive)).status == 200
-        proxy.prober.stop()
-        proxy2.prober.stop()
+        # replicas going away (scaled in, rolled over) close their kept connections: not counted
+        table3, proxy3, _, _ = setup(max_concurrency=10)
+        leaving = [FakePool([NotSent("closed", presumed=True)]) for _ in range(2)]
+        for name, pool in zip("ab", leaving, strict=True):
+            pool.release.set()  # answers after its one close
+            ready_replica(table3, pool, name).removed = True  # not dropped from the table yet
+        assert (await proxy3.invoke(table3.lookup("sl"), scope(), receive)).status == 200
+        assert not any(pool.failures for pool in leaving)  # both closed once, then one answered
+        for other in (proxy, proxy2, proxy3):
+            other.prober.stop()
 
     asyncio.run(scenario())
 

@@ -437,6 +437,26 @@ def test_a_job_stopped_while_another_endpoint_is_actuated_starts_no_instance(
     assert supervisor.endpoints["abalone-batch"].status.phase.value == "Stopped"
 
 
+def test_a_batch_job_stopped_and_resumed_is_the_same_job_and_a_changed_one_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """Its run id stays through spec.batch.stop, as a CR's UID does, so the resumed job skips
+    the outputs it wrote instead of writing every one again; any other change is a new job."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    supervisor.apply(parse_document(document, "test"))
+    first = supervisor._run_id("abalone-batch")
+    for stop in (True, False):
+        changed = copy.deepcopy(document)
+        changed["spec"]["batch"]["stop"] = stop
+        supervisor.apply(parse_document(changed, "test"))
+        assert supervisor._run_id("abalone-batch") == first
+    other = copy.deepcopy(document)
+    other["spec"]["batch"]["maxPayloadInMB"] = 5
+    supervisor.apply(parse_document(other, "test"))
+    assert supervisor._run_id("abalone-batch") not in ("", first)
+
+
 def test_a_saved_endpoint_this_version_refuses_is_skipped_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -20,7 +20,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from infermodes.storage import join_uri
+from infermodes.errors import StorageError
+from infermodes.storage import ObjectRef, join_uri, parse_uri
 
 OUT_SUFFIX = ".out"
 PART_MARK = ".part-"
@@ -91,14 +92,25 @@ def assign(units: Iterable[WorkUnit], count: int) -> list[list[WorkUnit]]:
 
 
 def relative_key(prefix: str, uri: str) -> str:
-    """The part of ``uri`` below the prefix's folder: ``s3://b/in/`` + ``s3://b/in/a/x.csv`` ->
-    ``a/x.csv``; a prefix ``s3://b/in/day-`` keeps the name: ``day-1.csv``."""
-    folder = prefix if prefix.endswith("/") else prefix[: prefix.rfind("/") + 1]
-    return uri[len(folder) :] if uri.startswith(folder) else uri.rsplit("/", 1)[-1]
+    """The name of ``uri`` below the prefix's folder, as the store spells it (a '%' or '#' in it
+    is one): ``s3://b/in/`` + ``s3://b/in/a/x.csv`` -> ``a/x.csv``; a prefix ``s3://b/in/day-``
+    keeps the name: ``day-1.csv``."""
+    base, ref = parse_uri(prefix), parse_uri(uri)
+    folder = base.key[: base.key.rfind("/") + 1]
+    if (ref.scheme, ref.bucket) == (base.scheme, base.bucket) and ref.key.startswith(folder):
+        return ref.key[len(folder) :]
+    return ref.key.rsplit("/", 1)[-1]
+
+
+def under(prefix: str, key: str) -> str:
+    """The URI of the object named ``key`` (a name, not a piece of URI) below ``prefix``."""
+    base = parse_uri(prefix)
+    name = f"{base.key.rstrip('/')}/{key}" if base.key.rstrip("/") or base.scheme == "file" else key
+    return ObjectRef(base.scheme, base.bucket, name).uri
 
 
 def output_uri(output_prefix: str, key: str) -> str:
-    return join_uri(output_prefix, key + OUT_SUFFIX)
+    return under(output_prefix, key + OUT_SUFFIX)
 
 
 def part_uri(output_prefix: str, unit: WorkUnit) -> str:
@@ -135,11 +147,20 @@ def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
     ):
         raise ValueError(f'manifest {manifest_uri} must be [{{"prefix": "s3://..."}}, "key", ...]')
     for key in document[1:]:
-        # read from the prefix, written under the output path: a key must stay below both
+        # read from the prefix, written under the output path: a key must stay below both (it
+        # is a name: '%2e%2e' is a folder of that name, not '..')
         if key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
             raise ValueError(
                 f"manifest {manifest_uri}: key {key[:200]!r} must lie under its prefix "
                 "(no leading '/', no '.' or '..' segment)"
             )
     prefix = document[0]["prefix"]
-    return [(prefix + key, key) for key in document[1:]]
+    try:
+        base, manifest = parse_uri(prefix), parse_uri(manifest_uri)
+    except StorageError as exc:
+        raise ValueError(f"manifest {manifest_uri}: prefix {prefix[:200]!r}: {exc}") from None
+    if base.scheme != manifest.scheme:  # an S3 manifest naming the pod's own files, say
+        raise ValueError(
+            f"manifest {manifest_uri}: its prefix must be of its own store ({manifest.scheme}://)"
+        )
+    return [(ObjectRef(base.scheme, base.bucket, base.key + key).uri, key) for key in document[1:]]

@@ -188,6 +188,7 @@ def test_completed_and_stopped() -> None:
     assert stopped.phase is s.Phase.STOPPED and stopped.desired_replicas == 0
     assert stopped.end_time == "2026-01-01T00:05:00Z"
     assert "endTime" not in still.to_patch(1, None)  # running: not ended
+    assert still.to_patch(1, {"endTime": "2026-01-01T00:05:00Z"})["endTime"] is None  # resumed
 
 
 def test_a_running_job_reports_no_scale_from_zero() -> None:
