@@ -288,6 +288,16 @@ class AsyncAcceptSettings(EnvSettings):
         "removed from the endpoints' storage (0: never).",
     )
 
+    @model_validator(mode="after")
+    def _input_prefixes_are_storage_prefixes(self) -> AsyncAcceptSettings:
+        for prefix in self.allowed_input_prefixes:
+            if prefix.lower() != "s3://" and not re.fullmatch(STORAGE_PREFIX, prefix):
+                raise ValueError(
+                    f"allowed_input_prefixes: {prefix!r} is not s3:// (any bucket), an "
+                    "s3://bucket[/prefix] or a file:///absolute/path prefix"
+                )
+        return self
+
 
 class AsyncApiSettings(AsyncAcceptSettings):
     """``infermodes async-api``: accepts async invocations and queues them. Env prefix

@@ -142,6 +142,18 @@ def test_lists_and_dicts_are_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.allowed_input_prefixes == ["s3://in/"]
 
 
+@pytest.mark.parametrize("prefix", ["file://", "relative/in", "http://host/in", "s3://b/x?y"])
+def test_an_allowed_input_prefix_that_is_no_storage_prefix_is_refused(
+    monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    """'file://' read as no path at all: it allowed nothing before URIs were read as names,
+    and every file after; neither is what was meant."""
+    monkeypatch.setenv("INFERMODES_ASYNC_API_ENDPOINTS", ENDPOINT)
+    monkeypatch.setenv("INFERMODES_ASYNC_API_ALLOWED_INPUT_PREFIXES", f'["{prefix}"]')
+    with pytest.raises(ValidationError, match="allowed_input_prefixes"):
+        AsyncApiSettings()
+
+
 def test_json_of_the_wrong_shape_is_a_validation_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERMODES_OPERATOR_NAMESPACES", '{"a": 1}')
     with pytest.raises(ValidationError, match="namespaces\n  Input should be a valid list"):
