@@ -756,9 +756,10 @@ class Supervisor:
             return None
         return path.read_text().strip() or None
 
-    def _ended(self, name: str, index: int) -> bool:
+    def _ran_to_end(self, name: str, index: int) -> bool:
         """Whether an instance ran to its end: it left a summary, and not one of an instance
-        stopped by ``up`` stopping (the job was not: it runs again, and skips what it wrote)."""
+        stopped by ``up`` stopping (the job was not: that summary is removed, and the instance
+        runs again, skipping what the job wrote)."""
         path = self._summary_path(name, index)
         try:
             summary = json.loads(path.read_text())
@@ -798,7 +799,7 @@ class Supervisor:
                     }))  # fmt: skip
         for index in range(count):  # at the start, and again for one stopped by another's hand
             key = f"{name}/instance-{index}"
-            if key in endpoint.children or self._ended(name, index):
+            if key in endpoint.children or self._ran_to_end(name, index):
                 continue
             extra = {
                 "JOB_COMPLETION_INDEX": str(index),
