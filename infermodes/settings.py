@@ -266,6 +266,17 @@ class AsyncEndpoint(BaseModel):
         )
 
 
+def check_storage_prefixes(setting: str, prefixes: list[str]) -> None:
+    """Prefixes a setting allows storage under: each ``s3://`` (any bucket), an
+    ``s3://bucket[/prefix]`` or a ``file:///absolute/path``."""
+    for prefix in prefixes:
+        if prefix.lower() != "s3://" and not re.fullmatch(STORAGE_PREFIX, prefix):
+            raise ValueError(
+                f"{setting}: {prefix!r} is not s3:// (any bucket), an s3://bucket[/prefix] or "
+                "a file:///absolute/path prefix (no '?' or '#')"
+            )
+
+
 class AsyncAcceptSettings(EnvSettings):
     """What accepting async invocations needs, in ``infermodes async-api`` and in the gateway
     alike (each class that inherits these sets its own env prefix)."""
@@ -290,12 +301,7 @@ class AsyncAcceptSettings(EnvSettings):
 
     @model_validator(mode="after")
     def _input_prefixes_are_storage_prefixes(self) -> AsyncAcceptSettings:
-        for prefix in self.allowed_input_prefixes:
-            if prefix.lower() != "s3://" and not re.fullmatch(STORAGE_PREFIX, prefix):
-                raise ValueError(
-                    f"allowed_input_prefixes: {prefix!r} is not s3:// (any bucket), an "
-                    "s3://bucket[/prefix] or a file:///absolute/path prefix"
-                )
+        check_storage_prefixes("allowed_input_prefixes", self.allowed_input_prefixes)
         return self
 
 
@@ -458,12 +464,7 @@ class GatewaySettings(AsyncAcceptSettings):
 
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
-        for prefix in self.async_storage_prefixes:
-            if prefix.lower() != "s3://" and not re.fullmatch(STORAGE_PREFIX, prefix):
-                raise ValueError(
-                    f"async_storage_prefixes: {prefix!r} is not an s3://bucket[/prefix] or "
-                    "file:///absolute/path prefix (no '?' or '#')"
-                )
+        check_storage_prefixes("async_storage_prefixes", self.async_storage_prefixes)
         return self
 
 

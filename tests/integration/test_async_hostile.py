@@ -6,10 +6,12 @@ connections the broker drops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -165,13 +167,22 @@ def test_a_worker_reads_no_file_outside_the_allowed_prefix_whatever_the_links(
     assert "root:" not in str(notes.received)
 
 
+@contextlib.contextmanager
+def api_client(
+    rabbitmq: Broker, endpoint: str, tmp_path: Path
+) -> Iterator[tuple[Any, httpx.Client]]:
+    """A running async API for one endpoint storing under ``tmp_path``, and a client of it."""
+    with (
+        running_api(rabbitmq, {endpoint: f"file://{tmp_path}"}, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):
+        yield api, client
+
+
 def test_header_values_that_are_not_ascii_digits_are_a_400_naming_the_header(
     rabbitmq: Broker, tmp_path: Path
 ) -> None:
-    with (
-        running_api(rabbitmq, {"digits": f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
+    with api_client(rabbitmq, "digits", tmp_path) as (api, client):
         for header in (TTL, TIMEOUT):
             for value in (b"\xb2", "\u0661\u0662".encode(), b"+5"):  # superscript, Arabic-Indic
                 response = client.post(
@@ -193,10 +204,7 @@ def test_a_header_of_one_value_given_twice_is_a_400_naming_it(
     rabbitmq: Broker, tmp_path: Path
 ) -> None:
     """Two Inference-Ids (or Content-Types) were answered as if the first were the only one."""
-    with (
-        running_api(rabbitmq, {"twice": f"file://{tmp_path}"}, tmp_path / "api.log") as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
-    ):
+    with api_client(rabbitmq, "twice", tmp_path) as (_, client):
         for header, values in ((ID, (b"a", b"b")), ("Content-Type", (b"text/csv", b"text/csv"))):
             response = client.post("/endpoints/twice/async-invocations", content=b"1\n",
                                    headers=[(header.encode(), v) for v in values])  # fmt: skip
