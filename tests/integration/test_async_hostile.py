@@ -204,14 +204,14 @@ def test_a_header_of_one_value_given_twice_is_a_400_naming_it(
     rabbitmq: Broker, tmp_path: Path
 ) -> None:
     """Two Inference-Ids (or Content-Types) were answered as if the first were the only one."""
-    with api_client(rabbitmq, "twice", tmp_path) as (_, client):
+    with api_client(rabbitmq, "header-twice", tmp_path) as (_, client):
         for header, values in ((ID, (b"a", b"b")), ("Content-Type", (b"text/csv", b"text/csv"))):
-            response = client.post("/endpoints/twice/async-invocations", content=b"1\n",
+            response = client.post("/endpoints/header-twice/async-invocations", content=b"1\n",
                                    headers=[(header.encode(), v) for v in values])  # fmt: skip
             assert response.status_code == 400, response.text
             assert f"{header.lower()} was given 2 times" in response.json()["message"].lower()
         accepts = [(b"Accept", b"application/x-other"), (b"Accept", b"text/csv")]  # one list
-        response = client.post("/endpoints/twice/async-invocations", content=b"1\n",
+        response = client.post("/endpoints/header-twice/async-invocations", content=b"1\n",
                                headers=accepts)  # fmt: skip
         assert response.status_code == 202, response.text
 

@@ -112,43 +112,55 @@ def throttled_total(actuator: Actuator, name: str) -> float:
     return gateway_figure(actuator, "infermodes_gateway_throttled_total", name)
 
 
-def test_serverless_beyond_max_concurrency_is_throttled_with_429(
-    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
-) -> None:
-    """maxConcurrency 1 at zero replicas: the first request is held for the cold start, the
-    others arriving meanwhile get 429 ThrottlingException at once, never a 5xx."""
-    actuator.apply(endpoint("serverless", "throttled", abalone_model, tmp_path,
+def throttling_round(
+    actuator: Actuator, name: str, abalone_model: AbaloneModel, tmp_path: Path
+) -> list[httpx.Response]:
+    """A serverless endpoint of maxConcurrency 1 at zero replicas; one large request, then five
+    small ones once the gateway has admitted it (held for the cold start, then scored)."""
+    actuator.apply(endpoint("serverless", name, abalone_model, tmp_path,
                             maxConcurrency=1, concurrencyPerReplica=1))  # fmt: skip
-    wait_status(actuator, "throttled", "InService at zero",
+    wait_status(actuator, name, "InService at zero",
                 lambda s: s.get("phase") == "InService" and s.get("replicas") == 0)  # fmt: skip
-    before = throttled_total(actuator, "throttled")
     body = to_csv(abalone_model.test_rows[:5])
-    # the five others leave once the gateway has admitted the first (held for the cold start,
-    # then a large body to score): sent together at the start, a loaded machine's threads
-    # could each arrive after the first was answered (all 200)
     rows = abalone_model.test_rows
     large = to_csv(np.resize(rows, (10_000, rows.shape[1])))  # ~1 MB: a serverless body is <= 4
     go = threading.Event()
 
     def after_the_first(_: int) -> httpx.Response:
         assert go.wait(60)
-        return invoke(actuator, "throttled", body)
+        return invoke(actuator, name, body)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        first = pool.submit(invoke, actuator, "throttled", large)
+        first = pool.submit(invoke, actuator, name, large)
         others = [pool.submit(after_the_first, index) for index in range(5)]
         admitted = "infermodes_gateway_requests_in_flight"
-        wait_until(lambda: first.done() or gateway_figure(actuator, admitted, "throttled") >= 1,
+        wait_until(lambda: first.done() or gateway_figure(actuator, admitted, name) >= 1,
                    30, "the first request admitted", interval=0.005)  # fmt: skip
         go.set()
-        answers = [first.result(), *(other.result() for other in others)]
-    codes = [a.status_code for a in answers]
+        return [first.result(), *(other.result() for other in others)]
+
+
+def test_serverless_beyond_max_concurrency_is_throttled_with_429(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """maxConcurrency 1 at zero replicas: the first request is held for the cold start, the
+    others arriving meanwhile get 429 ThrottlingException at once, never a 5xx. On a loaded
+    machine the five may all arrive only after the first was answered (all 200, as they
+    should then): up to three rounds, each on a new endpoint at zero, for one that overlaps."""
+    for round_ in range(3):
+        name = f"throttled-{round_}"
+        before = throttled_total(actuator, name)
+        answers = throttling_round(actuator, name, abalone_model, tmp_path)
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 429}, codes  # never a 5xx, nor anything else
+        if 429 in codes:
+            break
     assert set(codes) == {200, 429}, codes
     for answer in answers:
         if answer.status_code == 429:
             assert answer.json()["error"] == "ThrottlingException"
             assert answer.headers["x-amzn-errortype"].startswith("ThrottlingException")
-    assert throttled_total(actuator, "throttled") - before == codes.count(429)
+    assert throttled_total(actuator, name) - before == codes.count(429)
 
 
 def outputs(folder: Path) -> dict[str, np.ndarray]:
