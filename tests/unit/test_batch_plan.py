@@ -95,6 +95,14 @@ def test_output_part_and_summary_names() -> None:
     )
 
 
+def test_a_manifest_of_plain_paths_keeps_its_prefix_a_folder() -> None:
+    text = '[{"prefix": "/data/in/"}, "a.csv", "x%41#.csv"]'
+    assert plan.parse_manifest(text, "/data/m.json") == [
+        ("file:///data/in/a.csv", "a.csv"),
+        ("file:///data/in/x%2541%23.csv", "x%41#.csv"),  # the file of that very name
+    ]
+
+
 def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
     text = '[{"prefix": "s3://b/in/"}, "z.csv", "sub/a.csv"]'
     assert plan.parse_manifest(text, "s3://b/m.json") == [

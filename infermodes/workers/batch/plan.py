@@ -163,4 +163,5 @@ def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
         raise ValueError(
             f"manifest {manifest_uri}: its prefix must be of its own store ({manifest.scheme}://)"
         )
-    return [(ObjectRef(base.scheme, base.bucket, base.key + key).uri, key) for key in document[1:]]
+    folder = base.key + ("/" if prefix.endswith("/") and not base.key.endswith("/") else "")
+    return [(ObjectRef(base.scheme, base.bucket, folder + key).uri, key) for key in document[1:]]
