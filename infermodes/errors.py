@@ -85,3 +85,14 @@ class InvocationTimeout(InfermodesError):
     """An asynchronous request ran past its invocation timeout."""
 
     status_code = 408
+
+
+def clipped(text: str, limit: int = 100) -> str:
+    """``text`` cut to ``limit`` characters for a message: callers choose what they send."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def shown(value: object) -> str:
+    """A caller's value in a message, cut short (a request may carry a megabyte of it)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"

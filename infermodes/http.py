@@ -33,6 +33,7 @@ from infermodes.errors import (
     InfermodesError,
     PayloadTooLarge,
     UnsupportedContentType,
+    clipped,
 )
 from infermodes.metrics import render
 from infermodes.settings import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS
@@ -68,11 +69,6 @@ def status_kind(status: int) -> str:
 
 def error_response(exc: InfermodesError) -> Response:
     return Response(error_body(exc), exc.status_code, media_type=ERROR_MEDIA_TYPE)
-
-
-def clipped(text: str, limit: int = 100) -> str:
-    """``text`` cut to ``limit`` characters for a message: callers choose what they send."""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
@@ -296,7 +292,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.phase = _IDLE
-        self.header_bytes = 0
+        self.header_bytes = 0  # of the reads that ended mid-head
+        self.read_bytes = 0  # of the read being parsed
+        self.refused = False  # answered with an error and closing: nothing more is served
         self.deadline: asyncio.TimerHandle | None = None
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
 
@@ -310,6 +308,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.read_bytes = len(data)
         super().data_received(data)
         if self.phase == _IDLE or self.transport.is_closing():
             return  # the usual case: the read held whole requests
@@ -323,7 +322,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm(self.body_timeout)
 
     def on_message_begin(self) -> None:
-        if self.transport.is_closing():  # pipelined behind a refused request: not served
+        if self.refused:  # pipelined behind a refused request: not served
             return
         super().on_message_begin()
         self.phase = _HEADERS
@@ -332,7 +331,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_headers_complete(self) -> None:
-        if self.transport.is_closing():  # a request pipelined behind a refused one
+        if self.refused:  # a request pipelined behind a refused one
             return
         if self.parser.should_upgrade() and _has_body(self.headers):
             # llhttp stops at an upgrade and parses no body: refused, not scored empty (one
@@ -340,9 +339,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(400, "Connection: Upgrade is not supported (its body would go unread): "
                          "send the request without it (curl: --http1.1)")  # fmt: skip
             return
-        if _head_size(self.url, self.headers) > MAX_HEADER_BYTES:
-            # data_received counts only what reads that end mid-head bring: a head within one
-            # read (up to asyncio's 256 KiB), or whose last read was large, is measured here
+        if (  # the reads that brought the head can hold more than the bound: measure it
+            self.header_bytes + self.read_bytes > MAX_HEADER_BYTES
+            and _head_size(self.url, self.headers) > MAX_HEADER_BYTES
+        ):
             self._refuse(431, f"request headers over {MAX_HEADER_BYTES} bytes")
             return
         super().on_headers_complete()
@@ -353,11 +353,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._disarm()
 
     def on_body(self, body: bytes) -> None:
-        if not self.transport.is_closing():  # refused: no cycle reads it
+        if not self.refused:  # refused: no cycle reads it
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self.transport.is_closing():  # refused: no cycle reads it
+        if self.refused:  # refused: no cycle reads it
             return
         super().on_message_complete()
         self.phase = _IDLE
@@ -459,6 +459,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.deadline = None
 
     def _refuse(self, status: int, message: str) -> None:
+        self.refused = True
         self.transport.write(raw_error_response(status, message))
         self.transport.close()
 

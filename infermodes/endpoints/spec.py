@@ -31,6 +31,7 @@ from infermodes.destinations import (
     WEBHOOK_PATTERN,
     literal_refusal,
 )
+from infermodes.errors import shown
 from infermodes.jsonpath import JsonPath
 from infermodes.settings import (
     CONTROL,
@@ -563,9 +564,7 @@ def problem(error: ErrorDetails) -> str:
         return error["msg"]
     if pattern == WEBHOOK_PATTERN:  # a URL may carry a token: not repeated into logs
         return f"must be {meaning}"
-    given = repr(error["input"])
-    given = given if len(given) <= 80 else f"{given[:60]}... ({len(given)} characters)"
-    return f"must be {meaning}; got {given}"
+    return f"must be {meaning}; got {shown(error['input'])}"
 
 
 def spec_problems(exc: ValidationError, field: Callable[[str], str] = "spec.{}".format) -> str:

@@ -43,6 +43,7 @@ from infermodes.errors import (
     InvalidInput,
     ObjectNotFound,
     StorageError,
+    clipped,
 )
 from infermodes.gateway.async_retention import (
     CLAIM_SUFFIX,
@@ -53,7 +54,6 @@ from infermodes.gateway.async_retention import (
 )
 from infermodes.gateway.errors import runtime_error_response
 from infermodes.http import (
-    clipped,
     create_api,
     read_body,
     refuse_codings,

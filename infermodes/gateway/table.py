@@ -22,9 +22,8 @@ from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
 from infermodes.endpoints.status import FAILED_CREATE
-from infermodes.errors import EndpointNotFound, InfermodesError
+from infermodes.errors import EndpointNotFound, InfermodesError, clipped
 from infermodes.gateway.errors import ValidationError
-from infermodes.http import clipped
 from infermodes.settings import AsyncEndpoint
 from infermodes.storage import folder_uri, lies_under, prefix_base
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from infermodes.endpoints.spec import Mode, Phase, mode_change_allowed, object_name
+from infermodes.errors import shown
 from infermodes.platform.describe import (
     describe_endpoint,
     describe_transform_job,
@@ -41,7 +42,6 @@ from infermodes.platform.translate import (
     endpoint_object,
     model_record,
     only,
-    shown,
     transform_object,
 )
 

@@ -28,7 +28,7 @@ from infermodes.endpoints.spec import (
     object_name,
     spec_problems,
 )
-from infermodes.errors import StorageError
+from infermodes.errors import StorageError, shown
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
 from infermodes.settings import STORAGE_PREFIX
@@ -79,12 +79,6 @@ class Defaults:
 def arn(defaults: Defaults, resource: str, name: str) -> str:
     """The platform's ARN spells names in lower case."""
     return f"arn:aws:sagemaker:{defaults.region}:{defaults.account}:{resource}/{object_name(name)}"
-
-
-def shown(value: Any) -> str:
-    """A caller's value in a message, cut short (a request may carry a megabyte of it)."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def check_name(field: str, name: Any, kubernetes: bool = False) -> str:

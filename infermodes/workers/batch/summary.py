@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from infermodes.errors import clipped
+
 TERMINATION_MESSAGE_LIMIT = 4096  # what Kubernetes keeps of a termination message
 
 
@@ -30,7 +32,7 @@ FAILURE_TEXT_KEPT = 600  # of an object's name or a reason, in the termination m
 
 
 def clip(text: str) -> str:
-    return text if len(text) <= FAILURE_TEXT_KEPT else text[:FAILURE_TEXT_KEPT] + "..."
+    return clipped(text, FAILURE_TEXT_KEPT)
 
 
 @dataclass(frozen=True)
