@@ -192,7 +192,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     if "Complete" in conditions:
         return status(s.Phase.COMPLETED, COMPLETED, f"{found.records} records; {found.done} "
                       "objects written or already complete",
-                      str(job_status.get("completionTime") or "") or since("Complete"))  # fmt: skip
+                      since("Complete"))  # fmt: skip
     if "Failed" in conditions:
         condition = conditions["Failed"]
         detail = (

@@ -165,8 +165,8 @@ def test_a_job_with_no_inputs_failed_as_a_job_not_on_its_objects() -> None:
 
 
 def test_completed_and_stopped() -> None:
-    done = {"status": {"conditions": [{"type": "Complete", "status": "True"}],
-                       "completionTime": "2026-01-01T00:10:00Z"}}  # fmt: skip
+    done = {"status": {"conditions": [{"type": "Complete", "status": "True",
+                                       "lastTransitionTime": "2026-01-01T00:10:00Z"}]}}  # fmt: skip
     completed = batch.observe(SPEC, signals(done, [pod(0, "t", summary(0, 4))]), None)
     assert completed.phase is s.Phase.COMPLETED
     assert completed.to_patch(1, None)["endTime"] == "2026-01-01T00:10:00Z"
