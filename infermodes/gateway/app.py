@@ -21,7 +21,13 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints.demand import annotation_key
-from infermodes.gateway.auth import OPEN_STATUS, OPEN_WARNING, verified
+from infermodes.gateway.auth import (
+    OPEN_STATUS,
+    OPEN_WARNING,
+    loopback_only,
+    refused_host,
+    verified,
+)
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import ValidationError, runtime_error_response
 from infermodes.gateway.proxy import Proxy, is_invocation
@@ -50,7 +56,8 @@ ANYWHERE_WARNING = (
 
 class Gateway:
     """The ASGI app. ``draining`` turns readiness off while in-flight requests finish. Without
-    access keys it is open, and its ``/readyz`` says so."""
+    access keys it is open, and its ``/readyz`` says so. On loopback only, it answers requests
+    addressed to loopback names only (``auth.refused_host``)."""
 
     def __init__(
         self,
@@ -67,6 +74,7 @@ class Gateway:
         self.draining = False
         keys = parse_keys(settings.access_keys.get_secret_value())
         self.verifier = Verifier(keys) if keys else None
+        self.loopback_only = loopback_only(settings.host)
         # a signed body is read whole before routing: at most what its route takes
         self.invocation_limit = max(
             settings.realtime_max_payload_bytes, settings.serverless_max_payload_bytes
@@ -112,6 +120,8 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.loopback_only and scope["type"] == "http" and await refused_host(scope, send):
+            return
         if self.verifier is not None and scope["type"] == "http":
             limit = self.body_limit(scope["path"])
             checked = await verified(self.verifier, limit, scope, receive, send)

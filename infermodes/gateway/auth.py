@@ -4,16 +4,22 @@ platform's control plane, invocations, async invocations) must carry a valid AWS
 unsigned: probes and scrapers carry no keys, and those routes hold no data.
 
 The signature covers the body, so the whole body is read (bounded) and hashed first; the route
-then reads the same bytes from a replay, and still sees the client's disconnect after it."""
+then reads the same bytes from a replay, and still sees the client's disconnect after it.
+
+A gateway that listens on loopback only (``infermodes up``'s, open by default) answers only
+requests addressed to a loopback name: a web page in the machine's browser could otherwise reach
+it under a name of its own that resolves to 127.0.0.1 (DNS rebinding) and use its API."""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import socket
 
 from infermodes.errors import InfermodesError, PayloadTooLarge
 from infermodes.gateway.errors import ValidationError
-from infermodes.http import Message, Receive, Scope, Send, read_body
+from infermodes.http import Message, Receive, Scope, Send, header, read_body
 from infermodes.platform.sigv4 import AuthError, Verifier, error_response
 
 log = logging.getLogger("infermodes.gateway")
@@ -25,6 +31,62 @@ OPEN_WARNING = (
     "ACCESS_KEYS; in the chart, gateway.auth.secretRef)."
 )
 OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
+
+
+class AccessDeniedException(AuthError):
+    """A request addressed to a name that is not loopback, at a gateway on loopback only."""
+
+
+def loopback_only(host: str) -> bool:
+    """Whether every address ``host`` binds (as ``listen`` resolves it) is a loopback one;
+    False for all interfaces ("" or 0.0.0.0) and for a name that does not resolve."""
+    try:
+        found = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)  # fmt: skip
+    except socket.gaierror:
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
+
+
+def loopback_name(host: str) -> bool:
+    """Whether a Host header names loopback, whatever the port: ``localhost`` or a name under
+    it (browsers resolve those to loopback themselves, never through DNS), ``[::1]``, or an
+    IPv4 address in 127/8 in any form a client may write (``127.1``)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        return socket.inet_aton(name)[0] == 127
+    except OSError:
+        return False
+
+
+async def refused_host(scope: Scope, send: Send) -> bool:
+    """Refuse (403, and say so) a request whose Host is not a loopback name; a request without
+    one (HTTP/1.0: no browser sends that) passes."""
+    host = header(scope, b"host")
+    if host is None or loopback_name(host):
+        return False
+    shown = host if len(host) <= 100 else f"{host[:100]}..."
+    status, headers, body = error_response(
+        AccessDeniedException(
+            f"request addressed to {shown!r} refused: this gateway listens on loopback only and "
+            "answers requests addressed to localhost, 127.0.0.1 or [::1] (a web page could "
+            "otherwise reach it through a name of its own that resolves here)"
+        )
+    )
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return True
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

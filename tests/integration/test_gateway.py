@@ -353,7 +353,7 @@ def test_a_client_that_waits_for_100_continue_gets_it_and_then_its_answer(
     body = to_csv(abalone_model.test_rows[:1])
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as conn:
-        conn.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: gw\r\n"
+        conn.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: text/csv\r\nExpect: 100-continue\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
         assert conn.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")

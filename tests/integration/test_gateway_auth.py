@@ -160,3 +160,32 @@ def test_without_keys_the_gateway_says_it_is_open(
                             content=to_csv(abalone_model.test_rows[:1]),
                             headers={"content-type": "text/csv"})  # fmt: skip
         assert answer.status_code == 200, answer.text
+
+
+def test_on_loopback_only_requests_addressed_to_another_name_are_refused(
+    server: ServerProcess, tmp_path: Path, abalone_model: AbaloneModel
+) -> None:
+    """DNS rebinding: a web page's own name resolving to 127.0.0.1 reaches an open gateway on
+    loopback with that name as its Host; such requests are refused on every route, while
+    clients addressing it as localhost, 127.0.0.1 (in any spelling) or boto3 are served."""
+    body = to_csv(abalone_model.test_rows[:1])
+    csv = {"content-type": "text/csv"}
+    with running_gateway(endpoints(server), tmp_path) as gateway:
+        port = gateway.url.rpartition(":")[2]
+        for path in ("/endpoints/abalone-sl/invocations", "/readyz", "/metrics", "/"):
+            refused = httpx.post(f"{gateway.url}{path}", content=body,
+                                 headers={**csv, "host": f"attacker.example:{port}"})  # fmt: skip
+            assert refused.status_code == 403, (path, refused.text)
+            assert refused.json()["__type"] == "AccessDeniedException"
+            assert "'attacker.example:" in refused.json()["message"]
+            assert "loopback" in refused.json()["message"]
+        for host in (f"localhost:{port}", f"127.1:{port}", "app.localhost", "LOCALHOST."):
+            served = httpx.post(f"{gateway.url}/endpoints/abalone-sl/invocations", content=body,
+                                headers={**csv, "host": host})  # fmt: skip
+            assert served.status_code == 200, (host, served.text)
+        client = boto3.client("sagemaker-runtime", endpoint_url=f"http://localhost:{port}",
+                              region_name="us-east-1", aws_access_key_id="x",
+                              aws_secret_access_key="x")  # fmt: skip
+        answer = client.invoke_endpoint(EndpointName="abalone-sl", Body=body,
+                                        ContentType="text/csv")  # fmt: skip
+        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
