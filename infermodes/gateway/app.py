@@ -25,7 +25,7 @@ from infermodes.gateway.auth import (
     OPEN_STATUS,
     OPEN_WARNING,
     loopback_only,
-    refused_host,
+    refused_caller,
     verified,
 )
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
@@ -57,7 +57,7 @@ ANYWHERE_WARNING = (
 class Gateway:
     """The ASGI app. ``draining`` turns readiness off while in-flight requests finish. Without
     access keys it is open, and its ``/readyz`` says so. On loopback only, it answers requests
-    addressed to loopback names only (``auth.refused_host``)."""
+    addressed to loopback names from no other web page only (``auth.refused_caller``)."""
 
     def __init__(
         self,
@@ -120,7 +120,7 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.loopback_only and scope["type"] == "http" and await refused_host(scope, send):
+        if self.loopback_only and scope["type"] == "http" and await refused_caller(scope, send):
             return
         if self.verifier is not None and scope["type"] == "http":
             limit = self.body_limit(scope["path"])

@@ -7,8 +7,9 @@ The signature covers the body, so the whole body is read (bounded) and hashed fi
 then reads the same bytes from a replay, and still sees the client's disconnect after it.
 
 A gateway that listens on loopback only (``infermodes up``'s, open by default) answers only
-requests addressed to a loopback name: a web page in the machine's browser could otherwise reach
-it under a name of its own that resolves to 127.0.0.1 (DNS rebinding) and use its API."""
+requests addressed to a loopback name and sent by no other web page: a page in the machine's
+browser could otherwise reach it under a name of its own that resolves to 127.0.0.1 (DNS
+rebinding) and use its API, or post to it across sites."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import ipaddress
 import logging
 import socket
 
-from infermodes.errors import InfermodesError, PayloadTooLarge
+from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
 from infermodes.http import Message, Receive, Scope, Send, header, read_body
 from infermodes.platform.sigv4 import AuthError, Verifier, error_response
@@ -70,18 +71,33 @@ def loopback_name(host: str) -> bool:
         return False
 
 
-async def refused_host(scope: Scope, send: Send) -> bool:
-    """Refuse (403, and say so) a request whose Host is not a loopback name; a request without
-    one (HTTP/1.0: no browser sends that) passes."""
+def foreign_caller(scope: Scope) -> str | None:
+    """Why a request to a gateway on loopback only is refused, or None: a Host that is not a
+    loopback name (DNS rebinding), or an ``Origin`` that is not a loopback page (a browser sends
+    one with a page's cross-site POST, which needs no preflight when its body is text/plain: a
+    manifest applied, an endpoint invoked). A request without a Host (HTTP/1.0, which no browser
+    sends) passes; clients outside browsers send no Origin."""
     host = header(scope, b"host")
-    if host is None or loopback_name(host):
+    if host is not None and not loopback_name(host):
+        return f"request addressed to {clipped(host, 100)!r}"
+    origin = header(scope, b"origin")
+    if origin is not None:
+        scheme, separator, rest = origin.partition("://")
+        if not separator or scheme.lower() not in ("http", "https") or not loopback_name(rest):
+            return f"request from the web page of origin {clipped(origin, 100)!r}"
+    return None
+
+
+async def refused_caller(scope: Scope, send: Send) -> bool:
+    """Refuse (403, saying why) what ``foreign_caller`` names."""
+    foreign = foreign_caller(scope)
+    if foreign is None:
         return False
-    shown = host if len(host) <= 100 else f"{host[:100]}..."
     status, headers, body = error_response(
         AccessDeniedException(
-            f"request addressed to {shown!r} refused: this gateway listens on loopback only and "
-            "answers requests addressed to localhost, 127.0.0.1 or [::1] (a web page could "
-            "otherwise reach it through a name of its own that resolves here)"
+            f"{foreign} refused: this gateway listens on loopback only and answers requests "
+            "addressed to localhost, 127.0.0.1 or [::1], from no other web page (a web page "
+            "could otherwise use it through the browser)"
         )
     )
     await send({"type": "http.response.start", "status": status, "headers": headers})

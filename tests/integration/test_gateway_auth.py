@@ -166,8 +166,9 @@ def test_on_loopback_only_requests_addressed_to_another_name_are_refused(
     server: ServerProcess, tmp_path: Path, abalone_model: AbaloneModel
 ) -> None:
     """DNS rebinding: a web page's own name resolving to 127.0.0.1 reaches an open gateway on
-    loopback with that name as its Host; such requests are refused on every route, while
-    clients addressing it as localhost, 127.0.0.1 (in any spelling) or boto3 are served."""
+    loopback with that name as its Host; such requests are refused on every route, and so is a
+    cross-site post from another page (its Origin), while clients addressing it as localhost,
+    127.0.0.1 (in any spelling) or boto3 are served."""
     body = to_csv(abalone_model.test_rows[:1])
     csv = {"content-type": "text/csv"}
     with running_gateway(endpoints(server), tmp_path) as gateway:
@@ -179,6 +180,11 @@ def test_on_loopback_only_requests_addressed_to_another_name_are_refused(
             assert refused.json()["__type"] == "AccessDeniedException"
             assert "'attacker.example:" in refused.json()["message"]
             assert "loopback" in refused.json()["message"]
+        cross_site = httpx.post(f"{gateway.url}/endpoints/abalone-sl/invocations", content=body,
+                                headers={"content-type": "text/plain",
+                                         "origin": "https://attacker.example"})  # fmt: skip
+        assert cross_site.status_code == 403, cross_site.text
+        assert "'https://attacker.example'" in cross_site.json()["message"]
         for host in (f"localhost:{port}", f"127.1:{port}", "app.localhost", "LOCALHOST."):
             served = httpx.post(f"{gateway.url}/endpoints/abalone-sl/invocations", content=body,
                                 headers={**csv, "host": host})  # fmt: skip

@@ -93,6 +93,24 @@ def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
     assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
 
 
+def test_a_web_page_can_neither_apply_a_manifest_nor_reach_up_under_its_own_name(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A page's cross-site POST of text/plain needs no preflight, so a browser sends it: it
+    would apply any manifest to an open ``up``. The page's Origin is refused, and so is a
+    Host that is not a loopback name (DNS rebinding); nothing is applied."""
+    written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
+    body = yaml.safe_dump({**written, "metadata": {"name": "from-a-web-page"}}).encode()
+    port = up.url.rpartition(":")[2]
+    for headers in ({"origin": "https://attacker.example"},
+                    {"host": f"attacker.example:{port}"}):  # fmt: skip
+        refused = httpx.post(f"{up.url}/_infermodes/endpoints", content=body,
+                             headers={"content-type": "text/plain", **headers})  # fmt: skip
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["__type"] == "AccessDeniedException"
+    assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
+
+
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
         answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
