@@ -13,6 +13,8 @@ Numbers are read as the platform's container reads them (a C float parser), not 
 missing values. Refused, with the row and column: Python-only syntax (``1_0``), hexadecimal,
 infinities and anything beyond float32's range (XGBoost refuses infinite inputs), JSON's
 non-standard ``NaN``/``Infinity``. Rows end with LF or CRLF; a CR anywhere else is an error.
+A UTF-8 byte order mark before the first row is skipped (spreadsheets write one; JSON's reader
+skips it too).
 ``max_rows`` and ``max_values`` bound what one body may cost, whatever its size: libsvm rows
 need no bytes for absent features, so a small body can describe a huge dense matrix.
 """
@@ -57,6 +59,7 @@ _INFINITY = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-i
 _PLAIN = b"0123456789+-., \t"
 _LONG_DIGITS = re.compile(rb"\d{39}")
 _LONE_CR = re.compile(rb"\r(?!\n)")
+UTF8_BOM = b"\xef\xbb\xbf"
 _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any model we load
 
 
@@ -243,6 +246,7 @@ def decode_csv(
     max_values: int = MAX_DECODED_VALUES,
 ) -> np.ndarray:
     """CSV without a header; empty fields are missing values, blank lines are skipped."""
+    body = body.removeprefix(UTF8_BOM)
     line = body.rstrip(b"\r\n")
     if b"\n" not in line and b"\r" not in line:  # one row: the hot path
         if not line.strip(b" \t"):

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -224,3 +225,31 @@ def test_batch_transforms_answer_in_the_same_shapes(tmp_path: Path, model: str) 
         [entry["score"] for entry in json.loads(outputs["application/json"])["predictions"]], want
     )
     close([json.loads(line)["score"] for line in outputs[JSONLINES].splitlines()], want)
+
+
+def test_csv_saved_with_a_byte_order_mark_is_read_as_without_by_serve_and_batch(
+    tmp_path: Path, abalone_model: AbaloneModel
+) -> None:
+    """Spreadsheets save "CSV UTF-8" with a byte order mark before the first row: the model
+    server and a batch transform read it as the same rows without it (JSON's reader skips
+    one already)."""
+    body = to_csv(abalone_model.test_rows[:3])
+    bom = b"\xef\xbb\xbf"
+    log = tmp_path / "server.log"
+    with running_server(["--model", f"file://{abalone_model.tarball}", "--workers", "1"],
+                        log) as server:  # fmt: skip
+        for sent in (bom + body, bom + body[: body.index(b"\n")]):
+            answer = httpx.post(f"{server.url}/invocations", content=sent,
+                                headers={"content-type": "text/csv"})  # fmt: skip
+            plain = httpx.post(f"{server.url}/invocations", content=sent[3:],
+                               headers={"content-type": "text/csv"})  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            assert answer.text == plain.text
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/rows.csv").write_bytes(bom + body + b"\n")
+    out = tmp_path / "out"
+    done = run_batch(batch_command(abalone_model.tarball, str(tmp_path / "in"), str(out)))
+    assert done.returncode == 0, done.log
+    booster: Any = abalone_model.booster()
+    close([float(v) for v in (out / "rows.csv.out").read_text().split()],
+          booster.inplace_predict(abalone_model.test_rows[:3]))  # fmt: skip

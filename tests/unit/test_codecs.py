@@ -18,6 +18,16 @@ def test_many_csv_rows_with_crlf_and_blank_lines() -> None:
     np.testing.assert_array_equal(rows, [[1, 2], [3, 4], [5, 6]])
 
 
+@pytest.mark.parametrize("body", [b"1,2\r\n3,4\n", b"1,2", b"1,2\n"])
+def test_a_utf8_byte_order_mark_before_the_first_row_is_skipped(body: bytes) -> None:
+    """Spreadsheets save "CSV UTF-8" with one; JSON's reader skips it as well."""
+    np.testing.assert_array_equal(
+        codecs.decode(codecs.UTF8_BOM + body, codecs.CSV, 2), codecs.decode(body, codecs.CSV, 2)
+    )
+    with pytest.raises(InvalidInput, match="row 2, column 1: cannot parse"):
+        codecs.decode(b"1,2\n" + codecs.UTF8_BOM + b"3,4", codecs.CSV, 2)  # only at the start
+
+
 def test_empty_csv_fields_are_missing_values() -> None:
     rows = codecs.decode(b"1,,3", codecs.CSV, 3)
     assert math.isnan(rows[0, 1])
