@@ -100,6 +100,14 @@ def test_csv_join_appends_the_prediction_and_output_filter_selects() -> None:
     assert picked == (b"a,3.0\nb,7.0\n", 2)
 
 
+def test_a_byte_order_mark_before_the_first_record_is_no_part_of_its_columns() -> None:
+    batch = MiniBatch(1, b"\xef\xbb\xbfa,1,2\nb,3,4\n")
+    joined = transform(input_filter="$[1:]", join=True)(batch)
+    assert joined == (b"a,1,2,3.0\nb,3,4,7.0\n", 2)
+    assert transform(input_filter="$[2,1]")(MiniBatch(1, b"\xef\xbb\xbf1,2,3\n")) == (b"5.0\n", 1)
+    assert transform()(MiniBatch(1, b"\xef\xbb\xbf1,2\n3,4\n")) == (b"3.0\n7.0\n", 2)
+
+
 def test_csv_errors_name_the_line_of_the_object() -> None:
     with pytest.raises(BadRecord) as caught:
         transform()(MiniBatch(10, b"1,2\n\n3,x\n"))

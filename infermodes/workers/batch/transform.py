@@ -86,7 +86,8 @@ class Transform:
         columns: list[list[bytes]] = []
         selected: list[bytes] = []
         numbers: list[int] = []
-        for offset, raw in enumerate(batch.data.split(b"\n")):
+        data = batch.data.removeprefix(codecs.UTF8_BOM)  # an object's own, not a column's
+        for offset, raw in enumerate(data.split(b"\n")):
             line = raw.strip()
             if not line:
                 continue
