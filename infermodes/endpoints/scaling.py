@@ -263,6 +263,15 @@ class BacklogDecision:
     reason: str
 
 
+def _changed(
+    decision: BacklogDecision, current: int, memory: ScalerMemory, now: float
+) -> BacklogDecision:
+    """A decision that changes the replicas starts the scale-in cooldown, whatever its reason."""
+    if decision.replicas != current:
+        memory.last_change_at = now
+    return decision
+
+
 def backlog_replicas(
     block: AsyncSpec,
     current: int,
@@ -289,11 +298,13 @@ def backlog_replicas(
     low, high = block.min_replicas, block.max_replicas
     within = min(max(current, low), high)
     if ready is None:
-        return BacklogDecision(within, BROKER_UNREADABLE)
+        return _changed(BacklogDecision(within, BROKER_UNREADABLE), current, memory, now)
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
         wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
-        return BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
+        return _changed(
+            BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN), current, memory, now
+        )
     total = ready + unacked
     if total > 0:
         memory.empty_since = None

@@ -89,6 +89,21 @@ def test_unknown_in_flight_scales_out_on_ready_but_never_in() -> None:
     assert decide(spec, 3, 0, None, ScalerMemory()) == (3, "InFlightUnknown")
 
 
+def test_a_scale_out_while_in_flight_is_unknown_starts_the_cooldown() -> None:
+    """It changed the replicas as any scale-out does: the next known reading may not scale
+    in before the cooldown (it did at once), nor may one after a clamp the unread broker
+    applied."""
+    spec = block(targetBacklogPerInstance=1, scaleInCooldownSeconds=300, maxReplicas=10)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    assert decide(spec, 1, 7, None, memory, NOW) == (7, "InFlightUnknown")
+    assert decide(spec, 7, 1, 0, memory, NOW + 10) == (7, "CoolingDown")
+    assert decide(spec, 7, 1, 0, memory, NOW + 300) == (1, "ScaledIn")
+    clamped = block(minReplicas=2, scaleInCooldownSeconds=300)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    assert decide(clamped, 1, None, None, memory, NOW) == (2, "BrokerUnreadable")
+    assert memory.last_change_at == NOW
+
+
 def test_unknown_in_flight_counts_the_prefetch_of_every_consumer_while_requests_wait() -> None:
     """The broker has filled each consumer's prefetch (4 here) while anything waits: in flight
     at least, the bound the look counts, so the look does not ask each second in vain."""
