@@ -366,9 +366,13 @@ class FileStore:
         whole file system's root)."""
         refs = self._folder(prefix) if shallow else self.list(prefix)
         for ref in refs:
-            with contextlib.suppress(FileNotFoundError):
-                stat = os.stat(ref.key)
-                yield ref, stat.st_mtime, stat.st_size
+            try:
+                found = os.stat(ref.key)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise file_error("read", ref.uri, exc) from exc
+            yield ref, found.st_mtime, found.st_size
 
     def _folder(self, prefix: ObjectRef) -> Iterator[ObjectRef]:
         for entry in _entries(prefix):
@@ -376,22 +380,34 @@ class FileStore:
                 yield ObjectRef("file", "", entry.path)
 
     def delete(self, ref: ObjectRef) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(ref.key)
+        except (FileNotFoundError, NotADirectoryError):  # as exists() says: no such object
+            pass
+        except OSError as exc:  # a refusal, a folder: a storage error, as every call raises
+            raise file_error("delete", ref.uri, exc) from exc
 
     def remove_partials(
         self, prefix: ObjectRef, before: float, owned: Callable[[str], bool]
     ) -> int:
         """Remove the partial files of writers that died, last written to before ``before``,
         directly in the folder ``prefix`` names, of the targets whose names ``owned`` takes."""
-        removed = 0
+        removed, refused = 0, []
         for entry in _entries(prefix):
             target = partial_target(entry.name)
             if target is not None and owned(target):
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     if entry.stat(follow_symlinks=False).st_mtime < before:
                         os.unlink(entry.path)
                         removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # the others are still removed
+                    refused.append(file_error("delete", ObjectRef("file", "", entry.path).uri, exc))
+        if refused:
+            raise StorageError(
+                f"removed {removed} partial file(s); {len(refused)} could not be: {refused[0]}"
+            )
         return removed
 
 

@@ -76,21 +76,33 @@ def own_suffix(base: str, uri: str) -> str | None:
 
 
 def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
-    """Remove one endpoint's stale objects; returns how many."""
+    """Remove one endpoint's stale objects; returns how many. An object that cannot be
+    removed (a refusal) does not stop the rest: the first such error is raised at the end."""
     removed = 0
+    failures: list[StorageError] = []
     base = folder_uri(endpoint.input_path)  # as listings of it spell what they hold
     if base is None:
         raise StorageError(f"{endpoint.input_path} is not a storage URI")
     for uri, modified in storage.list_folder_times(base):
         kind = own_suffix(base, uri)
         if kind is not None and modified < now - MAX_AGE_BY_SUFFIX[kind]:
-            storage.delete(uri)
+            try:
+                storage.delete(uri)
+            except StorageError as exc:
+                failures.append(exc)
+                continue
             removed += 1
     prefixes = {endpoint.input_path, endpoint.output_path, endpoint.failure_path}
     for prefix in sorted(prefixes):
-        removed += storage.remove_partials(
-            prefix.rstrip("/") + "/", now - PARTIAL_MAX_AGE, written_by_us
-        )
+        try:
+            removed += storage.remove_partials(
+                prefix.rstrip("/") + "/", now - PARTIAL_MAX_AGE, written_by_us
+            )
+        except StorageError as exc:
+            failures.append(exc)
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise StorageError(f"some stale objects were left: {failures[0]}{more}")
     return removed
 
 

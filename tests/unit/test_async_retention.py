@@ -15,7 +15,7 @@ from infermodes.gateway.async_retention import (
     sweep,
 )
 from infermodes.settings import AsyncEndpoint
-from infermodes.storage import Storage
+from infermodes.storage import Storage, StorageError
 
 NOW = 1_000_000_000.0
 
@@ -56,6 +56,35 @@ def test_sweep_removes_only_stale_objects_of_our_own(tmp_path: Path, scheme: str
     assert sweep(Storage(), endpoint, NOW) == len(gone)
     assert [p for p in gone if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
+
+
+def test_an_object_that_cannot_be_removed_stops_no_other_and_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal to remove one file (EACCES from a folder the sweep may not write) reached the
+    sweeper as a bare OSError and ended its thread for every endpoint; it is a storage error
+    now, raised once the rest is removed."""
+    endpoint = AsyncEndpoint.under(f"file://{tmp_path}")
+    stuck = touch(tmp_path / "input/a-stuck.request", RECORD_MAX_AGE + 1)
+    stuck_partial = touch(tmp_path / "output/.a.out.k1.partial", PARTIAL_MAX_AGE + 1)
+    gone = [touch(tmp_path / "input/b-old.request", RECORD_MAX_AGE + 1),
+            touch(tmp_path / "output/.b.out.k2.partial", PARTIAL_MAX_AGE + 1)]  # fmt: skip
+    unlink = os.unlink
+
+    def refusing(path: str) -> None:
+        if path in (str(stuck), str(stuck_partial)):
+            raise PermissionError(13, "Permission denied")
+        unlink(path)
+
+    monkeypatch.setattr(os, "unlink", refusing)
+    with pytest.raises(StorageError) as raised:
+        sweep(Storage(), endpoint, NOW)
+    assert str(raised.value) == (
+        f"some stale objects were left: cannot delete file://{stuck}: Permission denied "
+        "(and 1 more)"
+    )
+    assert [p for p in gone if p.exists()] == []
+    assert stuck.exists() and stuck_partial.exists()
 
 
 def test_a_failing_sweep_is_one_warning_and_the_next_tries_again(

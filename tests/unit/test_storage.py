@@ -9,7 +9,14 @@ import pytest
 from moto import mock_aws
 
 from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
-from infermodes.storage import NotAFile, ObjectRef, S3Store, Storage, join_uri, parse_uri
+from infermodes.storage import (
+    NotAFile,
+    ObjectRef,
+    S3Store,
+    Storage,
+    join_uri,
+    parse_uri,
+)
 
 
 def test_parse_uris(tmp_path: Path) -> None:
@@ -89,6 +96,20 @@ def test_streaming_copy_and_size_limit(tmp_path: Path) -> None:
 def test_missing_object(tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound, match="no such object"):
         Storage().get_bytes(f"file://{tmp_path}/nope")
+
+
+def test_deleting_a_folder_is_a_storage_error_and_a_path_through_a_file_is_no_object(
+    tmp_path: Path,
+) -> None:
+    """Every other call raises storage errors; a bare OSError from a delete ended the
+    retention sweep's thread and looped an async request that had its output."""
+    storage = Storage()
+    (tmp_path / "folder.in").mkdir()
+    with pytest.raises(StorageError, match=r"^cannot delete file://.*/folder\.in: "):
+        storage.delete(f"file://{tmp_path}/folder.in")
+    (tmp_path / "file").write_bytes(b"x")
+    storage.delete(f"file://{tmp_path}/file/below")  # as exists() says: no such object
+    storage.delete(f"file://{tmp_path}/missing")
 
 
 def test_writes_in_progress_are_hidden_partial_files_that_list_never_shows(
