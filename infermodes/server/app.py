@@ -47,6 +47,15 @@ ROUTES = frozenset({"/ping", INVOCATIONS_ROUTE, "/metrics"})
 _MEDIA_TYPES = {kind: kind.encode() for kind in (*codecs.OUTPUT_TYPES, ERROR_MEDIA_TYPE)}
 
 
+def load_failure(exc: Exception) -> str:
+    """Why the model could not be loaded: our errors say it; anything else (a MemoryError, a
+    bug) is logged with its traceback and named by its type."""
+    if isinstance(exc, InfermodesError):
+        return str(exc)
+    log.error("unexpected error while loading the model", exc_info=exc)
+    return f"unexpected error while loading the model ({type(exc).__name__}: {exc})"
+
+
 class ModelSlot:
     """Holds the model once loaded; ``/ping`` answers 503 until then (or with the load error)."""
 
@@ -67,8 +76,8 @@ class ModelSlot:
         def run() -> None:
             try:
                 self.model = load()
-            except InfermodesError as exc:
-                self.error = str(exc)
+            except Exception as exc:  # anything: /ping must not say "loading" for ever
+                self.error = load_failure(exc)
                 on_failure(self.error)
 
         thread = threading.Thread(target=run, name="model-loader", daemon=True)

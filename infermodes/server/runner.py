@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from infermodes.errors import EXIT_MODEL_LOAD_FAILED, InfermodesError
+from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 if TYPE_CHECKING:
     from infermodes.settings import ServeSettings
@@ -51,7 +51,7 @@ def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = 
     from infermodes.http import uvicorn_options
     from infermodes.metrics import MULTIPROCESS_ENV, use_forked_worker_values
     from infermodes.predict.model import XGBoostModel
-    from infermodes.server.app import ModelSlot, create_app
+    from infermodes.server.app import ModelSlot, create_app, load_failure
 
     if os.environ.get(MULTIPROCESS_ENV):
         use_forked_worker_values()  # forked before any metric exists: no per-update fork check
@@ -97,8 +97,8 @@ def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = 
     else:
         try:
             slot.model = load()
-        except InfermodesError as exc:
-            log.error("cannot load model: %s", exc)
+        except Exception as exc:  # anything: a worker that cannot serve must say so and exit
+            log.error("cannot load model: %s", load_failure(exc))
             return EXIT_MODEL_LOAD_FAILED
     server.run(sockets=[sock])
     return EXIT_MODEL_LOAD_FAILED if slot.error else 0

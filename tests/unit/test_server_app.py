@@ -49,6 +49,25 @@ def test_load_failure_is_reported_by_ping() -> None:
     assert failures == ["no such object: file:///absent"]
 
 
+def test_an_unexpected_load_failure_is_reported_too_not_loading_for_ever() -> None:
+    """Only our own errors were caught: a MemoryError ended the loader thread silently and
+    /ping said "model is loading" for ever, and the worker never exited."""
+    slot = ModelSlot()
+    failures: list[str] = []
+
+    def load() -> XGBoostModel:
+        raise MemoryError("cannot allocate 40 GB")
+
+    slot.load_in_background(load, failures.append).join(5)
+    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
+    response = client.get("/ping")
+    assert response.status_code == 503
+    assert failures == [
+        "unexpected error while loading the model (MemoryError: cannot allocate 40 GB)"
+    ]
+    assert response.json()["message"] == failures[0]
+
+
 def test_chunked_body_over_limit_is_413(model: XGBoostModel) -> None:
     slot = ModelSlot()
     slot.model = model
