@@ -6,6 +6,8 @@ import io
 import json
 from collections.abc import Iterator
 
+import pytest
+
 from infermodes.workers.batch.runner import Progress
 from infermodes.workers.batch.summary import TERMINATION_MESSAGE_LIMIT, Failure, Summary
 
@@ -41,6 +43,27 @@ def test_termination_message_fits_kubernetes_limit_dropping_failures_from_the_en
     assert message["units"]["failed"] == 500
     assert 0 < len(message["failures"]) < 500
     assert message["failures"][0]["object"] == "s3://b/in/0.csv"
+
+
+def test_the_message_of_many_failures_serialises_only_the_few_that_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dropping one failure at a time re-serialised the whole list each time: 4,000 failed
+    objects took 43 s at the instance's end, 20,000 about 18 minutes."""
+    summary = Summary(0, 1, failed=20_000)
+    summary.failures.extend(Failure(f"s3://b/in/{i}.csv", i, "bad") for i in range(20_000))
+    sizes: list[int] = []
+    compact = Summary._compact
+
+    def counted(self: Summary, failures: list[Failure]) -> bytes:
+        sizes.append(len(failures))
+        return compact(self, failures)
+
+    monkeypatch.setattr(Summary, "_compact", counted)
+    message = json.loads(summary.termination_message())
+    kept = len(message["failures"])
+    assert 0 < kept < 100 and message["failures"][-1]["object"] == f"s3://b/in/{kept - 1}.csv"
+    assert sizes == list(range(kept + 2))  # none, each that fit, and the one that did not
 
 
 def test_a_failure_too_long_for_the_message_is_cut_short_and_the_job_still_reads_failed() -> None:

@@ -262,16 +262,25 @@ class Runner:
             where = f" at line {line}" if line else ""
             log.error("%s failed%s: %s", unit.obj.uri, where, reason)
             self.summary.failures.append(Failure(unit.obj.uri, line, reason))
-            for part in self.parts(unit):  # the object will not assemble: drop its parts
-                self.storage.delete(part)
+            self.remove(self.parts(unit), "the object will not assemble")
             return "failed"
+
+    def remove(self, uris: list[str], why: str) -> None:
+        """Remove parts no longer needed, at best: a store that fails here (as it may have just
+        failed the unit) leaves them, each a complete part, which a later run writes over (or,
+        keeping existing outputs, uses)."""
+        for uri in uris:
+            try:
+                self.storage.delete(uri)
+            except StorageError as exc:
+                log.warning("cannot remove %s (%s): %s", uri, why, exc)
 
     def transform_unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         out = plan.output_uri(self.output_prefix, unit.obj.key)
         if self.done(out):
             log.info("skipping %s: %s exists", unit.obj.uri, out)
             if unit.is_range:
-                self.storage.delete(plan.part_uri(self.output_prefix, unit))
+                self.remove([plan.part_uri(self.output_prefix, unit)], f"{out} is written")
             return "skipped"
         target = plan.part_uri(self.output_prefix, unit) if unit.is_range else out
         outcome = "succeeded"
@@ -352,8 +361,12 @@ class Runner:
             if self.done(out):
                 return False
             raise
-        for part in self.storage.list(out + plan.PART_MARK):
-            self.storage.delete(part)
+        try:
+            leftovers = self.storage.list(out + plan.PART_MARK)
+        except StorageError as exc:
+            log.warning("cannot list the parts of %s to remove them: %s", out, exc)
+            leftovers = []
+        self.remove(leftovers, f"assembled into {out}")
         log.info("assembled %s from %d parts", out, len(parts))
         return True
 

@@ -92,12 +92,18 @@ class Summary:
         """The summary within Kubernetes' 4 KiB: each failure's names and reason cut short,
         then failures dropped from the end if needed (the full list is in the summary object);
         the state says Failed even when none is left."""
-        kept = [Failure(clip(f.object), f.line, clip(f.reason)) for f in self.failures]
-        while True:
-            text = json.dumps(self.document(kept), separators=(",", ":")).encode()
-            if len(text) <= TERMINATION_MESSAGE_LIMIT or not kept:
-                return text[:TERMINATION_MESSAGE_LIMIT]
-            kept.pop()
+        kept: list[Failure] = []
+        text = self._compact(kept)
+        for failure in self.failures:  # a few fit: the whole list is never serialised
+            kept.append(Failure(clip(failure.object), failure.line, clip(failure.reason)))
+            more = self._compact(kept)
+            if len(more) > TERMINATION_MESSAGE_LIMIT:
+                break
+            text = more
+        return text[:TERMINATION_MESSAGE_LIMIT]
+
+    def _compact(self, failures: list[Failure]) -> bytes:
+        return json.dumps(self.document(failures), separators=(",", ":")).encode()
 
     def line(self) -> str:
         text = (
