@@ -19,7 +19,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,9 @@ class Credentials:
     server: str
     verify: ssl.SSLContext | bool
     token: Callable[[], str | None]  # read on every request: tokens rotate
-    cert: tuple[str, str] | None = None
+    cert: tuple[str, str] | None = None  # client certificate and key files
+    # ... or their PEM text (kubeconfig data): a private key, never in a repr
+    cert_data: tuple[bytes, bytes] | None = field(default=None, repr=False)
     namespace: str = "default"
 
     @classmethod
@@ -115,9 +117,10 @@ class Credentials:
             verify = ssl.create_default_context(cafile=str(base / cluster["certificate-authority"]))
         token = user.get("token")
         token_file = user.get("tokenFile")
-        cert = None
+        cert = cert_data = None
         if "client-certificate-data" in user:
-            cert = _materialise(user["client-certificate-data"], user["client-key-data"])
+            cert_data = (base64.b64decode(user["client-certificate-data"]),
+                         base64.b64decode(user["client-key-data"]))  # fmt: skip
         elif "client-certificate" in user:
             cert = (str(base / user["client-certificate"]), str(base / user["client-key"]))
         return cls(
@@ -126,20 +129,23 @@ class Credentials:
             token=(lambda: Path(base / token_file).read_text().strip()) if token_file
             else (lambda: token),
             cert=cert,
+            cert_data=cert_data,
             namespace=context.get("namespace", "default"),
         )  # fmt: skip
 
 
-def _materialise(cert_data: str, key_data: str) -> tuple[str, str]:
-    """Client certificate and key from kubeconfig data, as private files ssl can load."""
-    directory = Path(tempfile.mkdtemp(prefix="infermodes-gateway-"))
-    paths = []
-    for name, data in (("client.crt", cert_data), ("client.key", key_data)):
-        target = directory / name
-        target.write_bytes(base64.b64decode(data))
-        target.chmod(0o600)
-        paths.append(str(target))
-    return paths[0], paths[1]
+def load_client_cert(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """Load a client certificate and key given as PEM text: ssl loads only files, so they are
+    written to private files that are gone again once loaded (the key must not stay on disk)."""
+    with tempfile.TemporaryDirectory(prefix="infermodes-gateway-") as directory:
+        paths = []
+        for name, data in (("client.crt", cert), ("client.key", key)):
+            path = os.path.join(directory, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            paths.append(path)
+        context.load_cert_chain(paths[0], paths[1])
 
 
 class KubeApi:
@@ -148,12 +154,15 @@ class KubeApi:
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
         verify = credentials.verify
-        if credentials.cert is not None:
+        if credentials.cert is not None or credentials.cert_data is not None:
             context = verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
             if verify is False:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            context.load_cert_chain(*credentials.cert)
+            if credentials.cert_data is not None:
+                load_client_cert(context, *credentials.cert_data)
+            elif credentials.cert is not None:
+                context.load_cert_chain(*credentials.cert)
             verify = context
         self.client = httpx.AsyncClient(
             base_url=credentials.server,

@@ -4,7 +4,9 @@ mapping of replica answers, and the kubeconfig credentials."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from infermodes.gateway.errors import (
     ModelError,
     gateway_error_body,
 )
-from infermodes.gateway.kube import Credentials
+from infermodes.gateway.kube import Credentials, KubeApi
 from infermodes.gateway.proxy import checked_answer, is_invocation, original_message
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer
@@ -370,6 +372,48 @@ def test_kubeconfig_credentials_use_its_current_context(tmp_path: Path) -> None:
     assert credentials.verify is False
     assert credentials.token() == "secret-token"
     assert "secret-token" not in repr(credentials)
+
+
+def test_a_client_key_given_as_kubeconfig_data_does_not_stay_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssl loads a client certificate only from files: they were written to a temporary folder
+    that stayed, one more copy of the private key per gateway start."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")])
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + day).sign(key, hashes.SHA256()))  # fmt: skip
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())  # fmt: skip
+    user = {"client-certificate-data": base64.b64encode(cert.public_bytes(
+                serialization.Encoding.PEM)).decode(),
+            "client-key-data": base64.b64encode(key_pem).decode()}  # fmt: skip
+    config = {
+        "current-context": "gw",
+        "contexts": [{"name": "gw", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": user}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    credentials = Credentials.from_kubeconfig(path)
+    api = KubeApi(credentials)  # loads the pair into its TLS context
+    assert list(scratch.iterdir()) == []
+    assert b"PRIVATE KEY" not in repr(credentials).encode()
+    asyncio.run(api.client.aclose())
 
 
 def test_a_broken_kubeconfig_is_reported_without_quoting_its_secrets(tmp_path: Path) -> None:
