@@ -279,6 +279,7 @@ class Proxy:
             endpoint.active -= 1
             in_flight.dec()
             endpoint.last_request_at = time.time()
+            self.table.forget_if_gone(endpoint)
 
     async def forward(
         self,

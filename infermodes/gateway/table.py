@@ -381,8 +381,15 @@ class Table:
         endpoint.last_request_at, endpoint.peak_active, endpoint.peers_seen_at = 0.0, 0, ()
         endpoint.pushed_at_zero = False
         endpoint.wake()  # requests held for it get what a new request gets: 404
-        if not endpoint.replicas and endpoint.active == 0:
-            del self.endpoints[(namespace, name)]
+        self.forget_if_gone(endpoint)
+
+    def forget_if_gone(self, endpoint: Endpoint) -> None:
+        """Drop a deleted endpoint's entry once nothing of it is left: its replicas and the
+        requests in flight to them outlive the object, and each leaving calls this."""
+        key = (endpoint.namespace, endpoint.name)
+        gone = key not in self.known and not endpoint.replicas and endpoint.active == 0
+        if gone and self.endpoints.get(key) is endpoint:
+            del self.endpoints[key]
 
     def replace_endpoints(self, scope: str | None, objects: Iterable[Mapping[str, Any]]) -> None:
         """A full list of one namespace (``scope``) or of all (None), after a relist: endpoints
@@ -406,7 +413,7 @@ class Table:
                 self.mark_ready(endpoint, old)
             return
         if old is not None:
-            self.drop_replica(namespace, endpoint_name, old.key)
+            self._remove_replica(endpoint, old.key)
         endpoint.replicas[replica.key] = replica
         if replica.ready:
             self.mark_ready(endpoint, replica)
@@ -416,12 +423,17 @@ class Table:
     def drop_replica(self, namespace: str, endpoint_name: str, key: str) -> None:
         """The replica leaves the rotation at once; its in-flight requests finish."""
         endpoint = self.endpoints.get((namespace, endpoint_name))
-        replica = endpoint.replicas.pop(key, None) if endpoint else None
-        if endpoint is None or replica is None:
-            return
+        if endpoint is not None and self._remove_replica(endpoint, key):
+            self.forget_if_gone(endpoint)
+
+    def _remove_replica(self, endpoint: Endpoint, key: str) -> bool:
+        replica = endpoint.replicas.pop(key, None)
+        if replica is None:
+            return False
         replica.removed, replica.ready = True, False
         if self.on_removed_replica is not None:
             self.on_removed_replica(endpoint, replica)
+        return True
 
     def replace_replicas(
         self, scope: str | None, replicas: Mapping[tuple[str, str], list[Replica]]

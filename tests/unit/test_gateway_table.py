@@ -305,6 +305,25 @@ def test_pod_events_join_and_leave_the_rotation() -> None:
     assert table.lookup("e").replicas == {} and hooks.removed == ["p1", "p2"]
 
 
+def test_a_deleted_endpoints_entry_goes_with_its_last_replica_and_request() -> None:
+    """Its pods outlive the object while they terminate: the entry stayed for good once they
+    were gone, one more per endpoint ever deleted."""
+    table = Hooks().table()
+    apply_endpoint(table, "ADDED", endpoint_object("e"))
+    apply_pod(table, "ADDED", pod("p1", "e", ready=True))
+    apply_endpoint(table, "DELETED", endpoint_object("e"))
+    assert ("ns", "e") in table.endpoints  # its pod still finishes what it holds
+    entry = table.endpoints["ns", "e"]
+    entry.active = 1  # a request in flight to it
+    apply_pod(table, "DELETED", pod("p1", "e", ready=True))
+    assert table.endpoints["ns", "e"] is entry
+    entry.active = 0
+    table.forget_if_gone(entry)  # what the proxy calls as its request ends
+    assert ("ns", "e") not in table.endpoints
+    apply_endpoint(table, "ADDED", endpoint_object("e"))  # the same name again: a new entry
+    assert table.lookup("e") is not entry
+
+
 def test_a_pod_with_a_new_ip_is_a_new_replica() -> None:
     hooks = Hooks()
     table = hooks.table()
