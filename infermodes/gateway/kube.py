@@ -47,9 +47,21 @@ ALL_NAMESPACES = "*"  # in the namespaces setting: watch every namespace
 
 
 class ApiError(Exception):
+    """The Kubernetes API answered ``status``; ``message`` is its Status's message when it sent
+    one (what a quota or an admission policy says), else the start of its answer."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+        self.message = message
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ApiError:
+        try:
+            message = str(response.json()["message"])
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        return cls(response.status_code, message[:500])
 
 
 class Gone(Exception):
@@ -181,7 +193,7 @@ class KubeApi:
     async def get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         response = await self.client.get(path, params=params, headers=self._headers())
         if response.status_code != 200:
-            raise ApiError(response.status_code, response.text[:500])
+            raise ApiError.of(response)
         result: dict[str, Any] = response.json()
         return result
 
@@ -193,7 +205,7 @@ class KubeApi:
         headers = self._headers({"Content-Type": "application/json"} if content else None)
         response = await self.client.request(method, path, content=content, headers=headers)
         if response.status_code not in (200, 201, 202):
-            raise ApiError(response.status_code, response.text[:500])
+            raise ApiError.of(response)
         return response.json()
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
@@ -201,7 +213,7 @@ class KubeApi:
             path, content=json.dumps(patch), headers=self._headers({"Content-Type": MERGE_PATCH})
         )
         if response.status_code not in (200, 201):
-            raise ApiError(response.status_code, response.text[:500])
+            raise ApiError.of(response)
 
     async def watch(
         self, path: str, params: Mapping[str, str], version: str

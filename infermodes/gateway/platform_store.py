@@ -16,13 +16,30 @@ from typing import Any
 
 from infermodes.endpoints.spec import GROUP, VERSION, object_name
 from infermodes.gateway.kube import ENDPOINTS_PATH, ApiError, KubeApi, scoped
-from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+from infermodes.platform.store import (
+    AlreadyExists,
+    JsonObject,
+    LimitExceeded,
+    NotFound,
+    RecordKind,
+    Refused,
+)
 
 RECORD_RESOURCES = {
     RecordKind.MODEL: ("InferenceModel", "inferencemodels"),
     RecordKind.ENDPOINT_CONFIG: ("InferenceEndpointConfig", "inferenceendpointconfigs"),
 }
 REPLACE_ATTEMPTS = 5  # a replace that meets another writer's change reads and tries again
+REFUSALS = (400, 403, 422)  # a policy, a quota or the schema: the cluster's answer, not a failure
+
+
+def refusal(exc: ApiError, action: str) -> Exception:
+    """The store's error for the cluster's refusal of a write: what it said, as ``Refused``
+    (``LimitExceeded`` for a quota); any other answer is the API's failure, as it was."""
+    if exc.status not in REFUSALS:
+        return exc
+    said = f"the cluster refused to {action}: {exc.message}"
+    return LimitExceeded(said) if "exceeded quota" in exc.message else Refused(said)
 
 
 class KubePlatformStore:
@@ -42,7 +59,7 @@ class KubePlatformStore:
         except ApiError as exc:
             if exc.status == 409:
                 raise AlreadyExists(f"{what} {obj['metadata']['name']!r} exists") from None
-            raise
+            raise refusal(exc, f"create {what} {obj['metadata']['name']!r}") from None
 
     async def _read(self, path: str) -> JsonObject | None:
         try:
@@ -58,7 +75,7 @@ class KubePlatformStore:
         except ApiError as exc:
             if exc.status == 404:
                 raise NotFound(f"{what} {path.rsplit('/', 1)[-1]!r} does not exist") from None
-            raise
+            raise refusal(exc, f"delete {what} {path.rsplit('/', 1)[-1]!r}") from None
 
     async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
         resource_kind, _ = RECORD_RESOURCES[kind]
@@ -111,8 +128,11 @@ class KubePlatformStore:
                 if exc.status == 404:
                     raise NotFound(f"InferenceEndpoint {name!r} does not exist") from None
                 if exc.status != 409:
-                    raise
-        raise ApiError(409, f"InferenceEndpoint {name!r} kept changing; not replaced")
+                    raise refusal(exc, f"replace InferenceEndpoint {name!r}") from None
+        raise Refused(
+            f"InferenceEndpoint {name!r} kept changing while it was replaced "
+            f"({REPLACE_ATTEMPTS} attempts); try again"
+        )
 
     async def read_endpoint(self, name: str) -> JsonObject | None:
         return await self._read(f"{self.endpoints}/{object_name(name)}")

@@ -20,12 +20,13 @@ from infermodes.platform.errors import (
     CONTENT_TYPE,
     ERROR_TYPE_HEADER,
     ApiError,
+    ResourceLimitExceeded,
     SerializationException,
     UnknownOperationException,
     ValidationException,
 )
 from infermodes.platform.operations import ControlPlane
-from infermodes.platform.store import JsonObject, PlatformStore
+from infermodes.platform.store import JsonObject, LimitExceeded, PlatformStore, Refused
 from infermodes.platform.translate import Defaults
 
 log = logging.getLogger("infermodes.platform")
@@ -110,6 +111,10 @@ def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
             return answer(result)
         except ApiError as exc:
             return error_answer(exc)
+        except LimitExceeded as exc:  # the cluster's quota, as the platform's own limits
+            return error_answer(ResourceLimitExceeded(str(exc)))
+        except Refused as exc:  # a policy or a lasting conflict: the caller can act on it
+            return error_answer(ValidationException(str(exc)))
         except Exception:
             log.exception("control plane request failed")
             return error_answer(InternalFailure("internal failure; the log has details"))

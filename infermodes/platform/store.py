@@ -32,12 +32,23 @@ class NotFound(Exception):
     """A replace or delete named something that does not exist."""
 
 
+class Refused(Exception):
+    """The store refused a write for a reason its message names, which the caller can act on
+    (an admission policy, a conflict that outlasted the retries); answered as the platform
+    answers bad input, not as the store's failure."""
+
+
+class LimitExceeded(Refused):
+    """The store refused a write for a quota (a Kubernetes ResourceQuota)."""
+
+
 JsonObject = dict[str, Any]
 
 
 class PlatformStore(Protocol):
-    """Every method may raise ``AlreadyExists``/``NotFound`` as documented and nothing else for
-    a caller's mistake; any other exception is the store's own failure (answered 500)."""
+    """Every method may raise ``AlreadyExists``/``NotFound`` as documented, and ``Refused`` (or
+    ``LimitExceeded``) for a write the store will not take; any other exception is the store's
+    own failure (answered 500)."""
 
     async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
         """Keep ``record`` under ``name``; ``AlreadyExists`` if one is kept there."""

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from infermodes.gateway.kube import Credentials, KubeApi
 from infermodes.gateway.platform_store import KubePlatformStore
-from infermodes.platform.store import AlreadyExists, NotFound, RecordKind
+from infermodes.platform.store import AlreadyExists, LimitExceeded, NotFound, RecordKind, Refused
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -30,6 +30,7 @@ from tests.e2e.operator_support import (
     installed_chart,
     to_csv,
 )
+from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 from tests.support.s3 import S3Endpoint, read_when_there
 from tests.support.seaweedfs import seaweedfs_server
@@ -255,6 +256,21 @@ def test_the_kubernetes_store_keeps_records_and_endpoints_as_objects(
             await store.delete_record(RecordKind.MODEL, "Abalone-Model")
         with pytest.raises(NotFound):
             await store.replace_endpoint(endpoint_manifest("never-created", model_uri))
+
+        # the cluster's refusals are the caller's to read, not the store's failure (a 500)
+        bad = endpoint_manifest("bad-schema", model_uri)
+        bad["spec"]["realtime"]["maxReplicas"] = "many"
+        with pytest.raises(Refused, match=r"refused to create InferenceEndpoint 'bad-schema': "
+                                          r".*maxReplicas"):  # fmt: skip
+            await store.create_endpoint(bad)
+        quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-models"},
+                 "spec": {"hard": {"count/inferencemodels.infermodes.dev": "0"}}}  # fmt: skip
+        assert tools.apply(quota, k8s_namespace).returncode == 0
+        wait_until(lambda: bool(tools.kubectl("get", "resourcequota", "no-models", "-n",
+                   k8s_namespace, "-o", "jsonpath={.status.hard}").stdout), 60,
+                   "the quota's status", interval=0.5)  # fmt: skip
+        with pytest.raises(LimitExceeded, match="exceeded quota: no-models"):
+            await store.create_record(RecordKind.MODEL, "Over-Quota", model)
         await api.client.aclose()
 
     asyncio.run(scenario())

@@ -481,3 +481,32 @@ def test_instance_types_and_tags_are_held_to_the_platforms_forms_and_limits() ->
                               Tags=[{"Key": "k" * 129, "Value": "v"}])  # fmt: skip
     assert message.startswith("Tags: a key of 1 to 128 characters"), message
     api.call("CreateModel", ModelName="tagged", PrimaryContainer=container, Tags=tags[:50])
+
+
+def test_a_write_the_store_refuses_is_the_callers_error_naming_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cluster's quota or admission policy refusing an object came back as a 500, which
+    boto3 retries; it is the platform's code for a limit or bad input, with what was said."""
+    from infermodes.platform.store import LimitExceeded, Refused
+
+    api = Api()
+    container = {"Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz"}
+
+    async def over_quota(*_: Any) -> None:
+        raise LimitExceeded(
+            "the cluster refused to create InferenceModel 'abalone': "
+            "exceeded quota: models, requested: count=1, limited: count=0"
+        )
+
+    monkeypatch.setattr(api.store, "create_record", over_quota)
+    code, message = api.error("CreateModel", ModelName="abalone", PrimaryContainer=container)
+    assert code == "ResourceLimitExceeded" and "exceeded quota: models" in message
+
+    async def denied(*_: Any) -> None:
+        raise Refused("the cluster refused to create InferenceModel 'abalone': admission "
+                      "webhook denied the request: images must come from our registry")  # fmt: skip
+
+    monkeypatch.setattr(api.store, "create_record", denied)
+    code, message = api.error("CreateModel", ModelName="abalone", PrimaryContainer=container)
+    assert code == "ValidationException" and "images must come from our registry" in message
