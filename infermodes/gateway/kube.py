@@ -46,7 +46,7 @@ PODS_PATH = "/api/v1/pods"
 ALL_NAMESPACES = "*"  # in the namespaces setting: watch every namespace
 
 
-class ApiError(Exception):
+class KubeApiError(Exception):
     """The Kubernetes API answered ``status``; ``message`` is its Status's message when it sent
     one (what a quota or an admission policy says), else the start of its answer."""
 
@@ -56,7 +56,7 @@ class ApiError(Exception):
         self.message = message
 
     @classmethod
-    def of(cls, response: httpx.Response) -> ApiError:
+    def of(cls, response: httpx.Response) -> KubeApiError:
         try:
             message = str(response.json()["message"])
         except (ValueError, KeyError, TypeError):
@@ -193,19 +193,19 @@ class KubeApi:
     async def get(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         response = await self.client.get(path, params=params, headers=self._headers())
         if response.status_code != 200:
-            raise ApiError.of(response)
+            raise KubeApiError.of(response)
         result: dict[str, Any] = response.json()
         return result
 
     async def send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """One create (POST), replace (PUT) or delete (DELETE); its answer's JSON. Any status
-        but 200/201/202 is an ``ApiError`` (409 a name taken or a stale resourceVersion, 404
+        but 200/201/202 is an ``KubeApiError`` (409 a name taken or a stale resourceVersion, 404
         nothing there)."""
         content = None if body is None else json.dumps(body)
         headers = self._headers({"Content-Type": "application/json"} if content else None)
         response = await self.client.request(method, path, content=content, headers=headers)
         if response.status_code not in (200, 201, 202):
-            raise ApiError.of(response)
+            raise KubeApiError.of(response)
         return response.json()
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> None:
@@ -213,7 +213,7 @@ class KubeApi:
             path, content=json.dumps(patch), headers=self._headers({"Content-Type": MERGE_PATCH})
         )
         if response.status_code not in (200, 201):
-            raise ApiError.of(response)
+            raise KubeApiError.of(response)
 
     async def watch(
         self, path: str, params: Mapping[str, str], version: str
@@ -233,7 +233,7 @@ class KubeApi:
             if response.status_code == 410:
                 raise Gone()
             if response.status_code != 200:
-                raise ApiError(response.status_code, (await response.aread()).decode()[:500])
+                raise KubeApiError(response.status_code, (await response.aread()).decode()[:500])
             async for line in response.aiter_lines():
                 if line.strip():
                     event: dict[str, Any] = json.loads(line)
@@ -241,7 +241,7 @@ class KubeApi:
                         status = event.get("object") or {}
                         if status.get("code") == 410:
                             raise Gone()
-                        raise ApiError(int(status.get("code", 500)), str(status.get("message")))
+                        raise KubeApiError(int(status.get("code", 500)), str(status.get("message")))
                     yield event
 
 
@@ -280,7 +280,7 @@ class Watched:
                     backoff = BACKOFF_FIRST
             except Gone:
                 version = None
-            except (httpx.HTTPError, ApiError, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, KubeApiError, ValueError, KeyError) as exc:
                 log.warning("watch of %s failed (%s); again in %.1f s", self.path, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -386,6 +386,6 @@ class KubeDemandSink:
         patch = {"metadata": {"annotations": {self.key: demand.to_annotation()}}}
         try:
             await self.api.merge_patch(f"{scoped(namespace, ENDPOINTS_PATH)}/{name}", patch)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status != 404:
                 raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from infermodes.endpoints.spec import GROUP, VERSION, object_name
-from infermodes.gateway.kube import ENDPOINTS_PATH, ApiError, KubeApi, scoped
+from infermodes.gateway.kube import ENDPOINTS_PATH, KubeApi, KubeApiError, scoped
 from infermodes.platform.store import (
     AlreadyExists,
     JsonObject,
@@ -33,7 +33,7 @@ REPLACE_ATTEMPTS = 5  # a replace that meets another writer's change reads and t
 REFUSALS = (400, 403, 422)  # a policy, a quota or the schema: the cluster's answer, not a failure
 
 
-def refusal(exc: ApiError, action: str) -> Exception:
+def refusal(exc: KubeApiError, action: str) -> Exception:
     """The store's error for the cluster's refusal of a write: what it said, as ``Refused``
     (``LimitExceeded`` for a quota); any other answer is the API's failure, as it was."""
     if exc.status not in REFUSALS:
@@ -56,7 +56,7 @@ class KubePlatformStore:
     async def _create(self, path: str, obj: JsonObject, what: str) -> None:
         try:
             await self.api.send("POST", path, obj)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 409:
                 raise AlreadyExists(f"{what} {obj['metadata']['name']!r} exists") from None
             raise refusal(exc, f"create {what} {obj['metadata']['name']!r}") from None
@@ -64,7 +64,7 @@ class KubePlatformStore:
     async def _read(self, path: str) -> JsonObject | None:
         try:
             return await self.api.get(path, {})
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -72,7 +72,7 @@ class KubePlatformStore:
     async def _delete(self, path: str, what: str) -> None:
         try:
             await self.api.send("DELETE", path)
-        except ApiError as exc:
+        except KubeApiError as exc:
             if exc.status == 404:
                 raise NotFound(f"{what} {path.rsplit('/', 1)[-1]!r} does not exist") from None
             raise refusal(exc, f"delete {what} {path.rsplit('/', 1)[-1]!r}") from None
@@ -124,7 +124,7 @@ class KubePlatformStore:
             try:
                 await self.api.send("PUT", path, current)
                 return
-            except ApiError as exc:
+            except KubeApiError as exc:
                 if exc.status == 404:
                     raise NotFound(f"InferenceEndpoint {name!r} does not exist") from None
                 if exc.status != 409:

@@ -428,19 +428,19 @@ def test_a_broken_kubeconfig_is_reported_without_quoting_its_secrets(tmp_path: P
 def test_the_clusters_refusals_are_the_stores_refused_with_what_it_said() -> None:
     import httpx
 
-    from infermodes.gateway.kube import ApiError
+    from infermodes.gateway.kube import KubeApiError
     from infermodes.gateway.platform_store import refusal
     from infermodes.platform.store import LimitExceeded, Refused
 
     said = 'inferencemodels.infermodes.dev "m" is forbidden: exceeded quota: no-models'
-    quota = ApiError.of(httpx.Response(403, json={"kind": "Status", "message": said}))
+    quota = KubeApiError.of(httpx.Response(403, json={"kind": "Status", "message": said}))
     assert quota.message == said
     assert isinstance(refusal(quota, "create InferenceModel 'm'"), LimitExceeded)
-    invalid = ApiError.of(httpx.Response(422, json={"message": "spec.x: Invalid value"}))
+    invalid = KubeApiError.of(httpx.Response(422, json={"message": "spec.x: Invalid value"}))
     refused = refusal(invalid, "create InferenceEndpoint 'e'")
     assert type(refused) is Refused
     assert str(refused) == (
         "the cluster refused to create InferenceEndpoint 'e': spec.x: Invalid value"
     )
-    failed = ApiError.of(httpx.Response(500, text="etcd unavailable"))
+    failed = KubeApiError.of(httpx.Response(500, text="etcd unavailable"))
     assert refusal(failed, "create") is failed and failed.message == "etcd unavailable"
