@@ -179,7 +179,7 @@ class Database:
             self._connection.close()
 
 
-def unavailable(path: Path, exc: sqlite3.Error, consequence: str) -> BrokerUnavailable:
+def unavailable(path: Path, exc: BaseException, consequence: str) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"embedded queue {path} failed ({type(exc).__name__}: {exc}); {consequence}"
     )
@@ -189,7 +189,7 @@ def unavailable(path: Path, exc: sqlite3.Error, consequence: str) -> BrokerUnava
 class _Pending:
     row: tuple[str, str, bytes, float]
     done: bool = False
-    error: sqlite3.Error | None = None
+    error: BaseException | None = None
 
 
 class EmbeddedEnqueuer:
@@ -212,7 +212,7 @@ class EmbeddedEnqueuer:
             if not entry.done:
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
-                error = None
+                error: BaseException | None = None
                 try:
                     with self._db.write() as db:
                         db.executemany(
@@ -222,8 +222,12 @@ class EmbeddedEnqueuer:
                         )
                 except sqlite3.Error as exc:
                     error = exc
-                for pending in batch:
-                    pending.done, pending.error = True, error
+                except BaseException as exc:  # raised here; the batch's other callers hear of
+                    error = exc  # it too, never "done" without a row written
+                    raise
+                finally:
+                    for pending in batch:
+                        pending.done, pending.error = True, error
         if entry.error is not None:
             raise unavailable(
                 self._db.path, entry.error, "the request was not accepted, retry later"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -350,6 +351,44 @@ def test_a_locked_queue_file_refuses_the_request(
     enqueuer.submit(EP, "c", b"c")
     enqueuer.close()
     assert queue.backlog(EP).ready == 2
+
+
+def test_a_shared_commit_that_fails_unexpectedly_tells_every_caller_of_its_batch(
+    queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only sqlite's errors reached the batch: anything else (a MemoryError) left the others'
+    rows unwritten while their submits returned as if accepted (202, and nothing queued)."""
+    enqueuer = queue.enqueuer({EP: 3}, 2)
+
+    real_write, calls = enqueuer._db.write, []
+
+    def failing_write() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("no room for the batch")
+        return real_write()  # the next commit works: it must not take the lost rows as its own
+
+    outcomes: dict[str, str] = {}
+
+    def submitter(name: str) -> None:
+        try:
+            enqueuer.submit(EP, name, name.encode())
+            outcomes[name] = "accepted"
+        except BaseException as exc:  # what each caller is told is the test
+            outcomes[name] = type(exc).__name__
+
+    enqueuer._commit_lock.acquire()  # both wait behind one commit: they share a batch
+    threads = [threading.Thread(target=submitter, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(enqueuer._pending) == 2, WAIT, "both submits pending")
+    monkeypatch.setattr(enqueuer._db, "write", failing_write)
+    enqueuer._commit_lock.release()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(outcomes.values()) == ["BrokerUnavailable", "MemoryError"]
+    assert queue.backlog(EP).ready == 0
+    enqueuer.close()
 
 
 def test_broker_from_url_picks_by_scheme(tmp_path: Path) -> None:
