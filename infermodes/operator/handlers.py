@@ -188,12 +188,19 @@ def configure(operator_settings: OperatorSettings) -> None:
             prefix=s.GROUP, key="last-handled-configuration"
         )
         kube = KubeDoor()
+        # kept connections for the looks and the reconciles' backlog reads alike (a look each
+        # second per pool, a reconcile with every nudge: a connection each is churn)
+        memo.queue_reader = reader = (
+            QueueReader(operator_settings.broker_url, 2 * QUEUE_LOOK_THREADS)
+            if operator_settings.broker_url
+            else None
+        )
         memo.deps = Deps(
             kube,
             operator_settings,
             scrape,
             read_backlog=lambda endpoint: read_backlog(
-                endpoint, operator_settings.broker_url, operator_settings.management_url
+                endpoint, operator_settings.broker_url, operator_settings.management_url, reader
             ),
             async_holders=AsyncNames(kube).holders,
         )
@@ -204,11 +211,6 @@ def configure(operator_settings: OperatorSettings) -> None:
         # threads of their own: looks at a broker that does not answer (each may wait for its
         # connect timeout) must not hold the threads every other reconcile runs on
         memo.queue_looks = ThreadPoolExecutor(QUEUE_LOOK_THREADS, "queue-look")
-        memo.queue_reader = (  # a connection each, kept: the looks come every second
-            QueueReader(operator_settings.broker_url, QUEUE_LOOK_THREADS)
-            if operator_settings.broker_url
-            else None
-        )
         if operator_settings.metrics_port:
             serve_metrics(operator_settings.metrics_port, operator_settings.metrics_host, registry)
 

@@ -13,14 +13,18 @@ UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError, B
 
 
 def read_backlog(
-    endpoint: str, broker_url: str | None, management_url: str | None
+    endpoint: str,
+    broker_url: str | None,
+    management_url: str | None,
+    reader: QueueReader | None = None,
 ) -> QueueFigures | None:
     """Ready and in-flight requests (in-flight None when only AMQP answers); None when the
-    broker cannot be read at all, which the scaler treats as "keep the replicas"."""
+    broker cannot be read at all, which the scaler treats as "keep the replicas". ``reader``:
+    kept connections (a reconcile comes with every nudge: a connection each is churn)."""
     if not broker_url:
         return None
     try:
-        found = backlog(endpoint, broker_url, management_url)
+        found = backlog(endpoint, broker_url, management_url, reader)
     except UNREADABLE as exc:  # the management API's failures fall back to AMQP inside
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
