@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.gateway.app import Runner
 from infermodes.gateway.async_accept import create_router as async_router
+from infermodes.gateway.async_retention import Sweeper
 from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
@@ -116,11 +117,15 @@ def _serve(
         MAX_INLINE_BYTES, [], missing=runner.table.async_missing,
         accepted=demand.async_accepted if demand is not None else None,
     ))  # fmt: skip
+    # the async plane's stale request records, claims and inline inputs, as the gateway's
+    sweeper = Sweeper(Storage(), supervisor.async_layouts, settings.sweep_interval_seconds)
+    sweeper.start()
     log.info("infermodes up, state in %s", state_dir)  # the runner says where, once it listens
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())
     finally:
+        sweeper.stop()
         with killing_on_signal(supervisor.kill_all):
             supervisor.stop_all()  # a no-op after a clean drain; otherwise nothing may outlive us
         enqueuer.close()

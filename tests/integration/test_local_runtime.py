@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,31 @@ def test_a_web_page_can_neither_apply_a_manifest_nor_reach_up_under_its_own_name
         assert refused.status_code == 403, refused.text
         assert refused.json()["__type"] == "AccessDeniedException"
     assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
+
+
+def test_up_sweeps_stale_records_and_inputs_of_its_async_endpoints(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The retention sweep the gateway runs: ``up`` ran none, and the request records, result
+    claims and inline inputs a crash left piled up for good."""
+    output = tmp_path / "async" / "output"
+    day = 24 * 3600
+
+    def left(path: Path, age: float) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    inputs = output / "input"
+    stale = [left(inputs / "a-old.request", 2 * day), left(inputs / "b-old.result", 2 * day),
+             left(inputs / "c-old.in", day), left(output / ".d.out.x1.partial", day)]  # fmt: skip
+    fresh = [left(inputs / "e-new.request", 60), left(inputs / "f-new.in", 60),
+             left(inputs / "rows.csv", 2 * day)]  # fmt: skip
+    files = [manifest("async", abalone_model.tarball, tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log"):
+        wait_until(lambda: not any(p.exists() for p in stale), WAIT, "the sweep at start")
+        assert all(p.exists() for p in fresh)
 
 
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
