@@ -141,7 +141,7 @@ def _observer(histogram: Histogram) -> Callable[[float], None]:
 
 class WorkerMetrics:
     """The async worker's metrics, served on its side port. ``outcome`` is one of
-    ``invocations.OUTCOMES``."""
+    ``queueing.messages.Outcome``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter(
@@ -389,12 +389,10 @@ def parse_server_load(text: str) -> ServerLoad:
 
 class GatewayMetrics:
     """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
-    ``unknown``; ``code`` an HTTP status code; ``outcome`` one of ``UPSTREAM_OUTCOMES``."""
-
-    # not_sent: the replica never got the request (it went to another); not_ready: it answered
-    # 503, its model not loaded (it went to another, or waited for one); failed: it may have
-    # (a 502); status_5xx: it answered 5xx (a 502); timeout: no answer in time (a 504)
-    UPSTREAM_OUTCOMES = ("not_sent", "not_ready", "failed", "status_5xx", "timeout")
+    ``unknown``; ``code`` an HTTP status code; an upstream error's ``outcome`` one of:
+    not_sent (the replica never got the request: it went to another), not_ready (it answered
+    503, its model not loaded: it went to another, or waited for one), failed (it may have got
+    it: a 502), status_5xx (it answered 5xx: a 502), timeout (no answer in time: a 504)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.request_duration = Histogram(

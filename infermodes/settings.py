@@ -470,8 +470,6 @@ class GatewaySettings(AsyncAcceptSettings):
 
 # The batch transform's vocabulary and limits, the managed platform's: the spec's batch block
 # (``endpoints/spec.py``) takes them from here, so the CRD and the runner cannot disagree.
-BATCH_CONTENT_TYPES = ("text/csv", "application/json", "application/jsonlines", "text/libsvm")
-BATCH_ACCEPT_TYPES = ("text/csv", "application/json", "application/jsonlines")
 BatchContentType = Literal["text/csv", "application/json", "application/jsonlines", "text/libsvm"]
 BatchAccept = Literal["text/csv", "application/json", "application/jsonlines"]
 BatchDataType = Literal["S3Prefix", "ManifestFile"]

@@ -13,7 +13,6 @@ import httpx
 from infermodes.local.api import PREFIX
 from infermodes.local.manifests import manifest_files
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_SECONDS = 70.0  # an invocation may be held for a cold start (the gateway's 60 s)
 COLUMNS = ("NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG", "PROGRESS", "AGE")
 

@@ -7,8 +7,6 @@ an endpoint that does not exist), ``endpoint_deleted`` succeeds on it."""
 
 from __future__ import annotations
 
-import json
-
 from infermodes.errors import InfermodesError
 
 ERROR_TYPE_HEADER = "x-amzn-ErrorType"
@@ -23,9 +21,6 @@ class ApiError(InfermodesError):
     @property
     def code(self) -> str:
         return type(self).__name__
-
-    def body(self) -> bytes:
-        return json.dumps({"__type": self.code, "message": str(self)}).encode()
 
 
 class ValidationException(ApiError):

@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -25,12 +26,11 @@ from infermodes.storage import NotAFile
 
 DEFAULT_TTL_SECONDS = 6 * 3600
 MAX_TTL_SECONDS = 6 * 3600
-DEFAULT_INVOCATION_TIMEOUT_SECONDS = 900
 INFERENCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # outcomes counted by WorkerMetrics.messages
-OUTCOMES = ("success", "error", "expired", "retried", "dead_lettered", "abandoned", "duplicate",
-            "foreign")  # fmt: skip
+Outcome = Literal["success", "error", "expired", "retried", "dead_lettered", "abandoned",
+                  "duplicate", "foreign"]  # fmt: skip
 GAVE_UP = "AttemptsExhausted"  # the failure reason of a request that ends in the dead-letter queue
 # the failure reason of a claimed success that no delivery could store (see Step.ABANDON)
 OUTPUT_NOT_STORED = "OutputNotStored"

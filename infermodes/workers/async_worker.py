@@ -58,6 +58,7 @@ from infermodes.queueing.messages import (
     Failure,
     InvocationRequest,
     MalformedMessage,
+    Outcome,
     Step,
     claims_success,
     classify,
@@ -89,7 +90,7 @@ NOTIFY_CONNECTIONS = 8
 @dataclass(frozen=True)
 class Result:
     settle: Settle
-    outcome: str  # one of invocations.OUTCOMES
+    outcome: Outcome
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Layering rules, checked on the source: each package imports only the packages below it, the
 shared packages (``predict``, ``endpoints``, ``queueing``) nothing above them, only the operator
-imports kopf, only ``operator/kube.py`` talks to the Kubernetes API, and no two packages import
-each other (directly or through others)."""
+imports kopf, only ``operator/kube.py`` uses the Kubernetes client (the gateway talks to the API
+through ``gateway/kube.py``'s own few REST calls, without it), and no two packages import each
+other (directly or through others)."""
 
 from __future__ import annotations
 

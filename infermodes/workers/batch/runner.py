@@ -415,11 +415,10 @@ def run(settings: BatchSettings) -> int:
         model = XGBoostModel.load(
             settings.model_uri, storage, settings.allow_pickle, settings.predict_threads
         )
-    except (ModelLoadError, StorageError) as exc:
-        doing = "load" if isinstance(exc, ModelLoadError) else "read"
+    except ModelLoadError as exc:  # a storage error reading it too (read_artifact)
         failed = Summary(settings.instance_index, settings.instance_count)
         named = "" if settings.model_uri in str(exc) else f" {settings.model_uri}"
-        failed.error = f"cannot {doing} the model{named}: {exc}"
+        failed.error = f"cannot load the model{named}: {exc}"
         log.error("%s", failed.error)
         write_summary(settings, storage, failed)  # the job's status says why, not an exit code
         return EXIT_MODEL_LOAD_FAILED
