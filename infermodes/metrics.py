@@ -253,6 +253,20 @@ class BatchMetrics:
         )
 
 
+def shared_values_in(folder: str) -> None:
+    """Metrics of this process and the workers it forks from here on are shared through files
+    in ``folder`` (prometheus_client's multiprocess mode: ``/metrics`` of any worker adds them
+    up)."""
+    os.environ[MULTIPROCESS_ENV] = folder
+
+
+def worker_exited(pid: int) -> None:
+    """A forked worker is gone: its live gauges (requests in flight) leave the shared sum."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated upstream
+
+
 def use_forked_worker_values() -> None:
     """In a worker process forked before it created any metric (``infermodes serve``'s), make
     multiprocess values that skip prometheus_client's fork check on every update (a

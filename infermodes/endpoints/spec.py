@@ -35,6 +35,7 @@ from infermodes.errors import shown
 from infermodes.jsonpath import JsonPath
 from infermodes.settings import (
     CONTROL,
+    DEFAULT_MAX_ATTEMPTS,
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
     MAX_INVOCATION_TIMEOUT_SECONDS,
@@ -284,7 +285,10 @@ class AsyncSpec(ReplicaRange):
         description="Processing time allowed per request that does not set its own.",
     )
     max_attempts: int = Field(
-        3, ge=1, le=20, description="Deliveries before a request is dead-lettered."
+        DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        le=20,
+        description="Deliveries before a request is dead-lettered.",
     )
     min_replicas: int = Field(0, ge=0, le=100, description="0 allows scaling to zero.")
     max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")

@@ -132,7 +132,7 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
 
     def run(self) -> int:
-        from prometheus_client import multiprocess
+        from infermodes.metrics import worker_exited
 
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -147,7 +147,7 @@ class Supervisor:
             if pid not in self.children:
                 continue
             index = self.children.pop(pid)
-            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated upstream
+            worker_exited(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
@@ -181,8 +181,10 @@ def serve(settings: ServeSettings) -> int:
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
         return run_worker(settings, sock)
+    from infermodes.metrics import shared_values_in
+
     metrics_dir = tempfile.mkdtemp(prefix="infermodes-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    shared_values_in(metrics_dir)
     try:
         preload_modules()
         return Supervisor(settings, sock).run()
