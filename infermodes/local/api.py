@@ -9,6 +9,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
 from infermodes.local.manifests import ManifestError, parse_text
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.embedded import Notification
@@ -21,8 +22,13 @@ NOTIFICATIONS_PER_CALL = 1000
 Tail = Callable[[str, int, int], list[Notification]]  # pattern, after id, limit
 
 
-def not_found(name: str) -> JSONResponse:
-    return JSONResponse({"error": "NotFound", "message": f"endpoint {name} not found"}, 404)
+def error(kind: str, message: str, status: int) -> Response:
+    """The one error shape (``infermodes.http``)."""
+    return Response(error_json(kind, message), status, media_type=ERROR_MEDIA_TYPE)
+
+
+def not_found(name: str) -> Response:
+    return error("NotFound", f"endpoint {name} not found", 404)
 
 
 def notification(entry: Notification) -> dict[str, object]:
@@ -60,21 +66,19 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
         return JSONResponse({"items": items})
 
     @router.post("/endpoints")
-    async def apply(request: Request) -> JSONResponse:
+    async def apply(request: Request) -> Response:
         """The body: one YAML stream; every document is checked before any is applied."""
-        body = await request.body()
-        if len(body) > MAX_MANIFEST_BYTES:
-            return JSONResponse({"error": "TooLarge", "message": "manifest over 1 MiB"}, 413)
+        body = await read_body(request.scope, request.receive, MAX_MANIFEST_BYTES)  # or 413
         source = request.headers.get("x-infermodes-source", "the request body")
         try:
             manifests = parse_text(body.decode("utf-8", errors="replace"), source)
         except ManifestError as exc:
-            return JSONResponse({"error": "InvalidManifest", "message": str(exc)}, 400)
+            return error("InvalidManifest", str(exc), 400)
         applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]
         return JSONResponse({"applied": applied})
 
     @router.get("/endpoints/{name}")
-    async def get_endpoint(name: str) -> JSONResponse:
+    async def get_endpoint(name: str) -> Response:
         endpoint = supervisor.endpoints.get(name)
         return JSONResponse(supervisor.object_of(endpoint)) if endpoint else not_found(name)
 

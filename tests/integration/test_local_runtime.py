@@ -137,6 +137,14 @@ def test_up_sweeps_stale_records_and_inputs_of_its_async_endpoints(
         assert all(p.exists() for p in fresh)
 
 
+def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -> None:
+    refused = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"#" * (2 << 20))
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["error"] == "PayloadTooLarge"
+    invalid = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"kind: [")
+    assert invalid.status_code == 400 and invalid.json()["error"] == "InvalidManifest"
+
+
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
         answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
