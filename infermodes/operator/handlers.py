@@ -109,6 +109,8 @@ class Nudger:
             await asyncio.to_thread(self.reconcile_now, key)
         except KubeError as exc:  # the next event or tick tries again
             logging.getLogger("infermodes.operator").warning("reconcile of %s/%s: %s", *key, exc)
+        except Exception:  # a bug: said now with its traceback, not when the task is collected
+            logging.getLogger("infermodes.operator").exception("reconcile of %s/%s failed", *key)
 
     def reconcile_now(self, key: Key) -> None:
         namespace, name = key
