@@ -357,6 +357,7 @@ def up(
     log_level: str,
 ) -> None:
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
+    from infermodes.errors import BrokerUnavailable
     from infermodes.local.manifests import ManifestError
     from infermodes.local.up import StateDirBusy
     from infermodes.local.up import serve as run_up
@@ -371,6 +372,8 @@ def up(
         code = run_up(port, state_dir, list(files), log_level, broker_url, management_url)
     except (ManifestError, StateDirBusy) as exc:
         raise click.UsageError(str(exc)) from None
+    except BrokerUnavailable as exc:  # its queue file in the state dir
+        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 

@@ -128,16 +128,23 @@ class Database:
     busy handler. ``synchronous``: FULL for what must survive a power loss, else NORMAL."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Raises BrokerUnavailable naming the file when it cannot be opened as a queue (a
+        folder in its place, no permission, another kind of file)."""
         self.path = path
         self.lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise unavailable(path, exc, "it cannot be opened") from exc
         try:
             self._prepare(synchronous)
-        except BaseException:
+        except BaseException as exc:
             self._connection.close()
+            if isinstance(exc, sqlite3.Error):
+                raise unavailable(path, exc, "it cannot be used as a queue") from exc
             raise
 
     def _prepare(self, synchronous: str) -> None:

@@ -611,7 +611,7 @@ def run(settings: WorkerSettings) -> int:
     except ModelLoadError as exc:
         log.error("cannot load model: %s", exc)
         return EXIT_MODEL_LOAD_FAILED
-    except BrokerUrlError as exc:
+    except (BrokerUrlError, BrokerUnavailable) as exc:  # a URL, a queue file it cannot open
         log.error("cannot start: %s", exc)
         return EXIT_CANNOT_START
 

@@ -145,6 +145,23 @@ def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -
     assert invalid.status_code == 400 and invalid.json()["error"] == "InvalidManifest"
 
 
+def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_path: Path) -> None:
+    """A folder in its place, another kind of file: a traceback said so before."""
+    for name in ("folder", "not-sqlite"):
+        state = tmp_path / name
+        state.mkdir()
+        if name == "folder":
+            (state / "queue.db").mkdir()
+        else:
+            (state / "queue.db").write_bytes(b"x" * 200)
+        done = subprocess.run([INFERMODES, "up", "--port", str(free_port()), "--state-dir",
+                               str(state)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        said = f"Error: embedded queue {state / 'queue.db'} failed ("
+        assert done.stderr.startswith(said), done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
         answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
