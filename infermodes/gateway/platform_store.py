@@ -95,6 +95,9 @@ class KubePlatformStore:
         listed = await self.api.get(self._records(kind), {})
         return [dict(item.get("spec") or {}) for item in listed.get("items") or []]
 
+    async def count_records(self, kind: RecordKind) -> int:
+        return len(await self.list_records(kind))  # one list: the API server counts no cheaper
+
     async def delete_record(self, kind: RecordKind, name: str) -> None:
         path = f"{self._records(kind)}/{object_name(name)}"
         await self._delete(path, RECORD_RESOURCES[kind][0])

@@ -6,9 +6,10 @@ the API reads back are kept beside the records, one file per endpoint."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
+import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from infermodes.local.manifests import parse_document
 from infermodes.local.supervisor import Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+
+log = logging.getLogger("infermodes.local")
 
 DIRECTORIES = {RecordKind.MODEL: "models", RecordKind.ENDPOINT_CONFIG: "endpoint-configs"}
 SAFE_NAME = re.compile(r"[a-z0-9][-a-z0-9]*")  # fullmatch: $ allows a "\n" after
@@ -31,9 +34,34 @@ def file_name(name: str) -> str:
 
 
 def write_atomically(path: Path, content: Any) -> None:
+    """Whole or not at all, and durable once it returns: a power loss leaves the old file or
+    the new, never an empty one."""
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(content))
+    with temporary.open("w") as handle:
+        handle.write(json.dumps(content))
+        handle.flush()
+        os.fsync(handle.fileno())
     temporary.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def read_json(path: Path) -> JsonObject | None:
+    """A kept JSON object; None, logged naming the file, when it is not one (damaged by hand
+    or by a crash of a version that did not sync): one bad file must not fail every call that
+    lists its kind."""
+    try:
+        found = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.error("%s is not a JSON record (%s); ignored: repair or delete it", path, exc)
+        return None
+    if not isinstance(found, dict):
+        log.error("%s is not a JSON object; ignored: repair or delete it", path)
+        return None
+    return found
 
 
 class LocalPlatformStore:
@@ -60,15 +88,18 @@ class LocalPlatformStore:
         write_atomically(path, record)
 
     async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
-        try:
-            found: JsonObject = json.loads(self._path(kind, name).read_text())
-        except FileNotFoundError:
-            return None
-        return found
+        path = self._path(kind, name)
+        return read_json(path) if path.exists() else None
 
     async def list_records(self, kind: RecordKind) -> list[JsonObject]:
-        paths = sorted((self.root / DIRECTORIES[kind]).glob("*.json"))
-        return [json.loads(path.read_text()) for path in paths]
+        found = [read_json(path) for path in self._paths(kind)]
+        return [record for record in found if record is not None]
+
+    async def count_records(self, kind: RecordKind) -> int:
+        return len(self._paths(kind))
+
+    def _paths(self, kind: RecordKind) -> list[Path]:
+        return sorted((self.root / DIRECTORIES[kind]).glob("*.json"))
 
     async def delete_record(self, kind: RecordKind, name: str) -> None:
         try:
@@ -85,6 +116,7 @@ class LocalPlatformStore:
         write_atomically(self._metadata_path(name), {
             "labels": metadata.get("labels") or {},
             "annotations": metadata.get("annotations") or {},
+            "spec": manifest.spec.model_dump(mode="json", by_alias=True),
         })  # fmt: skip
         self.supervisor.apply(manifest)
 
@@ -103,9 +135,14 @@ class LocalPlatformStore:
         if endpoint is None:
             return None
         obj = copy.deepcopy(self.supervisor.object_of(endpoint, with_processes=False))
-        # an endpoint applied as a manifest, not through the API, has no labels of the API's
-        with contextlib.suppress(FileNotFoundError):
-            obj["metadata"] |= json.loads(self._metadata_path(name).read_text())
+        # an endpoint applied as a manifest, not through the API, has no labels of the API's;
+        # nor has one applied over the API's, or after it was deleted by name (``infermodes
+        # delete``): the labels are the API's only while the spec is the one it applied
+        path = self._metadata_path(name)
+        kept = read_json(path) if path.exists() else None
+        current = endpoint.manifest.spec.model_dump(mode="json", by_alias=True)
+        if kept is not None and kept.get("spec", current) == current:  # no spec: kept before
+            obj["metadata"] |= {key: kept.get(key) or {} for key in ("labels", "annotations")}
         return obj
 
     async def list_endpoints(self) -> list[JsonObject]:

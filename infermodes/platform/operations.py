@@ -225,7 +225,7 @@ class ControlPlane:
         return found
 
     async def _create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
-        if len(await self.store.list_records(kind)) >= self.defaults.max_records:
+        if await self.store.count_records(kind) >= self.defaults.max_records:
             raise ResourceLimitExceeded(
                 f"at most {self.defaults.max_records} {SPOKEN[kind]}s may exist at once; "
                 "delete some first"

@@ -58,6 +58,10 @@ class PlatformStore(Protocol):
 
     async def list_records(self, kind: RecordKind) -> list[JsonObject]: ...
 
+    async def count_records(self, kind: RecordKind) -> int:
+        """How many records of ``kind`` are kept (the cap on them): none need be read."""
+        ...
+
     async def delete_record(self, kind: RecordKind, name: str) -> None:
         """``NotFound`` if nothing is kept under ``name``."""
         ...

@@ -415,3 +415,55 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
                          headers={"X-Amz-Target": "SageMaker.CreateTrainingJob",
                                   "Content-Type": "application/x-amz-json-1.1"})  # fmt: skip
     assert (unknown.status_code, unknown.json()["__type"]) == (400, "UnknownOperationException")
+
+
+def test_a_damaged_record_file_is_ignored_and_named_not_a_500_for_its_kind(
+    sagemaker: Any, up: Up
+) -> None:
+    """One damaged file under ``<state>/platform/`` made every list, describe and create of
+    its kind an InternalFailure until someone found and deleted it."""
+    create_model(sagemaker, "kept-model")
+    damaged = up.state_dir / "platform" / "models" / "zz-damaged.json"
+    damaged.write_text('{"ModelName": "tr')
+    (up.state_dir / "platform" / "models" / "zz-list.json").write_text("[1, 2]")
+    try:
+        names = [m["ModelName"] for m in sagemaker.list_models()["Models"]]
+        assert "kept-model" in names
+        assert code_of(sagemaker.describe_model, ModelName="zz-damaged") == "ValidationException"
+        create_model(sagemaker, "another-model")
+        assert f"{damaged} is not a JSON record" in up.log_path.read_text()
+    finally:
+        damaged.unlink()
+        (up.state_dir / "platform" / "models" / "zz-list.json").unlink()
+        for name in ("kept-model", "another-model"):
+            sagemaker.delete_model(ModelName=name)
+
+
+def test_an_api_endpoint_replaced_by_a_manifest_of_its_name_is_described_as_that(
+    sagemaker: Any, up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``infermodes delete`` and ``apply`` of a manifest under an API endpoint's name: the API
+    described the new endpoint as its own, with the old one's config (InService,
+    EndpointConfigName); it is a manifest's endpoint, which the API does not describe."""
+    import httpx
+    import yaml
+
+    create_model(sagemaker, "swap-model")
+    sagemaker.create_endpoint_config(EndpointConfigName="swap-config", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "swap-model",
+         "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2}}])  # fmt: skip
+    sagemaker.create_endpoint(EndpointName="swap", EndpointConfigName="swap-config")
+    assert sagemaker.describe_endpoint(EndpointName="swap")["EndpointConfigName"] == "swap-config"
+    assert httpx.delete(f"{up.url}/_infermodes/endpoints/swap").status_code < 300
+    manifest = {"apiVersion": "infermodes.dev/v1alpha1", "kind": "InferenceEndpoint",
+                "metadata": {"name": "swap"},
+                "spec": {"mode": "realtime", "model": {"uri": MODEL_URL},
+                         "realtime": {"minReplicas": 1, "maxReplicas": 1}}}  # fmt: skip
+    applied = httpx.post(f"{up.url}/_infermodes/endpoints", content=yaml.safe_dump(manifest))
+    assert applied.status_code == 200, applied.text
+    # a manifest's endpoint, as any other: not the API's to describe
+    assert code_of(sagemaker.describe_endpoint, EndpointName="swap") == "ValidationException"
+    assert "swap" not in [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]
+    assert httpx.delete(f"{up.url}/_infermodes/endpoints/swap").status_code < 300
+    sagemaker.delete_endpoint_config(EndpointConfigName="swap-config")
+    sagemaker.delete_model(ModelName="swap-model")

@@ -26,6 +26,9 @@ class MemoryStore:
     async def list_records(self, kind: RecordKind) -> list[JsonObject]:
         return [copy.deepcopy(r) for (k, _), r in self.records.items() if k == kind]
 
+    async def count_records(self, kind: RecordKind) -> int:
+        return sum(1 for k, _ in self.records if k == kind)
+
     async def delete_record(self, kind: RecordKind, name: str) -> None:
         if self.records.pop((kind, name), None) is None:
             raise NotFound(name)
