@@ -170,7 +170,8 @@ class Child:
 
 
 class Registry:
-    """``children.json``: the process groups of running children, by PID and start time."""
+    """``children.json``: the process groups of running children, by PID and start time, and
+    the ``up`` that started them (its PID and start time too)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -183,23 +184,55 @@ class Registry:
             return
         self.saved = running
         entries = [{"key": key, "pid": pid, "start": start_time(pid)} for key, pid in running]
+        owner = {"pid": os.getpid(), "start": start_time(os.getpid())}
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(entries))
+        temporary.write_text(json.dumps({"owner": owner, "children": entries}))
         temporary.replace(self.path)
 
     def kill_orphans(self) -> list[str]:
         """SIGKILL the groups a previous ``up`` left running (only processes whose PID and
-        start time both match what it recorded); returns their keys."""
+        start time both match what it recorded); returns their keys. Not while the ``up`` that
+        recorded them runs: a copy of a live state dir names the live one's children."""
         try:
-            entries = json.loads(self.path.read_text())
+            document = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return []
+        owner, entries = _recorded(document)
+        if owner is not None and owner[0] != os.getpid() and start_time(owner[0]) == owner[1]:
+            log.warning("%s names the children of infermodes up (pid %d), which still runs: "
+                        "left alone (a copy of its state dir?)", self.path, owner[0])  # fmt: skip
+            self.path.unlink(missing_ok=True)
+            return []
         killed = []
-        for entry in entries:
-            pid = int(entry["pid"])
-            if entry.get("start") is not None and start_time(pid) == entry["start"]:
+        for key, pid, start in entries:
+            if start is not None and start_time(pid) == start:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
-                killed.append(str(entry["key"]))
+                killed.append(key)
         self.path.unlink(missing_ok=True)
         return killed
+
+
+def _recorded(
+    document: object,
+) -> tuple[tuple[int, str] | None, list[tuple[str, int, str | None]]]:
+    """The owner and the children a ``children.json`` names (a list alone: an older ``up``'s);
+    entries that are not what ``save`` writes are left out."""
+    owner = None
+    entries: object = document
+    if isinstance(document, dict):
+        found = document.get("owner")
+        if isinstance(found, dict) and _is_pid(found.get("pid")) and found.get("start"):
+            owner = (int(found["pid"]), str(found["start"]))
+        entries = document.get("children")
+    children = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and _is_pid(entry.get("pid")):
+            start = entry.get("start")
+            children.append((str(entry.get("key")), int(entry["pid"]),
+                             str(start) if start is not None else None))  # fmt: skip
+    return owner, children
+
+
+def _is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -8,7 +8,9 @@ import contextlib
 import copy
 import json
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.demand import GatewayDemand
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
-from infermodes.local.children import Registry
+from infermodes.local.children import Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
@@ -149,6 +151,37 @@ def test_the_registry_kills_only_processes_whose_start_time_matches(tmp_path: Pa
     assert Registry(path).kill_orphans() == []
     assert not path.exists()
     assert Registry(tmp_path / "missing.json").kill_orphans() == []
+
+
+def test_the_children_of_an_up_that_still_runs_are_left_alone(tmp_path: Path) -> None:
+    """A copy of a live state dir names the live ``up``'s children: starting ``up`` on it
+    SIGKILLed them. Only when the recording ``up`` is gone are they orphans."""
+    owner = subprocess.Popen(["sleep", "60"])
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own
+    try:
+        path = tmp_path / "children.json"
+        entry = {"key": "x/server-0", "pid": child.pid, "start": start_time(child.pid)}
+        live = {"pid": owner.pid, "start": start_time(owner.pid)}
+        path.write_text(json.dumps({"owner": live, "children": [entry]}))
+        assert Registry(path).kill_orphans() == []
+        assert child.poll() is None and not path.exists()
+        gone = {"pid": owner.pid, "start": "1"}  # that PID is another process now
+        path.write_text(json.dumps({"owner": gone, "children": [entry]}))
+        assert Registry(path).kill_orphans() == ["x/server-0"]
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        for process in (owner, child):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a": 1}', '[{"key": "x"}]', "[1]", '{"children": 5}', '[{"pid": true}]', "null"]
+)
+def test_a_children_file_of_another_shape_stops_nothing(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "children.json"
+    path.write_text(text)
+    assert Registry(path).kill_orphans() == []
 
 
 def test_progress_and_failures_from_a_batch_summary() -> None:
