@@ -323,7 +323,13 @@ MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone m
 
 
 @main.command()
-@click.option("--port", type=int, default=DEFAULT_UP_PORT, show_default=True, help="Port.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_UP_PORT,
+    show_default=True,
+    help="Port.",
+)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -359,7 +365,7 @@ def up(
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.errors import BrokerUnavailable
     from infermodes.local.manifests import ManifestError
-    from infermodes.local.up import StateDirBusy
+    from infermodes.local.up import StateDirUnusable
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url
 
@@ -370,7 +376,7 @@ def up(
             raise click.BadParameter(str(exc), param_hint="--broker-url") from None
     try:
         code = run_up(port, state_dir, list(files), log_level, broker_url, management_url)
-    except (ManifestError, StateDirBusy) as exc:
+    except (ManifestError, StateDirUnusable) as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerUnavailable as exc:  # its queue file in the state dir
         raise click.ClickException(str(exc)) from None

@@ -43,14 +43,27 @@ PROBE_INTERVAL_SECONDS = 0.01
 LOCAL_DEFAULTS = Defaults(resolved_image="infermodes/model-server:local-process", file_uris=True)
 
 
-class StateDirBusy(RuntimeError):
+class StateDirUnusable(RuntimeError):
+    """The state dir cannot be made or written (its message names it and why)."""
+
+
+class StateDirBusy(StateDirUnusable):
     """Another ``up`` runs on this state dir (it would take the other's children for orphans)."""
 
 
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
-    """Hold ``<state dir>/lock`` while ``up`` runs; the kernel releases it when we die."""
-    with (state_dir / "lock").open("a") as file:
+    """Make the state dir and hold ``<state dir>/lock`` while ``up`` runs; the kernel releases
+    it when we die."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        file = (state_dir / "lock").open("a")
+    except OSError as exc:
+        raise StateDirUnusable(
+            f"cannot use {state_dir} as the state dir: {exc.strerror or exc} (--state-dir picks "
+            "another)"
+        ) from None
+    with file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,7 +86,6 @@ def serve(
     configure_logging(log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     manifests = load_paths(files)
-    state_dir.mkdir(parents=True, exist_ok=True)
     with state_lock(state_dir):
         return _serve(port, state_dir, manifests, log_level, broker_url, management_url)
 

@@ -162,6 +162,19 @@ def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_pa
         assert "Traceback" not in done.stderr
 
 
+def test_a_state_dir_or_port_up_cannot_use_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    for args, said in (
+        (["--state-dir", str(tmp_path / "file" / "state")],
+         f"cannot use {tmp_path / 'file' / 'state'} as the state dir: Not a directory"),
+        (["--port", "70000"], "70000 is not in the range 1<=x<=65535"),
+    ):  # fmt: skip
+        done = subprocess.run([INFERMODES, "up", *args], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
         answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
