@@ -93,6 +93,10 @@ def clipped(text: str, limit: int = 100) -> str:
 
 
 def shown(value: object) -> str:
-    """A caller's value in a message, cut short (a request may carry a megabyte of it)."""
+    """A caller's value in a message, cut short (a request may carry a megabyte of it), with
+    its length: a string's own, not its quoted form's."""
     text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+    if len(text) <= 80:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:60]}... ({size} characters)"

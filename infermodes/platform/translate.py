@@ -177,6 +177,14 @@ def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
 SPOKEN_TYPES = {str: "a string", int: "an integer", float: "a number"}
 
 
+def required(where: str, given: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    """Refuse a structure without the members the platform's model requires, naming the
+    first missing (boto3 checks this on its side; a raw request may not)."""
+    for key in keys:
+        if given.get(key) is None:
+            raise ValidationException(f"{where}{key} is required")
+
+
 def typed(where: str, given: Mapping[str, Any], types: Mapping[str, type]) -> None:
     """Members we keep and answer back (Describe) without translating them: typed as the
     platform's model types them, so a kept request can always be answered."""
@@ -210,12 +218,21 @@ def check_tags(tags: Any) -> None:
         raise ValidationException("Tags must be a list of {Key, Value} structures")
     if len(tags) > MAX_TAGS:
         raise ValidationException(f"Tags: at most {MAX_TAGS} tags, got {len(tags)}")
+    seen: set[str] = set()
     for tag in tags:
-        if not 1 <= len(tag["Key"]) <= MAX_TAG_KEY or len(tag.get("Value", "")) > MAX_TAG_VALUE:
+        key, value = tag["Key"], tag.get("Value", "")
+        if not 1 <= len(key) <= MAX_TAG_KEY:
             raise ValidationException(
-                f"Tags: a key of 1 to {MAX_TAG_KEY} characters and a value of at most "
-                f"{MAX_TAG_VALUE}, got {shown(tag['Key'])}"
+                f"Tags: a key has 1 to {MAX_TAG_KEY} characters, got {shown(key)}"
             )
+        if len(value) > MAX_TAG_VALUE:
+            raise ValidationException(
+                f"Tags: a value has at most {MAX_TAG_VALUE} characters; the value of {shown(key)} "
+                f"has {len(value)}"
+            )
+        if key in seen:
+            raise ValidationException(f"Tags: the key {shown(key)} is given twice")
+        seen.add(key)
 
 
 def check_instance_type(field: str, value: Any) -> None:
@@ -324,6 +341,10 @@ def endpoint_config_record(
         )
     serverless_config = mapping(f"{field}ServerlessConfig", variant.get("ServerlessConfig"))
     only(f"{field}ServerlessConfig.", serverless_config, set(SERVERLESS_TYPES))
+    if serverless:
+        required(
+            f"{field}ServerlessConfig.", serverless_config, ("MemorySizeInMB", "MaxConcurrency")
+        )
     typed(f"{field}ServerlessConfig.", serverless_config, SERVERLESS_TYPES)
     scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
     only(f"{field}ManagedInstanceScaling.", scaling, {"Status", *SCALING_TYPES})
@@ -541,8 +562,10 @@ def transform_object(
                        ("TransformOutput.S3OutputPath", output.get("S3OutputPath"))):  # fmt: skip
         if uri is not None:  # missing: the spec names it
             check_uri(where, uri, defaults)
+    required("", request, ("TransformResources",))
     resources = mapping("TransformResources", request.get("TransformResources"))
     only("TransformResources.", resources, {"InstanceType", "InstanceCount"})
+    required("TransformResources.", resources, ("InstanceType", "InstanceCount"))
     typed("TransformResources.", resources, {"InstanceType": str, "InstanceCount": int})
     check_instance_type("TransformResources.InstanceType", resources.get("InstanceType"))
     client = mapping("ModelClientConfig", request.get("ModelClientConfig"))

@@ -479,7 +479,15 @@ def test_instance_types_and_tags_are_held_to_the_platforms_forms_and_limits() ->
     assert (code, message) == ("ValidationException", "Tags: at most 50 tags, got 51")
     code, message = api.error("CreateEndpoint", EndpointName="t", EndpointConfigName="cfg",
                               Tags=[{"Key": "k" * 129, "Value": "v"}])  # fmt: skip
-    assert message.startswith("Tags: a key of 1 to 128 characters"), message
+    assert message.startswith("Tags: a key has 1 to 128 characters, got 'kkk"), message
+    assert message.endswith("... (129 characters)"), message
+    code, message = api.error("CreateEndpoint", EndpointName="t", EndpointConfigName="cfg",
+                              Tags=[{"Key": "k", "Value": "v" * 300}])  # fmt: skip
+    assert message == "Tags: a value has at most 256 characters; the value of 'k' has 300"
+    twice = [{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}]
+    code, message = api.error("CreateEndpoint", EndpointName="t", EndpointConfigName="cfg",
+                              Tags=twice)  # fmt: skip
+    assert message == "Tags: the key 'k' is given twice"
     api.call("CreateModel", ModelName="tagged", PrimaryContainer=container, Tags=tags[:50])
 
 
@@ -510,3 +518,30 @@ def test_a_write_the_store_refuses_is_the_callers_error_naming_why(
     monkeypatch.setattr(api.store, "create_record", denied)
     code, message = api.error("CreateModel", ModelName="abalone", PrimaryContainer=container)
     assert code == "ValidationException" and "images must come from our registry" in message
+
+
+def test_members_the_platform_requires_are_required_of_a_raw_request() -> None:
+    """boto3 checks them on its side; a raw request without TransformResources ran a job whose
+    Describe then lacked it, and a ServerlessConfig without a memory size was taken."""
+    from tests.unit.platform.test_translate import transform_request
+
+    api = Api()
+    api.seed()
+    one_type = {"InstanceType": "ml.m5.large"}
+    for resources, missing in ((None, "TransformResources"),
+                               ({}, "TransformResources.InstanceType"),
+                               (one_type, "TransformResources.InstanceCount")):  # fmt: skip
+        request = transform_request(TransformResources=resources)
+        assert api.error("CreateTransformJob", **request) == (
+            "ValidationException",
+            f"{missing} is required",
+        )
+    variant = {
+        "VariantName": "v",
+        "ModelName": "abalone",
+        "ServerlessConfig": {"MaxConcurrency": 1},
+    }
+    assert api.error("CreateEndpointConfig", EndpointConfigName="no-memory",
+                     ProductionVariants=[variant]) == (
+        "ValidationException", "ProductionVariants[0].ServerlessConfig.MemorySizeInMB is required"
+    )  # fmt: skip
