@@ -168,8 +168,10 @@ def model_record(request: JsonObject, defaults: Defaults) -> JsonObject:
             "Containers: inference pipelines (more than one container) are not supported by "
             "infermodes"
         )
+    if not primary and not containers:
+        raise ValidationException("PrimaryContainer is required (or Containers, of one)")
     field = "PrimaryContainer" if primary else "Containers[0]"
-    given = request.get("PrimaryContainer") if primary else (containers or [None])[0]
+    given = request.get("PrimaryContainer") if primary else containers[0]
     check_container(f"{field}.", mapping(field, given), defaults)
     return {**request, "ModelArn": arn(defaults, "model", name), "CreationTime": time.time()}
 
@@ -318,8 +320,10 @@ def endpoint_config_record(
     typed(field, variant, VARIANT_TYPES)
     if (variant.get("InitialVariantWeight") or 0) < 0:
         raise ValidationException(f"{field}InitialVariantWeight must be 0 or more")
-    model_name = variant.get("ModelName")
-    if not isinstance(model_name, str) or models.get(model_name) is None:
+    required(field, variant, ("ModelName",))
+    typed(field, variant, {"ModelName": str})
+    model_name = variant["ModelName"]
+    if models.get(model_name) is None:
         raise ValidationException(
             f'Could not find model "{arn(defaults, "model", str(model_name))}".'
         )
@@ -372,7 +376,9 @@ def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     for key in ("S3OutputPath", "S3FailurePath"):
         if output.get(key) is not None:
             check_uri(f"AsyncInferenceConfig.OutputConfig.{key}", output[key], defaults)
-    notification = mapping("NotificationConfig", output.get("NotificationConfig"))
+    notification = mapping(
+        "AsyncInferenceConfig.OutputConfig.NotificationConfig", output.get("NotificationConfig")
+    )
     where = "AsyncInferenceConfig.OutputConfig.NotificationConfig."
     only(where, notification, {"SuccessTopic", "ErrorTopic"})
     typed(where, notification, {"SuccessTopic": str, "ErrorTopic": str})

@@ -545,3 +545,15 @@ def test_members_the_platform_requires_are_required_of_a_raw_request() -> None:
                      ProductionVariants=[variant]) == (
         "ValidationException", "ProductionVariants[0].ServerlessConfig.MemorySizeInMB is required"
     )  # fmt: skip
+    missing_model = {"VariantName": "v", "ServerlessConfig": SERVERLESS}
+    assert api.error("CreateEndpointConfig", EndpointConfigName="no-model",
+                     ProductionVariants=[missing_model]) == (
+        "ValidationException", "ProductionVariants[0].ModelName is required"
+    )  # fmt: skip
+    _, message = api.error("CreateEndpointConfig", EndpointConfigName="no-model",
+                              ProductionVariants=[{**missing_model, "ModelName": 5}])  # fmt: skip
+    assert message == "ProductionVariants[0].ModelName must be a string, got 5"
+    assert api.error("CreateModel", ModelName="bare") == (
+        "ValidationException",
+        "PrimaryContainer is required (or Containers, of one)",
+    )
