@@ -55,6 +55,7 @@ XGBOOST_IMAGE = re.compile(r"(^|/)(sagemaker-)?xgboost(:[^/]*)?$")
 PLATFORM_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")  # fullmatch: $ allows a "\n" after
 MAX_PLATFORM_NAME = 63
 MAX_URI = 1024  # the platform's S3Uri and ModelDataUrl
+MAX_ENVIRONMENT_VALUE = 1024  # the platform's, for a container's environment variable
 
 
 @dataclass(frozen=True)
@@ -267,11 +268,16 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
         )
     environment = mapping(f"{field}Environment", container.get("Environment"))
     typed(f"{field}Environment.", environment, dict.fromkeys(environment, str))
-    for key in environment:
+    for key, value in environment.items():
         if key not in IGNORED_ENVIRONMENT and key != INFERENCE_OUTPUT:
             raise ValidationException(
                 f"{field}Environment {key} is not supported by infermodes (only "
                 f"{INFERENCE_OUTPUT} and {', '.join(sorted(IGNORED_ENVIRONMENT))})"
+            )
+        if isinstance(value, str) and len(value) > MAX_ENVIRONMENT_VALUE:
+            raise ValidationException(
+                f"{field}Environment {key}: a value has at most {MAX_ENVIRONMENT_VALUE} "
+                f"characters, got {len(value)}"
             )
 
 

@@ -557,3 +557,10 @@ def test_members_the_platform_requires_are_required_of_a_raw_request() -> None:
         "ValidationException",
         "PrimaryContainer is required (or Containers, of one)",
     )
+    long_value = {"Image": XGBOOST, "ModelDataUrl": "s3://b/model.tar.gz",
+                  "Environment": {"SAGEMAKER_CONTAINER_LOG_LEVEL": "x" * 900_000}}  # fmt: skip
+    assert api.error("CreateModel", ModelName="big-env", PrimaryContainer=long_value) == (
+        "ValidationException",
+        "PrimaryContainer.Environment SAGEMAKER_CONTAINER_LOG_LEVEL: a value has at most 1024 "
+        "characters, got 900000",
+    )
