@@ -28,7 +28,7 @@ from infermodes.endpoints.spec import (
     object_name,
     spec_problems,
 )
-from infermodes.errors import StorageError, shown
+from infermodes.errors import StorageError, clipped, shown
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
 from infermodes.settings import STORAGE_PREFIX
@@ -271,7 +271,7 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
     for key, value in environment.items():
         if key not in IGNORED_ENVIRONMENT and key != INFERENCE_OUTPUT:
             raise ValidationException(
-                f"{field}Environment {key} is not supported by infermodes (only "
+                f"{field}Environment {clipped(key)} is not supported by infermodes (only "
                 f"{INFERENCE_OUTPUT} and {', '.join(sorted(IGNORED_ENVIRONMENT))})"
             )
         if isinstance(value, str) and len(value) > MAX_ENVIRONMENT_VALUE:
@@ -559,7 +559,7 @@ def transform_object(
             f'Could not find model "{arn(defaults, "model", str(request.get("ModelName")))}".'
         )
     for key in mapping("Environment", request.get("Environment")):
-        raise ValidationException(f"Environment {key} is not supported by infermodes")
+        raise ValidationException(f"Environment {clipped(key)} is not supported by infermodes")
     # the numbers as boto3's model types them: our schema would read "6" or true as a number
     typed("", request, {"MaxPayloadInMB": int, "MaxConcurrentTransforms": int})
     source = mapping("TransformInput", request.get("TransformInput"))
