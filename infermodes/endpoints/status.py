@@ -237,6 +237,16 @@ def add_progress(a: Progress, b: Progress) -> Progress:
     return Progress(a.total + b.total, a.done + b.done, a.failed + b.failed, a.records + b.records)
 
 
+def running_progress(units: Mapping[str, float]) -> Progress:
+    """A running instance's progress from its metrics (``metrics.parse_batch_units``)."""
+    return Progress(
+        int(units.get("assigned", 0)),
+        int(units.get("succeeded", 0) + units.get("skipped", 0)),
+        int(units.get("failed", 0)),
+        int(units.get("records", 0)),
+    )
+
+
 def batch_failure_reason(failures: list[dict[str, Any]]) -> str:
     """``ObjectsFailed`` when an object failed; ``JobFailed`` when none did (no inputs, a
     listing that failed, a model that cannot load: an instance-wide error)."""

@@ -58,6 +58,7 @@ from infermodes.endpoints.status import (
     load_error,
     record_queue,
     rfc3339,
+    running_progress,
     summary_progress,
     update_blocked,
     with_estimated_age,
@@ -71,6 +72,7 @@ from infermodes.metrics import (
     OperatorMetrics,
     ServerLoad,
     fetch_metrics_text,
+    parse_batch_units,
     parse_server_load,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
@@ -160,7 +162,8 @@ class LocalEndpoint:
     # a realtime rollover: the old spec's replicas, where the first decision starts from
     carried: int | None = None
     ports: dict[str, int] = field(default_factory=dict)  # model servers', by key
-    metrics_ports: dict[str, int] = field(default_factory=dict)  # async workers', by key
+    # async workers' and batch instances' (their progress while they run), by key
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     silent: tuple[str, ...] = ()  # async workers that could not say what they hold
     sequence: int = 0
     desired: int = 0
@@ -557,7 +560,7 @@ class Supervisor:
     async def _actuate(self, endpoint: LocalEndpoint, now: float) -> None:
         """Bring the running children to the decision, restart crashed ones, set the status."""
         if endpoint.manifest.spec.mode is Mode.BATCH and endpoint.failure is None:
-            self._run_batch(endpoint, now)
+            await self._run_batch(endpoint, now)
             return
         for key, child in endpoint.children.items():
             if child.check(now):
@@ -772,7 +775,7 @@ class Supervisor:
             return False
         return True
 
-    def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
+    async def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
         """``instanceCount`` instances, each run once to its end (an instance that left a
         summary is not run again, also after a restart of ``up``, unless ``up`` stopping
         stopped it)."""
@@ -790,6 +793,7 @@ class Supervisor:
             if child.check(now):
                 endpoint.event(f"{key} ended with {child.last_exit}")
                 del endpoint.children[key]
+                endpoint.metrics_ports.pop(key, None)
                 index = int(key.rsplit("-", 1)[1])
                 if not self._summary_path(name, index).exists():
                     self._summary_path(name, index).write_text(json.dumps({
@@ -801,11 +805,12 @@ class Supervisor:
             key = f"{name}/instance-{index}"
             if key in endpoint.children or self._ran_to_end(name, index):
                 continue
+            port = endpoint.metrics_ports[key] = free_port()  # its progress while it runs
             extra = {
                 "JOB_COMPLETION_INDEX": str(index),
                 **plan.settings_env(
                     BatchSettings,
-                    metrics_port=0,
+                    metrics_port=port,
                     termination_message_path=str(self._summary_path(name, index)),
                 ),
             }
@@ -815,9 +820,15 @@ class Supervisor:
             child.start(now)
         found, ended = Progress(), 0
         failures: list[dict[str, Any]] = []
+        running = {key: port for key, port in endpoint.metrics_ports.items()
+                   if key in endpoint.children and endpoint.children[key].running()}  # fmt: skip
+        texts = await asyncio.to_thread(read_ports, running, fetch_metrics_text)
         for index in range(count):
             path = self._summary_path(name, index)
             if not path.exists():
+                text = texts.get(f"{name}/instance-{index}")
+                if text is not None:  # running: what it has done so far
+                    found = add_progress(found, running_progress(parse_batch_units(text)))
                 continue
             try:
                 summary = json.loads(path.read_text())

@@ -610,26 +610,40 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert served.status_code == 200, served.text
 
 
+INPUTS = 12_000  # objects: seconds of work for the two instances, so up sees them run
+
+
 def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """``up`` stopped (SIGTERM) while its instances work: they stop and say so; the restart
     runs them again (what they wrote is skipped) and the job completes with every output. It
-    used to read their "Stopped" summaries as ended and say Completed, most inputs untouched."""
+    used to read their "Stopped" summaries as ended and say Completed, most inputs untouched.
+    While they run, the job's progress is theirs so far (it was 0/0 until they ended)."""
     inputs = tmp_path / "batch" / "input"
     inputs.mkdir(parents=True)
     rows = abalone_model.test_rows[:2]
-    for number in range(6_000):
+    for number in range(INPUTS):
         (inputs / f"part-{number:05d}.csv").write_bytes(to_csv(rows))
     files = [manifest("batch", abalone_model.tarball, tmp_path)]
     output = tmp_path / "batch" / "output"
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: len(list(output.glob("*.out"))) >= 20, WAIT, "the first outputs")
+        # its progress while the instances run (their metrics), not 0/0 until they end
+        seen: list[dict[str, int]] = []
+
+        def running_progress() -> bool:
+            status = up.status("abalone-batch")
+            seen.append(status.get("progress") or {})
+            return status["phase"] != "InProgress" or seen[-1].get("objectsDone", 0) > 0
+
+        wait_until(running_progress, WAIT, "progress while running", interval=0.2)
+        assert seen[-1]["objectsTotal"] == INPUTS and 0 < seen[-1]["objectsDone"] < INPUTS, seen
         up.stop()
         summaries = list((tmp_path / "state" / "batch" / "abalone-batch").glob("summary-*.json"))
         states = {json.loads(path.read_text())["state"] for path in summaries}
         written = len(list(output.glob("*.out")))
-        assert states == {"Stopped"} and written < 6_000, (states, written)  # stopped midway
+        assert states == {"Stopped"} and written < INPUTS, (states, written)  # stopped midway
         up.files = []  # from its state alone
         up.start()
         ended = lambda: up.status("abalone-batch")["phase"] in ("Completed", "Failed")  # noqa: E731
@@ -642,9 +656,9 @@ def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
         wait_until(ended, WAIT, "the job to show its outcome again")
         assert up.status("abalone-batch")["endTime"] == end_time
     outs = sorted(output.glob("*.out"))
-    assert len(outs) == 6_000
+    assert len(outs) == INPUTS
     expected = abalone_model.booster().inplace_predict(rows)  # type: ignore[attr-defined]
-    for out in outs[::500]:
+    for out in outs[::1000]:
         np.testing.assert_allclose(np.loadtxt(out, delimiter=","), expected, rtol=1e-6)
 
 

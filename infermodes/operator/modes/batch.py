@@ -28,6 +28,7 @@ from infermodes.endpoints.status import (
     add_progress,
     batch_failure_reason,
     describe_failures,
+    running_progress,
     summary_progress,
 )
 from infermodes.errors import (
@@ -155,14 +156,7 @@ def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     for _, ip in running:
         text = texts.get(ip)
         if text is not None:
-            units = parse_batch_units(text)
-            running_progress = Progress(
-                int(units.get("assigned", 0)),
-                int(units.get("succeeded", 0) + units.get("skipped", 0)),
-                int(units.get("failed", 0)),
-                int(units.get("records", 0)),
-            )
-            found = add_progress(found, running_progress)
+            found = add_progress(found, running_progress(parse_batch_units(text)))
     return found, failures
 
 
