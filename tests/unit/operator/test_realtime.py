@@ -150,6 +150,26 @@ def pod(name: str, ready: bool, **state) -> PodState:
             s.Phase.FAILED,
             "ModelLoadFailed",
         ),
+        (  # its model loaded once the kubelet restarted it (the file arrived): serving again,
+            # whatever its last run said (the endpoint stayed Failed, the gateway refusing it)
+            WorkloadState(
+                True,
+                2,
+                2,
+                2,
+                True,
+                [pod("a", True), pod("b", True, exit_code=3, restarts=1, message="x")],
+            ),
+            Status(s.Phase.FAILED, "ModelLoadFailed"),
+            s.Phase.IN_SERVICE,
+            "AllReplicasReady",
+        ),
+        (  # ... the rollout of a fix whose model came after it: done, and in service
+            WorkloadState(True, 1, 1, 1, True, [pod("new", True, exit_code=3, restarts=4)]),
+            Status(s.Phase.UPDATING, "ModelLoadFailed"),
+            s.Phase.IN_SERVICE,
+            "AllReplicasReady",
+        ),
         (
             WorkloadState(True, 1, 0, 1, True, [pod("a", False, waiting_reason="ErrImagePull")]),
             None,
