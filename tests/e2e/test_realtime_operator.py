@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -325,12 +327,21 @@ def test_an_update_an_admission_policy_refuses_keeps_the_old_spec_serving_and_sc
     assert {"name": "INFERMODES_SERVE_WORKERS", "value": "2"} in env
 
 
-def test_missing_model_ends_failed_with_the_reason(tools: Tools, k8s_namespace: str) -> None:
-    manifest = endpoint_manifest("lost", f"file:///nonexistent/{k8s_namespace}/model.tar.gz")
+def test_missing_model_ends_failed_with_the_reason_and_serves_once_it_arrives(
+    tools: Tools, k8s_namespace: str, model_uri: str, tmp_path: Path
+) -> None:
+    """The common order of mistakes: the endpoint applied before its model is uploaded. Once
+    the model is there, the restarted pod loads it and the endpoint serves; it used to stay
+    Failed for good (the pod's last run had exited 3), the gateway refusing it."""
+    later = tmp_path / "later" / "model.tar.gz"
+    manifest = endpoint_manifest("lost", f"file://{later}")
     assert tools.apply(manifest, k8s_namespace).returncode == 0
     endpoint = wait_phase(tools.cluster.api, k8s_namespace, "lost", "Failed")
     assert endpoint["status"]["reason"] == "ModelLoadFailed"
     assert "no such object" in endpoint["status"]["message"]
+    later.parent.mkdir()
+    shutil.copyfile(model_uri.removeprefix("file://"), later)
+    wait_phase(tools.cluster.api, k8s_namespace, "lost", "InService")
 
 
 def test_load_scales_out_to_max_and_back_to_min(
