@@ -24,6 +24,8 @@ OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
 BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
 APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoint
+# an async endpoint held back: an older one in another namespace holds its name (its queue)
+NAME_IN_USE = "NameInUse"
 ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoint's processes
 # an update that cannot roll out: the spec before it serves (``Updating``), and a new update
 # may replace it, as the platform lets one follow an update that failed and rolled back

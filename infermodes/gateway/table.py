@@ -21,7 +21,7 @@ from pydantic import ValidationError as SpecError
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
-from infermodes.endpoints.status import FAILED_CREATE
+from infermodes.endpoints.status import FAILED_CREATE, NAME_IN_USE
 from infermodes.errors import EndpointNotFound, InfermodesError, clipped
 from infermodes.gateway.errors import ValidationError
 from infermodes.settings import AsyncEndpoint
@@ -241,9 +241,17 @@ class Table:
         self.async_swept: dict[str, AsyncEndpoint] = {}
 
     # reading
+    def _holders(self, name: str) -> list[Endpoint]:
+        """The endpoints of ``name``, but for those the operator held back because an older
+        one in another namespace holds it (``NameInUse``: an async queue is one per name): a
+        newcomer must not take the name off the endpoint that has it."""
+        found = self._by_name.get(name, [])
+        held = [e for e in found if not (e.phase is Phase.FAILED and e.why == NAME_IN_USE)]
+        return held or found
+
     def lookup(self, name: str) -> Endpoint:
         """The endpoint serving ``name``, or the error naming why there is none."""
-        found = self._by_name.get(name)
+        found = self._holders(name)
         if not found:
             raise self.not_found(name)
         if len(found) > 1:
@@ -356,7 +364,7 @@ class Table:
         endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
 
     def _index_async(self, name: str) -> None:
-        owners = self._by_name.get(name, [])
+        owners = self._holders(name)
         found = owners[0].async_ if len(owners) == 1 else None
         if found is None or found.refusal is not None:
             self.async_layouts.pop(name, None)

@@ -31,6 +31,7 @@ from infermodes.endpoints.status import (
     FAILED_CREATE,
     IN_FLIGHT_UNKNOWN,
     MODEL_LOAD_FAILED,
+    NAME_IN_USE,
     UNSCHEDULABLE,
     Status,
     record_queue,
@@ -40,7 +41,7 @@ from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
-from infermodes.operator.signals.names import NAME_IN_USE, AsyncNames
+from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.queueing.rabbitmq import QueueReader, quiet_client_logs
 from infermodes.settings import OperatorSettings

@@ -169,6 +169,26 @@ def test_the_async_route_serves_a_name_from_one_namespace_only() -> None:
     assert table.async_missing("s").status_code == 404
 
 
+def test_a_newcomer_the_operator_held_back_does_not_take_the_name_off_its_holder() -> None:
+    """The operator gives an async name (its queue) to the oldest endpoint and fails the
+    others NameInUse; the gateway answered 409 for the holder too, so anyone who could create
+    an endpoint in another namespace could take a working one off the gateway."""
+    table = Table()
+    table.apply_endpoint(endpoint_object("s", "async", namespace="a", outputPath="s3://a/out"))
+    newcomer = endpoint_object("s", "async", namespace="b", phase="Failed", outputPath="s3://b/o")
+    newcomer["status"]["reason"] = "NameInUse"
+    table.apply_endpoint(newcomer)
+    assert table.lookup("s").namespace == "a"
+    assert table.async_layouts["s"].output_path == "s3://a/out"
+    table.apply_endpoint(endpoint_object("t", "realtime", namespace="a"))
+    failed = endpoint_object("t", "realtime", namespace="b", phase="Failed")
+    failed["status"]["reason"] = "ModelLoadFailed"  # another failure: the name is in two
+    table.apply_endpoint(failed)
+    with pytest.raises(ValidationError) as both:
+        table.lookup("t")
+    assert both.value.status_code == 409
+
+
 PREFIXES = ("s3://async/{namespace}/", "FILE:///srv/async/shared")
 
 

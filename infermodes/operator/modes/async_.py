@@ -33,6 +33,7 @@ from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in
 from infermodes.endpoints.status import (
     BROKER_UNREADABLE,
     IN_FLIGHT_UNKNOWN,
+    NAME_IN_USE,
     QueueFigures,
     Status,
     with_estimated_age,
@@ -46,7 +47,6 @@ from infermodes.metrics import (
 from infermodes.operator.modes.base import Signals, never_ends
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
 from infermodes.operator.observed import failure, running_pods, waiting_status
-from infermodes.operator.signals.names import NAME_IN_USE
 from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"

@@ -21,7 +21,6 @@ from infermodes.operator.kube import KubeDoor, KubeError
 
 log = logging.getLogger("infermodes.operator")
 
-NAME_IN_USE = "NameInUse"  # the status reason of an endpoint held back
 LIST_INTERVAL_SECONDS = 5.0  # one list of every endpoint serves the reconciles meanwhile
 Holder = tuple[str, str]  # (namespace, creationTimestamp: RFC 3339, which sorts as time)
 
