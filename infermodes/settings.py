@@ -445,6 +445,12 @@ class GatewaySettings(AsyncAcceptSettings):
         "/healthz, /readyz and /metrics must be signed by one. Empty: the gateway is open, and "
         "says so in its log and /readyz.",
     )
+    open_platform_api: bool = Field(
+        False,
+        description="Serve the platform API (POST /) without access keys: anyone who reaches "
+        "the gateway may then create workloads and name Secrets for them. Off by default: "
+        "without access keys, POST / is refused (403) saying how to turn it on.",
+    )
     platform_namespace: str = Field(
         "",
         description="Where the platform API keeps its models, endpoint configs, endpoints and "

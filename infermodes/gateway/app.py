@@ -306,7 +306,10 @@ def serve(settings: GatewaySettings) -> int:
             return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
-        routers.append(platform_router(settings, api))
+        if settings.access_keys.get_secret_value() or settings.open_platform_api:
+            routers.append(platform_router(settings, api))
+        else:
+            routers.append(platform_refused())
     registry = CollectorRegistry()
     runner = Runner(settings, source, sink, gateway_id, registry, routers)
     closing: list[Callable[[], None]] = []
@@ -323,6 +326,27 @@ def serve(settings: GatewaySettings) -> int:
     finally:
         for close in closing:
             close()
+
+
+def platform_refused() -> APIRouter:
+    """``POST /`` of a gateway without access keys: the platform API creates workloads and
+    names Secrets for them, which nobody unauthenticated may do unless asked for."""
+    from infermodes.platform.sigv4 import MissingAuthenticationTokenException, error_response
+
+    router = APIRouter()
+    refusal = MissingAuthenticationTokenException(
+        "this gateway has no access keys, so its platform API is off: give it access keys "
+        "(gateway.auth.secretRef in the chart) and sign requests, or serve it open on purpose "
+        "(gateway.platform.allowAnonymous: true; INFERMODES_GATEWAY_OPEN_PLATFORM_API)"
+    )
+
+    @router.post("/")
+    async def control_plane() -> Response:
+        status, headers, body = error_response(refusal)
+        return Response(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+    log.info("platform API off: no access keys (see gateway.platform.allowAnonymous)")
+    return router
 
 
 def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:

@@ -84,6 +84,21 @@ def test_an_unknown_endpoint_is_a_404_naming_it(tools: Tools) -> None:
     assert httpx.get(f"{url}/readyz").status_code == 200
 
 
+def test_without_access_keys_the_platform_api_is_off_and_says_how_to_turn_it_on(
+    tools: Tools,
+) -> None:
+    """It creates workloads in the platform namespace and names Secrets for them: an open
+    gateway (the chart's default, no gateway.auth.secretRef) served it to anyone."""
+    url = gateway_url(tools)
+    assert url is not None
+    headers = {"X-Amz-Target": "SageMaker.ListModels",
+               "Content-Type": "application/x-amz-json-1.1"}  # fmt: skip
+    refused = httpx.post(f"{url}/", content=b"{}", headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["__type"] == "MissingAuthenticationTokenException"
+    assert "gateway.platform.allowAnonymous" in refused.json()["message"]
+
+
 def test_the_gateway_runs_under_its_own_least_privilege_account(
     tools: Tools, k8s_namespace: str
 ) -> None:
@@ -175,4 +190,10 @@ def test_every_variable_the_chart_gives_the_gateway_is_a_setting_it_reads(
         monkeypatch.setenv(variable["name"], variable.get("value", "from-the-downward-api"))
     settings = GatewaySettings()
     assert settings.namespaces == ["a", "b", "ops"]  # the platform API's namespace too
+    assert not settings.open_platform_api
+    opened = next(d for d in render("gateway.platform.allowAnonymous=true")
+                  if d["kind"] == "Deployment"
+                  and d["metadata"]["name"] == GATEWAY_ACCOUNT)  # fmt: skip
+    opened_env = opened["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": f"{prefix}OPEN_PLATFORM_API", "value": "true"} in opened_env
     assert settings.drain_timeout_seconds > settings.invocation_timeout_seconds
