@@ -101,3 +101,14 @@ def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in
                      and d["metadata"]["name"].startswith("infermodes-gateway")
                      for rule in d["rules"]]  # fmt: skip
     assert not any(r in ("secrets", "*") for rule in gateway_rules for r in rule["resources"])
+
+
+def test_an_operator_without_a_metrics_port_renders_a_valid_container() -> None:
+    """``operator.metricsPort: 0`` (documented: no metrics) rendered a port without a number,
+    which the API server refuses, so the install failed."""
+    documents = gateway_documents("operator.metricsPort=0")
+    operator = next(d for d in documents if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "infermodes-operator")  # fmt: skip
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert "ports" not in container
+    assert {"name": "INFERMODES_OPERATOR_METRICS_PORT", "value": "0"} in container["env"]
