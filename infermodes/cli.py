@@ -36,11 +36,9 @@ def _settings_or_exit(factory: Any, **options: Any) -> Any:
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise click.UsageError(problems) from None
+        from infermodes.endpoints.spec import spec_problems  # the one formatter, as for specs
+
+        raise click.UsageError(spec_problems(exc, field=str)) from None
 
 
 @click.group()
@@ -365,6 +363,11 @@ def up(
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.errors import BrokerUnavailable
     from infermodes.local.manifests import ManifestError
+    from infermodes.settings import LOG_LEVELS
+
+    if log_level.lower() not in LOG_LEVELS:
+        raise click.BadParameter(f"one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+    log_level = log_level.lower()
     from infermodes.local.up import StateDirUnusable
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url

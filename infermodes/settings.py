@@ -9,9 +9,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, ClassVar, Literal, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_origin
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 MIB = 1024 * 1024
@@ -27,6 +35,21 @@ class SettingsConfigDict(ConfigDict, total=False):
     """pydantic's model config, plus the prefix of a settings class's variables."""
 
     env_prefix: str
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(value: str) -> str:
+    """A log level in any case; anything else is refused with the others named (the logging
+    module's own error, at start, was a traceback and a crash loop)."""
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value[:40]!r}")
+    return level
+
+
+LogLevel = Annotated[str, AfterValidator(_log_level)]
 
 
 class SettingsError(ValueError):
@@ -176,7 +199,7 @@ class ServeSettings(EnvSettings):
         description="The container's selectable output keys, comma-separated (e.g. "
         "predicted_label,probabilities); checked against the model's objective at start.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
 
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -237,7 +260,7 @@ class WorkerSettings(EnvSettings):
     metrics_host: str = Field("127.0.0.1")
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
     allow_pickle: bool = False
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
 
 class AsyncEndpoint(BaseModel):
@@ -315,7 +338,7 @@ class AsyncApiSettings(AsyncAcceptSettings):
     broker_url: str = DEFAULT_BROKER_URL
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
 
 class OperatorSettings(EnvSettings):
@@ -357,7 +380,7 @@ class OperatorSettings(EnvSettings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
 
 
 # Where an endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
@@ -466,7 +489,7 @@ class GatewaySettings(AsyncAcceptSettings):
         description="A Secret in the platform namespace holding the AMQP URL (key url) of async "
         "endpoints the API creates.",
     )
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
 
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
@@ -572,7 +595,7 @@ class BatchSettings(EnvSettings):
         None, description="Also write the summary here (a pod's /dev/termination-log)."
     )
     allow_pickle: bool = False
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchSettings:

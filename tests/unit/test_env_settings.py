@@ -252,3 +252,20 @@ def test_populate_by_name_also_reads_the_prefixed_name_of_an_aliased_field(
     assert Aliased().size == (1 if by_name else 0)
     monkeypatch.setenv("OTHER_SIZE", "2")
     assert Aliased().size == 2
+
+
+def test_a_log_level_is_one_of_four_in_any_case_and_a_misspelt_one_is_one_line() -> None:
+    """``logging`` refused it at start with a traceback: the operator crash-looped."""
+    from click.testing import CliRunner
+
+    from infermodes.cli import main
+    from infermodes.settings import OperatorSettings
+
+    assert OperatorSettings(log_level="WARNING").log_level == "warning"
+    result = CliRunner().invoke(
+        main, ["operator"], env={"INFERMODES_OPERATOR_LOG_LEVEL": "verbose"}
+    )
+    assert result.exit_code == 2
+    assert "log_level: must be one of debug, info, warning, error, got 'verbose'" in result.output
+    up = CliRunner().invoke(main, ["up", "--log-level", "loud"])
+    assert up.exit_code == 2 and "--log-level" in up.output
