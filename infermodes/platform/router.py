@@ -16,6 +16,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from infermodes.errors import UnsupportedContentType
+from infermodes.http import refuse_codings
 from infermodes.platform.errors import (
     CONTENT_TYPE,
     ERROR_TYPE_HEADER,
@@ -98,6 +100,15 @@ def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
     @router.post("/")
     async def control_plane(request: Request) -> Response:
         try:
+            try:
+                refuse_codings(request.scope["headers"])  # a body read as sent, or not at all
+            except UnsupportedContentType as exc:
+                raise SerializationException(str(exc)) from None
+            targets = request.headers.getlist("x-amz-target")
+            if len(targets) > 1:  # which one the caller meant is not guessed
+                raise ValidationException(
+                    f"X-Amz-Target given {len(targets)} times: one operation per request"
+                )
             body = await bounded_body(request)
             target = request.headers.get("x-amz-target", "")
             operation = target.removeprefix(TARGET_PREFIX)

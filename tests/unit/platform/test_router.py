@@ -564,3 +564,18 @@ def test_members_the_platform_requires_are_required_of_a_raw_request() -> None:
         "PrimaryContainer.Environment SAGEMAKER_CONTAINER_LOG_LEVEL: a value has at most 1024 "
         "characters, got 900000",
     )
+
+
+def test_a_doubled_target_or_a_coded_body_is_refused_not_guessed() -> None:
+    api = Api()
+    headers = [("X-Amz-Target", "SageMaker.ListModels"), ("X-Amz-Target", "SageMaker.DeleteModel"),
+               ("Content-Type", "application/x-amz-json-1.1")]  # fmt: skip
+    twice = api.client.post("/", content=b"{}", headers=headers)
+    assert twice.status_code == 400
+    said = "X-Amz-Target given 2 times: one operation per request"
+    assert twice.json() == {"__type": "ValidationException", "message": said}
+    gzipped = api.client.post("/", content=b"{}", headers={
+        "X-Amz-Target": "SageMaker.ListModels", "Content-Type": "application/x-amz-json-1.1",
+        "Content-Encoding": "gzip"})  # fmt: skip
+    assert gzipped.status_code == 400 and gzipped.json()["__type"] == "SerializationException"
+    assert "gzip" in gzipped.json()["message"]
