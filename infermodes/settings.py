@@ -534,6 +534,26 @@ def check_batch_processing(
         )
 
 
+def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> None:
+    """An output prefix that is the input prefix itself leaves no input (outputs are never
+    read as inputs, so the instances find none and the job fails): refused with the spec."""
+    from infermodes.errors import StorageError
+    from infermodes.storage import parse_uri
+
+    if data_type != "S3Prefix":
+        return
+    try:
+        same = parse_uri(input_uri).uri.rstrip("/") == parse_uri(output_uri).uri.rstrip("/")
+    except StorageError:
+        return  # the fields' own patterns name what is wrong with either
+    if same:
+        raise ValueError(
+            "output.uri is the input prefix itself: outputs are never read as inputs, so no "
+            "input would be left; give the outputs a prefix of their own (it may lie inside "
+            "the input's)"
+        )
+
+
 class BatchSettings(EnvSettings):
     """``infermodes batch``: one instance (Job index) of a batch transform. Env prefix
     ``INFERMODES_BATCH_``; the instance index also reads ``JOB_COMPLETION_INDEX``, which

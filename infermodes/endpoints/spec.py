@@ -50,6 +50,7 @@ from infermodes.settings import (
     CompressionType,
     JoinSource,
     SplitType,
+    check_batch_locations,
     check_batch_payload,
     check_batch_processing,
 )
@@ -409,6 +410,7 @@ class BatchSpec(SpecBlock):
         processing = self.data_processing
         check_batch_processing(self.input.content_type, self.output.accept,
                                processing.join_source, processing.input_filter)  # fmt: skip
+        check_batch_locations(self.input.uri, self.input.data_type, self.output.uri)
         return self
 
 

@@ -192,6 +192,10 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
             ),
             "spec.batch: inputFilter and joinSource need CSV or JSON input, not libsvm",
         ),
+        (  # the same prefix in two spellings: no input would be left
+            batch_spec(input={"uri": "/data/in"}, output={"uri": "file:///data/in/"}),
+            "spec.batch: output.uri is the input prefix itself",
+        ),
         *(
             (
                 {"mode": "async", "model": MODEL, "async": {"outputPath": "s3://b/o", field: path}},
@@ -335,7 +339,7 @@ def test_example_manifests_are_valid() -> None:
 def test_the_model_and_batch_locations_may_be_absolute_paths_as_they_always_could(
     path: str,
 ) -> None:
-    raw = batch_spec(input={"uri": path}, output={"uri": path})
+    raw = batch_spec(input={"uri": path}, output={"uri": f"{path}-outputs/"})
     assert not isinstance(parse_spec({**raw, "model": {"uri": path}}), str)
 
 
