@@ -26,9 +26,10 @@ def test_rendered_rbac_is_least_privilege_and_the_operator_holds_no_secrets() ->
     result = helm("template", "infermodes", str(CHART), "--namespace", "ops")
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
-    role = next(d for d in documents if d["kind"] == "ClusterRole")
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+    roles = [d for d in documents if d["kind"] == "ClusterRole"]
+    granted = {(group, resource, verb) for role in roles for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}  # fmt: skip
     assert not any(verb in ("*", "delete", "deletecollection", "escalate", "bind", "impersonate")
                    for _, _, verb in granted)  # fmt: skip
     assert not any(resource in ("secrets", "*") for _, resource, _ in granted)
@@ -112,3 +113,25 @@ def test_an_operator_without_a_metrics_port_renders_a_valid_container() -> None:
     container = operator["spec"]["template"]["spec"]["containers"][0]
     assert "ports" not in container
     assert {"name": "INFERMODES_OPERATOR_METRICS_PORT", "value": "0"} in container["env"]
+
+
+def test_an_operator_of_listed_namespaces_may_change_workloads_in_those_alone() -> None:
+    """With operator.watchNamespaces it could still create deployments and services and patch
+    pods in every namespace, kube-system included."""
+    documents = gateway_documents("operator.watchNamespaces={team-a,team-b}")
+    bindings = [d for d in documents if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
+                and d["subjects"][0]["name"] == "infermodes-operator"]  # fmt: skip
+    cluster = {d["roleRef"]["name"] for d in bindings if d["kind"] == "ClusterRoleBinding"}
+    assert cluster == {"infermodes-operator-cluster"}
+    assert sorted(d["metadata"]["namespace"] for d in bindings if d["kind"] == "RoleBinding") == [
+        "team-a",
+        "team-b",
+    ]
+    wide = next(d for d in documents if d["kind"] == "ClusterRole"
+                and d["metadata"]["name"] == "infermodes-operator-cluster")  # fmt: skip
+    verbs = {verb for rule in wide["rules"] for verb in rule["verbs"]}
+    assert verbs == {"list", "watch"}  # across the cluster it only reads
+    everywhere = gateway_documents()  # no list: the workload role is bound cluster-wide
+    assert {d["roleRef"]["name"] for d in everywhere if d["kind"] == "ClusterRoleBinding"
+            and d["subjects"][0]["name"] == "infermodes-operator"} == {
+        "infermodes-operator", "infermodes-operator-cluster"}  # fmt: skip
