@@ -341,6 +341,14 @@ class AsyncApiSettings(AsyncAcceptSettings):
     log_level: LogLevel = "info"
 
 
+def image_allowed(image: str, own: str, allowed: list[str]) -> bool:
+    """Whether an endpoint may run ``image``: the operator's own, one ``allowed`` names, or one
+    under an allowed prefix (``...*``)."""
+    return image == own or any(
+        image.startswith(entry[:-1]) if entry.endswith("*") else image == entry for entry in allowed
+    )
+
+
 class OperatorSettings(EnvSettings):
     """``infermodes operator``: the kopf controller. Env prefix ``INFERMODES_OPERATOR_``."""
 
@@ -349,6 +357,12 @@ class OperatorSettings(EnvSettings):
     image: str = Field(
         "ghcr.io/infermodes/infermodes:0.1.0",
         description="Image of the pods the operator creates (endpoints may override it).",
+    )
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description="Images an endpoint's spec.image may name besides the operator's own: each "
+        "an exact image, or a prefix ending in '*' (registry.example/team/*). Empty: only the "
+        "operator's own (whoever may create an endpoint would otherwise run any image).",
     )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means all namespaces."

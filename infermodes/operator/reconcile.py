@@ -28,6 +28,7 @@ from infermodes.endpoints.status import (
     parse_rfc3339,
     rfc3339,
 )
+from infermodes.errors import shown
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
@@ -35,7 +36,7 @@ from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState
 from infermodes.operator.signals.names import Holder, holder_elsewhere
-from infermodes.settings import OperatorSettings
+from infermodes.settings import OperatorSettings, image_allowed
 
 log = logging.getLogger("infermodes.operator")
 
@@ -146,6 +147,13 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     spec = parse_spec(body.get("spec") or {})
     if isinstance(spec, str):
         return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", spec))
+    settings = deps.settings
+    if spec.image and not image_allowed(spec.image, settings.image, settings.allowed_images):
+        refused = (
+            f"spec.image {shown(spec.image)} is not an image this operator runs: the "
+            "operator's own, or one its operator.allowedImages lists (ask whoever runs it)"
+        )
+        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
     mode = mode_for(spec.mode)
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)

@@ -326,9 +326,37 @@ def body(spec=None, status=None):
 
 def deps(kube, loads=None, now=1000.0):
     clock = [now]
-    return Deps(
-        kube, OperatorSettings(), lambda ip, port: (loads or {}).get(ip), lambda: clock[0]
-    ), clock
+    settings = OperatorSettings(allowed_images=["registry.example/*"])  # the specs' images here
+    return Deps(kube, settings, lambda ip, port: (loads or {}).get(ip), lambda: clock[0]), clock
+
+
+def test_an_image_the_operator_was_not_told_to_run_fails_the_endpoint_naming_it() -> None:
+    """Whoever may create an endpoint would otherwise run any image with the namespace's
+    Secrets it names."""
+    from infermodes.operator.reconcile import reconcile
+
+    kube = FakeKube()
+    spec = {"mode": "realtime", "model": MODEL, "realtime": {}, "image": "attacker.example/x:1"}
+    result = reconcile(body(spec), ScalerMemory(), deps(kube)[0])
+    assert (result.status.phase, result.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert "spec.image 'attacker.example/x:1' is not an image this operator runs" in (
+        result.status.message
+    )
+    assert kube.applied == []
+    own = {**spec, "image": OperatorSettings().image}  # its own image: always
+    assert reconcile(body(own), ScalerMemory(), deps(kube)[0]).status.reason != "InvalidSpec"
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed", "runs"),
+    [("r.example/team/m:1", ["r.example/team/*"], True),
+     ("r.example/teamx:1", ["r.example/team/*"], False),
+     ("r.example/m:1", ["r.example/m:1"], True), ("r.example/m:2", ["r.example/m:1"], False)],
+)  # fmt: skip
+def test_allowed_images_are_exact_or_prefixes(image: str, allowed: list[str], runs: bool) -> None:
+    from infermodes.settings import image_allowed
+
+    assert image_allowed(image, "own:1", allowed) is runs
 
 
 def test_reconcile_creates_objects_and_is_idempotent() -> None:
