@@ -52,6 +52,17 @@ class Progress:
             + (f" ({self.failed} failed)" if self.failed else ""),
         }
 
+    @classmethod
+    def from_dict(cls, found: Any) -> Progress | None:
+        """``to_dict``'s figures read back (None: none, or not numbers)."""
+        if not isinstance(found, dict):
+            return None
+        try:
+            figures = ("objectsTotal", "objectsDone", "objectsFailed", "recordsDone")
+            return cls(*(int(found.get(key, 0)) for key in figures))
+        except (TypeError, ValueError):
+            return None
+
 
 @dataclass(frozen=True)
 class QueueFigures:
@@ -142,6 +153,7 @@ class Status:
             int(status.get("replicas", 0)),
             int(status.get("readyReplicas", 0)),
             int(status.get("desiredReplicas", 0)),
+            progress=Progress.from_dict(status.get("progress")),
             last_scale_time=status.get("lastScaleTime"),
         )
 

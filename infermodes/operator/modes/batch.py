@@ -174,9 +174,10 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
 
     ready = int(job_status.get("ready", 0))  # active counts instances not placed yet too
 
-    def status(phase: s.Phase, reason: str, message: str, ended: str | None = None) -> Status:
+    def status(phase: s.Phase, reason: str, message: str, ended: str | None = None,
+               progress: Progress | None = None) -> Status:  # fmt: skip
         wanted = count if phase is s.Phase.IN_PROGRESS else 0  # an ended job wants no pods
-        return Status(phase, reason, message, active, ready, wanted, progress=found,
+        return Status(phase, reason, message, active, ready, wanted, progress=progress or found,
                       end_time=ended)  # fmt: skip
 
     def since(condition: str) -> str | None:  # when the Job's condition became true
@@ -194,9 +195,11 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         )
         return status(s.Phase.FAILED, batch_failure_reason(failures), detail, since("Failed"))
     if spec.batch_block().stop:
-        if active == 0:
+        if active == 0:  # its pods, and what they said, are gone: the progress seen last stays
+            last = previous.progress if previous is not None else None
+            kept = found if found.total or last is None else last
             return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop",
-                          since("Suspended"))  # fmt: skip
+                          since("Suspended"), kept)  # fmt: skip
         return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:

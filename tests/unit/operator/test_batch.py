@@ -189,6 +189,12 @@ def test_completed_and_stopped() -> None:
     assert stopped.end_time == "2026-01-01T00:05:00Z"
     assert "endTime" not in still.to_patch(1, None)  # running: not ended
     assert still.to_patch(1, {"endTime": "2026-01-01T00:05:00Z"})["endTime"] is None  # resumed
+    # the stop deleted its pods and what they said: the progress seen last stays (it was 0/0)
+    seen = s_.Progress(total=80, done=40, failed=0, records=4000)
+    written = s_.Status(s.Phase.IN_PROGRESS, "Stopping", "", progress=seen).to_patch(1, None)
+    last = s_.Status.from_dict(written)  # as the next reconcile reads it from the object
+    kept = batch.observe(stopping, signals({"status": {"conditions": [suspended]}}, []), last)
+    assert kept.progress == seen
 
 
 def test_a_running_job_reports_no_scale_from_zero() -> None:
