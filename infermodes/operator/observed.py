@@ -146,13 +146,14 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
     whose containers run is not crashing, ready or not: a broker outage makes every worker
     not ready, whatever restarts it had before."""
     for pod in workload.pods:
-        # a pod that serves now is no failure, whatever its last run said: its model loaded
-        # (the file arrived, the store answers again) once the kubelet restarted it
-        alive = pod.ready or (ready_needs_broker and pod.running)
-        if pod.exit_code == EXIT_MODEL_LOAD_FAILED and not alive:
+        # a ready pod is no model-load failure, whatever its last run said: its model loaded
+        # (the file arrived, the store answers again) once the kubelet restarted it. Ready, not
+        # running: a worker restarted to try again runs a moment before it exits 3 again
+        if pod.exit_code == EXIT_MODEL_LOAD_FAILED and not pod.ready:
             return MODEL_LOAD_FAILED, f"model cannot be loaded: {load_error(pod.message)}"
         if pod.waiting_reason in CANNOT_RUN_REASONS:
             return CONTAINER_CANNOT_RUN, f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
+        alive = pod.ready or (ready_needs_broker and pod.running)
         if pod.restarts >= CRASH_RESTARTS and not alive:
             detail = pod.message or f"exit code {pod.exit_code}"
             return CONTAINER_CRASHING, f"pod {pod.name} keeps crashing: {detail}"

@@ -308,6 +308,22 @@ def test_workers_not_ready_while_the_broker_is_down_are_not_crashing_whatever_re
     assert (crashing.phase, crashing.reason) == (s.Phase.FAILED, "ContainerCrashing")
 
 
+def test_a_worker_that_cannot_load_its_model_fails_the_pool_even_in_the_moment_it_runs() -> None:
+    """Restarted to try again, a worker runs a moment before it exits 3 again: running is not
+    alive for a model that cannot load (the status flipped to InService each time); ready is."""
+    again = {"restartCount": 2, "state": {"running": {}},
+             "lastState": {"terminated": {"exitCode": 3, "message": "no such object"}}}  # fmt: skip
+    trying = pod("retrying", "127.0.0.1", ready=False)
+    trying["status"]["containerStatuses"] = [again]
+    one = WorkloadState(True, 1, 0, 1, True)
+    status = async_.observe(SPEC, signals(one, None, [trying]), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ModelLoadFailed")
+    loaded = pod("retrying", "127.0.0.1", ready=True)  # it consumes: its model loaded
+    loaded["status"]["containerStatuses"] = [again]
+    status = async_.observe(SPEC, signals(WorkloadState(True, 1, 1, 1, True), None, [loaded]), None)
+    assert status.phase is s.Phase.IN_SERVICE
+
+
 def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
     two = WorkloadState(True, 2, 2, 2, True)
     pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2"), pod("new", "127.0.0.3"),
