@@ -549,22 +549,25 @@ def check_batch_processing(
 
 
 def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> None:
-    """An output prefix that is the input prefix itself leaves no input (outputs are never
-    read as inputs, so the instances find none and the job fails): refused with the spec."""
+    """An input prefix that is the output prefix's folder or lies inside it leaves no input
+    (what lies under the output is never read as input, so the instances find none and the
+    job fails): refused with the spec. An S3 input prefix is a prefix of keys as written
+    (``s3://b/data`` lists ``data-2024/`` too); a file:// one is a folder."""
     from infermodes.errors import StorageError
     from infermodes.storage import parse_uri
 
     if data_type != "S3Prefix":
         return
     try:
-        same = parse_uri(input_uri).uri.rstrip("/") == parse_uri(output_uri).uri.rstrip("/")
+        given, output = parse_uri(input_uri), parse_uri(output_uri)
     except StorageError:
         return  # the fields' own patterns name what is wrong with either
-    if same:
+    inputs = given.uri if given.scheme == "s3" else given.uri.rstrip("/") + "/"
+    if inputs.startswith(output.uri.rstrip("/") + "/") or inputs == output.uri:
         raise ValueError(
-            "output.uri is the input prefix itself: outputs are never read as inputs, so no "
-            "input would be left; give the outputs a prefix of their own (it may lie inside "
-            "the input's)"
+            "the input prefix lies inside output.uri (or is it): what lies under the output is "
+            "never read as input, so no input would be left; give the outputs a prefix of "
+            "their own (it may lie inside the input's)"
         )
 
 

@@ -194,7 +194,11 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
         ),
         (  # the same prefix in two spellings: no input would be left
             batch_spec(input={"uri": "/data/in"}, output={"uri": "file:///data/in/"}),
-            "spec.batch: output.uri is the input prefix itself",
+            "spec.batch: the input prefix lies inside output.uri (or is it)",
+        ),
+        (  # the inputs inside the outputs: none left either
+            batch_spec(input={"uri": "s3://b/out/in/"}, output={"uri": "s3://b/out"}),
+            "spec.batch: the input prefix lies inside output.uri (or is it)",
         ),
         *(
             (
