@@ -56,8 +56,8 @@ ANYWHERE_WARNING = (
 
 class Gateway:
     """The ASGI app. ``draining`` turns readiness off while in-flight requests finish. Without
-    access keys it is open, and its ``/readyz`` says so. On loopback only, it answers requests
-    addressed to loopback names from no other web page only (``auth.refused_caller``)."""
+    access keys it is open, and its ``/readyz`` says so; open and on loopback only, it answers
+    only requests addressed to this machine from no other web page (``auth.refused_caller``)."""
 
     def __init__(
         self,
@@ -120,7 +120,10 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.loopback_only and scope["type"] == "http" and await refused_caller(scope, send):
+        # an open gateway on loopback only; with keys, a page can sign nothing (and a local
+        # proxy in front of a gateway with keys forwards its clients' Host for the signature)
+        open_locally = self.loopback_only and self.verifier is None
+        if open_locally and scope["type"] == "http" and await refused_caller(scope, send):
             return
         if self.verifier is not None and scope["type"] == "http":
             limit = self.body_limit(scope["path"])

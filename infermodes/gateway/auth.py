@@ -35,7 +35,8 @@ OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
 
 
 class AccessDeniedException(AuthError):
-    """A request addressed to a name that is not loopback, at a gateway on loopback only."""
+    """At an open gateway on loopback only: a request addressed to a name that is not this
+    machine's, or sent by another web page (its Origin)."""
 
 
 def loopback_only(host: str) -> bool:
@@ -50,21 +51,31 @@ def loopback_only(host: str) -> bool:
 
 
 def loopback_name(host: str) -> bool:
-    """Whether a Host header names loopback, whatever the port: ``localhost`` or a name under
-    it (browsers resolve those to loopback themselves, never through DNS), ``[::1]``, or an
-    IPv4 address in 127/8 in any form a client may write (``127.1``)."""
+    """Whether a Host header names this machine, whatever the port, as no DNS answer can:
+    ``localhost`` or a name under it (browsers resolve those themselves), the machine's own
+    host name, an address in 127/8 in any form a client may write (``127.1``), ``[::1]``, an
+    IPv4-mapped loopback address, or the unspecified ``0.0.0.0``/``[::]`` (they reach loopback;
+    a page's request to them carries its Origin, which ``foreign_caller`` refuses). An empty
+    Host names nothing to rebind."""
     name = host.strip().lower()
     if name.startswith("["):
+        if "]" not in name:
+            return False  # not a host at all
         name = name[1 : name.find("]")]
     elif name.count(":") == 1:
         name = name.partition(":")[0]
     name = name.removesuffix(".")
-    if name == "localhost" or name.endswith(".localhost"):
+    if not name or name in ("localhost", socket.gethostname().lower()):
+        return True
+    if name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         pass
+    else:
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        return address.is_loopback or address.is_unspecified or bool(mapped and mapped.is_loopback)
     try:
         return socket.inet_aton(name)[0] == 127
     except OSError:

@@ -4,6 +4,8 @@ only."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from infermodes.gateway.auth import foreign_caller, loopback_name, loopback_only
@@ -12,7 +14,8 @@ from infermodes.gateway.auth import foreign_caller, loopback_name, loopback_only
 @pytest.mark.parametrize(
     "host",
     ["localhost", "localhost:8080", "LocalHost.:8080", "app.localhost:9", "127.0.0.1",
-     "127.0.0.1:8080", "127.9.8.7:1", "127.1:8080", "[::1]", "[::1]:8080", "::1"],
+     "127.0.0.1:8080", "127.9.8.7:1", "127.1:8080", "[::1]", "[::1]:8080", "::1",
+     "[::ffff:127.0.0.1]:8080", "0.0.0.0:8080", "[::]:8080", "", socket.gethostname()],
 )  # fmt: skip
 def test_loopback_names_pass(host: str) -> None:
     assert loopback_name(host)
@@ -21,7 +24,7 @@ def test_loopback_names_pass(host: str) -> None:
 @pytest.mark.parametrize(
     "host",
     ["attacker.example", "attacker.example:8080", "localhost.attacker.example", "127.0.0.1.nip.io",
-     "0.0.0.0:8080", "10.0.0.1", "[::]:8080", "[fe80::1]", "", "[", "localhost:80:80",
+     "10.0.0.1", "[::ffff:10.0.0.1]", "[fe80::1]", "[", "localhost:80:80",
      "x" * 300],
 )  # fmt: skip
 def test_other_names_are_refused(host: str) -> None:
