@@ -116,7 +116,7 @@ class LocalPlatformStore:
         write_atomically(self._metadata_path(name), {
             "labels": metadata.get("labels") or {},
             "annotations": metadata.get("annotations") or {},
-            "spec": manifest.spec.model_dump(mode="json", by_alias=True),
+            "spec": document["spec"],  # as applied: the manifest keeps it so, in any version
         })  # fmt: skip
         self.supervisor.apply(manifest)
 
@@ -140,8 +140,9 @@ class LocalPlatformStore:
         # delete``): the labels are the API's only while the spec is the one it applied
         path = self._metadata_path(name)
         kept = read_json(path) if path.exists() else None
-        current = endpoint.manifest.spec.model_dump(mode="json", by_alias=True)
-        if kept is not None and kept.get("spec", current) == current:  # no spec: kept before
+        # the spec it runs, or (a restart during a rollover) the one it serves until then
+        runs = [endpoint.manifest.document.get("spec"), (endpoint.previous or {}).get("spec")]
+        if kept is not None and ("spec" not in kept or kept["spec"] in runs):  # none: older
             obj["metadata"] |= {key: kept.get(key) or {} for key in ("labels", "annotations")}
         return obj
 
