@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -89,6 +90,7 @@ T = TypeVar("T")  # what one read of a process's port gives
 NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
+PROGRESS_INTERVAL_SECONDS = 2.0  # ... and running batch instances'
 READY_PROBE_SECONDS = 1.0  # async workers' /readyz is asked this often (the pods' probe period)
 # a model server that stops answering (hung, SIGSTOPped) leaves the rotation after this many
 # /pings in a row it left unanswered (asked this often, once it had time to bind its port)
@@ -165,6 +167,9 @@ class LocalEndpoint:
     # async workers' and batch instances' (their progress while they run), by key
     metrics_ports: dict[str, int] = field(default_factory=dict)
     silent: tuple[str, ...] = ()  # async workers that could not say what they hold
+    # batch instances' metrics as last read (every PROGRESS_INTERVAL_SECONDS), by key
+    progress_texts: dict[str, str | None] = field(default_factory=dict)
+    progress_read_at: float = -math.inf
     sequence: int = 0
     desired: int = 0
     initialized: bool = False
@@ -630,7 +635,7 @@ class Supervisor:
 
     @staticmethod
     def _running_workers(endpoint: LocalEndpoint) -> dict[str, int]:
-        """The metrics port of each running async worker, by key."""
+        """The metrics port of each running async worker or batch instance, by key."""
         return {
             key: endpoint.metrics_ports[key]
             for key, child in endpoint.children.items()
@@ -820,9 +825,13 @@ class Supervisor:
             child.start(now)
         found, ended = Progress(), 0
         failures: list[dict[str, Any]] = []
-        running = {key: port for key, port in endpoint.metrics_ports.items()
-                   if key in endpoint.children and endpoint.children[key].running()}  # fmt: skip
-        texts = await asyncio.to_thread(read_ports, running, fetch_metrics_text)
+        if now - endpoint.progress_read_at >= PROGRESS_INTERVAL_SECONDS:  # not every tick
+            endpoint.progress_read_at = now
+            running = self._running_workers(endpoint)
+            endpoint.progress_texts = await asyncio.to_thread(
+                read_ports, running, fetch_metrics_text
+            )
+        texts = endpoint.progress_texts
         for index in range(count):
             path = self._summary_path(name, index)
             if not path.exists():
