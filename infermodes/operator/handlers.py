@@ -191,13 +191,12 @@ def configure(operator_settings: OperatorSettings) -> None:
             prefix=s.GROUP, key="last-handled-configuration"
         )
         kube = KubeDoor()
-        # kept connections for the looks and the reconciles' backlog reads alike (a look each
-        # second per pool, a reconcile with every nudge: a connection each is churn)
-        memo.queue_reader = reader = (
-            QueueReader(operator_settings.broker_url, 2 * QUEUE_LOOK_THREADS)
-            if operator_settings.broker_url
-            else None
-        )
+        # kept connections (a look each second per pool, a reconcile with every nudge: a
+        # connection each is churn), the reconciles' apart from the looks': a broker that does
+        # not answer must not queue reconciles behind looks waiting out their timeouts
+        url = operator_settings.broker_url
+        memo.queue_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
+        reader = memo.backlog_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         memo.deps = Deps(
             kube,
             operator_settings,
@@ -221,8 +220,9 @@ def configure(operator_settings: OperatorSettings) -> None:
     def cleanup(memo: kopf.Memo, **_: Any) -> None:
         """Close the kept broker connections (the broker would log each as dropped)."""
         memo.queue_looks.shutdown(wait=False, cancel_futures=True)
-        if memo.queue_reader is not None:
-            memo.queue_reader.close()
+        for reader in (memo.queue_reader, memo.backlog_reader):
+            if reader is not None:
+                reader.close()
 
     def run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, autoscale: bool) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
