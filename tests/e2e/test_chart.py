@@ -135,3 +135,12 @@ def test_an_operator_of_listed_namespaces_may_change_workloads_in_those_alone() 
     assert {d["roleRef"]["name"] for d in everywhere if d["kind"] == "ClusterRoleBinding"
             and d["subjects"][0]["name"] == "infermodes-operator"} == {
         "infermodes-operator", "infermodes-operator-cluster"}  # fmt: skip
+
+
+def test_a_watched_namespace_pattern_is_refused_at_install_naming_it() -> None:
+    """Namespaces are granted one by one: a pattern would render a RoleBinding nowhere."""
+    result = helm(
+        "template", "infermodes", str(CHART), "--set", "operator.watchNamespaces={team-*}"
+    )
+    assert result.returncode != 0
+    assert '"team-*" is a pattern; list namespaces by name' in result.stderr
