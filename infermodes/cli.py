@@ -363,11 +363,12 @@ def up(
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.errors import BrokerUnavailable
     from infermodes.local.manifests import ManifestError
-    from infermodes.settings import LOG_LEVELS
+    from infermodes.settings import log_level_of
 
-    if log_level.lower() not in LOG_LEVELS:
-        raise click.BadParameter(f"one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
-    log_level = log_level.lower()
+    try:
+        log_level = log_level_of(log_level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log-level") from None
     from infermodes.local.up import StateDirUnusable
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url

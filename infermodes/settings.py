@@ -37,19 +37,21 @@ class SettingsConfigDict(ConfigDict, total=False):
     env_prefix: str
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def _log_level(value: str) -> str:
-    """A log level in any case; anything else is refused with the others named (the logging
-    module's own error, at start, was a traceback and a crash loop)."""
+def log_level_of(value: str) -> str:
+    """A log level in any case (``warn`` for warning, as ``logging`` takes it); anything else
+    is refused with the others named (``logging``'s own error, at start, was a traceback and a
+    crash loop)."""
     level = value.strip().lower()
+    level = "warning" if level == "warn" else level
     if level not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value[:40]!r}")
     return level
 
 
-LogLevel = Annotated[str, AfterValidator(_log_level)]
+LogLevel = Annotated[str, AfterValidator(log_level_of)]
 
 
 class SettingsError(ValueError):

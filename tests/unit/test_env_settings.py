@@ -266,6 +266,8 @@ def test_a_log_level_is_one_of_four_in_any_case_and_a_misspelt_one_is_one_line()
         main, ["operator"], env={"INFERMODES_OPERATOR_LOG_LEVEL": "verbose"}
     )
     assert result.exit_code == 2
-    assert "log_level: must be one of debug, info, warning, error, got 'verbose'" in result.output
+    said = "log_level: must be one of debug, info, warning, error, critical, got 'verbose'"
+    assert said in result.output
+    assert OperatorSettings(log_level="warn").log_level == "warning"
     up = CliRunner().invoke(main, ["up", "--log-level", "loud"])
     assert up.exit_code == 2 and "--log-level" in up.output
