@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints.demand import annotation_key
 from infermodes.gateway.auth import (
+    OPEN_PLATFORM,
     OPEN_STATUS,
     OPEN_WARNING,
     loopback_only,
@@ -284,8 +285,9 @@ def serve(settings: GatewaySettings) -> int:
         return 1
     if keys:
         log.info("requests must be signed (AWS Signature V4) with one of %d access keys", len(keys))
-    else:
-        log.warning(OPEN_WARNING)
+    else:  # on Kubernetes its platform API is off then, unless asked for
+        served = settings.open_platform_api and not settings.static_endpoints
+        log.warning(OPEN_WARNING.format(OPEN_PLATFORM if served else ""))
     gateway_id = settings.gateway_id or socket.gethostname()
     source: EndpointSource
     sink: DemandSink | None

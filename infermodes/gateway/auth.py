@@ -27,10 +27,10 @@ log = logging.getLogger("infermodes.gateway")
 
 UNSIGNED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_WARNING = (
-    "NO ACCESS KEYS: this gateway is OPEN. Anyone who can reach it may create, change and "
-    "delete models and endpoints and invoke them. Give it access keys (INFERMODES_GATEWAY_"
-    "ACCESS_KEYS; in the chart, gateway.auth.secretRef)."
+    "NO ACCESS KEYS: this gateway is OPEN. Anyone who can reach it may invoke its endpoints{}. "
+    "Give it access keys (INFERMODES_GATEWAY_ACCESS_KEYS; in the chart, gateway.auth.secretRef)."
 )
+OPEN_PLATFORM = " and, through its platform API, create, change and delete models and endpoints"
 OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
 
 

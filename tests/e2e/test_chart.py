@@ -67,7 +67,8 @@ def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in
 ) -> None:  # fmt: skip
     documents = gateway_documents("gateway.platform.namespace=platform",
                                   "gateway.platform.storageSecretName=s3",
-                                  "gateway.platform.brokerSecretName=amqp")  # fmt: skip
+                                  "gateway.platform.brokerSecretName=amqp",
+                                  "gateway.auth.secretRef.name=platform-keys")  # fmt: skip
     env = gateway_env(documents)
     assert env["INFERMODES_GATEWAY_PLATFORM_NAMESPACE"]["value"] == "platform"
     # it serves the endpoints the API makes there, besides the release's
@@ -144,3 +145,15 @@ def test_a_watched_namespace_pattern_is_refused_at_install_naming_it() -> None:
     )
     assert result.returncode != 0
     assert '"team-*" is a pattern; list namespaces by name' in result.stderr
+
+
+def test_without_access_keys_the_gateway_holds_no_grant_to_make_platform_objects() -> None:
+    """Its platform API is off without keys (unless gateway.platform.allowAnonymous): the Role
+    that lets it create endpoints is not rendered either."""
+
+    def platform_roles(*sets: str) -> list[str]:
+        return [d["kind"] for d in gateway_documents(*sets)
+                if d["metadata"]["name"] == "infermodes-gateway-platform"]  # fmt: skip
+
+    assert platform_roles() == []
+    assert sorted(platform_roles("gateway.platform.allowAnonymous=true")) == ["Role", "RoleBinding"]
