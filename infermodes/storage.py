@@ -404,8 +404,8 @@ class FileStore:
                     continue
                 except OSError as exc:  # the others are still removed
                     refused.append(file_error("delete", ObjectRef("file", "", entry.path).uri, exc))
-        if refused:
-            raise StorageError(
+        if refused:  # of the first one's kind: a refusal does not mend by retrying
+            raise type(refused[0])(
                 f"removed {removed} partial file(s); {len(refused)} could not be: {refused[0]}"
             )
         return removed

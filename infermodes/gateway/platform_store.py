@@ -12,6 +12,7 @@ match its."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from infermodes.endpoints.spec import GROUP, VERSION, object_name
@@ -31,12 +32,15 @@ RECORD_RESOURCES = {
 }
 REPLACE_ATTEMPTS = 5  # a replace that meets another writer's change reads and tries again
 REFUSALS = (400, 403, 422)  # a policy, a quota or the schema: the cluster's answer, not a failure
+OWN_ACCOUNT_REFUSED = re.compile(r'User "[^"]*" cannot [a-z]+ resource')  # RBAC's words
 
 
 def refusal(exc: KubeApiError, action: str) -> Exception:
     """The store's error for the cluster's refusal of a write: what it said, as ``Refused``
-    (``LimitExceeded`` for a quota); any other answer is the API's failure, as it was."""
-    if exc.status not in REFUSALS:
+    (``LimitExceeded`` for a quota); any other answer is the API's failure, as it was, and so
+    is a refusal of the gateway's own account (its RBAC: the operator's to mend, not the
+    caller's)."""
+    if exc.status not in REFUSALS or OWN_ACCOUNT_REFUSED.search(exc.message):
         return exc
     said = f"the cluster refused to {action}: {exc.message}"
     return LimitExceeded(said) if "exceeded quota" in exc.message else Refused(said)

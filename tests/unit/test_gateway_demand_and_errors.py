@@ -442,5 +442,9 @@ def test_the_clusters_refusals_are_the_stores_refused_with_what_it_said() -> Non
     assert str(refused) == (
         "the cluster refused to create InferenceEndpoint 'e': spec.x: Invalid value"
     )
+    rbac = 'inferenceendpoints.infermodes.dev is forbidden: User "system:serviceaccount:ops:gw" '
+    rbac += 'cannot create resource "inferenceendpoints" in API group "infermodes.dev"'
+    own = KubeApiError.of(httpx.Response(403, json={"message": rbac}))
+    assert refusal(own, "create") is own  # the gateway's own account: a failure, for its log
     failed = KubeApiError.of(httpx.Response(500, text="etcd unavailable"))
     assert refusal(failed, "create") is failed and failed.message == "etcd unavailable"
