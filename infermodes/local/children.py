@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from infermodes.endpoints.plan import ProcessPlan
+from infermodes.local.files import write_atomically
 from infermodes.local.zygote import Forked, Zygote
 
 log = logging.getLogger("infermodes.local")
@@ -185,9 +186,7 @@ class Registry:
         self.saved = running
         entries = [{"key": key, "pid": pid, "start": start_time(pid)} for key, pid in running]
         owner = {"pid": os.getpid(), "start": start_time(os.getpid())}
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": owner, "children": entries}))
-        temporary.replace(self.path)
+        write_atomically(self.path, json.dumps({"owner": owner, "children": entries}))
 
     def kill_orphans(self) -> list[str]:
         """SIGKILL the groups a previous ``up`` left running (only processes whose PID and

@@ -9,11 +9,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 from pathlib import Path
-from typing import Any
 
+from infermodes.local.files import write_atomically
 from infermodes.local.manifests import parse_document
 from infermodes.local.supervisor import Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
@@ -31,22 +30,6 @@ def file_name(name: str) -> str:
     if not SAFE_NAME.fullmatch(name):
         raise ValueError(f"not a record name: {name!r}")
     return f"{name}.json"
-
-
-def write_atomically(path: Path, content: Any) -> None:
-    """Whole or not at all, and durable once it returns: a power loss leaves the old file or
-    the new, never an empty one."""
-    temporary = path.with_suffix(".tmp")
-    with temporary.open("w") as handle:
-        handle.write(json.dumps(content))
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def read_json(path: Path) -> JsonObject | None:
@@ -85,7 +68,7 @@ class LocalPlatformStore:
         path = self._path(kind, name)
         if path.exists():
             raise AlreadyExists(name)
-        write_atomically(path, record)
+        write_atomically(path, json.dumps(record))
 
     async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
         path = self._path(kind, name)
@@ -113,11 +96,11 @@ class LocalPlatformStore:
         document["metadata"] = {"name": name}
         manifest = parse_document(document, f"the platform API's endpoint {name}")
         metadata = endpoint["metadata"]
-        write_atomically(self._metadata_path(name), {
+        write_atomically(self._metadata_path(name), json.dumps({
             "labels": metadata.get("labels") or {},
             "annotations": metadata.get("annotations") or {},
             "spec": document["spec"],  # as applied: the manifest keeps it so, in any version
-        })  # fmt: skip
+        }))  # fmt: skip
         self.supervisor.apply(manifest)
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:

@@ -67,6 +67,7 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
+from infermodes.local.files import write_atomically
 from infermodes.local.manifests import Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
@@ -322,9 +323,7 @@ class Supervisor:
         if endpoint.previous is not None:
             saved["previous"] = endpoint.previous
         path = self.state_dir / "endpoints" / f"{endpoint.name}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(saved))
-        temporary.replace(path)
+        write_atomically(path, json.dumps(saved))
 
     def _resume(self) -> None:
         """A spec a restart found mid-rollover is applied again once its previous spec serves
@@ -747,9 +746,7 @@ class Supervisor:
     def _save_run_id(self, name: str, run_id: str) -> str:
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         path = self._batch_dir(name) / "run-id"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(run_id)
-        temporary.replace(path)  # whole or not at all: an empty one would mean "no run id"
+        write_atomically(path, run_id)  # whole or not at all: empty would mean "no run id"
         return run_id
 
     def _same_job(self, old: LocalEndpoint | None, new: Manifest) -> str | None:
