@@ -13,6 +13,7 @@ rebinding) and use its API, or post to it across sites."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -20,7 +21,7 @@ import socket
 
 from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
-from infermodes.http import Message, Receive, Scope, Send, header, read_body
+from infermodes.http import Message, Receive, Scope, Send, read_body
 from infermodes.platform.sigv4 import AuthError, Verifier, error_response
 
 log = logging.getLogger("infermodes.gateway")
@@ -50,6 +51,11 @@ def loopback_only(host: str) -> bool:
     return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
+@functools.cache
+def _host_name() -> str:
+    return socket.gethostname().lower()
+
+
 def loopback_name(host: str) -> bool:
     """Whether a Host header names this machine, whatever the port, as no DNS answer can:
     ``localhost`` or a name under it (browsers resolve those themselves), the machine's own
@@ -65,7 +71,7 @@ def loopback_name(host: str) -> bool:
     elif name.count(":") == 1:
         name = name.partition(":")[0]
     name = name.removesuffix(".")
-    if not name or name in ("localhost", socket.gethostname().lower()):
+    if not name or name in ("localhost", _host_name()):
         return True
     if name.endswith(".localhost"):
         return True
@@ -88,15 +94,24 @@ def foreign_caller(scope: Scope) -> str | None:
     one with a page's cross-site POST, which needs no preflight when its body is text/plain: a
     manifest applied, an endpoint invoked). A request without a Host (HTTP/1.0, which no browser
     sends) passes; clients outside browsers send no Origin."""
-    host = header(scope, b"host")
-    if host is not None and not loopback_name(host):
-        return f"request addressed to {clipped(host, 100)!r}"
-    origin = header(scope, b"origin")
+    host = origin = None
+    for key, value in scope["headers"]:  # one pass: every request of an open `up` comes here
+        if key == b"host":
+            host = value
+        elif key == b"origin":
+            origin = value.decode("latin-1")
+    if host is not None and not _machine_name(host):
+        return f"request addressed to {clipped(host.decode('latin-1'), 100)!r}"
     if origin is not None:
         scheme, separator, rest = origin.partition("://")
         if not separator or scheme.lower() not in ("http", "https") or not loopback_name(rest):
             return f"request from the web page of origin {clipped(origin, 100)!r}"
     return None
+
+
+@functools.lru_cache(maxsize=256)  # clients send the same few Host values again and again
+def _machine_name(host: bytes) -> bool:
+    return loopback_name(host.decode("latin-1"))
 
 
 async def refused_caller(scope: Scope, send: Send) -> bool:
