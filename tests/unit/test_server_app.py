@@ -5,6 +5,7 @@ import pytest
 import xgboost as xgb
 from fastapi.testclient import TestClient
 
+from infermodes.errors import ModelLoadError
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.native import NativeBooster
 from infermodes.server.app import ModelSlot, create_app
@@ -32,40 +33,31 @@ def test_ping_is_503_until_the_model_is_loaded(model: XGBoostModel) -> None:
     assert response.status_code == 200
 
 
-def test_load_failure_is_reported_by_ping() -> None:
+@pytest.mark.parametrize(
+    ("error", "reported"),
+    [
+        (ModelLoadError("no such object: file:///absent"), "no such object: file:///absent"),
+        # only our own errors were caught: a MemoryError ended the loader thread silently and
+        # /ping said "model is loading" for ever, and the worker never exited
+        (MemoryError("cannot allocate 40 GB"),
+         "unexpected error while loading the model (MemoryError: cannot allocate 40 GB)"),
+    ],
+)  # fmt: skip
+def test_a_load_failure_is_reported_by_ping_and_ends_the_worker(
+    error: Exception, reported: str
+) -> None:
     slot = ModelSlot()
     failures: list[str] = []
 
     def load() -> XGBoostModel:
-        from infermodes.errors import ModelLoadError
-
-        raise ModelLoadError("no such object: file:///absent")
+        raise error
 
     slot.load_in_background(load, failures.append).join(5)
     client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
     response = client.get("/ping")
     assert response.status_code == 503
-    assert "no such object" in response.json()["message"]
-    assert failures == ["no such object: file:///absent"]
-
-
-def test_an_unexpected_load_failure_is_reported_too_not_loading_for_ever() -> None:
-    """Only our own errors were caught: a MemoryError ended the loader thread silently and
-    /ping said "model is loading" for ever, and the worker never exited."""
-    slot = ModelSlot()
-    failures: list[str] = []
-
-    def load() -> XGBoostModel:
-        raise MemoryError("cannot allocate 40 GB")
-
-    slot.load_in_background(load, failures.append).join(5)
-    client = TestClient(create_app(ServeSettings(model_uri="unused"), slot))
-    response = client.get("/ping")
-    assert response.status_code == 503
-    assert failures == [
-        "unexpected error while loading the model (MemoryError: cannot allocate 40 GB)"
-    ]
-    assert response.json()["message"] == failures[0]
+    assert failures == [reported]  # on_failure: the worker stops
+    assert response.json()["message"] == reported
 
 
 def test_chunked_body_over_limit_is_413(model: XGBoostModel) -> None:
