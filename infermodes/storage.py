@@ -411,6 +411,14 @@ class FileStore:
         return removed
 
 
+def write_local(path: Path, data: bytes) -> None:
+    """A local file written as every ``file://`` object is, whole and durably (a partial file
+    fsynced, renamed over it, its folder fsynced): for state a process reads back after a crash
+    or a power loss (``infermodes up``'s state dir). Raises StorageError."""
+    with FileStore().open_write(ObjectRef("file", "", str(path))) as handle:
+        handle.write(data)
+
+
 def _entries(prefix: ObjectRef) -> list[os.DirEntry[str]]:
     """What the folder ``prefix`` names holds directly, by name (none when it is no folder)."""
     try:

@@ -119,16 +119,19 @@ async def refused_caller(scope: Scope, send: Send) -> bool:
     foreign = foreign_caller(scope)
     if foreign is None:
         return False
-    status, headers, body = error_response(
-        AccessDeniedException(
-            f"{foreign} refused: this gateway listens on loopback only and answers requests "
-            "addressed to localhost, 127.0.0.1 or [::1], from no other web page (a web page "
-            "could otherwise use it through the browser)"
-        )
-    )
+    await refuse(send, AccessDeniedException(
+        f"{foreign} refused: this gateway listens on loopback only and answers requests "
+        "addressed to localhost, 127.0.0.1 or [::1], from no other web page (a web page "
+        "could otherwise use it through the browser)"
+    ))  # fmt: skip
+    return True
+
+
+async def refuse(send: Send, exc: InfermodesError) -> None:
+    """Answer a request refused before routing, in the platform's error shape."""
+    status, headers, body = error_response(exc)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-    return True
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
@@ -165,9 +168,7 @@ async def verified(
     except InfermodesError as exc:
         if isinstance(exc, AuthError):
             log.info("refused %s %s: %s", scope["method"], scope["path"][:200], type(exc).__name__)
-        status, response_headers, response_body = error_response(exc)
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": response_body})
+        await refuse(send, exc)
         return None
     scope["infermodes.access_key"] = key_id
     return replay(body, receive)

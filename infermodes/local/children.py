@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 from infermodes.endpoints.plan import ProcessPlan
-from infermodes.local.files import write_atomically
 from infermodes.local.zygote import Forked, Zygote
+from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
 
@@ -186,7 +186,7 @@ class Registry:
         self.saved = running
         entries = [{"key": key, "pid": pid, "start": start_time(pid)} for key, pid in running]
         owner = {"pid": os.getpid(), "start": start_time(os.getpid())}
-        write_atomically(self.path, json.dumps({"owner": owner, "children": entries}))
+        write_local(self.path, json.dumps({"owner": owner, "children": entries}).encode())
 
     def kill_orphans(self) -> list[str]:
         """SIGKILL the groups a previous ``up`` left running (only processes whose PID and

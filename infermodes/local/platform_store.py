@@ -12,10 +12,10 @@ import logging
 import re
 from pathlib import Path
 
-from infermodes.local.files import write_atomically
 from infermodes.local.manifests import parse_document
 from infermodes.local.supervisor import Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
 
@@ -68,7 +68,7 @@ class LocalPlatformStore:
         path = self._path(kind, name)
         if path.exists():
             raise AlreadyExists(name)
-        write_atomically(path, json.dumps(record))
+        write_local(path, json.dumps(record).encode())
 
     async def read_record(self, kind: RecordKind, name: str) -> JsonObject | None:
         path = self._path(kind, name)
@@ -96,11 +96,11 @@ class LocalPlatformStore:
         document["metadata"] = {"name": name}
         manifest = parse_document(document, f"the platform API's endpoint {name}")
         metadata = endpoint["metadata"]
-        write_atomically(self._metadata_path(name), json.dumps({
+        write_local(self._metadata_path(name), json.dumps({
             "labels": metadata.get("labels") or {},
             "annotations": metadata.get("annotations") or {},
             "spec": document["spec"],  # as applied: the manifest keeps it so, in any version
-        }))  # fmt: skip
+        }).encode())  # fmt: skip
         self.supervisor.apply(manifest)
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:

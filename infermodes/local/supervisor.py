@@ -67,7 +67,6 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
-from infermodes.local.files import write_atomically
 from infermodes.local.manifests import Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
@@ -84,6 +83,7 @@ from infermodes.metrics import (
 )
 from infermodes.queueing.connect import Broker
 from infermodes.settings import AsyncEndpoint, BatchSettings, ServeSettings, WorkerSettings
+from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
 T = TypeVar("T")  # what one read of a process's port gives
@@ -323,7 +323,7 @@ class Supervisor:
         if endpoint.previous is not None:
             saved["previous"] = endpoint.previous
         path = self.state_dir / "endpoints" / f"{endpoint.name}.json"
-        write_atomically(path, json.dumps(saved))
+        write_local(path, json.dumps(saved).encode())
 
     def _resume(self) -> None:
         """A spec a restart found mid-rollover is applied again once its previous spec serves
@@ -737,16 +737,17 @@ class Supervisor:
         """The job's identity, as the operator's is its InferenceEndpoint's UID: made when the
         job is (its folder is new at each apply of a changed spec, but for ``stop``), kept
         across restarts."""
-        path = self._batch_dir(name) / "run-id"
+        return self._saved_run_id(name) or self._save_run_id(name, uuid.uuid4().hex)
+
+    def _saved_run_id(self, name: str) -> str | None:
         with contextlib.suppress(FileNotFoundError):
-            if found := path.read_text().strip():
-                return found
-        return self._save_run_id(name, uuid.uuid4().hex)
+            return (self._batch_dir(name) / "run-id").read_text().strip() or None
+        return None
 
     def _save_run_id(self, name: str, run_id: str) -> str:
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         path = self._batch_dir(name) / "run-id"
-        write_atomically(path, run_id)  # whole or not at all: empty would mean "no run id"
+        write_local(path, run_id.encode())  # whole or not at all: empty would mean no run id
         return run_id
 
     def _same_job(self, old: LocalEndpoint | None, new: Manifest) -> str | None:
@@ -756,10 +757,7 @@ class Supervisor:
             return None
         before, after = old.manifest.spec, new.spec
         stop = {"batch": before.batch_block().model_copy(update={"stop": after.batch_block().stop})}
-        path = self._batch_dir(new.name) / "run-id"
-        if before.model_copy(update=stop) != after or not path.exists():
-            return None
-        return path.read_text().strip() or None
+        return self._saved_run_id(new.name) if before.model_copy(update=stop) == after else None
 
     def _ran_to_end(self, name: str, index: int) -> bool:
         """Whether an instance ran to its end: it left a summary, and not one of an instance
