@@ -201,7 +201,7 @@ class ServeSettings(EnvSettings):
         description="The container's selectable output keys, comma-separated (e.g. "
         "predicted_label,probabilities); checked against the model's objective at start.",
     )
-    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -396,7 +396,7 @@ class OperatorSettings(EnvSettings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
     )
-    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
 
 # Where an endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
@@ -505,7 +505,7 @@ class GatewaySettings(AsyncAcceptSettings):
         description="A Secret in the platform namespace holding the AMQP URL (key url) of async "
         "endpoints the API creates.",
     )
-    log_level: LogLevel = Field("info", description="debug, info, warning or error.")
+    log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
@@ -547,29 +547,6 @@ def check_batch_processing(
         raise ValueError(
             "joinSource Input joins like with like: CSV input needs accept text/csv, "
             "JSON input application/json or application/jsonlines"
-        )
-
-
-def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> None:
-    """An input prefix that is the output prefix's folder or lies inside it leaves no input
-    (what lies under the output is never read as input, so the instances find none and the
-    job fails): refused with the spec. An S3 input prefix is a prefix of keys as written
-    (``s3://b/data`` lists ``data-2024/`` too); a file:// one is a folder."""
-    from infermodes.errors import StorageError
-    from infermodes.storage import parse_uri
-
-    if data_type != "S3Prefix":
-        return
-    try:
-        given, output = parse_uri(input_uri), parse_uri(output_uri)
-    except StorageError:
-        return  # the fields' own patterns name what is wrong with either
-    inputs = given.uri if given.scheme == "s3" else given.uri.rstrip("/") + "/"
-    if inputs.startswith(output.uri.rstrip("/") + "/") or inputs == output.uri:
-        raise ValueError(
-            "the input prefix lies inside output.uri (or is it): what lies under the output is "
-            "never read as input, so no input would be left; give the outputs a prefix of "
-            "their own (it may lie inside the input's)"
         )
 
 

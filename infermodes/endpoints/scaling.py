@@ -263,15 +263,6 @@ class BacklogDecision:
     reason: str
 
 
-def _changed(
-    decision: BacklogDecision, current: int, memory: ScalerMemory, now: float
-) -> BacklogDecision:
-    """A decision that changes the replicas starts the scale-in cooldown, whatever its reason."""
-    if decision.replicas != current:
-        memory.last_change_at = now
-    return decision
-
-
 def backlog_replicas(
     block: AsyncSpec,
     current: int,
@@ -293,18 +284,32 @@ def backlog_replicas(
       in-flight unknown (``unacked`` None) -> scale out on what is ready plus what the
       ``consumers`` hold at least (``held_at_least``, the bound the look counts too), never in;
     - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
-      worker finishes what it holds before it exits).
+      worker finishes what it holds before it exits);
+    - any change of replicas, whatever its reason, starts the scale-in cooldown.
     """
+    decision = _backlog_decision(block, current, ready, unacked, memory, now, consumers)
+    if decision.replicas != current:
+        memory.last_change_at = now
+    return decision
+
+
+def _backlog_decision(
+    block: AsyncSpec,
+    current: int,
+    ready: int | None,
+    unacked: int | None,
+    memory: ScalerMemory,
+    now: float,
+    consumers: int | None,
+) -> BacklogDecision:
     low, high = block.min_replicas, block.max_replicas
     within = min(max(current, low), high)
     if ready is None:
-        return _changed(BacklogDecision(within, BROKER_UNREADABLE), current, memory, now)
+        return BacklogDecision(within, BROKER_UNREADABLE)
     if unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
         wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
-        return _changed(
-            BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN), current, memory, now
-        )
+        return BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
     total = ready + unacked
     if total > 0:
         memory.empty_since = None
@@ -312,7 +317,6 @@ def backlog_replicas(
         memory.empty_since = now
     wanted = backlog_wants(block, total)
     if wanted > current:
-        memory.last_change_at = now
         reason = "Activated" if current == 0 else "ScaledOut"
         return BacklogDecision(wanted, reason)
     if wanted < current:
@@ -323,9 +327,7 @@ def backlog_replicas(
         )
         if not cooled or (wanted == 0 and not empty_long):
             if within < current:  # maxReplicas was lowered
-                memory.last_change_at = now
                 return BacklogDecision(within, "ScaledIn")
             return BacklogDecision(current, "CoolingDown")
-        memory.last_change_at = now
         return BacklogDecision(wanted, "ScaledIn")
     return BacklogDecision(current, "Steady")
