@@ -199,7 +199,7 @@ class KubeApi:
 
     async def send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """One create (POST), replace (PUT) or delete (DELETE); its answer's JSON. Any status
-        but 200/201/202 is an ``KubeApiError`` (409 a name taken or a stale resourceVersion, 404
+        but 200/201/202 is a ``KubeApiError`` (409 a name taken or a stale resourceVersion, 404
         nothing there)."""
         content = None if body is None else json.dumps(body)
         headers = self._headers({"Content-Type": "application/json"} if content else None)
@@ -233,7 +233,8 @@ class KubeApi:
             if response.status_code == 410:
                 raise Gone()
             if response.status_code != 200:
-                raise KubeApiError(response.status_code, (await response.aread()).decode()[:500])
+                await response.aread()
+                raise KubeApiError.of(response)
             async for line in response.aiter_lines():
                 if line.strip():
                     event: dict[str, Any] = json.loads(line)
