@@ -287,38 +287,31 @@ def backlog_replicas(
       worker finishes what it holds before it exits);
     - any change of replicas, whatever its reason, starts the scale-in cooldown.
     """
-    decision = _backlog_decision(block, current, ready, unacked, memory, now, consumers)
+    within = min(max(current, block.min_replicas), block.max_replicas)
+    if ready is None:
+        decision = BacklogDecision(within, BROKER_UNREADABLE)
+    elif unacked is None:
+        memory.empty_since = None  # unknown is not empty: zero waits for empty readings
+        wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
+        decision = BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
+    else:
+        decision = _known_backlog(block, current, within, ready + unacked, memory, now)
     if decision.replicas != current:
         memory.last_change_at = now
     return decision
 
 
-def _backlog_decision(
-    block: AsyncSpec,
-    current: int,
-    ready: int | None,
-    unacked: int | None,
-    memory: ScalerMemory,
-    now: float,
-    consumers: int | None,
+def _known_backlog(
+    block: AsyncSpec, current: int, within: int, total: int, memory: ScalerMemory, now: float
 ) -> BacklogDecision:
-    low, high = block.min_replicas, block.max_replicas
-    within = min(max(current, low), high)
-    if ready is None:
-        return BacklogDecision(within, BROKER_UNREADABLE)
-    if unacked is None:
-        memory.empty_since = None  # unknown is not empty: zero waits for empty readings
-        wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
-        return BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
-    total = ready + unacked
+    """The decision on a backlog read whole (ready and in flight)."""
     if total > 0:
         memory.empty_since = None
     elif memory.empty_since is None:
         memory.empty_since = now
     wanted = backlog_wants(block, total)
     if wanted > current:
-        reason = "Activated" if current == 0 else "ScaledOut"
-        return BacklogDecision(wanted, reason)
+        return BacklogDecision(wanted, "Activated" if current == 0 else "ScaledOut")
     if wanted < current:
         cooled = now - memory.last_change_at >= block.scale_in_cooldown_seconds
         empty_long = (
