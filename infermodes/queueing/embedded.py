@@ -59,6 +59,7 @@ log = logging.getLogger("infermodes.embedded_queue")
 LEASE_SECONDS = 15.0
 HEARTBEATS_PER_LEASE = 5
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WAL_RETRY_SECONDS = 0.05  # a mode SQLite refused at once is asked again this often
 BUSY_TIMEOUT_SECONDS = 10.0  # how long a write waits for another process's
 POLL_MIN_SECONDS = 0.005  # an idle consumer looks again after this, doubling ...
 POLL_MAX_SECONDS = 0.1  # ... up to this
@@ -149,8 +150,7 @@ class Database:
 
     def _prepare(self, synchronous: str) -> None:
         connection = self._connection
-        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")  # stays set in the file
+        self._use_wal(time.monotonic() + BUSY_TIMEOUT_SECONDS)
         connection.execute(f"PRAGMA synchronous={synchronous}")
         # after a burst, the WAL shrinks back to this once checkpointed (it is reused, not
         # grown, below it)
@@ -161,6 +161,21 @@ class Database:
                 for statement in filter(str.strip, SCHEMA.split(";")):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _use_wal(self, deadline: float) -> None:
+        """WAL mode (it stays set in the file). Reading or switching the mode can be refused
+        at once, "database is locked", without SQLite's busy handler: while another process
+        switches it, or recovers the WAL of processes that were killed (every process of a
+        restart opens the file together). Tried again until ``deadline``, as the handler would."""
+        while True:
+            try:
+                if self._connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(WAL_RETRY_SECONDS)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

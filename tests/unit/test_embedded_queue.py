@@ -426,3 +426,30 @@ def test_a_refused_broker_url_is_named_without_its_password() -> None:
         broker_from_url("http://admin:S3cretPw@rabbit:15672/")
     assert "S3cretPw" not in str(refused.value)
     assert "http://admin@rabbit:15672/" in str(refused.value)
+
+
+def test_a_mode_sqlite_refuses_at_once_is_asked_again_until_the_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process of a restart opens the file together; one may find the mode "locked" at
+    once, without the busy handler (another recovering the killed ones' WAL): the worker
+    exited 1 with a traceback. It asks again, as the handler would, until its deadline."""
+    monkeypatch.setattr(embedded, "WAL_RETRY_SECONDS", 0.001)
+    database = embedded.Database(tmp_path / "q.db", "NORMAL")
+    real = database._connection
+    refusals = [sqlite3.OperationalError("database is locked")] * 3
+
+    class Refusing:
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            if sql.startswith("PRAGMA journal_mode") and refusals:
+                raise refusals.pop()
+            return real.execute(sql)
+
+    monkeypatch.setattr(database, "_connection", Refusing())
+    database._use_wal(time.monotonic() + 5)
+    assert refusals == [] and real.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    refusals.extend([sqlite3.OperationalError("database is locked")] * 3)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        database._use_wal(time.monotonic())  # past its deadline: the error stands
+    monkeypatch.setattr(database, "_connection", real)
+    database.close()
