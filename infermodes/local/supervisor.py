@@ -103,6 +103,10 @@ LOG_TAIL_BYTES = 4096  # read for the reason of a model that cannot be loaded
 SCRAPE_TIMEOUT_SECONDS = 1.0
 LOOPBACK = "127.0.0.1"
 REASON_SHOWN = 1000  # characters of an unforeseen error in the status
+# an endpoint whose model cannot load starts again after this, doubling up to the maximum, as
+# the kubelet restarts such a pod (CrashLoopBackOff: 10 s doubling up to 5 minutes)
+LOAD_RETRY_FIRST_SECONDS = 5.0
+LOAD_RETRY_MAX_SECONDS = 300.0
 
 
 def read_ports(
@@ -228,6 +232,8 @@ class Supervisor:
         self.retiring: list[tuple[Child, float]] = []  # stopping children, with a kill deadline
         # specs a restart found mid-rollover: applied again once their previous spec serves
         self.resumed: dict[str, Manifest] = {}
+        # endpoints whose model could not load: (attempts so far, when to start them again)
+        self.load_retries: dict[str, tuple[int, float]] = {}
         self.wake = asyncio.Event()
         self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
         self.registry = Registry(state_dir / "children.json")
@@ -270,7 +276,7 @@ class Supervisor:
     def apply(self, manifest: Manifest, starting: bool = False) -> str:
         """Create or replace an endpoint; a changed spec replaces its processes, as does the
         same spec of an endpoint that failed (a model that could not load may be there now:
-        nothing else restarts what cannot load). The model
+        applied again, it tries at once, not after its back-off). The model
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
         the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
         that is ready; a realtime endpoint keeps the replicas it had (within the new bounds).
@@ -349,6 +355,7 @@ class Supervisor:
 
     def delete(self, name: str) -> bool:
         self.resumed.pop(name, None)
+        self.load_retries.pop(name, None)
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return False
@@ -571,14 +578,16 @@ class Supervisor:
                 if self.table is not None:
                     self.table.drop_replica(NAMESPACE, endpoint.name, key)
                 if child.last_exit == EXIT_MODEL_LOAD_FAILED and not child.stopping:
-                    endpoint.event(f"{key} exited with {child.last_exit}: the model cannot be "
-                                   "loaded; not restarted")  # fmt: skip
                     reason = load_error(log_tail(child.log_path))
+                    if endpoint.failure is None:
+                        retry = self._retry_load_later(endpoint.name, now)
+                        endpoint.event(f"{key} exited with {child.last_exit}: the model cannot "
+                                       f"be loaded; trying again in {retry:.0f} s")  # fmt: skip
                     endpoint.failure = (MODEL_LOAD_FAILED, f"model cannot be loaded: {reason}")
                 else:
                     endpoint.event(f"{key} exited with {child.last_exit}; restarting after "
                                    "back-off")  # fmt: skip
-        if endpoint.failure is not None:  # as the operator: no restarts of what cannot load
+        if endpoint.failure is not None:  # its processes stop (a model load: until its retry)
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key)
             endpoint.desired = 0
@@ -867,8 +876,33 @@ class Supervisor:
         )  # fmt: skip
 
     # the loop
+    def _retry_load_later(self, name: str, now: float) -> float:
+        """When an endpoint whose model could not load starts again (a model put in place
+        since, a store that answers again): seconds from now, doubling with each attempt that
+        failed since its last ready replica."""
+        attempts = self.load_retries.get(name, (0, now))[0] + 1
+        delay = min(LOAD_RETRY_FIRST_SECONDS * 2.0 ** (attempts - 1), LOAD_RETRY_MAX_SECONDS)
+        self.load_retries[name] = (attempts, now + delay)
+        return delay
+
+    def _retry_loads(self, now: float) -> None:
+        """Start again, as applied again, each endpoint whose model could not load and whose
+        back-off is over; forget the attempts of one that has a ready replica again."""
+        for name, (attempts, due) in list(self.load_retries.items()):
+            endpoint = self.endpoints.get(name)
+            if endpoint is None:
+                del self.load_retries[name]
+            elif endpoint.failure is None:
+                if self._ready(endpoint) > 0:
+                    del self.load_retries[name]
+            elif endpoint.failure[0] == MODEL_LOAD_FAILED and now >= due:
+                self.apply(endpoint.manifest)
+                self.endpoints[name].event(f"started again: its model could not load "
+                                           f"{attempts} time(s) in a row")  # fmt: skip
+
     async def tick(self) -> None:
         now = time.monotonic()
+        self._retry_loads(now)
         modes = {endpoint.manifest.spec.mode for endpoint in self.endpoints.values()}
         if Mode.SERVERLESS in modes and not self.zygote.started:
             self._start_zygote()  # once the first serverless endpoint is there

@@ -585,6 +585,26 @@ def test_a_model_server_killed_alone_takes_its_forked_workers_with_it(
         assert answer.status_code == 200, answer.text
 
 
+def test_an_endpoint_applied_before_its_model_serves_once_the_model_is_there(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """As on the cluster, where the kubelet restarts a pod whose model cannot load: the
+    endpoint is ``Failed`` with the reason, and once the model is uploaded it serves, without
+    being applied again (it was Failed for good under ``up``)."""
+    files = [manifest("realtime", tmp_path / "later.tar.gz", tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        failed = lambda: up.status("abalone")["reason"] == "ModelLoadFailed"  # noqa: E731
+        wait_until(failed, WAIT, "the model load to fail")
+        status = up.status("abalone")
+        assert status["phase"] == "Failed" and "later.tar.gz" in status["message"], status
+        shutil.copy(abalone_model.tarball, tmp_path / "later.tar.gz")
+        serving = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
+        wait_until(serving, WAIT, "the endpoint to start again and serve")
+        answer = up.invoke("abalone", to_csv(abalone_model.test_rows[:2]))
+        assert answer.status_code == 200, answer.text
+        assert "started again: its model could not load" in up.log
+
+
 def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(
     abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

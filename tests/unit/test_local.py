@@ -508,3 +508,35 @@ def test_a_saved_endpoint_this_version_refuses_is_skipped_not_fatal(
     supervisor.load_state()
     assert list(supervisor.endpoints) == ["abalone"]
     assert sum("is not loaded" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_an_endpoint_whose_model_cannot_load_starts_again_after_a_doubling_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the kubelet restarts a pod whose model cannot load (a model uploaded after the
+    apply): 5 s, then 10, 20, ... up to 5 minutes; the attempts are forgotten once a replica
+    is ready again."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    assert [supervisor._retry_load_later(name, 100.0) for _ in range(9)] == [
+        5, 10, 20, 40, 80, 160, 300, 300, 300
+    ]  # fmt: skip
+    supervisor.load_retries[name] = (1, 105.0)
+    failed = supervisor.endpoints[name]
+    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    supervisor._retry_loads(104.9)
+    assert supervisor.endpoints[name] is failed  # not yet
+    supervisor._retry_loads(105.0)
+    again = supervisor.endpoints[name]
+    assert again is not failed and again.failure is None
+    assert "its model could not load 1 time(s) in a row" in again.events[-1]
+    supervisor._retry_loads(106.0)
+    assert supervisor.load_retries[name] == (1, 105.0)  # running, not ready yet: kept
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
+    supervisor._retry_loads(107.0)
+    assert name not in supervisor.load_retries
+    supervisor.load_retries[name] = (2, 0.0)
+    supervisor.delete(name)
+    assert name not in supervisor.load_retries
