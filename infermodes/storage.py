@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import os
 import posixpath
@@ -210,6 +211,20 @@ def _sync_folders(target: Path, created: list[Path]) -> None:
             os.close(fd)
 
 
+@functools.cache
+def object_mode() -> int:
+    """The mode of every object written: what ``open()`` would create under the process's
+    umask (0644 under the usual 022), so a reader of another user (a job reading outputs
+    from a shared volume) can read them when the umask allows it. Read from /proc, as
+    ``os.umask`` can only be read by setting it, which other threads would see."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):  # no /proc, or a kernel before 4.7
+        umask = 0o077
+    return 0o666 & ~umask
+
+
 def _make_folders(ref: ObjectRef) -> list[Path]:
     """Make the folders an object's file needs; returns those made, outermost first."""
     target = Path(ref.key)
@@ -267,14 +282,21 @@ class FileStore:
 
     @contextlib.contextmanager
     def _published(
-        self, ref: ObjectRef, publish: Callable[[str, str], None], durable: bool = True
+        self,
+        ref: ObjectRef,
+        publish: Callable[[str, str], None],
+        durable: bool = True,
+        private: bool = False,
     ) -> Iterator[IO[bytes]]:
         """A partial file to write, fsynced when the block ends (if ``durable``), then given
         the object's name by ``publish`` (``os.replace``, or ``_link_new``), which consumes the
-        partial file, and the name fsynced; on any failure the partial file is removed."""
+        partial file, and the name fsynced; on any failure the partial file is removed. Its
+        mode is ``object_mode()``'s, or 0600 if ``private``."""
         fd, tmp_name, created = self._partial(ref)
         try:
             with os.fdopen(fd, "wb") as handle:
+                if not private:  # mkstemp's 0600 is for temporary files
+                    os.fchmod(fd, object_mode())
                 yield handle
                 if durable:
                     handle.flush()
@@ -317,7 +339,7 @@ class FileStore:
             else:
                 created = _make_folders(ref)
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                os.close(os.open(ref.key, flags, 0o600))  # as mkstemp makes every other object
+                os.close(os.open(ref.key, flags, object_mode()))  # not executable
                 if durable:
                     _sync_folders(Path(ref.key), created)
         except FileExistsError:
@@ -414,8 +436,11 @@ class FileStore:
 def write_local(path: Path, data: bytes) -> None:
     """A local file written as every ``file://`` object is, whole and durably (a partial file
     fsynced, renamed over it, its folder fsynced): for state a process reads back after a crash
-    or a power loss (``infermodes up``'s state dir). Raises StorageError."""
-    with FileStore().open_write(ObjectRef("file", "", str(path))) as handle:
+    or a power loss (``infermodes up``'s state dir), readable by this user alone (a platform
+    record may hold a container's environment). Raises StorageError."""
+    with FileStore()._published(
+        ObjectRef("file", "", str(path)), os.replace, private=True
+    ) as handle:
         handle.write(data)
 
 

@@ -15,7 +15,9 @@ from infermodes.storage import (
     S3Store,
     Storage,
     join_uri,
+    object_mode,
     parse_uri,
+    write_local,
 )
 
 
@@ -191,7 +193,39 @@ def test_an_empty_object_is_created_once_in_a_new_folder(tmp_path: Path, durable
     storage.create(f"file://{tmp_path}/whole.out", b"1")
     modes = {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("new/deeper/id.result",
                                                                         "whole.out")}  # fmt: skip
-    assert modes == {"0o600"}  # not executable, as an open() without a mode would make it
+    # not executable, as an open() without a mode would make it; readable as the umask says
+    assert modes == {oct(object_mode())}
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_objects_are_written_with_the_mode_the_umask_gives(
+    tmp_path: Path, umask: int, mode: int
+) -> None:
+    """Not mkstemp's 0600 whatever the umask: a job of another user reading the outputs from
+    a shared volume could not read them."""
+    object_mode.cache_clear()
+    old = os.umask(umask)
+    try:
+        storage = Storage()
+        storage.put_bytes(f"file://{tmp_path}/whole.out", b"1")
+        storage.create(f"file://{tmp_path}/claim", b"")
+        with storage.open_write(f"file://{tmp_path}/streamed.out") as sink:
+            sink.write(b"2")
+    finally:
+        os.umask(old)
+        object_mode.cache_clear()
+    for name in ("whole.out", "claim", "streamed.out"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_local_state_is_written_for_its_user_alone(tmp_path: Path) -> None:
+    """``up``'s state (a platform record may hold a container's environment) stays 0600."""
+    old = os.umask(0o022)
+    try:
+        write_local(tmp_path / "state.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_directory_is_not_an_object(tmp_path: Path) -> None:
