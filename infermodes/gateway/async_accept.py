@@ -74,6 +74,8 @@ from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import (
     Storage,
+    StorageRefused,
+    UnusableLocation,
     folder_uri,
     join_uri,
     lies_under,
@@ -109,6 +111,15 @@ class StorageUnavailable(InfermodesError):
     """Storage failed while accepting: nothing was queued, the caller may retry."""
 
     status_code = 503
+
+
+class StorageUnusable(InfermodesError):
+    """The endpoint's storage refuses what accepting needs: its input location cannot hold a
+    file (a file in the way of its folder), or the store refuses the gateway's credentials.
+    Nothing was queued, and no retry helps until the endpoint's storage (or the gateway's
+    access to it) is fixed: not the caller's mistake, and not a 503 to retry."""
+
+    status_code = 500
 
 
 def header_text(headers: Headers, name: str) -> str | None:
@@ -454,6 +465,12 @@ def create_router(
         started = time.perf_counter()
         try:
             message = await run_in_threadpool(acceptor.accept, endpoint, submission)
+        except (UnusableLocation, StorageRefused) as exc:  # every location is the endpoint's
+            raise StorageUnusable(
+                f"the endpoint's storage cannot take the request ({exc}); it was not accepted, "
+                "and a retry will not help until the endpoint's storage, or the gateway's "
+                "access to it, is fixed"
+            ) from exc
         except StorageError as exc:
             raise StorageUnavailable(
                 f"storage failed ({exc}); the request was not accepted, retry later"

@@ -537,3 +537,24 @@ def test_a_failure_telling_of_an_accepted_request_leaves_it_accepted(tmp_path: P
     ))  # fmt: skip
     response = TestClient(app).post("/endpoints/ep/async-invocations", content=b"1")
     assert response.status_code == 202 and len(publisher.sent) == 1
+
+
+def test_an_endpoint_whose_input_location_cannot_hold_a_file_is_no_503_to_retry(
+    tmp_path: Path,
+) -> None:
+    """A file where the endpoint's input folder would be: every request was a 503 "retry
+    later", which boto3 retries and no retry mends. A 500 naming the endpoint's storage; a
+    storage that fails for a while stays a 503."""
+    (tmp_path / "input").write_bytes(b"not a folder")
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    app.include_router(create_router(
+        {"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, publisher, Storage(),
+        AsyncApiMetrics(CollectorRegistry()), 100, [],
+    ))  # fmt: skip
+    response = TestClient(app).post("/endpoints/ep/async-invocations", content=b"1")
+    assert response.status_code == 500, response.text
+    assert response.json()["error"] == "StorageUnusable"
+    message = response.json()["message"]
+    assert "a file is in the way of its folder" in message and "retry will not help" in message
+    assert not publisher.sent
