@@ -4,8 +4,10 @@ Clouds serve instance metadata, with the node's credentials, on link-local addre
 (169.254.169.254, fd00:ec2::254): a webhook URL is written by whoever creates an endpoint, and
 the workers that POST it run with the node's network. The spec refuses such addresses as
 literals (``literal_refusal``); the worker refuses, before each POST, a name that resolves to
-one (``refusal``). Loopback and private addresses stay allowed: a webhook receiver in the
-cluster, or on this machine under ``infermodes up``, is the common case.
+one (``check``), and connects to the addresses it checked, not to what a second lookup answers
+(a name's server could answer a harmless address to the check and the metadata address to the
+HTTP client: DNS rebinding). Loopback and private addresses stay allowed: a webhook receiver in
+the cluster, or on this machine under ``infermodes up``, is the common case.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httpx
 
 from infermodes.settings import CONTROL
 
@@ -72,17 +77,31 @@ def resolve(host: str) -> list[str]:
     return [str(info[4][0]) for info in found]
 
 
-def refusal(url: str, resolver: Resolver = resolve) -> str | None:
-    """Why ``url`` may not be POSTed, its host as written or as it resolves now; None when
-    it may."""
+@dataclass(frozen=True)
+class Checked:
+    """A webhook's host as checked before a POST: ``refusal`` says why it may not be POSTed;
+    else ``addresses`` are the ones to connect to, in the resolver's order (none: the host
+    does not resolve)."""
+
+    refusal: str | None = None
+    addresses: tuple[str, ...] = ()
+
+
+def check(url: str, resolver: Resolver = resolve) -> Checked:
+    """``url``'s host as written, then as it resolves now (its IDNA form, as the HTTP client
+    would look it up): refused if any address is a link-local or metadata one."""
     literal = literal_refusal(url)
     if literal is not None:
-        return literal
-    host = urlsplit(url).hostname or ""
-    for address in resolver(host):
+        return Checked(literal)
+    try:
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError) as exc:  # as the POST itself would fail
+        return Checked(f"its host cannot be read: {exc}")
+    addresses = tuple(resolver(host.strip("[]")))
+    for address in addresses:
         if refused_address(address):
-            return (
+            return Checked(
                 f"{host} resolves to {address}, a link-local or metadata address (where "
                 "clouds serve instance metadata)"
             )
-    return None
+    return Checked(addresses=addresses)

@@ -8,6 +8,7 @@ the result inline when it is at most 128 KB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -126,16 +127,16 @@ class Notifier:
         webhook_attempts: int,
         topic: bool = True,
         http: httpx.Client | None = None,
-        refusal: Callable[[str], str | None] = destinations.refusal,
+        check: Callable[[str], destinations.Checked] = destinations.check,
     ) -> None:
         self.channel = channel
         self.metrics = metrics
         self.webhooks = webhooks
         self.webhook_attempts = webhook_attempts
         self.topic = topic
-        # no proxy from the environment: it would reach addresses ``refusal`` never saw
+        # no proxy from the environment: it would reach addresses ``check`` never saw
         self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, trust_env=False)
-        self.refusal = refusal  # why a webhook may not be POSTed (``destinations``)
+        self.check = check  # where a webhook may be POSTed (``destinations``)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
         payload = json.dumps(body).encode()
@@ -160,24 +161,55 @@ class Notifier:
         self.metrics.notifications.labels("topic", "sent").inc()
 
     def _post(self, url: str, payload: bytes) -> bool:
-        """Logs name the webhook by scheme and host only: its path is often its token."""
+        """Logs name the webhook by scheme and host only: its path is often its token. Each
+        attempt looks the host up again and connects to the addresses it checked."""
         shown = redacted_url(url, keep_path=False)
-        refused = self.refusal(url)
-        if refused is not None:
-            log.error("webhook %s refused, not sent: %s", shown, refused)
-            return False
         for attempt in range(self.webhook_attempts):
             if attempt:
                 time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            checked = self.check(url)
+            if checked.refusal is not None:
+                log.error("webhook %s refused, not sent: %s", shown, checked.refusal)
+                return False
+            if not checked.addresses:
+                log.warning("webhook %s failed: its host does not resolve", shown)
+                continue
             try:
-                response = self.http.post(
-                    url, content=payload, headers={"content-type": "application/json"}
-                )
+                response = self._post_to(url, checked.addresses, payload)
                 if response.status_code < 300:
                     return True
                 log.warning("webhook %s answered %d", shown, response.status_code)
             except httpx.HTTPError as exc:
-                reason = str(exc).replace(url, shown) or type(exc).__name__
-                log.warning("webhook %s failed: %s", shown, reason)
+                log.warning("webhook %s failed: %s", shown, _reason(exc, url, shown))
         log.error("webhook %s: giving up after %d attempts", shown, self.webhook_attempts)
         return False
+
+    def _post_to(self, url: str, addresses: tuple[str, ...], payload: bytes) -> httpx.Response:
+        """POST to each address in turn until one takes the connection, as a client that
+        resolved the name itself would, with the name in Host and in TLS (its SNI, and the
+        name its certificate must carry)."""
+        target = httpx.URL(url)
+        headers = {"content-type": "application/json", "host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": target.raw_host.decode("ascii")}
+
+        def send(address: str) -> httpx.Response:
+            return self.http.post(
+                target.copy_with(host=address),
+                content=payload,
+                headers=headers,
+                extensions=extensions,
+            )
+
+        *others, last = addresses
+        for address in others:
+            with contextlib.suppress(httpx.ConnectError):  # the next one, then
+                return send(address)
+        return send(last)
+
+
+def _reason(exc: httpx.HTTPError, url: str, shown: str) -> str:
+    """The error's words without the URL's path, as written or as sent (to an address)."""
+    reason = str(exc).replace(url, shown)
+    with contextlib.suppress(RuntimeError):  # an error with no request
+        reason = reason.replace(str(exc.request.url), shown)
+    return reason or type(exc).__name__

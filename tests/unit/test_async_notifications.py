@@ -1,6 +1,8 @@
 """Notification bodies and delivery: topic first (its failure is the caller's to retry), then
 webhooks with bounded retries that never block the request."""
 
+import socket
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -66,9 +68,18 @@ RESOLVED = {"hook.test": ["127.0.0.9"], "hooks.test": ["127.0.0.9"],
             "metadata.test": ["10.0.0.1", "169.254.169.254"]}  # fmt: skip
 
 
-def refusal(url: str) -> str | None:
+def numeric(host: str) -> list[str]:
+    """An address literal as the C library reads it; a name: none (no DNS query)."""
+    try:
+        found = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return []
+    return [str(info[4][0]) for info in found]
+
+
+def check(url: str) -> destinations.Checked:
     """The workers' check, with names resolved here (tests ask no DNS server)."""
-    return destinations.refusal(url, lambda host: RESOLVED.get(host, []))
+    return destinations.check(url, lambda host: RESOLVED.get(host) or numeric(host))
 
 
 def notifier(
@@ -88,7 +99,7 @@ def notifier(
     hooks = hooks or Webhooks(
         ["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"]
     )
-    sender = Notifier(channel, metrics, hooks, 3, topic, http, refusal)  # type: ignore[arg-type]
+    sender = Notifier(channel, metrics, hooks, 3, topic, http, check)
     return sender, posted
 
 
@@ -130,7 +141,7 @@ def test_webhook_logs_show_no_token(
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
     http = httpx.Client(transport=httpx.MockTransport(refuse))
-    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http, refusal)  # type: ignore[arg-type]
+    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http, check)
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
@@ -172,3 +183,31 @@ def test_loopback_and_private_webhooks_are_posted() -> None:
     sender, posted = notifier(FakeChannel(), [], hooks=Webhooks(urls, []))
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert [path for path, _ in posted] == ["/a", "/b", "/c", "/d"]
+
+
+def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_tls() -> None:
+    """Checked, then looked up again by the HTTP client, a name could lead elsewhere (DNS
+    rebinding to a metadata address): the POST goes to the address checked, the next one
+    when it refuses the connection, the name kept for Host and the TLS certificate."""
+    sent: list[tuple[str, str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append((str(request.url), request.headers["host"], request.extensions["sni_hostname"]))
+        if request.url.host == "::1":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200)
+
+    resolved = iter([["::1", "127.0.0.9"], ["169.254.169.254"]])  # the second lookup rebinds
+    hooks = Webhooks(["https://hook.test:8443/t?s=1"], [])
+    sender = Notifier(
+        FakeChannel(), WorkerMetrics(CollectorRegistry()), hooks, 3, True,
+        httpx.Client(transport=httpx.MockTransport(answer)),
+        lambda url: destinations.check(url, lambda host: next(resolved)),
+    )  # fmt: skip
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert sent == [
+        ("https://[::1]:8443/t?s=1", "hook.test:8443", "hook.test"),
+        ("https://127.0.0.9:8443/t?s=1", "hook.test:8443", "hook.test"),
+    ]
+    sender.send("ep", {"inferenceId": "abd"}, success=True)  # now it resolves to metadata
+    assert len(sent) == 2

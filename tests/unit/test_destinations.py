@@ -11,8 +11,9 @@ import pytest
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     WEBHOOK_PATTERN,
+    Checked,
+    check,
     literal_refusal,
-    refusal,
     refused_address,
 )
 
@@ -72,7 +73,7 @@ def test_spellings_the_cel_rule_cannot_read_are_left_to_the_validator_and_the_wo
     assert literal_refusal("http://169.254.169.254./") is not None
     for spelled in ("http://2852039166/", "http://0xa9fea9fe/"):
         assert literal_refusal(spelled) is None
-        assert refusal(spelled, numeric) is not None, spelled  # the C library reads it
+        assert check(spelled, numeric).refusal is not None, spelled  # the C library reads it
 
 
 @pytest.mark.parametrize(
@@ -91,3 +92,22 @@ def test_a_webhook_is_http_with_a_host(url: str, ok: bool) -> None:
 def test_addresses() -> None:
     assert refused_address("169.254.169.254") and refused_address("[fe80::1%25eth0]")
     assert not refused_address("127.0.0.1") and not refused_address("hooks.example")
+
+
+def test_the_check_gives_the_addresses_it_checked_in_order() -> None:
+    """The worker connects to these, not to what the HTTP client's own lookup would answer:
+    a name's server could answer a harmless address to the check, the metadata address next
+    (DNS rebinding). A name is looked up in its IDNA form, as the client would."""
+    asked: list[str] = []
+
+    def resolver(host: str) -> list[str]:
+        asked.append(host)
+        return ["::1", "127.0.0.1"]
+
+    assert check("https://hooks.example:8443/x", resolver) == Checked(None, ("::1", "127.0.0.1"))
+    check("http://bücher.example/x", resolver)
+    check("http://[::1]:9/", resolver)
+    assert asked == ["hooks.example", "xn--bcher-kva.example", "::1"]
+    assert check("http://nowhere.example/", lambda host: []) == Checked(None, ())
+    refused = check("http://hooks.example/", lambda host: ["10.0.0.1", "169.254.169.254"])
+    assert refused.refusal is not None and refused.addresses == ()
