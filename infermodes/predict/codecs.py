@@ -119,9 +119,9 @@ def _quality(parameters: list[str], header: str) -> float:
 
 
 def accept_of(header: str | None) -> str:
-    """The output type an Accept header prefers (CSV when absent or ``*/*``): the highest
-    q-value wins; among equals a more specific range, then the one listed first. Several
-    Accept headers are one list joined with commas."""
+    """The output type an Accept header prefers (CSV when absent, blank or ``*/*``): the
+    highest q-value wins; among equals a more specific range, then the one listed first.
+    Several Accept headers are one list joined with commas."""
     if not header:
         return CSV
     simple = _SIMPLE_ACCEPT.get(header)
@@ -146,6 +146,8 @@ def accept_of(header: str | None) -> str:
         (rank, -OUTPUT_TYPES.index(output), output) for output, rank in best.items() if rank[0] > 0
     ]
     if not acceptable:
+        if not header.strip(" \t,"):  # an empty list asks for no type in particular
+            return CSV
         raise NotAcceptable(
             f"cannot produce {_show(header, 80)}; accept one of {', '.join(OUTPUT_TYPES)}"
         )

@@ -131,6 +131,9 @@ def test_unsupported_content_type() -> None:
     ("header", "expected"),
     [
         (None, codecs.CSV),
+        ("", codecs.CSV),
+        (" ", codecs.CSV),  # blank, as an empty Content-Type: the default, not a 406
+        (" , ,", codecs.CSV),
         ("*/*", codecs.CSV),
         ("application/json", codecs.JSON),
         ("text/html, application/json;q=0.9", codecs.JSON),
