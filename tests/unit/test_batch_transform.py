@@ -151,6 +151,21 @@ def test_json_accept_without_join_is_the_servers_response_per_minibatch() -> Non
     assert unassembled(MiniBatch(1, b"1,2\n")) == (b'{"predictions": [{"score": 3.0}]}', 1)
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/jsonlines"])
+def test_json_records_with_csv_accept_give_a_csv_line_per_row(content_type: str) -> None:
+    """As the docs say of text/csv: a line per input row (it wrote ``{"score": 3.0}``)."""
+    batch = MiniBatch(1, b"[1, 2]\n[[3, 4], [5, 6]]\n")
+    out, rows = transform(content_type=content_type)(batch)
+    assert (out, rows) == (b"3.0\n7.0\n11.0\n", 3)
+    filtered = transform(content_type=content_type, input_filter="$.features")
+    assert filtered(MiniBatch(1, b'{"features": [1, 2]}\n')) == (b"3.0\n", 1)
+    whole = transform(content_type="application/json", whole_documents=True)
+    assert whole(MiniBatch(1, b'{"instances": [[1, 2],\n [3, 4]]}')) == (b"3.0\n7.0\n", 2)
+    assert transform(content_type=content_type, output_filter="$[0]")(batch)[0] == (
+        b"3.0\n7.0\n11.0\n"
+    )
+
+
 def test_a_whole_json_document_with_instances() -> None:
     document = b'{"instances": [[1, 2],\n [3, 4]]}'
     out, rows = transform(

@@ -111,8 +111,7 @@ class Transform:
         for fields, number, values in zip(columns, numbers, predictions, strict=True):
             try:
                 if self.accept == codecs.CSV:
-                    predicted = [repr(float(value)).encode() for value in values]
-                    joined = (fields if self.join else []) + predicted
+                    joined = (fields if self.join else []) + _csv_fields(values)
                     out += b",".join(self.output_filter.select_columns(joined)) + b"\n"
                 else:
                     score = {"score": values[0] if len(values) == 1 else values}
@@ -120,6 +119,18 @@ class Transform:
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out), len(predictions)
+
+    def _csv(self, batch: MiniBatch, predictions: np.ndarray) -> bytes:
+        """CSV lines of JSON records' predictions, through the output filter's columns."""
+        if self.output_filter.is_identity:
+            return self._encode(predictions)
+        out = bytearray()
+        for values in predictions.reshape(predictions.shape[0], -1).tolist():
+            try:
+                out += b",".join(self.output_filter.select_columns(_csv_fields(values))) + b"\n"
+            except InvalidInput as exc:  # the filter's columns: the same for every row
+                raise BadRecord(batch.first_line, str(exc)) from None
+        return bytes(out)
 
     def _json(self, batch: MiniBatch) -> tuple[bytes, int]:
         """JSON records: a document per line, or the whole mini-batch as one document."""
@@ -149,6 +160,8 @@ class Transform:
         predictions = self.predict(np.concatenate(blocks))
         if not self.per_record_output:
             return self._encode(predictions), predictions.shape[0]
+        if self.accept == codecs.CSV:  # a line per input row, whatever the records (no join:
+            return self._csv(batch, predictions), predictions.shape[0]  # refused with the spec)
         out = bytearray()
         start = 0
         for (number, document), rows in zip(documents, blocks, strict=True):
@@ -170,3 +183,7 @@ class Transform:
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out), predictions.shape[0]
+
+
+def _csv_fields(values: list[float]) -> list[bytes]:
+    return [repr(float(value)).encode() for value in values]
