@@ -146,6 +146,16 @@ def test_a_transform_job_becomes_a_batch_endpoint_with_every_field_batch_spec_ha
     EndpointSpec.model_validate(obj["spec"])
 
 
+def test_a_transform_job_without_split_type_sends_each_object_whole_as_the_platform() -> None:
+    """The platform's default SplitType is None; our spec's is Line, which split a
+    pretty-printed JSON document into lines that are not JSON."""
+    request = transform_request()
+    del request["TransformInput"]["SplitType"]
+    assert transform_object(request, model(), DEFAULTS)["spec"]["batch"]["input"][
+        "splitType"
+    ] == "None"  # fmt: skip
+
+
 def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> None:
     obj = spec_of(config(), Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
     assert obj["spec"]["model"]["inferenceOutput"] == "predicted_label"
