@@ -44,14 +44,27 @@ def executable(command: tuple[str, ...]) -> list[str]:
     return [found, *command[1:]]
 
 
-def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the PID, it
-    names one process, whatever PIDs were reused since."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (from its state on)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the PID, it
+    names one process, whatever PIDs were reused since."""
+    fields = _stat(pid)
+    return None if fields is None else fields[19]
+
+
+def still_runs(pid: int, start: str) -> bool:
+    """Whether the process with this PID and start time runs: not one that exited and that
+    its parent has not reaped yet (a zombie: an ``up`` killed a moment ago, say)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X") and fields[19] == start
 
 
 class Running(Protocol):
@@ -197,7 +210,7 @@ class Registry:
         except (OSError, ValueError):
             return []
         owner, entries = _recorded(document)
-        if owner is not None and owner[0] != os.getpid() and start_time(owner[0]) == owner[1]:
+        if owner is not None and owner[0] != os.getpid() and still_runs(*owner):
             log.warning("%s names the children of infermodes up (pid %d), which still runs: "
                         "left alone (a copy of its state dir?)", self.path, owner[0])  # fmt: skip
             self.path.unlink(missing_ok=True)

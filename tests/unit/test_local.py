@@ -175,6 +175,30 @@ def test_the_children_of_an_up_that_still_runs_are_left_alone(tmp_path: Path) ->
             process.wait()
 
 
+def test_the_children_of_an_up_killed_but_not_yet_reaped_are_orphans(tmp_path: Path) -> None:
+    """A SIGKILLed ``up`` stays a zombie until its parent reaps it: it was taken for a live
+    one, and its children were left running beside the restarted ``up``'s."""
+    owner = subprocess.Popen(["sleep", "60"])
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = start_time(owner.pid)
+        owner.kill()  # not waited for: a zombie
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed owner never became a zombie"
+            time.sleep(0.01)
+        path = tmp_path / "children.json"
+        entry = {"key": "x/server-0", "pid": child.pid, "start": start_time(child.pid)}
+        path.write_text(json.dumps({"owner": {"pid": owner.pid, "start": started},
+                                    "children": [entry]}))  # fmt: skip
+        assert Registry(path).kill_orphans() == ["x/server-0"]
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        for process in (owner, child):
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.parametrize(
     "text", ['{"a": 1}', '[{"key": "x"}]', "[1]", '{"children": 5}', '[{"pid": true}]', "null"]
 )
