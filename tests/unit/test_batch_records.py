@@ -45,6 +45,14 @@ def test_singlerecord_sends_one_line_at_a_time_with_its_number() -> None:
     assert batches == [MiniBatch(1, b"1\n"), MiniBatch(3, b"2\n"), MiniBatch(4, b"3\n")]
 
 
+def test_singlerecord_lines_end_at_lf_alone_as_multirecords_do() -> None:
+    """A lone CR split a line in two and threw the numbering off (an error named line 5 of a
+    three-line object); it stays in its line, which the codec then refuses, naming it."""
+    data = b"1\r2\r3\n4\r\n5"
+    batches = list(records.minibatches(iter([data]), "Line", "SingleRecord", 100))
+    assert batches == [MiniBatch(1, b"1\r2\r3\n"), MiniBatch(2, b"4\r\n"), MiniBatch(3, b"5")]
+
+
 def test_split_none_is_one_record_refused_over_the_limit() -> None:
     assert list(records.minibatches(iter([b"1\n", b"2\n"]), "None", "MultiRecord", 10)) == [
         MiniBatch(1, b"1\n2\n")

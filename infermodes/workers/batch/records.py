@@ -156,11 +156,14 @@ def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
 
 
 def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:
-    """SingleRecord: one non-blank line per mini-batch."""
+    """SingleRecord: one non-blank line per mini-batch. Lines end at LF alone, as
+    MultiRecord's do (``splitlines`` also split at a lone CR, and numbered lines apart)."""
     for batch in batches:
-        for offset, line in enumerate(batch.data.splitlines(keepends=True)):
+        lines = batch.data.split(b"\n")
+        for offset, line in enumerate(lines):
             if line.strip():
-                yield MiniBatch(batch.first_line + offset, line)
+                ended = offset < len(lines) - 1  # as the object has it
+                yield MiniBatch(batch.first_line + offset, line + b"\n" if ended else line)
 
 
 def whole_object(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
