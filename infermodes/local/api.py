@@ -18,6 +18,7 @@ PREFIX = "/_infermodes"
 MAX_MANIFEST_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
 NOTIFICATIONS_PER_CALL = 1000
+LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer
 
 Tail = Callable[[str, int, int], list[Notification]]  # pattern, after id, limit
 
@@ -57,7 +58,10 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
         if not after.isascii() or not after.isdigit():  # the error shape of every other answer
             message = f"after must be a notification id (a whole number >= 0), not {after[:40]!r}"
             return JSONResponse({"error": "ValidationError", "message": message}, 400)
-        found = tail(topic, int(after), NOTIFICATIONS_PER_CALL)
+        # past the largest id: nothing comes after it (it was a 500: SQLite's overflow, or
+        # int()'s refusal past 4,300 digits)
+        position = min(int(after), LARGEST_ID) if len(after) < 20 else LARGEST_ID
+        found = tail(topic, position, NOTIFICATIONS_PER_CALL)
         return JSONResponse({"items": [notification(entry) for entry in found]})
 
     @router.get("/endpoints")
