@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
@@ -63,6 +63,19 @@ MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout boun
 NOT_READY = 503
 REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the pods: held this long
 MAX_ORIGINAL_MESSAGE = 1000
+
+
+def refuse_repeats(headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """400 for a header of one value given twice (the model server would refuse it, and the
+    gateway pass that on as the model's error): forwarding either would be a guess. Several
+    Accepts are one list, as HTTP has it."""
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        if name in FORWARDED and name != b"accept":
+            if name in seen:
+                count = sum(1 for other, _ in headers if other == name)
+                raise ValidationError(f"{name.decode()} was given {count} times; send it once")
+            seen.add(name)
 
 
 def refuse_targets(headers: Iterable[tuple[bytes, bytes]]) -> None:
@@ -234,6 +247,7 @@ class Proxy:
         # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
         refuse_codings(scope["headers"])
         refuse_targets(scope["headers"])
+        refuse_repeats(scope["headers"])
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes

@@ -368,16 +368,16 @@ def test_a_request_admitted_just_before_its_endpoint_failed_is_not_held() -> Non
 
 
 async def answered_with(
-    name: bytes, value: bytes
+    name: bytes, value: bytes, times: int = 1
 ) -> tuple[Table, Proxy, FakePool, list[dict[str, Any]]]:
-    """One request with this header more, to an endpoint with a ready replica: what the proxy
-    sent back."""
+    """One request with this header more (``times`` over), to an endpoint with a ready
+    replica: what the proxy sent back."""
     table, proxy, _, _ = setup(max_concurrency=5)
     pool = FakePool()
     pool.release.set()
     ready_replica(table, pool)
     request = scope()
-    request["headers"].append((name, value))
+    request["headers"] += [(name, value)] * times
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -436,6 +436,25 @@ def test_a_request_for_another_model_or_an_explanation_is_refused_not_answered(
         assert (ERROR_TYPE_HEADER, b"ValidationError") in sent[0]["headers"]
         message = json.loads(sent[1]["body"])["message"]
         assert message.startswith(named) and "is not supported" in message, message
+        assert pool.sent == []
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", [b"content-type", b"x-amzn-sagemaker-custom-attributes"])
+def test_a_single_value_header_given_twice_is_the_callers_400_not_the_models_424(
+    name: bytes,
+) -> None:
+    """Forwarded as given, the model server refused it and the gateway answered a 424
+    ModelError (counted as the model's); as the async route, a 400 naming the header."""
+
+    async def scenario() -> None:
+        times = 1 if name == b"content-type" else 2  # the scope has a Content-Type already
+        _, _, pool, sent = await answered_with(name, b"text/csv", times)
+        assert sent[0]["status"] == 400
+        assert (ERROR_TYPE_HEADER, b"ValidationError") in sent[0]["headers"]
+        message = json.loads(sent[1]["body"])["message"]
+        assert message == f"{name.decode()} was given 2 times; send it once", message
         assert pool.sent == []
 
     asyncio.run(scenario())
