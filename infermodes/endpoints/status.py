@@ -267,16 +267,18 @@ def batch_failure_reason(failures: list[dict[str, Any]]) -> str:
     return OBJECTS_FAILED if any(f.get("object") for f in failures) else JOB_FAILED
 
 
-def describe_failures(failures: list[dict[str, Any]]) -> str:
+def describe_failures(failures: list[dict[str, Any]], failed_units: int = 0) -> str:
     """The first few failures, each as ``object line N: reason``, and how many more (the same
-    failure told by several instances, an instance-wide error say, once)."""
+    failure told by several instances, an instance-wide error say, once). ``failed_units``:
+    the objects that failed in all, which can be more than the failures the instances' summaries
+    had room for."""
     failures = list({repr(sorted(f.items())): f for f in failures}.values())
     shown = []
     for failure in failures[:FAILURES_SHOWN]:
         line = f" line {failure['line']}" if failure.get("line") is not None else ""
         where = f"{failure['object']}{line}: " if failure.get("object") else ""
         shown.append(f"{where}{failure.get('reason')}")
-    more = len(failures) - len(shown)
+    more = max(len(failures), failed_units) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 

@@ -858,9 +858,9 @@ class Supervisor:
             phase, reason = Phase.IN_PROGRESS, "Running"
             message = f"{found.done}/{found.total} objects, {found.records} records"
             if failures:
-                message += f"; failed so far: {describe_failures(failures)}"
+                message += f"; failed so far: {describe_failures(failures, found.failed)}"
         elif failures:
-            phase, message = Phase.FAILED, describe_failures(failures)
+            phase, message = Phase.FAILED, describe_failures(failures, found.failed)
             reason = batch_failure_reason(failures)
         else:
             phase, reason = Phase.COMPLETED, COMPLETED

@@ -219,6 +219,8 @@ def test_progress_and_failures_from_a_batch_summary() -> None:
     assert describe_failures(failures) == "file:///in/b.csv line 2: bad; cannot list"
     many = [{"object": f"o{i}", "line": None, "reason": "r"} for i in range(7)]
     assert describe_failures(many).endswith("o4: r; and 2 more")
+    # 300 objects failed; the summaries had room for these 7: the rest are counted too
+    assert describe_failures(many, 300).endswith("o4: r; and 295 more")
     told_thrice = [{"object": None, "line": None, "reason": "no input objects under x"}] * 3
     assert describe_failures(told_thrice) == "no input objects under x"
 

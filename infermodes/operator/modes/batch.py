@@ -190,9 +190,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
                       since("Complete"))  # fmt: skip
     if "Failed" in conditions:
         condition = conditions["Failed"]
-        detail = (
-            describe_failures(failures) or condition.get("message") or condition.get("reason", "")
-        )
+        told = condition.get("message") or condition.get("reason", "")
+        detail = describe_failures(failures, found.failed) or told
         return status(s.Phase.FAILED, batch_failure_reason(failures), detail, since("Failed"))
     if spec.batch_block().stop:
         if active == 0:  # its pods, and what they said, are gone: the progress seen last stays
@@ -203,7 +202,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
-        message += f"; failed so far: {describe_failures(failures)}"
+        message += f"; failed so far: {describe_failures(failures, found.failed)}"
     stuck = stalled_instance(signals.pods)
     if stuck is None and job and len(latest_per_index(signals.pods)) < count:
         stuck = refused_creation(signals.workload_events())  # an instance with no pod at all
