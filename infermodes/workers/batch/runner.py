@@ -377,7 +377,14 @@ def no_inputs(settings: BatchSettings) -> str:
     if settings.input_data_type == "ManifestFile":
         return f"the manifest {settings.input_uri} lists no input object"
     found = f"no input objects under {settings.input_uri}"
-    if (settings.output_uri.rstrip("/") + "/").startswith(settings.input_uri.rstrip("/") + "/"):
+    inputs = settings.input_uri.rstrip("/") + "/"
+    outputs = settings.output_uri.rstrip("/") + "/"
+    if inputs.startswith(outputs):  # as the spec refuses it (``check_batch_locations``)
+        found += (
+            f": the input prefix lies inside the output prefix {settings.output_uri} (or is "
+            "it), whose objects are never inputs; give the outputs a prefix of their own"
+        )
+    elif outputs.startswith(inputs):
         found += f" (objects under the output prefix {settings.output_uri} are not inputs)"
     return found
 

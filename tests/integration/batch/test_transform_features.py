@@ -538,6 +538,16 @@ def test_an_input_prefix_with_no_objects_fails_the_job_naming_it(
         f"no input objects under {tmp_path}/empty (objects under the output prefix "
         f"{tmp_path}/empty/out are not inputs)"
     )
+    (tmp_path / "empty" / "in").mkdir()
+    (tmp_path / "empty" / "in" / "a.csv").write_text("1,2\n")  # read as an output: skipped
+    around = run(command(abalone_model, tmp_path / "empty" / "in", tmp_path / "empty",
+                         "--metrics-port", "0"))  # fmt: skip
+    assert around.returncode == 2, around.log
+    assert summary(tmp_path / "empty")["error"] == (
+        f"no input objects under {tmp_path}/empty/in: the input prefix lies inside the output "
+        f"prefix {tmp_path}/empty (or is it), whose objects are never inputs; give the outputs "
+        "a prefix of their own"
+    )
 
 
 def test_a_new_job_writes_over_an_earlier_jobs_outputs_and_an_instance_run_again_skips_its_own(
