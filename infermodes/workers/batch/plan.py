@@ -1,5 +1,6 @@
 """Which instance transforms what: pure functions of the input listing, so every instance of a
-job computes the same plan from the same listing without talking to the others.
+job computes the same plan from the same listing without talking to the others (the listing its
+first instance stored, ``listing_uri``, when the job has a run id).
 
 - Objects spread over instances by size, largest first, each to the least loaded instance
   (ties: the lower index), ordered by key among equals: deterministic.
@@ -129,6 +130,28 @@ def run_marker_uri(output_prefix: str, run_id: str) -> str:
     """Created by the job's first instance to start: its time, by the store's clock, is when
     the job started, what tells the job's own outputs from older ones under the same path."""
     return join_uri(output_prefix, f"{SUMMARY_FOLDER}/run-{run_id}")
+
+
+def listing_uri(output_prefix: str, run_id: str) -> str:
+    """The job's input objects as its first instance to start listed them: every instance,
+    and a restart, plans from this one listing, so an object added or removed meanwhile
+    cannot move another between the instances' shares and leave it to none."""
+    return join_uri(output_prefix, f"{SUMMARY_FOLDER}/run-{run_id}.inputs.json")
+
+
+def dump_listing(objects: list[InputObject]) -> bytes:
+    return json.dumps(
+        {"version": 1, "objects": [[obj.uri, obj.key, obj.size] for obj in objects]}
+    ).encode()
+
+
+def load_listing(data: bytes) -> list[InputObject]:
+    """``dump_listing``'s objects; ValueError for anything else."""
+    try:
+        entries = json.loads(data)["objects"]
+        return [InputObject(str(uri), str(key), int(size)) for uri, key, size in entries]
+    except (KeyError, TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"the job's input listing cannot be read: {exc}") from None
 
 
 def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:

@@ -39,6 +39,7 @@ from infermodes.errors import (
     EXIT_OBJECTS_FAILED,
     EXIT_STOPPED,
     ModelLoadError,
+    ObjectNotFound,
     StorageError,
 )
 from infermodes.logs import configure_logging
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("infermodes.batch")
 
 BLOCK_BYTES = CHUNK_SIZE
+LISTING_LIMIT = 1024 * records.MIB  # a stored listing of millions of objects is read whole
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -159,6 +161,23 @@ class Runner:
         ]
         return [obj for obj in listed if plan.SUMMARY_FOLDER not in obj.key.split("/")[:-1]]
 
+    def job_inputs(self) -> list[plan.InputObject]:
+        """The job's one listing of its inputs (``plan.listing_uri``): the one stored by the
+        first instance to start, or this instance's, stored if none is yet. Without a run id,
+        this instance's own."""
+        run_id = self.settings.run_id
+        if not run_id:
+            return self.inputs()
+        listing = plan.listing_uri(self.output_prefix, run_id)
+        try:
+            return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))
+        except ObjectNotFound:
+            pass
+        objects = self.inputs()
+        if objects and not self.storage.create(listing, plan.dump_listing(objects)):
+            return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))  # a peer's
+        return objects
+
     def shard(self, objects: list[plan.InputObject]) -> list[plan.WorkUnit]:
         settings = self.settings
         splittable = (
@@ -178,7 +197,7 @@ class Runner:
         executor: Executor | None = None
         try:
             try:
-                objects = self.inputs()
+                objects = self.job_inputs()
             except (StorageError, ValueError, UnicodeDecodeError) as exc:
                 self.summary.error = f"cannot list the inputs: {exc}"
                 return self.summary

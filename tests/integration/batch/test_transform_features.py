@@ -589,3 +589,36 @@ def test_a_new_job_writes_over_an_earlier_jobs_outputs_and_an_instance_run_again
     units, _ = job(None, seed=50)  # a shell's re-run: whatever exists is done
     assert (units["succeeded"], units["skipped"]) == (0, 3)
     outputs_predict(texts)
+
+
+def test_instances_started_apart_plan_from_the_job_s_one_listing(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    """Each instance planned from its own listing: an object added between two instances'
+    starts (a quota let the second start later) moved the shares, and an object there from
+    the start went to neither, the job Completed. The first instance stores its listing;
+    the second plans from it, so every object listed gets its output (the late one is not
+    this job's)."""
+    (tmp_path / "in").mkdir()
+    texts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 20 + 10 * i, i))
+             for i in range(4)}  # fmt: skip
+    for name, text in texts.items():
+        (tmp_path / "in" / name).write_bytes(text)
+    env = {"INFERMODES_BATCH_RUN_ID": "job-1"}
+    first, second = (
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--instance-count", "2",
+                "--instance-index", str(index), "--metrics-port", "0")
+        for index in (0, 1)
+    )  # fmt: skip
+    assert run(first, env).returncode == 0
+    late = csv_text(sample_rows(abalone_model.test_rows, 45, 9))  # between the two largest
+    (tmp_path / "in" / "late.csv").write_bytes(late)
+    assert run(second, env).returncode == 0
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of((tmp_path / "out" / f"{name}.out").read_bytes()),
+            expected_scores(booster, text),
+        )
+    assert not (tmp_path / "out" / "late.csv.out").exists()
+    done = [summary(tmp_path / "out", i, 2)["units"]["succeeded"] for i in (0, 1)]
+    assert sum(done) == 4, done
