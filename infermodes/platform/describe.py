@@ -68,6 +68,14 @@ def modified(obj: JsonObject) -> float:
     return float(annotations.get(MODIFIED_ANNOTATION, 0.0))
 
 
+def last_modified(obj: JsonObject) -> float:
+    """When the platform's object last changed: its creation, an update, or its status's
+    last turn (InService, a job's end, a failed one's included), as the platform moves it on
+    status changes too."""
+    ended = parse_rfc3339((obj.get("status") or {}).get("endTime"))  # Ready stays False
+    return max(modified(obj), created(obj), transition_time(obj) or 0.0, ended or 0.0)
+
+
 def phase_of(obj: JsonObject) -> Phase | None:
     try:
         return Phase(str((obj.get("status") or {}).get("phase")))
@@ -140,7 +148,7 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "ProductionVariants": [summary],
         "EndpointStatus": endpoint_status(obj),
         "CreationTime": created(obj),
-        "LastModifiedTime": max(modified(obj), created(obj)),
+        "LastModifiedTime": last_modified(obj),
     }
     if answer["EndpointStatus"] == "Failed" or update_failed(obj):
         answer["FailureReason"] = failure_reason(obj)[:1024]  # an update's: the old one serves
@@ -155,7 +163,7 @@ def endpoint_summary(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "EndpointName": name,
         "EndpointArn": arn(defaults, "endpoint", name),
         "CreationTime": created(obj),
-        "LastModifiedTime": max(modified(obj), created(obj)),
+        "LastModifiedTime": last_modified(obj),
         "EndpointStatus": endpoint_status(obj),
     }
 
@@ -209,5 +217,5 @@ def transform_job_summary(obj: JsonObject, defaults: Defaults) -> JsonObject:
     keys = ("TransformJobName", "TransformJobArn", "CreationTime", "TransformEndTime",
             "TransformJobStatus", "FailureReason")  # fmt: skip
     summary: JsonObject = {k: described[k] for k in keys if k in described}
-    summary["LastModifiedTime"] = max(modified(obj), created(obj))
+    summary["LastModifiedTime"] = last_modified(obj)
     return summary

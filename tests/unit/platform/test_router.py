@@ -4,13 +4,14 @@ them, case-insensitive names, statuses from the actuator's objects, lists, limit
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from infermodes.endpoints.status import parse_rfc3339
+from infermodes.endpoints.status import parse_rfc3339, rfc3339
 from infermodes.platform.router import create_router
 from infermodes.platform.translate import Defaults
 from tests.unit.platform.memory import MemoryStore
@@ -157,6 +158,14 @@ def test_transform_jobs_run_stop_and_share_names_with_endpoints() -> None:
     assert api.error("DescribeEndpoint", EndpointName="job-1")[0] == "ValidationException"
     assert [j["TransformJobName"] for j in
             api.call("ListTransformJobs")["TransformJobSummaries"]] == ["Job-1"]  # fmt: skip
+    # it changed when it ended, after the stop was asked: LastModifiedTime and its filters
+    # say so (it stayed the time of the last request)
+    ended = rfc3339(time.time() + 60)
+    api.store.set_status("job-1", "Stopped", endTime=ended)
+    [summary] = api.call("ListTransformJobs")["TransformJobSummaries"]
+    assert summary["LastModifiedTime"] == parse_rfc3339(ended)
+    after = {"LastModifiedTimeAfter": parse_rfc3339(ended) - 1}
+    assert len(api.call("ListTransformJobs", **after)["TransformJobSummaries"]) == 1
 
 
 def test_the_caps_are_resource_limit_exceeded() -> None:
