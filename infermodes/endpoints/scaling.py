@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from infermodes.endpoints.demand import Demand
+from infermodes.endpoints.demand import WRITE_INTERVAL_SECONDS, Demand
 from infermodes.endpoints.spec import AsyncSpec, RealtimeSpec, ScalingMetric, ServerlessSpec
 from infermodes.endpoints.status import BROKER_UNREADABLE, IN_FLIGHT_UNKNOWN
 from infermodes.metrics import ServerLoad
@@ -148,6 +148,10 @@ def realtime_replicas(
 
 
 SERVERLESS_SCALE_IN_DELAY_SECONDS = 30.0  # replicas above demand stay this long after a change
+# a gateway reports a request within its write interval (and the write's own way): idle is
+# judged this much later, so a request just before the timeout is seen before the last
+# replica goes (it was scaled to zero under the next request, a cold start for nothing)
+IDLE_REPORT_GRACE_SECONDS = 2 * WRITE_INTERVAL_SECONDS
 
 
 def serverless_bounds(block: ServerlessSpec) -> tuple[int, int]:
@@ -174,13 +178,16 @@ def serverless_replicas(
     - demand (in flight or held) -> ceil(demand / concurrencyPerReplica), at least one; more
       replicas than now at once (a held request is a cold start waiting for this decision);
     - no demand, but a request within ``idleTimeoutSeconds`` -> one replica stays;
-    - no demand and no request for ``idleTimeoutSeconds`` -> the warm floor at once (zero
-      unless provisioned concurrency keeps some);
+    - no demand and no request for ``idleTimeoutSeconds`` (and ``IDLE_REPORT_GRACE_SECONDS``)
+      -> the warm floor at once (zero unless provisioned concurrency keeps some);
     - any other decrease waits ``SERVERLESS_SCALE_IN_DELAY_SECONDS`` after the last change, so
       the tail of a burst does not flap.
     """
     warm, most = serverless_bounds(block)
-    idle = demand.active == 0 and wall - demand.last_request_at >= block.idle_timeout_seconds
+    quiet_for = wall - demand.last_request_at
+    idle = (
+        demand.active == 0 and quiet_for >= block.idle_timeout_seconds + IDLE_REPORT_GRACE_SECONDS
+    )
     if demand.active > 0:
         wanted = math.ceil(demand.active / block.concurrency_per_replica)
     else:

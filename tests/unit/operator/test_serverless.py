@@ -95,8 +95,10 @@ def test_scale_in_waits_for_the_delay_but_one_replica_stays_until_idle() -> None
     assert serverless_replicas(spec, 1, quiet, memory, NOW + 59.9, NOW + 59.9) == 1
 
 
-@pytest.mark.parametrize(("idle_for", "replicas"), [(59.9, 1), (60.0, 0), (600.0, 0)])
+@pytest.mark.parametrize(("idle_for", "replicas"), [(59.9, 1), (61.9, 1), (62.0, 0), (600.0, 0)])
 def test_idle_timeout_edges(idle_for: float, replicas: int) -> None:
+    """Idle for the timeout and the time a gateway may take to report a request (2 s): a
+    request just before the timeout, not reported yet, found its replica gone."""
     spec = block(idleTimeoutSeconds=60)
     memory = ScalerMemory(last_change_at=NOW + idle_for)  # scale-in delay never holds zero back
     demand = Demand(last_request_at=NOW)
