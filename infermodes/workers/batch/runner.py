@@ -327,11 +327,14 @@ class Runner:
                 blocks, settings.split_type, settings.batch_strategy, self.limit
             )
             window = settings.max_concurrent_transforms
+            written = 0
             for done in ordered(self.work, batches, executor, window):
                 self.record(done)
                 sink.write(done.output)
-                self.summary.records += done.rows
+                written += done.rows
                 self.progress.advance(records=done.rows)
+        # counted once the output is stored: a unit that fails or stops midway discards them
+        self.summary.records += written
 
     def record(self, done: Done) -> None:
         metrics = self.metrics

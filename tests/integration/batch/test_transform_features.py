@@ -622,3 +622,20 @@ def test_instances_started_apart_plan_from_the_job_s_one_listing(
     assert not (tmp_path / "out" / "late.csv.out").exists()
     done = [summary(tmp_path / "out", i, 2)["units"]["succeeded"] for i in (0, 1)]
     assert sum(done) == 4, done
+
+
+def test_records_of_an_object_that_failed_midway_are_not_counted(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Its output is discarded, so its records are not done: the summary said 15 records
+    where the outputs held 10."""
+    (tmp_path / "in").mkdir()
+    good = csv_text(sample_rows(abalone_model.test_rows, 10, 1))
+    (tmp_path / "in" / "a.csv").write_bytes(good)
+    (tmp_path / "in" / "b.csv").write_bytes(csv_text(sample_rows(abalone_model.test_rows, 5, 2))
+                                            + b"not,a,row\n")  # fmt: skip
+    done = run(command(abalone_model, tmp_path / "in", tmp_path / "out", "--batch-strategy",
+                       "SingleRecord", "--metrics-port", "0"))  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    assert summary(tmp_path / "out")["records"] == 10
+    assert not (tmp_path / "out" / "b.csv.out").exists()
