@@ -181,7 +181,8 @@ class LocalEndpoint:
     served: bool = False  # a realtime endpoint is Creating until its first replica is ready
     # ... or Updating, its requests held, when the spec it replaced was in service
     replaced_in_service: bool = False
-    failure: tuple[str, str] | None = None  # (reason, message): Failed until applied again
+    # (reason, message): Failed until applied again (by hand, or by a model load's retry)
+    failure: tuple[str, str] | None = None
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
