@@ -183,6 +183,9 @@ class LocalEndpoint:
     replaced_in_service: bool = False
     # (reason, message): Failed until applied again (by hand, or by a model load's retry)
     failure: tuple[str, str] | None = None
+    # the model load that failed before a retry applied it again: still the status while no
+    # process of it runs (a serverless endpoint at zero starts none until a request comes)
+    load_failure: tuple[str, str] | None = None
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     scraped_at: float = -float("inf")
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
@@ -288,6 +291,8 @@ class Supervisor:
             self.resumed[manifest.name] = resuming  # up -f of it: still after its previous spec
             return "unchanged"  # (applied later, by hand: at once, whatever the previous does)
         old = self.endpoints.get(manifest.name)
+        if old is not None and old.manifest.document != manifest.document:
+            self.load_retries.pop(manifest.name, None)  # a new spec: its own back-off
         if old is not None and old.manifest.document == manifest.document and old.failure is None:
             if old.previous == old.manifest.document:  # a restart's previous spec, applied
                 old.previous = None  # again (a revert): it is the spec now
@@ -732,6 +737,12 @@ class Supervisor:
                          "(no count on their metrics port): the queue's figures scale the "
                          "pool in only once they can")  # fmt: skip
         message = "; ".join(notes)
+        tried = ready or running or endpoint.outgoing  # the previous spec's servers: Updating
+        if endpoint.load_failure is not None and not tried:
+            phase, reason = Phase.FAILED, endpoint.load_failure[0]  # nothing tries it yet
+            message = f"{endpoint.load_failure[1]}; tried again when one of its processes starts"
+        elif ready > 0:
+            endpoint.load_failure = None
         endpoint.status = dataclasses.replace(
             endpoint.status, phase=phase, reason=reason, message=message, replicas=running,
             ready_replicas=ready, desired_replicas=endpoint.desired,
@@ -898,8 +909,10 @@ class Supervisor:
                     del self.load_retries[name]
             elif endpoint.failure[0] == MODEL_LOAD_FAILED and now >= due:
                 self.apply(endpoint.manifest)
-                self.endpoints[name].event(f"started again: its model could not load "
-                                           f"{attempts} time(s) in a row")  # fmt: skip
+                again = self.endpoints[name]
+                again.load_failure = endpoint.failure
+                again.event(f"started again: its model could not load {attempts} time(s) in a "
+                            "row")  # fmt: skip
 
     async def tick(self) -> None:
         now = time.monotonic()

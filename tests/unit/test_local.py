@@ -566,3 +566,30 @@ def test_an_endpoint_whose_model_cannot_load_starts_again_after_a_doubling_back_
     supervisor.load_retries[name] = (2, 0.0)
     supervisor.delete(name)
     assert name not in supervisor.load_retries
+
+
+def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_backs_off_anew(
+    tmp_path: Path,
+) -> None:
+    """A serverless endpoint at zero applied again starts no process: it showed InService 5 s
+    after its model failed to load, with nothing trying it. It stays Failed, naming why, until
+    one of its processes starts; a changed spec gets its own back-off (5 s again)."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    failed = supervisor.endpoints[name]
+    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    supervisor.load_retries[name] = (3, 0.0)
+    supervisor._retry_loads(1.0)
+    again = supervisor.endpoints[name]
+    supervisor._set_status(again)
+    assert (again.status.phase.value, again.status.reason) == ("Failed", "ModelLoadFailed")
+    assert again.status.message.startswith("model cannot be loaded: no such object; tried again")
+    changed = copy.deepcopy(document)
+    changed["spec"]["model"]["uri"] = "file:///elsewhere/model.tar.gz"
+    supervisor.apply(parse_document(changed, "test"))
+    assert name not in supervisor.load_retries
+    fresh = supervisor.endpoints[name]
+    supervisor._set_status(fresh)  # applied by hand: its own status, not the old failure
+    assert fresh.status.phase.value == "InService"
