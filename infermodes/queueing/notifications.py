@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ log = logging.getLogger("infermodes.notifications")
 INLINE_RESULT_LIMIT = 128 * 1024
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 WEBHOOK_BACKOFF_SECONDS = 0.5
+
+
+def webhook_client() -> httpx.Client:
+    # no proxy from the environment: it would reach addresses ``destinations.check`` never saw
+    return httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, trust_env=False)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class Notifier:
         webhooks: Webhooks,
         webhook_attempts: int,
         topic: bool = True,
-        http: httpx.Client | None = None,
+        new_client: Callable[[], httpx.Client] = webhook_client,
         check: Callable[[str], destinations.Checked] = destinations.check,
     ) -> None:
         self.channel = channel
@@ -134,8 +140,9 @@ class Notifier:
         self.webhooks = webhooks
         self.webhook_attempts = webhook_attempts
         self.topic = topic
-        # no proxy from the environment: it would reach addresses ``check`` never saw
-        self.http = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, trust_env=False)
+        self.new_client = new_client
+        self.clients: dict[str, httpx.Client] = {}  # by webhook origin
+        self.clients_lock = threading.Lock()
         self.check = check  # where a webhook may be POSTed (``destinations``)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
@@ -189,11 +196,13 @@ class Notifier:
         resolved the name itself would, with the name in Host and in TLS (its SNI, and the
         name its certificate must carry)."""
         target = httpx.URL(url)
-        headers = {"content-type": "application/json", "host": target.netloc.decode("ascii")}
+        origin = target.netloc.decode("ascii")
+        headers = {"content-type": "application/json", "host": origin}
         extensions = {"sni_hostname": target.raw_host.decode("ascii")}
+        client = self._client(f"{target.scheme}://{origin}")
 
         def send(address: str) -> httpx.Response:
-            return self.http.post(
+            return client.post(
                 target.copy_with(host=address),
                 content=payload,
                 headers=headers,
@@ -202,9 +211,19 @@ class Notifier:
 
         *others, last = addresses
         for address in others:
-            with contextlib.suppress(httpx.ConnectError):  # the next one, then
+            with contextlib.suppress(httpx.ConnectError, httpx.ConnectTimeout):  # the next one
                 return send(address)
         return send(last)
+
+    def _client(self, origin: str) -> httpx.Client:
+        """A client of its own for each webhook origin (scheme, name, port): its kept
+        connections are keyed by address, so one verified for a name must never carry
+        another name's requests to the same address."""
+        with self.clients_lock:
+            client = self.clients.get(origin)
+            if client is None:
+                client = self.clients[origin] = self.new_client()
+            return client
 
 
 def _reason(exc: httpx.HTTPError, url: str, shown: str) -> str:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 
+from infermodes import destinations
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.notifications import Notifier, Webhooks
 
@@ -57,6 +58,8 @@ def receiver(tmp_path: Path) -> Iterator[tuple[int, Path, list[tuple[str, str]]]
     names: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # connections kept, as real receivers keep them
+
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["content-length"]))
             received.append((names[-1], self.headers["host"]))
@@ -67,7 +70,8 @@ def receiver(tmp_path: Path) -> Iterator[tuple[int, Path, list[tuple[str, str]]]
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.sni_callback = lambda _socket, name, _context: names.append(name or "")
@@ -88,15 +92,25 @@ def test_an_https_webhook_by_name_reaches_the_checked_address_with_its_certifica
     """``localhost`` looked up by the worker (::1 may come first: the receiver listens on
     127.0.0.1 alone, so the next address is tried): the name goes in the TLS handshake and
     in Host, so the certificate for localhost is verified although the connection goes to an
-    address; a certificate for another name is refused."""
+    address; another name at the same address does not ride on that verified connection."""
     port, cert, received = receiver
-    trusting = httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=5)
+
+    def trusting() -> httpx.Client:
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=5)
+
+    def resolved(url: str) -> destinations.Checked:  # other.test: this machine too
+        return destinations.check(url, lambda host: ["127.0.0.1"] if host == "other.test"
+                                  else destinations.resolve(host))  # fmt: skip
+
     metrics = WorkerMetrics(CollectorRegistry())
-    hooks = Webhooks([f"https://localhost:{port}/hook"], [f"https://127.0.0.1:{port}/hook"])
-    sender = Notifier(UnusedChannel(), metrics, hooks, 1, False, trusting)
+    success = [f"https://localhost:{port}/hook", f"https://other.test:{port}/hook"]
+    hooks = Webhooks(success, [f"https://127.0.0.1:{port}/hook"])
+    sender = Notifier(UnusedChannel(), metrics, hooks, 1, False, trusting, resolved)
     sender.send("ep", {"inferenceId": "a"}, success=True)
+    # other.test reaches the same address, but not over localhost's verified connection: its
+    # own handshake names it, and the certificate (for localhost) is refused
     assert received == [("localhost", f"localhost:{port}")]
     sender.send("ep", {"inferenceId": "b"}, success=False)  # an address: no name to verify
     assert len(received) == 1
     assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
-    assert metrics.notifications.labels("webhook", "failed")._value.get() == 1
+    assert metrics.notifications.labels("webhook", "failed")._value.get() == 2

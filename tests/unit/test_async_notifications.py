@@ -99,7 +99,7 @@ def notifier(
     hooks = hooks or Webhooks(
         ["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"]
     )
-    sender = Notifier(channel, metrics, hooks, 3, topic, http, check)
+    sender = Notifier(channel, metrics, hooks, 3, topic, lambda: http, check)
     return sender, posted
 
 
@@ -141,7 +141,7 @@ def test_webhook_logs_show_no_token(
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
     http = httpx.Client(transport=httpx.MockTransport(refuse))
-    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, http, check)
+    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, lambda: http, check)
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
@@ -193,15 +193,15 @@ def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_
 
     def answer(request: httpx.Request) -> httpx.Response:
         sent.append((str(request.url), request.headers["host"], request.extensions["sni_hostname"]))
-        if request.url.host == "::1":
-            raise httpx.ConnectError("refused", request=request)
+        if request.url.host == "::1":  # refused, or silently dropped: the next address
+            raise httpx.ConnectTimeout("timed out", request=request)
         return httpx.Response(200)
 
     resolved = iter([["::1", "127.0.0.9"], ["169.254.169.254"]])  # the second lookup rebinds
     hooks = Webhooks(["https://hook.test:8443/t?s=1"], [])
     sender = Notifier(
         FakeChannel(), WorkerMetrics(CollectorRegistry()), hooks, 3, True,
-        httpx.Client(transport=httpx.MockTransport(answer)),
+        lambda: httpx.Client(transport=httpx.MockTransport(answer)),
         lambda url: destinations.check(url, lambda host: next(resolved)),
     )  # fmt: skip
     sender.send("ep", {"inferenceId": "abc"}, success=True)
