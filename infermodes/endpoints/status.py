@@ -235,9 +235,10 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
     if summary.get("error"):
         failures.append({"object": None, "line": None, "reason": summary["error"]})
     if summary.get("state") == "Failed" and not failures:  # every one cut from a 4 KiB message
-        failed = f"instance {summary.get('index')}: {units.get('failed', 0)} unit(s) failed"
+        count = int(units.get("failed", 0))
+        failed = f"instance {summary.get('index')}: {count} unit(s) failed"
         reason = f"{failed} (see its summary under the output prefix)"
-        failures.append({"object": None, "line": None, "reason": reason})
+        failures.append({"object": None, "line": None, "reason": reason, "units": count})
     found = Progress(
         int(units.get("assigned", 0)),
         int(units.get("succeeded", 0)) + int(units.get("skipped", 0)),
@@ -270,15 +271,17 @@ def batch_failure_reason(failures: list[dict[str, Any]]) -> str:
 def describe_failures(failures: list[dict[str, Any]], failed_units: int = 0) -> str:
     """The first few failures, each as ``object line N: reason``, and how many more (the same
     failure told by several instances, an instance-wide error say, once). ``failed_units``:
-    the objects that failed in all, which can be more than the failures the instances' summaries
-    had room for."""
+    the units (objects, or byte ranges of split ones) that failed in all, more than the
+    failures named when the instances' summaries had no room for every one; those an
+    instance's stand-in counts (``units``) are told by it."""
     failures = list({repr(sorted(f.items())): f for f in failures}.values())
     shown = []
     for failure in failures[:FAILURES_SHOWN]:
         line = f" line {failure['line']}" if failure.get("line") is not None else ""
         where = f"{failure['object']}{line}: " if failure.get("object") else ""
         shown.append(f"{where}{failure.get('reason')}")
-    more = max(len(failures), failed_units) - len(shown)
+    told = sum(1 if f.get("object") else int(f.get("units", 0)) for f in failures)
+    more = len(failures) - len(shown) + max(failed_units - told, 0)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 

@@ -84,7 +84,7 @@ def test_a_failure_too_long_for_the_message_is_cut_short_and_the_job_still_reads
     _, failures = summary_progress({"index": 1, "state": "Failed", "units": {"failed": 4},
                                     "failures": [], "error": None})  # fmt: skip
     assert failures == [{"object": None, "line": None, "reason": "instance 1: 4 unit(s) failed "
-                         "(see its summary under the output prefix)"}]  # fmt: skip
+                         "(see its summary under the output prefix)", "units": 4}]  # fmt: skip
     assert summary_progress({"state": "Completed", "failures": []})[1] == []
 
 

@@ -221,6 +221,14 @@ def test_progress_and_failures_from_a_batch_summary() -> None:
     assert describe_failures(many).endswith("o4: r; and 2 more")
     # 300 objects failed; the summaries had room for these 7: the rest are counted too
     assert describe_failures(many, 300).endswith("o4: r; and 295 more")
+    # an instance whose summary had room for none tells its count itself: not twice
+    cut = {"version": 1, "index": 0, "state": "Failed", "units": {"assigned": 300, "failed": 300}}
+    found, stand_in = summary_progress(cut)
+    told = describe_failures(stand_in, found.failed)
+    assert told == "instance 0: 300 unit(s) failed (see its summary under the output prefix)"
+    # one failure named of two, and a job-wide error: one more
+    mixed = [{"object": "o1", "line": 3, "reason": "bad"}, {"object": None, "reason": "x"}]
+    assert describe_failures(mixed, 2).endswith("x; and 1 more")
     told_thrice = [{"object": None, "line": None, "reason": "no input objects under x"}] * 3
     assert describe_failures(told_thrice) == "no input objects under x"
 
