@@ -117,7 +117,8 @@ class StorageUnusable(InfermodesError):
     """The endpoint's storage refuses what accepting needs: its input location cannot hold a
     file (a file in the way of its folder), or the store refuses the gateway's credentials.
     Nothing was queued, and no retry helps until the endpoint's storage (or the gateway's
-    access to it) is fixed: not the caller's mistake, and not a 503 to retry."""
+    access to it) is fixed: not the caller's mistake, and not a 503 saying "retry later"
+    (clients retry a 500 too, a few times: the message says why it keeps failing)."""
 
     status_code = 500
 

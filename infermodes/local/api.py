@@ -60,7 +60,8 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
             return JSONResponse({"error": "ValidationError", "message": message}, 400)
         # past the largest id: nothing comes after it (it was a 500: SQLite's overflow, or
         # int()'s refusal past 4,300 digits)
-        position = min(int(after), LARGEST_ID) if len(after) < 20 else LARGEST_ID
+        digits = after.lstrip("0") or "0"  # 0001 is 1
+        position = min(int(digits), LARGEST_ID) if len(digits) < 20 else LARGEST_ID
         found = tail(topic, position, NOTIFICATIONS_PER_CALL)
         return JSONResponse({"items": [notification(entry) for entry in found]})
 

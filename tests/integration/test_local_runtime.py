@@ -288,6 +288,9 @@ def test_notifications_prints_every_one_past_the_apis_page(
         wait_until(lambda: len(outputs(output)) == count, WAIT * 3, "every async output")
         wait_until(lambda: backlog_total(up, "abalone-async") == 0, WAIT, "no backlog")
         printed = cli(up.url, "notifications", "abalone-async.success")
+        padded = {"after": "0" * 25 + "1"}  # 1, written with zeros: not past every id
+        answer = httpx.get(f"{up.url}/_infermodes/notifications", params=padded).json()
+        assert len(answer["items"]) == NOTIFICATIONS_PER_CALL, len(answer["items"])
     assert printed.returncode == 0, printed.stderr
     items = [json.loads(line) for line in printed.stdout.splitlines()]
     assert sorted(item["body"]["inferenceId"] for item in items) == sorted(accepted)
