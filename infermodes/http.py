@@ -123,6 +123,12 @@ def header(scope: Scope, name: bytes) -> str | None:
 CODING_HEADERS = (b"content-encoding", b"transfer-encoding")
 
 
+def repeated_header(name: str, count: int) -> str:
+    """The refusal of a header that takes one value, given ``count`` times: taking either
+    would be a guess (the gateway's sync and async routes say it alike)."""
+    return f"{name} was given {count} times; send it once"
+
+
 def refuse_codings(headers: Iterable[tuple[bytes, bytes]]) -> None:
     """``refuse_coding`` of every body coding header among ``headers`` (ASGI's)."""
     for name, value in headers:

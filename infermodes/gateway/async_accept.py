@@ -57,6 +57,7 @@ from infermodes.http import (
     create_api,
     read_body,
     refuse_codings,
+    repeated_header,
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
@@ -129,7 +130,7 @@ def header_text(headers: Headers, name: str) -> str | None:
     come several times: its values are one list)."""
     values = headers.getlist(name)
     if len(values) > 1 and name != "accept":
-        raise InvalidInput(f"{name} was given {len(values)} times; send it once")
+        raise InvalidInput(repeated_header(name, len(values)))
     value = ", ".join(values) if values else None  # several Accepts: one list
     if value is None:
         return None

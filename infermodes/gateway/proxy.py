@@ -34,7 +34,15 @@ from infermodes.gateway.errors import (
 )
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
-from infermodes.http import ERROR_MEDIA_TYPE, Receive, Scope, Send, read_body, refuse_codings
+from infermodes.http import (
+    ERROR_MEDIA_TYPE,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    refuse_codings,
+    repeated_header,
+)
 from infermodes.metrics import GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -74,7 +82,7 @@ def refuse_repeats(headers: Sequence[tuple[bytes, bytes]]) -> None:
         if name in FORWARDED and name != b"accept":
             if name in seen:
                 count = sum(1 for other, _ in headers if other == name)
-                raise ValidationError(f"{name.decode()} was given {count} times; send it once")
+                raise ValidationError(repeated_header(name.decode(), count))
             seen.add(name)
 
 
