@@ -153,9 +153,12 @@ def test_the_registry_kills_only_processes_whose_start_time_matches(tmp_path: Pa
     assert Registry(tmp_path / "missing.json").kill_orphans() == []
 
 
-def test_the_children_of_an_up_that_still_runs_are_left_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gone", ["another process has its PID", "killed, not yet reaped"])
+def test_the_children_of_an_up_that_still_runs_are_left_alone(tmp_path: Path, gone: str) -> None:
     """A copy of a live state dir names the live ``up``'s children: starting ``up`` on it
-    SIGKILLed them. Only when the recording ``up`` is gone are they orphans."""
+    SIGKILLed them. Only when the recording ``up`` is gone are they orphans: its PID another
+    process's, or a SIGKILLed ``up`` its parent has not reaped yet (a zombie: it was taken for
+    a live one, and its children were left running beside the restarted ``up``'s)."""
     owner = subprocess.Popen(["sleep", "60"])
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own
     try:
@@ -165,32 +168,16 @@ def test_the_children_of_an_up_that_still_runs_are_left_alone(tmp_path: Path) ->
         path.write_text(json.dumps({"owner": live, "children": [entry]}))
         assert Registry(path).kill_orphans() == []
         assert child.poll() is None and not path.exists()
-        gone = {"pid": owner.pid, "start": "1"}  # that PID is another process now
-        path.write_text(json.dumps({"owner": gone, "children": [entry]}))
-        assert Registry(path).kill_orphans() == ["x/server-0"]
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        for process in (owner, child):
-            process.kill()
-            process.wait()
-
-
-def test_the_children_of_an_up_killed_but_not_yet_reaped_are_orphans(tmp_path: Path) -> None:
-    """A SIGKILLed ``up`` stays a zombie until its parent reaps it: it was taken for a live
-    one, and its children were left running beside the restarted ``up``'s."""
-    owner = subprocess.Popen(["sleep", "60"])
-    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    try:
-        started = start_time(owner.pid)
-        owner.kill()  # not waited for: a zombie
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-            assert time.monotonic() < deadline, "the killed owner never became a zombie"
-            time.sleep(0.01)
-        path = tmp_path / "children.json"
-        entry = {"key": "x/server-0", "pid": child.pid, "start": start_time(child.pid)}
-        path.write_text(json.dumps({"owner": {"pid": owner.pid, "start": started},
-                                    "children": [entry]}))  # fmt: skip
+        if gone == "another process has its PID":
+            recorded = {"pid": owner.pid, "start": "1"}
+        else:
+            recorded = live
+            owner.kill()  # not waited for: a zombie
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline, "the killed owner never became a zombie"
+                time.sleep(0.01)
+        path.write_text(json.dumps({"owner": recorded, "children": [entry]}))
         assert Registry(path).kill_orphans() == ["x/server-0"]
         assert child.wait(10) == -signal.SIGKILL
     finally:
