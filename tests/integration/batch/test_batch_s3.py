@@ -167,7 +167,8 @@ def test_a_new_job_writes_over_an_earlier_jobs_outputs_on_s3(
 ) -> None:
     """S3's times come in whole seconds: the job's start (its marker's time) and the outputs'
     are both the store's, so an earlier job's outputs are written over whatever the clocks
-    of the machines running the instances say; both instances find the one marker."""
+    of the machines running the instances say; both instances find the one marker, and plan
+    from the one input listing the first stored."""
     for run_id, seed in (("job-1", 60), ("job-2", 70)):
         texts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 200, seed + i))
                  for i in range(3)}  # fmt: skip
@@ -183,5 +184,7 @@ def test_a_new_job_writes_over_an_earlier_jobs_outputs_on_s3(
                 scores_of(get(seaweedfs, bucket, f"out/{name}.out")),
                 expected_scores(booster, text),
             )
+    # one marker and one input listing per job, though both instances started at once
     assert keys(seaweedfs, bucket, "out/_infermodes-batch/run-") == [
-        "out/_infermodes-batch/run-job-1", "out/_infermodes-batch/run-job-2"]  # fmt: skip
+        f"out/_infermodes-batch/run-job-{n}{kind}" for n in (1, 2) for kind in ("", ".inputs.json")
+    ]
