@@ -36,6 +36,7 @@ from infermodes.endpoints.status import (
     NAME_IN_USE,
     QueueFigures,
     Status,
+    update_blocked,
     with_estimated_age,
 )
 from infermodes.metrics import (
@@ -86,7 +87,9 @@ def pool_figures(spec: s.EndpointSpec, signals: Signals) -> PoolFigures:
     if figures is None:
         return PoolFigures(None)
     workload = signals.workload
-    pool = max(workload.replicas if workload.exists else 0, len(running_pods(signals.pods)))
+    # its replicas, not its running pods: a rollout's surge pod, loading its model, cannot say
+    # what it holds, and the decision shrinks nothing below the replicas anyway
+    pool = workload.replicas if workload.exists else 0
     held = pool_in_flight(
         async_block(spec),
         figures.ready,
@@ -199,7 +202,9 @@ def desired_objects(
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``InService`` while the queue accepts work, also at zero workers; the reason says how
     the pool stands (``Idle``, ``Processing``; ``BrokerUnreadable`` and ``InFlightUnknown``:
-    the pool is not scaled in, and the message says why)."""
+    the pool is not scaled in, and the message says why). Workers that cannot run make it
+    ``Failed`` only while none serves: a new spec's, beside old ones that consume, leave it
+    ``Updating`` (as a realtime endpoint's), added ones ``InService``, the reason saying why."""
     workload = signals.workload
     held = signals.name_held_by() is not None
     read = PoolFigures(None) if held else pool_figures(spec, signals)  # not its own queue
@@ -213,8 +218,14 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             "name's queue (one RabbitMQ queue per name): this one runs no workers until it "
             "holds the name alone; rename one of them",
         )
-    elif problem is not None:
+    elif problem is not None and workload.ready == 0:
         status = workload.status(s.Phase.FAILED, problem[0], problem[1])
+    elif problem is not None and not workload.rolled_out:  # the new spec's workers cannot run
+        message = update_blocked(problem[1], workload.ready)  # the old ones consume: Updating,
+        status = workload.status(s.Phase.UPDATING, problem[0], message)  # as realtime's
+    elif problem is not None:  # workers added to a serving pool cannot run (a scale-out)
+        message = f"{problem[1]}; {workload.ready}/{workload.replicas} workers serve"
+        status = workload.status(s.Phase.IN_SERVICE, problem[0], message)
     elif not workload.exists:
         status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")
     elif figures is None:

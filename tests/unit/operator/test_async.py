@@ -553,3 +553,53 @@ def test_async_names_are_listed_once_per_interval_and_only_async_endpoints_count
     assert names.holders("x") == []  # none left: an empty listing is a listing
     never = AsyncNames(ListingKube(KubeError("forbidden")), lambda: 0.0)  # type: ignore[arg-type]
     assert never.holders("x") is None
+
+
+def test_workers_that_cannot_run_beside_ones_that_serve_do_not_fail_the_endpoint() -> None:
+    """A spec whose model cannot load, rolling out beside old workers that consume, and a
+    scale-out whose pods cannot start (a deleted Secret) left a serving pool ``Failed``: the
+    platform API said so, and Warning Events told of an outage while every request was
+    processed. ``Updating`` (as a realtime endpoint's update that cannot roll out) and
+    ``InService``, the reason and message saying why; ``Failed`` once none serves."""
+    exits = {"restartCount": 2, "state": {"running": {}},
+             "lastState": {"terminated": {"exitCode": 3, "message": "no such object"}}}  # fmt: skip
+    new = pod("new", "127.0.0.2", ready=False)
+    new["status"]["containerStatuses"] = [exits]
+    pods = [pod("old", "127.0.0.1"), new]
+    rolling = WorkloadState(True, 1, 1, 1, False)
+    status = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), None)
+    assert (status.phase, status.reason) == (s.Phase.UPDATING, "ModelLoadFailed")
+    assert "1 replica(s) of the previous spec still serve" in status.message, status.message
+    assert status.backlog == QueueFigures(3, 1)
+    stuck = pod("added", "", phase="Pending", state="waiting", ready=False)
+    stuck["status"]["containerStatuses"] = [
+        {"state": {"waiting": {"reason": "CreateContainerConfigError",
+                               "message": 'secret "rabbit" not found'}}}
+    ]  # fmt: skip
+    scaled = WorkloadState(True, 2, 1, 2, True)
+    status = async_.observe(SPEC, signals(scaled, QueueFigures(9, 1), [pod("old", "127.0.0.1"),
+                                                                     stuck]), None)  # fmt: skip
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "ContainerCannotRun")
+    assert status.message.endswith("; 1/2 workers serve"), status.message
+    alone = WorkloadState(True, 1, 0, 1, False)
+    status = async_.observe(SPEC, signals(alone, QueueFigures(3, 0), [new]), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ModelLoadFailed")
+
+
+def test_a_rollouts_surge_worker_is_not_asked_while_the_backlog_keeps_the_pool() -> None:
+    """At its replicas' worth of backlog, a pool rolling out has one pod more (the surge),
+    loading its model and not answering: it was asked, made the in-flight count unknown, and
+    blanked the backlog and warned for as long as the model took to load."""
+    asked: list[tuple[str, ...]] = []
+
+    def fetch(ips: tuple[str, ...], port: int) -> dict[str, str | None]:
+        asked.append(ips)
+        return dict.fromkeys(ips)
+
+    two = WorkloadState(True, 2, 2, 1, False)
+    pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2"), pod("surge", "127.0.0.3", ready=False)]
+    figures = QueueFigures(5, 2, oldest_age=1.0)  # the broker's age: no worker asked for it
+    observed = dataclasses.replace(signals(two, figures, pods), fetch_metrics=fetch)
+    status = async_.observe(SPEC, observed, None)  # 7 at 4 each: 2, the replicas
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "Processing")
+    assert asked == [] and status.backlog == figures
