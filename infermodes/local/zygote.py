@@ -31,7 +31,9 @@ log = logging.getLogger("infermodes.local")
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 READY = "ready"
-SPAWN_TIMEOUT_SECONDS = 5.0  # a fork takes milliseconds; beyond this the zygote is stuck
+# a fork takes milliseconds; beyond this the zygote is stuck (stopped, say), and up's loop,
+# which waits for its answer, serves no other request meanwhile: it froze the gateway for 5 s
+SPAWN_TIMEOUT_SECONDS = 1.0
 IMPORT_WAIT_SECONDS = 10.0  # servers wait this long for its imports, then start by exec
 
 

@@ -28,6 +28,7 @@ from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
 from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
+from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
 from infermodes.queueing.broker import Backlog
 
@@ -588,3 +589,19 @@ def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_back
     fresh = supervisor.endpoints[name]
     supervisor._set_status(fresh)  # applied by hand: its own status, not the old failure
     assert fresh.status.phase.value == "InService"
+
+
+def test_a_zygote_that_does_not_answer_is_stopped_and_servers_start_by_exec() -> None:
+    """A stuck zygote (SIGSTOPped, say) held up's loop, and with it the gateway, while it
+    waited for the PID: it gives up (after SPAWN_TIMEOUT_SECONDS) and stops the zygote."""
+    zygote = Zygote()
+    zygote.proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+    zygote.ready = True  # its imports done: it takes requests, and answers none
+    try:
+        assert zygote.spawn({}, "/dev/null") is None
+        assert zygote.proc is None  # stopped: the next servers start by exec
+    finally:
+        if zygote.proc is not None:
+            zygote.proc.kill()
+            zygote.proc.wait()
