@@ -145,6 +145,18 @@ def lies_under(uri: str, base: str) -> bool:
     return not dotted and uri.startswith(base.rstrip("/") + "/")
 
 
+def prefix_within(prefix: str, folder: str) -> bool:
+    """Whether all a listing of ``prefix`` finds lies under ``folder``, or it is ``folder``
+    itself: an S3 prefix is a prefix of keys as written (``s3://b/data`` lists ``data-2024/``
+    too), a file:// one (or a path) a folder. False when either names no storage."""
+    try:
+        given, outer = parse_uri(prefix), parse_uri(folder)
+    except StorageError:
+        return False
+    listed = given.uri if given.scheme == "s3" else given.uri.rstrip("/") + "/"
+    return listed.startswith(outer.uri.rstrip("/") + "/") or listed == outer.uri
+
+
 def folder_uri(path: str) -> str | None:
     """A folder path as normalised URIs spell what lies in it (ending in '/'); None when it is
     not a storage URI."""

@@ -31,7 +31,7 @@ from infermodes.destinations import (
     WEBHOOK_PATTERN,
     literal_refusal,
 )
-from infermodes.errors import StorageError, shown
+from infermodes.errors import shown
 from infermodes.jsonpath import JsonPath
 from infermodes.settings import (
     CONTROL,
@@ -53,7 +53,7 @@ from infermodes.settings import (
     check_batch_payload,
     check_batch_processing,
 )
-from infermodes.storage import parse_uri
+from infermodes.storage import prefix_within
 
 GROUP = "infermodes.dev"
 VERSION = "v1alpha1"
@@ -375,16 +375,9 @@ class DataProcessing(SpecBlock):
 def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> None:
     """An input prefix that is the output prefix's folder or lies inside it leaves no input
     (what lies under the output is never read as input, so the instances find none and the
-    job fails): refused with the spec. An S3 input prefix is a prefix of keys as written
-    (``s3://b/data`` lists ``data-2024/`` too); a file:// one is a folder."""
-    if data_type != "S3Prefix":
-        return
-    try:
-        given, output = parse_uri(input_uri), parse_uri(output_uri)
-    except StorageError:
-        return  # the fields' own patterns name what is wrong with either
-    inputs = given.uri if given.scheme == "s3" else given.uri.rstrip("/") + "/"
-    if inputs.startswith(output.uri.rstrip("/") + "/") or inputs == output.uri:
+    job fails): refused with the spec (``storage.prefix_within``; a URI that names no storage
+    is the field's own pattern's to refuse)."""
+    if data_type == "S3Prefix" and prefix_within(input_uri, output_uri):
         raise ValueError(
             "the input prefix lies inside output.uri (or is it): what lies under the output is "
             "never read as input, so no input would be left; give the outputs a prefix of "

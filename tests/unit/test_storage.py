@@ -17,6 +17,7 @@ from infermodes.storage import (
     join_uri,
     object_mode,
     parse_uri,
+    prefix_within,
     write_local,
 )
 
@@ -440,3 +441,18 @@ def test_a_file_the_file_system_refuses_is_storage_refused(
             with pytest.raises(kind) as raised:
                 storage.get_bytes(uri)
         assert type(raised.value) is kind and os.strerror(code) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "folder", "within"),
+    [("s3://b/out", "s3://b/out", True), ("s3://b/out/in", "s3://b/out", True),
+     ("s3://b/out-in", "s3://b/out", False),  # a sibling: a key prefix as written
+     ("s3://b/data", "s3://b/data/out", False), ("file:///d/in/", "file:///d", True),
+     ("/d/in", "file:///d/", True), ("file:///d/input", "file:///d/in", False),
+     ("ftp://x/y", "s3://b", False)],
+)  # fmt: skip
+def test_a_prefix_lies_within_a_folder_as_listings_read_it(
+    prefix: str, folder: str, within: bool
+) -> None:
+    """The batch spec's refusal and the batch CLI's message ask the same question."""
+    assert prefix_within(prefix, folder) is within

@@ -45,7 +45,7 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics, serve_metrics
 from infermodes.predict.model import XGBoostModel
-from infermodes.storage import CHUNK_SIZE, Storage, parse_uri
+from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.summary import Failure, Summary
@@ -399,14 +399,12 @@ def no_inputs(settings: BatchSettings) -> str:
     if settings.input_data_type == "ManifestFile":
         return f"the manifest {settings.input_uri} lists no input object"
     found = f"no input objects under {settings.input_uri}"
-    inputs = settings.input_uri.rstrip("/") + "/"
-    outputs = settings.output_uri.rstrip("/") + "/"
-    if inputs.startswith(outputs):  # as the spec refuses it (``check_batch_locations``)
+    if prefix_within(settings.input_uri, settings.output_uri):  # as the spec refuses it
         found += (
             f": the input prefix lies inside the output prefix {settings.output_uri} (or is "
             "it), whose objects are never inputs; give the outputs a prefix of their own"
         )
-    elif outputs.startswith(inputs):
+    elif prefix_within(settings.output_uri, settings.input_uri):
         found += f" (objects under the output prefix {settings.output_uri} are not inputs)"
     return found
 
