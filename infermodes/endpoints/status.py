@@ -239,21 +239,16 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
         failed = f"instance {summary.get('index')}: {count} unit(s) failed"
         reason = f"{failed} (see its summary under the output prefix)"
         failures.append({"object": None, "line": None, "reason": reason, "units": count})
-    found = Progress(
-        int(units.get("assigned", 0)),
-        int(units.get("succeeded", 0)) + int(units.get("skipped", 0)),
-        int(units.get("failed", 0)),
-        int(summary.get("records", 0)),
-    )
-    return found, failures
+    return units_progress({**units, "records": summary.get("records", 0)}), failures
 
 
 def add_progress(a: Progress, b: Progress) -> Progress:
     return Progress(a.total + b.total, a.done + b.done, a.failed + b.failed, a.records + b.records)
 
 
-def running_progress(units: Mapping[str, float]) -> Progress:
-    """A running instance's progress from its metrics (``metrics.parse_batch_units``)."""
+def units_progress(units: Mapping[str, Any]) -> Progress:
+    """An instance's progress from its unit counts and records: a running one's metrics
+    (``metrics.parse_batch_units``), or an ended one's summary."""
     return Progress(
         int(units.get("assigned", 0)),
         int(units.get("succeeded", 0) + units.get("skipped", 0)),

@@ -59,8 +59,8 @@ from infermodes.endpoints.status import (
     load_error,
     record_queue,
     rfc3339,
-    running_progress,
     summary_progress,
+    units_progress,
     update_blocked,
     with_estimated_age,
 )
@@ -853,7 +853,7 @@ class Supervisor:
             if not path.exists():
                 text = texts.get(f"{name}/instance-{index}")
                 if text is not None:  # running: what it has done so far
-                    found = add_progress(found, running_progress(parse_batch_units(text)))
+                    found = add_progress(found, units_progress(parse_batch_units(text)))
                 continue
             try:
                 summary = json.loads(path.read_text())

@@ -28,8 +28,8 @@ from infermodes.endpoints.status import (
     add_progress,
     batch_failure_reason,
     describe_failures,
-    running_progress,
     summary_progress,
+    units_progress,
 )
 from infermodes.errors import (
     EXIT_CANNOT_START,
@@ -156,7 +156,7 @@ def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     for _, ip in running:
         text = texts.get(ip)
         if text is not None:
-            found = add_progress(found, running_progress(parse_batch_units(text)))
+            found = add_progress(found, units_progress(parse_batch_units(text)))
     return found, failures
 
 
