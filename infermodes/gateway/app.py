@@ -75,7 +75,9 @@ class Gateway:
         self.draining = False
         keys = parse_keys(settings.access_keys.get_secret_value())
         self.verifier = Verifier(keys) if keys else None
-        self.loopback_only = loopback_only(settings.host)
+        # open and on loopback only: a web page must not use it (with keys, a page can sign
+        # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
+        self.guard_callers = self.verifier is None and loopback_only(settings.host)
         # a signed body is read whole before routing: at most what its route takes
         self.invocation_limit = max(
             settings.realtime_max_payload_bytes, settings.serverless_max_payload_bytes
@@ -121,10 +123,7 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # an open gateway on loopback only; with keys, a page can sign nothing (and a local
-        # proxy in front of a gateway with keys forwards its clients' Host for the signature)
-        open_locally = self.loopback_only and self.verifier is None
-        if open_locally and scope["type"] == "http" and await refused_caller(scope, send):
+        if self.guard_callers and scope["type"] == "http" and await refused_caller(scope, send):
             return
         if self.verifier is not None and scope["type"] == "http":
             limit = self.body_limit(scope["path"])

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
@@ -73,22 +73,12 @@ REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the p
 MAX_ORIGINAL_MESSAGE = 1000
 
 
-def refuse_repeats(headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """400 for a header of one value given twice (the model server would refuse it, and the
-    gateway pass that on as the model's error): forwarding either would be a guess. Several
-    Accepts are one list, as HTTP has it."""
+def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """400, in one pass over the headers, for a request that asks for a model, container or
+    component other than the endpoint's one, or for an explanation; and for a header of one
+    value given twice (the model server would refuse it, and the gateway pass that on as the
+    model's error): forwarding either would be a guess. Several Accepts are one list."""
     seen: set[bytes] = set()
-    for name, _ in headers:
-        if name in FORWARDED and name != b"accept":
-            if name in seen:
-                count = sum(1 for other, _ in headers if other == name)
-                raise ValidationError(repeated_header(name.decode(), count))
-            seen.add(name)
-
-
-def refuse_targets(headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """400 for a request that asks for a model, container or component other than the
-    endpoint's one, or for an explanation."""
     for name, _ in headers:
         asked = UNSUPPORTED_TARGETS.get(name)
         if asked is not None:
@@ -96,6 +86,11 @@ def refuse_targets(headers: Iterable[tuple[bytes, bytes]]) -> None:
                 f"{asked} is not supported: an endpoint serves one model; send no "
                 f"{name.decode()} header"
             )
+        if name in FORWARDED and name != b"accept":
+            if name in seen:
+                count = sum(1 for other, _ in headers if other == name)
+                raise ValidationError(repeated_header(name.decode(), count))
+            seen.add(name)
 
 
 def is_invocation(path: str) -> bool:
@@ -254,8 +249,7 @@ class Proxy:
         # refused here as the model server refuses them: the replica is sent neither header
         # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
         refuse_codings(scope["headers"])
-        refuse_targets(scope["headers"])
-        refuse_repeats(scope["headers"])
+        refuse_headers(scope["headers"])
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes

@@ -48,16 +48,16 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
 
     @router.get("/notifications")
-    async def notifications(topic: str = "#", after: str = "0") -> JSONResponse:
+    async def notifications(topic: str = "#", after: str = "0") -> Response:
         """Async notifications after id ``after`` whose routing key (``<endpoint>.success`` or
         ``<endpoint>.error``) matches the topic pattern, oldest first (at most
         ``NOTIFICATIONS_PER_CALL``: ask again after the last id for more)."""
         if tail is None:
             message = "up uses RabbitMQ: bind a queue to its notification exchange instead"
-            return JSONResponse({"error": "NotEmbedded", "message": message}, 400)
-        if not after.isascii() or not after.isdigit():  # the error shape of every other answer
+            return error("NotEmbedded", message, 400)
+        if not after.isascii() or not after.isdigit():
             message = f"after must be a notification id (a whole number >= 0), not {after[:40]!r}"
-            return JSONResponse({"error": "ValidationError", "message": message}, 400)
+            return error("ValidationError", message, 400)
         # past the largest id: nothing comes after it (it was a 500: SQLite's overflow, or
         # int()'s refusal past 4,300 digits)
         digits = after.lstrip("0") or "0"  # 0001 is 1
