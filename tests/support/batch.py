@@ -1,4 +1,5 @@
-"""Run ``infermodes batch`` as real processes and check its outputs against the booster."""
+"""Run ``infermodes batch`` as real processes (or its runner in this process) and check its
+outputs against the booster."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
+from infermodes.metrics import BatchMetrics
+from infermodes.predict.model import XGBoostModel
+from infermodes.settings import BatchSettings
+from infermodes.storage import Storage
+from infermodes.workers.batch.runner import Runner
+from infermodes.workers.batch.summary import Summary
 from tests.support.processes import INFERMODES, REPO
 
 FAULTS = REPO / "tests/support/faults"
@@ -23,6 +31,22 @@ class Finished:
 
     def summary_line(self) -> str:
         return self.log.strip().splitlines()[-1] if self.log.strip() else ""
+
+
+def run_in_process(
+    model: Path, folder: Path, storage: Storage, registry: CollectorRegistry, **settings: object
+) -> Summary:
+    """The batch runner over ``folder``/in into ``folder``/out in this process, as one instance
+    runs it (``settings`` more of its settings), its metrics in ``registry``."""
+    batch = BatchSettings(
+        model_uri=str(model),
+        input_uri=str(folder / "in"),
+        output_uri=str(folder / "out"),
+        metrics_port=0,
+        **settings,  # the settings' own fields, checked as they load
+    )
+    loaded = XGBoostModel.load(batch.model_uri)
+    return Runner(batch, storage, loaded, BatchMetrics(registry)).run()
 
 
 def batch_command(model: Path, input_uri: str, output_uri: str, *args: str) -> list[str]:

@@ -8,14 +8,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.metrics import BatchMetrics
-from infermodes.predict.model import XGBoostModel
-from infermodes.settings import BatchSettings
 from infermodes.storage import Storage
 from infermodes.workers.batch.records import MIB, pack_lines
-from infermodes.workers.batch.runner import Runner
 from tests.conftest import AbaloneModel
-from tests.support.batch import csv_text, sample_rows
+from tests.support.batch import csv_text, run_in_process, sample_rows
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -36,16 +32,9 @@ def test_rows_units_minibatches_and_predict_latency_are_counted(
     minibatches = len(list(pack_lines(iter([csv_text(rows)]), MIB)))
     assert minibatches > 1
     (tmp_path / "in/b.csv").write_bytes(csv_text(rows[:10]) + b"1,2,3\n")
-    settings = BatchSettings(
-        model_uri=str(abalone_model.tarball),
-        input_uri=str(tmp_path / "in"),
-        output_uri=str(tmp_path / "out"),
-        max_payload_in_mb=1,
-        metrics_port=0,
-    )
     registry = CollectorRegistry()
-    model = XGBoostModel.load(settings.model_uri)
-    summary = Runner(settings, Storage(), model, BatchMetrics(registry)).run()
+    summary = run_in_process(abalone_model.tarball, tmp_path, Storage(), registry,
+                             max_payload_in_mb=1)  # fmt: skip
     assert summary.records == 30_000
     found = samples(registry)
     assert found["infermodes_model_rows_predicted_total", ()] == 30_000

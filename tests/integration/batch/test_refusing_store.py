@@ -10,13 +10,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import StorageError
-from infermodes.metrics import BatchMetrics
-from infermodes.predict.model import XGBoostModel
-from infermodes.settings import BatchSettings
 from infermodes.storage import Storage
-from infermodes.workers.batch.runner import Runner
 from tests.conftest import AbaloneModel
-from tests.support.batch import csv_text, sample_rows
+from tests.support.batch import csv_text, run_in_process, sample_rows
 
 
 class RefusingDeletes(Storage):
@@ -36,18 +32,9 @@ def test_a_failed_range_whose_parts_cannot_be_removed_still_ends_in_a_summary(
     (tmp_path / "in").mkdir()
     bad = b"1,2,3\n"  # first and last: whichever range this instance has fails
     (tmp_path / "in/a.csv").write_bytes(bad + csv_text(rows) + bad)
-    settings = BatchSettings(
-        model_uri=str(abalone_model.tarball),
-        input_uri=str(tmp_path / "in"),
-        output_uri=str(tmp_path / "out"),
-        instance_index=0,
-        instance_count=2,
-        split_min_bytes=1,
-        metrics_port=0,
-    )
     storage = RefusingDeletes()
-    model = XGBoostModel.load(settings.model_uri)
-    summary = Runner(settings, storage, model, BatchMetrics(CollectorRegistry())).run()
+    summary = run_in_process(abalone_model.tarball, tmp_path, storage, CollectorRegistry(),
+                             instance_index=0, instance_count=2, split_min_bytes=1)  # fmt: skip
     assert summary.state == "Failed"
     assert [(f.object, f.line) for f in summary.failures] == [
         (f"file://{tmp_path}/in/a.csv", len(rows) + 2)  # the larger range, the second, is ours
