@@ -3,6 +3,10 @@
 # The exit code of `infermodes serve` and `infermodes worker` when the model cannot be loaded:
 # their supervisors stop instead of restarting, and the operator reports ModelLoadFailed.
 EXIT_MODEL_LOAD_FAILED = 3
+# The exit code of `infermodes worker` when the broker refused its login for a while (a wrong
+# user, password or vhost): a container reads its env at start, so only a restart can use a
+# mended broker Secret; the operator reports BrokerLoginRefused.
+EXIT_BROKER_LOGIN_REFUSED = 5
 # The exit codes of `infermodes batch` that its Job must not retry, and the one of a stop.
 EXIT_CANNOT_START = 2  # no listing, a bad manifest or filter
 EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not help
@@ -79,6 +83,10 @@ class BrokerUnavailable(InfermodesError):
     """The message broker did not confirm a message: the request was not accepted."""
 
     status_code = 503
+
+
+class BrokerLoginRefused(BrokerUnavailable):
+    """The broker refused every login with the URL for ``LOGIN_REFUSED_EXIT_SECONDS``."""
 
 
 class InvocationTimeout(InfermodesError):

@@ -16,6 +16,7 @@ BROKER_UNREADABLE = "BrokerUnreadable"  # an async endpoint's reason while its q
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 CONTAINER_CANNOT_RUN = "ContainerCannotRun"  # a missing Secret, an image that cannot be pulled
 CONTAINER_CRASHING = "ContainerCrashing"
+BROKER_LOGIN_REFUSED = "BrokerLoginRefused"  # async workers the broker Secret's URL cannot log in
 FAILED_CREATE = "FailedCreate"  # the API refuses the pods: a quota, a Pod Security level
 UNSCHEDULABLE = "Unschedulable"  # no node has room for them
 IN_FLIGHT_UNKNOWN = "InFlightUnknown"  # an async pool whose workers cannot say what they hold
@@ -30,7 +31,7 @@ ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoin
 # an update that cannot roll out: the spec before it serves (``Updating``), and a new update
 # may replace it, as the platform lets one follow an update that failed and rolled back
 UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING,
-                             APPLY_REFUSED, ACTUATION_FAILED})  # fmt: skip
+                             BROKER_LOGIN_REFUSED, APPLY_REFUSED, ACTUATION_FAILED})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from infermodes.endpoints.spec import Phase
 from infermodes.endpoints.status import (
+    BROKER_LOGIN_REFUSED,
     CONTAINER_CANNOT_RUN,
     CONTAINER_CRASHING,
     FAILED_CREATE,
@@ -16,7 +17,7 @@ from infermodes.endpoints.status import (
     load_error,
     update_blocked,
 )
-from infermodes.errors import EXIT_MODEL_LOAD_FAILED
+from infermodes.errors import EXIT_BROKER_LOGIN_REFUSED, EXIT_MODEL_LOAD_FAILED
 
 CANNOT_RUN_REASONS = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
@@ -151,6 +152,12 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
         # running: a worker restarted to try again runs a moment before it exits 3 again
         if pod.exit_code == EXIT_MODEL_LOAD_FAILED and not pod.ready:
             return MODEL_LOAD_FAILED, f"model cannot be loaded: {load_error(pod.message)}"
+        if pod.exit_code == EXIT_BROKER_LOGIN_REFUSED and not pod.ready:
+            return BROKER_LOGIN_REFUSED, (
+                f"the broker refused the login of worker {pod.name} (a wrong user, password or "
+                "vhost in the broker Secret's URL); once the Secret is mended, the restarted "
+                "workers read it"
+            )
         if pod.waiting_reason in CANNOT_RUN_REASONS:
             return CONTAINER_CANNOT_RUN, f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
         alive = pod.ready or (ready_needs_broker and pod.running)

@@ -75,7 +75,8 @@ class Publisher(Protocol):
 
 class Consumer(Protocol):
     """Feeds one endpoint's deliveries to a handler, ``concurrency`` at a time, settling each
-    as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight.
+    as the handler says; ``run`` returns once ``stop`` was called and nothing is in flight,
+    or raises BrokerLoginRefused when the broker keeps refusing its login (nothing in flight).
     ``stopping`` is set by ``stop`` (handlers cut their back-off waits short on it);
     ``consuming`` is set while the consumer takes deliveries (subscribed on a live connection),
     cleared when the broker is lost or at ``stop`` (the worker's readiness);

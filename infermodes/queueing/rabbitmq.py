@@ -37,7 +37,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from infermodes.errors import BrokerUnavailable, BrokerUrlError
+from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
@@ -71,6 +71,9 @@ CURRENT_DELIVERY_LIMIT = re.compile(r" current is (?:the value )?(?:'(-?\d+)'|no
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
+# A consumer whose every login the broker refused for this long gives up (BrokerLoginRefused):
+# long enough for a broker that refuses while it starts (its users, its vhost not yet there)
+LOGIN_REFUSED_EXIT_SECONDS = 15.0
 
 T = TypeVar("T")
 
@@ -436,6 +439,21 @@ class _Held:
     count: int = 0
 
 
+def refused_login_since(exc: BaseException, since: float | None) -> float | None:
+    """When the broker began refusing every login (None: this failure is no refusal); raises
+    BrokerLoginRefused once that is ``LOGIN_REFUSED_EXIT_SECONDS`` ago."""
+    if not isinstance(exc, REFUSED_LOGIN_ERRORS):
+        return None
+    now = time.monotonic()
+    since = now if since is None else since
+    if now - since >= LOGIN_REFUSED_EXIT_SECONDS:
+        raise BrokerLoginRefused(
+            f"the broker refused every login for {now - since:.0f} s ({type(exc).__name__}: "
+            f"{exc}): a wrong user, password or vhost in the broker URL"
+        ) from None
+    return since
+
+
 class RabbitConsumer:
     """The consumer loop of one endpoint's queue. pika's blocking connection is
     single-threaded, so it runs on the calling thread, hands each delivery to a pool thread
@@ -482,20 +500,27 @@ class RabbitConsumer:
             self.on_in_flight(-count)
 
     def run(self, handle: Handler) -> None:
-        while not self.stopping.is_set():  # a stop during a reconnect's back-off takes nothing
-            try:
-                self._consume(handle)
-                break
-            except BROKER_ERRORS as exc:
-                if self.stopping.is_set():
-                    log.warning(
-                        "broker lost while stopping (%s); in-flight work is redelivered", exc
-                    )
+        """Consumes until ``stop``; raises BrokerLoginRefused when the broker refused every
+        login for ``LOGIN_REFUSED_EXIT_SECONDS``: the URL is wrong, and retrying it cannot
+        mend it (the caller exits, and a restart reads the URL again)."""
+        refused_since: float | None = None
+        try:
+            while not self.stopping.is_set():  # a stop during a back-off takes nothing
+                try:
+                    self._consume(handle)
                     break
-                self.outage.failed(exc, f"; reconnecting in {self._delay:.1f} s")
-                self.stopping.wait(self._delay)
-                self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
-        self._pool.shutdown(wait=True)
+                except BROKER_ERRORS as exc:
+                    if self.stopping.is_set():
+                        log.warning(
+                            "broker lost while stopping (%s); in-flight work is redelivered", exc
+                        )
+                        break
+                    refused_since = refused_login_since(exc, refused_since)
+                    self.outage.failed(exc, f"; reconnecting in {self._delay:.1f} s")
+                    self.stopping.wait(self._delay)
+                    self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
+        finally:
+            self._pool.shutdown(wait=True)
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)

@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Protocol
 from prometheus_client import CollectorRegistry
 
 from infermodes.errors import (
+    EXIT_BROKER_LOGIN_REFUSED,
     EXIT_CANNOT_START,
     EXIT_MODEL_LOAD_FAILED,
+    BrokerLoginRefused,
     BrokerUnavailable,
     BrokerUrlError,
     ModelLoadError,
@@ -631,6 +633,10 @@ def run(settings: WorkerSettings) -> int:
             settings.metrics_host,
             settings.metrics_port,
         )
-    consumer.run(handle)
+    try:
+        consumer.run(handle)
+    except BrokerLoginRefused as exc:
+        log.error("%s; exiting, so that a restart reads the broker URL again", exc)
+        return EXIT_BROKER_LOGIN_REFUSED
     log.info("stopped")
     return 0

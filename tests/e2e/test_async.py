@@ -370,8 +370,9 @@ def test_a_rollout_whose_workers_the_broker_refuses_leaves_the_old_workers_servi
 ) -> None:  # fmt: skip
     """A worker is ready only while it consumes its queue: after the broker Secret is edited
     to a wrong password, the rollout of an edit never replaces the worker that serves (its
-    successor loads its model, is refused by the broker and stays not ready), and the
-    password is in no log."""
+    successor loads its model, is refused by the broker, stays not ready, then exits for a
+    restart to read the Secret again: the endpoint says ``Updating``, ``BrokerLoginRefused``),
+    the password is in no log, and once the Secret is mended the rollout completes by itself."""
     manifest = async_manifest("refused", model_uri, tmp_path, minReplicas=1, maxReplicas=1)
     _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
     (serving,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "refused")]
@@ -400,11 +401,33 @@ def test_a_rollout_whose_workers_the_broker_refuses_leaves_the_old_workers_servi
     assert ready_workers(tools, k8s_namespace, "refused") == 1  # the old one only
     new = successor()
     assert new is not None
-    said = lambda: get_endpoint(tools.cluster.api, k8s_namespace, "refused")["status"]  # noqa: E731
-    wait_until(lambda: f"not ready: {new} (" in said().get("message", ""), 60,
-               "the status to name the worker that does not consume")  # fmt: skip
+    status = wait_phase(
+        tools.cluster.api,
+        k8s_namespace,
+        "refused",
+        "Updating",
+        120,
+        also=lambda ie: ie["status"].get("reason") == "BrokerLoginRefused",
+    )
+    assert f"worker {new} " in status["status"]["message"], status["status"]
     assert password not in tools.cluster.pod_log(k8s_namespace, new)
     assert password not in tools.cluster.namespace_logs(k8s_namespace)
+    tools.cluster.api.merge_patch(secret, {"stringData": {"url": broker.amqp_url}})
+    wait_phase(
+        tools.cluster.api,
+        k8s_namespace,
+        "refused",
+        "InService",
+        180,
+        also=lambda ie: (
+            serving
+            not in [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "refused")]
+        ),
+    )
+    sent |= invoke_all(url, "refused", abalone_model.test_rows, 10)
+    wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
+               "the restarted worker to answer every request")  # fmt: skip
+    check_outputs(tmp_path, sent, abalone_model.booster())
 
 
 def test_an_async_name_held_in_another_namespace_runs_no_workers_until_it_is_free(

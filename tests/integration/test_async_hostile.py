@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,8 +22,15 @@ import numpy as np
 
 from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import Notifications, Plane, plane, running_api, to_csv
-from tests.support.processes import INFERMODES, free_port, wait_until
+from tests.support.async_plane import (
+    Notifications,
+    Plane,
+    plane,
+    running_api,
+    spawn_worker,
+    to_csv,
+)
+from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
 ID = "X-Amzn-SageMaker-Inference-Id"
@@ -404,6 +412,27 @@ def test_idle_connections_live_dropped_ones_reopen_quietly_and_back_off_starts_a
         assert "Traceback" not in log and " ERROR " not in log, log
     lost = [line for line in worker.log.splitlines() if "broker unreachable" in line]
     assert len(lost) == 2 and all(line.endswith("reconnecting in 0.5 s") for line in lost), lost
+
+
+def test_a_worker_whose_login_the_broker_refuses_exits_with_5_and_no_password_in_its_log(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A container reads its broker URL at start: a worker that kept retrying a refused login
+    would never see a mended Secret, so it gives up (code 5) for the kubelet to restart it."""
+    password = "not-the-password-of-guest"
+    wrong = rabbitmq.amqp_url.replace("guest:guest@", f"guest:{password}@")
+    assert wrong != rabbitmq.amqp_url
+    worker = spawn_worker(
+        rabbitmq, "refused", model_uri(abalone_model), tmp_path / "w.log", broker_url=wrong
+    )
+    try:
+        worker.proc.wait(timeout=90)
+    finally:
+        stop_process(worker.proc)
+    assert worker.proc.returncode == 5, worker.log
+    assert re.search(r"ERROR .*the broker refused every login for \d+ s", worker.log), worker.log
+    assert "exiting, so that a restart reads the broker URL again" in worker.log
+    assert password not in worker.log
 
 
 def test_the_help_says_what_the_code_does() -> None:

@@ -14,6 +14,7 @@ from unittest import mock
 import pika.exceptions
 import pytest
 
+from infermodes.errors import BrokerLoginRefused
 from infermodes.queueing import rabbitmq
 from infermodes.queueing.broker import Delivery, Settle
 from infermodes.queueing.rabbitmq import RabbitConsumer
@@ -152,3 +153,43 @@ def test_a_consumer_the_broker_cancels_is_not_ready_and_subscribes_again(
     assert connections[0].is_open is False  # closed: what it held is the broker's again
     assert readiness[:2] == [False, False]
     assert not consumer.consuming.is_set()  # stopped
+
+
+def test_a_login_refused_for_a_while_raises_and_anything_else_between_starts_the_count_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A consumer that retried a refused login forever never read a mended broker Secret (a
+    container reads it at start): after ``LOGIN_REFUSED_EXIT_SECONDS`` of refusals it raises,
+    for the worker to exit; a broker that answers otherwise in between (down, not refusing)
+    starts the count again."""
+    clock = [100.0]
+    monkeypatch.setattr(rabbitmq.time, "monotonic", lambda: clock[0])
+    refused = pika.exceptions.ProbableAuthenticationError("ACCESS_REFUSED")
+    down = pika.exceptions.AMQPConnectionError("connection refused")
+    since = rabbitmq.refused_login_since(refused, None)
+    assert since == 100.0
+    clock[0] += rabbitmq.LOGIN_REFUSED_EXIT_SECONDS - 1
+    assert rabbitmq.refused_login_since(refused, since) == 100.0
+    assert rabbitmq.refused_login_since(down, since) is None  # down: counted afresh after it
+    clock[0] += 1
+    with pytest.raises(BrokerLoginRefused, match="refused every login for 15 s"):
+        rabbitmq.refused_login_since(refused, since)
+
+
+def test_a_consumer_refused_at_every_login_gives_up_with_nothing_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[str] = []
+
+    def connect(url: str) -> FakeConnection:
+        attempts.append(url)
+        raise pika.exceptions.ProbableAccessDeniedError("ACCESS_REFUSED")
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    monkeypatch.setattr(rabbitmq, "LOGIN_REFUSED_EXIT_SECONDS", 0.05)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "refused", max_attempts=3, concurrency=1)
+    with pytest.raises(BrokerLoginRefused):
+        consumer.run(lambda _d: Settle.ACK)
+    assert len(attempts) >= 2  # retried before giving up
+    assert consumer.in_flight == 0 and not consumer.consuming.is_set()

@@ -324,6 +324,30 @@ def test_a_worker_that_cannot_load_its_model_fails_the_pool_even_in_the_moment_i
     assert status.phase is s.Phase.IN_SERVICE
 
 
+def test_workers_whose_login_the_broker_refused_say_so_failed_alone_updating_beside_old_ones() -> (
+    None
+):
+    """A worker the broker keeps refusing exits 5: the endpoint said InService with 0 workers
+    (only a pod's log said why) and its workers, reading the Secret at start, never recovered."""
+    exited = {"terminated": {"exitCode": 5, "message": "ACCESS_REFUSED"}}
+    refused = {"restartCount": 1, "state": {"running": {}}, "lastState": exited}
+    worker = pod("refused", "127.0.0.2", ready=False)
+    worker["status"]["containerStatuses"] = [refused]
+    alone = WorkloadState(True, 1, 0, 1, True)
+    status = async_.observe(SPEC, signals(alone, QueueFigures(3, 0), [worker]), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "BrokerLoginRefused")
+    assert "worker refused" in status.message and "Secret" in status.message, status.message
+    rolling = WorkloadState(True, 1, 1, 1, False)
+    pods = [pod("old", "127.0.0.1"), worker]
+    status = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), None)
+    assert (status.phase, status.reason) == (s.Phase.UPDATING, "BrokerLoginRefused")
+    consuming = pod("refused", "127.0.0.2", ready=True)  # restarted with a mended Secret
+    consuming["status"]["containerStatuses"] = [refused]
+    status = async_.observe(SPEC, signals(WorkloadState(True, 1, 1, 1, True), QueueFigures(0, 0),
+                                          [consuming]), None)  # fmt: skip
+    assert status.phase is s.Phase.IN_SERVICE
+
+
 def test_the_oldest_waiting_age_comes_from_the_broker_or_else_from_what_workers_took() -> None:
     two = WorkloadState(True, 2, 2, 2, True)
     pods = [pod("a", "127.0.0.1"), pod("b", "127.0.0.2"), pod("new", "127.0.0.3"),
