@@ -219,6 +219,15 @@ def quiet_client_logs(level: str) -> None:
         logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
+def broker_problem(exc: BaseException) -> str:
+    """What a broker error says of the broker, for a log line or an answer."""
+    if isinstance(exc, REFUSED_LOGIN_ERRORS):
+        return "closed the connection at login (a wrong user, password or vhost?)"
+    if isinstance(exc, pika.exceptions.ConsumerCancelled):
+        return "cancelled the consumer"
+    return "unreachable"
+
+
 class Outage:
     """One warning when the broker stops answering and one line when it answers again, however
     many calls fail in between."""
@@ -232,13 +241,13 @@ class Outage:
         with self._lock:
             first, self._since = self._since is None, self._since or time.monotonic()
         if first:
-            problem = "unreachable"
-            if isinstance(exc, REFUSED_LOGIN_ERRORS):
-                problem = "closed the connection at login (a wrong user, password or vhost?)"
-            elif isinstance(exc, pika.exceptions.ConsumerCancelled):
-                problem = "cancelled the consumer"
             log.warning(
-                "%s: broker %s (%s: %s)%s", self.what, problem, type(exc).__name__, exc, detail
+                "%s: broker %s (%s: %s)%s",
+                self.what,
+                broker_problem(exc),
+                type(exc).__name__,
+                exc,
+                detail,
             )
         else:
             log.debug("%s: broker still unreachable (%s)", self.what, exc)
@@ -319,7 +328,7 @@ class ConfirmedChannel:
                     self._drop()
                     if attempt == 2:
                         raise BrokerUnavailable(
-                            f"message broker unreachable ({type(exc).__name__}: {exc})"
+                            f"message broker {broker_problem(exc)} ({type(exc).__name__}: {exc})"
                         ) from exc
                     log.debug("broker connection lost while idle (%s); reopening", exc)
             raise AssertionError("unreachable")

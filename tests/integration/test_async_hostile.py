@@ -414,7 +414,7 @@ def test_idle_connections_live_dropped_ones_reopen_quietly_and_back_off_starts_a
     assert len(lost) == 2 and all(line.endswith("reconnecting in 0.5 s") for line in lost), lost
 
 
-def test_a_worker_whose_login_the_broker_refuses_exits_with_5_and_no_password_in_its_log(
+def test_a_login_the_broker_refuses_exits_a_worker_with_5_and_is_named_by_the_api_503(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """A container reads its broker URL at start: a worker that kept retrying a refused login
@@ -433,6 +433,16 @@ def test_a_worker_whose_login_the_broker_refuses_exits_with_5_and_no_password_in
     assert re.search(r"ERROR .*the broker refused every login for \d+ s", worker.log), worker.log
     assert "exiting, so that a restart reads the broker URL again" in worker.log
     assert password not in worker.log
+    with (  # the accepting side answers 503 (it may mend), naming the login, not "unreachable"
+        running_api(rabbitmq, {"refused": f"file://{tmp_path}"}, tmp_path / "api.log",
+                    broker_url=wrong) as api,
+        httpx.Client(base_url=api.url, timeout=30) as client,
+    ):  # fmt: skip
+        response = client.post("/endpoints/refused/async-invocations", content=b"1,2\n")
+    assert response.status_code == 503, response.text
+    message = response.json()["message"]
+    assert "message broker closed the connection at login (a wrong user, password" in message
+    assert password not in message and password not in api.log
 
 
 def test_the_help_says_what_the_code_does() -> None:
