@@ -9,9 +9,11 @@ because unpickling an untrusted artifact runs its code.
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from enum import StrEnum
+from typing import IO, cast
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from infermodes.storage import Storage
 
 PLATFORM_MEMBER = "xgboost-model"
 MAX_MODEL_BYTES = 2 * 1024**3
+MAX_ARCHIVE_MEMBERS = 10_000
+"""A ``model.tar.gz`` holds a handful of files; each member's header stays in memory while the
+archive is read."""
 
 
 class ModelFormat(StrEnum):
@@ -50,12 +55,58 @@ def _is_gzip_tar(data: bytes) -> bool:
     return data[:2] == b"\x1f\x8b"
 
 
+class _Unpacked:
+    """The decompressed stream of a ``.tar.gz``, refused (ModelLoadError) once it would go past
+    ``limit`` bytes: a few KiB of gzip may unpack to gigabytes (a decompression bomb), and
+    ``tarfile`` itself reads some headers whole (PAX, GNU long names), whatever size they
+    declare. What ``tarfile`` needs of a file: read, seek (forward, past a member) and tell."""
+
+    def __init__(self, archive: bytes, limit: int) -> None:
+        self._gzip = gzip.GzipFile(fileobj=io.BytesIO(archive), mode="rb")
+        self._limit = limit
+
+    def refusal(self) -> ModelLoadError:
+        return ModelLoadError(f"model archive unpacks to more than {self._limit} bytes")
+
+    def read(self, size: int | None = -1) -> bytes:
+        room = self._limit - self._gzip.tell()
+        if size is not None and 0 <= size <= room:
+            return self._gzip.read(size)
+        data = self._gzip.read(room)
+        if self._gzip.read(1):  # more than the limit
+            raise self.refusal()
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._gzip.tell() + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target > self._limit:
+            raise self.refusal()
+        return self._gzip.seek(target)
+
+    def tell(self) -> int:
+        return self._gzip.tell()
+
+
 def extract_member(archive: bytes) -> bytes:
     """The booster inside a ``model.tar.gz``: ``xgboost-model`` if present, else the only
-    regular file (ignoring hidden files). Members are read, never extracted to disk."""
+    regular file (ignoring hidden files). Members are read, never extracted to disk; the
+    archive unpacks to at most ``MAX_MODEL_BYTES`` (what a bare model may be) in at most
+    ``MAX_ARCHIVE_MEMBERS`` members, or it is refused before more is read."""
+    unpacked = _Unpacked(archive, MAX_MODEL_BYTES)
     try:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            files = [m for m in tar.getmembers() if m.isfile()]
+        with tarfile.open(fileobj=cast(IO[bytes], unpacked), mode="r:") as tar:
+            files = []
+            count = 0
+            while (member := tar.next()) is not None:
+                count += 1
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ModelLoadError(
+                        f"model archive holds more than {MAX_ARCHIVE_MEMBERS} members"
+                    )
+                if member.isfile():
+                    if member.size > MAX_MODEL_BYTES:  # a sparse member's size is unpacked
+                        raise unpacked.refusal()
+                    files.append(member)
             named = [m for m in files if m.name.lstrip("./") == PLATFORM_MEMBER]
             candidates = named or [
                 m for m in files if not m.name.rsplit("/", 1)[-1].startswith(".")

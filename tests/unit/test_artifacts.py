@@ -8,6 +8,7 @@ import pytest
 import xgboost as xgb
 
 from infermodes.errors import ModelLoadError
+from infermodes.predict import artifacts
 from infermodes.predict.artifacts import (
     ModelFormat,
     booster_from_bytes,
@@ -123,3 +124,43 @@ def test_wrong_feature_count_is_checked() -> None:
     model = XGBoostModel(booster=None, num_features=4)  # type: ignore[arg-type]
     with pytest.raises(Exception, match="expected 4 features, got 3"):
         model.predict(np.zeros((1, 3), dtype=np.float32))
+
+
+def test_tarball_that_unpacks_beyond_the_model_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decompression bomb: a few KiB of gzip that unpack to more than a model may be. The
+    limit is lowered here; at the real 2 GiB a 2 MiB archive would fill a pod's memory."""
+    monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", 1 << 20)
+    bomb = tarball({"xgboost-model": bytes(8 << 20)})
+    assert len(bomb) < 64 << 10
+    with pytest.raises(ModelLoadError, match="unpacks to more than"):
+        artifacts.extract_member(bomb)
+
+
+def test_tarball_whose_other_members_unpack_beyond_the_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, booster: xgb.Booster
+) -> None:
+    """Every member counts: a small model followed by a huge filler is read no further."""
+    monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", 1 << 20)
+    bomb = tarball({"xgboost-model": bytes(booster.save_raw("json")), "filler": bytes(8 << 20)})
+    with pytest.raises(ModelLoadError, match="unpacks to more than"):
+        artifacts.extract_member(bomb)
+
+
+def test_tarball_of_too_many_members_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each member's header is kept in memory while the archive is read: their number is
+    bounded as the bytes are."""
+    monkeypatch.setattr(artifacts, "MAX_ARCHIVE_MEMBERS", 100)
+    many = tarball({f"m{i}": b"" for i in range(101)})
+    with pytest.raises(ModelLoadError, match="more than 100 members"):
+        artifacts.extract_member(many)
+
+
+def test_tarball_within_the_limits_still_loads(
+    monkeypatch: pytest.MonkeyPatch, booster: xgb.Booster
+) -> None:
+    raw = bytes(booster.save_raw("json"))
+    monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", len(raw) + 10 * 1024)
+    monkeypatch.setattr(artifacts, "MAX_ARCHIVE_MEMBERS", 2)
+    assert artifacts.extract_member(tarball({"README": b"hi", "xgboost-model": raw})) == raw
