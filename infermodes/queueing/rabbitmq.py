@@ -640,10 +640,22 @@ def _vhost(amqp_url: str) -> str:
 def backlog_from_management(
     management_url: str, vhost: str, queue: str, client: httpx.Client | None = None
 ) -> Backlog:
-    """``management_url`` may carry credentials: ``http://user:pass@host:15672``."""
+    """``management_url`` may carry credentials: ``http://user:pass@host:15672``. One that
+    cannot be read is refused (ValueError) before any request, in words that quote none of it:
+    an unencoded '/', '?' or '#' in its password ends the host there (urlsplit's error quotes
+    what follows as the port; a port that reads passes the rest on in the path)."""
     parts = urlsplit(management_url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or "@" in parts.path + parts.query + parts.fragment:
+        raise ValueError(
+            f"{redacted_url(management_url)!r} cannot be read as the management API's URL: "
+            "percent-encode any '/', '?', '#', '@' or ':' in its user name and password"
+        )
     auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
-    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}{parts.path.rstrip('/')}"
+    base = f"{parts.scheme}://{parts.hostname}:{port or 15672}{parts.path.rstrip('/')}"
     url = f"{base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
     http = client or httpx.Client(timeout=MANAGEMENT_TIMEOUT_SECONDS)
     try:
