@@ -366,6 +366,12 @@ class OperatorSettings(EnvSettings):
         "an exact image, or a prefix ending in '*' (registry.example/team/*). Empty: only the "
         "operator's own (whoever may create an endpoint would otherwise run any image).",
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Let endpoints load pickled models they ask for (spec.model.allowPickle). "
+        "Unpickling runs the artifact's code: whoever may create an endpoint could then run any "
+        "code in its pods, as allowed_images otherwise prevents. Off: such endpoints fail.",
+    )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means all namespaces."
     )

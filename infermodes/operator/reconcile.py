@@ -154,6 +154,14 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             "operator's own, or one its operator.allowedImages lists (ask whoever runs it)"
         )
         return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
+    if spec.model.allow_pickle and not settings.allow_pickle:
+        refused = (
+            "spec.model.allowPickle: this operator does not let endpoints unpickle models "
+            "(unpickling runs the artifact's code; operator.allowPickle, ask whoever runs it): "
+            "re-save the model with Booster.save_model (JSON or UBJ); a pickled Booster loads "
+            "without it"
+        )
+        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
     mode = mode_for(spec.mode)
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)

@@ -324,9 +324,10 @@ def body(spec=None, status=None):
     }
 
 
-def deps(kube, loads=None, now=1000.0):
+def deps(kube, loads=None, now=1000.0, allow_pickle=True):
     clock = [now]
-    settings = OperatorSettings(allowed_images=["registry.example/*"])  # the specs' images here
+    # the specs' images here; FULL_SPEC loads a pickle
+    settings = OperatorSettings(allowed_images=["registry.example/*"], allow_pickle=allow_pickle)
     return Deps(kube, settings, lambda ip, port: (loads or {}).get(ip), lambda: clock[0]), clock
 
 
@@ -345,6 +346,25 @@ def test_an_image_the_operator_was_not_told_to_run_fails_the_endpoint_naming_it(
     assert kube.applied == []
     own = {**spec, "image": OperatorSettings().image}  # its own image: always
     assert reconcile(body(own), ScalerMemory(), deps(kube)[0]).status.reason != "InvalidSpec"
+
+
+def test_a_pickle_the_operator_was_not_told_to_load_fails_the_endpoint() -> None:
+    """Unpickling runs the artifact's code: an endpoint that could ask for it would run any
+    code in its pods, with the Secrets it names, which operator.allowedImages is there to
+    prevent. Only an operator told so (operator.allowPickle) lets endpoints load pickles."""
+    from infermodes.operator.reconcile import reconcile
+
+    kube = FakeKube()
+    pickled = {"uri": "s3://models/evil.pkl", "allowPickle": True}
+    spec = {"mode": "realtime", "model": pickled, "realtime": {}}
+    result = reconcile(body(spec), ScalerMemory(), deps(kube, allow_pickle=False)[0])
+    assert (result.status.phase, result.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert "spec.model.allowPickle" in result.status.message
+    assert "operator.allowPickle" in result.status.message
+    assert kube.applied == []
+    told = deps(kube, allow_pickle=True)[0]
+    assert reconcile(body(spec), ScalerMemory(), told).status.reason != "InvalidSpec"
+    assert OperatorSettings().allow_pickle is False  # the default: no endpoint unpickles
 
 
 @pytest.mark.parametrize(
