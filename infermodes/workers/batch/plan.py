@@ -154,6 +154,14 @@ def load_listing(data: bytes) -> list[InputObject]:
         raise ValueError(f"the job's input listing cannot be read: {exc}") from None
 
 
+def dotted(key: str) -> bool:
+    """Whether a key relative to the input prefix has a '.' or '..' segment. Read from the
+    prefix, written under the output path (``output_uri``): a key must stay below both, and a
+    ``file://`` output resolves those segments, as an S3-compatible server or a proxy may. A key
+    is a name: '%2e%2e' is a folder of that name, not '..'."""
+    return any(part in (".", "..") for part in key.split("/"))
+
+
 def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
     """The platform's manifest: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]`` ->
     ``[(prefix + key, key), ...]`` in its order."""
@@ -170,9 +178,7 @@ def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
     ):
         raise ValueError(f'manifest {manifest_uri} must be [{{"prefix": "s3://..."}}, "key", ...]')
     for key in document[1:]:
-        # read from the prefix, written under the output path: a key must stay below both (it
-        # is a name: '%2e%2e' is a folder of that name, not '..')
-        if key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
+        if key.startswith("/") or dotted(key):
             raise ValueError(
                 f"manifest {manifest_uri}: key {key[:200]!r} must lie under its prefix "
                 "(no leading '/', no '.' or '..' segment)"

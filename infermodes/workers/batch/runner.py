@@ -41,6 +41,7 @@ from infermodes.errors import (
     ModelLoadError,
     ObjectNotFound,
     StorageError,
+    clipped,
 )
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics, serve_metrics
@@ -159,6 +160,12 @@ class Runner:
             for uri, size in self.storage.list_with_sizes(base)
             if not uri.startswith(self.output_prefix + "/")
         ]
+        for obj in listed:  # a manifest's keys are refused alike (plan.parse_manifest)
+            if plan.dotted(obj.key):
+                raise ValueError(
+                    f"{clipped(obj.uri, 300)!r} has a '.' or '..' segment below the input "
+                    "prefix: its output would not lie under the output path"
+                )
         return [obj for obj in listed if plan.SUMMARY_FOLDER not in obj.key.split("/")[:-1]]
 
     def job_inputs(self) -> list[plan.InputObject]:
