@@ -66,7 +66,7 @@ def model_server(
             model_uri=spec.model.uri,
             workers=workers,
             predict_threads=predict_threads,
-            allow_pickle=spec.model.allow_pickle or None,
+            allow_pickle=spec.model.allow_pickle,  # pinned: the Secret's envFrom must not set it
             inference_output=spec.model.inference_output,
         ),
     )
@@ -120,6 +120,6 @@ def batch_instance(spec: EndpointSpec, run_id: str) -> ProcessPlan:
             instance_count=block.instance_count,
             metrics_port=BATCH_METRICS_PORT,
             termination_message_path=TERMINATION_MESSAGE_PATH,
-            allow_pickle=spec.model.allow_pickle or None,
+            allow_pickle=spec.model.allow_pickle,  # pinned: the Secret's envFrom must not set it
         ),
     )
