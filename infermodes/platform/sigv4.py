@@ -3,7 +3,8 @@ their requests to infermodes unchanged. The canonical request is rebuilt exactly
 ``SigV4Auth`` builds it (path with dot segments and repeated slashes removed, then quoted again;
 query pairs sorted as sent; the signed headers lower-cased, values trimmed; the sha256 of the
 body), the signing key derived from the secret of the ``Credential``'s access key id and the
-signatures compared in constant time. The request date must be within five minutes of now.
+signatures compared in constant time. The request date must be within five minutes of now, and
+every X-Amz-*/X-Amzn-* header (but the trace id) must be signed, as botocore signs them.
 
 Pure: the caller hands in the request's parts and the body's sha256. Verification comes in two
 steps so a request whose headers already fail (no signature, unknown key, expired) is refused
@@ -118,6 +119,14 @@ def canonical_query(raw_query: str) -> str:
         return ""
     pairs = sorted(pair.partition("=")[::2] for pair in raw_query.split("&"))
     return "&".join(f"{key}={value}" for key, value in pairs)
+
+
+def must_be_signed(name: str) -> bool:
+    """Whether a header (lower-cased) must be covered by the signature: every ``x-amz-*`` and
+    ``x-amzn-*`` one, as botocore signs every header it sends but the trace id X-Ray adds. They
+    choose the operation, the input, the inference id: one a signature does not cover was
+    added by someone else, who could replay a captured request within its five minutes."""
+    return name.startswith(("x-amz-", "x-amzn-")) and name != "x-amzn-trace-id"
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -267,6 +276,12 @@ class Verifier:
         missing = [name for name in signed if not request.values(name)]
         if missing:
             raise InvalidSignatureException(f"signed headers not in the request: {missing}")
+        unsigned = [name for name in by_name if must_be_signed(name) and name not in signed]
+        if unsigned:
+            raise InvalidSignatureException(
+                f"headers must be signed: {sorted(unsigned)[:8]} (every X-Amz-* and X-Amzn-* "
+                "header of a request but X-Amzn-Trace-Id is in its SignedHeaders)"
+            )
         return Pending(
             request,
             access_key,

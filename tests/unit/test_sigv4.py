@@ -123,6 +123,27 @@ def test_an_unsigned_header_may_change() -> None:
     assert verify(request) == KEY_ID
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["X-Amzn-SageMaker-InputLocation", "X-Amzn-SageMaker-InferenceId", "X-Amz-Target",
+     "X-Amzn-SageMaker-Custom-Attributes"],
+)  # fmt: skip
+def test_an_amz_header_added_after_signing_is_refused(header: str) -> None:
+    """botocore signs every X-Amz-* and X-Amzn-* header it sends (but the trace id): one the
+    signature does not cover was added by someone else, who would replay a captured request
+    within its five minutes to another object, id or operation."""
+    request = signed()
+    request.headers[header] = "s3://other/object"
+    with pytest.raises(InvalidSignatureException, match=header.lower()):
+        verify(request)
+
+
+def test_the_trace_id_botocore_never_signs_may_be_added() -> None:
+    request = signed()
+    request.headers["X-Amzn-Trace-Id"] = "Root=1-5759e988-bd862e3fe1be46a994272793"
+    assert verify(request) == KEY_ID
+
+
 def test_a_stale_or_future_date_is_a_signature_expired() -> None:
     request = signed()
     with pytest.raises(InvalidSignatureException, match="Signature expired: .* is now earlier"):
