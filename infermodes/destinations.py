@@ -27,6 +27,8 @@ METADATA_NETWORKS = (
     ipaddress.ip_network("fe80::/10"),
     ipaddress.ip_network("fd00:ec2::254/128"),  # the EC2 metadata service over IPv6
 )
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
@@ -54,9 +56,23 @@ def refused_address(address: str) -> bool:
         ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = carried_ipv4(ip) or ip
     return any(ip in network for network in METADATA_NETWORKS)
+
+
+def carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, which a translator or the stack may reach instead:
+    IPv4-mapped (``::ffff:a.b.c.d``), NAT64's well-known prefix (``64:ff9b::a.b.c.d``, which
+    a DNS64 resolver answers for any IPv4 name), 6to4 (``2002:aabb:ccdd::``) and the
+    IPv4-compatible form (``::a.b.c.d``)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_PREFIX or ip in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def literal_refusal(url: str) -> str | None:

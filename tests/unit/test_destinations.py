@@ -94,6 +94,22 @@ def test_addresses() -> None:
     assert not refused_address("127.0.0.1") and not refused_address("hooks.example")
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::a9fe:a9fe", "64:ff9b::169.254.169.254", "2002:a9fe:a9fe::1", "::169.254.169.254"],
+)
+def test_ipv6_addresses_that_carry_a_link_local_ipv4_are_refused(address: str) -> None:
+    """NAT64's well-known prefix (a DNS64 resolver answers it for any IPv4 name), 6to4 and
+    the IPv4-compatible form all carry an IPv4 address a translator may reach."""
+    assert refused_address(address)
+    assert check(f"http://[{address}]/hook").refusal is not None
+    assert check("http://hooks.example/x", lambda host: [address]).refusal is not None
+
+
+def test_ipv6_addresses_that_carry_another_ipv4_are_left() -> None:
+    assert not any(map(refused_address, ["64:ff9b::a00:1", "2002:a00:1::1", "::1", "::"]))
+
+
 def test_the_check_gives_the_addresses_it_checked_in_order() -> None:
     """The worker connects to these, not to what the HTTP client's own lookup would answer:
     a name's server could answer a harmless address to the check, the metadata address next
