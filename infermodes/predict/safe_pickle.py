@@ -128,6 +128,8 @@ def _unwrap(raw: bytes) -> bytes:
             snapshot = json.loads(raw)
         except ValueError as exc:
             raise ModelLoadError(f"the pickled Booster's JSON is malformed: {exc}") from exc
+        except RecursionError:  # an untrusted document: nested deeper than any model's
+            raise ModelLoadError("the pickled Booster's JSON nests too deep") from None
         model = snapshot.get("Model", snapshot) if isinstance(snapshot, dict) else None
         if not isinstance(model, dict):
             raise ModelLoadError("the pickled Booster's JSON holds no model")

@@ -164,3 +164,17 @@ def test_tarball_within_the_limits_still_loads(
     monkeypatch.setattr(artifacts, "MAX_MODEL_BYTES", len(raw) + 10 * 1024)
     monkeypatch.setattr(artifacts, "MAX_ARCHIVE_MEMBERS", 2)
     assert artifacts.extract_member(tarball({"README": b"hi", "xgboost-model": raw})) == raw
+
+
+def booster_pickle(handle: bytes) -> bytes:
+    """A pickle as ``pickle.dump(booster)`` writes one (protocol 2): NEWOBJ of
+    ``xgboost.core.Booster``, then BUILD with its state, whose ``handle`` is given."""
+    state = pickle.dumps({"handle": bytearray(handle)}, protocol=2)
+    return b"\x80\x02cxgboost.core\nBooster\nq\x00)\x81q\x01" + state[2:-1] + b"b."
+
+
+def test_a_booster_pickle_whose_json_nests_too_deep_is_a_model_load_error() -> None:
+    """An untrusted pickle's JSON snapshot nested a hundred thousand deep must fail as every
+    unreadable model does (the status says why), not with a RecursionError."""
+    with pytest.raises(ModelLoadError, match="JSON"):
+        booster_from_bytes(booster_pickle(b'{"Model": ' + b"[" * 100_000))
