@@ -473,7 +473,10 @@ def invoke(
     name: str, data: str, content_type: str, accept: str | None, use_async: bool, url: str
 ) -> None:
     """Call an endpoint; prints the answer (for --async: the inference id and output location)."""
-    body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    try:
+        body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    except OSError as exc:
+        raise click.BadParameter(f"{data[1:]}: {exc.strerror}", param_hint="--data") from None
     path = "async-invocations" if use_async else "invocations"
     headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
     response = _up_call(

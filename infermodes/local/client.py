@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from infermodes.local.api import PREFIX
-from infermodes.local.manifests import manifest_files
+from infermodes.local.manifests import ManifestError, manifest_files
 
 TIMEOUT_SECONDS = 70.0  # an invocation may be held for a cold start (the gateway's 60 s)
 COLUMNS = ("NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG", "PROGRESS", "AGE")
@@ -54,7 +54,11 @@ class Client:
 
     def apply(self, path: Path) -> list[dict[str, str]]:
         applied: list[dict[str, str]] = []
-        for file in manifest_files(path):
+        try:
+            files = manifest_files(path)
+        except ManifestError as exc:
+            raise UpError(str(exc)) from None
+        for file in files:
             try:
                 body = file.read_bytes()
             except OSError as exc:

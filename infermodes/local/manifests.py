@@ -86,10 +86,16 @@ def parse_text(text: str, source: str) -> list[Manifest]:
 
 
 def manifest_files(path: Path) -> list[Path]:
-    """A file, or the manifests directly in a directory (sorted, so the order is stable)."""
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES)
-    return [path]
+    """A file, or the manifests directly in a directory (sorted, so the order is stable); a
+    directory with none is an error, as for ``kubectl apply``, not a silent no-op."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    if not files:
+        raise ManifestError(
+            f"{path}: no .yaml, .yml or .json file in it (folders in it are not read)"
+        )
+    return files
 
 
 def load_paths(paths: list[Path]) -> list[Manifest]:
