@@ -46,10 +46,14 @@ for _ in $(seq 240); do
 done
 echo "batch:      $("$IM" get abalone-batch | tail -1)"
 echo "            outputs: $(cd examples/abalone/model/batch/output && ls -- *.out | tr "\n" " ")"
+# the CLI talks to port 8080 unless told otherwise: say how, for another PORT
+URL_HINT=""
+[ "$PORT" = 8080 ] || URL_HINT="
+  export INFERMODES_UP_URL=$INFERMODES_UP_URL   # the CLI's default is port 8080"
 cat <<MSG
 
 infermodes up serves the four endpoints on $INFERMODES_UP_URL (Ctrl-C stops every process). Try:
-
+$URL_HINT
   .venv/bin/infermodes get
   .venv/bin/infermodes invoke abalone --data $ROW
   curl -s -H 'Content-Type: text/csv' --data-binary @examples/abalone/model/test.csv \\
