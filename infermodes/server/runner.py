@@ -177,7 +177,11 @@ def serve(settings: ServeSettings) -> int:
     from infermodes.logs import configure_logging
 
     configure_logging(settings.log_level)
-    sock = bind_socket(settings.host, settings.port)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:  # a busy port, an address not of this machine: the user's to fix
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+        return 1
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
         return run_worker(settings, sock)
