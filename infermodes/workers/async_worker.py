@@ -624,9 +624,18 @@ def run(settings: WorkerSettings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
-        serve_metrics(
-            settings.metrics_port, settings.metrics_host, registry, consumer.consuming.is_set
-        )
+        try:
+            serve_metrics(
+                settings.metrics_port, settings.metrics_host, registry, consumer.consuming.is_set
+            )
+        except OSError as exc:  # a busy port: its readiness could never be asked
+            log.error(
+                "cannot serve metrics and readiness on %s:%d: %s",
+                settings.metrics_host,
+                settings.metrics_port,
+                exc.strerror,
+            )
+            return 1
         log.info(
             "metrics and readiness (%s) on %s:%d",
             READY_PATH,
