@@ -47,6 +47,12 @@ class Client:
                 message = response.json()["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text
+            if response.status_code == 404 and not str(message).startswith("endpoint "):
+                # up's one 404 is an endpoint not found: this is another server's port
+                raise UpError(
+                    f"{self.url} is not infermodes up (it has no {PREFIX}{path}); give up's "
+                    "address with --url or INFERMODES_UP_URL"
+                )
             raise UpError(message)
         return response.json() if "json" in response.headers.get("content-type", "") else (
             response.text

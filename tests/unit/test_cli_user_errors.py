@@ -3,6 +3,9 @@ the problem and a non-zero exit code, not a traceback, and before any request is
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -29,3 +32,35 @@ def test_apply_of_a_folder_without_manifests_says_so(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit)
     assert f"{tmp_path}: no .yaml, .yml or .json file in it" in result.output
+
+
+class _NotUp(BaseHTTPRequestHandler):
+    """What a model server or a gateway answers on paths it does not have."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"error": "NotFound", "message": f"no route {self.path}"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_get_at_a_url_that_is_not_up_says_so() -> None:
+    """--url (or INFERMODES_UP_URL) at another server's port, a model server's say, was
+    answered 'Error: no route /_infermodes/endpoints', which named no mistake."""
+    server = HTTPServer(("127.0.0.1", 0), _NotUp)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = CliRunner().invoke(main, ["get", "--url", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1, result.output
+    assert f"{url} is not infermodes up" in result.output
+    assert "--url" in result.output and "INFERMODES_UP_URL" in result.output
