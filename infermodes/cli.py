@@ -485,7 +485,16 @@ def invoke(
         )
     )
     if response.status_code >= 400:
-        raise click.ClickException(f"{response.status_code}: {response.text}")
+        # the gateway names the route this endpoint's mode takes; the CLI's user wants the flag
+        other = "invocations" if use_async else "async-invocations"
+        hint = ""
+        if response.status_code == 400 and f"use /endpoints/{name}/{other}" in response.text:
+            hint = (
+                f"\n{name} is not an async endpoint: call it without --async"
+                if use_async
+                else f"\n{name} is an async endpoint: call it with --async"
+            )
+        raise click.ClickException(f"{response.status_code}: {response.text}{hint}")
     click.echo(response.text.rstrip("\n"))
 
 

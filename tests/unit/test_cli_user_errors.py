@@ -64,3 +64,43 @@ def test_get_at_a_url_that_is_not_up_says_so() -> None:
     assert result.exit_code == 1, result.output
     assert f"{url} is not infermodes up" in result.output
     assert "--url" in result.output and "INFERMODES_UP_URL" in result.output
+
+
+class _OtherRoute(BaseHTTPRequestHandler):
+    """The gateway's 400 for a route the endpoint's mode does not take."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        name = self.path.split("/")[2]
+        use = "invocations" if self.path.endswith("/async-invocations") else "async-invocations"
+        mode = "realtime" if use == "invocations" else "async"
+        message = (
+            f"endpoint {name} (namespace local) is a {mode} endpoint: use /endpoints/{name}/{use}"
+        )
+        body = json.dumps({"error": "ValidationError", "message": message}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_invoke_on_the_other_route_says_which_flag_to_use() -> None:
+    """The gateway's message names a route; the CLI's user wants the flag."""
+    server = HTTPServer(("127.0.0.1", 0), _OtherRoute)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        sync = CliRunner().invoke(main, ["invoke", "queue", "--data", "1", "--url", url])
+        queued = CliRunner().invoke(main, ["invoke", "rt", "--data", "1", "--async", "--url", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sync.exit_code == 1 and "an async endpoint: call it with --async" in sync.output
+    assert queued.exit_code == 1 and "not an async endpoint: call it without --async" in (
+        queued.output
+    )
