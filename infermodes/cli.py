@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,40 @@ def _settings_or_exit(factory: Any, **options: Any) -> Any:
 
     from infermodes.settings import SettingsError
 
+    given = _given(**options)
     try:
-        return factory(**_given(**options))
+        return factory(**given)
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     except ValidationError as exc:
         from infermodes.endpoints.spec import spec_problems  # the one formatter, as for specs
 
-        raise click.UsageError(spec_problems(exc, field=str)) from None
+        raise click.UsageError(spec_problems(exc, field=_setting_label(factory, given))) from None
+
+
+def _setting_label(factory: Any, given: dict[str, Any]) -> Callable[[str], str]:
+    """A setting's error path as the user wrote the setting: the flag they gave, else the
+    variable that set it, else the flag and the variable (a setting neither gave)."""
+    context = click.get_current_context(silent=True)
+    params = context.command.params if context else []
+    flags = {p.name: max(p.opts, key=len) for p in params if isinstance(p, click.Option)}
+    environ = {name.lower(): name for name in os.environ}
+
+    def label(path: str) -> str:
+        first, dot, rest = path.partition(".")
+        variables = [n for n in factory.env_names(first) if n.lower() != first]
+        flag = flags.get(first)
+        if first in given and flag:
+            shown = flag
+        elif variable := next((environ[n.lower()] for n in variables if n.lower() in environ), ""):
+            shown = variable
+        elif flag and variables:
+            shown = f"{flag} (or {variables[-1]})"
+        else:
+            shown = flag or (variables[0] if variables else first)
+        return f"{shown}{dot}{rest}"
+
+    return label
 
 
 @click.group()

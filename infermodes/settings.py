@@ -97,19 +97,29 @@ class EnvSettings(BaseModel):
         super().__init__(**{**self._from_environment(values), **values})
 
     @classmethod
-    def _from_environment(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """What the environment sets of the fields that ``given`` does not name."""
-        environ = {name.lower(): (name, value) for name, value in os.environ.items()}
+    def env_names(cls, name: str) -> list[str]:
+        """The variables a field is read from, in the order they are tried (none for a name
+        that is no field)."""
+        field = cls.model_fields.get(name)
+        if field is None:
+            return []
+        aliases = _aliases(field)
         prefix = cls.model_config.get("env_prefix", "")
         by_name = cls.model_config.get("validate_by_name") or cls.model_config.get(
             "populate_by_name"
         )
+        return [*aliases, *([f"{prefix}{name}".upper()] if by_name or not aliases else [])]
+
+    @classmethod
+    def _from_environment(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """What the environment sets of the fields that ``given`` does not name."""
+        environ = {name.lower(): (name, value) for name, value in os.environ.items()}
         found: dict[str, Any] = {}
         for name, field in cls.model_fields.items():
             aliases = _aliases(field)
             if given.keys() & {name, *aliases}:
                 continue
-            names = [*aliases, *([f"{prefix}{name}".upper()] if by_name or not aliases else [])]
+            names = cls.env_names(name)
             # a name as written wins over another case of it (a pod's env entry over an
             # envFrom Secret's key), whatever order the environment came in
             variable = next(((n, os.environ[n]) for n in names if n in os.environ), None)

@@ -8,6 +8,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from infermodes.cli import main
@@ -104,3 +105,28 @@ def test_invoke_on_the_other_route_says_which_flag_to_use() -> None:
     assert queued.exit_code == 1 and "not an async endpoint: call it without --async" in (
         queued.output
     )
+
+
+def test_a_bad_setting_is_named_as_the_user_wrote_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag by its flag, a variable by its name, a missing one by both: 'workers:' or
+    'input_uri: Field required' named neither the flag nor the variable to fix."""
+    for name in ("INFERMODES_SERVE_WORKERS", "INFERMODES_SERVE_MODEL_URI", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    flag = CliRunner().invoke(main, ["serve", "--model", "m", "--workers", "0"])
+    assert flag.exit_code == 2 and "Error: --workers: Input should be greater" in flag.output
+    variable = CliRunner().invoke(
+        main, ["serve", "--model", "m"], env={"INFERMODES_SERVE_WORKERS": "abc"}
+    )
+    assert variable.exit_code == 2
+    assert "Error: INFERMODES_SERVE_WORKERS: Input should be a valid integer" in variable.output
+    missing = CliRunner().invoke(main, ["batch", "--model", "m", "--output", "/tmp/o"])
+    assert missing.exit_code == 2
+    assert "Error: --input (or INFERMODES_BATCH_INPUT_URI): Field required" in missing.output
+    split = CliRunner().invoke(main, ["batch", "--model", "m", "--input", "/i", "--output", "/o",
+                                      "--split-type", "RecordIO"])  # fmt: skip
+    assert "Error: --split-type: Input should be 'None' or 'Line'" in split.output
+    index = CliRunner().invoke(
+        main, ["batch", "--model", "m", "--input", "/i", "--output", "/o"],
+        env={"JOB_COMPLETION_INDEX": "x"},
+    )  # fmt: skip
+    assert "Error: JOB_COMPLETION_INDEX: Input should be a valid integer" in index.output

@@ -184,7 +184,10 @@ def test_an_invalid_setting_is_a_usage_error_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("INFERMODES_WORKER_MAX_ATTEMPTS", "0")
-    with pytest.raises(click.UsageError, match="^max_attempts: Input should be greater"):
+    # the variable that set it, which the user must fix (before: the field, max_attempts)
+    with pytest.raises(
+        click.UsageError, match="^INFERMODES_WORKER_MAX_ATTEMPTS: Input should be greater"
+    ):
         _settings_or_exit(WorkerSettings, endpoint="e", model_uri="m")
 
 
@@ -266,7 +269,10 @@ def test_a_log_level_is_one_of_four_in_any_case_and_a_misspelt_one_is_one_line()
         main, ["operator"], env={"INFERMODES_OPERATOR_LOG_LEVEL": "verbose"}
     )
     assert result.exit_code == 2
-    said = "log_level: must be one of debug, info, warning, error, critical, got 'verbose'"
+    said = (
+        "INFERMODES_OPERATOR_LOG_LEVEL: must be one of debug, info, warning, error, critical, "
+        "got 'verbose'"
+    )
     assert said in result.output
     assert OperatorSettings(log_level="warn").log_level == "warning"
     up = CliRunner().invoke(main, ["up", "--log-level", "loud"])
