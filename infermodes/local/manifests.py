@@ -4,6 +4,7 @@ cluster and a bad file is refused here as the CRD's schema refuses it there."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,33 @@ def check_name(manifest: Manifest, source: str) -> Manifest:
     )
 
 
+def as_json(value: Any) -> Any:
+    """A YAML value as ``kubectl`` sends it: JSON, where an integral float is an integer (the API
+    server takes ``2.0`` for an integer) and what JSON lacks (a date) is its text."""
+    if isinstance(value, dict):
+        return {str(key): as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_json(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return str(value)
+
+
+def check_json_types(manifest: Manifest, source: str) -> Manifest:
+    """The CRD's schema refuses a value of the wrong JSON type (``"1"`` or ``true`` for an
+    integer), which pydantic alone would coerce: so is it here, or a file that runs under
+    ``up`` would be refused by ``kubectl apply``."""
+    spec = manifest.document.get("spec") or {}
+    try:
+        EndpointSpec.model_validate_json(json.dumps(as_json(spec), allow_nan=False), strict=True)
+    except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
+        problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ManifestError(f"{source} ({manifest.name}): {problems}") from None
+    return manifest
+
+
 def parse_text(text: str, source: str) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped)."""
     try:
@@ -81,7 +109,8 @@ def parse_text(text: str, source: str) -> list[Manifest]:
     manifests = []
     for index, document in enumerate(documents):
         where = f"{source} document {index + 1}"
-        manifests.append(check_name(parse_document(document, where), where))
+        manifest = check_name(parse_document(document, where), where)
+        manifests.append(check_json_types(manifest, where))
     return manifests
 
 

@@ -605,3 +605,27 @@ def test_a_zygote_that_does_not_answer_is_stopped_and_servers_start_by_exec() ->
         if zygote.proc is not None:
             zygote.proc.kill()
             zygote.proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("written", "named"),
+    [
+        ("minReplicas: '1'", "spec.realtime.minReplicas: Input should be a valid integer"),
+        ("workers: true", "spec.realtime.workers: Input should be a valid integer"),
+        ("scaling: {target: '2'}", "spec.realtime.scaling.target: Input should be a valid number"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_refused_as_kubectl_refuses_it(
+    written: str, named: str
+) -> None:
+    """The CRD's schema refuses a string or a boolean where it wants a number; pydantic alone
+    took '1' and true for 1, so a file that ran under up was refused by kubectl apply."""
+    text = GOOD.replace("realtime: {}", f"realtime: {{{written}}}")
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, "ep.yaml")
+    assert f"ep.yaml document 1 (abalone): {named}" in str(caught.value)
+
+
+def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
+    (manifest,) = parse_text(GOOD.replace("realtime: {}", "realtime: {minReplicas: 2.0}"), "e")
+    assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
