@@ -16,6 +16,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -80,7 +81,23 @@ def object_name(name: str) -> str:
 QUANTITY_PATTERN = (
     r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 )
-Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, description="A quantity above zero.")]
+
+
+def quantity_text(value: object) -> object:
+    """A whole number as its text: ``cpu: 2`` reaches the API as the integer 2, and the CRD takes
+    an integer or a string, as a pod's resources do (a fraction must be quoted there too)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Quantity = Annotated[
+    str,
+    Field(
+        pattern=QUANTITY_PATTERN,
+        description="A quantity above zero.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    ),
+    BeforeValidator(quantity_text),
+]
 
 
 class Mode(StrEnum):

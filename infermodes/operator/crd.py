@@ -2,8 +2,9 @@
 
 Pydantic's JSON schema is close to a Kubernetes structural schema; the differences handled here:
 ``$ref`` is inlined, optional fields (``X | None``) become plain optional properties, ``const``
-and one-value enums stay enums, titles are dropped, and each model's ``cel_rules`` become
-``x-kubernetes-validations`` so cross-field rules are enforced by the API server too.
+and one-value enums stay enums, titles are dropped, an int-or-string field (a quantity) gets
+its ``anyOf`` of both types, and each model's ``cel_rules`` become ``x-kubernetes-validations``
+so cross-field rules are enforced by the API server too.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[s.SpecBl
                 out["x-kubernetes-validations"] = [
                     {"rule": rule, "message": message} for rule, message in model.cel_rules
                 ]
+    if out.get("x-kubernetes-int-or-string"):  # a structural schema's form for it
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if "enum" in out and "type" not in out:
         sample = out["enum"][0]
         out["type"] = "integer" if isinstance(sample, int) else "string"

@@ -257,7 +257,8 @@ def test_pods_that_cannot_be_created_or_placed_are_named_in_the_status(
     assert tools.kubectl("delete", "ie", "refused", "-n", k8s_namespace).returncode == 0
     api.delete(f"{quotas}/no-pods")
 
-    too_big = endpoint_manifest("too-big", model_uri, resources={"cpu": "64", "memory": "512Mi"})
+    # a bare whole number, as pods take it (the CRD took strings alone): 64 CPUs, placed nowhere
+    too_big = endpoint_manifest("too-big", model_uri, resources={"cpu": 64, "memory": "512Mi"})
     assert tools.apply(too_big, k8s_namespace).returncode == 0
     endpoint = wait_phase(api, k8s_namespace, "too-big", "Creating", also=by("Unschedulable"))
     assert "cannot be scheduled: 0/1 nodes are available" in endpoint["status"]["message"]

@@ -351,3 +351,21 @@ def test_the_model_and_batch_locations_may_be_absolute_paths_as_they_always_coul
 def test_async_paths_take_what_storage_reads(path: str) -> None:
     raw = {"mode": "async", "model": MODEL, "async": {"outputPath": path, "inputPath": path}}
     assert not isinstance(parse_spec(raw), str)
+
+
+def test_a_quantity_may_be_a_bare_whole_number_as_in_a_pods_resources() -> None:
+    """``cpu: 2`` reaches the API as an integer: the CRD refused it (a string), and users write
+    it so in pods every day. The CRD takes an integer or a string; the spec reads its text."""
+    spec = parse_spec({"mode": "realtime", "model": MODEL,
+                       "realtime": {"resources": {"cpu": 2, "memory": "1Gi"}}})  # fmt: skip
+    assert isinstance(spec, s.EndpointSpec)
+    assert spec.realtime is not None and spec.realtime.resources.cpu == "2"
+    for refused in (0, 0.5, True):
+        result = parse_spec({"mode": "realtime", "model": MODEL,
+                             "realtime": {"resources": {"cpu": refused}}})  # fmt: skip
+        assert isinstance(result, str) and "spec.realtime.resources.cpu" in result, refused
+    schema = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    cpu = walk(schema)["spec.realtime.resources.cpu"]
+    assert cpu["x-kubernetes-int-or-string"] is True and "type" not in cpu
+    assert cpu["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+    assert cpu["pattern"] == s.QUANTITY_PATTERN  # for the strings
