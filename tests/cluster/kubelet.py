@@ -820,9 +820,7 @@ class PodWorker(threading.Thread):
         """One step of a running pod: exit handling, restart back-off, probes, tokens."""
         if self.proc is None:
             if time.monotonic() >= self.restart_at:
-                self.run_state.restart_count += 1
-                self.run_state.waiting = None
-                self._start_process()
+                self._restart()
             return
         code = self.proc.poll()
         if code is not None:
@@ -837,6 +835,23 @@ class PodWorker(threading.Thread):
                 "token refresh of %s/%s failed, will retry: %s", self.namespace, self.name, err
             )
         self._push_status()  # retries a status update that failed
+
+    def _restart(self) -> None:
+        """Start the container again after its back-off. Like the real kubelet, its env is
+        resolved anew (a Secret or ConfigMap changed since reaches the restarted container); one
+        that cannot be resolved now waits as CreateContainerConfigError and is tried again."""
+        try:
+            self._prepare_env()
+        except (PodConfigError, ApiError) as err:
+            if isinstance(err, ApiError) and err.status not in (403, 404):
+                raise
+            self.run_state.waiting = {"reason": "CreateContainerConfigError", "message": str(err)}
+            self.restart_at = time.monotonic() + self.backoff_s
+            self._push_status()
+            return
+        self.run_state.restart_count += 1
+        self.run_state.waiting = None
+        self._start_process()
 
     def _exited(self, code: int) -> None:
         self._log_line(f"exited with code {code}")

@@ -57,6 +57,30 @@ def test_on_failure_restarts_until_the_command_succeeds(k8s_cluster: Cluster, k8
     assert status["lastState"]["terminated"]["exitCode"] == 3
 
 
+def test_a_restarted_container_reads_its_secret_env_anew(k8s_cluster: Cluster, k8s_namespace: str):
+    """As the real kubelet does: env is resolved at every container start, so a Secret mended
+    after a crash reaches the restarted container."""
+    require_process_kubelet(k8s_cluster)
+    api = k8s_cluster.api
+    secrets = f"/api/v1/namespaces/{k8s_namespace}/secrets"
+    api.post(secrets, {"metadata": {"name": "word"}, "stringData": {"word": "wrong"}})
+    script = "import os, sys; print('word=' + os.environ['WORD'], flush=True); sys.exit(" \
+        "0 if os.environ['WORD'] == 'right' else 3)"  # fmt: skip
+    spec = pod("reads", "OnFailure", script, [])
+    spec["spec"]["containers"][0]["env"] = [
+        {"name": "WORD", "valueFrom": {"secretKeyRef": {"name": "word", "key": "word"}}}
+    ]
+    api.post(f"/api/v1/namespaces/{k8s_namespace}/pods", spec)
+
+    def exited_once() -> bool:
+        statuses = h.pods(api, k8s_namespace)[0]["status"].get("containerStatuses") or [{}]
+        return "terminated" in statuses[0].get("lastState", {})
+
+    wait_until(exited_once, 60, "the container to exit with the wrong word")
+    api.merge_patch(f"{secrets}/word", {"stringData": {"word": "right"}})
+    wait_until(lambda: phase(api, k8s_namespace, "reads") == "Succeeded", 60, "the pod to succeed")
+
+
 def test_never_ends_failed_with_the_exit_code(k8s_cluster: Cluster, k8s_namespace: str):
     api = k8s_cluster.api
     api.post(
