@@ -219,6 +219,10 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_INVOCATION_TIMEOUT_SECONDS = 3600  # an async request's or a batch attempt's, at most
 
 
+# an async endpoint's name, which names its queue (a DNS label, as the worker's pods need)
+EndpointName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+
+
 class WorkerSettings(EnvSettings):
     """``infermodes worker``: consumes one async endpoint's queue. Env prefix
     ``INFERMODES_WORKER_``. Where inputs may lie and outputs go is decided when a request is
@@ -226,7 +230,7 @@ class WorkerSettings(EnvSettings):
 
     model_config = SettingsConfigDict(env_prefix="INFERMODES_WORKER_", extra="forbid")
 
-    endpoint: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    endpoint: EndpointName
     namespace: str | None = Field(
         None,
         description="The endpoint's Kubernetes namespace (the operator sets it): a request "
@@ -346,7 +350,7 @@ class AsyncApiSettings(AsyncAcceptSettings):
 
     model_config = SettingsConfigDict(env_prefix="INFERMODES_ASYNC_API_", extra="forbid")
 
-    endpoints: dict[str, AsyncEndpoint] = Field(min_length=1)
+    endpoints: dict[EndpointName, AsyncEndpoint] = Field(min_length=1)
     broker_url: str = DEFAULT_BROKER_URL
     host: str = "127.0.0.1"
     port: int = Field(8081, ge=1, le=65535)

@@ -130,3 +130,14 @@ def test_a_bad_setting_is_named_as_the_user_wrote_it(monkeypatch: pytest.MonkeyP
         env={"JOB_COMPLETION_INDEX": "x"},
     )  # fmt: skip
     assert "Error: JOB_COMPLETION_INDEX: Input should be a valid integer" in index.output
+
+
+def test_an_async_api_endpoint_name_no_worker_could_take_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    """The worker refuses a name that is no DNS label (its queue's, its pods'): the API took
+    it and queued requests nothing could ever consume."""
+    result = CliRunner().invoke(main, ["async-api", "--endpoint", f"Bad_Name=file://{tmp_path}",
+                                       "--port", "1"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Bad_Name" in result.output and "should match pattern" in result.output
