@@ -50,6 +50,8 @@ from infermodes.endpoints.status import (
     ACTUATION_FAILED,
     COMPLETED,
     MODEL_LOAD_FAILED,
+    SCALED_TO_ZERO,
+    SCALED_TO_ZERO_MESSAGE,
     Progress,
     QueueFigures,
     Status,
@@ -732,6 +734,9 @@ class Supervisor:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
         notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
+        if phase is Phase.IN_SERVICE and mode is Mode.SERVERLESS and not running:
+            reason = SCALED_TO_ZERO  # as the operator says it
+            notes.insert(0, SCALED_TO_ZERO_MESSAGE)
         if mode is Mode.ASYNC and endpoint.silent:
             notes.append(f"worker(s) {', '.join(endpoint.silent)} cannot say what they hold "
                          "(no count on their metrics port): the queue's figures scale the "

@@ -403,6 +403,11 @@ def test_a_request_during_an_update_from_serverless_at_zero_waits_for_the_new_re
     with running_up(tmp_path / "state", [tmp_path / "serverless.yaml"], tmp_path / "up.log") as up:
         wait_until(lambda: up.status(name)["phase"] == "InService", WAIT, "in service at zero")
         assert up.running(name) == []
+        at_zero = up.status(name)  # as the operator says it (up said "Ready")
+        assert (at_zero["reason"], at_zero["message"]) == (
+            "ScaledToZero",
+            "no replicas; a request starts one",
+        ), at_zero
         applied = cli(up.url, "apply", "-f", str(tmp_path / "realtime.yaml"))
         assert applied.returncode == 0, applied.stderr
         assert up.status(name)["phase"] == "Updating"

@@ -16,7 +16,7 @@ from typing import Any
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE, Status
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
 from infermodes.operator.observed import failure, waiting_status
@@ -69,9 +69,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         return Status(s.Phase.CREATING, "Creating", "creating the workload")
     ready = f"{workload.ready}/{workload.replicas} replicas ready"
     if workload.replicas == 0:
-        return workload.status(
-            s.Phase.IN_SERVICE, "ScaledToZero", "no replicas; a request starts one"
-        )
+        return workload.status(s.Phase.IN_SERVICE, SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE)
     if not workload.rolled_out and workload.ready > 0:
         return waiting_status(workload, s.Phase.UPDATING, "RollingOut", ready)
     if workload.ready >= workload.replicas:
