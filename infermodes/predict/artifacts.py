@@ -18,6 +18,7 @@ from typing import IO, cast
 import numpy as np
 
 from infermodes.errors import ModelLoadError, StorageError
+from infermodes.predict import ubj
 from infermodes.predict.legacy import legacy_to_json
 from infermodes.predict.native import NativeBooster
 from infermodes.predict.safe_pickle import PickleRefused, booster_model_from_pickle
@@ -49,6 +50,45 @@ def sniff_format(data: bytes) -> ModelFormat:
     if len(data) >= 2 and data[0] == 0x80 and 2 <= data[1] <= 5:
         return ModelFormat.PICKLE
     return ModelFormat.LEGACY_BINARY
+
+
+# XGBoost's JSON and UBJ readers recurse once per level, and a document nested deep enough (a
+# few KiB of '[') overflows the process's stack: a SIGSEGV, not an error. Its models nest about
+# 6 deep; JSON's bound is looser, since brackets inside strings (feature names) count too.
+MAX_JSON_NESTING = 1000
+NESTING_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+_NOT_BRACKETS = bytes(code for code in range(256) if code not in b"[]{}")
+
+
+def json_nesting(data: bytes) -> int:
+    """How deep brackets and braces nest in ``data`` (in strings too: an upper bound). The
+    brackets alone are kept (a C pass), then summed in chunks, so that a document of nothing
+    else costs no more than a chunk's memory."""
+    brackets = data.translate(None, _NOT_BRACKETS)
+    deepest = depth = 0
+    for start in range(0, len(brackets), NESTING_CHUNK_BYTES):
+        codes = np.frombuffer(
+            brackets, np.uint8, min(NESTING_CHUNK_BYTES, len(brackets) - start), start
+        )
+        steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
+
+
+def check_nesting(data: bytes, kind: ModelFormat) -> None:
+    """Refuse a JSON or UBJ document nested deeper than any model before XGBoost reads it."""
+    if kind is ModelFormat.JSON and json_nesting(data) > MAX_JSON_NESTING:
+        raise ModelLoadError(
+            f"the JSON model nests deeper than {MAX_JSON_NESTING} levels: not an XGBoost model"
+        )
+    if kind is ModelFormat.UBJ:
+        try:
+            ubj.UBJReader(data).skip()
+        except ubj.UBJError as exc:
+            raise ModelLoadError(f"not a loadable XGBoost ubj model: {exc}") from None
 
 
 def _is_gzip_tar(data: bytes) -> bool:
@@ -155,6 +195,7 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster
                 f"the model is not XGBoost JSON or UBJ, and not a readable legacy binary model "
                 f"either: {exc}"
             ) from exc
+    check_nesting(data, kind)
     try:
         booster = NativeBooster(data)
     except ModelLoadError as exc:

@@ -1,5 +1,7 @@
 import io
 import pickle
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -178,3 +180,40 @@ def test_a_booster_pickle_whose_json_nests_too_deep_is_a_model_load_error() -> N
     unreadable model does (the status says why), not with a RecursionError."""
     with pytest.raises(ModelLoadError, match="JSON"):
         booster_from_bytes(booster_pickle(b'{"Model": ' + b"[" * 100_000))
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (b'{"a":' + b"[" * 1_000_000, "the JSON model nests deeper than 1000 levels"),
+        (b"{L" + (1).to_bytes(8, "big") + b"a" + b"[" * 1_000_000, "nests containers more than"),
+    ],
+    ids=["json", "ubj"],
+)
+def test_a_model_nested_deeper_than_any_is_refused_before_xgboost_crashes_on_it(
+    document: bytes, message: str, tmp_path: Path
+) -> None:
+    """XGBoost's readers recurse per level: these few KiB overflowed the stack of the process
+    that loaded them (SIGSEGV). In a child process, so that a crash fails this test alone."""
+    (tmp_path / "model").write_bytes(document)
+    script = (
+        "import sys; from infermodes.predict.artifacts import booster_from_bytes\n"
+        "from infermodes.errors import ModelLoadError\n"
+        "try:\n    booster_from_bytes(open(sys.argv[1], 'rb').read())\n"
+        "except ModelLoadError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert message in done.stdout, done.stdout
+
+
+def test_json_nesting_counts_levels_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifacts, "NESTING_CHUNK_BYTES", 3)
+    assert artifacts.json_nesting(b'{"a": [[1], {"b": [2]}], "c": "x"}') == 4
+    assert artifacts.json_nesting(b"[[[[]]]][[") == 4
+    assert artifacts.json_nesting(b"no brackets") == 0
