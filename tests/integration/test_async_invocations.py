@@ -175,7 +175,11 @@ def test_worker_start_failures_are_clear(abalone_model: AbaloneModel, tmp_path: 
     base = ["worker", "--endpoint", "ep", "--metrics-port", "0"]
     cases = [
         ([*base, "--model", f"file://{tmp_path}/absent.tar.gz"], 3, "cannot load model"),
-        ([*base, "--model", "x", "--max-concurrent-invocations", "0"], 2, "max_concurrent"),
+        (
+            [*base, "--model", "x", "--max-concurrent-invocations", "0"],
+            2,
+            "--max-concurrent-invocations: Input should be greater than or equal to 1",
+        ),
     ]
     for index, (args, code, message) in enumerate(cases):
         worker = spawn(args, tmp_path / f"{index}.log")
