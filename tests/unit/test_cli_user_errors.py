@@ -3,8 +3,10 @@ the problem and a non-zero exit code, not a traceback, and before any request is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -35,72 +37,72 @@ def test_apply_of_a_folder_without_manifests_says_so(tmp_path: Path) -> None:
     assert f"{tmp_path}: no .yaml, .yml or .json file in it" in result.output
 
 
-class _NotUp(BaseHTTPRequestHandler):
-    """What a model server or a gateway answers on paths it does not have."""
+class _JsonAnswer(BaseHTTPRequestHandler):
+    """Answers every request with one JSON error, as another server on the port would."""
 
-    def do_GET(self) -> None:
-        body = json.dumps({"error": "NotFound", "message": f"no route {self.path}"}).encode()
-        self.send_response(404)
+    status = 404
+
+    def message(self) -> tuple[str, str]:
+        return "NotFound", f"no route {self.path}"
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        error, message = self.message()
+        body = json.dumps({"error": error, "message": message}).encode()
+        self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    do_GET = do_POST = answer
+
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A server on a free loopback port, its URL; shut down when the block ends."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_get_at_a_url_that_is_not_up_says_so() -> None:
     """--url (or INFERMODES_UP_URL) at another server's port, a model server's say, was
     answered 'Error: no route /_infermodes/endpoints', which named no mistake."""
-    server = HTTPServer(("127.0.0.1", 0), _NotUp)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(_JsonAnswer) as url:
         result = CliRunner().invoke(main, ["get", "--url", url])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.exit_code == 1, result.output
     assert f"{url} is not infermodes up" in result.output
     assert "--url" in result.output and "INFERMODES_UP_URL" in result.output
 
 
-class _OtherRoute(BaseHTTPRequestHandler):
+class _OtherRoute(_JsonAnswer):
     """The gateway's 400 for a route the endpoint's mode does not take."""
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    status = 400
+
+    def message(self) -> tuple[str, str]:
         name = self.path.split("/")[2]
         use = "invocations" if self.path.endswith("/async-invocations") else "async-invocations"
         mode = "realtime" if use == "invocations" else "async"
-        message = (
+        return "ValidationError", (
             f"endpoint {name} (namespace local) is a {mode} endpoint: use /endpoints/{name}/{use}"
         )
-        body = json.dumps({"error": "ValidationError", "message": message}).encode()
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_invoke_on_the_other_route_says_which_flag_to_use() -> None:
     """The gateway's message names a route; the CLI's user wants the flag."""
-    server = HTTPServer(("127.0.0.1", 0), _OtherRoute)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(_OtherRoute) as url:
         sync = CliRunner().invoke(main, ["invoke", "queue", "--data", "1", "--url", url])
         queued = CliRunner().invoke(main, ["invoke", "rt", "--data", "1", "--async", "--url", url])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert sync.exit_code == 1 and "an async endpoint: call it with --async" in sync.output
     assert queued.exit_code == 1 and "not an async endpoint: call it without --async" in (
         queued.output
