@@ -190,6 +190,20 @@ def waiting_status(workload: WorkloadState, phase: Phase, reason: str, message: 
     return workload.status(phase, reason, message)
 
 
+def failed_status(
+    workload: WorkloadState, previous: Status | None, problem: tuple[str, str]
+) -> Status:
+    """The status of a Deployment of model servers whose pods cannot come up (``problem``, from
+    ``failure``): Failed, unless replicas of the previous spec still serve while the new one
+    cannot roll out; it then stays Updating (and served), the reason saying why."""
+    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
+    if was_serving and not workload.rolled_out and workload.ready > 0:
+        return workload.status(
+            Phase.UPDATING, problem[0], update_blocked(problem[1], workload.ready)
+        )
+    return workload.status(Phase.FAILED, *problem)
+
+
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
     """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
     Failed with a reason when pods cannot run, unless the previous spec's replicas still serve
@@ -198,10 +212,7 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
     problem = failure(workload)
     if problem is not None:
-        if was_serving and not workload.rolled_out and workload.ready > 0:
-            message = update_blocked(problem[1], workload.ready)
-            return workload.status(Phase.UPDATING, problem[0], message)
-        return workload.status(Phase.FAILED, problem[0], problem[1])
+        return failed_status(workload, previous, problem)
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
     if workload.rolled_out and workload.ready >= workload.replicas:

@@ -19,7 +19,7 @@ from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE, Status
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
-from infermodes.operator.observed import failure, waiting_status
+from infermodes.operator.observed import failed_status, failure, waiting_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")
@@ -60,11 +60,12 @@ def desired_objects(
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``InService`` whenever the endpoint can take requests, also at zero replicas
     (``ScaledToZero``: the next request cold-starts one) and while replicas come and go;
-    ``Updating`` only while a spec change rolls out over running replicas."""
+    ``Updating`` only while a spec change rolls out over running replicas, or cannot roll out
+    while they serve."""
     workload = signals.workload
     problem = failure(workload)
-    if problem is not None:
-        return workload.status(s.Phase.FAILED, problem[0], problem[1])
+    if problem is not None:  # an update that cannot roll out while warm: the old replicas serve
+        return failed_status(workload, previous, problem)
     if not workload.exists:
         return Status(s.Phase.CREATING, "Creating", "creating the workload")
     ready = f"{workload.ready}/{workload.replicas} replicas ready"

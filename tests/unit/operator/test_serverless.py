@@ -16,6 +16,7 @@ from infermodes.endpoints.scaling import (
     serverless_bounds,
     serverless_replicas,
 )
+from infermodes.endpoints.status import Status
 from infermodes.operator.modes import serverless
 from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import reconcile
@@ -169,3 +170,22 @@ def test_reconcile_scales_from_zero_on_a_held_request_and_tells_how_long_it_took
     result = reconcile(endpoint, memory, d)
     assert result.status.phase is s.Phase.IN_SERVICE
     assert result.events == [("ScaledFromZero", "a replica was ready 0.75 s after activation")]
+
+
+def test_an_update_whose_model_cannot_load_leaves_the_warm_replica_serving() -> None:
+    """A spec change (UpdateEndpoint, kubectl apply) whose model cannot load while a replica of
+    the previous spec serves: Updating with the reason, as a realtime endpoint, not Failed
+    (which the gateway refuses: every request would get a 400 while the old replica could
+    answer it)."""
+    spec = s.EndpointSpec.model_validate(FULL_SPEC)
+    old = PodState("old", "127.0.5.1", True)
+    new = PodState("new", "127.0.5.2", False, restarts=1, exit_code=3, message="no such object")
+    rolling = WorkloadState(True, 1, 1, 0, False, [old, new])
+    for previous in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+        status = serverless.observe(spec, observed(rolling), Status(previous))
+        assert (status.phase, status.reason) == (s.Phase.UPDATING, "ModelLoadFailed")
+        assert "1 replica(s) of the previous spec still serve" in status.message
+    # nothing of the previous spec left to serve: Failed, as before
+    alone = WorkloadState(True, 1, 0, 0, False, [new])
+    failed = serverless.observe(spec, observed(alone), Status(s.Phase.IN_SERVICE))
+    assert (failed.phase, failed.reason) == (s.Phase.FAILED, "ModelLoadFailed")
