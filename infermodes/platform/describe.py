@@ -106,9 +106,17 @@ def update_failed(obj: JsonObject) -> bool:
     )
 
 
+def being_deleted(obj: JsonObject) -> bool:
+    """Deleted, and still held by a finalizer (the operator's, or another controller's)."""
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
 def endpoint_status(obj: JsonObject) -> str:
     """Creating until the actuator reports; Updating while an updated endpoint comes up (its
-    new spec not observed yet, or its replicas starting again)."""
+    new spec not observed yet, or its replicas starting again); Deleting once deleted, until
+    it is gone, whatever its status said last."""
+    if being_deleted(obj):
+        return ENDPOINT_STATUS[Phase.DELETING]
     phase = phase_of(obj)
     if phase not in (None, Phase.FAILED) and status_predates_spec(obj):
         return "Updating"

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from infermodes.endpoints.spec import Mode, Phase, mode_change_allowed, object_name
 from infermodes.errors import shown
 from infermodes.platform.describe import (
+    being_deleted,
     describe_endpoint,
     describe_transform_job,
     endpoint_summary,
@@ -378,6 +379,9 @@ class ControlPlane:
             raise ValidationException("RetainAllVariantProperties is not supported by infermodes")
         name = required(request, "EndpointName")
         current = await self._endpoint(name)
+        if being_deleted(current):  # a replace would succeed, on an object going away
+            where = arn(self.defaults, "endpoint", name)
+            raise ValidationException(f'Cannot update endpoint "{where}": it is being deleted.')
         status = describe_endpoint(current, self.defaults)["EndpointStatus"]
         if status in ("Creating", "Updating") and not update_failed(current):
             where = arn(self.defaults, "endpoint", name)

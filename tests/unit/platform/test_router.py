@@ -588,3 +588,23 @@ def test_a_doubled_target_or_a_coded_body_is_refused_not_guessed() -> None:
         "Content-Encoding": "gzip"})  # fmt: skip
     assert gzipped.status_code == 400 and gzipped.json()["__type"] == "SerializationException"
     assert "gzip" in gzipped.json()["message"]
+
+
+def test_an_endpoint_being_deleted_is_deleting_and_takes_no_update() -> None:
+    """An endpoint object with a deletionTimestamp (a finalizer, the operator's or another
+    controller's, still holds it): Describe and List say Deleting, whatever phase its status
+    had, and UpdateEndpoint is refused (the object is going away; the platform refuses to
+    update an endpoint it is deleting)."""
+    api = Api()
+    api.seed("ep")
+    api.store.set_status("ep", "InService")
+    api.store.endpoints["ep"]["metadata"]["deletionTimestamp"] = "2026-12-05T21:00:00Z"
+    assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "Deleting"
+    listed = api.call("ListEndpoints")["Endpoints"]
+    assert [e["EndpointStatus"] for e in listed] == ["Deleting"]
+    assert [e["EndpointName"] for e in api.call("ListEndpoints", StatusEquals="Deleting")[
+        "Endpoints"]] == ["ep"]  # fmt: skip
+    before = json.dumps(api.store.endpoints["ep"], sort_keys=True)
+    code, message = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
+    assert code == "ValidationException" and "being deleted" in message, message
+    assert json.dumps(api.store.endpoints["ep"], sort_keys=True) == before
