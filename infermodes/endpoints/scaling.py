@@ -79,6 +79,10 @@ class ScalerMemory:
     activated_at: float | None = None  # when a scale from zero was decided (wall clock)
     empty_since: float | None = None  # since when a queue's backlog has been empty
     restored: bool = False  # the last change was taken from the status (``restore``)
+    # wall clock: since when the endpoint is serverless (0.0: as long as this memory knows;
+    # None: it is realtime). No gateway reports requests to a realtime endpoint, so one turned
+    # serverless counts its idle timeout from the change, not from a request never reported
+    serverless_since: float | None = 0.0
 
     def restore(self, last_scale_wall: float | None, now: float, wall: float) -> None:
         """A memory just made (an operator started) takes the last change from the status's
@@ -126,6 +130,7 @@ def realtime_replicas(
     """Replicas of a realtime endpoint. ``current`` is None before its workload exists;
     ``loads`` reads each ready replica's load, and is only called when autoscaling."""
     low, high = block.min_replicas, block.max_replicas
+    memory.serverless_since = None
     if current is None:
         return low
     current = min(max(current, low), high)
@@ -178,13 +183,16 @@ def serverless_replicas(
     - demand (in flight or held) -> ceil(demand / concurrencyPerReplica), at least one; more
       replicas than now at once (a held request is a cold start waiting for this decision);
     - no demand, but a request within ``idleTimeoutSeconds`` -> one replica stays;
-    - no demand and no request for ``idleTimeoutSeconds`` (and ``IDLE_REPORT_GRACE_SECONDS``)
-      -> the warm floor at once (zero unless provisioned concurrency keeps some);
+    - no demand and no request for ``idleTimeoutSeconds`` (and ``IDLE_REPORT_GRACE_SECONDS``),
+      nor a change from realtime (``ScalerMemory.serverless_since``) -> the warm floor at once
+      (zero unless provisioned concurrency keeps some);
     - any other decrease waits ``SERVERLESS_SCALE_IN_DELAY_SECONDS`` after the last change, so
       the tail of a burst does not flap.
     """
     warm, most = serverless_bounds(block)
-    quiet_for = wall - demand.last_request_at
+    if memory.serverless_since is None:  # realtime until now
+        memory.serverless_since = wall
+    quiet_for = wall - max(demand.last_request_at, memory.serverless_since)
     idle = (
         demand.active == 0 and quiet_for >= block.idle_timeout_seconds + IDLE_REPORT_GRACE_SECONDS
     )

@@ -189,3 +189,38 @@ def test_an_update_whose_model_cannot_load_leaves_the_warm_replica_serving() -> 
     alone = WorkloadState(True, 1, 0, 0, False, [new])
     failed = serverless.observe(spec, observed(alone), Status(s.Phase.IN_SERVICE))
     assert (failed.phase, failed.reason) == (s.Phase.FAILED, "ModelLoadFailed")
+
+
+def applied_replicas(kube: FakeKube) -> int:
+    return int([o for o in kube.applied if o["kind"] == "Deployment"][-1]["spec"]["replicas"])
+
+
+def test_a_realtime_endpoint_turned_serverless_keeps_a_replica_until_it_is_idle() -> None:
+    """No gateway reports demand for a realtime endpoint, so at its change to serverless no
+    request was ever seen: idle, it seemed, and its replicas went to zero under traffic (the
+    next requests waiting for a cold start). The idle timeout counts from the change."""
+    from tests.unit.operator.test_realtime import body, deps
+
+    live = {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2,
+                   "updatedReplicas": 2},
+    }  # fmt: skip
+    kube = FakeKube(live)
+    d, _ = deps(kube)
+    d.wall_clock = lambda: NOW
+    memory = ScalerMemory()
+    realtime = {"mode": "realtime", "model": {"uri": "file:///m"},
+                "realtime": {"minReplicas": 2, "maxReplicas": 2}}  # fmt: skip
+    reconcile(body(realtime), memory, d)
+    assert applied_replicas(kube) == 2
+    turned = {"mode": "serverless", "model": {"uri": "file:///m"},
+              "serverless": {"idleTimeoutSeconds": 60}}  # fmt: skip
+    reconcile(body(turned), memory, d)
+    assert applied_replicas(kube) == 1
+    later = NOW + 60 + SERVERLESS_SCALE_IN_DELAY_SECONDS
+    d.wall_clock = lambda: later
+    d.clock = lambda: later
+    reconcile(body(turned), memory, d, autoscale=True)
+    assert applied_replicas(kube) == 0  # idle since the change: to zero
