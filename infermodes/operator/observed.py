@@ -37,6 +37,7 @@ class PodState:
     message: str = ""
     running: bool = False  # its containers run, and it is not being deleted (``running_pods``)
     unschedulable: str = ""  # the scheduler's word when no node can take it
+    deleting: bool = False  # on its way out (a deletionTimestamp): it stands for no spec now
 
     @classmethod
     def from_pod(cls, pod: dict[str, Any]) -> PodState:
@@ -74,6 +75,7 @@ class PodState:
             unschedulable=(scheduled.get("message") or "Unschedulable").strip()
             if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
             else "",
+            deleting=bool(pod["metadata"].get("deletionTimestamp")),
         )
 
 
@@ -147,6 +149,8 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
     whose containers run is not crashing, ready or not: a broker outage makes every worker
     not ready, whatever restarts it had before."""
     for pod in workload.pods:
+        if pod.deleting:  # a reverted update's pod, or one scaled away: what it says is past
+            continue
         # a ready pod is no model-load failure, whatever its last run said: its model loaded
         # (the file arrived, the store answers again) once the kubelet restarted it. Ready, not
         # running: a worker restarted to try again runs a moment before it exits 3 again

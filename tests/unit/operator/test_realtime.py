@@ -614,3 +614,24 @@ def test_a_phase_change_is_news_once_whatever_body_the_next_reconcile_reads() ->
     assert run_locked(stale, state, d, autoscale=False)[1] is False
     current = body(status={"phase": "InService", "reason": "AllReplicasReady"})
     assert run_locked(current, EndpointState(), d, autoscale=False)[1] is False
+
+
+@pytest.mark.parametrize("mode", ["realtime", "serverless"])
+def test_a_crashing_pod_on_its_way_out_does_not_fail_an_endpoint_that_serves(mode: str) -> None:
+    """An update that could not roll out, reverted: the Deployment is back on the previous
+    spec, whose replica serves, and deletes the new spec's crash-looping pod. Until that pod is
+    gone it says it cannot load its model, but it no longer stands for the spec: the endpoint
+    serves (InService), it is not Failed (which the gateway refuses with 400 for a moment)."""
+    crashed = {"terminated": {"exitCode": 3, "message": "cannot load model: no such object"}}
+    leaving = PodState.from_pod({
+        "metadata": {"name": "new", "deletionTimestamp": "2026-12-05T22:00:00Z"},
+        "status": {"phase": "Running", "podIP": "127.0.3.5", "containerStatuses": [{
+            "restartCount": 2, "lastState": crashed,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2s"}}}]},
+    })  # fmt: skip
+    reverted = WorkloadState(True, 1, 1, 1, True, [pod("old", True), leaving])
+    spec = s.EndpointSpec.model_validate({"mode": mode, "model": MODEL, mode: {}})
+    status = MODES[s.Mode(mode)].observe(
+        spec, observed(reverted), Status(s.Phase.UPDATING, "ModelLoadFailed")
+    )
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
