@@ -176,3 +176,9 @@ def installed_chart(cluster: Cluster, **values: str | list[str]) -> Iterator[Too
                        "the chart to stop")  # fmt: skip
         # the next module installs the chart again into a namespace of the same name
         wait_until(lambda: namespace_gone(api, OPERATOR_NAMESPACE), 120, "the namespace to go")
+
+
+def secret(cluster: Cluster, name: str, data: dict[str, str]) -> None:
+    """A Secret of ``data`` in the chart's namespace."""
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    cluster.api.post(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets", body)

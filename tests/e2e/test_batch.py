@@ -6,7 +6,6 @@ by the API server."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,16 +20,9 @@ from tests.e2e.operator_support import (
 )
 from tests.support.processes import REPO, wait_until
 from tests.support.s3 import S3Endpoint
-from tests.support.seaweedfs import seaweedfs_server
 
 ROWS_PER_OBJECT = 20_000
 OBJECTS = 5
-
-
-@pytest.fixture(scope="module")
-def store() -> Iterator[S3Endpoint]:
-    with seaweedfs_server() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(scope="module")
