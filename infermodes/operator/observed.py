@@ -24,6 +24,10 @@ CANNOT_RUN_REASONS = frozenset({
     "CreateContainerConfigError", "RunContainerError", "StartError",
 })  # fmt: skip
 CRASH_RESTARTS = 3  # a container that has crashed this often is not going to come up
+# The node authorizer's words while it has not yet linked a new pod to its node: the kubelet
+# was refused the pod's Secret for a moment and reads it again at once (a race, not the spec's
+# fault; taken for one, it failed a cold start and its held requests)
+NODE_NOT_YET_LINKED = "no relationship found between node"
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def failure(workload: WorkloadState, ready_needs_broker: bool = False) -> tuple[
                 "vhost in the broker Secret's URL); once the Secret is mended, the restarted "
                 "workers read it"
             )
-        if pod.waiting_reason in CANNOT_RUN_REASONS:
+        if pod.waiting_reason in CANNOT_RUN_REASONS and NODE_NOT_YET_LINKED not in pod.message:
             return CONTAINER_CANNOT_RUN, f"{pod.waiting_reason}: {pod.message}".rstrip(": ")
         alive = pod.ready or (ready_needs_broker and pod.running)
         if pod.restarts >= CRASH_RESTARTS and not alive:

@@ -15,7 +15,7 @@ from infermodes.metrics import parse_server_load as parse_load
 from infermodes.operator.modes import MODES, realtime
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
-from infermodes.operator.observed import PodState, WorkloadState
+from infermodes.operator.observed import PodState, WorkloadState, failure
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 
@@ -635,3 +635,21 @@ def test_a_crashing_pod_on_its_way_out_does_not_fail_an_endpoint_that_serves(mod
         spec, observed(reverted), Status(s.Phase.UPDATING, "ModelLoadFailed")
     )
     assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
+
+
+def test_a_secret_the_node_authorizer_has_not_yet_linked_is_a_moment_not_a_failure() -> None:
+    """A new pod's kubelet may be refused its Secret until the node authorizer links the pod to
+    the node ('no relationship found'), and reads it again at once: that made a serverless cold
+    start Failed (ContainerCannotRun) and its held requests 400s. A missing Secret still fails."""
+    race = ('secrets "s3" is forbidden: User "system:node:n1" cannot get resource "secrets" in '
+            "API group \"\" in the namespace \"m\": no relationship found between node 'n1' and "
+            "this object")  # fmt: skip
+    waiting = WorkloadState(exists=True, replicas=1, ready=0, updated=1, rolled_out=True,
+                            pods=[pod("a", False, waiting_reason="CreateContainerConfigError",
+                                      message=race)])  # fmt: skip
+    assert failure(waiting) is None
+    missing = WorkloadState(exists=True, replicas=1, ready=0, updated=1, rolled_out=True,
+                            pods=[pod("a", False, waiting_reason="CreateContainerConfigError",
+                                      message='secret "s3" not found')])  # fmt: skip
+    assert failure(missing) == ("ContainerCannotRun",
+                                'CreateContainerConfigError: secret "s3" not found')  # fmt: skip
