@@ -10,7 +10,8 @@ What it does, and the rules a pod's command must live by:
   Service ClusterIPs (no kube-proxy), so clients find pods through EndpointSlices.
 - The first container's `command` + `args` run as a local process in its own process group (the
   image is ignored; the command must exist here; PATH starts with this Python's bin directory).
-  Env: values with `$(VAR)` expansion, `fieldRef`, `secretKeyRef`, `configMapKeyRef`, `envFrom`.
+  Env: values with `$(VAR)` expansion, `fieldRef`, `secretKeyRef`, `configMapKeyRef`, `envFrom`,
+  resolved again at every restart.
 - Volumes (`emptyDir`, `configMap`, `secret`, `downwardAPI`, `projected`, `hostPath`) become
   directories under the pod's directory. **Path rewrite**: a volumeMount at `/etc/x` is found at
   `$INFERMODES_POD_ROOT/etc/x`; any command word, argument or env value that is a mount path or
