@@ -284,9 +284,8 @@ def test_a_model_that_cannot_load_fails_the_cold_start_with_the_reason_and_recov
     apply_ok(tools, manifest, k8s_namespace)
     settled(tools, k8s_namespace, "broken")
     url = url_of(tools)
-    started = time.monotonic()
+    # a 400 naming the failure, not the hold's 503 once its 60 s ran out
     assert ledger.call(url, "broken", 0) == 400, ledger.answers[-1]
-    assert time.monotonic() - started < 50  # told when it failed, not when the hold ran out
     _, kind, text = ledger.answers[-1]
     assert kind == "ValidationError" and "ModelLoadFailed" in text, text
     status = (get_endpoint(api, k8s_namespace, "broken") or {})["status"]
