@@ -198,14 +198,18 @@ def waiting_status(workload: WorkloadState, phase: Phase, reason: str, message: 
     return workload.status(phase, reason, message)
 
 
+def served(previous: Status | None) -> bool:
+    """Whether the endpoint served before this look (a rollout, not a first start)."""
+    return previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
+
+
 def failed_status(
     workload: WorkloadState, previous: Status | None, problem: tuple[str, str]
 ) -> Status:
     """The status of a Deployment of model servers whose pods cannot come up (``problem``, from
     ``failure``): Failed, unless replicas of the previous spec still serve while the new one
     cannot roll out; it then stays Updating (and served), the reason saying why."""
-    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
-    if was_serving and not workload.rolled_out and workload.ready > 0:
+    if served(previous) and not workload.rolled_out and workload.ready > 0:
         return workload.status(
             Phase.UPDATING, problem[0], update_blocked(problem[1], workload.ready)
         )
@@ -217,10 +221,10 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     Failed with a reason when pods cannot run, unless the previous spec's replicas still serve
     while the new one's cannot roll out: the endpoint stays Updating (and served), the reason
     saying why, as the platform keeps an endpoint on its old config when an update fails."""
-    was_serving = previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
     problem = failure(workload)
     if problem is not None:
         return failed_status(workload, previous, problem)
+    was_serving = served(previous)
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
     if workload.rolled_out and workload.ready >= workload.replicas:
