@@ -33,8 +33,11 @@ class Manifest:
     document: dict[str, Any]
 
 
-def parse_document(document: Any, source: str) -> Manifest:
-    """Validate one YAML document; ``source`` names where it came from in errors."""
+def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Manifest:
+    """Validate one YAML document; ``source`` names where it came from in errors.
+    ``as_kubectl``: a file a user gives, whose values must have the JSON types the CRD's schema
+    takes (``"1"`` or ``true`` for an integer is refused there, where pydantic alone would
+    coerce it: a file that runs under ``up`` must pass ``kubectl apply``)."""
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: not a mapping")
     if document.get("apiVersion") != API_VERSION or document.get("kind") != KIND:
@@ -46,10 +49,16 @@ def parse_document(document: Any, source: str) -> Manifest:
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: metadata.name is required")
+    raw = document.get("spec") or {}
     try:
-        spec = EndpointSpec.model_validate(document.get("spec") or {})
-    except ValidationError as exc:
-        raise ManifestError(f"{source} ({name}): {spec_problems(exc)}") from None
+        spec = (
+            EndpointSpec.model_validate_json(json.dumps(as_json(raw), allow_nan=False), strict=True)
+            if as_kubectl
+            else EndpointSpec.model_validate(raw)
+        )
+    except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
+        problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ManifestError(f"{source} ({name}): {problems}") from None
     kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": document.get("spec")}  # fmt: skip
     return Manifest(name, spec, kept)
@@ -85,19 +94,6 @@ def as_json(value: Any) -> Any:
     return str(value)
 
 
-def check_json_types(manifest: Manifest, source: str) -> Manifest:
-    """The CRD's schema refuses a value of the wrong JSON type (``"1"`` or ``true`` for an
-    integer), which pydantic alone would coerce: so is it here, or a file that runs under
-    ``up`` would be refused by ``kubectl apply``."""
-    spec = manifest.document.get("spec") or {}
-    try:
-        EndpointSpec.model_validate_json(json.dumps(as_json(spec), allow_nan=False), strict=True)
-    except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
-        problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ManifestError(f"{source} ({manifest.name}): {problems}") from None
-    return manifest
-
-
 def parse_text(text: str, source: str) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped)."""
     try:
@@ -109,8 +105,7 @@ def parse_text(text: str, source: str) -> list[Manifest]:
     manifests = []
     for index, document in enumerate(documents):
         where = f"{source} document {index + 1}"
-        manifest = check_name(parse_document(document, where), where)
-        manifests.append(check_json_types(manifest, where))
+        manifests.append(check_name(parse_document(document, where, as_kubectl=True), where))
     return manifests
 
 
