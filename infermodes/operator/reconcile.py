@@ -34,7 +34,7 @@ from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
-from infermodes.operator.observed import WorkloadState
+from infermodes.operator.observed import WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed
 
@@ -117,8 +117,7 @@ def refused_status(live: Status, previous: Status | None, refusal: str) -> Statu
         refusal = refusal[:REFUSAL_SHOWN] + "..."
     message = (f"the API server refused {refusal}; applied again at every resync: fix the "
                "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
-    served = previous is not None and previous.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING)
-    if served and live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+    if served(previous) and live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
         serving = f"{message}; the spec it had still serves: {live.message}"
         return replace(live, phase=s.Phase.UPDATING, reason=APPLY_REFUSED, message=serving)
     if live.phase is s.Phase.IN_PROGRESS:

@@ -47,7 +47,7 @@ from infermodes.metrics import (
 )
 from infermodes.operator.modes.base import Signals, never_ends
 from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
-from infermodes.operator.observed import failure, running_pods, waiting_status
+from infermodes.operator.observed import failure, running_pods, served, waiting_status
 from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"
@@ -200,8 +200,10 @@ def desired_objects(
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
-    """``InService`` while the queue accepts work, also at zero workers; the reason says how
-    the pool stands (``Idle``, ``Processing``; ``BrokerUnreadable`` and ``InFlightUnknown``:
+    """``InService`` while the queue accepts work, also at zero workers, and ``Updating`` while
+    a spec change rolls out over a pool that served (``RollingOut``; the queue accepts
+    throughout); the reason says how the pool stands (``Idle``, ``Processing``;
+    ``BrokerUnreadable`` and ``InFlightUnknown``:
     the pool is not scaled in, and the message says why). Workers that cannot run make it
     ``Failed`` only while none serves: a new spec's, beside old ones that consume, leave it
     ``Updating`` (as a realtime endpoint's), added ones ``InService``, the reason saying why."""
@@ -241,16 +243,24 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         if figures.ready and figures.oldest_age is not None:
             queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
         workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
+        # a spec change rolling out over a pool that served: Updating, as a realtime
+        # endpoint's and as `infermodes up` says it (the queue accepts throughout)
+        rolling = served(previous) and not workload.rolled_out
+        phase = s.Phase.UPDATING if rolling else s.Phase.IN_SERVICE
+        if rolling:
+            workers += f", {workload.updated} of the new spec created"
         if read.silent:
             message = (
                 f"{queued}; worker(s) {', '.join(read.silent)} cannot say what they hold "
                 f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
                 f"figures scale the pool in only once they can; {workers}"
             )
-            status = waiting_status(workload, s.Phase.IN_SERVICE, IN_FLIGHT_UNKNOWN, message)
+            status = waiting_status(workload, phase, IN_FLIGHT_UNKNOWN, message)
+        elif rolling:
+            status = waiting_status(workload, phase, "RollingOut", f"{queued}; {workers}")
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
-            status = waiting_status(workload, s.Phase.IN_SERVICE, reason, f"{queued}; {workers}")
+            status = waiting_status(workload, phase, reason, f"{queued}; {workers}")
     return Status(
         status.phase,
         status.reason,

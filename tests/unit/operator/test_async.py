@@ -627,3 +627,23 @@ def test_a_rollouts_surge_worker_is_not_asked_while_the_backlog_keeps_the_pool()
     status = async_.observe(SPEC, observed, None)  # 7 at 4 each: 2, the replicas
     assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "Processing")
     assert asked == [] and status.backlog == figures
+
+
+def test_a_spec_change_rolling_out_over_a_pool_that_served_is_updating() -> None:
+    """A healthy rollout (a new model, say) said ``InService``/``Processing`` throughout, while
+    a realtime endpoint's and ``infermodes up``'s said ``Updating``: the platform API's
+    DescribeEndpoint told a user who ran UpdateEndpoint that nothing was happening."""
+    pods = [pod("old", "127.0.0.1"), pod("new", "127.0.0.2", ready=False)]
+    rolling = WorkloadState(True, 1, 1, 1, False)
+    serving = Status(s.Phase.IN_SERVICE, "Processing", "")
+    status = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), serving)
+    assert (status.phase, status.reason) == (s.Phase.UPDATING, "RollingOut"), status
+    assert "of the new spec created" in status.message, status.message
+    assert status.backlog == QueueFigures(3, 1)
+    again = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), status)
+    assert again.phase is s.Phase.UPDATING  # Updating served too: still rolling out
+    done = WorkloadState(True, 1, 1, 1, True)
+    status = async_.observe(SPEC, signals(done, QueueFigures(3, 1), pods[:1]), again)
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "Processing"), status
+    first = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), None)
+    assert first.phase is s.Phase.IN_SERVICE  # a first start accepts work at once, as before
