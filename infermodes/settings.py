@@ -316,6 +316,12 @@ def check_storage_prefixes(setting: str, prefixes: list[str]) -> None:
             )
 
 
+def one_of_url_or_file(setting: str, url: str | None, file: str | None) -> None:
+    """A URL given inline or in a file, not both: which one wins would be a guess."""
+    if url and file:
+        raise ValueError(f"{setting} and {setting}_file are both set: give one of them")
+
+
 class AsyncAcceptSettings(EnvSettings):
     """What accepting async invocations needs, in ``infermodes async-api`` and in the gateway
     alike (each class that inherits these sets its own env prefix)."""
@@ -402,6 +408,17 @@ class OperatorSettings(EnvSettings):
         description="RabbitMQ's management API (http://user:pass@host:15672): the broker's "
         "in-flight counts; without it the workers' own counts (their metrics port) are used.",
     )
+    broker_url_file: str | None = Field(
+        None,
+        description="A file holding broker_url instead (a mounted Secret's key, as the chart "
+        "gives it): read again at every new broker connection, so a rotated password is used "
+        "without a restart.",
+    )
+    management_url_file: str | None = Field(
+        None,
+        description="A file holding management_url instead, read again at every reading; "
+        "a file that does not exist is no management API (an optional key of the Secret).",
+    )
     activation_seconds: float = Field(
         1.0,
         gt=0,
@@ -417,6 +434,12 @@ class OperatorSettings(EnvSettings):
         9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
     )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
+
+    @model_validator(mode="after")
+    def _urls_inline_or_in_files(self) -> OperatorSettings:
+        one_of_url_or_file("broker_url", self.broker_url, self.broker_url_file)
+        one_of_url_or_file("management_url", self.management_url, self.management_url_file)
+        return self
 
 
 # Where an endpoint keeps objects, and where the gateway may: s3://bucket[/prefix] or
@@ -490,6 +513,12 @@ class GatewaySettings(AsyncAcceptSettings):
         description="The broker (amqp://... or sqlite:///...) of async endpoints; with it the "
         "gateway also accepts POST /endpoints/{name}/async-invocations.",
     )
+    broker_url_file: str | None = Field(
+        None,
+        description="A file holding broker_url instead (a mounted Secret's key, as the chart "
+        "gives it): read again at every new broker connection, so a rotated password is used "
+        "without a restart.",
+    )
     async_storage_prefixes: list[str] = Field(
         default_factory=list,
         description="Where the gateway may store and sweep, with its own credentials, for async "
@@ -530,6 +559,7 @@ class GatewaySettings(AsyncAcceptSettings):
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
         check_storage_prefixes("async_storage_prefixes", self.async_storage_prefixes)
+        one_of_url_or_file("broker_url", self.broker_url, self.broker_url_file)
         return self
 
 

@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints.demand import annotation_key
+from infermodes.errors import BrokerUrlError
 from infermodes.gateway.auth import (
     OPEN_PLATFORM,
     OPEN_STATUS,
@@ -38,6 +39,7 @@ from infermodes.logs import configure_logging
 from infermodes.metrics import GatewayMetrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import Verifier, parse_keys
+from infermodes.queueing.broker import BrokerUrl, given_url
 from infermodes.settings import GatewaySettings
 
 if TYPE_CHECKING:
@@ -317,12 +319,17 @@ def serve(settings: GatewaySettings) -> int:
     registry = CollectorRegistry()
     runner = Runner(settings, source, sink, gateway_id, registry, routers)
     closing: list[Callable[[], None]] = []
-    if settings.broker_url:
+    broker_url = given_url(settings.broker_url, settings.broker_url_file)
+    if broker_url:
         if not settings.async_storage_prefixes:
             log.warning(ANYWHERE_WARNING)
-        router = async_accept_router(
-            settings, settings.broker_url, runner.table, registry, closing, runner.demand
-        )
+        try:
+            router = async_accept_router(
+                settings, broker_url, runner.table, registry, closing, runner.demand
+            )
+        except BrokerUrlError as exc:  # its text never holds the password
+            log.error("the broker URL: %s", exc)
+            return 1
         runner.app.include(router)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
@@ -372,7 +379,7 @@ def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:
 
 def async_accept_router(
     settings: GatewaySettings,
-    broker_url: str,
+    broker_url: BrokerUrl,
     table: Table,
     registry: CollectorRegistry,
     closing: list[Callable[[], None]],

@@ -15,6 +15,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -36,6 +37,7 @@ from infermodes.endpoints.status import (
     Status,
     record_queue,
 )
+from infermodes.errors import BrokerUrlError
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
@@ -43,6 +45,7 @@ from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcil
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
+from infermodes.queueing.broker import UrlFile, given_url
 from infermodes.queueing.rabbitmq import QueueReader, quiet_client_logs
 from infermodes.settings import OperatorSettings
 
@@ -194,16 +197,17 @@ def configure(operator_settings: OperatorSettings) -> None:
         # kept connections (a look each second per pool, a reconcile with every nudge: a
         # connection each is churn), the reconciles' apart from the looks': a broker that does
         # not answer must not queue reconciles behind looks waiting out their timeouts
-        url = operator_settings.broker_url
+        url = given_url(operator_settings.broker_url, operator_settings.broker_url_file)
+        management = given_url(
+            operator_settings.management_url, operator_settings.management_url_file, True
+        )
         memo.queue_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         reader = memo.backlog_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         memo.deps = Deps(
             kube,
             operator_settings,
             scrape,
-            read_backlog=lambda endpoint: read_backlog(
-                endpoint, operator_settings.broker_url, operator_settings.management_url, reader
-            ),
+            read_backlog=lambda endpoint: read_backlog(endpoint, url, management, reader),
             async_holders=AsyncNames(kube).holders,
         )
         memo.endpoints = Endpoints()
@@ -310,6 +314,11 @@ def run_operator(operator_settings: OperatorSettings) -> None:
     """Run until stopped; watches the configured namespaces or all of them."""
     configure_logging(operator_settings.log_level)
     configure(operator_settings)
+    if operator_settings.broker_url_file:  # a path that cannot be read is refused at start
+        try:
+            UrlFile(Path(operator_settings.broker_url_file))()
+        except BrokerUrlError as exc:
+            raise SystemExit(f"broker_url_file: {exc}") from None
     namespaces = operator_settings.namespaces
     kopf.run(
         standalone=True,

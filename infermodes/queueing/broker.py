@@ -11,7 +11,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, TypeAlias
+
+from infermodes.errors import BrokerUrlError
 
 NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notification goes to
 # Deliveries a queue allows beyond maxAttempts before it dead-letters a message by itself.
@@ -19,6 +22,46 @@ NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notificati
 # deliveries let a give-up that could not notify come back and notify. The queue's own limit is
 # the backstop for a worker that dies every time it holds a message.
 DELIVERY_LIMIT_HEADROOM = 3
+
+
+# a URL, or what reads it at each new connection (``UrlFile``)
+BrokerUrl: TypeAlias = str | Callable[[], str]
+
+
+def url_now(url: BrokerUrl) -> str:
+    """The URL to open a connection with now."""
+    return url() if callable(url) else url
+
+
+@dataclass(frozen=True)
+class UrlFile:
+    """A URL kept in a file, a mounted Secret's key: read at every new connection, so a
+    rotated password reaches the next one without a restart (the kubelet rewrites the file when
+    the Secret changes; an environment variable is read once, at start). Raises BrokerUrlError,
+    which names the file and never its content."""
+
+    path: Path
+    optional: bool = False  # a file that does not exist is no URL (""): a Secret's optional key
+
+    def __call__(self) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            if self.optional:
+                return ""
+            raise BrokerUrlError(f"cannot read the URL from {self.path}: no such file") from None
+        except OSError as exc:
+            raise BrokerUrlError(f"cannot read the URL from {self.path}: {exc.strerror}") from None
+        except UnicodeDecodeError:  # its message would quote a byte of the secret
+            raise BrokerUrlError(f"{self.path} is not UTF-8 text: it should hold a URL") from None
+        if not text and not self.optional:
+            raise BrokerUrlError(f"{self.path} is empty: it should hold a URL")
+        return text
+
+
+def given_url(url: str | None, file: str | None, optional: bool = False) -> BrokerUrl | None:
+    """The URL a process's settings give: inline, in a file (``UrlFile``), or none."""
+    return UrlFile(Path(file), optional) if file else url
 
 
 def delivery_limit(max_attempts: int) -> int:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import redacted_url
-from infermodes.queueing.broker import Backlog, Consumer, Enqueuer, Publisher
+from infermodes.queueing.broker import Backlog, BrokerUrl, Consumer, Enqueuer, Publisher, url_now
 from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Broker(Protocol):
 class RabbitBroker:
     """RabbitMQ's classes behind ``Broker``; pika is imported only when one is made."""
 
-    def __init__(self, url: str, management_url: str | None) -> None:
+    def __init__(self, url: BrokerUrl, management_url: BrokerUrl | None) -> None:
         self.url = url
         self.management_url = management_url
         self._reader: QueueReader | None = None
@@ -71,7 +71,9 @@ class RabbitBroker:
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer:
         from infermodes.queueing.rabbitmq import RabbitConsumer
 
-        return RabbitConsumer(self.url, endpoint, max_attempts, concurrency)
+        # a worker reads its URL once: a login refused for long ends it, and its restart
+        # reads the URL again (``refused_login_since``)
+        return RabbitConsumer(url_now(self.url), endpoint, max_attempts, concurrency)
 
     def backlog(self, endpoint: str) -> Backlog:
         """Read over kept connections: ``infermodes up`` reads every async pool's queue each
@@ -104,19 +106,21 @@ def embedded_path(url: str) -> tuple[Path, float]:
     return Path(unquote(parts.path)), lease
 
 
-def broker_from_url(url: str, management_url: str | None = None) -> Broker:
-    """The broker a URL names. ``management_url``: RabbitMQ's management API, for backlog
-    figures with in-flight counts (the embedded queue always has them). Raises BrokerUrlError,
-    whose text shows the URL without its password."""
-    scheme = urlsplit(url).scheme
+def broker_from_url(url: BrokerUrl, management_url: BrokerUrl | None = None) -> Broker:
+    """The broker a URL names (a ``UrlFile``: RabbitMQ's connections read it again at each
+    connect). ``management_url``: RabbitMQ's management API, for backlog figures with in-flight
+    counts (the embedded queue always has them). Raises BrokerUrlError, whose text shows the
+    URL without its password."""
+    given = url_now(url)  # a file's, as it reads now: a bad one is refused at start
+    scheme = urlsplit(given).scheme
     if scheme in ("amqp", "amqps"):
         from infermodes.queueing.rabbitmq import amqp_parameters
 
-        amqp_parameters(url)  # refused now, not at each connection
+        amqp_parameters(given)  # refused now, not at each connection
         return RabbitBroker(url, management_url)
     if scheme == "sqlite":
-        path, lease = embedded_path(url)
+        path, lease = embedded_path(given)
         return EmbeddedQueue(path, lease)
     raise BrokerUrlError(
-        f"{redacted_url(url)!r}: the broker URL must start with amqp://, amqps:// or sqlite:///"
+        f"{redacted_url(given)!r}: the broker URL must start with amqp://, amqps:// or sqlite:///"
     )

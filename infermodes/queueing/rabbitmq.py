@@ -42,11 +42,13 @@ from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
     Backlog,
+    BrokerUrl,
     Delivery,
     Handler,
     Settle,
     attempts_allowed,
     delivery_limit,
+    url_now,
 )
 
 if TYPE_CHECKING:
@@ -286,7 +288,7 @@ class ConfirmedChannel:
     (pika's blocking connection is not). ``run`` retries once on a fresh connection (an idle
     connection the broker dropped is reopened without a word), then raises BrokerUnavailable."""
 
-    def __init__(self, url: str, on_connect: Callable[[BlockingChannel], object]) -> None:
+    def __init__(self, url: BrokerUrl, on_connect: Callable[[BlockingChannel], object]) -> None:
         self.url = url
         self.on_connect = on_connect
         self._lock = threading.Lock()
@@ -300,7 +302,7 @@ class ConfirmedChannel:
             return self._channel
         if self._connection is None or not self._connection.is_open:
             self._drop()
-            self._connection = connect(self.url)
+            self._connection = connect(url_now(self.url))
         channel = self._connection.channel()
         channel.confirm_delivery()
         self.on_connect(channel)
@@ -359,7 +361,7 @@ class ChannelPool:
     keeps idle connections alive; ``outage`` logs one line per real outage."""
 
     def __init__(
-        self, url: str, size: int, on_connect: Callable[[BlockingChannel], object], what: str
+        self, url: BrokerUrl, size: int, on_connect: Callable[[BlockingChannel], object], what: str
     ) -> None:
         self._channels = [ConfirmedChannel(url, on_connect) for _ in range(size)]
         self._idle: SimpleQueue[ConfirmedChannel] = SimpleQueue()
@@ -367,7 +369,7 @@ class ChannelPool:
             self._idle.put(channel)
         self.outage = Outage(what)
         self._closed = threading.Event()
-        interval = max(0.5, heartbeat_seconds(url) / 4)
+        interval = max(0.5, heartbeat_seconds(url_now(url)) / 4)
         threading.Thread(
             target=self._keep_alive, args=(interval,), name="broker-keepalive", daemon=True
         ).start()
@@ -408,7 +410,9 @@ class RequestPublisher:
     """Puts accepted requests on their endpoint's queue, declaring its topology first (again
     after a reconnect, in case the broker lost it). ``max_attempts``: each endpoint's."""
 
-    def __init__(self, url: str, max_attempts: Mapping[str, int], connections: int = 8) -> None:
+    def __init__(
+        self, url: BrokerUrl, max_attempts: Mapping[str, int], connections: int = 8
+    ) -> None:
         self.max_attempts = max_attempts  # read live: endpoints may come and go
         self._declared: set[str] = set()
         self._pool = ChannelPool(
@@ -430,6 +434,10 @@ class RequestPublisher:
             raise BrokerUnavailable(f"{exc}; the request was not accepted, retry later") from (
                 exc.__cause__ or exc
             )
+        except BrokerUrlError as exc:  # its file (``UrlFile``) cannot be read now
+            raise BrokerUnavailable(
+                f"the broker URL: {exc}; the request was not accepted, retry later"
+            ) from exc
 
     def close(self) -> None:
         self._pool.close()
@@ -691,9 +699,9 @@ def count_queue(channel: BlockingChannel, queue: str) -> Backlog:
     )
 
 
-def backlog_from_amqp(amqp_url: str, queue: str) -> Backlog:
+def backlog_from_amqp(amqp_url: BrokerUrl, queue: str) -> Backlog:
     """``count_queue`` on a connection of its own, for a caller that reads once in a while."""
-    connection = connect(amqp_url)
+    connection = connect(url_now(amqp_url))
     try:
         return count_queue(connection.channel(), queue)
     finally:
@@ -709,7 +717,7 @@ class QueueReader:
     raises BrokerUnavailable when the broker does not answer, after one retry on a new
     connection (the broker may have dropped an idle one)."""
 
-    def __init__(self, url: str, connections: int) -> None:
+    def __init__(self, url: BrokerUrl, connections: int) -> None:
         self.url = url
         self._pool = ChannelPool(url, connections, lambda _: None, "reading queues")
 
@@ -721,7 +729,10 @@ class QueueReader:
 
 
 def backlog(
-    endpoint: str, amqp_url: str, management_url: str | None, reader: QueueReader | None = None
+    endpoint: str,
+    amqp_url: BrokerUrl,
+    management_url: BrokerUrl | None,
+    reader: QueueReader | None = None,
 ) -> Backlog:
     """The endpoint's backlog: ready and consumers from the AMQP passive declare (exact now, so
     a pool at zero starts within a second of the first request; through ``reader``'s kept
@@ -736,7 +747,10 @@ def backlog(
     if not management_url or now.unacked is not None:
         return now
     try:
-        sampled = backlog_from_management(management_url, _vhost(amqp_url), queue)
+        management = url_now(management_url)
+        if not management:  # an optional file, absent (the Secret has no such key)
+            return now
+        sampled = backlog_from_management(management, _vhost(url_now(amqp_url)), queue)
     except (httpx.HTTPError, ValueError) as exc:
         log.warning("management API unavailable (%s); in-flight work unknown", exc)
         return now

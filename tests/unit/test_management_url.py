@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import base64
 import logging
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 
-from infermodes.queueing.broker import Backlog
+from infermodes.errors import BrokerUrlError
+from infermodes.queueing.broker import Backlog, UrlFile, given_url, url_now
 from infermodes.queueing.rabbitmq import QueueReader, backlog, backlog_from_management
+from infermodes.settings import GatewaySettings, OperatorSettings
 
 SECRET = "s3cr"  # what urlsplit reads as the port of these URLs, or as part of their path
 UNREADABLE = [
@@ -65,3 +68,35 @@ def test_a_readable_url_still_reads_the_queue() -> None:
     assert (found.ready, found.unacked) == (3, 4)
     assert seen[0][0] == "http://127.0.0.1:15672/api/queues/%2F/q"
     assert seen[0][1] == "Basic " + base64.b64encode(b"mon:p/ss").decode()
+
+
+def test_a_url_file_is_read_at_each_call_and_its_errors_never_quote_it(tmp_path: Path) -> None:
+    """The chart mounts the broker Secret's keys as files (a rotated password reaches the next
+    connection); a file that cannot be read is named, its content never."""
+    path = tmp_path / "url"
+    url = UrlFile(path)
+    with pytest.raises(BrokerUrlError, match="no such file"):
+        url()
+    path.write_text(f"amqp://u:{SECRET}@127.0.0.1:5672/%2F\n")
+    assert url_now(url) == f"amqp://u:{SECRET}@127.0.0.1:5672/%2F"
+    path.write_text("amqp://u:rotated@127.0.0.1:5672/%2F")
+    assert url() == "amqp://u:rotated@127.0.0.1:5672/%2F"  # read again, not kept
+    path.write_bytes(b"amqp://u:\xff" + SECRET.encode())
+    with pytest.raises(BrokerUrlError) as raised:
+        url()
+    assert "not UTF-8" in str(raised.value) and "xff" not in str(raised.value)
+    path.write_text(" \n")
+    with pytest.raises(BrokerUrlError, match="is empty"):
+        url()
+    assert UrlFile(tmp_path / "absent", optional=True)() == ""  # an optional key, not set
+    assert given_url("amqp://inline", None) == "amqp://inline"
+    assert given_url(None, str(path)) == UrlFile(path)
+    assert given_url(None, None) is None
+
+
+def test_a_url_is_given_inline_or_in_a_file_not_both() -> None:
+    with pytest.raises(ValueError, match="broker_url and broker_url_file are both set"):
+        GatewaySettings(broker_url="amqp://a", broker_url_file="/etc/url")
+    with pytest.raises(ValueError, match="management_url and management_url_file are both"):
+        OperatorSettings(management_url="http://a", management_url_file="/etc/url")
+    assert OperatorSettings(broker_url_file="/etc/url").broker_url is None
