@@ -13,7 +13,10 @@ What it does, and the rules a pod's command must live by:
   Env: values with `$(VAR)` expansion, `fieldRef`, `secretKeyRef`, `configMapKeyRef`, `envFrom`,
   resolved again at every restart.
 - Volumes (`emptyDir`, `configMap`, `secret`, `downwardAPI`, `projected`, `hostPath`) become
-  directories under the pod's directory. **Path rewrite**: a volumeMount at `/etc/x` is found at
+  directories under the pod's directory; the files of ConfigMaps and Secrets are written again
+  from their objects every few seconds while the container runs (each by a rename), as the real
+  kubelet updates them (also under a `subPath` here, which the real one leaves as it was).
+  **Path rewrite**: a volumeMount at `/etc/x` is found at
   `$INFERMODES_POD_ROOT/etc/x`; any command word, argument or env value that is a mount path or
   lies under one (also after `--flag=`) is rewritten to that place, so manifests keep their paths.
   The container's terminationMessagePath counts as a mount, as the real kubelet mounts it.
@@ -59,6 +62,7 @@ log = logging.getLogger("infermodes.kubelet")
 HEARTBEAT_S = 5.0
 LEASE_DURATION_S = 40
 TOKEN_EXPIRATION_S = 3600
+VOLUME_SYNC_S = 2.0  # the real kubelet's sync is about a minute; tests want it quicker
 MANAGED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
 JOB_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -421,6 +425,7 @@ class PodWorker(threading.Thread):
         self.cwd = self.dir
         self.mounts: list[tuple[str, Path]] = []
         self.tokens: list[Token] = []
+        self.volumes_synced_at = 0.0
         self.probe: Probe | None = None
         self.backoff_s = 1.0
         self.restart_at = 0.0
@@ -623,6 +628,26 @@ class PodWorker(threading.Thread):
                 f"volume {name}: the process kubelet supports emptyDir, configMap, secret, "
                 "downwardAPI, projected and hostPath"
             )
+
+    def _sync_volumes(self) -> None:
+        """Write the ConfigMap and Secret files of the pod's volumes again from their objects:
+        an edit reaches a running container through them (an env var keeps its start value).
+        An object that cannot be read now leaves the files as they were, as the real kubelet."""
+        self.volumes_synced_at = time.monotonic()
+        for volume in self.pod["spec"].get("volumes", []):
+            target = self._volume_dir(volume)
+            sources = volume["projected"]["sources"] if "projected" in volume else [volume]
+            try:
+                for source in sources:
+                    if "configMap" in source:
+                        self._write_object_files(target, "configmaps", source["configMap"])
+                    elif "secret" in source:
+                        spec = dict(source["secret"])
+                        spec.setdefault("name", spec.get("secretName"))
+                        self._write_object_files(target, "secrets", spec)
+            except (PodConfigError, ApiError, httpx.HTTPError) as err:
+                log.warning("volume %s of %s/%s not updated: %s", volume["name"], self.namespace,
+                            self.name, err)  # fmt: skip
 
     def _write_object_files(self, target: Path, kind: str, spec: dict[str, Any]) -> None:
         data = self._object_data(kind, spec["name"], optional=spec.get("optional", False))
@@ -835,6 +860,8 @@ class PodWorker(threading.Thread):
             log.warning(
                 "token refresh of %s/%s failed, will retry: %s", self.namespace, self.name, err
             )
+        if time.monotonic() - self.volumes_synced_at >= VOLUME_SYNC_S:
+            self._sync_volumes()
         self._push_status()  # retries a status update that failed
 
     def _restart(self) -> None:

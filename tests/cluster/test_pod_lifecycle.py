@@ -81,6 +81,45 @@ def test_a_restarted_container_reads_its_secret_env_anew(k8s_cluster: Cluster, k
     wait_until(lambda: phase(api, k8s_namespace, "reads") == "Succeeded", 60, "the pod to succeed")
 
 
+# Prints the file it is given whenever its content changes, for at most 5 minutes.
+FOLLOW_FILE = """import pathlib, sys, time
+path, seen = pathlib.Path(sys.argv[1]), None
+for _ in range(3000):
+    word = path.read_text()
+    if word != seen:
+        print("word=" + word, flush=True)
+        seen = word
+    time.sleep(0.1)
+"""
+
+
+def test_a_running_container_sees_its_mounted_secret_edited(
+    k8s_cluster: Cluster, k8s_namespace: str
+):
+    """As the real kubelet does (within about a minute there): a mounted Secret's files follow
+    the object, so a process that reads them again takes a rotated credential without a
+    restart (an env var keeps the value it started with)."""
+    require_process_kubelet(k8s_cluster)
+    api = k8s_cluster.api
+    secrets = f"/api/v1/namespaces/{k8s_namespace}/secrets"
+    api.post(secrets, {"metadata": {"name": "word"}, "stringData": {"word": "before"}})
+    spec = pod("follows", "Always", FOLLOW_FILE, ["/etc/word/current"])
+    spec["spec"]["containers"][0]["volumeMounts"].append(
+        {"name": "word", "mountPath": "/etc/word", "readOnly": True}
+    )
+    items = [{"key": "word", "path": "current"}]
+    spec["spec"]["volumes"].append({"name": "word", "secret": {"secretName": "word",
+                                                               "items": items}})  # fmt: skip
+    api.post(f"/api/v1/namespaces/{k8s_namespace}/pods", spec)
+    wait_until(lambda: "word=before" in k8s_cluster.pod_log(k8s_namespace, "follows"), 60,
+               "the container to read the mounted Secret")  # fmt: skip
+    api.merge_patch(f"{secrets}/word", {"stringData": {"word": "after"}})
+    wait_until(lambda: "word=after" in k8s_cluster.pod_log(k8s_namespace, "follows"), 30,
+               "the mounted file to follow the Secret")  # fmt: skip
+    status = h.pods(api, k8s_namespace)[0]["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0
+
+
 def test_never_ends_failed_with_the_exit_code(k8s_cluster: Cluster, k8s_namespace: str):
     api = k8s_cluster.api
     api.post(

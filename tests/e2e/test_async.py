@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -503,3 +504,63 @@ def test_the_gateway_stores_only_under_its_async_storage_prefixes(
     assert refused.status_code == 403, refused.text
     assert "async storage prefixes" in refused.text and f"{elsewhere}/output" in refused.text
     assert not elsewhere.exists()
+
+
+def chart_connections(broker: Broker, pids: set[int]) -> list[dict[str, Any]]:
+    """The broker's connections (its sampled listing) of the chart's gateway and operator."""
+    response = httpx.get(f"{broker.management_url}/api/connections", timeout=10)
+    response.raise_for_status()
+    names = {f"infermodes pid {pid}" for pid in pids}
+    return [c for c in response.json()
+            if (c.get("client_properties") or {}).get("connection_name") in names]  # fmt: skip
+
+
+def test_a_rotated_broker_login_reaches_the_gateway_and_the_operator_without_a_restart(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The chart mounts its broker Secret: once the Secret names another login, the gateway's
+    and the operator's next connections use it (each reads the file again), with no restart,
+    and what was accepted meanwhile completes. Their connections are closed here as a broker
+    restart would close them; the kubelet rewrites the mounted file meanwhile."""
+    manifest = async_manifest("rotated", model_uri, tmp_path, minReplicas=1, maxReplicas=1)
+    _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
+    before = tools.cluster.kubelet.running_pids(OPERATOR_NAMESPACE)
+    pids = set(before.values())
+    user, password = "rotated-login", f"rotated-{k8s_namespace}"
+    admin = f"http://127.0.0.1:{broker.management_port}/api"
+    for path, body in ((f"users/{user}", {"password": password, "tags": "monitoring"}),
+                       (f"permissions/%2F/{user}", {"configure": ".*", "write": ".*",
+                                                    "read": ".*"})):  # fmt: skip
+        httpx.put(f"{admin}/{path}", json=body, auth=("guest", "guest"), timeout=10)
+    secret = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets/{SECRET}"
+    rotated = {
+        "url": broker.amqp_url.replace("guest:guest@", f"{user}:{password}@"),
+        "managementUrl": broker.management_url.replace("guest:guest@", f"{user}:{password}@"),
+    }
+    original = {"url": broker.amqp_url, "managementUrl": broker.management_url}
+    tools.cluster.api.merge_patch(secret, {"stringData": rotated})
+    sent: dict[str, np.ndarray] = {}
+
+    def moved() -> bool:
+        """Close their connections of the old login; True once all they have are the new's."""
+        connections = chart_connections(broker, pids)
+        for old in (c for c in connections if c["user"] != user):
+            name = quote(old["name"], safe="")
+            httpx.delete(f"{admin}/connections/{name}", auth=("guest", "guest"), timeout=10)
+        sent.update(invoke_all(url, "rotated", abalone_model.test_rows, 1))  # 202 throughout
+        users = {c["user"] for c in connections}
+        by = {int(c["client_properties"]["connection_name"].split()[-1]) for c in connections}
+        return users == {user} and by == pids
+
+    try:
+        wait_until(moved, 120, "the gateway and the operator to connect with the new login",
+                   interval=1.0)  # fmt: skip
+    finally:
+        tools.cluster.api.merge_patch(secret, {"stringData": original})
+    assert tools.cluster.kubelet.running_pids(OPERATOR_NAMESPACE) == before  # no restart
+    wait_until(lambda: len(list((tmp_path / "output").glob("*.out"))) == len(sent), 60,
+               "every accepted request's output")  # fmt: skip
+    check_outputs(tmp_path, sent, abalone_model.booster())
+    endpoint = get_endpoint(tools.cluster.api, k8s_namespace, "rotated")
+    assert endpoint is not None and endpoint["status"]["reason"] != "BrokerUnreadable"
