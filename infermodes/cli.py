@@ -344,6 +344,9 @@ def gateway(namespaces: tuple[str, ...], **options: Any) -> None:
 
 
 DEFAULT_UP_PORT = 8080
+DEFAULT_UP_STATE_DIR = Path(".infermodes")
+UP_TOKEN_FILE_ENV = "INFERMODES_UP_TOKEN_FILE"  # noqa: S105  # a variable's name
+DEFAULT_UP_TOKEN_FILE = DEFAULT_UP_STATE_DIR / "token"  # where up writes it: local/access.py
 MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone meets
 
 
@@ -358,7 +361,7 @@ MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone m
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".infermodes"),
+    default=DEFAULT_UP_STATE_DIR,
     show_default=True,
     help="Endpoints, the queue, logs and batch summaries live here.",
 )
@@ -417,7 +420,7 @@ def up(
 def _up_client(url: str) -> Any:
     from infermodes.local.client import Client
 
-    return Client(url)
+    return Client(url, Path(os.environ.get(UP_TOKEN_FILE_ENV) or DEFAULT_UP_TOKEN_FILE))
 
 
 def _up_call(action: Any) -> Any:
@@ -435,7 +438,8 @@ _up_url = click.option(
     envvar="INFERMODES_UP_URL",
     default=f"http://127.0.0.1:{DEFAULT_UP_PORT}",
     show_default=True,
-    help="Where infermodes up listens. [env INFERMODES_UP_URL]",
+    help="Where infermodes up listens (the token it needs: the file INFERMODES_UP_TOKEN_FILE "
+    "names, by default .infermodes/token). [env INFERMODES_UP_URL]",
 )
 
 

@@ -93,7 +93,7 @@ def main() -> None:
                 endpoint["metadata"]["name"] = name
                 path = folder / f"{name}.yaml"
                 path.write_text(yaml.safe_dump(endpoint))
-                subprocess.run([INFERMODES, "apply", "-f", str(path), "--url", up.url],
+                subprocess.run([INFERMODES, "apply", "-f", str(path)], env=up.cli_env,
                                check=True, capture_output=True)  # fmt: skip
                 assert up.status(name)["replicas"] == 0, up.status(name)
                 started, wall = time.perf_counter(), time.time()

@@ -38,9 +38,10 @@ ROW = b"0.0,0.0,1.0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15\n"  # one Abalone 
 
 
 @contextlib.contextmanager
-def own_target(state: Path) -> Iterator[tuple[str, str]]:
+def own_target(state: Path) -> Iterator[tuple[str, str, str, str]]:
     """SeaweedFS + ``infermodes up`` on loopback, the example model uploaded: (URL, model
-    URL)."""
+    URL, access key id, secret: ``up``'s token)."""
+    from infermodes.local.access import ACCESS_KEY_ID, read_token
     from tests.support.abalone import train_abalone
     from tests.support.local import running_up
     from tests.support.seaweedfs import seaweedfs_server
@@ -51,7 +52,7 @@ def own_target(state: Path) -> Iterator[tuple[str, str]]:
         storage.create_bucket(Bucket="models")
         storage.upload_file(str(state / "model" / "model.tar.gz"), "models", "model.tar.gz")
         with running_up(state / "up", [], state / "up.log") as up:
-            yield up.url, "s3://models/model.tar.gz"
+            yield up.url, "s3://models/model.tar.gz", ACCESS_KEY_ID, read_token(up.token_file)
 
 
 def clients(url: str, region: str, key: str, secret: str) -> tuple[Any, Any]:
@@ -128,7 +129,9 @@ def main() -> None:
             url, model_url = args.endpoint_url, args.model_url
         else:
             state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-platform-")))
-            url, model_url = stack.enter_context(own_target(state))
+            url, model_url, args.access_key, args.secret_key = stack.enter_context(
+                own_target(state)
+            )
         result = measure(url, model_url, args)
     result["load_average_at_start"] = load
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

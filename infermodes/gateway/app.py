@@ -26,6 +26,7 @@ from infermodes.gateway.auth import (
     OPEN_PLATFORM,
     OPEN_STATUS,
     OPEN_WARNING,
+    Guard,
     loopback_only,
     refused_caller,
     verified,
@@ -80,6 +81,7 @@ class Gateway:
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
         self.guard_callers = self.verifier is None and loopback_only(settings.host)
+        self.guard: Guard | None = None  # set by ``infermodes up``: its token (local/access.py)
         # a signed body is read whole before routing: at most what its route takes
         self.invocation_limit = max(
             settings.realtime_max_payload_bytes, settings.serverless_max_payload_bytes
@@ -135,8 +137,13 @@ class Gateway:
             receive = checked
         if scope["type"] == "http" and is_invocation(scope["path"]):
             await self.proxy(scope, receive, send)
-        else:
-            await self.rest(scope, receive, send)
+            return
+        if self.guard is not None and scope["type"] == "http":  # invocations stay unguarded
+            guarded = await self.guard(scope, receive, send)
+            if guarded is None:
+                return
+            receive = guarded
+        await self.rest(scope, receive, send)
 
 
 def _uvicorn() -> tuple[type, type]:

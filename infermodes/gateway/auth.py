@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 
 from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
@@ -33,6 +34,10 @@ OPEN_WARNING = (
 )
 OPEN_PLATFORM = " and, through its platform API, create, change and delete models and endpoints"
 OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
+
+# A check of its own a gateway runs before routing (``infermodes up``'s token): the ``receive``
+# to route the request with, or None when it refused (and answered) the request.
+Guard = Callable[[Scope, Receive, Send], Awaitable[Receive | None]]
 
 
 class AccessDeniedException(AuthError):

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX
 from infermodes.local.manifests import ManifestError, manifest_files
 
@@ -22,8 +23,22 @@ class UpError(RuntimeError):
 
 
 class Client:
-    def __init__(self, url: str) -> None:
+    """``token_file``: where ``up`` wrote its token (``<state dir>/token``), which the
+    ``/_infermodes`` API needs; invocations need none."""
+
+    def __init__(self, url: str, token_file: Path | None = None) -> None:
         self.url = url.rstrip("/")
+        self.token_file = token_file
+
+    def authorization(self) -> tuple[dict[str, str], str]:
+        """The header that carries the token, and why there is none when it cannot be read
+        (said only if ``up`` then refuses the request: it may not be running at all)."""
+        if self.token_file is None:
+            return {}, "no token file given"
+        try:
+            return {"Authorization": f"Bearer {read_token(self.token_file)}"}, ""
+        except TokenFileError as exc:
+            return {}, str(exc)
 
     def request(self, method: str, path: str, **options: Any) -> httpx.Response:
         try:
@@ -41,12 +56,16 @@ class Client:
 
     def api(self, method: str, path: str, **options: Any) -> Any:
         """A call to the API; its errors become ``UpError`` with the server's message."""
-        response = self.request(method, f"{PREFIX}{path}", **options)
+        authorization, unread = self.authorization()
+        headers = {**options.pop("headers", {}), **authorization}
+        response = self.request(method, f"{PREFIX}{path}", headers=headers, **options)
         if response.status_code >= 400:
             try:
                 message = response.json()["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text
+            if response.status_code == 401 and unread:
+                raise UpError(f"{message}; {unread}")
             if response.status_code == 404 and not str(message).startswith("endpoint "):
                 # up's one 404 is an endpoint not found: this is another server's port
                 raise UpError(

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from infermodes.gateway.app import Runner
 from infermodes.gateway.async_accept import create_router as async_router
 from infermodes.gateway.async_retention import Sweeper
+from infermodes.local.access import TokenFileError, token_guard, write_token
 from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
@@ -100,6 +101,10 @@ def _serve(
 ) -> int:
     import uvloop
 
+    try:
+        token, token_file = write_token(state_dir)
+    except TokenFileError as exc:
+        raise StateDirUnusable(str(exc)) from None
     tail: Tail | None = None
     if broker_url is None:
         queue_file = (state_dir / "queue.db").resolve()
@@ -123,6 +128,7 @@ def _serve(
                                probe_interval_seconds=PROBE_INTERVAL_SECONDS)  # fmt: skip
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers)  # fmt: skip
+    runner.app.guard = token_guard(token, token_file)  # its API and platform API: its user's
     demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
     runner.app.include(async_router(
         supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
@@ -132,7 +138,8 @@ def _serve(
     # the async plane's stale request records, claims and inline inputs, as the gateway's
     sweeper = Sweeper(Storage(), supervisor.async_layouts, settings.sweep_interval_seconds)
     sweeper.start()
-    log.info("infermodes up, state in %s", state_dir)  # the runner says where, once it listens
+    # the runner says where, once it listens; the token's file is named, never the token
+    log.info("infermodes up, state in %s, its token in %s", state_dir, token_file)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())

@@ -20,7 +20,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 
+from infermodes.local.access import ACCESS_KEY_ID, read_token
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
@@ -43,38 +45,40 @@ def up(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) ->
         yield process
 
 
-def cli(up_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(up: Up | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run against ``up`` (or a URL where none runs)."""
+    env = up.cli_env if isinstance(up, Up) else {**os.environ, "INFERMODES_UP_URL": up}
     return subprocess.run([INFERMODES, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "INFERMODES_UP_URL": up_url})  # fmt: skip
+                          env=env)  # fmt: skip
 
 
 def test_the_cli_lists_describes_invokes_and_applies(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "realtime InService")
-    listed = cli(up.url, "get")
+    listed = cli(up, "get")
     assert listed.returncode == 0, listed.stderr
     header, *lines = listed.stdout.splitlines()
     assert header.split() == ["NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG",
                               "PROGRESS", "AGE"]  # fmt: skip
     assert lines[0].split()[:5] == ["abalone", "realtime", "InService", "1", "1"]
-    described = cli(up.url, "describe", "abalone")
+    described = cli(up, "describe", "abalone")
     assert f"{up.url}/endpoints/abalone/invocations" in described.stdout
     assert "abalone/server-" in described.stdout
     row = ",".join(repr(float(v)) for v in abalone_model.test_rows[0])
-    invoked = cli(up.url, "invoke", "abalone", "--data", row)
+    invoked = cli(up, "invoke", "abalone", "--data", row)
     assert invoked.returncode == 0, invoked.stderr
     expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:1])  # type: ignore[attr-defined]
     np.testing.assert_allclose(scores(invoked.stdout), expected, rtol=1e-6)
-    assert "abalone-server-0.log" in cli(up.url, "logs", "abalone").stdout
+    assert "abalone-server-0.log" in cli(up, "logs", "abalone").stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(manifest("realtime", abalone_model.tarball, tmp_path).read_text()
                    .replace("minReplicas: 1", "minReplicas: -1"))  # fmt: skip
-    refused = cli(up.url, "apply", "-f", str(bad))
+    refused = cli(up, "apply", "-f", str(bad))
     assert refused.returncode != 0
     assert "bad.yaml" in refused.stderr and "spec.realtime.minReplicas" in refused.stderr
-    assert cli(up.url, "delete", "nothing-here").returncode != 0
+    assert cli(up, "delete", "nothing-here").returncode != 0
 
 
 def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
@@ -86,12 +90,12 @@ def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
     for name in ("../..", "a/b", "UPPER"):
         hostile = tmp_path / "hostile.yaml"
         hostile.write_text(yaml.safe_dump({**written, "metadata": {"name": name}}))
-        refused = cli(up.url, "apply", "-f", str(hostile))
+        refused = cli(up, "apply", "-f", str(hostile))
         assert refused.returncode != 0, name
         assert "metadata.name" in refused.stderr and "DNS-1035" in refused.stderr, refused.stderr
         assert "internal error" not in refused.stderr
     assert (up.state_dir / "endpoints").is_dir()
-    assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
+    assert [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]] == ["abalone"]
 
 
 def test_a_web_page_can_neither_apply_a_manifest_nor_reach_up_under_its_own_name(
@@ -109,7 +113,61 @@ def test_a_web_page_can_neither_apply_a_manifest_nor_reach_up_under_its_own_name
                              headers={"content-type": "text/plain", **headers})  # fmt: skip
         assert refused.status_code == 403, refused.text
         assert refused.json()["__type"] == "AccessDeniedException"
-    assert [line.split()[0] for line in cli(up.url, "get").stdout.splitlines()[1:]] == ["abalone"]
+    assert [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]] == ["abalone"]
+
+
+def test_up_answers_its_api_and_platform_api_only_to_who_can_read_its_token(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Any user of the machine could apply a manifest to ``up`` over loopback (processes run as
+    its user; ``allowPickle`` runs their code), delete endpoints, read logs, or create models
+    through the platform API. Without the token in ``<state dir>/token`` (0600) it is a 401
+    naming that file; the CLI and boto3 with the token work."""
+    import boto3
+
+    assert up.token_file.stat().st_mode & 0o777 == 0o600
+    token = read_token(up.token_file)
+    written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
+    body = yaml.safe_dump({**written, "metadata": {"name": "from-another-user"}}).encode()
+    api = f"{up.url}/_infermodes"
+    wrong = ["Bearer not-the-token", f"Bearer {token[:-1]}", token]  # the last: no "Bearer"
+    for headers in [{}, *({"authorization": value} for value in wrong)]:
+        for refused in (httpx.post(f"{api}/endpoints", content=body, headers=headers),
+                        httpx.get(f"{api}/endpoints/abalone/logs", headers=headers),
+                        httpx.delete(f"{api}/endpoints/abalone", headers=headers)):  # fmt: skip
+            assert refused.status_code == 401, refused.text
+            assert str(up.token_file.resolve()) in refused.json()["message"]
+            assert token not in refused.text
+    unsigned = httpx.post(
+        f"{up.url}/",
+        content=b"{}",
+        headers={
+            "x-amz-target": "SageMaker.ListModels",
+            "content-type": "application/x-amz-json-1.1",
+        },
+    )
+    assert unsigned.status_code == 401, unsigned.text
+    assert str(up.token_file.resolve()) in unsigned.json()["message"]
+    for key_id, secret in (("x", "x"), (ACCESS_KEY_ID, "not-the-token")):
+        guessed = boto3.client("sagemaker", endpoint_url=up.url, region_name="us-east-1",
+                               aws_access_key_id=key_id, aws_secret_access_key=secret)  # fmt: skip
+        with pytest.raises(ClientError) as refusal:
+            guessed.list_models()
+        assert refusal.value.response["Error"]["Code"] in (
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+        )
+    keyed = boto3.client("sagemaker", endpoint_url=up.url, region_name="us-east-1",
+                         aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=token)  # fmt: skip
+    assert keyed.list_models()["Models"] == []
+    # the CLI sends the token; without the file it says where up writes it
+    assert [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]] == ["abalone"]
+    elsewhere = {**up.cli_env, "INFERMODES_UP_TOKEN_FILE": str(tmp_path / "no-token")}
+    lost = subprocess.run([INFERMODES, "get"], capture_output=True, text=True, timeout=120,
+                          env=elsewhere)  # fmt: skip
+    assert lost.returncode == 1 and str(tmp_path / "no-token") in lost.stderr, lost.stderr
+    assert "Traceback" not in lost.stderr
+    assert token not in up.log
 
 
 def test_up_sweeps_stale_records_and_inputs_of_its_async_endpoints(
@@ -138,10 +196,12 @@ def test_up_sweeps_stale_records_and_inputs_of_its_async_endpoints(
 
 
 def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -> None:
-    refused = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"#" * (2 << 20))
+    refused = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"#" * (2 << 20),
+                         headers=up.headers)  # fmt: skip
     assert refused.status_code == 413, refused.text
     assert refused.json()["error"] == "PayloadTooLarge"
-    invalid = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"kind: [")
+    invalid = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"kind: [",
+                         headers=up.headers)  # fmt: skip
     assert invalid.status_code == 400 and invalid.json()["error"] == "InvalidManifest"
 
 
@@ -177,13 +237,15 @@ def test_a_state_dir_or_port_up_cannot_use_is_one_line_naming_it(tmp_path: Path)
 
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
-        answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
+        answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after},
+                           headers=up.headers)  # fmt: skip
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"] == "ValidationError"
         assert "after must be a notification id" in answer.json()["message"]
     # past the largest id SQLite holds (a 500 there), or past int()'s 4,300 digits: nothing
     for after in ("0", str(2**63), "9" * 5000):
-        answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after})
+        answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after},
+                           headers=up.headers)  # fmt: skip
         assert answer.json() == {"items": []}, answer.text
 
 
@@ -287,9 +349,10 @@ def test_notifications_prints_every_one_past_the_apis_page(
         output = tmp_path / "async" / "output"
         wait_until(lambda: len(outputs(output)) == count, WAIT * 3, "every async output")
         wait_until(lambda: backlog_total(up, "abalone-async") == 0, WAIT, "no backlog")
-        printed = cli(up.url, "notifications", "abalone-async.success")
+        printed = cli(up, "notifications", "abalone-async.success")
         padded = {"after": "0" * 25 + "1"}  # 1, written with zeros: not past every id
-        answer = httpx.get(f"{up.url}/_infermodes/notifications", params=padded).json()
+        answer = httpx.get(f"{up.url}/_infermodes/notifications", params=padded,
+                           headers=up.headers).json()  # fmt: skip
         assert len(answer["items"]) == NOTIFICATIONS_PER_CALL, len(answer["items"])
     assert printed.returncode == 0, printed.stderr
     items = [json.loads(line) for line in printed.stdout.splitlines()]
@@ -329,7 +392,7 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
         sender.start()
         try:
             wait_until(lambda: len(answers) >= 5, WAIT, "answers before the change")
-            applied = cli(up.url, "apply", "-f", str(changed))
+            applied = cli(up, "apply", "-f", str(changed))
             assert applied.returncode == 0, applied.stderr
             replaced = lambda: (  # noqa: E731
                 up.status("abalone")["phase"] == "InService" and not old & pids()
@@ -363,7 +426,7 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
     body = to_csv(abalone_model.test_rows[:1])
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
-        assert cli(up.url, "apply", "-f", str(broken)).returncode == 0
+        assert cli(up, "apply", "-f", str(broken)).returncode == 0
         saved = tmp_path / "state" / "endpoints" / "abalone.json"
         for when in ("the update to fail", "the update to fail again after a restart"):
             failed = lambda: up.status("abalone")["reason"] == "ModelLoadFailed"  # noqa: E731
@@ -378,7 +441,7 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
                 up.stop()
                 up.files = []  # from its state alone
                 up.start()
-        assert cli(up.url, "apply", "-f", str(fixed)).returncode == 0
+        assert cli(up, "apply", "-f", str(fixed)).returncode == 0
         back = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
         wait_until(back, WAIT, "the fixed spec in service")
         status = up.status("abalone")
@@ -408,7 +471,7 @@ def test_a_request_during_an_update_from_serverless_at_zero_waits_for_the_new_re
             "ScaledToZero",
             "no replicas; a request starts one",
         ), at_zero
-        applied = cli(up.url, "apply", "-f", str(tmp_path / "realtime.yaml"))
+        applied = cli(up, "apply", "-f", str(tmp_path / "realtime.yaml"))
         assert applied.returncode == 0, applied.stderr
         assert up.status(name)["phase"] == "Updating"
         answer = up.invoke(name, to_csv(abalone_model.test_rows[:1]))
@@ -496,7 +559,7 @@ def test_async_on_rabbitmq_with_broker_url(
             expected = booster.inplace_predict(request_rows)  # type: ignore[attr-defined]
             np.testing.assert_allclose(found[inference_id], expected, rtol=1e-6)
         assert not (tmp_path / "state" / "queue.db").exists()
-        assert "RabbitMQ" in cli(up.url, "notifications").stderr
+        assert "RabbitMQ" in cli(up, "notifications").stderr
         wait_until(lambda: up.running("abalone-async") == [], WAIT, "the pool back at zero")
         assert up.status("abalone-async")["backlog"]["inFlight"] == 0
 
@@ -633,7 +696,7 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert (later.status_code, later.json()) == (400, held.json())
         # the model put in place, the same spec applied again starts again (it was unchanged)
         shutil.copy(abalone_model.tarball, tmp_path / "missing.tar.gz")
-        applied = cli(up.url, "apply", "-f", str(files[0]))
+        applied = cli(up, "apply", "-f", str(files[0]))
         assert applied.returncode == 0 and "configured" in applied.stdout, applied.stdout
         served = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:2]))
         assert served.status_code == 200, served.text

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
+from infermodes.local.access import ACCESS_KEY_ID, read_token
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
 from tests.support.local import Up, running_up
@@ -60,7 +61,8 @@ def client(up: Up, service: str) -> Any:
     import boto3
 
     return boto3.client(service, endpoint_url=up.url, region_name=REGION,
-                        aws_access_key_id="x", aws_secret_access_key="x")  # fmt: skip
+                        aws_access_key_id=ACCESS_KEY_ID,
+                        aws_secret_access_key=read_token(up.token_file))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +250,6 @@ def transform_request(name: str, model: str, prefix: str) -> dict[str, Any]:
 def test_a_transform_job_completes_with_every_output(
     sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel, up: Up
 ) -> None:
-    import httpx
 
     storage: Any = s3.client()
     rows = abalone_model.test_rows
@@ -270,7 +271,7 @@ def test_a_transform_job_completes_with_every_output(
     time.sleep(1.1)  # the end time is when the job ended, not when it was asked for
     again = sagemaker.describe_transform_job(TransformJobName="abalone-batch")
     assert again["TransformEndTime"] == described["TransformEndTime"]
-    shown = httpx.get(f"{up.url}/_infermodes/endpoints/abalone-batch", timeout=10).json()["status"]
+    shown = up.status("abalone-batch")
     assert (shown["phase"], shown["desiredReplicas"]) == ("Completed", 0)  # wants no process
     for index in range(3):
         output = storage.get_object(Bucket="batch", Key=f"job/output/part-{index}.csv.out")
@@ -410,10 +411,16 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
     sagemaker.delete_model(ModelName="errors-model")
 
     import httpx
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
 
-    unknown = httpx.post(up.url + "/", content=b"{}", timeout=10.0,
+    request = AWSRequest("POST", up.url + "/", data=b"{}",
                          headers={"X-Amz-Target": "SageMaker.CreateTrainingJob",
                                   "Content-Type": "application/x-amz-json-1.1"})  # fmt: skip
+    keys = Credentials(ACCESS_KEY_ID, read_token(up.token_file))
+    SigV4Auth(keys, "sagemaker", REGION).add_auth(request)
+    unknown = httpx.post(up.url + "/", content=b"{}", timeout=10.0, headers=dict(request.headers))
     assert (unknown.status_code, unknown.json()["__type"]) == (400, "UnknownOperationException")
 
 
@@ -454,16 +461,19 @@ def test_an_api_endpoint_replaced_by_a_manifest_of_its_name_is_described_as_that
          "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2}}])  # fmt: skip
     sagemaker.create_endpoint(EndpointName="swap", EndpointConfigName="swap-config")
     assert sagemaker.describe_endpoint(EndpointName="swap")["EndpointConfigName"] == "swap-config"
-    assert httpx.delete(f"{up.url}/_infermodes/endpoints/swap").status_code < 300
+    deleted = httpx.delete(f"{up.url}/_infermodes/endpoints/swap", headers=up.headers)
+    assert deleted.status_code < 300, deleted.text
     manifest = {"apiVersion": "infermodes.dev/v1alpha1", "kind": "InferenceEndpoint",
                 "metadata": {"name": "swap"},
                 "spec": {"mode": "realtime", "model": {"uri": MODEL_URL},
                          "realtime": {"minReplicas": 1, "maxReplicas": 1}}}  # fmt: skip
-    applied = httpx.post(f"{up.url}/_infermodes/endpoints", content=yaml.safe_dump(manifest))
+    applied = httpx.post(f"{up.url}/_infermodes/endpoints", content=yaml.safe_dump(manifest),
+                         headers=up.headers)  # fmt: skip
     assert applied.status_code == 200, applied.text
     # a manifest's endpoint, as any other: not the API's to describe
     assert code_of(sagemaker.describe_endpoint, EndpointName="swap") == "ValidationException"
     assert "swap" not in [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]
-    assert httpx.delete(f"{up.url}/_infermodes/endpoints/swap").status_code < 300
+    deleted = httpx.delete(f"{up.url}/_infermodes/endpoints/swap", headers=up.headers)
+    assert deleted.status_code < 300, deleted.text
     sagemaker.delete_endpoint_config(EndpointConfigName="swap-config")
     sagemaker.delete_model(ModelName="swap-model")

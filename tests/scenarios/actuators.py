@@ -63,8 +63,8 @@ class LocalActuator:
     def apply(self, manifest: dict[str, Any]) -> None:
         path = self.folder / f"{manifest['metadata']['name']}.yaml"
         path.write_text(yaml.safe_dump(manifest))
-        applied = subprocess.run([INFERMODES, "apply", "-f", str(path), "--url", self.url],
-                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        applied = subprocess.run([INFERMODES, "apply", "-f", str(path)], capture_output=True,
+                                 text=True, timeout=60, env=self.up.cli_env)  # fmt: skip
         assert applied.returncode == 0, applied.stderr
 
     def status(self, name: str) -> dict[str, Any]:

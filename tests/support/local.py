@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from infermodes.local.access import read_token
 from infermodes.local.children import Registry
 from tests.support.processes import INFERMODES, REPO, free_port, stop_process, wait_until
 
@@ -57,6 +58,18 @@ class Up:
         self.log_path = log_path
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token_file = state_dir / "token"  # up writes it at start (local/access.py)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to ``up``'s API carries: its token, as the CLI sends it."""
+        return {"authorization": f"Bearer {read_token(self.token_file)}"}
+
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """The environment the CLI finds this ``up`` with (its URL and token file)."""
+        return {**os.environ, "INFERMODES_UP_URL": self.url,
+                "INFERMODES_UP_TOKEN_FILE": str(self.token_file)}  # fmt: skip
 
     def start(self) -> None:
         args = [INFERMODES, "up", "--port", str(self.port), "--state-dir", str(self.state_dir)]
@@ -93,7 +106,8 @@ class Up:
         return stop_process(self.proc, grace=30.0)
 
     def endpoint(self, name: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_infermodes/endpoints/{name}", timeout=10.0)
+        response = httpx.get(f"{self.url}/_infermodes/endpoints/{name}", timeout=10.0,
+                             headers=self.headers)  # fmt: skip
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result

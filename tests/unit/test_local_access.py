@@ -1,0 +1,113 @@
+"""``infermodes up``'s token: written for its user alone, read back only from such a file, and
+required (compared whole) by its API and platform API; invocations need none."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infermodes.http import Message
+from infermodes.local.access import (
+    ACCESS_KEY_ID,
+    TokenFileError,
+    read_token,
+    token_guard,
+    write_token,
+)
+
+
+def test_each_start_writes_a_new_token_its_user_alone_may_read(tmp_path: Path) -> None:
+    token, path = write_token(tmp_path)
+    assert path == tmp_path.resolve() / "token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_token(path) == token and len(token) >= 40
+    path.chmod(0o644)  # a file left open by hand is written 0600 again, not reused
+    again, _ = write_token(tmp_path)
+    assert again != token and path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
+
+
+def test_a_link_in_the_tokens_place_is_replaced_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("kept")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "token").symlink_to(elsewhere)
+    _, path = write_token(tmp_path / "state")
+    assert not path.is_symlink() and elsewhere.read_text() == "kept"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_others_may_read_is_refused_naming_it(tmp_path: Path, mode: int) -> None:
+    _, path = write_token(tmp_path)
+    path.chmod(mode)
+    with pytest.raises(TokenFileError, match=f"{path}.*open to other users"):
+        read_token(path)
+
+
+def test_a_missing_token_file_says_where_up_writes_it(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError, match=r"no-such.*<state dir>/token"):
+        read_token(tmp_path / "no-such")
+
+
+def call(guard: Any, path: str, *headers: tuple[bytes, bytes]) -> tuple[bool, list[Message]]:
+    """Whether the guard let the request through, and what it answered if not."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": list(headers)}  # fmt: skip
+    passed = asyncio.run(guard(scope, receive, send)) is not None
+    return passed, sent
+
+
+def refusal(sent: list[Message]) -> tuple[int, dict[str, str]]:
+    body: dict[str, str] = json.loads(sent[1]["body"])
+    return sent[0]["status"], body
+
+
+@pytest.mark.parametrize("path", ["/_infermodes", "/_infermodes/endpoints", "/_infermodes/x/y"])
+def test_the_api_needs_the_whole_token_and_says_where_it_is(tmp_path: Path, path: str) -> None:
+    token, file = write_token(tmp_path)
+    guard = token_guard(token, file)
+    assert call(guard, path, (b"authorization", f"Bearer {token}".encode()))[0]
+    assert call(guard, path, (b"authorization", f"bearer  {token} ".encode()))[0]
+    for given in ([], [(b"authorization", b"Bearer " + token[:-1].encode())],
+                  [(b"authorization", token.encode())],
+                  [(b"authorization", b"Bearer " + token.encode() + b"x")],
+                  [(b"authorization", b"Bearer \xff")]):  # fmt: skip
+        passed, sent = call(guard, path, *given)
+        status, body = refusal(sent)
+        assert not passed and status == 401, given
+        assert str(file) in body["message"] and token not in json.dumps(body)
+
+
+def test_the_platform_api_needs_a_signature_with_the_token(tmp_path: Path) -> None:
+    """Unsigned: 401 naming the file and the access key id; signed by another key: the
+    verifier's own refusal."""
+    token, file = write_token(tmp_path)
+    guard = token_guard(token, file)
+    passed, sent = call(guard, "/")
+    status, body = refusal(sent)
+    assert not passed and status == 401
+    assert str(file) in body["message"] and ACCESS_KEY_ID in body["message"]
+    forged = (b"authorization", b"AWS4-HMAC-SHA256 Credential=x/20260101/us-east-1/sagemaker/"
+              b"aws4_request, SignedHeaders=host, Signature=00")  # fmt: skip
+    passed, sent = call(guard, "/", forged)
+    assert not passed and refusal(sent)[0] in (400, 403)
+
+
+@pytest.mark.parametrize(
+    "path", ["/endpoints/a/invocations", "/endpoints/a/async-invocations", "/readyz", "/metrics"]
+)
+def test_invocations_health_and_metrics_need_no_token(tmp_path: Path, path: str) -> None:
+    token, file = write_token(tmp_path)
+    assert call(token_guard(token, file), path)[0]
