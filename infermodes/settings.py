@@ -363,12 +363,34 @@ class AsyncApiSettings(AsyncAcceptSettings):
     log_level: LogLevel = "info"
 
 
+IMAGE_BOUNDARIES = "/:@"  # where a reference's name ends: a path segment, a tag, a digest
+
+
 def image_allowed(image: str, own: str, allowed: list[str]) -> bool:
     """Whether an endpoint may run ``image``: the operator's own, one ``allowed`` names, or one
-    under an allowed prefix (``...*``)."""
-    return image == own or any(
-        image.startswith(entry[:-1]) if entry.endswith("*") else image == entry for entry in allowed
-    )
+    under an allowed prefix (``...*``, ``*`` alone: any)."""
+    return image == own or any(_image_matches(image, entry) for entry in allowed)
+
+
+def _image_matches(image: str, entry: str) -> bool:
+    """A prefix (``entry`` ending in ``*``) matches at a boundary of the reference, never inside
+    a name: ``r.example/team*`` is ``r.example/team`` itself, anything under
+    ``r.example/team/``, and its tags and digests (``:1``, ``@sha256:...``), not
+    ``r.example/team-evil/x``. After a ``:`` or ``@`` nothing may hold a ``/``: that ``:`` was
+    a registry's port (``r.example:5000/x`` is another registry, not a tag of ``r.example``)."""
+    if not entry.endswith("*"):
+        return image == entry
+    prefix = entry[:-1]
+    if not prefix:
+        return True
+    if prefix[-1] in IMAGE_BOUNDARIES:
+        boundary, rest = prefix[-1], image[len(prefix) :]
+        return image.startswith(prefix) and (boundary == "/" or "/" not in rest)
+    if image == prefix:
+        return True
+    if not image.startswith(prefix) or image[len(prefix)] not in IMAGE_BOUNDARIES:
+        return False
+    return image[len(prefix)] == "/" or "/" not in image[len(prefix) + 1 :]
 
 
 class OperatorSettings(EnvSettings):
@@ -383,7 +405,9 @@ class OperatorSettings(EnvSettings):
     allowed_images: list[str] = Field(
         default_factory=list,
         description="Images an endpoint's spec.image may name besides the operator's own: each "
-        "an exact image, or a prefix ending in '*' (registry.example/team/*). Empty: only the "
+        "an exact image, or a prefix ending in '*' that matches at a '/', ':' or '@' of the "
+        "reference (registry.example/team* is that image's tags and everything under "
+        "registry.example/team/, not registry.example/team-evil/x). Empty: only the "
         "operator's own (whoever may create an endpoint would otherwise run any image).",
     )
     allow_pickle: bool = Field(

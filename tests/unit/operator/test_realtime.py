@@ -371,12 +371,51 @@ def test_a_pickle_the_operator_was_not_told_to_load_fails_the_endpoint() -> None
     ("image", "allowed", "runs"),
     [("r.example/team/m:1", ["r.example/team/*"], True),
      ("r.example/teamx:1", ["r.example/team/*"], False),
-     ("r.example/m:1", ["r.example/m:1"], True), ("r.example/m:2", ["r.example/m:1"], False)],
+     ("r.example/m:1", ["r.example/m:1"], True), ("r.example/m:2", ["r.example/m:1"], False),
+     # a prefix without a boundary of its own matches only at one: '/', ':' or '@'
+     ("r.example/team-evil/x:1", ["r.example/team*"], False),
+     ("r.example/teamx:1", ["r.example/team*"], False),
+     ("r.example/team/m:1", ["r.example/team*"], True),
+     ("r.example/team:1", ["r.example/team*"], True),
+     ("r.example/team@sha256:" + "a" * 64, ["r.example/team*"], True),
+     ("r.example/team", ["r.example/team*"], True),
+     ("r.example.evil.io/m:1", ["r.example*"], False),
+     ("r.example/m:1", ["r.example*"], True),
+     # a ':' followed by a '/' is a registry's port: another registry, not a tag
+     ("r.example:5000/evil:1", ["r.example*"], False),
+     ("r.example:5000/evil:1", ["r.example:*"], False),
+     ("nginx:5000/evil", ["nginx*"], False),
+     ("nginx:1.25", ["nginx*"], True), ("nginx:1.25", ["nginx:*"], True),
+     ("r.example/m@sha256:" + "b" * 64, ["r.example/m@*"], True),
+     ("r.example/team/m:1", ["r.example/team/*"], True),
+     ("anything/at:all", ["*"], True)],
 )  # fmt: skip
 def test_allowed_images_are_exact_or_prefixes(image: str, allowed: list[str], runs: bool) -> None:
     from infermodes.settings import image_allowed
 
     assert image_allowed(image, "own:1", allowed) is runs
+
+
+def test_a_prefix_from_the_charts_env_does_not_run_a_neighbouring_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``registry.example/team*`` (as the chart passes operator.allowedImages) ran
+    ``registry.example/team-evil/x``, a repository someone else may push to."""
+    from infermodes.operator.reconcile import reconcile
+
+    monkeypatch.setenv("INFERMODES_OPERATOR_ALLOWED_IMAGES", '["registry.example/team*"]')
+    settings = OperatorSettings()
+    kube = FakeKube()
+    told = Deps(kube, settings, lambda ip, port: None, lambda: 1000.0)
+    spec = {"mode": "realtime", "model": MODEL, "realtime": {}}
+    evil = reconcile(
+        body({**spec, "image": "registry.example/team-evil/x:1"}), ScalerMemory(), told
+    )
+    assert (evil.status.phase, evil.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert "registry.example/team-evil/x:1" in evil.status.message and kube.applied == []
+    for image in ("registry.example/team:2", "registry.example/team/model:1"):
+        ran = reconcile(body({**spec, "image": image}), ScalerMemory(), told)
+        assert ran.status.reason != "InvalidSpec", image
 
 
 def test_reconcile_creates_objects_and_is_idempotent() -> None:
