@@ -719,6 +719,8 @@ class PodWorker(threading.Thread):
             "INFERMODES_POD_ROOT": str(self.root),
             "AWS_EC2_METADATA_DISABLED": "true",  # no metadata address here: loopback only
         }
+        if os.environ.get("PYTHONPATH"):  # the checkout under test, as the image would hold it
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         if self.tokens and self.pod["spec"].get("automountServiceAccountToken", True):
             env["KUBECONFIG"] = str(self.dir / "kubeconfig")
         own = dict(env)  # the kubelet's own: real paths of this machine, never rewritten
