@@ -393,6 +393,14 @@ def _image_matches(image: str, entry: str) -> bool:
     return image[len(prefix)] == "/" or "/" not in image[len(prefix) + 1 :]
 
 
+def name_allowed(name: str, allowed: list[str]) -> bool:
+    """Whether ``allowed`` names ``name``: exactly, or by a prefix ending in ``*``."""
+    return any(name.startswith(e[:-1]) if e.endswith("*") else name == e for e in allowed)
+
+
+DEFAULT_SECRET_NAMES = ["infermodes-*"]  # the convention: Secrets meant for endpoints
+
+
 class OperatorSettings(EnvSettings):
     """``infermodes operator``: the kopf controller. Env prefix ``INFERMODES_OPERATOR_``."""
 
@@ -409,6 +417,14 @@ class OperatorSettings(EnvSettings):
         "reference (registry.example/team* is that image's tags and everything under "
         "registry.example/team/, not registry.example/team-evil/x). Empty: only the "
         "operator's own (whoever may create an endpoint would otherwise run any image).",
+    )
+    allowed_secret_names: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SECRET_NAMES),
+        description="Secrets an endpoint may name (spec.storageSecretRef, "
+        "spec.async.brokerSecretRef), in its own namespace: exact names, or prefixes ending in "
+        "'*'; '*' alone: any. Its pods get the Secret, so whoever may create an endpoint would "
+        "otherwise use any Secret of the namespace (storage credentials, broker URLs) through "
+        "them. Default: names starting infermodes- (the chart adds the platform API's Secrets).",
     )
     allow_pickle: bool = Field(
         False,

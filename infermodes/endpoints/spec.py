@@ -506,6 +506,17 @@ class EndpointSpec(SpecBlock):
     serverless: ServerlessSpec | None = None
     async_: AsyncSpec | None = Field(None, alias="async")
     batch: BatchSpec | None = None
+
+    def secret_refs(self) -> dict[str, str]:
+        """The Secrets the endpoint's pods would get, by the field that names each: whoever
+        may create an endpoint names them, so the operator checks them against its list."""
+        refs = {}
+        if self.storage_secret_ref is not None:
+            refs["spec.storageSecretRef.name"] = self.storage_secret_ref.name
+        if self.async_ is not None:
+            refs["spec.async.brokerSecretRef.name"] = self.async_.broker_secret_ref.name
+        return refs
+
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         *[(f"self.mode == '{mode}' ? has(self.{block}) : !has(self.{block})",
            f"spec.{block} is required when mode is {mode} and not allowed otherwise")

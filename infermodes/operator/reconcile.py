@@ -36,7 +36,7 @@ from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
 from infermodes.operator.observed import WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
-from infermodes.settings import OperatorSettings, image_allowed
+from infermodes.settings import OperatorSettings, image_allowed, name_allowed
 
 log = logging.getLogger("infermodes.operator")
 
@@ -153,6 +153,14 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             "operator's own, or one its operator.allowedImages lists (ask whoever runs it)"
         )
         return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
+    for named, name in spec.secret_refs().items():
+        if not name_allowed(name, settings.allowed_secret_names):
+            refused = (
+                f"{named} {shown(name)} is not a Secret this operator gives endpoints: name "
+                "one its operator.allowedSecretNames lists (by default infermodes-...; ask "
+                "whoever runs it)"
+            )
+            return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
     if spec.model.allow_pickle and not settings.allow_pickle:
         refused = (
             "spec.model.allowPickle: this operator does not let endpoints unpickle models "

@@ -59,7 +59,7 @@ def upload_inputs(data: dict[str, Any], prefix: str, broken: str | None = None) 
 
 
 def storage_secret(tools: Tools, namespace: str, store: S3Endpoint) -> None:
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infermodes-s3"},
               "stringData": store.env}  # fmt: skip
     tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
 
@@ -68,7 +68,7 @@ def batch_manifest(name: str, prefix: str, **batch: Any) -> dict[str, Any]:
     manifest = yaml.safe_load((REPO / "examples/abalone/batch.yaml").read_text())
     manifest["metadata"]["name"] = name
     manifest["spec"]["model"]["uri"] = "s3://e2e/model/model.tar.gz"
-    manifest["spec"]["storageSecretRef"] = {"name": "s3"}
+    manifest["spec"]["storageSecretRef"] = {"name": "infermodes-s3"}
     block = manifest["spec"]["batch"]
     block["input"]["uri"] = f"s3://e2e/{prefix}/input/"
     block["output"]["uri"] = f"s3://e2e/{prefix}/output/"
@@ -145,13 +145,35 @@ def test_an_instance_that_cannot_start_is_named_in_the_status(
     """A storage Secret that does not exist keeps the instances waiting: the endpoint stays
     InProgress (creating the Secret lets them start) and its status says why."""
     manifest = batch_manifest("waits", "never")
-    manifest["spec"]["storageSecretRef"] = {"name": "no-such-secret"}
+    manifest["spec"]["storageSecretRef"] = {"name": "infermodes-no-such-secret"}
     applied = tools.apply(manifest, k8s_namespace)
     assert applied.returncode == 0, applied.stderr
     stuck = lambda e: e["status"].get("reason") == "ContainerCannotRun"  # noqa: E731
     endpoint = wait_phase(tools.cluster.api, k8s_namespace, "waits", "InProgress", also=stuck)
     assert "cannot start: CreateContainerConfigError" in endpoint["status"]["message"]
     assert "no-such-secret" in endpoint["status"]["message"]
+
+
+def test_a_secret_the_operator_does_not_give_endpoints_fails_the_endpoint(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint
+) -> None:
+    """Whoever may create an endpoint named any Secret of the namespace and had its pods use
+    it (a batch job copying another team's data out with their storage credentials). A
+    Secret outside operator.allowedSecretNames (default: infermodes-*) makes it Failed,
+    InvalidSpec, naming the field and the Secret, and no Job is made."""
+    api = tools.cluster.api
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "payments-s3"},
+              "stringData": store.env}  # fmt: skip
+    api.post(f"/api/v1/namespaces/{k8s_namespace}/secrets", secret)
+    manifest = batch_manifest("borrows", "borrowed")
+    manifest["spec"]["storageSecretRef"] = {"name": "payments-s3"}
+    applied = tools.apply(manifest, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_phase(api, k8s_namespace, "borrows", "Failed")
+    assert endpoint["status"]["reason"] == "InvalidSpec"
+    message = endpoint["status"]["message"]
+    assert "spec.storageSecretRef.name 'payments-s3' is not a Secret" in message, message
+    assert api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"] == []
 
 
 def test_instance_pods_a_quota_refuses_are_named_in_the_status(

@@ -157,3 +157,29 @@ def test_without_access_keys_the_gateway_holds_no_grant_to_make_platform_objects
 
     assert platform_roles() == []
     assert sorted(platform_roles("gateway.platform.allowAnonymous=true")) == ["Role", "RoleBinding"]
+
+
+def test_the_operator_gives_endpoints_the_secrets_listed_and_the_platform_apis_alone() -> None:
+    """Endpoints could name any Secret of their namespace; the operator now takes the list
+    (convention ``infermodes-*``) and the platform API's own two Secrets, which the endpoints
+    it creates name."""
+    from infermodes.settings import OperatorSettings
+
+    def allowed(*values: str) -> list[str]:
+        result = helm("template", "infermodes", str(CHART), *values)
+        assert result.returncode == 0, result.stderr
+        deployment = next(d for d in yaml.safe_load_all(result.stdout)
+                          if d and d["kind"] == "Deployment"
+                          and d["spec"]["template"]["spec"]["containers"][0]["command"]
+                          == ["infermodes", "operator"])  # fmt: skip
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        values_of = {e["name"]: e["value"] for e in env if "value" in e}
+        names = yaml.safe_load(values_of["INFERMODES_OPERATOR_ALLOWED_SECRET_NAMES"])
+        parsed = OperatorSettings.model_validate({"allowed_secret_names": names})
+        return parsed.allowed_secret_names
+
+    assert allowed() == ["infermodes-*"]
+    assert allowed("--set", "gateway.platform.storageSecretName=s3",
+                   "--set", "gateway.platform.brokerSecretName=amqp",
+                   "--set-json", 'operator.allowedSecretNames=["team-*"]') == [
+        "team-*", "s3", "amqp"]  # fmt: skip

@@ -29,7 +29,7 @@ from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
 from infermodes.queueing.rabbitmq import QueueReader
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
-from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
+from tests.unit.operator.test_realtime import REF, SPEC_SECRETS, FakeKube, body, check_golden
 
 FULL_SPEC = {
     "mode": "async",
@@ -459,7 +459,9 @@ def test_one_reconcile_reads_the_broker_once_and_its_status_shows_what_the_decis
         "spec": {"replicas": 1},
         "status": {"replicas": 1, "readyReplicas": 1, "observedGeneration": 1},
     }
-    deps = Deps(FakeKube(pool), OperatorSettings(), lambda ip, port: None)
+    deps = Deps(
+        FakeKube(pool), OperatorSettings(allowed_secret_names=SPEC_SECRETS), lambda ip, port: None
+    )
     deps.read_backlog = read_backlog
     status = reconcile(body(FULL_SPEC), ScalerMemory(), deps, autoscale=True).status
     assert reads == ["abalone"]
@@ -519,7 +521,7 @@ def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says
         "status": {"replicas": 2, "readyReplicas": 2, "observedGeneration": 1},
     }
     kube = FakeKube(pool)
-    deps = Deps(kube, OperatorSettings(), lambda ip, port: None)
+    deps = Deps(kube, OperatorSettings(allowed_secret_names=SPEC_SECRETS), lambda ip, port: None)
     deps.read_backlog = lambda _endpoint: QueueFigures(ready=9, in_flight=0)
     deps.async_holders = lambda name: [("team-a", "2026-01-01T00:00:00Z")]
     later = body(FULL_SPEC)
@@ -647,3 +649,19 @@ def test_a_spec_change_rolling_out_over_a_pool_that_served_is_updating() -> None
     assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "Processing"), status
     first = async_.observe(SPEC, signals(rolling, QueueFigures(3, 1), pods), None)
     assert first.phase is s.Phase.IN_SERVICE  # a first start accepts work at once, as before
+
+
+def test_a_broker_secret_the_operator_was_not_told_to_give_fails_the_endpoint() -> None:
+    """spec.async.brokerSecretRef names a Secret and a key: any key of any Secret of the
+    namespace went into the workers' env."""
+    from infermodes.operator.reconcile import reconcile
+
+    kube = FakeKube()
+    settings = OperatorSettings(allowed_secret_names=["s3-credentials", "infermodes-*"])
+    result = reconcile(body(FULL_SPEC), ScalerMemory(), Deps(kube, settings, lambda ip, p: None))
+    assert (result.status.phase, result.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert "spec.async.brokerSecretRef.name 'rabbit' is not a Secret" in result.status.message
+    assert kube.applied == []
+    default = {**FULL_SPEC, "async": {**FULL_SPEC["async"], "brokerSecretRef": {}}}
+    ran = reconcile(body(default), ScalerMemory(), Deps(kube, settings, lambda ip, p: None))
+    assert ran.status.reason != "InvalidSpec"  # infermodes-rabbitmq, the default, is allowed

@@ -324,10 +324,14 @@ def body(spec=None, status=None):
     }
 
 
+SPEC_SECRETS = ["s3-credentials", "rabbit"]  # what the FULL_SPECs name, as if allowed
+
+
 def deps(kube, loads=None, now=1000.0, allow_pickle=True):
     clock = [now]
-    # the specs' images here; FULL_SPEC loads a pickle
-    settings = OperatorSettings(allowed_images=["registry.example/*"], allow_pickle=allow_pickle)
+    # the specs' images and Secrets here; FULL_SPEC loads a pickle
+    settings = OperatorSettings(allowed_images=["registry.example/*"], allow_pickle=allow_pickle,
+                                allowed_secret_names=SPEC_SECRETS)  # fmt: skip
     return Deps(kube, settings, lambda ip, port: (loads or {}).get(ip), lambda: clock[0]), clock
 
 
@@ -346,6 +350,26 @@ def test_an_image_the_operator_was_not_told_to_run_fails_the_endpoint_naming_it(
     assert kube.applied == []
     own = {**spec, "image": OperatorSettings().image}  # its own image: always
     assert reconcile(body(own), ScalerMemory(), deps(kube)[0]).status.reason != "InvalidSpec"
+
+
+def test_a_secret_the_operator_was_not_told_to_give_fails_the_endpoint_naming_it() -> None:
+    """Whoever may create an endpoint named any Secret of its namespace and had pods use it
+    (another team's storage credentials, for a batch job copying their data out)."""
+    from infermodes.operator.reconcile import reconcile
+
+    kube = FakeKube()
+    told = Deps(kube, OperatorSettings(), lambda ip, port: None, lambda: 1000.0)  # the default
+    spec = {"mode": "realtime", "model": MODEL, "realtime": {}}
+    for name in ("payments-db", "infermodes", "s3-infermodes-x"):
+        named = {**spec, "storageSecretRef": {"name": name}}
+        result = reconcile(body(named), ScalerMemory(), told)
+        assert (result.status.phase, result.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+        assert f"spec.storageSecretRef.name {name!r} is not a Secret" in result.status.message
+        assert "operator.allowedSecretNames" in result.status.message
+        assert kube.applied == []
+    meant = {**spec, "storageSecretRef": {"name": "infermodes-s3"}}  # the convention
+    assert reconcile(body(meant), ScalerMemory(), told).status.reason != "InvalidSpec"
+    assert OperatorSettings().allowed_secret_names == ["infermodes-*"]
 
 
 def test_a_pickle_the_operator_was_not_told_to_load_fails_the_endpoint() -> None:
