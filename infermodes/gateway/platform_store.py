@@ -12,8 +12,12 @@ match its."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import httpx
 
 from infermodes.endpoints.spec import GROUP, VERSION, object_name
 from infermodes.gateway.kube import ENDPOINTS_PATH, KubeApi, KubeApiError, scoped
@@ -24,6 +28,8 @@ from infermodes.platform.store import (
     NotFound,
     RecordKind,
     Refused,
+    Throttled,
+    Unavailable,
 )
 
 RECORD_RESOURCES = {
@@ -33,6 +39,8 @@ RECORD_RESOURCES = {
 REPLACE_ATTEMPTS = 5  # a replace that meets another writer's change reads and tries again
 REFUSALS = (400, 403, 422)  # a policy, a quota or the schema: the cluster's answer, not a failure
 OWN_ACCOUNT_REFUSED = re.compile(r'User "[^"]*" cannot [a-z]+ resource')  # RBAC's words
+THROTTLED = 429  # the API server's "too many requests", and a new CRD's storage starting
+UNAVAILABLE = (502, 503, 504)  # the API server (or what is in front of it) for a moment
 
 
 def refusal(exc: KubeApiError, action: str) -> Exception:
@@ -46,6 +54,32 @@ def refusal(exc: KubeApiError, action: str) -> Exception:
     return LimitExceeded(said) if "exceeded quota" in exc.message else Refused(said)
 
 
+@contextlib.contextmanager
+def transients() -> Iterator[None]:
+    """Raise a transient failure of the API server as ``transient`` names it, any other as it
+    was."""
+    try:
+        yield
+    except (KubeApiError, httpx.TransportError) as exc:
+        failure = transient(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def transient(exc: KubeApiError | httpx.TransportError) -> Unavailable | None:
+    """The store's ``Throttled`` or ``Unavailable`` for an answer that may be another in a
+    moment (or no answer: the API server unreachable or timing out); None for any other."""
+    if isinstance(exc, httpx.TransportError):
+        return Unavailable(f"the cluster's API server did not answer: {type(exc).__name__}")
+    if exc.status == THROTTLED:
+        return Throttled(f"the cluster's API server is throttling requests: {exc.message}")
+    if exc.status in UNAVAILABLE:
+        return Unavailable(f"the cluster's API server is unavailable ({exc.status}): "
+                           f"{exc.message}")  # fmt: skip
+    return None
+
+
 class KubePlatformStore:
     """``PlatformStore`` over the gateway's REST client, in ``namespace``."""
 
@@ -54,12 +88,20 @@ class KubePlatformStore:
         self.namespace = namespace
         self.endpoints = scoped(namespace, ENDPOINTS_PATH)
 
+    async def _get(self, path: str) -> dict[str, Any]:
+        with transients():
+            return await self.api.get(path, {})
+
+    async def _send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> None:
+        with transients():
+            await self.api.send(method, path, body)
+
     def _records(self, kind: RecordKind) -> str:
         return f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{RECORD_RESOURCES[kind][1]}"
 
     async def _create(self, path: str, obj: JsonObject, what: str) -> None:
         try:
-            await self.api.send("POST", path, obj)
+            await self._send("POST", path, obj)
         except KubeApiError as exc:
             if exc.status == 409:
                 raise AlreadyExists(f"{what} {obj['metadata']['name']!r} exists") from None
@@ -67,7 +109,7 @@ class KubePlatformStore:
 
     async def _read(self, path: str) -> JsonObject | None:
         try:
-            return await self.api.get(path, {})
+            return await self._get(path)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
@@ -75,7 +117,7 @@ class KubePlatformStore:
 
     async def _delete(self, path: str, what: str) -> None:
         try:
-            await self.api.send("DELETE", path)
+            await self._send("DELETE", path)
         except KubeApiError as exc:
             if exc.status == 404:
                 raise NotFound(f"{what} {path.rsplit('/', 1)[-1]!r} does not exist") from None
@@ -96,7 +138,7 @@ class KubePlatformStore:
         return None if found is None else dict(found.get("spec") or {})
 
     async def list_records(self, kind: RecordKind) -> list[JsonObject]:
-        listed = await self.api.get(self._records(kind), {})
+        listed = await self._get(self._records(kind))
         return [dict(item.get("spec") or {}) for item in listed.get("items") or []]
 
     async def count_records(self, kind: RecordKind) -> int:
@@ -129,7 +171,7 @@ class KubePlatformStore:
                 }
             current["spec"] = endpoint["spec"]
             try:
-                await self.api.send("PUT", path, current)
+                await self._send("PUT", path, current)
                 return
             except KubeApiError as exc:
                 if exc.status == 404:
@@ -145,7 +187,7 @@ class KubePlatformStore:
         return await self._read(f"{self.endpoints}/{object_name(name)}")
 
     async def list_endpoints(self) -> list[JsonObject]:
-        listed: dict[str, Any] = await self.api.get(self.endpoints, {})
+        listed: dict[str, Any] = await self._get(self.endpoints)
         return list(listed.get("items") or [])
 
     async def delete_endpoint(self, name: str) -> None:

@@ -46,3 +46,13 @@ class UnknownOperationException(ApiError):
 
 class SerializationException(ApiError):
     """A body that is not a JSON object."""
+
+
+class ThrottlingException(ApiError):
+    """The store asked for fewer requests: boto3 retries this code with its back-off."""
+
+
+class ServiceUnavailable(ApiError):
+    """The store cannot answer for a moment: a 503, which boto3 retries."""
+
+    status_code = 503

@@ -24,11 +24,20 @@ from infermodes.platform.errors import (
     ApiError,
     ResourceLimitExceeded,
     SerializationException,
+    ServiceUnavailable,
+    ThrottlingException,
     UnknownOperationException,
     ValidationException,
 )
 from infermodes.platform.operations import ControlPlane
-from infermodes.platform.store import JsonObject, LimitExceeded, PlatformStore, Refused
+from infermodes.platform.store import (
+    JsonObject,
+    LimitExceeded,
+    PlatformStore,
+    Refused,
+    Throttled,
+    Unavailable,
+)
 from infermodes.platform.translate import Defaults
 
 log = logging.getLogger("infermodes.platform")
@@ -126,6 +135,11 @@ def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
             return error_answer(ResourceLimitExceeded(str(exc)))
         except Refused as exc:  # a policy or a lasting conflict: the caller can act on it
             return error_answer(ValidationException(str(exc)))
+        except Throttled as exc:  # the platform's code for "slow down", which boto3 retries
+            return error_answer(ThrottlingException(str(exc)))
+        except Unavailable as exc:  # a moment's failure: 503, which boto3 retries, not a 500
+            log.warning("control plane request: %s", exc)
+            return error_answer(ServiceUnavailable(str(exc)))
         except Exception:
             log.exception("control plane request failed")
             return error_answer(InternalFailure("internal failure; the log has details"))

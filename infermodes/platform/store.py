@@ -42,13 +42,24 @@ class LimitExceeded(Refused):
     """The store refused a write for a quota (a Kubernetes ResourceQuota)."""
 
 
+class Unavailable(Exception):
+    """The store cannot answer now and may in a moment (its API server restarting, timing out
+    or unreachable): answered as the platform answers a transient, which boto3 retries."""
+
+
+class Throttled(Unavailable):
+    """The store asked for fewer requests (the Kubernetes API server's 429, also what a CRD it
+    just made answers while its storage starts)."""
+
+
 JsonObject = dict[str, Any]
 
 
 class PlatformStore(Protocol):
-    """Every method may raise ``AlreadyExists``/``NotFound`` as documented, and ``Refused`` (or
-    ``LimitExceeded``) for a write the store will not take; any other exception is the store's
-    own failure (answered 500)."""
+    """Every method may raise ``AlreadyExists``/``NotFound`` as documented, ``Refused`` (or
+    ``LimitExceeded``) for a write the store will not take, and ``Unavailable`` (or
+    ``Throttled``) for a transient failure; any other exception is the store's own failure
+    (answered 500)."""
 
     async def create_record(self, kind: RecordKind, name: str, record: JsonObject) -> None:
         """Keep ``record`` under ``name``; ``AlreadyExists`` if one is kept there."""

@@ -103,7 +103,8 @@ def client(tools: Tools, service: str, key_id: str = KEY_ID, secret: str = SECRE
 def counting_client(tools: Tools, service: str) -> Any:
     """The runtime client does not retry (every invocation's own answer is counted); the
     control plane's does, as boto3 by default (a CRD the API server just made answers 429
-    "storage is (re)initializing" for a moment, which the gateway passes on as a 500)."""
+    "storage is (re)initializing" for a moment, which the gateway answers as the platform's
+    ThrottlingException)."""
     url = gateway_url(tools)
     assert url is not None
     attempts = 1 if service == "sagemaker-runtime" else 5

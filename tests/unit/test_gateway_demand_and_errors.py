@@ -8,6 +8,7 @@ import base64
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -448,3 +449,114 @@ def test_the_clusters_refusals_are_the_stores_refused_with_what_it_said() -> Non
     assert refusal(own, "create") is own  # the gateway's own account: a failure, for its log
     failed = KubeApiError.of(httpx.Response(500, text="etcd unavailable"))
     assert refusal(failed, "create") is failed and failed.message == "etcd unavailable"
+
+
+class ScriptedApiServer:
+    """A loopback HTTP server answering as the Kubernetes API server does: each request gets
+    the next (status, message) of ``script`` as a Status (the last one once the script ends;
+    201 echoes the object sent)."""
+
+    def __init__(self, script: list[tuple[int, str]]) -> None:
+        import http.server
+        import threading
+
+        self.script, self.seen = list(script), 0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                sent = self.rfile.read(length) if length else b"{}"
+                status, message = owner.script[min(owner.seen, len(owner.script) - 1)]
+                owner.seen += 1
+                body = sent if status == 201 else json.dumps(
+                    {"kind": "Status", "status": "Failure", "message": message, "code": status}
+                ).encode()  # fmt: skip
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop answering (again: nothing happens)."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_transient_answer_of_the_api_server_is_a_retryable_error_boto3_retries() -> None:
+    """A 429 from the Kubernetes API server (a CRD it just made answers "storage is
+    (re)initializing" for a moment) made CreateModel answer 500 InternalFailure. Real boto3
+    over real HTTP, the router served by uvicorn, the store's client talking to a loopback API
+    server: a 429 is ThrottlingException, a 503 or no answer ServiceUnavailable (503), and
+    boto3's retries get through once the API server answers."""
+    import socket
+    import threading
+
+    import boto3
+    import uvicorn
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from fastapi import FastAPI
+
+    from infermodes.gateway.platform_store import KubePlatformStore
+    from infermodes.http import uvicorn_options
+    from infermodes.platform.router import create_router
+    from infermodes.platform.translate import Defaults
+    from tests.support.processes import wait_until
+
+    kube = ScriptedApiServer([(429, "storage is (re)initializing")])
+    credentials = Credentials(server=kube.url, verify=False, token=lambda: None)
+    store = KubePlatformStore(KubeApi(credentials), "platform")
+    app = FastAPI()
+    app.include_router(create_router(store, Defaults()))
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options("warning")))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+
+    def sagemaker(attempts: int) -> Any:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        return boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1",
+                            aws_access_key_id="k", aws_secret_access_key="s",
+                            config=Config(retries={"total_max_attempts": attempts,
+                                                   "mode": "standard"}))  # fmt: skip
+
+    def refused(attempts: int = 1) -> tuple[int, str, str]:
+        with pytest.raises(ClientError) as raised:
+            sagemaker(attempts).create_model(ModelName="abalone", PrimaryContainer=container)
+        error = raised.value.response
+        return (
+            error["ResponseMetadata"]["HTTPStatusCode"],
+            error["Error"]["Code"],
+            str(error["Error"]["Message"]),
+        )
+
+    container = {"ModelDataUrl": "s3://b/model.tar.gz"}
+    try:
+        wait_until(lambda: server.started, 30, "the server")
+        status, code, message = refused()
+        assert (status, code) == (400, "ThrottlingException"), message
+        assert "storage is (re)initializing" in message
+        kube.script = [(503, "the server is currently unable to handle the request")]
+        assert refused()[:2] == (503, "ServiceUnavailable")
+        kube.script, kube.seen = [(429, "storage is (re)initializing"), (200, ""), (201, "")], 0
+        sagemaker(attempts=3).create_model(ModelName="abalone", PrimaryContainer=container)
+        assert kube.seen == 3  # the cap's list throttled; the retry's list and create
+        kube.close()  # nothing answers: the API server unreachable
+        assert refused()[:2] == (503, "ServiceUnavailable")
+    finally:
+        kube.close()
+        server.should_exit = True
+        thread.join(30)
+        listener.close()
