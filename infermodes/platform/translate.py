@@ -334,15 +334,25 @@ def endpoint_config_record(
             f'Could not find model "{arn(defaults, "model", str(model_name))}".'
         )
     serverless = variant.get("ServerlessConfig") is not None
-    instances = variant.get("InstanceType") is not None or variant.get("InitialInstanceCount")
-    if serverless == bool(instances):
+    # given at all, 0 too: a count beside a ServerlessConfig is a mix, not nothing
+    sizing = [k for k in ("InstanceType", "InitialInstanceCount") if variant.get(k) is not None]
+    if serverless and sizing:
+        raise ValidationException(
+            f"{field}{sizing[0]}: a serverless variant (ServerlessConfig) has no instances; "
+            "give either ServerlessConfig or InstanceType and InitialInstanceCount"
+        )
+    if not serverless and not sizing:
         raise ValidationException(
             "ProductionVariants[0]: give either ServerlessConfig or InstanceType and "
             "InitialInstanceCount"
         )
-    if instances and not (variant.get("InstanceType") and variant.get("InitialInstanceCount")):
+    if len(sizing) == 1:
         raise ValidationException(
             "ProductionVariants[0]: InstanceType and InitialInstanceCount go together"
+        )
+    if not serverless and variant["InitialInstanceCount"] < 1:
+        raise ValidationException(
+            f"{field}InitialInstanceCount must be 1 or more, got {variant['InitialInstanceCount']}"
         )
     check_instance_type("ProductionVariants[0].InstanceType", variant.get("InstanceType"))
     if serverless and request.get("AsyncInferenceConfig") is not None:

@@ -57,12 +57,15 @@ def up(s3: S3Endpoint, abalone_model: AbaloneModel, tmp_path_factory: pytest.Tem
         yield process
 
 
-def client(up: Up, service: str) -> Any:
+def client(up: Up, service: str, **config: Any) -> Any:
+    """boto3's client of ``service``; ``config``: botocore ``Config`` options."""
     import boto3
+    from botocore.config import Config
 
     return boto3.client(service, endpoint_url=up.url, region_name=REGION,
                         aws_access_key_id=ACCESS_KEY_ID,
-                        aws_secret_access_key=read_token(up.token_file))  # fmt: skip
+                        aws_secret_access_key=read_token(up.token_file),
+                        config=Config(**config))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -404,6 +407,13 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
                  sagemaker.list_transform_jobs):  # fmt: skip
         assert code_of(call, MaxResults=1000) == "ValidationException", call
         assert code_of(call, NextToken="not-a-token") == "ValidationException", call
+    # boto3 checks InitialInstanceCount's minimum, a client told not to (or a raw request) does
+    # not: a serverless variant's count of 0 was dropped silently
+    unchecked = client(up, "sagemaker", parameter_validation=False)
+    mixed = {**two[0], "InitialInstanceCount": 0}
+    with pytest.raises(ClientError, match=r"ProductionVariants\[0\]\.InitialInstanceCount: a "
+                                          "serverless variant"):  # fmt: skip
+        unchecked.create_endpoint_config(EndpointConfigName="mixed", ProductionVariants=[mixed])
     bad_job = transform_request("bad-job", "errors-model", "x") | {"BatchStrategy": "Whatever"}
     with pytest.raises(ClientError, match="BatchStrategy"):
         sagemaker.create_transform_job(**bad_job)
