@@ -248,6 +248,10 @@ def _make_folders(ref: ObjectRef) -> list[Path]:
     except FileExistsError:  # not the object's: a file where a folder would be
         in_the_way = f"cannot write {ref.uri}: a file is in the way of its folder"
         raise UnusableLocation(in_the_way) from None
+    except FileNotFoundError:  # parents are made as needed and we remove none: a file system
+        # that makes no folder there (/proc, /sys), which no retry mends
+        no_folder = f"cannot write {ref.uri}: the file system makes no folder there"
+        raise UnusableLocation(no_folder) from None
     except OSError as exc:
         raise file_error("write", ref.uri, exc) from exc
     return created

@@ -116,12 +116,13 @@ class StorageUnavailable(InfermodesError):
 
 class StorageUnusable(InfermodesError):
     """The endpoint's storage refuses what accepting needs: its input location cannot hold a
-    file (a file in the way of its folder), or the store refuses the gateway's credentials.
-    Nothing was queued, and no retry helps until the endpoint's storage (or the gateway's
-    access to it) is fixed: not the caller's mistake, and not a 503 saying "retry later"
-    (clients retry a 500 too, a few times: the message says why it keeps failing)."""
+    file (a file in the way of its folder, a file system that makes no folder there), or the
+    store refuses the gateway's credentials. Nothing was queued, and no retry helps until the
+    endpoint's storage (or the gateway's access to it) is fixed: a 4xx, which clients do not
+    retry (a 503 "retry later" or a 500 they do), 424 as the storage it depends on failed; the
+    message names the location."""
 
-    status_code = 500
+    status_code = 424
 
 
 def header_text(headers: Headers, name: str) -> str | None:

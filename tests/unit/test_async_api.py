@@ -2,6 +2,8 @@
 bodies, 202 only after the publish returned, 503 (leaving nothing stored) when it did not, and
 the inference id as the caller's idempotency key."""
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -540,21 +542,42 @@ def test_a_failure_telling_of_an_accepted_request_leaves_it_accepted(tmp_path: P
 
 
 def test_an_endpoint_whose_input_location_cannot_hold_a_file_is_no_503_to_retry(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file where the endpoint's input folder would be: every request was a 503 "retry
-    later", which boto3 retries and no retry mends. A 500 naming the endpoint's storage; a
-    storage that fails for a while stays a 503."""
+    """A file where the endpoint's input folder would be, or a file system that makes no
+    folder there (/proc: ENOENT): every request was a 503 "retry later" (or a 500), which boto3
+    retries and no retry mends. A 424 naming the endpoint's storage, which clients do not
+    retry; a storage that fails for a while (a full disk) stays a 503."""
+    import errno
+    import tempfile
+
     (tmp_path / "input").write_bytes(b"not a folder")
     publisher = RecordingPublisher()
     app = FastAPI()
     app.include_router(create_router(
-        {"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, publisher, Storage(),
-        AsyncApiMetrics(CollectorRegistry()), 100, [],
+        {"ep": AsyncEndpoint.under(f"file://{tmp_path}"),
+         "proc": AsyncEndpoint.under(f"file:///proc/infermodes-{uuid.uuid4().hex}"),
+         "full": AsyncEndpoint.under(f"file://{tmp_path}/full")},
+        publisher, Storage(), AsyncApiMetrics(CollectorRegistry()), 100, [],
     ))  # fmt: skip
-    response = TestClient(app).post("/endpoints/ep/async-invocations", content=b"1")
-    assert response.status_code == 500, response.text
-    assert response.json()["error"] == "StorageUnusable"
-    message = response.json()["message"]
-    assert "a file is in the way of its folder" in message and "retry will not help" in message
+    client = TestClient(app)
+    for name, why in (("ep", "a file is in the way of its folder"),
+                      ("proc", "the file system makes no folder there")):  # fmt: skip
+        response = client.post(f"/endpoints/{name}/async-invocations", content=b"1")
+        assert response.status_code == 424, response.text
+        assert response.headers["x-amzn-errortype"] == "ValidationError"  # boto3's exception
+        assert response.json()["error"] == "StorageUnusable"
+        message = response.json()["message"]
+        assert why in message and "retry will not help" in message, message
+    assert not publisher.sent
+
+    def full_disk(*_args: object, **_kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tempfile, "mkstemp", full_disk)
+        response = client.post("/endpoints/full/async-invocations", content=b"1")
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "StorageUnavailable"
+    assert "No space left on device" in response.json()["message"]
     assert not publisher.sent

@@ -391,7 +391,8 @@ def test_no_credentials_is_storage_refused_and_other_s3_errors_stay_retryable() 
 def test_a_file_name_the_file_system_cannot_hold_is_unusable_which_no_retry_mends(
     tmp_path: Path,
 ) -> None:
-    """A component longer than 255 bytes, a path through a file: 400-like, on every call
+    """A component longer than 255 bytes, a path through a file, a folder the file system
+    will not make (/proc: ENOENT, which was retried for ever): 400-like, on every call
     (``is_file`` and ``is_dir`` pass only "no such file"; a name too long was a bare OSError)."""
     from infermodes.queueing.messages import classify
     from infermodes.storage import UnusableLocation
@@ -408,6 +409,10 @@ def test_a_file_name_the_file_system_cannot_hold_is_unusable_which_no_retry_mend
     for call in writes:
         with pytest.raises(UnusableLocation, match="in the way"):
             call(through_a_file)
+    in_proc = f"file:///proc/infermodes-{'c' * 8}/x.out"  # ENOENT: /proc makes no folder
+    for call in writes:
+        with pytest.raises(UnusableLocation, match="the file system makes no folder there"):
+            call(in_proc)
     assert not storage.exists(through_a_file)  # to a reader, no such object
     for read in (storage.get_bytes, storage.size):
         with pytest.raises(ObjectNotFound):
