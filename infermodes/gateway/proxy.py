@@ -20,6 +20,7 @@ from infermodes.errors import (
     InfermodesError,
     MethodNotAllowed,
     PayloadTooLarge,
+    shown,
 )
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
@@ -66,6 +67,7 @@ UNSUPPORTED_TARGETS = {
     b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
 }
+TARGET_VARIANT = b"x-amzn-sagemaker-target-variant"
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 # a model server's answer while its model loads (a replica's other worker may answer /ping)
 NOT_READY = 503
@@ -91,6 +93,30 @@ def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
                 count = sum(1 for other, _ in headers if other == name)
                 raise ValidationError(repeated_header(name.decode(), count))
             seen.add(name)
+
+
+def check_target_variant(endpoint: Endpoint, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """InvokeEndpoint's ``TargetVariant``, if given, must name the endpoint's one production
+    variant, as the platform refuses a variant its endpoint does not have (a 400): served
+    anyway, the caller would believe its request went where it asked. An endpoint the API did
+    not make (a manifest's) has no named variant."""
+    asked = [value for name, value in headers if name == TARGET_VARIANT]
+    if not asked:
+        return
+    if len(asked) > 1:
+        raise ValidationError(repeated_header(TARGET_VARIANT.decode(), len(asked)))
+    variant = asked[0].decode("latin-1")
+    if variant == endpoint.variant:
+        return
+    has = (
+        f"its one variant is {endpoint.variant!r}"
+        if endpoint.variant is not None
+        else "it was not made by the platform API and has no named variant"
+    )
+    raise ValidationError(
+        f"TargetVariant {shown(variant)} is not a variant of endpoint {endpoint.name} "
+        f"({has}): send its variant's name, or no TargetVariant"
+    )
 
 
 def is_invocation(path: str) -> bool:
@@ -250,6 +276,7 @@ class Proxy:
         # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
         refuse_codings(scope["headers"])
         refuse_headers(scope["headers"])
+        check_target_variant(endpoint, scope["headers"])
         serverless = endpoint.serverless is not None
         limit = (
             self.settings.serverless_max_payload_bytes

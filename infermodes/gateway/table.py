@@ -24,6 +24,7 @@ from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Ph
 from infermodes.endpoints.status import FAILED_CREATE, NAME_IN_USE
 from infermodes.errors import EndpointNotFound, InfermodesError, clipped
 from infermodes.gateway.errors import ValidationError
+from infermodes.platform.translate import variant_of
 from infermodes.settings import AsyncEndpoint
 from infermodes.storage import folder_uri, lies_under, prefix_base
 
@@ -113,6 +114,7 @@ class Endpoint:
     why: str = ""
     serverless: ServerlessSpec | None = None
     async_: AsyncSpecView | None = None
+    variant: str | None = None  # the platform API's production variant; None: not the API's
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
     replicas: dict[str, Replica] = field(default_factory=dict)
     active: int = 0  # admitted and not yet answered (held included)
@@ -361,7 +363,9 @@ class Table:
             endpoint.phase = None
         endpoint.why = str(status.get("reason") or "")[:MAX_REASON]
         meta = obj.get("metadata") or {}
-        endpoint.peers_seen_at = demand_peers(meta.get("annotations"), self.demand_key)
+        annotations = meta.get("annotations") or {}
+        endpoint.peers_seen_at = demand_peers(annotations, self.demand_key)
+        endpoint.variant = variant_of(annotations)
 
     def _index_async(self, name: str) -> None:
         owners = self._holders(name)

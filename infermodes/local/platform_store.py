@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 
 from infermodes.local.manifests import parse_document
-from infermodes.local.supervisor import Supervisor
+from infermodes.local.supervisor import LocalEndpoint, Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
+from infermodes.platform.translate import VARIANT_ANNOTATION, variant_of
 from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
@@ -57,6 +58,8 @@ class LocalPlatformStore:
         self.supervisor = supervisor
         for directory in (*DIRECTORIES.values(), METADATA):
             (self.root / directory).mkdir(parents=True, exist_ok=True)
+        for name, endpoint in supervisor.endpoints.items():  # those a restart brought back
+            self._annotate(name, endpoint)
 
     def _path(self, kind: RecordKind, name: str) -> Path:
         return self.root / DIRECTORIES[kind] / file_name(name)
@@ -102,6 +105,24 @@ class LocalPlatformStore:
             "spec": document["spec"],  # as applied: the manifest keeps it so, in any version
         }).encode())  # fmt: skip
         self.supervisor.apply(manifest)
+        self._annotate(name, self.supervisor.endpoints[name])
+
+    def _kept(self, name: str, endpoint: LocalEndpoint) -> JsonObject | None:
+        """The labels and annotations the API kept for ``endpoint``, while it runs the spec the
+        API applied: an endpoint applied as a manifest, not through the API, has none; nor has
+        one applied over the API's, or after it was deleted by name (``infermodes delete``)."""
+        path = self._metadata_path(name)
+        kept = read_json(path) if path.exists() else None
+        # the spec it runs, or (a restart during a rollover) the one it serves until then
+        runs = [endpoint.manifest.document.get("spec"), (endpoint.previous or {}).get("spec")]
+        if kept is None or ("spec" in kept and kept["spec"] not in runs):  # none: older
+            return None
+        return {key: kept.get(key) or {} for key in ("labels", "annotations")}
+
+    def _annotate(self, name: str, endpoint: LocalEndpoint) -> None:
+        """Give the supervisor's endpoint the annotation the gateway reads: its variant."""
+        variant = variant_of((self._kept(name, endpoint) or {}).get("annotations") or {})
+        endpoint.annotations = {VARIANT_ANNOTATION: variant} if variant is not None else {}
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:
         if endpoint["metadata"]["name"] in self.supervisor.endpoints:
@@ -118,15 +139,9 @@ class LocalPlatformStore:
         if endpoint is None:
             return None
         obj = copy.deepcopy(self.supervisor.object_of(endpoint, with_processes=False))
-        # an endpoint applied as a manifest, not through the API, has no labels of the API's;
-        # nor has one applied over the API's, or after it was deleted by name (``infermodes
-        # delete``): the labels are the API's only while the spec is the one it applied
-        path = self._metadata_path(name)
-        kept = read_json(path) if path.exists() else None
-        # the spec it runs, or (a restart during a rollover) the one it serves until then
-        runs = [endpoint.manifest.document.get("spec"), (endpoint.previous or {}).get("spec")]
-        if kept is not None and ("spec" not in kept or kept["spec"] in runs):  # none: older
-            obj["metadata"] |= {key: kept.get(key) or {} for key in ("labels", "annotations")}
+        kept = self._kept(name, endpoint)
+        if kept is not None:
+            obj["metadata"] |= kept
         return obj
 
     async def list_endpoints(self) -> list[JsonObject]:

@@ -189,6 +189,9 @@ class LocalEndpoint:
     # process of it runs (a serverless endpoint at zero starts none until a request comes)
     load_failure: tuple[str, str] | None = None
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
+    # the platform API's annotations the gateway reads (the variant name), while it is the
+    # API's endpoint (``local/platform_store.py`` sets them)
+    annotations: dict[str, str] = field(default_factory=dict)
     scraped_at: float = -float("inf")
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
     probed_at: float = -float("inf")
@@ -1000,6 +1003,8 @@ class Supervisor:
                          "creationTimestamp": endpoint.created},
             "status": copy.deepcopy(endpoint.reported),
         }  # fmt: skip
+        if endpoint.annotations:
+            obj["metadata"]["annotations"] = dict(endpoint.annotations)
         if with_processes:
             mode = endpoint.manifest.spec.mode
             path = "async-invocations" if mode is Mode.ASYNC else "invocations"

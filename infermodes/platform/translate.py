@@ -39,6 +39,8 @@ NAME_ANNOTATION = ANNOTATION + "name"  # the name as given (the object's is lowe
 REQUEST_ANNOTATION = ANNOTATION + "request"  # what Describe answers with, as JSON
 MODIFIED_ANNOTATION = ANNOTATION + "last-modified"  # epoch seconds of the last update
 UPDATED_ANNOTATION = ANNOTATION + "updated"  # set by UpdateEndpoint: its Creating is Updating
+# the production variant's name, which InvokeEndpoint's TargetVariant must match (the gateway's)
+VARIANT_ANNOTATION = ANNOTATION + "variant"
 KIND_LABEL = "platform.infermodes.dev/kind"
 MAX_ANNOTATIONS = 128 * 1024  # Kubernetes refuses an object whose annotations pass 256 KiB
 ENDPOINT, TRANSFORM_JOB = "Endpoint", "TransformJob"
@@ -533,6 +535,20 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
     return _validated(spec, origins)
 
 
+def variant_of(annotations: Mapping[str, Any]) -> str | None:
+    """The production variant an endpoint the API made has (None: not the API's); from the
+    request it keeps when made before the variant had an annotation of its own."""
+    variant = annotations.get(VARIANT_ANNOTATION)
+    if variant is None and REQUEST_ANNOTATION in annotations:
+        try:
+            variant = json.loads(annotations[REQUEST_ANNOTATION])["ProductionVariants"][0][
+                "VariantName"
+            ]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+    return variant if isinstance(variant, str) else None
+
+
 def endpoint_object(
     name: str, config: JsonObject, model: JsonObject, defaults: Defaults
 ) -> JsonObject:
@@ -546,7 +562,10 @@ def endpoint_object(
         "Image": image,
         "EndpointArn": arn(defaults, "endpoint", name),
     }
-    annotations = {REQUEST_ANNOTATION: json.dumps({k: v for k, v in described.items() if v})}
+    annotations = {
+        REQUEST_ANNOTATION: json.dumps({k: v for k, v in described.items() if v}),
+        VARIANT_ANNOTATION: config["ProductionVariants"][0]["VariantName"],
+    }
     return _object(name, ENDPOINT, spec, annotations, defaults)
 
 

@@ -163,6 +163,16 @@ def test_the_seed_flow_with_a_serverless_endpoint(
     # another model of a multi-model endpoint: refused, not answered by this one's model
     assert code_of(runtime.invoke_endpoint, EndpointName="Abalone-Seed", ContentType="text/csv",
                    TargetModel="other.tar.gz", Body=to_csv(rows)) == "ValidationError"  # fmt: skip
+    # a variant the endpoint does not have: refused as the platform does (it was served); its
+    # own is served
+    refused = "TargetVariant 'Canary' is not a variant of endpoint abalone-seed .its one variant"
+    with pytest.raises(ClientError, match=refused + " is 'AllTraffic'"):
+        runtime.invoke_endpoint(EndpointName="Abalone-Seed", ContentType="text/csv",
+                                TargetVariant="Canary", Body=to_csv(rows))  # fmt: skip
+    answer = runtime.invoke_endpoint(EndpointName="Abalone-Seed", ContentType="text/csv",
+                                     TargetVariant="AllTraffic", Body=to_csv(rows))  # fmt: skip
+    np.testing.assert_allclose(scores(answer["Body"].read().decode()),
+                               expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
     # a streamed answer: refused in a code boto3 models (it was a 404 "no route")
     with pytest.raises(ClientError) as streamed:
         runtime.invoke_endpoint_with_response_stream(

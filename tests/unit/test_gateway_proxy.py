@@ -441,6 +441,50 @@ def test_a_request_for_another_model_or_an_explanation_is_refused_not_answered(
     asyncio.run(scenario())
 
 
+def test_a_target_variant_the_endpoint_does_not_have_is_refused_its_own_is_served() -> None:
+    """InvokeEndpoint's TargetVariant was ignored: a variant the endpoint does not have was
+    served anyway, where the platform answers a ValidationError. The variant is the platform
+    API's (its annotation); an endpoint it did not make has no named variant."""
+    from infermodes.platform.translate import REQUEST_ANNOTATION, VARIANT_ANNOTATION
+
+    header = b"x-amzn-sagemaker-target-variant"
+
+    async def scenario() -> None:
+        table, proxy, pool, sent = await answered_with(header, b"Canary")
+        assert sent[0]["status"] == 400
+        assert (ERROR_TYPE_HEADER, b"ValidationError") in sent[0]["headers"]
+        assert json.loads(sent[1]["body"])["message"] == (
+            "TargetVariant 'Canary' is not a variant of endpoint sl (it was not made by the "
+            "platform API and has no named variant): send its variant's name, or no TargetVariant"
+        )
+        obj = {"metadata": {"name": "sl", "namespace": "ns",
+                            "annotations": {VARIANT_ANNOTATION: "AllTraffic"}},
+               "spec": {"mode": "serverless", "model": {"uri": "file:///m"},
+                        "serverless": {"maxConcurrency": 5}},
+               "status": {"phase": "InService"}}  # fmt: skip
+        table.apply_endpoint(obj)
+        for asked, times in ((b"Canary", 1), (b"alltraffic", 1), (b"AllTraffic", 2)):
+            request = scope()
+            request["headers"] += [(header, asked)] * times
+            with pytest.raises(ValidationError) as refused:
+                await proxy.invoke(table.lookup("sl"), request, receive)
+            assert refused.value.status_code == 400
+            assert "its one variant is 'AllTraffic'" in str(refused.value) or times == 2
+        assert pool.sent == []
+        request = scope()
+        request["headers"].append((header, b"AllTraffic"))
+        assert (await proxy.invoke(table.lookup("sl"), request, receive)).status == 200
+        # made before the variant had its own annotation: read from the request kept
+        kept = {"ProductionVariants": [{"VariantName": "Green"}]}
+        obj["metadata"]["annotations"] = {REQUEST_ANNOTATION: json.dumps(kept)}
+        table.apply_endpoint(obj)
+        request = scope()
+        request["headers"].append((header, b"Green"))
+        assert (await proxy.invoke(table.lookup("sl"), request, receive)).status == 200
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("name", [b"content-type", b"x-amzn-sagemaker-custom-attributes"])
 def test_a_single_value_header_given_twice_is_the_callers_400_not_the_models_424(
     name: bytes,

@@ -629,3 +629,32 @@ def test_a_value_of_the_wrong_json_type_is_refused_as_kubectl_refuses_it(
 def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
     (manifest,) = parse_text(GOOD.replace("realtime: {}", "realtime: {minReplicas: 2.0}"), "e")
     assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
+
+
+def test_the_platform_apis_variant_reaches_the_gateways_table_and_outlives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The gateway refuses an InvokeEndpoint TargetVariant the endpoint does not have: under
+    up its table gets the API's variant from the supervisor's object, after a restart too, and
+    an endpoint a manifest replaced is no longer the API's (no variant)."""
+    from infermodes.local.platform_store import LocalPlatformStore
+    from infermodes.platform.translate import VARIANT_ANNOTATION, Defaults, endpoint_object
+
+    variant = {"VariantName": "Blue", "ModelName": "m",
+               "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2}}  # fmt: skip
+    config = {"EndpointConfigName": "cfg", "ProductionVariants": [variant]}
+    model = {"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "file:///m.tar.gz"}}
+    obj = endpoint_object("ep", config, model, Defaults(file_uris=True))
+    queue = FixedQueue(Backlog(ready=0, unacked=0, consumers=0, source="sqlite"))
+    supervisor = Supervisor(tmp_path, queue, "", 0)  # type: ignore[arg-type]
+    asyncio.run(LocalPlatformStore(tmp_path, supervisor).create_endpoint(obj))
+    shown = supervisor.object_of(supervisor.endpoints["ep"], with_processes=False)
+    assert shown["metadata"]["annotations"] == {VARIANT_ANNOTATION: "Blue"}
+    restarted = Supervisor(tmp_path, queue, "", 0)  # type: ignore[arg-type]
+    restarted.load_state()
+    LocalPlatformStore(tmp_path, restarted)
+    assert restarted.endpoints["ep"].annotations == {VARIANT_ANNOTATION: "Blue"}
+    document = copy.deepcopy(restarted.endpoints["ep"].manifest.document)
+    document["spec"]["serverless"]["maxConcurrency"] = 3
+    restarted.apply(parse_document(document, "a manifest"))
+    assert restarted.endpoints["ep"].annotations == {}
