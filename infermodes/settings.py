@@ -617,6 +617,11 @@ MAX_PAYLOAD_MB = 100  # maxPayloadInMB, and maxPayloadInMB x maxConcurrentTransf
 MAX_CONCURRENT_TRANSFORMS = 100
 MAX_INVOCATION_RETRIES = 3
 PAYLOAD_RULE = "maxPayloadInMB x maxConcurrentTransforms must not exceed 100"
+LIBSVM_PROCESSING = "inputFilter and joinSource need CSV or JSON input, not libsvm"
+JOIN_LIKE_WITH_LIKE = (
+    "joinSource Input joins like with like: CSV input needs accept text/csv, JSON input "
+    "application/json or application/jsonlines"
+)
 
 
 def check_batch_payload(max_payload_in_mb: int, max_concurrent_transforms: int) -> None:
@@ -631,13 +636,10 @@ def check_batch_processing(
     """What the instances cannot do with the data, refused with the spec (not by every
     instance at its start, which only its log would tell)."""
     if content_type == "text/libsvm" and (join_source != "None" or input_filter != "$"):
-        raise ValueError("inputFilter and joinSource need CSV or JSON input, not libsvm")
+        raise ValueError(LIBSVM_PROCESSING)
     csv_in, csv_out = content_type == "text/csv", accept == "text/csv"
     if join_source == "Input" and csv_in != csv_out:
-        raise ValueError(
-            "joinSource Input joins like with like: CSV input needs accept text/csv, "
-            "JSON input application/json or application/jsonlines"
-        )
+        raise ValueError(JOIN_LIKE_WITH_LIKE)
 
 
 class BatchSettings(EnvSettings):

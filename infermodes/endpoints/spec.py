@@ -10,7 +10,7 @@ and payload x concurrent transforms at most 100 MB, at most 3 retries per mini-b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
@@ -178,19 +178,29 @@ class RealtimeScaling(SpecBlock):
     )
 
 
+# the spec's cross-field rules, in its words (the platform API says them in its own)
+REPLICA_RANGE = "minReplicas must not exceed maxReplicas"
+PROVISIONED_WITHIN_MAX = "provisionedConcurrency must not exceed maxConcurrency"
+INPUT_INSIDE_OUTPUT = (
+    "the input prefix lies inside output.uri (or is it): what lies under the output is never "
+    "read as input, so no input would be left; give the outputs a prefix of their own (it may "
+    "lie inside the input's)"
+)
+
+
 class ReplicaRange(SpecBlock):
     """Blocks with ``minReplicas``/``maxReplicas``: min may not exceed max."""
 
     min_replicas: int
     max_replicas: int
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        ("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"),
+        ("self.minReplicas <= self.maxReplicas", REPLICA_RANGE),
     ]
 
     @model_validator(mode="after")
     def _replica_range(self) -> ReplicaRange:
         if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must not exceed maxReplicas")
+            raise ValueError(REPLICA_RANGE)
         return self
 
 
@@ -223,14 +233,13 @@ class ServerlessSpec(SpecBlock):
         "replicas = ceil(in-flight / concurrencyPerReplica).",
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        ("self.provisionedConcurrency <= self.maxConcurrency",
-         "provisionedConcurrency must not exceed maxConcurrency"),
+        ("self.provisionedConcurrency <= self.maxConcurrency", PROVISIONED_WITHIN_MAX),
     ]  # fmt: skip
 
     @model_validator(mode="after")
     def _provisioned_within_max(self) -> ServerlessSpec:
         if self.provisioned_concurrency > self.max_concurrency:
-            raise ValueError("provisionedConcurrency must not exceed maxConcurrency")
+            raise ValueError(PROVISIONED_WITHIN_MAX)
         return self
 
 
@@ -395,11 +404,7 @@ def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> No
     job fails): refused with the spec (``storage.prefix_within``; a URI that names no storage
     is the field's own pattern's to refuse)."""
     if data_type == "S3Prefix" and prefix_within(input_uri, output_uri):
-        raise ValueError(
-            "the input prefix lies inside output.uri (or is it): what lies under the output is "
-            "never read as input, so no input would be left; give the outputs a prefix of "
-            "their own (it may lie inside the input's)"
-        )
+        raise ValueError(INPUT_INSIDE_OUTPUT)
 
 
 class BatchSpec(SpecBlock):
@@ -614,11 +619,18 @@ def problem(error: ErrorDetails) -> str:
     return f"must be {meaning}; got {shown(error['input'])}"
 
 
-def spec_problems(exc: ValidationError, field: Callable[[str], str] = "spec.{}".format) -> str:
+def spec_problems(
+    exc: ValidationError,
+    field: Callable[[str], str] = "spec.{}".format,
+    wording: Mapping[str, str] | None = None,
+) -> str:
     """Every problem of a spec, once each, after the field it is in (``field`` of its dotted
-    path: ``spec.model.uri`` by default); a problem of the whole spec stands alone."""
+    path: ``spec.model.uri`` by default); a problem of the whole spec stands alone. ``wording``:
+    a rule's message as another API says it (its field names, not the spec's)."""
     problems = []
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{field(path)}: {problem(error)}" if path else problem(error))
+        said = problem(error)
+        said = (wording or {}).get(said, said)
+        problems.append(f"{field(path)}: {said}" if path else said)
     return "; ".join(dict.fromkeys(problems))

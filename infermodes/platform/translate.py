@@ -20,9 +20,12 @@ from pydantic import ValidationError
 
 from infermodes.endpoints.spec import (
     GROUP,
+    INPUT_INSIDE_OUTPUT,
     KIND,
     MAX_NAME_LENGTH,
     NAME_PATTERN,
+    PROVISIONED_WITHIN_MAX,
+    REPLICA_RANGE,
     VERSION,
     EndpointSpec,
     object_name,
@@ -31,7 +34,12 @@ from infermodes.endpoints.spec import (
 from infermodes.errors import StorageError, clipped, shown
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
-from infermodes.settings import STORAGE_PREFIX
+from infermodes.settings import (
+    JOIN_LIKE_WITH_LIKE,
+    LIBSVM_PROCESSING,
+    PAYLOAD_RULE,
+    STORAGE_PREFIX,
+)
 from infermodes.storage import parse_uri
 
 ANNOTATION = "platform.infermodes.dev/"
@@ -403,8 +411,27 @@ def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
 
 
 # objects
+# the spec's cross-field rules as the platform's caller wrote the fields (the replica range is
+# only ever broken by ManagedInstanceScaling: InitialInstanceCount gives min = max)
+PLATFORM_WORDING = {
+    REPLICA_RANGE: "MinInstanceCount must not exceed MaxInstanceCount",
+    PROVISIONED_WITHIN_MAX: "ProvisionedConcurrency must not exceed MaxConcurrency",
+    PAYLOAD_RULE: "MaxPayloadInMB x MaxConcurrentTransforms must not exceed 100",
+    LIBSVM_PROCESSING: "DataProcessing.InputFilter and DataProcessing.JoinSource need CSV or "
+    "JSON input (TransformInput.ContentType), not libsvm",
+    JOIN_LIKE_WITH_LIKE: "DataProcessing.JoinSource Input joins like with like: CSV input "
+    "(TransformInput.ContentType) needs TransformOutput.Accept text/csv, JSON input "
+    "application/json or application/jsonlines",
+    INPUT_INSIDE_OUTPUT: "TransformInput.DataSource.S3DataSource.S3Uri lies inside "
+    "TransformOutput.S3OutputPath (or is it): what lies under the output is never read as "
+    "input, so no input would be left; give the outputs a prefix of their own (it may lie "
+    "inside the input's)",
+}
+
+
 def _validated(spec: JsonObject, origins: Mapping[str, str]) -> JsonObject:
-    """The spec as our schema accepts it; a refusal names the platform's field it came from."""
+    """The spec as our schema accepts it; a refusal names the platform's field it came from,
+    and says a rule across fields in the platform's names."""
     try:
         EndpointSpec.model_validate(spec)
     except ValidationError as exc:
@@ -413,7 +440,7 @@ def _validated(spec: JsonObject, origins: Mapping[str, str]) -> JsonObject:
             return next((origins[p] for p in sorted(origins, key=len, reverse=True)
                          if path == p or path.startswith(p + ".")), f"spec.{path}")  # fmt: skip
 
-        raise ValidationException(spec_problems(exc, field)) from None
+        raise ValidationException(spec_problems(exc, field, PLATFORM_WORDING)) from None
     return spec
 
 
@@ -490,13 +517,17 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
         where = f"{field}ManagedInstanceScaling."
         low = integer(f"{where}MinInstanceCount", scaling.get("MinInstanceCount", count))
         high = integer(f"{where}MaxInstanceCount", scaling.get("MaxInstanceCount", max(count, low)))
-    scaled = (
-        "ManagedInstanceScaling" if scaling.get("Status") == "ENABLED" else "InitialInstanceCount"
-    )
+    managed = scaling.get("Status") == "ENABLED"
+    scaled = "ManagedInstanceScaling" if managed else "InitialInstanceCount"
+    block_name = "realtime" if async_config is None else "async"
+    origins[block_name] = f"{field}{scaled}"
+    for key, member in (("minReplicas", "MinInstanceCount"), ("maxReplicas", "MaxInstanceCount")):
+        origins[f"{block_name}.{key}"] = (
+            f"{field}ManagedInstanceScaling.{member}" if managed else f"{field}{scaled}"
+        )
     if async_config is None:
         spec["mode"] = "realtime"
         spec["realtime"] = {"minReplicas": low, "maxReplicas": high}
-        origins["realtime"] = f"{field}{scaled}"
         return _validated(spec, origins)
     output = async_config["OutputConfig"]
     notify = output.get("NotificationConfig") or {}
@@ -530,7 +561,6 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
             "AsyncInferenceConfig.ClientConfig.MaxConcurrentInvocationsPerInstance",
         "async.notification.successWebhook": f"{notifications}SuccessTopic",
         "async.notification.errorWebhook": f"{notifications}ErrorTopic",
-        "async": f"{field}{scaled}",
     })  # fmt: skip
     return _validated(spec, origins)
 

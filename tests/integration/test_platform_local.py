@@ -455,6 +455,13 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
     with pytest.raises(ClientError, match=r"ProductionVariants\[0\]\.InitialInstanceCount: a "
                                           "serverless variant"):  # fmt: skip
         unchecked.create_endpoint_config(EndpointConfigName="mixed", ProductionVariants=[mixed])
+    # a rule across fields said in the spec's names ("minReplicas must not exceed maxReplicas")
+    scaled = {"VariantName": "v", "ModelName": "errors-model", "InstanceType": "ml.m5.large",
+              "InitialInstanceCount": 1, "ManagedInstanceScaling": {
+                  "Status": "ENABLED", "MinInstanceCount": 3, "MaxInstanceCount": 2}}  # fmt: skip
+    said = r"\.ManagedInstanceScaling: MinInstanceCount must not exceed MaxInstanceCount"
+    with pytest.raises(ClientError, match=said):
+        sagemaker.create_endpoint_config(EndpointConfigName="scaled", ProductionVariants=[scaled])
     bad_job = transform_request("bad-job", "errors-model", "x") | {"BatchStrategy": "Whatever"}
     with pytest.raises(ClientError, match="BatchStrategy"):
         sagemaker.create_transform_job(**bad_job)

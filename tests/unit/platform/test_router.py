@@ -437,7 +437,7 @@ def test_a_control_character_a_metadata_webhook_and_a_bad_filter_are_refused_by_
         ("DataProcessing", {"InputFilter": "$[[["}, "unsupported JSONPath '$[[['"),
         # JSON lines in, CSV out, joined: no instance can do it (it exited with 2)
         ("TransformOutput", {"S3OutputPath": "s3://b/out/", "Accept": "text/csv"},
-         "joinSource Input joins like with like"),
+         "DataProcessing.JoinSource Input joins like with like"),
     ):  # fmt: skip
         code, message = api.error("CreateTransformJob", **transform_request(**{member: value}))
         assert code == "ValidationException" and named in message, message

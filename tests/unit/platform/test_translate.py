@@ -4,6 +4,7 @@ actuator's defaults, and a ValidationException naming the field for what we cann
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -258,7 +259,7 @@ def test_one_production_variant_only() -> None:
     ("more", "named"),
     [
         ({"MaxPayloadInMB": 60, "MaxConcurrentTransforms": 2},
-         "TransformJob: maxPayloadInMB x maxConcurrentTransforms must not exceed 100"),
+         "TransformJob: MaxPayloadInMB x MaxConcurrentTransforms must not exceed 100"),
         ({"BatchStrategy": "Whatever"}, "BatchStrategy"),
         ({"DataCaptureConfig": {"DestinationS3Uri": "s3://b/c"}}, "DataCaptureConfig"),
         ({"TransformJobName": "1job"}, "must start with a letter"),
@@ -366,3 +367,60 @@ def test_requests_too_large_for_an_objects_annotations_are_refused() -> None:
     processing = {"InputFilter": "$." + "a" * 300_000}
     with pytest.raises(ValidationException, match="too large"):
         transform_object(transform_request(DataProcessing=processing), model(), DEFAULTS)
+
+
+SPEC_WORDS = re.compile(r"\b(spec\.|minReplicas|maxReplicas|provisionedConcurrency|maxConcurrency"
+                        r"|maxPayloadInMB|maxConcurrentTransforms|inputFilter|joinSource|accept "
+                        r"|output\.uri)")  # fmt: skip
+SCALING = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+
+
+@pytest.mark.parametrize(
+    ("build", "said"),
+    [
+        (lambda: config({**SCALING, "ManagedInstanceScaling": {
+            "Status": "ENABLED", "MinInstanceCount": 3, "MaxInstanceCount": 2}}),
+         "ProductionVariants[0].ManagedInstanceScaling: MinInstanceCount must not exceed "
+         "MaxInstanceCount"),
+        (lambda: config({**SCALING, "ManagedInstanceScaling": {
+            "Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 101}},
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://b/o"}}),
+         "ProductionVariants[0].ManagedInstanceScaling.MaxInstanceCount: Input should be less "
+         "than or equal to 100"),
+        (lambda: config({"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2,
+                                              "ProvisionedConcurrency": 3}}),
+         "ProductionVariants[0].ServerlessConfig: ProvisionedConcurrency must not exceed "
+         "MaxConcurrency"),
+        (lambda: transform_object(transform_request(
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                            "S3Uri": "s3://b/in"}},
+                            "ContentType": "text/libsvm"},
+            DataProcessing={"JoinSource": "Input"}), model(), DEFAULTS),
+         "TransformJob: DataProcessing.InputFilter and DataProcessing.JoinSource need CSV or "
+         "JSON input (TransformInput.ContentType), not libsvm"),
+        (lambda: transform_object(transform_request(
+            DataProcessing={"JoinSource": "Input"},
+            TransformOutput={"S3OutputPath": "s3://b/out/", "Accept": "text/csv"}), model(),
+            DEFAULTS),
+         "TransformJob: DataProcessing.JoinSource Input joins like with like: CSV input "
+         "(TransformInput.ContentType) needs TransformOutput.Accept text/csv"),
+        (lambda: transform_object(transform_request(
+            TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                            "S3Uri": "s3://b/out/in"}},
+                            "ContentType": "text/csv"},
+            TransformOutput={"S3OutputPath": "s3://b/out", "Accept": "text/csv"}), model(),
+            DEFAULTS),
+         "TransformJob: TransformInput.DataSource.S3DataSource.S3Uri lies inside "
+         "TransformOutput.S3OutputPath (or is it)"),
+    ],
+)  # fmt: skip
+def test_a_rule_across_fields_names_the_platforms_fields_not_the_specs(
+    build: Any, said: str
+) -> None:
+    """The spec's cross-field rules said "minReplicas must not exceed maxReplicas" to a caller
+    who wrote MinInstanceCount and MaxInstanceCount (and likewise each rule): the platform's
+    names, and no word of the spec's."""
+    with pytest.raises(ValidationException) as refused:
+        build()
+    assert str(refused.value).startswith(said), str(refused.value)
+    assert not SPEC_WORDS.search(str(refused.value)), str(refused.value)
