@@ -323,6 +323,12 @@ class Supervisor:
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
         if old is not None and outgoing:
+            # until its first decision, what the old spec's servers report: they serve on
+            endpoint.status = dataclasses.replace(
+                endpoint.status, phase=Phase.UPDATING, reason="Updating",
+                ready_replicas=old.status.ready_replicas,
+                desired_replicas=old.status.desired_replicas,
+            )  # fmt: skip
             endpoint.outgoing = outgoing
             endpoint.ports = {key: old.ports[key] for key in outgoing if key in old.ports}
             endpoint.sequence = old.sequence  # the new replicas' keys follow the old ones'
@@ -751,9 +757,12 @@ class Supervisor:
             message = f"{endpoint.load_failure[1]}; tried again when one of its processes starts"
         elif ready > 0:
             endpoint.load_failure = None
+        # the previous spec's servers serve too while a rollover lasts, as a Deployment's old
+        # pods count in its readyReplicas (DescribeEndpoint's CurrentInstanceCount)
+        serving = ready + sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
         endpoint.status = dataclasses.replace(
             endpoint.status, phase=phase, reason=reason, message=message, replicas=running,
-            ready_replicas=ready, desired_replicas=endpoint.desired,
+            ready_replicas=serving, desired_replicas=endpoint.desired,
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)

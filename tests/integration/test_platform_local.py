@@ -376,11 +376,16 @@ def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(
     sagemaker.create_endpoint(EndpointName="reverted", EndpointConfigName="good-config")
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="reverted", WaiterConfig=FAST)
     sagemaker.update_endpoint(EndpointName="reverted", EndpointConfigName="gone-config")
+    # the previous config's replica serves, and is counted from the start (it said 0 of 0 at
+    # once, then 0 of 1, while it served)
+    counts = sagemaker.describe_endpoint(EndpointName="reverted")["ProductionVariants"][0]
+    assert (counts["CurrentInstanceCount"], counts["DesiredInstanceCount"]) == (1, 1), counts
     wait_until(lambda: "FailureReason" in sagemaker.describe_endpoint(EndpointName="reverted"),
                60, "the update's failure to show")  # fmt: skip
     described = sagemaker.describe_endpoint(EndpointName="reverted")
     assert described["EndpointStatus"] == "Updating"
     assert described["FailureReason"].startswith("ModelLoadFailed: the new spec cannot roll out")
+    assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
     assert "gone/model.tar.gz" in described["FailureReason"]
     rows = abalone_model.test_rows[:5]
     answer = runtime.invoke_endpoint(EndpointName="reverted", ContentType="text/csv",
