@@ -13,12 +13,13 @@ import contextlib
 import errno
 import functools
 import io
+import math
 import os
 import posixpath
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -776,6 +777,29 @@ class Storage:
         ``before``, of the objects whose names ``owned`` takes; returns how many."""
         store, ref = self._resolve(prefix_uri)
         return store.remove_partials(ref, before, owned)
+
+    def remove_partials_of(self, uris: Iterable[str]) -> int:
+        """Remove every partial write of the objects ``uris`` name (partial files, incomplete
+        multipart uploads), however recent: for a caller that alone writes those objects and
+        is not writing them now, so that any found is a dead writer's (a SIGKILLed batch
+        instance's), which nothing else would ever remove. One sweep per folder; returns how
+        many were removed. Raises StorageError once every folder was tried."""
+        folders: dict[str, set[str]] = {}
+        for uri in uris:
+            ref = parse_uri(uri)
+            head, slash, name = ref.key.rpartition("/")
+            folder = ObjectRef(ref.scheme, ref.bucket, head + slash).uri
+            folders.setdefault(folder, set()).add(name)
+        removed, failures = 0, []
+        for folder, names in sorted(folders.items()):
+            try:
+                removed += self.remove_partials(folder, math.inf, names.__contains__)
+            except StorageError as exc:
+                failures.append(exc)
+        if failures:
+            more = f" (and {len(failures) - 1} more folder(s))" if len(failures) > 1 else ""
+            raise StorageError(f"removed {removed} partial write(s); {failures[0]}{more}")
+        return removed
 
     def get_bytes(self, uri: str, limit: int | None = None) -> bytes:
         """Read a whole object; ``limit`` guards memory for objects that should be small."""

@@ -157,6 +157,25 @@ def test_remove_partials_takes_only_stale_partial_files_of_owned_names(tmp_path:
     ]
 
 
+def test_remove_partials_of_takes_every_partial_write_of_the_named_objects(
+    tmp_path: Path,
+) -> None:
+    """However recent (a batch instance clears what its SIGKILLed predecessor left before it
+    writes), in every folder the objects lie in, and nothing of other objects."""
+    storage = Storage()
+    (tmp_path / "sub").mkdir()
+    mine = [tmp_path / ".a 100%.out.x1.partial", tmp_path / "sub/.b.out.x2.partial"]
+    others = [tmp_path / ".c.out.x3.partial", tmp_path / "sub/.a 100%.out.x4.partial",
+              tmp_path / "a 100%.out"]  # fmt: skip
+    for path in mine + others:
+        path.write_bytes(b"x")  # written just now
+    named = [f"file://{tmp_path}/a 100%25.out", f"file://{tmp_path}/sub/b.out"]
+    assert storage.remove_partials_of(named) == 2
+    assert not any(path.exists() for path in mine)
+    assert all(path.exists() for path in others)
+    assert storage.remove_partials_of([f"file://{tmp_path}/none/x.out"]) == 0
+
+
 @pytest.mark.parametrize("durable", [True, False])
 def test_create_is_exclusive_even_when_racing(tmp_path: Path, durable: bool) -> None:
     """Without ``durable`` (no fsync) too: a reader sees a whole object or none."""

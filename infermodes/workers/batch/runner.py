@@ -217,6 +217,9 @@ class Runner:
                 self.summary.error = f"cannot mark the job's start under its output: {exc}"
                 return self.summary
             units = self.shard(objects)
+            own = plan.summary_uri(self.output_prefix, self.settings.instance_index,
+                                   self.settings.instance_count)  # fmt: skip
+            self.clear_partials([*map(self.target, units), own])
             self.summary.assigned = len(units)
             self.metrics.units_assigned.set(len(units))
             log.info(
@@ -291,6 +294,28 @@ class Runner:
             self.remove(self.parts(unit), "the object will not assemble")
             return "failed"
 
+    def target(self, unit: plan.WorkUnit) -> str:
+        """What ``unit`` writes: its object's ``.out``, or a range's part."""
+        if unit.is_range:
+            return plan.part_uri(self.output_prefix, unit)
+        return plan.output_uri(self.output_prefix, unit.obj.key)
+
+    def clear_partials(self, uris: list[str]) -> None:
+        """Remove what writers of ``uris`` killed mid-write left (an earlier attempt of this
+        instance SIGKILLed, its node lost): hidden partial files on ``file://``, incomplete
+        multipart uploads on S3, which S3 bills until they are aborted. Only this instance
+        writes its outputs and parts, and it writes none of them yet, so any partial write of
+        them is a dead writer's; a split object's ``.out`` is cleared once assembled (another
+        assembler's write, if any, then fails and finds the ``.out``). At best: a store that
+        refuses leaves them."""
+        try:
+            removed = self.storage.remove_partials_of(uris)
+        except StorageError as exc:
+            log.warning("cannot remove the partial writes a stopped instance left: %s", exc)
+            return
+        if removed:
+            log.info("removed %d partial write(s) a stopped instance left", removed)
+
     def remove(self, uris: list[str], why: str) -> None:
         """Remove parts no longer needed, at best: a store that fails here (as it may have just
         failed the unit) leaves them, each a complete part, which a later run writes over (or,
@@ -308,7 +333,7 @@ class Runner:
             if unit.is_range:
                 self.remove([plan.part_uri(self.output_prefix, unit)], f"{out} is written")
             return "skipped"
-        target = plan.part_uri(self.output_prefix, unit) if unit.is_range else out
+        target = self.target(unit)
         outcome = "succeeded"
         if unit.is_range and self.done(target):
             log.info("skipping range %d of %s: its part exists", unit.part, unit.obj.uri)
@@ -396,6 +421,7 @@ class Runner:
             log.warning("cannot list the parts of %s to remove them: %s", out, exc)
             leftovers = []
         self.remove(leftovers, f"assembled into {out}")
+        self.clear_partials([out])  # of an assembler that died, or lost the race to this one
         log.info("assembled %s from %d parts", out, len(parts))
         return True
 

@@ -4,6 +4,8 @@ sharing a job, a failing object, a re-run, and a large object split over instanc
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,7 +19,9 @@ from tests.support.batch import (
     run_instances,
     sample_rows,
     scores_of,
+    start,
 )
+from tests.support.processes import stop_process, wait_until
 from tests.support.s3 import S3Endpoint
 
 EXIT_OBJECTS_FAILED = 4
@@ -188,3 +192,35 @@ def test_a_new_job_writes_over_an_earlier_jobs_outputs_on_s3(
     assert keys(seaweedfs, bucket, "out/_infermodes-batch/run-") == [
         f"out/_infermodes-batch/run-job-{n}{kind}" for n in (1, 2) for kind in ("", ".inputs.json")
     ]
+
+
+def test_an_instance_sigkilled_mid_upload_and_run_again_leaves_no_incomplete_upload(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """A SIGKILLed instance cannot abort its multipart upload: S3 kept (and billed) its parts
+    for ever, also once the job, run again, Completed. The instance run again aborts it."""
+    text = csv_text(sample_rows(abalone_model.test_rows, 200_000, seed=80))
+    put(seaweedfs, bucket, "in/big.csv", text)
+    joined = ("--join-source", "Input", "--batch-strategy", "SingleRecord")  # > one 8 MiB part
+    [job] = instances(abalone_model, bucket, 1, *joined)
+    env = {**seaweedfs.env, "INFERMODES_BATCH_RUN_ID": "job-1"}
+    s3 = seaweedfs.client()
+
+    def uploads() -> list[str]:
+        return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+    proc = start(job, env)
+    try:
+        wait_until(lambda: uploads() == ["out/big.csv.out"], 120, "the output's upload")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        stop_process(proc)
+    assert uploads() == ["out/big.csv.out"]  # what it left
+    done = run(job, env)
+    assert done.returncode == 0, done.log
+    assert "removed 1 partial write(s) a stopped instance left" in done.log
+    assert uploads() == []
+    lines = get(seaweedfs, bucket, "out/big.csv.out").splitlines()
+    scores = np.array([float(line.rsplit(b",", 1)[1]) for line in lines], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected_scores(booster, text))

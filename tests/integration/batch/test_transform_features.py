@@ -469,6 +469,46 @@ def test_sigterm_discards_the_output_in_progress_and_reports_stopped(
     assert summary(tmp_path / "out")["state"] == "Stopped"
 
 
+def test_an_instance_sigkilled_midway_and_run_again_leaves_every_output_once_and_no_partial(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    """SIGKILL (the OOM killer, a lost node) unwinds nothing: the output in progress stayed a
+    hidden partial file beside it for ever, also once the job, run again, Completed. The
+    instance run again removes it, skips the outputs written before (each record in the
+    outputs once, in input order) and writes the rest."""
+    (tmp_path / "in").mkdir()
+    sizes = {"p0.csv": 1000, "p1.csv": 1000, "p2.csv": 300_000, "p3.csv": 1000}
+    texts = {name: csv_text(sample_rows(abalone_model.test_rows, rows, seed))
+             for seed, (name, rows) in enumerate(sizes.items())}  # fmt: skip
+    for name, text in texts.items():
+        (tmp_path / "in" / name).write_bytes(text)
+    env = {"INFERMODES_BATCH_RUN_ID": "job-1"}  # as the operator and up give each job
+    job = command(abalone_model, tmp_path / "in", tmp_path / "out", "--batch-strategy",
+                  "SingleRecord")  # fmt: skip
+    proc = start(job, env)
+    try:
+        wait_until(lambda: any((tmp_path / "out").glob(".p2.csv.out.*.partial")), 120,
+                   "the third output in progress")  # fmt: skip
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        stop_process(proc)
+    assert any((tmp_path / "out").glob(".p2.csv.out.*.partial"))  # what it left
+    done = run(job, env)
+    assert done.returncode == 0, done.log
+    assert "removed 1 partial write(s) a stopped instance left" in done.log
+    hidden = [p.name for p in (tmp_path / "out").rglob(".*")]
+    assert hidden == [], hidden
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of((tmp_path / "out" / f"{name}.out").read_bytes()),
+            expected_scores(booster, text),
+        )
+    assert summary(tmp_path / "out")["units"] == {
+        "assigned": 4, "succeeded": 2, "skipped": 2, "failed": 0
+    }  # fmt: skip
+
+
 def test_an_unreadable_manifest_stops_the_instance_with_a_summary(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
