@@ -663,7 +663,12 @@ class BatchSettings(EnvSettings):
         pattern=r"^[A-Za-z0-9-]*$",
         description="The job's identity (its InferenceEndpoint's UID): an output that exists "
         "from before the job is written over, one it wrote is skipped when it runs again; "
-        "empty: any output that exists is skipped (a re-run from a shell, or keepExisting).",
+        "empty: any output that exists is skipped (a re-run from a shell).",
+    )
+    keep_existing: bool = Field(
+        False,
+        description="Skip any output that exists, whoever wrote it (output.keepExisting); "
+        "with a run id the job still plans from its one stored input listing.",
     )
     content_type: BatchContentType = "text/csv"
     compression_type: CompressionType = "None"

@@ -106,7 +106,8 @@ def batch_instance(spec: EndpointSpec, run_id: str) -> ProcessPlan:
             compression_type=block.input.compression_type,
             split_type=block.input.split_type,
             output_uri=block.output.uri,
-            run_id=None if block.output.keep_existing else run_id,
+            run_id=run_id,  # names the job's one input listing, also when keeping outputs
+            keep_existing=block.output.keep_existing or None,
             accept=block.output.accept,
             assemble_with=block.output.assemble_with,
             batch_strategy=block.batch_strategy,

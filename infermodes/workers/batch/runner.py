@@ -253,9 +253,10 @@ class Runner:
 
     def mark_run(self) -> float | None:
         """When this job started, by the output store's clock (its marker, made by the first
-        instance to start, found by the others and by a restart); None without a run id."""
+        instance to start, found by the others and by a restart); None without a run id, or
+        when the job keeps existing outputs: then any that exists is done."""
         run_id = self.settings.run_id
-        if not run_id:
+        if not run_id or self.settings.keep_existing:
             return None
         marker = plan.run_marker_uri(self.output_prefix, run_id)
         self.storage.create(marker, b"")  # False: another instance's, or this job's before
@@ -265,10 +266,10 @@ class Runner:
         return started
 
     def done(self, uri: str) -> bool:
-        """Whether this job wrote ``uri`` (without a run id: whether it exists). An output of
-        an earlier job under the same path is not this job's: it is written over. Written in
-        the very second the job started, by a store of whole seconds (S3's times), it cannot
-        be told apart: written again, which is never wrong."""
+        """Whether this job wrote ``uri`` (without a run id, or keeping existing outputs:
+        whether it exists). An output of an earlier job under the same path is not this job's:
+        it is written over. Written in the very second the job started, by a store of whole
+        seconds (S3's times), it cannot be told apart: written again, which is never wrong."""
         if self.run_started is None:
             return self.storage.exists(uri)
         modified = self.storage.modified(uri)

@@ -664,6 +664,49 @@ def test_instances_started_apart_plan_from_the_job_s_one_listing(
     assert sum(done) == 4, done
 
 
+def test_a_job_keeping_existing_outputs_plans_from_its_one_listing_too(
+    abalone_model: AbaloneModel, booster: object, tmp_path: Path
+) -> None:
+    """``output.keepExisting`` gave the instances no run id, so each planned from its own
+    listing: an object added between two instances' starts moved the shares, an object there
+    from the start went to neither, and the job Completed without its output. Now it has the
+    job's one listing (as any job) and still keeps an output that exists, whoever wrote it."""
+    (tmp_path / "in").mkdir()
+    texts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 20 + 10 * i, i))
+             for i in range(4)}  # fmt: skip
+    for name, text in texts.items():
+        (tmp_path / "in" / name).write_bytes(text)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "part-0.csv.out").write_bytes(b"kept\n")  # an earlier job's
+    spec = EndpointSpec.model_validate({
+        "mode": "batch", "model": {"uri": abalone_model.tarball.as_uri()},
+        "batch": {"input": {"uri": f"file://{tmp_path}/in/", "contentType": "text/csv",
+                            "splitType": "Line"},
+                  "output": {"uri": f"file://{tmp_path}/out/", "keepExisting": True},
+                  "instanceCount": 2},
+    })  # fmt: skip
+    env = {
+        **batch_instance(spec, "uid-1").env,
+        "INFERMODES_BATCH_METRICS_PORT": "0",
+        "INFERMODES_BATCH_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"),
+    }
+    first = run([INFERMODES, "batch"], {**env, "JOB_COMPLETION_INDEX": "0"})
+    assert first.returncode == 0, first.log
+    late = csv_text(sample_rows(abalone_model.test_rows, 45, 9))  # between the two largest
+    (tmp_path / "in" / "late.csv").write_bytes(late)
+    second = run([INFERMODES, "batch"], {**env, "JOB_COMPLETION_INDEX": "1"})
+    assert second.returncode == 0, second.log
+    assert (tmp_path / "out" / "part-0.csv.out").read_bytes() == b"kept\n"
+    for name in ["part-1.csv", "part-2.csv", "part-3.csv"]:
+        np.testing.assert_array_equal(
+            scores_of((tmp_path / "out" / f"{name}.out").read_bytes()),
+            expected_scores(booster, texts[name]),
+        )
+    assert not (tmp_path / "out" / "late.csv.out").exists()
+    units = [summary(tmp_path / "out", i, 2)["units"] for i in (0, 1)]
+    assert sum(u["succeeded"] for u in units) == 3 and sum(u["skipped"] for u in units) == 1
+
+
 def test_records_of_an_object_that_failed_midway_are_not_counted(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -58,7 +58,10 @@ def test_the_plan_reads_back_as_the_spec_says(monkeypatch) -> None:
         {**FULL_SPEC, "batch": {**FULL_SPEC["batch"],
                                 "output": {**FULL_SPEC["batch"]["output"], "keepExisting": True}}}
     )  # fmt: skip
-    assert "INFERMODES_BATCH_RUN_ID" not in batch_instance(keeping, "uid-1").env  # skips them
+    for name, value in batch_instance(keeping, "uid-1").env.items():
+        monkeypatch.setenv(name, value)
+    kept = BatchSettings()  # skips any output that exists, and plans from the job's one listing
+    assert (kept.keep_existing, kept.run_id) == (True, "uid-1")
 
 
 def pod(index: int, created: str, summary: dict | None = None, ip: str | None = None,
