@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from infermodes.endpoints.spec import EndpointSpec
+from infermodes.errors import EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED
 from infermodes.settings import BatchSettings, EnvSettings, ServeSettings
 
 SERVER_PORT = 8080  # the platform's container contract
@@ -86,6 +87,19 @@ def serverless_server(spec: EndpointSpec, port: int = SERVER_PORT) -> ProcessPla
 
 BATCH_METRICS_PORT = 9090
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+# how often a batch instance that failed runs again, and the exits no run mends (the same
+# input fails the same way): the operator's Job says it (backoffLimitPerIndex, a
+# podFailurePolicy), ``up`` asks ``batch_instance_runs_again``
+BATCH_INSTANCE_RETRIES = 2
+PERMANENT_BATCH_EXIT_CODES = (EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED)
+
+
+def batch_instance_runs_again(exit_code: int | None, failures: int) -> bool:
+    """Whether a batch instance that ended with ``exit_code`` before it finished (killed: the
+    OOM killer, a crash), its ``failures``-th failure, runs again: it skips what its job wrote
+    and does the rest, as the Job's retry of its index does on a cluster."""
+    failed = exit_code not in (None, 0, *PERMANENT_BATCH_EXIT_CODES)
+    return failed and failures <= BATCH_INSTANCE_RETRIES
 
 
 def batch_instance(spec: EndpointSpec, run_id: str) -> ProcessPlan:

@@ -816,7 +816,8 @@ class Supervisor:
     async def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
         """``instanceCount`` instances, each run once to its end (an instance that left a
         summary is not run again, also after a restart of ``up``, unless ``up`` stopping
-        stopped it)."""
+        stopped it); one killed before it left one runs again after its back-off, as the
+        operator's Job retries its index (``plan.batch_instance_runs_again``)."""
         spec, name = endpoint.manifest.spec, endpoint.name
         count = spec.batch_block().instance_count
         if spec.batch_block().stop:  # applying it stopped the instances (see ``apply``)
@@ -830,10 +831,15 @@ class Supervisor:
         for key, child in list(endpoint.children.items()):
             if child.check(now):
                 endpoint.event(f"{key} ended with {child.last_exit}")
+                index = int(key.rsplit("-", 1)[1])
+                summarised = self._summary_path(name, index).exists()
+                if not summarised and plan.batch_instance_runs_again(child.last_exit, child.exits):
+                    endpoint.event(f"{key} runs again (retry {child.exits} of "
+                                   f"{plan.BATCH_INSTANCE_RETRIES})")  # fmt: skip
+                    continue
                 del endpoint.children[key]
                 endpoint.metrics_ports.pop(key, None)
-                index = int(key.rsplit("-", 1)[1])
-                if not self._summary_path(name, index).exists():
+                if not summarised:
                     self._summary_path(name, index).write_text(json.dumps({
                         "version": 1, "index": index, "count": count, "state": "Failed",
                         "error": f"instance {index} exited with {child.last_exit} "
@@ -841,7 +847,12 @@ class Supervisor:
                     }))  # fmt: skip
         for index in range(count):  # at the start, and again for one stopped by another's hand
             key = f"{name}/instance-{index}"
-            if key in endpoint.children or self._ran_to_end(name, index):
+            retried = endpoint.children.get(key)
+            if retried is not None:  # running, or to run again once its back-off passed
+                if not retried.running() and now >= retried.not_before:
+                    retried.start(now)
+                continue
+            if self._ran_to_end(name, index):
                 continue
             port = endpoint.metrics_ports[key] = free_port()  # its progress while it runs
             extra = {

@@ -26,6 +26,7 @@ from infermodes.local.access import ACCESS_KEY_ID, read_token
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
+from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
 from tests.support.local import Up, document, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, wait_until
 from tests.support.rabbitmq import Broker
@@ -752,6 +753,38 @@ def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
     expected = abalone_model.booster().inplace_predict(rows)  # type: ignore[attr-defined]
     for out in outs[::1000]:
         np.testing.assert_allclose(np.loadtxt(out, delimiter=","), expected, rtol=1e-6)
+
+
+def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """An instance SIGKILLed (the OOM killer) ends without a summary: ``up`` failed the whole
+    job ("instance 0 exited with -9 without a summary") where the operator's Job retries the
+    index. Now it runs again, removes what it left half written, skips what it wrote and the
+    job completes: every record of every input in the outputs once, in order."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    texts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 150_000, i))
+             for i in range(4)}  # fmt: skip
+    for name, text in texts.items():
+        (inputs / name).write_bytes(text)
+    files = [manifest("batch", abalone_model.tarball, tmp_path, batchStrategy="SingleRecord")]
+    output = tmp_path / "batch" / "output"
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: any(output.glob(".*.partial")), WAIT, "an output in progress")
+        [first] = [p for p in up.running("abalone-batch") if p["key"].endswith("instance-0")]
+        os.kill(first["pid"], signal.SIGKILL)
+        ended = lambda: up.status("abalone-batch")["phase"] != "InProgress"  # noqa: E731
+        wait_until(ended, WAIT * 3, "the job to end")
+        status = up.status("abalone-batch")
+        assert status["phase"] == "Completed", status
+        assert "abalone-batch/instance-0 runs again (retry 1 of 2)" in str(status["events"])
+    assert [p.name for p in output.iterdir() if p.name.startswith(".")] == []
+    booster = abalone_model.booster()
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
+        )
 
 
 def test_a_model_server_that_stops_answering_leaves_the_rotation_until_it_answers(

@@ -2,6 +2,7 @@
 
 import pytest
 
+from infermodes.endpoints import plan
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import env_name, model_server, settings_env
 from infermodes.settings import ServeSettings, WorkerSettings
@@ -59,3 +60,20 @@ def test_values_are_written_the_way_settings_read_them(monkeypatch: pytest.Monke
         monkeypatch.setenv(name, value)
     settings = WorkerSettings()
     assert (settings.endpoint, settings.allow_pickle, settings.metrics_port) == ("ep", False, 9090)
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "failures", "again"),
+    [
+        (-9, 1, True),  # SIGKILLed: the OOM killer
+        (-11, 2, True),  # a crash, the second time
+        (-9, 3, False),  # out of retries, as the Job's backoffLimitPerIndex
+        (0, 1, False),  # done
+        (None, 1, False),  # never ran
+        *((code, 1, False) for code in plan.PERMANENT_BATCH_EXIT_CODES),  # the same again
+    ],
+)
+def test_a_batch_instance_runs_again_as_the_operator_s_job_retries_its_index(
+    exit_code: int | None, failures: int, again: bool
+) -> None:
+    assert plan.batch_instance_runs_again(exit_code, failures) is again

@@ -3,10 +3,10 @@
 ``completions = parallelism = instanceCount``; pod i runs ``infermodes batch`` as instance i
 (``JOB_COMPLETION_INDEX``) and ends; an index that fails for a reason a retry cannot mend
 (input objects failed, a bad listing, a model that does not load) fails at once, any other
-failure is retried ``BACKOFF_LIMIT_PER_INDEX`` times. Progress comes from each running
-instance's metrics and, once it ended, from the summary it left as its termination message.
-``spec.batch.stop`` suspends the Job: its pods get SIGTERM, discard what they had half written,
-and the endpoint reports ``Stopped``.
+failure is retried ``BATCH_INSTANCE_RETRIES`` times (``up`` decides alike). Progress comes from
+each running instance's metrics and, once it ended, from the summary it left as its termination
+message. ``spec.batch.stop`` suspends the Job: its pods get SIGTERM, discard what they had half
+written, and the endpoint reports ``Stopped``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import json
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.plan import BATCH_METRICS_PORT, TERMINATION_MESSAGE_PATH, batch_instance
+from infermodes.endpoints.plan import (
+    BATCH_INSTANCE_RETRIES,
+    BATCH_METRICS_PORT,
+    PERMANENT_BATCH_EXIT_CODES,
+    TERMINATION_MESSAGE_PATH,
+    batch_instance,
+)
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
     BATCH_ENDED,
@@ -31,12 +37,7 @@ from infermodes.endpoints.status import (
     summary_progress,
     units_progress,
 )
-from infermodes.errors import (
-    EXIT_CANNOT_START,
-    EXIT_MODEL_LOAD_FAILED,
-    EXIT_OBJECTS_FAILED,
-    EXIT_STOPPED,
-)
+from infermodes.errors import EXIT_STOPPED
 from infermodes.metrics import parse_batch_units
 from infermodes.operator.modes.base import Signals, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
@@ -46,9 +47,6 @@ from infermodes.settings import BatchSettings
 COMPONENT = "batch"
 WORKLOAD = ("batch/v1", "Job")
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-BACKOFF_LIMIT_PER_INDEX = 2
-# exit codes of `infermodes batch` that another attempt of the same input cannot mend
-PERMANENT_EXIT_CODES = [EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED]
 TERMINATION_GRACE_SECONDS = 30
 
 
@@ -94,12 +92,15 @@ def desired_objects(
             "completionMode": "Indexed",
             "completions": replicas,
             "parallelism": replicas,
-            "backoffLimitPerIndex": BACKOFF_LIMIT_PER_INDEX,
+            "backoffLimitPerIndex": BATCH_INSTANCE_RETRIES,
             "podFailurePolicy": {
                 "rules": [
                     {
                         "action": "FailIndex",
-                        "onExitCodes": {"operator": "In", "values": PERMANENT_EXIT_CODES},
+                        "onExitCodes": {
+                            "operator": "In",
+                            "values": list(PERMANENT_BATCH_EXIT_CODES),
+                        },
                     },
                     {
                         "action": "Ignore",
