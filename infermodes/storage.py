@@ -19,7 +19,7 @@ import posixpath
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -29,6 +29,8 @@ from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
 
 CHUNK_SIZE = 1024 * 1024
 MULTIPART_CHUNK = 8 * CHUNK_SIZE  # S3 parts are at least 5 MiB (but the last)
+MIN_PART = 5 * CHUNK_SIZE  # S3's smallest part but the last, copied or uploaded
+MAX_COPY_PART = 5 * 1024 * CHUNK_SIZE  # S3's largest part copy (UploadPartCopy)
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -642,6 +644,47 @@ class S3Store:
         except Exception as exc:
             raise self._translate(exc, ref) from exc
 
+    def concatenate(self, sources: Sequence[ObjectRef], target: ObjectRef) -> bool:
+        """Write ``target`` as ``sources`` one after the other, copied by the store itself (a
+        multipart upload of UploadPartCopy parts of at most 5 GiB), so no byte of them passes
+        through this process; completed only at the end, aborted on any failure. False, with
+        nothing written, when S3's rule that every part but the last holds at least 5 MiB does
+        not allow it (a source but the last under 5 MiB)."""
+        sizes = [self.size(ref) for ref in sources]
+        if not sources or any(size < MIN_PART for size in sizes[:-1]):
+            return False
+        pieces: list[tuple[ObjectRef, int, int]] = []  # (source, first byte, end)
+        for ref, size in zip(sources, sizes, strict=True):
+            count = max(1, math.ceil(size / MAX_COPY_PART))  # equal pieces: each >= 2.5 GiB
+            bounds = [size * i // count for i in range(count + 1)]
+            pieces += [(ref, bounds[i], bounds[i + 1]) for i in range(count) if bounds[i + 1]]
+        upload_id: str | None = None
+        try:
+            created = self.client.create_multipart_upload(Bucket=target.bucket, Key=target.key)
+            upload_id = created["UploadId"]
+            parts = []
+            for number, (ref, first, end) in enumerate(pieces, 1):
+                answer = self.client.upload_part_copy(
+                    Bucket=target.bucket, Key=target.key, UploadId=upload_id,
+                    PartNumber=number, CopySource={"Bucket": ref.bucket, "Key": ref.key},
+                    CopySourceRange=f"bytes={first}-{end - 1}",
+                )  # fmt: skip
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            self.client.complete_multipart_upload(
+                Bucket=target.bucket, Key=target.key, UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )  # fmt: skip
+        except BaseException as exc:
+            if upload_id is not None:
+                with contextlib.suppress(Exception):  # the original error matters more
+                    self.client.abort_multipart_upload(
+                        Bucket=target.bucket, Key=target.key, UploadId=upload_id
+                    )
+            if isinstance(exc, Exception):
+                raise self._translate(exc, target) from exc
+            raise
+        return True
+
 
 class _MultipartWriter(io.RawIOBase):
     """The file-like side of ``S3Store.open_write``. Parts are 8 MiB, growing by 8 MiB every
@@ -777,6 +820,21 @@ class Storage:
         ``before``, of the objects whose names ``owned`` takes; returns how many."""
         store, ref = self._resolve(prefix_uri)
         return store.remove_partials(ref, before, owned)
+
+    def concatenate(self, sources: Sequence[str], target: str) -> bool:
+        """Write ``target`` as ``sources`` one after the other, whole or not at all (as
+        ``open_write``); True when the store copied them itself (S3, ``S3Store.concatenate``:
+        no byte passes through this process), False when they were streamed through it."""
+        store, ref = self._resolve(target)
+        refs = [parse_uri(uri) for uri in sources]
+        copyable = all(r.scheme == "s3" for r in refs)
+        if isinstance(store, S3Store) and copyable and store.concatenate(refs, ref):
+            return True
+        with self.open_write(target) as sink:
+            for uri in sources:
+                with self.open_read(uri) as source:
+                    shutil.copyfileobj(source, sink, CHUNK_SIZE)
+        return False
 
     def remove_partials_of(self, uris: Iterable[str]) -> int:
         """Remove every partial write of the objects ``uris`` name (partial files, incomplete

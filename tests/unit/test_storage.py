@@ -10,6 +10,7 @@ from moto import mock_aws
 
 from infermodes.errors import InputNotAllowed, ObjectNotFound, StorageError
 from infermodes.storage import (
+    MIN_PART,
     NotAFile,
     ObjectRef,
     S3Store,
@@ -270,6 +271,36 @@ def test_reads_within_a_prefix_follow_links_only_inside_it(tmp_path: Path) -> No
             storage.open_read(f"{within}/{name}", within=within).__enter__()
     with pytest.raises(InputNotAllowed):
         storage.open_read("s3://b/in/x", within=within).__enter__()
+
+
+@mock_aws
+def test_s3_concatenates_parts_of_5_mib_and_more_by_the_store_s_copy() -> None:
+    """The assembly of a split batch object: every part but the last at least 5 MiB (S3's
+    smallest part), the store copies them, and no byte is read here; otherwise they stream
+    through this process, as every assembly did."""
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="bkt")
+    storage = Storage(s3_store=S3Store(client))
+    big, small = bytes(range(256)) * (MIN_PART // 256 + 3), b"the last part\n"
+    for key, data in (("a", big), ("b", big[::-1]), ("c", small), ("empty", b"")):
+        client.put_object(Bucket="bkt", Key=f"out/x.out.{key}", Body=data)
+    reads = []
+    client.meta.events.register("before-call.s3.GetObject", lambda **kw: reads.append(kw))
+    parts = [f"s3://bkt/out/x.out.{key}" for key in ("a", "b", "c")]
+    assert storage.concatenate(parts, "s3://bkt/out/x.out")
+    assert storage.concatenate([parts[0], "s3://bkt/out/x.out.empty"], "s3://bkt/out/e.out")
+    assert reads == []
+    assert storage.get_bytes("s3://bkt/out/x.out") == big + big[::-1] + small
+    assert storage.get_bytes("s3://bkt/out/e.out") == big
+    small_first = [f"s3://bkt/out/x.out.{key}" for key in ("c", "a")]
+    assert not storage.concatenate(small_first, "s3://bkt/out/y.out")  # streamed
+    assert storage.get_bytes("s3://bkt/out/y.out") == small + big
+    with pytest.raises(ObjectNotFound):  # a part gone (another assembler's clean-up)
+        storage.concatenate([parts[0], "s3://bkt/out/gone"], "s3://bkt/out/z.out")
+    assert not storage.exists("s3://bkt/out/z.out")
+    assert client.list_multipart_uploads(Bucket="bkt").get("Uploads", []) == []
 
 
 @mock_aws

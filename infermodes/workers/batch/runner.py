@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 import signal
 import sys
 import time
@@ -408,10 +407,7 @@ class Runner:
         if self.done(out) or not all(self.done(p) for p in parts):
             return False
         try:
-            with self.storage.open_write(out) as sink:
-                for part in parts:
-                    with self.storage.open_read(part) as source:
-                        shutil.copyfileobj(source, sink, BLOCK_BYTES)
+            copied = self.storage.concatenate(parts, out)
         except StorageError:
             if self.done(out):
                 return False
@@ -423,7 +419,8 @@ class Runner:
             leftovers = []
         self.remove(leftovers, f"assembled into {out}")
         self.clear_partials([out])  # of an assembler that died, or lost the race to this one
-        log.info("assembled %s from %d parts", out, len(parts))
+        how = "copied by the store" if copied else "streamed"
+        log.info("assembled %s from %d parts (%s)", out, len(parts), how)
         return True
 
 

@@ -140,6 +140,26 @@ def test_a_large_object_split_over_two_instances_on_s3(
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_a_split_object_s_parts_of_5_mib_are_assembled_by_the_store_s_copy(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """The instance that assembled a split object downloaded every part and uploaded it
+    again, the whole output through one instance at the job's end; parts of 5 MiB and more
+    (all but the last) are now copied by the store (UploadPartCopy)."""
+    text = csv_text(sample_rows(abalone_model.test_rows, 200_000, seed=31))
+    put(seaweedfs, bucket, "in/big.csv", text)
+    args = ("--split-min-bytes", "100000", "--join-source", "Input")  # parts of ~7 MB
+    done = run_instances(instances(abalone_model, bucket, 2, *args), env=seaweedfs.env)
+    assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+    assert sum("from 2 parts (copied by the store)" in d.log for d in done) >= 1, done[0].log
+    assert keys(seaweedfs, bucket, "out/big") == ["out/big.csv.out"]
+    lines = get(seaweedfs, bucket, "out/big.csv.out").splitlines()
+    assert [line.rsplit(b",", 1)[0] for line in lines] == text.splitlines()
+    scores = np.array([float(line.rsplit(b",", 1)[1]) for line in lines], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected_scores(booster, text))
+    assert seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_s3_writes_stream_as_multipart_and_abort_on_failure(
     seaweedfs: S3Endpoint, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
