@@ -10,6 +10,7 @@ from typing import Any
 
 from infermodes.endpoints.spec import Phase
 from infermodes.metrics import OperatorMetrics
+from infermodes.storage import prefix_within
 
 # status reasons written by the operator and by `infermodes up`, read by Events and the docs
 BROKER_UNREADABLE = "BrokerUnreadable"  # an async endpoint's reason while its queue is unread
@@ -29,6 +30,8 @@ BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch
 APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoint
 # an async endpoint held back: an older one in another namespace holds its name (its queue)
 NAME_IN_USE = "NameInUse"
+# a batch job held back: an older one not ended writes an overlapping output prefix
+OUTPUT_IN_USE = "OutputInUse"
 ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoint's processes
 # an update that cannot roll out: the spec before it serves (``Updating``), and a new update
 # may replace it, as the platform lets one follow an update that failed and rolled back
@@ -302,3 +305,36 @@ def load_error(message: str) -> str:
         if marker in line:
             return line.split(marker, 1)[1].strip()
     return message or "the model server exited with code 3; see its log"
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """A batch job's hold on its output prefix, as an actuator lists them."""
+
+    endpoint: str  # how the status names it: "namespace/name" (the operator), "name" (``up``)
+    created: str  # its creationTimestamp (RFC 3339: it sorts as time)
+    uri: str  # spec.batch.output.uri
+    ended: bool  # Completed or Failed; a Stopped job may resume, so it holds its prefix
+
+
+def output_held_by(job: BatchOutput, others: Iterable[BatchOutput]) -> str | None:
+    """The older batch job, not ended, whose output prefix overlaps ``job``'s (the same, or
+    one inside the other), which ``job`` waits for before it starts; None when there is none.
+    Two jobs writing one prefix at once each take the other's outputs for their own (each
+    skips what was written since it started), so each object ends with either's output.
+    Older: created first (then the first endpoint name, for two created in one second)."""
+    for other in sorted(others, key=lambda o: (o.created, o.endpoint)):
+        older = (other.created, other.endpoint) < (job.created, job.endpoint)
+        overlaps = prefix_within(job.uri, other.uri) or prefix_within(other.uri, job.uri)
+        if older and not other.ended and overlaps:
+            return other.endpoint
+    return None
+
+
+def output_in_use(holder: str, uri: str) -> str:
+    """The message of a batch job that waits for ``holder`` (``output_held_by``)."""
+    return (
+        f"waits for batch endpoint {holder}, which writes to an output prefix overlapping {uri},"
+        " to end: two jobs writing one prefix at once would each take the other's outputs for"
+        " their own; delete this one and create it with an output.uri of its own to run it now"
+    )

@@ -50,8 +50,10 @@ from infermodes.endpoints.status import (
     ACTUATION_FAILED,
     COMPLETED,
     MODEL_LOAD_FAILED,
+    OUTPUT_IN_USE,
     SCALED_TO_ZERO,
     SCALED_TO_ZERO_MESSAGE,
+    BatchOutput,
     Progress,
     QueueFigures,
     Status,
@@ -59,6 +61,8 @@ from infermodes.endpoints.status import (
     batch_failure_reason,
     describe_failures,
     load_error,
+    output_held_by,
+    output_in_use,
     record_queue,
     rfc3339,
     summary_progress,
@@ -813,6 +817,21 @@ class Supervisor:
             return False
         return True
 
+    def _batch_output_held_by(self, endpoint: LocalEndpoint) -> str | None:
+        """The older batch endpoint, not ended, whose output prefix overlaps this one's
+        (``status.output_held_by``, as the operator decides), while this job has started no
+        instance (one that started runs on)."""
+        if endpoint.children or any(self._batch_dir(endpoint.name).glob("summary-*")):
+            return None
+        jobs = [
+            BatchOutput(other.name, other.created, other.manifest.spec.batch_block().output.uri,
+                        other.status.phase in (Phase.COMPLETED, Phase.FAILED))
+            for other in self.endpoints.values()
+            if other.manifest.spec.mode is Mode.BATCH
+        ]  # fmt: skip
+        uri = endpoint.manifest.spec.batch_block().output.uri
+        return output_held_by(BatchOutput(endpoint.name, endpoint.created, uri, False), jobs)
+
     async def _run_batch(self, endpoint: LocalEndpoint, now: float) -> None:
         """``instanceCount`` instances, each run once to its end (an instance that left a
         summary is not run again, also after a restart of ``up``, unless ``up`` stopping
@@ -826,6 +845,12 @@ class Supervisor:
             endpoint.status = Status(
                 Phase.STOPPED, "Stopped", "stopped by spec.batch.stop", end_time=stopped
             )
+            return
+        holder = self._batch_output_held_by(endpoint)
+        if holder is not None:  # it waits: no instance started yet
+            endpoint.desired = 0
+            uri = spec.batch_block().output.uri
+            endpoint.status = Status(Phase.IN_PROGRESS, OUTPUT_IN_USE, output_in_use(holder, uri))
             return
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         for key, child in list(endpoint.children.items()):

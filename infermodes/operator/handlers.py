@@ -203,12 +203,14 @@ def configure(operator_settings: OperatorSettings) -> None:
         )
         memo.queue_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         reader = memo.backlog_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
+        names = AsyncNames(kube)  # one list of every endpoint serves both
         memo.deps = Deps(
             kube,
             operator_settings,
             scrape,
             read_backlog=lambda endpoint: read_backlog(endpoint, url, management, reader),
-            async_holders=AsyncNames(kube).holders,
+            async_holders=names.holders,
+            batch_outputs=names.batch_outputs,
         )
         memo.endpoints = Endpoints()
         registry = CollectorRegistry()

@@ -23,8 +23,10 @@ from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
     APPLY_REFUSED,
+    BatchOutput,
     QueueFigures,
     Status,
+    output_held_by,
     parse_rfc3339,
     rfc3339,
 )
@@ -52,6 +54,8 @@ class Deps:
     read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
     # the async endpoints of a name in every namespace (None: they cannot be listed)
     async_holders: Callable[[str], list[Holder] | None] = lambda _name: []
+    # every batch endpoint's hold on its output prefix (None: they cannot be listed)
+    batch_outputs: Callable[[], list[BatchOutput] | None] = lambda: []
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,15 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         return None if holders is None else holder_elsewhere(ref.namespace, created, holders)
 
     @functools.cache
+    def batch_output_held_by() -> str | None:
+        outputs = deps.batch_outputs() if spec.batch is not None else None
+        if spec.batch is None or outputs is None:
+            return None
+        created = str(metadata.get("creationTimestamp") or "")
+        job = BatchOutput(f"{ref.namespace}/{ref.name}", created, spec.batch.output.uri, False)
+        return output_held_by(job, outputs)
+
+    @functools.cache
     def workload_events() -> list[dict[str, Any]]:
         """This workload's Events (its UID: not a namesake's that was deleted); none when they
         cannot be listed (a role without the chart's rule): the status then says less."""
@@ -223,6 +236,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         autoscale,
         name_held_by,
         workload_events,
+        batch_output_held_by,
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)

@@ -6,12 +6,15 @@ by the API server."""
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
+from infermodes.endpoints.status import parse_rfc3339
+from infermodes.operator.signals.names import LIST_INTERVAL_SECONDS
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
     Tools,
@@ -243,3 +246,31 @@ def test_bad_batch_specs_are_refused_by_kubectl_apply(
     assert applied.returncode != 0
     assert message in applied.stderr, applied.stderr
     assert get_endpoint(tools.cluster.api, k8s_namespace, "refused") is None
+
+
+def test_a_job_waits_for_an_older_one_writing_its_output_prefix(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    """Two jobs writing one prefix at once each took the other's outputs for their own. A
+    stopped job may resume, so it holds its prefix: the second waits (``OutputInUse``, naming
+    it, no Job) until the first is deleted, then runs and completes."""
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "shared")
+    first = batch_manifest("first", "shared", stop=True)
+    assert tools.apply(first, k8s_namespace).returncode == 0
+    created = wait_phase(api, k8s_namespace, "first", "Stopped")["metadata"]["creationTimestamp"]
+    # the operator's listing of every endpoint (at most LIST_INTERVAL_SECONDS old) has it
+    listed = (parse_rfc3339(created) or 0.0) + LIST_INTERVAL_SECONDS + 1
+    wait_until(lambda: time.time() > listed, 30, "a listing of the endpoints made since")
+    assert tools.apply(batch_manifest("second", "shared"), k8s_namespace).returncode == 0
+    waiting = wait_phase(api, k8s_namespace, "second", "InProgress",
+                         also=lambda e: e["status"].get("reason") == "OutputInUse")  # fmt: skip
+    message = waiting["status"]["message"]
+    assert message.startswith(f"waits for batch endpoint {k8s_namespace}/first, which"), message
+    jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
+    assert [job["metadata"]["name"] for job in jobs] == ["ie-first"]  # none of the second
+    deleted = tools.kubectl("delete", "ie", "first", "-n", k8s_namespace, "--wait=true")
+    assert deleted.returncode == 0, deleted.stderr
+    wait_phase(api, k8s_namespace, "second", "Completed", timeout=300)
+    assert len(outputs(data, "shared")) == OBJECTS

@@ -787,6 +787,48 @@ def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
         )
 
 
+def test_a_batch_job_waits_for_an_older_one_writing_its_output_prefix(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Two jobs writing one output prefix at once each skipped what the other wrote since it
+    started as its own: each object ended with either job's output, both Completed. The
+    second one now waits, saying for which, and runs once the first ended: the outputs are
+    all its own."""
+    first_in, second_in = tmp_path / "batch" / "input", tmp_path / "second"
+    first_in.mkdir(parents=True)
+    second_in.mkdir()
+    firsts = {f"part-{i}.csv": csv_text(sample_rows(abalone_model.test_rows, 100_000, i))
+              for i in range(4)}  # fmt: skip
+    seconds = {name: csv_text(sample_rows(abalone_model.test_rows, 50, 10 + i))
+               for i, name in enumerate(firsts)}  # fmt: skip
+    for name in firsts:
+        (first_in / name).write_bytes(firsts[name])
+        (second_in / name).write_bytes(seconds[name])
+    files = [manifest("batch", abalone_model.tarball, tmp_path, batchStrategy="SingleRecord")]
+    second = document("batch", abalone_model.tarball, tmp_path)
+    second["metadata"]["name"] = "second-batch"
+    second["spec"]["batch"]["input"]["uri"] = f"file://{second_in}/"
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    output = tmp_path / "batch" / "output"
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: any(output.glob(".*.partial")), WAIT, "the first job running")
+        applied = cli(up.url, "apply", "-f", str(tmp_path / "second.yaml"))
+        assert applied.returncode == 0, applied.stderr
+        waiting = up.status("second-batch")
+        assert (waiting["phase"], waiting["reason"]) == ("InProgress", "OutputInUse"), waiting
+        assert waiting["message"].startswith("waits for batch endpoint abalone-batch, which")
+        assert up.running("second-batch") == []
+        for name in ("abalone-batch", "second-batch"):
+            ended = lambda name=name: up.status(name)["phase"] != "InProgress"  # noqa: E731
+            wait_until(ended, WAIT * 3, f"{name} to end")
+            assert up.status(name)["phase"] == "Completed", up.status(name)
+    booster = abalone_model.booster()
+    for name, text in seconds.items():  # written after the first job's, over them
+        np.testing.assert_array_equal(
+            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
+        )
+
+
 def test_a_model_server_that_stops_answering_leaves_the_rotation_until_it_answers(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

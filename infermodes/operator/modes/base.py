@@ -35,6 +35,9 @@ class Signals:
     name_held_by: Callable[[], str | None] = lambda: None
     # the Events of the workload (a Job's FailedCreate: no condition says it), read when called
     workload_events: Callable[[], list[dict[str, Any]]] = lambda: []
+    # the older batch endpoint, not ended, that writes an overlapping output prefix
+    # (``endpoints/status.output_held_by``); None when there is none, or it cannot be told
+    output_held_by: Callable[[], str | None] = lambda: None
 
 
 class EndpointMode(Protocol):

@@ -28,12 +28,14 @@ from infermodes.endpoints.status import (
     COMPLETED,
     CONTAINER_CANNOT_RUN,
     FAILED_CREATE,
+    OUTPUT_IN_USE,
     UNSCHEDULABLE,
     Progress,
     Status,
     add_progress,
     batch_failure_reason,
     describe_failures,
+    output_in_use,
     summary_progress,
     units_progress,
 )
@@ -51,6 +53,10 @@ TERMINATION_GRACE_SECONDS = 30
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    """``instanceCount``; none while an older job not ended writes an overlapping output
+    prefix and this one's Job is not made yet (it waits: ``OutputInUse``)."""
+    if signals.workload_object is None and signals.output_held_by() is not None:
+        return 0
     return spec.batch_block().instance_count
 
 
@@ -67,7 +73,10 @@ def ended(status: Status) -> bool:
 def desired_objects(
     ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
 ) -> list[dict[str, Any]]:
-    """The Indexed Job (immutable once created, as the CRD enforces, except ``suspend``)."""
+    """The Indexed Job (immutable once created, as the CRD enforces, except ``suspend``);
+    none while the job waits for its output prefix (``replicas``)."""
+    if replicas == 0:
+        return []
     block = spec.batch_block()
     plan = batch_instance(spec, ref.uid)  # made again (deleted, re-created): a new job
     container: dict[str, Any] = {
@@ -201,6 +210,10 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop",
                           since("Suspended"), kept)  # fmt: skip
         return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
+    holder = signals.output_held_by() if not job else None
+    if holder is not None:
+        uri = spec.batch_block().output.uri
+        return status(s.Phase.IN_PROGRESS, OUTPUT_IN_USE, output_in_use(holder, uri))
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
         message += f"; failed so far: {describe_failures(failures, found.failed)}"

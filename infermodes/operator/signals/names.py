@@ -1,4 +1,5 @@
-"""Async endpoints of one name in several namespaces: RabbitMQ has one queue per name.
+"""Async endpoints of one name in several namespaces: RabbitMQ has one queue per name; and
+batch jobs writing one output prefix (``endpoints/status.output_held_by``).
 
 The queue of an async endpoint is named after the endpoint alone (the gateway routes by name,
 and a queue outlives its endpoint), so two of one name in two namespaces would consume each
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.status import BatchOutput
 from infermodes.operator.kube import KubeDoor, KubeError
 
 log = logging.getLogger("infermodes.operator")
@@ -33,8 +35,9 @@ def holder_elsewhere(namespace: str, created: str, holders: Iterable[Holder]) ->
 
 
 class AsyncNames:
-    """Every async InferenceEndpoint's namespace and creation time by name, listed across
-    namespaces at most every ``LIST_INTERVAL_SECONDS``; reconciles run on threads."""
+    """Every async InferenceEndpoint's namespace and creation time by name, and every batch
+    one's output prefix, listed across namespaces at most every ``LIST_INTERVAL_SECONDS``;
+    reconciles run on threads."""
 
     def __init__(
         self,
@@ -48,6 +51,7 @@ class AsyncNames:
         self._lock = threading.Lock()
         self._listed_at: float | None = None
         self._by_name: dict[str, list[Holder]] | None = None
+        self._outputs: list[BatchOutput] | None = None
 
     def holders(self, name: str) -> list[Holder] | None:
         """The async endpoints named ``name``, this one among them, as last listed (a list
@@ -55,25 +59,41 @@ class AsyncNames:
         endpoint start its workers); None when they were never listed (an operator allowed
         to read only some namespaces): nothing is held back then."""
         with self._lock:
-            now = self.clock()
-            if self._listed_at is None or now - self._listed_at >= self.interval:
-                self._listed_at = now
-                listed = self._list()
-                self._by_name = self._by_name if listed is None else listed
+            self._refresh()
             if self._by_name is None:
                 return None
             return list(self._by_name.get(name, []))
 
-    def _list(self) -> dict[str, list[Holder]] | None:
+    def batch_outputs(self) -> list[BatchOutput] | None:
+        """Every batch endpoint's hold on its output prefix, as last listed (None: never
+        listed, and nothing is held back)."""
+        with self._lock:
+            self._refresh()
+            return None if self._outputs is None else list(self._outputs)
+
+    def _refresh(self) -> None:
+        """List again when the last list is older than the interval (a list that fails keeps
+        the one before)."""
+        now = self.clock()
+        if self._listed_at is not None and now - self._listed_at < self.interval:
+            return
+        self._listed_at = now
         try:
             found = self.kube.list_everywhere(f"{s.GROUP}/{s.VERSION}", s.KIND)
         except KubeError as exc:
-            log.warning("cannot list the async endpoints of other namespaces: %s", exc)
-            return None
+            log.warning("cannot list the endpoints of other namespaces: %s", exc)
+            return
         by_name: dict[str, list[Holder]] = {}
+        outputs: list[BatchOutput] = []
         for obj in found:
-            meta = obj.get("metadata") or {}
-            if (obj.get("spec") or {}).get("mode") == s.Mode.ASYNC:
-                holder = (str(meta.get("namespace")), str(meta.get("creationTimestamp") or ""))
-                by_name.setdefault(str(meta.get("name")), []).append(holder)
-        return by_name
+            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+            namespace = str(meta.get("namespace"))
+            created = str(meta.get("creationTimestamp") or "")
+            if spec.get("mode") == s.Mode.ASYNC:
+                by_name.setdefault(str(meta.get("name")), []).append((namespace, created))
+            uri = ((spec.get("batch") or {}).get("output") or {}).get("uri")
+            if spec.get("mode") == s.Mode.BATCH and isinstance(uri, str):
+                phase = (obj.get("status") or {}).get("phase")
+                ended = phase in (s.Phase.COMPLETED, s.Phase.FAILED)
+                outputs.append(BatchOutput(f"{namespace}/{meta.get('name')}", created, uri, ended))
+        self._by_name, self._outputs = by_name, outputs

@@ -13,6 +13,7 @@ from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
 from infermodes.endpoints.status import (
     BROKER_UNREADABLE,
+    BatchOutput,
     QueueFigures,
     Status,
     oldest_age_from_dequeues,
@@ -579,6 +580,20 @@ def test_async_names_are_listed_once_per_interval_and_only_async_endpoints_count
     assert names.holders("x") == []  # none left: an empty listing is a listing
     never = AsyncNames(ListingKube(KubeError("forbidden")), lambda: 0.0)  # type: ignore[arg-type]
     assert never.holders("x") is None
+    assert never.batch_outputs() is None
+
+
+def test_the_same_listing_gives_every_batch_job_s_hold_on_its_output_prefix() -> None:
+    jobs = [endpoint("a", "x", "batch", "T1"), endpoint("b", "y", "batch", "T2"),
+            endpoint("c", "z", "async", "T3")]  # fmt: skip
+    for job, phase in zip(jobs, ("InProgress", "Completed"), strict=False):
+        job["spec"]["batch"] = {"output": {"uri": f"s3://d/{job['metadata']['name']}/"}}
+        job["status"] = {"phase": phase}
+    kube = ListingKube(jobs)
+    names = AsyncNames(kube, lambda: 0.0)  # type: ignore[arg-type]
+    assert names.batch_outputs() == [BatchOutput("a/x", "T1", "s3://d/x/", False),
+                                      BatchOutput("b/y", "T2", "s3://d/y/", True)]  # fmt: skip
+    assert names.holders("z") == [("c", "T3")] and kube.lists == 1  # one listing for both
 
 
 def test_workers_that_cannot_run_beside_ones_that_serve_do_not_fail_the_endpoint() -> None:

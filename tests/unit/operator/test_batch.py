@@ -346,3 +346,39 @@ def test_an_ended_job_is_left_alone_and_a_refused_update_does_not_hide_its_outco
     kube.deployment = done  # the Job ends, its update still refused
     status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")
+
+
+def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> None:
+    """Two jobs writing one prefix at once each skipped the other's outputs as their own: each
+    object ended with either job's output, both Completed. The younger one now makes no Job
+    and says whom it waits for; once that one ended (or cannot be listed), its Job is made."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    def job(endpoint: str, created: str, uri: str, ended: bool = False) -> s_.BatchOutput:
+        return s_.BatchOutput(endpoint, created, uri, ended)
+
+    mine = job("models/abalone", "2026-03-01T10:00:00Z", "s3://data/out/")
+    older, newer = "2026-03-01T09:00:00Z", "2026-03-01T11:00:00Z"
+    assert s_.output_held_by(mine, [mine, job("a/x", older, "s3://data/out")]) == "a/x"
+    assert s_.output_held_by(mine, [job("a/x", older, "s3://data/out/day-1/")]) == "a/x"
+    assert s_.output_held_by(mine, [job("a/x", older, "s3://data/")]) == "a/x"
+    assert s_.output_held_by(mine, [job("a/x", older, "s3://data/out-2/")]) is None
+    assert s_.output_held_by(mine, [job("a/x", older, "s3://data/out/", ended=True)]) is None
+    assert s_.output_held_by(mine, [job("a/x", newer, "s3://data/out/")]) is None  # it waits
+    same_second = job("models/aaa", "2026-03-01T10:00:00Z", "s3://data/out/")
+    assert s_.output_held_by(mine, [same_second]) == "models/aaa"
+
+    kube = FakeKube()
+    d, _ = deps(kube)
+    d.batch_outputs = lambda: [job("team-a/first", older, "s3://data/out/")]
+    later = body(FULL_SPEC)
+    later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
+    status = reconcile(later, ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "OutputInUse")
+    assert status.message.startswith("waits for batch endpoint team-a/first, which writes")
+    assert kube.applied == []
+    d.batch_outputs = lambda: [job("team-a/first", older, "s3://data/out/", ended=True)]
+    assert reconcile(later, ScalerMemory(), d).status.reason != "OutputInUse"
+    assert [obj["kind"] for obj in kube.applied] == ["Job"]
