@@ -812,7 +812,7 @@ def test_a_batch_job_waits_for_an_older_one_writing_its_output_prefix(
     output = tmp_path / "batch" / "output"
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: any(output.glob(".*.partial")), WAIT, "the first job running")
-        applied = cli(up.url, "apply", "-f", str(tmp_path / "second.yaml"))
+        applied = cli(up, "apply", "-f", str(tmp_path / "second.yaml"))
         assert applied.returncode == 0, applied.stderr
         waiting = up.status("second-batch")
         assert (waiting["phase"], waiting["reason"]) == ("InProgress", "OutputInUse"), waiting
