@@ -62,6 +62,12 @@ REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 UNUSABLE_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP})
 
 
+def one_error(what: str, failures: list[StorageError]) -> StorageError:
+    """Several failures of one pass as one error: the first's words, and how many more."""
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return StorageError(f"{what}: {failures[0]}{more}")
+
+
 def file_error(action: str, uri: str, exc: OSError) -> StorageError:
     """An OSError on a file as the storage error that says whether a retry can mend it (a
     full disk, an I/O error may mend; a refusal or an unusable name does not)."""
@@ -855,8 +861,7 @@ class Storage:
             except StorageError as exc:
                 failures.append(exc)
         if failures:
-            more = f" (and {len(failures) - 1} more folder(s))" if len(failures) > 1 else ""
-            raise StorageError(f"removed {removed} partial write(s); {failures[0]}{more}")
+            raise one_error(f"removed {removed} partial write(s)", failures)
         return removed
 
     def get_bytes(self, uri: str, limit: int | None = None) -> bytes:

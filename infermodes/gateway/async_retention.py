@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from infermodes.errors import StorageError
 from infermodes.queueing.messages import INFERENCE_ID, MAX_TTL_SECONDS
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncEndpoint
-from infermodes.storage import Storage, folder_uri
+from infermodes.storage import Storage, folder_uri, one_error
 
 log = logging.getLogger("infermodes.async_api")
 
@@ -101,8 +101,7 @@ def sweep(storage: Storage, endpoint: AsyncEndpoint, now: float) -> int:
         except StorageError as exc:
             failures.append(exc)
     if failures:
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise StorageError(f"some stale objects were left: {failures[0]}{more}")
+        raise one_error("some stale objects were left", failures)
     return removed
 
 
