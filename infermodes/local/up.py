@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,10 +56,11 @@ class StateDirBusy(StateDirUnusable):
 
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
-    """Make the state dir and hold ``<state dir>/lock`` while ``up`` runs; the kernel releases
-    it when we die."""
+    """Make the state dir, private to its user, and hold ``<state dir>/lock`` while ``up`` runs;
+    the kernel releases it when we die."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keep_private(state_dir)
         file = (state_dir / "lock").open("a")
     except OSError as exc:
         raise StateDirUnusable(
@@ -70,6 +73,16 @@ def state_lock(state_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise StateDirBusy(f"another infermodes up is running on {state_dir}") from None
         yield
+
+
+def keep_private(state_dir: Path) -> None:
+    """Its logs, queue (async payloads), records and batch summaries are the user's: a state dir
+    of this user's that others may enter (made by an earlier version, or by hand) becomes 0700;
+    one of another user's is left as it is (its token file is still checked)."""
+    info = state_dir.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        state_dir.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+        log.info("%s was open to other users: it is 0700 now", state_dir)
 
 
 def serve(

@@ -123,10 +123,12 @@ def test_up_answers_its_api_and_platform_api_only_to_who_can_read_its_token(
     """Any user of the machine could apply a manifest to ``up`` over loopback (processes run as
     its user; ``allowPickle`` runs their code), delete endpoints, read logs, or create models
     through the platform API. Without the token in ``<state dir>/token`` (0600) it is a 401
-    naming that file; the CLI and boto3 with the token work."""
+    naming that file; the CLI and boto3 with the token work. Its state dir (logs, the queue's
+    payloads, records) was 0755: 0700."""
     import boto3
 
     assert up.token_file.stat().st_mode & 0o777 == 0o600
+    assert up.state_dir.stat().st_mode & 0o777 == 0o700
     token = read_token(up.token_file)
     written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
     body = yaml.safe_dump({**written, "metadata": {"name": "from-another-user"}}).encode()

@@ -18,6 +18,7 @@ from infermodes.local.access import (
     token_guard,
     write_token,
 )
+from infermodes.local.up import state_lock
 
 
 def test_each_start_writes_a_new_token_its_user_alone_may_read(tmp_path: Path) -> None:
@@ -111,3 +112,16 @@ def test_the_platform_api_needs_a_signature_with_the_token(tmp_path: Path) -> No
 def test_invocations_health_and_metrics_need_no_token(tmp_path: Path, path: str) -> None:
     token, file = write_token(tmp_path)
     assert call(token_guard(token, file), path)[0]
+
+
+def test_a_state_dir_others_may_enter_becomes_private(tmp_path: Path) -> None:
+    """Its logs, the embedded queue (async payloads) and the platform records are the user's:
+    a state dir left 0755 by an earlier version is made 0700 when up takes it."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    with state_lock(state):
+        assert state.stat().st_mode & 0o777 == 0o700
+    made = tmp_path / "new" / "state"
+    with state_lock(made):
+        assert made.stat().st_mode & 0o777 == 0o700
