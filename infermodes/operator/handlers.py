@@ -15,7 +15,6 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -45,7 +44,13 @@ from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcil
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
-from infermodes.queueing.broker import UrlFile, given_url
+from infermodes.queueing.broker import (
+    BrokerUrl,
+    ManagementUrl,
+    given_management_url,
+    given_url,
+    url_now,
+)
 from infermodes.queueing.rabbitmq import QueueReader, quiet_client_logs
 from infermodes.settings import OperatorSettings
 
@@ -179,8 +184,11 @@ def demand_annotations(body: kopf.Body) -> dict[str, str]:
     return {k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}
 
 
-def configure(operator_settings: OperatorSettings) -> None:
-    """Register the handlers for this process's settings (called once at start)."""
+def configure(
+    operator_settings: OperatorSettings, url: BrokerUrl | None, management: ManagementUrl | None
+) -> None:
+    """Register the handlers for this process's settings (called once at start); ``url`` and
+    ``management``: the broker's URLs they give (``given_url``)."""
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -197,10 +205,6 @@ def configure(operator_settings: OperatorSettings) -> None:
         # kept connections (a look each second per pool, a reconcile with every nudge: a
         # connection each is churn), the reconciles' apart from the looks': a broker that does
         # not answer must not queue reconciles behind looks waiting out their timeouts
-        url = given_url(operator_settings.broker_url, operator_settings.broker_url_file)
-        management = given_url(
-            operator_settings.management_url, operator_settings.management_url_file, True
-        )
         memo.queue_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         reader = memo.backlog_reader = QueueReader(url, QUEUE_LOOK_THREADS) if url else None
         names = AsyncNames(kube)  # one list of every endpoint serves both
@@ -315,12 +319,16 @@ def configure_logging(level: str) -> None:
 def run_operator(operator_settings: OperatorSettings) -> None:
     """Run until stopped; watches the configured namespaces or all of them."""
     configure_logging(operator_settings.log_level)
-    configure(operator_settings)
-    if operator_settings.broker_url_file:  # a path that cannot be read is refused at start
-        try:
-            UrlFile(Path(operator_settings.broker_url_file))()
-        except BrokerUrlError as exc:
-            raise SystemExit(f"broker_url_file: {exc}") from None
+    url = given_url(operator_settings.broker_url, operator_settings.broker_url_file)
+    try:
+        if url is not None:  # a file that cannot be read is refused at start
+            url_now(url)
+    except BrokerUrlError as exc:
+        raise SystemExit(f"broker_url_file: {exc}") from None
+    management = given_management_url(
+        operator_settings.management_url, operator_settings.management_url_file
+    )
+    configure(operator_settings, url, management)
     namespaces = operator_settings.namespaces
     kopf.run(
         standalone=True,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, TypeVar
 
 from infermodes.errors import BrokerUrlError
 
@@ -26,42 +26,66 @@ DELIVERY_LIMIT_HEADROOM = 3
 
 # a URL, or what reads it at each new connection (``UrlFile``)
 BrokerUrl: TypeAlias = str | Callable[[], str]
+# the management API's URL, or what reads it (``OptionalUrlFile``: None when the key is not set)
+ManagementUrl: TypeAlias = str | Callable[[], str | None]
+_Read = TypeVar("_Read", str, str | None)
 
 
-def url_now(url: BrokerUrl) -> str:
+def url_now(url: str | Callable[[], _Read]) -> str | _Read:
     """The URL to open a connection with now."""
     return url() if callable(url) else url
+
+
+def _read_url_file(path: Path) -> str | None:
+    """The file's URL, stripped; None when no such file exists. Raises BrokerUrlError, which
+    names the file and never its content."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BrokerUrlError(f"cannot read the URL from {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its message would quote a byte of the secret
+        raise BrokerUrlError(f"{path} is not UTF-8 text: it should hold a URL") from None
 
 
 @dataclass(frozen=True)
 class UrlFile:
     """A URL kept in a file, a mounted Secret's key: read at every new connection, so a
     rotated password reaches the next one without a restart (the kubelet rewrites the file when
-    the Secret changes; an environment variable is read once, at start). Raises BrokerUrlError,
-    which names the file and never its content."""
+    the Secret changes; an environment variable is read once, at start)."""
 
     path: Path
-    optional: bool = False  # a file that does not exist is no URL (""): a Secret's optional key
 
     def __call__(self) -> str:
-        try:
-            text = self.path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            if self.optional:
-                return ""
-            raise BrokerUrlError(f"cannot read the URL from {self.path}: no such file") from None
-        except OSError as exc:
-            raise BrokerUrlError(f"cannot read the URL from {self.path}: {exc.strerror}") from None
-        except UnicodeDecodeError:  # its message would quote a byte of the secret
-            raise BrokerUrlError(f"{self.path} is not UTF-8 text: it should hold a URL") from None
-        if not text and not self.optional:
+        text = _read_url_file(self.path)
+        if text is None:
+            raise BrokerUrlError(f"cannot read the URL from {self.path}: no such file")
+        if not text:
             raise BrokerUrlError(f"{self.path} is empty: it should hold a URL")
         return text
 
 
-def given_url(url: str | None, file: str | None, optional: bool = False) -> BrokerUrl | None:
-    """The URL a process's settings give: inline, in a file (``UrlFile``), or none."""
-    return UrlFile(Path(file), optional) if file else url
+@dataclass(frozen=True)
+class OptionalUrlFile:
+    """A URL in a Secret's optional key, read as ``UrlFile`` reads one: a file that does not
+    exist, or is empty, is no URL (the key is not set)."""
+
+    path: Path
+
+    def __call__(self) -> str | None:
+        return _read_url_file(self.path) or None
+
+
+def given_url(url: str | None, file: str | None) -> BrokerUrl | None:
+    """The broker URL a process's settings give: inline, in a file (``UrlFile``), or none."""
+    return UrlFile(Path(file)) if file else url
+
+
+def given_management_url(url: str | None, file: str | None) -> ManagementUrl | None:
+    """The management API's URL a process's settings give: inline, in an optional Secret key
+    (``OptionalUrlFile``), or none."""
+    return OptionalUrlFile(Path(file)) if file else url
 
 
 def delivery_limit(max_attempts: int) -> int:

@@ -13,7 +13,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import redacted_url
-from infermodes.queueing.broker import Backlog, BrokerUrl, Consumer, Enqueuer, Publisher, url_now
+from infermodes.queueing.broker import (
+    Backlog,
+    BrokerUrl,
+    Consumer,
+    Enqueuer,
+    ManagementUrl,
+    Publisher,
+    url_now,
+)
 from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
 
 if TYPE_CHECKING:
@@ -47,7 +55,7 @@ class Broker(Protocol):
 class RabbitBroker:
     """RabbitMQ's classes behind ``Broker``; pika is imported only when one is made."""
 
-    def __init__(self, url: BrokerUrl, management_url: BrokerUrl | None) -> None:
+    def __init__(self, url: BrokerUrl, management_url: ManagementUrl | None) -> None:
         self.url = url
         self.management_url = management_url
         self._reader: QueueReader | None = None
@@ -106,7 +114,7 @@ def embedded_path(url: str) -> tuple[Path, float]:
     return Path(unquote(parts.path)), lease
 
 
-def broker_from_url(url: BrokerUrl, management_url: BrokerUrl | None = None) -> Broker:
+def broker_from_url(url: BrokerUrl, management_url: ManagementUrl | None = None) -> Broker:
     """The broker a URL names (a ``UrlFile``: RabbitMQ's connections read it again at each
     connect). ``management_url``: RabbitMQ's management API, for backlog figures with in-flight
     counts (the embedded queue always has them). Raises BrokerUrlError, whose text shows the

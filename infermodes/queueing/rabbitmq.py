@@ -45,6 +45,7 @@ from infermodes.queueing.broker import (
     BrokerUrl,
     Delivery,
     Handler,
+    ManagementUrl,
     Settle,
     attempts_allowed,
     delivery_limit,
@@ -731,7 +732,7 @@ class QueueReader:
 def backlog(
     endpoint: str,
     amqp_url: BrokerUrl,
-    management_url: BrokerUrl | None,
+    management_url: ManagementUrl | None,
     reader: QueueReader | None = None,
 ) -> Backlog:
     """The endpoint's backlog: ready and consumers from the AMQP passive declare (exact now, so
@@ -748,7 +749,7 @@ def backlog(
         return now
     try:
         management = url_now(management_url)
-        if not management:  # an optional file, absent (the Secret has no such key)
+        if management is None:  # an optional key the Secret does not have
             return now
         sampled = backlog_from_management(management, _vhost(url_now(amqp_url)), queue)
     except (httpx.HTTPError, ValueError) as exc:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from infermodes.operator.signals.backlog import read_backlog
-from infermodes.queueing.broker import UrlFile
+from infermodes.queueing.broker import OptionalUrlFile, UrlFile
 from infermodes.queueing.rabbitmq import QueueReader, RequestPublisher, queue_name
 from tests.support.gateway import running_gateway, static_endpoint
 from tests.support.processes import wait_until
@@ -124,7 +124,7 @@ def test_the_operators_backlog_reads_follow_the_files(
     publisher.submit("rotated-look", "one", b"{}")
     publisher.close()
     management_file = tmp_path / "broker-management" / "url"
-    broker_url, management_url = UrlFile(url_file), UrlFile(management_file, optional=True)
+    broker_url, management_url = UrlFile(url_file), OptionalUrlFile(management_file)
     reader = QueueReader(broker_url, 1)
 
     def look() -> tuple[int | None, int | None] | None:

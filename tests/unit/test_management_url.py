@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,7 +16,14 @@ import httpx
 import pytest
 
 from infermodes.errors import BrokerUrlError
-from infermodes.queueing.broker import Backlog, UrlFile, given_url, url_now
+from infermodes.queueing.broker import (
+    Backlog,
+    OptionalUrlFile,
+    UrlFile,
+    given_management_url,
+    given_url,
+    url_now,
+)
 from infermodes.queueing.rabbitmq import QueueReader, backlog, backlog_from_management
 from infermodes.settings import GatewaySettings, OperatorSettings
 
@@ -88,10 +98,28 @@ def test_a_url_file_is_read_at_each_call_and_its_errors_never_quote_it(tmp_path:
     path.write_text(" \n")
     with pytest.raises(BrokerUrlError, match="is empty"):
         url()
-    assert UrlFile(tmp_path / "absent", optional=True)() == ""  # an optional key, not set
     assert given_url("amqp://inline", None) == "amqp://inline"
     assert given_url(None, str(path)) == UrlFile(path)
     assert given_url(None, None) is None
+
+
+def test_an_optional_url_file_absent_or_empty_is_no_url(tmp_path: Path) -> None:
+    """The management API's key is optional in the broker Secret: no file, or an empty one, is
+    no management API (None), a file is its URL, read at each call; one that cannot be read is
+    an error that names the file, as a required one's."""
+    path = tmp_path / "management"
+    url = OptionalUrlFile(path)
+    assert url() is None and url_now(url) is None  # the key is not set
+    path.write_text(" \n")
+    assert url() is None
+    path.write_text(f"http://m:{SECRET}@127.0.0.1:15672\n")
+    assert url() == f"http://m:{SECRET}@127.0.0.1:15672"
+    path.write_bytes(b"http://m:\xff")
+    with pytest.raises(BrokerUrlError, match="not UTF-8"):
+        url()
+    assert given_management_url(None, str(path)) == OptionalUrlFile(path)
+    assert given_management_url("http://inline", None) == "http://inline"
+    assert given_management_url(None, None) is None
 
 
 def test_a_url_is_given_inline_or_in_a_file_not_both() -> None:
@@ -100,3 +128,17 @@ def test_a_url_is_given_inline_or_in_a_file_not_both() -> None:
     with pytest.raises(ValueError, match="management_url and management_url_file are both"):
         OperatorSettings(management_url="http://a", management_url_file="/etc/url")
     assert OperatorSettings(broker_url_file="/etc/url").broker_url is None
+
+
+def test_the_operator_refuses_to_start_with_a_broker_url_file_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    """A mounted Secret without the key is a crash loop that names the file, not an operator
+    that starts and reports every async endpoint's broker unreadable."""
+    env = {**os.environ, "INFERMODES_OPERATOR_BROKER_URL_FILE": str(tmp_path / "absent")}
+    started = subprocess.run(
+        [sys.executable, "-c", "from infermodes.cli import main; main()", "operator"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode != 0
+    assert f"broker_url_file: cannot read the URL from {tmp_path / 'absent'}" in started.stderr

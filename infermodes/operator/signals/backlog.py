@@ -6,7 +6,7 @@ import logging
 
 from infermodes.endpoints.status import QueueFigures
 from infermodes.errors import BrokerUnavailable, BrokerUrlError
-from infermodes.queueing.broker import BrokerUrl
+from infermodes.queueing.broker import BrokerUrl, ManagementUrl
 from infermodes.queueing.rabbitmq import BROKER_ERRORS, QueueReader, backlog, queue_name
 
 log = logging.getLogger("infermodes.operator")
@@ -16,7 +16,7 @@ UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError, B
 def read_backlog(
     endpoint: str,
     broker_url: BrokerUrl | None,
-    management_url: BrokerUrl | None,
+    management_url: ManagementUrl | None,
     reader: QueueReader | None = None,
 ) -> QueueFigures | None:
     """Ready and in-flight requests (in-flight None when only AMQP answers); None when the
