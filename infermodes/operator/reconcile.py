@@ -52,10 +52,12 @@ class Deps:
     wall_clock: Callable[[], float] = time.time
     fetch_metrics: Callable[[str, int], str | None] = fetch_metrics_text
     read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
-    # the async endpoints of a name in every namespace (None: they cannot be listed)
-    async_holders: Callable[[str], list[Holder] | None] = lambda _name: []
-    # every batch endpoint's hold on its output prefix (None: they cannot be listed)
-    batch_outputs: Callable[[], list[BatchOutput] | None] = lambda: []
+    # the async endpoints of a name in every namespace, for the one asking (its namespace and
+    # name; None: they cannot be listed)
+    async_holders: Callable[[str, str], list[Holder] | None] = lambda _namespace, _name: []
+    # every batch endpoint's hold on its output prefix, for the one asking (None: they cannot
+    # be listed)
+    batch_outputs: Callable[[str, str], list[BatchOutput] | None] = lambda _ns, _name: []
 
 
 @dataclass(frozen=True)
@@ -195,13 +197,13 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
 
     @functools.cache
     def name_held_by() -> str | None:
-        holders = deps.async_holders(ref.name)
+        holders = deps.async_holders(ref.namespace, ref.name)
         created = str(metadata.get("creationTimestamp") or "")
         return None if holders is None else holder_elsewhere(ref.namespace, created, holders)
 
     @functools.cache
     def batch_output_held_by() -> str | None:
-        outputs = deps.batch_outputs() if spec.batch is not None else None
+        outputs = deps.batch_outputs(ref.namespace, ref.name) if spec.batch is not None else None
         if spec.batch is None or outputs is None:
             return None
         created = str(metadata.get("creationTimestamp") or "")

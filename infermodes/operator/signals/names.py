@@ -36,8 +36,9 @@ def holder_elsewhere(namespace: str, created: str, holders: Iterable[Holder]) ->
 
 class AsyncNames:
     """Every async InferenceEndpoint's namespace and creation time by name, and every batch
-    one's output prefix, listed across namespaces at most every ``LIST_INTERVAL_SECONDS``;
-    reconciles run on threads."""
+    one's output prefix, listed across namespaces at most every ``LIST_INTERVAL_SECONDS``, and
+    again for an endpoint the last list did not hold: a list made before it existed may lack an
+    older one (two applied together would both start); reconciles run on threads."""
 
     def __init__(
         self,
@@ -52,30 +53,33 @@ class AsyncNames:
         self._listed_at: float | None = None
         self._by_name: dict[str, list[Holder]] | None = None
         self._outputs: list[BatchOutput] | None = None
+        self._listed: set[tuple[str, str]] = set()  # (namespace, name) of every one listed
 
-    def holders(self, name: str) -> list[Holder] | None:
-        """The async endpoints named ``name``, this one among them, as last listed (a list
-        that fails keeps the one before: a throttled API server must not let a held-back
-        endpoint start its workers); None when they were never listed (an operator allowed
-        to read only some namespaces): nothing is held back then."""
+    def holders(self, namespace: str, name: str) -> list[Holder] | None:
+        """The async endpoints named ``name``, the asking one (in ``namespace``) among them,
+        as last listed (a list that fails keeps the one before: a throttled API server must
+        not let a held-back endpoint start its workers); None when they were never listed
+        (an operator allowed to read only some namespaces): nothing is held back then."""
         with self._lock:
-            self._refresh()
+            self._refresh((namespace, name))
             if self._by_name is None:
                 return None
             return list(self._by_name.get(name, []))
 
-    def batch_outputs(self) -> list[BatchOutput] | None:
-        """Every batch endpoint's hold on its output prefix, as last listed (None: never
-        listed, and nothing is held back)."""
+    def batch_outputs(self, namespace: str, name: str) -> list[BatchOutput] | None:
+        """Every batch endpoint's hold on its output prefix, as last listed for the one asking
+        (None: never listed, and nothing is held back)."""
         with self._lock:
-            self._refresh()
+            self._refresh((namespace, name))
             return None if self._outputs is None else list(self._outputs)
 
-    def _refresh(self) -> None:
-        """List again when the last list is older than the interval (a list that fails keeps
-        the one before)."""
+    def _refresh(self, asking: tuple[str, str]) -> None:
+        """List again when the last list is older than the interval, or did not hold the
+        endpoint asking: a list that holds it was made after it was created, so it holds every
+        endpoint older than it (a list that fails keeps the one before)."""
         now = self.clock()
-        if self._listed_at is not None and now - self._listed_at < self.interval:
+        recent = self._listed_at is not None and now - self._listed_at < self.interval
+        if recent and asking in self._listed:
             return
         self._listed_at = now
         try:
@@ -85,9 +89,11 @@ class AsyncNames:
             return
         by_name: dict[str, list[Holder]] = {}
         outputs: list[BatchOutput] = []
+        listed: set[tuple[str, str]] = set()
         for obj in found:
             meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
             namespace = str(meta.get("namespace"))
+            listed.add((namespace, str(meta.get("name"))))
             created = str(meta.get("creationTimestamp") or "")
             if spec.get("mode") == s.Mode.ASYNC:
                 by_name.setdefault(str(meta.get("name")), []).append((namespace, created))
@@ -96,4 +102,4 @@ class AsyncNames:
                 phase = (obj.get("status") or {}).get("phase")
                 ended = phase in (s.Phase.COMPLETED, s.Phase.FAILED)
                 outputs.append(BatchOutput(f"{namespace}/{meta.get('name')}", created, uri, ended))
-        self._by_name, self._outputs = by_name, outputs
+        self._by_name, self._outputs, self._listed = by_name, outputs, listed

@@ -524,7 +524,7 @@ def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says
     kube = FakeKube(pool)
     deps = Deps(kube, OperatorSettings(allowed_secret_names=SPEC_SECRETS), lambda ip, port: None)
     deps.read_backlog = lambda _endpoint: QueueFigures(ready=9, in_flight=0)
-    deps.async_holders = lambda name: [("team-a", "2026-01-01T00:00:00Z")]
+    deps.async_holders = lambda namespace, name: [("team-a", "2026-01-01T00:00:00Z")]
     later = body(FULL_SPEC)
     later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
     status = reconcile(later, ScalerMemory(), deps, autoscale=True).status
@@ -533,7 +533,7 @@ def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says
     assert status.backlog is None  # the queue's figures are the other endpoint's
     [deployment] = kube.applied
     assert deployment["spec"]["replicas"] == 0
-    deps.async_holders = lambda name: None  # cannot be listed: nothing is held back
+    deps.async_holders = lambda namespace, name: None  # cannot be listed: nothing is held back
     status = reconcile(later, ScalerMemory(), deps, autoscale=True).status
     assert status.phase is s.Phase.IN_SERVICE and kube.applied[-1]["spec"]["replicas"] == 3
 
@@ -566,21 +566,45 @@ def test_async_names_are_listed_once_per_interval_and_only_async_endpoints_count
     )
     clock = [100.0]
     names = AsyncNames(kube, lambda: clock[0], interval=5.0)  # type: ignore[arg-type]
-    assert names.holders("x") == [("a", "T1"), ("c", "T2")]
-    assert names.holders("y") == [("a", "T3")] and names.holders("z") == []
+    assert names.holders("a", "x") == [("a", "T1"), ("c", "T2")]
+    assert names.holders("a", "y") == [("a", "T3")] and names.holders("c", "x") != []
     assert kube.lists == 1
     clock[0] = 105.0
-    names.holders("x")
+    names.holders("a", "x")
     assert kube.lists == 2
     kube.objects = KubeError("too many requests")
     clock[0] = 110.0
-    assert names.holders("x") == [("a", "T1"), ("c", "T2")]  # the last listing holds
+    assert names.holders("a", "x") == [("a", "T1"), ("c", "T2")]  # the last listing holds
     kube.objects = []
     clock[0] = 115.0
-    assert names.holders("x") == []  # none left: an empty listing is a listing
+    assert names.holders("a", "x") == []  # none left: an empty listing is a listing
     never = AsyncNames(ListingKube(KubeError("forbidden")), lambda: 0.0)  # type: ignore[arg-type]
-    assert never.holders("x") is None
-    assert never.batch_outputs() is None
+    assert never.holders("a", "x") is None
+    assert never.batch_outputs("a", "x") is None
+
+
+def test_an_endpoint_the_last_listing_did_not_hold_is_listed_again_at_once() -> None:
+    """Two namesakes (or two batch jobs of one output prefix) applied together: the younger
+    one's reconcile read a list made before either existed, within the interval, and started
+    beside the older one. A list that holds the endpoint asking was made after it was
+    created, so it holds every older one; one that does not is made again."""
+    older = endpoint("team-a", "x", "async", "T1")
+    kube = ListingKube([endpoint("team-c", "other", "async", "T0")])
+    names = AsyncNames(kube, lambda: 100.0, interval=5.0)  # type: ignore[arg-type]
+    assert names.holders("team-c", "other") == [("team-c", "T0")] and kube.lists == 1
+    kube.objects = [*kube.objects, older, endpoint("team-b", "x", "async", "T2")]
+    assert names.holders("team-b", "x") == [("team-a", "T1"), ("team-b", "T2")]
+    assert kube.lists == 2  # within the interval: listed again for the one it did not hold
+    assert holder_elsewhere("team-b", "T2", names.holders("team-b", "x") or []) == "team-a"
+    assert names.holders("team-a", "x") is not None and kube.lists == 2  # both listed now
+    older["spec"] = {"mode": "batch", "batch": {"output": {"uri": "s3://d/out/"}}}
+    kube.objects.append(endpoint("team-b", "job", "batch", "T3"))
+    kube.objects[-1]["spec"]["batch"] = {"output": {"uri": "s3://d/out/"}}
+    assert names.batch_outputs("team-b", "job") == [
+        BatchOutput("team-a/x", "T1", "s3://d/out/", False),
+        BatchOutput("team-b/job", "T3", "s3://d/out/", False),
+    ]
+    assert kube.lists == 3
 
 
 def test_the_same_listing_gives_every_batch_job_s_hold_on_its_output_prefix() -> None:
@@ -591,9 +615,9 @@ def test_the_same_listing_gives_every_batch_job_s_hold_on_its_output_prefix() ->
         job["status"] = {"phase": phase}
     kube = ListingKube(jobs)
     names = AsyncNames(kube, lambda: 0.0)  # type: ignore[arg-type]
-    assert names.batch_outputs() == [BatchOutput("a/x", "T1", "s3://d/x/", False),
+    assert names.batch_outputs("a", "x") == [BatchOutput("a/x", "T1", "s3://d/x/", False),
                                       BatchOutput("b/y", "T2", "s3://d/y/", True)]  # fmt: skip
-    assert names.holders("z") == [("c", "T3")] and kube.lists == 1  # one listing for both
+    assert names.holders("c", "z") == [("c", "T3")] and kube.lists == 1  # one listing for both
 
 
 def test_workers_that_cannot_run_beside_ones_that_serve_do_not_fail_the_endpoint() -> None:

@@ -372,13 +372,13 @@ def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> 
 
     kube = FakeKube()
     d, _ = deps(kube)
-    d.batch_outputs = lambda: [job("team-a/first", older, "s3://data/out/")]
+    d.batch_outputs = lambda _ns, _name: [job("team-a/first", older, "s3://data/out/")]
     later = body(FULL_SPEC)
     later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
     status = reconcile(later, ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "OutputInUse")
     assert status.message.startswith("waits for batch endpoint team-a/first, which writes")
     assert kube.applied == []
-    d.batch_outputs = lambda: [job("team-a/first", older, "s3://data/out/", ended=True)]
+    d.batch_outputs = lambda _ns, _name: [job("team-a/first", older, "s3://data/out/", ended=True)]
     assert reconcile(later, ScalerMemory(), d).status.reason != "OutputInUse"
     assert [obj["kind"] for obj in kube.applied] == ["Job"]
