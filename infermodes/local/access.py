@@ -2,10 +2,11 @@
 
 ``up`` runs what a manifest or the platform API asks for as the user who started it (and a
 spec's ``allowPickle`` is code execution), so its ``/_infermodes`` API and the platform API on
-its port must not answer every user of the machine, as loopback alone would. At each start
-``up`` writes a new random token to ``<state dir>/token``, readable by its user only (0600);
-the CLI reads it and sends it as ``Authorization: Bearer <token>``; boto3 signs with it as the
-secret access key of the access key id ``infermodes-up`` (AWS Signature V4, as on the
+its port must not answer every user of the machine, as loopback alone would. At its first
+start ``up`` writes a random token to ``<state dir>/token``, readable by its user only (0600),
+and keeps it across restarts while the file stays so (removing it makes a new one at the next
+start); the CLI reads it and sends it as ``Authorization: Bearer <token>``; boto3 signs with it
+as the secret access key of the access key id ``infermodes-up`` (AWS Signature V4, as on the
 gateway). Invocations stay open on loopback, as the model servers' own loopback ports are.
 
 The token is compared in constant time and never logged; messages name the file, not its
@@ -40,6 +41,17 @@ class UnauthorizedException(AuthError):
     """A request to ``up``'s API without its token (or with another one)."""
 
     status_code = 401
+
+
+def start_token(state_dir: Path) -> tuple[str, Path]:
+    """The token of this start: the one ``<state dir>/token`` holds when only this user may
+    read it (a restart must not break the scripts and boto3 clients given it), else a new one
+    (``write_token``): none yet, or one others may have read."""
+    path = state_dir.resolve() / TOKEN_FILE
+    try:
+        return read_token(path), path
+    except TokenFileError:
+        return write_token(state_dir)
 
 
 def write_token(state_dir: Path) -> tuple[str, Path]:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from infermodes.gateway.app import Runner
 from infermodes.gateway.async_accept import create_router as async_router
 from infermodes.gateway.async_retention import Sweeper
-from infermodes.local.access import TokenFileError, token_guard, write_token
+from infermodes.local.access import TokenFileError, start_token, token_guard
 from infermodes.local.api import Tail
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
@@ -115,7 +115,7 @@ def _serve(
     import uvloop
 
     try:
-        token, token_file = write_token(state_dir)
+        token, token_file = start_token(state_dir)
     except TokenFileError as exc:
         raise StateDirUnusable(str(exc)) from None
     tail: Tail | None = None

@@ -314,7 +314,8 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
 ) -> None:
     """The model is not there on the first run, so workers cannot start and the 100 accepted
     requests stay queued; ``up`` is stopped, the model arrives, ``up`` starts again on the
-    same state dir and every request ends with exactly one output."""
+    same state dir and every request ends with exactly one output. Its token stays: a client
+    given it before the restart is answered after it."""
     model = tmp_path / "model" / "model.tar.gz"
     files = [manifest("async", model, tmp_path, maxConcurrentInvocationsPerInstance=4,
                       maxReplicas=2, targetBacklogPerInstance=50)]  # fmt: skip
@@ -323,10 +324,13 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         accepted = accept_async(up, rows, 100, 3)
         assert not outputs(output)
+        given = {"authorization": f"Bearer {read_token(up.token_file)}"}
         up.stop(signum)
         model.parent.mkdir()
         shutil.copy(abalone_model.tarball, model)
         up.start()
+        listed = httpx.get(f"{up.url}/_infermodes/endpoints", headers=given, timeout=10)
+        assert listed.status_code == 200, listed.text
         wait_until(lambda: len(outputs(output)) == 100, WAIT * 3, "every async output")
         wait_until(lambda: backlog_total(up, "abalone-async") == 0, WAIT,
                    "no backlog")  # fmt: skip

@@ -15,6 +15,7 @@ from infermodes.local.access import (
     ACCESS_KEY_ID,
     TokenFileError,
     read_token,
+    start_token,
     token_guard,
     write_token,
 )
@@ -30,6 +31,28 @@ def test_each_start_writes_a_new_token_its_user_alone_may_read(tmp_path: Path) -
     again, _ = write_token(tmp_path)
     assert again != token and path.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["token"]
+
+
+def test_a_restart_keeps_the_token_while_its_user_alone_may_read_it(tmp_path: Path) -> None:
+    """A boto3 client or a script given the token went on failing with 401 after every
+    restart of ``up``: the token stays while the file is private; removed, or opened to
+    others (who may have read it), or not a file of this user's, it is new."""
+    token, path = start_token(tmp_path)
+    assert start_token(tmp_path) == (token, path) and read_token(path) == token
+    path.unlink()
+    new, _ = start_token(tmp_path)
+    assert new != token and path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o640)
+    opened, _ = start_token(tmp_path)
+    assert opened != new and path.stat().st_mode & 0o777 == 0o600
+    path.unlink()
+    path.symlink_to(tmp_path / "planted")
+    (tmp_path / "planted").write_text("chosen-by-someone-else\n")
+    (tmp_path / "planted").chmod(0o600)
+    linked, _ = start_token(tmp_path)
+    assert linked != "chosen-by-someone-else" and not path.is_symlink()
+    path.write_text("")
+    assert start_token(tmp_path)[0] not in ("", linked)  # an empty file is no token
 
 
 def test_a_link_in_the_tokens_place_is_replaced_not_followed(tmp_path: Path) -> None:
