@@ -263,6 +263,16 @@ class WorkerSettings(EnvSettings):
     error_webhook_urls: list[str] = Field(
         default_factory=list, description="HTTP endpoints POSTed each error notification."
     )
+    secret_success_webhook_url: SecretStr | None = Field(
+        None,
+        description="One more success webhook, from a Secret's key (the spec's "
+        "successWebhookSecretRef: the operator sets it from the Secret); never shown.",
+    )
+    secret_error_webhook_url: SecretStr | None = Field(
+        None,
+        description="One more error webhook, from a Secret's key (the spec's "
+        "errorWebhookSecretRef); never shown.",
+    )
     webhook_attempts: int = Field(3, ge=1, le=10)
     predict_threads: int = Field(1, ge=1, le=256)
     chunk_bytes: int = Field(

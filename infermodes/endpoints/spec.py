@@ -147,6 +147,11 @@ class SecretRef(SpecBlock):
     name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
 
 
+class SecretKeyRef(SpecBlock):
+    name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
+    key: str = Field(min_length=1, description="Its key that holds the value.")
+
+
 class BrokerSecretRef(SpecBlock):
     name: str = Field(
         "infermodes-rabbitmq", min_length=1, description="A Secret in the endpoint's namespace."
@@ -243,6 +248,10 @@ class ServerlessSpec(SpecBlock):
         return self
 
 
+def one_webhook(field: str) -> str:
+    return f"{field} and {field}SecretRef: give one of them (the URL, or the Secret key it is in)"
+
+
 WEBHOOK_NOTE = (
     " http(s) with a host; not a link-local address (169.254.0.0/16, fe80::/10: where clouds "
     "serve instance metadata), as written or as the host resolves when the worker POSTs."
@@ -265,12 +274,38 @@ class NotificationSpec(SpecBlock):
         max_length=WEBHOOK_MAX_LENGTH,
         description="URL POSTed on failure:" + WEBHOOK_NOTE,
     )
+    success_webhook_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="successWebhook kept in a Secret's key instead (a webhook URL often carries "
+        "its token): the workers read it at start; not with successWebhook.",
+    )
+    error_webhook_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="errorWebhook kept in a Secret's key instead: the workers read it at start; "
+        "not with errorWebhook.",
+    )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
-         f"{name} must not be a link-local or metadata address (where clouds serve "
-         "instance metadata)")
-        for name in ("successWebhook", "errorWebhook")
+        *[(f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
+           f"{name} must not be a link-local or metadata address (where clouds serve "
+           "instance metadata)")
+          for name in ("successWebhook", "errorWebhook")],
+        *[(f"!has(self.{name}) || !has(self.{name}SecretRef)", one_webhook(name))
+          for name in ("successWebhook", "errorWebhook")],
     ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_webhook_each(self) -> NotificationSpec:
+        if self.success_webhook and self.success_webhook_secret_ref:
+            raise ValueError(one_webhook("successWebhook"))
+        if self.error_webhook and self.error_webhook_secret_ref:
+            raise ValueError(one_webhook("errorWebhook"))
+        return self
+
+    def webhook_secret_refs(self) -> dict[str, SecretKeyRef]:
+        """The Secret keys that hold webhook URLs, by the field that names each."""
+        refs = {"successWebhookSecretRef": self.success_webhook_secret_ref,
+                "errorWebhookSecretRef": self.error_webhook_secret_ref}  # fmt: skip
+        return {field: ref for field, ref in refs.items() if ref is not None}
 
     @field_validator("success_webhook", "error_webhook")
     @classmethod
@@ -520,6 +555,8 @@ class EndpointSpec(SpecBlock):
             refs["spec.storageSecretRef.name"] = self.storage_secret_ref.name
         if self.async_ is not None:
             refs["spec.async.brokerSecretRef.name"] = self.async_.broker_secret_ref.name
+            for field, ref in self.async_.notification.webhook_secret_refs().items():
+                refs[f"spec.async.notification.{field}.name"] = ref.name
         return refs
 
     cel_rules: ClassVar[list[tuple[str, str]]] = [

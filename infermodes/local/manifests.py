@@ -59,6 +59,12 @@ def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Mani
     except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
         problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ManifestError(f"{source} ({name}): {problems}") from None
+    for field in spec.async_.notification.webhook_secret_refs() if spec.async_ else ():
+        raise ManifestError(
+            f"{source} ({name}): spec.async.notification.{field}: infermodes up has no "
+            f"Kubernetes Secrets to read it from; give the URL in "
+            f"{field.removesuffix('SecretRef')} (your file is not shared with a cluster's users)"
+        )
     kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": document.get("spec")}  # fmt: skip
     return Manifest(name, spec, kept)

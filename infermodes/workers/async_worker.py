@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -34,7 +35,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
+from infermodes.destinations import WEBHOOK_MAX_LENGTH, WEBHOOK_PATTERN, literal_refusal
 from infermodes.errors import (
     EXIT_BROKER_LOGIN_REFUSED,
     EXIT_CANNOT_START,
@@ -569,9 +572,41 @@ def delivery_handler(processor: Processor, metrics: WorkerMetrics) -> Handler:
     return handle
 
 
+class WebhookSecretError(ValueError):
+    """A webhook URL from a Secret that is not one (the message never shows it: its path is
+    often its token)."""
+
+
+def secret_webhook(url: SecretStr | None, field: str) -> list[str]:
+    """The URL a Secret's key gave (``field``: the spec's field that named the key), checked
+    as the spec checks its own webhooks."""
+    if url is None:
+        return []
+    text = url.get_secret_value().strip()
+    if len(text) > WEBHOOK_MAX_LENGTH or not re.fullmatch(WEBHOOK_PATTERN, text):
+        raise WebhookSecretError(
+            f"the Secret key of {field} must hold an http(s) URL with a host, without spaces or "
+            f"control characters, at most {WEBHOOK_MAX_LENGTH} characters (not shown here)"
+        )
+    refused = literal_refusal(text)
+    if refused is not None:
+        raise WebhookSecretError(f"the URL in the Secret key of {field}: {refused}")
+    return [text]
+
+
+def webhooks_of(settings: WorkerSettings) -> Webhooks:
+    """The webhooks the settings list, and those from Secrets (the spec's ...SecretRef)."""
+    success = secret_webhook(settings.secret_success_webhook_url, "successWebhookSecretRef")
+    error = secret_webhook(settings.secret_error_webhook_url, "errorWebhookSecretRef")
+    return Webhooks(
+        [*settings.success_webhook_urls, *success], [*settings.error_webhook_urls, *error]
+    )
+
+
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:
-    """Load the model and wire the parts; raises ModelLoadError, or BrokerUrlError for a
-    broker URL that names no broker."""
+    """Load the model and wire the parts; raises ModelLoadError, BrokerUrlError for a
+    broker URL that names no broker, or WebhookSecretError."""
+    webhooks = webhooks_of(settings)  # before the model's load: a bad one fails fast
     storage = Storage()
     model = XGBoostModel.load(
         settings.model_uri,
@@ -590,7 +625,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
     notifier = Notifier(
         channel,
         metrics,
-        Webhooks(settings.success_webhook_urls, settings.error_webhook_urls),
+        webhooks,
         settings.webhook_attempts,
         topic=settings.notify_topic,
     )
@@ -613,7 +648,8 @@ def run(settings: WorkerSettings) -> int:
     except ModelLoadError as exc:
         log.error("cannot load model: %s", exc)
         return EXIT_MODEL_LOAD_FAILED
-    except (BrokerUrlError, BrokerUnavailable) as exc:  # a URL, a queue file it cannot open
+    except (BrokerUrlError, BrokerUnavailable, WebhookSecretError) as exc:  # a URL, a queue
+        # file it cannot open, a webhook Secret's value
         log.error("cannot start: %s", exc)
         return EXIT_CANNOT_START
 

@@ -5,6 +5,7 @@ scaler sits out."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -301,15 +302,24 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
 ) -> None:  # fmt: skip
     """Two workers each hold one request (their success webhook does not answer until the
     test says so); the pool is cut to one. The worker the ReplicaSet removes stops consuming,
-    finishes and acknowledges its request, and exits 0: both requests complete, once each."""
+    finishes and acknowledges its request, and exits 0: both requests complete, once each.
+    The webhook's URL is in a Secret (``successWebhookSecretRef``): never in the Deployment."""
     release = threading.Event()
     with WebhookReceiver(hold=release) as webhook:
+        hook = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infermodes-hook"},
+                "stringData": {"success": webhook.url}}  # fmt: skip
+        tools.cluster.api.post(f"/api/v1/namespaces/{k8s_namespace}/secrets", hook)
+        held = {"name": "infermodes-hook", "key": "success"}
         fields = {"minReplicas": 2, "maxReplicas": 2, "maxConcurrentInvocationsPerInstance": 1,
                   "targetBacklogPerInstance": 1, "scaleInCooldownSeconds": 0,
                   "invocationTimeoutSeconds": 120,
-                  "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
+                  "notification": {"topic": True, "successWebhookSecretRef": held}}  # fmt: skip
         manifest = async_manifest("busy", model_uri, tmp_path, **fields)
         _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=2)
+        workers = tools.cluster.api.get(
+            f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-busy"
+        )
+        assert webhook.url not in json.dumps(workers)
         notifications = Notifications(broker, "busy").declare()
         sent = invoke_all(url, "busy", abalone_model.test_rows, 2)
         pods = {p["metadata"]["name"]: p["status"]["podIP"]

@@ -28,7 +28,7 @@ from infermodes.queueing.messages import (
 )
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
-from infermodes.workers.async_worker import Processor, Result, run
+from infermodes.workers.async_worker import Processor, Result, run, webhooks_of
 from tests.unit.async_samples import invocation, tiny_model
 
 
@@ -519,6 +519,45 @@ def test_a_url_pika_cannot_read_stops_the_worker_without_a_piece_of_it(
     assert run(settings) == EXIT_CANNOT_START
     assert "cannot be read as an AMQP URL: percent-encode" in caplog.text
     assert "S3cr" not in caplog.text and "etPw" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("ftp://hooks.example/T0K3N", "must hold an http(s) URL with a host"),
+        ("http://hooks.example/T0K3N with space", "must hold an http(s) URL with a host"),
+        ("http://169.254.169.254/T0K3N", "169.254.169.254 is a link-local or metadata address"),
+    ],
+)
+def test_a_webhook_secret_that_holds_no_webhook_stops_the_worker_without_showing_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, value: str, said: str
+) -> None:
+    """The spec checks its own webhook URLs; one from a Secret (``successWebhookSecretRef``)
+    is checked at the worker's start, and the message (the pod's status, an Event) never
+    shows its path, often its token."""
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tmp_path / 'no-model-needed'}",  # refused before the model loads
+        broker_url="amqp://u:p@127.0.0.1:1/",
+        secret_success_webhook_url=value,
+        metrics_port=0,
+    )
+    assert "T0K3N" not in repr(settings)
+    assert run(settings) == EXIT_CANNOT_START
+    assert said in caplog.text and "successWebhookSecretRef" in caplog.text
+    assert "T0K3N" not in caplog.text
+
+
+def test_webhooks_from_secrets_join_the_listed_ones() -> None:
+    settings = WorkerSettings(
+        endpoint="ep", model_uri="file:///m", broker_url="amqp://u:p@127.0.0.1:1/",
+        success_webhook_urls=["http://127.0.0.1:9/listed"],
+        secret_success_webhook_url=" http://127.0.0.1:9/from-secret\n",  # a key's newline
+        secret_error_webhook_url="https://hooks.example/err",
+    )  # fmt: skip
+    hooks = webhooks_of(settings)
+    assert hooks.success == ["http://127.0.0.1:9/listed", "http://127.0.0.1:9/from-secret"]
+    assert hooks.error == ["https://hooks.example/err"]
 
 
 def claimed(tmp_path: Path, body: bytes | None = b"1,2,3\n4,5,6\n", **kw: object) -> bytes:

@@ -71,6 +71,19 @@ def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: 
     assert named in str(caught.value)
 
 
+def test_a_webhook_in_a_secret_is_refused_by_up_which_has_no_secrets() -> None:
+    """Ignored, the endpoint would run and never notify: refused, naming the field to use."""
+    hooked = GOOD.replace("mode: realtime", "mode: async").replace(
+        "realtime: {}",
+        "async: {outputPath: 'file:///o', notification: "
+        "{errorWebhookSecretRef: {name: infermodes-hooks, key: err}}}",
+    )
+    with pytest.raises(ManifestError) as caught:
+        parse_text(hooked, "ep.yaml")
+    said = "spec.async.notification.errorWebhookSecretRef: infermodes up has no Kubernetes Secrets"
+    assert said in str(caught.value) and "give the URL in errorWebhook" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "name",
     ["'..'", "'../..'", "a/b", "UPPER", "'with space'", "-lead", "trail-", "1abc", "名前",

@@ -163,16 +163,19 @@ def desired_objects(
     # pinned (an env entry wins over the storage Secret's envFrom): the readiness probe and
     # the operator's in-flight readings reach this port
     env.append({"name": env_name(WorkerSettings, "metrics_port"), "value": str(METRICS_PORT)})
-    env.append(
+    notification = block.notification
+    from_secrets = {
+        "broker_url": block.broker_secret_ref,
+        "secret_success_webhook_url": notification.success_webhook_secret_ref,
+        "secret_error_webhook_url": notification.error_webhook_secret_ref,
+    }
+    env.extend(
         {
-            "name": env_name(WorkerSettings, "broker_url"),
-            "valueFrom": {
-                "secretKeyRef": {
-                    "name": block.broker_secret_ref.name,
-                    "key": block.broker_secret_ref.key,
-                }
-            },
+            "name": env_name(WorkerSettings, field),
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
         }
+        for field, ref in from_secrets.items()
+        if ref is not None
     )
     container: dict[str, Any] = {
         "name": "worker",

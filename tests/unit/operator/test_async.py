@@ -704,3 +704,48 @@ def test_a_broker_secret_the_operator_was_not_told_to_give_fails_the_endpoint() 
     default = {**FULL_SPEC, "async": {**FULL_SPEC["async"], "brokerSecretRef": {}}}
     ran = reconcile(body(default), ScalerMemory(), Deps(kube, settings, lambda ip, p: None))
     assert ran.status.reason != "InvalidSpec"  # infermodes-rabbitmq, the default, is allowed
+
+
+HOOKED = {**FULL_SPEC, "async": {**FULL_SPEC["async"], "notification": {
+    "topic": True, "successWebhookSecretRef": {"name": "infermodes-hooks", "key": "ok"},
+    "errorWebhookSecretRef": {"name": "infermodes-hooks", "key": "err"}}}}  # fmt: skip
+
+
+def test_webhook_urls_from_secrets_reach_the_workers_env_by_reference_only() -> None:
+    """A webhook URL often carries its token, and the spec is readable by whoever may list
+    endpoints: kept in a Secret, it reaches the workers as a secretKeyRef, never a value."""
+    spec = s.EndpointSpec.model_validate(HOOKED)
+    (workers,) = async_.desired_objects(REF, spec, 1, "registry.example/infermodes:1")
+    env = {e["name"]: e for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name, key in (("SUCCESS", "ok"), ("ERROR", "err")):
+        entry = env[f"INFERMODES_WORKER_SECRET_{name}_WEBHOOK_URL"]
+        assert entry == {"name": entry["name"], "valueFrom": {"secretKeyRef": {
+            "name": "infermodes-hooks", "key": key}}}  # fmt: skip
+    assert env["INFERMODES_WORKER_SUCCESS_WEBHOOK_URLS"]["value"] == "[]"
+    assert spec.secret_refs()["spec.async.notification.successWebhookSecretRef.name"] == (
+        "infermodes-hooks"
+    )
+
+
+def test_a_webhook_secret_the_operator_was_not_told_to_give_fails_the_endpoint() -> None:
+    """The workers read the key into their env: the name is checked as every Secret an
+    endpoint names is."""
+    kube = FakeKube()
+    settings = OperatorSettings(allowed_secret_names=[*SPEC_SECRETS, "infermodes-other"])
+    result = reconcile(body(HOOKED), ScalerMemory(), Deps(kube, settings, lambda ip, p: None))
+    assert (result.status.phase, result.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    said = "spec.async.notification.successWebhookSecretRef.name 'infermodes-hooks' is not"
+    assert said in result.status.message, result.status.message
+    assert kube.applied == []
+
+
+def test_a_webhook_and_its_secret_ref_together_are_refused_by_both_validations() -> None:
+    both = {"successWebhook": "http://127.0.0.1:9/x",
+            "successWebhookSecretRef": {"name": "infermodes-hooks", "key": "ok"}}  # fmt: skip
+    with pytest.raises(ValueError, match="successWebhook and successWebhookSecretRef: give one"):
+        s.NotificationSpec.model_validate(both)
+    rules = [rule for rule, _message in s.NotificationSpec.cel_rules]  # the CRD's, at apply
+    assert "!has(self.successWebhook) || !has(self.successWebhookSecretRef)" in rules
+    assert "!has(self.errorWebhook) || !has(self.errorWebhookSecretRef)" in rules
+    with pytest.raises(ValueError, match="key"):
+        s.NotificationSpec.model_validate({"errorWebhookSecretRef": {"name": "infermodes-h"}})
