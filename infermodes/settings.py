@@ -326,9 +326,10 @@ def check_storage_prefixes(setting: str, prefixes: list[str]) -> None:
             )
 
 
-def one_of_url_or_file(setting: str, url: str | None, file: str | None) -> None:
-    """A URL given inline or in a file, not both: which one wins would be a guess."""
-    if url and file:
+def inline_or_file(setting: str, inline: str | None, file: str | None) -> None:
+    """A value (a URL, access keys) given inline or in a file, not both: which one wins
+    would be a guess."""
+    if inline and file:
         raise ValueError(f"{setting} and {setting}_file are both set: give one of them")
 
 
@@ -487,8 +488,8 @@ class OperatorSettings(EnvSettings):
 
     @model_validator(mode="after")
     def _urls_inline_or_in_files(self) -> OperatorSettings:
-        one_of_url_or_file("broker_url", self.broker_url, self.broker_url_file)
-        one_of_url_or_file("management_url", self.management_url, self.management_url_file)
+        inline_or_file("broker_url", self.broker_url, self.broker_url_file)
+        inline_or_file("management_url", self.management_url, self.management_url_file)
         return self
 
 
@@ -583,6 +584,14 @@ class GatewaySettings(AsyncAcceptSettings):
         "/healthz, /readyz and /metrics must be signed by one. Empty: the gateway is open, and "
         "says so in its log and /readyz.",
     )
+    access_keys_file: str | None = Field(
+        None,
+        description="A file holding access_keys instead (not both; the chart's "
+        "gateway.auth.secretRef, mounted): looked at again every second and read again when it "
+        "changed, so added, rotated and removed keys take effect without a restart; a change "
+        "that cannot be read keeps the keys read before (logged). A gateway given a file is "
+        "never open: while it holds no key, every signed request is refused.",
+    )
     open_platform_api: bool = Field(
         False,
         description="Serve the platform API (POST /) without access keys: anyone who reaches "
@@ -609,7 +618,8 @@ class GatewaySettings(AsyncAcceptSettings):
     @model_validator(mode="after")
     def _storage_prefixes_have_schemes(self) -> GatewaySettings:
         check_storage_prefixes("async_storage_prefixes", self.async_storage_prefixes)
-        one_of_url_or_file("broker_url", self.broker_url, self.broker_url_file)
+        inline_or_file("broker_url", self.broker_url, self.broker_url_file)
+        inline_or_file("access_keys", self.access_keys.get_secret_value(), self.access_keys_file)
         return self
 
 

@@ -27,6 +27,7 @@ from infermodes.gateway.auth import (
     OPEN_STATUS,
     OPEN_WARNING,
     Guard,
+    access_keys,
     loopback_only,
     refused_caller,
     verified,
@@ -39,7 +40,7 @@ from infermodes.http import ASGIApp, Receive, Scope, Send, create_api, uvicorn_o
 from infermodes.logs import configure_logging
 from infermodes.metrics import GatewayMetrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
-from infermodes.platform.sigv4 import Verifier, parse_keys
+from infermodes.platform.sigv4 import Verifier
 from infermodes.queueing.broker import BrokerUrl, given_url
 from infermodes.settings import GatewaySettings
 
@@ -76,8 +77,8 @@ class Gateway:
         self.metrics = GatewayMetrics(self.registry)
         self.proxy = Proxy(table, settings, self.metrics, demand)
         self.draining = False
-        keys = parse_keys(settings.access_keys.get_secret_value())
-        self.verifier = Verifier(keys) if keys else None
+        keys = access_keys(settings)
+        self.verifier = Verifier(keys) if keys is not None else None
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
         self.guard_callers = self.verifier is None and loopback_only(settings.host)
@@ -286,13 +287,15 @@ def serve(settings: GatewaySettings) -> int:
     import uvloop
 
     configure_logging(settings.log_level)
+    setting = "INFERMODES_GATEWAY_ACCESS_KEYS" + ("_FILE" if settings.access_keys_file else "")
     try:
-        keys = parse_keys(settings.access_keys.get_secret_value())
+        keys = access_keys(settings)
     except ValueError as exc:
-        log.error("INFERMODES_GATEWAY_ACCESS_KEYS: %s", exc)
+        log.error("%s: %s", setting, exc)
         return 1
-    if keys:
-        log.info("requests must be signed (AWS Signature V4) with one of %d access keys", len(keys))
+    if keys is not None:
+        log.info("requests must be signed (AWS Signature V4) with one of %d access keys (%s)",
+                 len(keys()), setting)  # fmt: skip
     else:  # on Kubernetes its platform API is off then, unless asked for
         served = settings.open_platform_api and not settings.static_endpoints
         log.warning(OPEN_WARNING.format(OPEN_PLATFORM if served else ""))
@@ -319,7 +322,7 @@ def serve(settings: GatewaySettings) -> int:
             return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
-        if settings.access_keys.get_secret_value() or settings.open_platform_api:
+        if keys is not None or settings.open_platform_api:
             routers.append(platform_router(settings, api))
         else:
             routers.append(platform_refused())

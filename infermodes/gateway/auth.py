@@ -18,12 +18,15 @@ import hashlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
 from infermodes.http import Message, Receive, Scope, Send, read_body
-from infermodes.platform.sigv4 import AuthError, Verifier, error_response
+from infermodes.platform.sigv4 import AuthError, Verifier, error_response, parse_keys
+from infermodes.settings import GatewaySettings
 
 log = logging.getLogger("infermodes.gateway")
 
@@ -38,6 +41,70 @@ OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
 # A check of its own a gateway runs before routing (``infermodes up``'s token): the ``receive``
 # to route the request with, or None when it refused (and answered) the request.
 Guard = Callable[[Scope, Receive, Send], Awaitable[Receive | None]]
+
+
+KEYS_LOOK_SECONDS = 1.0  # how often a signed request looks whether the keys' file changed
+Keys = Callable[[], Mapping[str, str]]  # the access keys now: id -> secret
+
+
+class AccessKeysFile:
+    """The access keys in a file (the chart's ``gateway.auth.secretRef``, mounted): a signed
+    request looks whether it changed at most every ``KEYS_LOOK_SECONDS``, and it is read again
+    when it did, so keys added, rotated or removed in the Secret take effect without a restart
+    (the kubelet rewrites the file within about a minute). A change that cannot be read keeps
+    the keys read before, logged once; messages name the file and never a key."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.clock = clock
+        self._keys, self._mark = self._read()  # at start, its error stops the gateway
+        self._looked_at = clock()
+        self._refused: str | None = None
+
+    def _mark_now(self) -> tuple[int, int, int]:
+        info = self.path.stat()  # through the kubelet's link: a new file at each change
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _read(self) -> tuple[dict[str, str], tuple[int, int, int]]:
+        try:
+            mark = self._mark_now()
+            text = self.path.read_text(encoding="utf-8")
+            return parse_keys(text), mark
+        except OSError as exc:
+            raise ValueError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:  # its message would quote a byte of a secret
+            raise ValueError(f"{self.path} is not UTF-8 text") from None
+        except ValueError as exc:  # ``parse_keys``: names entries by position
+            raise ValueError(f"{self.path}: {exc}") from None
+
+    def __call__(self) -> Mapping[str, str]:
+        now = self.clock()
+        if now - self._looked_at < KEYS_LOOK_SECONDS:
+            return self._keys
+        self._looked_at = now
+        try:
+            if self._mark_now() == self._mark:
+                return self._keys
+            self._keys, self._mark = self._read()
+        except (OSError, ValueError) as exc:
+            if str(exc) != self._refused:
+                self._refused = str(exc)
+                log.error("access keys: %s; the %d read before stay", exc, len(self._keys))
+            return self._keys
+        self._refused = None
+        log.info("access keys read again from %s: %d", self.path, len(self._keys))
+        return self._keys
+
+
+def access_keys(settings: GatewaySettings) -> Keys | None:
+    """The access keys the settings give (``access_keys``, or ``access_keys_file`` followed
+    as it changes: a gateway given a file is never open, and refuses every request while the
+    file holds no key); None when there are none: the gateway is open. Raises ValueError
+    naming the problem, never a key."""
+    if settings.access_keys_file:
+        return AccessKeysFile(Path(settings.access_keys_file))
+    fixed = parse_keys(settings.access_keys.get_secret_value())
+    return (lambda: fixed) if fixed else None
 
 
 class AccessDeniedException(AuthError):

@@ -215,12 +215,18 @@ class Pending:
 
 
 class Verifier:
-    """Verifies requests against a fixed set of access keys (id -> secret)."""
+    """Verifies requests against a set of access keys (id -> secret): fixed, or what a
+    callable answers at each request (keys that change while the gateway runs)."""
 
-    def __init__(self, keys: Mapping[str, str], clock: Callable[[], float] = time.time) -> None:
-        if not keys:
+    def __init__(
+        self,
+        keys: Mapping[str, str] | Callable[[], Mapping[str, str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not callable(keys) and not keys:
             raise ValueError("a verifier needs at least one access key")
-        self._keys = dict(keys)
+        fixed = {} if callable(keys) else dict(keys)
+        self._keys: Callable[[], Mapping[str, str]] = keys if callable(keys) else lambda: fixed
         self._clock = clock
 
     def begin(
@@ -253,7 +259,7 @@ class Verifier:
                 "aws4_request"
             )
         access_key, date, region, service, _ = parts
-        secret = self._keys.get(access_key)
+        secret = self._keys().get(access_key)
         if secret is None:
             raise UnrecognizedClientException(
                 "The security token included in the request is invalid."

@@ -56,11 +56,27 @@ def gateway_env(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_gateways_access_keys_come_from_a_secret_and_without_one_none_are_set() -> None:
-    env = gateway_env(gateway_documents("gateway.auth.secretRef.name=platform-keys"))
-    keys = env["INFERMODES_GATEWAY_ACCESS_KEYS"]
-    assert "value" not in keys
-    assert keys["valueFrom"] == {"secretKeyRef": {"name": "platform-keys", "key": "accessKeys"}}
-    assert "INFERMODES_GATEWAY_ACCESS_KEYS" not in gateway_env(gateway_documents())
+    """Mounted as a file, which the gateway follows (a rotated key needs no restart), beside
+    the broker's; never a value in the Deployment."""
+    documents = gateway_documents("gateway.auth.secretRef.name=platform-keys",
+                                  "rabbitmq.secretRef.name=infermodes-rabbitmq")  # fmt: skip
+    env = gateway_env(documents)
+    keys = env["INFERMODES_GATEWAY_ACCESS_KEYS_FILE"]
+    assert keys == {"name": keys["name"], "value": "/etc/infermodes/access-keys/keys"}
+    assert "INFERMODES_GATEWAY_ACCESS_KEYS" not in env
+    gateway = next(d for d in documents if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "infermodes-gateway")  # fmt: skip
+    pod = gateway["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"]}
+    assert volumes["access-keys"] == {"secretName": "platform-keys",
+                                      "items": [{"key": "accessKeys", "path": "keys"}]}  # fmt: skip
+    assert volumes["broker"]["secretName"] == "infermodes-rabbitmq"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["access-keys"] == {"name": "access-keys", "readOnly": True,
+                                     "mountPath": "/etc/infermodes/access-keys"}  # fmt: skip
+    bare = gateway_env(gateway_documents())
+    assert "INFERMODES_GATEWAY_ACCESS_KEYS" not in bare
+    assert "INFERMODES_GATEWAY_ACCESS_KEYS_FILE" not in bare
 
 
 def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in_its_namespace(
@@ -98,7 +114,7 @@ def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in
     assert binding["metadata"]["namespace"] == "platform"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "infermodes-gateway",
                                     "namespace": "ops"}]  # fmt: skip
-    # the gateway holds no grant on Secrets anywhere: it reads its keys from its env
+    # the gateway holds no grant on Secrets anywhere: its keys are a mounted file
     gateway_rules = [rule for d in documents if d["kind"] in ("Role", "ClusterRole")
                      and d["metadata"]["name"].startswith("infermodes-gateway")
                      for rule in d["rules"]]  # fmt: skip

@@ -498,3 +498,34 @@ def test_an_endpoint_being_deleted_is_deleting_and_takes_no_update(
     sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="Held", WaiterConfig=FAST)
     sagemaker.delete_endpoint_config(EndpointConfigName="held")
     sagemaker.delete_model(ModelName="Held-XGB")
+
+
+def test_a_key_added_to_the_secret_is_taken_and_one_removed_is_refused_without_a_restart(
+    tools: Tools,
+) -> None:
+    """The chart mounts gateway.auth.secretRef as a file the gateway follows: edit the
+    Secret, and a new key works and a removed one is refused once the kubelet has rewritten
+    the file, by the same gateway pod. (Last in the module: it changes the keys.)"""
+    api = tools.cluster.api
+    pods = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+    selector = "app.kubernetes.io/component=gateway"
+    before = {p["metadata"]["uid"] for p in api.get(pods, labelSelector=selector)["items"]}
+
+    def answer(key_id: str, secret_key: str) -> str:
+        try:
+            client(tools, "sagemaker", key_id, secret_key).list_endpoints()
+        except ClientError as exc:
+            return error_code(exc)
+        return "served"
+
+    assert answer("AKIAOTHER", "other") == "served"
+    keys = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets/platform-keys"
+    rotated = f"{KEY_ID}:{SECRET}\nAKIAROTATED:rotated/secret"
+    api.merge_patch(keys, {"stringData": {"accessKeys": rotated}})
+    wait_until(lambda: answer("AKIAROTATED", "rotated/secret") == "served", 60,
+               "the added key to be taken")  # fmt: skip
+    assert answer("AKIAOTHER", "other") == "UnrecognizedClientException"
+    assert answer(KEY_ID, SECRET) == "served"
+    after = api.get(pods, labelSelector=selector)["items"]
+    assert {p["metadata"]["uid"] for p in after} == before
+    assert all(s["restartCount"] == 0 for p in after for s in p["status"]["containerStatuses"])

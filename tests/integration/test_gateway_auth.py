@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import AbaloneModel
 from tests.support.gateway import GatewayProcess, running_gateway, static_endpoint
-from tests.support.processes import ServerProcess, running_server
+from tests.support.processes import ServerProcess, running_server, wait_until
 
 KEY_ID, SECRET = "AKIAGATEWAYTEST", "gateway-secret/+="
 LIMIT = 1000  # bytes a serverless or realtime invocation may carry here
@@ -148,6 +148,45 @@ def test_the_body_limits_hold_for_signed_requests(gateway: GatewayProcess) -> No
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
     too_large = signed_post(f"{gateway.url}/endpoints/abalone-sl/invocations", b"1" * (2 << 20))
     assert too_large.status_code == 413, too_large.text  # read no further than the limit
+
+
+def test_keys_in_a_file_are_followed_as_it_changes_without_a_restart(
+    server: ServerProcess, tmp_path: Path, abalone_model: AbaloneModel
+) -> None:
+    """The chart mounts gateway.auth.secretRef as a file: a key added to the Secret is taken,
+    one removed is refused, by the same process; a change that cannot be read keeps the
+    keys read before, and the log names the file, never a key."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY_ID}:{SECRET}\n")
+    row = to_csv(abalone_model.test_rows[:1])
+    env = {"INFERMODES_GATEWAY_ACCESS_KEYS_FILE": str(keys)}
+    with running_gateway(endpoints(server), tmp_path, env=env) as gateway:
+
+        def code(key_id: str, secret: str) -> str:
+            try:
+                runtime(gateway.url, key_id, secret).invoke_endpoint(
+                    EndpointName="abalone-sl", Body=row, ContentType="text/csv"
+                )
+            except ClientError as exc:
+                return str(exc.response["Error"]["Code"])
+            return "served"
+
+        assert code(KEY_ID, SECRET) == "served"
+        assert code("AKIAROTATED", "rotated-secret") == "UnrecognizedClientException"
+        pid = gateway.proc.pid
+        rotated = tmp_path / "rotated"  # written whole and renamed, as the kubelet swaps it
+        rotated.write_text("AKIAROTATED:rotated-secret\n")
+        rotated.replace(keys)
+        wait_until(lambda: code("AKIAROTATED", "rotated-secret") == "served", 30,
+                   "the added key to be taken")  # fmt: skip
+        assert code(KEY_ID, SECRET) == "UnrecognizedClientException"  # removed: refused
+        keys.write_text("not an entry")  # looked at by the next signed requests: refused
+        served = lambda: code("AKIAROTATED", "rotated-secret") == "served"  # noqa: E731
+        wait_until(lambda: served() and "the 1 read before stay" in gateway.log, 30,
+                   "the unreadable change to be refused, the keys kept")  # fmt: skip
+        assert served() and gateway.proc.pid == pid and gateway.proc.poll() is None
+    assert "rotated-secret" not in gateway.log and SECRET not in gateway.log
+    assert f"{keys}: access key entry 1 must be" in gateway.log
 
 
 def test_without_keys_the_gateway_says_it_is_open(
