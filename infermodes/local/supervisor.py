@@ -625,6 +625,10 @@ class Supervisor:
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
+        if endpoint.load_failure is not None and endpoint.manifest.spec.mode is Mode.SERVERLESS:
+            # its model's retry: one server tries it, since no request starts one (the gateway
+            # refuses a Failed endpoint's); once it is ready, its demand decides again
+            wanted = max(wanted, 1)
         if wanted != endpoint.desired:
             endpoint.event(f"replicas {endpoint.desired} -> {wanted}")
         endpoint.desired = wanted
@@ -755,7 +759,9 @@ class Supervisor:
                          "(no count on their metrics port): the queue's figures scale the "
                          "pool in only once they can")  # fmt: skip
         message = "; ".join(notes)
-        tried = ready or running or endpoint.outgoing  # the previous spec's servers: Updating
+        # the previous spec's servers: Updating. A serverless retry's server, not ready yet,
+        # has not shown the model loads: Failed until it does (a waiter would pass on it)
+        tried = ready or endpoint.outgoing or (running and mode is not Mode.SERVERLESS)
         if endpoint.load_failure is not None and not tried:
             phase, reason = Phase.FAILED, endpoint.load_failure[0]  # nothing tries it yet
             message = f"{endpoint.load_failure[1]}; tried again when one of its processes starts"

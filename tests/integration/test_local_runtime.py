@@ -709,6 +709,25 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert served.status_code == 200, served.text
 
 
+def test_a_serverless_endpoint_whose_model_is_put_back_serves_again_by_itself(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Its model missing at a cold start, the endpoint is Failed and its requests refused;
+    once the model is back, its retry (no request could start a server: each is refused) loads
+    it, and requests are served again without the endpoint being applied again."""
+    model = tmp_path / "model.tar.gz"
+    files = [manifest("serverless", model, tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        refused = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:1]))
+        assert refused.status_code == 400, refused.text
+        assert "is Failed (ModelLoadFailed)" in refused.json()["message"]
+        shutil.copy(abalone_model.tarball, model)
+        served = lambda: up.invoke("abalone-serverless", b"1,2").status_code == 424  # noqa: E731
+        wait_until(served, WAIT, "a request to reach the model again (its 424 for 2 features)")
+        answer = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:2]))
+        assert answer.status_code == 200, answer.text
+
+
 INPUTS = 12_000  # objects: seconds of work for the two instances, so up sees them run
 
 

@@ -580,9 +580,9 @@ def test_an_endpoint_whose_model_cannot_load_starts_again_after_a_doubling_back_
 def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_backs_off_anew(
     tmp_path: Path,
 ) -> None:
-    """A serverless endpoint at zero applied again starts no process: it showed InService 5 s
-    after its model failed to load, with nothing trying it. It stays Failed, naming why, until
-    one of its processes starts; a changed spec gets its own back-off (5 s again)."""
+    """A serverless endpoint at zero applied again by its retry showed InService 5 s after its
+    model failed to load, with nothing trying it yet. It stays Failed, naming why, until the
+    server its retry starts runs; a changed spec gets its own back-off (5 s again)."""
     supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
     name = document["metadata"]["name"]
@@ -602,6 +602,34 @@ def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_back
     fresh = supervisor.endpoints[name]
     supervisor._set_status(fresh)  # applied by hand: its own status, not the old failure
     assert fresh.status.phase.value == "InService"
+
+
+def test_a_retried_serverless_endpoint_at_zero_starts_a_server_to_try_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failed, a serverless endpoint takes no request (the gateway answers 400), so no
+    request's demand ever starts the process its retry waits for: once its model was there
+    again it stayed Failed until applied again by hand. Its retry starts one server."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    supervisor.endpoints[name].failure = ("ModelLoadFailed", "model cannot be loaded: gone")
+    supervisor.load_retries[name] = (1, 0.0)
+    started: list[str] = []
+    monkeypatch.setattr(
+        supervisor, "_start", lambda endpoint, child, now: started.append(child.key)
+    )
+    supervisor._retry_loads(1.0)
+    again = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(again, 1.0))
+    assert started == [f"{name}/server-0"]
+    assert again.desired == 1
+    # running, not ready: still Failed (a waiter for InService must not pass on a mere try),
+    # as the operator's status stays while a restarted pod's last exit says the model failed
+    monkeypatch.setattr(again.children[f"{name}/server-0"], "running", lambda: True)
+    supervisor._set_status(again)
+    assert (again.status.phase.value, again.status.reason) == ("Failed", "ModelLoadFailed")
 
 
 def test_a_zygote_that_does_not_answer_is_stopped_and_servers_start_by_exec() -> None:
