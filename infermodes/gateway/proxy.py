@@ -45,6 +45,7 @@ from infermodes.http import (
     repeated_header,
 )
 from infermodes.metrics import GatewayMetrics
+from infermodes.platform.translate import MAX_PLATFORM_NAME, PLATFORM_NAME
 from infermodes.settings import GatewaySettings
 
 log = logging.getLogger("infermodes.gateway")
@@ -68,6 +69,7 @@ UNSUPPORTED_TARGETS = {
     b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
 }
 TARGET_VARIANT = b"x-amzn-sagemaker-target-variant"
+INVOKED_VARIANT = b"x-Amzn-Invoked-Production-Variant"  # InvokeEndpoint's, in its spelling
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 # a model server's answer while its model loads (a replica's other worker may answer /ping)
 NOT_READY = 503
@@ -117,6 +119,16 @@ def check_target_variant(endpoint: Endpoint, headers: Sequence[tuple[bytes, byte
         f"TargetVariant {shown(variant)} is not a variant of endpoint {endpoint.name} "
         f"({has}): send its variant's name, or no TargetVariant"
     )
+
+
+def invoked_variant(endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
+    """InvokeEndpoint's ``InvokedProductionVariant``, which the platform always answers: the
+    endpoint's one variant, when the API made it (an annotation that is no variant name, set
+    by hand, is not sent: a header may not hold anything)."""
+    variant = endpoint.variant
+    if variant is None or len(variant) > MAX_PLATFORM_NAME or not PLATFORM_NAME.fullmatch(variant):
+        return []
+    return [(INVOKED_VARIANT, variant.encode())]
 
 
 def is_invocation(path: str) -> bool:
@@ -260,6 +272,7 @@ class Proxy:
             endpoint.check_servable()
             answer = await self.invoke(endpoint, scope, receive)
             status, body, headers = answer.status, answer.body, list(answer.headers)
+            headers += invoked_variant(endpoint)
         except InfermodesError as exc:
             status, body = exc.status_code, gateway_error_body(exc)
             headers = [

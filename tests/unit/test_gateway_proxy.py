@@ -502,3 +502,42 @@ def test_a_single_value_header_given_twice_is_the_callers_400_not_the_models_424
         assert pool.sent == []
 
     asyncio.run(scenario())
+
+
+def test_an_answer_names_the_variant_that_served_it_as_the_platform_does() -> None:
+    """boto3's ``invoke_endpoint`` gives the platform's ``x-Amzn-Invoked-Production-Variant``
+    as ``InvokedProductionVariant``, which it always sends: code reading it (A/B logging) had
+    a KeyError. An endpoint the API did not make has no named variant, and so none is sent;
+    nor is an annotation that is not a variant name (it would be a header of anything)."""
+    from infermodes.platform.translate import VARIANT_ANNOTATION
+
+    invoked = b"x-amzn-invoked-production-variant"
+
+    async def answer_to(table: Table, proxy: Proxy) -> list[tuple[bytes, bytes]]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await proxy(scope(), receive, send)
+        assert sent[0]["status"] == 200
+        return [(name.lower(), value) for name, value in sent[0]["headers"]]
+
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+        assert not [h for h in await answer_to(table, proxy) if h[0] == invoked]
+        for variant, header in (("AllTraffic", b"AllTraffic"), ("a\r\nx-evil: 1", None)):
+            table.apply_endpoint({
+                "metadata": {"name": "sl", "namespace": "ns",
+                             "annotations": {VARIANT_ANNOTATION: variant}},
+                "spec": {"mode": "serverless", "model": {"uri": "file:///m"},
+                         "serverless": {"maxConcurrency": 5}},
+                "status": {"phase": "InService"},
+            })  # fmt: skip
+            found = [value for name, value in await answer_to(table, proxy) if name == invoked]
+            assert found == ([header] if header else [])
+
+    asyncio.run(scenario())
