@@ -58,15 +58,26 @@ FORWARDED = {
     b"accept": b"Accept",
     b"x-amzn-sagemaker-custom-attributes": b"X-Amzn-SageMaker-Custom-Attributes",
 }
-# InvokeEndpoint's routing to one of several models, containers or components, and Clarify's
-# explanations: one model serves an endpoint here, so a request asking for another, if
-# answered, would get that model's answer without a word
-UNSUPPORTED_TARGETS = {
-    b"x-amzn-sagemaker-target-model": "TargetModel (multi-model endpoints)",
-    b"x-amzn-sagemaker-target-container-hostname": "TargetContainerHostname (multi-container "
-    "endpoints)",
-    b"x-amzn-sagemaker-inference-component": "InferenceComponentName (inference components)",
-    b"x-amzn-sagemaker-enable-explanations": "EnableExplanations (SageMaker Clarify)",
+# InvokeEndpoint's routing to one of several models, containers or components, Clarify's
+# explanations and stateful sessions: one stateless model serves an endpoint here, so a
+# request asking for another, if answered, would get that model's answer without a word
+ONE_MODEL = "an endpoint serves one model"
+UNSUPPORTED_TARGETS = {  # header: (the parameter, why it is refused)
+    b"x-amzn-sagemaker-target-model": ("TargetModel (multi-model endpoints)", ONE_MODEL),
+    b"x-amzn-sagemaker-target-container-hostname": (
+        "TargetContainerHostname (multi-container endpoints)",
+        ONE_MODEL,
+    ),
+    b"x-amzn-sagemaker-inference-component": (
+        "InferenceComponentName (inference components)",
+        ONE_MODEL,
+    ),
+    b"x-amzn-sagemaker-enable-explanations": ("EnableExplanations (SageMaker Clarify)", ONE_MODEL),
+    b"x-amzn-sagemaker-session-id": (
+        "SessionId (stateful sessions)",
+        "the model server keeps no session, requests go to any replica and no NewSessionId is "
+        "answered",
+    ),
 }
 TARGET_VARIANT = b"x-amzn-sagemaker-target-variant"
 INVOKED_VARIANT = b"x-Amzn-Invoked-Production-Variant"  # InvokeEndpoint's, in its spelling
@@ -79,17 +90,16 @@ MAX_ORIGINAL_MESSAGE = 1000
 
 def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
     """400, in one pass over the headers, for a request that asks for a model, container or
-    component other than the endpoint's one, or for an explanation; and for a header of one
-    value given twice (the model server would refuse it, and the gateway pass that on as the
-    model's error): forwarding either would be a guess. Several Accepts are one list."""
+    component other than the endpoint's one, for an explanation or a session; and for a
+    header of one value given twice (the model server would refuse it, and the gateway pass
+    that on as the model's error): forwarding either would be a guess. Several Accepts are
+    one list."""
     seen: set[bytes] = set()
     for name, _ in headers:
         asked = UNSUPPORTED_TARGETS.get(name)
         if asked is not None:
-            raise ValidationError(
-                f"{asked} is not supported: an endpoint serves one model; send no "
-                f"{name.decode()} header"
-            )
+            what, why = asked
+            raise ValidationError(f"{what} is not supported: {why}; send no {name.decode()} header")
         if name in FORWARDED and name != b"accept":
             if name in seen:
                 count = sum(1 for other, _ in headers if other == name)

@@ -422,13 +422,15 @@ def test_a_coded_body_is_refused_with_the_model_servers_415_and_never_forwarded(
         (b"x-amzn-sagemaker-target-container-hostname", "TargetContainerHostname"),
         (b"x-amzn-sagemaker-inference-component", "InferenceComponentName"),
         (b"x-amzn-sagemaker-enable-explanations", "EnableExplanations"),
+        (b"x-amzn-sagemaker-session-id", "SessionId"),
     ],
 )
 def test_a_request_for_another_model_or_an_explanation_is_refused_not_answered(
     header: bytes, named: str
 ) -> None:
     """One model serves an endpoint: a request routed to another (a multi-model endpoint's
-    TargetModel, say) would get this one's answer without a word."""
+    TargetModel, say) would get this one's answer without a word; so would a request of a
+    stateful session (SessionId: no session is kept, nor a NewSessionId answered)."""
 
     async def scenario() -> None:
         _, _, pool, sent = await answered_with(header, b"model-b.tar.gz")
