@@ -401,6 +401,9 @@ def parse_server_load(text: str) -> ServerLoad:
     return ServerLoad(invocations, in_flight)
 
 
+UPSTREAM_OUTCOMES = ("not_sent", "not_ready", "failed", "status_5xx", "timeout")
+
+
 class GatewayMetrics:
     """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
     ``unknown``; ``code`` an HTTP status code; an upstream error's ``outcome`` one of:
@@ -453,6 +456,17 @@ class GatewayMetrics:
             ["endpoint", "outcome"],
             registry=registry,
         )
+
+    def forget(self, endpoint: str, codes: Iterable[int]) -> None:
+        """Remove an endpoint's series (``codes``: those its durations were recorded under),
+        so the labels stay those of the endpoints served."""
+        for code in codes:
+            self.request_duration.remove(endpoint, str(code))
+        for family in (self.in_flight, self.held_now, self.throttled, self.held,
+                       self.cold_start_duration):  # fmt: skip
+            family.remove(endpoint)
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream_errors.remove(endpoint, outcome)
 
 
 def parse_batch_units(text: str) -> dict[str, float]:

@@ -233,6 +233,7 @@ class Proxy:
         self.prober = Prober(table, settings.probe_interval_seconds, settings.probe_timeout_seconds)
         table.on_new_replica = self.replica_added
         table.on_removed_replica = self.replica_removed
+        table.on_forgotten = self.endpoint_forgotten
         self._durations: dict[tuple[str, int], Any] = {}
         self._gauges: dict[str, tuple[Any, Any]] = {}
 
@@ -251,6 +252,17 @@ class Proxy:
     def replica_removed(self, endpoint: Endpoint, replica: Replica) -> None:
         if replica.handle is not None:
             replica.handle.close()
+
+    def endpoint_forgotten(self, name: str) -> None:
+        """The last entry of this name is gone (deleted, its requests answered): its series
+        go too, or every endpoint ever served would stay in /metrics."""
+        if name == "unknown" or self.table.has_entry(name):
+            return
+        codes = [status for label, status in self._durations if label == name]
+        for status in codes:
+            del self._durations[name, status]
+        self._gauges.pop(name, None)
+        self.metrics.forget(name, codes)
 
     # metrics children, cached: labels() costs more than the observation
     def _observe(self, label: str, status: int, seconds: float) -> None:
@@ -273,12 +285,13 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         label = "unknown"
+        served: Endpoint | None = None
         headers: list[tuple[bytes, bytes]]
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
             endpoint = self.table.lookup(object_name(scope["path"][len(PREFIX) : -len(SUFFIX)]))
-            label = endpoint.name
+            label, served = endpoint.name, endpoint
             endpoint.check_servable()
             answer = await self.invoke(endpoint, scope, receive)
             status, body, headers = answer.status, answer.body, list(answer.headers)
@@ -293,6 +306,8 @@ class Proxy:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._observe(label, status, time.perf_counter() - started)
+        if served is not None and not self.table.holds(served):
+            self.endpoint_forgotten(label)  # deleted while it was answered: observed after
 
     async def invoke(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
         # refused here as the model server refuses them: the replica is sent neither header

@@ -231,6 +231,7 @@ class Table:
         self.storage_prefixes = storage_prefixes  # see ``storage_refusal``
         self.on_new_replica = on_new_replica
         self.on_removed_replica = on_removed_replica
+        self.on_forgotten: Callable[[str], None] | None = None  # an entry dropped: its name
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
@@ -402,6 +403,16 @@ class Table:
         gone = key not in self.known and not endpoint.replicas and endpoint.active == 0
         if gone and self.endpoints.get(key) is endpoint:
             del self.endpoints[key]
+            if self.on_forgotten is not None:
+                self.on_forgotten(endpoint.name)
+
+    def holds(self, endpoint: Endpoint) -> bool:
+        """Whether this endpoint still has its entry (not forgotten since it was looked up)."""
+        return self.endpoints.get((endpoint.namespace, endpoint.name)) is endpoint
+
+    def has_entry(self, name: str) -> bool:
+        """Whether an endpoint of this name, in any namespace, still has an entry."""
+        return any(entry == name for _, entry in self.endpoints)
 
     def replace_endpoints(self, scope: str | None, objects: Iterable[Mapping[str, Any]]) -> None:
         """A full list of one namespace (``scope``) or of all (None), after a relist: endpoints

@@ -543,3 +543,46 @@ def test_an_answer_names_the_variant_that_served_it_as_the_platform_does() -> No
             assert found == ([header] if header else [])
 
     asyncio.run(scenario())
+
+
+def endpoint_series(metrics: GatewayMetrics, name: str) -> list[str]:
+    """Every series of the gateway's metrics labelled with endpoint ``name``."""
+    families = [getattr(metrics, attribute) for attribute in vars(metrics)]
+    return [
+        sample.name
+        for family in families
+        for metric in family.collect()
+        for sample in metric.samples
+        if sample.labels.get("endpoint") == name
+    ]
+
+
+def test_a_deleted_endpoints_series_go_with_it() -> None:
+    """Every endpoint ever served kept its series in /metrics after it was deleted (a
+    histogram per status code, gauges, counters): with endpoints made and deleted (CI, the
+    platform API), the gateway's memory and every scrape grew without bound, where the labels
+    were to be those of the endpoints it serves. Held requests answered 404 at the deletion
+    leave none behind either."""
+
+    async def scenario() -> None:
+        table, proxy, _, metrics = setup(max_concurrency=5)
+        pool = FakePool()
+        pool.release.set()
+        ready_replica(table, pool)
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await proxy(scope(), receive, send)
+        metrics.upstream_errors.labels("sl", "timeout").inc()
+        assert endpoint_series(metrics, "sl")
+        table.drop_replica("ns", "sl", "p")
+        held = asyncio.create_task(proxy(scope(), receive, send))
+        await asyncio.sleep(0)
+        assert table.lookup("sl").held == 1
+        apply_endpoint(table, "DELETED", sl_object("InService"))
+        async with asyncio.timeout(10):
+            await held
+        assert endpoint_series(metrics, "sl") == []
+
+    asyncio.run(scenario())
