@@ -433,6 +433,20 @@ def _up_call(action: Any) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
+def _endpoint_name(ctx: click.Context, param: click.Parameter, name: str | None) -> str | None:
+    """A NAME goes into the request's path: one that no endpoint can have (a ``/``, a dot
+    segment) would name another route or endpoint, so it is refused before any request. The
+    platform API's rule, which also admits every manifest's name."""
+    from infermodes.platform.translate import MAX_PLATFORM_NAME, PLATFORM_NAME
+
+    if name is None or (len(name) <= MAX_PLATFORM_NAME and PLATFORM_NAME.fullmatch(name)):
+        return name
+    raise click.BadParameter(
+        f"{name!r} is not an endpoint name (letters, digits and '-', at most "
+        f"{MAX_PLATFORM_NAME} characters)"
+    )
+
+
 _up_url = click.option(
     "--url",
     envvar="INFERMODES_UP_URL",
@@ -460,7 +474,7 @@ def apply(path: Path, url: str) -> None:
 
 
 @main.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, callback=_endpoint_name)
 @_up_url
 def get(name: str | None, url: str) -> None:
     """List endpoints (the columns of `kubectl get ie`)."""
@@ -475,7 +489,7 @@ def get(name: str | None, url: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", callback=_endpoint_name)
 @_up_url
 def describe(name: str, url: str) -> None:
     """Show an endpoint: status, processes, events and the URL to call."""
@@ -485,7 +499,7 @@ def describe(name: str, url: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", callback=_endpoint_name)
 @_up_url
 def delete(name: str, url: str) -> None:
     """Delete an endpoint and stop its processes."""
@@ -494,7 +508,7 @@ def delete(name: str, url: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", callback=_endpoint_name)
 @click.option("--data", required=True, help="The request body, or @FILE to read it from a file.")
 @click.option("--content-type", default="text/csv", show_default=True)
 @click.option("--accept", help="Accept header (text/csv or application/json).")
@@ -530,7 +544,7 @@ def invoke(
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", callback=_endpoint_name)
 @_up_url
 def logs(name: str, url: str) -> None:
     """Print the end of each process log of an endpoint."""

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -143,3 +144,40 @@ def test_an_async_api_endpoint_name_no_worker_could_take_is_refused_at_start(
                                        "--port", "1"])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "Bad_Name" in result.output and "should match pattern" in result.output
+
+
+class _Recording(BaseHTTPRequestHandler):
+    """Answers every request 200 with an empty JSON object, and records its path: as up
+    would answer a request for an endpoint that exists."""
+
+    paths: ClassVar[list[str]] = []
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.paths.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = do_DELETE = answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_name_no_endpoint_can_have_is_refused_before_a_request() -> None:
+    """The name went into the request's path as typed: `delete x/../abalone` deleted
+    abalone (the path normalised to /endpoints/abalone), `describe abalone/logs` ended in a
+    traceback, `describe a/b` said up was not running at the URL."""
+    commands = [["get"], ["describe"], ["delete"], ["logs"], ["invoke", "--data", "1"]]
+    _Recording.paths = []
+    with serving(_Recording) as url:
+        for command in commands:
+            for name in ("x/../abalone", "..", "abalone/logs", "a?b", "a b", ""):
+                result = CliRunner().invoke(main, [command[0], name, *command[1:], "--url", url])
+                assert result.exit_code == 2, (command, name, result.output)
+                assert isinstance(result.exception, SystemExit)
+                assert f"{name!r} is not an endpoint name" in result.output
+    assert _Recording.paths == []
