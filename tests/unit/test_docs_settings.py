@@ -1,0 +1,110 @@
+"""The settings tables of README.md and docs/async.md name flags the commands take and
+variables the processes read, and every variable a process reads is in its table or named
+elsewhere in the docs: a user sets what the tables say, and nothing the code reads is hidden."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from infermodes import settings
+from infermodes.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = "".join(
+    path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
+CODE = re.compile(r"`([^`]*)`")
+VARIABLE = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Z0-9_]{2,}(?![A-Za-z0-9])")
+
+
+def table_after(path: str, marker: str) -> list[list[str]]:
+    """The rows (cells) of the first Markdown table after ``marker`` in ``path``."""
+    text = (ROOT / path).read_text()
+    start = text.rindex("\n", 0, text.index(marker)) + 1  # the marker's line: a header too
+    rows: list[list[str]] = []
+    for line in text[start:].splitlines():
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif rows:
+            break
+    return rows[2:]  # past the header and its rule
+
+
+def flags(cell: str) -> list[str]:
+    return [code.split()[0] for code in CODE.findall(cell) if code.startswith("--")]
+
+
+def variables(cell: str, prefix: str) -> list[str]:
+    """The variables a cell names: whole, ``..._NAME`` or a bare ``NAME`` under ``prefix``."""
+    found = []
+    for code in CODE.findall(cell):
+        for name in VARIABLE.findall(code):
+            whole = name if name.startswith(("INFERMODES_", "SAGEMAKER_", "JOB_")) else None
+            found.append(whole or prefix + name.removeprefix("_"))
+    return found
+
+
+def read_by(cls: type[settings.EnvSettings]) -> dict[str, str]:
+    """Every variable ``cls`` reads, to its field."""
+    return {env: name for name in cls.model_fields for env in cls.env_names(name)}
+
+
+def options(command: str) -> set[str]:
+    return {opt for param in main.commands[command].params for opt in param.opts}
+
+
+# (file, the text before the table, command, class, the column of variables (None: the
+# flag's own name under the prefix), fields documented outside the table)
+TABLES = [
+    ("README.md", "Every flag also reads an environment variable `INFERMODES_SERVE_<NAME>`",
+     "serve", settings.ServeSettings, 1, set()),
+    ("README.md", "Every flag also reads `INFERMODES_BATCH_<NAME>`", "batch",
+     settings.BatchSettings, None, {"run_id", "keep_existing"}),
+    ("README.md", "**Settings.** Flags also read `INFERMODES_GATEWAY_<NAME>`", "gateway",
+     settings.GatewaySettings, 1, set(settings.AsyncAcceptSettings.model_fields)),
+    ("README.md", "reads `INFERMODES_OPERATOR_<NAME>` (lists as JSON)", "operator",
+     settings.OperatorSettings, 1, set()),
+    ("docs/async.md", "| `infermodes async-api` | env |", "async-api",
+     settings.AsyncApiSettings, 1, set()),
+    ("docs/async.md", "| `infermodes worker` | env |", "worker", settings.WorkerSettings, 1,
+     set()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "marker", "command", "cls", "column", "elsewhere"),
+    TABLES,
+    ids=[table[2] for table in TABLES],
+)
+def test_a_settings_table_is_what_the_command_reads(
+    path: str,
+    marker: str,
+    command: str,
+    cls: type[settings.EnvSettings],
+    column: int | None,
+    elsewhere: set[str],
+) -> None:
+    prefix = cls.model_config["env_prefix"]
+    read = read_by(cls)
+    rows = table_after(path, marker)
+    assert rows, f"no table after {marker!r} in {path}"
+    documented: set[str] = set()
+    for row in rows:
+        named = variables(row[column] if column is not None else " ".join(row[1:]), prefix)
+        for flag in flags(row[0]):
+            assert flag in options(command), f"{path}: {command} has no {flag}"
+            # without a column, the heading's rule: a flag reads <prefix><its name>, unless
+            # its row names the variable
+            own = prefix + flag.removeprefix("--").replace("-", "_").upper()
+            if column is None and (own in read or not named):
+                named.append(own)
+        unknown = [name for name in named if name not in read]
+        assert not unknown, f"{path}: {command} reads no {unknown} (row {row[0]!r})"
+        documented |= {read[name] for name in named}
+    hidden = set(cls.model_fields) - documented - elsewhere
+    assert not hidden, f"{path}: the {command} table lacks {sorted(hidden)}"
+    for name in elsewhere & set(cls.model_fields) - documented:
+        assert any(env in DOCS for env in cls.env_names(name)) or name in DOCS, name
