@@ -422,4 +422,5 @@ def async_accept_router(
         missing=table.async_missing,
         input_paths=table.async_input_paths,
         accepted=demand.async_accepted if demand is not None else None,
+        allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
     )

@@ -175,7 +175,11 @@ def inference_id_of(value: str | None) -> str:
 
 
 def input_location_of(
-    value: str, allowed: list[str], own_prefix: str, api_prefixes: Iterable[str] = ()
+    value: str,
+    allowed: list[str],
+    own_prefix: str,
+    api_prefixes: Iterable[str] = (),
+    allowed_from: str = "",
 ) -> tuple[str, str | None]:
     """The location, normalised, and for ``file://`` the prefix it was allowed under. A worker
     reads whatever it is pointed at, so: with ``allowed`` prefixes it must lie under one of
@@ -184,7 +188,8 @@ def input_location_of(
     since a file path could name any of the worker's files. The worker holds the file it
     opens to that prefix, links resolved (S3 keys have no links: this check is all). Never
     the API's own objects there or in another endpoint's input prefix (``api_prefixes``):
-    other callers' inline inputs and records."""
+    other callers' inline inputs and records. ``allowed_from``: the setting that adds allowed
+    prefixes in this process, named in a refusal ("": it has none)."""
     try:
         ref = normalised(value)
     except StorageError as exc:
@@ -210,7 +215,7 @@ def input_location_of(
             )
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
-        " (the gateway's --allow-input-prefix adds more)"
+        + (f" ({allowed_from} adds more)" if allowed_from else "")
     )
 
 
@@ -342,9 +347,10 @@ def submission_of(
     allowed_input_prefixes: list[str],
     now: float,
     api_prefixes: Iterable[str] = (),
+    allowed_from: str = "",
 ) -> Submission:
     """Check every header and build the message; raises a 4xx domain error naming the header.
-    ``api_prefixes``: every endpoint's input prefix (see ``input_location_of``)."""
+    ``api_prefixes``, ``allowed_from``: see ``input_location_of``."""
     for header in UNSUPPORTED:
         if header in headers:
             raise InvalidInput(
@@ -376,7 +382,7 @@ def submission_of(
     root = None
     if location:
         location, root = input_location_of(
-            location, allowed_input_prefixes, endpoint.input_path, api_prefixes
+            location, allowed_input_prefixes, endpoint.input_path, api_prefixes, allowed_from
         )
     message = InvocationRequest(
         inference_id=inference_id,
@@ -410,12 +416,14 @@ def create_router(
     missing: Callable[[str], InfermodesError] | None = None,
     input_paths: Callable[[], Iterable[str]] | None = None,
     accepted: Callable[[str], None] | None = None,
+    allowed_from: str = "",
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
     counted like any answer. ``missing``: the error for a name without a layout (by default
     a 404); ``input_paths``: every endpoint's input path, those without a layout too (by
     default the layouts'); ``accepted``: told the endpoint's name once its request is on the
-    queue (the gateway's push to a pool at zero workers)."""
+    queue (the gateway's push to a pool at zero workers); ``allowed_from``: the setting that
+    adds to ``allowed_input_prefixes``, named when a location is refused ("": none)."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
 
@@ -464,6 +472,7 @@ def create_router(
             allowed_input_prefixes,
             clock(),
             api_input_paths(),
+            allowed_from,
         )
         started = time.perf_counter()
         try:
@@ -511,6 +520,7 @@ def create_app(
         AsyncApiMetrics(registry),
         settings.max_inline_bytes,
         settings.allowed_input_prefixes,
+        allowed_from="--allow-input-prefix",
     )
     app.include_router(router)
 

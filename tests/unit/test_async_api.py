@@ -4,6 +4,7 @@ the inference id as the caller's idempotency key."""
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -406,7 +407,7 @@ def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, all
     if allowed:
         assert input_location_of(location, [], OWN)
     else:
-        with pytest.raises(InputNotAllowed, match="the gateway.s --allow-input-prefix adds more"):
+        with pytest.raises(InputNotAllowed, match="not under an allowed prefix"):
             input_location_of(location, [], OWN)
 
 
@@ -446,6 +447,41 @@ def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None
     assert response.status_code == 403
     assert "file:///etc/passwd is not under an allowed prefix: s3://data/in" in response.text
     assert not publisher.sent
+
+
+def test_a_refused_location_names_only_a_setting_its_process_has(tmp_path: Path) -> None:
+    """Every process said "the gateway's --allow-input-prefix adds more": the gateway has no
+    such flag (it reads INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES), and `infermodes up` no
+    such setting at all (its inputs lie under the endpoint's input path)."""
+    from infermodes.gateway.app import async_accept_router
+    from infermodes.settings import GatewaySettings
+
+    outside = {"X-Amzn-SageMaker-InputLocation": "file:///etc/passwd"}
+    route = "/endpoints/s/async-invocations"
+    async_api = client_for(tmp_path, RecordingPublisher()).post(
+        "/endpoints/ep/async-invocations", headers=outside
+    )
+    assert async_api.json()["message"].endswith(" (--allow-input-prefix adds more)")
+    table = Table()
+    spec = {"mode": "async", "model": {"uri": "file:///m"},
+            "async": {"outputPath": f"file://{tmp_path}/out"}}  # fmt: skip
+    table.apply_endpoint({"metadata": {"name": "s", "namespace": "default"}, "spec": spec})
+    closing: list[Callable[[], None]] = []
+    gateway = FastAPI()
+    gateway.include_router(async_accept_router(
+        GatewaySettings(), f"sqlite:///{tmp_path}/queue.db", table, CollectorRegistry(), closing
+    ))  # fmt: skip
+    up = FastAPI()  # as `up` mounts it: no prefixes beyond the endpoints' own
+    up.include_router(create_router(table.async_layouts, RecordingPublisher(), Storage(),
+                                    AsyncApiMetrics(CollectorRegistry()), 100, []))  # fmt: skip
+    try:
+        by_gateway = TestClient(gateway).post(route, headers=outside).json()["message"]
+        by_up = TestClient(up).post(route, headers=outside).json()["message"]
+    finally:
+        for close in closing:
+            close()
+    assert by_gateway.endswith(" (INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES adds more)")
+    assert by_up.endswith(f"not under an allowed prefix: file://{tmp_path}/out/input")
 
 
 def test_the_gateway_route_answers_409_for_a_name_in_two_namespaces(tmp_path: Path) -> None:
