@@ -133,7 +133,10 @@ def realtime_replicas(
     memory.serverless_since = None
     if current is None:
         return low
-    current = min(max(current, low), high)
+    bounded = min(max(current, low), high)
+    if bounded != current:  # new bounds moved the replicas: a change, whose cooldown counts
+        memory.last_change_at = now
+    current = bounded
     if not autoscale:
         return current
     load = measured_load(block.scaling.metric, loads(), memory, now)

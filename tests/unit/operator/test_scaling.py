@@ -2,10 +2,14 @@ import pytest
 
 from infermodes.endpoints.scaling import (
     CounterSample,
+    ScalerMemory,
     apply_cooldown,
     rate_per_minute,
+    realtime_replicas,
     replicas_for_load,
 )
+from infermodes.endpoints.spec import RealtimeSpec
+from infermodes.metrics import ServerLoad
 
 
 @pytest.mark.parametrize(
@@ -50,3 +54,19 @@ def test_rate_per_minute() -> None:
 )
 def test_cooldowns(current, wanted, since, expected) -> None:
     assert apply_cooldown(current, wanted, since, 10, 300) == expected
+
+
+def test_replicas_the_bounds_add_start_the_scale_in_cooldown() -> None:
+    """A raised minReplicas is a change like the autoscaler's: `up` scaled the replicas it
+    added back in 3 s after minReplicas was lowered again, not scaleInCooldownSeconds (30 s)
+    after the change, and the operator kept no lastScaleTime of it."""
+    block = RealtimeSpec.model_validate(
+        {"minReplicas": 2, "maxReplicas": 3, "scaling": {
+            "metric": "InFlightRequestsPerInstance", "target": 2, "scaleInCooldownSeconds": 30}}
+    )  # fmt: skip
+    memory = ScalerMemory()
+    idle = dict.fromkeys("ab", ServerLoad(invocations_total=0, in_flight=0))
+    assert realtime_replicas(block, 1, lambda: idle, memory, 1000.0, True) == 2
+    lowered = block.model_copy(update={"min_replicas": 1})
+    assert realtime_replicas(lowered, 2, lambda: idle, memory, 1010.0, True) == 2
+    assert realtime_replicas(lowered, 2, lambda: idle, memory, 1031.0, True) == 1
