@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
 from infermodes.local.manifests import ManifestError, parse_text
 from infermodes.local.supervisor import Supervisor
+from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
 
 PREFIX = "/_infermodes"
@@ -53,7 +54,11 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
         ``<endpoint>.error``) matches the topic pattern, oldest first (at most
         ``NOTIFICATIONS_PER_CALL``: ask again after the last id for more)."""
         if tail is None:
-            message = "up uses RabbitMQ: bind a queue to its notification exchange instead"
+            message = (
+                "up uses RabbitMQ, which keeps no log of notifications: bind a queue of your "
+                f"own to its topic exchange {NOTIFICATION_EXCHANGE} with the routing keys "
+                "<endpoint>.success and <endpoint>.error (or a pattern such as #.error)"
+            )
             return error("NotEmbedded", message, 400)
         if not after.isascii() or not after.isdigit():
             message = f"after must be a notification id (a whole number >= 0), not {after[:40]!r}"

@@ -699,3 +699,23 @@ def test_the_platform_apis_variant_reaches_the_gateways_table_and_outlives_a_res
     document["spec"]["serverless"]["maxConcurrency"] = 3
     restarted.apply(parse_document(document, "a manifest"))
     assert restarted.endpoints["ep"].annotations == {}
+
+
+def test_notifications_under_rabbitmq_name_the_exchange_to_bind() -> None:
+    """Under --broker-url the CLI answered "bind a queue to its notification exchange",
+    naming neither the exchange nor the routing keys to bind with."""
+    from typing import cast
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import create_router
+    from infermodes.local.supervisor import Supervisor
+
+    app = FastAPI()
+    app.include_router(create_router(cast(Supervisor, None), None))  # the route reads neither
+    answer = TestClient(app).get("/_infermodes/notifications", params={"topic": "abalone.*"})
+    assert answer.status_code == 400
+    message = answer.json()["message"]
+    assert "exchange infermodes.notifications" in message
+    assert "<endpoint>.success" in message and "<endpoint>.error" in message
