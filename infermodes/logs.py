@@ -11,6 +11,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    quiet_client_logs(level)
+
+
+def quiet_client_logs(level: str) -> None:
+    """pika logs every lost connection at ERROR with a traceback, also the idle ones we reopen
+    without the caller noticing, and each channel it opens or the broker closes at INFO; our
+    own code logs one line per real outage instead. Every process, since any may reach a
+    broker (``up --broker-url``, a gateway with one)."""
+    if level.lower() != "debug":
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def redacted_url(url: str, keep_path: bool = True) -> str:

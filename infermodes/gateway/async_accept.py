@@ -71,7 +71,7 @@ from infermodes.queueing.messages import (
     InvocationRequest,
     new_inference_id,
 )
-from infermodes.queueing.rabbitmq import RequestPublisher, quiet_client_logs
+from infermodes.queueing.rabbitmq import RequestPublisher
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import (
     Storage,
@@ -536,7 +536,6 @@ def serve(settings: AsyncApiSettings) -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
-    quiet_client_logs(settings.log_level)
     publisher = RequestPublisher(
         settings.broker_url,
         {name: endpoint.max_attempts for name, endpoint in settings.endpoints.items()},

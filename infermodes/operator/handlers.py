@@ -37,6 +37,7 @@ from infermodes.endpoints.status import (
     record_queue,
 )
 from infermodes.errors import BrokerUrlError
+from infermodes.logs import quiet_client_logs
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
@@ -51,7 +52,7 @@ from infermodes.queueing.broker import (
     given_url,
     url_now,
 )
-from infermodes.queueing.rabbitmq import QueueReader, quiet_client_logs
+from infermodes.queueing.rabbitmq import QueueReader
 from infermodes.settings import OperatorSettings
 
 RETRY_DELAY_SECONDS = 5

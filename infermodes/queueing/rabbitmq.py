@@ -215,13 +215,6 @@ def connect(url: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(params)
 
 
-def quiet_client_logs(level: str) -> None:
-    """pika logs every lost connection at ERROR with a traceback, also the idle ones we reopen
-    without the caller noticing; our own code logs one line per real outage instead."""
-    if level.lower() != "debug":
-        logging.getLogger("pika").setLevel(logging.CRITICAL)
-
-
 def broker_problem(exc: BaseException) -> str:
     """What a broker error says of the broker, for a log line or an answer."""
     if isinstance(exc, REFUSED_LOGIN_ERRORS):

@@ -80,7 +80,6 @@ from infermodes.queueing.notifications import (
     error_body,
     success_body,
 )
-from infermodes.queueing.rabbitmq import quiet_client_logs
 from infermodes.storage import Storage
 
 if TYPE_CHECKING:
@@ -641,7 +640,6 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
 def run(settings: WorkerSettings) -> int:
     """Entry point of ``infermodes worker``; returns the process exit code."""
     configure_logging(settings.log_level)
-    quiet_client_logs(settings.log_level)
     registry = CollectorRegistry()
     try:
         consumer, handle = build(settings, registry)

@@ -3,9 +3,11 @@ webhooks) a path that may be a token."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from infermodes.logs import redacted_url
+from infermodes.logs import configure_logging, redacted_url
 
 
 @pytest.mark.parametrize(
@@ -26,3 +28,18 @@ from infermodes.logs import redacted_url
 def test_redacted_url(url: str, shown: str, host_only: str) -> None:
     assert redacted_url(url) == shown
     assert redacted_url(url, keep_path=False) == host_only
+
+
+@pytest.mark.parametrize(("level", "pika_level"), [("info", logging.CRITICAL), ("debug", 0)])
+def test_every_process_quiets_pika_below_debug(level: str, pika_level: int) -> None:
+    """`up --broker-url` and a gateway with a broker logged pika's INFO lines ("Created
+    channel=1", every Channel.CloseOk) and its tracebacks for idle connections reopened
+    unnoticed: only async-api, the worker and the operator quieted it."""
+    pika = logging.getLogger("pika")
+    before = pika.level
+    try:
+        pika.setLevel(logging.NOTSET)
+        configure_logging(level)
+        assert pika.level == pika_level
+    finally:
+        pika.setLevel(before)
