@@ -199,3 +199,21 @@ def test_the_operator_gives_endpoints_the_secrets_listed_and_the_platform_apis_a
                    "--set", "gateway.platform.brokerSecretName=amqp",
                    "--set-json", 'operator.allowedSecretNames=["team-*"]') == [
         "team-*", "s3", "amqp"]  # fmt: skip
+
+
+def install_notes(*sets: str) -> str:
+    """What `helm install` prints after the release (NOTES.txt), rendered without a cluster."""
+    args = [arg for value in sets for arg in ("--set", value)]
+    result = helm("install", "infermodes", str(CHART), "--namespace", "ops",
+                  "--dry-run=client", *args)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.partition("NOTES:")[2]
+
+
+def test_the_notes_call_the_gateway_as_it_answers() -> None:
+    """With access keys the gateway refuses an unsigned request (403), and the notes' curl
+    was unsigned: it now signs, as curl can (SigV4, service sagemaker)."""
+    signed = install_notes("gateway.auth.secretRef.name=platform-keys")
+    assert '--aws-sigv4 "aws:amz:us-east-1:sagemaker"' in signed
+    assert "--user ACCESS_KEY_ID:SECRET_ACCESS_KEY" in signed
+    assert "--aws-sigv4" not in install_notes()  # open: a plain curl
