@@ -78,6 +78,25 @@ def gunzip(blocks: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
         raise BadRecord(None, "the gzip stream ends early: the object is truncated")
 
 
+GZIP_MAGIC = b"\x1f\x8b"  # no UTF-8 text starts so: 0x8b is a continuation byte
+
+
+def not_gzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """An object's blocks, from its start, read as not compressed: one that starts like gzip
+    fails naming the setting, not the first byte its decoder trips on."""
+    head = b""
+    for block in blocks:
+        if len(head) < len(GZIP_MAGIC):
+            head += block[: len(GZIP_MAGIC)]
+            if head[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+                raise BadRecord(
+                    None,
+                    "the object is gzip-compressed (it starts with 1f 8b): give compressionType "
+                    "Gzip (--compression-type Gzip)",
+                )
+        yield block
+
+
 def line_range(blocks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
     """The records that start in ``[start, end)`` of an object, given its blocks from byte
     ``start - 1`` on (from 0 when ``start`` is 0). A range starting inside a line skips to the

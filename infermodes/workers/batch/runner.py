@@ -353,6 +353,8 @@ class Runner:
             blocks = records.read_blocks(source, BLOCK_BYTES)
             if settings.compression_type == "Gzip":
                 blocks = records.gunzip(blocks, BLOCK_BYTES)
+            elif unit.start == 0:
+                blocks = records.not_gzip(blocks)
             if unit.is_range:
                 blocks = records.line_range(blocks, unit.start, unit.end)
             batches = records.minibatches(

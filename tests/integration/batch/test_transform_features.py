@@ -161,6 +161,21 @@ def test_gzip_input_gives_the_plain_inputs_output(
     ).read_bytes()
 
 
+def test_gzip_input_without_its_compression_type_says_so(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """A .gz object read as CSV failed 'a carriage return inside a row; end rows with LF' (or a
+    JSON or UTF-8 error): naming the bytes, not the setting to fix."""
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz/a.csv.gz").write_bytes(gzip.compress(csv_text(rows)))
+    done = run(command(abalone_model, tmp_path / "gz", tmp_path / "out"))
+    assert done.returncode == 4, done.log
+    assert done.summary_line().endswith(
+        "a.csv.gz: the object is gzip-compressed (it starts with 1f 8b): give compressionType "
+        "Gzip (--compression-type Gzip)"
+    ), done.log
+
+
 def test_assemble_none_concatenates_the_responses(
     abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
 ) -> None:
