@@ -485,6 +485,7 @@ def _place_record(row: np.ndarray, tensor: recordio.Tensor, number: int) -> None
 
 
 _DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm, RECORDIO: decode_recordio}
+GZIP_MAGIC = b"\x1f\x8b"  # no input starts so: 0x8b is a UTF-8 continuation byte, not RecordIO's
 
 
 def decode(
@@ -497,6 +498,11 @@ def decode(
 ) -> np.ndarray:
     """Decode a body of a known input type (see ``content_type_of``): a matrix, or
     InvalidInput (400) / PayloadTooLarge (413) naming the problem."""
+    if body.startswith(GZIP_MAGIC):  # otherwise named by the first byte a decoder trips on
+        raise InvalidInput(
+            "the body is gzip-compressed (it starts with 1f 8b): send it uncompressed; a "
+            "Content-Encoding is not read"
+        )
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 
 

@@ -269,3 +269,16 @@ def test_a_json_body_without_a_feature_count_is_held_to_max_values_too() -> None
     with pytest.raises(PayloadTooLarge, match="1 rows of 16 features make 16 values"):
         codecs.decode(body, "application/json", None, max_rows=None, max_values=1)
     assert codecs.decode(body, "application/json", None, max_values=16).shape == (1, 16)
+
+
+@pytest.mark.parametrize("content_type", [codecs.CSV, codecs.JSON, codecs.LIBSVM, codecs.RECORDIO])
+def test_a_gzip_body_is_named_as_such(content_type: str) -> None:
+    """A gzip body sent without Content-Encoding (which is refused) was answered 'row 1: a
+    carriage return inside a row' or "'utf-8' codec can't decode byte 0x8b": the bytes, not
+    the mistake."""
+    import gzip
+
+    body = gzip.compress(b"1,2,3\n")
+    gzipped = r"^the body is gzip-compressed \(it starts with 1f 8b\)"
+    with pytest.raises(InvalidInput, match=gzipped):
+        codecs.decode(body, content_type, 3)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from infermodes.errors import StorageError
+from infermodes.predict import codecs
 from infermodes.predict.fastcsv import count_lines
 from infermodes.settings import BatchStrategy, SplitType
 
@@ -78,17 +79,14 @@ def gunzip(blocks: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
         raise BadRecord(None, "the gzip stream ends early: the object is truncated")
 
 
-GZIP_MAGIC = b"\x1f\x8b"  # no UTF-8 text starts so: 0x8b is a continuation byte
-
-
 def not_gzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
     """An object's blocks, from its start, read as not compressed: one that starts like gzip
     fails naming the setting, not the first byte its decoder trips on."""
     head = b""
     for block in blocks:
-        if len(head) < len(GZIP_MAGIC):
-            head += block[: len(GZIP_MAGIC)]
-            if head[: len(GZIP_MAGIC)] == GZIP_MAGIC:
+        if len(head) < len(codecs.GZIP_MAGIC):
+            head += block[: len(codecs.GZIP_MAGIC)]
+            if head[: len(codecs.GZIP_MAGIC)] == codecs.GZIP_MAGIC:
                 raise BadRecord(
                     None,
                     "the object is gzip-compressed (it starts with 1f 8b): give compressionType "
