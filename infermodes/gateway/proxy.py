@@ -45,7 +45,6 @@ from infermodes.http import (
     repeated_header,
 )
 from infermodes.metrics import GatewayMetrics
-from infermodes.platform.translate import MAX_PLATFORM_NAME, PLATFORM_NAME
 from infermodes.settings import GatewaySettings
 
 log = logging.getLogger("infermodes.gateway")
@@ -80,7 +79,7 @@ UNSUPPORTED_TARGETS = {  # header: (the parameter, why it is refused)
     ),
 }
 TARGET_VARIANT = b"x-amzn-sagemaker-target-variant"
-INVOKED_VARIANT = b"x-Amzn-Invoked-Production-Variant"  # InvokeEndpoint's, in its spelling
+INVOKED_VARIANT = b"x-amzn-invoked-production-variant"  # InvokeEndpoint's
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
 # a model server's answer while its model loads (a replica's other worker may answer /ping)
 NOT_READY = 503
@@ -133,12 +132,9 @@ def check_target_variant(endpoint: Endpoint, headers: Sequence[tuple[bytes, byte
 
 def invoked_variant(endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
     """InvokeEndpoint's ``InvokedProductionVariant``, which the platform always answers: the
-    endpoint's one variant, when the API made it (an annotation that is no variant name, set
-    by hand, is not sent: a header may not hold anything)."""
+    endpoint's one variant, when the API made it (``variant_of`` keeps only variant names)."""
     variant = endpoint.variant
-    if variant is None or len(variant) > MAX_PLATFORM_NAME or not PLATFORM_NAME.fullmatch(variant):
-        return []
-    return [(INVOKED_VARIANT, variant.encode())]
+    return [] if variant is None else [(INVOKED_VARIANT, variant.encode())]
 
 
 def is_invocation(path: str) -> bool:

@@ -566,8 +566,10 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
 
 
 def variant_of(annotations: Mapping[str, Any]) -> str | None:
-    """The production variant an endpoint the API made has (None: not the API's); from the
-    request it keeps when made before the variant had an annotation of its own."""
+    """The production variant an endpoint the API made has (None: not the API's, or an
+    annotation set by hand that is no variant name: it goes into a header, which may not hold
+    anything); from the request it keeps when made before the variant had an annotation of
+    its own."""
     variant = annotations.get(VARIANT_ANNOTATION)
     if variant is None and REQUEST_ANNOTATION in annotations:
         try:
@@ -576,7 +578,9 @@ def variant_of(annotations: Mapping[str, Any]) -> str | None:
             ]
         except (ValueError, KeyError, IndexError, TypeError):
             return None
-    return variant if isinstance(variant, str) else None
+    if not isinstance(variant, str) or len(variant) > MAX_PLATFORM_NAME:
+        return None
+    return variant if PLATFORM_NAME.fullmatch(variant) else None
 
 
 def endpoint_object(
