@@ -250,22 +250,25 @@ def test_a_job_waits_for_an_older_one_writing_its_output_prefix(
 ) -> None:
     """Two jobs writing one prefix at once each took the other's outputs for their own. A
     stopped job may resume, so it holds its prefix: the second waits (``OutputInUse``, naming
-    it, no Job) until the first is deleted, then runs and completes. The second is applied
-    as soon as the first is made, within the operator's listing interval: a listing made
-    before the second existed must not decide for it (it did, and both ran)."""
+    it, no Job) until the first is deleted, then runs and completes. Both are applied
+    together, seconds after the operator listed every endpoint for another one: a listing
+    made before they existed must not decide for them (it did, and both ran)."""
     api = tools.cluster.api
     storage_secret(tools, k8s_namespace, store)
     upload_inputs(data, "shared")
-    first = batch_manifest("first", "shared", stop=True)
-    assert tools.apply(first, k8s_namespace).returncode == 0
+    primer = batch_manifest("primer", "primer", stop=True)  # its reconcile lists every endpoint
+    assert tools.apply(primer, k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "primer", "Stopped")
+    both = [batch_manifest("first", "shared", stop=True), batch_manifest("second", "shared")]
+    applied = tools.apply({"apiVersion": "v1", "kind": "List", "items": both}, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
     wait_phase(api, k8s_namespace, "first", "Stopped")
-    assert tools.apply(batch_manifest("second", "shared"), k8s_namespace).returncode == 0
     waiting = wait_phase(api, k8s_namespace, "second", "InProgress",
                          also=lambda e: e["status"].get("reason") == "OutputInUse")  # fmt: skip
     message = waiting["status"]["message"]
     assert message.startswith(f"waits for batch endpoint {k8s_namespace}/first, which"), message
     jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
-    assert [job["metadata"]["name"] for job in jobs] == ["ie-first"]  # none of the second
+    assert sorted(job["metadata"]["name"] for job in jobs) == ["ie-first", "ie-primer"]
     deleted = tools.kubectl("delete", "ie", "first", "-n", k8s_namespace, "--wait=true")
     assert deleted.returncode == 0, deleted.stderr
     wait_phase(api, k8s_namespace, "second", "Completed", timeout=300)
