@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.spec import GROUP, Phase
 from infermodes.endpoints.status import (
     BROKER_LOGIN_REFUSED,
     CONTAINER_CANNOT_RUN,
@@ -83,6 +83,21 @@ class PodState:
         )
 
 
+# On a Deployment: its generation when the operator last changed its pod template. Each
+# change of replicas (every autoscaler step) also makes a generation the Deployment controller
+# has not seen yet; only a template the controller has not seen is a rollout to wait for.
+TEMPLATE_GENERATION = f"{GROUP}/template-generation"
+
+
+def template_generation(deployment: dict[str, Any]) -> int:
+    """The generation of the Deployment's pod template (``TEMPLATE_GENERATION``); its
+    generation when none is noted (a change not known to be of replicas only)."""
+    metadata = deployment.get("metadata") or {}
+    generation = int(metadata.get("generation", 1))
+    noted = str((metadata.get("annotations") or {}).get(TEMPLATE_GENERATION, ""))
+    return min(int(noted), generation) if noted.isdigit() else generation
+
+
 @dataclass(frozen=True)
 class WorkloadState:
     """A Deployment's view: ``exists`` False before it is created."""
@@ -91,7 +106,9 @@ class WorkloadState:
     replicas: int = 0
     ready: int = 0
     updated: int = 0
-    rolled_out: bool = True  # the Deployment controller has seen and finished its latest spec
+    # the Deployment controller has seen its latest pod template, and no pod of an older one
+    # is left: a change of replicas alone is no rollout (the replicas say how it scales)
+    rolled_out: bool = True
     pods: list[PodState] = field(default_factory=list)
     replica_failure: str = ""  # why the API refused its pods (a quota, an admission policy)
 
@@ -116,9 +133,7 @@ class WorkloadState:
         status = deployment.get("status") or {}
         replicas = int(spec.get("replicas", 1))
         updated = int(status.get("updatedReplicas", 0))
-        current = int(status.get("observedGeneration", 0)) >= int(
-            deployment["metadata"].get("generation", 1)
-        )
+        current = int(status.get("observedGeneration", 0)) >= template_generation(deployment)
         total = int(status.get("replicas", 0))
         refused = next(
             (c for c in status.get("conditions") or []
@@ -130,7 +145,7 @@ class WorkloadState:
             replicas=replicas,
             ready=int(status.get("readyReplicas", 0)),
             updated=updated,
-            rolled_out=current and updated >= replicas and total <= replicas,
+            rolled_out=current and total <= updated,
             pods=[PodState.from_pod(p) for p in pods],
             replica_failure=""
             if refused is None

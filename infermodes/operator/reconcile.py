@@ -36,7 +36,7 @@ from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
-from infermodes.operator.observed import WorkloadState, served
+from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed, name_allowed
 
@@ -137,6 +137,34 @@ def scaled(deps: Deps, ref: EndpointRef, live: dict[str, Any], replicas: int) ->
     if int((live.get("spec") or {}).get("replicas", 1)) == replicas:
         return live
     return deps.kube.scale("apps/v1", "Deployment", ref.namespace, ref.child_name, replicas)
+
+
+def pod_template(deployment: dict[str, Any]) -> Any:
+    return (deployment.get("spec") or {}).get("template")
+
+
+def note_template(
+    deps: Deps, ref: EndpointRef, found: dict[str, Any] | None, after: dict[str, Any]
+) -> dict[str, Any]:
+    """The Deployment as applied, with the generation of its pod template noted on it
+    (``TEMPLATE_GENERATION``): this one when the apply changed the template (both as the API
+    answers them, so compared as they are), the one noted before when it did not; on one
+    noted by no operator yet, its generation before the apply (a change of unknown kind the
+    controller may not have seen). One write, only when the value changes."""
+    metadata = after.get("metadata") or {}
+    noted = (metadata.get("annotations") or {}).get(TEMPLATE_GENERATION)
+    if found is None or pod_template(found) != pod_template(after):
+        value = str(metadata.get("generation", 1))
+    elif noted is None:
+        value = str((found.get("metadata") or {}).get("generation", 1))
+    else:
+        return after
+    if value == noted:
+        return after
+    deps.kube.annotate("apps/v1", "Deployment", ref.namespace, ref.child_name,
+                       {TEMPLATE_GENERATION: value})  # fmt: skip
+    annotations = {**(metadata.get("annotations") or {}), TEMPLATE_GENERATION: value}
+    return {**after, "metadata": {**metadata, "annotations": annotations}}
 
 
 def workload_gone(message: str, kind: str) -> str:
@@ -268,6 +296,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             if kind == "Deployment" and found is not None:  # the spec as it was still scales
                 applied = {kind: scaled(deps, ref, found, replicas)}
     after = applied.get(kind, found)
+    if kind == "Deployment" and after is not None:
+        after = note_template(deps, ref, found, after)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
     status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)

@@ -15,8 +15,8 @@ from infermodes.metrics import parse_server_load as parse_load
 from infermodes.operator.modes import MODES, realtime
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import EndpointRef
-from infermodes.operator.observed import PodState, WorkloadState, failure
-from infermodes.operator.reconcile import Deps, reconcile
+from infermodes.operator.observed import TEMPLATE_GENERATION, PodState, WorkloadState, failure
+from infermodes.operator.reconcile import Deps, note_template, reconcile
 from infermodes.settings import OperatorSettings
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -239,8 +239,7 @@ def test_pods_that_cannot_be_created_or_placed_are_named_while_the_endpoint_wait
     refused = WorkloadState.from_objects(deployment_refused(QUOTA), [])
     status = realtime.observe(SPEC, observed(refused), None)
     assert (status.phase, status.reason) == (s.Phase.CREATING, "FailedCreate")
-    created = "0/1 replicas ready, 0 of the new spec created"
-    assert status.message == f"{created}; pods cannot be created: {QUOTA}"
+    assert status.message == f"0/1 replicas ready; pods cannot be created: {QUOTA}"
 
     placing = {**deployment_of(1), "status": {"observedGeneration": 1, "replicas": 1}}
     pending = WorkloadState.from_objects(placing, [pending_pod("ie-abalone-1")])
@@ -285,6 +284,7 @@ class FakeKube:
         self.others = {(o["kind"], o["metadata"]["name"]): o for o in others}
         self.applied: list[dict] = []
         self.scaled: list[int] = []
+        self.annotated: list[tuple[str, dict]] = []
         self.events: list[dict] = []
 
     def get(self, api_version, kind, namespace, name):
@@ -298,6 +298,13 @@ class FakeKube:
 
     def list(self, api_version, kind, namespace, selector, fields=None):
         return self.pods if kind == "Pod" else self.events
+
+    def annotate(self, api_version, kind, namespace, name, annotations):
+        self.annotated.append((kind, annotations))
+        if kind == "Deployment" and self.deployment is not None:
+            metadata = self.deployment.get("metadata", {})
+            merged = {**metadata.get("annotations", {}), **annotations}
+            self.deployment = {**self.deployment, "metadata": {**metadata, "annotations": merged}}
 
     def scale(self, api_version, kind, namespace, name, replicas):
         self.scaled.append(replicas)
@@ -716,3 +723,74 @@ def test_a_secret_the_node_authorizer_has_not_yet_linked_is_a_moment_not_a_failu
                                       message='secret "s3" not found')])  # fmt: skip
     assert failure(missing) == ("ContainerCannotRun",
                                 'CreateContainerConfigError: secret "s3" not found')  # fmt: skip
+
+
+def deployment_at(generation: int, observed: int, replicas: int, pods: int, updated: int,
+                  noted: int | None) -> dict:  # fmt: skip
+    """A Deployment at ``generation`` whose controller has seen ``observed``, its pod template
+    noted at ``noted`` (None: never noted); ``pods`` live, ``updated`` of its template, all
+    ready."""
+    annotations = {} if noted is None else {TEMPLATE_GENERATION: str(noted)}
+    return {
+        "metadata": {"generation": generation, "annotations": annotations},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": observed, "replicas": pods, "readyReplicas": pods,
+                   "updatedReplicas": updated},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("deployment", "phase", "reason"),
+    [
+        # an autoscaler's step the controller has not seen yet, out and in: no rollout
+        (deployment_at(5, 4, 2, 1, 1, noted=4), s.Phase.IN_SERVICE, "Scaling"),
+        (deployment_at(5, 4, 1, 2, 2, noted=4), s.Phase.IN_SERVICE, "AllReplicasReady"),
+        # the same, seen, one pod still to come
+        (deployment_at(5, 5, 2, 1, 1, noted=4), s.Phase.IN_SERVICE, "Scaling"),
+        # a new template the controller has not seen, and one it rolls out (old pods left)
+        (deployment_at(5, 4, 2, 2, 2, noted=5), s.Phase.UPDATING, "RollingOut"),
+        (deployment_at(5, 5, 2, 3, 1, noted=5), s.Phase.UPDATING, "RollingOut"),
+        # never noted (an operator before this one): an unseen generation may be a template
+        (deployment_at(5, 4, 1, 2, 2, noted=None), s.Phase.UPDATING, "RollingOut"),
+    ],
+)
+def test_a_change_of_replicas_alone_is_no_rollout(
+    deployment: dict, phase: s.Phase, reason: str
+) -> None:
+    """Every autoscaler step made a Deployment generation the controller had not seen: the
+    endpoint said Updating (RollingOut), with an Event pair, at each step, until it had.
+    Only a pod template not seen yet, or pods of an older one left, is a rollout."""
+    workload = WorkloadState.from_objects(deployment, [])
+    serving = Status(s.Phase.IN_SERVICE, "AllReplicasReady")
+    status = realtime.observe(SPEC, observed(workload), serving)
+    assert (status.phase, status.reason) == (phase, reason), status
+
+
+def test_the_generation_of_a_new_pod_template_is_noted_once_on_the_deployment() -> None:
+    """Compared as the API answers both (its defaults filled in): a change of replicas alone
+    notes nothing; a Deployment noted by no operator yet gets its generation before the
+    apply, a change of unknown kind."""
+    kube = FakeKube()
+    d, _ = deps(kube)
+    template = {"spec": {"containers": [{"name": "server", "image": "a"}]}}
+
+    def live(generation: int, image: str, replicas: int, noted: int | None) -> dict:
+        annotations = {} if noted is None else {TEMPLATE_GENERATION: str(noted)}
+        changed = {"spec": {"containers": [{"name": "server", "image": image}]}}
+        return {"metadata": {"generation": generation, "annotations": annotations},
+                "spec": {"replicas": replicas, "template": changed}}  # fmt: skip
+
+    assert template == live(1, "a", 1, None)["spec"]["template"]
+    created = note_template(d, REF, None, live(1, "a", 1, None))
+    assert created["metadata"]["annotations"][TEMPLATE_GENERATION] == "1"
+    scaled = note_template(d, REF, live(3, "a", 1, 2), live(4, "a", 2, 2))
+    assert scaled["metadata"]["annotations"][TEMPLATE_GENERATION] == "2"
+    rolled = note_template(d, REF, live(4, "a", 2, 2), live(5, "b", 2, 2))
+    assert rolled["metadata"]["annotations"][TEMPLATE_GENERATION] == "5"
+    upgraded = note_template(d, REF, live(7, "b", 2, None), live(8, "b", 3, None))
+    assert upgraded["metadata"]["annotations"][TEMPLATE_GENERATION] == "7"
+    assert [value for _, value in kube.annotated] == [
+        {TEMPLATE_GENERATION: "1"},
+        {TEMPLATE_GENERATION: "5"},
+        {TEMPLATE_GENERATION: "7"},
+    ]  # one write each, none for a change of replicas alone
