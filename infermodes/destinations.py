@@ -13,6 +13,7 @@ the cluster, or on this machine under ``infermodes up``, is the common case.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,18 @@ def literal_refusal(url: str) -> str | None:
     if refused_address(host):
         return f"{host} is a link-local or metadata address (where clouds serve instance metadata)"
     return None
+
+
+def webhook_refusal(url: str) -> str | None:
+    """Why ``url`` may not be a webhook, without showing it (its path is often its token);
+    None when it may. The spec's fields check the same rule (their pattern, for the CRD, and
+    ``literal_refusal``); this is the whole rule for a URL that no field held, a Secret's."""
+    if len(url) > WEBHOOK_MAX_LENGTH or not re.fullmatch(WEBHOOK_PATTERN, url):
+        return (
+            "it must be an http(s) URL with a host, without spaces or control characters, "
+            f"at most {WEBHOOK_MAX_LENGTH} characters"
+        )
+    return literal_refusal(url)
 
 
 def resolve(host: str) -> list[str]:

@@ -524,8 +524,8 @@ def test_a_url_pika_cannot_read_stops_the_worker_without_a_piece_of_it(
 @pytest.mark.parametrize(
     ("value", "said"),
     [
-        ("ftp://hooks.example/T0K3N", "must hold an http(s) URL with a host"),
-        ("http://hooks.example/T0K3N with space", "must hold an http(s) URL with a host"),
+        ("ftp://hooks.example/T0K3N", "must be an http(s) URL with a host"),
+        ("http://hooks.example/T0K3N with space", "must be an http(s) URL with a host"),
         ("http://169.254.169.254/T0K3N", "169.254.169.254 is a link-local or metadata address"),
     ],
 )

@@ -15,6 +15,7 @@ from infermodes.destinations import (
     check,
     literal_refusal,
     refused_address,
+    webhook_refusal,
 )
 
 # RE2 (the API server's) and Python's re agree on this rule's syntax: classes, (?i), groups
@@ -127,3 +128,23 @@ def test_the_check_gives_the_addresses_it_checked_in_order() -> None:
     assert check("http://nowhere.example/", lambda host: []) == Checked(None, ())
     refused = check("http://hooks.example/", lambda host: ["10.0.0.1", "169.254.169.254"])
     assert refused.refusal is not None and refused.addresses == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://hooks.example/T0K3N", False),
+        ("http://127.0.0.1:9/hook", False),
+        ("ftp://hooks.example/T0K3N", True),
+        ("http:///no-host", True),
+        ("http://hooks.example/with space", True),
+        ("http://hooks.example/" + "x" * 2048, True),
+        ("http://169.254.169.254/latest", True),
+    ],
+)
+def test_a_webhook_from_no_field_is_held_to_the_fields_whole_rule(url: str, refused: bool) -> None:
+    """A Secret's URL gets the spec fields' pattern, length and literal-address rules in one
+    call, and the refusal never repeats the URL's path (often its token)."""
+    reason = webhook_refusal(url)
+    assert (reason is not None) is refused
+    assert reason is None or "T0K3N" not in reason
