@@ -27,6 +27,7 @@ from infermodes.gateway.auth import (
     OPEN_STATUS,
     OPEN_WARNING,
     Guard,
+    Keys,
     access_keys,
     loopback_only,
     refused_caller,
@@ -71,13 +72,13 @@ class Gateway:
         demand: DemandWriter | None,
         registry: CollectorRegistry | None = None,
         routers: Sequence[APIRouter] = (),
+        keys: Keys | None = None,
     ) -> None:
         self.table = table
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = GatewayMetrics(self.registry)
         self.proxy = Proxy(table, settings, self.metrics, demand)
         self.draining = False
-        keys = access_keys(settings)
         self.verifier = Verifier(keys) if keys is not None else None
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
@@ -166,6 +167,7 @@ class Runner:
         gateway_id: str,
         registry: CollectorRegistry | None = None,
         routers: Sequence[APIRouter] = (),
+        keys: Keys | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -174,7 +176,7 @@ class Runner:
             storage_prefixes=settings.async_storage_prefixes,
         )
         self.demand = DemandWriter(self.table, sink, gateway_id) if sink is not None else None
-        self.app = Gateway(settings, self.table, self.demand, registry, routers)
+        self.app = Gateway(settings, self.table, self.demand, registry, routers, keys)
 
     async def run(self) -> int:
         settings = self.settings
@@ -327,7 +329,7 @@ def serve(settings: GatewaySettings) -> int:
         else:
             routers.append(platform_refused())
     registry = CollectorRegistry()
-    runner = Runner(settings, source, sink, gateway_id, registry, routers)
+    runner = Runner(settings, source, sink, gateway_id, registry, routers, keys)
     closing: list[Callable[[], None]] = []
     broker_url = given_url(settings.broker_url, settings.broker_url_file)
     if broker_url:
