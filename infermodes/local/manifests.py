@@ -59,7 +59,9 @@ def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Mani
     except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
         problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ManifestError(f"{source} ({name}): {problems}") from None
-    for field in spec.async_.notification.webhook_secret_refs() if spec.async_ else ():
+    secret_held = spec.async_.notification.webhook_secret_refs() if spec.async_ else {}
+    field = next(iter(secret_held), None)
+    if field is not None:
         raise ManifestError(
             f"{source} ({name}): spec.async.notification.{field}: infermodes up has no "
             f"Kubernetes Secrets to read it from; give the URL in "
