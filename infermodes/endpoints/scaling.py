@@ -177,6 +177,7 @@ def serverless_replicas(
     memory: ScalerMemory,
     now: float,
     wall: float,
+    load_failed: bool = False,
 ) -> int:
     """Replicas of a serverless endpoint from the gateways' demand (``wall``: the wall clock,
     like the demand's timestamps; ``now``: the monotonic clock of every mode's cooldowns, which
@@ -190,7 +191,12 @@ def serverless_replicas(
       nor a change from realtime (``ScalerMemory.serverless_since``) -> the warm floor at once
       (zero unless provisioned concurrency keeps some);
     - any other decrease waits ``SERVERLESS_SCALE_IN_DELAY_SECONDS`` after the last change, so
-      the tail of a burst does not flap.
+      the tail of a burst does not flap;
+    - its model could not be loaded (``load_failed``) -> at least one replica, whatever the
+      demand: the endpoint is Failed, so the gateways refuse its requests and no demand comes
+      to start one; that replica tries the model again (under the kubelet's back-off, or
+      ``infermodes up``'s), so a mended artifact brings the endpoint back, and it does not sit
+      at zero looking InService with a model that cannot load.
     """
     warm, most = serverless_bounds(block)
     if memory.serverless_since is None:  # realtime until now
@@ -203,7 +209,7 @@ def serverless_replicas(
         wanted = math.ceil(demand.active / block.concurrency_per_replica)
     else:
         wanted = 0 if idle else min(current, 1)
-    wanted = min(max(wanted, warm, 1 if demand.active else 0), most)
+    wanted = min(max(wanted, warm, 1 if demand.active or load_failed else 0), most)
     held_back = not idle and now - memory.last_change_at < SERVERLESS_SCALE_IN_DELAY_SECONDS
     if wanted < current and held_back:
         return current

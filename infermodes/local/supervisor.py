@@ -543,9 +543,11 @@ class Supervisor:
         if spec.mode is Mode.SERVERLESS:
             seen = self.demand.get(endpoint.name)
             demand = Demand(seen.in_flight, seen.held, seen.last_request_at) if seen else Demand()
-            return serverless_replicas(
-                spec.serverless_block(), current, demand, endpoint.memory, now, time.time()
-            )
+            # a model that could not be loaded: one server tries it again (no request starts
+            # one: the gateway refuses a Failed endpoint's); once it is ready, demand decides
+            load_failed = endpoint.load_failure is not None
+            return serverless_replicas(spec.serverless_block(), current, demand, endpoint.memory,
+                                       now, time.time(), load_failed)  # fmt: skip
         block = async_plan.async_block(spec)
         figures = QueueFigures(None, None)
         exact = False
@@ -625,10 +627,6 @@ class Supervisor:
         wanted = await self._decide(endpoint, now)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
-        if endpoint.load_failure is not None and endpoint.manifest.spec.mode is Mode.SERVERLESS:
-            # its model's retry: one server tries it, since no request starts one (the gateway
-            # refuses a Failed endpoint's); once it is ready, its demand decides again
-            wanted = max(wanted, 1)
         if wanted != endpoint.desired:
             endpoint.event(f"replicas {endpoint.desired} -> {wanted}")
         endpoint.desired = wanted

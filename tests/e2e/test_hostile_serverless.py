@@ -275,12 +275,14 @@ def test_a_model_that_cannot_load_fails_the_cold_start_with_the_reason_and_recov
 ) -> None:  # fmt: skip
     """A serverless endpoint whose model file is not a model: the held request gets a 400
     naming ModelLoadFailed (not a 5xx, not the hold's 60 s 503), the status says Failed with
-    the loader's reason; once a model is put at that path, requests are served again."""
+    the loader's reason, and stays so past the idle timeout (one replica keeps trying the
+    model: at zero it would say InService); once a model is put at that path, requests are
+    served again."""
     api = tools.cluster.api
     broken = tmp_path / "broken" / "model.tar.gz"
     broken.parent.mkdir()
     broken.write_bytes(b"this is not a model\n")
-    manifest = serverless_manifest("broken", f"file://{broken}", idleTimeoutSeconds=600)
+    manifest = serverless_manifest("broken", f"file://{broken}", idleTimeoutSeconds=10)
     apply_ok(tools, manifest, k8s_namespace)
     settled(tools, k8s_namespace, "broken")
     url = url_of(tools)
@@ -293,6 +295,13 @@ def test_a_model_that_cannot_load_fails_the_cold_start_with_the_reason_and_recov
     assert status["message"].startswith("model cannot be loaded: "), status
     shown = tools.kubectl("get", "ie", "broken", "-n", k8s_namespace)
     assert shown.stdout.splitlines()[1].split()[:3] == ["broken", "serverless", "Failed"], shown
+    # idle for three times the timeout (10 s, and the 2 s a gateway may take to report): still
+    # Failed, and a replica still tries the model
+    for _ in range(36):
+        time.sleep(1)
+        status = (get_endpoint(api, k8s_namespace, "broken") or {})["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "ModelLoadFailed"), status
+    assert replicas_of(tools, k8s_namespace, "broken") == 1
 
     broken.write_bytes(abalone_model.tarball.read_bytes())
 

@@ -16,7 +16,12 @@ from typing import Any
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
-from infermodes.endpoints.status import SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE, Status
+from infermodes.endpoints.status import (
+    MODEL_LOAD_FAILED,
+    SCALED_TO_ZERO,
+    SCALED_TO_ZERO_MESSAGE,
+    Status,
+)
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
 from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
 from infermodes.operator.observed import failed_status, failure, waiting_status
@@ -33,11 +38,14 @@ def replica_resources(block: s.ServerlessSpec) -> s.Resources:
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
+    """The demand's replicas; one at least while a pod says its model cannot be loaded (it
+    keeps trying under the kubelet's back-off: ``serverless_replicas``)."""
     workload = signals.workload
     current = workload.replicas if workload.exists else 0
-    return serverless_replicas(
-        spec.serverless_block(), current, signals.demand, memory, signals.now, signals.wall
-    )
+    problem = failure(workload)
+    load_failed = problem is not None and problem[0] == MODEL_LOAD_FAILED
+    return serverless_replicas(spec.serverless_block(), current, signals.demand, memory,
+                               signals.now, signals.wall, load_failed)  # fmt: skip
 
 
 pod_annotations = no_pod_annotations

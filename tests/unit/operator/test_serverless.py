@@ -1,6 +1,8 @@
 """Serverless: the demand contract, the replica decision at its edges, desired objects, status,
 and one reconcile driven by a gateway's demand annotation."""
 
+from dataclasses import replace
+
 import pytest
 
 from infermodes.endpoints import spec as s
@@ -114,6 +116,28 @@ def test_provisioned_concurrency_is_a_floor_even_when_idle() -> None:
 
 def test_never_requested_stays_at_zero() -> None:
     assert serverless_replicas(block(), 0, Demand(), ScalerMemory(), NOW, NOW) == 0
+
+
+def test_a_model_that_cannot_load_keeps_one_replica_trying_it_while_idle() -> None:
+    """Failed, the endpoint's requests are refused, so no demand comes: at zero it would say
+    InService (ScaledToZero) with a model that cannot load, and nothing would try a mended one.
+    One replica stays, idle or not, and is not held above the demand's otherwise."""
+    spec = s.EndpointSpec.model_validate(
+        {"mode": "serverless", "model": {"uri": "file:///m"},
+         "serverless": {"idleTimeoutSeconds": 10, "concurrencyPerReplica": 2}}
+    )  # fmt: skip
+    idle = Demand(last_request_at=NOW - 600)
+    assert serverless_replicas(spec.serverless_block(), 1, idle, ScalerMemory(), NOW, NOW) == 0
+    assert serverless_replicas(spec.serverless_block(), 1, idle, ScalerMemory(), NOW, NOW,
+                               load_failed=True) == 1  # fmt: skip
+    assert serverless_replicas(spec.serverless_block(), 0, idle, ScalerMemory(), NOW, NOW,
+                               load_failed=True) == 1  # fmt: skip
+    # the operator reads the failure from the pods: a model load's exit, not yet ready
+    failing = PodState("p", "127.0.5.3", False, restarts=2, exit_code=3, message="no such file")
+    for pods, wanted in (([failing], 1), ([PodState("p", "127.0.5.3", True)], 0), ([], 0)):
+        workload = WorkloadState(True, 1, sum(p.ready for p in pods), 1, True, pods)
+        signals = replace(observed(workload), demand=idle, now=NOW, wall=NOW)
+        assert serverless.replicas(spec, signals, ScalerMemory()) == wanted, pods
 
 
 def test_every_serverless_field_reaches_the_objects() -> None:
