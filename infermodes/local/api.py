@@ -72,6 +72,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
 
     @router.get("/endpoints")
     async def list_endpoints() -> JSONResponse:
+        await supervisor.looked()
         items = [supervisor.object_of(e) for _, e in sorted(supervisor.endpoints.items())]
         return JSONResponse({"items": items})
 
@@ -89,6 +90,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
 
     @router.get("/endpoints/{name}")
     async def get_endpoint(name: str) -> Response:
+        await supervisor.looked()
         endpoint = supervisor.endpoints.get(name)
         return JSONResponse(supervisor.object_of(endpoint)) if endpoint else not_found(name)
 

@@ -135,6 +135,7 @@ class LocalPlatformStore:
         self._apply(endpoint)
 
     async def read_endpoint(self, name: str) -> JsonObject | None:
+        await self.supervisor.looked()
         endpoint = self.supervisor.endpoints.get(name)
         if endpoint is None:
             return None

@@ -193,6 +193,8 @@ class LocalEndpoint:
     # process of it runs (a serverless endpoint at zero starts none until a request comes)
     load_failure: tuple[str, str] | None = None
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
+    # what ``<state>/endpoints/<name>.json`` says of its status (``kept_facts``), as last saved
+    kept: tuple[bool, list[str] | None] = (False, None)
     # the platform API's annotations the gateway reads (the variant name), while it is the
     # API's endpoint (``local/platform_store.py`` sets them)
     annotations: dict[str, str] = field(default_factory=dict)
@@ -211,6 +213,15 @@ class LocalEndpoint:
     def name(self) -> str:
         return self.manifest.name
 
+    def kept_facts(self) -> tuple[bool, list[str] | None]:
+        """What a restart must know to say what is true before its processes run again:
+        whether it served (a realtime endpoint is then Updating, not Creating, until a replica
+        is ready) and the model load that failed (a serverless one is Failed, not InService
+        at zero, until a server shows the model loads)."""
+        failure = self.load_failure or self.failure
+        failed = list(failure) if failure and failure[0] == MODEL_LOAD_FAILED else None
+        return self.served or self.replaced_in_service, failed
+
     def event(self, text: str) -> None:
         self.events.append(f"{now_iso()} {text}")
         log.info("%s: %s", self.name, text)
@@ -227,6 +238,17 @@ def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
         and (old.failure is None or bool(old.outgoing))
         and bool(old.children or old.outgoing)
     )
+
+
+def restored(endpoint: LocalEndpoint, saved: Mapping[str, Any]) -> LocalEndpoint:
+    """An endpoint a restart brought back, with what its saved file says of its status
+    (``LocalEndpoint.kept_facts``): none of its processes runs yet, nor has it been tried."""
+    endpoint.replaced_in_service = saved.get("served") is True
+    failed = saved.get("loadFailure")
+    if isinstance(failed, list) and len(failed) == 2 and all(isinstance(f, str) for f in failed):
+        endpoint.load_failure = (failed[0], failed[1])
+    endpoint.kept = endpoint.kept_facts()
+    return endpoint
 
 
 class Supervisor:
@@ -248,6 +270,8 @@ class Supervisor:
         # endpoints whose model could not load: (attempts so far, when to start them again)
         self.load_retries: dict[str, tuple[int, float]] = {}
         self.wake = asyncio.Event()
+        # set once the first round has looked at every endpoint: until then a status is a guess
+        self.first_round = asyncio.Event()
         self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
         self.registry = Registry(state_dir / "children.json")
         self.zygote = Zygote()  # forks serverless model servers: a cold start skips the imports
@@ -270,9 +294,9 @@ class Supervisor:
             try:
                 previous = parse_document(saved["previous"], str(path))
             except (KeyError, ValueError, TypeError):  # none, or one this version refuses
-                self._add(manifest, saved["created"])
+                restored(self._add(manifest, saved["created"]), saved)
                 continue
-            self._add(previous, saved["created"]).previous = previous.document
+            restored(self._add(previous, saved["created"]), saved).previous = previous.document
             self.resumed[manifest.name] = manifest
             log.info("%s: the previous spec serves until the one applied last rolls over "
                      "from it", manifest.name)  # fmt: skip
@@ -345,10 +369,18 @@ class Supervisor:
         return "configured" if old is not None else "created"
 
     def _save(self, endpoint: LocalEndpoint) -> None:
-        """Its manifest, and the spec its outgoing servers run while a rollover lasts."""
-        saved = {"document": endpoint.manifest.document, "created": endpoint.created}
+        """Its manifest, the spec its outgoing servers run while a rollover lasts, and what
+        its status must say after a restart (``kept_facts``)."""
+        endpoint.kept = endpoint.kept_facts()
+        saved: dict[str, Any] = {"document": endpoint.manifest.document,
+                                 "created": endpoint.created}  # fmt: skip
         if endpoint.previous is not None:
             saved["previous"] = endpoint.previous
+        served, failed = endpoint.kept
+        if served:
+            saved["served"] = True
+        if failed is not None:
+            saved["loadFailure"] = failed
         path = self.state_dir / "endpoints" / f"{endpoint.name}.json"
         write_local(path, json.dumps(saved).encode())
 
@@ -987,6 +1019,8 @@ class Supervisor:
             if self.endpoints.get(endpoint.name) is not endpoint:
                 continue  # deleted or replaced while its decision was taken
             self._rolled_over(endpoint)
+            if endpoint.kept_facts() != endpoint.kept:
+                self._save(endpoint)
             if self.table is not None:
                 self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
         self._resume()
@@ -1031,6 +1065,8 @@ class Supervisor:
             for endpoint in self.endpoints.values():
                 table.apply_endpoint(self.object_of(endpoint, with_processes=False))
             table.synced.add("local")
+            await self.tick()  # before any status is shown (``looked``)
+            self.first_round.set()
             while True:
                 # not wait_for: on 3.11 it drops a cancel that comes as the event fires (gh-86296)
                 with contextlib.suppress(TimeoutError):
@@ -1043,6 +1079,11 @@ class Supervisor:
                 await asyncio.to_thread(self.stop_all)
 
     # what the API shows
+    async def looked(self) -> None:
+        """Returns once the first round has looked at every endpoint: the status a restart
+        starts from (``Creating``, nothing running) is not yet what is true."""
+        await self.first_round.wait()
+
     def object_of(self, endpoint: LocalEndpoint, with_processes: bool = True) -> dict[str, Any]:
         """The endpoint as ``kubectl get ie -o yaml`` would show it, plus its processes."""
         endpoint.reported = endpoint.status.to_patch(1, endpoint.reported)

@@ -719,3 +719,50 @@ def test_notifications_under_rabbitmq_name_the_exchange_to_bind() -> None:
     message = answer.json()["message"]
     assert "exchange infermodes.notifications" in message
     assert "<endpoint>.success" in message and "<endpoint>.error" in message
+
+
+def test_a_restart_shows_what_is_true_before_any_process_of_it_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart of up, a serverless endpoint whose model could not load showed
+    InService (at zero) until a request found out again, and a realtime one that served showed
+    Creating; and until the first round, every endpoint showed Creating. The saved file says
+    which served and which failed; the API's first answer waits for the first round."""
+    from infermodes.gateway.table import Table
+
+    queue = FixedQueue(Backlog(0, 0, 0, "sqlite"))
+    supervisor = Supervisor(tmp_path, queue, "", 0)  # type: ignore[arg-type]
+    for mode in ("realtime", "serverless"):
+        document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+        supervisor.apply(parse_document(document, "test"))
+    supervisor.endpoints["abalone"].served = True
+    failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    supervisor.endpoints["abalone-serverless"].failure = failure
+
+    async def nothing_runs(endpoint: LocalEndpoint, now: float) -> None:
+        return None
+
+    monkeypatch.setattr(supervisor, "_actuate", nothing_runs)
+    asyncio.run(supervisor.tick())  # what the round saw is saved
+
+    restarted = Supervisor(tmp_path, queue, "", 0)  # type: ignore[arg-type]
+    restarted.load_state()
+    started: list[str] = []
+    monkeypatch.setattr(restarted, "_start", lambda endpoint, child, now: started.append(child.key))
+    monkeypatch.setattr(restarted, "_decide", lambda endpoint, now: asyncio.sleep(0, 1))
+    shown: dict[str, tuple[str, str]] = {}
+
+    async def first_answer() -> None:
+        task = asyncio.create_task(restarted.run(Table()))
+        await restarted.looked()  # what the API awaits before it answers
+        for name, endpoint in restarted.endpoints.items():
+            shown[name] = (endpoint.status.phase.value, endpoint.status.reason)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(first_answer())
+    assert shown == {"abalone": ("Updating", "Updating"),
+                     "abalone-serverless": ("Failed", "ModelLoadFailed")}  # fmt: skip
+    # and the serverless one's model is tried at once: it may be there now
+    assert "abalone-serverless/server-0" in started
