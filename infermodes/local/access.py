@@ -23,7 +23,7 @@ from pathlib import Path
 
 from infermodes.gateway.auth import Guard, refuse, verified
 from infermodes.http import Receive, Scope, Send, header
-from infermodes.local.api import PREFIX
+from infermodes.local.api import INDEX_METHODS, PREFIX
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import AuthError, Verifier
 
@@ -112,8 +112,8 @@ def is_management(path: str) -> bool:
 def token_guard(token: str, path: Path) -> Guard:
     """The gateway's guard under ``up``: ``/_infermodes`` needs ``Authorization: Bearer
     <token>``, the platform API (``/``) a SigV4 signature by ``ACCESS_KEY_ID`` with the token
-    as its secret; anything else passes. Returns the ``receive`` to route with, or None when
-    it refused (and answered) the request."""
+    as its secret; a visit (``GET /``) and anything else pass. Returns the ``receive`` to
+    route with, or None when it refused (and answered) the request."""
     expected = token.encode()
     verifier = Verifier({ACCESS_KEY_ID: token})
     where = (
@@ -134,6 +134,8 @@ def token_guard(token: str, path: Path) -> Guard:
                 return receive
             await refuse(send, UnauthorizedException(where))
             return None
+        if scope["path"] == "/" and scope["method"] in INDEX_METHODS:
+            return receive  # a visit: what this is and where to look (``api.index_router``)
         if scope["path"] == "/":
             if header(scope, b"authorization") is None:
                 await refuse(send, UnauthorizedException(signed))

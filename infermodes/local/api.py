@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -16,6 +17,7 @@ from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
 
 PREFIX = "/_infermodes"
+INDEX_METHODS = ("GET", "HEAD")  # a browser's or curl's visit to /: no token, nothing done
 MAX_MANIFEST_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
 NOTIFICATIONS_PER_CALL = 1000
@@ -41,6 +43,34 @@ def notification(entry: Notification) -> dict[str, object]:
         body = entry.body.decode(errors="replace")
     return {"id": entry.id, "routingKey": entry.routing_key, "messageId": entry.message_id,
             "publishedAt": entry.published_at, "body": body}  # fmt: skip
+
+
+INDEX = """infermodes up: InferenceEndpoints of every mode on this machine, on this port.
+
+Invoke (no token needed):
+  POST /endpoints/<name>/invocations          realtime and serverless endpoints
+  POST /endpoints/<name>/async-invocations    async endpoints
+Manage: infermodes apply -f FILE | get | describe NAME | logs NAME | delete NAME
+  (INFERMODES_UP_URL={url} for this port). They call /_infermodes/..., which needs
+  'Authorization: Bearer <the token in {token_file}>', readable by up's user alone.
+Platform API (boto3's sagemaker clients): POST / signed with aws_access_key_id='{key_id}'
+  and the token as aws_secret_access_key, endpoint_url={url}.
+Metrics: GET /metrics. Health: GET /healthz, /readyz.
+More: README.md, "On one machine: infermodes up", and docs/local.md.
+"""
+
+
+def index_router(url: str, token_file: Path, key_id: str) -> APIRouter:
+    """``GET /``: a visit from a browser or curl says what answers here and where to look
+    (the token's file is named, never the token; nothing is listed or done)."""
+    router = APIRouter()
+    text = INDEX.format(url=url, token_file=token_file, key_id=key_id)
+
+    @router.api_route("/", methods=list(INDEX_METHODS), include_in_schema=False)
+    async def index() -> PlainTextResponse:
+        return PlainTextResponse(text)
+
+    return router
 
 
 def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:

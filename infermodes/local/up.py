@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 from infermodes.gateway.app import Runner
 from infermodes.gateway.async_accept import create_router as async_router
 from infermodes.gateway.async_retention import Sweeper
-from infermodes.local.access import TokenFileError, start_token, token_guard
-from infermodes.local.api import Tail
+from infermodes.local.access import ACCESS_KEY_ID, TokenFileError, start_token, token_guard
+from infermodes.local.api import Tail, index_router
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, load_paths
@@ -135,6 +135,7 @@ def _serve(
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
     routers = [
         api_router(supervisor, tail),
+        index_router(f"http://127.0.0.1:{port}", token_file, ACCESS_KEY_ID),
         platform_router(LocalPlatformStore(state_dir, supervisor), LOCAL_DEFAULTS),
     ]
     settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level,

@@ -77,7 +77,9 @@ def test_a_missing_token_file_says_where_up_writes_it(tmp_path: Path) -> None:
         read_token(tmp_path / "no-such")
 
 
-def call(guard: Any, path: str, *headers: tuple[bytes, bytes]) -> tuple[bool, list[Message]]:
+def call(
+    guard: Any, path: str, *headers: tuple[bytes, bytes], method: str = "POST"
+) -> tuple[bool, list[Message]]:
     """Whether the guard let the request through, and what it answered if not."""
     sent: list[Message] = []
 
@@ -87,7 +89,7 @@ def call(guard: Any, path: str, *headers: tuple[bytes, bytes]) -> tuple[bool, li
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
              "query_string": b"", "headers": list(headers)}  # fmt: skip
     passed = asyncio.run(guard(scope, receive, send)) is not None
     return passed, sent
@@ -135,6 +137,29 @@ def test_the_platform_api_needs_a_signature_with_the_token(tmp_path: Path) -> No
 def test_invocations_health_and_metrics_need_no_token(tmp_path: Path, path: str) -> None:
     token, file = write_token(tmp_path)
     assert call(token_guard(token, file), path)[0]
+
+
+def test_a_visit_to_slash_says_what_answers_there_and_names_no_secret(tmp_path: Path) -> None:
+    """``GET /`` (a browser, or curl on the port ``up`` printed) answered 401 about a signed
+    platform API: it says what this is and where to look; ``POST /`` still needs a signature."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import index_router
+
+    token, file = write_token(tmp_path)
+    guard = token_guard(token, file)
+    assert call(guard, "/", method="GET")[0] and call(guard, "/", method="HEAD")[0]
+    passed, sent = call(guard, "/", method="POST")
+    assert not passed and refusal(sent)[0] == 401
+    app = FastAPI()
+    app.include_router(index_router("http://127.0.0.1:8080", file, ACCESS_KEY_ID))
+    answer = TestClient(app).get("/")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    for said in ("infermodes up", "/endpoints/<name>/invocations", "infermodes apply", str(file),
+                 ACCESS_KEY_ID, "README.md"):  # fmt: skip
+        assert said in answer.text
+    assert token not in answer.text
 
 
 def test_a_state_dir_others_may_enter_becomes_private(tmp_path: Path) -> None:
