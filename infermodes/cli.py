@@ -469,8 +469,11 @@ _up_url = click.option(
 @_up_url
 def apply(path: Path, url: str) -> None:
     """Create or update endpoints on a running `infermodes up`."""
-    for applied in _up_call(lambda: _up_client(url).apply(path)):
-        click.echo(f"inferenceendpoint/{applied['name']} {applied['result']}")
+    applied, skipped = _up_call(lambda: _up_client(url).apply(path))
+    for note in skipped:
+        click.echo(f"Warning: {note}", err=True)
+    for endpoint in applied:
+        click.echo(f"inferenceendpoint/{endpoint['name']} {endpoint['result']}")
 
 
 @main.command()

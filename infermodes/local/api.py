@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
-from infermodes.local.manifests import ManifestError, parse_text
+from infermodes.local.manifests import ManifestError, Skipped, parse_text
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
@@ -108,15 +108,18 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
 
     @router.post("/endpoints")
     async def apply(request: Request) -> Response:
-        """The body: one YAML stream; every document is checked before any is applied."""
+        """The body: one YAML stream; every document is checked before any is applied (a
+        Secret is skipped, and said so in ``skipped``)."""
         body = await read_body(request.scope, request.receive, MAX_MANIFEST_BYTES)  # or 413
         source = request.headers.get("x-infermodes-source", "the request body")
+        skipped: list[Skipped] = []
         try:
-            manifests = parse_text(body.decode("utf-8", errors="replace"), source)
+            manifests = parse_text(body.decode("utf-8", errors="replace"), source, skipped)
         except ManifestError as exc:
             return error("InvalidManifest", str(exc), 400)
         applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]
-        return JSONResponse({"applied": applied})
+        return JSONResponse({"applied": applied,
+                             "skipped": [secret.message() for secret in skipped]})  # fmt: skip
 
     @router.get("/endpoints/{name}")
     async def get_endpoint(name: str) -> Response:

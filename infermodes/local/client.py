@@ -77,8 +77,10 @@ class Client:
             response.text
         )  # fmt: skip
 
-    def apply(self, path: Path) -> list[dict[str, str]]:
+    def apply(self, path: Path) -> tuple[list[dict[str, str]], list[str]]:
+        """What each endpoint's apply did, and why a document was skipped (a Secret)."""
         applied: list[dict[str, str]] = []
+        skipped: list[str] = []
         try:
             files = manifest_files(path)
         except ManifestError as exc:
@@ -91,7 +93,8 @@ class Client:
             result = self.api("POST", "/endpoints", content=body,
                               headers={"x-infermodes-source": str(file)})  # fmt: skip
             applied += result["applied"]
-        return applied
+            skipped += result.get("skipped", [])
+        return applied, skipped
 
 
 def age(created: str, now: datetime | None = None) -> str:

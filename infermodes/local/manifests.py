@@ -5,6 +5,7 @@ cluster and a bad file is refused here as the CRD's schema refuses it there."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pydantic import ValidationError
 
 from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN, EndpointSpec, spec_problems
 
+log = logging.getLogger("infermodes.local")
+
 API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -22,6 +25,37 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 class ManifestError(ValueError):
     """A manifest that cannot be applied; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A Secret in a manifest file: ``up`` has none to give its processes, so it skips it
+    rather than refuse the file a cluster takes whole. Only where it is and its name are kept:
+    its data must reach no log and no answer."""
+
+    where: str
+    name: str
+
+    def message(self) -> str:
+        return (
+            f"{self.where}: Secret {self.name} skipped: infermodes up has no Secrets (its "
+            "processes get AWS_* and other variables from up's own environment: export them "
+            "before starting up)"
+        )
+
+
+def is_secret(document: Any) -> bool:
+    return (
+        isinstance(document, dict)
+        and document.get("apiVersion") == "v1"
+        and document.get("kind") == "Secret"
+    )
+
+
+def secret_name(document: dict[str, Any]) -> str:
+    meta = document.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return repr(name[:60]) if isinstance(name, str) else "(no name)"
 
 
 @dataclass(frozen=True)
@@ -43,7 +77,9 @@ def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Mani
     if document.get("apiVersion") != API_VERSION or document.get("kind") != KIND:
         raise ManifestError(
             f"{source}: apiVersion/kind must be {API_VERSION}/{KIND}, got "
-            f"{document.get('apiVersion')}/{document.get('kind')}"
+            f"{str(document.get('apiVersion'))[:60]}/{str(document.get('kind'))[:60]}: "
+            "infermodes up runs InferenceEndpoints only (it skips Secrets); apply other kinds "
+            "to a cluster with kubectl, and leave them out of the files given to up"
         )
     meta = document.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
@@ -102,8 +138,9 @@ def as_json(value: Any) -> Any:
     return str(value)
 
 
-def parse_text(text: str, source: str) -> list[Manifest]:
-    """Every document of one YAML stream (empty documents are skipped)."""
+def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
+    """Every document of one YAML stream (empty documents are skipped, and Secrets: added to
+    ``skipped``, or logged as a warning without it)."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
@@ -113,6 +150,13 @@ def parse_text(text: str, source: str) -> list[Manifest]:
     manifests = []
     for index, document in enumerate(documents):
         where = f"{source} document {index + 1}"
+        if is_secret(document):
+            secret = Skipped(where, secret_name(document))
+            if skipped is None:
+                log.warning("%s", secret.message())
+            else:
+                skipped.append(secret)
+            continue
         manifests.append(check_name(parse_document(document, where, as_kubectl=True), where))
     return manifests
 

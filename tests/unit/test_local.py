@@ -766,3 +766,52 @@ def test_a_restart_shows_what_is_true_before_any_process_of_it_runs_again(
                      "abalone-serverless": ("Failed", "ModelLoadFailed")}  # fmt: skip
     # and the serverless one's model is tried at once: it may be there now
     assert "abalone-serverless/server-0" in started
+
+
+SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata: {name: infermodes-s3}
+stringData: {AWS_SECRET_ACCESS_KEY: do-not-show-me}
+---
+"""
+
+
+def test_a_secret_beside_an_endpoint_is_skipped_naming_it_never_its_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file a cluster takes whole (a Secret for spec.storageSecretRef, then the endpoint)
+    was refused by up as a whole, saying only that the kind must be InferenceEndpoint. up has
+    no Secrets: it skips the Secret with a warning naming the document and what to do, and
+    applies the endpoint; the Secret's data is in no message. Another kind is refused saying
+    what to do."""
+    from typing import cast
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import create_router
+
+    path = tmp_path / "ep.yaml"
+    path.write_text(SECRET + GOOD)
+    (manifest,) = load_paths([path])
+    assert manifest.name == "abalone"
+    (warning,) = [r.getMessage() for r in caplog.records if "Secret" in r.getMessage()]
+    assert f"{path} document 1: Secret 'infermodes-s3' skipped" in warning
+    assert "export them before starting up" in warning and "do-not-show-me" not in warning
+
+    class Applying:
+        def apply(self, manifest: object) -> str:
+            return "created"
+
+    app = FastAPI()
+    app.include_router(create_router(cast(Supervisor, Applying()), None))
+    answer = TestClient(app).post("/_infermodes/endpoints", content=SECRET + GOOD)
+    assert answer.json()["applied"] == [{"name": "abalone", "result": "created"}]
+    (skipped,) = answer.json()["skipped"]
+    assert "Secret 'infermodes-s3' skipped" in skipped and "do-not-show-me" not in answer.text
+
+    config_map = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n" + GOOD
+    with pytest.raises(ManifestError) as refused:
+        parse_text(config_map, "ep.yaml")
+    assert "document 1" in str(refused.value) and "apply other kinds" in str(refused.value)
