@@ -381,6 +381,11 @@ MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone m
     "--management-url",
     help="RabbitMQ's management API (http://user:pass@host:15672), for in-flight figures.",
 )
+@click.option(
+    "--invocation-timeout-seconds",
+    type=float,
+    help="How long one invocation may take, a cold start's wait included. [default 60]",
+)
 @click.option("--log-level", default="info", help="debug, info, warning, error.")
 def up(
     port: int,
@@ -388,6 +393,7 @@ def up(
     files: tuple[Path, ...],
     broker_url: str | None,
     management_url: str | None,
+    invocation_timeout_seconds: float | None,
     log_level: str,
 ) -> None:
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
@@ -399,9 +405,16 @@ def up(
         log_level = log_level_of(log_level)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log-level") from None
-    from infermodes.local.up import StateDirUnusable
+    from infermodes.local.up import StateDirUnusable, gateway_options
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url
+    from infermodes.settings import GatewaySettings
+
+    settings = _settings_or_exit(
+        GatewaySettings,
+        **gateway_options(port, log_level),
+        invocation_timeout_seconds=invocation_timeout_seconds,
+    )
 
     if broker_url is not None:
         try:
@@ -409,7 +422,7 @@ def up(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--broker-url") from None
     try:
-        code = run_up(port, state_dir, list(files), log_level, broker_url, management_url)
+        code = run_up(settings, state_dir, list(files), broker_url, management_url)
     except (ManifestError, StateDirUnusable) as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerUnavailable as exc:  # its queue file in the state dir

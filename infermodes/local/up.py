@@ -85,11 +85,17 @@ def keep_private(state_dir: Path) -> None:
         log.info("%s was open to other users: it is 0700 now", state_dir)
 
 
+def gateway_options(port: int, log_level: str) -> dict[str, object]:
+    """The settings of up's gateway that are up's, not the user's: with the flags the user
+    gave, and the ``INFERMODES_GATEWAY_*`` variables, they make its ``GatewaySettings``."""
+    return {"port": port, "host": "127.0.0.1", "log_level": log_level,
+            "probe_interval_seconds": PROBE_INTERVAL_SECONDS}  # fmt: skip
+
+
 def serve(
-    port: int,
+    settings: GatewaySettings,
     state_dir: Path,
     files: list[Path],
-    log_level: str = "info",
     broker_url: str | None = None,
     management_url: str | None = None,
 ) -> int:
@@ -97,18 +103,17 @@ def serve(
     one raises ``ManifestError``). Async requests go to the embedded queue in the state dir,
     or to the broker ``broker_url`` names (RabbitMQ, with ``management_url`` for in-flight
     figures)."""
-    configure_logging(log_level)
+    configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     manifests = load_paths(files)
     with state_lock(state_dir):
-        return _serve(port, state_dir, manifests, log_level, broker_url, management_url)
+        return _serve(settings, state_dir, manifests, broker_url, management_url)
 
 
 def _serve(
-    port: int,
+    settings: GatewaySettings,
     state_dir: Path,
     manifests: list[Manifest],
-    log_level: str,
     broker_url: str | None,
     management_url: str | None,
 ) -> int:
@@ -126,6 +131,7 @@ def _serve(
         url, tail = f"sqlite://{queue_file}", embedded.tail
     else:
         broker, url = broker_from_url(broker_url, management_url), broker_url
+    port = settings.port
     supervisor = Supervisor(state_dir.resolve(), broker, url, port)
     supervisor.load_state()
     for manifest in manifests:
@@ -138,8 +144,6 @@ def _serve(
         index_router(f"http://127.0.0.1:{port}", token_file, ACCESS_KEY_ID),
         platform_router(LocalPlatformStore(state_dir, supervisor), LOCAL_DEFAULTS),
     ]
-    settings = GatewaySettings(port=port, host="127.0.0.1", log_level=log_level,
-                               probe_interval_seconds=PROBE_INTERVAL_SECONDS)  # fmt: skip
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers)  # fmt: skip
     runner.app.guard = token_guard(token, token_file)  # its API and platform API: its user's

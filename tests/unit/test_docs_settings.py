@@ -108,3 +108,29 @@ def test_a_settings_table_is_what_the_command_reads(
     assert not hidden, f"{path}: the {command} table lacks {sorted(hidden)}"
     for name in elsewhere & set(cls.model_fields) - documented:
         assert any(env in DOCS for env in cls.env_names(name)) or name in DOCS, name
+
+
+def test_ups_flags_are_its_table_and_reach_its_gateway_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How long up holds a request for a cold start was settable only by an environment
+    variable the README did not name for up; its flags are now its table, and the timeout's
+    flag (or the gateway's variable) reaches the settings up's gateway runs with."""
+    from click.testing import CliRunner
+
+    import infermodes.local.up
+
+    rows = table_after("README.md", "`infermodes up`'s flags (`infermodes up --help`)")
+    documented = {flag for row in rows for flag in flags(row[0])} | {"-f"}
+    assert documented == options("up") - {"--help"}
+    given: list[settings.GatewaySettings] = []
+    monkeypatch.setattr(infermodes.local.up, "serve", lambda s, *rest: given.append(s) or 0)
+    for args, env, expected in (
+        (["--invocation-timeout-seconds", "5"], {}, 5.0),
+        ([], {"INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS": "7"}, 7.0),
+        ([], {}, 60.0),
+    ):
+        CliRunner().invoke(main, ["up", "--port", "9011", *args], env=env)
+        assert (given[-1].invocation_timeout_seconds, given[-1].port) == (expected, 9011)
+    refused = CliRunner().invoke(main, ["up", "--invocation-timeout-seconds", "0"])
+    assert refused.exit_code == 2 and "--invocation-timeout-seconds" in refused.output
