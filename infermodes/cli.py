@@ -519,8 +519,14 @@ def describe(name: str, url: str) -> None:
 @_up_url
 def delete(name: str, url: str) -> None:
     """Delete an endpoint and stop its processes."""
-    _up_call(lambda: _up_client(url).api("DELETE", f"/endpoints/{name}"))
+    answer = _up_call(lambda: _up_client(url).api("DELETE", f"/endpoints/{name}"))
     click.echo(f"inferenceendpoint/{name} deleted")
+    waiting = answer.get("waiting", 0)
+    if waiting != 0:
+        said = "an unknown number of" if waiting is None else str(waiting)
+        click.echo(f"Warning: {said} accepted request(s) wait in its queue: they stay there "
+                   f"and are processed once an endpoint named {name} is applied again",
+                   err=True)  # fmt: skip
 
 
 @main.command()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -129,9 +130,11 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
 
     @router.delete("/endpoints/{name}")
     async def delete_endpoint(name: str) -> Response:
+        """``waiting``: requests its queue keeps for an endpoint of this name (None: unknown)."""
+        waiting = await asyncio.to_thread(supervisor.waiting, name)
         if not supervisor.delete(name):
             return not_found(name)
-        return JSONResponse({"deleted": name})
+        return JSONResponse({"deleted": name, "waiting": waiting})
 
     @router.get("/endpoints/{name}/logs")
     async def logs(name: str) -> Response:

@@ -406,6 +406,19 @@ class Supervisor:
             endpoint.previous = None
             self._save(endpoint)
 
+    def waiting(self, name: str) -> int | None:
+        """Requests waiting in an async endpoint's queue (0 for another mode); None when the
+        queue cannot be read. Deleting the endpoint keeps them (as on a cluster), so whoever
+        deletes it must hear of them."""
+        endpoint = self.endpoints.get(name)
+        if endpoint is None or endpoint.manifest.spec.mode is not Mode.ASYNC:
+            return 0
+        try:
+            return self.broker.backlog(name).ready
+        except Exception as exc:  # BrokerUnreadable, a broker that is down: not known
+            log.warning("%s: cannot read the queue: %s", name, exc)
+            return None
+
     def delete(self, name: str) -> bool:
         self.resumed.pop(name, None)
         self.load_retries.pop(name, None)

@@ -815,3 +815,27 @@ def test_a_secret_beside_an_endpoint_is_skipped_naming_it_never_its_data(
     with pytest.raises(ManifestError) as refused:
         parse_text(config_map, "ep.yaml")
     assert "document 1" in str(refused.value) and "apply other kinds" in str(refused.value)
+
+
+def test_deleting_an_async_endpoint_says_how_many_accepted_requests_its_queue_keeps(
+    tmp_path: Path,
+) -> None:
+    """Deleting an async endpoint under up keeps its queue (as on a cluster): the requests
+    accepted (202) and not yet taken wait for an endpoint of that name. The delete said only
+    "deleted", so they looked lost; it now says how many wait (None: the queue is unreadable)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import create_router
+
+    queue = FixedQueue(Backlog(ready=3, unacked=1, consumers=0, source="sqlite"))
+    supervisor = Supervisor(tmp_path, queue, "", 0)  # type: ignore[arg-type]
+    for mode in ("async", "realtime"):
+        document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+        supervisor.apply(parse_document(document, "test"))
+    app = FastAPI()
+    app.include_router(create_router(supervisor, None))
+    client = TestClient(app)
+    answer = client.delete("/_infermodes/endpoints/abalone-async").json()
+    assert answer == {"deleted": "abalone-async", "waiting": 3}
+    assert client.delete("/_infermodes/endpoints/abalone").json()["waiting"] == 0
