@@ -1022,6 +1022,8 @@ class Supervisor:
         modes = {endpoint.manifest.spec.mode for endpoint in self.endpoints.values()}
         if Mode.SERVERLESS in modes and not self.zygote.started:
             self._start_zygote()  # once the first serverless endpoint is there
+        elif Mode.SERVERLESS not in modes and self.zygote.proc is not None:
+            await self._stop_zygote()  # the last one went: its ~65 MB go too
         for endpoint in list(self.endpoints.values()):
             if self.endpoints.get(endpoint.name) is not endpoint:
                 continue  # replaced or deleted while another's decision awaited: not started
@@ -1053,6 +1055,12 @@ class Supervisor:
             endpoint.status = self._failed_status(endpoint, failure, now)
         except Exception:  # looking at its processes failed too: Failed, without them
             endpoint.status = Status(Phase.FAILED, *failure)
+
+    async def _stop_zygote(self) -> None:
+        """Stop it (the servers it forked are ours, and stay), and have a new one started for
+        the next serverless endpoint."""
+        zygote, self.zygote = self.zygote, Zygote()
+        await asyncio.to_thread(zygote.stop)  # it ends at EOF; its wait must not hold the loop
 
     def _start_zygote(self) -> None:
         """Start it; the moment it is ready (its first line) wakes the loop."""

@@ -839,3 +839,33 @@ def test_deleting_an_async_endpoint_says_how_many_accepted_requests_its_queue_ke
     answer = client.delete("/_infermodes/endpoints/abalone-async").json()
     assert answer == {"deleted": "abalone-async", "waiting": 3}
     assert client.delete("/_infermodes/endpoints/abalone").json()["waiting"] == 0
+
+
+def test_the_zygote_goes_with_the_last_serverless_endpoint_and_comes_back_with_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/local.md: the zygote costs a resident process while any serverless endpoint
+    exists. It stayed after the last one was deleted, until up stopped."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+
+    async def nothing_runs(endpoint: LocalEndpoint, now: float) -> None:
+        return None
+
+    monkeypatch.setattr(supervisor, "_actuate", nothing_runs)
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+
+    async def rounds() -> None:
+        supervisor.apply(parse_document(document, "test"))
+        await supervisor.tick()
+        first = supervisor.zygote.proc
+        assert first is not None and first.poll() is None
+        supervisor.delete(document["metadata"]["name"])
+        await supervisor.tick()
+        assert supervisor.zygote.proc is None and first.poll() is not None  # ended, reaped
+        supervisor.apply(parse_document(document, "test"))
+        await supervisor.tick()
+        again = supervisor.zygote.proc
+        assert again is not None and again.poll() is None and again.pid != first.pid
+        supervisor.stop_all()
+
+    asyncio.run(rounds())
