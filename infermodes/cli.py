@@ -546,10 +546,12 @@ def invoke(
         raise click.BadParameter(f"{data[1:]}: {exc.strerror}", param_hint="--data") from None
     path = "async-invocations" if use_async else "invocations"
     headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+    from infermodes.local.client import INVOKE_TIMEOUT_SECONDS
+
+    route = f"/endpoints/{name}/{path}"
+    client = _up_client(url)
     response = _up_call(
-        lambda: _up_client(url).request(
-            "POST", f"/endpoints/{name}/{path}", content=body, headers=headers
-        )
+        lambda: client.request("POST", route, INVOKE_TIMEOUT_SECONDS, content=body, headers=headers)
     )
     if response.status_code >= 400:
         # the gateway names the route this endpoint's mode takes; the CLI's user wants the flag

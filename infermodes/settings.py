@@ -217,6 +217,8 @@ class ServeSettings(EnvSettings):
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_INVOCATION_TIMEOUT_SECONDS = 3600  # an async request's or a batch attempt's, at most
+# the gateway's (and up's) invocation timeout, at most: `infermodes invoke` waits this long
+MAX_GATEWAY_INVOCATION_SECONDS = 3600.0
 
 
 # an async endpoint's name, which names its queue (a DNS label, as the worker's pods need)
@@ -526,7 +528,10 @@ class GatewaySettings(AsyncAcceptSettings):
         "is the pod name in a pod).",
     )
     invocation_timeout_seconds: float = Field(
-        60.0, gt=0, le=3600, description="Holding and forwarding one invocation take at most this."
+        60.0,
+        gt=0,
+        le=MAX_GATEWAY_INVOCATION_SECONDS,
+        description="Holding and forwarding one invocation take at most this.",
     )
     serverless_max_payload_bytes: int = Field(
         4 * MIB, ge=1, description="Larger serverless request bodies get 413 (the platform's 4 MB)."

@@ -13,8 +13,11 @@ import httpx
 from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX
 from infermodes.local.manifests import ManifestError, manifest_files
+from infermodes.settings import MAX_GATEWAY_INVOCATION_SECONDS
 
-TIMEOUT_SECONDS = 70.0  # an invocation may be held for a cold start (the gateway's 60 s)
+TIMEOUT_SECONDS = 70.0  # an API call (an apply, a delete) waits at most this
+# an invocation is answered within up's --invocation-timeout-seconds, whatever it is set to
+INVOKE_TIMEOUT_SECONDS = MAX_GATEWAY_INVOCATION_SECONDS + 10.0
 COLUMNS = ("NAME", "MODE", "PHASE", "READY", "DESIRED", "BACKLOG", "PROGRESS", "AGE")
 
 
@@ -40,11 +43,11 @@ class Client:
         except TokenFileError as exc:
             return {}, str(exc)
 
-    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, timeout: float = TIMEOUT_SECONDS, **options: Any
+    ) -> httpx.Response:
         try:
-            response = httpx.request(
-                method, f"{self.url}{path}", timeout=TIMEOUT_SECONDS, **options
-            )
+            response = httpx.request(method, f"{self.url}{path}", timeout=timeout, **options)
         except httpx.ConnectError:
             raise UpError(
                 f"infermodes up is not running at {self.url} (start it with `infermodes up`, "

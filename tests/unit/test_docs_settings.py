@@ -134,3 +134,23 @@ def test_ups_flags_are_its_table_and_reach_its_gateway_settings(
         assert (given[-1].invocation_timeout_seconds, given[-1].port) == (expected, 9011)
     refused = CliRunner().invoke(main, ["up", "--invocation-timeout-seconds", "0"])
     assert refused.exit_code == 2 and "--invocation-timeout-seconds" in refused.output
+
+
+def test_invoke_waits_as_long_as_up_may_hold_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`infermodes invoke` gave up after 70 s, whatever `up --invocation-timeout-seconds` said:
+    a cold start or a slow model under a longer timeout ended in a client-side timeout. It
+    waits as long as the largest timeout up takes (up answers by then: 503 or 504)."""
+    import httpx
+    from click.testing import CliRunner
+
+    waited: list[float] = []
+
+    def answer(method: str, url: str, timeout: float, **options: object) -> httpx.Response:
+        waited.append(timeout)
+        return httpx.Response(200, text="9.96\n")
+
+    monkeypatch.setattr(httpx, "request", answer)
+    done = CliRunner().invoke(main, ["invoke", "abalone", "--data", "1,2"])
+    assert done.exit_code == 0 and done.output == "9.96\n"
+    longest = settings.GatewaySettings.model_fields["invocation_timeout_seconds"].metadata
+    assert waited[0] > max(rule.le for rule in longest if hasattr(rule, "le"))
