@@ -334,8 +334,10 @@ class Supervisor:
         created = old.created if old is not None else now_iso()
         outgoing: dict[str, Child] = {}
         previous = None
+        serving_before = 0  # after a failed update: the servers of the spec before it
         if old is not None:
             if rolls_over(old, manifest):
+                serving_before = len(old.outgoing)
                 outgoing = {**old.outgoing, **old.children}
                 old.outgoing, old.children = {}, {}
                 # what the newest of them run: the old spec, unless its own update had failed
@@ -362,8 +364,10 @@ class Supervisor:
             endpoint.sequence = old.sequence  # the new replicas' keys follow the old ones'
             if old.initialized and old.manifest.spec.mode is manifest.spec.mode is Mode.REALTIME:
                 # capacity kept: what was wanted, or after a failed update what still serves
+                # (also while its model's retry runs: its one server is not capacity)
                 endpoint.memory = old.memory
-                endpoint.carried = old.desired if old.failure is None else len(outgoing)
+                failing = old.failure is not None or old.load_failure is not None
+                endpoint.carried = serving_before if failing else old.desired
         endpoint.event("applied")
         self.wake.set()
         return "configured" if old is not None else "created"

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -704,7 +705,6 @@ def test_the_platform_apis_variant_reaches_the_gateways_table_and_outlives_a_res
 def test_notifications_under_rabbitmq_name_the_exchange_to_bind() -> None:
     """Under --broker-url the CLI answered "bind a queue to its notification exchange",
     naming neither the exchange nor the routing keys to bind with."""
-    from typing import cast
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -785,7 +785,6 @@ def test_a_secret_beside_an_endpoint_is_skipped_naming_it_never_its_data(
     no Secrets: it skips the Secret with a warning naming the document and what to do, and
     applies the endpoint; the Secret's data is in no message. Another kind is refused saying
     what to do."""
-    from typing import cast
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -869,3 +868,32 @@ def test_the_zygote_goes_with_the_last_serverless_endpoint_and_comes_back_with_t
         supervisor.stop_all()
 
     asyncio.run(rounds())
+
+
+def test_a_fixed_spec_keeps_the_servers_of_the_spec_before_a_failed_update_during_its_retry(
+    tmp_path: Path,
+) -> None:
+    """A realtime update whose model cannot load leaves the previous spec's three servers
+    serving; a fixed spec rolls over from them and keeps three. Applied while the broken
+    spec's retry ran (its one server trying the model, ``failure`` cleared for it), the fixed
+    spec took that one retry server's count for the capacity and went down to its minimum."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    document["spec"]["realtime"].update(minReplicas=1, maxReplicas=4)
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    serving = supervisor.endpoints[name]
+    serving.initialized, serving.desired = True, 3
+    serving.children = {f"{name}/server-{i}": cast(Any, object()) for i in range(3)}
+    broken, fixed = copy.deepcopy(document), copy.deepcopy(document)
+    broken["spec"]["model"]["uri"] = "file:///nowhere/model.tar.gz"
+    fixed["spec"]["model"]["uri"] = "file:///mended/model.tar.gz"
+    supervisor.apply(parse_document(broken, "test"))
+    failing = supervisor.endpoints[name]
+    assert len(failing.outgoing) == 3 and failing.carried == 3
+    # its retry: the failure cleared for one server to try the model, which wants one
+    failing.initialized, failing.desired = True, 1
+    failing.load_failure = ("ModelLoadFailed", "model cannot be loaded: no such file")
+    failing.children = {f"{name}/server-9": cast(Any, object())}
+    supervisor.apply(parse_document(fixed, "test"))
+    assert supervisor.endpoints[name].carried == 3
