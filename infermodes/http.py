@@ -71,6 +71,26 @@ def error_response(exc: InfermodesError) -> Response:
     return Response(error_body(exc), exc.status_code, media_type=ERROR_MEDIA_TYPE)
 
 
+def routing_message(request: Request, exc: HTTPException) -> str:
+    """What routing's own refusal says: the path no route serves, or the methods it allows."""
+    path = clipped(request.url.path)
+    if exc.status_code == 404:
+        return f"no route {path}"
+    if exc.status_code == 405 and exc.headers:
+        return f"{request.method} is not allowed on {path}; use {exc.headers['Allow']}"
+    return str(exc.detail)
+
+
+async def routing_error(request: Request, exc: HTTPException) -> Response:
+    """Routing's own 404 and 405 (and any other ``HTTPException``) in the one error shape."""
+    return Response(
+        error_json(status_kind(exc.status_code), routing_message(request, exc)),
+        exc.status_code,
+        headers=exc.headers,
+        media_type=ERROR_MEDIA_TYPE,
+    )
+
+
 def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
     """A FastAPI app that speaks the one error shape (domain errors, unknown routes, wrong
     methods, bugs), publishes no schema or docs, and serves the registry's ``/metrics``."""
@@ -82,21 +102,7 @@ def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
     async def domain_error(_: Request, exc: InfermodesError) -> Response:
         return error_response(exc)
 
-    @api.exception_handler(HTTPException)
-    async def routing_error(request: Request, exc: HTTPException) -> Response:
-        path = clipped(request.url.path)
-        if exc.status_code == 404:
-            message = f"no route {path}"
-        elif exc.status_code == 405 and exc.headers:
-            message = f"{request.method} is not allowed on {path}; use {exc.headers['Allow']}"
-        else:
-            message = str(exc.detail)
-        return Response(
-            error_json(status_kind(exc.status_code), message),
-            exc.status_code,
-            headers=exc.headers,
-            media_type=ERROR_MEDIA_TYPE,
-        )
+    api.exception_handler(HTTPException)(routing_error)
 
     @api.exception_handler(Exception)
     async def server_error(_: Request, exc: Exception) -> Response:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
 
 from infermodes.endpoints.demand import annotation_key
 from infermodes.errors import BrokerUrlError
@@ -34,7 +35,11 @@ from infermodes.gateway.auth import (
     verified,
 )
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
-from infermodes.gateway.errors import ValidationError, runtime_error_response
+from infermodes.gateway.errors import (
+    ValidationError,
+    runtime_error_response,
+    unknown_operation,
+)
 from infermodes.gateway.proxy import Proxy, is_invocation
 from infermodes.gateway.table import EndpointSource, Table
 from infermodes.http import ASGIApp, Receive, Scope, Send, create_api, uvicorn_options
@@ -91,6 +96,7 @@ class Gateway:
         self.async_limit = settings.max_inline_bytes
         ready = b"ok" if self.verifier is not None else OPEN_STATUS
         api = create_api("infermodes gateway", self.registry)
+        api.exception_handler(HTTPException)(unknown_operation)  # the platform's code
 
         @api.get("/healthz")
         async def healthz() -> Response:

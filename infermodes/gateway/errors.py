@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import json
 
+from fastapi import Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from infermodes.errors import ClientClosedRequest, InfermodesError
-from infermodes.http import error_body, error_response
+from infermodes.http import (
+    ERROR_MEDIA_TYPE,
+    error_body,
+    error_response,
+    routing_message,
+    status_kind,
+)
 
 ERROR_TYPE_HEADER = b"x-amzn-errortype"
+# the platform's code for a request that names no operation (a path or method it does not serve)
+UNKNOWN_OPERATION = "UnknownOperationException"
 
 
 class PlatformError(InfermodesError):
@@ -118,3 +128,17 @@ def runtime_error_response(exc: InfermodesError) -> Response:
     response = error_response(exc)
     response.headers[ERROR_TYPE_HEADER.decode()] = runtime_code(exc)
     return response
+
+
+async def unknown_operation(request: Request, exc: HTTPException) -> Response:
+    """Routing's own 404 and 405 with the platform's code, so boto3 raises a named error, not
+    one coded "404": in ``x-amzn-ErrorType`` for ``sagemaker-runtime`` (REST-JSON) and as the
+    body's ``__type`` for ``sagemaker`` (JSON 1.1 reads only that). A gateway without a broker
+    answers InvokeEndpointAsync so, one without the platform API its operations."""
+    body = {
+        "error": status_kind(exc.status_code),
+        "message": routing_message(request, exc),
+        "__type": UNKNOWN_OPERATION,
+    }
+    headers = {**(exc.headers or {}), ERROR_TYPE_HEADER.decode(): UNKNOWN_OPERATION}
+    return Response(json.dumps(body).encode(), exc.status_code, headers, ERROR_MEDIA_TYPE)

@@ -365,3 +365,31 @@ def test_a_client_that_waits_for_100_continue_gets_it_and_then_its_answer(
             if not chunk or (b"\r\n\r\n" in answer and answer.endswith(b"\n")):
                 break
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_boto3_gets_a_named_error_for_an_operation_the_gateway_does_not_serve(
+    gateway: GatewayProcess,
+) -> None:
+    """No broker (no async route) and no platform API here: boto3 raised a ClientError coded
+    "404" for both, which names nothing a caller can catch; the platform names it."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    keys = {"aws_access_key_id": "unused", "aws_secret_access_key": "unused"}
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=gateway.url,
+                           region_name="us-east-1", **keys)  # fmt: skip
+    control = boto3.client("sagemaker", endpoint_url=gateway.url, region_name="us-east-1", **keys)
+    calls = [
+        lambda: runtime.invoke_endpoint_async(EndpointName="realtime", InputLocation="s3://b/k"),
+        lambda: control.list_endpoints(),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as caught:
+            call()
+        error = caught.value.response["Error"]
+        assert error["Code"] == "UnknownOperationException", error
+        assert "no route /" in error["Message"]
+    wrong_method = httpx.put(f"{gateway.url}/healthz")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["x-amzn-errortype"] == "UnknownOperationException"
+    assert wrong_method.json()["error"] == "MethodNotAllowed"
