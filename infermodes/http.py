@@ -159,13 +159,20 @@ def refuse_coding(name: bytes, value: bytes) -> None:
         )
 
 
+def check_declared_length(scope: Scope, limit: int) -> str | None:
+    """413 for a Content-Length over the limit, before one byte of the body is read; the
+    declared length otherwise (None: chunked)."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    return declared
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) before reading when Content-Length is over the limit
     and while reading when it is absent (chunked uploads). A body that ends early (the client
     closed, or took longer than the body timeout) is refused, never returned in part."""
-    declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+    declared = check_declared_length(scope, limit)
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -8,10 +8,11 @@ microseconds of Python on top of the replica's own time. Bodies pass through as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
@@ -40,6 +41,7 @@ from infermodes.http import (
     Receive,
     Scope,
     Send,
+    check_declared_length,
     read_body,
     refuse_codings,
     repeated_header,
@@ -298,6 +300,10 @@ class Proxy:
                 (b"content-type", ERROR_MEDIA_TYPE.encode()),
                 (ERROR_TYPE_HEADER, type(exc).__name__.encode()),
             ]
+            if any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"]):
+                # refused before its body was asked for, the client may or may not send it:
+                # the next bytes on this connection would be a guess (RFC 9110, 10.1.1)
+                headers.append((b"connection", b"close"))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -311,20 +317,12 @@ class Proxy:
         refuse_codings(scope["headers"])
         refuse_headers(scope["headers"])
         check_target_variant(endpoint, scope["headers"])
-        serverless = endpoint.serverless is not None
-        limit = (
-            self.settings.serverless_max_payload_bytes
-            if serverless
-            else self.settings.realtime_max_payload_bytes
-        )
-        try:
-            body = await read_body(scope, receive, limit)
-        except PayloadTooLarge as exc:
-            mode = "serverless" if serverless else "realtime"
-            raise ValidationError(
-                f"endpoint {endpoint.name}: {exc} ({mode} endpoints take at most {limit} bytes)",
-                413,
-            ) from None
+        limit = self._body_limit(endpoint)
+        with self._too_large(endpoint, limit):
+            check_declared_length(scope, limit)
+        # admitted before its body is read: a request over maxConcurrency is refused without
+        # reading it (nor, with Expect: 100-continue, asking for it), and one reading its body
+        # holds its place, so a flood of large bodies is never held in memory beyond the cap
         endpoint.last_request_at = now = time.time()
         cap = endpoint.concurrency_cap(now)
         if cap is not None and endpoint.active >= cap:
@@ -340,6 +338,8 @@ class Proxy:
         in_flight.inc()
         holding = [False]
         try:
+            with self._too_large(endpoint, limit):
+                body = await read_body(scope, receive, limit)
             async with asyncio.timeout(self.timeout):
                 return await self.forward(endpoint, forwarded, body, holding, receive)
         except TimeoutError:
@@ -357,6 +357,23 @@ class Proxy:
             in_flight.dec()
             endpoint.last_request_at = time.time()
             self.table.forget_if_gone(endpoint)
+
+    def _body_limit(self, endpoint: Endpoint) -> int:
+        if endpoint.serverless is not None:
+            return self.settings.serverless_max_payload_bytes
+        return self.settings.realtime_max_payload_bytes
+
+    @contextlib.contextmanager
+    def _too_large(self, endpoint: Endpoint, limit: int) -> Iterator[None]:
+        """A body over the mode's limit, declared or read, is the platform's 413."""
+        try:
+            yield
+        except PayloadTooLarge as exc:
+            mode = "serverless" if endpoint.serverless is not None else "realtime"
+            raise ValidationError(
+                f"endpoint {endpoint.name}: {exc} ({mode} endpoints take at most {limit} bytes)",
+                413,
+            ) from None
 
     async def forward(
         self,

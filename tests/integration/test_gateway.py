@@ -393,3 +393,34 @@ def test_boto3_gets_a_named_error_for_an_operation_the_gateway_does_not_serve(
     assert wrong_method.status_code == 405
     assert wrong_method.headers["x-amzn-errortype"] == "UnknownOperationException"
     assert wrong_method.json()["error"] == "MethodNotAllowed"
+
+
+def answer_head(conn: socket.socket) -> bytes:
+    """The first response head on ``conn`` (a 100 Continue is one)."""
+    head = b""
+    for _ in range(100):  # bounded: a head is a few hundred bytes
+        chunk = conn.recv(4096)
+        head += chunk
+        if not chunk or b"\r\n\r\n" in head:
+            break
+    return head
+
+
+def test_a_request_over_max_concurrency_is_refused_before_its_body_is_read(
+    gateway: GatewayProcess,
+) -> None:
+    """maxConcurrency 1, its place taken by a held request: the next one gets its 429 without
+    the gateway reading (or, with Expect: 100-continue, asking for) a body of megabytes."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    request = (b"POST /endpoints/nowhere/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: text/csv\r\n")  # fmt: skip
+    with socket.create_connection((host, int(port)), timeout=30) as held:
+        held.sendall(request + b"Content-Length: 1\r\n\r\n1")
+        wait_until(lambda: gateway.metric(HELD_NOW, endpoint="nowhere") == 1, 30, "a held request")
+        with socket.create_connection((host, int(port)), timeout=30) as large:
+            expecting = b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (4 * MIB)
+            large.sendall(request + expecting)
+            head = answer_head(large)
+            assert head.startswith(b"HTTP/1.1 429 "), head
+            assert b"connection: close" in head.lower()
+    wait_until(lambda: gateway.metric(HELD_NOW, endpoint="nowhere") == 0, 30, "a free place")
