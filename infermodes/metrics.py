@@ -195,11 +195,15 @@ class WorkerMetrics:
         )
 
 
+UNKNOWN_ENDPOINT = "unknown"  # the endpoint label of a request for no endpoint served
+
+
 class AsyncApiMetrics:
     """The accepting side's metrics: how many requests were queued or refused, and how long
     the broker took to confirm."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._codes: dict[str, set[str]] = {}  # the status codes counted, by endpoint
         self.accepted = Counter(
             "infermodes_async_requests",
             "Async invocation requests, by endpoint and HTTP status code.",
@@ -212,6 +216,16 @@ class AsyncApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def count(self, endpoint: str, status: int) -> None:
+        """One answer of the accept route."""
+        self._codes.setdefault(endpoint, set()).add(str(status))
+        self.accepted.labels(endpoint, str(status)).inc()
+
+    def forget(self, endpoint: str) -> None:
+        """Remove an endpoint's series (it is gone), as ``GatewayMetrics.forget`` does."""
+        for code in self._codes.pop(endpoint, ()):
+            self.accepted.remove(endpoint, code)
 
 
 class BatchMetrics:

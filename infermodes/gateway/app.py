@@ -420,11 +420,13 @@ def async_accept_router(
     sweeper = Sweeper(storage, table.async_swept, settings.sweep_interval_seconds)
     sweeper.start()
     closing.extend([sweeper.stop, enqueuer.close])
+    metrics = AsyncApiMetrics(registry)
+    table.forgotten.append(metrics.forget)  # as the invocations' series go
     return create_router(
         table.async_layouts,
         enqueuer,
         storage,
-        AsyncApiMetrics(registry),
+        metrics,
         settings.max_inline_bytes,
         settings.allowed_input_prefixes,
         missing=table.async_missing,

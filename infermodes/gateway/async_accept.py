@@ -61,7 +61,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import AsyncApiMetrics
+from infermodes.metrics import UNKNOWN_ENDPOINT, AsyncApiMetrics
 from infermodes.predict import codecs
 from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.messages import (
@@ -440,20 +440,20 @@ def create_router(
                 if missing
                 else EndpointNotFound(f"no async endpoint named {clipped(name)!r}")
             )
-            metrics.accepted.labels("unknown", str(refusal.status_code)).inc()
+            metrics.count(UNKNOWN_ENDPOINT, refusal.status_code)
             return runtime_error_response(refusal)
         try:
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:
-            metrics.accepted.labels(name, str(exc.status_code)).inc()
+            metrics.count(name, exc.status_code)
             return runtime_error_response(exc)
         except Exception:
             log.exception("unexpected error accepting a request for %s", name)
-            metrics.accepted.labels(name, "500").inc()
+            metrics.count(name, 500)
             return runtime_error_response(
                 InfermodesError("internal error; the request was not accepted")
             )
-        metrics.accepted.labels(name, "202").inc()
+        metrics.count(name, 202)
         if accepted is not None:
             try:
                 accepted(name)

@@ -46,7 +46,7 @@ from infermodes.http import (
     refuse_codings,
     repeated_header,
 )
-from infermodes.metrics import GatewayMetrics
+from infermodes.metrics import UNKNOWN_ENDPOINT, GatewayMetrics
 from infermodes.settings import GatewaySettings
 
 log = logging.getLogger("infermodes.gateway")
@@ -231,7 +231,7 @@ class Proxy:
         self.prober = Prober(table, settings.probe_interval_seconds, settings.probe_timeout_seconds)
         table.on_new_replica = self.replica_added
         table.on_removed_replica = self.replica_removed
-        table.on_forgotten = self.endpoint_forgotten
+        table.forgotten.append(self.endpoint_forgotten)
         self._durations: dict[tuple[str, int], Any] = {}
         self._gauges: dict[str, tuple[Any, Any]] = {}
 
@@ -254,7 +254,7 @@ class Proxy:
     def endpoint_forgotten(self, name: str) -> None:
         """The last entry of this name is gone (deleted, its requests answered): its series
         go too, or every endpoint ever served would stay in /metrics."""
-        if name == "unknown" or self.table.has_entry(name):
+        if name == UNKNOWN_ENDPOINT or self.table.has_entry(name):
             return
         codes = [status for label, status in self._durations if label == name]
         for status in codes:
@@ -282,7 +282,7 @@ class Proxy:
     # the route
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        label = "unknown"
+        label = UNKNOWN_ENDPOINT
         served: Endpoint | None = None
         headers: list[tuple[bytes, bytes]]
         try:

@@ -24,6 +24,7 @@ from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Ph
 from infermodes.endpoints.status import FAILED_CREATE, NAME_IN_USE
 from infermodes.errors import EndpointNotFound, InfermodesError, clipped
 from infermodes.gateway.errors import ValidationError
+from infermodes.metrics import UNKNOWN_ENDPOINT
 from infermodes.platform.translate import variant_of
 from infermodes.settings import AsyncEndpoint
 from infermodes.storage import folder_uri, lies_under, prefix_base
@@ -231,7 +232,9 @@ class Table:
         self.storage_prefixes = storage_prefixes  # see ``storage_refusal``
         self.on_new_replica = on_new_replica
         self.on_removed_replica = on_removed_replica
-        self.on_forgotten: Callable[[str], None] | None = None  # an entry dropped: its name
+        # told a name once no entry of it is left (its metrics go: the proxy's, the accept
+        # route's): an endpoint deleted, its last requests answered
+        self.forgotten: list[Callable[[str], None]] = []
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
@@ -403,8 +406,9 @@ class Table:
         gone = key not in self.known and not endpoint.replicas and endpoint.active == 0
         if gone and self.endpoints.get(key) is endpoint:
             del self.endpoints[key]
-            if self.on_forgotten is not None:
-                self.on_forgotten(endpoint.name)
+            if endpoint.name != UNKNOWN_ENDPOINT and not self.has_entry(endpoint.name):
+                for listener in self.forgotten:
+                    listener(endpoint.name)
 
     def holds(self, endpoint: Endpoint) -> bool:
         """Whether this endpoint still has its entry (not forgotten since it was looked up)."""

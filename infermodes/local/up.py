@@ -148,8 +148,10 @@ def _serve(
                     routers)  # fmt: skip
     runner.app.guard = token_guard(token, token_file)  # its API and platform API: its user's
     demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
+    async_metrics = AsyncApiMetrics(registry)
+    runner.table.forgotten.append(async_metrics.forget)  # as the invocations' series go
     runner.app.include(async_router(
-        supervisor.async_layouts, enqueuer, Storage(), AsyncApiMetrics(registry),
+        supervisor.async_layouts, enqueuer, Storage(), async_metrics,
         MAX_INLINE_BYTES, [], missing=runner.table.async_missing,
         accepted=demand.async_accepted if demand is not None else None,
     ))  # fmt: skip

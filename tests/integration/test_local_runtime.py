@@ -883,3 +883,24 @@ def test_a_model_server_that_stops_answering_leaves_the_rotation_until_it_answer
         assert "answered no /ping 2 times in a row: out of the rotation" in up.log
         answers = [up.invoke("abalone", body).status_code for _ in range(5)]
         assert answers == [200] * 5
+
+
+def test_a_deleted_async_endpoints_accept_series_leave_metrics_as_invocations_do(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The accept route's counts of an endpoint stayed in /metrics after it was deleted (the
+    invocations' series go): every async endpoint ever served would stay listed."""
+    ours = document("async", abalone_model.tarball, tmp_path)
+    ours["metadata"]["name"] = "counted-async"
+    path = tmp_path / "counted.yaml"
+    path.write_text(yaml.safe_dump(ours))
+    applied = cli(up, "apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    series = 'infermodes_async_requests_total{endpoint="counted-async",status_code="202"}'
+    wait_until(lambda: up.invoke("counted-async", b"1", path="async-invocations")
+               .status_code == 202, WAIT, "the async endpoint accepting")  # fmt: skip
+    assert series in httpx.get(f"{up.url}/metrics", timeout=10).text
+    deleted = cli(up, "delete", "counted-async")
+    assert deleted.returncode == 0, deleted.stderr
+    wait_until(lambda: 'endpoint="counted-async"' not in httpx.get(f"{up.url}/metrics",
+               timeout=10).text, WAIT, "its series gone")  # fmt: skip
