@@ -312,6 +312,7 @@ VARIANT_TYPES = {
 # "4" for 4, but the request is kept and answered back as sent
 SERVERLESS_TYPES = {"MemorySizeInMB": int, "MaxConcurrency": int, "ProvisionedConcurrency": int}
 SCALING_TYPES = {"MinInstanceCount": int, "MaxInstanceCount": int}
+SCALING_STATUSES = ("ENABLED", "DISABLED")  # the platform's enum, spelled as it is
 
 
 def endpoint_config_record(
@@ -379,6 +380,13 @@ def endpoint_config_record(
     scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
     only(f"{field}ManagedInstanceScaling.", scaling, {"Status", *SCALING_TYPES})
     typed(f"{field}ManagedInstanceScaling.", scaling, SCALING_TYPES)
+    status = scaling.get("Status")
+    if status is not None and status not in SCALING_STATUSES:
+        # read as DISABLED, its counts would be dropped without a word (boto3 sends any string)
+        raise ValidationException(
+            f"{field}ManagedInstanceScaling.Status {shown(status)}: one of "
+            f"{', '.join(SCALING_STATUSES)}"
+        )
     if request.get("AsyncInferenceConfig") is not None:
         check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]), defaults)
     record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),

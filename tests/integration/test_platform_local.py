@@ -540,3 +540,23 @@ def test_an_api_endpoint_replaced_by_a_manifest_of_its_name_is_described_as_that
     assert deleted.status_code < 300, deleted.text
     sagemaker.delete_endpoint_config(EndpointConfigName="swap-config")
     sagemaker.delete_model(ModelName="swap-model")
+
+
+def test_managed_instance_scaling_with_a_status_not_the_platforms_is_refused(
+    sagemaker: Any,
+) -> None:
+    """boto3 sends any string for the enum: "Enabled" was read as not ENABLED and the config
+    kept, its MinInstanceCount and MaxInstanceCount dropped without a word."""
+    create_model(sagemaker, "status-model")
+    for status in ("Enabled", "on", ""):
+        scaled = {"VariantName": "v", "ModelName": "status-model", "InstanceType": "ml.m5.large",
+                  "InitialInstanceCount": 1, "ManagedInstanceScaling": {
+                      "Status": status, "MinInstanceCount": 1, "MaxInstanceCount": 3}}  # fmt: skip
+        with pytest.raises(ClientError) as caught:
+            sagemaker.create_endpoint_config(EndpointConfigName="status-config",
+                                             ProductionVariants=[scaled])  # fmt: skip
+        error = caught.value.response["Error"]
+        assert error["Code"] == "ValidationException"
+        assert "ManagedInstanceScaling.Status" in error["Message"]
+        assert "ENABLED, DISABLED" in error["Message"]
+    sagemaker.delete_model(ModelName="status-model")
