@@ -326,6 +326,11 @@ def decode_json(
                 f"the body has {containers} JSON arrays and objects; {max_rows} rows, the most "
                 f"one request may carry, need at most {2 * max_rows + 2}"
             )
+    encoding = json.detect_encoding(body)  # what json.loads would decode it as
+    if not encoding.startswith("utf-8"):  # a UTF-8 BOM may be skipped (RFC 8259, 8.1)
+        raise InvalidInput(
+            f"JSON must be UTF-8 (RFC 8259); the body is {encoding.upper()}: send it as UTF-8"
+        )
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
         document = json.loads(body, parse_int=float, parse_constant=_refuse_constant)

@@ -424,3 +424,28 @@ def test_a_request_over_max_concurrency_is_refused_before_its_body_is_read(
             assert head.startswith(b"HTTP/1.1 429 "), head
             assert b"connection: close" in head.lower()
     wait_until(lambda: gateway.metric(HELD_NOW, endpoint="nowhere") == 0, 30, "a free place")
+
+
+def test_a_json_body_not_in_utf8_is_refused_naming_its_encoding(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    """RFC 8259: JSON between systems is UTF-8. A UTF-16 body was decoded by guess and scored,
+    as no CSV or libsvm body would be; a UTF-8 byte order mark may be skipped, and is."""
+    import boto3
+
+    client = boto3.client("sagemaker-runtime", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id="unused", aws_secret_access_key="unused")  # fmt: skip
+    document = json.dumps({"instances": abalone_model.test_rows[:1].tolist()})
+    for encoding, named in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16-LE"),
+                            ("utf-32", "UTF-32")):  # fmt: skip
+        with pytest.raises(client.exceptions.ModelError) as refused:
+            client.invoke_endpoint(EndpointName="realtime", Body=document.encode(encoding),
+                                   ContentType="application/json")  # fmt: skip
+        assert refused.value.response["OriginalStatusCode"] == 400
+        assert f"JSON must be UTF-8 (RFC 8259); the body is {named}" in (
+            refused.value.response["OriginalMessage"])  # fmt: skip
+    marked = client.invoke_endpoint(EndpointName="realtime", ContentType="application/json",
+                                    Body=b"\xef\xbb\xbf" + document.encode())  # fmt: skip
+    expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:1])
+    scored = np.array(marked["Body"].read().split(), dtype=np.float32)  # CSV, the default
+    np.testing.assert_allclose(scored, expected, rtol=1e-6)
