@@ -135,10 +135,12 @@ async def unknown_operation(request: Request, exc: HTTPException) -> Response:
     one coded "404": in ``x-amzn-ErrorType`` for ``sagemaker-runtime`` (REST-JSON) and as the
     body's ``__type`` for ``sagemaker`` (JSON 1.1 reads only that). A gateway without a broker
     answers InvokeEndpointAsync so, one without the platform API its operations."""
-    body = {
-        "error": status_kind(exc.status_code),
-        "message": routing_message(request, exc),
-        "__type": UNKNOWN_OPERATION,
-    }
+    body = unknown_operation_body(status_kind(exc.status_code), routing_message(request, exc))
     headers = {**(exc.headers or {}), ERROR_TYPE_HEADER.decode(): UNKNOWN_OPERATION}
-    return Response(json.dumps(body).encode(), exc.status_code, headers, ERROR_MEDIA_TYPE)
+    return Response(body, exc.status_code, headers, ERROR_MEDIA_TYPE)
+
+
+def unknown_operation_body(kind: str, message: str) -> bytes:
+    """The one error shape (``kind``: NotFound, MethodNotAllowed) plus the platform's code as
+    ``__type``, for the JSON 1.1 client."""
+    return json.dumps({"error": kind, "message": message, "__type": UNKNOWN_OPERATION}).encode()

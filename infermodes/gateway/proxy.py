@@ -26,6 +26,7 @@ from infermodes.errors import (
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
     ERROR_TYPE_HEADER,
+    UNKNOWN_OPERATION,
     InternalDependencyException,
     ModelError,
     ModelInvocationTimeout,
@@ -33,6 +34,7 @@ from infermodes.gateway.errors import (
     ThrottlingException,
     ValidationError,
     gateway_error_body,
+    unknown_operation_body,
 )
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
@@ -295,10 +297,12 @@ class Proxy:
             status, body, headers = answer.status, answer.body, list(answer.headers)
             headers += invoked_variant(endpoint)
         except InfermodesError as exc:
-            status, body = exc.status_code, gateway_error_body(exc)
+            status, body, code = exc.status_code, gateway_error_body(exc), type(exc).__name__
+            if isinstance(exc, MethodNotAllowed):  # as routing's own 405 elsewhere
+                body, code = unknown_operation_body(code, str(exc)), UNKNOWN_OPERATION
             headers = [
                 (b"content-type", ERROR_MEDIA_TYPE.encode()),
-                (ERROR_TYPE_HEADER, type(exc).__name__.encode()),
+                (ERROR_TYPE_HEADER, code.encode()),
             ]
             if any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"]):
                 # refused before its body was asked for, the client may or may not send it:

@@ -389,10 +389,12 @@ def test_boto3_gets_a_named_error_for_an_operation_the_gateway_does_not_serve(
         error = caught.value.response["Error"]
         assert error["Code"] == "UnknownOperationException", error
         assert "no route /" in error["Message"]
-    wrong_method = httpx.put(f"{gateway.url}/healthz")
-    assert wrong_method.status_code == 405
-    assert wrong_method.headers["x-amzn-errortype"] == "UnknownOperationException"
-    assert wrong_method.json()["error"] == "MethodNotAllowed"
+    for wrong_method in (httpx.put(f"{gateway.url}/healthz"),
+                         httpx.get(f"{gateway.url}/endpoints/realtime/invocations")):  # fmt: skip
+        assert wrong_method.status_code == 405
+        assert wrong_method.headers["x-amzn-errortype"] == "UnknownOperationException"
+        assert wrong_method.json()["error"] == "MethodNotAllowed"
+        assert wrong_method.json()["__type"] == "UnknownOperationException"
 
 
 def answer_head(conn: socket.socket) -> bytes:
