@@ -493,3 +493,32 @@ def test_a_name_not_found_is_quoted_cut_short() -> None:
         table.lookup("x" * 5_000)
     assert refused.value.status_code == 404 and len(str(refused.value)) < 200
     assert len(str(table.async_missing("y" * 5_000))) < 200
+
+
+def test_the_table_tells_its_listeners_a_name_once_no_namespace_has_it() -> None:
+    """One mechanism for every metric family keyed by endpoint (the proxy's, the async accept
+    route's): told once the last entry of a name is gone, never while another namespace's
+    endpoint of that name is served, never the placeholder ``unknown``."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from infermodes.metrics import AsyncApiMetrics
+
+    table = Table()
+    registry = CollectorRegistry()
+    metrics = AsyncApiMetrics(registry)
+    told: list[str] = []
+    table.forgotten += [told.append, metrics.forget]
+    for namespace in ("a", "b"):
+        apply_endpoint(table, "ADDED", endpoint_object("e", namespace=namespace))
+    apply_endpoint(table, "ADDED", endpoint_object("unknown"))
+    metrics.count("e", 202)
+    metrics.count("e", 415)
+    metrics.count("unknown", 404)
+    apply_endpoint(table, "DELETED", endpoint_object("e", namespace="a"))
+    assert told == []  # namespace b still serves it
+    apply_endpoint(table, "DELETED", endpoint_object("e", namespace="b"))
+    apply_endpoint(table, "DELETED", endpoint_object("unknown"))
+    assert told == ["e"]
+    text = generate_latest(registry).decode()
+    assert 'endpoint="e"' not in text
+    assert 'infermodes_async_requests_total{endpoint="unknown",status_code="404"} 1.0' in text
