@@ -52,7 +52,11 @@ from infermodes.gateway.async_retention import (
     Sweeper,
     own_suffix,
 )
-from infermodes.gateway.errors import runtime_error_response
+from infermodes.gateway.errors import (
+    CUSTOM_ATTRIBUTES,
+    check_custom_attributes,
+    runtime_error_response,
+)
 from infermodes.http import (
     create_api,
     read_body,
@@ -87,7 +91,6 @@ from infermodes.storage import (
 log = logging.getLogger("infermodes.async_api")
 
 INPUT_LOCATION = "X-Amzn-SageMaker-InputLocation"
-CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 REQUEST_TTL = "X-Amzn-SageMaker-RequestTTLSeconds"
 INVOCATION_TIMEOUT = "X-Amzn-SageMaker-InvocationTimeoutSeconds"
 INFERENCE_ID_HEADER = "X-Amzn-SageMaker-Inference-Id"
@@ -98,7 +101,6 @@ CONTENT_TYPE = "X-Amzn-SageMaker-Content-Type"
 ACCEPT = "X-Amzn-SageMaker-Accept"
 # the platform's output naming; refused rather than ignored: outputs go to OutputLocation
 UNSUPPORTED = ("X-Amzn-SageMaker-S3OutputPathExtension", "X-Amzn-SageMaker-Filename")
-MAX_CUSTOM_ATTRIBUTES = 1024
 RECORD_LIMIT = 64 * 1024
 
 
@@ -371,8 +373,8 @@ def submission_of(
         MAX_INVOCATION_TIMEOUT_SECONDS,
     )
     attributes = header_text(headers, CUSTOM_ATTRIBUTES)
-    if attributes is not None and len(attributes) > MAX_CUSTOM_ATTRIBUTES:
-        raise InvalidInput(f"{CUSTOM_ATTRIBUTES} is longer than {MAX_CUSTOM_ATTRIBUTES} characters")
+    if attributes is not None:
+        check_custom_attributes(attributes)
     inference_id = inference_id_of(header_text(headers, INFERENCE_ID_HEADER))
     location = header_text(headers, INPUT_LOCATION)
     if location and body:

@@ -52,6 +52,19 @@ class ValidationError(InfermodesError):
         self.status_code = status_code
 
 
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+MAX_CUSTOM_ATTRIBUTES = 1024  # InvokeEndpoint's and InvokeEndpointAsync's limit
+
+
+def check_custom_attributes(text: str) -> None:
+    """The platform refuses longer CustomAttributes on both runtime routes: a call accepted
+    here would fail there (boto3 does not check a maximum length)."""
+    if len(text) > MAX_CUSTOM_ATTRIBUTES:
+        raise ValidationError(
+            f"{CUSTOM_ATTRIBUTES} has {len(text)} characters; at most {MAX_CUSTOM_ATTRIBUTES}"
+        )
+
+
 class ModelError(PlatformError):
     """The model server answered a 4xx: its status and message travel on, as the platform's
     ``OriginalStatusCode`` and ``OriginalMessage``."""

@@ -33,6 +33,7 @@ from infermodes.gateway.errors import (
     ServiceUnavailable,
     ThrottlingException,
     ValidationError,
+    check_custom_attributes,
     gateway_error_body,
     unknown_operation_body,
 )
@@ -82,6 +83,7 @@ UNSUPPORTED_TARGETS = {  # header: (the parameter, why it is refused)
         "answered",
     ),
 }
+CUSTOM_ATTRIBUTES_HEADER = b"x-amzn-sagemaker-custom-attributes"
 TARGET_VARIANT = b"x-amzn-sagemaker-target-variant"
 INVOKED_VARIANT = b"x-amzn-invoked-production-variant"  # InvokeEndpoint's
 MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout bounds it too)
@@ -98,7 +100,9 @@ def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
     that on as the model's error): forwarding either would be a guess. Several Accepts are
     one list."""
     seen: set[bytes] = set()
-    for name, _ in headers:
+    for name, value in headers:
+        if name == CUSTOM_ATTRIBUTES_HEADER:
+            check_custom_attributes(value.decode("utf-8", "replace"))
         asked = UNSUPPORTED_TARGETS.get(name)
         if asked is not None:
             what, why = asked

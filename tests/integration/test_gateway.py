@@ -451,3 +451,23 @@ def test_a_json_body_not_in_utf8_is_refused_naming_its_encoding(
     expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:1])
     scored = np.array(marked["Body"].read().split(), dtype=np.float32)  # CSV, the default
     np.testing.assert_allclose(scored, expected, rtol=1e-6)
+
+
+def test_custom_attributes_over_the_platforms_limit_are_refused_as_the_async_route_does(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    """boto3 checks no maximum length: 2,000 characters were forwarded and answered here,
+    where the platform (and this gateway's async route) refuses more than 1,024."""
+    import boto3
+
+    client = boto3.client("sagemaker-runtime", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id="unused", aws_secret_access_key="unused")  # fmt: skip
+    row = to_csv(abalone_model.test_rows[:1])
+    with pytest.raises(client.exceptions.ValidationError) as refused:
+        client.invoke_endpoint(EndpointName="realtime", Body=row, ContentType="text/csv",
+                               CustomAttributes="a" * 1025)  # fmt: skip
+    assert "X-Amzn-SageMaker-Custom-Attributes has 1025 characters; at most 1024" in (
+        refused.value.response["Error"]["Message"])  # fmt: skip
+    answered = client.invoke_endpoint(EndpointName="realtime", Body=row, ContentType="text/csv",
+                                      CustomAttributes="a" * 1024)  # fmt: skip
+    assert answered["Body"].read().strip()
