@@ -129,6 +129,13 @@ def header(scope: Scope, name: bytes) -> str | None:
 CODING_HEADERS = (b"content-encoding", b"transfer-encoding")
 
 
+def expects_continue(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the client waits for 100 Continue before it sends its body. Refused before the
+    body is asked for, it may send it or not: the next bytes on the connection would be a
+    guess, so such an answer closes it (RFC 9110, 10.1.1)."""
+    return any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers)
+
+
 def repeated_header(name: str, count: int) -> str:
     """The refusal of a header that takes one value, given ``count`` times: taking either
     would be a guess (the gateway's sync and async routes say it alike)."""

@@ -59,6 +59,7 @@ from infermodes.gateway.errors import (
 )
 from infermodes.http import (
     create_api,
+    expects_continue,
     read_body,
     refuse_codings,
     repeated_header,
@@ -102,6 +103,7 @@ ACCEPT = "X-Amzn-SageMaker-Accept"
 # the platform's output naming; refused rather than ignored: outputs go to OutputLocation
 UNSUPPORTED = ("X-Amzn-SageMaker-S3OutputPathExtension", "X-Amzn-SageMaker-Filename")
 RECORD_LIMIT = 64 * 1024
+BOTH_INPUTS = f"send the input inline or by {INPUT_LOCATION}, not both"
 
 
 class InferenceIdInUse(InfermodesError):
@@ -341,17 +343,29 @@ class Acceptor:
             log.warning("cannot remove %s (%s); the retention sweep will", uri, exc)
 
 
-def submission_of(
-    name: str,
+@dataclass(frozen=True)
+class Asked:
+    """What a request's headers ask for, checked: all a refusal needs but whether a body came."""
+
+    content_type: str
+    accept: str
+    ttl: int
+    timeout: int
+    attributes: str | None
+    inference_id: str
+    location: str | None  # a by-reference input, checked; None: inline
+    root: str | None
+
+
+def asked_of(
     endpoint: AsyncEndpoint,
     headers: Headers,
-    body: bytes,
     allowed_input_prefixes: list[str],
-    now: float,
     api_prefixes: Iterable[str] = (),
     allowed_from: str = "",
-) -> Submission:
-    """Check every header and build the message; raises a 4xx domain error naming the header.
+) -> Asked:
+    """Check every header, before the body is read: a refusal that needs no body costs no
+    read of up to ``max_inline_bytes``. Raises a 4xx domain error naming the header.
     ``api_prefixes``, ``allowed_from``: see ``input_location_of``."""
     for header in UNSUPPORTED:
         if header in headers:
@@ -376,35 +390,68 @@ def submission_of(
     if attributes is not None:
         check_custom_attributes(attributes)
     inference_id = inference_id_of(header_text(headers, INFERENCE_ID_HEADER))
-    location = header_text(headers, INPUT_LOCATION)
-    if location and body:
-        raise InvalidInput(f"send the input inline or by {INPUT_LOCATION}, not both")
-    if not location and not body:
-        raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
-    root = None
-    if location:
+    location, root = header_text(headers, INPUT_LOCATION) or None, None
+    declared = headers.get("content-length", "")
+    if location is not None and declared.isdigit() and int(declared) > 0:
+        raise InvalidInput(BOTH_INPUTS)  # said first, as for a chunked body (submission_with)
+    if location is not None:
         location, root = input_location_of(
             location, allowed_input_prefixes, endpoint.input_path, api_prefixes, allowed_from
         )
+    return Asked(content_type, accept, ttl, timeout, attributes, inference_id, location, root)
+
+
+def submission_with(name: str, endpoint: AsyncEndpoint, asked: Asked, body: bytes, now: float
+               ) -> Submission:  # fmt: skip
+    """The message to queue for checked headers and the body that came with them."""
+    location, inference_id = asked.location, asked.inference_id
+    if location and body:
+        raise InvalidInput(BOTH_INPUTS)
+    if not location and not body:
+        raise InvalidInput(f"no input: send a body or an {INPUT_LOCATION} header")
     message = InvocationRequest(
         inference_id=inference_id,
         endpoint=name,
         input_location=location or join_uri(endpoint.input_path, f"{inference_id}{INLINE_SUFFIX}"),
         output_location=join_uri(endpoint.output_path, f"{inference_id}.out"),
         failure_location=join_uri(endpoint.failure_path, f"{inference_id}.error"),
-        content_type=content_type,
-        accept=accept,
-        custom_attributes=attributes,
+        content_type=asked.content_type,
+        accept=asked.accept,
+        custom_attributes=asked.attributes,
         accepted_at=now,
-        expires_at=now + ttl,
-        invocation_timeout_seconds=timeout,
-        input_root=root,
+        expires_at=now + asked.ttl,
+        invocation_timeout_seconds=asked.timeout,
+        input_root=asked.root,
         inline_input=not location,
         claim_location=join_uri(endpoint.input_path, f"{inference_id}{CLAIM_SUFFIX}"),
         namespace=endpoint.namespace,
     )
-    key = fingerprint(location or body, content_type, accept, attributes, ttl, timeout)
+    key = fingerprint(location or body, asked.content_type, asked.accept, asked.attributes,
+                      asked.ttl, asked.timeout)  # fmt: skip
     return Submission(message, None if location else body, key)
+
+
+def submission_of(
+    name: str,
+    endpoint: AsyncEndpoint,
+    headers: Headers,
+    body: bytes,
+    allowed_input_prefixes: list[str],
+    now: float,
+    api_prefixes: Iterable[str] = (),
+    allowed_from: str = "",
+) -> Submission:
+    """``asked_of`` and ``submission_with`` at once, for a body in hand."""
+    asked = asked_of(endpoint, headers, allowed_input_prefixes, api_prefixes, allowed_from)
+    return submission_with(name, endpoint, asked, body, now)
+
+
+def refused(request: Request, exc: InfermodesError) -> Response:
+    """The platform's error; it closes a connection whose body may have gone unasked."""
+    response = runtime_error_response(exc)
+    if expects_continue(request.scope["headers"]):
+        response.headers["connection"] = "close"
+    return response
 
 
 def create_router(
@@ -443,18 +490,16 @@ def create_router(
                 else EndpointNotFound(f"no async endpoint named {clipped(name)!r}")
             )
             metrics.count(UNKNOWN_ENDPOINT, refusal.status_code)
-            return runtime_error_response(refusal)
+            return refused(request, refusal)
         try:
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:
             metrics.count(name, exc.status_code)
-            return runtime_error_response(exc)
+            return refused(request, exc)
         except Exception:
             log.exception("unexpected error accepting a request for %s", name)
             metrics.count(name, 500)
-            return runtime_error_response(
-                InfermodesError("internal error; the request was not accepted")
-            )
+            return refused(request, InfermodesError("internal error; the request was not accepted"))
         metrics.count(name, 202)
         if accepted is not None:
             try:
@@ -465,20 +510,13 @@ def create_router(
 
     async def _accept(name: str, endpoint: AsyncEndpoint, request: Request) -> Response:
         refuse_codings(request.scope["headers"])  # a worker would read a gzip body as CSV
+        asked = asked_of(endpoint, request.headers, allowed_input_prefixes, api_input_paths(),
+                         allowed_from)  # fmt: skip
         body = await read_body(request.scope, request.receive, max_inline_bytes)
-        submission = submission_of(
-            name,
-            endpoint,
-            request.headers,
-            body,
-            allowed_input_prefixes,
-            clock(),
-            api_input_paths(),
-            allowed_from,
-        )
+        checked = submission_with(name, endpoint, asked, body, clock())
         started = time.perf_counter()
         try:
-            message = await run_in_threadpool(acceptor.accept, endpoint, submission)
+            message = await run_in_threadpool(acceptor.accept, endpoint, checked)
         except (UnusableLocation, StorageRefused) as exc:  # every location is the endpoint's
             raise StorageUnusable(
                 f"the endpoint's storage cannot take the request ({exc}); it was not accepted, "

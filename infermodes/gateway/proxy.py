@@ -45,6 +45,7 @@ from infermodes.http import (
     Scope,
     Send,
     check_declared_length,
+    expects_continue,
     read_body,
     refuse_codings,
     repeated_header,
@@ -308,9 +309,7 @@ class Proxy:
                 (b"content-type", ERROR_MEDIA_TYPE.encode()),
                 (ERROR_TYPE_HEADER, code.encode()),
             ]
-            if any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"]):
-                # refused before its body was asked for, the client may or may not send it:
-                # the next bytes on this connection would be a guess (RFC 9110, 10.1.1)
+            if expects_continue(scope["headers"]):
                 headers.append((b"connection", b"close"))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -20,7 +20,12 @@ import pytest
 
 from infermodes.settings import MIB
 from tests.conftest import AbaloneModel
-from tests.support.gateway import GatewayProcess, running_gateway, static_endpoint
+from tests.support.gateway import (
+    GatewayProcess,
+    answer_head,
+    running_gateway,
+    static_endpoint,
+)
 from tests.support.processes import (
     ServerProcess,
     free_port,
@@ -395,17 +400,6 @@ def test_boto3_gets_a_named_error_for_an_operation_the_gateway_does_not_serve(
         assert wrong_method.headers["x-amzn-errortype"] == "UnknownOperationException"
         assert wrong_method.json()["error"] == "MethodNotAllowed"
         assert wrong_method.json()["__type"] == "UnknownOperationException"
-
-
-def answer_head(conn: socket.socket) -> bytes:
-    """The first response head on ``conn`` (a 100 Continue is one)."""
-    head = b""
-    for _ in range(100):  # bounded: a head is a few hundred bytes
-        chunk = conn.recv(4096)
-        head += chunk
-        if not chunk or b"\r\n\r\n" in head:
-            break
-    return head
 
 
 def test_a_request_over_max_concurrency_is_refused_before_its_body_is_read(

@@ -27,6 +27,7 @@ from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
+from tests.support.gateway import answer_head
 from tests.support.local import Up, document, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, wait_until
 from tests.support.rabbitmq import Broker
@@ -904,3 +905,29 @@ def test_a_deleted_async_endpoints_accept_series_leave_metrics_as_invocations_do
     assert deleted.returncode == 0, deleted.stderr
     wait_until(lambda: 'endpoint="counted-async"' not in httpx.get(f"{up.url}/metrics",
                timeout=10).text, WAIT, "its series gone")  # fmt: skip
+
+
+def test_an_async_request_whose_headers_are_refused_is_answered_before_its_body_is_read(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A refusal that needs no body (a TTL that is no number) came only after up to 16 MiB of
+    inline body was read, and a client waiting for 100 Continue was told to send it first."""
+    ours = document("async", abalone_model.tarball, tmp_path)
+    ours["metadata"]["name"] = "headers-async"
+    path = tmp_path / "headers.yaml"
+    path.write_text(yaml.safe_dump(ours))
+    applied = cli(up, "apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    wait_until(lambda: up.invoke("headers-async", b"1", path="async-invocations")
+               .status_code == 202, WAIT, "the async endpoint accepting")  # fmt: skip
+    try:
+        with socket.create_connection(("127.0.0.1", up.port), timeout=30) as conn:
+            large = b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (8 << 20)
+            conn.sendall(b"POST /endpoints/headers-async/async-invocations HTTP/1.1\r\n"
+                         b"Host: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+                         b"X-Amzn-SageMaker-RequestTTLSeconds: soon\r\n" + large)  # fmt: skip
+            head = answer_head(conn)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert b"connection: close" in head.lower()
+    finally:
+        cli(up, "delete", "headers-async")

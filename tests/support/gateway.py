@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,14 @@ def running_gateway(
         yield gateway
     finally:
         stop_process(proc)
+
+
+def answer_head(conn: socket.socket) -> bytes:
+    """The first response head on ``conn`` (a 100 Continue is one)."""
+    head = b""
+    for _ in range(100):  # bounded: a head is a few hundred bytes
+        chunk = conn.recv(4096)
+        head += chunk
+        if not chunk or b"\r\n\r\n" in head:
+            break
+    return head
