@@ -349,9 +349,13 @@ class Supervisor:
             self._save_run_id(manifest.name, run_id)
         endpoint = self._add(manifest, created)
         endpoint.previous = previous
-        self._save(endpoint)
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
+        self._save(endpoint)
+        if old is not None and not outgoing and manifest.spec.mode is Mode.REALTIME:
+            # nothing of the old spec serves (a serverless one at zero): said at once, not at
+            # the first decision: Updating if the old one served, so a request is held
+            self._set_status(endpoint)
         if old is not None and outgoing:
             # until its first decision, what the old spec's servers report: they serve on
             endpoint.status = dataclasses.replace(

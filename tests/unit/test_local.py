@@ -897,3 +897,21 @@ def test_a_fixed_spec_keeps_the_servers_of_the_spec_before_a_failed_update_durin
     failing.children = {f"{name}/server-9": cast(Any, object())}
     supervisor.apply(parse_document(fixed, "test"))
     assert supervisor.endpoints[name].carried == 3
+
+
+def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
+    tmp_path: Path,
+) -> None:
+    """Nothing of the old spec serves at zero, so no server rolls over: the new endpoint said
+    Creating until the next round's decision, and a request sent in between was refused (400)
+    instead of held for the new replica."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    serverless = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    realtime = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    realtime["metadata"]["name"] = name = serverless["metadata"]["name"]
+    supervisor.apply(parse_document(serverless, "test"))
+    supervisor._set_status(supervisor.endpoints[name])
+    assert supervisor.endpoints[name].status.reason == "ScaledToZero"
+    supervisor.apply(parse_document(realtime, "test"))
+    status = supervisor.endpoints[name].status
+    assert (status.phase.value, status.reason) == ("Updating", "Updating")
