@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,13 +30,86 @@ from infermodes.queueing.messages import Failure, InvocationRequest
 log = logging.getLogger("infermodes.notifications")
 
 INLINE_RESULT_LIMIT = 128 * 1024
-WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_TIMEOUT_SECONDS = 5.0  # each connect, write and read
+WEBHOOK_ANSWER_SECONDS = 10.0  # one attempt as a whole, to the answer's status line and headers
 WEBHOOK_BACKOFF_SECONDS = 0.5
+WEBHOOK_ANSWER_BYTES = 64 * 1024  # of an answer's body read, so its connection is kept
 
 
 def webhook_client() -> httpx.Client:
-    # no proxy from the environment: it would reach addresses ``destinations.check`` never saw
-    return httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, trust_env=False)
+    """No proxy from the environment: it would reach addresses ``destinations.check`` never
+    saw. One connection at a time, so ``Line`` knows the socket each POST goes over."""
+    return httpx.Client(
+        timeout=WEBHOOK_TIMEOUT_SECONDS,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
+
+
+class Line:
+    """One thread's client for one webhook origin, and the socket of its connection (kept
+    between POSTs): what ``Cutoff`` shuts down."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.socket: socket.socket | None = None
+        self.cutoff: Cutoff | None = None  # of the attempt under way
+
+
+class Cutoff:
+    """Ends one webhook attempt after ``WEBHOOK_ANSWER_SECONDS`` by shutting its connection
+    down: httpx bounds each read, not the answer, so a webhook answering a byte every few
+    seconds would otherwise hold the request (and its worker's slot) for hours."""
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.expired = False
+        self.timer = threading.Timer(WEBHOOK_ANSWER_SECONDS, self._expire)
+        self.timer.daemon = True
+
+    def __enter__(self) -> Cutoff:
+        with self.line.lock:
+            self.line.cutoff = self
+        self.timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.timer.cancel()
+        with self.line.lock:
+            self.line.cutoff = None
+
+    def _expire(self) -> None:
+        with self.line.lock:
+            if self.line.cutoff is not self:  # the attempt ended as the timer fired
+                return
+            self.expired = True
+            if self.line.socket is not None:
+                _shut(self.line.socket)
+
+
+def trace(line: Line) -> Callable[[str, dict[str, object]], None]:
+    """httpcore's trace hook: the socket of each connection (TCP, then TLS) the line makes;
+    shut at once when its attempt's time was up before it was made."""
+
+    def seen(event: str, info: dict[str, object]) -> None:
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        stream = info.get("return_value")
+        found = getattr(stream, "get_extra_info", lambda _: None)("socket")
+        if isinstance(found, socket.socket):
+            with line.lock:
+                line.socket = found
+                if line.cutoff is not None and line.cutoff.expired:
+                    _shut(found)
+
+    return seen
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wakes the read blocked on it (closing it from another thread would not)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True)
@@ -141,8 +215,7 @@ class Notifier:
         self.webhook_attempts = webhook_attempts
         self.topic = topic
         self.new_client = new_client
-        self.clients: dict[str, httpx.Client] = {}  # by webhook origin
-        self.clients_lock = threading.Lock()
+        self.lines = threading.local()  # each thread's Line by webhook origin
         self.check = check  # where a webhook may be POSTed (``destinations``)
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
@@ -181,33 +254,48 @@ class Notifier:
             if not checked.addresses:
                 log.warning("webhook %s failed: its host does not resolve", shown)
                 continue
-            try:
-                response = self._post_to(url, checked.addresses, payload)
-                if response.status_code < 300:
-                    return True
-                log.warning("webhook %s answered %d", shown, response.status_code)
-            except httpx.HTTPError as exc:
-                log.warning("webhook %s failed: %s", shown, _reason(exc, url, shown))
+            target = httpx.URL(url)
+            line = self._line(f"{target.scheme}://{target.netloc.decode('ascii')}")
+            with Cutoff(line) as cutoff:
+                try:
+                    status = self._post_to(target, checked.addresses, payload, line)
+                    if status < 300:
+                        return True
+                    log.warning("webhook %s answered %d", shown, status)
+                except httpx.HTTPError as exc:
+                    reason = _reason(exc, url, shown)
+                    if cutoff.expired:
+                        reason = f"no answer within {WEBHOOK_ANSWER_SECONDS:g} s"
+                    log.warning("webhook %s failed: %s", shown, reason)
         log.error("webhook %s: giving up after %d attempts", shown, self.webhook_attempts)
         return False
 
-    def _post_to(self, url: str, addresses: tuple[str, ...], payload: bytes) -> httpx.Response:
+    def _post_to(
+        self, target: httpx.URL, addresses: tuple[str, ...], payload: bytes, line: Line
+    ) -> int:
         """POST to each address in turn until one takes the connection, as a client that
         resolved the name itself would, with the name in Host and in TLS (its SNI, and the
-        name its certificate must carry)."""
-        target = httpx.URL(url)
-        origin = target.netloc.decode("ascii")
-        headers = {"content-type": "application/json", "host": origin}
-        extensions = {"sni_hostname": target.raw_host.decode("ascii")}
-        client = self._client(f"{target.scheme}://{origin}")
+        name its certificate must carry). The status is the answer: a body beyond
+        ``WEBHOOK_ANSWER_BYTES`` (it could be endless) is not read."""
+        headers = {"content-type": "application/json", "host": target.netloc.decode("ascii")}
+        extensions = {"sni_hostname": target.raw_host.decode("ascii"), "trace": trace(line)}
 
-        def send(address: str) -> httpx.Response:
-            return client.post(
+        def send(address: str) -> int:
+            with line.client.stream(
+                "POST",
                 target.copy_with(host=address),
                 content=payload,
                 headers=headers,
                 extensions=extensions,
-            )
+            ) as response:
+                # the answer is in; its body is read out only so the connection can be kept
+                with contextlib.suppress(httpx.HTTPError):  # then it is closed instead
+                    read = 0
+                    for block in response.iter_raw():
+                        read += len(block)
+                        if read > WEBHOOK_ANSWER_BYTES:
+                            break
+                return response.status_code
 
         *others, last = addresses
         for address in others:
@@ -215,15 +303,16 @@ class Notifier:
                 return send(address)
         return send(last)
 
-    def _client(self, origin: str) -> httpx.Client:
-        """A client of its own for each webhook origin (scheme, name, port): its kept
-        connections are keyed by address, so one verified for a name must never carry
-        another name's requests to the same address."""
-        with self.clients_lock:
-            client = self.clients.get(origin)
-            if client is None:
-                client = self.clients[origin] = self.new_client()
-            return client
+    def _line(self, origin: str) -> Line:
+        """A client of its own for each webhook origin (scheme, name, port), as a client's
+        connections are keyed by address and one verified for a name must never carry another
+        name's requests to the same address; and for each thread, so the one connection it
+        keeps is the one its POST goes over."""
+        lines: dict[str, Line] = self.lines.__dict__.setdefault("by_origin", {})
+        line = lines.get(origin)
+        if line is None:
+            line = lines[origin] = Line(self.new_client())
+        return line
 
 
 def _reason(exc: httpx.HTTPError, url: str, shown: str) -> str:

@@ -1,7 +1,10 @@
 """Notification bodies and delivery: topic first (its failure is the caller's to retry), then
 webhooks with bounded retries that never block the request."""
 
+import contextlib
+import http.server
 import socket
+import threading
 
 import httpx
 import pytest
@@ -22,6 +25,7 @@ from infermodes.queueing.notifications import (
 from tests.unit.async_samples import invocation
 
 REQUEST = invocation(accepted_at=0.0)
+EMPTY = httpx.ByteStream(b"")  # a body still to read, as a server's answer has
 
 
 def test_success_body_inlines_small_results_only() -> None:
@@ -92,7 +96,7 @@ def notifier(
 
     def answer(request: httpx.Request) -> httpx.Response:
         posted.append((request.url.path, request.content))
-        return httpx.Response(statuses.pop(0) if statuses else 200)
+        return httpx.Response(statuses.pop(0) if statuses else 200, stream=EMPTY)
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
@@ -195,7 +199,7 @@ def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_
         sent.append((str(request.url), request.headers["host"], request.extensions["sni_hostname"]))
         if request.url.host == "::1":  # refused, or silently dropped: the next address
             raise httpx.ConnectTimeout("timed out", request=request)
-        return httpx.Response(200)
+        return httpx.Response(200, stream=EMPTY)
 
     resolved = iter([["::1", "127.0.0.9"], ["169.254.169.254"]])  # the second lookup rebinds
     hooks = Webhooks(["https://hook.test:8443/t?s=1"], [])
@@ -211,3 +215,89 @@ def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_
     ]
     sender.send("ep", {"inferenceId": "abd"}, success=True)  # now it resolves to metadata
     assert len(sent) == 2
+
+
+ENDLESS_ANSWERS = {  # the answer's start, what follows it forever, attempts made, outcome
+    "headers a byte at a time": (b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a", 3, "failed"),
+    "an endless body": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"1\r\na\r\n",
+        1,
+        "sent",
+    ),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("answer", ENDLESS_ANSWERS.values(), ids=list(ENDLESS_ANSWERS))
+def test_a_webhook_whose_answer_never_ends_does_not_hold_the_request(
+    monkeypatch: pytest.MonkeyPatch, answer: tuple[bytes, bytes, int, str]
+) -> None:
+    """Each read is bounded, not the answer: a webhook that keeps sending (its headers slowly,
+    or a body without end) must not keep the request, and its worker's slot, forever."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(
+        "infermodes.queueing.notifications.WEBHOOK_ANSWER_SECONDS", 0.5, raising=False
+    )
+    start, more, attempts, outcome = answer
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+    connections: list[socket.socket] = []
+
+    def keep_answering(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.recv(65536)
+            conn.sendall(start)
+            while not stop.wait(0.05):
+                conn.sendall(more)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                connections.append(conn)
+                threading.Thread(target=keep_answering, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = Notifier(FakeChannel(), metrics, Webhooks([url], []), 3, True, check=check)
+    try:
+        sender.send("ep", {"inferenceId": "abc"}, success=True)
+    finally:
+        stop.set()
+        server.close()
+    assert len(connections) == attempts  # slow headers: each attempt cut off, then the next
+    assert metrics.notifications.labels("webhook", outcome)._value.get() == 1
+
+
+def test_a_webhook_that_answers_keeps_its_connection_between_posts() -> None:
+    """The cutoff needs the socket a POST goes over, but not a connection per POST: one
+    connection per webhook origin and thread carries them all (no TIME_WAIT pile per POST)."""
+    peers: list[tuple[str, int]] = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            peers.append(self.client_address)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = Notifier(FakeChannel(), metrics, Webhooks([url], []), 3, True, check=check)
+    try:
+        for number in range(3):
+            sender.send("ep", {"inferenceId": f"abc-{number}"}, success=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(peers) == 3 and len(set(peers)) == 1
+    assert metrics.notifications.labels("webhook", "sent")._value.get() == 3
