@@ -251,6 +251,12 @@ def restored(endpoint: LocalEndpoint, saved: Mapping[str, Any]) -> LocalEndpoint
     return endpoint
 
 
+def with_backlog(status: Status, figures: QueueFigures) -> Status:
+    """The status with the queue's figures; none when the queue could not be read."""
+    unread = figures.ready is None
+    return dataclasses.replace(status, backlog=None if unread else figures, backlog_unread=unread)
+
+
 class Supervisor:
     """Every local endpoint. ``tick`` takes one round of decisions; ``run`` repeats it."""
 
@@ -602,6 +608,19 @@ class Supervisor:
             return serverless_replicas(spec.serverless_block(), current, demand, endpoint.memory,
                                        now, time.time(), load_failed)  # fmt: skip
         block = async_plan.async_block(spec)
+        figures = await self._queue_figures(endpoint)
+        decision = backlog_replicas(
+            block, current, figures.ready, figures.in_flight, endpoint.memory, now,
+            figures.consumers,
+        )  # fmt: skip
+        status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)
+        endpoint.status = with_backlog(status, figures)
+        return decision.replicas
+
+    async def _queue_figures(self, endpoint: LocalEndpoint) -> QueueFigures:
+        """An async endpoint's queue as the operator reads it: ready, in flight (the larger
+        of the queue's and its workers' counts), the oldest waiting request's age."""
+        block = async_plan.async_block(endpoint.manifest.spec)
         figures = QueueFigures(None, None)
         exact = False
         try:
@@ -631,18 +650,7 @@ class Supervisor:
             lambda: worker_readings(texts(), parse_worker_dequeued_accepted_at).values(),
             time.time(),
         )
-        decision = backlog_replicas(
-            block, current, figures.ready, figures.in_flight, endpoint.memory, now,
-            figures.consumers,
-        )  # fmt: skip
-        endpoint.status = Status(
-            endpoint.status.phase,
-            decision.reason,
-            endpoint.status.message,
-            backlog=None if figures.ready is None else figures,  # unread: no figures shown
-            backlog_unread=figures.ready is None,
-        )
-        return decision.replicas
+        return figures
 
     async def _actuate(self, endpoint: LocalEndpoint, now: float) -> None:
         """Bring the running children to the decision, restart crashed ones, set the status."""
@@ -667,8 +675,16 @@ class Supervisor:
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key)
             endpoint.desired = 0
-            endpoint.status = self._failed_status(endpoint, endpoint.failure, now)
-            if self.metrics is not None:  # no queue figures of a pool that cannot run
+            status = self._failed_status(endpoint, endpoint.failure, now)
+            if endpoint.manifest.spec.mode is Mode.ASYNC:
+                # its queue still takes requests, which wait for a mended spec: shown, as the
+                # operator shows them (HasBacklogWithoutCapacity included)
+                figures = await self._queue_figures(endpoint)
+                if self.endpoints.get(endpoint.name) is not endpoint:
+                    return  # deleted or replaced meanwhile
+                status = with_backlog(status, figures)
+            endpoint.status = status
+            if self.metrics is not None:
                 record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
             return
         if endpoint.manifest.spec.mode is Mode.ASYNC:

@@ -543,6 +543,43 @@ def test_a_signal_while_up_stops_its_children_kills_them_before_up_ends(
         hanging.close()
 
 
+def test_a_failed_async_pool_shows_the_requests_that_wait_for_it(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A pool whose model cannot load is ``Failed``, yet its queue takes requests (202) that
+    the mended model serves. ``up`` showed none of them (no backlog in the status or in
+    ``infermodes get``, no queue metrics, so no HasBacklogWithoutCapacity) where the operator
+    shows the figures it read: a caller saw nothing waiting."""
+    (tmp_path / "broken").mkdir()
+    broken = manifest("async", tmp_path / "broken" / "missing.tar.gz", tmp_path, maxReplicas=1)
+    with running_up(tmp_path / "state", [broken], tmp_path / "up.log") as up:
+        accepted = accept_async(up, abalone_model.test_rows, 2, 1)  # a worker starts, fails
+        labels = '{endpoint="abalone-async",namespace="local"}'
+        shown = (f"infermodes_async_approximate_backlog_size{labels} 2.0",
+                 f"infermodes_async_has_backlog_without_capacity{labels} 1.0")  # fmt: skip
+
+        def failed_and_shown() -> bool:
+            """Polled: between its model's retries the pool is not Failed."""
+            status = up.status("abalone-async")
+            failed = (status["phase"], status["reason"]) == ("Failed", "ModelLoadFailed")
+            if not failed or backlog_total(up, "abalone-async") != 2:
+                return False
+            metrics = httpx.get(f"{up.url}/metrics", timeout=10.0).text
+            return all(line in metrics.splitlines() for line in shown)
+
+        wait_until(failed_and_shown, WAIT, "the waiting requests shown while Failed")
+
+        def listed() -> list[str]:
+            return cli(up, "get", "abalone-async").stdout.splitlines()[1].split()[:6]
+
+        expected = ["abalone-async", "async", "Failed", "0", "0", "2"]
+        wait_until(lambda: listed() == expected, WAIT, "infermodes get showing the backlog")
+        mended = manifest("async", abalone_model.tarball, tmp_path, maxReplicas=1)
+        assert cli(up, "apply", "-f", str(mended)).returncode == 0
+        output = tmp_path / "async" / "output"
+        wait_until(lambda: set(outputs(output)) == set(accepted), WAIT, "every async output")
+
+
 @pytest.mark.parametrize("management", [True, False], ids=["management-api", "amqp-only"])
 def test_async_on_rabbitmq_with_broker_url(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, management: bool

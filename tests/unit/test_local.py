@@ -389,10 +389,15 @@ def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_pat
     assert registry.get_sample_value(failures, labels) == 1
 
 
-def test_up_publishes_no_queue_figures_of_an_endpoint_that_failed(tmp_path: Path) -> None:
+def test_up_publishes_the_current_queue_figures_of_an_endpoint_that_failed(
+    tmp_path: Path,
+) -> None:
+    """A Failed pool's queue still takes requests: its figures are read on, as the operator
+    reads them (not frozen at their last value, nor dropped while requests wait)."""
     registry = CollectorRegistry()
     waiting = Backlog(ready=3, unacked=0, consumers=0, source="amqp+management")
-    supervisor = Supervisor(tmp_path, FixedQueue(waiting), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    queue = FixedQueue(waiting)
+    supervisor = Supervisor(tmp_path, queue, "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
     supervisor.metrics = OperatorMetrics(registry)
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
@@ -402,9 +407,13 @@ def test_up_publishes_no_queue_figures_of_an_endpoint_that_failed(tmp_path: Path
     backlog = "infermodes_async_approximate_backlog_size"
     assert registry.get_sample_value(backlog, labels) == 3
     endpoint.failure = ("ModelLoadFailed", "model cannot be loaded")
+    queue.found = Backlog(ready=5, unacked=0, consumers=0, source="amqp+management")
     asyncio.run(supervisor._actuate(endpoint, time.monotonic()))
     assert endpoint.status.phase.value == "Failed"
-    assert registry.get_sample_value(backlog, labels) is None
+    assert endpoint.status.backlog is not None and endpoint.status.backlog.total == 5
+    assert registry.get_sample_value(backlog, labels) == 5
+    without_capacity = "infermodes_async_has_backlog_without_capacity"
+    assert registry.get_sample_value(without_capacity, labels) == 1
 
 
 @pytest.mark.parametrize(
