@@ -521,10 +521,16 @@ class S3Store:
             self._client = boto3.client("s3")
         return self._client
 
-    def _translate(self, exc: Exception, ref: ObjectRef) -> StorageError:
+    def _translate(self, exc: Exception, ref: ObjectRef, writing: bool = False) -> StorageError:
+        """``writing``: a bucket that does not exist cannot hold what is written (a mistake
+        of the location, which no retry mends); read, it holds no such object."""
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if writing and code == "NoSuchBucket":
+            return UnusableLocation(
+                f"s3 cannot hold {ref.uri}: the bucket {ref.bucket} does not exist"
+            )
         if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
             return ObjectNotFound(f"no such object: {ref.uri}")
         if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -563,7 +569,7 @@ class S3Store:
         except BaseException as exc:
             writer.abort()
             if writer.failed and isinstance(exc, Exception):
-                raise self._translate(exc, ref) from exc
+                raise self._translate(exc, ref, writing=True) from exc
             raise
 
     def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
@@ -575,7 +581,7 @@ class S3Store:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 return False
-            raise self._translate(exc, ref) from exc
+            raise self._translate(exc, ref, writing=True) from exc
         return True
 
     def exists(self, ref: ObjectRef) -> bool:
@@ -687,7 +693,7 @@ class S3Store:
                         Bucket=target.bucket, Key=target.key, UploadId=upload_id
                     )
             if isinstance(exc, Exception):
-                raise self._translate(exc, target) from exc
+                raise self._translate(exc, target, writing=True) from exc
             raise
         return True
 

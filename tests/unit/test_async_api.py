@@ -617,3 +617,26 @@ def test_an_endpoint_whose_input_location_cannot_hold_a_file_is_no_503_to_retry(
     assert response.json()["error"] == "StorageUnavailable"
     assert "No space left on device" in response.json()["message"]
     assert not publisher.sent
+
+
+def test_an_endpoint_whose_bucket_does_not_exist_is_no_503_to_retry() -> None:
+    """S3's NoSuchBucket read as "no such object", a storage error like any other: a 503
+    "retry later" for an input path in a bucket that does not exist, which no retry mends."""
+    import boto3
+    from moto import mock_aws
+
+    from infermodes.storage import S3Store
+
+    publisher = RecordingPublisher()
+    with mock_aws():
+        storage = Storage(s3_store=S3Store(boto3.client("s3", region_name="us-east-1")))
+        app = FastAPI()
+        app.include_router(create_router(
+            {"ep": AsyncEndpoint.under("s3://no-such-bucket/ep")},
+            publisher, storage, AsyncApiMetrics(CollectorRegistry()), 100, [],
+        ))  # fmt: skip
+        response = TestClient(app).post("/endpoints/ep/async-invocations", content=b"1")
+    assert response.status_code == 424, response.text
+    assert response.json()["error"] == "StorageUnusable"
+    assert "the bucket no-such-bucket does not exist" in response.json()["message"]
+    assert not publisher.sent

@@ -511,3 +511,27 @@ def test_a_prefix_lies_within_a_folder_as_listings_read_it(
 ) -> None:
     """The batch spec's refusal and the batch CLI's message ask the same question."""
     assert prefix_within(prefix, folder) is within
+
+
+@mock_aws
+def test_an_s3_write_to_a_bucket_that_does_not_exist_is_unusable_not_a_missing_input() -> None:
+    """S3 answers NoSuchBucket: read, the input is not there; written (an async output, an
+    error object, a result claim or an inline body), the location cannot hold it. It read as
+    "no such object", so a worker whose output bucket was missing failed its requests as
+    ``InputNotFound`` and the gateway answered 503 ("retry later") for a store no retry mends."""
+    import boto3
+
+    from infermodes.queueing.messages import classify
+    from infermodes.storage import UnusableLocation
+
+    storage = Storage(s3_store=S3Store(boto3.client("s3", region_name="us-east-1")))
+    with pytest.raises(ObjectNotFound):
+        storage.get_bytes("s3://no-such-bucket/in/x.csv")
+    writes = {
+        "put": lambda: storage.put_bytes("s3://no-such-bucket/out/x.out", b"1\n"),
+        "create": lambda: storage.create("s3://no-such-bucket/in/x.request", b"{}"),
+    }
+    for write in writes.values():
+        with pytest.raises(UnusableLocation, match="the bucket no-such-bucket does not exist") as e:
+            write()
+        assert (classify(e.value).reason, classify(e.value).retry) == ("UnusableLocation", False)
