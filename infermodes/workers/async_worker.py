@@ -134,6 +134,16 @@ class ErrorNotStored(Exception):
     """A request's error object could not be written, so the request is not finished."""
 
 
+# why a request given up at the start of a delivery failed: the one before it ended with no
+# result and no error stored, so its worker stopped while holding it or, more rarely, could
+# not store the error it found (the storage failing then: its log says so)
+UNSETTLED = (
+    "; the delivery before this one ended without a result or an error stored: the worker "
+    "holding it stopped (a crash, out of memory, a kill, or its broker connection lost), or "
+    "could not store the error it found (see the workers' logs)"
+)
+
+
 class SuccessClaimed(Exception):
     """A copy of the request (maybe this one, earlier) claimed its success: no error is
     stored; a later delivery finishes that success."""
@@ -331,8 +341,8 @@ class Processor:
             return self._resend_success(request)
         if step is Step.RESEND_ERROR:
             return self._resend_error(Target.of(request), self._stored_failure(request))
-        if step is Step.GIVE_UP:
-            return self._give_up(Target.of(request), count, count, "")
+        if step is Step.GIVE_UP:  # the delivery before ended with nothing stored, unsettled
+            return self._give_up(Target.of(request), count, count, UNSETTLED)
         if step is Step.ABANDON:
             return self._abandon(request, count)
         if step is Step.EXPIRE:

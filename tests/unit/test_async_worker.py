@@ -872,3 +872,19 @@ def test_an_output_stored_before_its_write_failed_keeps_its_claim(
     assert (tmp_path / "in/r1.result").read_bytes() == SUCCESS_CLAIM
     assert (tmp_path / "out/r1.out").exists() and not (tmp_path / "fail").exists()
     assert [s for _, _, s in notifier.sent] == [True]
+
+
+def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
+    processor: Processor, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Delivered a last time with its attempts spent and nothing stored, a request's earlier
+    deliveries ended with no result and no error: their workers stopped while holding it (a
+    model that crashes the process, out of memory, a kill). The error said only "processing
+    failed 3 time(s)", as if a failure had been seen, giving the caller no reason to look for."""
+    assert processor.handle(request(tmp_path), 3) == Result(Settle.DEAD_LETTER, "dead_lettered")
+    [(_, body, success)] = notifier.sent
+    assert not success and body["failureReason"] == "AttemptsExhausted"
+    message = str(body["failureMessage"])
+    assert "the worker holding it stopped" in message and "out of memory" in message, message
+    stored = json.loads((tmp_path / "fail/r1.error").read_text())
+    assert stored["message"] == message
