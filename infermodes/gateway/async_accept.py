@@ -309,6 +309,15 @@ class Acceptor:
                 f"{INFERENCE_ID_HEADER} {inference_id} is in use (its record is unreadable: "
                 f"{type(exc).__name__})"
             ) from None
+        asked = submission.message
+        namespaces = {previous.namespace, asked.namespace} - {None}  # None: an older gateway's
+        if previous.endpoint != asked.endpoint or len(namespaces) > 1:
+            # endpoints whose objects share a prefix share its ids: not a repeat of this one
+            raise InferenceIdInUse(
+                f"{INFERENCE_ID_HEADER} {inference_id} was already used for a request to "
+                f"endpoint {previous.endpoint}, whose objects lie where this endpoint's do "
+                f"(result at {previous.output_location}); use another id"
+            )
         if not same:
             raise InferenceIdInUse(
                 f"{INFERENCE_ID_HEADER} {inference_id} was already used for a different "

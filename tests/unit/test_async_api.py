@@ -640,3 +640,30 @@ def test_an_endpoint_whose_bucket_does_not_exist_is_no_503_to_retry() -> None:
     assert response.json()["error"] == "StorageUnusable"
     assert "the bucket no-such-bucket does not exist" in response.json()["message"]
     assert not publisher.sent
+
+
+def test_an_id_used_at_another_endpoint_sharing_the_storage_is_a_409_not_its_result(
+    tmp_path: Path,
+) -> None:
+    """Two endpoints (two model versions, say) whose objects lie under one prefix: the same
+    request under the same id sent to the second was taken for a repeat of the first's and
+    answered with the first's 202, queued to the first's endpoint: the second's model never
+    ran, and its notifications (its webhooks, its routing key) never came."""
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    shared = AsyncEndpoint.under(f"file://{tmp_path}")
+    app.include_router(create_router(
+        {"v1": shared, "v2": shared}, publisher, Storage(), AsyncApiMetrics(CollectorRegistry()),
+        100, [],
+    ))  # fmt: skip
+    client = TestClient(app)
+    headers = {"X-Amzn-SageMaker-Inference-Id": "order-123", "content-type": "text/csv"}
+    first = client.post("/endpoints/v1/async-invocations", content=b"1,2", headers=headers)
+    assert first.status_code == 202, first.text
+    again = client.post("/endpoints/v1/async-invocations", content=b"1,2", headers=headers)
+    assert again.status_code == 202 and again.json() == first.json()  # a repeat: the same 202
+    other = client.post("/endpoints/v2/async-invocations", content=b"1,2", headers=headers)
+    assert other.status_code == 409, other.text
+    assert other.json()["error"] == "InferenceIdInUse"
+    assert "endpoint v1" in other.json()["message"], other.json()
+    assert [endpoint for endpoint, _, _ in publisher.sent] == ["v1", "v1"]
