@@ -136,6 +136,16 @@ def normalised(uri: str) -> ObjectRef:
     return ObjectRef("file", "", posixpath.normpath(ref.key)) if ref.scheme == "file" else ref
 
 
+def resolved(uri: str) -> str:
+    """A normalised ``uri`` as a store that resolves its key would read it: S3 takes ``.``,
+    ``..`` and empty segments as written, but S3-compatible servers may not (SeaweedFS reads
+    ``a//b`` as ``a/b``)."""
+    ref = parse_uri(uri)
+    if ref.scheme != "s3" or not ref.key:
+        return ref.uri
+    return ObjectRef("s3", ref.bucket, posixpath.normpath("/" + ref.key).lstrip("/")).uri
+
+
 def prefix_base(prefix: str) -> str:
     """A prefix written as a spec or setting allows (``FILE:///...``, ``file://localhost/...``,
     ``S3://...``) spelt as normalised URIs are: no trailing '/' but at the root (``file:///``).

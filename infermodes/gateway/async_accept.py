@@ -87,6 +87,7 @@ from infermodes.storage import (
     lies_under,
     normalised,
     prefix_base,
+    resolved,
 )
 
 log = logging.getLogger("infermodes.async_api")
@@ -230,8 +231,11 @@ def _api_object(input_prefix: str, uri: str) -> bool:
     base = folder_uri(input_prefix)
     if base is None:
         return False
-    hidden = uri.startswith(base) and uri.removeprefix(base).startswith(".")
-    return hidden or own_suffix(base, uri) is not None
+    for name in {uri, resolved(uri)}:  # as written, and as a store may read it
+        hidden = name.startswith(base) and name.removeprefix(base).startswith(".")
+        if hidden or own_suffix(base, name) is not None:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

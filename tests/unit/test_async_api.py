@@ -420,10 +420,16 @@ def test_without_prefixes_file_inputs_stay_under_the_endpoint(location: str, all
         (OWN, "sub/../someone-else.in"),
         (OWN, ".someone-else.in.partial"),
         ("s3://bucket/ep/input", "someone-else.in"),
+        # S3 keys are taken as written, but a store may resolve them: SeaweedFS reads
+        # ep//input/x.in as ep/input/x.in (others resolve '.' and '..' segments)
+        ("s3://bucket/ep/input", "/someone-else.request"),
+        ("s3://bucket/ep/input", "sub/../someone-else.in"),
+        ("s3://bucket/ep/input", "./someone-else.result"),
     ],
 )
 def test_the_apis_own_objects_are_never_an_input_location(own: str, name: str) -> None:
-    """Other callers' inline bodies and request records share the endpoint's input prefix."""
+    """Other callers' inline bodies and request records share the endpoint's input prefix,
+    however a store might resolve the key that names them."""
     with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
         input_location_of(f"{own}/{name}", [], own)
     assert input_location_of(f"{own}/sub/mine.in", [], own)  # a folder of the caller's own
@@ -436,6 +442,9 @@ def test_nor_are_another_endpoints_or_a_prefix_written_loosely() -> None:
             input_location_of(location, ["s3://bucket", "file:///srv"], OWN, others)
     with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
         input_location_of("file:///srv/y/in/id.in", [], "file:///srv/y/./in/")
+    for location in ("s3://bucket/ep//input/id.in", "s3://bucket/x/../ep/input/id.request"):
+        with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
+            input_location_of(location, ["s3://bucket"], "s3://bucket/ep/input")
 
 
 def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:
