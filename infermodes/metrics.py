@@ -168,6 +168,11 @@ class WorkerMetrics:
             ["channel", "result"],
             registry=registry,
         )
+        self.storage_waits = Counter(
+            "infermodes_async_storage_waits",
+            "Back-offs waited, holding a request, for storage that failed for a while.",
+            registry=registry,
+        )
         self.rows_predicted = Counter(
             "infermodes_async_rows_predicted",
             "Input rows the worker has scored.",

@@ -258,6 +258,14 @@ class WorkerSettings(EnvSettings):
         1.0, ge=0, le=60, description="First retry delay; doubles per attempt."
     )
     retry_backoff_max_seconds: float = Field(30.0, ge=0, le=600)
+    storage_wait_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=1800,
+        description="How long a worker holding a request waits out storage that fails "
+        "(unreachable, 5xx, timeouts), trying again after each back-off, before the failure "
+        "spends one of the request's attempts (0: at once).",
+    )
     notify_topic: bool = Field(True, description="Publish each notification to the topic exchange.")
     success_webhook_urls: list[str] = Field(
         default_factory=list, description="HTTP endpoints POSTed each success notification."

@@ -179,6 +179,11 @@ class Failure:
     retry: bool
 
 
+# storage that fails for a while (unreachable, a 5xx, a timeout): a worker waits it out in
+# place for a time (``storage_wait_seconds``) before it spends one of the request's attempts
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+
+
 def classify(exc: BaseException) -> Failure:
     """Permanent: the request itself is wrong (4xx-like errors, a missing input, an input that
     is a directory, a timeout).
@@ -194,7 +199,7 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, InfermodesError) and 400 <= exc.status_code < 500:
         return Failure(type(exc).__name__, message, retry=False)
     if isinstance(exc, StorageError):
-        return Failure("StorageUnavailable", message, retry=True)
+        return Failure(STORAGE_UNAVAILABLE, message, retry=True)
     return Failure("ProcessingFailed", f"{type(exc).__name__}: {message}", retry=True)
 
 

@@ -58,6 +58,7 @@ from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
     GAVE_UP,
     OUTPUT_NOT_STORED,
+    STORAGE_UNAVAILABLE,
     SUCCESS_CLAIM,
     Failure,
     InvocationRequest,
@@ -85,6 +86,8 @@ if TYPE_CHECKING:
     from infermodes.settings import WorkerSettings
 
 log = logging.getLogger("infermodes.worker")
+# between two tries of failing storage at least this: a store that refuses at once is not hammered
+STORAGE_RETRY_FLOOR_SECONDS = 0.1
 
 ERROR_RECORD_LIMIT = 1024 * 1024
 NOTIFY_CONNECTIONS = 8
@@ -273,18 +276,53 @@ class Processor:
         return result
 
     def _attempt(self, request: InvocationRequest, count: int) -> Result:
-        try:
-            return self._handle(request, count)
-        except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
-            raise  # not a failure of the request: its result may be stored already
-        except Exception as exc:
-            log.warning("inference %s failed: %s", request.inference_id, exc)
-            failure = classify(exc)
-            if not failure.retry and self._has_output(request):
-                # another delivery of the request (a caller's retry re-queues it) finished
-                # first and removed the inline input this one was about to read
-                return self._resend_success(request)
-            return self._on_failure(Target.of(request), failure, count)
+        """One attempt. Storage that fails for a while is waited out in place (up to
+        ``storage_wait_seconds``, trying again after each back-off): requeued at once, every
+        request queued would spend its attempts within seconds of an outage (a store
+        restarting, a brownout) and end ``AttemptsExhausted`` though nothing was wrong with
+        it. Every step is safe to run again, as a redelivery runs it."""
+        deadline = time.monotonic() + self.settings.storage_wait_seconds
+        waits = 0
+        while True:
+            try:
+                return self._handle(request, count)
+            except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
+                raise  # not a failure of the request: its result may be stored already
+            except Exception as exc:
+                failure = classify(exc)
+                if failure.reason != STORAGE_UNAVAILABLE or not self._storage_back(
+                    request, failure, waits, deadline
+                ):
+                    return self._failed(request, count, exc, failure)
+                waits += 1
+
+    def _storage_back(
+        self, request: InvocationRequest, failure: Failure, waits: int, deadline: float
+    ) -> bool:
+        """Waits one back-off for failing storage; whether to try again: not past the
+        deadline, nor once the worker stops (the delivery is then requeued, as before)."""
+        settings = self.settings
+        delay = max(
+            STORAGE_RETRY_FLOOR_SECONDS,
+            retry_delay(waits, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds),
+        )
+        if time.monotonic() + delay > deadline or self.stopping.is_set():
+            return False
+        log.warning("inference %s: storage fails (%s); trying again in %.1f s",
+                    request.inference_id, failure.message, delay)  # fmt: skip
+        self.metrics.storage_waits.inc()
+        return not self.stopping.wait(delay)
+
+    def _failed(
+        self, request: InvocationRequest, count: int, exc: Exception, failure: Failure
+    ) -> Result:
+        """An attempt that failed: requeued, or ended with an error."""
+        log.warning("inference %s failed: %s", request.inference_id, exc)
+        if not failure.retry and self._has_output(request):
+            # another delivery of the request (a caller's retry re-queues it) finished first
+            # and removed the inline input this one was about to read
+            return self._resend_success(request)
+        return self._on_failure(Target.of(request), failure, count)
 
     def _await_claimed_success(
         self, request: InvocationRequest, count: int, claimed: SuccessClaimed

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,51 @@ def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
     assert "s3 refused access to s3://inputs/rows.csv" in str(note["failureMessage"])
     record = json.loads((tmp_path / "failure" / "refused.error").read_bytes())
     assert record["attempts"] == 1, record
+
+
+def test_a_storage_outage_is_waited_out_and_every_queued_request_completes_once(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The S3 server the inputs are in stops while 12 requests wait: a worker that requeued
+    at each failure spent every request's attempts within a second (its back-off is 50 ms
+    here) and ended them all AttemptsExhausted. It now holds them and tries again: once the
+    server is back, each completes, once, on its first delivery."""
+    from moto.server import ThreadedMotoServer
+
+    from tests.support.s3 import S3Endpoint
+
+    endpoint = "storage-outage"  # the session's broker is shared: a queue name of its own
+    notes = Notifications(rabbitmq, endpoint).declare()
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    store = S3Endpoint(f"http://127.0.0.1:{port}")
+    client: Any = store.client()
+    client.create_bucket(Bucket="outage")
+    ids = {f"o{i}" for i in range(12)}
+    for name in ids:
+        client.put_object(Bucket="outage", Key=f"{name}.csv",
+                          Body=to_csv(abalone_model.test_rows[:2]))  # fmt: skip
+    try:
+        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, store.env, 3) as live:
+            for name in sorted(ids):
+                headers = {ID: name, LOCATION: f"s3://outage/{name}.csv"}
+                assert live.invoke(headers=headers).status_code == 202
+            server.stop()  # the store goes away with every request queued
+            worker = live.start_worker(model_uri(abalone_model), "w", concurrency=4)
+            met = lambda: "Could not connect" in worker.log  # noqa: E731
+            wait_until(met, 60, "the worker to meet the outage")
+            time.sleep(3)  # the outage lasts: more than every attempt's back-off (50 ms) took
+            notes.drain()
+            assert not notes.ids("Failed"), notes.received  # none given up meanwhile
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()  # the same objects: moto keeps them in this process
+            notes.wait_for(ids, "Completed", 120)
+    finally:
+        server.stop()
+    assert notes.ids("Completed") == dict.fromkeys(ids, 1)
+    assert not notes.ids("Failed")
+    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == sorted(
+        f"{name}.out" for name in ids
+    )
+    assert not (tmp_path / "failure").exists() or not list((tmp_path / "failure").iterdir())

@@ -55,9 +55,10 @@ def notifier() -> RecordingNotifier:
 
 @pytest.fixture
 def processor(model: XGBoostModel, notifier: RecordingNotifier) -> Processor:
-    settings = WorkerSettings(
-        endpoint="ep", model_uri="unused", max_attempts=3, retry_backoff_seconds=0
-    )
+    settings = WorkerSettings(  # failing storage requeued at once, as without a wait
+        endpoint="ep", model_uri="unused", max_attempts=3, retry_backoff_seconds=0,
+        storage_wait_seconds=0,
+    )  # fmt: skip
     metrics = WorkerMetrics(CollectorRegistry())
     return Processor(settings, model, Storage(), notifier, metrics, threading.Event())
 
@@ -247,6 +248,64 @@ def test_transient_failures_are_requeued_then_dead_lettered_on_the_last_attempt(
     assert (record["reason"], record["attempts"]) == ("AttemptsExhausted", 3)
     assert "connection refused" in record["message"]
     assert [b["failureReason"] for _, b, _ in notifier.sent] == ["AttemptsExhausted"]
+
+
+class OutageStore(FileStore):
+    """Reads fail, as an unreachable store's do, the first ``failures`` times (None: always)."""
+
+    def __init__(self, failures: int | None) -> None:
+        self.failures = failures
+        self.tries = 0
+
+    def open_read(
+        self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        self.tries += 1
+        if self.failures is None or self.tries <= self.failures:
+            raise StorageError(f"s3 error on {ref.uri}: connection refused")
+        return super().open_read(ref, start, within)
+
+
+def test_a_storage_outage_is_waited_out_holding_the_request_not_spent_in_attempts(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Requeued at each failure, every queued request spent its three attempts within seconds
+    of an outage and ended AttemptsExhausted. The worker now holds it and tries again after
+    each back-off: the outage ends, the request succeeds on its first delivery. Past
+    ``storage_wait_seconds`` the failure spends an attempt, as before."""
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                              storage_wait_seconds=60)  # fmt: skip
+    registry = CollectorRegistry()
+    store = OutageStore(failures=4)
+    processor = Processor(settings, model, Storage(file_store=store), notifier,
+                          WorkerMetrics(registry), threading.Event())  # fmt: skip
+    assert processor.handle(request(tmp_path), 0) == Result(Settle.ACK, "success")
+    assert store.tries == 5 and (tmp_path / "out/r1.out").exists()
+    assert [success for _, _, success in notifier.sent] == [True]
+    assert registry.get_sample_value("infermodes_async_storage_waits_total") == 4
+
+    brief = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                           storage_wait_seconds=1.0)  # fmt: skip
+    down = OutageStore(failures=None)
+    waiting = Processor(brief, model, Storage(file_store=down), notifier,
+                        WorkerMetrics(CollectorRegistry()), threading.Event())  # fmt: skip
+    assert waiting.handle(request(tmp_path, inference_id="r2"), 0) == Result(
+        Settle.REQUEUE, "retried"
+    )
+    assert down.tries >= 2 and len(notifier.sent) == 1  # tried again, then requeued
+
+
+def test_a_worker_told_to_stop_ends_its_wait_for_storage_and_requeues(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                              storage_wait_seconds=600)  # fmt: skip
+    stopping = threading.Event()
+    processor = Processor(settings, model, Storage(file_store=OutageStore(None)), notifier,
+                          WorkerMetrics(CollectorRegistry()), stopping)  # fmt: skip
+    threading.Timer(0.3, stopping.set).start()
+    assert processor.handle(request(tmp_path), 0) == Result(Settle.REQUEUE, "retried")
+    assert not notifier.sent
 
 
 def test_a_queue_that_allows_fewer_attempts_is_given_up_within_them(
@@ -660,7 +719,8 @@ def test_two_copies_racing_leave_exactly_one_result(
     the one result, and every notification reports it."""
     message = claimed(tmp_path)
     late = json.dumps(json.loads(message) | {"expiresAt": time.time() - 1}).encode()
-    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0)
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                              storage_wait_seconds=0)  # fmt: skip
     notes = RecordingNotifier()
     metrics = WorkerMetrics(CollectorRegistry())
     held = HeldOutput(held_at)
