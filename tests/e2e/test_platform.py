@@ -381,6 +381,12 @@ def test_boto3_serverless_lifecycle_under_invocations(
                            PrimaryContainer=container)  # fmt: skip
     sagemaker.create_model(ModelName="Missing-XGB", ExecutionRoleArn=ROLE, PrimaryContainer={
         **container, "ModelDataUrl": "s3://platform/missing/model.tar.gz"})  # fmt: skip
+    # the same model at another key: a config of it rolls the pods out (a change of
+    # MaxConcurrency alone is the gateway's, and the endpoint is Updating only for a moment)
+    bucket.copy_object(Bucket="platform", Key="model-copy/model.tar.gz",
+                       CopySource={"Bucket": "platform", "Key": "model/model.tar.gz"})  # fmt: skip
+    sagemaker.create_model(ModelName="Copied-XGB", ExecutionRoleArn=ROLE, PrimaryContainer={
+        **container, "ModelDataUrl": "s3://platform/model-copy/model.tar.gz"})  # fmt: skip
 
     def serverless(config: str, model: str, memory: int, concurrency: int) -> None:
         limits = {"MemorySizeInMB": memory, "MaxConcurrency": concurrency}
@@ -388,7 +394,7 @@ def test_boto3_serverless_lifecycle_under_invocations(
         sagemaker.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[variant])
 
     serverless("sl-2", "Hostile-XGB", 1024, 2)
-    serverless("sl-4", "Hostile-XGB", 1024, 4)  # 2048 MB: 1 CPU, past the test node's room
+    serverless("sl-4", "Copied-XGB", 1024, 4)  # 2048 MB: 1 CPU, past the test node's room
     serverless("sl-missing", "Missing-XGB", 1024, 4)
 
     sagemaker.create_endpoint(EndpointName="Hostile", EndpointConfigName="sl-2")
@@ -461,7 +467,7 @@ def test_boto3_serverless_lifecycle_under_invocations(
     assert set(invoker.outcomes) <= {"200", "ValidationError"}, invoker.counts()
     for config in ("sl-2", "sl-4", "sl-missing"):
         sagemaker.delete_endpoint_config(EndpointConfigName=config)
-    for model in ("Hostile-XGB", "Missing-XGB"):
+    for model in ("Hostile-XGB", "Missing-XGB", "Copied-XGB"):
         sagemaker.delete_model(ModelName=model)
 
 
