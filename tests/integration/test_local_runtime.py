@@ -923,20 +923,25 @@ def test_a_model_server_that_stops_answering_leaves_the_rotation_until_it_answer
         assert answers == [200] * 5
 
 
+def accepting_async(up: Up, abalone_model: AbaloneModel, tmp_path: Path, name: str) -> None:
+    """An async endpoint of ``name`` applied by the CLI, once its route accepts requests."""
+    ours = document("async", abalone_model.tarball, tmp_path)
+    ours["metadata"]["name"] = name
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(ours))
+    applied = cli(up, "apply", "-f", str(path))
+    assert applied.returncode == 0, applied.stderr
+    wait_until(lambda: up.invoke(name, b"1", path="async-invocations").status_code == 202,
+               WAIT, "the async endpoint accepting")  # fmt: skip
+
+
 def test_a_deleted_async_endpoints_accept_series_leave_metrics_as_invocations_do(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """The accept route's counts of an endpoint stayed in /metrics after it was deleted (the
     invocations' series go): every async endpoint ever served would stay listed."""
-    ours = document("async", abalone_model.tarball, tmp_path)
-    ours["metadata"]["name"] = "counted-async"
-    path = tmp_path / "counted.yaml"
-    path.write_text(yaml.safe_dump(ours))
-    applied = cli(up, "apply", "-f", str(path))
-    assert applied.returncode == 0, applied.stderr
+    accepting_async(up, abalone_model, tmp_path, "counted-async")
     series = 'infermodes_async_requests_total{endpoint="counted-async",status_code="202"}'
-    wait_until(lambda: up.invoke("counted-async", b"1", path="async-invocations")
-               .status_code == 202, WAIT, "the async endpoint accepting")  # fmt: skip
     assert series in httpx.get(f"{up.url}/metrics", timeout=10).text
     deleted = cli(up, "delete", "counted-async")
     assert deleted.returncode == 0, deleted.stderr
@@ -949,14 +954,7 @@ def test_an_async_request_whose_headers_are_refused_is_answered_before_its_body_
 ) -> None:
     """A refusal that needs no body (a TTL that is no number) came only after up to 16 MiB of
     inline body was read, and a client waiting for 100 Continue was told to send it first."""
-    ours = document("async", abalone_model.tarball, tmp_path)
-    ours["metadata"]["name"] = "headers-async"
-    path = tmp_path / "headers.yaml"
-    path.write_text(yaml.safe_dump(ours))
-    applied = cli(up, "apply", "-f", str(path))
-    assert applied.returncode == 0, applied.stderr
-    wait_until(lambda: up.invoke("headers-async", b"1", path="async-invocations")
-               .status_code == 202, WAIT, "the async endpoint accepting")  # fmt: skip
+    accepting_async(up, abalone_model, tmp_path, "headers-async")
     try:
         with socket.create_connection(("127.0.0.1", up.port), timeout=30) as conn:
             large = b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (8 << 20)
