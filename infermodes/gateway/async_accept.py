@@ -414,8 +414,9 @@ def asked_of(
     return Asked(content_type, accept, ttl, timeout, attributes, inference_id, location, root)
 
 
-def submission_with(name: str, endpoint: AsyncEndpoint, asked: Asked, body: bytes, now: float
-               ) -> Submission:  # fmt: skip
+def submission_with(
+    name: str, endpoint: AsyncEndpoint, asked: Asked, body: bytes, now: float
+) -> Submission:
     """The message to queue for checked headers and the body that came with them."""
     location, inference_id = asked.location, asked.inference_id
     if location and body:
@@ -442,21 +443,6 @@ def submission_with(name: str, endpoint: AsyncEndpoint, asked: Asked, body: byte
     key = fingerprint(location or body, asked.content_type, asked.accept, asked.attributes,
                       asked.ttl, asked.timeout)  # fmt: skip
     return Submission(message, None if location else body, key)
-
-
-def submission_of(
-    name: str,
-    endpoint: AsyncEndpoint,
-    headers: Headers,
-    body: bytes,
-    allowed_input_prefixes: list[str],
-    now: float,
-    api_prefixes: Iterable[str] = (),
-    allowed_from: str = "",
-) -> Submission:
-    """``asked_of`` and ``submission_with`` at once, for a body in hand."""
-    asked = asked_of(endpoint, headers, allowed_input_prefixes, api_prefixes, allowed_from)
-    return submission_with(name, endpoint, asked, body, now)
 
 
 def refused(request: Request, exc: InfermodesError) -> Response:

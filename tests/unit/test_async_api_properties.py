@@ -18,7 +18,8 @@ from infermodes.gateway.async_accept import (
     INVOCATION_TIMEOUT,
     REQUEST_TTL,
     Submission,
-    submission_of,
+    asked_of,
+    submission_with,
 )
 from infermodes.settings import AsyncEndpoint
 from tests.support.hostile import HEADER_TEXT, PROFILES
@@ -41,7 +42,8 @@ HEADERS = st.dictionaries(
 def submit(headers: dict[str, bytes], body: bytes) -> Submission | InfermodesError:
     raw = [(name.lower().encode(), value) for name, value in headers.items()]
     try:
-        return submission_of("ep", ENDPOINT, Headers(raw=raw), body, [], 1000.0)
+        asked = asked_of(ENDPOINT, Headers(raw=raw), [])  # as the route: headers, then body
+        return submission_with("ep", ENDPOINT, asked, body, 1000.0)
     except InfermodesError as exc:
         return exc
 
