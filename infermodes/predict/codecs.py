@@ -333,7 +333,9 @@ def decode_json(
         )
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
-        document = json.loads(body, parse_int=float, parse_constant=_refuse_constant)
+        # Decoded with the encoding found above, as json.loads would (it would look again).
+        text = body.decode(encoding, "surrogatepass")
+        document = json.loads(text, parse_int=float, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidInput("malformed JSON: nested too deeply") from None
     except ValueError as exc:  # includes UnicodeDecodeError
