@@ -179,7 +179,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) before reading when Content-Length is over the limit
     and while reading when it is absent (chunked uploads). A body that ends early (the client
     closed, or took longer than the body timeout) is refused, never returned in part."""
-    declared = check_declared_length(scope, limit)
+    return await read_checked_body(receive, limit, check_declared_length(scope, limit))
+
+
+async def read_checked_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+    """``read_body`` for a caller that has already checked the declared length (``declared``,
+    what ``check_declared_length`` returned) before deciding to read at all."""
     chunks: list[bytes] = []
     size = 0
     while True:

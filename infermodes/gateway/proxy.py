@@ -46,7 +46,7 @@ from infermodes.http import (
     Send,
     check_declared_length,
     expects_continue,
-    read_body,
+    read_checked_body,
     refuse_codings,
     repeated_header,
 )
@@ -326,7 +326,7 @@ class Proxy:
         check_target_variant(endpoint, scope["headers"])
         limit = self._body_limit(endpoint)
         with self._too_large(endpoint, limit):
-            check_declared_length(scope, limit)
+            declared = check_declared_length(scope, limit)
         # admitted before its body is read: a request over maxConcurrency is refused without
         # reading it (nor, with Expect: 100-continue, asking for it), and one reading its body
         # holds its place, so a flood of large bodies is never held in memory beyond the cap
@@ -346,7 +346,7 @@ class Proxy:
         holding = [False]
         try:
             with self._too_large(endpoint, limit):
-                body = await read_body(scope, receive, limit)
+                body = await read_checked_body(receive, limit, declared)
             async with asyncio.timeout(self.timeout):
                 return await self.forward(endpoint, forwarded, body, holding, receive)
         except TimeoutError:
