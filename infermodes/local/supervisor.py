@@ -240,11 +240,15 @@ def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
     )
 
 
-def restored(endpoint: LocalEndpoint, saved: Mapping[str, Any]) -> LocalEndpoint:
+def restored(
+    endpoint: LocalEndpoint, saved: Mapping[str, Any], *, spec_saved: bool = True
+) -> LocalEndpoint:
     """An endpoint a restart brought back, with what its saved file says of its status
-    (``LocalEndpoint.kept_facts``): none of its processes runs yet, nor has it been tried."""
+    (``LocalEndpoint.kept_facts``): none of its processes runs yet, nor has it been tried.
+    The model load that failed is the saved spec's: not ``spec_saved`` (the previous spec,
+    brought back to serve until that one rolls over from it), the endpoint has none."""
     endpoint.replaced_in_service = saved.get("served") is True
-    failed = saved.get("loadFailure")
+    failed = saved.get("loadFailure") if spec_saved else None
     if isinstance(failed, list) and len(failed) == 2 and all(isinstance(f, str) for f in failed):
         endpoint.load_failure = (failed[0], failed[1])
     endpoint.kept = endpoint.kept_facts()
@@ -302,7 +306,8 @@ class Supervisor:
             except (KeyError, ValueError, TypeError):  # none, or one this version refuses
                 restored(self._add(manifest, saved["created"]), saved)
                 continue
-            restored(self._add(previous, saved["created"]), saved).previous = previous.document
+            back = restored(self._add(previous, saved["created"]), saved, spec_saved=False)
+            back.previous = previous.document
             self.resumed[manifest.name] = manifest
             log.info("%s: the previous spec serves until the one applied last rolls over "
                      "from it", manifest.name)  # fmt: skip
@@ -826,12 +831,13 @@ class Supervisor:
                          "(no count on their metrics port): the queue's figures scale the "
                          "pool in only once they can")  # fmt: skip
         message = "; ".join(notes)
-        # the previous spec's servers: Updating. A serverless retry's server, not ready yet,
-        # has not shown the model loads: Failed until it does (a waiter would pass on it)
-        tried = ready or endpoint.outgoing or (running and mode is not Mode.SERVERLESS)
-        if endpoint.load_failure is not None and not tried:
-            phase, reason = Phase.FAILED, endpoint.load_failure[0]  # nothing tries it yet
-            message = f"{endpoint.load_failure[1]}; tried again when one of its processes starts"
+        # the previous spec's servers: Updating. A retry's server, not ready yet, has not shown
+        # the model loads: Failed until it does (a waiter would pass on it), as the operator's
+        # status stays while a restarted pod's last exit says the model could not load
+        if endpoint.load_failure is not None and not (ready or endpoint.outgoing):
+            phase, reason = Phase.FAILED, endpoint.load_failure[0]
+            when = "now" if running else "when one of its processes starts"
+            message = f"{endpoint.load_failure[1]}; tried again {when}"
         elif ready > 0:
             endpoint.load_failure = None
         # the previous spec's servers serve too while a rollover lasts, as a Deployment's old

@@ -642,6 +642,32 @@ def test_a_retried_serverless_endpoint_at_zero_starts_a_server_to_try_its_model(
     assert (again.status.phase.value, again.status.reason) == ("Failed", "ModelLoadFailed")
 
 
+def test_a_retried_realtime_endpoint_is_failed_until_its_server_shows_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A realtime endpoint's retry said Creating (NoReplicaReady) while its server ran, not
+    ready, and a serverless one's said Failed: one rule for both, the operator's (Failed while
+    the last run could not load the model and nothing is ready), saying it is being tried."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    supervisor.endpoints[name].failure = ("ModelLoadFailed", "model cannot be loaded: gone")
+    supervisor.load_retries[name] = (1, 0.0)
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
+    supervisor._retry_loads(1.0)
+    again = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(again, 1.0))
+    for child in again.children.values():
+        monkeypatch.setattr(child, "running", lambda: True)
+    supervisor._set_status(again)
+    assert (again.status.phase.value, again.status.reason) == ("Failed", "ModelLoadFailed")
+    assert again.status.message == "model cannot be loaded: gone; tried again now"
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
+    supervisor._set_status(again)
+    assert (again.status.phase.value, again.status.reason) == ("InService", "Ready")
+
+
 def test_a_zygote_that_does_not_answer_is_stopped_and_servers_start_by_exec() -> None:
     """A stuck zygote (SIGSTOPped, say) held up's loop, and with it the gateway, while it
     waited for the PID: it gives up (after SPAWN_TIMEOUT_SECONDS) and stops the zygote."""
@@ -775,6 +801,27 @@ def test_a_restart_shows_what_is_true_before_any_process_of_it_runs_again(
                      "abalone-serverless": ("Failed", "ModelLoadFailed")}  # fmt: skip
     # and the serverless one's model is tried at once: it may be there now
     assert "abalone-serverless/server-0" in started
+
+
+def test_a_restart_mid_failed_update_brings_the_previous_spec_back_without_its_failure(
+    tmp_path: Path,
+) -> None:
+    """The saved model-load failure is the spec applied last's: given to the previous spec a
+    restart brings back to serve, it made that spec's starting servers Failed, the spec applied
+    last rolled over from them at once, and a server of the two that served was lost."""
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    broken = copy.deepcopy(document)
+    broken["spec"]["model"]["uri"] = "file:///nowhere/model.tar.gz"
+    failure = ["ModelLoadFailed", "model cannot be loaded: no such file"]
+    saved = {"document": broken, "previous": document, "created": "2026-12-06T00:00:00Z",
+             "served": True, "loadFailure": failure}  # fmt: skip
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "abalone.json").write_text(json.dumps(saved))
+    restarted = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    restarted.load_state()
+    back = restarted.endpoints["abalone"]
+    assert back.manifest.document == document and back.load_failure is None
+    assert restarted.resumed["abalone"].document == broken
 
 
 SECRET = """\
