@@ -149,9 +149,12 @@ class Consumer(Protocol):
     cleared when the broker is lost or at ``stop`` (the worker's readiness);
     ``on_in_flight`` is called with +1 / -1 as deliveries start and end (a metrics gauge);
     ``on_attempts_allowed`` with ``attempts_allowed`` each time the queue is declared, before
-    it delivers anything (a RabbitMQ queue kept with a smaller limit allows fewer)."""
+    it delivers anything (a RabbitMQ queue kept with a smaller limit allows fewer);
+    ``hold_limit`` is how long the broker lets a delivery go unsettled before it takes it back
+    and delivers it again (RabbitMQ's consumer timeout), None for no limit."""
 
     stopping: threading.Event
+    hold_limit: float | None
     consuming: threading.Event
     on_in_flight: Callable[[int], None]
     on_attempts_allowed: Callable[[int], None]

@@ -340,6 +340,7 @@ class EmbeddedConsumer:
         self.consuming = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
+        self.hold_limit: float | None = None  # leases are renewed while a delivery is held
         self._db = Database(path, "NORMAL")
         self._changed = threading.Condition()
         self._leases: set[tuple[int, int]] = set()  # (seq, deliveries) of those in flight

@@ -482,6 +482,7 @@ class RabbitConsumer:
         self.consuming = threading.Event()
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
+        self.hold_limit: float | None = CONSUMER_TIMEOUT_MS / 1000
         self.outage = Outage(f"consuming {queue_name(endpoint)}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()

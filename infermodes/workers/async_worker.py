@@ -88,6 +88,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("infermodes.worker")
 # between two tries of failing storage at least this: a store that refuses at once is not hammered
 STORAGE_RETRY_FLOOR_SECONDS = 0.1
+# what a delivery may still need once its invocation ended, within the broker's hold limit,
+# besides a back-off before a requeue: the result's claim and writes, the notifications (a
+# webhook's three tries take up to 31.5 s)
+FINISH_RESERVE_SECONDS = 90.0
 
 ERROR_RECORD_LIMIT = 1024 * 1024
 NOTIFY_CONNECTIONS = 8
@@ -186,8 +190,10 @@ class Processor:
         notifier: Notifies,
         metrics: WorkerMetrics,
         stopping: threading.Event,
+        hold_limit: float | None = None,
     ) -> None:
         self.settings = settings
+        self.hold_limit = hold_limit  # the consumer's: how long a delivery may stay unsettled
         self.model = model
         self.storage = storage
         self.notifier = notifier
@@ -281,7 +287,13 @@ class Processor:
         request queued would spend its attempts within seconds of an outage (a store
         restarting, a brownout) and end ``AttemptsExhausted`` though nothing was wrong with
         it. Every step is safe to run again, as a redelivery runs it."""
-        deadline = time.monotonic() + self.settings.storage_wait_seconds
+        settings = self.settings
+        budget = storage_wait_budget(
+            settings.storage_wait_seconds,
+            self.hold_limit,
+            request.invocation_timeout_seconds + settings.retry_backoff_max_seconds,
+        )
+        deadline = time.monotonic() + budget
         waits = 0
         while True:
             try:
@@ -596,6 +608,17 @@ class Processor:
         self.notifier.send(target.endpoint, body, success=False)
 
 
+def storage_wait_budget(storage_wait: float, hold_limit: float | None, after: float) -> float:
+    """How long one delivery may wait out failing storage: ``storage_wait``, cut so that what
+    may come ``after`` the wait (an invocation tried again, a back-off) and the finish still
+    settle within the broker's ``hold_limit`` (RabbitMQ's consumer timeout). Past that the
+    broker closes the channel, and redelivers every request the worker holds while it still
+    works on them."""
+    if hold_limit is None:
+        return storage_wait
+    return max(0.0, min(storage_wait, hold_limit - after - FINISH_RESERVE_SECONDS))
+
+
 def _failure_of(record: bytes, failure_location: str) -> Failure:
     """The failure an error record describes."""
     try:
@@ -674,7 +697,9 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
         settings.endpoint, settings.max_attempts, settings.max_concurrent_invocations
     )
     consumer.on_in_flight = metrics.in_flight.inc
-    processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)
+    processor = Processor(
+        settings, model, storage, notifier, metrics, consumer.stopping, consumer.hold_limit
+    )
     consumer.on_attempts_allowed = processor.allow_attempts
     return consumer, delivery_handler(processor, metrics)
 

@@ -31,7 +31,7 @@ from tests.support.async_plane import (
     submit_unreadable,
     to_csv,
 )
-from tests.support.processes import stop_process, wait_until
+from tests.support.processes import free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
 LOCATION = "X-Amzn-SageMaker-InputLocation"
@@ -551,3 +551,29 @@ def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
     assert note["responseParameters"] == {"failureLocation": None}
     assert claim.read_bytes() == b""
     assert outputs(tmp_path / "ep/output") == [] and outputs(tmp_path / "ep/failure") == []
+
+
+def test_a_storage_wait_that_would_outlast_the_consumer_timeout_is_not_taken(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A one-hour invocation and a 600 s back-off leave nothing of RabbitMQ's 65-minute consumer
+    timeout for a wait on failing storage (here an S3 endpoint that refuses connections): the
+    worker spends the request's attempts at once and ends it AttemptsExhausted, rather than
+    wait 300 s holding each delivery, which with such an invocation after it the broker would
+    take back mid-way and deliver again."""
+    endpoint = "hold"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    refused = free_port()  # nothing listens: every S3 call is refused
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{refused}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "INFERMODES_WORKER_RETRY_BACKOFF_MAX_SECONDS": "600"}  # fmt: skip
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path, env=env) as live:
+        one_hour = {"X-Amzn-SageMaker-InvocationTimeoutSeconds": "3600"}
+        answer = live.invoke(headers={LOCATION: "s3://inputs/rows.csv", **one_hour})
+        assert answer.status_code == 202, answer.text
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w")
+        failure = tmp_path / "store" / "failure" / f"{answer.json()['InferenceId']}.error"
+        wait_until(failure.exists, 90, "the request to end without waiting for storage")
+        assert json.loads(failure.read_text())["reason"] == "AttemptsExhausted"
+        assert metric(worker, "infermodes_async_storage_waits_total") == 0
+        notes.wait_for({answer.json()["InferenceId"]}, "Failed", 30)

@@ -28,7 +28,13 @@ from infermodes.queueing.messages import (
 )
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
-from infermodes.workers.async_worker import Processor, Result, run, webhooks_of
+from infermodes.workers.async_worker import (
+    Processor,
+    Result,
+    run,
+    storage_wait_budget,
+    webhooks_of,
+)
 from tests.unit.async_samples import invocation, tiny_model
 
 
@@ -293,6 +299,44 @@ def test_a_storage_outage_is_waited_out_holding_the_request_not_spent_in_attempt
         Settle.REQUEUE, "retried"
     )
     assert down.tries >= 2 and len(notifier.sent) == 1  # tried again, then requeued
+
+
+@pytest.mark.parametrize(
+    ("hold_limit", "after", "budget"),
+    [
+        (None, 3630, 300),  # the embedded queue renews its leases: no limit
+        (3900, 930, 300),  # the default timeout (900 s) and back-off leave room for it all
+        (3900, 3630, 180),  # a one-hour invocation after a 300 s wait passed 65 minutes
+        (3900, 3800, 10),
+        (3900, 4200, 0),  # a 600 s back-off after a one-hour invocation: no wait at all
+    ],
+)
+def test_the_storage_wait_ends_where_the_broker_would_take_the_delivery_back(
+    hold_limit: float | None, after: float, budget: float
+) -> None:
+    """RabbitMQ takes back a delivery held past its consumer timeout (65 min): it closes the
+    channel, redelivers everything the worker holds, and the work in progress is orphaned.
+    A wait for storage, the invocation and back-off that may follow it, and the finish must
+    fit in it."""
+    assert storage_wait_budget(300, hold_limit, after) == budget
+
+
+def test_a_worker_with_no_time_left_under_the_hold_limit_requeues_without_waiting(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """The request's own timeout uses the whole of what the broker allows: failing storage
+    spends an attempt at once rather than hold the delivery into the broker's timeout."""
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                              storage_wait_seconds=2)  # fmt: skip
+    registry = CollectorRegistry()
+    down = OutageStore(failures=None)
+    processor = Processor(settings, model, Storage(file_store=down), notifier,
+                          WorkerMetrics(registry), threading.Event())  # fmt: skip
+    processor.hold_limit = 3600 + 30 + 90  # the invocation timeout, back-off and finish
+    message = request(tmp_path, invocation_timeout_seconds=3600)
+    assert processor.handle(message, 0) == Result(Settle.REQUEUE, "retried")
+    assert down.tries == 1 and not notifier.sent
+    assert registry.get_sample_value("infermodes_async_storage_waits_total") == 0
 
 
 def test_a_worker_told_to_stop_ends_its_wait_for_storage_and_requeues(
