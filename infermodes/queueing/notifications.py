@@ -301,6 +301,10 @@ class Notifier:
         for address in others:
             with contextlib.suppress(httpx.ConnectError, httpx.ConnectTimeout):  # the next one
                 return send(address)
+            cutoff = line.cutoff
+            if cutoff is not None and cutoff.expired:  # no socket to shut while connecting:
+                # the try ends here, not after another connect timeout for each address left
+                raise httpx.ConnectTimeout(f"no address took the connection in time ({address})")
         return send(last)
 
     def _line(self, origin: str) -> Line:

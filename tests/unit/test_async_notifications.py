@@ -16,6 +16,7 @@ from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
+    Cutoff,
     Notifier,
     Webhooks,
     error_body,
@@ -301,3 +302,35 @@ def test_a_webhook_that_answers_keeps_its_connection_between_posts() -> None:
         server.server_close()
     assert len(peers) == 3 and len(set(peers)) == 1
     assert metrics.notifications.labels("webhook", "sent")._value.get() == 3
+
+
+def test_a_try_whose_time_is_up_tries_no_further_address() -> None:
+    """A name with several addresses that drop connections: each connect waits its 5 s
+    timeout, and the cutoff, with no socket to shut yet, did not end the try, so it lasted
+    5 s for each address, not the 10 s the try is given. Past its time, no next address."""
+    expired = threading.Event()
+    tried: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        expired.wait(30)  # the first connect outlasts the try's time
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    class Recorded(Cutoff):
+        def _expire(self) -> None:
+            super()._expire()
+            expired.set()
+
+    addresses = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = Notifier(
+        FakeChannel(), metrics, Webhooks(["http://hook.test/t"], []), 1, True,
+        lambda: httpx.Client(transport=httpx.MockTransport(answer)),
+        lambda url: destinations.Checked(addresses=addresses),
+    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("infermodes.queueing.notifications.Cutoff", Recorded)
+        patch.setattr("infermodes.queueing.notifications.WEBHOOK_ANSWER_SECONDS", 0.2)
+        sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert tried == ["127.0.0.2"]
+    assert metrics.notifications.labels("webhook", "failed")._value.get() == 1
