@@ -196,7 +196,9 @@ class ObjectStore(Protocol):
     def open_read(
         self, ref: ObjectRef, start: int = 0, within: ObjectRef | None = None
     ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
-    def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def open_write(
+        self, ref: ObjectRef, content_type: str | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
     def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool: ...
     def exists(self, ref: ObjectRef) -> bool: ...
     def modified(self, ref: ObjectRef) -> float | None: ...
@@ -312,7 +314,10 @@ class FileStore:
                     raise StorageError(f"cannot read {ref.uri} from byte {start}: {exc}") from exc
             yield handle
 
-    def open_write(self, ref: ObjectRef) -> contextlib.AbstractContextManager[IO[bytes]]:
+    def open_write(
+        self, ref: ObjectRef, content_type: str | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """``content_type``: a file has none to keep."""
         return self._published(ref, os.replace)
 
     @contextlib.contextmanager
@@ -568,11 +573,12 @@ class S3Store:
             body.close()
 
     @contextlib.contextmanager
-    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+    def open_write(self, ref: ObjectRef, content_type: str | None = None) -> Iterator[IO[bytes]]:
         """Stream parts of a multipart upload as they fill (a single PUT when small), so memory
         and local disk stay at one part whatever the size. The object appears only when the
-        upload completes at the end; on any failure the upload is aborted and nothing appears."""
-        writer = _MultipartWriter(self.client, ref)
+        upload completes at the end; on any failure the upload is aborted and nothing appears.
+        ``content_type``: the object's ``Content-Type`` (else the store guesses one)."""
+        writer = _MultipartWriter(self.client, ref, content_type)
         try:
             yield cast(IO[bytes], writer)
             writer.finish()
@@ -712,9 +718,11 @@ class _MultipartWriter(io.RawIOBase):
     """The file-like side of ``S3Store.open_write``. Parts are 8 MiB, growing by 8 MiB every
     1000 parts, so S3's 10,000-part limit allows objects of several hundred GB."""
 
-    def __init__(self, client: Any, ref: ObjectRef) -> None:
+    def __init__(self, client: Any, ref: ObjectRef, content_type: str | None = None) -> None:
         self.client = client
         self.ref = ref
+        # given when the object is created: by its one PUT, or by the upload that makes it
+        self.typed = {"ContentType": content_type} if content_type else {}
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
@@ -738,7 +746,7 @@ class _MultipartWriter(io.RawIOBase):
 
     def _upload_part(self) -> None:
         if self.upload_id is None:
-            self.upload_id = self._call("create_multipart_upload")["UploadId"]
+            self.upload_id = self._call("create_multipart_upload", **self.typed)["UploadId"]
         number = len(self.parts) + 1
         answer = self._call(
             "upload_part", UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
@@ -748,7 +756,7 @@ class _MultipartWriter(io.RawIOBase):
 
     def finish(self) -> None:
         if self.upload_id is None:
-            self._call("put_object", Body=bytes(self.buffer))
+            self._call("put_object", Body=bytes(self.buffer), **self.typed)
             return
         if self.buffer:
             self._upload_part()
@@ -792,9 +800,12 @@ class Storage:
             raise _outside(ref, root)
         return store.open_read(ref, start, root)
 
-    def open_write(self, uri: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+    def open_write(
+        self, uri: str, content_type: str | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """``content_type``: the object's media type, where the store keeps one (S3)."""
         store, ref = self._resolve(uri)
-        return store.open_write(ref)
+        return store.open_write(ref, content_type)
 
     def create(self, uri: str, data: bytes, durable: bool = True) -> bool:
         """Write a new object whole unless one exists: True when this call created it (of
@@ -888,8 +899,8 @@ class Storage:
             raise StorageError(f"{uri} is larger than {limit} bytes")
         return data
 
-    def put_bytes(self, uri: str, data: bytes) -> None:
-        with self.open_write(uri) as handle:
+    def put_bytes(self, uri: str, data: bytes, content_type: str | None = None) -> None:
+        with self.open_write(uri, content_type) as handle:
             handle.write(data)
 
     def copy_to_file(self, uri: str, dest: Path) -> None:

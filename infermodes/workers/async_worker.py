@@ -477,9 +477,10 @@ class Processor:
         output that then cannot be stored keeps the claim: the request ends in success, which
         a later delivery finishes."""
         settings = self.settings
+        accept = codecs.accept_of(request.accept)  # the output's type, as the server answers
         with (
             self.storage.open_read(request.input_location, within=request.input_root) as source,
-            self.storage.open_write(request.output_location) as sink,
+            self.storage.open_write(request.output_location, accept) as sink,
         ):
             head = _Head(sink, INLINE_RESULT_LIMIT)
             rows = predict_stream(
@@ -487,7 +488,7 @@ class Processor:
                 source,
                 head,
                 content_type=codecs.content_type_of(request.content_type),
-                accept=codecs.accept_of(request.accept),
+                accept=accept,
                 timeout=request.invocation_timeout_seconds,
                 chunk_bytes=settings.chunk_bytes,
                 max_json_bytes=settings.max_json_bytes,
@@ -571,7 +572,7 @@ class Processor:
         """The claimed error's object, and whether it was stored: on the last attempt, one
         that cannot be written is notified without it."""
         try:
-            self.storage.put_bytes(location, record)
+            self.storage.put_bytes(location, record, codecs.JSON)  # error_record's
         except StorageError as exc:
             problem = f"inference {inference_id}: cannot write the error object: {exc}"
             if attempts < self.max_attempts:

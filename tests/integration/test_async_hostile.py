@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 
+from infermodes.predict import codecs
 from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
@@ -526,3 +527,32 @@ def test_a_storage_outage_is_waited_out_and_every_queued_request_completes_once(
         f"{name}.out" for name in ids
     )
     assert not (tmp_path / "failure").exists() or not list((tmp_path / "failure").iterdir())
+
+
+def test_outputs_and_error_objects_on_s3_carry_their_content_type(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A reader of the output (a browser, a pipeline, boto3's ``get_object``) learns its type
+    from the object, as on the platform, where the output has the model's response type: the
+    worker stored outputs and error records with none, so the store guessed (``text/plain``)."""
+    from tests.support.seaweedfs import seaweedfs_server
+
+    endpoint = "typed-outputs"  # the session's broker is shared: a queue name of its own
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = to_csv(abalone_model.test_rows[:2])
+    with seaweedfs_server() as store:
+        client: Any = store.client()
+        client.create_bucket(Bucket="typed")
+        with plane(rabbitmq, endpoint, "s3://typed/ep", tmp_path, store.env, 3) as live:
+            asked = {"json": codecs.JSON, "csv": codecs.CSV, "lines": codecs.JSONLINES}
+            for name, accept in asked.items():
+                assert live.invoke(rows, {ID: name, "Accept": accept}).status_code == 202
+            assert live.invoke(rows, {ID: "bad", "content-type": "text/libsvm"}).status_code == 202
+            live.start_worker(model_uri(abalone_model), "w")
+            notes.wait_for(set(asked), "Completed", 60)
+            notes.wait_for({"bad"}, "Failed", 60)
+        for name, accept in asked.items():
+            head = client.head_object(Bucket="typed", Key=f"ep/output/{name}.out")
+            assert head["ContentType"] == accept, (name, head)
+        error = client.head_object(Bucket="typed", Key="ep/failure/bad.error")
+        assert error["ContentType"] == "application/json", error

@@ -798,7 +798,7 @@ class HeldOutput(FileStore):
         assert self.release.wait(10)
 
     @contextlib.contextmanager
-    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+    def open_write(self, ref: ObjectRef, content_type: str | None = None) -> Iterator[IO[bytes]]:
         with super().open_write(ref) as handle:
             if ref.key.endswith(".out") and self.at == "predicting":
                 write = handle.write
@@ -823,7 +823,7 @@ class FailingOutputWrite(FileStore):
         self.suffix = suffix
 
     @contextlib.contextmanager
-    def open_write(self, ref: ObjectRef) -> Iterator[IO[bytes]]:
+    def open_write(self, ref: ObjectRef, content_type: str | None = None) -> Iterator[IO[bytes]]:
         failure = StorageError(f"cannot write {ref.uri}: input/output error")
         with super().open_write(ref) as handle:
             yield handle
