@@ -13,6 +13,7 @@ import http
 import json
 import socket
 import struct
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol, cast
 
@@ -46,6 +47,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 ERROR_MEDIA_TYPE = "application/json"
+# the platform's request id, which boto3 reads into ResponseMetadata.RequestId
+REQUEST_ID_HEADER = b"x-amzn-requestid"
+REQUEST_ID_KEY = "infermodes.request_id"  # where a request's id is kept in its scope
 MAX_HEADER_BYTES = 64 * 1024  # httptools sets no bound of its own
 
 
@@ -65,6 +69,42 @@ def status_kind(status: int) -> str:
     """The ``error`` of a response made by HTTP itself rather than a domain error: 404 ->
     ``NotFound``, 405 -> ``MethodNotAllowed`` (the domain error of the same name agrees)."""
     return http.HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id, made the first time it is asked for: what its answer's
+    ``x-amzn-RequestId`` and the log lines about it say."""
+    named: str | None = scope.get(REQUEST_ID_KEY)
+    if named is None:
+        named = scope[REQUEST_ID_KEY] = str(uuid.uuid4())
+    return named
+
+
+def naming_request(scope: Scope, send: Send) -> Send:
+    """``send`` for routes that name no request themselves: the answer gets the request's id
+    (an id the route answered with is kept)."""
+
+    async def named(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if all(name.lower() != REQUEST_ID_HEADER for name, _ in headers):
+                headers.append((REQUEST_ID_HEADER, request_id(scope).encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return named
+
+
+class RequestNaming:
+    """ASGI middleware: every HTTP answer names its request (``naming_request``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = naming_request(scope, send)
+        await self.app(scope, receive, send)
 
 
 def error_response(exc: InfermodesError) -> Response:

@@ -42,7 +42,15 @@ from infermodes.gateway.errors import (
 )
 from infermodes.gateway.proxy import Proxy, is_invocation
 from infermodes.gateway.table import EndpointSource, Table
-from infermodes.http import ASGIApp, Receive, Scope, Send, create_api, uvicorn_options
+from infermodes.http import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    create_api,
+    naming_request,
+    uvicorn_options,
+)
 from infermodes.logs import configure_logging
 from infermodes.metrics import GatewayMetrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
@@ -135,18 +143,26 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.guard_callers and scope["type"] == "http" and await refused_caller(scope, send):
+        """Every answer names its request (``x-amzn-RequestId``): the proxy's itself, on the
+        hot path; refusals before routing in ``error_response``; the rest through ``send``."""
+        if scope["type"] != "http":
+            await self.rest(scope, receive, send)
             return
-        if self.verifier is not None and scope["type"] == "http":
+        invocation = is_invocation(scope["path"])
+        if not invocation:
+            send = naming_request(scope, send)
+        if self.guard_callers and await refused_caller(scope, send):
+            return
+        if self.verifier is not None:
             limit = self.body_limit(scope["path"])
             checked = await verified(self.verifier, limit, scope, receive, send)
             if checked is None:
                 return
             receive = checked
-        if scope["type"] == "http" and is_invocation(scope["path"]):
+        if invocation:
             await self.proxy(scope, receive, send)
             return
-        if self.guard is not None and scope["type"] == "http":  # invocations stay unguarded
+        if self.guard is not None:  # invocations stay unguarded
             guarded = await self.guard(scope, receive, send)
             if guarded is None:
                 return

@@ -58,11 +58,13 @@ from infermodes.gateway.errors import (
     runtime_error_response,
 )
 from infermodes.http import (
+    RequestNaming,
     create_api,
     expects_continue,
     read_body,
     refuse_codings,
     repeated_header,
+    request_id,
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
@@ -496,7 +498,8 @@ def create_router(
             metrics.count(name, exc.status_code)
             return refused(request, exc)
         except Exception:
-            log.exception("unexpected error accepting a request for %s", name)
+            log.exception("unexpected error accepting request %s for %s",
+                          request_id(request.scope), name)  # fmt: skip
             metrics.count(name, 500)
             return refused(request, InfermodesError("internal error; the request was not accepted"))
         metrics.count(name, 202)
@@ -552,6 +555,7 @@ def create_app(
     """The router on its own, with ``/ping`` and ``/metrics``."""
     registry = registry if registry is not None else CollectorRegistry()
     app = create_api("infermodes async invocations", registry)
+    app.add_middleware(RequestNaming)  # x-amzn-RequestId, as the gateway's route answers
     router = create_router(
         settings.endpoints,
         publisher,

@@ -41,6 +41,7 @@ from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
 from infermodes.http import (
     ERROR_MEDIA_TYPE,
+    REQUEST_ID_HEADER,
     Receive,
     Scope,
     Send,
@@ -49,6 +50,7 @@ from infermodes.http import (
     read_checked_body,
     refuse_codings,
     repeated_header,
+    request_id,
 )
 from infermodes.metrics import UNKNOWN_ENDPOINT, GatewayMetrics
 from infermodes.settings import GatewaySettings
@@ -162,15 +164,16 @@ def original_message(body: bytes) -> str:
     return body[:MAX_ORIGINAL_MESSAGE].decode("utf-8", "replace")
 
 
-def checked_answer(endpoint: Endpoint, replica: Replica, answer: Answer) -> Answer:
+def checked_answer(endpoint: Endpoint, replica: Replica, answer: Answer, named: str) -> Answer:
     """The answer itself if 2xx/3xx; a model's 4xx is the platform's 424 ModelError, a 5xx
-    a 502."""
+    a 502 (logged, ``named``: the request's id)."""
     if answer.status < 400:
         return answer
     message = original_message(answer.body)
     if answer.status < 500:
         raise ModelError(endpoint.name, answer.status, message)
-    log.warning("endpoint %s: replica %s answered %d", endpoint.name, replica.key, answer.status)
+    log.warning("endpoint %s: replica %s answered %d (request %s)", endpoint.name, replica.key,
+                answer.status, named)  # fmt: skip
     raise InternalDependencyException(  # no replica named to the caller: the log has it
         f"endpoint {endpoint.name}: the model server failed with {answer.status}: {message}",
         answer.status,
@@ -292,6 +295,7 @@ class Proxy:
         label = UNKNOWN_ENDPOINT
         served: Endpoint | None = None
         headers: list[tuple[bytes, bytes]]
+        named = request_id(scope)  # x-amzn-RequestId, success or error, and the log lines'
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
@@ -312,6 +316,7 @@ class Proxy:
             if expects_continue(scope["headers"]):
                 headers.append((b"connection", b"close"))
         headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((REQUEST_ID_HEADER, named.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._observe(label, status, time.perf_counter() - started)
@@ -348,7 +353,8 @@ class Proxy:
             with self._too_large(endpoint, limit):
                 body = await read_checked_body(receive, limit, declared)
             async with asyncio.timeout(self.timeout):
-                return await self.forward(endpoint, forwarded, body, holding, receive)
+                named = request_id(scope)  # made by the route: its answer says it
+                return await self.forward(endpoint, forwarded, body, holding, receive, named)
         except TimeoutError:
             if holding[0]:
                 raise ServiceUnavailable(
@@ -389,9 +395,11 @@ class Proxy:
         body: bytes,
         holding: list[bool],
         receive: Receive,
+        named: str,
     ) -> Answer:
         """Send to a ready replica, holding while there is none (and the endpoint has neither
-        failed nor been deleted); a replica the request never reached is left for another."""
+        failed nor been deleted); a replica the request never reached is left for another.
+        ``named``: the request's id, for the log lines."""
         was_held = False
         presumed_once = False
         for _ in range(MAX_ATTEMPTS):
@@ -431,14 +439,14 @@ class Proxy:
                     ) from None
                 presumed_once = presumed_once or presumed
                 self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
-                log.info("endpoint %s: %s; trying again", endpoint.name, exc)
+                log.info("endpoint %s: %s; trying again (request %s)", endpoint.name, exc, named)
                 if exc.refused:
                     self.table.mark_unready(endpoint, replica)
                 continue
             except UpstreamFailed as exc:
                 self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
-                log.warning("endpoint %s: replica %s at %s failed: %s", endpoint.name,
-                            replica.key, pool.address, exc)  # fmt: skip
+                log.warning("endpoint %s: replica %s at %s failed: %s (request %s)",
+                            endpoint.name, replica.key, pool.address, exc, named)  # fmt: skip
                 raise InternalDependencyException(
                     f"endpoint {endpoint.name}: a model server failed: {exc}"
                 ) from None
@@ -451,7 +459,7 @@ class Proxy:
             self._forwarded(endpoint)
             if answer.status >= 500:
                 self.metrics.upstream_errors.labels(endpoint.name, "status_5xx").inc()
-            return checked_answer(endpoint, replica, answer)
+            return checked_answer(endpoint, replica, answer, named)
         raise InternalDependencyException(
             f"no replica of endpoint {endpoint.name} took the request in {MAX_ATTEMPTS} attempts"
         )

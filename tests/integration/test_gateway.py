@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,9 +275,12 @@ def test_failures_and_timeouts_get_502_504_and_503_with_clear_bodies(tmp_path: P
         ]
         args = ["--invocation-timeout-seconds", "2"]
         with running_gateway(endpoints, tmp_path, args) as gateway:
-            failed = expect_error(gateway.invoke("failing", b"1"), 502,
-                                  "InternalDependencyException", "the model crashed")  # fmt: skip
+            answer = gateway.invoke("failing", b"1")
+            failed = expect_error(answer, 502, "InternalDependencyException", "the model crashed")
             assert failed["OriginalStatusCode"] == 500
+            request_id = answer.headers["x-amzn-requestid"]  # the log line a ticket leads to
+            assert [line for line in gateway.log.splitlines()
+                    if request_id in line and "answered 500" in line], gateway.log  # fmt: skip
             expect_error(gateway.invoke("hanging", b"1"), 504, "ModelInvocationTimeout",
                          "invocation timeout of 2 s")  # fmt: skip
             expect_error(gateway.invoke("never", b"1"), 503, "ServiceUnavailable",
@@ -333,6 +337,36 @@ def test_boto3s_sagemaker_runtime_client_calls_the_gateway_unchanged(
         client.invoke_endpoint(EndpointName="realtime", Body=b"1,2,x", ContentType="text/csv")
     assert failed.value.response["OriginalStatusCode"] == 400
     assert "row 1" in failed.value.response["OriginalMessage"]
+
+
+def test_every_answer_of_the_invocation_routes_names_its_request_as_the_platform_does(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    """boto3 reads ``x-amzn-RequestId`` into ``ResponseMetadata.RequestId`` (what a support
+    ticket quotes): the gateway's invocation routes sent none, success or error."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = boto3.client("sagemaker-runtime", endpoint_url=gateway.url, region_name="us-east-1",
+                          aws_access_key_id="unused", aws_secret_access_key="unused")  # fmt: skip
+    answer = client.invoke_endpoint(EndpointName="realtime", ContentType="text/csv",
+                                    Body=to_csv(abalone_model.test_rows[:1]))  # fmt: skip
+    named = [answer["ResponseMetadata"]["RequestId"]]
+    calls = [
+        lambda: client.invoke_endpoint(EndpointName="missing", Body=b"1", ContentType="text/csv"),
+        lambda: client.invoke_endpoint(
+            EndpointName="realtime", Body=b"1,x", ContentType="text/csv"
+        ),
+        lambda: client.invoke_endpoint_async(EndpointName="realtime", InputLocation="s3://b/k"),
+    ]
+    for call in calls:
+        with pytest.raises(ClientError) as caught:
+            call()
+        named.append(caught.value.response["ResponseMetadata"].get("RequestId", ""))
+    assert all(uuid.UUID(request_id) for request_id in named), named
+    assert len(set(named)) == len(named), named
+    wrong_method = httpx.get(f"{gateway.url}/endpoints/realtime/invocations")
+    assert uuid.UUID(wrong_method.headers["x-amzn-requestid"])
 
 
 HELD_NOW = "infermodes_gateway_requests_held"

@@ -220,6 +220,7 @@ def test_an_async_endpoint_writes_its_output_to_s3(
                                              ContentType="text/csv",
                                              InferenceId=uuid.uuid4().hex[:8])  # fmt: skip
     assert accepted["OutputLocation"].startswith("s3://async/output/")
+    assert uuid.UUID(accepted["ResponseMetadata"]["RequestId"])  # what a ticket quotes
     output = read_when_there(storage, accepted["OutputLocation"])
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
     # boto3 sends ContentType and Accept as X-Amzn-SageMaker-* headers: JSON in, JSON out
@@ -232,9 +233,10 @@ def test_an_async_endpoint_writes_its_output_to_s3(
     output = read_when_there(storage, accepted["OutputLocation"])
     found = [p["score"] for p in json.loads(output)["predictions"]]
     np.testing.assert_allclose(found, expected(abalone_model, rows), rtol=1e-6)
-    with pytest.raises(ClientError, match="S3OutputPathExtension is not supported"):
+    with pytest.raises(ClientError, match="S3OutputPathExtension is not supported") as refused:
         runtime.invoke_endpoint_async(EndpointName="abalone-async", S3OutputPathExtension="x",
                                       InputLocation="s3://async/input/rows.json")  # fmt: skip
+    assert uuid.UUID(refused.value.response["ResponseMetadata"]["RequestId"])
 
     sagemaker.delete_endpoint(EndpointName="abalone-async")
     sagemaker.delete_endpoint_config(EndpointConfigName="abalone-async-config")
