@@ -387,12 +387,36 @@ def endpoint_config_record(
             f"{field}ManagedInstanceScaling.Status {shown(status)}: one of "
             f"{', '.join(SCALING_STATUSES)}"
         )
+    check_counts(field, variant.get("InitialInstanceCount"), scaling)
     if request.get("AsyncInferenceConfig") is not None:
         check_async(mapping("AsyncInferenceConfig", request["AsyncInferenceConfig"]), defaults)
     record = {**request, "EndpointConfigArn": arn(defaults, "endpoint-config", name),
               "CreationTime": time.time()}  # fmt: skip
     endpoint_spec(record, models[model_name] or {}, defaults)  # everything the spec checks too
     return record
+
+
+def check_counts(field: str, initial: int | None, scaling: Mapping[str, Any]) -> None:
+    """ManagedInstanceScaling's counts in the platform's ranges whatever its status (they are
+    kept and answered back), and, ENABLED, an InitialInstanceCount within them: the endpoint
+    runs the managed range, so a count outside it would be dropped without a word."""
+    where = f"{field}ManagedInstanceScaling"
+    low, high = scaling.get("MinInstanceCount"), scaling.get("MaxInstanceCount")
+    for key, value, least in (("MinInstanceCount", low, 0), ("MaxInstanceCount", high, 1)):
+        if value is not None and value < least:
+            raise ValidationException(f"{where}.{key} must be {least} or more, got {value}")
+    if low is not None and high is not None and low > high:
+        raise ValidationException(f"{where}: {PLATFORM_WORDING[REPLICA_RANGE]}")
+    if scaling.get("Status") != "ENABLED" or initial is None:
+        return
+    if (low is not None and initial < low) or (high is not None and initial > high):
+        given = ", ".join(f"{key} {value}" for key, value in
+                          (("MinInstanceCount", low), ("MaxInstanceCount", high))
+                          if value is not None)  # fmt: skip
+        raise ValidationException(
+            f"{field}InitialInstanceCount {initial} lies outside ManagedInstanceScaling's "
+            f"range ({given}): give an InitialInstanceCount within it"
+        )
 
 
 def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:

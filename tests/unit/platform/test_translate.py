@@ -71,6 +71,47 @@ def test_instances_become_a_realtime_endpoint_of_that_many_replicas() -> None:
     assert spec_of(config(scaled))["spec"]["realtime"] == {"minReplicas": 1, "maxReplicas": 4}
 
 
+@pytest.mark.parametrize(
+    ("initial", "scaling", "said"),
+    [
+        (5, {"Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 3},
+         "ProductionVariants[0].InitialInstanceCount 5 lies outside ManagedInstanceScaling's "
+         "range (MinInstanceCount 1, MaxInstanceCount 3)"),
+        (1, {"Status": "ENABLED", "MinInstanceCount": 2, "MaxInstanceCount": 4},
+         "ProductionVariants[0].InitialInstanceCount 1 lies outside"),
+        (2, {"Status": "ENABLED", "MinInstanceCount": 3},
+         "ProductionVariants[0].InitialInstanceCount 2 lies outside"),
+        (1, {"Status": "DISABLED", "MinInstanceCount": -1, "MaxInstanceCount": 2},
+         "ProductionVariants[0].ManagedInstanceScaling.MinInstanceCount must be 0 or more, got -1"),
+        (1, {"Status": "DISABLED", "MaxInstanceCount": 0},
+         "ProductionVariants[0].ManagedInstanceScaling.MaxInstanceCount must be 1 or more, got 0"),
+        (1, {"Status": "DISABLED", "MinInstanceCount": 3, "MaxInstanceCount": 2},
+         "ProductionVariants[0].ManagedInstanceScaling: MinInstanceCount must not exceed "
+         "MaxInstanceCount"),
+    ],
+)  # fmt: skip
+def test_instance_counts_that_cannot_all_hold_are_refused_naming_the_field(
+    initial: int, scaling: dict[str, Any], said: str
+) -> None:
+    """An InitialInstanceCount outside the managed range was accepted and silently dropped
+    (the endpoint ran MinInstanceCount); counts the platform's model refuses (Min below 0,
+    Max below 1) or a Min above the Max were accepted beside a DISABLED status."""
+    variant = {"InstanceType": "ml.m5.large", "InitialInstanceCount": initial,
+               "ManagedInstanceScaling": scaling}  # fmt: skip
+    with pytest.raises(ValidationException) as refused:
+        config(variant)
+    assert said in str(refused.value)
+
+
+def test_counts_beside_a_disabled_status_are_kept_and_not_used() -> None:
+    """The platform's DISABLED: the instances are InitialInstanceCount's; the counts are kept
+    (DescribeEndpointConfig answers them), as they are valid."""
+    variant = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 2,
+               "ManagedInstanceScaling": {"Status": "DISABLED", "MinInstanceCount": 1,
+                                          "MaxInstanceCount": 5}}  # fmt: skip
+    assert spec_of(config(variant))["spec"]["realtime"] == {"minReplicas": 2, "maxReplicas": 2}
+
+
 def test_async_config_becomes_an_async_endpoint_with_its_paths_concurrency_and_notifications() -> (
     None
 ):
