@@ -430,6 +430,9 @@ def up(
     sys.exit(code)
 
 
+MAX_ERROR_TEXT = 500  # of an error answer that is not JSON: a proxy's HTML page, say
+
+
 def _up_client(url: str) -> Any:
     from infermodes.local.client import Client
 
@@ -529,6 +532,24 @@ def delete(name: str, url: str) -> None:
                    err=True)  # fmt: skip
 
 
+def error_line(response: Any) -> str:
+    """An error answer in one line: its code and message (the runtime's and the platform's
+    error shapes), its status and the request id a support ticket quotes; else its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = f"HTTP {response.status_code}"
+    request_id = response.headers.get("x-amzn-requestid")
+    about = f"({status}, request {request_id})" if request_id else f"({status})"
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        code = (response.headers.get("x-amzn-errortype") or body.get("__type")
+                or body.get("error") or "Error")  # fmt: skip
+        return f"{code}: {' '.join(body['message'].split())} {about}"
+    text = " ".join(response.text.split())[:MAX_ERROR_TEXT]
+    return f"{text or 'no message'} {about}"
+
+
 @main.command()
 @click.argument("name", callback=_endpoint_name)
 @click.option("--data", required=True, help="The request body, or @FILE to read it from a file.")
@@ -559,11 +580,11 @@ def invoke(
         hint = ""
         if response.status_code == 400 and f"use /endpoints/{name}/{other}" in response.text:
             hint = (
-                f"\n{name} is not an async endpoint: call it without --async"
+                f"; {name} is not an async endpoint: call it without --async"
                 if use_async
-                else f"\n{name} is an async endpoint: call it with --async"
+                else f"; {name} is an async endpoint: call it with --async"
             )
-        raise click.ClickException(f"{response.status_code}: {response.text}{hint}")
+        raise click.ClickException(f"{error_line(response)}{hint}")
     click.echo(response.text.rstrip("\n"))
 
 

@@ -138,13 +138,23 @@ def as_json(value: Any) -> Any:
     return str(value)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's report in one line: its problem and where (its own spans several lines,
+    quoting the text with a caret under it)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{exc.context + ': ' if exc.context else ''}{exc.problem}{where}"
+    return " ".join(str(exc).split())
+
+
 def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped, and Secrets: added to
     ``skipped``, or logged as a warning without it)."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: not valid YAML: {exc}") from None
+        raise ManifestError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
     if not documents:
         raise ManifestError(f"{source}: no InferenceEndpoint in it")
     manifests = []

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from infermodes.cli import main
+from infermodes.local.manifests import ManifestError, parse_text
 
 NOWHERE = "http://127.0.0.1:1"  # nothing listens: these mistakes are caught before a request
 
@@ -181,3 +182,39 @@ def test_a_name_no_endpoint_can_have_is_refused_before_a_request() -> None:
                 assert isinstance(result.exception, SystemExit)
                 assert f"{name!r} is not an endpoint name" in result.output
     assert _Recording.paths == []
+
+
+class _ModelError(_JsonAnswer):
+    """The gateway's 424 for a row the model server refused, with its request id."""
+
+    status = 424
+
+    def message(self) -> tuple[str, str]:
+        return "ModelError", 'endpoint rt: the model answered 400: row 1: "x" is not a number'
+
+    def end_headers(self) -> None:
+        self.send_header("x-amzn-ErrorType", "ModelError")
+        self.send_header("x-amzn-RequestId", "5a0c1d4e-0000-4000-8000-000000000001")
+        super().end_headers()
+
+
+def test_an_invocations_error_is_one_line_naming_its_code_message_and_request() -> None:
+    """The JSON body was printed as received ('Error: 424: {"error": ...}'): the user wants
+    the error's code and message, and the request id a ticket quotes."""
+    with serving(_ModelError) as url:
+        result = CliRunner().invoke(main, ["invoke", "rt", "--data", "1,x", "--url", url])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        'Error: ModelError: endpoint rt: the model answered 400: row 1: "x" is not a number '
+        "(HTTP 424, request 5a0c1d4e-0000-4000-8000-000000000001)\n"
+    )
+
+
+def test_a_manifest_that_is_not_yaml_is_one_line_saying_where() -> None:
+    """What ``apply`` and ``up -f`` print for it: the YAML parser's own report spans several
+    lines, with a caret under an empty one."""
+    with pytest.raises(ManifestError) as refused:
+        parse_text("kind: InferenceEndpoint\nspec: [\n", "bad.yaml")
+    [line] = str(refused.value).splitlines()
+    assert line.startswith("bad.yaml: not valid YAML: "), line
+    assert line.endswith("(line 3, column 1)"), line
