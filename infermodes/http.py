@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import os
 import socket
 import struct
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol, cast
 
@@ -71,12 +71,19 @@ def status_kind(status: int) -> str:
     return http.HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
 
 
+def new_request_id() -> str:
+    """128 random bits in a UUID's layout: a third of ``str(uuid.uuid4())``'s time, on the
+    invocations' hot path."""
+    x = os.urandom(16).hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def request_id(scope: Scope) -> str:
     """The request's id, made the first time it is asked for: what its answer's
     ``x-amzn-RequestId`` and the log lines about it say."""
     named: str | None = scope.get(REQUEST_ID_KEY)
     if named is None:
-        named = scope[REQUEST_ID_KEY] = str(uuid.uuid4())
+        named = scope[REQUEST_ID_KEY] = new_request_id()
     return named
 
 

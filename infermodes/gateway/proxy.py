@@ -47,10 +47,10 @@ from infermodes.http import (
     Send,
     check_declared_length,
     expects_continue,
+    new_request_id,
     read_checked_body,
     refuse_codings,
     repeated_header,
-    request_id,
 )
 from infermodes.metrics import UNKNOWN_ENDPOINT, GatewayMetrics
 from infermodes.settings import GatewaySettings
@@ -295,14 +295,14 @@ class Proxy:
         label = UNKNOWN_ENDPOINT
         served: Endpoint | None = None
         headers: list[tuple[bytes, bytes]]
-        named = request_id(scope)  # x-amzn-RequestId, success or error, and the log lines'
+        named = new_request_id()  # x-amzn-RequestId, success or error, and the log lines'
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
             endpoint = self.table.lookup(object_name(scope["path"][len(PREFIX) : -len(SUFFIX)]))
             label, served = endpoint.name, endpoint
             endpoint.check_servable()
-            answer = await self.invoke(endpoint, scope, receive)
+            answer = await self.invoke(endpoint, scope, receive, named)
             status, body, headers = answer.status, answer.body, list(answer.headers)
             headers += invoked_variant(endpoint)
         except InfermodesError as exc:
@@ -323,7 +323,10 @@ class Proxy:
         if served is not None and not self.table.holds(served):
             self.endpoint_forgotten(label)  # deleted while it was answered: observed after
 
-    async def invoke(self, endpoint: Endpoint, scope: Scope, receive: Receive) -> Answer:
+    async def invoke(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, named: str
+    ) -> Answer:
+        """``named``: the request's id, for the log lines."""
         # refused here as the model server refuses them: the replica is sent neither header
         # (a chunked body goes on with a Content-Length), so it would read a gzip body as plain
         refuse_codings(scope["headers"])
@@ -353,7 +356,6 @@ class Proxy:
             with self._too_large(endpoint, limit):
                 body = await read_checked_body(receive, limit, declared)
             async with asyncio.timeout(self.timeout):
-                named = request_id(scope)  # made by the route: its answer says it
                 return await self.forward(endpoint, forwarded, body, holding, receive, named)
         except TimeoutError:
             if holding[0]:

@@ -90,12 +90,14 @@ def test_held_requests_count_against_the_cap_and_go_out_when_a_replica_is_ready(
     async def scenario() -> None:
         table, proxy, demand, metrics = setup(max_concurrency=2)
         endpoint = table.lookup("sl")
-        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+        held = [
+            asyncio.create_task(proxy.invoke(endpoint, scope(), receive, "r1")) for _ in range(2)
+        ]
         await asyncio.sleep(0)
         assert (endpoint.active, endpoint.held, endpoint.in_flight) == (2, 2, 0)
         assert demand.cold_starts == ["sl"]  # once, for the first held request
         with pytest.raises(ThrottlingException):
-            await proxy.invoke(endpoint, scope(), receive)
+            await proxy.invoke(endpoint, scope(), receive, "r1")
         assert metrics.throttled.labels("sl")._value.get() == 1
         pool = FakePool()
         ready_replica(table, pool)
@@ -121,9 +123,9 @@ def test_a_cold_start_that_ended_unserved_does_not_stretch_the_next_ones_duratio
         endpoint = table.lookup("sl")
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
-                await proxy.invoke(endpoint, scope(), receive)
+                await proxy.invoke(endpoint, scope(), receive, "r1")
         assert endpoint.held == 0 and endpoint.cold_since is None
-        held = asyncio.create_task(proxy.invoke(endpoint, scope(), receive))
+        held = asyncio.create_task(proxy.invoke(endpoint, scope(), receive, "r1"))
         await asyncio.sleep(0)
         started = endpoint.cold_since
         assert started is not None
@@ -175,7 +177,7 @@ def test_a_request_a_replica_did_not_take_goes_to_another(first: Any, outcome: s
         ready_replica(table, working, "b")
         endpoint = table.lookup("sl")
         for _ in range(2):  # ties rotate: one of the two requests tries the first replica
-            answer = await proxy.invoke(endpoint, scope(), receive)
+            answer = await proxy.invoke(endpoint, scope(), receive, "r1")
             assert answer.status == 200
         assert not skipped.ready and len(working.sent) == 2
         assert metrics.upstream_errors.labels("sl", outcome)._value.get() == 1
@@ -197,21 +199,21 @@ def test_a_request_whose_kept_connections_close_unanswered_twice_is_not_sent_a_t
             ready_replica(table, pool, name)
         endpoint = table.lookup("sl")
         with pytest.raises(InternalDependencyException, match="closed the connection twice"):
-            await proxy.invoke(endpoint, scope(), receive)
+            await proxy.invoke(endpoint, scope(), receive, "r1")
         assert sum(not pool.failures for pool in pools) == 2  # two tried, the third not
         assert metrics.upstream_errors.labels("sl", "not_sent")._value.get() == 1
         once = FakePool([NotSent("closed", presumed=True)])
         once.release.set()
         table2, proxy2, _, _ = setup(max_concurrency=10)
         ready_replica(table2, once, "a")
-        assert (await proxy2.invoke(table2.lookup("sl"), scope(), receive)).status == 200
+        assert (await proxy2.invoke(table2.lookup("sl"), scope(), receive, "r1")).status == 200
         # replicas going away (scaled in, rolled over) close their kept connections: not counted
         table3, proxy3, _, _ = setup(max_concurrency=10)
         leaving = [FakePool([NotSent("closed", presumed=True)]) for _ in range(2)]
         for name, pool in zip("ab", leaving, strict=True):
             pool.release.set()  # answers after its one close
             ready_replica(table3, pool, name).removed = True  # not dropped from the table yet
-        assert (await proxy3.invoke(table3.lookup("sl"), scope(), receive)).status == 200
+        assert (await proxy3.invoke(table3.lookup("sl"), scope(), receive, "r1")).status == 200
         assert not any(pool.failures for pool in leaving)  # both closed once, then one answered
         for other in (proxy, proxy2, proxy3):
             other.prober.stop()
@@ -234,10 +236,10 @@ def test_a_held_client_that_leaves_frees_its_place_at_once() -> None:
             await left.wait()
             return {"type": "http.disconnect"}
 
-        held = asyncio.create_task(proxy.invoke(endpoint, scope(), leaving))
+        held = asyncio.create_task(proxy.invoke(endpoint, scope(), leaving, "r1"))
         await asyncio.sleep(0)
         with pytest.raises(ThrottlingException):  # the one place is taken
-            await proxy.invoke(endpoint, scope(), receive)
+            await proxy.invoke(endpoint, scope(), receive, "r1")
         left.set()
         with pytest.raises(ClientClosedRequest):
             await held
@@ -245,7 +247,7 @@ def test_a_held_client_that_leaves_frees_its_place_at_once() -> None:
         pool = FakePool()
         pool.release.set()
         ready_replica(table, pool)
-        assert (await proxy.invoke(endpoint, scope(), receive)).status == 200
+        assert (await proxy.invoke(endpoint, scope(), receive, "r1")).status == 200
 
     asyncio.run(scenario())
 
@@ -258,7 +260,7 @@ def sl_object(phase: str, **status: str) -> dict[str, Any]:
 
 async def two_held(proxy: Proxy, endpoint: Endpoint) -> list[asyncio.Task[Any]]:
     """Two requests for an endpoint with no replica, held by the time this returns."""
-    held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+    held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive, "r1")) for _ in range(2)]
     for _ in range(3):
         await asyncio.sleep(0)
     return held
@@ -273,7 +275,9 @@ def test_held_requests_of_an_endpoint_that_fails_get_the_error_a_new_request_get
     async def scenario() -> None:
         table, proxy, _, _ = setup(max_concurrency=5)
         endpoint = table.lookup("sl")
-        held = [asyncio.create_task(proxy.invoke(endpoint, scope(), receive)) for _ in range(2)]
+        held = [
+            asyncio.create_task(proxy.invoke(endpoint, scope(), receive, "r1")) for _ in range(2)
+        ]
         for phase in ("Creating", "InService"):  # a cold start as usual: still held
             apply_endpoint(table, "MODIFIED", sl_object(phase, reason="Scaling"))
             for _ in range(3):
@@ -319,7 +323,7 @@ def test_held_requests_of_an_endpoint_whose_pods_cannot_start_get_a_503_at_once(
         async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
             errors = await asyncio.gather(*held, return_exceptions=True)
             with pytest.raises(ServiceUnavailable) as later:  # held 0.05 s: still refused
-                await proxy.invoke(endpoint, scope(), receive)
+                await proxy.invoke(endpoint, scope(), receive, "r1")
         for error in [*errors, later.value]:
             assert isinstance(error, ServiceUnavailable) and error.status_code == 503
             assert "its pods cannot be created (FailedCreate)" in str(error)
@@ -329,7 +333,7 @@ def test_held_requests_of_an_endpoint_whose_pods_cannot_start_get_a_503_at_once(
         pool.release.set()
         apply_endpoint(table, "MODIFIED", sl_object("InService", reason="Scaling"))
         ready_replica(table, pool)
-        answer = await proxy.invoke(endpoint, scope(), receive)
+        answer = await proxy.invoke(endpoint, scope(), receive, "r1")
         assert answer.status == 200
 
     asyncio.run(scenario())
@@ -361,7 +365,7 @@ def test_a_request_admitted_just_before_its_endpoint_failed_is_not_held() -> Non
         table.apply_endpoint(sl_object("Failed", reason="ModelLoadFailed"))
         async with asyncio.timeout(10):  # bounds a run without the fix (the hold is 60 s)
             with pytest.raises(ValidationError, match="is Failed .ModelLoadFailed."):
-                await proxy.invoke(endpoint, scope(), receive)
+                await proxy.invoke(endpoint, scope(), receive, "r1")
         assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
 
     asyncio.run(scenario())
@@ -410,7 +414,7 @@ def test_a_coded_body_is_refused_with_the_model_servers_415_and_never_forwarded(
         assert pool.sent == [] and table.lookup("sl").active == 0
         identity = scope()
         identity["headers"].append((b"content-encoding", b"identity"))
-        assert (await proxy.invoke(table.lookup("sl"), identity, receive)).status == 200
+        assert (await proxy.invoke(table.lookup("sl"), identity, receive, "r1")).status == 200
 
     asyncio.run(scenario())
 
@@ -469,20 +473,20 @@ def test_a_target_variant_the_endpoint_does_not_have_is_refused_its_own_is_serve
             request = scope()
             request["headers"] += [(header, asked)] * times
             with pytest.raises(ValidationError) as refused:
-                await proxy.invoke(table.lookup("sl"), request, receive)
+                await proxy.invoke(table.lookup("sl"), request, receive, "r1")
             assert refused.value.status_code == 400
             assert "its one variant is 'AllTraffic'" in str(refused.value) or times == 2
         assert pool.sent == []
         request = scope()
         request["headers"].append((header, b"AllTraffic"))
-        assert (await proxy.invoke(table.lookup("sl"), request, receive)).status == 200
+        assert (await proxy.invoke(table.lookup("sl"), request, receive, "r1")).status == 200
         # made before the variant had its own annotation: read from the request kept
         kept = {"ProductionVariants": [{"VariantName": "Green"}]}
         obj["metadata"]["annotations"] = {REQUEST_ANNOTATION: json.dumps(kept)}
         table.apply_endpoint(obj)
         request = scope()
         request["headers"].append((header, b"Green"))
-        assert (await proxy.invoke(table.lookup("sl"), request, receive)).status == 200
+        assert (await proxy.invoke(table.lookup("sl"), request, receive, "r1")).status == 200
 
     asyncio.run(scenario())
 
