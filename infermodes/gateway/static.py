@@ -28,6 +28,25 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _entries(document: Any) -> list[dict[str, Any]]:
+    """The file's endpoint entries, refused naming the shape when it is another."""
+    if not isinstance(document, dict):
+        raise ValueError(f'expected {{"endpoints": [...]}}, got a {type(document).__name__}')
+    entries = document.get("endpoints")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError('"endpoints" must be a list of objects (name, spec, replicas, ...)')
+    return entries
+
+
+def _name(index: int, entry: dict[str, Any]) -> str:
+    name = entry.get("name")
+    if name is None:
+        raise ValueError(f'endpoint {index + 1}: "name" is missing')
+    if not isinstance(name, str):
+        raise ValueError(f'endpoint {index + 1}: "name" must be a string')
+    return name
+
+
 class StaticSource:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -35,19 +54,25 @@ class StaticSource:
     def load(self, table: Table) -> None:
         """Fill the table from the file (errors name the file and what is wrong)."""
         try:
-            entries: list[dict[str, Any]] = json.loads(self.path.read_text())["endpoints"]
-            for entry in entries:
+            for index, entry in enumerate(_entries(json.loads(self.path.read_text()))):
+                name = _name(index, entry)
+                where = f"endpoint {index + 1} ({json.dumps(name)})"
+                if "spec" not in entry:
+                    raise ValueError(f'{where}: "spec" is missing')
+                replicas = entry.get("replicas", [])
+                if not isinstance(replicas, list) or not all(isinstance(r, str) for r in replicas):
+                    raise ValueError(f'{where}: "replicas" must be a list of "HOST:PORT" strings')
                 namespace = entry.get("namespace", DEFAULT_NAMESPACE)
                 table.apply_endpoint(
                     {
-                        "metadata": {"name": entry["name"], "namespace": namespace},
+                        "metadata": {"name": name, "namespace": namespace},
                         "spec": entry["spec"],
                         "status": {"phase": entry.get("phase", "InService")},
                     },
                 )
-                for address in entry.get("replicas", []):
+                for address in replicas:
                     host, port = parse_address(address)
-                    table.set_replica(namespace, entry["name"], Replica(address, host, port))
+                    table.set_replica(namespace, name, Replica(address, host, port))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"static endpoints file {self.path}: {exc}") from exc
         table.synced.add("static")
