@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from infermodes.errors import UnsupportedContentType
-from infermodes.http import refuse_codings
+from infermodes.http import refuse_codings, request_id
 from infermodes.platform.errors import (
     CONTENT_TYPE,
     ERROR_TYPE_HEADER,
@@ -52,15 +51,16 @@ class InternalFailure(ApiError):
     status_code = 500
 
 
-def answer(payload: JsonObject, status: int = 200, code: str | None = None) -> Response:
-    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+def answer(payload: JsonObject, named: str, status: int = 200, code: str | None = None) -> Response:
+    """``named``: the request's id (``x-amzn-RequestId``), which its log lines name too."""
+    headers = {"x-amzn-RequestId": named}
     if code is not None:
         headers[ERROR_TYPE_HEADER] = code
     return Response(json.dumps(payload).encode(), status, headers, media_type=CONTENT_TYPE)
 
 
-def error_answer(exc: ApiError) -> Response:
-    return answer({"__type": exc.code, "message": str(exc)}, exc.status_code, exc.code)
+def error_answer(exc: ApiError, named: str) -> Response:
+    return answer({"__type": exc.code, "message": str(exc)}, named, exc.status_code, exc.code)
 
 
 async def bounded_body(request: Request) -> bytes:
@@ -108,6 +108,7 @@ def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
 
     @router.post("/")
     async def control_plane(request: Request) -> Response:
+        named = request_id(request.scope)
         try:
             try:
                 refuse_codings(request.scope["headers"])  # a body read as sent, or not at all
@@ -128,20 +129,20 @@ def create_router(store: PlatformStore, defaults: Defaults) -> APIRouter:
                     f"{', '.join(sorted(operations))}>"
                 )
             result: Any = await run(parse_request(body))
-            return answer(result)
+            return answer(result, named)
         except ApiError as exc:
-            return error_answer(exc)
+            return error_answer(exc, named)
         except LimitExceeded as exc:  # the cluster's quota, as the platform's own limits
-            return error_answer(ResourceLimitExceeded(str(exc)))
+            return error_answer(ResourceLimitExceeded(str(exc)), named)
         except Refused as exc:  # a policy or a lasting conflict: the caller can act on it
-            return error_answer(ValidationException(str(exc)))
+            return error_answer(ValidationException(str(exc)), named)
         except Throttled as exc:  # the platform's code for "slow down", which boto3 retries
-            return error_answer(ThrottlingException(str(exc)))
+            return error_answer(ThrottlingException(str(exc)), named)
         except Unavailable as exc:  # a moment's failure: 503, which boto3 retries, not a 500
-            log.warning("control plane request: %s", exc)
-            return error_answer(ServiceUnavailable(str(exc)))
+            log.warning("control plane request %s: %s", named, exc)
+            return error_answer(ServiceUnavailable(str(exc)), named)
         except Exception:
-            log.exception("control plane request failed")
-            return error_answer(InternalFailure("internal failure; the log has details"))
+            log.exception("control plane request %s failed", named)
+            return error_answer(InternalFailure("internal failure; the log has details"), named)
 
     return router

@@ -4,6 +4,7 @@ them, case-insensitive names, statuses from the actuator's objects, lists, limit
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from infermodes.endpoints.status import parse_rfc3339, rfc3339
 from infermodes.platform.router import create_router
+from infermodes.platform.store import Unavailable
 from infermodes.platform.translate import Defaults
 from tests.unit.platform.memory import MemoryStore
 
@@ -608,3 +610,25 @@ def test_an_endpoint_being_deleted_is_deleting_and_takes_no_update() -> None:
     code, message = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="cfg")
     assert code == "ValidationException" and "being deleted" in message, message
     assert json.dumps(api.store.endpoints["ep"], sort_keys=True) == before
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [(RuntimeError("the store broke"), 500), (Unavailable("the API server is away"), 503)],
+)
+def test_a_failure_of_ours_is_logged_naming_the_request_id_the_caller_got(
+    failure: Exception, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer's x-amzn-RequestId (boto3's RequestId, what a ticket quotes) was made apart
+    from the log line, which named no request: the two could not be matched."""
+    api = Api()
+
+    async def broken(kind: Any) -> list[Any]:
+        raise failure
+
+    api.store.list_records = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="infermodes.platform"):
+        response = api.raw("ListModels", b"{}")
+    assert response.status_code == status
+    request_id = response.headers["x-amzn-requestid"]
+    assert any(request_id in record.getMessage() for record in caplog.records), caplog.text
