@@ -496,6 +496,9 @@ def create_router(
             response = await _accept(name, endpoint, request)
         except InfermodesError as exc:
             metrics.count(name, exc.status_code)
+            if exc.status_code >= 500:  # ours to explain: the line a ticket's id leads to
+                log.warning("request %s for %s: answered %d: %s", request_id(request.scope),
+                            name, exc.status_code, exc)  # fmt: skip
             return refused(request, exc)
         except Exception:
             log.exception("unexpected error accepting request %s for %s",

@@ -307,6 +307,9 @@ class Proxy:
             headers += invoked_variant(endpoint)
         except InfermodesError as exc:
             status, body, code = exc.status_code, gateway_error_body(exc), type(exc).__name__
+            if status >= 500:  # ours to explain: the line a ticket quoting the id leads to
+                log.warning("endpoint %s: answered %d %s (request %s): %s", label, status, code,
+                            named, exc)  # fmt: skip
             if isinstance(exc, MethodNotAllowed):  # as routing's own 405 elsewhere
                 body, code = unknown_operation_body(code, str(exc)), UNKNOWN_OPERATION
             headers = [

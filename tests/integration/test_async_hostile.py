@@ -445,6 +445,8 @@ def test_a_login_the_broker_refuses_exits_a_worker_with_5_and_is_named_by_the_ap
     message = response.json()["message"]
     assert "message broker closed the connection at login (a wrong user, password" in message
     assert password not in message and password not in api.log
+    named = response.headers["x-amzn-requestid"]  # and its log line, for a ticket quoting it
+    assert [line for line in api.log.splitlines() if named in line and "503" in line], api.log
 
 
 def test_the_help_says_what_the_code_does() -> None:

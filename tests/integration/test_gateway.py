@@ -281,10 +281,16 @@ def test_failures_and_timeouts_get_502_504_and_503_with_clear_bodies(tmp_path: P
             request_id = answer.headers["x-amzn-requestid"]  # the log line a ticket leads to
             assert [line for line in gateway.log.splitlines()
                     if request_id in line and "answered 500" in line], gateway.log  # fmt: skip
-            expect_error(gateway.invoke("hanging", b"1"), 504, "ModelInvocationTimeout",
-                         "invocation timeout of 2 s")  # fmt: skip
-            expect_error(gateway.invoke("never", b"1"), 503, "ServiceUnavailable",
+            timed_out = gateway.invoke("hanging", b"1")
+            expect_error(timed_out, 504, "ModelInvocationTimeout", "invocation timeout of 2 s")
+            unready = gateway.invoke("never", b"1")
+            expect_error(unready, 503, "ServiceUnavailable",
                          "no replica of endpoint never became ready within 2 s")  # fmt: skip
+            for answered in (timed_out, unready):  # the gateway's own 5xx: logged, named
+                named = answered.headers["x-amzn-requestid"]
+                status = str(answered.status_code)
+                lines = gateway.log.splitlines()
+                assert [line for line in lines if named in line and status in line], gateway.log
             assert gateway.metric("infermodes_gateway_upstream_errors_total",
                                   endpoint="hanging", outcome="timeout") == 1  # fmt: skip
 
