@@ -312,6 +312,8 @@ VARIANT_TYPES = {
 # "4" for 4, but the request is kept and answered back as sent
 SERVERLESS_TYPES = {"MemorySizeInMB": int, "MaxConcurrency": int, "ProvisionedConcurrency": int}
 SCALING_TYPES = {"MinInstanceCount": int, "MaxInstanceCount": int}
+# what only a variant on instances has (a serverless one given any of them is a mix)
+INSTANCE_FIELDS = ("InstanceType", "InitialInstanceCount", "ManagedInstanceScaling")
 SCALING_STATUSES = ("ENABLED", "DISABLED")  # the platform's enum, spelled as it is
 
 
@@ -346,10 +348,11 @@ def endpoint_config_record(
         )
     serverless = variant.get("ServerlessConfig") is not None
     # given at all, 0 too: a count beside a ServerlessConfig is a mix, not nothing
-    sizing = [k for k in ("InstanceType", "InitialInstanceCount") if variant.get(k) is not None]
-    if serverless and sizing:
+    instanced = [k for k in INSTANCE_FIELDS if variant.get(k) is not None]
+    sizing = [k for k in instanced if k != "ManagedInstanceScaling"]
+    if serverless and instanced:
         raise ValidationException(
-            f"{field}{sizing[0]}: a serverless variant (ServerlessConfig) has no instances; "
+            f"{field}{instanced[0]}: a serverless variant (ServerlessConfig) has no instances; "
             "give either ServerlessConfig or InstanceType and InitialInstanceCount"
         )
     if not serverless and not sizing:

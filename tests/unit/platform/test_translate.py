@@ -103,6 +103,19 @@ def test_instance_counts_that_cannot_all_hold_are_refused_naming_the_field(
     assert said in str(refused.value)
 
 
+def test_managed_instance_scaling_beside_a_serverless_config_is_refused_not_ignored() -> None:
+    """A serverless variant has no instances to scale: the range was accepted and dropped."""
+    variant = {"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5},
+               "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 1,
+                                          "MaxInstanceCount": 3}}  # fmt: skip
+    with pytest.raises(ValidationException) as refused:
+        config(variant)
+    assert str(refused.value).startswith(
+        "ProductionVariants[0].ManagedInstanceScaling: a serverless variant (ServerlessConfig) "
+        "has no instances"
+    )
+
+
 def test_counts_beside_a_disabled_status_are_kept_and_not_used() -> None:
     """The platform's DISABLED: the instances are InitialInstanceCount's; the counts are kept
     (DescribeEndpointConfig answers them), as they are valid."""
