@@ -20,12 +20,12 @@ import hmac
 import json
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from infermodes.errors import InfermodesError
+from infermodes.http import REQUEST_ID_HEADER, new_request_id
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -92,7 +92,7 @@ def error_response(exc: InfermodesError) -> tuple[int, list[tuple[bytes, bytes]]
         (b"content-type", b"application/x-amz-json-1.1"),
         (ERROR_TYPE_HEADER, code.encode()),
         (b"content-length", str(len(body)).encode()),
-        (b"x-amzn-requestid", str(uuid.uuid4()).encode()),  # as every answer of the platform
+        (REQUEST_ID_HEADER, new_request_id().encode()),  # as every answer of the platform
     ]
     return exc.status_code, headers, body
 
