@@ -399,6 +399,24 @@ def test_bad_settings_are_refused_before_any_work(
 
 
 @pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("s3://", "s3 URI has no bucket"),
+        ("ftp://host/out/", "unsupported storage scheme 'ftp'"),
+        ("file://host/out/", "file URI must be file:///absolute/path"),
+    ],
+)
+def test_an_output_location_storage_cannot_name_is_one_line_not_a_traceback(
+    abalone_model: AbaloneModel, tmp_path: Path, output: str, message: str
+) -> None:
+    """Refused with the settings, before the model loads: no summary could be written there."""
+    done = run(batch_command(abalone_model.tarball, str(tmp_path), output))
+    assert done.returncode == 2, done.log
+    assert f"Error: --output: {message}" in done.log
+    assert "Traceback" not in done.log
+
+
+@pytest.mark.parametrize(
     "accept",
     [
         "text/csv",  # native CSV: transforms in threads of the runner's process
