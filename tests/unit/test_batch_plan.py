@@ -24,6 +24,15 @@ def test_largest_first_to_the_least_loaded_instance() -> None:
     assert [[u.obj.size for u in shard] for shard in shards] == [[10, 40], [30, 20]]
 
 
+def test_many_small_objects_spread_evenly_not_only_by_their_bytes() -> None:
+    """Every object costs its requests: empty ones are not all the least loaded instance's."""
+    items = objects(*[48 * (i % 3) for i in range(3000)])
+    shards = plan.assign(plan.plan_units(items, 2, False, 1), 2)
+    assert [len(shard) for shard in shards] == [1500, 1500]
+    empty = [sum(1 for u in shard if u.size == 0) for shard in shards]
+    assert empty == [500, 500]
+
+
 def test_the_plan_is_the_same_whatever_the_listing_order() -> None:
     items = objects(8, 8, 8, 3, 3, 12)
     forward = plan.assign(plan.plan_units(items, 2, True, 1), 2)

@@ -3,7 +3,8 @@ job computes the same plan from the same listing without talking to the others (
 first instance stored, ``listing_uri``, when the job has a run id).
 
 - Objects spread over instances by size, largest first, each to the least loaded instance
-  (ties: the lower index), ordered by key among equals: deterministic.
+  (its bytes plus ``UNIT_COST`` per unit; ties: the lower index), ordered by key among
+  equals: deterministic.
 - Beyond the managed platform, a ``Line`` object larger than its fair share of the job
   (total / instances) and at least ``split_min_bytes`` is cut into byte ranges, at most one per
   instance, so one 10 GB file keeps every instance busy. Range ``i`` of ``n`` holds the records
@@ -27,6 +28,9 @@ from infermodes.storage import ObjectRef, join_uri, parse_uri
 OUT_SUFFIX = ".out"
 PART_MARK = ".part-"
 SUMMARY_FOLDER = "_infermodes-batch"
+# What a unit costs beyond its bytes (a listing's share, the existence check, a read, a write:
+# on S3 some five requests), in bytes of rows an instance transforms in that time
+UNIT_COST = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,14 @@ def plan_units(
 
 
 def assign(units: Iterable[WorkUnit], count: int) -> list[list[WorkUnit]]:
-    """Largest first to the least loaded instance; each instance's list in key order."""
+    """Largest first to the least loaded instance; each instance's list in key order. A
+    unit's load is its bytes and ``UNIT_COST``: by bytes alone, every empty object went to
+    one instance (adding 0 keeps it the least loaded), and many small ones mostly too."""
     loads = [0] * count
     shards: list[list[WorkUnit]] = [[] for _ in range(count)]
     for unit in sorted(units, key=lambda u: (-u.size, u.obj.key, u.part)):
         target = min(range(count), key=lambda i: (loads[i], i))
-        loads[target] += unit.size
+        loads[target] += unit.size + UNIT_COST
         shards[target].append(unit)
     for shard in shards:
         shard.sort(key=lambda u: (u.obj.key, u.part))
