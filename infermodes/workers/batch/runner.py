@@ -143,8 +143,9 @@ class Runner:
     # -- what to do ------------------------------------------------------------------------
 
     def inputs(self) -> list[plan.InputObject]:
-        """The job's input objects (the output prefix excluded, should it lie inside, and
-        the summaries a job leaves in its output: its output may be another job's input)."""
+        """The job's input objects (the output prefix excluded, should it lie inside, the
+        summaries a job leaves in its output: its output may be another job's input, and S3's
+        folder markers, keys ending in '/': a console's "Create folder", no records)."""
         settings = self.settings
         if settings.input_data_type == "ManifestFile":
             text = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB).decode()
@@ -157,7 +158,7 @@ class Runner:
         listed = [  # sizes from the listing: no request per object
             plan.InputObject(uri, plan.relative_key(base, uri), size)
             for uri, size in self.storage.list_with_sizes(base)
-            if not uri.startswith(self.output_prefix + "/")
+            if not uri.startswith(self.output_prefix + "/") and not uri.endswith("/")
         ]
         for obj in listed:  # a manifest's keys are refused alike (plan.parse_manifest)
             if plan.dotted(obj.key):

@@ -119,6 +119,33 @@ def test_a_malformed_row_fails_only_its_object_and_a_rerun_does_only_that_one(
         )
 
 
+def test_folder_markers_are_not_inputs(
+    abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """What a console's "Create folder" leaves (an empty key ending in '/') holds no records:
+    no ``sub/.out`` is written for it, and a prefix of markers alone has no inputs."""
+    text = csv_text(sample_rows(abalone_model.test_rows, 50, seed=40))
+    put(seaweedfs, bucket, "in/", b"")
+    put(seaweedfs, bucket, "in/sub/", b"")
+    put(seaweedfs, bucket, "in/sub/a.csv", text)
+    put(seaweedfs, bucket, "only/empty/", b"")
+    done = run(instances(abalone_model, bucket, 1)[0], env=seaweedfs.env)
+    assert done.returncode == 0, done.log
+    assert [k for k in keys(seaweedfs, bucket, "out/") if "_infermodes-batch" not in k] == [
+        "out/sub/a.csv.out"
+    ]
+    np.testing.assert_array_equal(
+        scores_of(get(seaweedfs, bucket, "out/sub/a.csv.out")), expected_scores(booster, text)
+    )
+    assert summary(seaweedfs, bucket, 0, 1)["units"]["assigned"] == 1
+    markers_only = batch_command(
+        abalone_model.tarball, f"s3://{bucket}/only/", f"s3://{bucket}/only-out/"
+    )
+    nothing = run(markers_only, env=seaweedfs.env)
+    assert nothing.returncode == 2, nothing.log
+    assert f"no input objects under s3://{bucket}/only/" in nothing.log
+
+
 def test_a_large_object_split_over_two_instances_on_s3(
     abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
 ) -> None:
