@@ -355,7 +355,8 @@ class Supervisor:
                 previous = old.manifest.document if old.failure is None else old.previous
             self._remove(old)
         run_id = self._same_job(old, manifest)
-        shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
+        if run_id is None or not self._batch_ended(old):  # an outcome the stop cannot change
+            shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
         if run_id is not None:  # stopped or resumed: the same job, which skips what it wrote
             self._save_run_id(manifest.name, run_id)
         endpoint = self._add(manifest, created)
@@ -880,21 +881,33 @@ class Supervisor:
         stop = {"batch": before.batch_block().model_copy(update={"stop": after.batch_block().stop})}
         return self._saved_run_id(new.name) if before.model_copy(update=stop) == after else None
 
+    def _batch_ended(self, endpoint: LocalEndpoint | None) -> bool:
+        """Whether ``endpoint`` is a batch job that ended (Completed or Failed: every instance
+        left its summary), as a Job's Complete or Failed condition outlasts a stop."""
+        if endpoint is None or endpoint.manifest.spec.batch is None:
+            return False
+        count = endpoint.manifest.spec.batch_block().instance_count
+        return all(self._summary_says_ended(endpoint.name, i) for i in range(count))
+
     def _ran_to_end(self, name: str, index: int) -> bool:
         """Whether an instance ran to its end: it left a summary, and not one of an instance
         stopped by ``up`` stopping (the job was not: that summary is removed, and the instance
         runs again, skipping what the job wrote)."""
-        path = self._summary_path(name, index)
+        ended = self._summary_says_ended(name, index)
+        if ended is False:
+            self._summary_path(name, index).unlink()
+        return bool(ended)
+
+    def _summary_says_ended(self, name: str, index: int) -> bool | None:
+        """True when the instance left a summary of its end, False of its being stopped
+        (``Stopped``), None when it left none."""
         try:
-            summary = json.loads(path.read_text())
+            summary = json.loads(self._summary_path(name, index).read_text())
         except FileNotFoundError:
-            return False
+            return None
         except (OSError, ValueError):  # a summary cut short: ended, as a failure (the status)
             return True
-        if isinstance(summary, dict) and summary.get("state") == "Stopped":
-            path.unlink()
-            return False
-        return True
+        return not (isinstance(summary, dict) and summary.get("state") == "Stopped")
 
     def _batch_output_held_by(self, endpoint: LocalEndpoint) -> str | None:
         """The older batch endpoint, not ended, whose output prefix overlaps this one's
@@ -918,7 +931,7 @@ class Supervisor:
         operator's Job retries its index (``plan.batch_instance_runs_again``)."""
         spec, name = endpoint.manifest.spec, endpoint.name
         count = spec.batch_block().instance_count
-        if spec.batch_block().stop:  # applying it stopped the instances (see ``apply``)
+        if spec.batch_block().stop and not self._batch_ended(endpoint):  # (see ``apply``)
             applied = self.state_dir / "endpoints" / f"{name}.json"  # when the stop was
             stopped = rfc3339(applied.stat().st_mtime) if applied.exists() else None
             endpoint.status = Status(

@@ -850,6 +850,33 @@ def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
         )
 
 
+def test_stopping_a_batch_job_that_ended_keeps_its_outcome(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``spec.batch.stop`` applied to a job that had Completed made it Stopped, its progress
+    and end time gone (``up`` dropped the instances' summaries); the operator keeps a Job's
+    Complete, as the platform refuses to stop a job that ended. Now it stays Completed, also
+    when applied again without the stop."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    for number in range(2):
+        (inputs / f"part-{number}.csv").write_bytes(to_csv(abalone_model.test_rows[:3]))
+    files = [manifest("batch", abalone_model.tarball, tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        ended = lambda: up.status("abalone-batch")["phase"] not in ("Creating", "InProgress")  # noqa: E731
+        wait_until(ended, WAIT, "the job to end")
+        done = up.status("abalone-batch")
+        assert done["phase"] == "Completed", done
+        for stop in (True, False):
+            again = manifest("batch", abalone_model.tarball, tmp_path, stop=stop)
+            applied = cli(up, "apply", "-f", str(again))
+            assert applied.returncode == 0, applied.stderr
+            wait_until(ended, WAIT, "the job's outcome after the apply")
+            status = up.status("abalone-batch")
+            kept = {k: status.get(k) for k in ("phase", "progress", "endTime")}
+            assert kept == {k: done.get(k) for k in ("phase", "progress", "endTime")}, status
+
+
 def test_a_batch_job_waits_for_an_older_one_writing_its_output_prefix(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
