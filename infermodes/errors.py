@@ -11,6 +11,9 @@ EXIT_BROKER_LOGIN_REFUSED = 5
 EXIT_CANNOT_START = 2  # no listing, a bad manifest or filter
 EXIT_OBJECTS_FAILED = 4  # some objects failed: retrying the same input will not help
 EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half written
+# A worker process of `infermodes batch` died (the OOM killer): its memory is the instance's,
+# so the instance ends as one killed would, without a summary, and its Job retries the index
+EXIT_WORKERS_DIED = 6
 
 
 class BrokerUrlError(ValueError):

@@ -850,6 +850,44 @@ def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
         )
 
 
+def test_a_batch_instance_whose_worker_process_dies_runs_again_and_the_job_completes(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A worker process of an instance (JSON with maxConcurrentTransforms 2 runs in worker
+    processes) killed by the OOM killer ended the instance with exit 2, "could not start",
+    which no retry follows: the job Failed. It is the instance's memory, as when the OOM
+    killer takes the instance itself: now it runs again and the job completes, every record
+    in the outputs once."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    texts = {f"part-{i}.jsonl": csv_text(sample_rows(abalone_model.test_rows, 60_000, i))
+             for i in range(2)}  # fmt: skip
+    for name, text in texts.items():  # each CSV row a JSON array of the same numbers
+        (inputs / name).write_bytes(b"".join(b"[%s]\n" % row for row in text.splitlines()))
+    jsonlines = {"uri": f"file://{inputs}/", "contentType": "application/jsonlines"}
+    block = {"instanceCount": 1, "maxConcurrentTransforms": 2, "maxPayloadInMB": 1,
+             "input": jsonlines}  # fmt: skip
+    files = [manifest("batch", abalone_model.tarball, tmp_path, **block)]
+    output = tmp_path / "batch" / "output"
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: any(output.glob(".*.partial")), WAIT, "an output in progress")
+        [instance] = up.running("abalone-batch")
+        spawned = [pid for pid in children_of(instance["pid"])
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # fmt: skip
+        assert spawned, children_of(instance["pid"])
+        os.kill(spawned[0], signal.SIGKILL)
+        ended = lambda: up.status("abalone-batch")["phase"] != "InProgress"  # noqa: E731
+        wait_until(ended, WAIT * 3, "the job to end")
+        status = up.status("abalone-batch")
+        assert status["phase"] == "Completed", status
+        assert "abalone-batch/instance-0 runs again (retry 1 of 2)" in str(status["events"])
+    booster = abalone_model.booster()
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
+        )
+
+
 def test_stopping_a_batch_job_that_ended_keeps_its_outcome(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ from infermodes.errors import (
     EXIT_MODEL_LOAD_FAILED,
     EXIT_OBJECTS_FAILED,
     EXIT_STOPPED,
+    EXIT_WORKERS_DIED,
     ModelLoadError,
     ObjectNotFound,
     StorageError,
@@ -139,6 +140,7 @@ class Runner:
         self.summary = Summary(settings.instance_index, settings.instance_count)
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
+        self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
 
     # -- what to do ------------------------------------------------------------------------
 
@@ -241,6 +243,7 @@ class Runner:
                 self.progress.advance(units=1)
         except BrokenExecutor as exc:
             self.summary.error = f"the worker processes died (out of memory?): {exc}"
+            self.workers_died = True
         except Stopped:
             self.summary.stopped = True
         finally:
@@ -495,6 +498,9 @@ def run(settings: BatchSettings) -> int:
     gc.freeze()
     gc.enable()
     summary = runner.run()
+    if runner.workers_died:  # no summary: the instance runs again, as one killed does
+        print(summary.line(), file=sys.stderr)
+        return EXIT_WORKERS_DIED
     write_summary(settings, storage, summary)
     print(summary.line(), file=sys.stderr)
     if summary.stopped:
