@@ -355,7 +355,7 @@ class Supervisor:
                 previous = old.manifest.document if old.failure is None else old.previous
             self._remove(old)
         run_id = self._same_job(old, manifest)
-        if run_id is None or not self._batch_ended(old):  # an outcome the stop cannot change
+        if run_id is None:  # a stop or resume keeps what each instance said (its summary)
             shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
         if run_id is not None:  # stopped or resumed: the same job, which skips what it wrote
             self._save_run_id(manifest.name, run_id)
@@ -881,6 +881,23 @@ class Supervisor:
         stop = {"batch": before.batch_block().model_copy(update={"stop": after.batch_block().stop})}
         return self._saved_run_id(new.name) if before.model_copy(update=stop) == after else None
 
+    def _summaries(self, name: str, count: int) -> dict[int, dict[str, Any]]:
+        """The summary each instance left, by index; one that cannot be read is a failure."""
+        left = {}
+        for index in range(count):
+            path = self._summary_path(name, index)
+            if not path.exists():
+                continue
+            try:
+                summary = json.loads(path.read_text())
+                if not isinstance(summary, dict):
+                    raise ValueError("not an object")
+            except (OSError, ValueError):
+                unread = f"instance {index} left a summary that cannot be read"
+                summary = {"index": index, "state": "Failed", "error": unread}
+            left[index] = summary
+        return left
+
     def _batch_ended(self, endpoint: LocalEndpoint | None) -> bool:
         """Whether ``endpoint`` is a batch job that ended (Completed or Failed: every instance
         left its summary), as a Job's Complete or Failed condition outlasts a stop."""
@@ -934,9 +951,13 @@ class Supervisor:
         if spec.batch_block().stop and not self._batch_ended(endpoint):  # (see ``apply``)
             applied = self.state_dir / "endpoints" / f"{name}.json"  # when the stop was
             stopped = rfc3339(applied.stat().st_mtime) if applied.exists() else None
+            kept = Progress()  # what the instances had done: the summaries they left stopping
+            for summary in self._summaries(name, count).values():
+                kept = add_progress(kept, summary_progress(summary)[0])
             endpoint.status = Status(
-                Phase.STOPPED, "Stopped", "stopped by spec.batch.stop", end_time=stopped
-            )
+                Phase.STOPPED, "Stopped", "stopped by spec.batch.stop", end_time=stopped,
+                progress=kept if kept.total else None,
+            )  # fmt: skip
             return
         holder = self._batch_output_held_by(endpoint)
         if holder is not None:  # it waits: no instance started yet
@@ -993,22 +1014,16 @@ class Supervisor:
                 read_ports, running, fetch_metrics_text
             )
         texts = endpoint.progress_texts
+        left = self._summaries(name, count)
         for index in range(count):
-            path = self._summary_path(name, index)
-            if not path.exists():
+            document = left.get(index)
+            if document is None:
                 text = texts.get(f"{name}/instance-{index}")
                 if text is not None:  # running: what it has done so far
                     found = add_progress(found, units_progress(parse_batch_units(text)))
                 continue
-            try:
-                summary = json.loads(path.read_text())
-                if not isinstance(summary, dict):
-                    raise ValueError("not an object")
-            except (OSError, ValueError):
-                unread = f"instance {index} left a summary that cannot be read"
-                summary = {"index": index, "state": "Failed", "error": unread}
             ended += 1
-            progress, failed = summary_progress(summary)
+            progress, failed = summary_progress(document)
             found, failures = add_progress(found, progress), failures + failed
         active = len(endpoint.children)
         if ended < count:

@@ -888,6 +888,33 @@ def test_a_batch_instance_whose_worker_process_dies_runs_again_and_the_job_compl
         )
 
 
+def test_a_batch_job_stopped_midway_shows_the_progress_it_had(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Stopped by ``spec.batch.stop``, the job showed no progress at all under ``up`` (the
+    operator keeps the progress seen last): it shows what its instances had done, from the
+    summaries they leave as they stop."""
+    inputs = tmp_path / "batch" / "input"
+    inputs.mkdir(parents=True)
+    for number in range(INPUTS):
+        (inputs / f"part-{number:05d}.csv").write_bytes(to_csv(abalone_model.test_rows[:2]))
+    files = [manifest("batch", abalone_model.tarball, tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        done = lambda: (up.status("abalone-batch").get("progress") or {}).get("objectsDone", 0)  # noqa: E731
+        wait_until(lambda: done() > 0, WAIT, "progress while running", interval=0.2)
+        applied = cli(up, "apply", "-f", str(manifest("batch", abalone_model.tarball, tmp_path,
+                                                      stop=True)))  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        running = lambda: bool(up.running("abalone-batch"))  # noqa: E731
+        wait_until(lambda: not running(), WAIT, "the instances to stop")
+        wait_until(lambda: up.status("abalone-batch").get("progress"), WAIT, "its progress")
+        status = up.status("abalone-batch")
+        assert status["phase"] == "Stopped", status
+        progress = status["progress"]
+        assert progress["objectsTotal"] == INPUTS, progress
+        assert 0 < progress["objectsDone"] < INPUTS, progress
+
+
 def test_stopping_a_batch_job_that_ended_keeps_its_outcome(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
