@@ -5,6 +5,7 @@ mode's behaviour is in ``tests/scenarios``, run on ``up`` and on the operator al
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -13,8 +14,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,6 +47,49 @@ def up(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) ->
     files = [manifest("realtime", abalone_model.tarball, folder, minReplicas=1, maxReplicas=1)]
     with running_up(folder / "state", files, folder / "up.log") as process:
         yield process
+
+
+# A scaling target any request rate exceeds: while requests flow, the autoscaler keeps
+# maxReplicas, so a replica count read then is the rollover's, not a scale-in's (idle, an
+# endpoint that never scaled may scale in at once: the cooldown counts from its last change)
+BUSY_SCALING = {"target": 0.001}
+
+
+def desired_until_served(up: Up, name: str, served: Callable[[dict[str, Any]], bool]) -> set[int]:
+    """Every ``desiredReplicas`` the endpoint showed, read every 50 ms, until ``served`` says
+    its status is the one waited for. A rollover that dropped the carried replicas shows the
+    new spec's minimum from its first decision until the autoscaler measured two load samples
+    (seconds): such a count shows up here."""
+    shown: set[int] = set()
+
+    def looked() -> bool:
+        status = up.status(name)
+        shown.add(status["desiredReplicas"])
+        return served(status)
+
+    wait_until(looked, WAIT, f"{name} served by the new spec")
+    return shown
+
+
+@contextlib.contextmanager
+def steady_requests(up: Up, name: str, body: bytes) -> Iterator[list[int]]:
+    """Requests sent one after another (at most 20,000) while the block runs: their statuses."""
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        for _ in range(20_000):
+            if stop.is_set():
+                return
+            answers.append(up.invoke(name, body).status_code)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        sender.join(120)
 
 
 def cli(up: Up | str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -379,16 +424,8 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
     files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
     (tmp_path / "v2").mkdir()
     changed = manifest("realtime", abalone_model.tarball, tmp_path / "v2", minReplicas=1,
-                       maxReplicas=2)  # fmt: skip
+                       maxReplicas=2, scaling=BUSY_SCALING)  # fmt: skip
     body = to_csv(abalone_model.test_rows[:1])
-    answers: list[int] = []
-    stop = threading.Event()
-
-    def send() -> None:
-        for _ in range(20_000):
-            if stop.is_set():
-                return
-            answers.append(up.invoke("abalone", body).status_code)
 
     def pids() -> set[int]:
         return {process["pid"] for process in up.status("abalone")["processes"]}
@@ -396,23 +433,18 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
         old = pids()
-        sender = threading.Thread(target=send)
-        sender.start()
-        try:
+        with steady_requests(up, "abalone", body) as answers:
             wait_until(lambda: len(answers) >= 5, WAIT, "answers before the change")
             applied = cli(up, "apply", "-f", str(changed))
             assert applied.returncode == 0, applied.stderr
-            replaced = lambda: (  # noqa: E731
-                up.status("abalone")["phase"] == "InService" and not old & pids()
+            replaced = lambda status: (  # noqa: E731
+                status["phase"] == "InService" and not old & pids()
             )
-            wait_until(replaced, WAIT, "the new spec's servers to replace the old ones")
+            assert desired_until_served(up, "abalone", replaced) == {2}
             seen = len(answers)
             wait_until(lambda: len(answers) >= seen + 5, WAIT, "answers after the change")
-        finally:
-            stop.set()
-            sender.join(120)
-        status = up.status("abalone")
-        assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
+            status = up.status("abalone")
+            assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
     assert set(answers) == {200}, collections.Counter(answers)
 
 
@@ -430,7 +462,7 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
     broken = manifest("realtime", tmp_path / "broken" / "missing.tar.gz", tmp_path / "broken",
                       minReplicas=1, maxReplicas=2)  # fmt: skip
     fixed = manifest("realtime", abalone_model.tarball, tmp_path / "fixed", minReplicas=1,
-                     maxReplicas=2)  # fmt: skip
+                     maxReplicas=2, scaling=BUSY_SCALING)  # fmt: skip
     body = to_csv(abalone_model.test_rows[:1])
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "ready replicas")
@@ -449,12 +481,13 @@ def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
                 up.stop()
                 up.files = []  # from its state alone
                 up.start()
-        assert cli(up, "apply", "-f", str(fixed)).returncode == 0
-        back = lambda: up.status("abalone")["phase"] == "InService"  # noqa: E731
-        wait_until(back, WAIT, "the fixed spec in service")
-        status = up.status("abalone")
-        assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
-        assert up.invoke("abalone", body).status_code == 200
+        with steady_requests(up, "abalone", body) as answered:
+            assert cli(up, "apply", "-f", str(fixed)).returncode == 0
+            back = lambda status: status["phase"] == "InService"  # noqa: E731
+            assert desired_until_served(up, "abalone", back) == {2}
+            status = up.status("abalone")
+            assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
+        assert answered and set(answered) == {200}, collections.Counter(answered)
         wait_until(lambda: "previous" not in json.loads(saved.read_text()), WAIT,
                    "the rollover over: no previous spec to bring back")  # fmt: skip
 
