@@ -438,6 +438,24 @@ def name_allowed(name: str, allowed: list[str]) -> bool:
 DEFAULT_SECRET_NAMES = ["infermodes-*"]  # the convention: Secrets meant for endpoints
 
 
+NETWORK_PEER_KEYS = frozenset({"namespaceSelector", "podSelector", "ipBlock"})
+
+
+def network_peer(peer: dict[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy peer, refused at start when it is not one: an empty one (or a typo's
+    keys alone) would let every pod in."""
+    unknown = sorted(set(peer) - NETWORK_PEER_KEYS)
+    if unknown or not peer:
+        raise ValueError(
+            f"a NetworkPolicy peer has {', '.join(sorted(NETWORK_PEER_KEYS))} only, at least one "
+            f"of them; this one has {', '.join(unknown) or 'none'}"
+        )
+    return peer
+
+
+NetworkPeer = Annotated[dict[str, Any], AfterValidator(network_peer)]
+
+
 class OperatorSettings(EnvSettings):
     """``infermodes operator``: the kopf controller. Env prefix ``INFERMODES_OPERATOR_``."""
 
@@ -468,6 +486,24 @@ class OperatorSettings(EnvSettings):
         description="Let endpoints load pickled models they ask for (spec.model.allowPickle). "
         "Unpickling runs the artifact's code: whoever may create an endpoint could then run any "
         "code in its pods, as allowed_images otherwise prevents. Off: such endpoints fail.",
+    )
+    network_policy: bool = Field(
+        False,
+        description="Give each endpoint a NetworkPolicy: its pods then accept connections only "
+        "from serving_from (model servers' port) and metrics_from (every endpoint pod's port), "
+        "so nothing bypasses the gateway's authentication. Off: none (what the cluster's "
+        "network lets through reaches them).",
+    )
+    serving_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        description="NetworkPolicy peers (namespaceSelector, podSelector, ipBlock) that may call "
+        "model servers: the gateway's pods.",
+    )
+    metrics_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        description="NetworkPolicy peers that may reach every endpoint pod's port (model "
+        "servers' /metrics, workers' and batch instances' metrics port): the operator's pods, "
+        "which read load, in-flight counts and progress there, and a Prometheus.",
     )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means all namespaces."

@@ -7,7 +7,7 @@ from typing import Any
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import SERVER_PORT, ProcessPlan, env_name
-from infermodes.settings import EnvSettings, ServeSettings
+from infermodes.settings import EnvSettings, OperatorSettings, ServeSettings
 
 MANAGED_BY = "infermodes"
 ENDPOINT_LABEL = "infermodes.dev/endpoint"
@@ -63,6 +63,54 @@ class EndpointRef:
                 }
             ],
         }
+
+
+@dataclass(frozen=True)
+class Ingress:
+    """Who may connect to an endpoint's pods (``OperatorSettings.network_policy``): the
+    gateway's pods to model servers (``serving``), and whoever reads the pods' metrics, the
+    operator among them, to every endpoint pod (``metrics``)."""
+
+    serving: tuple[dict[str, Any], ...]
+    metrics: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def from_settings(cls, settings: OperatorSettings) -> Ingress | None:
+        if not settings.network_policy:
+            return None
+        return cls(tuple(settings.serving_from), tuple(settings.metrics_from))
+
+
+def network_policy(
+    ref: EndpointRef, component: str, port: int, peers: tuple[dict[str, Any], ...]
+) -> dict[str, Any]:
+    """A NetworkPolicy letting only ``peers`` reach the component's pods, on ``port`` alone.
+    No peers is no rule: a rule without ``from`` would let every source in."""
+    rules = [{"from": list(peers), "ports": [{"protocol": "TCP", "port": port}]}] if peers else []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": ref.metadata(component),
+        "spec": {
+            "podSelector": {"matchLabels": ref.selector(component)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
+def guarded(
+    objects: list[dict[str, Any]],
+    ref: EndpointRef,
+    component: str,
+    port: int,
+    peers: tuple[dict[str, Any], ...] | None,
+) -> list[dict[str, Any]]:
+    """``objects`` with the NetworkPolicy of their pods first (applied before the pods exist),
+    when there is one (``peers`` None: no policy)."""
+    if peers is None:
+        return objects
+    return [network_policy(ref, component, port, peers), *objects]
 
 
 def resources(spec_resources: s.Resources) -> dict[str, Any]:
@@ -174,9 +222,11 @@ def model_server_objects(
     replicas: int,
     container: dict[str, Any],
     termination_grace_seconds: int,
+    ingress: Ingress | None,
 ) -> list[dict[str, Any]]:
     """The Deployment of model servers and the Service in front of them, shared by the
-    synchronous modes."""
+    synchronous modes; with ``ingress``, a NetworkPolicy letting in only the gateway and the
+    metrics' readers (the operator reads the servers' load on the same port)."""
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -188,4 +238,5 @@ def model_server_objects(
         },
     }
     workload = deployment(ref, component, replicas, container, termination_grace_seconds)
-    return [workload, service]
+    peers = None if ingress is None else ingress.serving + ingress.metrics
+    return guarded([workload, service], ref, component, SERVER_PORT, peers)

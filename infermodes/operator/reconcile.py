@@ -35,7 +35,7 @@ from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
-from infermodes.operator.objects import EndpointRef
+from infermodes.operator.objects import EndpointRef, Ingress
 from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed, name_allowed
@@ -276,7 +276,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         deps.kube.annotate("v1", "Pod", ref.namespace, pod, wanted)
     if kind == "Deployment" and workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall  # a pool at zero starting (a Job has no replicas to scale)
-    objects = mode.desired_objects(ref, spec, replicas, deps.settings.image)
+    ingress = Ingress.from_settings(deps.settings)
+    objects = mode.desired_objects(ref, spec, replicas, deps.settings.image, ingress)
     taken = foreign_object(deps, ref, objects, found)
     if taken is not None:
         return Reconciled(Status(s.Phase.FAILED, NAME_CONFLICT, (

@@ -3,11 +3,15 @@ the gateway's access keys come from a Secret, never from values."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from typing import Any
 
+import pytest
 import yaml
 
+from infermodes.operator.objects import Ingress
+from infermodes.settings import OperatorSettings
 from tests.cluster.controlplane import Binaries
 from tests.e2e.operator_support import CHART
 
@@ -217,3 +221,57 @@ def test_the_notes_call_the_gateway_as_it_answers() -> None:
     assert '--aws-sigv4 "aws:amz:us-east-1:sagemaker"' in signed
     assert "--user ACCESS_KEY_ID:SECRET_ACCESS_KEY" in signed
     assert "--aws-sigv4" not in install_notes()  # open: a plain curl
+
+
+def operator_env(documents: list[dict[str, Any]]) -> dict[str, str]:
+    operator = next(d for d in documents if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == "infermodes-operator")  # fmt: skip
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def pod_labels(documents: list[dict[str, Any]], name: str) -> dict[str, str]:
+    workload = next(d for d in documents if d["kind"] == "Deployment"
+                    and d["metadata"]["name"] == name)  # fmt: skip
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """By default each endpoint gets a NetworkPolicy whose peers are the release's gateway
+    pods (model servers) and operator pods (every endpoint pod: it reads their metrics), as
+    the operator reads them from the chart's variables; the operator may make such policies,
+    and nothing more to them, only then."""
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    scrapers = f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]"
+    result = helm("template", "infermodes", str(CHART), "-n", "ops", "--set-json", scrapers)
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for name, value in operator_env(documents).items():
+        monkeypatch.setenv(name, value)
+    ingress = Ingress.from_settings(OperatorSettings())
+    assert ingress is not None
+    in_ops = {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
+    (gateway,) = ingress.serving
+    assert gateway["namespaceSelector"] == in_ops
+    assert gateway["podSelector"]["matchLabels"].items() <= pod_labels(
+        documents, "infermodes-gateway").items()  # fmt: skip
+    operator, scrapes = ingress.metrics
+    assert operator["namespaceSelector"] == in_ops
+    assert operator["podSelector"]["matchLabels"].items() <= pod_labels(
+        documents, "infermodes-operator").items()  # fmt: skip
+    assert not operator["podSelector"]["matchLabels"].items() <= pod_labels(
+        documents, "infermodes-gateway").items()  # fmt: skip
+    assert scrapes == scraper
+    assert policy_grants(documents) == {"get", "create", "patch"}
+
+    off = gateway_documents("networkPolicy.enabled=false")
+    assert operator_env(off)["INFERMODES_OPERATOR_NETWORK_POLICY"] == "false"
+    assert policy_grants(off) == set()
+
+
+def policy_grants(documents: list[dict[str, Any]]) -> set[str]:
+    return {verb for d in documents if d["kind"] == "ClusterRole" for rule in d["rules"]
+            if "networkpolicies" in rule["resources"] for verb in rule["verbs"]}  # fmt: skip

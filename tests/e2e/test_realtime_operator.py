@@ -387,6 +387,15 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
 ) -> None:
     api = tools.cluster.api
     create_in_service(tools, k8s_namespace, endpoint_manifest("doomed", model_uri))
+    # the API server accepted its NetworkPolicy (networkPolicy.enabled, the chart's default),
+    # owned by the endpoint; no CNI here enforces it: tests/unit/operator/test_network_policy
+    policy_path = f"/apis/networking.k8s.io/v1/namespaces/{k8s_namespace}/networkpolicies/ie-doomed"
+    policy = api.get(policy_path)
+    endpoint = get_endpoint(api, k8s_namespace, "doomed")
+    assert endpoint is not None
+    (owner,) = policy["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("InferenceEndpoint", endpoint["metadata"]["uid"])
+    assert policy["spec"]["podSelector"]["matchLabels"]["infermodes.dev/endpoint"] == "doomed"
     kubelet = require_process_kubelet(tools.cluster)
     assert kubelet.running_pids(k8s_namespace)
     deleted = tools.kubectl("delete", "ie", "doomed", "-n", k8s_namespace, "--wait=true")
@@ -402,6 +411,7 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
     base = f"/namespaces/{k8s_namespace}"
     wait_until(lambda: gone(f"/apis/apps/v1{base}/deployments/ie-doomed"), 60, "Deployment gone")
     wait_until(lambda: gone(f"/api/v1{base}/services/ie-doomed"), 60, "Service gone")
+    wait_until(lambda: gone(policy_path), 60, "NetworkPolicy gone")
     wait_until(lambda: not kubelet.running_pids(k8s_namespace), 60, "pod processes gone")
 
 

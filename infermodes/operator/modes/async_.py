@@ -46,7 +46,14 @@ from infermodes.metrics import (
     worker_reading,
 )
 from infermodes.operator.modes.base import Signals, never_ends
-from infermodes.operator.objects import EndpointRef, deployment, env_list, resources
+from infermodes.operator.objects import (
+    EndpointRef,
+    Ingress,
+    deployment,
+    env_list,
+    guarded,
+    resources,
+)
 from infermodes.operator.observed import failure, running_pods, served, waiting_status
 from infermodes.settings import WorkerSettings
 
@@ -153,9 +160,14 @@ def pod_annotations(
 
 
 def desired_objects(
-    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+    ref: EndpointRef,
+    spec: s.EndpointSpec,
+    replicas: int,
+    image: str,
+    ingress: Ingress | None = None,
 ) -> list[dict[str, Any]]:
-    """The worker Deployment."""
+    """The worker Deployment; with ``ingress``, a NetworkPolicy letting only the metrics'
+    readers (the operator's in-flight counts) reach its metrics port, its one port."""
     block = async_block(spec)
     plan = worker(ref.name, spec)
     env = env_list(WorkerSettings, "metrics_host", plan)
@@ -199,7 +211,9 @@ def desired_objects(
     }
     if spec.storage_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.storage_secret_ref.name}}]
-    return [deployment(ref, COMPONENT, replicas, container, WORKER_STOP_GRACE_SECONDS)]
+    workers = deployment(ref, COMPONENT, replicas, container, WORKER_STOP_GRACE_SECONDS)
+    peers = None if ingress is None else ingress.metrics
+    return guarded([workers], ref, COMPONENT, METRICS_PORT, peers)
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:

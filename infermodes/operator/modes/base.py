@@ -11,7 +11,7 @@ from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.spec import EndpointSpec
 from infermodes.endpoints.status import QueueFigures, Status
 from infermodes.metrics import ServerLoad
-from infermodes.operator.objects import EndpointRef
+from infermodes.operator.objects import EndpointRef, Ingress
 from infermodes.operator.observed import WorkloadState
 
 
@@ -55,9 +55,15 @@ class EndpointMode(Protocol):
         """The replicas wanted now."""
 
     def desired_objects(
-        self, ref: EndpointRef, spec: EndpointSpec, replicas: int, image: str
+        self,
+        ref: EndpointRef,
+        spec: EndpointSpec,
+        replicas: int,
+        image: str,
+        ingress: Ingress | None = None,
     ) -> list[dict[str, Any]]:
-        """Every object the endpoint should have, for server-side apply."""
+        """Every object the endpoint should have, for server-side apply; with ``ingress``, a
+        NetworkPolicy first, admitting only those peers to its pods."""
 
     def pod_annotations(
         self, spec: EndpointSpec, signals: Signals, replicas: int

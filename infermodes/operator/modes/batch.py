@@ -42,7 +42,14 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_STOPPED
 from infermodes.metrics import parse_batch_units
 from infermodes.operator.modes.base import Signals, no_pod_annotations
-from infermodes.operator.objects import EndpointRef, env_list, resources, restricted_pod_spec
+from infermodes.operator.objects import (
+    EndpointRef,
+    Ingress,
+    env_list,
+    guarded,
+    resources,
+    restricted_pod_spec,
+)
 from infermodes.operator.observed import CANNOT_RUN_REASONS, PodState, running_pods
 from infermodes.settings import BatchSettings
 
@@ -71,10 +78,16 @@ def ended(status: Status) -> bool:
 
 
 def desired_objects(
-    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+    ref: EndpointRef,
+    spec: s.EndpointSpec,
+    replicas: int,
+    image: str,
+    ingress: Ingress | None = None,
 ) -> list[dict[str, Any]]:
     """The Indexed Job (immutable once created, as the CRD enforces, except ``suspend``);
-    none while the job waits for its output prefix (``replicas``)."""
+    none while the job waits for its output prefix (``replicas``); with ``ingress``, a
+    NetworkPolicy letting only the metrics' readers (the operator's progress) reach its
+    metrics port."""
     if replicas == 0:
         return []
     block = spec.batch_block()
@@ -121,7 +134,8 @@ def desired_objects(
             "template": {"metadata": {"labels": ref.labels(COMPONENT)}, "spec": pod},
         },
     }
-    return [job]
+    peers = None if ingress is None else ingress.metrics
+    return guarded([job], ref, COMPONENT, BATCH_METRICS_PORT, peers)
 
 
 def summary_of(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,7 +9,12 @@ from infermodes.endpoints.plan import model_server
 from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
 from infermodes.endpoints.status import Status
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
-from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
+from infermodes.operator.objects import (
+    EndpointRef,
+    Ingress,
+    model_server_objects,
+    server_container,
+)
 from infermodes.operator.observed import synchronous_status
 
 COMPONENT = "model-server"
@@ -30,9 +35,14 @@ ended = never_ends
 
 
 def desired_objects(
-    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+    ref: EndpointRef,
+    spec: s.EndpointSpec,
+    replicas: int,
+    image: str,
+    ingress: Ingress | None = None,
 ) -> list[dict[str, Any]]:
-    """The Deployment and Service for a realtime endpoint with ``replicas`` replicas."""
+    """The Deployment and Service for a realtime endpoint with ``replicas`` replicas, and
+    with ``ingress`` their NetworkPolicy."""
     block = spec.realtime_block()
     container = server_container(
         spec.image or image,
@@ -40,7 +50,9 @@ def desired_objects(
         block.resources,
         spec.storage_secret_ref,
     )
-    return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
+    return model_server_objects(
+        ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS, ingress
+    )
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:

@@ -23,7 +23,12 @@ from infermodes.endpoints.status import (
     Status,
 )
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
-from infermodes.operator.objects import EndpointRef, model_server_objects, server_container
+from infermodes.operator.objects import (
+    EndpointRef,
+    Ingress,
+    model_server_objects,
+    server_container,
+)
 from infermodes.operator.observed import failed_status, failure, waiting_status
 
 COMPONENT = "model-server"
@@ -53,16 +58,23 @@ ended = never_ends
 
 
 def desired_objects(
-    ref: EndpointRef, spec: s.EndpointSpec, replicas: int, image: str
+    ref: EndpointRef,
+    spec: s.EndpointSpec,
+    replicas: int,
+    image: str,
+    ingress: Ingress | None = None,
 ) -> list[dict[str, Any]]:
-    """The Deployment (``replicas`` may be 0) and the Service of a serverless endpoint."""
+    """The Deployment (``replicas`` may be 0) and the Service of a serverless endpoint, and
+    with ``ingress`` their NetworkPolicy."""
     container = server_container(
         spec.image or image,
         serverless_server(spec),
         replica_resources(spec.serverless_block()),
         spec.storage_secret_ref,
     )
-    return model_server_objects(ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS)
+    return model_server_objects(
+        ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS, ingress
+    )
 
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:

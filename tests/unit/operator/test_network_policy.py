@@ -1,0 +1,103 @@
+"""Endpoint pods accept connections only from the gateway (model servers) and the metrics'
+readers (every pod's port: the operator reads load, in-flight counts and progress there):
+a NetworkPolicy per endpoint, owned by it, so that a pod of the cluster cannot call a model
+server's Service directly, past the gateway's authentication. Whether a CNI enforces it is the
+cluster's: these tests check the objects, the e2e tier that the API server accepts them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.scaling import ScalerMemory
+from infermodes.operator.modes import mode_for
+from infermodes.operator.objects import Ingress
+from infermodes.operator.reconcile import reconcile
+from infermodes.settings import OperatorSettings
+from tests.unit.operator.test_pinned_env import MODEL, SPECS
+from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden, deps
+
+GATEWAY = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
+}
+OPERATOR = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+}
+SCRAPER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+INGRESS = Ingress(serving=(GATEWAY,), metrics=(OPERATOR, SCRAPER))
+
+
+def objects_of(mode: str, ingress: Ingress | None) -> list[dict[str, Any]]:
+    spec = s.EndpointSpec.model_validate({"mode": mode, "model": MODEL, **SPECS[mode]})
+    return mode_for(spec.mode).desired_objects(REF, spec, 1, "img:1", ingress)
+
+
+def pod_template(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    workload = next(o for o in objects if o["kind"] in ("Deployment", "Job"))
+    template: dict[str, Any] = workload["spec"]["template"]
+    return template
+
+
+def test_every_modes_policy_reaches_the_objects() -> None:
+    policies = [objects_of(mode, INGRESS)[0] for mode in sorted(SPECS)]
+    check_golden("network-policies.yaml", policies)
+
+
+@pytest.mark.parametrize("mode", sorted(SPECS))
+def test_each_modes_pods_accept_only_the_peers_on_their_one_port(mode: str) -> None:
+    objects = objects_of(mode, INGRESS)
+    policy = objects[0]  # first: applied before the pods it guards exist
+    assert policy["kind"] == "NetworkPolicy"
+    template = pod_template(objects)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (container,) = template["spec"]["containers"]
+    ports = [port["containerPort"] for port in container["ports"]]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port} for port in ports]
+    serving = mode in ("realtime", "serverless")
+    expected = [GATEWAY, OPERATOR, SCRAPER] if serving else [OPERATOR, SCRAPER]
+    assert rule["from"] == expected
+    (owner,) = policy["metadata"]["ownerReferences"]  # deleting the endpoint deletes it
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (s.KIND, REF.uid, True)
+
+
+def test_without_peers_no_one_gets_in_rather_than_everyone() -> None:
+    """A rule without ``from`` admits every source: no peers is no rule at all."""
+    (policy, *_) = objects_of("async", Ingress(serving=(GATEWAY,), metrics=()))
+    assert policy["spec"]["ingress"] == []
+
+
+@pytest.mark.parametrize("mode", sorted(SPECS))
+def test_off_there_is_no_policy(mode: str) -> None:
+    assert all(o["kind"] != "NetworkPolicy" for o in objects_of(mode, None))
+
+
+def test_the_operator_applies_the_policy_its_settings_give() -> None:
+    kube = FakeKube()
+    settings = OperatorSettings(
+        network_policy=True, serving_from=[GATEWAY], metrics_from=[OPERATOR, SCRAPER]
+    )
+    dependencies = deps(kube)[0]
+    dependencies.settings = settings
+    reconcile(body({"mode": "realtime", "model": MODEL, "realtime": {}}), ScalerMemory(),
+              dependencies)  # fmt: skip
+    kinds = [o["kind"] for o in kube.applied]
+    assert kinds == ["NetworkPolicy", "Deployment", "Service"]
+    assert kube.applied[0]["spec"]["ingress"][0]["from"] == [GATEWAY, OPERATOR, SCRAPER]
+
+
+@pytest.mark.parametrize("peer", [{}, {"namespaceselector": {}}, {"podSelector": {}, "ports": []}])
+def test_a_peer_that_is_not_one_stops_the_operator_at_start_naming_it(
+    peer: dict[str, Any],
+) -> None:
+    """An empty peer selects every pod of the namespace; a misspelt key would be dropped by the
+    API server and leave one."""
+    with pytest.raises(ValidationError, match="a NetworkPolicy peer has ipBlock, namespaceSel"):
+        OperatorSettings(network_policy=True, metrics_from=[peer])
