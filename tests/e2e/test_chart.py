@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.operator.objects import Ingress
+from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 from tests.cluster.controlplane import Binaries
 from tests.e2e.operator_support import CHART
+from tests.unit.operator.test_pinned_env import MODEL, SPECS
+from tests.unit.operator.test_realtime import FakeKube, body, deployment_of, ready_pod
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -275,3 +279,77 @@ def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named
 def policy_grants(documents: list[dict[str, Any]]) -> set[str]:
     return {verb for d in documents if d["kind"] == "ClusterRole" for rule in d["rules"]
             if "networkpolicies" in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+
+
+class Recording(FakeKube):
+    """The unit tests' API door, noting each call as the (group, resource, verb) RBAC checks."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.calls: set[tuple[str, str, str]] = set()
+
+    def note(self, api_version: str, kind: str, *verbs: str) -> None:
+        group = api_version.rpartition("/")[0]
+        plural = kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"
+        self.calls |= {(group, plural, verb) for verb in verbs}
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        self.note(api_version, kind, "get")
+        return super().get(api_version, kind, namespace, name)
+
+    def list(self, api_version: str, kind: str, namespace: str, selector: Any,
+             fields: Any = None) -> Any:  # fmt: skip
+        self.note(api_version, kind, "list")
+        return super().list(api_version, kind, namespace, selector, fields)
+
+    def apply(self, obj: dict[str, Any]) -> Any:
+        self.note(obj["apiVersion"], obj["kind"], "create", "patch")  # server-side apply
+        return super().apply(obj)
+
+    def annotate(self, api_version: str, kind: str, namespace: str, name: str,
+                 annotations: dict[str, str]) -> None:  # fmt: skip
+        self.note(api_version, kind, "patch")
+        super().annotate(api_version, kind, namespace, name, annotations)
+
+
+ENDPOINTS = "infermodes.dev"
+# calls the reconciles below do not make, each made elsewhere in the operator
+MADE_ELSEWHERE = {
+    (ENDPOINTS, "inferenceendpoints", "get"),  # handlers: an endpoint read again to reconcile
+    (ENDPOINTS, "inferenceendpoints/status", "patch"),  # handlers.patch_status, and kopf's
+    ("", "pods", "patch"),  # async pod_annotations before a scale-in (pod-deletion-cost)
+    # kopf: watches the endpoints and the children it has handlers for, patches its progress
+    # annotations on endpoints, posts Events (core v1), discovers CRDs and namespaces
+    *{(group, resource, verb) for group, resource in
+      [(ENDPOINTS, "inferenceendpoints"), ("apps", "deployments"), ("batch", "jobs"),
+       ("", "pods"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")]
+      for verb in ("list", "watch")},
+    (ENDPOINTS, "inferenceendpoints", "patch"),
+    ("", "events", "create"),
+}  # fmt: skip
+
+
+def test_the_operators_roles_grant_what_its_code_calls_and_nothing_more() -> None:
+    """Every mode's reconcile (created, then again over its live workload) under the chart's
+    settings, recorded, plus the calls made elsewhere: exactly the chart's operator roles."""
+    kube = Recording()
+    settings = OperatorSettings(network_policy=True, metrics_from=[{"podSelector": {}}],
+                                allowed_secret_names=["*"])  # fmt: skip
+    dependencies = Deps(kube, settings, lambda _ip, _port: None)
+    for mode, block in SPECS.items():
+        endpoint = body({"mode": mode, "model": MODEL, **block})
+        reconcile(endpoint, ScalerMemory(), dependencies)
+    dependencies.kube = live = Recording(deployment_of(1), [ready_pod("ie-abalone-1", "127.0.5.1")])
+    reconcile(body(), ScalerMemory(), dependencies)
+    # the names of every namespace's async endpoints (signals.names), across the cluster
+    live.note(f"{ENDPOINTS}/v1alpha1", "InferenceEndpoint", "list")
+    called = kube.calls | live.calls | MADE_ELSEWHERE
+
+    documents = gateway_documents()
+    roles = [d for d in documents if d["kind"] == "ClusterRole"
+             and d["metadata"]["name"].startswith("infermodes-operator")]  # fmt: skip
+    granted = {(group, resource, verb) for role in roles for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}  # fmt: skip
+    assert called - granted == set(), "called, not granted"
+    assert granted - called == set(), "granted, never called"

@@ -149,9 +149,9 @@ def test_the_chart_grants_the_gateway_reads_and_demand_patches_in_its_namespaces
                                 for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
         return found
 
-    expected = {("infermodes.dev", "inferenceendpoints", v) for v in ("get", "list", "watch",
-                                                                      "patch")}  # fmt: skip
-    expected |= {("", "pods", v) for v in ("get", "list", "watch")}
+    # what gateway/kube.py calls: list + watch of both, the demand annotation's merge patch
+    expected = {("infermodes.dev", "inferenceendpoints", v) for v in ("list", "watch", "patch")}
+    expected |= {("", "pods", v) for v in ("list", "watch")}
     assert gateway_grants(render()) == {"ops": expected}
     # the platform API's namespace (the release's unless set) is served too: it invokes its own
     both = {"a": expected, "b": expected}
