@@ -159,7 +159,7 @@ class WorkerMetrics:
         )
         self.in_flight = Gauge(
             WORKER_IN_FLIGHT,
-            "Messages delivered to this worker and not yet settled.",
+            "Messages this worker is working on (a lost broker connection's included).",
             registry=registry,
         )
         self.notifications = Counter(

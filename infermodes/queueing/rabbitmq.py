@@ -445,7 +445,8 @@ def delivery_count(headers: dict[str, object] | None) -> int:
 
 @dataclasses.dataclass
 class _Held:
-    """How many deliveries of one connection are not settled yet."""
+    """How many deliveries of one connection are not settled yet; touched only on that
+    connection's thread."""
 
     count: int = 0
 
@@ -471,7 +472,14 @@ class RabbitConsumer:
     (prefetch = pool size = ``concurrency``, so every delivered message is being worked on) and
     settles it back on the connection's thread. Reconnects when the broker goes away, with a
     back-off that starts again from the shortest after each successful connection; after
-    ``stop`` it cancels the consumer and returns once nothing is in flight."""
+    ``stop`` it cancels the consumer and returns once nothing is in flight.
+
+    A lost connection's deliveries are the broker's again, but their work runs on to its end
+    (the result claim keeps its output single; the settle is dropped). Until it has ended, the
+    new connection does not subscribe: a full prefetch then would hold deliveries no thread
+    can take, waiting in the pool with their consumer timeout running while other workers could
+    take them. ``in_flight`` (the gauge) counts work running, whichever connection brought it:
+    a worker busy with lost deliveries is not idle to a scale-in."""
 
     def __init__(self, url: str, endpoint: str, max_attempts: int, concurrency: int) -> None:
         self.url = url
@@ -486,7 +494,7 @@ class RabbitConsumer:
         self.outage = Outage(f"consuming {queue_name(endpoint)}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
-        self._held = _Held()  # the current connection's; a lost one's are written off
+        self._working = 0  # deliveries handed to the pool whose work has not ended
         self._delay = RECONNECT_MIN_SECONDS
 
     def stop(self) -> None:
@@ -495,21 +503,12 @@ class RabbitConsumer:
     @property
     def in_flight(self) -> int:
         with self._lock:
-            return self._held.count
+            return self._working
 
-    def _hold(self, held: _Held) -> None:
+    def _count_work(self, delta: int) -> None:
         with self._lock:
-            held.count += 1
-        self.on_in_flight(+1)
-
-    def _release(self, held: _Held, everything: bool = False) -> None:
-        """One delivery settled, or ``everything`` held written off with a lost connection;
-        a delivery of a lost connection is counted once, whichever comes first."""
-        with self._lock:
-            count = held.count if everything else min(1, held.count)
-            held.count -= count
-        if count:
-            self.on_in_flight(-count)
+            self._working += delta
+        self.on_in_flight(delta)
 
     def run(self, handle: Handler) -> None:
         """Consumes until ``stop``; raises BrokerLoginRefused when the broker refused every
@@ -536,15 +535,13 @@ class RabbitConsumer:
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)
-        held = self._held = _Held()
         try:
-            self._consume_on(connection, held, handle)
+            # What this connection delivers and does not settle is the broker's again once it
+            # is lost (it redelivers it); its settlements could never arrive, so a stop waits
+            # only for the next connection's. The work itself still runs to its end.
+            self._consume_on(connection, _Held(), handle)
         finally:
             self.consuming.clear()
-            # What this connection delivered and did not settle is the broker's again (it
-            # redelivers it); its settlements could never arrive, so waiting for them at a stop
-            # would wait forever. The work itself still runs to its end in the pool.
-            self._release(held, everything=True)
             if connection.is_open:
                 with contextlib.suppress(*BROKER_ERRORS):
                     connection.close()
@@ -557,11 +554,13 @@ class RabbitConsumer:
         limit = declare_topology(channel, self.endpoint, self.max_attempts)
         self.on_attempts_allowed(attempts_allowed(limit, self.max_attempts))
         queue = queue_name(self.endpoint)
+        self._delay = RECONNECT_MIN_SECONDS
+        self.outage.recovered()
+        if not self._await_lost_work(connection):
+            return
         tag = channel.basic_consume(
             queue, functools.partial(self._on_message, connection, held, handle)
         )
-        self._delay = RECONNECT_MIN_SECONDS
-        self.outage.recovered()
         log.info("consuming %s", queue)
         self.consuming.set()
         while True:
@@ -580,6 +579,18 @@ class RabbitConsumer:
                 if held.count == 0:
                     break
 
+    def _await_lost_work(self, connection: pika.BlockingConnection) -> bool:
+        """Serve ``connection`` (its heartbeats) until the work of deliveries a lost connection
+        brought has ended; False when ``stop`` came first."""
+        if self.in_flight:
+            log.info("consuming again once %d request(s) taken before the connection was lost "
+                     "end", self.in_flight)  # fmt: skip
+        while self.in_flight:
+            if self.stopping.is_set():
+                return False
+            connection.process_data_events(time_limit=POLL_SECONDS)
+        return True
+
     def _on_message(
         self,
         connection: pika.BlockingConnection,
@@ -590,7 +601,8 @@ class RabbitConsumer:
         properties: BasicProperties,
         body: bytes,
     ) -> None:
-        self._hold(held)
+        held.count += 1
+        self._count_work(+1)
         delivery = Delivery(body, delivery_count(properties.headers))
         self._pool.submit(
             self._work, connection, held, channel, method.delivery_tag, handle, delivery
@@ -616,7 +628,8 @@ class RabbitConsumer:
             )
         except BROKER_ERRORS:
             log.debug("connection gone before settling; the broker redelivers the message")
-            self._release(held)
+        finally:
+            self._count_work(-1)
 
     def _settle(self, held: _Held, channel: BlockingChannel, tag: int, settle: Settle) -> None:
         """Runs on the connection's thread."""
@@ -632,7 +645,7 @@ class RabbitConsumer:
             else:
                 channel.basic_reject(tag, requeue=False)
         finally:
-            self._release(held)
+            held.count -= 1
 
 
 def _vhost(amqp_url: str) -> str:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -577,3 +578,69 @@ def test_a_storage_wait_that_would_outlast_the_consumer_timeout_is_not_taken(
         assert json.loads(failure.read_text())["reason"] == "AttemptsExhausted"
         assert metric(worker, "infermodes_async_storage_waits_total") == 0
         notes.wait_for({answer.json()["InferenceId"]}, "Failed", 30)
+
+
+def close_consumer_connection(broker: Broker, endpoint: str) -> None:
+    """Close, as ``rabbitmqctl close_connection`` does, the connection consuming the queue (the
+    worker's notifications publish on others, which stay open)."""
+    auth = ("guest", "guest")
+    api = f"http://127.0.0.1:{broker.management_port}/api"
+    queue = queue_name(endpoint)
+
+    def consumer_connection() -> str | None:
+        consumers = httpx.get(f"{api}/consumers", auth=auth, timeout=5).json()
+        names = [c["channel_details"]["connection_name"] for c in consumers
+                 if c["queue"]["name"] == queue]  # fmt: skip
+        return names[0] if names else None
+
+    wait_until(lambda: consumer_connection() is not None, 30, "the worker's consumer")
+    name = consumer_connection()
+    assert name is not None
+    closed = httpx.delete(
+        f"{api}/connections/{quote(name, safe='')}",
+        auth=auth,
+        headers={"X-Reason": "cut by the test"},
+        timeout=5,
+    )
+    assert closed.status_code == 204, closed.text
+
+
+def test_a_worker_whose_connection_is_cut_mid_work_takes_no_more_than_it_can_work_on(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The broker closes a worker's connection while both its invocation threads are busy
+    (held by a slow webhook): the broker takes both deliveries back. The worker reconnects at
+    once but subscribes again only once that work has ended, so it holds no delivery it cannot
+    work on (one would wait in its pool, its consumer timeout running, while another worker
+    could take it), and its in-flight gauge keeps counting the work still running (the
+    operator's scale-in and pod-deletion cost read it). Every request ends in one output."""
+    endpoint = "cut"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    release = threading.Event()
+    with (
+        WebhookReceiver(hold=release) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
+    ):
+        worker = live.start_worker(
+            model_uri(abalone_model), "w", concurrency=2, extra=("--success-webhook-url", hook.url)
+        )
+        ids = {live.invoke(to_csv(abalone_model.test_rows[:2])).json()["InferenceId"]
+               for _ in range(4)}  # fmt: skip
+        try:
+            wait_until(lambda: len(hook.received) == 2, 60, "two requests held by the webhook")
+            assert metric(worker, "infermodes_async_in_flight") == 2
+            close_consumer_connection(rabbitmq, endpoint)
+            wait_until(lambda: "broker reachable again" in worker.log, 60, "a new connection")
+            now = backlog(endpoint, rabbitmq.amqp_url, None)  # exact, not sampled
+            assert (now.ready, now.consumers) == (4, 0), now
+            assert metric(worker, "infermodes_async_in_flight") == 2  # still working on them
+            assert readiness(worker) == 503  # takes no work now
+        finally:
+            release.set()
+        notes.wait_for(ids, "Completed", 120)
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 0, 60, "no work left")
+        assert readiness(worker) == 200
+        assert metric(worker, MESSAGES, outcome="success") == 4
+        assert metric(worker, MESSAGES, outcome="duplicate") == 2  # found their outputs
+    assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(f"{i}.out" for i in ids)
+    assert set(notes.ids("Completed")) == ids

@@ -111,6 +111,80 @@ def test_a_settlement_lost_with_its_connection_does_not_hold_up_a_stop(
     assert connections[0].acks == []  # never sent on the dead connection
 
 
+def eventually(condition: Callable[[], bool]) -> bool:
+    """Whether ``condition`` holds within ``WAIT_SECONDS`` (polled)."""
+    for _ in range(int(WAIT_SECONDS / 0.01)):
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return condition()
+
+
+class LostMidWork(FakeConnection):
+    """The first connection delivers one message and dies while its work runs; the next ones
+    deliver nothing and run what is queued on them."""
+
+    def __init__(self, first: bool) -> None:
+        super().__init__()
+        self.first = first
+        self.polls = 0
+
+    def add_callback_threadsafe(self, callback: Callable[[], None]) -> None:
+        if not self.is_open:
+            raise pika.exceptions.ConnectionWrongStateError("connection is closed")
+        callback()
+
+    def process_data_events(self, time_limit: float) -> None:
+        self.polls += 1
+        if self.first:
+            assert self.on_message is not None
+            self.on_message(
+                self.channel_, SimpleNamespace(delivery_tag=1), SimpleNamespace(headers={}), b"r"
+            )
+            self.is_open = False
+            raise pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - cut")
+        threading.Event().wait(min(time_limit, 0.01))
+
+
+def test_a_connection_lost_mid_work_is_subscribed_again_once_that_work_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lost delivery's work still occupies its thread: subscribing at once with the full
+    prefetch would hold deliveries no thread can take. The gauge keeps counting that work."""
+    connections: list[LostMidWork] = []
+    release = threading.Event()
+
+    def connect(_url: str) -> LostMidWork:
+        connections.append(LostMidWork(not connections))
+        return connections[-1]
+
+    def handle(_delivery: Delivery) -> Settle:
+        assert release.wait(WAIT_SECONDS)
+        return Settle.ACK
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=1)
+    gauge: list[int] = []
+    consumer.on_in_flight = gauge.append
+    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    runner.start()
+    try:
+        assert eventually(lambda: len(connections) == 2 and connections[1].polls >= 2)
+        assert not connections[1].channel_.basic_consume.called
+        assert (consumer.in_flight, sum(gauge)) == (1, 1)
+        assert not consumer.consuming.is_set()
+    finally:
+        release.set()
+    assert eventually(consumer.consuming.is_set)
+    assert connections[1].channel_.basic_consume.call_count == 1
+    assert (consumer.in_flight, sum(gauge)) == (0, 0)
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive()
+    assert connections[0].channel_.basic_ack.call_count == 0  # never on the dead connection
+
+
 class CancelledConnection(FakeConnection):
     """A connection whose consumer the broker cancels (its queue deleted) while the connection
     stays open, as RabbitMQ does: pika raises nothing."""

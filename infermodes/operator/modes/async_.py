@@ -141,7 +141,8 @@ def not_consuming(signals: Signals) -> str:
         return ""
     return (
         f"; not ready: {', '.join(waiting)} (loading the model, or not consuming the queue: "
-        "the broker down, or refusing the login of the broker Secret's URL; the pod's log says)"
+        "the broker down, or refusing the login of the broker Secret's URL, or the worker "
+        "finishing what it held when its broker connection was lost; the pod's log says)"
     )
 
 
