@@ -587,6 +587,7 @@ class RabbitConsumer:
                      "end", self.in_flight)  # fmt: skip
         while self.in_flight:
             if self.stopping.is_set():
+                log.info("stopped before consuming again; %d request(s) in flight", self.in_flight)
                 return False
             connection.process_data_events(time_limit=POLL_SECONDS)
         return True

@@ -185,6 +185,39 @@ def test_a_connection_lost_mid_work_is_subscribed_again_once_that_work_ends(
     assert connections[0].channel_.basic_ack.call_count == 0  # never on the dead connection
 
 
+def test_a_stop_while_a_lost_connections_work_runs_finishes_it_and_never_subscribes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connections: list[LostMidWork] = []
+    release = threading.Event()
+    handled: list[bytes] = []
+
+    def connect(_url: str) -> LostMidWork:
+        connections.append(LostMidWork(not connections))
+        return connections[-1]
+
+    def handle(delivery: Delivery) -> Settle:
+        assert release.wait(WAIT_SECONDS)
+        handled.append(delivery.body)
+        return Settle.ACK
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=2)
+    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    runner.start()
+    assert eventually(lambda: len(connections) == 2 and connections[1].polls >= 2)
+    consumer.stop()
+    runner.join(0.2)
+    assert runner.is_alive()  # the lost delivery's work still runs: the stop waits for it
+    release.set()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive()
+    assert handled == [b"r"] and consumer.in_flight == 0
+    assert not connections[1].channel_.basic_consume.called
+    assert not connections[1].is_open  # closed on the way out
+
+
 class CancelledConnection(FakeConnection):
     """A connection whose consumer the broker cancels (its queue deleted) while the connection
     stays open, as RabbitMQ does: pika raises nothing."""
