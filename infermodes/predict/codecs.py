@@ -73,6 +73,21 @@ def _show(value: bytes | str, limit: int = 40) -> str:
     return repr(_cut(text, limit))
 
 
+def _unreadable(where: str, token: bytes, problem: str) -> InvalidInput:
+    """``where problem``; but a token that is not UTF-8 (a Latin-1 or Windows-1252 export's
+    accented letter, say) is an encoding problem, and named as one rather than as its
+    replacement character."""
+    try:
+        token.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = _cut(token.decode("utf-8", "backslashreplace"), 40)  # its bytes as \xe9
+        return InvalidInput(
+            f"{where} '{shown}' is not UTF-8 (byte 0x{token[exc.start]:02x}): send the body as "
+            "UTF-8"
+        )
+    return InvalidInput(f"{where} {problem}")
+
+
 def media_type(header: str | None, default: str = CSV) -> str:
     """``"text/csv; charset=utf-8"`` -> ``"text/csv"``; a missing header means ``default``."""
     if not header:
@@ -180,9 +195,10 @@ def _number(token: bytes, row: int, column: int) -> float:
             f"row {row}, column {column}: infinite values are refused (XGBoost does not "
             "take them); send an empty field or nan for a missing value"
         )
-    raise InvalidInput(
-        f"row {row}, column {column}: cannot parse {_show(token)} as a number "
-        "(expected a decimal such as -1.5 or 2e-3)"
+    raise _unreadable(
+        f"row {row}, column {column}:",
+        token,
+        f"cannot parse {_show(token)} as a number (expected a decimal such as -1.5 or 2e-3)",
     )
 
 
@@ -384,17 +400,20 @@ def decode_libsvm(
             continue
         if b":" not in tokens[0]:
             if not _DECIMAL.fullmatch(tokens[0]):
-                raise InvalidInput(
-                    f"row {number}: the label {_show(tokens[0])} is not a number; "
-                    "libsvm rows are [label] index:value ..."
+                raise _unreadable(
+                    f"row {number}: the label",
+                    tokens[0],
+                    f"{_show(tokens[0])} is not a number; libsvm rows are [label] index:value ...",
                 )
             tokens = tokens[1:]
         row: dict[int, float] = {}
         for column, token in enumerate(tokens, 1):
             feature, sep, text = token.partition(b":")
             if not sep or not feature.isdigit():
-                raise InvalidInput(
-                    f"row {number}, column {column}: expected index:value, got {_show(token)}"
+                raise _unreadable(
+                    f"row {number}, column {column}:",
+                    token,
+                    f"expected index:value, got {_show(token)}",
                 )
             position = int(feature) if len(feature) <= _INDEX_DIGITS else -1
             if position < 0 or (num_features is not None and position >= num_features):

@@ -99,6 +99,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         (JSON, b"[" * 1000 + b"]" * 1000, "nested too deeply"),
         (JSON, b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested too deeply"),
         (LIBSVM, b"0:1 " + b"1" * 4301 + b":2", "feature index 1111"),
+        (CSV, ROW.replace(b"0.455", b"caf\xe9"), "row 1, column 4: 'caf\\xe9' is not UTF-8"),
+        (CSV, ROW + b"\n" + ROW.replace(b"0.15", b"\xe9"), "row 2, column 10: '\\xe9' is not"),
     ],
     ids=[
         "json-int-309-digits",
@@ -106,6 +108,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         "json-deep-arrays",
         "json-deep-objects",
         "libsvm-index-4301-digits",
+        "csv-latin-1",
+        "csv-latin-1-second-row",
     ],
 )
 def test_decoder_errors_are_400s_naming_the_problem_and_spare_the_next_request(

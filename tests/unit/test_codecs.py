@@ -282,3 +282,22 @@ def test_a_gzip_body_is_named_as_such(content_type: str) -> None:
     gzipped = r"^the body is gzip-compressed \(it starts with 1f 8b\)"
     with pytest.raises(InvalidInput, match=gzipped):
         codecs.decode(body, content_type, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"1,2,3\n4,5,caf\xe9", codecs.CSV, "row 2, column 3: 'caf\\\\xe9' is not UTF-8"),
+        (b"\xe9,2,3", codecs.CSV, "row 1, column 1: '\\\\xe9' is not UTF-8"),
+        (b"1 0:1 1:\xe9", codecs.LIBSVM, "row 1, column 2: '\\\\xe9' is not UTF-8"),
+        (b"\xe9 0:1", codecs.LIBSVM, "row 1: the label '\\\\xe9' is not UTF-8"),
+        (b"1 \xe9:1", codecs.LIBSVM, "row 1, column 1: '\\\\xe9:1' is not UTF-8"),
+    ],
+    ids=["csv", "csv-first-field", "libsvm-value", "libsvm-label", "libsvm-index"],
+)
+def test_bytes_that_are_not_utf8_are_named_as_an_encoding_problem(
+    body: bytes, content_type: str, message: str
+) -> None:
+    """A Latin-1 export's 'é' is an encoding problem, not "cannot parse '\\ufffd'"."""
+    with pytest.raises(InvalidInput, match=message + ".*send the body as UTF-8"):
+        codecs.decode(body, content_type, 3)
