@@ -3,8 +3,8 @@
 Inputs (``text/csv``, ``application/json``, ``text/libsvm``, ``application/x-recordio-protobuf``)
 decode to a float32 matrix with NaN for missing values; predictions encode to ``text/csv``,
 ``application/json`` or ``application/jsonlines``, as one score per row or as the container's
-selected output keys (``outputs.OutputSelection``). Every
-decoding error names the row and column (1-based), because a 400 that says only "bad input"
+selected output keys (``outputs.OutputSelection``). Every decoding error names the row and
+column (1-based; a libsvm value, its feature index), because a 400 that says only "bad input"
 sends users hunting. The one-row CSV case is the hot path: no pandas, no csv module.
 
 Numbers are read as the platform's container reads them (a C float parser), not as Python's
@@ -169,16 +169,19 @@ def accept_of(header: str | None) -> str:
     return max(acceptable)[2]
 
 
-def _beyond_float32(token: bytes | float, row: int, column: int) -> InvalidInput:
+def _beyond_float32(
+    token: bytes | float, row: int, column: int, unit: str = "column"
+) -> InvalidInput:
     if isinstance(token, bytes):
         shown = _show(token)
     else:  # a JSON number, already read: too large for float64 too, or only for float32
         shown = "the number" if math.isinf(token) else repr(token)
-    return InvalidInput(f"row {row}, column {column}: {shown} is beyond the range of float32")
+    return InvalidInput(f"row {row}, {unit} {column}: {shown} is beyond the range of float32")
 
 
-def _number(token: bytes, row: int, column: int) -> float:
-    """One field, strictly: see the module's docstring for what is a number."""
+def _number(token: bytes, row: int, column: int, unit: str = "column") -> float:
+    """One field, strictly: see the module's docstring for what is a number. Errors name
+    the row and the ``unit`` (a CSV column; a libsvm value's feature index)."""
     token = token.strip(b" \t")
     if not token:
         return math.nan
@@ -186,17 +189,17 @@ def _number(token: bytes, row: int, column: int) -> float:
         value = float(token)
         if -F32_OVERFLOW < value < F32_OVERFLOW:
             return value
-        raise _beyond_float32(token, row, column)
+        raise _beyond_float32(token, row, column, unit)
     lowered = token.lower()
     if lowered in _NAN:
         return math.nan
     if lowered in _INFINITY:
         raise InvalidInput(
-            f"row {row}, column {column}: infinite values are refused (XGBoost does not "
+            f"row {row}, {unit} {column}: infinite values are refused (XGBoost does not "
             "take them); send an empty field or nan for a missing value"
         )
     raise _unreadable(
-        f"row {row}, column {column}:",
+        f"row {row}, {unit} {column}:",
         token,
         f"cannot parse {_show(token)} as a number (expected a decimal such as -1.5 or 2e-3)",
     )
@@ -430,7 +433,7 @@ def decode_libsvm(
                 raise InvalidInput(
                     f"row {number}, column {column}: feature index {position} appears twice"
                 )
-            row[position] = _number(text, number, column)
+            row[position] = _number(text, number, position, "feature index")
             highest = max(highest, position)
         parsed.append(row)
     if not parsed:

@@ -99,11 +99,15 @@ def test_libsvm_with_and_without_label() -> None:
     [
         (b"1 0:1 x:2", "row 1, column 2: expected index:value"),
         (b"0:1 5:2", "row 1, column 2: feature index 5 is out of range; expected 3 features"),
-        (b"0:1 1:abc", "row 1, column 2: cannot parse 'abc'"),
+        (b"0:1 1:abc", "row 1, feature index 1: cannot parse 'abc'"),
+        (b"1 2:abc", "row 1, feature index 2: cannot parse 'abc'"),
+        (b"0:1\n2:1 0:inf", "row 2, feature index 0: infinite values are refused"),
+        (b"2:1e39", "row 1, feature index 2: '1e39' is beyond the range of float32"),
         (b"", "empty request body"),
     ],
 )
 def test_bad_libsvm(body: bytes, message: str) -> None:
+    """A bad value is named by its feature index, not by its token's place in the row."""
     with pytest.raises(InvalidInput, match=message):
         codecs.decode(body, codecs.LIBSVM, 3)
 
@@ -289,7 +293,7 @@ def test_a_gzip_body_is_named_as_such(content_type: str) -> None:
     [
         (b"1,2,3\n4,5,caf\xe9", codecs.CSV, "row 2, column 3: 'caf\\\\xe9' is not UTF-8"),
         (b"\xe9,2,3", codecs.CSV, "row 1, column 1: '\\\\xe9' is not UTF-8"),
-        (b"1 0:1 1:\xe9", codecs.LIBSVM, "row 1, column 2: '\\\\xe9' is not UTF-8"),
+        (b"1 0:1 1:\xe9", codecs.LIBSVM, "row 1, feature index 1: '\\\\xe9' is not UTF-8"),
         (b"\xe9 0:1", codecs.LIBSVM, "row 1: the label '\\\\xe9' is not UTF-8"),
         (b"1 \xe9:1", codecs.LIBSVM, "row 1, column 1: '\\\\xe9:1' is not UTF-8"),
     ],
