@@ -13,8 +13,8 @@ Numbers are read as the platform's container reads them (a C float parser), not 
 missing values. Refused, with the row and column: Python-only syntax (``1_0``), hexadecimal,
 infinities and anything beyond float32's range (XGBoost refuses infinite inputs), JSON's
 non-standard ``NaN``/``Infinity``. Rows end with LF or CRLF; a CR anywhere else is an error.
-A UTF-8 byte order mark before the first row is skipped (spreadsheets write one; JSON's reader
-skips it too).
+A UTF-8 byte order mark before the first row (CSV or libsvm) is skipped (spreadsheets and
+editors write one; JSON's reader skips it too).
 ``max_rows`` and ``max_values`` bound what one body may cost, whatever its size: libsvm rows
 need no bytes for absent features, so a small body can describe a huge dense matrix.
 """
@@ -394,7 +394,7 @@ def decode_libsvm(
     """``[label] index:value ...`` per line with zero-based feature indices, as XGBoost reads
     libsvm; a leading token without ``:`` is a label (it must be a number) and is ignored;
     absent features are missing, and a feature may appear once per row."""
-    lines = _lines(body, num_features, max_rows, max_values)
+    lines = _lines(body.removeprefix(UTF8_BOM), num_features, max_rows, max_values)
     parsed: list[dict[int, float]] = []
     highest = -1
     for number, line in enumerate(lines, 1):

@@ -28,6 +28,15 @@ def test_a_utf8_byte_order_mark_before_the_first_row_is_skipped(body: bytes) -> 
         codecs.decode(b"1,2\n" + codecs.UTF8_BOM + b"3,4", codecs.CSV, 2)  # only at the start
 
 
+@pytest.mark.parametrize("body", [b"1 0:1 2:3\n1:2", b"0:1"])
+def test_a_utf8_byte_order_mark_before_the_first_libsvm_row_is_skipped(body: bytes) -> None:
+    """As before a CSV row: an editor saving "UTF-8 with BOM" wrote it, not the client."""
+    np.testing.assert_array_equal(
+        codecs.decode(codecs.UTF8_BOM + body, codecs.LIBSVM, 3),
+        codecs.decode(body, codecs.LIBSVM, 3),
+    )
+
+
 def test_empty_csv_fields_are_missing_values() -> None:
     rows = codecs.decode(b"1,,3", codecs.CSV, 3)
     assert math.isnan(rows[0, 1])
