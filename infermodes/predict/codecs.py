@@ -106,10 +106,14 @@ def content_type_of(header: str | None) -> str:
     if header and ";" in header:
         for parameter in header.split(";")[1:]:
             name, _, value = parameter.partition("=")
-            charset = value.strip().strip('"').lower()
-            if name.strip().lower() == "charset" and charset not in _CHARSETS:
+            name = name.strip().lower()
+            value = value.strip().strip('"').lower()
+            if name == "charset" and value not in _CHARSETS:
+                raise UnsupportedContentType(f"unsupported charset {_show(value, 30)}; send UTF-8")
+            if name == "header" and value == "present" and kind == CSV:  # RFC 4180's parameter
                 raise UnsupportedContentType(
-                    f"unsupported charset {_show(charset, 30)}; send UTF-8"
+                    "text/csv with header=present: a header row is not read (nor by the "
+                    "platform's container); send the rows without it"
                 )
     return kind
 

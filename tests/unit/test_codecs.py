@@ -129,10 +129,21 @@ def test_bad_libsvm(body: bytes, message: str) -> None:
         ("application/json", codecs.JSON),
         ("text/libsvm", codecs.LIBSVM),
         ("application/x-libsvm", codecs.LIBSVM),
+        ("text/csv; header=absent", codecs.CSV),
     ],
 )
 def test_content_types(header: str | None, expected: str) -> None:
     assert codecs.content_type_of(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header", ["text/csv; header=present", 'text/csv;charset=utf-8; Header="Present"']
+)
+def test_a_csv_header_declared_present_is_refused_naming_it(header: str) -> None:
+    """RFC 4180's parameter says row 1 is a header: refused as such, not read as data and
+    answered "row 1, column 1: cannot parse 'age'"."""
+    with pytest.raises(UnsupportedContentType, match="header=present.*send the rows without it"):
+        codecs.content_type_of(header)
 
 
 def test_unsupported_content_type() -> None:
