@@ -9,8 +9,10 @@ and 405 and for requests too malformed or too slow to reach the app, alike.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import json
+import logging
 import os
 import socket
 import struct
@@ -346,6 +348,22 @@ def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)  # ": ", CRLF
 
 
+_MALFORMED_WARNING = "Invalid HTTP request received."  # uvicorn's, before send_400_response
+
+
+@functools.cache
+def _protocol_log(log: logging.Logger) -> logging.Logger:
+    """uvicorn's log for the protocol, less its warning for each malformed request (written
+    at log level debug only): a client could fill the log at the rate it connects, and each
+    such request gets its 400 anyway. A child of ``log``, at its level (uvicorn reads the
+    level itself for its trace lines); made on the first connection, after uvicorn has set
+    its logging up."""
+    child = log.getChild("protocol")
+    child.setLevel(log.level)
+    child.addFilter(lambda r: r.msg != _MALFORMED_WARNING or log.isEnabledFor(logging.DEBUG))
+    return child
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus what it lacks against slow or hostile clients: a
     deadline for a request's headers (from its first byte) and one for its body (from the end
@@ -369,6 +387,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.logger = _protocol_log(self.logger)
         self.phase = _IDLE
         self.header_bytes = 0  # of the reads that ended mid-head
         self.read_bytes = 0  # of the read being parsed

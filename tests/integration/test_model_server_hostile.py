@@ -333,6 +333,21 @@ def test_malformed_http_gets_the_error_shape_too(port: int) -> None:
         check_contract(response)
 
 
+def test_malformed_requests_do_not_write_a_warning_each(server: ServerProcess) -> None:
+    """uvicorn warns of every malformed request: a client could fill the log at the rate it
+    connects. Each still gets its 400; the warning is written at log level debug only."""
+    warnings = server.log.count("Invalid HTTP request received")
+    for _ in range(20):
+        with Connection(server.port) as connection:
+            connection.send(b"\x00\x01\x02\r\n\r\n")
+            response = connection.response()
+        assert response is not None and response.status == 400, response
+    with Connection(server.port) as connection:  # the server is still up: the log is written
+        connection.send(Request("GET", "/ping").wire())
+        assert (ping := connection.response()) is not None and ping.status == 200
+    assert server.log.count("Invalid HTTP request received") == warnings
+
+
 def test_an_upgrade_request_is_refused_naming_it_not_scored_as_an_empty_body(port: int) -> None:
     """``curl --http2`` on http:// asks for h2c with Connection: Upgrade; the HTTP parser
     stops at the upgrade and hands over no body, so it was answered "empty request body"."""
