@@ -361,7 +361,12 @@ def decode_json(
         document = json.loads(text, parse_int=float, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidInput("malformed JSON: nested too deeply") from None
-    except ValueError as exc:  # includes UnicodeDecodeError
+    except UnicodeDecodeError as exc:  # a Latin-1 'é', say: the JSON may be fine, not its bytes
+        raise InvalidInput(
+            f"JSON must be UTF-8 (RFC 8259): byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start} is not ({exc.reason}); send the body as UTF-8"
+        ) from None
+    except ValueError as exc:
         raise InvalidInput(f"malformed JSON: {str(exc)[:200]}") from None
     if isinstance(document, dict):
         if "instances" in document:

@@ -325,3 +325,13 @@ def test_bytes_that_are_not_utf8_are_named_as_an_encoding_problem(
     """A Latin-1 export's 'é' is an encoding problem, not "cannot parse '\\ufffd'"."""
     with pytest.raises(InvalidInput, match=message + ".*send the body as UTF-8"):
         codecs.decode(body, content_type, 3)
+
+
+def test_a_json_body_that_is_not_utf8_is_named_as_an_encoding_problem() -> None:
+    """Not "malformed JSON: 'utf-8' codec can't decode...": the JSON is fine, its encoding not."""
+    with pytest.raises(InvalidInput) as refused:
+        codecs.decode(b'[[1, "caf\xe9"]]', codecs.JSON, 2)
+    assert str(refused.value) == (
+        "JSON must be UTF-8 (RFC 8259): byte 0xe9 at offset 9 is not (invalid continuation "
+        "byte); send the body as UTF-8"
+    )
