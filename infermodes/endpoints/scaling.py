@@ -79,6 +79,11 @@ class ScalerMemory:
     activated_at: float | None = None  # when a scale from zero was decided (wall clock)
     empty_since: float | None = None  # since when a queue's backlog has been empty
     restored: bool = False  # the last change was taken from the status (``restore``)
+    # the realtime initialReplicas the last decision saw (``initial_known``: there was one):
+    # a new one starts the endpoint there again, as the platform's UpdateEndpoint starts its
+    # new variant at its InitialInstanceCount
+    initial_replicas: int | None = None
+    initial_known: bool = False
     # wall clock: since when the endpoint is serverless (0.0: as long as this memory knows;
     # None: it is realtime). No gateway reports requests to a realtime endpoint, so one turned
     # serverless counts its idle timeout from the change, not from a request never reported
@@ -128,11 +133,23 @@ def realtime_replicas(
     autoscale: bool,
 ) -> int:
     """Replicas of a realtime endpoint. ``current`` is None before its workload exists;
-    ``loads`` reads each ready replica's load, and is only called when autoscaling."""
+    ``loads`` reads each ready replica's load, and is only called when autoscaling.
+
+    A new endpoint starts at ``initialReplicas`` (``minReplicas`` without it), and so does one
+    whose ``initialReplicas`` changed since the last decision this memory saw: a change of
+    replicas, whose cooldown counts (as the start's does). A memory just made (an actuator
+    started) takes the endpoint's replicas as they are."""
     low, high = block.min_replicas, block.max_replicas
     memory.serverless_since = None
-    if current is None:
-        return low
+    initial_changed = memory.initial_known and memory.initial_replicas != block.initial_replicas
+    memory.initial_replicas, memory.initial_known = block.initial_replicas, True
+    if current is None:  # the endpoint's start is a change: no scale-in within its cooldown
+        memory.last_change_at = now
+        return block.first_replicas()
+    if initial_changed and block.initial_replicas is not None:
+        if block.initial_replicas != current:
+            memory.last_change_at = now
+        return block.initial_replicas
     bounded = min(max(current, low), high)
     if bounded != current:  # new bounds moved the replicas: a change, whose cooldown counts
         memory.last_change_at = now

@@ -209,12 +209,38 @@ class ReplicaRange(SpecBlock):
         return self
 
 
+INITIAL_WITHIN_RANGE = "initialReplicas must lie within minReplicas..maxReplicas"
+
+
 class RealtimeSpec(ReplicaRange):
     min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
     max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
+    initial_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Replicas a new endpoint starts with, and starts again with when this "
+        "changes (default: minReplicas); the autoscaler moves them within the range from there.",
+    )
     scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        *ReplicaRange.cel_rules,
+        ("!has(self.initialReplicas) || (self.minReplicas <= self.initialReplicas && "
+         "self.initialReplicas <= self.maxReplicas)", INITIAL_WITHIN_RANGE),
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _initial_within_range(self) -> RealtimeSpec:
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(INITIAL_WITHIN_RANGE)
+        return self
+
+    def first_replicas(self) -> int:
+        """What a new endpoint starts with: initialReplicas, or minReplicas without it."""
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
 
 
 class ServerlessSpec(SpecBlock):

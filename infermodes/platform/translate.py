@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from infermodes.endpoints.spec import (
     GROUP,
+    INITIAL_WITHIN_RANGE,
     INPUT_INSIDE_OUTPUT,
     KIND,
     MAX_NAME_LENGTH,
@@ -450,6 +451,8 @@ def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
 # only ever broken by ManagedInstanceScaling: InitialInstanceCount gives min = max)
 PLATFORM_WORDING = {
     REPLICA_RANGE: "MinInstanceCount must not exceed MaxInstanceCount",
+    INITIAL_WITHIN_RANGE: "InitialInstanceCount must lie within ManagedInstanceScaling's "
+    "MinInstanceCount..MaxInstanceCount",
     PROVISIONED_WITHIN_MAX: "ProvisionedConcurrency must not exceed MaxConcurrency",
     PAYLOAD_RULE: "MaxPayloadInMB x MaxConcurrentTransforms must not exceed 100",
     LIBSVM_PROCESSING: "DataProcessing.InputFilter and DataProcessing.JoinSource need CSV or "
@@ -563,6 +566,9 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
     if async_config is None:
         spec["mode"] = "realtime"
         spec["realtime"] = {"minReplicas": low, "maxReplicas": high}
+        if managed:  # the platform starts the variant at its InitialInstanceCount
+            spec["realtime"]["initialReplicas"] = count
+            origins["realtime.initialReplicas"] = f"{field}InitialInstanceCount"
         return _validated(spec, origins)
     output = async_config["OutputConfig"]
     notify = output.get("NotificationConfig") or {}

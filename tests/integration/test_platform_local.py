@@ -562,3 +562,44 @@ def test_managed_instance_scaling_with_a_status_not_the_platforms_is_refused(
         assert "ManagedInstanceScaling.Status" in error["Message"]
         assert "ENABLED, DISABLED" in error["Message"]
     sagemaker.delete_model(ModelName="status-model")
+
+
+def scaled_config(sagemaker: Any, name: str, model: str, initial: int) -> dict[str, Any]:
+    """A config whose variant starts at ``initial`` instances and is managed within 1..5."""
+    scaling = {"Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 5}
+    variant = {"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.large",
+               "InitialInstanceCount": initial, "ManagedInstanceScaling": scaling}  # fmt: skip
+    sagemaker.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+    return scaling
+
+
+def counts(sagemaker: Any, name: str) -> tuple[str, int, int]:
+    described = sagemaker.describe_endpoint(EndpointName=name)
+    variant = described["ProductionVariants"][0]
+    return (described["EndpointStatus"], variant["CurrentInstanceCount"],
+            variant["DesiredInstanceCount"])  # fmt: skip
+
+
+def test_managed_instance_scaling_starts_at_the_initial_count_and_an_update_at_the_new_one(
+    sagemaker: Any,
+) -> None:
+    """InitialInstanceCount 3 within ManagedInstanceScaling 1..5 started at MinInstanceCount
+    (1); the platform starts the variant at 3, and an UpdateEndpoint's new config's variant at
+    its own InitialInstanceCount (2)."""
+    create_model(sagemaker, "initial-model")
+    scaled_config(sagemaker, "initial-3", "initial-model", 3)
+    scaled_config(sagemaker, "initial-2", "initial-model", 2)
+    sagemaker.create_endpoint(EndpointName="initial", EndpointConfigName="initial-3")
+    status, _, desired = counts(sagemaker, "initial")
+    assert (status, desired) in (("Creating", 0), ("Creating", 3)), counts(sagemaker, "initial")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="initial", WaiterConfig=FAST)
+    wait_until(lambda: counts(sagemaker, "initial") == ("InService", 3, 3), 60,
+               "the initial three instances in service", 0.5)  # fmt: skip
+    sagemaker.update_endpoint(EndpointName="initial", EndpointConfigName="initial-2")
+    wait_until(lambda: counts(sagemaker, "initial") == ("InService", 2, 2), 60,
+               "the new config's two instances in service", 0.5)  # fmt: skip
+    sagemaker.delete_endpoint(EndpointName="initial")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="initial", WaiterConfig=FAST)
+    for config in ("initial-3", "initial-2"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=config)
+    sagemaker.delete_model(ModelName="initial-model")

@@ -31,6 +31,7 @@ FULL_SPEC = {
     "realtime": {
         "minReplicas": 2,
         "maxReplicas": 6,
+        "initialReplicas": 3,
         "workers": 3,
         "resources": {"cpu": "1500m", "memory": "2Gi"},
         "scaling": {"metric": "InFlightRequestsPerInstance", "target": 4},
@@ -54,8 +55,10 @@ def check_golden(name: str, objects: list[dict]) -> None:
 
 
 def test_every_realtime_field_reaches_the_objects() -> None:
+    """initialReplicas included: the Deployment a new endpoint gets starts with 3 replicas."""
     spec = s.EndpointSpec.model_validate(FULL_SPEC)
-    check_golden("realtime-full.yaml", realtime.desired_objects(REF, spec, 3, "default:img"))
+    first = realtime.replicas(spec, observed(WorkloadState(exists=False)), ScalerMemory())
+    check_golden("realtime-full.yaml", realtime.desired_objects(REF, spec, first, "default:img"))
 
 
 def test_defaults_and_operator_image() -> None:

@@ -70,3 +70,45 @@ def test_replicas_the_bounds_add_start_the_scale_in_cooldown() -> None:
     lowered = block.model_copy(update={"min_replicas": 1})
     assert realtime_replicas(lowered, 2, lambda: idle, memory, 1010.0, True) == 2
     assert realtime_replicas(lowered, 2, lambda: idle, memory, 1031.0, True) == 1
+
+
+def in_flight_block(**fields: object) -> RealtimeSpec:
+    return RealtimeSpec.model_validate({
+        "minReplicas": 1, "maxReplicas": 5, **fields,
+        "scaling": {"metric": "InFlightRequestsPerInstance", "target": 2,
+                    "scaleInCooldownSeconds": 30}})  # fmt: skip
+
+
+def test_a_new_endpoint_starts_at_its_initial_replicas_and_scales_from_there() -> None:
+    """The platform's InitialInstanceCount 3 with ManagedInstanceScaling 1..5 started at 1."""
+    block = in_flight_block(initialReplicas=3)
+    memory = ScalerMemory()
+    idle = dict.fromkeys("abc", ServerLoad(invocations_total=0, in_flight=0))
+    assert realtime_replicas(block, None, lambda: idle, memory, 1000.0, True) == 3
+    assert realtime_replicas(block, 3, lambda: idle, memory, 1010.0, True) == 3  # no signal yet
+    assert realtime_replicas(block, 3, lambda: idle, memory, 1031.0, True) == 1  # idle: scales in
+    assert realtime_replicas(in_flight_block(), None, lambda: idle, ScalerMemory(), 0.0, True) == 1
+
+
+def test_a_changed_initial_replicas_starts_the_endpoint_there_again() -> None:
+    """As UpdateEndpoint starts the new config's variant at its InitialInstanceCount; an
+    actuator that just started (a fresh memory) keeps the replicas it finds."""
+    memory = ScalerMemory()
+    busy = dict.fromkeys("ab", ServerLoad(invocations_total=0, in_flight=4))
+    assert realtime_replicas(in_flight_block(initialReplicas=2), 2, dict, memory, 0.0, False) == 2
+    changed = in_flight_block(initialReplicas=4)
+    assert realtime_replicas(changed, 2, lambda: busy, memory, 10.0, True) == 4
+    assert memory.last_change_at == 10.0
+    assert realtime_replicas(changed, 4, lambda: idle_of(4), memory, 20.0, True) == 4  # cooldown
+    assert realtime_replicas(changed, 5, dict, ScalerMemory(), 30.0, False) == 5
+    assert realtime_replicas(in_flight_block(), 3, dict, memory, 40.0, False) == 3  # unset: kept
+
+
+def idle_of(replicas: int) -> dict[str, ServerLoad]:
+    return {str(n): ServerLoad(invocations_total=0, in_flight=0) for n in range(replicas)}
+
+
+@pytest.mark.parametrize("initial", [0, 6])
+def test_initial_replicas_lie_within_the_range(initial: int) -> None:
+    with pytest.raises(ValueError, match="initialReplicas|greater than or equal"):
+        in_flight_block(initialReplicas=initial)

@@ -65,10 +65,28 @@ def test_instances_become_a_realtime_endpoint_of_that_many_replicas() -> None:
     obj = spec_of(config({"InstanceType": "ml.m5.large", "InitialInstanceCount": 3}))
     assert obj["spec"]["mode"] == "realtime"
     assert obj["spec"]["realtime"] == {"minReplicas": 3, "maxReplicas": 3}
-    scaled = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 1,
+
+
+def test_managed_instance_scaling_starts_at_the_initial_count_and_scales_within_its_range() -> None:
+    """The platform starts the variant at InitialInstanceCount (3) and scales within 1..5 from
+    there; the endpoint started at MinInstanceCount (1)."""
+    scaled = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 3,
               "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 1,
-                                         "MaxInstanceCount": 4}}  # fmt: skip
-    assert spec_of(config(scaled))["spec"]["realtime"] == {"minReplicas": 1, "maxReplicas": 4}
+                                         "MaxInstanceCount": 5}}  # fmt: skip
+    spec = spec_of(config(scaled))["spec"]
+    assert spec["realtime"] == {"minReplicas": 1, "maxReplicas": 5, "initialReplicas": 3}
+    assert EndpointSpec.model_validate(spec).realtime_block().first_replicas() == 3
+
+
+def test_counts_without_a_status_are_kept_and_not_used() -> None:
+    """The platform's model does not require Status (ManagedInstanceScalingStatus is optional):
+    accepted; without ENABLED the instances are InitialInstanceCount's, as with DISABLED."""
+    variant = {
+        "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": 2,
+        "ManagedInstanceScaling": {"MinInstanceCount": 1, "MaxInstanceCount": 5},
+    }
+    assert spec_of(config(variant))["spec"]["realtime"] == {"minReplicas": 2, "maxReplicas": 2}
 
 
 @pytest.mark.parametrize(
