@@ -146,6 +146,8 @@ def describe_endpoint(obj: JsonObject, defaults: Defaults) -> JsonObject:
         "CurrentInstanceCount": int(status.get("readyReplicas", 0)),
         "DesiredInstanceCount": int(status.get("desiredReplicas", 0)),
     }  # fmt: skip
+    if variant.get("ManagedInstanceScaling") is not None:  # as given, a summary's member too
+        summary["ManagedInstanceScaling"] = variant["ManagedInstanceScaling"]
     if variant.get("ServerlessConfig") is not None:
         summary["CurrentServerlessConfig"] = variant["ServerlessConfig"]
         summary["DesiredServerlessConfig"] = variant["ServerlessConfig"]

@@ -587,7 +587,7 @@ def test_managed_instance_scaling_starts_at_the_initial_count_and_an_update_at_t
     (1); the platform starts the variant at 3, and an UpdateEndpoint's new config's variant at
     its own InitialInstanceCount (2)."""
     create_model(sagemaker, "initial-model")
-    scaled_config(sagemaker, "initial-3", "initial-model", 3)
+    scaling = scaled_config(sagemaker, "initial-3", "initial-model", 3)
     scaled_config(sagemaker, "initial-2", "initial-model", 2)
     sagemaker.create_endpoint(EndpointName="initial", EndpointConfigName="initial-3")
     status, _, desired = counts(sagemaker, "initial")
@@ -595,6 +595,8 @@ def test_managed_instance_scaling_starts_at_the_initial_count_and_an_update_at_t
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="initial", WaiterConfig=FAST)
     wait_until(lambda: counts(sagemaker, "initial") == ("InService", 3, 3), 60,
                "the initial three instances in service", 0.5)  # fmt: skip
+    variant = sagemaker.describe_endpoint(EndpointName="initial")["ProductionVariants"][0]
+    assert variant["ManagedInstanceScaling"] == scaling  # boto3 reads it back
     sagemaker.update_endpoint(EndpointName="initial", EndpointConfigName="initial-2")
     wait_until(lambda: counts(sagemaker, "initial") == ("InService", 2, 2), 60,
                "the new config's two instances in service", 0.5)  # fmt: skip

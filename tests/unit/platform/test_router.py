@@ -632,3 +632,16 @@ def test_a_failure_of_ours_is_logged_naming_the_request_id_the_caller_got(
     assert response.status_code == status
     request_id = response.headers["x-amzn-requestid"]
     assert any(request_id in record.getMessage() for record in caplog.records), caplog.text
+
+
+def test_describe_endpoint_answers_the_variants_managed_instance_scaling() -> None:
+    """ProductionVariantSummary has ManagedInstanceScaling in the platform's model: a boto3
+    user reading the range back from DescribeEndpoint found none."""
+    api = Api()
+    scaling = {"Status": "ENABLED", "MinInstanceCount": 1, "MaxInstanceCount": 5}
+    api.seed(variant={"InstanceType": "ml.m5.large", "InitialInstanceCount": 3,
+                      "ManagedInstanceScaling": scaling})  # fmt: skip
+    api.store.set_status("abalone", "InService", readyReplicas=3, desiredReplicas=3)
+    variant = api.call("DescribeEndpoint", EndpointName="Abalone")["ProductionVariants"][0]
+    assert variant["ManagedInstanceScaling"] == scaling
+    assert (variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (3, 3)
