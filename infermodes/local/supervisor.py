@@ -184,7 +184,7 @@ class LocalEndpoint:
     sequence: int = 0
     desired: int = 0
     initialized: bool = False
-    served: bool = False  # a realtime endpoint is Creating until its first replica is ready
+    served: bool = False  # a realtime endpoint is Creating until the replicas it wants are ready
     # ... or Updating, its requests held, when the spec it replaced was in service
     replaced_in_service: bool = False
     # (reason, message): Failed until applied again (by hand, or by a model load's retry)
@@ -813,17 +813,21 @@ class Supervisor:
         ready = self._ready(endpoint)
         running = sum(1 for c in endpoint.children.values() if c.running())
         restarts = sum(c.exits for c in endpoint.children.values())
-        endpoint.served = endpoint.served or ready > 0
+        # served once every replica it starts with is ready, as the operator's Creating lasts
+        # until every wanted replica is (the platform's, until its initial instances are up)
+        endpoint.served = endpoint.served or 0 < endpoint.desired <= ready
+        notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
         if endpoint.outgoing:
             phase, reason = Phase.UPDATING, "Updating"
         elif mode is Mode.REALTIME and not endpoint.served and endpoint.replaced_in_service:
             phase, reason = Phase.UPDATING, "Updating"  # e.g. from serverless at zero
         elif mode is Mode.REALTIME and not endpoint.served:
-            phase, reason = Phase.CREATING, "NoReplicaReady"
+            phase, reason = Phase.CREATING, "Creating" if ready else "NoReplicaReady"
+            if ready:
+                notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
         else:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
-        notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
         if phase is Phase.IN_SERVICE and mode is Mode.SERVERLESS and not running:
             reason = SCALED_TO_ZERO  # as the operator says it
             notes.insert(0, SCALED_TO_ZERO_MESSAGE)

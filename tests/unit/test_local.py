@@ -971,3 +971,30 @@ def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
     supervisor.apply(parse_document(realtime, "test"))
     status = supervisor.endpoints[name].status
     assert (status.phase.value, status.reason) == ("Updating", "Updating")
+
+
+def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """up said InService at the first of three replicas ready (DescribeEndpoint: InService,
+    CurrentInstanceCount 1 of 3, and boto3's waiter passed), where the operator says Creating
+    until every wanted replica is, as the platform does until the initial instances are up."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    document["spec"]["realtime"] |= {"minReplicas": 1, "maxReplicas": 5, "initialReplicas": 3}
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
+    endpoint = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(endpoint, 1.0))
+    assert endpoint.desired == 3
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
+    supervisor._set_status(endpoint)
+    assert (endpoint.status.phase.value, endpoint.status.ready_replicas) == ("Creating", 1)
+    assert endpoint.status.message == "1/3 replicas ready"
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 3)
+    supervisor._set_status(endpoint)
+    assert (endpoint.status.phase.value, endpoint.status.reason) == ("InService", "Ready")
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 2)  # one lost once served
+    supervisor._set_status(endpoint)
+    assert endpoint.status.phase.value == "InService"
