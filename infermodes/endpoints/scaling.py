@@ -216,6 +216,8 @@ def serverless_replicas(
       at zero looking InService with a model that cannot load.
     """
     warm, most = serverless_bounds(block)
+    # a serverless endpoint has no initialReplicas: one made realtime with one starts there
+    memory.initial_replicas, memory.initial_known = None, True
     if memory.serverless_since is None:  # realtime until now
         memory.serverless_since = wall
     quiet_for = wall - max(demand.last_request_at, memory.serverless_since)

@@ -1,5 +1,6 @@
 import pytest
 
+from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.scaling import (
     CounterSample,
     ScalerMemory,
@@ -7,8 +8,9 @@ from infermodes.endpoints.scaling import (
     rate_per_minute,
     realtime_replicas,
     replicas_for_load,
+    serverless_replicas,
 )
-from infermodes.endpoints.spec import RealtimeSpec
+from infermodes.endpoints.spec import RealtimeSpec, ServerlessSpec
 from infermodes.metrics import ServerLoad
 
 
@@ -112,3 +114,14 @@ def idle_of(replicas: int) -> dict[str, ServerLoad]:
 def test_initial_replicas_lie_within_the_range(initial: int) -> None:
     with pytest.raises(ValueError, match="initialReplicas|greater than or equal"):
         in_flight_block(initialReplicas=initial)
+
+
+def test_a_serverless_endpoint_made_realtime_starts_at_its_initial_replicas() -> None:
+    """UpdateEndpoint from a serverless config to one of InitialInstanceCount 3 (managed 1..5):
+    up started it at 3 (a new realtime spec), the operator kept the serverless replica count
+    (one Deployment, its memory saw no initialReplicas before): one rule for both."""
+    memory = ScalerMemory()
+    serverless = ServerlessSpec()
+    assert serverless_replicas(serverless, 1, Demand(1, 0, 100.0), memory, 5.0, 100.0) == 1
+    block = in_flight_block(initialReplicas=3)
+    assert realtime_replicas(block, 1, lambda: idle_of(1), memory, 10.0, True) == 3
