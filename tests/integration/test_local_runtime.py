@@ -50,8 +50,8 @@ def up(abalone_model: AbaloneModel, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # A scaling target any request rate exceeds: while requests flow, the autoscaler keeps
-# maxReplicas, so a replica count read then is the rollover's, not a scale-in's (idle, an
-# endpoint that never scaled may scale in at once: the cooldown counts from its last change)
+# maxReplicas, so a replica count read then is the rollover's, not a scale-in's (idle, it
+# scales in once scaleInCooldownSeconds have passed since its last change)
 BUSY_SCALING = {"target": 0.001}
 
 
