@@ -944,8 +944,10 @@ def test_a_batch_job_stopped_midway_shows_the_progress_it_had(
         status = up.status("abalone-batch")
         assert status["phase"] == "Stopped", status
         progress = status["progress"]
-        assert progress["objectsTotal"] == INPUTS, progress
-        assert 0 < progress["objectsDone"] < INPUTS, progress
+        # the instances' own counts: one stopped before it listed its share (under load, still
+        # loading the model) left none, so the total may be a part of INPUTS
+        assert 0 < progress["objectsDone"] <= progress["objectsTotal"] <= INPUTS, progress
+        assert progress["objectsDone"] < INPUTS, progress
 
 
 def test_stopping_a_batch_job_that_ended_keeps_its_outcome(
