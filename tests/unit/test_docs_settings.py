@@ -1,6 +1,8 @@
 """The settings tables of README.md and docs/async.md name flags the commands take and
 variables the processes read, and every variable a process reads is in its table or named
-elsewhere in the docs: a user sets what the tables say, and nothing the code reads is hidden."""
+elsewhere in the docs: a user sets what the tables say, and nothing the code reads is hidden.
+The README's spec field and chart value tables are held to the CRD's fields and values.yaml
+the same way, defaults included."""
 
 from __future__ import annotations
 
@@ -24,12 +26,16 @@ def table_after(path: str, marker: str) -> list[list[str]]:
     """The rows (cells) of the first Markdown table after ``marker`` in ``path``."""
     text = (ROOT / path).read_text()
     start = text.rindex("\n", 0, text.index(marker)) + 1  # the marker's line: a header too
+    return tables_at(text, text.index("\n|", start - 1) + 1)
+
+
+def tables_at(text: str, start: int) -> list[list[str]]:
+    """The rows of the Markdown table whose header line starts at ``start``."""
     rows: list[list[str]] = []
     for line in text[start:].splitlines():
-        if line.startswith("|"):
-            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
-        elif rows:
+        if not line.startswith("|"):
             break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
     return rows[2:]  # past the header and its rule
 
 
@@ -154,3 +160,132 @@ def test_invoke_waits_as_long_as_up_may_hold_a_request(monkeypatch: pytest.Monke
     assert done.exit_code == 0 and done.output == "9.96\n"
     longest = settings.GatewaySettings.model_fields["invocation_timeout_seconds"].metadata
     assert waited[0] > max(rule.le for rule in longest if hasattr(rule, "le"))
+
+
+# The field and chart value tables: each row names one or more keys (`a.b.c` / `d` / `.e`:
+# the later ones relative to the first's parent) and their defaults in the same order.
+SEPARATOR = re.compile(r" / |, ")
+
+
+def names(cell: str) -> list[str]:
+    """The dotted keys a row's first cell names, relative ones made whole."""
+    found: list[str] = []
+    for code in CODE.findall(cell):
+        if found and "." in found[-1] and "." not in code.lstrip("."):
+            code = found[-1].rsplit(".", 1)[0] + "." + code.lstrip(".")
+        found.append(code)
+    return found
+
+
+def default_parts(cell: str, count: int) -> list[str | None]:
+    """The literal default of each of ``count`` keys (the first backticked word of its part,
+    None where the part gives none): only when the cell has one part per key."""
+    parts = SEPARATOR.split(cell) if count > 1 else [cell]
+    if len(parts) != count:
+        return [None] * count
+    literal = re.compile(r"^`([^`]*)`")
+    return [match[1] if (match := literal.match(part)) else None for part in parts]
+
+
+def leaves(tree: object, prefix: str) -> dict[str, object]:
+    """Every key under ``tree`` (a mapping of mappings) to its value."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    return {
+        key: value
+        for name, child in tree.items()
+        for key, value in leaves(child, f"{prefix}.{name}").items()
+    }
+
+
+REQUIRED = object()
+
+
+def spec_fields() -> dict[str, object]:
+    """Every field of the InferenceEndpoint spec, camelCase and dotted, to its default
+    (``REQUIRED`` for one without)."""
+    from pydantic import BaseModel
+
+    from infermodes.endpoints import spec
+
+    def walk(model: type[BaseModel], prefix: str) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for name, field in model.model_fields.items():
+            key = f"{prefix}.{field.alias or name}"
+            nested = [
+                kind
+                for kind in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                if isinstance(kind, type) and issubclass(kind, BaseModel)
+            ]
+            if nested:
+                found |= walk(nested[0], key)
+            else:
+                found[key] = (
+                    REQUIRED
+                    if field.is_required()
+                    else field.get_default(call_default_factory=True)
+                )
+        return found
+
+    return walk(spec.EndpointSpec, "spec")
+
+
+def same(documented: str, default: object) -> bool:
+    """Whether a documented literal is the code's default."""
+    import yaml
+
+    written = yaml.safe_load(documented)
+    if hasattr(default, "value"):  # an enum
+        default = default.value
+    return bool(written == default or str(written) == str(default))
+
+
+def check_table(rows: list[list[str]], code: dict[str, object], where: str) -> set[str]:
+    """Asserts each row names keys the code has, with its defaults; the keys documented (a
+    row naming a block documents every key under it)."""
+    documented: set[str] = set()
+    for row in rows:
+        keys = names(row[0])
+        for key, literal in zip(keys, default_parts(row[1], len(keys)), strict=True):
+            under = [name for name in code if name == key or name.startswith(key + ".")]
+            assert under, f"{where}: {key} is no key of the code's"
+            documented |= set(under)
+            if key in code and row[1].strip() == "required":
+                assert code[key] is REQUIRED, f"{where}: {key} is not required"
+            # a block's row (`spec.async.resources`: `1` / `1Gi`) gives its keys' defaults
+            given = [literal] if key in code else default_parts(row[1], len(under))
+            for name, written in zip(under, given, strict=True):
+                if written is not None and code[name] not in (None, REQUIRED):
+                    assert same(written, code[name]), f"{where}: {name} is {code[name]!r}"
+    return documented
+
+
+def test_the_spec_field_tables_are_the_crds_fields() -> None:
+    """The README's `spec.*` tables (realtime, serverless, async and the common fields) name
+    fields the CRD has, with its defaults, and every field of those blocks; batch's fields are
+    the platform's, listed in prose."""
+    code = spec_fields()
+    text = (ROOT / "README.md").read_text()
+    rows = []
+    offset = 0
+    while (found := text.find("\n| field | default | meaning |", offset)) >= 0:
+        rows += tables_at(text, found + 1)
+        offset = found + 1
+    documented = check_table(rows, code, "README.md")
+    hidden = sorted(
+        name for name in code if name not in documented and not name.startswith("spec.batch.")
+    )
+    assert not hidden, f"README.md: no table documents {hidden}"
+
+
+def test_the_chart_values_table_is_values_yaml() -> None:
+    """The README's chart values table names every value of values.yaml and no other, with
+    its default where it writes one as a literal."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "charts/infermodes/values.yaml").read_text())
+    code = {key.removeprefix("."): value for key, value in leaves(values, "").items()}
+    rows = table_after("README.md", "| value | default | meaning |")
+    documented = check_table(rows, code, "README.md chart values")
+    hidden = sorted(set(code) - documented)
+    assert not hidden, f"README.md: the chart values table lacks {hidden}"
