@@ -53,6 +53,14 @@ def variables(cell: str, prefix: str) -> list[str]:
     return found
 
 
+def setting_default(cell: str) -> str | None:
+    """The literal default a settings table's cell writes: backticked, with at most a note in
+    parentheses, or a bare word (`3`, `info`), not a phrase (`16 MiB`, `none: open`)."""
+    if match := re.fullmatch(r"`([^`]*)`(?: \(.*\))?", cell):
+        return match[1]
+    return cell if re.fullmatch(r"[\w.]+", cell) and cell not in {"none", "required"} else None
+
+
 def read_by(cls: type[settings.EnvSettings]) -> dict[str, str]:
     """Every variable ``cls`` reads, to its field."""
     return {env: name for name in cls.model_fields for env in cls.env_names(name)}
@@ -109,7 +117,15 @@ def test_a_settings_table_is_what_the_command_reads(
                 named.append(own)
         unknown = [name for name in named if name not in read]
         assert not unknown, f"{path}: {command} reads no {unknown} (row {row[0]!r})"
-        documented |= {read[name] for name in named}
+        fields = {read[name] for name in named}
+        documented |= fields
+        written = setting_default(row[2 if column is not None else 1])
+        if len(fields) == 1 and written is not None:
+            name = fields.pop()
+            field = cls.model_fields[name]
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
+            if isinstance(default, (bool, int, float, str, list)) and default != "":
+                assert same(written, default), f"{path}: {command}'s {name} is {default!r}"
     hidden = set(cls.model_fields) - documented - elsewhere
     assert not hidden, f"{path}: the {command} table lacks {sorted(hidden)}"
     for name in elsewhere & set(cls.model_fields) - documented:
