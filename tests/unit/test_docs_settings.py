@@ -305,3 +305,19 @@ def test_the_chart_values_table_is_values_yaml() -> None:
     documented = check_table(rows, code, "README.md chart values")
     hidden = sorted(set(code) - documented)
     assert not hidden, f"README.md: the chart values table lacks {hidden}"
+
+
+def test_every_status_reason_is_named_in_the_docs() -> None:
+    """A reason an endpoint's status can carry (`kubectl get ie -o yaml`, `infermodes
+    describe`) is one the docs explain: the batch job's `ObjectsFailed` and `JobFailed` were
+    named nowhere."""
+    from infermodes.endpoints import status
+
+    reasons = {
+        value
+        for name, value in vars(status).items()
+        if name.isupper() and isinstance(value, str) and re.fullmatch(r"[A-Z][a-z]+[A-Z]\w+", value)
+    }
+    assert reasons, "no reasons found in endpoints/status.py"
+    unnamed = sorted(reason for reason in reasons if f"`{reason}`" not in DOCS)
+    assert not unnamed, f"the docs name no status reason {unnamed}"
