@@ -79,9 +79,9 @@ class ScalerMemory:
     activated_at: float | None = None  # when a scale from zero was decided (wall clock)
     empty_since: float | None = None  # since when a queue's backlog has been empty
     restored: bool = False  # the last change was taken from the status (``restore``)
-    # the realtime initialReplicas the last decision saw (``initial_known``: there was one):
-    # a new one starts the endpoint there again, as the platform's UpdateEndpoint starts its
-    # new variant at its InitialInstanceCount
+    # the initialReplicas (realtime or async) the last decision saw (``initial_known``: there
+    # was one): a new one starts the endpoint there again, as the platform's UpdateEndpoint
+    # starts its new variant at its InitialInstanceCount
     initial_replicas: int | None = None
     initial_known: bool = False
     # wall clock: since when the endpoint is serverless (0.0: as long as this memory knows;
@@ -298,6 +298,9 @@ def pool_in_flight(
     return PoolInFlight(max(unacked or 0, held))
 
 
+INITIAL_REPLICAS = "InitialReplicas"  # the pool (re)started at its initialReplicas
+
+
 @dataclass(frozen=True)
 class BacklogDecision:
     """Replicas for a queue-fed pool, and why (for the status)."""
@@ -308,7 +311,7 @@ class BacklogDecision:
 
 def backlog_replicas(
     block: AsyncSpec,
-    current: int,
+    current: int | None,
     ready: int | None,
     unacked: int | None,
     memory: ScalerMemory,
@@ -316,10 +319,16 @@ def backlog_replicas(
     consumers: int | None = None,
 ) -> BacklogDecision:
     """KEDA's semantics for a queue-fed worker pool, without its known flaw: in-flight work
-    counts, so a busy pool is never mistaken for an idle one.
+    counts, so a busy pool is never mistaken for an idle one. ``current`` is None before the
+    pool's workload exists.
 
     - backlog = ready + unacknowledged; replicas = ceil(backlog / targetBacklogPerInstance)
       within minReplicas..maxReplicas (minReplicas may be 0);
+    - a new pool starts at ``initialReplicas`` (``minReplicas`` without it), as the platform
+      starts an async variant at its InitialInstanceCount; so does one whose ``initialReplicas``
+      changed since the last decision this memory saw, but not below what its backlog asks
+      for, nor below the current replicas while in flight is unknown (``INITIAL_REPLICAS``);
+      a memory just made (an actuator started) takes the pool as it is;
     - from zero as soon as anything is queued (the platform's HasBacklogWithoutCapacity);
     - more replicas at once, fewer only ``scaleInCooldownSeconds`` after the last change, and
       zero only once the backlog has been empty that long;
@@ -328,9 +337,15 @@ def backlog_replicas(
       ``consumers`` hold at least (``held_at_least``, the bound the look counts too), never in;
     - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
       worker finishes what it holds before it exits);
-    - any change of replicas, whatever its reason, starts the scale-in cooldown.
+    - any change of replicas, whatever its reason (the start too), starts the scale-in cooldown.
     """
+    initial_changed = memory.initial_known and memory.initial_replicas != block.initial_replicas
+    memory.initial_replicas, memory.initial_known = block.initial_replicas, True
+    if current is None:
+        memory.last_change_at = now
+        return BacklogDecision(block.first_replicas(), INITIAL_REPLICAS)
     within = min(max(current, block.min_replicas), block.max_replicas)
+    needed: int | None = None  # replicas the backlog asks for, when in flight is known
     if ready is None:
         decision = BacklogDecision(within, BROKER_UNREADABLE)
     elif unacked is None:
@@ -338,7 +353,11 @@ def backlog_replicas(
         wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
         decision = BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
     else:
+        needed = backlog_wants(block, ready + unacked)
         decision = _known_backlog(block, current, within, ready + unacked, memory, now)
+    if initial_changed and block.initial_replicas is not None:
+        floor = decision.replicas if needed is None else needed
+        decision = BacklogDecision(max(block.initial_replicas, floor), INITIAL_REPLICAS)
     if decision.replicas != current:
         memory.last_change_at = now
     return decision

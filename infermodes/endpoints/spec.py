@@ -212,7 +212,30 @@ class ReplicaRange(SpecBlock):
 INITIAL_WITHIN_RANGE = "initialReplicas must lie within minReplicas..maxReplicas"
 
 
-class RealtimeSpec(ReplicaRange):
+class StartingRange(ReplicaRange):
+    """Blocks that may start at ``initialReplicas`` (within min..max) rather than at the
+    minimum: the platform starts a managed variant at its InitialInstanceCount."""
+
+    initial_replicas: int | None
+    cel_rules: ClassVar[list[tuple[str, str]]] = [
+        *ReplicaRange.cel_rules,
+        ("!has(self.initialReplicas) || (self.minReplicas <= self.initialReplicas && "
+         "self.initialReplicas <= self.maxReplicas)", INITIAL_WITHIN_RANGE),
+    ]  # fmt: skip
+
+    @model_validator(mode="after")
+    def _initial_within_range(self) -> StartingRange:
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(INITIAL_WITHIN_RANGE)
+        return self
+
+    def first_replicas(self) -> int:
+        """What a new endpoint starts with: initialReplicas, or minReplicas without it."""
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
+
+
+class RealtimeSpec(StartingRange):
     min_replicas: int = Field(1, ge=1, le=100, description="Replicas kept at no load.")
     max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
     initial_replicas: int | None = Field(
@@ -225,22 +248,6 @@ class RealtimeSpec(ReplicaRange):
     scaling: RealtimeScaling = Field(default_factory=RealtimeScaling)
     resources: Resources = Field(default_factory=Resources)
     workers: int = Field(2, ge=1, le=64, description="Model server processes per replica.")
-    cel_rules: ClassVar[list[tuple[str, str]]] = [
-        *ReplicaRange.cel_rules,
-        ("!has(self.initialReplicas) || (self.minReplicas <= self.initialReplicas && "
-         "self.initialReplicas <= self.maxReplicas)", INITIAL_WITHIN_RANGE),
-    ]  # fmt: skip
-
-    @model_validator(mode="after")
-    def _initial_within_range(self) -> RealtimeSpec:
-        initial = self.initial_replicas
-        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
-            raise ValueError(INITIAL_WITHIN_RANGE)
-        return self
-
-    def first_replicas(self) -> int:
-        """What a new endpoint starts with: initialReplicas, or minReplicas without it."""
-        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
 
 
 class ServerlessSpec(SpecBlock):
@@ -342,7 +349,7 @@ class NotificationSpec(SpecBlock):
         return url
 
 
-class AsyncSpec(ReplicaRange):
+class AsyncSpec(StartingRange):
     """Requests are queued and answered at once with an id; results go to outputPath."""
 
     # endpoints/async_plan.py maps these fields to the async API's and the workers' settings;
@@ -380,6 +387,13 @@ class AsyncSpec(ReplicaRange):
     )
     min_replicas: int = Field(0, ge=0, le=100, description="0 allows scaling to zero.")
     max_replicas: int = Field(4, ge=1, le=100, description="Replicas at most.")
+    initial_replicas: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Workers a new endpoint starts with, and starts again with when this "
+        "changes (default: minReplicas); the backlog moves them within the range from there.",
+    )
     target_backlog_per_instance: int = Field(
         5, ge=1, le=100000, description="Queued + in-flight requests per replica to aim for."
     )

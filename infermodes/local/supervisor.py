@@ -615,8 +615,10 @@ class Supervisor:
                                        now, time.time(), load_failed)  # fmt: skip
         block = async_plan.async_block(spec)
         figures = await self._queue_figures(endpoint)
+        started = current if endpoint.initialized else None  # a new pool: its initialReplicas
+        endpoint.initialized = True
         decision = backlog_replicas(
-            block, current, figures.ready, figures.in_flight, endpoint.memory, now,
+            block, started, figures.ready, figures.in_flight, endpoint.memory, now,
             figures.consumers,
         )  # fmt: skip
         status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)

@@ -563,12 +563,13 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
         origins[f"{block_name}.{key}"] = (
             f"{field}ManagedInstanceScaling.{member}" if managed else f"{field}{scaled}"
         )
+    replicas: JsonObject = {"minReplicas": low, "maxReplicas": high}
+    if managed:  # the platform starts the variant at its InitialInstanceCount
+        replicas["initialReplicas"] = count
+        origins[f"{block_name}.initialReplicas"] = f"{field}InitialInstanceCount"
     if async_config is None:
         spec["mode"] = "realtime"
-        spec["realtime"] = {"minReplicas": low, "maxReplicas": high}
-        if managed:  # the platform starts the variant at its InitialInstanceCount
-            spec["realtime"]["initialReplicas"] = count
-            origins["realtime.initialReplicas"] = f"{field}InitialInstanceCount"
+        spec["realtime"] = replicas
         return _validated(spec, origins)
     output = async_config["OutputConfig"]
     notify = output.get("NotificationConfig") or {}
@@ -580,8 +581,7 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
             notification[key] = topic  # an SNS topic ARN is announced on our topic exchange
     block_async: JsonObject = {
         "outputPath": output["S3OutputPath"],
-        "minReplicas": low,
-        "maxReplicas": high,
+        **replicas,
         "notification": notification,
     }
     if output.get("S3FailurePath"):

@@ -604,3 +604,29 @@ def test_managed_instance_scaling_starts_at_the_initial_count_and_an_update_at_t
     for config in ("initial-3", "initial-2"):
         sagemaker.delete_endpoint_config(EndpointConfigName=config)
     sagemaker.delete_model(ModelName="initial-model")
+
+
+def test_an_async_variant_starts_at_its_initial_count_within_managed_scaling(
+    sagemaker: Any,
+) -> None:
+    """An async variant with InitialInstanceCount 3 under ManagedInstanceScaling 0..5 started
+    from zero (its minimum); the platform starts its instances at 3, and its backlog scaling
+    moves them from there (the start holds through the scale-in cooldown)."""
+    create_model(sagemaker, "async-initial-model")
+    variant = {"VariantName": "AllTraffic", "ModelName": "async-initial-model",
+               "InstanceType": "ml.m5.large", "InitialInstanceCount": 3,
+               "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
+                                          "MaxInstanceCount": 5}}  # fmt: skip
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="async-initial", ProductionVariants=[variant],
+        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://async/initial"}},
+    )  # fmt: skip
+    sagemaker.create_endpoint(EndpointName="async-initial", EndpointConfigName="async-initial")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="async-initial",
+                                                     WaiterConfig=FAST)  # fmt: skip
+    wait_until(lambda: counts(sagemaker, "async-initial") == ("InService", 3, 3), 60,
+               "the variant's three initial instances in service", 0.5)  # fmt: skip
+    sagemaker.delete_endpoint(EndpointName="async-initial")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="async-initial", WaiterConfig=FAST)
+    sagemaker.delete_endpoint_config(EndpointConfigName="async-initial")
+    sagemaker.delete_model(ModelName="async-initial-model")

@@ -19,7 +19,7 @@ def block(**fields: object) -> AsyncSpec:
     return AsyncSpec.model_validate({"outputPath": "s3://b/out", **fields})
 
 
-def decide(spec: AsyncSpec, current: int, ready: int | None, unacked: int | None,
+def decide(spec: AsyncSpec, current: int | None, ready: int | None, unacked: int | None,
            memory: ScalerMemory, now: float = NOW,
            consumers: int | None = None) -> tuple[int, str]:  # fmt: skip
     decision = backlog_replicas(spec, current, ready, unacked, memory, now, consumers)
@@ -192,3 +192,56 @@ def test_the_decision_the_look_asks_for_scales_out() -> None:
                     assert replicas > current, (current, consumers, ready, extra)
                 unknown = decide(spec, current, ready, None, ScalerMemory(), NOW, consumers)
                 assert unknown[0] > current, (current, consumers, ready)
+
+
+def test_a_new_pool_starts_at_its_initial_replicas_and_holds_them_through_the_cooldown() -> None:
+    """The platform starts an async variant at its InitialInstanceCount (3 here, within 0..5):
+    the pool started at minReplicas (0). The start is a change: an empty backlog takes the pool
+    to zero only after the cooldown, with the backlog empty that long."""
+    spec = block(minReplicas=0, maxReplicas=5, initialReplicas=3, scaleInCooldownSeconds=60)
+    memory = ScalerMemory()
+    assert decide(spec, None, None, None, memory) == (3, "InitialReplicas")
+    assert decide(spec, 3, 0, 0, memory, NOW + 59) == (3, "CoolingDown")
+    assert decide(spec, 3, 0, 0, memory, NOW + 60) == (3, "CoolingDown")  # empty since +59
+    assert decide(spec, 3, 0, 0, memory, NOW + 119) == (0, "ScaledIn")
+    assert decide(block(minReplicas=1), None, 50, 0, ScalerMemory()) == (1, "InitialReplicas")
+
+
+def test_a_backlog_above_the_start_scales_out_from_it_at_once() -> None:
+    spec = block(maxReplicas=5, initialReplicas=2, targetBacklogPerInstance=1)
+    memory = ScalerMemory()
+    assert decide(spec, None, None, None, memory) == (2, "InitialReplicas")
+    assert decide(spec, 2, 4, 0, memory, NOW + 1) == (4, "ScaledOut")
+
+
+def test_a_changed_initial_replicas_starts_the_pool_there_again_but_not_below_its_work() -> None:
+    """As the platform's UpdateEndpoint starts the new variant at its InitialInstanceCount:
+    higher at once whatever the broker says; lower at once too, but never below what the known
+    backlog asks for, nor below the replicas while in flight is unknown."""
+    first = block(maxReplicas=8, initialReplicas=5, targetBacklogPerInstance=1)
+
+    def changed_to(initial: int, current: int, ready: int | None,
+                   unacked: int | None) -> tuple[int, str]:  # fmt: skip
+        memory = ScalerMemory(last_change_at=NOW)
+        decide(first, current, 0, current, memory, NOW)
+        return decide(first.model_copy(update={"initial_replicas": initial}), current, ready,
+                      unacked, memory, NOW + 1)  # fmt: skip
+
+    assert changed_to(7, 5, None, None) == (7, "InitialReplicas")
+    assert changed_to(2, 5, 0, 1) == (2, "InitialReplicas")
+    assert changed_to(2, 5, 1, 3) == (4, "InitialReplicas")  # four requests: four workers
+    assert changed_to(2, 5, 0, None) == (5, "InitialReplicas")  # in flight unknown: never in
+    assert changed_to(2, 5, None, None) == (5, "InitialReplicas")
+
+
+def test_the_same_initial_replicas_or_a_memory_just_made_keeps_the_pool_as_it_is() -> None:
+    spec = block(initialReplicas=3, scaleInCooldownSeconds=60, targetBacklogPerInstance=1)
+    memory = ScalerMemory(last_change_at=NOW)
+    assert decide(spec, 1, 1, 0, memory) == (1, "Steady")  # an actuator just started
+    assert decide(spec, 1, 1, 0, memory, NOW + 1) == (1, "Steady")  # the same value again
+
+
+def test_initial_replicas_lies_within_the_range() -> None:
+    with pytest.raises(ValueError, match="initialReplicas must lie within"):
+        block(minReplicas=1, maxReplicas=3, initialReplicas=4)
+    assert block(initialReplicas=0).first_replicas() == 0

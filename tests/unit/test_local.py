@@ -286,8 +286,24 @@ def decide(tmp_path: Path, backlog: Backlog, running: dict[str, int], starting: 
         endpoint.metrics_ports[key] = port
     for n in range(starting):
         endpoint.children[f"starting-{n}"] = FakeChild(False, f"starting-{n}")  # type: ignore[assignment]
+    endpoint.initialized = True  # a pool its first decision started
     replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
     return replicas, endpoint
+
+
+def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
+    """As the operator makes its Deployment: initialReplicas workers, not minReplicas (0)."""
+    empty = Backlog(ready=0, unacked=0, consumers=0, source="amqp+management")
+    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=3)
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    now = time.monotonic()
+    assert asyncio.run(supervisor._decide(endpoint, now)) == 3
+    assert endpoint.status.reason == "InitialReplicas"
+    for key in ("w0", "w1", "w2"):
+        endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
+    assert asyncio.run(supervisor._decide(endpoint, now + 1)) == 3  # the start's cooldown
 
 
 def test_up_checks_a_sampled_in_flight_count_against_its_workers(tmp_path: Path) -> None:
@@ -379,6 +395,7 @@ def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_pat
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     endpoint.children["w"] = FakeChild(True, "w")  # type: ignore[assignment]
+    endpoint.initialized = True  # a pool its first decision started
     replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
     supervisor._set_status(endpoint)
     assert replicas == 1 and endpoint.status.reason == "BrokerUnreadable"

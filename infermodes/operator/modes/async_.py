@@ -67,10 +67,10 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     if signals.name_held_by() is not None:
         return 0  # its workers would consume the other endpoint's requests
     workload = signals.workload
-    current = workload.replicas if workload.exists else 0
     block = async_block(spec)
-    if not workload.exists:
-        return block.min_replicas
+    if not workload.exists:  # a new pool starts at its initialReplicas (the broker unread)
+        return backlog_replicas(block, None, None, None, memory, signals.now).replicas
+    current = workload.replicas
     figures = pool_figures(spec, signals).figures or QueueFigures(None, None)
     return backlog_replicas(
         block, current, figures.ready, figures.in_flight, memory, signals.now, figures.consumers

@@ -94,6 +94,16 @@ def test_replicas_from_the_backlog_with_in_flight_counted() -> None:
     assert async_.replicas(SPEC, signals(busy, None, now=9000), memory) == 3  # broker unreadable
 
 
+def test_a_new_pool_starts_at_its_initial_replicas() -> None:
+    """Its Deployment is made with initialReplicas workers (minReplicas was taken: 0)."""
+    started = s.EndpointSpec.model_validate(
+        {**FULL_SPEC, "async": {**FULL_SPEC["async"], "initialReplicas": 2}}
+    )
+    none = WorkloadState(False, 0, 0, 0, False)
+    assert async_.replicas(started, signals(none, QueueFigures(0, 0)), ScalerMemory()) == 2
+    assert async_.replicas(SPEC, signals(none, QueueFigures(0, 0)), ScalerMemory()) == 0
+
+
 def pod(
     name: str, ip: str, phase: str = "Running", state: str = "running", ready: bool = True
 ) -> dict:

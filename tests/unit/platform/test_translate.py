@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from infermodes.endpoints.async_plan import async_block
 from infermodes.endpoints.spec import BatchSpec, EndpointSpec
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.translate import (
@@ -76,6 +77,19 @@ def test_managed_instance_scaling_starts_at_the_initial_count_and_scales_within_
     spec = spec_of(config(scaled))["spec"]
     assert spec["realtime"] == {"minReplicas": 1, "maxReplicas": 5, "initialReplicas": 3}
     assert EndpointSpec.model_validate(spec).realtime_block().first_replicas() == 3
+
+
+def test_an_async_variant_under_managed_scaling_starts_at_its_initial_count() -> None:
+    """The platform starts an async variant's instances at InitialInstanceCount (3) and its
+    backlog scaling moves them within 0..5; the pool started at MinInstanceCount (0)."""
+    scaled = {"InstanceType": "ml.m5.large", "InitialInstanceCount": 3,
+              "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
+                                         "MaxInstanceCount": 5}}  # fmt: skip
+    cfg = config(scaled, AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://b/o"}})
+    spec = spec_of(cfg)["spec"]
+    assert (spec["async"]["minReplicas"], spec["async"]["maxReplicas"]) == (0, 5)
+    assert spec["async"]["initialReplicas"] == 3
+    assert async_block(EndpointSpec.model_validate(spec)).first_replicas() == 3
 
 
 def test_counts_without_a_status_are_kept_and_not_used() -> None:
