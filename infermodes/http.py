@@ -282,6 +282,10 @@ class WholeBodyRoute(Protocol):
 
 _JOIN_BYTES = 16 * 1024  # bodies up to this size are copied behind the head: one plain write
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
+# after a client's EOF, written before the answer it is owed: a client that closed answers
+# it with a reset, one that half-closed skips it as any unexpected 1xx (RFC 9110, 15.2)
+_PEER_PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PEER_CHECK_SECONDS = 0.5  # how often a half-closed connection checks for that reset
 
 
 class _HeadWithBody:
@@ -394,6 +398,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.refused = False  # answered with an error and closing: nothing more is served
         self.deadline: asyncio.TimerHandle | None = None
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
+        self.half_closed = False  # the client sent its EOF and is owed answers
+        self.peer_check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows BaseTransport the same way
         super().connection_made(transport)
@@ -401,8 +407,46 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.peer_check is not None:
+            self.peer_check.cancel()
         self.deferred = None  # its body never came whole: nothing was scored
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # uvicorn's returns None: close
+        """The client's EOF: a client that shut its sending side (``nc -N``) still reads
+        the answers to the requests it sent whole (RFC 9112, 9.3.2 and 9.6), so the connection
+        stays open for writing until the last of them, which closes it. A client that closed
+        sends the same EOF: the running request's answer is then preceded by a ``100
+        Continue``, which such a client's kernel answers with a reset (``_check_peer``); one
+        with nothing owed, or whose last request is unfinished, is closed as before."""
+        last = self.cycle  # the last request parsed; those before it are answered first
+        if self.half_closed:  # reading resumed after a pipelined answer: the same EOF again
+            return True
+        if (
+            self.refused
+            or last is None
+            or last.response_complete
+            or last.more_body  # its body will never come whole
+            or last.scope["http_version"] != "1.1"  # no 1xx may go to an HTTP/1.0 client
+        ):
+            return False
+        self.half_closed = True
+        last.keep_alive = False  # its answer says connection: close and closes it
+        if not self.pipeline and not last.response_started:  # the running request
+            last.waiting_for_100_continue = False  # the probe is its 100 Continue
+            self.transport.write(_PEER_PROBE)
+            self.peer_check = self.loop.call_later(PEER_CHECK_SECONDS, self._check_peer)
+        return True
+
+    def _check_peer(self) -> None:
+        """Close a half-closed connection once the probe was reset: its client had left, and
+        the app sees it go (``http.disconnect``), as before the EOF kept connections open."""
+        self.peer_check = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self.transport.close()
+        elif not self.transport.is_closing():
+            self.peer_check = self.loop.call_later(PEER_CHECK_SECONDS, self._check_peer)
 
     def data_received(self, data: bytes) -> None:
         self.read_bytes = len(data)

@@ -8,6 +8,7 @@ import gzip
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -390,6 +391,27 @@ def test_a_held_client_that_gives_up_frees_its_place(gateway: GatewayProcess) ->
         held = gateway.metric("infermodes_gateway_held_for_cold_start_total", endpoint="nowhere")
         assert held == attempt  # held again, not throttled by the one that left
     assert gateway.metric("infermodes_gateway_throttled_total", endpoint="nowhere") == 0
+
+
+def test_a_client_that_half_closes_after_pipelining_gets_every_answer(
+    gateway: GatewayProcess, abalone_model: AbaloneModel
+) -> None:
+    """``shutdown(SHUT_WR)`` after its requests: unlike a client that left (above), it still
+    reads, and each proxied request is answered (only the first one was, then the EOF closed)."""
+    body = to_csv(abalone_model.test_rows[:1])
+    head = (b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: text/csv\r\nContent-Length: %d\r\n\r\n")  # fmt: skip
+    invocation = head % len(body) + body
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(invocation + healthz + invocation)
+        conn.shutdown(socket.SHUT_WR)
+        answers = b""
+        while chunk := conn.recv(65536):  # the server closes after the last answer
+            answers += chunk
+    statuses = re.findall(rb"HTTP/1\.1 ([2-5]\d\d) ", answers)  # a 1xx is skipped, as clients do
+    assert statuses == [b"200"] * 3, answers
 
 
 def test_a_client_that_waits_for_100_continue_gets_it_and_then_its_answer(

@@ -207,6 +207,25 @@ def test_a_body_cut_short_is_never_scored(server: ServerProcess, port: int) -> N
     assert counted("400") == client_errors
 
 
+# Observed: pipelined requests whose client then shut its sending side got 1 or 2 answers of 3
+
+
+def test_a_client_that_half_closes_after_pipelining_gets_every_answer(port: int) -> None:
+    """``nc -N``, ``shutdown(SHUT_WR)``: the client is done sending, not reading (RFC 9112,
+    9.3.2 and 9.6); the request still running at the EOF was dropped with its answer."""
+    invocation = Request("POST", "/invocations", CSV, ROW)
+    with Connection(port) as connection:
+        connection.send(invocation.wire() + Request("GET", "/ping").wire() + invocation.wire())
+        connection.sock.shutdown(socket.SHUT_WR)
+        answers = []
+        while (response := connection.response()) is not None:
+            if response.status >= 200:  # a client skips interim (1xx) answers
+                answers.append(response)
+        assert [answer.status for answer in answers] == [200, 200, 200], answers
+        assert answers[0].body == answers[2].body
+        assert answers[2].headers[b"connection"] == b"close"
+
+
 # Observed: slow clients held connections for 130 s and more
 
 
