@@ -286,6 +286,9 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
 # it with a reset, one that half-closed skips it as any unexpected 1xx (RFC 9110, 15.2)
 _PEER_PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"
 PEER_CHECK_SECONDS = 0.5  # how often a half-closed connection checks for that reset
+# a body still coming when its answer closes the connection is read and dropped up to these
+LINGER_BYTES = 8 * 1024 * 1024  # over the 6 MB payload limit: a body any route takes
+LINGER_SECONDS = 5.0  # nginx's lingering_timeout
 
 
 class _HeadWithBody:
@@ -299,11 +302,17 @@ class _HeadWithBody:
     33,100-34,600 joined, three short runs each); a large one goes by ``writelines``, uncopied.
     A head with no body in the same loop turn is flushed at the end of the turn."""
 
-    __slots__ = ("_flush", "_head", "_loop", "_transport")
+    __slots__ = ("_close", "_flush", "_head", "_loop", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
+        self._close = transport.close if close is None else close
         self._head: bytes | None = None
         self._flush: asyncio.Handle | None = None
 
@@ -332,7 +341,7 @@ class _HeadWithBody:
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        self._close()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
@@ -368,6 +377,30 @@ def _protocol_log(log: logging.Logger) -> logging.Logger:
     return child
 
 
+class _Lingering(asyncio.Protocol):
+    """A connection after an answer that closes it while the request's body is still coming
+    (a 415 or 413 decided on the headers): closing a socket with unread bytes resets it, and a
+    client still sending would see the reset instead of the answer. So, as nginx's lingering
+    close: the answer is followed by the server's EOF, and what the client still sends is read
+    and dropped until its EOF, ``LINGER_BYTES`` or ``LINGER_SECONDS``, whichever comes first.
+    The transport is handed to this protocol, so the HTTP protocol's reads stay as they were."""
+
+    def __init__(self, protocol: GuardedHttpProtocol, transport: asyncio.Transport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.left = LINGER_BYTES
+        self.deadline = protocol.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left < 0:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadline.cancel()
+        self.protocol.connection_lost(exc)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus what it lacks against slow or hostile clients: a
     deadline for a request's headers (from its first byte) and one for its body (from the end
@@ -400,6 +433,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
         self.half_closed = False  # the client sent its EOF and is owed answers
         self.peer_check: asyncio.TimerHandle | None = None
+        self.close_answered = self._close_answered  # bound once, for each request's cycle
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn narrows BaseTransport the same way
         super().connection_made(transport)
@@ -516,7 +550,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _join_head_and_body(self, cycle: RequestResponseCycle) -> None:
         """The cycle writes through ``_HeadWithBody`` (a HEAD answer has no body to wait for)."""
         if cycle.scope["method"] != "HEAD":
-            cycle.transport = _HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
+            cycle.transport = _HeadWithBody(self.transport, self.loop, self.close_answered)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
+
+    def _close_answered(self) -> None:
+        """The cycle's close after an answer that ends the connection: lingering
+        (``_Lingering``) while a request's body is still coming, at once otherwise."""
+        cycle = self.cycle  # a request whose body is coming is the last one parsed
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._disarm()
+        self.flow.resume_reading()  # a large body paused it
+        self.transport.write_eof()  # after the answer: the client sees it whole
+        self.transport.set_protocol(_Lingering(self, self.transport))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]  # uvicorn types the app as its ASGI3Application
         """The request's ASGI task, or, for a small POST to the ``route``, nothing until its

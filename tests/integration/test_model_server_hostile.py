@@ -226,6 +226,28 @@ def test_a_client_that_half_closes_after_pipelining_gets_every_answer(port: int)
         assert answers[2].headers[b"connection"] == b"close"
 
 
+# Observed: a large body refused on its headers was left unread, and the close reset the client
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_refused_on_its_headers_gets_its_error_not_a_reset(
+    port: int, chunked: bool
+) -> None:
+    """The answer closes the connection, before reading the body; closing a socket with
+    unread bytes resets it, and a client still sending (most send all, then read) saw the
+    reset instead of the 415. The body is drained first (a bounded lingering close)."""
+    body = (ROW + b"\n") * (4 * 1024 * 1024 // (len(ROW) + 1))  # 4 MiB, under the limit
+    refused = Request("POST", "/invocations", [(b"Content-Type", b"text/plain")], body,
+                      transfer_encoding=b"chunked" if chunked else b"")  # fmt: skip
+    with Connection(port) as connection:
+        connection.send(refused.wire())
+        response = connection.response()
+        assert response is not None and response.status == 415, response
+        assert "text/plain" in message(response)
+        assert response.headers[b"connection"] == b"close"
+        assert connection.closed_by_server()
+
+
 # Observed: slow clients held connections for 130 s and more
 
 
