@@ -4,6 +4,7 @@ backlog figures that never mistake in-flight work for an empty queue."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
@@ -11,6 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -206,13 +208,13 @@ def test_a_worker_whose_queue_is_deleted_declares_it_again_and_consumes(
         notes.wait_for({response.json()["InferenceId"]}, "Completed", 60)
 
 
-def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
-) -> None:
-    """Deliveries held when the broker went away can never be settled on that connection (the
-    broker redelivers them): a worker stopped later finishes its work and exits, rather than
-    waiting for acknowledgements that cannot happen."""
-    endpoint = "lost"
+@contextlib.contextmanager
+def held_by_a_webhook(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, endpoint: str, requests: int
+) -> Iterator[tuple[Notifications, WebhookReceiver, threading.Event, Process, set[str]]]:
+    """A worker (2 invocation threads) whose success webhook holds each request until the
+    event is set, and ``requests`` one-row requests accepted for it: the notifications
+    watched, the webhook, the event, the worker and the requests' ids."""
     notes = Notifications(rabbitmq, endpoint).declare()
     release = threading.Event()
     with (
@@ -220,10 +222,21 @@ def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
         plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
     ):
         worker = live.start_worker(
-            model_uri(abalone_model), "w", extra=("--success-webhook-url", hook.url)
+            model_uri(abalone_model), "w", concurrency=2, extra=("--success-webhook-url", hook.url)
         )
         ids = {live.invoke(to_csv(abalone_model.test_rows[:2])).json()["InferenceId"]
-               for _ in range(2)}  # fmt: skip
+               for _ in range(requests)}  # fmt: skip
+        yield notes, hook, release, worker, ids
+
+
+def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Deliveries held when the broker went away can never be settled on that connection (the
+    broker redelivers them): a worker stopped later finishes its work and exits, rather than
+    waiting for acknowledgements that cannot happen."""
+    with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, "lost", 2) as held:
+        notes, hook, release, worker, ids = held
         wait_until(lambda: len(hook.received) == 2, 60, "both requests held by the webhook")
         rabbitmq.stop()
         rabbitmq.start()
@@ -615,17 +628,8 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_no_more_than_it_can_wor
     could take it), and its in-flight gauge keeps counting the work still running (the
     operator's scale-in and pod-deletion cost read it). Every request ends in one output."""
     endpoint = "cut"
-    notes = Notifications(rabbitmq, endpoint).declare()
-    release = threading.Event()
-    with (
-        WebhookReceiver(hold=release) as hook,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
-    ):
-        worker = live.start_worker(
-            model_uri(abalone_model), "w", concurrency=2, extra=("--success-webhook-url", hook.url)
-        )
-        ids = {live.invoke(to_csv(abalone_model.test_rows[:2])).json()["InferenceId"]
-               for _ in range(4)}  # fmt: skip
+    with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, endpoint, 4) as held:
+        notes, hook, release, worker, ids = held
         try:
             wait_until(lambda: len(hook.received) == 2, 60, "two requests held by the webhook")
             assert metric(worker, "infermodes_async_in_flight") == 2

@@ -851,6 +851,20 @@ def test_a_batch_job_running_when_up_stops_runs_on_after_its_restart(
         np.testing.assert_allclose(np.loadtxt(out, delimiter=","), expected, rtol=1e-6)
 
 
+def completed_after_a_retry(up: Up, output: Path, texts: dict[str, bytes], booster: Any) -> None:
+    """The batch job ends Completed, its instance 0 having run once more, and each input's
+    output holds the booster's score of each of its records, once and in order."""
+    ended = lambda: up.status("abalone-batch")["phase"] != "InProgress"  # noqa: E731
+    wait_until(ended, WAIT * 3, "the job to end")
+    status = up.status("abalone-batch")
+    assert status["phase"] == "Completed", status
+    assert "abalone-batch/instance-0 runs again (retry 1 of 2)" in str(status["events"])
+    for name, text in texts.items():
+        np.testing.assert_array_equal(
+            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
+        )
+
+
 def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
@@ -870,17 +884,8 @@ def test_a_batch_instance_killed_midway_runs_again_and_the_job_completes(
         wait_until(lambda: any(output.glob(".*.partial")), WAIT, "an output in progress")
         [first] = [p for p in up.running("abalone-batch") if p["key"].endswith("instance-0")]
         os.kill(first["pid"], signal.SIGKILL)
-        ended = lambda: up.status("abalone-batch")["phase"] != "InProgress"  # noqa: E731
-        wait_until(ended, WAIT * 3, "the job to end")
-        status = up.status("abalone-batch")
-        assert status["phase"] == "Completed", status
-        assert "abalone-batch/instance-0 runs again (retry 1 of 2)" in str(status["events"])
+        completed_after_a_retry(up, output, texts, abalone_model.booster())
     assert [p.name for p in output.iterdir() if p.name.startswith(".")] == []
-    booster = abalone_model.booster()
-    for name, text in texts.items():
-        np.testing.assert_array_equal(
-            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
-        )
 
 
 def test_a_batch_instance_whose_worker_process_dies_runs_again_and_the_job_completes(
@@ -909,16 +914,7 @@ def test_a_batch_instance_whose_worker_process_dies_runs_again_and_the_job_compl
                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # fmt: skip
         assert spawned, children_of(instance["pid"])
         os.kill(spawned[0], signal.SIGKILL)
-        ended = lambda: up.status("abalone-batch")["phase"] != "InProgress"  # noqa: E731
-        wait_until(ended, WAIT * 3, "the job to end")
-        status = up.status("abalone-batch")
-        assert status["phase"] == "Completed", status
-        assert "abalone-batch/instance-0 runs again (retry 1 of 2)" in str(status["events"])
-    booster = abalone_model.booster()
-    for name, text in texts.items():
-        np.testing.assert_array_equal(
-            scores_of((output / f"{name}.out").read_bytes()), expected_scores(booster, text)
-        )
+        completed_after_a_retry(up, output, texts, abalone_model.booster())
 
 
 def test_a_batch_job_stopped_midway_shows_the_progress_it_had(

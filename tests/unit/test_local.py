@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -631,25 +631,35 @@ def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_back
     assert fresh.status.phase.value == "InService"
 
 
+def retried_after_a_load_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, started: Callable[[str], None]
+) -> tuple[Supervisor, LocalEndpoint]:
+    """The example endpoint of ``mode`` whose model could not load, applied again by its
+    retry and actuated once (``started`` is told each process key it would start)."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    supervisor.endpoints[name].failure = ("ModelLoadFailed", "model cannot be loaded: gone")
+    supervisor.load_retries[name] = (1, 0.0)
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: started(child.key))
+    supervisor._retry_loads(1.0)
+    again = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(again, 1.0))
+    return supervisor, again
+
+
 def test_a_retried_serverless_endpoint_at_zero_starts_a_server_to_try_its_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Failed, a serverless endpoint takes no request (the gateway answers 400), so no
     request's demand ever starts the process its retry waits for: once its model was there
     again it stayed Failed until applied again by hand. Its retry starts one server."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
-    name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    supervisor.endpoints[name].failure = ("ModelLoadFailed", "model cannot be loaded: gone")
-    supervisor.load_retries[name] = (1, 0.0)
     started: list[str] = []
-    monkeypatch.setattr(
-        supervisor, "_start", lambda endpoint, child, now: started.append(child.key)
+    supervisor, again = retried_after_a_load_failure(
+        tmp_path, monkeypatch, "serverless", started.append
     )
-    supervisor._retry_loads(1.0)
-    again = supervisor.endpoints[name]
-    asyncio.run(supervisor._actuate(again, 1.0))
+    name = again.name
     assert started == [f"{name}/server-0"]
     assert again.desired == 1
     # running, not ready: still Failed (a waiter for InService must not pass on a mere try),
@@ -665,16 +675,9 @@ def test_a_retried_realtime_endpoint_is_failed_until_its_server_shows_the_model_
     """A realtime endpoint's retry said Creating (NoReplicaReady) while its server ran, not
     ready, and a serverless one's said Failed: one rule for both, the operator's (Failed while
     the last run could not load the model and nothing is ready), saying it is being tried."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
-    name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    supervisor.endpoints[name].failure = ("ModelLoadFailed", "model cannot be loaded: gone")
-    supervisor.load_retries[name] = (1, 0.0)
-    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
-    supervisor._retry_loads(1.0)
-    again = supervisor.endpoints[name]
-    asyncio.run(supervisor._actuate(again, 1.0))
+    supervisor, again = retried_after_a_load_failure(
+        tmp_path, monkeypatch, "realtime", lambda key: None
+    )
     for child in again.children.values():
         monkeypatch.setattr(child, "running", lambda: True)
     supervisor._set_status(again)
