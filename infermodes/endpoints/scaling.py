@@ -89,6 +89,15 @@ class ScalerMemory:
     # serverless counts its idle timeout from the change, not from a request never reported
     serverless_since: float | None = 0.0
 
+    def initial_to_start(self, initial: int | None) -> int | None:
+        """``initial`` (a block's initialReplicas), when the endpoint must start there again:
+        it changed since the last decision this memory saw, as the platform's UpdateEndpoint
+        starts the new variant at its InitialInstanceCount; None otherwise (a memory just made,
+        an actuator started, takes the endpoint as it is). Remembers it."""
+        changed = self.initial_known and self.initial_replicas != initial
+        self.initial_replicas, self.initial_known = initial, True
+        return initial if changed else None
+
     def restore(self, last_scale_wall: float | None, now: float, wall: float) -> None:
         """A memory just made (an operator started) takes the last change from the status's
         wall-clock time (``lastScaleTime``), so that a restart does not end a cooldown: only
@@ -141,15 +150,14 @@ def realtime_replicas(
     started) takes the endpoint's replicas as they are."""
     low, high = block.min_replicas, block.max_replicas
     memory.serverless_since = None
-    initial_changed = memory.initial_known and memory.initial_replicas != block.initial_replicas
-    memory.initial_replicas, memory.initial_known = block.initial_replicas, True
+    restart = memory.initial_to_start(block.initial_replicas)
     if current is None:  # the endpoint's start is a change: no scale-in within its cooldown
         memory.last_change_at = now
         return block.first_replicas()
-    if initial_changed and block.initial_replicas is not None:
-        if block.initial_replicas != current:
+    if restart is not None:
+        if restart != current:
             memory.last_change_at = now
-        return block.initial_replicas
+        return restart
     bounded = min(max(current, low), high)
     if bounded != current:  # new bounds moved the replicas: a change, whose cooldown counts
         memory.last_change_at = now
@@ -217,7 +225,7 @@ def serverless_replicas(
     """
     warm, most = serverless_bounds(block)
     # a serverless endpoint has no initialReplicas: one made realtime with one starts there
-    memory.initial_replicas, memory.initial_known = None, True
+    memory.initial_to_start(None)
     if memory.serverless_since is None:  # realtime until now
         memory.serverless_since = wall
     quiet_for = wall - max(demand.last_request_at, memory.serverless_since)
@@ -339,8 +347,7 @@ def backlog_replicas(
       worker finishes what it holds before it exits);
     - any change of replicas, whatever its reason (the start too), starts the scale-in cooldown.
     """
-    initial_changed = memory.initial_known and memory.initial_replicas != block.initial_replicas
-    memory.initial_replicas, memory.initial_known = block.initial_replicas, True
+    restart = memory.initial_to_start(block.initial_replicas)
     if current is None:
         memory.last_change_at = now
         return BacklogDecision(block.first_replicas(), INITIAL_REPLICAS)
@@ -355,9 +362,9 @@ def backlog_replicas(
     else:
         needed = backlog_wants(block, ready + unacked)
         decision = _known_backlog(block, current, within, ready + unacked, memory, now)
-    if initial_changed and block.initial_replicas is not None:
+    if restart is not None:
         floor = decision.replicas if needed is None else needed
-        decision = BacklogDecision(max(block.initial_replicas, floor), INITIAL_REPLICAS)
+        decision = BacklogDecision(max(restart, floor), INITIAL_REPLICAS)
     if decision.replicas != current:
         memory.last_change_at = now
     return decision
