@@ -291,7 +291,11 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     refusal = None
     if not ended:  # an ended job's Job stays as it is (another version's template, say)
         try:
-            applied = {obj["kind"]: deps.kube.apply(obj) for obj in objects}
+            # the workload first once it exists: a scale (a cold start's) waits for no
+            # other object's apply; at creation, the order given (a NetworkPolicy before
+            # the pods it guards)
+            ordered = objects if found is None else sorted(objects, key=lambda o: o["kind"] != kind)
+            applied = {obj["kind"]: deps.kube.apply(obj) for obj in ordered}
         except ApplyRefused as exc:
             refusal = str(exc)
             if kind == "Deployment" and found is not None:  # the spec as it was still scales

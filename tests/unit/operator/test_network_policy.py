@@ -93,6 +93,25 @@ def test_the_operator_applies_the_policy_its_settings_give() -> None:
     assert kube.applied[0]["spec"]["ingress"][0]["from"] == [GATEWAY, OPERATOR, SCRAPER]
 
 
+def test_once_the_workload_exists_it_is_applied_first() -> None:
+    """Each pass applies every object: with the policy first, a serverless endpoint's scale from
+    zero waited for the policy's apply. First only at creation, before the pods it guards."""
+    endpoint = body({"mode": "realtime", "model": MODEL, "realtime": {}})
+
+    def applied_kinds(kube: FakeKube) -> list[str]:
+        dependencies = deps(kube)[0]
+        dependencies.settings = OperatorSettings(
+            network_policy=True, serving_from=[GATEWAY], metrics_from=[OPERATOR]
+        )
+        reconcile(endpoint, ScalerMemory(), dependencies)
+        return [o["kind"] for o in kube.applied]
+
+    creating = FakeKube()
+    assert applied_kinds(creating) == ["NetworkPolicy", "Deployment", "Service"]
+    made = next(o for o in creating.applied if o["kind"] == "Deployment")
+    assert applied_kinds(FakeKube(deployment=made)) == ["Deployment", "NetworkPolicy", "Service"]
+
+
 @pytest.mark.parametrize("peer", [{}, {"namespaceselector": {}}, {"podSelector": {}, "ports": []}])
 def test_a_peer_that_is_not_one_stops_the_operator_at_start_naming_it(
     peer: dict[str, Any],
