@@ -266,7 +266,9 @@ def scale_out_due(block: AsyncSpec, current: int, ready: int, consumers: int) ->
 
 def held_at_least(block: AsyncSpec, ready: int, consumers: int | None) -> int:
     """In flight at least, whatever else is known: while requests wait, the broker has filled
-    every consumer's prefetch."""
+    every consumer's prefetch. (A worker that lost its connection mid-work may show several
+    consumers until its next one, their prefetches adding up to one worker's: counted more
+    than once, it may make a pool scale out further than its backlog needs.)"""
     return (consumers or 0) * block.max_concurrent_invocations_per_instance if ready else 0
 
 

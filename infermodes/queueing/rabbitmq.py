@@ -445,10 +445,11 @@ def delivery_count(headers: dict[str, object] | None) -> int:
 
 @dataclasses.dataclass
 class _Held:
-    """How many deliveries of one connection are not settled yet; touched only on that
-    connection's thread."""
+    """How many deliveries of one connection are not settled yet (touched only on that
+    connection's thread), and whether the connection was lost (under the consumer's lock)."""
 
     count: int = 0
+    lost: bool = False
 
 
 def refused_login_since(exc: BaseException, since: float | None) -> float | None:
@@ -475,11 +476,15 @@ class RabbitConsumer:
     ``stop`` it cancels the consumer and returns once nothing is in flight.
 
     A lost connection's deliveries are the broker's again, but their work runs on to its end
-    (the result claim keeps its output single; the settle is dropped). Until it has ended, the
-    new connection does not subscribe: a full prefetch then would hold deliveries no thread
-    can take, waiting in the pool with their consumer timeout running while other workers could
-    take them. ``in_flight`` (the gauge) counts work running, whichever connection brought it:
-    a worker busy with lost deliveries is not idle to a scale-in."""
+    (the result claim keeps its output single; the settle is dropped). The new connection
+    subscribes at once with a prefetch of the slots that work leaves free (a full one would hold
+    deliveries no thread can take, their consumer timeout running, while other workers could
+    take them), and adds a consumer for the slots each piece of it frees as it ends: RabbitMQ
+    applies a prefetch to the consumers subscribed after it, never to one subscribed before, so
+    the prefetches of the connection's consumers add up to the free slots. With no slot free it
+    waits for one (a prefetch of 0 is unlimited). ``in_flight`` (the gauge) counts work
+    running, whichever connection brought it: a worker busy with lost deliveries is not idle to
+    a scale-in."""
 
     def __init__(self, url: str, endpoint: str, max_attempts: int, concurrency: int) -> None:
         self.url = url
@@ -495,6 +500,7 @@ class RabbitConsumer:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
         self._working = 0  # deliveries handed to the pool whose work has not ended
+        self._lost = 0  # ... of them brought by a connection since lost
         self._delay = RECONNECT_MIN_SECONDS
 
     def stop(self) -> None:
@@ -505,10 +511,17 @@ class RabbitConsumer:
         with self._lock:
             return self._working
 
-    def _count_work(self, delta: int) -> None:
+    def _count_work(self, delta: int, held: _Held) -> None:
         with self._lock:
             self._working += delta
+            if held.lost:
+                self._lost += delta
         self.on_in_flight(delta)
+
+    def _free_slots(self) -> int:
+        """Slots the work of lost connections leaves free."""
+        with self._lock:
+            return max(0, self.concurrency - self._lost)
 
     def run(self, handle: Handler) -> None:
         """Consumes until ``stop``; raises BrokerLoginRefused when the broker refused every
@@ -535,13 +548,17 @@ class RabbitConsumer:
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)
+        held = _Held()
         try:
             # What this connection delivers and does not settle is the broker's again once it
             # is lost (it redelivers it); its settlements could never arrive, so a stop waits
             # only for the next connection's. The work itself still runs to its end.
-            self._consume_on(connection, _Held(), handle)
+            self._consume_on(connection, held, handle)
         finally:
             self.consuming.clear()
+            with self._lock:  # all work running now came by this connection or a lost one
+                held.lost = True
+                self._lost = self._working
             if connection.is_open:
                 with contextlib.suppress(*BROKER_ERRORS):
                     connection.close()
@@ -550,22 +567,22 @@ class RabbitConsumer:
         self, connection: pika.BlockingConnection, held: _Held, handle: Handler
     ) -> None:
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.concurrency)
         limit = declare_topology(channel, self.endpoint, self.max_attempts)
         self.on_attempts_allowed(attempts_allowed(limit, self.max_attempts))
         queue = queue_name(self.endpoint)
         self._delay = RECONNECT_MIN_SECONDS
         self.outage.recovered()
-        if not self._await_lost_work(connection):
+        prefetch = self._await_free_slot(connection)
+        if not prefetch:
             return
-        tag = channel.basic_consume(
-            queue, functools.partial(self._on_message, connection, held, handle)
-        )
+        on_message = functools.partial(self._on_message, connection, held, handle)
+        channel.basic_qos(prefetch_count=prefetch)
+        tags = [channel.basic_consume(queue, on_message)]
         log.info("consuming %s", queue)
         self.consuming.set()
         while True:
             connection.process_data_events(time_limit=POLL_SECONDS)
-            dropped = not channel.is_open or tag not in channel.consumer_tags
+            dropped = not channel.is_open or any(t not in channel.consumer_tags for t in tags)
             if dropped and self.consuming.is_set():
                 # the broker cancelled the consumer (its queue deleted) or closed the channel (a
                 # consumer timeout) and left the connection open: no error says so; reconnecting
@@ -574,23 +591,33 @@ class RabbitConsumer:
             if self.stopping.is_set():
                 if self.consuming.is_set():
                     self.consuming.clear()
-                    channel.basic_cancel(tag)
+                    for tag in tags:
+                        channel.basic_cancel(tag)
                     log.info("stopped consuming; %d request(s) in flight", self.in_flight)
                 if held.count == 0:
                     break
+            elif prefetch < self.concurrency and (freed := self._free_slots() - prefetch) > 0:
+                channel.basic_qos(prefetch_count=freed)  # for the consumer subscribed next
+                tags.append(channel.basic_consume(queue, on_message))
+                prefetch += freed
+                log.info("work taken before the connection was lost freed %d slot(s): "
+                         "consuming %d at a time", freed, prefetch)  # fmt: skip
 
-    def _await_lost_work(self, connection: pika.BlockingConnection) -> bool:
+    def _await_free_slot(self, connection: pika.BlockingConnection) -> int:
         """Serve ``connection`` (its heartbeats) until the work of deliveries a lost connection
-        brought has ended; False when ``stop`` came first."""
-        if self.in_flight:
-            log.info("consuming again once %d request(s) taken before the connection was lost "
-                     "end", self.in_flight)  # fmt: skip
-        while self.in_flight:
-            if self.stopping.is_set():
-                log.info("stopped before consuming again; %d request(s) in flight", self.in_flight)
-                return False
+        brought leaves a slot free; the free slots, 0 when ``stop`` came first."""
+        free = self._free_slots()
+        if free < self.concurrency:
+            log.info("%d request(s) taken before the connection was lost still running: "
+                     "consuming %s", self.concurrency - free,
+                     f"{free} at a time" if free else "once one ends")  # fmt: skip
+        while not free and not self.stopping.is_set():
             connection.process_data_events(time_limit=POLL_SECONDS)
-        return True
+            free = self._free_slots()
+        if self.stopping.is_set():
+            log.info("stopped before consuming; %d request(s) in flight", self.in_flight)
+            return 0
+        return free
 
     def _on_message(
         self,
@@ -603,7 +630,7 @@ class RabbitConsumer:
         body: bytes,
     ) -> None:
         held.count += 1
-        self._count_work(+1)
+        self._count_work(+1, held)
         delivery = Delivery(body, delivery_count(properties.headers))
         self._pool.submit(
             self._work, connection, held, channel, method.delivery_tag, handle, delivery
@@ -630,7 +657,7 @@ class RabbitConsumer:
         except BROKER_ERRORS:
             log.debug("connection gone before settling; the broker redelivers the message")
         finally:
-            self._count_work(-1)
+            self._count_work(-1, held)
 
     def _settle(self, held: _Held, channel: BlockingChannel, tag: int, settle: Settle) -> None:
         """Runs on the connection's thread."""

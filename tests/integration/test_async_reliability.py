@@ -648,3 +648,66 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_no_more_than_it_can_wor
         assert metric(worker, MESSAGES, outcome="duplicate") == 2  # found their outputs
     assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(f"{i}.out" for i in ids)
     assert set(notes.ids("Completed")) == ids
+
+
+def test_a_worker_whose_connection_is_cut_mid_work_takes_work_for_the_slots_left(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """One long request of a worker with 3 invocation threads runs on after the broker closed
+    its connection: the worker subscribes again at once with a prefetch of 2 (ready, and
+    taking work, while it runs), and once it ends takes one more (a second consumer with a
+    prefetch of 1: RabbitMQ applies a prefetch only to consumers subscribed after it), so its
+    running work never exceeds its threads. Every request ends in one output."""
+    endpoint = "slots"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    long, release = threading.Event(), threading.Event()
+
+    def holds(body: dict[str, object]) -> threading.Event:
+        parameters = body["requestParameters"]
+        assert isinstance(parameters, dict)
+        return long if parameters["customAttributes"] == "long" else release
+
+    def queue(ready: int, consumers: int) -> bool:
+        now = backlog(endpoint, rabbitmq.amqp_url, None)  # exact, not sampled
+        return (now.ready, now.consumers) == (ready, consumers)
+
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}  # a held request: held for minutes
+    with (
+        WebhookReceiver(holds=holds) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
+    ):
+        worker = live.start_worker(
+            model_uri(abalone_model), "w", concurrency=3, extra=("--success-webhook-url", hook.url)
+        )
+        row = to_csv(abalone_model.test_rows[:1])
+        ids = {
+            live.invoke(row, {"X-Amzn-SageMaker-Custom-Attributes": "long"}).json()["InferenceId"]
+        }
+        try:
+            wait_until(lambda: len(hook.received) == 1, 60, "the long request held")
+            close_consumer_connection(rabbitmq, endpoint)
+            # at once, with the long one still held: its lost work, and its redelivery (found
+            # done, notified again: held too) on a second thread
+            wait_until(lambda: queue(0, 1), 60, "the worker to subscribe again at once")
+            wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60, "2 running")
+            assert readiness(worker) == 200
+            ids |= {live.invoke(row).json()["InferenceId"] for _ in range(4)}
+            wait_until(lambda: queue(3, 1), 60, "one more request taken, on the third thread")
+            wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 3, 60, "3 running")
+            long.set()  # the lost work ends (one more slot), and the redelivery is acked
+            wait_until(
+                lambda: queue(1, 2) and metric(worker, "infermodes_async_in_flight") == 3,
+                60,
+                "three requests held on the new connection, one left in the queue",
+            )
+        finally:
+            long.set()
+            release.set()
+        notes.wait_for(ids, "Completed", 120)
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 0, 60, "no work left")
+        assert readiness(worker) == 200
+        assert metric(worker, MESSAGES, outcome="success") == 5
+        assert metric(worker, MESSAGES, outcome="duplicate") == 1  # the long one, redelivered
+        assert "1 request(s) taken before the connection was lost still running: consuming 2 " \
+            "at a time" in worker.log  # fmt: skip
+    assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(f"{i}.out" for i in ids)

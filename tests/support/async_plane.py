@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,15 +217,31 @@ HOLD_SECONDS = 120  # a held webhook answers at the latest after this
 class WebhookReceiver:
     """An HTTP server on loopback that records the JSON bodies POSTed to it. With ``hold``,
     each answer trickles a byte a second until ``hold`` is set (at most ``HOLD_SECONDS``): the
-    worker that posted is kept mid-request, as long as a test needs, without timing out."""
+    worker that posted is kept mid-request, as long as a test needs, without timing out.
+    ``holds`` picks instead the event each body waits for before any answer (None: answered at
+    once): each try then ends at the worker's cutoff, and its next try is held again, so with
+    ``WEBHOOK_ATTEMPTS`` 10 a request is held for minutes."""
 
-    def __init__(self, hold: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        hold: threading.Event | None = None,
+        holds: Callable[[dict[str, object]], threading.Event | None] | None = None,
+    ) -> None:
         received: list[dict[str, object]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["content-length"])
-                received.append(json.loads(self.rfile.read(length)))
+                body = json.loads(self.rfile.read(length))
+                received.append(body)
+                if holds is not None:
+                    event = holds(body)
+                    if event is not None:
+                        event.wait(HOLD_SECONDS)
+                    with contextlib.suppress(OSError):  # a try the worker cut short
+                        self.send_response(204)
+                        self.end_headers()
+                    return
                 if hold is None:
                     self.send_response(204)
                     self.end_headers()

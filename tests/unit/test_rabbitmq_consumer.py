@@ -185,9 +185,49 @@ def test_a_connection_lost_mid_work_is_subscribed_again_once_that_work_ends(
     assert connections[0].channel_.basic_ack.call_count == 0  # never on the dead connection
 
 
+def test_a_connection_lost_mid_work_subscribes_at_once_to_the_slots_left_and_then_the_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One lost delivery's work holds one of three slots: the new connection subscribes at
+    once with a prefetch of 2, and once that work ends subscribes a second consumer with a
+    prefetch of 1 (RabbitMQ applies a prefetch only to the consumers subscribed after it)."""
+    connections: list[LostMidWork] = []
+    release = threading.Event()
+
+    def connect(_url: str) -> LostMidWork:
+        connections.append(LostMidWork(not connections))
+        return connections[-1]
+
+    def handle(_delivery: Delivery) -> Settle:
+        assert release.wait(WAIT_SECONDS)
+        return Settle.ACK
+
+    def prefetches() -> list[int]:
+        return [c.kwargs["prefetch_count"] for c in connections[1].channel_.basic_qos.mock_calls]
+
+    monkeypatch.setattr(rabbitmq, "connect", connect)
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=3)
+    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    runner.start()
+    try:
+        assert eventually(lambda: len(connections) == 2 and consumer.consuming.is_set())
+        assert (prefetches(), consumer.in_flight) == ([2], 1)  # the lost work runs on
+        assert connections[1].channel_.basic_consume.call_count == 1
+    finally:
+        release.set()
+    assert eventually(lambda: connections[1].channel_.basic_consume.call_count == 2)
+    assert (prefetches(), consumer.in_flight) == ([2, 1], 0)
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive()
+    assert connections[1].channel_.basic_cancel.call_count == 2  # each consumer
+
+
 def test_a_stop_while_a_lost_connections_work_runs_finishes_it_and_never_subscribes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Every slot is the lost work's (a prefetch of 0 would be unlimited): no subscription."""
     connections: list[LostMidWork] = []
     release = threading.Event()
     handled: list[bytes] = []
@@ -203,7 +243,7 @@ def test_a_stop_while_a_lost_connections_work_runs_finishes_it_and_never_subscri
 
     monkeypatch.setattr(rabbitmq, "connect", connect)
     monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
-    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=2)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=1)
     runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
     runner.start()
     assert eventually(lambda: len(connections) == 2 and connections[1].polls >= 2)
