@@ -13,7 +13,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -197,7 +196,8 @@ class Notifier:
     """Publishes to the topic exchange when ``topic`` (confirmed; a failure raises
     BrokerUnavailable so the request is retried), then POSTs to each webhook of the outcome
     with bounded retries (a webhook that stays down is logged and counted, and does not hold
-    the queue)."""
+    the queue). Once ``stopping`` is set (the worker's SIGTERM) the tries left go out without
+    a back-off: slept through, one could outlast the grace period and end in a SIGKILL."""
 
     def __init__(
         self,
@@ -208,6 +208,7 @@ class Notifier:
         topic: bool = True,
         new_client: Callable[[], httpx.Client] = webhook_client,
         check: Callable[[str], destinations.Checked] = destinations.check,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.channel = channel
         self.metrics = metrics
@@ -217,6 +218,7 @@ class Notifier:
         self.new_client = new_client
         self.lines = threading.local()  # each thread's Line by webhook origin
         self.check = check  # where a webhook may be POSTed (``destinations``)
+        self.stopping = stopping or threading.Event()
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
         payload = json.dumps(body).encode()
@@ -246,7 +248,7 @@ class Notifier:
         shown = redacted_url(url, keep_path=False)
         for attempt in range(self.webhook_attempts):
             if attempt:
-                time.sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                self.stopping.wait(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
             checked = self.check(url)
             if checked.refusal is not None:
                 log.error("webhook %s refused, not sent: %s", shown, checked.refusal)

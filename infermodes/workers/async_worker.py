@@ -687,15 +687,16 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
         settings.max_attempts,
         min(settings.max_concurrent_invocations, NOTIFY_CONNECTIONS),
     )
+    consumer = broker.consumer(
+        settings.endpoint, settings.max_attempts, settings.max_concurrent_invocations
+    )
     notifier = Notifier(
         channel,
         metrics,
         webhooks,
         settings.webhook_attempts,
         topic=settings.notify_topic,
-    )
-    consumer = broker.consumer(
-        settings.endpoint, settings.max_attempts, settings.max_concurrent_invocations
+        stopping=consumer.stopping,
     )
     consumer.on_in_flight = metrics.in_flight.inc
     processor = Processor(

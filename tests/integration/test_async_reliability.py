@@ -711,3 +711,31 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_work_for_the_slots_left
         assert "1 request(s) taken before the connection was lost still running: consuming 2 " \
             "at a time" in worker.log  # fmt: skip
     assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(f"{i}.out" for i in ids)
+
+
+def test_sigterm_during_a_webhook_back_off_makes_the_tries_left_and_exits(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A worker told to stop while a webhook that refuses connections waits out its back-off
+    (10 tries: 248 s of back-off left after the fifth) makes the tries left without waiting,
+    acks the request and exits: its grace period is sized for the invocation timeout, and a
+    back-off slept past it would end in a SIGKILL and a redelivery."""
+    endpoint = "backoff"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    refused = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live:
+        worker = live.start_worker(
+            model_uri(abalone_model), "w", concurrency=1, extra=("--success-webhook-url", refused)
+        )
+        response = live.invoke(to_csv(abalone_model.test_rows[:1]))
+        inference = response.json()["InferenceId"]
+        wait_until(lambda: worker.log.count("failed: ") >= 5, 60, "five tries of the webhook")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(60) == 0, worker.log[-2000:]
+        assert worker.log.count("failed: ") == 10
+        assert "giving up after 10 attempts" in worker.log
+        notes.wait_for({inference}, "Completed", 30)
+        now = backlog(endpoint, rabbitmq.amqp_url, None)
+        assert (now.ready, now.consumers) == (0, 0)  # acked, not left for a redelivery
+    assert [p.name for p in outputs(tmp_path / "output")] == [f"{inference}.out"]

@@ -134,6 +134,33 @@ def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatc
     assert len(posted) == 3
 
 
+@pytest.mark.timeout(30)
+def test_a_stop_during_a_webhook_back_off_ends_it_and_the_tries_left_go_out_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker told to stop (SIGTERM) while a webhook waits out its back-off: its grace
+    period is sized for the invocation timeout, and a back-off slept past it ends in a SIGKILL
+    and a redelivery. The stop ends the wait, and the tries left are made without one (given
+    up, the notification would be lost though tries were left)."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 3600.0)
+    stopping = threading.Event()
+    statuses = [503, 503, 200]
+    posted: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(request.url.path)
+        stopping.set()  # the stop comes during the first try
+        return httpx.Response(statuses.pop(0), stream=EMPTY)
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    metrics = WorkerMetrics(CollectorRegistry())
+    hooks = Webhooks(["http://hook.test/ok"], [])
+    sender = Notifier(FakeChannel(), metrics, hooks, 3, True, lambda: http, check, stopping)
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert posted == ["/ok"] * 3
+    assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
+
+
 def test_webhook_logs_show_no_token(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
