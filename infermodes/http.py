@@ -378,11 +378,12 @@ def _protocol_log(log: logging.Logger) -> logging.Logger:
 
 
 class _Lingering(asyncio.Protocol):
-    """A connection after an answer that closes it while the request's body is still coming
-    (a 415 or 413 decided on the headers): closing a socket with unread bytes resets it, and a
-    client still sending would see the reset instead of the answer. So, as nginx's lingering
-    close: the answer is followed by the server's EOF, and what the client still sends is read
-    and dropped until its EOF, ``LINGER_BYTES`` or ``LINGER_SECONDS``, whichever comes first.
+    """A connection after an answer that closes it while the client is still sending (a 415
+    or 413 decided on the headers, a 400 or 431 refusing the head itself): closing a socket
+    with unread bytes resets it, and a client still sending would see the reset instead of
+    the answer. So, as nginx's lingering close: the answer is followed by the server's EOF,
+    and what the client still sends is read and dropped until its EOF, ``LINGER_BYTES`` or
+    ``LINGER_SECONDS``, whichever comes first.
     The transport is handed to this protocol, so the HTTP protocol's reads stay as they were."""
 
     def __init__(self, protocol: GuardedHttpProtocol, transport: asyncio.Transport) -> None:
@@ -485,7 +486,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self.read_bytes = len(data)
         super().data_received(data)
-        if self.phase == _IDLE or self.transport.is_closing():
+        if self.phase == _IDLE or self.refused or self.transport.is_closing():
             return  # the usual case: the read held whole requests
         if self.phase == _HEADERS:
             self.header_bytes += len(data)
@@ -558,7 +559,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle  # a request whose body is coming is the last one parsed
         if cycle is None or not cycle.more_body or self.transport.is_closing():
             self.transport.close()
-            return
+        else:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Hand the connection to ``_Lingering``, after the answer already written."""
         self._disarm()
         self.flow.resume_reading()  # a large body paused it
         self.transport.write_eof()  # after the answer: the client sees it whole
@@ -645,10 +650,24 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.deadline.cancel()
             self.deadline = None
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, linger: bool = True) -> None:
+        """Answer a request the app does not see and end the connection. The client may be
+        sending the rest of it (a body behind a bad head): it is drained (``_Lingering``),
+        unless cut off for being slow (408, as nginx does), or the connection is closing. A
+        request still running is told its client left: nothing partial is scored, nor written
+        after the refusal."""
         self.refused = True
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app reads http.disconnect
+            cycle.message_event.set()
         self.transport.write(raw_error_response(status, message))
-        self.transport.close()
+        if linger:
+            self._linger()
+        else:
+            self.transport.close()
 
     def _expired(self) -> None:
         self.deadline = None
@@ -657,11 +676,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.phase == _HEADERS and busy:
             self._arm(self.header_timeout)  # pipelined: reading waits for the previous answer
         elif self.phase == _HEADERS:
-            self._refuse(408, f"request headers not received within {self.header_timeout:g} s")
+            message = f"request headers not received within {self.header_timeout:g} s"
+            self._refuse(408, message, linger=False)
         elif self.phase == _BODY and not cycle.response_started:
-            cycle.disconnected = True  # the app reads http.disconnect: nothing partial is scored
-            cycle.message_event.set()
-            self._refuse(408, f"request body not received within {self.body_timeout:g} s")
+            message = f"request body not received within {self.body_timeout:g} s"
+            self._refuse(408, message, linger=False)
         else:  # idle, or the answer is already out while the client still sends its body
             self.transport.close()
 

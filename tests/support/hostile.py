@@ -326,13 +326,18 @@ class Connection:
         error written before the method was parsed has a body even for HEAD); False when it
         keeps the connection open past the socket's timeout."""
         try:
-            while self._fill():
-                pass
+            self.read_to_eof()
         except TimeoutError:
             return False
         except ConnectionResetError:
             pass
         return True
+
+    def read_to_eof(self) -> None:
+        """Read and drop what the server still sends until it closes its side; a reset
+        raises: on a real network it can destroy an answer the client has not read yet."""
+        while self._fill():
+            pass
 
 
 def check_contract(response: Response, head: bool = False) -> None:
