@@ -350,6 +350,17 @@ class _HeadWithBody:
         return getattr(self._transport, name)
 
 
+class _HeadAlone(_HeadWithBody):
+    """``_HeadWithBody`` for the answer to a HEAD, which writes no body: its head goes out at
+    once (held, an answer written directly in a later read could overtake it); its close is
+    the one given, as any other answer's."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
@@ -549,9 +560,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         library: a client could fill the log with it. Ours are refused or answered as usual."""
 
     def _join_head_and_body(self, cycle: RequestResponseCycle) -> None:
-        """The cycle writes through ``_HeadWithBody`` (a HEAD answer has no body to wait for)."""
-        if cycle.scope["method"] != "HEAD":
-            cycle.transport = _HeadWithBody(self.transport, self.loop, self.close_answered)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
+        """The cycle writes through ``_HeadWithBody`` (``_HeadAlone`` for a HEAD) and closes
+        through ``_close_answered``: a HEAD too may have been sent a body still coming."""
+        writer = _HeadAlone if cycle.scope["method"] == "HEAD" else _HeadWithBody
+        cycle.transport = writer(self.transport, self.loop, self.close_answered)  # type: ignore[assignment]  # a proxy of the methods the cycle calls
 
     def _close_answered(self) -> None:
         """The cycle's close after an answer that ends the connection: lingering

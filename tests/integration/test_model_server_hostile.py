@@ -318,6 +318,27 @@ def test_head_ping_is_200(port: int) -> None:
     assert response.status == 200
 
 
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_a_body_sent_with_head_or_get_is_dropped_never_parsed_nor_reset(
+    port: int, method: str
+) -> None:
+    """A HEAD's answer closed the connection with its body unread (a reset): GET's lingered."""
+    smuggled = Request("GET", "/nope").wire()  # as a body: must not be answered as a request
+    with Connection(port) as connection:
+        connection.send(
+            Request(method, "/ping", [], smuggled).wire() + Request("GET", "/ping").wire()
+        )
+        assert (first := connection.response(method == "HEAD")) is not None and first.status == 200
+        assert (second := connection.response()) is not None and second.status == 200
+    body = (ROW + b"\n") * (4 * 1024 * 1024 // (len(ROW) + 1))  # 4 MiB, still coming
+    with Connection(port) as connection:
+        connection.send(Request(method, "/ping", [(b"Connection", b"close")], body).wire())
+        response = connection.response(method == "HEAD")
+        assert response is not None and response.status == 200, response
+        assert response.headers[b"connection"] == b"close"
+        connection.read_to_eof()
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "allow"),
     [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from infermodes.http import _HeadWithBody
+from infermodes.http import _HeadAlone, _HeadWithBody
 from tests.support.transports import RecordingTransport
 
 
@@ -52,3 +52,19 @@ def test_close_sends_the_held_head_first_and_other_calls_reach_the_transport() -
     recorder = run(scenario)
     assert recorder.writes == [b"head"]
     assert recorder.closed
+
+
+def test_a_heads_answer_is_written_at_once_and_closes_through_the_close_given() -> None:
+    """Held, a HEAD's head (no body follows it) could be overtaken by an answer written
+    directly in a later read; its close must still linger while a body it was sent comes."""
+    closed: list[bool] = []
+
+    async def scenario(_: _HeadWithBody, recorder: RecordingTransport) -> None:
+        writer = _HeadAlone(recorder, asyncio.get_running_loop(), lambda: closed.append(True))  # type: ignore[arg-type]
+        writer.write(b"head")
+        assert recorder.writes == [b"head"]
+        writer.close()
+
+    recorder = run(scenario)
+    assert recorder.writes == [b"head"]
+    assert closed == [True] and not recorder.closed
