@@ -263,6 +263,19 @@ def _csv_row(line: bytes, row: int, width: int | None) -> list[float]:
     return [_number(field, row, column) for column, field in enumerate(fields, 1)]
 
 
+def _header_row(exc: InvalidInput, line: bytes) -> InvalidInput:
+    """The error of a body's first row, naming a header row when no field of the row is a
+    number (a categorical value left unencoded is not one): called on the error path only."""
+    for field in line.split(b","):
+        token = field.strip(b" \t")
+        if _DECIMAL.fullmatch(token) or token.lower() in _NAN:
+            return exc
+    return InvalidInput(
+        f"{exc}; no field of this row is a number: header rows are not supported (nor by the "
+        "platform's container); send rows only"
+    )
+
+
 def decode_csv(
     body: bytes,
     num_features: int | None = None,
@@ -270,26 +283,35 @@ def decode_csv(
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
 ) -> np.ndarray:
-    """CSV without a header; empty fields are missing values, blank lines are skipped."""
+    """CSV without a header (a first row without a number is named as one); empty fields are
+    missing values, blank lines are skipped."""
     body = body.removeprefix(UTF8_BOM)
     line = body.rstrip(b"\r\n")
     if b"\n" not in line and b"\r" not in line:  # one row: the hot path
         if not line.strip(b" \t"):
             raise InvalidInput("empty request body: expected at least one CSV row")
-        values = _csv_row(line, 1, num_features)
+        try:
+            values = _csv_row(line, 1, num_features)
+        except InvalidInput as exc:
+            raise _header_row(exc, line) from None
         if len(values) > max_values:
             _check_size(1, len(values), max_rows, max_values)
         return np.array(values, dtype=np.float32).reshape(1, -1)
     lines = _lines(body, num_features, max_rows, max_values)
     rows: list[list[float]] = []
     width = num_features
-    for number, line in enumerate(lines, 1):
-        if not line.strip(b" \t"):
-            continue
-        if width is None:
-            width = line.count(b",") + 1
-            _check_size(len(lines), width, max_rows, max_values)
-        rows.append(_csv_row(line, number, width))
+    try:
+        for number, line in enumerate(lines, 1):
+            if not line.strip(b" \t"):
+                continue
+            if width is None:
+                width = line.count(b",") + 1
+                _check_size(len(lines), width, max_rows, max_values)
+            rows.append(_csv_row(line, number, width))
+    except InvalidInput as exc:
+        if rows:
+            raise
+        raise _header_row(exc, line) from None
     if not rows:
         raise InvalidInput("empty request body: expected at least one CSV row")
     return np.array(rows, dtype=np.float32)

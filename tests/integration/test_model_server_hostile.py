@@ -32,6 +32,7 @@ from tests.support.hostile import (
 from tests.support.processes import ServerProcess, running_server, wait_until
 
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
+ABALONE_HEADER = b"Sex_F,Sex_I,Sex_M,Length,Diameter,Height,Whole,Shucked,Viscera,Shell"
 CSV = [(b"Content-Type", b"text/csv")]
 JSON = [(b"Content-Type", b"application/json")]
 LIBSVM = [(b"Content-Type", b"text/libsvm")]
@@ -101,6 +102,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         (LIBSVM, b"0:1 " + b"1" * 4301 + b":2", "feature index 1111"),
         (CSV, ROW.replace(b"0.455", b"caf\xe9"), "row 1, column 4: 'caf\\xe9' is not UTF-8"),
         (CSV, ROW + b"\n" + ROW.replace(b"0.15", b"\xe9"), "row 2, column 10: '\\xe9' is not"),
+        (CSV, ABALONE_HEADER, "no field of this row is a number: header rows"),
+        (CSV, ABALONE_HEADER + b"\n" + ROW, "no field of this row is a number: header rows"),
     ],
     ids=[
         "json-int-309-digits",
@@ -110,6 +113,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         "libsvm-index-4301-digits",
         "csv-latin-1",
         "csv-latin-1-second-row",
+        "csv-header-row-alone",
+        "csv-header-row",
     ],
 )
 def test_decoder_errors_are_400s_naming_the_problem_and_spare_the_next_request(

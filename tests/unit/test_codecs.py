@@ -146,6 +146,38 @@ def test_a_csv_header_declared_present_is_refused_naming_it(header: str) -> None
         codecs.content_type_of(header)
 
 
+HEADER_HINT = "no field of this row is a number: header rows are not supported"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"Sex,Length,Diameter", "row 1, column 1: cannot parse 'Sex'"),  # the one-row path
+        (b"\n Sex , Length,Diameter\n1,2,3", "row 2, column 1: cannot parse 'Sex'"),
+        (b"Sex,Length\n1,2,3", "row 1: expected 3 features, got 2"),
+        (b'"a","b",', "row 1, column 1: cannot parse '\"a\"'"),
+    ],
+)
+def test_a_first_row_without_a_number_is_named_as_a_header_row(body: bytes, message: str) -> None:
+    """Sent without ``header=present``, a header row was answered "cannot parse 'Sex'" alone;
+    the platform's container reads none either."""
+    with pytest.raises(InvalidInput) as raised:
+        codecs.decode(body, codecs.CSV, 3)
+    assert str(raised.value).startswith(message)
+    assert str(raised.value).endswith(f"{HEADER_HINT} (nor by the platform's container); "
+                                      "send rows only")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body", [b"M,0.455,1", b"M,0.455,1\n1,2,3", b"1,2,3\nSex,Length,Diameter", b"nan,x,"]
+)
+def test_a_row_with_a_number_or_after_the_first_is_not_called_a_header(body: bytes) -> None:
+    """A categorical value left unencoded (abalone's raw ``M``) is not a header row."""
+    with pytest.raises(InvalidInput) as raised:
+        codecs.decode(body, codecs.CSV, 3)
+    assert HEADER_HINT not in str(raised.value)
+
+
 def test_unsupported_content_type() -> None:
     with pytest.raises(UnsupportedContentType, match="'image/png'"):
         codecs.content_type_of("image/png")
