@@ -224,7 +224,12 @@ async def verified(
     verifier: Verifier, limit: int, scope: Scope, receive: Receive, send: Send
 ) -> Receive | None:
     """The ``receive`` to route the request with, or None when it was refused (and answered).
-    The headers are checked before the body is read; the body is at most ``limit`` bytes."""
+    The headers are checked before the body is read; the body is at most ``limit`` bytes. So
+    a signed invocation meets its endpoint's maxConcurrency after its body is read, unlike an
+    unsigned one: the signature covers the body's hash, and a 429 before it is checked would
+    tell anyone who knows an access key id (not a secret) that the endpoint exists and is
+    saturated. (A client sending ``x-amz-content-sha256`` could be verified on its headers;
+    boto3 sends it to S3 only.)"""
     if scope["path"] in UNSIGNED_PATHS:
         return receive
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
