@@ -663,19 +663,47 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.deadline = None
 
     def _refuse(self, status: int, message: str, linger: bool = True) -> None:
-        """Answer a request the app does not see and end the connection. The client may be
-        sending the rest of it (a body behind a bad head): it is drained (``_Lingering``),
-        unless cut off for being slow (408, as nginx does), or the connection is closing. A
-        request still running is told its client left: nothing partial is scored, nor written
-        after the refusal."""
+        """Refuse a request the app does not see (or no longer sees), and end the connection
+        after the answers to the requests before it, in order: the refusal waits for the last
+        of them when it is a new request's head, or takes the turn of a pipelined request
+        whose body failed; the running request whose body failed is told its client left
+        (nothing partial is scored). Nothing more is parsed meanwhile."""
+        already = self.refused or self.transport.is_closing()
         self.refused = True
-        if self.transport.is_closing():
+        if already:
             return
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        answer = raw_error_response(status, message)
+        cycle = self.cycle  # the last request parsed
+        if cycle is None or cycle.response_complete:
+            self._end_refused(answer, linger)
+        elif self.phase != _BODY:  # a new request's head: after the last one's answer
+            self.flow.pause_reading()
+            answered = cycle.on_response
+
+            def then_refuse() -> None:
+                answered()
+                self._end_refused(answer, linger)
+
+            cycle.on_response = then_refuse
+        elif self.pipeline:  # the body of a request waiting its turn: refused in its turn
+            cycle.disconnected = True  # its task then ends quietly
+
+            async def refusal(scope: Scope, receive: Receive, send: Send) -> None:
+                self._end_refused(answer, linger)
+
+            self.pipeline[0] = (cycle, refusal)  # type: ignore[assignment]  # uvicorn types the app as its ASGI3Application
+        else:  # the body of the running request
             cycle.disconnected = True  # the app reads http.disconnect
             cycle.message_event.set()
-        self.transport.write(raw_error_response(status, message))
+            self._end_refused(answer, linger)
+
+    def _end_refused(self, answer: bytes, linger: bool) -> None:
+        """Send a refusal, then drain what the client still sends (``_Lingering``: the rest of
+        a request behind a bad head), unless it is cut off for being slow (408, as nginx
+        does) or the connection is closing already."""
+        if self.transport.is_closing():
+            return
+        self.transport.write(answer)
         if linger:
             self._linger()
         else:

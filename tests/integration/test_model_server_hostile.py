@@ -277,6 +277,38 @@ def test_a_request_refused_on_its_head_gets_its_error_not_a_reset(
         connection.read_to_eof()
 
 
+# Observed: a request refused behind pipelined ones was answered first, its error taken for the
+# first request's answer (which was lost)
+
+
+BAD_CHUNKED = (
+    b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        (b"\x00\x01\x02\r\n\r\n", 400),
+        (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+        (BAD_CHUNKED, 400),
+    ],
+    ids=["malformed-head", "headers-too-large", "malformed-chunked-body"],
+)
+@pytest.mark.parametrize("before", [1, 2])
+def test_a_request_refused_behind_pipelined_ones_is_answered_after_them(
+    server: ServerProcess, refused: bytes, status: int, before: int
+) -> None:
+    with Connection(server.port) as connection:
+        connection.send(Request("GET", "/ping").wire() * before + refused)
+        answers = [connection.response() for _ in range(before + 1)]
+        assert [a.status if a else None for a in answers] == [200] * before + [status], answers
+        assert answers[-1] is not None and answers[-1].headers[b"connection"] == b"close"
+        connection.read_to_eof()
+    assert "Traceback" not in server.log
+
+
 # Observed: slow clients held connections for 130 s and more
 
 
