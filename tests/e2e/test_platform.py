@@ -35,6 +35,7 @@ from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
     OPERATOR_NAMESPACE,
     Tools,
+    edit_finalizers,
     endpoint_manifest,
     gateway_url,
     installed_chart,
@@ -487,8 +488,7 @@ def test_an_endpoint_being_deleted_is_deleting_and_takes_no_update(
     sagemaker.create_endpoint(EndpointName="Held", EndpointConfigName="held")
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="Held", WaiterConfig=FAST)
     api = tools.cluster.api
-    finalizers = api.get(f"{IE}/held")["metadata"].get("finalizers") or []
-    api.merge_patch(f"{IE}/held", {"metadata": {"finalizers": [*finalizers, HOLD]}})
+    edit_finalizers(api, f"{IE}/held", lambda finalizers: [*finalizers, HOLD])
     try:
         sagemaker.delete_endpoint(EndpointName="Held")
         assert describe(sagemaker, "Held")["EndpointStatus"] == "Deleting"
@@ -498,9 +498,7 @@ def test_an_endpoint_being_deleted_is_deleting_and_takes_no_update(
             sagemaker.update_endpoint(EndpointName="Held", EndpointConfigName="held")
         assert error_code(refused.value) == "ValidationException"
     finally:
-        finalizers = api.get(f"{IE}/held")["metadata"].get("finalizers") or []
-        kept = [f for f in finalizers if f != HOLD]
-        api.merge_patch(f"{IE}/held", {"metadata": {"finalizers": kept}})
+        edit_finalizers(api, f"{IE}/held", lambda finalizers: [f for f in finalizers if f != HOLD])
     sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="Held", WaiterConfig=FAST)
     sagemaker.delete_endpoint_config(EndpointConfigName="held")
     sagemaker.delete_model(ModelName="Held-XGB")
