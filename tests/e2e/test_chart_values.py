@@ -13,6 +13,7 @@ import shlex
 import subprocess
 
 import pytest
+import yaml
 
 from tests.cluster.controlplane import Binaries
 from tests.e2e.operator_support import CHART, REPO
@@ -163,3 +164,51 @@ def test_lint_checks_the_values_too() -> None:
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode != 0
     assert "'/operator/logLevel'" in result.stdout + result.stderr
+
+
+# Values the chart writes into manifests as names, keys and namespaces, each one that YAML would
+# read as another type were it written bare (a number, a boolean, null)
+LOOK_ALIKES = {
+    "serviceAccount.name": "123", "gateway.serviceAccount.name": "456",
+    "rabbitmq.secretRef.name": "789", "rabbitmq.secretRef.urlKey": "true",
+    "rabbitmq.secretRef.managementUrlKey": "null", "gateway.storageSecretRef.name": "2024",
+    "gateway.auth.secretRef.name": "0", "gateway.auth.secretRef.key": "false",
+    "gateway.platform.namespace": "11", "operator.watchNamespaces": ["true"],
+    "gateway.namespaces": ["12"],
+}  # fmt: skip
+
+
+def leaf_types(prefix: str) -> dict[str, str]:
+    """The type of every leaf the chart renders (by its place) with LOOK_ALIKES, the release's
+    name and its namespace, each preceded by ``prefix``."""
+    args = ["--set", "serviceAccount.create=false"]
+    for key, value in LOOK_ALIKES.items():
+        args += (["--set-string", f"{key}={prefix}{value}"] if isinstance(value, str) else
+                 ["--set-json", f"{key}={json.dumps([prefix + v for v in value])}"])  # fmt: skip
+    result = subprocess.run([str(Binaries.from_cache().helm), "template", f"{prefix}7", str(CHART),
+                             "--namespace", f"{prefix}8", *args],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found: dict[str, str] = {}
+
+    def walk(node: object, place: str) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                walk(child, f"{place}.{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{place}[{index}]")
+        else:
+            found[place] = type(node).__name__
+
+    for number, document in enumerate(yaml.safe_load_all(result.stdout)):
+        walk(document, str(number))
+    return found
+
+
+def test_a_name_yaml_would_read_as_a_number_renders_as_the_string_it_is() -> None:
+    """A Secret `789`, a key `true`, a namespace `11` or a release `7` were written bare: the
+    manifests held numbers, booleans and nulls where Kubernetes takes strings, and the API
+    server refused the install, far from the value."""
+    bare, prefixed = leaf_types(""), leaf_types("n")
+    assert {place: kind for place, kind in bare.items() if kind != prefixed[place]} == {}

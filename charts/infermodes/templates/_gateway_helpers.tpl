@@ -4,7 +4,7 @@
 
 {{- define "infermodes.gateway.selectorLabels" -}}
 app.kubernetes.io/name: infermodes
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: gateway
 {{- end -}}
 
