@@ -173,7 +173,7 @@ LOOK_ALIKES = {
     "rabbitmq.secretRef.name": "789", "rabbitmq.secretRef.urlKey": "true",
     "rabbitmq.secretRef.managementUrlKey": "null", "gateway.storageSecretRef.name": "2024",
     "gateway.auth.secretRef.name": "0", "gateway.auth.secretRef.key": "false",
-    "gateway.platform.namespace": "11", "operator.watchNamespaces": ["true"],
+    "gateway.platform.namespace": "11", "operator.watchNamespaces": ["true", "11"],
     "gateway.namespaces": ["12"],
 }  # fmt: skip
 
@@ -212,3 +212,23 @@ def test_a_name_yaml_would_read_as_a_number_renders_as_the_string_it_is() -> Non
     server refused the install, far from the value."""
     bare, prefixed = leaf_types(""), leaf_types("n")
     assert {place: kind for place, kind in bare.items() if kind != prefixed[place]} == {}
+
+
+@pytest.mark.parametrize("served", ["gateway.auth.secretRef.name=keys",
+                                    "gateway.platform.allowAnonymous=true"])  # fmt: skip
+def test_a_platform_namespace_the_operator_does_not_watch_is_refused_naming_both(
+    served: str,
+) -> None:
+    """The platform API's endpoints (in the release's namespace by default) were created where
+    the operator of listed namespaces never looked: they stayed without a status, forever."""
+    unwatched = helm_template("--set", served, "--set", "operator.watchNamespaces={team-a}")
+    assert unwatched.returncode != 0, "rendered"
+    assert '"ops", which operator.watchNamespaces does not list' in unwatched.stderr
+    assert "gateway.platform.namespace" in unwatched.stderr
+    for watched in (["operator.watchNamespaces={team-a,ops}"],
+                    ["operator.watchNamespaces={team-a}", "gateway.platform.namespace=team-a"],
+                    ["operator.watchNamespaces={team-a}", "gateway.enabled=false"]):  # fmt: skip
+        result = helm_template(*[arg for value in (served, *watched) for arg in ("--set", value)])
+        assert result.returncode == 0, result.stderr
+    # without the platform API nothing is created there: any namespaces will do
+    assert helm_template("--set", "operator.watchNamespaces={team-a}").returncode == 0
