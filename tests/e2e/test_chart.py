@@ -353,3 +353,12 @@ def test_the_operators_roles_grant_what_its_code_calls_and_nothing_more() -> Non
                for verb in rule["verbs"]}  # fmt: skip
     assert called - granted == set(), "called, not granted"
     assert granted - called == set(), "granted, never called"
+
+
+def test_the_notes_name_every_namespace_the_gateway_serves() -> None:
+    """The platform API's namespace is served besides gateway.namespaces (a Role there): the
+    notes left it out."""
+    assert "for endpoints in ops, platform:" in install_notes("gateway.platform.namespace=platform")
+    assert "for endpoints in a, b, platform:" in install_notes(
+        "gateway.namespaces={a,b}", "gateway.platform.namespace=platform")  # fmt: skip
+    assert "for endpoints in every namespace:" in install_notes("gateway.namespaces={*}")
