@@ -21,9 +21,11 @@ from tests.e2e.operator_support import CHART, REPO
 SCHEMA_REFUSAL = "values don't meet the specifications of the schema"
 
 
-def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Binaries.from_cache().helm), "template", "infermodes", str(CHART),
-                           "--namespace", "ops", *args],
+def helm_template(
+    *args: str, release: str = "infermodes", namespace: str = "ops"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Binaries.from_cache().helm), "template", release, str(CHART),
+                           "--namespace", namespace, *args],
                           capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
 
 
@@ -185,9 +187,7 @@ def leaf_types(prefix: str) -> dict[str, str]:
     for key, value in LOOK_ALIKES.items():
         args += (["--set-string", f"{key}={prefix}{value}"] if isinstance(value, str) else
                  ["--set-json", f"{key}={json.dumps([prefix + v for v in value])}"])  # fmt: skip
-    result = subprocess.run([str(Binaries.from_cache().helm), "template", f"{prefix}7", str(CHART),
-                             "--namespace", f"{prefix}8", *args],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = helm_template(*args, release=f"{prefix}7", namespace=f"{prefix}8")
     assert result.returncode == 0, result.stderr
     found: dict[str, str] = {}
 
