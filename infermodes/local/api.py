@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
-from infermodes.local.manifests import ManifestError, Skipped, parse_text
+from infermodes.local.manifests import ManifestError, Skipped, parse_bytes
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
@@ -115,7 +115,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
         source = request.headers.get("x-infermodes-source", "the request body")
         skipped: list[Skipped] = []
         try:
-            manifests = parse_text(body.decode("utf-8", errors="replace"), source, skipped)
+            manifests = parse_bytes(body, source, skipped)
         except ManifestError as exc:
             return error("InvalidManifest", str(exc), 400)
         applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]

@@ -171,6 +171,13 @@ def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> 
     return manifests
 
 
+def parse_bytes(data: bytes, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
+    """``parse_text`` of a file's bytes, as ``up -f`` and ``infermodes apply`` both read them:
+    bytes that are not UTF-8 become U+FFFD, so a binary or Latin-1 file is refused by the YAML
+    parser naming the file, never with a traceback."""
+    return parse_text(data.decode("utf-8", errors="replace"), source, skipped)
+
+
 def manifest_files(path: Path) -> list[Path]:
     """A file, or the manifests directly in a directory (sorted, so the order is stable); a
     directory with none is an error, as for ``kubectl apply``, not a silent no-op."""
@@ -190,10 +197,10 @@ def load_paths(paths: list[Path]) -> list[Manifest]:
     for path in paths:
         for file in manifest_files(path):
             try:
-                text = file.read_text()
+                data = file.read_bytes()
             except OSError as exc:
                 raise ManifestError(f"{file}: {exc.strerror}") from None
-            for manifest in parse_text(text, str(file)):
+            for manifest in parse_bytes(data, str(file)):
                 if manifest.name in found:
                     raise ManifestError(f"{file}: endpoint {manifest.name} is defined twice")
                 found[manifest.name] = manifest

@@ -110,6 +110,14 @@ def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
         load_paths([tmp_path])
 
 
+def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    """As ``infermodes apply`` refuses it: not a UnicodeDecodeError's traceback from ``up``."""
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x00binary")
+    with pytest.raises(ManifestError, match=r"binary\.yaml: not valid YAML"):
+        load_paths([tmp_path])
+
+
 def test_get_prints_the_columns_of_kubectl_get_ie() -> None:
     now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=UTC)
     obj = {
