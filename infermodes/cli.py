@@ -416,6 +416,11 @@ def up(
         invocation_timeout_seconds=invocation_timeout_seconds,
     )
 
+    if broker_url is None and management_url is not None:  # else silently unused
+        raise click.UsageError(
+            "--management-url is RabbitMQ's management API: it goes with --broker-url (the "
+            "embedded queue counts its requests itself)"
+        )
     if broker_url is not None:
         try:
             broker_from_url(broker_url, management_url)  # only parses the URL

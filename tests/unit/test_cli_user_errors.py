@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -218,3 +219,18 @@ def test_a_manifest_that_is_not_yaml_is_one_line_saying_where() -> None:
     [line] = str(refused.value).splitlines()
     assert line.startswith("bad.yaml: not valid YAML: "), line
     assert line.endswith("(line 3, column 1)"), line
+
+
+def test_a_management_url_without_a_broker_url_is_refused(tmp_path: Path) -> None:
+    """It was ignored: ``up`` ran on the embedded queue, the user believing RabbitMQ's figures
+    were read. (Its port is taken, so that before the check ``up`` ended at once.)"""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(main, ["up", "--state-dir", str(tmp_path / "state"),
+                                           "--port", port,
+                                           "--management-url", "http://127.0.0.1:1"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--management-url" in result.output and "--broker-url" in result.output
+    assert not (tmp_path / "state").exists()  # refused before anything starts
