@@ -30,7 +30,7 @@ from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
 from infermodes.platform.router import create_router as platform_router
 from infermodes.platform.translate import Defaults
-from infermodes.queueing.connect import Broker, broker_from_url
+from infermodes.queueing.connect import Broker, broker_from_url, embedded_url
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import AsyncApiSettings, GatewaySettings
 from infermodes.storage import Storage
@@ -128,7 +128,7 @@ def _serve(
         queue_file = (state_dir / "queue.db").resolve()
         embedded = EmbeddedQueue(queue_file)  # the workers open the same file by its URL
         broker: Broker = embedded
-        url, tail = f"sqlite://{queue_file}", embedded.tail
+        url, tail = embedded_url(queue_file), embedded.tail
     else:
         broker, url = broker_from_url(broker_url, management_url), broker_url
     port = settings.port

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import redacted_url
@@ -92,6 +92,13 @@ class RabbitBroker:
             if self._reader is None:
                 self._reader = QueueReader(self.url, BACKLOG_READERS)
         return backlog(endpoint, self.url, self.management_url, self._reader)
+
+
+def embedded_url(path: Path) -> str:
+    """The ``sqlite:///`` URL of the queue file ``path`` (absolute), which ``embedded_path``
+    reads back: a ``#``, ``?`` or ``%`` in a folder's name is quoted, or the workers would open
+    another file than the accept route writes to."""
+    return f"sqlite://{quote(str(path))}"
 
 
 def embedded_path(url: str) -> tuple[Path, float]:

@@ -389,6 +389,21 @@ def test_accepted_async_requests_complete_once_after_a_restart_of_up(
         assert not list(output.glob("*.error"))
 
 
+def test_async_requests_are_processed_under_a_state_dir_whose_name_a_url_would_cut(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The workers find the queue by its URL: under ``C# work/.infermodes`` they opened
+    ``C`` (what precedes the fragment), a queue of their own, and an accepted request waited
+    for ever while its pool showed ready."""
+    files = [manifest("async", abalone_model.tarball, tmp_path)]
+    state = tmp_path / "C# work?v=1 100%" / "state"
+    with running_up(state, files, tmp_path / "up.log") as up:
+        accepted = accept_async(up, abalone_model.test_rows, 1, 3)
+        wait_until(lambda: set(outputs(tmp_path / "async" / "output")) == set(accepted), WAIT,
+                   "the async output")  # fmt: skip
+    assert not (tmp_path / "C").exists()
+
+
 def test_notifications_prints_every_one_past_the_apis_page(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

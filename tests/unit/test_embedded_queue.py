@@ -26,7 +26,7 @@ from infermodes.queueing.broker import (
     Settle,
     delivery_limit,
 )
-from infermodes.queueing.connect import RabbitBroker, broker_from_url
+from infermodes.queueing.connect import RabbitBroker, broker_from_url, embedded_path, embedded_url
 from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, Held, topic_matches
 from tests.support.processes import wait_until
 
@@ -389,6 +389,12 @@ def test_a_shared_commit_that_fails_unexpectedly_tells_every_caller_of_its_batch
     assert sorted(outcomes.values()) == ["BrokerUnavailable", "MemoryError"]
     assert queue.backlog(EP).ready == 0
     enqueuer.close()
+
+
+@pytest.mark.parametrize("name", ["C# work", "v?lease_seconds=1", "100%", "a%20b", "plain"])
+def test_the_url_of_a_queue_file_names_that_file(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name / "queue.db"
+    assert embedded_path(embedded_url(path))[0] == path
 
 
 def test_broker_from_url_picks_by_scheme(tmp_path: Path) -> None:
