@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,13 @@ def keep_private(state_dir: Path) -> None:
     if info.st_uid == os.getuid() and info.st_mode & 0o077:
         state_dir.chmod(stat.S_IMODE(info.st_mode) & 0o700)
         log.info("%s was open to other users: it is 0700 now", state_dir)
+
+
+def hangup_as_sigterm() -> None:
+    """A closed terminal sends SIGHUP to ``up`` alone (each child has its own session): it stops
+    ``up`` as SIGTERM does, draining and stopping every child, where its default action ended
+    ``up`` at once and left them running."""
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: signal.raise_signal(signal.SIGTERM))
 
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:
@@ -160,6 +168,7 @@ def _serve(
     sweeper.start()
     # the runner says where, once it listens; the token's file is named, never the token
     log.info("infermodes up, state in %s, its token in %s", state_dir, token_file)
+    hangup_as_sigterm()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())
