@@ -12,7 +12,7 @@ import httpx
 
 from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX
-from infermodes.local.manifests import ManifestError, manifest_files
+from infermodes.local.manifests import ManifestError, manifest_files, parse_bytes
 from infermodes.settings import MAX_GATEWAY_INVOCATION_SECONDS
 
 TIMEOUT_SECONDS = 70.0  # an API call (an apply, a delete) waits at most this
@@ -81,18 +81,23 @@ class Client:
         )  # fmt: skip
 
     def apply(self, path: Path) -> tuple[list[dict[str, str]], list[str]]:
-        """What each endpoint's apply did, and why a document was skipped (a Secret)."""
+        """What each endpoint's apply did, and why a document was skipped (a Secret). Every
+        file is read and checked before any is sent, as ``up -f`` does: a bad one among them
+        applies none, rather than those before it without a word."""
         applied: list[dict[str, str]] = []
         skipped: list[str] = []
+        bodies: list[tuple[Path, bytes]] = []
         try:
-            files = manifest_files(path)
+            for file in manifest_files(path):
+                try:
+                    body = file.read_bytes()
+                except OSError as exc:
+                    raise ManifestError(f"{file}: {exc.strerror}") from None
+                parse_bytes(body, str(file), [])  # up says what it skips
+                bodies.append((file, body))
         except ManifestError as exc:
             raise UpError(str(exc)) from None
-        for file in files:
-            try:
-                body = file.read_bytes()
-            except OSError as exc:
-                raise UpError(f"{file}: {exc.strerror}") from None
+        for file, body in bodies:
             result = self.api("POST", "/endpoints", content=body,
                               headers={"x-infermodes-source": str(file)})  # fmt: skip
             applied += result["applied"]

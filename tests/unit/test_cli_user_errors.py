@@ -185,6 +185,23 @@ def test_a_name_no_endpoint_can_have_is_refused_before_a_request() -> None:
     assert _Recording.paths == []
 
 
+def test_apply_of_a_folder_with_a_bad_file_applies_none_of_it(tmp_path: Path) -> None:
+    """The files went one by one: those before the bad one were applied, the user told only
+    of the error, and those after it were not; as ``up -f`` does, every file is checked
+    before any is sent."""
+    good = "apiVersion: infermodes.dev/v1alpha1\nkind: InferenceEndpoint\nmetadata: {name: %s}\n"
+    good += "spec: {mode: realtime, model: {uri: 'file:///m/model.tar.gz'}, realtime: {}}\n"
+    (tmp_path / "a.yaml").write_text(good % "first")
+    (tmp_path / "b.yaml").write_text("spec: [\n")
+    (tmp_path / "c.yaml").write_text(good % "last")
+    _Recording.paths = []
+    with serving(_Recording) as url:
+        result = CliRunner().invoke(main, ["apply", "-f", str(tmp_path), "--url", url])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: {tmp_path / 'b.yaml'}: not valid YAML")
+    assert _Recording.paths == []
+
+
 class _ModelError(_JsonAnswer):
     """The gateway's 424 for a row the model server refused, with its request id."""
 
