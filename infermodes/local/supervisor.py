@@ -159,6 +159,10 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class StateDirGone(RuntimeError):
+    """The state dir was removed or replaced while ``up`` ran (its message says so)."""
+
+
 @dataclass
 class LocalEndpoint:
     """One endpoint, its children and what the last decision saw."""
@@ -283,6 +287,7 @@ class Supervisor:
         # set once the first round has looked at every endpoint: until then a status is a guess
         self.first_round = asyncio.Event()
         self.metrics: OperatorMetrics | None = None  # set by up: the async queues' gauges
+        self.lock_id: tuple[int, int] | None = None  # set by up: (device, inode) of its lock
         self.registry = Registry(state_dir / "children.json")
         self.zygote = Zygote()  # forks serverless model servers: a cold start skips the imports
         for directory in ("endpoints", "logs", "batch"):
@@ -1080,7 +1085,25 @@ class Supervisor:
                 again.event(f"started again: its model could not load {attempts} time(s) in a "
                             "row")  # fmt: skip
 
+    def check_state_dir(self) -> None:
+        """``rm -rf`` of the state dir while ``up`` runs takes its queue file, endpoints and
+        token: async requests accepted then would go to a removed file no worker opens, so
+        ``up`` stops (its children with it), saying why."""
+        if self.lock_id is None:
+            return
+        try:
+            info = (self.state_dir / "lock").stat()
+            held = (info.st_dev, info.st_ino) == self.lock_id
+        except OSError:
+            held = False
+        if not held:
+            raise StateDirGone(
+                f"the state dir {self.state_dir} was removed or replaced while infermodes up ran "
+                "(its queue, endpoints and token with it): stopping; start up again"
+            )
+
     async def tick(self) -> None:
+        self.check_state_dir()
         now = time.monotonic()
         self._retry_loads(now)
         modes = {endpoint.manifest.spec.mode for endpoint in self.endpoints.values()}

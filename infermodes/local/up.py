@@ -56,9 +56,10 @@ class StateDirBusy(StateDirUnusable):
 
 
 @contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
+def state_lock(state_dir: Path) -> Iterator[tuple[int, int]]:
     """Make the state dir, private to its user, and hold ``<state dir>/lock`` while ``up`` runs;
-    the kernel releases it when we die."""
+    the kernel releases it when we die. Yields the lock file's (device, inode): the supervisor
+    stops ``up`` once that file is no longer there (the state dir removed)."""
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keep_private(state_dir)
@@ -73,7 +74,8 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StateDirBusy(f"another infermodes up is running on {state_dir}") from None
-        yield
+        info = os.fstat(file.fileno())
+        yield info.st_dev, info.st_ino
 
 
 def keep_private(state_dir: Path) -> None:
@@ -114,8 +116,8 @@ def serve(
     configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     manifests = load_paths(files)
-    with state_lock(state_dir):
-        return _serve(settings, state_dir, manifests, broker_url, management_url)
+    with state_lock(state_dir) as lock_id:
+        return _serve(settings, state_dir, manifests, broker_url, management_url, lock_id)
 
 
 def _serve(
@@ -124,6 +126,7 @@ def _serve(
     manifests: list[Manifest],
     broker_url: str | None,
     management_url: str | None,
+    lock_id: tuple[int, int],
 ) -> int:
     import uvloop
 
@@ -141,6 +144,7 @@ def _serve(
         broker, url = broker_from_url(broker_url, management_url), broker_url
     port = settings.port
     supervisor = Supervisor(state_dir.resolve(), broker, url, port)
+    supervisor.lock_id = lock_id
     supervisor.load_state()
     for manifest in manifests:
         supervisor.apply(manifest, starting=True)

@@ -578,6 +578,22 @@ def test_a_hangup_stops_up_and_its_children_as_sigterm_does(
         assert "stopping 1 process(es)" in up.log
 
 
+def test_up_stops_with_a_line_naming_it_when_its_state_dir_is_removed(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``rm -rf .infermodes`` while ``up`` ran took its queue file: ``up`` went on accepting
+    async requests (202) into the removed file, which no worker would ever open."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
+        server = up.running("abalone")[0]["pid"]
+        assert up.proc is not None
+        shutil.rmtree(up.state_dir)
+        assert up.proc.wait(WAIT) == 1
+        assert not alive(server)
+        assert f"the state dir {up.state_dir} was removed" in up.log
+
+
 def test_a_signal_while_up_stops_its_children_kills_them_before_up_ends(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
