@@ -492,7 +492,7 @@ class OperatorSettings(EnvSettings):
         description="Give each endpoint a NetworkPolicy: its pods then accept connections only "
         "from serving_from (model servers' port) and metrics_from (every endpoint pod's port), "
         "so nothing bypasses the gateway's authentication. Off: none (what the cluster's "
-        "network lets through reaches them).",
+        "network lets through reaches them), and an endpoint's own made while on is deleted.",
     )
     serving_from: list[NetworkPeer] = Field(
         default_factory=list,

@@ -1,4 +1,4 @@
-"""The one module that talks to the Kubernetes API: get, list and server-side apply.
+"""The one module that talks to the Kubernetes API: get, list, server-side apply, delete.
 
 Server-side apply with one field manager makes reconciling idempotent: applying the same
 desired object twice changes nothing (not even the resourceVersion). API failures surface as
@@ -114,6 +114,20 @@ class KubeDoor:
         except ApiException as exc:
             if exc.status != 404:
                 raise KubeError(f"annotating {kind} {namespace}/{name}: {_reason(exc)}") from exc
+
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None
+    ) -> None:
+        """Delete an object, only the one of ``uid`` when given (one made again since is left
+        alone); one that is gone already is left alone too."""
+        from kubernetes.client.exceptions import ApiException
+
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            self._resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # 409: the uid's object is gone, another is there
+                raise KubeError(f"deleting {kind} {namespace}/{name}: {_reason(exc)}") from exc
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException

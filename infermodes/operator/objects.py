@@ -81,15 +81,19 @@ class Ingress:
         return cls(tuple(settings.serving_from), tuple(settings.metrics_from))
 
 
+POLICY = ("networking.k8s.io/v1", "NetworkPolicy")  # (apiVersion, kind), named ``child_name``
+
+
 def network_policy(
     ref: EndpointRef, component: str, port: int, peers: tuple[dict[str, Any], ...]
 ) -> dict[str, Any]:
     """A NetworkPolicy letting only ``peers`` reach the component's pods, on ``port`` alone.
     No peers is no rule: a rule without ``from`` would let every source in."""
     rules = [{"from": list(peers), "ports": [{"protocol": "TCP", "port": port}]}] if peers else []
+    api_version, kind = POLICY
     return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": ref.metadata(component),
         "spec": {
             "podSelector": {"matchLabels": ref.selector(component)},

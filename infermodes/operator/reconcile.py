@@ -35,7 +35,7 @@ from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
-from infermodes.operator.objects import EndpointRef, Ingress
+from infermodes.operator.objects import POLICY, EndpointRef, Ingress
 from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed, name_allowed
@@ -58,6 +58,11 @@ class Deps:
     # every batch endpoint's hold on its output prefix, for the one asking (None: they cannot
     # be listed)
     batch_outputs: Callable[[str, str], list[BatchOutput] | None] = lambda _ns, _name: []
+    # who may connect to endpoint pods (None: no NetworkPolicies), from ``settings`` once
+    ingress: Ingress | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ingress = Ingress.from_settings(self.settings)
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,22 @@ def note_template(
                        {TEMPLATE_GENERATION: value})  # fmt: skip
     annotations = {**(metadata.get("annotations") or {}), TEMPLATE_GENERATION: value}
     return {**after, "metadata": {**metadata, "annotations": annotations}}
+
+
+def remove_policy(deps: Deps, ref: EndpointRef) -> None:
+    """With NetworkPolicies off, delete the one the endpoint got while they were on (its own:
+    one of that name someone else made is theirs): left, it would fence the pods of a feature
+    turned off. Only said when it fails: every resync tries again, and the endpoint serves
+    meanwhile (a role without the chart's rule to read or delete them, say)."""
+    api_version, kind = POLICY
+    try:
+        live = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)
+        if live is not None and owned(live, ref):
+            uid = (live.get("metadata") or {}).get("uid")
+            deps.kube.delete(api_version, kind, ref.namespace, ref.child_name, uid)
+    except KubeError as exc:
+        log.warning("cannot remove the NetworkPolicy %s/%s of networkPolicy.enabled=true "
+                    "(now off): %s", ref.namespace, ref.child_name, exc)  # fmt: skip
 
 
 def workload_gone(message: str, kind: str) -> str:
@@ -276,8 +297,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
         deps.kube.annotate("v1", "Pod", ref.namespace, pod, wanted)
     if kind == "Deployment" and workload.exists and workload.replicas == 0 and replicas > 0:
         memory.activated_at = wall  # a pool at zero starting (a Job has no replicas to scale)
-    ingress = Ingress.from_settings(deps.settings)
-    objects = mode.desired_objects(ref, spec, replicas, deps.settings.image, ingress)
+    objects = mode.desired_objects(ref, spec, replicas, deps.settings.image, deps.ingress)
     taken = foreign_object(deps, ref, objects, found)
     if taken is not None:
         return Reconciled(Status(s.Phase.FAILED, NAME_CONFLICT, (
@@ -300,6 +320,8 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             refusal = str(exc)
             if kind == "Deployment" and found is not None:  # the spec as it was still scales
                 applied = {kind: scaled(deps, ref, found, replicas)}
+    if deps.ingress is None:  # after the workload's apply: a scale from zero waits for none
+        remove_policy(deps, ref)
     after = applied.get(kind, found)
     if kind == "Deployment" and after is not None:
         after = note_template(deps, ref, found, after)

@@ -273,7 +273,7 @@ def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named
 
     off = gateway_documents("networkPolicy.enabled=false")
     assert operator_env(off)["INFERMODES_OPERATOR_NETWORK_POLICY"] == "false"
-    assert policy_grants(off) == set()
+    assert policy_grants(off) == {"get", "delete"}  # the ones made while it was on
 
 
 def policy_grants(documents: list[dict[str, Any]]) -> set[str]:
@@ -311,6 +311,11 @@ class Recording(FakeKube):
         self.note(api_version, kind, "patch")
         super().annotate(api_version, kind, namespace, name, annotations)
 
+    def delete(self, api_version: str, kind: str, namespace: str, name: str,
+               uid: str | None = None) -> None:  # fmt: skip
+        self.note(api_version, kind, "delete")
+        super().delete(api_version, kind, namespace, name, uid)
+
 
 ENDPOINTS = "infermodes.dev"
 # calls the reconciles below do not make, each made elsewhere in the operator
@@ -329,6 +334,14 @@ MADE_ELSEWHERE = {
 }  # fmt: skip
 
 
+def operator_grants(documents: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    roles = [d for d in documents if d["kind"] == "ClusterRole"
+             and d["metadata"]["name"].startswith("infermodes-operator")]  # fmt: skip
+    return {(group, resource, verb) for role in roles for rule in role["rules"]
+            for group in rule["apiGroups"] for resource in rule["resources"]
+            for verb in rule["verbs"]}  # fmt: skip
+
+
 def test_the_operators_roles_grant_what_its_code_calls_and_nothing_more() -> None:
     """Every mode's reconcile (created, then again over its live workload) under the chart's
     settings, recorded, plus the calls made elsewhere: exactly the chart's operator roles."""
@@ -345,12 +358,7 @@ def test_the_operators_roles_grant_what_its_code_calls_and_nothing_more() -> Non
     live.note(f"{ENDPOINTS}/v1alpha1", "InferenceEndpoint", "list")
     called = kube.calls | live.calls | MADE_ELSEWHERE
 
-    documents = gateway_documents()
-    roles = [d for d in documents if d["kind"] == "ClusterRole"
-             and d["metadata"]["name"].startswith("infermodes-operator")]  # fmt: skip
-    granted = {(group, resource, verb) for role in roles for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]
-               for verb in rule["verbs"]}  # fmt: skip
+    granted = operator_grants(gateway_documents())
     assert called - granted == set(), "called, not granted"
     assert granted - called == set(), "granted, never called"
 
@@ -362,3 +370,18 @@ def test_the_notes_name_every_namespace_the_gateway_serves() -> None:
     assert "for endpoints in a, b, platform:" in install_notes(
         "gateway.namespaces={a,b}", "gateway.platform.namespace=platform")  # fmt: skip
     assert "for endpoints in every namespace:" in install_notes("gateway.namespaces={*}")
+
+
+def test_with_policies_off_the_roles_grant_what_removing_an_old_one_calls() -> None:
+    """networkPolicy.enabled=false: the operator deletes each endpoint's own made while it was
+    on (get, then delete), and may do nothing else to NetworkPolicies."""
+    made = Recording()
+    reconcile(body(), ScalerMemory(), Deps(made, OperatorSettings(network_policy=True),
+                                           lambda _ip, _port: None))  # fmt: skip
+    policy = made.others[("NetworkPolicy", "ie-abalone")]
+    kube = Recording(None, [], [policy])
+    reconcile(body(), ScalerMemory(), Deps(kube, OperatorSettings(), lambda _ip, _port: None))
+    assert kube.deleted == [("NetworkPolicy", "ie-abalone")]
+    policies = {verb for group, resource, verb in kube.calls if resource == "networkpolicies"}
+    granted = operator_grants(gateway_documents("networkPolicy.enabled=false"))
+    assert {verb for _, resource, verb in granted if resource == "networkpolicies"} == policies

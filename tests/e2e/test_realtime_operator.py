@@ -21,6 +21,7 @@ from tests.e2e.operator_support import (
     Tools,
     endpoint_manifest,
     get_endpoint,
+    install_operator,
     operator_pods,
     ready_pod_ips,
     to_csv,
@@ -382,6 +383,14 @@ def test_load_scales_out_to_max_and_back_to_min(
                also=lambda e: e["status"].get("desiredReplicas") == 1)  # fmt: skip
 
 
+def gone(api: KubeApi, path: str) -> bool:
+    try:
+        api.get(path)
+    except ApiError as err:
+        return err.status == 404
+    return False
+
+
 def test_deleting_the_endpoint_removes_its_objects_and_processes(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
@@ -400,18 +409,11 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
     assert kubelet.running_pids(k8s_namespace)
     deleted = tools.kubectl("delete", "ie", "doomed", "-n", k8s_namespace, "--wait=true")
     assert deleted.returncode == 0, deleted.stderr
-
-    def gone(path: str) -> bool:
-        try:
-            api.get(path)
-        except ApiError as err:
-            return err.status == 404
-        return False
-
     base = f"/namespaces/{k8s_namespace}"
-    wait_until(lambda: gone(f"/apis/apps/v1{base}/deployments/ie-doomed"), 60, "Deployment gone")
-    wait_until(lambda: gone(f"/api/v1{base}/services/ie-doomed"), 60, "Service gone")
-    wait_until(lambda: gone(policy_path), 60, "NetworkPolicy gone")
+    wait_until(lambda: gone(api, f"/apis/apps/v1{base}/deployments/ie-doomed"), 60,
+               "Deployment gone")  # fmt: skip
+    wait_until(lambda: gone(api, f"/api/v1{base}/services/ie-doomed"), 60, "Service gone")
+    wait_until(lambda: gone(api, policy_path), 60, "NetworkPolicy gone")
     wait_until(lambda: not kubelet.running_pids(k8s_namespace), 60, "pod processes gone")
 
 
@@ -449,3 +451,20 @@ def test_restarting_the_operator_changes_nothing_that_was_correct(
     time.sleep(6)  # an observation window of three resync ticks: nothing may change in it
     assert snapshot() == before
     assert get_endpoint(api, k8s_namespace, "steady")["status"]["phase"] == "InService"
+
+
+def test_turning_network_policies_off_removes_those_made_while_on(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """networkPolicy.enabled=false left every endpoint made while it was true fenced by its
+    policy: the operator it restarts with deletes each endpoint's own."""
+    api = tools.cluster.api
+    create_in_service(tools, k8s_namespace, endpoint_manifest("fenced", model_uri))
+    base = f"/apis/networking.k8s.io/v1/namespaces/{k8s_namespace}/networkpolicies"
+    api.get(f"{base}/ie-fenced")  # made while on, the chart's default
+    try:
+        install_operator(tools, **{"networkPolicy.enabled": "false"})
+        wait_until(lambda: gone(api, f"{base}/ie-fenced"), 120, "the endpoint's policy removed")
+        wait_phase(api, k8s_namespace, "fenced", "InService")
+    finally:
+        install_operator(tools)  # the module's chart as the fixture installed it

@@ -15,10 +15,10 @@ from infermodes.endpoints import spec as s
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.operator.modes import mode_for
 from infermodes.operator.objects import Ingress
-from infermodes.operator.reconcile import reconcile
+from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.settings import OperatorSettings
 from tests.unit.operator.test_pinned_env import MODEL, SPECS
-from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden, deps
+from tests.unit.operator.test_realtime import REF, FakeKube, body, check_golden
 
 GATEWAY = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
@@ -84,8 +84,7 @@ def test_the_operator_applies_the_policy_its_settings_give() -> None:
     settings = OperatorSettings(
         network_policy=True, serving_from=[GATEWAY], metrics_from=[OPERATOR, SCRAPER]
     )
-    dependencies = deps(kube)[0]
-    dependencies.settings = settings
+    dependencies = Deps(kube, settings, lambda _ip, _port: None)
     reconcile(body({"mode": "realtime", "model": MODEL, "realtime": {}}), ScalerMemory(),
               dependencies)  # fmt: skip
     kinds = [o["kind"] for o in kube.applied]
@@ -96,14 +95,9 @@ def test_the_operator_applies_the_policy_its_settings_give() -> None:
 def test_once_the_workload_exists_it_is_applied_first() -> None:
     """Each pass applies every object: with the policy first, a serverless endpoint's scale from
     zero waited for the policy's apply. First only at creation, before the pods it guards."""
-    endpoint = body({"mode": "realtime", "model": MODEL, "realtime": {}})
 
     def applied_kinds(kube: FakeKube) -> list[str]:
-        dependencies = deps(kube)[0]
-        dependencies.settings = OperatorSettings(
-            network_policy=True, serving_from=[GATEWAY], metrics_from=[OPERATOR]
-        )
-        reconcile(endpoint, ScalerMemory(), dependencies)
+        reconciled_with(kube, network_policy=True)
         return [o["kind"] for o in kube.applied]
 
     creating = FakeKube()
@@ -120,3 +114,43 @@ def test_a_peer_that_is_not_one_stops_the_operator_at_start_naming_it(
     API server and leave one."""
     with pytest.raises(ValidationError, match="a NetworkPolicy peer has ipBlock, namespaceSel"):
         OperatorSettings(network_policy=True, metrics_from=[peer])
+
+
+def reconciled_with(kube: FakeKube, network_policy: bool) -> None:
+    """One realtime reconcile by an operator whose NetworkPolicy setting is ``network_policy``."""
+    settings = OperatorSettings(
+        network_policy=network_policy, serving_from=[GATEWAY], metrics_from=[OPERATOR]
+    )
+    dependencies = Deps(kube, settings, lambda _ip, _port: None)
+    reconcile(body({"mode": "realtime", "model": MODEL, "realtime": {}}), ScalerMemory(),
+              dependencies)  # fmt: skip
+
+
+def test_turned_off_the_policy_made_while_on_is_deleted() -> None:
+    """An endpoint made while NetworkPolicies were on kept its policy once they were turned
+    off (networkPolicy.enabled: false), its pods fenced by a feature the user turned off."""
+    made_on = FakeKube()
+    reconciled_with(made_on, network_policy=True)
+    policy = made_on.others[("NetworkPolicy", "ie-abalone")]
+    kube = FakeKube(others=[policy])
+    reconciled_with(kube, network_policy=False)
+    assert kube.deleted == [("NetworkPolicy", "ie-abalone")]
+    assert all(o["kind"] != "NetworkPolicy" for o in kube.applied)
+    reconciled_with(kube, network_policy=False)  # gone: nothing more to delete
+    assert kube.deleted == [("NetworkPolicy", "ie-abalone")]
+
+
+def test_turned_off_a_policy_of_that_name_not_the_endpoints_is_left_alone() -> None:
+    """Only the endpoint's own (its owner reference): one someone else made is theirs."""
+    theirs = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "ie-abalone", "namespace": "models"}}  # fmt: skip
+    kube = FakeKube(others=[theirs])
+    reconciled_with(kube, network_policy=False)
+    assert kube.deleted == []
+
+
+def test_on_nothing_is_deleted() -> None:
+    kube = FakeKube()
+    reconciled_with(kube, network_policy=True)
+    reconciled_with(kube, network_policy=True)
+    assert kube.deleted == []

@@ -289,6 +289,7 @@ class FakeKube:
         self.scaled: list[int] = []
         self.annotated: list[tuple[str, dict]] = []
         self.events: list[dict] = []
+        self.deleted: list[tuple[str, str]] = []
 
     def get(self, api_version, kind, namespace, name):
         if kind in ("Deployment", "Job"):  # the workload the operator made: its owner's
@@ -314,6 +315,10 @@ class FakeKube:
         spec = {**self.deployment["spec"], "replicas": replicas}
         self.deployment = {**self.deployment, "spec": spec}
         return self.deployment
+
+    def delete(self, api_version, kind, namespace, name, uid=None):
+        self.deleted.append((kind, name))
+        self.others.pop((kind, name), None)
 
     def apply(self, obj):
         self.applied.append(obj)
