@@ -51,7 +51,10 @@ def replicas_for_load(
         ratio = total_load / (current * target_per_replica)
         if abs(ratio - 1.0) <= TOLERANCE:
             return min(max(current, minimum), maximum)
-    wanted = math.ceil(total_load / target_per_replica - 1e-9) if total_load > 0 else 0
+    needed = total_load / target_per_replica if total_load > 0 else 0.0
+    # past the maximum is the maximum: over a tiny target (the CRD takes any above zero) the
+    # quotient is infinite, which no ceil turns into an int
+    wanted = maximum if needed >= maximum else math.ceil(needed - 1e-9)
     return min(max(wanted, minimum), maximum)
 
 

@@ -32,6 +32,14 @@ def test_replicas_for_load(load, target, current, low, high, expected) -> None:
     assert replicas_for_load(load, target, current, low, high) == expected
 
 
+@pytest.mark.parametrize("target", [1e-300, 5e-324])
+def test_a_tiny_target_asks_for_the_maximum_rather_than_overflowing(target: float) -> None:
+    """The CRD takes any target above zero: load over such a target is infinite, and
+    ``math.ceil`` of it raised OverflowError, every reconcile of the endpoint a traceback."""
+    assert replicas_for_load(1e10, target, 1, 1, 4) == 4
+    assert replicas_for_load(1e10, target, 0, 0, 4) == 4
+
+
 def test_target_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         replicas_for_load(1, 0, 1, 1, 2)
