@@ -28,6 +28,7 @@ OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
 BATCH_ENDED = frozenset({COMPLETED, OBJECTS_FAILED, JOB_FAILED})  # what a batch job ended with
 APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoint
+INVALID_SPEC = "InvalidSpec"  # a spec that cannot run, or the operator does not run
 # an async endpoint held back: an older one in another namespace holds its name (its queue)
 NAME_IN_USE = "NameInUse"
 # a batch job held back: an older one not ended writes an overlapping output prefix

@@ -30,6 +30,7 @@ from infermodes.endpoints.status import (
     CONTAINER_CRASHING,
     FAILED_CREATE,
     IN_FLIGHT_UNKNOWN,
+    INVALID_SPEC,
     MODEL_LOAD_FAILED,
     NAME_IN_USE,
     UNSCHEDULABLE,
@@ -154,7 +155,7 @@ def run_locked(body: kopf.Body, state: EndpointState, deps: Deps,
 # roll out, pods that cannot be created or placed, a queue that cannot be read
 WARNING_REASONS = frozenset({
     MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING, APPLY_REFUSED, FAILED_CREATE,
-    UNSCHEDULABLE, BROKER_UNREADABLE, IN_FLIGHT_UNKNOWN,
+    UNSCHEDULABLE, BROKER_UNREADABLE, IN_FLIGHT_UNKNOWN, INVALID_SPEC,
 })  # fmt: skip
 
 

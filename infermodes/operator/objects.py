@@ -14,6 +14,8 @@ ENDPOINT_LABEL = "infermodes.dev/endpoint"
 IMAGE_USER = 10001  # the image's own non-root user (Dockerfile)
 # the one writable place (the pod's own emptyDir): temp files, multiprocess metrics
 SCRATCH = {"name": "tmp", "mountPath": "/tmp"}  # noqa: S108 - a mount point, not a temp file
+# on a Deployment: the generation of the endpoint's spec it was applied from
+SPEC_GENERATION = "infermodes.dev/spec-generation"
 
 
 @dataclass(frozen=True)
@@ -199,12 +201,13 @@ def deployment(
     container: dict[str, Any],
     termination_grace_seconds: int,
 ) -> dict[str, Any]:
-    """A Deployment of restricted pods running ``container``. Rollouts never remove a ready
-    replica before its successor is ready."""
+    """A Deployment of restricted pods running ``container``, noting the spec's generation.
+    Rollouts never remove a ready replica before its successor is ready."""
+    metadata = {**ref.metadata(component), "annotations": {SPEC_GENERATION: str(ref.generation)}}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": ref.metadata(component),
+        "metadata": metadata,
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": ref.selector(component)},

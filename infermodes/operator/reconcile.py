@@ -23,6 +23,7 @@ from infermodes.endpoints.plan import SERVER_PORT
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
     APPLY_REFUSED,
+    INVALID_SPEC,
     BatchOutput,
     QueueFigures,
     Status,
@@ -35,7 +36,7 @@ from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
 from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
-from infermodes.operator.objects import POLICY, EndpointRef, Ingress
+from infermodes.operator.objects import POLICY, SPEC_GENERATION, EndpointRef, Ingress
 from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState, served
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed, name_allowed
@@ -119,21 +120,59 @@ def foreign_object(
 REFUSAL_SHOWN = 1000
 
 
-def refused_status(live: Status, previous: Status | None, refusal: str) -> Status:
-    """The API server refused an object of the endpoint: ``Failed``, naming what refused it,
-    with the live workload's counts; ``Updating`` when an endpoint that served still serves
-    on the spec it had (as an update that cannot roll out; it still scales); a running batch
-    job stays ``InProgress``. Every resync applies again, so it mends once the cause is gone."""
+def api_refusal(refusal: str) -> str:
+    """The message of an object the API server refused (``ApplyRefused``)."""
     if len(refusal) > REFUSAL_SHOWN:  # an invalid object's error can run to kilobytes
         refusal = refusal[:REFUSAL_SHOWN] + "..."
-    message = (f"the API server refused {refusal}; applied again at every resync: fix the "
-               "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
+    return (f"the API server refused {refusal}; applied again at every resync: fix the "
+            "spec, or what refuses it (a quota, an admission policy)")  # fmt: skip
+
+
+def refused_status(live: Status, previous: Status | None, reason: str, message: str) -> Status:
+    """The spec was not applied (the API server refused an object, or the operator the spec):
+    ``Failed`` with ``reason``, with the live workload's counts; ``Updating`` when an endpoint
+    that served still serves on the spec it had (as an update that cannot roll out; it still
+    scales); a running batch job stays ``InProgress``. Every resync tries again, so it mends
+    once the cause is gone."""
     if served(previous) and live.phase in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
         serving = f"{message}; the spec it had still serves: {live.message}"
-        return replace(live, phase=s.Phase.UPDATING, reason=APPLY_REFUSED, message=serving)
+        return replace(live, phase=s.Phase.UPDATING, reason=reason, message=serving)
     if live.phase is s.Phase.IN_PROGRESS:
-        return replace(live, reason=APPLY_REFUSED, message=f"{message}; {live.message}")
-    return replace(live, phase=s.Phase.FAILED, reason=APPLY_REFUSED, message=message)
+        return replace(live, reason=reason, message=f"{message}; {live.message}")
+    return replace(live, phase=s.Phase.FAILED, reason=reason, message=message)
+
+
+def not_allowed(spec: s.EndpointSpec, settings: OperatorSettings) -> str | None:
+    """Why the operator does not run this spec (an image, a Secret or a pickle its settings
+    do not allow), or None."""
+    if spec.image and not image_allowed(spec.image, settings.image, settings.allowed_images):
+        return (
+            f"spec.image {shown(spec.image)} is not an image this operator runs: the "
+            "operator's own, or one its operator.allowedImages lists (ask whoever runs it)"
+        )
+    for named, name in spec.secret_refs().items():
+        if not name_allowed(name, settings.allowed_secret_names):
+            return (
+                f"{named} {shown(name)} is not a Secret this operator gives endpoints: name "
+                "one its operator.allowedSecretNames lists (by default infermodes-...; ask "
+                "whoever runs it)"
+            )
+    if spec.model.allow_pickle and not settings.allow_pickle:
+        return (
+            "spec.model.allowPickle: this operator does not let endpoints unpickle models "
+            "(unpickling runs the artifact's code; operator.allowPickle, ask whoever runs it): "
+            "re-save the model with Booster.save_model (JSON or UBJ); a pickled Booster loads "
+            "without it"
+        )
+    return None
+
+
+def applied_earlier(workload: dict[str, Any] | None, ref: EndpointRef) -> bool:
+    """Whether the live workload runs an earlier generation of the spec (``SPEC_GENERATION``):
+    a spec refused now is then an update, not what its pods run."""
+    annotations = ((workload or {}).get("metadata") or {}).get("annotations") or {}
+    noted = str(annotations.get(SPEC_GENERATION, ""))
+    return noted.isdigit() and int(noted) < ref.generation
 
 
 def scaled(deps: Deps, ref: EndpointRef, live: dict[str, Any], replicas: int) -> dict[str, Any]:
@@ -200,33 +239,13 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     previous = Status.from_dict(body.get("status"))
     spec = parse_spec(body.get("spec") or {})
     if isinstance(spec, str):
-        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", spec))
-    settings = deps.settings
-    if spec.image and not image_allowed(spec.image, settings.image, settings.allowed_images):
-        refused = (
-            f"spec.image {shown(spec.image)} is not an image this operator runs: the "
-            "operator's own, or one its operator.allowedImages lists (ask whoever runs it)"
-        )
-        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
-    for named, name in spec.secret_refs().items():
-        if not name_allowed(name, settings.allowed_secret_names):
-            refused = (
-                f"{named} {shown(name)} is not a Secret this operator gives endpoints: name "
-                "one its operator.allowedSecretNames lists (by default infermodes-...; ask "
-                "whoever runs it)"
-            )
-            return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
-    if spec.model.allow_pickle and not settings.allow_pickle:
-        refused = (
-            "spec.model.allowPickle: this operator does not let endpoints unpickle models "
-            "(unpickling runs the artifact's code; operator.allowPickle, ask whoever runs it): "
-            "re-save the model with Booster.save_model (JSON or UBJ); a pickled Booster loads "
-            "without it"
-        )
-        return Reconciled(Status(s.Phase.FAILED, "InvalidSpec", refused))
+        return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, spec))
     mode = mode_for(spec.mode)
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)
+    refused = not_allowed(spec, deps.settings)
+    if refused is not None and not applied_earlier(found, ref):  # what its pods run, or none
+        return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, refused))
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
 
@@ -308,8 +327,10 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     if previous is not None and ended and found is None:
         return Reconciled(replace(previous, message=workload_gone(previous.message, kind)))
     applied: dict[str, dict[str, Any]] = {}
-    refusal = None
-    if not ended:  # an ended job's Job stays as it is (another version's template, say)
+    # (reason, message) of a spec not applied: the operator's refusal (an update: the spec
+    # the pods run still serves), or the API server's
+    refusal = None if refused is None else (INVALID_SPEC, refused)
+    if not ended and refusal is None:  # an ended job's Job stays as it is
         try:
             # the workload first once it exists: a scale (a cold start's) waits for no
             # other object's apply; at creation, the order given (a NetworkPolicy before
@@ -317,9 +338,9 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             ordered = objects if found is None else sorted(objects, key=lambda o: o["kind"] != kind)
             applied = {obj["kind"]: deps.kube.apply(obj) for obj in ordered}
         except ApplyRefused as exc:
-            refusal = str(exc)
-            if kind == "Deployment" and found is not None:  # the spec as it was still scales
-                applied = {kind: scaled(deps, ref, found, replicas)}
+            refusal = (APPLY_REFUSED, api_refusal(str(exc)))
+    if refusal is not None and kind == "Deployment" and found is not None:
+        applied = {kind: scaled(deps, ref, found, replicas)}  # the spec as it was still scales
     if deps.ingress is None:  # after the workload's apply: a scale from zero waits for none
         remove_policy(deps, ref)
     after = applied.get(kind, found)
@@ -329,7 +350,7 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
     status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)
     if refusal is not None and not mode.ended(status):
-        status = refused_status(status, previous, refusal)
+        status = refused_status(status, previous, *refusal)
     events = []
     if memory.activated_at is not None and status.ready_replicas > 0:
         seconds = wall - memory.activated_at

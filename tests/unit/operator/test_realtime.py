@@ -666,6 +666,7 @@ def test_an_object_the_api_refuses_fails_the_endpoint_naming_the_refusal() -> No
     [
         (Status(s.Phase.FAILED, "InvalidSpec"), "Warning"),
         (Status(s.Phase.UPDATING, "ModelLoadFailed"), "Warning"),  # the old spec serves
+        (Status(s.Phase.UPDATING, "InvalidSpec"), "Warning"),  # the old spec serves
         (Status(s.Phase.CREATING, "Unschedulable"), "Warning"),
         (Status(s.Phase.IN_SERVICE, "BrokerUnreadable"), "Warning"),
         (Status(s.Phase.UPDATING, "RollingOut"), "Normal"),
@@ -802,3 +803,32 @@ def test_the_generation_of_a_new_pod_template_is_noted_once_on_the_deployment() 
         {TEMPLATE_GENERATION: "5"},
         {TEMPLATE_GENERATION: "7"},
     ]  # one write each, none for a change of replicas alone
+
+
+def test_an_update_the_operator_refuses_keeps_the_spec_it_had_serving() -> None:
+    """spec.image changed on a live endpoint to one operator.allowedImages does not list (a
+    mistyped registry, say): the endpoint was Failed and the gateway refused every invocation,
+    though the replicas of the spec it had were ready, where an update the API server refuses
+    keeps it Updating, serving and scaling (as the platform keeps an endpoint on its old config
+    when an update fails). Refused for the spec its replicas run (the list narrowed since they
+    started): Failed, as before."""
+    made = FakeKube()
+    reconcile(body(), ScalerMemory(), deps(made)[0])
+    applied = next(o for o in made.applied if o["kind"] == "Deployment")
+    live = {**deployment_of(1), "metadata": {**applied["metadata"], "generation": 1}}
+    kube = FakeKube(live, [ready_pod("ie-abalone-1", "127.0.5.1")])
+    serving = {"phase": "InService", "reason": "AllReplicasReady", "replicas": 1}
+    image = "attacker.example/x:1"
+    spec = {"mode": "realtime", "model": MODEL, "realtime": {"minReplicas": 2}, "image": image}
+    updated = body(spec, serving)
+    updated["metadata"]["generation"] = 2
+    kept = reconcile(updated, ScalerMemory(), deps(kube)[0]).status
+    assert (kept.phase, kept.reason, kept.ready_replicas) == (s.Phase.UPDATING, "InvalidSpec", 1)
+    assert f"spec.image {image!r} is not an image this operator runs" in kept.message
+    assert all(o["kind"] != "Deployment" for o in kube.applied)  # nothing of the refused spec
+    assert kube.scaled == [2]  # the spec it had still scales: the new minimum
+    assert kept.message.endswith("the spec it had still serves: 1/2 replicas ready")
+    narrowed = FakeKube(live, [ready_pod("ie-abalone-1", "127.0.5.1")])
+    running = reconcile(body(spec, serving), ScalerMemory(), deps(narrowed)[0]).status
+    assert (running.phase, running.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert narrowed.applied == [] and narrowed.scaled == []
