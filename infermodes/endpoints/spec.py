@@ -94,7 +94,9 @@ Quantity = Annotated[
     Field(
         pattern=QUANTITY_PATTERN,
         description="A quantity above zero.",
-        json_schema_extra={"x-kubernetes-int-or-string": True},
+        # the pattern is the strings'; an integer must be above zero too (the API server
+        # applies a minimum to numbers alone)
+        json_schema_extra={"x-kubernetes-int-or-string": True, "minimum": 1},
     ),
     BeforeValidator(quantity_text),
 ]

@@ -155,6 +155,10 @@ INVALID = [
     ("no-block", {"mode": "realtime", "realtime": None},
      "spec.realtime is required when mode is realtime"),
     ("two-blocks", {"serverless": {}}, "spec.serverless is required when mode is serverless"),
+    ("cpu-0", {"realtime": {"resources": {"cpu": 0}}},
+     "spec.realtime.resources.cpu: Invalid value: 0"),
+    ("memory-negative", {"realtime": {"resources": {"memory": -1}}},
+     "spec.realtime.resources.memory: Invalid value: -1"),
     ("replicas", {"realtime": {"minReplicas": 3, "maxReplicas": 2}},
      "minReplicas must not exceed maxReplicas"),
     ("metadata-webhook", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {

@@ -369,3 +369,7 @@ def test_a_quantity_may_be_a_bare_whole_number_as_in_a_pods_resources() -> None:
     assert cpu["x-kubernetes-int-or-string"] is True and "type" not in cpu
     assert cpu["anyOf"] == [{"type": "integer"}, {"type": "string"}]
     assert cpu["pattern"] == s.QUANTITY_PATTERN  # for the strings
+    # for the integers: the pattern is not theirs, and `cpu: 0` or `memory: -1` passed
+    # kubectl apply for the endpoint to fail InvalidSpec after (run by the API server in
+    # tests/e2e/test_realtime_operator.py)
+    assert cpu["minimum"] == 1
