@@ -63,6 +63,17 @@ PLURAL = "inferenceendpoints"
 SHORT_NAME = "ie"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 50  # leaves room for suffixes in the names of the objects we create
+# what Kubernetes takes for a Secret's name (a DNS subdomain) and for one of its keys: the
+# API server refuses a workload naming any other, after kubectl apply took the endpoint
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+CONFIG_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+MAX_SUBDOMAIN_LENGTH = 253
+SecretName = Annotated[
+    str,
+    Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=MAX_SUBDOMAIN_LENGTH,
+          description="A Secret in the endpoint's namespace."),
+]  # fmt: skip
+SecretKey = Annotated[str, Field(pattern=CONFIG_KEY_PATTERN, max_length=MAX_SUBDOMAIN_LENGTH)]
 
 
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -146,19 +157,17 @@ class ModelSource(SpecBlock):
 
 
 class SecretRef(SpecBlock):
-    name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
+    name: SecretName
 
 
 class SecretKeyRef(SpecBlock):
-    name: str = Field(min_length=1, description="A Secret in the endpoint's namespace.")
-    key: str = Field(min_length=1, description="Its key that holds the value.")
+    name: SecretName
+    key: SecretKey = Field(description="Its key that holds the value.")
 
 
 class BrokerSecretRef(SpecBlock):
-    name: str = Field(
-        "infermodes-rabbitmq", min_length=1, description="A Secret in the endpoint's namespace."
-    )
-    key: str = Field("url", min_length=1, description="Its key that holds the AMQP URL.")
+    name: SecretName = "infermodes-rabbitmq"
+    key: SecretKey = Field("url", description="Its key that holds the AMQP URL.")
 
 
 class Resources(SpecBlock):
@@ -680,6 +689,8 @@ PATTERN_MEANINGS = {
     QUANTITY_PATTERN: "a quantity above zero: a number and an optional unit (500m, 2, 512Mi)",
     IMAGE_PATTERN: "an image reference without spaces or control characters",
     INFERENCE_OUTPUT_PATTERN: "comma-separated output names (predicted_label, probability)",
+    DNS_SUBDOMAIN_PATTERN: "a Secret's name: lowercase letters, digits, '-' and '.'",
+    CONFIG_KEY_PATTERN: "a Secret's key: letters, digits, '-', '_' and '.'",
 }
 
 

@@ -373,3 +373,30 @@ def test_a_quantity_may_be_a_bare_whole_number_as_in_a_pods_resources() -> None:
     # kubectl apply for the endpoint to fail InvalidSpec after (run by the API server in
     # tests/e2e/test_realtime_operator.py)
     assert cpu["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("refs", "field"),
+    [
+        ({"storageSecretRef": {"name": "infermodes-S3_keys"}}, "spec.storageSecretRef.name"),
+        ({"async": {"outputPath": "file:///o", "brokerSecretRef": {"key": "amqp url"}}},
+         "spec.async.brokerSecretRef.key"),
+        ({"async": {"outputPath": "file:///o", "notification": {
+            "errorWebhookSecretRef": {"name": "infermodes-" + "h" * 250, "key": "url"}}}},
+         "spec.async.notification.errorWebhookSecretRef.name"),
+    ],
+)  # fmt: skip
+def test_a_secret_reference_kubernetes_cannot_resolve_is_refused_at_apply(
+    refs: dict, field: str
+) -> None:
+    """A Secret name or key that no Secret can have (not a DNS subdomain, a key with a
+    space) passed kubectl apply and the operator's prefix check, for the API server to refuse
+    the workload afterwards (``ApplyRefused``): the schema now says so first, as the spec."""
+    mode = "async" if "async" in refs else "realtime"
+    raw = {"mode": mode, "model": MODEL, **({} if "async" in refs else {"realtime": {}}), **refs}
+    problems = parse_spec(raw)
+    assert isinstance(problems, str) and problems.startswith(f"{field}: "), problems
+    nodes = walk(crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    for path in ("spec.storageSecretRef.name", "spec.async.brokerSecretRef.name"):
+        assert nodes[path]["pattern"] == s.DNS_SUBDOMAIN_PATTERN and nodes[path]["maxLength"] == 253
+    assert nodes["spec.async.brokerSecretRef.key"]["pattern"] == s.CONFIG_KEY_PATTERN
