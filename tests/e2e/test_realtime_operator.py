@@ -333,6 +333,28 @@ def test_an_update_an_admission_policy_refuses_keeps_the_old_spec_serving_and_sc
     assert {"name": "INFERMODES_SERVE_WORKERS", "value": "2"} in env
 
 
+def test_an_update_to_an_image_the_operator_refuses_keeps_the_old_spec_serving(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """spec.image changed to one the operator does not run (the chart's default: its own
+    alone): nothing of it is applied, the endpoint stays Updating (InvalidSpec) on the spec
+    its replicas run, which the gateway keeps routing to; reverted, it is InService again."""
+    api = tools.cluster.api
+    create_in_service(tools, k8s_namespace, endpoint_manifest("kept", model_uri))
+    deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-kept"
+    image = api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["image"]
+    refused = endpoint_manifest("kept", model_uri)
+    refused["spec"]["image"] = "registry.example/not-listed:1"
+    assert tools.apply(refused, k8s_namespace).returncode == 0
+    kept = wait_phase(api, k8s_namespace, "kept", "Updating",
+                      also=lambda e: e["status"].get("reason") == "InvalidSpec")  # fmt: skip
+    assert "is not an image this operator runs" in kept["status"]["message"]
+    assert kept["status"]["readyReplicas"] == 1
+    assert api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    assert tools.apply(endpoint_manifest("kept", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "kept", "InService")
+
+
 def test_missing_model_ends_failed_with_the_reason_and_serves_once_it_arrives(
     tools: Tools, k8s_namespace: str, model_uri: str, tmp_path: Path
 ) -> None:
