@@ -276,6 +276,35 @@ def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named
     assert policy_grants(off) == {"get", "delete"}  # the ones made while it was on
 
 
+def test_model_servers_admit_the_callers_named_too_and_none_without_a_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """networkPolicy.servingFrom adds peers that may call model servers directly; with the
+    gateway off they are the only ones, and the install notes say that none are named (every
+    caller is then shut out on a CNI that enforces the policies)."""
+    caller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}
+    callers = f"networkPolicy.servingFrom=[{json.dumps(caller)}]"
+
+    def serving(*sets: str) -> list[dict[str, Any]]:
+        args = [arg for value in sets for arg in ("--set", value)]
+        result = helm("template", "infermodes", str(CHART), "-n", "ops", "--set-json", callers,
+                      *args)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+        for name, value in operator_env(documents).items():
+            monkeypatch.setenv(name, value)
+        ingress = Ingress.from_settings(OperatorSettings())
+        assert ingress is not None
+        return list(ingress.serving)
+
+    gateway, named = serving()
+    assert gateway["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert named == caller
+    assert serving("gateway.enabled=false") == [caller]
+    assert "lets no pod call that port" in install_notes("gateway.enabled=false")
+    assert "lets only the gateway's pods call" in install_notes()
+
+
 def policy_grants(documents: list[dict[str, Any]]) -> set[str]:
     return {verb for d in documents if d["kind"] == "ClusterRole" for rule in d["rules"]
             if "networkpolicies" in rule["resources"] for verb in rule["verbs"]}  # fmt: skip

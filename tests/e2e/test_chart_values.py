@@ -132,6 +132,8 @@ REFUSED = {
                                      "'/networkPolicy/metricsFrom/0'"),
     "a typo'd scraper": (["--set-json", 'networkPolicy.metricsFrom=[{"podSelecter": {}}]'],
                          "'podSelecter' not allowed"),
+    "an empty caller (every pod)": (["--set-json", "networkPolicy.servingFrom=[{}]"],
+                                    "'/networkPolicy/servingFrom/0'"),
     "a storage prefix of another scheme": (["--set", "gateway.asyncStoragePrefixes={http://x/}"],
                                            "'/gateway/asyncStoragePrefixes/0'"),
     "a relative file prefix": (["--set", "gateway.asyncStoragePrefixes={file://data/}"],

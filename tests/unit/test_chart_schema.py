@@ -80,8 +80,9 @@ def test_the_log_levels_are_the_processes(value: str) -> None:
     assert tuple(node(value)["enum"]) == LOG_LEVELS
 
 
-def test_a_scraper_has_the_keys_the_operator_takes() -> None:
-    peer = node("networkPolicy.metricsFrom")["items"]
+@pytest.mark.parametrize("value", ["networkPolicy.metricsFrom", "networkPolicy.servingFrom"])
+def test_a_peer_has_the_keys_the_operator_takes(value: str) -> None:
+    peer = node(value)["items"]
     assert set(peer["properties"]) == NETWORK_PEER_KEYS
     assert peer["additionalProperties"] is False
     assert peer["minProperties"] == 1  # an empty peer would let every pod in

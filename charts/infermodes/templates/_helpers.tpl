@@ -32,7 +32,7 @@ scrapers to every endpoint pod. NetworkPolicy peers, as JSON. */}}
 {{- $pods := dict "matchLabels" (include "infermodes.gateway.selectorLabels" . | fromYaml) -}}
 {{- $peers = append $peers (dict "namespaceSelector" $namespace "podSelector" $pods) -}}
 {{- end -}}
-{{- toJson $peers -}}
+{{- toJson (concat $peers .Values.networkPolicy.servingFrom) -}}
 {{- end -}}
 
 {{- define "infermodes.networkPolicy.metricsFrom" -}}
