@@ -241,6 +241,21 @@ def pod_labels(documents: list[dict[str, Any]], name: str) -> dict[str, str]:
     return labels
 
 
+def chart_ingress(
+    monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[list[dict[str, Any]], Ingress]:
+    """The chart rendered with ``args``, and the NetworkPolicy peers its operator reads from
+    the variables the chart gives it."""
+    result = helm("template", "infermodes", str(CHART), "-n", "ops", *args)
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for name, value in operator_env(documents).items():
+        monkeypatch.setenv(name, value)
+    ingress = Ingress.from_settings(OperatorSettings())
+    assert ingress is not None
+    return documents, ingress
+
+
 def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,13 +265,7 @@ def test_endpoint_pods_admit_the_gateway_and_the_operator_and_the_scrapers_named
     and nothing more to them, only then."""
     scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
     scrapers = f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]"
-    result = helm("template", "infermodes", str(CHART), "-n", "ops", "--set-json", scrapers)
-    assert result.returncode == 0, result.stderr
-    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
-    for name, value in operator_env(documents).items():
-        monkeypatch.setenv(name, value)
-    ingress = Ingress.from_settings(OperatorSettings())
-    assert ingress is not None
+    documents, ingress = chart_ingress(monkeypatch, "--set-json", scrapers)
     in_ops = {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
     (gateway,) = ingress.serving
     assert gateway["namespaceSelector"] == in_ops
@@ -287,15 +296,7 @@ def test_model_servers_admit_the_callers_named_too_and_none_without_a_gateway(
 
     def serving(*sets: str) -> list[dict[str, Any]]:
         args = [arg for value in sets for arg in ("--set", value)]
-        result = helm("template", "infermodes", str(CHART), "-n", "ops", "--set-json", callers,
-                      *args)  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        documents = [d for d in yaml.safe_load_all(result.stdout) if d]
-        for name, value in operator_env(documents).items():
-            monkeypatch.setenv(name, value)
-        ingress = Ingress.from_settings(OperatorSettings())
-        assert ingress is not None
-        return list(ingress.serving)
+        return list(chart_ingress(monkeypatch, "--set-json", callers, *args)[1].serving)
 
     gateway, named = serving()
     assert gateway["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"

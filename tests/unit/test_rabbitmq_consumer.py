@@ -146,28 +146,38 @@ class LostMidWork(FakeConnection):
         threading.Event().wait(min(time_limit, 0.01))
 
 
+class LostMidWorkRun:
+    """A consumer whose first connection is lost while a delivery's work waits for
+    ``release``; the connections it made, the bodies it handled, the thread it runs on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, concurrency: int) -> None:
+        self.connections: list[LostMidWork] = []
+        self.release = threading.Event()
+        self.handled: list[bytes] = []
+        monkeypatch.setattr(rabbitmq, "connect", self._connect)
+        monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+        self.consumer = RabbitConsumer("amqp://127.0.0.1", "cut", 3, concurrency)
+        self.runner = threading.Thread(target=self.consumer.run, args=(self._handle,), daemon=True)
+
+    def _connect(self, _url: str) -> LostMidWork:
+        self.connections.append(LostMidWork(not self.connections))
+        return self.connections[-1]
+
+    def _handle(self, delivery: Delivery) -> Settle:
+        assert self.release.wait(WAIT_SECONDS)
+        self.handled.append(delivery.body)
+        return Settle.ACK
+
+
 def test_a_connection_lost_mid_work_is_subscribed_again_once_that_work_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The lost delivery's work still occupies its thread: subscribing at once with the full
     prefetch would hold deliveries no thread can take. The gauge keeps counting that work."""
-    connections: list[LostMidWork] = []
-    release = threading.Event()
-
-    def connect(_url: str) -> LostMidWork:
-        connections.append(LostMidWork(not connections))
-        return connections[-1]
-
-    def handle(_delivery: Delivery) -> Settle:
-        assert release.wait(WAIT_SECONDS)
-        return Settle.ACK
-
-    monkeypatch.setattr(rabbitmq, "connect", connect)
-    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
-    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=1)
+    run = LostMidWorkRun(monkeypatch, concurrency=1)
+    connections, release, consumer, runner = run.connections, run.release, run.consumer, run.runner
     gauge: list[int] = []
     consumer.on_in_flight = gauge.append
-    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
     runner.start()
     try:
         assert eventually(lambda: len(connections) == 2 and connections[1].polls >= 2)
@@ -191,24 +201,12 @@ def test_a_connection_lost_mid_work_subscribes_at_once_to_the_slots_left_and_the
     """One lost delivery's work holds one of three slots: the new connection subscribes at
     once with a prefetch of 2, and once that work ends subscribes a second consumer with a
     prefetch of 1 (RabbitMQ applies a prefetch only to the consumers subscribed after it)."""
-    connections: list[LostMidWork] = []
-    release = threading.Event()
-
-    def connect(_url: str) -> LostMidWork:
-        connections.append(LostMidWork(not connections))
-        return connections[-1]
-
-    def handle(_delivery: Delivery) -> Settle:
-        assert release.wait(WAIT_SECONDS)
-        return Settle.ACK
+    run = LostMidWorkRun(monkeypatch, concurrency=3)
+    connections, release, consumer, runner = run.connections, run.release, run.consumer, run.runner
 
     def prefetches() -> list[int]:
         return [c.kwargs["prefetch_count"] for c in connections[1].channel_.basic_qos.mock_calls]
 
-    monkeypatch.setattr(rabbitmq, "connect", connect)
-    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
-    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=3)
-    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
     runner.start()
     try:
         assert eventually(lambda: len(connections) == 2 and consumer.consuming.is_set())
@@ -228,23 +226,9 @@ def test_a_stop_while_a_lost_connections_work_runs_finishes_it_and_never_subscri
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every slot is the lost work's (a prefetch of 0 would be unlimited): no subscription."""
-    connections: list[LostMidWork] = []
-    release = threading.Event()
-    handled: list[bytes] = []
-
-    def connect(_url: str) -> LostMidWork:
-        connections.append(LostMidWork(not connections))
-        return connections[-1]
-
-    def handle(delivery: Delivery) -> Settle:
-        assert release.wait(WAIT_SECONDS)
-        handled.append(delivery.body)
-        return Settle.ACK
-
-    monkeypatch.setattr(rabbitmq, "connect", connect)
-    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
-    consumer = RabbitConsumer("amqp://127.0.0.1", "cut", max_attempts=3, concurrency=1)
-    runner = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    run = LostMidWorkRun(monkeypatch, concurrency=1)
+    connections, release, consumer, runner = run.connections, run.release, run.consumer, run.runner
+    handled = run.handled
     runner.start()
     assert eventually(lambda: len(connections) == 2 and connections[1].polls >= 2)
     consumer.stop()
