@@ -12,7 +12,7 @@ import httpx
 
 from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX
-from infermodes.local.manifests import ManifestError, manifest_files, parse_bytes
+from infermodes.local.manifests import ManifestError, manifest_files, parse_bytes, read_manifest
 from infermodes.settings import MAX_GATEWAY_INVOCATION_SECONDS
 
 TIMEOUT_SECONDS = 70.0  # an API call (an apply, a delete) waits at most this
@@ -89,10 +89,7 @@ class Client:
         bodies: list[tuple[Path, bytes]] = []
         try:
             for file in manifest_files(path):
-                try:
-                    body = file.read_bytes()
-                except OSError as exc:
-                    raise ManifestError(f"{file}: {exc.strerror}") from None
+                body = read_manifest(file)
                 parse_bytes(body, str(file), [])  # up says what it skips
                 bodies.append((file, body))
         except ManifestError as exc:

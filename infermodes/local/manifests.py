@@ -191,16 +191,20 @@ def manifest_files(path: Path) -> list[Path]:
     return files
 
 
+def read_manifest(file: Path) -> bytes:
+    """A manifest file's bytes; one that cannot be read is a ManifestError naming it."""
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{file}: {exc.strerror}") from None
+
+
 def load_paths(paths: list[Path]) -> list[Manifest]:
     """Every endpoint of the files and directories given; a name given twice is an error."""
     found: dict[str, Manifest] = {}
     for path in paths:
         for file in manifest_files(path):
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                raise ManifestError(f"{file}: {exc.strerror}") from None
-            for manifest in parse_bytes(data, str(file)):
+            for manifest in parse_bytes(read_manifest(file), str(file)):
                 if manifest.name in found:
                     raise ManifestError(f"{file}: endpoint {manifest.name} is defined twice")
                 found[manifest.name] = manifest
