@@ -1,7 +1,7 @@
 """``infermodes up``: one process with the gateway's routes on one port (its own app and
 proxy, fed by the supervisor instead of Kubernetes watches), the async accept route over the
 embedded queue, the ``/_infermodes`` API, and the supervisor that runs every endpoint as local
-processes. SIGTERM / Ctrl-C drains the gateway, then stops every child."""
+processes. SIGTERM / Ctrl-C (SIGHUP, SIGQUIT too) drains the gateway, then stops every child."""
 
 from __future__ import annotations
 
@@ -88,11 +88,16 @@ def keep_private(state_dir: Path) -> None:
         log.info("%s was open to other users: it is 0700 now", state_dir)
 
 
-def hangup_as_sigterm() -> None:
-    """A closed terminal sends SIGHUP to ``up`` alone (each child has its own session): it stops
-    ``up`` as SIGTERM does, draining and stopping every child, where its default action ended
-    ``up`` at once and left them running."""
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: signal.raise_signal(signal.SIGTERM))
+# a closed terminal (SIGHUP) and its Ctrl-\ (SIGQUIT) reach ``up`` alone: each child has its own
+# session; their default actions ended ``up`` at once and left every child running
+STOPPING_SIGNALS = (signal.SIGHUP, signal.SIGQUIT)
+
+
+def stopping_as_sigterm() -> None:
+    """SIGHUP and SIGQUIT stop ``up`` as SIGTERM does: the gateway drains, then every child
+    stops, and the state dir keeps the endpoints for the next start."""
+    for signum in STOPPING_SIGNALS:
+        signal.signal(signum, lambda _signum, _frame: signal.raise_signal(signal.SIGTERM))
 
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:
@@ -172,7 +177,7 @@ def _serve(
     sweeper.start()
     # the runner says where, once it listens; the token's file is named, never the token
     log.info("infermodes up, state in %s, its token in %s", state_dir, token_file)
-    hangup_as_sigterm()
+    stopping_as_sigterm()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
             return loop.run(runner.run())

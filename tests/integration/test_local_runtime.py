@@ -561,21 +561,25 @@ def test_a_killed_up_removes_its_orphans_when_it_starts_again(
         assert up.invoke("abalone", to_csv(abalone_model.test_rows[:2])).status_code == 200
 
 
-def test_a_hangup_stops_up_and_its_children_as_sigterm_does(
-    abalone_model: AbaloneModel, tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_a_hangup_or_quit_stops_up_and_its_children_as_sigterm_does(
+    abalone_model: AbaloneModel, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    """Closing the terminal ``up`` runs in sends it SIGHUP (its children, each in its own
-    session, get none): its default action ended ``up`` at once and left the model server
-    running on its port."""
+    """Closing the terminal ``up`` runs in sends it SIGHUP, Ctrl-\\ in it SIGQUIT (its
+    children, each in its own session, get neither): their default actions ended ``up`` at once
+    and left the model server running on its port. The endpoints stay in the state dir."""
     files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1)]
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
         server = up.running("abalone")[0]["pid"]
         assert up.proc is not None
-        up.proc.send_signal(signal.SIGHUP)
+        up.proc.send_signal(signum)
         assert up.proc.wait(WAIT) == 0
         assert not alive(server)
         assert "stopping 1 process(es)" in up.log
+        up.files = []  # started again without the manifest: the endpoint is the state dir's
+        up.start()
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 1, WAIT, "a ready replica")
 
 
 def test_up_stops_with_a_line_naming_it_when_its_state_dir_is_removed(
