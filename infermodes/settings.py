@@ -102,11 +102,13 @@ class EnvSettings(BaseModel):
     winning; names match in any case, a name as written before any other case of it; an empty
     variable is an empty string, not an absent one;
     list, dict and model fields are JSON. Schemas are built on first use (``defer_build``), so
-    a process builds only the class it reads.
+    a process builds only the class it reads. A float setting (a flag or a variable) must be a
+    finite number: ``nan`` fails every bound's comparison, so it was refused as beyond the upper
+    bound, and ``inf`` too, a message naming a bound instead of the problem.
     """
 
     model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
-        extra="forbid", validate_default=True, defer_build=True
+        extra="forbid", validate_default=True, defer_build=True, allow_inf_nan=False
     )
 
     def __init__(self, **values: Any) -> None:

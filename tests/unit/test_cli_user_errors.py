@@ -251,3 +251,48 @@ def test_a_management_url_without_a_broker_url_is_refused(tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     assert "--management-url" in result.output and "--broker-url" in result.output
     assert not (tmp_path / "state").exists()  # refused before anything starts
+
+
+# every float flag, each command's required flags given
+FLOAT_FLAGS = [
+    ["up", "--invocation-timeout-seconds"],
+    ["gateway", "--invocation-timeout-seconds"],
+    ["gateway", "--drain-delay-seconds"],
+    ["serve", "--model", "m", "--header-timeout"],
+    ["serve", "--model", "m", "--body-timeout"],
+    ["operator", "--resync-seconds"],
+    [
+        "batch",
+        "--model",
+        "m",
+        "--input",
+        "/i",
+        "--output",
+        "/o",
+        "--invocations-timeout-in-seconds",
+    ],
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("args", FLOAT_FLAGS, ids=lambda args: f"{args[0]} {args[-1]}")
+def test_a_float_flag_that_is_not_a_finite_number_is_named_as_such(
+    args: list[str], value: str, tmp_path: Path
+) -> None:
+    """``nan`` was refused as beyond the upper bound (every comparison with NaN is false), and
+    ``inf`` too: the message named a bound, not the problem."""
+    result = CliRunner().invoke(main, [*args, value], env={"JOB_COMPLETION_INDEX": None})
+    assert result.exit_code == 2, result.output
+    assert f"Error: {args[-1]}: Input should be a finite number" in result.output
+    assert "less than" not in result.output and "greater than" not in result.output
+
+
+def test_a_float_variable_that_is_not_a_finite_number_is_named_as_such() -> None:
+    result = CliRunner().invoke(
+        main, ["gateway"], env={"INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS": "NaN"}
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "Error: INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS: Input should be a finite number"
+        in result.output
+    )
