@@ -484,8 +484,8 @@ _up_url = click.option(
     "--filename",
     "path",
     required=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="InferenceEndpoint YAML file or directory.",
+    type=click.Path(exists=True, allow_dash=True, path_type=Path),
+    help="InferenceEndpoint YAML file or directory, or - for standard input.",
 )
 @_up_url
 def apply(path: Path, url: str) -> None:

@@ -12,7 +12,13 @@ import httpx
 
 from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX
-from infermodes.local.manifests import ManifestError, manifest_files, parse_bytes, read_manifest
+from infermodes.local.manifests import (
+    ManifestError,
+    manifest_files,
+    parse_bytes,
+    read_manifest,
+    source_of,
+)
 from infermodes.settings import MAX_GATEWAY_INVOCATION_SECONDS
 
 TIMEOUT_SECONDS = 70.0  # an API call (an apply, a delete) waits at most this
@@ -82,21 +88,22 @@ class Client:
 
     def apply(self, path: Path) -> tuple[list[dict[str, str]], list[str]]:
         """What each endpoint's apply did, and why a document was skipped (a Secret). Every
-        file is read and checked before any is sent, as ``up -f`` does: a bad one among them
-        applies none, rather than those before it without a word."""
+        file (or standard input, for ``STDIN``) is read and checked before any is sent, as
+        ``up -f`` does: a bad one among them applies none, rather than those before it without
+        a word."""
         applied: list[dict[str, str]] = []
         skipped: list[str] = []
         bodies: list[tuple[Path, bytes]] = []
         try:
             for file in manifest_files(path):
                 body = read_manifest(file)
-                parse_bytes(body, str(file), [])  # up says what it skips
+                parse_bytes(body, source_of(file), [])  # up says what it skips
                 bodies.append((file, body))
         except ManifestError as exc:
             raise UpError(str(exc)) from None
         for file, body in bodies:
             result = self.api("POST", "/endpoints", content=body,
-                              headers={"x-infermodes-source": str(file)})  # fmt: skip
+                              headers={"x-infermodes-source": source_of(file)})  # fmt: skip
             applied += result["applied"]
             skipped += result.get("skipped", [])
         return applied, skipped

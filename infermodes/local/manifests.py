@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ log = logging.getLogger("infermodes.local")
 API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+STDIN = Path("-")  # ``-f -``: the manifests come on standard input, as ``kubectl`` reads them
+STDIN_SOURCE = "standard input"
 
 
 class ManifestError(ValueError):
@@ -172,10 +175,18 @@ def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> 
 
 
 def parse_bytes(data: bytes, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
-    """``parse_text`` of a file's bytes, as ``up -f`` and ``infermodes apply`` both read them:
-    bytes that are not UTF-8 become U+FFFD, so a binary or Latin-1 file is refused by the YAML
-    parser naming the file, never with a traceback."""
-    return parse_text(data.decode("utf-8", errors="replace"), source, skipped)
+    """``parse_text`` of a file's bytes, as ``up -f`` and ``infermodes apply`` both read them.
+    Bytes that are not UTF-8 are refused naming the first one, as ``kubectl`` refuses them
+    (decoded as U+FFFD, a Latin-1 ``é`` in a comment or a value passed the YAML parser)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(
+            f"{source}: not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} (save it as "
+            "UTF-8)"
+        ) from None
+    return parse_text(text, source, skipped)
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -191,8 +202,16 @@ def manifest_files(path: Path) -> list[Path]:
     return files
 
 
+def source_of(file: Path) -> str:
+    """How errors name where a manifest came from."""
+    return STDIN_SOURCE if file == STDIN else str(file)
+
+
 def read_manifest(file: Path) -> bytes:
-    """A manifest file's bytes; one that cannot be read is a ManifestError naming it."""
+    """A manifest file's bytes (``STDIN``: all of standard input); one that cannot be read is a
+    ManifestError naming it."""
+    if file == STDIN:
+        return sys.stdin.buffer.read()
     try:
         return file.read_bytes()
     except OSError as exc:
@@ -204,7 +223,7 @@ def load_paths(paths: list[Path]) -> list[Manifest]:
     found: dict[str, Manifest] = {}
     for path in paths:
         for file in manifest_files(path):
-            for manifest in parse_bytes(read_manifest(file), str(file)):
+            for manifest in parse_bytes(read_manifest(file), source_of(file)):
                 if manifest.name in found:
                     raise ManifestError(f"{file}: endpoint {manifest.name} is defined twice")
                 found[manifest.name] = manifest

@@ -128,6 +128,39 @@ def test_the_cli_lists_describes_invokes_and_applies(
     assert cli(up, "delete", "nothing-here").returncode != 0
 
 
+def test_apply_takes_manifests_on_standard_input_all_or_none(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``infermodes apply -f -``, as ``kubectl apply -f -`` reads a manifest piped to it: it
+    was refused (``'-' does not exist``). A stream with one bad document applies none of it,
+    and stdin that is empty or not UTF-8 is refused in one line."""
+    written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
+    good = yaml.safe_dump({**written, "metadata": {"name": "from-stdin"}}).encode()
+    bad = good.replace(b"from-stdin", b"also-from-stdin").replace(b"maxConcurrency:", b"nope:")
+
+    def apply(stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([INFERMODES, "apply", "-f", "-"], input=stdin, capture_output=True,
+                              timeout=120, env=up.cli_env)  # fmt: skip
+
+    def names() -> list[str]:
+        return [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]]
+
+    for stdin, said in ((good + b"---\n" + bad, b"standard input document 2 (also-from-stdin)"),
+                        (b"", b"standard input: no InferenceEndpoint in it"),
+                        (b"  \n", b"standard input: no InferenceEndpoint in it"),
+                        (good.replace(b"from-stdin", b"caf\xe9"),
+                         b"standard input: not UTF-8 text: byte 0xe9 on line ")):  # fmt: skip
+        refused = apply(stdin)
+        assert refused.returncode == 1, refused
+        assert said in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert names() == ["abalone"]
+    applied = apply(good)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout == b"inferenceendpoint/from-stdin created\n"
+    assert names() == ["abalone", "from-stdin"]
+    assert cli(up, "delete", "from-stdin").returncode == 0
+
+
 def test_a_name_that_would_be_a_path_outside_the_state_dir_is_refused(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

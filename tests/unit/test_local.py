@@ -114,7 +114,7 @@ def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
     """As ``infermodes apply`` refuses it: not a UnicodeDecodeError's traceback from ``up``."""
     (tmp_path / "good.yaml").write_text(GOOD)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x00binary")
-    with pytest.raises(ManifestError, match=r"binary\.yaml: not valid YAML"):
+    with pytest.raises(ManifestError, match=r"binary\.yaml: not UTF-8 text: byte 0xff on line 1"):
         load_paths([tmp_path])
 
 
