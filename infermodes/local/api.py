@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
-from infermodes.local.manifests import ManifestError, Skipped, parse_bytes
+from infermodes.local.manifests import Manifest, ManifestError, OwnedElsewhere, Skipped, parse_bytes
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
@@ -25,6 +25,8 @@ NOTIFICATIONS_PER_CALL = 1000
 LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer
 
 Tail = Callable[[str, int, int], list[Notification]]  # pattern, after id, limit
+# raises OwnedElsewhere for a manifest that would replace an endpoint the platform API made
+OwnerCheck = Callable[[list[Manifest], str], None]
 
 
 def error(kind: str, message: str, status: int) -> Response:
@@ -74,9 +76,10 @@ def index_router(url: str, token_file: Path, key_id: str) -> APIRouter:
     return router
 
 
-def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
+def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck) -> APIRouter:
     """``tail``: the embedded queue's topic log (``EmbeddedQueue.tail``); None when async
-    requests go to RabbitMQ, whose notifications are on its topic exchange."""
+    requests go to RabbitMQ, whose notifications are on its topic exchange. ``owners``: the
+    platform API's refusal of a manifest over one of its endpoints (409)."""
     router = APIRouter(prefix=PREFIX)
 
     @router.get("/notifications")
@@ -110,12 +113,16 @@ def create_router(supervisor: Supervisor, tail: Tail | None) -> APIRouter:
     @router.post("/endpoints")
     async def apply(request: Request) -> Response:
         """The body: one YAML stream; every document is checked before any is applied (a
-        Secret is skipped, and said so in ``skipped``)."""
+        Secret is skipped, and said so in ``skipped``), and none may replace an endpoint the
+        platform API made."""
         body = await read_body(request.scope, request.receive, MAX_MANIFEST_BYTES)  # or 413
         source = request.headers.get("x-infermodes-source", "the request body")
         skipped: list[Skipped] = []
         try:
             manifests = parse_bytes(body, source, skipped)
+            owners(manifests, source)
+        except OwnedElsewhere as exc:
+            return error("Conflict", str(exc), 409)
         except ManifestError as exc:
             return error("InvalidManifest", str(exc), 400)
         applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]

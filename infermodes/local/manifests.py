@@ -30,6 +30,11 @@ class ManifestError(ValueError):
     """A manifest that cannot be applied; the message names the file and the field."""
 
 
+class OwnedElsewhere(ManifestError):
+    """A manifest under the name of an endpoint another door made (the platform API), which
+    it would replace: refused, as ``kubectl apply`` refuses to take over another's object."""
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A Secret in a manifest file: ``up`` has none to give its processes, so it skips it

@@ -12,10 +12,11 @@ import logging
 import re
 from pathlib import Path
 
-from infermodes.local.manifests import parse_document
+from infermodes.endpoints.spec import Mode
+from infermodes.local.manifests import Manifest, OwnedElsewhere, parse_document
 from infermodes.local.supervisor import LocalEndpoint, Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
-from infermodes.platform.translate import VARIANT_ANNOTATION, variant_of
+from infermodes.platform.translate import NAME_ANNOTATION, VARIANT_ANNOTATION, variant_of
 from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
@@ -118,6 +119,32 @@ class LocalPlatformStore:
         if kept is None or ("spec" in kept and kept["spec"] not in runs):  # none: older
             return None
         return {key: kept.get(key) or {} for key in ("labels", "annotations")}
+
+    def refuse_taking_over(self, manifests: list[Manifest], source: str) -> None:
+        """A manifest may not replace an endpoint or transform job the API made (while it runs
+        the API's spec): DescribeEndpoint would then say it does not exist, and the API's
+        caller lose it without a word. ``OwnedElsewhere`` names the first, the API and how to
+        proceed; checked for every manifest before any is applied."""
+        for manifest in manifests:
+            name = manifest.name
+            endpoint = self.supervisor.endpoints.get(name)
+            kept = self._kept(name, endpoint) if endpoint is not None else None
+            if endpoint is None or kept is None:
+                continue
+            given = kept["annotations"].get(NAME_ANNOTATION) or name
+            if endpoint.manifest.spec.mode is Mode.BATCH:  # the API has no DeleteTransformJob
+                owner = (
+                    f"transform job {given} was made through the platform API "
+                    f"(CreateTransformJob): delete it first (infermodes delete {name}) to apply "
+                    "this manifest in its place"
+                )
+            else:
+                owner = (
+                    f"endpoint {given} was made through the platform API (CreateEndpoint): "
+                    f"change it there (UpdateEndpoint), or delete it first (DeleteEndpoint, or "
+                    f"infermodes delete {name}) to apply this manifest in its place"
+                )
+            raise OwnedElsewhere(f"{source} ({name}): {owner}")
 
     def _annotate(self, name: str, endpoint: LocalEndpoint) -> None:
         """Give the supervisor's endpoint the annotation the gateway reads: its variant."""

@@ -151,15 +151,17 @@ def _serve(
     supervisor = Supervisor(state_dir.resolve(), broker, url, port)
     supervisor.lock_id = lock_id
     supervisor.load_state()
+    store = LocalPlatformStore(state_dir, supervisor)
+    store.refuse_taking_over(manifests, "up -f")  # before any is applied
     for manifest in manifests:
         supervisor.apply(manifest, starting=True)
     registry = CollectorRegistry()
     supervisor.metrics = OperatorMetrics(registry)  # the operator's async gauges, on /metrics
     enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
     routers = [
-        api_router(supervisor, tail),
+        api_router(supervisor, tail, store.refuse_taking_over),
         index_router(f"http://127.0.0.1:{port}", token_file, ACCESS_KEY_ID),
-        platform_router(LocalPlatformStore(state_dir, supervisor), LOCAL_DEFAULTS),
+        platform_router(store, LOCAL_DEFAULTS),
     ]
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers)  # fmt: skip

@@ -544,6 +544,55 @@ def test_an_api_endpoint_replaced_by_a_manifest_of_its_name_is_described_as_that
     sagemaker.delete_model(ModelName="swap-model")
 
 
+def test_a_manifest_over_an_api_endpoint_is_refused_naming_the_api_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """``infermodes apply`` (and ``up -f`` at start) of a manifest under the name of an endpoint
+    CreateEndpoint made replaced it without a word, after which DescribeEndpoint said it did
+    not exist: refused instead, as ``kubectl apply`` refuses to take over a field another
+    manager owns, naming the API and how to proceed; the API's endpoint is left as it was."""
+    import subprocess
+
+    import yaml
+
+    from tests.support.processes import INFERMODES
+
+    with running_up(tmp_path / "state", [], tmp_path / "up.log") as up:
+        sagemaker = client(up, "sagemaker")
+        create_model(sagemaker, "owned-model")
+        sagemaker.create_endpoint_config(EndpointConfigName="owned-config", ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "owned-model",
+             "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 2}}])  # fmt: skip
+        sagemaker.create_endpoint(EndpointName="Owned", EndpointConfigName="owned-config")
+        manifest = tmp_path / "owned.yaml"
+        manifest.write_text(yaml.safe_dump({
+            "apiVersion": "infermodes.dev/v1alpha1", "kind": "InferenceEndpoint",
+            "metadata": {"name": "owned"},
+            "spec": {"mode": "realtime", "model": {"uri": MODEL_URL},
+                     "realtime": {"minReplicas": 1, "maxReplicas": 1}}}))  # fmt: skip
+        refused = subprocess.run([INFERMODES, "apply", "-f", str(manifest)], capture_output=True,
+                                 text=True, timeout=120, env=up.cli_env)  # fmt: skip
+        assert refused.returncode == 1, refused
+        said = (
+            f"{manifest} (owned): endpoint Owned was made through the platform API "
+            "(CreateEndpoint): change it there (UpdateEndpoint), or delete it first "
+            "(DeleteEndpoint, or infermodes delete owned) to apply this manifest in its place"
+        )
+        assert said in refused.stderr, refused.stderr
+        assert sagemaker.describe_endpoint(EndpointName="Owned")["EndpointConfigName"] == (
+            "owned-config")  # fmt: skip
+
+        up.stop()
+        up.files = [manifest]  # the same manifest at up's start
+        with pytest.raises(RuntimeError, match="infermodes up exited"):
+            up.start()
+        assert "(owned): endpoint Owned was made through the platform API" in up.log
+        up.files = []
+        up.start()
+        assert sagemaker.describe_endpoint(EndpointName="Owned")["EndpointConfigName"] == (
+            "owned-config")  # fmt: skip
+
+
 def test_managed_instance_scaling_with_a_status_not_the_platforms_is_refused(
     sagemaker: Any,
 ) -> None:

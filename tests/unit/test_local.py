@@ -27,13 +27,25 @@ from infermodes.endpoints.status import Progress, describe_failures, summary_pro
 from infermodes.local.children import Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
-from infermodes.local.manifests import ManifestError, load_paths, parse_document, parse_text
+from infermodes.local.manifests import (
+    Manifest,
+    ManifestError,
+    load_paths,
+    parse_document,
+    parse_text,
+)
 from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
 from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
 from infermodes.queueing.broker import Backlog
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def no_owner(_manifests: list[Manifest], _source: str) -> None:
+    """The API router's owner check where no endpoint is the platform API's."""
+
+
 GOOD = """\
 apiVersion: infermodes.dev/v1alpha1
 kind: InferenceEndpoint
@@ -776,7 +788,8 @@ def test_notifications_under_rabbitmq_name_the_exchange_to_bind() -> None:
     from infermodes.local.supervisor import Supervisor
 
     app = FastAPI()
-    app.include_router(create_router(cast(Supervisor, None), None))  # the route reads neither
+    # the route reads neither
+    app.include_router(create_router(cast(Supervisor, None), None, no_owner))
     answer = TestClient(app).get("/_infermodes/notifications", params={"topic": "abalone.*"})
     assert answer.status_code == 400
     message = answer.json()["message"]
@@ -888,7 +901,7 @@ def test_a_secret_beside_an_endpoint_is_skipped_naming_it_never_its_data(
             return "created"
 
     app = FastAPI()
-    app.include_router(create_router(cast(Supervisor, Applying()), None))
+    app.include_router(create_router(cast(Supervisor, Applying()), None, no_owner))
     answer = TestClient(app).post("/_infermodes/endpoints", content=SECRET + GOOD)
     assert answer.json()["applied"] == [{"name": "abalone", "result": "created"}]
     (skipped,) = answer.json()["skipped"]
@@ -917,7 +930,7 @@ def test_deleting_an_async_endpoint_says_how_many_accepted_requests_its_queue_ke
         document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
         supervisor.apply(parse_document(document, "test"))
     app = FastAPI()
-    app.include_router(create_router(supervisor, None))
+    app.include_router(create_router(supervisor, None, no_owner))
     client = TestClient(app)
     answer = client.delete("/_infermodes/endpoints/abalone-async").json()
     assert answer == {"deleted": "abalone-async", "waiting": 3}
