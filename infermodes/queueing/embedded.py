@@ -142,11 +142,23 @@ class Database:
             raise unavailable(path, exc, "it cannot be opened") from exc
         try:
             self._prepare(synchronous)
+            self.identity = file_identity(path)
         except BaseException as exc:
             self._connection.close()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.Error | OSError):
                 raise unavailable(path, exc, "it cannot be used as a queue") from exc
             raise
+
+    def gone(self) -> QueueFileGone | None:
+        """Why what is written here reaches no other process, when it does not: the file was
+        removed (``rm -rf`` of ``up``'s state dir) or replaced since it was opened, and SQLite
+        goes on writing to the open, unlinked one. One ``stat``."""
+        try:
+            if file_identity(self.path) == self.identity:
+                return None
+        except OSError:
+            pass
+        return QueueFileGone("the file was removed or replaced since it was opened")
 
     def _prepare(self, synchronous: str) -> None:
         connection = self._connection
@@ -201,6 +213,16 @@ class Database:
             self._connection.close()
 
 
+class QueueFileGone(OSError):
+    """The queue file is no longer the one a connection opened (``Database.gone``)."""
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode): the same while the file is the same."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def unavailable(path: Path, exc: BaseException, consequence: str) -> BrokerUnavailable:
     return BrokerUnavailable(
         f"embedded queue {path} failed ({type(exc).__name__}: {exc}); {consequence}"
@@ -226,7 +248,8 @@ class EmbeddedEnqueuer:
         self._commit_lock = threading.Lock()
 
     def submit(self, endpoint: str, message_id: str, body: bytes) -> None:
-        """Returns once the row is committed and fsynced; raises BrokerUnavailable otherwise."""
+        """Returns once the row is committed and fsynced to the queue file the workers open;
+        raises BrokerUnavailable otherwise."""
         entry = _Pending((endpoint, message_id, body, time.time()))
         with self._pending_lock:
             self._pending.append(entry)
@@ -242,6 +265,7 @@ class EmbeddedEnqueuer:
                             " VALUES (?, ?, ?, ?)",
                             [pending.row for pending in batch],
                         )
+                    error = self._db.gone()  # committed to a file no worker opens: not accepted
                 except sqlite3.Error as exc:
                     error = exc
                 except BaseException as exc:  # raised here; the batch's other callers hear of

@@ -353,6 +353,30 @@ def test_a_locked_queue_file_refuses_the_request(
     assert queue.backlog(EP).ready == 2
 
 
+@pytest.mark.parametrize("replaced", [False, True], ids=["removed", "replaced"])
+def test_a_request_written_to_a_removed_queue_file_is_refused(
+    tmp_path: Path, replaced: bool
+) -> None:
+    """``rm -rf`` of up's state dir: SQLite goes on writing to the open, unlinked file, which no
+    worker will ever open, and the request was answered 202 until ``up`` noticed (its next
+    round). After the commit the enqueuer sees the file is no longer the one it opened."""
+    state = tmp_path / "state"
+    queue = EmbeddedQueue(state / "queue.db")
+    enqueuer = queue.enqueuer({EP: 3}, 1)
+    try:
+        enqueuer.submit(EP, "before", b"before")
+        for file in state.iterdir():
+            file.unlink()
+        if replaced:  # a new queue file in its place (another up started there)
+            EmbeddedQueue(state / "queue.db").enqueuer({EP: 3}, 1).close()
+        with pytest.raises(BrokerUnavailable, match="was removed or replaced") as refused:
+            enqueuer.submit(EP, "after", b"after")
+        assert str(state / "queue.db") in str(refused.value)
+        assert "the request was not accepted, retry later" in str(refused.value)
+    finally:
+        enqueuer.close()
+
+
 def test_a_shared_commit_that_fails_unexpectedly_tells_every_caller_of_its_batch(
     queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
