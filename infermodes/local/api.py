@@ -18,6 +18,7 @@ from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
 
 PREFIX = "/_infermodes"
+SOURCE_HEADER = "x-infermodes-source"  # where an applied manifest came from, for its errors
 INDEX_METHODS = ("GET", "HEAD")  # a browser's or curl's visit to /: no token, nothing done
 MAX_MANIFEST_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
@@ -116,7 +117,11 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
         Secret is skipped, and said so in ``skipped``), and none may replace an endpoint the
         platform API made."""
         body = await read_body(request.scope, request.receive, MAX_MANIFEST_BYTES)  # or 413
-        source = request.headers.get("x-infermodes-source", "the request body")
+        # the CLI sends the file's name in UTF-8; Starlette decodes headers as Latin-1
+        named = request.headers.get(SOURCE_HEADER)
+        source = "the request body"
+        if named is not None:
+            source = named.encode("latin-1").decode("utf-8", errors="replace")
         skipped: list[Skipped] = []
         try:
             manifests = parse_bytes(body, source, skipped)

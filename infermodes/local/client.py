@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from infermodes.local.access import TokenFileError, read_token
-from infermodes.local.api import PREFIX
+from infermodes.local.api import PREFIX, SOURCE_HEADER
 from infermodes.local.manifests import (
     ManifestError,
     manifest_files,
@@ -102,8 +102,10 @@ class Client:
         except ManifestError as exc:
             raise UpError(str(exc)) from None
         for file, body in bodies:
+            # UTF-8 bytes: httpx encodes a str header as ASCII, and a file's name may be none
+            source = source_of(file).encode()
             result = self.api("POST", "/endpoints", content=body,
-                              headers={"x-infermodes-source": source_of(file)})  # fmt: skip
+                              headers={SOURCE_HEADER: source})  # fmt: skip
             applied += result["applied"]
             skipped += result.get("skipped", [])
         return applied, skipped
