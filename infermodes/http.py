@@ -252,14 +252,25 @@ async def read_checked_body(receive: Receive, limit: int, declared: str | None) 
             return chunk if len(chunks) == 1 else b"".join(chunks)
 
 
-def raw_error_response(status: int, message: str) -> bytes:
-    """A whole HTTP/1.1 error response, for the protocol to write when there is no app to."""
-    body = error_json(status_kind(status), message)
+RefusalCode = Callable[[int], str]  # the platform's error code of a status (the gateway's)
+
+
+def raw_error_response(status: int, message: str, code: str | None = None) -> bytes:
+    """A whole HTTP/1.1 error response, for the protocol to write when there is no app to.
+    With the platform's ``code`` (the gateway's answers), it is where boto3 reads it, as in the
+    gateway's other errors: ``x-amzn-ErrorType`` (REST-JSON: ``sagemaker-runtime``) and the
+    body's ``__type`` (JSON 1.1: ``sagemaker``), with the answer's ``x-amzn-RequestId``."""
+    fields = {"error": status_kind(status), "message": message}
+    platform = ""
+    if code is not None:
+        fields["__type"] = code
+        platform = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {new_request_id()}\r\n"
+    body = json.dumps(fields).encode()
     return b"".join(
         [
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode(),
             f"content-type: {ERROR_MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n".encode(),
-            b"connection: close\r\n\r\n",
+            f"{platform}connection: close\r\n\r\n".encode(),
             body,
         ]
     )
@@ -427,6 +438,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout = HEADER_TIMEOUT_SECONDS
     body_timeout = BODY_TIMEOUT_SECONDS
     route: WholeBodyRoute | None = None
+    refusal_code: RefusalCode | None = None  # the platform's codes in refusals (the gateway)
 
     def __init__(
         self,
@@ -672,7 +684,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.refused = True
         if already:
             return
-        answer = raw_error_response(status, message)
+        coded = type(self).refusal_code  # a plain function: read from the class, not bound
+        answer = raw_error_response(status, message, None if coded is None else coded(status))
         cycle = self.cycle  # the last request parsed
         if cycle is None or cycle.response_complete:
             self._end_refused(answer, linger)
@@ -730,10 +743,12 @@ def uvicorn_options(
     header_timeout: float = HEADER_TIMEOUT_SECONDS,
     body_timeout: float = BODY_TIMEOUT_SECONDS,
     route: WholeBodyRoute | None = None,
+    refusal_code: RefusalCode | None = None,
 ) -> dict[str, Any]:
     """uvicorn settings of every infermodes server: uvloop, httptools behind the guarded
-    protocol (answering ``route``'s small requests without a task), no websockets (their
-    import costs cold start), no access log or lifespan, no Server or Date header."""
+    protocol (answering ``route``'s small requests without a task, and its own refusals with
+    ``refusal_code``'s platform codes), no websockets (their import costs cold start), no
+    access log or lifespan, no Server or Date header."""
 
     class ServerProtocol(GuardedHttpProtocol):
         pass
@@ -741,6 +756,7 @@ def uvicorn_options(
     ServerProtocol.header_timeout = header_timeout
     ServerProtocol.body_timeout = body_timeout
     ServerProtocol.route = route
+    ServerProtocol.refusal_code = refusal_code
     return {
         "loop": "uvloop",
         "http": ServerProtocol,

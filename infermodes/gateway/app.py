@@ -37,6 +37,7 @@ from infermodes.gateway.auth import (
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import (
     ValidationError,
+    refusal_code,
     runtime_error_response,
     unknown_operation,
 )
@@ -212,7 +213,8 @@ class Runner:
             port=settings.port,
             timeout_graceful_shutdown=settings.drain_timeout_seconds,
             proxy_headers=False,  # nothing here reads the client's address
-            **uvicorn_options(settings.log_level),  # its protocol writes head and body at once
+            # its protocol writes head and body at once, and its refusals in the platform's codes
+            **uvicorn_options(settings.log_level, refusal_code=refusal_code),
         )
         app = self.app
         delay = settings.drain_delay_seconds

@@ -55,6 +55,7 @@ from infermodes.gateway.async_retention import (
 from infermodes.gateway.errors import (
     CUSTOM_ATTRIBUTES,
     check_custom_attributes,
+    refusal_code,
     runtime_error_response,
 )
 from infermodes.http import (
@@ -594,7 +595,10 @@ def serve(settings: AsyncApiSettings) -> int:
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))
     try:
         uvicorn.run(
-            app, host=settings.host, port=settings.port, **uvicorn_options(settings.log_level)
+            app,
+            host=settings.host,
+            port=settings.port,
+            **uvicorn_options(settings.log_level, refusal_code=refusal_code),
         )
     finally:
         sweeper.stop()

@@ -135,6 +135,15 @@ def runtime_code(exc: InfermodesError) -> str:
     return "InternalFailure" if exc.status_code >= 500 else "ValidationError"
 
 
+def refusal_code(status: int) -> str:
+    """The platform's code of a refusal the HTTP protocol makes before the app sees the
+    request (``http.GuardedHttpProtocol``): a head too slow to arrive (408) is
+    ``RequestTimeoutException``, which botocore's standard retry mode retries as transient
+    (nothing of the request was served); a malformed (400) or too large (431) head is bad input,
+    ``ValidationError`` (``runtime_code`` of any other 4xx)."""
+    return "RequestTimeoutException" if status == 408 else "ValidationError"
+
+
 def runtime_error_response(exc: InfermodesError) -> Response:
     """The one error shape, with the platform's code in ``x-amzn-ErrorType``: boto3 raises its
     exception of that code (the body's ``error`` keeps ours, which names the problem)."""

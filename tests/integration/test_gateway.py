@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -527,3 +528,53 @@ def test_custom_attributes_over_the_platforms_limit_are_refused_as_the_async_rou
     answered = client.invoke_endpoint(EndpointName="realtime", Body=row, ContentType="text/csv",
                                       CustomAttributes="a" * 1024)  # fmt: skip
     assert answered["Body"].read().strip()
+
+
+def raw_answer(gateway: GatewayProcess, request: bytes) -> bytes:
+    """The whole answer to raw ``request`` bytes: a refusal ends with the server's EOF."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def botocore_error(answer: bytes, protocol: str) -> dict[str, Any]:
+    """What botocore's parser of ``protocol`` makes of a raw error answer, as boto3 would."""
+    from botocore.parsers import create_parser
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines)}  # fmt: skip
+    response = {"status_code": int(status_line.split()[1]), "headers": headers, "body": body}
+    parsed: dict[str, Any] = create_parser(protocol).parse(response, None)
+    return parsed
+
+
+def test_the_protocols_own_refusals_carry_the_platforms_codes_for_boto3(
+    gateway: GatewayProcess,
+) -> None:
+    """A head too malformed (400) or too large (431) for the app, or too slow (408): boto3's
+    clients, REST-JSON (``sagemaker-runtime``) and JSON 1.1 (``sagemaker``), raised an error
+    coded "400", "431" or "408", which names nothing a caller can catch or retry."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as slow:
+        slow.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        invocation = b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        malformed = invocation + b"Content Type: text/csv\r\n\r\n"
+        large = invocation + b"X-Large: " + b"a" * (64 * 1024) + b"\r\n\r\n"
+        answers = [raw_answer(gateway, malformed), raw_answer(gateway, large)]
+        answers.append(b"".join(iter(lambda: slow.recv(65536), b"")))  # its header timeout
+    expected = [(400, "ValidationError"), (431, "ValidationError"),
+                (408, "RequestTimeoutException")]  # fmt: skip
+    for answer, (status, code) in zip(answers, expected, strict=True):
+        for protocol in ("rest-json", "json"):
+            parsed = botocore_error(answer, protocol)
+            assert parsed["ResponseMetadata"]["HTTPStatusCode"] == status, answer
+            assert parsed["Error"]["Code"] == code, (protocol, answer)
+            assert uuid.UUID(parsed["ResponseMetadata"]["RequestId"])
+        message = botocore_error(answer, "rest-json")["Error"]["Message"]
+        assert message and "request" in message, answer
