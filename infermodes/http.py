@@ -456,6 +456,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
         self.half_closed = False  # the client sent its EOF and is owed answers
+        self.lingering = False  # answered and handed to ``_Lingering``
         self.peer_check: asyncio.TimerHandle | None = None
         self.close_answered = self._close_answered  # bound once, for each request's cycle
 
@@ -591,6 +592,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self.flow.resume_reading()  # a large body paused it
         self.transport.write_eof()  # after the answer: the client sees it whole
+        self.lingering = True
         self.transport.set_protocol(_Lingering(self, self.transport))
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]  # uvicorn types the app as its ASGI3Application
@@ -656,7 +658,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Graceful stop. A connection that has not carried a whole request head yet is reset
         (SO_LINGER 0), not closed: its client's request, if one is on the way, was not read, and
         a reset says so (a plain close after a partly read head, or before the request arrived,
-        would look like a server that read it and failed, which a proxy must not retry)."""
+        would look like a server that read it and failed, which a proxy must not retry).
+        A lingering connection is closed at once: its answer and EOF are out, and the drain
+        would otherwise wait out the linger's bound (uvicorn closes only a connection whose
+        last request was answered, and a refused body's request never is)."""
+        if self.lingering:
+            self.transport.close()
+            return
         if self.cycle is None:
             sock = self.transport.get_extra_info("socket")
             if sock is not None:

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -578,3 +579,25 @@ def test_the_protocols_own_refusals_carry_the_platforms_codes_for_boto3(
             assert uuid.UUID(parsed["ResponseMetadata"]["RequestId"])
         message = botocore_error(answer, "rest-json")["Error"]["Message"]
         assert message and "request" in message, answer
+
+
+def test_sigterm_ends_a_lingering_close_at_once(tmp_path: Path) -> None:
+    """A request whose chunked body is malformed gets its 400 while the client may still be
+    sending: the connection lingers (``http._Lingering``), and the gateway's drain waited for
+    it to end on its own. Here its bound is an hour, in the gateway process itself: an exit
+    within the wait below is the drain ending it, not the bound."""
+    program = [sys.executable, "-c", "import infermodes.http as h; h.LINGER_SECONDS = 3600.0; "
+               "from infermodes.cli import main; main()"]  # fmt: skip
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    with running_gateway([endpoint], tmp_path, program=program) as gateway:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"zz\r\n1,2\r\n")  # fmt: skip
+            assert answer_head(conn).startswith(b"HTTP/1.1 400 "), gateway.log
+            os.killpg(gateway.proc.pid, signal.SIGTERM)
+            assert gateway.proc.wait(60) == 0, gateway.log  # the client still holds it open
+            with contextlib.suppress(ConnectionResetError):
+                while conn.recv(65536):  # the rest of the answer, then the connection's end
+                    pass

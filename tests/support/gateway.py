@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +76,17 @@ def running_gateway(
     directory: Path,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    program: Sequence[str] = (INFERMODES,),
 ) -> Iterator[GatewayProcess]:
     """A gateway over ``endpoints`` (``static_endpoint`` entries), ready; stopped after.
-    ``env``: more environment variables."""
+    ``env``: more environment variables; ``program``: the command before ``gateway``."""
     config = directory / "endpoints.json"
     config.write_text(json.dumps({"endpoints": endpoints}))
     port = free_port()
     log_path = directory / "gateway.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [INFERMODES, "gateway", "--static-endpoints", str(config), "--port", str(port),
+            [*program, "gateway", "--static-endpoints", str(config), "--port", str(port),
              "--invocation-timeout-seconds", "30", *(args or [])],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             start_new_session=True,
