@@ -5,6 +5,7 @@ scaler sits out."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -68,6 +69,22 @@ def broker_secret(tools: Tools, namespace: str, broker: Broker) -> None:
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET},
               "stringData": urls}  # fmt: skip
     tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
+
+
+HELD_WEBHOOK_SECRET = "infermodes-held-webhook"
+
+
+def holding_webhook(tools: Tools, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with workers that try a webhook 10 times (a Secret's key named
+    ``spec.storageSecretRef``, whose keys become their env): a ``WebhookReceiver(holds=...)``
+    then holds a request for minutes, each try until the worker's 10 s cutoff, however slow
+    the machine (an answer trickled from the start ended at the first cutoff)."""
+    attempts = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": HELD_WEBHOOK_SECRET},
+            "stringData": attempts}  # fmt: skip
+    tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", body)
+    manifest["spec"]["storageSecretRef"] = {"name": HELD_WEBHOOK_SECRET}
+    return manifest
 
 
 def serve_async(
@@ -305,7 +322,7 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
     finishes and acknowledges its request, and exits 0: both requests complete, once each.
     The webhook's URL is in a Secret (``successWebhookSecretRef``): never in the Deployment."""
     release = threading.Event()
-    with WebhookReceiver(hold=release) as webhook:
+    with WebhookReceiver(holds=lambda _: release) as webhook:
         hook = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infermodes-hook"},
                 "stringData": {"success": webhook.url}}  # fmt: skip
         tools.cluster.api.post(f"/api/v1/namespaces/{k8s_namespace}/secrets", hook)
@@ -315,6 +332,7 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
                   "invocationTimeoutSeconds": 120,
                   "notification": {"topic": True, "successWebhookSecretRef": held}}  # fmt: skip
         manifest = async_manifest("busy", model_uri, tmp_path, **fields)
+        holding_webhook(tools, k8s_namespace, manifest)
         _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=2)
         workers = tools.cluster.api.get(
             f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-busy"
@@ -327,8 +345,8 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
         wait_until(lambda: all(in_flight(ip) == 1 for ip in pods.values()), 60,
                    "both workers to hold a request")  # fmt: skip
 
-        cut = async_manifest("busy", model_uri, tmp_path, **{**fields, "minReplicas": 1,
-                                                              "maxReplicas": 1})  # fmt: skip
+        cut = copy.deepcopy(manifest)  # the same spec (its Secret too: no new pod template)
+        cut["spec"]["async"].update(minReplicas=1, maxReplicas=1)
         assert tools.apply(cut, k8s_namespace).returncode == 0
         wait_until(lambda: len(worker_pods(tools, k8s_namespace, "busy")) == 1, 60, "a scale-in")
         (kept,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "busy")]

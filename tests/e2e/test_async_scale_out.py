@@ -24,6 +24,7 @@ from tests.e2e.test_async import (
     async_manifest,
     broker_secret,
     check_outputs,
+    holding_webhook,
     in_flight,
     invoke_all,
     serve_async,
@@ -77,11 +78,13 @@ def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
     is still held: no pod or Deployment changed meanwhile, and the resync is an hour away.
     Then every request completes once."""
     release = threading.Event()
-    with WebhookReceiver(hold=release) as webhook:
+    with WebhookReceiver(holds=lambda _: release) as webhook:
         fields = {"minReplicas": 1, "maxReplicas": 3, "maxConcurrentInvocationsPerInstance": 1,
                   "targetBacklogPerInstance": 1, "invocationTimeoutSeconds": 120,
                   "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
-        manifest = async_manifest("burst", model_uri, tmp_path, **fields)
+        manifest = holding_webhook(
+            tools, k8s_namespace, async_manifest("burst", model_uri, tmp_path, **fields)
+        )
         endpoint, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
         assert endpoint["status"]["replicas"] == 1
         notifications = Notifications(broker, "burst").declare()

@@ -213,13 +213,15 @@ def held_by_a_webhook(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, endpoint: str, requests: int
 ) -> Iterator[tuple[Notifications, WebhookReceiver, threading.Event, Process, set[str]]]:
     """A worker (2 invocation threads) whose success webhook holds each request until the
-    event is set, and ``requests`` one-row requests accepted for it: the notifications
-    watched, the webhook, the event, the worker and the requests' ids."""
+    event is set (each try until the worker's cutoff, 10 tries: minutes, however slow the
+    machine), and ``requests`` one-row requests accepted for it: the notifications watched,
+    the webhook, the event, the worker and the requests' ids."""
     notes = Notifications(rabbitmq, endpoint).declare()
     release = threading.Event()
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}
     with (
-        WebhookReceiver(hold=release) as hook,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
+        WebhookReceiver(holds=lambda _: release) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
     ):
         worker = live.start_worker(
             model_uri(abalone_model), "w", concurrency=2, extra=("--success-webhook-url", hook.url)
@@ -237,13 +239,15 @@ def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
     waiting for acknowledgements that cannot happen."""
     with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, "lost", 2) as held:
         notes, hook, release, worker, ids = held
-        wait_until(lambda: len(hook.received) == 2, 60, "both requests held by the webhook")
+        wait_until(lambda: len(hook.ids()) == 2, 60, "both requests held by the webhook")
         rabbitmq.stop()
         rabbitmq.start()
         wait_until(lambda: "broker reachable again" in worker.log, 60, "the worker to reconnect")
         release.set()
         notes.wait_for(ids, "Completed", 120)
         wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 0, 60, "no work left")
+        # it subscribes again once the work it held across the restart has ended
+        wait_until(lambda: readiness(worker) == 200, 60, "the worker to consume again")
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(60) == 0, worker.log[-2000:]
         assert "stopped consuming; 0 request(s) in flight" in worker.log
@@ -631,7 +635,7 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_no_more_than_it_can_wor
     with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, endpoint, 4) as held:
         notes, hook, release, worker, ids = held
         try:
-            wait_until(lambda: len(hook.received) == 2, 60, "two requests held by the webhook")
+            wait_until(lambda: len(hook.ids()) == 2, 60, "two requests held by the webhook")
             assert metric(worker, "infermodes_async_in_flight") == 2
             close_consumer_connection(rabbitmq, endpoint)
             wait_until(lambda: "broker reachable again" in worker.log, 60, "a new connection")
