@@ -50,9 +50,9 @@ class StorageRefused(StorageError):
 
 
 class UnusableLocation(StorageError):
-    """The URI names what the file system cannot hold: a name too long, a path through a
-    file. A mistake of whoever gave it (the spec's path, a request's location), which no retry
-    mends."""
+    """The URI names what the store cannot hold or does not take: a name too long, a path
+    through a file, a key an S3 server refuses. A mistake of whoever gave it (the spec's
+    path, a request's location), which no retry mends."""
 
     status_code = 400
 
@@ -83,6 +83,12 @@ def file_error(action: str, uri: str, exc: OSError) -> StorageError:
 S3_REFUSALS = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
     "AccountProblem", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "403",
+})  # fmt: skip
+# S3's error codes of a name or request the store never takes, whoever asks (AWS's and
+# S3-compatible servers': SeaweedFS answers InvalidRequest to a key with a '..' segment)
+S3_UNUSABLE = frozenset({
+    "KeyTooLongError", "InvalidBucketName", "InvalidObjectName", "InvalidRequest",
+    "InvalidArgument", "InvalidURI",
 })  # fmt: skip
 
 
@@ -550,8 +556,9 @@ class S3Store:
             return ObjectNotFound(f"no such object: {ref.uri}")
         if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageRefused(f"s3 refused access to {ref.uri}: {exc}")
-        if code in ("KeyTooLongError", "InvalidBucketName"):
-            return UnusableLocation(f"s3 cannot hold {ref.uri}: {exc}")
+        if code in S3_UNUSABLE:
+            what = "cannot hold" if writing else "does not take the location"
+            return UnusableLocation(f"s3 {what} {ref.uri}: {exc}")
         return StorageError(f"s3 error on {ref.uri}: {exc}")
 
     @contextlib.contextmanager

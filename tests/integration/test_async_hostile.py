@@ -483,6 +483,36 @@ def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
     assert record["attempts"] == 1, record
 
 
+def test_an_input_key_the_store_calls_invalid_fails_at_once_naming_it(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A key the S3 server will never take (SeaweedFS answers InvalidRequest to a '..'
+    segment): the request ends on its first attempt, naming the location. Taken for a store
+    outage, it held a worker's slot for the storage wait (5 minutes) at each of its attempts,
+    and the caller heard nothing all that time."""
+    from tests.support.seaweedfs import seaweedfs_server
+
+    endpoint = "store-calls-invalid"  # the session's broker is shared: a queue name of its own
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with seaweedfs_server() as store:
+        client: Any = store.client()
+        client.create_bucket(Bucket="inputs")
+        client.put_object(Bucket="inputs", Key="rows.csv", Body=to_csv(abalone_model.test_rows[:2]))
+        anywhere = ()  # no allowed prefixes: an s3:// input may lie anywhere, as by default
+        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, store.env, 3,
+                   anywhere) as live:  # fmt: skip
+            headers = {ID: "dotted", LOCATION: "s3://inputs/x/../rows.csv"}
+            assert live.invoke(headers=headers).status_code == 202
+            live.start_worker(model_uri(abalone_model), "w")
+            notes.wait_for({"dotted"}, "Failed", 60)
+    [note] = notes.received
+    assert note["failureReason"] == "UnusableLocation", note
+    message = str(note["failureMessage"])
+    assert "s3 does not take the location s3://inputs/x/../rows.csv" in message, message
+    record = json.loads((tmp_path / "failure" / "dotted.error").read_bytes())
+    assert record["attempts"] == 1, record
+
+
 def test_a_storage_outage_is_waited_out_and_every_queued_request_completes_once(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

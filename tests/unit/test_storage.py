@@ -407,7 +407,9 @@ def test_an_s3_refusal_is_storage_refused_which_no_retry_mends(code: str) -> Non
     assert (failure.reason, failure.retry) == ("StorageRefused", False)
 
 
-@pytest.mark.parametrize("code", ["KeyTooLongError", "InvalidBucketName"])
+@pytest.mark.parametrize(
+    "code", ["KeyTooLongError", "InvalidBucketName", "InvalidRequest", "InvalidObjectName"]
+)
 def test_an_s3_name_the_store_cannot_hold_is_unusable_which_no_retry_mends(code: str) -> None:
     from botocore.exceptions import ClientError
 
