@@ -197,7 +197,13 @@ def input_location_of(
     opens to that prefix, links resolved (S3 keys have no links: this check is all). Never
     the API's own objects there or in another endpoint's input prefix (``api_prefixes``):
     other callers' inline inputs and records. ``allowed_from``: the setting that adds allowed
-    prefixes in this process, named in a refusal ("": it has none)."""
+    prefixes in this process, named in a refusal ("": it has none). A plain path is refused:
+    read as one, it would name a file relative to this process's working directory."""
+    if "://" not in value:
+        raise InvalidInput(
+            f"{INPUT_LOCATION} {clipped(value)!r} is not a URI: give s3://bucket/key or "
+            "file:///absolute/path"
+        )
     try:
         ref = normalised(value)
     except StorageError as exc:
