@@ -177,7 +177,8 @@ def inference_id_of(value: str | None) -> str:
         return new_inference_id()
     if not INFERENCE_ID.fullmatch(value):
         raise InvalidInput(
-            f"{INFERENCE_ID_HEADER} must be 1 to 64 letters, digits, '.', '_' or '-'"
+            f"{INFERENCE_ID_HEADER} must be 1 to 64 letters, digits, '.', '_' or '-', the "
+            "first a letter or digit"
         )
     return value
 

@@ -138,6 +138,9 @@ def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
         ({"X-Amzn-SageMaker-RequestTTLSeconds": "0"}, b"1", 400, "RequestTTLSeconds"),
         ({"X-Amzn-SageMaker-InvocationTimeoutSeconds": "3601"}, b"1", 400, "1 to 3600"),
         ({"X-Amzn-SageMaker-Inference-Id": "a/b"}, b"1", 400, "Inference-Id"),
+        # boto3 sends it (its pattern takes any printable id); the message said only which
+        # characters, all of which it has
+        ({"X-Amzn-SageMaker-Inference-Id": ".a"}, b"1", 400, "the first a letter or digit"),
         # a path, not a URI: it was read relative to the API's working directory
         ({"X-Amzn-SageMaker-InputLocation": "rows.csv"}, b"", 400, "'rows.csv' is not a URI"),
         ({"X-Amzn-SageMaker-InputLocation": "/x/rows.csv"}, b"", 400, "file:///absolute/path"),
