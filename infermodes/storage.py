@@ -162,12 +162,17 @@ def prefix_base(prefix: str) -> str:
         return prefix
 
 
+def dotted(uri: str) -> bool:
+    """Whether a normalised ``uri`` has a ``.`` or ``..`` segment: an S3 key keeps them as
+    written, and an S3-compatible server or a proxy may resolve them (file paths have none
+    left)."""
+    return any(part in (".", "..") for part in uri.split("/")[3:])
+
+
 def lies_under(uri: str, base: str) -> bool:
-    """Whether a normalised ``uri`` names something under ``base`` (from ``prefix_base``). An
-    S3 key keeps ``.`` and ``..`` segments as written, and an S3-compatible server or a proxy
-    may resolve them: such a key lies under nothing."""
-    dotted = any(part in (".", "..") for part in uri.split("/")[3:])
-    return not dotted and uri.startswith(base.rstrip("/") + "/")
+    """Whether a normalised ``uri`` names something under ``base`` (from ``prefix_base``); a
+    ``dotted`` one lies under nothing."""
+    return not dotted(uri) and uri.startswith(base.rstrip("/") + "/")
 
 
 def prefix_within(prefix: str, folder: str) -> bool:

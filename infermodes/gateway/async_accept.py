@@ -85,6 +85,7 @@ from infermodes.storage import (
     Storage,
     StorageRefused,
     UnusableLocation,
+    dotted,
     folder_uri,
     join_uri,
     lies_under,
@@ -228,6 +229,12 @@ def input_location_of(
                 f"{INPUT_LOCATION} {ref.uri} names the prefix {prefix} itself: name one object "
                 "under it"
             )
+    if dotted(ref.uri):
+        raise InputNotAllowed(
+            f"{INPUT_LOCATION} {ref.uri} has a '.' or '..' segment, which S3 keeps as written "
+            "and a server may resolve, so it lies under no allowed prefix: name the object "
+            "without them"
+        )
     raise InputNotAllowed(
         f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
         + (f" ({allowed_from} adds more)" if allowed_from else "")

@@ -387,6 +387,16 @@ def test_locations_outside_the_allowed_prefixes_are_refused(location: str) -> No
         input_location_of(location, ["s3://data/in", "file:///data/in"], OWN)
 
 
+@pytest.mark.parametrize(
+    "location", ["s3://data/in/x/../y.csv", "s3://data/in/./y.csv", "s3://data/in/../in/y.csv"]
+)
+def test_an_s3_key_with_dot_segments_is_refused_naming_them(location: str) -> None:
+    """Such a key lies under no prefix (a server may resolve it elsewhere), but "not under an
+    allowed prefix: s3://data/in", which it is as written, did not say why."""
+    with pytest.raises(InputNotAllowed, match="has a '.' or '..' segment"):
+        input_location_of(location, ["s3://data/in", "file:///data/in"], OWN)
+
+
 @pytest.mark.parametrize("location", [OWN, f"{OWN}/", "s3://data/in", "file:///data/in/"])
 def test_a_location_naming_a_prefix_itself_says_so(location: str) -> None:
     """Not "x is not under an allowed prefix: x": a folder is no input object."""
