@@ -124,7 +124,7 @@ def parse_uri(uri: str) -> ObjectRef:
         host, slash, path = rest.partition("/")
         if host not in ("", "localhost") or not slash:
             raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
-        return ObjectRef("file", "", unquote("/" + path))
+        return ObjectRef("file", "", _file_path(uri, path))
     if scheme.lower() == "s3":
         bucket, _, key = rest.partition("/")
         if not bucket:
@@ -133,6 +133,19 @@ def parse_uri(uri: str) -> ObjectRef:
     raise StorageError(
         f"unsupported storage scheme {scheme.lower()!r} in {uri!r} (use file:// or s3://)"
     )
+
+
+def _file_path(uri: str, path: str) -> str:
+    """The path a ``file://`` URI names, percent-decoded: refused when it decodes to what no
+    file name holds (a NUL), or to bytes that are not UTF-8 (read as U+FFFD, it would name
+    another file)."""
+    try:
+        decoded = unquote("/" + path, errors="strict")
+    except UnicodeDecodeError:
+        raise StorageError(f"file URI {uri!r} percent-encodes bytes that are not UTF-8") from None
+    if "\x00" in decoded:
+        raise StorageError(f"file URI {uri!r} has a NUL (%00), which no file name holds")
+    return decoded
 
 
 def normalised(uri: str) -> ObjectRef:

@@ -144,6 +144,11 @@ def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
         # a path, not a URI: it was read relative to the API's working directory
         ({"X-Amzn-SageMaker-InputLocation": "rows.csv"}, b"", 400, "'rows.csv' is not a URI"),
         ({"X-Amzn-SageMaker-InputLocation": "/x/rows.csv"}, b"", 400, "file:///absolute/path"),
+        # no file name holds a NUL: under the input prefix, it was accepted and failed each
+        # attempt ("ValueError: embedded null byte")
+        ({"X-Amzn-SageMaker-InputLocation": "file:///x/a%00b"}, b"", 400, "a NUL"),
+        # not UTF-8 once decoded: it was read as another file's name (U+FFFD for the byte)
+        ({"X-Amzn-SageMaker-InputLocation": "file:///x/%FF.csv"}, b"", 400, "not UTF-8"),
         (
             {"X-Amzn-SageMaker-InputLocation": "file:///etc/passwd"},
             b"",
