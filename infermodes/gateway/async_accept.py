@@ -203,8 +203,8 @@ def input_location_of(
     read as one, it would name a file relative to this process's working directory."""
     if "://" not in value:
         raise InvalidInput(
-            f"{INPUT_LOCATION} {clipped(value)!r} is not a URI: give s3://bucket/key or "
-            "file:///absolute/path"
+            f"{INPUT_LOCATION} {clipped(value)!r} is not an s3:// or file:/// URI: give "
+            "s3://bucket/key or file:///absolute/path"
         )
     try:
         ref = normalised(value)

@@ -141,9 +141,10 @@ def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
         # boto3 sends it (its pattern takes any printable id); the message said only which
         # characters, all of which it has
         ({"X-Amzn-SageMaker-Inference-Id": ".a"}, b"1", 400, "the first a letter or digit"),
-        # a path, not a URI: it was read relative to the API's working directory
-        ({"X-Amzn-SageMaker-InputLocation": "rows.csv"}, b"", 400, "'rows.csv' is not a URI"),
+        # a path, or file: with one slash: it was read relative to the working directory
+        ({"X-Amzn-SageMaker-InputLocation": "rows.csv"}, b"", 400, "'rows.csv' is not an s3://"),
         ({"X-Amzn-SageMaker-InputLocation": "/x/rows.csv"}, b"", 400, "file:///absolute/path"),
+        ({"X-Amzn-SageMaker-InputLocation": "file:/x/rows.csv"}, b"", 400, "not an s3:// or"),
         # no file name holds a NUL: under the input prefix, it was accepted and failed each
         # attempt ("ValueError: embedded null byte")
         ({"X-Amzn-SageMaker-InputLocation": "file:///x/a%00b"}, b"", 400, "a NUL"),
