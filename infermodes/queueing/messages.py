@@ -147,9 +147,7 @@ def plan(
     """Decide from what is already stored and how often the message came: existing results win
     (exactly one output per request), then a success claimed but not stored (its worker died
     storing it, or could not store it: finish it, whatever the budget and TTL, until the
-    queue's last two deliveries), then the attempt budget, then the TTL, which bounds the
-    wait to start: a delivery after the first (a retry, a crash's redelivery) comes of a
-    request that started in time, so it runs until its attempts are spent."""
+    queue's last two deliveries), then the attempt budget, then the TTL."""
     if output_exists:
         return Step.RESEND_SUCCESS
     if error_exists:
@@ -158,7 +156,7 @@ def plan(
         return Step.ABANDON if last_resort(delivery_count, max_attempts) else Step.PROCESS
     if delivery_count >= max_attempts:
         return Step.GIVE_UP
-    if delivery_count == 0 and now > expires_at:
+    if now > expires_at:
         return Step.EXPIRE
     return Step.PROCESS
 

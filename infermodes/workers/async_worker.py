@@ -396,8 +396,7 @@ class Processor:
         if step is Step.ABANDON:
             return self._abandon(request, count)
         if step is Step.EXPIRE:
-            ttl = request.expires_at - request.accepted_at
-            failure = Failure("Expired", f"the request's TTL of {ttl:.0f} s passed", retry=False)
+            failure = Failure("Expired", expiry_message(request, count), retry=False)
             self._finish_with_error(Target.of(request), failure, count + 1, count)
             return Result(Settle.ACK, "expired")
         try:
@@ -618,6 +617,18 @@ def storage_wait_budget(storage_wait: float, hold_limit: float | None, after: fl
     if hold_limit is None:
         return storage_wait
     return max(0.0, min(storage_wait, hold_limit - after - FINISH_RESERVE_SECONDS))
+
+
+def expiry_message(request: InvocationRequest, count: int) -> str:
+    """Why a request expired: before it started, or before a retry could (``count``: the
+    deliveries before this one), which the caller would otherwise take for never started."""
+    ttl = f"the request's TTL of {request.expires_at - request.accepted_at:.0f} s passed"
+    if count == 0:
+        return ttl
+    return (
+        f"{ttl} before its attempt {count + 1} could start (attempt {count} failed, or its "
+        "worker stopped: the workers' logs say why)"
+    )
 
 
 def _failure_of(record: bytes, failure_location: str) -> Failure:

@@ -72,7 +72,6 @@ def test_malformed_messages_keep_what_can_be_read(
         (False, False, False, 3, 100.0, Step.GIVE_UP),
         (False, False, False, 3, 999.0, Step.GIVE_UP),
         (False, False, False, 0, 160.5, Step.EXPIRE),
-        (False, False, False, 1, 160.5, Step.PROCESS),  # it started in time: a retry runs
         # a success claimed but not stored is finished, whatever the budget and TTL, until
         # the queue's last two deliveries (maxAttempts 3 + headroom 3: the embedded queue
         # delivers counts 0 to 5, RabbitMQ 0 to 6)
