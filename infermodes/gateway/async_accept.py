@@ -212,6 +212,11 @@ def input_location_of(
         raise InvalidInput(f"{INPUT_LOCATION}: {exc}") from None
     if not ref.key.strip("/"):  # a bucket, or the root folder
         raise InvalidInput(f"{INPUT_LOCATION} {ref.uri} names no object: name one, as bucket/key")
+    if ref.key.endswith("/"):  # S3 keeps it (file paths are normalised): read, it is empty
+        raise InvalidInput(
+            f"{INPUT_LOCATION} {ref.uri} names a folder (its key ends in '/'): name one object "
+            "in it (a batch transform job reads a folder)"
+        )
     if any(_api_object(prefix, ref.uri) for prefix in (own_prefix, *api_prefixes)):
         raise InputNotAllowed(
             f"{INPUT_LOCATION} {ref.uri} is one of the API's own objects (another request's "

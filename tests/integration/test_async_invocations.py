@@ -133,6 +133,9 @@ def refusing_api(rabbitmq: Broker, tmp_path_factory: pytest.TempPathFactory) -> 
         ({}, b"", 400, "no input"),
         ({"X-Amzn-SageMaker-InputLocation": "file:///x"}, b"1", 400, "not both"),
         ({"X-Amzn-SageMaker-InputLocation": "ftp://x/y"}, b"", 400, "unsupported storage"),
+        # a folder (a console's zero-byte marker, or a server's directory): it was read as an
+        # object and failed "empty input: expected at least one row"
+        ({"X-Amzn-SageMaker-InputLocation": "s3://b/rows/"}, b"", 400, "names a folder"),
         ({"content-type": "image/png"}, b"1", 415, "unsupported content type"),
         ({"accept": "text/html"}, b"1", 406, "text/html"),
         ({"X-Amzn-SageMaker-RequestTTLSeconds": "0"}, b"1", 400, "RequestTTLSeconds"),
