@@ -367,6 +367,10 @@ def test_every_answer_of_the_invocation_routes_names_its_request_as_the_platform
             EndpointName="realtime", Body=b"1,x", ContentType="text/csv"
         ),
         lambda: client.invoke_endpoint_async(EndpointName="realtime", InputLocation="s3://b/k"),
+        # a DEL in a header: boto3 sends it (ASCII), HTTP refuses it before any route
+        lambda: client.invoke_endpoint_async(
+            EndpointName="realtime", InputLocation="s3://b/k", CustomAttributes="a\x7fb"
+        ),
     ]
     for call in calls:
         with pytest.raises(ClientError) as caught:
@@ -374,6 +378,8 @@ def test_every_answer_of_the_invocation_routes_names_its_request_as_the_platform
         named.append(caught.value.response["ResponseMetadata"].get("RequestId", ""))
     assert all(uuid.UUID(request_id) for request_id in named), named
     assert len(set(named)) == len(named), named
+    # the refusal HTTP made carries the platform's code too: boto3 raised one coded "400"
+    assert caught.value.response["Error"]["Code"] == "ValidationError", caught.value.response
     wrong_method = httpx.get(f"{gateway.url}/endpoints/realtime/invocations")
     assert uuid.UUID(wrong_method.headers["x-amzn-requestid"])
 
