@@ -17,6 +17,9 @@ BROKER_UNREADABLE = "BrokerUnreadable"  # an async endpoint's reason while its q
 MODEL_LOAD_FAILED = "ModelLoadFailed"
 CONTAINER_CANNOT_RUN = "ContainerCannotRun"  # a missing Secret, an image that cannot be pulled
 CONTAINER_CRASHING = "ContainerCrashing"
+# a container (a local process) that has crashed this often, never ready, is not going to
+# come up: both actuators then say so, and the gateway answers its held requests at once
+CRASH_RESTARTS = 3
 BROKER_LOGIN_REFUSED = "BrokerLoginRefused"  # async workers the broker Secret's URL cannot log in
 FAILED_CREATE = "FailedCreate"  # the API refuses the pods: a quota, a Pod Security level
 UNSCHEDULABLE = "Unschedulable"  # no node has room for them

@@ -49,6 +49,8 @@ from infermodes.endpoints.spec import Mode, Phase
 from infermodes.endpoints.status import (
     ACTUATION_FAILED,
     COMPLETED,
+    CONTAINER_CRASHING,
+    CRASH_RESTARTS,
     MODEL_LOAD_FAILED,
     OUTPUT_IN_USE,
     SCALED_TO_ZERO,
@@ -846,10 +848,13 @@ class Supervisor:
         # the previous spec's servers: Updating. A retry's server, not ready yet, has not shown
         # the model loads: Failed until it does (a waiter would pass on it), as the operator's
         # status stays while a restarted pod's last exit says the model could not load
+        crashing = None if ready or endpoint.outgoing else self._crashing(endpoint)
         if endpoint.load_failure is not None and not (ready or endpoint.outgoing):
             phase, reason = Phase.FAILED, endpoint.load_failure[0]
             when = "now" if running else "when one of its processes starts"
             message = f"{endpoint.load_failure[1]}; tried again {when}"
+        elif crashing is not None:
+            phase, (reason, message) = Phase.FAILED, crashing
         elif ready > 0:
             endpoint.load_failure = None
         # the previous spec's servers serve too while a rollover lasts, as a Deployment's old
@@ -861,6 +866,20 @@ class Supervisor:
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
+
+    @staticmethod
+    def _crashing(endpoint: LocalEndpoint) -> tuple[str, str] | None:
+        """(reason, message) when one of its model servers has crashed ``CRASH_RESTARTS``
+        times and none is ready, as the operator says of a pod that keeps crashing: no
+        replica is coming, so the gateway answers held requests at once, not at the timeout.
+        It goes on restarting under its back-off, and a ready one ends it."""
+        for key, child in endpoint.children.items():
+            if key in endpoint.ports and child.exits >= CRASH_RESTARTS:
+                return CONTAINER_CRASHING, (
+                    f"process {key} keeps crashing: exited with {child.last_exit} "
+                    f"(its log: {child.log_path})"
+                )
+        return None
 
     # batch
     def _summary_path(self, name: str, index: int) -> Path:

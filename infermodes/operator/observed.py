@@ -10,6 +10,7 @@ from infermodes.endpoints.status import (
     BROKER_LOGIN_REFUSED,
     CONTAINER_CANNOT_RUN,
     CONTAINER_CRASHING,
+    CRASH_RESTARTS,
     FAILED_CREATE,
     MODEL_LOAD_FAILED,
     UNSCHEDULABLE,
@@ -23,7 +24,6 @@ CANNOT_RUN_REASONS = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerError",
     "CreateContainerConfigError", "RunContainerError", "StartError",
 })  # fmt: skip
-CRASH_RESTARTS = 3  # a container that has crashed this often is not going to come up
 # The node authorizer's words while it has not yet linked a new pod to its node: the kubelet
 # was refused the pod's Secret for a moment and reads it again at once (a race, not the spec's
 # fault; taken for one, it failed a cold start and its held requests)

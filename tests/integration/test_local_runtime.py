@@ -901,6 +901,27 @@ def test_a_serverless_endpoint_whose_model_is_put_back_serves_again_by_itself(
         assert answer.status_code == 200, answer.text
 
 
+def test_a_request_held_for_a_serverless_server_that_keeps_crashing_is_released(
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model server that exits at once at each start, not for its model (here: a setting
+    in ``up``'s environment, which its processes get, that it refuses): the endpoint turns
+    ``Failed``, ``ContainerCrashing``, as the operator's does for a pod that keeps crashing,
+    and the held request gets the 400 naming it rather than a 503 at the timeout."""
+    monkeypatch.setenv("INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS", "300")  # read by up
+    monkeypatch.setenv("INFERMODES_SERVE_MAX_ROWS", "-1")
+    files = [manifest("serverless", abalone_model.tarball, tmp_path)]
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        url = f"{up.url}/endpoints/abalone-serverless/invocations"
+        held = httpx.post(url, content=to_csv(abalone_model.test_rows[:1]),
+                          headers={"content-type": "text/csv"}, timeout=60)  # fmt: skip
+        assert held.status_code == 400, held.text
+        assert "is Failed (ContainerCrashing), not InService" in held.json()["message"]
+        status = up.status("abalone-serverless")
+        assert (status["phase"], status["reason"]) == ("Failed", "ContainerCrashing"), status
+        assert "abalone-serverless/server-0 keeps crashing: exited with 1" in status["message"]
+
+
 INPUTS = 12_000  # objects: seconds of work for the two instances, so up sees them run
 
 
