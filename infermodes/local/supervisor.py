@@ -834,12 +834,15 @@ class Supervisor:
             phase, reason = Phase.CREATING, "Creating" if ready else "NoReplicaReady"
             if ready:
                 notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
+        elif mode is Mode.SERVERLESS and not endpoint.desired:
+            phase, reason = Phase.IN_SERVICE, SCALED_TO_ZERO  # as the operator says it
+            notes.insert(0, SCALED_TO_ZERO_MESSAGE)
+        elif mode is Mode.SERVERLESS and ready < endpoint.desired:
+            phase, reason = Phase.IN_SERVICE, "Scaling"  # a cold start: as the operator says it
+            notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
         else:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
-        if phase is Phase.IN_SERVICE and mode is Mode.SERVERLESS and not running:
-            reason = SCALED_TO_ZERO  # as the operator says it
-            notes.insert(0, SCALED_TO_ZERO_MESSAGE)
         if mode is Mode.ASYNC and endpoint.silent:
             notes.append(f"worker(s) {', '.join(endpoint.silent)} cannot say what they hold "
                          "(no count on their metrics port): the queue's figures scale the "

@@ -1014,6 +1014,29 @@ def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
     assert (status.phase.value, status.reason) == ("Updating", "Updating")
 
 
+@pytest.mark.parametrize("running", [True, False])
+def test_a_serverless_cold_start_says_scaling_until_its_replica_is_ready(
+    tmp_path: Path, running: bool
+) -> None:
+    """While a cold start's server loads (or waits out its back-off after a crash), up said
+    InService ``Ready`` with 0 of 1 replicas ready (``ScaledToZero`` when no process ran),
+    where the operator says ``Scaling`` while replicas start (README: "A serverless
+    endpoint"): ScaledToZero is for no replica wanted."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    endpoint = supervisor.endpoints[name]
+    supervisor._set_status(endpoint)
+    assert endpoint.status.reason == "ScaledToZero"
+    endpoint.desired = 1
+    endpoint.children["server-0"] = FakeChild(running, "server-0")  # type: ignore[assignment]
+    supervisor._set_status(endpoint)
+    status = endpoint.status
+    expected = ("InService", "Scaling", "0/1 replicas ready")
+    assert (status.phase.value, status.reason, status.message) == expected
+
+
 def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
