@@ -30,6 +30,22 @@ CANNOT_RUN_REASONS = frozenset({
 NODE_NOT_YET_LINKED = "no relationship found between node"
 
 
+GENERIC_EXIT_REASONS = frozenset({"Error", "Completed"})  # the kubelet's words for any exit
+
+
+def termination_message(terminated: dict[str, Any]) -> str:
+    """What a container said as it died: its termination message (with
+    ``FallbackToLogsOnError``, the end of its log), led by the kubelet's reason when that
+    names a cause the log cannot tell, such as ``OOMKilled`` (a model larger than the
+    replica's memory), rather than the ``Error`` of any exit."""
+    message = str(terminated.get("message") or "").strip()
+    reason = str(terminated.get("reason") or "")
+    if reason and reason not in GENERIC_EXIT_REASONS:
+        cause = f"{reason} (exit code {terminated.get('exitCode')})"
+        return f"{cause}: {message}" if message else cause
+    return message or reason
+
+
 @dataclass(frozen=True)
 class PodState:
     name: str
@@ -59,7 +75,7 @@ class PodState:
             terminated = state.get("terminated") or last.get("terminated")
             if terminated:  # what the process said as it died outranks a back-off note
                 exit_code = terminated.get("exitCode")
-                message = terminated.get("message") or terminated.get("reason") or ""
+                message = termination_message(terminated)
             if state.get("waiting"):
                 waiting = state["waiting"].get("reason")
                 message = message or state["waiting"].get("message") or ""

@@ -248,3 +248,28 @@ def test_a_realtime_endpoint_turned_serverless_keeps_a_replica_until_it_is_idle(
     d.clock = lambda: later
     reconcile(body(turned), memory, d, autoscale=True)
     assert applied_replicas(kube) == 0  # idle since the change: to zero
+
+
+def test_a_replica_killed_for_its_memory_while_loading_says_so() -> None:
+    """A model larger than ``memorySizeInMB`` gets the replica OOMKilled as it loads, again at
+    each restart. With ``FallbackToLogsOnError`` the kubelet's termination message is the end
+    of its log, which says nothing of memory: the status said only that the pod keeps crashing,
+    quoting log lines, and dropped the kubelet's ``OOMKilled``, the one word naming the cause."""
+    killed = {
+        "terminated": {
+            "exitCode": 137,
+            "reason": "OOMKilled",
+            "message": "INFO loading model s3://models/big/model.tar.gz",
+        }
+    }
+    crashing = PodState.from_pod({
+        "metadata": {"name": "ie-big-1"},
+        "status": {"phase": "Running", "podIP": "127.0.3.5", "containerStatuses": [{
+            "restartCount": 3, "lastState": killed,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}}}]},
+    })  # fmt: skip
+    workload = WorkloadState(True, 1, 0, 1, True, [crashing])
+    status = serverless.observe(s.EndpointSpec.model_validate(FULL_SPEC), observed(workload), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ContainerCrashing")
+    assert status.message.startswith("pod ie-big-1 keeps crashing: OOMKilled (exit code 137)")
+    assert "loading model s3://models/big/model.tar.gz" in status.message
