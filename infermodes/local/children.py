@@ -159,9 +159,15 @@ class Child:
         return True
 
     def signal(self, signum: int) -> None:
+        """To its process group, so its forked workers get it too; to the process itself
+        while it leads no group yet (a server the zygote forked, before its ``setsid``),
+        or a stop in that moment would reach nothing."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signum)
+                try:
+                    os.killpg(self.proc.pid, signum)
+                except ProcessLookupError:
+                    os.kill(self.proc.pid, signum)
 
     def stop(self) -> None:
         """Ask it to drain and stop (SIGTERM to its group); ``reap`` finishes the stop."""

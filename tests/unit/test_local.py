@@ -23,8 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.demand import GatewayDemand
+from infermodes.endpoints.plan import ProcessPlan
 from infermodes.endpoints.status import Progress, describe_failures, summary_progress
-from infermodes.local.children import Registry, start_time
+from infermodes.local.children import Child, Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import (
@@ -1062,3 +1063,21 @@ def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_r
     monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 2)  # one lost once served
     supervisor._set_status(endpoint)
     assert endpoint.status.phase.value == "InService"
+
+
+def test_a_child_not_yet_leading_its_own_process_group_is_still_stopped(tmp_path: Path) -> None:
+    """A server the zygote forks is in the zygote's process group until its ``setsid``. Stopped
+    in between (deleted right after its cold start), neither its SIGTERM nor, past the grace,
+    its SIGKILL reached it: both went to a group that did not exist. The wait then raised out
+    of up's loop, which stopped up and every endpoint (seen with a server stopped before its
+    ``setsid``). Here: a process in this test's group."""
+    proc = subprocess.Popen(["sleep", "60"])  # no session of its own, as such a server
+    child = Child("e/server-0", ProcessPlan(("sleep",)), tmp_path / "log", proc=proc)
+    try:
+        child.stop()
+        child.reap(grace=30.0)
+        assert proc.returncode == -signal.SIGTERM  # asked to stop, and it did
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
