@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -542,7 +543,11 @@ class Supervisor:
             if child.running() and time.monotonic() < deadline:
                 kept.append((child, deadline))
                 continue
-            child.reap(0.0)  # gone: at once; past its grace: SIGKILL
+            try:
+                child.reap(0.0)  # gone: at once; past its grace: SIGKILL
+            except subprocess.TimeoutExpired:  # in uninterruptible I/O (a hung mount, say)
+                log.warning("%s (pid %s) outlived its SIGKILL; it ends once its I/O does, and "
+                            "is reaped then", child.key, child.pid)  # fmt: skip
         self.retiring = kept
         known = {child.pid for child in self.all_children() if child.pid is not None}
         reap_adopted(known | {self.zygote.pid})

@@ -1081,3 +1081,28 @@ def test_a_child_not_yet_leading_its_own_process_group_is_still_stopped(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class Unkillable:
+    """A process SIGKILL does not end in time (in uninterruptible I/O: a hung network mount
+    it reads a model from): running, and every wait times out."""
+
+    pid = 2**22 + 1  # above pid_max's default: no process of that group or id is signalled
+    returncode = None
+
+    def poll(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise subprocess.TimeoutExpired("unkillable", timeout or 0.0)
+
+
+def test_a_child_that_outlives_its_sigkill_does_not_stop_up(tmp_path: Path) -> None:
+    """Past its grace a retiring child is SIGKILLed and waited for; one still there (in
+    uninterruptible I/O) raised TimeoutExpired out of up's loop, which stopped up and every
+    endpoint. It is left to the kernel now (``reap_adopted`` collects it when it ends)."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    child = Child("e/server-0", ProcessPlan(("sleep",)), tmp_path / "log", proc=Unkillable())
+    supervisor.retiring.append((child, time.monotonic() - 1.0))  # past its grace
+    supervisor._reap()
+    assert supervisor.retiring == []
