@@ -856,18 +856,21 @@ class Supervisor:
         # the previous spec's servers: Updating. A retry's server, not ready yet, has not shown
         # the model loads: Failed until it does (a waiter would pass on it), as the operator's
         # status stays while a restarted pod's last exit says the model could not load
-        crashing = None if ready or endpoint.outgoing else self._crashing(endpoint)
+        crashing = None if ready else self._crashing(endpoint)
+        old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
         if endpoint.load_failure is not None and not (ready or endpoint.outgoing):
             phase, reason = Phase.FAILED, endpoint.load_failure[0]
             when = "now" if running else "when one of its processes starts"
             message = f"{endpoint.load_failure[1]}; tried again {when}"
+        elif crashing is not None and old_serving:  # as the operator's update that cannot roll
+            reason, message = crashing[0], update_blocked(crashing[1], old_serving)  # out
         elif crashing is not None:
             phase, (reason, message) = Phase.FAILED, crashing
         elif ready > 0:
             endpoint.load_failure = None
         # the previous spec's servers serve too while a rollover lasts, as a Deployment's old
         # pods count in its readyReplicas (DescribeEndpoint's CurrentInstanceCount)
-        serving = ready + sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
+        serving = ready + old_serving
         endpoint.status = dataclasses.replace(
             endpoint.status, phase=phase, reason=reason, message=message, replicas=running,
             ready_replicas=serving, desired_replicas=endpoint.desired,

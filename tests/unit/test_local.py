@@ -1106,3 +1106,29 @@ def test_a_child_that_outlives_its_sigkill_does_not_stop_up(tmp_path: Path) -> N
     supervisor.retiring.append((child, time.monotonic() - 1.0))  # past its grace
     supervisor._reap()
     assert supervisor.retiring == []
+
+
+def test_an_update_whose_server_keeps_crashing_says_so_while_the_old_ones_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serverless spec change whose new server keeps crashing, while the previous spec's
+    warm server serves: up said Updating, reason Updating, with nothing on why the update
+    never ends; the operator says Updating, ContainerCrashing, that the new spec cannot roll
+    out and how many old replicas serve."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    endpoint = supervisor.endpoints[name]
+    old, new = FakeChild(True, "old"), FakeChild(True, "new")
+    new.exits, new.last_exit, new.log_path = 3, 1, tmp_path / "new.log"  # type: ignore[attr-defined]
+    endpoint.outgoing["old"] = old  # type: ignore[assignment]
+    endpoint.children["new"] = new  # type: ignore[assignment]
+    endpoint.ports = {"old": 1, "new": 2}
+    endpoint.desired = 1
+    monkeypatch.setattr(supervisor, "_is_ready", lambda endpoint, child: child is old)
+    supervisor._set_status(endpoint)
+    status = endpoint.status
+    assert (status.phase.value, status.reason) == ("Updating", "ContainerCrashing")
+    assert status.message.startswith("the new spec cannot roll out (process new keeps crashing")
+    assert "1 replica(s) of the previous spec still serve" in status.message
