@@ -238,20 +238,26 @@ def failed_status(
     workload: WorkloadState, previous: Status | None, problem: tuple[str, str]
 ) -> Status:
     """The status of a Deployment of model servers whose pods cannot come up (``problem``, from
-    ``failure``): Failed, unless replicas of the previous spec still serve while the new one
-    cannot roll out; it then stays Updating (and served), the reason saying why."""
+    ``failure``): Failed, unless replicas serve (as an async pool is). While a new spec cannot
+    roll out, an endpoint that served stays Updating on the previous spec's replicas; with its
+    spec rolled out, a pod that keeps crashing beside ready ones (a bad node, say) leaves it
+    InService, as the platform keeps an endpoint in service while it replaces a failed
+    instance. The reason says why either way."""
     if served(previous) and not workload.rolled_out and workload.ready > 0:
         return workload.status(
             Phase.UPDATING, problem[0], update_blocked(problem[1], workload.ready)
         )
+    if workload.rolled_out and workload.ready > 0:
+        ready = f"{workload.ready}/{workload.replicas} replicas ready"
+        return workload.status(Phase.IN_SERVICE, problem[0], f"{ready}; {problem[1]}")
     return workload.status(Phase.FAILED, *problem)
 
 
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
     """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
-    Failed with a reason when pods cannot run, unless the previous spec's replicas still serve
-    while the new one's cannot roll out: the endpoint stays Updating (and served), the reason
-    saying why, as the platform keeps an endpoint on its old config when an update fails."""
+    Failed with a reason when pods cannot run and none serves (``failed_status``): while the
+    previous spec's replicas serve and the new one's cannot roll out, the endpoint stays
+    Updating, as the platform keeps an endpoint on its old config when an update fails."""
     problem = failure(workload)
     if problem is not None:
         return failed_status(workload, previous, problem)

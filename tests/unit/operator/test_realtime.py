@@ -832,3 +832,28 @@ def test_an_update_the_operator_refuses_keeps_the_spec_it_had_serving() -> None:
     running = reconcile(body(spec, serving), ScalerMemory(), deps(narrowed)[0]).status
     assert (running.phase, running.reason) == (s.Phase.FAILED, "InvalidSpec")
     assert narrowed.applied == [] and narrowed.scaled == []
+
+
+@pytest.mark.parametrize("mode", ["realtime", "serverless"])
+def test_one_crash_looping_replica_does_not_fail_an_endpoint_its_other_replicas_serve(
+    mode: str,
+) -> None:
+    """A rolled-out endpoint whose one pod crash-loops (a bad node, a sick disk) while the
+    others serve: it serves (InService, as the platform keeps an endpoint in service while it
+    replaces a failed instance), the reason and message saying which pod keeps crashing. It was
+    Failed: DescribeEndpoint said so and a wait for InService gave up on a serving endpoint. A
+    first start whose pods all crash still fails; one with a replica ready serves."""
+    looping = pod("c", False, exit_code=137, restarts=5, message="OOMKilled")
+    serving = WorkloadState(True, 3, 2, 3, True, [pod("a", True), pod("b", True), looping])
+    spec = s.EndpointSpec.model_validate({"mode": mode, "model": MODEL, mode: {}})
+    status = MODES[s.Mode(mode)].observe(
+        spec, observed(serving), Status(s.Phase.IN_SERVICE, "AllReplicasReady")
+    )
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "ContainerCrashing")
+    assert status.message.startswith("2/3 replicas ready; pod c keeps crashing: OOMKilled")
+    alone = WorkloadState(True, 1, 0, 1, True, [looping])
+    status = MODES[s.Mode(mode)].observe(spec, observed(alone), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ContainerCrashing")
+    first = WorkloadState(True, 2, 1, 2, True, [pod("a", True), looping])
+    status = MODES[s.Mode(mode)].observe(spec, observed(first), None)
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "ContainerCrashing")
