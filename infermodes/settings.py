@@ -237,6 +237,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_INVOCATION_TIMEOUT_SECONDS = 3600  # an async request's or a batch attempt's, at most
 # the gateway's (and up's) invocation timeout, at most: `infermodes invoke` waits this long
 MAX_GATEWAY_INVOCATION_SECONDS = 3600.0
+GATEWAY_INVOCATION_TIMEOUT_SECONDS = 60.0  # the platform's InvokeEndpoint limit, by default
 
 
 # an async endpoint's name, which names its queue (a DNS label, as the worker's pods need)
@@ -590,7 +591,7 @@ class GatewaySettings(AsyncAcceptSettings):
         "is the pod name in a pod).",
     )
     invocation_timeout_seconds: float = Field(
-        60.0,
+        GATEWAY_INVOCATION_TIMEOUT_SECONDS,
         gt=0,
         le=MAX_GATEWAY_INVOCATION_SECONDS,
         description="Holding and forwarding one invocation take at most this.",

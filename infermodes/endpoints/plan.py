@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 
 from infermodes.endpoints.spec import EndpointSpec
 from infermodes.errors import EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED
-from infermodes.settings import BatchSettings, EnvSettings, ServeSettings
+from infermodes.settings import (
+    GATEWAY_INVOCATION_TIMEOUT_SECONDS,
+    BatchSettings,
+    EnvSettings,
+    ServeSettings,
+)
 
 SERVER_PORT = 8080  # the platform's container contract
+# SIGTERM to SIGKILL for a model server (its pod's terminationGracePeriodSeconds, its process
+# under ``up``): past the gateway's invocation timeout, so a replica scaled in or replaced
+# finishes what it holds (it has left the gateway's table and its Service first)
+SERVER_STOP_GRACE_SECONDS = int(GATEWAY_INVOCATION_TIMEOUT_SECONDS) + 10
 
 
 def env_name(settings: type[EnvSettings], name: str) -> str:

@@ -534,7 +534,7 @@ class Supervisor:
         """Stop the previous spec's model servers but ``keep`` (by default all: the endpoint
         is deleted, or the new spec failed, and a Failed endpoint is not served either way)."""
         for key in list(endpoint.outgoing)[: max(0, len(endpoint.outgoing) - keep)]:
-            self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+            self._retire(endpoint, endpoint.outgoing.pop(key), plan.SERVER_STOP_GRACE_SECONDS)
 
     def _reap(self) -> None:
         """Forget stopped children; SIGKILL the groups of those past their grace."""
@@ -808,7 +808,9 @@ class Supervisor:
         spec = endpoint.manifest.spec
         if spec.mode is Mode.ASYNC:  # a draining worker finishes what it holds
             return async_plan.WORKER_STOP_GRACE_SECONDS
-        return STOP_GRACE_SECONDS
+        if spec.mode is Mode.BATCH:
+            return STOP_GRACE_SECONDS
+        return plan.SERVER_STOP_GRACE_SECONDS  # a model server finishes what it serves
 
     def _is_ready(self, endpoint: LocalEndpoint, child: Child) -> bool:
         """A worker whose ``/readyz`` said so (a restarted one is asked again), or a model

@@ -39,6 +39,7 @@ from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
 from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
 from infermodes.queueing.broker import Backlog
+from infermodes.settings import GATEWAY_INVOCATION_TIMEOUT_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -1132,3 +1133,28 @@ def test_an_update_whose_server_keeps_crashing_says_so_while_the_old_ones_serve(
     assert (status.phase.value, status.reason) == ("Updating", "ContainerCrashing")
     assert status.message.startswith("the new spec cannot roll out (process new keeps crashing")
     assert "1 replica(s) of the previous spec still serve" in status.message
+
+
+class StoppingChild(FakeChild):
+    def stop(self) -> None:
+        self.is_running = False
+
+
+@pytest.mark.parametrize("example", ["realtime.yaml", "serverless.yaml"])
+def test_a_stopped_model_server_has_past_the_invocation_timeout_to_finish(
+    tmp_path: Path, example: str
+) -> None:
+    """A model server stopped under up (deleted, scaled in, rolled over) is SIGKILLed after its
+    grace: it was 10 s, while the gateway lets an invocation run 60 s, so a long one it still
+    served was cut; it is the pods' grace now (the invocation timeout plus 10 s) for both."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / example).read_text())
+    supervisor.apply(parse_document(document, "test"))
+    endpoint = supervisor.endpoints[document["metadata"]["name"]]
+    endpoint.children["server-0"] = StoppingChild(True, "server-0")  # type: ignore[assignment]
+    endpoint.outgoing["server-old"] = StoppingChild(True, "server-old")  # type: ignore[assignment]
+    before = time.monotonic()
+    assert supervisor.delete(endpoint.name)
+    deadlines = [deadline - before for _, deadline in supervisor.retiring]
+    assert len(deadlines) == 2
+    assert all(grace > GATEWAY_INVOCATION_TIMEOUT_SECONDS for grace in deadlines), deadlines

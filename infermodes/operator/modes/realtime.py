@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.plan import model_server
+from infermodes.endpoints.plan import SERVER_STOP_GRACE_SECONDS, model_server
 from infermodes.endpoints.scaling import ScalerMemory, realtime_replicas
 from infermodes.endpoints.status import Status
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
@@ -19,7 +19,6 @@ from infermodes.operator.observed import synchronous_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")
-TERMINATION_GRACE_SECONDS = 30
 
 
 def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> int:
@@ -51,7 +50,7 @@ def desired_objects(
         spec.storage_secret_ref,
     )
     return model_server_objects(
-        ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS, ingress
+        ref, COMPONENT, replicas, container, SERVER_STOP_GRACE_SECONDS, ingress
     )
 
 

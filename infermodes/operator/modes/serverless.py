@@ -14,7 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.plan import SERVERLESS_MB_PER_CPU, serverless_server
+from infermodes.endpoints.plan import (
+    SERVER_STOP_GRACE_SECONDS,
+    SERVERLESS_MB_PER_CPU,
+    serverless_server,
+)
 from infermodes.endpoints.scaling import ScalerMemory, serverless_replicas
 from infermodes.endpoints.status import (
     MODEL_LOAD_FAILED,
@@ -33,8 +37,6 @@ from infermodes.operator.observed import failed_status, failure, waiting_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")
-INVOCATION_TIMEOUT_SECONDS = 60  # the platform's serverless limit, enforced by the gateway
-TERMINATION_GRACE_SECONDS = INVOCATION_TIMEOUT_SECONDS + 10
 
 
 def replica_resources(block: s.ServerlessSpec) -> s.Resources:
@@ -73,7 +75,7 @@ def desired_objects(
         spec.storage_secret_ref,
     )
     return model_server_objects(
-        ref, COMPONENT, replicas, container, TERMINATION_GRACE_SECONDS, ingress
+        ref, COMPONENT, replicas, container, SERVER_STOP_GRACE_SECONDS, ingress
     )
 
 
