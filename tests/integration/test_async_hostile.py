@@ -457,29 +457,45 @@ def test_the_help_says_what_the_code_does() -> None:
     assert "file:// only under the endpoint's input prefix" in " ".join(text.split())
 
 
-def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
-) -> None:
-    """Credentials the S3 server does not take: no retry mends that, so the request ends on
-    its first attempt, naming the refusal (it was retried until its attempts ran out)."""
+def first_attempt_failure(
+    rabbitmq: Broker,
+    abalone_model: AbaloneModel,
+    tmp_path: Path,
+    case: str,
+    location: str,
+    env_change: dict[str, str],
+    allowed: tuple[str, ...] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request for an input in a real S3 server, ``rows.csv`` in bucket ``inputs``, read by
+    a real worker: its Failed notification and its error record once it ended."""
     from tests.support.seaweedfs import seaweedfs_server
 
-    endpoint = "store-refuses"  # the session's broker is shared: a queue name of its own
+    endpoint = f"store-{case}"  # the session's broker is shared: a queue name of its own
     notes = Notifications(rabbitmq, endpoint).declare()
     with seaweedfs_server() as store:
         client: Any = store.client()
         client.create_bucket(Bucket="inputs")
         client.put_object(Bucket="inputs", Key="rows.csv", Body=to_csv(abalone_model.test_rows[:2]))
-        wrong = {**store.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, wrong, 3) as live:
-            headers = {ID: "refused", LOCATION: "s3://inputs/rows.csv"}
-            assert live.invoke(headers=headers).status_code == 202
+        env = {**store.env, **env_change}
+        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env, 3, allowed) as live:
+            assert live.invoke(headers={ID: case, LOCATION: location}).status_code == 202
             live.start_worker(model_uri(abalone_model), "w")
-            notes.wait_for({"refused"}, "Failed", 60)
+            notes.wait_for({case}, "Failed", 60)
     [note] = notes.received
+    return note, json.loads((tmp_path / "failure" / f"{case}.error").read_bytes())
+
+
+def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Credentials the S3 server does not take: no retry mends that, so the request ends on
+    its first attempt, naming the refusal (it was retried until its attempts ran out)."""
+    wrong = {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    note, record = first_attempt_failure(
+        rabbitmq, abalone_model, tmp_path, "refused", "s3://inputs/rows.csv", wrong, None
+    )
     assert note["failureReason"] == "StorageRefused", note
     assert "s3 refused access to s3://inputs/rows.csv" in str(note["failureMessage"])
-    record = json.loads((tmp_path / "failure" / "refused.error").read_bytes())
     assert record["attempts"] == 1, record
 
 
@@ -490,26 +506,13 @@ def test_an_input_key_the_store_calls_invalid_fails_at_once_naming_it(
     segment): the request ends on its first attempt, naming the location. Taken for a store
     outage, it held a worker's slot for the storage wait (5 minutes) at each of its attempts,
     and the caller heard nothing all that time."""
-    from tests.support.seaweedfs import seaweedfs_server
-
-    endpoint = "store-calls-invalid"  # the session's broker is shared: a queue name of its own
-    notes = Notifications(rabbitmq, endpoint).declare()
-    with seaweedfs_server() as store:
-        client: Any = store.client()
-        client.create_bucket(Bucket="inputs")
-        client.put_object(Bucket="inputs", Key="rows.csv", Body=to_csv(abalone_model.test_rows[:2]))
-        anywhere = ()  # no allowed prefixes: an s3:// input may lie anywhere, as by default
-        with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, store.env, 3,
-                   anywhere) as live:  # fmt: skip
-            headers = {ID: "dotted", LOCATION: "s3://inputs/x/../rows.csv"}
-            assert live.invoke(headers=headers).status_code == 202
-            live.start_worker(model_uri(abalone_model), "w")
-            notes.wait_for({"dotted"}, "Failed", 60)
-    [note] = notes.received
+    anywhere = ()  # no allowed prefixes: an s3:// input may lie anywhere, as by default
+    note, record = first_attempt_failure(
+        rabbitmq, abalone_model, tmp_path, "dotted", "s3://inputs/x/../rows.csv", {}, anywhere
+    )
     assert note["failureReason"] == "UnusableLocation", note
     message = str(note["failureMessage"])
     assert "s3 does not take the location s3://inputs/x/../rows.csv" in message, message
-    record = json.loads((tmp_path / "failure" / "dotted.error").read_bytes())
     assert record["attempts"] == 1, record
 
 
