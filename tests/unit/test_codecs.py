@@ -1,4 +1,5 @@
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -367,3 +368,17 @@ def test_a_json_body_that_is_not_utf8_is_named_as_an_encoding_problem() -> None:
         "JSON must be UTF-8 (RFC 8259): byte 0xe9 at offset 9 is not (invalid continuation "
         "byte); send the body as UTF-8"
     )
+
+
+@pytest.mark.parametrize("row", [b"[0]", b"[" + b",".join([b"7"] * 20) + b"]", b'{"features":[0]}'])
+def test_decoding_json_peaks_within_its_declared_expansion(row: bytes) -> None:
+    """A worker sizes its JSON cap with JSON_BYTES_EXPANSION: the costliest shapes (rows of
+    one-digit numbers, one per row the worst) must stay within it."""
+    body = b'{"instances":[' + b",".join([row] * 50_000) + b"]}"
+    tracemalloc.start()
+    try:
+        codecs.decode_json(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
