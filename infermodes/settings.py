@@ -310,7 +310,16 @@ class WorkerSettings(EnvSettings):
         description="Input is decoded and predicted this many bytes at a time.",
     )
     max_json_bytes: int = Field(
-        64 * MIB, ge=1, description="JSON inputs are parsed whole, so they are capped."
+        64 * MIB,
+        ge=1,
+        description="JSON and recordio inputs are parsed whole, so they are capped: at this "
+        "(JSON: lower when the worker's memory cannot hold one per concurrent invocation).",
+    )
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="The memory the worker may use, which lowers the JSON cap; unset: its "
+        "cgroup's limit (memory.max, or v1's memory.limit_in_bytes), if any.",
     )
     metrics_host: str = Field("127.0.0.1")
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

@@ -140,7 +140,9 @@ def predict_stream(
         if len(body) > max_json_bytes:
             raise PayloadTooLarge(
                 f"{content_type} inputs are decoded whole and are limited to {max_json_bytes} "
-                "bytes; send large inputs as text/csv or text/libsvm, which stream"
+                "bytes here (max_json_bytes; for JSON, less if the worker's memory cannot hold "
+                "one per concurrent invocation); send large inputs as text/csv or text/libsvm, "
+                "which stream, or give the worker more memory"
             )
         chunks: Iterator[tuple[int, bytes]] = iter([(1, body)])
     else:

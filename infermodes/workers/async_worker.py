@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import logging
+import resource
 import signal
 import threading
 import time
@@ -81,6 +82,7 @@ from infermodes.queueing.notifications import (
     success_body,
 )
 from infermodes.storage import Storage
+from infermodes.workers.memory import cgroup_memory_limit, json_input_cap
 
 if TYPE_CHECKING:
     from infermodes.settings import WorkerSettings
@@ -191,8 +193,11 @@ class Processor:
         metrics: WorkerMetrics,
         stopping: threading.Event,
         hold_limit: float | None = None,
+        json_cap: int | None = None,
     ) -> None:
         self.settings = settings
+        # the largest JSON input decoded (memory.json_input_cap); None: max_json_bytes
+        self.json_cap = settings.max_json_bytes if json_cap is None else json_cap
         self.hold_limit = hold_limit  # the consumer's: how long a delivery may stay unsettled
         self.model = model
         self.storage = storage
@@ -481,16 +486,19 @@ class Processor:
             self.storage.open_read(request.input_location, within=request.input_root) as source,
             self.storage.open_write(request.output_location, accept) as sink,
         ):
+            content_type = codecs.content_type_of(request.content_type)
+            # recordio decodes to arrays, a few bytes per byte: only JSON is held to the memory
+            whole_cap = self.json_cap if content_type == codecs.JSON else settings.max_json_bytes
             head = _Head(sink, INLINE_RESULT_LIMIT)
             rows = predict_stream(
                 self.model,
                 source,
                 head,
-                content_type=codecs.content_type_of(request.content_type),
+                content_type=content_type,
                 accept=accept,
                 timeout=request.invocation_timeout_seconds,
                 chunk_bytes=settings.chunk_bytes,
-                max_json_bytes=settings.max_json_bytes,
+                max_json_bytes=whole_cap,
             )
             claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
             if claimed is not None and not claims_success(claimed):
@@ -679,6 +687,21 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
     )
 
 
+def json_cap_of(settings: WorkerSettings) -> int:
+    """The JSON cap for the memory the worker has, measured once the model is loaded."""
+    memory = settings.memory_bytes or cgroup_memory_limit()
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    concurrency = settings.max_concurrent_invocations
+    cap = json_input_cap(settings.max_json_bytes, memory, used, concurrency)
+    log.info(
+        "JSON inputs capped at %d bytes: memory %s, concurrency %d",
+        cap,
+        "unlimited" if memory is None else memory,
+        concurrency,
+    )
+    return cap
+
+
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:
     """Load the model and wire the parts; raises ModelLoadError, BrokerUrlError for a
     broker URL that names no broker, or WebhookSecretError."""
@@ -711,7 +734,14 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
     )
     consumer.on_in_flight = metrics.in_flight.inc
     processor = Processor(
-        settings, model, storage, notifier, metrics, consumer.stopping, consumer.hold_limit
+        settings,
+        model,
+        storage,
+        notifier,
+        metrics,
+        consumer.stopping,
+        consumer.hold_limit,
+        json_cap_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
     return consumer, delivery_handler(processor, metrics)

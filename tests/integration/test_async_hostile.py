@@ -619,3 +619,37 @@ def test_outputs_and_error_objects_on_s3_carry_their_content_type(
             assert head["ContentType"] == accept, (name, head)
         error = client.head_object(Bucket="typed", Key="ep/failure/bad.error")
         assert error["ContentType"] == "application/json", error
+
+
+def test_a_json_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_goes_on(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A JSON input decoded at the worker's memory-derived cap's far side would have it
+    OOM-killed with every request it holds, again at each redelivery: it fails at once."""
+    endpoint = "json-cap"
+    memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x 36) = 2.8 MiB of JSON each
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows.tolist()
+    big = json.dumps({"instances": rows * (4_000_000 // len(json.dumps(rows)) + 1)}).encode()
+    small = json.dumps({"instances": rows[:3]}).encode()
+    as_json = {"content-type": "application/json"}
+    env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert live.invoke(big, {ID: "big", **as_json}).status_code == 202
+        notes.wait_for({"big"}, "Failed", 60)
+        assert live.invoke(small, {ID: "small", **as_json}).status_code == 202
+        notes.wait_for({"small"}, "Completed", 60)
+        assert worker.proc.poll() is None
+        log = worker.log
+    [cap] = re.findall(rf"JSON inputs capped at (\d+) bytes: memory {memory}, concurrency 2", log)
+    assert int(cap) < len(big)
+    [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
+    assert note["failureReason"] == "PayloadTooLarge", note
+    assert f"limited to {cap} bytes" in str(note["failureMessage"])
+    assert "give the worker more memory" in str(note["failureMessage"])
+    record = json.loads((tmp_path / "failure" / "big.error").read_bytes())
+    assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
+    assert names(tmp_path / "failure") == ["big.error"]
+    expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:3])
+    np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)

@@ -35,6 +35,7 @@ from infermodes.workers.async_worker import (
     storage_wait_budget,
     webhooks_of,
 )
+from tests.support import recordio as recordio_samples
 from tests.unit.async_samples import invocation, tiny_model
 
 
@@ -992,3 +993,31 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
     assert "the worker holding it stopped" in message and "out of memory" in message, message
     stored = json.loads((tmp_path / "fail/r1.error").read_text())
     assert stored["message"] == message
+
+
+def test_json_is_held_to_the_memory_cap_and_recordio_to_max_json_bytes(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """JSON decodes at up to 36 bytes per byte, recordio to arrays: only JSON is capped by
+    the worker's memory (json_cap), the other whole-body type keeps max_json_bytes."""
+    settings = WorkerSettings(endpoint="ep", model_uri="unused")
+    metrics = WorkerMetrics(CollectorRegistry())
+    worker = Processor(
+        settings, model, Storage(), notifier, metrics, threading.Event(), json_cap=40
+    )
+    rows = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
+    json_body = json.dumps({"instances": rows.tolist()}).encode()
+    assert len(json_body) > 40
+    failed = request(tmp_path, json_body, content_type="application/json")
+    assert worker.handle(failed, 0) == Result(Settle.ACK, "error")
+    record = json.loads((tmp_path / "fail/r1.error").read_bytes())
+    assert record["reason"] == "PayloadTooLarge"
+    assert "limited to 40 bytes" in record["message"]
+    body = recordio_samples.dense(rows)
+    assert len(body) > 40
+    other = tmp_path / "recordio"
+    other.mkdir()
+    message = request(other, body, content_type="application/x-recordio-protobuf")
+    assert worker.handle(message, 0) == Result(Settle.ACK, "success")
+    scores = np.array((other / "out/r1.out").read_text().split(), "f4")
+    np.testing.assert_array_equal(scores, model.predict(rows))
