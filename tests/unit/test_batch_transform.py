@@ -4,12 +4,14 @@ that expected outputs are plain arithmetic."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from infermodes.errors import InvalidInput
 from infermodes.jsonpath import JsonPath
+from infermodes.predict import codecs
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.transform import Transform
 
@@ -216,3 +218,18 @@ def test_native_csv_output_is_what_the_codecs_write() -> None:
     assert rows == 4
     sums = [np.float32(a) + np.float32(b) for a, b in pairs]
     assert out == "".join(f"{float(value)!r}\n" for value in sums).encode()
+
+
+def test_a_whole_json_mini_batch_peaks_within_the_codecs_declared_expansion() -> None:
+    """Without a join the parsed document is let go before the selected rows are decoded:
+    a mini-batch (up to 100 MB) costs what decoding it costs, not that twice over."""
+    body = b'{"instances":[' + b",".join([b"[7]"] * 100_000) + b"]}"
+    whole = transform("application/json", whole_documents=True, num_features=1)
+    tracemalloc.start()
+    try:
+        _, count = whole(MiniBatch(1, body))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 100_000
+    assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)

@@ -147,8 +147,10 @@ class Transform:
         for number, raw in lines:
             try:
                 document = json.loads(raw)
-                picked = self.input_filter.select(document)
-                rows = codecs.decode(json.dumps(picked).encode(), codecs.JSON, self.num_features)
+                selected = json.dumps(self.input_filter.select(document)).encode()
+                if not self.join:  # only a join writes it out again: not held while decoding
+                    document = None
+                rows = codecs.decode(selected, codecs.JSON, self.num_features)
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
             except ValueError as exc:  # json's own errors
