@@ -236,6 +236,18 @@ def workload_gone(message: str, kind: str) -> str:
 def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = False) -> Reconciled:
     """Bring the endpoint's objects to their desired state and say what state it is in."""
     ref = EndpointRef.from_body(body)
+    reconciled = converge(ref, body, memory, deps, autoscale)
+    # after the workload's apply (a scale from zero waits for none), and after every way out:
+    # an endpoint Failed or refused keeps pods (an update's) the policy would fence
+    if deps.ingress is None:
+        remove_policy(deps, ref)
+    return reconciled
+
+
+def converge(
+    ref: EndpointRef, body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool
+) -> Reconciled:
+    """``reconcile`` but for the NetworkPolicy of networkPolicy.enabled=true, now off."""
     previous = Status.from_dict(body.get("status"))
     spec = parse_spec(body.get("spec") or {})
     if isinstance(spec, str):
@@ -341,8 +353,6 @@ def reconcile(body: Any, memory: ScalerMemory, deps: Deps, autoscale: bool = Fal
             refusal = (APPLY_REFUSED, api_refusal(str(exc)))
     if refusal is not None and kind == "Deployment" and found is not None:
         applied = {kind: scaled(deps, ref, found, replicas)}  # the spec as it was still scales
-    if deps.ingress is None:  # after the workload's apply: a scale from zero waits for none
-        remove_policy(deps, ref)
     after = applied.get(kind, found)
     if kind == "Deployment" and after is not None:
         after = note_template(deps, ref, found, after)

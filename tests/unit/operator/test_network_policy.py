@@ -154,3 +154,27 @@ def test_on_nothing_is_deleted() -> None:
     reconciled_with(kube, network_policy=True)
     reconciled_with(kube, network_policy=True)
     assert kube.deleted == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"realtime": {"minReplicas": 3, "maxReplicas": 2}},  # a spec the operator cannot parse
+        {"image": "elsewhere.example/x:1"},  # an image operator.allowedImages does not list
+    ],
+    ids=["unparsable", "refused"],
+)
+def test_turned_off_the_policy_of_an_endpoint_whose_spec_is_refused_is_deleted(
+    change: dict[str, Any],
+) -> None:
+    """An endpoint that ended Failed on its spec returned before the policy was looked at: its
+    policy stayed for as long as its spec did, fencing its pods (the previous spec's still
+    serve an update) by a feature turned off."""
+    made_on = FakeKube()
+    reconciled_with(made_on, network_policy=True)
+    kube = FakeKube(others=[made_on.others[("NetworkPolicy", "ie-abalone")]])
+    spec = {"mode": "realtime", "model": MODEL, "realtime": {}, **change}
+    reconciled = reconcile(body(spec), ScalerMemory(), Deps(kube, OperatorSettings(),
+                                                            lambda _ip, _port: None))  # fmt: skip
+    assert (reconciled.status.phase, reconciled.status.reason) == (s.Phase.FAILED, "InvalidSpec")
+    assert kube.deleted == [("NetworkPolicy", "ie-abalone")]
