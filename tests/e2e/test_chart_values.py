@@ -59,7 +59,7 @@ ACCEPTED = {
                         'gateway.asyncStoragePrefixes=["file:///tmp/x/", "file:///a/{namespace}/",'
                         ' "s3://", "s3://async/{namespace}/"]'],
     "listed namespaces and images": [
-        "--set", "operator.watchNamespaces={team-a,team-b}", "--set", "gateway.namespaces={a,b}",
+        "--set", "operator.watchNamespaces={team-a,team-b}", "--set", "gateway.namespaces={team-a}",
         "--set", "gateway.platform.namespace=platform",
         "--set-json", 'operator.allowedImages=["registry.example/team/*", "r.example:5000/x:1"]',
         "--set-json", 'operator.allowedSecretNames=["*", "s3", "team-*"]'],
@@ -178,7 +178,7 @@ LOOK_ALIKES = {
     "rabbitmq.secretRef.managementUrlKey": "null", "gateway.storageSecretRef.name": "2024",
     "gateway.auth.secretRef.name": "0", "gateway.auth.secretRef.key": "false",
     "gateway.platform.namespace": "11", "operator.watchNamespaces": ["true", "11"],
-    "gateway.namespaces": ["12"],
+    "gateway.namespaces": ["true"],  # one the operator watches
 }  # fmt: skip
 
 
@@ -234,3 +234,25 @@ def test_a_platform_namespace_the_operator_does_not_watch_is_refused_naming_both
         assert result.returncode == 0, result.stderr
     # without the platform API nothing is created there: any namespaces will do
     assert helm_template("--set", "operator.watchNamespaces={team-a}").returncode == 0
+
+
+@pytest.mark.parametrize(("served", "named"), [
+    ("{team-a,team-b}", 'the gateway serves "team-b", which operator.watchNamespaces does not'),
+    ("{*}", '"*" serves every namespace, but operator.watchNamespaces lists some'),
+])  # fmt: skip
+def test_gateway_namespaces_the_operator_does_not_watch_are_refused_naming_them(
+    served: str, named: str
+) -> None:
+    """The gateway served endpoints there that the operator of listed namespaces never
+    reconciled: without a status or pods, forever, and nothing said why."""
+    unwatched = helm_template("--set", f"gateway.namespaces={served}",
+                              "--set", "operator.watchNamespaces={team-a}")  # fmt: skip
+    assert unwatched.returncode != 0, "rendered"
+    assert f"gateway.namespaces: {named}" in unwatched.stderr, unwatched.stderr
+    accepted = [[], ["operator.watchNamespaces={team-a}", "gateway.enabled=false"]]  # all watched
+    if served != "{*}":  # every namespace is more than any list
+        accepted.append(["operator.watchNamespaces={team-a,team-b}"])
+    for values in accepted:
+        result = helm_template(*[arg for value in (f"gateway.namespaces={served}", *values)
+                                 for arg in ("--set", value)])  # fmt: skip
+        assert result.returncode == 0, result.stderr
