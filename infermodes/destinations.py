@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from infermodes.settings import CONTROL
+from infermodes.settings import CONTROL, SPACE
 
 METADATA_NETWORKS = (
     ipaddress.ip_network("169.254.0.0/16"),
@@ -33,20 +33,59 @@ IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#\s" + CONTROL + r"]*@)?"
-    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#\s" + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
-    r"([/?#][^\s" + CONTROL + r"]*)?$"
+    r"^[hH][tT][tT][pP][sS]?://([^/?#" + SPACE + CONTROL + r"]*@)?"
+    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#" + SPACE + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
+    r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of
 # ``METADATA_NETWORKS`` a URL is most often written in, as its whole host (the part after the
-# last '@', before a port or the path); the operator's validation (``literal_refusal``) and the
-# worker (``refusal``) catch every other spelling
+# last '@', before a port or the path), with trailing dots and IPv4-mapped addresses in any
+# spelling (the API server's ip() refuses those); ``address_cel`` reads every other spelling
+# of an address, and the worker (``refusal``) a name or number that resolves to one
 LITERAL_LINK_LOCAL_CEL = (
     r"(?i)^https?://([^/?#]*@)?"
-    r"(169\.254\.[0-9]+\.[0-9]+|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254"
-    r"|::ffff:(169\.254\.[0-9]+\.[0-9]+|a9fe:[0-9a-f]+))\])(:[0-9]*)?([/?#]|$)"
+    r"(169\.254\.[0-9]+\.[0-9]+\.*|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254"
+    r"|[0:]*:ffff:(169\.254\.[0-9]+\.[0-9]+|a9fe:[0-9a-f]+))\])(:[0-9]*)?([/?#]|$)"
 )
+
+
+def carrying(network: ipaddress.IPv4Network) -> list[ipaddress.IPv6Network]:
+    """The IPv6 networks whose addresses carry one of ``network`` (``carried_ipv4``) and which
+    the API server's ip() parses: NAT64's, 6to4's and the IPv4-compatible form's."""
+    return [
+        ipaddress.IPv6Network((int(NAT64_PREFIX.network_address) | int(network.network_address),
+                               96 + network.prefixlen)),
+        ipaddress.IPv6Network((int(network.network_address), 96 + network.prefixlen)),
+        ipaddress.IPv6Network((0x2002 << 112 | int(network.network_address) << 80,
+                               16 + network.prefixlen)),
+    ]  # fmt: skip
+
+
+REFUSED_NETWORKS = tuple(
+    refused
+    for network in METADATA_NETWORKS
+    for refused in (
+        [network, *carrying(network)] if isinstance(network, ipaddress.IPv4Network) else [network]
+    )
+)
+
+
+def address_cel(field: str) -> str:
+    """A CEL rule refusing ``self.<field>`` when its host is an address ``refused_address``
+    refuses, in any spelling the API server's ip() reads (a longhand or zero-padded IPv6, the
+    IPv6 forms that carry an IPv4 one): its host as ``literal_refusal`` takes it, from the
+    text (a URL the API server's url() cannot parse still reaches the operator)."""
+    networks = ", ".join(f"'{network}'" for network in REFUSED_NETWORKS)
+    # each [value].exists(name, ...) names a value once (the API server's CEL has no bind)
+    return (f"!has(self.{field}) || !["
+            f"self.{field}.substring(self.{field}.indexOf('://') + 3).find('^[^/?#]*')]"
+            ".exists(authority, [authority.substring(authority.lastIndexOf('@') + 1)]"
+            ".exists(hostport, [(hostport.startsWith('[') ? "
+            "hostport.substring(1, hostport.indexOf(']')) : hostport.find('^[^:]*'))"
+            ".split('%')[0].find('^.*[^.]')]"  # no zone, no trailing dots
+            f".exists(h, isIP(h) && [{networks}].exists(n, cidr(n).containsIP(h)))))")  # fmt: skip
+
 
 Resolver = Callable[[str], list[str]]
 

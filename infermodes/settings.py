@@ -572,6 +572,10 @@ class OperatorSettings(EnvSettings):
 # a query or fragment and drop the rest. No control character: a NUL cannot be in a path (an
 # OS call raises), and none belongs in an S3 key.
 CONTROL = r"\x00-\x1f\x7f"  # the control characters, for a pattern's character class
+# white space beyond CONTROL, for a character class: what \s means to Python and to pydantic's
+# regex (Unicode's), written out because the API server's RE2 reads \s as ASCII's alone (a
+# no-break space passed kubectl apply and failed the operator's parsing of the spec)
+SPACE = " \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 STORAGE_PREFIX = (
     r"^([sS]3://[^/?#" + CONTROL + r"]+(/[^?#" + CONTROL + r"]*)?"
     r"|[fF][iI][lL][eE]://(localhost)?/[^?#" + CONTROL + r"]*)$"

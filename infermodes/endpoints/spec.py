@@ -30,6 +30,7 @@ from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     WEBHOOK_MAX_LENGTH,
     WEBHOOK_PATTERN,
+    address_cel,
     literal_refusal,
 )
 from infermodes.errors import shown
@@ -42,6 +43,7 @@ from infermodes.settings import (
     MAX_INVOCATION_TIMEOUT_SECONDS,
     MAX_PAYLOAD_MB,
     PAYLOAD_RULE,
+    SPACE,
     STORAGE_PREFIX,
     AssembleWith,
     BatchAccept,
@@ -136,7 +138,7 @@ class SpecBlock(BaseModel):
 # path, as it always could; async paths are prefixes the gateway compares: URIs only.
 OBJECT_LOCATION = r"^/[^" + CONTROL + r"]*$|" + STORAGE_PREFIX
 INFERENCE_OUTPUT_PATTERN = r"^[A-Za-z_, ]+$"
-IMAGE_PATTERN = r"^[^\s" + CONTROL + r"]+$"
+IMAGE_PATTERN = r"^[^" + SPACE + CONTROL + r"]+$"
 
 
 class ModelSource(SpecBlock):
@@ -329,10 +331,11 @@ class NotificationSpec(SpecBlock):
         "not with errorWebhook.",
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        *[(f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
-           f"{name} must not be a link-local or metadata address (where clouds serve "
-           "instance metadata)")
-          for name in ("successWebhook", "errorWebhook")],
+        *[(rule, f"{name} must not be a link-local or metadata address (where clouds serve "
+                 "instance metadata)")
+          for name in ("successWebhook", "errorWebhook")
+          for rule in (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
+                       address_cel(name))],
         *[(f"!has(self.{name}) || !has(self.{name}SecretRef)", one_webhook(name))
           for name in ("successWebhook", "errorWebhook")],
     ]  # fmt: skip

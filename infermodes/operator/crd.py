@@ -35,6 +35,13 @@ def _model_types(annotation: Any) -> list[type[s.SpecBlock]]:
     return [t for arg in getattr(annotation, "__args__", ()) for t in _model_types(arg)]
 
 
+def re2_escaped(pattern: str) -> str:
+    """``pattern`` with each character beyond ASCII as RE2's ``\\x{...}``: the same class to the
+    API server, and a CRD a reader can see (a no-break space, written as itself, is not seen;
+    Python's own regex, which the models' patterns also serve, has no such escape)."""
+    return "".join(c if c.isascii() else f"\\x{{{ord(c):x}}}" for c in pattern)
+
+
 def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[s.SpecBlock]]) -> Any:
     if isinstance(node, list):
         return [_structural(item, defs, models) for item in node]
@@ -62,6 +69,8 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[s.SpecBl
             out[key] = True
         elif key == "properties":
             out[key] = {name: _structural(v, defs, models) for name, v in value.items()}
+        elif key == "pattern":
+            out[key] = re2_escaped(value)
         else:
             out[key] = _structural(value, defs, models)
     if out.get("type") == "object" and "properties" in out:

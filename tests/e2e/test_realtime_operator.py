@@ -167,6 +167,16 @@ INVALID = [
     ("webhook-scheme", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
         "errorWebhook": "gopher://hooks/x"}}},
      "spec.async.notification.errorWebhook: Invalid value: \"gopher://hooks/x\""),
+    # what passed the CRD and failed the operator's parsing (a Failed endpoint on an update):
+    # white space beyond ASCII's, and refused addresses in spellings the regex rule cannot read
+    ("image-space", {"image": "registry.example/x:1\u00a0"}, "spec.image: Invalid value"),
+    *[(f"webhook-{name}", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
+        "successWebhook": url}}}, "successWebhook must not be a link-local or metadata address")
+      for name, url in [("longhand", "http://[fd00:ec2:0::254]/"),
+                        ("nat64", "http://[64:ff9b::a9fe:a9fe]/x"),
+                        ("sixtofour", "http://u@[2002:a9fe:a9fe::]:80/"),
+                        ("mapped", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/"),
+                        ("dot", "http://169.254.169.254./")]],
 ]  # fmt: skip
 
 
@@ -353,6 +363,30 @@ def test_an_update_to_an_image_the_operator_refuses_keeps_the_old_spec_serving(
     assert api.get(deployment)["spec"]["template"]["spec"]["containers"][0]["image"] == image
     assert tools.apply(endpoint_manifest("kept", model_uri), k8s_namespace).returncode == 0
     wait_phase(api, k8s_namespace, "kept", "InService")
+
+
+def test_an_update_the_operator_could_not_parse_is_refused_at_apply_and_the_old_spec_serves(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """spec.image with a no-break space passed the CRD (RE2's \\s is ASCII's) and failed the
+    operator's parsing: the serving endpoint went Failed with no replicas. The API server now
+    refuses the update naming the field, and the spec it had keeps serving, untouched."""
+    api = tools.cluster.api
+    create_in_service(tools, k8s_namespace, endpoint_manifest("parsed", model_uri))
+    before = get_endpoint(api, k8s_namespace, "parsed")
+    assert before is not None
+    unparsable = endpoint_manifest("parsed", model_uri)
+    unparsable["spec"]["image"] = "registry.example/x:1\u00a0"
+    refused = tools.apply(unparsable, k8s_namespace)
+    assert refused.returncode != 0 and "spec.image: Invalid value" in refused.stderr
+    kept = get_endpoint(api, k8s_namespace, "parsed")
+    assert kept is not None
+    assert kept["metadata"]["generation"] == before["metadata"]["generation"]
+    assert (kept["status"]["phase"], kept["status"]["readyReplicas"]) == ("InService", 1)
+    (ip,) = ready_pod_ips(api, k8s_namespace, "parsed")
+    rows = [[1, 0, 0, 0.455, 0.365, 0.095, 0.514, 0.2245, 0.101, 0.15]]
+    response = httpx.post(f"http://{ip}:8080/invocations", content=to_csv(rows), headers=CSV)
+    assert response.status_code == 200, response.text
 
 
 def test_missing_model_ends_failed_with_the_reason_and_serves_once_it_arrives(

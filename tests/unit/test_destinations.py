@@ -3,13 +3,16 @@ hosts, and the worker's check catches a name that resolves to one."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
+from urllib.parse import urlsplit
 
 import pytest
 
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
+    REFUSED_NETWORKS,
     WEBHOOK_PATTERN,
     Checked,
     check,
@@ -65,13 +68,62 @@ def test_the_cel_rule_and_the_validator_leave_other_hosts(url: str) -> None:
     assert literal_refusal(url) is None, url
 
 
-def test_spellings_the_cel_rule_cannot_read_are_left_to_the_validator_and_the_worker() -> None:
-    """An IPv6 address written longhand: the API server lets it in, the operator's validation
-    refuses it (InvalidSpec); a number for an IPv4 address reaches the worker, which refuses
-    it as it resolves."""
-    assert not CEL.match("http://[fd00:ec2:0::254]/")
-    assert literal_refusal("http://[fd00:ec2:0::254]/") is not None
-    assert literal_refusal("http://169.254.169.254./") is not None
+# spellings of refused addresses the regex rule cannot read: the address rule (address_cel,
+# the API server's ip() and cidr()) refuses them at kubectl apply, as the operator does
+LONGHAND = [
+    "http://[fd00:ec2:0::254]/",
+    "http://[fd00:0ec2::254]/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[64:ff9b::169.254.1.1]:8080/x?y#z",
+    "https://u:p@[2002:A9FE:0101::1]/",
+    "http://[::169.254.169.254]/",
+    "http://[0:0:0:0:0:0:a9fe:1]/",
+    "http://[64:ff9b::a9fe:a9fe%25x]/",
+]
+# spellings the regex rule reads since the address rule cannot (ip() refuses IPv4-mapped
+# addresses and a trailing dot)
+REGEX_ONLY = [
+    "http://169.254.169.254./x",
+    "http://169.254.169.254..:80/x",
+    "http://[0:0:0:0:0:ffff:a9fe:a9fe]/",
+    "http://[0000:0000::ffff:169.254.1.1]/",
+]
+
+
+def address_rule_reads(url: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address address_cel reads in ``url`` where the API server's ip() parses it (no zone,
+    no trailing dot, not IPv4-mapped), as Python reads it; None elsewhere."""
+    host = (urlsplit(url).hostname or "").split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+    return None if mapped else ip
+
+
+@pytest.mark.parametrize("url", [*REFUSED_BY_BOTH, *LONGHAND, *REGEX_ONLY])
+def test_every_literal_spelling_the_validator_refuses_one_of_the_crds_rules_refuses(
+    url: str,
+) -> None:
+    """An address written longhand (or carrying a link-local IPv4 one) passed kubectl apply
+    and failed the operator's parsing: an update of a serving endpoint made it Failed. The
+    API server now refuses each at apply, by the regex rule or the address rule."""
+    assert literal_refusal(url) is not None, url
+    address = address_rule_reads(url)
+    assert CEL.match(url) or (
+        address is not None and any(address in network for network in REFUSED_NETWORKS)
+    ), url
+
+
+@pytest.mark.parametrize("url", ALLOWED_BY_BOTH)
+def test_the_address_rule_leaves_other_hosts(url: str) -> None:
+    address = address_rule_reads(url)
+    assert address is None or not any(address in network for network in REFUSED_NETWORKS)
+
+
+def test_numbers_for_an_address_are_left_to_the_worker() -> None:
+    """A number for an IPv4 address reaches the worker, which refuses it as it resolves."""
     for spelled in ("http://2852039166/", "http://0xa9fea9fe/"):
         assert literal_refusal(spelled) is None
         assert check(spelled, numeric).refusal is not None, spelled  # the C library reads it

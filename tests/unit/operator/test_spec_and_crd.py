@@ -1,10 +1,12 @@
 """The spec models and the CRD generated from them agree, and the committed copies are current."""
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from infermodes.destinations import WEBHOOK_PATTERN
 from infermodes.endpoints import spec as s
 from infermodes.operator.crd import crd_files, crd_manifest, crd_yaml
 from infermodes.operator.reconcile import parse_spec
@@ -400,3 +402,47 @@ def test_a_secret_reference_kubernetes_cannot_resolve_is_refused_at_apply(
     for path in ("spec.storageSecretRef.name", "spec.async.brokerSecretRef.name"):
         assert nodes[path]["pattern"] == s.DNS_SUBDOMAIN_PATTERN and nodes[path]["maxLength"] == 253
     assert nodes["spec.async.brokerSecretRef.key"]["pattern"] == s.CONFIG_KEY_PATTERN
+
+
+def crd_regexes() -> list[str]:
+    """Every regular expression the API server runs for the endpoint CRD: the schema's patterns
+    and the CEL rules' matches()."""
+    found: list[str] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.append(node["pattern"])
+            for rule in node.get("x-kubernetes-validations") or []:
+                found.extend(re.findall(r"matches\(r?'([^']*)'\)", rule["rule"]))
+            for child in node.values():
+                visit(child)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child)
+
+    visit(crd_manifest())
+    return found
+
+
+def test_the_crds_regexes_mean_what_the_models_do() -> None:
+    """The API server's RE2 reads \\s, \\d, \\w and \\b as ASCII's; pydantic's regex and
+    Python's as Unicode's. spec.image 'x:1<no-break space>' passed kubectl apply and failed the
+    operator's own parsing: an update made the endpoint Failed. Each class is spelled out."""
+    assert crd_regexes()  # the walk finds them
+    assert [p for p in crd_regexes() if re.search(r"\\[sdwbSDWB]", p)] == []
+
+
+@pytest.mark.parametrize("space", [chr(c) for c in range(0x110000) if chr(c).isspace()])
+def test_no_white_space_passes_the_image_or_a_webhook(space: str) -> None:
+    image = {"mode": "realtime", "model": MODEL, "realtime": {}, "image": f"repo/x:1{space}"}
+    assert isinstance(parse_spec(image), str)
+    notification = {"successWebhook": f"http://hooks.example/{space}x"}
+    hook = {"mode": "async", "model": MODEL,
+            "async": {"outputPath": "file:///o", "notification": notification}}  # fmt: skip
+    assert isinstance(parse_spec(hook), str)
+    for pattern, value in ((s.IMAGE_PATTERN, image["image"]),
+                           (WEBHOOK_PATTERN, notification["successWebhook"])):  # fmt: skip
+        # without Perl classes, Python reads the pattern as the API server's RE2 does
+        assert re.search(r"\\[sdwbSDWB]", pattern) is None
+        assert re.fullmatch(pattern, value) is None
