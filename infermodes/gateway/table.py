@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from pydantic import ValidationError as SpecError
@@ -339,9 +339,31 @@ class Table:
         """The endpoint's mode, blocks, phase and peers, from its object."""
         try:
             spec = EndpointSpec.model_validate(obj.get("spec") or {})
-            endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         except SpecError:
-            endpoint.mode, endpoint.serverless = None, None
+            # an update the operator cannot parse: it keeps the replicas of the spec read
+            # before serving (Updating, InvalidSpec), and so does the gateway; none read
+            # before (mode None): it takes no invocations
+            if endpoint.async_ is not None:
+                workers = status_replicas(obj.get("status"))
+                endpoint.async_ = replace(endpoint.async_, workers=workers)
+        else:
+            self._read_spec(endpoint, obj, spec)
+        if endpoint.async_ is None or endpoint.async_.workers:  # the next time at zero: a push
+            endpoint.pushed_at_zero = False
+        status = obj.get("status") or {}
+        try:
+            endpoint.phase = Phase(str(status.get("phase")))
+        except ValueError:
+            endpoint.phase = None
+        endpoint.why = str(status.get("reason") or "")[:MAX_REASON]
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        endpoint.peers_seen_at = demand_peers(annotations, self.demand_key)
+        endpoint.variant = variant_of(annotations)
+
+    def _read_spec(self, endpoint: Endpoint, obj: Mapping[str, Any], spec: EndpointSpec) -> None:
+        """The endpoint's mode and blocks, from its spec."""
+        endpoint.mode, endpoint.serverless = spec.mode, spec.serverless
         refused_before = endpoint.async_ is not None and endpoint.async_.refusal is not None
         endpoint.async_ = None
         if endpoint.mode is Mode.ASYNC and spec.async_ is not None:
@@ -358,18 +380,6 @@ class Table:
                     refusal,
                     ", ".join(storage_bases(self.storage_prefixes, endpoint.namespace)),
                 )
-        if endpoint.async_ is None or endpoint.async_.workers:  # the next time at zero: a push
-            endpoint.pushed_at_zero = False
-        status = obj.get("status") or {}
-        try:
-            endpoint.phase = Phase(str(status.get("phase")))
-        except ValueError:
-            endpoint.phase = None
-        endpoint.why = str(status.get("reason") or "")[:MAX_REASON]
-        meta = obj.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        endpoint.peers_seen_at = demand_peers(annotations, self.demand_key)
-        endpoint.variant = variant_of(annotations)
 
     def _index_async(self, name: str) -> None:
         owners = self._holders(name)

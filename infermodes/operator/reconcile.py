@@ -227,6 +227,22 @@ def remove_policy(deps: Deps, ref: EndpointRef) -> None:
                     "(now off): %s", ref.namespace, ref.child_name, exc)  # fmt: skip
 
 
+def unparsed(deps: Deps, ref: EndpointRef, previous: Status | None, problems: str) -> Status:
+    """The status of a spec the operator cannot parse (``problems``), one the CRD took (a CRD
+    older than the operator's checks: helm never upgrades a chart's CRDs). An update of an
+    endpoint that served, whose Deployment runs an earlier generation's spec, is refused as
+    ``not_allowed`` refuses one: ``Updating``, the spec it had still serving; its replicas stay
+    as they are (no spec to scale them by) until the spec is fixed or reverted. Anything
+    else (a new endpoint, a batch job, whose spec never changes): ``Failed``."""
+    live = deps.kube.get("apps/v1", "Deployment", ref.namespace, ref.child_name)
+    if live is None or not (served(previous) and owned(live, ref) and applied_earlier(live, ref)):
+        return Status(s.Phase.FAILED, INVALID_SPEC, problems)
+    workload = WorkloadState.from_objects(live, [])
+    serving = (f"{problems}; the spec it had still serves: {workload.ready}/{workload.replicas} "
+               "replicas ready, not scaled until the spec is fixed or reverted")  # fmt: skip
+    return workload.status(s.Phase.UPDATING, INVALID_SPEC, serving)
+
+
 def workload_gone(message: str, kind: str) -> str:
     """An ended endpoint's message once its workload was deleted: it stays as it ended."""
     note = f"its {kind} was deleted and is not made again: delete and re-create the endpoint"
@@ -251,7 +267,7 @@ def converge(
     previous = Status.from_dict(body.get("status"))
     spec = parse_spec(body.get("spec") or {})
     if isinstance(spec, str):
-        return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, spec))
+        return Reconciled(unparsed(deps, ref, previous, spec))
     mode = mode_for(spec.mode)
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)

@@ -522,3 +522,21 @@ def test_the_table_tells_its_listeners_a_name_once_no_namespace_has_it() -> None
     text = generate_latest(registry).decode()
     assert 'endpoint="e"' not in text
     assert 'infermodes_async_requests_total{endpoint="unknown",status_code="404"} 1.0' in text
+
+
+def test_an_update_the_operator_cannot_parse_keeps_the_spec_read_before_served() -> None:
+    """The operator keeps such an update's endpoint Updating on the spec its replicas run
+    (InvalidSpec): the gateway refused every invocation ('a spec the gateway cannot read'),
+    though those replicas served. It keeps the spec it read before; one it never read takes
+    none, and the operator's Failed refuses them too."""
+    table = Table()
+    table.apply_endpoint(endpoint_object("e", maxConcurrency=7))
+    unparsable = endpoint_object("e", phase="Updating", maxConcurrency=7, provisionedConcurrency=9)
+    table.apply_endpoint(unparsable)
+    endpoint = table.lookup("e")
+    endpoint.check_servable()
+    assert endpoint.serverless is not None and endpoint.serverless.max_concurrency == 7
+    fresh = Table()
+    fresh.apply_endpoint({**unparsable, "metadata": {"name": "e", "namespace": "ns"}})
+    with pytest.raises(ValidationError, match="a spec the gateway cannot read"):
+        fresh.lookup("e").check_servable()

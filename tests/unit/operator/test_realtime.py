@@ -857,3 +857,28 @@ def test_one_crash_looping_replica_does_not_fail_an_endpoint_its_other_replicas_
     first = WorkloadState(True, 2, 1, 2, True, [pod("a", True), looping])
     status = MODES[s.Mode(mode)].observe(spec, observed(first), None)
     assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "ContainerCrashing")
+
+
+def test_an_update_the_operator_cannot_parse_keeps_the_spec_it_had_serving() -> None:
+    """A spec the CRD took and the operator cannot parse (a CRD older than the operator: helm
+    never upgrades a chart's CRDs): a serving endpoint went Failed with 0 replicas on the
+    update, where a refused update keeps the spec its replicas run serving. Nothing is applied
+    or scaled (the spec they run is not this one); a new endpoint's such spec stays Failed."""
+    made = FakeKube()
+    reconcile(body(), ScalerMemory(), deps(made)[0])
+    applied = next(o for o in made.applied if o["kind"] == "Deployment")
+    live = {**deployment_of(2), "metadata": {**applied["metadata"], "generation": 1}}
+    kube = FakeKube(live, [ready_pod("ie-abalone-1", "127.0.5.1")])
+    serving = {"phase": "InService", "reason": "AllReplicasReady", "replicas": 2}
+    unparsable = {"mode": "realtime", "model": MODEL, "realtime": {"minReplicas": 3,
+                                                                   "maxReplicas": 2}}  # fmt: skip
+    updated = body(unparsable, serving)
+    updated["metadata"]["generation"] = 2
+    kept = reconcile(updated, ScalerMemory(), deps(kube)[0]).status
+    assert (kept.phase, kept.reason, kept.ready_replicas) == (s.Phase.UPDATING, "InvalidSpec", 2)
+    assert kept.message.startswith("spec.realtime: minReplicas must not exceed maxReplicas; ")
+    assert "the spec it had still serves: 2/2 replicas ready" in kept.message
+    assert kube.applied == [] and kube.scaled == []
+    created = FakeKube()
+    new = reconcile(body(unparsable), ScalerMemory(), deps(created)[0]).status
+    assert (new.phase, new.reason, new.ready_replicas) == (s.Phase.FAILED, "InvalidSpec", 0)
