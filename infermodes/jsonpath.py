@@ -14,12 +14,32 @@ from dataclasses import dataclass
 from typing import cast
 
 from infermodes.errors import InvalidInput
+from infermodes.settings import CONTROL, SPACE
 
-_NAME = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)")
+# The pieces are ASCII's (no \s or \d, which Python reads as Unicode's and the API server's RE2
+# as ASCII's): the parser and GRAMMAR, the CRD's check, take the same filters.
+_BLANK = " *"  # other white space is a control character, which the spec refuses
+_INTEGER = r"-?[0-9]+"
+_NAME_TEXT = r"[A-Za-z_][A-Za-z0-9_-]*"
+_NAME = re.compile(r"\.(" + _NAME_TEXT + ")")
 _BRACKET = re.compile(r"\[([^\]]*)\]")
-_QUOTED = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)")\s*""")
-_INDEX = re.compile(r"\s*(-?\d+)\s*")
-_SLICE = re.compile(r"\s*(-?\d+)?\s*:\s*(-?\d+)?\s*")
+_QUOTED = re.compile(_BLANK + r"""(?:'([^']*)'|"([^"]*)")""" + _BLANK)
+_INDEX = re.compile(_BLANK + "(" + _INTEGER + ")" + _BLANK)
+_SLICE_TEXT = _BLANK + f"({_INTEGER})?" + _BLANK + ":" + _BLANK + f"({_INTEGER})?" + _BLANK
+_SLICE = re.compile(_SLICE_TEXT)
+
+
+def _listed(item: str) -> str:
+    return f"{item}(,{item})*"
+
+
+# what ``JsonPath.parse`` reads, whole, as one regular expression (and no control character,
+# the spec's own rule): a name in a bracket ends at its ',' or ']', as the parser splits it;
+# the parser strips white space at the end
+_KEY = "'[^'," + CONTROL + r"\]]*'|" + '"[^",' + CONTROL + r'\]]*"'
+_INDICES = _listed(f"{_BLANK}{_INTEGER}{_BLANK}")
+_KEYS = _listed(f"{_BLANK}({_KEY}){_BLANK}")
+GRAMMAR = rf"^\$(\.{_NAME_TEXT}|\[({_SLICE_TEXT}|{_INDICES}|{_KEYS})\])*[{SPACE}]*$"
 
 
 @dataclass(frozen=True)

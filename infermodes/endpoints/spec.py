@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,10 +35,12 @@ from infermodes.destinations import (
     literal_refusal,
 )
 from infermodes.errors import shown
-from infermodes.jsonpath import JsonPath
+from infermodes.jsonpath import GRAMMAR, JsonPath
 from infermodes.settings import (
     CONTROL,
     DEFAULT_MAX_ATTEMPTS,
+    JOIN_LIKE_WITH_LIKE,
+    LIBSVM_PROCESSING,
     MAX_CONCURRENT_TRANSFORMS,
     MAX_INVOCATION_RETRIES,
     MAX_INVOCATION_TIMEOUT_SECONDS,
@@ -464,17 +467,25 @@ class BatchOutput(SpecBlock):
     )
 
 
-FILTER_PATTERN = r"^\$[^" + CONTROL + r"]*$"  # the CRD's check; the spec's parses it whole
+# the spec's first check, whose failure says what a filter looks like; the parser's own, with
+# its words, follows. The CRD takes the parser's grammar whole (jsonpath.GRAMMAR): a filter the
+# operator cannot read is refused at kubectl apply.
+FILTER_PATTERN = r"^\$[^" + CONTROL + r"]*$"
+FILTER_SCHEMA: dict[str, JsonValue] = {"pattern": GRAMMAR}
 
 
 class DataProcessing(SpecBlock):
     input_filter: str = Field(
         "$",
         pattern=FILTER_PATTERN,
+        json_schema_extra=FILTER_SCHEMA,
         description="JSONPath selecting the model's input ($[1:], $.features).",
     )
     output_filter: str = Field(
-        "$", pattern=FILTER_PATTERN, description="JSONPath selecting what is written."
+        "$",
+        pattern=FILTER_PATTERN,
+        json_schema_extra=FILTER_SCHEMA,
+        description="JSONPath selecting what is written.",
     )
     join_source: JoinSource = Field(
         "None", description="Input: the input record joined with its prediction."
@@ -526,7 +537,12 @@ class BatchSpec(SpecBlock):
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         (f"self.maxPayloadInMB * self.maxConcurrentTransforms <= {MAX_PAYLOAD_MB}", PAYLOAD_RULE),
-    ]
+        # check_batch_processing's (the API server fills in the defaults first)
+        ("self.input.contentType != 'text/libsvm' || (self.dataProcessing.joinSource == 'None'"
+         " && self.dataProcessing.inputFilter == '$')", LIBSVM_PROCESSING),
+        ("self.dataProcessing.joinSource != 'Input' || ((self.input.contentType == 'text/csv')"
+         " == (self.output.accept == 'text/csv'))", JOIN_LIKE_WITH_LIKE),
+    ]  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchSpec:

@@ -177,6 +177,18 @@ INVALID = [
                         ("sixtofour", "http://u@[2002:a9fe:a9fe::]:80/"),
                         ("mapped", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/"),
                         ("dot", "http://169.254.169.254./")]],
+    # a batch job's, which made it Failed at its creation: a filter the parser cannot read,
+    # processing the instances cannot do
+    *[(f"batch-{name}", {"mode": "batch", "batch": {
+        "input": {"uri": "file:///i/", "contentType": content}, "output": {"uri": "file:///o/"},
+        "dataProcessing": processing}}, message)
+      for name, content, processing, message in [
+          ("filter", "text/csv", {"outputFilter": "$..a"},
+           "spec.batch.dataProcessing.outputFilter: Invalid value"),
+          ("libsvm", "text/libsvm", {"inputFilter": "$[1:]"},
+           "inputFilter and joinSource need CSV or JSON input, not libsvm"),
+          ("join", "application/json", {"joinSource": "Input"},
+           "joinSource Input joins like with like")]],
 ]  # fmt: skip
 
 

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from infermodes.destinations import WEBHOOK_PATTERN
 from infermodes.endpoints import spec as s
+from infermodes.jsonpath import GRAMMAR
 from infermodes.operator.crd import crd_files, crd_manifest, crd_yaml
 from infermodes.operator.reconcile import parse_spec
+from infermodes.settings import JOIN_LIKE_WITH_LIKE, LIBSVM_PROCESSING
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = {"uri": "file:///models/abalone/model.tar.gz"}
@@ -55,7 +59,8 @@ def test_schema_carries_the_platform_limits() -> None:
     assert nodes["batch.invocationsMaxRetries"]["maximum"] == 3
     assert nodes["batch.input.splitType"]["enum"] == ["None", "Line"]
     assert nodes["batch.input.compressionType"]["enum"] == ["None", "Gzip"]
-    payload, immutable = nodes["batch"]["x-kubernetes-validations"]
+    payload, libsvm, join, immutable = nodes["batch"]["x-kubernetes-validations"]
+    assert (libsvm["message"], join["message"]) == (LIBSVM_PROCESSING, JOIN_LIKE_WITH_LIKE)
     assert payload == {"rule": "self.maxPayloadInMB * self.maxConcurrentTransforms <= 100",
                        "message": s.PAYLOAD_RULE}  # fmt: skip
     assert "self.input == oldSelf.input" in immutable["rule"]
@@ -446,3 +451,30 @@ def test_no_white_space_passes_the_image_or_a_webhook(space: str) -> None:
         # without Perl classes, Python reads the pattern as the API server's RE2 does
         assert re.search(r"\\[sdwbSDWB]", pattern) is None
         assert re.fullmatch(pattern, value) is None
+
+
+def filter_read(text: str) -> bool:
+    """Whether the spec takes ``text`` as a filter (its pattern, then the parser)."""
+    spec = batch_spec(dataProcessing={"outputFilter": text})
+    return not isinstance(parse_spec(spec), str)
+
+
+FILTERS = [
+    "$", "$ ", "$\u00a0", "$.features", "$[1:]", "$[ -2 : ]", "$[:]", "$[0,2,4]", "$[ 1 , -1 ]",
+    "$['id','SageMakerOutput']", '$["a b"]', "$['a'].b[0]", "$.a-b_c",
+    "$[[[", "$[]", "$[1:2:3]", "$['a,b']", "$[x]", "$.1a", "$ .a", " $", "$[1]]", "$[\u0661]",
+    "$['a'\u00a0]", "$[1\t]", "$['a\x01']", "$..a", "$[*]", "$[?(@.a)]", "$.a.", "a",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_the_crd_takes_the_filters_the_operator_reads_and_no_other(text: str) -> None:
+    """An output filter the parser cannot read ($[[[, $..a, a filter expression) passed the
+    CRD's pattern (a $, then no control character) and made a batch job Failed: the CRD now
+    carries the parser's grammar, and takes what it reads."""
+    assert bool(re.fullmatch(GRAMMAR, text)) is filter_read(text), text
+
+
+@given(st.text(alphabet="$.[]'\",:- *?@0123456789ab_\u00a0\u0661\t", max_size=14).map("$".__add__))
+def test_the_filter_grammar_and_the_parser_agree(text: str) -> None:
+    assert bool(re.fullmatch(GRAMMAR, text)) is filter_read(text)
