@@ -33,7 +33,7 @@ IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#" + SPACE + CONTROL + r"]*@)?"
+    r"^[hH][tT][tT][pP][sS]?://([^/?#\[\]" + SPACE + CONTROL + r"]*@)?"
     r"(\[[0-9a-zA-Z:.%]+\]|[^/?#" + SPACE + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
     r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
@@ -69,6 +69,21 @@ REFUSED_NETWORKS = tuple(
         [network, *carrying(network)] if isinstance(network, ipaddress.IPv4Network) else [network]
     )
 )
+
+
+def bracket_cel(field: str) -> str:
+    """A CEL rule refusing ``self.<field>`` when the host it gives in brackets is one Python's
+    URL parser refuses, which the spec's validation then could not read: an IPv6 address
+    (one zone at most, not empty), or an IPvFuture ``v<hex>.<...>``. The API server's ip()
+    refuses IPv4-mapped addresses, which Python takes: an ffff group is read as fffe, which
+    is as valid and maps nothing."""
+    return (f"!has(self.{field}) || ![self.{field}.substring(self.{field}.indexOf('://') + 3)"
+            ".find('^[^/?#]*')].exists(authority, authority.contains('[') && "
+            "[authority.substring(authority.indexOf('[') + 1, authority.indexOf(']'))]"
+            ".exists(h, !(h.startsWith('v') ? h.matches('^v[a-fA-F0-9]+[.].+$') : "
+            "(h.contains(':') && [h.split('%')].all(parts, size(parts) == 1 || "
+            "(size(parts) == 2 && size(parts[1]) > 0)) && "
+            "isIP(h.split('%')[0].lowerAscii().replace('ffff', 'fffe'))))))")  # fmt: skip
 
 
 def address_cel(field: str) -> str:

@@ -32,6 +32,7 @@ from infermodes.destinations import (
     WEBHOOK_MAX_LENGTH,
     WEBHOOK_PATTERN,
     address_cel,
+    bracket_cel,
     literal_refusal,
 )
 from infermodes.errors import shown
@@ -339,6 +340,9 @@ class NotificationSpec(SpecBlock):
           for name in ("successWebhook", "errorWebhook")
           for rule in (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
                        address_cel(name))],
+        *[(bracket_cel(name), f"{name}: the host in brackets must be an IPv6 address (or "
+                              "an IPvFuture v<hex>.<...>)")
+          for name in ("successWebhook", "errorWebhook")],
         *[(f"!has(self.{name}) || !has(self.{name}SecretRef)", one_webhook(name))
           for name in ("successWebhook", "errorWebhook")],
     ]  # fmt: skip

@@ -177,6 +177,15 @@ INVALID = [
                         ("sixtofour", "http://u@[2002:a9fe:a9fe::]:80/"),
                         ("mapped", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/"),
                         ("dot", "http://169.254.169.254./")]],
+    # a host in brackets Python's URL parser refuses (and so the spec's validation)
+    *[(f"webhook-{name}", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
+        "errorWebhook": url}}}, "errorWebhook: the host in brackets must be an IPv6 address")
+      for name, url in [("not-an-address", "http://[zz]/"), ("ipv4-bracketed", "http://[1.2.3.4]/"),
+                        ("empty-zone", "http://[::1%]/")]],
+    ("webhook-user-bracket", {"mode": "async", "async": {"outputPath": "file:///o",
+                                                         "notification": {
+        "errorWebhook": "http://a[b]@hooks.example/"}}},
+     "spec.async.notification.errorWebhook: Invalid value"),
     # a batch job's, which made it Failed at its creation: a filter the parser cannot read,
     # processing the instances cannot do
     *[(f"batch-{name}", {"mode": "batch", "batch": {
