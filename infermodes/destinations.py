@@ -30,11 +30,17 @@ METADATA_NETWORKS = (
 )
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# what urlsplit refuses in a URL's user name and host (the netloc), which the spec's validation
+# (literal_refusal) reads with it: characters whose NFKC form holds '/', '?', '#', '@' or ':'
+NETLOC_REFUSED = (
+    "\u2047\u2048\u2049\u2100\u2101\u2105\u2106\u2a74\ufe13\ufe16\ufe55\ufe56\ufe5f\ufe6b"
+    "\uff03\uff0f\uff1a\uff1f\uff20"
+)
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#\[\]" + SPACE + CONTROL + r"]*@)?"
-    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#" + SPACE + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
+    r"^[hH][tT][tT][pP][sS]?://([^/?#\[\]" + NETLOC_REFUSED + SPACE + CONTROL + r"]*@)?"
+    r"(\[[0-9a-zA-Z:.%]+\]|[^/?#" + NETLOC_REFUSED + SPACE + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
     r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048

@@ -186,6 +186,9 @@ INVALID = [
                                                          "notification": {
         "errorWebhook": "http://a[b]@hooks.example/"}}},
      "spec.async.notification.errorWebhook: Invalid value"),
+    ("webhook-fullwidth", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
+        "errorWebhook": "http://hooks\uff03example/"}}},  # urlsplit refuses it in a host
+     "spec.async.notification.errorWebhook: Invalid value"),
     # a batch job's, which made it Failed at its creation: a filter the parser cannot read,
     # processing the instances cannot do
     *[(f"batch-{name}", {"mode": "batch", "batch": {

@@ -6,12 +6,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from urllib.parse import urlsplit
 
 import pytest
 
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
+    NETLOC_REFUSED,
     REFUSED_NETWORKS,
     WEBHOOK_PATTERN,
     Checked,
@@ -204,3 +206,16 @@ def test_a_webhook_from_no_field_is_held_to_the_fields_whole_rule(url: str, refu
     reason = webhook_refusal(url)
     assert (reason is not None) is refused
     assert reason is None or "T0K3N" not in reason
+
+
+def test_the_pattern_refuses_what_urlsplit_refuses_in_a_user_name_or_host() -> None:
+    """A fullwidth '#' in a host passed the pattern (and kubectl apply) and made urlsplit raise
+    in the spec's validation: the endpoint's update could not be parsed."""
+    refused = [c for c in map(chr, range(0x80, 0x110000))
+               if any(mark in unicodedata.normalize("NFKC", c) for mark in "/?#@:")]  # fmt: skip
+    assert sorted(NETLOC_REFUSED) == refused
+    for url in ("http://a\uff03b/", "http://u\uff20@hooks.example/", "http://h\u2100x:80/"):
+        with pytest.raises(ValueError, match="NFKC"):
+            urlsplit(url)
+        assert re.fullmatch(WEBHOOK_PATTERN, url) is None, url
+    assert re.fullmatch(WEBHOOK_PATTERN, "http://hooks.example/\uff03")  # a path may
