@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ from tests.e2e.operator_support import (
     RELEASE,
     Tools,
     endpoint_manifest,
+    gateway_url,
     get_endpoint,
     install_operator,
     operator_pods,
@@ -411,6 +413,54 @@ def test_an_update_the_operator_could_not_parse_is_refused_at_apply_and_the_old_
     rows = [[1, 0, 0, 0.455, 0.365, 0.095, 0.514, 0.2245, 0.101, 0.15]]
     response = httpx.post(f"http://{ip}:8080/invocations", content=to_csv(rows), headers=CSV)
     assert response.status_code == 200, response.text
+
+
+CRD_PATH = (
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/inferenceendpoints.infermodes.dev"
+)
+
+
+def test_an_update_an_older_crd_took_and_the_operator_cannot_parse_keeps_the_old_spec_serving(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """Helm never upgrades a chart's CRDs: an older one (here, the image pattern taken out) takes
+    a spec this operator cannot parse. The endpoint went Failed with 0 replicas and the gateway
+    refused it; now it stays Updating (InvalidSpec, a Warning Event naming the field), its
+    replicas untouched and served through the gateway, and mends once the spec is fixed."""
+    api = tools.cluster.api
+    create_in_service(tools, k8s_namespace, endpoint_manifest("stale-crd", model_uri))
+    deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-stale-crd"
+    template = api.get(deployment)["spec"]["template"]
+    versions = api.get(CRD_PATH)["spec"]["versions"]
+    older = copy.deepcopy(versions)
+    spec_schema = older[0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_schema["properties"]["image"]["pattern"]
+    unparsable = endpoint_manifest("stale-crd", model_uri)
+    unparsable["spec"]["image"] = "registry.example/x:1\u00a0"
+    api.merge_patch(CRD_PATH, {"spec": {"versions": older}})
+    try:
+        wait_until(lambda: tools.apply(unparsable, k8s_namespace).returncode == 0, 60,
+                   "the older CRD to take the spec")  # fmt: skip
+        kept = wait_phase(api, k8s_namespace, "stale-crd", "Updating",
+                          also=lambda e: e["status"].get("reason") == "InvalidSpec")  # fmt: skip
+        assert kept["status"]["message"].startswith("spec.image: ")
+        assert kept["status"]["readyReplicas"] == 1
+        events = api.get(f"/api/v1/namespaces/{k8s_namespace}/events",
+                         fieldSelector="involvedObject.name=stale-crd")["items"]  # fmt: skip
+        assert any(e["type"] == "Warning" and e["message"].startswith("spec.image: ")
+                   for e in events), events  # fmt: skip
+        assert api.get(deployment)["spec"]["template"] == template
+        url = gateway_url(tools)
+        assert url is not None
+        rows = [[1, 0, 0, 0.455, 0.365, 0.095, 0.514, 0.2245, 0.101, 0.15]]
+        served = httpx.post(f"{url}/endpoints/stale-crd/invocations", content=to_csv(rows),
+                            headers=CSV, timeout=60)  # fmt: skip
+        assert served.status_code == 200, served.text
+        applied = tools.apply(endpoint_manifest("stale-crd", model_uri), k8s_namespace)
+        assert applied.returncode == 0, applied.stderr
+        wait_phase(api, k8s_namespace, "stale-crd", "InService")
+    finally:
+        api.merge_patch(CRD_PATH, {"spec": {"versions": versions}})
 
 
 def test_missing_model_ends_failed_with_the_reason_and_serves_once_it_arrives(
