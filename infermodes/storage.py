@@ -84,12 +84,15 @@ S3_REFUSALS = frozenset({
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
     "AccountProblem", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "403",
 })  # fmt: skip
-# S3's error codes of a name or request the store never takes, whoever asks (AWS's and
-# S3-compatible servers': SeaweedFS answers InvalidRequest to a key with a '..' segment)
-S3_UNUSABLE = frozenset({
-    "KeyTooLongError", "InvalidBucketName", "InvalidObjectName", "InvalidRequest",
-    "InvalidArgument", "InvalidURI",
+# S3's error codes of a name the store never takes, whoever asks (AWS's and S3-compatible
+# servers'), and of a request it never takes: a read of a location a caller gave (SeaweedFS
+# answers InvalidRequest to a key with a '..' segment). On a write, which the caller names only
+# by its prefix, the request's codes say how the store wants writes made (encryption, Object
+# Lock's checksums): the operator's to mend, a StorageError, not the caller's 400.
+S3_UNUSABLE_NAMES = frozenset({
+    "KeyTooLongError", "InvalidBucketName", "InvalidObjectName", "InvalidURI",
 })  # fmt: skip
+S3_UNUSABLE_READS = frozenset({"InvalidRequest", "InvalidArgument"})
 
 
 @dataclass(frozen=True)
@@ -574,7 +577,7 @@ class S3Store:
             return ObjectNotFound(f"no such object: {ref.uri}")
         if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageRefused(f"s3 refused access to {ref.uri}: {exc}")
-        if code in S3_UNUSABLE:
+        if code in S3_UNUSABLE_NAMES or (code in S3_UNUSABLE_READS and not writing):
             what = "cannot hold" if writing else "does not take the location"
             return UnusableLocation(f"s3 {what} {ref.uri}: {exc}")
         return StorageError(f"s3 error on {ref.uri}: {exc}")

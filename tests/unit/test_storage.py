@@ -407,9 +407,30 @@ def test_an_s3_refusal_is_storage_refused_which_no_retry_mends(code: str) -> Non
     assert (failure.reason, failure.retry) == ("StorageRefused", False)
 
 
-@pytest.mark.parametrize(
-    "code", ["KeyTooLongError", "InvalidBucketName", "InvalidRequest", "InvalidObjectName"]
-)
+@pytest.mark.parametrize("code", ["InvalidRequest", "InvalidArgument"])
+def test_a_write_the_store_refuses_as_a_request_is_the_operators_to_mend_not_unusable(
+    code: str,
+) -> None:
+    """S3 answers these to a write made against the bucket's rules (an SSE-KMS request not
+    signed with SigV4, an Object Lock bucket's missing checksum): the output's location is
+    fine, so it is a StorageError (503 on accept, retried by a worker), not a 400 blaming the
+    caller. Read from a location a caller gave, they stay UnusableLocation (below)."""
+    from botocore.exceptions import ClientError
+
+    from infermodes.storage import StorageError, UnusableLocation
+
+    error = ClientError({"Error": {"Code": code, "Message": "no"}}, "PutObject")
+    storage = Storage(s3_store=S3Store(RefusingClient(error)))
+    with pytest.raises(StorageError) as failed:
+        storage.put_bytes("s3://bkt/out/x.out", b"1")
+    assert not isinstance(failed.value, UnusableLocation)
+    reading = ClientError({"Error": {"Code": code, "Message": "no"}}, "GetObject")
+    storage = Storage(s3_store=S3Store(RefusingClient(reading)))
+    with pytest.raises(UnusableLocation, match="does not take the location s3://bkt/in/x"):
+        storage.get_bytes("s3://bkt/in/x")
+
+
+@pytest.mark.parametrize("code", ["KeyTooLongError", "InvalidBucketName", "InvalidObjectName"])
 def test_an_s3_name_the_store_cannot_hold_is_unusable_which_no_retry_mends(code: str) -> None:
     from botocore.exceptions import ClientError
 
