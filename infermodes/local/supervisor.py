@@ -234,6 +234,17 @@ class LocalEndpoint:
         log.info("%s: %s", self.name, text)
 
 
+def reap_or_leave(child: Child, grace: float) -> None:
+    """``child.reap``, but a child that outlives its SIGKILL (in uninterruptible I/O: a hung
+    mount, say) is logged and left to the kernel, not raised out of ``up``'s loop or its stop
+    (the other children would be left unreaped); ``reap_adopted`` collects it when it ends."""
+    try:
+        child.reap(grace)
+    except subprocess.TimeoutExpired:
+        log.warning("%s (pid %s) outlived its SIGKILL; it ends once its I/O does, and is "
+                    "reaped then", child.key, child.pid)  # fmt: skip
+
+
 def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
     """Whether a changed spec keeps the old model servers serving until a new one is ready:
     between model-server modes, unless the old spec had failed with nothing left serving (a
@@ -543,11 +554,7 @@ class Supervisor:
             if child.running() and time.monotonic() < deadline:
                 kept.append((child, deadline))
                 continue
-            try:
-                child.reap(0.0)  # gone: at once; past its grace: SIGKILL
-            except subprocess.TimeoutExpired:  # in uninterruptible I/O (a hung mount, say)
-                log.warning("%s (pid %s) outlived its SIGKILL; it ends once its I/O does, and "
-                            "is reaped then", child.key, child.pid)  # fmt: skip
+            reap_or_leave(child, 0.0)  # gone: at once; past its grace: SIGKILL
         self.retiring = kept
         known = {child.pid for child in self.all_children() if child.pid is not None}
         reap_adopted(known | {self.zygote.pid})
@@ -577,7 +584,7 @@ class Supervisor:
                 self._stop_child(endpoint, key, grace)
             self._retire_outgoing(endpoint)
         for child in self.all_children():
-            child.reap(grace)
+            reap_or_leave(child, grace)
         self.registry.save([])
         self.zygote.stop()
 

@@ -1158,3 +1158,13 @@ def test_a_stopped_model_server_has_past_the_invocation_timeout_to_finish(
     deadlines = [deadline - before for _, deadline in supervisor.retiring]
     assert len(deadlines) == 2
     assert all(grace > GATEWAY_INVOCATION_TIMEOUT_SECONDS for grace in deadlines), deadlines
+
+
+def test_a_child_that_outlives_its_sigkill_does_not_stop_ups_shutdown(tmp_path: Path) -> None:
+    """At up's stop the same child raised TimeoutExpired out of ``stop_all``: the children
+    after it were not reaped and the registry kept them. It is left to the kernel there too."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    stuck = Child("e/server-0", ProcessPlan(("sleep",)), tmp_path / "log", proc=Unkillable())
+    supervisor.retiring.append((stuck, time.monotonic() + 60.0))
+    supervisor.stop_all(grace=0.0)
+    assert supervisor.registry.saved == set()  # reached: the stop went on past the stuck one
