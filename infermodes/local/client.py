@@ -102,8 +102,9 @@ class Client:
         except ManifestError as exc:
             raise UpError(str(exc)) from None
         for file, body in bodies:
-            # UTF-8 bytes: httpx encodes a str header as ASCII, and a file's name may be none
-            source = source_of(file).encode()
+            # UTF-8 bytes: httpx encodes a str header as ASCII, and a file's name may be none;
+            # a name that is not UTF-8 either goes as its own bytes (up shows them as U+FFFD)
+            source = source_of(file).encode(errors="surrogateescape")
             result = self.api("POST", "/endpoints", content=body,
                               headers={SOURCE_HEADER: source})  # fmt: skip
             applied += result["applied"]

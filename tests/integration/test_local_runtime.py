@@ -161,20 +161,23 @@ def test_apply_takes_manifests_on_standard_input_all_or_none(
     assert cli(up, "delete", "from-stdin").returncode == 0
 
 
+@pytest.mark.parametrize("name", ["café.yaml", os.fsdecode(b"caf\xe9.yaml")])
 def test_apply_of_a_file_whose_name_is_not_ascii_names_it_as_written(
-    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path, name: str
 ) -> None:
     """The file's name goes to ``up`` in a header, which httpx encodes as ASCII: ``apply -f
-    café.yaml`` ended in a UnicodeEncodeError's traceback. What ``up`` says of the file (a
-    Secret it skips) names it as written."""
+    café.yaml`` ended in a UnicodeEncodeError's traceback, and so did a name that is not even
+    UTF-8 (Latin-1 bytes). What ``up`` says of the file (a Secret it skips) names it as
+    written, a byte that is not UTF-8 as U+FFFD."""
     written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"}}
-    file = tmp_path / "café.yaml"
+    file = tmp_path / name
     file.write_text(yaml.safe_dump_all([secret, {**written, "metadata": {"name": "cafe"}}]))
     applied = cli(up, "apply", "-f", str(file))
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout == "inferenceendpoint/cafe created\n"
-    assert f"Warning: {file} document 1: Secret 'creds' skipped" in applied.stderr
+    shown = str(file).encode(errors="surrogateescape").decode(errors="replace")
+    assert f"Warning: {shown} document 1: Secret 'creds' skipped" in applied.stderr
     assert cli(up, "delete", "cafe").returncode == 0
 
 
