@@ -361,7 +361,9 @@ def main() -> None:
 
         manifest["metadata"]["name"] = name = "abalone-burst"
         hold = threading.Event()
-        with WebhookReceiver(hold=hold) as webhook:
+        # every success webhook waits for the hold (each try until the worker's 10 s cutoff,
+        # then again): the held request keeps its worker busy while the burst arrives
+        with WebhookReceiver(holds=lambda _body: hold) as webhook:
             manifest["spec"]["async"].update(
                 minReplicas=1, maxReplicas=3, maxConcurrentInvocationsPerInstance=1,
                 targetBacklogPerInstance=1, outputPath=f"file://{work}/burst/output",
