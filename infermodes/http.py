@@ -55,9 +55,14 @@ REQUEST_ID_KEY = "infermodes.request_id"  # where a request's id is kept in its 
 MAX_HEADER_BYTES = 64 * 1024  # httptools sets no bound of its own
 
 
-def error_json(kind: str, message: str) -> bytes:
-    """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``."""
-    return json.dumps({"error": kind, "message": message}).encode()
+def error_json(kind: str, message: str, platform_code: str | None = None) -> bytes:
+    """The one error shape of every route: ``{"error": <kind>, "message": <what is wrong>}``;
+    with ``platform_code``, also as ``__type``, where the JSON 1.1 client (boto3's
+    ``sagemaker``) reads the platform's code."""
+    fields = {"error": kind, "message": message}
+    if platform_code is not None:
+        fields["__type"] = platform_code
+    return json.dumps(fields).encode()
 
 
 INTERNAL_ERROR = error_json("InternalServerError", "internal error; the server log has details")
@@ -260,12 +265,10 @@ def raw_error_response(status: int, message: str, code: str | None = None) -> by
     With the platform's ``code`` (the gateway's answers), it is where boto3 reads it, as in the
     gateway's other errors: ``x-amzn-ErrorType`` (REST-JSON: ``sagemaker-runtime``) and the
     body's ``__type`` (JSON 1.1: ``sagemaker``), with the answer's ``x-amzn-RequestId``."""
-    fields = {"error": status_kind(status), "message": message}
+    body = error_json(status_kind(status), message, code)
     platform = ""
     if code is not None:
-        fields["__type"] = code
         platform = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {new_request_id()}\r\n"
-    body = json.dumps(fields).encode()
     return b"".join(
         [
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode(),

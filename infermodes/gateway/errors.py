@@ -18,6 +18,7 @@ from infermodes.errors import ClientClosedRequest, InfermodesError
 from infermodes.http import (
     ERROR_MEDIA_TYPE,
     error_body,
+    error_json,
     error_response,
     routing_message,
     status_kind,
@@ -130,9 +131,14 @@ def runtime_code(exc: InfermodesError) -> str:
     ServiceUnavailable (503), InternalFailure (other 5xx), ValidationError (4xx)."""
     if type(exc) in NAMED_ERRORS:
         return type(exc).__name__
-    if exc.status_code == 503:
+    return status_code_of(exc.status_code)
+
+
+def status_code_of(status: int) -> str:
+    """The platform's runtime code of an unnamed error, by its status."""
+    if status == 503:
         return "ServiceUnavailable"
-    return "InternalFailure" if exc.status_code >= 500 else "ValidationError"
+    return "InternalFailure" if status >= 500 else "ValidationError"
 
 
 def refusal_code(status: int) -> str:
@@ -140,8 +146,8 @@ def refusal_code(status: int) -> str:
     request (``http.GuardedHttpProtocol``): a head too slow to arrive (408) is
     ``RequestTimeoutException``, which botocore's standard retry mode retries as transient
     (nothing of the request was served); a malformed (400) or too large (431) head is bad input,
-    ``ValidationError`` (``runtime_code`` of any other 4xx)."""
-    return "RequestTimeoutException" if status == 408 else "ValidationError"
+    coded by its status as any unnamed error (``ValidationError``)."""
+    return "RequestTimeoutException" if status == 408 else status_code_of(status)
 
 
 def runtime_error_response(exc: InfermodesError) -> Response:
@@ -165,4 +171,4 @@ async def unknown_operation(request: Request, exc: HTTPException) -> Response:
 def unknown_operation_body(kind: str, message: str) -> bytes:
     """The one error shape (``kind``: NotFound, MethodNotAllowed) plus the platform's code as
     ``__type``, for the JSON 1.1 client."""
-    return json.dumps({"error": kind, "message": message, "__type": UNKNOWN_OPERATION}).encode()
+    return error_json(kind, message, UNKNOWN_OPERATION)
