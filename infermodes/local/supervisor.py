@@ -46,7 +46,7 @@ from infermodes.endpoints.scaling import (
     realtime_replicas,
     serverless_replicas,
 )
-from infermodes.endpoints.spec import Mode, Phase
+from infermodes.endpoints.spec import EndpointSpec, Mode, Phase
 from infermodes.endpoints.status import (
     ACTUATION_FAILED,
     COMPLETED,
@@ -258,6 +258,34 @@ def rolls_over(old: LocalEndpoint, new: Manifest) -> bool:
     )
 
 
+def process_plan(name: str, spec: EndpointSpec) -> plan.ProcessPlan:
+    """What each replica of a realtime, serverless or async endpoint runs (a batch instance's
+    plan is its job's: ``_run_batch``)."""
+    if spec.mode is Mode.ASYNC:
+        return async_plan.worker(name, spec)
+    if spec.mode is Mode.SERVERLESS:
+        return plan.serverless_server(spec)
+    return plan.model_server(spec, spec.realtime_block().workers)
+
+
+def runs_as_before(old: LocalEndpoint, new: Manifest) -> bool:
+    """Whether a changed spec leaves every process as it is (its scaling, ``maxConcurrency``,
+    labels: what a cluster's pod template does not hold): its processes are kept, as a
+    Deployment whose template did not change rolls nothing out. Not for a batch job (a new
+    spec is a new job), an endpoint that failed (applied again, it tries again) or one whose
+    rollover is still under way."""
+    spec = old.manifest.spec
+    return (
+        spec.mode is new.spec.mode
+        and spec.mode is not Mode.BATCH
+        and old.failure is None
+        and old.load_failure is None
+        and not old.outgoing
+        and old.previous is None
+        and process_plan(old.name, spec) == process_plan(new.name, new.spec)
+    )
+
+
 def restored(
     endpoint: LocalEndpoint, saved: Mapping[str, Any], *, spec_saved: bool = True
 ) -> LocalEndpoint:
@@ -331,8 +359,14 @@ class Supervisor:
             log.info("%s: the previous spec serves until the one applied last rolls over "
                      "from it", manifest.name)  # fmt: skip
 
-    def _add(self, manifest: Manifest, created: str) -> LocalEndpoint:
-        endpoint = LocalEndpoint(manifest, created)
+    def _add(
+        self, manifest: Manifest, created: str, kept: LocalEndpoint | None = None
+    ) -> LocalEndpoint:
+        """The endpoint of ``manifest``: a new one, or ``kept`` (its processes, its scaler's
+        memory, its status) under the new spec, which is not the platform API's until its
+        store says so (``annotations``)."""
+        endpoint = kept or LocalEndpoint(manifest, created)
+        endpoint.manifest, endpoint.annotations = manifest, {}
         self.endpoints[manifest.name] = endpoint
         if manifest.spec.mode is Mode.ASYNC:
             block = async_plan.async_block(manifest.spec)
@@ -341,9 +375,10 @@ class Supervisor:
         return endpoint
 
     def apply(self, manifest: Manifest, starting: bool = False) -> str:
-        """Create or replace an endpoint; a changed spec replaces its processes, as does the
-        same spec of an endpoint that failed (a model that could not load may be there now:
-        applied again, it tries at once, not after its back-off). The model
+        """Create or replace an endpoint; a changed spec replaces its processes unless they
+        would run as before (``runs_as_before``), as does the same spec of an endpoint that
+        failed (a model that could not load may be there now: applied again, it tries at once,
+        not after its back-off). The model
         servers of a realtime or serverless endpoint are replaced as a rollout replaces pods:
         the old ones serve (the endpoint ``Updating``), one going for each of the new spec's
         that is ready; a realtime endpoint keeps the replicas it had (within the new bounds).
@@ -361,6 +396,13 @@ class Supervisor:
                 old.previous = None  # again (a revert): it is the spec now
                 self._save(old)
             return "unchanged"  # the same spec again: unless it failed, when it tries again
+        if old is not None and manifest.name not in self.resumed and runs_as_before(old, manifest):
+            self._remove(old, stop=False)
+            self._add(manifest, old.created, old)
+            self._save(old)
+            old.event("applied: its processes run as before (scaling or metadata changed)")
+            self.wake.set()
+            return "configured"
         created = old.created if old is not None else now_iso()
         outgoing: dict[str, Child] = {}
         previous = None
@@ -475,11 +517,13 @@ class Supervisor:
         log.info("%s: deleted", name)  # as "applied": what the log says happened
         return True
 
-    def _remove(self, endpoint: LocalEndpoint) -> None:
-        """Stop its processes now (a drain in the background, by the next ticks)."""
-        for key in list(endpoint.children):
-            self._stop_child(endpoint, key, self._grace(endpoint))
-        self._retire_outgoing(endpoint)
+    def _remove(self, endpoint: LocalEndpoint, stop: bool = True) -> None:
+        """Forget its spec; ``stop``: and stop its processes now (a drain in the background,
+        by the next ticks)."""
+        if stop:
+            for key in list(endpoint.children):
+                self._stop_child(endpoint, key, self._grace(endpoint))
+            self._retire_outgoing(endpoint)
         self.endpoints.pop(endpoint.name, None)
         self.async_layouts.pop(endpoint.name, None)
         self.max_attempts.pop(endpoint.name, None)
@@ -496,17 +540,15 @@ class Supervisor:
         spec, name = endpoint.manifest.spec, endpoint.name
         number = endpoint.sequence
         endpoint.sequence += 1
+        child_plan = process_plan(name, spec)
         if spec.mode is Mode.ASYNC:
             key = f"{name}/worker-{number}"
             endpoint.metrics_ports[key] = 0
-            return Child(key, async_plan.worker(name, spec), self._log_path(endpoint, key))
+            return Child(key, child_plan, self._log_path(endpoint, key))
         key = f"{name}/server-{number}"
         endpoint.ports[key] = 0
-        if spec.mode is Mode.SERVERLESS:
-            return Child(key, plan.serverless_server(spec), self._log_path(endpoint, key),
-                         zygote=self.zygote)  # fmt: skip
-        child_plan = plan.model_server(spec, spec.realtime_block().workers)
-        return Child(key, child_plan, self._log_path(endpoint, key))
+        zygote = self.zygote if spec.mode is Mode.SERVERLESS else None
+        return Child(key, child_plan, self._log_path(endpoint, key), zygote=zygote)
 
     def _start(self, endpoint: LocalEndpoint, child: Child, now: float) -> None:
         if child.zygote is not None and child.zygote.importing():

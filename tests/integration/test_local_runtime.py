@@ -488,11 +488,11 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
     endpoint ``Updating``, the old ones listed as outgoing) until as many of the new spec's are
     ready, as a rollout keeps the old pods: no request sent meanwhile is refused, the old
     servers go, and the endpoint keeps the replicas it had (two, though the new spec's
-    minimum is one)."""
+    minimum is one). The change is one the servers run (their ``workers``)."""
     files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
     (tmp_path / "v2").mkdir()
     changed = manifest("realtime", abalone_model.tarball, tmp_path / "v2", minReplicas=1,
-                       maxReplicas=2, scaling=BUSY_SCALING)  # fmt: skip
+                       maxReplicas=2, workers=2, scaling=BUSY_SCALING)  # fmt: skip
     body = to_csv(abalone_model.test_rows[:1])
 
     def pids() -> set[int]:
@@ -514,6 +514,47 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
             status = up.status("abalone")
             assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
     assert set(answers) == {200}, collections.Counter(answers)
+
+
+def test_a_change_of_scaling_alone_keeps_the_processes_as_a_cluster_keeps_its_pods(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A spec whose processes would run as before (new bounds, a new scaling target, a
+    label) keeps them, as a Deployment whose pod template did not change rolls nothing out:
+    the same model servers serve on, the endpoint stays ``InService`` and scales to the new
+    minimum; a serverless endpoint's ``maxConcurrency`` keeps its warm server."""
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=2),
+             manifest("serverless", abalone_model.tarball, tmp_path, maxConcurrency=2)]  # fmt: skip
+    (tmp_path / "v2").mkdir()
+    realtime = document("realtime", abalone_model.tarball, tmp_path, minReplicas=2,
+                        maxReplicas=3, scaling={"target": 5})  # fmt: skip
+    realtime["metadata"]["labels"] = {"team": "shellfish"}
+    serverless = document("serverless", abalone_model.tarball, tmp_path, maxConcurrency=3)
+    changed = tmp_path / "v2" / "both.yaml"
+    changed.write_text(yaml.safe_dump_all([realtime, serverless]))
+    body = to_csv(abalone_model.test_rows[:1])
+
+    def pids(name: str) -> set[int]:
+        return {process["pid"] for process in up.status(name)["processes"]}
+
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "in service")
+        assert up.invoke("abalone-serverless", body).status_code == 200
+        (server,) = pids("abalone-serverless")
+        (first,) = pids("abalone")
+        applied = cli(up, "apply", "-f", str(changed))
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.split() == [
+            "inferenceendpoint/abalone", "configured",
+            "inferenceendpoint/abalone-serverless", "configured",
+        ], applied.stdout  # fmt: skip
+        wait_until(lambda: up.status("abalone")["readyReplicas"] == 2, WAIT, "the new minimum")
+        status = up.status("abalone")
+        assert (status["phase"], first in pids("abalone")) == ("InService", True), status
+        assert up.invoke("abalone-serverless", body).status_code == 200
+        assert pids("abalone-serverless") == {server}
+        assert up.status("abalone-serverless")["phase"] == "InService"
+        assert up.endpoint("abalone")["spec"]["realtime"]["maxReplicas"] == 3
 
 
 def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(

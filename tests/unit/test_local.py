@@ -35,7 +35,7 @@ from infermodes.local.manifests import (
     parse_document,
     parse_text,
 )
-from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor
+from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor, runs_as_before
 from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
 from infermodes.queueing.broker import Backlog
@@ -1168,3 +1168,40 @@ def test_a_child_that_outlives_its_sigkill_does_not_stop_ups_shutdown(tmp_path: 
     supervisor.retiring.append((stuck, time.monotonic() + 60.0))
     supervisor.stop_all(grace=0.0)
     assert supervisor.registry.saved == set()  # reached: the stop went on past the stuck one
+
+
+def example(mode: str, **block: Any) -> Manifest:
+    """The example manifest of ``mode`` with ``block`` merged into its mode's block."""
+    document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+    document["spec"][mode].update(block)
+    return parse_document(document, f"the {mode} example")
+
+
+@pytest.mark.parametrize(
+    ("mode", "changed", "kept"),
+    [
+        ("realtime", {"minReplicas": 2, "maxReplicas": 5}, True),
+        ("realtime", {"scaling": {"target": 9}}, True),
+        ("realtime", {"workers": 3}, False),
+        ("serverless", {"maxConcurrency": 7}, True),
+        ("serverless", {"memorySizeInMB": 4096}, False),
+        ("async", {"maxReplicas": 9, "scaleInCooldownSeconds": 5}, True),
+        ("async", {"maxConcurrentInvocationsPerInstance": 2}, False),
+        ("batch", {"instanceCount": 3}, False),
+    ],
+)
+def test_a_change_keeps_the_processes_only_when_they_would_run_as_before(
+    mode: str, changed: dict[str, Any], kept: bool
+) -> None:
+    old = LocalEndpoint(example(mode), "now")
+    assert runs_as_before(old, example(mode, **changed)) is kept
+    assert runs_as_before(old, example(mode)) is (mode != "batch")
+
+
+def test_a_failed_endpoint_or_one_still_rolling_over_is_replaced_whatever_changed() -> None:
+    failed = LocalEndpoint(example("realtime"), "now", failure=("ModelLoadFailed", "no model"))
+    rolling = LocalEndpoint(example("realtime"), "now", previous={"spec": {}})
+    serverless = LocalEndpoint(example("serverless"), "now")
+    for old in (failed, rolling):
+        assert not runs_as_before(old, example("realtime", maxReplicas=5))
+    assert not runs_as_before(serverless, example("realtime"))
