@@ -319,7 +319,8 @@ class WorkerSettings(EnvSettings):
         None,
         ge=1,
         description="The memory the worker may use, which lowers the JSON cap; unset: its "
-        "cgroup's limit (memory.max, or v1's memory.limit_in_bytes), if any.",
+        "cgroup's limit (the smallest memory.max, or v1's memory.limit_in_bytes, on its own "
+        "cgroup's path in /proc/self/cgroup and its parents), if any.",
     )
     metrics_host: str = Field("127.0.0.1")
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

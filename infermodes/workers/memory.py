@@ -13,24 +13,61 @@ from pathlib import Path
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
 
 CGROUP = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 # cgroup v1 writes "no limit" as the largest page-aligned int64; anything this large is none.
 _UNLIMITED = 1 << 60
 # However little memory is spare, a small JSON body (~2 MB to decode) is still taken.
 MIN_JSON_CAP = 64 * 1024
 
 
-def cgroup_memory_limit(root: Path = CGROUP) -> int | None:
-    """The memory limit of this process's cgroup (v2 ``memory.max``, else v1's
-    ``memory/memory.limit_in_bytes``); None when there is none or it cannot be read."""
-    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+def cgroup_memory_limit(root: Path = CGROUP, membership: str | None = None) -> int | None:
+    """The memory limit this process runs under: the smallest limit on its own cgroup's path
+    and every parent up to the mount ``root`` (the kernel enforces each), from v2's
+    ``memory.max``, or from v1's ``memory.limit_in_bytes`` when the memory controller is on v1.
+    ``membership`` is /proc/self/cgroup's text (read when None), which names the cgroup: in a
+    pod the limit sits on a cgroup below the mount root, unless the mount is namespaced. None
+    when no limit is set or none can be read."""
+    if membership is None:
         try:
-            text = (root / name).read_text().strip()
+            membership = PROC_SELF_CGROUP.read_text()
         except OSError:
-            continue
-        if text.isdigit() and int(text) < _UNLIMITED:
-            return int(text)
-        return None  # "max": unlimited
-    return None
+            membership = ""
+    found = _memory_cgroup(membership)
+    if found is None:
+        return None
+    folder, name, path = found
+    parts = [part for part in path.split("/") if part]
+    if ".." in parts:  # a cgroup outside this mount's namespace: none of its files are ours
+        return None
+    limits = [
+        limit
+        for depth in range(len(parts), -1, -1)
+        if (limit := _limit_in(root.joinpath(folder, *parts[:depth], name))) is not None
+    ]
+    return min(limits, default=None)
+
+
+def _memory_cgroup(membership: str) -> tuple[str, str, str] | None:
+    """(controller folder, limit file, cgroup path) of the memory controller: v1's own
+    hierarchy line when it has one (a hybrid host keeps memory on v1), else v2's ``0::``."""
+    unified = None
+    for line in membership.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if "memory" in controllers.split(","):
+            return "memory", "memory.limit_in_bytes", path
+        if number == "0" and controllers == "":
+            unified = ("", "memory.max", path)
+    return unified
+
+
+def _limit_in(file: Path) -> int | None:
+    """One level's limit; None for "max", v1's "no limit", or a file that cannot be read."""
+    try:
+        text = file.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
 
 
 def json_input_cap(configured: int, memory: int | None, used: int, concurrency: int) -> int:

@@ -28,20 +28,54 @@ def test_a_configured_cap_below_the_floor_still_holds() -> None:
     assert json_input_cap(1000, 1, 0, 1) == 1000
 
 
-@pytest.mark.parametrize(
-    ("files", "limit"),
-    [
-        ({"memory.max": "1073741824\n"}, 1 << 30),  # cgroup v2
-        ({"memory.max": "max\n"}, None),
-        ({"memory/memory.limit_in_bytes": "536870912\n"}, 1 << 29),  # cgroup v1
-        ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),  # v1's "no limit"
-        ({}, None),
-    ],
-)
-def test_the_cgroup_limit_is_read_from_v2_or_v1(
-    tmp_path: Path, files: dict[str, str], limit: int | None
-) -> None:
+V2_NESTED = "0::/kubepods/pod1/ctr\n"
+
+
+def _tree(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert cgroup_memory_limit(tmp_path) == limit
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text == "<unreadable>":  # a directory where the file should be: reading it fails
+            path.mkdir()
+        else:
+            path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("membership", "files", "limit"),
+    [
+        # v2: the smallest limit on the process's own path and its parents, the root included
+        (V2_NESTED, {"kubepods/pod1/ctr/memory.max": "max\n",
+                     "kubepods/pod1/memory.max": "536870912\n",
+                     "kubepods/memory.max": "1073741824\n"}, 1 << 29),
+        (V2_NESTED, {"kubepods/pod1/ctr/memory.max": "268435456\n",
+                     "kubepods/pod1/memory.max": "536870912\n"}, 1 << 28),
+        (V2_NESTED, {"memory.max": "1073741824\n", "kubepods/pod1/ctr/memory.max": "max\n"},
+         1 << 30),  # a namespaced mount: its root is the container's cgroup
+        ("0::/\n", {"memory.max": "1073741824\n"}, 1 << 30),
+        (V2_NESTED, {"kubepods/pod1/ctr/memory.max": "max\n", "kubepods/memory.max": "max\n"},
+         None),
+        (V2_NESTED, {"memory.max": "4096\n"} | {"kubepods/pod1/ctr/memory.max": "<unreadable>",
+                                                "kubepods/pod1/memory.max": "8192\n"}, 4096),
+        (V2_NESTED, {"kubepods/pod1/ctr/memory.max": "<unreadable>"}, None),
+        (V2_NESTED, {"memory.max": "1073741824\n"} | {}, 1 << 30),  # the leaf's file missing
+        (V2_NESTED, {"other/memory.max": "4096\n"}, None),  # another cgroup's limit
+        (V2_NESTED, {}, None),
+        ("0::/../../elsewhere\n", {"memory.max": "4096\n"}, None),  # outside the mount
+        # v1: the memory controller's own line and hierarchy, whatever the others say
+        ("12:cpu,cpuacct:/other\n4:memory:/kubepods/pod1\n0::/\n",
+         {"memory/kubepods/pod1/memory.limit_in_bytes": "536870912\n",
+          "memory/kubepods/memory.limit_in_bytes": "9223372036854771712\n",
+          "memory.max": "4096\n"}, 1 << 29),
+        ("4:memory:/docker/abc\n", {"memory/memory.limit_in_bytes": "536870912\n"},
+         1 << 29),  # a container's mount of its own cgroup, the host's path in /proc
+        ("4:memory:/kubepods/pod1\n",
+         {"memory/kubepods/pod1/memory.limit_in_bytes": "9223372036854771712\n"}, None),
+        ("", {"memory.max": "4096\n"}, None),  # /proc/self/cgroup unreadable: no cgroup known
+    ],
+)  # fmt: skip
+def test_the_cgroup_limit_is_the_smallest_on_the_process_s_own_path(
+    tmp_path: Path, membership: str, files: dict[str, str], limit: int | None
+) -> None:
+    _tree(tmp_path, files)
+    assert cgroup_memory_limit(tmp_path, membership) == limit
