@@ -804,6 +804,12 @@ class BatchSettings(EnvSettings):
         "byte ranges over instances.",
     )
     predict_threads: int = Field(1, ge=1, le=256, description="XGBoost threads per mini-batch.")
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="The memory the instance may use, which caps whole JSON documents "
+        "(application/json, split_type None); unset: its cgroup's limit, if any.",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
     termination_message_path: str | None = Field(

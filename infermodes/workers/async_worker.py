@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 import logging
-import resource
 import signal
 import threading
 import time
@@ -82,7 +81,7 @@ from infermodes.queueing.notifications import (
     success_body,
 )
 from infermodes.storage import Storage
-from infermodes.workers.memory import cgroup_memory_limit, json_input_cap
+from infermodes.workers.memory import process_json_cap
 
 if TYPE_CHECKING:
     from infermodes.settings import WorkerSettings
@@ -689,17 +688,8 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
 
 def json_cap_of(settings: WorkerSettings) -> int:
     """The JSON cap for the memory the worker has, measured once the model is loaded."""
-    memory = settings.memory_bytes or cgroup_memory_limit()
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     concurrency = settings.max_concurrent_invocations
-    cap = json_input_cap(settings.max_json_bytes, memory, used, concurrency)
-    log.info(
-        "JSON inputs capped at %d bytes: memory %s, concurrency %d",
-        cap,
-        "unlimited" if memory is None else memory,
-        concurrency,
-    )
-    return cap
+    return process_json_cap(settings.max_json_bytes, settings.memory_bytes, concurrency).bytes
 
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:

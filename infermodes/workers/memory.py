@@ -4,13 +4,20 @@ JSON (and recordio) inputs are decoded whole, at ``codecs.JSON_BYTES_EXPANSION``
 size at peak, and every concurrent invocation may decode one at once. A worker killed for
 memory loses every request it holds, and the one that killed it comes back until its
 attempts run out; refusing it (413's PayloadTooLarge, a failure record) is the better end.
+The async worker caps its JSON requests so, and the batch runner its whole JSON documents
+(``splitType None``), whose pod would otherwise be killed with the job's other objects.
 """
 
 from __future__ import annotations
 
+import logging
+import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
+
+log = logging.getLogger("infermodes.memory")
 
 CGROUP = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -70,11 +77,50 @@ def _limit_in(file: Path) -> int | None:
     return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
 
 
-def json_input_cap(configured: int, memory: int | None, used: int, concurrency: int) -> int:
+def json_input_cap(
+    configured: int,
+    memory: int | None,
+    used: int,
+    concurrency: int,
+    expansion: int = JSON_BYTES_EXPANSION,
+) -> int:
     """The largest JSON input each of ``concurrency`` invocations may decode at once within
-    ``memory`` bytes, ``used`` of which the process holds already (the model, the runtime);
-    never above ``configured`` (``max_json_bytes``), which also holds when memory is unknown."""
+    ``memory`` bytes, ``used`` of which the process holds already (the model, the runtime),
+    each input costing ``expansion`` times its size at peak; never above ``configured``
+    (``max_json_bytes``), which also holds when memory is unknown."""
     if memory is None:
         return configured
-    spare = max(memory - used, 0) // (concurrency * JSON_BYTES_EXPANSION)
+    spare = max(memory - used, 0) // (concurrency * expansion)
     return min(configured, max(spare, MIN_JSON_CAP))
+
+
+@dataclass(frozen=True)
+class JsonCap:
+    """The cap a process keeps to, and what it was derived from (for its refusals)."""
+
+    bytes: int
+    memory: int | None
+    concurrency: int
+
+
+def process_json_cap(
+    configured: int,
+    memory_bytes: int | None,
+    concurrency: int,
+    *,
+    processes: int = 1,
+    expansion: int = JSON_BYTES_EXPANSION,
+) -> JsonCap:
+    """This process's JSON cap, measured once its model is loaded: within ``memory_bytes``
+    (unset: its cgroup's limit), less what it holds now, ``processes`` times over when worker
+    processes each load the model too."""
+    memory = memory_bytes or cgroup_memory_limit()
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
+    cap = json_input_cap(configured, memory, used, concurrency, expansion)
+    log.info(
+        "JSON inputs capped at %d bytes: memory %s, concurrency %d",
+        cap,
+        "unlimited" if memory is None else memory,
+        concurrency,
+    )
+    return JsonCap(cap, memory, concurrency)

@@ -79,3 +79,8 @@ def test_the_cgroup_limit_is_the_smallest_on_the_process_s_own_path(
 ) -> None:
     _tree(tmp_path, files)
     assert cgroup_memory_limit(tmp_path, membership) == limit
+
+
+def test_a_costlier_decode_lowers_the_cap_in_proportion() -> None:
+    """The batch runner's whole JSON documents cost more than the codecs' decode alone."""
+    assert json_input_cap(64 * MIB, 1024 * MIB, 80 * MIB, 2, 42) == 944 * MIB // (2 * 42)

@@ -95,6 +95,17 @@ def not_gzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
         yield block
 
 
+def capped(blocks: Iterator[bytes], limit: int, refusal: BadRecord) -> Iterator[bytes]:
+    """The blocks, failing with ``refusal`` once they pass ``limit`` bytes in all: an object
+    that cannot be held is refused before it is read (or decompressed) whole."""
+    total = 0
+    for block in blocks:
+        total += len(block)
+        if total > limit:
+            raise refusal
+        yield block
+
+
 def line_range(blocks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
     """The records that start in ``[start, end)`` of an object, given its blocks from byte
     ``start - 1`` on (from 0 when ``start`` is 0). A range starting inside a line skips to the

@@ -45,12 +45,14 @@ from infermodes.errors import (
 )
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics, serve_metrics
+from infermodes.predict.codecs import JSON_BYTES_EXPANSION
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.summary import Failure, Summary
 from infermodes.workers.batch.worker import Done, MiniBatchWorker, concurrent_workers
+from infermodes.workers.memory import JsonCap, process_json_cap
 
 if TYPE_CHECKING:
     from infermodes.settings import BatchSettings
@@ -59,6 +61,11 @@ log = logging.getLogger("infermodes.batch")
 
 BLOCK_BYTES = CHUNK_SIZE
 LISTING_LIMIT = 1024 * records.MIB  # a stored listing of millions of objects is read whole
+# A whole JSON document (splitType None) peaks at up to this many times its size: the codecs'
+# decode, plus the object read whole and the transform's own parse and re-encoding of what
+# the input filter selects (measured in the runner: 39 for rows of one one-digit feature, 29
+# for ten, 12 for ten 3-digit decimals), plus its copies in transit to a worker process.
+WHOLE_JSON_EXPANSION = JSON_BYTES_EXPANSION + 6
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -141,6 +148,7 @@ class Runner:
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
         self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
+        self.json_cap: JsonCap | None = None  # whole JSON documents' (run() measures it)
 
     # -- what to do ------------------------------------------------------------------------
 
@@ -232,6 +240,8 @@ class Runner:
                 sum(u.size for u in units),
             )
             self.progress = Progress(len(units))
+            if self.worker.transform.whole_documents:
+                self.json_cap = self.whole_json_cap()
             if self.settings.max_concurrent_transforms > 1:
                 executor, self.work = concurrent_workers(
                     self.settings, self.model, self.worker.transform
@@ -253,6 +263,38 @@ class Runner:
             self.summary.seconds = time.monotonic() - started
             self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
+
+    def whole_json_cap(self) -> JsonCap:
+        """The largest whole JSON document this instance can parse: its memory shared by the
+        concurrent transforms (each in a worker process of its own, which loads the model
+        too), never above maxPayloadInMB."""
+        concurrency = self.settings.max_concurrent_transforms
+        processes = 1 + (concurrency if concurrency > 1 else 0)  # JSON is never native
+        return process_json_cap(
+            self.limit,
+            self.settings.memory_bytes,
+            concurrency,
+            processes=processes,
+            expansion=WHOLE_JSON_EXPANSION,
+        )
+
+    def over_memory(self, unit: plan.WorkUnit, cap: JsonCap) -> BadRecord:
+        """Why ``unit``'s object, over ``cap``, fails: instead of an OOM kill of the instance
+        and every object it holds."""
+        if self.settings.compression_type == "Gzip":
+            size = f"decompresses to more than {cap.bytes} bytes"
+        else:
+            size = f"is {unit.obj.size} bytes"
+        return BadRecord(
+            None,
+            f"the object {size}, over the {cap.bytes} bytes a whole JSON document may have "
+            f"here: application/json with splitType None is parsed whole, at up to "
+            f"{WHOLE_JSON_EXPANSION} times its size, by each of {cap.concurrency} concurrent "
+            f"transform(s) within the instance's memory ({cap.memory} bytes, less what its "
+            "model and runtime hold); split it into lines (splitType Line, a JSON document per "
+            "line), send it as text/csv, or give the instance more memory (its container's "
+            "limit, or INFERMODES_BATCH_MEMORY_BYTES)",
+        )
 
     def mark_run(self) -> float | None:
         """When this job started, by the output store's clock (its marker, made by the first
@@ -359,6 +401,9 @@ class Runner:
                 blocks = records.gunzip(blocks, BLOCK_BYTES)
             elif unit.start == 0:
                 blocks = records.not_gzip(blocks)
+            cap = self.json_cap
+            if cap is not None and cap.bytes < self.limit:  # else maxPayloadInMB says it
+                blocks = records.capped(blocks, cap.bytes, self.over_memory(unit, cap))
             if unit.is_range:
                 blocks = records.line_range(blocks, unit.start, unit.end)
             batches = records.minibatches(

@@ -144,6 +144,47 @@ def test_split_none_sends_each_object_whole_and_refuses_one_over_the_payload(
     ]
 
 
+@pytest.mark.parametrize("compression", ["None", "Gzip"])
+def test_a_whole_json_document_the_memory_cannot_hold_fails_its_object_naming_the_fix(
+    abalone_model: AbaloneModel,
+    booster: object,
+    rows: np.ndarray,
+    tmp_path: Path,
+    compression: str,
+) -> None:
+    """A whole JSON document is parsed at up to ~40 times its size: one the instance's memory
+    cannot hold was read and parsed until the pod was OOM-killed, the job's other objects with
+    it. It fails its own object, as one over maxPayloadInMB does, saying what to change."""
+    (tmp_path / "in").mkdir()
+    small = json.dumps({"instances": rows[:20].tolist()}).encode()
+    large = json.dumps({"instances": rows.tolist()}).encode()
+    assert len(small) < 64 * 1024 < len(large)  # the cap with no memory to spare: 64 KiB
+    pack = gzip.compress if compression == "Gzip" else bytes
+    (tmp_path / "in/small.json").write_bytes(pack(small))
+    (tmp_path / "in/large.json").write_bytes(pack(large))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type",
+                "application/json", "--split-type", "None", "--compression-type", compression),
+        env={"INFERMODES_BATCH_MEMORY_BYTES": "1"},
+    )  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/small.json.out").read_bytes()),
+        expected_scores(booster, csv_text(rows[:20])),
+    )
+    assert not (tmp_path / "out/large.json.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["object"], failure["line"]) == (f"file://{tmp_path}/in/large.json", None)
+    size = f"is {len(large)} bytes" if compression == "None" else "decompresses to more than"
+    assert failure["reason"].startswith(f"the object {size}"), failure
+    assert "65536 bytes" in failure["reason"], failure
+    assert failure["reason"].endswith(
+        "split it into lines (splitType Line, a JSON document per line), send it as text/csv, "
+        "or give the instance more memory (its container's limit, or "
+        "INFERMODES_BATCH_MEMORY_BYTES)"
+    ), failure
+
+
 def test_gzip_input_gives_the_plain_inputs_output(
     abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
 ) -> None:
