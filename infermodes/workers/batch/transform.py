@@ -12,9 +12,10 @@ A record's error names its line within the mini-batch's object (``BadRecord.line
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from infermodes.predict.stream import decode_chunk
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 
 JSONLINES = "application/jsonlines"
+JSON_GROUP_LINES = 1024  # JSON lines decoded and predicted at once
 _ROW = re.compile(r"^row (\d+)[,:]?\s*")
 
 
@@ -133,15 +135,35 @@ class Transform:
         return bytes(out)
 
     def _json(self, batch: MiniBatch) -> tuple[bytes, int]:
-        """JSON records: a document per line, or the whole mini-batch as one document."""
+        """JSON records: a document per line, or the whole mini-batch as one document. Lines
+        are decoded, predicted and written a group at a time: what each line's document and
+        rows cost (several times its bytes, far more when a join keeps the document) is held
+        for a group, not for a mini-batch of up to 100 MB."""
         if self.whole_documents:
-            lines = [(batch.first_line, batch.data)]
+            groups: Iterator[list[tuple[int, bytes]]] = iter([[(batch.first_line, batch.data)]])
         else:
-            lines = [
-                (batch.first_line + offset, raw)
-                for offset, raw in enumerate(batch.data.split(b"\n"))
-                if raw.strip()
-            ]
+            groups = _groups(_numbered_lines(batch), JSON_GROUP_LINES)
+        out = bytearray()
+        scores: list[np.ndarray] = []  # one response for the mini-batch: kept until the end
+        rows = 0
+        for group in groups:
+            documents, blocks = self._decode_documents(group)
+            predictions = self.predict(np.concatenate(blocks))
+            rows += predictions.shape[0]
+            if not self.per_record_output:
+                scores.append(predictions)
+            elif self.accept == codecs.CSV:  # a line per input row, whatever the records (no
+                out += self._csv(batch, predictions)  # join: refused with the spec)
+            else:
+                out += self._records(documents, blocks, predictions)
+        if scores:
+            return self._encode(np.concatenate(scores)), rows
+        return bytes(out), rows
+
+    def _decode_documents(
+        self, lines: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, object]], list[np.ndarray]]:
+        """Each numbered document (kept only for a join) and its rows."""
         documents: list[tuple[int, object]] = []
         blocks: list[np.ndarray] = []
         for number, raw in lines:
@@ -157,13 +179,15 @@ class Transform:
                 raise BadRecord(number, f"malformed JSON: {exc}") from None
             documents.append((number, document))
             blocks.append(rows)
-        if not blocks:
-            return b"", 0
-        predictions = self.predict(np.concatenate(blocks))
-        if not self.per_record_output:
-            return self._encode(predictions), predictions.shape[0]
-        if self.accept == codecs.CSV:  # a line per input row, whatever the records (no join:
-            return self._csv(batch, predictions), predictions.shape[0]  # refused with the spec)
+        return documents, blocks
+
+    def _records(
+        self,
+        documents: list[tuple[int, object]],
+        blocks: list[np.ndarray],
+        predictions: np.ndarray,
+    ) -> bytes:
+        """A JSON line per record: its scores (joined: in its input document), filtered."""
         out = bytearray()
         start = 0
         for (number, document), rows in zip(documents, blocks, strict=True):
@@ -184,7 +208,29 @@ class Transform:
                 out += json.dumps(self.output_filter.select(result)).encode() + b"\n"
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
-        return bytes(out), predictions.shape[0]
+        return bytes(out)
+
+
+def _numbered_lines(batch: MiniBatch) -> Iterator[tuple[int, bytes]]:
+    """The mini-batch's non-blank lines and their numbers, one at a time (``split`` would
+    make every line's bytes at once)."""
+    data = batch.data
+    start = 0
+    number = batch.first_line
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = len(data)
+        line = data[start:end]
+        if line.strip():
+            yield number, line
+        start = end + 1
+        number += 1
+
+
+def _groups(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    while group := list(itertools.islice(lines, size)):
+        yield group
 
 
 def _csv_fields(values: list[float]) -> list[bytes]:
