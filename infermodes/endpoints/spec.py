@@ -65,6 +65,10 @@ from infermodes.storage import prefix_within
 GROUP = "infermodes.dev"
 VERSION = "v1alpha1"
 KIND = "InferenceEndpoint"
+# the label the platform API puts on what it makes (platform/translate.py), and its value on
+# a transform job: the actuators read it too (``status.batch_output_released``)
+PLATFORM_KIND_LABEL = "platform.infermodes.dev/kind"
+PLATFORM_TRANSFORM_JOB = "TransformJob"
 PLURAL = "inferenceendpoints"
 SHORT_NAME = "ie"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"

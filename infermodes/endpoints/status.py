@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from infermodes.endpoints import spec
 from infermodes.endpoints.spec import Phase
 from infermodes.metrics import OperatorMetrics
 from infermodes.storage import prefix_within
@@ -318,7 +319,19 @@ class BatchOutput:
     endpoint: str  # how the status names it: "namespace/name" (the operator), "name" (``up``)
     created: str  # its creationTimestamp (RFC 3339: it sorts as time)
     uri: str  # spec.batch.output.uri
-    ended: bool  # Completed or Failed; a Stopped job may resume, so it holds its prefix
+    ended: bool  # it holds its prefix no more: ``batch_output_released``
+
+
+def batch_output_released(phase: object, labels: Mapping[str, Any]) -> bool:
+    """Whether a batch job (its status's phase, its labels) holds its output prefix no more:
+    Completed or Failed. A Stopped job may resume (``spec.batch.stop`` set back to false), so it
+    holds it, unless the platform API made it: StopTransformJob is final there, as on the
+    platform (no call resumes a job), and the job created next on its output must not wait for
+    one that will never end."""
+    if phase in (Phase.COMPLETED, Phase.FAILED):
+        return True
+    made_by_api = labels.get(spec.PLATFORM_KIND_LABEL) == spec.PLATFORM_TRANSFORM_JOB
+    return phase == Phase.STOPPED and made_by_api
 
 
 def output_held_by(job: BatchOutput, others: Iterable[BatchOutput]) -> str | None:

@@ -16,7 +16,12 @@ from infermodes.endpoints.spec import Mode
 from infermodes.local.manifests import Manifest, OwnedElsewhere, parse_document
 from infermodes.local.supervisor import LocalEndpoint, Supervisor
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, RecordKind
-from infermodes.platform.translate import NAME_ANNOTATION, VARIANT_ANNOTATION, variant_of
+from infermodes.platform.translate import (
+    KIND_LABEL,
+    NAME_ANNOTATION,
+    VARIANT_ANNOTATION,
+    variant_of,
+)
 from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
@@ -147,9 +152,13 @@ class LocalPlatformStore:
             raise OwnedElsewhere(f"{source} ({name}): {owner}")
 
     def _annotate(self, name: str, endpoint: LocalEndpoint) -> None:
-        """Give the supervisor's endpoint the annotation the gateway reads: its variant."""
-        variant = variant_of((self._kept(name, endpoint) or {}).get("annotations") or {})
+        """Give the supervisor's endpoint the annotation the gateway reads (its variant) and
+        the API's kind label (a transform job's stop is final: it then holds no output)."""
+        kept = self._kept(name, endpoint) or {}
+        variant = variant_of(kept.get("annotations") or {})
         endpoint.annotations = {VARIANT_ANNOTATION: variant} if variant is not None else {}
+        kind = (kept.get("labels") or {}).get(KIND_LABEL)
+        endpoint.labels = {KIND_LABEL: kind} if isinstance(kind, str) else {}
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:
         if endpoint["metadata"]["name"] in self.supervisor.endpoints:

@@ -62,6 +62,7 @@ from infermodes.endpoints.status import (
     Status,
     add_progress,
     batch_failure_reason,
+    batch_output_released,
     describe_failures,
     load_error,
     output_held_by,
@@ -202,9 +203,11 @@ class LocalEndpoint:
     reported: dict[str, Any] | None = None  # the last status shown: its Ready transition time
     # what ``<state>/endpoints/<name>.json`` says of its status (``kept_facts``), as last saved
     kept: tuple[bool, list[str] | None] = (False, None)
-    # the platform API's annotations the gateway reads (the variant name), while it is the
-    # API's endpoint (``local/platform_store.py`` sets them)
+    # the platform API's annotations the gateway reads (the variant name) and its labels (a
+    # stopped transform job's hold on its output), while it is the API's endpoint
+    # (``local/platform_store.py`` sets them)
     annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     scraped_at: float = -float("inf")
     consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
     probed_at: float = -float("inf")
@@ -1026,7 +1029,7 @@ class Supervisor:
             return None
         jobs = [
             BatchOutput(other.name, other.created, other.manifest.spec.batch_block().output.uri,
-                        other.status.phase in (Phase.COMPLETED, Phase.FAILED))
+                        batch_output_released(other.status.phase, other.labels))
             for other in self.endpoints.values()
             if other.manifest.spec.mode is Mode.BATCH
         ]  # fmt: skip

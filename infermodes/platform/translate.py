@@ -25,6 +25,8 @@ from infermodes.endpoints.spec import (
     KIND,
     MAX_NAME_LENGTH,
     NAME_PATTERN,
+    PLATFORM_KIND_LABEL,
+    PLATFORM_TRANSFORM_JOB,
     PROVISIONED_WITHIN_MAX,
     REPLICA_RANGE,
     VERSION,
@@ -50,9 +52,9 @@ MODIFIED_ANNOTATION = ANNOTATION + "last-modified"  # epoch seconds of the last 
 UPDATED_ANNOTATION = ANNOTATION + "updated"  # set by UpdateEndpoint: its Creating is Updating
 # the production variant's name, which InvokeEndpoint's TargetVariant must match (the gateway's)
 VARIANT_ANNOTATION = ANNOTATION + "variant"
-KIND_LABEL = "platform.infermodes.dev/kind"
+KIND_LABEL = PLATFORM_KIND_LABEL  # the actuators read it too: a stopped job's output hold
 MAX_ANNOTATIONS = 128 * 1024  # Kubernetes refuses an object whose annotations pass 256 KiB
-ENDPOINT, TRANSFORM_JOB = "Endpoint", "TransformJob"
+ENDPOINT, TRANSFORM_JOB = "Endpoint", PLATFORM_TRANSFORM_JOB
 
 # PrimaryContainer.Environment keys the XGBoost container reads that change nothing here, and
 # the one we translate; any other key is refused (SAGEMAKER_PROGRAM means a script we do not run).

@@ -347,6 +347,38 @@ def test_a_stopped_transform_job_reports_stopped(sagemaker: Any, s3: S3Endpoint,
         "TransformJobStatus"] == "Stopped"  # fmt: skip
 
 
+def test_a_job_after_a_stopped_one_of_the_same_output_path_runs(
+    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel, big_input: Path
+) -> None:
+    """StopTransformJob is final, as on the platform (the API never resumes a job): the job
+    created next, on the same S3OutputPath, runs at once, not InProgress for as long as the
+    stopped one is kept (it waited on it as on a job that may resume, OutputInUse)."""
+    storage: Any = s3.client()
+    storage.upload_file(str(big_input), "batch", "again/big/big.csv")
+    rows = abalone_model.test_rows[:20]
+    storage.put_object(Bucket="batch", Key="again/small/part.csv", Body=to_csv(rows))
+    create_model(sagemaker, "abalone-again-model")
+    first = transform_request("abalone-first", "abalone-again-model", "again")
+    first["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] = "s3://batch/again/big/"
+    sagemaker.create_transform_job(**first)
+    sagemaker.stop_transform_job(TransformJobName="abalone-first")
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="abalone-first", WaiterConfig=FAST
+    )
+    assert sagemaker.describe_transform_job(TransformJobName="abalone-first")[
+        "TransformJobStatus"] == "Stopped"  # fmt: skip
+    second = transform_request("abalone-second", "abalone-again-model", "again")
+    second["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] = "s3://batch/again/small/"
+    sagemaker.create_transform_job(**second)
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="abalone-second", WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    described = sagemaker.describe_transform_job(TransformJobName="abalone-second")
+    assert described["TransformJobStatus"] == "Completed"
+    output = storage.get_object(Bucket="batch", Key="again/output/part.csv.out")["Body"].read()
+    np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
     missing = "s3://models/absent/model.tar.gz"

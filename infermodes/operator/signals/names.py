@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.status import BatchOutput
+from infermodes.endpoints.status import BatchOutput, batch_output_released
 from infermodes.operator.kube import KubeDoor, KubeError
 
 log = logging.getLogger("infermodes.operator")
@@ -100,6 +100,6 @@ class AsyncNames:
             uri = ((spec.get("batch") or {}).get("output") or {}).get("uri")
             if spec.get("mode") == s.Mode.BATCH and isinstance(uri, str):
                 phase = (obj.get("status") or {}).get("phase")
-                ended = phase in (s.Phase.COMPLETED, s.Phase.FAILED)
+                ended = batch_output_released(phase, meta.get("labels") or {})
                 outputs.append(BatchOutput(f"{namespace}/{meta.get('name')}", created, uri, ended))
         self._by_name, self._outputs, self._listed = by_name, outputs, listed

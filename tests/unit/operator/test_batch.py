@@ -382,3 +382,26 @@ def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> 
     d.batch_outputs = lambda _ns, _name: [job("team-a/first", older, "s3://data/out/", ended=True)]
     assert reconcile(later, ScalerMemory(), d).status.reason != "OutputInUse"
     assert [obj["kind"] for obj in kube.applied] == ["Job"]
+
+
+def test_a_stopped_transform_job_of_the_platform_api_holds_no_output_prefix() -> None:
+    """A Stopped job may resume (``spec.batch.stop`` back to false) and keeps its output
+    prefix; one the platform API made cannot (StopTransformJob is final there), so the job
+    created next on that output, through the API as a user would, runs: it waited InProgress
+    for as long as the stopped one was kept."""
+    from infermodes.operator.signals.names import AsyncNames
+    from tests.unit.operator.test_async import ListingKube
+
+    def job(name: str, phase: str, api: bool) -> dict:
+        labels = {s.PLATFORM_KIND_LABEL: s.PLATFORM_TRANSFORM_JOB} if api else {}
+        meta = {"namespace": "p", "name": name, "creationTimestamp": "T1", "labels": labels}
+        spec = {"mode": "batch", "batch": {"output": {"uri": "s3://data/out/"}}}
+        return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+    kube = ListingKube([job("by-api", "Stopped", True), job("by-hand", "Stopped", False),
+                        job("api-running", "InProgress", True),
+                        job("api-done", "Completed", True)])  # fmt: skip
+    names = AsyncNames(kube, lambda: 0.0)  # type: ignore[arg-type]
+    listed = {o.endpoint: o.ended for o in names.batch_outputs("p", "by-api") or []}
+    assert listed == {"p/by-api": True, "p/by-hand": False, "p/api-running": False,
+                      "p/api-done": True}  # fmt: skip
