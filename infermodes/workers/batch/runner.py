@@ -74,6 +74,11 @@ class Stopped(BaseException):
     """SIGTERM arrived: unwind through every writer so that none leaves a partial object."""
 
 
+class OutputUnusable(Exception):
+    """The job's records under its output path cannot be read or written (a bucket that does
+    not exist, access refused): the job fails saying so, not as a listing of its inputs."""
+
+
 def ordered(
     run: Callable[[T], R], items: Iterator[T], executor: Executor | None, window: int
 ) -> Iterator[R]:
@@ -190,9 +195,14 @@ class Runner:
             return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))
         except ObjectNotFound:
             pass
+        except StorageError as exc:
+            raise OutputUnusable(str(exc)) from None
         objects = self.inputs()
-        if objects and not self.storage.create(listing, plan.dump_listing(objects)):
-            return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))  # a peer's
+        try:
+            if objects and not self.storage.create(listing, plan.dump_listing(objects)):
+                return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))  # a peer's
+        except StorageError as exc:
+            raise OutputUnusable(str(exc)) from None
         return objects
 
     def shard(self, objects: list[plan.InputObject]) -> list[plan.WorkUnit]:
@@ -215,6 +225,9 @@ class Runner:
         try:
             try:
                 objects = self.job_inputs()
+            except OutputUnusable as exc:
+                self.summary.error = f"cannot use the output path {self.settings.output_uri}: {exc}"
+                return self.summary
             except (StorageError, ValueError, UnicodeDecodeError) as exc:
                 self.summary.error = f"cannot list the inputs: {exc}"
                 return self.summary
