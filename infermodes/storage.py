@@ -573,7 +573,11 @@ class S3Store:
             return UnusableLocation(
                 f"s3 cannot hold {ref.uri}: the bucket {ref.bucket} does not exist"
             )
-        if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
+        if code == "NoSuchBucket":  # said so: the key is not what to look at
+            return ObjectNotFound(
+                f"no such object: {ref.uri} (the bucket {ref.bucket} does not exist)"
+            )
+        if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectNotFound(f"no such object: {ref.uri}")
         if code in S3_REFUSALS or isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageRefused(f"s3 refused access to {ref.uri}: {exc}")

@@ -50,3 +50,15 @@ def test_an_output_bucket_that_does_not_exist_is_named_as_the_output_not_the_inp
     assert summary.error.startswith("cannot use the output path s3://nobucket/out/: ")
     assert "the bucket nobucket does not exist" in summary.error
     assert "inputs" not in summary.error.split(": ", 1)[0]
+
+
+def test_an_input_bucket_that_does_not_exist_is_named(
+    model: Path,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It said "cannot list the inputs: no such object: s3://nobucket/in/", of a prefix,
+    which names no object: the bucket is what is missing."""
+    summary = run_job(model, "s3://nobucket/in/", "s3://data/out/", monkeypatch)
+    assert summary.error is not None
+    assert summary.error.startswith("cannot list the inputs: ")
+    assert "the bucket nobucket does not exist" in summary.error
