@@ -161,6 +161,19 @@ def latest_per_index(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def unsummarised(pods: list[dict[str, Any]]) -> str:
+    """How the instances that ended without a summary ended (the OOM killer, a crash), as the
+    kubelet and their last log lines say: the Job's own word, "Job has failed indexes",
+    names no cause (``up`` says alike "exited with N without a summary")."""
+    said = []
+    for index, pod in sorted(latest_per_index(pods).items(), key=lambda item: int(item[0])):
+        state = PodState.from_pod(pod)
+        if summary_of(pod) is None and state.exit_code is not None:
+            how = state.message or f"exit code {state.exit_code}"
+            said.append(f"instance {index} (pod {state.name}) ended without a summary: {how}")
+    return "; ".join(said)
+
+
 def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     """Progress over every instance, and the failures their summaries name: an ended
     instance's from its summary, a running one's from its metrics (read together); an
@@ -215,7 +228,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     if "Failed" in conditions:
         condition = conditions["Failed"]
         told = condition.get("message") or condition.get("reason", "")
-        detail = describe_failures(failures, found.failed) or told
+        named = (describe_failures(failures, found.failed), unsummarised(signals.pods))
+        detail = "; ".join(part for part in named if part) or told
         return status(s.Phase.FAILED, batch_failure_reason(failures), detail, since("Failed"))
     if spec.batch_block().stop:
         if active == 0:  # its pods, and what they said, are gone: the progress seen last stays

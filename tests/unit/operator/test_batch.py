@@ -167,6 +167,26 @@ def test_a_job_with_no_inputs_failed_as_a_job_not_on_its_objects() -> None:
     assert (status.phase, status.reason, status.message) == (s.Phase.FAILED, "JobFailed", none)
 
 
+def test_a_job_failed_by_instances_that_left_no_summary_says_how_each_ended() -> None:
+    """An instance killed by the OOM killer on its last retry leaves no summary: the job's
+    FailureReason was the Job's own word, "Job has failed indexes", naming no cause (up said
+    "instance 0 exited with -9 without a summary"). What the kubelet said of the pod is told."""
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True",
+                                      "reason": "FailedIndexes",
+                                      "message": "Job has failed indexes"}]}}  # fmt: skip
+    killed = pod(1, "2026-01-01T00:00:09Z", phase="Failed")
+    oom = {"exitCode": 137, "reason": "OOMKilled", "message": "INFO instance 1 of 2: 3 units"}
+    killed["status"]["containerStatuses"] = [{"state": {"terminated": oom}}]
+    pods = [pod(0, "2026-01-01T00:00:00Z", summary(0, 2)),
+            pod(1, "2026-01-01T00:00:00Z", phase="Failed"), killed]  # fmt: skip
+    status = batch.observe(SPEC, signals(job, pods), None)
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "JobFailed")
+    assert status.message == (
+        f"instance 1 (pod {killed['metadata']['name']}) ended without a summary: OOMKilled "
+        "(exit code 137): INFO instance 1 of 2: 3 units"
+    )
+
+
 def test_completed_and_stopped() -> None:
     done = {"status": {"conditions": [{"type": "Complete", "status": "True",
                                        "lastTransitionTime": "2026-01-01T00:10:00Z"}]}}  # fmt: skip
