@@ -120,6 +120,16 @@ def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
     ]
 
 
+def test_a_key_a_manifest_lists_twice_is_one_input() -> None:
+    """Listed twice, an object was two units: transformed twice (by two instances at once,
+    into the same .out) and its records counted twice in the job's progress."""
+    text = '[{"prefix": "s3://b/in/"}, "a.csv", "b.csv", "a.csv"]'
+    assert plan.parse_manifest(text, "s3://b/m.json") == [
+        ("s3://b/in/a.csv", "a.csv"),
+        ("s3://b/in/b.csv", "b.csv"),
+    ]
+
+
 @pytest.mark.parametrize(
     "text",
     ["not json", "[]", '["a.csv"]', '[{"prefix": "s3://b/"}, 3]',

@@ -170,7 +170,8 @@ def dotted(key: str) -> bool:
 
 def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
     """The platform's manifest: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]`` ->
-    ``[(prefix + key, key), ...]`` in its order."""
+    ``[(prefix + key, key), ...]`` in its order; a key listed again is the same input (it has
+    one output), kept once."""
     try:
         document = json.loads(text)
     except ValueError as exc:
@@ -199,4 +200,5 @@ def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
             f"manifest {manifest_uri}: its prefix must be of its own store ({manifest.scheme}://)"
         )
     folder = base.key + ("/" if prefix.endswith("/") and not base.key.endswith("/") else "")
-    return [(ObjectRef(base.scheme, base.bucket, folder + key).uri, key) for key in document[1:]]
+    keys = dict.fromkeys(document[1:])  # in order, each once
+    return [(ObjectRef(base.scheme, base.bucket, folder + key).uri, key) for key in keys]
