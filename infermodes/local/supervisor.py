@@ -367,9 +367,9 @@ class Supervisor:
     ) -> LocalEndpoint:
         """The endpoint of ``manifest``: a new one, or ``kept`` (its processes, its scaler's
         memory, its status) under the new spec, which is not the platform API's until its
-        store says so (``annotations``)."""
+        store says so (``annotations``, ``labels``)."""
         endpoint = kept or LocalEndpoint(manifest, created)
-        endpoint.manifest, endpoint.annotations = manifest, {}
+        endpoint.manifest, endpoint.annotations, endpoint.labels = manifest, {}, {}
         self.endpoints[manifest.name] = endpoint
         if manifest.spec.mode is Mode.ASYNC:
             block = async_plan.async_block(manifest.spec)
