@@ -1027,9 +1027,12 @@ class Supervisor:
         instance (one that started runs on)."""
         if endpoint.children or any(self._batch_dir(endpoint.name).glob("summary-*")):
             return None
+        exiting = {child.key.partition("/")[0] for child, _ in self.retiring if child.running()}
         jobs = [
             BatchOutput(other.name, other.created, other.manifest.spec.batch_block().output.uri,
-                        batch_output_released(other.status.phase, other.labels))
+                        # a stopped instance may still write its summary there as it exits
+                        batch_output_released(other.status.phase, other.labels)
+                        and other.name not in exiting)
             for other in self.endpoints.values()
             if other.manifest.spec.mode is Mode.BATCH
         ]  # fmt: skip

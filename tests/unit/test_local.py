@@ -24,7 +24,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.demand import GatewayDemand
 from infermodes.endpoints.plan import ProcessPlan
-from infermodes.endpoints.status import Progress, describe_failures, summary_progress
+from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.status import Progress, Status, describe_failures, summary_progress
 from infermodes.local.children import Child, Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
@@ -1205,3 +1206,31 @@ def test_a_failed_endpoint_or_one_still_rolling_over_is_replaced_whatever_change
     for old in (failed, rolling):
         assert not runs_as_before(old, example("realtime", maxReplicas=5))
     assert not runs_as_before(serverless, example("realtime"))
+
+
+def test_a_stopped_api_job_holds_its_output_until_its_instances_have_exited(
+    tmp_path: Path,
+) -> None:
+    """StopTransformJob's job shows Stopped at once, while its instances still unwind and
+    write their summaries under the output path: the next job on that path waits for them."""
+    from infermodes.platform.translate import KIND_LABEL, TRANSFORM_JOB
+
+    class Exiting:
+        key, running = "first/instance-0", staticmethod(lambda: True)
+
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    first = copy.deepcopy(document)
+    first["metadata"]["name"] = "first"
+    first["spec"]["batch"]["stop"] = True
+    supervisor.apply(parse_document(first, "test"))
+    stopped = supervisor.endpoints["first"]
+    stopped.labels = {KIND_LABEL: TRANSFORM_JOB}
+    stopped.status = Status(Phase.STOPPED, "Stopped")
+    stopped.created = "2026-01-01T00:00:00Z"  # older than the next job, made in the same second
+    supervisor.apply(parse_document(document, "test"))
+    second = supervisor.endpoints["abalone-batch"]
+    supervisor.retiring.append((cast(Child, Exiting()), time.monotonic() + 60))
+    assert supervisor._batch_output_held_by(second) == "first"
+    supervisor.retiring.clear()
+    assert supervisor._batch_output_held_by(second) is None
