@@ -36,6 +36,7 @@ from infermodes.gateway.auth import (
 )
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import (
+    AnsweringFailures,
     ValidationError,
     refusal_code,
     runtime_error_response,
@@ -106,6 +107,7 @@ class Gateway:
         ready = b"ok" if self.verifier is not None else OPEN_STATUS
         api = create_api("infermodes gateway", self.registry)
         api.exception_handler(HTTPException)(unknown_operation)  # the platform's code
+        api.add_middleware(AnsweringFailures)  # bugs too
 
         @api.get("/healthz")
         async def healthz() -> Response:

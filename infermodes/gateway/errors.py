@@ -9,6 +9,7 @@ modelled there; ``ThrottlingException`` is the code botocore retries as throttli
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -17,16 +18,33 @@ from starlette.exceptions import HTTPException
 from infermodes.errors import ClientClosedRequest, InfermodesError
 from infermodes.http import (
     ERROR_MEDIA_TYPE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
     error_body,
     error_json,
     error_response,
+    expects_continue,
+    request_id,
     routing_message,
     status_kind,
 )
 
+log = logging.getLogger("infermodes.gateway")
+
 ERROR_TYPE_HEADER = b"x-amzn-errortype"
 # the platform's code for a request that names no operation (a path or method it does not serve)
 UNKNOWN_OPERATION = "UnknownOperationException"
+# the platform's code for a failure of its own, which boto3 retries; the body says nothing more:
+# what failed is in the log, under the request's id
+INTERNAL_FAILURE = "InternalFailure"
+INTERNAL_FAILURE_BODY = error_json(
+    "InternalServerError",
+    "internal error; the gateway's log has the details under this request's id (x-amzn-RequestId)",
+    INTERNAL_FAILURE,
+)
 
 
 class PlatformError(InfermodesError):
@@ -172,3 +190,45 @@ def unknown_operation_body(kind: str, message: str) -> bytes:
     """The one error shape (``kind``: NotFound, MethodNotAllowed) plus the platform's code as
     ``__type``, for the JSON 1.1 client."""
     return error_json(kind, message, UNKNOWN_OPERATION)
+
+
+def error_headers(code: str, scope: Scope) -> list[tuple[bytes, bytes]]:
+    """An error answer's headers: the one shape's media type and the platform's ``code``; a
+    client waiting for 100 Continue gets the connection closed (``http.expects_continue``)."""
+    headers = [(b"content-type", ERROR_MEDIA_TYPE.encode()), (ERROR_TYPE_HEADER, code.encode())]
+    if expects_continue(scope["headers"]):
+        headers.append((b"connection", b"close"))
+    return headers
+
+
+class AnsweringFailures:
+    """ASGI middleware for the gateway's FastAPI routes: an unexpected error (a bug) is logged
+    once, with the request's id, and answered in the platform's shape, which names nothing of
+    it. Without it Starlette answered a 500 without the platform's code and uvicorn logged the
+    error again, without the id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            log.exception("request %s: internal error", request_id(scope))
+            if started:  # too late to answer: uvicorn ends the connection
+                return
+            body = INTERNAL_FAILURE_BODY
+            headers = [*error_headers(INTERNAL_FAILURE, scope),
+                       (b"content-length", str(len(body)).encode())]  # fmt: skip
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})

@@ -25,7 +25,8 @@ from infermodes.errors import (
 )
 from infermodes.gateway.demand_writer import DemandWriter
 from infermodes.gateway.errors import (
-    ERROR_TYPE_HEADER,
+    INTERNAL_FAILURE,
+    INTERNAL_FAILURE_BODY,
     UNKNOWN_OPERATION,
     InternalDependencyException,
     ModelError,
@@ -34,19 +35,18 @@ from infermodes.gateway.errors import (
     ThrottlingException,
     ValidationError,
     check_custom_attributes,
+    error_headers,
     gateway_error_body,
     unknown_operation_body,
 )
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
 from infermodes.http import (
-    ERROR_MEDIA_TYPE,
     REQUEST_ID_HEADER,
     Receive,
     Scope,
     Send,
     check_declared_length,
-    expects_continue,
     new_request_id,
     read_checked_body,
     refuse_codings,
@@ -312,12 +312,11 @@ class Proxy:
                             named, exc)  # fmt: skip
             if isinstance(exc, MethodNotAllowed):  # as routing's own 405 elsewhere
                 body, code = unknown_operation_body(code, str(exc)), UNKNOWN_OPERATION
-            headers = [
-                (b"content-type", ERROR_MEDIA_TYPE.encode()),
-                (ERROR_TYPE_HEADER, code.encode()),
-            ]
-            if expects_continue(scope["headers"]):
-                headers.append((b"connection", b"close"))
+            headers = error_headers(code, scope)
+        except Exception:  # a bug: the log has it, under the id; the caller learns nothing of it
+            log.exception("endpoint %s: internal error (request %s)", label, named)
+            status, body = 500, INTERNAL_FAILURE_BODY
+            headers = error_headers(INTERNAL_FAILURE, scope)
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((REQUEST_ID_HEADER, named.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -24,6 +24,7 @@ import pytest
 
 from infermodes.settings import MIB
 from tests.conftest import AbaloneModel
+from tests.support.batch import FAULTS
 from tests.support.gateway import (
     GatewayProcess,
     answer_head,
@@ -607,3 +608,33 @@ def test_sigterm_ends_a_lingering_close_at_once(tmp_path: Path) -> None:
             with contextlib.suppress(ConnectionResetError):
                 while conn.recv(65536):  # the rest of the answer, then the connection's end
                     pass
+
+
+def test_a_bug_is_answered_in_the_platforms_shape_and_logged_once_with_the_request_id(
+    tmp_path: Path,
+) -> None:
+    """An unexpected error in a handler (here a dependency that raises, ``faults/``) was a
+    plain-text 500 on the invocations route, and a 500 without the platform's code elsewhere,
+    logged by uvicorn without the request's id."""
+    secret = "internal detail 5f1c"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+           "INFERMODES_TEST_BROKEN_GATEWAY": secret}  # fmt: skip
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    with running_gateway([endpoint], tmp_path, env=env) as gateway:
+        answers = [gateway.invoke("realtime", b"1,2"), httpx.get(f"{gateway.url}/metrics")]
+        for answer in answers:
+            assert answer.status_code == 500, answer.text
+            assert answer.headers["content-type"] == "application/json", answer.text
+            assert answer.headers["x-amzn-errortype"] == "InternalFailure", answer.headers
+            body = answer.json()
+            assert body["__type"] == "InternalFailure", body
+            assert "log" in body["message"] and secret not in answer.text, body
+            named = answer.headers["x-amzn-requestid"]
+            assert uuid.UUID(named)
+            wait_until(lambda named=named: named in gateway.log, 10, "the failure's log line")
+        stop_process(gateway.proc)
+        log = gateway.log
+    for answer in answers:
+        lines = [line for line in log.splitlines() if answer.headers["x-amzn-requestid"] in line]
+        assert len(lines) == 1, log
+    assert log.count(f"RuntimeError: {secret}") == len(answers), log
