@@ -484,13 +484,16 @@ _up_url = click.option(
     "--filename",
     "path",
     required=True,
-    type=click.Path(exists=True, allow_dash=True, path_type=Path),
+    # a str: as a Path, ./- would be - (standard input)
+    type=click.Path(exists=True, allow_dash=True, path_type=str),
     help="InferenceEndpoint YAML file or directory, or - for standard input.",
 )
 @_up_url
-def apply(path: Path, url: str) -> None:
+def apply(path: str, url: str) -> None:
     """Create or update endpoints on a running `infermodes up`."""
-    applied, skipped = _up_call(lambda: _up_client(url).apply(path))
+    from infermodes.local.manifests import given_source
+
+    applied, skipped = _up_call(lambda: _up_client(url).apply(given_source(path)))
     for note in skipped:
         click.echo(f"Warning: {note}", err=True)
     for endpoint in applied:

@@ -14,6 +14,7 @@ from infermodes.local.access import TokenFileError, read_token
 from infermodes.local.api import PREFIX, SOURCE_HEADER
 from infermodes.local.manifests import (
     ManifestError,
+    Source,
     manifest_files,
     parse_bytes,
     read_manifest,
@@ -86,14 +87,14 @@ class Client:
             response.text
         )  # fmt: skip
 
-    def apply(self, path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    def apply(self, path: Source) -> tuple[list[dict[str, str]], list[str]]:
         """What each endpoint's apply did, and why a document was skipped (a Secret). Every
         file (or standard input, for ``STDIN``) is read and checked before any is sent, as
         ``up -f`` does: a bad one among them applies none, rather than those before it without
         a word."""
         applied: list[dict[str, str]] = []
         skipped: list[str] = []
-        bodies: list[tuple[Path, bytes]] = []
+        bodies: list[tuple[Source, bytes]] = []
         try:
             for file in manifest_files(path):
                 body = read_manifest(file)

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,25 @@ log = logging.getLogger("infermodes.local")
 API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-STDIN = Path("-")  # ``-f -``: the manifests come on standard input, as ``kubectl`` reads them
 STDIN_SOURCE = "standard input"
+
+
+class StandardInput:
+    """``-f -``: the manifests come on standard input, as ``kubectl`` reads them. Not a
+    ``Path``: ``Path("./-") == Path("-")``, and only a bare ``-`` means standard input
+    (``./-`` is a file named ``-``, as for ``kubectl``)."""
+
+    def __str__(self) -> str:
+        return STDIN_SOURCE
+
+
+STDIN = StandardInput()
+Source = Path | StandardInput  # where ``-f`` reads manifests
+
+
+def given_source(given: str) -> Source:
+    """What ``-f`` names: standard input for a bare ``-`` only, else a file or directory."""
+    return STDIN if given == "-" else Path(given)
 
 
 class ManifestError(ValueError):
@@ -194,10 +212,10 @@ def parse_bytes(data: bytes, source: str, skipped: list[Skipped] | None = None) 
     return parse_text(text, source, skipped)
 
 
-def manifest_files(path: Path) -> list[Path]:
+def manifest_files(path: Source) -> Sequence[Source]:
     """A file, or the manifests directly in a directory (sorted, so the order is stable); a
     directory with none is an error, as for ``kubectl apply``, not a silent no-op."""
-    if not path.is_dir():
+    if isinstance(path, StandardInput) or not path.is_dir():
         return [path]
     files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
     if not files:
@@ -207,15 +225,15 @@ def manifest_files(path: Path) -> list[Path]:
     return files
 
 
-def source_of(file: Path) -> str:
+def source_of(file: Source) -> str:
     """How errors name where a manifest came from."""
-    return STDIN_SOURCE if file == STDIN else str(file)
+    return str(file)
 
 
-def read_manifest(file: Path) -> bytes:
+def read_manifest(file: Source) -> bytes:
     """A manifest file's bytes (``STDIN``: all of standard input); one that cannot be read is a
     ManifestError naming it."""
-    if file == STDIN:
+    if isinstance(file, StandardInput):
         return sys.stdin.buffer.read()
     try:
         return file.read_bytes()

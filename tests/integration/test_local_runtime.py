@@ -161,6 +161,21 @@ def test_apply_takes_manifests_on_standard_input_all_or_none(
     assert cli(up, "delete", "from-stdin").returncode == 0
 
 
+def test_apply_of_a_path_to_a_file_named_dash_reads_that_file_not_standard_input(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Only a bare ``-`` is standard input (kubectl's rule): ``-f ./-`` read standard input,
+    as the path compared equal to ``-`` once made a ``Path``."""
+    written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
+    (tmp_path / "-").write_text(yaml.safe_dump({**written, "metadata": {"name": "dash-file"}}))
+    for given in ("./-", str(tmp_path / "-")):
+        applied = subprocess.run([INFERMODES, "apply", "-f", given], input=b"", cwd=tmp_path,
+                                 capture_output=True, timeout=120, env=up.cli_env)  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.startswith(b"inferenceendpoint/dash-file "), applied.stdout
+    assert cli(up, "delete", "dash-file").returncode == 0
+
+
 @pytest.mark.parametrize("name", ["café.yaml", os.fsdecode(b"caf\xe9.yaml")])
 def test_apply_of_a_file_whose_name_is_not_ascii_names_it_as_written(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path, name: str
