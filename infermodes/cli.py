@@ -370,8 +370,10 @@ MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone m
     "--filename",
     "files",
     multiple=True,
-    type=click.Path(exists=True, path_type=Path),
-    help="InferenceEndpoint YAML file or directory to apply at start (repeatable).",
+    # a str: as a Path, ./- would be - (standard input)
+    type=click.Path(exists=True, allow_dash=True, path_type=str),
+    help="InferenceEndpoint YAML file or directory to apply at start (repeatable), or - for "
+    "standard input.",
 )
 @click.option(
     "--broker-url",
@@ -390,7 +392,7 @@ MAX_NOTIFICATION_PAGES = 100_000  # of 1,000 each: a bound, not a limit anyone m
 def up(
     port: int,
     state_dir: Path,
-    files: tuple[Path, ...],
+    files: tuple[str, ...],
     broker_url: str | None,
     management_url: str | None,
     invocation_timeout_seconds: float | None,
@@ -398,7 +400,7 @@ def up(
 ) -> None:
     """Run endpoints of every mode on this machine: one port, local processes, no cluster."""
     from infermodes.errors import BrokerUnavailable
-    from infermodes.local.manifests import ManifestError
+    from infermodes.local.manifests import ManifestError, given_source
     from infermodes.settings import log_level_of
 
     try:
@@ -416,6 +418,11 @@ def up(
         invocation_timeout_seconds=invocation_timeout_seconds,
     )
 
+    dashes = files.count("-")
+    if dashes > 1:  # the second would read nothing: its end is reached
+        raise click.BadParameter(
+            f"-f - is given {dashes} times: standard input is read once", param_hint="-f"
+        )
     if broker_url is None and management_url is not None:  # else silently unused
         raise click.UsageError(
             "--management-url is RabbitMQ's management API: it goes with --broker-url (the "
@@ -427,7 +434,8 @@ def up(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--broker-url") from None
     try:
-        code = run_up(settings, state_dir, list(files), broker_url, management_url)
+        sources = [given_source(file) for file in files]
+        code = run_up(settings, state_dir, sources, broker_url, management_url)
     except (ManifestError, StateDirUnusable) as exc:
         raise click.UsageError(str(exc)) from None
     except BrokerUnavailable as exc:  # its queue file in the state dir

@@ -241,7 +241,7 @@ def read_manifest(file: Source) -> bytes:
         raise ManifestError(f"{file}: {exc.strerror}") from None
 
 
-def load_paths(paths: list[Path]) -> list[Manifest]:
+def load_paths(paths: Sequence[Source]) -> list[Manifest]:
     """Every endpoint of the files and directories given; a name given twice is an error."""
     found: dict[str, Manifest] = {}
     for path in paths:

@@ -24,7 +24,7 @@ from infermodes.local.access import ACCESS_KEY_ID, TokenFileError, start_token, 
 from infermodes.local.api import Tail, index_router
 from infermodes.local.api import create_router as api_router
 from infermodes.local.demand import LocalDemandSink
-from infermodes.local.manifests import Manifest, load_paths
+from infermodes.local.manifests import Manifest, Source, load_paths
 from infermodes.local.platform_store import LocalPlatformStore
 from infermodes.local.supervisor import Supervisor, killing_on_signal
 from infermodes.logs import configure_logging
@@ -110,7 +110,7 @@ def gateway_options(port: int, log_level: str) -> dict[str, object]:
 def serve(
     settings: GatewaySettings,
     state_dir: Path,
-    files: list[Path],
+    files: list[Source],
     broker_url: str | None = None,
     management_url: str | None = None,
 ) -> int:

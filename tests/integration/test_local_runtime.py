@@ -352,6 +352,31 @@ def test_a_state_dir_or_port_up_cannot_use_is_one_line_naming_it(tmp_path: Path)
         assert "Traceback" not in done.stderr
 
 
+def test_up_takes_manifests_on_standard_input_all_or_none_and_names_a_file_it_cannot_read(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up -f -`` was refused (``Path '-' does not exist``) while ``apply -f -`` reads
+    standard input: it reads it too, all of its documents or none, and only once."""
+    written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
+    good = yaml.safe_dump({**written, "metadata": {"name": "from-stdin"}}).encode()
+    bad = good.replace(b"from-stdin", b"also-from-stdin").replace(b"maxConcurrency:", b"nope:")
+    state = tmp_path / "state"
+    for args, stdin, said in (
+        (["-f", "-"], good + b"---\n" + bad, "standard input document 2 (also-from-stdin)"),
+        (["-f", "-"], b"", "standard input: no InferenceEndpoint in it"),
+        (["-f", "-", "-f", "-"], good, "-f - is given 2 times: standard input is read once"),
+        (["-f", "missing.yaml"], b"", "missing.yaml"),
+    ):  # fmt: skip
+        done = subprocess.run([INFERMODES, "up", "--state-dir", str(state), "--port",
+                               str(free_port()), *args], input=stdin, capture_output=True,
+                              timeout=60, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 2 and said.encode() in done.stderr, done.stderr
+        assert b"Traceback" not in done.stderr
+        assert not (state / "endpoints").exists()
+    with running_up(state, [Path("-")], tmp_path / "up.log", stdin=good) as up:
+        assert up.endpoint("from-stdin")["spec"]["mode"] == "serverless"
+
+
 def test_notifications_after_an_id_that_is_not_one_is_a_400_in_the_apis_shape(up: Up) -> None:
     for after in ("abc", "-1", "1.5"):
         answer = httpx.get(f"{up.url}/_infermodes/notifications", params={"after": after},

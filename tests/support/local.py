@@ -49,8 +49,16 @@ class Up:
     """A running ``infermodes up`` and its API."""
 
     def __init__(
-        self, port: int, state_dir: Path, files: list[Path], log_path: Path, args: list[str]
+        self,
+        port: int,
+        state_dir: Path,
+        files: list[Path],
+        log_path: Path,
+        args: list[str],
+        stdin: bytes | None = None,
     ) -> None:
+        """``stdin``: what ``up`` reads on standard input (for ``-f -``), then its end."""
+        self.stdin = stdin
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.state_dir = state_dir
@@ -77,8 +85,12 @@ class Up:
             args += ["-f", str(file)]
         args += self.args
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+            piped = None if self.stdin is None else subprocess.PIPE
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=piped,
                                          start_new_session=True)  # fmt: skip
+        if self.proc.stdin is not None:
+            with self.proc.stdin:
+                self.proc.stdin.write(self.stdin or b"")
         wait_until(lambda: self.exited() or self.ready(), 60, "infermodes up")
         if self.exited():
             raise RuntimeError(f"infermodes up exited:\n{self.log}")
@@ -126,11 +138,15 @@ class Up:
 
 @contextlib.contextmanager
 def running_up(
-    state_dir: Path, files: list[Path], log_path: Path, args: tuple[str, ...] = ()
+    state_dir: Path,
+    files: list[Path],
+    log_path: Path,
+    args: tuple[str, ...] = (),
+    stdin: bytes | None = None,
 ) -> Iterator[Up]:
-    """``up`` running (with more command-line ``args``); at the end it is stopped and nothing
-    it started is left."""
-    up = Up(free_port(), state_dir, files, log_path, list(args))
+    """``up`` running (with more command-line ``args``, and ``stdin`` on its standard input);
+    at the end it is stopped and nothing it started is left."""
+    up = Up(free_port(), state_dir, files, log_path, list(args), stdin)
     try:
         up.start()
         yield up
