@@ -460,6 +460,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
         self.half_closed = False  # the client sent its EOF and is owed answers
         self.lingering = False  # answered and handed to ``_Lingering``
+        self.stopping = False  # ``shutdown`` was called: the server is stopping
         self.peer_check: asyncio.TimerHandle | None = None
         self.close_answered = self._close_answered  # bound once, for each request's cycle
 
@@ -591,10 +592,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._linger()
 
     def _linger(self) -> None:
-        """Hand the connection to ``_Lingering``, after the answer already written."""
+        """Hand the connection to ``_Lingering``, after the answer already written; once the
+        server is stopping, close it instead, as ``shutdown`` closes one lingering then (it
+        has passed: nothing else would end this one before the linger's bound)."""
         self._disarm()
         self.flow.resume_reading()  # a large body paused it
         self.transport.write_eof()  # after the answer: the client sees it whole
+        if self.stopping:
+            self.transport.close()
+            return
         self.lingering = True
         self.transport.set_protocol(_Lingering(self, self.transport))
 
@@ -664,7 +670,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         would look like a server that read it and failed, which a proxy must not retry).
         A lingering connection is closed at once: its answer and EOF are out, and the drain
         would otherwise wait out the linger's bound (uvicorn closes only a connection whose
-        last request was answered, and a refused body's request never is)."""
+        last request was answered, and a refused body's request never is); so is one that
+        starts lingering later (``_linger``)."""
+        self.stopping = True
         if self.lingering:
             self.transport.close()
             return

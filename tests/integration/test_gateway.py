@@ -638,3 +638,28 @@ def test_a_bug_is_answered_in_the_platforms_shape_and_logged_once_with_the_reque
         lines = [line for line in log.splitlines() if answer.headers["x-amzn-requestid"] in line]
         assert len(lines) == 1, log
     assert log.count(f"RuntimeError: {secret}") == len(answers), log
+
+
+def test_sigterm_ends_a_lingering_close_that_starts_during_the_drain_at_once(
+    tmp_path: Path,
+) -> None:
+    """A connection that starts lingering after the drain began (a request in flight whose
+    chunked body turns out malformed once the gateway is stopping) was left to its bound, the
+    drain waiting for it. Bound and drain timeout are an hour here: an exit within the wait
+    below is the drain ending it."""
+    program = [sys.executable, "-c", "import infermodes.http as h; h.LINGER_SECONDS = 3600.0; "
+               "from infermodes.cli import main; main()"]  # fmt: skip
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    env = {"INFERMODES_GATEWAY_DRAIN_TIMEOUT_SECONDS": "3600"}
+    with running_gateway([endpoint], tmp_path, program=program, env=env) as gateway:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"3\r\n1,2\r\n")  # fmt: skip
+            os.killpg(gateway.proc.pid, signal.SIGTERM)
+            wait_until(lambda: "Waiting for connections to close" in gateway.log, 30,
+                       "the drain")  # fmt: skip
+            conn.sendall(b"zz\r\n1,2\r\n")  # malformed: refused, then the connection lingers
+            assert answer_head(conn).startswith(b"HTTP/1.1 400 "), gateway.log
+            assert gateway.proc.wait(60) == 0, gateway.log  # the client still holds it open
