@@ -143,7 +143,9 @@ def test_an_operator_without_a_metrics_port_renders_a_valid_container() -> None:
 def test_an_operator_of_listed_namespaces_may_change_workloads_in_those_alone() -> None:
     """With operator.watchNamespaces it could still create deployments and services and patch
     pods in every namespace, kube-system included."""
-    documents = gateway_documents("operator.watchNamespaces={team-a,team-b}")
+    documents = gateway_documents(
+        "operator.watchNamespaces={team-a,team-b}", "gateway.namespaces={team-a}"
+    )
     bindings = [d for d in documents if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
                 and d["subjects"][0]["name"] == "infermodes-operator"]  # fmt: skip
     cluster = {d["roleRef"]["name"] for d in bindings if d["kind"] == "ClusterRoleBinding"}

@@ -223,17 +223,38 @@ def test_a_platform_namespace_the_operator_does_not_watch_is_refused_naming_both
 ) -> None:
     """The platform API's endpoints (in the release's namespace by default) were created where
     the operator of listed namespaces never looked: they stayed without a status, forever."""
-    unwatched = helm_template("--set", served, "--set", "operator.watchNamespaces={team-a}")
+    unwatched = helm_template("--set", served, "--set", "operator.watchNamespaces={team-a}",
+                              "--set", "gateway.namespaces={team-a}")  # fmt: skip
     assert unwatched.returncode != 0, "rendered"
     assert '"ops", which operator.watchNamespaces does not list' in unwatched.stderr
     assert "gateway.platform.namespace" in unwatched.stderr
     for watched in (["operator.watchNamespaces={team-a,ops}"],
-                    ["operator.watchNamespaces={team-a}", "gateway.platform.namespace=team-a"],
+                    ["operator.watchNamespaces={team-a}", "gateway.platform.namespace=team-a",
+                     "gateway.namespaces={team-a}"],
                     ["operator.watchNamespaces={team-a}", "gateway.enabled=false"]):  # fmt: skip
         result = helm_template(*[arg for value in (served, *watched) for arg in ("--set", value)])
         assert result.returncode == 0, result.stderr
-    # without the platform API nothing is created there: any namespaces will do
-    assert helm_template("--set", "operator.watchNamespaces={team-a}").returncode == 0
+    # without the platform API nothing is created there: any namespace will do, once the
+    # gateway serves a watched one (test_the_release_namespace_the_gateway_serves_...)
+    assert helm_template("--set", "operator.watchNamespaces={team-a}",
+                         "--set", "gateway.namespaces={team-a}").returncode == 0  # fmt: skip
+
+
+def test_the_release_namespace_the_gateway_serves_by_default_must_be_watched_too() -> None:
+    """With gateway.namespaces empty the gateway serves the release's namespace: one the
+    operator does not watch was accepted (the gateway then served only endpoints never
+    reconciled), though the same namespace listed in gateway.namespaces was refused."""
+    unwatched = helm_template("--set", "operator.watchNamespaces={team-a}")
+    assert unwatched.returncode != 0, "rendered"
+    assert ("gateway.namespaces: it is empty, so the gateway serves the release's namespace "
+            '"ops", which operator.watchNamespaces does not list') in unwatched.stderr, (
+        unwatched.stderr
+    )  # fmt: skip
+    for watched in (["operator.watchNamespaces={team-a,ops}"],
+                    ["operator.watchNamespaces={team-a}", "gateway.namespaces={team-a}"],
+                    ["operator.watchNamespaces={team-a}", "gateway.enabled=false"]):  # fmt: skip
+        result = helm_template(*[arg for value in watched for arg in ("--set", value)])
+        assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(("served", "named"), [
