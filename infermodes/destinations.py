@@ -47,12 +47,13 @@ WEBHOOK_MAX_LENGTH = 2048
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of
 # ``METADATA_NETWORKS`` a URL is most often written in, as its whole host (the part after the
 # last '@', before a port or the path), with trailing dots and IPv4-mapped addresses in any
-# spelling (the API server's ip() refuses those); ``address_cel`` reads every other spelling
-# of an address, and the worker (``refusal``) a name or number that resolves to one
+# spelling, a zone or none (the API server's ip() refuses those; the worker and the operator
+# drop a zone, ``refused_address``); ``address_cel`` reads every other spelling of an address,
+# and the worker (``refusal``) a name or number that resolves to one
 LITERAL_LINK_LOCAL_CEL = (
     r"(?i)^https?://([^/?#]*@)?"
     r"(169\.254\.[0-9]+\.[0-9]+\.*|\[(fe[89ab][0-9a-f]:[^\]]*|fd00:ec2::254"
-    r"|[0:]*:ffff:(169\.254\.[0-9]+\.[0-9]+|a9fe:[0-9a-f]+))\])(:[0-9]*)?([/?#]|$)"
+    r"|[0:]*:ffff:(169\.254\.[0-9]+\.[0-9]+|a9fe:[0-9a-f]+)(%[^\]]*)?)\])(:[0-9]*)?([/?#]|$)"
 )
 
 

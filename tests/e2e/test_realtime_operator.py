@@ -178,6 +178,7 @@ INVALID = [
                         ("nat64", "http://[64:ff9b::a9fe:a9fe]/x"),
                         ("sixtofour", "http://u@[2002:a9fe:a9fe::]:80/"),
                         ("mapped", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/"),
+                        ("mapped-zone", "http://[::ffff:169.254.169.254%25eth0]/"),
                         ("dot", "http://169.254.169.254./")]],
     # a host in brackets Python's URL parser refuses (and so the spec's validation)
     *[(f"webhook-{name}", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {

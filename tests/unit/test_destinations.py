@@ -90,6 +90,10 @@ REGEX_ONLY = [
     "http://169.254.169.254..:80/x",
     "http://[0:0:0:0:0:ffff:a9fe:a9fe]/",
     "http://[0000:0000::ffff:169.254.1.1]/",
+    # with a zone, which the worker and the operator drop (refused_address) and the regex
+    # rule took for no address
+    "http://[::ffff:169.254.169.254%25eth0]/",
+    "http://[0:0:0:0:0:FFFF:a9fe:a9fe%25x]:80/hook",
 ]
 
 
