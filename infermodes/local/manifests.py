@@ -217,7 +217,10 @@ def manifest_files(path: Source) -> Sequence[Source]:
     directory with none is an error, as for ``kubectl apply``, not a silent no-op."""
     if isinstance(path, StandardInput) or not path.is_dir():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    try:  # a folder access() calls readable may still refuse its listing (/proc's)
+        files = sorted(p for p in path.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot list it: {exc.strerror}") from None
     if not files:
         raise ManifestError(
             f"{path}: no .yaml, .yml or .json file in it (folders in it are not read)"

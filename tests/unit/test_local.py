@@ -125,6 +125,22 @@ def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
         load_paths([tmp_path])
 
 
+def test_a_folder_that_cannot_be_listed_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder access() calls readable may still refuse its listing (``/proc/1/map_files``
+    without CAP_SYS_ADMIN): ``up -f`` and ``apply -f`` ended in a PermissionError's traceback.
+    The listing is made to fail here, as it fails there."""
+    (tmp_path / "a.yaml").write_text(GOOD)
+
+    def refused(path: Path) -> Iterator[Path]:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(ManifestError, match=f"^{tmp_path}: cannot list it: Permission denied$"):
+        load_paths([tmp_path])
+
+
 def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
     """As ``infermodes apply`` refuses it: not a UnicodeDecodeError's traceback from ``up``."""
     (tmp_path / "good.yaml").write_text(GOOD)
