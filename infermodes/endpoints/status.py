@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from infermodes.endpoints import spec
-from infermodes.endpoints.spec import Phase
+from infermodes.endpoints.spec import EndpointSpec, Phase
 from infermodes.metrics import OperatorMetrics
 from infermodes.storage import prefix_within
 
@@ -133,6 +136,40 @@ def with_estimated_age(
 
 
 @dataclass(frozen=True)
+class AppliedSpec:
+    """The spec the workload was last applied from and its generation (``status.appliedSpec``,
+    its JSON, and ``status.appliedGeneration``): what its pods run while a later spec is refused
+    or cannot be parsed (a CRD older than the operator takes specs it cannot parse), so the
+    operator keeps actuating it and a gateway started meanwhile serves it. In the status, which
+    only the operator writes and every CRD's schema keeps (its unknown fields are kept); the
+    spec as one string, so a merge patch replaces it whole."""
+
+    generation: int
+    text: str
+
+    @classmethod
+    def of(cls, generation: int, spec: Mapping[str, Any]) -> AppliedSpec:
+        return cls(generation, json.dumps(dict(spec), sort_keys=True, separators=(",", ":")))
+
+    @classmethod
+    def from_dict(cls, status: Any) -> AppliedSpec | None:
+        """The one recorded in an endpoint's status; None when none (or not as written)."""
+        if not isinstance(status, Mapping):
+            return None
+        generation, text = status.get("appliedGeneration"), status.get("appliedSpec")
+        if isinstance(generation, bool) or not isinstance(generation, int):
+            return None
+        return cls(generation, text) if isinstance(text, str) else None
+
+    def spec(self) -> EndpointSpec | None:
+        """The recorded spec, parsed; None when this operator cannot parse it either."""
+        try:
+            return EndpointSpec.model_validate(json.loads(self.text))
+        except (ValueError, ValidationError):  # json's errors are ValueErrors
+            return None
+
+
+@dataclass(frozen=True)
 class Status:
     phase: Phase
     reason: str = ""
@@ -148,6 +185,8 @@ class Status:
     last_scale_time: str | None = None
     # when a batch job ended (RFC 3339), from what outlives a restart of either actuator
     end_time: str | None = None
+    # the spec its workload runs (written only when it changes; None: left as written)
+    applied: AppliedSpec | None = None
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -166,6 +205,7 @@ class Status:
             int(status.get("desiredReplicas", 0)),
             progress=Progress.from_dict(status.get("progress")),
             last_scale_time=status.get("lastScaleTime"),
+            applied=AppliedSpec.from_dict(status),
         )
 
     def to_patch(self, generation: int, previous: Any) -> dict[str, Any]:
@@ -199,6 +239,9 @@ class Status:
             patch["endTime"] = self.end_time
         elif (previous or {}).get("endTime") is not None:
             patch["endTime"] = None  # running again (a stopped job resumed): not ended
+        if self.applied is not None and self.applied != AppliedSpec.from_dict(previous):
+            patch["appliedGeneration"] = self.applied.generation
+            patch["appliedSpec"] = self.applied.text
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:

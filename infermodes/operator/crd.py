@@ -120,6 +120,8 @@ STATUS_SCHEMA: dict[str, Any] = {
         "desiredReplicas": {"type": "integer"},
         "observedGeneration": {"type": "integer"},
         "url": {"type": "string"},
+        "appliedGeneration": {"type": "integer"},
+        "appliedSpec": {"type": "string"},
         "backlog": {
             "type": "object",
             "properties": {

@@ -42,7 +42,7 @@ from infermodes.logs import quiet_client_logs
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
-from infermodes.operator.reconcile import Deps, Reconciled, parse_spec, reconcile
+from infermodes.operator.reconcile import Deps, Reconciled, in_force, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
@@ -271,8 +271,8 @@ def configure(
         waiting ask for more workers than the pool has (a pool at zero with anything waiting,
         a burst that outgrew it); the resync timer is too slow for that. Scale-in stays with
         the resync, behind its cooldown."""
-        spec = parse_spec(body.get("spec") or {})
-        if isinstance(spec, str) or spec.async_ is None:
+        spec = in_force(body.get("spec") or {}, body.get("status"))[0]
+        if spec is None or spec.async_ is None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
         found = await asyncio.get_running_loop().run_in_executor(

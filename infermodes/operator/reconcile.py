@@ -24,6 +24,7 @@ from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
     APPLY_REFUSED,
     INVALID_SPEC,
+    AppliedSpec,
     BatchOutput,
     QueueFigures,
     Status,
@@ -167,12 +168,15 @@ def not_allowed(spec: s.EndpointSpec, settings: OperatorSettings) -> str | None:
     return None
 
 
-def applied_earlier(workload: dict[str, Any] | None, ref: EndpointRef) -> bool:
-    """Whether the live workload runs an earlier generation of the spec (``SPEC_GENERATION``):
-    a spec refused now is then an update, not what its pods run."""
+def applied_earlier(
+    workload: dict[str, Any] | None, ref: EndpointRef, runs: int | None = None
+) -> bool:
+    """Whether the live workload runs an earlier generation of the spec (``SPEC_GENERATION``),
+    ``runs`` when given: a spec refused now is then an update, not what its pods run."""
     annotations = ((workload or {}).get("metadata") or {}).get("annotations") or {}
     noted = str(annotations.get(SPEC_GENERATION, ""))
-    return noted.isdigit() and int(noted) < ref.generation
+    earlier = noted.isdigit() and int(noted) < ref.generation
+    return earlier and (runs is None or int(noted) == runs)
 
 
 def scaled(deps: Deps, ref: EndpointRef, live: dict[str, Any], replicas: int) -> dict[str, Any]:
@@ -227,12 +231,26 @@ def remove_policy(deps: Deps, ref: EndpointRef) -> None:
                     "(now off): %s", ref.namespace, ref.child_name, exc)  # fmt: skip
 
 
+def in_force(raw: Any, status: Any) -> tuple[s.EndpointSpec | None, str | None, int | None]:
+    """The spec to actuate, why it is not the one given (None: it is), and the generation the
+    workload must run for it (None: any). A spec the operator cannot parse, one the CRD took (a
+    CRD older than the operator's checks: helm never upgrades a chart's CRDs), is refused as
+    ``not_allowed`` refuses one, and the spec its workload was last applied from (its status's
+    ``AppliedSpec``) keeps being actuated in its place: scaled, activated, its queue watched."""
+    spec = parse_spec(raw)
+    if not isinstance(spec, str):
+        return spec, None, None
+    applied = AppliedSpec.from_dict(status)
+    kept = None if applied is None else applied.spec()
+    return kept, spec, None if applied is None else applied.generation
+
+
 def unparsed(deps: Deps, ref: EndpointRef, previous: Status | None, problems: str) -> Status:
-    """The status of a spec the operator cannot parse (``problems``), one the CRD took (a CRD
-    older than the operator's checks: helm never upgrades a chart's CRDs). An update of an
-    endpoint that served, whose Deployment runs an earlier generation's spec, is refused as
-    ``not_allowed`` refuses one: ``Updating``, the spec it had still serving; its replicas stay
-    as they are (no spec to scale them by) until the spec is fixed or reverted. Anything
+    """The status of a spec the operator cannot parse (``problems``) with no applied spec of
+    its workload's generation to actuate instead (one an older operator applied): an update
+    of an endpoint that served, whose Deployment runs an earlier generation's spec, is refused
+    as ``not_allowed`` refuses one: ``Updating``, the spec it had still serving; its replicas
+    stay as they are (no spec to scale them by) until the spec is fixed or reverted. Anything
     else (a new endpoint, a batch job, whose spec never changes): ``Failed``."""
     live = deps.kube.get("apps/v1", "Deployment", ref.namespace, ref.child_name)
     if live is None or not (served(previous) and owned(live, ref) and applied_earlier(live, ref)):
@@ -265,14 +283,17 @@ def converge(
 ) -> Reconciled:
     """``reconcile`` but for the NetworkPolicy of networkPolicy.enabled=true, now off."""
     previous = Status.from_dict(body.get("status"))
-    spec = parse_spec(body.get("spec") or {})
-    if isinstance(spec, str):
-        return Reconciled(unparsed(deps, ref, previous, spec))
+    raw = body.get("spec") or {}
+    spec, refused, runs = in_force(raw, body.get("status"))
+    if spec is None:  # one it cannot parse, and none applied before to actuate instead
+        return Reconciled(unparsed(deps, ref, previous, refused or ""))
     mode = mode_for(spec.mode)
     api_version, kind = mode.WORKLOAD
     found = deps.kube.get(api_version, kind, ref.namespace, ref.child_name)
-    refused = not_allowed(spec, deps.settings)
-    if refused is not None and not applied_earlier(found, ref):  # what its pods run, or none
+    refused = refused or not_allowed(spec, deps.settings)
+    if refused is not None and not applied_earlier(found, ref, runs):  # what its pods run
+        if runs is not None:  # the applied spec is not what the workload runs
+            return Reconciled(unparsed(deps, ref, previous, refused))
         return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, refused))
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
@@ -364,17 +385,21 @@ def converge(
             # other object's apply; at creation, the order given (a NetworkPolicy before
             # the pods it guards)
             ordered = objects if found is None else sorted(objects, key=lambda o: o["kind"] != kind)
-            applied = {obj["kind"]: deps.kube.apply(obj) for obj in ordered}
+            for obj in ordered:
+                applied[obj["kind"]] = deps.kube.apply(obj)
         except ApplyRefused as exc:
             refusal = (APPLY_REFUSED, api_refusal(str(exc)))
-    if refusal is not None and kind == "Deployment" and found is not None:
+    runs_spec = kind in applied  # the workload was applied from this spec
+    if refusal is not None and kind == "Deployment" and found is not None and not runs_spec:
         applied = {kind: scaled(deps, ref, found, replicas)}  # the spec as it was still scales
     after = applied.get(kind, found)
     if kind == "Deployment" and after is not None:
         after = note_template(deps, ref, found, after)
     observed = replace(signals, workload=observe_workload(kind, after, pods), workload_object=after)
     last_scale = rfc3339(wall) if memory.last_change_at != changed_at else previous_scale
-    status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale)
+    recorded = AppliedSpec.of(ref.generation, raw) if runs_spec else None
+    status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale,
+                     applied=recorded)  # fmt: skip
     if refusal is not None and not mode.ended(status):
         status = refused_status(status, previous, *refusal)
     events = []

@@ -273,3 +273,38 @@ def test_a_replica_killed_for_its_memory_while_loading_says_so() -> None:
     assert (status.phase, status.reason) == (s.Phase.FAILED, "ContainerCrashing")
     assert status.message.startswith("pod ie-big-1 keeps crashing: OOMKilled (exit code 137)")
     assert "loading model s3://models/big/model.tar.gz" in status.message
+
+
+def test_an_update_the_operator_cannot_parse_keeps_the_spec_it_had_waking_from_zero() -> None:
+    """A spec an older CRD took and the operator cannot parse: the spec its replicas run kept
+    serving, but nothing actuated it any more (a request held at zero waited out its timeout,
+    no replica came). The spec the workload was last applied from, recorded in the status,
+    now keeps being actuated as a refused update's spec is: a held request starts a replica;
+    its async twin's queue stays watched (``in_force``)."""
+    from infermodes.operator.reconcile import in_force
+    from tests.unit.operator.test_realtime import body
+
+    spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    made = FakeKube()
+    first = reconcile(body(spec), ScalerMemory(), deps(made)[0]).status
+    applied = next(o for o in made.applied if o["kind"] == "Deployment")
+    zero = {**applied, "metadata": {**applied["metadata"], "generation": 1},
+            "spec": {"replicas": 0}, "status": {"observedGeneration": 1}}  # fmt: skip
+    kube = FakeKube(zero)
+    d, _ = deps(kube)
+    d.wall_clock = lambda: NOW
+    serving = {**first.to_patch(1, None), "phase": "InService", "reason": "ScaledToZero"}
+    unparsable = {**spec, "image": "registry.example/x:1\u00a0"}
+    updated = body(unparsable, serving)
+    updated["metadata"].update(generation=2, annotations=dict([entry("gw", held=1, last=NOW)]))
+    kept = reconcile(updated, ScalerMemory(), d).status
+    assert (kept.phase, kept.reason) == (s.Phase.UPDATING, "InvalidSpec")
+    assert kept.message.startswith("spec.image: ")
+    assert kube.scaled == [1] and kube.applied == []  # woken, nothing of the new spec applied
+    assert kept.applied is None  # the record stays the spec it had (a patch leaves it)
+    pool_block = {"outputPath": "s3://b/out/", "brokerSecretRef": {"name": "rabbit"}}
+    async_spec = {"mode": "async", "model": {"uri": "file:///m"}, "async": pool_block}
+    pool = reconcile(body(async_spec), ScalerMemory(), deps(FakeKube())[0]).status
+    watched, why, runs = in_force({**async_spec, "image": "x\u00a0"}, pool.to_patch(1, None))
+    assert watched is not None and watched.async_ is not None and runs == 1
+    assert why is not None and why.startswith("spec.image: ")
