@@ -161,6 +161,9 @@ class AppliedSpec:
             return None
         return cls(generation, text) if isinstance(text, str) else None
 
+    def status_fields(self) -> dict[str, Any]:
+        return {"appliedGeneration": self.generation, "appliedSpec": self.text}
+
     def spec(self) -> EndpointSpec | None:
         """The recorded spec, parsed; None when this operator cannot parse it either."""
         try:
@@ -240,8 +243,7 @@ class Status:
         elif (previous or {}).get("endTime") is not None:
             patch["endTime"] = None  # running again (a stopped job resumed): not ended
         if self.applied is not None and self.applied != AppliedSpec.from_dict(previous):
-            patch["appliedGeneration"] = self.applied.generation
-            patch["appliedSpec"] = self.applied.text
+            patch.update(self.applied.status_fields())
         if self.progress is not None:
             patch["progress"] = self.progress.to_dict()
         if self.backlog is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from infermodes.endpoints.demand import GatewayDemand, annotation_key
 from infermodes.endpoints.spec import Phase, object_name
+from infermodes.endpoints.status import AppliedSpec
 from infermodes.gateway.errors import ValidationError
 from infermodes.gateway.kube import Gone, Watched, apply_endpoint, apply_pod, replace_pods
 from infermodes.gateway.table import Endpoint, Replica, Table, storage_bases
@@ -540,3 +541,28 @@ def test_an_update_the_operator_cannot_parse_keeps_the_spec_read_before_served()
     fresh.apply_endpoint({**unparsable, "metadata": {"name": "e", "namespace": "ns"}})
     with pytest.raises(ValidationError, match="a spec the gateway cannot read"):
         fresh.lookup("e").check_servable()
+
+
+@pytest.mark.parametrize("mode", ["serverless", "async"])
+def test_a_gateway_started_during_an_update_the_operator_cannot_parse_serves_the_applied_spec(
+    mode: str,
+) -> None:
+    """A gateway (re)started while an endpoint is Updating on an update the operator cannot
+    parse read none of its earlier specs, and refused it ('a spec the gateway cannot read')
+    though its replicas served. It now serves the spec the operator recorded as applied in
+    the status (``AppliedSpec``), as a gateway that read it before does."""
+    block: dict[str, Any] = {"maxConcurrency": 7} if mode == "serverless" else {
+        "outputPath": "s3://b/out/"}  # fmt: skip
+    applied = endpoint_object("e", mode, **block)["spec"]
+    unparsable = endpoint_object("e", mode, phase="Updating", **block)
+    unparsable["spec"]["image"] = "registry.example/x:1\u00a0"
+    unparsable["status"].update(AppliedSpec.of(3, applied).status_fields())
+    fresh = Table()
+    fresh.apply_endpoint(unparsable)
+    endpoint = fresh.lookup("e")
+    assert endpoint.mode is not None and endpoint.mode.value == mode
+    if mode == "serverless":
+        endpoint.check_servable()
+        assert endpoint.serverless is not None and endpoint.serverless.max_concurrency == 7
+    else:
+        assert fresh.async_layouts["e"].output_path.startswith("s3://b/out")
