@@ -1,5 +1,8 @@
 """Where a webhook may be POSTed: anywhere but a link-local address.
 
+An IPv4 address must be written as ``a.b.c.d``: a number in another spelling (``2130706433``,
+``0x7f.1``) is refused as written, by the CRD and the spec alike (``number_spelling``).
+
 Clouds serve instance metadata, with the node's credentials, on link-local addresses
 (169.254.169.254, fd00:ec2::254): a webhook URL is written by whoever creates an endpoint, and
 the workers that POST it run with the node's network. The spec refuses such addresses as
@@ -44,6 +47,9 @@ WEBHOOK_PATTERN = (
     r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048
+# a host all numbers (decimal, octal with a leading 0, hex with 0x), one to four of them, which
+# the C library reads as an IPv4 address; RE2 and Python's re agree on it
+NUMBER_HOST = r"(0[xX][0-9a-fA-F]*|[0-9]+)([.](0[xX][0-9a-fA-F]*|[0-9]+)){0,3}"
 # the spec's CEL rule (RE2, run by the API server at kubectl apply) for the literal forms of
 # ``METADATA_NETWORKS`` a URL is most often written in, as its whole host (the part after the
 # last '@', before a port or the path), with trailing dots and IPv4-mapped addresses in any
@@ -93,20 +99,32 @@ def bracket_cel(field: str) -> str:
             "isIP(h.split('%')[0].lowerAscii().replace('ffff', 'fffe'))))))")  # fmt: skip
 
 
-def address_cel(field: str) -> str:
-    """A CEL rule refusing ``self.<field>`` when its host is an address ``refused_address``
-    refuses, in any spelling the API server's ip() reads (a longhand or zero-padded IPv6, the
-    IPv6 forms that carry an IPv4 one): its host as ``literal_refusal`` takes it, from the
-    text (a URL the API server's url() cannot parse still reaches the operator)."""
-    networks = ", ".join(f"'{network}'" for network in REFUSED_NETWORKS)
+def host_cel(field: str, refused: str) -> str:
+    """A CEL rule refusing ``self.<field>`` when ``refused`` (a condition on ``h``) holds for
+    its host as ``literal_refusal`` takes it, from the text (a URL the API server's url()
+    cannot parse still reaches the operator): no zone, no trailing dots."""
     # each [value].exists(name, ...) names a value once (the API server's CEL has no bind)
     return (f"!has(self.{field}) || !["
             f"self.{field}.substring(self.{field}.indexOf('://') + 3).find('^[^/?#]*')]"
             ".exists(authority, [authority.substring(authority.lastIndexOf('@') + 1)]"
             ".exists(hostport, [(hostport.startsWith('[') ? "
             "hostport.substring(1, hostport.indexOf(']')) : hostport.find('^[^:]*'))"
-            ".split('%')[0].find('^.*[^.]')]"  # no zone, no trailing dots
-            f".exists(h, isIP(h) && [{networks}].exists(n, cidr(n).containsIP(h)))))")  # fmt: skip
+            f".split('%')[0].find('^.*[^.]')].exists(h, {refused})))")  # fmt: skip
+
+
+def address_cel(field: str) -> str:
+    """A CEL rule refusing ``self.<field>`` when its host is an address ``refused_address``
+    refuses, in any spelling the API server's ip() reads (a longhand or zero-padded IPv6, the
+    IPv6 forms that carry an IPv4 one)."""
+    networks = ", ".join(f"'{network}'" for network in REFUSED_NETWORKS)
+    return host_cel(field, f"isIP(h) && [{networks}].exists(n, cidr(n).containsIP(h))")
+
+
+def number_cel(field: str) -> str:
+    """A CEL rule refusing ``self.<field>`` when its host is an IPv4 address written otherwise
+    than as ``a.b.c.d`` (``number_spelling``); the API server's isIP(), as Python, takes no
+    leading zero."""
+    return host_cel(field, f"h.matches('^{NUMBER_HOST}$') && !isIP(h)")
 
 
 Resolver = Callable[[str], list[str]]
@@ -137,11 +155,28 @@ def carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+def number_spelling(host: str) -> bool:
+    """Whether ``host`` is an IPv4 address written otherwise than as four decimal numbers
+    without leading zeros (one number, hex, octal, fewer parts: ``2130706433``, ``0x7f.1``).
+    The C library reads them as addresses, URL readers each their own way: what the spec
+    shows is not where it leads (a metadata address, checked only as the worker resolves it)."""
+    if not re.fullmatch(NUMBER_HOST, host):
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
+
+
 def literal_refusal(url: str) -> str | None:
-    """Why ``url`` names a refused address as its host, literally; None when it does not."""
+    """Why ``url`` names a refused address as its host, literally, or spells an address as a
+    number; None when it does neither."""
     host = (urlsplit(url).hostname or "").rstrip(".")
     if refused_address(host):
         return f"{host} is a link-local or metadata address (where clouds serve instance metadata)"
+    if number_spelling(host):
+        return f"{host} is an IPv4 address written otherwise than as a.b.c.d: write it so"
     return None
 
 

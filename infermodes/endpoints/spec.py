@@ -34,6 +34,7 @@ from infermodes.destinations import (
     address_cel,
     bracket_cel,
     literal_refusal,
+    number_cel,
 )
 from infermodes.errors import shown
 from infermodes.jsonpath import GRAMMAR, JsonPath
@@ -344,6 +345,9 @@ class NotificationSpec(SpecBlock):
           for name in ("successWebhook", "errorWebhook")
           for rule in (f"!has(self.{name}) || !self.{name}.matches(r'{LITERAL_LINK_LOCAL_CEL}')",
                        address_cel(name))],
+        *[(number_cel(name), f"{name} must write an IPv4 address as a.b.c.d, not as one number, "
+                             "in hex or octal, or with fewer parts")
+          for name in ("successWebhook", "errorWebhook")],
         *[(bracket_cel(name), f"{name}: the host in brackets must be an IPv6 address (or "
                               "an IPvFuture v<hex>.<...>)")
           for name in ("successWebhook", "errorWebhook")],
@@ -370,7 +374,10 @@ class NotificationSpec(SpecBlock):
     def _no_link_local_webhook(cls, url: str | None) -> str | None:
         refused = None if url is None else literal_refusal(url)
         if refused is not None:
-            raise ValueError(f"must not be a link-local or metadata address: {refused}")
+            raise ValueError(
+                "must not be a link-local or metadata address, nor an IPv4 "
+                f"address written otherwise than as a.b.c.d: {refused}"
+            )
         return url
 
 

@@ -14,6 +14,7 @@ import pytest
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     NETLOC_REFUSED,
+    NUMBER_HOST,
     REFUSED_NETWORKS,
     WEBHOOK_PATTERN,
     Checked,
@@ -129,11 +130,51 @@ def test_the_address_rule_leaves_other_hosts(url: str) -> None:
     assert address is None or not any(address in network for network in REFUSED_NETWORKS)
 
 
-def test_numbers_for_an_address_are_left_to_the_worker() -> None:
-    """A number for an IPv4 address reaches the worker, which refuses it as it resolves."""
-    for spelled in ("http://2852039166/", "http://0xa9fea9fe/"):
-        assert literal_refusal(spelled) is None
-        assert check(spelled, numeric).refusal is not None, spelled  # the C library reads it
+# an IPv4 address written otherwise than as four decimal numbers, which the C library reads
+# (inet_aton) and URL readers read differently: 127.0.0.1 and 169.254.169.254 here
+NUMBER_SPELLINGS = [
+    "http://2130706433/",
+    "http://0x7f.1/",
+    "http://0X7F000001:80/x",
+    "http://0177.0.0.1/",
+    "http://127.1/",
+    "https://u@10.0.1./hook",
+    "http://2852039166/",
+    "http://0xa9fea9fe/",
+    "http://0251.0376.0251.0376/",
+]
+
+
+def number_rule_refuses(url: str) -> bool:
+    """What number_cel refuses, as Python reads it: the host (as address_cel takes it) all
+    numbers, in ``NUMBER_HOST``'s spelling (RE2 and Python's re agree on it), that the API
+    server's isIP() does not take (it, as Python, takes no leading zero)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if not re.fullmatch(NUMBER_HOST, host):
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("url", NUMBER_SPELLINGS)
+def test_numbers_for_an_address_are_refused_at_apply_as_by_the_worker(url: str) -> None:
+    """A number for an IPv4 address passed kubectl apply and the operator, and only the
+    worker's lookup, as it was about to POST, read where it leads (a metadata address: refused
+    then; loopback: POSTed). Every such spelling is now refused as written, by the CRD's rule
+    and the spec's validation alike: write the address as a.b.c.d."""
+    assert literal_refusal(url) is not None, url
+    assert "a.b.c.d" in (literal_refusal(url) or "")
+    assert number_rule_refuses(url), url
+    assert check(url, numeric).refusal is not None, url  # the worker's too
+
+
+@pytest.mark.parametrize("url", [*ALLOWED_BY_BOTH, "http://1.2.3.4./x", "http://1e100.net/",
+                                 "http://0xdead.example/"])  # fmt: skip
+def test_the_number_rule_leaves_addresses_as_a_b_c_d_and_names(url: str) -> None:
+    assert not number_rule_refuses(url), url
 
 
 @pytest.mark.parametrize(
