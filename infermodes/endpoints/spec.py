@@ -522,6 +522,28 @@ def check_batch_locations(input_uri: str, data_type: str, output_uri: str) -> No
         raise ValueError(INPUT_INSIDE_OUTPUT)
 
 
+# check_batch_locations for the CRD, where CEL can say it: both URIs s3:// ones whose key starts
+# with no '/' (parse_uri strips those), spelt as parse_uri reads them back (``s3_uri_cel``). A
+# file:// URI is percent-decoded and a path resolved against the filesystem, which CEL cannot
+# do: the operator alone refuses those (Failed, InvalidSpec), as any other it parses.
+S3_PLAIN = r"^[sS]3://[^/]+(/[^/]|/?$)"
+
+
+def s3_uri_cel(uri: str) -> str:
+    """CEL for the URI ``storage.parse_uri`` reads an ``S3_PLAIN`` one (``uri``, a CEL string)
+    back as: ``s3://<bucket>/<key>``, a bucket alone ending in '/'."""
+    rest = f"{uri}.substring(5)"
+    return f"('s3://' + {rest} + ({rest}.contains('/') ? '' : '/'))"
+
+
+INPUT_INSIDE_OUTPUT_CEL = (
+    f"self.input.dataType != 'S3Prefix' || !self.input.uri.matches('{S3_PLAIN}') || "
+    f"!self.output.uri.matches('{S3_PLAIN}') || ![{s3_uri_cel('self.input.uri')}].exists(i, "
+    f"[{s3_uri_cel('self.output.uri')}].exists(o, i == o || i.startsWith(o.find('^.*[^/]') + "
+    "'/')))"
+)
+
+
 class BatchSpec(SpecBlock):
     input: BatchInput
     output: BatchOutput
@@ -557,6 +579,7 @@ class BatchSpec(SpecBlock):
          " && self.dataProcessing.inputFilter == '$')", LIBSVM_PROCESSING),
         ("self.dataProcessing.joinSource != 'Input' || ((self.input.contentType == 'text/csv')"
          " == (self.output.accept == 'text/csv'))", JOIN_LIKE_WITH_LIKE),
+        (INPUT_INSIDE_OUTPUT_CEL, INPUT_INSIDE_OUTPUT),
     ]  # fmt: skip
 
     @model_validator(mode="after")

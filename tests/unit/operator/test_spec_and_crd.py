@@ -7,6 +7,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from infermodes.destinations import WEBHOOK_PATTERN
 from infermodes.endpoints import spec as s
@@ -59,7 +60,7 @@ def test_schema_carries_the_platform_limits() -> None:
     assert nodes["batch.invocationsMaxRetries"]["maximum"] == 3
     assert nodes["batch.input.splitType"]["enum"] == ["None", "Line"]
     assert nodes["batch.input.compressionType"]["enum"] == ["None", "Gzip"]
-    payload, libsvm, join, immutable = nodes["batch"]["x-kubernetes-validations"]
+    payload, libsvm, join, _inside, immutable = nodes["batch"]["x-kubernetes-validations"]
     assert (libsvm["message"], join["message"]) == (LIBSVM_PROCESSING, JOIN_LIKE_WITH_LIKE)
     assert payload == {"rule": "self.maxPayloadInMB * self.maxConcurrentTransforms <= 100",
                        "message": s.PAYLOAD_RULE}  # fmt: skip
@@ -478,3 +479,55 @@ def test_the_crd_takes_the_filters_the_operator_reads_and_no_other(text: str) ->
 @given(st.text(alphabet="$.[]'\",:- *?@0123456789ab_\u00a0\u0661\t", max_size=14).map("$".__add__))
 def test_the_filter_grammar_and_the_parser_agree(text: str) -> None:
     assert bool(re.fullmatch(GRAMMAR, text)) is filter_read(text)
+
+
+def input_inside_output_rule_refuses(input_uri: str, output_uri: str, data_type: str) -> bool:
+    """``s.INPUT_INSIDE_OUTPUT_CEL`` as Python reads it (RE2 and Python's re agree on its
+    patterns; CEL's substring and size count code points, as Python's)."""
+    plain = [re.search(s.S3_PLAIN, uri) for uri in (input_uri, output_uri)]
+    if data_type != "S3Prefix" or not all(plain):
+        return False
+    listed, outer = ("s3://" + u[5:] + ("" if "/" in u[5:] else "/")
+                     for u in (input_uri, output_uri))  # fmt: skip
+    base = re.search(r"^.*[^/]", outer)
+    assert base is not None
+    return listed == outer or listed.startswith(base.group() + "/")
+
+
+@pytest.mark.parametrize(
+    ("input_uri", "output_uri", "data_type", "spec_refuses", "crd_refuses"),
+    [
+        ("s3://data/out/day-1/", "s3://data/out", "S3Prefix", True, True),
+        ("s3://data/out", "s3://data/out/", "S3Prefix", False, False),  # lists out-2/ too
+        ("S3://data/out/x", "s3://data/", "S3Prefix", True, True),
+        ("s3://data", "s3://data", "S3Prefix", True, True),
+        ("s3://data/out/", "s3://data/out//", "S3Prefix", True, True),
+        ("s3://data/in/", "s3://data/out/", "S3Prefix", False, False),  # apart
+        ("s3://data/out-2/", "s3://data/out", "S3Prefix", False, False),  # not in the folder
+        ("s3://data/", "s3://data/out/", "S3Prefix", False, False),  # the output inside: fine
+        ("s3://other/out/", "s3://data/out/", "S3Prefix", False, False),
+        ("s3://data/out/m.json", "s3://data/out/", "ManifestFile", False, False),
+        # what CEL cannot read as parse_uri does: the operator's alone
+        ("s3://data//out/", "s3://data/out/", "S3Prefix", True, False),
+        ("file:///data/out/x", "file:///data/out", "S3Prefix", True, False),
+        ("/data/out/x", "file:///data/out", "S3Prefix", True, False),
+    ],
+)
+def test_the_crd_refuses_an_s3_input_prefix_inside_the_output_as_the_spec_does(
+    input_uri: str, output_uri: str, data_type: str, spec_refuses: bool, crd_refuses: bool
+) -> None:
+    """An input prefix inside output.uri passed kubectl apply and only the operator refused it
+    (Failed, InvalidSpec), or none with a CRD older than its check. The CRD now refuses it at
+    apply where CEL can read it (s3:// URIs), never what the spec takes."""
+    block = {"input": {"uri": input_uri, "dataType": data_type}, "output": {"uri": output_uri}}
+    try:
+        s.EndpointSpec.model_validate({"mode": "batch", "model": MODEL, "batch": block})
+    except ValidationError as exc:
+        assert s.INPUT_INSIDE_OUTPUT in str(exc), exc
+        refused = True
+    else:
+        refused = False
+    assert refused is spec_refuses
+    assert input_inside_output_rule_refuses(input_uri, output_uri, data_type) is crd_refuses
+    rules = [rule for rule, message in s.BatchSpec.cel_rules if message == s.INPUT_INSIDE_OUTPUT]
+    assert rules == [s.INPUT_INSIDE_OUTPUT_CEL]
