@@ -445,7 +445,9 @@ class Table:
 
     # replicas
     def set_replica(self, namespace: str, endpoint_name: str, replica: Replica) -> None:
-        """Add a replica, or replace one whose address changed; a new one is probed."""
+        """Add a replica, or replace one whose address changed. A new one is told to
+        ``on_new_replica`` (the proxy's connection pool; a probe unless it is ready) before it
+        can be chosen: one ready when first seen (a gateway started beside Ready pods) too."""
         endpoint = self.get(namespace, endpoint_name)
         old = endpoint.replicas.get(replica.key)
         if old is not None and (old.host, old.port) == (replica.host, replica.port):
@@ -455,10 +457,10 @@ class Table:
         if old is not None:
             self._remove_replica(endpoint, old.key)
         endpoint.replicas[replica.key] = replica
+        if self.on_new_replica is not None:
+            self.on_new_replica(endpoint, replica)
         if replica.ready:
             self.mark_ready(endpoint, replica)
-        elif self.on_new_replica is not None:
-            self.on_new_replica(endpoint, replica)
 
     def drop_replica(self, namespace: str, endpoint_name: str, key: str) -> None:
         """The replica leaves the rotation at once; its in-flight requests finish."""

@@ -590,3 +590,16 @@ def test_a_deleted_endpoints_series_go_with_it() -> None:
         assert endpoint_series(metrics, "sl") == []
 
     asyncio.run(scenario())
+
+
+def test_a_replica_ready_when_first_seen_gets_its_connection_pool() -> None:
+    """A gateway (re)started beside pods already Ready lists them Ready: they joined the
+    rotation with no connection pool (made only for a replica to probe), and every invocation
+    sent to one was a 500 (AttributeError). One seen Ready at once gets its pool too, before it
+    can be chosen."""
+    table = setup(4)[0]  # its proxy makes the pools (the table's hooks)
+    table.set_replica("ns", "sl", Replica("p", "127.0.0.1", 1, ready=True))
+    replica = table.lookup("sl").replicas["p"]
+    assert replica.handle is not None and replica.ready
+    assert table.lookup("sl").choose() is replica
+    replica.handle.close()

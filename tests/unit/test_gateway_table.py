@@ -420,8 +420,9 @@ def test_an_unready_replica_is_probed_again_and_a_removed_one_never_returns() ->
     table.set_replica("ns", "e", Replica("p", "127.0.0.1", 1, ready=True))
     endpoint = table.get("ns", "e")
     replica = endpoint.replicas["p"]
+    assert hooks.added == ["p"]  # told on arrival, ready or not (the proxy's pool)
     table.mark_unready(endpoint, replica)
-    assert not replica.ready and hooks.added == ["p"]
+    assert not replica.ready and hooks.added == ["p", "p"]  # and again: probed
     table.drop_replica("ns", "e", "p")
     table.mark_ready(endpoint, replica)
     assert not replica.ready
