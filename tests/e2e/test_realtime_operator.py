@@ -180,6 +180,11 @@ INVALID = [
                         ("mapped", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/"),
                         ("mapped-zone", "http://[::ffff:169.254.169.254%25eth0]/"),
                         ("dot", "http://169.254.169.254./")]],
+    # a number for an IPv4 address, which the worker alone read (as it resolved it)
+    *[(f"webhook-number-{name}", {"mode": "async", "async": {"outputPath": "file:///o",
+                                                             "notification": {
+        "successWebhook": url}}}, "successWebhook must write an IPv4 address as a.b.c.d")
+      for name, url in [("decimal", "http://2130706433/"), ("hex", "http://0x7f.1:80/x")]],
     # a host in brackets Python's URL parser refuses (and so the spec's validation)
     *[(f"webhook-{name}", {"mode": "async", "async": {"outputPath": "file:///o", "notification": {
         "errorWebhook": url}}}, "errorWebhook: the host in brackets must be an IPv6 address")
@@ -204,6 +209,10 @@ INVALID = [
            "inputFilter and joinSource need CSV or JSON input, not libsvm"),
           ("join", "application/json", {"joinSource": "Input"},
            "joinSource Input joins like with like")]],
+    # an input prefix inside the output, which the operator alone refused
+    ("batch-input-inside-output", {"mode": "batch", "batch": {
+        "input": {"uri": "s3://data/out/day-1/"}, "output": {"uri": "S3://data/out"}}},
+     "the input prefix lies inside output.uri"),
 ]  # fmt: skip
 
 
@@ -421,6 +430,25 @@ CRD_PATH = (
 )
 
 
+def restart_gateway(tools: Tools) -> None:
+    """Delete the gateway's pods and wait for a new one, ready (its watches listed)."""
+    api = tools.cluster.api
+    pods = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
+    selector = "app.kubernetes.io/component=gateway"
+    old = {p["metadata"]["name"] for p in api.get(pods, labelSelector=selector)["items"]}
+    for name in old:
+        api.delete(f"{pods}/{name}")
+
+    def new_one_ready() -> bool:
+        for pod in api.get(pods, labelSelector=selector)["items"]:
+            conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+            if pod["metadata"]["name"] not in old and conditions.get("Ready") == "True":
+                return True
+        return False
+
+    wait_until(new_one_ready, 120, "a new gateway pod to be ready")
+
+
 def test_an_update_an_older_crd_took_and_the_operator_cannot_parse_keeps_the_old_spec_serving(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
@@ -454,6 +482,14 @@ def test_an_update_an_older_crd_took_and_the_operator_cannot_parse_keeps_the_old
         url = gateway_url(tools)
         assert url is not None
         rows = [[1, 0, 0, 0.455, 0.365, 0.095, 0.514, 0.2245, 0.101, 0.15]]
+        served = httpx.post(f"{url}/endpoints/stale-crd/invocations", content=to_csv(rows),
+                            headers=CSV, timeout=60)  # fmt: skip
+        assert served.status_code == 200, served.text
+        # a gateway started now has no spec of it read before: it serves the applied one
+        assert kept["status"]["appliedGeneration"] < kept["metadata"]["generation"]
+        restart_gateway(tools)
+        url = gateway_url(tools)
+        assert url is not None
         served = httpx.post(f"{url}/endpoints/stale-crd/invocations", content=to_csv(rows),
                             headers=CSV, timeout=60)  # fmt: skip
         assert served.status_code == 200, served.text
