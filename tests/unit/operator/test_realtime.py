@@ -862,8 +862,10 @@ def test_one_crash_looping_replica_does_not_fail_an_endpoint_its_other_replicas_
 def test_an_update_the_operator_cannot_parse_keeps_the_spec_it_had_serving() -> None:
     """A spec the CRD took and the operator cannot parse (a CRD older than the operator: helm
     never upgrades a chart's CRDs): a serving endpoint went Failed with 0 replicas on the
-    update, where a refused update keeps the spec its replicas run serving. Nothing is applied
-    or scaled (the spec they run is not this one); a new endpoint's such spec stays Failed."""
+    update, where a refused update keeps the spec its replicas run serving. With no applied
+    spec recorded in the status (replicas an older operator applied) nothing is applied or
+    scaled (the spec they run is not this one; with one, it is actuated: test_serverless); a
+    new endpoint's such spec stays Failed."""
     made = FakeKube()
     reconcile(body(), ScalerMemory(), deps(made)[0])
     applied = next(o for o in made.applied if o["kind"] == "Deployment")
