@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,6 +22,12 @@ CHART = REPO / "charts/infermodes"
 OPERATOR_NAMESPACE = "infermodes-system"
 RELEASE = "infermodes"
 IE_PATH = "/apis/infermodes.dev/v1alpha1/namespaces/{ns}/inferenceendpoints"
+CRD_PATH = (
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/inferenceendpoints.infermodes.dev"
+)
+# a spec.image the CRD refuses (RE2's \s is ASCII's, so it once took it) and the operator
+# cannot parse: what an older CRD lets through
+UNPARSABLE_IMAGE = "registry.example/x:1\u00a0"
 
 
 @dataclass
@@ -210,3 +217,24 @@ def secret(cluster: Cluster, name: str, data: dict[str, str]) -> None:
     """A Secret of ``data`` in the chart's namespace."""
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
     cluster.api.post(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/secrets", body)
+
+
+@contextlib.contextmanager
+def older_crd(tools: Tools, manifest: dict[str, Any], namespace: str) -> Iterator[None]:
+    """``manifest`` applied with ``UNPARSABLE_IMAGE`` through a CRD as an older one (the image
+    pattern taken out: helm never upgrades a chart's CRDs), restored afterwards."""
+    api = tools.cluster.api
+    versions = api.get(CRD_PATH)["spec"]["versions"]
+    older = copy.deepcopy(versions)
+    del older[0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["image"][
+        "pattern"
+    ]
+    unparsable = copy.deepcopy(manifest)
+    unparsable["spec"]["image"] = UNPARSABLE_IMAGE
+    api.merge_patch(CRD_PATH, {"spec": {"versions": older}})
+    try:
+        wait_until(lambda: tools.apply(unparsable, namespace).returncode == 0, 60,
+                   "the older CRD to take the spec")  # fmt: skip
+        yield
+    finally:
+        api.merge_patch(CRD_PATH, {"spec": {"versions": versions}})

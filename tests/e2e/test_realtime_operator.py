@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ from tests.e2e.operator_support import (
     gateway_url,
     get_endpoint,
     install_operator,
+    older_crd,
     operator_pods,
     ready_pod_ips,
     to_csv,
@@ -425,11 +425,6 @@ def test_an_update_the_operator_could_not_parse_is_refused_at_apply_and_the_old_
     assert response.status_code == 200, response.text
 
 
-CRD_PATH = (
-    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/inferenceendpoints.infermodes.dev"
-)
-
-
 def restart_gateway(tools: Tools) -> None:
     """Delete the gateway's pods and wait for a new one, ready (its watches listed)."""
     api = tools.cluster.api
@@ -460,16 +455,7 @@ def test_an_update_an_older_crd_took_and_the_operator_cannot_parse_keeps_the_old
     create_in_service(tools, k8s_namespace, endpoint_manifest("stale-crd", model_uri))
     deployment = f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-stale-crd"
     template = api.get(deployment)["spec"]["template"]
-    versions = api.get(CRD_PATH)["spec"]["versions"]
-    older = copy.deepcopy(versions)
-    spec_schema = older[0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    del spec_schema["properties"]["image"]["pattern"]
-    unparsable = endpoint_manifest("stale-crd", model_uri)
-    unparsable["spec"]["image"] = "registry.example/x:1\u00a0"
-    api.merge_patch(CRD_PATH, {"spec": {"versions": older}})
-    try:
-        wait_until(lambda: tools.apply(unparsable, k8s_namespace).returncode == 0, 60,
-                   "the older CRD to take the spec")  # fmt: skip
+    with older_crd(tools, endpoint_manifest("stale-crd", model_uri), k8s_namespace):
         kept = wait_phase(api, k8s_namespace, "stale-crd", "Updating",
                           also=lambda e: e["status"].get("reason") == "InvalidSpec")  # fmt: skip
         assert kept["status"]["message"].startswith("spec.image: ")
@@ -496,8 +482,6 @@ def test_an_update_an_older_crd_took_and_the_operator_cannot_parse_keeps_the_old
         applied = tools.apply(endpoint_manifest("stale-crd", model_uri), k8s_namespace)
         assert applied.returncode == 0, applied.stderr
         wait_phase(api, k8s_namespace, "stale-crd", "InService")
-    finally:
-        api.merge_patch(CRD_PATH, {"spec": {"versions": versions}})
 
 
 def test_missing_model_ends_failed_with_the_reason_and_serves_once_it_arrives(

@@ -16,6 +16,7 @@ from tests.e2e.operator_support import (
     Tools,
     gateway_url,
     get_endpoint,
+    older_crd,
     wait_phase,
 )
 from tests.support.processes import REPO, wait_until
@@ -148,3 +149,29 @@ def test_a_cold_start_a_quota_refuses_is_answered_at_once_and_serves_once_it_is_
 
     wait_until(served, 180, "a request to be served once the quota is gone", interval=1)
     assert set(codes) <= {200, 503}, codes
+
+
+def test_an_update_an_older_crd_took_still_wakes_the_endpoint_from_zero(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """A serverless endpoint at zero whose update an older CRD took and the operator cannot
+    parse: it stayed Updating (InvalidSpec) on the spec it had, but nothing actuated that spec,
+    so a request held at the gateway woke no replica and failed after the invocation timeout.
+    The spec the workload was applied from (status.appliedSpec) now wakes it, as ever."""
+    api = tools.cluster.api
+    manifest = serverless_manifest("stale-zero", model_uri, idleTimeoutSeconds=600)
+    assert tools.apply(manifest, k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "stale-zero", "InService")
+    assert replicas_of(tools, k8s_namespace, "stale-zero") == 0  # never requested
+    with older_crd(tools, manifest, k8s_namespace):
+        wait_phase(api, k8s_namespace, "stale-zero", "Updating",
+                   also=lambda e: e["status"].get("reason") == "InvalidSpec")  # fmt: skip
+        url = gateway_url(tools)
+        assert url is not None
+        row = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
+        served = httpx.post(f"{url}/endpoints/stale-zero/invocations", content=row,
+                            headers=CSV, timeout=90)  # fmt: skip
+        assert served.status_code == 200, served.text
+        assert replicas_of(tools, k8s_namespace, "stale-zero") == 1
+        kept = get_endpoint(api, k8s_namespace, "stale-zero")
+        assert kept is not None and kept["status"]["reason"] == "InvalidSpec"
