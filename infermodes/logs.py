@@ -4,6 +4,9 @@ configures logging before anything imports prometheus_client)."""
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -43,3 +46,42 @@ def redacted_url(url: str, keep_path: bool = True) -> str:
         netloc = f"{parts.username}@{netloc}"
     path = parts.path if keep_path else "/..." if parts.path.strip("/") or parts.query else ""
     return f"{parts.scheme}://{netloc}{path}"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A client's ``text`` (a decoded path, a header) fit for one log line: cut to ``limit``
+    characters and its control characters escaped, so that a ``%0A`` cannot start a forged
+    line of its own."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    if cut.isprintable():
+        return cut
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
+
+
+class Throttled:
+    """One kind of log line that a client can cause at will (a refused request), logged at
+    most once per ``interval`` seconds: the first at once, those in between counted and told
+    with the next one logged, so that a client repeating it cannot flood the log."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._next = -math.inf
+        self._skipped = 0
+
+    def info(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now < self._next:
+            self._skipped += 1
+            return
+        self._next = now + self.interval
+        skipped, self._skipped = self._skipped, 0
+        if skipped:
+            message += f" (and {skipped} more since the last such line, not logged)"
+        self.logger.info(message, *args)

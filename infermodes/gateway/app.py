@@ -31,6 +31,7 @@ from infermodes.gateway.auth import (
     Keys,
     access_keys,
     loopback_only,
+    refusal_log,
     refused_caller,
     verified,
 )
@@ -95,6 +96,7 @@ class Gateway:
         self.proxy = Proxy(table, settings, self.metrics, demand)
         self.draining = False
         self.verifier = Verifier(keys) if keys is not None else None
+        self.refusals = refusal_log()
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
         self.guard_callers = self.verifier is None and loopback_only(settings.host)
@@ -158,7 +160,7 @@ class Gateway:
             return
         if self.verifier is not None:
             limit = self.body_limit(scope["path"])
-            checked = await verified(self.verifier, limit, scope, receive, send)
+            checked = await verified(self.verifier, self.refusals, limit, scope, receive, send)
             if checked is None:
                 return
             receive = checked

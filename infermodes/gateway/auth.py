@@ -25,6 +25,7 @@ from pathlib import Path
 from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
 from infermodes.http import Message, Receive, Scope, Send, read_body
+from infermodes.logs import Throttled, printable
 from infermodes.platform.sigv4 import AuthError, Verifier, error_response, parse_keys
 from infermodes.settings import GatewaySettings
 
@@ -37,6 +38,7 @@ OPEN_WARNING = (
 )
 OPEN_PLATFORM = " and, through its platform API, create, change and delete models and endpoints"
 OPEN_STATUS = b"ok; OPEN: no access keys, requests are not authenticated"
+REFUSALS_LOG_SECONDS = 60.0
 
 # A check of its own a gateway runs before routing (``infermodes up``'s token): the ``receive``
 # to route the request with, or None when it refused (and answered) the request.
@@ -220,8 +222,19 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+def refusal_log() -> Throttled:
+    """Where one gateway logs the requests it refuses unsigned or badly signed: anyone can
+    send them, as fast as they like, so at most a line a minute, counting the rest."""
+    return Throttled(log, REFUSALS_LOG_SECONDS)
+
+
 async def verified(
-    verifier: Verifier, limit: int, scope: Scope, receive: Receive, send: Send
+    verifier: Verifier,
+    refusals: Throttled,
+    limit: int,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> Receive | None:
     """The ``receive`` to route the request with, or None when it was refused (and answered).
     The headers are checked before the body is read; the body is at most ``limit`` bytes. So
@@ -244,7 +257,8 @@ async def verified(
         key_id = pending.finish(hashlib.sha256(body).hexdigest())
     except InfermodesError as exc:
         if isinstance(exc, AuthError):
-            log.info("refused %s %s: %s", scope["method"], scope["path"][:200], type(exc).__name__)
+            refusals.info("refused %s %s: %s", printable(scope["method"], 20),
+                          printable(scope["path"]), type(exc).__name__)  # fmt: skip
         await refuse(send, exc)
         return None
     scope["infermodes.access_key"] = key_id

@@ -21,7 +21,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from infermodes.gateway.auth import Guard, refuse, verified
+from infermodes.gateway.auth import Guard, refusal_log, refuse, verified
 from infermodes.http import Receive, Scope, Send, header
 from infermodes.local.api import INDEX_METHODS, PREFIX
 from infermodes.platform.router import MAX_REQUEST_BYTES
@@ -116,6 +116,7 @@ def token_guard(token: str, path: Path) -> Guard:
     route with, or None when it refused (and answered) the request."""
     expected = token.encode()
     verifier = Verifier({ACCESS_KEY_ID: token})
+    refusals = refusal_log()
     where = (
         f"infermodes up's API needs its token: send 'Authorization: Bearer <the token in "
         f"{path}>' (the infermodes CLI does; only the user who started up can read it)"
@@ -140,7 +141,7 @@ def token_guard(token: str, path: Path) -> Guard:
             if header(scope, b"authorization") is None:
                 await refuse(send, UnauthorizedException(signed))
                 return None
-            return await verified(verifier, MAX_REQUEST_BYTES, scope, receive, send)
+            return await verified(verifier, refusals, MAX_REQUEST_BYTES, scope, receive, send)
         return receive
 
     return guard

@@ -234,3 +234,24 @@ def test_on_loopback_only_requests_addressed_to_another_name_are_refused(
         answer = client.invoke_endpoint(EndpointName="abalone-sl", Body=body,
                                         ContentType="text/csv")  # fmt: skip
         assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_refused_requests_neither_flood_the_log_nor_forge_a_line_in_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Anyone can send unsigned requests: a hundred of them leave one log line (and a count
+    with the next), and a newline in the decoded path stays escaped on that line."""
+    env = {"INFERMODES_GATEWAY_ACCESS_KEYS": f"{KEY_ID}:{SECRET}"}
+    forged = "2026-01-01 00:00:00,000 CRITICAL infermodes.gateway: forged"
+    with running_gateway(endpoints(server), tmp_path, env=env) as gateway:
+        first = httpx.post(f"{gateway.url}/endpoints/x%0A{forged}/invocations", content=b"1")
+        assert first.status_code == 403, first.text
+        for _ in range(100):
+            response = httpx.post(f"{gateway.url}/endpoints/abalone-sl/invocations", content=b"1")
+            assert response.status_code == 403, response.text
+        assert httpx.get(f"{gateway.url}/readyz").status_code == 200  # the log is written
+        lines = gateway.log.splitlines()
+    refusals = [line for line in lines if " refused POST " in line]
+    assert len(refusals) == 1, refusals[:5]
+    assert "/endpoints/x\\n2026-01-01" in refusals[0]
+    assert not any(line.startswith(forged[:23]) for line in lines)
