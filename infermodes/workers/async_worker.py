@@ -332,8 +332,14 @@ class Processor:
     def _failed(
         self, request: InvocationRequest, count: int, exc: Exception, failure: Failure
     ) -> Result:
-        """An attempt that failed: requeued, or ended with an error."""
-        log.warning("inference %s failed: %s", request.inference_id, exc)
+        """An attempt that failed: requeued, or ended with an error. The request's own fault
+        (``retry`` False) is logged by its reason alone: its message may quote the input,
+        which is the caller's to read in the error object, not the operators' in the log."""
+        if failure.retry:
+            log.warning("inference %s failed: %s", request.inference_id, exc)
+        else:
+            log.warning("inference %s failed: %s (the message is in its error object and "
+                        "notification)", request.inference_id, failure.reason)  # fmt: skip
         if not failure.retry and self._has_output(request):
             # another delivery of the request (a caller's retry re-queues it) finished first
             # and removed the inline input this one was about to read

@@ -256,16 +256,22 @@ def test_custom_attributes_reach_the_notification_as_sent_in_utf8(
 def test_csv_declared_as_libsvm_ends_in_invalid_input(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
+    """The error says what could not be read to the caller; the worker's log says only which
+    request failed and why, never a value of its body."""
     endpoint = "libsvm"
     notes = Notifications(rabbitmq, endpoint).declare()
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
         headers = {ID: "csv", "content-type": "text/libsvm"}
-        assert live.invoke(to_csv(abalone_model.test_rows[:3]), headers).status_code == 202
-        live.start_worker(model_uri(abalone_model), "w")
+        assert live.invoke(b"0 1:hunter2-secret\n", headers).status_code == 202
+        worker = live.start_worker(model_uri(abalone_model), "w")
         notes.wait_for({"csv"}, "Failed", 60)
+        log = worker.log
     [note] = notes.received
     assert note["failureReason"] == "InvalidInput", note
+    assert "hunter2-secret" in json.dumps(note)  # the caller is told what could not be read
     assert names(tmp_path / "output") == []
+    assert "inference csv failed: InvalidInput" in log
+    assert "hunter2" not in log
 
 
 def test_refused_and_answered_requests_leave_no_inline_input_and_the_sweep_takes_the_rest(

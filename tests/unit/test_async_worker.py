@@ -3,6 +3,7 @@ per request, errors and retries settled the right way, redeliveries never recomp
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -157,6 +158,19 @@ def test_bad_input_ends_in_one_error_object_and_is_not_retried(
         (False, "InvalidInput"),
         (False, "InvalidInput"),
     ]
+
+
+def test_a_bad_input_is_logged_by_its_reason_never_quoting_the_request_body(
+    processor: Processor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller's error object quotes the value that could not be read; the worker's log,
+    which its operators read, names the request and the reason only."""
+    with caplog.at_level(logging.INFO, "infermodes"):
+        result = processor.handle(request(tmp_path, b"1,hunter2-secret,3\n"), 0)
+    assert result == Result(Settle.ACK, "error")
+    assert "hunter2" in (tmp_path / "fail/r1.error").read_text()  # the caller's to read
+    assert "hunter2" not in caplog.text
+    assert "inference r1 failed: InvalidInput" in caplog.text
 
 
 def test_an_error_object_that_cannot_be_written_requeues_and_notifies_nothing(
