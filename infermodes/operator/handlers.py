@@ -308,14 +308,32 @@ def configure(
         memo.nudger.nudge((metadata["namespace"], metadata["labels"][ENDPOINT_LABEL]))
 
 
+def not_routine_success(record: logging.LogRecord) -> bool:
+    """A logging filter against kopf's ``Timer 'tick' succeeded.`` and ``Handler
+    'child_changed' succeeded.``: runs of a timer (each second for each async endpoint) and of
+    an event handler (each change of every pod), which kopf logs through its local logger
+    (``k8s_skip``: never posted as an event) at INFO. A line each would bury the operator's
+    own lines; their failures, and the successes of the handlers of a change, stay."""
+    return not (
+        record.levelno == logging.INFO
+        and getattr(record, "k8s_skip", False) is True
+        and record.getMessage().endswith(" succeeded.")
+    )
+
+
 def configure_logging(level: str) -> None:
     """kopf's handler at ``level`` (its own ``verbose`` means DEBUG, so it is not used for
     info); pika's lines about channels the broker closes (a passive declare of a queue no
-    request made yet, every second) only at debug."""
+    request made yet, every second) and kopf's routine successes (``not_routine_success``)
+    only at debug."""
     level = level.lower()
     kopf.configure(debug=level == "debug", quiet=level in ("warning", "error"), log_prefix=True)
     logging.getLogger().setLevel(level.upper())
     quiet_client_logs(level)
+    objects = logging.getLogger("kopf.objects")
+    objects.removeFilter(not_routine_success)
+    if level != "debug":
+        objects.addFilter(not_routine_success)
 
 
 def run_operator(operator_settings: OperatorSettings) -> None:
