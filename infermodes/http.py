@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol, cast
 
@@ -293,6 +294,10 @@ class WholeBodyRoute(Protocol):
 
     def answer_now(self, scope: Scope, body: bytes) -> Answer | None: ...
 
+    def abandoned(self, seconds: float) -> None:
+        """The client left ``seconds`` after the head, before the body was whole: nothing was
+        scored or answered, and the route counts it as the app counts one it was reading."""
+
 
 _JOIN_BYTES = 16 * 1024  # bodies up to this size are copied behind the head: one plain write
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends RST
@@ -458,6 +463,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.refused = False  # answered with an error and closing: nothing more is served
         self.deadline: asyncio.TimerHandle | None = None
         self.deferred: tuple[WholeBodyRoute, RequestResponseCycle, ASGIApp] | None = None
+        self.deferred_at = 0.0  # perf_counter when the deferred request's head was in
         self.half_closed = False  # the client sent its EOF and is owed answers
         self.lingering = False  # answered and handed to ``_Lingering``
         self.stopping = False  # ``shutdown`` was called: the server is stopping
@@ -472,7 +478,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self.peer_check is not None:
             self.peer_check.cancel()
-        self.deferred = None  # its body never came whole: nothing was scored
+        if self.deferred is not None:  # its body never came whole: nothing was scored
+            self.deferred[0].abandoned(time.perf_counter() - self.deferred_at)
+            self.deferred = None
         super().connection_lost(exc)
 
     def eof_received(self) -> bool:  # type: ignore[override]  # uvicorn's returns None: close
@@ -611,6 +619,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         route = self.route
         if route is not None and self._whole_body_candidate(route, cycle, app):
             self.deferred = (route, cycle, app)
+            self.deferred_at = time.perf_counter()
         else:
             super()._start_asgi_task(cycle, app)  # type: ignore[arg-type]
 

@@ -35,12 +35,16 @@ class ProtocolTransport(RecordingTransport):
 
 class Route:
     """Answers ``200 text/csv`` with the body reversed, or declines bodies starting with
-    ``decline``; records what it was given."""
+    ``decline``; records what it was given, and the requests whose client left mid-body."""
 
     path = "/invocations"
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
+        self.abandoned_after: list[float] = []
+
+    def abandoned(self, seconds: float) -> None:
+        self.abandoned_after.append(seconds)
 
     def answer_now(self, scope: Scope, body: bytes) -> Answer | None:
         self.bodies.append(body)
@@ -98,6 +102,15 @@ def test_a_whole_small_post_is_answered_in_one_write_without_the_app() -> None:
     assert transport.writes == [answered(b"3,2,1")]
     assert route.bodies == [b"1,2,3"] and app_bodies == []
     assert not transport.closed_by_server
+
+
+def test_a_body_its_client_left_unfinished_is_told_to_the_route_never_answered() -> None:
+    """The route counts it (the model server's 499), as the app counts one it was reading."""
+    transport, route, app_bodies = exchange([request(b"0123456789")[:-4]])
+    assert transport.writes == [] and route.bodies == [] and app_bodies == []
+    assert len(route.abandoned_after) == 1 and route.abandoned_after[0] >= 0
+    transport, route, _ = exchange([request(b"0123456789")])
+    assert route.abandoned_after == []  # answered: nothing left
 
 
 def test_pipelined_requests_are_answered_in_order() -> None:
