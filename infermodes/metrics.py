@@ -30,7 +30,11 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
-PROCESSING_BUCKETS = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 3600.0)  # async: up to 1 h
+# An async request waits up to its TTL (6 h at most) and is processed for up to its timeout
+# (1 h at most); a batch attempt takes up to its timeout: each lands in a finite bucket.
+PROCESSING_BUCKETS = (
+    *LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+)  # fmt: skip
 SIZE_BUCKETS = tuple(float(4**power) for power in range(3, 16))  # 64 B .. 1 GiB
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -262,7 +266,7 @@ class BatchMetrics:
             "infermodes_batch_minibatch_duration_seconds",
             "Decode, predict and encode of one mini-batch attempt, by outcome.",
             ["outcome"],
-            buckets=LATENCY_BUCKETS,
+            buckets=PROCESSING_BUCKETS,
             registry=registry,
         )
         self.retries = Counter(
