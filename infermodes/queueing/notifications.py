@@ -222,10 +222,11 @@ class Notifier:
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
         payload = json.dumps(body).encode()
+        inference_id = str(body.get("inferenceId") or "")
         if self.topic:
-            self._publish(endpoint, payload, str(body.get("inferenceId") or ""), success)
+            self._publish(endpoint, payload, inference_id, success)
         for url in self.webhooks.success if success else self.webhooks.error:
-            result = "sent" if self._post(url, payload) else "failed"
+            result = "sent" if self._post(url, payload, inference_id) else "failed"
             self.metrics.notifications.labels("webhook", result).inc()
 
     def _publish(self, endpoint: str, payload: bytes, message_id: str, success: bool) -> None:
@@ -242,19 +243,21 @@ class Notifier:
             raise
         self.metrics.notifications.labels("topic", "sent").inc()
 
-    def _post(self, url: str, payload: bytes) -> bool:
-        """Logs name the webhook by scheme and host only: its path is often its token. Each
-        attempt looks the host up again and connects to the addresses it checked."""
-        shown = redacted_url(url, keep_path=False)
+    def _post(self, url: str, payload: bytes, inference_id: str) -> bool:
+        """Logs name the request and the webhook, by scheme and host only: its path is often
+        its token. Each attempt looks the host up again and connects to the addresses it
+        checked."""
+        where = redacted_url(url, keep_path=False)
+        shown = f"inference {inference_id or '(unknown)'}: webhook {where}"
         for attempt in range(self.webhook_attempts):
             if attempt:
                 self.stopping.wait(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
             checked = self.check(url)
             if checked.refusal is not None:
-                log.error("webhook %s refused, not sent: %s", shown, checked.refusal)
+                log.error("%s refused, not sent: %s", shown, checked.refusal)
                 return False
             if not checked.addresses:
-                log.warning("webhook %s failed: its host does not resolve", shown)
+                log.warning("%s failed: its host does not resolve", shown)
                 continue
             target = httpx.URL(url)
             line = self._line(f"{target.scheme}://{target.netloc.decode('ascii')}")
@@ -263,13 +266,13 @@ class Notifier:
                     status = self._post_to(target, checked.addresses, payload, line)
                     if status < 300:
                         return True
-                    log.warning("webhook %s answered %d", shown, status)
+                    log.warning("%s answered %d", shown, status)
                 except httpx.HTTPError as exc:
-                    reason = _reason(exc, url, shown)
+                    reason = _reason(exc, url, where)
                     if cutoff.expired:
                         reason = f"no answer within {WEBHOOK_ANSWER_SECONDS:g} s"
-                    log.warning("webhook %s failed: %s", shown, reason)
-        log.error("webhook %s: giving up after %d attempts", shown, self.webhook_attempts)
+                    log.warning("%s failed: %s", shown, reason)
+        log.error("%s: giving up after %d attempts", shown, self.webhook_attempts)
         return False
 
     def _post_to(

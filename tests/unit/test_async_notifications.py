@@ -3,6 +3,7 @@ webhooks with bounded retries that never block the request."""
 
 import contextlib
 import http.server
+import logging
 import socket
 import threading
 
@@ -178,6 +179,19 @@ def test_webhook_logs_show_no_token(
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
     assert "token123" not in logged and "sig=abc" not in logged
+
+
+def test_each_webhook_log_line_names_the_request_it_was_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under load, a webhook that is down logs for every request: each line says which."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    sender, _ = notifier(FakeChannel(), [500] * 10)
+    with caplog.at_level(logging.WARNING, "infermodes"):
+        sender.send("ep", {"inferenceId": "req-7"}, success=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines  # three answers, then giving up
+    assert all(line.startswith("inference req-7: webhook http://hook.test/...") for line in lines)
 
 
 def test_topic_failure_raises_for_the_caller_to_retry() -> None:
