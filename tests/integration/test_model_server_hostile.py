@@ -229,7 +229,10 @@ def test_a_client_that_half_closes_after_pipelining_gets_every_answer(port: int)
                 answers.append(response)
         assert [answer.status for answer in answers] == [200, 200, 200], answers
         assert answers[0].body == answers[2].body
-        assert answers[2].headers[b"connection"] == b"close"
+        # the server closes once it answered all (the loop above read its EOF); the last answer
+        # says so only when the client's EOF was read before it was written, which the timing
+        # of the two segments decides (the fast path answers within the data's own read)
+        assert answers[2].headers.get(b"connection", b"close") == b"close", answers[2].headers
 
 
 # Observed: a large body refused on its headers was left unread, and the close reset the client
