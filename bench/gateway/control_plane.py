@@ -23,11 +23,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,10 +49,11 @@ from tests.e2e.operator_support import (  # noqa: E402
     model_copy,
     operator_pods,
 )
+from tests.e2e.test_async import holding_input, send_held  # noqa: E402
 from tests.support.abalone import train_abalone  # noqa: E402
-from tests.support.async_plane import WebhookReceiver  # noqa: E402
 from tests.support.processes import wait_until  # noqa: E402
 from tests.support.rabbitmq import rabbitmq_broker  # noqa: E402
+from tests.support.s3 import holding_s3_server  # noqa: E402
 
 POLL_SECONDS = 0.01
 SECRET = "infermodes-rabbitmq"
@@ -221,17 +224,18 @@ def worker_in_flight(pod: dict[str, Any]) -> float:
 
 def async_scale_out(
     tools: Tools, namespace: str, name: str, gateway: str, row: bytes, out: Path,
-    hold: threading.Event,
+    hold: threading.Event, held: Callable[[], str],
 ) -> dict[str, float]:  # fmt: skip
     """A pool of one worker taking one request at a time (``targetBacklogPerInstance`` 1) holds
-    a request (its success webhook answers only once ``hold`` is set); four more arrive. From
+    a request (``held`` queues it: its input's read ends only once ``hold`` is set; a webhook
+    no longer holds its request); four more arrive. From
     the second one's 202, when the backlog first asks for two workers: when the operator
     decided more (the Deployment's replicas), and when a second worker's process started. Then
     the hold ends and every output is waited for."""
     steps = Steps(tools, namespace, name)
     deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
     hold.clear()
-    ids = [accept(gateway, name, row)]
+    ids = [held()]
     (pod,) = steps.pods()
     first_time(lambda: worker_in_flight(pod) == 1, time.monotonic(), "the held request")
     ids.append(accept(gateway, name, row))
@@ -361,23 +365,31 @@ def main() -> None:
 
         manifest["metadata"]["name"] = name = "abalone-burst"
         hold = threading.Event()
-        # every success webhook waits for the hold (each try until the worker's 10 s cutoff,
-        # then again): the held request keeps its worker busy while the burst arrives
-        with WebhookReceiver(holds=lambda _body: hold) as webhook:
+        # the held request's input is read from an S3 server that waits for the hold (each of
+        # boto3's tries): it keeps its worker busy while the burst arrives
+        with holding_s3_server(lambda path: hold if "/held/" in path else None) as s3:
             manifest["spec"]["async"].update(
                 minReplicas=1, maxReplicas=3, maxConcurrentInvocationsPerInstance=1,
                 targetBacklogPerInstance=1, outputPath=f"file://{work}/burst/output",
-                notification={"topic": True, "successWebhook": webhook.url},
+                notification={"topic": True},
             )  # fmt: skip
+            values = np.array(row.decode().split(","), dtype=np.float32)
+            holding_input(tools, namespace, manifest, s3, values)
             if (applied := tools.apply(manifest, namespace)).returncode != 0:
                 raise RuntimeError(applied.stderr)
             steps = Steps(tools, namespace, name)
+
+            def held() -> str:
+                inference_id = f"held-{uuid.uuid4()}"
+                send_held(broker, manifest, work / "burst", inference_id, values)
+                return inference_id
+
             bursts = []
             for _ in range(args.runs + 1):  # the first is a warm-up
                 wait_until(lambda: steps.phase() == "InService" and steps.ready_replicas() == 1
                            and len(steps.pods()) == 1, DEADLINE_SECONDS, "one worker")  # fmt: skip
                 bursts.append(async_scale_out(tools, namespace, name, gateway, row,
-                                              work / "burst/output", hold))  # fmt: skip
+                                              work / "burst/output", hold, held))  # fmt: skip
             hold.set()
         results["async_scale_out"] = report(
             "async: a burst beyond a pool of one worker (through the gateway)", bursts[1:]

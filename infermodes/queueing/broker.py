@@ -22,6 +22,9 @@ NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notificati
 # deliveries let a give-up that could not notify come back and notify. The queue's own limit is
 # the backstop for a worker that dies every time it holds a message.
 DELIVERY_LIMIT_HEADROOM = 3
+# Deliveries of one webhook job (``outbox_name``) before its queue drops it: senders ack every
+# job they end, sent or given up on, so only a sender killed each time it holds one gets here.
+OUTBOX_DELIVERY_LIMIT = 10
 
 
 # a URL, or what reads it at each new connection (``UrlFile``)
@@ -88,6 +91,12 @@ def given_management_url(url: str | None, file: str | None) -> ManagementUrl | N
     return OptionalUrlFile(Path(file)) if file else url
 
 
+def outbox_name(endpoint: str) -> str:
+    """The durable queue of an endpoint's webhook jobs (``notifications``), declared with its
+    work queue and kept with it. Endpoint names have no dots, so it is no endpoint's queue."""
+    return f"infermodes.async.{endpoint}.webhooks"
+
+
 def delivery_limit(max_attempts: int) -> int:
     """The most deliveries a queue makes of one message, whichever broker it is."""
     return max_attempts + DELIVERY_LIMIT_HEADROOM
@@ -133,7 +142,9 @@ class Enqueuer(Protocol):
 class Publisher(Protocol):
     """Publishes one persistent message and returns once the broker confirmed it; raises
     ``BrokerUnavailable`` otherwise. ``mandatory``: an unroutable message is an error (work
-    must reach its queue) rather than dropped (a notification may have no subscriber)."""
+    must reach its queue) rather than dropped (a notification may have no subscriber). The
+    ``exchange`` "" is AMQP's default one: the message goes to the queue ``routing_key`` names
+    (an endpoint's outbox)."""
 
     def publish(
         self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool

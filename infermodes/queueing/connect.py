@@ -20,6 +20,7 @@ from infermodes.queueing.broker import (
     Enqueuer,
     ManagementUrl,
     Publisher,
+    outbox_name,
     url_now,
 )
 from infermodes.queueing.embedded import LEASE_SECONDS, EmbeddedQueue
@@ -48,6 +49,8 @@ class Broker(Protocol):
     def publisher(self, endpoint: str, max_attempts: int, connections: int) -> ClosingPublisher: ...
 
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer: ...
+
+    def outbox_consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer: ...
 
     def backlog(self, endpoint: str) -> Backlog: ...
 
@@ -82,6 +85,13 @@ class RabbitBroker:
         # a worker reads its URL once: a login refused for long ends it, and its restart
         # reads the URL again (``refused_login_since``)
         return RabbitConsumer(url_now(self.url), endpoint, max_attempts, concurrency)
+
+    def outbox_consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer:
+        """The endpoint's webhook jobs (``broker.outbox_name``), declared with its topology."""
+        from infermodes.queueing.rabbitmq import RabbitConsumer
+
+        queue = outbox_name(endpoint)
+        return RabbitConsumer(url_now(self.url), endpoint, max_attempts, concurrency, queue)
 
     def backlog(self, endpoint: str) -> Backlog:
         """Read over kept connections: ``infermodes up`` reads every async pool's queue each

@@ -47,11 +47,13 @@ from typing import Any
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
+    OUTBOX_DELIVERY_LIMIT,
     Backlog,
     Delivery,
     Handler,
     Settle,
     delivery_limit,
+    outbox_name,
 )
 
 log = logging.getLogger("infermodes.embedded_queue")
@@ -285,7 +287,9 @@ class EmbeddedEnqueuer:
 
 class EmbeddedPublisher:
     """Appends notifications to the topic log (``mandatory`` changes nothing: the log keeps
-    every message, so none is unroutable) and prunes it now and then."""
+    every message, so none is unroutable) and prunes it now and then. The ``exchange`` "" is
+    AMQP's default one, as RabbitMQ has it: the message goes to the queue ``routing_key``
+    names (an endpoint's webhook outbox)."""
 
     def __init__(
         self, path: Path, retain_seconds: float = RETAIN_SECONDS, retain_count: int = RETAIN_COUNT
@@ -300,6 +304,13 @@ class EmbeddedPublisher:
         now = time.time()
         try:
             with self._db.write() as db:
+                if not exchange:
+                    db.execute(
+                        "INSERT INTO messages (endpoint, message_id, body, enqueued_at)"
+                        " VALUES (?, ?, ?, ?)",
+                        (routing_key, message_id, body, now),
+                    )
+                    return
                 cursor = db.execute(
                     "INSERT INTO notifications"
                     " (exchange, routing_key, message_id, body, published_at)"
@@ -353,10 +364,14 @@ class EmbeddedConsumer:
         max_attempts: int,
         concurrency: int,
         lease_seconds: float = LEASE_SECONDS,
+        limit: int | None = None,
     ) -> None:
+        """``endpoint``: the queue's key, an endpoint's name or its outbox's; ``limit``: its
+        delivery limit when not ``delivery_limit(max_attempts)``."""
         self.endpoint = endpoint
         self.max_attempts = max_attempts
-        self.limit = delivery_limit(max_attempts)  # this queue's: a consumer brings its own
+        # this queue's: a consumer brings its own
+        self.limit = delivery_limit(max_attempts) if limit is None else limit
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self.owner = f"pid {os.getpid()} {uuid.uuid4().hex[:12]}"
@@ -610,6 +625,19 @@ class EmbeddedQueue:
 
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> EmbeddedConsumer:
         return EmbeddedConsumer(self.path, endpoint, max_attempts, concurrency, self.lease_seconds)
+
+    def outbox_consumer(
+        self, endpoint: str, max_attempts: int, concurrency: int
+    ) -> EmbeddedConsumer:
+        """The endpoint's webhook jobs (``broker.outbox_name``); not counted in its backlog."""
+        return EmbeddedConsumer(
+            self.path,
+            outbox_name(endpoint),
+            max_attempts,
+            concurrency,
+            self.lease_seconds,
+            OUTBOX_DELIVERY_LIMIT,
+        )
 
     def _read(self, sql: str, parameters: Sequence[object]) -> list[Any]:
         db = Database(self.path, "NORMAL")

@@ -4,6 +4,14 @@
 Delivery is at least once: a redelivered request whose result exists is notified again, so
 consumers de-duplicate by ``inferenceId``. The body follows the managed platform's shape, with
 the result inline when it is at most 128 KB.
+
+Webhooks go through the endpoint's outbox (``broker.outbox_name``), so that a slow or dead
+receiver never holds an invocation slot: ``Notifier`` publishes one webhook job (the outcome
+and the body, never a URL: the receiving worker POSTs the webhooks it is configured with for
+that outcome, a Secret's URL included) with a confirm before the request is acked, and
+``WebhookSender``, on threads of its own, consumes the outbox, POSTs, and acks each job once
+its webhooks were sent or their last try failed. A sender killed mid-way leaves its job to be
+delivered again, to any worker of the endpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +31,13 @@ from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
-from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, Publisher
+from infermodes.queueing.broker import (
+    NOTIFICATION_EXCHANGE,
+    Delivery,
+    Publisher,
+    Settle,
+    outbox_name,
+)
 from infermodes.queueing.messages import Failure, InvocationRequest
 
 log = logging.getLogger("infermodes.notifications")
@@ -192,42 +206,51 @@ def _request_parameters(request: InvocationRequest) -> dict[str, object]:
     }
 
 
+def webhook_job(body: dict[str, object], success: bool) -> bytes:
+    """What the outbox carries for one notification: its outcome and its body."""
+    return json.dumps({"success": success, "notification": body}).encode()
+
+
+def read_webhook_job(data: bytes) -> tuple[dict[str, object], bool] | None:
+    """The body and outcome of a webhook job; None when it is not one."""
+    try:
+        job = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(job, dict):
+        return None
+    body, success = job.get("notification"), job.get("success")
+    if not isinstance(body, dict) or not isinstance(success, bool):
+        return None
+    return body, success
+
+
 class Notifier:
-    """Publishes to the topic exchange when ``topic`` (confirmed; a failure raises
-    BrokerUnavailable so the request is retried), then POSTs to each webhook of the outcome
-    with bounded retries (a webhook that stays down is logged and counted, and does not hold
-    the queue). Once ``stopping`` is set (the worker's SIGTERM) the tries left go out without
-    a back-off: slept through, one could outlast the grace period and end in a SIGKILL."""
+    """Publishes to the topic exchange when ``topic``, then, when ``webhooks`` has any for the
+    outcome, a webhook job to the endpoint's outbox; both confirmed, so a failure raises
+    BrokerUnavailable and the request is retried. No job is published for an outcome without
+    webhooks: an endpoint without them pays nothing for the outbox."""
 
     def __init__(
         self,
         channel: Publisher,
         metrics: WorkerMetrics,
         webhooks: Webhooks,
-        webhook_attempts: int,
         topic: bool = True,
-        new_client: Callable[[], httpx.Client] = webhook_client,
-        check: Callable[[str], destinations.Checked] = destinations.check,
-        stopping: threading.Event | None = None,
     ) -> None:
         self.channel = channel
         self.metrics = metrics
         self.webhooks = webhooks
-        self.webhook_attempts = webhook_attempts
         self.topic = topic
-        self.new_client = new_client
-        self.lines = threading.local()  # each thread's Line by webhook origin
-        self.check = check  # where a webhook may be POSTed (``destinations``)
-        self.stopping = stopping or threading.Event()
 
     def send(self, endpoint: str, body: dict[str, object], success: bool) -> None:
-        payload = json.dumps(body).encode()
-        inference_id = str(body.get("inferenceId") or "")
+        message_id = str(body.get("inferenceId") or "")
         if self.topic:
-            self._publish(endpoint, payload, inference_id, success)
-        for url in self.webhooks.success if success else self.webhooks.error:
-            result = "sent" if self._post(url, payload, inference_id) else "failed"
-            self.metrics.notifications.labels("webhook", result).inc()
+            self._publish(endpoint, json.dumps(body).encode(), message_id, success)
+        if self.webhooks.success if success else self.webhooks.error:
+            self.channel.publish(
+                "", outbox_name(endpoint), webhook_job(body, success), message_id, mandatory=True
+            )
 
     def _publish(self, endpoint: str, payload: bytes, message_id: str, success: bool) -> None:
         try:
@@ -242,6 +265,47 @@ class Notifier:
             self.metrics.notifications.labels("topic", "failed").inc()
             raise
         self.metrics.notifications.labels("topic", "sent").inc()
+
+
+class WebhookSender:
+    """POSTs each notification to each webhook of its outcome with bounded retries (a webhook
+    that stays down is logged and counted, and its job acked: it does not hold the outbox).
+    Once ``stopping`` is set (the worker's SIGTERM) the tries left go out without a back-off:
+    slept through, one could outlast the grace period and end in a SIGKILL."""
+
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        webhooks: Webhooks,
+        webhook_attempts: int,
+        new_client: Callable[[], httpx.Client] = webhook_client,
+        check: Callable[[str], destinations.Checked] = destinations.check,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.webhooks = webhooks
+        self.webhook_attempts = webhook_attempts
+        self.new_client = new_client
+        self.lines = threading.local()  # each thread's Line by webhook origin
+        self.check = check  # where a webhook may be POSTed (``destinations``)
+        self.stopping = stopping or threading.Event()
+
+    def handle(self, delivery: Delivery) -> Settle:
+        """The outbox consumer's handler: a job is acked once sent or given up on."""
+        job = read_webhook_job(delivery.body)
+        if job is None:
+            log.error("an outbox message that is no webhook job (%d bytes): dropped",
+                      len(delivery.body))  # fmt: skip
+            return Settle.ACK
+        self.post(*job)
+        return Settle.ACK
+
+    def post(self, body: dict[str, object], success: bool) -> None:
+        payload = json.dumps(body).encode()
+        inference_id = str(body.get("inferenceId") or "")
+        for url in self.webhooks.success if success else self.webhooks.error:
+            result = "sent" if self._post(url, payload, inference_id) else "failed"
+            self.metrics.notifications.labels("webhook", result).inc()
 
     def _post(self, url: str, payload: bytes, inference_id: str) -> bool:
         """Logs name the request and the webhook, by scheme and host only: its path is often

@@ -41,6 +41,7 @@ from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlEr
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
+    OUTBOX_DELIVERY_LIMIT,
     Backlog,
     BrokerUrl,
     Delivery,
@@ -49,6 +50,7 @@ from infermodes.queueing.broker import (
     Settle,
     attempts_allowed,
     delivery_limit,
+    outbox_name,
     url_now,
 )
 
@@ -117,6 +119,14 @@ def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     }
 
 
+# the webhook outbox's: no dead-lettering (a job is acked even when its webhooks failed)
+OUTBOX_ARGUMENTS: dict[str, object] = {
+    "x-queue-type": "quorum",
+    "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
+    "x-delivery-limit": OUTBOX_DELIVERY_LIMIT,
+}
+
+
 def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int) -> int | None:
     """Declare (idempotently) everything one endpoint needs; returns the work queue's delivery
     limit (``declare_work_queue``)."""
@@ -125,6 +135,7 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
     dead = dead_letter_queue_name(endpoint)
     channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=endpoint)
+    channel.queue_declare(outbox_name(endpoint), durable=True, arguments=OUTBOX_ARGUMENTS)
     return declare_work_queue(channel.connection, endpoint, max_attempts)
 
 
@@ -486,9 +497,17 @@ class RabbitConsumer:
     running, whichever connection brought it: a worker busy with lost deliveries is not idle to
     a scale-in."""
 
-    def __init__(self, url: str, endpoint: str, max_attempts: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        endpoint: str,
+        max_attempts: int,
+        concurrency: int,
+        queue: str | None = None,
+    ) -> None:
         self.url = url
         self.endpoint = endpoint
+        self.queue = queue or queue_name(endpoint)  # another: the endpoint's outbox
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.stopping = threading.Event()
@@ -496,7 +515,7 @@ class RabbitConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.hold_limit: float | None = CONSUMER_TIMEOUT_MS / 1000
-        self.outage = Outage(f"consuming {queue_name(endpoint)}")
+        self.outage = Outage(f"consuming {self.queue}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
         self._working = 0  # deliveries handed to the pool whose work has not ended
@@ -569,7 +588,7 @@ class RabbitConsumer:
         channel = connection.channel()
         limit = declare_topology(channel, self.endpoint, self.max_attempts)
         self.on_attempts_allowed(attempts_allowed(limit, self.max_attempts))
-        queue = queue_name(self.endpoint)
+        queue = self.queue
         self._delay = RECONNECT_MIN_SECONDS
         self.outage.recovered()
         prefetch = self._await_free_slot(connection)

@@ -18,7 +18,11 @@ Guarantees, and where they come from:
   a request given up on is dead-lettered only once its error notification went out;
 - an inline input is removed once its request has its result; a ``file://`` input is read only
   if the file actually opened lies under the prefix the accepting side allowed;
-- SIGTERM stops consuming, lets in-flight requests finish and ack, and exits 0.
+- a webhook never holds an invocation slot: the request's webhook job is published to the
+  endpoint's outbox (confirmed) before the ack, and the worker's webhook senders POST it and
+  ack it once sent or given up on, so a sender killed mid-way leaves it to another one;
+- SIGTERM stops consuming, lets in-flight requests (and webhook jobs) finish and ack, and
+  exits 0.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Notifier,
     Webhooks,
+    WebhookSender,
     error_body,
     success_body,
 )
@@ -90,9 +95,10 @@ log = logging.getLogger("infermodes.worker")
 # between two tries of failing storage at least this: a store that refuses at once is not hammered
 STORAGE_RETRY_FLOOR_SECONDS = 0.1
 # what a delivery may still need once its invocation ended, within the broker's hold limit,
-# besides a back-off before a requeue: the result's claim and writes, the notifications (a
-# webhook's three tries take up to 31.5 s)
+# besides a back-off before a requeue: the result's claim and writes, the notifications
 FINISH_RESERVE_SECONDS = 90.0
+# threads POSTing webhook jobs from the outbox (its prefetch), whatever the concurrency
+WEBHOOK_SENDERS = 4
 
 ERROR_RECORD_LIMIT = 1024 * 1024
 NOTIFY_CONNECTIONS = 8
@@ -698,7 +704,47 @@ def json_cap_of(settings: WorkerSettings) -> int:
     return process_json_cap(settings.max_json_bytes, settings.memory_bytes, concurrency).bytes
 
 
-def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consumer, Handler]:
+@dataclass(frozen=True)
+class Worker:
+    """The worker's consumers: its queue's, with the handler of its requests, and its outbox's
+    (None when it has no webhooks), with the handler that POSTs them."""
+
+    consumer: Consumer
+    handle: Handler
+    outbox: tuple[Consumer, Handler] | None = None
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        if self.outbox is not None:
+            self.outbox[0].stop()
+
+    def run(self) -> None:
+        """Consume until ``stop``; the outbox on a thread of its own, from when the queue is
+        consumed. Raises BrokerLoginRefused as ``Consumer.run``."""
+        sender: threading.Thread | None = None
+        if self.outbox is not None:
+            sender = threading.Thread(
+                target=self._send, args=self.outbox, name="webhook-sender", daemon=True
+            )
+            sender.start()
+        try:
+            self.consumer.run(self.handle)
+        finally:
+            self.stop()
+            if sender is not None:
+                sender.join()
+
+    def _send(self, outbox: Consumer, handle: Handler) -> None:
+        while not self.consumer.consuming.wait(0.2):  # its log's "consuming" comes first
+            if outbox.stopping.is_set():
+                return
+        try:
+            outbox.run(handle)
+        except BrokerLoginRefused as exc:  # so does the queue's consumer, which ends the worker
+            log.error("webhook outbox: %s", exc)
+
+
+def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     """Load the model and wire the parts; raises ModelLoadError, BrokerUrlError for a
     broker URL that names no broker, or WebhookSecretError."""
     webhooks = webhooks_of(settings)  # before the model's load: a bad one fails fast
@@ -720,14 +766,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
     consumer = broker.consumer(
         settings.endpoint, settings.max_attempts, settings.max_concurrent_invocations
     )
-    notifier = Notifier(
-        channel,
-        metrics,
-        webhooks,
-        settings.webhook_attempts,
-        topic=settings.notify_topic,
-        stopping=consumer.stopping,
-    )
+    notifier = Notifier(channel, metrics, webhooks, topic=settings.notify_topic)
     consumer.on_in_flight = metrics.in_flight.inc
     processor = Processor(
         settings,
@@ -740,7 +779,12 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> tuple[Consum
         json_cap_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
-    return consumer, delivery_handler(processor, metrics)
+    outbox: tuple[Consumer, Handler] | None = None
+    if webhooks.success or webhooks.error:
+        jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
+        sender = WebhookSender(metrics, webhooks, settings.webhook_attempts, stopping=jobs.stopping)
+        outbox = (jobs, sender.handle)
+    return Worker(consumer, delivery_handler(processor, metrics), outbox)
 
 
 def run(settings: WorkerSettings) -> int:
@@ -748,7 +792,7 @@ def run(settings: WorkerSettings) -> int:
     configure_logging(settings.log_level)
     registry = CollectorRegistry()
     try:
-        consumer, handle = build(settings, registry)
+        worker = build(settings, registry)
     except ModelLoadError as exc:
         log.error("cannot load model: %s", exc)
         return EXIT_MODEL_LOAD_FAILED
@@ -759,14 +803,17 @@ def run(settings: WorkerSettings) -> int:
 
     def request_stop(signum: int, _frame: object = None) -> None:
         log.info("signal %d: stopping after in-flight requests", signum)
-        consumer.stop()
+        worker.stop()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     if settings.metrics_port:
         try:
             serve_metrics(
-                settings.metrics_port, settings.metrics_host, registry, consumer.consuming.is_set
+                settings.metrics_port,
+                settings.metrics_host,
+                registry,
+                worker.consumer.consuming.is_set,
             )
         except OSError as exc:  # a busy port: its readiness could never be asked
             log.error(
@@ -783,7 +830,7 @@ def run(settings: WorkerSettings) -> int:
             settings.metrics_port,
         )
     try:
-        consumer.run(handle)
+        worker.run()
     except BrokerLoginRefused as exc:
         log.error("%s; exiting, so that a restart reads the broker URL again", exc)
         return EXIT_BROKER_LOGIN_REFUSED

@@ -50,6 +50,7 @@ from tests.support.async_plane import (
 )
 from tests.support.processes import REPO, wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
+from tests.support.s3 import S3Endpoint, holding_s3_server
 
 SECRET = "infermodes-rabbitmq"
 AGE = "infermodes_async_approximate_age_of_oldest_request_seconds"
@@ -71,20 +72,37 @@ def broker_secret(tools: Tools, namespace: str, broker: Broker) -> None:
     tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
 
 
-HELD_WEBHOOK_SECRET = "infermodes-held-webhook"
+HELD_INPUT_SECRET = "infermodes-held-input"
+HELD_INPUT = "s3://inputs/held/row.csv"
 
 
-def holding_webhook(tools: Tools, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    """``manifest`` with workers that try a webhook 10 times (a Secret's key named
-    ``spec.storageSecretRef``, whose keys become their env): a ``WebhookReceiver(holds=...)``
-    then holds a request for minutes, each try until the worker's 10 s cutoff, however slow
-    the machine (an answer trickled from the start ended at the first cutoff)."""
-    attempts = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}
-    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": HELD_WEBHOOK_SECRET},
-            "stringData": attempts}  # fmt: skip
+def holding_input(
+    tools: Tools, namespace: str, manifest: dict[str, Any], s3: S3Endpoint, row: np.ndarray
+) -> dict[str, Any]:
+    """``manifest`` with workers that read ``s3://`` from ``s3`` (a ``holding_s3_server``; its
+    variables are a Secret's keys named ``spec.storageSecretRef``, whose keys become their
+    env), where ``HELD_INPUT`` holds ``row``: a request reading it holds its worker's slot
+    until the server lets the read go (minutes, however slow the machine)."""
+    client: Any = s3.client()
+    client.create_bucket(Bucket="inputs")
+    client.put_object(Bucket="inputs", Key="held/row.csv", Body=to_csv([row]))
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": HELD_INPUT_SECRET},
+            "stringData": s3.env}  # fmt: skip
     tools.cluster.api.post(f"/api/v1/namespaces/{namespace}/secrets", body)
-    manifest["spec"]["storageSecretRef"] = {"name": HELD_WEBHOOK_SECRET}
+    manifest["spec"]["storageSecretRef"] = {"name": HELD_INPUT_SECRET}
     return manifest
+
+
+def send_held(
+    broker: Broker, manifest: dict[str, Any], out: Path, inference_id: str, row: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One request reading ``HELD_INPUT``, put on the endpoint's queue as the gateway would
+    (the gateway takes no by-reference input here): inference id -> its row."""
+    name = manifest["metadata"]["name"]
+    request = folder_request(name, inference_id, out, HELD_INPUT)
+    attempts = int(manifest["spec"]["async"].get("maxAttempts", 3))
+    publish(broker, name, inference_id, request.to_bytes(), attempts)
+    return {inference_id: row}
 
 
 def serve_async(
@@ -317,12 +335,16 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
     tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """Two workers each hold one request (their success webhook does not answer until the
-    test says so); the pool is cut to one. The worker the ReplicaSet removes stops consuming,
-    finishes and acknowledges its request, and exits 0: both requests complete, once each.
-    The webhook's URL is in a Secret (``successWebhookSecretRef``): never in the Deployment."""
+    """Two workers each hold one request (its input's read does not end until the test says
+    so); the pool is cut to one. The worker the ReplicaSet removes stops consuming, finishes
+    and acknowledges its request, and exits 0: both requests complete, once each. The
+    webhook's URL is in a Secret (``successWebhookSecretRef``): never in the Deployment."""
     release = threading.Event()
-    with WebhookReceiver(holds=lambda _: release) as webhook:
+    row = abalone_model.test_rows[0]
+    with (
+        WebhookReceiver() as webhook,
+        holding_s3_server(lambda path: release if "/held/" in path else None) as s3,
+    ):
         hook = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "infermodes-hook"},
                 "stringData": {"success": webhook.url}}  # fmt: skip
         tools.cluster.api.post(f"/api/v1/namespaces/{k8s_namespace}/secrets", hook)
@@ -332,14 +354,15 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
                   "invocationTimeoutSeconds": 120,
                   "notification": {"topic": True, "successWebhookSecretRef": held}}  # fmt: skip
         manifest = async_manifest("busy", model_uri, tmp_path, **fields)
-        holding_webhook(tools, k8s_namespace, manifest)
-        _, url = serve_async(tools, k8s_namespace, broker, manifest, ready=2)
+        holding_input(tools, k8s_namespace, manifest, s3, row)
+        serve_async(tools, k8s_namespace, broker, manifest, ready=2)
         workers = tools.cluster.api.get(
             f"/apis/apps/v1/namespaces/{k8s_namespace}/deployments/ie-busy"
         )
         assert webhook.url not in json.dumps(workers)
         notifications = Notifications(broker, "busy").declare()
-        sent = invoke_all(url, "busy", abalone_model.test_rows, 2)
+        sent = {**send_held(broker, manifest, tmp_path, "held-1", row),
+                **send_held(broker, manifest, tmp_path, "held-2", row)}  # fmt: skip
         pods = {p["metadata"]["name"]: p["status"]["podIP"]
                 for p in worker_pods(tools, k8s_namespace, "busy")}  # fmt: skip
         wait_until(lambda: all(in_flight(ip) == 1 for ip in pods.values()), 60,
@@ -352,11 +375,12 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
         (kept,) = [p["metadata"]["name"] for p in worker_pods(tools, k8s_namespace, "busy")]
         (removed,) = set(pods) - {kept}
         log = lambda: tools.cluster.pod_log(k8s_namespace, removed)  # noqa: E731
-        # its request is held by the webhook until the worker has said what it holds at stop
+        # its request is held by its input until the worker has said what it holds at stop
         wait_until(lambda: "stopped consuming" in log(), 60, "the removed worker's SIGTERM")
         assert "stopped consuming; 1 request(s) in flight" in log(), log()[-2000:]
         release.set()
         notifications.wait_for(set(sent), "Completed", timeout=120)
+        wait_until(lambda: webhook.ids() == set(sent), 60, "the webhooks")
     assert notifications.ids("Completed") == {inference_id: 1 for inference_id in sent}
     check_outputs(tmp_path, sent, abalone_model.booster())
     assert dead_letters(broker, "busy") == []

@@ -24,15 +24,17 @@ from tests.e2e.test_async import (
     async_manifest,
     broker_secret,
     check_outputs,
-    holding_webhook,
+    holding_input,
     in_flight,
     invoke_all,
+    send_held,
     serve_async,
     worker_pods,
 )
-from tests.support.async_plane import Notifications, WebhookReceiver, dead_letters
+from tests.support.async_plane import Notifications, dead_letters
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
+from tests.support.s3 import holding_s3_server
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +74,25 @@ def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
     tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """One worker, one request at a time, holding its first request (its success webhook does
-    not answer until the test says so); four more wait in the queue. The look at the queue
+    """One worker, one request at a time, holding its first request (its input's read does
+    not end until the test says so); four more wait in the queue. The look at the queue
     sees five requests for one worker and the pool goes to maxReplicas (3) while that request
     is still held: no pod or Deployment changed meanwhile, and the resync is an hour away.
     Then every request completes once."""
     release = threading.Event()
-    with WebhookReceiver(holds=lambda _: release) as webhook:
+    rows = abalone_model.test_rows
+    with holding_s3_server(lambda path: release if "/held/" in path else None) as s3:
         fields = {"minReplicas": 1, "maxReplicas": 3, "maxConcurrentInvocationsPerInstance": 1,
                   "targetBacklogPerInstance": 1, "invocationTimeoutSeconds": 120,
-                  "notification": {"topic": True, "successWebhook": webhook.url}}  # fmt: skip
-        manifest = holding_webhook(
-            tools, k8s_namespace, async_manifest("burst", model_uri, tmp_path, **fields)
-        )
+                  "notification": {"topic": True}}  # fmt: skip
+        manifest = holding_input(
+            tools, k8s_namespace, async_manifest("burst", model_uri, tmp_path, **fields), s3,
+            rows[0],
+        )  # fmt: skip
         endpoint, url = serve_async(tools, k8s_namespace, broker, manifest, ready=1)
         assert endpoint["status"]["replicas"] == 1
         notifications = Notifications(broker, "burst").declare()
-        rows = abalone_model.test_rows
-        sent = invoke_all(url, "burst", rows, 1)
+        sent = send_held(broker, manifest, tmp_path, "held-1", rows[0])
         (pod,) = worker_pods(tools, k8s_namespace, "burst")
         pod_ip = pod["status"]["podIP"]
         wait_until(lambda: in_flight(pod_ip) == 1, 60, "the worker to hold the first request")

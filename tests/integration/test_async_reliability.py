@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -27,7 +28,6 @@ from tests.support.async_plane import (
     Notifications,
     Plane,
     Process,
-    WebhookReceiver,
     dead_letter_ids,
     plane,
     spawn_worker,
@@ -36,6 +36,7 @@ from tests.support.async_plane import (
 )
 from tests.support.processes import free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
+from tests.support.s3 import holding_s3_server
 
 LOCATION = "X-Amzn-SageMaker-InputLocation"
 MESSAGES = "infermodes_async_messages_total"
@@ -208,27 +209,34 @@ def test_a_worker_whose_queue_is_deleted_declares_it_again_and_consumes(
         notes.wait_for({response.json()["InferenceId"]}, "Completed", 60)
 
 
+HELD_INPUT = "s3://inputs/held/rows.csv"
+
+
 @contextlib.contextmanager
-def held_by_a_webhook(
+def held_by_their_input(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, endpoint: str, requests: int
-) -> Iterator[tuple[Notifications, WebhookReceiver, threading.Event, Process, set[str]]]:
-    """A worker (2 invocation threads) whose success webhook holds each request until the
-    event is set (each try until the worker's cutoff, 10 tries: minutes, however slow the
-    machine), and ``requests`` one-row requests accepted for it: the notifications watched,
-    the webhook, the event, the worker and the requests' ids."""
+) -> Iterator[tuple[Notifications, threading.Event, Process, set[str]]]:
+    """A worker (2 invocation threads) and ``requests`` requests accepted for it, each reading
+    ``HELD_INPUT``, whose reads the S3 server holds until the event is set (minutes, however
+    slow the machine): the notifications watched, the event, the worker and the ids."""
     notes = Notifications(rabbitmq, endpoint).declare()
     release = threading.Event()
-    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}
     with (
-        WebhookReceiver(holds=lambda _: release) as hook,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
+        holding_s3_server(lambda path: release if "/held/" in path else None) as s3,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=s3.env) as live,
     ):
-        worker = live.start_worker(
-            model_uri(abalone_model), "w", concurrency=2, extra=("--success-webhook-url", hook.url)
+        client: Any = s3.client()
+        client.create_bucket(Bucket="inputs")
+        client.put_object(
+            Bucket="inputs", Key="held/rows.csv", Body=to_csv(abalone_model.test_rows[:2])
         )
-        ids = {live.invoke(to_csv(abalone_model.test_rows[:2])).json()["InferenceId"]
+        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=2)
+        ids = {live.invoke(headers={LOCATION: HELD_INPUT}).json()["InferenceId"]
                for _ in range(requests)}  # fmt: skip
-        yield notes, hook, release, worker, ids
+        try:
+            yield notes, release, worker, ids
+        finally:
+            release.set()
 
 
 def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
@@ -237,9 +245,10 @@ def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
     """Deliveries held when the broker went away can never be settled on that connection (the
     broker redelivers them): a worker stopped later finishes its work and exits, rather than
     waiting for acknowledgements that cannot happen."""
-    with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, "lost", 2) as held:
-        notes, hook, release, worker, ids = held
-        wait_until(lambda: len(hook.ids()) == 2, 60, "both requests held by the webhook")
+    with held_by_their_input(rabbitmq, abalone_model, tmp_path, "lost", 2) as held:
+        notes, release, worker, ids = held
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60,
+                   "both requests held by their input")  # fmt: skip
         rabbitmq.stop()
         rabbitmq.start()
         wait_until(lambda: "broker reachable again" in worker.log, 60, "the worker to reconnect")
@@ -626,17 +635,17 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_no_more_than_it_can_wor
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """The broker closes a worker's connection while both its invocation threads are busy
-    (held by a slow webhook): the broker takes both deliveries back. The worker reconnects at
+    (held by their input's read): the broker takes both deliveries back. The worker reconnects at
     once but subscribes again only once that work has ended, so it holds no delivery it cannot
     work on (one would wait in its pool, its consumer timeout running, while another worker
     could take it), and its in-flight gauge keeps counting the work still running (the
     operator's scale-in and pod-deletion cost read it). Every request ends in one output."""
     endpoint = "cut"
-    with held_by_a_webhook(rabbitmq, abalone_model, tmp_path, endpoint, 4) as held:
-        notes, hook, release, worker, ids = held
+    with held_by_their_input(rabbitmq, abalone_model, tmp_path, endpoint, 4) as held:
+        notes, release, worker, ids = held
         try:
-            wait_until(lambda: len(hook.ids()) == 2, 60, "two requests held by the webhook")
-            assert metric(worker, "infermodes_async_in_flight") == 2
+            wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60,
+                       "two requests held by their input")  # fmt: skip
             close_consumer_connection(rabbitmq, endpoint)
             wait_until(lambda: "broker reachable again" in worker.log, 60, "a new connection")
             now = backlog(endpoint, rabbitmq.amqp_url, None)  # exact, not sampled
@@ -666,36 +675,35 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_work_for_the_slots_left
     notes = Notifications(rabbitmq, endpoint).declare()
     long, release = threading.Event(), threading.Event()
 
-    def holds(body: dict[str, object]) -> threading.Event:
-        parameters = body["requestParameters"]
-        assert isinstance(parameters, dict)
-        return long if parameters["customAttributes"] == "long" else release
+    def holds(path: str) -> threading.Event | None:
+        return long if path.endswith("/long.csv") else release if "/held/" in path else None
 
     def queue(ready: int, consumers: int) -> bool:
         now = backlog(endpoint, rabbitmq.amqp_url, None)  # exact, not sampled
         return (now.ready, now.consumers) == (ready, consumers)
 
-    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "10"}  # a held request: held for minutes
     with (
-        WebhookReceiver(holds=holds) as hook,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
+        holding_s3_server(holds) as s3,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=s3.env) as live,
     ):
-        worker = live.start_worker(
-            model_uri(abalone_model), "w", concurrency=3, extra=("--success-webhook-url", hook.url)
-        )
+        client: Any = s3.client()
+        client.create_bucket(Bucket="inputs")
         row = to_csv(abalone_model.test_rows[:1])
-        ids = {
-            live.invoke(row, {"X-Amzn-SageMaker-Custom-Attributes": "long"}).json()["InferenceId"]
-        }
+        for key in ("held/long.csv", "held/rows.csv"):
+            client.put_object(Bucket="inputs", Key=key, Body=row)
+        worker = live.start_worker(model_uri(abalone_model), "w", concurrency=3)
+        ids = {live.invoke(headers={LOCATION: "s3://inputs/held/long.csv"}).json()["InferenceId"]}
         try:
-            wait_until(lambda: len(hook.received) == 1, 60, "the long request held")
+            wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 1, 60,
+                       "the long request held")  # fmt: skip
             close_consumer_connection(rabbitmq, endpoint)
-            # at once, with the long one still held: its lost work, and its redelivery (found
-            # done, notified again: held too) on a second thread
+            # at once, with the long one still held: its lost work, and its redelivery (held
+            # by the same input) on a second thread
             wait_until(lambda: queue(0, 1), 60, "the worker to subscribe again at once")
             wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60, "2 running")
             assert readiness(worker) == 200
-            ids |= {live.invoke(row).json()["InferenceId"] for _ in range(4)}
+            ids |= {live.invoke(headers={LOCATION: HELD_INPUT}).json()["InferenceId"]
+                    for _ in range(4)}  # fmt: skip
             wait_until(lambda: queue(3, 1), 60, "one more request taken, on the third thread")
             wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 3, 60, "3 running")
             long.set()  # the lost work ends (one more slot), and the redelivery is acked
@@ -710,8 +718,9 @@ def test_a_worker_whose_connection_is_cut_mid_work_takes_work_for_the_slots_left
         notes.wait_for(ids, "Completed", 120)
         wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 0, 60, "no work left")
         assert readiness(worker) == 200
-        assert metric(worker, MESSAGES, outcome="success") == 5
-        assert metric(worker, MESSAGES, outcome="duplicate") == 1  # the long one, redelivered
+        # the long one twice: its lost work and its redelivery (which may find the output)
+        ended = metric(worker, MESSAGES, outcome="success")
+        assert ended + metric(worker, MESSAGES, outcome="duplicate") == 6
         assert "1 request(s) taken before the connection was lost still running: consuming 2 " \
             "at a time" in worker.log  # fmt: skip
     assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(f"{i}.out" for i in ids)

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from infermodes.local.access import ACCESS_KEY_ID, read_token
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import to_csv
+from tests.support.async_plane import WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
 from tests.support.gateway import answer_head
 from tests.support.local import Up, document, manifest, running_up
@@ -1296,3 +1296,29 @@ def test_an_async_request_whose_headers_are_refused_is_answered_before_its_body_
         assert b"connection: close" in head.lower()
     finally:
         cli(up, "delete", "headers-async")
+
+
+def test_up_sends_webhooks_from_the_embedded_queues_outbox(
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded queue carries the webhook outbox as RabbitMQ does: a worker of ``up``
+    whose only invocation slot is free while its first request's POST is held (10 tries, each
+    held to the worker's 10 s cutoff: minutes) takes the next request, and every webhook
+    reaches its receiver."""
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_ATTEMPTS", "10")  # up's workers inherit it
+    release = threading.Event()
+    with WebhookReceiver(holds=lambda _: release) as hook:
+        files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                          maxConcurrentInvocationsPerInstance=1,
+                          notification={"topic": False, "successWebhook": hook.url})]  # fmt: skip
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            first = accept_async(up, abalone_model.test_rows, 1, 1)
+            try:
+                wait_until(lambda: hook.ids() == set(first), WAIT, "the first POST held")
+                second = accept_async(up, abalone_model.test_rows, 1, 1)
+                output = tmp_path / "async" / "output"
+                wait_until(lambda: (output / f"{next(iter(second))}.out").exists(), WAIT,
+                           "the second output while the first POST is held")  # fmt: skip
+            finally:
+                release.set()
+            wait_until(lambda: hook.ids() == {*first, *second}, WAIT, "both webhooks")

@@ -20,14 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from infermodes import destinations
 from infermodes.metrics import WorkerMetrics
-from infermodes.queueing.notifications import Notifier, Webhooks
-
-
-class UnusedChannel:
-    """The topic is off here: webhooks alone."""
-
-    def publish(self, *args: object, **kwargs: object) -> None:
-        raise AssertionError("no topic notification expected")
+from infermodes.queueing.notifications import Webhooks, WebhookSender
 
 
 def certificate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -105,12 +98,12 @@ def test_an_https_webhook_by_name_reaches_the_checked_address_with_its_certifica
     metrics = WorkerMetrics(CollectorRegistry())
     success = [f"https://localhost:{port}/hook", f"https://other.test:{port}/hook"]
     hooks = Webhooks(success, [f"https://127.0.0.1:{port}/hook"])
-    sender = Notifier(UnusedChannel(), metrics, hooks, 1, False, trusting, resolved)
-    sender.send("ep", {"inferenceId": "a"}, success=True)
+    sender = WebhookSender(metrics, hooks, 1, trusting, resolved)
+    sender.post({"inferenceId": "a"}, True)
     # other.test reaches the same address, but not over localhost's verified connection: its
     # own handshake names it, and the certificate (for localhost) is refused
     assert received == [("localhost", f"localhost:{port}")]
-    sender.send("ep", {"inferenceId": "b"}, success=False)  # an address: no name to verify
+    sender.post({"inferenceId": "b"}, False)  # an address: no name to verify
     assert len(received) == 1
     assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
     assert metrics.notifications.labels("webhook", "failed")._value.get() == 2

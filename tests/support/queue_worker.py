@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         storage = Storage()
         metrics = WorkerMetrics(CollectorRegistry())
-        notifier = Notifier(publisher, metrics, Webhooks(), 1)
+        notifier = Notifier(publisher, metrics, Webhooks())
         model = XGBoostModel.load(args.model, storage)
         processor = Processor(settings, model, storage, notifier, metrics, consumer.stopping)
         consumer.on_attempts_allowed = processor.allow_attempts

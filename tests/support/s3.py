@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +67,34 @@ def read_when_there(client: Any, uri: str, seconds: float = 90.0) -> bytes:
 
     wait_until(there, seconds, f"{uri} to be written", interval=0.2)
     return found[0]
+
+
+HOLD_SECONDS = 120.0  # a held read answers at the latest after this
+
+
+@contextlib.contextmanager
+def holding_s3_server(
+    holds: Callable[[str], threading.Event | None],
+) -> Iterator[S3Endpoint]:
+    """``s3_server`` whose GETs wait for the event ``holds`` gives for their path (None: not
+    held) before moto answers: a request reading such an input holds its invocation slot,
+    however slow the machine (each of boto3's tries, 60 s each, is held again)."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def holding(environ: dict[str, Any], start_response: Any) -> Any:
+        event = holds(environ["PATH_INFO"]) if environ["REQUEST_METHOD"] == "GET" else None
+        if event is not None:
+            event.wait(HOLD_SECONDS)
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, holding, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield S3Endpoint(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        thread.join()

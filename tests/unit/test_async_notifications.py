@@ -1,8 +1,9 @@
-"""Notification bodies and delivery: topic first (its failure is the caller's to retry), then
-webhooks with bounded retries that never block the request."""
+"""Notification bodies and delivery: topic first, then a webhook job to the outbox (either's
+failure is the caller's to retry); the outbox's sender POSTs webhooks with bounded retries."""
 
 import contextlib
 import http.server
+import json
 import logging
 import socket
 import threading
@@ -14,15 +15,19 @@ from prometheus_client import CollectorRegistry
 from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.metrics import WorkerMetrics
+from infermodes.queueing.broker import Delivery, Settle
 from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Cutoff,
     Notifier,
     Webhooks,
+    WebhookSender,
     error_body,
+    read_webhook_job,
     routing_key,
     success_body,
+    webhook_job,
 )
 from tests.unit.async_samples import invocation
 
@@ -61,6 +66,7 @@ class FakeChannel:
     def __init__(self, down: bool = False) -> None:
         self.down = down
         self.published: list[tuple[str, str, str, bool]] = []
+        self.bodies: list[bytes] = []
 
     def publish(
         self, exchange: str, key: str, body: bytes, message_id: str, mandatory: bool
@@ -68,6 +74,7 @@ class FakeChannel:
         if self.down:
             raise BrokerUnavailable("down")
         self.published.append((exchange, key, message_id, mandatory))
+        self.bodies.append(body)
 
 
 RESOLVED = {"hook.test": ["127.0.0.9"], "hooks.test": ["127.0.0.9"],
@@ -88,12 +95,20 @@ def check(url: str) -> destinations.Checked:
     return destinations.check(url, lambda host: RESOLVED.get(host) or numeric(host))
 
 
+HOOKS = Webhooks(["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"])
+
+
 def notifier(
-    channel: FakeChannel,
-    statuses: list[int],
-    topic: bool = True,
-    hooks: Webhooks | None = None,
-) -> tuple[Notifier, list[tuple[str, bytes]]]:
+    channel: FakeChannel, topic: bool = True, hooks: Webhooks = HOOKS
+) -> tuple[Notifier, WorkerMetrics]:
+    metrics = WorkerMetrics(CollectorRegistry())
+    return Notifier(channel, metrics, hooks, topic), metrics
+
+
+def webhooks(
+    statuses: list[int], hooks: Webhooks = HOOKS
+) -> tuple[WebhookSender, list[tuple[str, bytes]]]:
+    """A sender whose webhooks answer ``statuses`` in turn (200 once they are spent)."""
     posted: list[tuple[str, bytes]] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
@@ -102,36 +117,72 @@ def notifier(
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
-    hooks = hooks or Webhooks(
-        ["http://hook.test/ok"], ["http://hook.test/failed", "http://hook.test/all"]
-    )
-    sender = Notifier(channel, metrics, hooks, 3, topic, lambda: http, check)
-    return sender, posted
+    return WebhookSender(metrics, hooks, 3, lambda: http, check), posted
 
 
-def test_topic_then_webhook_with_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+def test_topic_then_one_webhook_job_for_an_outcome_with_webhooks() -> None:
+    """The job names no URL (a Secret's would be in clear on the broker): its outcome says
+    which webhooks the sender POSTs."""
     channel = FakeChannel()
-    sender, posted = notifier(channel, [503, 500])
+    sender, _ = notifier(channel, hooks=Webhooks(["http://hook.test/token"], []))
+    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert channel.published == [
+        ("infermodes.notifications", "ep.success", "abc", False),
+        ("", "infermodes.async.ep.webhooks", "abc", True),
+    ]
+    assert b"token" not in channel.bodies[1]
+    assert read_webhook_job(channel.bodies[1]) == ({"inferenceId": "abc"}, True)
+    sender.send("ep", {"inferenceId": "abd"}, success=False)  # no error webhook: no job
+    assert channel.published[2:] == [("infermodes.notifications", "ep.error", "abd", False)]
+
+
+def test_without_webhooks_nothing_but_the_topic_is_published() -> None:
+    channel = FakeChannel()
+    sender, _ = notifier(channel, hooks=Webhooks())
     sender.send("ep", {"inferenceId": "abc"}, success=True)
     assert channel.published == [("infermodes.notifications", "ep.success", "abc", False)]
+
+
+def test_without_the_topic_only_the_webhook_job_is_published() -> None:
+    channel = FakeChannel()
+    sender, _ = notifier(channel, topic=False)
+    sender.send("ep", {"inferenceId": "abc"}, success=False)
+    assert channel.published == [("", "infermodes.async.ep.webhooks", "abc", True)]
+
+
+def test_topic_failure_raises_for_the_caller_to_retry() -> None:
+    channel = FakeChannel(down=True)
+    sender, metrics = notifier(channel)
+    with pytest.raises(BrokerUnavailable):
+        sender.send("ep", {"inferenceId": "abc"}, success=True)
+    assert metrics.notifications.labels("topic", "failed")._value.get() == 1
+
+
+def test_a_job_is_posted_to_its_outcomes_webhooks_with_retries_then_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    sender, posted = webhooks([503, 500])
+    body = {"inferenceId": "abc", "invocationStatus": "Completed"}
+    assert sender.handle(Delivery(webhook_job(body, True), 0)) is Settle.ACK
     assert [path for path, _ in posted] == ["/ok"] * 3  # two failures, then 200
-    sender.send("ep", {"inferenceId": "abd"}, success=False)
-    assert channel.published[-1][1] == "ep.error"
+    assert posted[-1][1] == json.dumps(body).encode()  # the topic's bytes
+    assert sender.handle(Delivery(webhook_job({"inferenceId": "abd"}, False), 0)) is Settle.ACK
     assert [path for path, _ in posted[3:]] == ["/failed", "/all"]  # the error webhooks only
 
 
-def test_without_the_topic_only_webhooks_are_called() -> None:
-    channel = FakeChannel(down=True)
-    sender, posted = notifier(channel, [], topic=False)
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
-    assert not channel.published and [path for path, _ in posted] == ["/ok"]
+@pytest.mark.parametrize("data", [b"", b"[]", b'{"success": 1, "notification": {}}', b"\xff"])
+def test_an_outbox_message_that_is_no_job_is_dropped(data: bytes) -> None:
+    sender, posted = webhooks([])
+    assert read_webhook_job(data) is None
+    assert sender.handle(Delivery(data, 0)) is Settle.ACK
+    assert posted == []
 
 
 def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
-    sender, posted = notifier(FakeChannel(), [500] * 10)
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender, posted = webhooks([500] * 10)
+    sender.post({"inferenceId": "abc"}, True)
     assert len(posted) == 3
 
 
@@ -156,8 +207,8 @@ def test_a_stop_during_a_webhook_back_off_ends_it_and_the_tries_left_go_out_at_o
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["http://hook.test/ok"], [])
-    sender = Notifier(FakeChannel(), metrics, hooks, 3, True, lambda: http, check, stopping)
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender = WebhookSender(metrics, hooks, 3, lambda: http, check, stopping)
+    sender.post({"inferenceId": "abc"}, True)
     assert posted == ["/ok"] * 3
     assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
 
@@ -174,8 +225,8 @@ def test_webhook_logs_show_no_token(
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
     http = httpx.Client(transport=httpx.MockTransport(refuse))
-    sender = Notifier(FakeChannel(), metrics, hooks, 2, True, lambda: http, check)
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender = WebhookSender(metrics, hooks, 2, lambda: http, check)
+    sender.post({"inferenceId": "abc"}, True)
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
     assert "token123" not in logged and "sig=abc" not in logged
@@ -186,19 +237,12 @@ def test_each_webhook_log_line_names_the_request_it_was_for(
 ) -> None:
     """Under load, a webhook that is down logs for every request: each line says which."""
     monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
-    sender, _ = notifier(FakeChannel(), [500] * 10)
+    sender, _ = webhooks([500] * 10, Webhooks(["http://hook.test/ok"], []))
     with caplog.at_level(logging.WARNING, "infermodes"):
-        sender.send("ep", {"inferenceId": "req-7"}, success=True)
+        sender.post({"inferenceId": "req-7"}, success=True)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 4, lines  # three answers, then giving up
     assert all(line.startswith("inference req-7: webhook http://hook.test/...") for line in lines)
-
-
-def test_topic_failure_raises_for_the_caller_to_retry() -> None:
-    sender, posted = notifier(FakeChannel(down=True), [])
-    with pytest.raises(BrokerUnavailable):
-        sender.send("ep", {"inferenceId": "abc"}, success=True)
-    assert not posted  # no webhook before the topic has it
 
 
 @pytest.mark.parametrize(
@@ -216,8 +260,8 @@ def test_a_webhook_at_a_link_local_address_is_not_posted(
 ) -> None:
     """Where clouds serve instance metadata and credentials: the worker never POSTs there,
     whatever the spec let through (a name resolving there now)."""
-    sender, posted = notifier(FakeChannel(), [], hooks=Webhooks([url], []))
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender, posted = webhooks([], hooks=Webhooks([url], []))
+    sender.post({"inferenceId": "abc"}, True)
     assert posted == []
     assert "refused, not sent" in caplog.text and "link-local or metadata" in caplog.text
     failed = sender.metrics.notifications.labels("webhook", "failed")._value.get()
@@ -226,8 +270,8 @@ def test_a_webhook_at_a_link_local_address_is_not_posted(
 
 def test_loopback_and_private_webhooks_are_posted() -> None:
     urls = ["http://127.0.0.1:9/a", "http://10.1.2.3/b", "http://[::1]:9/c", "http://hook.test/d"]
-    sender, posted = notifier(FakeChannel(), [], hooks=Webhooks(urls, []))
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender, posted = webhooks([], hooks=Webhooks(urls, []))
+    sender.post({"inferenceId": "abc"}, True)
     assert [path for path, _ in posted] == ["/a", "/b", "/c", "/d"]
 
 
@@ -245,17 +289,16 @@ def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_
 
     resolved = iter([["::1", "127.0.0.9"], ["169.254.169.254"]])  # the second lookup rebinds
     hooks = Webhooks(["https://hook.test:8443/t?s=1"], [])
-    sender = Notifier(
-        FakeChannel(), WorkerMetrics(CollectorRegistry()), hooks, 3, True,
+    sender = WebhookSender(WorkerMetrics(CollectorRegistry()), hooks, 3,
         lambda: httpx.Client(transport=httpx.MockTransport(answer)),
         lambda url: destinations.check(url, lambda host: next(resolved)),
     )  # fmt: skip
-    sender.send("ep", {"inferenceId": "abc"}, success=True)
+    sender.post({"inferenceId": "abc"}, True)
     assert sent == [
         ("https://[::1]:8443/t?s=1", "hook.test:8443", "hook.test"),
         ("https://127.0.0.9:8443/t?s=1", "hook.test:8443", "hook.test"),
     ]
-    sender.send("ep", {"inferenceId": "abd"}, success=True)  # now it resolves to metadata
+    sender.post({"inferenceId": "abd"}, True)  # now it resolves to metadata
     assert len(sent) == 2
 
 
@@ -303,9 +346,9 @@ def test_a_webhook_whose_answer_never_ends_does_not_hold_the_request(
     threading.Thread(target=accept, daemon=True).start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = Notifier(FakeChannel(), metrics, Webhooks([url], []), 3, True, check=check)
+    sender = WebhookSender(metrics, Webhooks([url], []), 3, check=check)
     try:
-        sender.send("ep", {"inferenceId": "abc"}, success=True)
+        sender.post({"inferenceId": "abc"}, True)
     finally:
         stop.set()
         server.close()
@@ -334,10 +377,10 @@ def test_a_webhook_that_answers_keeps_its_connection_between_posts() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = Notifier(FakeChannel(), metrics, Webhooks([url], []), 3, True, check=check)
+    sender = WebhookSender(metrics, Webhooks([url], []), 3, check=check)
     try:
         for number in range(3):
-            sender.send("ep", {"inferenceId": f"abc-{number}"}, success=True)
+            sender.post({"inferenceId": f"abc-{number}"}, True)
     finally:
         server.shutdown()
         server.server_close()
@@ -364,14 +407,13 @@ def test_a_try_whose_time_is_up_tries_no_further_address() -> None:
 
     addresses = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = Notifier(
-        FakeChannel(), metrics, Webhooks(["http://hook.test/t"], []), 1, True,
+    sender = WebhookSender(metrics, Webhooks(["http://hook.test/t"], []), 1,
         lambda: httpx.Client(transport=httpx.MockTransport(answer)),
         lambda url: destinations.Checked(addresses=addresses),
     )  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("infermodes.queueing.notifications.Cutoff", Recorded)
         patch.setattr("infermodes.queueing.notifications.WEBHOOK_ANSWER_SECONDS", 0.2)
-        sender.send("ep", {"inferenceId": "abc"}, success=True)
+        sender.post({"inferenceId": "abc"}, True)
     assert tried == ["127.0.0.2"]
     assert metrics.notifications.labels("webhook", "failed")._value.get() == 1

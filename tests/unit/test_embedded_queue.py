@@ -21,10 +21,12 @@ from infermodes.errors import BrokerUnavailable, BrokerUrlError
 from infermodes.queueing import embedded
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
+    OUTBOX_DELIVERY_LIMIT,
     Backlog,
     Delivery,
     Settle,
     delivery_limit,
+    outbox_name,
 )
 from infermodes.queueing.connect import RabbitBroker, broker_from_url, embedded_path, embedded_url
 from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, Held, topic_matches
@@ -483,3 +485,30 @@ def test_a_mode_sqlite_refuses_at_once_is_asked_again_until_the_deadline(
         database._use_wal(time.monotonic())  # past its deadline: the error stands
     monkeypatch.setattr(database, "_connection", real)
     database.close()
+
+
+def test_the_default_exchange_puts_a_message_on_the_outbox_not_the_work_queue(
+    queue: EmbeddedQueue,
+) -> None:
+    """As RabbitMQ's default exchange: the webhook job goes to the queue its routing key
+    names, which the outbox consumer takes and the endpoint's backlog does not count (webhooks
+    are not invocations to scale for)."""
+    publisher = queue.publisher(EP, 3, 1)
+    try:
+        publisher.publish("", outbox_name(EP), b"job", "abc", True)
+    finally:
+        publisher.close()
+    assert queue.backlog(EP).ready == 0
+    assert queue.tail("#") == []
+    handler = Recorder()
+    with consuming(queue.outbox_consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 1, WAIT, "the job")
+    assert handler.seen == [("job", 0)]
+    assert queue.backlog(outbox_name(EP)).ready == 0  # acked
+
+
+def test_an_outbox_job_whose_sender_dies_each_time_is_dropped_at_its_own_limit(
+    queue: EmbeddedQueue,
+) -> None:
+    consumer = queue.outbox_consumer(EP, 1, 1)
+    assert consumer.limit == OUTBOX_DELIVERY_LIMIT  # not the work queue's maxAttempts + 3
