@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import tracemalloc
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.transform import Transform
+
+T = TypeVar("T")
 
 
 def row_sums(rows: np.ndarray) -> np.ndarray:
@@ -210,6 +214,15 @@ def test_only_plain_csv_is_native_and_runs_in_threads() -> None:
     assert not transform(join=True).native
 
 
+def traced_peak(call: Callable[[], T]) -> tuple[T, int]:
+    """What ``call`` returns, and the most memory Python held for it meanwhile."""
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_native_csv_output_is_what_the_codecs_write() -> None:
     """Values with 17 digits, few digits, and beyond the native range, as repr writes them."""
     pairs = [(0.1, 0.2), (1e-12, 0.0), (3.0, 4.25), (1e30, 1e30)]
@@ -225,12 +238,7 @@ def test_a_whole_json_mini_batch_peaks_within_the_codecs_declared_expansion() ->
     a mini-batch (up to 100 MB) costs what decoding it costs, not that twice over."""
     body = b'{"instances":[' + b",".join([b"[7]"] * 100_000) + b"]}"
     whole = transform("application/json", whole_documents=True, num_features=1)
-    tracemalloc.start()
-    try:
-        _, count = whole(MiniBatch(1, body))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (_, count), peak = traced_peak(lambda: whole(MiniBatch(1, body)))
     assert count == 100_000
     assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
 
@@ -248,12 +256,7 @@ def test_a_mini_batch_of_json_lines_peaks_at_a_few_times_its_size(
     lines = [json.dumps({"id": i, "features": [i % 7, 0.25]}).encode() for i in range(30_000)]
     body = b"\n".join(lines) + b"\n"
     lined = transform(content_type, "application/jsonlines", "$.features", join=join)
-    tracemalloc.start()
-    try:
-        out, count = lined(MiniBatch(1, body))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (out, count), peak = traced_peak(lambda: lined(MiniBatch(1, body)))
     assert count == 30_000
     assert out.splitlines()[7] == (
         b'{"id": 7, "features": [0, 0.25], "SageMakerOutput": {"score": 0.25}}'

@@ -14,12 +14,12 @@ import pytest
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     NETLOC_REFUSED,
-    NUMBER_HOST,
     REFUSED_NETWORKS,
     WEBHOOK_PATTERN,
     Checked,
     check,
     literal_refusal,
+    number_spelling,
     refused_address,
     webhook_refusal,
 )
@@ -146,17 +146,10 @@ NUMBER_SPELLINGS = [
 
 
 def number_rule_refuses(url: str) -> bool:
-    """What number_cel refuses, as Python reads it: the host (as address_cel takes it) all
-    numbers, in ``NUMBER_HOST``'s spelling (RE2 and Python's re agree on it), that the API
-    server's isIP() does not take (it, as Python, takes no leading zero)."""
-    host = (urlsplit(url).hostname or "").rstrip(".")
-    if not re.fullmatch(NUMBER_HOST, host):
-        return False
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return True
-    return False
+    """What number_cel refuses, as Python reads it: the host (as address_cel takes it) in
+    ``NUMBER_HOST``'s spelling (RE2 and Python's re agree on it) that the API server's isIP()
+    does not take (it, as Python, takes no leading zero): ``number_spelling``'s rule."""
+    return number_spelling((urlsplit(url).hostname or "").rstrip("."))
 
 
 @pytest.mark.parametrize("url", NUMBER_SPELLINGS)
