@@ -270,8 +270,9 @@ class Notifier:
 class WebhookSender:
     """POSTs each notification to each webhook of its outcome with bounded retries (a webhook
     that stays down is logged and counted, and its job acked: it does not hold the outbox).
-    Once ``stopping`` is set (the worker's SIGTERM) the tries left go out without a back-off:
-    slept through, one could outlast the grace period and end in a SIGKILL."""
+    Once ``stopping`` is set (the worker's SIGTERM), a webhook waiting for its next try goes
+    back to the outbox instead, for a worker that runs on (or the next to start): its tries
+    are not spent at once on a receiver that may be down for a moment."""
 
     def __init__(
         self,
@@ -291,31 +292,38 @@ class WebhookSender:
         self.stopping = stopping or threading.Event()
 
     def handle(self, delivery: Delivery) -> Settle:
-        """The outbox consumer's handler: a job is acked once sent or given up on."""
+        """The outbox consumer's handler: a job is acked once sent or given up on, and goes
+        back to the outbox when the worker stops before its tries were made."""
         job = read_webhook_job(delivery.body)
         if job is None:
             log.error("an outbox message that is no webhook job (%d bytes): dropped",
                       len(delivery.body))  # fmt: skip
             return Settle.ACK
-        self.post(*job)
-        return Settle.ACK
+        return Settle.ACK if self.post(*job) else Settle.REQUEUE
 
-    def post(self, body: dict[str, object], success: bool) -> None:
+    def post(self, body: dict[str, object], success: bool) -> bool:
+        """False when the worker stopped before every webhook had its tries: the job is to be
+        sent again, to each of them (a webhook is delivered at least once)."""
         payload = json.dumps(body).encode()
         inference_id = str(body.get("inferenceId") or "")
         for url in self.webhooks.success if success else self.webhooks.error:
-            result = "sent" if self._post(url, payload, inference_id) else "failed"
-            self.metrics.notifications.labels("webhook", result).inc()
+            sent = self._post(url, payload, inference_id)
+            if sent is None:
+                return False
+            self.metrics.notifications.labels("webhook", "sent" if sent else "failed").inc()
+        return True
 
-    def _post(self, url: str, payload: bytes, inference_id: str) -> bool:
-        """Logs name the request and the webhook, by scheme and host only: its path is often
-        its token. Each attempt looks the host up again and connects to the addresses it
+    def _post(self, url: str, payload: bytes, inference_id: str) -> bool | None:
+        """Whether the webhook took it; None when the worker stopped before its next try.
+        Logs name the request and the webhook, by scheme and host only: its path is often its
+        token. Each attempt looks the host up again and connects to the addresses it
         checked."""
         where = redacted_url(url, keep_path=False)
         shown = f"inference {inference_id or '(unknown)'}: webhook {where}"
         for attempt in range(self.webhook_attempts):
-            if attempt:
-                self.stopping.wait(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            if attempt and self.stopping.wait(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)):
+                log.warning("%s: the worker stops; its job goes back to the outbox", shown)
+                return None
             checked = self.check(url)
             if checked.refusal is not None:
                 log.error("%s refused, not sent: %s", shown, checked.refusal)

@@ -187,30 +187,31 @@ def test_a_webhook_that_stays_down_does_not_raise(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.timeout(30)
-def test_a_stop_during_a_webhook_back_off_ends_it_and_the_tries_left_go_out_at_once(
+def test_a_stop_during_a_webhook_back_off_sends_its_job_back_to_the_outbox(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A worker told to stop (SIGTERM) while a webhook waits out its back-off: its grace
-    period is sized for the invocation timeout, and a back-off slept past it ends in a SIGKILL
-    and a redelivery. The stop ends the wait, and the tries left are made without one (given
-    up, the notification would be lost though tries were left)."""
+    """A worker told to stop (SIGTERM, a scale-in) while a webhook waits out its back-off:
+    the wait ends, and the job goes back to the outbox (requeued) for a worker that runs on,
+    its tries unspent, rather than made at once against a receiver down for a moment and then
+    acked as failed, the notification lost though tries were left."""
     monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 3600.0)
     stopping = threading.Event()
-    statuses = [503, 503, 200]
     posted: list[str] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         posted.append(request.url.path)
         stopping.set()  # the stop comes during the first try
-        return httpx.Response(statuses.pop(0), stream=EMPTY)
+        return httpx.Response(503, stream=EMPTY)
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["http://hook.test/ok"], [])
     sender = WebhookSender(metrics, hooks, 3, lambda: http, check, stopping)
-    sender.post({"inferenceId": "abc"}, True)
-    assert posted == ["/ok"] * 3
-    assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
+    job = Delivery(webhook_job({"inferenceId": "abc"}, True), 1)
+    assert sender.handle(job) is Settle.REQUEUE
+    assert posted == ["/ok"]
+    for result in ("sent", "failed"):
+        assert metrics.notifications.labels("webhook", result)._value.get() == 0
 
 
 def test_webhook_logs_show_no_token(
