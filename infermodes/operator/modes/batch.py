@@ -161,6 +161,12 @@ def latest_per_index(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def pod_phase(pod: dict[str, Any]) -> str:
+    """The pod's phase: ``Pending`` and ``Running`` while its process may still run (being
+    deleted too, until it exits), ``Succeeded`` or ``Failed`` once it ended."""
+    return str((pod.get("status") or {}).get("phase") or "")
+
+
 def unsummarised(pods: list[dict[str, Any]]) -> str:
     """How the instances that ended without a summary ended (the OOM killer, a crash), as the
     kubelet and their last log lines say: the Job's own word, "Job has failed indexes",
@@ -232,12 +238,17 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         detail = "; ".join(part for part in named if part) or told
         return status(s.Phase.FAILED, batch_failure_reason(failures), detail, since("Failed"))
     if spec.batch_block().stop:
-        if active == 0:  # its pods, and what they said, are gone: the progress seen last stays
-            last = previous.progress if previous is not None else None
-            kept = found if found.total or last is None else last
+        # the Job's count leaves out pods that are terminating, which still write their
+        # summaries (and the output in hand) under the output path as they unwind: Stopped,
+        # which may free that path for the next job, waits for them too
+        exiting = sum(1 for pod in signals.pods if pod_phase(pod) in ("Pending", "Running"))
+        if active == 0 and exiting == 0:  # its pods, and what they said, are gone: the
+            last = previous.progress if previous is not None else None  # progress seen last
+            kept = found if found.total or last is None else last  # stays
             return status(s.Phase.STOPPED, "Stopped", "stopped by spec.batch.stop",
                           since("Suspended"), kept)  # fmt: skip
-        return status(s.Phase.IN_PROGRESS, "Stopping", f"{active} instance(s) stopping")
+        stopping = max(active, exiting)
+        return status(s.Phase.IN_PROGRESS, "Stopping", f"{stopping} instance(s) stopping")
     holder = signals.output_held_by() if not job else None
     if holder is not None:
         uri = spec.batch_block().output.uri

@@ -207,6 +207,12 @@ def test_completed_and_stopped() -> None:
         "status": "True",
         "lastTransitionTime": "2026-01-01T00:05:00Z",
     }
+    # the Job no longer counts a pod it is deleting, which still writes its summary there
+    terminating = pod(0, "2026-01-01T00:00:00Z")
+    terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    unwinding = signals({"status": {"conditions": [suspended]}}, [terminating])
+    exiting = batch.observe(stopping, unwinding, None)
+    assert (exiting.phase, exiting.message) == (s.Phase.IN_PROGRESS, "1 instance(s) stopping")
     stopped = batch.observe(stopping, signals({"status": {"conditions": [suspended]}}, []), None)
     assert stopped.phase is s.Phase.STOPPED and stopped.desired_replicas == 0
     assert stopped.end_time == "2026-01-01T00:05:00Z"
