@@ -48,6 +48,7 @@ from infermodes.errors import (
     BrokerLoginRefused,
     BrokerUnavailable,
     BrokerUrlError,
+    InvalidInput,
     ModelLoadError,
     ObjectNotFound,
     StorageError,
@@ -338,14 +339,15 @@ class Processor:
     def _failed(
         self, request: InvocationRequest, count: int, exc: Exception, failure: Failure
     ) -> Result:
-        """An attempt that failed: requeued, or ended with an error. The request's own fault
-        (``retry`` False) is logged by its reason alone: its message may quote the input,
-        which is the caller's to read in the error object, not the operators' in the log."""
-        if failure.retry:
-            log.warning("inference %s failed: %s", request.inference_id, exc)
-        else:
+        """An attempt that failed: requeued, or ended with an error. An input that does not
+        decode is logged by its reason alone: its message quotes the input, which is the
+        caller's to read in the error object, not the operators' in the log; any other
+        failure (storage that refuses, a timeout) by its message, which is theirs to act on."""
+        if isinstance(exc, InvalidInput):
             log.warning("inference %s failed: %s (the message is in its error object and "
                         "notification)", request.inference_id, failure.reason)  # fmt: skip
+        else:
+            log.warning("inference %s failed: %s", request.inference_id, exc)
         if not failure.retry and self._has_output(request):
             # another delivery of the request (a caller's retry re-queues it) finished first
             # and removed the inline input this one was about to read

@@ -173,6 +173,17 @@ def test_a_bad_input_is_logged_by_its_reason_never_quoting_the_request_body(
     assert "inference r1 failed: InvalidInput" in caplog.text
 
 
+def test_a_failure_of_the_operators_to_mend_is_logged_with_its_message(
+    processor: Processor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only an input that does not decode is logged by its reason alone: a missing input, a
+    store that refuses, say what and where, which the worker's operators act on."""
+    missing = request(tmp_path, None, input_location=f"file://{tmp_path}/gone.csv")
+    with caplog.at_level(logging.INFO, "infermodes"):
+        assert processor.handle(missing, 0) == Result(Settle.ACK, "error")
+    assert f"{tmp_path}/gone.csv" in caplog.text
+
+
 def test_an_error_object_that_cannot_be_written_requeues_and_notifies_nothing(
     processor: Processor, notifier: RecordingNotifier, tmp_path: Path
 ) -> None:
