@@ -28,6 +28,7 @@ from infermodes.endpoints.status import (
     COMPLETED,
     CONTAINER_CANNOT_RUN,
     FAILED_CREATE,
+    FAILURES_SHOWN,
     OUTPUT_IN_USE,
     UNSCHEDULABLE,
     Progress,
@@ -177,7 +178,8 @@ def unsummarised(pods: list[dict[str, Any]]) -> str:
         if summary_of(pod) is None and state.exit_code is not None:
             how = state.message or f"exit code {state.exit_code}"
             said.append(f"instance {index} (pod {state.name}) ended without a summary: {how}")
-    return "; ".join(said)
+    more = len(said) - FAILURES_SHOWN  # each carries the tail of a log: a few KiB
+    return "; ".join(said[:FAILURES_SHOWN]) + (f"; and {more} more" if more > 0 else "")
 
 
 def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:

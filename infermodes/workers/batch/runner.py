@@ -222,6 +222,8 @@ class Runner:
     def run(self) -> Summary:
         started, cpu = time.monotonic(), time.process_time()
         executor: Executor | None = None
+        if self.worker.transform.whole_documents:  # measured before the input listing, whose
+            self.json_cap = self.whole_json_cap()  # peak is not the model's or the runtime's
         try:
             try:
                 objects = self.job_inputs()
@@ -253,8 +255,6 @@ class Runner:
                 sum(u.size for u in units),
             )
             self.progress = Progress(len(units))
-            if self.worker.transform.whole_documents:
-                self.json_cap = self.whole_json_cap()
             if self.settings.max_concurrent_transforms > 1:
                 executor, self.work = concurrent_workers(
                     self.settings, self.model, self.worker.transform

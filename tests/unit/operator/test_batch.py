@@ -187,6 +187,20 @@ def test_a_job_failed_by_instances_that_left_no_summary_says_how_each_ended() ->
     )
 
 
+def test_a_job_failed_by_many_instances_without_summaries_names_a_few() -> None:
+    """Each such instance brings the tail of its log: a hundred would make the status (and
+    DescribeTransformJob's FailureReason) hundreds of KiB; a few are named, the rest counted."""
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    killed = []
+    for index in range(12):
+        dead = pod(index, "2026-01-01T00:00:00Z", phase="Failed")
+        dead["status"]["containerStatuses"] = [{"state": {"terminated": {"exitCode": 137}}}]
+        killed.append(dead)
+    status = batch.observe(SPEC, signals(job, killed), None)
+    assert status.message.count("ended without a summary") == 5
+    assert status.message.endswith("; and 7 more"), status.message
+
+
 def test_completed_and_stopped() -> None:
     done = {"status": {"conditions": [{"type": "Complete", "status": "True",
                                        "lastTransitionTime": "2026-01-01T00:10:00Z"}]}}  # fmt: skip
