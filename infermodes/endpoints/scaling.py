@@ -248,14 +248,20 @@ def serverless_replicas(
     return wanted
 
 
-def backlog_wants(block: AsyncSpec, backlog: int) -> int:
+def backlog_wants(block: AsyncSpec, backlog: int, waiting_webhooks: int = 0) -> int:
     """Workers for ``backlog`` queued and in-flight requests: ceil(backlog /
-    targetBacklogPerInstance) within minReplicas..maxReplicas."""
+    targetBacklogPerInstance) within minReplicas..maxReplicas; at least one while
+    ``waiting_webhooks`` (jobs ready in the endpoint's outbox) wait, as only a worker sends
+    them, but no more for them (one worker's senders drain an outbox)."""
     wanted = math.ceil(backlog / block.target_backlog_per_instance)
+    if waiting_webhooks > 0:
+        wanted = max(wanted, 1)
     return min(max(wanted, block.min_replicas), block.max_replicas)
 
 
-def scale_out_due(block: AsyncSpec, current: int, ready: int, consumers: int) -> bool:
+def scale_out_due(
+    block: AsyncSpec, current: int, ready: int, consumers: int, waiting_webhooks: int = 0
+) -> bool:
     """Whether the queue as one AMQP passive declare shows it asks for more workers than the
     pool has: the operator's look between resyncs (a pool at zero with anything waiting, a
     burst that outgrew the pool), which then decides in full (``backlog_replicas``).
@@ -263,8 +269,10 @@ def scale_out_due(block: AsyncSpec, current: int, ready: int, consumers: int) ->
     In-flight work is not in the declare, but while requests wait the broker has filled every
     consumer's prefetch (one consumer per worker, prefetch = maxConcurrentInvocationsPerInstance),
     so at least ``consumers x prefetch`` are in flight: a bound the full decision's count meets
-    or passes, so it scales out whenever this says so."""
-    return backlog_wants(block, ready + held_at_least(block, ready, consumers)) > current
+    or passes, so it scales out whenever this says so. ``waiting_webhooks`` (the outbox's
+    ready jobs) wake a pool at zero as a queued request does."""
+    held = held_at_least(block, ready, consumers)
+    return backlog_wants(block, ready + held, waiting_webhooks) > current
 
 
 def held_at_least(block: AsyncSpec, ready: int, consumers: int | None) -> int:
@@ -330,6 +338,7 @@ def backlog_replicas(
     memory: ScalerMemory,
     now: float,
     consumers: int | None = None,
+    waiting_webhooks: int = 0,
 ) -> BacklogDecision:
     """KEDA's semantics for a queue-fed worker pool, without its known flaw: in-flight work
     counts, so a busy pool is never mistaken for an idle one. ``current`` is None before the
@@ -350,6 +359,10 @@ def backlog_replicas(
       ``consumers`` hold at least (``held_at_least``, the bound the look counts too), never in;
     - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
       worker finishes what it holds before it exits);
+    - webhook jobs waiting in the endpoint's outbox (``waiting_webhooks``, read only for an
+      endpoint with webhooks) keep one worker, or wake one, as only workers send them: the
+      backlog is not empty while they wait, so zero comes ``scaleInCooldownSeconds`` after
+      the last was taken; they never ask for more than one worker;
     - any change of replicas, whatever its reason (the start too), starts the scale-in cooldown.
     """
     restart = memory.initial_to_start(block.initial_replicas)
@@ -362,11 +375,13 @@ def backlog_replicas(
         decision = BacklogDecision(within, BROKER_UNREADABLE)
     elif unacked is None:
         memory.empty_since = None  # unknown is not empty: zero waits for empty readings
-        wanted = backlog_wants(block, ready + held_at_least(block, ready, consumers))
+        held = held_at_least(block, ready, consumers)
+        wanted = backlog_wants(block, ready + held, waiting_webhooks)
         decision = BacklogDecision(max(within, wanted), IN_FLIGHT_UNKNOWN)
     else:
-        needed = backlog_wants(block, ready + unacked)
-        decision = _known_backlog(block, current, within, ready + unacked, memory, now)
+        needed = backlog_wants(block, ready + unacked, waiting_webhooks)
+        total = ready + unacked
+        decision = _known_backlog(block, current, within, total, waiting_webhooks, memory, now)
     if restart is not None:
         floor = decision.replicas if needed is None else needed
         decision = BacklogDecision(max(restart, floor), INITIAL_REPLICAS)
@@ -376,14 +391,20 @@ def backlog_replicas(
 
 
 def _known_backlog(
-    block: AsyncSpec, current: int, within: int, total: int, memory: ScalerMemory, now: float
+    block: AsyncSpec,
+    current: int,
+    within: int,
+    total: int,
+    waiting_webhooks: int,
+    memory: ScalerMemory,
+    now: float,
 ) -> BacklogDecision:
     """The decision on a backlog read whole (ready and in flight)."""
-    if total > 0:
+    if total > 0 or waiting_webhooks > 0:
         memory.empty_since = None
     elif memory.empty_since is None:
         memory.empty_since = now
-    wanted = backlog_wants(block, total)
+    wanted = backlog_wants(block, total, waiting_webhooks)
     if wanted > current:
         return BacklogDecision(wanted, "Activated" if current == 0 else "ScaledOut")
     if wanted < current:

@@ -83,12 +83,14 @@ class QueueFigures:
     """An async endpoint's queue as the scaler read it (None: unknown). ``oldest_age``: the
     seconds the oldest waiting request has waited since it was accepted (the platform's
     ApproximateAgeOfOldestRequest), 0 when nothing waits; ``consumers``: the queue's, for the
-    scaler (not shown in the status)."""
+    scaler (not shown in the status); ``waiting_webhooks``: webhook jobs ready in the
+    endpoint's outbox, which keep a worker (read only for an endpoint with webhooks)."""
 
     ready: int | None
     in_flight: int | None
     oldest_age: float | None = None
     consumers: int | None = None
+    waiting_webhooks: int = 0
 
     @property
     def total(self) -> int | None:

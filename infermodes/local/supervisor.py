@@ -683,7 +683,7 @@ class Supervisor:
         endpoint.initialized = True
         decision = backlog_replicas(
             block, started, figures.ready, figures.in_flight, endpoint.memory, now,
-            figures.consumers,
+            figures.consumers, figures.waiting_webhooks,
         )  # fmt: skip
         status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)
         endpoint.status = with_backlog(status, figures)
@@ -691,14 +691,18 @@ class Supervisor:
 
     async def _queue_figures(self, endpoint: LocalEndpoint) -> QueueFigures:
         """An async endpoint's queue as the operator reads it: ready, in flight (the larger
-        of the queue's and its workers' counts), the oldest waiting request's age."""
+        of the queue's and its workers' counts), the oldest waiting request's age, and with
+        webhooks the jobs waiting in its outbox."""
         block = async_plan.async_block(endpoint.manifest.spec)
         figures = QueueFigures(None, None)
         exact = False
         try:
             backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
+            waiting = 0
+            if block.notification.has_webhooks():
+                waiting = await asyncio.to_thread(self.broker.waiting_webhooks, endpoint.name)
             figures = QueueFigures(
-                backlog.ready, backlog.unacked, backlog.oldest_age, backlog.consumers
+                backlog.ready, backlog.unacked, backlog.oldest_age, backlog.consumers, waiting
             )
             exact = backlog.unacked_exact
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)

@@ -214,7 +214,9 @@ def configure(
             kube,
             operator_settings,
             scrape,
-            read_backlog=lambda endpoint: read_backlog(endpoint, url, management, reader),
+            read_backlog=lambda endpoint, webhooks: read_backlog(
+                endpoint, url, management, reader, webhooks
+            ),
             async_holders=names.holders,
             batch_outputs=names.batch_outputs,
         )
@@ -269,17 +271,21 @@ def configure(
     async def look_at_queue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         """An async pool: look at its queue every second and decide at once when the requests
         waiting ask for more workers than the pool has (a pool at zero with anything waiting,
-        a burst that outgrew it); the resync timer is too slow for that. Scale-in stays with
+        requests or webhook jobs in its outbox; a burst that outgrew it); the resync timer is
+        too slow for that. Scale-in stays with
         the resync, behind its cooldown."""
         spec = in_force(body.get("spec") or {}, body.get("status"))[0]
         if spec is None or spec.async_ is None:
             return  # the reconcile reports the spec
         name = body["metadata"]["name"]
-        found = await asyncio.get_running_loop().run_in_executor(
-            memo.queue_looks, read_ready, name, memo.queue_reader
-        )
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0
+        # webhook jobs wake a pool at zero (one worker sends them all: a running pool's outbox
+        # is the resync's to read)
+        webhooks = current == 0 and spec.async_.notification.has_webhooks()
+        found = await asyncio.get_running_loop().run_in_executor(
+            memo.queue_looks, read_ready, name, memo.queue_reader, webhooks
+        )
         if found is not None and scale_out_due(spec.async_, current, *found):
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 

@@ -53,7 +53,8 @@ class Deps:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     fetch_metrics: Callable[[str, int], str | None] = fetch_metrics_text
-    read_backlog: Callable[[str], QueueFigures | None] = lambda _endpoint: None
+    # an async endpoint's queue, and (True: it has webhooks) its outbox's waiting jobs
+    read_backlog: Callable[[str, bool], QueueFigures | None] = lambda _endpoint, _hooks: None
     # the async endpoints of a name in every namespace, for the one asking (its namespace and
     # name; None: they cannot be listed)
     async_holders: Callable[[str, str], list[Holder] | None] = lambda _namespace, _name: []
@@ -297,6 +298,7 @@ def converge(
         return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, refused))
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
+    webhooks = spec.async_ is not None and spec.async_.notification.has_webhooks()
 
     @functools.cache  # read at most once per reconcile: the decision and the status agree
     def loads() -> dict[str, ServerLoad]:
@@ -348,7 +350,7 @@ def converge(
         pods,
         loads,
         fetch_metrics,
-        functools.cache(lambda: deps.read_backlog(ref.name)),
+        functools.cache(lambda: deps.read_backlog(ref.name, webhooks)),
         demand,
         deps.clock(),
         wall,

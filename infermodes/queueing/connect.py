@@ -54,6 +54,8 @@ class Broker(Protocol):
 
     def backlog(self, endpoint: str) -> Backlog: ...
 
+    def waiting_webhooks(self, endpoint: str) -> int: ...
+
 
 class RabbitBroker:
     """RabbitMQ's classes behind ``Broker``; pika is imported only when one is made."""
@@ -96,12 +98,22 @@ class RabbitBroker:
     def backlog(self, endpoint: str) -> Backlog:
         """Read over kept connections: ``infermodes up`` reads every async pool's queue each
         tick."""
-        from infermodes.queueing.rabbitmq import QueueReader, backlog
+        from infermodes.queueing.rabbitmq import backlog
+
+        return backlog(endpoint, self.url, self.management_url, self._kept_reader())
+
+    def waiting_webhooks(self, endpoint: str) -> int:
+        from infermodes.queueing.rabbitmq import waiting_webhooks
+
+        return waiting_webhooks(endpoint, self.url, self._kept_reader())
+
+    def _kept_reader(self) -> QueueReader:
+        from infermodes.queueing.rabbitmq import QueueReader
 
         with self._reader_lock:
             if self._reader is None:
                 self._reader = QueueReader(self.url, BACKLOG_READERS)
-        return backlog(endpoint, self.url, self.management_url, self._reader)
+            return self._reader
 
 
 def embedded_url(path: Path) -> str:

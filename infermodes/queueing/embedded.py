@@ -667,6 +667,10 @@ class EmbeddedQueue:
             unacked_exact=True,  # leases are rows, counted in the same query
         )
 
+    def waiting_webhooks(self, endpoint: str) -> int:
+        """The webhook jobs ready in the endpoint's outbox (its messages, by the outbox's name)."""
+        return self.backlog(outbox_name(endpoint)).ready
+
     def tail(
         self,
         topic_pattern: str,

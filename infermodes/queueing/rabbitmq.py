@@ -783,6 +783,14 @@ class QueueReader:
         self._pool.close()
 
 
+def waiting_webhooks(endpoint: str, amqp_url: BrokerUrl, reader: QueueReader | None) -> int:
+    """The webhook jobs ready in the endpoint's outbox, read as its queue's ready count is
+    (``reader``'s kept connections when given): they keep a worker (``scaling``)."""
+    queue = outbox_name(endpoint)
+    found = reader.read(queue) if reader is not None else backlog_from_amqp(amqp_url, queue)
+    return found.ready
+
+
 def backlog(
     endpoint: str,
     amqp_url: BrokerUrl,

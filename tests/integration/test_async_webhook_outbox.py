@@ -1,16 +1,27 @@
 """Webhooks are sent apart from the invocation slot: a worker whose webhook receiver holds
 every POST still works through its queue, and a webhook whose sender is killed after the
-request was acknowledged still reaches its receiver (a new worker sends it)."""
+request was acknowledged still reaches its receiver (a new worker sends it); a job waiting in
+the outbox of a pool at zero wakes a worker to send it."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from infermodes.queueing.rabbitmq import backlog
+from infermodes.operator.signals.backlog import read_backlog, read_ready
+from infermodes.queueing.connect import RabbitBroker
+from infermodes.queueing.embedded import EmbeddedQueue
+from infermodes.queueing.rabbitmq import QueueReader, backlog
 from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
-from tests.support.async_plane import Notifications, WebhookReceiver, plane, to_csv
+from tests.support.async_plane import (
+    Notifications,
+    WebhookReceiver,
+    plane,
+    put_webhook_job,
+    to_csv,
+)
+from tests.support.local import manifest, running_up
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
@@ -125,3 +136,48 @@ def test_a_held_webhook_is_sent_again_after_a_broker_restart(
             "the webhook sent",
         )  # fmt: skip
     assert hook.ids() == {inference}
+
+
+def test_up_wakes_a_pool_at_zero_for_a_webhook_job_waiting_in_its_outbox(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Only workers send an outbox's jobs: a job left there (its worker gone after the ack,
+    the pool scaled to zero) starts a worker of ``infermodes up`` that delivers it, and the
+    pool goes back to zero after its cooldown."""
+    endpoint = "abalone-async"
+    with WebhookReceiver() as hook:
+        files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=0, maxReplicas=2,
+                          scaleInCooldownSeconds=2,
+                          notification={"topic": False, "successWebhook": hook.url})]  # fmt: skip
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+            assert up.running(endpoint) == []
+            queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+            put_webhook_job(queue, endpoint, "left-in-the-outbox")
+            wait_until(lambda: hook.ids() == {"left-in-the-outbox"}, 60, "the job delivered")
+            assert queue.waiting_webhooks(endpoint) == 0
+            wait_until(lambda: up.running(endpoint) == [], 60, "the pool back at zero")
+            assert up.status(endpoint)["replicas"] == 0
+            assert hook.ids() == {"left-in-the-outbox"}
+
+
+def test_the_operator_reads_an_outbox_s_waiting_jobs_only_for_an_endpoint_with_webhooks(
+    rabbitmq: Broker,
+) -> None:
+    """The reconcile's and the look's readings on a real RabbitMQ: the job ready in the outbox
+    is counted, and not read at all without webhooks; the work queue's figures are unchanged."""
+    endpoint = "outbox-count"
+    broker = RabbitBroker(rabbitmq.amqp_url, None)
+    assert broker.waiting_webhooks(endpoint) == 0  # no outbox declared yet: nothing waits
+    put_webhook_job(broker, endpoint, "j")
+    wait_until(lambda: broker.waiting_webhooks(endpoint) == 1, 30, "the job counted")
+    read = read_backlog(endpoint, rabbitmq.amqp_url, None, webhooks=True)
+    assert read is not None and (read.ready, read.waiting_webhooks) == (0, 1)
+    unread = read_backlog(endpoint, rabbitmq.amqp_url, None)
+    assert unread is not None and unread.waiting_webhooks == 0
+    reader = QueueReader(rabbitmq.amqp_url, 1)
+    try:
+        assert read_ready(endpoint, reader, webhooks=True) == (0, 0, 1)
+        assert read_ready(endpoint, reader) == (0, 0, 0)
+    finally:
+        reader.close()

@@ -19,8 +19,10 @@ from typing import Any
 import httpx
 import pika
 
-from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
+from infermodes.queueing import connect as queues
+from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, outbox_name
 from infermodes.queueing.messages import InvocationRequest
+from infermodes.queueing.notifications import webhook_job
 from infermodes.queueing.rabbitmq import RequestPublisher, connect, dead_letter_queue_name
 from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
@@ -387,6 +389,17 @@ def publish(broker: Broker, endpoint: str, message_id: str, body: bytes, max_att
     publisher = RequestPublisher(broker.amqp_url, {endpoint: max_attempts})
     try:
         publisher.submit(endpoint, message_id, body)
+    finally:
+        publisher.close()
+
+
+def put_webhook_job(broker: queues.Broker, endpoint: str, inference_id: str) -> None:
+    """A success webhook job left in the endpoint's outbox, as a worker publishes it before
+    its ack (the outbox declared with the endpoint's queues)."""
+    publisher = broker.publisher(endpoint, 3, 1)
+    try:
+        job = webhook_job({"inferenceId": inference_id}, success=True)
+        publisher.publish("", outbox_name(endpoint), job, inference_id, True)
     finally:
         publisher.close()
 

@@ -245,3 +245,56 @@ def test_initial_replicas_lies_within_the_range() -> None:
     with pytest.raises(ValueError, match="initialReplicas must lie within"):
         block(minReplicas=1, maxReplicas=3, initialReplicas=4)
     assert block(initialReplicas=0).first_replicas() == 0
+
+
+def with_webhooks(spec: AsyncSpec, current: int | None, ready: int | None, unacked: int | None,
+                  webhooks: int, memory: ScalerMemory, now: float = NOW,
+                  consumers: int | None = None) -> tuple[int, str]:  # fmt: skip
+    decision = backlog_replicas(spec, current, ready, unacked, memory, now, consumers, webhooks)
+    return decision.replicas, decision.reason
+
+
+def test_webhook_jobs_waiting_in_the_outbox_wake_a_pool_at_zero() -> None:
+    """Only a worker sends an outbox's jobs: a pool at zero with jobs there and no request
+    would strand them until the next request."""
+    spec = block(minReplicas=0, scaleInCooldownSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW)
+    assert with_webhooks(spec, 0, 0, 0, 1, memory) == (1, "Activated")
+    assert with_webhooks(spec, 0, 0, 0, 0, ScalerMemory(last_change_at=NOW)) == (0, "Steady")
+    assert scale_out_due(spec, 0, 0, 0, 1)  # the look wakes it too
+    assert not scale_out_due(spec, 0, 0, 0, 0)
+    assert not scale_out_due(spec, 1, 0, 1, 7)  # one worker sends them all
+
+
+def test_webhook_jobs_keep_the_last_worker_and_zero_waits_the_cooldown_after_them() -> None:
+    spec = block(minReplicas=0, scaleInCooldownSeconds=60)
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    assert with_webhooks(spec, 1, 0, 0, 3, memory, NOW) == (1, "Steady")
+    assert with_webhooks(spec, 1, 0, 0, 1, memory, NOW + 100) == (1, "Steady")
+    # the last one taken (its POST in flight is no ready job): empty from now on
+    assert with_webhooks(spec, 1, 0, 0, 0, memory, NOW + 101) == (1, "CoolingDown")
+    assert with_webhooks(spec, 1, 0, 0, 0, memory, NOW + 160) == (1, "CoolingDown")
+    assert with_webhooks(spec, 1, 0, 0, 0, memory, NOW + 161) == (0, "ScaledIn")
+
+
+def test_webhook_jobs_never_ask_for_more_than_one_worker() -> None:
+    spec = block(minReplicas=0, maxReplicas=4, targetBacklogPerInstance=1,
+                 scaleInCooldownSeconds=0)  # fmt: skip
+    memory = ScalerMemory(last_change_at=NOW - 1000)
+    assert with_webhooks(spec, 0, 0, 0, 500, memory) == (1, "Activated")
+    assert with_webhooks(spec, 3, 0, 0, 500, ScalerMemory(last_change_at=NOW - 1000)) == (
+        1,
+        "ScaledIn",
+    )
+    # requests decide above one, as without webhooks
+    assert with_webhooks(spec, 1, 3, 0, 500, ScalerMemory()) == (3, "ScaledOut")
+
+
+def test_webhook_jobs_keep_a_worker_while_in_flight_is_unknown_and_through_a_restart() -> None:
+    spec = block(minReplicas=0, initialReplicas=0)
+    assert with_webhooks(spec, 0, 0, None, 2, ScalerMemory()) == (1, "InFlightUnknown")
+    memory = ScalerMemory()
+    memory.initial_to_start(2)  # the last decision saw initialReplicas 2: now 0
+    assert with_webhooks(spec, 1, 0, 0, 2, memory) == (1, "InitialReplicas")
+    # an unreadable broker keeps the replicas, as without webhooks
+    assert with_webhooks(spec, 0, None, None, 0, ScalerMemory()) == (0, "BrokerUnreadable")

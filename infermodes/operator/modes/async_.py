@@ -3,7 +3,8 @@
 A Deployment of ``infermodes worker`` (prefetch = ``maxConcurrentInvocationsPerInstance``) that
 consumes the endpoint's RabbitMQ quorum queue; each worker declares the queue, its dead-letter
 queue and their bindings when it connects (idempotently), with its AMQP URL from the Secret the
-spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``); when the
+spec names. Replicas follow ready + unacknowledged messages (``endpoints.scaling``), with one
+worker kept (or started) while webhook jobs wait in the endpoint's outbox; when the
 broker's figures would let the pool shrink, or it does not count unacknowledged messages (no
 management API), the workers' own in-flight counts are asked too (``pool_figures``: unknown, so
 no scale-in, while one cannot say), so a pool does not shrink under work it holds. Before a
@@ -73,7 +74,14 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     current = workload.replicas
     figures = pool_figures(spec, signals).figures or QueueFigures(None, None)
     return backlog_replicas(
-        block, current, figures.ready, figures.in_flight, memory, signals.now, figures.consumers
+        block,
+        current,
+        figures.ready,
+        figures.in_flight,
+        memory,
+        signals.now,
+        figures.consumers,
+        figures.waiting_webhooks,
     ).replicas
 
 
@@ -129,6 +137,12 @@ def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigu
         return None
     taken = lambda: worker_readings(signals, parse_worker_dequeued_accepted_at).values()  # noqa: E731
     return with_estimated_age(figures, taken, signals.wall)
+
+
+def webhooks_waiting(figures: QueueFigures) -> str:
+    """A note of the webhook jobs waiting in the outbox, which keep a worker (none: "")."""
+    waiting = figures.waiting_webhooks
+    return f", {waiting} webhook job(s) waiting" if waiting else ""
 
 
 def not_consuming(signals: Signals) -> str:
@@ -260,6 +274,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         queued = f"{figures.ready} queued, {in_flight} in flight"
         if figures.ready and figures.oldest_age is not None:
             queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
+        queued += webhooks_waiting(figures)
         workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
         # a spec change rolling out over a pool that served: Updating, as a realtime
         # endpoint's and as `infermodes up` says it (the queue accepts throughout)

@@ -7,7 +7,13 @@ import logging
 from infermodes.endpoints.status import QueueFigures
 from infermodes.errors import BrokerUnavailable, BrokerUrlError
 from infermodes.queueing.broker import BrokerUrl, ManagementUrl
-from infermodes.queueing.rabbitmq import BROKER_ERRORS, QueueReader, backlog, queue_name
+from infermodes.queueing.rabbitmq import (
+    BROKER_ERRORS,
+    QueueReader,
+    backlog,
+    queue_name,
+    waiting_webhooks,
+)
 
 log = logging.getLogger("infermodes.operator")
 UNREADABLE: tuple[type[BaseException], ...] = (*BROKER_ERRORS, BrokerUrlError, BrokerUnavailable)
@@ -18,32 +24,39 @@ def read_backlog(
     broker_url: BrokerUrl | None,
     management_url: ManagementUrl | None,
     reader: QueueReader | None = None,
+    webhooks: bool = False,
 ) -> QueueFigures | None:
-    """Ready and in-flight requests (in-flight None when only AMQP answers); None when the
-    broker cannot be read at all, which the scaler treats as "keep the replicas". ``reader``:
-    kept connections (a reconcile comes with every nudge: a connection each is churn)."""
+    """Ready and in-flight requests (in-flight None when only AMQP answers), and with
+    ``webhooks`` the jobs ready in the outbox; None when the broker cannot be read at all,
+    which the scaler treats as "keep the replicas". ``reader``: kept connections (a reconcile
+    comes with every nudge: a connection each is churn)."""
     if not broker_url:
         return None
     try:
         found = backlog(endpoint, broker_url, management_url, reader)
+        waiting = waiting_webhooks(endpoint, broker_url, reader) if webhooks else 0
     except UNREADABLE as exc:  # the management API's failures fall back to AMQP inside
         log.warning("cannot read the backlog of %s: %s", endpoint, exc)
         return None
-    return QueueFigures(found.ready, found.unacked, found.oldest_age, found.consumers)
+    return QueueFigures(found.ready, found.unacked, found.oldest_age, found.consumers, waiting)
 
 
-def read_ready(endpoint: str, reader: QueueReader | None) -> tuple[int, int] | None:
-    """The requests waiting in the endpoint's queue now and its consumers (an AMQP passive
-    declare, exact, over the reader's kept connections), for the operator's once-a-second
-    look; None when the broker cannot be read. Failures go to the debug log only (the reader
-    logs one line when the broker stops answering and one when it is back): the reconcile
+def read_ready(
+    endpoint: str, reader: QueueReader | None, webhooks: bool = False
+) -> tuple[int, int, int] | None:
+    """The requests waiting in the endpoint's queue now, its consumers, and with ``webhooks``
+    the jobs ready in its outbox (AMQP passive declares, exact, over the reader's kept
+    connections), for the operator's once-a-second look; None when the broker cannot be
+    read. Failures go to the debug log only (the reader logs one line when the broker stops
+    answering and one when it is back): the reconcile
     reports an unreadable broker (status, Event, log, metric), and the look would repeat it
     every second for every async endpoint."""
     if reader is None:
         return None
     try:
         found = reader.read(queue_name(endpoint))
-        return found.ready, found.consumers
+        waiting = waiting_webhooks(endpoint, reader.url, reader) if webhooks else 0
+        return found.ready, found.consumers, waiting
     except UNREADABLE as exc:
         log.debug("cannot read the queue of %s: %s", endpoint, exc)
         return None

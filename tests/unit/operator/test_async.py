@@ -28,7 +28,8 @@ from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
-from infermodes.queueing.rabbitmq import QueueReader
+from infermodes.queueing.broker import Backlog, outbox_name
+from infermodes.queueing.rabbitmq import QueueReader, queue_name
 from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, OperatorSettings
 from tests.unit.operator.test_realtime import REF, SPEC_SECRETS, FakeKube, body, check_golden
 
@@ -461,7 +462,7 @@ def test_an_unread_queue_publishes_no_figures_and_a_deleted_endpoint_none_at_all
 def test_one_reconcile_reads_the_broker_once_and_its_status_shows_what_the_decision_saw() -> None:
     reads = []
 
-    def read_backlog(endpoint: str) -> QueueFigures:
+    def read_backlog(endpoint: str, webhooks: bool) -> QueueFigures:
         reads.append(endpoint)
         return QueueFigures(ready=5 * len(reads), in_flight=0)
 
@@ -533,7 +534,7 @@ def test_an_endpoint_whose_name_another_namespace_holds_runs_no_workers_and_says
     }
     kube = FakeKube(pool)
     deps = Deps(kube, OperatorSettings(allowed_secret_names=SPEC_SECRETS), lambda ip, port: None)
-    deps.read_backlog = lambda _endpoint: QueueFigures(ready=9, in_flight=0)
+    deps.read_backlog = lambda _endpoint, _hooks: QueueFigures(ready=9, in_flight=0)
     deps.async_holders = lambda namespace, name: [("team-a", "2026-01-01T00:00:00Z")]
     later = body(FULL_SPEC)
     later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
@@ -759,3 +760,55 @@ def test_a_webhook_and_its_secret_ref_together_are_refused_by_both_validations()
     assert "!has(self.errorWebhook) || !has(self.errorWebhookSecretRef)" in rules
     with pytest.raises(ValueError, match="key"):
         s.NotificationSpec.model_validate({"errorWebhookSecretRef": {"name": "infermodes-h"}})
+
+
+def test_webhook_jobs_in_the_outbox_wake_a_pool_at_zero_and_show_in_its_status() -> None:
+    """The outbox is read only for an endpoint with webhooks; its waiting jobs make the
+    decision one worker (not more), and the status message says why the pool is not idle."""
+    asked = []
+
+    def read_backlog(endpoint: str, webhooks: bool) -> QueueFigures:
+        asked.append(webhooks)
+        return QueueFigures(ready=0, in_flight=0, waiting_webhooks=7 if webhooks else 0)
+
+    idle = {
+        "metadata": {"name": "abalone", "generation": 1},
+        "spec": {"replicas": 0},
+        "status": {"replicas": 0, "readyReplicas": 0, "observedGeneration": 1},
+    }
+    settings = OperatorSettings(allowed_secret_names=SPEC_SECRETS)
+    deps = Deps(FakeKube(idle), settings, lambda ip, port: None)
+    deps.read_backlog = read_backlog
+    status = reconcile(body(FULL_SPEC), ScalerMemory(), deps, autoscale=True).status
+    assert asked == [True]
+    assert status.desired_replicas == 1
+    assert "7 webhook job(s) waiting" in status.message
+    silent = {**FULL_SPEC, "async": {**FULL_SPEC["async"], "notification": {"topic": True}}}
+    deps = Deps(FakeKube(idle), settings, lambda ip, port: None)
+    deps.read_backlog = read_backlog
+    status = reconcile(body(silent), ScalerMemory(), deps, autoscale=True).status
+    assert asked == [True, False]  # no webhooks: no outbox read
+    assert status.desired_replicas == 0 and "webhook" not in status.message
+
+
+class OutboxReader:
+    """A QueueReader's reads, by queue name."""
+
+    url = "amqp://127.0.0.1:5672/"
+
+    def __init__(self, ready: dict[str, int]) -> None:
+        self.ready = ready
+        self.queues: list[str] = []
+
+    def read(self, queue: str) -> Backlog:
+        self.queues.append(queue)
+        return Backlog(ready=self.ready.get(queue, 0), unacked=None, consumers=0, source="amqp")
+
+
+def test_the_look_wakes_a_pool_at_zero_for_webhook_jobs_reading_the_outbox_only_for_them() -> None:
+    reader = OutboxReader({outbox_name("ep"): 2})
+    found = read_ready("ep", reader, webhooks=True)  # type: ignore[arg-type]
+    assert found == (0, 0, 2)
+    assert scale_out_due(async_block(SPEC), 0, *found)
+    assert read_ready("ep", reader) == (0, 0, 0)  # type: ignore[arg-type]
+    assert reader.queues == [queue_name("ep"), outbox_name("ep"), queue_name("ep")]
