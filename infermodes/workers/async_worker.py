@@ -34,7 +34,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -706,6 +706,12 @@ def json_cap_of(settings: WorkerSettings) -> int:
     return process_json_cap(settings.max_json_bytes, settings.memory_bytes, concurrency).bytes
 
 
+class WebhookSendersStopped(RuntimeError):
+    """The outbox's consumer ended by itself (a bug): a worker that goes on taking requests
+    would publish webhook jobs that it never sends, and keep the pool from scaling to zero
+    (``scaling.backlog_replicas`` keeps a worker for them); it exits, to be started again."""
+
+
 @dataclass(frozen=True)
 class Worker:
     """The worker's consumers: its queue's, with the handler of its requests, and its outbox's
@@ -714,6 +720,7 @@ class Worker:
     consumer: Consumer
     handle: Handler
     outbox: tuple[Consumer, Handler] | None = None
+    senders_failed: threading.Event = field(default_factory=threading.Event)
 
     def stop(self) -> None:
         self.consumer.stop()
@@ -735,6 +742,8 @@ class Worker:
             self.stop()
             if sender is not None:
                 sender.join()
+        if self.senders_failed.is_set():
+            raise WebhookSendersStopped("the webhook senders stopped (see above)")
 
     def _send(self, outbox: Consumer, handle: Handler) -> None:
         while not self.consumer.consuming.wait(0.2):  # its log's "consuming" comes first
@@ -744,6 +753,10 @@ class Worker:
             outbox.run(handle)
         except BrokerLoginRefused as exc:  # so does the queue's consumer, which ends the worker
             log.error("webhook outbox: %s", exc)
+        except Exception:
+            log.exception("webhook outbox: its senders stopped; the worker stops too")
+            self.senders_failed.set()
+            self.consumer.stop()
 
 
 def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
@@ -836,5 +849,8 @@ def run(settings: WorkerSettings) -> int:
     except BrokerLoginRefused as exc:
         log.error("%s; exiting, so that a restart reads the broker URL again", exc)
         return EXIT_BROKER_LOGIN_REFUSED
+    except WebhookSendersStopped as exc:
+        log.error("%s; exiting, so that a restart sends the endpoint's webhooks again", exc)
+        return 1
     log.info("stopped")
     return 0

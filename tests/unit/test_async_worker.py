@@ -32,6 +32,8 @@ from infermodes.storage import FileStore, ObjectRef, Storage
 from infermodes.workers.async_worker import (
     Processor,
     Result,
+    WebhookSendersStopped,
+    Worker,
     run,
     storage_wait_budget,
     webhooks_of,
@@ -1046,3 +1048,36 @@ def test_json_is_held_to_the_memory_cap_and_recordio_to_max_json_bytes(
     assert worker.handle(message, 0) == Result(Settle.ACK, "success")
     scores = np.array((other / "out/r1.out").read_text().split(), "f4")
     np.testing.assert_array_equal(scores, model.predict(rows))
+
+
+class IdleConsumer:
+    """A consumer that takes nothing: ``run`` waits for ``stop``; ``broken``, it raises."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.stopping, self.consuming = threading.Event(), threading.Event()
+        self.consuming.set()
+        self.hold_limit = None
+        self.on_in_flight = self.on_attempts_allowed = lambda _n: None
+        self.in_flight = 0
+
+    def run(self, handle: object) -> None:
+        if self.broken:
+            raise RuntimeError("a bug in the outbox's consumer")
+        self.stopping.wait(30)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def test_a_worker_whose_webhook_senders_stop_by_themselves_stops_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Taking requests on, it would publish webhook jobs it never sends (and keep its pool
+    from scaling to zero): it ends, to be started again, naming why."""
+    requests, outbox = IdleConsumer(), IdleConsumer(broken=True)
+    worker = Worker(requests, lambda _d: Settle.ACK, (outbox, lambda _d: Settle.ACK))  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, "infermodes"), pytest.raises(WebhookSendersStopped):
+        worker.run()
+    assert requests.stopping.is_set()
+    assert "its senders stopped" in caplog.text
