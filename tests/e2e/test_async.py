@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, GatewayDemand
 from infermodes.metrics import parse_sample, parse_worker_in_flight
+from infermodes.queueing.connect import RabbitBroker
 from infermodes.settings import DEFAULT_MAX_ATTEMPTS
 from tests.cluster.api import KubeApi
 from tests.cluster.harness import Cluster
@@ -47,6 +48,7 @@ from tests.support.async_plane import (
     dead_letters,
     folder_request,
     publish,
+    put_webhook_job,
 )
 from tests.support.processes import REPO, wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
@@ -231,6 +233,26 @@ def test_a_pool_from_zero_serves_every_request_once_and_returns_to_zero(
     labels = {"namespace": k8s_namespace, "endpoint": "queued"}
     assert operator_sample(tools, AGE, labels) == 0
     wait_until(lambda: not worker_pods(tools, k8s_namespace, "queued"), 120, "workers to stop")
+
+
+def test_a_webhook_job_left_in_the_outbox_wakes_a_pool_at_zero_which_then_returns_to_zero(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, tmp_path: Path
+) -> None:
+    """Only workers send an outbox's jobs: a job left there while the pool is at zero (no
+    request waiting) makes the operator start a worker, which delivers it; the pool goes back
+    to zero after its cooldown."""
+    with WebhookReceiver() as webhook:
+        notification = {"topic": False, "successWebhook": webhook.url}
+        manifest = async_manifest("hooked", model_uri, tmp_path, scaleInCooldownSeconds=5,
+                                  notification=notification)  # fmt: skip
+        endpoint, _ = serve_async(tools, k8s_namespace, broker, manifest, ready=0)
+        assert endpoint["status"]["replicas"] == 0
+        put_webhook_job(RabbitBroker(broker.amqp_url, None), "hooked", "left-in-the-outbox")
+        wait_until(lambda: webhook.ids() == {"left-in-the-outbox"}, 180, "the job delivered")
+        wait_phase(tools.cluster.api, k8s_namespace, "hooked", "InService", timeout=120,
+                   also=lambda e: e["status"].get("replicas") == 0)  # fmt: skip
+        wait_until(lambda: not worker_pods(tools, k8s_namespace, "hooked"), 120, "workers gone")
+    assert webhook.ids() == {"left-in-the-outbox"}
 
 
 def gateway_entries(api: KubeApi, namespace: str, name: str) -> list[GatewayDemand]:
