@@ -95,17 +95,6 @@ def not_gzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
         yield block
 
 
-def capped(blocks: Iterator[bytes], limit: int, refusal: BadRecord) -> Iterator[bytes]:
-    """The blocks, failing with ``refusal`` once they pass ``limit`` bytes in all: an object
-    that cannot be held is refused before it is read (or decompressed) whole."""
-    total = 0
-    for block in blocks:
-        total += len(block)
-        if total > limit:
-            raise refusal
-        yield block
-
-
 def line_range(blocks: Iterator[bytes], start: int, end: int) -> Iterator[bytes]:
     """The records that start in ``[start, end)`` of an object, given its blocks from byte
     ``start - 1`` on (from 0 when ``start`` is 0). A range starting inside a line skips to the
@@ -194,21 +183,30 @@ def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:
                 yield MiniBatch(batch.first_line + offset, line + b"\n" if ended else line)
 
 
-def whole_object(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
-    """SplitType None: the object is one record, refused when it is over ``limit``."""
+def whole_object(
+    blocks: Iterator[bytes], limit: int, refusal: BadRecord | None = None
+) -> Iterator[MiniBatch]:
+    """SplitType None: the object is one record, refused when it is over ``limit`` (with
+    ``refusal``, when the limit is not maxPayloadInMB's), before it is read whole."""
     data = bytearray()
     for block in blocks:
         data += block
         if len(data) > limit:
-            raise too_large(1, limit)
+            raise refusal or too_large(1, limit)
     if data.strip():
         yield MiniBatch(1, bytes(data))
 
 
 def minibatches(
-    blocks: Iterator[bytes], split_type: SplitType, strategy: BatchStrategy, limit: int
+    blocks: Iterator[bytes],
+    split_type: SplitType,
+    strategy: BatchStrategy,
+    limit: int,
+    whole_refusal: BadRecord | None = None,
 ) -> Iterator[MiniBatch]:
+    """``whole_refusal``: why a whole object (SplitType None) over ``limit`` is refused, when
+    the limit is not maxPayloadInMB's (the memory a whole JSON document may take)."""
     if split_type == "None":
-        return whole_object(blocks, limit)
+        return whole_object(blocks, limit, whole_refusal)
     packed = pack_lines(blocks, limit)
     return single_lines(packed) if strategy == "SingleRecord" else packed

@@ -414,13 +414,14 @@ class Runner:
                 blocks = records.gunzip(blocks, BLOCK_BYTES)
             elif unit.start == 0:
                 blocks = records.not_gzip(blocks)
-            cap = self.json_cap
-            if cap is not None and cap.bytes < self.limit:  # else maxPayloadInMB says it
-                blocks = records.capped(blocks, cap.bytes, self.over_memory(unit, cap))
+            limit, refusal = self.limit, None
+            cap = self.json_cap  # whole JSON documents only: when smaller, the memory's word
+            if cap is not None and cap.bytes < self.limit:
+                limit, refusal = cap.bytes, self.over_memory(unit, cap)
             if unit.is_range:
                 blocks = records.line_range(blocks, unit.start, unit.end)
             batches = records.minibatches(
-                blocks, settings.split_type, settings.batch_strategy, self.limit
+                blocks, settings.split_type, settings.batch_strategy, limit, refusal
             )
             window = settings.max_concurrent_transforms
             written = 0
