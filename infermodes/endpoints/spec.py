@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -770,6 +770,14 @@ def problem(error: ErrorDetails) -> str:
     if pattern == WEBHOOK_PATTERN:  # a URL may carry a token: not repeated into logs
         return f"must be {meaning}"
     return f"must be {meaning}; got {shown(error['input'])}"
+
+
+def parse_spec(raw: Any) -> EndpointSpec | str:
+    """The spec, or what is wrong with it (``spec_problems``)."""
+    try:
+        return EndpointSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        return spec_problems(exc)
 
 
 def spec_problems(

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infermodes.endpoints import spec
-from infermodes.endpoints.spec import EndpointSpec, Phase
+from infermodes.endpoints.spec import EndpointSpec, Phase, parse_spec
 from infermodes.metrics import OperatorMetrics
 from infermodes.storage import prefix_within
 
@@ -172,6 +172,21 @@ class AppliedSpec:
             return EndpointSpec.model_validate(json.loads(self.text))
         except (ValueError, ValidationError):  # json's errors are ValueErrors
             return None
+
+
+def in_force(raw: Any, status: Any) -> tuple[EndpointSpec | None, str | None, int | None]:
+    """The spec to actuate and serve, why it is not the one given (None: it is), and the
+    generation the workload must run for it (None: any). A spec that cannot be parsed, one the
+    CRD took (a CRD older than the operator's checks: helm never upgrades a chart's CRDs), is
+    refused as ``not_allowed`` refuses one, and the spec its workload was last applied from
+    (its status's ``AppliedSpec``) stands in for it: the operator keeps actuating it (scaled,
+    activated, its queue watched) and the gateway serves it."""
+    spec = parse_spec(raw)
+    if not isinstance(spec, str):
+        return spec, None, None
+    applied = AppliedSpec.from_dict(status)
+    kept = None if applied is None else applied.spec()
+    return kept, spec, None if applied is None else applied.generation
 
 
 @dataclass(frozen=True)

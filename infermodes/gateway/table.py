@@ -16,12 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from pydantic import ValidationError as SpecError
-
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
 from infermodes.endpoints.spec import MODEL_SERVER_MODES, EndpointSpec, Mode, Phase, ServerlessSpec
-from infermodes.endpoints.status import FAILED_CREATE, NAME_IN_USE, AppliedSpec
+from infermodes.endpoints.status import FAILED_CREATE, NAME_IN_USE, in_force
 from infermodes.errors import EndpointNotFound, InfermodesError, clipped
 from infermodes.gateway.errors import ValidationError
 from infermodes.metrics import UNKNOWN_ENDPOINT
@@ -337,18 +335,14 @@ class Table:
 
     def _read(self, endpoint: Endpoint, obj: Mapping[str, Any]) -> None:
         """The endpoint's mode, blocks, phase and peers, from its object."""
-        try:
-            spec: EndpointSpec | None = EndpointSpec.model_validate(obj.get("spec") or {})
-        except SpecError:
-            # an update the operator cannot parse: it keeps actuating the spec its workload
-            # was applied from (Updating, InvalidSpec), recorded in the status, and the gateway
-            # serves that one; none recorded, the spec read before; none read (mode None): it
-            # takes no invocations
-            applied = AppliedSpec.from_dict(obj.get("status"))
-            spec = None if applied is None else applied.spec()
-            if spec is None and endpoint.async_ is not None:
-                workers = status_replicas(obj.get("status"))
-                endpoint.async_ = replace(endpoint.async_, workers=workers)
+        # an update the operator cannot parse: it keeps actuating the spec its workload was
+        # applied from (Updating, InvalidSpec), recorded in the status, and the gateway serves
+        # that one; none recorded, the spec read before; none read (mode None): it takes no
+        # invocations
+        spec = in_force(obj.get("spec") or {}, obj.get("status"))[0]
+        if spec is None and endpoint.async_ is not None:
+            workers = status_replicas(obj.get("status"))
+            endpoint.async_ = replace(endpoint.async_, workers=workers)
         if spec is not None:
             self._read_spec(endpoint, obj, spec)
         if endpoint.async_ is None or endpoint.async_.workers:  # the next time at zero: a push

@@ -35,6 +35,7 @@ from infermodes.endpoints.status import (
     NAME_IN_USE,
     UNSCHEDULABLE,
     Status,
+    in_force,
     record_queue,
 )
 from infermodes.errors import BrokerUrlError
@@ -42,7 +43,7 @@ from infermodes.logs import quiet_client_logs
 from infermodes.metrics import OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
-from infermodes.operator.reconcile import Deps, Reconciled, in_force, reconcile
+from infermodes.operator.reconcile import Deps, Reconciled, reconcile
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape

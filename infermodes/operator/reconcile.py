@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import ValidationError
-
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand
 from infermodes.endpoints.plan import SERVER_PORT
@@ -28,6 +26,7 @@ from infermodes.endpoints.status import (
     BatchOutput,
     QueueFigures,
     Status,
+    in_force,
     output_held_by,
     parse_rfc3339,
     rfc3339,
@@ -74,13 +73,6 @@ class Reconciled:
 
     status: Status
     events: list[tuple[str, str]] = field(default_factory=list)  # (reason, message)
-
-
-def parse_spec(raw: Any) -> s.EndpointSpec | str:
-    try:
-        return s.EndpointSpec.model_validate(dict(raw))
-    except ValidationError as exc:
-        return s.spec_problems(exc)
 
 
 def observe_workload(
@@ -230,20 +222,6 @@ def remove_policy(deps: Deps, ref: EndpointRef) -> None:
     except KubeError as exc:
         log.warning("cannot remove the NetworkPolicy %s/%s of networkPolicy.enabled=true "
                     "(now off): %s", ref.namespace, ref.child_name, exc)  # fmt: skip
-
-
-def in_force(raw: Any, status: Any) -> tuple[s.EndpointSpec | None, str | None, int | None]:
-    """The spec to actuate, why it is not the one given (None: it is), and the generation the
-    workload must run for it (None: any). A spec the operator cannot parse, one the CRD took (a
-    CRD older than the operator's checks: helm never upgrades a chart's CRDs), is refused as
-    ``not_allowed`` refuses one, and the spec its workload was last applied from (its status's
-    ``AppliedSpec``) keeps being actuated in its place: scaled, activated, its queue watched."""
-    spec = parse_spec(raw)
-    if not isinstance(spec, str):
-        return spec, None, None
-    applied = AppliedSpec.from_dict(status)
-    kept = None if applied is None else applied.spec()
-    return kept, spec, None if applied is None else applied.generation
 
 
 def unparsed(deps: Deps, ref: EndpointRef, previous: Status | None, problems: str) -> Status:

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from infermodes.destinations import WEBHOOK_PATTERN
 from infermodes.endpoints import spec as s
+from infermodes.endpoints.spec import parse_spec
 from infermodes.jsonpath import GRAMMAR
 from infermodes.operator.crd import crd_files, crd_manifest, crd_yaml
-from infermodes.operator.reconcile import parse_spec
 from infermodes.settings import JOIN_LIKE_WITH_LIKE, LIBSVM_PROCESSING
 
 REPO = Path(__file__).resolve().parents[3]
