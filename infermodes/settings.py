@@ -318,7 +318,8 @@ class WorkerSettings(EnvSettings):
     memory_bytes: int | None = Field(
         None,
         ge=1,
-        description="The memory the worker may use, which lowers the JSON cap; unset: its "
+        description="The memory the worker may use, which lowers the JSON cap (both actuators "
+        "set it to the spec's resources.memory); unset: its "
         "cgroup's limit (the smallest memory.max, or v1's memory.limit_in_bytes, on its own "
         "cgroup's path in /proc/self/cgroup and its parents), if any.",
     )
@@ -808,7 +809,8 @@ class BatchSettings(EnvSettings):
         None,
         ge=1,
         description="The memory the instance may use, which caps whole JSON documents "
-        "(application/json, split_type None); unset: its cgroup's limit, if any.",
+        "(application/json, split_type None; both actuators set it to the spec's "
+        "resources.memory); unset: its cgroup's limit, if any.",
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from infermodes.endpoints.plan import ProcessPlan, settings_env
-from infermodes.endpoints.spec import AsyncSpec, EndpointSpec
+from infermodes.endpoints.spec import AsyncSpec, EndpointSpec, quantity_bytes
 from infermodes.settings import (
     MAX_INVOCATION_TIMEOUT_SECONDS,
     AsyncApiSettings,
@@ -55,6 +55,8 @@ def worker_values(name: str, spec: EndpointSpec) -> dict[str, object]:
         "notify_topic": notification.topic,
         "success_webhook_urls": [url for url in [notification.success_webhook] if url],
         "error_webhook_urls": [url for url in [notification.error_webhook] if url],
+        # the pod's limit, said to the worker: under ``up`` its processes share one cgroup
+        "memory_bytes": quantity_bytes(block.resources.memory),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from infermodes.endpoints.spec import EndpointSpec
+from infermodes.endpoints.spec import EndpointSpec, quantity_bytes
 from infermodes.errors import EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED
 from infermodes.settings import (
     GATEWAY_INVOCATION_TIMEOUT_SECONDS,
@@ -145,5 +145,6 @@ def batch_instance(spec: EndpointSpec, run_id: str) -> ProcessPlan:
             metrics_port=BATCH_METRICS_PORT,
             termination_message_path=TERMINATION_MESSAGE_PATH,
             allow_pickle=spec.model.allow_pickle,  # pinned: the Secret's envFrom must not set it
+            memory_bytes=quantity_bytes(block.resources.memory),  # under ``up``: one cgroup
         ),
     )

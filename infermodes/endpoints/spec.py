@@ -10,7 +10,10 @@ and payload x concurrent transforms at most 100 MB, at most 3 retries per mini-b
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -109,6 +112,21 @@ def quantity_text(value: object) -> object:
     """A whole number as its text: ``cpu: 2`` reaches the API as the integer 2, and the CRD takes
     an integer or a string, as a pod's resources do (a fraction must be quoted there too)."""
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+QUANTITY_FACTORS: dict[str, Decimal | int] = {
+    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A memory quantity in whole bytes, rounded up as the kubelet rounds a limit: the memory a
+    process may use, which both actuators hand it from the spec (``resources.memory``)."""
+    match = re.fullmatch(QUANTITY_PATTERN, quantity)
+    if match is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    return math.ceil(Decimal(match[1]) * QUANTITY_FACTORS[match[3] or ""])
 
 
 Quantity = Annotated[

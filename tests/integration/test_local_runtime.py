@@ -799,6 +799,38 @@ def test_a_failed_async_pool_shows_the_requests_that_wait_for_it(
         wait_until(lambda: set(outputs(output)) == set(accepted), WAIT, "every async output")
 
 
+def test_an_async_worker_under_up_holds_to_its_spec_memory_as_its_pod_would(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up``'s workers share one cgroup (or none): each took that limit as its own, so a JSON
+    input its pod's limit refuses at once (it would be OOM-killed decoding it) was decoded
+    under ``up``. The spec's ``resources.memory`` is what both actuators give it."""
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                      maxConcurrentInvocationsPerInstance=2,
+                      resources={"cpu": "500m", "memory": "200Mi"})]  # fmt: skip
+    rows = abalone_model.test_rows.tolist()
+    big = json.dumps({"instances": rows * (4_000_000 // len(json.dumps(rows)) + 1)}).encode()
+    small = json.dumps({"instances": rows[:3]}).encode()
+    output = tmp_path / "async" / "output"
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        url = f"{up.url}/endpoints/abalone-async/async-invocations"
+        ids = []
+        for body in (big, small):
+            answer = httpx.post(url, content=body, timeout=90.0,
+                                headers={"content-type": "application/json"})  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["InferenceId"])
+        failure = output / f"{ids[0]}.error"
+        wait_until(lambda: failure.exists() and (output / f"{ids[1]}.out").exists(), WAIT * 2,
+                   "the big input's failure and the small one's output")  # fmt: skip
+    record = json.loads(failure.read_bytes())
+    assert record["reason"] == "PayloadTooLarge", record
+    assert "give the worker more memory" in record["message"], record
+    expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:3])
+    np.testing.assert_allclose(scores((output / f"{ids[1]}.out").read_text()), expected,
+                               rtol=1e-6)  # fmt: skip
+
+
 @pytest.mark.parametrize("management", [True, False], ids=["management-api", "amqp-only"])
 def test_async_on_rabbitmq_with_broker_url(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, management: bool

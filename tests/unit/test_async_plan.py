@@ -56,6 +56,40 @@ def test_defaults_reach_the_worker_as_the_spec_documents(monkeypatch: pytest.Mon
     assert settings.success_webhook_urls == settings.error_webhook_urls == []
 
 
+def test_the_worker_is_told_its_memory_limit_from_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod's limit, which ``up``'s processes cannot read from a cgroup they share."""
+    read_back(worker("ep", endpoint()).env, monkeypatch)
+    assert WorkerSettings().memory_bytes == 1 << 30  # resources.memory's default, 1Gi
+    read_back(worker("ep", endpoint(resources={"memory": "200Mi"})).env, monkeypatch)
+    assert WorkerSettings().memory_bytes == 200 << 20
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        ("1Gi", 1 << 30),
+        ("1.5Gi", 3 << 29),
+        ("768Mi", 768 << 20),
+        ("0.5Ki", 512),
+        ("129M", 129_000_000),
+        ("2k", 2000),
+        ("1T", 10**12),
+        ("1Ti", 1 << 40),
+        ("128974848", 128974848),
+        ("1500m", 2),  # a fraction of a byte rounds up, as the kubelet's limit does
+        ("0.1", 1),
+    ],
+)
+def test_a_memory_quantity_in_bytes(quantity: str, expected: int) -> None:
+    assert s.quantity_bytes(quantity) == expected
+
+
+@pytest.mark.parametrize("quantity", ["", "0", "1Gb", "-1Gi", "1e3", " 1Gi"])
+def test_a_text_that_is_no_quantity_is_refused_by_name(quantity: str) -> None:
+    with pytest.raises(ValueError, match="not a quantity"):
+        s.quantity_bytes(quantity)
+
+
 def test_the_api_gets_each_endpoint_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     given = endpoint(
         inputPath="file:///data/in",

@@ -5,7 +5,7 @@ import pytest
 from infermodes.endpoints import plan
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import env_name, model_server, settings_env
-from infermodes.settings import ServeSettings, WorkerSettings
+from infermodes.settings import BatchSettings, ServeSettings, WorkerSettings
 
 
 def realtime(**model: object) -> s.EndpointSpec:
@@ -77,3 +77,23 @@ def test_a_batch_instance_runs_again_as_the_operator_s_job_retries_its_index(
     exit_code: int | None, failures: int, again: bool
 ) -> None:
     assert plan.batch_instance_runs_again(exit_code, failures) is again
+
+
+def test_a_batch_instance_is_told_its_memory_limit_from_the_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pod's limit, which ``up``'s instances cannot read from a cgroup they share."""
+    spec = s.EndpointSpec.model_validate(
+        {
+            "mode": "batch",
+            "model": {"uri": "s3://m/model.tar.gz"},
+            "batch": {
+                "input": {"uri": "s3://b/in/"},
+                "output": {"uri": "s3://b/out/"},
+                "resources": {"memory": "1536Mi"},
+            },
+        }
+    )
+    for name, value in plan.batch_instance(spec, "run-1").env.items():
+        monkeypatch.setenv(name, value)
+    assert BatchSettings().memory_bytes == 1536 << 20
