@@ -1,7 +1,7 @@
 # The one image every infermodes entrypoint runs: `infermodes serve`, `infermodes operator`,
 # `infermodes worker`, ... (the Deployment or Job picks the command).
 FROM python:3.11-slim AS build
-# gcc: the install compiles the native modules (hatch_build.py: _fastcsv.c, _trees.c)
+# gcc: the install compiles the native modules (hatch_build.py: _fastcsv.c, _fastjson.c, _trees.c)
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

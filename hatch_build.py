@@ -1,13 +1,14 @@
 """Build hook: compile the C extensions ``infermodes/predict/_fastcsv.c`` (native CSV parsing and
-formatting) and ``infermodes/predict/_trees.c`` (the exact tree evaluator) with the machine's C
-compiler while the package is installed.
+formatting), ``infermodes/predict/_fastjson.c`` (numeric JSON bodies into float32) and
+``infermodes/predict/_trees.c`` (the exact tree evaluator) with the machine's C compiler while
+the package is installed.
 
 An editable install (``scripts/install.sh``) puts each module beside its source (replacing any
 earlier one whole); a wheel carries them (and is then tagged for this interpreter and platform).
 Where no C compiler or no Python headers exist (a slim container image) the install goes on
-without them and ``infermodes.predict.fastcsv`` and ``infermodes.predict.trees`` use their
-fallbacks (the codecs, XGBoost's own predict): the same output, slower. A compiler that fails on
-a source is an error.
+without them and ``infermodes.predict.fastcsv``, ``fastjson`` and ``trees`` use their
+fallbacks (the codecs, Python's JSON parser, XGBoost's own predict): the same output, slower.
+A compiler that fails on a source is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCES = ("infermodes/predict/_fastcsv.c", "infermodes/predict/_trees.c")
+SOURCES = (
+    "infermodes/predict/_fastcsv.c",
+    "infermodes/predict/_fastjson.c",
+    "infermodes/predict/_trees.c",
+)
 
 
 class NativeBuildHook(BuildHookInterface):

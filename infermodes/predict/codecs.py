@@ -35,7 +35,7 @@ from infermodes.errors import (
     PayloadTooLarge,
     UnsupportedContentType,
 )
-from infermodes.predict import recordio
+from infermodes.predict import fastjson, recordio
 from infermodes.predict.outputs import OutputSelection
 from infermodes.settings import MAX_DECODED_VALUES
 
@@ -65,7 +65,9 @@ _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any
 # Peak memory of decoding a JSON body, per body byte, the body included: the parsed document's
 # float objects and row lists dominate. Rows of one one-digit feature (``[0],``) are the worst
 # shape measured (~35); rows of 20 such features cost ~16, of 20 six-digit decimals ~5.
-# The async worker caps its JSON inputs by its memory with it.
+# The native path (``fastjson``) needs at most 2 besides the body, but any body it does not
+# take (another shape, a malformed one) is parsed so: the async worker caps its JSON inputs by
+# its memory with this worst case.
 JSON_BYTES_EXPANSION = 36
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
 
@@ -370,7 +372,8 @@ def decode_json(
     max_values: int = MAX_DECODED_VALUES,
 ) -> np.ndarray:
     """``{"instances": [[...], ...]}``, ``{"instances": [{"features": [...]}]}``, a list of
-    rows, one row, or ``{"features": [...]}``."""
+    rows, one row, or ``{"features": [...]}``. Rows of numbers and nulls go to the native
+    decoder (``fastjson``); what it does not take, ``json.loads`` reads or names the error of."""
     if max_rows is not None:  # parsing holds the GIL and costs ~70 bytes per container
         containers = body.count(b"[") + body.count(b"{")
         if containers > 2 * max_rows + 2:  # a row is at most an object and its list
@@ -383,6 +386,13 @@ def decode_json(
         raise InvalidInput(
             f"JSON must be UTF-8 (RFC 8259); the body is {encoding.upper()}: send it as UTF-8"
         )
+    native = fastjson.shape(body)  # the numeric shapes: at most 2 bytes of memory a body byte
+    if native is not None:  # the limits in the order the rows below meet them
+        rows_count, width = native
+        _check_size(rows_count, num_features, max_rows, max_values)
+        _check_width(width, num_features, 1)
+        _check_size(rows_count, width, max_rows, max_values)
+        return fastjson.fill(body, rows_count, width)
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
         # Decoded with the encoding found above, as json.loads would (it would look again).
