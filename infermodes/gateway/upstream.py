@@ -81,6 +81,8 @@ class Connection(asyncio.Protocol):
         if self.received:
             self._fail(UpstreamFailed("it closed the connection mid-answer"))
         elif self.reused:
+            if self.waiter is not None:  # closed with a request on it: a stopping replica
+                self.pool.drop_idle()  # closes all it kept; the retry must not find another
             closed = f"{self.pool.address} closed a kept connection unanswered"
             self._fail(NotSent(closed, presumed=True))
         elif isinstance(exc, (ConnectionResetError, BrokenPipeError)):
@@ -215,9 +217,13 @@ class Pool:
         if connection in self.idle:
             self.idle.remove(connection)
 
-    def close(self) -> None:
+    def drop_idle(self) -> None:
         """Close the idle connections; busy ones close when their answer is in."""
-        self.closed = True
-        for connection in self.idle:
+        idle, self.idle = self.idle, []
+        for connection in idle:
             connection.close()
-        self.idle.clear()
+
+    def close(self) -> None:
+        """No more connections kept; ``drop_idle``."""
+        self.closed = True
+        self.drop_idle()

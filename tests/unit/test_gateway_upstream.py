@@ -111,3 +111,59 @@ def test_a_half_answer_on_a_reused_connection_is_a_failure() -> None:
         first, second = requests(port, 2)
     assert first == b"9.5\n"
     assert isinstance(second, UpstreamFailed), second
+
+
+def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -> None:
+    """A stopping replica closes every connection it keeps, one after another: the retry of a
+    request whose kept connection was closed under it took the next kept one, closed a moment
+    later too, and the gateway gave up on a request no replica had read ("closed the
+    connection twice"). A new connection is what the retry gets now."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered_twice = threading.Barrier(3, timeout=10)
+
+    def kept_then_closed(conn: socket.socket) -> None:
+        with conn:
+            answer(conn)
+            answered_twice.wait()
+            conn.settimeout(10)
+            conn.recv(65536)  # the next request on it (or the pool's close): closed unanswered
+
+    def serve() -> None:
+        threads = []
+        for handler in (kept_then_closed, kept_then_closed, answer):
+            conn, _ = listener.accept()
+            thread = threading.Thread(target=handler, args=(conn,), daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(10)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+
+    async def main() -> list[object]:
+        pool = Pool("127.0.0.1", port, idle_seconds=30, max_idle=4)
+        head = pool.head(b"/invocations", [(b"Content-Type", b"text/csv")], len(BODY))
+        out: list[object] = [
+            answer.body
+            for answer in await asyncio.gather(pool.request(head, BODY), pool.request(head, BODY))
+        ]
+        await asyncio.get_running_loop().run_in_executor(None, answered_twice.wait)
+        for _ in range(2):
+            try:
+                out.append((await pool.request(head, BODY)).body)
+            except NotSent as exc:
+                out.append(exc)
+        pool.close()
+        return out
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            first, second, closed, retried = runner.run(main())
+    finally:
+        listener.close()
+        server.join(10)
+    assert first == second == b"9.5\n"
+    assert isinstance(closed, NotSent) and closed.presumed, closed
+    assert retried == b"9.5\n", retried
