@@ -347,9 +347,10 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 READY_PATH = "/readyz"
+LIVENESS_PATH = "/healthz"  # the model server's liveness port (``server.liveness``)
 
 
-def _text_headers(body: bytes) -> list[tuple[str, str]]:
+def text_headers(body: bytes) -> list[tuple[str, str]]:
     return [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
 
 
@@ -377,15 +378,21 @@ def serve_metrics(
         if method not in ("GET", "HEAD"):
             refusal = f"{READY_PATH} answers GET and HEAD, not {method}\n".encode()
             start_response(
-                "405 Method Not Allowed", [*_text_headers(refusal), ("Allow", "GET, HEAD")]
+                "405 Method Not Allowed", [*text_headers(refusal), ("Allow", "GET, HEAD")]
             )
             return [refusal]
         is_ready = ready()
         status = "200 OK" if is_ready else "503 Service Unavailable"
         body = b"ready\n" if is_ready else b"not ready\n"
-        start_response(status, _text_headers(body))  # HEAD: GET's headers, no body
+        start_response(status, text_headers(body))  # HEAD: GET's headers, no body
         return [] if method == "HEAD" else [body]
 
+    return serve_wsgi(host, port, app, "metrics-http")
+
+
+def serve_wsgi(host: str, port: int, app: Any, thread_name: str) -> WSGIServer:
+    """Serve the WSGI ``app`` on a daemon thread, quietly: the side ports of processes whose
+    main thread does other work (metrics, readiness, liveness)."""
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -394,7 +401,7 @@ def serve_metrics(
         address_family = family  # an IPv6 host needs its own family
 
     server = make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
     return server
 
 

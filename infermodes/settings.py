@@ -229,6 +229,21 @@ class ServeSettings(EnvSettings):
         description="The container's selectable output keys, comma-separated (e.g. "
         "predicted_label,probabilities); checked against the model's objective at start.",
     )
+    liveness_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of GET /healthz, the liveness probe's, answered off the workers' "
+        "event loops (a long prediction does not delay it): 503 naming a worker whose loop is "
+        "stuck. 0: none (the operator's pods use 8081).",
+    )
+    liveness_stall_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A worker's event loop silent this long while it predicts nothing is "
+        "stuck: /healthz answers 503.",
+    )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
 

@@ -20,6 +20,7 @@ from infermodes.settings import (
 )
 
 SERVER_PORT = 8080  # the platform's container contract
+LIVENESS_PORT = 8081  # a model server pod's liveness probe (``server.liveness``)
 # SIGTERM to SIGKILL for a model server (its pod's terminationGracePeriodSeconds, its process
 # under ``up``): past the gateway's invocation timeout, so a replica scaled in or replaced
 # finishes what it holds (it has left the gateway's table and its Service first)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.plan import SERVER_PORT, ProcessPlan, env_name
+from infermodes.endpoints.plan import LIVENESS_PORT, SERVER_PORT, ProcessPlan, env_name
+from infermodes.metrics import LIVENESS_PATH
 from infermodes.settings import EnvSettings, OperatorSettings, ServeSettings
 
 MANAGED_BY = "infermodes"
@@ -144,17 +145,33 @@ def server_container(
     storage_secret: s.SecretRef | None,
 ) -> dict[str, Any]:
     """The model server container every synchronous mode runs, from its process plan. It binds
-    to its pod IP (through the downward API), which is what the readiness probe and the gateway
-    reach."""
+    to its pod IP (through the downward API), which is what the probes and the gateway reach.
+    Readiness is ``/ping``; liveness is the liveness port's ``/healthz``, answered off the
+    workers' event loops, so a long prediction never gets a busy server restarted, and a
+    stuck loop does (``server.liveness``)."""
+    env = env_list(ServeSettings, "host", plan)
+    # pinned (an env entry wins over the storage Secret's envFrom): the probe reaches this port
+    env.append({"name": env_name(ServeSettings, "liveness_port"), "value": str(LIVENESS_PORT)})
     container: dict[str, Any] = {
         "name": "model-server",
         "image": image,
         "command": list(plan.command),
-        "env": env_list(ServeSettings, "host", plan),
-        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+            {"name": "liveness", "containerPort": LIVENESS_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": {
             "httpGet": {"path": "/ping", "port": SERVER_PORT},
             "periodSeconds": 1,  # the probe's period is most of a cold start's wait otherwise
+            "failureThreshold": 3,
+        },
+        # restarted after 30 s stuck (10 s of silence, then 3 failed probes); never while it
+        # predicts, however long (the gateway's invocation timeout bounds that)
+        "livenessProbe": {
+            "httpGet": {"path": LIVENESS_PATH, "port": LIVENESS_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "resources": resources(spec_resources),

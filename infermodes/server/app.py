@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 from fastapi.responses import Response
@@ -45,6 +46,7 @@ from infermodes.metrics import INVOCATIONS_ROUTE, ServerMetrics
 from infermodes.predict import codecs, fastcsv
 from infermodes.predict.model import XGBoostModel
 from infermodes.server.batching import Batcher
+from infermodes.server.liveness import WorkerBeat
 from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
@@ -132,6 +134,7 @@ class InvocationsHandler:
         slot: ModelSlot,
         metrics: ServerMetrics,
         connections: Callable[[], int] | None = None,
+        beat: WorkerBeat | None = None,
     ) -> None:
         self.slot = slot
         self.metrics = metrics
@@ -140,7 +143,11 @@ class InvocationsHandler:
         self.max_rows = settings.max_rows
         self.max_values = settings.max_values
         self.batcher = Batcher(
-            metrics, settings.max_batch_rows, settings.max_batch_wait_us, connections
+            metrics,
+            settings.max_batch_rows,
+            settings.max_batch_wait_us,
+            connections,
+            nullcontext if beat is None else beat.predicting,
         )
         # Large bodies are decoded one at a time per worker: decoding holds the GIL, so a
         # second thread gains nothing and would double the memory in flight.
@@ -284,10 +291,11 @@ def create_app(
     slot: ModelSlot,
     registry: CollectorRegistry | None = None,
     connections: Callable[[], int] | None = None,
+    beat: WorkerBeat | None = None,
 ) -> Dispatch:
     """The ASGI app for one model (its ``metrics`` at hand for whoever loads the model).
     ``slot`` is filled by whoever loads the model; ``connections`` counts the worker's open
-    connections (see ``Batcher``)."""
+    connections (see ``Batcher``); ``beat`` marks its predictions for the liveness probe."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServerMetrics(registry)
     api = create_api("infermodes model server", registry)
@@ -297,4 +305,4 @@ def create_app(
         slot.require()
         return Response(b"", 200)
 
-    return Dispatch(InvocationsHandler(settings, slot, metrics, connections), api)
+    return Dispatch(InvocationsHandler(settings, slot, metrics, connections, beat), api)

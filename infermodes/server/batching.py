@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
@@ -51,8 +52,10 @@ class Batcher:
         max_rows: int,
         max_wait_us: int = 0,
         connections: Callable[[], int] | None = None,
+        predicting: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.metrics = metrics
+        self.predicting = predicting  # the liveness table's mark (``liveness.WorkerBeat``)
         self.max_rows = max_rows
         self.max_wait = max_wait_us / 1e6
         self.connections = connections
@@ -61,7 +64,8 @@ class Batcher:
     def predict_now(self, model: XGBoostModel, rows: np.ndarray) -> np.ndarray:
         """One predict call, recorded (it raises InvalidInput for a wrong feature count)."""
         started = time.perf_counter()
-        predictions = model.predict(rows)
+        with self.predicting():
+            predictions = model.predict(rows)
         self.metrics.predicted(rows.shape[0], time.perf_counter() - started)
         return predictions
 

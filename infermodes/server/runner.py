@@ -13,6 +13,7 @@ environment before ``prometheus_client`` is first imported.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 if TYPE_CHECKING:
+    from infermodes.server.liveness import LivenessTable, WorkerBeat
     from infermodes.settings import ServeSettings
 
 log = logging.getLogger("infermodes.serve")
@@ -43,9 +45,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = False) -> int:
+def run_worker(
+    settings: ServeSettings,
+    sock: socket.socket,
+    load_first: bool = False,
+    beat: WorkerBeat | None = None,
+) -> int:
     """Serve on an already-bound socket until told to stop; returns the exit code.
-    ``load_first``: take no connection before the model is loaded (others answer meanwhile)."""
+    ``load_first``: take no connection before the model is loaded (others answer meanwhile);
+    ``beat``: the worker's slot of the liveness table, which its loop ticks."""
     import uvicorn
 
     from infermodes.http import uvicorn_options
@@ -61,7 +69,7 @@ def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = 
     def connections() -> int:
         return len(server.server_state.connections) if server is not None else 0
 
-    app = create_app(settings, slot, connections=connections)
+    app = create_app(settings, slot, connections=connections, beat=beat)
     options = uvicorn_options(
         settings.log_level,
         settings.header_timeout_seconds,
@@ -100,27 +108,46 @@ def run_worker(settings: ServeSettings, sock: socket.socket, load_first: bool = 
         except Exception as exc:  # anything: a worker that cannot serve must say so and exit
             log.error("cannot load model: %s", load_failure(exc))
             return EXIT_MODEL_LOAD_FAILED
-    server.run(sockets=[sock])
+
+    async def serve_ticking() -> None:
+        ticking = None if beat is None else asyncio.create_task(beat.tick_forever())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if ticking is not None:
+                ticking.cancel()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # as server.run
+        runner.run(serve_ticking())
     return EXIT_MODEL_LOAD_FAILED if slot.error else 0
 
 
 class Supervisor:
     """Forks workers, restarts ones that crash, and stops them all on SIGTERM/SIGINT."""
 
-    def __init__(self, settings: ServeSettings, sock: socket.socket) -> None:
+    def __init__(
+        self, settings: ServeSettings, sock: socket.socket, liveness: LivenessTable | None = None
+    ) -> None:
         self.settings = settings
         self.sock = sock
+        self.liveness = liveness
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
 
     def spawn(self, index: int, load_first: bool = False) -> None:
+        beat = None
+        if self.liveness is not None:
+            from infermodes.server.liveness import WorkerBeat
+
+            self.liveness.reset(index)  # the slot of a crashed worker: not stalled while it loads
+            beat = WorkerBeat(self.liveness, index)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
-                code = run_worker(self.settings, self.sock, load_first)
+                code = run_worker(self.settings, self.sock, load_first, beat)
             finally:
                 os._exit(code)
         self.children[pid] = index
@@ -148,6 +175,8 @@ class Supervisor:
                 continue
             index = self.children.pop(pid)
             worker_exited(pid)
+            if self.liveness is not None:
+                self.liveness.reset(index)  # gone, not stalled: restarted below, or stopping
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
@@ -183,14 +212,33 @@ def serve(settings: ServeSettings) -> int:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         return 1
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    liveness = None
+    if settings.liveness_port:
+        from infermodes.server.liveness import LivenessTable, serve_liveness
+
+        # made before the workers fork (they share it); its thread answers from this process,
+        # which forks again only to replace a crashed worker
+        liveness = LivenessTable(settings.workers)
+        try:
+            serve_liveness(
+                settings.host, settings.liveness_port, liveness, settings.liveness_stall_seconds
+            )
+        except OSError as exc:
+            log.error(
+                "cannot listen on %s:%d: %s", settings.host, settings.liveness_port, exc.strerror
+            )
+            return 1
     if settings.workers == 1:
-        return run_worker(settings, sock)
+        from infermodes.server.liveness import WorkerBeat
+
+        beat = None if liveness is None else WorkerBeat(liveness, 0)
+        return run_worker(settings, sock, beat=beat)
     from infermodes.metrics import shared_values_in
 
     metrics_dir = tempfile.mkdtemp(prefix="infermodes-metrics-")
     shared_values_in(metrics_dir)
     try:
         preload_modules()
-        return Supervisor(settings, sock).run()
+        return Supervisor(settings, sock, liveness).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

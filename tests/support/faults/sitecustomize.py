@@ -2,7 +2,9 @@
 child's PYTHONPATH and sets ``INFERMODES_TEST_FAILING_PREDICTS=N``; the first N predictions
 of the process then raise, as a transient failure would. ``INFERMODES_TEST_BROKEN_GATEWAY=TEXT``
 makes a gateway's endpoint lookups and its ``/metrics`` raise an unexpected error whose message is
-TEXT, as a bug would. Nothing happens without the variables.
+TEXT, as a bug would. ``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
+``PATH`` exists a long one: it touches ``PATH.started`` and blocks until ``PATH`` is removed.
+Nothing happens without the variables.
 """
 
 from __future__ import annotations
@@ -44,3 +46,27 @@ if _BROKEN_GATEWAY:
 
     table.Table.lookup = _broken  # type: ignore[method-assign]  # the invocations' first call
     http.render = _broken  # /metrics, a FastAPI route
+
+_HELD_PREDICT = os.environ.get("INFERMODES_TEST_HELD_PREDICT", "")
+
+if _HELD_PREDICT:
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from infermodes.predict import model
+
+    _hold = Path(_HELD_PREDICT)
+    _unheld = model.XGBoostModel.predict
+
+    def _held_predict(self: model.XGBoostModel, rows: np.ndarray) -> np.ndarray:
+        """A long prediction while the file exists: it blocks the caller (the event loop,
+        for a small body), as a big model's would, until the test removes the file."""
+        if _hold.exists():
+            Path(f"{_hold}.started").touch()
+            while _hold.exists():
+                time.sleep(0.01)
+        return _unheld(self, rows)
+
+    model.XGBoostModel.predict = _held_predict  # type: ignore[method-assign]

@@ -1,0 +1,124 @@
+"""Liveness of the model server's workers, answered off their event loops.
+
+A worker predicts small requests on its event loop (``InvocationsHandler``), so its own port
+cannot answer a probe while a long prediction runs: a kubelet probing ``/ping`` there would
+restart a busy, healthy server. Instead each worker's loop stamps its slot of a table shared
+across the fork every ``TICK_SECONDS``, and marks the predictions it runs; a thread of the
+process holding the socket (the supervisor, or the only worker) answers ``GET /healthz`` on
+the liveness port: 503 naming each worker whose loop has neither ticked for ``stall_seconds``
+nor is predicting (a deadlock, a stuck loop), 200 otherwise. A worker not yet ticking (a
+replacement loading its model before it serves) is not stalled: the supervisor restarts
+crashed workers itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from infermodes.metrics import LIVENESS_PATH, serve_wsgi, text_headers
+
+TICK_SECONDS = 1.0
+_SLOT = struct.Struct("dd")  # last tick, start of the oldest prediction in progress (0: none)
+
+
+class LivenessTable:
+    """One slot per worker in memory shared with the processes forked after it is made."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.memory = mmap.mmap(-1, _SLOT.size * workers)  # anonymous: shared across fork
+
+    def write(self, index: int, tick: float, predicting_since: float) -> None:
+        _SLOT.pack_into(self.memory, index * _SLOT.size, tick, predicting_since)
+
+    def read(self, index: int) -> tuple[float, float]:
+        tick, since = _SLOT.unpack_from(self.memory, index * _SLOT.size)
+        return float(tick), float(since)
+
+    def reset(self, index: int) -> None:
+        """A worker gone, or about to start: not ticking yet, so not stalled."""
+        self.write(index, 0.0, 0.0)
+
+    def report(self, now: float, stall_seconds: float) -> tuple[list[str], list[str]]:
+        """The stalled workers (a loop silent for over ``stall_seconds`` while it predicts
+        nothing) and the predicting ones, a line each."""
+        stalled, predicting = [], []
+        for index in range(self.workers):
+            tick, since = self.read(index)
+            if since:
+                predicting.append(f"worker {index}: predicting for {now - since:.1f} s")
+            elif tick and now - tick > stall_seconds:
+                stalled.append(f"worker {index}: event loop silent for {now - tick:.1f} s")
+        return stalled, predicting
+
+
+class WorkerBeat:
+    """A worker's side of its slot: the loop's ticks, and the predictions in progress (on the
+    loop, or on the offload thread, which leaves the loop ticking)."""
+
+    def __init__(
+        self, table: LivenessTable, index: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.table = table
+        self.index = index
+        self.clock = clock
+        self.tick_at = 0.0
+        self.running: list[float] = []  # starts of the predictions in progress, oldest first
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self.lock:
+            self.tick_at = self.clock()
+            self._write()
+
+    @contextmanager
+    def predicting(self) -> Iterator[None]:
+        start = self.clock()
+        with self.lock:
+            self.running.append(start)
+            self._write()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.running.remove(start)
+                self._write()
+
+    def _write(self) -> None:
+        self.table.write(self.index, self.tick_at, self.running[0] if self.running else 0.0)
+
+    async def tick_forever(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(TICK_SECONDS)
+
+
+def serve_liveness(
+    host: str,
+    port: int,
+    table: LivenessTable,
+    stall_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> WSGIServer:
+    """``GET``/``HEAD /healthz`` on a daemon thread: 200 ``alive`` (and the predicting
+    workers), or 503 naming the stalled ones; any other path is 404."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != LIVENESS_PATH:
+            body = f"only {LIVENESS_PATH} is served here\n".encode()
+            start_response("404 Not Found", text_headers(body))
+            return [body]
+        stalled, predicting = table.report(clock(), stall_seconds)
+        body = "\n".join(stalled or ["alive", *predicting]).encode() + b"\n"
+        start_response("503 Service Unavailable" if stalled else "200 OK", text_headers(body))
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return serve_wsgi(host, port, app, "liveness-http")

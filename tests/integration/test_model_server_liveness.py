@@ -1,0 +1,83 @@
+"""The model server's liveness port (``infermodes.server.liveness``): it answers while a worker's
+event loop is deep in a long prediction (a busy server is never restarted), and it names a worker
+whose loop is stuck (stopped here with SIGSTOP) until the loop runs again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import AbaloneModel
+from tests.support.batch import FAULTS
+from tests.support.processes import free_port, running_server, wait_until
+
+ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
+STALL_SECONDS = "0.5"
+
+
+def liveness(port: int) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+
+
+def test_liveness_answers_while_the_only_worker_is_deep_in_a_long_prediction(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    port, hold = free_port(), tmp_path / "hold"
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+        "INFERMODES_TEST_HELD_PREDICT": str(hold),
+        "INFERMODES_SERVE_LIVENESS_PORT": str(port),
+        "INFERMODES_SERVE_LIVENESS_STALL_SECONDS": STALL_SECONDS,
+    }
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        assert liveness(port).text == "alive\n"
+        hold.touch()
+        answers: list[httpx.Response] = []
+        call = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{server.url}/invocations", content=ROW, headers={"content-type": "text/csv"},
+            timeout=60)))  # fmt: skip
+        call.start()
+        try:
+            wait_until(Path(f"{hold}.started").exists, 30, "the prediction to start")
+            # the loop is held: its own port does not answer, for longer than the stall bound
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.get(f"{server.url}/ping", timeout=float(STALL_SECONDS) * 3)
+            answer = liveness(port)
+            assert answer.status_code == 200, answer.text
+            assert answer.text.startswith("alive\nworker 0: predicting for "), answer.text
+        finally:
+            hold.unlink()
+            call.join(60)
+        assert answers[0].status_code == 200
+        assert liveness(port).text == "alive\n"
+
+
+def test_liveness_names_a_worker_whose_loop_is_stuck_until_it_runs_again(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "INFERMODES_SERVE_LIVENESS_PORT": str(port),
+        "INFERMODES_SERVE_LIVENESS_STALL_SECONDS": STALL_SECONDS,
+    }
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        parent = psutil.Process(server.proc.pid)
+        wait_until(lambda: len(parent.children()) == 2, 10, "two workers")
+        wait_until(lambda: liveness(port).status_code == 200, 10, "liveness")
+        stuck = parent.children()[0]
+        os.kill(stuck.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: liveness(port).status_code == 503, 20, "liveness to fail")
+            assert "event loop silent for" in liveness(port).text
+        finally:
+            os.kill(stuck.pid, signal.SIGCONT)
+        wait_until(lambda: liveness(port).status_code == 200, 20, "liveness to recover")
+        assert liveness(port).text == "alive\n"

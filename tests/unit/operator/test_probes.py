@@ -1,0 +1,38 @@
+"""Every long-running endpoint pod has a liveness probe, on a port and path its process serves
+(the env it is given pins that port; a Secret's envFrom cannot move it), apart from the port its
+requests take: the probe must answer while the process is busy (``server.liveness``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infermodes.endpoints import spec as s
+from infermodes.endpoints.plan import env_name
+from infermodes.metrics import LIVENESS_PATH
+from infermodes.operator.modes import mode_for
+from infermodes.settings import ServeSettings
+from tests.unit.operator.test_realtime import REF
+
+MODEL = {"uri": "s3://models/m.tar.gz"}
+SYNCHRONOUS = {"realtime": {"realtime": {}}, "serverless": {"serverless": {}}}
+
+
+def container_of(spec: dict[str, Any]) -> dict[str, Any]:
+    endpoint = s.EndpointSpec.model_validate({"model": MODEL, **spec})
+    objects = mode_for(endpoint.mode).desired_objects(REF, endpoint, 1, "img:1")
+    pod = next(o for o in objects if o["kind"] in ("Deployment", "Job"))["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("mode", sorted(SYNCHRONOUS))
+def test_a_model_server_is_probed_for_liveness_on_its_own_liveness_port(mode: str) -> None:
+    container = container_of({"mode": mode, **SYNCHRONOUS[mode]})
+    probe = container["livenessProbe"]["httpGet"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert probe["path"] == LIVENESS_PATH
+    assert env[env_name(ServeSettings, "liveness_port")] == str(probe["port"])
+    assert probe["port"] != container["readinessProbe"]["httpGet"]["port"]  # not /invocations'
+    assert probe["port"] in {p["containerPort"] for p in container["ports"]}
