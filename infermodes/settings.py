@@ -575,6 +575,13 @@ class OperatorSettings(EnvSettings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Port of the operator's /metrics; 0 disables it."
     )
+    liveness_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of kopf's liveness endpoint, GET /healthz on metrics_host, answered "
+        "on the operator's event loop (a stuck loop fails it); 0: none (the chart's: 8081).",
+    )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
     @model_validator(mode="after")

@@ -40,7 +40,7 @@ from infermodes.endpoints.status import (
 )
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import quiet_client_logs
-from infermodes.metrics import OperatorMetrics, serve_metrics
+from infermodes.metrics import LIVENESS_PATH, OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
@@ -362,4 +362,15 @@ def run_operator(operator_settings: OperatorSettings) -> None:
         clusterwide=not namespaces,
         namespaces=namespaces,
         memo=kopf.Memo(),
+        liveness_endpoint=liveness_endpoint(operator_settings),
     )
+
+
+def liveness_endpoint(operator_settings: OperatorSettings) -> str | None:
+    """kopf's liveness endpoint: served on the operator's event loop, so a loop that hangs
+    fails the probe and gets the pod restarted, while one busy with handlers still answers."""
+    port = operator_settings.liveness_port
+    if not port:
+        return None
+    host = operator_settings.metrics_host
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{LIVENESS_PATH}"

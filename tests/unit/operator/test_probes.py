@@ -11,8 +11,9 @@ import pytest
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.plan import env_name
 from infermodes.metrics import LIVENESS_PATH
+from infermodes.operator import handlers
 from infermodes.operator.modes import mode_for
-from infermodes.settings import ServeSettings
+from infermodes.settings import OperatorSettings, ServeSettings
 from tests.unit.operator.test_realtime import REF
 
 MODEL = {"uri": "s3://models/m.tar.gz"}
@@ -36,3 +37,23 @@ def test_a_model_server_is_probed_for_liveness_on_its_own_liveness_port(mode: st
     assert env[env_name(ServeSettings, "liveness_port")] == str(probe["port"])
     assert probe["port"] != container["readinessProbe"]["httpGet"]["port"]  # not /invocations'
     assert probe["port"] in {p["containerPort"] for p in container["ports"]}
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "endpoint"),
+    [
+        ("10.0.0.7", 8081, "http://10.0.0.7:8081/healthz"),
+        ("fd00::7", 8081, "http://[fd00::7]:8081/healthz"),
+        ("10.0.0.7", 0, None),
+    ],
+)
+def test_the_operator_runs_kopf_with_its_liveness_endpoint(
+    monkeypatch: pytest.MonkeyPatch, host: str, port: int, endpoint: str | None
+) -> None:
+    """kopf answers it on the operator's event loop: a loop that hangs fails the probe."""
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(handlers.kopf, "run", lambda **options: given.update(options))
+    monkeypatch.setattr(handlers, "configure", lambda *_: None)
+    monkeypatch.setattr(handlers, "configure_logging", lambda _: None)
+    handlers.run_operator(OperatorSettings(metrics_host=host, liveness_port=port))
+    assert given["liveness_endpoint"] == endpoint
