@@ -526,13 +526,15 @@ class OperatorSettings(EnvSettings):
     serving_from: list[NetworkPeer] = Field(
         default_factory=list,
         description="NetworkPolicy peers (namespaceSelector, podSelector, ipBlock) that may call "
-        "model servers: the gateway's pods.",
+        "model servers: the gateway's pods. Empty: no caller (the metrics_from peers alone "
+        "reach model servers), as with no gateway and async or batch endpoints only.",
     )
     metrics_from: list[NetworkPeer] = Field(
         default_factory=list,
         description="NetworkPolicy peers that may reach every endpoint pod's port (model "
         "servers' /metrics, workers' and batch instances' metrics port): the operator's pods, "
-        "which read load, in-flight counts and progress there, and a Prometheus.",
+        "which read load, in-flight counts and progress there, and a Prometheus. Required "
+        "(one peer at least) with network_policy: none would admit no reader at all.",
     )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means all namespaces."
@@ -588,6 +590,21 @@ class OperatorSettings(EnvSettings):
     def _urls_inline_or_in_files(self) -> OperatorSettings:
         inline_or_file("broker_url", self.broker_url, self.broker_url_file)
         inline_or_file("management_url", self.management_url, self.management_url_file)
+        return self
+
+    @model_validator(mode="after")
+    def _policies_admit_the_operator(self) -> OperatorSettings:
+        """With no metrics_from, each endpoint's NetworkPolicy would admit nobody to async
+        workers and batch instances, and no reader to model servers' load: the operator
+        would scale and report blind while every pod looks healthy. Refused, naming it."""
+        if self.network_policy and not self.metrics_from:
+            raise ValueError(
+                "network_policy is on but metrics_from lists no peer: every endpoint pod's "
+                "NetworkPolicy would then admit no reader of its port, the operator's own "
+                "readings (load, in-flight counts, progress) included; list the operator's "
+                "pods (a namespaceSelector and podSelector) in metrics_from, or turn "
+                "network_policy off"
+            )
         return self
 
 

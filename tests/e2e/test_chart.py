@@ -408,8 +408,8 @@ def test_with_policies_off_the_roles_grant_what_removing_an_old_one_calls() -> N
     """networkPolicy.enabled=false: the operator deletes each endpoint's own made while it was
     on (get, then delete), and may do nothing else to NetworkPolicies."""
     made = Recording()
-    reconcile(body(), ScalerMemory(), Deps(made, OperatorSettings(network_policy=True),
-                                           lambda _ip, _port: None))  # fmt: skip
+    on = OperatorSettings(network_policy=True, metrics_from=[{"podSelector": {}}])
+    reconcile(body(), ScalerMemory(), Deps(made, on, lambda _ip, _port: None))
     policy = made.others[("NetworkPolicy", "ie-abalone")]
     kube = Recording(None, [], [policy])
     reconcile(body(), ScalerMemory(), Deps(kube, OperatorSettings(), lambda _ip, _port: None))

@@ -179,3 +179,16 @@ def test_turned_off_the_policy_of_an_endpoint_whose_spec_is_refused_is_deleted(
                                                             lambda _ip, _port: None))  # fmt: skip
     assert (reconciled.status.phase, reconciled.status.reason) == (s.Phase.FAILED, "InvalidSpec")
     assert kube.deleted == [("NetworkPolicy", "ie-abalone")]
+
+
+def test_policies_without_a_reader_of_the_pods_stop_the_operator_at_start_naming_it() -> None:
+    """No metrics_from: each pod's policy admitted nobody to its port, the operator's own
+    readings included (async workers and batch instances got ``ingress: []``), so it scaled
+    and reported blind while every pod looked healthy."""
+    with pytest.raises(ValidationError, match="network_policy is on but metrics_from lists no"):
+        OperatorSettings(network_policy=True, serving_from=[GATEWAY])
+    # no serving_from is no direct caller: the readers alone reach model servers
+    settings = OperatorSettings(network_policy=True, metrics_from=[OPERATOR])
+    (policy, *_) = objects_of("realtime", Ingress.from_settings(settings))
+    assert policy["spec"]["ingress"][0]["from"] == [OPERATOR]
+    assert Ingress.from_settings(OperatorSettings()) is None  # off: no peers needed
