@@ -364,26 +364,39 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve_metrics(
-    port: int, host: str, registry: CollectorRegistry, ready: Callable[[], bool] | None = None
+    port: int,
+    host: str,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool] | None = None,
+    stuck: Callable[[], str | None] | None = None,
 ) -> WSGIServer:
     """Serve ``registry`` at every path on a daemon thread (Prometheus reads ``/metrics``);
     with ``ready``, ``GET /readyz`` answers 200 while it holds and 503 otherwise: a readiness
-    probe that means more than an open port."""
+    probe that means more than an open port; with ``stuck``, ``GET /healthz`` answers 503
+    with the reason it gives (a liveness probe's), 200 while it gives none."""
     expose = make_wsgi_app(registry)
+    checks: dict[str, Callable[[], str | None]] = {}
+    if ready is not None:
+        checks[READY_PATH] = lambda: None if ready() else "not ready"
+    if stuck is not None:
+        checks[LIVENESS_PATH] = stuck
+    passed = {READY_PATH: "ready", LIVENESS_PATH: "alive"}
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if ready is None or environ.get("PATH_INFO") != READY_PATH:
+        path = environ.get("PATH_INFO", "")
+        check = checks.get(path)
+        if check is None:
             return expose(environ, start_response)  # type: ignore[no-any-return]
         method = environ.get("REQUEST_METHOD")
         if method not in ("GET", "HEAD"):
-            refusal = f"{READY_PATH} answers GET and HEAD, not {method}\n".encode()
+            refusal = f"{path} answers GET and HEAD, not {method}\n".encode()
             start_response(
                 "405 Method Not Allowed", [*text_headers(refusal), ("Allow", "GET, HEAD")]
             )
             return [refusal]
-        is_ready = ready()
-        status = "200 OK" if is_ready else "503 Service Unavailable"
-        body = b"ready\n" if is_ready else b"not ready\n"
+        problem = check()
+        status = "200 OK" if problem is None else "503 Service Unavailable"
+        body = f"{passed[path] if problem is None else problem}\n".encode()
         start_response(status, text_headers(body))  # HEAD: GET's headers, no body
         return [] if method == "HEAD" else [body]
 

@@ -340,6 +340,14 @@ class WorkerSettings(EnvSettings):
     )
     metrics_host: str = Field("127.0.0.1")
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
+    liveness_stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="GET /healthz on the metrics port answers 503 once the consumer's loop "
+        "has not turned for this long (it turns while invocations run, and while it "
+        "reconnects): the liveness probe's signal.",
+    )
     allow_pickle: bool = False
     log_level: LogLevel = "info"
 

@@ -162,9 +162,13 @@ class Consumer(Protocol):
     ``on_attempts_allowed`` with ``attempts_allowed`` each time the queue is declared, before
     it delivers anything (a RabbitMQ queue kept with a smaller limit allows fewer);
     ``hold_limit`` is how long the broker lets a delivery go unsettled before it takes it back
-    and delivers it again (RabbitMQ's consumer timeout), None for no limit."""
+    and delivers it again (RabbitMQ's consumer timeout), None for no limit; ``turned`` is when
+    (``time.monotonic``) its loop last went round, which it does while its work runs on other
+    threads, however long, and reconnects: a loop that stops turning is stuck (the worker's
+    liveness)."""
 
     stopping: threading.Event
+    turned: float
     hold_limit: float | None
     consuming: threading.Event
     on_in_flight: Callable[[int], None]

@@ -380,6 +380,7 @@ class EmbeddedConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.hold_limit: float | None = None  # leases are renewed while a delivery is held
+        self.turned = time.monotonic()
         self._db = Database(path, "NORMAL")
         self._changed = threading.Condition()
         self._leases: set[tuple[int, int]] = set()  # (seq, deliveries) of those in flight
@@ -416,6 +417,7 @@ class EmbeddedConsumer:
         log.info("consuming %s from %s", self.endpoint, self._db.path)
         self.consuming.set()
         while not self.stopping.is_set():
+            self.turned = time.monotonic()
             with self._changed:
                 self._changed.wait_for(
                     lambda: self.stopping.is_set() or len(self._leases) < self.concurrency,

@@ -515,6 +515,7 @@ class RabbitConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.hold_limit: float | None = CONSUMER_TIMEOUT_MS / 1000
+        self.turned = time.monotonic()
         self.outage = Outage(f"consuming {self.queue}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
         self._lock = threading.Lock()
@@ -549,6 +550,7 @@ class RabbitConsumer:
         refused_since: float | None = None
         try:
             while not self.stopping.is_set():  # a stop during a back-off takes nothing
+                self.turned = time.monotonic()
                 try:
                     self._consume(handle)
                     break
@@ -600,6 +602,7 @@ class RabbitConsumer:
         log.info("consuming %s", queue)
         self.consuming.set()
         while True:
+            self.turned = time.monotonic()
             connection.process_data_events(time_limit=POLL_SECONDS)
             dropped = not channel.is_open or any(t not in channel.consumer_tags for t in tags)
             if dropped and self.consuming.is_set():
@@ -631,6 +634,7 @@ class RabbitConsumer:
                      "consuming %s", self.concurrency - free,
                      f"{free} at a time" if free else "once one ends")  # fmt: skip
         while not free and not self.stopping.is_set():
+            self.turned = time.monotonic()
             connection.process_data_events(time_limit=POLL_SECONDS)
             free = self._free_slots()
         if self.stopping.is_set():

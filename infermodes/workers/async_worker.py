@@ -54,7 +54,7 @@ from infermodes.errors import (
     StorageError,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import READY_PATH, WorkerMetrics, serve_metrics
+from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import Sink, predict_stream
@@ -802,6 +802,16 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     return Worker(consumer, delivery_handler(processor, metrics), outbox)
 
 
+def stuck(consumer: Consumer, stall_seconds: float) -> str | None:
+    """Why the worker is stuck, for its liveness probe: its consumer's loop has not turned for
+    ``stall_seconds``. Invocations run on the consumer's pool, so an hour-long one leaves the
+    loop turning; a loop that stops (a deadlock, a call that never returns) does not."""
+    silent = time.monotonic() - consumer.turned
+    if silent <= stall_seconds:
+        return None
+    return f"the consumer loop has not turned for {silent:.1f} s"
+
+
 def run(settings: WorkerSettings) -> int:
     """Entry point of ``infermodes worker``; returns the process exit code."""
     configure_logging(settings.log_level)
@@ -829,6 +839,7 @@ def run(settings: WorkerSettings) -> int:
                 settings.metrics_host,
                 registry,
                 worker.consumer.consuming.is_set,
+                functools.partial(stuck, worker.consumer, settings.liveness_stall_seconds),
             )
         except OSError as exc:  # a busy port: its readiness could never be asked
             log.error(
@@ -839,8 +850,9 @@ def run(settings: WorkerSettings) -> int:
             )
             return 1
         log.info(
-            "metrics and readiness (%s) on %s:%d",
+            "metrics, readiness (%s) and liveness (%s) on %s:%d",
             READY_PATH,
+            LIVENESS_PATH,
             settings.metrics_host,
             settings.metrics_port,
         )

@@ -41,6 +41,7 @@ from infermodes.endpoints.status import (
     with_estimated_age,
 )
 from infermodes.metrics import (
+    LIVENESS_PATH,
     READY_PATH,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
@@ -218,6 +219,20 @@ def desired_objects(
             "httpGet": {"path": READY_PATH, "port": "metrics"},
             "periodSeconds": 1,
             # answered by a Python thread: a worker parsing big JSON inputs holds the GIL
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        # the port opens once the model is loaded: liveness waits for it (up to 30 minutes)
+        "startupProbe": {
+            "tcpSocket": {"port": "metrics"},
+            "periodSeconds": 2,
+            "failureThreshold": 900,
+        },
+        # restarted once its consumer's loop has stopped turning (liveness_stall_seconds, then
+        # 3 failed probes): never for invocations however long, which run on its pool
+        "livenessProbe": {
+            "httpGet": {"path": LIVENESS_PATH, "port": "metrics"},
+            "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },

@@ -4,7 +4,8 @@ of the process then raise, as a transient failure would. ``INFERMODES_TEST_BROKE
 makes a gateway's endpoint lookups and its ``/metrics`` raise an unexpected error whose message is
 TEXT, as a bug would. ``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
 ``PATH`` exists a long one: it touches ``PATH.started`` and blocks until ``PATH`` is removed.
-Nothing happens without the variables.
+``INFERMODES_TEST_STUCK_CONSUMER=PATH`` stops a RabbitMQ consumer's loop while ``PATH`` exists,
+as a deadlock would. Nothing happens without the variables.
 """
 
 from __future__ import annotations
@@ -70,3 +71,22 @@ if _HELD_PREDICT:
         return _unheld(self, rows)
 
     model.XGBoostModel.predict = _held_predict  # type: ignore[method-assign]
+
+_STUCK_CONSUMER = os.environ.get("INFERMODES_TEST_STUCK_CONSUMER", "")
+
+if _STUCK_CONSUMER:
+    import time
+    from pathlib import Path
+
+    import pika
+
+    _stuck = Path(_STUCK_CONSUMER)
+    _serve = pika.BlockingConnection.process_data_events
+
+    def _stuck_serve(self: pika.BlockingConnection, time_limit: float | None = 0) -> None:
+        """The consumer's loop (the main thread's) stops turning while the file exists."""
+        while _stuck.exists() and threading.current_thread() is threading.main_thread():
+            time.sleep(0.01)
+        _serve(self, time_limit)
+
+    pika.BlockingConnection.process_data_events = _stuck_serve  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ from infermodes.endpoints.plan import env_name
 from infermodes.metrics import LIVENESS_PATH
 from infermodes.operator import handlers
 from infermodes.operator.modes import mode_for
-from infermodes.settings import OperatorSettings, ServeSettings
+from infermodes.settings import OperatorSettings, ServeSettings, WorkerSettings
 from tests.unit.operator.test_realtime import REF
 
 MODEL = {"uri": "s3://models/m.tar.gz"}
@@ -57,3 +57,15 @@ def test_the_operator_runs_kopf_with_its_liveness_endpoint(
     monkeypatch.setattr(handlers, "configure_logging", lambda _: None)
     handlers.run_operator(OperatorSettings(metrics_host=host, liveness_port=port))
     assert given["liveness_endpoint"] == endpoint
+
+
+def test_an_async_worker_is_probed_for_liveness_once_its_metrics_port_opens() -> None:
+    """Its metrics thread answers ``/healthz`` from its consumer loop's turns; the port opens
+    once the model is loaded, so the startup probe waits for it before liveness counts."""
+    container = container_of({"mode": "async", "async": {"outputPath": "s3://o/out/"}})
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[env_name(WorkerSettings, "metrics_port")] == str(metrics)
+    assert container["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": "metrics"}
+    assert container["startupProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert container["livenessProbe"]["timeoutSeconds"] >= 5  # a thread under a busy GIL
