@@ -129,3 +129,14 @@ def test_an_egress_rule_without_ports_is_refused() -> None:
     )
     assert result.returncode != 0
     assert "/networkPolicy/chartPods/egress/storage/0" in result.stderr
+
+
+def test_the_gateway_is_probed_for_liveness_with_room_for_a_busy_event_loop() -> None:
+    """Its ``/healthz`` is answered on the event loop that proxies every invocation: with the
+    kubelet's default 1 s timeout, a gateway busy under load was restarted, failing every
+    invocation it held."""
+    found = container(rendered(), "infermodes-gateway")
+    probe = found["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert probe["timeoutSeconds"] >= 5
+    assert probe["failureThreshold"] >= 3
