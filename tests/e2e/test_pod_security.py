@@ -108,3 +108,31 @@ def test_the_check_refuses_what_the_standard_forbids(
     name, template = endpoint_templates()[0]
     spoiled = {**template, "spec": {**template["spec"], **broken}}
     assert "restricted" in (admitted(api, k8s_namespace, name, spoiled) or "")
+
+
+def test_the_charts_own_network_policies_are_accepted(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    """``networkPolicy.chartPods`` renders what the API server takes (a server-side dry run),
+    with peers and narrowed egress rules too."""
+    peer = '[{"namespaceSelector": {"matchLabels": {"team": "edge"}}}]'
+    narrowed = '[{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"port": 6443}]}]'
+    refusals = {}
+    for values in ([], ["networkPolicy.chartPods.gatewayFrom=" + peer,
+                        "networkPolicy.metricsFrom=" + peer,
+                        "networkPolicy.chartPods.egress.apiServer=" + narrowed]):  # fmt: skip
+        args = [arg for value in values for arg in ("--set-json", value)]
+        result = subprocess.run([str(Binaries.from_cache().helm), "template", "infermodes",
+                                 str(CHART), "--namespace", k8s_namespace, *args],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        policies = [d for d in yaml.safe_load_all(result.stdout)
+                    if d and d["kind"] == "NetworkPolicy"]  # fmt: skip
+        assert len(policies) == 2
+        for policy in policies:
+            path = f"/apis/networking.k8s.io/v1/namespaces/{k8s_namespace}/networkpolicies"
+            try:
+                k8s_cluster.api.request("POST", path, policy, params={"dryRun": "All"})
+            except ApiError as refused:
+                refusals[policy["metadata"]["name"]] = str(refused)
+    assert refusals == {}
