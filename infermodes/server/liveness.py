@@ -18,8 +18,7 @@ import mmap
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -62,7 +61,8 @@ class LivenessTable:
 
 class WorkerBeat:
     """A worker's side of its slot: the loop's ticks, and the predictions in progress (on the
-    loop, or on the offload thread, which leaves the loop ticking)."""
+    loop, or on the offload thread, which leaves the loop ticking). Its own context manager
+    (``with beat.predicting():``), not a generator's: it wraps every predict call."""
 
     def __init__(
         self, table: LivenessTable, index: int, clock: Callable[[], float] = time.monotonic
@@ -71,29 +71,31 @@ class WorkerBeat:
         self.index = index
         self.clock = clock
         self.tick_at = 0.0
-        self.running: list[float] = []  # starts of the predictions in progress, oldest first
+        self.busy = 0  # predictions in progress
+        self.busy_since = 0.0  # since when some have been, without a pause (0: none)
         self.lock = threading.Lock()
 
     def tick(self) -> None:
         with self.lock:
             self.tick_at = self.clock()
-            self._write()
+            self.table.write(self.index, self.tick_at, self.busy_since)
 
-    @contextmanager
-    def predicting(self) -> Iterator[None]:
-        start = self.clock()
+    def predicting(self) -> WorkerBeat:
+        return self
+
+    def __enter__(self) -> None:
         with self.lock:
-            self.running.append(start)
-            self._write()
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.running.remove(start)
-                self._write()
+            if not self.busy:
+                self.busy_since = self.clock()
+            self.busy += 1
+            self.table.write(self.index, self.tick_at, self.busy_since)
 
-    def _write(self) -> None:
-        self.table.write(self.index, self.tick_at, self.running[0] if self.running else 0.0)
+    def __exit__(self, *_: object) -> None:
+        with self.lock:
+            self.busy -= 1
+            if not self.busy:
+                self.busy_since = 0.0
+            self.table.write(self.index, self.tick_at, self.busy_since)
 
     async def tick_forever(self) -> None:
         while True:

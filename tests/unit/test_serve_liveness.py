@@ -1,0 +1,45 @@
+"""The model server's liveness table (``server.liveness``), on a fake clock: a worker is stalled
+only when its loop is silent past the bound while it predicts nothing, whoever predicts (its
+loop, or its offload thread beside it), and a slot not ticking yet is not stalled."""
+
+from __future__ import annotations
+
+from infermodes.server.liveness import LivenessTable, WorkerBeat
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_silent_loop_is_stalled_unless_it_predicts() -> None:
+    clock, table = Clock(), LivenessTable(2)
+    beat = WorkerBeat(table, 1, clock)
+    assert table.report(clock.now, 10) == ([], [])  # neither ticks yet: loading, not stalled
+    beat.tick()
+    clock.now += 11
+    assert table.report(clock.now, 10) == (["worker 1: event loop silent for 11.0 s"], [])
+    with beat.predicting():  # the loop's own prediction: silent, but busy
+        clock.now += 30
+        assert table.report(clock.now, 10) == ([], ["worker 1: predicting for 30.0 s"])
+    assert table.report(clock.now, 10)[0] == ["worker 1: event loop silent for 41.0 s"]
+
+
+def test_overlapping_predictions_keep_it_busy_until_the_last_ends() -> None:
+    clock, table = Clock(), LivenessTable(1)
+    beat = WorkerBeat(table, 0, clock)
+    beat.tick()
+    loop, offloaded = beat.predicting(), beat.predicting()
+    loop.__enter__()
+    clock.now += 5
+    offloaded.__enter__()
+    loop.__exit__(None, None, None)  # the first ends: the other still runs
+    clock.now += 20
+    assert table.report(clock.now, 10) == ([], ["worker 0: predicting for 25.0 s"])
+    offloaded.__exit__(None, None, None)
+    assert table.report(clock.now, 10)[0] == ["worker 0: event loop silent for 25.0 s"]
+    table.reset(0)  # gone (the supervisor reaped it): not stalled while it is replaced
+    assert table.report(clock.now, 10) == ([], [])
