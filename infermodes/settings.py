@@ -239,10 +239,10 @@ class ServeSettings(EnvSettings):
     )
     liveness_stall_seconds: float = Field(
         10.0,
-        gt=0,
+        ge=2,  # twice the loops' tick (liveness.TICK_SECONDS): a healthy one is never silent
         le=3600,
         description="A worker's event loop silent this long while it predicts nothing is "
-        "stuck: /healthz answers 503.",
+        "stuck: /healthz answers 503 (2 at least: the loops tick every second).",
     )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
@@ -342,7 +342,7 @@ class WorkerSettings(EnvSettings):
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
     liveness_stall_seconds: float = Field(
         60.0,
-        gt=0,
+        ge=1,  # five turns of the consumer's loop at least (it polls every 0.2 s)
         le=3600,
         description="GET /healthz on the metrics port answers 503 once the consumer's loop "
         "has not turned for this long (it turns while invocations run, and while it "

@@ -1,10 +1,15 @@
 """The model server's liveness table (``server.liveness``), on a fake clock: a worker is stalled
 only when its loop is silent past the bound while it predicts nothing, whoever predicts (its
-loop, or its offload thread beside it), and a slot not ticking yet is not stalled."""
+loop, or its offload thread beside it), and a slot not ticking yet is not stalled; and the
+bounds the model server and the async worker take."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from infermodes.server.liveness import LivenessTable, WorkerBeat
+from infermodes.settings import ServeSettings, WorkerSettings
 
 
 class Clock:
@@ -43,3 +48,17 @@ def test_overlapping_predictions_keep_it_busy_until_the_last_ends() -> None:
     assert table.report(clock.now, 10)[0] == ["worker 0: event loop silent for 25.0 s"]
     table.reset(0)  # gone (the supervisor reaped it): not stalled while it is replaced
     assert table.report(clock.now, 10) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("settings", "least"), [(ServeSettings, 2), (WorkerSettings, 1)], ids=["serve", "worker"]
+)
+def test_a_stall_bound_a_healthy_loop_could_exceed_is_refused(
+    settings: type[ServeSettings | WorkerSettings], least: float
+) -> None:
+    """A model server's loop ticks every second, a worker's consumer turns every 0.2 s: a
+    bound below their pace would fail a healthy process between two turns."""
+    base = {"model_uri": "file:///m", **({"endpoint": "e"} if settings is WorkerSettings else {})}
+    with pytest.raises(ValidationError, match="liveness_stall_seconds"):
+        settings.model_validate({**base, "liveness_stall_seconds": least - 0.1})
+    assert settings.model_validate({**base, "liveness_stall_seconds": least})
