@@ -39,6 +39,7 @@ from infermodes.errors import (
     UnsupportedContentType,
     clipped,
 )
+from infermodes.logs import printable
 from infermodes.metrics import render
 from infermodes.settings import BODY_TIMEOUT_SECONDS, HEADER_TIMEOUT_SECONDS
 
@@ -93,6 +94,14 @@ def request_id(scope: Scope) -> str:
     if named is None:
         named = scope[REQUEST_ID_KEY] = new_request_id()
     return named
+
+
+def forwarded_id(scope: Scope) -> str:
+    """`` (request ID)`` for a log line about a request the gateway forwarded with its id
+    (``x-amzn-RequestId``, the one its client got), else nothing. Read only when a line is
+    written: a request without the header costs nothing more."""
+    value = header(scope, REQUEST_ID_HEADER)
+    return "" if value is None else f" (request {printable(value, 64)})"
 
 
 def naming_request(scope: Scope, send: Send) -> Send:

@@ -59,7 +59,8 @@ log = logging.getLogger("infermodes.gateway")
 
 PREFIX, SUFFIX = "/endpoints/", "/invocations"
 UPSTREAM_PATH = b"/invocations"
-# Request headers passed to the replica, with the spelling they are sent in
+# Request headers passed to the replica, with the spelling they are sent in; the client's own
+# x-amzn-RequestId is not among them: the replica is sent the gateway's (``http.forwarded_id``)
 FORWARDED = {
     b"content-type": b"Content-Type",
     b"accept": b"Accept",
@@ -349,6 +350,7 @@ class Proxy:
                 "or held in this gateway); retry later"
             )
         forwarded = [(FORWARDED[k], v) for k, v in scope["headers"] if k in FORWARDED]
+        forwarded.append((REQUEST_ID_HEADER, named.encode()))  # the replica's lines name it
         in_flight, _ = self._live(endpoint.name)
         endpoint.active += 1
         endpoint.peak_active = max(endpoint.peak_active, endpoint.active)

@@ -39,6 +39,7 @@ from infermodes.http import (
     Send,
     create_api,
     error_body,
+    forwarded_id,
     read_body,
     refuse_coding,
 )
@@ -180,7 +181,7 @@ class InvocationsHandler:
             self.metrics.body_received(len(body))
             answer: Answer = (200, accept, self.score(model, body, content_type, accept))
         except Exception as exc:
-            answer = failure(exc)
+            answer = failure(exc, scope)
         self.metrics.request_took(INVOCATIONS_ROUTE, answer[0], time.perf_counter() - started)
         return answer
 
@@ -206,7 +207,7 @@ class InvocationsHandler:
                     payload = await run_in_threadpool(self.score, model, body, content_type, accept)
             media_type, status = accept, 200
         except Exception as exc:
-            status, media_type, payload = failure(exc)
+            status, media_type, payload = failure(exc, scope)
         headers = [
             (b"content-type", _MEDIA_TYPES.get(media_type) or media_type.encode()),
             (b"content-length", b"%d" % len(payload)),
@@ -262,11 +263,12 @@ class InvocationsHandler:
         return fastcsv.encode(predictions, accept, model.outputs)
 
 
-def failure(exc: Exception) -> Answer:
-    """A domain error's answer in the one error shape; anything else is a bug: logged, 500."""
+def failure(exc: Exception, scope: Scope) -> Answer:
+    """A domain error's answer in the one error shape; anything else is a bug: logged, 500,
+    with the id the gateway forwarded (``forwarded_id``), so the line joins the gateway's."""
     if isinstance(exc, InfermodesError):
         return exc.status_code, ERROR_MEDIA_TYPE, error_body(exc)
-    log.error("unexpected error in /invocations", exc_info=exc)
+    log.error("unexpected error in /invocations%s", forwarded_id(scope), exc_info=exc)
     return 500, ERROR_MEDIA_TYPE, INTERNAL_ERROR
 
 
