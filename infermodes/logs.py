@@ -59,8 +59,9 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 class Throttled:
-    """One kind of log line that a client can cause at will (a refused request), logged at
-    most once per ``interval`` seconds: the first at once, those in between counted and told
+    """One kind of log line that a client can cause at will (a refused request), or that an
+    outage repeats for every request (a replica that fails), logged at most once per
+    ``interval`` seconds: the first at once, those in between counted and told
     with the next one logged, so that a client repeating it cannot flood the log."""
 
     def __init__(
@@ -76,6 +77,12 @@ class Throttled:
         self._skipped = 0
 
     def info(self, message: str, *args: object) -> None:
+        self.log(logging.INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self.log(logging.WARNING, message, *args)
+
+    def log(self, level: int, message: str, *args: object) -> None:
         now = self.clock()
         if now < self._next:
             self._skipped += 1
@@ -84,4 +91,4 @@ class Throttled:
         skipped, self._skipped = self._skipped, 0
         if skipped:
             message += f" (and {skipped} more since the last such line, not logged)"
-        self.logger.info(message, *args)
+        self.logger.log(level, message, *args)

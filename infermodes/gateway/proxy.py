@@ -52,6 +52,7 @@ from infermodes.http import (
     refuse_codings,
     repeated_header,
 )
+from infermodes.logs import Throttled
 from infermodes.metrics import UNKNOWN_ENDPOINT, GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -95,6 +96,9 @@ MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout boun
 NOT_READY = 503
 REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the pods: held this long
 MAX_ORIGINAL_MESSAGE = 1000
+# an outage fails every request alike: each kind of line about one is logged at most once per
+# this many seconds per endpoint, the first at once, the rest counted (``logs.Throttled``)
+FAILURE_LOG_SECONDS = 10.0
 
 
 def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
@@ -165,16 +169,14 @@ def original_message(body: bytes) -> str:
     return body[:MAX_ORIGINAL_MESSAGE].decode("utf-8", "replace")
 
 
-def checked_answer(endpoint: Endpoint, replica: Replica, answer: Answer, named: str) -> Answer:
+def checked_answer(endpoint: Endpoint, answer: Answer) -> Answer:
     """The answer itself if 2xx/3xx; a model's 4xx is the platform's 424 ModelError, a 5xx
-    a 502 (logged, ``named``: the request's id)."""
+    a 502."""
     if answer.status < 400:
         return answer
     message = original_message(answer.body)
     if answer.status < 500:
         raise ModelError(endpoint.name, answer.status, message)
-    log.warning("endpoint %s: replica %s answered %d (request %s)", endpoint.name, replica.key,
-                answer.status, named)  # fmt: skip
     raise InternalDependencyException(  # no replica named to the caller: the log has it
         f"endpoint {endpoint.name}: the model server failed with {answer.status}: {message}",
         answer.status,
@@ -245,6 +247,7 @@ class Proxy:
         table.forgotten.append(self.endpoint_forgotten)
         self._durations: dict[tuple[str, int], Any] = {}
         self._gauges: dict[str, tuple[Any, Any]] = {}
+        self._told: dict[tuple[str, str], Throttled] = {}
 
     # replicas
     def replica_added(self, endpoint: Endpoint, replica: Replica) -> None:
@@ -271,7 +274,17 @@ class Proxy:
         for status in codes:
             del self._durations[name, status]
         self._gauges.pop(name, None)
+        for key in [key for key in self._told if key[0] == name]:
+            del self._told[key]
         self.metrics.forget(name, codes)
+
+    def told(self, label: str, kind: str) -> Throttled:
+        """Where the lines of one ``kind`` about an endpoint's failing requests go: a replica
+        down or failing fails them all, and one line each would flood the log."""
+        told = self._told.get((label, kind))
+        if told is None:
+            told = self._told[label, kind] = Throttled(log, FAILURE_LOG_SECONDS)
+        return told
 
     # metrics children, cached: labels() costs more than the observation
     def _observe(self, label: str, status: int, seconds: float) -> None:
@@ -309,8 +322,9 @@ class Proxy:
         except InfermodesError as exc:
             status, body, code = exc.status_code, gateway_error_body(exc), type(exc).__name__
             if status >= 500:  # ours to explain: the line a ticket quoting the id leads to
-                log.warning("endpoint %s: answered %d %s (request %s): %s", label, status, code,
-                            named, exc)  # fmt: skip
+                self.told(label, "answered").warning(
+                    "endpoint %s: answered %d %s (request %s): %s", label, status, code, named, exc
+                )
             if isinstance(exc, MethodNotAllowed):  # as routing's own 405 elsewhere
                 body, code = unknown_operation_body(code, str(exc)), UNKNOWN_OPERATION
             headers = error_headers(code, scope)
@@ -445,14 +459,18 @@ class Proxy:
                     ) from None
                 presumed_once = presumed_once or presumed
                 self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
-                log.info("endpoint %s: %s; trying again (request %s)", endpoint.name, exc, named)
+                self.told(endpoint.name, "not_sent").info(
+                    "endpoint %s: %s; trying again (request %s)", endpoint.name, exc, named
+                )
                 if exc.refused:
                     self.table.mark_unready(endpoint, replica)
                 continue
             except UpstreamFailed as exc:
                 self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
-                log.warning("endpoint %s: replica %s at %s failed: %s (request %s)",
-                            endpoint.name, replica.key, pool.address, exc, named)  # fmt: skip
+                self.told(endpoint.name, "failed").warning(
+                    "endpoint %s: replica %s at %s failed: %s (request %s)",
+                    endpoint.name, replica.key, pool.address, exc, named,
+                )  # fmt: skip
                 raise InternalDependencyException(
                     f"endpoint {endpoint.name}: a model server failed: {exc}"
                 ) from None
@@ -465,7 +483,11 @@ class Proxy:
             self._forwarded(endpoint)
             if answer.status >= 500:
                 self.metrics.upstream_errors.labels(endpoint.name, "status_5xx").inc()
-            return checked_answer(endpoint, replica, answer, named)
+                self.told(endpoint.name, "status_5xx").warning(
+                    "endpoint %s: replica %s answered %d (request %s)",
+                    endpoint.name, replica.key, answer.status, named,
+                )  # fmt: skip
+            return checked_answer(endpoint, answer)
         raise InternalDependencyException(
             f"no replica of endpoint {endpoint.name} took the request in {MAX_ATTEMPTS} attempts"
         )

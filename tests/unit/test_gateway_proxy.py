@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -603,3 +604,44 @@ def test_a_replica_ready_when_first_seen_gets_its_connection_pool() -> None:
     assert replica.handle is not None and replica.ready
     assert table.lookup("sl").choose() is replica
     replica.handle.close()
+
+
+class FailingPool(FakePool):
+    """A replica whose model server fails every request (an outage)."""
+
+    async def request(self, head: bytes, body: bytes) -> Answer:
+        return Answer(500, [], b'{"error": "InternalServerError", "message": "internal error"}')
+
+
+def test_a_failing_replica_logs_one_line_of_each_kind_per_endpoint_then_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outage of a model server fails every request alike: each was two warnings in the
+    gateway's log, a flood. Now the first request's lines name its id, and the next of each
+    kind, an interval later, says how many were left out."""
+    table, proxy, _, _ = setup(max_concurrency=5)
+    ready_replica(table, FailingPool())
+
+    async def invoke(count: int) -> list[int]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        for _ in range(count):
+            await proxy(scope(), receive, send)
+        return [message["status"] for message in sent if "status" in message]
+
+    with caplog.at_level(logging.INFO, "infermodes.gateway"):
+        assert asyncio.run(invoke(50)) == [502] * 50
+        first = [r.getMessage() for r in caplog.records]
+        assert len(first) == 2, first
+        assert "replica p answered 500" in first[0] and "answered 502" in first[1], first
+        for kind in ("answered", "status_5xx"):
+            proxy.told("sl", kind).clock = lambda: 1e9  # the interval has passed
+        assert asyncio.run(invoke(1)) == [502]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert all("(and 49 more since the last such line, not logged)" in line
+               for line in lines[2:]), lines  # fmt: skip
+    assert {r.levelno for r in caplog.records} == {logging.WARNING}
