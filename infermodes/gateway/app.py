@@ -39,6 +39,7 @@ from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import (
     AnsweringFailures,
     ValidationError,
+    answer_bug,
     refusal_code,
     runtime_error_response,
     unknown_operation,
@@ -156,23 +157,34 @@ class Gateway:
         invocation = is_invocation(scope["path"])
         if not invocation:
             send = naming_request(scope, send)
-        if self.guard_callers and await refused_caller(scope, send):
+        try:
+            admitted = await self.admitted(scope, receive, send, invocation)
+        except Exception:  # a bug before any route, which answers its own (``AnsweringFailures``)
+            await answer_bug(scope, send)
             return
+        if admitted is None:
+            return
+        if invocation:
+            await self.proxy(scope, admitted, send)
+        else:
+            await self.rest(scope, admitted, send)
+
+    async def admitted(
+        self, scope: Scope, receive: Receive, send: Send, invocation: bool
+    ) -> Receive | None:
+        """``receive`` for the route, once the caller, the signature and ``up``'s token are
+        checked; None when one of them refused the request (answered then, each at its end)."""
+        if self.guard_callers and await refused_caller(scope, send):
+            return None
         if self.verifier is not None:
             limit = self.body_limit(scope["path"])
             checked = await verified(self.verifier, self.refusals, limit, scope, receive, send)
             if checked is None:
-                return
+                return None
             receive = checked
-        if invocation:
-            await self.proxy(scope, receive, send)
-            return
-        if self.guard is not None:  # invocations stay unguarded
-            guarded = await self.guard(scope, receive, send)
-            if guarded is None:
-                return
-            receive = guarded
-        await self.rest(scope, receive, send)
+        if self.guard is not None and not invocation:  # invocations stay unguarded
+            return await self.guard(scope, receive, send)
+        return receive
 
 
 def _uvicorn() -> tuple[type, type]:

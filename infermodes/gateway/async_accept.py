@@ -54,7 +54,9 @@ from infermodes.gateway.async_retention import (
 )
 from infermodes.gateway.errors import (
     CUSTOM_ATTRIBUTES,
+    AnsweringFailures,
     check_custom_attributes,
+    internal_failure_response,
     refusal_code,
     runtime_error_response,
 )
@@ -524,7 +526,7 @@ def create_router(
             log.exception("unexpected error accepting request %s for %s",
                           request_id(request.scope), name)  # fmt: skip
             metrics.count(name, 500)
-            return refused(request, InfermodesError("internal error; the request was not accepted"))
+            return internal_failure_response(request.scope)
         metrics.count(name, 202)
         if accepted is not None:
             try:
@@ -579,6 +581,7 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     app = create_api("infermodes async invocations", registry)
     app.add_middleware(RequestNaming)  # x-amzn-RequestId, as the gateway's route answers
+    app.add_middleware(AnsweringFailures)  # a bug's 500 in the platform's shape, as the gateway's
     router = create_router(
         settings.endpoints,
         publisher,

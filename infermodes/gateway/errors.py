@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from infermodes.errors import ClientClosedRequest, InfermodesError
 from infermodes.http import (
     ERROR_MEDIA_TYPE,
+    REQUEST_ID_HEADER,
     ASGIApp,
     Message,
     Receive,
@@ -42,7 +43,7 @@ UNKNOWN_OPERATION = "UnknownOperationException"
 INTERNAL_FAILURE = "InternalFailure"
 INTERNAL_FAILURE_BODY = error_json(
     "InternalServerError",
-    "internal error; the gateway's log has the details under this request's id (x-amzn-RequestId)",
+    "internal error; this server's log has the details under this request's id (x-amzn-RequestId)",
     INTERNAL_FAILURE,
 )
 
@@ -201,11 +202,38 @@ def error_headers(code: str, scope: Scope) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def internal_failure_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The headers of the platform's 500 for a bug: ``error_headers`` and the request's id,
+    named here since such an answer may be made where no ``naming_request`` wraps ``send``."""
+    named = (REQUEST_ID_HEADER, request_id(scope).encode())
+    return [*error_headers(INTERNAL_FAILURE, scope), named]
+
+
+def internal_failure_response(scope: Scope) -> Response:
+    """``INTERNAL_FAILURE_BODY`` as a route's answer (the async route's, which counts it)."""
+    response = Response(INTERNAL_FAILURE_BODY, 500)
+    response.raw_headers.extend(internal_failure_headers(scope))
+    return response
+
+
+async def answer_bug(scope: Scope, send: Send, answered: bool = False) -> None:
+    """Log the exception being handled once, with the request's id, and answer the platform's
+    500, which names nothing of it (unless the answer had ``answered`` already: uvicorn then
+    ends the connection)."""
+    log.exception("request %s: internal error", request_id(scope))
+    if answered:
+        return
+    body = INTERNAL_FAILURE_BODY
+    headers = [*internal_failure_headers(scope), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class AnsweringFailures:
-    """ASGI middleware for the gateway's FastAPI routes: an unexpected error (a bug) is logged
-    once, with the request's id, and answered in the platform's shape, which names nothing of
-    it. Without it Starlette answered a 500 without the platform's code and uvicorn logged the
-    error again, without the id."""
+    """ASGI middleware for the gateway's and ``async-api``'s FastAPI routes: an unexpected
+    error (a bug) is logged once, with the request's id, and answered in the platform's shape
+    (``answer_bug``). Without it Starlette answered a 500 without the platform's code and
+    uvicorn logged the error again, without the id."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -224,11 +252,4 @@ class AnsweringFailures:
         try:
             await self.app(scope, receive, watched)
         except Exception:
-            log.exception("request %s: internal error", request_id(scope))
-            if started:  # too late to answer: uvicorn ends the connection
-                return
-            body = INTERNAL_FAILURE_BODY
-            headers = [*error_headers(INTERNAL_FAILURE, scope),
-                       (b"content-length", str(len(body)).encode())]  # fmt: skip
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await answer_bug(scope, send, started)

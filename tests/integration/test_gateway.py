@@ -24,6 +24,7 @@ import pytest
 
 from infermodes.settings import MIB
 from tests.conftest import AbaloneModel
+from tests.support.async_plane import running_api
 from tests.support.batch import FAULTS
 from tests.support.gateway import (
     GatewayProcess,
@@ -638,6 +639,66 @@ def test_a_bug_is_answered_in_the_platforms_shape_and_logged_once_with_the_reque
         lines = [line for line in log.splitlines() if answer.headers["x-amzn-requestid"] in line]
         assert len(lines) == 1, log
     assert log.count(f"RuntimeError: {secret}") == len(answers), log
+
+
+def expect_internal_failure(answer: httpx.Response, secret: str) -> str:
+    """``answer`` is the platform's 500 for a bug, naming nothing of it: its request's id."""
+    assert answer.status_code == 500, answer.text
+    assert answer.headers["content-type"] == "application/json", answer.text
+    assert answer.headers["x-amzn-errortype"] == "InternalFailure", answer.headers
+    body = answer.json()
+    assert body["__type"] == "InternalFailure" and "log" in body["message"], body
+    assert secret not in answer.text, body
+    named = answer.headers["x-amzn-requestid"]
+    assert uuid.UUID(named) and answer.headers.get_list("x-amzn-requestid") == [named]
+    return named
+
+
+def test_a_bug_before_any_route_is_answered_in_the_platforms_shape_and_logged_with_the_id(
+    tmp_path: Path,
+) -> None:
+    """An unexpected error in a check made before routing (here of the caller, ``faults/``)
+    reached uvicorn: a plain-text 500 without the platform's code or a request id, and a log
+    line without the id. Both the invocations and the other routes are checked so."""
+    secret = "admission detail 7a2e"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+           "INFERMODES_TEST_BROKEN_ADMISSION": secret}  # fmt: skip
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    broken = {"x-test-broken": "1"}
+    with running_gateway([endpoint], tmp_path, env=env) as gateway:
+        answers = [
+            httpx.post(f"{gateway.url}/endpoints/realtime/invocations", content=b"1,2",
+                       headers={**broken, "content-type": "text/csv"}, timeout=30),
+            httpx.get(f"{gateway.url}/metrics", headers=broken, timeout=30),
+        ]  # fmt: skip
+        named = [expect_internal_failure(answer, secret) for answer in answers]
+        for one in named:
+            wait_until(lambda one=one: one in gateway.log, 10, "the failure's log line")
+        stop_process(gateway.proc)
+        log = gateway.log
+    for one in named:
+        assert len([line for line in log.splitlines() if one in line]) == 1, log
+    assert log.count(f"RuntimeError: {secret}") == len(answers), log
+
+
+def test_a_bug_in_async_api_is_answered_in_the_platforms_shape_and_logged_with_the_id(
+    tmp_path: Path,
+) -> None:
+    """``infermodes async-api``'s own 500s lacked the platform's code in the body
+    (``__type``), and a bug in a route other than its own (here ``/metrics``, ``faults/``)
+    was Starlette's 500 without the platform's code, logged by uvicorn without the id."""
+    secret = "internal detail 93b0"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+           "INFERMODES_TEST_BROKEN_GATEWAY": secret}  # fmt: skip
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # /metrics needs no broker
+    with running_api(None, {"ep": f"file://{tmp_path}/ep"}, tmp_path / "api.log", env,  # type: ignore[arg-type]  # the broker is not used
+                     broker_url=closed) as api:  # fmt: skip
+        named = expect_internal_failure(httpx.get(f"{api.url}/metrics", timeout=30), secret)
+        wait_until(lambda: named in api.log, 10, "the failure's log line")
+        stop_process(api.proc)
+        log = api.log
+    assert len([line for line in log.splitlines() if named in line]) == 1, log
+    assert log.count(f"RuntimeError: {secret}") == 1, log
 
 
 def test_sigterm_ends_a_lingering_close_that_starts_during_the_drain_at_once(

@@ -2,7 +2,10 @@
 child's PYTHONPATH and sets ``INFERMODES_TEST_FAILING_PREDICTS=N``; the first N predictions
 of the process then raise, as a transient failure would. ``INFERMODES_TEST_BROKEN_GATEWAY=TEXT``
 makes a gateway's endpoint lookups and its ``/metrics`` raise an unexpected error whose message is
-TEXT, as a bug would. ``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
+TEXT, as a bug would. ``INFERMODES_TEST_BROKEN_ADMISSION=TEXT`` makes a gateway's check of a
+request's caller, before any route, raise such an error for the requests that carry the
+header ``x-test-broken`` (so that its readiness still answers).
+``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
 ``PATH`` exists a long one: it touches ``PATH.started`` and blocks until ``PATH`` is removed.
 ``INFERMODES_TEST_STUCK_CONSUMER=PATH`` stops a RabbitMQ consumer's loop while ``PATH`` exists,
 as a deadlock would. Nothing happens without the variables.
@@ -90,3 +93,19 @@ if _STUCK_CONSUMER:
         _serve(self, time_limit)
 
     pika.BlockingConnection.process_data_events = _stuck_serve  # type: ignore[method-assign]
+
+_BROKEN_ADMISSION = os.environ.get("INFERMODES_TEST_BROKEN_ADMISSION", "")
+
+if _BROKEN_ADMISSION:
+    from typing import Any
+
+    from infermodes.gateway import auth
+
+    _foreign_caller = auth.foreign_caller
+
+    def _broken_admission(scope: Any) -> str | None:
+        if any(name == b"x-test-broken" for name, _ in scope["headers"]):
+            raise RuntimeError(_BROKEN_ADMISSION)
+        return _foreign_caller(scope)
+
+    auth.foreign_caller = _broken_admission
