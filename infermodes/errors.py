@@ -34,6 +34,14 @@ class ClientClosedRequest(InfermodesError):
     status_code = 499
 
 
+class RequestTimeout(InfermodesError):
+    """The request body did not arrive within the server's body timeout: the server gave up
+    on it (the protocol answers the 408 itself, ``http.GuardedHttpProtocol``), which is not
+    a client that left (499)."""
+
+    status_code = 408
+
+
 class InvalidInput(InfermodesError):
     """The request body cannot be decoded or does not fit the model."""
 

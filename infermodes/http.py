@@ -36,6 +36,7 @@ from infermodes.errors import (
     ClientClosedRequest,
     InfermodesError,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedContentType,
     clipped,
 )
@@ -54,6 +55,8 @@ ERROR_MEDIA_TYPE = "application/json"
 # the platform's request id, which boto3 reads into ResponseMetadata.RequestId
 REQUEST_ID_HEADER = b"x-amzn-requestid"
 REQUEST_ID_KEY = "infermodes.request_id"  # where a request's id is kept in its scope
+# where the protocol says why it ended a request's body: it gave up waiting (a 408, not a 499)
+BODY_TIMED_OUT_KEY = "infermodes.body_timed_out"
 MAX_HEADER_BYTES = 64 * 1024  # httptools sets no bound of its own
 
 
@@ -243,10 +246,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body, refusing (413) before reading when Content-Length is over the limit
     and while reading when it is absent (chunked uploads). A body that ends early (the client
     closed, or took longer than the body timeout) is refused, never returned in part."""
-    return await read_checked_body(receive, limit, check_declared_length(scope, limit))
+    return await read_checked_body(scope, receive, limit, check_declared_length(scope, limit))
 
 
-async def read_checked_body(receive: Receive, limit: int, declared: str | None) -> bytes:
+async def read_checked_body(
+    scope: Scope, receive: Receive, limit: int, declared: str | None
+) -> bytes:
     """``read_body`` for a caller that has already checked the declared length (``declared``,
     what ``check_declared_length`` returned) before deciding to read at all."""
     chunks: list[bytes] = []
@@ -254,6 +259,9 @@ async def read_checked_body(receive: Receive, limit: int, declared: str | None) 
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            timed_out = scope.get(BODY_TIMED_OUT_KEY)
+            if timed_out is not None:  # the server gave up, not the client
+                raise RequestTimeout(timed_out)
             expected = f" of {declared}" if declared is not None else ""
             raise ClientClosedRequest(
                 f"the request body ended after {size}{expected} bytes: the connection closed"
@@ -303,9 +311,10 @@ class WholeBodyRoute(Protocol):
 
     def answer_now(self, scope: Scope, body: bytes) -> Answer | None: ...
 
-    def abandoned(self, seconds: float) -> None:
-        """The client left ``seconds`` after the head, before the body was whole: nothing was
-        scored or answered, and the route counts it as the app counts one it was reading."""
+    def abandoned(self, seconds: float, status: int) -> None:
+        """The body was not whole ``seconds`` after the head: the client left (``status``
+        499) or the server gave up waiting (408, answered by the protocol); nothing was
+        scored, and the route counts it as the app counts one it was reading."""
 
 
 _JOIN_BYTES = 16 * 1024  # bodies up to this size are copied behind the head: one plain write
@@ -488,7 +497,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.peer_check is not None:
             self.peer_check.cancel()
         if self.deferred is not None:  # its body never came whole: nothing was scored
-            self.deferred[0].abandoned(time.perf_counter() - self.deferred_at)
+            route, cycle, _ = self.deferred
+            timed_out = BODY_TIMED_OUT_KEY in cycle.scope
+            status = RequestTimeout if timed_out else ClientClosedRequest
+            route.abandoned(time.perf_counter() - self.deferred_at, status.status_code)
             self.deferred = None
         super().connection_lost(exc)
 
@@ -770,6 +782,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(408, message, linger=False)
         elif self.phase == _BODY and not cycle.response_started:
             message = f"request body not received within {self.body_timeout:g} s"
+            cast(Scope, cycle.scope)[BODY_TIMED_OUT_KEY] = message  # a 408 to the app: not a 499
             self._refuse(408, message, linger=False)
         else:  # idle, or the answer is already out while the client still sends its body
             self.transport.close()

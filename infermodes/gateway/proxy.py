@@ -372,7 +372,7 @@ class Proxy:
         holding = [False]
         try:
             with self._too_large(endpoint, limit):
-                body = await read_checked_body(receive, limit, declared)
+                body = await read_checked_body(scope, receive, limit, declared)
             async with asyncio.timeout(self.timeout):
                 return await self.forward(endpoint, forwarded, body, holding, receive, named)
         except TimeoutError:

@@ -339,6 +339,31 @@ def test_slow_clients_are_cut_off_with_408(port: int, sent: bytes, expected: str
         assert connection.closed_by_server()
 
 
+def test_a_body_the_server_gave_up_on_is_counted_as_its_408_not_as_a_client_gone(
+    server: ServerProcess, port: int
+) -> None:
+    """The protocol answered 408 but told the app, or the small-body route, that the client
+    had left: the metric counted a 499, and an SRE read client hang-ups where the server had
+    timed clients out. Small (held by the protocol) and large (read by the app) alike."""
+
+    def counted(status: str) -> float:
+        name = "infermodes_http_request_duration_seconds_count"
+        return sample(server, name, route="/invocations", status_code=status)
+
+    timed_out, gone = counted("408"), counted("499")
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+    rows = (ROW + b"\n") * (70_000 // (len(ROW) + 1))  # over 64 KiB: read by the app
+    for sent in (head + b"Content-Length: 1000\r\n\r\n" + ROW + b"\n",
+                 head + b"Content-Length: %d\r\n\r\n" % (2 * len(rows)) + rows):  # fmt: skip
+        with Connection(port) as connection:
+            connection.send(sent)
+            response = connection.response()
+            assert response is not None and response.status == 408, response
+            assert "request body not received" in message(response)
+    wait_until(lambda: counted("408") == timed_out + 2, 10, "the two bodies counted as 408")
+    assert counted("499") == gone
+
+
 def test_a_kept_alive_connection_gets_the_header_deadline_for_its_next_request(
     port: int,
 ) -> None:

@@ -24,7 +24,7 @@ from infermodes.gateway.kube import apply_endpoint
 from infermodes.gateway.proxy import Proxy
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent
-from infermodes.http import refuse_coding
+from infermodes.http import BODY_TIMED_OUT_KEY, refuse_coding
 from infermodes.metrics import GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -645,3 +645,31 @@ def test_a_failing_replica_logs_one_line_of_each_kind_per_endpoint_then_a_count(
     assert all("(and 49 more since the last such line, not logged)" in line
                for line in lines[2:]), lines  # fmt: skip
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
+
+
+@pytest.mark.parametrize(("timed_out", "counted"), [(True, "408"), (False, "499")])
+def test_a_body_the_protocol_gave_up_on_is_counted_as_its_408(
+    timed_out: bool, counted: str
+) -> None:
+    """The protocol answers a body too slow to arrive with its own 408 and tells the route the
+    client left: it was counted as 499, a client gone, where the server had timed it out."""
+    table, proxy, _, metrics = setup(max_concurrency=5)
+    ready_replica(table, FakePool())
+    request = scope()
+    if timed_out:  # what GuardedHttpProtocol._expired leaves in the scope
+        request[BODY_TIMED_OUT_KEY] = "request body not received within 60 s"
+
+    async def cut_short() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(proxy(request, cut_short, send))
+    counts = {
+        sample.labels["code"]: sample.value
+        for metric in metrics.request_duration.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+    }
+    assert counts == {counted: 1.0}
