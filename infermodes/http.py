@@ -158,9 +158,10 @@ async def routing_error(request: Request, exc: HTTPException) -> Response:
     )
 
 
-def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
+def create_api(title: str, registry: CollectorRegistry | None) -> FastAPI:
     """A FastAPI app that speaks the one error shape (domain errors, unknown routes, wrong
-    methods, bugs), publishes no schema or docs, and serves the registry's ``/metrics``."""
+    methods, bugs), publishes no schema or docs, and serves the registry's ``/metrics`` (with
+    None, none: a side port serves them, ``metrics.serve_metrics``)."""
     api = FastAPI(
         title=title, openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False
     )
@@ -176,10 +177,13 @@ def create_api(title: str, registry: CollectorRegistry) -> FastAPI:
         """A bug, not bad input: the traceback goes to the log, the shape stays the same."""
         return Response(INTERNAL_ERROR, 500, media_type=ERROR_MEDIA_TYPE)
 
-    @api.api_route("/metrics", methods=["GET", "HEAD"])
-    async def metrics_endpoint() -> Response:
-        payload, content_type = render(registry)
-        return Response(payload, media_type=content_type)
+    if registry is not None:
+        exposed = registry
+
+        @api.api_route("/metrics", methods=["GET", "HEAD"])
+        async def metrics_endpoint() -> Response:
+            payload, content_type = render(exposed)
+            return Response(payload, media_type=content_type)
 
     return api
 

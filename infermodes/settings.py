@@ -743,6 +743,14 @@ class GatewaySettings(AsyncAcceptSettings):
         description="A Secret in the platform namespace holding the AMQP URL (key url) of async "
         "endpoints the API creates.",
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port of the same host instead of the gateway's own "
+        "(which then answers it 404): endpoint names and traffic for the scraper alone, who "
+        "cannot sign requests. 0: on the gateway's port, unsigned (infermodes up: always).",
+    )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
     @model_validator(mode="after")
@@ -750,6 +758,8 @@ class GatewaySettings(AsyncAcceptSettings):
         check_storage_prefixes("async_storage_prefixes", self.async_storage_prefixes)
         inline_or_file("broker_url", self.broker_url, self.broker_url_file)
         inline_or_file("access_keys", self.access_keys.get_secret_value(), self.access_keys_file)
+        if self.metrics_port == self.port:
+            raise ValueError(f"metrics_port {self.metrics_port} is the gateway's own port")
         return self
 
 

@@ -56,7 +56,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import GatewayMetrics
+from infermodes.metrics import GatewayMetrics, serve_metrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import Verifier
 from infermodes.queueing.broker import BrokerUrl, given_url
@@ -108,7 +108,8 @@ class Gateway:
         )
         self.async_limit = settings.max_inline_bytes
         ready = b"ok" if self.verifier is not None else OPEN_STATUS
-        api = create_api("infermodes gateway", self.registry)
+        # on the side port, if any (``Runner``), where only the scraper is let in
+        api = create_api("infermodes gateway", None if settings.metrics_port else self.registry)
         api.exception_handler(HTTPException)(unknown_operation)  # the platform's code
         api.add_middleware(AnsweringFailures)  # bugs too
 
@@ -222,6 +223,18 @@ class Runner:
         sockets = listen(settings.host, settings.port)
         if sockets is None:
             return 1
+        metrics_server = None
+        if settings.metrics_port:
+            try:
+                metrics_server = serve_metrics(settings.metrics_port, settings.host,
+                                               self.app.registry)  # fmt: skip
+            except OSError as exc:
+                log.error("cannot serve /metrics on %s port %d: %s", settings.host,
+                          settings.metrics_port, exc.strerror)  # fmt: skip
+                for sock in sockets:
+                    sock.close()
+                return 1
+            log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
         config_class, server_class = _uvicorn()
         config = config_class(
             self.app,
@@ -267,6 +280,9 @@ class Runner:
         try:
             await server.serve(sockets=sockets)
         finally:
+            if metrics_server is not None:  # its loop ends within its poll interval (0.5 s)
+                await asyncio.to_thread(metrics_server.shutdown)
+                metrics_server.server_close()
             self.app.proxy.prober.stop()
             for task in background:
                 task.cancel()

@@ -102,9 +102,10 @@ def stopping_as_sigterm() -> None:
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:
     """The settings of up's gateway that are up's, not the user's: with the flags the user
-    gave, and the ``INFERMODES_GATEWAY_*`` variables, they make its ``GatewaySettings``."""
+    gave, and the ``INFERMODES_GATEWAY_*`` variables, they make its ``GatewaySettings``.
+    Its ``/metrics`` stay on its one port, on loopback, beside everything else it serves."""
     return {"port": port, "host": "127.0.0.1", "log_level": log_level,
-            "probe_interval_seconds": PROBE_INTERVAL_SECONDS}  # fmt: skip
+            "probe_interval_seconds": PROBE_INTERVAL_SECONDS, "metrics_port": 0}  # fmt: skip
 
 
 def serve(

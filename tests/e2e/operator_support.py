@@ -137,14 +137,16 @@ def model_copy(tarball: Path, directory: Path) -> str:
     return f"file://{target}"
 
 
-def gateway_url(tools: Tools) -> str | None:
-    """The ready gateway pod's address (pods are reached by IP on the process kubelet)."""
+def gateway_url(tools: Tools, port_name: str = "http") -> str | None:
+    """The ready gateway pod's address (pods are reached by IP on the process kubelet) on its
+    container port ``port_name`` (``metrics``: the side port of its /metrics)."""
     path = f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods"
     pods = tools.cluster.api.get(path, labelSelector="app.kubernetes.io/component=gateway")
     for pod in pods["items"]:
         conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
         if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
-            port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+            ports = pod["spec"]["containers"][0]["ports"]
+            port = next(p["containerPort"] for p in ports if p["name"] == port_name)
             return f"http://{pod['status']['podIP']}:{port}"
     return None
 

@@ -417,3 +417,36 @@ def test_with_policies_off_the_roles_grant_what_removing_an_old_one_calls() -> N
     policies = {verb for group, resource, verb in kube.calls if resource == "networkpolicies"}
     granted = operator_grants(gateway_documents("networkPolicy.enabled=false"))
     assert {verb for _, resource, verb in granted if resource == "networkpolicies"} == policies
+
+
+def test_the_gateways_metrics_are_on_a_side_port_only_its_scrapers_reach() -> None:
+    """The gateway's /metrics (every endpoint's name and traffic) were on its Service's port,
+    unsigned, to anyone who reached it. They are on ``gateway.metricsPort``, which no Service
+    exposes and, with policies on, only the ``networkPolicy.metricsFrom`` peers may reach."""
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+    documents = gateway_documents()  # the scraper's rule is added below, with --set-json
+    result = helm("template", "infermodes", str(CHART), "--namespace", "ops", "--set-json",
+                  f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scraped = [d for d in yaml.safe_load_all(result.stdout) if d]
+
+    def gateway_objects(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {d["kind"]: d for d in documents if d["metadata"]["name"] == "infermodes-gateway"}
+
+    env = gateway_env(documents)
+    assert env["INFERMODES_GATEWAY_METRICS_PORT"]["value"] == "9090"
+    objects = gateway_objects(documents)
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+    assert [port["targetPort"] for port in objects["Service"]["spec"]["ports"]] == ["http"]
+    # without scrapers named, nobody: a rule with no peers would admit every source
+    assert objects["NetworkPolicy"]["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}]}
+    ]
+    assert gateway_objects(scraped)["NetworkPolicy"]["spec"]["ingress"][1] == {
+        "ports": [{"port": "metrics", "protocol": "TCP"}],
+        "from": [scraper],
+    }
+    on_its_port = gateway_objects(gateway_documents("gateway.metricsPort=0"))
+    assert "INFERMODES_GATEWAY_METRICS_PORT" not in gateway_env(list(on_its_port.values()))
+    assert "NetworkPolicy" not in on_its_port

@@ -701,6 +701,31 @@ def test_a_bug_in_async_api_is_answered_in_the_platforms_shape_and_logged_with_t
     assert log.count(f"RuntimeError: {secret}") == 1, log
 
 
+def test_metrics_on_a_side_port_are_not_served_on_the_gateways_own(tmp_path: Path) -> None:
+    """Anyone who reached the gateway's port read its /metrics, unsigned: every endpoint's
+    name and traffic. With ``INFERMODES_GATEWAY_METRICS_PORT`` they are on that port alone
+    (the chart's, for the scraper); the gateway's own answers the platform's 404."""
+    side = free_port()
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    env = {"INFERMODES_GATEWAY_METRICS_PORT": str(side)}
+    with running_gateway([endpoint], tmp_path, env=env) as gateway:
+        assert gateway.invoke("nothing", b"1,2").status_code == 404
+        front = httpx.get(f"{gateway.url}/metrics", timeout=30)
+        assert front.status_code == 404, front.text
+        assert front.headers["x-amzn-errortype"] == "UnknownOperationException", front.headers
+        assert "infermodes_gateway" not in front.text
+        scraped = httpx.get(f"http://127.0.0.1:{side}/metrics", timeout=30)
+        assert scraped.status_code == 200, scraped.text
+        counted = '_request_duration_seconds_count{code="404",endpoint="unknown"} 1.0'
+        assert f"infermodes_gateway{counted}" in scraped.text, scraped.text
+    (tmp_path / "busy").mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # a side port it cannot have
+        env = {"INFERMODES_GATEWAY_METRICS_PORT": str(busy.getsockname()[1])}
+        with pytest.raises(RuntimeError, match="cannot serve /metrics on 127.0.0.1 port"), \
+             running_gateway([endpoint], tmp_path / "busy", env=env):  # fmt: skip
+            pass
+
+
 def test_sigterm_ends_a_lingering_close_that_starts_during_the_drain_at_once(
     tmp_path: Path,
 ) -> None:

@@ -35,6 +35,11 @@ class Actuator(Protocol):
     def url(self) -> str:
         """The gateway's base URL."""
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the gateway's /metrics are: its own port under ``up``, its side port (the
+        chart's ``gateway.metricsPort``) on a cluster."""
+
     def apply(self, manifest: dict[str, Any]) -> None:
         """Create the endpoint (raises when it is refused)."""
 
@@ -59,6 +64,10 @@ class LocalActuator:
     @property
     def url(self) -> str:
         return self.up.url
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.up.url}/metrics"
 
     def apply(self, manifest: dict[str, Any]) -> None:
         path = self.folder / f"{manifest['metadata']['name']}.yaml"
@@ -95,6 +104,12 @@ class OperatorActuator:
         url = gateway_url(self.tools)
         assert url is not None, "the chart's gateway is not ready"
         return url
+
+    @property
+    def metrics_url(self) -> str:
+        url = gateway_url(self.tools, "metrics")
+        assert url is not None, "the chart's gateway is not ready"
+        return f"{url}/metrics"
 
     def apply(self, manifest: dict[str, Any]) -> None:
         """With small resources: the process kubelet's one node has room for a few pods."""

@@ -98,7 +98,7 @@ def test_serverless_cold_starts_from_zero_and_returns_to_zero(
 
 def gateway_figure(actuator: Actuator, metric: str, name: str) -> float:
     """One of the gateway's metrics for one endpoint."""
-    text = httpx.get(f"{actuator.url}/metrics", timeout=10).text
+    text = httpx.get(actuator.metrics_url, timeout=10).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)

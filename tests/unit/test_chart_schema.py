@@ -56,6 +56,7 @@ def settings_range(model: type[BaseModel], field: str) -> tuple[float, float, bo
         ("operator.metricsPort", OperatorSettings, "metrics_port"),
         ("gateway.invocationTimeoutSeconds", GatewaySettings, "invocation_timeout_seconds"),
         ("gateway.drainDelaySeconds", GatewaySettings, "drain_delay_seconds"),
+        ("gateway.metricsPort", GatewaySettings, "metrics_port"),
     ],
 )
 def test_a_bounded_value_is_bounded_within_its_setting(

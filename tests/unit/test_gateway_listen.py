@@ -40,3 +40,16 @@ def test_every_address_of_the_wildcard_host_is_bound() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_up_keeps_metrics_on_its_one_port_whatever_the_gateways_variable_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway's side port is for a cluster's scraper; ``up``'s /metrics stay beside its
+    API on its one loopback port, which its own tools and a local Prometheus read."""
+    from infermodes.local.up import gateway_options
+    from infermodes.settings import GatewaySettings
+
+    monkeypatch.setenv("INFERMODES_GATEWAY_METRICS_PORT", "9090")
+    assert GatewaySettings().metrics_port == 9090
+    assert GatewaySettings(**gateway_options(8080, "info")).metrics_port == 0  # type: ignore[arg-type]
