@@ -92,3 +92,28 @@ class Throttled:
         if skipped:
             message += f" (and {skipped} more since the last such line, not logged)"
         self.logger.log(level, message, *args)
+
+
+# an outage (a model server, a broker) fails every request alike: each kind of line about one
+# is logged at most once per this many seconds per endpoint, the first at once
+OUTAGE_LOG_SECONDS = 10.0
+
+
+class ThrottledPer:
+    """A ``Throttled`` per key (an endpoint, and a kind of line): one endpoint's outage must
+    not hide the first line of another's. ``forget`` drops an endpoint's keys with it."""
+
+    def __init__(self, logger: logging.Logger, interval: float = OUTAGE_LOG_SECONDS) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._told: dict[tuple[str, ...], Throttled] = {}
+
+    def __call__(self, *key: str) -> Throttled:
+        told = self._told.get(key)
+        if told is None:
+            told = self._told[key] = Throttled(self.logger, self.interval)
+        return told
+
+    def forget(self, first: str) -> None:
+        for key in [key for key in self._told if key[0] == first]:
+            del self._told[key]

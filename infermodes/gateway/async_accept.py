@@ -70,7 +70,7 @@ from infermodes.http import (
     request_id,
     uvicorn_options,
 )
-from infermodes.logs import configure_logging
+from infermodes.logs import ThrottledPer, configure_logging
 from infermodes.metrics import UNKNOWN_ENDPOINT, AsyncApiMetrics
 from infermodes.predict import codecs
 from infermodes.queueing.broker import Enqueuer
@@ -498,6 +498,7 @@ def create_router(
     adds to ``allowed_input_prefixes``, named when a location is refused ("": none)."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
+    told = ThrottledPer(log)  # a broker or store down refuses every request alike
 
     def api_input_paths() -> Iterator[str]:  # runs only for a by-reference input
         yield from input_paths() if input_paths else (e.input_path for e in endpoints.values())
@@ -519,8 +520,9 @@ def create_router(
         except InfermodesError as exc:
             metrics.count(name, exc.status_code)
             if exc.status_code >= 500:  # ours to explain: the line a ticket's id leads to
-                log.warning("request %s for %s: answered %d: %s", request_id(request.scope),
-                            name, exc.status_code, exc)  # fmt: skip
+                named = request_id(request.scope)
+                told(name).warning("request %s for %s: answered %d: %s", named, name,
+                                   exc.status_code, exc)  # fmt: skip
             return refused(request, exc)
         except Exception:
             log.exception("unexpected error accepting request %s for %s",

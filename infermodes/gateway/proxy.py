@@ -52,7 +52,7 @@ from infermodes.http import (
     refuse_codings,
     repeated_header,
 )
-from infermodes.logs import Throttled
+from infermodes.logs import ThrottledPer
 from infermodes.metrics import UNKNOWN_ENDPOINT, GatewayMetrics
 from infermodes.settings import GatewaySettings
 
@@ -96,9 +96,6 @@ MAX_ATTEMPTS = 100  # replicas tried or waited for per request (the timeout boun
 NOT_READY = 503
 REFUSED_HOLD_SECONDS = 5.0  # a request that arrives while the API refuses the pods: held this long
 MAX_ORIGINAL_MESSAGE = 1000
-# an outage fails every request alike: each kind of line about one is logged at most once per
-# this many seconds per endpoint, the first at once, the rest counted (``logs.Throttled``)
-FAILURE_LOG_SECONDS = 10.0
 
 
 def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
@@ -247,7 +244,8 @@ class Proxy:
         table.forgotten.append(self.endpoint_forgotten)
         self._durations: dict[tuple[str, int], Any] = {}
         self._gauges: dict[str, tuple[Any, Any]] = {}
-        self._told: dict[tuple[str, str], Throttled] = {}
+        # lines about failed requests, per endpoint and kind: an outage fails them all alike
+        self.told = ThrottledPer(log)
 
     # replicas
     def replica_added(self, endpoint: Endpoint, replica: Replica) -> None:
@@ -274,17 +272,8 @@ class Proxy:
         for status in codes:
             del self._durations[name, status]
         self._gauges.pop(name, None)
-        for key in [key for key in self._told if key[0] == name]:
-            del self._told[key]
+        self.told.forget(name)
         self.metrics.forget(name, codes)
-
-    def told(self, label: str, kind: str) -> Throttled:
-        """Where the lines of one ``kind`` about an endpoint's failing requests go: a replica
-        down or failing fails them all, and one line each would flood the log."""
-        told = self._told.get((label, kind))
-        if told is None:
-            told = self._told[label, kind] = Throttled(log, FAILURE_LOG_SECONDS)
-        return told
 
     # metrics children, cached: labels() costs more than the observation
     def _observe(self, label: str, status: int, seconds: float) -> None:

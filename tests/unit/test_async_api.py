@@ -2,6 +2,7 @@
 bodies, 202 only after the publish returned, 503 (leaving nothing stored) when it did not, and
 the inference id as the caller's idempotency key."""
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -686,3 +687,18 @@ def test_an_id_used_at_another_endpoint_sharing_the_storage_is_a_409_not_its_res
     assert other.json()["error"] == "InferenceIdInUse"
     assert "endpoint v1" in other.json()["message"], other.json()
     assert [endpoint for endpoint, _, _ in publisher.sent] == ["v1", "v1"]
+
+
+def test_a_broker_outage_logs_its_first_refusal_per_endpoint_then_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that is down refuses every request alike: each 503 was a warning of its own,
+    a flood in the log of the gateway or async-api. The first names its request's id; the rest
+    are counted on the next line (``logs.Throttled``)."""
+    client = client_for(tmp_path, RecordingPublisher(down=True))
+    with caplog.at_level(logging.WARNING, "infermodes.gateway"):
+        answers = [client.post("/endpoints/ep/async-invocations", content=b"1") for _ in range(30)]
+    assert {answer.status_code for answer in answers} == {503}
+    lines = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert answers[0].headers["x-amzn-requestid"] in lines[0]
