@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from infermodes.http import forwarded_id
 from infermodes.logs import configure_logging, redacted_url
 
 
@@ -43,3 +46,13 @@ def test_every_process_quiets_pika_below_debug(level: str, pika_level: int) -> N
         assert pika.level == pika_level
     finally:
         pika.setLevel(before)
+
+
+@given(st.binary(max_size=300))
+def test_a_forwarded_request_id_of_any_bytes_is_one_printable_mention(value: bytes) -> None:
+    """The model server logs the x-amzn-RequestId it was sent (the gateway's id), which a
+    client calling it directly may set to anything: one line, bounded, never an exception."""
+    shown = forwarded_id({"headers": [(b"x-amzn-requestid", value)]})
+    assert shown.startswith(" (request ") and shown.endswith(")")
+    assert shown.isprintable() and len(shown) < 64 * 4 + 20
+    assert forwarded_id({"headers": [(b"content-type", value)]}) == ""
