@@ -440,13 +440,23 @@ def test_the_gateways_metrics_are_on_a_side_port_only_its_scrapers_reach() -> No
     assert {"name": "metrics", "containerPort": 9090} in container["ports"]
     assert [port["targetPort"] for port in objects["Service"]["spec"]["ports"]] == ["http"]
     # without scrapers named, nobody: a rule with no peers would admit every source
-    assert objects["NetworkPolicy"]["spec"]["ingress"] == [
-        {"ports": [{"port": "http", "protocol": "TCP"}]}
+    gateway_port = {"ports": [{"protocol": "TCP", "port": 8080}]}
+    assert objects["NetworkPolicy"]["spec"]["ingress"] == [gateway_port]
+    assert gateway_objects(scraped)["NetworkPolicy"]["spec"]["ingress"] == [
+        gateway_port,
+        {"ports": [{"protocol": "TCP", "port": 9090}], "from": [scraper]},
     ]
-    assert gateway_objects(scraped)["NetworkPolicy"]["spec"]["ingress"][1] == {
-        "ports": [{"port": "metrics", "protocol": "TCP"}],
-        "from": [scraper],
-    }
     on_its_port = gateway_objects(gateway_documents("gateway.metricsPort=0"))
     assert "INFERMODES_GATEWAY_METRICS_PORT" not in gateway_env(list(on_its_port.values()))
-    assert "NetworkPolicy" not in on_its_port
+    assert on_its_port["NetworkPolicy"]["spec"]["ingress"] == [gateway_port]
+
+
+def test_the_chart_renders_one_object_of_each_kind_and_name() -> None:
+    """Two templates each rendered a NetworkPolicy named after the gateway (its pods' policy
+    and its metrics port's): the install failed on the second."""
+    scraper = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    result = helm("template", "infermodes", str(CHART), "--namespace", "ops", "--set-json",
+                  f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    keys = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(result.stdout) if d]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)

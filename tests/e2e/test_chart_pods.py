@@ -109,7 +109,8 @@ def test_the_listed_peers_alone_reach_the_gateway_and_the_operators_metrics() ->
         "--set-json", f"networkPolicy.metricsFrom=[{json.dumps(scraper)}]",
     )  # fmt: skip
     assert found["infermodes-gateway"]["spec"]["ingress"] == [
-        {"ports": [{"protocol": "TCP", "port": 8080}], "from": [ingress_controller]}
+        {"ports": [{"protocol": "TCP", "port": 8080}], "from": [ingress_controller]},
+        {"ports": [{"protocol": "TCP", "port": 9090}], "from": [scraper]},  # its metrics port
     ]
     assert found["infermodes-operator"]["spec"]["ingress"] == [
         {"ports": [{"protocol": "TCP", "port": 9090}], "from": [scraper]}
