@@ -130,6 +130,7 @@ class Connection(asyncio.Protocol):
         try:
             return await waiter
         except asyncio.CancelledError:  # timeout or shutdown: the answer can no longer be read
+            self.waiter = None  # given up here, not closed by the replica: the others stay
             self.abort()
             raise
 

@@ -1,7 +1,7 @@
 /* The common numeric JSON bodies straight into float32 (infermodes/predict/fastjson.py wraps it).
  *
- * json.loads makes a Python float per value and a list per row (~25 bytes of memory per byte of
- * body); this reads the same bodies into the caller's float32 matrix and nothing else.
+ * json.loads makes a Python float per value and a list per row (up to ~36 bytes of memory per
+ * byte of body); this reads the same bodies into the caller's float32 matrix and nothing else.
  *
  * scan(data, out): the shapes ``{"instances": [ROW, ...]}``, ``{"features": [v, ...]}``,
  *   ``[ROW, ...]`` and ``[v, ...]`` (one row), where a ROW is ``[v, ...]`` or

@@ -1,7 +1,7 @@
 """Native decoding of the common numeric JSON bodies, for ``codecs.decode_json``.
 
-``json.loads`` makes a float object per value and a list per row: ~25 bytes of memory per byte
-of body, 160 MiB for a 6 MiB body. ``_fastjson`` (a C extension built at install time, beside
+``json.loads`` makes a float object per value and a list per row: up to ~36 bytes of memory per
+byte of body, ~220 MiB for a 6 MiB body. ``_fastjson`` (a C extension built at install time, beside
 ``_fastcsv``) reads the numeric shapes (rows of numbers and nulls, as lists or ``{"features":
 [...]}`` objects, in a list or under ``"instances"``; one row) straight into the float32 matrix,
 in two passes over the body: one to validate it and find the matrix's shape, one to fill it.

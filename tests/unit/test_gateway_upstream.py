@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pytest
 import uvloop
 
 from infermodes.gateway.upstream import NotSent, Pool, UpstreamFailed
@@ -167,3 +168,52 @@ def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -
     assert first == second == b"9.5\n"
     assert isinstance(closed, NotSent) and closed.presumed, closed
     assert retried == b"9.5\n", retried
+
+
+def test_a_request_given_up_on_keeps_the_other_connections_kept() -> None:
+    """An invocation timeout aborts its own connection; the replica closed nothing, so the
+    others it keeps are still good (they were all dropped, as for a stopping replica)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered_twice = threading.Barrier(3, timeout=10)
+    release = threading.Event()
+
+    def kept_then_slow(conn: socket.socket) -> None:
+        with conn:
+            answer(conn)
+            answered_twice.wait()
+            release.wait(10)  # a next request is left unanswered: the client gives up on it
+
+    def serve() -> None:
+        threads = []
+        for _ in range(2):
+            conn, _ = listener.accept()
+            thread = threading.Thread(target=kept_then_slow, args=(conn,), daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(10)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+
+    async def main() -> int:
+        pool = Pool("127.0.0.1", port, idle_seconds=30, max_idle=4)
+        head = pool.head(b"/invocations", [(b"Content-Type", b"text/csv")], len(BODY))
+        await asyncio.gather(pool.request(head, BODY), pool.request(head, BODY))
+        await asyncio.get_running_loop().run_in_executor(None, answered_twice.wait)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.request(head, BODY), 0.2)
+        await asyncio.sleep(0.1)  # the aborted connection's close is seen
+        kept = len(pool.idle)
+        pool.close()
+        return kept
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            kept = runner.run(main())
+    finally:
+        release.set()
+        listener.close()
+        server.join(10)
+    assert kept == 1
