@@ -114,6 +114,7 @@ def quantity_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+MAX_BYTES = 2**63 - 1
 QUANTITY_FACTORS: dict[str, Decimal | int] = {
     "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
@@ -126,7 +127,9 @@ def quantity_bytes(quantity: str) -> int:
     match = re.fullmatch(QUANTITY_PATTERN, quantity)
     if match is None:
         raise ValueError(f"not a quantity: {quantity!r}")
-    return math.ceil(Decimal(match[1]) * QUANTITY_FACTORS[match[3] or ""])
+    # the pattern has no length limit: beyond int64 (as a Kubernetes quantity) is "no limit"
+    amount = Decimal(match[1]) * QUANTITY_FACTORS[match[3] or ""]
+    return MAX_BYTES if amount > MAX_BYTES else math.ceil(amount)
 
 
 Quantity = Annotated[

@@ -78,6 +78,7 @@ def test_the_worker_is_told_its_memory_limit_from_the_spec(monkeypatch: pytest.M
         ("128974848", 128974848),
         ("1500m", 2),  # a fraction of a byte rounds up, as the kubelet's limit does
         ("0.1", 1),
+        ("9" * 5000 + "Ti", 2**63 - 1),  # the pattern has no length limit
     ],
 )
 def test_a_memory_quantity_in_bytes(quantity: str, expected: int) -> None:
