@@ -59,24 +59,25 @@ class KubeDoor:
             raise error(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
         return result.to_dict()
 
-    def scale(
-        self, api_version: str, kind: str, namespace: str, name: str, replicas: int
+    def patch_spec(
+        self, api_version: str, kind: str, namespace: str, name: str, fields: dict[str, Any]
     ) -> dict[str, Any]:
-        """Set only a workload's replicas (a merge patch): what can still change while an
-        apply of its whole object is refused."""
+        """Set only these fields of a workload's spec (a merge patch): what can still change
+        where an apply of its whole object is refused (a Deployment's replicas while its new
+        spec is, a Job's ``suspend``: the rest of a Job is immutable once created)."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             result = self._dynamic.patch(
                 self._resource(api_version, kind),
-                body={"spec": {"replicas": replicas}},
+                body={"spec": fields},
                 name=name,
                 namespace=namespace,
                 content_type="application/merge-patch+json",
                 field_manager=FIELD_MANAGER,
             )
         except ApiException as exc:
-            raise KubeError(f"scaling {kind} {namespace}/{name}: {_reason(exc)}") from exc
+            raise KubeError(f"patching {kind} {namespace}/{name}: {_reason(exc)}") from exc
         return dict(result.to_dict())
 
     def patch_status(

@@ -177,7 +177,24 @@ def scaled(deps: Deps, ref: EndpointRef, live: dict[str, Any], replicas: int) ->
     refused, the previous one still scales, from zero too (a held request starts a replica)."""
     if int((live.get("spec") or {}).get("replicas", 1)) == replicas:
         return live
-    return deps.kube.scale("apps/v1", "Deployment", ref.namespace, ref.child_name, replicas)
+    return deps.kube.patch_spec(
+        "apps/v1", "Deployment", ref.namespace, ref.child_name, {"replicas": replicas}
+    )
+
+
+def suspended(
+    deps: Deps, ref: EndpointRef, live: dict[str, Any], desired: dict[str, Any]
+) -> dict[str, Any]:
+    """The live Job with the desired ``suspend`` (patched when it differs), never applied
+    again whole: the rest of a Job is immutable once created, so a template the operator now
+    makes differently (an upgrade that adds a variable) was refused at every reconcile, and
+    the stop it carried with it."""
+    wanted = bool(desired["spec"]["suspend"])
+    if bool((live.get("spec") or {}).get("suspend")) == wanted:
+        return live
+    return deps.kube.patch_spec(
+        "batch/v1", "Job", ref.namespace, ref.child_name, {"suspend": wanted}
+    )
 
 
 def pod_template(deployment: dict[str, Any]) -> Any:
@@ -366,7 +383,10 @@ def converge(
             # the pods it guards)
             ordered = objects if found is None else sorted(objects, key=lambda o: o["kind"] != kind)
             for obj in ordered:
-                applied[obj["kind"]] = deps.kube.apply(obj)
+                if obj["kind"] == "Job" and found is not None:
+                    applied["Job"] = suspended(deps, ref, found, obj)
+                else:
+                    applied[obj["kind"]] = deps.kube.apply(obj)
         except ApplyRefused as exc:
             refusal = (APPLY_REFUSED, api_refusal(str(exc)))
     runs_spec = kind in applied  # the workload was applied from this spec

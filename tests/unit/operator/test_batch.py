@@ -355,10 +355,12 @@ def test_a_job_deleted_after_it_ended_is_not_run_again() -> None:
     assert [obj["kind"] for obj in kube.applied] == ["Job"]
 
 
-def test_an_ended_job_is_left_alone_and_a_refused_update_does_not_hide_its_outcome() -> None:
+def test_a_job_is_applied_once_and_then_only_suspended_or_resumed() -> None:
     """A Job's template never changes: an operator of another version makes another one, which
-    the API refuses (immutable). An ended job's Job is not applied at all; a running one keeps
-    its phase, the refusal as its reason, and ends Completed all the same."""
+    the API refuses (immutable). It was applied whole at every reconcile, so after an operator
+    upgrade that changed the template a running job showed ApplyRefused, and its stop (which
+    travelled in that apply) never reached it. An ended job's Job is not touched at all; a
+    running one is patched only when ``stop`` asks for another ``suspend``."""
     from infermodes.endpoints.scaling import ScalerMemory
     from infermodes.operator.kube import ApplyRefused
     from infermodes.operator.reconcile import reconcile
@@ -376,14 +378,18 @@ def test_an_ended_job_is_left_alone_and_a_refused_update_does_not_hide_its_outco
     status = reconcile(body(FULL_SPEC, completed), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")
 
-    running = {"metadata": {"generation": 1}, "spec": {}, "status": {"active": 3}}
+    running = {"metadata": {"generation": 1}, "spec": {"suspend": False}, "status": {"active": 3}}
     kube = ImmutableJob(running)
     d, _ = deps(kube)
     progress = {"phase": "InProgress", "reason": "Running", "message": "1/5 objects"}
     status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
-    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "ApplyRefused")
-    assert "immutable" in status.message and status.message.endswith("0/0 objects, 0 records")
-    kube.deployment = done  # the Job ends, its update still refused
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "Running")
+    assert kube.patched == []  # nothing to change
+    stop = {**FULL_SPEC, "batch": {**FULL_SPEC["batch"], "stop": True}}
+    status = reconcile(body(stop, progress), ScalerMemory(), d).status
+    assert kube.patched == [("Job", {"suspend": True})]
+    assert status.reason != "ApplyRefused", status
+    kube.deployment = done  # the Job ends
     status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")
 

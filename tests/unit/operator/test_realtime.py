@@ -287,6 +287,7 @@ class FakeKube:
         self.others = {(o["kind"], o["metadata"]["name"]): o for o in others}
         self.applied: list[dict] = []
         self.scaled: list[int] = []
+        self.patched: list[tuple[str, dict]] = []
         self.annotated: list[tuple[str, dict]] = []
         self.events: list[dict] = []
         self.deleted: list[tuple[str, str]] = []
@@ -310,9 +311,11 @@ class FakeKube:
             merged = {**metadata.get("annotations", {}), **annotations}
             self.deployment = {**self.deployment, "metadata": {**metadata, "annotations": merged}}
 
-    def scale(self, api_version, kind, namespace, name, replicas):
-        self.scaled.append(replicas)
-        spec = {**self.deployment["spec"], "replicas": replicas}
+    def patch_spec(self, api_version, kind, namespace, name, fields):
+        if kind == "Deployment":
+            self.scaled.append(fields["replicas"])
+        self.patched.append((kind, fields))
+        spec = {**self.deployment["spec"], **fields}
         self.deployment = {**self.deployment, "spec": spec}
         return self.deployment
 
