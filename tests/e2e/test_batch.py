@@ -273,3 +273,24 @@ def test_a_job_waits_for_an_older_one_writing_its_output_prefix(
     assert deleted.returncode == 0, deleted.stderr
     wait_phase(api, k8s_namespace, "second", "Completed", timeout=300)
     assert len(outputs(data, "shared")) == OBJECTS
+
+
+def test_a_job_created_stopped_runs_once_resumed_and_completes(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    """``stop`` reaches an existing Job as a patch of its ``suspend`` alone (the rest of a Job
+    cannot change, so it is not applied again whole): stopped, then resumed, it completes."""
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "resumed")
+    stopped = tools.apply(batch_manifest("resumed", "resumed", stop=True), k8s_namespace)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_phase(api, k8s_namespace, "resumed", "Stopped")
+    job = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs/ie-resumed")
+    assert job["spec"]["suspend"] is True
+    assert outputs(data, "resumed") == {}
+    patched = tools.kubectl("patch", "ie", "resumed", "-n", k8s_namespace, "--type=merge",
+                            "-p", '{"spec": {"batch": {"stop": false}}}')  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    wait_phase(api, k8s_namespace, "resumed", "Completed", timeout=300)
+    assert sorted(outputs(data, "resumed")) == sorted(f"{name}.out" for name in data["objects"])
