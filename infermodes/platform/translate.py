@@ -693,13 +693,14 @@ def transform_object(
     processing = mapping("DataProcessing", request.get("DataProcessing"))
     only("DataProcessing.", processing, {"InputFilter", "OutputFilter", "JoinSource"})
     pairs: list[tuple[JsonObject, str, Mapping[str, Any], str, str]] = []
-    # SplitType's default is the platform's, None (an object per request), not our spec's Line
+    # SplitType's and AssembleWith's defaults are the platform's, None (an object per request;
+    # outputs as they are), not our spec's Line, which an applied manifest keeps
     batch_input: JsonObject = {
         "uri": s3.get("S3Uri"),
         "dataType": s3.get("S3DataType"),
         "splitType": "None",
     }
-    batch_output: JsonObject = {"uri": output.get("S3OutputPath")}
+    batch_output: JsonObject = {"uri": output.get("S3OutputPath"), "assembleWith": "None"}
     batch: JsonObject = {"input": batch_input, "output": batch_output}
     processing_block: JsonObject = {}
     pairs += [

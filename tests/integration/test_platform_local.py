@@ -379,6 +379,34 @@ def test_a_job_after_a_stopped_one_of_the_same_output_path_runs(
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
 
 
+def test_a_job_without_assemble_with_concatenates_its_outputs_as_the_platform(
+    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+) -> None:
+    """AssembleWith left out is the platform's None: each mini-batch's JSON answer follows
+    the last as it is, with no newline between (Line would add one)."""
+    storage: Any = s3.client()
+    rows = abalone_model.test_rows[:3]
+    storage.put_object(Bucket="batch", Key="assemble/input/part.csv", Body=to_csv(rows))
+    create_model(sagemaker, "abalone-assemble-model")
+    request = transform_request("abalone-assemble", "abalone-assemble-model", "assemble")
+    request["BatchStrategy"] = "SingleRecord"  # a mini-batch, and an answer, per row
+    request["TransformOutput"] = {"S3OutputPath": "s3://batch/assemble/output/",
+                                  "Accept": "application/json"}  # fmt: skip
+    sagemaker.create_transform_job(**request)
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="abalone-assemble", WaiterConfig=FAST
+    )
+    output = storage.get_object(Bucket="batch", Key="assemble/output/part.csv.out")
+    text = output["Body"].read().decode()
+    assert "\n" not in text
+    found, at = [], 0
+    while at < len(text):  # the answers, one after the other
+        answer, at = json.JSONDecoder().raw_decode(text, at)
+        found += [prediction["score"] for prediction in answer["predictions"]]
+    assert len(found) == len(rows)
+    np.testing.assert_allclose(found, expected(abalone_model, rows), rtol=1e-6)
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
     missing = "s3://models/absent/model.tar.gz"

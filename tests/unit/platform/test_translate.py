@@ -243,6 +243,16 @@ def test_a_transform_job_without_split_type_sends_each_object_whole_as_the_platf
     ] == "None"  # fmt: skip
 
 
+def test_a_transform_job_without_assemble_with_concatenates_outputs_as_the_platform() -> None:
+    """The platform's default AssembleWith is None (outputs as they are); our spec's is Line,
+    which put a newline the platform does not after each mini-batch's JSON answer."""
+    request = transform_request()
+    del request["TransformOutput"]["AssembleWith"]
+    assert transform_object(request, model(), DEFAULTS)["spec"]["batch"]["output"][
+        "assembleWith"
+    ] == "None"  # fmt: skip
+
+
 def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> None:
     obj = spec_of(config(), Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
     assert obj["spec"]["model"]["inferenceOutput"] == "predicted_label"
