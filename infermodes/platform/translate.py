@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -34,7 +34,8 @@ from infermodes.endpoints.spec import (
     object_name,
     spec_problems,
 )
-from infermodes.errors import StorageError, clipped, shown
+from infermodes.errors import StorageError, UnsupportedContentType, clipped, shown
+from infermodes.media import content_type_of
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
 from infermodes.settings import (
@@ -42,6 +43,7 @@ from infermodes.settings import (
     LIBSVM_PROCESSING,
     PAYLOAD_RULE,
     STORAGE_PREFIX,
+    BatchContentType,
 )
 from infermodes.storage import parse_uri
 
@@ -646,6 +648,19 @@ def endpoint_object(
     return _object(name, ENDPOINT, spec, annotations, defaults)
 
 
+def batch_content_type(value: Any) -> Any:
+    """``TransformInput.ContentType`` read as the model server reads the Content-Type header
+    the platform sends each mini-batch with: ``text/csv; charset=utf-8`` is ``text/csv``
+    (Describe answers what was given); a type or charset the instances cannot read names the
+    field."""
+    if not isinstance(value, str):
+        return value  # the spec's check names the field and the type
+    try:
+        return content_type_of(value, get_args(BatchContentType))
+    except UnsupportedContentType as exc:
+        raise ValidationException(f"TransformInput.ContentType {shown(value)}: {exc}") from None
+
+
 TRANSFORM_FIELDS = {
     "TransformJobName", "ModelName", "MaxConcurrentTransforms", "ModelClientConfig",
     "MaxPayloadInMB", "BatchStrategy", "TransformInput", "TransformOutput", "TransformResources",
@@ -669,6 +684,7 @@ def transform_object(
     # the numbers as boto3's model types them: our schema would read "6" or true as a number
     typed("", request, {"MaxPayloadInMB": int, "MaxConcurrentTransforms": int})
     source = mapping("TransformInput", request.get("TransformInput"))
+    source = {**source, "ContentType": batch_content_type(source.get("ContentType"))}
     only("TransformInput.", source, {"DataSource", "ContentType", "CompressionType", "SplitType"})
     data_source = mapping("TransformInput.DataSource", source.get("DataSource"))
     only("TransformInput.DataSource.", data_source, {"S3DataSource"})

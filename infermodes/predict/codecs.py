@@ -29,25 +29,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from infermodes import media
 from infermodes.errors import (
     InvalidInput,
     NotAcceptable,
     PayloadTooLarge,
-    UnsupportedContentType,
 )
 from infermodes.predict import fastjson, recordio
 from infermodes.predict.outputs import OutputSelection
 from infermodes.settings import MAX_DECODED_VALUES
 
-CSV = "text/csv"
-JSON = "application/json"
-LIBSVM = "text/libsvm"
-JSONLINES = "application/jsonlines"
-RECORDIO = "application/x-recordio-protobuf"
-INPUT_TYPES = (CSV, JSON, LIBSVM, RECORDIO)
+# the Content-Type header's reading is media's, shared with the platform API
+CSV, JSON, LIBSVM, JSONLINES = media.CSV, media.JSON, media.LIBSVM, media.JSONLINES
+RECORDIO, INPUT_TYPES = media.RECORDIO, media.INPUT_TYPES
+media_type, content_type_of = media.media_type, media.content_type_of
 OUTPUT_TYPES = (CSV, JSON, JSONLINES)  # in order of preference for a wildcard
-_ALIASES = {"application/x-libsvm": LIBSVM, "text/x-libsvm": LIBSVM, "application/csv": CSV}
-_CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 
 # The smallest magnitude that float32 rounds to infinity (2**128 - 2**103).
 F32_OVERFLOW = 2.0**128 - 2.0**103
@@ -95,36 +91,6 @@ def _unreadable(where: str, token: bytes, problem: str) -> InvalidInput:
             "UTF-8"
         )
     return InvalidInput(f"{where} {problem}")
-
-
-def media_type(header: str | None, default: str = CSV) -> str:
-    """``"text/csv; charset=utf-8"`` -> ``"text/csv"``; a missing header means ``default``."""
-    if not header:
-        return default
-    base = header.split(";", 1)[0].strip().lower()
-    return _ALIASES.get(base, base) or default
-
-
-def content_type_of(header: str | None) -> str:
-    """The input type of a Content-Type header; 415 for types and charsets we do not read."""
-    kind = media_type(header)
-    if kind not in INPUT_TYPES:
-        raise UnsupportedContentType(
-            f"unsupported content type {_show(kind, 60)}; use one of {', '.join(INPUT_TYPES)}"
-        )
-    if header and ";" in header:
-        for parameter in header.split(";")[1:]:
-            name, _, value = parameter.partition("=")
-            name = name.strip().lower()
-            value = value.strip().strip('"').lower()
-            if name == "charset" and value not in _CHARSETS:
-                raise UnsupportedContentType(f"unsupported charset {_show(value, 30)}; send UTF-8")
-            if name == "header" and value == "present" and kind == CSV:  # RFC 4180's parameter
-                raise UnsupportedContentType(
-                    "text/csv with header=present: a header row is not read (nor by the "
-                    "platform's container); send the rows without it"
-                )
-    return kind
 
 
 _SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, JSONLINES: JSONLINES, "*/*": CSV}

@@ -407,6 +407,33 @@ def test_a_job_without_assemble_with_concatenates_its_outputs_as_the_platform(
     np.testing.assert_allclose(found, expected(abalone_model, rows), rtol=1e-6)
 
 
+def test_a_content_type_with_a_charset_is_taken_and_described_as_given(
+    sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+) -> None:
+    """``text/csv; charset=utf-8`` is CSV, as the model server reads that Content-Type; a
+    charset the instances cannot read is a 400 naming the field, not a job that fails."""
+    storage: Any = s3.client()
+    rows = abalone_model.test_rows[:10]
+    storage.put_object(Bucket="batch", Key="charset/input/part.csv", Body=to_csv(rows))
+    create_model(sagemaker, "abalone-charset-model")
+    refused = transform_request("abalone-latin", "abalone-charset-model", "charset")
+    refused["TransformInput"]["ContentType"] = "text/csv; charset=latin-1"
+    with pytest.raises(ClientError, match=r"TransformInput\.ContentType.*charset") as caught:
+        sagemaker.create_transform_job(**refused)
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    request = transform_request("abalone-charset", "abalone-charset-model", "charset")
+    request["TransformInput"]["ContentType"] = "text/csv; charset=utf-8"
+    sagemaker.create_transform_job(**request)
+    sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
+        TransformJobName="abalone-charset", WaiterConfig=FAST
+    )
+    described = sagemaker.describe_transform_job(TransformJobName="abalone-charset")
+    assert described["TransformJobStatus"] == "Completed"
+    assert described["TransformInput"]["ContentType"] == "text/csv; charset=utf-8"
+    output = storage.get_object(Bucket="batch", Key="charset/output/part.csv.out")["Body"].read()
+    np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
     missing = "s3://models/absent/model.tar.gz"

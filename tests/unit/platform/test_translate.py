@@ -253,6 +253,45 @@ def test_a_transform_job_without_assemble_with_concatenates_outputs_as_the_platf
     ] == "None"  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("text/csv; charset=utf-8", "text/csv"),
+        ("application/json; charset=utf-8", "application/json"),
+        ('application/jsonlines;charset="UTF-8"', "application/jsonlines"),
+        ("Text/CSV", "text/csv"),
+        ("application/x-libsvm", "text/libsvm"),
+    ],
+)
+def test_a_content_type_with_parameters_is_read_as_the_model_server_reads_it(
+    given: str, read: str
+) -> None:
+    """The platform sends TransformInput.ContentType as each mini-batch's Content-Type: its
+    parameters are the header's, not a type of their own; Describe answers what was given."""
+    request = transform_request(DataProcessing={})
+    request["TransformInput"]["ContentType"] = given
+    obj = transform_object(request, model(), DEFAULTS)
+    assert obj["spec"]["batch"]["input"]["contentType"] == read
+    kept = json.loads(obj["metadata"]["annotations"][REQUEST_ANNOTATION])
+    assert kept["TransformInput"]["ContentType"] == given
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [
+        ("text/csv; charset=latin-1", "unsupported charset 'latin-1'; send UTF-8"),
+        ("text/csv; header=present", "header=present"),
+        ("image/png", "unsupported content type 'image/png'"),
+    ],
+)
+def test_a_content_type_the_instances_cannot_read_names_the_field(given: str, why: str) -> None:
+    request = transform_request(DataProcessing={})
+    request["TransformInput"]["ContentType"] = given
+    with pytest.raises(ValidationException, match=r"TransformInput\.ContentType") as caught:
+        transform_object(request, model(), DEFAULTS)
+    assert why in str(caught.value)
+
+
 def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> None:
     obj = spec_of(config(), Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
     assert obj["spec"]["model"]["inferenceOutput"] == "predicted_label"
