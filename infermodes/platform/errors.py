@@ -3,7 +3,8 @@
 boto3's ``sagemaker`` client reads the code from the body's ``__type`` (the runtime routes'
 ``{"error": ...}`` shape is another protocol's, ``gateway/errors.py``), and its waiters match
 on it: ``endpoint_in_service`` fails on ``ValidationException`` (what the platform answers for
-an endpoint that does not exist), ``endpoint_deleted`` succeeds on it."""
+an endpoint or a transform job that does not exist), ``endpoint_deleted`` succeeds on it,
+``transform_job_completed_or_stopped`` fails on it."""
 
 from __future__ import annotations
 
@@ -24,12 +25,8 @@ class ApiError(InfermodesError):
 
 
 class ValidationException(ApiError):
-    """Bad input, or (as the platform answers) a model, config or endpoint that does not exist
-    or already exists."""
-
-
-class ResourceNotFound(ApiError):
-    """A transform job that does not exist."""
+    """Bad input, or (as the platform answers) a model, config, endpoint or transform job that
+    does not exist, or a model, config or endpoint that already exists."""
 
 
 class ResourceInUse(ApiError):

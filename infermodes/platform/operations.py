@@ -26,7 +26,6 @@ from infermodes.platform.describe import (
 from infermodes.platform.errors import (
     ResourceInUse,
     ResourceLimitExceeded,
-    ResourceNotFound,
     ValidationException,
 )
 from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, PlatformStore, RecordKind
@@ -312,7 +311,9 @@ class ControlPlane:
     async def _job(self, name: str) -> JsonObject:
         found = await self._object(TRANSFORM_JOB, name)
         if found is None:
-            raise ResourceNotFound(f"Could not find requested job with name {name}")
+            # the platform's code (a ValidationException, though its model lists
+            # ResourceNotFound), which boto3's transform_job_completed_or_stopped fails on
+            raise ValidationException(f"Could not find requested job with name {name}")
         return found
 
     async def _new_object(self, obj: JsonObject, taken: Callable[[JsonObject], Exception]) -> None:

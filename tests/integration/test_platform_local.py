@@ -434,6 +434,17 @@ def test_a_content_type_with_a_charset_is_taken_and_described_as_given(
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
 
 
+def test_the_transform_waiter_on_an_unknown_job_fails_at_its_first_answer(sagemaker: Any) -> None:
+    """The waiter's own configuration (a minute between polls): it ends on the first answer,
+    the platform's ValidationException for a job that does not exist, naming the job."""
+    waiter = sagemaker.get_waiter("transform_job_completed_or_stopped")
+    with pytest.raises(WaiterError, match="terminal failure state") as caught:
+        waiter.wait(TransformJobName="no-such-job")
+    error = caught.value.last_response["Error"]
+    assert error == {"Code": "ValidationException",
+                     "Message": "Could not find requested job with name no-such-job"}  # fmt: skip
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
     missing = "s3://models/absent/model.tar.gz"
@@ -509,7 +520,7 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
     for call, request in missing.items():
         assert code_of(call, **request) == "ValidationException", call
     for call in (sagemaker.describe_transform_job, sagemaker.stop_transform_job):
-        assert code_of(call, TransformJobName="nothing") == "ResourceNotFound"
+        assert code_of(call, TransformJobName="nothing") == "ValidationException"
     with pytest.raises(WaiterError, match="ValidationException"):
         sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="nothing",
                                                          WaiterConfig=FAST)  # fmt: skip

@@ -42,7 +42,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "StopTransformJob": {"TransformJobName": "j"},
     "DeleteModel": {"ModelName": "zzz"},
 }  # fmt: skip
-CODES = ("ValidationException", "ResourceNotFound", "ResourceInUse", "SerializationException")
+CODES = ("ValidationException", "ResourceInUse", "SerializationException")
 MISSING = object()  # the member left out
 WRONG = [MISSING, None, "x", "", 1, -1, 1.5, True, [], {}, [1], {"a": 1}, "9" * 80, "s3://b/m\x00"]
 
