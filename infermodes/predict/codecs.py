@@ -318,6 +318,16 @@ def _json_row(row: object, index: int, width: int | None) -> list[float]:
             if not -F32_OVERFLOW < value < F32_OVERFLOW:
                 raise _beyond_float32(value, index, column)
             values.append(value)
+        elif type(value) is int:  # a batch record's integer (parse_record), as a float
+            try:
+                number = float(value)
+            except OverflowError:  # beyond float64: inf, as its text reads
+                number = math.inf
+            if not -F32_OVERFLOW < number < F32_OVERFLOW:
+                raise _beyond_float32(number, index, column)
+            values.append(number)
+        elif isinstance(value, NonJsonConstant):
+            _refuse_constant(json.dumps(value))
         else:
             raise InvalidInput(
                 f"row {index}, column {column}: expected a number, got {_describe(value)}"
@@ -328,6 +338,21 @@ def _json_row(row: object, index: int, width: int | None) -> list[float]:
 
 def _refuse_constant(name: str) -> float:
     raise InvalidInput(f"{name} is not JSON; send null for a missing value")
+
+
+class NonJsonConstant(float):
+    """``NaN`` or an infinity in a batch record (``parse_record``): kept where the model does
+    not read it (a join writes it back as it was), refused in a row as ``decode_json`` does."""
+
+
+def parse_record(raw: bytes) -> object:
+    """A batch record's document, parsed once for its input filter, its rows and its join:
+    as ``json.loads`` reads it (any UTF, integers kept), with ``NaN`` and the infinities
+    marked. ``ValueError`` for what is not JSON; one nested too deeply is one."""
+    try:
+        return json.loads(raw, parse_constant=NonJsonConstant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def decode_json(
@@ -374,6 +399,19 @@ def decode_json(
         ) from None
     except ValueError as exc:
         raise InvalidInput(f"malformed JSON: {str(exc)[:200]}") from None
+    return json_rows(document, num_features, max_rows=max_rows, max_values=max_values)
+
+
+def json_rows(
+    document: object,
+    num_features: int | None = None,
+    *,
+    max_rows: int | None = None,
+    max_values: int = MAX_DECODED_VALUES,
+    release: bool = True,
+) -> np.ndarray:
+    """The matrix of a parsed document of ``decode_json``'s shapes; ``release``: each block
+    of its rows is let go once copied (the document is not used after)."""
     if isinstance(document, dict):
         if "instances" in document:
             rows = document["instances"]
@@ -403,7 +441,8 @@ def decode_json(
     for start in range(1, len(rows), JSON_FILL_ROWS):
         stop = min(start + JSON_FILL_ROWS, len(rows))
         matrix[start:stop] = [_json_row(rows[i], i + 1, width) for i in range(start, stop)]
-        rows[start:stop] = itertools.repeat(None, stop - start)
+        if release:
+            rows[start:stop] = itertools.repeat(None, stop - start)
     return matrix
 
 

@@ -7,6 +7,7 @@ import json
 import tracemalloc
 from collections.abc import Callable
 from typing import TypeVar
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -179,6 +180,108 @@ def test_a_whole_json_document_with_instances() -> None:
     )(MiniBatch(1, document))
     assert rows == 2
     assert json.loads(out) == {"predictions": [{"score": 3.0}, {"score": 7.0}]}
+
+
+def two_parses(raw: bytes, input_filter: str) -> np.ndarray | str:
+    """The rows (or the error) of the path the transform used to take: parse, select, write
+    the selection back and decode that."""
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        return f"malformed JSON: {exc}"
+    try:
+        selected = json.dumps(JsonPath.parse(input_filter).select(document)).encode()
+        return codecs.decode(selected, codecs.JSON, 2)
+    except InvalidInput as exc:
+        return str(exc)
+
+
+WHOLE_DOCUMENTS = [
+    (b'{"instances": [[1, 2],\n [3, 4]]}', "$"),
+    (b"[[1, 2], [3, 4.5]]", "$"),
+    (b"[1, 2]", "$"),
+    (b'{"features": [1, 2]}', "$"),
+    (b'{"id": 7, "x": {"instances": [[1, 2], [null, 0.1]]}}', "$.x"),
+    (b"\xef\xbb\xbf[[1, 2]]", "$"),
+    ("[[1, 2]]".encode("utf-16"), "$"),
+    (b"[[1, 123456789012345678901234567890123456789012]]", "$"),
+    (b"[[1, 16777217], [1e-50, -0.0]]", "$"),
+    (b'{"id": NaN, "x": [[1, 2]]}', "$.x"),
+    (b'{"instances": [[1, 2]]', "$"),
+    (b"", "$"),
+    (b'[[1, "x"]]', "$"),
+    (b"[[1, true]]", "$"),
+    (b'{"rows": []}', "$"),
+    (b"[[1, NaN]]", "$"),
+    (b"[[1, -Infinity]]", "$"),
+    (b"[[1, 2]] \xe9", "$"),
+    (b"[[1, 2, 3]]", "$"),
+    (b'{"id": 7}', "$.x"),
+    (b"[[1, " + b"9" * 5000 + b"]]", "$"),
+    (b"[]", "$"),
+    (b"7", "$"),
+]
+
+
+@pytest.mark.parametrize(("raw", "input_filter"), WHOLE_DOCUMENTS)
+def test_a_whole_json_document_gives_the_rows_and_errors_of_two_parses(
+    raw: bytes, input_filter: str
+) -> None:
+    """Parsed once, a document gives the predictions, or the error, that parsing it, writing
+    the selection back and decoding that gave."""
+    whole = transform("application/json", "application/json", input_filter,
+                      whole_documents=True)  # fmt: skip
+    expected = two_parses(raw, input_filter)
+    if isinstance(expected, str):
+        with pytest.raises(BadRecord) as caught:
+            whole(MiniBatch(3, raw))
+        assert (caught.value.line, caught.value.reason) == (3, expected)
+    else:
+        out, rows = whole(MiniBatch(3, raw))
+        assert rows == expected.shape[0]
+        assert out == codecs.encode(row_sums(expected), codecs.JSON) + b"\n"
+
+
+def test_a_whole_json_document_is_parsed_once() -> None:
+    """The document was parsed, its selection written back and parsed again: twice the time
+    of the parse, which is most of a whole document's transform."""
+    whole = transform("application/json", "application/json", "$.x", whole_documents=True)
+    with mock.patch.object(json, "loads", wraps=json.loads) as loads:
+        out, rows = whole(MiniBatch(1, b'{"id": 7, "x": {"instances": [[1, 2], [3, 4]]}}'))
+    assert (out, rows) == (b'{"predictions": [{"score": 3.0}, {"score": 7.0}]}\n', 2)
+    assert loads.call_count == 1
+
+
+def test_a_number_beyond_float64_is_named_as_the_model_server_names_it() -> None:
+    """Written back, 1e400 became ``Infinity``, which the second parse refused as a constant
+    nobody wrote; read once, it is the number it is."""
+    whole = transform("application/json", whole_documents=True)
+    with pytest.raises(BadRecord) as caught:
+        whole(MiniBatch(1, b"[[1, 1e400]]"))
+    assert caught.value.reason == "row 1, column 2: the number is beyond the range of float32"
+    with pytest.raises(InvalidInput, match=r"^row 1, column 2: the number is beyond"):
+        codecs.decode(b"[[1, 1e400]]", codecs.JSON, 2)
+
+
+def test_a_document_nested_too_deeply_fails_its_record() -> None:
+    """The parser's RecursionError escaped the transform, not a bad record."""
+    whole = transform("application/json", whole_documents=True)
+    with pytest.raises(BadRecord) as caught:
+        whole(MiniBatch(4, b"[" * 100_000 + b"]" * 100_000))
+    assert (caught.value.line, caught.value.reason) == (4, "malformed JSON: nested too deeply")
+
+
+def test_a_join_writes_the_document_as_it_was_read() -> None:
+    """Integers stay integers and the rows the model read are the document's: the rows are
+    not let go while the document is still to be written."""
+    joined = transform("application/json", "application/jsonlines", "$.x", join=True,
+                       whole_documents=True)  # fmt: skip
+    raw = b'{"id": 7, "x": [[1, 2], [3, 4]], "note": NaN}'
+    out, rows = joined(MiniBatch(1, raw))
+    assert rows == 2
+    written = {"id": 7, "x": [[1, 2], [3, 4]], "note": float("nan"),
+               "SageMakerOutput": {"predictions": [{"score": 3.0}, {"score": 7.0}]}}  # fmt: skip
+    assert out == json.dumps(written).encode() + b"\n"
 
 
 def test_malformed_json_names_its_line() -> None:

@@ -167,12 +167,13 @@ class Transform:
         documents: list[tuple[int, object]] = []
         blocks: list[np.ndarray] = []
         for number, raw in lines:
-            try:
-                document = json.loads(raw)
-                selected = json.dumps(self.input_filter.select(document)).encode()
-                if not self.join:  # only a join writes it out again: not held while decoding
+            try:  # parsed once: the filter selects from it, and the rows are read from that
+                document = codecs.parse_record(raw)
+                selected = self.input_filter.select(document)
+                if not self.join:  # only a join writes it out again: its rows are let go
                     document = None
-                rows = codecs.decode(selected, codecs.JSON, self.num_features)
+                rows = codecs.json_rows(selected, self.num_features, release=not self.join)
+                del selected
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
             except ValueError as exc:  # json's own errors
