@@ -835,7 +835,10 @@ class BatchSettings(EnvSettings):
     split_type: SplitType = "Line"
     batch_strategy: BatchStrategy = "MultiRecord"
     max_payload_in_mb: int = Field(
-        6, ge=0, le=MAX_PAYLOAD_MB, description="Mini-batch size cap; 0 means the 100 MB maximum."
+        6,
+        ge=0,
+        le=MAX_PAYLOAD_MB,
+        description="Mini-batch size cap; 0 means 100 / max_concurrent_transforms (payload_mb).",
     )
     max_concurrent_transforms: int = Field(1, ge=1, le=MAX_CONCURRENT_TRANSFORMS)
     accept: BatchAccept = "text/csv"
@@ -876,6 +879,14 @@ class BatchSettings(EnvSettings):
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"
+
+    @property
+    def payload_mb(self) -> int:
+        """A mini-batch's cap: maxPayloadInMB, or for 0 (the platform's "no limit", for the
+        chunked requests of algorithms that take them, which the instances never send) each
+        transform's share of 100 MB, as payload x concurrency <= 100 would have it: ~3 x
+        (N + 1) x 100 MB held at once otherwise, 30 GB at N = 100."""
+        return self.max_payload_in_mb or MAX_PAYLOAD_MB // self.max_concurrent_transforms
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchSettings:

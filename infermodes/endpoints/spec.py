@@ -583,7 +583,8 @@ class BatchSpec(SpecBlock):
         ge=0,
         le=MAX_PAYLOAD_MB,
         alias="maxPayloadInMB",
-        description="Pack records up to this (0: the 100 MB maximum).",
+        description="Pack records up to this (0: 100 / maxConcurrentTransforms, each "
+        "transform's share of 100 MB).",
     )
     batch_strategy: BatchStrategy = Field(
         "MultiRecord", description="MultiRecord packs records; SingleRecord sends one each."

@@ -15,6 +15,7 @@ from infermodes.metrics import BatchMetrics
 from infermodes.predict.model import XGBoostModel
 from infermodes.settings import BatchSettings
 from infermodes.storage import S3Store, Storage
+from infermodes.workers.batch.records import MIB
 from infermodes.workers.batch.runner import Runner
 from infermodes.workers.batch.summary import Summary
 from tests.unit.test_batch_listed_keys import ROWS, model  # noqa: F401 (a fixture)
@@ -62,3 +63,30 @@ def test_an_input_bucket_that_does_not_exist_is_named(
     assert summary.error is not None
     assert summary.error.startswith("cannot list the inputs: ")
     assert "the bucket nobucket does not exist" in summary.error
+
+
+@pytest.mark.parametrize(("payload", "concurrency", "cap_mb"), [(0, 4, 25), (0, 3, 33), (0, 1, 100),
+                                                                (6, 4, 6)])  # fmt: skip
+def test_max_payload_zero_caps_a_mini_batch_at_the_share_of_100_mb_each_transform_has(
+    model: Path,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    payload: int,
+    concurrency: int,
+    cap_mb: int,
+) -> None:
+    """maxPayloadInMB 0 (the platform's "no limit", for chunked requests) was 100 MB for each
+    of maxConcurrentTransforms mini-batches: ~3 x (N + 1) x 100 MB held at once (677 MB
+    measured at N = 2; 30 GB at N = 100, which the payload rule let through as 0 x 100). It is
+    now 100 MB shared, as payload x concurrency <= 100 says: a record over the share fails its
+    object, naming the cap, instead of the instance."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "big.csv").write_bytes(b"1," * (cap_mb * MIB // 2) + b"1\n")  # just over the cap
+    settings = BatchSettings(model_uri=str(model), input_uri=str(folder),
+                             output_uri=str(tmp_path / "out"), max_payload_in_mb=payload,
+                             max_concurrent_transforms=concurrency, metrics_port=0)  # fmt: skip
+    summary = Runner(settings, Storage(), XGBoostModel.load(str(model)),
+                     BatchMetrics(CollectorRegistry())).run()  # fmt: skip
+    [failure] = summary.failures
+    assert (failure.line, failure.reason) == (
+        1, f"record is larger than maxPayloadInMB ({cap_mb} MB)")  # fmt: skip

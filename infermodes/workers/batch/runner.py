@@ -145,7 +145,7 @@ class Runner:
         self.storage = storage
         self.metrics = metrics
         self.output_prefix = parse_uri(settings.output_uri).uri.rstrip("/")
-        self.limit = (settings.max_payload_in_mb or 100) * records.MIB
+        self.limit = settings.payload_mb * records.MIB
         self.model = model
         self.worker = MiniBatchWorker(settings, model)
         self.work: Callable[[MiniBatch], Done] = self.worker
