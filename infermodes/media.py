@@ -1,11 +1,14 @@
-"""Media types as the platform's container reads a Content-Type header: the type (aliases
+"""Media types as the platform's container reads its headers: a Content-Type's type (aliases
 folded, case ignored) and the parameters it must honour (a charset other than UTF-8, CSV's
-``header=present``). One reading for the model server, the async plane and the platform API's
-``TransformInput.ContentType``, which the platform sends each mini-batch as that header."""
+``header=present``), and the output an Accept header prefers. One reading for the model
+server, the async plane and the platform API's ``TransformInput.ContentType`` and
+``TransformOutput.Accept``, which the platform sends each mini-batch as those headers."""
 
 from __future__ import annotations
 
-from infermodes.errors import UnsupportedContentType, clipped
+import re
+
+from infermodes.errors import InvalidInput, NotAcceptable, UnsupportedContentType, clipped
 
 CSV = "text/csv"
 JSON = "application/json"
@@ -13,6 +16,7 @@ LIBSVM = "text/libsvm"
 JSONLINES = "application/jsonlines"
 RECORDIO = "application/x-recordio-protobuf"
 INPUT_TYPES = (CSV, JSON, LIBSVM, RECORDIO)
+OUTPUT_TYPES = (CSV, JSON, JSONLINES)  # in order of preference for a wildcard
 _ALIASES = {"application/x-libsvm": LIBSVM, "text/x-libsvm": LIBSVM, "application/csv": CSV}
 _CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
 
@@ -50,3 +54,58 @@ def content_type_of(header: str | None, accepted: tuple[str, ...] = INPUT_TYPES)
                     "platform's container); send the rows without it"
                 )
     return kind
+
+
+_SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, JSONLINES: JSONLINES, "*/*": CSV}
+_WILDCARDS = {"*/*": OUTPUT_TYPES, "text/*": (CSV,), "application/*": (JSON, JSONLINES)}
+_QUALITY = re.compile(r"0(?:\.\d{0,3})?|1(?:\.0{0,3})?")
+
+
+def _quality(parameters: list[str], header: str) -> float:
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            value = value.strip()
+            if not _QUALITY.fullmatch(value):
+                raise InvalidInput(
+                    f"Accept {_show(header, 60)}: q must be a number from 0 to 1, "
+                    f"got {_show(value, 20)}"
+                )
+            return float(value)
+    return 1.0
+
+
+def accept_of(header: str | None) -> str:
+    """The output type an Accept header prefers (CSV when absent, blank or ``*/*``): the
+    highest q-value wins; among equals a more specific range, then the one listed first.
+    Several Accept headers are one list joined with commas."""
+    if not header:
+        return CSV
+    simple = _SIMPLE_ACCEPT.get(header)
+    if simple is not None:
+        return simple
+    # (q, specificity, -position) of the range that decides each output type
+    best: dict[str, tuple[float, int, int]] = {}
+    for position, element in enumerate(header.split(",")):
+        kind, *parameters = element.split(";")
+        kind = kind.strip().lower()
+        if not kind:
+            continue  # empty list elements are allowed
+        quality = _quality(parameters, header)
+        matches = (kind,) if kind in OUTPUT_TYPES else _WILDCARDS.get(kind, ())
+        specificity = 2 if kind in OUTPUT_TYPES else 0 if kind == "*/*" else 1
+        for output in matches:
+            # the most specific range naming a type sets its q (RFC 9110, 12.5.1)
+            known = best.get(output)
+            if known is None or specificity > known[1]:
+                best[output] = (quality, specificity, -position)
+    acceptable = [
+        (rank, -OUTPUT_TYPES.index(output), output) for output, rank in best.items() if rank[0] > 0
+    ]
+    if not acceptable:
+        if not header.strip(" \t,"):  # an empty list asks for no type in particular
+            return CSV
+        raise NotAcceptable(
+            f"cannot produce {_show(header, 80)}; accept one of {', '.join(OUTPUT_TYPES)}"
+        )
+    return max(acceptable)[2]

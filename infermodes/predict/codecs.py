@@ -32,18 +32,17 @@ import numpy as np
 from infermodes import media
 from infermodes.errors import (
     InvalidInput,
-    NotAcceptable,
     PayloadTooLarge,
 )
 from infermodes.predict import fastjson, recordio
 from infermodes.predict.outputs import OutputSelection
 from infermodes.settings import MAX_DECODED_VALUES
 
-# the Content-Type header's reading is media's, shared with the platform API
+# the Content-Type and Accept headers' reading is media's, shared with the platform API
 CSV, JSON, LIBSVM, JSONLINES = media.CSV, media.JSON, media.LIBSVM, media.JSONLINES
 RECORDIO, INPUT_TYPES = media.RECORDIO, media.INPUT_TYPES
 media_type, content_type_of = media.media_type, media.content_type_of
-OUTPUT_TYPES = (CSV, JSON, JSONLINES)  # in order of preference for a wildcard
+OUTPUT_TYPES, accept_of = media.OUTPUT_TYPES, media.accept_of
 
 # The smallest magnitude that float32 rounds to infinity (2**128 - 2**103).
 F32_OVERFLOW = 2.0**128 - 2.0**103
@@ -91,61 +90,6 @@ def _unreadable(where: str, token: bytes, problem: str) -> InvalidInput:
             "UTF-8"
         )
     return InvalidInput(f"{where} {problem}")
-
-
-_SIMPLE_ACCEPT = {"text/csv": CSV, "application/json": JSON, JSONLINES: JSONLINES, "*/*": CSV}
-_WILDCARDS = {"*/*": OUTPUT_TYPES, "text/*": (CSV,), "application/*": (JSON, JSONLINES)}
-_QUALITY = re.compile(r"0(?:\.\d{0,3})?|1(?:\.0{0,3})?")
-
-
-def _quality(parameters: list[str], header: str) -> float:
-    for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "q":
-            value = value.strip()
-            if not _QUALITY.fullmatch(value):
-                raise InvalidInput(
-                    f"Accept {_show(header, 60)}: q must be a number from 0 to 1, "
-                    f"got {_show(value, 20)}"
-                )
-            return float(value)
-    return 1.0
-
-
-def accept_of(header: str | None) -> str:
-    """The output type an Accept header prefers (CSV when absent, blank or ``*/*``): the
-    highest q-value wins; among equals a more specific range, then the one listed first.
-    Several Accept headers are one list joined with commas."""
-    if not header:
-        return CSV
-    simple = _SIMPLE_ACCEPT.get(header)
-    if simple is not None:
-        return simple
-    # (q, specificity, -position) of the range that decides each output type
-    best: dict[str, tuple[float, int, int]] = {}
-    for position, element in enumerate(header.split(",")):
-        kind, *parameters = element.split(";")
-        kind = kind.strip().lower()
-        if not kind:
-            continue  # empty list elements are allowed
-        quality = _quality(parameters, header)
-        matches = (kind,) if kind in OUTPUT_TYPES else _WILDCARDS.get(kind, ())
-        specificity = 2 if kind in OUTPUT_TYPES else 0 if kind == "*/*" else 1
-        for output in matches:
-            # the most specific range naming a type sets its q (RFC 9110, 12.5.1)
-            known = best.get(output)
-            if known is None or specificity > known[1]:
-                best[output] = (quality, specificity, -position)
-    acceptable = [
-        (rank, -OUTPUT_TYPES.index(output), output) for output, rank in best.items() if rank[0] > 0
-    ]
-    if not acceptable:
-        if not header.strip(" \t,"):  # an empty list asks for no type in particular
-            return CSV
-        raise NotAcceptable(
-            f"cannot produce {_show(header, 80)}; accept one of {', '.join(OUTPUT_TYPES)}"
-        )
-    return max(acceptable)[2]
 
 
 def _beyond_float32(

@@ -407,7 +407,7 @@ def test_a_job_without_assemble_with_concatenates_its_outputs_as_the_platform(
     np.testing.assert_allclose(found, expected(abalone_model, rows), rtol=1e-6)
 
 
-def test_a_content_type_with_a_charset_is_taken_and_described_as_given(
+def test_a_content_type_and_an_accept_with_a_charset_are_taken_and_described_as_given(
     sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
 ) -> None:
     """``text/csv; charset=utf-8`` is CSV, as the model server reads that Content-Type; a
@@ -423,6 +423,7 @@ def test_a_content_type_with_a_charset_is_taken_and_described_as_given(
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     request = transform_request("abalone-charset", "abalone-charset-model", "charset")
     request["TransformInput"]["ContentType"] = "text/csv; charset=utf-8"
+    request["TransformOutput"]["Accept"] = "text/csv; charset=utf-8"  # the Accept header's too
     sagemaker.create_transform_job(**request)
     sagemaker.get_waiter("transform_job_completed_or_stopped").wait(
         TransformJobName="abalone-charset", WaiterConfig=FAST
@@ -430,6 +431,7 @@ def test_a_content_type_with_a_charset_is_taken_and_described_as_given(
     described = sagemaker.describe_transform_job(TransformJobName="abalone-charset")
     assert described["TransformJobStatus"] == "Completed"
     assert described["TransformInput"]["ContentType"] == "text/csv; charset=utf-8"
+    assert described["TransformOutput"]["Accept"] == "text/csv; charset=utf-8"
     output = storage.get_object(Bucket="batch", Key="charset/output/part.csv.out")["Body"].read()
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
 

@@ -292,6 +292,39 @@ def test_a_content_type_the_instances_cannot_read_names_the_field(given: str, wh
     assert why in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        ("text/csv; charset=utf-8", "text/csv"),
+        ("application/json; charset=utf-8", "application/json"),
+        ("application/json;q=0.5, application/jsonlines", "application/jsonlines"),
+        ("*/*", "text/csv"),
+    ],
+)
+def test_an_accept_with_parameters_is_read_as_the_model_server_reads_it(
+    given: str, read: str
+) -> None:
+    """TransformOutput.Accept is each mini-batch's Accept header: the model server's choice."""
+    request = transform_request(DataProcessing={})
+    request["TransformOutput"]["Accept"] = given
+    obj = transform_object(request, model(), DEFAULTS)
+    assert obj["spec"]["batch"]["output"]["accept"] == read
+    kept = json.loads(obj["metadata"]["annotations"][REQUEST_ANNOTATION])
+    assert kept["TransformOutput"]["Accept"] == given
+
+
+@pytest.mark.parametrize(
+    ("given", "why"),
+    [("image/png", "cannot produce 'image/png'"), ("text/csv;q=2", "q must be a number")],
+)
+def test_an_accept_the_instances_cannot_write_names_the_field(given: str, why: str) -> None:
+    request = transform_request(DataProcessing={})
+    request["TransformOutput"]["Accept"] = given
+    with pytest.raises(ValidationException, match=r"TransformOutput\.Accept") as caught:
+        transform_object(request, model(), DEFAULTS)
+    assert why in str(caught.value)
+
+
 def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> None:
     obj = spec_of(config(), Environment={"SAGEMAKER_INFERENCE_OUTPUT": "predicted_label"})
     assert obj["spec"]["model"]["inferenceOutput"] == "predicted_label"
