@@ -270,8 +270,6 @@ def _json_row(row: object, index: int, width: int | None) -> list[float]:
             if not -F32_OVERFLOW < number < F32_OVERFLOW:
                 raise _beyond_float32(number, index, column)
             values.append(number)
-        elif isinstance(value, NonJsonConstant):
-            _refuse_constant(json.dumps(value))
         else:
             raise InvalidInput(
                 f"row {index}, column {column}: expected a number, got {_describe(value)}"
@@ -286,17 +284,38 @@ def _refuse_constant(name: str) -> float:
 
 class NonJsonConstant(float):
     """``NaN`` or an infinity in a batch record (``parse_record``): kept where the model does
-    not read it (a join writes it back as it was), refused in a row as ``decode_json`` does."""
+    not read it (a join writes it back as it was), refused in what it reads
+    (``refuse_constants``)."""
 
 
-def parse_record(raw: bytes) -> object:
-    """A batch record's document, parsed once for its input filter, its rows and its join:
-    as ``json.loads`` reads it (any UTF, integers kept), with ``NaN`` and the infinities
-    marked. ``ValueError`` for what is not JSON; one nested too deeply is one."""
+def parse_record(raw: bytes) -> tuple[object, bool]:
+    """A batch record's document, parsed once for its input filter, its rows and its join,
+    as ``json.loads`` reads it (any UTF, integers kept), and whether it holds a ``NaN`` or an
+    infinity (marked). ``ValueError`` for what is not JSON; one nested too deeply is one."""
+    marked: list[NonJsonConstant] = []
+
+    def constant(name: str) -> NonJsonConstant:
+        marked.append(NonJsonConstant(name))
+        return marked[-1]
+
     try:
-        return json.loads(raw, parse_constant=NonJsonConstant)
+        return json.loads(raw, parse_constant=constant), bool(marked)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def refuse_constants(selected: object) -> None:
+    """The first ``NaN`` or infinity, in document order, of what the model reads: refused
+    before any row is read, as ``decode_json``'s parse refuses it."""
+    pending = [selected]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, NonJsonConstant):
+            _refuse_constant(json.dumps(value))
+        if isinstance(value, dict):
+            pending.extend(reversed(value.values()))
+        elif isinstance(value, list):
+            pending.extend(reversed(value))
 
 
 def decode_json(

@@ -168,8 +168,10 @@ class Transform:
         blocks: list[np.ndarray] = []
         for number, raw in lines:
             try:  # parsed once: the filter selects from it, and the rows are read from that
-                document = codecs.parse_record(raw)
+                document, marked = codecs.parse_record(raw)
                 selected = self.input_filter.select(document)
+                if marked:  # a NaN or an infinity, which may lie where the model does not read
+                    codecs.refuse_constants(selected)
                 if not self.join:  # only a join writes it out again: its rows are let go
                     document = None
                 rows = codecs.json_rows(selected, self.num_features, release=not self.join)
