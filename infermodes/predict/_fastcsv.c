@@ -17,17 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_decimal.h"
+
 typedef unsigned __int128 u128;
 
-/* 2**128 - 2**103: the smallest magnitude float32 rounds to infinity (codecs.F32_OVERFLOW). */
-static const double F32_OVERFLOW = 340282356779733661637539395458142568448.0;
-
-static const double EXACT_POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
 static inline int is_blank(char c) { return c == ' ' || c == '\t'; }
-static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
 
 /* One field at *pp (spaces, a decimal, spaces): 1 and the value, 0 for something else. The
  * data ends with a NUL (a bytes object's), which no loop here reads past: it is neither a
@@ -93,36 +87,11 @@ static int parse_field(const char **pp, const char *end, double *value) {
         *pp = p;
         return 1;
     }
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        int exp_negative = 0;
-        long exp_value = 0;
-        if (*p == '+' || *p == '-') exp_negative = *p++ == '-';
-        const char *exp_start = p;
-        for (; is_digit(*p); p++) {
-            if (exp_value < 100000) exp_value = exp_value * 10 + (*p - '0');
-        }
-        if (p == exp_start) return 0;
-        exponent += (int)(exp_negative ? -exp_value : exp_value);
-    }
+    p = decimal_exponent(p, &exponent);
+    if (p == NULL) return 0;
     const char *token_end = p;
     while (is_blank(*p)) p++;
-    double result;
-    if (digits <= 19 && mantissa <= (UINT64_C(1) << 53) && exponent >= -22 && exponent <= 22) {
-        /* exact operands, one correctly rounded operation (Clinger's fast path) */
-        result = exponent >= 0 ? (double)mantissa * EXACT_POW10[exponent]
-                               : (double)mantissa / EXACT_POW10[-exponent];
-        if (negative) result = -result;
-    } else {
-        char buffer[128];
-        size_t length = (size_t)(token_end - start);
-        if (length >= sizeof buffer) return 0;
-        memcpy(buffer, start, length);
-        buffer[length] = '\0';
-        result = strtod(buffer, NULL); /* glibc's strtod rounds correctly */
-    }
-    if (!(fabs(result) < F32_OVERFLOW)) return 0;
-    *value = result;
+    if (!decimal_value(start, token_end, mantissa, digits, exponent, negative, value)) return 0;
     *pp = p;
     return 1;
 }

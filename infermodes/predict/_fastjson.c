@@ -21,12 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 2**128 - 2**103: the smallest magnitude float32 rounds to infinity (codecs.F32_OVERFLOW). */
-static const double F32_OVERFLOW = 340282356779733661637539395458142568448.0;
-
-static const double EXACT_POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                       1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-                                       1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+#include "_decimal.h"
 
 typedef struct {
     const char *p, *end;
@@ -35,8 +30,6 @@ typedef struct {
     Py_ssize_t written;   /* values read so far */
     Py_ssize_t rows, width;
 } Scanner;
-
-static inline int is_digit(char c) { return c >= '0' && c <= '9'; }
 
 /* JSON's whitespace (json's own: space, tab, LF, CR); the data ends with a NUL, never one. */
 static inline void skip_space(Scanner *s) {
@@ -87,33 +80,10 @@ static int value(Scanner *s, double *result) {
         if (p == fraction) return 0;
         exponent = -(int)(p - fraction);
     }
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        int exp_negative = 0;
-        long exp_value = 0;
-        if (*p == '+' || *p == '-') exp_negative = *p++ == '-';
-        const char *exp_start = p;
-        for (; is_digit(*p); p++) {
-            if (exp_value < 100000) exp_value = exp_value * 10 + (*p - '0');
-        }
-        if (p == exp_start) return 0;
-        exponent += (int)(exp_negative ? -exp_value : exp_value);
-    }
+    p = decimal_exponent(p, &exponent);
+    if (p == NULL) return 0;
     double number;
-    if (digits <= 19 && mantissa <= (UINT64_C(1) << 53) && exponent >= -22 && exponent <= 22) {
-        /* exact operands, one correctly rounded operation (Clinger's fast path) */
-        number = exponent >= 0 ? (double)mantissa * EXACT_POW10[exponent]
-                               : (double)mantissa / EXACT_POW10[-exponent];
-        if (negative) number = -number;
-    } else {
-        char buffer[128];
-        size_t length = (size_t)(p - start);
-        if (length >= sizeof buffer) return 0;
-        memcpy(buffer, start, length);
-        buffer[length] = '\0';
-        number = strtod(buffer, NULL); /* glibc's strtod rounds correctly, as Python's does */
-    }
-    if (!(fabs(number) < F32_OVERFLOW)) return 0;
+    if (!decimal_value(start, p, mantissa, digits, exponent, negative, &number)) return 0;
     s->p = p;
     *result = number;
     return 1;
