@@ -114,24 +114,24 @@ def test_a_half_answer_on_a_reused_connection_is_a_failure() -> None:
     assert isinstance(second, UpstreamFailed), second
 
 
-def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -> None:
-    """A stopping replica closes every connection it keeps, one after another: the retry of a
-    request whose kept connection was closed under it took the next kept one, closed a moment
-    later too, and the gateway gave up on a request no replica had read ("closed the
-    connection twice"). A new connection is what the retry gets now."""
+@contextmanager
+def two_kept(then: Callable[[socket.socket], None], *more: Callable[[socket.socket], None]
+             ) -> Iterator[tuple[int, threading.Barrier]]:  # fmt: skip
+    """A replica whose first two connections each answer one request, wait at the barrier
+    (the client's third party: both are kept now), then do ``then``; connections after them
+    get the ``more`` handlers. Yields its port and the barrier."""
     listener = socket.create_server(("127.0.0.1", 0))
     answered_twice = threading.Barrier(3, timeout=10)
 
-    def kept_then_closed(conn: socket.socket) -> None:
+    def kept(conn: socket.socket) -> None:
         with conn:
             answer(conn)
             answered_twice.wait()
-            conn.settimeout(10)
-            conn.recv(65536)  # the next request on it (or the pool's close): closed unanswered
+            then(conn)
 
     def serve() -> None:
         threads = []
-        for handler in (kept_then_closed, kept_then_closed, answer):
+        for handler in (kept, kept, *more):
             conn, _ = listener.accept()
             thread = threading.Thread(target=handler, args=(conn,), daemon=True)
             thread.start()
@@ -141,16 +141,37 @@ def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    port = listener.getsockname()[1]
+    try:
+        yield listener.getsockname()[1], answered_twice
+    finally:
+        listener.close()
+        server.join(10)
 
-    async def main() -> list[object]:
-        pool = Pool("127.0.0.1", port, idle_seconds=30, max_idle=4)
-        head = pool.head(b"/invocations", [(b"Content-Type", b"text/csv")], len(BODY))
-        out: list[object] = [
-            answer.body
-            for answer in await asyncio.gather(pool.request(head, BODY), pool.request(head, BODY))
-        ]
-        await asyncio.get_running_loop().run_in_executor(None, answered_twice.wait)
+
+async def kept_pool(port: int, answered_twice: threading.Barrier) -> tuple[Pool, bytes]:
+    """A pool holding two kept connections to the ``two_kept`` replica, and a request head."""
+    pool = Pool("127.0.0.1", port, idle_seconds=30, max_idle=4)
+    head = pool.head(b"/invocations", [(b"Content-Type", b"text/csv")], len(BODY))
+    answers = await asyncio.gather(pool.request(head, BODY), pool.request(head, BODY))
+    assert [a.body for a in answers] == [b"9.5\n"] * 2
+    await asyncio.get_running_loop().run_in_executor(None, answered_twice.wait)
+    return pool, head
+
+
+def closed_on_next_request(conn: socket.socket) -> None:
+    conn.settimeout(10)
+    conn.recv(65536)  # the next request on it (or the pool's close): closed unanswered
+
+
+def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -> None:
+    """A stopping replica closes every connection it keeps, one after another: the retry of a
+    request whose kept connection was closed under it took the next kept one, closed a moment
+    later too, and the gateway gave up on a request no replica had read ("closed the
+    connection twice"). A new connection is what the retry gets now."""
+
+    async def main(port: int, answered_twice: threading.Barrier) -> list[object]:
+        pool, head = await kept_pool(port, answered_twice)
+        out: list[object] = []
         for _ in range(2):
             try:
                 out.append((await pool.request(head, BODY)).body)
@@ -159,13 +180,9 @@ def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -
         pool.close()
         return out
 
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            first, second, closed, retried = runner.run(main())
-    finally:
-        listener.close()
-        server.join(10)
-    assert first == second == b"9.5\n"
+    with two_kept(closed_on_next_request, answer) as (port, answered_twice), \
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # fmt: skip
+        closed, retried = runner.run(main(port, answered_twice))
     assert isinstance(closed, NotSent) and closed.presumed, closed
     assert retried == b"9.5\n", retried
 
@@ -173,35 +190,10 @@ def test_a_kept_connection_closed_with_a_request_on_it_drops_the_others_kept() -
 def test_a_request_given_up_on_keeps_the_other_connections_kept() -> None:
     """An invocation timeout aborts its own connection; the replica closed nothing, so the
     others it keeps are still good (they were all dropped, as for a stopping replica)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    answered_twice = threading.Barrier(3, timeout=10)
     release = threading.Event()
 
-    def kept_then_slow(conn: socket.socket) -> None:
-        with conn:
-            answer(conn)
-            answered_twice.wait()
-            release.wait(10)  # a next request is left unanswered: the client gives up on it
-
-    def serve() -> None:
-        threads = []
-        for _ in range(2):
-            conn, _ = listener.accept()
-            thread = threading.Thread(target=kept_then_slow, args=(conn,), daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(10)
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    port = listener.getsockname()[1]
-
-    async def main() -> int:
-        pool = Pool("127.0.0.1", port, idle_seconds=30, max_idle=4)
-        head = pool.head(b"/invocations", [(b"Content-Type", b"text/csv")], len(BODY))
-        await asyncio.gather(pool.request(head, BODY), pool.request(head, BODY))
-        await asyncio.get_running_loop().run_in_executor(None, answered_twice.wait)
+    async def main(port: int, answered_twice: threading.Barrier) -> int:
+        pool, head = await kept_pool(port, answered_twice)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(pool.request(head, BODY), 0.2)
         await asyncio.sleep(0.1)  # the aborted connection's close is seen
@@ -209,11 +201,11 @@ def test_a_request_given_up_on_keeps_the_other_connections_kept() -> None:
         pool.close()
         return kept
 
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            kept = runner.run(main())
-    finally:
-        release.set()
-        listener.close()
-        server.join(10)
+    # a next request is left unanswered: the client gives up on it
+    with two_kept(lambda _conn: release.wait(10)) as (port, answered_twice):
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                kept = runner.run(main(port, answered_twice))
+        finally:
+            release.set()
     assert kept == 1
