@@ -132,6 +132,19 @@ class Delivery:
 Handler = Callable[[Delivery], Settle]
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a consumer's deliveries are, in its threads' names and its log lines: a worker
+    runs two consumers, whose lines must not read alike."""
+
+    threads: str  # the prefix of its pool's thread names
+    items: str  # what its log lines count, e.g. "3 request(s) in flight"
+
+
+INVOCATIONS = Work("invocation", "request(s)")
+WEBHOOK_JOBS = Work("webhook-sender", "webhook job(s)")
+
+
 class Enqueuer(Protocol):
     """Puts a message on an endpoint's queue and returns only once the broker has it;
     raises ``BrokerUnavailable`` otherwise."""

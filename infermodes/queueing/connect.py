@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from infermodes.errors import BrokerUrlError
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
+    WEBHOOK_JOBS,
     Backlog,
     BrokerUrl,
     Consumer,
@@ -93,7 +94,9 @@ class RabbitBroker:
         from infermodes.queueing.rabbitmq import RabbitConsumer
 
         queue = outbox_name(endpoint)
-        return RabbitConsumer(url_now(self.url), endpoint, max_attempts, concurrency, queue)
+        return RabbitConsumer(
+            url_now(self.url), endpoint, max_attempts, concurrency, queue, WEBHOOK_JOBS
+        )
 
     def backlog(self, endpoint: str) -> Backlog:
         """Read over kept connections: ``infermodes up`` reads every async pool's queue each

@@ -46,12 +46,15 @@ from typing import Any
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import (
+    INVOCATIONS,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
+    WEBHOOK_JOBS,
     Backlog,
     Delivery,
     Handler,
     Settle,
+    Work,
     delivery_limit,
     outbox_name,
 )
@@ -365,10 +368,12 @@ class EmbeddedConsumer:
         concurrency: int,
         lease_seconds: float = LEASE_SECONDS,
         limit: int | None = None,
+        work: Work = INVOCATIONS,
     ) -> None:
         """``endpoint``: the queue's key, an endpoint's name or its outbox's; ``limit``: its
         delivery limit when not ``delivery_limit(max_attempts)``."""
         self.endpoint = endpoint
+        self.work = work
         self.max_attempts = max_attempts
         # this queue's: a consumer brings its own
         self.limit = delivery_limit(max_attempts) if limit is None else limit
@@ -401,7 +406,7 @@ class EmbeddedConsumer:
         self._beat()  # registered before the first claim
         heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
         heartbeat.start()
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="invocation")
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.work.threads)
         try:
             self._take(handle, pool)
         finally:
@@ -445,7 +450,7 @@ class EmbeddedConsumer:
                 self.stopping.wait(idle)
                 idle = min(idle * 2, POLL_MAX_SECONDS)
         self.consuming.clear()
-        log.info("stopped consuming; %d request(s) in flight", self.in_flight)
+        log.info("stopped consuming; %d %s in flight", self.in_flight, self.work.items)
 
     def _claim(self, most: int) -> tuple[list[_Lease], int]:
         """The oldest messages not leased (or whose lease ran out), leased to this consumer;
@@ -639,6 +644,7 @@ class EmbeddedQueue:
             concurrency,
             self.lease_seconds,
             OUTBOX_DELIVERY_LIMIT,
+            WEBHOOK_JOBS,
         )
 
     def _read(self, sql: str, parameters: Sequence[object]) -> list[Any]:

@@ -40,6 +40,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
+    INVOCATIONS,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
     Backlog,
@@ -48,6 +49,7 @@ from infermodes.queueing.broker import (
     Handler,
     ManagementUrl,
     Settle,
+    Work,
     attempts_allowed,
     delivery_limit,
     outbox_name,
@@ -504,8 +506,10 @@ class RabbitConsumer:
         max_attempts: int,
         concurrency: int,
         queue: str | None = None,
+        work: Work = INVOCATIONS,
     ) -> None:
         self.url = url
+        self.work = work
         self.endpoint = endpoint
         self.queue = queue or queue_name(endpoint)  # another: the endpoint's outbox
         self.max_attempts = max_attempts
@@ -517,7 +521,7 @@ class RabbitConsumer:
         self.hold_limit: float | None = CONSUMER_TIMEOUT_MS / 1000
         self.turned = time.monotonic()
         self.outage = Outage(f"consuming {self.queue}")
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="invocation")
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=work.threads)
         self._lock = threading.Lock()
         self._working = 0  # deliveries handed to the pool whose work has not ended
         self._lost = 0  # ... of them brought by a connection since lost
@@ -615,7 +619,7 @@ class RabbitConsumer:
                     self.consuming.clear()
                     for tag in tags:
                         channel.basic_cancel(tag)
-                    log.info("stopped consuming; %d request(s) in flight", self.in_flight)
+                    log.info("stopped consuming; %d %s in flight", self.in_flight, self.work.items)
                 if held.count == 0:
                     break
             elif prefetch < self.concurrency and (freed := self._free_slots() - prefetch) > 0:
@@ -630,15 +634,15 @@ class RabbitConsumer:
         brought leaves a slot free; the free slots, 0 when ``stop`` came first."""
         free = self._free_slots()
         if free < self.concurrency:
-            log.info("%d request(s) taken before the connection was lost still running: "
-                     "consuming %s", self.concurrency - free,
+            log.info("%d %s taken before the connection was lost still running: "
+                     "consuming %s", self.concurrency - free, self.work.items,
                      f"{free} at a time" if free else "once one ends")  # fmt: skip
         while not free and not self.stopping.is_set():
             self.turned = time.monotonic()
             connection.process_data_events(time_limit=POLL_SECONDS)
             free = self._free_slots()
         if self.stopping.is_set():
-            log.info("stopped before consuming; %d request(s) in flight", self.in_flight)
+            log.info("stopped before consuming; %d %s in flight", self.in_flight, self.work.items)
             return 0
         return free
 

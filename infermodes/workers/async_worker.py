@@ -733,7 +733,7 @@ class Worker:
         sender: threading.Thread | None = None
         if self.outbox is not None:
             sender = threading.Thread(
-                target=self._send, args=self.outbox, name="webhook-sender", daemon=True
+                target=self._send, args=self.outbox, name="webhook-outbox", daemon=True
             )
             sender.start()
         try:

@@ -750,6 +750,10 @@ def test_sigterm_during_a_webhook_back_off_sends_the_job_back_to_the_outbox_and_
         assert 5 <= worker.log.count("failed: ") < 10, worker.log[-2000:]
         assert "giving up" not in worker.log
         assert "its job goes back to the outbox" in worker.log
+        # the two consumers' stops, each in its own words (the job may be back in the outbox
+        # before its consumer's loop sees the stop: 0 or 1 in flight)
+        assert worker.log.count("request(s) in flight") == 1, worker.log[-2000:]
+        assert worker.log.count(" webhook job(s) in flight") == 1, worker.log[-2000:]
         notes.wait_for({inference}, "Completed", 30)  # the topic's notification went out
         now = backlog(endpoint, rabbitmq.amqp_url, None)
         assert (now.ready, now.consumers) == (0, 0)  # the request: acked, not redelivered

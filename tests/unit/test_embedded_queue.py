@@ -512,3 +512,29 @@ def test_an_outbox_job_whose_sender_dies_each_time_is_dropped_at_its_own_limit(
 ) -> None:
     consumer = queue.outbox_consumer(EP, 1, 1)
     assert consumer.limit == OUTBOX_DELIVERY_LIMIT  # not the work queue's maxAttempts + 3
+
+
+def test_the_outbox_s_threads_and_log_lines_say_webhook_jobs(
+    queue: EmbeddedQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker runs two consumers: the outbox's must not read as the invocations' (its
+    threads named ``invocation_N``, its stop logging "request(s) in flight")."""
+    names: list[str] = []
+
+    def handle(_delivery: Delivery) -> Settle:
+        names.append(threading.current_thread().name)
+        return Settle.ACK
+
+    publisher = queue.publisher(EP, 3, 1)
+    try:
+        publisher.publish("", outbox_name(EP), b"job", "abc", True)
+    finally:
+        publisher.close()
+    caplog.set_level("INFO", "infermodes")
+    with consuming(queue.outbox_consumer(EP, 3, 1), handle):
+        wait_until(lambda: len(names) == 1, WAIT, "the job")
+    assert names[0].startswith("webhook-sender")
+    assert "stopped consuming; 0 webhook job(s) in flight" in caplog.text
+    assert "request(s)" not in caplog.text
+    rabbit = RabbitBroker("amqp://guest:guest@127.0.0.1:1/", None).outbox_consumer(EP, 3, 4)
+    assert getattr(rabbit, "work", None) == queue.outbox_consumer(EP, 3, 1).work
