@@ -172,6 +172,13 @@ class WorkerMetrics:
             ["channel", "result"],
             registry=registry,
         )
+        self.webhook_jobs_unsent = Counter(
+            "infermodes_async_webhook_jobs_unsent",
+            "Webhook jobs settled without being POSTed, by reason (dead_lettered: delivered "
+            "too often with no sender settling it).",
+            ["reason"],
+            registry=registry,
+        )
         self.storage_waits = Counter(
             "infermodes_async_storage_waits",
             "Back-offs waited, holding a request, for storage that failed for a while.",

@@ -22,9 +22,14 @@ NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notificati
 # deliveries let a give-up that could not notify come back and notify. The queue's own limit is
 # the backstop for a worker that dies every time it holds a message.
 DELIVERY_LIMIT_HEADROOM = 3
-# Deliveries of one webhook job (``outbox_name``) before its queue drops it: senders ack every
-# job they end, sent or given up on, so only a sender killed each time it holds one gets here.
+# Deliveries of one webhook job (``outbox_name``) before its queue dead-letters it: senders
+# ack every job they end, sent or given up on, so only a sender killed each time it holds one
+# gets here (RabbitMQ delivers it once more than the embedded queue: 11 times, not 10).
 OUTBOX_DELIVERY_LIMIT = 10
+# Deliveries of a webhook job that may POST it: the next one (``attempt`` equal to this, within
+# either queue's limit) dead-letters it, logged and counted, rather than leave the queue to do
+# so without a word; the queue's own limit stays the backstop.
+OUTBOX_SENDS = OUTBOX_DELIVERY_LIMIT - 1
 
 
 # a URL, or what reads it at each new connection (``UrlFile``)
@@ -95,6 +100,13 @@ def outbox_name(endpoint: str) -> str:
     """The durable queue of an endpoint's webhook jobs (``notifications``), declared with its
     work queue and kept with it. Endpoint names have no dots, so it is no endpoint's queue."""
     return f"infermodes.async.{endpoint}.webhooks"
+
+
+def outbox_dead_letter_name(endpoint: str) -> str:
+    """Where an endpoint's webhook jobs go that no sender settled (``OUTBOX_SENDS``): a queue of
+    their own, not the endpoint's dead-letter queue, whose messages are requests (a job there
+    would read as a malformed one to whoever sends them back to the work queue)."""
+    return f"{outbox_name(endpoint)}.dead-letter"
 
 
 def delivery_limit(max_attempts: int) -> int:

@@ -33,6 +33,7 @@ from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.broker import (
     NOTIFICATION_EXCHANGE,
+    OUTBOX_SENDS,
     Delivery,
     Publisher,
     Settle,
@@ -299,7 +300,24 @@ class WebhookSender:
             log.error("an outbox message that is no webhook job (%d bytes): dropped",
                       len(delivery.body))  # fmt: skip
             return Settle.ACK
+        if delivery.attempt >= OUTBOX_SENDS:  # what kills its senders would kill this one
+            self._unsent(*job, "dead_lettered", f"delivered {delivery.attempt} times before, "
+                         "never settled (each sender holding it was killed or stopped): "
+                         "dead-lettered, not sent")  # fmt: skip
+            return Settle.DEAD_LETTER
         return Settle.ACK if self.post(*job) else Settle.REQUEUE
+
+    def _unsent(self, body: dict[str, object], success: bool, reason: str, why: str) -> None:
+        """One line naming the endpoint, outcome and inference of a job settled unsent, and
+        its count by ``reason``."""
+        log.error(
+            "webhook job of inference %s (endpoint %s, %s): %s",
+            body.get("inferenceId") or "(unknown)",
+            body.get("endpointName") or "(unknown)",
+            "success" if success else "error",
+            why,
+        )
+        self.metrics.webhook_jobs_unsent.labels(reason).inc()
 
     def post(self, body: dict[str, object], success: bool) -> bool:
         """False when the worker stopped before every webhook had its tries: the job is to be

@@ -52,6 +52,7 @@ from infermodes.queueing.broker import (
     Work,
     attempts_allowed,
     delivery_limit,
+    outbox_dead_letter_name,
     outbox_name,
     url_now,
 )
@@ -121,12 +122,17 @@ def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     }
 
 
-# the webhook outbox's: no dead-lettering (a job is acked even when its webhooks failed)
-OUTBOX_ARGUMENTS: dict[str, object] = {
-    "x-queue-type": "quorum",
-    "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
-    "x-delivery-limit": OUTBOX_DELIVERY_LIMIT,
-}
+def outbox_arguments(endpoint: str) -> dict[str, object]:
+    """The webhook outbox's: a job no sender settled (``OUTBOX_SENDS``, or the delivery limit
+    as the backstop) is dead-lettered to ``outbox_dead_letter_name``, with the broker's
+    ``x-death`` header saying why (``rejected``: a sender gave it up; ``delivery_limit``)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
+        "x-delivery-limit": OUTBOX_DELIVERY_LIMIT,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": outbox_name(endpoint),
+    }
 
 
 def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int) -> int | None:
@@ -137,8 +143,29 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
     dead = dead_letter_queue_name(endpoint)
     channel.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(dead, DEAD_LETTER_EXCHANGE, routing_key=endpoint)
-    channel.queue_declare(outbox_name(endpoint), durable=True, arguments=OUTBOX_ARGUMENTS)
+    outbox, dead_jobs = outbox_name(endpoint), outbox_dead_letter_name(endpoint)
+    channel.queue_declare(dead_jobs, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(dead_jobs, DEAD_LETTER_EXCHANGE, routing_key=outbox)
+    declare_outbox(channel.connection, endpoint)
     return declare_work_queue(channel.connection, endpoint, max_attempts)
+
+
+def declare_outbox(connection: pika.BlockingConnection, endpoint: str) -> None:
+    """The endpoint's outbox, on a channel of its own: one declared before it had
+    dead-lettering (a 406) is used as it is, with a warning, rather than stop every worker."""
+    queue = outbox_name(endpoint)
+    try:
+        _declare_queue(connection, queue, outbox_arguments(endpoint))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != PRECONDITION_FAILED:
+            raise
+        log.warning(
+            "%s was declared with other arguments (%s): using it as it is, and a webhook job "
+            "no sender settles may be dropped without being dead-lettered (delete the queue, "
+            "once empty, to declare it anew)",
+            queue,
+            exc.reply_text,
+        )
 
 
 def declare_work_queue(

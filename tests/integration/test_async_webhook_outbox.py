@@ -5,13 +5,15 @@ the outbox of a pool at zero wakes a worker to send it."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 from infermodes.operator.signals.backlog import read_backlog, read_ready
+from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, outbox_name
 from infermodes.queueing.connect import RabbitBroker
 from infermodes.queueing.embedded import EmbeddedQueue
-from infermodes.queueing.rabbitmq import QueueReader, backlog
+from infermodes.queueing.rabbitmq import QueueReader, backlog, connect
 from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
 from tests.support.async_plane import (
@@ -181,3 +183,86 @@ def test_the_operator_reads_an_outbox_s_waiting_jobs_only_for_an_endpoint_with_w
         assert read_ready(endpoint, reader) == (0, 0, 0)
     finally:
         reader.close()
+
+
+def lose_deliveries(amqp_url: str, queue: str, times: int) -> None:
+    """``times`` deliveries of the queue's one message that end as a killed sender's do: taken,
+    never settled, its connection gone (each counts as a delivery)."""
+    for _ in range(times):
+        lose_delivery(amqp_url, queue)
+
+
+def lose_delivery(amqp_url: str, queue: str) -> None:
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        # the message is back once the last connection's loss is seen
+        wait_until(
+            lambda: channel.basic_get(queue, auto_ack=False)[0] is not None,
+            30,
+            f"a delivery of {queue}",
+        )
+    finally:
+        connection.close()
+
+
+def dead_jobs(amqp_url: str, endpoint: str) -> list[tuple[bytes, str]]:
+    """The bodies in the endpoint's outbox dead-letter queue, with the reason of each."""
+    found = []
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        while True:
+            method, properties, body = channel.basic_get(
+                f"{outbox_name(endpoint)}.dead-letter", auto_ack=True
+            )
+            if method is None:
+                return found
+            deaths = (properties.headers or {}).get("x-death") or [{}]
+            found.append((body, str(deaths[0].get("reason"))))
+    finally:
+        connection.close()
+
+
+def test_a_webhook_job_whose_senders_are_killed_each_time_is_dead_lettered_not_lost(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Two jobs whose senders died on each delivery: the one that reached the queue's limit is
+    dead-lettered by the broker (``delivery_limit``), the one at the senders' last delivery by
+    the worker that got it (``rejected``, unsent, logged and counted); neither is dropped."""
+    endpoint = "outbox-dead"
+    broker = RabbitBroker(rabbitmq.amqp_url, None)
+    outbox = outbox_name(endpoint)
+    put_webhook_job(broker, endpoint, "past-the-limit")
+    lose_deliveries(rabbitmq.amqp_url, outbox, OUTBOX_DELIVERY_LIMIT + 1)
+    dead: list[tuple[bytes, str]] = []
+
+    def dead_lettered(count: int) -> bool:
+        dead.extend(dead_jobs(rabbitmq.amqp_url, endpoint))
+        return len(dead) >= count
+
+    wait_until(lambda: dead_lettered(1), 30, "the job dead-lettered by the broker")
+    assert [(json.loads(body)["notification"]["inferenceId"], why) for body, why in dead] == [
+        ("past-the-limit", "delivery_limit")
+    ]
+    put_webhook_job(broker, endpoint, "at-the-senders-last")
+    lose_deliveries(rabbitmq.amqp_url, outbox, OUTBOX_DELIVERY_LIMIT - 1)
+    with (
+        WebhookReceiver() as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
+    ):
+        worker = live.start_worker(
+            f"file://{abalone_model.tarball}",
+            "w",
+            concurrency=1,
+            extra=("--success-webhook-url", hook.url),
+        )
+        unsent = "infermodes_async_webhook_jobs_unsent_total"
+        wait_until(lambda: metric(worker, unsent, reason="dead_lettered") == 1, 60,
+                   "the worker to dead-letter the job")  # fmt: skip
+        assert "webhook job of inference at-the-senders-last" in worker.log
+        wait_until(lambda: dead_lettered(2), 30, "the job in the dead-letter queue")
+        assert json.loads(dead[1][0])["notification"]["inferenceId"] == "at-the-senders-last"
+        assert dead[1][1] == "rejected"
+        assert hook.ids() == set()
+    assert broker.waiting_webhooks(endpoint) == 0

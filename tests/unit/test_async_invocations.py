@@ -1,6 +1,7 @@
 """The pure rules of async invocations: the message, the plan per delivery, failure classes."""
 
 import json
+from typing import Self
 
 import pytest
 
@@ -25,7 +26,12 @@ from infermodes.queueing.messages import (
     plan,
     retry_delay,
 )
-from infermodes.queueing.rabbitmq import delivery_count, heartbeat_seconds, queue_arguments
+from infermodes.queueing.rabbitmq import (
+    declare_topology,
+    delivery_count,
+    heartbeat_seconds,
+    queue_arguments,
+)
 from infermodes.storage import NotAFile
 from tests.unit.async_samples import invocation
 
@@ -184,6 +190,48 @@ def test_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> N
         "x-dead-letter-exchange": "infermodes.dead-letter",
         "x-dead-letter-routing-key": "ep",
     }
+
+
+class Recording:
+    """A channel (and its connection) that records what is declared and bound."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.arguments: dict[str, object] = {}
+        self.connection = self
+
+    def exchange_declare(self, name: str, *_: object, **__: object) -> None:
+        pass
+
+    def queue_declare(self, name: str, durable: bool, arguments: dict[str, object]) -> None:
+        self.arguments[name] = arguments
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        self.calls.append((queue, exchange, routing_key))
+
+    def channel(self) -> Self:
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_outbox_dead_letters_to_a_queue_of_its_own() -> None:
+    """Webhook jobs no sender settled go to ``<outbox>.dead-letter``, bound on the dead-letter
+    exchange by the outbox's name: not among the endpoint's dead requests."""
+
+    channel = Recording()
+    declare_topology(channel, "ep", 3)  # type: ignore[arg-type]
+    outbox = channel.arguments["infermodes.async.ep.webhooks"]
+    assert (outbox["x-dead-letter-exchange"], outbox["x-dead-letter-routing-key"]) == (
+        "infermodes.dead-letter",
+        "infermodes.async.ep.webhooks",
+    )
+    assert (
+        "infermodes.async.ep.webhooks.dead-letter",
+        "infermodes.dead-letter",
+        "infermodes.async.ep.webhooks",
+    ) in channel.calls
 
 
 @pytest.mark.parametrize(

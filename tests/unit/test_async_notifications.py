@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.metrics import WorkerMetrics
-from infermodes.queueing.broker import Delivery, Settle
+from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, Delivery, Settle
 from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
@@ -418,3 +418,22 @@ def test_a_try_whose_time_is_up_tries_no_further_address() -> None:
         sender.post({"inferenceId": "abc"}, True)
     assert tried == ["127.0.0.2"]
     assert metrics.notifications.labels("webhook", "failed")._value.get() == 1
+
+
+def test_a_job_delivered_too_often_is_dead_lettered_named_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job whose senders were killed on each of its deliveries: the last delivery within
+    either queue's limit dead-letters it with one line naming it, rather than POST it once
+    more (what killed its senders may be in it) and leave the next loss to the queue, which
+    would drop it without a word; the one before is still POSTed."""
+    sender, posted = webhooks([])
+    body = {"inferenceId": "abc", "endpointName": "ep", "invocationStatus": "Completed"}
+    last = OUTBOX_DELIVERY_LIMIT - 1  # deliveries before it: the embedded queue's last
+    assert sender.handle(Delivery(webhook_job(body, True), last - 1)) is Settle.ACK
+    assert len(posted) == 1
+    assert sender.handle(Delivery(webhook_job(body, True), last)) is Settle.DEAD_LETTER
+    assert len(posted) == 1
+    assert "webhook job of inference abc (endpoint ep, success)" in caplog.text
+    assert "dead-lettered, not sent" in caplog.text
+    assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1

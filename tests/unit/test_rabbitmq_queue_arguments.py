@@ -12,7 +12,12 @@ import pika.exceptions
 import pytest
 
 from infermodes.queueing.broker import attempts_allowed, delivery_limit
-from infermodes.queueing.rabbitmq import declare_work_queue, queue_arguments
+from infermodes.queueing.rabbitmq import (
+    declare_outbox,
+    declare_work_queue,
+    outbox_arguments,
+    queue_arguments,
+)
 
 
 class ScriptedBroker:
@@ -115,3 +120,28 @@ def test_a_refusal_cut_short_uses_the_queue_and_says_it_could_not_check(
     assert declare_work_queue(broker, "e", 2) is None  # type: ignore[arg-type]
     assert len(broker.declared) == 1
     assert "without checking its other arguments" in caplog.text
+
+
+def test_an_outbox_kept_from_before_its_dead_lettering_is_used_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outbox declared without dead-lettering (before it had any): refused (406), and used
+    as it is with a warning, rather than stop every worker of the endpoint."""
+    caplog.set_level("WARNING", "infermodes")
+    kept = {**outbox_arguments("e"), "x-dead-letter-exchange": None}  # None: the queue has none
+    broker = ScriptedBroker(kept, "infermodes.async.e.webhooks")
+    declare_outbox(broker, "e")  # type: ignore[arg-type]
+    assert broker.declared == [outbox_arguments("e")]
+    assert "infermodes.async.e.webhooks was declared with other arguments" in caplog.text
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # anything but a 406 is raised
+        declare_outbox(Refusing(), "e")  # type: ignore[arg-type]
+
+
+class Refusing(ScriptedBroker):
+    """A broker that refuses every declaration for want of access (403)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def queue_declare(self, _queue: str, durable: bool, arguments: dict[str, Any]) -> None:
+        raise pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED")
