@@ -175,7 +175,8 @@ class WorkerMetrics:
         self.webhook_jobs_unsent = Counter(
             "infermodes_async_webhook_jobs_unsent",
             "Webhook jobs settled without being POSTed, by reason (dead_lettered: delivered "
-            "too often with no sender settling it).",
+            "too often with no sender settling it; no_webhook: its webhook removed from the "
+            "spec).",
             ["reason"],
             registry=registry,
         )

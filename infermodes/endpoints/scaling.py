@@ -359,8 +359,8 @@ def backlog_replicas(
       ``consumers`` hold at least (``held_at_least``, the bound the look counts too), never in;
     - a changed minReplicas..maxReplicas applies at once, whatever the broker says (a removed
       worker finishes what it holds before it exits);
-    - webhook jobs waiting in the endpoint's outbox (``waiting_webhooks``, read only for an
-      endpoint with webhooks) keep one worker, or wake one, as only workers send them: the
+    - webhook jobs waiting in the endpoint's outbox (``waiting_webhooks``) keep one worker,
+      or wake one, as only workers settle them (send, or ack those of removed webhooks): the
       backlog is not empty while they wait, so zero comes ``scaleInCooldownSeconds`` after
       the last was taken; they never ask for more than one worker;
     - any change of replicas, whatever its reason (the start too), starts the scale-in cooldown.

@@ -84,7 +84,7 @@ class QueueFigures:
     seconds the oldest waiting request has waited since it was accepted (the platform's
     ApproximateAgeOfOldestRequest), 0 when nothing waits; ``consumers``: the queue's, for the
     scaler (not shown in the status); ``waiting_webhooks``: webhook jobs ready in the
-    endpoint's outbox, which keep a worker (read only for an endpoint with webhooks)."""
+    endpoint's outbox, which keep a worker (those of removed webhooks too: a worker acks them)."""
 
     ready: int | None
     in_flight: int | None

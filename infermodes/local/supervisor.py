@@ -691,16 +691,15 @@ class Supervisor:
 
     async def _queue_figures(self, endpoint: LocalEndpoint) -> QueueFigures:
         """An async endpoint's queue as the operator reads it: ready, in flight (the larger
-        of the queue's and its workers' counts), the oldest waiting request's age, and with
-        webhooks the jobs waiting in its outbox."""
+        of the queue's and its workers' counts), the oldest waiting request's age, and the
+        jobs waiting in its outbox."""
         block = async_plan.async_block(endpoint.manifest.spec)
         figures = QueueFigures(None, None)
         exact = False
         try:
             backlog = await asyncio.to_thread(self.broker.backlog, endpoint.name)
-            waiting = 0
-            if block.notification.has_webhooks():
-                waiting = await asyncio.to_thread(self.broker.waiting_webhooks, endpoint.name)
+            # with webhooks or not: jobs of webhooks since removed wait for a worker too
+            waiting = await asyncio.to_thread(self.broker.waiting_webhooks, endpoint.name)
             figures = QueueFigures(
                 backlog.ready, backlog.unacked, backlog.oldest_age, backlog.consumers, waiting
             )

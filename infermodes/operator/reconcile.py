@@ -52,7 +52,7 @@ class Deps:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     fetch_metrics: Callable[[str, int], str | None] = fetch_metrics_text
-    # an async endpoint's queue, and (True: it has webhooks) its outbox's waiting jobs
+    # an async endpoint's queue, and (True) its outbox's waiting jobs
     read_backlog: Callable[[str, bool], QueueFigures | None] = lambda _endpoint, _hooks: None
     # the async endpoints of a name in every namespace, for the one asking (its namespace and
     # name; None: they cannot be listed)
@@ -293,7 +293,9 @@ def converge(
         return Reconciled(Status(s.Phase.FAILED, INVALID_SPEC, refused))
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
-    webhooks = spec.async_ is not None and spec.async_.notification.has_webhooks()
+    # every async endpoint's outbox: jobs of webhooks since removed from the spec wait there
+    # too, and only a worker settles them (the look, each second, reads it only with webhooks)
+    webhooks = spec.async_ is not None
 
     @functools.cache  # read at most once per reconcile: the decision and the status agree
     def loads() -> dict[str, ServerLoad]:

@@ -714,34 +714,32 @@ class WebhookSendersStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class Worker:
-    """The worker's consumers: its queue's, with the handler of its requests, and its outbox's
-    (None when it has no webhooks), with the handler that POSTs them."""
+    """The worker's consumers: its queue's, with the handler of its requests, and its outbox's,
+    with the handler that POSTs them. The outbox is consumed without webhooks too: jobs of
+    webhooks since removed from the spec are settled (logged, counted) rather than kept for
+    ever; idle on an empty outbox, it adds nothing to a request's path."""
 
     consumer: Consumer
     handle: Handler
-    outbox: tuple[Consumer, Handler] | None = None
+    outbox: tuple[Consumer, Handler]
     senders_failed: threading.Event = field(default_factory=threading.Event)
 
     def stop(self) -> None:
         self.consumer.stop()
-        if self.outbox is not None:
-            self.outbox[0].stop()
+        self.outbox[0].stop()
 
     def run(self) -> None:
         """Consume until ``stop``; the outbox on a thread of its own, from when the queue is
         consumed. Raises BrokerLoginRefused as ``Consumer.run``."""
-        sender: threading.Thread | None = None
-        if self.outbox is not None:
-            sender = threading.Thread(
-                target=self._send, args=self.outbox, name="webhook-outbox", daemon=True
-            )
-            sender.start()
+        sender = threading.Thread(
+            target=self._send, args=self.outbox, name="webhook-outbox", daemon=True
+        )
+        sender.start()
         try:
             self.consumer.run(self.handle)
         finally:
             self.stop()
-            if sender is not None:
-                sender.join()
+            sender.join()
         if self.senders_failed.is_set():
             raise WebhookSendersStopped("the webhook senders stopped (see above)")
 
@@ -794,12 +792,9 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
         json_cap_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
-    outbox: tuple[Consumer, Handler] | None = None
-    if webhooks.success or webhooks.error:
-        jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
-        sender = WebhookSender(metrics, webhooks, settings.webhook_attempts, stopping=jobs.stopping)
-        outbox = (jobs, sender.handle)
-    return Worker(consumer, delivery_handler(processor, metrics), outbox)
+    jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
+    sender = WebhookSender(metrics, webhooks, settings.webhook_attempts, stopping=jobs.stopping)
+    return Worker(consumer, delivery_handler(processor, metrics), (jobs, sender.handle))
 
 
 def stuck(consumer: Consumer, stall_seconds: float) -> str | None:

@@ -406,11 +406,12 @@ def test_idle_connections_live_dropped_ones_reopen_quietly_and_back_off_starts_a
         round_of_requests("after-idle")
         assert opened <= set(connections_of(rabbitmq, api))  # kept alive, not reopened
         closed: set[str] = set()
+        back = "consuming infermodes.async.reconnect: broker reachable again"  # not the outbox's
         for outage in (1, 2):  # the broker drops everything of both processes, twice
             for pid in (api, worker.proc.pid):
                 close_connections(rabbitmq, pid, closed)
             wait_until(
-                lambda n=outage: worker.log.count("broker reachable again") == n,
+                lambda n=outage: worker.log.count(back) == n,
                 60,
                 "the worker to reconnect",
             )
@@ -419,7 +420,8 @@ def test_idle_connections_live_dropped_ones_reopen_quietly_and_back_off_starts_a
     for log in (api_log, worker.log):
         assert "Traceback" not in log and " ERROR " not in log, log
     lost = [line for line in worker.log.splitlines() if "broker unreachable" in line]
-    assert len(lost) == 2 and all(line.endswith("reconnecting in 0.5 s") for line in lost), lost
+    # one line an outage for each consumer, the work queue's and the outbox's
+    assert len(lost) == 4 and all(line.endswith("reconnecting in 0.5 s") for line in lost), lost
 
 
 def test_a_login_the_broker_refuses_exits_a_worker_with_5_and_is_named_by_the_api_503(

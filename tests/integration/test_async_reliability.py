@@ -200,7 +200,8 @@ def test_a_worker_whose_queue_is_deleted_declares_it_again_and_consumes(
             connection.channel().queue_delete(queue_name(endpoint))
         finally:
             connection.close()
-        wait_until(lambda: worker.log.count("consuming infermodes.async.redeclared") >= 2, 30,
+        # the work queue's lines, not the outbox's (``consuming ...redeclared.webhooks``)
+        wait_until(lambda: worker.log.count("consuming infermodes.async.redeclared\n") >= 2, 30,
                    "the worker to consume the queue it declared again")  # fmt: skip
         assert "the broker stopped delivering" in worker.log
         wait_until(lambda: readiness(worker) == 200, 30, "the worker to be ready again")

@@ -13,7 +13,7 @@ from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, outbox_name
 from infermodes.queueing.connect import RabbitBroker
 from infermodes.queueing.embedded import EmbeddedQueue
-from infermodes.queueing.rabbitmq import QueueReader, backlog, connect
+from infermodes.queueing.rabbitmq import QueueReader, backlog, connect, waiting_webhooks
 from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
 from tests.support.async_plane import (
@@ -161,6 +161,41 @@ def test_up_wakes_a_pool_at_zero_for_a_webhook_job_waiting_in_its_outbox(
             wait_until(lambda: up.running(endpoint) == [], 60, "the pool back at zero")
             assert up.status(endpoint)["replicas"] == 0
             assert hook.ids() == {"left-in-the-outbox"}
+
+
+def test_up_wakes_a_pool_without_webhooks_to_settle_the_jobs_of_removed_ones(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Jobs published while the endpoint had a webhook, which its spec no longer has: they
+    wake a worker of the pool at zero, which acks each (nothing to POST), and the pool goes
+    back to zero; they neither wait for ever nor end among the dead letters."""
+    endpoint = "abalone-async"
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=0, maxReplicas=2,
+                      scaleInCooldownSeconds=2, notification={"topic": True})]  # fmt: skip
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+        queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+        put_webhook_job(queue, endpoint, "its-webhook-removed")
+        wait_until(lambda: queue.waiting_webhooks(endpoint) == 0, 60, "the job settled")
+        assert queue.dead_letters(outbox_name(endpoint)) == []
+        wait_until(lambda: up.running(endpoint) == [], 60, "the pool back at zero")
+
+
+def test_a_worker_without_webhooks_acks_the_jobs_of_removed_ones(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """On RabbitMQ: a job left by a worker that had a success webhook is acked, named in the
+    log and counted by a worker started without it."""
+    endpoint = "outbox-removed"
+    put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "its-webhook-removed")
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1)
+        unsent = "infermodes_async_webhook_jobs_unsent_total"
+        wait_until(lambda: metric(worker, unsent, reason="no_webhook") == 1, 60,
+                   "the job acked unsent")  # fmt: skip
+        assert "webhook job of inference its-webhook-removed" in worker.log
+        assert waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 0
+        assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
 
 
 def test_the_operator_reads_an_outbox_s_waiting_jobs_only_for_an_endpoint_with_webhooks(

@@ -437,3 +437,16 @@ def test_a_job_delivered_too_often_is_dead_lettered_named_and_counted(
     assert "webhook job of inference abc (endpoint ep, success)" in caplog.text
     assert "dead-lettered, not sent" in caplog.text
     assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
+
+
+def test_a_job_whose_outcome_has_no_webhook_now_is_acked_named_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The webhook was removed from the spec after the job was published: nothing to POST,
+    so the job is acked (kept, it would wait for ever) with one line naming it."""
+    sender, posted = webhooks([], Webhooks(["http://hook.test/ok"], []))
+    body = {"inferenceId": "abc", "endpointName": "ep"}
+    assert sender.handle(Delivery(webhook_job(body, False), 0)) is Settle.ACK
+    assert posted == []
+    assert "webhook job of inference abc (endpoint ep, error)" in caplog.text
+    assert sender.metrics.webhook_jobs_unsent.labels("no_webhook")._value.get() == 1

@@ -19,7 +19,9 @@ from prometheus_client import CollectorRegistry
 from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict.model import XGBoostModel
-from infermodes.queueing.broker import Settle
+from infermodes.queueing.broker import Settle, outbox_name
+from infermodes.queueing.connect import embedded_url
+from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.queueing.messages import (
     GAVE_UP,
     OUTPUT_NOT_STORED,
@@ -27,6 +29,7 @@ from infermodes.queueing.messages import (
     Failure,
     error_record,
 )
+from infermodes.queueing.notifications import webhook_job
 from infermodes.settings import WorkerSettings
 from infermodes.storage import FileStore, ObjectRef, Storage
 from infermodes.workers.async_worker import (
@@ -34,11 +37,13 @@ from infermodes.workers.async_worker import (
     Result,
     WebhookSendersStopped,
     Worker,
+    build,
     run,
     storage_wait_budget,
     webhooks_of,
 )
 from tests.support import recordio as recordio_samples
+from tests.support.processes import wait_until
 from tests.unit.async_samples import invocation, tiny_model
 
 
@@ -1081,3 +1086,34 @@ def test_a_worker_whose_webhook_senders_stop_by_themselves_stops_too(
         worker.run()
     assert requests.stopping.is_set()
     assert "its senders stopped" in caplog.text
+
+
+def test_a_worker_without_webhooks_settles_the_jobs_left_in_its_outbox(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Jobs of webhooks since removed from the spec: a worker that has none consumes its
+    outbox all the same (idle while it is empty), and acks each with a line naming it."""
+    queue = EmbeddedQueue(tmp_path / "queue.db")
+    publisher = queue.publisher("ep", 3, 1)
+    body = {"inferenceId": "left", "endpointName": "ep"}
+    try:
+        publisher.publish("", outbox_name("ep"), webhook_job(body, False), "left", True)
+    finally:
+        publisher.close()
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
+        broker_url=embedded_url(tmp_path / "queue.db"),
+        metrics_port=0,
+    )
+    worker = build(settings, CollectorRegistry())
+    caplog.set_level(logging.INFO, "infermodes")
+    runs = threading.Thread(target=worker.run, daemon=True)
+    runs.start()
+    try:
+        wait_until(lambda: queue.waiting_webhooks("ep") == 0, 30, "the job settled")
+    finally:
+        worker.stop()
+        runs.join(30)
+    assert "webhook job of inference left (endpoint ep, error)" in caplog.text
+    assert queue.dead_letters(outbox_name("ep")) == []

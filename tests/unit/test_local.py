@@ -283,6 +283,9 @@ class FixedQueue:
     def backlog(self, endpoint: str) -> Backlog:
         return self.found
 
+    def waiting_webhooks(self, endpoint: str) -> int:
+        return 0  # read whether the endpoint has webhooks or not
+
 
 class FakeChild:
     def __init__(self, running: bool, key: str = "", started_at: float = 0.0) -> None:
