@@ -105,6 +105,7 @@ class QueueFigures:
             "inFlight": self.in_flight,
             "total": self.total,
             "oldestAgeSeconds": age,
+            "waitingWebhookJobs": self.waiting_webhooks,
         }
 
 

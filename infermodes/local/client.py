@@ -170,8 +170,10 @@ def describe(obj: Mapping[str, Any]) -> str:
         backlog = status["backlog"]
         oldest = backlog.get("oldestAgeSeconds")
         waited = "" if oldest is None else f", the oldest waiting {oldest:.1f} s"
+        jobs = backlog.get("waitingWebhookJobs") or 0
+        hooks = f"; {jobs} webhook job(s) waiting in the outbox" if jobs else ""
         lines.append(
-            f"Backlog:   {backlog['ready']} ready, {backlog['inFlight']} in flight{waited}"
+            f"Backlog:   {backlog['ready']} ready, {backlog['inFlight']} in flight{waited}{hooks}"
         )
     if status.get("progress"):
         lines.append(f"Progress:  {status['progress']['text']} objects, "

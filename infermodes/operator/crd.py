@@ -129,6 +129,7 @@ STATUS_SCHEMA: dict[str, Any] = {
                 "inFlight": {"type": "integer", "nullable": True},
                 "total": {"type": "integer", "nullable": True},
                 "oldestAgeSeconds": {"type": "number", "nullable": True},
+                "waitingWebhookJobs": {"type": "integer"},
             },
         },
         "progress": {

@@ -163,6 +163,34 @@ def test_up_wakes_a_pool_at_zero_for_a_webhook_job_waiting_in_its_outbox(
             assert hook.ids() == {"left-in-the-outbox"}
 
 
+def test_up_s_status_shows_the_webhook_jobs_waiting_in_the_outbox(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Five jobs, a receiver that holds every POST: the worker's four senders hold four, and
+    the status's backlog (what ``infermodes describe`` prints) shows the fifth waiting."""
+    endpoint = "abalone-async"
+    release = threading.Event()
+    with WebhookReceiver(holds=lambda _: None if release.is_set() else release) as hook:
+        files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                          notification={"topic": False, "successWebhook": hook.url})]  # fmt: skip
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+            queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+            try:
+                for n in range(5):
+                    put_webhook_job(queue, endpoint, f"job-{n}")
+                wait_until(lambda: len(hook.ids()) == 4, 60, "four POSTs held")
+
+                def waiting() -> object:
+                    return (up.status(endpoint).get("backlog") or {}).get("waitingWebhookJobs")
+
+                wait_until(lambda: waiting() == 1, 30, "the fifth job shown waiting")
+            finally:
+                release.set()
+            wait_until(lambda: len(hook.ids()) == 5, 60, "every job sent")
+            wait_until(lambda: waiting() == 0, 30, "none shown waiting")
+
+
 def test_up_wakes_a_pool_without_webhooks_to_settle_the_jobs_of_removed_ones(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -196,6 +196,10 @@ def test_describe_shows_the_backlog_and_how_long_its_oldest_request_waited() -> 
     assert "Backlog:   3 ready, 2 in flight, the oldest waiting 12.3 s" in describe(obj)
     backlog["oldestAgeSeconds"] = None  # unknown: not shown
     assert "Backlog:   3 ready, 2 in flight\n" in describe(obj)
+    backlog["waitingWebhookJobs"] = 4
+    assert "Backlog:   3 ready, 2 in flight; 4 webhook job(s) waiting in the outbox\n" in (
+        describe(obj)
+    )
 
 
 def test_the_registry_kills_only_processes_whose_start_time_matches(tmp_path: Path) -> None:
@@ -277,14 +281,15 @@ def test_progress_and_failures_from_a_batch_summary() -> None:
 class FixedQueue:
     """A broker whose queue always reads the same."""
 
-    def __init__(self, backlog: Backlog) -> None:
+    def __init__(self, backlog: Backlog, webhook_jobs: int = 0) -> None:
         self.found = backlog
+        self.webhook_jobs = webhook_jobs
 
     def backlog(self, endpoint: str) -> Backlog:
         return self.found
 
     def waiting_webhooks(self, endpoint: str) -> int:
-        return 0  # read whether the endpoint has webhooks or not
+        return self.webhook_jobs  # read whether the endpoint has webhooks or not
 
 
 class FakeChild:
@@ -346,6 +351,18 @@ def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
     for key in ("w0", "w1", "w2"):
         endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
     assert asyncio.run(supervisor._decide(endpoint, now + 1)) == 3  # the start's cooldown
+
+
+def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path: Path) -> None:
+    """Webhook jobs waiting in the outbox keep a worker: the status says so, where it shows the
+    backlog (``status.backlog``, which ``infermodes describe`` prints), not only the decision."""
+    empty = Backlog(ready=0, unacked=0, consumers=1, source="sqlite", unacked_exact=True)
+    supervisor = Supervisor(tmp_path, FixedQueue(empty, webhook_jobs=2), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    shown = endpoint.status.to_patch(1, None)["backlog"]
+    assert (shown["total"], shown["waitingWebhookJobs"]) == (0, 2)
 
 
 def test_up_checks_a_sampled_in_flight_count_against_its_workers(tmp_path: Path) -> None:

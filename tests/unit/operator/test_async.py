@@ -285,7 +285,8 @@ def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> 
                           None)  # fmt: skip
     assert (idle.phase, idle.reason) == (s.Phase.IN_SERVICE, "Idle")
     assert idle.to_patch(1, None)["backlog"] == {"ready": 0, "inFlight": 0, "total": 0,
-                                                 "oldestAgeSeconds": 0.0}  # fmt: skip
+                                                 "oldestAgeSeconds": 0.0,
+                                                 "waitingWebhookJobs": 0}  # fmt: skip
     busy = async_.observe(SPEC, signals(WorkloadState(True, 2, 2, 2, True), QueueFigures(5, 6)),
                           None)  # fmt: skip
     assert busy.reason == "Processing" and "5 queued, 6 in flight" in busy.message
