@@ -44,6 +44,8 @@ REQUESTS_IN_FLIGHT = "infermodes_http_requests_in_flight"
 INVOCATIONS_ROUTE = "/invocations"
 # The series the operator reads from each async worker
 WORKER_IN_FLIGHT = "infermodes_async_in_flight"
+# webhook jobs a worker's senders hold: apart from its requests, which the scaler counts
+WEBHOOK_JOBS_IN_FLIGHT = "infermodes_async_webhook_jobs_in_flight"
 DEQUEUED_ACCEPTED_AT = "infermodes_async_dequeued_accepted_timestamp_seconds"
 
 
@@ -170,6 +172,12 @@ class WorkerMetrics:
             "infermodes_async_notifications",
             "Notifications sent, by channel (topic, webhook) and result (sent, failed).",
             ["channel", "result"],
+            registry=registry,
+        )
+        self.webhook_jobs_in_flight = Gauge(
+            WEBHOOK_JOBS_IN_FLIGHT,
+            "Webhook jobs this worker's senders hold (POSTing, or waiting for the next try); "
+            "not in infermodes_async_in_flight, which counts requests.",
             registry=registry,
         )
         self.webhook_jobs_unsent = Counter(
@@ -552,6 +560,15 @@ def parse_sample(text: str, name: str) -> float | None:
 def parse_worker_in_flight(text: str) -> float | None:
     """An async worker's messages in flight from its exposition text (None if absent)."""
     return parse_sample(text, WORKER_IN_FLIGHT)
+
+
+def parse_worker_busy(text: str) -> float | None:
+    """What an async worker holds from its exposition text: its requests and its webhook
+    jobs in flight (None when it does not say its requests)."""
+    requests = parse_worker_in_flight(text)
+    if requests is None:
+        return None
+    return requests + (parse_sample(text, WEBHOOK_JOBS_IN_FLIGHT) or 0.0)
 
 
 def parse_worker_dequeued_accepted_at(text: str) -> float | None:

@@ -793,6 +793,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     )
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
+    jobs.on_in_flight = metrics.webhook_jobs_in_flight.inc  # a worker busy to a scale-in
     sender = WebhookSender(metrics, webhooks, settings.webhook_attempts, stopping=jobs.stopping)
     return Worker(consumer, delivery_handler(processor, metrics), (jobs, sender.handle))
 

@@ -42,7 +42,7 @@ def test_a_held_webhook_does_not_hold_the_next_request(
         WebhookReceiver(holds=lambda _: release) as hook,
         plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
     ):
-        live.start_worker(
+        worker = live.start_worker(
             f"file://{abalone_model.tarball}",
             "w",
             concurrency=1,
@@ -52,6 +52,9 @@ def test_a_held_webhook_does_not_hold_the_next_request(
         first, second = (live.invoke(row).json()["InferenceId"] for _ in range(2))
         try:
             wait_until(lambda: first in hook.ids(), 60, "the first request's POST held")
+            # held: the worker is busy to a scale-in (its deletion cost), apart from requests
+            held = "infermodes_async_webhook_jobs_in_flight"
+            wait_until(lambda: metric(worker, held) >= 1, 30, "the held job counted")
             wait_until(
                 lambda: (tmp_path / "output" / f"{second}.out").exists(),
                 60,

@@ -1117,3 +1117,21 @@ def test_a_worker_without_webhooks_settles_the_jobs_left_in_its_outbox(
         runs.join(30)
     assert "webhook job of inference left (endpoint ep, error)" in caplog.text
     assert queue.dead_letters(outbox_name("ep")) == []
+
+
+def test_a_worker_counts_the_webhook_jobs_its_senders_hold_apart_from_its_requests(
+    tmp_path: Path,
+) -> None:
+    """A worker POSTing a webhook job is busy to a scale-in (its deletion cost), but not with
+    a request: the scaler's in-flight count stays the requests'."""
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
+        broker_url=embedded_url(tmp_path / "queue.db"),
+        metrics_port=0,
+    )
+    registry = CollectorRegistry()
+    worker = build(settings, registry)
+    worker.outbox[0].on_in_flight(+1)
+    assert registry.get_sample_value("infermodes_async_webhook_jobs_in_flight") == 1
+    assert registry.get_sample_value("infermodes_async_in_flight") == 0

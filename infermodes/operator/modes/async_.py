@@ -43,6 +43,7 @@ from infermodes.endpoints.status import (
 from infermodes.metrics import (
     LIVENESS_PATH,
     READY_PATH,
+    parse_worker_busy,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
     worker_reading,
@@ -167,12 +168,14 @@ ended = never_ends
 def pod_annotations(
     spec: s.EndpointSpec, signals: Signals, replicas: int
 ) -> dict[str, dict[str, str]]:
-    """Each running worker's in-flight count as its deletion cost, when the pool shrinks: the
-    ReplicaSet removes the pods of lowest cost first, so idle workers go before busy ones."""
+    """Each running worker's in-flight count (its requests and its webhook jobs) as its
+    deletion cost, when the pool shrinks: the ReplicaSet removes the pods of lowest cost
+    first, so idle workers go before busy ones (a webhook job of one removed would only go
+    back to the outbox, but its POST would be made again)."""
     if replicas >= signals.workload.replicas:
         return {}
-    in_flight = worker_figures(signals, parse_worker_in_flight)
-    return {name: {DELETION_COST: str(int(count))} for name, count in in_flight.items()}
+    busy = worker_figures(signals, parse_worker_busy)
+    return {name: {DELETION_COST: str(int(count))} for name, count in busy.items()}
 
 
 def desired_objects(

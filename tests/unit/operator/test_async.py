@@ -268,15 +268,20 @@ def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
     metrics = {
         "127.0.0.1": "infermodes_async_in_flight 2.0\n",
         "127.0.0.2": "infermodes_async_in_flight 0.0\n",
+        # a webhook job being POSTed: removed, its POST would be made again by another
+        "127.0.0.4": "infermodes_async_in_flight 0.0\n"
+        "infermodes_async_webhook_jobs_in_flight 1.0\n",
     }
-    pods = [pod("busy", "127.0.0.1"), pod("idle", "127.0.0.2"), pod("silent", "127.0.0.3")]
-    three = WorkloadState(True, 3, 3, 3, True)
-    shrinking = async_.pod_annotations(SPEC, signals(three, QueueFigures(0, 2), pods, metrics), 1)
+    pods = [pod("busy", "127.0.0.1"), pod("idle", "127.0.0.2"), pod("silent", "127.0.0.3"),
+            pod("posting", "127.0.0.4")]  # fmt: skip
+    four = WorkloadState(True, 4, 4, 4, True)
+    shrinking = async_.pod_annotations(SPEC, signals(four, QueueFigures(0, 2), pods, metrics), 1)
     assert shrinking == {
         "busy": {async_.DELETION_COST: "2"},
         "idle": {async_.DELETION_COST: "0"},
+        "posting": {async_.DELETION_COST: "1"},
     }
-    steady = async_.pod_annotations(SPEC, signals(three, QueueFigures(0, 2), pods, metrics), 3)
+    steady = async_.pod_annotations(SPEC, signals(four, QueueFigures(0, 2), pods, metrics), 4)
     assert steady == {}
 
 
