@@ -21,6 +21,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ WEBHOOK_TIMEOUT_SECONDS = 5.0  # each connect, write and read
 WEBHOOK_ANSWER_SECONDS = 10.0  # one attempt as a whole, to the answer's status line and headers
 WEBHOOK_BACKOFF_SECONDS = 0.5
 WEBHOOK_ANSWER_BYTES = 64 * 1024  # of an answer's body read, so its connection is kept
+# A job of an outcome a worker has no webhook for: younger than this, it is left to a worker
+# that has one (a rollout adding the webhook), after a pause; older, its webhook was removed
+ORPHANED_JOB_SECONDS = 600.0
+NO_WEBHOOK_PAUSE_SECONDS = 1.0
 
 
 def webhook_client() -> httpx.Client:
@@ -137,6 +142,14 @@ class Webhooks:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def event_time(body: dict[str, object]) -> float:
+    """When a notification's outcome was reached (its ``eventTime``); 0 when it names none."""
+    try:
+        return datetime.fromisoformat(str(body.get("eventTime"))).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def routing_key(endpoint: str, success: bool) -> str:
@@ -283,6 +296,7 @@ class WebhookSender:
         new_client: Callable[[], httpx.Client] = webhook_client,
         check: Callable[[str], destinations.Checked] = destinations.check,
         stopping: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.webhooks = webhooks
@@ -291,6 +305,7 @@ class WebhookSender:
         self.lines = threading.local()  # each thread's Line by webhook origin
         self.check = check  # where a webhook may be POSTed (``destinations``)
         self.stopping = stopping or threading.Event()
+        self.clock = clock
 
     def handle(self, delivery: Delivery) -> Settle:
         """The outbox consumer's handler: a job is acked once sent or given up on, and goes
@@ -302,15 +317,28 @@ class WebhookSender:
             return Settle.ACK
         if delivery.attempt >= OUTBOX_SENDS:  # what kills its senders would kill this one
             self._unsent(*job, "dead_lettered", f"delivered {delivery.attempt} times before, "
-                         "never settled (each sender holding it was killed or stopped): "
-                         "dead-lettered, not sent")  # fmt: skip
+                         "never settled (each sender holding it was killed or stopped, or "
+                         "had no webhook for it): dead-lettered, not sent")  # fmt: skip
             return Settle.DEAD_LETTER
         body, success = job
         if not (self.webhooks.success if success else self.webhooks.error):
-            self._unsent(body, success, "no_webhook", "the endpoint has no webhook for this "
-                         "outcome now (removed from its spec): acked, not sent")  # fmt: skip
-            return Settle.ACK
+            return self._without_webhook(body, success)
         return Settle.ACK if self.post(body, success) else Settle.REQUEUE
+
+    def _without_webhook(self, body: dict[str, object], success: bool) -> Settle:
+        """A job of an outcome this worker has no webhook for. While it is young it goes back
+        to the outbox after a pause: during a rollout that adds the webhook, workers of the
+        previous spec consume the jobs the new ones publish, and must leave them to the new
+        ones. One older than ``ORPHANED_JOB_SECONDS`` is from a webhook since removed from the
+        spec: acked unsent, logged and counted. (A job that keeps coming back meets the
+        outbox's delivery limit first: dead-lettered, not lost.)"""
+        age = self.clock() - event_time(body)
+        if age < ORPHANED_JOB_SECONDS:
+            self.stopping.wait(NO_WEBHOOK_PAUSE_SECONDS)
+            return Settle.REQUEUE
+        why = f"no webhook for this outcome ({age:.0f} s after it; removed from the spec)"
+        self._unsent(body, success, "no_webhook", f"{why}: acked, not sent")
+        return Settle.ACK
 
     def _unsent(self, body: dict[str, object], success: bool, reason: str, why: str) -> None:
         """One line naming the endpoint, outcome and inference of a job settled unsent, and

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+import time
 
 import httpx
 import pytest
@@ -19,10 +20,12 @@ from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, Delivery, Settle
 from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
+    ORPHANED_JOB_SECONDS,
     Cutoff,
     Notifier,
     Webhooks,
     WebhookSender,
+    _iso,
     error_body,
     read_webhook_job,
     routing_key,
@@ -437,6 +440,25 @@ def test_a_job_delivered_too_often_is_dead_lettered_named_and_counted(
     assert "webhook job of inference abc (endpoint ep, success)" in caplog.text
     assert "dead-lettered, not sent" in caplog.text
     assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
+
+
+def test_a_young_job_of_an_outcome_without_webhook_here_goes_back_for_a_worker_with_one() -> None:
+    """A rollout adding the error webhook: workers of the previous spec consume the jobs the
+    new ones publish. They acked them unsent (lost); they leave them now, after a pause, until
+    the job is older than any rollout (then its webhook was removed: acked, counted)."""
+    stopping = threading.Event()
+    stopping.set()  # the pause ends at once
+    sender, posted = webhooks([], Webhooks(["http://hook.test/ok"], []))
+    sender.stopping = stopping
+    now = time.time()
+    sender.clock = lambda: now
+    fresh = {"inferenceId": "new", "endpointName": "ep", "eventTime": _iso(now - 5)}
+    assert sender.handle(Delivery(webhook_job(fresh, False), 0)) is Settle.REQUEUE
+    assert sender.metrics.webhook_jobs_unsent.labels("no_webhook")._value.get() == 0
+    old = {**fresh, "eventTime": _iso(now - ORPHANED_JOB_SECONDS - 1)}
+    assert sender.handle(Delivery(webhook_job(old, False), 0)) is Settle.ACK
+    assert sender.metrics.webhook_jobs_unsent.labels("no_webhook")._value.get() == 1
+    assert posted == []
 
 
 def test_a_job_whose_outcome_has_no_webhook_now_is_acked_named_and_counted(
