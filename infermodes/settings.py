@@ -244,6 +244,13 @@ class ServeSettings(EnvSettings):
         description="A worker's event loop silent this long while it predicts nothing is "
         "stuck: /healthz answers 503 (2 at least: the loops tick every second).",
     )
+    liveness_prediction_seconds: float = Field(
+        600.0,
+        ge=1,
+        le=86400,
+        description="A prediction running this long is hung (no client waits that long: the "
+        "gateway gives up after 60 s): /healthz answers 503 naming it.",
+    )
     log_level: LogLevel = Field("info", description="debug, info, warning, error or critical.")
 
 

@@ -14,6 +14,7 @@ crashed workers itself.
 from __future__ import annotations
 
 import asyncio
+import math
 import mmap
 import struct
 import threading
@@ -46,13 +47,21 @@ class LivenessTable:
         """A worker gone, or about to start: not ticking yet, so not stalled."""
         self.write(index, 0.0, 0.0)
 
-    def report(self, now: float, stall_seconds: float) -> tuple[list[str], list[str]]:
+    def report(
+        self, now: float, stall_seconds: float, longest_prediction: float = math.inf
+    ) -> tuple[list[str], list[str]]:
         """The stalled workers (a loop silent for over ``stall_seconds`` while it predicts
-        nothing) and the predicting ones, a line each."""
+        nothing, or predicting for over ``longest_prediction``: a hung predict call, which no
+        client waits for any more) and the predicting ones, a line each."""
         stalled, predicting = [], []
         for index in range(self.workers):
             tick, since = self.read(index)
-            if since:
+            if since and now - since > longest_prediction:
+                stalled.append(
+                    f"worker {index}: predicting for {now - since:.1f} s, "
+                    f"past {longest_prediction:g} s"
+                )
+            elif since:
                 predicting.append(f"worker {index}: predicting for {now - since:.1f} s")
             elif tick and now - tick > stall_seconds:
                 stalled.append(f"worker {index}: event loop silent for {now - tick:.1f} s")
@@ -108,6 +117,7 @@ def serve_liveness(
     port: int,
     table: LivenessTable,
     stall_seconds: float,
+    longest_prediction: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> WSGIServer:
     """``GET``/``HEAD /healthz`` on a daemon thread: 200 ``alive`` (and the predicting
@@ -118,7 +128,7 @@ def serve_liveness(
             body = f"only {LIVENESS_PATH} is served here\n".encode()
             start_response("404 Not Found", text_headers(body))
             return [body]
-        stalled, predicting = table.report(clock(), stall_seconds)
+        stalled, predicting = table.report(clock(), stall_seconds, longest_prediction)
         body = "\n".join(stalled or ["alive", *predicting]).encode() + b"\n"
         start_response("503 Service Unavailable" if stalled else "200 OK", text_headers(body))
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]

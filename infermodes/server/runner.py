@@ -221,7 +221,11 @@ def serve(settings: ServeSettings) -> int:
         liveness = LivenessTable(settings.workers)
         try:
             serve_liveness(
-                settings.host, settings.liveness_port, liveness, settings.liveness_stall_seconds
+                settings.host,
+                settings.liveness_port,
+                liveness,
+                settings.liveness_stall_seconds,
+                settings.liveness_prediction_seconds,
             )
         except OSError as exc:
             log.error(

@@ -33,6 +33,22 @@ def test_a_silent_loop_is_stalled_unless_it_predicts() -> None:
     assert table.report(clock.now, 10)[0] == ["worker 1: event loop silent for 41.0 s"]
 
 
+def test_a_prediction_past_the_longest_is_a_hung_worker() -> None:
+    """A predict call that never returns (a deadlock in the library) kept /healthz at 200 for
+    ever: no client waits that long, so past the bound it is stalled."""
+    clock, table = Clock(), LivenessTable(1)
+    beat = WorkerBeat(table, 0, clock)
+    beat.tick()
+    with beat.predicting():
+        clock.now += 600
+        assert table.report(clock.now, 10, 600) == ([], ["worker 0: predicting for 600.0 s"])
+        clock.now += 1
+        assert table.report(clock.now, 10, 600) == (
+            ["worker 0: predicting for 601.0 s, past 600 s"],
+            [],
+        )
+
+
 def test_overlapping_predictions_keep_it_busy_until_the_last_ends() -> None:
     clock, table = Clock(), LivenessTable(1)
     beat = WorkerBeat(table, 0, clock)
