@@ -107,6 +107,8 @@ REFUSED = {
     "a metrics port out of range": (["--set", "operator.metricsPort=70000"],
                                     "'/operator/metricsPort'"),
     "a negative metrics port": (["--set", "operator.metricsPort=-1"], "'/operator/metricsPort'"),
+    "the gateway's metrics on its own port": (["--set", "gateway.metricsPort=8080"],
+                                              "'/gateway/metricsPort'"),
     "a timeout of words": (["--set", "gateway.invocationTimeoutSeconds=abc"],
                            "'/gateway/invocationTimeoutSeconds'"),
     "a timeout over the gateway's limit": (["--set", "gateway.invocationTimeoutSeconds=3601"],
