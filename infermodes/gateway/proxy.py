@@ -310,7 +310,8 @@ class Proxy:
             headers += invoked_variant(endpoint)
         except InfermodesError as exc:
             status, body, code = exc.status_code, gateway_error_body(exc), type(exc).__name__
-            if status >= 500:  # ours to explain: the line a ticket quoting the id leads to
+            if status >= 500:  # ours to explain (throttled per endpoint: the first line of a
+                # burst names its request, the next says how many were left out)
                 self.told(label, "answered").warning(
                     "endpoint %s: answered %d %s (request %s): %s", label, status, code, named, exc
                 )

@@ -833,7 +833,8 @@ class Supervisor:
         """Ask each model server's ``/ping`` every few seconds, as the kubelet's readiness
         probe asks a pod's: one that gives no answer at all twice in a row (hung, SIGSTOPped;
         a 503 while its model loads is an answer) leaves the rotation, and comes back when it
-        answers 200. Not killed: the operator gives its pods no liveness probe either."""
+        answers 200. Not killed: the operator's pods have a liveness probe (``/healthz`` on a
+        port of its own), which ``up`` does not give its model servers."""
         if now - endpoint.pinged_at < SERVER_PROBE_SECONDS or self.table is None:
             return
         endpoint.pinged_at = now
