@@ -398,7 +398,8 @@ def test_a_scale_in_while_every_worker_is_busy_lets_the_removed_worker_finish(
         (removed,) = set(pods) - {kept}
         log = lambda: tools.cluster.pod_log(k8s_namespace, removed)  # noqa: E731
         # its request is held by its input until the worker has said what it holds at stop
-        wait_until(lambda: "stopped consuming" in log(), 60, "the removed worker's SIGTERM")
+        # the request consumer's line (its outbox's consumer says its own, at its own time)
+        wait_until(lambda: "request(s) in flight" in log(), 60, "the removed worker's SIGTERM")
         assert "stopped consuming; 1 request(s) in flight" in log(), log()[-2000:]
         release.set()
         notifications.wait_for(set(sent), "Completed", timeout=120)

@@ -171,7 +171,7 @@ def test_a_worker_the_broker_does_not_let_in_is_never_ready_and_never_logs_the_p
     worker = spawn_worker(rabbitmq, "shut-out", model_uri(abalone_model),
                           tmp_path / "worker.log", broker_url=url)  # fmt: skip
     try:
-        wait_until(lambda: "metrics and readiness" in worker.log, 60, "the model to load")
+        wait_until(lambda: "metrics, readiness" in worker.log, 60, "the model to load")
         wait_until(lambda: "connection at login" in worker.log, 30, "the broker's refusal")
         for _ in range(10):  # across several attempts to connect
             assert readiness(worker) == 503
