@@ -120,6 +120,17 @@ def guarded(
     return [network_policy(ref, component, port, peers), *objects]
 
 
+def liveness_probe(port: int | str) -> dict[str, Any]:
+    """The kubelet's liveness probe of ``/healthz`` on ``port`` (a model server's liveness
+    port, a worker's metrics port): every 10 s, 5 s to answer, restarted after 3 failures."""
+    return {
+        "httpGet": {"path": LIVENESS_PATH, "port": port},
+        "periodSeconds": 10,
+        "timeoutSeconds": 5,
+        "failureThreshold": 3,
+    }
+
+
 def resources(spec_resources: s.Resources) -> dict[str, Any]:
     """Requests equal limits: Guaranteed QoS, predictable latency."""
     amounts = {"cpu": spec_resources.cpu, "memory": spec_resources.memory}
@@ -166,14 +177,9 @@ def server_container(
             "periodSeconds": 1,  # the probe's period is most of a cold start's wait otherwise
             "failureThreshold": 3,
         },
-        # restarted after 30 s stuck (10 s of silence, then 3 failed probes); never while it
-        # predicts, however long (the gateway's invocation timeout bounds that)
-        "livenessProbe": {
-            "httpGet": {"path": LIVENESS_PATH, "port": LIVENESS_PORT},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
-        },
+        # restarted after 30 s stuck (10 s of silence, then 3 failed probes), or once one
+        # prediction has run past liveness_prediction_seconds (a predict call that never ends)
+        "livenessProbe": liveness_probe(LIVENESS_PORT),
         "resources": resources(spec_resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

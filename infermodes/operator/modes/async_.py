@@ -41,7 +41,6 @@ from infermodes.endpoints.status import (
     with_estimated_age,
 )
 from infermodes.metrics import (
-    LIVENESS_PATH,
     READY_PATH,
     parse_worker_busy,
     parse_worker_dequeued_accepted_at,
@@ -55,6 +54,7 @@ from infermodes.operator.objects import (
     deployment,
     env_list,
     guarded,
+    liveness_probe,
     resources,
 )
 from infermodes.operator.observed import failure, running_pods, served, waiting_status
@@ -233,12 +233,7 @@ def desired_objects(
         },
         # restarted once its consumer's loop has stopped turning (liveness_stall_seconds, then
         # 3 failed probes): never for invocations however long, which run on its pool
-        "livenessProbe": {
-            "httpGet": {"path": LIVENESS_PATH, "port": "metrics"},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
-        },
+        "livenessProbe": liveness_probe("metrics"),
         "resources": resources(block.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
