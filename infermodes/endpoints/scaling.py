@@ -319,6 +319,28 @@ def pool_in_flight(
     return PoolInFlight(max(unacked or 0, held))
 
 
+# pod-deletion-cost's largest value (an int32): what removing a worker that cannot say costs
+UNKNOWN_HOLD_COST = 2**31 - 1
+
+
+def removal_cost(held: float | None) -> int:
+    """What removing a worker in a scale-in costs: the requests and webhook jobs it holds
+    (``held``); one that cannot say (None) may hold a full prefetch, so it costs more than any
+    that can. The operator makes it each worker pod's deletion cost; ``workers_to_remove``
+    ranks ``up``'s workers by it."""
+    return UNKNOWN_HOLD_COST if held is None else int(held)
+
+
+def workers_to_remove(held: Mapping[str, float | None], wanted: int) -> list[str]:
+    """The workers a pool shrinking to ``wanted`` removes (none if it does not shrink), from
+    what each holds (None: it cannot say), given oldest first: the cheapest to remove first
+    (``removal_cost``: idle ones, then those holding fewer, last those that cannot say), and
+    of equal cost the newest first, as a ReplicaSet removes the newer of two equal pods. A
+    removed worker finishes what it holds, but holds its grace and its capacity meanwhile."""
+    ranked = sorted(enumerate(held.items()), key=lambda item: (removal_cost(item[1][1]), -item[0]))
+    return [key for _, (key, _) in ranked[: max(0, len(held) - wanted)]]
+
+
 INITIAL_REPLICAS = "InitialReplicas"  # the pool (re)started at its initialReplicas
 
 

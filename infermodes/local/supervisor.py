@@ -45,6 +45,7 @@ from infermodes.endpoints.scaling import (
     pool_in_flight,
     realtime_replicas,
     serverless_replicas,
+    workers_to_remove,
 )
 from infermodes.endpoints.spec import EndpointSpec, Mode, Phase
 from infermodes.endpoints.status import (
@@ -85,6 +86,7 @@ from infermodes.metrics import (
     fetch_metrics_text,
     parse_batch_units,
     parse_server_load,
+    parse_worker_busy,
     parse_worker_dequeued_accepted_at,
     parse_worker_in_flight,
     probe_ready,
@@ -777,7 +779,10 @@ class Supervisor:
         while len(endpoint.children) < wanted:
             child = self._new_child(endpoint)
             endpoint.children[child.key] = child
-        for key in list(endpoint.children)[wanted:][::-1]:
+        removed = await self._to_remove(endpoint, wanted)
+        if self.endpoints.get(endpoint.name) is not endpoint:
+            return  # deleted or replaced meanwhile: its children were stopped with it
+        for key in removed:
             self._stop_child(endpoint, key, self._grace(endpoint))
         for child in endpoint.children.values():
             if not child.running() and now >= child.not_before:
@@ -786,6 +791,25 @@ class Supervisor:
         # one old server goes for each new one ready, so the rollover keeps the capacity
         self._retire_outgoing(endpoint, keep=wanted - self._ready(endpoint))
         self._set_status(endpoint)
+
+    async def _to_remove(self, endpoint: LocalEndpoint, wanted: int) -> list[str]:
+        """The children a scale-in to ``wanted`` stops. An async pool's: by what each worker
+        holds (``scaling.workers_to_remove``, as the operator's deletion costs rank its pods),
+        so a busy worker does not go while an idle one stays. Model servers: the newest, as a
+        ReplicaSet removes a realtime endpoint's (the operator gives them no cost): the gateway
+        stops sending to one at once, and its requests end within seconds, not an hour."""
+        keys = list(endpoint.children)
+        if len(keys) <= wanted:
+            return []
+        if endpoint.manifest.spec.mode is not Mode.ASYNC:
+            return keys[wanted:][::-1]
+        running = self._running_workers(endpoint)
+        texts = await asyncio.to_thread(read_ports, running, fetch_metrics_text)
+        readings = worker_readings(texts, parse_worker_busy)
+        # a worker not running holds nothing (the broker has its deliveries back): 0; one
+        # running that cannot be read (None) counts as busy
+        held = {key: readings.get(key, 0.0) for key in keys}
+        return workers_to_remove(held, wanted)
 
     def _failed_status(
         self, endpoint: LocalEndpoint, failure: tuple[str, str], now: float

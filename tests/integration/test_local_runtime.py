@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import numpy as np
@@ -27,14 +28,16 @@ from botocore.exceptions import ClientError
 from infermodes.local.access import ACCESS_KEY_ID, read_token
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import WebhookReceiver, to_csv
+from tests.support.async_plane import Notifications, WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
 from tests.support.gateway import answer_head
 from tests.support.local import Up, document, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, wait_until
 from tests.support.rabbitmq import Broker
+from tests.support.s3 import holding_s3_server
 
 WAIT = 60.0
+LOCATION = "X-Amzn-SageMaker-InputLocation"
 
 
 def scores(text: str) -> np.ndarray:
@@ -886,6 +889,73 @@ def test_up_counts_an_async_worker_ready_only_while_it_consumes(
         wait_until(lambda: replicas() == (1, 1), WAIT, "the worker consuming again")
         accepted = accept_async(up, rows, 3, 2)
         wait_until(lambda: set(outputs(output)) == set(accepted), WAIT, "every async output")
+
+
+def test_a_scale_in_under_up_stops_the_idle_worker_not_the_newest_busy_one(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A pool of two on RabbitMQ, one request at a time each: the older worker took the first
+    request, the newer one (started for the second) holds the second. Once the first ended,
+    the backlog asks for one worker: ``up`` stops the older, idle one, as the operator's
+    deletion costs have the ReplicaSet do (it stopped the newest, the busy one). The held
+    request then completes once, on the worker kept."""
+    name, released = "abalone-async", {"first": threading.Event(), "second": threading.Event()}
+
+    def holds(path: str) -> threading.Event | None:
+        return released.get(path.rsplit("/", 1)[-1].removesuffix(".csv"))
+
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=2,
+                      maxConcurrentInvocationsPerInstance=1, targetBacklogPerInstance=1,
+                      scaleInCooldownSeconds=1, notification={"topic": True})]  # fmt: skip
+    notes = Notifications(rabbitmq, name).declare()
+    args = ("--broker-url", rabbitmq.amqp_url)
+    with (
+        holding_s3_server(holds) as s3,
+        mock.patch.dict("os.environ", s3.env),
+        running_up(tmp_path / "state", files, tmp_path / "up.log", args) as up,
+    ):
+        client: Any = s3.client()
+        client.create_bucket(Bucket="inputs")
+        for request in released:
+            client.put_object(Bucket="inputs", Key=f"{request}.csv",
+                              Body=to_csv(abalone_model.test_rows[:1]))  # fmt: skip
+
+        def invoke(request: str) -> str:
+            answer = httpx.post(f"{up.url}/endpoints/{name}/async-invocations", timeout=30,
+                                headers={LOCATION: f"s3://inputs/{request}.csv"})  # fmt: skip
+            assert answer.status_code == 202, answer.text
+            return str(answer.json()["InferenceId"])
+
+        def in_flight() -> int | None:
+            found: int | None = (up.status(name).get("backlog") or {}).get("inFlight")
+            return found
+
+        try:
+            wait_until(lambda: [p["ready"] for p in up.running(name)] == [True], WAIT,
+                       "one worker consuming")  # fmt: skip
+            (older,) = up.running(name)
+            ids = {invoke("first")}
+            wait_until(lambda: in_flight() == 1, WAIT, "the older worker to hold the first")
+            ids.add(invoke("second"))
+            wait_until(lambda: in_flight() == 2 and len(up.running(name)) == 2, WAIT,
+                       "a second worker, holding the second request")  # fmt: skip
+            (newer,) = [p for p in up.running(name) if p["key"] != older["key"]]
+            released["first"].set()
+            wait_until(lambda: len(up.status(name)["processes"]) == 1, WAIT, "the scale-in")
+            assert [p["key"] for p in up.status(name)["processes"]] == [newer["key"]]
+            assert in_flight() == 1  # the second request, still held
+            stopping = "stopping after in-flight requests"  # the worker's line at SIGTERM
+            wait_until(lambda: stopping in Path(older["log"]).read_text(), WAIT,
+                       "the idle worker to stop")  # fmt: skip
+            released["second"].set()
+            notes.wait_for(ids, "Completed", WAIT)
+            assert stopping not in Path(newer["log"]).read_text()  # the busy one runs on
+        finally:  # a held request would keep its worker, and up, for two minutes
+            for event in released.values():
+                event.set()
+    assert {i: notes.ids("Completed")[i] for i in ids} == {i: 1 for i in ids}
+    output = outputs(tmp_path / "async" / "output")
+    assert set(output) == ids
 
 
 def children_of(pid: int) -> dict[int, str]:

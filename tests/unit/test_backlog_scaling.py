@@ -8,7 +8,9 @@ from infermodes.endpoints.scaling import (
     ScalerMemory,
     backlog_replicas,
     pool_in_flight,
+    removal_cost,
     scale_out_due,
+    workers_to_remove,
 )
 from infermodes.endpoints.spec import AsyncSpec
 
@@ -298,3 +300,32 @@ def test_webhook_jobs_keep_a_worker_while_in_flight_is_unknown_and_through_a_res
     assert with_webhooks(spec, 1, 0, 0, 2, memory) == (1, "InitialReplicas")
     # an unreadable broker keeps the replicas, as without webhooks
     assert with_webhooks(spec, 0, None, None, 0, ScalerMemory()) == (0, "BrokerUnreadable")
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "removed"),
+    [
+        # the older idle, the newer busy: the idle one goes, not the newest
+        ({"w0": 0.0, "w1": 1.0}, 1, ["w0"]),
+        # fewer held first, whatever the age
+        ({"w0": 3.0, "w1": 1.0, "w2": 2.0}, 1, ["w1", "w2"]),
+        # one that cannot say counts as busier than any that can (it may hold a full prefetch)
+        ({"w0": None, "w1": 4.0, "w2": 0.0}, 1, ["w2", "w1"]),
+        ({"w0": None, "w1": None}, 1, ["w1"]),  # both unknown: the newer
+        # all busy alike: the newest first, as before and as a ReplicaSet
+        ({"w0": 2.0, "w1": 2.0, "w2": 2.0}, 1, ["w2", "w1"]),
+        ({"w0": 0.0, "w1": 0.0, "w2": 1.0}, 2, ["w1"]),  # idle alike: the newer of them
+        ({"w0": 1.0, "w1": None, "w2": 0.0}, 0, ["w2", "w0", "w1"]),  # to zero: every one
+        ({"w0": 1.0, "w1": 0.0}, 2, []),  # no shrink: none
+        ({"w0": 1.0}, 3, []),  # a scale-out: none
+        ({}, 0, []),
+    ],
+)
+def test_a_scale_in_removes_idle_workers_first_then_those_holding_least(
+    held: dict[str, float | None], wanted: int, removed: list[str]
+) -> None:
+    assert workers_to_remove(held, wanted) == removed
+
+
+def test_a_worker_that_cannot_say_costs_the_most_a_deletion_cost_can() -> None:
+    assert [removal_cost(count) for count in (0.0, 2.0, None)] == [0, 2, 2**31 - 1]

@@ -404,6 +404,32 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
     assert replicas == 1 and endpoint.status.reason == "ScaledIn"
 
 
+def test_up_s_scale_in_stops_the_workers_holding_least_and_servers_newest_first(
+    tmp_path: Path,
+) -> None:
+    """An async pool shrinking to one worker: the one not running (in its restart's back-off:
+    it holds nothing) and the idle one go, then the one holding least; the one that cannot say
+    stays (it may hold a full prefetch). A realtime endpoint's servers go newest first."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 1, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    with worker_port(2, 0) as busy, worker_port(0, 0) as idle, closed:
+        ports = {"busy": busy, "idle": idle, "backing-off": 0, "silent": closed.getsockname()[1]}
+        for key, port in ports.items():
+            endpoint.children[key] = FakeChild(key != "backing-off", key)  # type: ignore[assignment]
+            endpoint.metrics_ports[key] = port
+        removed = asyncio.run(supervisor._to_remove(endpoint, 1))
+        assert asyncio.run(supervisor._to_remove(endpoint, 4)) == []
+    assert removed == ["backing-off", "idle", "busy"]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    servers = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    for key in ("s0", "s1", "s2"):
+        servers.children[key] = FakeChild(True, key)  # type: ignore[assignment]
+    assert asyncio.run(supervisor._to_remove(servers, 1)) == ["s2", "s1"]
+
+
 def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Path) -> None:
     """``readyReplicas`` of an async endpoint: running workers whose ``/readyz`` answered 200
     at the last probe (once a second); a restarted worker is asked again."""
