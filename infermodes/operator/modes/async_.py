@@ -8,10 +8,11 @@ worker kept (or started) while webhook jobs wait in the endpoint's outbox; when 
 broker's figures would let the pool shrink, or it does not count unacknowledged messages (no
 management API), the workers' own in-flight counts are asked too (``pool_figures``: unknown, so
 no scale-in, while one cannot say), so a pool does not shrink under work it holds. Before a
-scale-in, each worker's in-flight count becomes its ``pod-deletion-cost``, so the ReplicaSet
-removes idle workers first; a removed worker stops consuming, finishes what it holds (the grace
-period outlasts the longest invocation timeout a request may set, whatever the endpoint's
-default), acknowledges and exits. The status carries the age of the oldest waiting request: the
+scale-in, each worker's in-flight count becomes its ``pod-deletion-cost`` (``removal_cost``:
+the most for one that cannot say), so the ReplicaSet removes idle workers first; a removed
+worker stops consuming, finishes what it holds (the grace period outlasts the longest
+invocation timeout a request may set, whatever the endpoint's default), acknowledges and
+exits. The status carries the age of the oldest waiting request: the
 broker's for a classic queue, else estimated from when the newest request each worker took was
 accepted (``status.oldest_age_from_dequeues``).
 
@@ -30,7 +31,12 @@ from typing import Any
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
 from infermodes.endpoints.plan import env_name
-from infermodes.endpoints.scaling import ScalerMemory, backlog_replicas, pool_in_flight
+from infermodes.endpoints.scaling import (
+    ScalerMemory,
+    backlog_replicas,
+    pool_in_flight,
+    removal_cost,
+)
 from infermodes.endpoints.status import (
     BROKER_UNREADABLE,
     IN_FLIGHT_UNKNOWN,
@@ -126,12 +132,6 @@ def worker_readings(
     return {name: worker_reading(texts.get(ip), parse) for name, ip in running}
 
 
-def worker_figures(signals: Signals, parse: Callable[[str], float | None]) -> dict[str, float]:
-    """One figure of each running worker that can say, by pod name."""
-    readings = worker_readings(signals, parse)
-    return {name: value for name, value in readings.items() if value is not None}
-
-
 def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigures | None:
     """The broker's figures, with the oldest waiting request's age estimated from the running
     workers when the broker does not report it (``status.with_estimated_age``)."""
@@ -168,14 +168,15 @@ ended = never_ends
 def pod_annotations(
     spec: s.EndpointSpec, signals: Signals, replicas: int
 ) -> dict[str, dict[str, str]]:
-    """Each running worker's in-flight count (its requests and its webhook jobs) as its
-    deletion cost, when the pool shrinks: the ReplicaSet removes the pods of lowest cost
-    first, so idle workers go before busy ones (a webhook job of one removed would only go
-    back to the outbox, but its POST would be made again)."""
+    """Each running worker's ``removal_cost`` (its requests and its webhook jobs in flight;
+    one that cannot say, the most) as its deletion cost, when the pool shrinks: the
+    ReplicaSet removes the pods of lowest cost first, so idle workers go before busy ones (a
+    webhook job of one removed would only go back to the outbox, but its POST would be made
+    again), in the order ``infermodes up`` stops its workers (``workers_to_remove``)."""
     if replicas >= signals.workload.replicas:
         return {}
-    busy = worker_figures(signals, parse_worker_busy)
-    return {name: {DELETION_COST: str(int(count))} for name, count in busy.items()}
+    held = worker_readings(signals, parse_worker_busy)
+    return {name: {DELETION_COST: str(removal_cost(count))} for name, count in held.items()}
 
 
 def desired_objects(

@@ -264,7 +264,7 @@ def test_the_workers_are_not_asked_when_the_pool_cannot_shrink() -> None:
     assert asked == [("127.0.0.1", "127.0.0.2")]
 
 
-def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
+def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in_and_silent_ones_dearest() -> None:
     metrics = {
         "127.0.0.1": "infermodes_async_in_flight 2.0\n",
         "127.0.0.2": "infermodes_async_in_flight 0.0\n",
@@ -280,6 +280,8 @@ def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in() -> None:
         "busy": {async_.DELETION_COST: "2"},
         "idle": {async_.DELETION_COST: "0"},
         "posting": {async_.DELETION_COST: "1"},
+        # it may hold a full prefetch: counted busier than any that can say, as up counts it
+        "silent": {async_.DELETION_COST: "2147483647"},
     }
     steady = async_.pod_annotations(SPEC, signals(four, QueueFigures(0, 2), pods, metrics), 4)
     assert steady == {}
