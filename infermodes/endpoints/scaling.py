@@ -326,9 +326,10 @@ UNKNOWN_HOLD_COST = 2**31 - 1
 def removal_cost(held: float | None) -> int:
     """What removing a worker in a scale-in costs: the requests and webhook jobs it holds
     (``held``); one that cannot say (None) may hold a full prefetch, so it costs more than any
-    that can. The operator makes it each worker pod's deletion cost; ``workers_to_remove``
-    ranks ``up``'s workers by it."""
-    return UNKNOWN_HOLD_COST if held is None else int(held)
+    that can, whatever count a worker reports (the annotation takes no more than an int32).
+    The operator makes it each worker pod's deletion cost; ``workers_to_remove`` ranks
+    ``up``'s workers by it."""
+    return UNKNOWN_HOLD_COST if held is None else min(int(held), UNKNOWN_HOLD_COST - 1)
 
 
 def workers_to_remove(held: Mapping[str, float | None], wanted: int) -> list[str]:

@@ -328,4 +328,7 @@ def test_a_scale_in_removes_idle_workers_first_then_those_holding_least(
 
 
 def test_a_worker_that_cannot_say_costs_the_most_a_deletion_cost_can() -> None:
-    assert [removal_cost(count) for count in (0.0, 2.0, None)] == [0, 2, 2**31 - 1]
+    """A count past an int32 (a broken or hostile metrics port) is not an annotation the API
+    server takes, nor a cost above one that cannot say."""
+    counts = (0.0, 2.0, 1e12, None)
+    assert [removal_cost(count) for count in counts] == [0, 2, 2**31 - 2, 2**31 - 1]
