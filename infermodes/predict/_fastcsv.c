@@ -447,4 +447,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastcsv", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__fastcsv(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastcsv(void) {
+    if (decimal_init() < 0) return NULL;
+    return PyModule_Create(&module);
+}

@@ -186,4 +186,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastjson", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastjson(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastjson(void) {
+    if (decimal_init() < 0) return NULL;
+    return PyModule_Create(&module);
+}
