@@ -201,6 +201,14 @@ class ServeSettings(EnvSettings):
         ge=0,
         description="Bodies at least this large are predicted off the event loop.",
     )
+    loop_predict_seconds: float = Field(
+        0.25,
+        gt=0,
+        le=3600,
+        description="A smaller body's prediction expected to take longer than this (its rows "
+        "at the worker's last measured seconds per row) runs off the event loop, so that "
+        "/ping and other requests are answered meanwhile.",
+    )
     max_batch_rows: int = Field(
         128,
         ge=1,

@@ -148,6 +148,7 @@ class InvocationsHandler:
             settings.max_batch_wait_us,
             connections,
             nullcontext if beat is None else beat.predicting,
+            settings.loop_predict_seconds,
         )
         # Large bodies are decoded one at a time per worker: decoding holds the GIL, so a
         # second thread gains nothing and would double the memory in flight.
@@ -167,10 +168,16 @@ class InvocationsHandler:
     def answer_now(self, scope: Scope, body: bytes) -> Answer | None:
         """The answer to a POST whose whole body is in hand, without awaiting anything (the
         protocol writes it without an ASGI task, ``WholeBodyRoute``); None where the request
-        needs the ASGI path: no model yet (its 503), a body for the offload thread, or a model
-        whose predictions join batches."""
+        needs the ASGI path: no model yet (its 503), a body for the offload thread, a model
+        whose predictions join batches, or a body that may hold rows too many to predict on the
+        loop (``Batcher.fits_loop``; the ASGI path counts them)."""
         model = self.slot.model
-        if model is None or len(body) >= self.offload or not self.batcher.predicts_alone(model):
+        if (
+            model is None
+            or len(body) >= self.offload
+            or not self.batcher.predicts_alone(model)
+            or not self.batcher.fits_loop(len(body) // 2 + 1)  # a row takes 2 bytes at least
+        ):
             return None
         # Not counted in flight: it is answered within this one call, so no reader of the gauge
         # could see it (the ASGI path's requests, too, run to their answer in one task step).
@@ -197,9 +204,13 @@ class InvocationsHandler:
             body = await read_body(scope, receive, self.limit)
             body_read = True
             self.metrics.body_received(len(body))
-            if len(body) < self.offload:  # on the event loop, batched with its neighbours
+            if len(body) < self.offload:  # decoded on the event loop
                 rows = self.decode(model, body, content_type)
-                predictions = await self.batcher.predict(model, rows)
+                if self.batcher.fits_loop(len(rows)):  # predicted there, with its neighbours
+                    predictions = await self.batcher.predict(model, rows)
+                else:  # long: off the loop, which answers /ping and the others meanwhile
+                    async with self.offload_slot:
+                        predictions = await run_in_threadpool(self.batcher.predict_now, model, rows)
                 payload = fastcsv.encode(predictions, accept, model.outputs)
             else:
                 async with self.offload_slot:  # one thread hop: decode, predict, encode, alone

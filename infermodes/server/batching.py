@@ -17,6 +17,8 @@ requests are retried one by one, so that only the faulty one fails.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -25,6 +27,8 @@ import numpy as np
 
 from infermodes.metrics import ServerMetrics
 from infermodes.predict.model import XGBoostModel
+
+log = logging.getLogger("infermodes.serve")
 
 
 class _Batch:
@@ -53,9 +57,12 @@ class Batcher:
         max_wait_us: int = 0,
         connections: Callable[[], int] | None = None,
         predicting: Callable[[], AbstractContextManager[None]] = nullcontext,
+        loop_seconds: float = math.inf,
     ) -> None:
         self.metrics = metrics
         self.predicting = predicting  # the liveness table's mark (``liveness.WorkerBeat``)
+        self.loop_seconds = loop_seconds
+        self.seconds_per_row = 0.0  # of the last predict call: what the next is judged by
         self.max_rows = max_rows
         self.max_wait = max_wait_us / 1e6
         self.connections = connections
@@ -66,8 +73,29 @@ class Batcher:
         started = time.perf_counter()
         with self.predicting():
             predictions = model.predict(rows)
-        self.metrics.predicted(rows.shape[0], time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.seconds_per_row = seconds / max(rows.shape[0], 1)
+        self.metrics.predicted(rows.shape[0], seconds)
         return predictions
+
+    def fits_loop(self, rows: int) -> bool:
+        """Whether a prediction of ``rows`` may run on the event loop: expected, at the last
+        call's seconds per row, to end within ``loop_seconds``. A longer one goes to a thread
+        (``InvocationsHandler``): on the loop it would keep the worker from answering ``/ping``
+        and every other request until it ends, and take a busy replica out of service."""
+        return rows * self.seconds_per_row <= self.loop_seconds
+
+    def time_one_row(self, model: XGBoostModel) -> None:
+        """Measure a row of missing values once the model is loaded, so that a model slow per
+        row is predicted off the loop from its first request (not recorded as a prediction).
+        One that fails is logged, and the first request measures instead: the model loaded."""
+        started = time.perf_counter()
+        try:
+            model.predict(np.full((1, model.num_features), np.nan, dtype=np.float32))
+        except Exception as exc:
+            log.warning("cannot time a prediction of one row (%s: %s)", type(exc).__name__, exc)
+            return
+        self.seconds_per_row = time.perf_counter() - started
 
     def predicts_alone(self, model: XGBoostModel) -> bool:
         """Whether every request for ``model`` is predicted on its own, at once: no window

@@ -88,6 +88,7 @@ def run_worker(
             inference_output=settings.inference_output,
         )
         app.metrics.model_load_duration.set(model.load_seconds)
+        app.invocations.batcher.time_one_row(model)
         log.info(
             "model %s loaded in %.3f s (%d features)",
             settings.model_uri,

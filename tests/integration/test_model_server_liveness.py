@@ -59,6 +59,48 @@ def test_liveness_answers_while_the_only_worker_is_deep_in_a_long_prediction(
         assert liveness(port).text == "alive\n"
 
 
+def test_once_a_worker_measured_a_long_prediction_the_next_leaves_its_loop_and_ping_answers(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Readiness that does not flap: ``/ping`` is answered on the worker's event loop, so a
+    prediction run there keeps it unanswered (the kubelet's probe gives up after its 1 s
+    timeout, three times in a row: ~3 s) and takes a merely busy replica out of service. A
+    prediction the worker expects to be long (its rows at the last call's seconds per row,
+    past ``INFERMODES_SERVE_LOOP_PREDICT_SECONDS``) runs off the loop instead: after a first
+    held one-row prediction (the model measured fast at load: on the loop), the next one-row
+    prediction is held on a thread while ``/ping`` answers 200 and liveness names it."""
+    port, hold = free_port(), tmp_path / "hold"
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+        "INFERMODES_TEST_HELD_PREDICT": str(hold),
+        "INFERMODES_SERVE_LIVENESS_PORT": str(port),
+    }
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        answers: list[httpx.Response] = []
+        for held in range(2):
+            hold.touch()
+            call = threading.Thread(target=lambda: answers.append(httpx.post(
+                f"{server.url}/invocations", content=ROW, headers={"content-type": "text/csv"},
+                timeout=60)))  # fmt: skip
+            call.start()
+            try:
+                wait_until(Path(f"{hold}.started").exists, 30, "the prediction to start")
+                if held == 0:  # nothing measured it long yet: on the loop, which it holds
+                    with pytest.raises(httpx.ReadTimeout):
+                        httpx.get(f"{server.url}/ping", timeout=3)
+                else:  # measured: on a thread, the loop free
+                    assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
+                    assert liveness(port).text.startswith("alive\nworker 0: predicting for ")
+            finally:
+                hold.unlink()
+                Path(f"{hold}.started").unlink(missing_ok=True)
+                call.join(60)
+        unheld = httpx.post(f"{server.url}/invocations", content=ROW,
+                            headers={"content-type": "text/csv"}, timeout=10)  # fmt: skip
+        assert [(a.status_code, a.text) for a in answers] == [(200, unheld.text)] * 2
+
+
 def test_liveness_names_a_worker_whose_loop_is_stuck_until_it_runs_again(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

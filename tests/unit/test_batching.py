@@ -4,6 +4,7 @@ what a failure or a cancellation does to the others."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -146,3 +147,46 @@ def test_a_cancelled_leader_still_answers_its_followers(model: CountingModel) ->
     assert model.calls == [6]
     for mine, expected in zip(results, alone(model, requests(3)[1:]), strict=True):
         np.testing.assert_array_equal(mine, expected)
+
+
+class SleepingModel(CountingModel):
+    """A real booster whose every call takes ``seconds`` at least, as a large model's would."""
+
+    seconds = 0.0
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().predict(rows)
+
+
+def test_a_prediction_fits_the_loop_by_the_last_calls_seconds_per_row(
+    model: CountingModel,
+) -> None:
+    """Nothing measured yet: anything fits; once a call of one row took 0.05 s at least, a
+    row does not fit a 0.01 s budget; once a call of 20,000 rows took what it takes (well
+    under 10 s: 500 us a row), 20 rows fit it again: the last call is what counts."""
+    slow = SleepingModel(model.booster, model.num_features, trees=model.trees)
+    slow.calls, slow.seconds = [], 0.05
+    b = Batcher(ServerMetrics(CollectorRegistry()), 128, loop_seconds=0.01)
+    assert b.fits_loop(10**9)
+    b.predict_now(slow, requests(1, rows_each=1)[0])
+    assert not b.fits_loop(1)
+    slow.seconds = 0.0
+    b.predict_now(slow, requests(1, rows_each=20_000)[0])  # one fast call of many rows
+    assert b.fits_loop(20)
+
+
+def test_a_model_slow_per_row_is_measured_at_load_and_a_failing_one_is_left_unmeasured(
+    model: CountingModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    slow = SleepingModel(model.booster, model.num_features, trees=model.trees)
+    slow.calls, slow.seconds = [], 0.05
+    b = Batcher(ServerMetrics(CollectorRegistry()), 128, loop_seconds=0.01)
+    b.time_one_row(slow)
+    assert slow.calls == [1] and not b.fits_loop(1)
+    failing = SleepingModel(model.booster, model.num_features, trees=model.trees)
+    failing.calls, failing.seconds = [], -1.0  # time.sleep(-1) raises ValueError
+    fresh = Batcher(ServerMetrics(CollectorRegistry()), 128, loop_seconds=0.01)
+    fresh.time_one_row(failing)
+    assert fresh.fits_loop(10**9)
+    assert "cannot time a prediction of one row (ValueError" in caplog.text
