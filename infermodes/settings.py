@@ -209,6 +209,13 @@ class ServeSettings(EnvSettings):
         "at the worker's last measured seconds per row) runs off the event loop, so that "
         "/ping and other requests are answered meanwhile.",
     )
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="The memory the server may use, which caps the JSON bodies Python's parser "
+        "reads (those the native decoder does not take: 413 above the cap; both actuators set "
+        "it to the replica's memory); unset: its cgroup's limit, if any.",
+    )
     max_batch_rows: int = Field(
         128,
         ge=1,

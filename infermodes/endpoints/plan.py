@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from infermodes.endpoints.spec import EndpointSpec, quantity_bytes
+from infermodes.endpoints.spec import EndpointSpec, Mode, quantity_bytes
 from infermodes.errors import EXIT_CANNOT_START, EXIT_MODEL_LOAD_FAILED, EXIT_OBJECTS_FAILED
 from infermodes.settings import (
     GATEWAY_INVOCATION_TIMEOUT_SECONDS,
@@ -64,11 +64,20 @@ class ProcessPlan:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def replica_memory_bytes(spec: EndpointSpec) -> int:
+    """The memory of each replica of a realtime or serverless endpoint (its pod's limit): a
+    serverless one's ``memorySizeInMB``, a realtime one's ``resources.memory``."""
+    if spec.mode is Mode.SERVERLESS:
+        return spec.serverless_block().memory_size_in_mb * 1024 * 1024
+    return quantity_bytes(spec.realtime_block().resources.memory)
+
+
 def model_server(
     spec: EndpointSpec, workers: int, port: int = SERVER_PORT, predict_threads: int | None = None
 ) -> ProcessPlan:
     """``infermodes serve`` for an endpoint's model (its bind address is the actuator's:
-    the pod IP on Kubernetes, loopback locally)."""
+    the pod IP on Kubernetes, loopback locally), within its replica's memory (under ``up``,
+    where nothing enforces it, the same figure)."""
     return ProcessPlan(
         ("infermodes", "serve"),
         settings_env(
@@ -79,6 +88,7 @@ def model_server(
             predict_threads=predict_threads,
             allow_pickle=spec.model.allow_pickle,  # pinned: the Secret's envFrom must not set it
             inference_output=spec.model.inference_output,
+            memory_bytes=replica_memory_bytes(spec),
         ),
     )
 

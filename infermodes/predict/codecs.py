@@ -62,7 +62,7 @@ _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any
 # shape measured (~35); rows of 20 such features cost ~16, of 20 six-digit decimals ~5.
 # The native path (``fastjson``) needs at most 2 besides the body, but any body it does not
 # take (another shape, a malformed one) is parsed so: the async worker caps its JSON inputs by
-# its memory with this worst case.
+# its memory with this worst case, and the model server such bodies (``predict.memory``).
 JSON_BYTES_EXPANSION = 36
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
 
@@ -324,10 +324,13 @@ def decode_json(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
+    max_parsed_bytes: int | None = None,
 ) -> np.ndarray:
     """``{"instances": [[...], ...]}``, ``{"instances": [{"features": [...]}]}``, a list of
     rows, one row, or ``{"features": [...]}``. Rows of numbers and nulls go to the native
-    decoder (``fastjson``); what it does not take, ``json.loads`` reads or names the error of."""
+    decoder (``fastjson``); what it does not take, ``json.loads`` reads or names the error of,
+    up to ``max_parsed_bytes`` (larger: PayloadTooLarge, as it costs up to
+    ``JSON_BYTES_EXPANSION`` bytes of memory per byte)."""
     if max_rows is not None:  # parsing holds the GIL and costs ~70 bytes per container
         containers = body.count(b"[") + body.count(b"{")
         if containers > 2 * max_rows + 2:  # a row is at most an object and its list
@@ -347,6 +350,14 @@ def decode_json(
         _check_width(width, num_features, 1)
         _check_size(rows_count, width, max_rows, max_values)
         return fastjson.fill(body, rows_count, width)
+    if max_parsed_bytes is not None and len(body) > max_parsed_bytes:
+        raise PayloadTooLarge(
+            f"the JSON body is {len(body)} bytes and not rows of numbers and nulls (the shapes "
+            f"read natively, at 2 bytes of memory per byte at most); other JSON is parsed whole, "
+            f"at up to {JSON_BYTES_EXPANSION} bytes per byte, and is taken up to "
+            f"{max_parsed_bytes} bytes here (the server's memory limit): send rows of numbers, "
+            'e.g. {"instances": [[1.5, 2]]}, or a smaller body'
+        )
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
         # Decoded with the encoding found above, as json.loads would (it would look again).
@@ -549,13 +560,23 @@ def decode(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
+    max_parsed_json_bytes: int | None = None,
 ) -> np.ndarray:
     """Decode a body of a known input type (see ``content_type_of``): a matrix, or
-    InvalidInput (400) / PayloadTooLarge (413) naming the problem."""
+    InvalidInput (400) / PayloadTooLarge (413) naming the problem. ``max_parsed_json_bytes``:
+    ``decode_json``'s ``max_parsed_bytes``."""
     if body.startswith(GZIP_MAGIC):  # otherwise named by the first byte a decoder trips on
         raise InvalidInput(
             "the body is gzip-compressed (it starts with 1f 8b): send it uncompressed; a "
             "Content-Encoding is not read"
+        )
+    if content_type == JSON:
+        return decode_json(
+            body,
+            num_features,
+            max_rows=max_rows,
+            max_values=max_values,
+            max_parsed_bytes=max_parsed_json_bytes,
         )
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 

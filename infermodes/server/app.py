@@ -139,6 +139,9 @@ class InvocationsHandler:
         self.slot = slot
         self.metrics = metrics
         self.limit = settings.max_payload_bytes
+        # the JSON bodies Python's parser reads: capped by the memory once the model is loaded
+        # (``json_parse_cap``)
+        self.max_parsed_json_bytes = settings.max_payload_bytes
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
         self.max_values = settings.max_values
@@ -266,6 +269,7 @@ class InvocationsHandler:
             model.num_features,
             max_rows=self.max_rows,
             max_values=self.max_values,
+            max_parsed_json_bytes=self.max_parsed_json_bytes,
         )
 
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:

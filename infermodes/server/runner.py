@@ -45,6 +45,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def json_parse_cap(settings: ServeSettings) -> int:
+    """The largest JSON body Python's parser may read in this worker (measured once its model is
+    loaded): within the memory, less what every worker holds, at its worst cost per byte. One at
+    a time per worker: the event loop decodes bodies under ``offload_bytes`` one by one, and a
+    thread the larger ones, one at a time (a body decoded on the loop beside it is under
+    ``offload_bytes``: 2.3 MiB at most at 64 KiB)."""
+    from infermodes.predict.memory import process_json_cap
+
+    return process_json_cap(
+        settings.max_payload_bytes, settings.memory_bytes, 1, processes=settings.workers
+    ).bytes
+
+
 def run_worker(
     settings: ServeSettings,
     sock: socket.socket,
@@ -89,6 +102,7 @@ def run_worker(
         )
         app.metrics.model_load_duration.set(model.load_seconds)
         app.invocations.batcher.time_one_row(model)
+        app.invocations.max_parsed_json_bytes = json_parse_cap(settings)
         log.info(
             "model %s loaded in %.3f s (%d features)",
             settings.model_uri,

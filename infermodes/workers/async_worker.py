@@ -56,6 +56,7 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
+from infermodes.predict.memory import process_json_cap
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import Sink, predict_stream
 from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
@@ -87,7 +88,6 @@ from infermodes.queueing.notifications import (
     success_body,
 )
 from infermodes.storage import Storage
-from infermodes.workers.memory import process_json_cap
 
 if TYPE_CHECKING:
     from infermodes.settings import WorkerSettings

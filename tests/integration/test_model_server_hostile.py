@@ -562,3 +562,37 @@ def test_any_request_gets_a_prediction_or_a_4xx_in_the_error_shape(
 
     profile(check)()  # type: ignore[operator]
     assert server.ready()
+
+
+def test_a_json_body_parsed_whole_beyond_the_workers_memory_gets_413_the_native_shapes_do_not(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A JSON body the native decoder does not take goes to ``json.loads``, at up to ~36 bytes
+    of memory per byte: ~1 MiB of zeros under a key beside ``instances``, or rows as objects
+    with another key, cost ~30 MiB, and a 100 MiB one GBs. Each worker caps such bodies by its
+    memory (64 MiB here, less than a worker holds with its model: the cap's 64 KiB floor); a
+    body of the numeric shapes, 2 bytes per byte at most, is never capped, and a small body
+    of the other shapes is still parsed. The server goes on serving."""
+    env = {"INFERMODES_SERVE_MEMORY_BYTES": str(64 * 1024 * 1024)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    row = [float(value) for value in ROW.split(b",")]
+    rows = [row] * 16_000  # ~1 MiB of JSON
+    hostile = {
+        "extra-key": json.dumps({"instances": [row], "padding": [0] * 500_000}).encode(),
+        "object-rows": json.dumps({"instances": [{"features": r, "id": 1} for r in rows]}).encode(),
+    }
+    with running_server(args, tmp_path / "serve.log", env=env) as server:
+        for name, body in hostile.items():
+            assert len(body) > 1024 * 1024, name
+            answer = exchange(server.port, Request("POST", "/invocations", JSON, body))
+            assert answer.status == 413, (name, answer.body)
+            assert "taken up to 65536 bytes here (the server's memory limit)" in message(answer)
+        native = json.dumps({"instances": rows}).encode()
+        assert len(native) > 1024 * 1024
+        answer = exchange(server.port, Request("POST", "/invocations", JSON, native))
+        assert answer.status == 200 and answer.body.count(b"\n") == len(rows), answer.body[:200]
+        small = json.dumps({"instances": [row], "padding": [0] * 1000}).encode()
+        answer = exchange(server.port, Request("POST", "/invocations", JSON, small))
+        assert answer.status == 200, answer.body
+        assert "JSON inputs capped at 65536 bytes" in server.log
+    assert "Traceback" not in server.log, server.log

@@ -1,3 +1,4 @@
+import json
 import math
 import tracemalloc
 
@@ -382,3 +383,19 @@ def test_decoding_json_peaks_within_its_declared_expansion(row: bytes) -> None:
     finally:
         tracemalloc.stop()
     assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
+
+
+def test_json_parsed_whole_is_capped_and_the_native_shapes_are_not() -> None:
+    """``max_parsed_json_bytes`` (the model server's memory cap) refuses, before parsing, a
+    body the native decoder does not take; a body it takes, however large, is decoded."""
+    rows = [[1.5, 2.0]] * 100
+    native = json.dumps({"instances": rows}).encode()
+    other = json.dumps({"instances": rows, "id": "x"}).encode()
+    cap = min(len(native), len(other)) - 1
+    with pytest.raises(PayloadTooLarge, match=f"is taken up to {cap} bytes here"):
+        codecs.decode(other, codecs.JSON, 2, max_parsed_json_bytes=cap)
+    decoded = codecs.decode(native, codecs.JSON, 2, max_parsed_json_bytes=cap)
+    np.testing.assert_array_equal(decoded, np.array(rows, dtype=np.float32))
+    np.testing.assert_array_equal(
+        codecs.decode(other, codecs.JSON, 2, max_parsed_json_bytes=len(other)), decoded
+    )

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
-from infermodes.workers.memory import MIN_JSON_CAP, cgroup_memory_limit, json_input_cap
+from infermodes.predict.memory import MIN_JSON_CAP, cgroup_memory_limit, json_input_cap
 
 MIB = 1 << 20
 

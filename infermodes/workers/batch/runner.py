@@ -46,13 +46,13 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import BatchMetrics, serve_metrics
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
+from infermodes.predict.memory import JsonCap, process_json_cap
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from infermodes.workers.batch.summary import Failure, Summary
 from infermodes.workers.batch.worker import Done, MiniBatchWorker, concurrent_workers
-from infermodes.workers.memory import JsonCap, process_json_cap
 
 if TYPE_CHECKING:
     from infermodes.settings import BatchSettings

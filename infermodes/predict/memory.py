@@ -5,7 +5,9 @@ size at peak, and every concurrent invocation may decode one at once. A worker k
 memory loses every request it holds, and the one that killed it comes back until its
 attempts run out; refusing it (413's PayloadTooLarge, a failure record) is the better end.
 The async worker caps its JSON requests so, and the batch runner its whole JSON documents
-(``splitType None``), whose pod would otherwise be killed with the job's other objects.
+(``splitType None``), whose pod would otherwise be killed with the job's other objects; the
+model server caps the JSON bodies its native decoder does not take (``codecs.decode_json``),
+which Python's parser reads whole, with the request's other workers alike.
 """
 
 from __future__ import annotations
