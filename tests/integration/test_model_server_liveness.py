@@ -25,25 +25,39 @@ def liveness(port: int) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
 
 
+def held_predictions(hold: Path, liveness_port: int) -> dict[str, str]:
+    """A server's environment: its predictions held while ``hold`` exists (``faults/``), its
+    liveness on ``liveness_port``."""
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+        "INFERMODES_TEST_HELD_PREDICT": str(hold),
+        "INFERMODES_SERVE_LIVENESS_PORT": str(liveness_port),
+    }
+
+
+def post_row(url: str, answers: list[httpx.Response]) -> threading.Thread:
+    """ROW posted from a thread of its own (its prediction may be held); its answer appended."""
+
+    def post() -> None:
+        headers = {"content-type": "text/csv"}
+        answers.append(httpx.post(f"{url}/invocations", content=ROW, headers=headers, timeout=60))
+
+    call = threading.Thread(target=post)
+    call.start()
+    return call
+
+
 def test_liveness_answers_while_the_only_worker_is_deep_in_a_long_prediction(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     port, hold = free_port(), tmp_path / "hold"
-    env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
-        "INFERMODES_TEST_HELD_PREDICT": str(hold),
-        "INFERMODES_SERVE_LIVENESS_PORT": str(port),
-        "INFERMODES_SERVE_LIVENESS_STALL_SECONDS": STALL_SECONDS,
-    }
+    env = {**held_predictions(hold, port), "INFERMODES_SERVE_LIVENESS_STALL_SECONDS": STALL_SECONDS}
     args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
     with running_server(args, tmp_path / "serve.log", env) as server:
         assert liveness(port).text == "alive\n"
         hold.touch()
         answers: list[httpx.Response] = []
-        call = threading.Thread(target=lambda: answers.append(httpx.post(
-            f"{server.url}/invocations", content=ROW, headers={"content-type": "text/csv"},
-            timeout=60)))  # fmt: skip
-        call.start()
+        call = post_row(server.url, answers)
         try:
             wait_until(Path(f"{hold}.started").exists, 30, "the prediction to start")
             # the loop is held: its own port does not answer, for longer than the stall bound
@@ -70,20 +84,13 @@ def test_once_a_worker_measured_a_long_prediction_the_next_leaves_its_loop_and_p
     held one-row prediction (the model measured fast at load: on the loop), the next one-row
     prediction is held on a thread while ``/ping`` answers 200 and liveness names it."""
     port, hold = free_port(), tmp_path / "hold"
-    env = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
-        "INFERMODES_TEST_HELD_PREDICT": str(hold),
-        "INFERMODES_SERVE_LIVENESS_PORT": str(port),
-    }
+    env = held_predictions(hold, port)
     args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
     with running_server(args, tmp_path / "serve.log", env) as server:
         answers: list[httpx.Response] = []
         for held in range(2):
             hold.touch()
-            call = threading.Thread(target=lambda: answers.append(httpx.post(
-                f"{server.url}/invocations", content=ROW, headers={"content-type": "text/csv"},
-                timeout=60)))  # fmt: skip
-            call.start()
+            call = post_row(server.url, answers)
             try:
                 wait_until(Path(f"{hold}.started").exists, 30, "the prediction to start")
                 if held == 0:  # nothing measured it long yet: on the loop, which it holds
