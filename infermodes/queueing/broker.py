@@ -8,7 +8,7 @@ side depend on these types only, so the per-message logic never sees pika or SQL
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -22,15 +22,27 @@ NOTIFICATION_EXCHANGE = "infermodes.notifications"  # the topic every notificati
 # deliveries let a give-up that could not notify come back and notify. The queue's own limit is
 # the backstop for a worker that dies every time it holds a message.
 DELIVERY_LIMIT_HEADROOM = 3
-# Deliveries of one webhook job (``outbox_name``) before its queue dead-letters it: senders
-# ack every job they end, sent or given up on, so only a sender killed each time it holds one
-# gets here (RabbitMQ delivers it once more than the embedded queue: 11 times, not 10).
+# Deliveries of one webhook job (``outbox_name``) before its queue dead-letters it by itself:
+# the backstop for a job whose every sender is killed while it holds it. Only such deliveries
+# count: a sender ends every job it takes with an ack, having put the job back (returned, or
+# its send counted) or dead-lettered it first, each confirmed (``notifications.Outbox``), so
+# neither returns nor failed sends raise a job's delivery count. (RabbitMQ delivers it once
+# more than the embedded queue: 11 times, not 10.)
 OUTBOX_DELIVERY_LIMIT = 10
-# Deliveries of a webhook job that may POST it: the next one (``attempt`` equal to this, within
-# either queue's limit) dead-letters it, logged and counted, rather than leave the queue to do
-# so without a word; the queue's own limit stays the backstop.
-OUTBOX_SENDS = OUTBOX_DELIVERY_LIMIT - 1
-
+# A delivery with this many before it, none settled, dead-letters the job unsent (reason
+# ``unsettled``: what killed its senders may be in it), within either queue's limit.
+OUTBOX_UNSETTLED = OUTBOX_DELIVERY_LIMIT - 1
+# Sends of a webhook job (each its webhooks' ``WEBHOOK_ATTEMPTS`` tries), counted in the job
+# itself: the one that fails for the last time dead-letters it (reason ``sends_exhausted``).
+OUTBOX_SENDS = 9
+# The exchange dead letters go to, by the name of the queue they come from (RabbitMQ binds
+# each dead-letter queue on it; the embedded queue keeps them in its ``dead_letters`` table)
+DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
+# Headers of a webhook job its sender dead-lettered: why (``unsettled``, ``sends_exhausted``),
+# after how many sends, and the last one's failure (each webhook by scheme and host only)
+REASON_HEADER = "x-infermodes-reason"
+SENDS_HEADER = "x-infermodes-sends"
+LAST_ERROR_HEADER = "x-infermodes-last-error"
 
 # a URL, or what reads it at each new connection (``UrlFile``)
 BrokerUrl: TypeAlias = str | Callable[[], str]
@@ -169,10 +181,17 @@ class Publisher(Protocol):
     ``BrokerUnavailable`` otherwise. ``mandatory``: an unroutable message is an error (work
     must reach its queue) rather than dropped (a notification may have no subscriber). The
     ``exchange`` "" is AMQP's default one: the message goes to the queue ``routing_key`` names
-    (an endpoint's outbox)."""
+    (an endpoint's outbox); ``DEAD_LETTER_EXCHANGE``: to the dead letters of the queue it names.
+    ``headers``: the message's own, e.g. why it was dead-lettered."""
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        mandatory: bool,
+        headers: Mapping[str, str | int] | None = None,
     ) -> None: ...
 
 

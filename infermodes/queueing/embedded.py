@@ -46,9 +46,12 @@ from typing import Any
 
 from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import (
+    DEAD_LETTER_EXCHANGE,
     INVOCATIONS,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
+    REASON_HEADER,
+    SENDS_HEADER,
     WEBHOOK_JOBS,
     Backlog,
     Delivery,
@@ -292,7 +295,8 @@ class EmbeddedPublisher:
     """Appends notifications to the topic log (``mandatory`` changes nothing: the log keeps
     every message, so none is unroutable) and prunes it now and then. The ``exchange`` "" is
     AMQP's default one, as RabbitMQ has it: the message goes to the queue ``routing_key``
-    names (an endpoint's webhook outbox)."""
+    names (an endpoint's webhook outbox); ``DEAD_LETTER_EXCHANGE`` keeps it among the dead
+    letters of that queue (``dead_letter``)."""
 
     def __init__(
         self, path: Path, retain_seconds: float = RETAIN_SECONDS, retain_count: int = RETAIN_COUNT
@@ -302,11 +306,20 @@ class EmbeddedPublisher:
         self.retain_count = retain_count
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        mandatory: bool,
+        headers: Mapping[str, str | int] | None = None,
     ) -> None:
         now = time.time()
         try:
             with self._db.write() as db:
+                if exchange == DEAD_LETTER_EXCHANGE:
+                    dead_letter(db, routing_key, message_id, body, headers or {})
+                    return
                 if not exchange:
                     db.execute(
                         "INSERT INTO messages (endpoint, message_id, body, enqueued_at)"
@@ -352,6 +365,27 @@ def _bury(db: sqlite3.Connection, removed: list[Any], reason: str) -> int:
         [(*row, reason, now) for row in removed],
     )
     return len(removed)
+
+
+def dead_letter(
+    db: sqlite3.Connection,
+    queue: str,
+    message_id: str,
+    body: bytes,
+    headers: Mapping[str, str | int],
+) -> None:
+    """A message published to the dead letters of ``queue``, as RabbitMQ routes one published
+    to ``DEAD_LETTER_EXCHANGE``: its ``reason`` and ``deliveries`` are the headers'
+    ``REASON_HEADER`` and ``SENDS_HEADER``. It takes a message's place in the
+    queue's order first (a dead letter's ``seq`` is the message's it was)."""
+    removed = db.execute(
+        "INSERT INTO messages (endpoint, message_id, body, enqueued_at, deliveries)"
+        " VALUES (?, ?, ?, ?, ?)"
+        " RETURNING seq, endpoint, message_id, body, enqueued_at, deliveries",
+        (queue, message_id, body, time.time(), int(headers.get(SENDS_HEADER, 0))),
+    ).fetchall()
+    db.execute("DELETE FROM messages WHERE seq = ?", (removed[0][0],))
+    _bury(db, removed, str(headers.get(REASON_HEADER, "rejected")))
 
 
 class EmbeddedConsumer:
@@ -603,7 +637,8 @@ class Held:
 @dataclass(frozen=True)
 class DeadLetter:
     """A message the queue gave up on: ``reason`` is ``rejected`` (a worker said so, after its
-    error object and notification) or ``delivery_limit`` (no worker ever settled it)."""
+    error object and notification) or ``delivery_limit`` (no worker ever settled it); a
+    webhook job's sender gives its own (``REASON_HEADER``), ``deliveries`` then its sends."""
 
     seq: int
     message_id: str

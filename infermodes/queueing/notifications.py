@@ -10,8 +10,9 @@ receiver never holds an invocation slot: ``Notifier`` publishes one webhook job 
 and the body, never a URL: the receiving worker POSTs the webhooks it is configured with for
 that outcome, a Secret's URL included) with a confirm before the request is acked, and
 ``WebhookSender``, on threads of its own, consumes the outbox, POSTs, and acks each job once
-its webhooks were sent or their last try failed. A sender killed mid-way leaves its job to be
-delivered again, to any worker of the endpoint.
+its webhooks were sent. A send that failed puts the job back with its count of sends raised,
+and the last of ``OUTBOX_SENDS`` dead-letters it (``Outbox``); a sender killed mid-way leaves
+its job to be delivered again, to any worker of the endpoint.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import httpx
 
@@ -33,8 +35,13 @@ from infermodes.errors import BrokerUnavailable
 from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.broker import (
+    DEAD_LETTER_EXCHANGE,
+    LAST_ERROR_HEADER,
     NOTIFICATION_EXCHANGE,
     OUTBOX_SENDS,
+    OUTBOX_UNSETTLED,
+    REASON_HEADER,
+    SENDS_HEADER,
     Delivery,
     Publisher,
     Settle,
@@ -220,13 +227,36 @@ def _request_parameters(request: InvocationRequest) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class WebhookJob:
+    """What the outbox carries for one notification: its outcome and its body, and the sends
+    made of it so far, each failed, with the last one's failure. Sends are counted in the job,
+    not by the queue, whose delivery count also counts returns to the outbox (a worker
+    stopping, or without a webhook for the outcome), which are no sends."""
+
+    notification: dict[str, object]
+    success: bool
+    sends: int = 0
+    last_error: str = ""
+
+    @property
+    def inference_id(self) -> str:
+        return str(self.notification.get("inferenceId") or "")
+
+    def encoded(self) -> bytes:
+        job: dict[str, object] = {"success": self.success, "notification": self.notification}
+        if self.sends:
+            job |= {"sends": self.sends, "lastError": self.last_error}
+        return json.dumps(job).encode()
+
+
 def webhook_job(body: dict[str, object], success: bool) -> bytes:
-    """What the outbox carries for one notification: its outcome and its body."""
-    return json.dumps({"success": success, "notification": body}).encode()
+    """A new notification's job, as ``Notifier`` publishes it."""
+    return WebhookJob(body, success).encoded()
 
 
-def read_webhook_job(data: bytes) -> tuple[dict[str, object], bool] | None:
-    """The body and outcome of a webhook job; None when it is not one."""
+def read_webhook_job(data: bytes) -> WebhookJob | None:
+    """The webhook job ``data`` is; None when it is not one."""
     try:
         job = json.loads(data)
     except ValueError:
@@ -234,9 +264,84 @@ def read_webhook_job(data: bytes) -> tuple[dict[str, object], bool] | None:
     if not isinstance(job, dict):
         return None
     body, success = job.get("notification"), job.get("success")
+    sends, last_error = job.get("sends", 0), job.get("lastError", "")
     if not isinstance(body, dict) or not isinstance(success, bool):
         return None
-    return body, success
+    if type(sends) is not int or sends < 0 or not isinstance(last_error, str):
+        return None
+    return WebhookJob(body, success, sends, last_error)
+
+
+class JobStep(StrEnum):
+    """What a sender does with a webhook job it was handed, before any POST."""
+
+    SEND = "send"
+    RETURN = "return"  # back to the outbox, unsent and uncounted, for a worker with a webhook
+    ORPHANED = "orphaned"  # acked unsent: its webhook was removed from the spec
+    UNSETTLED = "unsettled"  # dead-lettered unsent: its senders were killed on each delivery
+
+
+def step_of(attempt: int, has_webhook: bool, age: float) -> JobStep:
+    """The step for a job delivered ``attempt`` times before (none of them settled: a settled
+    delivery is acked, and what goes back is a new message), ``age`` seconds after its
+    outcome. ``OUTBOX_UNSETTLED`` deliveries lost in a row: what killed its senders may be in
+    it, so it is not POSTed once more but dead-lettered, within either queue's limit."""
+    if attempt >= OUTBOX_UNSETTLED:
+        return JobStep.UNSETTLED
+    if has_webhook:
+        return JobStep.SEND
+    return JobStep.RETURN if age < ORPHANED_JOB_SECONDS else JobStep.ORPHANED
+
+
+def failed_send(job: WebhookJob, failure: str) -> tuple[WebhookJob, bool]:
+    """The job after one more failed send, and whether it is to be dead-lettered (its
+    ``OUTBOX_SENDS`` spent) rather than put back for the next."""
+    failed = replace(job, sends=job.sends + 1, last_error=failure)
+    return failed, failed.sends >= OUTBOX_SENDS
+
+
+class Outbox:
+    """An endpoint's outbox as its senders write to it: a job put back, or dead-lettered, is
+    published with a confirm before the sender acks the delivery it replaces, so the job is in
+    the outbox or among its dead letters at least once, whatever dies in between (a kill
+    between the confirm and the ack leaves the old delivery too: its webhook is POSTed once
+    more, as after any redelivery). Being a new message, a job put back does not count as a
+    delivery (a requeue would, towards the queue's limit); a dead letter, published to
+    ``DEAD_LETTER_EXCHANGE`` rather than nacked, reaches its queue whatever arguments the
+    outbox was declared with (one declared before dead-lettering drops a nacked job) and
+    without the broker's at-most-once dead-lettering of a quorum queue."""
+
+    def __init__(self, channel: Publisher, endpoint: str) -> None:
+        self.channel = channel
+        self.queue = outbox_name(endpoint)
+
+    def put(self, job: WebhookJob) -> None:
+        self.channel.publish("", self.queue, job.encoded(), job.inference_id, mandatory=True)
+
+    def dead_letter(self, job: WebhookJob, reason: str) -> None:
+        """To ``broker.outbox_dead_letter_name``, with headers saying why, after how many
+        sends, and the last one's failure."""
+        headers: dict[str, str | int] = {
+            REASON_HEADER: reason,
+            SENDS_HEADER: job.sends,
+            LAST_ERROR_HEADER: job.last_error,
+        }
+        self.channel.publish(
+            DEAD_LETTER_EXCHANGE,
+            self.queue,
+            job.encoded(),
+            job.inference_id,
+            mandatory=True,
+            headers=headers,
+        )
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One send of a job to each webhook of its outcome: ``failure`` is the last one's that
+    gave up (by scheme and host only: a path is often a token), None when each took it."""
+
+    failure: str | None = None
 
 
 class Notifier:
@@ -282,17 +387,20 @@ class Notifier:
 
 
 class WebhookSender:
-    """POSTs each notification to each webhook of its outcome with bounded retries (a webhook
-    that stays down is logged and counted, and its job acked: it does not hold the outbox).
-    Once ``stopping`` is set (the worker's SIGTERM), a webhook waiting for its next try goes
-    back to the outbox instead, for a worker that runs on (or the next to start): its tries
-    are not spent at once on a receiver that may be down for a moment."""
+    """POSTs each notification to each webhook of its outcome with bounded retries. A send in
+    which a webhook stayed down is logged and counted, and its job put back to the outbox
+    with its sends counted (it does not hold the outbox: other jobs go first), until
+    ``OUTBOX_SENDS`` failed: then it is dead-lettered. Once ``stopping`` is set (the worker's
+    SIGTERM), a webhook waiting for its next try goes back to the outbox instead, uncounted,
+    for a worker that runs on (or the next to start): its tries are not spent at once on a
+    receiver that may be down for a moment."""
 
     def __init__(
         self,
         metrics: WorkerMetrics,
         webhooks: Webhooks,
         webhook_attempts: int,
+        outbox: Outbox,
         new_client: Callable[[], httpx.Client] = webhook_client,
         check: Callable[[str], destinations.Checked] = destinations.check,
         stopping: threading.Event | None = None,
@@ -301,6 +409,7 @@ class WebhookSender:
         self.metrics = metrics
         self.webhooks = webhooks
         self.webhook_attempts = webhook_attempts
+        self.outbox = outbox
         self.new_client = new_client
         self.lines = threading.local()  # each thread's Line by webhook origin
         self.check = check  # where a webhook may be POSTed (``destinations``)
@@ -308,36 +417,60 @@ class WebhookSender:
         self.clock = clock
 
     def handle(self, delivery: Delivery) -> Settle:
-        """The outbox consumer's handler: a job is acked once sent or given up on, and goes
-        back to the outbox when the worker stops before its tries were made."""
+        """The outbox consumer's handler: a job is acked once sent, or once put back or
+        dead-lettered (``Outbox``: confirmed first); a job that cannot be put back or
+        dead-lettered now (the broker is down) is requeued, which the queue counts."""
         job = read_webhook_job(delivery.body)
         if job is None:
             log.error("an outbox message that is no webhook job (%d bytes): dropped",
                       len(delivery.body))  # fmt: skip
             return Settle.ACK
-        if delivery.attempt >= OUTBOX_SENDS:  # what kills its senders would kill this one
-            self._unsent(*job, "dead_lettered", f"delivered {delivery.attempt} times before, "
-                         "never settled (each sender holding it was killed or stopped, or "
-                         "had no webhook for it): dead-lettered, not sent")  # fmt: skip
-            return Settle.DEAD_LETTER
-        body, success = job
-        if not (self.webhooks.success if success else self.webhooks.error):
-            return self._without_webhook(body, success)
-        return Settle.ACK if self.post(body, success) else Settle.REQUEUE
-
-    def _without_webhook(self, body: dict[str, object], success: bool) -> Settle:
-        """A job of an outcome this worker has no webhook for. While it is young it goes back
-        to the outbox after a pause: during a rollout that adds the webhook, workers of the
-        previous spec consume the jobs the new ones publish, and must leave them to the new
-        ones. One older than ``ORPHANED_JOB_SECONDS`` is from a webhook since removed from the
-        spec: acked unsent, logged and counted. (A job that keeps coming back meets the
-        outbox's delivery limit first: dead-lettered, not lost.)"""
-        age = self.clock() - event_time(body)
-        if age < ORPHANED_JOB_SECONDS:
+        has_webhook = bool(self.webhooks.success if job.success else self.webhooks.error)
+        age = self.clock() - event_time(job.notification)
+        step = step_of(delivery.attempt, has_webhook, age)
+        if step is JobStep.UNSETTLED:
+            why = (f"delivered {delivery.attempt} times before, never settled (each sender "
+                   "holding it was killed), not sent")  # fmt: skip
+            return self._dead_letter(job, "unsettled", why)
+        if step is JobStep.ORPHANED:
+            why = f"no webhook for this outcome ({age:.0f} s after it; removed from the spec)"
+            self._unsent(job.notification, job.success, "no_webhook", f"{why}: acked, not sent")
+            return Settle.ACK
+        if step is JobStep.RETURN:  # a rollout adding the webhook: left to a worker with it
             self.stopping.wait(NO_WEBHOOK_PAUSE_SECONDS)
+            return self._put_back(job, "no_webhook", "no webhook for its outcome here")
+        sent = self.post(job.notification, job.success)
+        if sent is None:
+            return self._put_back(job, "stopping", "the worker stops")
+        if sent.failure is None:
+            return Settle.ACK
+        failed, exhausted = failed_send(job, sent.failure)
+        if exhausted:
+            why = f"{failed.sends} sends failed, the last: {sent.failure}"
+            return self._dead_letter(failed, "sends_exhausted", why)
+        why = f"send {failed.sends} of {OUTBOX_SENDS} failed"
+        return self._put_back(failed, "send_failed", why)
+
+    def _put_back(self, job: WebhookJob, reason: str, why: str) -> Settle:
+        """Counted by ``reason`` once the outbox has it."""
+        try:
+            self.outbox.put(job)
+        except BrokerUnavailable as exc:
+            log.warning("webhook job of inference %s (%s): cannot put it back in the outbox "
+                        "(%s); requeued", job.inference_id or "(unknown)", why, exc)  # fmt: skip
             return Settle.REQUEUE
-        why = f"no webhook for this outcome ({age:.0f} s after it; removed from the spec)"
-        self._unsent(body, success, "no_webhook", f"{why}: acked, not sent")
+        self.metrics.webhook_jobs_returned.labels(reason).inc()
+        return Settle.ACK
+
+    def _dead_letter(self, job: WebhookJob, reason: str, why: str) -> Settle:
+        """Logged and counted once the dead-letter queue has it, not before."""
+        try:
+            self.outbox.dead_letter(job, reason)
+        except BrokerUnavailable as exc:
+            log.warning("webhook job of inference %s (%s): not dead-lettered yet (%s); "
+                        "requeued", job.inference_id or "(unknown)", why, exc)  # fmt: skip
+            return Settle.REQUEUE
+        self._unsent(job.notification, job.success, "dead_lettered", f"{why}: dead-lettered")
         return Settle.ACK
 
     def _unsent(self, body: dict[str, object], success: bool, reason: str, why: str) -> None:
@@ -352,25 +485,29 @@ class WebhookSender:
         )
         self.metrics.webhook_jobs_unsent.labels(reason).inc()
 
-    def post(self, body: dict[str, object], success: bool) -> bool:
-        """False when the worker stopped before every webhook had its tries: the job is to be
+    def post(self, body: dict[str, object], success: bool) -> Sent | None:
+        """None when the worker stopped before every webhook had its tries: the job is to be
         sent again, to each of them (a webhook is delivered at least once)."""
         payload = json.dumps(body).encode()
         inference_id = str(body.get("inferenceId") or "")
+        failure = None
         for url in self.webhooks.success if success else self.webhooks.error:
             sent = self._post(url, payload, inference_id)
             if sent is None:
-                return False
-            self.metrics.notifications.labels("webhook", "sent" if sent else "failed").inc()
-        return True
+                return None
+            failure = sent.failure or failure
+            result = "failed" if sent.failure else "sent"
+            self.metrics.notifications.labels("webhook", result).inc()
+        return Sent(failure)
 
-    def _post(self, url: str, payload: bytes, inference_id: str) -> bool | None:
+    def _post(self, url: str, payload: bytes, inference_id: str) -> Sent | None:
         """Whether the webhook took it; None when the worker stopped before its next try.
         Logs name the request and the webhook, by scheme and host only: its path is often its
         token. Each attempt looks the host up again and connects to the addresses it
         checked."""
         where = redacted_url(url, keep_path=False)
         shown = f"inference {inference_id or '(unknown)'}: webhook {where}"
+        failure = f"{where}: no attempt"
         for attempt in range(self.webhook_attempts):
             if attempt and self.stopping.wait(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)):
                 log.warning("%s: the worker stops; its job goes back to the outbox", shown)
@@ -378,9 +515,10 @@ class WebhookSender:
             checked = self.check(url)
             if checked.refusal is not None:
                 log.error("%s refused, not sent: %s", shown, checked.refusal)
-                return False
+                return Sent(f"{where} refused: {checked.refusal}")
             if not checked.addresses:
                 log.warning("%s failed: its host does not resolve", shown)
+                failure = f"{where} failed: its host does not resolve"
                 continue
             target = httpx.URL(url)
             line = self._line(f"{target.scheme}://{target.netloc.decode('ascii')}")
@@ -388,15 +526,17 @@ class WebhookSender:
                 try:
                     status = self._post_to(target, checked.addresses, payload, line)
                     if status < 300:
-                        return True
+                        return Sent()
                     log.warning("%s answered %d", shown, status)
+                    failure = f"{where} answered {status}"
                 except httpx.HTTPError as exc:
                     reason = _reason(exc, url, where)
                     if cutoff.expired:
                         reason = f"no answer within {WEBHOOK_ANSWER_SECONDS:g} s"
                     log.warning("%s failed: %s", shown, reason)
+                    failure = f"{where} failed: {reason}"
         log.error("%s: giving up after %d attempts", shown, self.webhook_attempts)
-        return False
+        return Sent(failure)
 
     def _post_to(
         self, target: httpx.URL, addresses: tuple[str, ...], payload: bytes, line: Line

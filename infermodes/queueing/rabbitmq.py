@@ -40,6 +40,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
+    DEAD_LETTER_EXCHANGE,
     INVOCATIONS,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infermodes.rabbitmq")
 
-DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
 PERSISTENT = 2
 CONNECT_TIMEOUT_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30  # unless the URL says otherwise (``?heartbeat=N``)
@@ -123,9 +123,10 @@ def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
 
 
 def outbox_arguments(endpoint: str) -> dict[str, object]:
-    """The webhook outbox's: a job no sender settled (``OUTBOX_SENDS``, or the delivery limit
-    as the backstop) is dead-lettered to ``outbox_dead_letter_name``, with the broker's
-    ``x-death`` header saying why (``rejected``: a sender gave it up; ``delivery_limit``)."""
+    """The webhook outbox's. Senders dead-letter jobs themselves, with a confirmed publish
+    (``notifications.Outbox``), whatever the queue's arguments; the broker's dead-lettering is
+    only the backstop for a job whose senders were all killed (``delivery_limit`` in its
+    ``x-death``), and at most once (a quorum queue's default strategy)."""
     return {
         "x-queue-type": "quorum",
         "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
@@ -152,7 +153,8 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
 
 def declare_outbox(connection: pika.BlockingConnection, endpoint: str) -> None:
     """The endpoint's outbox, on a channel of its own: one declared before it had
-    dead-lettering (a 406) is used as it is, with a warning, rather than stop every worker."""
+    dead-lettering (a 406) is used as it is, with a warning, rather than stop every worker.
+    Senders dead-letter explicitly, so only the backstop is missing there."""
     queue = outbox_name(endpoint)
     try:
         _declare_queue(connection, queue, outbox_arguments(endpoint))
@@ -160,9 +162,10 @@ def declare_outbox(connection: pika.BlockingConnection, endpoint: str) -> None:
         if exc.reply_code != PRECONDITION_FAILED:
             raise
         log.warning(
-            "%s was declared with other arguments (%s): using it as it is, and a webhook job "
-            "no sender settles may be dropped without being dead-lettered (delete the queue, "
-            "once empty, to declare it anew)",
+            "%s was declared with other arguments (%s): using it as it is; senders "
+            "dead-letter webhook jobs themselves, but a job whose every sender is killed "
+            "may be dropped at its delivery limit (delete the queue, once empty, to declare "
+            "it anew)",
             queue,
             exc.reply_text,
         )
@@ -302,6 +305,7 @@ def publish_persistent(
     body: bytes,
     message_id: str,
     mandatory: bool,
+    headers: Mapping[str, str | int] | None = None,
 ) -> None:
     """On a confirm-mode channel this returns only once the broker has the message (and has
     written it, for a durable queue); ``mandatory`` makes an unroutable message an error rather
@@ -313,6 +317,7 @@ def publish_persistent(
         content_type="application/json",
         message_id=message_id,
         timestamp=int(time.time()),
+        headers=dict(headers) if headers else None,
     )
     channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
 
@@ -426,11 +431,17 @@ class ChannelPool:
         return result
 
     def publish(
-        self, exchange: str, routing_key: str, body: bytes, message_id: str, mandatory: bool
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        mandatory: bool,
+        headers: Mapping[str, str | int] | None = None,
     ) -> None:
         self.run(
             lambda channel: publish_persistent(
-                channel, exchange, routing_key, body, message_id, mandatory
+                channel, exchange, routing_key, body, message_id, mandatory, headers
             )
         )
 

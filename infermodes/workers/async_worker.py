@@ -82,6 +82,7 @@ from infermodes.queueing.messages import (
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     Notifier,
+    Outbox,
     Webhooks,
     WebhookSender,
     error_body,
@@ -794,7 +795,10 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
     jobs.on_in_flight = metrics.webhook_jobs_in_flight.inc  # a worker busy to a scale-in
-    sender = WebhookSender(metrics, webhooks, settings.webhook_attempts, stopping=jobs.stopping)
+    outbox = Outbox(channel, settings.endpoint)
+    sender = WebhookSender(
+        metrics, webhooks, settings.webhook_attempts, outbox, stopping=jobs.stopping
+    )
     return Worker(consumer, delivery_handler(processor, metrics), (jobs, sender.handle))
 
 

@@ -6,13 +6,25 @@ the outbox of a pool at zero wakes a worker to send it."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from infermodes.operator.signals.backlog import read_backlog, read_ready
-from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, outbox_name
+from infermodes.queueing import connect as queues
+from infermodes.queueing.broker import (
+    LAST_ERROR_HEADER,
+    OUTBOX_DELIVERY_LIMIT,
+    OUTBOX_SENDS,
+    REASON_HEADER,
+    SENDS_HEADER,
+    outbox_name,
+)
 from infermodes.queueing.connect import RabbitBroker
 from infermodes.queueing.embedded import EmbeddedQueue
+from infermodes.queueing.notifications import _iso, webhook_job
 from infermodes.queueing.rabbitmq import QueueReader, backlog, connect, waiting_webhooks
 from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
@@ -273,7 +285,16 @@ def lose_delivery(amqp_url: str, queue: str) -> None:
 
 
 def dead_jobs(amqp_url: str, endpoint: str) -> list[tuple[bytes, str]]:
-    """The bodies in the endpoint's outbox dead-letter queue, with the reason of each."""
+    """The bodies in the endpoint's outbox dead-letter queue (taken), with the reason of each:
+    its sender's (``REASON_HEADER``), else the broker's (``x-death``)."""
+    found = dead_letters(amqp_url, endpoint)
+    deaths = [(headers.get("x-death") or [{}])[0] for _, headers in found]
+    return [(body, str(headers.get(REASON_HEADER) or death.get("reason")))
+            for (body, headers), death in zip(found, deaths, strict=True)]  # fmt: skip
+
+
+def dead_letters(amqp_url: str, endpoint: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """The bodies in the endpoint's outbox dead-letter queue, with their headers (taken)."""
     found = []
     connection = connect(amqp_url)
     try:
@@ -284,8 +305,7 @@ def dead_jobs(amqp_url: str, endpoint: str) -> list[tuple[bytes, str]]:
             )
             if method is None:
                 return found
-            deaths = (properties.headers or {}).get("x-death") or [{}]
-            found.append((body, str(deaths[0].get("reason"))))
+            found.append((body, dict(properties.headers or {})))
     finally:
         connection.close()
 
@@ -295,7 +315,8 @@ def test_a_webhook_job_whose_senders_are_killed_each_time_is_dead_lettered_not_l
 ) -> None:
     """Two jobs whose senders died on each delivery: the one that reached the queue's limit is
     dead-lettered by the broker (``delivery_limit``), the one at the senders' last delivery by
-    the worker that got it (``rejected``, unsent, logged and counted); neither is dropped."""
+    the worker that got it (``unsettled``: published to the dead letters, unsent, logged and
+    counted); neither is dropped."""
     endpoint = "outbox-dead"
     broker = RabbitBroker(rabbitmq.amqp_url, None)
     outbox = outbox_name(endpoint)
@@ -329,6 +350,121 @@ def test_a_webhook_job_whose_senders_are_killed_each_time_is_dead_lettered_not_l
         assert "webhook job of inference at-the-senders-last" in worker.log
         wait_until(lambda: dead_lettered(2), 30, "the job in the dead-letter queue")
         assert json.loads(dead[1][0])["notification"]["inferenceId"] == "at-the-senders-last"
-        assert dead[1][1] == "rejected"
+        assert dead[1][1] == "unsettled"
         assert hook.ids() == set()
     assert broker.waiting_webhooks(endpoint) == 0
+
+
+def closed_port_url() -> str:
+    """A webhook on loopback that refuses every connection: a port just freed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/hook/t0ken"
+
+
+def test_a_job_whose_webhook_stays_down_is_dead_lettered_on_an_outbox_without_dead_lettering(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """An outbox declared by a release before dead-lettering (no dead-letter exchange: a job a
+    sender nacks is dropped there), a success webhook that refuses every connection: the job
+    is sent ``OUTBOX_SENDS`` times, then the worker publishes it to the outbox's dead-letter
+    queue itself, with headers saying why, after how many sends and the last failure (no
+    token), and only then counts it dead-lettered; nothing is left in the outbox."""
+    endpoint = "outbox-old"
+    connection = connect(rabbitmq.amqp_url)
+    try:  # the outbox as the release before dead-lettering declared it
+        old = {"x-queue-type": "quorum", "x-delivery-limit": OUTBOX_DELIVERY_LIMIT}
+        connection.channel().queue_declare(outbox_name(endpoint), durable=True, arguments=old)
+    finally:
+        connection.close()
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1"}
+    url = closed_port_url()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live:
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
+                                   extra=("--success-webhook-url", url))  # fmt: skip
+        assert "was declared with other arguments" in worker.log  # kept as it is
+        put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "never-taken")
+        unsent = "infermodes_async_webhook_jobs_unsent_total"
+        wait_until(lambda: metric(worker, unsent, reason="dead_lettered") == 1, 90,
+                   "the job dead-lettered")  # fmt: skip
+        failed = metric(worker, "infermodes_async_notifications_total", channel="webhook",
+                        result="failed")  # fmt: skip
+        returned = "infermodes_async_webhook_jobs_returned_total"
+        assert (failed, metric(worker, returned, reason="send_failed")) == (
+            OUTBOX_SENDS, OUTBOX_SENDS - 1)  # fmt: skip
+    ((body, headers),) = dead_letters(rabbitmq.amqp_url, endpoint)
+    where = url.split("/hook")[0] + "/..."
+    assert headers[REASON_HEADER] == "sends_exhausted"
+    assert headers[SENDS_HEADER] == OUTBOX_SENDS
+    assert str(headers[LAST_ERROR_HEADER]).startswith(f"{where} failed: ")
+    job = json.loads(body)
+    assert (job["notification"]["inferenceId"], job["sends"]) == ("never-taken", OUTBOX_SENDS)
+    assert b"t0ken" not in body and "t0ken" not in str(headers)
+    assert waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 0
+
+
+def young_job(broker: queues.Broker, endpoint: str, inference_id: str) -> None:
+    """A success job just published, as a worker with the webhook does during a rollout."""
+    publisher = broker.publisher(endpoint, 3, 1)
+    try:
+        body = {"inferenceId": inference_id, "eventTime": _iso(time.time())}
+        publisher.publish("", outbox_name(endpoint), webhook_job(body, True), inference_id, True)
+    finally:
+        publisher.close()
+
+
+def test_returns_to_the_outbox_are_no_deliveries_of_the_job(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A worker without the job's webhook (a rollout adding it) puts the job back, again and
+    again, more often than the outbox's delivery limit: it is neither dead-lettered nor
+    dropped, and the worker with the webhook started next sends it."""
+    endpoint = "outbox-returns"
+    broker = RabbitBroker(rabbitmq.amqp_url, None)
+    returned = "infermodes_async_webhook_jobs_returned_total"
+    model = f"file://{abalone_model.tarball}"
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        without = live.start_worker(model, "without", concurrency=1,
+                                    extra=("--error-webhook-url", closed_port_url()))  # fmt: skip
+        young_job(broker, endpoint, "for-the-new-workers")
+        dead: list[tuple[bytes, str]] = []
+
+        def returned_often_or_dead_lettered() -> bool:
+            dead.extend(dead_jobs(rabbitmq.amqp_url, endpoint))
+            return bool(dead) or metric(without, returned, reason="no_webhook") > (
+                OUTBOX_DELIVERY_LIMIT + 1
+            )
+
+        wait_until(returned_often_or_dead_lettered, 90, "returns beyond the delivery limit")
+        assert dead == []
+        without.proc.terminate()
+        without.proc.wait(30)
+        with WebhookReceiver() as hook:
+            live.start_worker(model, "with", concurrency=1, extra=("--success-webhook-url",
+                                                                   hook.url))  # fmt: skip
+            wait_until(lambda: hook.ids() == {"for-the-new-workers"}, 60, "the job sent")
+    assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
+
+
+def test_up_dead_letters_a_job_whose_webhook_stays_down_with_its_reason(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The same on ``infermodes up``'s embedded queue: ``OUTBOX_SENDS`` failed sends, then the
+    job is among the outbox's dead letters with its reason and sends, its last failure in it."""
+    endpoint = "abalone-async"
+    url = closed_port_url()
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
+                      notification={"topic": False, "successWebhook": url})]  # fmt: skip
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+        queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+        put_webhook_job(queue, endpoint, "never-taken")
+        wait_until(lambda: queue.dead_letters(outbox_name(endpoint)) != [], 120,
+                   "the job dead-lettered")  # fmt: skip
+        (dead,) = queue.dead_letters(outbox_name(endpoint))
+        assert (dead.message_id, dead.reason, dead.deliveries) == (
+            "never-taken", "sends_exhausted", OUTBOX_SENDS)  # fmt: skip
+        job = json.loads(dead.body)
+        assert job["sends"] == OUTBOX_SENDS
+        assert job["lastError"].startswith(url.split("/hook")[0] + "/... failed: ")
+        assert queue.waiting_webhooks(endpoint) == 0

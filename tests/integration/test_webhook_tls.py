@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from infermodes import destinations
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.notifications import Webhooks, WebhookSender
+from tests.unit.test_async_notifications import outbox
 
 
 def certificate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -98,7 +99,7 @@ def test_an_https_webhook_by_name_reaches_the_checked_address_with_its_certifica
     metrics = WorkerMetrics(CollectorRegistry())
     success = [f"https://localhost:{port}/hook", f"https://other.test:{port}/hook"]
     hooks = Webhooks(success, [f"https://127.0.0.1:{port}/hook"])
-    sender = WebhookSender(metrics, hooks, 1, trusting, resolved)
+    sender = WebhookSender(metrics, hooks, 1, outbox(), trusting, resolved)
     sender.post({"inferenceId": "a"}, True)
     # other.test reaches the same address, but not over localhost's verified connection: its
     # own handshake names it, and the certificate (for localhost) is refused

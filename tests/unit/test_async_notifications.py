@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Mapping
 
 import httpx
 import pytest
@@ -16,19 +17,31 @@ from prometheus_client import CollectorRegistry
 from infermodes import destinations
 from infermodes.errors import BrokerUnavailable
 from infermodes.metrics import WorkerMetrics
-from infermodes.queueing.broker import OUTBOX_DELIVERY_LIMIT, Delivery, Settle
+from infermodes.queueing.broker import (
+    DEAD_LETTER_EXCHANGE,
+    OUTBOX_DELIVERY_LIMIT,
+    OUTBOX_SENDS,
+    OUTBOX_UNSETTLED,
+    Delivery,
+    Settle,
+)
 from infermodes.queueing.messages import Failure
 from infermodes.queueing.notifications import (
     INLINE_RESULT_LIMIT,
     ORPHANED_JOB_SECONDS,
     Cutoff,
+    JobStep,
     Notifier,
+    Outbox,
+    WebhookJob,
     Webhooks,
     WebhookSender,
     _iso,
     error_body,
+    failed_send,
     read_webhook_job,
     routing_key,
+    step_of,
     success_body,
     webhook_job,
 )
@@ -70,14 +83,37 @@ class FakeChannel:
         self.down = down
         self.published: list[tuple[str, str, str, bool]] = []
         self.bodies: list[bytes] = []
+        self.headers: list[Mapping[str, str | int] | None] = []
 
     def publish(
-        self, exchange: str, key: str, body: bytes, message_id: str, mandatory: bool
+        self,
+        exchange: str,
+        key: str,
+        body: bytes,
+        message_id: str,
+        mandatory: bool,
+        headers: Mapping[str, str | int] | None = None,
     ) -> None:
         if self.down:
             raise BrokerUnavailable("down")
         self.published.append((exchange, key, message_id, mandatory))
         self.bodies.append(body)
+        self.headers.append(headers)
+
+
+def outbox(down: bool = False) -> Outbox:
+    """Endpoint ep's outbox, over a channel that records what is put back or dead-lettered."""
+    return Outbox(FakeChannel(down), "ep")
+
+
+def written(sender: WebhookSender) -> FakeChannel:
+    """What the sender put back in its outbox, or dead-lettered."""
+    assert isinstance(sender.outbox.channel, FakeChannel)
+    return sender.outbox.channel
+
+
+OUTBOX = ("", "infermodes.async.ep.webhooks")
+DEAD_LETTERS = (DEAD_LETTER_EXCHANGE, "infermodes.async.ep.webhooks")
 
 
 RESOLVED = {"hook.test": ["127.0.0.9"], "hooks.test": ["127.0.0.9"],
@@ -120,7 +156,7 @@ def webhooks(
 
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
-    return WebhookSender(metrics, hooks, 3, lambda: http, check), posted
+    return WebhookSender(metrics, hooks, 3, outbox(), lambda: http, check), posted
 
 
 def test_topic_then_one_webhook_job_for_an_outcome_with_webhooks() -> None:
@@ -134,7 +170,7 @@ def test_topic_then_one_webhook_job_for_an_outcome_with_webhooks() -> None:
         ("", "infermodes.async.ep.webhooks", "abc", True),
     ]
     assert b"token" not in channel.bodies[1]
-    assert read_webhook_job(channel.bodies[1]) == ({"inferenceId": "abc"}, True)
+    assert read_webhook_job(channel.bodies[1]) == WebhookJob({"inferenceId": "abc"}, True)
     sender.send("ep", {"inferenceId": "abd"}, success=False)  # no error webhook: no job
     assert channel.published[2:] == [("infermodes.notifications", "ep.error", "abd", False)]
 
@@ -209,12 +245,15 @@ def test_a_stop_during_a_webhook_back_off_sends_its_job_back_to_the_outbox(
     http = httpx.Client(transport=httpx.MockTransport(answer))
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["http://hook.test/ok"], [])
-    sender = WebhookSender(metrics, hooks, 3, lambda: http, check, stopping)
-    job = Delivery(webhook_job({"inferenceId": "abc"}, True), 1)
-    assert sender.handle(job) is Settle.REQUEUE
+    sender = WebhookSender(metrics, hooks, 3, outbox(), lambda: http, check, stopping)
+    job = webhook_job({"inferenceId": "abc"}, True)
+    assert sender.handle(Delivery(job, 1)) is Settle.ACK  # put back first, confirmed
     assert posted == ["/ok"]
     for result in ("sent", "failed"):
         assert metrics.notifications.labels("webhook", result)._value.get() == 0
+    # a new message, its sends uncounted: a return is no send, nor a delivery of it
+    assert (written(sender).published, written(sender).bodies) == ([(*OUTBOX, "abc", True)], [job])
+    assert metrics.webhook_jobs_returned.labels("stopping")._value.get() == 1
 
 
 def test_webhook_logs_show_no_token(
@@ -229,7 +268,7 @@ def test_webhook_logs_show_no_token(
     metrics = WorkerMetrics(CollectorRegistry())
     hooks = Webhooks(["https://hooks.test/services/T0/B0/token123?sig=abc"], [])
     http = httpx.Client(transport=httpx.MockTransport(refuse))
-    sender = WebhookSender(metrics, hooks, 2, lambda: http, check)
+    sender = WebhookSender(metrics, hooks, 2, outbox(), lambda: http, check)
     sender.post({"inferenceId": "abc"}, True)
     logged = caplog.text
     assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
@@ -293,7 +332,7 @@ def test_a_webhook_is_posted_to_the_addresses_checked_with_its_name_in_host_and_
 
     resolved = iter([["::1", "127.0.0.9"], ["169.254.169.254"]])  # the second lookup rebinds
     hooks = Webhooks(["https://hook.test:8443/t?s=1"], [])
-    sender = WebhookSender(WorkerMetrics(CollectorRegistry()), hooks, 3,
+    sender = WebhookSender(WorkerMetrics(CollectorRegistry()), hooks, 3, outbox(),
         lambda: httpx.Client(transport=httpx.MockTransport(answer)),
         lambda url: destinations.check(url, lambda host: next(resolved)),
     )  # fmt: skip
@@ -350,7 +389,7 @@ def test_a_webhook_whose_answer_never_ends_does_not_hold_the_request(
     threading.Thread(target=accept, daemon=True).start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = WebhookSender(metrics, Webhooks([url], []), 3, check=check)
+    sender = WebhookSender(metrics, Webhooks([url], []), 3, outbox(), check=check)
     try:
         sender.post({"inferenceId": "abc"}, True)
     finally:
@@ -381,7 +420,7 @@ def test_a_webhook_that_answers_keeps_its_connection_between_posts() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = WebhookSender(metrics, Webhooks([url], []), 3, check=check)
+    sender = WebhookSender(metrics, Webhooks([url], []), 3, outbox(), check=check)
     try:
         for number in range(3):
             sender.post({"inferenceId": f"abc-{number}"}, True)
@@ -411,7 +450,7 @@ def test_a_try_whose_time_is_up_tries_no_further_address() -> None:
 
     addresses = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
     metrics = WorkerMetrics(CollectorRegistry())
-    sender = WebhookSender(metrics, Webhooks(["http://hook.test/t"], []), 1,
+    sender = WebhookSender(metrics, Webhooks(["http://hook.test/t"], []), 1, outbox(),
         lambda: httpx.Client(transport=httpx.MockTransport(answer)),
         lambda url: destinations.Checked(addresses=addresses),
     )  # fmt: skip
@@ -427,19 +466,95 @@ def test_a_job_delivered_too_often_is_dead_lettered_named_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A job whose senders were killed on each of its deliveries: the last delivery within
-    either queue's limit dead-letters it with one line naming it, rather than POST it once
-    more (what killed its senders may be in it) and leave the next loss to the queue, which
-    would drop it without a word; the one before is still POSTed."""
+    either queue's limit dead-letters it (published to the dead letters, confirmed, then
+    acked) with one line naming it, rather than POST it once more (what killed its senders
+    may be in it) and leave the next loss to the queue; the one before is still POSTed."""
     sender, posted = webhooks([])
     body = {"inferenceId": "abc", "endpointName": "ep", "invocationStatus": "Completed"}
     last = OUTBOX_DELIVERY_LIMIT - 1  # deliveries before it: the embedded queue's last
     assert sender.handle(Delivery(webhook_job(body, True), last - 1)) is Settle.ACK
+    assert len(posted) == 1 and written(sender).published == []
+    assert sender.handle(Delivery(webhook_job(body, True), last)) is Settle.ACK
     assert len(posted) == 1
-    assert sender.handle(Delivery(webhook_job(body, True), last)) is Settle.DEAD_LETTER
-    assert len(posted) == 1
+    assert written(sender).published == [(*DEAD_LETTERS, "abc", True)]
+    assert written(sender).headers == [{"x-infermodes-reason": "unsettled",
+        "x-infermodes-sends": 0, "x-infermodes-last-error": ""}]  # fmt: skip
     assert "webhook job of inference abc (endpoint ep, success)" in caplog.text
-    assert "dead-lettered, not sent" in caplog.text
+    assert "never settled" in caplog.text and "not sent: dead-lettered" in caplog.text
     assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
+
+
+def test_a_dead_letter_the_broker_did_not_confirm_is_requeued_not_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker down as the job is dead-lettered: the delivery is requeued (the job stays),
+    and nothing says it was dead-lettered; the same for a job that cannot be put back."""
+    sender, _ = webhooks([], Webhooks(["http://hook.test/ok"]))  # no error webhook
+    sender.outbox = outbox(down=True)
+    job = webhook_job({"inferenceId": "abc"}, True)
+    assert sender.handle(Delivery(job, OUTBOX_UNSETTLED)) is Settle.REQUEUE
+    assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 0
+    assert "not dead-lettered yet" in caplog.text
+    young = {"inferenceId": "new", "eventTime": _iso(time.time())}
+    sender.stopping.set()  # the pause ends at once
+    assert sender.handle(Delivery(webhook_job(young, False), 0)) is Settle.REQUEUE
+    assert "cannot put it back in the outbox" in caplog.text
+    assert sender.metrics.webhook_jobs_returned.labels("no_webhook")._value.get() == 0
+
+
+def test_a_failed_send_puts_the_job_back_counted_and_the_last_one_dead_letters_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook that stays down: each send (its tries) puts the job back with one more send
+    counted and the failure; the ``OUTBOX_SENDS``th dead-letters it, saying why, after how
+    many sends and the last failure (scheme and host only), counted once confirmed."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    sender, posted = webhooks([500] * 3 * OUTBOX_SENDS, Webhooks(["http://hook.test/t0ken"]))
+    data = webhook_job({"inferenceId": "abc", "endpointName": "ep"}, True)
+    for sends in range(1, OUTBOX_SENDS + 1):
+        assert sender.handle(Delivery(data, 0)) is Settle.ACK
+        data = written(sender).bodies[-1]
+        assert read_webhook_job(data) == WebhookJob(
+            {"inferenceId": "abc", "endpointName": "ep"},
+            True,
+            sends,
+            "http://hook.test/... answered 500",
+        )
+    assert len(posted) == 3 * OUTBOX_SENDS
+    returned = sender.metrics.webhook_jobs_returned.labels("send_failed")._value.get()
+    assert returned == OUTBOX_SENDS - 1
+    assert written(sender).published == [(*OUTBOX, "abc", True)] * (OUTBOX_SENDS - 1) + [
+        (*DEAD_LETTERS, "abc", True)
+    ]
+    assert written(sender).headers[-1] == {"x-infermodes-reason": "sends_exhausted",
+        "x-infermodes-sends": OUTBOX_SENDS,
+        "x-infermodes-last-error": "http://hook.test/... answered 500"}  # fmt: skip
+    assert f"{OUTBOX_SENDS} sends failed, the last: http://hook.test/... answered 500" in (
+        caplog.text
+    )
+    assert "t0ken" not in caplog.text and b"t0ken" not in b"".join(written(sender).bodies)
+    assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
+
+
+def test_a_send_is_one_more_only_when_it_failed() -> None:
+    """The pure decisions: the step before a POST, and the count after a failed one."""
+    assert step_of(0, True, 1e9) is JobStep.SEND
+    assert step_of(OUTBOX_UNSETTLED - 1, True, 0) is JobStep.SEND
+    assert step_of(OUTBOX_UNSETTLED, True, 0) is JobStep.UNSETTLED
+    assert step_of(OUTBOX_UNSETTLED, False, 0) is JobStep.UNSETTLED
+    assert step_of(3, False, ORPHANED_JOB_SECONDS - 1) is JobStep.RETURN
+    assert step_of(3, False, ORPHANED_JOB_SECONDS) is JobStep.ORPHANED
+    job = WebhookJob({"inferenceId": "a"}, False, OUTBOX_SENDS - 2, "x answered 502")
+    once, exhausted = failed_send(job, "x answered 503")
+    assert (once.sends, once.last_error, exhausted) == (OUTBOX_SENDS - 1, "x answered 503", False)
+    assert failed_send(once, "x failed: refused")[1] is True
+    assert read_webhook_job(once.encoded()) == once
+
+
+@pytest.mark.parametrize("sends", ["1", -1, True, 1.5])
+def test_a_job_whose_count_of_sends_is_no_count_is_no_job(sends: object) -> None:
+    data = json.dumps({"success": True, "notification": {}, "sends": sends}).encode()
+    assert read_webhook_job(data) is None
 
 
 def test_a_young_job_of_an_outcome_without_webhook_here_goes_back_for_a_worker_with_one() -> None:
@@ -453,7 +568,8 @@ def test_a_young_job_of_an_outcome_without_webhook_here_goes_back_for_a_worker_w
     now = time.time()
     sender.clock = lambda: now
     fresh = {"inferenceId": "new", "endpointName": "ep", "eventTime": _iso(now - 5)}
-    assert sender.handle(Delivery(webhook_job(fresh, False), 0)) is Settle.REQUEUE
+    assert sender.handle(Delivery(webhook_job(fresh, False), 0)) is Settle.ACK  # put back
+    assert written(sender).bodies == [webhook_job(fresh, False)]  # no send counted
     assert sender.metrics.webhook_jobs_unsent.labels("no_webhook")._value.get() == 0
     old = {**fresh, "eventTime": _iso(now - ORPHANED_JOB_SECONDS - 1)}
     assert sender.handle(Delivery(webhook_job(old, False), 0)) is Settle.ACK

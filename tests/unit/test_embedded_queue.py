@@ -3,6 +3,7 @@ counts, leases, draining, backlog figures, the topic log, concurrent submitters,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from infermodes.errors import BrokerUnavailable, BrokerUrlError
 from infermodes.queueing import embedded
 from infermodes.queueing.broker import (
+    DEAD_LETTER_EXCHANGE,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
     Backlog,
@@ -142,6 +144,31 @@ def test_dead_letter_keeps_the_message_with_its_count(queue: EmbeddedQueue) -> N
         2,
         "rejected",
     )
+
+
+def test_a_message_published_to_the_dead_letters_is_kept_with_its_reason(
+    queue: EmbeddedQueue,
+) -> None:
+    """As RabbitMQ routes a publish to the dead-letter exchange to the queue's dead letters:
+    a webhook job's sender dead-letters it so, its reason and sends from the headers; it is
+    not a message of the queue (nothing delivers it), and its seq is never a message's."""
+    submit(queue, "waiting", endpoint="ep.webhooks")
+    publisher = queue.publisher(EP, 3, 1)
+    try:
+        headers = {"x-infermodes-reason": "sends_exhausted", "x-infermodes-sends": 9}
+        publisher.publish(DEAD_LETTER_EXCHANGE, "ep.webhooks", b"job", "i-1", True, headers)
+        publisher.publish(DEAD_LETTER_EXCHANGE, "ep.webhooks", b"job2", "i-2", True)
+    finally:
+        publisher.close()
+    first, second = queue.dead_letters("ep.webhooks")
+    assert (first.message_id, first.body, first.reason, first.deliveries) == (
+        "i-1", b"job", "sends_exhausted", 9)  # fmt: skip
+    assert (second.message_id, second.reason, second.deliveries) == ("i-2", "rejected", 0)
+    assert queue.backlog("ep.webhooks").ready == 1  # only the one waiting
+    submit(queue, "later", endpoint="ep.webhooks")
+    with contextlib.closing(sqlite3.connect(queue.path)) as db:
+        seqs = [row[0] for row in db.execute("SELECT seq FROM messages ORDER BY seq")]
+    assert first.seq < second.seq < seqs[-1] and first.seq not in seqs
 
 
 def test_the_delivery_limit_dead_letters_what_no_worker_settles(queue: EmbeddedQueue) -> None:
