@@ -429,8 +429,8 @@ class WebhookSender:
         age = self.clock() - event_time(job.notification)
         step = step_of(delivery.attempt, has_webhook, age)
         if step is JobStep.UNSETTLED:
-            why = (f"delivered {delivery.attempt} times before, never settled (each sender "
-                   "holding it was killed), not sent")  # fmt: skip
+            why = (f"delivered {delivery.attempt} times before, none settled (its sender "
+                   "killed, or the broker lost, each time), not sent")  # fmt: skip
             return self._dead_letter(job, "unsettled", why)
         if step is JobStep.ORPHANED:
             why = f"no webhook for this outcome ({age:.0f} s after it; removed from the spec)"

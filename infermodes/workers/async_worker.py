@@ -20,7 +20,8 @@ Guarantees, and where they come from:
   if the file actually opened lies under the prefix the accepting side allowed;
 - a webhook never holds an invocation slot: the request's webhook job is published to the
   endpoint's outbox (confirmed) before the ack, and the worker's webhook senders POST it and
-  ack it once sent or given up on, so a sender killed mid-way leaves it to another one;
+  ack it once sent, or once put back (a failed send, counted in the job) or dead-lettered, each
+  confirmed first, so a sender killed mid-way leaves it to another one;
 - SIGTERM stops consuming, lets in-flight requests (and webhook jobs) finish and ack, and
   exits 0.
 """
