@@ -22,7 +22,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infermodes.queueing.rabbitmq import backlog, connect, queue_name, waiting_webhooks
+from infermodes.queueing.broker import outbox_name
+from infermodes.queueing.rabbitmq import (
+    backlog,
+    connect,
+    delivery_count,
+    queue_name,
+    waiting_webhooks,
+)
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import (
     Notifications,
@@ -759,4 +766,18 @@ def test_sigterm_during_a_webhook_back_off_sends_the_job_back_to_the_outbox_and_
         now = backlog(endpoint, rabbitmq.amqp_url, None)
         assert (now.ready, now.consumers) == (0, 0)  # the request: acked, not redelivered
         assert waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 1  # its webhook job
+        # put back as a new message: the return is no delivery towards the outbox's limit
+        assert deliveries_before(rabbitmq.amqp_url, outbox_name(endpoint)) == 0
     assert [p.name for p in outputs(tmp_path / "output")] == [f"{inference}.out"]
+
+
+def deliveries_before(amqp_url: str, queue: str) -> int:
+    """The delivery count of the queue's next message (taken, and back once the connection
+    closes)."""
+    connection = connect(amqp_url)
+    try:
+        method, properties, _ = connection.channel().basic_get(queue, auto_ack=False)
+        assert method is not None, f"nothing in {queue}"
+        return delivery_count(properties.headers)
+    finally:
+        connection.close()
