@@ -11,14 +11,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from infermodes.errors import BrokerUnavailable, BrokerUrlError
+from infermodes.metrics import WorkerMetrics
 from infermodes.queueing import embedded
 from infermodes.queueing.broker import (
     DEAD_LETTER_EXCHANGE,
@@ -32,6 +35,7 @@ from infermodes.queueing.broker import (
 )
 from infermodes.queueing.connect import RabbitBroker, broker_from_url, embedded_path, embedded_url
 from infermodes.queueing.embedded import EmbeddedConsumer, EmbeddedQueue, Held, topic_matches
+from infermodes.queueing.notifications import Outbox, Webhooks, WebhookSender, webhook_job
 from tests.support.processes import wait_until
 
 EP = "ep"
@@ -565,3 +569,32 @@ def test_the_outbox_s_threads_and_log_lines_say_webhook_jobs(
     assert "request(s)" not in caplog.text
     rabbit = RabbitBroker("amqp://guest:guest@127.0.0.1:1/", None).outbox_consumer(EP, 3, 4)
     assert getattr(rabbit, "work", None) == queue.outbox_consumer(EP, 3, 1).work
+
+
+def test_a_webhook_job_put_back_again_and_again_is_never_dead_lettered(
+    queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender without the webhook of a young job's outcome (a rollout adding it) puts it
+    back through the queue file, more often than the outbox's delivery limit: each time a new
+    message, never a delivery counted, so the job is neither among the dead letters nor
+    lost, and a sender with the webhook gets it first time."""
+    monkeypatch.setattr("infermodes.queueing.notifications.NO_WEBHOOK_PAUSE_SECONDS", 0.01)
+    publisher = queue.publisher(EP, 3, 1)
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = WebhookSender(metrics, Webhooks(error=["http://hook.test/e"]), 1,
+                           Outbox(publisher, EP))  # fmt: skip
+    body = {"inferenceId": "young", "eventTime": datetime.now(UTC).isoformat()}
+    publisher.publish("", outbox_name(EP), webhook_job(body, True), "young", True)
+    returned = metrics.webhook_jobs_returned.labels("no_webhook")
+    seen = Recorder(sender.handle)
+    dead = outbox_name(EP)
+    try:
+        with consuming(queue.outbox_consumer(EP, 3, 1), seen):
+            wait_until(lambda: seen.count() > OUTBOX_DELIVERY_LIMIT + 1 or queue.dead_letters(dead),
+                       WAIT, "returns beyond the limit")  # fmt: skip
+    finally:
+        publisher.close()
+    assert queue.dead_letters(dead) == []
+    assert returned._value.get() >= OUTBOX_DELIVERY_LIMIT + 1
+    assert {attempt for _, attempt in seen.seen} == {0}  # each a first delivery
+    assert queue.waiting_webhooks(EP) == 1
