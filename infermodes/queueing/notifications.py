@@ -501,10 +501,10 @@ class WebhookSender:
         return Sent(failure)
 
     def _post(self, url: str, payload: bytes, inference_id: str) -> Sent | None:
-        """Whether the webhook took it; None when the worker stopped before its next try.
-        Logs name the request and the webhook, by scheme and host only: its path is often its
-        token. Each attempt looks the host up again and connects to the addresses it
-        checked."""
+        """The webhook's outcome (``Sent``, with its last failure when it gave up); None when
+        the worker stopped before its next try. Logs name the request and the webhook, by
+        scheme and host only: its path is often its token. Each attempt looks the host up
+        again and connects to the addresses it checked."""
         where = redacted_url(url, keep_path=False)
         shown = f"inference {inference_id or '(unknown)'}: webhook {where}"
         failure = f"{where}: no attempt"
