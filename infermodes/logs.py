@@ -59,10 +59,12 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 class Throttled:
-    """One kind of log line that a client can cause at will (a refused request), or that an
-    outage repeats for every request (a replica that fails), logged at most once per
-    ``interval`` seconds: the first at once, those in between counted and told
-    with the next one logged, so that a client repeating it cannot flood the log."""
+    """One kind of log line about a request that a client can cause at will (a refused
+    request), or that an outage repeats for every request (a replica that fails), logged at
+    most once per ``interval`` seconds: the first at once, those in between counted and told
+    with the next one logged, so that a client repeating it cannot flood the log. The count
+    names the first and last request left out, so that an id a client was answered with can
+    still be found in the log (the ones between lie in that span)."""
 
     def __init__(
         self,
@@ -75,45 +77,98 @@ class Throttled:
         self.clock = clock
         self._next = -math.inf
         self._skipped = 0
+        self._first = self._last = ""  # the ids of the first and last line left out
+        self._last_line: tuple[int, str, tuple[object, ...]] = (logging.INFO, "", ())
 
-    def info(self, message: str, *args: object) -> None:
-        self.log(logging.INFO, message, *args)
+    def info(self, message: str, *args: object, request: str) -> None:
+        self.log(logging.INFO, message, *args, request=request)
 
-    def warning(self, message: str, *args: object) -> None:
-        self.log(logging.WARNING, message, *args)
+    def warning(self, message: str, *args: object, request: str) -> None:
+        self.log(logging.WARNING, message, *args, request=request)
 
-    def log(self, level: int, message: str, *args: object) -> None:
+    def log(self, level: int, message: str, *args: object, request: str) -> None:
+        """Log the line about ``request`` (its id) now, or count it for the next one."""
         now = self.clock()
         if now < self._next:
+            if not self._skipped:
+                self._first = request
             self._skipped += 1
+            self._last = request
+            self._last_line = (level, message, args)
             return
         self._next = now + self.interval
-        skipped, self._skipped = self._skipped, 0
-        if skipped:
-            message += f" (and {skipped} more since the last such line, not logged)"
+        if self._skipped:
+            message += self._left_out("and")
         self.logger.log(level, message, *args)
+
+    @property
+    def quiet(self) -> bool:
+        """Whether its next line would be logged at once with nothing left out to tell:
+        dropping it then loses nothing."""
+        return not self._skipped and self.clock() >= self._next
+
+    def flush(self) -> None:
+        """Tell the lines left out now, as the last of them with their count, instead of with
+        the next line (which will not come: it is being dropped)."""
+        if not self._skipped:
+            return
+        level, message, args = self._last_line
+        self.logger.log(level, message + self._left_out("the last of"), *args)
+
+    def _left_out(self, lead: str) -> str:
+        """The note of how many lines were left out, naming the first's and the last's request;
+        the count starts again."""
+        skipped, self._skipped = self._skipped, 0
+        named = f"request {self._first}"
+        if skipped > 1:
+            named = f"requests {self._first} (first) to {self._last} (last)"
+        return f" ({lead} {skipped} more since the last such line, not logged: {named})"
 
 
 # an outage (a model server, a broker) fails every request alike: each kind of line about one
 # is logged at most once per this many seconds per endpoint, the first at once
 OUTAGE_LOG_SECONDS = 10.0
+# at most this many keys in a ``ThrottledPer``: endpoint names come and go, and may be a client's
+MAX_THROTTLED_KEYS = 1024
 
 
 class ThrottledPer:
     """A ``Throttled`` per key (an endpoint, and a kind of line): one endpoint's outage must
-    not hide the first line of another's. ``forget`` drops an endpoint's keys with it."""
+    not hide the first line of another's. ``forget`` drops an endpoint's keys with it. At most
+    ``limit`` keys: a new key when full first drops those with nothing to tell (their next
+    line would be logged at once anyway), else the oldest, telling its count then; so a new
+    key's first line is always logged, and no count is lost."""
 
-    def __init__(self, logger: logging.Logger, interval: float = OUTAGE_LOG_SECONDS) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = OUTAGE_LOG_SECONDS,
+        limit: int = MAX_THROTTLED_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
         self.interval = interval
-        self._told: dict[tuple[str, ...], Throttled] = {}
+        self.limit = limit
+        self.clock = clock
+        self._told: dict[tuple[str, ...], Throttled] = {}  # oldest first
 
     def __call__(self, *key: str) -> Throttled:
         told = self._told.get(key)
         if told is None:
-            told = self._told[key] = Throttled(self.logger, self.interval)
+            if len(self._told) >= self.limit:
+                self._make_room()
+            told = self._told[key] = Throttled(self.logger, self.interval, self.clock)
         return told
 
+    def __len__(self) -> int:
+        return len(self._told)
+
+    def _make_room(self) -> None:
+        quiet = [key for key, told in self._told.items() if told.quiet]
+        for key in quiet or [next(iter(self._told))]:
+            self._told.pop(key).flush()
+
     def forget(self, first: str) -> None:
+        """Drop the keys of ``first`` (an endpoint gone), telling what they left out."""
         for key in [key for key in self._told if key[0] == first]:
-            del self._told[key]
+            self._told.pop(key).flush()

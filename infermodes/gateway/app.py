@@ -483,4 +483,5 @@ def async_accept_router(
         input_paths=table.async_input_paths,
         accepted=demand.async_accepted if demand is not None else None,
         allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
+        forgotten=table.forgotten,
     )

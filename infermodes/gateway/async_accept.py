@@ -489,16 +489,21 @@ def create_router(
     input_paths: Callable[[], Iterable[str]] | None = None,
     accepted: Callable[[str], None] | None = None,
     allowed_from: str = "",
+    forgotten: list[Callable[[str], None]] | None = None,
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
     counted like any answer. ``missing``: the error for a name without a layout (by default
     a 404); ``input_paths``: every endpoint's input path, those without a layout too (by
     default the layouts'); ``accepted``: told the endpoint's name once its request is on the
     queue (the gateway's push to a pool at zero workers); ``allowed_from``: the setting that
-    adds to ``allowed_input_prefixes``, named when a location is refused ("": none)."""
+    adds to ``allowed_input_prefixes``, named when a location is refused ("": none);
+    ``forgotten``: where the route asks to hear of an endpoint gone (the routing table's), so
+    its log throttles go with it."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
     told = ThrottledPer(log)  # a broker or store down refuses every request alike
+    if forgotten is not None:
+        forgotten.append(told.forget)
 
     def api_input_paths() -> Iterator[str]:  # runs only for a by-reference input
         yield from input_paths() if input_paths else (e.input_path for e in endpoints.values())
@@ -522,7 +527,7 @@ def create_router(
             if exc.status_code >= 500:  # ours to explain: the line a ticket's id leads to
                 named = request_id(request.scope)
                 told(name).warning("request %s for %s: answered %d: %s", named, name,
-                                   exc.status_code, exc)  # fmt: skip
+                                   exc.status_code, exc, request=named)  # fmt: skip
             return refused(request, exc)
         except Exception:
             log.exception("unexpected error accepting request %s for %s",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from infermodes.errors import InfermodesError, PayloadTooLarge, clipped
 from infermodes.gateway.errors import ValidationError
-from infermodes.http import Message, Receive, Scope, Send, read_body
+from infermodes.http import Message, Receive, Scope, Send, read_body, request_id
 from infermodes.logs import Throttled, printable
 from infermodes.platform.sigv4 import AuthError, Verifier, error_response, parse_keys
 from infermodes.settings import GatewaySettings
@@ -193,7 +193,7 @@ async def refused_caller(scope: Scope, send: Send) -> bool:
     foreign = foreign_caller(scope)
     if foreign is None:
         return False
-    await refuse(send, AccessDeniedException(
+    await refuse(scope, send, AccessDeniedException(
         f"{foreign} refused: this gateway listens on loopback only and answers requests "
         "addressed to localhost, 127.0.0.1 or [::1], from no other web page (a web page "
         "could otherwise use it through the browser)"
@@ -201,9 +201,10 @@ async def refused_caller(scope: Scope, send: Send) -> bool:
     return True
 
 
-async def refuse(send: Send, exc: InfermodesError) -> None:
-    """Answer a request refused before routing, in the platform's error shape."""
-    status, headers, body = error_response(exc)
+async def refuse(scope: Scope, send: Send, exc: InfermodesError) -> None:
+    """Answer a request refused before routing, in the platform's error shape, with the
+    request's id (``http.request_id``: the one its log line names, if any)."""
+    status, headers, body = error_response(exc, request_id(scope))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -257,9 +258,10 @@ async def verified(
         key_id = pending.finish(hashlib.sha256(body).hexdigest())
     except InfermodesError as exc:
         if isinstance(exc, AuthError):
-            refusals.info("refused %s %s: %s", printable(scope["method"], 20),
-                          printable(scope["path"]), type(exc).__name__)  # fmt: skip
-        await refuse(send, exc)
+            refusals.info("refused %s %s: %s (request %s)", printable(scope["method"], 20),
+                          printable(scope["path"]), type(exc).__name__, request_id(scope),
+                          request=request_id(scope))  # fmt: skip
+        await refuse(scope, send, exc)
         return None
     scope["infermodes.access_key"] = key_id
     return replay(body, receive)

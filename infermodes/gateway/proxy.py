@@ -313,8 +313,9 @@ class Proxy:
             if status >= 500:  # ours to explain (throttled per endpoint: the first line of a
                 # burst names its request, the next says how many were left out)
                 self.told(label, "answered").warning(
-                    "endpoint %s: answered %d %s (request %s): %s", label, status, code, named, exc
-                )
+                    "endpoint %s: answered %d %s (request %s): %s",
+                    label, status, code, named, exc, request=named,
+                )  # fmt: skip
             if isinstance(exc, MethodNotAllowed):  # as routing's own 405 elsewhere
                 body, code = unknown_operation_body(code, str(exc)), UNKNOWN_OPERATION
             headers = error_headers(code, scope)
@@ -450,8 +451,9 @@ class Proxy:
                 presumed_once = presumed_once or presumed
                 self.metrics.upstream_errors.labels(endpoint.name, "not_sent").inc()
                 self.told(endpoint.name, "not_sent").info(
-                    "endpoint %s: %s; trying again (request %s)", endpoint.name, exc, named
-                )
+                    "endpoint %s: %s; trying again (request %s)", endpoint.name, exc, named,
+                    request=named,
+                )  # fmt: skip
                 if exc.refused:
                     self.table.mark_unready(endpoint, replica)
                 continue
@@ -459,7 +461,7 @@ class Proxy:
                 self.metrics.upstream_errors.labels(endpoint.name, "failed").inc()
                 self.told(endpoint.name, "failed").warning(
                     "endpoint %s: replica %s at %s failed: %s (request %s)",
-                    endpoint.name, replica.key, pool.address, exc, named,
+                    endpoint.name, replica.key, pool.address, exc, named, request=named,
                 )  # fmt: skip
                 raise InternalDependencyException(
                     f"endpoint {endpoint.name}: a model server failed: {exc}"
@@ -475,7 +477,7 @@ class Proxy:
                 self.metrics.upstream_errors.labels(endpoint.name, "status_5xx").inc()
                 self.told(endpoint.name, "status_5xx").warning(
                     "endpoint %s: replica %s answered %d (request %s)",
-                    endpoint.name, replica.key, answer.status, named,
+                    endpoint.name, replica.key, answer.status, named, request=named,
                 )  # fmt: skip
             return checked_answer(endpoint, answer)
         raise InternalDependencyException(

@@ -133,13 +133,13 @@ def token_guard(token: str, path: Path) -> Guard:
                 given[len(BEARER) :].strip().encode("latin-1"), expected
             ):
                 return receive
-            await refuse(send, UnauthorizedException(where))
+            await refuse(scope, send, UnauthorizedException(where))
             return None
         if scope["path"] == "/" and scope["method"] in INDEX_METHODS:
             return receive  # a visit: what this is and where to look (``api.index_router``)
         if scope["path"] == "/":
             if header(scope, b"authorization") is None:
-                await refuse(send, UnauthorizedException(signed))
+                await refuse(scope, send, UnauthorizedException(signed))
                 return None
             return await verified(verifier, refusals, MAX_REQUEST_BYTES, scope, receive, send)
         return receive

@@ -82,17 +82,19 @@ def parse_keys(text: str) -> dict[str, str]:
     return keys
 
 
-def error_response(exc: InfermodesError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def error_response(
+    exc: InfermodesError, named: str | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, headers and body of a refusal before routing: the code (the class name) in the
     body's ``__type`` (the JSON 1.1 control plane's parser reads it) and in ``x-amzn-ErrorType``
-    (the runtime's reads that)."""
+    (the runtime's reads that); ``named``: the request's id, if its log line names one."""
     code = type(exc).__name__
     body = json.dumps({"__type": code, "message": str(exc)}).encode()
     headers = [
         (b"content-type", b"application/x-amz-json-1.1"),
         (ERROR_TYPE_HEADER, code.encode()),
         (b"content-length", str(len(body)).encode()),
-        (REQUEST_ID_HEADER, new_request_id().encode()),  # as every answer of the platform
+        (REQUEST_ID_HEADER, (named or new_request_id()).encode()),  # as the platform's
     ]
     return exc.status_code, headers, body
 

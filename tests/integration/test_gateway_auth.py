@@ -240,7 +240,8 @@ def test_refused_requests_neither_flood_the_log_nor_forge_a_line_in_it(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     """Anyone can send unsigned requests: a hundred of them leave one log line (and a count
-    with the next), and a newline in the decoded path stays escaped on that line."""
+    with the next), and a newline in the decoded path stays escaped on that line. The line
+    names the id its request was answered with (it named none, and the answer a new one)."""
     env = {"INFERMODES_GATEWAY_ACCESS_KEYS": f"{KEY_ID}:{SECRET}"}
     forged = "2026-01-01 00:00:00,000 CRITICAL infermodes.gateway: forged"
     with running_gateway(endpoints(server), tmp_path, env=env) as gateway:
@@ -254,4 +255,5 @@ def test_refused_requests_neither_flood_the_log_nor_forge_a_line_in_it(
     refusals = [line for line in lines if " refused POST " in line]
     assert len(refusals) == 1, refusals[:5]
     assert "/endpoints/x\\n2026-01-01" in refusals[0]
+    assert f"(request {first.headers['x-amzn-requestid']})" in refusals[0], refusals[0]
     assert not any(line.startswith(forged[:23]) for line in lines)

@@ -26,6 +26,7 @@ from infermodes.gateway.async_accept import (
 )
 from infermodes.gateway.errors import INTERNAL_FAILURE_BODY
 from infermodes.gateway.table import Table
+from infermodes.http import RequestNaming
 from infermodes.metrics import AsyncApiMetrics
 from infermodes.queueing.messages import parse_request
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
@@ -702,3 +703,31 @@ def test_a_broker_outage_logs_its_first_refusal_per_endpoint_then_a_count(
     lines = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
     assert len(lines) == 1, lines
     assert answers[0].headers["x-amzn-requestid"] in lines[0]
+
+
+def test_an_endpoint_gone_takes_its_log_throttle_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The route's throttle per endpoint was never dropped: an endpoint deleted left its entry
+    for ever, and one created again under its name within the period had its first failure
+    left out. Told the endpoint is gone (the routing table's ``forgotten``), the route tells
+    the count it held, naming the requests, and the next endpoint's first line is logged."""
+    forgotten: list[Callable[[str], None]] = []
+    app = FastAPI()
+    app.include_router(create_router(
+        {"ep": AsyncEndpoint.under(f"file://{tmp_path}")}, RecordingPublisher(down=True),
+        Storage(), AsyncApiMetrics(CollectorRegistry()), 100, [], forgotten=forgotten,
+    ))  # fmt: skip
+    app.add_middleware(RequestNaming)  # the ids the answers and lines name, as in the gateway
+    client = TestClient(app)
+    with caplog.at_level(logging.WARNING, "infermodes.gateway"):
+        answers = [client.post("/endpoints/ep/async-invocations", content=b"1") for _ in range(3)]
+        for forget in forgotten:
+            forget("ep")
+        again = client.post("/endpoints/ep/async-invocations", content=b"1")
+    named = [answer.headers["x-amzn-requestid"] for answer in [*answers, again]]
+    lines = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert named[0] in lines[0]
+    assert f"requests {named[1]} (first) to {named[2]} (last)" in lines[1], lines
+    assert named[3] in lines[2] and "not logged" not in lines[2], lines
