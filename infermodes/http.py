@@ -280,17 +280,23 @@ async def read_checked_body(
 
 
 RefusalCode = Callable[[int], str]  # the platform's error code of a status (the gateway's)
+# told of each refusal the protocol makes with a platform code: its status, its message and
+# the request id it was answered with (the gateway counts and logs it)
+Refused = Callable[[int, str, str], None]
 
 
-def raw_error_response(status: int, message: str, code: str | None = None) -> bytes:
+def raw_error_response(
+    status: int, message: str, code: str | None = None, named: str = ""
+) -> bytes:
     """A whole HTTP/1.1 error response, for the protocol to write when there is no app to.
     With the platform's ``code`` (the gateway's answers), it is where boto3 reads it, as in the
     gateway's other errors: ``x-amzn-ErrorType`` (REST-JSON: ``sagemaker-runtime``) and the
-    body's ``__type`` (JSON 1.1: ``sagemaker``), with the answer's ``x-amzn-RequestId``."""
+    body's ``__type`` (JSON 1.1: ``sagemaker``), with the answer's ``x-amzn-RequestId``,
+    ``named`` (the id its log line names)."""
     body = error_json(status_kind(status), message, code)
     platform = ""
     if code is not None:
-        platform = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {new_request_id()}\r\n"
+        platform = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {named}\r\n"
     return b"".join(
         [
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode(),
@@ -469,6 +475,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     body_timeout = BODY_TIMEOUT_SECONDS
     route: WholeBodyRoute | None = None
     refusal_code: RefusalCode | None = None  # the platform's codes in refusals (the gateway)
+    on_refusal: Refused | None = None  # told of each coded refusal (the gateway counts, logs)
 
     def __init__(
         self,
@@ -737,8 +744,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.refused = True
         if already:
             return
-        coded = type(self).refusal_code  # a plain function: read from the class, not bound
-        answer = raw_error_response(status, message, None if coded is None else coded(status))
+        answer = self._refusal(status, message)
         cycle = self.cycle  # the last request parsed
         if cycle is None or cycle.response_complete:
             self._end_refused(answer, linger)
@@ -762,6 +768,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the app reads http.disconnect
             cycle.message_event.set()
             self._end_refused(answer, linger)
+
+    def _refusal(self, status: int, message: str) -> bytes:
+        """The refusal's answer: with the platform's code and a new request id where the
+        protocol has a ``refusal_code``, and ``on_refusal`` told of it then."""
+        coded = type(self).refusal_code  # a plain function: read from the class, not bound
+        if coded is None:
+            return raw_error_response(status, message)
+        named = new_request_id()
+        told = type(self).on_refusal
+        if told is not None:
+            told(status, message, named)
+        return raw_error_response(status, message, coded(status), named)
 
     def _end_refused(self, answer: bytes, linger: bool) -> None:
         """Send a refusal, then drain what the client still sends (``_Lingering``: the rest of
@@ -798,11 +816,12 @@ def uvicorn_options(
     body_timeout: float = BODY_TIMEOUT_SECONDS,
     route: WholeBodyRoute | None = None,
     refusal_code: RefusalCode | None = None,
+    on_refusal: Refused | None = None,
 ) -> dict[str, Any]:
     """uvicorn settings of every infermodes server: uvloop, httptools behind the guarded
     protocol (answering ``route``'s small requests without a task, and its own refusals with
-    ``refusal_code``'s platform codes), no websockets (their import costs cold start), no
-    access log or lifespan, no Server or Date header."""
+    ``refusal_code``'s platform codes, ``on_refusal`` told of each), no websockets (their
+    import costs cold start), no access log or lifespan, no Server or Date header."""
 
     class ServerProtocol(GuardedHttpProtocol):
         pass
@@ -811,6 +830,7 @@ def uvicorn_options(
     ServerProtocol.body_timeout = body_timeout
     ServerProtocol.route = route
     ServerProtocol.refusal_code = refusal_code
+    ServerProtocol.on_refusal = on_refusal
     return {
         "loop": "uvloop",
         "http": ServerProtocol,

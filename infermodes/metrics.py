@@ -472,6 +472,13 @@ def parse_server_load(text: str) -> ServerLoad:
 UPSTREAM_OUTCOMES = ("not_sent", "not_ready", "failed", "status_5xx", "timeout")
 
 
+# where the gateway made an answer not counted by endpoint (``GatewayMetrics.answers``): a
+# refusal HTTP itself made before the app saw the request (a head it cannot parse, too large,
+# too slow), one of a check before routing (the caller, the signature, ``up``'s token), or a
+# route's own answer (every route but the invocations', whose answers are counted by endpoint)
+PROTOCOL, ADMISSION, ROUTE = "protocol", "admission", "route"
+
+
 class GatewayMetrics:
     """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
     ``unknown``; ``code`` an HTTP status code; an upstream error's ``outcome`` one of:
@@ -524,6 +531,18 @@ class GatewayMetrics:
             ["endpoint", "outcome"],
             registry=registry,
         )
+        self.answers = Counter(
+            "infermodes_gateway_answers",
+            "Answers not counted by endpoint, by stage (protocol: refused by HTTP before the "
+            "app; admission: refused by a check before routing; route: any route's but the "
+            "invocations') and HTTP status code.",
+            ["stage", "code"],
+            registry=registry,
+        )
+
+    def answered(self, stage: str, status: int) -> None:
+        """One answer made at ``stage`` (``PROTOCOL``, ``ADMISSION``, ``ROUTE``)."""
+        self.answers.labels(stage, str(status)).inc()
 
     def forget(self, endpoint: str, codes: Iterable[int]) -> None:
         """Remove an endpoint's series (``codes``: those its durations were recorded under),

@@ -39,6 +39,7 @@ from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import (
     AnsweringFailures,
     ValidationError,
+    WatchedSend,
     answer_bug,
     refusal_code,
     runtime_error_response,
@@ -56,7 +57,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import GatewayMetrics, serve_metrics
+from infermodes.metrics import ADMISSION, PROTOCOL, ROUTE, GatewayMetrics, serve_metrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import Verifier
 from infermodes.queueing.broker import BrokerUrl, given_url
@@ -98,6 +99,7 @@ class Gateway:
         self.draining = False
         self.verifier = Verifier(keys) if keys is not None else None
         self.refusals = refusal_log()
+        self.protocol_refusals = refusal_log()  # anyone can send a malformed request
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
         self.guard_callers = self.verifier is None and loopback_only(settings.host)
@@ -150,25 +152,45 @@ class Gateway:
         return self.async_limit if path.endswith(ASYNC_SUFFIX) else MAX_REQUEST_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every answer names its request (``x-amzn-RequestId``): the proxy's itself, on the
-        hot path; refusals before routing in ``error_response``; the rest through ``send``."""
+        """Every answer names its request (``x-amzn-RequestId``) and is counted: the proxy's
+        itself, on the hot path (by endpoint); refusals before routing (``admission``) with
+        the id ``auth.refuse`` gives; the other routes' (``route``) through ``send``. Those
+        HTTP itself makes before the app sees a request: ``refused_by_protocol``."""
         if scope["type"] != "http":
             await self.rest(scope, receive, send)
             return
         invocation = is_invocation(scope["path"])
-        if not invocation:
-            send = naming_request(scope, send)
+        if invocation and not self.guard_callers and self.verifier is None:
+            await self.proxy(scope, receive, send)  # nothing checked before it
+            return
+        watched = WatchedSend(send if invocation else naming_request(scope, send))
         try:
-            admitted = await self.admitted(scope, receive, send, invocation)
+            admitted = await self.admitted(scope, receive, watched, invocation)
         except Exception:  # a bug before any route, which answers its own (``AnsweringFailures``)
-            await answer_bug(scope, send)
-            return
+            await answer_bug(scope, watched)  # not if the check had started its answer
+            admitted = None
         if admitted is None:
-            return
-        if invocation:
+            self.count(ADMISSION, watched)
+        elif invocation:
             await self.proxy(scope, admitted, send)
         else:
-            await self.rest(scope, admitted, send)
+            try:
+                await self.rest(scope, admitted, watched)
+            finally:
+                self.count(ROUTE, watched)
+
+    def count(self, stage: str, answered: WatchedSend) -> None:
+        """Count an answer made at ``stage``; none is counted for a client gone unanswered."""
+        if answered.status is not None:
+            self.metrics.answered(stage, answered.status)
+
+    def refused_by_protocol(self, status: int, message: str, named: str) -> None:
+        """A refusal HTTP made before the app saw the request (``http.GuardedHttpProtocol``):
+        counted, and logged with the id it was answered with; at most a line a minute, as
+        signature refusals (anyone can send a malformed request)."""
+        self.metrics.answered(PROTOCOL, status)
+        self.protocol_refusals.info("refused a request before routing: %d, %s (request %s)",
+                                    status, message, named, request=named)  # fmt: skip
 
     async def admitted(
         self, scope: Scope, receive: Receive, send: Send, invocation: bool
@@ -243,8 +265,9 @@ class Runner:
             timeout_graceful_shutdown=settings.drain_timeout_seconds,
             proxy_headers=False,  # nothing here reads the client's address
             # its protocol writes head and body at once, and its refusals in the platform's codes
-            **uvicorn_options(settings.log_level, refusal_code=refusal_code),
-        )
+            **uvicorn_options(settings.log_level, refusal_code=refusal_code,
+                              on_refusal=self.app.refused_by_protocol),
+        )  # fmt: skip
         app = self.app
         delay = settings.drain_delay_seconds
 

@@ -216,12 +216,28 @@ def internal_failure_response(scope: Scope) -> Response:
     return response
 
 
-async def answer_bug(scope: Scope, send: Send, answered: bool = False) -> None:
+class WatchedSend:
+    """A request's ``send`` that knows whether its answer started, and with what status: a bug
+    handler given it cannot answer twice (``answer_bug``), and a counter reads the status."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None  # the answer's, once started
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
+async def answer_bug(scope: Scope, send: WatchedSend) -> None:
     """Log the exception being handled once, with the request's id, and answer the platform's
-    500, which names nothing of it (unless the answer had ``answered`` already: uvicorn then
-    ends the connection)."""
+    500, which names nothing of it; unless the answer had started already (whoever raised had
+    begun its own): uvicorn then ends the connection."""
     log.exception("request %s: internal error", request_id(scope))
-    if answered:
+    if send.status is not None:
         return
     body = INTERNAL_FAILURE_BODY
     headers = [*internal_failure_headers(scope), (b"content-length", str(len(body)).encode())]
@@ -242,14 +258,8 @@ class AnsweringFailures:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = WatchedSend(send)
         try:
             await self.app(scope, receive, watched)
         except Exception:
-            await answer_bug(scope, send, started)
+            await answer_bug(scope, watched)

@@ -589,6 +589,63 @@ def test_the_protocols_own_refusals_carry_the_platforms_codes_for_boto3(
         assert message and "request" in message, answer
 
 
+def test_every_answer_before_a_route_is_counted_and_its_line_names_its_id(
+    tmp_path: Path,
+) -> None:
+    """Refusals made before any route (HTTP's own 400 for a malformed head or Content-Length
+    and 431 for one too large; the caller check's 403) were in no metric, and HTTP's own were
+    logged (at debug only) without the id they were answered with; nor was a route's other
+    than the invocations' (a 404 for a path none serves) counted."""
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    with running_gateway([endpoint], tmp_path) as gateway:
+        invocation = b"POST /endpoints/realtime/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        refused = [
+            raw_answer(gateway, invocation + b"Content Type: text/csv\r\n\r\n"),
+            raw_answer(gateway, invocation + b"Content-Length: 1x\r\n\r\n1"),
+            raw_answer(gateway, invocation + b"X-Large: " + b"a" * (64 * 1024) + b"\r\n\r\n"),
+        ]
+        assert [answer.split(b" ", 2)[1] for answer in refused] == [b"400", b"400", b"431"]
+        named = [botocore_error(answer, "rest-json")["ResponseMetadata"]["RequestId"]
+                 for answer in refused]  # fmt: skip
+        foreign = gateway.invoke("realtime", b"1", headers={"host": "rebound.example"})
+        assert foreign.status_code == 403, foreign.text
+        assert httpx.get(f"{gateway.url}/nothing-here", timeout=30).status_code == 404
+        counted = {(stage, code): gateway.metric("infermodes_gateway_answers_total",
+                                                 stage=stage, code=code)
+                   for stage, code in [("protocol", "400"), ("protocol", "431"),
+                                       ("admission", "403"), ("route", "404")]}  # fmt: skip
+        log = gateway.log
+    assert counted == {("protocol", "400"): 2, ("protocol", "431"): 1,
+                       ("admission", "403"): 1, ("route", "404"): 1}, counted  # fmt: skip
+    lines = [line for line in log.splitlines() if "refused a request before routing" in line]
+    assert len(lines) == 1 and f"400, malformed HTTP request (request {named[0]})" in lines[0], (
+        log  # the next two are counted, for the next such line (at most one a minute)
+    )
+
+
+def test_a_check_that_fails_after_starting_its_answer_is_not_answered_twice(
+    tmp_path: Path,
+) -> None:
+    """A check before routing that raised after it had started its answer (here the caller's
+    refusal, ``faults/``) was answered again by ``answer_bug``: a second response start,
+    which uvicorn refused with an error of its own, logged without the request's id."""
+    secret = "refusal detail 4c1d"
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+           "INFERMODES_TEST_BROKEN_REFUSAL": secret}  # fmt: skip
+    endpoint = static_endpoint("realtime", "realtime", [f"127.0.0.1:{free_port()}"])
+    with running_gateway([endpoint], tmp_path, env=env) as gateway:
+        answer = raw_answer(gateway, b"GET /metrics HTTP/1.1\r\nHost: rebound.example\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403 ") and answer.count(b"HTTP/1.1") == 1, answer
+        named = re.search(rb"x-amzn-requestid: ([0-9a-f-]+)", answer)
+        assert named is not None, answer
+        line = f"request {named[1].decode()}: internal error"
+        wait_until(lambda: line in gateway.log, 10, "the failure's log line")
+        stop_process(gateway.proc)
+        log = gateway.log
+    assert log.count(f"RuntimeError: {secret}") == 1, log
+    assert "Exception in ASGI application" not in log, log
+
+
 def test_sigterm_ends_a_lingering_close_at_once(tmp_path: Path) -> None:
     """A request whose chunked body is malformed gets its 400 while the client may still be
     sending: the connection lingers (``http._Lingering``), and the gateway's drain waited for

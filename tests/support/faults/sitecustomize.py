@@ -5,6 +5,8 @@ makes a gateway's endpoint lookups and its ``/metrics`` raise an unexpected erro
 TEXT, as a bug would. ``INFERMODES_TEST_BROKEN_ADMISSION=TEXT`` makes a gateway's check of a
 request's caller, before any route, raise such an error for the requests that carry the
 header ``x-test-broken`` (so that its readiness still answers).
+``INFERMODES_TEST_BROKEN_REFUSAL=TEXT`` makes a gateway's refusal of a caller before any route
+(``auth.refuse``: a foreign Host, say) start its answer and then raise such an error.
 ``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
 ``PATH`` exists a long one: it touches ``PATH.started`` and blocks until ``PATH`` is removed.
 ``INFERMODES_TEST_STUCK_CONSUMER=PATH`` stops a RabbitMQ consumer's loop while ``PATH`` exists,
@@ -109,3 +111,16 @@ if _BROKEN_ADMISSION:
         return _foreign_caller(scope)
 
     auth.foreign_caller = _broken_admission
+
+_BROKEN_REFUSAL = os.environ.get("INFERMODES_TEST_BROKEN_REFUSAL", "")
+
+if _BROKEN_REFUSAL:
+    from infermodes.errors import InfermodesError
+    from infermodes.gateway import auth
+    from infermodes.http import Scope, Send
+
+    async def _broken_refuse(scope: Scope, send: Send, exc: InfermodesError) -> None:
+        await send({"type": "http.response.start", "status": exc.status_code, "headers": []})
+        raise RuntimeError(_BROKEN_REFUSAL)
+
+    auth.refuse = _broken_refuse
