@@ -78,7 +78,8 @@ class Throttled:
         self._next = -math.inf
         self._skipped = 0
         self._first = self._last = ""  # the ids of the first and last line left out
-        self._last_line: tuple[int, str, tuple[object, ...]] = (logging.INFO, "", ())
+        # the last line left out, as text: its arguments (an exception, say) are not kept alive
+        self._last_line = (logging.INFO, "")
 
     def info(self, message: str, *args: object, request: str) -> None:
         self.log(logging.INFO, message, *args, request=request)
@@ -94,12 +95,13 @@ class Throttled:
                 self._first = request
             self._skipped += 1
             self._last = request
-            self._last_line = (level, message, args)
+            self._last_line = (level, message % args if args else message)
             return
         self._next = now + self.interval
         if self._skipped:
-            message += self._left_out("and")
-        self.logger.log(level, message, *args)
+            self.logger.log(level, message + "%s", *args, self._left_out("and"))
+        else:
+            self.logger.log(level, message, *args)
 
     @property
     def quiet(self) -> bool:
@@ -112,8 +114,8 @@ class Throttled:
         the next line (which will not come: it is being dropped)."""
         if not self._skipped:
             return
-        level, message, args = self._last_line
-        self.logger.log(level, message + self._left_out("the last of"), *args)
+        level, text = self._last_line
+        self.logger.log(level, "%s%s", text, self._left_out("the last of"))
 
     def _left_out(self, lead: str) -> str:
         """The note of how many lines were left out, naming the first's and the last's request;

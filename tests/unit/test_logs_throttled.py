@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 
 import pytest
 
@@ -108,3 +109,27 @@ def test_forgetting_an_endpoint_drops_its_keys_and_tells_their_counts(
         "failed (the last of 1 more since the last such line, not logged: request r-1)",
         "failed again",
     ]  # fmt: skip
+
+
+def test_a_line_left_out_keeps_none_of_its_arguments_alive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The last line left out is kept to be told if its key is dropped: as text, so that an
+    argument (an exception, whose traceback holds a request's body) is not kept with it."""
+
+    class Failure(Exception):
+        pass
+
+    told = Throttled(logging.getLogger("test.throttled"), 60.0, clock=lambda: 0.0)
+    with caplog.at_level(logging.INFO, "test.throttled"):
+        told.warning("failed: %s", Failure("first"), request="r-0")
+        failure = Failure("second")
+        kept = weakref.ref(failure)
+        told.warning("failed: %s", failure, request="r-1")
+        del failure
+        assert kept() is None
+        told.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed: first",
+        "failed: second (the last of 1 more since the last such line, not logged: request r-1)",
+    ]
