@@ -19,6 +19,36 @@ INPUT_TYPES = (CSV, JSON, LIBSVM, RECORDIO)
 OUTPUT_TYPES = (CSV, JSON, JSONLINES)  # in order of preference for a wildcard
 _ALIASES = {"application/x-libsvm": LIBSVM, "text/x-libsvm": LIBSVM, "application/csv": CSV}
 _CHARSETS = ("utf-8", "utf8", "us-ascii", "ascii")
+# what may follow a type in a header a schema checks (a spec's contentType and accept): any
+# parameters and list elements, but no control character, which no header carries
+_REST = r"[^\x00-\x1f\x7f]*"
+_BLANK = r"[ \t]*"  # what surrounds a type: RE2 (the API server's) reads \s as ASCII's alone
+
+
+def _spellings(types: tuple[str, ...], aliases: bool = True) -> str:
+    """The types (and their Content-Type aliases), as a regex alternation in any case (Python's
+    and RE2's)."""
+    folded = [alias for alias, kind in _ALIASES.items() if aliases and kind in types]
+    names = sorted({*types, *folded})
+    return "(?i:" + "|".join(name.replace("*", r"\*") for name in names) + ")"
+
+
+def content_type_pattern(types: tuple[str, ...]) -> str:
+    """A Content-Type of one of ``types`` (or an alias) with any parameters: what a schema can
+    check of ``content_type_of``'s reading (a charset it refuses, it cannot)."""
+    return f"^{_BLANK}{_spellings(types)}{_BLANK}(;{_REST})?$"
+
+
+def accept_pattern() -> str:
+    """An Accept list naming at least one output type or a wildcard for them: what a schema can
+    check of ``accept_of``'s reading (a q-value of 0 on every such range, it cannot)."""
+    ranges = _spellings((*OUTPUT_TYPES, *_WILDCARDS), aliases=False)
+    return f"^({_REST},)?{_BLANK}{ranges}{_BLANK}([;,]{_REST})?$"
+
+
+def type_is_cel(field: str, types: tuple[str, ...], aliases: bool = True) -> str:
+    """CEL: whether the header in ``field`` names one of ``types`` (or an alias) first."""
+    return f"{field}.matches('^{_BLANK}{_spellings(types, aliases)}{_BLANK}(;|$)')"
 
 
 def _show(value: str, limit: int) -> str:

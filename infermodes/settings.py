@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Annotated, Any, ClassVar, Literal, get_origin
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic.fields import FieldInfo
+
+from infermodes import media
+from infermodes.errors import InfermodesError, shown
 
 MIB = 1024 * 1024
 # How long an HTTP server waits for a request's headers (from its first byte) and for its body
@@ -789,6 +795,54 @@ class GatewaySettings(AsyncAcceptSettings):
 # (``endpoints/spec.py``) takes them from here, so the CRD and the runner cannot disagree.
 BatchContentType = Literal["text/csv", "application/json", "application/jsonlines", "text/libsvm"]
 BatchAccept = Literal["text/csv", "application/json", "application/jsonlines"]
+BATCH_CONTENT_TYPES: tuple[str, ...] = get_args(BatchContentType)
+MAX_HEADER_LENGTH = 256  # the platform's, for TransformInput.ContentType and Accept
+BATCH_CONTENT_TYPE_PATTERN = media.content_type_pattern(BATCH_CONTENT_TYPES)
+BATCH_ACCEPT_PATTERN = media.accept_pattern()
+
+
+def batch_content_type(header: str) -> str:
+    """A Content-Type of the types a batch reads (JSON lines too, which no request takes)."""
+    return media.content_type_of(header, BATCH_CONTENT_TYPES)
+
+
+def _header_reader(read: Callable[[str], str], pattern: str, what: str) -> BeforeValidator:
+    """A batch's contentType or accept is the header the instances send each mini-batch (the
+    platform's TransformInput.ContentType, TransformOutput.Accept): read as the model server
+    reads it (``media``), parameters and all, by the spec, the CRD (``pattern``, what a schema
+    can check of it) and the runner's settings alike; the field keeps the type it names."""
+
+    def read_header(value: object) -> object:
+        if not isinstance(value, str):
+            return value  # the type's own check names it
+        if len(value) > MAX_HEADER_LENGTH:
+            raise ValueError(f"must be at most {MAX_HEADER_LENGTH} characters")
+        try:
+            kind = read(value)
+        except InfermodesError as exc:
+            raise ValueError(str(exc)) from None
+        if not re.fullmatch(pattern, value):  # control characters, odd white space
+            raise ValueError(f"must be {what}, optionally with parameters; got {shown(value)}")
+        return kind
+
+    return BeforeValidator(read_header)
+
+
+def _header_schema(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": pattern, "maxLength": MAX_HEADER_LENGTH})
+
+
+BatchContentTypeHeader = Annotated[
+    BatchContentType,
+    _header_reader(batch_content_type, BATCH_CONTENT_TYPE_PATTERN, ", ".join(BATCH_CONTENT_TYPES)),
+    _header_schema(BATCH_CONTENT_TYPE_PATTERN),
+]
+BatchAcceptHeader = Annotated[
+    BatchAccept,
+    _header_reader(media.accept_of, BATCH_ACCEPT_PATTERN, "an Accept list naming "
+                   + ", ".join(media.OUTPUT_TYPES) + " or a wildcard"),
+    _header_schema(BATCH_ACCEPT_PATTERN),
+]  # fmt: skip
 BatchDataType = Literal["S3Prefix", "ManifestFile"]
 SplitType = Literal["None", "Line"]
 CompressionType = Literal["None", "Gzip"]
@@ -852,7 +906,7 @@ class BatchSettings(EnvSettings):
         description="Skip any output that exists, whoever wrote it (output.keepExisting); "
         "with a run id the job still plans from its one stored input listing.",
     )
-    content_type: BatchContentType = "text/csv"
+    content_type: BatchContentTypeHeader = "text/csv"
     compression_type: CompressionType = "None"
     split_type: SplitType = "Line"
     batch_strategy: BatchStrategy = "MultiRecord"
@@ -863,7 +917,7 @@ class BatchSettings(EnvSettings):
         description="Mini-batch size cap; 0 means 100 / max_concurrent_transforms (payload_mb).",
     )
     max_concurrent_transforms: int = Field(1, ge=1, le=MAX_CONCURRENT_TRANSFORMS)
-    accept: BatchAccept = "text/csv"
+    accept: BatchAcceptHeader = "text/csv"
     assemble_with: AssembleWith = "Line"
     input_filter: str = "$"
     output_filter: str = "$"

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
+from infermodes import media
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     WEBHOOK_MAX_LENGTH,
@@ -54,8 +55,8 @@ from infermodes.settings import (
     SPACE,
     STORAGE_PREFIX,
     AssembleWith,
-    BatchAccept,
-    BatchContentType,
+    BatchAcceptHeader,
+    BatchContentTypeHeader,
     BatchDataType,
     BatchStrategy,
     CompressionType,
@@ -481,8 +482,10 @@ class BatchInput(SpecBlock):
         description="S3Prefix: every object under uri (file:// too); ManifestFile: uri is a "
         'JSON list [{"prefix": ...}, "key", ...].',
     )
-    content_type: BatchContentType = Field(
-        "text/csv", description="text/csv, application/json, application/jsonlines, text/libsvm."
+    content_type: BatchContentTypeHeader = Field(
+        "text/csv",
+        description="text/csv, application/json, application/jsonlines or text/libsvm, as a "
+        "Content-Type header (parameters such as charset=utf-8 allowed).",
     )
     compression_type: CompressionType = Field("None", description="None or Gzip.")
     split_type: SplitType = Field(
@@ -495,8 +498,10 @@ class BatchOutput(SpecBlock):
         pattern=OBJECT_LOCATION,
         description="Prefix for <input key>.out objects: s3://bucket/..., file:///... or /...",
     )
-    accept: BatchAccept = Field(
-        "text/csv", description="text/csv, application/json or application/jsonlines."
+    accept: BatchAcceptHeader = Field(
+        "text/csv",
+        description="text/csv, application/json or application/jsonlines, as an Accept header "
+        "(parameters, q-values and wildcards read as the model server reads them).",
     )
     assemble_with: AssembleWith = Field(
         "Line", description="Line: a newline after each mini-batch's output; None: as is."
@@ -571,6 +576,11 @@ INPUT_INSIDE_OUTPUT_CEL = (
 )
 
 
+LIBSVM_INPUT_CEL = media.type_is_cel("self.input.contentType", (media.LIBSVM,))
+CSV_INPUT_CEL = media.type_is_cel("self.input.contentType", (media.CSV,))
+CSV_OUTPUT_CEL = media.type_is_cel("self.output.accept", (media.CSV,), aliases=False)
+
+
 class BatchSpec(SpecBlock):
     input: BatchInput
     output: BatchOutput
@@ -602,11 +612,12 @@ class BatchSpec(SpecBlock):
     )
     cel_rules: ClassVar[list[tuple[str, str]]] = [
         (f"self.maxPayloadInMB * self.maxConcurrentTransforms <= {MAX_PAYLOAD_MB}", PAYLOAD_RULE),
-        # check_batch_processing's (the API server fills in the defaults first)
-        ("self.input.contentType != 'text/libsvm' || (self.dataProcessing.joinSource == 'None'"
+        # check_batch_processing's (the API server fills in the defaults first), on the types
+        # the headers name; an Accept list or wildcard is left to the operator's reading
+        (f"!{LIBSVM_INPUT_CEL} || (self.dataProcessing.joinSource == 'None'"
          " && self.dataProcessing.inputFilter == '$')", LIBSVM_PROCESSING),
-        ("self.dataProcessing.joinSource != 'Input' || ((self.input.contentType == 'text/csv')"
-         " == (self.output.accept == 'text/csv'))", JOIN_LIKE_WITH_LIKE),
+        ("self.dataProcessing.joinSource != 'Input' || self.output.accept.matches('[,*]') || "
+         f"({CSV_INPUT_CEL} == {CSV_OUTPUT_CEL})", JOIN_LIKE_WITH_LIKE),
         (INPUT_INSIDE_OUTPUT_CEL, INPUT_INSIDE_OUTPUT),
     ]  # fmt: skip
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -35,14 +35,10 @@ from infermodes.endpoints.spec import (
     spec_problems,
 )
 from infermodes.errors import (
-    InvalidInput,
-    NotAcceptable,
     StorageError,
-    UnsupportedContentType,
     clipped,
     shown,
 )
-from infermodes.media import accept_of, content_type_of
 from infermodes.platform.errors import ValidationException
 from infermodes.platform.store import JsonObject
 from infermodes.settings import (
@@ -50,7 +46,6 @@ from infermodes.settings import (
     LIBSVM_PROCESSING,
     PAYLOAD_RULE,
     STORAGE_PREFIX,
-    BatchContentType,
 )
 from infermodes.storage import parse_uri
 
@@ -655,24 +650,6 @@ def endpoint_object(
     return _object(name, ENDPOINT, spec, annotations, defaults)
 
 
-def read_header(where: str, value: Any, read: Callable[[str], str]) -> Any:
-    """A member the platform sends each mini-batch as an HTTP header (``ContentType``,
-    ``Accept``), read as the model server reads that header: ``text/csv; charset=utf-8`` is
-    ``text/csv`` (Describe answers what was given); what the instances cannot read or write
-    names the field."""
-    if not isinstance(value, str):
-        return value  # the spec's check names the field and the type
-    try:
-        return read(value)
-    except (UnsupportedContentType, NotAcceptable, InvalidInput) as exc:
-        raise ValidationException(f"{where} {shown(value)}: {exc}") from None
-
-
-def batch_content_type(header: str) -> str:
-    """A Content-Type of the types a batch reads (JSON lines too, which no request takes)."""
-    return content_type_of(header, get_args(BatchContentType))
-
-
 TRANSFORM_FIELDS = {
     "TransformJobName", "ModelName", "MaxConcurrentTransforms", "ModelClientConfig",
     "MaxPayloadInMB", "BatchStrategy", "TransformInput", "TransformOutput", "TransformResources",
@@ -696,16 +673,12 @@ def transform_object(
     # the numbers as boto3's model types them: our schema would read "6" or true as a number
     typed("", request, {"MaxPayloadInMB": int, "MaxConcurrentTransforms": int})
     source = mapping("TransformInput", request.get("TransformInput"))
-    source = {**source, "ContentType": read_header(
-        "TransformInput.ContentType", source.get("ContentType"), batch_content_type)}  # fmt: skip
     only("TransformInput.", source, {"DataSource", "ContentType", "CompressionType", "SplitType"})
     data_source = mapping("TransformInput.DataSource", source.get("DataSource"))
     only("TransformInput.DataSource.", data_source, {"S3DataSource"})
     s3 = mapping("TransformInput.DataSource.S3DataSource", data_source.get("S3DataSource"))
     only("TransformInput.DataSource.S3DataSource.", s3, {"S3DataType", "S3Uri"})
     output = mapping("TransformOutput", request.get("TransformOutput"))
-    output = {**output, "Accept": read_header(
-        "TransformOutput.Accept", output.get("Accept"), accept_of)}  # fmt: skip
     only("TransformOutput.", output, {"S3OutputPath", "Accept", "AssembleWith"})
     for where, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", s3.get("S3Uri")),
                        ("TransformOutput.S3OutputPath", output.get("S3OutputPath"))):  # fmt: skip

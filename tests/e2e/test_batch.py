@@ -232,6 +232,30 @@ def test_a_failing_object_is_named_and_a_rerun_processes_only_it(
         ({"maxPayloadInMB": 20, "maxConcurrentTransforms": 6}, "must not exceed 100"),
         ({"invocationsMaxRetries": 4}, "should be less than or equal to 3"),
         ({"input": {"uri": "s3://e2e/x/", "splitType": "RecordIO"}}, "Unsupported value"),
+        (
+            {"input": {"uri": "s3://e2e/x/", "contentType": "text/plain"}},
+            "spec.batch.input.contentType: Invalid value",
+        ),
+        (
+            {"output": {"uri": "s3://e2e/y/", "accept": "image/png"}},
+            "spec.batch.output.accept: Invalid value",
+        ),
+        # the CEL rules read the type a header names (RE2, any case, parameters)
+        (
+            {
+                "input": {"uri": "s3://e2e/x/", "contentType": "Text/CSV; charset=utf-8"},
+                "output": {"uri": "s3://e2e/y/", "accept": "application/json"},
+                "dataProcessing": {"joinSource": "Input"},
+            },
+            "joins like with like",
+        ),
+        (
+            {
+                "input": {"uri": "s3://e2e/x/", "contentType": "text/x-libsvm;charset=utf-8"},
+                "dataProcessing": {"inputFilter": "$[1:]"},
+            },
+            "not libsvm",
+        ),
     ],
 )
 def test_bad_batch_specs_are_refused_by_kubectl_apply(
@@ -243,6 +267,42 @@ def test_bad_batch_specs_are_refused_by_kubectl_apply(
     assert applied.returncode != 0
     assert message in applied.stderr, applied.stderr
     assert get_endpoint(tools.cluster.api, k8s_namespace, "refused") is None
+
+
+def test_headers_with_parameters_are_applied_and_the_job_completes(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    """contentType and accept are each mini-batch's headers, as the platform API's ContentType
+    and Accept: kubectl apply took only the bare types. With a charset parameter (and a join,
+    whose CEL rule reads the types the headers name) the job runs and joins each row with its
+    score; a charset the instances cannot read passes the schema and fails the endpoint,
+    naming the field."""
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "charset")
+    manifest = batch_manifest("charset", "charset", dataProcessing={"joinSource": "Input"})
+    manifest["spec"]["batch"]["input"]["contentType"] = "text/csv; charset=utf-8"
+    manifest["spec"]["batch"]["output"]["accept"] = "Text/CSV;charset=UTF-8"
+    applied = tools.apply(manifest, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    wait_phase(api, k8s_namespace, "charset", "Completed", timeout=300)
+    found = outputs(data, "charset")
+    assert sorted(found) == sorted(f"{name}.out" for name in data["objects"])
+    for name, rows in data["objects"].items():
+        joined = np.loadtxt(io.BytesIO(found[f"{name}.out"]), delimiter=",", dtype=np.float32)
+        sent = np.loadtxt(io.BytesIO(to_csv(rows)), delimiter=",", dtype=np.float32)
+        np.testing.assert_array_equal(joined[:, :-1], sent)
+        np.testing.assert_array_equal(joined[:, -1], data["booster"].inplace_predict(sent))
+    latin = batch_manifest("latin", "latin")
+    latin["spec"]["batch"]["input"]["contentType"] = "text/csv; charset=latin-1"
+    applied = tools.apply(latin, k8s_namespace)
+    assert applied.returncode == 0, applied.stderr
+    endpoint = wait_phase(api, k8s_namespace, "latin", "Failed")
+    assert endpoint["status"]["reason"] == "InvalidSpec"
+    message = endpoint["status"]["message"]
+    assert "spec.batch.input.contentType: unsupported charset 'latin-1'" in message, message
+    jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
+    assert [job["metadata"]["name"] for job in jobs] == ["ie-charset"]
 
 
 def test_a_job_waits_for_an_older_one_writing_its_output_prefix(

@@ -70,6 +70,32 @@ def test_csv_filters_and_join(
     np.testing.assert_array_equal(scores, expected_scores(booster, features))
 
 
+def test_headers_with_parameters_are_read_as_the_platform_reads_them(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """``--content-type`` and ``--accept`` are the headers of each mini-batch, as the platform
+    API's ContentType and Accept: a charset parameter names the same type (it was refused as
+    not one of the four); a charset the instances cannot read is refused naming the option."""
+    features = csv_text(rows)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(features)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type",
+                "text/csv; charset=utf-8", "--accept", "application/json;charset=UTF-8")
+    )  # fmt: skip
+    assert done.returncode == 0, done.log
+    written = json.loads((tmp_path / "out/a.csv.out").read_text())
+    scores = np.array([p["score"] for p in written["predictions"]], dtype=np.float32)
+    np.testing.assert_array_equal(scores, expected_scores(booster, features))
+    refused = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "refused", "--content-type",
+                "text/csv; charset=latin-1")
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.log
+    assert "--content-type: unsupported charset 'latin-1'" in refused.log
+    assert not (tmp_path / "refused").exists()
+
+
 def test_jsonlines_features_filter_and_join(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:

@@ -267,11 +267,13 @@ def test_a_content_type_with_parameters_is_read_as_the_model_server_reads_it(
     given: str, read: str
 ) -> None:
     """The platform sends TransformInput.ContentType as each mini-batch's Content-Type: its
-    parameters are the header's, not a type of their own; Describe answers what was given."""
+    parameters are the header's, not a type of their own; the spec keeps the header and reads
+    it as the model server does; Describe answers what was given."""
     request = transform_request(DataProcessing={})
     request["TransformInput"]["ContentType"] = given
     obj = transform_object(request, model(), DEFAULTS)
-    assert obj["spec"]["batch"]["input"]["contentType"] == read
+    batch = EndpointSpec.model_validate(obj["spec"]).batch
+    assert batch is not None and batch.input.content_type == read
     kept = json.loads(obj["metadata"]["annotations"][REQUEST_ANNOTATION])
     assert kept["TransformInput"]["ContentType"] == given
 
@@ -308,7 +310,8 @@ def test_an_accept_with_parameters_is_read_as_the_model_server_reads_it(
     request = transform_request(DataProcessing={})
     request["TransformOutput"]["Accept"] = given
     obj = transform_object(request, model(), DEFAULTS)
-    assert obj["spec"]["batch"]["output"]["accept"] == read
+    batch = EndpointSpec.model_validate(obj["spec"]).batch
+    assert batch is not None and batch.output.accept == read
     kept = json.loads(obj["metadata"]["annotations"][REQUEST_ANNOTATION])
     assert kept["TransformOutput"]["Accept"] == given
 
