@@ -24,6 +24,13 @@ class ApplyRefused(KubeError):
 REFUSED_STATUSES = frozenset({400, 403, 422})
 
 
+def write_failed(status: int | None, message: str) -> KubeError:
+    """A write the API server failed: ``ApplyRefused`` where writing the same again cannot
+    mend it (invalid, forbidden: the endpoint's status says so), a ``KubeError`` retried later
+    otherwise (a conflict, throttling, the server's own failure, an object gone meanwhile)."""
+    return (ApplyRefused if status in REFUSED_STATUSES else KubeError)(message)
+
+
 class KubeDoor:
     def __init__(self, api_client: Any = None) -> None:
         from kubernetes import client, config
@@ -55,8 +62,8 @@ class KubeDoor:
                 force_conflicts=True,
             )
         except ApiException as exc:
-            error = ApplyRefused if exc.status in REFUSED_STATUSES else KubeError
-            raise error(f"applying {obj['kind']} {meta['name']}: {_reason(exc)}") from exc
+            said = f"applying {obj['kind']} {meta['name']}: {_reason(exc)}"
+            raise write_failed(exc.status, said) from exc
         return result.to_dict()
 
     def patch_spec(
@@ -77,7 +84,8 @@ class KubeDoor:
                 field_manager=FIELD_MANAGER,
             )
         except ApiException as exc:
-            raise KubeError(f"patching {kind} {namespace}/{name}: {_reason(exc)}") from exc
+            said = f"patching {kind} {namespace}/{name}: {_reason(exc)}"
+            raise write_failed(exc.status, said) from exc
         return dict(result.to_dict())
 
     def patch_status(

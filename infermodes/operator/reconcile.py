@@ -188,7 +188,8 @@ def suspended(
     """The live Job with the desired ``suspend`` (patched when it differs), never applied
     again whole: the rest of a Job is immutable once created, so a template the operator now
     makes differently (an upgrade that adds a variable) was refused at every reconcile, and
-    the stop it carried with it."""
+    the stop it carried with it. A patch the API server refuses (``ApplyRefused``) is the
+    status's to say, as a refused apply is."""
     wanted = bool(desired["spec"]["suspend"])
     if bool((live.get("spec") or {}).get("suspend")) == wanted:
         return live

@@ -354,3 +354,60 @@ def test_a_job_created_stopped_runs_once_resumed_and_completes(
     assert patched.returncode == 0, patched.stderr
     wait_phase(api, k8s_namespace, "resumed", "Completed", timeout=300)
     assert sorted(outputs(data, "resumed")) == sorted(f"{name}.out" for name in data["objects"])
+
+
+def test_a_resume_the_api_server_refuses_is_in_the_status_and_taken_once_allowed(
+    tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
+) -> None:
+    """The Job is applied once, then only its ``suspend`` is patched. A patch the API server
+    refused (here an admission policy keeping the namespace's Jobs suspended, a 422) was a
+    KubeError retried at every resync, the status still saying the job was Stopped. It now
+    says the API's words (reason ApplyRefused); the policy gone, the next resync resumes the
+    job, which completes."""
+    api = tools.cluster.api
+    storage_secret(tools, k8s_namespace, store)
+    upload_inputs(data, "unheld")
+    stopped = tools.apply(batch_manifest("unheld", "unheld", stop=True), k8s_namespace)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_phase(api, k8s_namespace, "unheld", "Stopped")
+    said = f"jobs in {k8s_namespace} stay suspended"
+    policies = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+    bindings = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+    policy = f"suspended-{k8s_namespace}"
+    api.post(policies, {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{
+                     "apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                     "resources": ["jobs"]}]},
+                 "validations": [{"expression": "object.spec.suspend == true",
+                                  "message": said, "reason": "Invalid"}]},
+    })  # fmt: skip
+    api.post(bindings, {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": k8s_namespace}}}},
+    })  # fmt: skip
+    patch = ("patch", "-n", k8s_namespace, "--type=merge", "-p")
+    try:
+        # the API server takes a new policy within a second or so: until it refuses a resume
+        resume_job = (*patch, '{"spec": {"suspend": false}}', "job", "ie-unheld")
+        wait_until(lambda: said in tools.kubectl(*resume_job, "--dry-run=server").stderr,
+                   30, "the admission policy to be in force", interval=0.5)  # fmt: skip
+        resumed = tools.kubectl(*patch, '{"spec": {"batch": {"stop": false}}}', "ie", "unheld")
+        assert resumed.returncode == 0, resumed.stderr
+        by_api = lambda e: e["status"].get("reason") == "ApplyRefused"  # noqa: E731
+        refused = wait_phase(api, k8s_namespace, "unheld", "InProgress", timeout=60, also=by_api)
+        message = refused["status"]["message"]
+        patching = f"the API server refused patching Job {k8s_namespace}/ie-unheld: "
+        assert message.startswith(patching) and said in message, message
+        job = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs/ie-unheld")
+        assert job["spec"]["suspend"] is True
+    finally:
+        api.delete(f"{bindings}/{policy}")
+        api.delete(f"{policies}/{policy}")
+    wait_phase(api, k8s_namespace, "unheld", "Completed", timeout=300)
+    assert sorted(outputs(data, "unheld")) == sorted(f"{key}.out" for key in data["objects"])

@@ -4,6 +4,8 @@ and the running instances' metrics."""
 import json
 from dataclasses import replace
 
+import pytest
+
 from infermodes.endpoints import spec as s
 from infermodes.endpoints import status as s_
 from infermodes.endpoints.demand import Demand
@@ -392,6 +394,73 @@ def test_a_job_is_applied_once_and_then_only_suspended_or_resumed() -> None:
     kube.deployment = done  # the Job ends
     status = reconcile(body(FULL_SPEC, progress), ScalerMemory(), d).status
     assert (status.phase, status.reason) == (s.Phase.COMPLETED, "Completed")
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [(400, True), (403, True), (422, True),  # the same write again cannot mend these
+     (404, False), (409, False), (429, False), (500, False), (503, False), (None, False)],
+)  # fmt: skip
+def test_a_write_the_api_server_refuses_is_told_from_one_worth_retrying(
+    status: int | None, refused: bool
+) -> None:
+    from infermodes.operator.kube import ApplyRefused, KubeError, write_failed
+
+    error = write_failed(status, "patching Job models/ie-abalone: why")
+    assert isinstance(error, KubeError) and str(error) == "patching Job models/ie-abalone: why"
+    assert isinstance(error, ApplyRefused) is refused
+
+
+def test_a_suspend_patch_the_api_server_refuses_is_in_the_status_with_its_reason() -> None:
+    """The Job's ``suspend`` patch refused (a Job replaced by hand, an admission policy): it
+    was a KubeError retried at every resync with nothing in the status, the stop or resume
+    never made. Now the status says it with the API server's words (reason ApplyRefused, the
+    job InProgress as its Job is), and the next resync tries again."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.kube import ApplyRefused, KubeError, write_failed
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    said = ('patching Job models/ie-abalone: Job.batch "ie-abalone" is invalid: spec.suspend: '
+            "denied by policy no-suspend")  # fmt: skip
+
+    class RefusingPatch(FakeKube):
+        """The API server answering each patch with ``status`` (as ``KubeDoor`` raises it)."""
+
+        status = 422
+
+        def patch_spec(self, api_version, kind, namespace, name, fields):
+            self.patched.append((kind, fields))
+            raise write_failed(self.status, said)
+
+    running = {"metadata": {"generation": 1}, "spec": {"suspend": False}, "status": {"active": 3}}
+    kube = RefusingPatch(running)
+    d, _ = deps(kube)
+    progress = {"phase": "InProgress", "reason": "Running", "message": "1/5 objects"}
+    stop = {**FULL_SPEC, "batch": {**FULL_SPEC["batch"], "stop": True}}
+    status = reconcile(body(stop, progress), ScalerMemory(), d).status
+    assert kube.patched == [("Job", {"suspend": True})]
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "ApplyRefused")
+    assert status.message.startswith(f"the API server refused {said}"), status.message
+
+    suspended = {"type": "Suspended", "status": "True"}
+    stopped = {"metadata": {"generation": 1}, "spec": {"suspend": True},
+               "status": {"conditions": [suspended]}}  # fmt: skip
+    kube = RefusingPatch(stopped)
+    d, _ = deps(kube)
+    was = {"phase": "Stopped", "reason": "Stopped", "message": "stopped"}
+    status = reconcile(body(FULL_SPEC, was), ScalerMemory(), d).status
+    assert kube.patched == [("Job", {"suspend": False})]
+    assert (status.phase, status.reason) == (s.Phase.IN_PROGRESS, "ApplyRefused")
+    assert said in status.message
+    # not an end: the next resync patches again, and the job resumes once it is taken
+    refused = {"phase": status.phase.value, "reason": status.reason, "message": status.message}
+    again = reconcile(body(FULL_SPEC, refused), ScalerMemory(), d).status
+    assert kube.patched == [("Job", {"suspend": False})] * 2 and said in again.message
+    kube.status = 409  # a conflict: the reconcile is retried, the status left as it was
+    with pytest.raises(KubeError) as caught:
+        reconcile(body(FULL_SPEC, was), ScalerMemory(), d)
+    assert not isinstance(caught.value, ApplyRefused)
 
 
 def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> None:
