@@ -950,11 +950,26 @@ class BatchSettings(EnvSettings):
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
+    liveness_stall_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="GET /healthz on the metrics port answers 503 once a mini-batch has been in "
+        "flight this long past what its attempts may take ((invocations_max_retries + 1) x "
+        "invocations_timeout_in_seconds): hung, not long. It covers a worker process's start "
+        "and model load too, which the first mini-batches wait for.",
+    )
     termination_message_path: str | None = Field(
         None, description="Also write the summary here (a pod's /dev/termination-log)."
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"
+
+    @property
+    def liveness_bound_seconds(self) -> float:
+        """How long a mini-batch may be in flight before the instance counts as stuck."""
+        attempts = self.invocations_max_retries + 1
+        return attempts * self.invocations_timeout_in_seconds + self.liveness_stall_seconds
 
     @property
     def payload_mb(self) -> int:

@@ -110,7 +110,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
 def test_ordered_keeps_input_order_and_reads_only_as_room_frees_up() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from infermodes.workers.batch.runner import ordered
+    from infermodes.workers.batch.runner import InFlight, ordered
 
     read: list[int] = []
 
@@ -120,8 +120,8 @@ def test_ordered_keeps_input_order_and_reads_only_as_room_frees_up() -> None:
             yield item
 
     with ThreadPoolExecutor(3) as executor:
-        results = ordered(lambda x: x * x, items(), executor, 3)
+        results = ordered(lambda x: x * x, items(), executor, 3, InFlight())
         assert next(results) == 0
         assert len(read) == 3  # the window, no more
         assert list(results) == [x * x for x in range(1, 20)]
-    assert list(ordered(lambda x: -x, iter([1, 2]), None, 1)) == [-1, -2]
+    assert list(ordered(lambda x: -x, iter([1, 2]), None, 1, InFlight())) == [-1, -2]

@@ -48,6 +48,7 @@ from infermodes.operator.objects import (
     Ingress,
     env_list,
     guarded,
+    liveness_probe,
     resources,
     restricted_pod_spec,
 )
@@ -99,6 +100,10 @@ def desired_objects(
         "command": list(plan.command),
         "env": env_list(BatchSettings, "metrics_host", plan),
         "ports": [{"name": "metrics", "containerPort": BATCH_METRICS_PORT, "protocol": "TCP"}],
+        # 503 once a mini-batch is in flight past what its attempts may take (a hung predict,
+        # which nothing else would end): the pod fails and the Job runs the index again,
+        # skipping what it wrote; a long record within its timeout never fails it
+        "livenessProbe": liveness_probe("metrics"),
         "resources": resources(block.resources),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -18,6 +18,7 @@ limits and ~50 MB at the defaults, whatever the input's size.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import signal
@@ -44,7 +45,7 @@ from infermodes.errors import (
     clipped,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import BatchMetrics, serve_metrics
+from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
 from infermodes.predict.memory import JsonCap, process_json_cap
 from infermodes.predict.model import XGBoostModel
@@ -79,25 +80,67 @@ class OutputUnusable(Exception):
     not exist, access refused): the job fails saying so, not as a listing of its inputs."""
 
 
+class InFlight:
+    """When each mini-batch in flight was handed out, oldest first: the liveness probe's
+    (``stuck``). An attempt cannot be interrupted in process and is judged when it ends, so one
+    that never ends (a hung predict, a wedged worker process) would hold the instance, and its
+    Job, for ever; one merely long does not pass what its attempts may take."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started: deque[float] = deque()  # appended and popped by the runner's thread
+
+    def stuck(self, bound: float) -> str | None:
+        """Why the instance is stuck: its oldest mini-batch in flight for over ``bound``."""
+        try:
+            age = self.clock() - self.started[0]
+        except IndexError:  # none in flight (listing, reading, writing, loading the model)
+            return None
+        if age <= bound:
+            return None
+        return f"a mini-batch has been in flight for {age:.1f} s, past the {bound:g} s allowed"
+
+
 def ordered(
-    run: Callable[[T], R], items: Iterator[T], executor: Executor | None, window: int
+    run: Callable[[T], R],
+    items: Iterator[T],
+    executor: Executor | None,
+    window: int,
+    in_flight: InFlight,
 ) -> Iterator[R]:
     """``map(run, items)`` with up to ``window`` items in flight on ``executor``, results in
-    input order; items are read only as room frees up, so memory stays bounded."""
+    input order; items are read only as room frees up, so memory stays bounded. ``in_flight``
+    holds when each item not yet collected was handed out."""
+    started = in_flight.started
     if executor is None:
-        yield from map(run, items)
+        for item in items:
+            started.append(in_flight.clock())
+            try:
+                result = run(item)
+            finally:
+                started.popleft()
+            yield result
         return
     pending: deque[Future[R]] = deque()
+
+    def collect() -> R:
+        try:
+            return pending.popleft().result()
+        finally:
+            started.popleft()
+
     try:
         for item in items:
+            started.append(in_flight.clock())
             pending.append(executor.submit(run, item))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield collect()
         while pending:
-            yield pending.popleft().result()
+            yield collect()
     finally:
         for future in pending:
             future.cancel()
+        started.clear()  # what is left was this call's: a runner works on one unit at a time
 
 
 class Progress:
@@ -140,8 +183,10 @@ class Runner:
         storage: Storage,
         model: XGBoostModel,
         metrics: BatchMetrics,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.settings = settings
+        self.in_flight = in_flight or InFlight()
         self.storage = storage
         self.metrics = metrics
         self.output_prefix = parse_uri(settings.output_uri).uri.rstrip("/")
@@ -425,7 +470,7 @@ class Runner:
             )
             window = settings.max_concurrent_transforms
             written = 0
-            for done in ordered(self.work, batches, executor, window):
+            for done in ordered(self.work, batches, executor, window, self.in_flight):
                 self.record(done)
                 sink.write(done.output)
                 written += done.rows
@@ -528,11 +573,18 @@ def run(settings: BatchSettings) -> int:
     configure_logging(settings.log_level)
     registry = CollectorRegistry()
     metrics = BatchMetrics(registry)
+    in_flight = InFlight()
     if settings.metrics_port:
+        bound = settings.liveness_bound_seconds
         try:
-            serve_metrics(settings.metrics_port, settings.metrics_host, registry)
+            serve_metrics(settings.metrics_port, settings.metrics_host, registry,
+                          stuck=functools.partial(in_flight.stuck, bound))  # fmt: skip
         except OSError as exc:  # e.g. two instances by hand on one machine: the work matters more
             log.warning("no metrics: cannot serve port %d: %s", settings.metrics_port, exc)
+        else:
+            log.info("metrics and liveness (%s: a mini-batch in flight over %g s fails it) on "
+                     "%s:%d", LIVENESS_PATH, bound, settings.metrics_host,
+                     settings.metrics_port)  # fmt: skip
     storage = Storage()
     try:
         model = XGBoostModel.load(
@@ -546,7 +598,7 @@ def run(settings: BatchSettings) -> int:
         write_summary(settings, storage, failed)  # the job's status says why, not an exit code
         return EXIT_MODEL_LOAD_FAILED
     try:
-        runner = Runner(settings, storage, model, metrics)
+        runner = Runner(settings, storage, model, metrics, in_flight)
     except ValueError as exc:  # a filter we cannot parse
         log.error("%s", exc)
         return EXIT_CANNOT_START

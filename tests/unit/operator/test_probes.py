@@ -13,7 +13,7 @@ from infermodes.endpoints.plan import env_name
 from infermodes.metrics import LIVENESS_PATH
 from infermodes.operator import handlers
 from infermodes.operator.modes import mode_for
-from infermodes.settings import OperatorSettings, ServeSettings, WorkerSettings
+from infermodes.settings import BatchSettings, OperatorSettings, ServeSettings, WorkerSettings
 from tests.unit.operator.test_realtime import REF
 
 MODEL = {"uri": "s3://models/m.tar.gz"}
@@ -68,4 +68,16 @@ def test_an_async_worker_is_probed_for_liveness_once_its_metrics_port_opens() ->
     assert env[env_name(WorkerSettings, "metrics_port")] == str(metrics)
     assert container["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": "metrics"}
     assert container["startupProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert container["livenessProbe"]["timeoutSeconds"] >= 5  # a thread under a busy GIL
+
+
+def test_a_batch_instance_is_probed_for_liveness_on_its_metrics_port() -> None:
+    """Its metrics thread, which serves before the model loads (no startup probe to wait
+    for), answers ``/healthz`` from when its mini-batches in flight were handed out."""
+    batch = {"input": {"uri": "s3://d/in/"}, "output": {"uri": "s3://d/out/"}}
+    container = container_of({"mode": "batch", "batch": batch})
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[env_name(BatchSettings, "metrics_port")] == str(metrics)
+    assert container["livenessProbe"]["httpGet"] == {"path": LIVENESS_PATH, "port": "metrics"}
     assert container["livenessProbe"]["timeoutSeconds"] >= 5  # a thread under a busy GIL
