@@ -87,6 +87,17 @@ def outputs(data: dict[str, Any], prefix: str) -> dict[str, bytes]:
     return found
 
 
+def invalid_spec_message(tools: Tools, namespace: str, manifest: dict[str, Any]) -> str:
+    """Apply ``manifest``, which the API server takes and the operator does not: the message
+    of the endpoint's Failed, InvalidSpec status."""
+    applied = tools.apply(manifest, namespace)
+    assert applied.returncode == 0, applied.stderr
+    name = manifest["metadata"]["name"]
+    endpoint = wait_phase(tools.cluster.api, namespace, name, "Failed")
+    assert endpoint["status"]["reason"] == "InvalidSpec"
+    return str(endpoint["status"]["message"])
+
+
 def test_five_objects_over_two_instances_complete_with_every_row_right(
     tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
 ) -> None:
@@ -167,11 +178,7 @@ def test_a_secret_the_operator_does_not_give_endpoints_fails_the_endpoint(
     api.post(f"/api/v1/namespaces/{k8s_namespace}/secrets", secret)
     manifest = batch_manifest("borrows", "borrowed")
     manifest["spec"]["storageSecretRef"] = {"name": "payments-s3"}
-    applied = tools.apply(manifest, k8s_namespace)
-    assert applied.returncode == 0, applied.stderr
-    endpoint = wait_phase(api, k8s_namespace, "borrows", "Failed")
-    assert endpoint["status"]["reason"] == "InvalidSpec"
-    message = endpoint["status"]["message"]
+    message = invalid_spec_message(tools, k8s_namespace, manifest)
     assert "spec.storageSecretRef.name 'payments-s3' is not a Secret" in message, message
     assert api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"] == []
 
@@ -295,11 +302,7 @@ def test_headers_with_parameters_are_applied_and_the_job_completes(
         np.testing.assert_array_equal(joined[:, -1], data["booster"].inplace_predict(sent))
     latin = batch_manifest("latin", "latin")
     latin["spec"]["batch"]["input"]["contentType"] = "text/csv; charset=latin-1"
-    applied = tools.apply(latin, k8s_namespace)
-    assert applied.returncode == 0, applied.stderr
-    endpoint = wait_phase(api, k8s_namespace, "latin", "Failed")
-    assert endpoint["status"]["reason"] == "InvalidSpec"
-    message = endpoint["status"]["message"]
+    message = invalid_spec_message(tools, k8s_namespace, latin)
     assert "spec.batch.input.contentType: unsupported charset 'latin-1'" in message, message
     jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
     assert [job["metadata"]["name"] for job in jobs] == ["ie-charset"]
@@ -335,17 +338,24 @@ def test_a_job_waits_for_an_older_one_writing_its_output_prefix(
     assert len(outputs(data, "shared")) == OBJECTS
 
 
+def stopped_job(
+    tools: Tools, namespace: str, store: S3Endpoint, data: dict[str, Any], name: str
+) -> None:
+    """A job ``name`` over its own inputs (prefix ``name``), created stopped: Stopped."""
+    storage_secret(tools, namespace, store)
+    upload_inputs(data, name)
+    stopped = tools.apply(batch_manifest(name, name, stop=True), namespace)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_phase(tools.cluster.api, namespace, name, "Stopped")
+
+
 def test_a_job_created_stopped_runs_once_resumed_and_completes(
     tools: Tools, k8s_namespace: str, store: S3Endpoint, data: dict[str, Any]
 ) -> None:
     """``stop`` reaches an existing Job as a patch of its ``suspend`` alone (the rest of a Job
     cannot change, so it is not applied again whole): stopped, then resumed, it completes."""
     api = tools.cluster.api
-    storage_secret(tools, k8s_namespace, store)
-    upload_inputs(data, "resumed")
-    stopped = tools.apply(batch_manifest("resumed", "resumed", stop=True), k8s_namespace)
-    assert stopped.returncode == 0, stopped.stderr
-    wait_phase(api, k8s_namespace, "resumed", "Stopped")
+    stopped_job(tools, k8s_namespace, store, data, "resumed")
     job = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs/ie-resumed")
     assert job["spec"]["suspend"] is True
     assert outputs(data, "resumed") == {}
@@ -365,11 +375,7 @@ def test_a_resume_the_api_server_refuses_is_in_the_status_and_taken_once_allowed
     says the API's words (reason ApplyRefused); the policy gone, the next resync resumes the
     job, which completes."""
     api = tools.cluster.api
-    storage_secret(tools, k8s_namespace, store)
-    upload_inputs(data, "unheld")
-    stopped = tools.apply(batch_manifest("unheld", "unheld", stop=True), k8s_namespace)
-    assert stopped.returncode == 0, stopped.stderr
-    wait_phase(api, k8s_namespace, "unheld", "Stopped")
+    stopped_job(tools, k8s_namespace, store, data, "unheld")
     said = f"jobs in {k8s_namespace} stay suspended"
     policies = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
     bindings = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"

@@ -88,27 +88,24 @@ def test_an_accept_with_parameters_is_the_output_the_model_server_would_give(
     assert re.fullmatch(BATCH_ACCEPT_PATTERN, given)
 
 
-@pytest.mark.parametrize(("given", "why"), BAD_CONTENT_TYPES)
-def test_a_content_type_the_instances_cannot_read_is_refused_naming_the_field(
-    given: str, why: str
+@pytest.mark.parametrize(
+    ("field", "given", "why"),
+    [
+        *(("contentType", *bad) for bad in BAD_CONTENT_TYPES),
+        *(("accept", *bad) for bad in BAD_ACCEPTS),
+    ],
+)
+def test_a_header_the_instances_cannot_use_is_refused_naming_the_field(
+    field: str, given: str, why: str
 ) -> None:
-    problems = s.parse_spec(batch_spec(content_type=given))
+    where, setting = {"contentType": ("input", "content_type"), "accept": ("output", "accept")}[
+        field
+    ]
+    problems = s.parse_spec(batch_spec(**{setting: given}))
     assert isinstance(problems, str)
-    assert problems.startswith("spec.batch.input.contentType: ") and why in problems, problems
-    with pytest.raises(ValidationError, match=r"content_type\n") as caught:
-        BatchSettings(**REQUIRED, content_type=given)
-    assert why in str(caught.value)
-
-
-@pytest.mark.parametrize(("given", "why"), BAD_ACCEPTS)
-def test_an_accept_the_instances_cannot_write_is_refused_naming_the_field(
-    given: str, why: str
-) -> None:
-    problems = s.parse_spec(batch_spec(accept=given))
-    assert isinstance(problems, str)
-    assert problems.startswith("spec.batch.output.accept: ") and why in problems, problems
-    with pytest.raises(ValidationError, match=r"accept\n") as caught:
-        BatchSettings(**REQUIRED, accept=given)
+    assert problems.startswith(f"spec.batch.{where}.{field}: ") and why in problems, problems
+    with pytest.raises(ValidationError, match=rf"\n{setting}\n") as caught:
+        BatchSettings(**REQUIRED, **{setting: given})
     assert why in str(caught.value)
 
 
