@@ -25,7 +25,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from infermodes.gateway.kube import Credentials, KubeApi
 from infermodes.gateway.platform_store import KubePlatformStore
@@ -227,6 +227,30 @@ def test_boto3_drives_serverless_async_and_batch_through_the_gateway(
     assert "abalone-batch" in shown.stdout, shown.stdout
     sagemaker.delete_model(ModelName="Abalone-XGB")
     assert sagemaker.list_models()["Models"] == []
+
+
+def test_an_unknown_transform_job_is_answered_as_the_platform_answers_it(tools: Tools) -> None:
+    """DescribeTransformJob and StopTransformJob of a job that does not exist, through boto3
+    against the gateway (its Kubernetes store): the platform's ValidationException (its service
+    model lists ResourceNotFound, which it does not send; boto3's transform waiter fails on
+    this code at its first answer) naming the job as given, a 400, for any name the platform
+    takes (a 63-character one is no endpoint's), and nothing made."""
+    sagemaker = client(tools, "sagemaker")
+    for name in ("No-Such-Job", "j" * 63):
+        for call in (sagemaker.describe_transform_job, sagemaker.stop_transform_job):
+            with pytest.raises(ClientError) as caught:
+                call(TransformJobName=name)
+            answer = caught.value.response
+            assert answer["Error"] == {
+                "Code": "ValidationException",
+                "Message": f"Could not find requested job with name {name}",
+            }
+            assert answer["ResponseMetadata"]["HTTPStatusCode"] == 400
+    waiter = sagemaker.get_waiter("transform_job_completed_or_stopped")
+    with pytest.raises(WaiterError, match="terminal failure state"):
+        waiter.wait(TransformJobName="No-Such-Job")  # its own configuration: a minute a poll
+    listed = sagemaker.list_transform_jobs()["TransformJobSummaries"]
+    assert not {"no-such-job", "j" * 63} & {job["TransformJobName"].lower() for job in listed}
 
 
 def test_the_kubernetes_store_keeps_records_and_endpoints_as_objects(
