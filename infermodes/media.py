@@ -34,21 +34,25 @@ def _spellings(types: tuple[str, ...], aliases: bool = True) -> str:
 
 
 def content_type_pattern(types: tuple[str, ...]) -> str:
-    """A Content-Type of one of ``types`` (or an alias) with any parameters: what a schema can
-    check of ``content_type_of``'s reading (a charset it refuses, it cannot)."""
-    return f"^{_BLANK}{_spellings(types)}{_BLANK}(;{_REST})?$"
+    """A Content-Type of one of ``types`` (or an alias) with any parameters, or a blank one (a
+    missing header: CSV): what a schema can check of ``content_type_of``'s reading (a charset
+    it refuses, it cannot)."""
+    return f"^({_BLANK}|{_BLANK}{_spellings(types)}{_BLANK}(;{_REST})?)$"
 
 
 def accept_pattern() -> str:
-    """An Accept list naming at least one output type or a wildcard for them: what a schema can
-    check of ``accept_of``'s reading (a q-value of 0 on every such range, it cannot)."""
+    """An Accept list naming at least one output type or a wildcard for them, or an empty list
+    (CSV): what a schema can check of ``accept_of``'s reading (a q-value of 0 on every such
+    range, it cannot)."""
     ranges = _spellings((*OUTPUT_TYPES, *_WILDCARDS), aliases=False)
-    return f"^({_REST},)?{_BLANK}{ranges}{_BLANK}([;,]{_REST})?$"
+    return f"^([ \\t,]*|({_REST},)?{_BLANK}{ranges}{_BLANK}([;,]{_REST})?)$"
 
 
 def type_is_cel(field: str, types: tuple[str, ...], aliases: bool = True) -> str:
-    """CEL: whether the header in ``field`` names one of ``types`` (or an alias) first."""
-    return f"{field}.matches('^{_BLANK}{_spellings(types, aliases)}{_BLANK}(;|$)')"
+    """CEL: whether the header in ``field`` names one of ``types`` (or an alias) first; a
+    blank one is CSV, as a missing header."""
+    blank = f"{_BLANK}$|" if CSV in types else ""
+    return f"{field}.matches('^({blank}{_BLANK}{_spellings(types, aliases)}{_BLANK}(;|$))')"
 
 
 def _show(value: str, limit: int) -> str:
