@@ -115,7 +115,8 @@ def outbox_name(endpoint: str) -> str:
 
 
 def outbox_dead_letter_name(endpoint: str) -> str:
-    """Where an endpoint's webhook jobs go that no sender settled (``OUTBOX_SENDS``): a queue of
+    """Where an endpoint's webhook jobs are dead-lettered (their ``OUTBOX_SENDS`` failed, their
+    deliveries ``OUTBOX_UNSETTLED`` times unsettled, or the queue's limit reached): a queue of
     their own, not the endpoint's dead-letter queue, whose messages are requests (a job there
     would read as a malformed one to whoever sends them back to the work queue)."""
     return f"{outbox_name(endpoint)}.dead-letter"

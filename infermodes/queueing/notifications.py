@@ -18,6 +18,7 @@ its job to be delivered again, to any worker of the endpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import socket
@@ -238,6 +239,7 @@ class WebhookJob:
     success: bool
     sends: int = 0
     last_error: str = ""
+    took: frozenset[str] = frozenset()  # ``webhook_key`` of each webhook that took it already
 
     @property
     def inference_id(self) -> str:
@@ -247,7 +249,15 @@ class WebhookJob:
         job: dict[str, object] = {"success": self.success, "notification": self.notification}
         if self.sends:
             job |= {"sends": self.sends, "lastError": self.last_error}
+        if self.took:
+            job["took"] = sorted(self.took)
         return json.dumps(job).encode()
+
+
+def webhook_key(url: str) -> str:
+    """How a job records a webhook that took it, so that a later send skips that one: a digest,
+    not the URL, which often holds a token."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def webhook_job(body: dict[str, object], success: bool) -> bytes:
@@ -265,11 +275,14 @@ def read_webhook_job(data: bytes) -> WebhookJob | None:
         return None
     body, success = job.get("notification"), job.get("success")
     sends, last_error = job.get("sends", 0), job.get("lastError", "")
+    took = job.get("took", [])
     if not isinstance(body, dict) or not isinstance(success, bool):
         return None
     if type(sends) is not int or sends < 0 or not isinstance(last_error, str):
         return None
-    return WebhookJob(body, success, sends, last_error)
+    if not isinstance(took, list) or not all(isinstance(key, str) for key in took):
+        return None
+    return WebhookJob(body, success, sends, last_error, frozenset(took))
 
 
 class JobStep(StrEnum):
@@ -293,10 +306,13 @@ def step_of(attempt: int, has_webhook: bool, age: float) -> JobStep:
     return JobStep.RETURN if age < ORPHANED_JOB_SECONDS else JobStep.ORPHANED
 
 
-def failed_send(job: WebhookJob, failure: str) -> tuple[WebhookJob, bool]:
-    """The job after one more failed send, and whether it is to be dead-lettered (its
-    ``OUTBOX_SENDS`` spent) rather than put back for the next."""
-    failed = replace(job, sends=job.sends + 1, last_error=failure)
+def failed_send(
+    job: WebhookJob, failure: str, took: frozenset[str] = frozenset()
+) -> tuple[WebhookJob, bool]:
+    """The job after one more failed send, in which the webhooks ``took`` took it (the next
+    send skips them), and whether it is to be dead-lettered (its ``OUTBOX_SENDS`` spent)
+    rather than put back for the next."""
+    failed = replace(job, sends=job.sends + 1, last_error=failure, took=job.took | took)
     return failed, failed.sends >= OUTBOX_SENDS
 
 
@@ -339,9 +355,11 @@ class Outbox:
 @dataclass(frozen=True)
 class Sent:
     """One send of a job to each webhook of its outcome: ``failure`` is the last one's that
-    gave up (by scheme and host only: a path is often a token), None when each took it."""
+    gave up (by scheme and host only: a path is often a token), None when each took it;
+    ``took``: the ``webhook_key`` of each that took it in this send."""
 
     failure: str | None = None
+    took: frozenset[str] = frozenset()
 
 
 class Notifier:
@@ -439,16 +457,18 @@ class WebhookSender:
         if step is JobStep.RETURN:  # a rollout adding the webhook: left to a worker with it
             self.stopping.wait(NO_WEBHOOK_PAUSE_SECONDS)
             return self._put_back(job, "no_webhook", "no webhook for its outcome here")
-        sent = self.post(job.notification, job.success)
+        sent = self.post(job.notification, job.success, skip=job.took)
         if sent is None:
             return self._put_back(job, "stopping", "the worker stops")
         if sent.failure is None:
             return Settle.ACK
-        failed, exhausted = failed_send(job, sent.failure)
+        failed, exhausted = failed_send(job, sent.failure, sent.took)
         if exhausted:
             why = f"{failed.sends} sends failed, the last: {sent.failure}"
             return self._dead_letter(failed, "sends_exhausted", why)
         why = f"send {failed.sends} of {OUTBOX_SENDS} failed"
+        log.warning("webhook job of inference %s: %s (%s); back to the outbox for the next",
+                    failed.inference_id or "(unknown)", why, sent.failure)  # fmt: skip
         return self._put_back(failed, "send_failed", why)
 
     def _put_back(self, job: WebhookJob, reason: str, why: str) -> Settle:
@@ -485,20 +505,29 @@ class WebhookSender:
         )
         self.metrics.webhook_jobs_unsent.labels(reason).inc()
 
-    def post(self, body: dict[str, object], success: bool) -> Sent | None:
-        """None when the worker stopped before every webhook had its tries: the job is to be
-        sent again, to each of them (a webhook is delivered at least once)."""
+    def post(
+        self, body: dict[str, object], success: bool, skip: frozenset[str] = frozenset()
+    ) -> Sent | None:
+        """One send to each webhook of the outcome but those ``skip`` names (they took the
+        job in an earlier send). None when the worker stopped before every webhook had its
+        tries: the job is to be sent again, to each of them (a webhook is delivered at least
+        once)."""
         payload = json.dumps(body).encode()
         inference_id = str(body.get("inferenceId") or "")
-        failure = None
+        failure, took = None, set()
         for url in self.webhooks.success if success else self.webhooks.error:
+            key = webhook_key(url)
+            if key in skip:
+                continue
             sent = self._post(url, payload, inference_id)
             if sent is None:
                 return None
+            if sent.failure is None:
+                took.add(key)
             failure = sent.failure or failure
             result = "failed" if sent.failure else "sent"
             self.metrics.notifications.labels("webhook", result).inc()
-        return Sent(failure)
+        return Sent(failure, frozenset(took))
 
     def _post(self, url: str, payload: bytes, inference_id: str) -> Sent | None:
         """The webhook's outcome (``Sent``, with its last failure when it gave up); None when
@@ -535,7 +564,7 @@ class WebhookSender:
                         reason = f"no answer within {WEBHOOK_ANSWER_SECONDS:g} s"
                     log.warning("%s failed: %s", shown, reason)
                     failure = f"{where} failed: {reason}"
-        log.error("%s: giving up after %d attempts", shown, self.webhook_attempts)
+        log.warning("%s: this send gave up after %d attempts", shown, self.webhook_attempts)
         return Sent(failure)
 
     def _post_to(

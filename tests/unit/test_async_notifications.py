@@ -44,6 +44,7 @@ from infermodes.queueing.notifications import (
     step_of,
     success_body,
     webhook_job,
+    webhook_key,
 )
 from tests.unit.async_samples import invocation
 
@@ -271,7 +272,7 @@ def test_webhook_logs_show_no_token(
     sender = WebhookSender(metrics, hooks, 2, outbox(), lambda: http, check)
     sender.post({"inferenceId": "abc"}, True)
     logged = caplog.text
-    assert "https://hooks.test/..." in logged and "giving up after 2 attempts" in logged
+    assert "https://hooks.test/..." in logged and "this send gave up after 2 attempts" in logged
     assert "token123" not in logged and "sig=abc" not in logged
 
 
@@ -536,6 +537,34 @@ def test_a_failed_send_puts_the_job_back_counted_and_the_last_one_dead_letters_i
     assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
 
 
+def test_a_later_send_skips_the_webhooks_that_took_the_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One of two webhooks down: the job goes back remembering the one that took it (by a
+    digest, not its URL, which may hold a token), and the next sends POST only the other: a
+    healthy webhook gets the notification once, not once per send."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    posted: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        posted.append(request.url.path)
+        return httpx.Response(200 if request.url.path == "/good" else 500, stream=EMPTY)
+
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    hooks = Webhooks(["http://hook.test/good", "http://hook.test/bad"], [])
+    metrics = WorkerMetrics(CollectorRegistry())
+    sender = WebhookSender(metrics, hooks, 1, outbox(), lambda: http, check)
+    data = webhook_job({"inferenceId": "abc"}, True)
+    for _ in range(3):
+        assert sender.handle(Delivery(data, 0)) is Settle.ACK
+        data = written(sender).bodies[-1]
+    assert posted == ["/good", "/bad", "/bad", "/bad"]
+    job = read_webhook_job(data)
+    assert job is not None and (job.sends, job.took) == (3, {webhook_key("http://hook.test/good")})
+    assert b"/good" not in data and b"/bad" not in data
+    assert metrics.notifications.labels("webhook", "sent")._value.get() == 1
+
+
 def test_a_send_is_one_more_only_when_it_failed() -> None:
     """The pure decisions: the step before a POST, and the count after a failed one."""
     assert step_of(0, True, 1e9) is JobStep.SEND
@@ -549,11 +578,19 @@ def test_a_send_is_one_more_only_when_it_failed() -> None:
     assert (once.sends, once.last_error, exhausted) == (OUTBOX_SENDS - 1, "x answered 503", False)
     assert failed_send(once, "x failed: refused")[1] is True
     assert read_webhook_job(once.encoded()) == once
+    took, _ = failed_send(once, "x failed", frozenset({"k1"}))
+    assert took.took == {"k1"} and read_webhook_job(took.encoded()) == took
 
 
 @pytest.mark.parametrize("sends", ["1", -1, True, 1.5])
 def test_a_job_whose_count_of_sends_is_no_count_is_no_job(sends: object) -> None:
     data = json.dumps({"success": True, "notification": {}, "sends": sends}).encode()
+    assert read_webhook_job(data) is None
+
+
+@pytest.mark.parametrize("took", ["k1", [1], {"k1": 1}])
+def test_a_job_whose_webhooks_that_took_it_are_no_list_of_keys_is_no_job(took: object) -> None:
+    data = json.dumps({"success": True, "notification": {}, "sends": 1, "took": took}).encode()
     assert read_webhook_job(data) is None
 
 

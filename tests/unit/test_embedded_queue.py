@@ -577,7 +577,8 @@ def test_a_webhook_job_put_back_again_and_again_is_never_dead_lettered(
     """A sender without the webhook of a young job's outcome (a rollout adding it) puts it
     back through the queue file, more often than the outbox's delivery limit: each time a new
     message, never a delivery counted, so the job is neither among the dead letters nor
-    lost, and a sender with the webhook gets it first time."""
+    lost: it waits, each time a first delivery, for a sender with the webhook (the RabbitMQ
+    integration test runs one)."""
     monkeypatch.setattr("infermodes.queueing.notifications.NO_WEBHOOK_PAUSE_SECONDS", 0.01)
     publisher = queue.publisher(EP, 3, 1)
     metrics = WorkerMetrics(CollectorRegistry())
