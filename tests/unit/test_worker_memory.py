@@ -84,3 +84,22 @@ def test_the_cgroup_limit_is_the_smallest_on_the_process_s_own_path(
 def test_a_costlier_decode_lowers_the_cap_in_proportion() -> None:
     """The batch runner's whole JSON documents cost more than the codecs' decode alone."""
     assert json_input_cap(64 * MIB, 1024 * MIB, 80 * MIB, 2, 42) == 944 * MIB // (2 * 42)
+
+
+def test_the_model_servers_json_cap_is_each_workers_share_of_the_spare_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker process may parse a fallback JSON body at once: 2 workers of 100 MiB in
+    1 GiB leave 824 MiB, which two bodies at 36 bytes per byte share (a cap of 824 / 36 MiB
+    each would let both together take twice the memory)."""
+    from types import SimpleNamespace
+
+    from infermodes.server.runner import json_parse_cap
+    from infermodes.settings import ServeSettings
+
+    usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
+    monkeypatch.setattr("infermodes.predict.memory.resource.getrusage", lambda who: usage)
+    settings = ServeSettings(
+        model_uri="m", workers=2, memory_bytes=1024 * MIB, max_payload_bytes=64 * MIB
+    )
+    assert json_parse_cap(settings) == 824 * MIB // (2 * JSON_BYTES_EXPANSION)
