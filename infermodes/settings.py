@@ -955,8 +955,9 @@ class BatchSettings(EnvSettings):
         ge=1,
         le=86400,
         description="GET /healthz on the metrics port answers 503 once a mini-batch has been in "
-        "flight this long past what its attempts may take ((invocations_max_retries + 1) x "
-        "invocations_timeout_in_seconds): hung, not long. It covers a worker process's start "
+        "flight for (invocations_max_retries + 1) x (invocations_timeout_in_seconds + this): "
+        "each attempt may overrun its timeout by this much (slow attempts fail the mini-batch, "
+        "not the pod); past that it is hung. It covers a worker process's start "
         "and model load too, which the first mini-batches wait for.",
     )
     termination_message_path: str | None = Field(
@@ -967,9 +968,11 @@ class BatchSettings(EnvSettings):
 
     @property
     def liveness_bound_seconds(self) -> float:
-        """How long a mini-batch may be in flight before the instance counts as stuck."""
+        """How long a mini-batch may be in flight before the instance counts as stuck: each
+        attempt may overrun its timeout by the allowance, since an attempt past its timeout is
+        judged only when it ends (slow, it fails the mini-batch, not the pod)."""
         attempts = self.invocations_max_retries + 1
-        return attempts * self.invocations_timeout_in_seconds + self.liveness_stall_seconds
+        return attempts * (self.invocations_timeout_in_seconds + self.liveness_stall_seconds)
 
     @property
     def payload_mb(self) -> int:

@@ -31,7 +31,7 @@ static const uint64_t POW10[18];
 /* The digits at p (at least eight readable bytes) appended to *mantissa, eight at a time
  * (SWAR, as in simdjson and fast_float): the run's length from a mask of the non-digit bytes,
  * so no branch depends on it, its value in three multiplications. Wraps past 19 digits (the
- * caller then uses strtod). Returns the end of the run. */
+ * caller then uses strtod_l in the C locale). Returns the end of the run. */
 static inline const char *swar_digits(const char *p, const char *end, uint64_t *mantissa) {
     uint64_t m = *mantissa;
     for (;;) {

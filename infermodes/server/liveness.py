@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIServer
 from infermodes.metrics import LIVENESS_PATH, serve_wsgi, text_headers
 
 TICK_SECONDS = 1.0
-_SLOT = struct.Struct("dd")  # last tick, start of the oldest prediction in progress (0: none)
+_SLOT = struct.Struct("dd")  # last tick, since when some prediction is in progress (0: none)
 
 
 class LivenessTable:

@@ -63,7 +63,10 @@ def test_items_left_when_the_caller_stops_are_not_in_flight_any_more() -> None:
     assert not in_flight.started
 
 
-def test_the_bound_is_every_attempt_of_a_mini_batch_and_the_stall_allowance() -> None:
+def test_the_bound_is_every_attempt_of_a_mini_batch_each_with_the_stall_allowance() -> None:
+    """An attempt past its timeout is judged only when it ends: three attempts of 80 s against
+    a 30 s timeout fail their mini-batch, which must not fail the pod (3 x 30 + 60 = 150 s
+    would have)."""
     timing = {"invocations_timeout_in_seconds": 30, "liveness_stall_seconds": 60}
     settings = BatchSettings(**REQUIRED, invocations_max_retries=2, **timing)
-    assert settings.liveness_bound_seconds == 3 * 30 + 60
+    assert settings.liveness_bound_seconds == 3 * (30 + 60)
