@@ -48,9 +48,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def json_parse_cap(settings: ServeSettings) -> int:
     """The largest JSON body Python's parser may read in this worker (measured once its model is
     loaded): its share of the memory left once every worker holds what this one does, at the
-    worst cost per byte, since every worker may parse one at once. One at a time per worker: the event loop decodes bodies under ``offload_bytes`` one by one, and a
-    thread the larger ones, one at a time (a body decoded on the loop beside it is under
-    ``offload_bytes``: 2.3 MiB at most at 64 KiB)."""
+    worst cost per byte, since every worker may parse one at once. One at a time per worker:
+    the event loop decodes bodies under ``offload_bytes`` one by one, and a thread the larger
+    ones, one at a time (a body decoded on the loop beside it is under ``offload_bytes``:
+    2.3 MiB at most at 64 KiB)."""
     from infermodes.predict.memory import process_json_cap
 
     return process_json_cap(
