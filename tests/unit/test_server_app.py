@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from infermodes.errors import ModelLoadError
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.native import NativeBooster
+from infermodes.predict.trees import compile_booster
 from infermodes.server.app import ModelSlot, create_app
 from infermodes.settings import ServeSettings
 
@@ -129,3 +130,23 @@ def test_rows_over_the_limit_are_413(model: XGBoostModel) -> None:
     response = client.post("/invocations", content=b"1,2,3\n" * 3, headers=headers)
     assert response.status_code == 413
     assert "at most 2" in response.json()["message"]
+
+
+def test_the_fast_path_judges_a_body_by_its_rows_not_its_size(model: XGBoostModel) -> None:
+    """A one-row JSON body padded to 30 KB is answered at once while rows cost 20 µs (counted
+    by its bytes, 15,000 rows at most, it went the ASGI way); one whose rows would keep the
+    loop past ``loop_predict_seconds`` is left to the ASGI path, which predicts it off the
+    loop."""
+    trees = compile_booster(model.booster)
+    assert trees is not None  # the tree evaluator: calls too cheap to share, predicted alone
+    slot = ModelSlot()
+    slot.model = XGBoostModel(model.booster, model.num_features, trees=trees)
+    handler = create_app(ServeSettings(model_uri="unused"), slot).invocations
+    scope = {"type": "http", "method": "POST", "path": "/invocations",
+             "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+    body = b'{"instances": [[1, 2, 3]]}' + b" " * 30_000
+    handler.batcher.seconds_per_row = 20e-6
+    answer = handler.answer_now(scope, body)
+    assert answer is not None and answer[0] == 200
+    handler.batcher.seconds_per_row = 1.0
+    assert handler.answer_now(scope, body) is None
