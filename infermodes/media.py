@@ -25,12 +25,23 @@ _REST = r"[^\x00-\x1f\x7f]*"
 _BLANK = r"[ \t]*"  # what surrounds a type: RE2 (the API server's) reads \s as ASCII's alone
 
 
+def _any_ascii_case(name: str) -> str:
+    """``name`` as a regex (Python's, RE2's and a CEL string's alike) in any ASCII case, as
+    ``media_type`` lowers it: ``(?i)`` would also fold other letters (RE2 and Python read
+    U+017F, the long s, as ``s`` and U+212A, the Kelvin sign, as ``k``), so a ``text/csv``
+    spelled with the long s would pass a schema the spec then refuses; ``*`` in a class, since
+    CEL has no ``\\*`` escape."""
+    return "".join(
+        f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else "[*]" if c == "*" else c
+        for c in name
+    )
+
+
 def _spellings(types: tuple[str, ...], aliases: bool = True) -> str:
-    """The types (and their Content-Type aliases), as a regex alternation in any case (Python's
-    and RE2's)."""
+    """The types (and their Content-Type aliases), as a regex alternation in any ASCII case."""
     folded = [alias for alias, kind in _ALIASES.items() if aliases and kind in types]
     names = sorted({*types, *folded})
-    return "(?i:" + "|".join(name.replace("*", r"\*") for name in names) + ")"
+    return "(?:" + "|".join(_any_ascii_case(name) for name in names) + ")"
 
 
 def content_type_pattern(types: tuple[str, ...]) -> str:

@@ -113,7 +113,19 @@ def test_a_header_the_instances_cannot_use_is_refused_naming_the_field(
 
 
 @pytest.mark.parametrize(
-    "given", ["text/plain", "garbage", " ;", "text/csv\n", "text/csvx", "xtext/csv", "text/csv,"]
+    "given",
+    [
+        "text/plain",
+        "garbage",
+        " ;",
+        "text/csv\n",
+        "text/csvx",
+        "xtext/csv",
+        "text/csv,",
+        "text/c\u017fv",
+        "application/j\u017fon",
+        "text/libsvm".replace("s", "\u017f"),
+    ],
 )
 def test_the_crd_pattern_refuses_a_content_type_of_no_batch_type(given: str) -> None:
     assert not re.fullmatch(BATCH_CONTENT_TYPE_PATTERN, given)
