@@ -285,23 +285,22 @@ RefusalCode = Callable[[int], str]  # the platform's error code of a status (the
 Refused = Callable[[int, str, str], None]
 
 
-def raw_error_response(
-    status: int, message: str, code: str | None = None, named: str = ""
-) -> bytes:
+def raw_error_response(status: int, message: str, platform: tuple[str, str] | None = None) -> bytes:
     """A whole HTTP/1.1 error response, for the protocol to write when there is no app to.
-    With the platform's ``code`` (the gateway's answers), it is where boto3 reads it, as in the
-    gateway's other errors: ``x-amzn-ErrorType`` (REST-JSON: ``sagemaker-runtime``) and the
-    body's ``__type`` (JSON 1.1: ``sagemaker``), with the answer's ``x-amzn-RequestId``,
-    ``named`` (the id its log line names)."""
+    With ``platform``, the platform's code and the request id (the gateway's answers, the id
+    its log line names), they are where boto3 reads them, as in the gateway's other errors:
+    ``x-amzn-ErrorType`` (REST-JSON: ``sagemaker-runtime``) and the body's ``__type`` (JSON
+    1.1: ``sagemaker``), and ``x-amzn-RequestId``."""
+    code, headers = None, ""
+    if platform is not None:
+        code, named = platform
+        headers = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {named}\r\n"
     body = error_json(status_kind(status), message, code)
-    platform = ""
-    if code is not None:
-        platform = f"x-amzn-errortype: {code}\r\nx-amzn-requestid: {named}\r\n"
     return b"".join(
         [
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode(),
             f"content-type: {ERROR_MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n".encode(),
-            f"{platform}connection: close\r\n\r\n".encode(),
+            f"{headers}connection: close\r\n\r\n".encode(),
             body,
         ]
     )
@@ -779,7 +778,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         told = type(self).on_refusal
         if told is not None:
             told(status, message, named)
-        return raw_error_response(status, message, coded(status), named)
+        return raw_error_response(status, message, (coded(status), named))
 
     def _end_refused(self, answer: bytes, linger: bool) -> None:
         """Send a refusal, then drain what the client still sends (``_Lingering``: the rest of
