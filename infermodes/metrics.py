@@ -428,9 +428,9 @@ def serve_metrics(
     return serve_wsgi(host, port, app, "metrics-http")
 
 
-def serve_wsgi(host: str, port: int, app: Any, thread_name: str) -> WSGIServer:
-    """Serve the WSGI ``app`` on a daemon thread, quietly: the side ports of processes whose
-    main thread does other work (metrics, readiness, liveness)."""
+def wsgi_server(host: str, port: int, app: Any) -> WSGIServer:
+    """A quiet WSGI server for ``app``, bound and listening, not yet serving: the side ports
+    (metrics, readiness, liveness), each request on a thread of its own."""
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -438,7 +438,13 @@ def serve_wsgi(host: str, port: int, app: Any, thread_name: str) -> WSGIServer:
     class Server(_MetricsHttpServer):
         address_family = family  # an IPv6 host needs its own family
 
-    server = make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
+    return make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
+
+
+def serve_wsgi(host: str, port: int, app: Any, thread_name: str) -> WSGIServer:
+    """Serve the WSGI ``app`` on a daemon thread: the side ports of processes whose main
+    thread does other work."""
+    server = wsgi_server(host, port, app)
     threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
     return server
 

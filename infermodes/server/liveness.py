@@ -3,12 +3,13 @@
 A worker predicts small requests on its event loop (``InvocationsHandler``), so its own port
 cannot answer a probe while a long prediction runs: a kubelet probing ``/ping`` there would
 restart a busy, healthy server. Instead each worker's loop stamps its slot of a table shared
-across the fork every ``TICK_SECONDS``, and marks the predictions it runs; a thread of the
-process holding the socket (the supervisor, or the only worker) answers ``GET /healthz`` on
-the liveness port: 503 naming each worker whose loop has neither ticked for ``stall_seconds``
-nor is predicting (a deadlock, a stuck loop), 200 otherwise. A worker not yet ticking (a
-replacement loading its model before it serves) is not stalled: the supervisor restarts
-crashed workers itself.
+across the fork every ``TICK_SECONDS``, and marks the predictions it runs; the liveness port
+answers ``GET /healthz`` from a thread of the only worker, or beside several from a process of
+its own that the supervisor forks (``runner.Supervisor``: it forks workers again whenever one
+crashes, and so must never hold a thread): 503 naming each worker whose loop has neither
+ticked for ``stall_seconds`` nor is predicting (a deadlock, a stuck loop), 200 otherwise. A
+worker not yet ticking (a replacement loading its model before it serves) is not stalled: the
+supervisor restarts crashed workers itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from infermodes.metrics import LIVENESS_PATH, serve_wsgi, text_headers
+from infermodes.metrics import LIVENESS_PATH, text_headers, wsgi_server
 
 TICK_SECONDS = 1.0
 _SLOT = struct.Struct("dd")  # last tick, since when some prediction is in progress (0: none)
@@ -112,7 +113,7 @@ class WorkerBeat:
             await asyncio.sleep(TICK_SECONDS)
 
 
-def serve_liveness(
+def liveness_server(
     host: str,
     port: int,
     table: LivenessTable,
@@ -120,8 +121,9 @@ def serve_liveness(
     longest_prediction: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> WSGIServer:
-    """``GET``/``HEAD /healthz`` on a daemon thread: 200 ``alive`` (and the predicting
-    workers), or 503 naming the stalled ones; any other path is 404."""
+    """``GET``/``HEAD /healthz``, bound and listening, for its caller to serve (a thread of the
+    only worker, or a process of its own beside several: ``runner.Supervisor``): 200 ``alive``
+    (and the predicting workers), or 503 naming the stalled ones; any other path is 404."""
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != LIVENESS_PATH:
@@ -133,4 +135,4 @@ def serve_liveness(
         start_response("503 Service Unavailable" if stalled else "200 OK", text_headers(body))
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
-    return serve_wsgi(host, port, app, "liveness-http")
+    return wsgi_server(host, port, app)

@@ -21,12 +21,16 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from infermodes.server.liveness import LivenessTable, WorkerBeat
     from infermodes.settings import ServeSettings
 
@@ -141,16 +145,30 @@ def run_worker(
     return EXIT_MODEL_LOAD_FAILED if slot.error else 0
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """The liveness port's table, shared with every worker forked after it, and its server,
+    bound and listening."""
+
+    table: LivenessTable
+    server: WSGIServer
+
+
 class Supervisor:
-    """Forks workers, restarts ones that crash, and stops them all on SIGTERM/SIGINT."""
+    """Forks workers, restarts ones that crash, and stops them all on SIGTERM/SIGINT. With a
+    liveness port, its server runs in a child of its own, restarted likewise: the supervisor
+    forks whenever a worker crashes, and a fork while another thread of it held a lock (a
+    probe's thread writing to stderr, say) could leave the new worker blocked on it for good;
+    so the supervisor holds no thread, and no worker inherits a probe's connection."""
 
     def __init__(
-        self, settings: ServeSettings, sock: socket.socket, liveness: LivenessTable | None = None
+        self, settings: ServeSettings, sock: socket.socket, liveness: Liveness | None = None
     ) -> None:
         self.settings = settings
         self.sock = sock
         self.liveness = liveness
         self.children: dict[int, int] = {}  # pid -> worker index
+        self.liveness_pid = 0  # the liveness server's process, while there is one
         self.stopping = False
 
     def spawn(self, index: int, load_first: bool = False) -> None:
@@ -158,18 +176,34 @@ class Supervisor:
         if self.liveness is not None:
             from infermodes.server.liveness import WorkerBeat
 
-            self.liveness.reset(index)  # the slot of a crashed worker: not stalled while it loads
-            beat = WorkerBeat(self.liveness, index)
+            self.liveness.table.reset(index)  # a crashed worker's slot: not stalled as it loads
+            beat = WorkerBeat(self.liveness.table, index)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
             try:
+                if self.liveness is not None:
+                    self.liveness.server.socket.close()  # probes are the liveness process's
                 code = run_worker(self.settings, self.sock, load_first, beat)
             finally:
                 os._exit(code)
         self.children[pid] = index
+
+    def spawn_liveness(self, liveness: Liveness) -> None:
+        """The liveness server's process: it serves until told to stop (SIGTERM, once every
+        worker is gone: a draining server is still alive)."""
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the supervisor's
+            try:
+                self.sock.close()  # requests are the workers'
+                liveness.server.serve_forever()
+            finally:
+                os._exit(1)  # it serves until killed: any return is a failure
+        self.liveness_pid = pid
 
     def stop(self, signum: int, _frame: object = None) -> None:
         self.stopping = True
@@ -182,6 +216,8 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        if self.liveness is not None:
+            self.spawn_liveness(self.liveness)
         for index in range(self.settings.workers):
             self.spawn(index)
         exit_code = 0
@@ -190,12 +226,20 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
+            if pid == self.liveness_pid and self.liveness is not None:
+                self.liveness_pid = 0
+                if not self.stopping:
+                    log.warning("the liveness server (pid %d) exited with %d; restarting",
+                                pid, os.waitstatus_to_exitcode(status))  # fmt: skip
+                    time.sleep(RESTART_BACKOFF_SECONDS)
+                    self.spawn_liveness(self.liveness)
+                continue
             if pid not in self.children:
                 continue
             index = self.children.pop(pid)
             worker_exited(pid)
             if self.liveness is not None:
-                self.liveness.reset(index)  # gone, not stalled: restarted below, or stopping
+                self.liveness.table.reset(index)  # gone, not stalled: restarted, or stopping
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
@@ -206,7 +250,16 @@ class Supervisor:
             log.warning("worker %d (pid %d) exited with %d; restarting", index, pid, code)
             time.sleep(RESTART_BACKOFF_SECONDS)
             self.spawn(index, load_first=bool(self.children))  # others serve while it loads
+        self.stop_liveness()
         return exit_code
+
+    def stop_liveness(self) -> None:
+        if self.liveness_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.liveness_pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.liveness_pid, 0)
+            self.liveness_pid = 0
 
 
 def preload_modules() -> None:
@@ -233,16 +286,15 @@ def serve(settings: ServeSettings) -> int:
     log.info("listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     liveness = None
     if settings.liveness_port:
-        from infermodes.server.liveness import LivenessTable, serve_liveness
+        from infermodes.server.liveness import LivenessTable, liveness_server
 
-        # made before the workers fork (they share it); its thread answers from this process,
-        # which forks again only to replace a crashed worker
-        liveness = LivenessTable(settings.workers)
+        # made before the workers fork: they share the table
+        table = LivenessTable(settings.workers)
         try:
-            serve_liveness(
+            server = liveness_server(
                 settings.host,
                 settings.liveness_port,
-                liveness,
+                table,
                 settings.liveness_stall_seconds,
                 settings.liveness_prediction_seconds,
             )
@@ -251,10 +303,16 @@ def serve(settings: ServeSettings) -> int:
                 "cannot listen on %s:%d: %s", settings.host, settings.liveness_port, exc.strerror
             )
             return 1
-    if settings.workers == 1:
+        liveness = Liveness(table, server)
+    if settings.workers == 1:  # this process serves and never forks: the port on a thread
         from infermodes.server.liveness import WorkerBeat
 
-        beat = None if liveness is None else WorkerBeat(liveness, 0)
+        beat = None
+        if liveness is not None:
+            beat = WorkerBeat(liveness.table, 0)
+            threading.Thread(
+                target=liveness.server.serve_forever, name="liveness-http", daemon=True
+            ).start()
         return run_worker(settings, sock, beat=beat)
     from infermodes.metrics import shared_values_in
 

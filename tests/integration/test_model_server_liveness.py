@@ -35,6 +35,32 @@ def held_predictions(hold: Path, liveness_port: int) -> dict[str, str]:
     }
 
 
+def listens_on(process: psutil.Process, port: int) -> bool:
+    """Whether ``process`` listens on ``port`` (a process gone meanwhile does not)."""
+    try:
+        connections = process.net_connections(kind="tcp")
+    except psutil.NoSuchProcess:  # a zombie too
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def split_children(
+    parent: psutil.Process, liveness_port: int
+) -> tuple[list[psutil.Process], list[psutil.Process]]:
+    """A supervisor's children: its workers, and the liveness server's process (listening on
+    ``liveness_port``)."""
+    children = [c for c in parent.children() if running(c)]
+    servers = [c for c in children if listens_on(c, liveness_port)]
+    return [c for c in children if c not in servers], servers
+
+
 def post_row(url: str, answers: list[httpx.Response]) -> threading.Thread:
     """ROW posted from a thread of its own (its prediction may be held); its answer appended."""
 
@@ -119,9 +145,9 @@ def test_liveness_names_a_worker_whose_loop_is_stuck_until_it_runs_again(
     args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
     with running_server(args, tmp_path / "serve.log", env) as server:
         parent = psutil.Process(server.proc.pid)
-        wait_until(lambda: len(parent.children()) == 2, 10, "two workers")
+        wait_until(lambda: len(split_children(parent, port)[0]) == 2, 10, "two workers")
         wait_until(lambda: liveness(port).status_code == 200, 10, "liveness")
-        stuck = parent.children()[0]
+        stuck = split_children(parent, port)[0][0]
         os.kill(stuck.pid, signal.SIGSTOP)
         try:
             wait_until(lambda: liveness(port).status_code == 503, 20, "liveness to fail")
@@ -130,3 +156,48 @@ def test_liveness_names_a_worker_whose_loop_is_stuck_until_it_runs_again(
             os.kill(stuck.pid, signal.SIGCONT)
         wait_until(lambda: liveness(port).status_code == 200, 20, "liveness to recover")
         assert liveness(port).text == "alive\n"
+
+
+def test_the_supervisor_holds_no_thread_and_its_liveness_server_outlives_crashes(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """With several workers, the supervisor forks a new worker whenever one crashes: a fork
+    while another thread of it held a lock (the liveness server's, writing to stderr) could
+    leave the new worker blocked on that lock for good. So the liveness port is served by a
+    process of its own: the supervisor has one thread, no worker listens on the liveness port
+    (nor holds a probe's connection), and a crashed worker or liveness server is replaced
+    while ``/healthz`` goes on answering."""
+    port = free_port()
+    env = {"INFERMODES_SERVE_LIVENESS_PORT": str(port)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        parent = psutil.Process(server.proc.pid)
+        wait_until(lambda: len(split_children(parent, port)[0]) == 2, 10, "two workers")
+        wait_until(lambda: liveness(port).status_code == 200, 10, "liveness")
+        assert parent.num_threads() == 1
+        workers, servers = split_children(parent, port)
+        assert len(servers) == 1, [c.pid for c in parent.children()]
+        assert not any(listens_on(w, port) for w in workers)
+
+        os.kill(workers[0].pid, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                workers[0].pid not in [w.pid for w in split_children(parent, port)[0]]
+                and len(split_children(parent, port)[0]) == 2
+            ),
+            30,
+            "the crashed worker to be replaced",
+        )
+        assert liveness(port).text == "alive\n"
+        assert parent.num_threads() == 1
+
+        os.kill(servers[0].pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = [s.pid for s in split_children(parent, port)[1]]
+            return len(now) == 1 and now != [servers[0].pid]
+
+        wait_until(replaced, 30, "the liveness server to be replaced")
+        assert liveness(port).text == "alive\n"
+        ping = httpx.get(f"{server.url}/ping", timeout=10)
+        assert ping.status_code == 200
