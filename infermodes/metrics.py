@@ -183,17 +183,17 @@ class WorkerMetrics:
         self.webhook_jobs_unsent = Counter(
             "infermodes_async_webhook_jobs_unsent",
             "Webhook jobs settled without being sent, by reason (dead_lettered: in the "
-            "outbox's dead-letter queue, confirmed, its sends failed or its senders killed "
-            "each time; no_webhook: its webhook removed from the spec).",
+            "outbox's dead-letter queue, confirmed, its sends failed, its webhooks refused "
+            "or its senders killed each time; no_webhook: its webhook removed from the spec).",
             ["reason"],
             registry=registry,
         )
         self.webhook_jobs_returned = Counter(
             "infermodes_async_webhook_jobs_returned",
             "Webhook jobs put back in the outbox (confirmed), by reason (send_failed: a "
-            "webhook gave up, the send counted in the job; stopping: the worker stopped "
-            "before their tries; no_webhook: left to a worker with its webhook); none counts "
-            "as a delivery of the job.",
+            "webhook gave up, the send counted in the job, delivered after its retry delay; "
+            "stopping: the worker stopped before their tries; no_webhook: left to a worker "
+            "with its webhook); none counts as a delivery of the job.",
             ["reason"],
             registry=registry,
         )

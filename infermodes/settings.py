@@ -283,6 +283,13 @@ MAX_GATEWAY_INVOCATION_SECONDS = 3600.0
 GATEWAY_INVOCATION_TIMEOUT_SECONDS = 60.0  # the platform's InvokeEndpoint limit, by default
 
 
+# Seconds a webhook job waits, after its Nth failed send, before the next (the last repeats):
+# a restart's blip is covered within a minute, and a receiver down for longer is asked every
+# 10 min, so the 8 waits before the 9th and last send span 5 + 30 + 120 + 5 * 600 s, about
+# 53 min, and a receiver that never answers costs a job 9 sends in that time, not in seconds.
+WEBHOOK_RETRY_DELAYS = (5, 30, 120, 600)
+RetryDelay = Annotated[int, Field(ge=1, le=86_400)]  # longer: no retry, a loss
+
 # an async endpoint's name, which names its queue (a DNS label, as the worker's pods need)
 EndpointName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 
@@ -346,6 +353,13 @@ class WorkerSettings(EnvSettings):
         "errorWebhookSecretRef); never shown.",
     )
     webhook_attempts: int = Field(3, ge=1, le=10)
+    webhook_retry_delays: list[RetryDelay] = Field(
+        default_factory=lambda: list(WEBHOOK_RETRY_DELAYS),
+        min_length=1,
+        max_length=20,
+        description="Seconds a webhook job waits after its Nth failed send before the next; "
+        "the last repeats. Short ones are for tests: on RabbitMQ each delay is a queue.",
+    )
     predict_threads: int = Field(1, ge=1, le=256)
     chunk_bytes: int = Field(
         1024 * 1024,

@@ -38,8 +38,9 @@ OUTBOX_SENDS = 9
 # The exchange dead letters go to, by the name of the queue they come from (RabbitMQ binds
 # each dead-letter queue on it; the embedded queue keeps them in its ``dead_letters`` table)
 DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
-# Headers of a webhook job its sender dead-lettered: why (``unsettled``, ``sends_exhausted``),
-# after how many sends, and the last one's failure (each webhook by scheme and host only)
+# Headers of a webhook job its sender dead-lettered: why (``unsettled``, ``sends_exhausted``,
+# ``refused``), after how many sends, and the last one's failure (each webhook by scheme and
+# host only)
 REASON_HEADER = "x-infermodes-reason"
 SENDS_HEADER = "x-infermodes-sends"
 LAST_ERROR_HEADER = "x-infermodes-last-error"
@@ -122,6 +123,13 @@ def outbox_dead_letter_name(endpoint: str) -> str:
     return f"{outbox_name(endpoint)}.dead-letter"
 
 
+def delayed_queue_name(queue: str, seconds: int) -> str:
+    """Where RabbitMQ keeps the messages for ``queue`` published ``seconds`` later: a queue
+    whose messages expire after that long into ``queue`` (``rabbitmq.delay_arguments``), one
+    per delay, as a quorum queue expires only the message at its head."""
+    return f"{queue}.retry.{seconds}s"
+
+
 def delivery_limit(max_attempts: int) -> int:
     """The most deliveries a queue makes of one message, whichever broker it is."""
     return max_attempts + DELIVERY_LIMIT_HEADROOM
@@ -183,7 +191,8 @@ class Publisher(Protocol):
     must reach its queue) rather than dropped (a notification may have no subscriber). The
     ``exchange`` "" is AMQP's default one: the message goes to the queue ``routing_key`` names
     (an endpoint's outbox); ``DEAD_LETTER_EXCHANGE``: to the dead letters of the queue it names.
-    ``headers``: the message's own, e.g. why it was dead-lettered."""
+    ``headers``: the message's own, e.g. why it was dead-lettered. ``delay``: seconds before
+    the queue delivers it (with the exchange "" only), e.g. a webhook job's next send."""
 
     def publish(
         self,
@@ -193,6 +202,7 @@ class Publisher(Protocol):
         message_id: str,
         mandatory: bool,
         headers: Mapping[str, str | int] | None = None,
+        delay: int = 0,
     ) -> None: ...
 
 

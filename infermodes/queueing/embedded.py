@@ -295,7 +295,9 @@ class EmbeddedPublisher:
     """Appends notifications to the topic log (``mandatory`` changes nothing: the log keeps
     every message, so none is unroutable) and prunes it now and then. The ``exchange`` "" is
     AMQP's default one, as RabbitMQ has it: the message goes to the queue ``routing_key``
-    names (an endpoint's webhook outbox); ``DEAD_LETTER_EXCHANGE`` keeps it among the dead
+    names (an endpoint's webhook outbox), claimable from ``delay`` seconds on (its
+    ``lease_until``: leased to no one till then, so no schema change; counted in flight by
+    ``backlog`` meanwhile, not ready); ``DEAD_LETTER_EXCHANGE`` keeps it among the dead
     letters of that queue (``dead_letter``)."""
 
     def __init__(
@@ -313,6 +315,7 @@ class EmbeddedPublisher:
         message_id: str,
         mandatory: bool,
         headers: Mapping[str, str | int] | None = None,
+        delay: int = 0,
     ) -> None:
         now = time.time()
         try:
@@ -320,11 +323,11 @@ class EmbeddedPublisher:
                 if exchange == DEAD_LETTER_EXCHANGE:
                     dead_letter(db, routing_key, message_id, body, headers or {})
                     return
-                if not exchange:
+                if not exchange:  # a delayed message is leased to no one until its time
                     db.execute(
-                        "INSERT INTO messages (endpoint, message_id, body, enqueued_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        (routing_key, message_id, body, now),
+                        "INSERT INTO messages (endpoint, message_id, body, enqueued_at,"
+                        " lease_until) VALUES (?, ?, ?, ?, ?)",
+                        (routing_key, message_id, body, now, now + delay if delay else 0),
                     )
                     return
                 cursor = db.execute(

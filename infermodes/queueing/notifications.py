@@ -11,8 +11,10 @@ and the body, never a URL: the receiving worker POSTs the webhooks it is configu
 that outcome, a Secret's URL included) with a confirm before the request is acked, and
 ``WebhookSender``, on threads of its own, consumes the outbox, POSTs, and acks each job once
 its webhooks were sent. A send that failed puts the job back with its count of sends raised,
-and the last of ``OUTBOX_SENDS`` dead-letters it (``Outbox``); a sender killed mid-way leaves
-its job to be delivered again, to any worker of the endpoint.
+to be delivered after a delay that grows with that count (``retry_delay``), and the last of
+``OUTBOX_SENDS`` dead-letters it (``Outbox``), as does a send whose webhooks were all refused
+(``destinations``: no later send can succeed); a sender killed mid-way leaves its job to be
+delivered again, to any worker of the endpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -49,6 +51,7 @@ from infermodes.queueing.broker import (
     outbox_name,
 )
 from infermodes.queueing.messages import Failure, InvocationRequest
+from infermodes.settings import WEBHOOK_RETRY_DELAYS
 
 log = logging.getLogger("infermodes.notifications")
 
@@ -307,13 +310,24 @@ def step_of(attempt: int, has_webhook: bool, age: float) -> JobStep:
 
 
 def failed_send(
-    job: WebhookJob, failure: str, took: frozenset[str] = frozenset()
-) -> tuple[WebhookJob, bool]:
+    job: WebhookJob, failure: str, took: frozenset[str] = frozenset(), refused: bool = False
+) -> tuple[WebhookJob, str | None]:
     """The job after one more failed send, in which the webhooks ``took`` took it (the next
-    send skips them), and whether it is to be dead-lettered (its ``OUTBOX_SENDS`` spent)
-    rather than put back for the next."""
+    send skips them), and why it is to be dead-lettered rather than put back for the next:
+    ``refused`` when every webhook that failed was refused (``destinations.check``: a
+    link-local address, which no later send can reach), ``sends_exhausted`` when its
+    ``OUTBOX_SENDS`` are spent; None to put it back."""
     failed = replace(job, sends=job.sends + 1, last_error=failure, took=job.took | took)
-    return failed, failed.sends >= OUTBOX_SENDS
+    if refused:
+        return failed, "refused"
+    return failed, "sends_exhausted" if failed.sends >= OUTBOX_SENDS else None
+
+
+def retry_delay(sends: int, delays: Sequence[int] = WEBHOOK_RETRY_DELAYS) -> int:
+    """Seconds a job waits after its ``sends``th failed send (1 or more) before the next: the
+    ``sends``th of ``delays``, its last for any later send. A receiver down for a minute is
+    sent to again within it, one down for long is not asked every few seconds."""
+    return delays[min(sends, len(delays)) - 1]
 
 
 class Outbox:
@@ -331,8 +345,11 @@ class Outbox:
         self.channel = channel
         self.queue = outbox_name(endpoint)
 
-    def put(self, job: WebhookJob) -> None:
-        self.channel.publish("", self.queue, job.encoded(), job.inference_id, mandatory=True)
+    def put(self, job: WebhookJob, delay: int = 0) -> None:
+        """Delivered again ``delay`` seconds from now (``broker.Publisher``)."""
+        self.channel.publish(
+            "", self.queue, job.encoded(), job.inference_id, mandatory=True, delay=delay
+        )
 
     def dead_letter(self, job: WebhookJob, reason: str) -> None:
         """To ``broker.outbox_dead_letter_name``, with headers saying why, after how many
@@ -356,10 +373,12 @@ class Outbox:
 class Sent:
     """One send of a job to each webhook of its outcome: ``failure`` is the last one's that
     gave up (by scheme and host only: a path is often a token), None when each took it;
-    ``took``: the ``webhook_key`` of each that took it in this send."""
+    ``took``: the ``webhook_key`` of each that took it in this send; ``refused``: each that
+    gave up was refused (``destinations.check``), none failed otherwise."""
 
     failure: str | None = None
     took: frozenset[str] = frozenset()
+    refused: bool = False
 
 
 class Notifier:
@@ -407,11 +426,12 @@ class Notifier:
 class WebhookSender:
     """POSTs each notification to each webhook of its outcome with bounded retries. A send in
     which a webhook stayed down is logged and counted, and its job put back to the outbox
-    with its sends counted (it does not hold the outbox: other jobs go first), until
-    ``OUTBOX_SENDS`` failed: then it is dead-lettered. Once ``stopping`` is set (the worker's
-    SIGTERM), a webhook waiting for its next try goes back to the outbox instead, uncounted,
-    for a worker that runs on (or the next to start): its tries are not spent at once on a
-    receiver that may be down for a moment."""
+    with its sends counted, delivered after ``retry_delay`` by ``retry_delays`` (it does not
+    hold the outbox: other jobs go first), until ``OUTBOX_SENDS`` failed: then it is
+    dead-lettered; a send whose every failure was a refusal dead-letters it at once. Once
+    ``stopping`` is set (the worker's SIGTERM), a webhook waiting for its next try goes back
+    to the outbox instead, uncounted and at once, for a worker that runs on (or the next to
+    start): its tries are not spent at once on a receiver that may be down for a moment."""
 
     def __init__(
         self,
@@ -423,6 +443,7 @@ class WebhookSender:
         check: Callable[[str], destinations.Checked] = destinations.check,
         stopping: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        retry_delays: Sequence[int] = WEBHOOK_RETRY_DELAYS,
     ) -> None:
         self.metrics = metrics
         self.webhooks = webhooks
@@ -433,6 +454,7 @@ class WebhookSender:
         self.check = check  # where a webhook may be POSTed (``destinations``)
         self.stopping = stopping or threading.Event()
         self.clock = clock
+        self.retry_delays = retry_delays
 
     def handle(self, delivery: Delivery) -> Settle:
         """The outbox consumer's handler: a job is acked once sent, or once put back or
@@ -462,19 +484,22 @@ class WebhookSender:
             return self._put_back(job, "stopping", "the worker stops")
         if sent.failure is None:
             return Settle.ACK
-        failed, exhausted = failed_send(job, sent.failure, sent.took)
-        if exhausted:
-            why = f"{failed.sends} sends failed, the last: {sent.failure}"
-            return self._dead_letter(failed, "sends_exhausted", why)
+        failed, dead = failed_send(job, sent.failure, sent.took, sent.refused)
+        if dead is not None:
+            why = (f"refused, no send can succeed: {sent.failure}" if dead == "refused"
+                   else f"{failed.sends} sends failed, the last: {sent.failure}")  # fmt: skip
+            return self._dead_letter(failed, dead, why)
+        delay = retry_delay(failed.sends, self.retry_delays)
         why = f"send {failed.sends} of {OUTBOX_SENDS} failed"
-        log.warning("webhook job of inference %s: %s (%s); back to the outbox for the next",
-                    failed.inference_id or "(unknown)", why, sent.failure)  # fmt: skip
-        return self._put_back(failed, "send_failed", why)
+        log.warning("webhook job of inference %s: %s (%s); back to the outbox, for the next "
+                    "send in %d s", failed.inference_id or "(unknown)", why, sent.failure,
+                    delay)  # fmt: skip
+        return self._put_back(failed, "send_failed", why, delay)
 
-    def _put_back(self, job: WebhookJob, reason: str, why: str) -> Settle:
-        """Counted by ``reason`` once the outbox has it."""
+    def _put_back(self, job: WebhookJob, reason: str, why: str, delay: int = 0) -> Settle:
+        """Counted by ``reason`` once the outbox has it (delivered ``delay`` s later)."""
         try:
-            self.outbox.put(job)
+            self.outbox.put(job, delay)
         except BrokerUnavailable as exc:
             log.warning("webhook job of inference %s (%s): cannot put it back in the outbox "
                         "(%s); requeued", job.inference_id or "(unknown)", why, exc)  # fmt: skip
@@ -514,7 +539,7 @@ class WebhookSender:
         once)."""
         payload = json.dumps(body).encode()
         inference_id = str(body.get("inferenceId") or "")
-        failure, took = None, set()
+        failure, took, refused = None, set(), True
         for url in self.webhooks.success if success else self.webhooks.error:
             key = webhook_key(url)
             if key in skip:
@@ -524,10 +549,12 @@ class WebhookSender:
                 return None
             if sent.failure is None:
                 took.add(key)
+            else:
+                refused = refused and sent.refused
             failure = sent.failure or failure
             result = "failed" if sent.failure else "sent"
             self.metrics.notifications.labels("webhook", result).inc()
-        return Sent(failure, frozenset(took))
+        return Sent(failure, frozenset(took), refused and failure is not None)
 
     def _post(self, url: str, payload: bytes, inference_id: str) -> Sent | None:
         """The webhook's outcome (``Sent``, with its last failure when it gave up); None when
@@ -544,7 +571,7 @@ class WebhookSender:
             checked = self.check(url)
             if checked.refusal is not None:
                 log.error("%s refused, not sent: %s", shown, checked.refusal)
-                return Sent(f"{where} refused: {checked.refusal}")
+                return Sent(f"{where} refused: {checked.refusal}", refused=True)
             if not checked.addresses:
                 log.warning("%s failed: its host does not resolve", shown)
                 failure = f"{where} failed: its host does not resolve"

@@ -52,6 +52,7 @@ from infermodes.queueing.broker import (
     Settle,
     Work,
     attempts_allowed,
+    delayed_queue_name,
     delivery_limit,
     outbox_dead_letter_name,
     outbox_name,
@@ -134,6 +135,37 @@ def outbox_arguments(endpoint: str) -> dict[str, object]:
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": outbox_name(endpoint),
     }
+
+
+def delay_arguments(queue: str, seconds: int) -> dict[str, object]:
+    """A delay queue's (``broker.delayed_queue_name``): each message expires after ``seconds``
+    into ``queue`` through the default exchange, dead-lettered at least once (the broker keeps
+    it until ``queue`` confirmed it; that strategy needs ``reject-publish``, and RabbitMQ
+    3.10), so a job waiting for its next send is not lost if a node fails as it moves."""
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": seconds * 1000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def publish_later(
+    channel: BlockingChannel,
+    queue: str,
+    seconds: int,
+    body: bytes,
+    message_id: str,
+    headers: Mapping[str, str | int] | None,
+) -> None:
+    """Into ``queue`` once ``seconds`` passed, through its delay queue, declared first
+    (idempotently: the delays are the publisher's to choose, so it declares the ones it uses;
+    one more round trip, on a webhook job's failed send only)."""
+    delayed = delayed_queue_name(queue, seconds)
+    channel.queue_declare(delayed, durable=True, arguments=delay_arguments(queue, seconds))
+    publish_persistent(channel, "", delayed, body, message_id, True, headers)
 
 
 def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int) -> int | None:
@@ -438,7 +470,15 @@ class ChannelPool:
         message_id: str,
         mandatory: bool,
         headers: Mapping[str, str | int] | None = None,
+        delay: int = 0,
     ) -> None:
+        if delay:  # the exchange "" (``broker.Publisher``)
+            self.run(
+                lambda channel: publish_later(
+                    channel, routing_key, delay, body, message_id, headers
+                )
+            )
+            return
         self.run(
             lambda channel: publish_persistent(
                 channel, exchange, routing_key, body, message_id, mandatory, headers

@@ -798,7 +798,12 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     jobs.on_in_flight = metrics.webhook_jobs_in_flight.inc  # a worker busy to a scale-in
     outbox = Outbox(channel, settings.endpoint)
     sender = WebhookSender(
-        metrics, webhooks, settings.webhook_attempts, outbox, stopping=jobs.stopping
+        metrics,
+        webhooks,
+        settings.webhook_attempts,
+        outbox,
+        stopping=jobs.stopping,
+        retry_delays=settings.webhook_retry_delays,
     )
     return Worker(consumer, delivery_handler(processor, metrics), (jobs, sender.handle))
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.queueing import connect as queues
 from infermodes.queueing.broker import (
@@ -30,6 +32,7 @@ from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
 from tests.support.async_plane import (
     Notifications,
+    Process,
     WebhookReceiver,
     plane,
     put_webhook_job,
@@ -362,6 +365,24 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}/hook/t0ken"
 
 
+def sends_once_dead_lettered(worker: Process) -> tuple[float, float]:
+    """Once the worker counted one job dead-lettered: the webhook sends it counted failed, and
+    the jobs it put back after a failed send."""
+    unsent = "infermodes_async_webhook_jobs_unsent_total"
+    wait_until(lambda: metric(worker, unsent, reason="dead_lettered") == 1, 90,
+               "the job dead-lettered")  # fmt: skip
+    failed = metric(worker, "infermodes_async_notifications_total", channel="webhook",
+                    result="failed")  # fmt: skip
+    returned = "infermodes_async_webhook_jobs_returned_total"
+    return failed, metric(worker, returned, reason="send_failed")
+
+
+# one try a send, and 1 s before each next send (a test's schedule: the default's 8 waits
+# before the last send span 53 min)
+ONE_TRY_1_S_APART = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1",
+                     "INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS": "[1]"}  # fmt: skip
+
+
 def test_a_job_whose_webhook_stays_down_is_dead_lettered_on_an_outbox_without_dead_lettering(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
@@ -377,21 +398,13 @@ def test_a_job_whose_webhook_stays_down_is_dead_lettered_on_an_outbox_without_de
         connection.channel().queue_declare(outbox_name(endpoint), durable=True, arguments=old)
     finally:
         connection.close()
-    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1"}
     url = closed_port_url()
-    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live:
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=ONE_TRY_1_S_APART) as live:
         worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
                                    extra=("--success-webhook-url", url))  # fmt: skip
         assert "was declared with other arguments" in worker.log  # kept as it is
         put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "never-taken")
-        unsent = "infermodes_async_webhook_jobs_unsent_total"
-        wait_until(lambda: metric(worker, unsent, reason="dead_lettered") == 1, 90,
-                   "the job dead-lettered")  # fmt: skip
-        failed = metric(worker, "infermodes_async_notifications_total", channel="webhook",
-                        result="failed")  # fmt: skip
-        returned = "infermodes_async_webhook_jobs_returned_total"
-        assert (failed, metric(worker, returned, reason="send_failed")) == (
-            OUTBOX_SENDS, OUTBOX_SENDS - 1)  # fmt: skip
+        assert sends_once_dead_lettered(worker) == (OUTBOX_SENDS, OUTBOX_SENDS - 1)
     ((body, headers),) = dead_letters(rabbitmq.amqp_url, endpoint)
     where = url.split("/hook")[0] + "/..."
     assert headers[REASON_HEADER] == "sends_exhausted"
@@ -447,10 +460,12 @@ def test_returns_to_the_outbox_are_no_deliveries_of_the_job(
 
 
 def test_up_dead_letters_a_job_whose_webhook_stays_down_with_its_reason(
-    abalone_model: AbaloneModel, tmp_path: Path
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same on ``infermodes up``'s embedded queue: ``OUTBOX_SENDS`` failed sends, then the
     job is among the outbox's dead letters with its reason and sends, its last failure in it."""
+    for name, value in ONE_TRY_1_S_APART.items():  # up's workers inherit its environment
+        monkeypatch.setenv(name, value)
     endpoint = "abalone-async"
     url = closed_port_url()
     files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1,
@@ -468,3 +483,102 @@ def test_up_dead_letters_a_job_whose_webhook_stays_down_with_its_reason(
         assert job["sends"] == OUTBOX_SENDS
         assert job["lastError"].startswith(url.split("/hook")[0] + "/... failed: ")
         assert queue.waiting_webhooks(endpoint) == 0
+
+
+class FailsFirst:
+    """A webhook receiver's ``status``: 503 to the first POST, 204 after; when each POST came
+    (before its answer: a send put back after the first one's answer is published later)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, _body: dict[str, object]) -> int:
+        self.times.append(time.time())
+        return 503 if len(self.times) == 1 else 204
+
+
+RETRY_DELAY = 3  # seconds: the test's schedule
+
+
+def test_a_failed_send_s_job_is_sent_again_after_its_delay_not_before(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A webhook that answers 503 once: the job is put back through the outbox's delay queue
+    of its schedule (a quorum queue whose messages expire into the outbox), and sent again
+    after that delay, not before; then it is acked, nothing left waiting anywhere."""
+    endpoint = "outbox-delay"
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1",
+           "INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS": f"[{RETRY_DELAY}]"}  # fmt: skip
+    answers = FailsFirst()
+    with (
+        WebhookReceiver(status=answers) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
+    ):
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
+                                   extra=("--success-webhook-url", hook.url))  # fmt: skip
+        put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "sent-twice")
+        wait_until(lambda: len(answers.times) == 2, 60, "the job sent again")
+        assert answers.times[1] >= answers.times[0] + RETRY_DELAY  # not before its delay
+        sent = "infermodes_async_notifications_total"
+        wait_until(lambda: metric(worker, sent, channel="webhook", result="sent") == 1, 30,
+                   "the second send counted")  # fmt: skip
+        returned = "infermodes_async_webhook_jobs_returned_total"
+        assert metric(worker, returned, reason="send_failed") == 1
+        assert f"send 1 of {OUTBOX_SENDS} failed" in worker.log
+        assert f"for the next send in {RETRY_DELAY} s" in worker.log
+    assert hook.ids() == {"sent-twice"}
+    connection = connect(rabbitmq.amqp_url)
+    try:  # the delay queue is there, empty, its job moved to the outbox and sent
+        delayed = f"{outbox_name(endpoint)}.retry.{RETRY_DELAY}s"
+        declared = connection.channel().queue_declare(delayed, passive=True)
+        assert declared.method.message_count == 0
+    finally:
+        connection.close()
+    assert waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 0
+    assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
+
+
+def test_a_refused_webhook_s_job_is_dead_lettered_after_one_send(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A webhook at a link-local address (a worker's own setting; the spec refuses one) can
+    never be sent to: its job is dead-lettered after its first send, reason ``refused``, the
+    refusal its last error, never put back, and nothing is POSTed."""
+    endpoint = "outbox-refused"
+    url = "http://169.254.169.254/hook/t0ken"
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live:
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
+                                   extra=("--success-webhook-url", url))  # fmt: skip
+        put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "refused")
+        assert sends_once_dead_lettered(worker) == (1, 0)
+    ((body, headers),) = dead_letters(rabbitmq.amqp_url, endpoint)
+    assert (headers[REASON_HEADER], headers[SENDS_HEADER]) == ("refused", 1)
+    assert str(headers[LAST_ERROR_HEADER]).startswith("http://169.254.169.254/... refused: ")
+    assert "link-local or metadata" in str(headers[LAST_ERROR_HEADER])
+    assert json.loads(body)["notification"]["inferenceId"] == "refused"
+    assert b"t0ken" not in body and "t0ken" not in str(headers)
+    assert waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 0
+
+
+def test_up_sends_a_failed_send_s_job_again_after_its_delay_not_before(
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same delay on ``infermodes up``'s embedded queue: a job put back after a 503 is not
+    delivered before its delay, and is after it."""
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_ATTEMPTS", "1")
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS", f"[{RETRY_DELAY}]")
+    endpoint = "abalone-async"
+    answers = FailsFirst()
+    with WebhookReceiver(status=answers) as hook:
+        files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=1,
+                          maxReplicas=1, notification={"topic": False,
+                                                       "successWebhook": hook.url})]  # fmt: skip
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+            queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+            put_webhook_job(queue, endpoint, "sent-twice")
+            wait_until(lambda: len(answers.times) == 2, 60, "the job sent again")
+            assert answers.times[1] >= answers.times[0] + RETRY_DELAY  # not before its delay
+            wait_until(lambda: queue.backlog(outbox_name(endpoint)).total == 0, 30, "acked")
+            assert queue.dead_letters(outbox_name(endpoint)) == []
+    assert hook.ids() == {"sent-twice"}

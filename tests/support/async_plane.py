@@ -222,10 +222,12 @@ class WebhookReceiver:
     ends at the worker's 10 s cutoff and its next try is held again, so with
     ``WEBHOOK_ATTEMPTS`` 10 a request is held for minutes, however slow the machine. (An
     answer trickled a byte a second held a request only to the first cutoff: the worker took
-    its status as the answer.)"""
+    its status as the answer.) ``status`` picks each answer's status (204 by default)."""
 
     def __init__(
-        self, holds: Callable[[dict[str, object]], threading.Event | None] | None = None
+        self,
+        holds: Callable[[dict[str, object]], threading.Event | None] | None = None,
+        status: Callable[[dict[str, object]], int] = lambda _: 204,
     ) -> None:
         received: list[dict[str, object]] = []
 
@@ -238,7 +240,7 @@ class WebhookReceiver:
                 if event is not None:
                     event.wait(HOLD_SECONDS)
                 with contextlib.suppress(OSError):  # a try the worker cut short
-                    self.send_response(204)
+                    self.send_response(status(body))
                     self.end_headers()
 
             def log_message(self, *args: object) -> None:

@@ -40,6 +40,7 @@ from infermodes.queueing.notifications import (
     error_body,
     failed_send,
     read_webhook_job,
+    retry_delay,
     routing_key,
     step_of,
     success_body,
@@ -85,6 +86,7 @@ class FakeChannel:
         self.published: list[tuple[str, str, str, bool]] = []
         self.bodies: list[bytes] = []
         self.headers: list[Mapping[str, str | int] | None] = []
+        self.delays: list[int] = []
 
     def publish(
         self,
@@ -94,12 +96,14 @@ class FakeChannel:
         message_id: str,
         mandatory: bool,
         headers: Mapping[str, str | int] | None = None,
+        delay: int = 0,
     ) -> None:
         if self.down:
             raise BrokerUnavailable("down")
         self.published.append((exchange, key, message_id, mandatory))
         self.bodies.append(body)
         self.headers.append(headers)
+        self.delays.append(delay)
 
 
 def outbox(down: bool = False) -> Outbox:
@@ -522,6 +526,12 @@ def test_a_failed_send_puts_the_job_back_counted_and_the_last_one_dead_letters_i
             "http://hook.test/... answered 500",
         )
     assert len(posted) == 3 * OUTBOX_SENDS
+    # each put back for its next send after the delay of its count of sends, said in the log
+    assert written(sender).delays == [5, 30, 120, 600, 600, 600, 600, 600, 0]
+    assert (
+        "send 3 of 9 failed (http://hook.test/... answered 500); back to the outbox, for "
+        "the next send in 120 s" in caplog.text
+    )
     returned = sender.metrics.webhook_jobs_returned.labels("send_failed")._value.get()
     assert returned == OUTBOX_SENDS - 1
     assert written(sender).published == [(*OUTBOX, "abc", True)] * (OUTBOX_SENDS - 1) + [
@@ -574,12 +584,62 @@ def test_a_send_is_one_more_only_when_it_failed() -> None:
     assert step_of(3, False, ORPHANED_JOB_SECONDS - 1) is JobStep.RETURN
     assert step_of(3, False, ORPHANED_JOB_SECONDS) is JobStep.ORPHANED
     job = WebhookJob({"inferenceId": "a"}, False, OUTBOX_SENDS - 2, "x answered 502")
-    once, exhausted = failed_send(job, "x answered 503")
-    assert (once.sends, once.last_error, exhausted) == (OUTBOX_SENDS - 1, "x answered 503", False)
-    assert failed_send(once, "x failed: refused")[1] is True
+    once, dead = failed_send(job, "x answered 503")
+    assert (once.sends, once.last_error, dead) == (OUTBOX_SENDS - 1, "x answered 503", None)
+    assert failed_send(once, "x failed: refused")[1] == "sends_exhausted"
+    new = WebhookJob({"inferenceId": "a"}, False)
+    assert failed_send(new, "x refused: link-local", refused=True)[1] == "refused"
+    assert failed_send(new, "x answered 503")[1] is None
     assert read_webhook_job(once.encoded()) == once
     took, _ = failed_send(once, "x failed", frozenset({"k1"}))
     assert took.took == {"k1"} and read_webhook_job(took.encoded()) == took
+
+
+def test_the_delay_before_a_job_s_next_send_grows_with_its_sends_then_stays() -> None:
+    """5 s, 30 s, 2 min, then 10 min for each later send: the 8 waits before the last send
+    span about 53 min."""
+    assert [retry_delay(sends) for sends in range(1, OUTBOX_SENDS)] == [
+        5, 30, 120, 600, 600, 600, 600, 600]  # fmt: skip
+    assert sum(retry_delay(sends) for sends in range(1, OUTBOX_SENDS)) == 3155
+    assert [retry_delay(sends, (2, 7)) for sends in (1, 2, 3, 40)] == [2, 7, 7, 7]
+    assert retry_delay(1, (9,)) == 9
+
+
+def test_a_refused_webhook_s_job_is_dead_lettered_at_once_with_its_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A webhook the worker refuses (a link-local address) can never be sent to: its job is
+    dead-lettered after its first send, reason ``refused``, the refusal its last error, not
+    put back to be refused 8 times more."""
+    sender, posted = webhooks([], Webhooks(["http://169.254.169.254/t0ken"]))
+    data = webhook_job({"inferenceId": "abc", "endpointName": "ep"}, True)
+    assert sender.handle(Delivery(data, 0)) is Settle.ACK
+    assert posted == []
+    assert written(sender).published == [(*DEAD_LETTERS, "abc", True)]
+    headers = written(sender).headers[-1]
+    assert headers is not None and headers["x-infermodes-reason"] == "refused"
+    assert headers["x-infermodes-sends"] == 1
+    assert str(headers["x-infermodes-last-error"]).startswith(
+        "http://169.254.169.254/... refused: "
+    )
+    assert "link-local or metadata" in str(headers["x-infermodes-last-error"])
+    assert "refused, no send can succeed" in caplog.text and "t0ken" not in caplog.text
+    assert sender.metrics.webhook_jobs_unsent.labels("dead_lettered")._value.get() == 1
+    assert sender.metrics.webhook_jobs_returned.labels("send_failed")._value.get() == 0
+
+
+def test_a_job_with_a_refused_webhook_beside_one_that_is_down_is_put_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The webhook that is down may come back: the job is put back for it (after its delay),
+    not dead-lettered for the other's refusal."""
+    monkeypatch.setattr("infermodes.queueing.notifications.WEBHOOK_BACKOFF_SECONDS", 0.0)
+    hooks = Webhooks(["http://169.254.169.254/", "http://hook.test/down"])
+    sender, posted = webhooks([503] * 3, hooks)
+    assert sender.handle(Delivery(webhook_job({"inferenceId": "abc"}, True), 0)) is Settle.ACK
+    assert len(posted) == 3
+    assert written(sender).published == [(*OUTBOX, "abc", True)]
+    assert written(sender).delays == [5]
 
 
 @pytest.mark.parametrize("sends", ["1", -1, True, 1.5])

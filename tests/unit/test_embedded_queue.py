@@ -538,6 +538,28 @@ def test_the_default_exchange_puts_a_message_on_the_outbox_not_the_work_queue(
     assert queue.backlog(outbox_name(EP)).ready == 0  # acked
 
 
+def test_a_delayed_message_is_not_delivered_before_its_delay(queue: EmbeddedQueue) -> None:
+    """A webhook job put back after a failed send (``delay``): not claimed, nor counted
+    ready, before its time, while one published after it without a delay is delivered at
+    once; delivered after its time, as a first delivery."""
+    publisher = queue.publisher(EP, 3, 1)
+    try:
+        publisher.publish("", outbox_name(EP), b"later", "a", True, delay=2)
+        publisher.publish("", outbox_name(EP), b"now", "b", True)
+        published = time.time()
+    finally:
+        publisher.close()
+    assert queue.backlog(outbox_name(EP)).ready == 1
+    handler = Recorder()
+    with consuming(queue.outbox_consumer(EP, 3, 1), handler):
+        wait_until(lambda: handler.count() == 1, WAIT, "the job without a delay")
+        assert handler.seen == [("now", 0)]
+        wait_until(lambda: handler.count() == 2, WAIT, "the delayed job")
+        delivered = time.time()
+    assert handler.seen == [("now", 0), ("later", 0)]
+    assert delivered >= published + 2  # not before its delay
+
+
 def test_an_outbox_job_whose_sender_dies_each_time_is_dropped_at_its_own_limit(
     queue: EmbeddedQueue,
 ) -> None:

@@ -277,3 +277,19 @@ def test_a_log_level_is_one_of_four_in_any_case_and_a_misspelt_one_is_one_line()
     assert OperatorSettings(log_level="warn").log_level == "warning"
     up = CliRunner().invoke(main, ["up", "--log-level", "loud"])
     assert up.exit_code == 2 and "--log-level" in up.output
+
+
+@pytest.mark.parametrize("delays", ["[]", "[0]", "[5, -1]", "[86401]", "[1.5]", '["5s"]'])
+def test_a_webhook_retry_schedule_of_no_whole_seconds_from_1_s_to_a_day_is_refused(
+    delays: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No delay (a job sent again at once), or one past a day, is no retry schedule."""
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS", delays)
+    with pytest.raises(ValidationError, match="webhook_retry_delays"):
+        WorkerSettings(endpoint="e", model_uri="m")
+
+
+def test_a_webhook_retry_schedule_is_read_as_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings(endpoint="e", model_uri="m").webhook_retry_delays == [5, 30, 120, 600]
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS", "[1, 2]")
+    assert WorkerSettings(endpoint="e", model_uri="m").webhook_retry_delays == [1, 2]
