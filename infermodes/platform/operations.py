@@ -444,12 +444,19 @@ class ControlPlane:
                     "TransformJobStatus")  # fmt: skip
 
     async def StopTransformJob(self, request: JsonObject) -> JsonObject:
+        """A job that has ended (``Completed``, ``Failed`` or ``Stopped``) is refused, as the
+        platform refuses to stop a job that is not running (``The request was rejected
+        because the training job is in status Stopped.``). A job still ``Stopping`` has not
+        ended: a repeated stop, what a client retrying a stop whose answer it lost sends, is
+        taken and changes nothing (the platform documents no refusal for it, and refusing it
+        would fail a stop that took effect)."""
         name = required(request, "TransformJobName")
         obj = await self._job(name)
         state = job_status(obj)
-        if state in ("Completed", "Failed"):
-            raise ValidationException(f"Transform job {name} has already ended: {state}")
-        if state in ("Stopping", "Stopped"):
+        if state in ("Completed", "Failed", "Stopped"):
+            raise ValidationException(f"The request was rejected because the transform job "
+                                      f"{given_name(obj)} is in status {state}.")  # fmt: skip
+        if state == "Stopping":
             return {}
         obj["spec"]["batch"]["stop"] = True
         obj["metadata"]["annotations"][MODIFIED_ANNOTATION] = str(time.time())

@@ -78,11 +78,16 @@ def runtime(up: Up) -> Any:
     return client(up, "sagemaker-runtime")
 
 
-def code_of(call: Any, **request: Any) -> str:
+def error_of(call: Any, **request: Any) -> tuple[str, str]:
+    """The code and message of the ``ClientError`` boto3 raises."""
     with pytest.raises(ClientError) as caught:
         call(**request)
-    code: str = caught.value.response["Error"]["Code"]
-    return code
+    error = caught.value.response["Error"]
+    return error["Code"], error["Message"]
+
+
+def code_of(call: Any, **request: Any) -> str:
+    return error_of(call, **request)[0]
 
 
 def scores(text: str) -> np.ndarray:
@@ -326,8 +331,9 @@ def test_a_transform_job_completes_with_every_output(
                                    expected(abalone_model, part), rtol=1e-6)  # fmt: skip
     summaries = sagemaker.list_transform_jobs(StatusEquals="Completed")["TransformJobSummaries"]
     assert "Abalone-Batch" in [s["TransformJobName"] for s in summaries]
-    assert code_of(sagemaker.stop_transform_job, TransformJobName="abalone-batch") == (
-        "ValidationException")  # fmt: skip
+    assert error_of(sagemaker.stop_transform_job, TransformJobName="abalone-batch") == (
+        "ValidationException", "The request was rejected because the transform job "
+        "Abalone-Batch is in status Completed.")  # fmt: skip
     assert code_of(sagemaker.create_transform_job, **request) == "ResourceInUse"
 
 
@@ -345,6 +351,10 @@ def test_a_stopped_transform_job_reports_stopped(sagemaker: Any, s3: S3Endpoint,
     )
     assert sagemaker.describe_transform_job(TransformJobName="abalone-stop")[
         "TransformJobStatus"] == "Stopped"  # fmt: skip
+    # ended: a stop is refused, as the platform refuses one of a job that is not running
+    assert error_of(sagemaker.stop_transform_job, TransformJobName="abalone-stop") == (
+        "ValidationException", "The request was rejected because the transform job "
+        "abalone-stop is in status Stopped.")  # fmt: skip
 
 
 def test_a_job_after_a_stopped_one_of_the_same_output_path_runs(

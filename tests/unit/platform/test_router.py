@@ -173,6 +173,24 @@ def test_transform_jobs_run_stop_and_share_names_with_endpoints() -> None:
     assert len(api.call("ListTransformJobs", **after)["TransformJobSummaries"]) == 1
 
 
+def test_a_stop_of_an_ended_job_is_refused_naming_it_and_a_repeated_stop_is_taken() -> None:
+    """As the platform refuses to stop a job that is not running; a job still Stopping has not
+    ended, so a stop sent again (a retry whose first answer was lost) is taken."""
+    api = Api()
+    api.seed("Abalone")
+    api.call("CreateTransformJob", **job("Job-1"))
+    api.call("StopTransformJob", TransformJobName="Job-1")
+    stopping = json.dumps(api.store.endpoints["job-1"], sort_keys=True)
+    assert api.call("StopTransformJob", TransformJobName="job-1") == {}
+    assert json.dumps(api.store.endpoints["job-1"], sort_keys=True) == stopping
+    for state in ("Stopped", "Completed", "Failed"):
+        api.store.set_status("job-1", state)
+        assert api.error("StopTransformJob", TransformJobName="job-1") == (
+            "ValidationException",
+            f"The request was rejected because the transform job Job-1 is in status {state}.",
+        )
+
+
 def test_the_caps_are_resource_limit_exceeded() -> None:
     api = Api(Defaults(max_endpoints=1, max_records=1))
     api.seed("one")
