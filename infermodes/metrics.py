@@ -232,6 +232,32 @@ class WorkerMetrics:
 UNKNOWN_ENDPOINT = "unknown"  # the endpoint label of a request for no endpoint served
 
 
+# where a process answered a request without counting it by endpoint: a refusal HTTP itself
+# made before the app saw the request (a head it cannot parse, too large, too slow), one of a
+# check before routing (the caller, the signature, ``up``'s token), or a route's own answer
+# (every route but those whose answers are counted by endpoint)
+PROTOCOL, ADMISSION, ROUTE = "protocol", "admission", "route"
+
+
+def stage_answers(registry: CollectorRegistry, process: str, stages: str) -> Counter:
+    """``infermodes_<process>_answers_total{stage, code}``: the answers of one process that no
+    per-endpoint series counts, so that every answer it gives is in some series; ``stages``
+    tells which stages the process counts, in the help text."""
+    return Counter(
+        f"infermodes_{process}_answers",
+        f"Answers not counted by endpoint, by stage ({stages}) and HTTP status code.",
+        ["stage", "code"],
+        registry=registry,
+    )
+
+
+def async_api_answers(registry: CollectorRegistry) -> Counter:
+    """``infermodes async-api``'s refusals HTTP made before its app saw the request (its
+    accept route's answers are counted by endpoint, ``AsyncApiMetrics``, which the gateway and
+    ``up`` share: they count these in their own answers)."""
+    return stage_answers(registry, "async_api", "protocol: refused by HTTP before the app")
+
+
 class AsyncApiMetrics:
     """The accepting side's metrics: how many requests were queued or refused, and how long
     the broker took to confirm."""
@@ -478,13 +504,6 @@ def parse_server_load(text: str) -> ServerLoad:
 UPSTREAM_OUTCOMES = ("not_sent", "not_ready", "failed", "status_5xx", "timeout")
 
 
-# where the gateway made an answer not counted by endpoint (``GatewayMetrics.answers``): a
-# refusal HTTP itself made before the app saw the request (a head it cannot parse, too large,
-# too slow), one of a check before routing (the caller, the signature, ``up``'s token), or a
-# route's own answer (every route but the invocations', whose answers are counted by endpoint)
-PROTOCOL, ADMISSION, ROUTE = "protocol", "admission", "route"
-
-
 class GatewayMetrics:
     """The gateway's metrics. ``endpoint`` is an endpoint name the gateway knows, or
     ``unknown``; ``code`` an HTTP status code; an upstream error's ``outcome`` one of:
@@ -537,13 +556,11 @@ class GatewayMetrics:
             ["endpoint", "outcome"],
             registry=registry,
         )
-        self.answers = Counter(
-            "infermodes_gateway_answers",
-            "Answers not counted by endpoint, by stage (protocol: refused by HTTP before the "
-            "app; admission: refused by a check before routing; route: any route's but the "
-            "invocations') and HTTP status code.",
-            ["stage", "code"],
-            registry=registry,
+        self.answers = stage_answers(
+            registry,
+            "gateway",
+            "protocol: refused by HTTP before the app; admission: refused by a check before "
+            "routing; route: any route's but the invocations'",
         )
 
     def answered(self, stage: str, status: int) -> None:

@@ -38,6 +38,7 @@ from infermodes.gateway.auth import (
 from infermodes.gateway.demand_writer import DemandSink, DemandWriter
 from infermodes.gateway.errors import (
     AnsweringFailures,
+    ProtocolRefusals,
     ValidationError,
     WatchedSend,
     answer_bug,
@@ -57,7 +58,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import configure_logging
-from infermodes.metrics import ADMISSION, PROTOCOL, ROUTE, GatewayMetrics, serve_metrics
+from infermodes.metrics import ADMISSION, ROUTE, GatewayMetrics, serve_metrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import Verifier
 from infermodes.queueing.broker import BrokerUrl, given_url
@@ -99,7 +100,8 @@ class Gateway:
         self.draining = False
         self.verifier = Verifier(keys) if keys is not None else None
         self.refusals = refusal_log()
-        self.protocol_refusals = refusal_log()  # anyone can send a malformed request
+        # told of HTTP's own refusals, before the app (``uvicorn_options(on_refusal=...)``)
+        self.refused_by_protocol = ProtocolRefusals(self.metrics.answers, refusal_log())
         # open and on loopback only: a web page must not use it (with keys, a page can sign
         # nothing, and a local proxy in front of it forwards its clients' Host for signatures)
         self.guard_callers = self.verifier is None and loopback_only(settings.host)
@@ -183,14 +185,6 @@ class Gateway:
         """Count an answer made at ``stage``; none is counted for a client gone unanswered."""
         if answered.status is not None:
             self.metrics.answered(stage, answered.status)
-
-    def refused_by_protocol(self, status: int, message: str, named: str) -> None:
-        """A refusal HTTP made before the app saw the request (``http.GuardedHttpProtocol``):
-        counted, and logged with the id it was answered with; at most a line a minute, as
-        signature refusals (anyone can send a malformed request)."""
-        self.metrics.answered(PROTOCOL, status)
-        self.protocol_refusals.info("refused a request before routing: %d, %s (request %s)",
-                                    status, message, named, request=named)  # fmt: skip
 
     async def admitted(
         self, scope: Scope, receive: Receive, send: Send, invocation: bool

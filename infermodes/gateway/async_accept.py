@@ -52,9 +52,11 @@ from infermodes.gateway.async_retention import (
     Sweeper,
     own_suffix,
 )
+from infermodes.gateway.auth import refusal_log
 from infermodes.gateway.errors import (
     CUSTOM_ATTRIBUTES,
     AnsweringFailures,
+    ProtocolRefusals,
     check_custom_attributes,
     internal_failure_response,
     refusal_code,
@@ -71,7 +73,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import ThrottledPer, configure_logging
-from infermodes.metrics import UNKNOWN_ENDPOINT, AsyncApiMetrics
+from infermodes.metrics import UNKNOWN_ENDPOINT, AsyncApiMetrics, async_api_answers
 from infermodes.predict import codecs
 from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.messages import (
@@ -618,7 +620,10 @@ def serve(settings: AsyncApiSettings) -> int:
         settings.publish_connections,
     )
     storage = Storage()
-    app = create_app(settings, publisher, storage)
+    registry = CollectorRegistry()
+    app = create_app(settings, publisher, storage, registry)
+    # HTTP's own refusals, before the app: counted and logged as the gateway's
+    refused_by_protocol = ProtocolRefusals(async_api_answers(registry), refusal_log(log))
     sweeper = Sweeper(storage, settings.endpoints, settings.sweep_interval_seconds)
     sweeper.start()
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))
@@ -627,7 +632,9 @@ def serve(settings: AsyncApiSettings) -> int:
             app,
             host=settings.host,
             port=settings.port,
-            **uvicorn_options(settings.log_level, refusal_code=refusal_code),
+            **uvicorn_options(
+                settings.log_level, refusal_code=refusal_code, on_refusal=refused_by_protocol
+            ),
         )
     finally:
         sweeper.stop()

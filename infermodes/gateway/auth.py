@@ -223,10 +223,11 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def refusal_log() -> Throttled:
-    """Where one gateway logs the requests it refuses unsigned or badly signed: anyone can
-    send them, as fast as they like, so at most a line a minute, counting the rest."""
-    return Throttled(log, REFUSALS_LOG_SECONDS)
+def refusal_log(logger: logging.Logger = log) -> Throttled:
+    """Where one process logs (to ``logger``) the requests of one kind it refuses, such as
+    those unsigned or badly signed: anyone can send them, as fast as they like, so at most a
+    line a minute, counting the rest."""
+    return Throttled(logger, REFUSALS_LOG_SECONDS)
 
 
 async def verified(

@@ -13,6 +13,7 @@ import logging
 
 from fastapi import Request
 from fastapi.responses import Response
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
 from infermodes.errors import ClientClosedRequest, InfermodesError
@@ -32,6 +33,8 @@ from infermodes.http import (
     routing_message,
     status_kind,
 )
+from infermodes.logs import Throttled
+from infermodes.metrics import PROTOCOL
 
 log = logging.getLogger("infermodes.gateway")
 
@@ -167,6 +170,23 @@ def refusal_code(status: int) -> str:
     (nothing of the request was served); a malformed (400) or too large (431) head is bad input,
     coded by its status as any unnamed error (``ValidationError``)."""
     return "RequestTimeoutException" if status == 408 else status_code_of(status)
+
+
+class ProtocolRefusals:
+    """``uvicorn_options(on_refusal=...)`` of a server answering in the platform's codes (the
+    gateway, ``async-api``): each refusal HTTP made before the app saw the request, which no
+    route counts or logs, is counted at the ``protocol`` stage and logged with the id it was
+    answered with; ``lines`` keeps that to a line a minute (anyone can send a malformed
+    request)."""
+
+    def __init__(self, answers: Counter, lines: Throttled) -> None:
+        self.answers = answers
+        self.lines = lines
+
+    def __call__(self, status: int, message: str, named: str) -> None:
+        self.answers.labels(PROTOCOL, str(status)).inc()
+        self.lines.info("refused a request before routing: %d, %s (request %s)",
+                        status, message, named, request=named)  # fmt: skip
 
 
 def runtime_error_response(exc: InfermodesError) -> Response:

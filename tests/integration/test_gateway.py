@@ -24,12 +24,13 @@ import pytest
 
 from infermodes.settings import MIB
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import running_api
+from tests.support.async_plane import Process, running_api
 from tests.support.batch import FAULTS
 from tests.support.gateway import (
     GatewayProcess,
     answer_head,
     running_gateway,
+    scraped,
     static_endpoint,
 )
 from tests.support.processes import (
@@ -539,7 +540,7 @@ def test_custom_attributes_over_the_platforms_limit_are_refused_as_the_async_rou
     assert answered["Body"].read().strip()
 
 
-def raw_answer(gateway: GatewayProcess, request: bytes) -> bytes:
+def raw_answer(gateway: GatewayProcess | Process, request: bytes) -> bytes:
     """The whole answer to raw ``request`` bytes: a refusal ends with the server's EOF."""
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as conn:
@@ -756,6 +757,36 @@ def test_a_bug_in_async_api_is_answered_in_the_platforms_shape_and_logged_with_t
         log = api.log
     assert len([line for line in log.splitlines() if named in line]) == 1, log
     assert log.count(f"RuntimeError: {secret}") == 1, log
+
+
+def test_async_apis_protocol_refusals_are_counted_and_logged_with_the_ids_answered(
+    tmp_path: Path,
+) -> None:
+    """``infermodes async-api`` answered HTTP's own refusals (a malformed head 400, headers
+    over 64 KiB 431) in the platform's codes, but counted them in no metric and logged only a
+    malformed head's, at debug and without the id it answered with: the gateway's
+    ``ProtocolRefusals`` is told of them now."""
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # refused before any publish
+    with running_api(None, {"ep": f"file://{tmp_path}/ep"}, tmp_path / "api.log",  # type: ignore[arg-type]  # the broker is not used
+                     broker_url=closed) as api:  # fmt: skip
+        accept = b"POST /endpoints/ep/async-invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        refused = [
+            raw_answer(api, accept + b"Content Type: text/csv\r\n\r\n"),
+            raw_answer(api, accept + b"X-Large: " + b"a" * (64 * 1024) + b"\r\n\r\n"),
+        ]
+        assert [answer.split(b" ", 2)[1] for answer in refused] == [b"400", b"431"], refused
+        named = [botocore_error(answer, "rest-json")["ResponseMetadata"]["RequestId"]
+                 for answer in refused]  # fmt: skip
+        counted = {code: scraped(api.url, "infermodes_async_api_answers_total",
+                                 stage="protocol", code=code)
+                   for code in ("400", "431")}  # fmt: skip
+        stop_process(api.proc)
+        log = api.log
+    assert counted == {"400": 1, "431": 1}, counted
+    lines = [line for line in log.splitlines() if "refused a request before routing" in line]
+    assert len(lines) == 1 and f"400, malformed HTTP request (request {named[0]})" in lines[0], (
+        log  # the next is counted, for the next such line (at most one a minute)
+    )
 
 
 def test_metrics_on_a_side_port_are_not_served_on_the_gateways_own(tmp_path: Path) -> None:

@@ -23,6 +23,17 @@ from tests.support.processes import (
 )
 
 
+def scraped(url: str, name: str, **labels: str) -> float:
+    """A sample's value from ``url``'s ``/metrics`` (0 when the series does not exist yet)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):  # fmt: skip
+                return float(sample.value)
+    return 0.0
+
+
 def static_endpoint(
     name: str,
     mode: str,
@@ -54,14 +65,7 @@ class GatewayProcess(ServerProcess):
         )
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample's value from ``/metrics`` (0 when the series does not exist yet)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
-                                               for k, v in labels.items()):  # fmt: skip
-                    return float(sample.value)
-        return 0.0
+        return scraped(self.url, name, **labels)
 
     def ready(self) -> bool:
         try:
