@@ -218,9 +218,10 @@ class ServeSettings(EnvSettings):
     memory_bytes: int | None = Field(
         None,
         ge=1,
-        description="The memory the server may use, which caps the JSON bodies Python's parser "
-        "reads (those the native decoder does not take: 413 above the cap; both actuators set "
-        "it to the replica's memory); unset: its cgroup's limit, if any.",
+        description="The memory the server may use, which caps the bodies Python's readers read "
+        "(JSON the native decoder does not take, CSV the native reader does not, all libsvm and "
+        "RecordIO: 413 above the cap; both actuators set it to the replica's memory); unset: "
+        "its cgroup's limit, if any.",
     )
     max_batch_rows: int = Field(
         128,

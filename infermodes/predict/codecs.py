@@ -25,7 +25,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,19 @@ _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any
 # take (another shape, a malformed one) is parsed so: the async worker caps its JSON inputs by
 # its memory with this worst case, and the model server such bodies (``predict.memory``).
 JSON_BYTES_EXPANSION = 36
+# The same for every Python reader, each at its worst measured shape (tracemalloc's peak, the
+# body included; pinned by tests/unit/test_codecs.py): CSV rows of one
+# one-digit field (``1\n``, ~83: a bytes object per line, a list and a float per row), which
+# the native reader declines behind a byte order mark; libsvm rows of one valueless feature
+# (``0:\n``, ~93: a dict per row); RecordIO's empty frames (~24: a memoryview per 8 bytes).
+# Wider rows cost far less (CSV ``0,0,...`` ~20, libsvm ``i:1 ...`` ~16); the native readers
+# (``fastcsv``, ``fastjson``) ~2. A body a process hands to these readers is capped by them.
+PYTHON_BYTES_EXPANSION = {
+    JSON: JSON_BYTES_EXPANSION,
+    CSV: 88,
+    LIBSVM: 96,
+    RECORDIO: 26,
+}
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
 
 
@@ -351,12 +364,13 @@ def decode_json(
         _check_size(rows_count, width, max_rows, max_values)
         return fastjson.fill(body, rows_count, width)
     if max_parsed_bytes is not None and len(body) > max_parsed_bytes:
-        raise PayloadTooLarge(
-            f"the JSON body is {len(body)} bytes and not rows of numbers and nulls (the shapes "
-            f"read natively, at 2 bytes of memory per byte at most); other JSON is parsed whole, "
-            f"at up to {JSON_BYTES_EXPANSION} bytes per byte, and is taken up to "
-            f"{max_parsed_bytes} bytes here (the server's memory limit): send rows of numbers, "
-            'e.g. {"instances": [[1.5, 2]]}, or a smaller body'
+        raise over_memory(
+            body,
+            JSON,
+            max_parsed_bytes,
+            "and not rows of numbers and nulls (the shapes read natively, at 2 bytes of memory "
+            "per byte at most); other JSON is parsed whole",
+            'send rows of numbers, e.g. {"instances": [[1.5, 2]]}, or a smaller body',
         )
     try:
         # Integers become floats as they are read: no 4,300-digit limit, no OverflowError later.
@@ -374,6 +388,16 @@ def decode_json(
     except ValueError as exc:
         raise InvalidInput(f"malformed JSON: {str(exc)[:200]}") from None
     return json_rows(document, num_features, max_rows=max_rows, max_values=max_values)
+
+
+def over_memory(body: bytes, content_type: str, cap: int, why: str, advice: str) -> PayloadTooLarge:
+    """The 413 of a body over ``cap``, the largest its Python reader may take within the
+    process's memory (``predict.memory``): ``why`` that reader reads it, at its cost per byte."""
+    return PayloadTooLarge(
+        f"the {content_type} body is {len(body)} bytes {why}, at up to "
+        f"{PYTHON_BYTES_EXPANSION[content_type]} bytes of memory per byte, and is taken up to "
+        f"{cap} bytes here (the server's memory limit): {advice}"
+    )
 
 
 def json_rows(
@@ -549,6 +573,16 @@ def _place_record(row: np.ndarray, tensor: recordio.Tensor, number: int) -> None
     row[keys.astype(np.intp)] = values
 
 
+# Why a body of each type reaches its Python reader, and how to send one that costs less.
+_PYTHON_READ = {
+    CSV: (
+        "and not read natively (a byte order mark, an error, a row's field count unlike the "
+        "model's); it is read in Python",
+        "send it without a byte order mark, or a smaller body",
+    ),
+    LIBSVM: ("and libsvm is read in Python", "send it as text/csv, or a smaller body"),
+    RECORDIO: ("and RecordIO is read in Python", "send it as text/csv, or a smaller body"),
+}
 _DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm, RECORDIO: decode_recordio}
 GZIP_MAGIC = b"\x1f\x8b"  # no input starts so: 0x8b is a UTF-8 continuation byte, not RecordIO's
 
@@ -560,24 +594,30 @@ def decode(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
-    max_parsed_json_bytes: int | None = None,
+    python_caps: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Decode a body of a known input type (see ``content_type_of``): a matrix, or
-    InvalidInput (400) / PayloadTooLarge (413) naming the problem. ``max_parsed_json_bytes``:
-    ``decode_json``'s ``max_parsed_bytes``."""
+    InvalidInput (400) / PayloadTooLarge (413) naming the problem. ``python_caps``: the largest
+    body of each type this process's memory lets its Python reader take (at its
+    ``PYTHON_BYTES_EXPANSION``); JSON's holds past the native decoder (``decode_json``'s
+    ``max_parsed_bytes``), the others' for every body that reaches here, which the callers'
+    native CSV reader did not take."""
     if body.startswith(GZIP_MAGIC):  # otherwise named by the first byte a decoder trips on
         raise InvalidInput(
             "the body is gzip-compressed (it starts with 1f 8b): send it uncompressed; a "
             "Content-Encoding is not read"
         )
+    cap = None if python_caps is None else python_caps.get(content_type)
     if content_type == JSON:
         return decode_json(
             body,
             num_features,
             max_rows=max_rows,
             max_values=max_values,
-            max_parsed_bytes=max_parsed_json_bytes,
+            max_parsed_bytes=cap,
         )
+    if cap is not None and len(body) > cap:
+        raise over_memory(body, content_type, cap, *_PYTHON_READ[content_type])
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 
 

@@ -1,23 +1,26 @@
-"""How large a JSON input a worker can decode without being OOM-killed.
+"""How large an input a worker can decode in Python without being OOM-killed.
 
 JSON (and recordio) inputs are decoded whole, at ``codecs.JSON_BYTES_EXPANSION`` times their
-size at peak, and every concurrent invocation may decode one at once. A worker killed for
-memory loses every request it holds, and the one that killed it comes back until its
-attempts run out; refusing it (413's PayloadTooLarge, a failure record) is the better end.
-The async worker caps its JSON requests so, and the batch runner its whole JSON documents
-(``splitType None``), whose pod would otherwise be killed with the job's other objects; the
-model server caps the JSON bodies its native decoder does not take (``codecs.decode_json``),
-which Python's parser reads whole, with the request's other workers alike.
+size at peak (each Python reader at its ``codecs.PYTHON_BYTES_EXPANSION``), and every
+concurrent invocation may decode one at once. A worker killed for memory loses every request
+it holds, and the one that killed it comes back until its attempts run out; refusing it (413's
+PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
+so, and the batch runner its whole JSON documents (``splitType None``), whose pod would
+otherwise be killed with the job's other objects; the model server caps the JSON bodies its
+native decoder does not take (``codecs.decode_json``), which Python's parser reads whole, and
+the CSV, libsvm and RecordIO bodies its Python readers read (``codecs.decode``), with the
+request's other workers alike.
 """
 
 from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infermodes.predict.codecs import JSON_BYTES_EXPANSION
+from infermodes.predict.codecs import CSV, JSON, JSON_BYTES_EXPANSION, LIBSVM, RECORDIO
 
 log = logging.getLogger("infermodes.memory")
 
@@ -97,12 +100,47 @@ def json_input_cap(
 
 
 @dataclass(frozen=True)
-class JsonCap:
+class InputCap:
     """The cap a process keeps to, and what it was derived from (for its refusals)."""
 
     bytes: int
     memory: int | None
     concurrency: int
+
+
+# the input types as the cap's log line names them
+_NAMES = {JSON: "JSON", CSV: "CSV", LIBSVM: "libsvm", RECORDIO: "RecordIO"}
+
+
+def process_input_caps(
+    configured: int,
+    memory_bytes: int | None,
+    concurrency: int,
+    expansions: Mapping[str, int],
+    *,
+    processes: int = 1,
+) -> dict[str, InputCap]:
+    """This process's cap on each input type whose reader costs ``expansions[type]`` bytes of
+    memory per byte, measured once its model is loaded: within ``memory_bytes`` (unset: its
+    cgroup's limit), less what it holds now, ``processes`` times over when worker processes
+    each load the model too."""
+    memory = memory_bytes or cgroup_memory_limit()
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
+    caps = {
+        content_type: InputCap(
+            json_input_cap(configured, memory, used, concurrency, expansion), memory, concurrency
+        )
+        for content_type, expansion in expansions.items()
+    }
+    for content_type, cap in caps.items():
+        log.info(
+            "%s inputs capped at %d bytes: memory %s, concurrency %d",
+            _NAMES.get(content_type, content_type),
+            cap.bytes,
+            "unlimited" if memory is None else memory,
+            concurrency,
+        )
+    return caps
 
 
 def process_json_cap(
@@ -112,17 +150,9 @@ def process_json_cap(
     *,
     processes: int = 1,
     expansion: int = JSON_BYTES_EXPANSION,
-) -> JsonCap:
-    """This process's JSON cap, measured once its model is loaded: within ``memory_bytes``
-    (unset: its cgroup's limit), less what it holds now, ``processes`` times over when worker
-    processes each load the model too."""
-    memory = memory_bytes or cgroup_memory_limit()
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
-    cap = json_input_cap(configured, memory, used, concurrency, expansion)
-    log.info(
-        "JSON inputs capped at %d bytes: memory %s, concurrency %d",
-        cap,
-        "unlimited" if memory is None else memory,
-        concurrency,
+) -> InputCap:
+    """``process_input_caps`` for JSON alone, at ``expansion`` bytes per byte."""
+    caps = process_input_caps(
+        configured, memory_bytes, concurrency, {JSON: expansion}, processes=processes
     )
-    return JsonCap(cap, memory, concurrency)
+    return caps[JSON]

@@ -49,21 +49,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def json_parse_cap(settings: ServeSettings) -> int:
-    """The largest JSON body Python's parser may read in this worker (measured once its model is
-    loaded): its share of the memory left once every worker holds what this one does, at the
-    worst cost per byte, since every worker may parse one at once. One at a time per worker:
-    the event loop decodes bodies under ``offload_bytes`` one by one, and a thread the larger
-    ones, one at a time (a body decoded on the loop beside it is under ``offload_bytes``:
-    2.3 MiB at most at 64 KiB)."""
-    from infermodes.predict.memory import process_json_cap
+def python_read_caps(settings: ServeSettings) -> dict[str, int]:
+    """The largest body of each input type that Python's readers may read in this worker (the
+    JSON bodies the native decoder does not take, the CSV bodies the native reader does not,
+    every libsvm and RecordIO body), measured once its model is loaded: its share of the memory
+    left once every worker holds what this one does, at each reader's worst cost per byte
+    (``codecs.PYTHON_BYTES_EXPANSION``), since every worker may read one at once. One at a time
+    per worker: the event loop decodes bodies under ``offload_bytes`` one by one, and a thread
+    the larger ones, one at a time (a body decoded on the loop beside it is under
+    ``offload_bytes``: 6 MiB at most at 64 KiB)."""
+    from infermodes.predict.codecs import PYTHON_BYTES_EXPANSION
+    from infermodes.predict.memory import process_input_caps
 
-    return process_json_cap(
+    caps = process_input_caps(
         settings.max_payload_bytes,
         settings.memory_bytes,
         settings.workers,
+        PYTHON_BYTES_EXPANSION,
         processes=settings.workers,
-    ).bytes
+    )
+    return {content_type: cap.bytes for content_type, cap in caps.items()}
 
 
 def run_worker(
@@ -110,7 +115,7 @@ def run_worker(
         )
         app.metrics.model_load_duration.set(model.load_seconds)
         app.invocations.batcher.time_one_row(model)
-        app.invocations.max_parsed_json_bytes = json_parse_cap(settings)
+        app.invocations.python_caps = python_read_caps(settings)
         log.info(
             "model %s loaded in %.3f s (%d features)",
             settings.model_uri,

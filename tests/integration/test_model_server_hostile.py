@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import given
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AbaloneModel
+from tests.support import recordio as recordio_support
 from tests.support.hostile import (
     PROFILES,
     Connection,
@@ -36,6 +38,7 @@ ABALONE_HEADER = b"Sex_F,Sex_I,Sex_M,Length,Diameter,Height,Whole,Shucked,Viscer
 CSV = [(b"Content-Type", b"text/csv")]
 JSON = [(b"Content-Type", b"application/json")]
 LIBSVM = [(b"Content-Type", b"text/libsvm")]
+RECORDIO = [(b"Content-Type", b"application/x-recordio-protobuf")]
 PEAK_RSS_BOUND_MB = 400  # the observed case peaked at 936 MB (1.43 GB with JSON output)
 
 
@@ -595,4 +598,38 @@ def test_a_json_body_parsed_whole_beyond_the_workers_memory_gets_413_the_native_
         answer = exchange(server.port, Request("POST", "/invocations", JSON, small))
         assert answer.status == 200, answer.body
         assert "JSON inputs capped at 65536 bytes" in server.log
+    assert "Traceback" not in server.log, server.log
+
+
+def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_gets_413(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The CSV the native reader declines (a byte order mark before ~1 MiB of rows), libsvm and
+    RecordIO go to Python's readers, at up to ~90 bytes of memory per byte: each worker caps
+    them by its memory (64 MiB here: the cap's 64 KiB floor), as it caps JSON, and the same
+    rows as plain CSV, read natively, are never capped. The server goes on serving."""
+    env = {"INFERMODES_SERVE_MEMORY_BYTES": str(64 * 1024 * 1024)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    count = 20_000  # ~1 MiB of each
+    libsvm_row = b"0 " + b" ".join(b"%d:%s" % pair for pair in enumerate(ROW.split(b",")))
+    values = np.array([[float(value) for value in ROW.split(b",")]] * count, dtype=np.float32)
+    hostile = {
+        "csv": (CSV, b"\xef\xbb\xbf" + (ROW + b"\n") * count),
+        "libsvm": (LIBSVM, (libsvm_row + b"\n") * count),
+        "recordio": (RECORDIO, recordio_support.dense(values)),
+    }
+    with running_server(args, tmp_path / "serve.log", env=env) as server:
+        for name, (headers, body) in hostile.items():
+            assert len(body) > 512 * 1024, name
+            answer = exchange(server.port, Request("POST", "/invocations", headers, body))
+            assert answer.status == 413, (name, answer.body)
+            assert "taken up to 65536 bytes here (the server's memory limit)" in message(answer)
+        plain = (ROW + b"\n") * count
+        answer = exchange(server.port, Request("POST", "/invocations", CSV, plain))
+        assert answer.status == 200 and answer.body.count(b"\n") == count, answer.body[:200]
+        small = b"\xef\xbb\xbf" + (ROW + b"\n") * 10
+        answer = exchange(server.port, Request("POST", "/invocations", CSV, small))
+        assert answer.status == 200 and answer.body.count(b"\n") == 10, answer.body
+        for name in ("CSV", "libsvm", "RecordIO"):
+            assert f"{name} inputs capped at 65536 bytes" in server.log
     assert "Traceback" not in server.log, server.log

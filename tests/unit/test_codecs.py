@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import tracemalloc
@@ -7,6 +8,7 @@ import pytest
 
 from infermodes.errors import InvalidInput, NotAcceptable, PayloadTooLarge, UnsupportedContentType
 from infermodes.predict import codecs
+from tests.support import recordio as recordio_support
 
 
 def test_one_csv_row() -> None:
@@ -385,17 +387,68 @@ def test_decoding_json_peaks_within_its_declared_expansion(row: bytes) -> None:
     assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
 
 
+# The costliest shape measured for each Python reader (codecs.PYTHON_BYTES_EXPANSION), each
+# with its feature count: one-field CSV rows behind a byte order mark (which the native reader
+# declines), libsvm rows of one valueless feature, RecordIO frames without a payload (refused
+# only once every frame is read), and wider rows, which cost less.
+_WORST_SHAPES = [
+    (codecs.CSV, codecs.UTF8_BOM + b"1\n" * 100_000, 1),
+    (codecs.CSV, codecs.UTF8_BOM + b"0,0,0,0,0,0,0,0,0,0\n" * 10_000, 10),
+    (codecs.LIBSVM, b"0:\n" * 70_000, 1),
+    (codecs.LIBSVM, b"0:0\n" * 50_000, 1),
+    (codecs.LIBSVM, b"0 1:1 2:1 3:1 4:1 5:1 6:1 7:1 8:1 9:1\n" * 6_000, 10),
+    (codecs.RECORDIO, recordio_support.frame(b"") * 25_000, 1),
+    (codecs.RECORDIO, recordio_support.dense(np.zeros((10_000, 1), dtype=np.float32)), 1),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body", "width"), _WORST_SHAPES)
+def test_each_python_reader_peaks_within_its_declared_expansion(
+    content_type: str, body: bytes, width: int
+) -> None:
+    """A model server caps what each Python reader reads with its PYTHON_BYTES_EXPANSION: the
+    costliest shapes measured must stay within it (a refused body's peak too)."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(InvalidInput):
+            codecs.decode(body, content_type, width, max_values=1 << 40)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(body) + peak < codecs.PYTHON_BYTES_EXPANSION[content_type] * len(body)
+
+
+@pytest.mark.parametrize(("content_type", "body", "width"), _WORST_SHAPES)
+def test_a_body_over_its_readers_cap_is_413_naming_the_cap_and_one_within_it_is_decoded(
+    content_type: str, body: bytes, width: int
+) -> None:
+    """Refused before it is read, naming the cap and the reader's cost; at the cap, read."""
+    cap = len(body) - 1
+    expansion = codecs.PYTHON_BYTES_EXPANSION[content_type]
+    with pytest.raises(PayloadTooLarge) as refused:
+        codecs.decode(body, content_type, width, python_caps={content_type: cap})
+    assert f"the {content_type} body is {len(body)} bytes" in str(refused.value)
+    assert f"at up to {expansion} bytes of memory per byte" in str(refused.value)
+    assert f"is taken up to {cap} bytes here (the server's memory limit)" in str(refused.value)
+    other = codecs.JSON if content_type != codecs.JSON else codecs.CSV
+    for caps in ({content_type: len(body)}, {other: cap}):
+        try:
+            codecs.decode(body, content_type, width, python_caps=caps)
+        except InvalidInput as exc:  # the empty frames: read, and refused for what they are
+            assert "no feature named 'values'" in str(exc)
+
+
 def test_json_parsed_whole_is_capped_and_the_native_shapes_are_not() -> None:
-    """``max_parsed_json_bytes`` (the model server's memory cap) refuses, before parsing, a
+    """``python_caps``' JSON cap (the model server's memory cap) refuses, before parsing, a
     body the native decoder does not take; a body it takes, however large, is decoded."""
     rows = [[1.5, 2.0]] * 100
     native = json.dumps({"instances": rows}).encode()
     other = json.dumps({"instances": rows, "id": "x"}).encode()
     cap = min(len(native), len(other)) - 1
     with pytest.raises(PayloadTooLarge, match=f"is taken up to {cap} bytes here"):
-        codecs.decode(other, codecs.JSON, 2, max_parsed_json_bytes=cap)
-    decoded = codecs.decode(native, codecs.JSON, 2, max_parsed_json_bytes=cap)
+        codecs.decode(other, codecs.JSON, 2, python_caps={codecs.JSON: cap})
+    decoded = codecs.decode(native, codecs.JSON, 2, python_caps={codecs.JSON: cap})
     np.testing.assert_array_equal(decoded, np.array(rows, dtype=np.float32))
     np.testing.assert_array_equal(
-        codecs.decode(other, codecs.JSON, 2, max_parsed_json_bytes=len(other)), decoded
+        codecs.decode(other, codecs.JSON, 2, python_caps={codecs.JSON: len(other)}), decoded
     )

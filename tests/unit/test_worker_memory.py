@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from infermodes.predict.codecs import JSON_BYTES_EXPANSION
+from infermodes.predict import codecs
+from infermodes.predict.codecs import JSON_BYTES_EXPANSION, PYTHON_BYTES_EXPANSION
 from infermodes.predict.memory import MIN_JSON_CAP, cgroup_memory_limit, json_input_cap
 
 MIB = 1 << 20
@@ -86,15 +87,16 @@ def test_a_costlier_decode_lowers_the_cap_in_proportion() -> None:
     assert json_input_cap(64 * MIB, 1024 * MIB, 80 * MIB, 2, 42) == 944 * MIB // (2 * 42)
 
 
-def test_the_model_servers_json_cap_is_each_workers_share_of_the_spare_memory(
+def test_the_model_servers_caps_are_each_workers_share_of_the_spare_memory_per_reader(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every worker process may parse a fallback JSON body at once: 2 workers of 100 MiB in
-    1 GiB leave 824 MiB, which two bodies at 36 bytes per byte share (a cap of 824 / 36 MiB
-    each would let both together take twice the memory)."""
+    """Every worker process may read a body in Python at once: 2 workers of 100 MiB in 1 GiB
+    leave 824 MiB, which two bodies share, each at its reader's cost per byte (a cap of 824 / 36
+    MiB each would let both together take twice the memory; libsvm's reader costs more a byte
+    than JSON's, so its body is capped lower)."""
     from types import SimpleNamespace
 
-    from infermodes.server.runner import json_parse_cap
+    from infermodes.server.runner import python_read_caps
     from infermodes.settings import ServeSettings
 
     usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
@@ -102,4 +104,10 @@ def test_the_model_servers_json_cap_is_each_workers_share_of_the_spare_memory(
     settings = ServeSettings(
         model_uri="m", workers=2, memory_bytes=1024 * MIB, max_payload_bytes=64 * MIB
     )
-    assert json_parse_cap(settings) == 824 * MIB // (2 * JSON_BYTES_EXPANSION)
+    caps = python_read_caps(settings)
+    assert caps == {
+        content_type: 824 * MIB // (2 * expansion)
+        for content_type, expansion in PYTHON_BYTES_EXPANSION.items()
+    }
+    assert caps[codecs.JSON] == 824 * MIB // (2 * JSON_BYTES_EXPANSION)
+    assert caps[codecs.LIBSVM] < caps[codecs.JSON]

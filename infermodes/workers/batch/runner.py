@@ -47,7 +47,7 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
-from infermodes.predict.memory import JsonCap, process_json_cap
+from infermodes.predict.memory import InputCap, process_json_cap
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
@@ -198,7 +198,7 @@ class Runner:
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
         self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
-        self.json_cap: JsonCap | None = None  # whole JSON documents' (run() measures it)
+        self.json_cap: InputCap | None = None  # whole JSON documents' (run() measures it)
 
     # -- what to do ------------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class Runner:
             self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
 
-    def whole_json_cap(self) -> JsonCap:
+    def whole_json_cap(self) -> InputCap:
         """The largest whole JSON document this instance can parse: its memory shared by the
         concurrent transforms (each in a worker process of its own, which loads the model
         too), never above maxPayloadInMB."""
@@ -336,7 +336,7 @@ class Runner:
             expansion=WHOLE_JSON_EXPANSION,
         )
 
-    def over_memory(self, unit: plan.WorkUnit, cap: JsonCap) -> BadRecord:
+    def over_memory(self, unit: plan.WorkUnit, cap: InputCap) -> BadRecord:
         """Why ``unit``'s object, over ``cap``, fails: instead of an OOM kill of the instance
         and every object it holds."""
         if self.settings.compression_type == "Gzip":
