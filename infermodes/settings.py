@@ -371,7 +371,7 @@ class WorkerSettings(EnvSettings):
         64 * MIB,
         ge=1,
         description="JSON and recordio inputs are parsed whole, so they are capped: at this "
-        "(JSON: lower when the worker's memory cannot hold one per concurrent invocation).",
+        "(lower when the worker's memory cannot hold one per concurrent invocation).",
     )
     memory_bytes: int | None = Field(
         None,

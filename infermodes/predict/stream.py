@@ -23,6 +23,7 @@ from infermodes.errors import InvalidInput, InvocationTimeout, PayloadTooLarge
 from infermodes.predict import codecs, fastcsv
 from infermodes.predict.model import XGBoostModel
 
+WHOLE_TYPES = (codecs.JSON, codecs.RECORDIO)  # decoded whole; the others a chunk at a time
 LINE_LIMIT_CHUNKS = 16  # a "line" longer than this many chunks is refused, not buffered
 _ROW_PREFIX = re.compile(r"^row (\d+)")
 
@@ -135,13 +136,13 @@ def predict_stream(
 ) -> int:
     """Score everything in ``source`` into ``sink``; returns the number of rows."""
     deadline = time.monotonic() + timeout
-    if content_type in (codecs.JSON, codecs.RECORDIO):
+    if content_type in WHOLE_TYPES:
         body = source.read(max_json_bytes + 1)
         if len(body) > max_json_bytes:
             raise PayloadTooLarge(
                 f"{content_type} inputs are decoded whole and are limited to {max_json_bytes} "
-                "bytes here (max_json_bytes; for JSON, less if the worker's memory cannot hold "
-                "one per concurrent invocation); send large inputs as text/csv or text/libsvm, "
+                "bytes here (max_json_bytes, less if the worker's memory cannot hold one per "
+                "concurrent invocation); send large inputs as text/csv or text/libsvm, "
                 "which stream, or give the worker more memory"
             )
         chunks: Iterator[tuple[int, bytes]] = iter([(1, body)])

@@ -35,6 +35,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -57,9 +58,9 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
-from infermodes.predict.memory import process_json_cap
+from infermodes.predict.memory import process_input_caps
 from infermodes.predict.model import XGBoostModel
-from infermodes.predict.stream import Sink, predict_stream
+from infermodes.predict.stream import WHOLE_TYPES, Sink, predict_stream
 from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
 from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
@@ -201,11 +202,12 @@ class Processor:
         metrics: WorkerMetrics,
         stopping: threading.Event,
         hold_limit: float | None = None,
-        json_cap: int | None = None,
+        whole_caps: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
-        # the largest JSON input decoded (memory.json_input_cap); None: max_json_bytes
-        self.json_cap = settings.max_json_bytes if json_cap is None else json_cap
+        # the largest JSON and RecordIO input decoded whole, by type (``whole_caps_of``); a
+        # type not in it: max_json_bytes
+        self.whole_caps = whole_caps or {}
         self.hold_limit = hold_limit  # the consumer's: how long a delivery may stay unsettled
         self.model = model
         self.storage = storage
@@ -502,8 +504,7 @@ class Processor:
             self.storage.open_write(request.output_location, accept) as sink,
         ):
             content_type = codecs.content_type_of(request.content_type)
-            # recordio decodes to arrays, a few bytes per byte: only JSON is held to the memory
-            whole_cap = self.json_cap if content_type == codecs.JSON else settings.max_json_bytes
+            whole_cap = self.whole_caps.get(content_type, settings.max_json_bytes)
             head = _Head(sink, INLINE_RESULT_LIMIT)
             rows = predict_stream(
                 self.model,
@@ -702,10 +703,18 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
     )
 
 
-def json_cap_of(settings: WorkerSettings) -> int:
-    """The JSON cap for the memory the worker has, measured once the model is loaded."""
-    concurrency = settings.max_concurrent_invocations
-    return process_json_cap(settings.max_json_bytes, settings.memory_bytes, concurrency).bytes
+def whole_caps_of(settings: WorkerSettings) -> dict[str, int]:
+    """The caps of the inputs decoded whole (JSON and RecordIO, each read by Python at its
+    ``codecs.PYTHON_BYTES_EXPANSION``) for the memory the worker has, measured once the model
+    is loaded; the streamed types are decoded a chunk at a time."""
+    expansions = {kind: codecs.PYTHON_BYTES_EXPANSION[kind] for kind in WHOLE_TYPES}
+    caps = process_input_caps(
+        settings.max_json_bytes,
+        settings.memory_bytes,
+        settings.max_concurrent_invocations,
+        expansions,
+    )
+    return {content_type: cap.bytes for content_type, cap in caps.items()}
 
 
 class WebhookSendersStopped(RuntimeError):
@@ -791,7 +800,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
         metrics,
         consumer.stopping,
         consumer.hold_limit,
-        json_cap_of(settings),
+        whole_caps_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)

@@ -24,6 +24,7 @@ import numpy as np
 from infermodes.predict import codecs
 from infermodes.storage import Storage
 from tests.conftest import AbaloneModel
+from tests.support import recordio as recordio_samples
 from tests.support.async_plane import (
     Notifications,
     Plane,
@@ -660,4 +661,40 @@ def test_a_json_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_
     assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
     assert names(tmp_path / "failure") == ["big.error"]
     expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:3])
+    np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)
+
+
+def test_a_recordio_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_goes_on(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """RecordIO is decoded whole by Python's reader, at up to 26 bytes of memory per byte (a
+    memoryview per frame): an input over the worker's memory-derived cap fails at once, as
+    JSON does, instead of getting the worker OOM-killed; a small one is still predicted."""
+    endpoint = "recordio-cap"
+    memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x 26) = 3.8 MiB of RecordIO each
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows.astype(np.float32)
+    big = recordio_samples.dense(
+        np.tile(rows, (4_500_000 // len(recordio_samples.dense(rows)) + 1, 1))
+    )
+    small = recordio_samples.dense(rows[:3])
+    as_recordio = {"content-type": codecs.RECORDIO}
+    env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert live.invoke(big, {ID: "big", **as_recordio}).status_code == 202
+        notes.wait_for({"big"}, "Failed", 60)
+        assert live.invoke(small, {ID: "small", **as_recordio}).status_code == 202
+        notes.wait_for({"small"}, "Completed", 60)
+        assert worker.proc.poll() is None
+        log = worker.log
+    [cap] = re.findall(
+        rf"RecordIO inputs capped at (\d+) bytes: memory {memory}, concurrency 2", log
+    )
+    assert int(cap) < len(big)
+    [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
+    assert note["failureReason"] == "PayloadTooLarge", note
+    assert f"limited to {cap} bytes" in str(note["failureMessage"])
+    assert names(tmp_path / "failure") == ["big.error"]
+    expected = abalone_model.booster().inplace_predict(rows[:3])
     np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)

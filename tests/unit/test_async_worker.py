@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
+from infermodes.predict import codecs
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle, outbox_name
 from infermodes.queueing.connect import embedded_url
@@ -1027,32 +1028,42 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
     assert stored["message"] == message
 
 
-def test_json_is_held_to_the_memory_cap_and_recordio_to_max_json_bytes(
-    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+@pytest.mark.parametrize("content_type", [codecs.JSON, codecs.RECORDIO])
+def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path, content_type: str
 ) -> None:
-    """JSON decodes at up to 36 bytes per byte, recordio to arrays: only JSON is capped by
-    the worker's memory (json_cap), the other whole-body type keeps max_json_bytes."""
+    """JSON and RecordIO are decoded whole, by Python's readers (RecordIO's empty frames at
+    up to 26 bytes per byte): each is capped by the worker's memory (whole_caps) at its own
+    cost; an input at its cap is predicted, one over it fails with the cap named, and a type
+    without a cap of its own keeps max_json_bytes."""
     settings = WorkerSettings(endpoint="ep", model_uri="unused")
     metrics = WorkerMetrics(CollectorRegistry())
-    worker = Processor(
-        settings, model, Storage(), notifier, metrics, threading.Event(), json_cap=40
-    )
     rows = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32)
-    json_body = json.dumps({"instances": rows.tolist()}).encode()
-    assert len(json_body) > 40
-    failed = request(tmp_path, json_body, content_type="application/json")
-    assert worker.handle(failed, 0) == Result(Settle.ACK, "error")
-    record = json.loads((tmp_path / "fail/r1.error").read_bytes())
-    assert record["reason"] == "PayloadTooLarge"
-    assert "limited to 40 bytes" in record["message"]
-    body = recordio_samples.dense(rows)
-    assert len(body) > 40
-    other = tmp_path / "recordio"
-    other.mkdir()
-    message = request(other, body, content_type="application/x-recordio-protobuf")
-    assert worker.handle(message, 0) == Result(Settle.ACK, "success")
-    scores = np.array((other / "out/r1.out").read_text().split(), "f4")
-    np.testing.assert_array_equal(scores, model.predict(rows))
+    bodies = {
+        codecs.JSON: json.dumps({"instances": rows.tolist()}).encode(),
+        codecs.RECORDIO: recordio_samples.dense(rows),
+    }
+    body = bodies[content_type]
+    other = codecs.JSON if content_type == codecs.RECORDIO else codecs.RECORDIO
+    for name, caps, outcome in [
+        ("over", {content_type: len(body) - 1}, "error"),
+        ("at", {content_type: len(body)}, "success"),
+        ("other", {other: len(body) - 1}, "success"),
+    ]:
+        worker = Processor(
+            settings, model, Storage(), notifier, metrics, threading.Event(), whole_caps=caps
+        )
+        folder = tmp_path / name
+        folder.mkdir()
+        message = request(folder, body, content_type=content_type)
+        assert worker.handle(message, 0) == Result(Settle.ACK, outcome), name
+        if outcome == "error":
+            record = json.loads((folder / "fail/r1.error").read_bytes())
+            assert record["reason"] == "PayloadTooLarge"
+            assert f"limited to {len(body) - 1} bytes" in record["message"]
+        else:
+            scores = np.array((folder / "out/r1.out").read_text().split(), "f4")
+            np.testing.assert_array_equal(scores, model.predict(rows))
 
 
 class IdleConsumer:
