@@ -13,13 +13,14 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import numpy as np
+import pytest
 
 from infermodes.predict import codecs
 from infermodes.storage import Storage
@@ -630,28 +631,45 @@ def test_outputs_and_error_objects_on_s3_carry_their_content_type(
         assert error["ContentType"] == "application/json", error
 
 
-def test_a_json_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_goes_on(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+def _json_rows(rows: np.ndarray) -> bytes:
+    return json.dumps({"instances": rows.tolist()}).encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "encode"),
+    [
+        ("JSON", codecs.JSON, _json_rows),  # ~36 bytes per byte: 2.8 MiB each
+        ("RecordIO", codecs.RECORDIO, recordio_samples.dense),  # ~26 (a view per frame): 3.8
+    ],
+)
+def test_an_input_decoded_whole_beyond_what_the_workers_memory_holds_fails_and_it_goes_on(
+    rabbitmq: Broker,
+    abalone_model: AbaloneModel,
+    tmp_path: Path,
+    name: str,
+    content_type: str,
+    encode: Callable[[np.ndarray], bytes],
 ) -> None:
-    """A JSON input decoded at the worker's memory-derived cap's far side would have it
+    """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 26 bytes
+    of memory per byte) decoded at the worker's memory-derived cap's far side would have it
     OOM-killed with every request it holds, again at each redelivery: it fails at once."""
-    endpoint = "json-cap"
-    memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x 36) = 2.8 MiB of JSON each
+    endpoint = f"{name.lower()}-cap"
+    memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x the type's bytes per byte) each
     notes = Notifications(rabbitmq, endpoint).declare()
-    rows = abalone_model.test_rows.tolist()
-    big = json.dumps({"instances": rows * (4_000_000 // len(json.dumps(rows)) + 1)}).encode()
-    small = json.dumps({"instances": rows[:3]}).encode()
-    as_json = {"content-type": "application/json"}
+    rows = abalone_model.test_rows.astype(np.float32)
+    big = encode(np.tile(rows, (4_500_000 // len(encode(rows)) + 1, 1)))
+    small = encode(rows[:3])
+    typed = {"content-type": content_type}
     env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
         worker = live.start_worker(model_uri(abalone_model), "w")
-        assert live.invoke(big, {ID: "big", **as_json}).status_code == 202
+        assert live.invoke(big, {ID: "big", **typed}).status_code == 202
         notes.wait_for({"big"}, "Failed", 60)
-        assert live.invoke(small, {ID: "small", **as_json}).status_code == 202
+        assert live.invoke(small, {ID: "small", **typed}).status_code == 202
         notes.wait_for({"small"}, "Completed", 60)
         assert worker.proc.poll() is None
         log = worker.log
-    [cap] = re.findall(rf"JSON inputs capped at (\d+) bytes: memory {memory}, concurrency 2", log)
+    [cap] = re.findall(rf"{name} inputs capped at (\d+) bytes: memory {memory}, concurrency 2", log)
     assert int(cap) < len(big)
     [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
     assert note["failureReason"] == "PayloadTooLarge", note
@@ -659,42 +677,6 @@ def test_a_json_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_
     assert "give the worker more memory" in str(note["failureMessage"])
     record = json.loads((tmp_path / "failure" / "big.error").read_bytes())
     assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
-    assert names(tmp_path / "failure") == ["big.error"]
-    expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:3])
-    np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)
-
-
-def test_a_recordio_input_beyond_what_the_workers_memory_holds_fails_and_the_worker_goes_on(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
-) -> None:
-    """RecordIO is decoded whole by Python's reader, at up to 26 bytes of memory per byte (a
-    memoryview per frame): an input over the worker's memory-derived cap fails at once, as
-    JSON does, instead of getting the worker OOM-killed; a small one is still predicted."""
-    endpoint = "recordio-cap"
-    memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x 26) = 3.8 MiB of RecordIO each
-    notes = Notifications(rabbitmq, endpoint).declare()
-    rows = abalone_model.test_rows.astype(np.float32)
-    big = recordio_samples.dense(
-        np.tile(rows, (4_500_000 // len(recordio_samples.dense(rows)) + 1, 1))
-    )
-    small = recordio_samples.dense(rows[:3])
-    as_recordio = {"content-type": codecs.RECORDIO}
-    env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
-    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
-        worker = live.start_worker(model_uri(abalone_model), "w")
-        assert live.invoke(big, {ID: "big", **as_recordio}).status_code == 202
-        notes.wait_for({"big"}, "Failed", 60)
-        assert live.invoke(small, {ID: "small", **as_recordio}).status_code == 202
-        notes.wait_for({"small"}, "Completed", 60)
-        assert worker.proc.poll() is None
-        log = worker.log
-    [cap] = re.findall(
-        rf"RecordIO inputs capped at (\d+) bytes: memory {memory}, concurrency 2", log
-    )
-    assert int(cap) < len(big)
-    [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
-    assert note["failureReason"] == "PayloadTooLarge", note
-    assert f"limited to {cap} bytes" in str(note["failureMessage"])
     assert names(tmp_path / "failure") == ["big.error"]
     expected = abalone_model.booster().inplace_predict(rows[:3])
     np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)
