@@ -5,8 +5,9 @@ size at peak (each Python reader at its ``codecs.PYTHON_BYTES_EXPANSION``), and 
 concurrent invocation may decode one at once. A worker killed for memory loses every request
 it holds, and the one that killed it comes back until its attempts run out; refusing it (413's
 PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
-so, and the batch runner its whole JSON documents (``splitType None``), whose pod would
-otherwise be killed with the job's other objects; the model server caps the JSON bodies its
+so (and its RecordIO ones), and the batch runner its whole JSON documents (``splitType
+None``) and the CSV and libsvm mini-batches Python reads, whose pod would otherwise be killed
+with the job's other objects; the model server caps the JSON bodies its
 native decoder does not take (``codecs.decode_json``), which Python's parser reads whole, and
 the CSV, libsvm and RecordIO bodies its Python readers read (``codecs.decode``), with the
 request's other workers alike.
@@ -141,18 +142,3 @@ def process_input_caps(
             concurrency,
         )
     return caps
-
-
-def process_json_cap(
-    configured: int,
-    memory_bytes: int | None,
-    concurrency: int,
-    *,
-    processes: int = 1,
-    expansion: int = JSON_BYTES_EXPANSION,
-) -> InputCap:
-    """``process_input_caps`` for JSON alone, at ``expansion`` bytes per byte."""
-    caps = process_input_caps(
-        configured, memory_bytes, concurrency, {JSON: expansion}, processes=processes
-    )
-    return caps[JSON]

@@ -167,3 +167,21 @@ def test_a_read_that_fails_is_a_storage_error_of_its_object_not_of_the_instance(
     assert next(blocks) == b"1,2\n1,2\n"
     with pytest.raises(StorageError, match="cannot read the input: Input/output error"):
         next(blocks)
+
+
+def test_a_line_over_a_limit_not_maxpayloadinmbs_is_refused_by_its_refusal_naming_its_line() -> (
+    None
+):
+    """A line longer than the memory's share of a mini-batch fails with the refusal the caller
+    gives (which names the memory), at the line it starts on; shorter lines are packed."""
+    data = b"1\n2\n" + b"3" * 20 + b"\n4\n"
+
+    def refusal(line: int) -> BadRecord:
+        return BadRecord(line, "over the memory")
+
+    batches = records.minibatches(iter([data]), "Line", "MultiRecord", 10, refusal)
+    assert next(batches) == MiniBatch(1, b"1\n2\n")
+    with pytest.raises(BadRecord, match="line 3: over the memory"):
+        next(batches)
+    with pytest.raises(BadRecord, match="line 1: over the memory"):
+        list(records.minibatches(iter([data]), "None", "MultiRecord", 10, refusal))

@@ -5,6 +5,7 @@ import pytest
 from infermodes.predict import codecs
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION, PYTHON_BYTES_EXPANSION
 from infermodes.predict.memory import MIN_JSON_CAP, cgroup_memory_limit, json_input_cap
+from infermodes.workers.batch.runner import WHOLE_JSON_EXPANSION
 
 MIB = 1 << 20
 
@@ -111,3 +112,65 @@ def test_the_model_servers_caps_are_each_workers_share_of_the_spare_memory_per_r
     }
     assert caps[codecs.JSON] == 824 * MIB // (2 * JSON_BYTES_EXPANSION)
     assert caps[codecs.LIBSVM] < caps[codecs.JSON]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "split_type", "expansion", "processes"),
+    [
+        ("text/csv", "Line", codecs.PYTHON_BYTES_EXPANSION[codecs.CSV], 1),  # native: threads
+        ("text/libsvm", "Line", codecs.PYTHON_BYTES_EXPANSION[codecs.LIBSVM], 3),
+        ("text/libsvm", "None", codecs.PYTHON_BYTES_EXPANSION[codecs.LIBSVM], 3),
+        ("application/json", "None", WHOLE_JSON_EXPANSION, 3),
+        ("application/json", "Line", None, 3),  # a group of lines at a time: not capped so
+        ("application/jsonlines", "Line", None, 3),
+    ],
+)
+def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    content_type: str,
+    split_type: str,
+    expansion: int | None,
+    processes: int,
+) -> None:
+    """The mini-batches Python's readers decode are capped by the instance's memory at their
+    type's cost per byte: 2 concurrent transforms in worker processes of 100 MiB (3 processes
+    with the runner's; 1 when native CSV runs them in threads) in 1 GiB leave 724 MiB (924),
+    which two mini-batches share."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import xgboost as xgb
+    from prometheus_client import CollectorRegistry
+
+    from infermodes.metrics import BatchMetrics
+    from infermodes.predict.model import XGBoostModel
+    from infermodes.settings import BatchSettings
+    from infermodes.storage import Storage
+    from infermodes.workers.batch.runner import Runner
+
+    features = np.random.default_rng(0).random((20, 2), dtype=np.float32)
+    booster = xgb.train({"nthread": 1}, xgb.DMatrix(features, features.sum(axis=1)), 2)
+    booster.save_model(tmp_path / "model.json")
+    settings = BatchSettings(
+        model_uri=str(tmp_path / "model.json"),
+        input_uri=f"file://{tmp_path}/in/",
+        output_uri=f"file://{tmp_path}/out/",
+        metrics_port=0,
+        content_type=content_type,
+        split_type=split_type,
+        max_concurrent_transforms=2,
+        memory_bytes=1024 * MIB,
+        max_payload_in_mb=50,
+    )
+    model = XGBoostModel.load(str(tmp_path / "model.json"))
+    runner = Runner(settings, Storage(), model, BatchMetrics(CollectorRegistry()))
+    usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
+    monkeypatch.setattr("infermodes.predict.memory.resource.getrusage", lambda who: usage)
+    cap = runner.python_read_cap()
+    if expansion is None:
+        assert cap is None
+    else:
+        assert cap is not None
+        spare = 1024 * MIB - processes * 100 * MIB
+        assert (cap.bytes, cap.memory, cap.concurrency) == (spare // (2 * expansion), 1024 * MIB, 2)

@@ -5,8 +5,9 @@ blocks plus one mini-batch, whatever the object's size, and nothing here does I/
 
 from __future__ import annotations
 
+import functools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -29,6 +30,9 @@ class BadRecord(Exception):
 
     def __reduce__(self) -> tuple[type[BadRecord], tuple[int | None, str]]:
         return BadRecord, (self.line, self.reason)  # crosses from worker processes
+
+
+Refusal = Callable[[int], BadRecord]  # why the record at this line is over the limit
 
 
 def too_large(line: int, limit: int) -> BadRecord:
@@ -143,9 +147,12 @@ def has_record(data: bytes) -> bool:
     return bool(data) and not data.isspace()
 
 
-def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
+def pack_lines(
+    blocks: Iterator[bytes], limit: int, refusal: Refusal | None = None
+) -> Iterator[MiniBatch]:
     """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch. Blocks are
-    kept as they come and joined once per mini-batch: its bytes are copied once."""
+    kept as they come and joined once per mini-batch: its bytes are copied once. A line over
+    ``limit`` is refused (``refusal``, when the limit is not maxPayloadInMB's)."""
     parts: list[bytes] = []
     size = 0
     first_line = 1
@@ -158,7 +165,7 @@ def pack_lines(blocks: Iterator[bytes], limit: int) -> Iterator[MiniBatch]:
                 data = b"".join([*parts, block])
                 cut = data.rfind(b"\n", 0, limit) + 1
                 if cut == 0:
-                    raise too_large(first_line, limit)
+                    raise (refusal or functools.partial(too_large, limit=limit))(first_line)
                 chunk, block = data[:cut], data[cut:]
             parts, size = [], 0
             if has_record(chunk):
@@ -184,7 +191,7 @@ def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:
 
 
 def whole_object(
-    blocks: Iterator[bytes], limit: int, refusal: BadRecord | None = None
+    blocks: Iterator[bytes], limit: int, refusal: Refusal | None = None
 ) -> Iterator[MiniBatch]:
     """SplitType None: the object is one record, refused when it is over ``limit`` (with
     ``refusal``, when the limit is not maxPayloadInMB's), before it is read whole."""
@@ -192,7 +199,7 @@ def whole_object(
     for block in blocks:
         data += block
         if len(data) > limit:
-            raise refusal or too_large(1, limit)
+            raise (refusal or functools.partial(too_large, limit=limit))(1)
     if data.strip():
         yield MiniBatch(1, bytes(data))
 
@@ -202,11 +209,12 @@ def minibatches(
     split_type: SplitType,
     strategy: BatchStrategy,
     limit: int,
-    whole_refusal: BadRecord | None = None,
+    refusal: Refusal | None = None,
 ) -> Iterator[MiniBatch]:
-    """``whole_refusal``: why a whole object (SplitType None) over ``limit`` is refused, when
-    the limit is not maxPayloadInMB's (the memory a whole JSON document may take)."""
+    """``refusal``: why a record (a whole object, SplitType None; a line) over ``limit`` is
+    refused, given its first line, when the limit is not maxPayloadInMB's (the memory a
+    mini-batch read in Python may take)."""
     if split_type == "None":
-        return whole_object(blocks, limit, whole_refusal)
-    packed = pack_lines(blocks, limit)
+        return whole_object(blocks, limit, refusal)
+    packed = pack_lines(blocks, limit, refusal)
     return single_lines(packed) if strategy == "SingleRecord" else packed

@@ -46,8 +46,9 @@ from infermodes.errors import (
 )
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
+from infermodes.predict import codecs
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
-from infermodes.predict.memory import InputCap, process_json_cap
+from infermodes.predict.memory import InputCap, process_input_caps
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
@@ -198,7 +199,8 @@ class Runner:
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
         self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
-        self.json_cap: InputCap | None = None  # whole JSON documents' (run() measures it)
+        # the largest mini-batch Python's readers may decode (run() measures it); None: no cap
+        self.memory_cap: InputCap | None = None
 
     # -- what to do ------------------------------------------------------------------------
 
@@ -267,8 +269,8 @@ class Runner:
     def run(self) -> Summary:
         started, cpu = time.monotonic(), time.process_time()
         executor: Executor | None = None
-        if self.worker.transform.whole_documents:  # measured before the input listing, whose
-            self.json_cap = self.whole_json_cap()  # peak is not the model's or the runtime's
+        # measured before the input listing, whose peak is not the model's or the runtime's
+        self.memory_cap = self.python_read_cap()
         try:
             try:
                 objects = self.job_inputs()
@@ -322,36 +324,73 @@ class Runner:
             self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
 
-    def whole_json_cap(self) -> InputCap:
-        """The largest whole JSON document this instance can parse: its memory shared by the
+    def python_read_expansion(self) -> int | None:
+        """The memory a mini-batch of this job costs, per byte, when Python reads it: a whole
+        JSON document's (``WHOLE_JSON_EXPANSION``), or its type's Python reader's (CSV that the
+        native reader declines, libsvm); None for JSON read by lines (a group of lines at a
+        time)."""
+        if self.worker.transform.whole_documents:
+            return WHOLE_JSON_EXPANSION
+        if self.settings.content_type in (codecs.CSV, codecs.LIBSVM):
+            return codecs.PYTHON_BYTES_EXPANSION[self.settings.content_type]
+        return None
+
+    def python_read_cap(self) -> InputCap | None:
+        """The largest mini-batch this instance can read in Python: its memory shared by the
         concurrent transforms (each in a worker process of its own, which loads the model
-        too), never above maxPayloadInMB."""
+        too, unless they are threads: ``concurrent_workers``), never above maxPayloadInMB."""
+        expansion = self.python_read_expansion()
+        if expansion is None:
+            return None
         concurrency = self.settings.max_concurrent_transforms
-        processes = 1 + (concurrency if concurrency > 1 else 0)  # JSON is never native
-        return process_json_cap(
+        threads = self.worker.transform.native or concurrency == 1
+        processes = 1 if threads else 1 + concurrency
+        kind = self.settings.content_type
+        caps = process_input_caps(
             self.limit,
             self.settings.memory_bytes,
             concurrency,
+            {kind: expansion},
             processes=processes,
-            expansion=WHOLE_JSON_EXPANSION,
         )
+        return caps[kind]
 
-    def over_memory(self, unit: plan.WorkUnit, cap: InputCap) -> BadRecord:
-        """Why ``unit``'s object, over ``cap``, fails: instead of an OOM kill of the instance
-        and every object it holds."""
+    def over_memory(self, unit: plan.WorkUnit, cap: InputCap, line: int) -> BadRecord:
+        """Why ``unit``'s record at ``line`` (its whole object, with splitType None), over
+        ``cap``, fails: instead of an OOM kill of the instance and every object it holds."""
+        instance = (
+            f"by each of {cap.concurrency} concurrent transform(s) within the instance's memory "
+            f"({cap.memory} bytes, less what its model and runtime hold)"
+        )
+        more = (
+            "give the instance more memory (its container's limit, or "
+            "INFERMODES_BATCH_MEMORY_BYTES)"
+        )
+        if self.settings.split_type == "Line":
+            return BadRecord(
+                line,
+                f"the record is larger than the {cap.bytes} bytes a {self.settings.content_type} "
+                f"record may have here: it is read in Python, at up to "
+                f"{self.python_read_expansion()} times its size, {instance}; {more}",
+            )
         if self.settings.compression_type == "Gzip":
             size = f"decompresses to more than {cap.bytes} bytes"
         else:
             size = f"is {unit.obj.size} bytes"
+        if self.worker.transform.whole_documents:
+            return BadRecord(
+                None,
+                f"the object {size}, over the {cap.bytes} bytes a whole JSON document may have "
+                f"here: application/json with splitType None is parsed whole, at up to "
+                f"{WHOLE_JSON_EXPANSION} times its size, {instance}; split it into lines "
+                "(splitType Line, a JSON document per line), send it as text/csv, or " + more,
+            )
         return BadRecord(
             None,
-            f"the object {size}, over the {cap.bytes} bytes a whole JSON document may have "
-            f"here: application/json with splitType None is parsed whole, at up to "
-            f"{WHOLE_JSON_EXPANSION} times its size, by each of {cap.concurrency} concurrent "
-            f"transform(s) within the instance's memory ({cap.memory} bytes, less what its "
-            "model and runtime hold); split it into lines (splitType Line, a JSON document per "
-            "line), send it as text/csv, or give the instance more memory (its container's "
-            "limit, or INFERMODES_BATCH_MEMORY_BYTES)",
+            f"the object {size}, over the {cap.bytes} bytes a whole {self.settings.content_type} "
+            f"object may have here: it is read in Python, at up to "
+            f"{self.python_read_expansion()} times its size, {instance}; split it into lines "
+            f"(splitType Line), or {more}",
         )
 
     def mark_run(self) -> float | None:
@@ -460,9 +499,9 @@ class Runner:
             elif unit.start == 0:
                 blocks = records.not_gzip(blocks)
             limit, refusal = self.limit, None
-            cap = self.json_cap  # whole JSON documents only: when smaller, the memory's word
+            cap = self.memory_cap  # when smaller, the memory's word
             if cap is not None and cap.bytes < self.limit:
-                limit, refusal = cap.bytes, self.over_memory(unit, cap)
+                limit, refusal = cap.bytes, functools.partial(self.over_memory, unit, cap)
             if unit.is_range:
                 blocks = records.line_range(blocks, unit.start, unit.end)
             batches = records.minibatches(

@@ -262,24 +262,67 @@ def test_assemble_none_concatenates_the_responses(
     assert outputs["Line"] == outputs["None"].replace(b"}]}", b"}]}\n")
 
 
-def test_libsvm_input(abalone_model: AbaloneModel, booster: object, tmp_path: Path) -> None:
-    rows = abalone_model.test_rows[:50]
+def libsvm_of(rows: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """``rows`` as libsvm lines (a label, then the non-zero features), and the matrix they
+    describe (the zeros left out are missing values)."""
     lines = [" ".join(f"{i}:{v:.6g}" for i, v in enumerate(row) if v) for row in rows.tolist()]
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in/a.libsvm").write_text("\n".join(f"0 {line}" for line in lines) + "\n")
-    done = run(
-        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm")
-    )
-    assert done.returncode == 0, done.log
     dense = np.full(rows.shape, np.nan, dtype=np.float32)
     for r, line in enumerate(lines):
         for item in line.split():
             index, value = item.split(":")
             dense[r, int(index)] = np.float32(value)
+    return "".join(f"0 {line}\n" for line in lines).encode(), dense
+
+
+def test_libsvm_input(abalone_model: AbaloneModel, booster: object, tmp_path: Path) -> None:
+    text, dense = libsvm_of(abalone_model.test_rows[:50])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.libsvm").write_bytes(text)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm")
+    )
+    assert done.returncode == 0, done.log
     np.testing.assert_array_equal(
         scores_of((tmp_path / "out/a.libsvm.out").read_bytes()),
         np.asarray(booster.inplace_predict(dense), dtype=np.float32),
     )
+
+
+def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fails_its_object(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """libsvm is read in Python, at up to 96 bytes of memory per byte: an instance packs its
+    mini-batches within its memory's share (64 KiB here, the floor, with no memory to spare),
+    not maxPayloadInMB's 6 MB, so a larger object is transformed whole a smaller mini-batch
+    at a time; a line larger than that share fails its object, naming the memory, instead of
+    getting the instance OOM-killed with the job's other objects."""
+    text, dense = libsvm_of(np.tile(rows, (3, 1)))
+    assert len(text) > 64 * 1024
+    long_line = b"0 0:1" + b" " * 70_000 + b"1:1\n"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/big.libsvm").write_bytes(text)
+    before = text[:200].rpartition(b"\n")[0] + b"\n"  # whole lines, then the long one
+    (tmp_path / "in/long.libsvm").write_bytes(before + long_line)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm"),
+        env={"INFERMODES_BATCH_MEMORY_BYTES": "1"},
+    )
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/big.libsvm.out").read_bytes()),
+        np.asarray(booster.inplace_predict(dense), dtype=np.float32),
+    )
+    assert not (tmp_path / "out/long.libsvm.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert failure["object"] == f"file://{tmp_path}/in/long.libsvm", failure
+    assert failure["line"] == before.count(b"\n") + 1, failure
+    assert failure["reason"] == (
+        "the record is larger than the 65536 bytes a text/libsvm record may have here: it is "
+        "read in Python, at up to 96 times its size, by each of 1 concurrent transform(s) "
+        "within the instance's memory (1 bytes, less what its model and runtime hold); give the "
+        "instance more memory (its container's limit, or INFERMODES_BATCH_MEMORY_BYTES)"
+    ), failure
+    assert "libsvm inputs capped at 65536 bytes" in done.log
 
 
 def test_transient_failures_are_retried_per_minibatch(
