@@ -158,6 +158,13 @@ def _check_size(rows: int, width: int | None, max_rows: int | None, max_values: 
         )
 
 
+def _check_lines(
+    text: bytes, num_features: int | None, max_rows: int | None, max_values: int
+) -> None:
+    """``_check_size`` of a line-based body (CSV, libsvm), counted by its lines."""
+    _check_size(text.count(b"\n") + 1, num_features, max_rows, max_values)
+
+
 def _lines(
     body: bytes, num_features: int | None, max_rows: int | None, max_values: int
 ) -> list[bytes]:
@@ -165,7 +172,7 @@ def _lines(
     or CRLF; a CR anywhere else is refused, since readers disagree on it (Python's splitlines
     ends a row there, the platform's container does not)."""
     text = body.rstrip(b"\r\n")
-    _check_size(text.count(b"\n") + 1, num_features, max_rows, max_values)
+    _check_lines(text, num_features, max_rows, max_values)
     if b"\r" in text:
         lone = _LONE_CR.search(text)
         if lone is not None:
@@ -617,6 +624,8 @@ def decode(
             max_parsed_bytes=cap,
         )
     if cap is not None and len(body) > cap:
+        if content_type in (CSV, LIBSVM):  # the limits' 413 first: it names the rows to send
+            _check_lines(body.rstrip(b"\r\n"), num_features, max_rows, max_values)
         raise over_memory(body, content_type, cap, *_PYTHON_READ[content_type])
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 

@@ -438,6 +438,16 @@ def test_a_body_over_its_readers_cap_is_413_naming_the_cap_and_one_within_it_is_
             assert "no feature named 'values'" in str(exc)
 
 
+@pytest.mark.parametrize(("content_type", "row"), [(codecs.CSV, b"1\n"), (codecs.LIBSVM, b"0:1\n")])
+def test_a_line_based_body_over_the_row_limit_and_its_cap_is_refused_for_its_rows(
+    content_type: str, row: bytes
+) -> None:
+    """The row limit's 413 says what to send instead; the memory's would blame the reader."""
+    body = row * 300
+    with pytest.raises(PayloadTooLarge, match="the body has 300 rows; one request may carry"):
+        codecs.decode(body, content_type, 1, max_rows=200, python_caps={content_type: 100})
+
+
 def test_json_parsed_whole_is_capped_and_the_native_shapes_are_not() -> None:
     """``python_caps``' JSON cap (the model server's memory cap) refuses, before parsing, a
     body the native decoder does not take; a body it takes, however large, is decoded."""
