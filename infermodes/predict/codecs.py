@@ -65,10 +65,10 @@ _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any
 # its memory with this worst case, and the model server such bodies (``predict.memory``).
 JSON_BYTES_EXPANSION = 36
 # The same for every Python reader, each at its worst measured shape (tracemalloc's peak, the
-# body included; pinned by tests/unit/test_codecs.py): CSV rows of one
-# one-digit field (``1\n``, ~83: a bytes object per line, a list and a float per row), which
-# the native reader declines behind a byte order mark; libsvm rows of one valueless feature
-# (``0:\n``, ~93: a dict per row); RecordIO's empty frames (~24: a memoryview per 8 bytes).
+# body included; pinned by tests/unit/test_codecs.py): CSV rows of one one-digit field (``1\n``,
+# ~84: a bytes object per line, a list and a float per row), which the native reader declines
+# behind a byte order mark; libsvm rows of one valueless feature (``0:\n``, ~94: a dict per
+# row); RecordIO's empty frames (~25: a memoryview per 8 bytes).
 # Wider rows cost far less (CSV ``0,0,...`` ~20, libsvm ``i:1 ...`` ~16); the native readers
 # (``fastcsv``, ``fastjson``) ~2. A body a process hands to these readers is capped by them.
 PYTHON_BYTES_EXPANSION = {
