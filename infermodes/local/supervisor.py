@@ -99,6 +99,8 @@ from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
 T = TypeVar("T")  # what one read of a process's port gives
+# the running async workers' metrics texts by key (None: unreadable), read once when first asked
+MetricsTexts = Callable[[], Mapping[str, str | None]]
 
 NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
@@ -653,7 +655,9 @@ class Supervisor:
 
         return read
 
-    async def _decide(self, endpoint: LocalEndpoint, now: float) -> int:
+    async def _decide(self, endpoint: LocalEndpoint, now: float, metrics: MetricsTexts) -> int:
+        """The replicas the endpoint's mode asks for (``metrics``: an async pool's workers'
+        metrics, read at most once a tick)."""
         spec = endpoint.manifest.spec
         current = len(endpoint.children)
         if spec.mode is Mode.REALTIME:
@@ -680,7 +684,7 @@ class Supervisor:
             return serverless_replicas(spec.serverless_block(), current, demand, endpoint.memory,
                                        now, time.time(), load_failed)  # fmt: skip
         block = async_plan.async_block(spec)
-        figures = await self._queue_figures(endpoint)
+        figures = await self._queue_figures(endpoint, metrics)
         started = current if endpoint.initialized else None  # a new pool: its initialReplicas
         endpoint.initialized = True
         decision = backlog_replicas(
@@ -691,10 +695,10 @@ class Supervisor:
         endpoint.status = with_backlog(status, figures)
         return decision.replicas
 
-    async def _queue_figures(self, endpoint: LocalEndpoint) -> QueueFigures:
+    async def _queue_figures(self, endpoint: LocalEndpoint, metrics: MetricsTexts) -> QueueFigures:
         """An async endpoint's queue as the operator reads it: ready, in flight (the larger
-        of the queue's and its workers' counts), the oldest waiting request's age, and the
-        jobs waiting in its outbox."""
+        of the queue's and its workers' counts, from ``metrics``), the oldest waiting request's
+        age, and the jobs waiting in its outbox."""
         block = async_plan.async_block(endpoint.manifest.spec)
         figures = QueueFigures(None, None)
         exact = False
@@ -709,11 +713,10 @@ class Supervisor:
         except Exception as exc:  # an unreadable queue keeps the workers (BrokerUnreadable)
             log.warning("%s: cannot read the queue: %s", endpoint.name, exc)
         running = self._running_workers(endpoint)
-        texts = functools.cache(lambda: read_ports(running, fetch_metrics_text))  # once a decision
 
         def in_flight() -> dict[str, float | None]:
             # the embedded queue counts leases exactly: nothing to check against the workers
-            return {} if exact else worker_readings(texts(), parse_worker_in_flight)
+            return {} if exact else worker_readings(metrics(), parse_worker_in_flight)
 
         held = await asyncio.to_thread(
             pool_in_flight, block, figures.ready, figures.in_flight,
@@ -724,7 +727,7 @@ class Supervisor:
         figures = await asyncio.to_thread(
             with_estimated_age,
             figures,
-            lambda: worker_readings(texts(), parse_worker_dequeued_accepted_at).values(),
+            lambda: worker_readings(metrics(), parse_worker_dequeued_accepted_at).values(),
             time.time(),
         )
         return figures
@@ -756,7 +759,7 @@ class Supervisor:
             if endpoint.manifest.spec.mode is Mode.ASYNC:
                 # its queue still takes requests, which wait for a mended spec: shown, as the
                 # operator shows them (HasBacklogWithoutCapacity included)
-                figures = await self._queue_figures(endpoint)
+                figures = await self._queue_figures(endpoint, self._metrics_once(endpoint))
                 if self.endpoints.get(endpoint.name) is not endpoint:
                     return  # deleted or replaced meanwhile
                 status = with_backlog(status, figures)
@@ -770,7 +773,8 @@ class Supervisor:
             await self._probe_workers(endpoint, now)
         else:
             await self._ping_servers(endpoint, now)
-        wanted = await self._decide(endpoint, now)
+        metrics = self._metrics_once(endpoint)  # the decision's and the scale-in's one read
+        wanted = await self._decide(endpoint, now, metrics)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
         if wanted != endpoint.desired:
@@ -779,7 +783,7 @@ class Supervisor:
         while len(endpoint.children) < wanted:
             child = self._new_child(endpoint)
             endpoint.children[child.key] = child
-        removed = await self._to_remove(endpoint, wanted)
+        removed = await self._to_remove(endpoint, wanted, metrics)
         if self.endpoints.get(endpoint.name) is not endpoint:
             return  # deleted or replaced meanwhile: its children were stopped with it
         for key in removed:
@@ -792,20 +796,21 @@ class Supervisor:
         self._retire_outgoing(endpoint, keep=wanted - self._ready(endpoint))
         self._set_status(endpoint)
 
-    async def _to_remove(self, endpoint: LocalEndpoint, wanted: int) -> list[str]:
+    async def _to_remove(
+        self, endpoint: LocalEndpoint, wanted: int, metrics: MetricsTexts
+    ) -> list[str]:
         """The children a scale-in to ``wanted`` stops. An async pool's: by what each worker
-        holds (``scaling.workers_to_remove``, as the operator's deletion costs rank its pods),
-        so a busy worker does not go while an idle one stays. Model servers: the newest, as a
-        ReplicaSet removes a realtime endpoint's (the operator gives them no cost): the gateway
-        stops sending to one at once, and its requests end within seconds, not an hour."""
+        holds (from ``metrics``; ``scaling.workers_to_remove``, as the operator's deletion
+        costs rank its pods), so a busy worker does not go while an idle one stays. Model
+        servers: the newest, as a ReplicaSet removes a realtime endpoint's (the operator gives
+        them no cost): the gateway stops sending to one at once, and its requests end within
+        seconds, not an hour."""
         keys = list(endpoint.children)
         if len(keys) <= wanted:
             return []
         if endpoint.manifest.spec.mode is not Mode.ASYNC:
             return keys[wanted:][::-1]
-        running = self._running_workers(endpoint)
-        texts = await asyncio.to_thread(read_ports, running, fetch_metrics_text)
-        readings = worker_readings(texts, parse_worker_busy)
+        readings = worker_readings(await asyncio.to_thread(metrics), parse_worker_busy)
         # a worker not running holds nothing (the broker has its deliveries back): 0; one
         # running that cannot be read (None) counts as busy
         held = {key: readings.get(key, 0.0) for key in keys}
@@ -831,6 +836,13 @@ class Supervisor:
         for key, child in list(endpoint.outgoing.items()):
             if child.check(now):
                 self._retire(endpoint, endpoint.outgoing.pop(key), STOP_GRACE_SECONDS)
+
+    @classmethod
+    def _metrics_once(cls, endpoint: LocalEndpoint) -> MetricsTexts:
+        """Each running async worker's metrics text, read at the first call and kept: one
+        read a tick serves the decision (in flight, the oldest age) and the scale-in."""
+        running = cls._running_workers(endpoint)
+        return functools.cache(lambda: read_ports(running, fetch_metrics_text))
 
     @staticmethod
     def _running_workers(endpoint: LocalEndpoint) -> dict[str, int]:

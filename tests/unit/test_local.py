@@ -4,6 +4,7 @@ progress from batch summaries."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import json
@@ -38,7 +39,7 @@ from infermodes.local.manifests import (
 )
 from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor, runs_as_before
 from infermodes.local.zygote import Zygote
-from infermodes.metrics import OperatorMetrics, WorkerMetrics, serve_metrics
+from infermodes.metrics import OperatorMetrics, WorkerMetrics, fetch_metrics_text, serve_metrics
 from infermodes.queueing.broker import Backlog
 from infermodes.settings import GATEWAY_INVOCATION_TIMEOUT_SECONDS
 
@@ -303,6 +304,12 @@ class FakeChild:
     def running(self) -> bool:
         return self.is_running
 
+    def check(self, now: float) -> bool:
+        return False  # it never ends by itself
+
+    def stop(self) -> None:
+        self.is_running = False
+
 
 @contextlib.contextmanager
 def worker_port(in_flight: float, taken_at: float) -> Iterator[int]:
@@ -320,6 +327,16 @@ def worker_port(in_flight: float, taken_at: float) -> Iterator[int]:
         thread.join(10)
 
 
+def to_remove(supervisor: Supervisor, endpoint: LocalEndpoint, wanted: int) -> list[str]:
+    """The children a scale-in of ``up``'s tick stops, its workers' metrics read when asked."""
+    return asyncio.run(supervisor._to_remove(endpoint, wanted, Supervisor._metrics_once(endpoint)))
+
+
+def decided(supervisor: Supervisor, endpoint: LocalEndpoint, now: float) -> int:
+    """One decision of ``up``'s tick, its workers' metrics read when it asks."""
+    return asyncio.run(supervisor._decide(endpoint, now, Supervisor._metrics_once(endpoint)))
+
+
 def decide(tmp_path: Path, backlog: Backlog, running: dict[str, int], starting: int
            ) -> tuple[int, LocalEndpoint]:  # fmt: skip
     """One async decision of ``infermodes up``: ``running`` workers (key -> metrics port)
@@ -334,7 +351,7 @@ def decide(tmp_path: Path, backlog: Backlog, running: dict[str, int], starting: 
     for n in range(starting):
         endpoint.children[f"starting-{n}"] = FakeChild(False, f"starting-{n}")  # type: ignore[assignment]
     endpoint.initialized = True  # a pool its first decision started
-    replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    replicas = decided(supervisor, endpoint, time.monotonic())
     return replicas, endpoint
 
 
@@ -346,11 +363,11 @@ def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
     document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=3)
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     now = time.monotonic()
-    assert asyncio.run(supervisor._decide(endpoint, now)) == 3
+    assert decided(supervisor, endpoint, now) == 3
     assert endpoint.status.reason == "InitialReplicas"
     for key in ("w0", "w1", "w2"):
         endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
-    assert asyncio.run(supervisor._decide(endpoint, now + 1)) == 3  # the start's cooldown
+    assert decided(supervisor, endpoint, now + 1) == 3  # the start's cooldown
 
 
 def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path: Path) -> None:
@@ -360,7 +377,7 @@ def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path:
     supervisor = Supervisor(tmp_path, FixedQueue(empty, webhook_jobs=2), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
-    asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    decided(supervisor, endpoint, time.monotonic())
     shown = endpoint.status.to_patch(1, None)["backlog"]
     assert (shown["total"], shown["waitingWebhookJobs"]) == (0, 2)
 
@@ -420,14 +437,43 @@ def test_up_s_scale_in_stops_the_workers_holding_least_and_servers_newest_first(
         for key, port in ports.items():
             endpoint.children[key] = FakeChild(key != "backing-off", key)  # type: ignore[assignment]
             endpoint.metrics_ports[key] = port
-        removed = asyncio.run(supervisor._to_remove(endpoint, 1))
-        assert asyncio.run(supervisor._to_remove(endpoint, 4)) == []
+        removed = to_remove(supervisor, endpoint, 1)
+        assert to_remove(supervisor, endpoint, 4) == []
     assert removed == ["backing-off", "idle", "busy"]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
     servers = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     for key in ("s0", "s1", "s2"):
         servers.children[key] = FakeChild(True, key)  # type: ignore[assignment]
-    assert asyncio.run(supervisor._to_remove(servers, 1)) == ["s2", "s1"]
+    assert to_remove(supervisor, servers, 1) == ["s2", "s1"]
+
+
+def test_up_reads_each_worker_s_metrics_once_in_a_tick_that_scales_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ's figures would let a pool of two shrink to one (its maxReplicas lowered):
+    the decision checks what the workers hold, and the scale-in ranks them by it, both from
+    one read of each worker's metrics."""
+    reads: collections.Counter[int] = collections.Counter()
+
+    def counted(host: str, port: int, timeout: float) -> str | None:
+        reads[port] += 1
+        return fetch_metrics_text(host, port, timeout)
+
+    monkeypatch.setattr("infermodes.local.supervisor.fetch_metrics_text", counted)
+    sampled = Backlog(ready=0, unacked=0, consumers=2, source="amqp+management")
+    supervisor = Supervisor(tmp_path, FixedQueue(sampled), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(maxReplicas=1)
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    endpoint.initialized = True  # a pool its first decision started
+    with worker_port(0, 0) as older, worker_port(1, 0) as newer:
+        ports = {"w0": older, "w1": newer}
+        for key, port in ports.items():
+            endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
+            endpoint.metrics_ports[key] = port
+        asyncio.run(supervisor._actuate(endpoint, time.monotonic()))
+    assert list(endpoint.children) == ["w1"]  # the idle one went
+    assert reads == {older: 1, newer: 1}
 
 
 def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Path) -> None:
@@ -481,7 +527,7 @@ def test_up_keeps_a_pool_whose_queue_cannot_be_read_and_shows_no_figures(tmp_pat
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     endpoint.children["w"] = FakeChild(True, "w")  # type: ignore[assignment]
     endpoint.initialized = True  # a pool its first decision started
-    replicas = asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    replicas = decided(supervisor, endpoint, time.monotonic())
     supervisor._set_status(endpoint)
     assert replicas == 1 and endpoint.status.reason == "BrokerUnreadable"
     assert endpoint.status.backlog is None
@@ -503,7 +549,7 @@ def test_up_publishes_the_current_queue_figures_of_an_endpoint_that_failed(
     supervisor.metrics = OperatorMetrics(registry)
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
-    asyncio.run(supervisor._decide(endpoint, time.monotonic()))
+    decided(supervisor, endpoint, time.monotonic())
     supervisor._set_status(endpoint)
     labels = {"namespace": NAMESPACE, "endpoint": endpoint.name}
     backlog = "infermodes_async_approximate_backlog_size"
@@ -890,7 +936,7 @@ def test_a_restart_shows_what_is_true_before_any_process_of_it_runs_again(
     restarted.load_state()
     started: list[str] = []
     monkeypatch.setattr(restarted, "_start", lambda endpoint, child, now: started.append(child.key))
-    monkeypatch.setattr(restarted, "_decide", lambda endpoint, now: asyncio.sleep(0, 1))
+    monkeypatch.setattr(restarted, "_decide", lambda endpoint, now, metrics: asyncio.sleep(0, 1))
     shown: dict[str, tuple[str, str]] = {}
 
     async def first_answer() -> None:
