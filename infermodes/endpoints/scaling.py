@@ -7,7 +7,7 @@ call them, neither has a copy. Time is a parameter (any monotonic clock), never 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from infermodes.endpoints.demand import WRITE_INTERVAL_SECONDS, Demand
@@ -332,13 +332,25 @@ def removal_cost(held: float | None) -> int:
     return UNKNOWN_HOLD_COST if held is None else min(int(held), UNKNOWN_HOLD_COST - 1)
 
 
-def workers_to_remove(held: Mapping[str, float | None], wanted: int) -> list[str]:
+def workers_to_remove(
+    held: Mapping[str, float | None], ready: Collection[str], wanted: int
+) -> list[str]:
     """The workers a pool shrinking to ``wanted`` removes (none if it does not shrink), from
-    what each holds (None: it cannot say), given oldest first: the cheapest to remove first
-    (``removal_cost``: idle ones, then those holding fewer, last those that cannot say), and
-    of equal cost the newest first, as a ReplicaSet removes the newer of two equal pods. A
-    removed worker finishes what it holds, but holds its grace and its capacity meanwhile."""
-    ranked = sorted(enumerate(held.items()), key=lambda item: (removal_cost(item[1][1]), -item[0]))
+    what each holds (None: it cannot say), given oldest first, and which are ``ready``: as a
+    ReplicaSet ranks its pods, the unready first whatever they hold, then the cheapest to
+    remove (``removal_cost``: idle ones, then those holding fewer, last those that cannot
+    say), and of equal rank the newest first. A removed worker finishes what it holds, but
+    holds its grace and its capacity meanwhile.
+
+    Removing an unready worker first loses nothing: a removed worker finishes what it holds
+    within its grace; what a worker that lost its broker was delivered and did not settle is
+    the broker's again once its connection is gone (``queueing.rabbitmq`` redelivers it; the
+    embedded queue's leases lapse once not renewed), and of two copies of a request the first
+    to claim its result decides it (``workers.async_worker``), so its output stays one."""
+    ranked = sorted(
+        enumerate(held.items()),
+        key=lambda item: (item[1][0] in ready, removal_cost(item[1][1]), -item[0]),
+    )
     return [key for _, (key, _) in ranked[: max(0, len(held) - wanted)]]
 
 

@@ -799,12 +799,13 @@ class Supervisor:
     async def _to_remove(
         self, endpoint: LocalEndpoint, wanted: int, metrics: MetricsTexts
     ) -> list[str]:
-        """The children a scale-in to ``wanted`` stops. An async pool's: by what each worker
-        holds (from ``metrics``; ``scaling.workers_to_remove``, as the operator's deletion
-        costs rank its pods), so a busy worker does not go while an idle one stays. Model
-        servers: the newest, as a ReplicaSet removes a realtime endpoint's (the operator gives
-        them no cost): the gateway stops sending to one at once, and its requests end within
-        seconds, not an hour."""
+        """The children a scale-in to ``wanted`` stops. An async pool's: the workers not ready
+        first, then by what each holds (from ``metrics``; ``scaling.workers_to_remove``), as a
+        ReplicaSet ranks a cluster's pods (unready first, then by the operator's deletion
+        costs), so a busy worker does not go while an idle one stays, nor a consuming one
+        while one that cannot consume stays. Model servers: the newest, as a ReplicaSet
+        removes a realtime endpoint's (the operator gives them no cost): the gateway stops
+        sending to one at once, and its requests end within seconds, not an hour."""
         keys = list(endpoint.children)
         if len(keys) <= wanted:
             return []
@@ -814,7 +815,8 @@ class Supervisor:
         # a worker not running holds nothing (the broker has its deliveries back): 0; one
         # running that cannot be read (None) counts as busy
         held = {key: readings.get(key, 0.0) for key in keys}
-        return workers_to_remove(held, wanted)
+        ready = {key for key, child in endpoint.children.items() if self._is_ready(endpoint, child)}
+        return workers_to_remove(held, ready, wanted)
 
     def _failed_status(
         self, endpoint: LocalEndpoint, failure: tuple[str, str], now: float

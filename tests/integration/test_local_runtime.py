@@ -895,10 +895,10 @@ def test_a_scale_in_under_up_stops_the_idle_worker_not_the_newest_busy_one(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """A pool of two on RabbitMQ, one request at a time each: the older worker took the first
-    request, the newer one (started for the second) holds the second. Once the first ended,
-    the backlog asks for one worker: ``up`` stops the older, idle one, as the operator's
-    deletion costs have the ReplicaSet do (it stopped the newest, the busy one). The held
-    request then completes once, on the worker kept."""
+    request, the newer one (started for the second) holds the second, both ready. Once the
+    first ended, the backlog asks for one worker: ``up`` stops the older, idle one, as the
+    operator's deletion costs have the ReplicaSet do (it stopped the newest, the busy one).
+    The held request then completes once, on the worker kept."""
     name, released = "abalone-async", {"first": threading.Event(), "second": threading.Event()}
 
     def holds(path: str) -> threading.Event | None:
@@ -939,6 +939,9 @@ def test_a_scale_in_under_up_stops_the_idle_worker_not_the_newest_busy_one(
             ids.add(invoke("second"))
             wait_until(lambda: in_flight() == 2 and len(up.running(name)) == 2, WAIT,
                        "a second worker, holding the second request")  # fmt: skip
+            # ready by its /readyz too: one not yet probed ready would go first, as an unready pod
+            wait_until(lambda: [p["ready"] for p in up.running(name)] == [True, True], WAIT,
+                       "the second worker ready")  # fmt: skip
             (newer,) = [p for p in up.running(name) if p["key"] != older["key"]]
             released["first"].set()
             wait_until(lambda: len(up.status(name)["processes"]) == 1, WAIT, "the scale-in")
@@ -956,6 +959,44 @@ def test_a_scale_in_under_up_stops_the_idle_worker_not_the_newest_busy_one(
     assert {i: notes.ids("Completed")[i] for i in ids} == {i: 1 for i in ids}
     output = outputs(tmp_path / "async" / "output")
     assert set(output) == ids
+
+
+def test_a_scale_in_under_up_stops_a_worker_not_ready_before_a_ready_idle_one(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A pool of two idle workers; the older one frozen (SIGSTOP: hung, its ``/readyz`` and
+    metrics unanswered) is running but not ready. Lowered to one worker, the pool stops the
+    frozen one, as a ReplicaSet removes an unready pod before a ready one whatever its
+    deletion cost (``up`` took a worker that cannot say for a busy one and stopped the ready
+    idle one). The kept worker consumes on: a request accepted then completes."""
+    name = "abalone-async"
+    files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2)]
+    lowered = tmp_path / "lowered" / "async.yaml"
+    lowered.parent.mkdir()
+    lowered.write_text(yaml.safe_dump(document("async", abalone_model.tarball, tmp_path,
+                                               minReplicas=1, maxReplicas=1)))  # fmt: skip
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        wait_until(lambda: [p["ready"] for p in up.running(name)] == [True, True], WAIT,
+                   "two workers consuming")  # fmt: skip
+        frozen, kept = up.running(name)
+        os.kill(frozen["pid"], signal.SIGSTOP)
+        try:
+            wait_until(lambda: [p["ready"] for p in up.running(name)] == [False, True], WAIT,
+                       "the frozen worker not ready")  # fmt: skip
+            applied = cli(up, "apply", "-f", str(lowered))
+            assert applied.returncode == 0, applied.stderr
+            wait_until(lambda: len(up.status(name)["processes"]) == 1, WAIT, "the scale-in")
+            assert [p["key"] for p in up.status(name)["processes"]] == [kept["key"]]
+        finally:
+            os.kill(frozen["pid"], signal.SIGCONT)
+        stopping = "stopping after in-flight requests"  # the worker's line at SIGTERM
+        wait_until(lambda: stopping in Path(frozen["log"]).read_text(), WAIT,
+                   "the frozen worker to stop once it runs again")  # fmt: skip
+        accepted = accept_async(up, abalone_model.test_rows, 1, 1)
+        wait_until(lambda: set(outputs(tmp_path / "async" / "output")) == set(accepted), WAIT,
+                   "the request's output, from the kept worker")  # fmt: skip
+        assert stopping not in Path(kept["log"]).read_text()
+        assert [p["pid"] for p in up.running(name)] == [kept["pid"]]
 
 
 def children_of(pid: int) -> dict[int, str]:

@@ -324,7 +324,28 @@ def test_webhook_jobs_keep_a_worker_while_in_flight_is_unknown_and_through_a_res
 def test_a_scale_in_removes_idle_workers_first_then_those_holding_least(
     held: dict[str, float | None], wanted: int, removed: list[str]
 ) -> None:
-    assert workers_to_remove(held, wanted) == removed
+    assert workers_to_remove(held, set(held), wanted) == removed
+
+
+@pytest.mark.parametrize(
+    ("held", "ready", "wanted", "removed"),
+    [
+        # an unready worker goes before a ready idle one, whatever it holds or cannot say
+        ({"w0": 0.0, "w1": 3.0}, {"w0"}, 1, ["w1"]),
+        ({"w0": None, "w1": 0.0}, {"w1"}, 1, ["w0"]),
+        # of the unready, the cheapest first; then the ready ones in the usual order
+        ({"w0": None, "w1": 2.0, "w2": 0.0, "w3": 1.0}, {"w2", "w3"}, 1, ["w1", "w0", "w2"]),
+        # of the unready alike, the newest first, not the newest of all (a ready one)
+        ({"w0": 0.0, "w1": 0.0, "w2": 0.0}, {"w2"}, 2, ["w1"]),
+        # none ready: by cost alone, as when all are
+        ({"w0": 1.0, "w1": 0.0}, set(), 1, ["w1"]),
+        ({"w0": 0.0, "w1": 0.0}, set(), 2, []),  # no shrink: none, ready or not
+    ],
+)
+def test_a_scale_in_removes_workers_not_ready_first_as_a_replicaset_does(
+    held: dict[str, float | None], ready: set[str], wanted: int, removed: list[str]
+) -> None:
+    assert workers_to_remove(held, ready, wanted) == removed
 
 
 def test_a_worker_that_cannot_say_costs_the_most_a_deletion_cost_can() -> None:

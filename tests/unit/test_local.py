@@ -421,30 +421,62 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
     assert replicas == 1 and endpoint.status.reason == "ScaledIn"
 
 
-def test_up_s_scale_in_stops_the_workers_holding_least_and_servers_newest_first(
-    tmp_path: Path,
-) -> None:
-    """An async pool shrinking to one worker: the one not running (in its restart's back-off:
-    it holds nothing) and the idle one go, then the one holding least; the one that cannot say
-    stays (it may hold a full prefetch). A realtime endpoint's servers go newest first."""
+def async_scale_in(
+    tmp_path: Path, held: dict[str, float | None], consuming: set[str], *wanted: int
+) -> list[list[str]]:
+    """The workers ``up``'s scale-in of an async pool to each of ``wanted`` stops: running
+    workers (oldest first) holding ``held`` over real HTTP (None: their metrics port refuses
+    connections), the ``consuming`` ones ready, and one more in its restart's back-off."""
     supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 1, "sqlite")), "", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    with worker_port(2, 0) as busy, worker_port(0, 0) as idle, closed:
-        ports = {"busy": busy, "idle": idle, "backing-off": 0, "silent": closed.getsockname()[1]}
-        for key, port in ports.items():
-            endpoint.children[key] = FakeChild(key != "backing-off", key)  # type: ignore[assignment]
+    with contextlib.ExitStack() as stack:
+        for key, count in held.items():
+            if count is None:
+                closed = stack.enter_context(socket.socket())
+                closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+                port = closed.getsockname()[1]
+            else:
+                port = stack.enter_context(worker_port(count, 0))
+            endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
             endpoint.metrics_ports[key] = port
-        removed = to_remove(supervisor, endpoint, 1)
-        assert to_remove(supervisor, endpoint, 4) == []
-    assert removed == ["backing-off", "idle", "busy"]
+        endpoint.children["backing-off"] = FakeChild(False, "backing-off")  # type: ignore[assignment]
+        endpoint.consuming = frozenset((key, 0.0) for key in consuming)
+        return [to_remove(supervisor, endpoint, count) for count in wanted]
+
+
+def test_up_s_scale_in_stops_the_workers_holding_least_and_servers_newest_first(
+    tmp_path: Path,
+) -> None:
+    """An async pool of consuming workers shrinking to one: the one not running (in its
+    restart's back-off: it holds nothing) and the idle one go, then the one holding least; the
+    one that cannot say stays (it may hold a full prefetch). A realtime endpoint's servers go
+    newest first."""
+    held = {"busy": 2.0, "idle": 0.0, "silent": None}
+    removed = async_scale_in(tmp_path, held, set(held), 1, 4)
+    assert removed == [["backing-off", "idle", "busy"], []]
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 1, "sqlite")), "", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
     servers = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     for key in ("s0", "s1", "s2"):
         servers.children[key] = FakeChild(True, key)  # type: ignore[assignment]
     assert to_remove(supervisor, servers, 1) == ["s2", "s1"]
+
+
+def test_up_s_scale_in_stops_the_workers_not_ready_first_whatever_they_hold(
+    tmp_path: Path,
+) -> None:
+    """As a ReplicaSet removes unready pods before ready ones, whatever their deletion cost:
+    a worker that does not consume (its ``/readyz`` said no: it lost its broker holding two,
+    or it cannot be read at all) goes before an idle one that consumes, and of the unready
+    the one holding fewer first (the one not running, holding nothing, before them)."""
+    held = {"idle": 0.0, "cut-off": 2.0, "silent": None}
+    removed = async_scale_in(tmp_path, held, {"idle"}, 1, 2, 3)
+    assert removed == [
+        ["backing-off", "cut-off", "silent"],
+        ["backing-off", "cut-off"],
+        ["backing-off"],
+    ]
 
 
 def test_up_reads_each_worker_s_metrics_once_in_a_tick_that_scales_in(
