@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("infermodes.serve")
 
 RESTART_BACKOFF_SECONDS = 1.0
+ORPHAN_CHECK_SECONDS = 0.5  # how often the liveness process checks its supervisor is there
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -198,16 +199,21 @@ class Supervisor:
 
     def spawn_liveness(self, liveness: Liveness) -> None:
         """The liveness server's process: it serves until told to stop (SIGTERM, once every
-        worker is gone: a draining server is still alive)."""
+        worker is gone: a draining server is still alive), or until the supervisor is gone
+        (killed: no worker would be replaced any more, so the probe must fail, as it did when
+        the port closed with the supervisor)."""
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the supervisor's
             try:
                 self.sock.close()  # requests are the workers'
-                liveness.server.serve_forever()
+                liveness.server.timeout = ORPHAN_CHECK_SECONDS
+                while os.getppid() == supervisor:
+                    liveness.server.handle_request()
             finally:
-                os._exit(1)  # it serves until killed: any return is a failure
+                os._exit(1)
         self.liveness_pid = pid
 
     def stop(self, signum: int, _frame: object = None) -> None:

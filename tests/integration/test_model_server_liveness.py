@@ -201,3 +201,23 @@ def test_the_supervisor_holds_no_thread_and_its_liveness_server_outlives_crashes
         assert liveness(port).text == "alive\n"
         ping = httpx.get(f"{server.url}/ping", timeout=10)
         assert ping.status_code == 200
+
+
+def test_the_liveness_process_ends_when_its_supervisor_is_killed(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A supervisor killed (the OOM killer) replaces no crashed worker any more: its liveness
+    process must not go on answering ``alive`` for it (as the port closed with the supervisor
+    when a thread of it served the port); it ends, and the probe fails."""
+    port = free_port()
+    env = {"INFERMODES_SERVE_LIVENESS_PORT": str(port)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        parent = psutil.Process(server.proc.pid)
+        wait_until(lambda: len(split_children(parent, port)[1]) == 1, 10, "the liveness process")
+        [process] = split_children(parent, port)[1]
+        assert liveness(port).status_code == 200
+        os.kill(parent.pid, signal.SIGKILL)
+        wait_until(lambda: not running(process), 20, "the liveness process to end")
+        with pytest.raises(httpx.ConnectError):
+            liveness(port)
