@@ -23,6 +23,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,29 @@ class Liveness:
     server: WSGIServer
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held (pending, not lost) while a child is forked and registered: a
+    stop handled in between would miss the new child, and one handled by the child before it
+    reset its handlers would run the supervisor's ``stop`` in it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def child_signals(interrupt: signal.Handlers) -> None:
+    """A forked child's own handlers (SIGTERM ends it; SIGINT as ``interrupt``), then the
+    stop signals its fork held, delivered now."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 class Supervisor:
     """Forks workers, restarts ones that crash, and stops them all on SIGTERM/SIGINT. With a
     liveness port, its server runs in a child of its own, restarted likewise: the supervisor
@@ -178,43 +202,49 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self, index: int, load_first: bool = False) -> None:
+        """Fork worker ``index``, unless stopping: a crashed worker's replacement forked after
+        SIGTERM (during its back-off) would be told nothing and held the stop for ever."""
+        if self.stopping:
+            return
         beat = None
         if self.liveness is not None:
             from infermodes.server.liveness import WorkerBeat
 
             self.liveness.table.reset(index)  # a crashed worker's slot: not stalled as it loads
             beat = WorkerBeat(self.liveness.table, index)
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 1
-            try:
-                if self.liveness is not None:
-                    self.liveness.server.socket.close()  # probes are the liveness process's
-                code = run_worker(self.settings, self.sock, load_first, beat)
-            finally:
-                os._exit(code)
-        self.children[pid] = index
+        with stop_signals_held():
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    child_signals(signal.SIG_DFL)
+                    if self.liveness is not None:
+                        self.liveness.server.socket.close()  # probes are the liveness process's
+                    code = run_worker(self.settings, self.sock, load_first, beat)
+                finally:
+                    os._exit(code)
+            self.children[pid] = index
 
     def spawn_liveness(self, liveness: Liveness) -> None:
         """The liveness server's process: it serves until told to stop (SIGTERM, once every
         worker is gone: a draining server is still alive), or until the supervisor is gone
         (killed: no worker would be replaced any more, so the probe must fail, as it did when
         the port closed with the supervisor)."""
+        if self.stopping:
+            return
         supervisor = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: the supervisor's
-            try:
-                self.sock.close()  # requests are the workers'
-                liveness.server.timeout = ORPHAN_CHECK_SECONDS
-                while os.getppid() == supervisor:
-                    liveness.server.handle_request()
-            finally:
-                os._exit(1)
-        self.liveness_pid = pid
+        with stop_signals_held():
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child_signals(signal.SIG_IGN)  # a terminal's ^C is the supervisor's
+                    self.sock.close()  # requests are the workers'
+                    liveness.server.timeout = ORPHAN_CHECK_SECONDS
+                    while os.getppid() == supervisor:
+                        liveness.server.handle_request()
+                finally:
+                    os._exit(1)
+            self.liveness_pid = pid
 
     def stop(self, signum: int, _frame: object = None) -> None:
         self.stopping = True

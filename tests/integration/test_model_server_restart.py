@@ -41,3 +41,26 @@ def test_a_killed_worker_is_replaced_while_the_others_answer_every_request(
         assert replaced, "the killed worker was not replaced"
         assert set(statuses) == {200}, statuses
         assert "exited with -9; restarting" in server.log
+
+
+def test_a_stop_during_a_crashed_worker_s_back_off_ends_the_server(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """SIGTERM while the supervisor waits out a crashed worker's back-off (1 s) before forking
+    its replacement: the replacement, forked after the stop was handled, was told nothing and
+    served on, and the supervisor waited for it for ever (a pod held to its grace period, then
+    killed). Now no worker is forked once stopping, and the server ends."""
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    with running_server(args, tmp_path / "serve.log") as server:
+        parent = psutil.Process(server.proc.pid)
+        wait_until(lambda: len(parent.children()) == 2, 10, "two workers")
+        os.kill(parent.children()[0].pid, signal.SIGKILL)
+        wait_until(lambda: "exited with -9; restarting" in log_text(server.log_path), 10,
+                   "the supervisor to see the crash")  # fmt: skip
+        os.kill(parent.pid, signal.SIGTERM)  # within the back-off: the log line precedes it
+        wait_until(lambda: server.proc.poll() is not None, 30, "the server to stop")
+        assert server.proc.returncode == 0
+
+
+def log_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
