@@ -75,7 +75,15 @@ RETRY_MAX_SECONDS = 5.0  # a consumer whose database fails retries at most this 
 RETAIN_SECONDS = 24 * 3600.0
 RETAIN_COUNT = 100_000
 PRUNE_EVERY = 500  # notifications published between two prunes
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # applied (idempotently) to a file of another: 2 has the lease in its index
+# The index of the queues' order carries each message's lease (``lease_until``), so that a
+# consumer's look for a due message, its claim and ``backlog`` pass over those leased or
+# delayed (a webhook job waiting out its retry delay: thousands while a webhook is down) in
+# the index alone, never reading their rows (bodies up to 128 KiB of inline results), and the
+# work queue's claim still walks it in order, unsorted. It replaces the one without the lease
+# (version 1: a file changes at its next open; a previous release's ``up`` would add that
+# back, harmlessly).
+ANY_DUE = "SELECT 1 FROM messages WHERE endpoint = ? AND lease_until <= ? LIMIT 1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,7 +95,8 @@ CREATE TABLE IF NOT EXISTS messages (
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_in_order ON messages (endpoint, seq);
+DROP INDEX IF EXISTS messages_in_order;
+CREATE INDEX IF NOT EXISTS messages_in_order_due ON messages (endpoint, seq, lease_until);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     endpoint TEXT NOT NULL,
@@ -495,10 +504,7 @@ class EmbeddedConsumer:
         without the write lock (WAL readers never block writers), so idle polling does not
         hold up submits."""
         now = time.time()
-        if not self._db.read(
-            "SELECT 1 FROM messages WHERE endpoint = ? AND lease_until <= ? LIMIT 1",
-            (self.endpoint, now),
-        ):
+        if not self._db.read(ANY_DUE, (self.endpoint, now)):
             return [], 0
         with self._db.write() as db:
             rows = db.execute(

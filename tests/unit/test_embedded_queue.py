@@ -544,9 +544,9 @@ def test_a_delayed_message_is_not_delivered_before_its_delay(queue: EmbeddedQueu
     once; delivered after its time, as a first delivery."""
     publisher = queue.publisher(EP, 3, 1)
     try:
+        published = time.time()  # before the delayed job's clock starts
         publisher.publish("", outbox_name(EP), b"later", "a", True, delay=2)
         publisher.publish("", outbox_name(EP), b"now", "b", True)
-        published = time.time()
     finally:
         publisher.close()
     assert queue.backlog(outbox_name(EP)).ready == 1
@@ -558,6 +558,30 @@ def test_a_delayed_message_is_not_delivered_before_its_delay(queue: EmbeddedQueu
         delivered = time.time()
     assert handler.seen == [("now", 0), ("later", 0)]
     assert delivered >= published + 2  # not before its delay
+
+
+def test_a_look_for_a_due_message_passes_delayed_ones_in_the_index_alone(
+    queue: EmbeddedQueue, tmp_path: Path
+) -> None:
+    """Thousands of webhook jobs waiting out their retry delays sit in the queue's order
+    before the next due one: a consumer's look for it (every 5-100 ms, per worker) read each
+    of their rows, bodies and all (85 ms a look at 30,000 jobs of 8 KB). Their lease is in
+    the order's index, so the look reads the index alone, and a file made with the former
+    index has it replaced at its next open."""
+    queue.backlog(EP)  # the file made
+    with contextlib.closing(sqlite3.connect(tmp_path / "queue.db")) as db:
+        db.execute("DROP INDEX messages_in_order_due")
+        db.execute("CREATE INDEX messages_in_order ON messages (endpoint, seq)")
+        db.execute("PRAGMA user_version=1")  # as the previous release made it
+        db.commit()
+    EmbeddedQueue(tmp_path / "queue.db", lease_seconds=0.5).backlog(EP)  # the next open
+    with contextlib.closing(sqlite3.connect(tmp_path / "queue.db")) as db:
+        plan = db.execute(f"EXPLAIN QUERY PLAN {embedded.ANY_DUE}", (EP, 0.0)).fetchall()
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(messages)")}
+    assert [row[-1] for row in plan] == [
+        "SEARCH messages USING COVERING INDEX messages_in_order_due (endpoint=?)"
+    ]
+    assert "messages_in_order" not in indexes
 
 
 def test_an_outbox_job_whose_sender_dies_each_time_is_dropped_at_its_own_limit(
