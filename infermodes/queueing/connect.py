@@ -43,11 +43,14 @@ class ClosingPublisher(Publisher, Protocol):
 class Broker(Protocol):
     """What a process needs from its broker. ``max_attempts``: the endpoint's (RabbitMQ
     declares its queues with the matching delivery limit); ``connections``: how many publish
-    in parallel (the embedded queue groups concurrent commits on one)."""
+    in parallel (the embedded queue groups concurrent commits on one); ``what``: what a
+    publisher's outage lines say it was doing."""
 
     def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> ClosingEnqueuer: ...
 
-    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> ClosingPublisher: ...
+    def publisher(
+        self, endpoint: str, max_attempts: int, connections: int, what: str = "notifying"
+    ) -> ClosingPublisher: ...
 
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer: ...
 
@@ -72,14 +75,16 @@ class RabbitBroker:
 
         return RequestPublisher(self.url, max_attempts, connections)
 
-    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> ClosingPublisher:
+    def publisher(
+        self, endpoint: str, max_attempts: int, connections: int, what: str = "notifying"
+    ) -> ClosingPublisher:
         from infermodes.queueing.rabbitmq import ChannelPool, declare_topology
 
         return ChannelPool(
             self.url,
             connections,
             lambda channel: declare_topology(channel, endpoint, max_attempts),
-            "notifying",
+            what,
         )
 
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> Consumer:

@@ -671,7 +671,9 @@ class EmbeddedQueue:
     def enqueuer(self, max_attempts: Mapping[str, int], connections: int) -> EmbeddedEnqueuer:
         return EmbeddedEnqueuer(self.path)
 
-    def publisher(self, endpoint: str, max_attempts: int, connections: int) -> EmbeddedPublisher:
+    def publisher(
+        self, endpoint: str, max_attempts: int, connections: int, what: str = "notifying"
+    ) -> EmbeddedPublisher:
         return EmbeddedPublisher(self.path)
 
     def consumer(self, endpoint: str, max_attempts: int, concurrency: int) -> EmbeddedConsumer:

@@ -106,6 +106,9 @@ WEBHOOK_SENDERS = 4
 
 ERROR_RECORD_LIMIT = 1024 * 1024
 NOTIFY_CONNECTIONS = 8
+# the webhook senders' own, for their put-backs and dead letters: a failing webhook's jobs
+# going back never queue a request's notifications (``NOTIFY_CONNECTIONS``) behind them
+SENDER_CONNECTIONS = 1
 
 
 @dataclass(frozen=True)
@@ -805,7 +808,10 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)
     jobs.on_in_flight = metrics.webhook_jobs_in_flight.inc  # a worker busy to a scale-in
-    outbox = Outbox(channel, settings.endpoint)
+    senders_channel = broker.publisher(
+        settings.endpoint, settings.max_attempts, SENDER_CONNECTIONS, "webhook senders"
+    )
+    outbox = Outbox(senders_channel, settings.endpoint)
     sender = WebhookSender(
         metrics,
         webhooks,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from infermodes.operator.signals.backlog import read_backlog, read_ready
 from infermodes.queueing import connect as queues
@@ -22,12 +23,22 @@ from infermodes.queueing.broker import (
     OUTBOX_SENDS,
     REASON_HEADER,
     SENDS_HEADER,
+    Delivery,
+    Settle,
     outbox_name,
 )
-from infermodes.queueing.connect import RabbitBroker
+from infermodes.queueing.connect import ClosingPublisher, RabbitBroker
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.queueing.notifications import _iso, webhook_job
-from infermodes.queueing.rabbitmq import QueueReader, backlog, connect, waiting_webhooks
+from infermodes.queueing.rabbitmq import (
+    ChannelPool,
+    QueueReader,
+    backlog,
+    connect,
+    waiting_webhooks,
+)
+from infermodes.settings import WorkerSettings
+from infermodes.workers.async_worker import build
 from tests.conftest import AbaloneModel
 from tests.integration.test_async_reliability import MESSAGES, metric
 from tests.support.async_plane import (
@@ -582,3 +593,61 @@ def test_up_sends_a_failed_send_s_job_again_after_its_delay_not_before(
             wait_until(lambda: queue.backlog(outbox_name(endpoint)).total == 0, 30, "acked")
             assert queue.dead_letters(outbox_name(endpoint)) == []
     assert hook.ids() == {"sent-twice"}
+
+
+def test_a_put_back_goes_through_while_every_notification_channel_is_held(
+    rabbitmq: Broker, abalone_model: AbaloneModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker of concurrency 2 whose two notification channels are both busy (requests
+    waiting for their confirms): a failed send's job is put back to the outbox all the same,
+    over the senders' own channel, and is back in the outbox after its delay."""
+    endpoint = "outbox-own-channel"
+    made: list[tuple[int, ClosingPublisher]] = []
+    publisher = RabbitBroker.publisher
+
+    def recorded(
+        broker: RabbitBroker, name: str, attempts: int, connections: int, *rest: str
+    ) -> ClosingPublisher:
+        made.append((connections, publisher(broker, name, attempts, connections, *rest)))
+        return made[-1][1]
+
+    monkeypatch.setattr(RabbitBroker, "publisher", recorded)
+    settings = WorkerSettings(
+        endpoint=endpoint,
+        model_uri=f"file://{abalone_model.tarball}",
+        broker_url=rabbitmq.amqp_url,
+        metrics_port=0,
+        max_concurrent_invocations=2,
+        success_webhook_urls=[closed_port_url()],
+        webhook_attempts=1,
+        webhook_retry_delays=[RETRY_DELAY],
+    )
+    worker = build(settings, CollectorRegistry())
+    (notifications,) = [pool for connections, pool in made if connections == 2]
+    assert isinstance(notifications, ChannelPool)
+    held, release = threading.Semaphore(0), threading.Event()
+
+    def hold(_channel: object) -> None:
+        held.release()
+        release.wait(60)
+
+    holders = [threading.Thread(target=notifications.run, args=(hold,)) for _ in range(2)]
+    settled: list[Settle] = []
+    job = webhook_job({"inferenceId": "put-back", "eventTime": _iso(time.time())}, True)
+    sender = threading.Thread(target=lambda: settled.append(worker.outbox[1](Delivery(job, 0))))
+    try:
+        for holder in holders:
+            holder.start()
+        assert held.acquire(timeout=30) and held.acquire(timeout=30)  # both channels held
+        sender.start()
+        sender.join(30)
+        assert settled == [Settle.ACK]  # put back, confirmed, while they are held
+    finally:
+        release.set()
+        for thread in (*holders, sender):
+            if thread.ident is not None:  # started
+                thread.join(60)
+        for _, pool in made:
+            pool.close()
+    wait_until(lambda: waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 1, 30,
+               "the job back in the outbox after its delay")  # fmt: skip
