@@ -305,9 +305,9 @@ class EmbeddedPublisher:
     every message, so none is unroutable) and prunes it now and then. The ``exchange`` "" is
     AMQP's default one, as RabbitMQ has it: the message goes to the queue ``routing_key``
     names (an endpoint's webhook outbox), claimable from ``delay`` seconds on (its
-    ``lease_until``: leased to no one till then, so no schema change; counted in flight by
-    ``backlog`` meanwhile, not ready); ``DEAD_LETTER_EXCHANGE`` keeps it among the dead
-    letters of that queue (``dead_letter``)."""
+    ``lease_until``: leased to no one till then, so no schema change; counted by ``backlog``
+    neither ready nor in flight meanwhile, as a job in RabbitMQ's delay queues is not);
+    ``DEAD_LETTER_EXCHANGE`` keeps it among the dead letters of that queue (``dead_letter``)."""
 
     def __init__(
         self, path: Path, retain_seconds: float = RETAIN_SECONDS, retain_count: int = RETAIN_COUNT
@@ -701,14 +701,17 @@ class EmbeddedQueue:
             db.close()
 
     def backlog(self, endpoint: str) -> Backlog:
-        """Ready (including messages whose lease ran out), in flight (leased), consumers with
-        a live heartbeat, and how long the oldest ready message has waited (0: none waits)."""
+        """Ready (including messages whose lease ran out, and delayed ones now due), in flight
+        (leased to a consumer: a delayed message not yet due is held by no worker, and counted
+        nowhere, as RabbitMQ counts none in its delay queues), consumers with a live
+        heartbeat, and how long the oldest ready message has waited (0: none waits)."""
         now = time.time()
         ((ready, oldest, leased, consumers),) = self._read(
             "SELECT"
             " (SELECT count(*) FROM messages WHERE endpoint = ?1 AND lease_until <= ?2),"
             " (SELECT min(enqueued_at) FROM messages WHERE endpoint = ?1 AND lease_until <= ?2),"
-            " (SELECT count(*) FROM messages WHERE endpoint = ?1 AND lease_until > ?2),"
+            " (SELECT count(*) FROM messages"
+            "  WHERE endpoint = ?1 AND lease_until > ?2 AND owner IS NOT NULL),"
             " (SELECT count(*) FROM consumers WHERE endpoint = ?1 AND alive_until > ?2)",
             (endpoint, now),
         )

@@ -651,3 +651,31 @@ def test_a_put_back_goes_through_while_every_notification_channel_is_held(
             pool.close()
     wait_until(lambda: waiting_webhooks(endpoint, rabbitmq.amqp_url, None) == 1, 30,
                "the job back in the outbox after its delay")  # fmt: skip
+
+
+def test_up_s_pool_goes_to_zero_while_a_job_waits_for_its_delay_and_wakes_when_it_is_due(
+    abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job put back after a 503 waits for its delay on ``infermodes up``'s embedded queue,
+    held by no worker: the pool at ``minReplicas`` 0 goes to zero meanwhile (as on RabbitMQ,
+    where it waits in a delay queue), and once it is due a worker is started that sends it."""
+    delay = 8  # seconds: the pool's cooldown (1 s) and its worker's stop fit well within it
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_ATTEMPTS", "1")
+    monkeypatch.setenv("INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS", f"[{delay}]")
+    endpoint = "abalone-async"
+    answers = FailsFirst()
+    with WebhookReceiver(status=answers) as hook:
+        notification = {"topic": False, "successWebhook": hook.url}
+        files = [manifest("async", abalone_model.tarball, tmp_path, minReplicas=0, maxReplicas=1,
+                          scaleInCooldownSeconds=1, notification=notification)]  # fmt: skip
+        with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+            wait_until(lambda: up.status(endpoint).get("phase") == "InService", 60, "in service")
+            queue = EmbeddedQueue(tmp_path / "state" / "queue.db")
+            put_webhook_job(queue, endpoint, "sent-when-due")
+            wait_until(lambda: len(answers.times) == 1, 60, "the first send")
+            wait_until(lambda: up.running(endpoint) == [], 30, "the pool at zero")
+            assert len(answers.times) == 1  # at zero while the job waited for its delay
+            wait_until(lambda: len(answers.times) == 2, 60, "the job sent again once due")
+            assert answers.times[1] >= answers.times[0] + delay
+            wait_until(lambda: queue.backlog(outbox_name(endpoint)).total == 0, 30, "acked")
+    assert hook.ids() == {"sent-when-due"}

@@ -584,6 +584,26 @@ def test_a_look_for_a_due_message_passes_delayed_ones_in_the_index_alone(
     assert "messages_in_order" not in indexes
 
 
+def test_a_delayed_message_is_counted_nowhere_until_due_then_ready(
+    queue: EmbeddedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook job waiting for its next send is held by no worker: counted neither in
+    flight nor ready (as RabbitMQ counts none in its delay queues); once due it is ready,
+    for the look that starts a worker."""
+    publisher = queue.publisher(EP, 3, 1)
+    try:
+        publisher.publish("", outbox_name(EP), b"later", "a", True, delay=60)
+    finally:
+        publisher.close()
+    waiting = queue.backlog(outbox_name(EP))
+    assert (waiting.ready, waiting.unacked) == (0, 0)
+    due = time.time() + 61
+    monkeypatch.setattr(embedded.time, "time", lambda: due)
+    became_due = queue.backlog(outbox_name(EP))
+    assert (became_due.ready, became_due.unacked) == (1, 0)
+    assert queue.waiting_webhooks(EP) == 1
+
+
 def test_an_outbox_job_whose_sender_dies_each_time_is_dropped_at_its_own_limit(
     queue: EmbeddedQueue,
 ) -> None:
