@@ -385,12 +385,6 @@ class NotificationSpec(SpecBlock):
             raise ValueError(one_webhook("errorWebhook"))
         return self
 
-    def has_webhooks(self) -> bool:
-        """Whether a webhook is set (URL or Secret): only then do its workers send from the
-        outbox, and only then do the scalers read it."""
-        refs = (self.success_webhook_secret_ref, self.error_webhook_secret_ref)
-        return bool(self.success_webhook or self.error_webhook) or any(refs)
-
     def webhook_secret_refs(self) -> dict[str, SecretKeyRef]:
         """The Secret keys that hold webhook URLs, by the field that names each."""
         refs = {"successWebhookSecretRef": self.success_webhook_secret_ref,

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import ANNOTATION_PREFIX
-from infermodes.endpoints.scaling import ScalerMemory, scale_out_due
+from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import (
     APPLY_REFUSED,
     BROKER_UNREADABLE,
@@ -44,7 +44,7 @@ from infermodes.metrics import LIVENESS_PATH, OperatorMetrics, serve_metrics
 from infermodes.operator.kube import KubeDoor, KubeError
 from infermodes.operator.objects import ENDPOINT_LABEL
 from infermodes.operator.reconcile import Deps, Reconciled, reconcile
-from infermodes.operator.signals.backlog import read_backlog, read_ready
+from infermodes.operator.signals.backlog import look_wants_more, read_backlog
 from infermodes.operator.signals.names import AsyncNames
 from infermodes.operator.signals.podmetrics import scrape
 from infermodes.queueing.broker import (
@@ -281,13 +281,10 @@ def configure(
         name = body["metadata"]["name"]
         status = Status.from_dict(body.get("status"))
         current = status.replicas if status is not None else 0
-        # webhook jobs wake a pool at zero (one worker sends them all: a running pool's outbox
-        # is the resync's to read)
-        webhooks = current == 0 and spec.async_.notification.has_webhooks()
-        found = await asyncio.get_running_loop().run_in_executor(
-            memo.queue_looks, read_ready, name, memo.queue_reader, webhooks
+        wants_more = await asyncio.get_running_loop().run_in_executor(
+            memo.queue_looks, look_wants_more, name, spec.async_, current, memo.queue_reader
         )
-        if found is not None and scale_out_due(spec.async_, current, *found):
+        if wants_more:
             memo.nudger.nudge((body["metadata"]["namespace"], name))
 
     @kopf.on.event(*RESOURCE)

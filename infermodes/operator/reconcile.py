@@ -295,7 +295,7 @@ def converge(
     pods = deps.kube.list("v1", "Pod", ref.namespace, ref.selector(mode.COMPONENT))
     workload = observe_workload(kind, found, pods)
     # every async endpoint's outbox: jobs of webhooks since removed from the spec wait there
-    # too, and only a worker settles them (the look, each second, reads it only with webhooks)
+    # too, and only a worker settles them (the look, each second, reads it of a pool at zero)
     webhooks = spec.async_ is not None
 
     @functools.cache  # read at most once per reconcile: the decision and the status agree

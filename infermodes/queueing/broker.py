@@ -250,6 +250,9 @@ class Backlog:
     oldest_age: float | None = None
     # ``unacked`` counted now, not sampled: no need to ask the workers what they hold
     unacked_exact: bool = False
+    # False: the queue was never declared (RabbitMQ's passive declare found none): it holds
+    # nothing, and neither do the queues declared with it
+    exists: bool = True
 
     @property
     def total(self) -> int | None:

@@ -833,7 +833,7 @@ def count_queue(channel: BlockingChannel, queue: str) -> Backlog:
         method = channel.queue_declare(queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == NOT_FOUND:
-            return Backlog(ready=0, unacked=0, consumers=0, source="amqp")
+            return Backlog(ready=0, unacked=0, consumers=0, source="amqp", exists=False)
         raise
     return Backlog(
         ready=method.message_count, unacked=None, consumers=method.consumer_count, source="amqp"

@@ -255,23 +255,23 @@ def test_a_worker_without_webhooks_acks_the_jobs_of_removed_ones(
         assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
 
 
-def test_the_operator_reads_an_outbox_s_waiting_jobs_only_for_an_endpoint_with_webhooks(
-    rabbitmq: Broker,
-) -> None:
-    """The reconcile's and the look's readings on a real RabbitMQ: the job ready in the outbox
-    is counted, and not read at all without webhooks; the work queue's figures are unchanged."""
+def test_the_operator_reads_an_outbox_s_waiting_jobs_only_when_asked(rabbitmq: Broker) -> None:
+    """The reconcile's and the look's readings on a real RabbitMQ: an endpoint never declared
+    reads as empty, not as a broker that cannot be read; the job ready in the outbox is
+    counted, and not read at all unless asked for; the work queue's figures are unchanged."""
     endpoint = "outbox-count"
     broker = RabbitBroker(rabbitmq.amqp_url, None)
-    assert broker.waiting_webhooks(endpoint) == 0  # no outbox declared yet: nothing waits
-    put_webhook_job(broker, endpoint, "j")
-    wait_until(lambda: broker.waiting_webhooks(endpoint) == 1, 30, "the job counted")
-    read = read_backlog(endpoint, rabbitmq.amqp_url, None, webhooks=True)
-    assert read is not None and (read.ready, read.waiting_webhooks) == (0, 1)
-    unread = read_backlog(endpoint, rabbitmq.amqp_url, None)
-    assert unread is not None and unread.waiting_webhooks == 0
     reader = QueueReader(rabbitmq.amqp_url, 1)
     try:
-        assert read_ready(endpoint, reader, webhooks=True) == (0, 0, 1)
+        assert broker.waiting_webhooks(endpoint) == 0  # no outbox declared yet: nothing waits
+        assert read_ready(endpoint, reader, outbox=True) == (0, 0, 0)
+        put_webhook_job(broker, endpoint, "j")
+        wait_until(lambda: broker.waiting_webhooks(endpoint) == 1, 30, "the job counted")
+        read = read_backlog(endpoint, rabbitmq.amqp_url, None, webhooks=True)
+        assert read is not None and (read.ready, read.waiting_webhooks) == (0, 1)
+        unread = read_backlog(endpoint, rabbitmq.amqp_url, None)
+        assert unread is not None and unread.waiting_webhooks == 0
+        assert read_ready(endpoint, reader, outbox=True) == (0, 0, 1)
         assert read_ready(endpoint, reader) == (0, 0, 0)
     finally:
         reader.close()

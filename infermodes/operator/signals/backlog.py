@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from infermodes.endpoints.scaling import scale_out_due
+from infermodes.endpoints.spec import AsyncSpec
 from infermodes.endpoints.status import QueueFigures
 from infermodes.errors import BrokerUnavailable, BrokerUrlError
 from infermodes.queueing.broker import BrokerUrl, ManagementUrl
@@ -42,21 +44,36 @@ def read_backlog(
 
 
 def read_ready(
-    endpoint: str, reader: QueueReader | None, webhooks: bool = False
+    endpoint: str, reader: QueueReader | None, outbox: bool = False
 ) -> tuple[int, int, int] | None:
-    """The requests waiting in the endpoint's queue now, its consumers, and with ``webhooks``
+    """The requests waiting in the endpoint's queue now, its consumers, and with ``outbox``
     the jobs ready in its outbox (AMQP passive declares, exact, over the reader's kept
     connections), for the operator's once-a-second look; None when the broker cannot be
-    read. Failures go to the debug log only (the reader logs one line when the broker stops
-    answering and one when it is back): the reconcile
+    read. An outbox is declared with its work queue (``declare_topology``, the outbox first):
+    with no work queue it is not asked for (a passive declare of a missing queue costs the
+    channel that asked) and holds nothing. Failures go to the debug log only (the reader logs
+    one line when the broker stops answering and one when it is back): the reconcile
     reports an unreadable broker (status, Event, log, metric), and the look would repeat it
     every second for every async endpoint."""
     if reader is None:
         return None
     try:
         found = reader.read(queue_name(endpoint))
-        waiting = waiting_webhooks(endpoint, reader.url, reader) if webhooks else 0
+        read_outbox = outbox and found.exists
+        waiting = waiting_webhooks(endpoint, reader.url, reader) if read_outbox else 0
         return found.ready, found.consumers, waiting
     except UNREADABLE as exc:
         log.debug("cannot read the queue of %s: %s", endpoint, exc)
         return None
+
+
+def look_wants_more(
+    endpoint: str, block: AsyncSpec, current: int, reader: QueueReader | None
+) -> bool:
+    """The once-a-second look's decision: whether the queue asks for more workers than the
+    pool's ``current`` (``scaling.scale_out_due``; an unreadable broker asks for none). A pool
+    at zero has its outbox read too, whatever its spec's webhooks: jobs of webhooks since
+    removed from it wait there as well, and only a worker settles them (a running pool's
+    outbox is the resync's to read)."""
+    found = read_ready(endpoint, reader, outbox=current == 0)
+    return found is not None and scale_out_due(block, current, *found)

@@ -26,7 +26,7 @@ from infermodes.operator.modes import async_
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import Deps, reconcile
-from infermodes.operator.signals.backlog import read_backlog, read_ready
+from infermodes.operator.signals.backlog import look_wants_more, read_backlog, read_ready
 from infermodes.operator.signals.names import AsyncNames, holder_elsewhere
 from infermodes.queueing.broker import Backlog, outbox_name
 from infermodes.queueing.rabbitmq import QueueReader, queue_name
@@ -797,23 +797,49 @@ def test_webhook_jobs_in_the_outbox_wake_a_pool_at_zero_and_show_in_its_status()
 
 
 class OutboxReader:
-    """A QueueReader's reads, by queue name."""
+    """A QueueReader's reads, by queue name; those ``missing`` were never declared."""
 
     url = "amqp://127.0.0.1:5672/"
 
-    def __init__(self, ready: dict[str, int]) -> None:
+    def __init__(self, ready: dict[str, int], missing: frozenset[str] = frozenset()) -> None:
         self.ready = ready
+        self.missing = missing
         self.queues: list[str] = []
 
     def read(self, queue: str) -> Backlog:
         self.queues.append(queue)
-        return Backlog(ready=self.ready.get(queue, 0), unacked=None, consumers=0, source="amqp")
+        ready, exists = self.ready.get(queue, 0), queue not in self.missing
+        return Backlog(ready=ready, unacked=None, consumers=0, source="amqp", exists=exists)
 
 
-def test_the_look_wakes_a_pool_at_zero_for_webhook_jobs_reading_the_outbox_only_for_them() -> None:
-    reader = OutboxReader({outbox_name("ep"): 2})
-    found = read_ready("ep", reader, webhooks=True)  # type: ignore[arg-type]
-    assert found == (0, 0, 2)
-    assert scale_out_due(async_block(SPEC), 0, *found)
-    assert read_ready("ep", reader) == (0, 0, 0)  # type: ignore[arg-type]
-    assert reader.queues == [queue_name("ep"), outbox_name("ep"), queue_name("ep")]
+WITHOUT_WEBHOOKS = s.EndpointSpec.model_validate(
+    {**FULL_SPEC, "async": {**FULL_SPEC["async"], "notification": {"topic": True}}}  # type: ignore[dict-item]
+)
+
+
+@pytest.mark.parametrize("spec", [SPEC, WITHOUT_WEBHOOKS], ids=["webhooks", "none"])
+def test_the_look_wakes_a_pool_at_zero_for_jobs_in_its_outbox_with_webhooks_or_without(
+    spec: s.EndpointSpec,
+) -> None:
+    """Jobs of webhooks since removed from the spec wait in the outbox too, and only a worker
+    settles them: a pool at zero is woken for them, whatever its webhooks now; a running
+    pool's outbox is not read (the resync's to read)."""
+    at_zero = OutboxReader({outbox_name("ep"): 2})
+    assert look_wants_more("ep", async_block(spec), 0, at_zero)  # type: ignore[arg-type]
+    assert at_zero.queues == [queue_name("ep"), outbox_name("ep")]
+    running = OutboxReader({outbox_name("ep"): 2})
+    assert not look_wants_more("ep", async_block(spec), 1, running)  # type: ignore[arg-type]
+    assert running.queues == [queue_name("ep")]
+
+
+def test_the_look_does_not_ask_for_an_outbox_never_declared_and_reads_it_as_empty() -> None:
+    """An endpoint no request was ever accepted for: its outbox, declared with its work queue,
+    is not asked for (the passive declare of a missing queue costs the reader's channel) and
+    holds nothing; one missing beside an existing work queue (a release before outboxes) is
+    read as empty, not as a broker that cannot be read."""
+    never = OutboxReader({}, missing=frozenset({queue_name("ep"), outbox_name("ep")}))
+    assert not look_wants_more("ep", async_block(WITHOUT_WEBHOOKS), 0, never)  # type: ignore[arg-type]
+    assert never.queues == [queue_name("ep")]
+    older = OutboxReader({}, missing=frozenset({outbox_name("ep")}))
+    assert read_ready("ep", older, outbox=True) == (0, 0, 0)  # type: ignore[arg-type]
+    assert older.queues == [queue_name("ep"), outbox_name("ep")]
