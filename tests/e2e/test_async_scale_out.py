@@ -1,16 +1,19 @@
 """An async pool with workers scales out on the operator's one-second look at its queue, not on
 the resync: this module's chart resyncs once an hour, so nothing but the look can decide while
-the pool's only worker holds a request and more wait."""
+the pool's only worker holds a request and more wait, or wake a pool at zero for a job in its
+outbox."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infermodes.queueing.connect import RabbitBroker
 from tests.cluster.harness import Cluster
 from tests.conftest import AbaloneModel
 from tests.e2e.operator_support import (
@@ -31,7 +34,7 @@ from tests.e2e.test_async import (
     serve_async,
     worker_pods,
 )
-from tests.support.async_plane import Notifications, dead_letters
+from tests.support.async_plane import Notifications, dead_letters, put_webhook_job
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 from tests.support.s3 import holding_s3_server
@@ -64,6 +67,12 @@ def tools(
 def deployment_replicas(tools: Tools, namespace: str, name: str) -> int:
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}"
     return int(tools.cluster.api.get(path)["spec"]["replicas"])
+
+
+def deployment_settled(tools: Tools, namespace: str, name: str) -> bool:
+    """The Deployment controller has written the status of its last change."""
+    found = tools.cluster.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/ie-{name}")
+    return bool(found["status"].get("observedGeneration") == found["metadata"]["generation"])
 
 
 def endpoint_status(tools: Tools, namespace: str, name: str) -> dict[str, Any]:
@@ -112,3 +121,23 @@ def test_a_burst_beyond_the_pool_scales_it_out_between_resyncs(
     assert notifications.ids("Completed") == {inference_id: 1 for inference_id in sent}
     check_outputs(tmp_path, sent, abalone_model.booster())
     assert dead_letters(broker, "burst") == []
+
+
+def test_a_job_of_a_removed_webhook_wakes_a_pool_at_zero_between_resyncs(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, tmp_path: Path
+) -> None:
+    """An endpoint without webhooks, at zero, whose outbox holds a job left while it had one:
+    the look (the resync an hour away) starts a worker, which settles the job unsent."""
+    manifest = async_manifest("orphans", model_uri, tmp_path, notification={"topic": True})
+    endpoint, _ = serve_async(tools, k8s_namespace, broker, manifest, ready=0)
+    assert endpoint["status"]["replicas"] == 0
+    # the reconciles a new endpoint starts (its Deployment's events, the resync's first tick
+    # 1 s in) each read the outbox: over before the job is put, the look alone can see it
+    wait_until(lambda: deployment_settled(tools, k8s_namespace, "orphans"), 60,
+               "the Deployment's status written")  # fmt: skip
+    time.sleep(5)
+    queues = RabbitBroker(broker.amqp_url, None)
+    put_webhook_job(queues, "orphans", "its-webhook-removed")
+    wait_until(lambda: deployment_replicas(tools, k8s_namespace, "orphans") == 1, 60,
+               "the look to wake the pool for the job")  # fmt: skip
+    wait_until(lambda: queues.waiting_webhooks("orphans") == 0, 120, "the job settled")
