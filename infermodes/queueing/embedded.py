@@ -76,13 +76,13 @@ RETAIN_SECONDS = 24 * 3600.0
 RETAIN_COUNT = 100_000
 PRUNE_EVERY = 500  # notifications published between two prunes
 SCHEMA_VERSION = 2  # applied (idempotently) to a file of another: 2 has the lease in its index
-# The index of the queues' order carries each message's lease (``lease_until``), so that a
-# consumer's look for a due message, its claim and ``backlog`` pass over those leased or
-# delayed (a webhook job waiting out its retry delay: thousands while a webhook is down) in
-# the index alone, never reading their rows (bodies up to 128 KiB of inline results), and the
-# work queue's claim still walks it in order, unsorted. It replaces the one without the lease
-# (version 1: a file changes at its next open; a previous release's ``up`` would add that
-# back, harmlessly).
+# The index of the queues' order carries each message's lease (``lease_until``, ``owner``),
+# so that a consumer's look for a due message, its claim and ``backlog`` pass over those
+# leased or delayed (a webhook job waiting out its retry delay: thousands while a webhook is
+# down) in the index alone, never reading their rows (bodies up to 128 KiB of inline
+# results), and the work queue's claim still walks it in order, unsorted. It replaces the one
+# without the lease (version 1: a file changes at its next open; a previous release's ``up``
+# would add that back, harmlessly).
 ANY_DUE = "SELECT 1 FROM messages WHERE endpoint = ? AND lease_until <= ? LIMIT 1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS messages (
     lease_until REAL NOT NULL DEFAULT 0
 );
 DROP INDEX IF EXISTS messages_in_order;
-CREATE INDEX IF NOT EXISTS messages_in_order_due ON messages (endpoint, seq, lease_until);
+CREATE INDEX IF NOT EXISTS messages_in_order_due ON messages (endpoint, seq, lease_until, owner);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY,
     endpoint TEXT NOT NULL,
