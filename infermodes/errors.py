@@ -96,6 +96,12 @@ class BrokerUnavailable(InfermodesError):
     status_code = 503
 
 
+class DelayRefused(InfermodesError):
+    """The broker refused to declare a delay queue (``rabbitmq.publish_later``): the broker
+    user may not configure it (403), or it exists with other arguments (406). A refusal, not
+    an outage: the connection is fine, and retrying changes nothing."""
+
+
 class BrokerLoginRefused(BrokerUnavailable):
     """The broker refused every login with the URL for ``LOGIN_REFUSED_EXIT_SECONDS``."""
 

@@ -34,7 +34,7 @@ from enum import StrEnum
 import httpx
 
 from infermodes import destinations
-from infermodes.errors import BrokerUnavailable
+from infermodes.errors import BrokerUnavailable, DelayRefused
 from infermodes.logs import redacted_url
 from infermodes.metrics import WorkerMetrics
 from infermodes.queueing.broker import (
@@ -497,9 +497,15 @@ class WebhookSender:
         return self._put_back(failed, "send_failed", why, delay)
 
     def _put_back(self, job: WebhookJob, reason: str, why: str, delay: int = 0) -> Settle:
-        """Counted by ``reason`` once the outbox has it (delivered ``delay`` s later)."""
+        """Counted by ``reason`` once the outbox has it (delivered ``delay`` s later; at once
+        when the broker refuses the delay queue, as before delays existed)."""
         try:
             self.outbox.put(job, delay)
+        except DelayRefused as exc:
+            log.warning("webhook job of inference %s (%s): %s; put back without a delay "
+                        "(docs/async.md: the broker user needs configure permission on the "
+                        "delay queues)", job.inference_id or "(unknown)", why, exc)  # fmt: skip
+            return self._put_back(job, reason, why)
         except BrokerUnavailable as exc:
             log.warning("webhook job of inference %s (%s): cannot put it back in the outbox "
                         "(%s); requeued", job.inference_id or "(unknown)", why, exc)  # fmt: skip

@@ -37,7 +37,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError
+from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError, DelayRefused
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     DEAD_LETTER_EXCHANGE,
@@ -162,9 +162,18 @@ def publish_later(
 ) -> None:
     """Into ``queue`` once ``seconds`` passed, through its delay queue, declared first
     (idempotently: the delays are the publisher's to choose, so it declares the ones it uses;
-    one more round trip, on a webhook job's failed send only)."""
+    one more round trip, on a webhook job's failed send only). A declare the broker refuses
+    (the user may not configure the queue, or it exists with other arguments) raises
+    DelayRefused, not BrokerUnavailable: the broker is there, and says no."""
     delayed = delayed_queue_name(queue, seconds)
-    channel.queue_declare(delayed, durable=True, arguments=delay_arguments(queue, seconds))
+    try:
+        channel.queue_declare(delayed, durable=True, arguments=delay_arguments(queue, seconds))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code not in (403, 406):  # ACCESS_REFUSED, PRECONDITION_FAILED
+            raise
+        raise DelayRefused(
+            f"the broker refused to declare {delayed} ({exc.reply_code}: {exc.reply_text})"
+        ) from exc
     publish_persistent(channel, "", delayed, body, message_id, True, headers)
 
 

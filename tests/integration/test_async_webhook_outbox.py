@@ -552,6 +552,43 @@ def test_a_failed_send_s_job_is_sent_again_after_its_delay_not_before(
     assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
 
 
+def test_a_delay_queue_the_broker_refuses_puts_the_job_back_at_once_not_as_an_outage(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A delay queue that exists with other arguments (a later release's, an admin's import)
+    or that the broker user may not configure: its declare is refused (406, 403). Taken for an
+    outage, the job was requeued, sent again at once up to 9 times and dead-lettered as
+    ``unsettled``; now it is put back without a delay (as before delays existed), said so in
+    one line, and sent again."""
+    endpoint = "outbox-delay-refused"
+    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1",
+           "INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS": f"[{RETRY_DELAY}]"}  # fmt: skip
+    connection = connect(rabbitmq.amqp_url)
+    try:  # the delay queue, declared classic, without the worker's arguments
+        connection.channel().queue_declare(
+            f"{outbox_name(endpoint)}.retry.{RETRY_DELAY}s", durable=True
+        )
+    finally:
+        connection.close()
+    answers = FailsFirst()
+    with (
+        WebhookReceiver(status=answers) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
+    ):
+        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
+                                   extra=("--success-webhook-url", hook.url))  # fmt: skip
+        put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "sent-twice")
+        wait_until(lambda: len(answers.times) == 2, 60, "the job sent again")
+        returned = "infermodes_async_webhook_jobs_returned_total"
+        wait_until(lambda: metric(worker, returned, reason="send_failed") == 1, 30,
+                   "the put-back counted")  # fmt: skip
+        assert "put back without a delay" in worker.log
+        assert "PRECONDITION_FAILED" in worker.log or "406" in worker.log
+        assert "unreachable" not in worker.log
+    assert hook.ids() == {"sent-twice"}
+    assert dead_jobs(rabbitmq.amqp_url, endpoint) == []
+
+
 def test_a_refused_webhook_s_job_is_dead_lettered_after_one_send(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
