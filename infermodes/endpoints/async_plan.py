@@ -20,6 +20,11 @@ INPUT_FOLDER = "input"  # inline inputs go to <outputPath>/input unless inputPat
 # How long a stopped worker may take to finish what it holds: a request may set any timeout up
 # to the maximum, whatever the endpoint's default, plus writing, notifying and acknowledging.
 WORKER_STOP_GRACE_SECONDS = MAX_INVOCATION_TIMEOUT_SECONDS + 60
+# A worker's /readyz is asked this often, and one that was ready counts as unready only after
+# this many failed answers in a row: the pods' readiness probe and ``up``'s alike, so a slow
+# answer from a busy worker does not rank it first for a scale-in
+WORKER_READY_PERIOD_SECONDS = 1
+WORKER_READY_FAILURE_THRESHOLD = 3
 
 
 def async_block(spec: EndpointSpec) -> AsyncSpec:

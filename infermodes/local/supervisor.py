@@ -106,7 +106,6 @@ NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 PROGRESS_INTERVAL_SECONDS = 2.0  # ... and running batch instances'
-READY_PROBE_SECONDS = 1.0  # async workers' /readyz is asked this often (the pods' probe period)
 # a model server that stops answering (hung, SIGSTOPped) leaves the rotation after this many
 # /pings in a row it left unanswered (asked this often, once it had time to bind its port)
 SERVER_PROBE_SECONDS = 5.0
@@ -137,6 +136,17 @@ def worker_readings(
 ) -> dict[str, float | None]:
     """One figure of each worker's text, by key (None: it cannot say)."""
     return {key: worker_reading(text, parse) for key, text in texts.items()}
+
+
+def probed_readiness(was_ready: bool, misses: int, answered: bool) -> tuple[bool, int]:
+    """A worker's readiness after one more ``/readyz`` probe, and its failures in a row, as
+    the kubelet counts them: a 200 makes it ready; one that was ready stays ready until
+    ``WORKER_READY_FAILURE_THRESHOLD`` failures in a row (one slow answer on a loaded machine
+    must not rank a busy worker first for a scale-in); one never yet ready stays unready."""
+    if answered:
+        return True, 0
+    misses += 1
+    return was_ready and misses < async_plan.WORKER_READY_FAILURE_THRESHOLD, misses
 
 
 def ping_status(host: str, port: int, timeout: float) -> int | None:
@@ -213,7 +223,9 @@ class LocalEndpoint:
     annotations: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     scraped_at: float = -float("inf")
-    consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): /readyz said 200
+    consuming: frozenset[tuple[str, float]] = frozenset()  # (key, started_at): ready by /readyz
+    # workers' /readyz probes failed in a row, by (key, start)
+    ready_misses: dict[tuple[str, float], int] = field(default_factory=dict)
     probed_at: float = -float("inf")
     pinged_at: float = -float("inf")
     # model servers' /pings left unanswered in a row, by (key, start)
@@ -858,14 +870,25 @@ class Supervisor:
     async def _probe_workers(self, endpoint: LocalEndpoint, now: float) -> None:
         """Which running workers consume, by their ``/readyz`` (at most once a second): a
         worker the broker refuses, or one between connections, is running but not ready, as
-        the kubelet's probe says of a worker pod."""
-        if now - endpoint.probed_at < READY_PROBE_SECONDS:
+        the kubelet's probe says of a worker pod, with its failure threshold
+        (``probed_readiness``)."""
+        if now - endpoint.probed_at < async_plan.WORKER_READY_PERIOD_SECONDS:
             return
         endpoint.probed_at = now
         ports = self._running_workers(endpoint)
         starts = {key: endpoint.children[key].started_at for key in ports}  # one start each
         answers = await asyncio.to_thread(read_ports, ports, probe_ready)
-        endpoint.consuming = frozenset((key, starts[key]) for key, ok in answers.items() if ok)
+        consuming, misses = set(), {}
+        for key, ok in answers.items():
+            start = (key, starts[key])
+            ready, missed = probed_readiness(
+                start in endpoint.consuming, endpoint.ready_misses.get(start, 0), bool(ok)
+            )
+            if ready:
+                consuming.add(start)
+            if missed:
+                misses[start] = missed
+        endpoint.consuming, endpoint.ready_misses = frozenset(consuming), misses
 
     async def _ping_servers(self, endpoint: LocalEndpoint, now: float) -> None:
         """Ask each model server's ``/ping`` every few seconds, as the kubelet's readiness

@@ -37,7 +37,13 @@ from infermodes.local.manifests import (
     parse_document,
     parse_text,
 )
-from infermodes.local.supervisor import NAMESPACE, LocalEndpoint, Supervisor, runs_as_before
+from infermodes.local.supervisor import (
+    NAMESPACE,
+    LocalEndpoint,
+    Supervisor,
+    probed_readiness,
+    runs_as_before,
+)
 from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, fetch_metrics_text, serve_metrics
 from infermodes.queueing.broker import Backlog
@@ -508,9 +514,31 @@ def test_up_reads_each_worker_s_metrics_once_in_a_tick_that_scales_in(
     assert reads == {older: 1, newer: 1}
 
 
+@pytest.mark.parametrize(
+    ("answers", "readiness"),
+    [
+        ("nnnn", "nnnn"),  # never yet ready: unready until its first 200
+        ("nyn", "nyy"),  # one miss of a ready worker: still ready
+        ("ynnn", "yyyn"),  # three in a row: unready
+        ("ynnynnyn", "yyyyyyyy"),  # misses not in a row do not add up
+        ("ynnnnny", "yyynnny"),  # unready until the next 200
+    ],
+)
+def test_a_worker_that_was_ready_is_unready_after_three_failed_probes_in_a_row(
+    answers: str, readiness: str
+) -> None:
+    """The kubelet's failureThreshold (3, the pods' probe's): a busy worker's one slow answer
+    does not make it unready, so up's scale-in does not stop it ahead of an idle one."""
+    ready, misses, seen = False, 0, ""
+    for answer in answers:
+        ready, misses = probed_readiness(ready, misses, answer == "y")
+        seen += "y" if ready else "n"
+    assert seen == readiness
+
+
 def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Path) -> None:
     """``readyReplicas`` of an async endpoint: running workers whose ``/readyz`` answered 200
-    at the last probe (once a second); a restarted worker is asked again."""
+    (once a second), until three probes in a row fail; a restarted worker is asked again."""
     consuming = threading.Event()
     server = serve_metrics(0, "127.0.0.1", CollectorRegistry(), consuming.is_set)
     try:
@@ -531,12 +559,14 @@ def test_up_counts_a_running_worker_ready_while_its_readyz_says_so(tmp_path: Pat
         assert ready_at(now + 0.5) == 0  # not asked again within the second
         assert ready_at(now + 1.0) == 1
         consuming.clear()  # e.g. its broker went away
-        assert ready_at(now + 2.0) == 0
-        consuming.set()
+        assert ready_at(now + 2.0) == 1  # the failure threshold: 3 in a row
         assert ready_at(now + 3.0) == 1
-        endpoint.children[key] = FakeChild(True, key, started_at=now + 3.5)  # type: ignore[assignment]
+        assert ready_at(now + 4.0) == 0
+        consuming.set()
+        assert ready_at(now + 5.0) == 1
+        endpoint.children[key] = FakeChild(True, key, started_at=now + 5.5)  # type: ignore[assignment]
         assert supervisor._ready(endpoint) == 0  # restarted (the same PID or not): asked again
-        assert ready_at(now + 4.0) == 1
+        assert ready_at(now + 6.0) == 1
         endpoint.children[key].is_running = False  # type: ignore[attr-defined]
         assert supervisor._ready(endpoint) == 0
     finally:

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermodes.endpoints import spec as s
-from infermodes.endpoints.async_plan import WORKER_STOP_GRACE_SECONDS, async_block, worker
+from infermodes.endpoints.async_plan import (
+    WORKER_READY_FAILURE_THRESHOLD,
+    WORKER_READY_PERIOD_SECONDS,
+    WORKER_STOP_GRACE_SECONDS,
+    async_block,
+    worker,
+)
 from infermodes.endpoints.plan import env_name
 from infermodes.endpoints.scaling import (
     ScalerMemory,
@@ -221,10 +227,10 @@ def desired_objects(
         # that does not let them in, never gets there)
         "readinessProbe": {
             "httpGet": {"path": READY_PATH, "port": "metrics"},
-            "periodSeconds": 1,
+            "periodSeconds": WORKER_READY_PERIOD_SECONDS,
             # answered by a Python thread: a worker parsing big JSON inputs holds the GIL
             "timeoutSeconds": 5,
-            "failureThreshold": 3,
+            "failureThreshold": WORKER_READY_FAILURE_THRESHOLD,
         },
         # the port opens once the model is loaded: liveness waits for it (up to 30 minutes)
         "startupProbe": {
