@@ -523,11 +523,13 @@ def decode_recordio(
 ) -> np.ndarray:
     """A row per ``Record``: its ``"values"`` tensor, dense, or sparse with zero-based ``keys``
     (absent features are missing; a key at most once). Frames are counted against the limits
-    before any record is parsed. Errors name the record (1-based) as others name the row."""
-    payloads = recordio.frames(body)
-    if not payloads:
+    before their views are built or any record is parsed. Errors name the record (1-based) as
+    others name the row."""
+    count = recordio.count_frames(body)
+    if not count:
         raise InvalidInput("empty request body: expected at least one RecordIO record")
-    _check_size(len(payloads), num_features, max_rows, max_values)
+    _check_size(count, num_features, max_rows, max_values)
+    payloads = recordio.frames(body)
     first = recordio.features(payloads[0], 1)
     width = num_features if num_features is not None else _record_width(first, 1)
     _check_size(len(payloads), width, max_rows, max_values)

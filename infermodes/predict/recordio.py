@@ -15,6 +15,7 @@ body, so work is bounded by its size.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,13 +49,11 @@ def _bad(record: int, problem: str) -> InvalidInput:
     return InvalidInput(f"record {record}: {problem}")
 
 
-def frames(body: bytes) -> list[memoryview]:
-    """The payload of every frame, in order (views into ``body``)."""
-    view = memoryview(body)
-    payloads: list[memoryview] = []
-    offset = 0
+def _spans(body: bytes) -> Iterator[tuple[int, int]]:
+    """Each frame's payload as (start, length) in ``body``, checked, in order."""
+    offset, record = 0, 0
     while offset < len(body):
-        record = len(payloads) + 1
+        record += 1
         if len(body) - offset < _HEADER.size:
             raise _bad(record, f"{len(body) - offset} byte(s) at the end are not a frame header")
         magic, word = _HEADER.unpack_from(body, offset)
@@ -73,9 +72,20 @@ def frames(body: bytes) -> list[memoryview]:
                 f"truncated: the frame says {length} bytes (padded to {padded}), "
                 f"{len(body) - start} remain",
             )
-        payloads.append(view[start : start + length])
+        yield start, length
         offset = start + padded
-    return payloads
+
+
+def count_frames(body: bytes) -> int:
+    """How many frames ``body`` holds, checked, without building their views: a view costs
+    ~25 times an empty frame's 8 bytes, so a body is counted against the row limit first."""
+    return sum(1 for _ in _spans(body))
+
+
+def frames(body: bytes) -> list[memoryview]:
+    """The payload of every frame, in order (views into ``body``)."""
+    view = memoryview(body)
+    return [view[start : start + length] for start, length in _spans(body)]
 
 
 def _varint(data: memoryview, pos: int, record: int) -> tuple[int, int]:
