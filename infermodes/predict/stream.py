@@ -24,24 +24,36 @@ from infermodes.predict import codecs, fastcsv
 from infermodes.predict.model import XGBoostModel
 
 WHOLE_TYPES = (codecs.JSON, codecs.RECORDIO)  # decoded whole; the others a chunk at a time
+STREAMED_TYPES = tuple(kind for kind in codecs.INPUT_TYPES if kind not in WHOLE_TYPES)
 LINE_LIMIT_CHUNKS = 16  # a "line" longer than this many chunks is refused, not buffered
 _ROW_PREFIX = re.compile(r"^row (\d+)")
 
 
-def iter_line_chunks(source: IO[bytes], chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+def iter_line_chunks(
+    source: IO[bytes], chunk_bytes: int, max_chunk_bytes: int | None = None
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(number of the chunk's first line, chunk)`` with every chunk made of whole lines
-    (the last may lack its newline)."""
+    (the last may lack its newline), none longer than ``max_chunk_bytes`` (unset:
+    ``LINE_LIMIT_CHUNKS`` chunks): a chunk is decoded at many bytes of memory per byte, so a
+    line that does not fit is refused, not buffered."""
+    limit = LINE_LIMIT_CHUNKS * chunk_bytes if max_chunk_bytes is None else max_chunk_bytes
     carry = b""
     first_line = 1
     while True:
-        block = source.read(chunk_bytes)
+        room = min(chunk_bytes, limit - len(carry))
+        if room <= 0:
+            raise PayloadTooLarge(
+                f"line {first_line} is longer than {limit} bytes, the most of a CSV or libsvm "
+                f"input decoded at once here (chunk_bytes x {LINE_LIMIT_CHUNKS}, less if the "
+                "worker's memory cannot hold that per concurrent invocation); split it into "
+                "shorter lines, or give the worker more memory"
+            )
+        block = source.read(room)
         if not block:
             break
         data = carry + block
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            if len(data) > LINE_LIMIT_CHUNKS * chunk_bytes:
-                raise InvalidInput(f"line {first_line} is longer than {len(data)} bytes")
             carry = data
             continue
         chunk, carry = data[:cut], data[cut:]
@@ -133,8 +145,11 @@ def predict_stream(
     timeout: float,
     chunk_bytes: int,
     max_json_bytes: int,
+    max_chunk_bytes: int | None = None,
 ) -> int:
-    """Score everything in ``source`` into ``sink``; returns the number of rows."""
+    """Score everything in ``source`` into ``sink``; returns the number of rows. JSON and
+    RecordIO are read whole, up to ``max_json_bytes``; CSV and libsvm a chunk of whole lines
+    at a time, none over ``max_chunk_bytes`` (``iter_line_chunks``)."""
     deadline = time.monotonic() + timeout
     if content_type in WHOLE_TYPES:
         body = source.read(max_json_bytes + 1)
@@ -147,7 +162,7 @@ def predict_stream(
             )
         chunks: Iterator[tuple[int, bytes]] = iter([(1, body)])
     else:
-        chunks = iter_line_chunks(source, chunk_bytes)
+        chunks = iter_line_chunks(source, chunk_bytes, max_chunk_bytes)
     splicer = JsonSplicer(sink) if accept == codecs.JSON else None
     rows = 0
     for first_line, chunk in chunks:

@@ -58,9 +58,15 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
-from infermodes.predict.memory import process_input_caps
+from infermodes.predict.memory import InputCap, process_input_caps
 from infermodes.predict.model import XGBoostModel
-from infermodes.predict.stream import WHOLE_TYPES, Sink, predict_stream
+from infermodes.predict.stream import (
+    LINE_LIMIT_CHUNKS,
+    STREAMED_TYPES,
+    WHOLE_TYPES,
+    Sink,
+    predict_stream,
+)
 from infermodes.queueing.broker import Consumer, Delivery, Handler, Settle
 from infermodes.queueing.connect import broker_from_url
 from infermodes.queueing.messages import (
@@ -205,12 +211,12 @@ class Processor:
         metrics: WorkerMetrics,
         stopping: threading.Event,
         hold_limit: float | None = None,
-        whole_caps: Mapping[str, int] | None = None,
+        input_caps: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
-        # the largest JSON and RecordIO input decoded whole, by type (``whole_caps_of``); a
-        # type not in it: max_json_bytes
-        self.whole_caps = whole_caps or {}
+        # the most of an input decoded at once, by type (``input_caps_of``): JSON and RecordIO
+        # whole, CSV and libsvm a chunk; a type not in it: max_json_bytes, or 16 chunks
+        self.input_caps = input_caps or {}
         self.hold_limit = hold_limit  # the consumer's: how long a delivery may stay unsettled
         self.model = model
         self.storage = storage
@@ -507,7 +513,7 @@ class Processor:
             self.storage.open_write(request.output_location, accept) as sink,
         ):
             content_type = codecs.content_type_of(request.content_type)
-            whole_cap = self.whole_caps.get(content_type, settings.max_json_bytes)
+            cap = self.input_caps.get(content_type)
             head = _Head(sink, INLINE_RESULT_LIMIT)
             rows = predict_stream(
                 self.model,
@@ -517,7 +523,8 @@ class Processor:
                 accept=accept,
                 timeout=request.invocation_timeout_seconds,
                 chunk_bytes=settings.chunk_bytes,
-                max_json_bytes=whole_cap,
+                max_json_bytes=settings.max_json_bytes if cap is None else cap,
+                max_chunk_bytes=cap,
             )
             claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
             if claimed is not None and not claims_success(claimed):
@@ -706,17 +713,24 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
     )
 
 
-def whole_caps_of(settings: WorkerSettings) -> dict[str, int]:
-    """The caps of the inputs decoded whole (JSON and RecordIO, each read by Python at its
-    ``codecs.PYTHON_BYTES_EXPANSION``) for the memory the worker has, measured once the model
-    is loaded; the streamed types are decoded a chunk at a time."""
-    expansions = {kind: codecs.PYTHON_BYTES_EXPANSION[kind] for kind in WHOLE_TYPES}
-    caps = process_input_caps(
-        settings.max_json_bytes,
-        settings.memory_bytes,
-        settings.max_concurrent_invocations,
-        expansions,
-    )
+def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
+    """The most of an input an invocation decodes at once, by type, within the worker's memory
+    share per invocation slot at its Python reader's ``codecs.PYTHON_BYTES_EXPANSION``,
+    measured once the model is loaded: JSON and RecordIO are decoded whole (up to
+    max_json_bytes), CSV and libsvm a chunk of whole lines at a time (up to
+    ``LINE_LIMIT_CHUNKS`` chunks: ~94 bytes per byte, uncapped, could take ~1.5 GiB)."""
+    configured = {
+        WHOLE_TYPES: settings.max_json_bytes,
+        STREAMED_TYPES: LINE_LIMIT_CHUNKS * settings.chunk_bytes,
+    }
+    caps: dict[str, InputCap] = {}
+    for types, most in configured.items():
+        caps |= process_input_caps(
+            most,
+            settings.memory_bytes,
+            settings.max_concurrent_invocations,
+            {kind: codecs.PYTHON_BYTES_EXPANSION[kind] for kind in types},
+        )
     return {content_type: cap.bytes for content_type, cap in caps.items()}
 
 
@@ -803,7 +817,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
         metrics,
         consumer.stopping,
         consumer.hold_limit,
-        whole_caps_of(settings),
+        input_caps_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)

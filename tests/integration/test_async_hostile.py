@@ -635,30 +635,50 @@ def _json_rows(rows: np.ndarray) -> bytes:
     return json.dumps({"instances": rows.tolist()}).encode()
 
 
+def _whole(encode: Callable[[np.ndarray], bytes]) -> Callable[[np.ndarray], tuple[bytes, bytes]]:
+    """(an input of ~4.5 MB, one of 3 rows), encoded whole by ``encode``."""
+
+    def inputs(rows: np.ndarray) -> tuple[bytes, bytes]:
+        return encode(np.tile(rows, (4_500_000 // len(encode(rows)) + 1, 1))), encode(rows[:3])
+
+    return inputs
+
+
+def _csv_long_line(rows: np.ndarray) -> tuple[bytes, bytes]:
+    """(3 CSV rows, the first's first value a 2 MB long zero; the 3 rows)."""
+    small = "\n".join(",".join(str(value) for value in row) for row in rows[:3]).encode()
+    return b"0." + b"0" * 2_000_000 + b"1" + small[small.index(b",") :], small
+
+
 @pytest.mark.parametrize(
-    ("name", "content_type", "encode"),
+    ("name", "content_type", "inputs", "refusal"),
     [
-        ("JSON", codecs.JSON, _json_rows),  # ~36 bytes per byte: 2.8 MiB each
-        ("RecordIO", codecs.RECORDIO, recordio_samples.dense),  # ~26 (a view per frame): 3.8
+        # ~36 bytes per byte: 2.8 MiB each
+        ("JSON", codecs.JSON, _whole(_json_rows), "limited to {cap} bytes"),
+        # ~26 (a view per frame): 3.8
+        ("RecordIO", codecs.RECORDIO, _whole(recordio_samples.dense), "limited to {cap} bytes"),
+        # decoded a chunk of whole lines at a time, ~88: a line up to 16 MiB was decoded
+        ("CSV", codecs.CSV, _csv_long_line, "line 1 is longer than {cap} bytes"),
     ],
 )
-def test_an_input_decoded_whole_beyond_what_the_workers_memory_holds_fails_and_it_goes_on(
+def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes_on(
     rabbitmq: Broker,
     abalone_model: AbaloneModel,
     tmp_path: Path,
     name: str,
     content_type: str,
-    encode: Callable[[np.ndarray], bytes],
+    inputs: Callable[[np.ndarray], tuple[bytes, bytes]],
+    refusal: str,
 ) -> None:
     """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 26 bytes
-    of memory per byte) decoded at the worker's memory-derived cap's far side would have it
-    OOM-killed with every request it holds, again at each redelivery: it fails at once."""
+    of memory per byte), or a CSV line (decoded in a chunk, at up to 88), at the worker's
+    memory-derived cap's far side would have it OOM-killed with every request it holds, again
+    at each redelivery: it fails at once, naming the cap."""
     endpoint = f"{name.lower()}-cap"
     memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x the type's bytes per byte) each
     notes = Notifications(rabbitmq, endpoint).declare()
     rows = abalone_model.test_rows.astype(np.float32)
-    big = encode(np.tile(rows, (4_500_000 // len(encode(rows)) + 1, 1)))
-    small = encode(rows[:3])
+    big, small = inputs(rows)
     typed = {"content-type": content_type}
     env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
@@ -673,7 +693,7 @@ def test_an_input_decoded_whole_beyond_what_the_workers_memory_holds_fails_and_i
     assert int(cap) < len(big)
     [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
     assert note["failureReason"] == "PayloadTooLarge", note
-    assert f"limited to {cap} bytes" in str(note["failureMessage"])
+    assert refusal.format(cap=cap) in str(note["failureMessage"])
     assert "give the worker more memory" in str(note["failureMessage"])
     record = json.loads((tmp_path / "failure" / "big.error").read_bytes())
     assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)

@@ -46,8 +46,20 @@ def test_chunks_are_whole_lines_numbered_from_the_input(chunk: int) -> None:
 
 
 def test_a_line_without_end_is_refused_not_buffered() -> None:
-    with pytest.raises(InvalidInput, match="line 1 is longer"):
+    with pytest.raises(PayloadTooLarge, match="line 1 is longer than 16384 bytes"):
         list(iter_line_chunks(io.BytesIO(b"x" * 100_000), 1024))
+
+
+def test_no_chunk_is_longer_than_its_bound_and_a_longer_line_is_refused_naming_it() -> None:
+    """The async worker bounds a chunk by its memory share per invocation (``input_caps_of``):
+    chunks of whole lines are cut to it, a line that does not fit is refused with the bound."""
+    lines = b"".join(b"%d,2,3\n" % number for number in range(1000))
+    chunks = list(iter_line_chunks(io.BytesIO(lines), 1024, 100))
+    assert b"".join(chunk for _, chunk in chunks) == lines
+    assert max(len(chunk) for _, chunk in chunks) <= 100
+    long = lines[:36] + b"1," * 60 + b"3\n" + lines  # six lines, then one of 122 bytes
+    with pytest.raises(PayloadTooLarge, match="line 7 is longer than 100 bytes"):
+        list(iter_line_chunks(io.BytesIO(long), 1024, 100))
 
 
 @pytest.mark.parametrize("accept", [codecs.CSV, codecs.JSON])

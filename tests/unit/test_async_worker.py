@@ -5,6 +5,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from infermodes.workers.async_worker import (
     WebhookSendersStopped,
     Worker,
     build,
+    input_caps_of,
     run,
     storage_wait_budget,
     webhooks_of,
@@ -1028,12 +1030,32 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
     assert stored["message"] == message
 
 
+def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_slot() -> None:
+    """CSV and libsvm are decoded a chunk at a time, at up to 88 and 96 bytes per byte in
+    Python's reader: a chunk is bounded by the worker's memory per invocation slot at that
+    cost, as whole inputs are, and at most 16 chunks where memory is plenty."""
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    share = 16 << 20  # a slot's share of what the process does not hold yet
+    small = WorkerSettings(
+        endpoint="ep", model_uri="unused", memory_bytes=used + 2 * share,
+        max_concurrent_invocations=2,
+    )  # fmt: skip
+    caps = input_caps_of(small)
+    for kind in (codecs.CSV, codecs.LIBSVM, codecs.JSON, codecs.RECORDIO):
+        expected = share // codecs.PYTHON_BYTES_EXPANSION[kind]
+        assert expected * 0.9 <= caps[kind] <= expected, kind  # the process may grow meanwhile
+    plenty = WorkerSettings(endpoint="ep", model_uri="unused", memory_bytes=1 << 50)
+    caps = input_caps_of(plenty)
+    assert caps[codecs.CSV] == caps[codecs.LIBSVM] == 16 * plenty.chunk_bytes
+    assert caps[codecs.JSON] == caps[codecs.RECORDIO] == plenty.max_json_bytes
+
+
 @pytest.mark.parametrize("content_type", [codecs.JSON, codecs.RECORDIO])
 def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
     model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path, content_type: str
 ) -> None:
     """JSON and RecordIO are decoded whole, by Python's readers (RecordIO's empty frames at
-    up to 26 bytes per byte): each is capped by the worker's memory (whole_caps) at its own
+    up to 26 bytes per byte): each is capped by the worker's memory (input_caps) at its own
     cost; an input at its cap is predicted, one over it fails with the cap named, and a type
     without a cap of its own keeps max_json_bytes."""
     settings = WorkerSettings(endpoint="ep", model_uri="unused")
@@ -1051,7 +1073,7 @@ def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
         ("other", {other: len(body) - 1}, "success"),
     ]:
         worker = Processor(
-            settings, model, Storage(), notifier, metrics, threading.Event(), whole_caps=caps
+            settings, model, Storage(), notifier, metrics, threading.Event(), input_caps=caps
         )
         folder = tmp_path / name
         folder.mkdir()
