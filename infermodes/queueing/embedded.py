@@ -326,6 +326,8 @@ class EmbeddedPublisher:
         headers: Mapping[str, str | int] | None = None,
         delay: int = 0,
     ) -> None:
+        if delay and exchange:
+            raise ValueError(f"a delay is for the default exchange only, not {exchange!r}")
         now = time.time()
         try:
             with self._db.write() as db:

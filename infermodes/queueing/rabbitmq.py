@@ -481,7 +481,9 @@ class ChannelPool:
         headers: Mapping[str, str | int] | None = None,
         delay: int = 0,
     ) -> None:
-        if delay:  # the exchange "" (``broker.Publisher``)
+        if delay:
+            if exchange:
+                raise ValueError(f"a delay is for the default exchange only, not {exchange!r}")
             self.run(
                 lambda channel: publish_later(
                     channel, routing_key, delay, body, message_id, headers
