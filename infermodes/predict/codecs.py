@@ -26,6 +26,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,18 +65,38 @@ _INDEX_DIGITS = 9  # feature indices beyond 999,999,999 are out of range for any
 # take (another shape, a malformed one) is parsed so: the async worker caps its JSON inputs by
 # its memory with this worst case, and the model server such bodies (``predict.memory``).
 JSON_BYTES_EXPANSION = 36
-# The same for every Python reader, each at its worst measured shape (tracemalloc's peak, the
-# body included; pinned by tests/unit/test_codecs.py): CSV rows of one one-digit field (``1\n``,
-# ~84: a bytes object per line, a list and a float per row), which the native reader declines
-# behind a byte order mark; libsvm rows of one valueless feature (``0:\n``, ~94: a dict per
-# row); RecordIO's empty frames (~25: a memoryview per 8 bytes).
-# Wider rows cost far less (CSV ``0,0,...`` ~20, libsvm ``i:1 ...`` ~16); the native readers
-# (``fastcsv``, ``fastjson``) ~2. A body a process hands to these readers is capped by them.
-PYTHON_BYTES_EXPANSION = {
-    JSON: JSON_BYTES_EXPANSION,
-    CSV: 88,
-    LIBSVM: 96,
-    RECORDIO: 26,
+
+
+@dataclass(frozen=True)
+class ReadCost:
+    """The peak memory a Python reader takes for a body (tracemalloc's, the body included):
+    ``per_row`` for each row (a bytes object per line, a list or dict per row) and
+    ``per_byte`` for each byte of it (a float object per field), so a body of wide rows is not
+    charged its narrowest shape's cost. Pinned by tests/unit/test_codecs.py."""
+
+    per_row: int
+    per_byte: int
+    shortest_row: int  # bytes: the narrowest row's, for a cap that cannot count rows
+
+    def estimate(self, rows: int, size: int) -> int:
+        return rows * self.per_row + size * self.per_byte
+
+    @property
+    def worst_per_byte(self) -> int:
+        """The cost per byte of a body of the shortest rows, for a cap on length alone."""
+        return self.per_byte + -(-self.per_row // self.shortest_row)
+
+
+# Measured (narrow rows, wide rows, one long line): CSV's ``1\n`` rows ~168 a row, one line of
+# ``1,1,...`` ~23 a byte, 8 six-digit columns ~9 a byte; libsvm's ``0:\n`` rows ~220 a row
+# beyond the bytes, one line of ``i:1`` ~21 a byte, 8 features a row ~9; RecordIO's empty
+# frames ~160 a frame beyond the bytes, one wide dense record ~4.3 a byte. JSON parsed whole is
+# charged its worst shape per byte (its rows are not counted before it is parsed).
+PYTHON_READ_COST = {
+    JSON: ReadCost(0, JSON_BYTES_EXPANSION, 1),
+    CSV: ReadCost(144, 24, 2),  # "1\n"
+    LIBSVM: ReadCost(232, 22, 3),  # "0:\n"
+    RECORDIO: ReadCost(176, 6, 8),  # an empty frame
 }
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
 
@@ -344,12 +365,12 @@ def decode_json(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
-    max_parsed_bytes: int | None = None,
+    memory_budget: int | None = None,
 ) -> np.ndarray:
     """``{"instances": [[...], ...]}``, ``{"instances": [{"features": [...]}]}``, a list of
     rows, one row, or ``{"features": [...]}``. Rows of numbers and nulls go to the native
     decoder (``fastjson``); what it does not take, ``json.loads`` reads or names the error of,
-    up to ``max_parsed_bytes`` (larger: PayloadTooLarge, as it costs up to
+    within ``memory_budget`` bytes of memory (beyond: PayloadTooLarge, as it costs up to
     ``JSON_BYTES_EXPANSION`` bytes of memory per byte)."""
     if max_rows is not None:  # parsing holds the GIL and costs ~70 bytes per container
         containers = body.count(b"[") + body.count(b"{")
@@ -370,11 +391,12 @@ def decode_json(
         _check_width(width, num_features, 1)
         _check_size(rows_count, width, max_rows, max_values)
         return fastjson.fill(body, rows_count, width)
-    if max_parsed_bytes is not None and len(body) > max_parsed_bytes:
+    if memory_budget is not None and len(body) * JSON_BYTES_EXPANSION > memory_budget:
         raise over_memory(
-            body,
             JSON,
-            max_parsed_bytes,
+            len(body),
+            0,
+            memory_budget,
             "and not rows of numbers and nulls (the shapes read natively, at 2 bytes of memory "
             "per byte at most); other JSON is parsed whole",
             'send rows of numbers, e.g. {"instances": [[1.5, 2]]}, or a smaller body',
@@ -397,13 +419,19 @@ def decode_json(
     return json_rows(document, num_features, max_rows=max_rows, max_values=max_values)
 
 
-def over_memory(body: bytes, content_type: str, cap: int, why: str, advice: str) -> PayloadTooLarge:
-    """The 413 of a body over ``cap``, the largest its Python reader may take within the
-    process's memory (``predict.memory``): ``why`` that reader reads it, at its cost per byte."""
+def over_memory(
+    content_type: str, size: int, rows: int, budget: int, why: str, advice: str
+) -> PayloadTooLarge:
+    """The 413 of a body of ``size`` bytes in ``rows`` rows whose Python reader's estimated
+    memory (``PYTHON_READ_COST``) is over ``budget``, what one read may take within the
+    process's memory (``predict.memory``): ``why`` that reader reads it."""
+    cost = PYTHON_READ_COST[content_type]
+    shape = f"{rows} rows x {cost.per_row} + " if cost.per_row else ""
     return PayloadTooLarge(
-        f"the {content_type} body is {len(body)} bytes {why}, at up to "
-        f"{PYTHON_BYTES_EXPANSION[content_type]} bytes of memory per byte, and is taken up to "
-        f"{cap} bytes here (the server's memory limit): {advice}"
+        f"the {content_type} body is {size} bytes {why}, at an estimated "
+        f"{cost.estimate(rows, size)} bytes of memory ({shape}{size} bytes x {cost.per_byte}); "
+        f"one read may take up to {budget} bytes of memory here (the memory limit, shared by "
+        f"the concurrent reads): {advice}"
     )
 
 
@@ -596,6 +624,26 @@ _DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm, RECORDIO
 GZIP_MAGIC = b"\x1f\x8b"  # no input starts so: 0x8b is a UTF-8 continuation byte, not RecordIO's
 
 
+def _rows_checked(
+    body: bytes, content_type: str, num_features: int | None, max_rows: int | None, max_values: int
+) -> int:
+    """The body's rows (lines; RecordIO's frames, counted without reading them), held to the
+    limits, and a CSV first row's field count to the model's: the errors that come before a
+    memory refusal."""
+    if content_type == RECORDIO:
+        rows = recordio.count_frames(body)
+        _check_size(rows, num_features, max_rows, max_values)
+        return rows
+    text = body.removeprefix(UTF8_BOM).rstrip(b"\r\n")
+    rows = text.count(b"\n") + 1
+    _check_size(rows, num_features, max_rows, max_values)
+    if content_type == CSV:
+        first = text[: text.find(b"\n")] if rows > 1 else text
+        if first.strip(b" \t\r"):
+            _check_width(first.count(b",") + 1, num_features, 1)
+    return rows
+
+
 def decode(
     body: bytes,
     content_type: str,
@@ -603,32 +651,33 @@ def decode(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
-    python_caps: Mapping[str, int] | None = None,
+    memory_budgets: Mapping[str, int] | None = None,
 ) -> np.ndarray:
     """Decode a body of a known input type (see ``content_type_of``): a matrix, or
-    InvalidInput (400) / PayloadTooLarge (413) naming the problem. ``python_caps``: the largest
-    body of each type this process's memory lets its Python reader take (at its
-    ``PYTHON_BYTES_EXPANSION``); JSON's holds past the native decoder (``decode_json``'s
-    ``max_parsed_bytes``), the others' for every body that reaches here, which the callers'
-    native CSV reader did not take."""
+    InvalidInput (400) / PayloadTooLarge (413) naming the problem. ``memory_budgets``: the
+    memory each type's Python reader may take in this process, against its estimate from the
+    body's rows and bytes (``PYTHON_READ_COST``); JSON's holds past the native decoder
+    (``decode_json``), the others' for every body that reaches here, which the callers' native
+    CSV reader did not take. The limits' 413 and a CSV row's field count come first: they say
+    what to send."""
     if body.startswith(GZIP_MAGIC):  # otherwise named by the first byte a decoder trips on
         raise InvalidInput(
             "the body is gzip-compressed (it starts with 1f 8b): send it uncompressed; a "
             "Content-Encoding is not read"
         )
-    cap = None if python_caps is None else python_caps.get(content_type)
+    budget = None if memory_budgets is None else memory_budgets.get(content_type)
     if content_type == JSON:
         return decode_json(
             body,
             num_features,
             max_rows=max_rows,
             max_values=max_values,
-            max_parsed_bytes=cap,
+            memory_budget=budget,
         )
-    if cap is not None and len(body) > cap:
-        if content_type in (CSV, LIBSVM):  # the limits' 413 first: it names the rows to send
-            _check_lines(body.rstrip(b"\r\n"), num_features, max_rows, max_values)
-        raise over_memory(body, content_type, cap, *_PYTHON_READ[content_type])
+    if budget is not None:
+        rows = _rows_checked(body, content_type, num_features, max_rows, max_values)
+        if PYTHON_READ_COST[content_type].estimate(rows, len(body)) > budget:
+            raise over_memory(content_type, len(body), rows, budget, *_PYTHON_READ[content_type])
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 
 

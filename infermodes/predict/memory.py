@@ -1,7 +1,7 @@
 """How large an input a worker can decode in Python without being OOM-killed.
 
 JSON (and recordio) inputs are decoded whole, at ``codecs.JSON_BYTES_EXPANSION`` times their
-size at peak (each Python reader at its ``codecs.PYTHON_BYTES_EXPANSION``), and every
+size at peak (each Python reader at its ``codecs.PYTHON_READ_COST``), and every
 concurrent invocation may decode one at once. A worker killed for memory loses every request
 it holds, and the one that killed it comes back until its attempts run out; refusing it (413's
 PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infermodes.predict.codecs import CSV, JSON, JSON_BYTES_EXPANSION, LIBSVM, RECORDIO
+from infermodes.predict.codecs import CSV, JSON, LIBSVM, RECORDIO
 
 log = logging.getLogger("infermodes.memory")
 
@@ -29,8 +29,8 @@ CGROUP = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 # cgroup v1 writes "no limit" as the largest page-aligned int64; anything this large is none.
 _UNLIMITED = 1 << 60
-# However little memory is spare, a small JSON body (~2 MB to decode) is still taken.
-MIN_JSON_CAP = 64 * 1024
+# However little memory is spare, a small input (~2 MB to decode as JSON) is still taken.
+MIN_INPUT_CAP = 64 * 1024
 
 
 def cgroup_memory_limit(root: Path = CGROUP, membership: str | None = None) -> int | None:
@@ -83,21 +83,25 @@ def _limit_in(file: Path) -> int | None:
     return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
 
 
-def json_input_cap(
-    configured: int,
-    memory: int | None,
-    used: int,
-    concurrency: int,
-    expansion: int = JSON_BYTES_EXPANSION,
-) -> int:
-    """The largest JSON input each of ``concurrency`` invocations may decode at once within
-    ``memory`` bytes, ``used`` of which the process holds already (the model, the runtime),
-    each input costing ``expansion`` times its size at peak; never above ``configured``
-    (``max_json_bytes``), which also holds when memory is unknown."""
-    if memory is None:
+def input_cap(configured: int, share: int | None, expansion: int) -> int:
+    """The largest input one invocation may decode within its ``share`` of the memory (None:
+    unknown), each input costing ``expansion`` times its size at peak; never above
+    ``configured`` (``max_json_bytes``, say), which also holds when memory is unknown."""
+    if share is None:
         return configured
-    spare = max(memory - used, 0) // (concurrency * expansion)
-    return min(configured, max(spare, MIN_JSON_CAP))
+    return min(configured, max(share // expansion, MIN_INPUT_CAP))
+
+
+def memory_share(memory_bytes: int | None, concurrency: int, processes: int = 1) -> int | None:
+    """The memory each of ``concurrency`` invocations may decode in at once: ``memory_bytes``
+    (unset: this process's cgroup limit; None when neither is known) less what this process
+    holds now (its model, its runtime), ``processes`` times over when worker processes each
+    load the model too."""
+    memory = memory_bytes or cgroup_memory_limit()
+    if memory is None:
+        return None
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
+    return max(memory - used, 0) // concurrency
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,9 @@ def process_input_caps(
     cgroup's limit), less what it holds now, ``processes`` times over when worker processes
     each load the model too."""
     memory = memory_bytes or cgroup_memory_limit()
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
+    share = memory_share(memory, concurrency, processes)
     caps = {
-        content_type: InputCap(
-            json_input_cap(configured, memory, used, concurrency, expansion), memory, concurrency
-        )
+        content_type: InputCap(input_cap(configured, share, expansion), memory, concurrency)
         for content_type, expansion in expansions.items()
     }
     for content_type, cap in caps.items():

@@ -140,8 +140,8 @@ class InvocationsHandler:
         self.metrics = metrics
         self.limit = settings.max_payload_bytes
         # the bodies Python's readers read, by type: capped by the memory once the model is
-        # loaded (``python_read_caps``); None until then
-        self.python_caps: dict[str, int] | None = None
+        # loaded (``python_read_budgets``); None until then
+        self.memory_budgets: dict[str, int] | None = None
         self.offload = settings.offload_bytes
         self.max_rows = settings.max_rows
         self.max_values = settings.max_values
@@ -269,7 +269,7 @@ class InvocationsHandler:
             model.num_features,
             max_rows=self.max_rows,
             max_values=self.max_values,
-            python_caps=self.python_caps,
+            memory_budgets=self.memory_budgets,
         )
 
     def score(self, model: XGBoostModel, body: bytes, content_type: str, accept: str) -> bytes:

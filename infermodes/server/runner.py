@@ -51,26 +51,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def python_read_caps(settings: ServeSettings) -> dict[str, int]:
-    """The largest body of each input type that Python's readers may read in this worker (the
-    JSON bodies the native decoder does not take, the CSV bodies the native reader does not,
-    every libsvm and RecordIO body), measured once its model is loaded: its share of the memory
-    left once every worker holds what this one does, at each reader's worst cost per byte
-    (``codecs.PYTHON_BYTES_EXPANSION``), since every worker may read one at once. One at a time
-    per worker: the event loop decodes bodies under ``offload_bytes`` one by one, and a thread
+def python_read_budgets(settings: ServeSettings) -> dict[str, int]:
+    """The memory each input type's Python reader may take in this worker (the JSON bodies
+    the native decoder does not take, the CSV bodies the native reader does not, every libsvm
+    and RecordIO body), measured once its model is loaded: its share of the memory left once
+    every worker holds what this one does, since every worker may read one at once, and never
+    less than a small body's (``memory.MIN_INPUT_CAP`` bytes at the reader's cost per byte).
+    A body's estimated cost (``codecs.PYTHON_READ_COST``) is held to it. One at a time per
+    worker: the event loop decodes bodies under ``offload_bytes`` one by one, and a thread
     the larger ones, one at a time (a body decoded on the loop beside it is under
-    ``offload_bytes``: 6 MiB at most at 64 KiB)."""
-    from infermodes.predict.codecs import PYTHON_BYTES_EXPANSION
-    from infermodes.predict.memory import process_input_caps
+    ``offload_bytes``: 6 MiB at most at 64 KiB). Empty when the memory is unknown."""
+    from infermodes.predict.codecs import PYTHON_READ_COST
+    from infermodes.predict.memory import MIN_INPUT_CAP, memory_share
 
-    caps = process_input_caps(
-        settings.max_payload_bytes,
-        settings.memory_bytes,
-        settings.workers,
-        PYTHON_BYTES_EXPANSION,
-        processes=settings.workers,
-    )
-    return {content_type: cap.bytes for content_type, cap in caps.items()}
+    share = memory_share(settings.memory_bytes, settings.workers, settings.workers)
+    if share is None:
+        return {}
+    budgets = {
+        content_type: max(share, MIN_INPUT_CAP * cost.per_byte)
+        for content_type, cost in PYTHON_READ_COST.items()
+    }
+    for content_type, budget in budgets.items():
+        log.info("%s bodies read in Python may take %d bytes of memory", content_type, budget)
+    return budgets
 
 
 def run_worker(
@@ -117,7 +120,7 @@ def run_worker(
         )
         app.metrics.model_load_duration.set(model.load_seconds)
         app.invocations.batcher.time_one_row(model)
-        app.invocations.python_caps = python_read_caps(settings)
+        app.invocations.memory_budgets = python_read_budgets(settings)
         log.info(
             "model %s loaded in %.3f s (%d features)",
             settings.model_uri,

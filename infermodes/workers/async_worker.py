@@ -715,7 +715,7 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
 
 def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
     """The most of an input an invocation decodes at once, by type, within the worker's memory
-    share per invocation slot at its Python reader's ``codecs.PYTHON_BYTES_EXPANSION``,
+    share per invocation slot at its Python reader's worst per byte (``codecs.PYTHON_READ_COST``),
     measured once the model is loaded: JSON and RecordIO are decoded whole (up to
     max_json_bytes), CSV and libsvm a chunk of whole lines at a time (up to
     ``LINE_LIMIT_CHUNKS`` chunks: ~94 bytes per byte, uncapped, could take ~1.5 GiB)."""
@@ -729,7 +729,7 @@ def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
             most,
             settings.memory_bytes,
             settings.max_concurrent_invocations,
-            {kind: codecs.PYTHON_BYTES_EXPANSION[kind] for kind in types},
+            {kind: codecs.PYTHON_READ_COST[kind].worst_per_byte for kind in types},
         )
     return {content_type: cap.bytes for content_type, cap in caps.items()}
 

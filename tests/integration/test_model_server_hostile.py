@@ -20,6 +20,8 @@ import pytest
 from hypothesis import given
 from prometheus_client.parser import text_string_to_metric_families
 
+from infermodes.predict import codecs
+from infermodes.predict.memory import MIN_INPUT_CAP
 from tests.conftest import AbaloneModel
 from tests.support import recordio as recordio_support
 from tests.support.hostile import (
@@ -573,13 +575,14 @@ def test_a_json_body_parsed_whole_beyond_the_workers_memory_gets_413_the_native_
     """A JSON body the native decoder does not take goes to ``json.loads``, at up to ~36 bytes
     of memory per byte: ~1 MiB of zeros under a key beside ``instances``, or rows as objects
     with another key, cost ~30 MiB, and a 100 MiB one GBs. Each worker caps such bodies by its
-    memory (64 MiB here, less than a worker holds with its model: the cap's 64 KiB floor); a
+    memory (64 MiB here, less than a worker holds with its model: the floor, 64 KiB's cost); a
     body of the numeric shapes, 2 bytes per byte at most, is never capped, and a small body
     of the other shapes is still parsed. The server goes on serving."""
     env = {"INFERMODES_SERVE_MEMORY_BYTES": str(64 * 1024 * 1024)}
     args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
     row = [float(value) for value in ROW.split(b",")]
     rows = [row] * 16_000  # ~1 MiB of JSON
+    json_floor = MIN_INPUT_CAP * codecs.JSON_BYTES_EXPANSION
     hostile = {
         "extra-key": json.dumps({"instances": [row], "padding": [0] * 500_000}).encode(),
         "object-rows": json.dumps({"instances": [{"features": r, "id": 1} for r in rows]}).encode(),
@@ -589,7 +592,7 @@ def test_a_json_body_parsed_whole_beyond_the_workers_memory_gets_413_the_native_
             assert len(body) > 1024 * 1024, name
             answer = exchange(server.port, Request("POST", "/invocations", JSON, body))
             assert answer.status == 413, (name, answer.body)
-            assert "taken up to 65536 bytes here (the server's memory limit)" in message(answer)
+            assert f"one read may take up to {json_floor} bytes of memory here" in message(answer)
         native = json.dumps({"instances": rows}).encode()
         assert len(native) > 1024 * 1024
         answer = exchange(server.port, Request("POST", "/invocations", JSON, native))
@@ -597,7 +600,7 @@ def test_a_json_body_parsed_whole_beyond_the_workers_memory_gets_413_the_native_
         small = json.dumps({"instances": [row], "padding": [0] * 1000}).encode()
         answer = exchange(server.port, Request("POST", "/invocations", JSON, small))
         assert answer.status == 200, answer.body
-        assert "JSON inputs capped at 65536 bytes" in server.log
+        assert f"{codecs.JSON} bodies read in Python may take {json_floor} bytes" in server.log
     assert "Traceback" not in server.log, server.log
 
 
@@ -605,8 +608,8 @@ def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
     """The CSV the native reader declines (a byte order mark before ~1 MiB of rows), libsvm and
-    RecordIO go to Python's readers, at up to ~90 bytes of memory per byte: each worker caps
-    them by its memory (64 MiB here: the cap's 64 KiB floor), as it caps JSON, and the same
+    RecordIO go to Python's readers, at an estimated cost per row and per byte: each worker
+    holds it to its memory (64 MiB here: the floor, 64 KiB's cost), as it caps JSON, and the same
     rows as plain CSV, read natively, are never capped. The server goes on serving."""
     env = {"INFERMODES_SERVE_MEMORY_BYTES": str(64 * 1024 * 1024)}
     args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
@@ -623,13 +626,48 @@ def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_
             assert len(body) > 512 * 1024, name
             answer = exchange(server.port, Request("POST", "/invocations", headers, body))
             assert answer.status == 413, (name, answer.body)
-            assert "taken up to 65536 bytes here (the server's memory limit)" in message(answer)
+            content_type = dict(headers)[b"Content-Type"].decode()
+            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].per_byte
+            assert f"one read may take up to {floor} bytes of memory here" in message(answer)
         plain = (ROW + b"\n") * count
         answer = exchange(server.port, Request("POST", "/invocations", CSV, plain))
         assert answer.status == 200 and answer.body.count(b"\n") == count, answer.body[:200]
         small = b"\xef\xbb\xbf" + (ROW + b"\n") * 10
         answer = exchange(server.port, Request("POST", "/invocations", CSV, small))
         assert answer.status == 200 and answer.body.count(b"\n") == 10, answer.body
-        for name in ("CSV", "libsvm", "RecordIO"):
-            assert f"{name} inputs capped at 65536 bytes" in server.log
+        for content_type in (codecs.CSV, codecs.LIBSVM, codecs.RECORDIO):
+            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].per_byte
+            assert f"{content_type} bodies read in Python may take {floor} bytes" in server.log
+    assert "Traceback" not in server.log, server.log
+
+
+def test_a_realistic_6_mb_libsvm_body_is_read_on_512_mib_and_narrow_rows_of_its_cost_are_not(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Two workers in 512 MiB: a libsvm body of the platform's 6 MB, rows of 8 decimals, costs
+    ~9 bytes of memory a byte and is estimated at ~25, within a worker's share; rows of one
+    valueless feature cost ~94 a byte, and a 2.7 MB body of them is refused naming its estimate
+    and the share, as the worst-shape cap (96 a byte: ~1.6 MiB) refused both."""
+    env = {
+        "INFERMODES_SERVE_MEMORY_BYTES": str(512 * 1024 * 1024),
+        "INFERMODES_SERVE_MAX_ROWS": "1000000",  # the narrow rows' 413 is the memory's
+    }
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    values = np.random.default_rng(3).random((70_000, 8))
+    lines = ["1 " + " ".join(f"{i}:{v:.6f}" for i, v in enumerate(row)) for row in values]
+    realistic = ("\n".join(lines) + "\n").encode()[: 6 * 1024 * 1024 - 200]
+    realistic = realistic[: realistic.rindex(b"\n") + 1]
+    rows = realistic.count(b"\n")
+    assert len(realistic) > 6_000_000
+    narrow = b"0:\n" * 900_000
+    with running_server(args, tmp_path / "serve.log", env=env) as server:
+        answer = exchange(server.port, Request("POST", "/invocations", LIBSVM, realistic))
+        assert answer.status == 200 and answer.body.count(b"\n") == rows, answer.body[:300]
+        answer = exchange(server.port, Request("POST", "/invocations", LIBSVM, narrow))
+        assert answer.status == 413, answer.body
+        estimate = codecs.PYTHON_READ_COST[codecs.LIBSVM].estimate(900_000, len(narrow))
+        assert f"at an estimated {estimate} bytes of memory" in message(answer)
+        assert "one read may take up to" in message(answer)
+        answer = exchange(server.port, Request("POST", "/invocations", LIBSVM, realistic[:2000]))
+        assert answer.status == 200, answer.body
     assert "Traceback" not in server.log, server.log

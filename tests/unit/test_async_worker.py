@@ -1031,8 +1031,8 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
 
 
 def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_slot() -> None:
-    """CSV and libsvm are decoded a chunk at a time, at up to 88 and 96 bytes per byte in
-    Python's reader: a chunk is bounded by the worker's memory per invocation slot at that
+    """CSV and libsvm are decoded a chunk at a time, at up to their worst bytes per byte in
+    Python's reader (``codecs.PYTHON_READ_COST``): a chunk is bounded by the worker's memory per invocation slot at that
     cost, as whole inputs are, and at most 16 chunks where memory is plenty."""
     used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     share = 16 << 20  # a slot's share of what the process does not hold yet
@@ -1042,7 +1042,7 @@ def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_
     )  # fmt: skip
     caps = input_caps_of(small)
     for kind in (codecs.CSV, codecs.LIBSVM, codecs.JSON, codecs.RECORDIO):
-        expected = share // codecs.PYTHON_BYTES_EXPANSION[kind]
+        expected = share // codecs.PYTHON_READ_COST[kind].worst_per_byte
         assert expected * 0.9 <= caps[kind] <= expected, kind  # the process may grow meanwhile
     plenty = WorkerSettings(endpoint="ep", model_uri="unused", memory_bytes=1 << 50)
     caps = input_caps_of(plenty)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from infermodes.errors import InvalidInput, NotAcceptable, PayloadTooLarge, UnsupportedContentType
-from infermodes.predict import codecs
+from infermodes.predict import codecs, recordio
 from tests.support import recordio as recordio_support
 
 
@@ -387,27 +387,59 @@ def test_decoding_json_peaks_within_its_declared_expansion(row: bytes) -> None:
     assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
 
 
-# The costliest shape measured for each Python reader (codecs.PYTHON_BYTES_EXPANSION), each
-# with its feature count: one-field CSV rows behind a byte order mark (which the native reader
-# declines), libsvm rows of one valueless feature, RecordIO frames without a payload (refused
-# only once every frame is read), and wider rows, which cost less.
-_WORST_SHAPES = [
+def _decimals(rows: int, width: int, libsvm: bool = False) -> bytes:
+    """Rows of six-digit decimals (a libsvm row with a label), as exports write them."""
+    values = np.random.default_rng(7).random((rows, width))
+    if libsvm:
+        lines = ["1 " + " ".join(f"{i}:{v:.6f}" for i, v in enumerate(row)) for row in values]
+    else:
+        lines = [",".join(f"{v:.6f}" for v in row) for row in values]
+    return ("\n".join(lines) + "\n").encode()
+
+
+# Each Python reader's measured shapes (with their feature counts): narrow rows, where the cost
+# per row dominates (one-field CSV behind a byte order mark, which the native reader declines;
+# libsvm rows of one valueless feature; empty RecordIO frames), wide rows and one long line,
+# where the cost per byte does, and the realistic ones (8 decimals a row), which cost far less.
+_SHAPES = [
     (codecs.CSV, codecs.UTF8_BOM + b"1\n" * 100_000, 1),
     (codecs.CSV, codecs.UTF8_BOM + b"0,0,0,0,0,0,0,0,0,0\n" * 10_000, 10),
+    (codecs.CSV, codecs.UTF8_BOM + b"1," * 99_999 + b"1\n", 100_000),
     (codecs.LIBSVM, b"0:\n" * 70_000, 1),
     (codecs.LIBSVM, b"0:0\n" * 50_000, 1),
     (codecs.LIBSVM, b"0 1:1 2:1 3:1 4:1 5:1 6:1 7:1 8:1 9:1\n" * 6_000, 10),
+    (codecs.LIBSVM, b"1 " + b" ".join(b"%d:1" % i for i in range(60_000)) + b"\n", 60_000),
     (codecs.RECORDIO, recordio_support.frame(b"") * 25_000, 1),
     (codecs.RECORDIO, recordio_support.dense(np.zeros((10_000, 1), dtype=np.float32)), 1),
+    (codecs.RECORDIO, recordio_support.dense(np.ones((1, 100_000), dtype=np.float32)), 100_000),
 ]
+_REALISTIC = [
+    (codecs.CSV, codecs.UTF8_BOM + _decimals(20_000, 8), 8),
+    (codecs.CSV, codecs.UTF8_BOM + _decimals(1, 60_000), 60_000),
+    (codecs.LIBSVM, _decimals(20_000, 8, libsvm=True), 8),
+    (codecs.LIBSVM, _decimals(1, 60_000, libsvm=True), 60_000),
+    (
+        codecs.RECORDIO,
+        recordio_support.dense(np.random.default_rng(7).random((10_000, 8)).astype(np.float32)),
+        8,
+    ),
+]
+# what each reader's body was charged a byte before the estimate: its narrowest shape's cost
+_WORST_SHAPE_FIGURE = {codecs.CSV: 88, codecs.LIBSVM: 96, codecs.RECORDIO: 26}
 
 
-@pytest.mark.parametrize(("content_type", "body", "width"), _WORST_SHAPES)
-def test_each_python_reader_peaks_within_its_declared_expansion(
+def _rows(body: bytes, content_type: str) -> int:
+    if content_type == codecs.RECORDIO:
+        return len(recordio.frames(body))
+    return body.removeprefix(codecs.UTF8_BOM).rstrip(b"\r\n").count(b"\n") + 1
+
+
+@pytest.mark.parametrize(("content_type", "body", "width"), _SHAPES + _REALISTIC)
+def test_each_python_reader_peaks_within_its_estimate(
     content_type: str, body: bytes, width: int
 ) -> None:
-    """A model server caps what each Python reader reads with its PYTHON_BYTES_EXPANSION: the
-    costliest shapes measured must stay within it (a refused body's peak too)."""
+    """A model server holds what each Python reader reads to its PYTHON_READ_COST estimate:
+    every measured shape's peak, the body included, stays within it (a refused body's too)."""
     tracemalloc.start()
     try:
         with contextlib.suppress(InvalidInput):
@@ -415,50 +447,88 @@ def test_each_python_reader_peaks_within_its_declared_expansion(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert len(body) + peak < codecs.PYTHON_BYTES_EXPANSION[content_type] * len(body)
+    estimate = codecs.PYTHON_READ_COST[content_type].estimate(_rows(body, content_type), len(body))
+    assert len(body) + peak < estimate
 
 
-@pytest.mark.parametrize(("content_type", "body", "width"), _WORST_SHAPES)
-def test_a_body_over_its_readers_cap_is_413_naming_the_cap_and_one_within_it_is_decoded(
+@pytest.mark.parametrize(("content_type", "body", "width"), _REALISTIC)
+def test_a_realistic_body_is_estimated_well_under_the_narrowest_shapes_cost(
     content_type: str, body: bytes, width: int
 ) -> None:
-    """Refused before it is read, naming the cap and the reader's cost; at the cap, read."""
-    cap = len(body) - 1
-    expansion = codecs.PYTHON_BYTES_EXPANSION[content_type]
+    """Rows of 8 decimals, or one long line, are charged less than half what the narrowest
+    rows cost a byte: a 6 MB libsvm body fits where ~1.6 MiB did."""
+    estimate = codecs.PYTHON_READ_COST[content_type].estimate(_rows(body, content_type), len(body))
+    assert estimate < _WORST_SHAPE_FIGURE[content_type] * len(body) / 2
+
+
+@pytest.mark.parametrize(("content_type", "body", "width"), _SHAPES)
+def test_a_body_over_its_readers_budget_is_413_naming_its_estimate_and_one_within_is_decoded(
+    content_type: str, body: bytes, width: int
+) -> None:
+    """Refused before it is read, naming the estimate and the budget; within it, read."""
+    estimate = codecs.PYTHON_READ_COST[content_type].estimate(_rows(body, content_type), len(body))
     with pytest.raises(PayloadTooLarge) as refused:
-        codecs.decode(body, content_type, width, python_caps={content_type: cap})
+        codecs.decode(body, content_type, width, memory_budgets={content_type: estimate - 1})
     assert f"the {content_type} body is {len(body)} bytes" in str(refused.value)
-    assert f"at up to {expansion} bytes of memory per byte" in str(refused.value)
-    assert f"is taken up to {cap} bytes here (the server's memory limit)" in str(refused.value)
+    assert f"at an estimated {estimate} bytes of memory" in str(refused.value)
+    assert f"one read may take up to {estimate - 1} bytes of memory here" in str(refused.value)
     other = codecs.JSON if content_type != codecs.JSON else codecs.CSV
-    for caps in ({content_type: len(body)}, {other: cap}):
+    for budgets in ({content_type: estimate}, {other: 1}):
         try:
-            codecs.decode(body, content_type, width, python_caps=caps)
+            codecs.decode(body, content_type, width, max_values=1 << 40, memory_budgets=budgets)
         except InvalidInput as exc:  # the empty frames: read, and refused for what they are
             assert "no feature named 'values'" in str(exc)
 
 
-@pytest.mark.parametrize(("content_type", "row"), [(codecs.CSV, b"1\n"), (codecs.LIBSVM, b"0:1\n")])
-def test_a_line_based_body_over_the_row_limit_and_its_cap_is_refused_for_its_rows(
-    content_type: str, row: bytes
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        (codecs.CSV, b"1\n" * 300),
+        (codecs.LIBSVM, b"0:1\n" * 300),
+        (codecs.RECORDIO, recordio_support.frame(b"") * 300),
+    ],
+)
+def test_a_body_over_the_row_limit_and_its_budget_is_refused_for_its_rows(
+    content_type: str, body: bytes
 ) -> None:
-    """The row limit's 413 says what to send instead; the memory's would blame the reader."""
-    body = row * 300
+    """The row limit's 413 says what to send instead; the memory's would blame the reader.
+    RecordIO's frames are counted from their headers, before a view of any is built."""
     with pytest.raises(PayloadTooLarge, match="the body has 300 rows; one request may carry"):
-        codecs.decode(body, content_type, 1, max_rows=200, python_caps={content_type: 100})
+        codecs.decode(body, content_type, 1, max_rows=200, memory_budgets={content_type: 100})
+
+
+def test_a_csv_body_of_the_wrong_field_count_over_its_budget_is_the_400_naming_the_row() -> None:
+    """The model's feature count is what the sender must fix: named before the memory."""
+    body = codecs.UTF8_BOM + b"1,2,3\n" * 1_000
+    with pytest.raises(InvalidInput, match="row 1: expected 8 features, got 3"):
+        codecs.decode(body, codecs.CSV, 8, memory_budgets={codecs.CSV: 100})
+
+
+def test_recordio_frames_are_counted_with_their_headers_checked() -> None:
+    body = recordio_support.frame(b"") * 3
+    assert recordio.count_frames(body) == 3
+    with pytest.raises(InvalidInput, match="record 4: 2 byte"):
+        recordio.count_frames(body + b"\0\0")
 
 
 def test_json_parsed_whole_is_capped_and_the_native_shapes_are_not() -> None:
-    """``python_caps``' JSON cap (the model server's memory cap) refuses, before parsing, a
+    """``memory_budgets``' JSON budget (the model server's memory cap) refuses, before parsing, a
     body the native decoder does not take; a body it takes, however large, is decoded."""
     rows = [[1.5, 2.0]] * 100
     native = json.dumps({"instances": rows}).encode()
     other = json.dumps({"instances": rows, "id": "x"}).encode()
     cap = min(len(native), len(other)) - 1
-    with pytest.raises(PayloadTooLarge, match=f"is taken up to {cap} bytes here"):
-        codecs.decode(other, codecs.JSON, 2, python_caps={codecs.JSON: cap})
-    decoded = codecs.decode(native, codecs.JSON, 2, python_caps={codecs.JSON: cap})
+    budget = cap * codecs.JSON_BYTES_EXPANSION
+    with pytest.raises(PayloadTooLarge, match=f"may take up to {budget} bytes of memory here"):
+        codecs.decode(other, codecs.JSON, 2, memory_budgets={codecs.JSON: budget})
+    decoded = codecs.decode(native, codecs.JSON, 2, memory_budgets={codecs.JSON: budget})
     np.testing.assert_array_equal(decoded, np.array(rows, dtype=np.float32))
     np.testing.assert_array_equal(
-        codecs.decode(other, codecs.JSON, 2, python_caps={codecs.JSON: len(other)}), decoded
+        codecs.decode(
+            other,
+            codecs.JSON,
+            2,
+            memory_budgets={codecs.JSON: len(other) * codecs.JSON_BYTES_EXPANSION},
+        ),
+        decoded,
     )

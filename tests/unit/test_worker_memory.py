@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from infermodes.predict import codecs
-from infermodes.predict.codecs import JSON_BYTES_EXPANSION, PYTHON_BYTES_EXPANSION
-from infermodes.predict.memory import MIN_JSON_CAP, cgroup_memory_limit, json_input_cap
+from infermodes.predict.codecs import JSON_BYTES_EXPANSION, PYTHON_READ_COST
+from infermodes.predict.memory import MIN_INPUT_CAP, cgroup_memory_limit, input_cap
 from infermodes.workers.batch.runner import WHOLE_JSON_EXPANSION
 
 MIB = 1 << 20
@@ -17,17 +17,18 @@ MIB = 1 << 20
         (1024 * MIB, 80 * MIB, 4, 944 * MIB // (4 * JSON_BYTES_EXPANSION)),  # the default worker
         (1024 * MIB, 80 * MIB, 1, 944 * MIB // JSON_BYTES_EXPANSION),
         (64 * 1024 * MIB, 80 * MIB, 1, 64 * MIB),  # plenty: never above the configured cap
-        (100 * MIB, 120 * MIB, 2, MIN_JSON_CAP),  # nothing spare: small bodies still go
+        (100 * MIB, 120 * MIB, 2, MIN_INPUT_CAP),  # nothing spare: small bodies still go
     ],
 )
 def test_the_json_cap_is_the_spare_memory_per_concurrent_decode(
     memory: int | None, used: int, concurrency: int, cap: int
 ) -> None:
-    assert json_input_cap(64 * MIB, memory, used, concurrency) == cap
+    share = None if memory is None else max(memory - used, 0) // concurrency
+    assert input_cap(64 * MIB, share, JSON_BYTES_EXPANSION) == cap
 
 
 def test_a_configured_cap_below_the_floor_still_holds() -> None:
-    assert json_input_cap(1000, 1, 0, 1) == 1000
+    assert input_cap(1000, 1, JSON_BYTES_EXPANSION) == 1000
 
 
 V2_NESTED = "0::/kubepods/pod1/ctr\n"
@@ -85,19 +86,18 @@ def test_the_cgroup_limit_is_the_smallest_on_the_process_s_own_path(
 
 def test_a_costlier_decode_lowers_the_cap_in_proportion() -> None:
     """The batch runner's whole JSON documents cost more than the codecs' decode alone."""
-    assert json_input_cap(64 * MIB, 1024 * MIB, 80 * MIB, 2, 42) == 944 * MIB // (2 * 42)
+    assert input_cap(64 * MIB, 944 * MIB // 2, 42) == 944 * MIB // (2 * 42)
 
 
-def test_the_model_servers_caps_are_each_workers_share_of_the_spare_memory_per_reader(
+def test_the_model_servers_budgets_are_each_workers_share_of_the_spare_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every worker process may read a body in Python at once: 2 workers of 100 MiB in 1 GiB
-    leave 824 MiB, which two bodies share, each at its reader's cost per byte (a cap of 824 / 36
-    MiB each would let both together take twice the memory; libsvm's reader costs more a byte
-    than JSON's, so its body is capped lower)."""
+    leave 824 MiB, which two reads share (a budget of 824 MiB each would let both together take
+    twice the memory); each body's estimated cost is held to it (``codecs.decode``)."""
     from types import SimpleNamespace
 
-    from infermodes.server.runner import python_read_caps
+    from infermodes.server.runner import python_read_budgets
     from infermodes.settings import ServeSettings
 
     usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
@@ -105,21 +105,20 @@ def test_the_model_servers_caps_are_each_workers_share_of_the_spare_memory_per_r
     settings = ServeSettings(
         model_uri="m", workers=2, memory_bytes=1024 * MIB, max_payload_bytes=64 * MIB
     )
-    caps = python_read_caps(settings)
-    assert caps == {
-        content_type: 824 * MIB // (2 * expansion)
-        for content_type, expansion in PYTHON_BYTES_EXPANSION.items()
-    }
-    assert caps[codecs.JSON] == 824 * MIB // (2 * JSON_BYTES_EXPANSION)
-    assert caps[codecs.LIBSVM] < caps[codecs.JSON]
+    assert python_read_budgets(settings) == dict.fromkeys(PYTHON_READ_COST, 824 * MIB // 2)
 
 
 @pytest.mark.parametrize(
     ("content_type", "split_type", "expansion", "processes"),
     [
-        ("text/csv", "Line", codecs.PYTHON_BYTES_EXPANSION[codecs.CSV], 1),  # native: threads
-        ("text/libsvm", "Line", codecs.PYTHON_BYTES_EXPANSION[codecs.LIBSVM], 3),
-        ("text/libsvm", "None", codecs.PYTHON_BYTES_EXPANSION[codecs.LIBSVM], 3),
+        (
+            "text/csv",
+            "Line",
+            codecs.PYTHON_READ_COST[codecs.CSV].worst_per_byte,
+            1,
+        ),  # native: threads
+        ("text/libsvm", "Line", codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte, 3),
+        ("text/libsvm", "None", codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte, 3),
         ("application/json", "None", WHOLE_JSON_EXPANSION, 3),
         ("application/json", "Line", None, 3),  # a group of lines at a time: not capped so
         ("application/jsonlines", "Line", None, 3),

@@ -332,7 +332,7 @@ class Runner:
         if self.worker.transform.whole_documents:
             return WHOLE_JSON_EXPANSION
         if self.settings.content_type in (codecs.CSV, codecs.LIBSVM):
-            return codecs.PYTHON_BYTES_EXPANSION[self.settings.content_type]
+            return codecs.PYTHON_READ_COST[self.settings.content_type].worst_per_byte
         return None
 
     def python_read_cap(self) -> InputCap | None:
