@@ -218,10 +218,11 @@ class ServeSettings(EnvSettings):
     memory_bytes: int | None = Field(
         None,
         ge=1,
-        description="The memory the server may use, which caps the bodies Python's readers read "
-        "(JSON the native decoder does not take, CSV the native reader does not, all libsvm and "
-        "RecordIO: 413 above the cap; both actuators set it to the replica's memory); unset: "
-        "its cgroup's limit, if any.",
+        description="The memory the server may use, shared by its workers: a body Python's "
+        "readers read (JSON the native decoder does not take, CSV the native reader does not, "
+        "all libsvm and RecordIO) whose estimated cost from its rows and bytes is over a "
+        "worker's share gets 413; both actuators set it to the replica's memory; unset: its "
+        "cgroup's limit, if any.",
     )
     max_batch_rows: int = Field(
         128,
@@ -960,8 +961,9 @@ class BatchSettings(EnvSettings):
         None,
         ge=1,
         description="The memory the instance may use, which caps whole JSON documents "
-        "(application/json, split_type None; both actuators set it to the spec's "
-        "resources.memory); unset: its cgroup's limit, if any.",
+        "(application/json, split_type None) and the CSV and libsvm mini-batches Python's "
+        "readers read, at their worst cost per byte; both actuators set it to the spec's "
+        "resources.memory; unset: its cgroup's limit, if any.",
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

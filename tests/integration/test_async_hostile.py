@@ -655,9 +655,9 @@ def _csv_long_line(rows: np.ndarray) -> tuple[bytes, bytes]:
     [
         # ~36 bytes per byte: 2.8 MiB each
         ("JSON", codecs.JSON, _whole(_json_rows), "limited to {cap} bytes"),
-        # ~26 (a view per frame): 3.8
+        # ~28 (a view per frame): 3.6
         ("RecordIO", codecs.RECORDIO, _whole(recordio_samples.dense), "limited to {cap} bytes"),
-        # decoded a chunk of whole lines at a time, ~88: a line up to 16 MiB was decoded
+        # decoded a chunk of whole lines at a time, ~96: a line up to 16 MiB was decoded
         ("CSV", codecs.CSV, _csv_long_line, "line 1 is longer than {cap} bytes"),
     ],
 )
@@ -670,8 +670,8 @@ def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes
     inputs: Callable[[np.ndarray], tuple[bytes, bytes]],
     refusal: str,
 ) -> None:
-    """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 26 bytes
-    of memory per byte), or a CSV line (decoded in a chunk, at up to 88), at the worker's
+    """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 28 bytes
+    of memory per byte), or a CSV line (decoded in a chunk, at up to 96), at the worker's
     memory-derived cap's far side would have it OOM-killed with every request it holds, again
     at each redelivery: it fails at once, naming the cap."""
     endpoint = f"{name.lower()}-cap"

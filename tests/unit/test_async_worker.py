@@ -1032,8 +1032,9 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
 
 def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_slot() -> None:
     """CSV and libsvm are decoded a chunk at a time, at up to their worst bytes per byte in
-    Python's reader (``codecs.PYTHON_READ_COST``): a chunk is bounded by the worker's memory per invocation slot at that
-    cost, as whole inputs are, and at most 16 chunks where memory is plenty."""
+    Python's reader (``codecs.PYTHON_READ_COST``): a chunk is bounded by the worker's memory
+    per invocation slot at that cost, as whole inputs are, and at most 16 chunks where memory
+    is plenty."""
     used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     share = 16 << 20  # a slot's share of what the process does not hold yet
     small = WorkerSettings(
@@ -1055,7 +1056,7 @@ def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
     model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path, content_type: str
 ) -> None:
     """JSON and RecordIO are decoded whole, by Python's readers (RecordIO's empty frames at
-    up to 26 bytes per byte): each is capped by the worker's memory (input_caps) at its own
+    up to 28 bytes per byte): each is capped by the worker's memory (input_caps) at its own
     cost; an input at its cap is predicted, one over it fails with the cap named, and a type
     without a cap of its own keeps max_json_bytes."""
     settings = WorkerSettings(endpoint="ep", model_uri="unused")

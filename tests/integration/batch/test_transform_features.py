@@ -16,6 +16,7 @@ import yaml
 from infermodes.endpoints.plan import batch_instance
 from infermodes.endpoints.spec import EndpointSpec
 from infermodes.errors import EXIT_OBJECTS_FAILED
+from infermodes.predict import codecs
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
     batch_command,
@@ -291,13 +292,14 @@ def test_libsvm_input(abalone_model: AbaloneModel, booster: object, tmp_path: Pa
 def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fails_its_object(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:
-    """libsvm is read in Python, at up to 96 bytes of memory per byte: an instance packs its
+    """libsvm is read in Python, at up to 100 bytes of memory per byte: an instance packs its
     mini-batches within its memory's share (64 KiB here, the floor, with no memory to spare),
     not maxPayloadInMB's 6 MB, so a larger object is transformed whole a smaller mini-batch
     at a time; a line larger than that share fails its object, naming the memory, instead of
     getting the instance OOM-killed with the job's other objects."""
     text, dense = libsvm_of(np.tile(rows, (3, 1)))
     assert len(text) > 64 * 1024
+    worst = codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte  # rows of "0:\n"
     long_line = b"0 0:1" + b" " * 70_000 + b"1:1\n"
     (tmp_path / "in").mkdir()
     (tmp_path / "in/big.libsvm").write_bytes(text)
@@ -318,7 +320,7 @@ def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fai
     assert failure["line"] == before.count(b"\n") + 1, failure
     assert failure["reason"] == (
         "the record is larger than the 65536 bytes a text/libsvm record may have here: it is "
-        "read in Python, at up to 96 times its size, by each of 1 concurrent transform(s) "
+        f"read in Python, at up to {worst} times its size, by each of 1 concurrent transform(s) "
         "within the instance's memory (1 bytes, less what its model and runtime hold); give the "
         "instance more memory (its container's limit, or INFERMODES_BATCH_MEMORY_BYTES)"
     ), failure
