@@ -7,10 +7,11 @@ it holds, and the one that killed it comes back until its attempts run out; refu
 PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
 so (and its RecordIO ones), and the batch runner its whole JSON documents (``splitType
 None``) and the CSV and libsvm mini-batches Python reads, whose pod would otherwise be killed
-with the job's other objects; the model server caps the JSON bodies its
-native decoder does not take (``codecs.decode_json``), which Python's parser reads whole, and
-the CSV, libsvm and RecordIO bodies its Python readers read (``codecs.decode``), with the
-request's other workers alike.
+with the job's other objects: these cap an input's length, at its reader's worst cost per
+byte. The model server holds the JSON bodies its native decoder does not take
+(``codecs.decode_json``), which Python's parser reads whole, and the CSV, libsvm and RecordIO
+bodies its Python readers read (``codecs.decode``) to each worker's ``memory_share`` by their
+estimated cost, from their rows and bytes.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def input_cap(configured: int, share: int | None, expansion: int) -> int:
     return min(configured, max(share // expansion, MIN_INPUT_CAP))
 
 
-def memory_share(memory_bytes: int | None, concurrency: int, processes: int = 1) -> int | None:
+def memory_share(memory_bytes: int | None, concurrency: int, processes: int) -> int | None:
     """The memory each of ``concurrency`` invocations may decode in at once: ``memory_bytes``
     (unset: this process's cgroup limit; None when neither is known) less what this process
     holds now (its model, its runtime), ``processes`` times over when worker processes each
