@@ -961,9 +961,10 @@ class BatchSettings(EnvSettings):
         None,
         ge=1,
         description="The memory the instance may use, which caps whole JSON documents "
-        "(application/json, split_type None) and the CSV and libsvm mini-batches Python's "
-        "readers read, at their worst cost per byte; both actuators set it to the spec's "
-        "resources.memory; unset: its cgroup's limit, if any.",
+        "(application/json, split_type None) and libsvm mini-batches, which Python's readers "
+        "read, at their worst cost per byte (CSV, which the native readers take, is not "
+        "capped); both actuators set it to the spec's resources.memory; unset: its cgroup's "
+        "limit, if any.",
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

@@ -326,13 +326,15 @@ class Runner:
 
     def python_read_expansion(self) -> int | None:
         """The memory a mini-batch of this job costs, per byte, when Python reads it: a whole
-        JSON document's (``WHOLE_JSON_EXPANSION``), or its type's Python reader's (CSV that the
-        native reader declines, libsvm); None for JSON read by lines (a group of lines at a
-        time)."""
+        JSON document's (``WHOLE_JSON_EXPANSION``), or libsvm's Python reader's; None for JSON
+        read by lines (a group of lines at a time) and for CSV, which the native readers take
+        (``stream.decode_chunk``: fastcsv, then numpy's, at about twice its size): capping
+        every CSV mini-batch at Python's worst shape shrank them all, and failed long lines
+        that the native reader reads, for the rare one it declines."""
         if self.worker.transform.whole_documents:
             return WHOLE_JSON_EXPANSION
-        if self.settings.content_type in (codecs.CSV, codecs.LIBSVM):
-            return codecs.PYTHON_READ_COST[self.settings.content_type].worst_per_byte
+        if self.settings.content_type == codecs.LIBSVM:
+            return codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte
         return None
 
     def python_read_cap(self) -> InputCap | None:
