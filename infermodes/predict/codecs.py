@@ -94,8 +94,8 @@ class ReadCost:
 # charged its worst shape per byte (its rows are not counted before it is parsed).
 PYTHON_READ_COST = {
     JSON: ReadCost(0, JSON_BYTES_EXPANSION, 1),
-    CSV: ReadCost(144, 24, 2),  # "1\n"
-    LIBSVM: ReadCost(232, 22, 3),  # "0:\n"
+    CSV: ReadCost(144, 26, 2),  # "1\n"; fields after a space ~26 a byte
+    LIBSVM: ReadCost(232, 23, 3),  # "0:\n"
     RECORDIO: ReadCost(176, 6, 8),  # an empty frame
 }
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
@@ -640,7 +640,10 @@ def _rows_checked(
     if content_type == CSV:
         first = text[: text.find(b"\n")] if rows > 1 else text
         if first.strip(b" \t\r"):
-            _check_width(first.count(b",") + 1, num_features, 1)
+            try:
+                _check_width(first.count(b",") + 1, num_features, 1)
+            except InvalidInput as exc:
+                raise _header_row(exc, first) from None
     return rows
 
 

@@ -41,14 +41,14 @@ def iter_line_chunks(
     first_line = 1
     while True:
         room = min(chunk_bytes, limit - len(carry))
-        if room <= 0:
+        if room <= 0 and source.read(1):  # a last line of exactly ``limit`` bytes is taken
             raise PayloadTooLarge(
                 f"line {first_line} is longer than {limit} bytes, the most of a CSV or libsvm "
                 f"input decoded at once here (chunk_bytes x {LINE_LIMIT_CHUNKS}, less if the "
                 "worker's memory cannot hold that per concurrent invocation); split it into "
                 "shorter lines, or give the worker more memory"
             )
-        block = source.read(room)
+        block = source.read(room) if room > 0 else b""
         if not block:
             break
         data = carry + block

@@ -68,7 +68,7 @@ def python_read_budgets(settings: ServeSettings) -> dict[str, int]:
     if share is None:
         return {}
     budgets = {
-        content_type: max(share, MIN_INPUT_CAP * cost.per_byte)
+        content_type: max(share, MIN_INPUT_CAP * cost.worst_per_byte)
         for content_type, cost in PYTHON_READ_COST.items()
     }
     for content_type, budget in budgets.items():

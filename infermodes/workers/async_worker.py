@@ -713,12 +713,20 @@ def webhooks_of(settings: WorkerSettings) -> Webhooks:
     )
 
 
+def input_cost(kind: str) -> int:
+    """The bytes of memory per byte of input its cap is figured at: Python's reader's at the
+    shortest rows, but for CSV (streamed) its cost per byte of a long line, as the native
+    reader takes most CSV chunks (at about twice their size) and a chunk of many short lines
+    is bounded by ``chunk_bytes`` anyway."""
+    cost = codecs.PYTHON_READ_COST[kind]
+    return cost.per_byte if kind == codecs.CSV else cost.worst_per_byte
+
+
 def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
     """The most of an input an invocation decodes at once, by type, within the worker's memory
-    share per invocation slot at its Python reader's worst per byte (``codecs.PYTHON_READ_COST``),
-    measured once the model is loaded: JSON and RecordIO are decoded whole (up to
-    max_json_bytes), CSV and libsvm a chunk of whole lines at a time (up to
-    ``LINE_LIMIT_CHUNKS`` chunks: ~94 bytes per byte, uncapped, could take ~1.5 GiB)."""
+    share per invocation slot at ``input_cost``, measured once the model is loaded: JSON and
+    RecordIO are decoded whole (up to max_json_bytes), CSV and libsvm a chunk of whole lines
+    at a time (up to ``LINE_LIMIT_CHUNKS`` chunks: uncapped, libsvm's could take ~1.5 GiB)."""
     configured = {
         WHOLE_TYPES: settings.max_json_bytes,
         STREAMED_TYPES: LINE_LIMIT_CHUNKS * settings.chunk_bytes,
@@ -729,7 +737,7 @@ def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
             most,
             settings.memory_bytes,
             settings.max_concurrent_invocations,
-            {kind: codecs.PYTHON_READ_COST[kind].worst_per_byte for kind in types},
+            {kind: input_cost(kind) for kind in types},
         )
     return {content_type: cap.bytes for content_type, cap in caps.items()}
 

@@ -645,9 +645,9 @@ def _whole(encode: Callable[[np.ndarray], bytes]) -> Callable[[np.ndarray], tupl
 
 
 def _csv_long_line(rows: np.ndarray) -> tuple[bytes, bytes]:
-    """(3 CSV rows, the first's first value a 2 MB long zero; the 3 rows)."""
+    """(3 CSV rows, the first's first value an 8 MB long zero; the 3 rows)."""
     small = "\n".join(",".join(str(value) for value in row) for row in rows[:3]).encode()
-    return b"0." + b"0" * 2_000_000 + b"1" + small[small.index(b",") :], small
+    return b"0." + b"0" * 8_000_000 + b"1" + small[small.index(b",") :], small
 
 
 @pytest.mark.parametrize(
@@ -657,7 +657,7 @@ def _csv_long_line(rows: np.ndarray) -> tuple[bytes, bytes]:
         ("JSON", codecs.JSON, _whole(_json_rows), "limited to {cap} bytes"),
         # ~28 (a view per frame): 3.6
         ("RecordIO", codecs.RECORDIO, _whole(recordio_samples.dense), "limited to {cap} bytes"),
-        # decoded a chunk of whole lines at a time, ~96: a line up to 16 MiB was decoded
+        # decoded a chunk of whole lines at a time, a long line ~26: one up to 16 MiB was decoded
         ("CSV", codecs.CSV, _csv_long_line, "line 1 is longer than {cap} bytes"),
     ],
 )
@@ -671,9 +671,9 @@ def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes
     refusal: str,
 ) -> None:
     """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 28 bytes
-    of memory per byte), or a CSV line (decoded in a chunk, at up to 96), at the worker's
-    memory-derived cap's far side would have it OOM-killed with every request it holds, again
-    at each redelivery: it fails at once, naming the cap."""
+    of memory per byte), or a CSV line (decoded in a chunk, a long line at up to 26), at the
+    worker's memory-derived cap's far side would have it OOM-killed with every request it
+    holds, again at each redelivery: it fails at once, naming the cap."""
     endpoint = f"{name.lower()}-cap"
     memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x the type's bytes per byte) each
     notes = Notifications(rabbitmq, endpoint).declare()

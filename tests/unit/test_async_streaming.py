@@ -62,6 +62,18 @@ def test_no_chunk_is_longer_than_its_bound_and_a_longer_line_is_refused_naming_i
         list(iter_line_chunks(io.BytesIO(long), 1024, 100))
 
 
+def test_a_last_line_of_exactly_the_bound_without_its_newline_is_taken() -> None:
+    """The bound is the most a chunk holds: a last line of that many bytes, its newline
+    missing, fits (it was refused before its end was read); one byte more does not."""
+    lines = b"1,2\n" + b"3" * 100
+    assert [chunk for _, chunk in iter_line_chunks(io.BytesIO(lines), 1024, 100)] == [
+        b"1,2\n",
+        b"3" * 100,
+    ]
+    with pytest.raises(PayloadTooLarge, match="line 2 is longer than 100 bytes"):
+        list(iter_line_chunks(io.BytesIO(lines + b"3"), 1024, 100))
+
+
 @pytest.mark.parametrize("accept", [codecs.CSV, codecs.JSON])
 def test_streamed_predictions_equal_one_shot_predictions(model: XGBoostModel, accept: str) -> None:
     want = codecs.encode(model.predict(ROWS), accept)

@@ -41,6 +41,7 @@ from infermodes.workers.async_worker import (
     Worker,
     build,
     input_caps_of,
+    input_cost,
     run,
     storage_wait_budget,
     webhooks_of,
@@ -1031,10 +1032,10 @@ def test_a_request_whose_workers_died_holding_it_says_so_when_it_is_given_up(
 
 
 def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_slot() -> None:
-    """CSV and libsvm are decoded a chunk at a time, at up to their worst bytes per byte in
-    Python's reader (``codecs.PYTHON_READ_COST``): a chunk is bounded by the worker's memory
-    per invocation slot at that cost, as whole inputs are, and at most 16 chunks where memory
-    is plenty."""
+    """CSV and libsvm are decoded a chunk at a time: a chunk is bounded by the worker's memory
+    per invocation slot at ``input_cost`` (libsvm at Python's reader's shortest rows; CSV, which
+    the native reader takes, at Python's cost of a long line), as whole inputs are, and at
+    most 16 chunks where memory is plenty."""
     used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     share = 16 << 20  # a slot's share of what the process does not hold yet
     small = WorkerSettings(
@@ -1043,7 +1044,7 @@ def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_
     )  # fmt: skip
     caps = input_caps_of(small)
     for kind in (codecs.CSV, codecs.LIBSVM, codecs.JSON, codecs.RECORDIO):
-        expected = share // codecs.PYTHON_READ_COST[kind].worst_per_byte
+        expected = share // input_cost(kind)
         assert expected * 0.9 <= caps[kind] <= expected, kind  # the process may grow meanwhile
     plenty = WorkerSettings(endpoint="ep", model_uri="unused", memory_bytes=1 << 50)
     caps = input_caps_of(plenty)

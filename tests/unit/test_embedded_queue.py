@@ -578,9 +578,8 @@ def test_a_look_for_a_due_message_passes_delayed_ones_in_the_index_alone(
     with contextlib.closing(sqlite3.connect(tmp_path / "queue.db")) as db:
         plan = db.execute(f"EXPLAIN QUERY PLAN {embedded.ANY_DUE}", (EP, 0.0)).fetchall()
         indexes = {row[1] for row in db.execute("PRAGMA index_list(messages)")}
-    assert [row[-1] for row in plan] == [
-        "SEARCH messages USING COVERING INDEX messages_in_order_due (endpoint=?)"
-    ]
+    [step] = [row[-1] for row in plan]  # SQLite's wording varies: the index and its use
+    assert "COVERING INDEX messages_in_order_due" in step, step
     assert "messages_in_order" not in indexes
 
 

@@ -46,7 +46,7 @@ from infermodes.errors import (
 )
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
-from infermodes.predict import codecs
+from infermodes.predict import codecs, fastcsv
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
 from infermodes.predict.memory import InputCap, process_input_caps
 from infermodes.predict.model import XGBoostModel
@@ -327,14 +327,15 @@ class Runner:
     def python_read_expansion(self) -> int | None:
         """The memory a mini-batch of this job costs, per byte, when Python reads it: a whole
         JSON document's (``WHOLE_JSON_EXPANSION``), or libsvm's Python reader's; None for JSON
-        read by lines (a group of lines at a time) and for CSV, which the native readers take
-        (``stream.decode_chunk``: fastcsv, then numpy's, at about twice its size): capping
+        read by lines (a group of lines at a time) and for CSV, which the native reader takes
+        (``stream.decode_chunk``: fastcsv, at about twice its size, when it is built): capping
         every CSV mini-batch at Python's worst shape shrank them all, and failed long lines
         that the native reader reads, for the rare one it declines."""
         if self.worker.transform.whole_documents:
             return WHOLE_JSON_EXPANSION
-        if self.settings.content_type == codecs.LIBSVM:
-            return codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte
+        kind = self.settings.content_type
+        if kind == codecs.LIBSVM or (kind == codecs.CSV and not fastcsv.AVAILABLE):
+            return codecs.PYTHON_READ_COST[kind].worst_per_byte  # no native reader takes it
         return None
 
     def python_read_cap(self) -> InputCap | None:
