@@ -627,7 +627,7 @@ def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_
             answer = exchange(server.port, Request("POST", "/invocations", headers, body))
             assert answer.status == 413, (name, answer.body)
             content_type = dict(headers)[b"Content-Type"].decode()
-            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].per_byte
+            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].worst_per_byte
             assert f"one read may take up to {floor} bytes of memory here" in message(answer)
         plain = (ROW + b"\n") * count
         answer = exchange(server.port, Request("POST", "/invocations", CSV, plain))
@@ -636,7 +636,7 @@ def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_
         answer = exchange(server.port, Request("POST", "/invocations", CSV, small))
         assert answer.status == 200 and answer.body.count(b"\n") == 10, answer.body
         for content_type in (codecs.CSV, codecs.LIBSVM, codecs.RECORDIO):
-            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].per_byte
+            floor = MIN_INPUT_CAP * codecs.PYTHON_READ_COST[content_type].worst_per_byte
             assert f"{content_type} bodies read in Python may take {floor} bytes" in server.log
     assert "Traceback" not in server.log, server.log
 
