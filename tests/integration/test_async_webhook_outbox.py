@@ -9,6 +9,8 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -514,13 +516,12 @@ class FailsFirst:
 RETRY_DELAY = 3  # seconds: the test's schedule
 
 
-def test_a_failed_send_s_job_is_sent_again_after_its_delay_not_before(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
-) -> None:
-    """A webhook that answers 503 once: the job is put back through the outbox's delay queue
-    of its schedule (a quorum queue whose messages expire into the outbox), and sent again
-    after that delay, not before; then it is acked, nothing left waiting anywhere."""
-    endpoint = "outbox-delay"
+@contextmanager
+def sent_twice(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, endpoint: str
+) -> Iterator[tuple[Process, FailsFirst, WebhookReceiver]]:
+    """A worker whose webhook answers 503 once, on a one-delay schedule, and a job of its
+    outbox: yields (the worker, the answers, the receiver) once the job was sent twice."""
     env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1",
            "INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS": f"[{RETRY_DELAY}]"}  # fmt: skip
     answers = FailsFirst()
@@ -532,6 +533,17 @@ def test_a_failed_send_s_job_is_sent_again_after_its_delay_not_before(
                                    extra=("--success-webhook-url", hook.url))  # fmt: skip
         put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "sent-twice")
         wait_until(lambda: len(answers.times) == 2, 60, "the job sent again")
+        yield worker, answers, hook
+
+
+def test_a_failed_send_s_job_is_sent_again_after_its_delay_not_before(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A webhook that answers 503 once: the job is put back through the outbox's delay queue
+    of its schedule (a quorum queue whose messages expire into the outbox), and sent again
+    after that delay, not before; then it is acked, nothing left waiting anywhere."""
+    endpoint = "outbox-delay"
+    with sent_twice(rabbitmq, abalone_model, tmp_path, endpoint) as (worker, answers, hook):
         assert answers.times[1] >= answers.times[0] + RETRY_DELAY  # not before its delay
         sent = "infermodes_async_notifications_total"
         wait_until(lambda: metric(worker, sent, channel="webhook", result="sent") == 1, 30,
@@ -561,8 +573,6 @@ def test_a_delay_queue_the_broker_refuses_puts_the_job_back_at_once_not_as_an_ou
     ``unsettled``; now it is put back without a delay (as before delays existed), said so in
     one line, and sent again."""
     endpoint = "outbox-delay-refused"
-    env = {"INFERMODES_WORKER_WEBHOOK_ATTEMPTS": "1",
-           "INFERMODES_WORKER_WEBHOOK_RETRY_DELAYS": f"[{RETRY_DELAY}]"}  # fmt: skip
     connection = connect(rabbitmq.amqp_url)
     try:  # the delay queue, declared classic, without the worker's arguments
         connection.channel().queue_declare(
@@ -570,15 +580,7 @@ def test_a_delay_queue_the_broker_refuses_puts_the_job_back_at_once_not_as_an_ou
         )
     finally:
         connection.close()
-    answers = FailsFirst()
-    with (
-        WebhookReceiver(status=answers) as hook,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=env) as live,
-    ):
-        worker = live.start_worker(f"file://{abalone_model.tarball}", "w", concurrency=1,
-                                   extra=("--success-webhook-url", hook.url))  # fmt: skip
-        put_webhook_job(RabbitBroker(rabbitmq.amqp_url, None), endpoint, "sent-twice")
-        wait_until(lambda: len(answers.times) == 2, 60, "the job sent again")
+    with sent_twice(rabbitmq, abalone_model, tmp_path, endpoint) as (worker, _, hook):
         returned = "infermodes_async_webhook_jobs_returned_total"
         wait_until(lambda: metric(worker, returned, reason="send_failed") == 1, 30,
                    "the put-back counted")  # fmt: skip

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 
 from tests.conftest import AbaloneModel
 from tests.support.batch import FAULTS
-from tests.support.processes import free_port, running_server, wait_until
+from tests.support.processes import ServerProcess, free_port, running_server, wait_until
 
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
 STALL_SECONDS = "2"  # the least: twice the loops' tick
@@ -158,6 +160,18 @@ def test_liveness_names_a_worker_whose_loop_is_stuck_until_it_runs_again(
         assert liveness(port).text == "alive\n"
 
 
+@contextmanager
+def supervised(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> Iterator[tuple[ServerProcess, psutil.Process, int]]:
+    """A server of two workers with a liveness port: (it, its supervisor, the port)."""
+    port = free_port()
+    env = {"INFERMODES_SERVE_LIVENESS_PORT": str(port)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
+    with running_server(args, tmp_path / "serve.log", env) as server:
+        yield server, psutil.Process(server.proc.pid), port
+
+
 def test_the_supervisor_holds_no_thread_and_its_liveness_server_outlives_crashes(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
@@ -167,11 +181,7 @@ def test_the_supervisor_holds_no_thread_and_its_liveness_server_outlives_crashes
     process of its own: the supervisor has one thread, no worker listens on the liveness port
     (nor holds a probe's connection), and a crashed worker or liveness server is replaced
     while ``/healthz`` goes on answering."""
-    port = free_port()
-    env = {"INFERMODES_SERVE_LIVENESS_PORT": str(port)}
-    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
-    with running_server(args, tmp_path / "serve.log", env) as server:
-        parent = psutil.Process(server.proc.pid)
+    with supervised(abalone_model, tmp_path) as (server, parent, port):
         wait_until(lambda: len(split_children(parent, port)[0]) == 2, 10, "two workers")
         wait_until(lambda: liveness(port).status_code == 200, 10, "liveness")
         assert parent.num_threads() == 1
@@ -209,11 +219,7 @@ def test_the_liveness_process_ends_when_its_supervisor_is_killed(
     """A supervisor killed (the OOM killer) replaces no crashed worker any more: its liveness
     process must not go on answering ``alive`` for it (as the port closed with the supervisor
     when a thread of it served the port); it ends, and the probe fails."""
-    port = free_port()
-    env = {"INFERMODES_SERVE_LIVENESS_PORT": str(port)}
-    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "2"]
-    with running_server(args, tmp_path / "serve.log", env) as server:
-        parent = psutil.Process(server.proc.pid)
+    with supervised(abalone_model, tmp_path) as (_, parent, port):
         wait_until(lambda: len(split_children(parent, port)[1]) == 1, 10, "the liveness process")
         [process] = split_children(parent, port)[1]
         assert liveness(port).status_code == 200
