@@ -634,11 +634,14 @@ def _rows_checked(
         rows = recordio.count_frames(body)
         _check_size(rows, num_features, max_rows, max_values)
         return rows
-    text = body.removeprefix(UTF8_BOM).rstrip(b"\r\n")
-    rows = text.count(b"\n") + 1
+    start = len(UTF8_BOM) if body.startswith(UTF8_BOM) else 0
+    end = len(body)
+    while end > start and body[end - 1] in b"\r\n":  # counted in place: no copy of the body
+        end -= 1
+    rows = body.count(b"\n", start, end) + 1
     _check_size(rows, num_features, max_rows, max_values)
     if content_type == CSV:
-        first = text[: text.find(b"\n")] if rows > 1 else text
+        first = body[start : body.find(b"\n", start, end) if rows > 1 else end]
         if first.strip(b" \t\r"):
             try:
                 _check_width(first.count(b",") + 1, num_features, 1)
