@@ -84,13 +84,19 @@ def _limit_in(file: Path) -> int | None:
     return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
 
 
+def read_budget(share: int, expansion: int) -> int:
+    """The memory one invocation may decode in: its ``share``, never less than what a small
+    input (``MIN_INPUT_CAP`` bytes) costs at ``expansion`` times its size."""
+    return max(share, MIN_INPUT_CAP * expansion)
+
+
 def input_cap(configured: int, share: int | None, expansion: int) -> int:
     """The largest input one invocation may decode within its ``share`` of the memory (None:
     unknown), each input costing ``expansion`` times its size at peak; never above
     ``configured`` (``max_json_bytes``, say), which also holds when memory is unknown."""
     if share is None:
         return configured
-    return min(configured, max(share // expansion, MIN_INPUT_CAP))
+    return min(configured, read_budget(share, expansion) // expansion)
 
 
 def memory_share(memory_bytes: int | None, concurrency: int, processes: int) -> int | None:
@@ -107,11 +113,14 @@ def memory_share(memory_bytes: int | None, concurrency: int, processes: int) -> 
 
 @dataclass(frozen=True)
 class InputCap:
-    """The cap a process keeps to, and what it was derived from (for its refusals)."""
+    """The cap a process keeps to, and what it was derived from (for its refusals): ``budget``
+    is the memory one read may take (``read_budget``; None when the memory is unknown), which
+    a reader whose rows are counted holds its estimate to, rather than ``bytes``."""
 
     bytes: int
     memory: int | None
     concurrency: int
+    budget: int | None
 
 
 # the input types as the cap's log line names them
@@ -133,7 +142,12 @@ def process_input_caps(
     memory = memory_bytes or cgroup_memory_limit()
     share = memory_share(memory, concurrency, processes)
     caps = {
-        content_type: InputCap(input_cap(configured, share, expansion), memory, concurrency)
+        content_type: InputCap(
+            input_cap(configured, share, expansion),
+            memory,
+            concurrency,
+            None if share is None else read_budget(share, expansion),
+        )
         for content_type, expansion in expansions.items()
     }
     for content_type, cap in caps.items():

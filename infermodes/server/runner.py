@@ -62,13 +62,13 @@ def python_read_budgets(settings: ServeSettings) -> dict[str, int]:
     the larger ones, one at a time (a body decoded on the loop beside it is under
     ``offload_bytes``: 6 MiB at most at 64 KiB). Empty when the memory is unknown."""
     from infermodes.predict.codecs import PYTHON_READ_COST
-    from infermodes.predict.memory import MIN_INPUT_CAP, memory_share
+    from infermodes.predict.memory import memory_share, read_budget
 
     share = memory_share(settings.memory_bytes, settings.workers, settings.workers)
     if share is None:
         return {}
     budgets = {
-        content_type: max(share, MIN_INPUT_CAP * cost.worst_per_byte)
+        content_type: read_budget(share, cost.worst_per_byte)
         for content_type, cost in PYTHON_READ_COST.items()
     }
     for content_type, budget in budgets.items():

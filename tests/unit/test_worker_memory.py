@@ -127,9 +127,10 @@ def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
     expansion: int | None,
     processes: int,
 ) -> None:
-    """The mini-batches Python's readers decode are capped by the instance's memory at their
-    type's cost per byte: 2 concurrent transforms in worker processes of 100 MiB (3 processes
-    with the runner's) in 1 GiB leave 724 MiB, which two mini-batches share. CSV, which the
+    """The mini-batches Python's readers decode are held to the instance's memory: 2
+    concurrent transforms in worker processes of 100 MiB (3 processes with the runner's) in
+    1 GiB leave 724 MiB, which two mini-batches share, each its estimate held to its share;
+    its narrowest rows' length is capped at their type's worst cost per byte. CSV, which the
     native readers take (at about twice its size), is not capped by Python's cost."""
     from types import SimpleNamespace
 
@@ -168,3 +169,4 @@ def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
         assert cap is not None
         spare = 1024 * MIB - processes * 100 * MIB
         assert (cap.bytes, cap.memory, cap.concurrency) == (spare // (2 * expansion), 1024 * MIB, 2)
+        assert cap.budget == spare // 2  # the memory a mini-batch's estimate is held to
