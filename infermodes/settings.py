@@ -930,7 +930,8 @@ class BatchSettings(EnvSettings):
         6,
         ge=0,
         le=MAX_PAYLOAD_MB,
-        description="Mini-batch size cap; 0 means 100 / max_concurrent_transforms (payload_mb).",
+        description="Mini-batch size cap; 0 means 100 / max_concurrent_transforms (payload_mb). "
+        "Mini-batches Python reads are held to the memory's share too (memory_bytes).",
     )
     max_concurrent_transforms: int = Field(1, ge=1, le=MAX_CONCURRENT_TRANSFORMS)
     accept: BatchAcceptHeader = "text/csv"
@@ -960,11 +961,12 @@ class BatchSettings(EnvSettings):
     memory_bytes: int | None = Field(
         None,
         ge=1,
-        description="The memory the instance may use, which caps whole JSON documents "
-        "(application/json, split_type None) and libsvm mini-batches, which Python's readers "
-        "read, at their worst cost per byte (CSV, which the native readers take, is not "
-        "capped); both actuators set it to the spec's resources.memory; unset: its cgroup's "
-        "limit, if any.",
+        description="The memory the instance may use, shared by its concurrent transforms, "
+        "which caps whole JSON documents (application/json, split_type None) at their worst "
+        "cost per byte and holds libsvm mini-batches, which Python's reader reads, to each "
+        "one's share at their estimated cost (rows x 232 + bytes x 23; a line alone over it "
+        "fails its object); CSV, which the native readers take, is not capped; both actuators "
+        "set it to the spec's resources.memory; unset: its cgroup's limit, if any.",
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")

@@ -420,18 +420,28 @@ def decode_json(
 
 
 def over_memory(
-    content_type: str, size: int, rows: int, budget: int, why: str, advice: str
+    content_type: str,
+    size: int,
+    rows: int,
+    budget: int,
+    why: str,
+    advice: str,
+    *,
+    record: str = "body",
+    read_so_far: bool = False,
+    shared: str = "the memory limit, shared by the concurrent reads",
 ) -> PayloadTooLarge:
-    """The 413 of a body of ``size`` bytes in ``rows`` rows whose Python reader's estimated
-    memory (``PYTHON_READ_COST``) is over ``budget``, what one read may take within the
-    process's memory (``predict.memory``): ``why`` that reader reads it."""
+    """The 413 of a ``record`` (a body; a batch's line or object) of ``size`` bytes (at least,
+    when it was ``read_so_far`` only) in ``rows`` rows whose Python reader's estimated memory
+    (``PYTHON_READ_COST``) is over ``budget``, what one read may take within the ``shared``
+    memory (``predict.memory``): ``why`` that reader reads it."""
     cost = PYTHON_READ_COST[content_type]
     shape = f"{rows} rows x {cost.per_row} + " if cost.per_row else ""
+    length = f"at least {size}" if read_so_far else f"{size}"
     return PayloadTooLarge(
-        f"the {content_type} body is {size} bytes {why}, at an estimated "
+        f"the {content_type} {record} is {length} bytes {why}, at an estimated "
         f"{cost.estimate(rows, size)} bytes of memory ({shape}{size} bytes x {cost.per_byte}); "
-        f"one read may take up to {budget} bytes of memory here (the memory limit, shared by "
-        f"the concurrent reads): {advice}"
+        f"one read may take up to {budget} bytes of memory here ({shared}): {advice}"
     )
 
 

@@ -6,12 +6,13 @@ concurrent invocation may decode one at once. A worker killed for memory loses e
 it holds, and the one that killed it comes back until its attempts run out; refusing it (413's
 PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
 so (and its RecordIO ones), and the batch runner its whole JSON documents (``splitType
-None``) and the CSV and libsvm mini-batches Python reads, whose pod would otherwise be killed
-with the job's other objects: these cap an input's length, at its reader's worst cost per
-byte. The model server holds the JSON bodies its native decoder does not take
-(``codecs.decode_json``), which Python's parser reads whole, and the CSV, libsvm and RecordIO
-bodies its Python readers read (``codecs.decode``) to each worker's ``memory_share`` by their
-estimated cost, from their rows and bytes.
+None``), whose pod would otherwise be killed with the job's other objects: these cap an
+input's length, at its reader's worst cost per byte. The batch runner packs the CSV and libsvm
+mini-batches Python reads within ``InputCap.budget`` by their estimated cost, from their rows
+and bytes, as it packs them (``records.MemoryBudget``). The model server holds the JSON bodies
+its native decoder does not take (``codecs.decode_json``), which Python's parser reads whole,
+and the CSV, libsvm and RecordIO bodies its Python readers read (``codecs.decode``) to each
+worker's ``memory_share`` by their estimated cost, from their rows and bytes.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infermodes.errors import StorageError
+from infermodes.predict import codecs
 from infermodes.workers.batch import records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
 from tests.support.hostile import FIXED_SEED
@@ -120,6 +121,10 @@ def test_read_blocks_reads_the_whole_stream() -> None:
     assert list(records.read_blocks(io.BytesIO(b"abcdefg"), 3)) == [b"abc", b"def", b"g"]
 
 
+# inputs of lines, blank ones and long ones among them, joined by newlines
+LINES = st.lists(st.sampled_from([b"", b" ", b"1", b"12,3", b"1234567", b"x" * 12]), max_size=30)
+
+
 def _packed_by_spec(data: bytes, limit: int) -> list[records.MiniBatch] | str:
     """The platform's MultiRecord packing, written plainly over the whole input."""
     out: list[records.MiniBatch] = []
@@ -139,20 +144,23 @@ def _packed_by_spec(data: bytes, limit: int) -> list[records.MiniBatch] | str:
 
 @FIXED_SEED
 @given(
-    lines=st.lists(st.sampled_from([b"", b" ", b"1", b"12,3", b"1234567", b"x" * 12]), max_size=30),
+    lines=LINES,
     block=st.integers(1, 20),
     limit=st.integers(1, 24),
 )
 def test_packing_does_not_depend_on_the_blocks(lines: list[bytes], block: int, limit: int) -> None:
     data = b"\n".join(lines)
-    expected = _packed_by_spec(data, limit)
+    assert _packed(data, block, limit) == _packed_by_spec(data, limit)
+
+
+def _packed(
+    data: bytes, block: int, limit: int, budget: records.MemoryBudget | None = None
+) -> list[records.MiniBatch] | str:
+    """``pack_lines`` over ``data`` in blocks of ``block`` bytes; a refusal as its line."""
     try:
-        got: list[records.MiniBatch] | str = list(
-            records.pack_lines(iter(blocks(data, block)), limit)
-        )
+        return list(records.pack_lines(iter(blocks(data, block)), limit, budget))
     except records.BadRecord as exc:
-        got = f"line {exc.line}"
-    assert got == expected
+        return f"line {exc.line}"
 
 
 class FailingSource(io.BytesIO):
@@ -169,19 +177,109 @@ def test_a_read_that_fails_is_a_storage_error_of_its_object_not_of_the_instance(
         next(blocks)
 
 
-def test_a_line_over_a_limit_not_maxpayloadinmbs_is_refused_by_its_refusal_naming_its_line() -> (
-    None
-):
-    """A line longer than the memory's share of a mini-batch fails with the refusal the caller
-    gives (which names the memory), at the line it starts on; shorter lines are packed."""
-    data = b"1\n2\n" + b"3" * 20 + b"\n4\n"
+def _refused(line: int, size: int, rows: int, whole: bool) -> BadRecord:
+    return BadRecord(line, f"over the memory: {size} bytes, {rows} rows, whole {whole}")
 
-    def refusal(line: int) -> BadRecord:
-        return BadRecord(line, "over the memory")
 
-    batches = records.minibatches(iter([data]), "Line", "MultiRecord", 10, refusal)
+# 10 a row + 1 a byte, 40 bytes of memory: one line of 30 bytes is exactly at it
+BUDGET = records.MemoryBudget(codecs.ReadCost(10, 1, 1), 40, _refused)
+
+
+def test_a_line_over_the_memory_alone_is_refused_by_the_budgets_refusal_naming_its_line() -> None:
+    """A line whose estimate alone (one row) is over the memory's share of a mini-batch fails
+    with the refusal the caller gives (which names the memory), at the line it starts on, its
+    whole size given; shorter lines are packed. With splitType None the object is the
+    record, refused by what was read of it once its estimate is over."""
+    data = b"1\n2\n" + b"3" * 30 + b"\n4\n"
+    batches = records.minibatches(iter([data]), "Line", "MultiRecord", 100, BUDGET)
     assert next(batches) == MiniBatch(1, b"1\n2\n")
-    with pytest.raises(BadRecord, match="line 3: over the memory"):
+    with pytest.raises(BadRecord, match="line 3: over the memory: 31 bytes, 1 rows, whole True"):
         next(batches)
-    with pytest.raises(BadRecord, match="line 1: over the memory"):
-        list(records.minibatches(iter([data]), "None", "MultiRecord", 10, refusal))
+    refused = "line 1: over the memory: 33 bytes, 3 rows, whole False"  # 10 x 3 + 33 > 40
+    with pytest.raises(BadRecord, match=refused):
+        list(records.minibatches(iter(blocks(data, 33)), "None", "MultiRecord", 100, BUDGET))
+    assert list(records.whole_object(iter([b"1\n", b"2", b"3\n"]), 100, BUDGET)) == [
+        MiniBatch(1, b"1\n23\n")  # 10 x 2 + 6: its two lines
+    ]
+    with pytest.raises(BadRecord, match="line 1: over the memory: 11 bytes, 3 rows, whole"):
+        list(records.whole_object(iter([b"1\n", b"2\n", b"3456789"]), 100, BUDGET))
+
+
+def test_a_line_exactly_at_the_memory_is_read_and_one_byte_over_is_refused() -> None:
+    """The estimate of a single line (10 + its bytes, its newline counted) may equal the
+    budget; one byte more is over, whatever the blocks it comes in."""
+    at = b"x" * 29 + b"\n"  # 10 + 30 = 40
+    for size in (1, 7, 64):
+        assert list(records.pack_lines(iter(blocks(at + b"1\n", size)), 100, BUDGET)) == [
+            MiniBatch(1, at),
+            MiniBatch(2, b"1\n"),
+        ]
+        with pytest.raises(BadRecord, match="line 2: over the memory: 31 bytes, 1 rows, whole"):
+            list(records.pack_lines(iter(blocks(b"1\nx" + at, size)), 100, BUDGET))
+
+
+def test_a_line_longer_than_what_is_read_is_refused_by_its_part_read() -> None:
+    """A line with no end in sight (a hostile one of gigabytes) is refused as soon as what was
+    read of it is over, not read to its end to be measured."""
+    endless = iter([b"y" * 16] * 1000)
+    with pytest.raises(BadRecord, match="line 1: over the memory: 32 bytes, 1 rows, whole False"):
+        list(records.pack_lines(endless, 10_000, BUDGET))
+    assert len(list(endless)) == 998
+
+
+def test_many_narrow_rows_make_a_small_minibatch_and_a_wide_row_a_large_one() -> None:
+    """Each row costs 10 beside its bytes: three rows of 2 bytes (36) fill a mini-batch of 6
+    bytes, while a wide row after them is read alone at 30 bytes; maxPayloadInMB's bytes hold
+    too."""
+    narrow = b"1\n" * 7
+    wide = b"2" * 29 + b"\n"
+    assert list(records.pack_lines(iter(blocks(narrow + wide, 4)), 100, BUDGET)) == [
+        MiniBatch(1, b"1\n" * 3),
+        MiniBatch(4, b"1\n" * 3),
+        MiniBatch(7, b"1\n"),
+        MiniBatch(8, wide),
+    ]
+    with pytest.raises(BadRecord, match="line 8: record is larger than maxPayloadInMB"):
+        list(records.pack_lines(iter([narrow + wide]), 20, BUDGET))
+
+
+def _packed_within(data: bytes, limit: int, budget: records.MemoryBudget) -> list[MiniBatch] | str:
+    """Row-aware packing written plainly: whole lines, one at a time, while the mini-batch's
+    bytes are within ``limit`` and its estimate (a row a line) within ``budget``."""
+    pieces = data.split(b"\n")
+    lines = [piece + b"\n" for piece in pieces[:-1]] + [pieces[-1]] * bool(pieces[-1])
+    out: list[MiniBatch] = []
+    batch, rows, first_line = b"", 0, 1
+    for line in lines:
+        if len(batch) + len(line) <= limit and budget.holds(rows + 1, len(batch) + len(line)):
+            batch, rows = batch + line, rows + 1
+            continue
+        if not batch:
+            return f"line {first_line}"
+        if batch.strip():
+            out.append(MiniBatch(first_line, batch))
+        first_line += rows
+        batch, rows = line, 1
+        if len(line) > limit or not budget.holds(1, len(line)):
+            return f"line {first_line}"
+    if batch.strip():
+        out.append(MiniBatch(first_line, batch))
+    return out
+
+
+# up to 12 a row + 3 a byte within up to 80 bytes: a few short lines a mini-batch at most
+BUDGETS = st.builds(
+    records.MemoryBudget,
+    st.builds(codecs.ReadCost, st.integers(0, 12), st.integers(1, 3), st.just(1)),
+    st.integers(1, 80),
+    st.just(_refused),
+)
+
+
+@FIXED_SEED
+@given(lines=LINES, block=st.integers(1, 20), limit=st.integers(1, 40), budget=BUDGETS)
+def test_row_aware_packing_takes_every_line_that_fits_whatever_the_blocks(
+    lines: list[bytes], block: int, limit: int, budget: records.MemoryBudget
+) -> None:
+    data = b"\n".join(lines)
+    assert _packed(data, block, limit, budget) == _packed_within(data, limit, budget)

@@ -5,7 +5,6 @@ blocks plus one mini-batch, whatever the object's size, and nothing here does I/
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,23 @@ class BadRecord(Exception):
         return BadRecord, (self.line, self.reason)  # crosses from worker processes
 
 
-Refusal = Callable[[int], BadRecord]  # why the record at this line is over the limit
+Refusal = Callable[[int, int, int, bool], BadRecord]
+"""Why a record over the memory is refused: its first line, its size (what was read of it, when
+not ``whole``), its rows, and whether the size is the record's whole."""
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """The memory a mini-batch read in Python may take (``bytes``), against its reader's
+    estimate from its rows and bytes (``cost``): many narrow rows make a small mini-batch, a
+    few wide ones a large one, and a record alone over it is refused (``refusal``)."""
+
+    cost: codecs.ReadCost
+    bytes: int
+    refusal: Refusal
+
+    def holds(self, rows: int, size: int) -> bool:
+        return self.cost.estimate(rows, size) <= self.bytes
 
 
 def too_large(line: int, limit: int) -> BadRecord:
@@ -147,33 +162,79 @@ def has_record(data: bytes) -> bool:
     return bool(data) and not data.isspace()
 
 
+def _fits(size: int, rows: int, limit: int, budget: MemoryBudget | None) -> bool:
+    return size <= limit and (budget is None or budget.holds(rows, size))
+
+
+def line_end_within(
+    data: bytes, size: int, rows: int, limit: int, budget: MemoryBudget | None
+) -> int:
+    """Where the last whole line of ``data`` ends that a mini-batch already holding ``size``
+    bytes in ``rows`` lines can take within ``limit`` bytes and the ``budget``'s memory; 0 when
+    not even its first. The estimate grows with every byte taken, so the longest prefix it
+    holds is found by bisection, each step counting in C the lines between the longest prefix
+    known to hold and the one it tries (about twice the prefix's bytes in all)."""
+    end = min(len(data), limit - size)
+    if budget is not None:
+        cost = budget.cost  # the rows add to the estimate: the bytes alone bound the prefix
+        low, high = 0, min(end, (budget.bytes - rows * cost.per_row) // cost.per_byte - size)
+        lines = rows  # of the prefix data[:low] and what the mini-batch holds
+        while low < high:
+            middle = (low + high + 1) // 2
+            tried = lines + data.count(b"\n", low, middle)
+            if budget.holds(tried, size + middle):
+                low, lines = middle, tried
+            else:
+                high = middle - 1
+        end = max(low, 0)
+    return data.rfind(b"\n", 0, end) + 1
+
+
+def _refused_line(
+    data: bytes, first_line: int, limit: int, budget: MemoryBudget | None
+) -> BadRecord:
+    """Why the line ``data`` starts with is refused: over the memory at its estimate alone (a
+    single row), else over ``limit``. A line longer than ``data`` is named by what was read."""
+    end = data.find(b"\n") + 1
+    size = end or len(data)
+    if budget is not None and not budget.holds(1, size):
+        return budget.refusal(first_line, size, 1, end > 0)
+    return too_large(first_line, limit)
+
+
 def pack_lines(
-    blocks: Iterator[bytes], limit: int, refusal: Refusal | None = None
+    blocks: Iterator[bytes], limit: int, budget: MemoryBudget | None = None
 ) -> Iterator[MiniBatch]:
-    """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch. Blocks are
-    kept as they come and joined once per mini-batch: its bytes are copied once. A line over
-    ``limit`` is refused (``refusal``, when the limit is not maxPayloadInMB's)."""
+    """MultiRecord: as many whole lines as fit in ``limit`` bytes per mini-batch, and within
+    ``budget``'s memory at its estimate, when one is given. Blocks are kept as they come and
+    joined once per mini-batch: its bytes are copied once. A line over either is refused."""
     parts: list[bytes] = []
-    size = 0
+    size = rows = 0  # of parts; rows: the lines that end in them
     first_line = 1
     for block in blocks:
-        while size + len(block) > limit:
-            cut = block.rfind(b"\n", 0, limit - size) + 1
+        ended = 0 if budget is None else block.count(b"\n")
+        # + 1: the line the block ends inside, if it does
+        while not _fits(size + len(block), rows + ended + 1, limit, budget):
+            cut = line_end_within(block, size, rows, limit, budget)
             if cut:
                 chunk, block = b"".join([*parts, block[:cut]]), block[cut:]
             else:  # no line ends in this block's share: the cut lies in an earlier block
                 data = b"".join([*parts, block])
-                cut = data.rfind(b"\n", 0, limit) + 1
+                cut = line_end_within(data, 0, 0, limit, budget)
                 if cut == 0:
-                    raise (refusal or functools.partial(too_large, limit=limit))(first_line)
+                    raise _refused_line(data, first_line, limit, budget)
                 chunk, block = data[:cut], data[cut:]
-            parts, size = [], 0
+            lines = count_lines(chunk)
+            if budget is not None:  # what the chunk took of the block's
+                ended -= lines - rows
+            parts, size, rows = [], 0, 0
             if has_record(chunk):
                 yield MiniBatch(first_line, chunk)
-            first_line += count_lines(chunk)
+            first_line += lines
         if block:
             parts.append(block)
             size += len(block)
+            rows += ended
     chunk = b"".join(parts)
     if has_record(chunk):
         yield MiniBatch(first_line, chunk)
@@ -191,15 +252,21 @@ def single_lines(batches: Iterator[MiniBatch]) -> Iterator[MiniBatch]:
 
 
 def whole_object(
-    blocks: Iterator[bytes], limit: int, refusal: Refusal | None = None
+    blocks: Iterator[bytes], limit: int, budget: MemoryBudget | None = None
 ) -> Iterator[MiniBatch]:
-    """SplitType None: the object is one record, refused when it is over ``limit`` (with
-    ``refusal``, when the limit is not maxPayloadInMB's), before it is read whole."""
+    """SplitType None: the object is one record, refused when it is over ``limit`` or the
+    ``budget``'s memory at its estimate, before it is read whole."""
     data = bytearray()
+    ended = 0  # lines
     for block in blocks:
         data += block
+        if budget is not None:
+            ended += block.count(b"\n")
+            rows = ended + (not data.endswith(b"\n"))  # and the one it ends inside
+            if not budget.holds(rows, len(data)):
+                raise budget.refusal(1, len(data), rows, False)
         if len(data) > limit:
-            raise (refusal or functools.partial(too_large, limit=limit))(1)
+            raise too_large(1, limit)
     if data.strip():
         yield MiniBatch(1, bytes(data))
 
@@ -209,12 +276,11 @@ def minibatches(
     split_type: SplitType,
     strategy: BatchStrategy,
     limit: int,
-    refusal: Refusal | None = None,
+    budget: MemoryBudget | None = None,
 ) -> Iterator[MiniBatch]:
-    """``refusal``: why a record (a whole object, SplitType None; a line) over ``limit`` is
-    refused, given its first line, when the limit is not maxPayloadInMB's (the memory a
-    mini-batch read in Python may take)."""
+    """``budget``: the memory a mini-batch read in Python may take, at its reader's estimate
+    (None: the native readers take it, and ``limit``, maxPayloadInMB's, alone holds)."""
     if split_type == "None":
-        return whole_object(blocks, limit, refusal)
-    packed = pack_lines(blocks, limit, refusal)
+        return whole_object(blocks, limit, budget)
+    packed = pack_lines(blocks, limit, budget)
     return single_lines(packed) if strategy == "SingleRecord" else packed

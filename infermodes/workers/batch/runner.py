@@ -68,6 +68,7 @@ LISTING_LIMIT = 1024 * records.MIB  # a stored listing of millions of objects is
 # the input filter selects (measured in the runner: 39 for rows of one one-digit feature, 29
 # for ten, 12 for ten 3-digit decimals), plus its copies in transit to a worker process.
 WHOLE_JSON_EXPANSION = JSON_BYTES_EXPANSION + 6
+WHOLE_JSON_COST = codecs.ReadCost(0, WHOLE_JSON_EXPANSION, 1)  # its rows are not counted
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -199,7 +200,8 @@ class Runner:
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
         self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
-        # the largest mini-batch Python's readers may decode (run() measures it); None: no cap
+        # the memory a mini-batch Python's readers decode may take (run() measures it); None:
+        # no cap
         self.memory_cap: InputCap | None = None
 
     # -- what to do ------------------------------------------------------------------------
@@ -324,26 +326,27 @@ class Runner:
             self.summary.cpu_seconds = time.process_time() - cpu
         return self.summary
 
-    def python_read_expansion(self) -> int | None:
-        """The memory a mini-batch of this job costs, per byte, when Python reads it: a whole
-        JSON document's (``WHOLE_JSON_EXPANSION``), or libsvm's Python reader's; None for JSON
-        read by lines (a group of lines at a time) and for CSV, which the native reader takes
-        (``stream.decode_chunk``: fastcsv, at about twice its size, when it is built): capping
-        every CSV mini-batch at Python's worst shape shrank them all, and failed long lines
+    def python_read_cost(self) -> codecs.ReadCost | None:
+        """What a mini-batch of this job costs when Python reads it: a whole JSON document's
+        (``WHOLE_JSON_COST``), or libsvm's Python reader's, by its rows and bytes; None for
+        JSON read by lines (a group of lines at a time) and for CSV, which the native reader
+        takes (``stream.decode_chunk``: fastcsv, at about twice its size, when it is built):
+        capping every CSV mini-batch at Python's cost shrank them all, and failed long lines
         that the native reader reads, for the rare one it declines."""
         if self.worker.transform.whole_documents:
-            return WHOLE_JSON_EXPANSION
+            return WHOLE_JSON_COST
         kind = self.settings.content_type
         if kind == codecs.LIBSVM or (kind == codecs.CSV and not fastcsv.AVAILABLE):
-            return codecs.PYTHON_READ_COST[kind].worst_per_byte  # no native reader takes it
+            return codecs.PYTHON_READ_COST[kind]  # no native reader takes it
         return None
 
     def python_read_cap(self) -> InputCap | None:
-        """The largest mini-batch this instance can read in Python: its memory shared by the
-        concurrent transforms (each in a worker process of its own, which loads the model
-        too, unless they are threads: ``concurrent_workers``), never above maxPayloadInMB."""
-        expansion = self.python_read_expansion()
-        if expansion is None:
+        """The memory a mini-batch read in Python may take in this instance (and the length
+        its narrowest rows may have in it): its memory shared by the concurrent transforms
+        (each in a worker process of its own, which loads the model too, unless they are
+        threads: ``concurrent_workers``), never above maxPayloadInMB."""
+        cost = self.python_read_cost()
+        if cost is None:
             return None
         concurrency = self.settings.max_concurrent_transforms
         threads = self.worker.transform.native or concurrency == 1
@@ -353,47 +356,84 @@ class Runner:
             self.limit,
             self.settings.memory_bytes,
             concurrency,
-            {kind: expansion},
+            {kind: cost.worst_per_byte},
             processes=processes,
         )
-        return caps[kind]
+        cap = caps[kind]
+        if cost.per_row and cap.budget is not None:  # its rows are counted as it is packed
+            log.info(
+                "%s mini-batches are packed within %d bytes of memory each, at an estimated %d "
+                "a row + %d a byte: a line alone up to %d bytes",
+                kind,
+                cap.budget,
+                cost.per_row,
+                cost.per_byte,
+                min(self.limit, (cap.budget - cost.per_row) // cost.per_byte),
+            )
+        return cap
 
-    def over_memory(self, unit: plan.WorkUnit, cap: InputCap, line: int) -> BadRecord:
-        """Why ``unit``'s record at ``line`` (its whole object, with splitType None), over
-        ``cap``, fails: instead of an OOM kill of the instance and every object it holds."""
-        instance = (
-            f"by each of {cap.concurrency} concurrent transform(s) within the instance's memory "
-            f"({cap.memory} bytes, less what its model and runtime hold)"
+    def memory_budget(self, unit: plan.WorkUnit) -> records.MemoryBudget | None:
+        """What ``unit``'s mini-batches read in Python may take, when the memory binds before
+        maxPayloadInMB does: their estimate (rows and bytes) is held to the memory's share."""
+        cap, cost = self.memory_cap, self.python_read_cost()
+        if cap is None or cap.budget is None or cost is None or cap.bytes >= self.limit:
+            return None
+        return records.MemoryBudget(
+            cost, cap.budget, functools.partial(self.over_memory, unit, cap, cap.budget)
         )
+
+    def over_memory(
+        self,
+        unit: plan.WorkUnit,
+        cap: InputCap,
+        budget: int,
+        line: int,
+        size: int,
+        rows: int,
+        whole: bool,
+    ) -> BadRecord:
+        """Why ``unit``'s record at ``line`` (its whole object, with splitType None), of
+        ``size`` bytes (at least, when not ``whole``) in ``rows`` rows, over the ``budget``
+        of memory ``cap`` leaves a read, fails: instead of an OOM kill of the instance and
+        every object it holds. The codecs' refusal (a model server's 413) says it."""
         more = (
             "give the instance more memory (its container's limit, or "
             "INFERMODES_BATCH_MEMORY_BYTES)"
         )
-        if self.settings.split_type == "Line":
-            return BadRecord(
-                line,
-                f"the record is larger than the {cap.bytes} bytes a {self.settings.content_type} "
-                f"record may have here: it is read in Python, at up to "
-                f"{self.python_read_expansion()} times its size, {instance}; {more}",
-            )
+        if self.worker.transform.whole_documents:
+            return self.over_json_memory(unit, cap, more)
+        one_record = self.settings.split_type == "None"
+        advice = f"split it into lines (splitType Line), or {more}" if one_record else more
+        refusal = codecs.over_memory(
+            self.settings.content_type,
+            size,
+            rows,
+            budget,
+            "and is read in Python",
+            advice,
+            record="object" if one_record else "line",
+            read_so_far=not whole,
+            shared=(
+                f"the instance's memory, {cap.memory} bytes less what its model and runtime "
+                f"hold, shared by {cap.concurrency} concurrent transform(s)"
+            ),
+        )
+        return BadRecord(None if one_record else line, str(refusal))
+
+    def over_json_memory(self, unit: plan.WorkUnit, cap: InputCap, more: str) -> BadRecord:
+        """Why a whole JSON document (splitType None) over ``cap`` fails."""
         if self.settings.compression_type == "Gzip":
             size = f"decompresses to more than {cap.bytes} bytes"
         else:
             size = f"is {unit.obj.size} bytes"
-        if self.worker.transform.whole_documents:
-            return BadRecord(
-                None,
-                f"the object {size}, over the {cap.bytes} bytes a whole JSON document may have "
-                f"here: application/json with splitType None is parsed whole, at up to "
-                f"{WHOLE_JSON_EXPANSION} times its size, {instance}; split it into lines "
-                "(splitType Line, a JSON document per line), send it as text/csv, or " + more,
-            )
         return BadRecord(
             None,
-            f"the object {size}, over the {cap.bytes} bytes a whole {self.settings.content_type} "
-            f"object may have here: it is read in Python, at up to "
-            f"{self.python_read_expansion()} times its size, {instance}; split it into lines "
-            f"(splitType Line), or {more}",
+            f"the object {size}, over the {cap.bytes} bytes a whole JSON document may have "
+            f"here: application/json with splitType None is parsed whole, at up to "
+            f"{WHOLE_JSON_EXPANSION} times its size, by each of {cap.concurrency} concurrent "
+            f"transform(s) within the instance's memory ({cap.memory} bytes, less what its "
+            f"model and runtime hold); split it into lines (splitType Line, a JSON document "
+            "per line), send it as text/csv, or " + more,
         )
 
     def mark_run(self) -> float | None:
@@ -501,14 +541,14 @@ class Runner:
                 blocks = records.gunzip(blocks, BLOCK_BYTES)
             elif unit.start == 0:
                 blocks = records.not_gzip(blocks)
-            limit, refusal = self.limit, None
-            cap = self.memory_cap  # when smaller, the memory's word
-            if cap is not None and cap.bytes < self.limit:
-                limit, refusal = cap.bytes, functools.partial(self.over_memory, unit, cap)
             if unit.is_range:
                 blocks = records.line_range(blocks, unit.start, unit.end)
             batches = records.minibatches(
-                blocks, settings.split_type, settings.batch_strategy, limit, refusal
+                blocks,
+                settings.split_type,
+                settings.batch_strategy,
+                self.limit,
+                self.memory_budget(unit),
             )
             window = settings.max_concurrent_transforms
             written = 0

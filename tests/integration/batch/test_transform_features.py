@@ -17,6 +17,7 @@ from infermodes.endpoints.plan import batch_instance
 from infermodes.endpoints.spec import EndpointSpec
 from infermodes.errors import EXIT_OBJECTS_FAILED
 from infermodes.predict import codecs
+from infermodes.predict.memory import MIN_INPUT_CAP
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
     batch_command,
@@ -292,15 +293,18 @@ def test_libsvm_input(abalone_model: AbaloneModel, booster: object, tmp_path: Pa
 def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fails_its_object(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:
-    """libsvm is read in Python, at up to 100 bytes of memory per byte: an instance packs its
-    mini-batches within its memory's share (64 KiB here, the floor, with no memory to spare),
-    not maxPayloadInMB's 6 MB, so a larger object is transformed whole a smaller mini-batch
-    at a time; a line larger than that share fails its object, naming the memory, instead of
-    getting the instance OOM-killed with the job's other objects."""
+    """libsvm is read in Python, at an estimated 232 bytes of memory a row + 23 a byte: an
+    instance packs its mini-batches within its memory's share (6.3 MiB here, the floor's, 64 KiB
+    of its narrowest rows, with no memory to spare), not maxPayloadInMB's 6 MB, so a larger
+    object is transformed whole a smaller mini-batch at a time; a line whose estimate alone is
+    over that share fails its object, naming the line's size, its estimate and the memory,
+    instead of getting the instance OOM-killed with the job's other objects."""
     text, dense = libsvm_of(np.tile(rows, (3, 1)))
     assert len(text) > 64 * 1024
-    worst = codecs.PYTHON_READ_COST[codecs.LIBSVM].worst_per_byte  # rows of "0:\n"
-    long_line = b"0 0:1" + b" " * 70_000 + b"1:1\n"
+    cost = codecs.PYTHON_READ_COST[codecs.LIBSVM]
+    budget = MIN_INPUT_CAP * cost.worst_per_byte
+    long_line = b"0 0:1" + b" " * 300_000 + b"1:1\n"
+    assert cost.estimate(1, len(long_line)) > budget
     (tmp_path / "in").mkdir()
     (tmp_path / "in/big.libsvm").write_bytes(text)
     before = text[:200].rpartition(b"\n")[0] + b"\n"  # whole lines, then the long one
@@ -318,13 +322,75 @@ def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fai
     [failure] = summary(tmp_path / "out")["failures"]
     assert failure["object"] == f"file://{tmp_path}/in/long.libsvm", failure
     assert failure["line"] == before.count(b"\n") + 1, failure
+    size = len(long_line)
     assert failure["reason"] == (
-        "the record is larger than the 65536 bytes a text/libsvm record may have here: it is "
-        f"read in Python, at up to {worst} times its size, by each of 1 concurrent transform(s) "
-        "within the instance's memory (1 bytes, less what its model and runtime hold); give the "
-        "instance more memory (its container's limit, or INFERMODES_BATCH_MEMORY_BYTES)"
+        f"the text/libsvm line is {size} bytes and is read in Python, at an estimated "
+        f"{232 + 23 * size} bytes of memory (1 rows x 232 + {size} bytes x 23); one read may "
+        f"take up to {budget} bytes of memory here (the instance's memory, 1 bytes less what "
+        "its model and runtime hold, shared by 1 concurrent transform(s)): give the instance "
+        "more memory (its container's limit, or INFERMODES_BATCH_MEMORY_BYTES)"
     ), failure
-    assert "libsvm inputs capped at 65536 bytes" in done.log
+    assert (
+        f"text/libsvm mini-batches are packed within {budget} bytes of memory each, at an "
+        f"estimated 232 a row + 23 a byte: a line alone up to {(budget - 232) // 23} bytes"
+    ) in done.log
+
+
+def test_a_libsvm_line_over_its_narrowest_rows_cap_is_read_when_its_estimate_fits(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """A long libsvm line costs ~23 bytes of memory a byte, not the ~100 of the narrowest rows:
+    among short lines, a line of 80,000 bytes (over the 64 KiB those rows may take in 1 byte of
+    memory at 2 concurrent transforms) is read in a mini-batch of its own and predicted, where
+    it failed its object."""
+    text, dense = libsvm_of(rows[:40])
+    lines = text.splitlines(keepends=True)
+    label, _, features = lines[20].partition(b" ")
+    long_line = label + b" " + features.replace(b" ", b" " * 20_000)
+    assert len(long_line) > 80_000
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/long.libsvm").write_bytes(b"".join([*lines[:20], long_line, *lines[21:]]))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm",
+                "--max-concurrent-transforms", "2"),
+        env={"INFERMODES_BATCH_MEMORY_BYTES": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.log
+    assert "libsvm inputs capped at 65536 bytes: memory 1, concurrency 2" in done.log
+    np.testing.assert_array_equal(
+        scores_of((tmp_path / "out/long.libsvm.out").read_bytes()),
+        np.asarray(booster.inplace_predict(dense), dtype=np.float32),
+    )
+
+
+def test_a_libsvm_object_read_whole_over_the_memory_fails_naming_what_was_read(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """With splitType None a libsvm object is one record: once the estimate of what was read
+    of it is over the memory's share it fails, naming those bytes and lines, and says to split
+    it into lines."""
+    cost = codecs.PYTHON_READ_COST[codecs.LIBSVM]
+    budget = MIN_INPUT_CAP * cost.worst_per_byte
+    text = b"0 0:1" + b" " * 300_000 + b"1:1\n"  # one read block: read whole
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/one.libsvm").write_bytes(text)
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--content-type", "text/libsvm",
+                "--split-type", "None"),
+        env={"INFERMODES_BATCH_MEMORY_BYTES": "1"},
+    )  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    [failure] = summary(tmp_path / "out")["failures"]
+    size = len(text)
+    assert (failure["line"], failure["reason"]) == (
+        None,
+        f"the text/libsvm object is at least {size} bytes and is read in Python, at an "
+        f"estimated {232 + 23 * size} bytes of memory (1 rows x 232 + {size} bytes x 23); one "
+        f"read may take up to {budget} bytes of memory here (the instance's memory, 1 bytes "
+        "less what its model and runtime hold, shared by 1 concurrent transform(s)): split it "
+        "into lines (splitType Line), or give the instance more memory (its container's limit, "
+        "or INFERMODES_BATCH_MEMORY_BYTES)",
+    ), failure
 
 
 def test_transient_failures_are_retried_per_minibatch(
