@@ -8,7 +8,9 @@ side depend on these types only, so the per-message logic never sees pika or SQL
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +46,8 @@ DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
 REASON_HEADER = "x-infermodes-reason"
 SENDS_HEADER = "x-infermodes-sends"
 LAST_ERROR_HEADER = "x-infermodes-last-error"
+# how often a stopped consumer looks whether its work has ended (``drain``): its exit's delay
+DRAIN_POLL_SECONDS = 0.1
 
 # a URL, or what reads it at each new connection (``UrlFile``)
 BrokerUrl: TypeAlias = str | Callable[[], str]
@@ -219,8 +223,8 @@ class Consumer(Protocol):
     ``hold_limit`` is how long the broker lets a delivery go unsettled before it takes it back
     and delivers it again (RabbitMQ's consumer timeout), None for no limit; ``turned`` is when
     (``time.monotonic``) its loop last went round, which it does while its work runs on other
-    threads, however long, and reconnects: a loop that stops turning is stuck (the worker's
-    liveness)."""
+    threads, however long, while it reconnects, and while it waits for its work to end after
+    ``stop`` (``drain``): a loop that stops turning is stuck (the worker's liveness)."""
 
     stopping: threading.Event
     turned: float
@@ -235,6 +239,16 @@ class Consumer(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+
+def drain(consumer: Consumer, pool: ThreadPoolExecutor) -> None:
+    """Wait for the work ``consumer`` handed to ``pool`` to end, its loop still turning (it
+    takes nothing more): a consumer stopped while its work runs on, an invocation of up to an
+    hour, is draining, not stuck, even with no connection left to serve (the broker lost)."""
+    while consumer.in_flight:
+        consumer.turned = time.monotonic()
+        time.sleep(DRAIN_POLL_SECONDS)
+    pool.shutdown(wait=True)  # the rest of the work's last call, once it is counted out
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from infermodes.queueing.broker import (
     Settle,
     Work,
     delivery_limit,
+    drain,
     outbox_name,
 )
 
@@ -458,7 +459,7 @@ class EmbeddedConsumer:
         try:
             self._take(handle, pool)
         finally:
-            pool.shutdown(wait=True)  # in-flight work settles; the heartbeat renews it meanwhile
+            drain(self, pool)  # in-flight work settles; the heartbeat renews it meanwhile
             self._done.set()
             heartbeat.join()
             self._unregister()

@@ -54,6 +54,7 @@ from infermodes.queueing.broker import (
     attempts_allowed,
     delayed_queue_name,
     delivery_limit,
+    drain,
     outbox_dead_letter_name,
     outbox_name,
     url_now,
@@ -658,7 +659,7 @@ class RabbitConsumer:
                     self.stopping.wait(self._delay)
                     self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
         finally:
-            self._pool.shutdown(wait=True)
+            drain(self, self._pool)  # a lost connection's work, after a stop while it ran
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)

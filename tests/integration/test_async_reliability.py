@@ -222,16 +222,24 @@ HELD_INPUT = "s3://inputs/held/rows.csv"
 
 @contextlib.contextmanager
 def held_by_their_input(
-    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path, endpoint: str, requests: int
+    rabbitmq: Broker,
+    abalone_model: AbaloneModel,
+    tmp_path: Path,
+    endpoint: str,
+    requests: int,
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Notifications, threading.Event, Process, set[str]]]:
-    """A worker (2 invocation threads) and ``requests`` requests accepted for it, each reading
-    ``HELD_INPUT``, whose reads the S3 server holds until the event is set (minutes, however
-    slow the machine): the notifications watched, the event, the worker and the ids."""
+    """A worker (2 invocation threads; ``env``: more of its environment) and ``requests``
+    requests accepted for it, each reading ``HELD_INPUT``, whose reads the S3 server holds
+    until the event is set (minutes, however slow the machine): the notifications watched,
+    the event, the worker and the ids."""
     notes = Notifications(rabbitmq, endpoint).declare()
     release = threading.Event()
     with (
         holding_s3_server(lambda path: release if "/held/" in path else None) as s3,
-        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env=s3.env) as live,
+        plane(
+            rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env={**s3.env, **(env or {})}
+        ) as live,
     ):
         client: Any = s3.client()
         client.create_bucket(Bucket="inputs")
@@ -268,6 +276,55 @@ def test_sigterm_after_a_broker_restart_does_not_wait_for_the_lost_connection(
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(60) == 0, worker.log[-2000:]
         assert "stopped consuming; 0 request(s) in flight" in worker.log
+
+
+STALL_SECONDS = 1.5  # the loops turn every 0.2 s: room for a busy machine
+
+
+def test_sigterm_while_the_broker_is_down_drains_alive_and_the_work_is_settled_once(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A rollout during a broker restart: the connection is lost with two invocations in
+    flight, then SIGTERM comes. The worker does not reconnect (nothing more to take; the lost
+    deliveries cannot be settled on another connection), stays alive (``/healthz``) while
+    its work runs on, stores the results and exits 0 once it ended; the broker redelivers the
+    two requests, and the next worker notifies their stored results and acks them: one output
+    each, nothing recomputed into a second one, nothing dead-lettered, the queue empty."""
+    stall = {"INFERMODES_WORKER_LIVENESS_STALL_SECONDS": str(STALL_SECONDS)}
+    with held_by_their_input(rabbitmq, abalone_model, tmp_path, "drained", 2, stall) as held:
+        notes, release, worker, ids = held
+        wait_until(lambda: metric(worker, "infermodes_async_in_flight") == 2, 60,
+                   "both requests held by their input")  # fmt: skip
+        rabbitmq.stop()
+        wait_until(lambda: "broker unreachable" in worker.log, 30, "the worker to lose it")
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "signal 15" in worker.log, 30, "the worker to take the signal")
+        until = time.monotonic() + 4 * STALL_SECONDS  # the work runs on through the bound
+        while time.monotonic() < until:
+            answer = httpx.get(f"{worker.url}/healthz", timeout=10)
+            assert (answer.status_code, answer.text) == (200, "alive\n")
+        assert worker.proc.poll() is None, worker.log[-2000:]
+        rabbitmq.start()
+        release.set()
+        assert worker.proc.wait(120) == 0, worker.log[-2000:]
+        assert "broker reachable again" not in worker.log  # stopped: it never reconnected
+        assert sorted(p.name for p in outputs(tmp_path / "output")) == sorted(
+            f"{i}.out" for i in ids
+        )
+        stored = {p.name: p.read_bytes() for p in outputs(tmp_path / "output")}
+        after = spawn_worker(rabbitmq, "drained", model_uri(abalone_model), tmp_path / "b.log")
+        try:
+            notes.wait_for(ids, "Completed", 120)
+            wait_until(lambda: metric(after, MESSAGES, outcome="duplicate") == 2, 60,
+                       "the redeliveries to be settled")  # fmt: skip
+            assert metric(after, MESSAGES, outcome="success") == 0  # none computed again
+            after.proc.send_signal(signal.SIGTERM)
+            assert after.proc.wait(60) == 0, after.log[-2000:]
+        finally:
+            stop_process(after.proc)
+        assert {p.name: p.read_bytes() for p in outputs(tmp_path / "output")} == stored
+        assert backlog("drained", rabbitmq.amqp_url, None).ready == 0  # none left behind
+        assert dead_letter_ids(rabbitmq, "drained", 0, timeout=1) == []
 
 
 def test_sigterm_finishes_in_flight_work_and_nothing_is_redelivered(

@@ -240,9 +240,12 @@ def test_stop_takes_nothing_more_and_returns_once_in_flight_work_settled(
         wait_until(lambda: consumer.in_flight == 3, WAIT, "three in flight")
         assert consumer.consuming.is_set()  # the worker's readiness
         consumer.stop()
+        wait_until(lambda: not consumer.consuming.is_set(), WAIT, "taking nothing more")
+        stopped = consumer.turned  # its loop ended: it drains
         thread.join(3 * queue.lease_seconds)
         assert thread.is_alive()  # still finishing its three
         assert not consumer.consuming.is_set()  # taking nothing more: not ready
+        assert consumer.turned > stopped  # turning while it drains: not stuck (liveness)
         release.set()
         thread.join(WAIT)
         assert not thread.is_alive()

@@ -242,6 +242,37 @@ def test_a_stop_while_a_lost_connections_work_runs_finishes_it_and_never_subscri
     assert not connections[1].is_open  # closed on the way out
 
 
+def test_a_stop_with_the_broker_gone_keeps_the_loop_turning_while_the_lost_work_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rollout during a broker restart: the connection is lost mid-work, no new one can be
+    made, then a stop. The consumer waits for that work (there is no connection to settle it
+    on: the broker redelivers it) and its loop turns meanwhile, so the liveness probe does not
+    kill a worker that is finishing its work; it returns once the work ended."""
+    run = LostMidWorkRun(monkeypatch, concurrency=1)
+    consumer, runner, refused = run.consumer, run.runner, []
+
+    def broker_down_after_the_first(url: str) -> LostMidWork:
+        if run.connections:
+            refused.append(url)
+            raise ConnectionRefusedError(111, "Connection refused")
+        return run._connect(url)
+
+    monkeypatch.setattr(rabbitmq, "connect", broker_down_after_the_first)
+    runner.start()
+    try:
+        assert eventually(lambda: len(refused) >= 2)
+        consumer.stop()
+        stopped = consumer.turned
+        assert eventually(lambda: consumer.turned > stopped + 0.5)  # several turns, draining
+        assert runner.is_alive() and consumer.in_flight == 1
+    finally:
+        run.release.set()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive()
+    assert run.handled == [b"r"] and len(run.connections) == 1  # no reconnect once stopped
+
+
 class CancelledConnection(FakeConnection):
     """A connection whose consumer the broker cancels (its queue deleted) while the connection
     stays open, as RabbitMQ does: pika raises nothing."""
