@@ -388,9 +388,10 @@ class WorkerSettings(EnvSettings):
         60.0,
         ge=1,  # five turns of the consumer's loop at least (it polls every 0.2 s)
         le=3600,
-        description="GET /healthz on the metrics port answers 503 once the consumer's loop "
-        "has not turned for this long (it turns while invocations run, and while it "
-        "reconnects): the liveness probe's signal.",
+        description="GET /healthz on the metrics port answers 503 once the consumer's loop, or "
+        "the webhook outbox's, has not turned for this long (each turns while invocations "
+        "and webhook POSTs run, while it reconnects and while it drains after SIGTERM): the "
+        "liveness probe's signal.",
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"

@@ -224,10 +224,11 @@ class Consumer(Protocol):
     and delivers it again (RabbitMQ's consumer timeout), None for no limit; ``turned`` is when
     (``time.monotonic``) its loop last went round, which it does while its work runs on other
     threads, however long, while it reconnects, and while it waits for its work to end after
-    ``stop`` (``drain``): a loop that stops turning is stuck (the worker's liveness)."""
+    ``stop`` (``drain``): a loop that stops turning is stuck (the worker's liveness). It is
+    None while ``run`` does not run (not yet called, or returned): no loop to be stuck."""
 
     stopping: threading.Event
-    turned: float
+    turned: float | None
     hold_limit: float | None
     consuming: threading.Event
     on_in_flight: Callable[[int], None]

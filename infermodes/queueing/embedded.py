@@ -434,7 +434,7 @@ class EmbeddedConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.hold_limit: float | None = None  # leases are renewed while a delivery is held
-        self.turned = time.monotonic()
+        self.turned: float | None = None
         self._db = Database(path, "NORMAL")
         self._changed = threading.Condition()
         self._leases: set[tuple[int, int]] = set()  # (seq, deliveries) of those in flight
@@ -451,6 +451,7 @@ class EmbeddedConsumer:
             return len(self._leases)
 
     def run(self, handle: Handler) -> None:
+        self.turned = time.monotonic()
         self.on_attempts_allowed(self.max_attempts)
         self._beat()  # registered before the first claim
         heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
@@ -460,6 +461,7 @@ class EmbeddedConsumer:
             self._take(handle, pool)
         finally:
             drain(self, pool)  # in-flight work settles; the heartbeat renews it meanwhile
+            self.turned = None
             self._done.set()
             heartbeat.join()
             self._unregister()

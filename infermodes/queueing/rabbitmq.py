@@ -609,7 +609,7 @@ class RabbitConsumer:
         self.on_in_flight: Callable[[int], None] = lambda _delta: None
         self.on_attempts_allowed: Callable[[int], None] = lambda _attempts: None
         self.hold_limit: float | None = CONSUMER_TIMEOUT_MS / 1000
-        self.turned = time.monotonic()
+        self.turned: float | None = None
         self.outage = Outage(f"consuming {self.queue}")
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix=work.threads)
         self._lock = threading.Lock()
@@ -642,6 +642,7 @@ class RabbitConsumer:
         login for ``LOGIN_REFUSED_EXIT_SECONDS``: the URL is wrong, and retrying it cannot
         mend it (the caller exits, and a restart reads the URL again)."""
         refused_since: float | None = None
+        self.turned = time.monotonic()
         try:
             while not self.stopping.is_set():  # a stop during a back-off takes nothing
                 self.turned = time.monotonic()
@@ -660,6 +661,7 @@ class RabbitConsumer:
                     self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
         finally:
             drain(self, self._pool)  # a lost connection's work, after a stop while it ran
+            self.turned = None
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)

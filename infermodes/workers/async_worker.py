@@ -764,6 +764,11 @@ class Worker:
         self.consumer.stop()
         self.outbox[0].stop()
 
+    @property
+    def loops(self) -> dict[str, Consumer]:
+        """The consumers whose loops its liveness watches, by the name ``stuck`` gives each."""
+        return {"consumer": self.consumer, "webhook outbox's consumer": self.outbox[0]}
+
     def run(self) -> None:
         """Consume until ``stop``; the outbox on a thread of its own, from when the queue is
         consumed. Raises BrokerLoginRefused as ``Consumer.run``."""
@@ -845,14 +850,19 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
     return Worker(consumer, delivery_handler(processor, metrics), (jobs, sender.handle))
 
 
-def stuck(consumer: Consumer, stall_seconds: float) -> str | None:
-    """Why the worker is stuck, for its liveness probe: its consumer's loop has not turned for
-    ``stall_seconds``. Invocations run on the consumer's pool, so an hour-long one leaves the
-    loop turning; a loop that stops (a deadlock, a call that never returns) does not."""
-    silent = time.monotonic() - consumer.turned
-    if silent <= stall_seconds:
-        return None
-    return f"the consumer loop has not turned for {silent:.1f} s"
+def stuck(loops: Mapping[str, Consumer], stall_seconds: float) -> str | None:
+    """Why the worker is stuck, for its liveness probe: a consumer's loop (``Worker.loops``:
+    the queue's, and the webhook outbox's on its own thread) that runs and has not turned for
+    ``stall_seconds``. Invocations and webhook POSTs run on each consumer's pool, so an
+    hour-long one leaves its loop turning; a loop that stops (a deadlock, a call that never
+    returns) does not. One not started yet, or ended, is not stuck (``Consumer.turned``)."""
+    now = time.monotonic()
+    stalled = []
+    for name, consumer in loops.items():
+        turned = consumer.turned  # read once: the loop's thread sets it
+        if turned is not None and now - turned > stall_seconds:
+            stalled.append(f"the {name} loop has not turned for {now - turned:.1f} s")
+    return "; ".join(stalled) or None
 
 
 def run(settings: WorkerSettings) -> int:
@@ -882,7 +892,7 @@ def run(settings: WorkerSettings) -> int:
                 settings.metrics_host,
                 registry,
                 worker.consumer.consuming.is_set,
-                functools.partial(stuck, worker.consumer, settings.liveness_stall_seconds),
+                functools.partial(stuck, worker.loops, settings.liveness_stall_seconds),
             )
         except OSError as exc:  # a busy port: its readiness could never be asked
             log.error(

@@ -1,18 +1,20 @@
 """An async worker's liveness (``GET /healthz`` on its metrics port, the pod's liveness probe):
-it holds while an invocation runs far longer than the stall bound, since invocations run on the
-consumer's pool and its loop turns on; it fails, naming why, once the consumer's loop stops
-turning (stopped here by a fault hook, as a deadlock would), and holds again once it turns."""
+it holds while an invocation, or a webhook POST, runs far longer than the stall bound, since
+they run on their consumer's pool and its loop turns on; it fails, naming which, once the
+queue's consumer loop or the webhook outbox's stops turning (stopped here by a fault hook, as
+a deadlock would), and holds again once it turns."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import plane, spawn_worker, wait_consuming
+from tests.support.async_plane import WebhookReceiver, plane, spawn_worker, wait_consuming
 from tests.support.batch import FAULTS
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
@@ -21,16 +23,22 @@ ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
 STALL_SECONDS = 1.5  # the loop turns every 0.2 s: room for a busy machine
 
 
+def faults_env(stuck: Path, **more: str) -> dict[str, str]:
+    """The fault hooks on the worker's path, its consumer loop stuck while ``stuck`` exists,
+    and a short stall bound."""
+    return {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
+        "INFERMODES_TEST_STUCK_CONSUMER": str(stuck),
+        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS": str(STALL_SECONDS),
+        **more,
+    }
+
+
 def test_a_busy_worker_is_alive_and_one_whose_consumer_loop_is_stuck_is_not(
     abalone_model: AbaloneModel, rabbitmq: Broker, tmp_path: Path
 ) -> None:
     hold, stuck = tmp_path / "hold", tmp_path / "stuck"
-    faults = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])),
-        "INFERMODES_TEST_HELD_PREDICT": str(hold),
-        "INFERMODES_TEST_STUCK_CONSUMER": str(stuck),
-        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS": str(STALL_SECONDS),
-    }
+    faults = faults_env(stuck, INFERMODES_TEST_HELD_PREDICT=str(hold))
     endpoint = "liveness"
     with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as running:
         worker = spawn_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}",
@@ -56,3 +64,50 @@ def test_a_busy_worker_is_alive_and_one_whose_consumer_loop_is_stuck_is_not(
         stuck.unlink()
         hold.unlink()
         wait_until(lambda: liveness().status_code == 200, 30, "liveness to hold again")
+
+
+def test_a_held_webhook_post_is_alive_and_a_stuck_webhook_outbox_loop_is_not(
+    abalone_model: AbaloneModel, rabbitmq: Broker, tmp_path: Path
+) -> None:
+    """The outbox is consumed on a thread of its own, by a connection of its own: a POST held
+    by its receiver (each try cut at 10 s, 10 tries) runs on the senders' pool, alive through
+    several stall bounds; the outbox's loop stopped, the worker is not alive, naming that
+    loop and not the queue's, which turns on."""
+    stuck, release = tmp_path / "stuck", threading.Event()
+    faults = faults_env(
+        stuck,
+        INFERMODES_TEST_STUCK_THREAD="webhook-outbox",
+        INFERMODES_WORKER_WEBHOOK_ATTEMPTS="10",
+    )
+    endpoint = "outbox-liveness"
+    with (
+        WebhookReceiver(holds=lambda _: None if release.is_set() else release) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as running,
+    ):
+        worker = spawn_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}",
+                              tmp_path / "worker.log", env=faults,
+                              extra=("--success-webhook-url", hook.url))  # fmt: skip
+        running.workers.append(worker)  # stopped by the plane
+        wait_consuming(worker)
+
+        def liveness() -> httpx.Response:
+            return httpx.get(f"{worker.url}/healthz", timeout=10)
+
+        try:
+            first = running.invoke(ROW).json()["InferenceId"]
+            wait_until(lambda: first in hook.ids(), 60, "the webhook POST held")
+            until = time.monotonic() + 4 * STALL_SECONDS
+            while time.monotonic() < until:
+                answer = liveness()
+                assert answer.status_code == 200, answer.text
+            stuck.touch()
+            wait_until(lambda: liveness().status_code == 503, 30, "liveness to fail")
+            reason = liveness().text
+            assert reason.startswith("the webhook outbox's consumer loop has not turned for ")
+            assert "the consumer loop" not in reason  # the queue's turns on
+        finally:
+            release.set()
+            stuck.unlink(missing_ok=True)
+        wait_until(lambda: liveness().status_code == 200, 30, "liveness to hold again")
+        second = running.invoke(ROW).json()["InferenceId"]
+        wait_until(lambda: {first, second} <= hook.ids(), 60, "both webhooks sent")

@@ -44,6 +44,7 @@ from infermodes.workers.async_worker import (
     input_cost,
     run,
     storage_wait_budget,
+    stuck,
     webhooks_of,
 )
 from tests.support import recordio as recordio_samples
@@ -1100,6 +1101,7 @@ class IdleConsumer:
         self.hold_limit = None
         self.on_in_flight = self.on_attempts_allowed = lambda _n: None
         self.in_flight = 0
+        self.turned: float | None = None
 
     def run(self, handle: object) -> None:
         if self.broken:
@@ -1121,6 +1123,64 @@ def test_a_worker_whose_webhook_senders_stop_by_themselves_stops_too(
         worker.run()
     assert requests.stopping.is_set()
     assert "its senders stopped" in caplog.text
+
+
+STALL = 60.0
+
+
+def loops_turned(requests: float | None, outbox: float | None) -> Worker:
+    """A worker whose queue's loop last turned ``requests`` seconds ago and its outbox's
+    ``outbox`` ago (None: that loop does not run)."""
+    consumers = IdleConsumer(), IdleConsumer()
+    for consumer, ago in zip(consumers, (requests, outbox), strict=True):
+        consumer.turned = None if ago is None else time.monotonic() - ago
+    return Worker(consumers[0], lambda _d: Settle.ACK, (consumers[1], lambda _d: Settle.ACK))  # type: ignore[arg-type]
+
+
+def test_liveness_names_the_webhook_outboxs_loop_once_it_stops_turning() -> None:
+    """The outbox's consumer runs on a thread of its own: its loop stuck, webhook jobs pile
+    up (keeping the pool from scaling to zero) while the queue's loop turns on."""
+    assert stuck(loops_turned(0, STALL - 1).loops, STALL) is None
+    reason = stuck(loops_turned(0, STALL + 1).loops, STALL)
+    assert reason is not None
+    assert reason.startswith("the webhook outbox's consumer loop has not turned for 6")
+    assert "; " not in reason  # the queue's loop turns: not named
+
+
+def test_liveness_names_each_stuck_loop_and_the_queues_as_before() -> None:
+    reason = stuck(loops_turned(STALL + 1, None).loops, STALL)
+    assert reason is not None and reason.startswith("the consumer loop has not turned for 6")
+    both = stuck(loops_turned(STALL + 1, STALL + 2).loops, STALL)
+    assert both is not None
+    assert both.startswith("the consumer loop has not turned for 6")
+    assert "; the webhook outbox's consumer loop has not turned for 6" in both
+
+
+def test_a_loop_not_started_or_ended_is_not_stuck(tmp_path: Path) -> None:
+    """Before the outbox is consumed (it waits for the queue's first subscription, which may
+    take a broker outage) and after a stop, a loop that does not run has nothing to turn:
+    the worker's real consumers (the embedded queue's) say so."""
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
+        broker_url=embedded_url(tmp_path / "queue.db"),
+        metrics_port=0,
+    )
+    worker = build(settings, CollectorRegistry())
+    assert [c.turned for c in worker.loops.values()] == [None, None]
+    assert stuck(worker.loops, 1) is None
+    runs = threading.Thread(target=worker.run, daemon=True)
+    runs.start()
+    try:
+        wait_until(lambda: None not in [c.turned for c in worker.loops.values()], 30,
+                   "both loops to run")  # fmt: skip
+    finally:
+        worker.stop()
+        runs.join(30)
+    assert not runs.is_alive()
+    assert [c.turned for c in worker.loops.values()] == [None, None]
+    assert stuck(worker.loops, 1) is None
+    assert stuck(loops_turned(None, None).loops, 0) is None
 
 
 def test_a_worker_without_webhooks_settles_the_jobs_left_in_its_outbox(

@@ -238,8 +238,9 @@ def desired_objects(
             "periodSeconds": 2,
             "failureThreshold": 900,
         },
-        # restarted once its consumer's loop has stopped turning (liveness_stall_seconds, then
-        # 3 failed probes): never for invocations however long, which run on its pool
+        # restarted once its consumer's loop, or its webhook outbox's, has stopped turning
+        # (liveness_stall_seconds, then 3 failed probes): never for invocations or webhook
+        # POSTs however long, which run on their pools
         "livenessProbe": liveness_probe("metrics"),
         "resources": resources(block.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -10,7 +10,9 @@ header ``x-test-broken`` (so that its readiness still answers).
 ``INFERMODES_TEST_HELD_PREDICT=PATH`` makes each prediction started while
 ``PATH`` exists a long one: it touches ``PATH.started`` and blocks until ``PATH`` is removed.
 ``INFERMODES_TEST_STUCK_CONSUMER=PATH`` stops a RabbitMQ consumer's loop while ``PATH`` exists,
-as a deadlock would. Nothing happens without the variables.
+as a deadlock would: the main thread's (the queue's), or with
+``INFERMODES_TEST_STUCK_THREAD=NAME`` the one on the thread of that name (``webhook-outbox``:
+the outbox's). Nothing happens without the variables.
 """
 
 from __future__ import annotations
@@ -86,11 +88,17 @@ if _STUCK_CONSUMER:
     import pika
 
     _stuck = Path(_STUCK_CONSUMER)
+    _stuck_thread = os.environ.get("INFERMODES_TEST_STUCK_THREAD", "")
     _serve = pika.BlockingConnection.process_data_events
 
+    def _on_stuck_thread() -> bool:
+        if _stuck_thread:
+            return threading.current_thread().name == _stuck_thread
+        return threading.current_thread() is threading.main_thread()
+
     def _stuck_serve(self: pika.BlockingConnection, time_limit: float | None = 0) -> None:
-        """The consumer's loop (the main thread's) stops turning while the file exists."""
-        while _stuck.exists() and threading.current_thread() is threading.main_thread():
+        """The consumer's loop on the chosen thread stops turning while the file exists."""
+        while _stuck.exists() and _on_stuck_thread():
             time.sleep(0.01)
         _serve(self, time_limit)
 
