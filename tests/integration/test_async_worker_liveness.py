@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,18 @@ def faults_env(stuck: Path, **more: str) -> dict[str, str]:
     }
 
 
+def alive_then_stuck(liveness: Callable[[], httpx.Response], stuck: Path) -> str:
+    """What the worker's liveness answers, 200 throughout several stall bounds while its work
+    runs on a pool, then once ``stuck`` stops a loop: a 503, and the reason it gives."""
+    until = time.monotonic() + 4 * STALL_SECONDS
+    while time.monotonic() < until:
+        answer = liveness()
+        assert answer.status_code == 200, answer.text
+    stuck.touch()
+    wait_until(lambda: liveness().status_code == 503, 30, "liveness to fail")
+    return liveness().text
+
+
 def test_a_busy_worker_is_alive_and_one_whose_consumer_loop_is_stuck_is_not(
     abalone_model: AbaloneModel, rabbitmq: Broker, tmp_path: Path
 ) -> None:
@@ -54,13 +67,7 @@ def test_a_busy_worker_is_alive_and_one_whose_consumer_loop_is_stuck_is_not(
         assert running.invoke(ROW).status_code == 202
         wait_until(Path(f"{hold}.started").exists, 30, "the invocation to start")
         # the invocation holds a pool thread through several stall bounds: alive throughout
-        until = time.monotonic() + 4 * STALL_SECONDS
-        while time.monotonic() < until:
-            answer = liveness()
-            assert answer.status_code == 200, answer.text
-        stuck.touch()
-        wait_until(lambda: liveness().status_code == 503, 30, "liveness to fail")
-        assert liveness().text.startswith("the consumer loop has not turned for ")
+        assert alive_then_stuck(liveness, stuck).startswith("the consumer loop has not turned")
         stuck.unlink()
         hold.unlink()
         wait_until(lambda: liveness().status_code == 200, 30, "liveness to hold again")
@@ -96,13 +103,7 @@ def test_a_held_webhook_post_is_alive_and_a_stuck_webhook_outbox_loop_is_not(
         try:
             first = running.invoke(ROW).json()["InferenceId"]
             wait_until(lambda: first in hook.ids(), 60, "the webhook POST held")
-            until = time.monotonic() + 4 * STALL_SECONDS
-            while time.monotonic() < until:
-                answer = liveness()
-                assert answer.status_code == 200, answer.text
-            stuck.touch()
-            wait_until(lambda: liveness().status_code == 503, 30, "liveness to fail")
-            reason = liveness().text
+            reason = alive_then_stuck(liveness, stuck)
             assert reason.startswith("the webhook outbox's consumer loop has not turned for ")
             assert "the consumer loop" not in reason  # the queue's turns on
         finally:

@@ -1125,6 +1125,17 @@ def test_a_worker_whose_webhook_senders_stop_by_themselves_stops_too(
     assert "its senders stopped" in caplog.text
 
 
+def embedded_worker(tmp_path: Path, registry: CollectorRegistry | None = None) -> Worker:
+    """A worker built on ``up``'s queue (a file in ``tmp_path``) and a tiny model."""
+    settings = WorkerSettings(
+        endpoint="ep",
+        model_uri=f"file://{tiny_model_file(tmp_path)}",
+        broker_url=embedded_url(tmp_path / "queue.db"),
+        metrics_port=0,
+    )
+    return build(settings, CollectorRegistry() if registry is None else registry)
+
+
 STALL = 60.0
 
 
@@ -1160,13 +1171,7 @@ def test_a_loop_not_started_or_ended_is_not_stuck(tmp_path: Path) -> None:
     """Before the outbox is consumed (it waits for the queue's first subscription, which may
     take a broker outage) and after a stop, a loop that does not run has nothing to turn:
     the worker's real consumers (the embedded queue's) say so."""
-    settings = WorkerSettings(
-        endpoint="ep",
-        model_uri=f"file://{tiny_model_file(tmp_path)}",
-        broker_url=embedded_url(tmp_path / "queue.db"),
-        metrics_port=0,
-    )
-    worker = build(settings, CollectorRegistry())
+    worker = embedded_worker(tmp_path)
     assert [c.turned for c in worker.loops.values()] == [None, None]
     assert stuck(worker.loops, 1) is None
     runs = threading.Thread(target=worker.run, daemon=True)
@@ -1195,13 +1200,7 @@ def test_a_worker_without_webhooks_settles_the_jobs_left_in_its_outbox(
         publisher.publish("", outbox_name("ep"), webhook_job(body, False), "left", True)
     finally:
         publisher.close()
-    settings = WorkerSettings(
-        endpoint="ep",
-        model_uri=f"file://{tiny_model_file(tmp_path)}",
-        broker_url=embedded_url(tmp_path / "queue.db"),
-        metrics_port=0,
-    )
-    worker = build(settings, CollectorRegistry())
+    worker = embedded_worker(tmp_path)
     caplog.set_level(logging.INFO, "infermodes")
     runs = threading.Thread(target=worker.run, daemon=True)
     runs.start()
@@ -1219,14 +1218,8 @@ def test_a_worker_counts_the_webhook_jobs_its_senders_hold_apart_from_its_reques
 ) -> None:
     """A worker POSTing a webhook job is busy to a scale-in (its deletion cost), but not with
     a request: the scaler's in-flight count stays the requests'."""
-    settings = WorkerSettings(
-        endpoint="ep",
-        model_uri=f"file://{tiny_model_file(tmp_path)}",
-        broker_url=embedded_url(tmp_path / "queue.db"),
-        metrics_port=0,
-    )
     registry = CollectorRegistry()
-    worker = build(settings, registry)
+    worker = embedded_worker(tmp_path, registry)
     worker.outbox[0].on_in_flight(+1)
     assert registry.get_sample_value("infermodes_async_webhook_jobs_in_flight") == 1
     assert registry.get_sample_value("infermodes_async_in_flight") == 0
