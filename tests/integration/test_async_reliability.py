@@ -680,8 +680,10 @@ def close_consumer_connection(broker: Broker, endpoint: str) -> None:
 
     def consumer_connection() -> str | None:
         consumers = httpx.get(f"{api}/consumers", auth=auth, timeout=5).json()
+        # ``channel_details`` is ``[]`` until the broker has collected its statistics
         names = [c["channel_details"]["connection_name"] for c in consumers
-                 if c["queue"]["name"] == queue]  # fmt: skip
+                 if c["queue"]["name"] == queue
+                 and isinstance(c["channel_details"], dict)]  # fmt: skip
         return names[0] if names else None
 
     wait_until(lambda: consumer_connection() is not None, 30, "the worker's consumer")
