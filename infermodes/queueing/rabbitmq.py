@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import re
@@ -74,10 +75,36 @@ CONSUMER_TIMEOUT_MS = 65 * 60 * 1000
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
 NOT_FOUND = 404  # AMQP reply code of a passive declare of a queue that does not exist
 PRECONDITION_FAILED = 406  # ... of a redeclaration with other arguments
-# a refusal for the delivery limit, and the kept queue's limit in it: "... but current is '9'"
-# (both sides set), "... but current is the value '9' of type 'long'", "... current is none"
-OTHER_LIMIT = "inequivalent arg 'x-delivery-limit' for"
-CURRENT_DELIVERY_LIMIT = re.compile(r" current is (?:the value )?(?:'(-?\d+)'|none)")
+# a refusal names the first argument that differs, and the kept queue's value of it:
+# "inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '7' but current is
+# '9'" (both sides set), "... but current is the value '9' of type 'long'", "... current is none"
+INEQUIVALENT_ARGUMENT = re.compile(r"inequivalent arg '([^']*)' for ")
+CURRENT_VALUE = re.compile(r" but current is (?:the value )?(?:'([^']*)'|none)")
+# Dead-lettering that keeps a message until the dead-letter queue confirmed it (RabbitMQ 3.10
+# with its feature flags enabled); without reject-publish RabbitMQ falls back to at most once.
+AT_LEAST_ONCE: dict[str, object] = {
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+# The arguments an existing queue may have otherwise and still be used as it is
+# (``declare_as_kept``), each with how its value, as a refusal quotes it, is read (None: only
+# its absence is accepted): the strategy and overflow that queues declared by an earlier release
+# lack (``AT_LEAST_ONCE_POLICY`` sets them in place), and, for a work queue, a delivery limit
+# kept from another maxAttempts
+KEPT_AT_MOST_ONCE: dict[str, Callable[[str], object] | None] = dict.fromkeys(AT_LEAST_ONCE)
+KEPT_BY_WORK_QUEUE: dict[str, Callable[[str], object] | None] = {
+    "x-delivery-limit": int,
+    **KEPT_AT_MOST_ONCE,
+}
+# The policy that sets them on queues declared without them (a policy's keys drop the "x-"),
+# in place: queue arguments win over a policy's, so it changes nothing on the others
+AT_LEAST_ONCE_POLICY_PATTERN = r"^infermodes\.async\."
+AT_LEAST_ONCE_POLICY_DEFINITION = {key.removeprefix("x-"): v for key, v in AT_LEAST_ONCE.items()}
+AT_LEAST_ONCE_POLICY = (
+    "rabbitmqctl set_policy --apply-to queues infermodes-at-least-once "
+    f"'{AT_LEAST_ONCE_POLICY_PATTERN}' "
+    f"'{json.dumps(AT_LEAST_ONCE_POLICY_DEFINITION, separators=(',', ':'))}'"
+)
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
@@ -114,13 +141,21 @@ def dead_letter_queue_name(endpoint: str) -> str:
 def queue_arguments(endpoint: str, max_attempts: int) -> dict[str, object]:
     """The work queue's arguments. Every declarer must pass the same ones (RabbitMQ refuses a
     redeclaration with different arguments), hence this one function. ``x-consumer-timeout``
-    is honoured from RabbitMQ 3.12 on; older brokers need ``consumer_timeout`` in their config."""
+    is honoured from RabbitMQ 3.12 on; older brokers need ``consumer_timeout`` in their config.
+    A request over its delivery limit, or given up by its worker, is dead-lettered at least
+    once (``AT_LEAST_ONCE``): the broker keeps it until the dead-letter queue confirmed it,
+    where the default strategy drops it when that publish fails (the dead-letter queue deleted,
+    or without a majority). That strategy needs ``reject-publish``, which only matters with a
+    length limit: we set none, but a policy's ``max-length`` would then have the gateway's
+    confirmed publish nacked (a 503: the request not accepted) instead of the broker dropping
+    the oldest accepted request (``drop-head``, the default)."""
     return {
         "x-queue-type": "quorum",
         "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
         "x-delivery-limit": delivery_limit(max_attempts),
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": endpoint,
+        **AT_LEAST_ONCE,
     }
 
 
@@ -128,13 +163,15 @@ def outbox_arguments(endpoint: str) -> dict[str, object]:
     """The webhook outbox's. Senders dead-letter jobs themselves, with a confirmed publish
     (``notifications.Outbox``), whatever the queue's arguments; the broker's dead-lettering is
     only the backstop for a job whose senders were all killed (``delivery_limit`` in its
-    ``x-death``), and at most once (a quorum queue's default strategy)."""
+    ``x-death``), at least once as the work queue's (``queue_arguments``: with a length limit
+    set by a policy, a publish over it is nacked rather than the oldest job dropped)."""
     return {
         "x-queue-type": "quorum",
         "x-consumer-timeout": CONSUMER_TIMEOUT_MS,
         "x-delivery-limit": OUTBOX_DELIVERY_LIMIT,
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": outbox_name(endpoint),
+        **AT_LEAST_ONCE,
     }
 
 
@@ -148,8 +185,7 @@ def delay_arguments(queue: str, seconds: int) -> dict[str, object]:
         "x-message-ttl": seconds * 1000,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": queue,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
+        **AT_LEAST_ONCE,
     }
 
 
@@ -194,12 +230,13 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
 
 
 def declare_outbox(connection: pika.BlockingConnection, endpoint: str) -> None:
-    """The endpoint's outbox, on a channel of its own: one declared before it had
-    dead-lettering (a 406) is used as it is, with a warning, rather than stop every worker.
-    Senders dead-letter explicitly, so only the backstop is missing there."""
+    """The endpoint's outbox, on a channel of its own: one declared by an earlier release
+    (without dead-lettering, or dead-lettering at most once) is used as it is, with a warning,
+    rather than stop every worker. Senders dead-letter explicitly, so only the backstop is
+    missing or weaker there."""
     queue = outbox_name(endpoint)
     try:
-        _declare_queue(connection, queue, outbox_arguments(endpoint))
+        declared = declare_as_kept(connection, queue, outbox_arguments(endpoint), KEPT_AT_MOST_ONCE)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != PRECONDITION_FAILED:
             raise
@@ -211,6 +248,8 @@ def declare_outbox(connection: pika.BlockingConnection, endpoint: str) -> None:
             queue,
             exc.reply_text,
         )
+        return
+    _warn_if_at_most_once(queue, declared or {})  # None: cut short over one of those two
 
 
 def declare_work_queue(
@@ -218,47 +257,123 @@ def declare_work_queue(
 ) -> int | None:
     """The endpoint's work queue, on a channel of its own: a queue kept from an endpoint
     declared with another ``maxAttempts`` (a changed spec, or one deleted and created again)
-    has another delivery limit, and RabbitMQ refuses to redeclare it so (406, closing the
-    channel). That queue, and the requests in it, are used as they are, with a warning:
-    refusing would stop every worker and the accepting side for good. Any other difference (a
-    classic queue: no delivery count, so no attempt limit; another dead-letter exchange) is
-    refused. RabbitMQ names only the first argument that differs (the released versions check
-    the queue type and dead-lettering before the limit), so the queue is declared once more
-    with its own limit, read from the refusal: what else differs is refused then, whatever
-    the order of the checks. Returns the queue's delivery limit, which workers plan their
-    attempts within (``attempts_allowed``); None when it has none or the refusal did not say."""
+    has another delivery limit, and one declared by an earlier release lacks ``AT_LEAST_ONCE``:
+    RabbitMQ refuses to redeclare either so (406, closing the channel). That queue, and the
+    requests in it, are used as they are, with a warning: refusing would stop every worker and
+    the accepting side for good. Any other difference (a classic queue: no delivery count, so
+    no attempt limit; another dead-letter exchange) is refused (``declare_as_kept``). Returns
+    the queue's delivery limit, which workers plan their attempts within
+    (``attempts_allowed``); None when it has none or a refusal did not say."""
     queue = queue_name(endpoint)
     arguments = queue_arguments(endpoint, max_attempts)
-    try:
-        _declare_queue(connection, queue, arguments)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != PRECONDITION_FAILED or OTHER_LIMIT not in exc.reply_text:
-            raise  # another queue type or dead-lettering: not ours to use as it is
-        current = CURRENT_DELIVERY_LIMIT.search(exc.reply_text)
-        if current is None:  # e.g. cut short: RabbitMQ keeps 255 characters of a reply
-            log.error(
-                "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
-                "is, without checking its other arguments (delete the queue to declare it "
-                "anew)",
-                queue,
-                max_attempts,
-                exc.reply_text,
-            )
-            return None
-        kept = None if current[1] is None else int(current[1])  # None: the queue has no limit
-        own = {k: v for k, v in arguments.items() if k != "x-delivery-limit"}
-        if kept is not None:
-            own["x-delivery-limit"] = kept
-        _declare_queue(connection, queue, own)  # raises if anything else differs too
-        log.warning(
-            "%s has another delivery limit than maxAttempts %d gives (%s); using it as it "
-            "is (delete the queue to declare it anew)",
+    declared = declare_as_kept(connection, queue, arguments, KEPT_BY_WORK_QUEUE)
+    if declared is None:
+        log.error(
+            "%s was declared with other arguments than maxAttempts %d asks for (a refusal cut "
+            "short); using it as it is, without checking its other arguments (delete the queue "
+            "to declare it anew)",
             queue,
             max_attempts,
-            exc.reply_text,
         )
-        return kept
-    return delivery_limit(max_attempts)
+        return None
+    kept = declared.get("x-delivery-limit")
+    if kept != arguments["x-delivery-limit"]:
+        log.warning(
+            "%s has another delivery limit than maxAttempts %d gives (x-delivery-limit %s, "
+            "not %s); using it as it is (delete the queue to declare it anew)",
+            queue,
+            max_attempts,
+            "none" if kept is None else kept,
+            arguments["x-delivery-limit"],
+        )
+    _warn_if_at_most_once(queue, declared)
+    return kept if isinstance(kept, int) else None
+
+
+def declare_as_kept(
+    connection: pika.BlockingConnection,
+    queue: str,
+    wanted: dict[str, object],
+    kept: Mapping[str, Callable[[str], object] | None],
+) -> dict[str, object] | None:
+    """Declare ``queue`` with ``wanted``, or, for a queue that exists with other values of the
+    ``kept`` arguments only, with its own (``arguments_as_kept``). RabbitMQ names only the
+    first argument that differs (its versions check them in different orders), so the queue is
+    declared again with each one it names, until it is accepted, or refused over an argument
+    not kept: that refusal is raised, whatever the order of the checks. Returns the arguments
+    the queue was declared with; None when a refusal named a kept argument but was cut short
+    before its value (RabbitMQ keeps 255 characters of a reply): the rest went unchecked."""
+    arguments = dict(wanted)
+    for _ in range(len(kept)):
+        try:
+            _declare_queue(connection, queue, arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            following = arguments_as_kept(arguments, exc.reply_text, kept)
+            if following is not None:
+                arguments = following
+            elif _cut_short(exc.reply_text, kept):
+                return None
+            else:
+                raise
+        else:
+            return arguments
+    _declare_queue(connection, queue, arguments)  # every kept one named: only others are left
+    return arguments
+
+
+def arguments_as_kept(
+    arguments: Mapping[str, object],
+    refusal: str,
+    kept: Mapping[str, Callable[[str], object] | None],
+) -> dict[str, object] | None:
+    """``arguments`` with the one ``refusal`` (a 406's text) names set to the queue's own
+    value, read by ``kept`` (or left out where the queue has none); None when the queue may not
+    keep it: an argument not in ``kept``, a value ``kept`` accepts only the absence of or
+    cannot read, or one the refusal does not give, or the one we already asked for."""
+    named, current = INEQUIVALENT_ARGUMENT.search(refusal), CURRENT_VALUE.search(refusal)
+    if named is None or current is None or named[1] not in kept:
+        return None
+    name, read = named[1], kept[named[1]]
+    own = {key: value for key, value in arguments.items() if key != name}
+    if current[1] is not None:  # the queue has a value of its own
+        if read is None:
+            return None
+        try:
+            own[name] = read(current[1])
+        except ValueError:
+            return None
+    return None if own == arguments else own
+
+
+def _cut_short(refusal: str, kept: Mapping[str, object]) -> bool:
+    """A refusal that names a kept argument but not the queue's value of it."""
+    named = INEQUIVALENT_ARGUMENT.search(refusal)
+    return named is not None and named[1] in kept and CURRENT_VALUE.search(refusal) is None
+
+
+_at_most_once_warned: set[str] = set()
+_at_most_once_lock = threading.Lock()
+
+
+def _warn_if_at_most_once(queue: str, declared: Mapping[str, object]) -> None:
+    """Once per queue and process (each connection of a pool declares it): a queue declared by
+    an earlier release dead-letters at most once, and a policy can change that in place."""
+    if all(declared.get(key) == value for key, value in AT_LEAST_ONCE.items()):
+        return
+    with _at_most_once_lock:
+        if queue in _at_most_once_warned:
+            return
+        _at_most_once_warned.add(queue)
+    log.warning(
+        "%s was declared by an earlier release, without x-dead-letter-strategy at-least-once "
+        "and x-overflow reject-publish: using it as it is, but it dead-letters at most once (a "
+        "message over its delivery limit is dropped if its dead-letter queue cannot take it "
+        "then). Set them by a policy, without redeclaring the queue: %s (docs/upgrading.md)",
+        queue,
+        AT_LEAST_ONCE_POLICY,
+    )
 
 
 def _declare_queue(

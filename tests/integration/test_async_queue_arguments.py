@@ -6,24 +6,26 @@ with the queue as it is, on a real broker, rather than fail for good."""
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.queueing.broker import Delivery, Settle
 from infermodes.queueing.rabbitmq import (
-    RabbitConsumer,
     RequestPublisher,
     connect,
     queue_arguments,
     queue_name,
 )
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import Notifications, dead_letter_ids, plane, submit_unreadable
-from tests.support.processes import wait_until
+from tests.support.async_plane import (
+    Notifications,
+    consume,
+    dead_letter_ids,
+    plane,
+    submit_unreadable,
+)
 from tests.support.rabbitmq import Broker
 
 
@@ -41,22 +43,7 @@ def test_a_queue_declared_with_another_max_attempts_is_used_as_it_is(
     assert "x-delivery-limit" in caplog.text
     assert "could not be checked" not in caplog.text  # the broker's refusal gave its limit
 
-    consumer = RabbitConsumer(rabbitmq.amqp_url, endpoint, max_attempts=5, concurrency=2)
-    got: list[bytes] = []
-
-    def handle(delivery: Delivery) -> Settle:
-        got.append(delivery.body)
-        return Settle.ACK
-
-    loop = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
-    loop.start()
-    try:
-        wait_until(lambda: len(got) == 2, 30, "both requests consumed")
-    finally:
-        consumer.stop()
-        loop.join(30)
-    assert not loop.is_alive()
-    assert got == [b"{}", b"{}"]
+    assert consume(rabbitmq, endpoint, 5, 2) == [b"{}", b"{}"]
 
 
 def test_workers_give_up_within_a_kept_queue_s_smaller_limit_and_say_so(

@@ -20,10 +20,15 @@ import httpx
 import pika
 
 from infermodes.queueing import connect as queues
-from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, outbox_name
+from infermodes.queueing.broker import NOTIFICATION_EXCHANGE, Delivery, Settle, outbox_name
 from infermodes.queueing.messages import InvocationRequest
 from infermodes.queueing.notifications import webhook_job
-from infermodes.queueing.rabbitmq import RequestPublisher, connect, dead_letter_queue_name
+from infermodes.queueing.rabbitmq import (
+    RabbitConsumer,
+    RequestPublisher,
+    connect,
+    dead_letter_queue_name,
+)
 from tests.support.processes import INFERMODES, free_port, stop_process, wait_until
 from tests.support.rabbitmq import Broker
 
@@ -393,6 +398,27 @@ def publish(broker: Broker, endpoint: str, message_id: str, body: bytes, max_att
         publisher.submit(endpoint, message_id, body)
     finally:
         publisher.close()
+
+
+def consume(broker: Broker, endpoint: str, max_attempts: int, count: int) -> list[bytes]:
+    """The bodies of the first ``count`` requests a worker's consumer (which declares the
+    endpoint's queues first, as a worker does) takes from the queue, each acked."""
+    consumer = RabbitConsumer(broker.amqp_url, endpoint, max_attempts=max_attempts, concurrency=2)
+    got: list[bytes] = []
+
+    def handle(delivery: Delivery) -> Settle:
+        got.append(delivery.body)
+        return Settle.ACK
+
+    loop = threading.Thread(target=consumer.run, args=(handle,), daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: len(got) >= count, 30, f"{count} request(s) consumed")
+    finally:
+        consumer.stop()
+        loop.join(30)
+    assert not loop.is_alive()
+    return got
 
 
 def put_webhook_job(broker: queues.Broker, endpoint: str, inference_id: str) -> None:

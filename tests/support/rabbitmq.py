@@ -47,9 +47,14 @@ class Broker:
     """One broker node; ``stop`` and ``start`` keep its data folder."""
 
     def __init__(
-        self, root: Path, statistics_interval_ms: int = 500, config: tuple[str, ...] = ()
+        self,
+        root: Path,
+        statistics_interval_ms: int = 500,
+        config: tuple[str, ...] = (),
+        erl_args: tuple[str, ...] = (),
     ) -> None:
         self.root = root
+        self.erl_args = erl_args
         # kept across stop and start: out of the range outgoing connections are given ports from
         self.amqp_port = lasting_port()
         self.management_port = lasting_port()
@@ -96,7 +101,9 @@ class Broker:
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.amqp_port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(
+                ("-kernel inet_dist_use_interface {127,0,0,1}", *self.erl_args)
+            ),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
         }
@@ -152,14 +159,17 @@ class Broker:
 
 @contextlib.contextmanager
 def rabbitmq_broker(
-    statistics_interval_ms: int = 500, config: tuple[str, ...] = ()
+    statistics_interval_ms: int = 500,
+    config: tuple[str, ...] = (),
+    erl_args: tuple[str, ...] = (),
 ) -> Iterator[Broker]:
     """``statistics_interval_ms``: how often the broker samples the figures its management
     API reports (RabbitMQ's default is 5000; ours is short, for scalers that follow them);
-    ``config``: more ``rabbitmq.conf`` lines."""
+    ``config``: more ``rabbitmq.conf`` lines; ``erl_args``: more of the node's Erlang arguments
+    (``-rabbit KEY VALUE`` sets what ``rabbitmq.conf`` has no key for)."""
     ensure_installed()
     root = Path(tempfile.mkdtemp(prefix="infermodes-rabbitmq-"))
-    broker = Broker(root, statistics_interval_ms, config)
+    broker = Broker(root, statistics_interval_ms, config, erl_args)
     try:
         broker.start()
         yield broker

@@ -189,6 +189,9 @@ def test_queue_is_a_quorum_queue_with_a_delivery_limit_and_dead_lettering() -> N
         "x-delivery-limit": 7,  # 4 attempts + the headroom for a give-up to notify
         "x-dead-letter-exchange": "infermodes.dead-letter",
         "x-dead-letter-routing-key": "ep",
+        # kept until the dead-letter queue confirmed it; a length limit refuses publishes
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
     }
 
 
@@ -226,6 +229,10 @@ def test_the_outbox_dead_letters_to_a_queue_of_its_own() -> None:
     assert (outbox["x-dead-letter-exchange"], outbox["x-dead-letter-routing-key"]) == (
         "infermodes.dead-letter",
         "infermodes.async.ep.webhooks",
+    )
+    assert (outbox["x-dead-letter-strategy"], outbox["x-overflow"]) == (
+        "at-least-once",
+        "reject-publish",
     )
     assert (
         "infermodes.async.ep.webhooks.dead-letter",

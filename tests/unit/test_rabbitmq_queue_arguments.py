@@ -13,6 +13,10 @@ import pytest
 
 from infermodes.queueing.broker import attempts_allowed, delivery_limit
 from infermodes.queueing.rabbitmq import (
+    AT_LEAST_ONCE,
+    KEPT_AT_MOST_ONCE,
+    KEPT_BY_WORK_QUEUE,
+    arguments_as_kept,
     declare_outbox,
     declare_work_queue,
     outbox_arguments,
@@ -21,8 +25,8 @@ from infermodes.queueing.rabbitmq import (
 
 
 class ScriptedBroker:
-    """Refuses each declaration whose arguments differ from the queue's, checking the delivery
-    limit first; ``limit_reply``: its refusal's text, given the queue's limit."""
+    """Refuses each declaration whose arguments differ from the queue's, naming one: the
+    delivery limit first, then the queue's other arguments, then one it lacks."""
 
     def __init__(self, existing: dict[str, Any], queue: str = "infermodes.async.e") -> None:
         self.existing = existing
@@ -53,6 +57,13 @@ class ScriptedBroker:
                     f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue '{self.queue}' "
                     f"in vhost '/': received '{arguments.get(key)}' but current is '{value}'",
                 )
+        for key in arguments.keys() - self.existing.keys():  # as RabbitMQ 3.10 words it
+            raise pika.exceptions.ChannelClosedByBroker(
+                406,
+                f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue '{self.queue}' in "
+                f"vhost '/': received the value '{arguments[key]}' of type 'longstr' but "
+                "current is none",
+            )
 
 
 def test_a_queue_that_differs_only_in_its_limit_is_used_with_its_own_limit() -> None:
@@ -145,3 +156,113 @@ class Refusing(ScriptedBroker):
 
     def queue_declare(self, _queue: str, durable: bool, arguments: dict[str, Any]) -> None:
         raise pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED")
+
+
+def earlier_release(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a queue declared by the release before at-least-once dead-lettering has."""
+    return {k: v for k, v in arguments.items() if k not in AT_LEAST_ONCE}
+
+
+def test_a_work_queue_of_an_earlier_release_is_used_with_its_own_arguments_and_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Refused over the strategy, then over the overflow (one argument named each time), it is
+    declared with what it has; its limit is the one maxAttempts gives. The gateway's pool
+    declares it on each connection: the warning, naming the policy that mends it, is said once."""
+    caplog.set_level("WARNING", "infermodes")
+    broker = ScriptedBroker(earlier_release(queue_arguments("old", 2)), "infermodes.async.old")
+    assert declare_work_queue(broker, "old", 2) == delivery_limit(2)  # type: ignore[arg-type]
+    assert broker.declared[-1] == earlier_release(queue_arguments("old", 2))
+    assert len(broker.declared) == 3
+    assert declare_work_queue(broker, "old", 2) == delivery_limit(2)  # type: ignore[arg-type]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "infermodes.async.old was declared by an earlier release" in warnings[0]
+    assert "dead-letters at most once" in warnings[0]
+    assert '"dead-letter-strategy":"at-least-once","overflow":"reject-publish"' in warnings[0]
+    assert "another delivery limit" not in caplog.text
+
+
+def test_a_work_queue_of_an_earlier_release_with_another_limit_keeps_both(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three arguments differ, named one at a time (the limit first here): all three kept."""
+    caplog.set_level("WARNING", "infermodes")
+    kept = {**earlier_release(queue_arguments("older", 2)), "x-delivery-limit": 9}
+    broker = ScriptedBroker(kept, "infermodes.async.older")
+    assert declare_work_queue(broker, "older", 2) == 9  # type: ignore[arg-type]
+    assert broker.declared[-1] == kept
+    assert "another delivery limit than maxAttempts 2 gives (x-delivery-limit 9" in caplog.text
+    assert "infermodes.async.older was declared by an earlier release" in caplog.text
+
+
+def test_a_work_queue_of_an_earlier_release_that_differs_otherwise_too_is_refused() -> None:
+    kept = {**earlier_release(queue_arguments("e", 2)), "x-consumer-timeout": 1000}
+    broker = ScriptedBroker(kept)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="'x-consumer-timeout'"):
+        declare_work_queue(broker, "e", 2)  # type: ignore[arg-type]
+
+
+def test_an_outbox_of_an_earlier_release_is_used_with_its_own_arguments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", "infermodes")
+    broker = ScriptedBroker(earlier_release(outbox_arguments("ob")), "infermodes.async.ob.webhooks")
+    declare_outbox(broker, "ob")  # type: ignore[arg-type]
+    assert broker.declared[-1] == earlier_release(outbox_arguments("ob"))
+    assert "infermodes.async.ob.webhooks was declared by an earlier release" in caplog.text
+    assert "declared with other arguments" not in caplog.text
+
+
+REFUSAL = (
+    "PRECONDITION_FAILED - inequivalent arg '{name}' for queue 'infermodes.async.e' in vhost "
+    "'/': received the value 'at-least-once' of type 'longstr' but current is {current}"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "kept"),
+    [
+        # absent on the queue: left out
+        ("x-dead-letter-strategy", "none", {"x-overflow": "reject-publish", "x-delivery-limit": 5}),
+        ("x-overflow", "none", {"x-dead-letter-strategy": "at-least-once", "x-delivery-limit": 5}),
+        ("x-delivery-limit", "none", AT_LEAST_ONCE),
+        # a limit of its own, in either of RabbitMQ's wordings
+        ("x-delivery-limit", "'9'", {**AT_LEAST_ONCE, "x-delivery-limit": 9}),
+        (
+            "x-delivery-limit",
+            "the value '-1' of type 'long'",
+            {**AT_LEAST_ONCE, "x-delivery-limit": -1},
+        ),
+        # another strategy or overflow, set on purpose: not ours to use (no policy overrides it)
+        ("x-dead-letter-strategy", "'at-most-once'", None),
+        ("x-overflow", "the value 'drop-head' of type 'longstr'", None),
+        ("x-delivery-limit", "'many'", None),  # a limit that is no number
+        ("x-delivery-limit", "'5'", None),  # the one asked for: refused over something else
+        ("x-dead-letter-exchange", "none", None),  # not kept
+        ("x-queue-type", "'classic'", None),
+    ],
+)
+def test_a_refusal_is_met_only_over_the_arguments_a_queue_may_keep(
+    name: str, current: str, kept: dict[str, object] | None
+) -> None:
+    wanted = {**AT_LEAST_ONCE, "x-delivery-limit": 5}
+    refusal = REFUSAL.format(name=name, current=current)
+    assert arguments_as_kept(wanted, refusal, KEPT_BY_WORK_QUEUE) == kept
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "PRECONDITION_FAILED - inequivalent arg 'x-overflow' for queue 'infer",  # cut short
+        "PRECONDITION_FAILED - parameters for queue 'q' in vhost '/' not equivalent",
+        "",
+    ],
+)
+def test_a_refusal_that_does_not_say_the_queue_s_value_is_not_met(refusal: str) -> None:
+    assert arguments_as_kept(AT_LEAST_ONCE, refusal, KEPT_BY_WORK_QUEUE) is None
+
+
+def test_the_outbox_keeps_no_other_delivery_limit() -> None:
+    refusal = REFUSAL.format(name="x-delivery-limit", current="'3'")
+    assert arguments_as_kept({"x-delivery-limit": 10}, refusal, KEPT_AT_MOST_ONCE) is None

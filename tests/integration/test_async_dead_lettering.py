@@ -1,0 +1,147 @@
+"""A request over its delivery limit is dead-lettered at least once: the broker keeps it until
+the dead-letter queue took it, rather than drop it when that queue is gone (deleted by hand,
+its leader down). Queues declared by an earlier release (dead-lettering at most once) are still
+used, with a warning, and the policy it names makes them keep such requests too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from infermodes.queueing.broker import delivery_limit
+from infermodes.queueing.rabbitmq import (
+    AT_LEAST_ONCE,
+    AT_LEAST_ONCE_POLICY_DEFINITION,
+    AT_LEAST_ONCE_POLICY_PATTERN,
+    RequestPublisher,
+    connect,
+    dead_letter_queue_name,
+    queue_arguments,
+    queue_name,
+)
+from tests.support.async_plane import consume, dead_letters, publish
+from tests.support.processes import wait_until
+from tests.support.rabbitmq import Broker, rabbitmq_broker
+
+MAX_ATTEMPTS = 1
+
+
+@pytest.fixture(scope="module")
+def retrying_broker() -> Iterator[Broker]:
+    """A broker whose at-least-once dead-lettering retries a dead letter no queue took after
+    2 s, not RabbitMQ's default 2 minutes (``dead_letter_worker_publisher_confirm_timeout``)."""
+    with rabbitmq_broker(
+        erl_args=("-rabbit dead_letter_worker_publisher_confirm_timeout 2000",)
+    ) as broker:
+        yield broker
+
+
+def fail_every_delivery(broker: Broker, endpoint: str) -> int:
+    """Take the endpoint's request and give it back (``basic.reject``, as a worker's requeue)
+    until the broker stops delivering it; returns how many deliveries it made."""
+    connection = connect(broker.amqp_url)
+    try:
+        channel = connection.channel()
+        for delivered in range(delivery_limit(MAX_ATTEMPTS) + 3):
+            method, _props, _body = channel.basic_get(queue_name(endpoint), auto_ack=False)
+            if method is None:
+                return delivered
+            channel.basic_reject(method.delivery_tag, requeue=True)
+    finally:
+        connection.close()
+    raise AssertionError("the broker kept delivering the request past its delivery limit")
+
+
+def delete_dead_letter_queue(broker: Broker, endpoint: str) -> None:
+    connection = connect(broker.amqp_url)
+    try:
+        connection.channel().queue_delete(dead_letter_queue_name(endpoint))
+    finally:
+        connection.close()
+
+
+def poison_reaches_the_dead_letter_queue_once_it_is_back(broker: Broker, endpoint: str) -> None:
+    """The request given up while the dead-letter queue was gone: the endpoint's topology
+    declared again (as a worker's start or the gateway's reconnect does), it arrives there."""
+    assert fail_every_delivery(broker, endpoint) == delivery_limit(MAX_ATTEMPTS) + 1
+    publish(broker, endpoint, "next", b"{}", MAX_ATTEMPTS)  # declares the dead-letter queue
+    found: list[bytes] = []
+
+    def arrived() -> bool:
+        found.extend(dead_letters(broker, endpoint))
+        return bool(found)
+
+    wait_until(arrived, 30, "the given-up request in the dead-letter queue", interval=0.5)
+    assert [json.loads(body)["inferenceId"] for body in found] == ["poison"]
+
+
+def poison(endpoint: str) -> bytes:
+    return json.dumps({"inferenceId": "poison", "endpoint": endpoint}).encode()
+
+
+def test_a_request_over_its_limit_while_the_dead_letter_queue_is_gone_is_kept(
+    retrying_broker: Broker,
+) -> None:
+    """At most once (the arguments before), the broker dropped it: the queue was gone."""
+    endpoint = "dead-letter-gone"
+    publish(retrying_broker, endpoint, "poison", poison(endpoint), MAX_ATTEMPTS)
+    delete_dead_letter_queue(retrying_broker, endpoint)
+    poison_reaches_the_dead_letter_queue_once_it_is_back(retrying_broker, endpoint)
+
+
+def declare_as_an_earlier_release(broker: Broker, endpoint: str) -> None:
+    earlier = {
+        k: v for k, v in queue_arguments(endpoint, MAX_ATTEMPTS).items() if k not in AT_LEAST_ONCE
+    }
+    connection = connect(broker.amqp_url)
+    try:
+        connection.channel().queue_declare(queue_name(endpoint), durable=True, arguments=earlier)
+    finally:
+        connection.close()
+
+
+def test_a_queue_declared_by_an_earlier_release_is_used_with_one_warning(
+    rabbitmq: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its requests are accepted and processed; the warning names the queue and the policy,
+    once however many connections declare it (the gateway's pool, a worker's reconnects)."""
+    caplog.set_level("WARNING", "infermodes")
+    endpoint = "earlier-release"
+    declare_as_an_earlier_release(rabbitmq, endpoint)
+    publisher = RequestPublisher(rabbitmq.amqp_url, {endpoint: MAX_ATTEMPTS})
+    try:
+        publisher.submit(endpoint, "first", b"1")  # a 503 before: the 406 went unmet
+    finally:
+        publisher.close()
+    publish(rabbitmq, endpoint, "second", b"2", MAX_ATTEMPTS)  # another connection
+    assert sorted(consume(rabbitmq, endpoint, MAX_ATTEMPTS, 2)) == [b"1", b"2"]
+    warnings = [r.getMessage() for r in caplog.records if "earlier release" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{queue_name(endpoint)} was declared by an earlier release")
+    assert "rabbitmqctl set_policy" in warnings[0]
+
+
+def test_the_policy_the_warning_names_makes_an_earlier_queue_keep_its_dead_letters(
+    retrying_broker: Broker,
+) -> None:
+    """The policy of docs/upgrading.md, set through the management API, on a queue declared by
+    an earlier release: a request over its limit while the dead-letter queue is gone is kept."""
+    endpoint = "earlier-with-policy"
+    declare_as_an_earlier_release(retrying_broker, endpoint)
+    policy = {
+        "pattern": AT_LEAST_ONCE_POLICY_PATTERN,
+        "definition": AT_LEAST_ONCE_POLICY_DEFINITION,
+        "apply-to": "queues",
+    }
+    response = httpx.put(
+        f"http://127.0.0.1:{retrying_broker.management_port}/api/policies/%2F/at-least-once",
+        json=policy,
+        auth=("guest", "guest"),
+    )
+    assert response.status_code in (201, 204), response.text
+    publish(retrying_broker, endpoint, "poison", poison(endpoint), MAX_ATTEMPTS)
+    delete_dead_letter_queue(retrying_broker, endpoint)
+    poison_reaches_the_dead_letter_queue_once_it_is_back(retrying_broker, endpoint)
