@@ -23,7 +23,11 @@ Delivery count and dead letters. Each claim raises the message's delivery count;
 is the count before it. REQUEUE releases the message with its count kept raised; a message
 delivered ``delivery_limit(max_attempts)`` times is moved to ``dead_letters`` by the next claim
 instead (the backstop RabbitMQ's ``x-delivery-limit`` is), and DEAD_LETTER moves it there at
-once. Dead letters are kept until someone removes them.
+once. Dead letters are kept until someone removes them. A move is one write transaction (the
+delete from ``messages`` and the insert into ``dead_letters`` commit together or not at all),
+so a dead letter cannot be lost on the way, as with RabbitMQ's at-least-once strategy
+(``rabbitmq.AT_LEAST_ONCE``): there is no dead-letter queue to be missing, and a move undone
+(a failed insert, a power loss) leaves the message queued.
 
 Notifications are appended to a topic log that ``tail`` reads with RabbitMQ's topic patterns;
 it keeps ``RETAIN_SECONDS`` and at most ``RETAIN_COUNT`` entries.
