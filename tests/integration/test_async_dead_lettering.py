@@ -32,9 +32,13 @@ MAX_ATTEMPTS = 1
 @pytest.fixture(scope="module")
 def retrying_broker() -> Iterator[Broker]:
     """A broker whose at-least-once dead-lettering retries a dead letter no queue took after
-    2 s, not RabbitMQ's default 2 minutes (``dead_letter_worker_publisher_confirm_timeout``)."""
+    2 s, not RabbitMQ's default 3 minutes (``dead_letter_worker_publisher_confirm_timeout``;
+    some later versions read it with ``_ms``: both are set, an unknown one is ignored)."""
     with rabbitmq_broker(
-        erl_args=("-rabbit dead_letter_worker_publisher_confirm_timeout 2000",)
+        erl_args=(
+            "-rabbit dead_letter_worker_publisher_confirm_timeout 2000",
+            "-rabbit dead_letter_worker_publisher_confirm_timeout_ms 2000",
+        )
     ) as broker:
         yield broker
 
