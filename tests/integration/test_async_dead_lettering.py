@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from infermodes.errors import BrokerUnavailable
 from infermodes.queueing.broker import delivery_limit
 from infermodes.queueing.rabbitmq import (
     AT_LEAST_ONCE,
@@ -149,3 +150,30 @@ def test_the_policy_the_warning_names_makes_an_earlier_queue_keep_its_dead_lette
     publish(retrying_broker, endpoint, "poison", poison(endpoint), MAX_ATTEMPTS)
     delete_dead_letter_queue(retrying_broker, endpoint)
     poison_reaches_the_dead_letter_queue_once_it_is_back(retrying_broker, endpoint)
+
+
+def test_a_request_over_a_length_limit_of_a_policy_is_refused_not_the_oldest_dropped(
+    rabbitmq: Broker,
+) -> None:
+    """``reject-publish``, which at-least-once needs: under a ``max-length`` someone set by a
+    policy, the gateway's confirmed publish is nacked (503: not accepted), where ``drop-head``
+    (the default) took it and dead-lettered the oldest request accepted."""
+    endpoint = "length-limited"
+    policy = f"http://127.0.0.1:{rabbitmq.management_port}/api/policies/%2F/{endpoint}"
+    response = httpx.put(  # set first: the queue has it from its declaration on
+        policy,
+        json={"pattern": f"^{queue_name(endpoint)}$", "definition": {"max-length": 1}},
+        auth=("guest", "guest"),
+    )
+    assert response.status_code in (201, 204), response.text
+    publisher = RequestPublisher(rabbitmq.amqp_url, {endpoint: MAX_ATTEMPTS})
+    try:
+        publisher.submit(endpoint, "first", b"1")
+        publisher.submit(endpoint, "second", b"2")  # a quorum queue refuses once it is over
+        with pytest.raises(BrokerUnavailable, match="did not accept"):
+            publisher.submit(endpoint, "over", b"3")
+    finally:
+        publisher.close()
+        httpx.delete(policy, auth=("guest", "guest"))
+    assert sorted(consume(rabbitmq, endpoint, MAX_ATTEMPTS, 2)) == [b"1", b"2"]
+    assert dead_letters(rabbitmq, endpoint) == []
