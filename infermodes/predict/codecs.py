@@ -89,9 +89,11 @@ class ReadCost:
 
 # Measured (narrow rows, wide rows, one long line): CSV's ``1\n`` rows ~168 a row, one line of
 # ``1,1,...`` ~23 a byte, 8 six-digit columns ~9 a byte; libsvm's ``0:\n`` rows ~220 a row
-# beyond the bytes, one line of ``i:1`` ~21 a byte, 8 features a row ~9; RecordIO's empty
-# frames ~160 a frame beyond the bytes, one wide dense record ~4.3 a byte. JSON parsed whole is
-# charged its worst shape per byte (its rows are not counted before it is parsed).
+# beyond the bytes, one line of ``i:1`` ~21 a byte, 8 features a row ~9; RecordIO, read a frame
+# and a value at a time into the matrix, ~5 a byte at most (one long record of one-byte int32
+# varints: the matrix's 4 a value), unpacked fields, sparse records and empty frames less (its
+# 176 a frame is what a list of the frames' views cost). JSON parsed whole is charged its worst
+# shape per byte (its rows are not counted before it is parsed).
 PYTHON_READ_COST = {
     JSON: ReadCost(0, JSON_BYTES_EXPANSION, 1),
     CSV: ReadCost(144, 26, 2),  # "1\n"; fields after a space ~26 a byte
@@ -558,66 +560,65 @@ def decode_recordio(
     *,
     max_rows: int | None = None,
     max_values: int = MAX_DECODED_VALUES,
+    frames: int | None = None,
 ) -> np.ndarray:
     """A row per ``Record``: its ``"values"`` tensor, dense, or sparse with zero-based ``keys``
     (absent features are missing; a key at most once). Frames are counted against the limits
-    before their views are built or any record is parsed. Errors name the record (1-based) as
-    others name the row."""
-    count = recordio.count_frames(body)
+    before their views are built or any record is parsed (``frames``: their count, when the
+    caller has counted them), and a record's values before any is read. Errors name the
+    record (1-based) as others name the row."""
+    count = recordio.count_frames(body) if frames is None else frames
     if not count:
         raise InvalidInput("empty request body: expected at least one RecordIO record")
     _check_size(count, num_features, max_rows, max_values)
-    payloads = recordio.frames(body)
-    first = recordio.features(payloads[0], 1)
+    payloads = recordio.payloads(body)
+    first = recordio.features(next(payloads), 1)
     width = num_features if num_features is not None else _record_width(first, 1)
-    _check_size(len(payloads), width, max_rows, max_values)
-    matrix = np.full((len(payloads), width), np.nan, dtype=np.float32)
-    with np.errstate(over="ignore"):  # beyond float32 becomes infinity, refused below
+    _check_size(count, width, max_rows, max_values)
+    matrix = np.full((count, width), np.nan, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes infinity, refused as read
         _place_record(matrix[0], first, 1)
-        for number, payload in enumerate(payloads[1:], 2):
+        for number, payload in enumerate(payloads, 2):
             _place_record(matrix[number - 1], recordio.features(payload, number), number)
-    infinite = np.isinf(matrix)
-    if infinite.any():
-        row, column = (int(i) for i in np.argwhere(infinite)[0])
-        raise InvalidInput(
-            f"record {row + 1}, feature index {column}: a value is infinite or beyond the range of "
-            "float32 (XGBoost refuses infinite inputs)"
-        )
     return matrix
 
 
 def _record_width(tensor: recordio.Tensor, number: int) -> int:
-    if tensor.keys is None:
-        return len(tensor.values)
+    if not tensor.sparse:
+        return tensor.values
     if len(tensor.shape) != 1:
         raise InvalidInput(f"record {number}: a sparse record needs a one-dimensional shape")
     return tensor.shape[0]
 
 
 def _place_record(row: np.ndarray, tensor: recordio.Tensor, number: int) -> None:
-    """Write one record's values into its (all-missing) row of the matrix."""
+    """Write one record's values into its (all-missing) row of the matrix, its counts checked
+    first; a value beyond float32 (infinity here) is refused."""
     width = len(row)
-    values = tensor.values
-    if tensor.shape and tensor.shape != (width if tensor.keys is not None else len(values),):
+    expected = width if tensor.sparse else tensor.values
+    if tensor.shape and tensor.shape != (expected,):
         raise InvalidInput(
-            f"record {number}: shape {list(tensor.shape)} does not match "
-            f"{width if tensor.keys is not None else len(values)} features"
+            f"record {number}: shape {list(tensor.shape)} does not match {expected} features"
         )
-    if tensor.keys is None:
-        _check_width(len(values), width, number)
-        row[:] = values
-        return
-    keys = tensor.keys
-    if len(keys) != len(values):
-        raise InvalidInput(f"record {number}: {len(keys)} keys for {len(values)} values")
-    if len(keys) and int(keys.max()) >= width:
-        raise InvalidInput(
-            f"record {number}: feature index {int(keys.max())} is out of range; expected "
-            f"{width} features (indices 0..{width - 1})"
-        )
-    if len(np.unique(keys)) != len(keys):
-        raise InvalidInput(f"record {number}: a feature index appears twice")
-    row[keys.astype(np.intp)] = values
+    positions = None
+    if not tensor.sparse:
+        _check_width(tensor.values, width, number)
+    else:
+        if tensor.keys != tensor.values:
+            raise InvalidInput(f"record {number}: {tensor.keys} keys for {tensor.values} values")
+        positions = tensor.key_positions(width)
+        present = np.zeros(width, dtype=bool)
+        present[positions] = True
+        if np.count_nonzero(present) != len(positions):
+            raise InvalidInput(f"record {number}: a feature index appears twice")
+    tensor.fill(row, positions)
+    if tensor.dtype is not None:  # an int32 is always within float32's range
+        infinite = np.isinf(row)
+        if infinite.any():
+            raise InvalidInput(
+                f"record {number}, feature index {int(infinite.argmax())}: a value is infinite "
+                "or beyond the range of float32 (XGBoost refuses infinite inputs)"
+            )
 
 
 # Why a body of each type reaches its Python reader, and how to send one that costs less.
@@ -690,10 +691,15 @@ def decode(
             max_values=max_values,
             memory_budget=budget,
         )
+    rows = None
     if budget is not None:
         rows = _rows_checked(body, content_type, num_features, max_rows, max_values)
         if PYTHON_READ_COST[content_type].estimate(rows, len(body)) > budget:
             raise over_memory(content_type, len(body), rows, budget, *_PYTHON_READ[content_type])
+    if content_type == RECORDIO:  # its frames counted once
+        return decode_recordio(
+            body, num_features, max_rows=max_rows, max_values=max_values, frames=rows
+        )
     return _DECODERS[content_type](body, num_features, max_rows=max_rows, max_values=max_values)
 
 

@@ -34,15 +34,8 @@ _TENSORS: dict[int, tuple[str, str | None]] = {
     7: ("Int32Tensor", None),
 }
 _BYTES_VALUE = 9
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A record's ``"values"`` feature: dense when ``keys`` is None."""
-
-    values: np.ndarray
-    keys: np.ndarray | None
-    shape: tuple[int, ...]
+_FLOATS = {"<f4": struct.Struct("<f"), "<f8": struct.Struct("<d")}  # an unpacked value's
+_REPEATED = {1: "values", 2: "keys", 3: "shape"}  # a tensor's repeated fields
 
 
 def _bad(record: int, problem: str) -> InvalidInput:
@@ -82,13 +75,17 @@ def count_frames(body: bytes) -> int:
     return sum(1 for _ in _spans(body))
 
 
-def frames(body: bytes) -> list[memoryview]:
-    """The payload of every frame, in order (views into ``body``)."""
+def payloads(body: bytes) -> Iterator[memoryview]:
+    """The payload of every frame, in order (views into ``body``), one at a time: a list of
+    them would hold ~200 bytes a frame."""
     view = memoryview(body)
-    return [view[start : start + length] for start, length in _spans(body)]
+    for start, length in _spans(body):
+        yield view[start : start + length]
 
 
 def _varint(data: memoryview, pos: int, record: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: every tag and length under 128
+        return data[pos], pos + 1
     result = 0
     for index in range(pos, min(pos + 10, len(data))):
         byte = data[index]
@@ -102,10 +99,12 @@ def _varint(data: memoryview, pos: int, record: int) -> tuple[int, int]:
     raise _bad(record, "truncated varint")
 
 
-def _fields(data: memoryview, record: int, what: str) -> list[tuple[int, int, int | memoryview]]:
+def _fields(
+    data: memoryview, record: int, what: str
+) -> Iterator[tuple[int, int, int | memoryview]]:
     """A message's fields as (number, wire type, value): an int for varints and fixed-width
-    fields (their raw bits), the bytes for length-delimited ones."""
-    fields: list[tuple[int, int, int | memoryview]] = []
+    fields (their raw bits), the bytes for length-delimited ones. One at a time: unpacked
+    repeated fields are a field every 2 to 11 bytes, ~70 bytes each kept in a list."""
     pos = 0
     while pos < len(data):
         tag, pos = _varint(data, pos, record)
@@ -135,46 +134,123 @@ def _fields(data: memoryview, record: int, what: str) -> list[tuple[int, int, in
             raise _bad(
                 record, f"unsupported wire type {_WIRE_NAMES[wire]} of field {number} in {what}"
             )
-        fields.append((number, wire, value))
-    return fields
+        yield number, wire, value
 
 
-def _packed_varints(data: memoryview, record: int) -> list[int]:
-    values: list[int] = []
+def _packed_varints(data: memoryview, record: int) -> Iterator[int]:
     pos = 0
     while pos < len(data):
         value, pos = _varint(data, pos, record)
-        values.append(value)
-    return values
+        yield value
 
 
-def _repeated(
-    fields: list[tuple[int, int, int | memoryview]],
-    number: int,
-    dtype: str | None,
-    record: int,
-    what: str,
-) -> np.ndarray:
-    """A repeated scalar field, packed (one or more length-delimited runs) or not."""
-    runs: list[np.ndarray] = []
-    for field_number, wire, value in fields:
-        if field_number != number:
-            continue
-        expected = _VARINT if dtype is None else _FIXED32 if dtype == "<f4" else _FIXED64
-        if isinstance(value, memoryview):
-            if dtype is None:
-                runs.append(np.array(_packed_varints(value, record), dtype=np.uint64))
-            else:
-                width = np.dtype(dtype).itemsize
-                if len(value) % width:
-                    raise _bad(record, f"{what}: {len(value)} bytes are not whole {dtype[1:]}s")
-                runs.append(np.frombuffer(value, dtype=dtype))
-        elif wire == expected:
-            bits = np.array([value], dtype=np.uint64)
-            runs.append(bits if dtype is None else bits.astype(f"<u{dtype[2]}").view(dtype))
-        else:
+def _entries(
+    wire: int, content: int | memoryview, dtype: str | None, record: int, what: str
+) -> int:
+    """How many values one field of a repeated scalar holds, checked, none read: one, or a
+    packed run's (its varints counted by their last bytes)."""
+    if not isinstance(content, memoryview):
+        if wire != (_VARINT if dtype is None else _FIXED32 if dtype == "<f4" else _FIXED64):
             raise _bad(record, f"{what}: wire type {wire} does not hold these values")
-    return np.concatenate(runs) if runs else np.empty(0, dtype=dtype or np.uint64)
+        return 1
+    if dtype is not None:
+        width = np.dtype(dtype).itemsize
+        if len(content) % width:
+            raise _bad(record, f"{what}: {len(content)} bytes are not whole {dtype[1:]}s")
+        return len(content) // width
+    if len(content) and content[-1] >= 0x80:
+        raise _bad(record, "truncated varint")
+    return int(np.count_nonzero(np.frombuffer(content, dtype=np.uint8) < 0x80))
+
+
+def _runs(message: memoryview, number: int, record: int, what: str) -> Iterator[int | memoryview]:
+    """A repeated scalar field's fields, in order: a value, or a packed run's bytes."""
+    for field_number, _, content in _fields(message, record, what):
+        if field_number == number:
+            yield content
+
+
+def _varints(message: memoryview, number: int, record: int, what: str) -> Iterator[int]:
+    """A repeated varint field's values (checked by ``_entries``), one at a time."""
+    for content in _runs(message, number, record, what):
+        if isinstance(content, memoryview):
+            yield from _packed_varints(content, record)
+        else:
+            yield content
+
+
+def _floats(
+    message: memoryview, dtype: str, record: int, what: str
+) -> Iterator[np.ndarray | float]:
+    """A tensor's fixed-width values (checked by ``_entries``): a packed run as one view of
+    the body, an unpacked value on its own."""
+    unpacked = _FLOATS[dtype]
+    for content in _runs(message, 1, record, what):
+        if isinstance(content, memoryview):
+            yield np.frombuffer(content, dtype=dtype)
+        else:
+            yield unpacked.unpack(content.to_bytes(unpacked.size, "little"))[0]
+
+
+def _int32(raw: int, record: int, name: str) -> int:
+    """An int32 varint's value: two's complement in 64 bits."""
+    value = raw - (1 << 64) if raw >> 63 else raw
+    if not -(2**31) <= value < 2**31:
+        raise _bad(record, f"{name} values beyond the range of int32")
+    return value
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A record's ``"values"`` tensor: its fields counted and its shape read, its values not.
+    The caller sizes and checks the row from the counts, then ``fill`` writes the values into
+    it: no value becomes an object or an array of its own (unpacked fields cost ~74 bytes a
+    byte so). Sparse when it has keys, or no values but a shape (a sparse row with nothing
+    present)."""
+
+    message: memoryview
+    name: str
+    dtype: str | None  # a fixed-width value's little-endian dtype; None: int32 varints
+    values: int  # how many
+    keys: int  # how many
+    shape: tuple[int, ...]  # one dimension at most: a record is one row
+    record: int
+
+    @property
+    def sparse(self) -> bool:
+        return self.keys > 0 or (self.values == 0 and len(self.shape) > 0)
+
+    def key_positions(self, width: int) -> np.ndarray:
+        """The keys, each below ``width`` (else the error names it), as row positions."""
+        positions = np.empty(self.keys, dtype=np.intp)
+        what = f"{self.name} keys"
+        for index, key in enumerate(_varints(self.message, 2, self.record, what)):
+            if key >= width:
+                raise _bad(
+                    self.record,
+                    f"feature index {key} is out of range; expected {width} features "
+                    f"(indices 0..{width - 1})",
+                )
+            positions[index] = key
+        return positions
+
+    def fill(self, row: np.ndarray, positions: np.ndarray | None = None) -> None:
+        """Write the values into ``row``: in order, or each at its key's position
+        (``key_positions``, as many as the values)."""
+        what = f"{self.name} values"
+        runs: Iterator[np.ndarray | float]
+        if self.dtype is None:
+            runs = (
+                _int32(raw, self.record, self.name)
+                for raw in _varints(self.message, 1, self.record, what)
+            )
+        else:
+            runs = _floats(self.message, self.dtype, self.record, what)
+        start = 0
+        for run in runs:
+            stop = start + (len(run) if isinstance(run, np.ndarray) else 1)
+            row[slice(start, stop) if positions is None else positions[start:stop]] = run
+            start = stop
 
 
 def _tensor(value: memoryview, record: int) -> Tensor:
@@ -192,19 +268,21 @@ def _tensor(value: memoryview, record: int) -> Tensor:
     if chosen is None:
         raise _bad(record, "the 'values' feature holds no Float32, Float64 or Int32 tensor")
     name, dtype = _TENSORS[chosen[0]]
-    fields = _fields(chosen[1], record, name)
-    raw = _repeated(fields, 1, dtype, record, f"{name} values")
-    if dtype is None:  # int32 varints carry two's complement in 64 bits
-        values = np.asarray(raw, dtype=np.uint64).astype(np.int64).astype(np.float64)
-        if np.any((values < -(2**31)) | (values >= 2**31)):
-            raise _bad(record, f"{name} values beyond the range of int32")
-    else:
-        values = np.asarray(raw, dtype=np.float64)
-    keys = np.asarray(_repeated(fields, 2, None, record, f"{name} keys"), dtype=np.uint64)
-    shape = np.asarray(_repeated(fields, 3, None, record, f"{name} shape"), dtype=np.uint64)
-    # sparse when it has keys, or no values but a shape (a sparse row with nothing present)
-    sparse = len(keys) > 0 or (len(values) == 0 and len(shape) > 0)
-    return Tensor(values, keys if sparse else None, tuple(int(size) for size in shape))
+    message = chosen[1]
+    counts = {1: 0, 2: 0, 3: 0}  # values, keys, shape
+    shape: list[int] = []
+    for number, wire, content in _fields(message, record, name):
+        if number not in counts:
+            continue
+        what = f"{name} {_REPEATED[number]}"
+        counts[number] += _entries(wire, content, dtype if number == 1 else None, record, what)
+        if number == 3:
+            if counts[3] > 1:
+                raise _bad(record, f"{name} shape has more than one dimension; a record is one row")
+            shape.extend(
+                _packed_varints(content, record) if isinstance(content, memoryview) else [content]
+            )
+    return Tensor(message, name, dtype, counts[1], counts[2], tuple(shape), record)
 
 
 def features(payload: memoryview, record: int) -> Tensor:

@@ -42,19 +42,29 @@ def tensor(
     keys: Sequence[int] | None = None,
     shape: Sequence[int] | None = None,
     kind: str = "float32",
+    packed: bool = True,
 ) -> bytes:
-    """A ``Value`` holding one tensor, its repeated fields packed."""
+    """A ``Value`` holding one tensor, its repeated fields packed, or not: each value a field
+    of its own (proto2's encoding, which protobuf readers accept too)."""
     number, dtype = _TENSOR_FIELDS[kind]
     if dtype is None:
-        packed = b"".join(varint(int(v)) for v in values)
+        entries = [varint(int(v)) for v in values]
     else:
-        packed = np.asarray(values, dtype=dtype).tobytes()
-    body = field(1, packed) if len(values) else b""
-    if keys:
-        body += field(2, b"".join(varint(k) for k in keys))
-    if shape:
-        body += field(3, b"".join(varint(s) for s in shape))
+        raw = np.asarray(values, dtype=dtype).tobytes()
+        size = np.dtype(dtype).itemsize
+        entries = [raw[start : start + size] for start in range(0, len(raw), size)]
+    wire = 0 if dtype is None else 5 if dtype == "<f4" else 1
+    body = _repeated(1, wire, entries, packed)
+    body += _repeated(2, 0, [varint(k) for k in keys or ()], packed)
+    body += _repeated(3, 0, [varint(s) for s in shape or ()], packed)
     return field(number, body)
+
+
+def _repeated(number: int, wire: int, entries: list[bytes], packed: bool) -> bytes:
+    if packed:
+        return field(number, b"".join(entries)) if entries else b""
+    tag = varint(number << 3 | wire)
+    return b"".join(tag + entry for entry in entries)
 
 
 def record(value: bytes, label: bytes | None = None) -> bytes:

@@ -2,6 +2,7 @@ import contextlib
 import json
 import math
 import tracemalloc
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -397,6 +398,17 @@ def _decimals(rows: int, width: int, libsvm: bool = False) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _frame(tensor: bytes) -> bytes:
+    return recordio_support.frame(recordio_support.record(tensor))
+
+
+def _unpacked(
+    values: list[float], keys: Sequence[int] = (), shape: Sequence[int] = (), kind: str = "float32"
+) -> bytes:
+    """A record whose tensor's values (and keys and shape) are each a field of their own."""
+    return _frame(recordio_support.tensor(values, keys, shape, kind=kind, packed=False))
+
+
 # Each Python reader's measured shapes (with their feature counts): narrow rows, where the cost
 # per row dominates (one-field CSV behind a byte order mark, which the native reader declines;
 # libsvm rows of one valueless feature; empty RecordIO frames), wide rows and one long line,
@@ -412,6 +424,14 @@ _SHAPES = [
     (codecs.RECORDIO, recordio_support.frame(b"") * 25_000, 1),
     (codecs.RECORDIO, recordio_support.dense(np.zeros((10_000, 1), dtype=np.float32)), 1),
     (codecs.RECORDIO, recordio_support.dense(np.ones((1, 100_000), dtype=np.float32)), 100_000),
+    # unpacked repeated fields (a tag and a value each: valid protobuf), one long record and
+    # many short ones, and packed int32 of one-byte varints: ~75, ~117 and ~25 bytes a byte when
+    # the reader built a tuple, an int and an array per value
+    (codecs.RECORDIO, _unpacked([1.0] * 100_000), 100_000),
+    (codecs.RECORDIO, _unpacked([1.0]) * 20_000, 1),
+    (codecs.RECORDIO, _unpacked([1] * 50_000, range(50_000), [50_000], "int32"), 50_000),
+    (codecs.RECORDIO, _unpacked([1, 2, 3], [0, 2, 4], [5], "int32") * 20_000, 5),
+    (codecs.RECORDIO, _frame(recordio_support.tensor([1] * 100_000, kind="int32")), 100_000),
 ]
 _REALISTIC = [
     (codecs.CSV, codecs.UTF8_BOM + _decimals(20_000, 8), 8),
@@ -430,7 +450,7 @@ _WORST_SHAPE_FIGURE = {codecs.CSV: 88, codecs.LIBSVM: 96, codecs.RECORDIO: 26}
 
 def _rows(body: bytes, content_type: str) -> int:
     if content_type == codecs.RECORDIO:
-        return len(recordio.frames(body))
+        return recordio.count_frames(body)
     return body.removeprefix(codecs.UTF8_BOM).rstrip(b"\r\n").count(b"\n") + 1
 
 
@@ -502,6 +522,22 @@ def test_a_csv_body_of_the_wrong_field_count_over_its_budget_is_the_400_naming_t
     body = codecs.UTF8_BOM + b"1,2,3\n" * 1_000
     with pytest.raises(InvalidInput, match="row 1: expected 8 features, got 3"):
         codecs.decode(body, codecs.CSV, 8, memory_budgets={codecs.CSV: 100})
+
+
+def test_a_recordio_body_held_to_its_budget_has_its_frames_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The count that the estimate took is the one the reader sizes its matrix by: the body's
+    frame headers are not walked again to count them (they were, twice, besides the read)."""
+    counted: list[int] = []
+    count_frames = recordio.count_frames
+    monkeypatch.setattr(
+        recordio, "count_frames", lambda body: counted.append(len(body)) or count_frames(body)
+    )
+    body = recordio_support.dense(np.ones((3, 2), dtype=np.float32))
+    decoded = codecs.decode(body, codecs.RECORDIO, 2, memory_budgets={codecs.RECORDIO: 1 << 20})
+    np.testing.assert_array_equal(decoded, np.ones((3, 2), dtype=np.float32))
+    assert counted == [len(body)]
 
 
 def test_recordio_frames_are_counted_with_their_headers_checked() -> None:

@@ -73,6 +73,24 @@ def test_unpacked_repeated_fields_are_read_too() -> None:
     np.testing.assert_array_equal(decode(body), np.array([[1.0, np.nan, 2.0]], np.float32))
 
 
+@pytest.mark.parametrize("kind", ["float32", "float64", "int32"])
+def test_unpacked_rows_decode_as_their_packed_twins(kind: str) -> None:
+    """Every tensor type, dense and sparse, its values, keys and shape each a field of their
+    own: read into the rows the packed encoding gives, the varints' signs and all."""
+    rows = [([3, -7, 0, 2**31 - 1], None, None), ([-(2**31), 5], [3, 0], [4])]
+    bodies = {
+        packed: b"".join(
+            rio.frame(rio.record(rio.tensor(values, keys, shape, kind=kind, packed=packed)))
+            for values, keys, shape in rows
+        )
+        for packed in (True, False)
+    }
+    assert bodies[True] != bodies[False]
+    expected = np.array([[3, -7, 0, 2**31 - 1], [5, np.nan, np.nan, -(2**31)]], np.float32)
+    for body in bodies.values():
+        np.testing.assert_array_equal(decode(body, 4), expected)
+
+
 def test_every_truncation_is_a_400_naming_a_record() -> None:
     body = rio.dense(np.array([[1, 2, 3], [4, 5, 6]], np.float32)) + bytes.fromhex(
         PROTOBUF_WRITTEN["sparse"]
@@ -123,6 +141,12 @@ def test_every_truncation_is_a_400_naming_a_record() -> None:
         ),
         (rio.frame(rio.record(rio.tensor([1.0, 2.0, 1e300], kind="float64"))), "beyond the range"),
         (rio.frame(rio.record(rio.tensor([1, 2, 2**40], kind="int32"))), "beyond the range of int"),
+        (
+            rio.frame(rio.record(rio.tensor([1.0], shape=[1] * 100_000, packed=False))),
+            "record 1: Float32Tensor shape has more than one dimension; a record is one row",
+        ),
+        (rio.frame(rio.record(rio.field(2, b"\x08\x01"))), "Float32Tensor values: wire type 0"),
+        (rio.frame(rio.record(rio.field(7, rio.field(1, b"\x80")))), "record 1: truncated varint"),
     ],
 )
 def test_malformed_bodies_are_400s_naming_the_record(body: bytes, message: str) -> None:
