@@ -5,14 +5,16 @@ size at peak (each Python reader at its ``codecs.PYTHON_READ_COST``), and every
 concurrent invocation may decode one at once. A worker killed for memory loses every request
 it holds, and the one that killed it comes back until its attempts run out; refusing it (413's
 PayloadTooLarge, a failure record) is the better end. The async worker caps its JSON requests
-so (and its RecordIO ones), and the batch runner its whole JSON documents (``splitType
-None``), whose pod would otherwise be killed with the job's other objects: these cap an
-input's length, at its reader's worst cost per byte. The batch runner packs the CSV and libsvm
-mini-batches Python reads within ``InputCap.budget`` by their estimated cost, from their rows
-and bytes, as it packs them (``records.MemoryBudget``). The model server holds the JSON bodies
-its native decoder does not take (``codecs.decode_json``), which Python's parser reads whole,
-and the CSV, libsvm and RecordIO bodies its Python readers read (``codecs.decode``) to each
-worker's ``memory_share`` by their estimated cost, from their rows and bytes.
+so (and its RecordIO ones, by their length at the reader's cost per byte, then by their
+estimated cost from their frames and bytes, as the model server does), and the batch runner
+its whole JSON documents (``splitType None``), whose pod would otherwise be killed with the
+job's other objects: these cap an input's length, at its reader's worst cost per byte. The
+batch runner packs the CSV and libsvm mini-batches Python reads within ``InputCap.budget`` by
+their estimated cost, from their rows and bytes, as it packs them (``records.MemoryBudget``).
+The model server holds the JSON bodies its native decoder does not take
+(``codecs.decode_json``), which Python's parser reads whole, and the CSV, libsvm and RecordIO
+bodies its Python readers read (``codecs.decode``) to each worker's ``memory_share`` by their
+estimated cost, from their rows and bytes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import IO, Protocol
 
 import numpy as np
@@ -89,7 +89,15 @@ def _clean_csv(chunk: bytes, num_features: int) -> np.ndarray | None:
     return rows
 
 
-def decode_chunk(chunk: bytes, content_type: str, num_features: int, first_line: int) -> np.ndarray:
+def decode_chunk(
+    chunk: bytes,
+    content_type: str,
+    num_features: int,
+    first_line: int,
+    memory_budgets: Mapping[str, int] | None = None,
+) -> np.ndarray:
+    """``codecs.decode``'s matrix of a chunk whose first line is the input's ``first_line``;
+    ``memory_budgets`` as it says."""
     if content_type == codecs.CSV:
         rows = fastcsv.parse(chunk, num_features)
         if rows is None:
@@ -97,7 +105,7 @@ def decode_chunk(chunk: bytes, content_type: str, num_features: int, first_line:
         if rows is not None:
             return rows
     try:
-        return codecs.decode(chunk, content_type, num_features)
+        return codecs.decode(chunk, content_type, num_features, memory_budgets=memory_budgets)
     except InvalidInput as exc:
         raise InvalidInput(shift_rows(str(exc), first_line - 1)) from None
 
@@ -146,10 +154,12 @@ def predict_stream(
     chunk_bytes: int,
     max_json_bytes: int,
     max_chunk_bytes: int | None = None,
+    memory_budgets: Mapping[str, int] | None = None,
 ) -> int:
     """Score everything in ``source`` into ``sink``; returns the number of rows. JSON and
     RecordIO are read whole, up to ``max_json_bytes``; CSV and libsvm a chunk of whole lines
-    at a time, none over ``max_chunk_bytes`` (``iter_line_chunks``)."""
+    at a time, none over ``max_chunk_bytes`` (``iter_line_chunks``). ``memory_budgets``: what
+    each type's Python reader may take, against its estimate (``codecs.decode``)."""
     deadline = time.monotonic() + timeout
     if content_type in WHOLE_TYPES:
         body = source.read(max_json_bytes + 1)
@@ -167,7 +177,7 @@ def predict_stream(
     rows = 0
     for first_line, chunk in chunks:
         _check_deadline(deadline, timeout)
-        matrix = decode_chunk(chunk, content_type, model.num_features, first_line)
+        matrix = decode_chunk(chunk, content_type, model.num_features, first_line, memory_budgets)
         piece = fastcsv.encode(model.predict(matrix), accept, model.outputs)
         if splicer is not None:
             splicer.write(piece)

@@ -58,7 +58,7 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
-from infermodes.predict.memory import InputCap, process_input_caps
+from infermodes.predict.memory import InputCap, memory_share, process_input_caps, read_budget
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import (
     LINE_LIMIT_CHUNKS,
@@ -212,11 +212,14 @@ class Processor:
         stopping: threading.Event,
         hold_limit: float | None = None,
         input_caps: Mapping[str, int] | None = None,
+        read_budgets: Mapping[str, int] | None = None,
     ) -> None:
         self.settings = settings
         # the most of an input decoded at once, by type (``input_caps_of``): JSON and RecordIO
         # whole, CSV and libsvm a chunk; a type not in it: max_json_bytes, or 16 chunks
         self.input_caps = input_caps or {}
+        # the memory a Python read of a type may take, against its estimate (``read_budgets_of``)
+        self.read_budgets = read_budgets or {}
         self.hold_limit = hold_limit  # the consumer's: how long a delivery may stay unsettled
         self.model = model
         self.storage = storage
@@ -525,6 +528,7 @@ class Processor:
                 chunk_bytes=settings.chunk_bytes,
                 max_json_bytes=settings.max_json_bytes if cap is None else cap,
                 max_chunk_bytes=cap,
+                memory_budgets=self.read_budgets,
             )
             claimed = self._claim(request.claim_location, SUCCESS_CLAIM)
             if claimed is not None and not claims_success(claimed):
@@ -717,9 +721,10 @@ def input_cost(kind: str) -> int:
     """The bytes of memory per byte of input its cap is figured at: Python's reader's at the
     shortest rows, but for CSV (streamed) its cost per byte of a long line, as the native
     reader takes most CSV chunks (at about twice their size) and a chunk of many short lines
-    is bounded by ``chunk_bytes`` anyway."""
+    is bounded by ``chunk_bytes`` anyway; and for RecordIO its cost per byte, as its frames
+    are then counted and its whole estimate held to ``read_budgets_of``'s budget."""
     cost = codecs.PYTHON_READ_COST[kind]
-    return cost.per_byte if kind == codecs.CSV else cost.worst_per_byte
+    return cost.per_byte if kind in (codecs.CSV, codecs.RECORDIO) else cost.worst_per_byte
 
 
 def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
@@ -740,6 +745,19 @@ def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
             {kind: input_cost(kind) for kind in types},
         )
     return {content_type: cap.bytes for content_type, cap in caps.items()}
+
+
+def read_budgets_of(settings: WorkerSettings) -> dict[str, int]:
+    """The memory an invocation's Python read of a RecordIO input may take: the worker's
+    memory share per invocation slot (measured once the model is loaded), against the input's
+    estimate from its frames and bytes, as the model server holds its bodies (its narrowest
+    frames' cost per byte, as a cap on length alone, held dense rows to a quarter of what
+    they may take). Empty when the memory is unknown."""
+    share = memory_share(settings.memory_bytes, settings.max_concurrent_invocations, 1)
+    if share is None:
+        return {}
+    worst = codecs.PYTHON_READ_COST[codecs.RECORDIO].worst_per_byte
+    return {codecs.RECORDIO: read_budget(share, worst)}
 
 
 class WebhookSendersStopped(RuntimeError):
@@ -831,6 +849,7 @@ def build(settings: WorkerSettings, registry: CollectorRegistry) -> Worker:
         consumer.stopping,
         consumer.hold_limit,
         input_caps_of(settings),
+        read_budgets_of(settings),
     )
     consumer.on_attempts_allowed = processor.allow_attempts
     jobs = broker.outbox_consumer(settings.endpoint, settings.max_attempts, WEBHOOK_SENDERS)

@@ -655,8 +655,6 @@ def _csv_long_line(rows: np.ndarray) -> tuple[bytes, bytes]:
     [
         # ~36 bytes per byte: 2.8 MiB each
         ("JSON", codecs.JSON, _whole(_json_rows), "limited to {cap} bytes"),
-        # ~28 (a view per frame): 3.6
-        ("RecordIO", codecs.RECORDIO, _whole(recordio_samples.dense), "limited to {cap} bytes"),
         # decoded a chunk of whole lines at a time, a long line ~26: one up to 16 MiB was decoded
         ("CSV", codecs.CSV, _csv_long_line, "line 1 is longer than {cap} bytes"),
     ],
@@ -670,10 +668,10 @@ def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes
     inputs: Callable[[np.ndarray], tuple[bytes, bytes]],
     refusal: str,
 ) -> None:
-    """A JSON or RecordIO input (decoded whole by Python's readers, at up to 36 and 28 bytes
-    of memory per byte), or a CSV line (decoded in a chunk, a long line at up to 26), at the
-    worker's memory-derived cap's far side would have it OOM-killed with every request it
-    holds, again at each redelivery: it fails at once, naming the cap."""
+    """A JSON input (decoded whole by Python's parser, at up to 36 bytes of memory per
+    byte), or a CSV line (decoded in a chunk, a long line at up to 26), at the worker's
+    memory-derived cap's far side would have it OOM-killed with every request it holds, again
+    at each redelivery: it fails at once, naming the cap."""
     endpoint = f"{name.lower()}-cap"
     memory = 200 << 20  # 2 slots: at most 200 MiB / (2 x the type's bytes per byte) each
     notes = Notifications(rabbitmq, endpoint).declare()
@@ -700,3 +698,47 @@ def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes
     assert names(tmp_path / "failure") == ["big.error"]
     expected = abalone_model.booster().inplace_predict(rows[:3])
     np.testing.assert_allclose(scores(tmp_path / "output/small.out"), expected, rtol=1e-6)
+
+
+def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrowest_cost(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A RecordIO input is decoded whole by Python's reader: its frames are counted and its
+    estimate (frames x 176 + bytes x 6, the model server's) held to the worker's memory per
+    invocation slot. A 4.5 MB dense input, which the whole-input cap at the narrowest frames'
+    28 bytes a byte refused, gets its output; 8 MB of empty frames, whose estimate is over
+    the slot's memory, fails at once naming the estimate and the memory, and the worker goes
+    on."""
+    endpoint = "recordio-estimate"
+    memory = 256 << 20  # 2 slots: ~50 to ~100 MiB each, as the worker's own size goes
+    notes = Notifications(rabbitmq, endpoint).declare()
+    rows = abalone_model.test_rows.astype(np.float32)
+    dense, _ = _whole(recordio_samples.dense)(rows)
+    narrow = recordio_samples.frame(b"") * 1_000_000
+    typed = {"content-type": codecs.RECORDIO}
+    env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        assert live.invoke(narrow, {ID: "narrow", **typed}).status_code == 202
+        assert live.invoke(dense, {ID: "dense", **typed}).status_code == 202
+        notes.wait_for({"narrow"}, "Failed", 60)
+        notes.wait_for({"dense"}, "Completed", 120)
+        assert worker.proc.poll() is None
+    [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
+    assert note["failureReason"] == "PayloadTooLarge", note
+    message = str(note["failureMessage"])
+    cost = codecs.PYTHON_READ_COST[codecs.RECORDIO]
+    estimate = cost.estimate(1_000_000, len(narrow))
+    assert f"the {codecs.RECORDIO} body is {len(narrow)} bytes" in message, message
+    assert f"at an estimated {estimate} bytes of memory" in message, message
+    [budget] = re.findall(r"one read may take up to (\d+) bytes of memory here", message)
+    # the setting's point: the dense input is within the slot's memory by its estimate, and
+    # beyond it at the narrowest frames' cost per byte, which capped it before
+    frames = len(rows) * (4_500_000 // len(recordio_samples.dense(rows)) + 1)
+    assert cost.estimate(frames, len(dense)) <= int(budget) < cost.worst_per_byte * len(dense)
+    record = json.loads((tmp_path / "failure" / "narrow.error").read_bytes())
+    assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
+    assert names(tmp_path / "failure") == ["narrow.error"]
+    tiled = np.tile(rows, (frames // len(rows), 1))
+    expected = abalone_model.booster().inplace_predict(tiled)
+    np.testing.assert_allclose(scores(tmp_path / "output/dense.out"), expected, rtol=1e-6)

@@ -42,6 +42,7 @@ from infermodes.workers.async_worker import (
     build,
     input_caps_of,
     input_cost,
+    read_budgets_of,
     run,
     storage_wait_budget,
     stuck,
@@ -1057,8 +1058,8 @@ def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_
 def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
     model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path, content_type: str
 ) -> None:
-    """JSON and RecordIO are decoded whole, by Python's readers (RecordIO's empty frames at
-    up to 28 bytes per byte): each is capped by the worker's memory (input_caps) at its own
+    """JSON and RecordIO are decoded whole, by Python's readers: each is capped by the
+    worker's memory (input_caps) at its own
     cost; an input at its cap is predicted, one over it fails with the cap named, and a type
     without a cap of its own keeps max_json_bytes."""
     settings = WorkerSettings(endpoint="ep", model_uri="unused")
@@ -1089,6 +1090,61 @@ def test_an_input_decoded_whole_is_held_to_its_types_memory_cap(
         else:
             scores = np.array((folder / "out/r1.out").read_text().split(), "f4")
             np.testing.assert_array_equal(scores, model.predict(rows))
+
+
+def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """Within its length cap, a RecordIO input's estimate (its frames and bytes, as the model
+    server's) is held to its read budget: the budget refuses empty frames of the dense body's
+    size with the model server's 413 text, naming the estimate and the budget, and the dense
+    body is predicted (at 28 bytes a byte, its length alone was refused)."""
+    settings = WorkerSettings(endpoint="ep", model_uri="unused")
+    metrics = WorkerMetrics(CollectorRegistry())
+    rows = np.tile(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32), (50, 1))
+    dense = recordio_samples.dense(rows)
+    narrow = recordio_samples.frame(b"") * (len(dense) // 8)
+    cost = codecs.PYTHON_READ_COST[codecs.RECORDIO]
+    budget = cost.estimate(len(rows), len(dense))
+    assert budget < cost.worst_per_byte * len(dense)  # what the length cap alone charged
+    worker = Processor(
+        settings,
+        model,
+        Storage(),
+        notifier,
+        metrics,
+        threading.Event(),
+        input_caps={codecs.RECORDIO: len(narrow)},
+        read_budgets={codecs.RECORDIO: budget},
+    )
+    for name, body, outcome in [("narrow", narrow, "error"), ("dense", dense, "success")]:
+        folder = tmp_path / name
+        folder.mkdir()
+        message = request(folder, body, content_type=codecs.RECORDIO)
+        assert worker.handle(message, 0) == Result(Settle.ACK, outcome), name
+    record = json.loads((tmp_path / "narrow/fail/r1.error").read_bytes())
+    assert record["reason"] == "PayloadTooLarge"
+    estimate = cost.estimate(len(narrow) // 8, len(narrow))
+    assert f"at an estimated {estimate} bytes of memory" in record["message"]
+    assert f"one read may take up to {budget} bytes of memory here" in record["message"]
+    scores = np.array((tmp_path / "dense/out/r1.out").read_text().split(), "f4")
+    np.testing.assert_array_equal(scores, model.predict(rows))
+
+
+def test_the_recordio_read_budget_is_a_slots_memory_share_and_at_least_a_small_bodys() -> None:
+    """The budget is the slot's share of what the process does not hold yet, as the caps',
+    and never under the estimate of a 64 KiB body of the narrowest frames (the caps' floor)."""
+    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    share = 64 << 20
+    settings = WorkerSettings(
+        endpoint="ep", model_uri="unused", memory_bytes=used + 2 * share,
+        max_concurrent_invocations=2,
+    )  # fmt: skip
+    [(kind, budget)] = read_budgets_of(settings).items()
+    assert kind == codecs.RECORDIO and share * 0.9 <= budget <= share
+    tiny = WorkerSettings(endpoint="ep", model_uri="unused", memory_bytes=1)
+    worst = codecs.PYTHON_READ_COST[codecs.RECORDIO].worst_per_byte
+    assert read_budgets_of(tiny) == {codecs.RECORDIO: (64 << 10) * worst}
 
 
 class IdleConsumer:
