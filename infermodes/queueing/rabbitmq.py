@@ -97,7 +97,7 @@ KEPT_BY_WORK_QUEUE: dict[str, Callable[[str], object] | None] = {
     **KEPT_AT_MOST_ONCE,
 }
 # The policy that sets them on queues declared without them (a policy's keys drop the "x-"),
-# in place: queue arguments win over a policy's, so it changes nothing on the others
+# in place: the same values as the queues declared with them have, so it changes nothing there
 AT_LEAST_ONCE_POLICY_PATTERN = r"^infermodes\.async\."
 AT_LEAST_ONCE_POLICY_DEFINITION = {key.removeprefix("x-"): v for key, v in AT_LEAST_ONCE.items()}
 AT_LEAST_ONCE_POLICY = (
@@ -331,12 +331,18 @@ def arguments_as_kept(
     """``arguments`` with the one ``refusal`` (a 406's text) names set to the queue's own
     value, read by ``kept`` (or left out where the queue has none); None when the queue may not
     keep it: an argument not in ``kept``, a value ``kept`` accepts only the absence of or
-    cannot read, or one the refusal does not give, or the one we already asked for."""
-    named, current = INEQUIVALENT_ARGUMENT.search(refusal), CURRENT_VALUE.search(refusal)
-    if named is None or current is None or named[1] not in kept:
+    cannot read, or one the refusal does not give, or the one we already asked for. A refusal
+    cut short before the value (RabbitMQ keeps 255 characters of a reply: a long endpoint and
+    vhost name) still names the argument: one whose absence alone is accepted is asked for
+    without it, needing no value (a queue with a value of it is refused again, and raised)."""
+    named = INEQUIVALENT_ARGUMENT.search(refusal)
+    if named is None or named[1] not in kept:
         return None
     name, read = named[1], kept[named[1]]
     own = {key: value for key, value in arguments.items() if key != name}
+    current = CURRENT_VALUE.search(refusal)
+    if current is None:
+        return own if read is None and own != arguments else None
     if current[1] is not None:  # the queue has a value of its own
         if read is None:
             return None
@@ -368,9 +374,10 @@ def _warn_if_at_most_once(queue: str, declared: Mapping[str, object]) -> None:
         _at_most_once_warned.add(queue)
     log.warning(
         "%s was declared by an earlier release, without x-dead-letter-strategy at-least-once "
-        "and x-overflow reject-publish: using it as it is, but it dead-letters at most once (a "
-        "message over its delivery limit is dropped if its dead-letter queue cannot take it "
-        "then). Set them by a policy, without redeclaring the queue: %s (docs/upgrading.md)",
+        "and x-overflow reject-publish: using it as it is, but unless a policy sets them it "
+        "dead-letters at most once (a message over its delivery limit is dropped if its "
+        "dead-letter queue cannot take it then). Set them by a policy, without redeclaring the "
+        "queue: %s (docs/upgrading.md)",
         queue,
         AT_LEAST_ONCE_POLICY,
     )
