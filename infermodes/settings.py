@@ -390,8 +390,11 @@ class WorkerSettings(EnvSettings):
         le=3600,
         description="GET /healthz on the metrics port answers 503 once the consumer's loop, or "
         "the webhook outbox's, has not turned for this long (each turns while invocations "
-        "and webhook POSTs run, while it reconnects and while it drains after SIGTERM): the "
-        "liveness probe's signal.",
+        "and webhook POSTs run, while it backs off between reconnects and while it drains "
+        "after SIGTERM): the liveness probe's signal. A connect attempt to RabbitMQ is the one "
+        "span without a turn (up to 5 s, its connect timeout): set this well above it, 10 s at "
+        "least, or an ordinary broker outage fails the probe; the least allowed is lower only "
+        "for tests against a broker that answers at once.",
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"

@@ -779,11 +779,20 @@ class RabbitConsumer:
                         break
                     refused_since = refused_login_since(exc, refused_since)
                     self.outage.failed(exc, f"; reconnecting in {self._delay:.1f} s")
-                    self.stopping.wait(self._delay)
+                    self._back_off(self._delay)
                     self._delay = min(self._delay * 2, RECONNECT_MAX_SECONDS)
         finally:
             drain(self, self._pool)  # a lost connection's work, after a stop while it ran
             self.turned = None
+
+    def _back_off(self, seconds: float) -> None:
+        """Waits ``seconds`` before a reconnect, ending at once on ``stop``, and turns the loop
+        every ``POLL_SECONDS`` meanwhile: a back-off is the loop at work, so only a connect
+        attempt (up to ``CONNECT_TIMEOUT_SECONDS``) is a span the liveness probe sees no turn in."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            self.turned = time.monotonic()
+            self.stopping.wait(min(POLL_SECONDS, left))
 
     def _consume(self, handle: Handler) -> None:
         connection = connect(self.url)

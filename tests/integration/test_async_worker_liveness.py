@@ -112,3 +112,33 @@ def test_a_held_webhook_post_is_alive_and_a_stuck_webhook_outbox_loop_is_not(
         wait_until(lambda: liveness().status_code == 200, 30, "liveness to hold again")
         second = running.invoke(ROW).json()["InferenceId"]
         wait_until(lambda: {first, second} <= hook.ids(), 60, "both webhooks sent")
+
+
+def test_a_worker_whose_broker_is_down_is_alive_through_its_reconnect_back_offs(
+    abalone_model: AbaloneModel, rabbitmq: Broker, tmp_path: Path
+) -> None:
+    """An ordinary broker outage: the worker's loops back off 0.5, 1, 2, 4, then 5 s between
+    refused connects, longer than the stall bound from the third on, and turn while they
+    wait: alive throughout (503 once a back-off outgrew the bound, when they did not turn),
+    consuming again once the broker is back."""
+    endpoint = "outage-liveness"
+    stall = {"INFERMODES_WORKER_LIVENESS_STALL_SECONDS": str(STALL_SECONDS)}
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as running:
+        worker = spawn_worker(rabbitmq, endpoint, f"file://{abalone_model.tarball}",
+                              tmp_path / "worker.log", env=stall)  # fmt: skip
+        running.workers.append(worker)  # stopped by the plane
+        wait_consuming(worker)
+        rabbitmq.stop()
+        try:
+            wait_until(lambda: "broker unreachable" in worker.log, 30, "the worker to lose it")
+            # refused connects end at once: 10 s span the 0.5, 1, 2 and 4 s back-offs (the
+            # outage is logged once, so its back-offs are not named in the log)
+            until = time.monotonic() + 10
+            while time.monotonic() < until:
+                answer = httpx.get(f"{worker.url}/healthz", timeout=10)
+                assert (answer.status_code, answer.text) == (200, "alive\n"), worker.log[-2000:]
+            assert "broker reachable again" not in worker.log  # down throughout
+        finally:
+            rabbitmq.start()
+        wait_until(lambda: "broker reachable again" in worker.log, 60, "the worker to reconnect")
+        assert worker.proc.poll() is None

@@ -355,3 +355,31 @@ def test_a_consumer_refused_at_every_login_gives_up_with_nothing_in_flight(
         consumer.run(lambda _d: Settle.ACK)
     assert len(attempts) >= 2  # retried before giving up
     assert consumer.in_flight == 0 and not consumer.consuming.is_set()
+
+
+def test_the_loop_turns_while_it_backs_off_between_reconnects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker down for a while: the consumer waits up to ``RECONNECT_MAX_SECONDS`` between
+    connect attempts, and its loop turns meanwhile (it did not: a worker whose liveness stall
+    bound was under the back-off failed its probe in an ordinary outage); a stop ends the wait
+    at once."""
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 60.0)  # one long back-off
+    attempts: list[str] = []
+
+    def broker_down(url: str) -> FakeConnection:
+        attempts.append(url)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(rabbitmq, "connect", broker_down)
+    consumer = RabbitConsumer("amqp://127.0.0.1", "down", max_attempts=3, concurrency=1)
+    runner = threading.Thread(target=consumer.run, args=(lambda _d: Settle.ACK,), daemon=True)
+    runner.start()
+    assert eventually(lambda: len(attempts) == 1 and consumer.turned is not None)
+    backing_off = consumer.turned
+    assert backing_off is not None
+    assert eventually(lambda: (consumer.turned or 0) > backing_off + 3 * rabbitmq.POLL_SECONDS)
+    assert len(attempts) == 1  # still within the one back-off
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    assert not runner.is_alive() and len(attempts) == 1  # the stop ended the wait
