@@ -153,12 +153,17 @@ def process_input_caps(
         )
         for content_type, expansion in expansions.items()
     }
+    return caps
+
+
+def log_input_caps(caps: Mapping[str, InputCap]) -> None:
+    """Logs each cap at start, for an operator to see what an input of each type may be (a
+    reader whose rows are counted as it packs says what binds it instead: the batch runner)."""
     for content_type, cap in caps.items():
         log.info(
             "%s inputs capped at %d bytes: memory %s, concurrency %d",
             _NAMES.get(content_type, content_type),
             cap.bytes,
-            "unlimited" if memory is None else memory,
-            concurrency,
+            "unlimited" if cap.memory is None else cap.memory,
+            cap.concurrency,
         )
-    return caps

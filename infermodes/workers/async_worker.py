@@ -58,7 +58,13 @@ from infermodes.errors import (
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, READY_PATH, WorkerMetrics, serve_metrics
 from infermodes.predict import codecs
-from infermodes.predict.memory import InputCap, memory_share, process_input_caps, read_budget
+from infermodes.predict.memory import (
+    InputCap,
+    log_input_caps,
+    memory_share,
+    process_input_caps,
+    read_budget,
+)
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import (
     LINE_LIMIT_CHUNKS,
@@ -744,6 +750,7 @@ def input_caps_of(settings: WorkerSettings) -> dict[str, int]:
             settings.max_concurrent_invocations,
             {kind: input_cost(kind) for kind in types},
         )
+    log_input_caps(caps)
     return {content_type: cap.bytes for content_type, cap in caps.items()}
 
 

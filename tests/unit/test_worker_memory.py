@@ -2,9 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from infermodes.predict import codecs
+from infermodes.predict import codecs, memory
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION, PYTHON_READ_COST
-from infermodes.predict.memory import MIN_INPUT_CAP, cgroup_memory_limit, input_cap
+from infermodes.predict.memory import (
+    MIN_INPUT_CAP,
+    cgroup_memory_limit,
+    input_cap,
+    log_input_caps,
+    process_input_caps,
+)
 from infermodes.workers.batch.runner import WHOLE_JSON_EXPANSION
 
 MIB = 1 << 20
@@ -170,3 +176,21 @@ def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
         spare = 1024 * MIB - processes * 100 * MIB
         assert (cap.bytes, cap.memory, cap.concurrency) == (spare // (2 * expansion), 1024 * MIB, 2)
         assert cap.budget == spare // 2  # the memory a mini-batch's estimate is held to
+
+
+def test_the_caps_are_logged_only_when_asked_naming_each_type_its_memory_and_concurrency(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch runner packs libsvm by an estimate of its rows, and logs that instead: the
+    length its narrowest rows may have, logged as a cap, read as the real one."""
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: None)  # no cgroup limit either
+    caplog.set_level("INFO", "infermodes")
+    caps = process_input_caps(1 << 30, 1, 2, {codecs.LIBSVM: 100, codecs.JSON: 36})
+    unknown = process_input_caps(1 << 20, None, 1, {codecs.CSV: 26})
+    assert "capped" not in caplog.text
+    log_input_caps(caps | unknown)
+    assert caplog.messages == [
+        "libsvm inputs capped at 65536 bytes: memory 1, concurrency 2",
+        "JSON inputs capped at 65536 bytes: memory 1, concurrency 2",
+        f"CSV inputs capped at {1 << 20} bytes: memory unlimited, concurrency 1",
+    ]

@@ -48,7 +48,7 @@ from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
 from infermodes.predict import codecs, fastcsv
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
-from infermodes.predict.memory import InputCap, process_input_caps
+from infermodes.predict.memory import InputCap, log_input_caps, process_input_caps
 from infermodes.predict.model import XGBoostModel
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
@@ -360,7 +360,8 @@ class Runner:
             processes=processes,
         )
         cap = caps[kind]
-        if cost.per_row and cap.budget is not None:  # its rows are counted as it is packed
+        if cost.per_row and cap.budget is not None:  # its rows are counted as it is packed: the
+            # length its narrowest rows may have is no cap of it, and not logged as one
             log.info(
                 "%s mini-batches are packed within %d bytes of memory each, at an estimated %d "
                 "a row + %d a byte: a line alone up to %d bytes",
@@ -370,6 +371,8 @@ class Runner:
                 cost.per_byte,
                 min(self.limit, (cap.budget - cost.per_row) // cost.per_byte),
             )
+        else:
+            log_input_caps(caps)
         return cap
 
     def memory_budget(self, unit: plan.WorkUnit) -> records.MemoryBudget | None:
