@@ -90,15 +90,18 @@ class ReadCost:
 # Measured (narrow rows, wide rows, one long line): CSV's ``1\n`` rows ~168 a row, one line of
 # ``1,1,...`` ~23 a byte, 8 six-digit columns ~9 a byte; libsvm's ``0:\n`` rows ~220 a row
 # beyond the bytes, one line of ``i:1`` ~21 a byte, 8 features a row ~9; RecordIO, read a frame
-# and a value at a time into the matrix, ~5 a byte at most (one long record of one-byte int32
-# varints: the matrix's 4 a value), unpacked fields, sparse records and empty frames less (its
-# 176 a frame is what a list of the frames' views cost). JSON parsed whole is charged its worst
-# shape per byte (its rows are not counted before it is parsed).
+# and a value at a time into the matrix (the body with the peak): empty frames ~8 a frame (1.02
+# a byte), one-value frames ~32 (1.15 a byte), dense 8-value ~88 (1.6), 100-value ~830 (1.9),
+# sparse ~2.1 a byte, unpacked fields 3.3 at most, one long record of one-byte int32 varints
+# 5.04 (the worst: the matrix's 4 a value). Its 6 a byte covers every shape alone; 16 a frame,
+# twice an empty frame's whole cost, is the margin for what reading a frame allocates. JSON
+# parsed whole is charged its worst shape per byte (its rows are not counted before it is
+# parsed).
 PYTHON_READ_COST = {
     JSON: ReadCost(0, JSON_BYTES_EXPANSION, 1),
     CSV: ReadCost(144, 26, 2),  # "1\n"; fields after a space ~26 a byte
     LIBSVM: ReadCost(232, 23, 3),  # "0:\n"
-    RECORDIO: ReadCost(176, 6, 8),  # an empty frame
+    RECORDIO: ReadCost(16, 6, 8),  # an empty frame
 }
 JSON_FILL_ROWS = 256  # rows decoded into the matrix at once (see decode_json)
 

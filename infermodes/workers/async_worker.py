@@ -758,8 +758,8 @@ def read_budgets_of(settings: WorkerSettings) -> dict[str, int]:
     """The memory an invocation's Python read of a RecordIO input may take: the worker's
     memory share per invocation slot (measured once the model is loaded), against the input's
     estimate from its frames and bytes, as the model server holds its bodies (its narrowest
-    frames' cost per byte, as a cap on length alone, held dense rows to a quarter of what
-    they may take). Empty when the memory is unknown."""
+    frames' cost per byte, as a cap on length alone, held dense rows under what they may
+    take). Empty when the memory is unknown."""
     share = memory_share(settings.memory_bytes, settings.max_concurrent_invocations, 1)
     if share is None:
         return {}

@@ -703,22 +703,28 @@ def test_an_input_decoded_beyond_what_the_workers_memory_holds_fails_and_it_goes
 def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrowest_cost(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
-    """A RecordIO input is decoded whole by Python's reader: its frames are counted and its
-    estimate (frames x 176 + bytes x 6, the model server's) held to the worker's memory per
-    invocation slot. A 4.5 MB dense input, which the whole-input cap at the narrowest frames'
-    28 bytes a byte refused, gets its output; 8 MB of empty frames, whose estimate is over
-    the slot's memory, fails at once naming the estimate and the memory, and the worker goes
-    on."""
+    """A RecordIO input is decoded whole by Python's reader: its length is capped at its cost
+    per byte (logged at start), then its frames are counted and its estimate (frames x 16 +
+    bytes x 6, the model server's) held to the worker's memory per invocation slot. Dense
+    rows 90% of the cap long, over the slot's memory at the narrowest frames' cost per byte,
+    get their output; frames of 12 bytes as long as the cap, whose estimate is over it, fail
+    at once naming the estimate and the memory, and the worker goes on (empty frames as long
+    as the cap are over the values a request may decode, at the model's 10 features)."""
     endpoint = "recordio-estimate"
     memory = 256 << 20  # 2 slots: ~50 to ~100 MiB each, as the worker's own size goes
     notes = Notifications(rabbitmq, endpoint).declare()
     rows = abalone_model.test_rows.astype(np.float32)
-    dense, _ = _whole(recordio_samples.dense)(rows)
-    narrow = recordio_samples.frame(b"") * 1_000_000
     typed = {"content-type": codecs.RECORDIO}
     env = {"INFERMODES_WORKER_MEMORY_BYTES": str(memory)}
+    cost = codecs.PYTHON_READ_COST[codecs.RECORDIO]
     with plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path, env) as live:
         worker = live.start_worker(model_uri(abalone_model), "w")
+        log = r"RecordIO inputs capped at (\d+) bytes: memory \d+, concurrency 2"
+        [cap] = [int(found) for found in re.findall(log, worker.log)]
+        narrow = recordio_samples.frame(b"\0" * 4) * (cap // 12)
+        per_frame = len(recordio_samples.dense(rows)) / len(rows)
+        tiled = np.tile(rows, (int(0.9 * cap / per_frame) // len(rows), 1))
+        dense = recordio_samples.dense(tiled)
         assert live.invoke(narrow, {ID: "narrow", **typed}).status_code == 202
         assert live.invoke(dense, {ID: "dense", **typed}).status_code == 202
         notes.wait_for({"narrow"}, "Failed", 60)
@@ -727,18 +733,15 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
     [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
     assert note["failureReason"] == "PayloadTooLarge", note
     message = str(note["failureMessage"])
-    cost = codecs.PYTHON_READ_COST[codecs.RECORDIO]
-    estimate = cost.estimate(1_000_000, len(narrow))
+    estimate = cost.estimate(cap // 12, len(narrow))
     assert f"the {codecs.RECORDIO} body is {len(narrow)} bytes" in message, message
     assert f"at an estimated {estimate} bytes of memory" in message, message
     [budget] = re.findall(r"one read may take up to (\d+) bytes of memory here", message)
     # the setting's point: the dense input is within the slot's memory by its estimate, and
-    # beyond it at the narrowest frames' cost per byte, which capped it before
-    frames = len(rows) * (4_500_000 // len(recordio_samples.dense(rows)) + 1)
-    assert cost.estimate(frames, len(dense)) <= int(budget) < cost.worst_per_byte * len(dense)
+    # beyond it at the narrowest frames' cost per byte, which a cap on length alone charges
+    assert cost.estimate(len(tiled), len(dense)) <= int(budget) < cost.worst_per_byte * len(dense)
     record = json.loads((tmp_path / "failure" / "narrow.error").read_bytes())
     assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
     assert names(tmp_path / "failure") == ["narrow.error"]
-    tiled = np.tile(rows, (frames // len(rows), 1))
     expected = abalone_model.booster().inplace_predict(tiled)
     np.testing.assert_allclose(scores(tmp_path / "output/dense.out"), expected, rtol=1e-6)

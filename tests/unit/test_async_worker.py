@@ -1098,7 +1098,7 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
     """Within its length cap, a RecordIO input's estimate (its frames and bytes, as the model
     server's) is held to its read budget: the budget refuses empty frames of the dense body's
     size with the model server's 413 text, naming the estimate and the budget, and the dense
-    body is predicted (at 28 bytes a byte, its length alone was refused)."""
+    body is predicted (at the narrowest frames' cost per byte, its length alone was refused)."""
     settings = WorkerSettings(endpoint="ep", model_uri="unused")
     metrics = WorkerMetrics(CollectorRegistry())
     rows = np.tile(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32), (50, 1))

@@ -424,6 +424,14 @@ _SHAPES = [
     (codecs.RECORDIO, recordio_support.frame(b"") * 25_000, 1),
     (codecs.RECORDIO, recordio_support.dense(np.zeros((10_000, 1), dtype=np.float32)), 1),
     (codecs.RECORDIO, recordio_support.dense(np.ones((1, 100_000), dtype=np.float32)), 100_000),
+    (codecs.RECORDIO, recordio_support.dense(np.ones((10_000, 8), dtype=np.float32)), 8),
+    (codecs.RECORDIO, recordio_support.dense(np.ones((2_000, 100), dtype=np.float32)), 100),
+    (codecs.RECORDIO, _frame(recordio_support.tensor([1.0], [0], [10])) * 20_000, 10),
+    (
+        codecs.RECORDIO,
+        _frame(recordio_support.tensor([1.0] * 8, range(0, 16, 2), [16])) * 10_000,
+        16,
+    ),
     # unpacked repeated fields (a tag and a value each: valid protobuf), one long record and
     # many short ones, and packed int32 of one-byte varints: ~75, ~117 and ~25 bytes a byte when
     # the reader built a tuple, an int and an array per value
