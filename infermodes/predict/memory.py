@@ -110,8 +110,22 @@ def memory_share(memory_bytes: int | None, concurrency: int, processes: int) -> 
     memory = memory_bytes or cgroup_memory_limit()
     if memory is None:
         return None
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * processes  # KiB on Linux
-    return max(memory - used, 0) // concurrency
+    return max(memory - peak_rss_bytes() * processes, 0) // concurrency
+
+
+def peak_rss_bytes(status: Path = Path("/proc/self/status")) -> int:
+    """This process's peak resident memory since it started its program: Linux's ``VmHWM``.
+    Not ``getrusage``'s ``ru_maxrss``, which keeps the peak of the process it was spawned
+    from (Linux carries it across ``execve``): a worker started by a large process (``up``,
+    a test runner holding 400 MiB) measured its parent's peak as its own, and its inputs
+    were capped at the floor. ``ru_maxrss`` where ``/proc`` is not."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 @dataclass(frozen=True)

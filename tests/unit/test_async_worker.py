@@ -5,7 +5,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from infermodes.errors import EXIT_CANNOT_START, BrokerUnavailable, StorageError
 from infermodes.metrics import WorkerMetrics
 from infermodes.predict import codecs
+from infermodes.predict.memory import peak_rss_bytes
 from infermodes.predict.model import XGBoostModel
 from infermodes.queueing.broker import Settle, outbox_name
 from infermodes.queueing.connect import embedded_url
@@ -1038,7 +1038,7 @@ def test_csv_and_libsvm_chunks_are_bounded_by_the_memory_share_of_an_invocation_
     per invocation slot at ``input_cost`` (libsvm at Python's reader's shortest rows; CSV, which
     the native reader takes, at Python's cost of a long line), as whole inputs are, and at
     most 16 chunks where memory is plenty."""
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    used = peak_rss_bytes()
     share = 16 << 20  # a slot's share of what the process does not hold yet
     small = WorkerSettings(
         endpoint="ep", model_uri="unused", memory_bytes=used + 2 * share,
@@ -1134,7 +1134,7 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
 def test_the_recordio_read_budget_is_a_slots_memory_share_and_at_least_a_small_bodys() -> None:
     """The budget is the slot's share of what the process does not hold yet, as the caps',
     and never under the estimate of a 64 KiB body of the narrowest frames (the caps' floor)."""
-    used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    used = peak_rss_bytes()
     share = 64 << 20
     settings = WorkerSettings(
         endpoint="ep", model_uri="unused", memory_bytes=used + 2 * share,

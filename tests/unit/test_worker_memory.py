@@ -101,13 +101,10 @@ def test_the_model_servers_budgets_are_each_workers_share_of_the_spare_memory(
     """Every worker process may read a body in Python at once: 2 workers of 100 MiB in 1 GiB
     leave 824 MiB, which two reads share (a budget of 824 MiB each would let both together take
     twice the memory); each body's estimated cost is held to it (``codecs.decode``)."""
-    from types import SimpleNamespace
-
     from infermodes.server.runner import python_read_budgets
     from infermodes.settings import ServeSettings
 
-    usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
-    monkeypatch.setattr("infermodes.predict.memory.resource.getrusage", lambda who: usage)
+    monkeypatch.setattr("infermodes.predict.memory.peak_rss_bytes", lambda: 100 * MIB)
     settings = ServeSettings(
         model_uri="m", workers=2, memory_bytes=1024 * MIB, max_payload_bytes=64 * MIB
     )
@@ -138,8 +135,6 @@ def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
     1 GiB leave 724 MiB, which two mini-batches share, each its estimate held to its share;
     its narrowest rows' length is capped at their type's worst cost per byte. CSV, which the
     native readers take (at about twice its size), is not capped by Python's cost."""
-    from types import SimpleNamespace
-
     import numpy as np
     import xgboost as xgb
     from prometheus_client import CollectorRegistry
@@ -166,8 +161,7 @@ def test_a_batch_instance_caps_its_minibatches_by_what_python_reads_them_at(
     )
     model = XGBoostModel.load(str(tmp_path / "model.json"))
     runner = Runner(settings, Storage(), model, BatchMetrics(CollectorRegistry()))
-    usage = SimpleNamespace(ru_maxrss=100 * MIB // 1024)  # KiB, as Linux reports it
-    monkeypatch.setattr("infermodes.predict.memory.resource.getrusage", lambda who: usage)
+    monkeypatch.setattr("infermodes.predict.memory.peak_rss_bytes", lambda: 100 * MIB)
     cap = runner.python_read_cap()
     if expansion is None:
         assert cap is None
@@ -194,3 +188,26 @@ def test_the_caps_are_logged_only_when_asked_naming_each_type_its_memory_and_con
         "JSON inputs capped at 65536 bytes: memory 1, concurrency 2",
         f"CSV inputs capped at {1 << 20} bytes: memory unlimited, concurrency 1",
     ]
+
+
+def test_the_memory_a_process_holds_is_its_own_not_the_peak_of_the_process_that_started_it(
+    tmp_path: Path,
+) -> None:
+    """A worker started by a large process (``up``, a test runner) measures what it holds
+    itself: Linux carries ``ru_maxrss`` across ``execve``, so a worker spawned by a process of
+    400 MiB measured 400 MiB and capped its inputs at the floor."""
+    import subprocess
+    import sys
+
+    parent = (
+        "import subprocess, sys\n"
+        "held = bytearray(400 << 20)\n"
+        "held[::4096] = b'\\1' * len(held[::4096])\n"
+        "code = 'from infermodes.predict.memory import peak_rss_bytes; print(peak_rss_bytes())'\n"
+        "print(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,"
+        " check=True).stdout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(done.stdout) < 200 * MIB, done.stdout
