@@ -968,7 +968,8 @@ class BatchSettings(EnvSettings):
         description="The memory the instance may use, shared by its concurrent transforms, "
         "which caps whole JSON documents (application/json, split_type None) at their worst "
         "cost per byte and holds libsvm mini-batches, which Python's reader reads, to each "
-        "one's share at their estimated cost (rows x 232 + bytes x 23; a line alone over it "
+        "one's share at their estimated cost (rows x 232 + bytes x 23 + "
+        "the matrix of the model's width, rows x features x 4; a line alone over it "
         "fails its object); CSV, which the native readers take, is not capped; both actuators "
         "set it to the spec's resources.memory; unset: its cgroup's limit, if any.",
     )

@@ -705,11 +705,12 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
 ) -> None:
     """A RecordIO input is decoded whole by Python's reader: its length is capped at its cost
     per byte (logged at start), then its frames are counted and its estimate (frames x 16 +
-    bytes x 6, the model server's) held to the worker's memory per invocation slot. Dense
-    rows 90% of the cap long, over the slot's memory at the narrowest frames' cost per byte,
-    get their output; frames of 12 bytes as long as the cap, whose estimate is over it, fail
-    at once naming the estimate and the memory, and the worker goes on (empty frames as long
-    as the cap are over the values a request may decode, at the model's 10 features)."""
+    bytes x 6 + the matrix of the model's width, the model server's) held to the worker's
+    memory per invocation slot. Dense rows 80% of the cap long, over the slot's memory at the
+    narrowest frames' cost per byte, get their output; frames of 12 bytes as long as the cap,
+    whose estimate is over it, fail at once naming the estimate and the memory, and the worker
+    goes on (empty frames as long as the cap are over the values a request may decode, at the
+    model's 10 features)."""
     endpoint = "recordio-estimate"
     memory = 256 << 20  # 2 slots: ~50 to ~100 MiB each, as the worker's own size goes
     notes = Notifications(rabbitmq, endpoint).declare()
@@ -723,7 +724,7 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
         [cap] = [int(found) for found in re.findall(log, worker.log)]
         narrow = recordio_samples.frame(b"\0" * 4) * (cap // 12)
         per_frame = len(recordio_samples.dense(rows)) / len(rows)
-        tiled = np.tile(rows, (int(0.9 * cap / per_frame) // len(rows), 1))
+        tiled = np.tile(rows, (int(0.8 * cap / per_frame) // len(rows), 1))
         dense = recordio_samples.dense(tiled)
         assert live.invoke(narrow, {ID: "narrow", **typed}).status_code == 202
         assert live.invoke(dense, {ID: "dense", **typed}).status_code == 202
@@ -733,13 +734,15 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
     [note] = [n for n in notes.received if n["invocationStatus"] == "Failed"]
     assert note["failureReason"] == "PayloadTooLarge", note
     message = str(note["failureMessage"])
-    estimate = cost.estimate(cap // 12, len(narrow))
+    width = rows.shape[1]  # the matrix of the model's width counts too
+    estimate = cost.estimate(cap // 12, len(narrow), width)
     assert f"the {codecs.RECORDIO} body is {len(narrow)} bytes" in message, message
     assert f"at an estimated {estimate} bytes of memory" in message, message
     [budget] = re.findall(r"one read may take up to (\d+) bytes of memory here", message)
     # the setting's point: the dense input is within the slot's memory by its estimate, and
     # beyond it at the narrowest frames' cost per byte, which a cap on length alone charges
-    assert cost.estimate(len(tiled), len(dense)) <= int(budget) < cost.worst_per_byte * len(dense)
+    held = cost.estimate(len(tiled), len(dense), width)
+    assert held <= int(budget) < cost.worst_per_byte * len(dense)
     record = json.loads((tmp_path / "failure" / "narrow.error").read_bytes())
     assert (record["reason"], record["attempts"]) == ("PayloadTooLarge", 1)
     assert names(tmp_path / "failure") == ["narrow.error"]

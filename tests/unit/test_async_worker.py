@@ -1105,7 +1105,8 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
     dense = recordio_samples.dense(rows)
     narrow = recordio_samples.frame(b"") * (len(dense) // 8)
     cost = codecs.PYTHON_READ_COST[codecs.RECORDIO]
-    budget = cost.estimate(len(rows), len(dense))
+    width = model.num_features  # the estimate counts the matrix of the model's width too
+    budget = cost.estimate(len(rows), len(dense), width)
     assert budget < cost.worst_per_byte * len(dense)  # what the length cap alone charged
     worker = Processor(
         settings,
@@ -1124,7 +1125,7 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
         assert worker.handle(message, 0) == Result(Settle.ACK, outcome), name
     record = json.loads((tmp_path / "narrow/fail/r1.error").read_bytes())
     assert record["reason"] == "PayloadTooLarge"
-    estimate = cost.estimate(len(narrow) // 8, len(narrow))
+    estimate = cost.estimate(len(narrow) // 8, len(narrow), width)
     assert f"at an estimated {estimate} bytes of memory" in record["message"]
     assert f"one read may take up to {budget} bytes of memory here" in record["message"]
     scores = np.array((tmp_path / "dense/out/r1.out").read_text().split(), "f4")

@@ -243,6 +243,21 @@ def test_many_narrow_rows_make_a_small_minibatch_and_a_wide_row_a_large_one() ->
         list(records.pack_lines(iter([narrow + wide]), 20, BUDGET))
 
 
+def test_sparse_rows_of_a_wide_model_are_packed_by_their_matrix() -> None:
+    """A row's matrix costs the model's width x 4 bytes whatever its bytes: with 3 features
+    (12 a row) beside 10 a row + 1 a byte, two 2-byte rows (2 x 22 + 4 = 48) are over 40 where
+    three were within it without the width; a row alone (22 + 2) is read."""
+    budget = records.MemoryBudget(codecs.ReadCost(10, 1, 1), 40, _refused, width=3)
+    assert list(records.pack_lines(iter(blocks(b"1\n" * 3, 2)), 100, budget)) == [
+        MiniBatch(1, b"1\n"),
+        MiniBatch(2, b"1\n"),
+        MiniBatch(3, b"1\n"),
+    ]
+    wide = records.MemoryBudget(codecs.ReadCost(10, 1, 1), 40, _refused, width=8)
+    with pytest.raises(BadRecord, match="line 1: over the memory: 2 bytes, 1 rows, whole True"):
+        list(records.pack_lines(iter([b"1\n"]), 100, wide))  # 10 + 2 + 32 > 40
+
+
 def _packed_within(data: bytes, limit: int, budget: records.MemoryBudget) -> list[MiniBatch] | str:
     """Row-aware packing written plainly: whole lines, one at a time, while the mini-batch's
     bytes are within ``limit`` and its estimate (a row a line) within ``budget``."""

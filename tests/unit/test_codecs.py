@@ -409,6 +409,9 @@ def _unpacked(
     return _frame(recordio_support.tensor(values, keys, shape, kind=kind, packed=False))
 
 
+_SPARSE_WIDE_RECORDIO = _frame(recordio_support.tensor([1.0], [999], [1_000])) * 2_000
+_SPARSE_WIDE_LIBSVM = b"0 999:1\n" * 2_000
+
 # Each Python reader's measured shapes (with their feature counts): narrow rows, where the cost
 # per row dominates (one-field CSV behind a byte order mark, which the native reader declines;
 # libsvm rows of one valueless feature; empty RecordIO frames), wide rows and one long line,
@@ -440,6 +443,9 @@ _SHAPES = [
     (codecs.RECORDIO, _unpacked([1] * 50_000, range(50_000), [50_000], "int32"), 50_000),
     (codecs.RECORDIO, _unpacked([1, 2, 3], [0, 2, 4], [5], "int32") * 20_000, 5),
     (codecs.RECORDIO, _frame(recordio_support.tensor([1] * 100_000, kind="int32")), 100_000),
+    # sparse rows naming a wide matrix in a few bytes: the matrix decides (~112 a byte here)
+    (codecs.RECORDIO, _SPARSE_WIDE_RECORDIO, 1_000),
+    (codecs.LIBSVM, _SPARSE_WIDE_LIBSVM, 1_000),
 ]
 _REALISTIC = [
     (codecs.CSV, codecs.UTF8_BOM + _decimals(20_000, 8), 8),
@@ -475,7 +481,8 @@ def test_each_python_reader_peaks_within_its_estimate(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    estimate = codecs.PYTHON_READ_COST[content_type].estimate(_rows(body, content_type), len(body))
+    rows = _rows(body, content_type)
+    estimate = codecs.PYTHON_READ_COST[content_type].estimate(rows, len(body), width)
     assert len(body) + peak < estimate
 
 
@@ -494,7 +501,8 @@ def test_a_body_over_its_readers_budget_is_413_naming_its_estimate_and_one_withi
     content_type: str, body: bytes, width: int
 ) -> None:
     """Refused before it is read, naming the estimate and the budget; within it, read."""
-    estimate = codecs.PYTHON_READ_COST[content_type].estimate(_rows(body, content_type), len(body))
+    rows = _rows(body, content_type)
+    estimate = codecs.PYTHON_READ_COST[content_type].estimate(rows, len(body), width)
     with pytest.raises(PayloadTooLarge) as refused:
         codecs.decode(body, content_type, width, memory_budgets={content_type: estimate - 1})
     assert f"the {content_type} body is {len(body)} bytes" in str(refused.value)
@@ -506,6 +514,26 @@ def test_a_body_over_its_readers_budget_is_413_naming_its_estimate_and_one_withi
             codecs.decode(body, content_type, width, max_values=1 << 40, memory_budgets=budgets)
         except InvalidInput as exc:  # the empty frames: read, and refused for what they are
             assert "no feature named 'values'" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [(codecs.RECORDIO, _SPARSE_WIDE_RECORDIO), (codecs.LIBSVM, _SPARSE_WIDE_LIBSVM)],
+)
+def test_sparse_rows_of_a_wide_model_are_estimated_at_their_matrix(
+    content_type: str, body: bytes
+) -> None:
+    """2,000 rows of one feature of 1,000 make an 8 MB matrix from ~20-70 kB: within what their
+    bytes alone are estimated at, they are refused naming the matrix (they were read, at ~112
+    bytes of memory a byte where the estimate said ~6)."""
+    cost = codecs.PYTHON_READ_COST[content_type]
+    from_bytes = cost.estimate(2_000, len(body))
+    assert from_bytes < codecs.matrix_bytes(2_000, 1_000)
+    with pytest.raises(PayloadTooLarge) as refused:
+        codecs.decode(body, content_type, 1_000, memory_budgets={content_type: from_bytes})
+    assert "+ a matrix of 2000 rows x 1000 features x 4)" in str(refused.value)
+    estimate = from_bytes + codecs.matrix_bytes(2_000, 1_000)
+    assert f"at an estimated {estimate} bytes of memory" in str(refused.value)
 
 
 @pytest.mark.parametrize(

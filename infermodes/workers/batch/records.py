@@ -45,9 +45,10 @@ class MemoryBudget:
     cost: codecs.ReadCost
     bytes: int
     refusal: Refusal
+    width: int = 0  # the model's features: the matrix a sparse row costs (``ReadCost.estimate``)
 
     def holds(self, rows: int, size: int) -> bool:
-        return self.cost.estimate(rows, size) <= self.bytes
+        return self.cost.estimate(rows, size, self.width) <= self.bytes
 
 
 def too_large(line: int, limit: int) -> BadRecord:

@@ -382,7 +382,10 @@ class Runner:
         if cap is None or cap.budget is None or cost is None or cap.bytes >= self.limit:
             return None
         return records.MemoryBudget(
-            cost, cap.budget, functools.partial(self.over_memory, unit, cap, cap.budget)
+            cost,
+            cap.budget,
+            functools.partial(self.over_memory, unit, cap, cap.budget),
+            self.worker.transform.num_features,
         )
 
     def over_memory(
@@ -420,6 +423,7 @@ class Runner:
                 f"the instance's memory, {cap.memory} bytes less what its model and runtime "
                 f"hold, shared by {cap.concurrency} concurrent transform(s)"
             ),
+            width=self.worker.transform.num_features,
         )
         return BadRecord(None if one_record else line, str(refusal))
 

@@ -333,7 +333,8 @@ def test_libsvm_read_in_python_is_packed_within_the_memory_and_a_larger_line_fai
     size = len(long_line)
     assert failure["reason"] == (
         f"the text/libsvm line is {size} bytes and is read in Python, at an estimated "
-        f"{232 + 23 * size} bytes of memory (1 rows x 232 + {size} bytes x 23); one read may "
+        f"{232 + 23 * size + 4 * 10} bytes of memory (1 rows x 232 + {size} bytes x 23 + a "
+        "matrix of 1 rows x 10 features x 4); one read may "
         f"take up to {budget} bytes of memory here (the instance's memory, 1 bytes less what "
         "its model and runtime hold, shared by 1 concurrent transform(s)): give the instance "
         "more memory (its container's limit, or INFERMODES_BATCH_MEMORY_BYTES)"
@@ -393,7 +394,8 @@ def test_a_libsvm_object_read_whole_over_the_memory_fails_naming_what_was_read(
     assert (failure["line"], failure["reason"]) == (
         None,
         f"the text/libsvm object is at least {size} bytes and is read in Python, at an "
-        f"estimated {232 + 23 * size} bytes of memory (1 rows x 232 + {size} bytes x 23); one "
+        f"estimated {232 + 23 * size + 4 * 10} bytes of memory (1 rows x 232 + {size} bytes x "
+        "23 + a matrix of 1 rows x 10 features x 4); one "
         f"read may take up to {budget} bytes of memory here (the instance's memory, 1 bytes "
         "less what its model and runtime hold, shared by 1 concurrent transform(s)): split it "
         "into lines (splitType Line), or give the instance more memory (its container's limit, "
