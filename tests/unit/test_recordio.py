@@ -156,6 +156,17 @@ def test_malformed_bodies_are_400s_naming_the_record(body: bytes, message: str) 
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize("number", [1, 6_553, 6_554, 13_106, 13_107, 14_000])
+def test_an_infinity_is_named_by_its_record_whichever_block_it_is_checked_in(number: int) -> None:
+    """Rows are checked for infinities a block at a time (6,553 rows of 10 features): the
+    first one is named by its record, at a block's first row, its last, or the last block's."""
+    rows = np.ones((14_000, 10), dtype=np.float32)
+    rows[number - 1, 7] = np.inf
+    rows[-1, 9] = np.inf  # a later one is not the one named
+    with pytest.raises(InvalidInput, match=f"record {number}, feature index 7: a value is infin"):
+        decode(rio.dense(rows), 10)
+
+
 def test_limits_are_checked_on_the_frames_before_records_are_parsed() -> None:
     body = rio.dense(np.ones((5, 3), np.float32))
     with pytest.raises(PayloadTooLarge, match="5 rows"):
