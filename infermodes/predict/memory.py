@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from infermodes.predict.codecs import CSV, JSON, LIBSVM, RECORDIO
+from infermodes.predict.codecs import CSV, JSON, LIBSVM, PYTHON_READ_COST, RECORDIO
 
 log = logging.getLogger("infermodes.memory")
 
@@ -91,6 +91,16 @@ def read_budget(share: int, expansion: int) -> int:
     """The memory one invocation may decode in: its ``share``, never less than what a small
     input (``MIN_INPUT_CAP`` bytes) costs at ``expansion`` times its size."""
     return max(share, MIN_INPUT_CAP * expansion)
+
+
+def read_budgets(share: int, content_types: Iterable[str]) -> dict[str, int]:
+    """The memory one Python read of each type may take within ``share``, against its
+    estimate (``codecs.PYTHON_READ_COST``): the model server's for every type, the async
+    worker's for RecordIO, which it reads whole."""
+    return {
+        content_type: read_budget(share, PYTHON_READ_COST[content_type].worst_per_byte)
+        for content_type in content_types
+    }
 
 
 def input_cap(configured: int, share: int | None, expansion: int) -> int:

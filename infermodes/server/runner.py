@@ -62,15 +62,12 @@ def python_read_budgets(settings: ServeSettings) -> dict[str, int]:
     the larger ones, one at a time (a body decoded on the loop beside it is under
     ``offload_bytes``: 6 MiB at most at 64 KiB). Empty when the memory is unknown."""
     from infermodes.predict.codecs import PYTHON_READ_COST
-    from infermodes.predict.memory import memory_share, read_budget
+    from infermodes.predict.memory import memory_share, read_budgets
 
     share = memory_share(settings.memory_bytes, settings.workers, settings.workers)
     if share is None:
         return {}
-    budgets = {
-        content_type: read_budget(share, cost.worst_per_byte)
-        for content_type, cost in PYTHON_READ_COST.items()
-    }
+    budgets = read_budgets(share, PYTHON_READ_COST)
     for content_type, budget in budgets.items():
         log.info("%s bodies read in Python may take %d bytes of memory", content_type, budget)
     return budgets

@@ -63,7 +63,7 @@ from infermodes.predict.memory import (
     log_input_caps,
     memory_share,
     process_input_caps,
-    read_budget,
+    read_budgets,
 )
 from infermodes.predict.model import XGBoostModel
 from infermodes.predict.stream import (
@@ -763,8 +763,7 @@ def read_budgets_of(settings: WorkerSettings) -> dict[str, int]:
     share = memory_share(settings.memory_bytes, settings.max_concurrent_invocations, 1)
     if share is None:
         return {}
-    worst = codecs.PYTHON_READ_COST[codecs.RECORDIO].worst_per_byte
-    return {codecs.RECORDIO: read_budget(share, worst)}
+    return read_budgets(share, [codecs.RECORDIO])
 
 
 class WebhookSendersStopped(RuntimeError):
