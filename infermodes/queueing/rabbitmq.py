@@ -108,6 +108,7 @@ AT_LEAST_ONCE_POLICY = (
 POLL_SECONDS = 0.2
 RECONNECT_MIN_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 5.0
+OUTAGE_REMINDER_SECONDS = 60.0  # a warning again while the broker stays away
 # A consumer whose every login the broker refused for this long gives up (BrokerLoginRefused):
 # long enough for a broker that refuses while it starts (its users, its vhost not yet there)
 LOGIN_REFUSED_EXIT_SECONDS = 15.0
@@ -432,26 +433,41 @@ def broker_problem(exc: BaseException) -> str:
 
 
 class Outage:
-    """One warning when the broker stops answering and one line when it answers again, however
-    many calls fail in between."""
+    """One warning when the broker stops answering, a reminder each ``remind_seconds`` while it
+    does not (so a long outage, or a login the broker keeps refusing, stays in the log's last
+    minutes), and one line when it answers again, however many calls fail in between."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(
+        self,
+        what: str,
+        remind_seconds: float = OUTAGE_REMINDER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.what = what
+        self.remind_seconds = remind_seconds
+        self.clock = clock
         self._lock = threading.Lock()
         self._since: float | None = None
+        self._warned = 0.0
+        self._failures = 0
 
     def failed(self, exc: BaseException, detail: str = "") -> None:
+        now = self.clock()
         with self._lock:
-            first, self._since = self._since is None, self._since or time.monotonic()
+            first = self._since is None
+            if first:
+                self._since, self._failures = now, 0
+            self._failures += 1
+            since, failures = self._since or now, self._failures
+            remind = not first and now - self._warned >= self.remind_seconds
+            if first or remind:
+                self._warned = now
+        problem = f"{broker_problem(exc)} ({type(exc).__name__}: {exc})"
         if first:
-            log.warning(
-                "%s: broker %s (%s: %s)%s",
-                self.what,
-                broker_problem(exc),
-                type(exc).__name__,
-                exc,
-                detail,
-            )
+            log.warning("%s: broker %s%s", self.what, problem, detail)
+        elif remind:
+            log.warning("%s: still no broker after %.0f s and %d failed attempts (the last: %s)%s",
+                        self.what, now - since, failures, problem, detail)  # fmt: skip
         else:
             log.debug("%s: broker still unreachable (%s)", self.what, exc)
 
@@ -459,7 +475,7 @@ class Outage:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            log.info("%s: broker reachable again after %.1f s", self.what, time.monotonic() - since)
+            log.info("%s: broker reachable again after %.1f s", self.what, self.clock() - since)
 
 
 def publish_persistent(

@@ -383,3 +383,35 @@ def test_the_loop_turns_while_it_backs_off_between_reconnects(
     consumer.stop()
     runner.join(WAIT_SECONDS)
     assert not runner.is_alive() and len(attempts) == 1  # the stop ended the wait
+
+
+def test_an_outage_is_warned_once_reminded_each_minute_and_its_end_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker away for long (or a login it keeps refusing) stays in the log's last minutes;
+    the attempts in between are DEBUG, and the next outage starts its own count."""
+    now = [100.0]
+    outage = rabbitmq.Outage("consuming q", remind_seconds=60, clock=lambda: now[0])
+    lost = pika.exceptions.AMQPConnectionError("refused")
+    caplog.set_level("DEBUG", "infermodes.rabbitmq")
+    for at in (100.0, 110.0, 159.0, 161.0, 200.0, 222.0):
+        now[0] = at
+        outage.failed(lost, "; reconnecting in 5.0 s")
+    now[0] = 230.0
+    outage.recovered()
+    now[0] = 240.0
+    outage.failed(lost)
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "consuming q: broker unreachable (AMQPConnectionError: refused); "
+                    "reconnecting in 5.0 s"),
+        ("DEBUG", "consuming q: broker still unreachable (refused)"),
+        ("DEBUG", "consuming q: broker still unreachable (refused)"),
+        ("WARNING", "consuming q: still no broker after 61 s and 4 failed attempts (the last: "
+                    "unreachable (AMQPConnectionError: refused)); reconnecting in 5.0 s"),
+        ("DEBUG", "consuming q: broker still unreachable (refused)"),
+        ("WARNING", "consuming q: still no broker after 122 s and 6 failed attempts (the last: "
+                    "unreachable (AMQPConnectionError: refused)); reconnecting in 5.0 s"),
+        ("INFO", "consuming q: broker reachable again after 130.0 s"),
+        ("WARNING", "consuming q: broker unreachable (AMQPConnectionError: refused)"),
+    ]  # fmt: skip
