@@ -40,7 +40,8 @@ class NativeBuildHook(BuildHookInterface):
         if not shutil.which(compiler[0]) or not Path(include, "Python.h").exists():
             self.app.display_warning(
                 f"infermodes: no C compiler or no Python headers ({include}): installing "
-                "without the native CSV module and tree evaluator (slower, same output)"
+                "without the native tree evaluator, JSON decoder and CSV module (slower, same "
+                "output)"
             )
             return
         for source in SOURCES:

@@ -570,7 +570,7 @@ def error_line(response: Any) -> str:
 @click.argument("name", callback=_endpoint_name)
 @click.option("--data", required=True, help="The request body, or @FILE to read it from a file.")
 @click.option("--content-type", default="text/csv", show_default=True)
-@click.option("--accept", help="Accept header (text/csv or application/json).")
+@click.option("--accept", help="text/csv, application/json or application/jsonlines.")
 @click.option("--async", "use_async", is_flag=True, help="Queue it (an async endpoint).")
 @_up_url
 def invoke(
