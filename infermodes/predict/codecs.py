@@ -185,15 +185,33 @@ def _check_width(width: int, num_features: int | None, row: int) -> None:
         raise InvalidInput(f"row {row}: expected {num_features} features, got {width}")
 
 
-def _check_size(rows: int, width: int | None, max_rows: int | None, max_values: int) -> None:
+def _at_least(number: int, whole: bool) -> str:
+    """A count in a refusal: ``number``, or "at least" it when what was counted is only the
+    first part of the body (the part that decided the refusal)."""
+    return f"{number}" if whole else f"at least {number}"
+
+
+def _check_size(
+    rows: int,
+    width: int | None,
+    max_rows: int | None,
+    max_values: int,
+    *,
+    all_rows: bool = True,
+) -> None:
     """413 before decoding when the body has more rows (lines, for CSV and libsvm) or would
-    make a larger matrix than one request may."""
+    make a larger matrix than one request may; ``all_rows`` False: ``rows`` are those of the
+    body's first part only (RecordIO's frames counted up to a bound)."""
     if max_rows is not None and rows > max_rows:
-        raise PayloadTooLarge(f"the body has {rows} rows; one request may carry at most {max_rows}")
+        raise PayloadTooLarge(
+            f"the body has {_at_least(rows, all_rows)} rows; one request may carry at most "
+            f"{max_rows}"
+        )
     if width is not None and rows * width > max_values:
         raise PayloadTooLarge(
-            f"{rows} rows of {width} features make {rows * width} values; one request may "
-            f"decode to at most {max_values}"
+            f"{_at_least(rows, all_rows)} rows of {width} features make "
+            f"{_at_least(rows * width, all_rows)} values; one request may decode to at most "
+            f"{max_values}"
         )
 
 
@@ -449,21 +467,23 @@ def over_memory(
     read_so_far: bool = False,
     shared: str = "the memory limit, shared by the concurrent reads",
     width: int = 0,
+    all_rows: bool = True,
 ) -> PayloadTooLarge:
     """The 413 of a ``record`` (a body; a batch's line or object) of ``size`` bytes (at least,
-    when it was ``read_so_far`` only) in ``rows`` rows whose Python reader's estimated memory
-    (``PYTHON_READ_COST``, with the matrix of ``width`` features) is over ``budget``, what one
-    read may take within the ``shared`` memory (``predict.memory``): ``why`` that reader reads
-    it."""
+    when it was ``read_so_far`` only) in ``rows`` rows (at least, unless ``all_rows``) whose
+    Python reader's estimated memory (``PYTHON_READ_COST``, with the matrix of ``width``
+    features) is over ``budget``, what one read may take within the ``shared`` memory
+    (``predict.memory``): ``why`` that reader reads it."""
     cost = PYTHON_READ_COST[content_type]
-    shape = f"{rows} rows x {cost.per_row} + " if cost.per_row else ""
+    counted = _at_least(rows, all_rows)
+    shape = f"{counted} rows x {cost.per_row} + " if cost.per_row else ""
     shape += f"{size} bytes x {cost.per_byte}"
     if width:
-        shape += f" + a matrix of {rows} rows x {width} features x 4"
-    length = f"at least {size}" if read_so_far else f"{size}"
+        shape += f" + a matrix of {counted} rows x {width} features x 4"
+    estimate = _at_least(cost.estimate(rows, size, width), all_rows)
     return PayloadTooLarge(
-        f"the {content_type} {record} is {length} bytes {why}, at an estimated "
-        f"{cost.estimate(rows, size, width)} bytes of memory ({shape}); "
+        f"the {content_type} {record} is {_at_least(size, not read_so_far)} bytes {why}, at an "
+        f"estimated {estimate} bytes of memory ({shape}); "
         f"one read may take up to {budget} bytes of memory here ({shared}): {advice}"
     )
 
@@ -588,10 +608,12 @@ def decode_recordio(
     before their views are built or any record is parsed (``frames``: their count, when the
     caller has counted them), and a record's values before any is read. Errors name the
     record (1-based) as others name the row."""
-    count = recordio.count_frames(body) if frames is None else frames
+    if frames is None:
+        count, _ = _recordio_rows(body, num_features, max_rows, max_values)
+    else:
+        count = frames
     if not count:
         raise InvalidInput("empty request body: expected at least one RecordIO record")
-    _check_size(count, num_features, max_rows, max_values)
     payloads = recordio.payloads(body)
     first = recordio.features(next(payloads), 1)
     width = num_features if num_features is not None else _record_width(first, 1)
@@ -665,16 +687,43 @@ _DECODERS = {CSV: decode_csv, JSON: decode_json, LIBSVM: decode_libsvm, RECORDIO
 GZIP_MAGIC = b"\x1f\x8b"  # no input starts so: 0x8b is a UTF-8 continuation byte, not RecordIO's
 
 
+def _recordio_rows(
+    body: bytes,
+    width: int | None,
+    max_rows: int | None,
+    max_values: int,
+    budget: int | None = None,
+) -> tuple[int, bool]:
+    """A RecordIO body's frames (counted without reading them) held to the limits, and whether
+    the count is all of them: it stops one frame past the first bound that decides a refusal
+    (a 25 MiB body of empty frames is ~3.3 M frames, ~2 s of CPU to walk), the row limit, the
+    values' (``width`` known) or, with no row limit (the async worker's), the ``budget``'s:
+    the estimate grows a frame at a time. The row limit's refusal comes before the memory's,
+    as for every type (it says what to send; the memory's would blame the reader)."""
+    limits = (max_rows, max_values // width if width else None)
+    bounds = [bound for bound in limits if bound is not None]
+    if budget is not None and max_rows is None:
+        cost = PYTHON_READ_COST[RECORDIO]
+        spare = budget - cost.estimate(0, len(body))
+        bounds.append(max(spare // cost.estimate(1, 0, width or 0), 0))
+    rows, whole = recordio.count_frames(body, min(bounds, default=None))
+    _check_size(rows, width, max_rows, max_values, all_rows=whole)
+    return rows, whole
+
+
 def _rows_checked(
-    body: bytes, content_type: str, num_features: int | None, max_rows: int | None, max_values: int
-) -> int:
-    """The body's rows (lines; RecordIO's frames, counted without reading them), held to the
-    limits, and a CSV first row's field count to the model's: the errors that come before a
-    memory refusal."""
+    body: bytes,
+    content_type: str,
+    num_features: int | None,
+    max_rows: int | None,
+    max_values: int,
+    budget: int,
+) -> tuple[int, bool]:
+    """The body's rows (lines; RecordIO's frames, as far as ``_recordio_rows`` counts them)
+    held to the limits, and whether they are all of them; and a CSV first row's field count
+    held to the model's: the errors that come before a memory refusal."""
     if content_type == RECORDIO:
-        rows = recordio.count_frames(body)
-        _check_size(rows, num_features, max_rows, max_values)
-        return rows
+        return _recordio_rows(body, num_features, max_rows, max_values, budget)
     start = len(UTF8_BOM) if body.startswith(UTF8_BOM) else 0
     end = len(body)
     while end > start and body[end - 1] in b"\r\n":  # counted in place: no copy of the body
@@ -688,7 +737,7 @@ def _rows_checked(
                 _check_width(first.count(b",") + 1, num_features, 1)
             except InvalidInput as exc:
                 raise _header_row(exc, first) from None
-    return rows
+    return rows, True
 
 
 def decode(
@@ -723,11 +772,19 @@ def decode(
         )
     rows = None
     if budget is not None:
-        rows = _rows_checked(body, content_type, num_features, max_rows, max_values)
+        rows, all_rows = _rows_checked(
+            body, content_type, num_features, max_rows, max_values, budget
+        )
         width = num_features or 0
         if PYTHON_READ_COST[content_type].estimate(rows, len(body), width) > budget:
             raise over_memory(
-                content_type, len(body), rows, budget, *_PYTHON_READ[content_type], width=width
+                content_type,
+                len(body),
+                rows,
+                budget,
+                *_PYTHON_READ[content_type],
+                width=width,
+                all_rows=all_rows,
             )
     if content_type == RECORDIO:  # its frames counted once
         return decode_recordio(

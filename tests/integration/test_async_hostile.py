@@ -708,7 +708,8 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
     bytes x 6 + the matrix of the model's width, the model server's) held to the worker's
     memory per invocation slot. Dense rows 80% of the cap long, over the slot's memory at the
     narrowest frames' cost per byte, get their output; frames of 12 bytes as long as the cap,
-    whose estimate is over it, fail at once naming the estimate and the memory, and the worker
+    whose estimate is over it, fail at once naming the estimate of the frames counted (up to
+    the first over it: "at least") and the memory, and the worker
     goes on (empty frames as long as the cap are over the values a request may decode, at the
     model's 10 features)."""
     endpoint = "recordio-estimate"
@@ -735,10 +736,12 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames_not_its_narrow
     assert note["failureReason"] == "PayloadTooLarge", note
     message = str(note["failureMessage"])
     width = rows.shape[1]  # the matrix of the model's width counts too
-    estimate = cost.estimate(cap // 12, len(narrow), width)
     assert f"the {codecs.RECORDIO} body is {len(narrow)} bytes" in message, message
-    assert f"at an estimated {estimate} bytes of memory" in message, message
     [budget] = re.findall(r"one read may take up to (\d+) bytes of memory here", message)
+    counted = recordio_samples.frames_over(int(budget), len(narrow), width)  # as far as needed
+    estimate = cost.estimate(counted, len(narrow), width)
+    assert f"at an estimated at least {estimate} bytes of memory" in message, message
+    assert f"(at least {counted} rows x {cost.per_row} + " in message, message
     # the setting's point: the dense input is within the slot's memory by its estimate, and
     # beyond it at the narrowest frames' cost per byte, which a cap on length alone charges
     held = cost.estimate(len(tiled), len(dense), width)

@@ -641,6 +641,39 @@ def test_a_csv_libsvm_or_recordio_body_read_in_python_beyond_the_workers_memory_
     assert "Traceback" not in server.log, server.log
 
 
+def test_a_recordio_body_far_over_the_row_limit_is_refused_at_the_frame_past_it(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """25 MiB of empty RecordIO frames (8 bytes each: ~3.3 M, where the default row limit is
+    200,000) get the row limit's 413 (before their memory's), their frames counted only up to
+    the one past the limit (walking them all took ~2 s of a worker's CPU): the same body with
+    a bad magic number past that frame gets the same 413, not a 400 for a frame nobody reads;
+    before it, the 400 naming its record. A body at the limit is scored. The server goes on
+    serving."""
+    env = {  # memory known (as in a pod): the body's read is held to a budget too
+        "INFERMODES_SERVE_MAX_PAYLOAD_BYTES": str(32 * 1024 * 1024),
+        "INFERMODES_SERVE_MEMORY_BYTES": str(2 * 1024 * 1024 * 1024),
+    }
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    empty = recordio_support.frame(b"")
+    frames = 25 * 1024 * 1024 // len(empty)
+    refusal = "the body has at least 200001 rows; one request may carry at most 200000"
+    bad_magic = recordio_support.frame(b"", magic=0xDEADBEEF)
+    row = abalone_model.test_rows[:1].astype(np.float32)
+    with running_server(args, tmp_path / "serve.log", env=env) as server:
+        for body in (empty * frames, empty * 200_001 + bad_magic + empty * (frames - 200_002)):
+            answer = exchange(server.port, Request("POST", "/invocations", RECORDIO, body))
+            assert (answer.status, message(answer)) == (413, refusal)
+        early = empty * 199_999 + bad_magic + empty * (frames - 200_000)
+        answer = exchange(server.port, Request("POST", "/invocations", RECORDIO, early))
+        assert answer.status == 400
+        assert message(answer).startswith("record 200000: bad magic number 0xdeadbeef")
+        at_limit = recordio_support.dense(np.repeat(row, 200_000, axis=0))
+        answer = exchange(server.port, Request("POST", "/invocations", RECORDIO, at_limit))
+        assert answer.status == 200 and answer.body.count(b"\n") == 200_000, answer.body[:200]
+    assert "Traceback" not in server.log, server.log
+
+
 def test_a_realistic_6_mb_libsvm_body_is_read_on_512_mib_and_narrow_rows_of_its_cost_are_not(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from infermodes.predict.codecs import PYTHON_READ_COST, RECORDIO
+
 MAGIC = 0xCED7230A
 _TENSOR_FIELDS = {"float32": (2, "<f4"), "float64": (3, "<f8"), "int32": (7, None)}
 
@@ -92,3 +94,12 @@ def sparse(matrix: np.ndarray) -> bytes:
         present = [int(i) for i in np.flatnonzero(~np.isnan(row))]
         out += frame(record(tensor(row[present], keys=present, shape=[width])))
     return out
+
+
+def frames_over(budget: int, size: int, width: int) -> int:
+    """The fewest frames, one at least (a body's bytes alone may be over), whose estimate
+    (``PYTHON_READ_COST``, with the matrix of ``width`` features) in a body of ``size`` bytes
+    is over ``budget``: where a count held to the budget stops, and what its refusal names
+    ("at least" so many)."""
+    cost = PYTHON_READ_COST[RECORDIO]
+    return next(rows for rows in range(1, budget + 2) if cost.estimate(rows, size, width) > budget)

@@ -1125,8 +1125,10 @@ def test_a_recordio_input_is_held_to_its_estimate_from_its_frames(
         assert worker.handle(message, 0) == Result(Settle.ACK, outcome), name
     record = json.loads((tmp_path / "narrow/fail/r1.error").read_bytes())
     assert record["reason"] == "PayloadTooLarge"
-    estimate = cost.estimate(len(narrow) // 8, len(narrow), width)
-    assert f"at an estimated {estimate} bytes of memory" in record["message"]
+    counted = recordio_samples.frames_over(budget, len(narrow), width)  # as far as it needs
+    estimate = cost.estimate(counted, len(narrow), width)
+    assert f"at an estimated at least {estimate} bytes of memory" in record["message"]
+    assert f"(at least {counted} rows x {cost.per_row} + " in record["message"]
     assert f"one read may take up to {budget} bytes of memory here" in record["message"]
     scores = np.array((tmp_path / "dense/out/r1.out").read_text().split(), "f4")
     np.testing.assert_array_equal(scores, model.predict(rows))

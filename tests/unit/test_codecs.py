@@ -464,7 +464,7 @@ _WORST_SHAPE_FIGURE = {codecs.CSV: 88, codecs.LIBSVM: 96, codecs.RECORDIO: 26}
 
 def _rows(body: bytes, content_type: str) -> int:
     if content_type == codecs.RECORDIO:
-        return recordio.count_frames(body)
+        return recordio.count_frames(body)[0]
     return body.removeprefix(codecs.UTF8_BOM).rstrip(b"\r\n").count(b"\n") + 1
 
 
@@ -531,25 +531,30 @@ def test_sparse_rows_of_a_wide_model_are_estimated_at_their_matrix(
     assert from_bytes < codecs.matrix_bytes(2_000, 1_000)
     with pytest.raises(PayloadTooLarge) as refused:
         codecs.decode(body, content_type, 1_000, memory_budgets={content_type: from_bytes})
-    assert "+ a matrix of 2000 rows x 1000 features x 4)" in str(refused.value)
-    estimate = from_bytes + codecs.matrix_bytes(2_000, 1_000)
-    assert f"at an estimated {estimate} bytes of memory" in str(refused.value)
+    if content_type == codecs.RECORDIO:  # its frames counted as far as the budget needs
+        rows, at_least = recordio_support.frames_over(from_bytes, len(body), 1_000), "at least "
+    else:
+        rows, at_least = 2_000, ""
+    assert f"+ a matrix of {at_least}{rows} rows x 1000 features x 4)" in str(refused.value)
+    estimate = cost.estimate(rows, len(body), 1_000)
+    assert f"at an estimated {at_least}{estimate} bytes of memory" in str(refused.value)
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body"),
+    ("content_type", "body", "rows"),
     [
-        (codecs.CSV, b"1\n" * 300),
-        (codecs.LIBSVM, b"0:1\n" * 300),
-        (codecs.RECORDIO, recordio_support.frame(b"") * 300),
+        (codecs.CSV, b"1\n" * 300, "300"),
+        (codecs.LIBSVM, b"0:1\n" * 300, "300"),
+        (codecs.RECORDIO, recordio_support.frame(b"") * 300, "at least 201"),
     ],
 )
 def test_a_body_over_the_row_limit_and_its_budget_is_refused_for_its_rows(
-    content_type: str, body: bytes
+    content_type: str, body: bytes, rows: str
 ) -> None:
     """The row limit's 413 says what to send instead; the memory's would blame the reader.
-    RecordIO's frames are counted from their headers, before a view of any is built."""
-    with pytest.raises(PayloadTooLarge, match="the body has 300 rows; one request may carry"):
+    RecordIO's frames are counted from their headers, before a view of any is built, and no
+    further than one past the row limit."""
+    with pytest.raises(PayloadTooLarge, match=f"the body has {rows} rows; one request may carry"):
         codecs.decode(body, content_type, 1, max_rows=200, memory_budgets={content_type: 100})
 
 
@@ -568,7 +573,9 @@ def test_a_recordio_body_held_to_its_budget_has_its_frames_counted_once(
     counted: list[int] = []
     count_frames = recordio.count_frames
     monkeypatch.setattr(
-        recordio, "count_frames", lambda body: counted.append(len(body)) or count_frames(body)
+        recordio,
+        "count_frames",
+        lambda body, most: counted.append(len(body)) or count_frames(body, most),
     )
     body = recordio_support.dense(np.ones((3, 2), dtype=np.float32))
     decoded = codecs.decode(body, codecs.RECORDIO, 2, memory_budgets={codecs.RECORDIO: 1 << 20})
@@ -578,7 +585,10 @@ def test_a_recordio_body_held_to_its_budget_has_its_frames_counted_once(
 
 def test_recordio_frames_are_counted_with_their_headers_checked() -> None:
     body = recordio_support.frame(b"") * 3
-    assert recordio.count_frames(body) == 3
+    assert recordio.count_frames(body) == (3, True)
+    assert recordio.count_frames(body, 3) == recordio.count_frames(body, 2) == (3, True)
+    assert recordio.count_frames(body, 1) == (2, False)  # one past its bound: no further
+    assert recordio.count_frames(body + b"\0\0", 1) == (2, False)
     with pytest.raises(InvalidInput, match="record 4: 2 byte"):
         recordio.count_frames(body + b"\0\0")
 
