@@ -226,6 +226,9 @@ class Tensor:
     keys: int  # how many
     shape: tuple[int, ...]  # one dimension at most: a record is one row
     record: int
+    # the values when they are one packed run of fixed-width ones (what the SDK writes): kept
+    # from the count, so that ``fill`` reads them at once rather than walking the fields again
+    run: memoryview | None = None
 
     @property
     def sparse(self) -> bool:
@@ -247,7 +250,11 @@ class Tensor:
 
     def fill(self, row: np.ndarray, positions: np.ndarray | None = None) -> None:
         """Write the values into ``row``: in order, or each at its key's position
-        (``key_positions``, as many as the values)."""
+        (``key_positions``, as many as the values); one packed run (``run``) in one view."""
+        if self.run is not None and self.dtype is not None:
+            values = np.frombuffer(self.run, dtype=self.dtype)
+            row[slice(0, len(values)) if positions is None else positions] = values
+            return
         what = f"{self.name} values"
         runs: Iterator[np.ndarray | float]
         if self.dtype is None:
@@ -282,18 +289,24 @@ def _tensor(value: memoryview, record: int) -> Tensor:
     message = chosen[1]
     counts = {1: 0, 2: 0, 3: 0}  # values, keys, shape
     shape: list[int] = []
+    run: memoryview | None = None  # the last values field's bytes, when packed fixed-width
     for number, wire, content in _fields(message, record, name):
         if number not in counts:
             continue
         what = f"{name} {_REPEATED[number]}"
         counts[number] += _entries(wire, content, dtype if number == 1 else None, record, what)
+        if number == 1:
+            run = content if isinstance(content, memoryview) and dtype is not None else None
         if number == 3:
             if counts[3] > 1:
                 raise _bad(record, f"{name} shape has more than one dimension; a record is one row")
             shape.extend(
                 _packed_varints(content, record) if isinstance(content, memoryview) else [content]
             )
-    return Tensor(message, name, dtype, counts[1], counts[2], tuple(shape), record)
+    one_run = run is not None and len(run) == counts[1] * np.dtype(dtype).itemsize
+    return Tensor(
+        message, name, dtype, counts[1], counts[2], tuple(shape), record, run if one_run else None
+    )
 
 
 def features(payload: memoryview, record: int) -> Tensor:

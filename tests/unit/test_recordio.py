@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infermodes.errors import InfermodesError, InvalidInput, PayloadTooLarge
-from infermodes.predict import codecs
+from infermodes.predict import codecs, recordio
 from tests.support import recordio as rio
 from tests.support.hostile import PROFILES
 
@@ -89,6 +90,107 @@ def test_unpacked_rows_decode_as_their_packed_twins(kind: str) -> None:
     expected = np.array([[3, -7, 0, 2**31 - 1], [5, np.nan, np.nan, -(2**31)]], np.float32)
     for body in bodies.values():
         np.testing.assert_array_equal(decode(body, 4), expected)
+
+
+_TENSOR_NUMBER = {"float32": (2, "<f4"), "float64": (3, "<f8")}
+
+
+def _two_runs(values: list[float], keys: list[int] | None, width: int, kind: str) -> bytes:
+    """A record whose values are two packed runs (protobuf readers join them; the first may be
+    empty): what the reader fills a run at a time, as it fills unpacked values."""
+    number, dtype = _TENSOR_NUMBER[kind]
+    raw = np.asarray(values, dtype=dtype).tobytes()
+    half = len(values) // 2 * np.dtype(dtype).itemsize
+    fields = rio.field(1, raw[:half]) + rio.field(1, raw[half:])
+    if keys is not None:
+        fields += rio.field(2, b"".join(rio.varint(key) for key in keys))
+        fields += rio.field(3, rio.varint(width))
+    return rio.frame(rio.record(rio.field(number, fields)))
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> tuple[int, str, list[tuple[list[float], list[int] | None]]]:
+    width = draw(st.integers(1, 6))
+    kind = draw(st.sampled_from(sorted(_TENSOR_NUMBER)))
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=32 if kind == "float32" else 64)
+    rows = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):  # dense, at times of the wrong width
+            count = draw(st.sampled_from([width, width, width + 1]))
+            rows.append((draw(st.lists(floats, min_size=count, max_size=count)), None))
+        else:  # sparse, its keys at times repeated or out of range
+            keys = draw(st.lists(st.integers(0, width), max_size=width, unique=draw(st.booleans())))
+            rows.append((draw(st.lists(floats, min_size=len(keys), max_size=len(keys))), keys))
+    return width, kind, rows
+
+
+@pytest.mark.parametrize("profile", PROFILES.values(), ids=PROFILES.keys())
+def test_one_packed_run_decodes_as_the_same_values_unpacked_or_in_two_runs(profile: object) -> None:
+    """A record's values in one packed run (what the SDK writes) are filled from the run the
+    count found; written unpacked or as two runs they take the reader's other path: the same
+    records, dense or sparse, of either float type, give the same matrix or the same error
+    (a value beyond float32, a wrong width, a key twice or out of range) by every path."""
+
+    @given(records=_records())
+    def check(records: tuple[int, str, list[tuple[list[float], list[int] | None]]]) -> None:
+        width, kind, rows = records
+        shape = [width]
+        bodies = [
+            b"".join(
+                rio.frame(
+                    rio.record(
+                        rio.tensor(
+                            values,
+                            keys,
+                            None if keys is None else shape,
+                            kind=kind,
+                            packed=packed,
+                        )
+                    )
+                )
+                for values, keys in rows
+            )
+            for packed in (True, False)
+        ]
+        bodies.append(b"".join(_two_runs(values, keys, width, kind) for values, keys in rows))
+        outcomes: list[np.ndarray | str] = []
+        for body in bodies:
+            try:
+                outcomes.append(decode(body, width))
+            except InvalidInput as exc:
+                outcomes.append(str(exc))
+        packed = outcomes[0]
+        for other in outcomes[1:]:
+            if isinstance(packed, str) or isinstance(other, str):
+                assert other == packed
+            else:  # NaN is missing, whatever its bits (an unpacked one goes through a float)
+                assert np.array_equal(other, packed, equal_nan=True)
+
+    profile(check)()  # type: ignore[operator]
+
+
+def test_one_packed_run_is_filled_without_walking_the_record_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The count keeps a packed run of floats, and the row is filled from it (one view): the
+    record's fields are not walked a second time, as they are for values in many fields."""
+    walked: list[int] = []
+    runs = recordio._runs
+
+    def counted_runs(
+        message: memoryview, number: int, record: int, what: str
+    ) -> Iterator[int | memoryview]:
+        walked.append(record)
+        return runs(message, number, record, what)
+
+    monkeypatch.setattr(recordio, "_runs", counted_runs)
+    rows = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    for kind in _TENSOR_NUMBER:
+        np.testing.assert_array_equal(decode(rio.dense(rows, kind)), rows)
+    assert walked == []
+    two_runs = b"".join(_two_runs(list(row), None, 3, "float32") for row in rows)
+    np.testing.assert_array_equal(decode(two_runs), rows)
+    assert walked == [1, 2]
 
 
 def test_every_truncation_is_a_400_naming_a_record() -> None:
