@@ -58,8 +58,14 @@ def test_split_none_is_one_record_refused_over_the_limit() -> None:
     assert list(records.minibatches(iter([b"1\n", b"2\n"]), "None", "MultiRecord", 10)) == [
         MiniBatch(1, b"1\n2\n")
     ]
-    with pytest.raises(BadRecord, match="line 1: record is larger"):
+    with pytest.raises(BadRecord) as caught:  # it said "line 1: record is larger than ..."
         list(records.minibatches(iter([b"123456", b"789012"]), "None", "MultiRecord", 10))
+    assert caught.value.line is None  # the object as a whole, sent so: no line of it is at fault
+    assert caught.value.reason.startswith("the object is over maxPayloadInMB (")
+    assert caught.value.reason.endswith(
+        " MB), and splitType None sends it whole, as one request: give splitType Line to send "
+        "its lines in mini-batches, or a larger maxPayloadInMB (at most 100)"
+    )
 
 
 def test_blank_input_gives_no_minibatch() -> None:

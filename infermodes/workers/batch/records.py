@@ -110,7 +110,8 @@ def not_gzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
                 raise BadRecord(
                     None,
                     "the object is gzip-compressed (it starts with 1f 8b): give compressionType "
-                    "Gzip (--compression-type Gzip)",
+                    "Gzip (the API's TransformInput.CompressionType, the CLI's "
+                    "--compression-type)",
                 )
         yield block
 
@@ -267,7 +268,12 @@ def whole_object(
             if not budget.holds(rows, len(data)):
                 raise budget.refusal(1, len(data), rows, False)
         if len(data) > limit:
-            raise too_large(1, limit)
+            raise BadRecord(
+                None,
+                f"the object is over maxPayloadInMB ({limit / MIB:g} MB), and splitType None "
+                "sends it whole, as one request: give splitType Line to send its lines in "
+                "mini-batches, or a larger maxPayloadInMB (at most 100)",
+            )
     if data.strip():
         yield MiniBatch(1, bytes(data))
 

@@ -166,8 +166,10 @@ def test_split_none_sends_each_object_whole_and_refuses_one_over_the_payload(
     assert failures == [
         {
             "object": f"file://{tmp_path}/in/large.csv",
-            "line": 1,
-            "reason": "record is larger than maxPayloadInMB (1 MB)",
+            "line": None,  # the object as a whole
+            "reason": "the object is over maxPayloadInMB (1 MB), and splitType None sends it "
+            "whole, as one request: give splitType Line to send its lines in mini-batches, or a "
+            "larger maxPayloadInMB (at most 100)",
         }
     ]
 
@@ -241,7 +243,7 @@ def test_gzip_input_without_its_compression_type_says_so(
     assert done.returncode == 4, done.log
     assert done.summary_line().endswith(
         "a.csv.gz: the object is gzip-compressed (it starts with 1f 8b): give compressionType "
-        "Gzip (--compression-type Gzip)"
+        "Gzip (the API's TransformInput.CompressionType, the CLI's --compression-type)"
     ), done.log
 
 
