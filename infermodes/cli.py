@@ -407,13 +407,12 @@ def up(
         log_level = log_level_of(log_level)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log-level") from None
-    from infermodes.local.up import StateDirUnusable, gateway_options
+    from infermodes.local.up import StateDirUnusable, UpGatewaySettings, gateway_options
     from infermodes.local.up import serve as run_up
     from infermodes.queueing.connect import broker_from_url
-    from infermodes.settings import GatewaySettings
 
     settings = _settings_or_exit(
-        GatewaySettings,
+        UpGatewaySettings,
         **gateway_options(port, log_level),
         invocation_timeout_seconds=invocation_timeout_seconds,
     )

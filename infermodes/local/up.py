@@ -12,8 +12,9 @@ import logging
 import os
 import signal
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -100,9 +101,76 @@ def stopping_as_sigterm() -> None:
         signal.signal(signum, lambda _signum, _frame: signal.raise_signal(signal.SIGTERM))
 
 
+# the INFERMODES_GATEWAY_* variables up reads: its gateway's settings take every other field
+# from up itself (``gateway_options``) or keep its default, whatever its environment says
+FROM_ENVIRONMENT = frozenset({
+    "invocation_timeout_seconds", "realtime_max_payload_bytes", "serverless_max_payload_bytes",
+    "probe_timeout_seconds", "upstream_idle_seconds", "max_idle_connections",
+    "drain_delay_seconds", "drain_timeout_seconds", "sweep_interval_seconds",
+})  # fmt: skip
+MANIFESTS = "its endpoints are its manifests"
+OPEN = "its invocations are open to this machine: access keys are a cluster gateway's"
+QUEUE = "its async requests go to its queue, or where --broker-url says"
+# what up does instead of each setting it does not read, for the warning that names them
+# (``unused_variables``); a unit test holds its keys to GatewaySettings' other fields
+INSTEAD = {
+    "host": "it listens on 127.0.0.1 alone",
+    "port": "--port sets its port",
+    "log_level": "--log-level sets it",
+    "metrics_port": "its /metrics stay on its one port",
+    "probe_interval_seconds": f"it probes a new process every {PROBE_INTERVAL_SECONDS:g} s",
+    "namespaces": MANIFESTS,
+    "static_endpoints": MANIFESTS,
+    "gateway_id": "it records demand itself",
+    "access_keys": OPEN,
+    "access_keys_file": OPEN,
+    "open_platform_api": "its platform API takes its token",
+    "platform_namespace": "its platform API keeps its objects in its state dir",
+    "platform_storage_secret": "the endpoints its platform API creates run with its environment",
+    "platform_broker_secret": "the endpoints its platform API creates use its queue",
+    "broker_url": QUEUE,
+    "broker_url_file": QUEUE,
+    "async_storage_prefixes": "its async endpoints store where their manifests say",
+    "allowed_input_prefixes": "by-reference async inputs: s3:// anywhere, file:// under the "
+    "endpoint's input prefix",
+    "max_inline_bytes": f"it stores inline async bodies up to {MAX_INLINE_BYTES} bytes",
+    "publish_connections": f"it publishes on {PUBLISH_CONNECTIONS} connections",
+}
+GATEWAY_PREFIX = GatewaySettings.model_config["env_prefix"]
+NO_SUCH_SETTING = "no gateway has such a setting"
+
+
+class UpGatewaySettings(GatewaySettings):
+    """The settings of up's gateway: of the environment only ``FROM_ENVIRONMENT``'s
+    variables. Another of a cluster gateway's settings, half-used, misled: async storage
+    prefixes warned of a chart value up has not, and refused nothing."""
+
+    @classmethod
+    def _from_environment(cls, given: dict[str, Any]) -> dict[str, Any]:
+        not_read = dict.fromkeys(cls.model_fields.keys() - FROM_ENVIRONMENT)
+        return super()._from_environment({**not_read, **given})
+
+
+def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each ``INFERMODES_GATEWAY_*`` variable of ``environ`` up does not read (in any case, as
+    a gateway reads them), to what up does instead: names only, a value may be a secret."""
+    fields = {
+        env.upper(): name
+        for name in GatewaySettings.model_fields
+        for env in GatewaySettings.env_names(name)
+    }
+    return {
+        variable: INSTEAD.get(fields.get(variable.upper(), ""), NO_SUCH_SETTING)
+        for variable in sorted(environ)
+        if variable.upper().startswith(GATEWAY_PREFIX)
+        and fields.get(variable.upper()) not in FROM_ENVIRONMENT
+    }
+
+
 def gateway_options(port: int, log_level: str) -> dict[str, object]:
     """The settings of up's gateway that are up's, not the user's: with the flags the user
-    gave, and the ``INFERMODES_GATEWAY_*`` variables, they make its ``GatewaySettings``.
+    gave, and the ``INFERMODES_GATEWAY_*`` variables it reads (``FROM_ENVIRONMENT``), they
+    make its ``UpGatewaySettings``.
     Its ``/metrics`` stay on its one port, on loopback, beside everything else it serves."""
     return {"port": port, "host": "127.0.0.1", "log_level": log_level,
             "probe_interval_seconds": PROBE_INTERVAL_SECONDS, "metrics_port": 0}  # fmt: skip
@@ -121,6 +189,11 @@ def serve(
     figures)."""
     configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
+    if unused := unused_variables(os.environ):
+        log.warning(
+            "infermodes up does not use these variables of its environment: %s",
+            "; ".join(f"{name} ({instead})" for name, instead in unused.items()),
+        )
     manifests = load_paths(files)
     with state_lock(state_dir) as lock_id:
         return _serve(settings, state_dir, manifests, broker_url, management_url, lock_id)

@@ -315,6 +315,38 @@ def test_up_sweeps_stale_records_and_inputs_of_its_async_endpoints(
         assert all(p.exists() for p in fresh)
 
 
+def test_up_names_the_cluster_gateways_variables_it_does_not_use_once_and_serves_without_them(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up`` with a cluster gateway's access keys answered unsigned invocations and said
+    nothing (its user believed them protected), and it half-used the async storage prefixes:
+    a warning naming a chart value ``up`` has not, the request accepted all the same. It now
+    names both variables in one warning at start, never their values, and serves as without
+    them: an unsigned invocation answers, an async request is accepted and answered."""
+    secret = "AKIDUPTEST:never-in-a-log-3f9c"
+    prefixes = '["file:///nowhere/"]'
+    environ = {"INFERMODES_GATEWAY_ACCESS_KEYS": secret,
+               "INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES": prefixes}  # fmt: skip
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=1, maxReplicas=1),
+             manifest("async", abalone_model.tarball, tmp_path)]  # fmt: skip
+    with (
+        mock.patch.dict("os.environ", environ),
+        running_up(tmp_path / "state", files, tmp_path / "up.log") as up,
+    ):
+        wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "realtime InService")
+        answer = up.invoke("abalone", to_csv(abalone_model.test_rows[:2]))
+        assert answer.status_code == 200, answer.text
+        accepted = accept_async(up, abalone_model.test_rows, 1, 2)
+        wait_until(lambda: set(outputs(tmp_path / "async" / "output")) == set(accepted), WAIT,
+                   "the async output")  # fmt: skip
+        log = up.log
+    named = [line for line in log.splitlines() if "INFERMODES_GATEWAY_" in line]
+    assert len(named) == 1, log
+    assert "WARNING" in named[0] and all(name in named[0] for name in environ), named[0]
+    assert secret.partition(":")[2] not in log and "AKIDUPTEST" not in log
+    assert "nowhere" not in log and "gateway.asyncStoragePrefixes" not in log
+
+
 def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -> None:
     refused = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"#" * (2 << 20),
                          headers=up.headers)  # fmt: skip

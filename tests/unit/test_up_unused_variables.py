@@ -1,0 +1,97 @@
+"""``infermodes up`` reads few of a cluster gateway's ``INFERMODES_GATEWAY_*`` variables: with
+access keys set, its invocations answered unsigned and nothing said so. The variables it does
+not read are named at start with what it does instead (names only: a value may be a secret),
+and its gateway's settings keep their defaults whatever those variables say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from infermodes.local.up import (
+    FROM_ENVIRONMENT,
+    INSTEAD,
+    NO_SUCH_SETTING,
+    UpGatewaySettings,
+    gateway_options,
+    unused_variables,
+)
+from infermodes.settings import GatewaySettings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_gateway_setting_is_read_by_up_or_says_what_up_does_instead() -> None:
+    """One list of what up reads; a setting a gateway gains is named in the warning until
+    up reads it, never silently read nor silently dropped."""
+    fields = set(GatewaySettings.model_fields)
+    assert fields >= FROM_ENVIRONMENT
+    assert set(INSTEAD) == fields - FROM_ENVIRONMENT
+    assert not FROM_ENVIRONMENT & set(gateway_options(8080, "info"))
+
+
+def test_the_readme_names_the_variables_up_reads() -> None:
+    """The README's paragraph on up's gateway variables (and its flags' table, for the
+    timeout's) names exactly what up reads."""
+    text = README.read_text()
+    start = text.index("`up`'s port is a gateway's")
+    paragraph = text[start : text.index("\n\n", start)]
+    named = {name.lower() for name in re.findall(r"`([A-Z][A-Z_]+)`", paragraph)}
+    assert named | {"invocation_timeout_seconds"} == FROM_ENVIRONMENT
+    assert "`INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS`" in text[:start]
+
+
+KEYS = "INFERMODES_GATEWAY_ACCESS_KEYS"
+PREFIXES = "INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES"
+# (environment, what up names of it)
+CASES = {
+    "none": ({}, {}),
+    "read": ({"INFERMODES_GATEWAY_DRAIN_DELAY_SECONDS": "1", "HOME": "/root"}, {}),
+    "read-in-any-case": ({"infermodes_gateway_max_idle_connections": "3"}, {}),
+    "keys-and-prefixes": (
+        {KEYS: "AKID:secret", PREFIXES: '["file:///nowhere/"]',
+         "INFERMODES_GATEWAY_SWEEP_INTERVAL_SECONDS": "5"},
+        {KEYS: INSTEAD["access_keys"], PREFIXES: INSTEAD["async_storage_prefixes"]},
+    ),
+    "file-in-any-case": (
+        {"infermodes_gateway_access_keys_file": "/keys"},
+        {"infermodes_gateway_access_keys_file": INSTEAD["access_keys_file"]},
+    ),
+    "ups-own": (
+        {"INFERMODES_GATEWAY_PORT": "9000", "INFERMODES_GATEWAY_LOG_LEVEL": "debug"},
+        {"INFERMODES_GATEWAY_LOG_LEVEL": INSTEAD["log_level"],
+         "INFERMODES_GATEWAY_PORT": INSTEAD["port"]},
+    ),
+    "misspelt": (
+        {"INFERMODES_GATEWAY_ACESS_KEYS": "AKID:secret"},
+        {"INFERMODES_GATEWAY_ACESS_KEYS": NO_SUCH_SETTING},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("environ", "expected"), CASES.values(), ids=CASES.keys())
+def test_unused_variables_are_named_with_what_up_does_instead(
+    environ: dict[str, str], expected: dict[str, str]
+) -> None:
+    assert unused_variables(environ) == expected
+    assert not any(value in str(unused_variables(environ)) for value in environ.values())
+
+
+def test_ups_gateway_keeps_the_default_of_every_setting_it_does_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its async storage prefixes were half-read: a warning naming a chart value up has not,
+    the request accepted all the same; access keys, read, were never used."""
+    monkeypatch.setenv("INFERMODES_GATEWAY_ASYNC_STORAGE_PREFIXES", '["file:///nowhere/"]')
+    monkeypatch.setenv("INFERMODES_GATEWAY_ACCESS_KEYS", "AKID:secret")
+    monkeypatch.setenv("INFERMODES_GATEWAY_BROKER_URL", "amqp://elsewhere")
+    monkeypatch.setenv("INFERMODES_GATEWAY_DRAIN_TIMEOUT_SECONDS", "5")
+    assert GatewaySettings().async_storage_prefixes == ["file:///nowhere/"]
+    settings = UpGatewaySettings(**gateway_options(8080, "info"))  # type: ignore[arg-type]
+    assert settings.async_storage_prefixes == []
+    assert settings.access_keys.get_secret_value() == ""
+    assert settings.broker_url is None
+    assert settings.drain_timeout_seconds == 5.0  # one it reads
+    assert (settings.port, settings.host, settings.metrics_port) == (8080, "127.0.0.1", 0)
