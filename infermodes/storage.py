@@ -178,11 +178,18 @@ def prefix_base(prefix: str) -> str:
         return prefix
 
 
+def dot_segment(uri: str) -> str | None:
+    """The first ``.`` or ``..`` segment of a parsed ``uri`` (``ObjectRef.uri``), None when it
+    has none: an S3 key keeps them as written, and an S3-compatible server or a proxy may
+    resolve them, as a file path's are resolved when it is opened, so one location has two
+    spellings that compare unequal."""
+    return next((part for part in uri.split("/")[3:] if part in (".", "..")), None)
+
+
 def dotted(uri: str) -> bool:
-    """Whether a normalised ``uri`` has a ``.`` or ``..`` segment: an S3 key keeps them as
-    written, and an S3-compatible server or a proxy may resolve them (file paths have none
-    left)."""
-    return any(part in (".", "..") for part in uri.split("/")[3:])
+    """Whether a normalised ``uri`` has a ``.`` or ``..`` segment (``dot_segment``; file
+    paths have none left)."""
+    return dot_segment(uri) is not None
 
 
 def lies_under(uri: str, base: str) -> bool:
@@ -194,13 +201,21 @@ def lies_under(uri: str, base: str) -> bool:
 def prefix_within(prefix: str, folder: str) -> bool:
     """Whether all a listing of ``prefix`` finds lies under ``folder``, or it is ``folder``
     itself: an S3 prefix is a prefix of keys as written (``s3://b/data`` lists ``data-2024/``
-    too), a file:// one (or a path) a folder. False when either names no storage."""
+    too), a file:// one (or a path) a folder, compared as this machine's file system resolves
+    both (``.``, ``..``, repeated '/' and symbolic links: a folder reached by another name is
+    the same folder). False when either names no storage."""
     try:
-        given, outer = parse_uri(prefix), parse_uri(folder)
+        given, outer = _real(parse_uri(prefix)), _real(parse_uri(folder))
     except StorageError:
         return False
     listed = given.uri if given.scheme == "s3" else given.uri.rstrip("/") + "/"
     return listed.startswith(outer.uri.rstrip("/") + "/") or listed == outer.uri
+
+
+def _real(ref: ObjectRef) -> ObjectRef:
+    """A file path as the file system resolves it (the part that exists; the rest
+    normalised); an S3 key as written."""
+    return ObjectRef("file", "", os.path.realpath(ref.key)) if ref.scheme == "file" else ref
 
 
 def folder_uri(path: str) -> str | None:

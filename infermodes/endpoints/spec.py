@@ -40,7 +40,7 @@ from infermodes.destinations import (
     literal_refusal,
     number_cel,
 )
-from infermodes.errors import shown
+from infermodes.errors import StorageError, shown
 from infermodes.jsonpath import GRAMMAR, JsonPath
 from infermodes.settings import (
     CONTROL,
@@ -65,7 +65,7 @@ from infermodes.settings import (
     check_batch_payload,
     check_batch_processing,
 )
-from infermodes.storage import prefix_within
+from infermodes.storage import dot_segment, parse_uri, prefix_within
 
 GROUP = "infermodes.dev"
 VERSION = "v1alpha1"
@@ -466,6 +466,26 @@ class AsyncSpec(StartingRange):
     resources: Resources = Field(default_factory=Resources)
 
 
+def undotted_location(uri: str) -> str:
+    """A batch job's input or output URI, refused with a ``.`` or ``..`` segment (a file path's
+    percent-decoded first, ``storage.dot_segment``): a file path resolves it and S3 keeps it
+    as written, so the same location would have a second spelling that the input-inside-output
+    check and the output hold (``status.output_held_by``) take for another location. A URI that
+    names no storage is its pattern's and the instances' to refuse."""
+    try:
+        parsed = parse_uri(uri).uri
+    except StorageError:
+        return uri
+    segment = dot_segment(parsed)
+    if segment is not None:
+        raise ValueError(
+            f"{shown(parsed)} has a {segment!r} segment, which gives the location a second "
+            "spelling (a file path resolves it; S3 keeps it as written): give it without '.' "
+            "or '..' segments"
+        )
+    return uri
+
+
 class BatchInput(SpecBlock):
     uri: str = Field(
         pattern=OBJECT_LOCATION,
@@ -485,6 +505,8 @@ class BatchInput(SpecBlock):
     split_type: SplitType = Field(
         "Line", description="Line: a record per line; None: a record per object."
     )
+
+    _undotted = field_validator("uri")(undotted_location)
 
 
 class BatchOutput(SpecBlock):
@@ -506,6 +528,8 @@ class BatchOutput(SpecBlock):
         "written over (a job made again after fixing inputs does what failed or was missing); "
         "false: as the platform, every output is this job's.",
     )
+
+    _undotted = field_validator("uri")(undotted_location)
 
 
 # the spec's first check, whose failure says what a filter looks like; the parser's own, with

@@ -389,6 +389,23 @@ def test_a_job_after_a_stopped_one_of_the_same_output_path_runs(
     np.testing.assert_allclose(scores(output.decode()), expected(abalone_model, rows), rtol=1e-6)
 
 
+def test_a_transform_job_whose_output_path_has_a_dot_segment_is_refused_naming_it(
+    sagemaker: Any, s3: S3Endpoint
+) -> None:
+    """S3OutputPath s3://batch/dots/zz/../output/ was taken: S3 keeps the key as written, so
+    the output hold, comparing strings, let it write beside a job writing
+    s3://batch/dots/output/ (and file:///in/z/../ wrote among its own inputs)."""
+    create_model(sagemaker, "abalone-dots-model")
+    request = transform_request("abalone-dots", "abalone-dots-model", "dots")
+    request["TransformOutput"]["S3OutputPath"] = "s3://batch/dots/zz/../output/"
+    assert error_of(sagemaker.create_transform_job, **request) == (
+        "ValidationException", "TransformOutput.S3OutputPath: 's3://batch/dots/zz/../output/' "
+        "has a '..' segment, which gives the location a second spelling (a file path resolves "
+        "it; S3 keeps it as written): give it without '.' or '..' segments")  # fmt: skip
+    nothing_made = code_of(sagemaker.describe_transform_job, TransformJobName="abalone-dots")
+    assert nothing_made == "ValidationException"
+
+
 def test_a_job_without_assemble_with_concatenates_its_outputs_as_the_platform(
     sagemaker: Any, s3: S3Endpoint, abalone_model: AbaloneModel
 ) -> None:

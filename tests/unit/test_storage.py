@@ -536,6 +536,26 @@ def test_a_prefix_lies_within_a_folder_as_listings_read_it(
     assert prefix_within(prefix, folder) is within
 
 
+def test_a_file_prefix_lies_within_a_folder_as_the_file_system_resolves_both(
+    tmp_path: Path,
+) -> None:
+    """A folder reached by another name, through a symbolic link, '.', '..' or a repeated
+    '/', is the same folder: compared as written, a job whose output folder linked to its input
+    folder, or to another job's output, passed the input-inside-output check and the hold."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in-link").symlink_to(tmp_path / "in")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "out").symlink_to(tmp_path / "in" / "out", target_is_directory=True)
+    base = f"file://{tmp_path}"
+    assert prefix_within(f"{base}/in/", f"{base}/in-link/")
+    assert prefix_within(f"{base}/in-link/x/", f"{base}/in")
+    assert prefix_within(f"{base}/elsewhere/out/", f"{base}/in/")  # a link to what is not yet
+    assert prefix_within(f"{base}/in/", f"{base}/x/../in-link/")
+    assert prefix_within(f"{base}//in/a", f"{base}/in")
+    assert not prefix_within(f"{base}/in/", f"{base}/elsewhere/")
+    assert not prefix_within(f"{base}/in-link-2/", f"{base}/in-link/")  # a sibling
+
+
 @mock_aws
 def test_an_s3_write_to_a_bucket_that_does_not_exist_is_unusable_not_a_missing_input() -> None:
     """S3 answers NoSuchBucket: read, the input is not there; written (an async output, an

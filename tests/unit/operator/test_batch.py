@@ -484,6 +484,9 @@ def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> 
     assert s_.output_held_by(mine, [job("a/x", newer, "s3://data/out/")]) is None  # it waits
     same_second = job("models/aaa", "2026-03-01T10:00:00Z", "s3://data/out/")
     assert s_.output_held_by(mine, [same_second]) == "models/aaa"
+    # a file:// folder by another name is the same folder (storage.prefix_within)
+    alias = job("models/abalone", "2026-03-01T10:00:00Z", "file:///tmp/../tmp//out-x/")
+    assert s_.output_held_by(alias, [job("a/x", older, "file:///tmp/out-x")]) == "a/x"
 
     kube = FakeKube()
     d, _ = deps(kube)

@@ -531,3 +531,41 @@ def test_the_crd_refuses_an_s3_input_prefix_inside_the_output_as_the_spec_does(
     assert input_inside_output_rule_refuses(input_uri, output_uri, data_type) is crd_refuses
     rules = [rule for rule, message in s.BatchSpec.cel_rules if message == s.INPUT_INSIDE_OUTPUT]
     assert rules == [s.INPUT_INSIDE_OUTPUT_CEL]
+
+
+@pytest.mark.parametrize(
+    ("field", "uri", "segment"),
+    [
+        ("output", "file:///data/in/z/../", "'..'"),  # wrote into its own input folder
+        ("output", "file:///data/zz/../out/", "'..'"),  # the output hold's prefix, respelt
+        ("output", "file:///data/./out/", "'.'"),
+        ("output", "file:///data/out/..", "'..'"),  # a trailing one
+        ("output", "file:///data/out/%2E%2E/x/", "'..'"),  # percent-encoded: a file path's
+        ("input", "file:///data/out/x/../", "'..'"),
+        ("output", "s3://data/zz/../out/", "'..'"),  # S3 keeps it; the hold compared strings
+        ("output", "s3://data/./out/", "'.'"),
+        ("input", "s3://data/in/..", "'..'"),
+        ("input", "s3://data/x/../m.json", "'..'"),  # a manifest's too
+    ],
+)
+def test_a_batch_location_with_a_dot_segment_is_refused_naming_the_field_and_segment(
+    field: str, uri: str, segment: str
+) -> None:
+    """file:///data/in/z/../ as output.uri passed the input-inside-output check and wrote the
+    outputs among the inputs; file:///data/zz/../out/ passed the hold of a job writing
+    file:///data/out/, and both wrote there at once (r60, item 2)."""
+    block = {"input": {"uri": "s3://data/in/"}, "output": {"uri": "s3://data/out/"}}
+    block[field] = {"uri": uri, "dataType": "ManifestFile"} if "m.json" in uri else {"uri": uri}
+    problems = s.parse_spec({"mode": "batch", "model": MODEL, "batch": block})
+    assert isinstance(problems, str), problems
+    assert problems.startswith(f"spec.batch.{field}.uri: "), problems
+    assert f"has a {segment} segment" in problems, problems
+
+
+@pytest.mark.parametrize(
+    "uri", ["file:///data/out/", "file:///data/..x/.y/", "s3://data/.../out", "/data/x/../out"]
+)
+def test_a_batch_location_without_a_dot_segment_is_taken(uri: str) -> None:
+    """A name that only starts with a dot is a name; a plain path is resolved as it is read."""
+    block = {"input": {"uri": "s3://data/in/"}, "output": {"uri": uri}}
+    assert not isinstance(s.parse_spec({"mode": "batch", "model": MODEL, "batch": block}), str)

@@ -595,3 +595,23 @@ def test_a_rule_across_fields_names_the_platforms_fields_not_the_specs(
         build()
     assert str(refused.value).startswith(said), str(refused.value)
     assert not SPEC_WORDS.search(str(refused.value)), str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "uri"),
+    [("TransformOutput.S3OutputPath", "file:///data/in/z/../"),
+     ("TransformOutput.S3OutputPath", "s3://b/zz/../out/"),
+     ("TransformInput.DataSource.S3DataSource.S3Uri", "s3://b/./in/")],
+)  # fmt: skip
+def test_a_transform_job_location_with_a_dot_segment_is_refused_naming_the_field(
+    where: str, uri: str
+) -> None:
+    request = transform_request(DataProcessing={})
+    if where == "TransformOutput.S3OutputPath":
+        request["TransformOutput"]["S3OutputPath"] = uri
+    else:
+        request["TransformInput"]["DataSource"]["S3DataSource"] = {"S3DataType": "S3Prefix",
+                                                                   "S3Uri": uri}  # fmt: skip
+    with pytest.raises(ValidationException) as caught:
+        transform_object(request, model(), DEFAULTS)
+    assert str(caught.value).startswith(f"{where}: {uri!r} has a "), caught.value
