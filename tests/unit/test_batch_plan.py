@@ -106,7 +106,7 @@ def test_output_part_and_summary_names() -> None:
 
 def test_a_manifest_of_plain_paths_keeps_its_prefix_a_folder() -> None:
     text = '[{"prefix": "/data/in/"}, "a.csv", "x%41#.csv"]'
-    assert plan.parse_manifest(text, "/data/m.json") == [
+    assert plan.parse_manifest(text.encode(), "/data/m.json") == [
         ("file:///data/in/a.csv", "a.csv"),
         ("file:///data/in/x%2541%23.csv", "x%41#.csv"),  # the file of that very name
     ]
@@ -114,7 +114,7 @@ def test_a_manifest_of_plain_paths_keeps_its_prefix_a_folder() -> None:
 
 def test_manifest_lists_keys_under_its_prefix_in_order() -> None:
     text = '[{"prefix": "s3://b/in/"}, "z.csv", "sub/a.csv"]'
-    assert plan.parse_manifest(text, "s3://b/m.json") == [
+    assert plan.parse_manifest(text.encode(), "s3://b/m.json") == [
         ("s3://b/in/z.csv", "z.csv"),
         ("s3://b/in/sub/a.csv", "sub/a.csv"),
     ]
@@ -124,7 +124,7 @@ def test_a_key_a_manifest_lists_twice_is_one_input() -> None:
     """Listed twice, an object was two units: transformed twice (by two instances at once,
     into the same .out) and its records counted twice in the job's progress."""
     text = '[{"prefix": "s3://b/in/"}, "a.csv", "b.csv", "a.csv"]'
-    assert plan.parse_manifest(text, "s3://b/m.json") == [
+    assert plan.parse_manifest(text.encode(), "s3://b/m.json") == [
         ("s3://b/in/a.csv", "a.csv"),
         ("s3://b/in/b.csv", "b.csv"),
     ]
@@ -140,4 +140,15 @@ def test_a_key_a_manifest_lists_twice_is_one_input() -> None:
 )  # fmt: skip
 def test_bad_manifests_are_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="manifest s3://b/m.json"):
-        plan.parse_manifest(text, "s3://b/m.json")
+        plan.parse_manifest(text.encode(), "s3://b/m.json")
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_naming_it_and_the_byte() -> None:
+    """It failed the job as "cannot list the inputs: 'utf-8' codec can't decode byte 0xff in
+    position 38: invalid start byte", naming no manifest (r60, item 4)."""
+    data = b'[{"prefix":"file:///tmp/man/"}, "a\xff.csv"]'
+    with pytest.raises(ValueError) as caught:
+        plan.parse_manifest(data, "s3://b/m.json")
+    assert str(caught.value) == (
+        "manifest s3://b/m.json must be UTF-8 JSON: byte 0xff at offset 34 is not UTF-8"
+    )

@@ -168,12 +168,17 @@ def dotted(key: str) -> bool:
     return any(part in (".", "..") for part in key.split("/"))
 
 
-def parse_manifest(text: str, manifest_uri: str) -> list[tuple[str, str]]:
-    """The platform's manifest: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]`` ->
-    ``[(prefix + key, key), ...]`` in its order; a key listed again is the same input (it has
+def parse_manifest(data: bytes, manifest_uri: str) -> list[tuple[str, str]]:
+    """The platform's manifest, UTF-8 JSON: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]``
+    -> ``[(prefix + key, key), ...]`` in its order; a key listed again is the same input (it has
     one output), kept once."""
     try:
-        document = json.loads(text)
+        document = json.loads(data.decode())
+    except UnicodeDecodeError as exc:  # the codec's words name no file
+        raise ValueError(
+            f"manifest {manifest_uri} must be UTF-8 JSON: byte 0x{data[exc.start]:02x} at "
+            f"offset {exc.start} is not UTF-8"
+        ) from None
     except ValueError as exc:
         raise ValueError(f"manifest {manifest_uri} is not JSON: {exc}") from None
     if (

@@ -212,8 +212,8 @@ class Runner:
         folder markers, keys ending in '/': a console's "Create folder", no records)."""
         settings = self.settings
         if settings.input_data_type == "ManifestFile":
-            text = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB).decode()
-            pairs = plan.parse_manifest(text, settings.input_uri)
+            data = self.storage.get_bytes(settings.input_uri, limit=64 * records.MIB)
+            pairs = plan.parse_manifest(data, settings.input_uri)
             return [plan.InputObject(uri, key, self.storage.size(uri)) for uri, key in pairs]
         prefix = parse_uri(settings.input_uri)
         base = prefix.uri
