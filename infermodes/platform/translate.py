@@ -36,7 +36,6 @@ from infermodes.endpoints.spec import (
 )
 from infermodes.errors import (
     StorageError,
-    clipped,
     shown,
 )
 from infermodes.platform.errors import ValidationException
@@ -288,7 +287,7 @@ def check_container(field: str, container: Mapping[str, Any], defaults: Defaults
     for key, value in environment.items():
         if key not in IGNORED_ENVIRONMENT and key != INFERENCE_OUTPUT:
             raise ValidationException(
-                f"{field}Environment {clipped(key)} is not supported by infermodes (only "
+                f"{field}Environment {shown(key)} is not supported by infermodes (only "
                 f"{INFERENCE_OUTPUT} and {', '.join(sorted(IGNORED_ENVIRONMENT))})"
             )
         if isinstance(value, str) and len(value) > MAX_ENVIRONMENT_VALUE:
@@ -669,7 +668,7 @@ def transform_object(
             f'Could not find model "{arn(defaults, "model", str(request.get("ModelName")))}".'
         )
     for key in mapping("Environment", request.get("Environment")):
-        raise ValidationException(f"Environment {clipped(key)} is not supported by infermodes")
+        raise ValidationException(f"Environment {shown(key)} is not supported by infermodes")
     # the numbers as boto3's model types them: our schema would read "6" or true as a number
     typed("", request, {"MaxPayloadInMB": int, "MaxConcurrentTransforms": int})
     source = mapping("TransformInput", request.get("TransformInput"))

@@ -343,7 +343,7 @@ def test_the_containers_selectable_output_is_kept_for_served_modes_only() -> Non
          "PrimaryContainer.Image"),
         ({"Mode": "MultiModel"}, "PrimaryContainer.Mode"),
         ({"Environment": {"SAGEMAKER_PROGRAM": "serve.py"}},
-         "PrimaryContainer.Environment SAGEMAKER_PROGRAM"),
+         "PrimaryContainer.Environment 'SAGEMAKER_PROGRAM'"),
         ({"ModelDataUrl": None}, "PrimaryContainer.ModelDataUrl"),
         ({"ModelDataUrl": "s3://bucket"}, "PrimaryContainer.ModelDataUrl 's3://bucket' names no"),
         ({"ModelDataUrl": "s3://bucket/models/"}, "PrimaryContainer.ModelDataUrl 's3://bucket/"),
@@ -355,6 +355,20 @@ def test_containers_we_cannot_run_are_refused_naming_the_field(
 ) -> None:
     with pytest.raises(ValidationException, match=named.replace(".", r"\.")):
         model(**container)
+
+
+@pytest.mark.parametrize(("key", "said"), [("", "''"), ("A\nB", "'A\\nB'"), ("K" * 200, "'KKKK")])
+def test_an_environment_key_we_do_not_run_is_quoted_in_the_refusal(key: str, said: str) -> None:
+    """An empty key read 'Environment  is not supported', and a newline in one went into the
+    message as it was (r60, item 8): a caller's key is quoted as their other values are."""
+    for call, field in ((lambda: model(Environment={key: "v"}), "PrimaryContainer.Environment"),
+                        (lambda: transform_object(transform_request(Environment={key: "v"}),
+                                                  model(), DEFAULTS), "Environment")):  # fmt: skip
+        with pytest.raises(ValidationException) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith(f"{field} {said}"), message
+        assert "\n" not in message and len(message) < 300, message
 
 
 def test_models_with_more_than_we_run_are_refused() -> None:
@@ -435,7 +449,7 @@ def test_one_production_variant_only() -> None:
         ({"DataCaptureConfig": {"DestinationS3Uri": "s3://b/c"}}, "DataCaptureConfig"),
         ({"TransformJobName": "1job"}, "must start with a letter"),
         ({"TransformJobName": "a" * 51}, "at most 50 characters"),
-        ({"Environment": {"A": "b"}}, "Environment A"),
+        ({"Environment": {"A": "b"}}, "Environment 'A'"),
         # members we would not read, and numbers our schema would take from a string or a bool
         ({"ModelClientConfig": {"Foo": 1}}, "ModelClientConfig.Foo is not supported"),
         ({"DataProcessing": {"JoinSources": "Input"}}, "DataProcessing.JoinSources"),
