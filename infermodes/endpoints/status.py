@@ -393,8 +393,13 @@ def batch_output_released(phase: object, labels: Mapping[str, Any]) -> bool:
     one that will never end."""
     if phase in (Phase.COMPLETED, Phase.FAILED):
         return True
-    made_by_api = labels.get(spec.PLATFORM_KIND_LABEL) == spec.PLATFORM_TRANSFORM_JOB
-    return phase == Phase.STOPPED and made_by_api
+    return phase == Phase.STOPPED and made_by_api(labels)
+
+
+def made_by_api(labels: Mapping[str, Any]) -> bool:
+    """Whether a batch job (its labels) was made by the platform API's CreateTransformJob,
+    whose caller has only that API's calls (StopTransformJob, no delete, no spec to edit)."""
+    return labels.get(spec.PLATFORM_KIND_LABEL) == spec.PLATFORM_TRANSFORM_JOB
 
 
 def output_held_by(job: BatchOutput, others: Iterable[BatchOutput]) -> str | None:
@@ -411,10 +416,18 @@ def output_held_by(job: BatchOutput, others: Iterable[BatchOutput]) -> str | Non
     return None
 
 
-def output_in_use(holder: str, uri: str) -> str:
-    """The message of a batch job that waits for ``holder`` (``output_held_by``)."""
+def output_in_use(holder: str, uri: str, api_job: bool) -> str:
+    """The message of a batch job that waits for ``holder`` (``output_held_by``), with the way
+    to run it now that its maker has: ``api_job`` (``made_by_api``), the platform API's calls,
+    which delete no job; otherwise the endpoint's own."""
+    now = (
+        "StopTransformJob this job and create one under another name with an S3OutputPath of "
+        "its own to run it now"
+        if api_job
+        else "delete this one and create it with an output.uri of its own to run it now"
+    )
     return (
         f"waits for batch endpoint {holder}, which writes to an output prefix overlapping {uri},"
-        " to end: two jobs writing one prefix at once would each take the other's outputs for"
-        " their own; delete this one and create it with an output.uri of its own to run it now"
+        f" to end: two jobs writing one prefix at once would each take the other's outputs for"
+        f" their own; {now}"
     )

@@ -66,6 +66,7 @@ from infermodes.endpoints.status import (
     batch_output_released,
     describe_failures,
     load_error,
+    made_by_api,
     output_held_by,
     output_in_use,
     record_queue,
@@ -1126,7 +1127,8 @@ class Supervisor:
         if holder is not None:  # it waits: no instance started yet
             endpoint.desired = 0
             uri = spec.batch_block().output.uri
-            endpoint.status = Status(Phase.IN_PROGRESS, OUTPUT_IN_USE, output_in_use(holder, uri))
+            waits = output_in_use(holder, uri, made_by_api(endpoint.labels))
+            endpoint.status = Status(Phase.IN_PROGRESS, OUTPUT_IN_USE, waits)
             return
         self._batch_dir(name).mkdir(parents=True, exist_ok=True)
         for key, child in list(endpoint.children.items()):

@@ -27,6 +27,7 @@ from infermodes.endpoints.status import (
     QueueFigures,
     Status,
     in_force,
+    made_by_api,
     output_held_by,
     parse_rfc3339,
     rfc3339,
@@ -356,6 +357,7 @@ def converge(
         name_held_by,
         workload_events,
         batch_output_held_by,
+        made_by_api(metadata.get("labels") or {}),
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)

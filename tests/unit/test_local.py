@@ -1404,3 +1404,25 @@ def test_a_stopped_api_job_holds_its_output_until_its_instances_have_exited(
     assert supervisor._batch_output_held_by(second) == "first"
     supervisor.retiring.clear()
     assert supervisor._batch_output_held_by(second) is None
+
+
+def test_a_waiting_job_is_told_how_to_run_now_in_its_maker_s_words(tmp_path: Path) -> None:
+    """``up`` told a job CreateTransformJob made to "delete this one", a call the platform API
+    does not have: it names StopTransformJob and S3OutputPath; a YAML job keeps output.uri."""
+    from infermodes.platform.translate import KIND_LABEL, TRANSFORM_JOB
+
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    first = copy.deepcopy(document)
+    first["metadata"]["name"] = "first"
+    supervisor.apply(parse_document(first, "test"))
+    supervisor.endpoints["first"].created = "2026-01-01T00:00:00Z"
+    supervisor.apply(parse_document(document, "test"))
+    second = supervisor.endpoints["abalone-batch"]
+    for labels, words in (({KIND_LABEL: TRANSFORM_JOB}, "; StopTransformJob this job and create"),
+                          ({}, "; delete this one and create it with an output.uri")):  # fmt: skip
+        second.labels = labels
+        asyncio.run(supervisor._run_batch(second, time.monotonic()))
+        assert (second.status.reason, second.desired) == ("OutputInUse", 0)
+        assert words in second.status.message, second.status.message
+    assert not second.children  # it waited: no instance started

@@ -38,6 +38,8 @@ class Signals:
     # the older batch endpoint, not ended, that writes an overlapping output prefix
     # (``endpoints/status.output_held_by``); None when there is none, or it cannot be told
     output_held_by: Callable[[], str | None] = lambda: None
+    # made by the platform API (``endpoints/status.made_by_api``): its messages name its calls
+    made_by_api: bool = False
 
 
 class EndpointMode(Protocol):

@@ -259,7 +259,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     holder = signals.output_held_by() if not job else None
     if holder is not None:
         uri = spec.batch_block().output.uri
-        return status(s.Phase.IN_PROGRESS, OUTPUT_IN_USE, output_in_use(holder, uri))
+        waits = output_in_use(holder, uri, signals.made_by_api)
+        return status(s.Phase.IN_PROGRESS, OUTPUT_IN_USE, waits)
     message = f"{found.done}/{found.total} objects, {found.records} records"
     if failures:
         message += f"; failed so far: {describe_failures(failures, found.failed)}"

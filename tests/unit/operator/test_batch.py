@@ -502,6 +502,36 @@ def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> 
     assert [obj["kind"] for obj in kube.applied] == ["Job"]
 
 
+def test_a_job_the_platform_api_made_is_told_to_wait_in_the_api_s_own_calls() -> None:
+    """An OutputInUse job told a boto3 user to "delete this one and create it with an
+    output.uri of its own": the platform API has no DeleteTransformJob and no output.uri (r60,
+    item 9). A job CreateTransformJob made (its label) names StopTransformJob and
+    S3OutputPath; one applied as YAML keeps the spec's words."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    d, _ = deps(FakeKube())
+    older = s_.BatchOutput("team-a/first", "2026-03-01T09:00:00Z", "s3://data/out/", False)
+    d.batch_outputs = lambda _ns, _name: [older]
+    for labels, words, not_words in (
+        ({s.PLATFORM_KIND_LABEL: s.PLATFORM_TRANSFORM_JOB},
+         "; StopTransformJob this job and create one under another name with an S3OutputPath "
+         "of its own to run it now", "delete"),
+        ({}, "; delete this one and create it with an output.uri of its own to run it now",
+         "TransformJob"),
+        ({s.PLATFORM_KIND_LABEL: "Endpoint"}, "; delete this one", "TransformJob"),
+    ):  # fmt: skip
+        later = body(FULL_SPEC)
+        later["metadata"]["creationTimestamp"] = "2026-03-01T10:00:00Z"
+        later["metadata"]["labels"] = labels
+        status = reconcile(later, ScalerMemory(), d).status
+        assert status.reason == "OutputInUse", status
+        assert status.message.startswith("waits for batch endpoint team-a/first, which writes")
+        assert words in status.message, status.message
+        assert not_words not in status.message, status.message
+
+
 def test_a_stopped_transform_job_of_the_platform_api_holds_no_output_prefix() -> None:
     """A Stopped job may resume (``spec.batch.stop`` back to false) and keeps its output
     prefix; one the platform API made cannot (StopTransformJob is final there), so the job
