@@ -90,3 +90,24 @@ def test_max_payload_zero_caps_a_mini_batch_at_the_share_of_100_mb_each_transfor
     [failure] = summary.failures
     assert (failure.line, failure.reason) == (
         1, f"record is larger than maxPayloadInMB ({cap_mb} MB)")  # fmt: skip
+
+
+def test_a_file_uri_whose_escapes_name_no_object_says_the_path_it_looked_for(
+    model: Path,  # noqa: F811 (the fixture)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3Uri file:///in/keys/a%20b.csv, naming the file a%20b.csv, failed with "no input
+    objects under file:///in/keys/a%20b.csv", the file in plain sight: the URI is
+    percent-decoded, to the path of 'a b.csv', which the message now shows (r60, item 10)."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "a%20b.csv").write_bytes(ROWS)
+    uri = f"file://{tmp_path}/keys/a%20b.csv"
+    summary = run_job(model, uri, f"file://{tmp_path}/out/", monkeypatch)
+    assert summary.error == (
+        f"no input objects under {uri} (the path '{tmp_path}/keys/a b.csv': a file:// URI's "
+        "%-escapes are decoded; write a '%' of a name as %25)"
+    )
+    escaped = run_job(model, f"file://{tmp_path}/keys/a%2520b.csv", f"file://{tmp_path}/out/",
+                      monkeypatch, run_id="job-2")  # fmt: skip
+    assert escaped.error is None and (tmp_path / "out" / "a%20b.csv.out").exists()

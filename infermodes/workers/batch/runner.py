@@ -629,6 +629,12 @@ def no_inputs(settings: BatchSettings) -> str:
     if settings.input_data_type == "ManifestFile":
         return f"the manifest {settings.input_uri} lists no input object"
     found = f"no input objects under {settings.input_uri}"
+    prefix = parse_uri(settings.input_uri)
+    if prefix.scheme == "file" and "%" in settings.input_uri:  # a name read as an escape
+        found += (
+            f" (the path {clipped(prefix.key, 300)!r}: a file:// URI's %-escapes are decoded; "
+            "write a '%' of a name as %25)"
+        )
     if prefix_within(settings.input_uri, settings.output_uri):  # as the spec refuses it
         found += (
             f": the input prefix lies inside the output prefix {settings.output_uri} (or is "
