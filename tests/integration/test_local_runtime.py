@@ -1355,13 +1355,15 @@ def test_stopping_a_batch_job_that_ended_keeps_its_outcome(
             assert kept == {k: done.get(k) for k in ("phase", "progress", "endTime")}, status
 
 
+@pytest.mark.parametrize("through_a_link", [False, True])
 def test_a_batch_job_waits_for_an_older_one_writing_its_output_prefix(
-    abalone_model: AbaloneModel, tmp_path: Path
+    abalone_model: AbaloneModel, tmp_path: Path, through_a_link: bool
 ) -> None:
     """Two jobs writing one output prefix at once each skipped what the other wrote since it
     started as its own: each object ended with either job's output, both Completed. The
     second one now waits, saying for which, and runs once the first ended: the outputs are
-    all its own."""
+    all its own. Also when it names that folder through a symbolic link (compared as
+    written, the two were two folders)."""
     first_in, second_in = tmp_path / "batch" / "input", tmp_path / "second"
     first_in.mkdir(parents=True)
     second_in.mkdir()
@@ -1376,8 +1378,11 @@ def test_a_batch_job_waits_for_an_older_one_writing_its_output_prefix(
     second = document("batch", abalone_model.tarball, tmp_path)
     second["metadata"]["name"] = "second-batch"
     second["spec"]["batch"]["input"]["uri"] = f"file://{second_in}/"
-    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
     output = tmp_path / "batch" / "output"
+    if through_a_link:
+        (tmp_path / "alias").symlink_to(output, target_is_directory=True)
+        second["spec"]["batch"]["output"]["uri"] = f"file://{tmp_path}/alias/"
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         wait_until(lambda: any(output.glob(".*.partial")), WAIT, "the first job running")
         applied = cli(up, "apply", "-f", str(tmp_path / "second.yaml"))
