@@ -330,6 +330,9 @@ def test_a_job_waits_for_an_older_one_writing_its_output_prefix(
                          also=lambda e: e["status"].get("reason") == "OutputInUse")  # fmt: skip
     message = waiting["status"]["message"]
     assert message.startswith(f"waits for batch endpoint {k8s_namespace}/first, which"), message
+    assert message.endswith(
+        "; delete this one and create it with an output.uri of its own to run it now"
+    ), message  # applied as YAML: the spec's words
     jobs = api.get(f"/apis/batch/v1/namespaces/{k8s_namespace}/jobs")["items"]
     assert sorted(job["metadata"]["name"] for job in jobs) == ["ie-first", "ie-primer"]
     deleted = tools.kubectl("delete", "ie", "first", "-n", k8s_namespace, "--wait=true")
