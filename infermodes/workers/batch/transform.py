@@ -96,7 +96,7 @@ class Transform:
             fields = line.split(b",")
             number = batch.first_line + offset
             try:
-                selected.append(b",".join(self.input_filter.select_columns(fields)))
+                selected.append(self._selected_row(fields))
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
             columns.append(fields)
@@ -121,6 +121,19 @@ class Transform:
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out), len(predictions)
+
+    def _selected_row(self, fields: list[bytes]) -> bytes:
+        """The line of the columns the input filter selects. A selection of no column, or of
+        blank ones only, would be a blank line, which the decoders skip as no row: the record
+        would go unpredicted (and its line go unmatched with the rows), so it is refused."""
+        columns = self.input_filter.select_columns(fields)
+        line = b",".join(columns)
+        if not line.strip(b" \t"):  # what the decoders take as a blank line
+            what = "only blank columns" if columns else "no column"
+            raise InvalidInput(
+                f"{self.input_filter.text}: selects {what} of the record's {len(fields)} columns"
+            )
+        return line
 
     def _csv(self, batch: MiniBatch, predictions: np.ndarray) -> bytes:
         """CSV lines of JSON records' predictions, through the output filter's columns."""
@@ -170,6 +183,10 @@ class Transform:
             try:  # parsed once: the filter selects from it, and the rows are read from that
                 document, marked = codecs.parse_record(raw)
                 selected = self.input_filter.select(document)
+                if selected == [] and not self.input_filter.is_identity:
+                    raise InvalidInput(
+                        f"{self.input_filter.text}: selects an empty list from the record"
+                    )
                 if marked:  # a NaN or an infinity, which may lie where the model does not read
                     codecs.refuse_constants(selected)
                 if not self.join:  # only a join writes it out again: its rows are let go

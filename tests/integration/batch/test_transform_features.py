@@ -478,6 +478,30 @@ def test_a_record_over_the_payload_fails_only_its_object(
     assert f"FAILED file://{tmp_path}/in/bad.csv line 8: record is larger" in done.log
 
 
+def test_an_input_filter_selecting_no_column_of_a_row_fails_its_object_at_once(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """A short row whose ``$[1:]`` selects nothing is that row's bad input: not retried as an
+    internal failure (a ValueError, four attempts, blamed on the mini-batch's first line)."""
+    features = csv_text(rows[:3]).decode().splitlines()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_text(f"id0,{features[0]}\nid1\nid2,{features[1]}\n")
+    (tmp_path / "in/b.csv").write_text(f"id3,{features[2]}\n")
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--input-filter", "$[1:]",
+                "--join-source", "Input", "--invocations-max-retries", "3")
+    )  # fmt: skip
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    assert "retrying" not in done.log
+    assert (tmp_path / "out/b.csv.out").exists()
+    assert not (tmp_path / "out/a.csv.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["line"], failure["reason"]) == (
+        2,
+        "$[1:]: selects no column of the record's 1 columns",
+    ), failure
+
+
 def test_a_large_object_over_two_instances_gives_the_one_instance_output(
     abalone_model: AbaloneModel, booster: object, tmp_path: Path
 ) -> None:
