@@ -80,65 +80,81 @@ def _bracket(body: str, path: str) -> Segment:
 
 @dataclass(frozen=True)
 class JsonPath:
-    """A parsed filter; ``JsonPath.parse("$")`` selects the whole record."""
+    """A parsed filter; ``JsonPath.parse("$")`` selects the whole record. ``field``, the
+    spec's name of the filter (``inputFilter``), starts its errors, with its text: a job's
+    two filters fail apart."""
 
     text: str
     segments: tuple[Segment, ...]
+    prefixes: tuple[str, ...] = ()  # the path up to each segment's end: what it looked at
+    field: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> JsonPath:
+    def parse(cls, text: str, field: str = "") -> JsonPath:
         path = text.strip()
         if not path.startswith("$"):
             raise ValueError(f"a JSONPath filter starts with $: {text!r}")
         segments: list[Segment] = []
+        prefixes: list[str] = []
         position = 1
         while position < len(path):
             name = _NAME.match(path, position)
             if name:
                 segments.append(Keys((name.group(1),)))
                 position = name.end()
-                continue
-            bracket = _BRACKET.match(path, position)
-            if not bracket:
-                raise ValueError(f"unsupported JSONPath {text!r} at {path[position:]!r}")
-            segments.append(_bracket(bracket.group(1), text))
-            position = bracket.end()
-        return cls(text, tuple(segments))
+            else:
+                bracket = _BRACKET.match(path, position)
+                if not bracket:
+                    raise ValueError(f"unsupported JSONPath {text!r} at {path[position:]!r}")
+                segments.append(_bracket(bracket.group(1), text))
+                position = bracket.end()
+            prefixes.append(path[:position])
+        return cls(text, tuple(segments), tuple(prefixes), field)
 
     @property
     def is_identity(self) -> bool:
         return not self.segments
 
-    def select(self, value: object) -> object:
-        """The part of ``value`` this path names; InvalidInput when it is not there."""
-        for segment in self.segments:
-            value = _apply(segment, value, self.text)
+    def refusal(self, problem: str) -> InvalidInput:
+        """``problem`` as this filter's: ``inputFilter $[1:]: problem``."""
+        name = f"{self.field} {self.text}" if self.field else self.text
+        return InvalidInput(f"{name}: {problem}")
+
+    def select(self, value: object, record: str = "the record") -> object:
+        """The part of ``value`` this path names; InvalidInput when it is not there, saying
+        what was looked at: ``record`` (``the input record``), or a part of it."""
+        for index, segment in enumerate(self.segments):
+            looked_at = f"{self.prefixes[index - 1]} of {record}" if index else record
+            try:
+                value = _apply(segment, value, looked_at)
+            except InvalidInput as exc:
+                raise self.refusal(str(exc)) from None
         return value
 
-    def select_columns(self, columns: list[bytes]) -> list[bytes]:
+    def select_columns(self, columns: list[bytes], record: str = "the record") -> list[bytes]:
         """A CSV record's columns: a single selected column stays a one-column row."""
-        selected = self.select(columns)
+        selected = self.select(columns, record)
         return selected if isinstance(selected, list) else [cast(bytes, selected)]
 
 
-def _apply(segment: Segment, value: object, path: str) -> object:
+def _apply(segment: Segment, value: object, looked_at: str) -> object:
     if isinstance(segment, Keys):
         if not isinstance(value, dict):
-            raise InvalidInput(f"{path} selects keys, but the record is not a JSON object")
+            raise InvalidInput(f"selects keys, but {looked_at} is not a JSON object")
         missing = [name for name in segment.names if name not in value]
         if missing:
-            raise InvalidInput(f"{path}: the record has no {missing[0]!r}")
+            raise InvalidInput(f"{looked_at} has no {missing[0]!r}")
         if len(segment.names) == 1:
             return value[segment.names[0]]
         return {name: value[name] for name in segment.names}
     if not isinstance(value, list):
-        raise InvalidInput(f"{path} selects positions, but the record is not a list")
+        raise InvalidInput(f"selects positions, but {looked_at} is not a list")
     if isinstance(segment, Slice):
         return value[segment.start : segment.stop]
     try:
         picked = [value[position] for position in segment.positions]
     except IndexError:
         raise InvalidInput(
-            f"{path}: the record has {len(value)} columns, fewer than the filter selects"
+            f"{looked_at} has {len(value)} columns, fewer than the filter selects"
         ) from None
     return picked[0] if len(picked) == 1 else picked

@@ -16,7 +16,7 @@ from infermodes.errors import InvalidInput
 from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs
 from infermodes.workers.batch.records import BadRecord, MiniBatch
-from infermodes.workers.batch.transform import Transform
+from infermodes.workers.batch.transform import INPUT_RECORD, Transform
 
 T = TypeVar("T")
 
@@ -39,8 +39,8 @@ def transform(
         num_features=num_features,
         content_type=content_type,
         accept=accept,
-        input_filter=JsonPath.parse(input_filter),
-        output_filter=JsonPath.parse(output_filter),
+        input_filter=JsonPath.parse(input_filter, "inputFilter"),
+        output_filter=JsonPath.parse(output_filter, "outputFilter"),
         join=join,
         assemble_lines=assemble_lines,
         whole_documents=whole_documents,
@@ -77,17 +77,77 @@ def test_unsupported_jsonpath_is_refused_when_parsed(path: str) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        ("$.features", [1, 2], "not a JSON object"),
-        ("$.features", {"id": 1}, "no 'features'"),
-        ("$[5]", ["a"], "fewer than the filter selects"),
-        ("$[1:]", {"a": 1}, "not a list"),
+        ("$.features", [1, 2], "f $.features: selects keys, but the row is not a JSON object"),
+        ("$.features", {"id": 1}, "f $.features: the row has no 'features'"),
+        ("$[5]", ["a"], "f $[5]: the row has 1 columns, fewer than the filter selects"),
+        ("$[1:]", {"a": 1}, "f $[1:]: selects positions, but the row is not a list"),
+        ("$.a.b[1]", {"a": {"c": 1}}, "f $.a.b[1]: $.a of the row has no 'b'"),
+        ("$.a['b'][3]", {"a": {"b": [1]}},
+         "f $.a['b'][3]: $.a['b'] of the row has 1 columns, fewer than the filter selects"),
+        ("$['a', 'b'].c", {"a": 1, "b": 2},
+         "f $['a', 'b'].c: $['a', 'b'] of the row has no 'c'"),
     ],
-)
+)  # fmt: skip
 def test_a_filter_that_does_not_fit_the_record_names_why(
     path: str, value: object, message: str
 ) -> None:
-    with pytest.raises(InvalidInput, match=message):
-        JsonPath.parse(path).select(value)
+    """The filter's field and text, then what it looked at: the record, or a part of it."""
+    with pytest.raises(InvalidInput) as caught:
+        JsonPath.parse(path, "f").select(value, "the row")
+    assert str(caught.value) == message
+    assert str(JsonPath.parse(path).refusal("x")) == f"{path}: x"  # no field: the text alone
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accept", "filters", "join", "batch", "message"),
+    [
+        ("application/jsonlines", "application/jsonlines", ("$.nope", "$"), False,
+         MiniBatch(1, b"[1, 2]\n{}\n"),
+         "line 1: inputFilter $.nope: selects keys, but the input record is not a JSON object"),
+        ("application/jsonlines", "application/jsonlines", ("$.x.nope", "$"),
+         False, MiniBatch(1, b'{"x": {"nope": [1, 2]}}\n{"x": {}}\n'),
+         "line 2: inputFilter $.x.nope: $.x of the input record has no 'nope'"),
+        ("application/jsonlines", "application/jsonlines", ("$", "$.nope"), False,
+         MiniBatch(1, b"[1, 2]\n"),
+         "line 1: outputFilter $.nope: the output record (the prediction) has no 'nope'"),
+        ("application/jsonlines", "application/jsonlines", ("$", "$.nope"), True,
+         MiniBatch(1, b"[1, 2]\n"),
+         "line 1: outputFilter $.nope: the output record (the input joined with the "
+         "prediction) has no 'nope'"),
+        ("application/jsonlines", "text/csv", ("$", "$[1]"), False,
+         MiniBatch(3, b"[1, 2]\n"),
+         "line 3: outputFilter $[1]: the output record (the prediction) has 1 columns, fewer "
+         "than the filter selects"),
+        ("text/csv", "text/csv", ("$[1:]", "$[1]"), False,
+         MiniBatch(1, b"a,1,2\n"),
+         "line 1: outputFilter $[1]: the output record (the prediction) has 1 columns, fewer "
+         "than the filter selects"),
+        ("text/csv", "text/csv", ("$[1:]", "$[4]"), True,
+         MiniBatch(1, b"a,1,2\n"),
+         "line 1: outputFilter $[4]: the output record (the input joined with the "
+         "prediction) has 4 columns, fewer than the filter selects"),
+        ("text/csv", "application/jsonlines", ("$", "$.nope"), False,
+         MiniBatch(1, b"1,2\n"),
+         "line 1: outputFilter $.nope: the output record (the prediction) has no 'nope'"),
+        ("text/csv", "text/csv", ("$[3,1]", "$"), False,
+         MiniBatch(1, b"a,1,2,3\nb,1,2\n"),
+         "line 2: inputFilter $[3,1]: the input record has 3 columns, fewer than the filter "
+         "selects"),
+    ],
+)  # fmt: skip
+def test_a_filter_failure_names_the_filter_and_the_record_it_looked_at(
+    content_type: str,
+    accept: str,
+    filters: tuple[str, str],
+    join: bool,
+    batch: MiniBatch,
+    message: str,
+) -> None:
+    """Which of the job's two filters failed, and whether on the input record or on the
+    output (an output filter's failure read as the input's: the same words)."""
+    with pytest.raises(BadRecord) as caught:
+        transform(content_type, accept, *filters, join=join)(batch)
+    assert str(caught.value) == message
 
 
 def test_csv_to_csv_one_line_per_row() -> None:
@@ -130,15 +190,15 @@ def test_csv_errors_name_the_line_of_the_object() -> None:
     ("batch", "join", "accept", "line", "reason"),
     [
         (MiniBatch(1, b"a,1,2\nid1\nb,3,4\n"), False, "text/csv", 2,
-         "$[1:]: selects no column of the record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
         (MiniBatch(1, b"a,1,2\nid1\n"), True, "text/csv", 2,
-         "$[1:]: selects no column of the record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
         (MiniBatch(1, b"a,1,2\nid1\n"), False, "application/jsonlines", 2,
-         "$[1:]: selects no column of the record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
         (MiniBatch(2, b"id1\n"), False, "text/csv", 2,  # SingleRecord
-         "$[1:]: selects no column of the record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
         (MiniBatch(5, b"a,1,2\n\nid1, \t\n"), False, "text/csv", 7,
-         "$[1:]: selects only blank columns of the record's 2 columns"),
+         "inputFilter $[1:]: selects only blank columns of the input record's 2 columns"),
     ],
 )  # fmt: skip
 def test_a_csv_input_filter_selecting_no_column_of_a_row_is_that_rows_bad_input(
@@ -165,7 +225,7 @@ def test_a_json_input_filter_selecting_an_empty_list_names_the_filter(
     lines = transform(content_type, "application/jsonlines", input_filter)
     with pytest.raises(BadRecord) as caught:
         lines(MiniBatch(1, records))
-    expected = f"{input_filter}: selects an empty list from the record"
+    expected = f"inputFilter {input_filter}: selects an empty list from the input record"
     assert (caught.value.line, caught.value.reason) == (
         2 if input_filter == "$.features" else 1,
         expected,
@@ -236,7 +296,9 @@ def two_parses(raw: bytes, input_filter: str) -> np.ndarray | str:
     except ValueError as exc:
         return f"malformed JSON: {exc}"
     try:
-        selected = json.dumps(JsonPath.parse(input_filter).select(document)).encode()
+        selected = json.dumps(
+            JsonPath.parse(input_filter, "inputFilter").select(document, INPUT_RECORD)
+        ).encode()
         return codecs.decode(selected, codecs.JSON, 2)
     except InvalidInput as exc:
         return str(exc)

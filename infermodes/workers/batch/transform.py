@@ -29,6 +29,7 @@ from infermodes.workers.batch.records import BadRecord, MiniBatch
 JSONLINES = "application/jsonlines"
 JSON_GROUP_LINES = 1024  # JSON lines decoded and predicted at once
 _ROW = re.compile(r"^row (\d+)[,:]?\s*")
+INPUT_RECORD = "the input record"  # what the input filter looks at, in its errors
 
 
 def bad_record(exc: InvalidInput, first_line: int) -> BadRecord:
@@ -79,6 +80,12 @@ class Transform:
             return self._encode(self.predict(rows)), rows.shape[0]
         return self._lines(batch)
 
+    @property
+    def output_record(self) -> str:
+        """What the output filter looks at, in its errors."""
+        joined = "the input joined with the prediction" if self.join else "the prediction"
+        return f"the output record ({joined})"
+
     def _encode(self, predictions: np.ndarray) -> bytes:
         out = fastcsv.encode(predictions, self.accept)
         return out + b"\n" if self.assemble_lines and not out.endswith(b"\n") else out
@@ -114,10 +121,12 @@ class Transform:
             try:
                 if self.accept == codecs.CSV:
                     joined = (fields if self.join else []) + _csv_fields(values)
-                    out += b",".join(self.output_filter.select_columns(joined)) + b"\n"
+                    selected = self.output_filter.select_columns(joined, self.output_record)
+                    out += b",".join(selected) + b"\n"
                 else:
                     score = {"score": values[0] if len(values) == 1 else values}
-                    out += json.dumps(self.output_filter.select(score)).encode() + b"\n"
+                    filtered = self.output_filter.select(score, self.output_record)
+                    out += json.dumps(filtered).encode() + b"\n"
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out), len(predictions)
@@ -126,12 +135,12 @@ class Transform:
         """The line of the columns the input filter selects. A selection of no column, or of
         blank ones only, would be a blank line, which the decoders skip as no row: the record
         would go unpredicted (and its line go unmatched with the rows), so it is refused."""
-        columns = self.input_filter.select_columns(fields)
+        columns = self.input_filter.select_columns(fields, INPUT_RECORD)
         line = b",".join(columns)
         if not line.strip(b" \t"):  # what the decoders take as a blank line
             what = "only blank columns" if columns else "no column"
-            raise InvalidInput(
-                f"{self.input_filter.text}: selects {what} of the record's {len(fields)} columns"
+            raise self.input_filter.refusal(
+                f"selects {what} of {INPUT_RECORD}'s {len(fields)} columns"
             )
         return line
 
@@ -142,7 +151,10 @@ class Transform:
         out = bytearray()
         for values in predictions.reshape(predictions.shape[0], -1).tolist():
             try:
-                out += b",".join(self.output_filter.select_columns(_csv_fields(values))) + b"\n"
+                selected = self.output_filter.select_columns(
+                    _csv_fields(values), self.output_record
+                )
+                out += b",".join(selected) + b"\n"
             except InvalidInput as exc:  # the filter's columns: the same for every row
                 raise BadRecord(batch.first_line, str(exc)) from None
         return bytes(out)
@@ -182,11 +194,9 @@ class Transform:
         for number, raw in lines:
             try:  # parsed once: the filter selects from it, and the rows are read from that
                 document, marked = codecs.parse_record(raw)
-                selected = self.input_filter.select(document)
+                selected = self.input_filter.select(document, INPUT_RECORD)
                 if selected == [] and not self.input_filter.is_identity:
-                    raise InvalidInput(
-                        f"{self.input_filter.text}: selects an empty list from the record"
-                    )
+                    raise self.input_filter.refusal(f"selects an empty list from {INPUT_RECORD}")
                 if marked:  # a NaN or an infinity, which may lie where the model does not read
                     codecs.refuse_constants(selected)
                 if not self.join:  # only a join writes it out again: its rows are let go
@@ -225,7 +235,8 @@ class Transform:
                 joined["SageMakerOutput"] = result
                 result = joined
             try:
-                out += json.dumps(self.output_filter.select(result)).encode() + b"\n"
+                filtered = self.output_filter.select(result, self.output_record)
+                out += json.dumps(filtered).encode() + b"\n"
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out)

@@ -78,8 +78,9 @@ def make_transform(
         num_features=num_features,
         content_type=settings.content_type,
         accept=settings.accept,
-        input_filter=JsonPath.parse(settings.input_filter),
-        output_filter=JsonPath.parse(settings.output_filter),
+        # the spec's names, as the runner's other reasons name fields (maxPayloadInMB)
+        input_filter=JsonPath.parse(settings.input_filter, "inputFilter"),
+        output_filter=JsonPath.parse(settings.output_filter, "outputFilter"),
         join=settings.join_source == "Input",
         assemble_lines=settings.assemble_with == "Line",
         whole_documents=settings.content_type == codecs.JSON and settings.split_type == "None",

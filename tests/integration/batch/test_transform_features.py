@@ -498,7 +498,7 @@ def test_an_input_filter_selecting_no_column_of_a_row_fails_its_object_at_once(
     [failure] = summary(tmp_path / "out")["failures"]
     assert (failure["line"], failure["reason"]) == (
         2,
-        "$[1:]: selects no column of the record's 1 columns",
+        "inputFilter $[1:]: selects no column of the input record's 1 columns",
     ), failure
 
 
