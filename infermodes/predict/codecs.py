@@ -49,6 +49,7 @@ OUTPUT_TYPES, accept_of = media.OUTPUT_TYPES, media.accept_of
 F32_OVERFLOW = 2.0**128 - 2.0**103
 _DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NAN = frozenset({b"nan", b"+nan", b"-nan"})
+_OTHER_DELIMITERS = (b";", b"\t", b"|")  # a first row's numbers joined by one: named so
 _INFINITY = frozenset({b"inf", b"+inf", b"-inf", b"infinity", b"+infinity", b"-infinity"})
 # A field of these bytes only, with at most an exponent besides, is a plain decimal (or an
 # error): Python's float() reads it as a C parser would. It can still overflow float32, but
@@ -259,13 +260,38 @@ def _csv_row(line: bytes, row: int, width: int | None) -> list[float]:
     return [_number(field, row, column) for column, field in enumerate(fields, 1)]
 
 
-def _header_row(exc: InvalidInput, line: bytes) -> InvalidInput:
-    """The error of a body's first row, naming a header row when no field of the row is a
-    number (a categorical value left unencoded is not one): called on the error path only."""
-    for field in line.split(b","):
-        token = field.strip(b" \t")
-        if _DECIMAL.fullmatch(token) or token.lower() in _NAN:
-            return exc
+def _is_number(token: bytes) -> bool:
+    return bool(_DECIMAL.fullmatch(token)) or token.lower() in _NAN
+
+
+def _other_delimiter(field: bytes) -> bytes | None:
+    """The delimiter of a field that is mostly numbers joined by another delimiter than
+    CSV's (``M;0.455;0.365``: an export with another locale's or tool's separator, an id or
+    a categorical column among them; empty parts are missing values)."""
+    for delimiter in _OTHER_DELIMITERS:
+        parts = [part.strip(b" \t") for part in field.split(delimiter)]
+        numbers = sum(map(_is_number, parts))
+        others = sum(1 for part in parts if part and not _is_number(part))
+        if numbers >= 2 and numbers > others:
+            return delimiter
+    return None
+
+
+def _first_row_hint(exc: InvalidInput, line: bytes) -> InvalidInput:
+    """The error of a body's first row, with what the row looks like when that explains it:
+    numbers joined by another delimiter than ','; else a header row, when no field of the
+    row is a number (a categorical value left unencoded is not one). On the error path
+    only."""
+    fields = line.split(b",")
+    for field in fields:
+        delimiter = _other_delimiter(field)
+        if delimiter is not None:
+            return InvalidInput(
+                f"{exc}; the row looks separated by {delimiter.decode()!r}, and CSV fields are "
+                "separated by ','"
+            )
+    if any(_is_number(field.strip(b" \t")) for field in fields):
+        return exc
     return InvalidInput(
         f"{exc}; no field of this row is a number: header rows are not supported (nor by the "
         "platform's container); send rows only"
@@ -289,7 +315,7 @@ def decode_csv(
         try:
             values = _csv_row(line, 1, num_features)
         except InvalidInput as exc:
-            raise _header_row(exc, line) from None
+            raise _first_row_hint(exc, line) from None
         if len(values) > max_values:
             _check_size(1, len(values), max_rows, max_values)
         return np.array(values, dtype=np.float32).reshape(1, -1)
@@ -307,7 +333,7 @@ def decode_csv(
     except InvalidInput as exc:
         if rows:
             raise
-        raise _header_row(exc, line) from None
+        raise _first_row_hint(exc, line) from None
     if not rows:
         raise InvalidInput("empty request body: expected at least one CSV row")
     return np.array(rows, dtype=np.float32)
@@ -736,7 +762,7 @@ def _rows_checked(
             try:
                 _check_width(first.count(b",") + 1, num_features, 1)
             except InvalidInput as exc:
-                raise _header_row(exc, first) from None
+                raise _first_row_hint(exc, first) from None
     return rows, True
 
 

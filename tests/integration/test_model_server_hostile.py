@@ -109,6 +109,13 @@ def peak_rss_mb(server: ServerProcess) -> float:
         (CSV, ROW + b"\n" + ROW.replace(b"0.15", b"\xe9"), "row 2, column 10: '\\xe9' is not"),
         (CSV, ABALONE_HEADER, "no field of this row is a number: header rows"),
         (CSV, ABALONE_HEADER + b"\n" + ROW, "no field of this row is a number: header rows"),
+        (
+            CSV,
+            ROW.replace(b",", b";"),
+            "row 1: expected 10 features, got 1; the row looks "
+            "separated by ';', and CSV fields are separated by ','",
+        ),
+        (CSV, ABALONE_HEADER.replace(b",", b";"), "no field of this row is a number: header"),
     ],
     ids=[
         "json-int-309-digits",
@@ -120,6 +127,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         "csv-latin-1-second-row",
         "csv-header-row-alone",
         "csv-header-row",
+        "csv-semicolons",
+        "csv-header-row-semicolons",
     ],
 )
 def test_decoder_errors_are_400s_naming_the_problem_and_spare_the_next_request(

@@ -232,6 +232,20 @@ def test_a_json_input_filter_selecting_an_empty_list_names_the_filter(
     )
 
 
+@pytest.mark.parametrize("input_filter", ["$", "$[1:]"])
+def test_a_row_joined_by_another_delimiter_is_named_so_on_its_line(input_filter: str) -> None:
+    """Batch decodes through the model server's codecs: its reason names the delimiter (it
+    blamed a header row), on the object's line, filtered or not."""
+    row = b"1;0;0.455;0.365;0.095;0.514;0.2245;0.101;0.15"
+    batch = MiniBatch(40, b"\n" + (b"id," if input_filter != "$" else b"") + row + b"\n")
+    with pytest.raises(BadRecord) as caught:
+        transform(input_filter=input_filter, num_features=9)(batch)
+    assert str(caught.value) == (
+        "line 41: expected 9 features, got 1; the row looks separated by ';', and CSV fields "
+        "are separated by ','"
+    )
+
+
 def test_jsonlines_input_filter_and_join_keep_the_record() -> None:
     batch = MiniBatch(1, b'{"id": 1, "features": [1, 2]}\n{"id": 2, "features": [3, 4]}\n')
     out, rows = transform(

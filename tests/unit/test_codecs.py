@@ -161,6 +161,7 @@ HEADER_HINT = "no field of this row is a number: header rows are not supported"
         (b"\n Sex , Length,Diameter\n1,2,3", "row 2, column 1: cannot parse 'Sex'"),
         (b"Sex,Length\n1,2,3", "row 1: expected 3 features, got 2"),
         (b'"a","b",', "row 1, column 1: cannot parse '\"a\"'"),
+        (b"Sex;Length;Diameter", "row 1: expected 3 features, got 1"),  # no number: a header
     ],
 )
 def test_a_first_row_without_a_number_is_named_as_a_header_row(body: bytes, message: str) -> None:
@@ -181,6 +182,58 @@ def test_a_row_with_a_number_or_after_the_first_is_not_called_a_header(body: byt
     with pytest.raises(InvalidInput) as raised:
         codecs.decode(body, codecs.CSV, 3)
     assert HEADER_HINT not in str(raised.value)
+
+
+ABALONE_ROW = [b"1", b"0", b"0", b"0.455", b"0.365", b"0.095", b"0.514", b"0.2245", b"0.101"]
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "shown"), [(b";", "';'"), (b"\t", "'\\t'"), (b"|", "'|'"), (b" ; ", "';'")]
+)
+@pytest.mark.parametrize("num_features", [9, None])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_a_row_of_numbers_joined_by_another_delimiter_is_named_as_such(
+    delimiter: bytes, shown: str, num_features: int | None, rows: int
+) -> None:
+    """It was blamed on a header row ("no field of this row is a number"): all its fields
+    are numbers, joined by the wrong delimiter. The model server's and batch's decoder alike,
+    with the model's width (the field count's error) or without (the parse's)."""
+    row = delimiter.join(ABALONE_ROW)
+    with pytest.raises(InvalidInput) as raised:
+        codecs.decode(b"\n".join([row] * rows), codecs.CSV, num_features)
+    first = "row 1: expected 9 features, got 1" if num_features else "row 1, column 1: cannot"
+    assert str(raised.value).startswith(first)
+    assert str(raised.value).endswith(
+        f"; the row looks separated by {shown}, and CSV fields are separated by ','"
+    )
+    assert HEADER_HINT not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"1,5;2,3;0,4",  # a decimal comma and ';' between fields: two fields are runs of ';'
+        b"id;1;2,3",  # an id column joined with the rest
+        b"M;0.455;0.365",  # abalone's raw categorical column
+        b"1;;2,x",  # an empty field between is a missing value, as in CSV
+    ],
+)
+def test_a_run_of_numbers_in_any_field_names_the_delimiter(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="the row looks separated by ';'"):
+        codecs.decode(body, codecs.CSV, 3)
+
+
+@pytest.mark.parametrize(
+    "body", [b"Sex;Length;Diameter", b"a|b|c", b"x;1,y,z", b"1;a,2,3", b"a;b;1;2"]
+)
+def test_fields_joined_by_another_delimiter_but_not_numbers_are_not_named_so(
+    body: bytes,
+) -> None:
+    """A header row joined by ';' is still a header row; one number in a field, or as many
+    numbers as other words, is no run of numbers."""
+    with pytest.raises(InvalidInput) as raised:
+        codecs.decode(body, codecs.CSV, 3)
+    assert "looks separated" not in str(raised.value)
 
 
 def test_unsupported_content_type() -> None:
