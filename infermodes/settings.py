@@ -7,9 +7,10 @@ nothing reads the environment at import time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import (
@@ -27,6 +28,9 @@ from pydantic.fields import FieldInfo
 
 from infermodes import media
 from infermodes.errors import InfermodesError, shown
+from infermodes.logs import printable
+
+log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 # How long an HTTP server waits for a request's headers (from its first byte) and for its body
@@ -1017,3 +1021,72 @@ class BatchSettings(EnvSettings):
             )
         check_batch_processing(self.content_type, self.accept, self.join_source, self.input_filter)
         return self
+
+
+# every process's settings: a variable under one's prefix is that process's, even if another's
+# prefix is a shorter start of it
+PROCESS_SETTINGS: tuple[type[EnvSettings], ...] = (
+    ServeSettings, WorkerSettings, AsyncApiSettings, OperatorSettings, GatewaySettings,
+    BatchSettings,
+)  # fmt: skip
+
+
+def variables_of(settings_class: type[EnvSettings]) -> dict[str, str]:
+    """Each variable (upper case, as names match in any case) a class reads, to its field."""
+    return {
+        variable.upper(): name
+        for name in settings_class.model_fields
+        for variable in settings_class.env_names(name)
+    }
+
+
+def unknown_variables(settings_class: type[EnvSettings], environ: Mapping[str, str]) -> list[str]:
+    """The variables of ``environ`` under the class's prefix (in any case, as it reads them)
+    that none of its fields reads, nor a class whose longer prefix they start with: a misspelt
+    setting is otherwise ignored without a word (access keys so, a gateway left open)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    longer = tuple(
+        other.model_config["env_prefix"]
+        for other in PROCESS_SETTINGS
+        if len(other.model_config["env_prefix"]) > len(prefix)
+        and other.model_config["env_prefix"].startswith(prefix)
+    )
+    known = variables_of(settings_class)
+    ours = [
+        variable
+        for variable in environ
+        if variable.upper().startswith(prefix)
+        and not variable.upper().startswith(longer)
+        and variable.upper() not in known
+    ]
+    return sorted(ours, key=str.upper)
+
+
+def did_you_mean(settings_class: type[EnvSettings], variable: str) -> str:
+    """ "did you mean <the class's variable closest to ``variable``>?" if one is close (its
+    name after the prefix, compared without case: every name shares the prefix), else ""."""
+    from difflib import get_close_matches
+
+    prefix = settings_class.model_config.get("env_prefix", "")
+    ends = [name[len(prefix) :] for name in variables_of(settings_class) if name.startswith(prefix)]
+    close = get_close_matches(variable[len(prefix) :].upper(), ends, n=1, cutoff=0.75)
+    return f"did you mean {prefix}{close[0]}?" if close else ""
+
+
+def unknown_variables_named(settings_class: type[EnvSettings], environ: Mapping[str, str]) -> str:
+    """``unknown_variables``, each with ``did_you_mean``'s guess, for one log line: names only,
+    a value may be a secret, and a name's control characters escaped (a newline in it would
+    start a forged line). Empty if there are none."""
+    return "; ".join(
+        printable(variable)
+        + (f" ({guess})" if (guess := did_you_mean(settings_class, variable)) else "")
+        for variable in unknown_variables(settings_class, environ)
+    )
+
+
+def warn_of_unknown_variables(settings: EnvSettings) -> None:
+    """Log, once at a process's start, the variables under its settings' prefix it ignores.
+    Not refused: a variable a later release reads must not stop this one from starting."""
+    if named := unknown_variables_named(type(settings), os.environ):
+        prefix = settings.model_config.get("env_prefix", "")
+        log.warning("these %s* variables name no setting and are ignored: %s", prefix, named)

@@ -62,7 +62,7 @@ from infermodes.metrics import ADMISSION, ROUTE, GatewayMetrics, serve_metrics
 from infermodes.platform.router import MAX_REQUEST_BYTES
 from infermodes.platform.sigv4 import Verifier
 from infermodes.queueing.broker import BrokerUrl, given_url
-from infermodes.settings import GatewaySettings
+from infermodes.settings import GatewaySettings, warn_of_unknown_variables
 
 if TYPE_CHECKING:
     from infermodes.gateway.kube import KubeApi
@@ -362,6 +362,7 @@ def serve(settings: GatewaySettings) -> int:
     import uvloop
 
     configure_logging(settings.log_level)
+    warn_of_unknown_variables(settings)
     setting = "INFERMODES_GATEWAY_ACCESS_KEYS" + ("_FILE" if settings.access_keys_file else "")
     try:
         keys = access_keys(settings)

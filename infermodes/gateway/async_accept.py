@@ -84,7 +84,12 @@ from infermodes.queueing.messages import (
     new_inference_id,
 )
 from infermodes.queueing.rabbitmq import RequestPublisher
-from infermodes.settings import MAX_INVOCATION_TIMEOUT_SECONDS, AsyncApiSettings, AsyncEndpoint
+from infermodes.settings import (
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    AsyncApiSettings,
+    AsyncEndpoint,
+    warn_of_unknown_variables,
+)
 from infermodes.storage import (
     Storage,
     StorageRefused,
@@ -614,6 +619,7 @@ def serve(settings: AsyncApiSettings) -> int:
     import uvicorn
 
     configure_logging(settings.log_level)
+    warn_of_unknown_variables(settings)
     publisher = RequestPublisher(
         settings.broker_url,
         {name: endpoint.max_attempts for name, endpoint in settings.endpoints.items()},

@@ -55,7 +55,7 @@ from infermodes.queueing.broker import (
     url_now,
 )
 from infermodes.queueing.rabbitmq import QueueReader
-from infermodes.settings import OperatorSettings
+from infermodes.settings import OperatorSettings, warn_of_unknown_variables
 
 RETRY_DELAY_SECONDS = 5
 NUDGE_DELAY_SECONDS = 0.02  # events closer than this share one reconcile
@@ -343,6 +343,7 @@ def configure_logging(level: str) -> None:
 def run_operator(operator_settings: OperatorSettings) -> None:
     """Run until stopped; watches the configured namespaces or all of them."""
     configure_logging(operator_settings.log_level)
+    warn_of_unknown_variables(operator_settings)
     url = given_url(operator_settings.broker_url, operator_settings.broker_url_file)
     try:
         if url is not None:  # a file that cannot be read is refused at start

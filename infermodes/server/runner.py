@@ -317,8 +317,10 @@ def preload_modules() -> None:
 def serve(settings: ServeSettings) -> int:
     """Entry point of ``infermodes serve``; returns the process exit code."""
     from infermodes.logs import configure_logging
+    from infermodes.settings import warn_of_unknown_variables
 
     configure_logging(settings.log_level)
+    warn_of_unknown_variables(settings)
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:  # a busy port, an address not of this machine: the user's to fix

@@ -102,6 +102,7 @@ from infermodes.queueing.notifications import (
     error_body,
     success_body,
 )
+from infermodes.settings import warn_of_unknown_variables
 from infermodes.storage import Storage
 
 if TYPE_CHECKING:
@@ -893,6 +894,7 @@ def stuck(loops: Mapping[str, Consumer], stall_seconds: float) -> str | None:
 def run(settings: WorkerSettings) -> int:
     """Entry point of ``infermodes worker``; returns the process exit code."""
     configure_logging(settings.log_level)
+    warn_of_unknown_variables(settings)
     registry = CollectorRegistry()
     try:
         worker = build(settings, registry)

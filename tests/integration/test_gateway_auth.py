@@ -201,6 +201,24 @@ def test_without_keys_the_gateway_says_it_is_open(
         assert answer.status_code == 200, answer.text
 
 
+def test_a_misspelt_keys_variable_is_named_in_one_warning_with_the_setting_it_meant(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """``ACESS_KEYS`` was ignored without a word, the gateway open: it still starts (a
+    variable a later release reads must not stop this one), and says why it is open."""
+    env = {"INFERMODES_GATEWAY_ACESS_KEYS": f"{KEY_ID}:{SECRET}"}
+    with running_gateway(endpoints(server), tmp_path, env=env) as gateway:
+        assert "OPEN" in httpx.get(f"{gateway.url}/readyz").text
+        warnings = [line for line in gateway.log.splitlines() if "name no setting" in line]
+    assert len(warnings) == 1, gateway.log
+    assert warnings[0].endswith(
+        "WARNING infermodes.settings: these INFERMODES_GATEWAY_* variables name no setting and "
+        "are ignored: INFERMODES_GATEWAY_ACESS_KEYS "
+        "(did you mean INFERMODES_GATEWAY_ACCESS_KEYS?)"
+    )
+    assert SECRET not in gateway.log and KEY_ID not in gateway.log
+
+
 def test_on_loopback_only_requests_addressed_to_another_name_are_refused(
     server: ServerProcess, tmp_path: Path, abalone_model: AbaloneModel
 ) -> None:

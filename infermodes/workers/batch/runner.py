@@ -50,6 +50,7 @@ from infermodes.predict import codecs, fastcsv
 from infermodes.predict.codecs import JSON_BYTES_EXPANSION
 from infermodes.predict.memory import InputCap, log_input_caps, process_input_caps
 from infermodes.predict.model import XGBoostModel
+from infermodes.settings import warn_of_unknown_variables
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
@@ -666,6 +667,7 @@ def write_summary(settings: BatchSettings, storage: Storage, summary: Summary) -
 def run(settings: BatchSettings) -> int:
     """The process: returns its exit code."""
     configure_logging(settings.log_level)
+    warn_of_unknown_variables(settings)
     registry = CollectorRegistry()
     metrics = BatchMetrics(registry)
     in_flight = InFlight()
