@@ -34,7 +34,13 @@ from infermodes.platform.router import create_router as platform_router
 from infermodes.platform.translate import Defaults
 from infermodes.queueing.connect import Broker, broker_from_url, embedded_url
 from infermodes.queueing.embedded import EmbeddedQueue
-from infermodes.settings import AsyncApiSettings, GatewaySettings
+from infermodes.settings import (
+    AsyncApiSettings,
+    GatewaySettings,
+    did_you_mean,
+    unknown_variables,
+    variables_of,
+)
 from infermodes.storage import Storage
 
 log = logging.getLogger("infermodes.local")
@@ -136,7 +142,6 @@ INSTEAD = {
     "max_inline_bytes": f"it stores inline async bodies up to {MAX_INLINE_BYTES} bytes",
     "publish_connections": f"it publishes on {PUBLISH_CONNECTIONS} connections",
 }
-GATEWAY_PREFIX = GatewaySettings.model_config["env_prefix"]
 NO_SUCH_SETTING = "no gateway has such a setting"
 
 
@@ -154,17 +159,16 @@ class UpGatewaySettings(GatewaySettings):
 def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
     """Each ``INFERMODES_GATEWAY_*`` variable of ``environ`` up does not read (in any case, as
     a gateway reads them), to what up does instead: names only, a value may be a secret."""
-    fields = {
-        env.upper(): name
-        for name in GatewaySettings.model_fields
-        for env in GatewaySettings.env_names(name)
+    fields = variables_of(GatewaySettings)
+    unused = {
+        variable: INSTEAD[field]
+        for variable in environ
+        if (field := fields.get(variable.upper())) in INSTEAD
     }
-    return {
-        variable: INSTEAD.get(fields.get(variable.upper(), ""), NO_SUCH_SETTING)
-        for variable in sorted(environ)
-        if variable.upper().startswith(GATEWAY_PREFIX)
-        and fields.get(variable.upper()) not in FROM_ENVIRONMENT
-    }
+    for variable in unknown_variables(GatewaySettings, environ):
+        guess = did_you_mean(GatewaySettings, variable)
+        unused[variable] = f"{NO_SUCH_SETTING}; {guess}" if guess else NO_SUCH_SETTING
+    return dict(sorted(unused.items()))
 
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:

@@ -66,7 +66,12 @@ CASES = {
     ),
     "misspelt": (
         {"INFERMODES_GATEWAY_ACESS_KEYS": "AKID:secret"},
-        {"INFERMODES_GATEWAY_ACESS_KEYS": NO_SUCH_SETTING},
+        {"INFERMODES_GATEWAY_ACESS_KEYS":
+         f"{NO_SUCH_SETTING}; did you mean INFERMODES_GATEWAY_ACCESS_KEYS?"},
+    ),
+    "no-such-setting": (
+        {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": "1"},
+        {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": NO_SUCH_SETTING},
     ),
 }  # fmt: skip
 
