@@ -28,7 +28,7 @@ from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, Source, load_paths
 from infermodes.local.platform_store import LocalPlatformStore
 from infermodes.local.supervisor import Supervisor, killing_on_signal
-from infermodes.logs import configure_logging
+from infermodes.logs import configure_logging, printable
 from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
 from infermodes.platform.router import create_router as platform_router
 from infermodes.platform.translate import Defaults
@@ -158,7 +158,8 @@ class UpGatewaySettings(GatewaySettings):
 
 def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
     """Each ``INFERMODES_GATEWAY_*`` variable of ``environ`` up does not read (in any case, as
-    a gateway reads them), to what up does instead: names only, a value may be a secret."""
+    a gateway reads them), to what up does instead: names only, a value may be a secret, and
+    a name's control characters escaped (a newline in it would start a forged log line)."""
     fields = variables_of(GatewaySettings)
     unused = {
         variable: INSTEAD[field]
@@ -168,7 +169,7 @@ def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
     for variable in unknown_variables(GatewaySettings, environ):
         guess = did_you_mean(GatewaySettings, variable)
         unused[variable] = f"{NO_SUCH_SETTING}; {guess}" if guess else NO_SUCH_SETTING
-    return dict(sorted(unused.items()))
+    return {printable(variable): why for variable, why in sorted(unused.items())}
 
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:

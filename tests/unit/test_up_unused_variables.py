@@ -69,6 +69,10 @@ CASES = {
         {"INFERMODES_GATEWAY_ACESS_KEYS":
          f"{NO_SUCH_SETTING}; did you mean INFERMODES_GATEWAY_ACCESS_KEYS?"},
     ),
+    "forged-line": (  # a name's newline escaped, as the processes' own warning escapes it
+        {"INFERMODES_GATEWAY_X\nWARNING forged": "1"},
+        {"INFERMODES_GATEWAY_X\\nWARNING forged": NO_SUCH_SETTING},
+    ),
     "no-such-setting": (
         {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": "1"},
         {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": NO_SUCH_SETTING},
