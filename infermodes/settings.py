@@ -1040,10 +1040,28 @@ def variables_of(settings_class: type[EnvSettings]) -> dict[str, str]:
     }
 
 
+# what the kubelet sets for each Service of a pod's namespace (unless the pod disables service
+# links), after the Service's name: ``infermodes-gateway`` gives INFERMODES_GATEWAY_SERVICE_HOST,
+# _SERVICE_PORT, _SERVICE_PORT_<PORT NAME>, _PORT, _PORT_80_TCP and _PORT_80_TCP_PROTO/PORT/ADDR
+SERVICE_LINK = re.compile(
+    r"(\w+?)_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
+def service_link(variable: str, environ: Mapping[str, str]) -> bool:
+    """Whether ``variable`` is one of a Service's link variables (``SERVICE_LINK``), as its
+    ``<SERVICE>_SERVICE_HOST`` beside it shows: a misspelt setting ending in ``_PORT`` is not."""
+    link = SERVICE_LINK.fullmatch(variable.upper())
+    names = {name.upper() for name in environ}
+    return link is not None and f"{link.group(1)}_SERVICE_HOST" in names
+
+
 def unknown_variables(settings_class: type[EnvSettings], environ: Mapping[str, str]) -> list[str]:
     """The variables of ``environ`` under the class's prefix (in any case, as it reads them)
     that none of its fields reads, nor a class whose longer prefix they start with: a misspelt
-    setting is otherwise ignored without a word (access keys so, a gateway left open)."""
+    setting is otherwise ignored without a word (access keys so, a gateway left open). Not a
+    Service's link variables (``SERVICE_LINK``): a Service named ``infermodes-gateway`` in
+    the namespace gives every pod there ``INFERMODES_GATEWAY_SERVICE_HOST`` and its kin."""
     prefix = settings_class.model_config.get("env_prefix", "")
     longer = tuple(
         other.model_config["env_prefix"]
@@ -1058,6 +1076,7 @@ def unknown_variables(settings_class: type[EnvSettings], environ: Mapping[str, s
         if variable.upper().startswith(prefix)
         and not variable.upper().startswith(longer)
         and variable.upper() not in known
+        and not service_link(variable, environ)
     ]
     return sorted(ours, key=str.upper)
 

@@ -63,6 +63,15 @@ def gateway_env(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
+def test_the_chart_s_pods_get_no_variables_of_the_namespace_s_services() -> None:
+    """The Service infermodes-gateway gave every pod of the namespace
+    INFERMODES_GATEWAY_SERVICE_HOST and its kin, under the gateway's settings' prefix: named as
+    unknown at every start."""
+    deployments = [d for d in gateway_documents() if d["kind"] == "Deployment"]
+    assert len(deployments) == 2  # the operator's and the gateway's
+    assert all(d["spec"]["template"]["spec"]["enableServiceLinks"] is False for d in deployments)
+
+
 def test_the_gateways_access_keys_come_from_a_secret_and_without_one_none_are_set() -> None:
     """Mounted as a file, which the gateway follows (a rotated key needs no restart), beside
     the broker's; never a value in the Deployment."""

@@ -166,3 +166,20 @@ def test_no_warning_without_unknown_variables(
     with caplog.at_level(logging.WARNING, logger="infermodes.settings"):
         warn_of_unknown_variables(GatewaySettings())
     assert caplog.records == []
+
+
+def test_a_services_link_variables_are_no_unknown_but_a_misspelt_port_is() -> None:
+    """The chart's Service infermodes-gateway gave every pod of its namespace seven
+    INFERMODES_GATEWAY_SERVICE_*/PORT* variables, which every gateway named at every start
+    (and guessed METRICS_PORT for one): a warning on every healthy install is one to ignore."""
+    links = [
+        "INFERMODES_GATEWAY_SERVICE_HOST", "INFERMODES_GATEWAY_SERVICE_PORT",
+        "INFERMODES_GATEWAY_SERVICE_PORT_HTTP", "INFERMODES_GATEWAY_PORT",
+        "INFERMODES_GATEWAY_PORT_80_TCP", "INFERMODES_GATEWAY_PORT_80_TCP_PROTO",
+        "INFERMODES_GATEWAY_PORT_80_TCP_PORT", "INFERMODES_GATEWAY_PORT_80_TCP_ADDR",
+        "INFERMODES_GATEWAY_METRICS_SERVICE_HOST", "INFERMODES_GATEWAY_METRICS_PORT_9090_UDP",
+    ]  # fmt: skip
+    environ = dict.fromkeys([*links, "INFERMODES_GATEWAY_METRIC_PORT"], "10.0.0.1")
+    assert unknown_variables(GatewaySettings, environ) == ["INFERMODES_GATEWAY_METRIC_PORT"]
+    alone = {"INFERMODES_GATEWAY_PORT_80_TCP": "tcp://10.0.0.1:80"}  # no SERVICE_HOST beside it
+    assert unknown_variables(GatewaySettings, alone) == ["INFERMODES_GATEWAY_PORT_80_TCP"]
