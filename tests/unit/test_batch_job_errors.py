@@ -111,3 +111,6 @@ def test_a_file_uri_whose_escapes_name_no_object_says_the_path_it_looked_for(
     escaped = run_job(model, f"file://{tmp_path}/keys/a%2520b.csv", f"file://{tmp_path}/out/",
                       monkeypatch, run_id="job-2")  # fmt: skip
     assert escaped.error is None and (tmp_path / "out" / "a%20b.csv.out").exists()
+    plain = f"{tmp_path}/keys/100%/"  # a plain path's '%' is no escape: no advice to escape it
+    summary = run_job(model, plain, f"file://{tmp_path}/out/", monkeypatch, run_id="job-3")
+    assert summary.error == f"no input objects under {plain}"

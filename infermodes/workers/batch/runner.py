@@ -631,7 +631,8 @@ def no_inputs(settings: BatchSettings) -> str:
         return f"the manifest {settings.input_uri} lists no input object"
     found = f"no input objects under {settings.input_uri}"
     prefix = parse_uri(settings.input_uri)
-    if prefix.scheme == "file" and "%" in settings.input_uri:  # a name read as an escape
+    if prefix.scheme == "file" and "://" in settings.input_uri and "%" in settings.input_uri:
+        # a name read as an escape (a plain path's '%' is not one)
         found += (
             f" (the path {clipped(prefix.key, 300)!r}: a file:// URI's %-escapes are decoded; "
             "write a '%' of a name as %25)"
