@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 from unittest import mock
 
@@ -190,15 +191,15 @@ def test_csv_errors_name_the_line_of_the_object() -> None:
     ("batch", "join", "accept", "line", "reason"),
     [
         (MiniBatch(1, b"a,1,2\nid1\nb,3,4\n"), False, "text/csv", 2,
-         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record, which has 1 columns"),
         (MiniBatch(1, b"a,1,2\nid1\n"), True, "text/csv", 2,
-         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record, which has 1 columns"),
         (MiniBatch(1, b"a,1,2\nid1\n"), False, "application/jsonlines", 2,
-         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record, which has 1 columns"),
         (MiniBatch(2, b"id1\n"), False, "text/csv", 2,  # SingleRecord
-         "inputFilter $[1:]: selects no column of the input record's 1 columns"),
+         "inputFilter $[1:]: selects no column of the input record, which has 1 columns"),
         (MiniBatch(5, b"a,1,2\n\nid1, \t\n"), False, "text/csv", 7,
-         "inputFilter $[1:]: selects only blank columns of the input record's 2 columns"),
+         "inputFilter $[1:]: selects only blank columns of the input record, which has 2 columns"),
     ],
 )  # fmt: skip
 def test_a_csv_input_filter_selecting_no_column_of_a_row_is_that_rows_bad_input(
@@ -230,6 +231,49 @@ def test_a_json_input_filter_selecting_an_empty_list_names_the_filter(
         2 if input_filter == "$.features" else 1,
         expected,
     )
+
+
+PREDICTION = "the output record (the prediction)"
+JOINED = "the output record (the input joined with the prediction)"
+
+
+@pytest.mark.parametrize(
+    ("made", "batch", "line", "reason"),
+    [
+        (transform(output_filter="$[5:]"), MiniBatch(4, b"1,2\n3,4\n"), 4,
+         f"outputFilter $[5:]: selects no column of {PREDICTION}, which has 1 columns"),
+        (transform(input_filter="$[1:]", output_filter="$[5:]", join=True),
+         MiniBatch(1, b"a,1,2\n"), 1,
+         f"outputFilter $[5:]: selects no column of {JOINED}, which has 4 columns"),
+        (transform(input_filter="$[2:]", output_filter="$[1]", join=True),
+         MiniBatch(1, b"a,b,1,2\nc, ,3,4\n"), 2,
+         f"outputFilter $[1]: selects only blank columns of {JOINED}, which has 5 columns"),
+        (transform("application/jsonlines", output_filter="$[1:]"),
+         MiniBatch(3, b"[1, 2]\n"), 3,
+         f"outputFilter $[1:]: selects no column of {PREDICTION}, which has 1 columns"),
+        (transform("application/jsonlines", "application/jsonlines", join=True,
+                   output_filter="$.SageMakerInput[5:]"),
+         MiniBatch(1, b"[1, 2]\n[3, 4]\n"), 1,
+         f"outputFilter $.SageMakerInput[5:]: selects an empty list from {JOINED}"),
+        (transform("application/jsonlines", "application/json", "$.features", join=True,
+                   output_filter="$.meta"),
+         MiniBatch(1, b'{"features": [1, 2], "meta": {"id": 1}}\n'
+                      b'{"features": [3, 4], "meta": {}}\n'), 2,
+         f"outputFilter $.meta: selects an empty object from {JOINED}"),
+        (replace(transform(accept="application/jsonlines", output_filter="$.score[5:]"),
+                 predict=lambda rows: rows),
+         MiniBatch(1, b"1,2\n"), 1,
+         f"outputFilter $.score[5:]: selects an empty list from {PREDICTION}"),
+    ],
+)  # fmt: skip
+def test_an_output_filter_selecting_nothing_of_a_record_is_that_records_bad_input(
+    made: Transform, batch: MiniBatch, line: int, reason: str
+) -> None:
+    """The empty selection was written as the record's output, a blank line, ``[]`` or
+    ``{}``, without a word."""
+    with pytest.raises(BadRecord) as caught:
+        made(batch)
+    assert (caught.value.line, caught.value.reason) == (line, reason)
 
 
 @pytest.mark.parametrize("input_filter", ["$", "$[1:]"])

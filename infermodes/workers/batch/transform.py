@@ -103,7 +103,7 @@ class Transform:
             fields = line.split(b",")
             number = batch.first_line + offset
             try:
-                selected.append(self._selected_row(fields))
+                selected.append(_selected_line(self.input_filter, fields, INPUT_RECORD))
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
             columns.append(fields)
@@ -121,28 +121,14 @@ class Transform:
             try:
                 if self.accept == codecs.CSV:
                     joined = (fields if self.join else []) + _csv_fields(values)
-                    selected = self.output_filter.select_columns(joined, self.output_record)
-                    out += b",".join(selected) + b"\n"
+                    out += _selected_line(self.output_filter, joined, self.output_record) + b"\n"
                 else:
                     score = {"score": values[0] if len(values) == 1 else values}
-                    filtered = self.output_filter.select(score, self.output_record)
+                    filtered = _selected_value(self.output_filter, score, self.output_record)
                     out += json.dumps(filtered).encode() + b"\n"
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out), len(predictions)
-
-    def _selected_row(self, fields: list[bytes]) -> bytes:
-        """The line of the columns the input filter selects. A selection of no column, or of
-        blank ones only, would be a blank line, which the decoders skip as no row: the record
-        would go unpredicted (and its line go unmatched with the rows), so it is refused."""
-        columns = self.input_filter.select_columns(fields, INPUT_RECORD)
-        line = b",".join(columns)
-        if not line.strip(b" \t"):  # what the decoders take as a blank line
-            what = "only blank columns" if columns else "no column"
-            raise self.input_filter.refusal(
-                f"selects {what} of {INPUT_RECORD}'s {len(fields)} columns"
-            )
-        return line
 
     def _csv(self, batch: MiniBatch, predictions: np.ndarray) -> bytes:
         """CSV lines of JSON records' predictions, through the output filter's columns."""
@@ -151,10 +137,8 @@ class Transform:
         out = bytearray()
         for values in predictions.reshape(predictions.shape[0], -1).tolist():
             try:
-                selected = self.output_filter.select_columns(
-                    _csv_fields(values), self.output_record
-                )
-                out += b",".join(selected) + b"\n"
+                fields = _csv_fields(values)
+                out += _selected_line(self.output_filter, fields, self.output_record) + b"\n"
             except InvalidInput as exc:  # the filter's columns: the same for every row
                 raise BadRecord(batch.first_line, str(exc)) from None
         return bytes(out)
@@ -194,9 +178,7 @@ class Transform:
         for number, raw in lines:
             try:  # parsed once: the filter selects from it, and the rows are read from that
                 document, marked = codecs.parse_record(raw)
-                selected = self.input_filter.select(document, INPUT_RECORD)
-                if selected == [] and not self.input_filter.is_identity:
-                    raise self.input_filter.refusal(f"selects an empty list from {INPUT_RECORD}")
+                selected = _selected_value(self.input_filter, document, INPUT_RECORD)
                 if marked:  # a NaN or an infinity, which may lie where the model does not read
                     codecs.refuse_constants(selected)
                 if not self.join:  # only a join writes it out again: its rows are let go
@@ -235,11 +217,34 @@ class Transform:
                 joined["SageMakerOutput"] = result
                 result = joined
             try:
-                filtered = self.output_filter.select(result, self.output_record)
+                filtered = _selected_value(self.output_filter, result, self.output_record)
                 out += json.dumps(filtered).encode() + b"\n"
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
         return bytes(out)
+
+
+def _selected_line(path: JsonPath, fields: list[bytes], record: str) -> bytes:
+    """The CSV line of the columns ``path`` selects of ``record``. A
+    selection of no column, or of blank ones only, is a blank line: an input record's the
+    decoders skip as no row (it would go unpredicted, its line unmatched with the rows), an
+    output record's is a record written as nothing; so it is refused."""
+    columns = path.select_columns(fields, record)
+    line = b",".join(columns)
+    if not line.strip(b" \t"):  # what the decoders take as a blank line
+        what = "only blank columns" if columns else "no column"
+        raise path.refusal(f"selects {what} of {record}, which has {len(fields)} columns")
+    return line
+
+
+def _selected_value(path: JsonPath, value: object, record: str) -> object:
+    """The part of a JSON ``record`` that ``path`` selects. An empty list or object selected
+    is no row of an input record and a record of no value in the output, so it is refused."""
+    selected = path.select(value, record)
+    if not path.is_identity and isinstance(selected, list | dict) and not selected:
+        what = "list" if isinstance(selected, list) else "object"
+        raise path.refusal(f"selects an empty {what} from {record}")
+    return selected
 
 
 def _numbered_lines(batch: MiniBatch) -> Iterator[tuple[int, bytes]]:

@@ -498,7 +498,28 @@ def test_an_input_filter_selecting_no_column_of_a_row_fails_its_object_at_once(
     [failure] = summary(tmp_path / "out")["failures"]
     assert (failure["line"], failure["reason"]) == (
         2,
-        "inputFilter $[1:]: selects no column of the input record's 1 columns",
+        "inputFilter $[1:]: selects no column of the input record, which has 1 columns",
+    ), failure
+
+
+def test_an_output_filter_selecting_no_column_of_the_prediction_fails_its_object(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """``$[1:]`` of the one-column prediction wrote a blank line per record, and the job
+    succeeded."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_bytes(csv_text(rows[:3]))
+    done = run(
+        command(abalone_model, tmp_path / "in", tmp_path / "out", "--output-filter", "$[1:]")
+    )
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    assert "retrying" not in done.log
+    assert not (tmp_path / "out/a.csv.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["line"], failure["reason"]) == (
+        1,
+        "outputFilter $[1:]: selects no column of the output record (the prediction), which "
+        "has 1 columns",
     ), failure
 
 
