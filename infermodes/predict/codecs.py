@@ -514,6 +514,26 @@ def over_memory(
     )
 
 
+def json_row_list(document: object) -> list[object]:
+    """The rows of a parsed document of ``decode_json``'s shapes, as its errors number them
+    (``row 1``...): a single row (``{"features": [...]}``, a list of numbers) is a list of
+    one."""
+    if isinstance(document, dict):
+        if "instances" in document:
+            rows = document["instances"]
+        elif "features" in document:
+            rows = [document]
+        else:
+            raise InvalidInput("JSON object needs an 'instances' list (or 'features')")
+        if not isinstance(rows, list):
+            raise InvalidInput("'instances' must be a list of rows")
+        return rows
+    if isinstance(document, list):
+        is_one_row = bool(document) and not isinstance(document[0], list | dict)
+        return [document] if is_one_row else document
+    raise InvalidInput("JSON body must be an object with 'instances' or a list of rows")
+
+
 def json_rows(
     document: object,
     num_features: int | None = None,
@@ -524,20 +544,7 @@ def json_rows(
 ) -> np.ndarray:
     """The matrix of a parsed document of ``decode_json``'s shapes; ``release``: each block
     of its rows is let go once copied (the document is not used after)."""
-    if isinstance(document, dict):
-        if "instances" in document:
-            rows = document["instances"]
-        elif "features" in document:
-            rows = [document]
-        else:
-            raise InvalidInput("JSON object needs an 'instances' list (or 'features')")
-        if not isinstance(rows, list):
-            raise InvalidInput("'instances' must be a list of rows")
-    elif isinstance(document, list):
-        is_one_row = bool(document) and not isinstance(document[0], list | dict)
-        rows = [document] if is_one_row else document
-    else:
-        raise InvalidInput("JSON body must be an object with 'instances' or a list of rows")
+    rows = json_row_list(document)
     if not rows:
         raise InvalidInput("no rows in the JSON body")
     _check_size(len(rows), num_features, max_rows, max_values)

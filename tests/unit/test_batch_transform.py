@@ -233,6 +233,30 @@ def test_a_json_input_filter_selecting_an_empty_list_names_the_filter(
     )
 
 
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (b'{"features": []}', "expected 2 features, got 0"),
+        (b"[1]", "expected 2 features, got 1"),
+        (b"[[]]", "expected 2 features, got 0"),
+        (b'{"instances": [[1, 2, 3]]}', "expected 2 features, got 3"),
+        (b'[1, "x"]', 'column 2: expected a number, got "x"'),
+        (b"[[1, 2], [1]]", "row 2: expected 2 features, got 1"),  # a row of the record
+        (b'{"instances": [[1, 2], {"x": 1}]}', "row 2: an object row needs a 'features' list"),
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/jsonlines", "application/json"])
+def test_a_json_record_of_one_row_fails_naming_its_line_alone(
+    record: bytes, reason: str, content_type: str
+) -> None:
+    """A record of one row failed as ``line 2: row 1: ...``: the codecs' row, where the CSV
+    path names the object's line alone. (A whole document's errors stay the model server's:
+    ``test_a_whole_json_document_gives_the_rows_and_errors_of_two_parses``.)"""
+    with pytest.raises(BadRecord) as caught:
+        transform(content_type, "application/jsonlines")(MiniBatch(1, b"[1, 2]\n" + record))
+    assert (caught.value.line, caught.value.reason) == (2, reason)
+
+
 PREDICTION = "the output record (the prediction)"
 JOINED = "the output record (the input joined with the prediction)"
 

@@ -183,7 +183,7 @@ class Transform:
                     codecs.refuse_constants(selected)
                 if not self.join:  # only a join writes it out again: its rows are let go
                     document = None
-                rows = codecs.json_rows(selected, self.num_features, release=not self.join)
+                rows = self._record_rows(selected, number)
                 del selected
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
@@ -192,6 +192,19 @@ class Transform:
             documents.append((number, document))
             blocks.append(rows)
         return documents, blocks
+
+    def _record_rows(self, selected: object, number: int) -> np.ndarray:
+        """A JSON record's rows. A line's record of one row is that line: its failure names the
+        line alone, as a CSV row's does, where the codecs said ``row 1`` (the rows of a record
+        of several keep theirs; a whole document's errors read as the model server's for that
+        body). Its rows are let go as read unless a join writes the record out again."""
+        one_row = not self.whole_documents and len(codecs.json_row_list(selected)) == 1
+        try:
+            return codecs.json_rows(selected, self.num_features, release=not self.join)
+        except InvalidInput as exc:
+            if one_row:
+                raise bad_record(exc, number) from None
+            raise
 
     def _records(
         self,
