@@ -407,11 +407,13 @@ def output_held_by(job: BatchOutput, others: Iterable[BatchOutput]) -> str | Non
     one inside the other), which ``job`` waits for before it starts; None when there is none.
     Two jobs writing one prefix at once each take the other's outputs for their own (each
     skips what was written since it started), so each object ends with either's output.
-    Older: created first (then the first endpoint name, for two created in one second)."""
+    Older: created first (then the first endpoint name, for two created in one second). The
+    overlap is asked last, of an older job not ended alone: it resolves a file:// folder on the
+    file system, and ``up`` asks on every tick of a held job, against all its batch endpoints."""
     for other in sorted(others, key=lambda o: (o.created, o.endpoint)):
-        older = (other.created, other.endpoint) < (job.created, job.endpoint)
-        overlaps = prefix_within(job.uri, other.uri) or prefix_within(other.uri, job.uri)
-        if older and not other.ended and overlaps:
+        if other.ended or (other.created, other.endpoint) >= (job.created, job.endpoint):
+            continue
+        if prefix_within(job.uri, other.uri) or prefix_within(other.uri, job.uri):
             return other.endpoint
     return None
 

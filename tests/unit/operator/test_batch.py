@@ -2,6 +2,7 @@
 and the running instances' metrics."""
 
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -461,6 +462,34 @@ def test_a_suspend_patch_the_api_server_refuses_is_in_the_status_with_its_reason
     with pytest.raises(KubeError) as caught:
         reconcile(body(FULL_SPEC, was), ScalerMemory(), d)
     assert not isinstance(caught.value, ApplyRefused)
+
+
+def test_the_output_hold_resolves_no_path_of_an_ended_or_newer_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """up asks for the hold on every supervisor tick of a held job, against all its batch
+    endpoints (hundreds of ended CreateTransformJob ones): a file:// folder resolved with
+    os.path.realpath for each blocked its supervisor. Only an older job not ended can hold
+    the output, so only its folder is resolved."""
+    resolved: list[str] = []
+    realpath = os.path.realpath
+
+    def counted(path: str) -> str:
+        resolved.append(path)
+        return realpath(path)
+
+    monkeypatch.setattr(os.path, "realpath", counted)
+    mine = s_.BatchOutput("mine", "2026-03-01T10:00:00Z", "file:///tmp/out/", ended=False)
+    ended = [
+        s_.BatchOutput(f"ended-{n}", "2026-03-01T09:00:00Z", f"file:///tmp/e{n}/", ended=True)
+        for n in range(3)
+    ]
+    newer = s_.BatchOutput("newer", "2026-03-01T11:00:00Z", "file:///tmp/out/", ended=False)
+    assert s_.output_held_by(mine, [*ended, newer]) is None
+    assert resolved == []
+    holder = s_.BatchOutput("holder", "2026-03-01T09:00:00Z", "file:///tmp/out/x/", ended=False)
+    assert s_.output_held_by(mine, [*ended, newer, holder]) == "holder"
+    assert set(resolved) == {"/tmp/out/", "/tmp/out/x/"}
 
 
 def test_a_job_waits_for_an_older_one_writing_an_overlapping_output_prefix() -> None:
