@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -466,12 +467,20 @@ class AsyncSpec(StartingRange):
     resources: Resources = Field(default_factory=Resources)
 
 
-def undotted_location(uri: str) -> str:
+# the validation context of a spec admitted before (its endpoint ran it): the checks a release
+# added since are for specs being admitted, and an upgrade must not fail an endpoint that ran
+ADMITTED = {"admitted": True}
+
+
+def undotted_location(uri: str, info: ValidationInfo) -> str:
     """A batch job's input or output URI, refused with a ``.`` or ``..`` segment (a file path's
     percent-decoded first, ``storage.dot_segment``): a file path resolves it and S3 keeps it
     as written, so the same location would have a second spelling that the input-inside-output
     check and the output hold (``status.output_held_by``) take for another location. A URI that
-    names no storage is its pattern's and the instances' to refuse."""
+    names no storage is its pattern's and the instances' to refuse. Not of a spec ``ADMITTED``
+    before: earlier releases took such a URI, and its job runs or ended as it did."""
+    if info.context == ADMITTED:
+        return uri
     try:
         parsed = parse_uri(uri).uri
     except StorageError:
@@ -823,10 +832,11 @@ def problem(error: ErrorDetails) -> str:
     return f"must be {meaning}; got {shown(error['input'])}"
 
 
-def parse_spec(raw: Any) -> EndpointSpec | str:
-    """The spec, or what is wrong with it (``spec_problems``)."""
+def parse_spec(raw: Any, admitted: bool = False) -> EndpointSpec | str:
+    """The spec, or what is wrong with it (``spec_problems``); ``admitted``: one its endpoint
+    ran before (``ADMITTED``)."""
     try:
-        return EndpointSpec.model_validate(dict(raw))
+        return EndpointSpec.model_validate(dict(raw), context=ADMITTED if admitted else None)
     except ValidationError as exc:
         return spec_problems(exc)
 

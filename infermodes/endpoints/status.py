@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infermodes.endpoints import spec
-from infermodes.endpoints.spec import EndpointSpec, Phase, parse_spec
+from infermodes.endpoints.spec import ADMITTED, EndpointSpec, Phase, parse_spec
 from infermodes.metrics import OperatorMetrics
 from infermodes.storage import prefix_within
 
@@ -170,7 +170,7 @@ class AppliedSpec:
     def spec(self) -> EndpointSpec | None:
         """The recorded spec, parsed; None when this operator cannot parse it either."""
         try:
-            return EndpointSpec.model_validate(json.loads(self.text))
+            return EndpointSpec.model_validate(json.loads(self.text), context=ADMITTED)
         except (ValueError, ValidationError):  # json's errors are ValueErrors
             return None
 
@@ -181,13 +181,25 @@ def in_force(raw: Any, status: Any) -> tuple[EndpointSpec | None, str | None, in
     CRD took (a CRD older than the operator's checks: helm never upgrades a chart's CRDs), is
     refused as ``not_allowed`` refuses one, and the spec its workload was last applied from
     (its status's ``AppliedSpec``) stands in for it: the operator keeps actuating it (scaled,
-    activated, its queue watched) and the gateway serves it."""
-    spec = parse_spec(raw)
+    activated, its queue watched) and the gateway serves it. A spec its endpoint ran before
+    (``admitted_before``) is parsed as ``ADMITTED``: an upgrade's new checks do not fail it."""
+    spec = parse_spec(raw, admitted_before(raw, status))
     if not isinstance(spec, str):
         return spec, None, None
     applied = AppliedSpec.from_dict(status)
     kept = None if applied is None else applied.spec()
     return kept, spec, None if applied is None else applied.generation
+
+
+def admitted_before(raw: Any, status: Any) -> bool:
+    """Whether an endpoint ran this spec before: its workload was applied from it (the status's
+    ``AppliedSpec``), or, with none recorded (a release before it, or an ended job), the
+    endpoint has a phase that no refusal of its spec gave. A new spec or a changed one is not."""
+    applied = AppliedSpec.from_dict(status)
+    if applied is not None:
+        return applied.text == AppliedSpec.of(applied.generation, raw).text
+    previous = Status.from_dict(status)
+    return previous is not None and previous.reason != INVALID_SPEC
 
 
 @dataclass(frozen=True)

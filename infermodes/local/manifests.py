@@ -16,7 +16,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN, EndpointSpec, spec_problems
+from infermodes.endpoints.spec import (
+    ADMITTED,
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    EndpointSpec,
+    spec_problems,
+)
 
 log = logging.getLogger("infermodes.local")
 
@@ -93,11 +99,15 @@ class Manifest:
     document: dict[str, Any]
 
 
-def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Manifest:
+def parse_document(
+    document: Any, source: str, as_kubectl: bool = False, admitted: bool = False
+) -> Manifest:
     """Validate one YAML document; ``source`` names where it came from in errors.
     ``as_kubectl``: a file a user gives, whose values must have the JSON types the CRD's schema
     takes (``"1"`` or ``true`` for an integer is refused there, where pydantic alone would
-    coerce it: a file that runs under ``up`` must pass ``kubectl apply``)."""
+    coerce it: a file that runs under ``up`` must pass ``kubectl apply``). ``admitted``: a spec
+    ``up`` ran before (its state), which a later release's new checks do not refuse
+    (``spec.ADMITTED``)."""
     if not isinstance(document, dict):
         raise ManifestError(f"{source}: not a mapping")
     if document.get("apiVersion") != API_VERSION or document.get("kind") != KIND:
@@ -112,11 +122,14 @@ def parse_document(document: Any, source: str, as_kubectl: bool = False) -> Mani
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: metadata.name is required")
     raw = document.get("spec") or {}
+    context = ADMITTED if admitted else None
     try:
         spec = (
-            EndpointSpec.model_validate_json(json.dumps(as_json(raw), allow_nan=False), strict=True)
+            EndpointSpec.model_validate_json(
+                json.dumps(as_json(raw), allow_nan=False), strict=True, context=context
+            )
             if as_kubectl
-            else EndpointSpec.model_validate(raw)
+            else EndpointSpec.model_validate(raw, context=context)
         )
     except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
         problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)

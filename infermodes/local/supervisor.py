@@ -363,13 +363,13 @@ class Supervisor:
         for path in sorted((self.state_dir / "endpoints").glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
-                manifest = parse_document(saved["document"], str(path))
+                manifest = parse_document(saved["document"], str(path), admitted=True)
             except (OSError, ValueError, KeyError, TypeError) as exc:  # ManifestError included
                 log.error("%s is not loaded (a spec this version refuses, or a damaged "
                           "file): %s; apply it again, or delete the file", path, exc)  # fmt: skip
                 continue
             try:
-                previous = parse_document(saved["previous"], str(path))
+                previous = parse_document(saved["previous"], str(path), admitted=True)
             except (KeyError, ValueError, TypeError):  # none, or one this version refuses
                 restored(self._add(manifest, saved["created"]), saved)
                 continue

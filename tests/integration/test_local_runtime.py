@@ -1502,3 +1502,35 @@ def test_up_sends_webhooks_from_the_embedded_queues_outbox(
             finally:
                 release.set()
             wait_until(lambda: hook.ids() == {*first, *second}, WAIT, "both webhooks")
+
+
+def test_a_stored_job_with_a_dotted_output_uri_survives_a_restart_and_keeps_its_hold(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A batch job up stored under a release that took output.uri file://.../batch/./output/
+    was dropped at the next start (a spec this version refuses), and with it its hold on the
+    folder: the next job on it ran beside it. The state loads as it was; apply still refuses
+    the spelling."""
+    stopped = manifest("batch", abalone_model.tarball, tmp_path, stop=True)  # holds its output
+    with running_up(tmp_path / "state", [stopped], tmp_path / "up.log") as up:
+        wait_until(lambda: up.status("abalone-batch")["phase"] == "Stopped", WAIT, "Stopped")
+        up.stop()
+        saved_path = up.state_dir / "endpoints" / "abalone-batch.json"
+        saved = json.loads(saved_path.read_text())
+        dotted = f"file://{tmp_path}/batch/./output/"
+        saved["document"]["spec"]["batch"]["output"]["uri"] = dotted
+        saved_path.write_text(json.dumps(saved))
+        up.files = []
+        up.start()
+        assert up.status("abalone-batch")["phase"] == "Stopped"
+        assert up.endpoint("abalone-batch")["spec"]["batch"]["output"]["uri"] == dotted
+        second = document("batch", abalone_model.tarball, tmp_path)
+        second["metadata"]["name"] = "second"
+        (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+        assert cli(up, "apply", "-f", str(tmp_path / "second.yaml")).returncode == 0
+        wait_until(lambda: up.status("second")["reason"] == "OutputInUse", WAIT, "OutputInUse")
+        assert "waits for batch endpoint abalone-batch" in up.status("second")["message"]
+        second["spec"]["batch"]["output"]["uri"] = dotted
+        (tmp_path / "dotted.yaml").write_text(yaml.safe_dump(second))
+        refused = cli(up, "apply", "-f", str(tmp_path / "dotted.yaml"))
+        assert refused.returncode != 0 and "has a '.' segment" in refused.stderr, refused.stderr

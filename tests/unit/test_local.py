@@ -1406,6 +1406,32 @@ def test_a_stopped_api_job_holds_its_output_until_its_instances_have_exited(
     assert supervisor._batch_output_held_by(second) is None
 
 
+def test_a_stored_job_with_a_dotted_uri_loads_and_keeps_its_hold(tmp_path: Path) -> None:
+    """A job up stored under a release that took a '.' segment in output.uri was dropped at
+    load_state (a spec this version refuses), and with it its hold: a job on the same folder
+    then ran beside it. The state is what up admitted; the check is for up's apply."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "batch.yaml").read_text())
+    document["spec"]["batch"]["output"]["uri"] = f"file://{tmp_path}/out/"
+    first = copy.deepcopy(document)
+    first["metadata"]["name"] = "first"
+    supervisor.apply(parse_document(first, "test"))
+    saved_path = tmp_path / "endpoints" / "first.json"
+    saved = json.loads(saved_path.read_text())
+    saved["created"] = "2026-01-01T00:00:00Z"  # older than the next job
+    saved["document"]["spec"]["batch"]["output"]["uri"] = f"file://{tmp_path}/./out/"
+    saved_path.write_text(json.dumps(saved))
+    dotted = copy.deepcopy(saved["document"])
+    with pytest.raises(ManifestError, match="has a '.' segment"):
+        parse_document(dotted, "test")  # up's apply still refuses it
+
+    restarted = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    restarted.load_state()
+    assert "first" in restarted.endpoints
+    restarted.apply(parse_document(document, "test"))
+    assert restarted._batch_output_held_by(restarted.endpoints["abalone-batch"]) == "first"
+
+
 def test_a_waiting_job_is_told_how_to_run_now_in_its_maker_s_words(tmp_path: Path) -> None:
     """``up`` told a job CreateTransformJob made to "delete this one", a call the platform API
     does not have: it names StopTransformJob and S3OutputPath; a YAML job keeps output.uri."""

@@ -582,3 +582,52 @@ def test_a_stopped_transform_job_of_the_platform_api_holds_no_output_prefix() ->
     listed = {o.endpoint: o.ended for o in names.batch_outputs("p", "by-api") or []}
     assert listed == {"p/by-api": True, "p/by-hand": False, "p/api-running": False,
                       "p/api-done": True}  # fmt: skip
+
+
+def dotted_job() -> dict:
+    """A batch spec whose output.uri has a '.' segment, which releases before the check took."""
+    spec = json.loads(json.dumps(FULL_SPEC))
+    spec["batch"]["output"]["uri"] = "s3://data/./out/"
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason"), [(s.Phase.COMPLETED, "Completed"), (s.Phase.IN_PROGRESS, "Running")]
+)
+def test_a_job_an_earlier_release_took_with_a_dotted_uri_stays_as_it_was(
+    phase: s.Phase, reason: str
+) -> None:
+    """After an upgrade, a job applied under a release that took such a URI was re-parsed at
+    each reconcile and made Failed, InvalidSpec: a Completed job's history rewritten, one in
+    flight failed by the upgrade. The check is for specs being admitted (a new endpoint, a
+    changed spec); one the endpoint ran before is parsed as it was."""
+    from infermodes.endpoints.scaling import ScalerMemory
+    from infermodes.operator.reconcile import reconcile
+    from tests.unit.operator.test_realtime import FakeKube, body, deps
+
+    spec = dotted_job()
+    ran = {"phase": phase.value, "reason": reason, "message": "5 records"}
+    kept, refused, _ = s_.in_force(spec, ran)
+    assert refused is None and kept is not None
+    assert kept.batch is not None and kept.batch.output.uri == "s3://data/./out/"
+    # the same, as the operator recorded the spec its Job was applied from
+    applied = {**ran, **s_.AppliedSpec.of(1, spec).status_fields()}
+    assert s_.in_force(spec, applied)[1] is None
+    d, _ = deps(FakeKube())
+    status = reconcile(body(spec, applied), ScalerMemory(), d).status
+    assert (status.phase, status.reason) == (phase, reason), status
+
+
+def test_a_new_job_or_a_change_to_a_dotted_uri_is_refused() -> None:
+    """Only a spec the endpoint ran before is spared the check: a new one, one a refusal of
+    the check made Failed, and an update to a dotted URI (the applied spec keeps serving) are
+    refused naming the segment."""
+    spec = dotted_job()
+    for status in (None, {"phase": "Failed", "reason": s_.INVALID_SPEC}):
+        kept, refused, _ = s_.in_force(spec, status)
+        assert kept is None and refused is not None and "has a '.' segment" in refused
+    earlier = {"phase": "InProgress", **s_.AppliedSpec.of(1, FULL_SPEC).status_fields()}
+    kept, refused, runs = s_.in_force(spec, earlier)
+    assert refused is not None and "spec.batch.output.uri" in refused, refused
+    assert kept is not None and kept.batch is not None
+    assert (kept.batch.output.uri, runs) == ("s3://data/out/", 1)
