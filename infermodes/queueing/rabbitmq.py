@@ -37,6 +37,7 @@ import httpx
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlError, DelayRefused
 from infermodes.logs import redacted_url
@@ -128,6 +129,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPError,
     ConnectionError,
     OSError,
+    # a connect whose handshake outlasts pika's stack timeout raises its workflow's own error,
+    # no AMQPError: a broker slow to answer (or a process paused mid-connect) is an outage too
+    AMQPConnectorException,
 )
 
 

@@ -6,7 +6,10 @@ in tests/integration/test_async_reliability.py."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from unittest import mock
@@ -415,3 +418,45 @@ def test_an_outage_is_warned_once_reminded_each_minute_and_its_end_logged(
         ("INFO", "consuming q: broker reachable again after 130.0 s"),
         ("WARNING", "consuming q: broker unreachable (AMQPConnectionError: refused)"),
     ]  # fmt: skip
+
+
+def test_a_handshake_the_broker_never_answers_is_an_outage_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pika raises its own AMQPConnectorStackTimeout, no AMQPError, when a connect's handshake
+    outlasts its stack timeout (a broker slow to answer; in the drain benchmark, a worker
+    paused mid-connect): the webhook outbox's consumer died of it and took the worker down
+    ("its senders stopped; the worker stops too"). It is retried like any outage."""
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(accepted) < 3:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = silent.getsockname()[1]
+    monkeypatch.setattr(rabbitmq, "RECONNECT_MIN_SECONDS", 0.01)
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F?stack_timeout=0.3"
+    consumer = RabbitConsumer(url, "silent", max_attempts=3, concurrency=1)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run(lambda _d: Settle.ACK)
+        except BaseException as exc:  # what the test looks for
+            failures.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(accepted) < 2 and not failures and time.monotonic() < deadline:
+        time.sleep(0.02)
+    consumer.stop()
+    runner.join(WAIT_SECONDS)
+    silent.close()
+    for connection in accepted:
+        connection.close()
+    assert not failures, failures
+    assert len(accepted) >= 2  # it connected again after the first handshake timed out
