@@ -122,13 +122,14 @@ class JsonPath:
 
     def select(self, value: object, record: str = "the record") -> object:
         """The part of ``value`` this path names; InvalidInput when it is not there, saying
-        what was looked at: ``record`` (``the input record``), or a part of it."""
+        what was looked at: ``record`` (``the input record``), or a part of it (named only
+        then: a record selected from costs no message)."""
         for index, segment in enumerate(self.segments):
-            looked_at = f"{self.prefixes[index - 1]} of {record}" if index else record
             try:
-                value = _apply(segment, value, looked_at)
-            except InvalidInput as exc:
-                raise self.refusal(str(exc)) from None
+                value = _apply(segment, value)
+            except _Unselectable as exc:
+                looked_at = f"{self.prefixes[index - 1]} of {record}" if index else record
+                raise self.refusal(exc.problem.replace("{}", looked_at, 1)) from None
         return value
 
     def select_columns(self, columns: list[bytes], record: str = "the record") -> list[bytes]:
@@ -137,24 +138,33 @@ class JsonPath:
         return selected if isinstance(selected, list) else [cast(bytes, selected)]
 
 
-def _apply(segment: Segment, value: object, looked_at: str) -> object:
+class _Unselectable(Exception):
+    """What ``_apply`` cannot select, as ``problem`` starting with or holding ``{}`` (its
+    first) for what it looked at: named only on a refusal."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _apply(segment: Segment, value: object) -> object:
     if isinstance(segment, Keys):
         if not isinstance(value, dict):
-            raise InvalidInput(f"selects keys, but {looked_at} is not a JSON object")
+            raise _Unselectable("selects keys, but {} is not a JSON object")
         missing = [name for name in segment.names if name not in value]
         if missing:
-            raise InvalidInput(f"{looked_at} has no {missing[0]!r}")
+            raise _Unselectable(f"{{}} has no {missing[0]!r}")
         if len(segment.names) == 1:
             return value[segment.names[0]]
         return {name: value[name] for name in segment.names}
     if not isinstance(value, list):
-        raise InvalidInput(f"selects positions, but {looked_at} is not a list")
+        raise _Unselectable("selects positions, but {} is not a list")
     if isinstance(segment, Slice):
         return value[segment.start : segment.stop]
     try:
         picked = [value[position] for position in segment.positions]
     except IndexError:
-        raise InvalidInput(
-            f"{looked_at} has {len(value)} columns, fewer than the filter selects"
+        raise _Unselectable(
+            f"{{}} has {len(value)} columns, fewer than the filter selects"
         ) from None
     return picked[0] if len(picked) == 1 else picked
