@@ -1048,11 +1048,11 @@ SERVICE_LINK = re.compile(
 )
 
 
-def service_link(variable: str, environ: Mapping[str, str]) -> bool:
+def service_link(variable: str, names: set[str]) -> bool:
     """Whether ``variable`` is one of a Service's link variables (``SERVICE_LINK``), as its
-    ``<SERVICE>_SERVICE_HOST`` beside it shows: a misspelt setting ending in ``_PORT`` is not."""
+    ``<SERVICE>_SERVICE_HOST`` among the environment's ``names`` (upper case) shows: a misspelt
+    setting ending in ``_PORT`` is not."""
     link = SERVICE_LINK.fullmatch(variable.upper())
-    names = {name.upper() for name in environ}
     return link is not None and f"{link.group(1)}_SERVICE_HOST" in names
 
 
@@ -1070,13 +1070,14 @@ def unknown_variables(settings_class: type[EnvSettings], environ: Mapping[str, s
         and other.model_config["env_prefix"].startswith(prefix)
     )
     known = variables_of(settings_class)
+    names = {name.upper() for name in environ}
     ours = [
         variable
         for variable in environ
         if variable.upper().startswith(prefix)
         and not variable.upper().startswith(longer)
         and variable.upper() not in known
-        and not service_link(variable, environ)
+        and not service_link(variable, names)
     ]
     return sorted(ours, key=str.upper)
 
