@@ -198,11 +198,10 @@ class Transform:
         line alone, as a CSV row's does, where the codecs said ``row 1`` (the rows of a record
         of several keep theirs; a whole document's errors read as the model server's for that
         body). Its rows are let go as read unless a join writes the record out again."""
-        one_row = not self.whole_documents and len(codecs.json_row_list(selected)) == 1
         try:
             return codecs.json_rows(selected, self.num_features, release=not self.join)
-        except InvalidInput as exc:
-            if one_row:
+        except InvalidInput as exc:  # its rows counted only then: not twice for every record
+            if not self.whole_documents and len(codecs.json_row_list(selected)) == 1:
                 raise bad_record(exc, number) from None
             raise
 
