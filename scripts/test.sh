@@ -45,4 +45,5 @@ tests/cluster/setup.sh
 done_step
 
 step "tests"
-exec .venv/bin/python -m pytest "$@"
+# the slowest tests named at the end: where CI's time goes, as the suite grows
+exec .venv/bin/python -m pytest --durations=30 "$@"
