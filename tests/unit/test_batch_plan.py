@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from infermodes.predict import codecs
 from infermodes.workers.batch import plan
 from infermodes.workers.batch.plan import InputObject
 
@@ -152,3 +153,19 @@ def test_a_manifest_that_is_not_utf8_is_refused_naming_it_and_the_byte() -> None
     assert str(caught.value) == (
         "manifest s3://b/m.json must be UTF-8 JSON: byte 0xff at offset 34 is not UTF-8"
     )
+
+
+def test_a_manifest_starting_with_a_utf8_byte_order_mark_is_read_as_the_inputs_are() -> None:
+    """Windows tools write one; it was refused as "not JSON: Unexpected UTF-8 BOM" while CSV
+    and JSON inputs skip it. Only a leading one: elsewhere it is no JSON."""
+    text = b'[{"prefix": "s3://b/in/"}, "a.csv"]'
+    assert plan.parse_manifest(codecs.UTF8_BOM + text, "s3://b/m.json") == [
+        ("s3://b/in/a.csv", "a.csv")
+    ]
+    with pytest.raises(ValueError, match="manifest s3://b/m.json is not JSON"):
+        plan.parse_manifest(b" " + codecs.UTF8_BOM + text, "s3://b/m.json")
+    with pytest.raises(ValueError, match="manifest s3://b/m.json is not JSON"):
+        plan.parse_manifest(codecs.UTF8_BOM * 2 + text, "s3://b/m.json")
+    with pytest.raises(ValueError) as caught:  # the offset counts the mark's bytes too
+        plan.parse_manifest(codecs.UTF8_BOM + text.replace(b"a.csv", b"a\xff.csv"), "s3://b/m.json")
+    assert str(caught.value).endswith("byte 0xff at offset 32 is not UTF-8")

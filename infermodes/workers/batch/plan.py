@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from infermodes.errors import StorageError
+from infermodes.predict.codecs import UTF8_BOM
 from infermodes.storage import ObjectRef, join_uri, parse_uri
 
 OUT_SUFFIX = ".out"
@@ -171,13 +172,16 @@ def dotted(key: str) -> bool:
 def parse_manifest(data: bytes, manifest_uri: str) -> list[tuple[str, str]]:
     """The platform's manifest, UTF-8 JSON: ``[{"prefix": "s3://b/in/"}, "a.csv", "sub/b.csv"]``
     -> ``[(prefix + key, key), ...]`` in its order; a key listed again is the same input (it has
-    one output), kept once."""
+    one output), kept once. A leading UTF-8 byte order mark (Windows tools write one) is skipped,
+    as the CSV and JSON readers skip it."""
+    text = data.removeprefix(UTF8_BOM)
     try:
-        document = json.loads(data.decode())
+        document = json.loads(text.decode())
     except UnicodeDecodeError as exc:  # the codec's words name no file
+        offset = len(data) - len(text) + exc.start
         raise ValueError(
-            f"manifest {manifest_uri} must be UTF-8 JSON: byte 0x{data[exc.start]:02x} at "
-            f"offset {exc.start} is not UTF-8"
+            f"manifest {manifest_uri} must be UTF-8 JSON: byte 0x{data[offset]:02x} at "
+            f"offset {offset} is not UTF-8"
         ) from None
     except ValueError as exc:
         raise ValueError(f"manifest {manifest_uri} is not JSON: {exc}") from None

@@ -595,14 +595,18 @@ def test_a_failing_range_names_the_line_of_the_whole_object(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("mark", [b"", codecs.UTF8_BOM], ids=["plain", "byte-order-mark"])
 def test_a_manifest_names_the_inputs(
-    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path, mark: bytes
 ) -> None:
+    """A manifest a Windows tool wrote, starting with a UTF-8 byte order mark, is read as the
+    CSV and JSON inputs are (it was refused as not JSON)."""
     (tmp_path / "in/sub").mkdir(parents=True)
     for name in ("a.csv", "b.csv", "sub/c.csv"):
         (tmp_path / "in" / name).write_bytes(csv_text(rows[:10]))
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps([{"prefix": f"file://{tmp_path}/in/"}, "sub/c.csv", "a.csv"]))
+    listed = [{"prefix": f"file://{tmp_path}/in/"}, "sub/c.csv", "a.csv"]
+    manifest.write_bytes(mark + json.dumps(listed).encode())
     done = run(
         [*command(abalone_model, tmp_path / "unused", tmp_path / "out")[:4], "--manifest",
          str(manifest), "--output", str(tmp_path / "out"), "--metrics-port", "0"]
