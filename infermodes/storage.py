@@ -719,12 +719,14 @@ class S3Store:
         except Exception as exc:
             raise self._translate(exc, ref) from exc
 
-    def concatenate(self, sources: Sequence[ObjectRef], target: ObjectRef) -> bool:
+    def concatenate(
+        self, sources: Sequence[ObjectRef], target: ObjectRef, content_type: str | None = None
+    ) -> bool:
         """Write ``target`` as ``sources`` one after the other, copied by the store itself (a
         multipart upload of UploadPartCopy parts of at most 5 GiB), so no byte of them passes
         through this process; completed only at the end, aborted on any failure. False, with
         nothing written, when S3's rule that every part but the last holds at least 5 MiB does
-        not allow it (a source but the last under 5 MiB)."""
+        not allow it (a source but the last under 5 MiB). ``content_type``: as ``open_write``'s."""
         sizes = [self.size(ref) for ref in sources]
         if not sources or any(size < MIN_PART for size in sizes[:-1]):
             return False
@@ -735,7 +737,10 @@ class S3Store:
             pieces += [(ref, bounds[i], bounds[i + 1]) for i in range(count) if bounds[i + 1]]
         upload_id: str | None = None
         try:
-            created = self.client.create_multipart_upload(Bucket=target.bucket, Key=target.key)
+            typed = {"ContentType": content_type} if content_type else {}
+            created = self.client.create_multipart_upload(
+                Bucket=target.bucket, Key=target.key, **typed
+            )
             upload_id = created["UploadId"]
             parts = []
             for number, (ref, first, end) in enumerate(pieces, 1):
@@ -901,16 +906,19 @@ class Storage:
         store, ref = self._resolve(prefix_uri)
         return store.remove_partials(ref, before, owned)
 
-    def concatenate(self, sources: Sequence[str], target: str) -> bool:
+    def concatenate(
+        self, sources: Sequence[str], target: str, content_type: str | None = None
+    ) -> bool:
         """Write ``target`` as ``sources`` one after the other, whole or not at all (as
-        ``open_write``); True when the store copied them itself (S3, ``S3Store.concatenate``:
-        no byte passes through this process), False when they were streamed through it."""
+        ``open_write``, ``content_type`` too); True when the store copied them itself (S3,
+        ``S3Store.concatenate``: no byte passes through this process), False when they were
+        streamed through it."""
         store, ref = self._resolve(target)
         refs = [parse_uri(uri) for uri in sources]
         copyable = all(r.scheme == "s3" for r in refs)
-        if isinstance(store, S3Store) and copyable and store.concatenate(refs, ref):
+        if isinstance(store, S3Store) and copyable and store.concatenate(refs, ref, content_type):
             return True
-        with self.open_write(target) as sink:
+        with self.open_write(target, content_type) as sink:
             for uri in sources:
                 with self.open_read(uri) as source:
                     shutil.copyfileobj(source, sink, CHUNK_SIZE)

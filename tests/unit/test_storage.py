@@ -304,6 +304,27 @@ def test_s3_concatenates_parts_of_5_mib_and_more_by_the_store_s_copy() -> None:
 
 
 @mock_aws
+def test_s3_concatenation_keeps_the_content_type_it_is_given_copied_or_streamed() -> None:
+    """A batch job's assembled ``.out`` was stored without one, whatever its ``accept``."""
+    import boto3
+
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket="bkt")
+    storage = Storage(s3_store=S3Store(client))
+    big, small = bytes(MIN_PART), b"{}\n"
+    for key, data in (("a", big), ("b", small)):
+        client.put_object(Bucket="bkt", Key=f"out/x.out.{key}", Body=data)
+    parts = [f"s3://bkt/out/x.out.{key}" for key in ("a", "b")]
+    assert storage.concatenate(parts, "s3://bkt/out/copied.out", "application/jsonlines")
+    assert not storage.concatenate(parts[::-1], "s3://bkt/out/streamed.out", "application/json")
+    typed = {
+        key: client.head_object(Bucket="bkt", Key=f"out/{key}.out")["ContentType"]
+        for key in ("copied", "streamed")
+    }
+    assert typed == {"copied": "application/jsonlines", "streamed": "application/json"}
+
+
+@mock_aws
 def test_s3_create_remove_partials_and_prefix_checks() -> None:
     import boto3
 

@@ -488,6 +488,13 @@ class Runner:
             self.remove(self.parts(unit), "the object will not assemble")
             return "failed"
 
+    @property
+    def output_type(self) -> str:
+        """The media type of every ``.out`` and part, kept by a store that keeps one (S3): the
+        one its records are encoded as, the job's ``accept`` as ``media.accept_of`` reads it
+        (the settings'), as the async worker stores its outputs."""
+        return self.worker.transform.accept
+
     def target(self, unit: plan.WorkUnit) -> str:
         """What ``unit`` writes: its object's ``.out``, or a range's part."""
         if unit.is_range:
@@ -542,7 +549,7 @@ class Runner:
         settings = self.settings
         with (
             self.storage.open_read(unit.obj.uri, max(unit.start - 1, 0)) as source,
-            self.storage.open_write(target) as sink,
+            self.storage.open_write(target, self.output_type) as sink,
         ):
             blocks = records.read_blocks(source, BLOCK_BYTES)
             if settings.compression_type == "Gzip":
@@ -607,7 +614,7 @@ class Runner:
         if self.done(out) or not all(self.done(p) for p in parts):
             return False
         try:
-            copied = self.storage.concatenate(parts, out)
+            copied = self.storage.concatenate(parts, out, self.output_type)
         except StorageError:
             if self.done(out):
                 return False

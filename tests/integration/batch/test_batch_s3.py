@@ -167,6 +167,33 @@ def test_a_large_object_split_over_two_instances_on_s3(
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+@pytest.mark.parametrize("accept", ["application/jsonlines", "application/json"])
+def test_outputs_are_stored_with_the_media_type_of_their_records(
+    abalone_model: AbaloneModel, seaweedfs: S3Endpoint, bucket: str, accept: str
+) -> None:
+    """Every ``.out`` was stored as ``text/plain`` whatever the ``accept``; the async worker
+    stores its outputs with their media type. A whole object's and an assembled split
+    object's (its parts streamed through the instance) alike."""
+    put(
+        seaweedfs,
+        bucket,
+        "in/big.csv",
+        csv_text(sample_rows(abalone_model.test_rows, 4_000, seed=32)),
+    )
+    put(seaweedfs, bucket, "in/small.csv", csv_text(abalone_model.test_rows[:5]))
+    args = ("--split-min-bytes", "10000", "--split-type", "Line", "--accept", accept,
+            "--output-filter", "$.score")  # fmt: skip
+    done = run_instances(instances(abalone_model, bucket, 2, *args), env=seaweedfs.env)
+    assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+    assert sum("from 2 parts (streamed)" in d.log for d in done) >= 1, [d.log for d in done]
+    s3 = seaweedfs.client()
+    stored = {
+        key: s3.head_object(Bucket=bucket, Key=f"out/{key}.out")["ContentType"]
+        for key in ("big.csv", "small.csv")
+    }
+    assert stored == {"big.csv": accept, "small.csv": accept}
+
+
 def test_a_split_object_s_parts_of_5_mib_are_assembled_by_the_store_s_copy(
     abalone_model: AbaloneModel, booster: object, seaweedfs: S3Endpoint, bucket: str
 ) -> None:
@@ -185,6 +212,8 @@ def test_a_split_object_s_parts_of_5_mib_are_assembled_by_the_store_s_copy(
     scores = np.array([float(line.rsplit(b",", 1)[1]) for line in lines], dtype=np.float32)
     np.testing.assert_array_equal(scores, expected_scores(booster, text))
     assert seaweedfs.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    head = seaweedfs.client().head_object(Bucket=bucket, Key="out/big.csv.out")
+    assert head["ContentType"] == "text/csv"  # the job's accept, by default
 
 
 def test_s3_writes_stream_as_multipart_and_abort_on_failure(
