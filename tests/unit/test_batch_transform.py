@@ -17,7 +17,7 @@ from infermodes.errors import InvalidInput
 from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs
 from infermodes.workers.batch.records import BadRecord, MiniBatch
-from infermodes.workers.batch.transform import INPUT_RECORD, Transform
+from infermodes.workers.batch.transform import INPUT_RECORD, Transform, split_csv_record
 
 T = TypeVar("T")
 
@@ -174,6 +174,87 @@ def test_a_byte_order_mark_before_the_first_record_is_no_part_of_its_columns() -
     assert joined == (b"a,1,2,3.0\nb,3,4,7.0\n", 2)
     assert transform(input_filter="$[2,1]")(MiniBatch(1, b"\xef\xbb\xbf1,2,3\n")) == (b"5.0\n", 1)
     assert transform()(MiniBatch(1, b"\xef\xbb\xbf1,2\n3,4\n")) == (b"3.0\n7.0\n", 2)
+
+
+@pytest.mark.parametrize(
+    ("line", "fields"),
+    [
+        (b"a,1,2", [b"a", b"1", b"2"]),  # no quote: split at every comma
+        (b",1,", [b"", b"1", b""]),
+        (b'"Smith, John",1,2', [b'"Smith, John"', b"1", b"2"]),
+        (b'1,"a, b, c"', [b"1", b'"a, b, c"']),
+        (b'"say ""hi"", then go",1', [b'"say ""hi"", then go"', b"1"]),
+        (b'"""",1', [b'""""', b"1"]),  # one quote, quoted
+        (b'"",1,""', [b'""', b"1", b'""']),  # empty quoted fields
+        (b'"a",', [b'"a"', b""]),
+    ],
+)  # fmt: skip
+def test_a_csv_record_is_split_as_rfc_4180_reads_it_each_field_kept_as_written(
+    line: bytes, fields: list[bytes]
+) -> None:
+    assert split_csv_record(line) == fields
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'id,"Smith, John,1', "column 2: the quote that opens the field is not closed on its "
+         "line ('\"Smith, John,1'): a newline inside a quoted field is not supported (CSV "
+         "records are cut at newlines); remove the newline from the field, or close its quote"),
+        (b'"a""",1,"b""', "column 3: the quote that opens the field is not closed on its line "
+         "('\"b\"\"')"),  # the last quote is a doubled one: still open
+        (b'"Smith, J"r,1', "column 1: text after the closing quote of a quoted field "
+         "('\"Smith, J\"r'); a quote inside a quoted field is written twice (\"\")"),
+        (b'1,"a" ,2', "column 2: text after the closing quote of a quoted field ('\"a\" ')"),
+        (b'1,Smith "J",2', "column 2: a quote inside an unquoted field ('Smith \"J\"'); quote "
+         "the whole field and write a quote inside it twice: \"a \"\"b\"\" c\""),
+        (b'1, "a",2', "column 2: a quote inside an unquoted field (' \"a\"')"),
+    ],
+)  # fmt: skip
+def test_a_malformed_quote_is_refused_naming_its_column_and_what_is_wrong(
+    line: bytes, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        split_csv_record(line)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_quoted_id_column_is_filtered_out_and_joined_back_as_written() -> None:
+    """The platform's recipe, ``$[1:]`` and a join, over ids with commas and quotes in them:
+    they were split at their commas, so the model got the id's second half as a feature."""
+    batch = MiniBatch(1, b'"Smith, John",1,2\n"say ""hi""",3,4\n"",5,6\nplain,7,8\n')
+    joined = transform(input_filter="$[1:]", join=True)(batch)
+    assert joined == (
+        b'"Smith, John",1,2,3.0\n"say ""hi""",3,4,7.0\n"",5,6,11.0\nplain,7,8,15.0\n',
+        4,
+    )
+    picked = transform(input_filter="$[1:]", join=True, output_filter="$[0,-1]")(batch)
+    assert picked == (b'"Smith, John",3.0\n"say ""hi""",7.0\n"",11.0\nplain,15.0\n', 4)
+    dropped = transform(input_filter="$[0,1]", num_features=2)(MiniBatch(1, b'1,2,"a, b"\n'))
+    assert dropped == (b"3.0\n", 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "reason"),
+    [
+        (b'"a",1,2\n"Smith\nJohn",3,4\n', 2, "column 1: the quote that opens the field is not "
+         "closed on its line ('\"Smith'): a newline inside a quoted field is not supported"),
+        (b'"a",1,2\n\n"b"x,3,4\n', 3, "column 1: text after the closing quote"),
+        (b'a,1,2\nb"c,3,4\n', 2, "column 1: a quote inside an unquoted field"),
+        (b'a,1,2\n"b","1,5",3\n', 2, "column 1: the quoted field '\"1,5\"' is no number the "
+         "model reads (it reads fields unquoted, as the model server does): leave it out with "
+         "the input filter, as $[1:] leaves out the first column"),
+    ],
+)  # fmt: skip
+def test_a_malformed_or_quoted_feature_is_its_records_bad_input(
+    data: bytes, line: int, reason: str
+) -> None:
+    """Its line is named, not retried as an internal error; a quoted field the filter passes
+    to the model is named as such, not split at its commas into one feature too many."""
+    with pytest.raises(BadRecord) as caught:
+        transform(input_filter="$[1:]", join=True)(MiniBatch(1, data))
+    assert caught.value.line == line
+    assert caught.value.reason.startswith(reason)
 
 
 def test_csv_errors_name_the_line_of_the_object() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infermodes.errors import InvalidInput
+from infermodes.errors import InvalidInput, shown
 from infermodes.jsonpath import JsonPath
 from infermodes.predict import codecs, fastcsv
 from infermodes.predict.stream import decode_chunk
@@ -96,16 +96,20 @@ class Transform:
         selected: list[bytes] = []
         numbers: list[int] = []
         data = batch.data.removeprefix(codecs.UTF8_BOM)  # an object's own, not a column's
+        quoted = self.content_type == codecs.CSV and b'"' in data  # else the plain split
         for offset, raw in enumerate(data.split(b"\n")):
             line = raw.strip()
             if not line:
                 continue
-            fields = line.split(b",")
             number = batch.first_line + offset
             try:
-                selected.append(_selected_line(self.input_filter, fields, INPUT_RECORD))
+                fields = split_csv_record(line) if quoted else line.split(b",")
+                features = _selected_line(self.input_filter, fields, INPUT_RECORD)
+                if quoted and b'"' in features:
+                    _refuse_quoted_feature(features)
             except InvalidInput as exc:
                 raise BadRecord(number, str(exc)) from None
+            selected.append(features)
             columns.append(fields)
             numbers.append(number)
         if not selected:
@@ -247,6 +251,74 @@ def _selected_line(path: JsonPath, fields: list[bytes], record: str) -> bytes:
         what = "only blank columns" if columns else "no column"
         raise path.refusal(f"selects {what} of {record}, which has {len(fields)} columns")
     return line
+
+
+def split_csv_record(line: bytes) -> list[bytes]:
+    """A CSV record's fields as RFC 4180 reads them: a field in double quotes may hold commas
+    and doubled quotes. Each is kept as written, quotes included, so that a field a filter or
+    the join passes through is valid CSV again. A record is a line (records are cut at
+    newlines), so a quote still open at its end is malformed, as is a quote anywhere else
+    than around a whole field. The fields between quotes are split at once, as a line without
+    a quote is: a line is read once, however many fields it has."""
+    fields: list[bytes] = []
+    start = 0
+    while (quote := line.find(b'"', start)) >= 0:
+        before = line.rfind(b",", start, quote)  # the unquoted fields before the quote
+        if before >= 0:
+            fields += line[start:before].split(b",")
+            start = before + 1
+        column = len(fields) + 1
+        if quote > start:
+            comma = line.find(b",", quote)
+            raise InvalidInput(
+                f"column {column}: a quote inside an unquoted field "
+                f"({_field(line[start : len(line) if comma < 0 else comma])}); quote the whole "
+                'field and write a quote inside it twice: "a ""b"" c"'
+            )
+        end = _closing_quote(line, quote, column) + 1
+        if end < len(line) and line[end] != ord(","):
+            comma = line.find(b",", end)
+            raise InvalidInput(
+                f"column {column}: text after the closing quote of a quoted field "
+                f"({_field(line[start : len(line) if comma < 0 else comma])}); a quote inside "
+                'a quoted field is written twice ("")'
+            )
+        fields.append(line[start:end])
+        if end == len(line):
+            return fields
+        start = end + 1
+    fields += line[start:].split(b",")
+    return fields
+
+
+def _closing_quote(line: bytes, opening: int, column: int) -> int:
+    """Where the quoted field opened at ``opening`` ends: the first quote not doubled."""
+    at = opening + 1
+    while (at := line.find(b'"', at)) >= 0:
+        if not line.startswith(b'"', at + 1):
+            return at
+        at += 2
+    raise InvalidInput(
+        f"column {column}: the quote that opens the field is not closed on its line "
+        f"({_field(line[opening:])}): a newline inside a quoted field is not supported (CSV "
+        "records are cut at newlines); remove the newline from the field, or close its quote"
+    )
+
+
+def _refuse_quoted_feature(features: bytes) -> None:
+    """The model reads numbers, unquoted, as the model server does: a quoted field selected
+    for it is refused here, naming it, rather than split at its commas by the decoder."""
+    for column, field in enumerate(split_csv_record(features), 1):
+        if field.startswith(b'"'):
+            raise InvalidInput(
+                f"column {column}: the quoted field {_field(field)} is no number the model "
+                "reads (it reads fields unquoted, as the model server does): leave it out "
+                "with the input filter, as $[1:] leaves out the first column"
+            )
+
+
+def _field(text: bytes) -> str:
+    return shown(text.decode("utf-8", "replace"))
 
 
 def _selected_value(path: JsonPath, value: object, record: str) -> object:

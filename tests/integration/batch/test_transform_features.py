@@ -20,6 +20,7 @@ from infermodes.predict import codecs
 from infermodes.predict.memory import MIN_INPUT_CAP
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
+    Finished,
     batch_command,
     csv_text,
     expected_scores,
@@ -53,6 +54,20 @@ def command(model: AbaloneModel, source: Path, output: Path, *args: str) -> list
     return batch_command(model.tarball, str(source), str(output), *args)
 
 
+def run_id_dropped_and_joined(
+    model: AbaloneModel, tmp_path: Path, objects: dict[str, str]
+) -> Finished:
+    """The platform's recipe over ``objects`` under ``tmp_path/in``: the first column dropped
+    for the model (``$[1:]``) and joined back, with retries that a bad record must not use."""
+    (tmp_path / "in").mkdir()
+    for name, text in objects.items():
+        (tmp_path / "in" / name).write_text(text)
+    return run(
+        command(model, tmp_path / "in", tmp_path / "out", "--input-filter", "$[1:]",
+                "--join-source", "Input", "--invocations-max-retries", "3")
+    )  # fmt: skip
+
+
 def test_csv_filters_and_join(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:
@@ -70,6 +85,40 @@ def test_csv_filters_and_join(
     assert [line.split(",")[0] for line in out] == ids
     scores = np.array([float(line.split(",")[1]) for line in out], dtype=np.float32)
     np.testing.assert_array_equal(scores, expected_scores(booster, features))
+
+
+def test_a_quoted_id_column_is_filtered_out_and_joined_back_as_written(
+    abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """The platform's recipe, ``$[1:]`` and a join, over ids in quotes holding commas and
+    quotes (RFC 4180): each output row is the input row as written plus the booster's
+    prediction for its numeric columns. The ids were split at their commas, so the model got
+    a piece of the id as a feature and the object failed. A record with an unclosed quote (a
+    newline inside a quoted field) fails its object at once, naming its line, not retried."""
+    features = csv_text(rows).decode().splitlines()
+    ids = ['"Smith, John"', '"O""Brien, Pat ""Jr"""', '""', "plain", '","']
+    lines = [f"{ids[i % len(ids)]},{line}" for i, line in enumerate(features)]
+    done = run_id_dropped_and_joined(
+        abalone_model,
+        tmp_path,
+        {
+            "a.csv": "\n".join(lines) + "\n",
+            "b.csv": f'"a",{features[0]}\n"Smith\nJohn",{features[1]}\n',
+        },
+    )
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    scores = expected_scores(booster, csv_text(rows)).tolist()
+    expected = [f"{line},{score!r}" for line, score in zip(lines, scores, strict=True)]
+    assert (tmp_path / "out/a.csv.out").read_text().splitlines() == expected
+    assert "retrying" not in done.log
+    assert not (tmp_path / "out/b.csv.out").exists()
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["object"], failure["line"]) == (f"file://{tmp_path}/in/b.csv", 2), failure
+    assert failure["reason"] == (
+        "column 1: the quote that opens the field is not closed on its line ('\"Smith'): a "
+        "newline inside a quoted field is not supported (CSV records are cut at newlines); "
+        "remove the newline from the field, or close its quote"
+    )
 
 
 def test_headers_with_parameters_are_read_as_the_platform_reads_them(
@@ -484,13 +533,11 @@ def test_an_input_filter_selecting_no_column_of_a_row_fails_its_object_at_once(
     """A short row whose ``$[1:]`` selects nothing is that row's bad input: not retried as an
     internal failure (a ValueError, four attempts, blamed on the mini-batch's first line)."""
     features = csv_text(rows[:3]).decode().splitlines()
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in/a.csv").write_text(f"id0,{features[0]}\nid1\nid2,{features[1]}\n")
-    (tmp_path / "in/b.csv").write_text(f"id3,{features[2]}\n")
-    done = run(
-        command(abalone_model, tmp_path / "in", tmp_path / "out", "--input-filter", "$[1:]",
-                "--join-source", "Input", "--invocations-max-retries", "3")
-    )  # fmt: skip
+    done = run_id_dropped_and_joined(
+        abalone_model,
+        tmp_path,
+        {"a.csv": f"id0,{features[0]}\nid1\nid2,{features[1]}\n", "b.csv": f"id3,{features[2]}\n"},
+    )
     assert done.returncode == EXIT_OBJECTS_FAILED, done.log
     assert "retrying" not in done.log
     assert (tmp_path / "out/b.csv.out").exists()
