@@ -282,6 +282,12 @@ class ServeSettings(EnvSettings):
 
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+# pika's socket timeout on every RabbitMQ connect (queueing.rabbitmq.connect): the one span in
+# which a worker's consumer loops do not turn, so its liveness stall bound must outlast it.
+BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
+# The least stall bound of a worker's liveness: a connect's span and as much again for a busy
+# machine; less, and an ordinary broker outage would fail the probe and restart every worker.
+WORKER_LIVENESS_STALL_LEAST_SECONDS = 2 * BROKER_CONNECT_TIMEOUT_SECONDS
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_INVOCATION_TIMEOUT_SECONDS = 3600  # an async request's or a batch attempt's, at most
 # the gateway's (and up's) invocation timeout, at most: `infermodes invoke` waits this long
@@ -390,15 +396,15 @@ class WorkerSettings(EnvSettings):
     metrics_port: int = Field(9090, ge=0, le=65535, description="0 disables the side port.")
     liveness_stall_seconds: float = Field(
         60.0,
-        ge=1,  # five turns of the consumer's loop at least (it polls every 0.2 s)
+        ge=WORKER_LIVENESS_STALL_LEAST_SECONDS,
         le=3600,
         description="GET /healthz on the metrics port answers 503 once the consumer's loop, or "
         "the webhook outbox's, has not turned for this long (each turns while invocations "
         "and webhook POSTs run, while it backs off between reconnects and while it drains "
         "after SIGTERM): the liveness probe's signal. A connect attempt to RabbitMQ is the one "
-        "span without a turn (up to 5 s, its connect timeout): set this well above it, 10 s at "
-        "least, or an ordinary broker outage fails the probe; the least allowed is lower only "
-        "for tests against a broker that answers at once.",
+        f"span without a turn (up to {BROKER_CONNECT_TIMEOUT_SECONDS:g} s, its connect "
+        f"timeout), so this is {WORKER_LIVENESS_STALL_LEAST_SECONDS:g} s at least, twice that: "
+        "less, and an ordinary broker outage would fail the probe.",
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"

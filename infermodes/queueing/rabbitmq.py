@@ -61,6 +61,7 @@ from infermodes.queueing.broker import (
     outbox_name,
     url_now,
 )
+from infermodes.settings import BROKER_CONNECT_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from pika.spec import Basic, BasicProperties
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("infermodes.rabbitmq")
 
 PERSISTENT = 2
-CONNECT_TIMEOUT_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30  # unless the URL says otherwise (``?heartbeat=N``)
 # RabbitMQ closes a channel holding a message unacked longer than its consumer timeout
 # (30 min by default): it must outlast the longest invocation (1 h) plus the final writes.
@@ -419,8 +419,8 @@ def amqp_parameters(url: str) -> pika.URLParameters:
 def connect(url: str) -> pika.BlockingConnection:
     """A connection named after this process (``infermodes pid N`` in the management UI)."""
     params = amqp_parameters(url)
-    params.socket_timeout = CONNECT_TIMEOUT_SECONDS
-    params.blocked_connection_timeout = CONNECT_TIMEOUT_SECONDS * 6
+    params.socket_timeout = BROKER_CONNECT_TIMEOUT_SECONDS
+    params.blocked_connection_timeout = BROKER_CONNECT_TIMEOUT_SECONDS * 6
     params.heartbeat = heartbeat_seconds(url)
     params.connection_attempts = 1
     params.client_properties = {"connection_name": f"infermodes pid {os.getpid()}"}
@@ -808,7 +808,8 @@ class RabbitConsumer:
     def _back_off(self, seconds: float) -> None:
         """Waits ``seconds`` before a reconnect, ending at once on ``stop``, and turns the loop
         every ``POLL_SECONDS`` meanwhile: a back-off is the loop at work, so only a connect
-        attempt (up to ``CONNECT_TIMEOUT_SECONDS``) is a span the liveness probe sees no turn in."""
+        attempt (up to ``BROKER_CONNECT_TIMEOUT_SECONDS``) is a span the liveness probe sees no
+        turn in."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             self.turned = time.monotonic()

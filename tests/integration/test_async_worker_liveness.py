@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from infermodes.settings import WORKER_LIVENESS_STALL_LEAST_SECONDS
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import WebhookReceiver, plane, spawn_worker, wait_consuming
 from tests.support.batch import FAULTS
@@ -21,7 +22,7 @@ from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker
 
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
-STALL_SECONDS = 1.5  # the loop turns every 0.2 s: room for a busy machine
+STALL_SECONDS = WORKER_LIVENESS_STALL_LEAST_SECONDS  # the least a worker takes
 
 
 def faults_env(stuck: Path, **more: str) -> dict[str, str]:
@@ -36,9 +37,9 @@ def faults_env(stuck: Path, **more: str) -> dict[str, str]:
 
 
 def alive_then_stuck(liveness: Callable[[], httpx.Response], stuck: Path) -> str:
-    """What the worker's liveness answers, 200 throughout several stall bounds while its work
-    runs on a pool, then once ``stuck`` stops a loop: a 503, and the reason it gives."""
-    until = time.monotonic() + 4 * STALL_SECONDS
+    """What the worker's liveness answers, 200 throughout two stall bounds while its work runs
+    on a pool, then once ``stuck`` stops a loop: a 503, and the reason it gives."""
+    until = time.monotonic() + 2 * STALL_SECONDS
     while time.monotonic() < until:
         answer = liveness()
         assert answer.status_code == 200, answer.text
@@ -118,9 +119,8 @@ def test_a_worker_whose_broker_is_down_is_alive_through_its_reconnect_back_offs(
     abalone_model: AbaloneModel, rabbitmq: Broker, tmp_path: Path
 ) -> None:
     """An ordinary broker outage: the worker's loops back off 0.5, 1, 2, 4, then 5 s between
-    refused connects, longer than the stall bound from the third on, and turn while they
-    wait: alive throughout (503 once a back-off outgrew the bound, when they did not turn),
-    consuming again once the broker is back."""
+    refused connects, and turn while they wait: alive throughout, at the least stall bound the
+    worker takes, consuming again once the broker is back."""
     endpoint = "outage-liveness"
     stall = {"INFERMODES_WORKER_LIVENESS_STALL_SECONDS": str(STALL_SECONDS)}
     with plane(rabbitmq, endpoint, f"file://{tmp_path}/store", tmp_path) as running:
@@ -131,9 +131,9 @@ def test_a_worker_whose_broker_is_down_is_alive_through_its_reconnect_back_offs(
         rabbitmq.stop()
         try:
             wait_until(lambda: "broker unreachable" in worker.log, 30, "the worker to lose it")
-            # refused connects end at once: 10 s span the 0.5, 1, 2 and 4 s back-offs (the
-            # outage is logged once, so its back-offs are not named in the log)
-            until = time.monotonic() + 10
+            # refused connects end at once: two stall bounds span the 0.5, 1, 2, 4 and 5 s
+            # back-offs (the outage is logged once, so its back-offs are not named in the log)
+            until = time.monotonic() + 2 * STALL_SECONDS
             while time.monotonic() < until:
                 answer = httpx.get(f"{worker.url}/healthz", timeout=10)
                 assert (answer.status_code, answer.text) == (200, "alive\n"), worker.log[-2000:]

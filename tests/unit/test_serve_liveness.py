@@ -5,11 +5,15 @@ bounds the model server and the async worker take."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
 from infermodes.server.liveness import LivenessTable, WorkerBeat
-from infermodes.settings import ServeSettings, WorkerSettings
+from infermodes.settings import BROKER_CONNECT_TIMEOUT_SECONDS, ServeSettings, WorkerSettings
 
 
 class Clock:
@@ -67,14 +71,36 @@ def test_overlapping_predictions_keep_it_busy_until_the_last_ends() -> None:
 
 
 @pytest.mark.parametrize(
-    ("settings", "least"), [(ServeSettings, 2), (WorkerSettings, 1)], ids=["serve", "worker"]
+    ("settings", "least"),
+    [(ServeSettings, 2), (WorkerSettings, 2 * BROKER_CONNECT_TIMEOUT_SECONDS)],
+    ids=["serve", "worker"],
 )
 def test_a_stall_bound_a_healthy_loop_could_exceed_is_refused(
     settings: type[ServeSettings | WorkerSettings], least: float
 ) -> None:
-    """A model server's loop ticks every second, a worker's consumer turns every 0.2 s: a
-    bound below their pace would fail a healthy process between two turns."""
+    """A model server's loop ticks every second: a bound below twice that would fail a healthy
+    process between two ticks. A worker's consumer turns every 0.2 s but not while it connects
+    to RabbitMQ (up to the connect timeout): a bound below twice that would fail every worker's
+    probe in an ordinary broker outage."""
     base = {"model_uri": "file:///m", **({"endpoint": "e"} if settings is WorkerSettings else {})}
     with pytest.raises(ValidationError, match="liveness_stall_seconds"):
         settings.model_validate({**base, "liveness_stall_seconds": least - 0.1})
     assert settings.model_validate({**base, "liveness_stall_seconds": least})
+
+
+def test_a_worker_started_with_a_stall_bound_under_its_connect_span_exits_naming_the_least() -> (
+    None
+):
+    """As a user sets it: the variable below the least stops the worker at start (exit 2),
+    naming the variable and the least value, before it loads a model or connects."""
+    env = {**os.environ, "INFERMODES_WORKER_LIVENESS_STALL_SECONDS": "9.5"}
+    started = subprocess.run(
+        [sys.executable, "-c", "from infermodes.cli import main; main()", "worker",
+         "--endpoint", "e", "--model", "file:///absent/model.tar.gz"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr
+    assert (
+        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: Input should be greater than or equal to 10"
+        in started.stderr
+    )
