@@ -252,10 +252,14 @@ def stage_answers(registry: CollectorRegistry, process: str, stages: str) -> Cou
 
 
 def async_api_answers(registry: CollectorRegistry) -> Counter:
-    """``infermodes async-api``'s refusals HTTP made before its app saw the request (its
-    accept route's answers are counted by endpoint, ``AsyncApiMetrics``, which the gateway and
-    ``up`` share: they count these in their own answers)."""
-    return stage_answers(registry, "async_api", "protocol: refused by HTTP before the app")
+    """``infermodes async-api``'s answers but its accept route's, which are counted by endpoint
+    (``AsyncApiMetrics``, which the gateway and ``up`` share: they count these in their own
+    answers): the refusals HTTP made before its app saw the request, and its other routes'."""
+    return stage_answers(
+        registry,
+        "async_api",
+        "protocol: refused by HTTP before the app; route: any route's but the accept route's",
+    )
 
 
 class AsyncApiMetrics:

@@ -24,16 +24,18 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from infermodes.endpoints.spec import object_name
 from infermodes.errors import (
@@ -73,7 +75,7 @@ from infermodes.http import (
     uvicorn_options,
 )
 from infermodes.logs import ThrottledPer, configure_logging
-from infermodes.metrics import UNKNOWN_ENDPOINT, AsyncApiMetrics, async_api_answers
+from infermodes.metrics import ROUTE, UNKNOWN_ENDPOINT, AsyncApiMetrics, async_api_answers
 from infermodes.predict import codecs
 from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.messages import (
@@ -585,17 +587,47 @@ def create_router(
     return router
 
 
+def counted_by_endpoint(scope: Scope, handlers: Collection[Callable[..., object]]) -> bool:
+    """Whether one of ``handlers`` answered the request (and counted it by endpoint): routing
+    matched its route, path and method (a path it serves asked with another method is
+    routing's 405, answered by no handler)."""
+    route = scope.get("route")
+    return (
+        isinstance(route, APIRoute)
+        and route.endpoint in handlers
+        and scope["method"] in (route.methods or ())
+    )
+
+
+def route_answers(
+    answers: Counter, handlers: Collection[Callable[..., object]]
+) -> Callable[[Scope, int], None]:
+    """What ``async-api`` tells of each answer its app gave (``AnsweringFailures``): counted at
+    the ``route`` stage unless one of ``handlers`` counted it by endpoint (``AsyncApiMetrics``),
+    as the gateway counts its routes'; with HTTP's own refusals (``protocol``), every answer is
+    then in one series: ``/ping``, ``/metrics``, routing's 404 and 405, a bug's 500."""
+
+    def answered(scope: Scope, status: int) -> None:
+        if not counted_by_endpoint(scope, handlers):
+            answers.labels(ROUTE, str(status)).inc()
+
+    return answered
+
+
 def create_app(
     settings: AsyncApiSettings,
     publisher: Enqueuer,
     storage: Storage | None = None,
     registry: CollectorRegistry | None = None,
+    answers: Counter | None = None,
 ) -> FastAPI:
-    """The router on its own, with ``/ping`` and ``/metrics``."""
+    """The router on its own, with ``/ping`` and ``/metrics``; ``answers``: the process's
+    ``infermodes_async_api_answers_total`` (``serve`` counts HTTP's own refusals in it too),
+    made in ``registry`` when None."""
     registry = registry if registry is not None else CollectorRegistry()
+    answers = answers if answers is not None else async_api_answers(registry)
     app = create_api("infermodes async invocations", registry)
     app.add_middleware(RequestNaming)  # x-amzn-RequestId, as the gateway's route answers
-    app.add_middleware(AnsweringFailures)  # a bug's 500 in the platform's shape, as the gateway's
     router = create_router(
         settings.endpoints,
         publisher,
@@ -606,6 +638,9 @@ def create_app(
         allowed_from="--allow-input-prefix",
     )
     app.include_router(router)
+    handlers = [route.endpoint for route in router.routes if isinstance(route, APIRoute)]
+    # a bug's 500 in the platform's shape, as the gateway's; every answer counted
+    app.add_middleware(AnsweringFailures, answered=route_answers(answers, handlers))
 
     @app.get("/ping")
     async def ping() -> Response:
@@ -627,9 +662,10 @@ def serve(settings: AsyncApiSettings) -> int:
     )
     storage = Storage()
     registry = CollectorRegistry()
-    app = create_app(settings, publisher, storage, registry)
+    answers = async_api_answers(registry)
+    app = create_app(settings, publisher, storage, registry, answers)
     # HTTP's own refusals, before the app: counted and logged as the gateway's
-    refused_by_protocol = ProtocolRefusals(async_api_answers(registry), refusal_log(log))
+    refused_by_protocol = ProtocolRefusals(answers, refusal_log(log))
     sweeper = Sweeper(storage, settings.endpoints, settings.sweep_interval_seconds)
     sweeper.start()
     log.info("accepting async invocations for %s", ", ".join(sorted(settings.endpoints)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -269,10 +270,13 @@ class AnsweringFailures:
     """ASGI middleware for the gateway's and ``async-api``'s FastAPI routes: an unexpected
     error (a bug) is logged once, with the request's id, and answered in the platform's shape
     (``answer_bug``). Without it Starlette answered a 500 without the platform's code and
-    uvicorn logged the error again, without the id."""
+    uvicorn logged the error again, without the id. ``answered``, if given, is told of every
+    answer given (the request's scope and the status; a client gone unanswered is none):
+    ``async-api`` counts them (the gateway counts its own around its routing)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, answered: Callable[[Scope, int], None] | None = None) -> None:
         self.app = app
+        self.answered = answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -283,3 +287,6 @@ class AnsweringFailures:
             await self.app(scope, receive, watched)
         except Exception:
             await answer_bug(scope, watched)
+        finally:
+            if self.answered is not None and watched.status is not None:
+                self.answered(scope, watched.status)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infermodes.settings import MIB
 from tests.conftest import AbaloneModel
@@ -787,6 +788,44 @@ def test_async_apis_protocol_refusals_are_counted_and_logged_with_the_ids_answer
     assert len(lines) == 1 and f"400, malformed HTTP request (request {named[0]})" in lines[0], (
         log  # the next is counted, for the next such line (at most one a minute)
     )
+
+
+def route_answers(url: str) -> dict[str, float]:
+    """``infermodes_async_api_answers_total{stage="route"}`` by code, from one scrape of
+    ``url``'s ``/metrics`` (counted itself only after it was answered)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "infermodes_async_api_answers_total" and sample.labels["stage"] == "route"
+    }
+
+
+def test_async_apis_other_answers_are_counted_at_the_route_stage(tmp_path: Path) -> None:
+    """``infermodes async-api`` counted no answer of ``/ping``, ``/metrics``, a path it does
+    not serve (404) or a wrong method (405), where the gateway counts its routes' at the
+    ``route`` stage: now it counts them so too, and its accept route's answers only by
+    endpoint (here a 503: the broker is down)."""
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    with running_api(None, {"ep": f"file://{tmp_path}/ep"}, tmp_path / "api.log",  # type: ignore[arg-type]  # the broker is not used
+                     broker_url=closed) as api:  # fmt: skip
+        before = route_answers(api.url)  # the start's /ping polls
+        statuses = [
+            httpx.get(f"{api.url}/ping", timeout=30).status_code,
+            httpx.get(f"{api.url}/nowhere", timeout=30).status_code,
+            httpx.delete(f"{api.url}/ping", timeout=30).status_code,
+            httpx.get(f"{api.url}/endpoints/ep/async-invocations", timeout=30).status_code,
+            httpx.post(f"{api.url}/endpoints/ep/async-invocations", content=b"1",
+                       headers={"content-type": "text/csv"}, timeout=30).status_code,
+        ]  # fmt: skip
+        assert statuses == [200, 404, 405, 405, 503], statuses
+        after = route_answers(api.url)
+        by_endpoint = scraped(api.url, "infermodes_async_requests_total",
+                              endpoint="ep", status_code="503")  # fmt: skip
+    counted = {code: after.get(code, 0) - before.get(code, 0) for code in after.keys() | before}
+    assert counted == {"200": 2, "404": 1, "405": 2}, counted  # /ping and the first scrape
+    assert by_endpoint == 1
 
 
 def test_metrics_on_a_side_port_are_not_served_on_the_gateways_own(tmp_path: Path) -> None:

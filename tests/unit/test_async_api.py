@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import Headers
 
 from infermodes.errors import BrokerUnavailable, InputNotAllowed, InvalidInput
@@ -27,7 +28,7 @@ from infermodes.gateway.async_accept import (
 from infermodes.gateway.errors import INTERNAL_FAILURE_BODY
 from infermodes.gateway.table import Table
 from infermodes.http import RequestNaming
-from infermodes.metrics import AsyncApiMetrics
+from infermodes.metrics import ROUTE, AsyncApiMetrics
 from infermodes.queueing.messages import parse_request
 from infermodes.settings import AsyncApiSettings, AsyncEndpoint
 from infermodes.storage import Storage
@@ -304,6 +305,31 @@ def test_metrics_count_requests_by_status(tmp_path: Path) -> None:
     text = client.get("/metrics").text
     assert 'infermodes_async_requests_total{endpoint="ep",status_code="202"} 1.0' in text
     assert 'infermodes_async_requests_total{endpoint="unknown",status_code="404"} 1.0' in text
+
+
+def route_answers(text: str) -> dict[str, float]:
+    """``infermodes_async_api_answers_total{stage="route"}`` by code, parsed from ``text``."""
+    return {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "infermodes_async_api_answers_total" and sample.labels["stage"] == ROUTE
+    }
+
+
+def test_answers_no_endpoint_counts_are_counted_at_the_route_stage(tmp_path: Path) -> None:
+    """``/ping``, ``/metrics``, a path it does not serve (404) and a wrong method (405, on the
+    accept path too) are counted as the gateway counts its routes'; the accept route's answers,
+    counted by endpoint, are not counted twice, whatever their status."""
+    client = client_for(tmp_path, RecordingPublisher())
+    assert client.get("/ping").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/nowhere").status_code == 404
+    assert client.delete("/ping").status_code == 405
+    assert client.get("/endpoints/ep/async-invocations").status_code == 405
+    assert client.post("/endpoints/ep/async-invocations", content=b"1").status_code == 202
+    assert client.post("/endpoints/nope/async-invocations", content=b"1").status_code == 404
+    assert route_answers(client.get("/metrics").text) == {"200": 2, "404": 1, "405": 2}
 
 
 @pytest.mark.parametrize(("value", "result"), [(None, 900), ("1", 1), ("3600", 3600), (" 60 ", 60)])
