@@ -40,6 +40,13 @@ OUTBOX_SENDS = 9
 # The exchange dead letters go to, by the name of the queue they come from (RabbitMQ binds
 # each dead-letter queue on it; the embedded queue keeps them in its ``dead_letters`` table)
 DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
+# Where a delay queue's jobs go once their time is up, each outbox bound on it by its name; one
+# whose outbox is gone (deleted, with its endpoint) goes on through its alternate exchange to
+# the queue kept for them, at once: dead-lettered at least once into no queue, RabbitMQ would
+# keep it and retry it every 3 minutes for ever
+DELAYED_EXCHANGE = "infermodes.async.delayed"
+UNROUTABLE_EXCHANGE = "infermodes.async.unroutable"
+UNROUTABLE_QUEUE = "infermodes.async.webhooks.unroutable"
 # Headers of a webhook job its sender dead-lettered: why (``unsettled``, ``sends_exhausted``,
 # ``refused``), after how many sends, and the last one's failure (each webhook by scheme and
 # host only)

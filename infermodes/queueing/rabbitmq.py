@@ -43,9 +43,12 @@ from infermodes.errors import BrokerLoginRefused, BrokerUnavailable, BrokerUrlEr
 from infermodes.logs import redacted_url
 from infermodes.queueing.broker import (
     DEAD_LETTER_EXCHANGE,
+    DELAYED_EXCHANGE,
     INVOCATIONS,
     NOTIFICATION_EXCHANGE,
     OUTBOX_DELIVERY_LIMIT,
+    UNROUTABLE_EXCHANGE,
+    UNROUTABLE_QUEUE,
     Backlog,
     BrokerUrl,
     Delivery,
@@ -182,13 +185,15 @@ def outbox_arguments(endpoint: str) -> dict[str, object]:
 
 def delay_arguments(queue: str, seconds: int) -> dict[str, object]:
     """A delay queue's (``broker.delayed_queue_name``): each message expires after ``seconds``
-    into ``queue`` through the default exchange, dead-lettered at least once (the broker keeps
+    into ``queue`` through ``DELAYED_EXCHANGE``, dead-lettered at least once (the broker keeps
     it until ``queue`` confirmed it; that strategy needs ``reject-publish``, and RabbitMQ
-    3.10), so a job waiting for its next send is not lost if a node fails as it moves."""
+    3.10), so a job waiting for its next send is not lost if a node fails as it moves; and
+    one whose ``queue`` is gone is routed to ``UNROUTABLE_QUEUE`` (``declare_topology``), not
+    kept and retried for ever."""
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": seconds * 1000,
-        "x-dead-letter-exchange": "",
+        "x-dead-letter-exchange": DELAYED_EXCHANGE,
         "x-dead-letter-routing-key": queue,
         **AT_LEAST_ONCE,
     }
@@ -231,6 +236,13 @@ def declare_topology(channel: BlockingChannel, endpoint: str, max_attempts: int)
     channel.queue_declare(dead_jobs, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(dead_jobs, DEAD_LETTER_EXCHANGE, routing_key=outbox)
     declare_outbox(channel.connection, endpoint)
+    # the way of the outbox's delayed jobs (``delay_arguments``), and of those left without it
+    channel.exchange_declare(UNROUTABLE_EXCHANGE, "fanout", durable=True)
+    channel.queue_declare(UNROUTABLE_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(UNROUTABLE_QUEUE, UNROUTABLE_EXCHANGE, routing_key="")
+    channel.exchange_declare(DELAYED_EXCHANGE, "direct", durable=True,
+                             arguments={"alternate-exchange": UNROUTABLE_EXCHANGE})  # fmt: skip
+    channel.queue_bind(outbox, DELAYED_EXCHANGE, routing_key=outbox)
     return declare_work_queue(channel.connection, endpoint, max_attempts)
 
 

@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from infermodes.errors import BrokerUnavailable
-from infermodes.queueing.broker import delivery_limit
+from infermodes.queueing.broker import (
+    UNROUTABLE_QUEUE,
+    delayed_queue_name,
+    delivery_limit,
+    outbox_name,
+)
 from infermodes.queueing.rabbitmq import (
     AT_LEAST_ONCE,
     AT_LEAST_ONCE_POLICY_DEFINITION,
@@ -20,6 +25,7 @@ from infermodes.queueing.rabbitmq import (
     RequestPublisher,
     connect,
     dead_letter_queue_name,
+    publish_later,
     queue_arguments,
     queue_name,
 )
@@ -177,3 +183,40 @@ def test_a_request_over_a_length_limit_of_a_policy_is_refused_not_the_oldest_dro
         httpx.delete(policy, auth=("guest", "guest"))
     assert sorted(consume(rabbitmq, endpoint, MAX_ATTEMPTS, 2)) == [b"1", b"2"]
     assert dead_letters(rabbitmq, endpoint) == []
+
+
+def test_a_delayed_webhook_job_whose_outbox_is_gone_is_kept_apart_not_retried_for_ever(
+    rabbitmq: Broker,
+) -> None:
+    """A job waiting in a delay queue for its next send while its outbox is deleted (with its
+    endpoint, once the outbox looked empty: delayed jobs wait elsewhere): at its time it is
+    dead-lettered into no queue, which RabbitMQ's at-least-once strategy keeps in the delay
+    queue and retries every 3 minutes for ever. It goes to the queue kept for such jobs at
+    once, saying where it came from and which outbox it was for."""
+    endpoint = "outbox-gone"
+    outbox = outbox_name(endpoint)
+    publish(rabbitmq, endpoint, "request", b"{}", MAX_ATTEMPTS)  # the endpoint's topology
+    connection = connect(rabbitmq.amqp_url)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        publish_later(channel, outbox, 1, b'{"inferenceId": "late"}', "late", {"x-a": "b"})
+        channel.queue_delete(outbox)
+        found: list[tuple[str, dict[str, object], bytes]] = []
+
+        def parked() -> bool:
+            method, properties, body = channel.basic_get(UNROUTABLE_QUEUE, auto_ack=True)
+            if method is not None:
+                found.append((method.routing_key, properties.headers, body))
+            return bool(found)
+
+        wait_until(parked, 60, "the job among the unroutable ones", interval=0.5)
+        delayed = channel.queue_declare(delayed_queue_name(outbox, 1), passive=True)
+        assert delayed.method.message_count == 0
+    finally:
+        connection.close()
+    [(routing_key, headers, body)] = found
+    assert (routing_key, body) == (outbox, b'{"inferenceId": "late"}')
+    assert headers["x-a"] == "b"  # its own headers kept
+    [death] = headers["x-death"]  # type: ignore[misc]
+    assert (death["queue"], death["reason"]) == (delayed_queue_name(outbox, 1), "expired")

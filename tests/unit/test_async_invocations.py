@@ -14,6 +14,7 @@ from infermodes.errors import (
     ObjectNotFound,
     StorageError,
 )
+from infermodes.queueing.broker import DELAYED_EXCHANGE, UNROUTABLE_EXCHANGE, UNROUTABLE_QUEUE
 from infermodes.queueing.messages import (
     SUCCESS_CLAIM,
     Failure,
@@ -28,6 +29,7 @@ from infermodes.queueing.messages import (
 )
 from infermodes.queueing.rabbitmq import (
     declare_topology,
+    delay_arguments,
     delivery_count,
     heartbeat_seconds,
     queue_arguments,
@@ -201,10 +203,13 @@ class Recording:
     def __init__(self) -> None:
         self.calls: list[tuple[str, ...]] = []
         self.arguments: dict[str, object] = {}
+        self.exchanges: dict[str, tuple[str, object]] = {}
         self.connection = self
 
-    def exchange_declare(self, name: str, *_: object, **__: object) -> None:
-        pass
+    def exchange_declare(
+        self, name: str, kind: str, durable: bool, arguments: object = None
+    ) -> None:
+        self.exchanges[name] = (kind, arguments)
 
     def queue_declare(self, name: str, durable: bool, arguments: dict[str, object]) -> None:
         self.arguments[name] = arguments
@@ -239,6 +244,27 @@ def test_the_outbox_dead_letters_to_a_queue_of_its_own() -> None:
         "infermodes.dead-letter",
         "infermodes.async.ep.webhooks",
     ) in channel.calls
+
+
+def test_a_delayed_job_reaches_its_outbox_or_else_the_queue_of_unroutable_ones() -> None:
+    """A delay queue's job, at its time, goes through the delayed exchange, on which the outbox
+    is bound by its name; with the outbox gone, the exchange's alternate one takes it to a queue
+    kept for such jobs (at-least-once into no queue, RabbitMQ retried it for ever)."""
+    channel = Recording()
+    declare_topology(channel, "ep", 3)  # type: ignore[arg-type]
+    outbox = "infermodes.async.ep.webhooks"
+    delay = delay_arguments(outbox, 5)
+    assert (delay["x-dead-letter-exchange"], delay["x-dead-letter-routing-key"]) == (
+        DELAYED_EXCHANGE,
+        outbox,
+    )
+    assert (outbox, DELAYED_EXCHANGE, outbox) in channel.calls
+    assert channel.exchanges[DELAYED_EXCHANGE] == (
+        "direct",
+        {"alternate-exchange": UNROUTABLE_EXCHANGE},
+    )
+    assert channel.exchanges[UNROUTABLE_EXCHANGE] == ("fanout", None)
+    assert (UNROUTABLE_QUEUE, UNROUTABLE_EXCHANGE, "") in channel.calls
 
 
 @pytest.mark.parametrize(
