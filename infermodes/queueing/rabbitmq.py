@@ -183,6 +183,21 @@ def outbox_arguments(endpoint: str) -> dict[str, object]:
     }
 
 
+def _default_exchange(value: str) -> str:
+    """The earlier release's dead-letter exchange of a delay queue, the default (``""``), is
+    kept; any other is not ours (ValueError)."""
+    if value:
+        raise ValueError(f"dead-letter exchange {value!r}")
+    return value
+
+
+# A delay queue declared by an earlier release dead-letters through the default exchange, and
+# is used as it is: its jobs reach their outbox as before (one whose outbox is gone stays in it)
+KEPT_BY_DELAY_QUEUE: dict[str, Callable[[str], object] | None] = {
+    "x-dead-letter-exchange": _default_exchange
+}
+
+
 def delay_arguments(queue: str, seconds: int) -> dict[str, object]:
     """A delay queue's (``broker.delayed_queue_name``): each message expires after ``seconds``
     into ``queue`` through ``DELAYED_EXCHANGE``, dead-lettered at least once (the broker keeps
@@ -211,10 +226,15 @@ def publish_later(
     (idempotently: the delays are the publisher's to choose, so it declares the ones it uses;
     one more round trip, on a webhook job's failed send only). A declare the broker refuses
     (the user may not configure the queue, or it exists with other arguments) raises
-    DelayRefused, not BrokerUnavailable: the broker is there, and says no."""
+    DelayRefused, not BrokerUnavailable: the broker is there, and says no. One an earlier
+    release declared, releasing through the default exchange, is used as it is
+    (``KEPT_BY_DELAY_QUEUE``): refused, every job of an upgraded worker would be sent again at
+    once, without its delay."""
     delayed = delayed_queue_name(queue, seconds)
     try:
-        channel.queue_declare(delayed, durable=True, arguments=delay_arguments(queue, seconds))
+        declare_as_kept(
+            channel.connection, delayed, delay_arguments(queue, seconds), KEPT_BY_DELAY_QUEUE
+        )
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code not in (403, 406):  # ACCESS_REFUSED, PRECONDITION_FAILED
             raise

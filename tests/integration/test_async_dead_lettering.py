@@ -25,6 +25,7 @@ from infermodes.queueing.rabbitmq import (
     RequestPublisher,
     connect,
     dead_letter_queue_name,
+    delay_arguments,
     publish_later,
     queue_arguments,
     queue_name,
@@ -220,3 +221,34 @@ def test_a_delayed_webhook_job_whose_outbox_is_gone_is_kept_apart_not_retried_fo
     assert headers["x-a"] == "b"  # its own headers kept
     [death] = headers["x-death"]  # type: ignore[misc]
     assert (death["queue"], death["reason"]) == (delayed_queue_name(outbox, 1), "expired")
+
+
+def test_a_delay_queue_an_earlier_release_declared_is_used_as_it_is(rabbitmq: Broker) -> None:
+    """A delay queue kept from an earlier release releases its jobs through the default
+    exchange: a worker of this one declares it again with another dead-letter exchange, which
+    RabbitMQ refuses (406). It is used as it is, and the job reaches its outbox after its delay,
+    rather than be sent again at once (a refused delay), for every failed send after an
+    upgrade."""
+    endpoint = "kept-delay"
+    outbox = outbox_name(endpoint)
+    publish(rabbitmq, endpoint, "request", b"{}", MAX_ATTEMPTS)  # the endpoint's topology
+    delayed = delayed_queue_name(outbox, 1)
+    earlier = {**delay_arguments(outbox, 1), "x-dead-letter-exchange": ""}
+    connection = connect(rabbitmq.amqp_url)
+    try:
+        channel = connection.channel()
+        channel.queue_declare(delayed, durable=True, arguments=earlier)
+        channel.confirm_delivery()
+        publish_later(channel, outbox, 1, b'{"inferenceId": "kept"}', "kept", None)
+        found: list[bytes] = []
+
+        def arrived() -> bool:
+            method, _properties, body = channel.basic_get(outbox, auto_ack=True)
+            if method is not None:
+                found.append(body)
+            return bool(found)
+
+        wait_until(arrived, 30, "the delayed job in its outbox", interval=0.5)
+    finally:
+        connection.close()
+    assert found == [b'{"inferenceId": "kept"}']
