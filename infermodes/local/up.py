@@ -35,7 +35,6 @@ from infermodes.platform.translate import Defaults
 from infermodes.queueing.connect import Broker, broker_from_url, embedded_url
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import (
-    AsyncApiSettings,
     GatewaySettings,
     did_you_mean,
     unknown_variables,
@@ -46,8 +45,6 @@ from infermodes.storage import Storage
 log = logging.getLogger("infermodes.local")
 
 GATEWAY_ID = "infermodes-up"
-MAX_INLINE_BYTES = AsyncApiSettings.model_fields["max_inline_bytes"].default
-PUBLISH_CONNECTIONS = 4
 # a new replica's /ping is polled this often (the gateway's default is 50 ms, for pods): on
 # loopback a probe costs ~0.1 ms, and a cold start waits for the next one after the model loads
 PROBE_INTERVAL_SECONDS = 0.01
@@ -113,6 +110,7 @@ FROM_ENVIRONMENT = frozenset({
     "invocation_timeout_seconds", "realtime_max_payload_bytes", "serverless_max_payload_bytes",
     "probe_timeout_seconds", "upstream_idle_seconds", "max_idle_connections",
     "drain_delay_seconds", "drain_timeout_seconds", "sweep_interval_seconds",
+    "max_inline_bytes", "publish_connections", "allowed_input_prefixes",
 })  # fmt: skip
 MANIFESTS = "its endpoints are its manifests"
 OPEN = "its invocations are open to this machine: access keys are a cluster gateway's"
@@ -137,10 +135,6 @@ INSTEAD = {
     "broker_url": QUEUE,
     "broker_url_file": QUEUE,
     "async_storage_prefixes": "its async endpoints store where their manifests say",
-    "allowed_input_prefixes": "by-reference async inputs: s3:// anywhere, file:// under the "
-    "endpoint's input prefix",
-    "max_inline_bytes": f"it stores inline async bodies up to {MAX_INLINE_BYTES} bytes",
-    "publish_connections": f"it publishes on {PUBLISH_CONNECTIONS} connections",
 }
 NO_SUCH_SETTING = "no gateway has such a setting"
 
@@ -236,7 +230,7 @@ def _serve(
         supervisor.apply(manifest, starting=True)
     registry = CollectorRegistry()
     supervisor.metrics = OperatorMetrics(registry)  # the operator's async gauges, on /metrics
-    enqueuer = broker.enqueuer(supervisor.max_attempts, PUBLISH_CONNECTIONS)
+    enqueuer = broker.enqueuer(supervisor.max_attempts, settings.publish_connections)
     routers = [
         api_router(supervisor, tail, store.refuse_taking_over),
         index_router(f"http://127.0.0.1:{port}", token_file, ACCESS_KEY_ID),
@@ -250,8 +244,10 @@ def _serve(
     runner.table.forgotten.append(async_metrics.forget)  # as the invocations' series go
     runner.app.include(async_router(
         supervisor.async_layouts, enqueuer, Storage(), async_metrics,
-        MAX_INLINE_BYTES, [], missing=runner.table.async_missing,
+        settings.max_inline_bytes, settings.allowed_input_prefixes,
+        missing=runner.table.async_missing,
         accepted=demand.async_accepted if demand is not None else None,
+        allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
     ))  # fmt: skip
     # the async plane's stale request records, claims and inline inputs, as the gateway's
     sweeper = Sweeper(Storage(), supervisor.async_layouts, settings.sweep_interval_seconds)

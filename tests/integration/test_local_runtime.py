@@ -30,7 +30,7 @@ from infermodes.local.api import NOTIFICATIONS_PER_CALL
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import Notifications, WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
-from tests.support.gateway import answer_head
+from tests.support.gateway import answer_head, running_gateway, static_endpoint
 from tests.support.local import Up, document, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, wait_until
 from tests.support.rabbitmq import Broker
@@ -345,6 +345,64 @@ def test_up_names_the_cluster_gateways_variables_it_does_not_use_once_and_serves
     assert "WARNING" in named[0] and all(name in named[0] for name in environ), named[0]
     assert secret.partition(":")[2] not in log and "AKIDUPTEST" not in log
     assert "nowhere" not in log and "gateway.asyncStoragePrefixes" not in log
+
+
+def test_ups_async_route_refuses_as_the_gateway_under_the_gateways_accept_variables(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up`` kept its own inline limit and allowed input prefixes whatever its environment
+    said (and named the variables as unused): under the gateway's variables, an inline body
+    over ``MAX_INLINE_BYTES`` and an ``InputLocation`` outside ``ALLOWED_INPUT_PREFIXES`` now
+    get from ``up`` the very answer a real gateway gives, and a location under an allowed
+    prefix is accepted and predicted."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    rows = abalone_model.test_rows[:2]
+    (allowed / "rows.csv").write_bytes(to_csv(rows))
+    environ = {"INFERMODES_GATEWAY_MAX_INLINE_BYTES": "64",
+               "INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES": json.dumps([f"file://{allowed}/"]),
+               "INFERMODES_GATEWAY_PUBLISH_CONNECTIONS": "1"}  # fmt: skip
+    inline = to_csv(abalone_model.test_rows[:10])
+    assert len(inline) > 64
+    refusals = {
+        "inline over the limit": ({}, inline),
+        "outside the allowed prefixes": ({LOCATION: "s3://elsewhere/rows.csv"}, b""),
+        "a file outside them": ({LOCATION: f"file://{tmp_path}/rows.csv"}, b""),
+    }
+    ours = document("async", abalone_model.tarball, tmp_path)
+    endpoint = static_endpoint("abalone-async", "async", [], **ours["spec"]["async"])
+    queue = {"INFERMODES_GATEWAY_BROKER_URL": f"sqlite://{tmp_path}/gateway-queue.db"}
+    (tmp_path / "gateway").mkdir()
+
+    def answers(url: str) -> dict[str, tuple[int, Any]]:
+        sent = {what: httpx.post(f"{url}/endpoints/abalone-async/async-invocations",
+                                 content=body, timeout=30,
+                                 headers={"content-type": "text/csv", **headers})
+                for what, (headers, body) in refusals.items()}  # fmt: skip
+        return {what: (answer.status_code, answer.json()) for what, answer in sent.items()}
+
+    with (
+        mock.patch.dict("os.environ", environ),
+        running_gateway([endpoint], tmp_path / "gateway", env=queue) as gateway,
+        running_up(tmp_path / "state", [manifest("async", abalone_model.tarball, tmp_path)],
+                   tmp_path / "up.log") as up,
+    ):  # fmt: skip
+        wait_until(lambda: up.status("abalone-async")["phase"] == "InService", WAIT, "InService")
+        by_gateway, by_up = answers(gateway.url), answers(up.url)
+        accepted = httpx.post(f"{up.url}/endpoints/abalone-async/async-invocations", timeout=30,
+                              headers={LOCATION: f"file://{allowed}/rows.csv"})  # fmt: skip
+        assert accepted.status_code == 202, accepted.text
+        output = Path(accepted.json()["OutputLocation"].removeprefix("file://"))
+        wait_until(output.exists, WAIT, "the output of the allowed input")
+        log = up.log
+    assert by_up == by_gateway
+    assert by_up["inline over the limit"][0] == 413, by_up
+    assert by_up["outside the allowed prefixes"][0] == 403, by_up
+    assert "INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES" in by_up["a file outside them"][1]["message"]
+    np.testing.assert_allclose(scores(output.read_text()),
+                               expected_scores(abalone_model.booster(), to_csv(rows)),
+                               rtol=1e-5)  # fmt: skip
+    assert "INFERMODES_GATEWAY_" not in log, log  # read, not named as unused
 
 
 def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -> None:

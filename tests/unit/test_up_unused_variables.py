@@ -50,6 +50,11 @@ CASES = {
     "none": ({}, {}),
     "read": ({"INFERMODES_GATEWAY_DRAIN_DELAY_SECONDS": "1", "HOME": "/root"}, {}),
     "read-in-any-case": ({"infermodes_gateway_max_idle_connections": "3"}, {}),
+    "async-route": (  # the gateway's async accept settings: up's async route reads them too
+        {"INFERMODES_GATEWAY_MAX_INLINE_BYTES": "5", "INFERMODES_GATEWAY_PUBLISH_CONNECTIONS": "2",
+         "INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES": '["s3://inputs/"]'},
+        {},
+    ),
     "keys-and-prefixes": (
         {KEYS: "AKID:secret", PREFIXES: '["file:///nowhere/"]',
          "INFERMODES_GATEWAY_SWEEP_INTERVAL_SECONDS": "5"},
@@ -104,3 +109,18 @@ def test_ups_gateway_keeps_the_default_of_every_setting_it_does_not_read(
     assert settings.broker_url is None
     assert settings.drain_timeout_seconds == 5.0  # one it reads
     assert (settings.port, settings.host, settings.metrics_port) == (8080, "127.0.0.1", 0)
+
+
+def test_ups_async_route_reads_the_gateways_accept_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``up`` kept the inline limit, publish connections and allowed input prefixes of its
+    async route at its own values, whatever its environment said: one name, set for a cluster
+    gateway, now sets them under ``up`` too."""
+    monkeypatch.setenv("INFERMODES_GATEWAY_MAX_INLINE_BYTES", "5")
+    monkeypatch.setenv("INFERMODES_GATEWAY_PUBLISH_CONNECTIONS", "2")
+    monkeypatch.setenv("INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES", '["s3://inputs/"]')
+    settings = UpGatewaySettings(**gateway_options(8080, "info"))  # type: ignore[arg-type]
+    assert settings.max_inline_bytes == 5
+    assert settings.publish_connections == 2
+    assert settings.allowed_input_prefixes == ["s3://inputs/"]
