@@ -1099,15 +1099,29 @@ def did_you_mean(settings_class: type[EnvSettings], variable: str) -> str:
     return f"did you mean {prefix}{close[0]}?" if close else ""
 
 
+NO_SUCH_SETTING = "no such setting"
+
+
+def unknown_reason(settings_class: type[EnvSettings], variable: str) -> str:
+    """What a warning says of a variable no setting of the class reads, with
+    ``did_you_mean``'s guess: every process's warning and ``up``'s in the same words."""
+    guess = did_you_mean(settings_class, variable)
+    return f"{NO_SUCH_SETTING}; {guess}" if guess else NO_SUCH_SETTING
+
+
+def variables_named(reasons: Mapping[str, str]) -> str:
+    """Variables, each with what is said of it, for one log line: names only, a value may be
+    a secret, and a name's control characters escaped (a newline in it would start a forged
+    line). Empty if there are none."""
+    return "; ".join(f"{printable(variable)} ({reason})" for variable, reason in reasons.items())
+
+
 def unknown_variables_named(settings_class: type[EnvSettings], environ: Mapping[str, str]) -> str:
-    """``unknown_variables``, each with ``did_you_mean``'s guess, for one log line: names only,
-    a value may be a secret, and a name's control characters escaped (a newline in it would
-    start a forged line). Empty if there are none."""
-    return "; ".join(
-        printable(variable)
-        + (f" ({guess})" if (guess := did_you_mean(settings_class, variable)) else "")
+    """``unknown_variables``, each with its ``unknown_reason``, for one log line."""
+    return variables_named({
+        variable: unknown_reason(settings_class, variable)
         for variable in unknown_variables(settings_class, environ)
-    )
+    })  # fmt: skip
 
 
 def warn_of_unknown_variables(settings: EnvSettings) -> None:
@@ -1115,4 +1129,4 @@ def warn_of_unknown_variables(settings: EnvSettings) -> None:
     Not refused: a variable a later release reads must not stop this one from starting."""
     if named := unknown_variables_named(type(settings), os.environ):
         prefix = settings.model_config.get("env_prefix", "")
-        log.warning("these %s* variables name no setting and are ignored: %s", prefix, named)
+        log.warning("these %s* variables are ignored: %s", prefix, named)

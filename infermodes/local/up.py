@@ -28,7 +28,7 @@ from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, Source, load_paths
 from infermodes.local.platform_store import LocalPlatformStore
 from infermodes.local.supervisor import Supervisor, killing_on_signal
-from infermodes.logs import configure_logging, printable
+from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
 from infermodes.platform.router import create_router as platform_router
 from infermodes.platform.translate import Defaults
@@ -36,8 +36,9 @@ from infermodes.queueing.connect import Broker, broker_from_url, embedded_url
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import (
     GatewaySettings,
-    did_you_mean,
+    unknown_reason,
     unknown_variables,
+    variables_named,
     variables_of,
 )
 from infermodes.storage import Storage
@@ -136,7 +137,6 @@ INSTEAD = {
     "broker_url_file": QUEUE,
     "async_storage_prefixes": "its async endpoints store where their manifests say",
 }
-NO_SUCH_SETTING = "no gateway has such a setting"
 
 
 class UpGatewaySettings(GatewaySettings):
@@ -152,8 +152,8 @@ class UpGatewaySettings(GatewaySettings):
 
 def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
     """Each ``INFERMODES_GATEWAY_*`` variable of ``environ`` up does not read (in any case, as
-    a gateway reads them), to what up does instead: names only, a value may be a secret, and
-    a name's control characters escaped (a newline in it would start a forged log line)."""
+    a gateway reads them), to what up does instead, or, for one no gateway reads, what every
+    process says of it (``unknown_reason``)."""
     fields = variables_of(GatewaySettings)
     unused = {
         variable: INSTEAD[field]
@@ -161,9 +161,17 @@ def unused_variables(environ: Mapping[str, str]) -> dict[str, str]:
         if (field := fields.get(variable.upper())) in INSTEAD
     }
     for variable in unknown_variables(GatewaySettings, environ):
-        guess = did_you_mean(GatewaySettings, variable)
-        unused[variable] = f"{NO_SUCH_SETTING}; {guess}" if guess else NO_SUCH_SETTING
-    return {printable(variable): why for variable, why in sorted(unused.items())}
+        unused[variable] = unknown_reason(GatewaySettings, variable)
+    return dict(sorted(unused.items()))
+
+
+def warn_of_unused_variables(environ: Mapping[str, str]) -> None:
+    """One warning at up's start naming each ``unused_variables`` entry, never its value."""
+    if unused := unused_variables(environ):
+        log.warning(
+            "infermodes up does not use these variables of its environment: %s",
+            variables_named(unused),
+        )
 
 
 def gateway_options(port: int, log_level: str) -> dict[str, object]:
@@ -188,11 +196,7 @@ def serve(
     figures)."""
     configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
-    if unused := unused_variables(os.environ):
-        log.warning(
-            "infermodes up does not use these variables of its environment: %s",
-            "; ".join(f"{name} ({instead})" for name, instead in unused.items()),
-        )
+    warn_of_unused_variables(os.environ)
     manifests = load_paths(files)
     with state_lock(state_dir) as lock_id:
         return _serve(settings, state_dir, manifests, broker_url, management_url, lock_id)

@@ -209,12 +209,12 @@ def test_a_misspelt_keys_variable_is_named_in_one_warning_with_the_setting_it_me
     env = {"INFERMODES_GATEWAY_ACESS_KEYS": f"{KEY_ID}:{SECRET}"}
     with running_gateway(endpoints(server), tmp_path, env=env) as gateway:
         assert "OPEN" in httpx.get(f"{gateway.url}/readyz").text
-        warnings = [line for line in gateway.log.splitlines() if "name no setting" in line]
+        warnings = [line for line in gateway.log.splitlines() if "no such setting" in line]
     assert len(warnings) == 1, gateway.log
     assert warnings[0].endswith(
-        "WARNING infermodes.settings: these INFERMODES_GATEWAY_* variables name no setting and "
-        "are ignored: INFERMODES_GATEWAY_ACESS_KEYS "
-        "(did you mean INFERMODES_GATEWAY_ACCESS_KEYS?)"
+        "WARNING infermodes.settings: these INFERMODES_GATEWAY_* variables are ignored: "
+        "INFERMODES_GATEWAY_ACESS_KEYS (no such setting; did you mean "
+        "INFERMODES_GATEWAY_ACCESS_KEYS?)"
     )
     assert SECRET not in gateway.log and KEY_ID not in gateway.log
 

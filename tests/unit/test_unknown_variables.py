@@ -71,7 +71,7 @@ def test_a_misspelt_variable_is_named_and_no_variable_any_class_reads(
     environ = {**every_variable, **dict.fromkeys(NOT_SETTINGS, "1"), f"{prefix}LOG_LEVL": "1"}
     assert unknown_variables(settings_class, environ) == [f"{prefix}LOG_LEVL"]
     assert unknown_variables_named(settings_class, environ) == (
-        f"{prefix}LOG_LEVL (did you mean {prefix}LOG_LEVEL?)"
+        f"{prefix}LOG_LEVL (no such setting; did you mean {prefix}LOG_LEVEL?)"
     )
 
 
@@ -145,9 +145,9 @@ def test_the_warning_is_one_line_of_names_never_values(
     with caplog.at_level(logging.WARNING, logger="infermodes.settings"):
         warn_of_unknown_variables(GatewaySettings())
     assert [record.getMessage() for record in caplog.records] == [
-        "these INFERMODES_GATEWAY_* variables name no setting and are ignored: "
-        "INFERMODES_GATEWAY_ACESS_KEYS (did you mean INFERMODES_GATEWAY_ACCESS_KEYS?); "
-        "INFERMODES_GATEWAY_NO_SUCH_SETTING"
+        "these INFERMODES_GATEWAY_* variables are ignored: "
+        "INFERMODES_GATEWAY_ACESS_KEYS (no such setting; did you mean "
+        "INFERMODES_GATEWAY_ACCESS_KEYS?); INFERMODES_GATEWAY_NO_SUCH_SETTING (no such setting)"
     ]
     assert "secret" not in caplog.text
 
@@ -155,7 +155,7 @@ def test_the_warning_is_one_line_of_names_never_values(
 def test_a_name_cannot_forge_a_line_of_the_log() -> None:
     environ = {"INFERMODES_GATEWAY_X\n2026-12-07 ERROR forged": "1"}
     assert unknown_variables_named(GatewaySettings, environ) == (
-        "INFERMODES_GATEWAY_X\\n2026-12-07 ERROR forged"
+        "INFERMODES_GATEWAY_X\\n2026-12-07 ERROR forged (no such setting)"
     )
 
 

@@ -5,6 +5,8 @@ and its gateway's settings keep their defaults whatever those variables say."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -13,12 +15,12 @@ import pytest
 from infermodes.local.up import (
     FROM_ENVIRONMENT,
     INSTEAD,
-    NO_SUCH_SETTING,
     UpGatewaySettings,
     gateway_options,
     unused_variables,
+    warn_of_unused_variables,
 )
-from infermodes.settings import GatewaySettings
+from infermodes.settings import NO_SUCH_SETTING, GatewaySettings, warn_of_unknown_variables
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -74,10 +76,6 @@ CASES = {
         {"INFERMODES_GATEWAY_ACESS_KEYS":
          f"{NO_SUCH_SETTING}; did you mean INFERMODES_GATEWAY_ACCESS_KEYS?"},
     ),
-    "forged-line": (  # a name's newline escaped, as the processes' own warning escapes it
-        {"INFERMODES_GATEWAY_X\nWARNING forged": "1"},
-        {"INFERMODES_GATEWAY_X\\nWARNING forged": NO_SUCH_SETTING},
-    ),
     "no-such-setting": (
         {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": "1"},
         {"INFERMODES_GATEWAY_NOTHING_LIKE_IT": NO_SUCH_SETTING},
@@ -124,3 +122,30 @@ def test_ups_async_route_reads_the_gateways_accept_settings(
     assert settings.max_inline_bytes == 5
     assert settings.publish_connections == 2
     assert settings.allowed_input_prefixes == ["s3://inputs/"]
+
+
+def test_a_misspelt_name_is_said_in_the_same_words_by_up_and_by_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``up`` said "no gateway has such a setting; did you mean X?" where the gateway itself
+    said "(did you mean X?)": one function words both warnings now."""
+    monkeypatch.setenv("INFERMODES_GATEWAY_ACESS_KEYS", "AKID:very-secret")
+    monkeypatch.setenv("INFERMODES_GATEWAY_NOTHING_LIKE_IT", "another-secret")
+    with caplog.at_level(logging.WARNING):
+        warn_of_unknown_variables(GatewaySettings())
+        warn_of_unused_variables(os.environ)
+    gateways, ups = (record.getMessage() for record in caplog.records)
+    said = (
+        "INFERMODES_GATEWAY_ACESS_KEYS (no such setting; did you mean "
+        "INFERMODES_GATEWAY_ACCESS_KEYS?); INFERMODES_GATEWAY_NOTHING_LIKE_IT (no such setting)"
+    )
+    assert gateways.endswith(f": {said}") and ups.endswith(f": {said}"), (gateways, ups)
+    assert "secret" not in caplog.text
+
+
+def test_a_name_cannot_forge_a_line_of_ups_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Its newline escaped, as the processes' own warning escapes it."""
+    with caplog.at_level(logging.WARNING):
+        warn_of_unused_variables({"INFERMODES_GATEWAY_X\nWARNING forged": "1"})
+    [warning] = (record.getMessage() for record in caplog.records)
+    assert warning.endswith(f": INFERMODES_GATEWAY_X\\nWARNING forged ({NO_SUCH_SETTING})")
