@@ -1127,6 +1127,14 @@ def unknown_variables_named(settings_class: type[EnvSettings], environ: Mapping[
 def warn_of_unknown_variables(settings: EnvSettings) -> None:
     """Log, once at a process's start, the variables under its settings' prefix it ignores.
     Not refused: a variable a later release reads must not stop this one from starting."""
-    if named := unknown_variables_named(type(settings), os.environ):
-        prefix = settings.model_config.get("env_prefix", "")
+    warn_of_variables_unknown_to(type(settings), os.environ)
+
+
+def warn_of_variables_unknown_to(
+    settings_class: type[EnvSettings], environ: Mapping[str, str]
+) -> None:
+    """The warning of ``warn_of_unknown_variables``, for a process of ``settings_class`` run
+    with ``environ``: also ``infermodes up``'s, once for all the processes it runs."""
+    if named := unknown_variables_named(settings_class, environ):
+        prefix = settings_class.model_config.get("env_prefix", "")
         log.warning("these %s* variables are ignored: %s", prefix, named)

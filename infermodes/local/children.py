@@ -17,12 +17,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from infermodes.endpoints.plan import ProcessPlan
 from infermodes.local.zygote import Forked, Zygote
+from infermodes.settings import (
+    BatchSettings,
+    EnvSettings,
+    ServeSettings,
+    WorkerSettings,
+    unknown_variables,
+)
 from infermodes.storage import write_local
 
 log = logging.getLogger("infermodes.local")
@@ -31,6 +39,19 @@ BACKOFF_FIRST_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
 KILL_WAIT_SECONDS = 5.0  # a SIGKILLed process is gone within this
+
+
+# the settings of the processes up runs: up names, once at its start, the variables of its
+# environment under their prefixes that none of them reads (``up.serve``), and does not pass
+# them on (``child_environment``): each child named them again, N endpoints' N times, and
+# again at each restart
+CHILD_SETTINGS: tuple[type[EnvSettings], ...] = (ServeSettings, WorkerSettings, BatchSettings)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables a child would only warn of (``CHILD_SETTINGS``)."""
+    unknown = {name for kind in CHILD_SETTINGS for name in unknown_variables(kind, environ)}
+    return {name: value for name, value in environ.items() if name not in unknown}
 
 
 def executable(command: tuple[str, ...]) -> list[str]:
@@ -109,7 +130,7 @@ class Child:
 
     def start(self, now: float) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.plan.env, **self.extra_env}
+        env = {**child_environment(os.environ), **self.plan.env, **self.extra_env}
         with self.log_path.open("ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} starting\n".encode())
         forked = self._fork(env)

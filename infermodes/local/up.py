@@ -24,6 +24,7 @@ from infermodes.gateway.async_retention import Sweeper
 from infermodes.local.access import ACCESS_KEY_ID, TokenFileError, start_token, token_guard
 from infermodes.local.api import Tail, index_router
 from infermodes.local.api import create_router as api_router
+from infermodes.local.children import CHILD_SETTINGS
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import Manifest, Source, load_paths
 from infermodes.local.platform_store import LocalPlatformStore
@@ -40,6 +41,7 @@ from infermodes.settings import (
     unknown_variables,
     variables_named,
     variables_of,
+    warn_of_variables_unknown_to,
 )
 from infermodes.storage import Storage
 
@@ -197,6 +199,8 @@ def serve(
     configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     warn_of_unused_variables(os.environ)
+    for settings_class in CHILD_SETTINGS:  # for all its processes, which are not told them
+        warn_of_variables_unknown_to(settings_class, os.environ)
     manifests = load_paths(files)
     with state_lock(state_dir) as lock_id:
         return _serve(settings, state_dir, manifests, broker_url, management_url, lock_id)

@@ -32,7 +32,7 @@ from tests.support.async_plane import Notifications, WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
 from tests.support.gateway import answer_head, running_gateway, static_endpoint
 from tests.support.local import Up, document, manifest, running_up
-from tests.support.processes import INFERMODES, free_port, wait_until
+from tests.support.processes import INFERMODES, free_port, running_server, wait_until
 from tests.support.rabbitmq import Broker
 from tests.support.s3 import holding_s3_server
 
@@ -345,6 +345,45 @@ def test_up_names_the_cluster_gateways_variables_it_does_not_use_once_and_serves
     assert "WARNING" in named[0] and all(name in named[0] for name in environ), named[0]
     assert secret.partition(":")[2] not in log and "AKIDUPTEST" not in log
     assert "nowhere" not in log and "gateway.asyncStoragePrefixes" not in log
+
+
+def test_up_names_its_processes_unknown_variables_once_not_once_per_process(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Under ``up``, each model server and worker named the same misspelt variables of
+    ``up``'s environment in its own log, at each start: two endpoints' three processes, three
+    lines. ``up`` names each once, in its own log, and its processes, not given them, name none
+    and serve as before; a model server run alone still names its own."""
+    environ = {"INFERMODES_SERVE_WORKRES": "3", "INFERMODES_WORKER_MAX_ATTEMPT": "2"}
+    files = [manifest("realtime", abalone_model.tarball, tmp_path, minReplicas=2, maxReplicas=2),
+             manifest("async", abalone_model.tarball, tmp_path)]  # fmt: skip
+    state = tmp_path / "state"
+    with (
+        mock.patch.dict("os.environ", environ),
+        running_up(state, files, tmp_path / "up.log") as up,
+    ):
+        wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "InService")
+        assert len(up.running("abalone")) == 2
+        answer = up.invoke("abalone", to_csv(abalone_model.test_rows[:2]))
+        assert answer.status_code == 200, answer.text
+        accepted = accept_async(up, abalone_model.test_rows, 1, 2)
+        wait_until(lambda: set(outputs(tmp_path / "async" / "output")) == set(accepted), WAIT,
+                   "the async output")  # fmt: skip
+        logs = {path: path.read_text(errors="replace") for path in (state / "logs").rglob("*")
+                if path.is_file()}  # fmt: skip
+        logs[up.log_path] = up.log
+    assert len([path for path in logs if path.parent.name == "abalone"]) == 2, list(logs)
+    assert any(path.parent.name == "abalone-async" for path in logs), list(logs)
+    for variable in environ:
+        lines = [(path.name, line) for path, text in logs.items() for line in text.splitlines()
+                 if variable in line]  # fmt: skip
+        assert len(lines) == 1 and lines[0][0] == up.log_path.name, lines
+        assert "WARNING" in lines[0][1] and "did you mean" in lines[0][1], lines
+    alone = tmp_path / "alone.log"
+    with running_server(["--model", f"file://{abalone_model.tarball}"], alone, env=environ):
+        pass
+    said = [line for line in alone.read_text().splitlines() if "INFERMODES_SERVE_WORKRES" in line]
+    assert len(said) == 1 and "did you mean" in said[0], alone.read_text()
 
 
 def test_ups_async_route_refuses_as_the_gateway_under_the_gateways_accept_variables(

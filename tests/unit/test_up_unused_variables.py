@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from infermodes.local.children import child_environment
 from infermodes.local.up import (
     FROM_ENVIRONMENT,
     INSTEAD,
@@ -149,3 +150,24 @@ def test_a_name_cannot_forge_a_line_of_ups_log(caplog: pytest.LogCaptureFixture)
         warn_of_unused_variables({"INFERMODES_GATEWAY_X\nWARNING forged": "1"})
     [warning] = (record.getMessage() for record in caplog.records)
     assert warning.endswith(f": INFERMODES_GATEWAY_X\\nWARNING forged ({NO_SUCH_SETTING})")
+
+
+def test_children_are_not_passed_the_variables_they_would_only_warn_of() -> None:
+    """Each model server, worker and batch instance named the same unknown variables of
+    ``up``'s environment again, at each start; ``up`` names them once, and keeps them from its
+    children, which get every other variable as they were (another process's too)."""
+    environ = {
+        "INFERMODES_SERVE_WORKRES": "3",
+        "infermodes_worker_concurency": "2",
+        "INFERMODES_BATCH_NOTHING_LIKE_IT": "1",
+        "INFERMODES_SERVE_WORKERS": "1",
+        "INFERMODES_WORKER_LOG_LEVEL": "debug",
+        "INFERMODES_GATEWAY_NO_SUCH_SETTING": "1",
+        "AWS_REGION": "eu-west-1",
+    }
+    assert child_environment(environ) == {
+        "INFERMODES_SERVE_WORKERS": "1",
+        "INFERMODES_WORKER_LOG_LEVEL": "debug",
+        "INFERMODES_GATEWAY_NO_SUCH_SETTING": "1",
+        "AWS_REGION": "eu-west-1",
+    }
