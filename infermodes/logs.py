@@ -21,9 +21,12 @@ def quiet_client_logs(level: str) -> None:
     """pika logs every lost connection at ERROR with a traceback, also the idle ones we reopen
     without the caller noticing, and each channel it opens or the broker closes at INFO; our
     own code logs one line per real outage instead. Every process, since any may reach a
-    broker (``up --broker-url``, a gateway with one)."""
+    broker (``up --broker-url``, a gateway with one). httpx logs each request's whole URL at
+    INFO, a webhook's path and query with it (where its token is), at any level: its own
+    warnings only (our lines name a webhook by scheme and host, ``redacted_url``)."""
     if level.lower() != "debug":
         logging.getLogger("pika").setLevel(logging.CRITICAL)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def redacted_url(url: str, keep_path: bool = True) -> str:

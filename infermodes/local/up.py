@@ -197,7 +197,6 @@ def serve(
     or to the broker ``broker_url`` names (RabbitMQ, with ``management_url`` for in-flight
     figures)."""
     configure_logging(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the supervisor reads /metrics often
     warn_of_unused_variables(os.environ)
     for settings_class in CHILD_SETTINGS:  # for all its processes, which are not told them
         warn_of_variables_unknown_to(settings_class, os.environ)

@@ -95,6 +95,30 @@ def test_a_held_webhook_does_not_hold_the_next_request(
         wait_until(lambda: hook.ids() == {first, second}, 60, "both webhooks delivered")
 
 
+def test_a_webhook_s_token_is_in_no_log_line_of_its_worker(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A webhook URL's path and query carry its token: httpx logged each POST's whole URL at
+    INFO in the worker's log, beside our own lines that name it by scheme and host only."""
+    endpoint = "webhook-token"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with (
+        WebhookReceiver(status=lambda _: 500) as hook,
+        plane(rabbitmq, endpoint, f"file://{tmp_path}", tmp_path) as live,
+    ):
+        worker = live.start_worker(
+            f"file://{abalone_model.tarball}",
+            "w",
+            extra=("--success-webhook-url", f"{hook.url}-path-SECRET?token=SECRET"),
+        )
+        inference = live.invoke(to_csv(abalone_model.test_rows[:1])).json()["InferenceId"]
+        notes.wait_for({inference}, "Completed", 60)
+        wait_until(lambda: inference in hook.ids(), 60, "the webhook POSTed")
+        # a refused POST is logged by our own line (a WARNING): the log is being written
+        wait_until(lambda: "webhook http://127.0.0.1:" in worker.log, 60, "the refusal logged")
+        assert [line for line in worker.log.splitlines() if "SECRET" in line] == []
+
+
 def test_a_webhook_whose_sender_is_killed_after_the_ack_is_sent_by_the_next_worker(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -33,6 +33,23 @@ def test_redacted_url(url: str, shown: str, host_only: str) -> None:
     assert redacted_url(url, keep_path=False) == host_only
 
 
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_every_process_keeps_httpx_request_lines_out_at_any_level(level: str) -> None:
+    """httpx logs each request's whole URL at INFO: a worker's log held every webhook's path
+    and query (its ``?token=``), which our own lines redact; only `up` quieted it, for itself."""
+    client, root = logging.getLogger("httpx"), logging.getLogger()
+    before = client.level, root.level
+    try:
+        client.setLevel(logging.NOTSET)
+        root.setLevel(logging.DEBUG)  # as basicConfig would, were pytest's handlers not there
+        configure_logging(level)
+        assert not client.isEnabledFor(logging.INFO)
+        assert client.isEnabledFor(logging.WARNING)
+    finally:
+        client.setLevel(before[0])
+        root.setLevel(before[1])
+
+
 @pytest.mark.parametrize(("level", "pika_level"), [("info", logging.CRITICAL), ("debug", 0)])
 def test_every_process_quiets_pika_below_debug(level: str, pika_level: int) -> None:
     """`up --broker-url` and a gateway with a broker logged pika's INFO lines ("Created
