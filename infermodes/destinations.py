@@ -47,6 +47,13 @@ WEBHOOK_PATTERN = (
     r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
 WEBHOOK_MAX_LENGTH = 2048
+# a URL whose port is 0 or above 65535 (of the five digits WEBHOOK_PATTERN allows), after a host
+# as WEBHOOK_PATTERN takes it: the C library takes a port modulo 65536, so 99999 would POST to
+# 34463, a port no one wrote; RE2 (the CRD's rule) and Python's re agree on it
+PORT_OUT_OF_RANGE = (
+    r"(?i)^https?://([^/?#]*@)?([^/?#@:\[\]]*|\[[^/?#\]]*\]):"
+    r"(?P<port>0+|[7-9][0-9]{4}|6[6-9][0-9]{3}|65[6-9][0-9]{2}|655[4-9][0-9]|6553[6-9])([/?#]|$)"
+)
 # a host all numbers (decimal, octal with a leading 0, hex with 0x), one to four of them, which
 # the C library reads as an IPv4 address; RE2 and Python's re agree on it
 NUMBER_HOST = r"(0[xX][0-9a-fA-F]*|[0-9]+)([.](0[xX][0-9a-fA-F]*|[0-9]+)){0,3}"
@@ -180,6 +187,15 @@ def literal_refusal(url: str) -> str | None:
     return None
 
 
+def port_refusal(url: str) -> str | None:
+    """Why ``url``'s port cannot be reached as written (``PORT_OUT_OF_RANGE``); None when it
+    can, or names none."""
+    out_of_range = re.match(PORT_OUT_OF_RANGE, url)
+    if out_of_range is None:
+        return None
+    return f"its port {out_of_range['port']} is not one of 1 to 65535"
+
+
 def webhook_refusal(url: str) -> str | None:
     """Why ``url`` may not be a webhook, without showing it (its path is often its token);
     None when it may. The spec's fields check the same rule (their pattern, for the CRD, and
@@ -189,7 +205,7 @@ def webhook_refusal(url: str) -> str | None:
             "it must be an http(s) URL with a host, without spaces or control characters, "
             f"at most {WEBHOOK_MAX_LENGTH} characters"
         )
-    return literal_refusal(url)
+    return port_refusal(url) or literal_refusal(url)
 
 
 def resolve(host: str) -> list[str]:
@@ -215,7 +231,7 @@ class Checked:
 def check(url: str, resolver: Resolver = resolve) -> Checked:
     """``url``'s host as written, then as it resolves now (its IDNA form, as the HTTP client
     would look it up): refused if any address is a link-local or metadata one."""
-    literal = literal_refusal(url)
+    literal = port_refusal(url) or literal_refusal(url)
     if literal is not None:
         return Checked(literal)
     try:

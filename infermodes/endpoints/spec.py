@@ -34,12 +34,14 @@ from pydantic_core import ErrorDetails
 from infermodes import media
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
+    PORT_OUT_OF_RANGE,
     WEBHOOK_MAX_LENGTH,
     WEBHOOK_PATTERN,
     address_cel,
     bracket_cel,
     literal_refusal,
     number_cel,
+    port_refusal,
 )
 from infermodes.errors import StorageError, shown
 from infermodes.jsonpath import GRAMMAR, JsonPath
@@ -374,6 +376,9 @@ class NotificationSpec(SpecBlock):
         *[(bracket_cel(name), f"{name}: the host in brackets must be an IPv6 address (or "
                               "an IPvFuture v<hex>.<...>)")
           for name in ("successWebhook", "errorWebhook")],
+        *[(f"!has(self.{name}) || !self.{name}.matches(r'{PORT_OUT_OF_RANGE}')",
+           f"{name}: its port must be one of 1 to 65535")
+          for name in ("successWebhook", "errorWebhook")],
         *[(f"!has(self.{name}) || !has(self.{name}SecretRef)", one_webhook(name))
           for name in ("successWebhook", "errorWebhook")],
     ]  # fmt: skip
@@ -395,6 +400,8 @@ class NotificationSpec(SpecBlock):
     @field_validator("success_webhook", "error_webhook")
     @classmethod
     def _no_link_local_webhook(cls, url: str | None) -> str | None:
+        if url is not None and (out_of_range := port_refusal(url)) is not None:
+            raise ValueError(out_of_range)
         refused = None if url is None else literal_refusal(url)
         if refused is not None:
             raise ValueError(

@@ -190,6 +190,11 @@ INVALID = [
         "errorWebhook": url}}}, "errorWebhook: the host in brackets must be an IPv6 address")
       for name, url in [("not-an-address", "http://[zz]/"), ("ipv4-bracketed", "http://[1.2.3.4]/"),
                         ("empty-zone", "http://[::1%]/")]],
+    # a port the C library takes modulo 65536: the POST went to 34463
+    *[(f"webhook-port-{port}", {"mode": "async", "async": {"outputPath": "file:///o",
+                                                           "notification": {
+        "errorWebhook": f"http://hooks.example:{port}/x"}}},
+       "errorWebhook: its port must be one of 1 to 65535") for port in ("99999", "0")],
     ("webhook-user-bracket", {"mode": "async", "async": {"outputPath": "file:///o",
                                                          "notification": {
         "errorWebhook": "http://a[b]@hooks.example/"}}},

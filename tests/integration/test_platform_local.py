@@ -279,6 +279,44 @@ def test_an_async_endpoint_whose_storage_cannot_hold_files_answers_a_4xx_naming_
     sagemaker.delete_model(ModelName="unusable-model")
 
 
+def test_a_webhook_port_above_65535_is_refused_by_the_api_and_by_apply_naming_it(
+    sagemaker: Any, up: Up, tmp_path: Path
+) -> None:
+    """http://127.0.0.1:99999/x was taken, and POSTed to port 34463 (99999 modulo 65536)."""
+    import subprocess
+
+    import yaml
+
+    from tests.support.processes import INFERMODES
+
+    create_model(sagemaker, "port-model")
+    for topic in ("SuccessTopic", "ErrorTopic"):
+        notify = {topic: "http://127.0.0.1:99999/x?token=T0K3N"}
+        code, message = error_of(
+            create_instance_config, sagemaker=sagemaker, name="port", model="port-model",
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://async/port",
+                                                   "NotificationConfig": notify}})  # fmt: skip
+        assert code == "ValidationException", message
+        assert (f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{topic}: its port 99999 "
+                "is not one of 1 to 65535") in message, message  # fmt: skip
+        assert "T0K3N" not in message
+    manifest = tmp_path / "port.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "infermodes.dev/v1alpha1", "kind": "InferenceEndpoint",
+        "metadata": {"name": "port"},
+        "spec": {"mode": "async", "model": {"uri": MODEL_URL},
+                 "async": {"outputPath": "s3://async/port", "notification": {
+                     "errorWebhook": "http://127.0.0.1:0/x?token=T0K3N"}}}}))  # fmt: skip
+    refused = subprocess.run([INFERMODES, "apply", "-f", str(manifest)], capture_output=True,
+                             text=True, timeout=120, env=up.cli_env)  # fmt: skip
+    assert refused.returncode == 1, refused
+    assert ("spec.async.notification.errorWebhook: its port 0 is not one of 1 to 65535"
+            in refused.stderr), refused.stderr  # fmt: skip
+    assert "T0K3N" not in refused.stderr
+    assert [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]].count("port") == 0
+    sagemaker.delete_model(ModelName="port-model")
+
+
 def transform_request(name: str, model: str, prefix: str) -> dict[str, Any]:
     return {
         "TransformJobName": name,

@@ -14,12 +14,14 @@ import pytest
 from infermodes.destinations import (
     LITERAL_LINK_LOCAL_CEL,
     NETLOC_REFUSED,
+    PORT_OUT_OF_RANGE,
     REFUSED_NETWORKS,
     WEBHOOK_PATTERN,
     Checked,
     check,
     literal_refusal,
     number_spelling,
+    port_refusal,
     refused_address,
     webhook_refusal,
 )
@@ -244,6 +246,28 @@ def test_a_webhook_from_no_field_is_held_to_the_fields_whole_rule(url: str, refu
     reason = webhook_refusal(url)
     assert (reason is not None) is refused
     assert reason is None or "T0K3N" not in reason
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [("http://127.0.0.1:99999/x", "99999"), ("http://hooks.example:65536", "65536"),
+     ("HTTPS://hooks.example:0/", "0"), ("http://[::1]:70000?t=1", "70000"),
+     ("http://u:99999@hooks.example:00000#f", "00000"), ("http://h:65540/", "65540"),
+     ("http://h:65600/", "65600"), ("http://h:66000/", "66000"),
+     ("http://hooks.example:65535/", None), ("http://hooks.example:1/", None),
+     ("http://hooks.example:08080/", None), ("http://u:99999@hooks.example/", None),
+     ("http://hooks.example/x:99999", None), ("http://[::1]/", None)],
+)  # fmt: skip
+def test_a_webhook_port_must_be_one_the_post_reaches_as_written(url: str, port: str | None) -> None:
+    """99999 passed and the POST went to 34463 (the C library takes a port modulo 65536): the
+    fields' rule (the CRD's, the spec's), a Secret's and the worker's check before a POST
+    refuse it, naming the port, never the URL's path."""
+    assert bool(re.match(PORT_OUT_OF_RANGE, url)) is (port is not None)
+    refusal = port_refusal(url)
+    assert refusal == (None if port is None else f"its port {port} is not one of 1 to 65535")
+    if port is not None:
+        assert webhook_refusal(url) == refusal
+        assert check(url, lambda host: ["127.0.0.1"]) == Checked(refusal)
 
 
 def test_the_pattern_refuses_what_urlsplit_refuses_in_a_user_name_or_host() -> None:

@@ -296,6 +296,8 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 ("http://hooks/x\x00y", f"{field}: must be an http:// or https:// URL"),
                 ("http:///nohost", f"{field}: must be an http:// or https:// URL"),
                 ("hooks.example/x", f"{field}: must be an http:// or https:// URL"),
+                ("http://hooks:99999/x", f"{field}: its port 99999 is not one of 1 to 65535"),
+                ("HTTP://hooks:0", f"{field}: its port 0 is not one of 1 to 65535"),
             )
         ),
     ],

@@ -437,7 +437,8 @@ def test_strings_with_lone_surrogates_are_a_serialization_error(text: bytes) -> 
 
 def test_a_control_character_a_metadata_webhook_and_a_bad_filter_are_refused_by_member() -> None:
     """A NUL in a URI took `infermodes up` down (no OS call takes one); a link-local ErrorTopic
-    was blamed on InitialInstanceCount; a filter the instances cannot read failed the job."""
+    was blamed on InitialInstanceCount; a port above 65535 was taken (modulo 65536); a filter
+    the instances cannot read failed the job."""
     from tests.unit.platform.test_translate import transform_request
 
     api = Api()
@@ -454,6 +455,15 @@ def test_a_control_character_a_metadata_webhook_and_a_bad_filter_are_refused_by_
                                                    "NotificationConfig": notify}})  # fmt: skip
     assert ("AsyncInferenceConfig.OutputConfig.NotificationConfig.ErrorTopic: "
             "must not be a link-local or metadata address") in message, message  # fmt: skip
+    notify = {"SuccessTopic": "http://127.0.0.1:99999/x?token=T0K3N"}
+    code, message = api.error("CreateEndpointConfig", EndpointConfigName="port",
+                              ProductionVariants=[variant], AsyncInferenceConfig={
+                                  "OutputConfig": {"S3OutputPath": "s3://b/out",
+                                                   "NotificationConfig": notify}})  # fmt: skip
+    assert code == "ValidationException", message
+    assert ("AsyncInferenceConfig.OutputConfig.NotificationConfig.SuccessTopic: "
+            "its port 99999 is not one of 1 to 65535") in message, message  # fmt: skip
+    assert "T0K3N" not in message
     for member, value, named in (
         ("TransformInput", {"DataSource": {"S3DataSource": {
             "S3DataType": "S3Prefix", "S3Uri": "s3://b/in/\x00"}}}, "S3Uri"),
