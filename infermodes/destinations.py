@@ -39,10 +39,13 @@ NETLOC_REFUSED = (
     "\u2047\u2048\u2049\u2100\u2101\u2105\u2106\u2a74\ufe13\ufe16\ufe55\ufe56\ufe5f\ufe6b"
     "\uff03\uff0f\uff1a\uff1f\uff20"
 )
+# a scheme httpx speaks, in any case (a URL's scheme is case-insensitive): what makes a text
+# a webhook's URL, in a spec's field as in the platform API's NotificationConfig (``names_webhook``)
+WEBHOOK_SCHEME = r"[hH][tT][tT][pP][sS]?://"
 # a scheme httpx speaks (any case); a host (a name, an IPv4 or a bracketed IPv6 address) after
 # what may be a user name; a port; no space or control character anywhere
 WEBHOOK_PATTERN = (
-    r"^[hH][tT][tT][pP][sS]?://([^/?#\[\]" + NETLOC_REFUSED + SPACE + CONTROL + r"]*@)?"
+    r"^" + WEBHOOK_SCHEME + r"([^/?#\[\]" + NETLOC_REFUSED + SPACE + CONTROL + r"]*@)?"
     r"(\[[0-9a-zA-Z:.%]+\]|[^/?#" + NETLOC_REFUSED + SPACE + CONTROL + r"@:\[\]]+)(:[0-9]{1,5})?"
     r"([/?#][^" + SPACE + CONTROL + r"]*)?$"
 )
@@ -185,6 +188,12 @@ def literal_refusal(url: str) -> str | None:
     if number_spelling(host):
         return f"{host} is an IPv4 address written otherwise than as a.b.c.d: write it so"
     return None
+
+
+def names_webhook(text: str) -> bool:
+    """Whether ``text`` is meant as a webhook's URL (its scheme http or https, in any case),
+    held then to the webhook's rules (``WEBHOOK_PATTERN``), not read as anything else."""
+    return re.match(WEBHOOK_SCHEME, text) is not None
 
 
 def port_refusal(url: str) -> str | None:

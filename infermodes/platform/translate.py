@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from infermodes.destinations import names_webhook
 from infermodes.endpoints.spec import (
     GROUP,
     INITIAL_WITHIN_RANGE,
@@ -428,6 +429,10 @@ def check_counts(field: str, initial: int | None, scaling: Mapping[str, Any]) ->
         )
 
 
+# the platform's own pattern for NotificationConfig's SuccessTopic and ErrorTopic
+SNS_TOPIC = r"arn:aws[a-z-]*:sns:[a-z0-9-]*:[0-9]{12}:[a-zA-Z0-9_.-]+"
+
+
 def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     only("AsyncInferenceConfig.", config, {"ClientConfig", "OutputConfig"})
     client = mapping("ClientConfig", config.get("ClientConfig"))
@@ -449,6 +454,16 @@ def check_async(config: Mapping[str, Any], defaults: Defaults) -> None:
     where = "AsyncInferenceConfig.OutputConfig.NotificationConfig."
     only(where, notification, {"SuccessTopic", "ErrorTopic"})
     typed(where, notification, {"SuccessTopic": str, "ErrorTopic": str})
+    for key in ("SuccessTopic", "ErrorTopic"):
+        topic = notification.get(key)
+        if topic is not None and not names_webhook(topic) and not re.fullmatch(SNS_TOPIC, topic):
+            # kept unread, it would be echoed by DescribeEndpoint, and nothing ever sent to it;
+            # not repeated (a URL mistyped may hold a token)
+            raise ValidationException(
+                f"{where}{key}: must be an SNS topic ARN (arn:<partition>:sns:<region>:"
+                "<12-digit account>:<name>), announced on the topic exchange, or an http:// "
+                "or https:// URL, the webhook"
+            )
 
 
 # objects
@@ -582,7 +597,7 @@ def endpoint_spec(config: JsonObject, model: JsonObject, defaults: Defaults) -> 
     notification: JsonObject = {"topic": True}
     for key, name in (("successWebhook", "SuccessTopic"), ("errorWebhook", "ErrorTopic")):
         topic = notify.get(name)
-        if isinstance(topic, str) and topic.startswith(("http://", "https://")):
+        if isinstance(topic, str) and names_webhook(topic):
             notification[key] = topic  # an SNS topic ARN is announced on our topic exchange
     block_async: JsonObject = {
         "outputPath": output["S3OutputPath"],

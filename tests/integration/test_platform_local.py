@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from infermodes.local.access import ACCESS_KEY_ID, read_token
 from tests.conftest import AbaloneModel
-from tests.support.async_plane import to_csv
+from tests.support.async_plane import WebhookReceiver, to_csv
 from tests.support.local import Up, running_up
 from tests.support.processes import wait_until
 from tests.support.s3 import S3Endpoint, read_when_there
@@ -315,6 +315,48 @@ def test_a_webhook_port_above_65535_is_refused_by_the_api_and_by_apply_naming_it
     assert "T0K3N" not in refused.stderr
     assert [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]].count("port") == 0
     sagemaker.delete_model(ModelName="port-model")
+
+
+def test_a_notification_topic_is_an_sns_arn_or_a_webhook_in_any_case_of_its_scheme(
+    sagemaker: Any, runtime: Any, s3: S3Endpoint, abalone_model: AbaloneModel
+) -> None:
+    """HTTP://... was kept as an SNS topic and nothing was POSTed (a spec's field takes it as
+    the webhook); ftp://..., any text, "" were kept as SNS topics, announced nowhere and echoed
+    by DescribeEndpoint as if configured."""
+    create_model(sagemaker, "topic-model")
+    where = "AsyncInferenceConfig.OutputConfig.NotificationConfig."
+    for topic in ("ftp://127.0.0.1/x", "not a topic", "", " http://127.0.0.1:9/lead",
+                  "arn:aws:sns:us-east-1:123456789012:t\nx"):  # fmt: skip
+        code, message = error_of(
+            create_instance_config, sagemaker=sagemaker, name="topic", model="topic-model",
+            AsyncInferenceConfig={"OutputConfig": {
+                "S3OutputPath": "s3://async/topic", "NotificationConfig": {"ErrorTopic": topic}
+            }})  # fmt: skip
+        assert code == "ValidationException", message
+        assert message.startswith(f"{where}ErrorTopic: must be an SNS topic ARN"), message
+    configs = sagemaker.list_endpoint_configs()["EndpointConfigs"]
+    assert "topic" not in [config["EndpointConfigName"] for config in configs]
+    with WebhookReceiver() as hook:
+        upper = hook.url.replace("http://", "HTTP://")
+        notify = {"SuccessTopic": upper, "ErrorTopic": "arn:aws:sns:us-east-1:123456789012:err"}
+        create_instance_config(sagemaker, "topic", "topic-model", AsyncInferenceConfig={
+            "OutputConfig": {"S3OutputPath": "s3://async/topic",
+                             "NotificationConfig": notify}})  # fmt: skip
+        sagemaker.create_endpoint(EndpointName="topic", EndpointConfigName="topic")
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="topic", WaiterConfig=FAST)
+        described = sagemaker.describe_endpoint(EndpointName="topic")
+        assert described["AsyncInferenceConfig"]["OutputConfig"]["NotificationConfig"] == notify
+        s3.client().put_object(Bucket="async", Key="input/topic.csv",
+                               Body=to_csv(abalone_model.test_rows[:1]))  # fmt: skip
+        accepted = runtime.invoke_endpoint_async(
+            EndpointName="topic", InputLocation="s3://async/input/topic.csv"
+        )
+        inference = accepted["InferenceId"]
+        wait_until(lambda: inference in hook.ids(), 120, "the HTTP:// webhook POSTed")
+    sagemaker.delete_endpoint(EndpointName="topic")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="topic", WaiterConfig=FAST)
+    sagemaker.delete_endpoint_config(EndpointConfigName="topic")
+    sagemaker.delete_model(ModelName="topic-model")
 
 
 def transform_request(name: str, model: str, prefix: str) -> dict[str, Any]:

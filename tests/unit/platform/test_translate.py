@@ -187,6 +187,36 @@ def test_async_config_becomes_an_async_endpoint_with_its_paths_concurrency_and_n
     EndpointSpec.model_validate(obj["spec"])
 
 
+@pytest.mark.parametrize(
+    "topic",
+    ["ftp://127.0.0.1/x", "not a topic", "", " http://127.0.0.1:9/lead",
+     "arn:aws:sns:us-east-1:123456789012:t\nx", "arn:aws:sns:us-east-1:1:t",
+     "arn:aws:sqs:us-east-1:123456789012:q", "arn:aws:sns:us-east-1:123456789012:"],
+)  # fmt: skip
+def test_a_topic_neither_an_sns_arn_nor_a_webhook_is_refused_naming_the_field(topic: str) -> None:
+    """Each was taken as an SNS topic ARN, announced nowhere and echoed by DescribeEndpoint."""
+    for key in ("SuccessTopic", "ErrorTopic"):
+        output = {"S3OutputPath": "s3://b/o", "NotificationConfig": {key: topic}}
+        with pytest.raises(ValidationException) as refused:
+            async_config(output, DEFAULTS)
+        assert str(refused.value) == (
+            f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{key}: must be an SNS topic "
+            "ARN (arn:<partition>:sns:<region>:<12-digit account>:<name>), announced on the "
+            "topic exchange, or an http:// or https:// URL, the webhook"
+        )
+
+
+@pytest.mark.parametrize("scheme", ["HTTP", "Https", "hTTp"])
+def test_a_webhook_scheme_in_any_case_is_the_webhook_as_in_a_spec(scheme: str) -> None:
+    """HTTP://... was kept as an SNS topic (dropped) where a spec's field takes it as a
+    webhook: a URL's scheme is case-insensitive."""
+    url = f"{scheme}://127.0.0.1:9/hook"
+    notify = {"SuccessTopic": url, "ErrorTopic": "arn:aws-cn:sns:cn-north-1:123456789012:t.fifo"}
+    cfg = config(ASYNC, AsyncInferenceConfig={"OutputConfig": {
+        "S3OutputPath": "s3://b/o", "NotificationConfig": notify}})  # fmt: skip
+    assert spec_of(cfg)["spec"]["async"]["notification"] == {"topic": True, "successWebhook": url}
+
+
 def transform_request(**more: Any) -> dict[str, Any]:
     return {
         "TransformJobName": "Score-1",
