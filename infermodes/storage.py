@@ -339,10 +339,11 @@ class FileStore:
         except OSError as exc:
             raise file_error("read", ref.uri, exc) from exc
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise NotAFile(f"{ref.uri} is a directory or a special file, not an object")
+            # where it leads first: a link to /dev/zero leads out of the prefix, as any other
             if within is not None and not _under(_opened_path(fd), os.path.realpath(within.key)):
                 raise _outside(ref, within)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NotAFile(f"{ref.uri} is a directory or a special file, not an object")
         except BaseException:
             os.close(fd)
             raise

@@ -59,7 +59,7 @@ from infermodes.gateway.errors import (
     CUSTOM_ATTRIBUTES,
     AnsweringFailures,
     ProtocolRefusals,
-    check_custom_attributes,
+    custom_attributes_problem,
     internal_failure_response,
     refusal_code,
     runtime_error_response,
@@ -251,8 +251,10 @@ def input_location_of(
             "and a server may resolve, so it lies under no allowed prefix: name the object "
             "without them"
         )
+    # as sent: its '..' resolved, it names a path the caller never wrote
+    sent = ref.uri if value == ref.uri else f"{clipped(value)!r} (read as {ref.uri})"
     raise InputNotAllowed(
-        f"{INPUT_LOCATION} {ref.uri} is not under an allowed prefix: {', '.join(permitted)}"
+        f"{INPUT_LOCATION} {sent} is not under an allowed prefix: {', '.join(permitted)}"
         + (f" ({allowed_from} adds more)" if allowed_from else "")
     )
 
@@ -433,8 +435,8 @@ def asked_of(
         MAX_INVOCATION_TIMEOUT_SECONDS,
     )
     attributes = header_text(headers, CUSTOM_ATTRIBUTES)
-    if attributes is not None:
-        check_custom_attributes(attributes)
+    if attributes is not None and (too_long := custom_attributes_problem(attributes)):
+        raise InvalidInput(too_long)
     inference_id = inference_id_of(header_text(headers, INFERENCE_ID_HEADER))
     location, root = header_text(headers, INPUT_LOCATION) or None, None
     declared = headers.get("content-length", "")

@@ -80,13 +80,13 @@ CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 MAX_CUSTOM_ATTRIBUTES = 1024  # InvokeEndpoint's and InvokeEndpointAsync's limit
 
 
-def check_custom_attributes(text: str) -> None:
+def custom_attributes_problem(text: str) -> str | None:
     """The platform refuses longer CustomAttributes on both runtime routes: a call accepted
-    here would fail there (boto3 does not check a maximum length)."""
+    here would fail there (boto3 does not check a maximum length). Each route refuses with
+    the code of its other header refusals (ValidationError, InvalidInput)."""
     if len(text) > MAX_CUSTOM_ATTRIBUTES:
-        raise ValidationError(
-            f"{CUSTOM_ATTRIBUTES} has {len(text)} characters; at most {MAX_CUSTOM_ATTRIBUTES}"
-        )
+        return f"{CUSTOM_ATTRIBUTES} has {len(text)} characters; at most {MAX_CUSTOM_ATTRIBUTES}"
+    return None
 
 
 class ModelError(PlatformError):

@@ -34,7 +34,7 @@ from infermodes.gateway.errors import (
     ServiceUnavailable,
     ThrottlingException,
     ValidationError,
-    check_custom_attributes,
+    custom_attributes_problem,
     error_headers,
     gateway_error_body,
     unknown_operation_body,
@@ -106,8 +106,10 @@ def refuse_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
     one list."""
     seen: set[bytes] = set()
     for name, value in headers:
-        if name == CUSTOM_ATTRIBUTES_HEADER:
-            check_custom_attributes(value.decode("utf-8", "replace"))
+        if name == CUSTOM_ATTRIBUTES_HEADER and (
+            too_long := custom_attributes_problem(value.decode("utf-8", "replace"))
+        ):
+            raise ValidationError(too_long)
         asked = UNSUPPORTED_TARGETS.get(name)
         if asked is not None:
             what, why = asked

@@ -147,12 +147,14 @@ def test_a_worker_reads_no_file_outside_the_allowed_prefix_whatever_the_links(
     (allowed / "file-link.csv").symlink_to(outside / "secret.csv")
     (allowed / "folder-link").symlink_to(outside)
     (allowed / "passwd").symlink_to("/etc/passwd")
+    (allowed / "zero").symlink_to("/dev/zero")  # was InvalidInput ("a special file")
     (allowed / "latest.csv").symlink_to(allowed / "data/rows.csv")  # inside: fine
     (allowed / "swapped.csv").write_bytes(to_csv(abalone_model.test_rows[:2]))
     locations = {
         "file-link": allowed / "file-link.csv",
         "folder-link": allowed / "folder-link/secret.csv",
         "passwd": allowed / "passwd",
+        "zero": allowed / "zero",
         "swapped": allowed / "swapped.csv",
         "inside": allowed / "latest.csv",
     }
@@ -167,7 +169,7 @@ def test_a_worker_reads_no_file_outside_the_allowed_prefix_whatever_the_links(
         (allowed / "swap.tmp").symlink_to(outside / "secret.csv")
         os.replace(allowed / "swap.tmp", allowed / "swapped.csv")
         live.start_worker(model_uri(abalone_model), "w")
-        refused = {"file-link", "folder-link", "passwd", "swapped"}
+        refused = {"file-link", "folder-link", "passwd", "zero", "swapped"}
         notes.wait_for(refused, "Failed", 60)
         notes.wait_for({"inside"}, "Completed", 60)
     assert names(tmp_path / "store/output") == ["inside.out"]

@@ -238,6 +238,24 @@ def test_header_values_are_utf8(tmp_path: Path) -> None:
         header_text(latin1, "X-Amzn-SageMaker-Custom-Attributes")
 
 
+def test_custom_attributes_over_1024_characters_are_invalid_input_as_every_header_refusal(
+    tmp_path: Path,
+) -> None:
+    """They alone answered "error": "ValidationError" where this route's other header
+    refusals say InvalidInput; boto3's code (x-amzn-ErrorType) stays ValidationError."""
+    publisher = RecordingPublisher()
+    response = client_for(tmp_path, publisher).post(
+        "/endpoints/ep/async-invocations",
+        content=b"1\n",
+        headers={"X-Amzn-SageMaker-Custom-Attributes": "a" * 1025},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "InvalidInput"
+    assert "Custom-Attributes has 1025 characters; at most 1024" in response.json()["message"]
+    assert response.headers["x-amzn-errortype"] == "ValidationError"
+    assert not publisher.sent
+
+
 def test_locations_outside_latin1_are_percent_encoded_in_the_headers(tmp_path: Path) -> None:
     """An endpoint's paths may hold any character; a header (read as Latin-1, as boto3 does)
     cannot carry most of them: the request was queued and then answered 500 "not accepted",
@@ -483,6 +501,18 @@ def test_nor_are_another_endpoints_or_a_prefix_written_loosely() -> None:
     for location in ("s3://bucket/ep//input/id.in", "s3://bucket/x/../ep/input/id.request"):
         with pytest.raises(InputNotAllowed, match="one of the API's own objects"):
             input_location_of(location, ["s3://bucket"], "s3://bucket/ep/input")
+
+
+def test_a_location_leaving_the_prefix_by_dot_dot_is_refused_as_sent() -> None:
+    """The refusal named only the path resolved (file:///etc/passwd), which the caller never
+    wrote: it names what was sent, what it was read as, and the prefix."""
+    sent = "file:///srv/in/out/../../../etc/passwd"
+    with pytest.raises(InputNotAllowed) as refused:
+        input_location_of(sent, ["file:///srv/in"], OWN)
+    assert str(refused.value) == (
+        f"X-Amzn-SageMaker-InputLocation {sent!r} (read as file:///etc/passwd) is not under an "
+        f"allowed prefix: file:///srv/in, {OWN}"
+    )
 
 
 def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None:

@@ -266,7 +266,9 @@ def test_reads_within_a_prefix_follow_links_only_inside_it(tmp_path: Path) -> No
     within = f"file://{inside}"
     with storage.open_read(f"{within}/alias.csv", within=within) as handle:
         assert handle.read() == b"a"
-    for name in ("escape.csv", "../elsewhere/b.csv"):
+    (inside / "zero").symlink_to("/dev/zero")  # a special file, outside: InvalidInput before
+    (inside / "folder").symlink_to(outside)
+    for name in ("escape.csv", "../elsewhere/b.csv", "zero", "folder"):
         with pytest.raises(InputNotAllowed, match=f"is not under {within}"):
             storage.open_read(f"{within}/{name}", within=within).__enter__()
     with pytest.raises(InputNotAllowed):
