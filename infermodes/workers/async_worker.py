@@ -200,6 +200,16 @@ def _unstored(target: Target) -> Target:
     return dataclasses.replace(target, failure_location=None)
 
 
+def unstored_failure(failure: Failure, why: str) -> Failure:
+    """``failure`` as notified without its error object, saying why the object is not at its
+    location (the notification's ``failureLocation`` is then null): a failure path that cannot
+    hold it (a file in the way of its folder, a store refusing the write) is the caller's to
+    mend, and this is all the caller sees of it."""
+    return dataclasses.replace(
+        failure, message=f"{failure.message} (its error object could not be stored: {why})"
+    )
+
+
 class Notifies(Protocol):
     """``notifications.Notifier``: raises BrokerUnavailable when the topic did not confirm."""
 
@@ -507,10 +517,11 @@ class Processor:
     def _store_claimed_error(self, request: InvocationRequest, record: bytes, count: int) -> Result:
         """Another copy claimed the request's error first: store it (that copy may have died
         before it could) and notify it, as a redelivery would."""
-        target = Target.of(request)
-        if not self._store_error(target.inference_id, request.failure_location, record, count + 1):
-            target = _unstored(target)
-        return self._resend_error(target, _failure_of(record, request.failure_location))
+        target, failure = Target.of(request), _failure_of(record, request.failure_location)
+        why = self._store_error(target.inference_id, request.failure_location, record, count + 1)
+        if why is not None:
+            target, failure = _unstored(target), unstored_failure(failure, why)
+        return self._resend_error(target, failure)
 
     def _predict(self, request: InvocationRequest) -> bytes | None:
         """Predict into the output, claiming success just before the output is stored. An
@@ -606,15 +617,16 @@ class Processor:
                 log.error("%s; the queue's last delivery notifies the error without it", problem)
                 target = _unstored(target)
             else:
-                if not self._store_error(target.inference_id, location, record, attempts):
-                    target = _unstored(target)
+                why = self._store_error(target.inference_id, location, record, attempts)
+                if why is not None:
+                    target, failure = _unstored(target), unstored_failure(failure, why)
         self._notify_error(target, failure)
 
     def _store_error(
         self, inference_id: str | None, location: str, record: bytes, attempts: int
-    ) -> bool:
-        """The claimed error's object, and whether it was stored: on the last attempt, one
-        that cannot be written is notified without it."""
+    ) -> str | None:
+        """The claimed error's object; None once stored. On the last attempt, one that cannot
+        be written is notified without it: why it could not (the storage's error)."""
         try:
             self.storage.put_bytes(location, record, codecs.JSON)  # error_record's
         except StorageError as exc:
@@ -622,8 +634,8 @@ class Processor:
             if attempts < self.max_attempts:
                 raise ErrorNotStored(problem) from exc
             log.error("%s; the last attempt notifies without it", problem)
-            return False
-        return True
+            return str(exc)
+        return None
 
     def _small_output(self, request: InvocationRequest) -> bytes | None:
         if self.storage.size(request.output_location) > INLINE_RESULT_LIMIT:

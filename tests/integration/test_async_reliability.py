@@ -646,6 +646,31 @@ def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
     assert outputs(tmp_path / "ep/output") == [] and outputs(tmp_path / "ep/failure") == []
 
 
+def test_a_failure_path_that_cannot_hold_the_error_object_is_named_in_the_notification(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A regular file where the failure folder goes: the last attempt notified the error with
+    a null failureLocation and nothing of why; it now says the object could not be stored,
+    where, and the storage's error, and so does the worker's log."""
+    endpoint = "failure-file"
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with plane(rabbitmq, endpoint, f"file://{tmp_path}/ep", tmp_path, max_attempts=1) as live:
+        (tmp_path / "ep/failure").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ep/failure").write_bytes(b"a file where the folder goes")
+        response = live.invoke(b"a,b\n", headers={"X-Amzn-SageMaker-Inference-Id": "bad"})
+        assert response.status_code == 202, response.text
+        worker = live.start_worker(model_uri(abalone_model), "w")
+        notes.wait_for({"bad"}, "Failed", 60)
+    [note] = [n for n in notes.received if n["inferenceId"] == "bad"]
+    assert note["failureReason"] == "InvalidInput", note
+    assert note["responseParameters"] == {"failureLocation": None}
+    said = f"(its error object could not be stored: cannot write file://{tmp_path}/ep/failure/"
+    assert said in str(note["failureMessage"]), note
+    assert "a file is in the way of its folder" in str(note["failureMessage"]), note
+    assert f"cannot write the error object: cannot write file://{tmp_path}/ep/failure/" in (
+        worker.log)  # fmt: skip
+
+
 def test_a_storage_wait_that_would_outlast_the_consumer_timeout_is_not_taken(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

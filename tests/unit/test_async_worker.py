@@ -232,6 +232,11 @@ def test_the_last_attempt_notifies_even_without_its_error_object(
     assert {str(b["responseParameters"]) for _, b, _ in notifier.sent} == {
         str({"failureLocation": None})
     }
+    # and why not, which the caller alone can mend (its failure path): null said nothing
+    for _, body, _ in notifier.sent:  # both at request()'s failure location
+        assert (f"(its error object could not be stored: cannot write file://{tmp_path}/fail/"
+                "r1.error") in str(body["failureMessage"]), body  # fmt: skip
+        assert "a file is in the way of its folder" in str(body["failureMessage"]), body
 
 
 def test_expired_requests_fail_without_being_processed(
@@ -981,6 +986,7 @@ def test_a_claimed_error_that_cannot_be_stored_is_notified_on_the_last_attempt(
     assert processor.handle(message, 2) == Result(Settle.ACK, "duplicate")
     assert [(s, b["failureReason"]) for _, b, s in notifier.sent] == [(False, "Expired")]
     assert notifier.sent[0][1]["responseParameters"] == {"failureLocation": None}
+    assert "its error object could not be stored" in notifier.sent[0][1]["failureMessage"]
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
