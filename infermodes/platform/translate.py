@@ -324,6 +324,17 @@ INSTANCE_FIELDS = ("InstanceType", "InitialInstanceCount", "ManagedInstanceScali
 SCALING_STATUSES = ("ENABLED", "DISABLED")  # the platform's enum, spelled as it is
 
 
+def check_provisioned(where: str, serverless_config: Mapping[str, Any]) -> None:
+    """The platform's ProvisionedConcurrency is 1 or more (none is said by leaving it out),
+    where the spec's lower bound is 0, its "none"; the upper bounds are the spec's."""
+    provisioned = serverless_config.get("ProvisionedConcurrency")
+    if provisioned is not None and provisioned < 1:
+        raise ValidationException(
+            f"{where}ProvisionedConcurrency must be 1 or more, got {provisioned} (leave it out "
+            "to keep none warm)"
+        )
+
+
 def endpoint_config_record(
     request: JsonObject, models: Mapping[str, JsonObject | None], defaults: Defaults
 ) -> JsonObject:
@@ -387,6 +398,7 @@ def endpoint_config_record(
             f"{field}ServerlessConfig.", serverless_config, ("MemorySizeInMB", "MaxConcurrency")
         )
     typed(f"{field}ServerlessConfig.", serverless_config, SERVERLESS_TYPES)
+    check_provisioned(f"{field}ServerlessConfig.", serverless_config)
     scaling = mapping(f"{field}ManagedInstanceScaling", variant.get("ManagedInstanceScaling"))
     only(f"{field}ManagedInstanceScaling.", scaling, {"Status", *SCALING_TYPES})
     typed(f"{field}ManagedInstanceScaling.", scaling, SCALING_TYPES)

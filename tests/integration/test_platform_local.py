@@ -669,6 +669,15 @@ def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up
     with pytest.raises(ClientError, match=r"ProductionVariants\[0\]\.InitialInstanceCount: a "
                                           "serverless variant"):  # fmt: skip
         unchecked.create_endpoint_config(EndpointConfigName="mixed", ProductionVariants=[mixed])
+    # boto3 checks ProvisionedConcurrency's minimum too: 0 was taken and described back
+    unprovisioned = {**two[0], "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 5,
+                                                    "ProvisionedConcurrency": 0}}  # fmt: skip
+    with pytest.raises(ClientError, match=r"ServerlessConfig\.ProvisionedConcurrency must be 1 "
+                                          "or more, got 0"):  # fmt: skip
+        unchecked.create_endpoint_config(EndpointConfigName="unprovisioned",
+                                         ProductionVariants=[unprovisioned])  # fmt: skip
+    assert code_of(sagemaker.describe_endpoint_config,
+                   EndpointConfigName="unprovisioned") == "ValidationException"  # fmt: skip
     # a rule across fields said in the spec's names ("minReplicas must not exceed maxReplicas")
     scaled = {"VariantName": "v", "ModelName": "errors-model", "InstanceType": "ml.m5.large",
               "InitialInstanceCount": 1, "ManagedInstanceScaling": {

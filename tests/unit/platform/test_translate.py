@@ -418,6 +418,15 @@ def test_models_with_more_than_we_run_are_refused() -> None:
         ({"ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 5,
                                "ProvisionedConcurrency": 6}}, {},
          r"ProductionVariants\[0\]\.ServerlessConfig"),
+        # the platform's minimum is 1 (none is left out); the spec's 0 is its "none"
+        ({"ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 5,
+                               "ProvisionedConcurrency": 0}}, {},
+         r"^ProductionVariants\[0\]\.ServerlessConfig\.ProvisionedConcurrency must be 1 or more, "
+         r"got 0 \(leave it out to keep none warm\)$"),
+        ({"ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 5,
+                               "ProvisionedConcurrency": -1}}, {},
+         r"^ProductionVariants\[0\]\.ServerlessConfig\.ProvisionedConcurrency must be 1 or more, "
+         r"got -1 "),
         ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 101}, {},
          r"ProductionVariants\[0\]\.InitialInstanceCount"),
         ({"InstanceType": "ml.m5.large", "InitialInstanceCount": 1, "AcceleratorType":
