@@ -232,12 +232,18 @@ def _lines(
     text = body.rstrip(b"\r\n")
     _check_lines(text, num_features, max_rows, max_values)
     if b"\r" in text:
-        lone = _LONE_CR.search(text)
-        if lone is not None:
-            row = text.count(b"\n", 0, lone.start()) + 1
-            raise InvalidInput(f"row {row}: a carriage return inside a row; end rows with LF")
+        _check_no_lone_cr(text)
         text = text.replace(b"\r\n", b"\n")
     return text.split(b"\n")
+
+
+def _check_no_lone_cr(text: bytes) -> None:
+    """Refuse a CR that does not end a row (``_lines``), naming its row: the one message, also
+    where only the first row is read early (``_rows_checked``)."""
+    lone = _LONE_CR.search(text)
+    if lone is not None:
+        row = text.count(b"\n", 0, lone.start()) + 1
+        raise InvalidInput(f"row {row}: a carriage return inside a row; end rows with LF")
 
 
 def _csv_row(line: bytes, row: int, width: int | None) -> list[float]:
@@ -764,7 +770,10 @@ def _rows_checked(
     rows = body.count(b"\n", start, end) + 1
     _check_size(rows, num_features, max_rows, max_values)
     if content_type == CSV:
-        first = body[start : body.find(b"\n", start, end) if rows > 1 else end]
+        first_end = body.find(b"\n", start, end) if rows > 1 else end
+        # with its LF, so that a CRLF ending is not taken for a lone CR
+        _check_no_lone_cr(body[start : first_end + 1 if rows > 1 else end])
+        first = body[start:first_end]
         if first.strip(b" \t\r"):
             try:
                 _check_width(first.count(b",") + 1, num_features, 1)

@@ -162,6 +162,27 @@ def test_input_is_parsed_as_the_platform_container_would(
     assert expected in message(response)
 
 
+def test_a_lone_cr_is_named_in_any_row_by_a_server_that_knows_its_memory(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """With its memory known (as in a pod, or under ``up``) a worker checks the first row's
+    field count early: a CR in row 1 answered "row 1: expected 10 features, got 19"."""
+    env = {"INFERMODES_SERVE_MEMORY_BYTES": str(2 * 1024 * 1024 * 1024)}
+    args = ["--model", f"file://{abalone_model.tarball}", "--workers", "1"]
+    cases = {
+        ROW + b"\r" + ROW + b"\n" + ROW: 1,
+        ROW + b"\r" + ROW: 1,
+        ROW + b"\n" + ROW + b"\r" + ROW: 2,
+    }
+    with running_server(args, tmp_path / "serve.log", env=env) as server:
+        for body, row in cases.items():
+            response = exchange(server.port, Request("POST", "/invocations", CSV, body))
+            assert response.status == 400, response
+            said = f"row {row}: a carriage return inside a row; end rows with LF"
+            assert message(response) == said, body
+    assert "Traceback" not in server.log, server.log
+
+
 def test_nan_and_empty_fields_are_missing_values(port: int) -> None:
     for body in (ROW.replace(b"0.455", b"nan"), ROW.replace(b"0.455", b"")):
         assert exchange(port, Request("POST", "/invocations", CSV, body)).status == 200

@@ -376,6 +376,32 @@ def test_streamed_chunks_are_refused_like_request_bodies(chunk: bytes) -> None:
     assert str(streamed.value) == str(whole.value)
 
 
+@pytest.mark.parametrize(
+    ("body", "row"),
+    [(b"1,2,3\r4,5,6\n7,8,9", 1), (b"1,2,3\r4,5,6", 1), (b"1,2,3\r\r\n4,5,6", 1),
+     (b"1,2,3\n4,5,6\r7,8,9", 2)],
+)  # fmt: skip
+def test_a_lone_cr_is_named_in_any_row_by_every_reader(body: bytes, row: int) -> None:
+    """With its memory known (a worker in a pod, or under ``up``) the first row's field count
+    was checked before the CR: a CR in row 1 answered "expected 3 features, got 5". The
+    request's reader, the native one (it hands the body back) and batch's chunk reader, with
+    and without a memory budget, answer the same."""
+    from infermodes.predict import fastcsv
+    from infermodes.predict.stream import decode_chunk
+
+    said = f"^row {row}: a carriage return inside a row; end rows with LF$"
+    budgets = {codecs.CSV: 1 << 30}
+    assert fastcsv.parse(body, 3) is None
+    for memory_budgets in (None, budgets):
+        with pytest.raises(InvalidInput, match=said):
+            codecs.decode(body, codecs.CSV, 3, memory_budgets=memory_budgets)
+        with pytest.raises(InvalidInput, match=said):
+            decode_chunk(body, codecs.CSV, 3, 1, memory_budgets)
+    lines = body.replace(b"\r\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    crlf = b"\r\n".join(lines)  # the same rows ended as the message asks: read
+    assert codecs.decode(crlf, codecs.CSV, 3, memory_budgets=budgets).shape == (len(lines), 3)
+
+
 def test_a_json_body_without_a_feature_count_is_held_to_max_values_too() -> None:
     """Found by the property test's random seed: with no feature count the first row gives
     the width, and the matrix it makes was not checked against ``max_values``."""
