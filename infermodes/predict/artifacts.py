@@ -95,6 +95,18 @@ def _is_gzip_tar(data: bytes) -> bool:
     return data[:2] == b"\x1f\x8b"
 
 
+def _is_platform_member(name: str) -> bool:
+    return name.lstrip("./") == PLATFORM_MEMBER
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"a symbolic link (to {member.linkname!r})"
+    if member.islnk():
+        return f"a hard link (to {member.linkname!r})"
+    return "a directory" if member.isdir() else "not a regular file"
+
+
 class _Unpacked:
     """The decompressed stream of a ``.tar.gz``, refused (ModelLoadError) once it would go past
     ``limit`` bytes: a few KiB of gzip may unpack to gigabytes (a decompression bomb), and
@@ -128,8 +140,14 @@ class _Unpacked:
 
 
 def extract_member(archive: bytes) -> bytes:
-    """The booster inside a ``model.tar.gz``: ``xgboost-model`` if present, else the only
-    regular file (ignoring hidden files). Members are read, never extracted to disk; the
+    """The booster inside a ``model.tar.gz`` (``extract_named_member``'s bytes)."""
+    return extract_named_member(archive)[1]
+
+
+def extract_named_member(archive: bytes) -> tuple[str, bytes]:
+    """The booster inside a ``model.tar.gz`` and its member's name: ``xgboost-model`` if present,
+    else the only regular file (ignoring hidden files), as the platform's container takes any
+    one file; a link is never followed. Members are read, never extracted to disk; the
     archive unpacks to at most ``MAX_MODEL_BYTES`` (what a bare model may be) in at most
     ``MAX_ARCHIVE_MEMBERS`` members, or it is refused before more is read."""
     unpacked = _Unpacked(archive, MAX_MODEL_BYTES)
@@ -147,7 +165,12 @@ def extract_member(archive: bytes) -> bytes:
                     if member.size > MAX_MODEL_BYTES:  # a sparse member's size is unpacked
                         raise unpacked.refusal()
                     files.append(member)
-            named = [m for m in files if m.name.lstrip("./") == PLATFORM_MEMBER]
+                elif _is_platform_member(member.name):
+                    raise ModelLoadError(
+                        f"model.tar.gz's member {member.name!r} is {_member_kind(member)}: "
+                        "the model must be a regular file in the archive (links are refused)"
+                    )
+            named = [m for m in files if _is_platform_member(m.name)]
             candidates = named or [
                 m for m in files if not m.name.rsplit("/", 1)[-1].startswith(".")
             ]
@@ -160,20 +183,44 @@ def extract_member(archive: bytes) -> bytes:
             handle = tar.extractfile(candidates[0])
             if handle is None:
                 raise ModelLoadError(f"cannot read {candidates[0].name} from the archive")
-            return handle.read()
+            return candidates[0].name, handle.read()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ModelLoadError(f"model archive is not a readable tar.gz: {exc}") from exc
 
 
-def read_artifact(uri: str, storage: Storage) -> bytes:
-    """The raw booster bytes behind a model URI (unpacked when it is a tar.gz)."""
+def read_artifact(uri: str, storage: Storage) -> tuple[bytes, str | None]:
+    """The raw booster bytes behind a model URI (unpacked when it is a tar.gz), and the
+    archive member they came from (None: the file itself)."""
     try:
         data = storage.get_bytes(uri, limit=MAX_MODEL_BYTES)
     except StorageError as exc:
         raise ModelLoadError(f"cannot read model {uri}: {exc}") from exc
     if not data:
         raise ModelLoadError(f"model {uri} is empty")
-    return extract_member(data) if _is_gzip_tar(data) else data
+    if not _is_gzip_tar(data):
+        return data, None
+    member, model = extract_named_member(data)
+    return model, member
+
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def guessed_source(uri: str, member: str | None) -> str | None:
+    """What a load failure must say was read as the model, where that was a guess: the one
+    file of an archive without ``xgboost-model``, or a file named as an archive that is not
+    one (read as a bare model). None: what was read is what was asked for."""
+    if member is not None and not _is_platform_member(member):
+        return (
+            f"model.tar.gz holds no {PLATFORM_MEMBER!r}; its one file, {member!r}, was read as "
+            "the model"
+        )
+    if member is None and uri.lower().endswith(ARCHIVE_SUFFIXES):
+        return (
+            f"model {uri} is named as a .tar.gz but is not a gzip archive (it does not start "
+            "with 1f 8b), so it was read as a bare model"
+        )
+    return None
 
 
 MAX_FEATURES = 1 << 24
@@ -246,4 +293,11 @@ def _unpickle_to_ubj(data: bytes) -> bytes:
 
 
 def load_booster(uri: str, storage: Storage, allow_pickle: bool = False) -> NativeBooster:
-    return booster_from_bytes(read_artifact(uri, storage), allow_pickle=allow_pickle)
+    data, member = read_artifact(uri, storage)
+    try:
+        return booster_from_bytes(data, allow_pickle=allow_pickle)
+    except ModelLoadError as exc:
+        guess = guessed_source(uri, member)
+        if guess is None:
+            raise
+        raise ModelLoadError(f"{guess}: {exc}") from exc

@@ -6,7 +6,9 @@ booster's, clean-up), an async endpoint, a transform job, and every operation's 
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -570,6 +572,57 @@ def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagema
     sagemaker.delete_endpoint(EndpointName="absent")
     sagemaker.delete_endpoint_config(EndpointConfigName="absent-config")
     sagemaker.delete_model(ModelName="absent-model")
+
+
+def symlinked_member() -> bytes:
+    """A model.tar.gz whose ``xgboost-model`` is a symbolic link."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        link = tarfile.TarInfo("xgboost-model")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return buffer.getvalue()
+
+
+def readme_only() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        readme = tarfile.TarInfo("readme.txt")
+        readme.size = 6
+        tar.addfile(readme, io.BytesIO(b"hello\n"))
+    return buffer.getvalue()
+
+
+def test_an_artifact_read_by_a_guess_or_refused_as_a_link_is_named_in_the_failure_reason(
+    sagemaker: Any, s3: S3Endpoint
+) -> None:
+    """FailureReason said "legacy binary model is truncated" of a tar of a readme and of a
+    text file named .tar.gz, and "found: none" of a tar whose xgboost-model is a link."""
+    artifacts = {
+        "readme": (readme_only(), "model.tar.gz holds no 'xgboost-model'; its one file, "
+                   "'readme.txt', was read as the model: "),
+        "notar": (b"hello world", "s3://models/notar/model.tar.gz is named as a .tar.gz but is "
+                  "not a gzip archive (it does not start with 1f 8b), so it was read as a bare "
+                  "model: "),
+        "link": (symlinked_member(), "model.tar.gz's member 'xgboost-model' is a symbolic link "
+                 "(to '/etc/passwd'): the model must be a regular file in the archive"),
+    }  # fmt: skip
+    storage: Any = s3.client()
+    for name, (body, _) in artifacts.items():
+        storage.put_object(Bucket="models", Key=f"{name}/model.tar.gz", Body=body)
+        sagemaker.create_model(ModelName=f"{name}-model", PrimaryContainer={
+            "ModelDataUrl": f"s3://models/{name}/model.tar.gz"})  # fmt: skip
+        create_instance_config(sagemaker, f"{name}-config", f"{name}-model")
+        sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
+    for name, (_, said) in artifacts.items():
+        with pytest.raises(WaiterError, match="Failed"):
+            sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name,
+                                                             WaiterConfig=FAST)  # fmt: skip
+        reason = sagemaker.describe_endpoint(EndpointName=name)["FailureReason"]
+        assert said in reason, (name, reason)
+        sagemaker.delete_endpoint(EndpointName=name)
+        sagemaker.delete_endpoint_config(EndpointConfigName=f"{name}-config")
+        sagemaker.delete_model(ModelName=f"{name}-model")
 
 
 def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(

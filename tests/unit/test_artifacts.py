@@ -75,6 +75,65 @@ def test_tarball_with_several_candidates_is_refused(tmp_path: Path) -> None:
         load_booster(str(path), Storage())
 
 
+def test_a_tarball_without_the_platform_member_names_the_file_it_read(tmp_path: Path) -> None:
+    """A tar of only readme.txt failed as "legacy binary model is truncated at byte 0", not
+    naming the member nor saying that ``xgboost-model`` is missing."""
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(tarball({"readme.txt": b"a model trained on abalone\n"}))
+    said = (
+        r"^model\.tar\.gz holds no 'xgboost-model'; its one file, 'readme\.txt', was read as the "
+        r"model: the model is not XGBoost JSON or UBJ, and not a readable legacy binary model"
+    )
+    with pytest.raises(ModelLoadError, match=said):
+        load_booster(str(path), Storage())
+
+
+@pytest.mark.parametrize("name", ["notar.tar.gz", "model.TGZ"])
+def test_a_file_named_as_an_archive_that_is_not_gzip_says_so(tmp_path: Path, name: str) -> None:
+    """It was read as a bare model and failed as a truncated legacy binary, not saying that
+    the .tar.gz is no archive."""
+    path = tmp_path / name
+    path.write_bytes(b"hello world")
+    said = (
+        rf"^model {path} is named as a \.tar\.gz but is not a gzip archive \(it does not start "
+        r"with 1f 8b\), so it was read as a bare model: the model is not XGBoost JSON"
+    )
+    with pytest.raises(ModelLoadError, match=said):
+        load_booster(str(path), Storage())
+
+
+def test_a_bare_model_named_as_an_archive_still_loads(tmp_path: Path, booster: xgb.Booster) -> None:
+    path = tmp_path / "model.tar.gz"
+    booster.save_model(tmp_path / "model.json")
+    path.write_bytes((tmp_path / "model.json").read_bytes())
+    assert same_predictions(load_booster(str(path), Storage()), booster)
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [(tarfile.SYMTYPE, "a symbolic link (to '/etc/passwd')"),
+     (tarfile.LNKTYPE, "a hard link (to '/etc/passwd')"),
+     (tarfile.DIRTYPE, "a directory")],
+)  # fmt: skip
+def test_a_platform_member_that_is_not_a_file_is_named(
+    tmp_path: Path, kind: bytes, said: str
+) -> None:
+    """A symlinked ``xgboost-model`` was refused as "found: none": it was there, as a link."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("xgboost-model")
+        info.type, info.linkname = kind, "/etc/passwd" if kind != tarfile.DIRTYPE else ""
+        tar.addfile(info)
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ModelLoadError) as refused:
+        load_booster(str(path), Storage())
+    assert str(refused.value) == (
+        f"model.tar.gz's member 'xgboost-model' is {said}: the model must be a regular file in "
+        "the archive (links are refused)"
+    )
+
+
 def test_booster_pickle_loads_without_running_it(booster: xgb.Booster) -> None:
     data = pickle.dumps(booster)
     assert sniff_format(data) is ModelFormat.PICKLE
