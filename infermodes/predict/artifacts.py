@@ -260,6 +260,17 @@ def booster_from_bytes(data: bytes, allow_pickle: bool = False) -> NativeBooster
     return booster
 
 
+PICKLE_OPT_INS = (
+    "or, if you trust its source: for an endpoint (a manifest or a custom resource), "
+    "spec.model.allowPickle: true, which a cluster's operator takes only with the chart's "
+    "operator.allowPickle; for infermodes serve or infermodes batch, --allow-pickle "
+    "(INFERMODES_SERVE_ALLOW_PICKLE, INFERMODES_BATCH_ALLOW_PICKLE); the platform API's "
+    "CreateModel has no such setting, so re-saving is the only way there"
+)
+"""Every opt-in there is, in the one refusal: the process that refuses cannot tell which way
+its user came (the operator and ``up`` pass the spec's ``allowPickle`` to it as the setting)."""
+
+
 def _model_from_pickle(data: bytes, allow_pickle: bool) -> bytes:
     """A Booster pickle's model, read without running it; other pickles only with the opt-in."""
     try:
@@ -269,8 +280,7 @@ def _model_from_pickle(data: bytes, allow_pickle: bool) -> bytes:
             raise ModelLoadError(
                 f"the model is a Python pickle that is not an XGBoost Booster's: {exc}. "
                 "Unpickling an untrusted artifact runs arbitrary code, so it is refused. Re-save "
-                "it with Booster.save_model('model.json' or 'model.ubj'), or start the server "
-                "with --allow-pickle if you trust its source"
+                f"it with Booster.save_model('model.json' or 'model.ubj'); {PICKLE_OPT_INS}"
             ) from exc
     return _unpickle_to_ubj(data)
 

@@ -179,6 +179,9 @@ def test_a_pickle_other_than_a_booster_is_refused_at_start(
     server = start_server(["--model", str(other)], tmp_path / "pickle.log")
     assert server.proc.wait(60) == EXIT_MODEL_LOAD_FAILED
     assert "pickle" in server.log and "refused" in server.log
+    # every way to opt in, not only this server's flag
+    assert "spec.model.allowPickle: true" in server.log, server.log
+    assert "the platform API's CreateModel has no such setting" in server.log, server.log
     booster = pickled_tarball(tmp_path / "booster.tar.gz", abalone_model.booster())
     with running_server(
         ["--model", str(booster), "--allow-pickle", "--workers", "1"], tmp_path / "allowed.log"

@@ -140,9 +140,16 @@ def test_booster_pickle_loads_without_running_it(booster: xgb.Booster) -> None:
     assert same_predictions(booster_from_bytes(data), booster)
 
 
-def test_other_pickles_are_refused_by_default() -> None:
-    with pytest.raises(ModelLoadError, match="pickle.*not an XGBoost Booster.*--allow-pickle"):
+def test_other_pickles_are_refused_by_default_naming_every_way_to_opt_in() -> None:
+    """The advice named only the server's --allow-pickle, which a user of a manifest or of
+    the platform API has not got."""
+    with pytest.raises(ModelLoadError, match="pickle.*not an XGBoost Booster") as refused:
         booster_from_bytes(pickle.dumps({"a": 1}))
+    for knob in ("spec.model.allowPickle: true", "the chart's operator.allowPickle",
+                 "--allow-pickle", "INFERMODES_SERVE_ALLOW_PICKLE",
+                 "INFERMODES_BATCH_ALLOW_PICKLE",
+                 "the platform API's CreateModel has no such setting"):  # fmt: skip
+        assert knob in str(refused.value), knob
 
 
 def test_booster_pickle_inside_tarball_loads(tmp_path: Path, booster: xgb.Booster) -> None:
