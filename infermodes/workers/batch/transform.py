@@ -254,41 +254,32 @@ def _selected_line(path: JsonPath, fields: list[bytes], record: str) -> bytes:
 
 
 def split_csv_record(line: bytes) -> list[bytes]:
-    """A CSV record's fields as RFC 4180 reads them: a field in double quotes may hold commas
-    and doubled quotes. Each is kept as written, quotes included, so that a field a filter or
-    the join passes through is valid CSV again. A record is a line (records are cut at
-    newlines), so a quote still open at its end is malformed, as is a quote anywhere else
-    than around a whole field. The fields between quotes are split at once, as a line without
-    a quote is: a line is read once, however many fields it has."""
+    """A CSV record's fields as RFC 4180 reads them: a field that starts with a double quote
+    may hold commas and doubled quotes up to its closing quote. Each is kept as written, quotes
+    included, so that a field a filter or the join passes through is valid CSV again. As
+    Python's csv module and spreadsheets read them, what follows a closing quote up to the next
+    comma stays part of its field (``"a" ,``), and a quote inside a field that does not start
+    with one is a character of it (``5" screw``). A record is a line (records are cut at
+    newlines), so a quoted field still open at its end is malformed. The fields between quoted
+    ones are split at once: a line is read once, however many fields it has."""
     fields: list[bytes] = []
     start = 0
-    while (quote := line.find(b'"', start)) >= 0:
-        before = line.rfind(b",", start, quote)  # the unquoted fields before the quote
-        if before >= 0:
-            fields += line[start:before].split(b",")
-            start = before + 1
-        column = len(fields) + 1
-        if quote > start:
-            comma = line.find(b",", quote)
-            raise InvalidInput(
-                f"column {column}: a quote inside an unquoted field "
-                f"({_field(line[start : len(line) if comma < 0 else comma])}); quote the whole "
-                'field and write a quote inside it twice: "a ""b"" c"'
-            )
-        end = _closing_quote(line, quote, column) + 1
-        if end < len(line) and line[end] != ord(","):
-            comma = line.find(b",", end)
-            raise InvalidInput(
-                f"column {column}: text after the closing quote of a quoted field "
-                f"({_field(line[start : len(line) if comma < 0 else comma])}); a quote inside "
-                'a quoted field is written twice ("")'
-            )
-        fields.append(line[start:end])
-        if end == len(line):
+    while True:
+        if line.startswith(b'"', start):
+            closing = _closing_quote(line, start, len(fields) + 1)
+            comma = line.find(b",", closing + 1)
+            if comma < 0:
+                fields.append(line[start:])
+                return fields
+            fields.append(line[start:comma])
+            start = comma + 1
+            continue
+        quoted = line.find(b',"', start)  # the next field that starts with a quote
+        if quoted < 0:
+            fields += line[start:].split(b",")
             return fields
-        start = end + 1
-    fields += line[start:].split(b",")
-    return fields
+        fields += line[start:quoted].split(b",")
+        start = quoted + 1
 
 
 def _closing_quote(line: bytes, opening: int, column: int) -> int:

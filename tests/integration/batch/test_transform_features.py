@@ -96,7 +96,7 @@ def test_a_quoted_id_column_is_filtered_out_and_joined_back_as_written(
     a piece of the id as a feature and the object failed. A record with an unclosed quote (a
     newline inside a quoted field) fails its object at once, naming its line, not retried."""
     features = csv_text(rows).decode().splitlines()
-    ids = ['"Smith, John"', '"O""Brien, Pat ""Jr"""', '""', "plain", '","']
+    ids = ['"Smith, John"', '"O""Brien, Pat ""Jr"""', '""', "plain", '","', '5" screw', '"a" ']
     lines = [f"{ids[i % len(ids)]},{line}" for i, line in enumerate(features)]
     done = run_id_dropped_and_joined(
         abalone_model,
