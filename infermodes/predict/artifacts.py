@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import posixpath
 import tarfile
 from enum import StrEnum
 from typing import IO, cast
@@ -107,6 +108,23 @@ def _member_kind(member: tarfile.TarInfo) -> str:
     return "a directory" if member.isdir() else "not a regular file"
 
 
+def _link_target(link: tarfile.TarInfo, files: list[tarfile.TarInfo]) -> tarfile.TarInfo:
+    """The regular file of the archive a link member leads to (a symbolic link's target is
+    relative to its own folder, a hard link's to the archive's root); ModelLoadError when it
+    leads out of the archive or to no regular file in it."""
+    folder = posixpath.dirname(link.name) if link.issym() else ""
+    target = posixpath.normpath(posixpath.join(folder, link.linkname))
+    if not posixpath.isabs(target) and target.split("/", 1)[0] != "..":
+        for member in files:
+            if posixpath.normpath(member.name) == target:
+                return member
+    raise ModelLoadError(
+        f"model.tar.gz's member {link.name!r} is {_member_kind(link)}, which is no regular "
+        "file in the archive: the model must be a regular file in the archive, or a link to "
+        "one (a link out of the archive is refused)"
+    )
+
+
 class _Unpacked:
     """The decompressed stream of a ``.tar.gz``, refused (ModelLoadError) once it would go past
     ``limit`` bytes: a few KiB of gzip may unpack to gigabytes (a decompression bomb), and
@@ -147,13 +165,16 @@ def extract_member(archive: bytes) -> bytes:
 def extract_named_member(archive: bytes) -> tuple[str, bytes]:
     """The booster inside a ``model.tar.gz`` and its member's name: ``xgboost-model`` if present,
     else the only regular file (ignoring hidden files), as the platform's container takes any
-    one file; a link is never followed. Members are read, never extracted to disk; the
-    archive unpacks to at most ``MAX_MODEL_BYTES`` (what a bare model may be) in at most
+    one file. An ``xgboost-model`` that is a link (``ln -s model.ubj xgboost-model``) is read
+    as the regular file it leads to inside the archive, as the container's open follows it; a
+    link out of the archive is refused, never followed. Members are read, never extracted to
+    disk; the archive unpacks to at most ``MAX_MODEL_BYTES`` (what a bare model may be) in at most
     ``MAX_ARCHIVE_MEMBERS`` members, or it is refused before more is read."""
     unpacked = _Unpacked(archive, MAX_MODEL_BYTES)
     try:
         with tarfile.open(fileobj=cast(IO[bytes], unpacked), mode="r:") as tar:
-            files = []
+            files: list[tarfile.TarInfo] = []
+            links: list[tarfile.TarInfo] = []
             count = 0
             while (member := tar.next()) is not None:
                 count += 1
@@ -165,12 +186,15 @@ def extract_named_member(archive: bytes) -> tuple[str, bytes]:
                     if member.size > MAX_MODEL_BYTES:  # a sparse member's size is unpacked
                         raise unpacked.refusal()
                     files.append(member)
-                elif _is_platform_member(member.name):
+                elif (member.issym() or member.islnk()) and _is_platform_member(member.name):
+                    links.append(member)
+                elif _is_platform_member(member.name) and not member.isdir():
                     raise ModelLoadError(
                         f"model.tar.gz's member {member.name!r} is {_member_kind(member)}: "
-                        "the model must be a regular file in the archive (links are refused)"
+                        "the model must be a regular file in the archive"
                     )
             named = [m for m in files if _is_platform_member(m.name)]
+            named = named or [_link_target(link, files) for link in links]
             candidates = named or [
                 m for m in files if not m.name.rsplit("/", 1)[-1].startswith(".")
             ]

@@ -605,7 +605,7 @@ def test_an_artifact_read_by_a_guess_or_refused_as_a_link_is_named_in_the_failur
                   "not a gzip archive (it does not start with 1f 8b), so it was read as a bare "
                   "model: "),
         "link": (symlinked_member(), "model.tar.gz's member 'xgboost-model' is a symbolic link "
-                 "(to '/etc/passwd'): the model must be a regular file in the archive"),
+                 "(to '/etc/passwd'), which is no regular file in the archive"),
     }  # fmt: skip
     storage: Any = s3.client()
     for name, (body, _) in artifacts.items():

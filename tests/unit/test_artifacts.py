@@ -110,28 +110,73 @@ def test_a_bare_model_named_as_an_archive_still_loads(tmp_path: Path, booster: x
 
 
 @pytest.mark.parametrize(
-    ("kind", "said"),
-    [(tarfile.SYMTYPE, "a symbolic link (to '/etc/passwd')"),
-     (tarfile.LNKTYPE, "a hard link (to '/etc/passwd')"),
-     (tarfile.DIRTYPE, "a directory")],
+    ("kind", "target", "said"),
+    [(tarfile.SYMTYPE, "/etc/passwd", "a symbolic link (to '/etc/passwd')"),
+     (tarfile.LNKTYPE, "/etc/passwd", "a hard link (to '/etc/passwd')"),
+     (tarfile.SYMTYPE, "../model.ubj", "a symbolic link (to '../model.ubj')"),
+     (tarfile.SYMTYPE, "absent.ubj", "a symbolic link (to 'absent.ubj')")],
 )  # fmt: skip
-def test_a_platform_member_that_is_not_a_file_is_named(
-    tmp_path: Path, kind: bytes, said: str
+def test_a_platform_member_linking_out_of_the_archive_is_named(
+    tmp_path: Path, booster: xgb.Booster, kind: bytes, target: str, said: str
 ) -> None:
-    """A symlinked ``xgboost-model`` was refused as "found: none": it was there, as a link."""
+    """A symlinked ``xgboost-model`` was refused as "found: none": it was there, as a link.
+    Its target is never looked for outside the archive, even beside a file of that name."""
+    booster.save_model(tmp_path / "model.ubj")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "model.ubj", arcname="model.ubj")
         info = tarfile.TarInfo("xgboost-model")
-        info.type, info.linkname = kind, "/etc/passwd" if kind != tarfile.DIRTYPE else ""
+        info.type, info.linkname = kind, target
         tar.addfile(info)
     path = tmp_path / "model.tar.gz"
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ModelLoadError) as refused:
         load_booster(str(path), Storage())
     assert str(refused.value) == (
-        f"model.tar.gz's member 'xgboost-model' is {said}: the model must be a regular file in "
-        "the archive (links are refused)"
+        f"model.tar.gz's member 'xgboost-model' is {said}, which is no regular file in the "
+        "archive: the model must be a regular file in the archive, or a link to one (a link "
+        "out of the archive is refused)"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "target"),
+    [(tarfile.SYMTYPE, "xgboost-model", "model.ubj"),
+     (tarfile.SYMTYPE, "./xgboost-model", "./model.ubj"),
+     (tarfile.LNKTYPE, "xgboost-model", "model.ubj")],
+)  # fmt: skip
+def test_a_platform_member_linking_to_a_file_of_the_archive_is_read_as_that_file(
+    tmp_path: Path, booster: xgb.Booster, kind: bytes, name: str, target: str
+) -> None:
+    """``ln -s model.ubj xgboost-model`` (or a hard link, as GNU tar writes one) loads, as the
+    platform's container opens it through the link: it did before links were named, by the
+    one-regular-file rule, and was refused when they were."""
+    booster.save_model(tmp_path / "model.ubj")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "model.ubj", arcname="model.ubj")
+        tar.add(tmp_path / "model.ubj", arcname="other.ubj")  # not the only file: the link's
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    assert same_predictions(load_booster(str(path), Storage()), booster)
+
+
+def test_a_folder_named_xgboost_model_holding_the_one_model_file_loads(
+    tmp_path: Path, booster: xgb.Booster
+) -> None:
+    booster.save_model(tmp_path / "model.json")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        folder = tarfile.TarInfo("xgboost-model")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        tar.add(tmp_path / "model.json", arcname="xgboost-model/model.json")
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    assert same_predictions(load_booster(str(path), Storage()), booster)
 
 
 def test_booster_pickle_loads_without_running_it(booster: xgb.Booster) -> None:
