@@ -974,16 +974,20 @@ class Supervisor:
                          "pool in only once they can")  # fmt: skip
         message = "; ".join(notes)
         # the previous spec's servers: Updating. A retry's server, not ready yet, has not shown
-        # the model loads: Failed until it does (a waiter would pass on it), as the operator's
-        # status stays while a restarted pod's last exit says the model could not load
+        # the model loads: Failed until it does (a waiter would pass on it), or, while the
+        # previous spec's servers serve, the update that cannot roll out, as between its tries
+        # (the API takes another update then), as the operator's status stays while a
+        # restarted pod's last exit says the model could not load
         crashing = None if ready else self._crashing(endpoint)
+        retried = None if ready else endpoint.load_failure
         old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
-        if endpoint.load_failure is not None and not (ready or endpoint.outgoing):
-            phase, reason = Phase.FAILED, endpoint.load_failure[0]
+        blocked = retried or crashing
+        if blocked is not None and old_serving:  # as the operator's update that cannot roll out
+            reason, message = blocked[0], update_blocked(blocked[1], old_serving)
+        elif retried is not None:
+            phase, reason = Phase.FAILED, retried[0]
             when = "now" if running else "when one of its processes starts"
-            message = f"{endpoint.load_failure[1]}; tried again {when}"
-        elif crashing is not None and old_serving:  # as the operator's update that cannot roll
-            reason, message = crashing[0], update_blocked(crashing[1], old_serving)  # out
+            message = f"{retried[1]}; tried again {when}"
         elif crashing is not None:
             phase, (reason, message) = Phase.FAILED, crashing
         elif ready > 0:
@@ -1236,6 +1240,9 @@ class Supervisor:
                 self.apply(endpoint.manifest)
                 again = self.endpoints[name]
                 again.load_failure = endpoint.failure
+                # its server has shown nothing yet: what the last try said stands until it does
+                # (an update's "Updating" in between let the API refuse the fixing update)
+                again.status = endpoint.status
                 again.event(f"started again: its model could not load {attempts} time(s) in a "
                             "row")  # fmt: skip
 

@@ -666,6 +666,46 @@ def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(
         sagemaker.delete_model(ModelName=model)
 
 
+def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_retried(
+    sagemaker: Any, up: Up
+) -> None:
+    """While the update's model is tried again (every few seconds, doubling), the endpoint
+    said ``Updating`` without a FailureReason from each retry's start until its server failed
+    again, and an UpdateEndpoint sent then was refused as in progress. Polled through a retry
+    (its server seen running), every answer has the reason, and the fixing update is taken at
+    once."""
+    create_model(sagemaker, "kept-model")
+    create_instance_config(sagemaker, "kept-config", "kept-model")
+    sagemaker.create_model(ModelName="missing-model", PrimaryContainer={
+        "ModelDataUrl": "s3://models/missing/model.tar.gz"})  # fmt: skip
+    create_instance_config(sagemaker, "missing-config", "missing-model")
+    sagemaker.create_endpoint(EndpointName="retried", EndpointConfigName="kept-config")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="retried", WaiterConfig=FAST)
+    sagemaker.update_endpoint(EndpointName="retried", EndpointConfigName="missing-config")
+    wait_until(lambda: "FailureReason" in sagemaker.describe_endpoint(EndpointName="retried"),
+               60, "the update's failure to show")  # fmt: skip
+    answers, retry_running = set(), False
+    for _ in range(60):  # about 15 s: the first retry comes 5 s after the first failure
+        described = sagemaker.describe_endpoint(EndpointName="retried")
+        reason = described.get("FailureReason", "none")
+        answers.add((described["EndpointStatus"], reason.split(" (")[0]))
+        processes = up.status("retried")["processes"]
+        retry_running |= any(p["running"] and not p["outgoing"] for p in processes)
+        time.sleep(0.25)
+    assert retry_running, "no retry of the model ran while polled"
+    assert answers == {("Updating", "ModelLoadFailed: the new spec cannot roll out")}
+    sagemaker.update_endpoint(EndpointName="retried", EndpointConfigName="kept-config")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="retried", WaiterConfig=FAST)
+    described = sagemaker.describe_endpoint(EndpointName="retried")
+    assert described["EndpointConfigName"] == "kept-config" and "FailureReason" not in described
+    sagemaker.delete_endpoint(EndpointName="retried")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="retried", WaiterConfig=FAST)
+    for config in ("kept-config", "missing-config"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=config)
+    for model in ("kept-model", "missing-model"):
+        sagemaker.delete_model(ModelName=model)
+
+
 def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up) -> None:
     """What boto3 lets through (its own checks catch missing and mistyped members) is refused
     by the API with the platform's codes."""

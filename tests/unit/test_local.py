@@ -1306,6 +1306,63 @@ def test_an_update_whose_server_keeps_crashing_says_so_while_the_old_ones_serve(
     assert "1 replica(s) of the previous spec still serve" in status.message
 
 
+def test_an_update_that_cannot_load_shows_its_failure_between_its_retries_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a realtime update's model cannot load, the previous spec's server serves. Its
+    retry started a new server under the reason ``Updating`` until that one failed again, so
+    DescribeEndpoint's FailureReason went away for seconds at each retry and an UpdateEndpoint
+    sent then was refused as in progress. The failure is the status at every step now: the
+    failed try, the retry's apply, its first round, its server running and not ready yet."""
+    from infermodes.platform.describe import update_failed
+
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    serving = supervisor.endpoints[name]
+    old = FakeChild(True, f"{name}/server-0")
+    serving.children, serving.ports = {old.key: old}, {old.key: 1}  # type: ignore[dict-item]
+    serving.initialized, serving.desired = True, 1
+    serving.status = Status(Phase.IN_SERVICE, "Ready", "", 1, 1, 1)
+    monkeypatch.setattr(supervisor, "_is_ready", lambda endpoint, child: child is old)
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
+    broken = copy.deepcopy(document)
+    broken["spec"]["model"]["uri"] = "file:///nowhere/model.tar.gz"
+    supervisor.apply(parse_document(broken, "test"))
+    failing = supervisor.endpoints[name]
+    failing.failure = ("ModelLoadFailed", "model cannot be loaded: no such file")
+    supervisor.load_retries[name] = (1, 5.0)
+    asyncio.run(supervisor._actuate(failing, 1.0))
+    shown = []
+
+    def look(endpoint: LocalEndpoint) -> None:
+        obj = supervisor.object_of(endpoint, with_processes=False)
+        status = endpoint.status
+        shown.append((status.phase.value, status.reason, status.ready_replicas))
+        assert update_failed(obj), obj["status"]
+        assert status.message.startswith(
+            "the new spec cannot roll out (model cannot be loaded: no such file); 1 replica(s)"
+        ), status.message
+
+    look(failing)
+    supervisor._retry_loads(5.0)
+    again = supervisor.endpoints[name]
+    assert again is not failing and old.key in again.outgoing
+    look(again)  # applied again, before its first round
+    asyncio.run(supervisor._actuate(again, 5.0))
+    look(again)  # its server to be started
+    for child in again.children.values():
+        monkeypatch.setattr(child, "running", lambda: True)
+    supervisor._set_status(again)
+    look(again)  # its server running, its model not loaded yet
+    assert set(shown) == {("Updating", "ModelLoadFailed", 1)}
+    monkeypatch.setattr(supervisor, "_is_ready", lambda endpoint, child: True)
+    supervisor._set_status(again)  # its model there now: it rolls out
+    assert (again.status.phase.value, again.status.reason) == ("Updating", "Updating")
+    assert again.load_failure is None
+
+
 class StoppingChild(FakeChild):
     def stop(self) -> None:
         self.is_running = False
