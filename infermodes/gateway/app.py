@@ -224,12 +224,16 @@ class Runner:
         registry: CollectorRegistry | None = None,
         routers: Sequence[APIRouter] = (),
         keys: Keys | None = None,
+        namespaced: bool = True,
     ) -> None:
+        """``namespaced``: whether the source's namespaces mean something to a caller, whom
+        errors then name them to (``Endpoint.namespaced``)."""
         self.settings = settings
         self.source = source
         self.table = Table(
             demand_key=annotation_key(gateway_id),
             storage_prefixes=settings.async_storage_prefixes,
+            namespaced=namespaced,
         )
         self.demand = DemandWriter(self.table, sink, gateway_id) if sink is not None else None
         self.app = Gateway(settings, self.table, self.demand, registry, routers, keys)

@@ -106,6 +106,9 @@ class Endpoint:
 
     name: str
     namespace: str
+    # whether its namespace means something to a caller (a cluster's) and errors name it: not
+    # under ``infermodes up``, whose one namespace is its own
+    namespaced: bool = True
     mode: Mode | None = None  # None: a spec the gateway cannot read
     phase: Phase | None = None
     # the status's reason (a word): why a phase takes no invocations. Not its message, which
@@ -139,9 +142,15 @@ class Endpoint:
         peers = sum(1 for at in self.peers_seen_at if now - at <= STALE_SECONDS)
         return max(1, self.serverless.max_concurrency // (1 + peers))
 
+    @property
+    def where(self) -> str:
+        """How an error names it: with its namespace where that means something."""
+        namespace = f" (namespace {self.namespace})" if self.namespaced else ""
+        return f"endpoint {self.name}{namespace}"
+
     def check_servable(self) -> None:
         """Raise the error that says why this endpoint takes no invocations, if it does not."""
-        where = f"endpoint {self.name} (namespace {self.namespace})"
+        where = self.where
         if self.mode is None:
             raise ValidationError(f"{where} has a spec the gateway cannot read")
         if self.mode not in SYNCHRONOUS_MODES:
@@ -159,10 +168,7 @@ class Endpoint:
             else "its batch job"
         )  # fmt: skip
         article = "an" if self.mode is Mode.ASYNC else "a"
-        return ValidationError(
-            f"endpoint {self.name} (namespace {self.namespace}) is {article} {self.mode} "
-            f"endpoint: use {use}"
-        )
+        return ValidationError(f"{self.where} is {article} {self.mode} endpoint: use {use}")
 
     def may_come(self) -> bool:
         """Whether a replica may still come for held requests: not once the endpoint failed,
@@ -225,8 +231,10 @@ class Table:
         on_new_replica: ReplicaHook | None = None,
         on_removed_replica: ReplicaHook | None = None,
         storage_prefixes: Sequence[str] = (),
+        namespaced: bool = True,
     ) -> None:
         self.demand_key = demand_key
+        self.namespaced = namespaced  # see ``Endpoint.namespaced``
         self.storage_prefixes = storage_prefixes  # see ``storage_refusal``
         self.on_new_replica = on_new_replica
         self.on_removed_replica = on_removed_replica
@@ -302,7 +310,7 @@ class Table:
         key = (namespace, name)
         endpoint = self.endpoints.get(key)
         if endpoint is None:
-            endpoint = self.endpoints[key] = Endpoint(name, namespace)
+            endpoint = self.endpoints[key] = Endpoint(name, namespace, self.namespaced)
         return endpoint
 
     # endpoint objects

@@ -465,6 +465,11 @@ class Supervisor:
                 endpoint.memory = old.memory
                 failing = old.failure is not None or old.load_failure is not None
                 endpoint.carried = serving_before if failing else old.desired
+        if self.table is not None and (NAMESPACE, endpoint.name) not in self.table.known:
+            # the gateway's at once, not from the next round on: a request sent right after
+            # its apply (CreateEndpoint's answer) is told it is Creating, not that it does not
+            # exist (one changed is there already: the round tells the table its new spec)
+            self._show(endpoint)
         endpoint.event("applied")
         self.wake.set()
         return "configured" if old is not None else "created"
@@ -1284,8 +1289,7 @@ class Supervisor:
             self._rolled_over(endpoint)
             if endpoint.kept_facts() != endpoint.kept:
                 self._save(endpoint)
-            if self.table is not None:
-                self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+            self._show(endpoint)
         self._resume()
         self._reap()
         self.zygote.check()
@@ -1332,7 +1336,7 @@ class Supervisor:
         self.table = table
         try:
             for endpoint in self.endpoints.values():
-                table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+                self._show(endpoint)
             table.synced.add("local")
             await self.tick()  # before any status is shown (``looked``)
             self.first_round.set()
@@ -1348,6 +1352,11 @@ class Supervisor:
                 await asyncio.to_thread(self.stop_all)
 
     # what the API shows
+    def _show(self, endpoint: LocalEndpoint) -> None:
+        """The gateway's table takes the endpoint as it is now (its spec and status)."""
+        if self.table is not None:
+            self.table.apply_endpoint(self.object_of(endpoint, with_processes=False))
+
     async def looked(self) -> None:
         """Returns once the first round has looked at every endpoint: the status a restart
         starts from (``Creating``, nothing running) is not yet what is true."""

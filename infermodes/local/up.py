@@ -244,7 +244,7 @@ def _serve(
         platform_router(store, LOCAL_DEFAULTS),
     ]
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
-                    routers)  # fmt: skip
+                    routers, namespaced=False)  # fmt: skip
     runner.app.guard = token_guard(token, token_file)  # its API and platform API: its user's
     demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
     async_metrics = AsyncApiMetrics(registry)

@@ -527,8 +527,7 @@ def test_the_async_route_tells_a_realtime_endpoint_its_route(up: Up) -> None:
     answer = up.invoke("abalone", b"1", path="async-invocations")
     assert answer.status_code == 400, answer.text
     assert answer.json()["message"] == (
-        "endpoint abalone (namespace local) is a realtime endpoint: use "
-        "/endpoints/abalone/invocations"
+        "endpoint abalone is a realtime endpoint: use /endpoints/abalone/invocations"
     )
     assert up.invoke("nothing-here", b"1", path="async-invocations").status_code == 404
 

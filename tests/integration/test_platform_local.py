@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -704,6 +705,59 @@ def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_
         sagemaker.delete_endpoint_config(EndpointConfigName=config)
     for model in ("kept-model", "missing-model"):
         sagemaker.delete_model(ModelName=model)
+
+
+def test_an_endpoint_invoked_right_after_its_create_is_told_it_is_creating(
+    sagemaker: Any, up: Up
+) -> None:
+    """The gateway heard of a new endpoint at the supervisor's next round only: invoked at
+    once, it answered 404 "endpoint not found" for up to half a second while DescribeEndpoint
+    said Creating. Invocations sent without pause from before the CreateEndpoint on: every
+    one sent after its answer came is told the endpoint is Creating (or served), none that it
+    does not exist, and without up's own namespace."""
+    create_model(sagemaker, "early-model")
+    create_instance_config(sagemaker, "early-config", "early-model")
+    once = client(up, "sagemaker-runtime", retries={"total_max_attempts": 1})
+    answers: list[tuple[float, int, str]] = []  # (sent at, HTTP status, message)
+    stop = threading.Event()
+
+    def invoke_until_stopped() -> None:
+        for _ in range(2000):  # a bound: stopped after about 2 s
+            if stop.is_set():
+                return
+            sent = time.monotonic()
+            try:
+                once.invoke_endpoint(EndpointName="early", ContentType="text/csv", Body=b"1")
+                answers.append((sent, 200, ""))
+            except ClientError as exc:
+                error = exc.response
+                status = error["ResponseMetadata"]["HTTPStatusCode"]
+                answers.append((sent, status, error["Error"]["Message"]))
+
+    invokers = [threading.Thread(target=invoke_until_stopped) for _ in range(2)]
+    for invoker in invokers:
+        invoker.start()
+    try:
+        time.sleep(0.2)  # they run: the ones before the create are told "not found"
+        sagemaker.create_endpoint(EndpointName="early", EndpointConfigName="early-config")
+        created = time.monotonic()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for invoker in invokers:
+            invoker.join(90)
+    before = {(status, message) for sent, status, message in answers if sent < created}
+    after = [(status, message) for sent, status, message in answers if sent > created]
+    assert (404, "endpoint early not found") in before, before
+    assert after and after[0][0] == 400, after[:3]
+    for status, message in after:
+        creating = message.startswith("endpoint early is Creating (")
+        assert status == 200 or (status == 400 and creating), (status, message)
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="early", WaiterConfig=FAST)
+    sagemaker.delete_endpoint(EndpointName="early")
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="early", WaiterConfig=FAST)
+    sagemaker.delete_endpoint_config(EndpointConfigName="early-config")
+    sagemaker.delete_model(ModelName="early-model")
 
 
 def test_every_operations_not_found_and_validation_errors(sagemaker: Any, up: Up) -> None:

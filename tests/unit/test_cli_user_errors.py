@@ -97,7 +97,7 @@ class _OtherRoute(_JsonAnswer):
         use = "invocations" if self.path.endswith("/async-invocations") else "async-invocations"
         mode = "realtime" if use == "invocations" else "async"
         return "ValidationError", (
-            f"endpoint {name} (namespace local) is a {mode} endpoint: use /endpoints/{name}/{use}"
+            f"endpoint {name} is a {mode} endpoint: use /endpoints/{name}/{use}"
         )
 
 

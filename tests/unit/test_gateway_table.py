@@ -270,6 +270,22 @@ def test_endpoints_that_take_no_invocations_say_why(obj: dict[str, Any], message
     assert message in str(refused.value)
 
 
+@pytest.mark.parametrize(("namespaced", "shown"), [(True, " (namespace ns)"), (False, "")])
+def test_a_refusal_names_the_namespace_only_where_it_means_something(
+    namespaced: bool, shown: str
+) -> None:
+    """Under up, whose one namespace is its own, every refusal said "(namespace local)"."""
+    table = Table(namespaced=namespaced)
+    table.apply_endpoint(endpoint_object("e", phase="Creating"))
+    table.apply_endpoint(endpoint_object("q", mode="async", outputPath="file:///o"))
+    with pytest.raises(ValidationError) as refused:
+        table.lookup("e").check_servable()
+    assert str(refused.value) == f"endpoint e{shown} is Creating, not InService"
+    assert str(table.lookup("q").other_route()) == (
+        f"endpoint q{shown} is an async endpoint: use /endpoints/q/async-invocations"
+    )
+
+
 @pytest.mark.parametrize("phase", ["InService", "Updating"])
 def test_in_service_and_updating_endpoints_are_served_even_at_zero_replicas(phase: str) -> None:
     table = Table()

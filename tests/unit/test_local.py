@@ -1363,6 +1363,25 @@ def test_an_update_that_cannot_load_shows_its_failure_between_its_retries_too(
     assert again.load_failure is None
 
 
+@pytest.mark.parametrize("mode", ["realtime", "serverless"])
+def test_an_endpoint_is_in_the_gateways_table_from_its_apply_on(tmp_path: Path, mode: str) -> None:
+    """The table heard of a new endpoint at the next round only: an InvokeEndpoint sent right
+    after CreateEndpoint was told the endpoint does not exist (404) while DescribeEndpoint
+    said Creating. It is told it is Creating now, without the namespace that up alone has."""
+    from infermodes.gateway.errors import ValidationError
+    from infermodes.gateway.table import Table
+
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    supervisor.table = Table(namespaced=False)
+    document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+    name = document["metadata"]["name"]
+    assert supervisor.apply(parse_document(document, "test")) == "created"
+    with pytest.raises(ValidationError) as refused:
+        supervisor.table.lookup(name).check_servable()
+    assert str(refused.value) == f"endpoint {name} is Creating (Starting), not InService"
+    assert refused.value.status_code == 400
+
+
 class StoppingChild(FakeChild):
     def stop(self) -> None:
         self.is_running = False
