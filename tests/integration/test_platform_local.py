@@ -626,19 +626,39 @@ def test_an_artifact_read_by_a_guess_or_refused_as_a_link_is_named_in_the_failur
         sagemaker.delete_model(ModelName=f"{name}-model")
 
 
+def updated_to_a_missing_model(sagemaker: Any, name: str) -> None:
+    """Endpoint ``name`` in service on config ``<name>-good``, then updated to ``<name>-gone``,
+    whose model (``s3://models/<name>-gone/model.tar.gz``) is not there."""
+    create_model(sagemaker, f"{name}-good")
+    create_instance_config(sagemaker, f"{name}-good", f"{name}-good")
+    sagemaker.create_model(ModelName=f"{name}-gone", PrimaryContainer={
+        "ModelDataUrl": f"s3://models/{name}-gone/model.tar.gz"})  # fmt: skip
+    create_instance_config(sagemaker, f"{name}-gone", f"{name}-gone")
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-good")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=FAST)
+    sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-gone")
+
+
+def reverted_and_removed(sagemaker: Any, name: str) -> None:
+    """``updated_to_a_missing_model``'s endpoint updated back (taken, and in service on its
+    first config again), then it and its configs and models deleted."""
+    sagemaker.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-good")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=FAST)
+    described = sagemaker.describe_endpoint(EndpointName=name)
+    assert described["EndpointConfigName"] == f"{name}-good" and "FailureReason" not in described
+    sagemaker.delete_endpoint(EndpointName=name)
+    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName=name, WaiterConfig=FAST)
+    for kept in (f"{name}-good", f"{name}-gone"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=kept)
+        sagemaker.delete_model(ModelName=kept)
+
+
 def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(
     sagemaker: Any, runtime: Any, abalone_model: AbaloneModel
 ) -> None:
     """The old config serves while the update cannot roll out: DescribeEndpoint says why, and
     an UpdateEndpoint back to it is taken (it was refused as in progress)."""
-    create_model(sagemaker, "good-model")
-    create_instance_config(sagemaker, "good-config", "good-model")
-    sagemaker.create_model(ModelName="gone-model", PrimaryContainer={
-        "ModelDataUrl": "s3://models/gone/model.tar.gz"})  # fmt: skip
-    create_instance_config(sagemaker, "gone-config", "gone-model")
-    sagemaker.create_endpoint(EndpointName="reverted", EndpointConfigName="good-config")
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="reverted", WaiterConfig=FAST)
-    sagemaker.update_endpoint(EndpointName="reverted", EndpointConfigName="gone-config")
+    updated_to_a_missing_model(sagemaker, "reverted")
     # the previous config's replica serves, and is counted from the start (it said 0 of 0 at
     # once, then 0 of 1, while it served)
     counts = sagemaker.describe_endpoint(EndpointName="reverted")["ProductionVariants"][0]
@@ -649,22 +669,13 @@ def test_an_update_that_cannot_load_shows_why_and_a_revert_is_taken(
     assert described["EndpointStatus"] == "Updating"
     assert described["FailureReason"].startswith("ModelLoadFailed: the new spec cannot roll out")
     assert described["ProductionVariants"][0]["CurrentInstanceCount"] == 1
-    assert "gone/model.tar.gz" in described["FailureReason"]
+    assert "reverted-gone/model.tar.gz" in described["FailureReason"]
     rows = abalone_model.test_rows[:5]
     answer = runtime.invoke_endpoint(EndpointName="reverted", ContentType="text/csv",
                                      Body=to_csv(rows))  # fmt: skip
     np.testing.assert_allclose(scores(answer["Body"].read().decode()),
                                expected(abalone_model, rows), rtol=1e-6)  # fmt: skip
-    sagemaker.update_endpoint(EndpointName="reverted", EndpointConfigName="good-config")
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="reverted", WaiterConfig=FAST)
-    described = sagemaker.describe_endpoint(EndpointName="reverted")
-    assert described["EndpointConfigName"] == "good-config" and "FailureReason" not in described
-    sagemaker.delete_endpoint(EndpointName="reverted")
-    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="reverted", WaiterConfig=FAST)
-    for config in ("good-config", "gone-config"):
-        sagemaker.delete_endpoint_config(EndpointConfigName=config)
-    for model in ("good-model", "gone-model"):
-        sagemaker.delete_model(ModelName=model)
+    reverted_and_removed(sagemaker, "reverted")
 
 
 def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_retried(
@@ -675,14 +686,7 @@ def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_
     again, and an UpdateEndpoint sent then was refused as in progress. Polled through a retry
     (its server seen running), every answer has the reason, and the fixing update is taken at
     once."""
-    create_model(sagemaker, "kept-model")
-    create_instance_config(sagemaker, "kept-config", "kept-model")
-    sagemaker.create_model(ModelName="missing-model", PrimaryContainer={
-        "ModelDataUrl": "s3://models/missing/model.tar.gz"})  # fmt: skip
-    create_instance_config(sagemaker, "missing-config", "missing-model")
-    sagemaker.create_endpoint(EndpointName="retried", EndpointConfigName="kept-config")
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="retried", WaiterConfig=FAST)
-    sagemaker.update_endpoint(EndpointName="retried", EndpointConfigName="missing-config")
+    updated_to_a_missing_model(sagemaker, "retried")
     wait_until(lambda: "FailureReason" in sagemaker.describe_endpoint(EndpointName="retried"),
                60, "the update's failure to show")  # fmt: skip
     answers, retry_running = set(), False
@@ -695,16 +699,7 @@ def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_
         time.sleep(0.25)
     assert retry_running, "no retry of the model ran while polled"
     assert answers == {("Updating", "ModelLoadFailed: the new spec cannot roll out")}
-    sagemaker.update_endpoint(EndpointName="retried", EndpointConfigName="kept-config")
-    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="retried", WaiterConfig=FAST)
-    described = sagemaker.describe_endpoint(EndpointName="retried")
-    assert described["EndpointConfigName"] == "kept-config" and "FailureReason" not in described
-    sagemaker.delete_endpoint(EndpointName="retried")
-    sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="retried", WaiterConfig=FAST)
-    for config in ("kept-config", "missing-config"):
-        sagemaker.delete_endpoint_config(EndpointConfigName=config)
-    for model in ("kept-model", "missing-model"):
-        sagemaker.delete_model(ModelName=model)
+    reverted_and_removed(sagemaker, "retried")  # taken at once: no wait before it
 
 
 def test_an_endpoint_invoked_right_after_its_create_is_told_it_is_creating(
