@@ -616,6 +616,7 @@ class Processor:
                     raise ErrorNotStored(problem) from exc
                 log.error("%s; the queue's last delivery notifies the error without it", problem)
                 target = _unstored(target)
+                failure = unstored_failure(failure, f"its result could not be claimed: {exc}")
             else:
                 why = self._store_error(target.inference_id, location, record, attempts)
                 if why is not None:

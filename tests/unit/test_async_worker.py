@@ -971,6 +971,10 @@ def test_an_error_whose_claim_cannot_be_taken_is_said_only_on_the_queues_last_de
     message = claimed(tmp_path, body=None)  # its input is missing: a permanent failure
     body = said_on_the_last_but_one(processor, notifier, message, "dead_lettered")
     assert body["failureReason"] == GAVE_UP
+    assert body["failureMessage"].endswith(  # why failureLocation is null
+        "(its error object could not be stored: its result could not be claimed: cannot "
+        f"create file://{tmp_path}/in/r1.result: service unavailable)"
+    )
     assert not (tmp_path / "fail").exists()
 
 
