@@ -43,10 +43,11 @@ DEAD_LETTER_EXCHANGE = "infermodes.dead-letter"
 # Where a delay queue's jobs go once their time is up, each outbox bound on it by its name; one
 # whose outbox is gone (deleted, with its endpoint) goes on through its alternate exchange to
 # the queue kept for them, at once: dead-lettered at least once into no queue, RabbitMQ would
-# keep it and retry it every 3 minutes for ever
-DELAYED_EXCHANGE = "infermodes.async.delayed"
-UNROUTABLE_EXCHANGE = "infermodes.async.unroutable"
-UNROUTABLE_QUEUE = "infermodes.async.webhooks.unroutable"
+# keep it and retry it every 3 minutes for ever. Their names' "_" is in no endpoint's name (a
+# DNS label): no endpoint's own names, nor a clean-up of them by prefix, reach these shared ones
+DELAYED_EXCHANGE = "infermodes.async._delayed"
+UNROUTABLE_EXCHANGE = "infermodes.async._unroutable"
+UNROUTABLE_QUEUE = "infermodes.async._unroutable-webhook-jobs"
 # Headers of a webhook job its sender dead-lettered: why (``unsettled``, ``sends_exhausted``,
 # ``refused``), after how many sends, and the last one's failure (each webhook by scheme and
 # host only)
