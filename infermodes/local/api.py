@@ -12,7 +12,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
-from infermodes.local.manifests import Manifest, ManifestError, OwnedElsewhere, Skipped, parse_bytes
+from infermodes.local.manifests import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestError,
+    OwnedElsewhere,
+    Skipped,
+    parse_bytes,
+)
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
 from infermodes.queueing.embedded import Notification
@@ -20,7 +27,6 @@ from infermodes.queueing.embedded import Notification
 PREFIX = "/_infermodes"
 SOURCE_HEADER = "x-infermodes-source"  # where an applied manifest came from, for its errors
 INDEX_METHODS = ("GET", "HEAD")  # a browser's or curl's visit to /: no token, nothing done
-MAX_MANIFEST_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
 NOTIFICATIONS_PER_CALL = 1000
 LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer

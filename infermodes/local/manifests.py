@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,9 @@ API_VERSION = "infermodes.dev/v1alpha1"
 KIND = "InferenceEndpoint"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN_SOURCE = "standard input"
+# one manifest file, on every path (``up -f``, ``apply -f``, the API's body): checked before it
+# is parsed, as a real manifest is a few kilobytes and parsing megabytes of YAML takes seconds
+MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 class StandardInput:
@@ -246,15 +250,31 @@ def source_of(file: Source) -> str:
     return str(file)
 
 
+def too_large(source: str, size: int) -> ManifestError:
+    """The one refusal of a manifest over ``MAX_MANIFEST_BYTES``, whichever path it came by
+    (``size``: its size, or 0 where unknown: standard input is not read to its end)."""
+    said = f"{size} bytes" if size > MAX_MANIFEST_BYTES else f"over {MAX_MANIFEST_BYTES} bytes"
+    return ManifestError(
+        f"{source}: {said}, over the limit of {MAX_MANIFEST_BYTES} bytes (1 MiB) for one "
+        "manifest file: split its documents into several files of a folder given to -f, or "
+        "remove what is not the manifest (long comments)"
+    )
+
+
 def read_manifest(file: Source) -> bytes:
-    """A manifest file's bytes (``STDIN``: all of standard input); one that cannot be read is a
-    ManifestError naming it."""
-    if isinstance(file, StandardInput):
-        return sys.stdin.buffer.read()
+    """A manifest file's bytes (``STDIN``: standard input), refused past ``MAX_MANIFEST_BYTES``
+    having read one byte more at most; one that cannot be read is a ManifestError naming it."""
     try:
-        return file.read_bytes()
+        if isinstance(file, StandardInput):
+            data, size = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1), 0
+        else:
+            with file.open("rb") as opened:
+                data, size = opened.read(MAX_MANIFEST_BYTES + 1), os.fstat(opened.fileno()).st_size
     except OSError as exc:
         raise ManifestError(f"{file}: {exc.strerror}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise too_large(source_of(file), size)
+    return data
 
 
 def load_paths(paths: Sequence[Source]) -> list[Manifest]:

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from infermodes.local.access import ACCESS_KEY_ID, read_token
 from infermodes.local.api import NOTIFICATIONS_PER_CALL
+from infermodes.local.manifests import MAX_MANIFEST_BYTES
 from tests.conftest import AbaloneModel
 from tests.support.async_plane import Notifications, WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
@@ -452,6 +453,30 @@ def test_a_manifest_over_a_mebibyte_is_refused_before_it_is_read_whole(up: Up) -
     invalid = httpx.post(f"{up.url}/_infermodes/endpoints", content=b"kind: [",
                          headers=up.headers)  # fmt: skip
     assert invalid.status_code == 400 and invalid.json()["error"] == "InvalidManifest"
+
+
+def test_apply_and_up_refuse_a_manifest_file_over_the_limit_naming_it_its_size_and_the_limit(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up -f`` took a 10 MB manifest, ``apply`` refused it naming no file: one limit, the
+    same words on both paths and on standard input, nothing applied."""
+    big = tmp_path / "big.yaml"
+    written = manifest("serverless", abalone_model.tarball, tmp_path).read_text()
+    big.write_text(written.replace("abalone-serverless", "too-big") + "#" * MAX_MANIFEST_BYTES)
+    limit = f"over the limit of {MAX_MANIFEST_BYTES} bytes (1 MiB) for one manifest file"
+    refused = cli(up, "apply", "-f", str(big))
+    assert refused.returncode == 1, refused
+    assert f"{big}: {big.stat().st_size} bytes, {limit}" in refused.stderr, refused.stderr
+    piped = subprocess.run([INFERMODES, "apply", "-f", "-"], input=big.read_bytes(),
+                           capture_output=True, timeout=120, env=up.cli_env)  # fmt: skip
+    assert piped.returncode == 1, piped
+    assert f"standard input: over {MAX_MANIFEST_BYTES} bytes, {limit}" in piped.stderr.decode()
+    assert cli(up, "get", "too-big").returncode == 1
+    done = subprocess.run([INFERMODES, "up", "--state-dir", str(tmp_path / "state"), "--port",
+                           str(free_port()), "-f", str(big)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2, done
+    assert f"{big}: {big.stat().st_size} bytes, {limit}" in done.stderr, done.stderr
 
 
 def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_path: Path) -> None:

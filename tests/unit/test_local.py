@@ -31,6 +31,7 @@ from infermodes.local.children import Child, Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import (
+    MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
     load_paths,
@@ -130,6 +131,24 @@ def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text(GOOD)
     with pytest.raises(ManifestError, match="abalone is defined twice"):
         load_paths([tmp_path])
+
+
+def test_a_manifest_file_over_the_limit_is_refused_unparsed_naming_it_its_size_and_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``up -f`` took a 10 MB manifest after 18 s of parsing, where ``apply`` refused it (after
+    as long) naming no file: one limit, checked before the YAML parser sees a byte."""
+    big = tmp_path / "big.yaml"
+    big.write_text(GOOD + "#" * MAX_MANIFEST_BYTES + "\n")
+    monkeypatch.setattr(yaml, "safe_load_all", None)  # a parse would fail with a TypeError
+    with pytest.raises(ManifestError) as caught:
+        load_paths([tmp_path])
+    size = big.stat().st_size
+    assert str(caught.value) == (
+        f"{big}: {size} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes (1 MiB) for one "
+        "manifest file: split its documents into several files of a folder given to -f, or "
+        "remove what is not the manifest (long comments)"
+    )
 
 
 def test_a_folder_that_cannot_be_listed_is_refused_naming_it(
