@@ -18,6 +18,7 @@ from infermodes.local.manifests import (
     manifest_files,
     parse_bytes,
     read_manifest,
+    refuse_twins,
     source_of,
 )
 from infermodes.settings import MAX_GATEWAY_INVOCATION_SECONDS
@@ -96,10 +97,12 @@ class Client:
         skipped: list[str] = []
         bodies: list[tuple[Source, bytes]] = []
         try:
+            manifests = []
             for file in manifest_files(path):
                 body = read_manifest(file)
-                parse_bytes(body, source_of(file), [])  # up says what it skips
+                manifests += parse_bytes(body, source_of(file), [])  # up says what it skips
                 bodies.append((file, body))
+            refuse_twins(manifests)  # across the files: up sees one at a time
         except ManifestError as exc:
             raise UpError(str(exc)) from None
         for file, body in bodies:

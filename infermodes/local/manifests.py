@@ -9,8 +9,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,13 @@ def secret_name(document: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
-    """One validated endpoint: its name, its spec and the document as written."""
+    """One validated endpoint: its name, its spec, the document as written and where it was
+    (the file and document, for errors)."""
 
     name: str
     spec: EndpointSpec
     document: dict[str, Any]
+    where: str = field(default="", compare=False)
 
 
 def parse_document(
@@ -148,7 +150,7 @@ def parse_document(
         )
     kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": document.get("spec")}  # fmt: skip
-    return Manifest(name, spec, kept)
+    return Manifest(name, spec, kept, source)
 
 
 def check_name(manifest: Manifest, source: str) -> Manifest:
@@ -211,7 +213,22 @@ def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> 
                 skipped.append(secret)
             continue
         manifests.append(check_name(parse_document(document, where, as_kubectl=True), where))
+    refuse_twins(manifests)
     return manifests
+
+
+def refuse_twins(manifests: Iterable[Manifest]) -> None:
+    """An endpoint defined twice, in one file or across the files given, is refused naming
+    both documents, on every path (``up -f``, ``apply -f``, one request to the API): applied
+    one after the other, the last would replace the first without a word."""
+    seen: dict[str, Manifest] = {}
+    for manifest in manifests:
+        first = seen.setdefault(manifest.name, manifest)
+        if first is not manifest:
+            raise ManifestError(
+                f"endpoint {manifest.name} is defined twice: in {first.where} and in "
+                f"{manifest.where} (give each endpoint one document)"
+            )
 
 
 def parse_bytes(data: bytes, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
@@ -279,11 +296,11 @@ def read_manifest(file: Source) -> bytes:
 
 def load_paths(paths: Sequence[Source]) -> list[Manifest]:
     """Every endpoint of the files and directories given; a name given twice is an error."""
-    found: dict[str, Manifest] = {}
-    for path in paths:
-        for file in manifest_files(path):
-            for manifest in parse_bytes(read_manifest(file), source_of(file)):
-                if manifest.name in found:
-                    raise ManifestError(f"{file}: endpoint {manifest.name} is defined twice")
-                found[manifest.name] = manifest
-    return list(found.values())
+    found = [
+        manifest
+        for path in paths
+        for file in manifest_files(path)
+        for manifest in parse_bytes(read_manifest(file), source_of(file))
+    ]
+    refuse_twins(found)
+    return found

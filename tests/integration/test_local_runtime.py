@@ -479,6 +479,36 @@ def test_apply_and_up_refuse_a_manifest_file_over_the_limit_naming_it_its_size_a
     assert f"{big}: {big.stat().st_size} bytes, {limit}" in done.stderr, done.stderr
 
 
+def test_apply_refuses_an_endpoint_defined_twice_in_a_file_or_a_folder_as_up_does(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Two documents named ``twin`` were "created" then "configured" (rc 0, the last won),
+    where ``up -f`` refused them: refused by both, naming both documents, nothing applied."""
+    first, second = (
+        {**document(mode, abalone_model.tarball, tmp_path), "metadata": {"name": "twin"}}
+        for mode in ("realtime", "serverless")
+    )
+    one_file = tmp_path / "twin.yaml"
+    one_file.write_text(yaml.safe_dump_all([first, second]))
+    folder = tmp_path / "twins"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(yaml.safe_dump(first))
+    (folder / "b.yaml").write_text(yaml.safe_dump(second))
+    for given, both in (
+        (one_file, f"in {one_file} document 1 and in {one_file} document 2"),
+        (folder, f"in {folder / 'a.yaml'} document 1 and in {folder / 'b.yaml'} document 1"),
+    ):
+        refused = cli(up, "apply", "-f", str(given))
+        assert refused.returncode == 1, refused
+        assert f"endpoint twin is defined twice: {both}" in refused.stderr, refused.stderr
+        assert refused.stdout == ""
+        assert cli(up, "get", "twin").returncode == 1
+        done = subprocess.run([INFERMODES, "up", "--state-dir", str(tmp_path / "state"),
+                               "--port", str(free_port()), "-f", str(given)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 2 and f"twin is defined twice: {both}" in done.stderr, done
+
+
 def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_path: Path) -> None:
     """A folder in its place, another kind of file: a traceback said so before."""
     for name in ("folder", "not-sqlite"):

@@ -126,11 +126,24 @@ def test_the_longest_name_the_crd_takes_is_taken() -> None:
     assert len(manifest.name) == 50
 
 
-def test_a_name_defined_twice_is_refused(tmp_path: Path) -> None:
+def test_a_name_defined_twice_is_refused_naming_both_documents(tmp_path: Path) -> None:
+    """In one file or across a folder's, on up -f (``load_paths``) and in one request to up's
+    API (``parse_text``) alike: ``apply`` took the second as an update of the first."""
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text(GOOD)
-    with pytest.raises(ManifestError, match="abalone is defined twice"):
+    with pytest.raises(ManifestError) as across:
         load_paths([tmp_path])
+    assert str(across.value) == (
+        f"endpoint abalone is defined twice: in {tmp_path / 'a.yaml'} document 1 and in "
+        f"{tmp_path / 'b.yaml'} document 1 (give each endpoint one document)"
+    )
+    other = GOOD.replace("{name: abalone}", "{name: other}")
+    with pytest.raises(ManifestError) as within:
+        parse_text(f"{GOOD}---\n{other}---\n{GOOD}", "twin.yaml")
+    assert str(within.value) == (
+        "endpoint abalone is defined twice: in twin.yaml document 1 and in twin.yaml document 3 "
+        "(give each endpoint one document)"
+    )
 
 
 def test_a_manifest_file_over_the_limit_is_refused_unparsed_naming_it_its_size_and_the_limit(
