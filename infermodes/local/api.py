@@ -10,7 +10,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infermodes.endpoints.spec import spec_problems
 from infermodes.http import ERROR_MEDIA_TYPE, error_json, read_body
 from infermodes.local.manifests import (
     MAX_MANIFEST_BYTES,
@@ -19,6 +21,7 @@ from infermodes.local.manifests import (
     OwnedElsewhere,
     Skipped,
     parse_bytes,
+    refuse_twins,
 )
 from infermodes.local.supervisor import Supervisor
 from infermodes.queueing.broker import NOTIFICATION_EXCHANGE
@@ -27,6 +30,8 @@ from infermodes.queueing.embedded import Notification
 PREFIX = "/_infermodes"
 SOURCE_HEADER = "x-infermodes-source"  # where an applied manifest came from, for its errors
 INDEX_METHODS = ("GET", "HEAD")  # a browser's or curl's visit to /: no token, nothing done
+MANIFESTS_MEDIA_TYPE = "application/json"
+MAX_MANIFESTS_REQUEST_BYTES = 16 * MAX_MANIFEST_BYTES  # the files of one `apply -f DIR`, as JSON
 LOG_TAIL_BYTES = 64 * 1024
 NOTIFICATIONS_PER_CALL = 1000
 LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer
@@ -34,6 +39,41 @@ LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer
 Tail = Callable[[str, int, int], list[Notification]]  # pattern, after id, limit
 # raises OwnedElsewhere for a manifest that would replace an endpoint the platform API made
 OwnerCheck = Callable[[list[Manifest], str], None]
+
+
+class ManifestFile(BaseModel):
+    """One file of an ``apply -f DIR``: where it came from (for errors) and its text."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    text: str
+
+
+class ManifestFiles(BaseModel):
+    """``POST /_infermodes/manifests``: every file of one ``apply``, applied all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+    files: list[ManifestFile] = Field(min_length=1)
+
+
+def manifests_request(files: list[tuple[str, bytes]]) -> bytes:
+    """The body of ``POST /_infermodes/manifests`` for files the client has read and checked
+    (UTF-8 text); refused (a ManifestError) past ``MAX_MANIFESTS_REQUEST_BYTES``, which the
+    server would refuse. A name that is not UTF-8 goes with U+FFFD in its place."""
+    body = ManifestFiles(
+        files=[
+            ManifestFile(source=source.encode(errors="surrogateescape").decode(errors="replace"),
+                         text=data.decode())
+            for source, data in files
+        ]
+    ).model_dump_json().encode()  # fmt: skip
+    if len(body) > MAX_MANIFESTS_REQUEST_BYTES:
+        raise ManifestError(
+            f"the {len(files)} files make a request of {len(body)} bytes, over the limit of "
+            f"{MAX_MANIFESTS_REQUEST_BYTES} bytes for one apply: apply them in parts (a folder "
+            "at a time)"
+        )
+    return body
 
 
 def error(kind: str, message: str, status: int) -> Response:
@@ -128,15 +168,35 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
         source = "the request body"
         if named is not None:
             source = named.encode("latin-1").decode("utf-8", errors="replace")
+        return apply_all([(source, body)])
+
+    @router.post("/manifests")
+    async def apply_files(request: Request) -> Response:
+        """The files of one ``infermodes apply -f`` (``ManifestFiles``), as one request: every
+        document of every file is checked before any is applied, so a refusal applies none."""
+        body = await read_body(request.scope, request.receive, MAX_MANIFESTS_REQUEST_BYTES)
+        try:
+            given = ManifestFiles.model_validate_json(body)
+        except ValidationError as exc:
+            problems = spec_problems(exc, "{}".format)[:2000]
+            return error("InvalidRequest", f"not a set of manifest files: {problems}", 400)
+        return apply_all([(file.source, file.text.encode()) for file in given.files])
+
+    def apply_all(files: list[tuple[str, bytes]]) -> Response:
+        """Every manifest of ``files`` (source, bytes), or none when one is refused."""
         skipped: list[Skipped] = []
         try:
-            manifests = parse_bytes(body, source, skipped)
-            owners(manifests, source)
+            every: list[Manifest] = []
+            for source, data in files:
+                manifests = parse_bytes(data, source, skipped)
+                owners(manifests, source)
+                every += manifests
+            refuse_twins(every)
         except OwnedElsewhere as exc:
             return error("Conflict", str(exc), 409)
         except ManifestError as exc:
             return error("InvalidManifest", str(exc), 400)
-        applied = [{"name": m.name, "result": supervisor.apply(m)} for m in manifests]
+        applied = [{"name": m.name, "result": supervisor.apply(m)} for m in every]
         return JSONResponse({"applied": applied,
                              "skipped": [secret.message() for secret in skipped]})  # fmt: skip
 

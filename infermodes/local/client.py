@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from infermodes.local.access import TokenFileError, read_token
-from infermodes.local.api import PREFIX, SOURCE_HEADER
+from infermodes.local.api import MANIFESTS_MEDIA_TYPE, PREFIX, manifests_request
 from infermodes.local.manifests import (
     ManifestError,
     Source,
@@ -90,30 +90,19 @@ class Client:
 
     def apply(self, path: Source) -> tuple[list[dict[str, str]], list[str]]:
         """What each endpoint's apply did, and why a document was skipped (a Secret). Every
-        file (or standard input, for ``STDIN``) is read and checked before any is sent, as
-        ``up -f`` does: a bad one among them applies none, rather than those before it without
-        a word."""
-        applied: list[dict[str, str]] = []
-        skipped: list[str] = []
-        bodies: list[tuple[Source, bytes]] = []
+        file (or standard input, for ``STDIN``) is read and checked here, then all are sent in
+        one request that ``up`` applies all or none (``POST /_infermodes/manifests``), as
+        ``up -f`` does: a bad one among them, or one ``up`` refuses, applies none."""
         try:
-            manifests = []
-            for file in manifest_files(path):
-                body = read_manifest(file)
-                manifests += parse_bytes(body, source_of(file), [])  # up says what it skips
-                bodies.append((file, body))
-            refuse_twins(manifests)  # across the files: up sees one at a time
+            files = [(source_of(file), read_manifest(file)) for file in manifest_files(path)]
+            manifests = [m for source, data in files for m in parse_bytes(data, source, [])]
+            refuse_twins(manifests)  # up says what it skips
+            body = manifests_request(files)
         except ManifestError as exc:
             raise UpError(str(exc)) from None
-        for file, body in bodies:
-            # UTF-8 bytes: httpx encodes a str header as ASCII, and a file's name may be none;
-            # a name that is not UTF-8 either goes as its own bytes (up shows them as U+FFFD)
-            source = source_of(file).encode(errors="surrogateescape")
-            result = self.api("POST", "/endpoints", content=body,
-                              headers={SOURCE_HEADER: source})  # fmt: skip
-            applied += result["applied"]
-            skipped += result.get("skipped", [])
-        return applied, skipped
+        result = self.api("POST", "/manifests", content=body,
+                          headers={"content-type": MANIFESTS_MEDIA_TYPE})  # fmt: skip
+        return result["applied"], result.get("skipped", [])
 
 
 def age(created: str, now: datetime | None = None) -> str:

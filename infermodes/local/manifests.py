@@ -234,7 +234,10 @@ def refuse_twins(manifests: Iterable[Manifest]) -> None:
 def parse_bytes(data: bytes, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
     """``parse_text`` of a file's bytes, as ``up -f`` and ``infermodes apply`` both read them.
     Bytes that are not UTF-8 are refused naming the first one, as ``kubectl`` refuses them
-    (decoded as U+FFFD, a Latin-1 ``é`` in a comment or a value passed the YAML parser)."""
+    (decoded as U+FFFD, a Latin-1 ``é`` in a comment or a value passed the YAML parser), and
+    bytes past ``MAX_MANIFEST_BYTES`` unparsed."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise too_large(source, len(data))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

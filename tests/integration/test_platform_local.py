@@ -939,6 +939,18 @@ def test_a_manifest_over_an_api_endpoint_is_refused_naming_the_api_and_what_to_d
         assert said in refused.stderr, refused.stderr
         assert sagemaker.describe_endpoint(EndpointName="Owned")["EndpointConfigName"] == (
             "owned-config")  # fmt: skip
+        # a folder whose last file up refuses: none of its files applied (the first one was)
+        folder = tmp_path / "folder"
+        folder.mkdir()
+        (folder / "a.yaml").write_text(manifest.read_text().replace("owned", "first-of-folder"))
+        (folder / "z.yaml").write_text(manifest.read_text())
+        refused = subprocess.run([INFERMODES, "apply", "-f", str(folder)], capture_output=True,
+                                 text=True, timeout=120, env=up.cli_env)  # fmt: skip
+        assert refused.returncode == 1 and refused.stdout == "", refused
+        assert f"{folder / 'z.yaml'} (owned): endpoint Owned was made" in refused.stderr
+        listed = subprocess.run([INFERMODES, "get"], capture_output=True, text=True,
+                                timeout=120, env=up.cli_env)  # fmt: skip
+        assert "first-of-folder" not in listed.stdout, listed
 
         up.stop()
         up.files = [manifest]  # the same manifest at up's start

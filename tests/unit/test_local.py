@@ -34,6 +34,7 @@ from infermodes.local.manifests import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
+    OwnedElsewhere,
     load_paths,
     parse_document,
     parse_text,
@@ -1560,3 +1561,49 @@ def test_a_waiting_job_is_told_how_to_run_now_in_its_maker_s_words(tmp_path: Pat
         assert (second.status.reason, second.desired) == ("OutputInUse", 0)
         assert words in second.status.message, second.status.message
     assert not second.children  # it waited: no instance started
+
+
+def test_the_files_of_one_apply_are_applied_all_or_none_in_one_request() -> None:
+    """``apply -f DIR`` sent its files one by one: one ``up`` refused (an endpoint the platform
+    API made: 409) left those before it applied, without a word. One request, checked whole."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import create_router, manifests_request
+
+    applied: list[str] = []
+
+    class Applying:
+        def apply(self, manifest: Manifest) -> str:
+            applied.append(manifest.name)
+            return "created"
+
+    def owned_by_the_api(manifests: list[Manifest], source: str) -> None:
+        if any(manifest.name == "theirs" for manifest in manifests):
+            raise OwnedElsewhere(f"{source} (theirs): made through the platform API")
+
+    app = FastAPI()
+    app.include_router(create_router(cast(Supervisor, Applying()), None, owned_by_the_api))
+    client = TestClient(app)
+    theirs = GOOD.replace("{name: abalone}", "{name: theirs}")
+    refused = client.post("/_infermodes/manifests",
+                          content=manifests_request([("a.yaml", GOOD.encode()),
+                                                     ("b.yaml", theirs.encode())]))  # fmt: skip
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["message"] == "b.yaml (theirs): made through the platform API"
+    assert applied == []
+    for body, said in ((b'{"files": []}', "files: List should have at least 1 item"),
+                       (b'{"files": [{"source": "a"}]}', "files.0.text: Field required"),
+                       (b"kind: [", "not a set of manifest files: Invalid JSON")):  # fmt: skip
+        invalid = client.post("/_infermodes/manifests", content=body)
+        assert invalid.status_code == 400 and said in invalid.json()["message"], invalid.text
+    big = GOOD + "#" * MAX_MANIFEST_BYTES
+    files = {"files": [{"source": "big.yaml", "text": big}]}
+    too_big = client.post("/_infermodes/manifests", content=json.dumps(files))
+    assert too_big.status_code == 400 and too_big.json()["message"].startswith(
+        f"big.yaml: {len(big)} bytes, over the limit"
+    )
+    done = client.post("/_infermodes/manifests",
+                       content=manifests_request([("a.yaml", GOOD.encode())]))  # fmt: skip
+    assert done.json() == {"applied": [{"name": "abalone", "result": "created"}], "skipped": []}
+    assert applied == ["abalone"]
