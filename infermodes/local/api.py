@@ -168,7 +168,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
         source = "the request body"
         if named is not None:
             source = named.encode("latin-1").decode("utf-8", errors="replace")
-        return apply_all([(source, body)])
+        return await apply_all([(source, body)])
 
     @router.post("/manifests")
     async def apply_files(request: Request) -> Response:
@@ -180,15 +180,16 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
         except ValidationError as exc:
             problems = spec_problems(exc, "{}".format)[:2000]
             return error("InvalidRequest", f"not a set of manifest files: {problems}", 400)
-        return apply_all([(file.source, file.text.encode()) for file in given.files])
+        return await apply_all([(file.source, file.text.encode()) for file in given.files])
 
-    def apply_all(files: list[tuple[str, bytes]]) -> Response:
+    async def apply_all(files: list[tuple[str, bytes]]) -> Response:
         """Every manifest of ``files`` (source, bytes), or none when one is refused."""
         skipped: list[Skipped] = []
         try:
             every: list[Manifest] = []
             for source, data in files:
-                manifests = parse_bytes(data, source, skipped)
+                # in a thread: a slow body must not hold up the endpoints' invocations
+                manifests = await asyncio.to_thread(parse_bytes, data, source, skipped)
                 owners(manifests, source)
                 every += manifests
             refuse_twins(every)

@@ -34,6 +34,10 @@ STDIN_SOURCE = "standard input"
 # one manifest file, on every path (``up -f``, ``apply -f``, the API's body): checked before it
 # is parsed, as a real manifest is a few kilobytes and parsing megabytes of YAML takes seconds
 MAX_MANIFEST_BYTES = 1024 * 1024
+# nodes the aliases of one document may add when expanded (kubectl's YAML library refuses
+# "excessive aliasing" too): a real manifest's few aliases add tens, a "billion laughs" of
+# nested aliases hundreds of millions, which the JSON a cluster gets would have to spell out
+MAX_ALIASED_NODES = 100_000
 
 
 class StandardInput:
@@ -193,13 +197,73 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
+class ExcessiveAliasing(ValueError):
+    """A document whose aliases expand past ``MAX_ALIASED_NODES``, or into themselves."""
+
+
+def aliased_nodes(root: yaml.Node) -> int:
+    """How many nodes the aliases of a composed document add when expanded, as ``as_json`` and
+    the JSON sent to a cluster would spell them out; counted over the node graph (each node's
+    expanded size once), so it stops at the bound without ever building the expansion."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+    added = 0
+
+    def size(node: yaml.Node) -> int:
+        nonlocal added
+        key = id(node)
+        if key in pending:
+            raise ExcessiveAliasing("an alias inside its own anchor would expand forever")
+        if key in sizes:  # met again: an alias, which repeats all of it
+            added += sizes[key]
+            if added > MAX_ALIASED_NODES:
+                raise ExcessiveAliasing(
+                    f"document contains excessive aliasing: its aliases expand to over "
+                    f"{MAX_ALIASED_NODES} nodes (write the values out, or alias fewer and "
+                    "smaller blocks)"
+                )
+            return sizes[key]
+        pending.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        sizes[key] = 1 + sum(size(child) for child in children)
+        pending.discard(key)
+        return sizes[key]
+
+    size(root)
+    return added
+
+
+def documents_of(text: str, source: str) -> list[Any]:
+    """The non-empty documents of a YAML stream, each refused if its aliases would expand past
+    ``MAX_ALIASED_NODES`` before it is built (errors name the document as ``parse_text``
+    numbers them)."""
+    loader = yaml.SafeLoader(text)
+    documents: list[Any] = []
+    try:
+        # check_node reads past the stream's start; get_node is None only at its end
+        while loader.check_node() and (node := loader.get_node()) is not None:
+            try:
+                aliased_nodes(node)
+            except ExcessiveAliasing as exc:
+                raise ManifestError(f"{source} document {len(documents) + 1}: {exc}") from None
+            document = loader.construct_document(node)
+            if document is not None:
+                documents.append(document)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
+    finally:
+        loader.dispose()
+    return documents
+
+
 def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped, and Secrets: added to
     ``skipped``, or logged as a warning without it)."""
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: not valid YAML: {yaml_problem(exc)}") from None
+    documents = documents_of(text, source)
     if not documents:
         raise ManifestError(f"{source}: no InferenceEndpoint in it")
     manifests = []

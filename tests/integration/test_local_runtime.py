@@ -5,6 +5,7 @@ mode's behaviour is in ``tests/scenarios``, run on ``up`` and on the operator al
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -32,7 +33,7 @@ from tests.conftest import AbaloneModel
 from tests.support.async_plane import Notifications, WebhookReceiver, to_csv
 from tests.support.batch import csv_text, expected_scores, sample_rows, scores_of
 from tests.support.gateway import answer_head, running_gateway, static_endpoint
-from tests.support.local import Up, document, manifest, running_up
+from tests.support.local import Up, document, laughs, manifest, running_up
 from tests.support.processes import INFERMODES, free_port, running_server, wait_until
 from tests.support.rabbitmq import Broker
 from tests.support.s3 import holding_s3_server
@@ -507,6 +508,34 @@ def test_apply_refuses_an_endpoint_defined_twice_in_a_file_or_a_folder_as_up_doe
                                "--port", str(free_port()), "-f", str(given)],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert done.returncode == 2 and f"twin is defined twice: {both}" in done.stderr, done
+
+
+def test_a_billion_laughs_is_refused_and_the_endpoints_answer_meanwhile(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Seven levels of aliases (473 bytes) held up's only event loop for seconds, every
+    endpoint's invocations waiting, and grew it by half a gigabyte (nine: hours); now the
+    parse runs in a thread and stops at the aliases' bound, for apply as for the API."""
+    wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "realtime InService")
+    text = laughs(7, manifest("realtime", abalone_model.tarball, tmp_path).read_text())
+    row = ",".join(repr(float(v)) for v in abalone_model.test_rows[0]).encode()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(httpx.post, f"{up.url}/_infermodes/endpoints", content=text,
+                             headers=up.headers, timeout=90.0)  # fmt: skip
+        invoked = up.invoke("abalone", row)
+        refused = posted.result()
+    assert invoked.status_code == 200, invoked.text
+    expected = abalone_model.booster().inplace_predict(abalone_model.test_rows[:1])  # type: ignore[attr-defined]
+    np.testing.assert_allclose(scores(invoked.text), expected, rtol=1e-6)
+    assert refused.status_code == 400 and refused.json()["error"] == "InvalidManifest"
+    assert refused.json()["message"].startswith(
+        "the request body document 1: document contains excessive aliasing"
+    ), refused.text
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(laughs(9, manifest("realtime", abalone_model.tarball, tmp_path).read_text()))
+    applied = cli(up, "apply", "-f", str(bomb))
+    assert applied.returncode == 1
+    assert f"{bomb} document 1: document contains excessive aliasing" in applied.stderr
 
 
 def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_path: Path) -> None:

@@ -31,10 +31,13 @@ from infermodes.local.children import Child, Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import (
+    MAX_ALIASED_NODES,
     MAX_MANIFEST_BYTES,
+    ExcessiveAliasing,
     Manifest,
     ManifestError,
     OwnedElsewhere,
+    aliased_nodes,
     load_paths,
     parse_document,
     parse_text,
@@ -50,6 +53,7 @@ from infermodes.local.zygote import Zygote
 from infermodes.metrics import OperatorMetrics, WorkerMetrics, fetch_metrics_text, serve_metrics
 from infermodes.queueing.broker import Backlog
 from infermodes.settings import GATEWAY_INVOCATION_TIMEOUT_SECONDS
+from tests.support.local import laughs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -947,6 +951,40 @@ def test_a_value_of_the_wrong_json_type_is_refused_as_kubectl_refuses_it(
     with pytest.raises(ManifestError) as caught:
         parse_text(text, "ep.yaml")
     assert f"ep.yaml document 1 (abalone): {named}" in str(caught.value)
+
+
+def test_a_billion_laughs_is_refused_naming_the_aliasing_before_it_is_expanded() -> None:
+    """Nine levels of aliases made apply and up -f grow to gigabytes expanding them (as_json);
+    the count stops at the bound, having met each written node once."""
+    with pytest.raises(ManifestError) as caught:
+        parse_text(laughs(9, GOOD), "laughs.yaml")
+    assert str(caught.value).startswith(
+        "laughs.yaml document 1: document contains excessive aliasing: its aliases expand to "
+        f"over {MAX_ALIASED_NODES} nodes"
+    )
+    hooked = "apiVersion: infermodes.dev/v1alpha1\nspec: &s {again: *s}\n"
+    with pytest.raises(ManifestError, match="ep.yaml document 2: an alias inside its own anchor"):
+        parse_text(GOOD + "---\n" + hooked, "ep.yaml")
+
+
+def test_aliases_are_refused_by_the_nodes_they_add_past_the_bound_not_one_before() -> None:
+    at_bound = yaml.compose(f"a: &a [{', '.join(['x'] * (MAX_ALIASED_NODES - 1))}]\nb: *a\n")
+    assert aliased_nodes(at_bound) == MAX_ALIASED_NODES  # the list and its items
+    past = yaml.compose(f"a: &a [{', '.join(['x'] * MAX_ALIASED_NODES)}]\nb: *a\n")
+    with pytest.raises(ExcessiveAliasing, match="excessive aliasing"):
+        aliased_nodes(past)
+    assert aliased_nodes(yaml.compose(GOOD)) == 0
+
+
+def test_a_manifest_with_a_few_ordinary_aliases_is_taken() -> None:
+    text = GOOD.replace(
+        "metadata: {name: abalone}",
+        "metadata: {name: abalone, labels: &l {app: abalone}, annotations: *l}",
+    ).replace("realtime: {}", "realtime: &r {minReplicas: 2, maxReplicas: 2}\n  x: *r")
+    with pytest.raises(ManifestError, match="spec.x"):  # an alias is read as the value it names
+        parse_text(text, "ep.yaml")
+    (manifest,) = parse_text(text.replace("  x: *r\n", ""), "ep.yaml")
+    assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
 
 
 def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
