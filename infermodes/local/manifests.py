@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,20 +237,50 @@ def aliased_nodes(root: yaml.Node) -> int:
     return added
 
 
+class DuplicateKey(ValueError):
+    """A mapping that gives one key twice, which ``kubectl`` refuses (the last would win)."""
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *base``: its keys may be overridden
+
+
+class ManifestLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping, at any depth,
+    with ``kubectl``'s words: a careless merge of two manifests must not change a field
+    silently (a key that overrides one merged in with ``<<`` is no duplicate)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # the base class refuses it, naming it
+                continue
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise DuplicateKey(
+                    f'mapping key "{key}" already defined at line {lines[key]} (again at line '
+                    f"{line}): keep one of them"
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def documents_of(text: str, source: str) -> list[Any]:
     """The non-empty documents of a YAML stream, each refused if its aliases would expand past
     ``MAX_ALIASED_NODES`` before it is built (errors name the document as ``parse_text``
     numbers them)."""
-    loader = yaml.SafeLoader(text)
+    loader = ManifestLoader(text)
     documents: list[Any] = []
     try:
         # check_node reads past the stream's start; get_node is None only at its end
         while loader.check_node() and (node := loader.get_node()) is not None:
             try:
                 aliased_nodes(node)
-            except ExcessiveAliasing as exc:
+                document = loader.construct_document(node)
+            except (ExcessiveAliasing, DuplicateKey) as exc:
                 raise ManifestError(f"{source} document {len(documents) + 1}: {exc}") from None
-            document = loader.construct_document(node)
             if document is not None:
                 documents.append(document)
     except yaml.YAMLError as exc:

@@ -538,6 +538,22 @@ def test_a_billion_laughs_is_refused_and_the_endpoints_answer_meanwhile(
     assert f"{bomb} document 1: document contains excessive aliasing" in applied.stderr
 
 
+def test_apply_refuses_a_key_given_twice_naming_both_lines(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``mode: async`` then ``mode: realtime`` was applied as realtime without a word."""
+    written = manifest("realtime", abalone_model.tarball, tmp_path).read_text()
+    assert written.count("  mode: realtime\n") == 1
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(written.replace("  mode: realtime\n", "  mode: async\n  mode: realtime\n"))
+    first = written.splitlines().index("  mode: realtime") + 1
+    refused = cli(up, "apply", "-f", str(twice))
+    assert refused.returncode == 1
+    assert (f'{twice} document 1: mapping key "mode" already defined at line {first} (again at '
+            f"line {first + 1})") in refused.stderr  # fmt: skip
+    assert [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]] == ["abalone"]
+
+
 def test_a_queue_file_that_cannot_be_opened_ends_up_with_a_line_naming_it(tmp_path: Path) -> None:
     """A folder in its place, another kind of file: a traceback said so before."""
     for name in ("folder", "not-sqlite"):

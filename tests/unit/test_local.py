@@ -987,6 +987,36 @@ def test_a_manifest_with_a_few_ordinary_aliases_is_taken() -> None:
     assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (GOOD.replace("mode: realtime", "mode: async\n  mode: realtime"),
+         'document 2: mapping key "mode" already defined at line 13 (again at line 14)'),
+        (GOOD.replace("realtime: {}", "realtime: {minReplicas: 1, minReplicas: 2}"),
+         'document 2: mapping key "minReplicas" already defined at line 15 (again at line 15)'),
+        (GOOD + "metadata: {name: other}\n",
+         'document 2: mapping key "metadata" already defined at line 11 (again at line 16)'),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_both_lines_as_kubectl_does(
+    text: str, said: str
+) -> None:
+    """The last one won without a word: a careless merge turned async into realtime. The
+    lines are the file's (the second document starts on line 9)."""
+    with pytest.raises(ManifestError) as caught:
+        parse_text(GOOD + "---\n" + text, "ep.yaml")
+    assert str(caught.value).startswith(f"ep.yaml {said}"), caught.value
+
+
+def test_a_key_merged_in_with_an_alias_may_be_overridden() -> None:
+    text = GOOD.replace(
+        "metadata: {name: abalone}",
+        "metadata: {name: abalone, labels: &l {app: a, tier: a}, annotations: {<<: *l, tier: b}}",
+    )
+    (manifest,) = parse_text(text, "ep.yaml")
+    assert manifest.name == "abalone"
+
+
 def test_an_integral_float_is_an_integer_as_for_the_api_server() -> None:
     (manifest,) = parse_text(GOOD.replace("realtime: {}", "realtime: {minReplicas: 2.0}"), "e")
     assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
