@@ -703,7 +703,7 @@ def test_an_update_that_cannot_load_keeps_its_failure_reason_while_its_model_is_
 
 
 def test_an_endpoint_invoked_right_after_its_create_is_told_it_is_creating(
-    sagemaker: Any, up: Up
+    sagemaker: Any, up: Up, abalone_model: AbaloneModel
 ) -> None:
     """The gateway heard of a new endpoint at the supervisor's next round only: invoked at
     once, it answered 404 "endpoint not found" for up to half a second while DescribeEndpoint
@@ -713,6 +713,7 @@ def test_an_endpoint_invoked_right_after_its_create_is_told_it_is_creating(
     create_model(sagemaker, "early-model")
     create_instance_config(sagemaker, "early-config", "early-model")
     once = client(up, "sagemaker-runtime", retries={"total_max_attempts": 1})
+    row = to_csv(abalone_model.test_rows[:1])  # served once it is in service
     answers: list[tuple[float, int, str]] = []  # (sent at, HTTP status, message)
     stop = threading.Event()
 
@@ -722,7 +723,7 @@ def test_an_endpoint_invoked_right_after_its_create_is_told_it_is_creating(
                 return
             sent = time.monotonic()
             try:
-                once.invoke_endpoint(EndpointName="early", ContentType="text/csv", Body=b"1")
+                once.invoke_endpoint(EndpointName="early", ContentType="text/csv", Body=row)
                 answers.append((sent, 200, ""))
             except ClientError as exc:
                 error = exc.response
