@@ -38,6 +38,7 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 # "excessive aliasing" too): a real manifest's few aliases add tens, a "billion laughs" of
 # nested aliases hundreds of millions, which the JSON a cluster gets would have to spell out
 MAX_ALIASED_NODES = 100_000
+NAMESPACE = "local"  # up's one namespace: every endpoint it runs is in it
 
 
 class StandardInput:
@@ -131,6 +132,8 @@ def parse_document(
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{source}: metadata.name is required")
+    if as_kubectl and isinstance(meta, dict):  # it is: it holds the name
+        check_namespace(meta, f"{source} ({name})")
     raw = document.get("spec") or {}
     context = ADMITTED if admitted else None
     try:
@@ -155,6 +158,21 @@ def parse_document(
     kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
             "spec": document.get("spec")}  # fmt: skip
     return Manifest(name, spec, kept, source)
+
+
+def check_namespace(meta: dict[str, Any], source: str) -> None:
+    """``up`` has one namespace: a file naming another meant an endpoint apart from any of the
+    same name in a third namespace, which ``up`` would silently overwrite, so it is refused.
+    None, ``""`` (``kubectl``'s current namespace) and ``NAMESPACE`` itself are taken."""
+    namespace = meta.get("namespace")
+    if namespace in (None, "", NAMESPACE):
+        return
+    shown = repr(namespace if not isinstance(namespace, str) else namespace[:60])
+    raise ManifestError(
+        f"{source}: metadata.namespace {shown}: infermodes up has one namespace, "
+        f"{NAMESPACE!r}, so endpoints of one name in two namespaces would be one endpoint; "
+        f"leave metadata.namespace out or set it to {NAMESPACE}"
+    )
 
 
 def check_name(manifest: Manifest, source: str) -> Manifest:

@@ -79,7 +79,7 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
-from infermodes.local.manifests import Manifest, parse_document
+from infermodes.local.manifests import NAMESPACE, Manifest, parse_document
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
     OperatorMetrics,
@@ -103,7 +103,6 @@ T = TypeVar("T")  # what one read of a process's port gives
 # the running async workers' metrics texts by key (None: unreadable), read once when first asked
 MetricsTexts = Callable[[], Mapping[str, str | None]]
 
-NAMESPACE = "local"  # the table's namespace for every local endpoint
 TICK_SECONDS = 0.25  # how often children are checked and decisions taken
 LOAD_INTERVAL_SECONDS = 2.0  # realtime replicas' /metrics are read this often
 PROGRESS_INTERVAL_SECONDS = 2.0  # ... and running batch instances'

@@ -166,6 +166,29 @@ def test_apply_takes_manifests_on_standard_input_all_or_none(
     assert cli(up, "delete", "from-stdin").returncode == 0
 
 
+def test_a_manifest_in_another_namespace_is_refused_and_one_in_ups_is_applied(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``up`` has one namespace: the same name applied in ``prod`` and then in ``staging`` was
+    one endpoint, the second overwriting the first without a word."""
+    written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
+    placed = tmp_path / "placed.yaml"
+    placed.write_text(
+        yaml.safe_dump({**written, "metadata": {"name": "ns-x", "namespace": "prod"}})
+    )
+    refused = cli(up, "apply", "-f", str(placed))
+    assert refused.returncode == 1
+    assert "placed.yaml document 1 (ns-x): metadata.namespace 'prod': infermodes up has one " \
+        "namespace, 'local'" in refused.stderr, refused.stderr  # fmt: skip
+    assert "ns-x" not in cli(up, "get").stdout
+    placed.write_text(
+        yaml.safe_dump({**written, "metadata": {"name": "ns-x", "namespace": "local"}})
+    )
+    applied = cli(up, "apply", "-f", str(placed))
+    assert applied.stdout == "inferenceendpoint/ns-x created\n", applied.stderr
+    assert cli(up, "delete", "ns-x").returncode == 0
+
+
 def test_apply_of_a_path_to_a_file_named_dash_reads_that_file_not_standard_input(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -33,6 +33,7 @@ from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import (
     MAX_ALIASED_NODES,
     MAX_MANIFEST_BYTES,
+    NAMESPACE,
     ExcessiveAliasing,
     Manifest,
     ManifestError,
@@ -43,7 +44,6 @@ from infermodes.local.manifests import (
     parse_text,
 )
 from infermodes.local.supervisor import (
-    NAMESPACE,
     LocalEndpoint,
     Supervisor,
     probed_readiness,
@@ -129,6 +129,27 @@ def test_a_name_the_crd_refuses_is_refused_before_it_becomes_a_path(name: str) -
 def test_the_longest_name_the_crd_takes_is_taken() -> None:
     (manifest,) = parse_text(GOOD.replace("{name: abalone}", "{name: a" + "b" * 49 + "}"), "e")
     assert len(manifest.name) == 50
+
+
+@pytest.mark.parametrize("namespace", ["prod", "default", "123", "[local]"])
+def test_a_namespace_other_than_ups_one_is_refused_naming_it(namespace: str) -> None:
+    """``up`` has one namespace: ``ns-x`` in ``prod`` and then in ``staging`` were one endpoint,
+    the second overwriting the first without a word."""
+    text = GOOD.replace("{name: abalone}", f"{{name: abalone, namespace: {namespace}}}")
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, "ep.yaml")
+    message = str(caught.value)
+    assert message.startswith("ep.yaml document 1 (abalone): metadata.namespace "), message
+    assert f"infermodes up has one namespace, '{NAMESPACE}'" in message
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ["{name: abalone, namespace: local}", "{name: abalone, namespace: ''}", "{name: abalone}"],
+)
+def test_ups_own_namespace_or_none_is_taken(metadata: str) -> None:
+    (manifest,) = parse_text(GOOD.replace("{name: abalone}", metadata), "ep.yaml")
+    assert manifest.name == "abalone"
 
 
 def test_a_name_defined_twice_is_refused_naming_both_documents(tmp_path: Path) -> None:
