@@ -766,10 +766,10 @@ class EndpointSpec(SpecBlock):
     def _one_block_for_the_mode(self) -> EndpointSpec:
         for mode, block in MODE_BLOCKS.items():
             present = self.block(mode) is not None
-            if present != (self.mode == mode):
-                raise ValueError(
-                    f"spec.{block} is required when mode is {mode} and not allowed otherwise"
-                )
+            if present and self.mode != mode:
+                raise ValueError(f"spec.{block} is not allowed when mode is {self.mode}")
+            if not present and self.mode == mode:
+                raise ValueError(f"spec.{block} is required when mode is {mode}")
         return self
 
     def block(self, mode: Mode | None = None) -> SpecBlock | None:

@@ -130,8 +130,12 @@ def parse_document(
         )
     meta = document.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise ManifestError(f"{source}: metadata.name is required")
+    if not isinstance(name, str):
+        raise ManifestError(
+            f"{source}: metadata.name must be a string (a DNS-1035 label), got {name!r:.60}"
+        )
     if as_kubectl and isinstance(meta, dict):  # it is: it holds the name
         check_namespace(meta, f"{source} ({name})")
     raw = document.get("spec") or {}

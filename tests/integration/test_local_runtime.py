@@ -189,6 +189,26 @@ def test_a_manifest_in_another_namespace_is_refused_and_one_in_ups_is_applied(
     assert cli(up, "delete", "ns-x").returncode == 0
 
 
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        ({"metadata": {"name": 123}}, "metadata.name must be a string (a DNS-1035 label), got 123"),
+        ({"spec": {"serverless": {}}}, "spec.serverless is not allowed when mode is realtime"),
+    ],
+)
+def test_apply_says_what_is_wrong_with_a_name_or_a_block_as_it_is(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path, changed: dict[str, Any], said: str
+) -> None:
+    """A name that is a number was "required", and a second mode's block made the mode's own
+    "required when mode is serverless and not allowed otherwise"."""
+    written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
+    written["metadata"].update(changed.get("metadata", {}))
+    written["spec"].update(changed.get("spec", {}))
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(written))
+    refused = cli(up, "apply", "-f", str(tmp_path / "m.yaml"))
+    assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+
+
 def test_apply_of_a_path_to_a_file_named_dash_reads_that_file_not_standard_input(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

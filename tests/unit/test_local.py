@@ -91,6 +91,13 @@ def test_the_example_manifests_are_read_as_kubectl_would_apply_them() -> None:
         ("a: [", "not valid YAML"),
         ("", "no InferenceEndpoint"),
         (GOOD.replace("realtime: {}", "serverless: {}"), "abalone): spec.realtime"),
+        (GOOD.replace("{name: abalone}", "{name: 123}"), "metadata.name must be a string (a DNS"),
+        (GOOD + "  serverless: {}\n", "spec.serverless is not allowed when mode is realtime"),
+        (
+            GOOD + "  async: {outputPath: 'file:///o'}\n",
+            "spec.async is not allowed when mode is realtime",
+        ),
+        (GOOD.replace("realtime: {}", ""), "spec.realtime is required when mode is realtime"),
     ],
 )
 def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: str) -> None:

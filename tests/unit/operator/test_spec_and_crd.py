@@ -161,7 +161,7 @@ def test_a_mode_changes_in_place_only_between_modes_of_one_workload(
                 "realtime": {},
                 "batch": {"input": {"uri": "file:///i"}, "output": {"uri": "file:///o"}},
             },
-            "spec.batch is required when mode is batch and not allowed otherwise",
+            "spec.batch is not allowed when mode is realtime",
         ),
         (
             {"mode": "realtime", "model": MODEL, "realtime": {"minReplicas": 3, "maxReplicas": 2}},
