@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -140,17 +141,22 @@ def parse_document(
         check_namespace(meta, f"{source} ({name})")
     raw = document.get("spec") or {}
     context = ADMITTED if admitted else None
+    sent = as_json(raw) if as_kubectl else raw
+    if as_kubectl and (where_not_finite := non_finite_field(sent, "spec")) is not None:
+        raise ManifestError(
+            f"{source} ({name}): {where_not_finite}: must be a finite number (.nan and .inf "
+            "have no JSON form, so kubectl apply refuses them too)"
+        )
     try:
         spec = (
             EndpointSpec.model_validate_json(
-                json.dumps(as_json(raw), allow_nan=False), strict=True, context=context
+                json.dumps(sent, allow_nan=False), strict=True, context=context
             )
             if as_kubectl
             else EndpointSpec.model_validate(raw, context=context)
         )
-    except ValueError as exc:  # a ValidationError, or an infinity or NaN JSON cannot carry
-        problems = spec_problems(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ManifestError(f"{source} ({name}): {problems}") from None
+    except ValidationError as exc:
+        raise ManifestError(f"{source} ({name}): {spec_problems(exc)}") from None
     secret_held = spec.async_.notification.webhook_secret_refs() if spec.async_ else {}
     field = next(iter(secret_held), None)
     if field is not None:
@@ -193,6 +199,20 @@ def check_name(manifest: Manifest, source: str) -> Manifest:
         "characters (lower-case letters, digits and '-', starting with a letter and ending with "
         "a letter or digit), as the CRD requires"
     )
+
+
+def non_finite_field(value: Any, path: str) -> str | None:
+    """The path of the first infinity or NaN in a JSON-shaped value (``spec.x[0].y``), or None:
+    JSON has no form for them, and ``json.dumps``' refusal names no field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = [(f"{path}.{key}", item) for key, item in value.items()]
+    elif isinstance(value, list):
+        items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+    else:
+        return None
+    return next((f for p, i in items if (f := non_finite_field(i, p)) is not None), None)
 
 
 def as_json(value: Any) -> Any:

@@ -98,6 +98,15 @@ def test_the_example_manifests_are_read_as_kubectl_would_apply_them() -> None:
             "spec.async is not allowed when mode is realtime",
         ),
         (GOOD.replace("realtime: {}", ""), "spec.realtime is required when mode is realtime"),
+        (
+            GOOD.replace("realtime: {}", "realtime: {scaling: {target: .nan}}"),
+            "abalone): spec.realtime.scaling.target: must be a finite number",
+        ),
+        (
+            GOOD.replace("realtime: {}", "realtime: {scaling: {target: -.inf}}"),
+            "abalone): spec.realtime.scaling.target: must be a finite number",
+        ),
+        (GOOD + "  x: [1, {y: .inf}]\n", "abalone): spec.x[1].y: must be a finite number"),
     ],
 )
 def test_a_bad_manifest_is_an_error_naming_the_file_and_field(text: str, named: str) -> None:
