@@ -109,6 +109,24 @@ def test_a_bare_model_named_as_an_archive_still_loads(tmp_path: Path, booster: x
     assert same_predictions(load_booster(str(path), Storage()), booster)
 
 
+def archive_with_a_link(
+    tmp_path: Path, booster: xgb.Booster, kind: bytes, name: str, target: str, *more: str
+) -> Path:
+    """A model.tar.gz of the booster as ``model.ubj`` (and as each of ``more``), and a link
+    member ``name`` of ``kind`` to ``target``."""
+    booster.save_model(tmp_path / "model.ubj")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for member in ("model.ubj", *more):
+            tar.add(tmp_path / "model.ubj", arcname=member)
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+    path = tmp_path / "model.tar.gz"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
 @pytest.mark.parametrize(
     ("kind", "target", "said"),
     [(tarfile.SYMTYPE, "/etc/passwd", "a symbolic link (to '/etc/passwd')"),
@@ -121,15 +139,7 @@ def test_a_platform_member_linking_out_of_the_archive_is_named(
 ) -> None:
     """A symlinked ``xgboost-model`` was refused as "found: none": it was there, as a link.
     Its target is never looked for outside the archive, even beside a file of that name."""
-    booster.save_model(tmp_path / "model.ubj")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(tmp_path / "model.ubj", arcname="model.ubj")
-        info = tarfile.TarInfo("xgboost-model")
-        info.type, info.linkname = kind, target
-        tar.addfile(info)
-    path = tmp_path / "model.tar.gz"
-    path.write_bytes(buffer.getvalue())
+    path = archive_with_a_link(tmp_path, booster, kind, "xgboost-model", target)
     with pytest.raises(ModelLoadError) as refused:
         load_booster(str(path), Storage())
     assert str(refused.value) == (
@@ -151,16 +161,7 @@ def test_a_platform_member_linking_to_a_file_of_the_archive_is_read_as_that_file
     """``ln -s model.ubj xgboost-model`` (or a hard link, as GNU tar writes one) loads, as the
     platform's container opens it through the link: it did before links were named, by the
     one-regular-file rule, and was refused when they were."""
-    booster.save_model(tmp_path / "model.ubj")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(tmp_path / "model.ubj", arcname="model.ubj")
-        tar.add(tmp_path / "model.ubj", arcname="other.ubj")  # not the only file: the link's
-        info = tarfile.TarInfo(name)
-        info.type, info.linkname = kind, target
-        tar.addfile(info)
-    path = tmp_path / "model.tar.gz"
-    path.write_bytes(buffer.getvalue())
+    path = archive_with_a_link(tmp_path, booster, kind, name, target, "other.ubj")
     assert same_predictions(load_booster(str(path), Storage()), booster)
 
 
