@@ -335,6 +335,16 @@ def documents_of(text: str, source: str) -> list[Any]:
 def parse_text(text: str, source: str, skipped: list[Skipped] | None = None) -> list[Manifest]:
     """Every document of one YAML stream (empty documents are skipped, and Secrets: added to
     ``skipped``, or logged as a warning without it)."""
+    try:
+        return _parsed(text, source, skipped)
+    except RecursionError:  # the YAML parser, and every walk of a value, recurse per level
+        raise ManifestError(
+            f"{source}: nested too deeply to read (a few hundred levels of lists or mappings; "
+            "a manifest has a few)"
+        ) from None
+
+
+def _parsed(text: str, source: str, skipped: list[Skipped] | None) -> list[Manifest]:
     documents = documents_of(text, source)
     if not documents:
         raise ManifestError(f"{source}: no InferenceEndpoint in it")

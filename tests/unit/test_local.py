@@ -1013,6 +1013,16 @@ def test_aliases_are_refused_by_the_nodes_they_add_past_the_bound_not_one_before
     assert aliased_nodes(yaml.compose(GOOD)) == 0
 
 
+@pytest.mark.parametrize("levels", [500, 5000])
+def test_a_manifest_nested_too_deeply_is_refused_naming_it(levels: int) -> None:
+    """The YAML parser recurses per level: 500 nested lists (1 KB) raised RecursionError, a
+    traceback from apply and up -f and a 500 from up's API."""
+    text = GOOD.replace("realtime: {}", f"realtime: {{x: {'[' * levels}{']' * levels}}}")
+    with pytest.raises(ManifestError) as caught:
+        parse_text(text, "deep.yaml")
+    assert str(caught.value).startswith("deep.yaml: nested too deeply to read")
+
+
 def test_a_manifest_with_a_few_ordinary_aliases_is_taken() -> None:
     text = GOOD.replace(
         "metadata: {name: abalone}",
