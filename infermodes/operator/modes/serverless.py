@@ -33,7 +33,7 @@ from infermodes.operator.objects import (
     model_server_objects,
     server_container,
 )
-from infermodes.operator.observed import failed_status, failure, waiting_status
+from infermodes.operator.observed import failed_status, failure, served, waiting_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")
@@ -82,8 +82,8 @@ def desired_objects(
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``InService`` whenever the endpoint can take requests, also at zero replicas
     (``ScaledToZero``: the next request cold-starts one) and while replicas come and go;
-    ``Updating`` only while a spec change rolls out over running replicas, or cannot roll out
-    while they serve."""
+    ``Updating`` only while a spec change rolls out over replicas (of an endpoint that served
+    before), or cannot roll out while they serve."""
     workload = signals.workload
     problem = failure(workload)
     if problem is not None:  # an update that cannot roll out while warm: the old replicas serve
@@ -93,7 +93,9 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     ready = f"{workload.ready}/{workload.replicas} replicas ready"
     if workload.replicas == 0:
         return workload.status(s.Phase.IN_SERVICE, SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE)
-    if not workload.rolled_out and workload.ready > 0:
+    # a new template over replicas that serve, or that start for an endpoint that served (its
+    # InService while none was ready yet would turn back to Updating once the old one is)
+    if not workload.rolled_out and (workload.ready > 0 or served(previous)):
         return waiting_status(workload, s.Phase.UPDATING, "RollingOut", ready)
     if workload.ready >= workload.replicas:
         return workload.status(s.Phase.IN_SERVICE, "AllReplicasReady", ready)

@@ -159,6 +159,25 @@ def test_status_is_in_service_at_zero_and_while_scaling() -> None:
     assert stalled.message == "0/1 replicas ready; pod p cannot be scheduled: no"
 
 
+def test_an_update_while_a_replica_starts_is_updating_until_it_rolled_out() -> None:
+    """An UpdateEndpoint while a cold start's replica was not ready yet: the new spec's status,
+    the Deployment not rolled out with none ready, was InService (Scaling), so the waiter
+    passed; a moment later the old replica was ready and it turned Updating (RollingOut), and
+    the next UpdateEndpoint was refused as in progress. A first start stays InService."""
+    spec = s.EndpointSpec.model_validate(FULL_SPEC)
+    starting = WorkloadState(True, 1, 0, 0, False)
+    for previous in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
+        status = serverless.observe(spec, observed(starting), Status(previous))
+        assert (status.phase, status.reason) == (s.Phase.UPDATING, "RollingOut"), previous
+    first = serverless.observe(spec, observed(starting), None)
+    assert (first.phase, first.reason) == (s.Phase.IN_SERVICE, "Scaling")
+    creating = serverless.observe(spec, observed(starting), Status(s.Phase.CREATING))
+    assert creating.phase is s.Phase.IN_SERVICE
+    done = serverless.observe(spec, observed(WorkloadState(True, 1, 1, 1, True)),
+                              Status(s.Phase.UPDATING))  # fmt: skip
+    assert (done.phase, done.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
+
+
 def test_reconcile_scales_from_zero_on_a_held_request_and_tells_how_long_it_took() -> None:
     spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
     zero = {
