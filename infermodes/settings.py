@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -282,9 +283,22 @@ class ServeSettings(EnvSettings):
 
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-# pika's socket timeout on every RabbitMQ connect (queueing.rabbitmq.connect): the one span in
-# which a worker's consumer loops do not turn, so its liveness stall bound must outlast it.
+# pika's socket timeout on every RabbitMQ connect (queueing.rabbitmq.connect), and its handshake
+# bound unless the URL names one: the one span in which a worker's consumer loops do not turn,
+# so its liveness stall bound must outlast it.
 BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def named_handshake_seconds(url: str) -> float | None:
+    """The bound on a connect's handshake a broker URL names (``?stack_timeout=N``), if it
+    names one that reads as a number (pika refuses the URL otherwise)."""
+    given = parse_qs(urlsplit(url).query).get("stack_timeout")
+    try:
+        return float(given[0]) if given else None
+    except ValueError:
+        return None
+
+
 # The least stall bound of a worker's liveness: a connect's span and as much again for a busy
 # machine; less, and an ordinary broker outage would fail the probe and restart every worker.
 WORKER_LIVENESS_STALL_LEAST_SECONDS = 2 * BROKER_CONNECT_TIMEOUT_SECONDS
@@ -403,11 +417,26 @@ class WorkerSettings(EnvSettings):
         "and webhook POSTs run, while it backs off between reconnects and while it drains "
         "after SIGTERM): the liveness probe's signal. A connect attempt to RabbitMQ is the one "
         f"span without a turn (up to {BROKER_CONNECT_TIMEOUT_SECONDS:g} s, its connect "
-        f"timeout), so this is {WORKER_LIVENESS_STALL_LEAST_SECONDS:g} s at least, twice that: "
+        "timeout, or the broker URL's stack_timeout if it names one), so this is "
+        f"{WORKER_LIVENESS_STALL_LEAST_SECONDS:g} s at least, and twice the stack_timeout: "
         "less, and an ordinary broker outage would fail the probe.",
     )
     allow_pickle: bool = False
     log_level: LogLevel = "info"
+
+    @model_validator(mode="after")
+    def _liveness_outlasts_a_connect(self) -> WorkerSettings:
+        handshake = named_handshake_seconds(self.broker_url)
+        if handshake is not None and 2 * handshake > self.liveness_stall_seconds:
+            raise ValueError(
+                f"liveness_stall_seconds ({self.liveness_stall_seconds:g}) is under twice the "
+                f"broker URL's stack_timeout ({handshake:g} s), the longest a connect to "
+                "RabbitMQ may go without a turn of the consumer loops, so a broker that takes "
+                "connections and does not answer would fail the liveness probe: raise it, or "
+                f"lower stack_timeout ({BROKER_CONNECT_TIMEOUT_SECONDS:g} s when the URL names "
+                "none)"
+            )
+        return self
 
 
 class AsyncEndpoint(BaseModel):

@@ -64,7 +64,7 @@ from infermodes.queueing.broker import (
     outbox_name,
     url_now,
 )
-from infermodes.settings import BROKER_CONNECT_TIMEOUT_SECONDS
+from infermodes.settings import BROKER_CONNECT_TIMEOUT_SECONDS, named_handshake_seconds
 
 if TYPE_CHECKING:
     from pika.spec import Basic, BasicProperties
@@ -452,6 +452,9 @@ def connect(url: str) -> pika.BlockingConnection:
     """A connection named after this process (``infermodes pid N`` in the management UI)."""
     params = amqp_parameters(url)
     params.socket_timeout = BROKER_CONNECT_TIMEOUT_SECONDS
+    if named_handshake_seconds(url) is None:  # not pika's 15 s: a broker that takes the
+        # connection and never answers holds a connect no longer than one that does not take it
+        params.stack_timeout = BROKER_CONNECT_TIMEOUT_SECONDS
     params.blocked_connection_timeout = BROKER_CONNECT_TIMEOUT_SECONDS * 6
     params.heartbeat = heartbeat_seconds(url)
     params.connection_attempts = 1

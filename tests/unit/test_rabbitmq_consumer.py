@@ -460,3 +460,21 @@ def test_a_handshake_the_broker_never_answers_is_an_outage_not_a_crash(
         connection.close()
     assert not failures, failures
     assert len(accepted) >= 2  # it connected again after the first handshake timed out
+
+
+@pytest.mark.parametrize(
+    ("query", "handshake"),
+    [("", rabbitmq.BROKER_CONNECT_TIMEOUT_SECONDS), ("?stack_timeout=0.3", 0.3)],
+    ids=["none named", "named"],
+)
+def test_a_connects_handshake_is_bounded_by_the_connect_timeout_unless_the_url_names_one(
+    query: str, handshake: float
+) -> None:
+    """pika's own handshake bound is 15 s, three times the connect timeout a worker's liveness
+    stall allows for (docs/async.md): a broker that takes the connection and never answers
+    held a connect that long."""
+    seen: list[pika.connection.Parameters] = []
+    with mock.patch.object(rabbitmq.pika, "BlockingConnection", side_effect=seen.append):
+        rabbitmq.connect(f"amqp://guest:guest@127.0.0.1:5672/%2F{query}")
+    assert [params.stack_timeout for params in seen] == [handshake]
+    assert seen[0].socket_timeout == rabbitmq.BROKER_CONNECT_TIMEOUT_SECONDS

@@ -104,3 +104,42 @@ def test_a_worker_started_with_a_stall_bound_under_its_connect_span_exits_naming
         "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: Input should be greater than or equal to 10"
         in started.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "accepted"),
+    [("", True), ("?stack_timeout=5", True), ("?stack_timeout=30", False)],
+    ids=["none named", "within half", "over half"],
+)
+def test_a_worker_whose_broker_url_allows_a_longer_handshake_than_half_its_stall_is_refused(
+    query: str, accepted: bool
+) -> None:
+    """A broker URL's stack_timeout bounds a connect's handshake, a span the consumer loops do
+    not turn in: one over half the stall bound would fail the probe of every worker when a
+    broker takes connections and does not answer, so it is refused naming both."""
+    given = {"model_uri": "file:///m", "endpoint": "e", "liveness_stall_seconds": 10}
+    given["broker_url"] = f"amqp://guest:guest@127.0.0.1:5672/%2F{query}"
+    if accepted:
+        assert WorkerSettings.model_validate(given)
+        return
+    with pytest.raises(ValidationError, match=r"under twice the broker URL's stack_timeout \(30"):
+        WorkerSettings.model_validate(given)
+
+
+def test_a_worker_with_a_broker_url_whose_handshake_outlasts_its_stall_exits_naming_both() -> None:
+    """As a user sets it: the worker stops at start (exit 2) and the message names both and
+    not the URL's password."""
+    env = {
+        **os.environ,
+        "INFERMODES_WORKER_BROKER_URL": "amqp://u:hidden-pw@127.0.0.1:5672/%2F?stack_timeout=40",
+    }
+    started = subprocess.run(
+        [sys.executable, "-c", "from infermodes.cli import main; main()", "worker",
+         "--endpoint", "e", "--model", "file:///absent/model.tar.gz"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr
+    assert "liveness_stall_seconds (60) is under twice the broker URL's stack_timeout" in (
+        started.stderr
+    )
+    assert "hidden-pw" not in started.stderr
