@@ -40,7 +40,8 @@ def _settings_or_exit(factory: Any, **options: Any) -> Any:
     except ValidationError as exc:
         from infermodes.endpoints.spec import spec_problems  # the one formatter, as for specs
 
-        raise click.UsageError(spec_problems(exc, field=_setting_label(factory, given))) from None
+        label = _setting_label(factory, given)
+        raise click.UsageError(spec_problems(exc, label, fields=factory.model_fields)) from None
 
 
 def _setting_label(factory: Any, given: dict[str, Any]) -> Callable[[str], str]:

@@ -429,7 +429,7 @@ class WorkerSettings(EnvSettings):
         handshake = named_handshake_seconds(self.broker_url)
         if handshake is not None and 2 * handshake > self.liveness_stall_seconds:
             raise ValueError(
-                f"liveness_stall_seconds ({self.liveness_stall_seconds:g}) is under twice the "
+                f"liveness_stall_seconds: {self.liveness_stall_seconds:g} is under twice the "
                 f"broker URL's stack_timeout ({handshake:g} s), the longest a connect to "
                 "RabbitMQ may go without a turn of the consumer loops, so a broker that takes "
                 "connections and does not answer would fail the liveness probe: raise it, or "

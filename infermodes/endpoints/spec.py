@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -852,14 +852,20 @@ def spec_problems(
     exc: ValidationError,
     field: Callable[[str], str] = "spec.{}".format,
     wording: Mapping[str, str] | None = None,
+    fields: Collection[str] = (),
 ) -> str:
     """Every problem of a spec, once each, after the field it is in (``field`` of its dotted
-    path: ``spec.model.uri`` by default); a problem of the whole spec stands alone. ``wording``:
-    a rule's message as another API says it (its field names, not the spec's)."""
+    path: ``spec.model.uri`` by default); a problem of the whole spec stands alone, unless it
+    starts with one of ``fields`` and a colon (a rule over several fields that names the one to
+    change: it is shown by ``field`` too). ``wording``: a rule's message as another API says it
+    (its field names, not the spec's)."""
     problems = []
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"])
         said = problem(error)
         said = (wording or {}).get(said, said)
+        named, colon, rest = said.partition(": ")
+        if not path and colon and named in fields:
+            path, said = named, rest
         problems.append(f"{field(path)}: {said}" if path else said)
     return "; ".join(dict.fromkeys(problems))

@@ -4,6 +4,7 @@ variables pods and users already set keep meaning what they meant."""
 from __future__ import annotations
 
 import os
+import re
 
 import click
 import pytest
@@ -189,6 +190,31 @@ def test_an_invalid_setting_is_a_usage_error_naming_the_setting(
         click.UsageError, match="^INFERMODES_WORKER_MAX_ATTEMPTS: Input should be greater"
     ):
         _settings_or_exit(WorkerSettings, endpoint="e", model_uri="m")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES", '["ftp://x"]', "'ftp://x' is not s3://"),
+        ("INFERMODES_WORKER_BROKER_URL", "amqp://h/?stack_timeout=40", "60 is under twice"),
+    ],
+    ids=["a prefix", "a rule over two settings"],
+)
+def test_a_rule_over_the_whole_settings_names_the_variable_to_change(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    """A rule checked over the whole settings (a list's entries, two settings together) names
+    the variable the user sets, as a field's own rule does (before: the field's name,
+    allowed_input_prefixes, which is no variable)."""
+    monkeypatch.setenv(variable, value)
+    factory = GatewaySettings if "GATEWAY" in variable else WorkerSettings
+    wanted = {
+        GatewaySettings: "INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES",
+        WorkerSettings: "INFERMODES_WORKER_LIVENESS_STALL_SECONDS",
+    }[factory]
+    options = {"endpoint": "e", "model_uri": "m"} if factory is WorkerSettings else {}
+    with pytest.raises(click.UsageError, match=f"^{wanted}: {re.escape(named)}"):
+        _settings_or_exit(factory, **options)
 
 
 def test_secrets_are_read_and_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:

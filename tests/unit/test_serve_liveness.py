@@ -139,7 +139,8 @@ def test_a_worker_with_a_broker_url_whose_handshake_outlasts_its_stall_exits_nam
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert started.returncode == 2, started.stderr
-    assert "liveness_stall_seconds (60) is under twice the broker URL's stack_timeout" in (
-        started.stderr
+    assert (
+        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: 60 is under twice the broker URL's stack_timeout"
+        in (started.stderr)
     )
     assert "hidden-pw" not in started.stderr
