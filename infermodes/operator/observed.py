@@ -267,7 +267,11 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     if workload.rolled_out and workload.ready >= workload.replicas:
         return workload.status(Phase.IN_SERVICE, "AllReplicasReady",
                       f"{workload.ready}/{workload.replicas} replicas ready")  # fmt: skip
-    if was_serving and workload.rolled_out and workload.ready > 0:  # replicas changing, not specs
+    # replicas changing, not specs: also a lost last replica being replaced (pods roll out with
+    # maxUnavailable 0, so a spec's rollout keeps a ready one), unless a rollout is ending (a
+    # new template over no replicas rolls out at once: Updating until one is ready)
+    replacing = workload.ready > 0 or (previous is not None and previous.phase is Phase.IN_SERVICE)
+    if was_serving and workload.rolled_out and replacing:
         message = f"{workload.ready}/{workload.replicas} replicas ready"
         return waiting_status(workload, Phase.IN_SERVICE, "Scaling", message)
     phase = Phase.UPDATING if was_serving else Phase.CREATING

@@ -577,6 +577,37 @@ def test_deleting_the_endpoint_removes_its_objects_and_processes(
     wait_until(lambda: not kubelet.running_pids(k8s_namespace), 60, "pod processes gone")
 
 
+def test_a_lost_only_replica_is_replaced_in_service_not_as_an_update(
+    tools: Tools, k8s_namespace: str, model_uri: str
+) -> None:
+    """Its one pod deleted (a node gone, a user's kubectl delete): the endpoint was Updating
+    (RollingOut) with an Event until the new pod was ready, though nothing was updated, and
+    the platform's UpdateEndpoint was refused meanwhile as in progress. It stays InService,
+    saying replicas are ready 0/1 (requests wait for the new one)."""
+    api = tools.cluster.api
+    manifest = endpoint_manifest("lone", model_uri, minReplicas=1, maxReplicas=1)
+    create_in_service(tools, k8s_namespace, manifest)
+    pods_path = f"/api/v1/namespaces/{k8s_namespace}/pods"
+    selector = {"labelSelector": "infermodes.dev/endpoint=lone"}
+    (old,) = api.get(pods_path, **selector)["items"]
+    api.delete(f"{pods_path}/{old['metadata']['name']}")
+    seen: set[tuple[str, str]] = set()
+
+    def replaced() -> bool:
+        status = get_endpoint(api, k8s_namespace, "lone")["status"]
+        seen.add((status["phase"], status.get("reason", "")))
+        return any(
+            p["metadata"]["uid"] != old["metadata"]["uid"]
+            and any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions", []))
+            for p in api.get(pods_path, **selector)["items"]
+        ) and status.get("readyReplicas") == 1  # fmt: skip
+
+    wait_until(replaced, 120, "the replacement pod ready", interval=0.1)
+    assert {phase for phase, _ in seen} == {"InService"}, seen
+    assert ("InService", "Scaling") in seen, seen  # it was seen without its replica
+
+
 def test_restarting_the_operator_changes_nothing_that_was_correct(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:

@@ -94,6 +94,18 @@ def pod(name: str, ready: bool, **state) -> PodState:
             s.Phase.CREATING,
             "Creating",
         ),
+        (  # its only replica lost (deleted, its node gone) and being replaced: no update
+            WorkloadState(True, 1, 0, 1, True, [pod("b", False)]),
+            Status(s.Phase.IN_SERVICE),
+            s.Phase.IN_SERVICE,
+            "Scaling",
+        ),
+        (  # a new template over no replica (from serverless at zero) rolled out at once
+            WorkloadState(True, 1, 0, 1, True, [pod("b", False)]),
+            Status(s.Phase.UPDATING, "RollingOut"),
+            s.Phase.UPDATING,
+            "RollingOut",
+        ),
         (
             WorkloadState(True, 2, 2, 2, True, [pod("a", True), pod("b", True)]),
             None,
