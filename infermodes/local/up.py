@@ -33,9 +33,11 @@ from infermodes.logs import configure_logging
 from infermodes.metrics import AsyncApiMetrics, OperatorMetrics
 from infermodes.platform.router import create_router as platform_router
 from infermodes.platform.translate import Defaults
+from infermodes.queueing.broker import Enqueuer
 from infermodes.queueing.connect import Broker, broker_from_url, embedded_url
 from infermodes.queueing.embedded import EmbeddedQueue
 from infermodes.settings import (
+    AsyncEndpoint,
     GatewaySettings,
     unknown_reason,
     unknown_variables,
@@ -205,6 +207,29 @@ def serve(
         return _serve(settings, state_dir, manifests, broker_url, management_url, lock_id)
 
 
+def mount_async_route(
+    runner: Runner,
+    layouts: Mapping[str, AsyncEndpoint],
+    enqueuer: Enqueuer,
+    registry: CollectorRegistry,
+) -> None:
+    """The async accept route on up's gateway, told of endpoints gone as the gateway's is:
+    their metric series and log throttles go with them (kept, they grew with every endpoint
+    ever deleted)."""
+    settings, table, demand = runner.settings, runner.table, runner.demand
+    async_metrics = AsyncApiMetrics(registry)
+    table.forgotten.append(async_metrics.forget)  # as the invocations' series go
+    runner.app.include(async_router(
+        layouts, enqueuer, Storage(), async_metrics,
+        settings.max_inline_bytes, settings.allowed_input_prefixes,
+        missing=table.async_missing,
+        # a pool at zero hears of its first request, as on Kubernetes
+        accepted=demand.async_accepted if demand is not None else None,
+        allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
+        forgotten=table.forgotten,
+    ))  # fmt: skip
+
+
 def _serve(
     settings: GatewaySettings,
     state_dir: Path,
@@ -246,16 +271,7 @@ def _serve(
     runner = Runner(settings, supervisor, LocalDemandSink(supervisor), GATEWAY_ID, registry,
                     routers, namespaced=False)  # fmt: skip
     runner.app.guard = token_guard(token, token_file)  # its API and platform API: its user's
-    demand = runner.demand  # a pool at zero hears of its first request, as on Kubernetes
-    async_metrics = AsyncApiMetrics(registry)
-    runner.table.forgotten.append(async_metrics.forget)  # as the invocations' series go
-    runner.app.include(async_router(
-        supervisor.async_layouts, enqueuer, Storage(), async_metrics,
-        settings.max_inline_bytes, settings.allowed_input_prefixes,
-        missing=runner.table.async_missing,
-        accepted=demand.async_accepted if demand is not None else None,
-        allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
-    ))  # fmt: skip
+    mount_async_route(runner, supervisor.async_layouts, enqueuer, registry)
     # the async plane's stale request records, claims and inline inputs, as the gateway's
     sweeper = Sweeper(Storage(), supervisor.async_layouts, settings.sweep_interval_seconds)
     sweeper.start()
