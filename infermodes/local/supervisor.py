@@ -1247,6 +1247,9 @@ class Supervisor:
                 # its server has shown nothing yet: what the last try said stands until it does
                 # (an update's "Updating" in between let the API refuse the fixing update)
                 again.status = endpoint.status
+                # and its Ready condition's time: that of its last turn, not of each retry
+                # (DescribeEndpoint's LastModifiedTime)
+                again.reported = endpoint.reported
                 again.event(f"started again: its model could not load {attempts} time(s) in a "
                             "row")  # fmt: skip
 

@@ -575,6 +575,33 @@ def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagema
     sagemaker.delete_model(ModelName="absent-model")
 
 
+def test_a_failed_endpoints_last_modified_time_stays_through_its_models_retries(
+    sagemaker: Any, up: Up
+) -> None:
+    """Each retry of a model that cannot load (5 s after the failure, then doubling) moved
+    LastModifiedTime, the endpoint Failed for the same reason throughout. It stays the time
+    the endpoint turned Failed, through a retry seen running and failing again."""
+    missing = "s3://models/absent-again/model.tar.gz"
+    sagemaker.create_model(ModelName="retried-model", PrimaryContainer={"ModelDataUrl": missing})
+    create_instance_config(sagemaker, "retried-config", "retried-model")
+    sagemaker.create_endpoint(EndpointName="failing", EndpointConfigName="retried-config")
+    with pytest.raises(WaiterError, match="Failed"):
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="failing",
+                                                         WaiterConfig=FAST)  # fmt: skip
+    failed_at = sagemaker.describe_endpoint(EndpointName="failing")["LastModifiedTime"]
+    seen, retry_ran = set(), False
+    for _ in range(48):  # about 12 s: the first retry comes 5 s after the failure
+        described = sagemaker.describe_endpoint(EndpointName="failing")
+        seen.add((described["EndpointStatus"], described["LastModifiedTime"]))
+        retry_ran |= any(p["running"] for p in up.status("failing")["processes"])
+        time.sleep(0.25)
+    assert retry_ran, "no retry of the model ran while polled"
+    assert seen == {("Failed", failed_at)}
+    sagemaker.delete_endpoint(EndpointName="failing")
+    sagemaker.delete_endpoint_config(EndpointConfigName="retried-config")
+    sagemaker.delete_model(ModelName="retried-model")
+
+
 def symlinked_member() -> bytes:
     """A model.tar.gz whose ``xgboost-model`` is a symbolic link."""
     buffer = io.BytesIO()

@@ -898,6 +898,31 @@ def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_back
     assert fresh.status.phase.value == "InService"
 
 
+def test_a_retry_of_a_failed_load_keeps_the_time_the_endpoint_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each retry applied the spec again as a new endpoint, whose Ready condition had no time
+    yet: DescribeEndpoint's LastModifiedTime moved at every retry of an endpoint that stayed
+    Failed for the same reason. It keeps the time the endpoint turned Failed."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    failed = supervisor.endpoints[name]
+    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    failed.status = Status(Phase.FAILED, *failed.failure)
+    monkeypatch.setattr(time, "time", lambda: 1_000.0)
+    before = supervisor.object_of(failed)["status"]["conditions"][0]["lastTransitionTime"]
+    supervisor.load_retries[name] = (1, 0.0)
+    monkeypatch.setattr(time, "time", lambda: 2_000.0)
+    supervisor._retry_loads(1.0)
+    again = supervisor.endpoints[name]
+    supervisor._set_status(again)
+    shown = supervisor.object_of(again)["status"]
+    assert (shown["phase"], shown["reason"]) == ("Failed", "ModelLoadFailed")
+    assert shown["conditions"][0]["lastTransitionTime"] == before
+
+
 def retried_after_a_load_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, started: Callable[[str], None]
 ) -> tuple[Supervisor, LocalEndpoint]:
