@@ -227,6 +227,28 @@ def folder_uri(path: str) -> str | None:
         return None
 
 
+def file_in_the_way(folder: str) -> str | None:
+    """The path of a file that stands where the ``file://`` folder ``folder`` (or the nearest
+    of its ancestors that exists) should be a folder: no object can be written under it, and
+    this is sure without writing. None when nothing is found in the way (an S3 folder, or a
+    file path whose nearest existing ancestor is a folder, or one that cannot be looked at)."""
+    try:
+        ref = normalised(folder)
+    except StorageError:
+        return None
+    if ref.scheme != "file":
+        return None
+    for path in (ref.key, *map(str, Path(ref.key).parents)):
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there yet (or under a file): its ancestor says
+        except OSError:
+            return None  # cannot be looked at: writing will say
+        return None if stat.S_ISDIR(info.st_mode) else path
+    return None
+
+
 def join_uri(prefix: str, name: str) -> str:
     """``join_uri("s3://b/out", "x.out") == "s3://b/out/x.out"``; works for paths too."""
     return prefix.rstrip("/") + "/" + name.lstrip("/")

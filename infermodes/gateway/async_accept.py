@@ -20,6 +20,7 @@ not UTF-8 is a 400 naming the header.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -97,6 +98,7 @@ from infermodes.storage import (
     StorageRefused,
     UnusableLocation,
     dotted,
+    file_in_the_way,
     folder_uri,
     join_uri,
     lies_under,
@@ -143,6 +145,28 @@ class StorageUnusable(InfermodesError):
     message names the location."""
 
     status_code = 424
+
+
+# endpoints' (output, failure) paths found usable, each checked once (``check_result_folders``)
+RESULT_FOLDERS_KEPT = 1024
+
+
+def check_result_folders(output_path: str, failure_path: str) -> None:
+    """Refuse (``StorageUnusable``) a request whose result could never be stored: a file
+    stands where the endpoint's output or failure folder would be. Accepted, it was lost
+    silently (its error object unwritable, its FailureLocation never there). It raises,
+    so a cache of it keeps only usable verdicts: a mended file system is seen at once."""
+    fields = (("output path (S3OutputPath; outputPath in a manifest)", output_path, "results"),
+              ("failure path (S3FailurePath; failurePath in a manifest)", failure_path,
+               "error objects"))  # fmt: skip
+    for field, path, objects in fields:
+        blocker = file_in_the_way(path)
+        if blocker is not None:
+            raise StorageUnusable(
+                f"the endpoint's {field} {path} cannot hold its {objects}: {blocker} is a "
+                "file, not a folder; the request was not accepted, and a retry will not help "
+                "until the endpoint's storage is fixed"
+            )
 
 
 def header_text(headers: Headers, name: str) -> str | None:
@@ -513,6 +537,7 @@ def create_router(
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
     told = ThrottledPer(log)  # a broker or store down refuses every request alike
+    results_usable = functools.lru_cache(maxsize=RESULT_FOLDERS_KEPT)(check_result_folders)
     if forgotten is not None:
         forgotten.append(told.forget)
 
@@ -557,6 +582,7 @@ def create_router(
         refuse_codings(request.scope["headers"])  # a worker would read a gzip body as CSV
         asked = asked_of(endpoint, request.headers, allowed_input_prefixes, api_input_paths(),
                          allowed_from)  # fmt: skip
+        results_usable(endpoint.output_path, endpoint.failure_path)
         body = await read_body(request.scope, request.receive, max_inline_bytes)
         checked = submission_with(name, endpoint, asked, body, clock())
         started = time.perf_counter()

@@ -256,26 +256,33 @@ def test_an_async_endpoint_whose_storage_cannot_hold_files_answers_a_4xx_naming_
 ) -> None:
     """An S3OutputPath the file system makes no folder under (/proc: ENOENT) answered every
     request 503 "retry later", which boto3 retries for ever; one under a regular file
-    (ENOTDIR) a 500, which it retries too. Both are a 424 naming the location, not retried."""
+    (ENOTDIR) a 500, which it retries too. Both are a 424 naming the location, not retried
+    (the file in the way is found before anything is written, and named).
+    An S3FailurePath under a regular file was accepted, its error objects lost: a 424 naming
+    the field too."""
     import httpx
 
     create_model(sagemaker, "unusable-model")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for name, output, why in (
-        ("in-proc", f"file:///proc/infermodes-{uuid.uuid4().hex[:8]}",
+    usable = f"file://{tmp_path}/out"
+    for name, output, failure, why in (
+        ("in-proc", f"file:///proc/infermodes-{uuid.uuid4().hex[:8]}", None,
          "the file system makes no folder there"),
-        ("under-a-file", f"file://{blocker}/out", "Not a directory"),
+        ("under-a-file", f"file://{blocker}/out", None, f"{blocker} is a file, not a folder"),
+        ("failing-under-a-file", usable, f"file://{blocker}/fail",
+         f"S3FailurePath; failurePath in a manifest) file://{blocker}/fail cannot hold"),
     ):  # fmt: skip
+        config = {"S3OutputPath": output, **({"S3FailurePath": failure} if failure else {})}
         create_instance_config(sagemaker, name, "unusable-model", AsyncInferenceConfig={
-            "OutputConfig": {"S3OutputPath": output}})  # fmt: skip
+            "OutputConfig": config})  # fmt: skip
         sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=name)
         sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=FAST)
         answer = httpx.post(f"{up.url}/endpoints/{name}/async-invocations", content=b"1,2\n",
                             headers={"Content-Type": "text/csv"}, timeout=30.0)  # fmt: skip
         assert answer.status_code == 424, answer.text
         assert answer.headers["x-amzn-errortype"] == "ValidationError"
-        assert why in answer.json()["message"] and output in answer.json()["message"]
+        assert why in answer.json()["message"] and (failure or output) in answer.json()["message"]
         sagemaker.delete_endpoint(EndpointName=name)
         sagemaker.get_waiter("endpoint_deleted").wait(EndpointName=name, WaiterConfig=FAST)
         sagemaker.delete_endpoint_config(EndpointConfigName=name)

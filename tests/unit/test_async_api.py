@@ -696,6 +696,44 @@ def test_an_endpoint_whose_input_location_cannot_hold_a_file_is_no_503_to_retry(
     assert not publisher.sent
 
 
+def test_an_endpoint_whose_result_folders_cannot_hold_a_file_is_refused_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    """An S3FailurePath under a regular file was accepted: the 202's FailureLocation never
+    existed, the error object was lost, and nothing said why. Such a failure (or output)
+    path is a 424 naming the field, the location and the file in the way, nothing queued;
+    once the file is gone, the same endpoint's requests are taken (a refusal is not kept)."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    publisher = RecordingPublisher()
+    app = FastAPI()
+    app.include_router(create_router(
+        {"failure": AsyncEndpoint(input_path=f"file://{tmp_path}/in",
+                                  output_path=f"file://{tmp_path}/out",
+                                  failure_path=f"file://{blocker}/fail"),
+         "output": AsyncEndpoint(input_path=f"file://{tmp_path}/in",
+                                 output_path=f"file://{blocker}",
+                                 failure_path=f"file://{tmp_path}/fail")},
+        publisher, Storage(), AsyncApiMetrics(CollectorRegistry()), 100, [],
+    ))  # fmt: skip
+    client = TestClient(app)
+    for name, field, location in (("failure", "S3FailurePath", f"file://{blocker}/fail"),
+                                  ("output", "S3OutputPath", f"file://{blocker}")):  # fmt: skip
+        response = client.post(f"/endpoints/{name}/async-invocations", content=b"1")
+        assert response.status_code == 424, response.text
+        assert response.headers["x-amzn-errortype"] == "ValidationError"
+        assert response.json()["error"] == "StorageUnusable"
+        message = response.json()["message"]
+        assert field in message and location in message, message
+        assert f"{blocker} is a file, not a folder" in message, message
+    assert not publisher.sent
+    assert not (tmp_path / "in").exists()  # no inline input stored
+    blocker.unlink()
+    response = client.post("/endpoints/failure/async-invocations", content=b"1")
+    assert response.status_code == 202, response.text
+    assert len(publisher.sent) == 1
+
+
 def test_an_endpoint_whose_bucket_does_not_exist_is_no_503_to_retry() -> None:
     """S3's NoSuchBucket read as "no such object", a storage error like any other: a 503
     "retry later" for an input path in a bucket that does not exist, which no retry mends."""

@@ -15,6 +15,7 @@ from infermodes.storage import (
     ObjectRef,
     S3Store,
     Storage,
+    file_in_the_way,
     join_uri,
     object_mode,
     parse_uri,
@@ -601,3 +602,19 @@ def test_an_s3_write_to_a_bucket_that_does_not_exist_is_unusable_not_a_missing_i
         with pytest.raises(UnusableLocation, match="the bucket no-such-bucket does not exist") as e:
             write()
         assert (classify(e.value).reason, classify(e.value).retry) == ("UnusableLocation", False)
+
+
+def test_a_file_in_the_way_of_a_folder_is_named_and_nothing_else_is(tmp_path: Path) -> None:
+    """What the accept route refuses an endpoint's result folders for: sure without writing
+    (a file at the folder, or at its nearest existing ancestor), never a guess."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    (tmp_path / "folder").mkdir()
+    assert file_in_the_way(f"file://{blocker}/fail") == str(blocker)
+    assert file_in_the_way(f"file://{blocker}/deeper/still/") == str(blocker)
+    assert file_in_the_way(f"file://{blocker}") == str(blocker)
+    assert file_in_the_way(f"file://{tmp_path}/folder/a/b") is None  # made when written
+    assert file_in_the_way(f"file://{tmp_path}/folder") is None
+    assert file_in_the_way(f"file://{tmp_path}/folder/../afile/x") == str(blocker)
+    assert file_in_the_way("s3://bucket/afile/fail") is None
+    assert file_in_the_way("file://host/not-local") is None  # not a usable URI: writing says
