@@ -38,6 +38,9 @@ APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoi
 INVALID_SPEC = "InvalidSpec"  # a spec that cannot run, or the operator does not run
 # an async endpoint held back: an older one in another namespace holds its name (its queue)
 NAME_IN_USE = "NameInUse"
+# an async pool started at its initial workers (a create, an update that starts it there),
+# fewer of them ready yet: Creating, or Updating over a pool that served
+STARTING_WORKERS = "StartingWorkers"
 # a batch job held back: an older one not ended writes an overlapping output prefix
 OUTPUT_IN_USE = "OutputInUse"
 ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoint's processes
@@ -364,6 +367,19 @@ def describe_failures(failures: list[dict[str, Any]], failed_units: int = 0) -> 
     told = sum(1 if f.get("object") else int(f.get("units", 0)) for f in failures)
     more = len(failures) - len(shown) + max(failed_units - told, 0)
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def pool_starting(wanted: int, ready: int, served: bool) -> tuple[Phase, str, str] | None:
+    """(phase, reason, message) of an async pool started at ``wanted`` workers (its
+    initialReplicas, or minReplicas without it, on a create or an update that starts it
+    there; no more than it still wants) while fewer are ready: ``Creating``, or ``Updating``
+    over an endpoint that ``served``, as the platform says InService once the variant's
+    instances run. None once they are, and for a pool started at zero (requests queue: it
+    is in service at once). Both actuators say it (the operator, ``infermodes up``)."""
+    if ready >= wanted:
+        return None
+    phase = Phase.UPDATING if served else Phase.CREATING
+    return phase, STARTING_WORKERS, f"{ready}/{wanted} initial workers ready; requests queue"
 
 
 def update_blocked(detail: str, serving: int) -> str:

@@ -40,6 +40,7 @@ import httpx
 from infermodes.endpoints import async_plan, plan
 from infermodes.endpoints.demand import Demand, GatewayDemand
 from infermodes.endpoints.scaling import (
+    INITIAL_REPLICAS,
     ScalerMemory,
     backlog_replicas,
     pool_in_flight,
@@ -69,6 +70,7 @@ from infermodes.endpoints.status import (
     made_by_api,
     output_held_by,
     output_in_use,
+    pool_starting,
     record_queue,
     rfc3339,
     summary_progress,
@@ -205,6 +207,8 @@ class LocalEndpoint:
     progress_read_at: float = -math.inf
     sequence: int = 0
     desired: int = 0
+    # an async pool's workers asked for at its (re)start, until they are ready (pool_starting)
+    initial_wanted: int = 0
     initialized: bool = False
     served: bool = False  # a realtime endpoint is Creating until the replicas it wants are ready
     # ... or Updating, its requests held, when the spec it replaced was in service
@@ -708,6 +712,8 @@ class Supervisor:
             block, started, figures.ready, figures.in_flight, endpoint.memory, now,
             figures.consumers, figures.waiting_webhooks,
         )  # fmt: skip
+        if decision.reason == INITIAL_REPLICAS:
+            endpoint.initial_wanted = decision.replicas
         status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)
         endpoint.status = with_backlog(status, figures)
         return decision.replicas
@@ -955,6 +961,7 @@ class Supervisor:
         # until every wanted replica is (the platform's, until its initial instances are up)
         endpoint.served = endpoint.served or 0 < endpoint.desired <= ready
         notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
+        starting = self._pool_starting(endpoint, ready) if mode is Mode.ASYNC else None
         if endpoint.outgoing:
             phase, reason = Phase.UPDATING, "Updating"
         elif mode is Mode.REALTIME and not endpoint.served and endpoint.replaced_in_service:
@@ -969,6 +976,9 @@ class Supervisor:
         elif mode is Mode.SERVERLESS and ready < endpoint.desired:
             phase, reason = Phase.IN_SERVICE, "Scaling"  # a cold start: as the operator says it
             notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
+        elif starting is not None:
+            phase, reason = starting[0], starting[1]
+            notes.insert(0, starting[2])
         else:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
@@ -1005,6 +1015,16 @@ class Supervisor:
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
+
+    @staticmethod
+    def _pool_starting(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:
+        """An async pool's start, as the operator says it (``pool_starting``); over once its
+        initial workers were ready, or it wants fewer (scaled in before they were)."""
+        served = endpoint.replaced_in_service or endpoint.status.phase in SERVING_PHASES
+        starting = pool_starting(min(endpoint.initial_wanted, endpoint.desired), ready, served)
+        if starting is None:
+            endpoint.initial_wanted = 0
+        return starting
 
     @staticmethod
     def _crashing(endpoint: LocalEndpoint) -> tuple[str, str] | None:

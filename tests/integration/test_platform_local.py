@@ -1065,22 +1065,31 @@ def test_an_async_variant_starts_at_its_initial_count_within_managed_scaling(
 ) -> None:
     """An async variant with InitialInstanceCount 3 under ManagedInstanceScaling 0..5 started
     from zero (its minimum); the platform starts its instances at 3, and its backlog scaling
-    moves them from there (the start holds through the scale-in cooldown)."""
+    moves them from there (the start holds through the scale-in cooldown). It said InService
+    with CurrentInstanceCount 0 as soon as created (and updated): it is InService once its
+    initial instances run, so a waiter that passes finds them running."""
     create_model(sagemaker, "async-initial-model")
-    variant = {"VariantName": "AllTraffic", "ModelName": "async-initial-model",
-               "InstanceType": "ml.m5.large", "InitialInstanceCount": 3,
-               "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
-                                          "MaxInstanceCount": 5}}  # fmt: skip
-    sagemaker.create_endpoint_config(
-        EndpointConfigName="async-initial", ProductionVariants=[variant],
-        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://async/initial"}},
-    )  # fmt: skip
+    # the update's workers run otherwise (two requests each): new workers, none ready at first
+    for name, initial, each in (("async-initial", 3, 1), ("async-initial-2", 1, 2)):
+        variant = {"VariantName": "AllTraffic", "ModelName": "async-initial-model",
+                   "InstanceType": "ml.m5.large", "InitialInstanceCount": initial,
+                   "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
+                                              "MaxInstanceCount": 5}}  # fmt: skip
+        sagemaker.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[variant],
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "s3://async/initial"},
+                                  "ClientConfig": {"MaxConcurrentInvocationsPerInstance": each}},
+        )  # fmt: skip
     sagemaker.create_endpoint(EndpointName="async-initial", EndpointConfigName="async-initial")
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="async-initial",
                                                      WaiterConfig=FAST)  # fmt: skip
-    wait_until(lambda: counts(sagemaker, "async-initial") == ("InService", 3, 3), 60,
-               "the variant's three initial instances in service", 0.5)  # fmt: skip
+    assert counts(sagemaker, "async-initial") == ("InService", 3, 3)
+    sagemaker.update_endpoint(EndpointName="async-initial", EndpointConfigName="async-initial-2")
+    sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="async-initial",
+                                                     WaiterConfig=FAST)  # fmt: skip
+    assert counts(sagemaker, "async-initial") == ("InService", 1, 1)
     sagemaker.delete_endpoint(EndpointName="async-initial")
     sagemaker.get_waiter("endpoint_deleted").wait(EndpointName="async-initial", WaiterConfig=FAST)
-    sagemaker.delete_endpoint_config(EndpointConfigName="async-initial")
+    for name in ("async-initial", "async-initial-2"):
+        sagemaker.delete_endpoint_config(EndpointConfigName=name)
     sagemaker.delete_model(ModelName="async-initial-model")

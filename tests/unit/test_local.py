@@ -450,6 +450,47 @@ def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
     assert decided(supervisor, endpoint, now + 1) == 3  # the start's cooldown
 
 
+def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DescribeEndpoint said InService with CurrentInstanceCount 0 right after CreateEndpoint
+    (and UpdateEndpoint) of an async variant of InitialInstanceCount 1. A pool started at its
+    initial workers is Creating (Updating over one that served) until they are ready, then
+    InService for good; one started at zero is InService at once (requests queue)."""
+    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
+    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=2)
+    ready = [0]
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+
+    def shown(endpoint: LocalEndpoint) -> tuple[str, str]:
+        endpoint.desired = decided(supervisor, endpoint, time.monotonic())
+        for n in range(endpoint.desired):  # started, as the tick does
+            endpoint.children[f"w{n}"] = FakeChild(True, f"w{n}")  # type: ignore[assignment]
+        supervisor._set_status(endpoint)
+        return endpoint.status.phase.value, endpoint.status.reason
+
+    created = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    assert shown(created) == ("Creating", "StartingWorkers")
+    assert created.status.message.startswith("0/2 initial workers ready")
+    ready[0] = 1
+    assert shown(created) == ("Creating", "StartingWorkers")
+    ready[0] = 2
+    assert shown(created)[0] == "InService"
+    ready[0] = 0  # its workers restart, say: the start is over
+    assert shown(created)[0] == "InService"
+    updated = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    updated.replaced_in_service = True  # a new spec over the endpoint that served
+    assert shown(updated) == ("Updating", "StartingWorkers")
+    ready[0] = 2
+    assert shown(updated)[0] == "InService"
+    del document["spec"]["async"]["initialReplicas"]  # started at minReplicas: 0
+    ready[0] = 0
+    at_zero = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    assert shown(at_zero) == ("InService", "InitialReplicas")
+
+
 def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path: Path) -> None:
     """Webhook jobs waiting in the outbox keep a worker: the status says so, where it shows the
     backlog (``status.backlog``, which ``infermodes describe`` prints), not only the decision."""

@@ -49,6 +49,7 @@ from infermodes.endpoints.status import (
     NAME_IN_USE,
     QueueFigures,
     Status,
+    pool_starting,
     update_blocked,
     with_estimated_age,
 )
@@ -69,7 +70,13 @@ from infermodes.operator.objects import (
     liveness_probe,
     resources,
 )
-from infermodes.operator.observed import failure, running_pods, served, waiting_status
+from infermodes.operator.observed import (
+    WorkloadState,
+    failure,
+    running_pods,
+    served,
+    waiting_status,
+)
 from infermodes.settings import WorkerSettings
 
 COMPONENT = "async-worker"
@@ -252,8 +259,21 @@ def desired_objects(
     return guarded([workers], ref, COMPONENT, METRICS_PORT, peers)
 
 
+def first_start(
+    spec: s.EndpointSpec, workload: WorkloadState, previous: Status | None
+) -> tuple[s.Phase, str, str] | None:
+    """A new pool's start at its initial workers (``pool_starting``): ``Creating`` until they
+    are ready, or until it wants fewer (scaled in before they were)."""
+    if served(previous):
+        return None
+    return pool_starting(min(async_block(spec).first_replicas(), workload.replicas),
+                         workload.ready, False)  # fmt: skip
+
+
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
-    """``InService`` while the queue accepts work, also at zero workers, and ``Updating`` while
+    """``Creating`` while a new pool's initial workers start (``StartingWorkers``; a pool
+    started at zero is in service at once); then ``InService`` while the queue accepts work,
+    also at zero workers, and ``Updating`` while
     a spec change rolls out over a pool that served (``RollingOut``; the queue accepts
     throughout); the reason says how the pool stands (``Idle``, ``Processing``;
     ``BrokerUnreadable`` and ``InFlightUnknown``:
@@ -283,6 +303,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         status = workload.status(s.Phase.IN_SERVICE, problem[0], message)
     elif not workload.exists:
         status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")
+    elif (starting := first_start(spec, workload, previous)) is not None:
+        status = workload.status(*starting)
     elif figures is None:
         status = workload.status(
             s.Phase.IN_SERVICE,

@@ -202,6 +202,31 @@ def test_the_status_names_the_running_workers_that_are_not_ready() -> None:
     assert "not ready" not in ready.message
 
 
+def test_a_new_pool_is_creating_until_its_initial_workers_are_ready() -> None:
+    """The endpoint was InService with no worker ready right after its create (the platform's
+    async variant is InService once its InitialInstanceCount instances run). Creating until
+    they are, or until the pool wants fewer; InService at zero for a pool started there, and
+    for one that served (its workers restarting, say)."""
+    started = s.EndpointSpec.model_validate(
+        {**FULL_SPEC, "async": {**FULL_SPEC["async"], "initialReplicas": 2}}
+    )
+    figures = QueueFigures(0, 0)
+
+    def look(replicas: int, ready: int, previous: Status | None = None) -> Status:
+        workload = WorkloadState(True, replicas, ready, replicas, True)
+        return async_.observe(started, signals(workload, figures), previous)
+
+    starting = look(2, 1)
+    assert (starting.phase, starting.reason) == (s.Phase.CREATING, "StartingWorkers")
+    assert starting.message == "1/2 initial workers ready; requests queue"
+    assert (starting.ready_replicas, starting.desired_replicas) == (1, 2)
+    assert look(2, 2).phase is s.Phase.IN_SERVICE
+    assert look(0, 0).phase is s.Phase.IN_SERVICE  # scaled in before they were ready
+    assert look(2, 0, look(2, 2)).phase is s.Phase.IN_SERVICE
+    at_zero = async_.observe(SPEC, signals(WorkloadState(True, 0, 0, 0, True), figures), None)
+    assert at_zero.phase is s.Phase.IN_SERVICE
+
+
 def test_workers_the_api_refuses_are_named_with_the_backlog() -> None:
     """A quota refusing the workers' pods leaves the queue growing: the status says why."""
     refused = WorkloadState(True, 1, 0, 0, False, replica_failure="exceeded quota: pods")
