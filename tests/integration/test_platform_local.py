@@ -564,15 +564,19 @@ def test_the_transform_waiter_on_an_unknown_job_fails_at_its_first_answer(sagema
                      "Message": "Could not find requested job with name no-such-job"}  # fmt: skip
 
 
+def created_failing(sagemaker: Any, name: str, missing: str) -> None:
+    """Endpoint ``name`` (its model ``<name>-model``, its config ``<name>-config``) of a model
+    at ``missing``, which cannot load: boto3's waiter stops on Failed."""
+    sagemaker.create_model(ModelName=f"{name}-model", PrimaryContainer={"ModelDataUrl": missing})
+    create_instance_config(sagemaker, f"{name}-config", f"{name}-model")
+    sagemaker.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
+    with pytest.raises(WaiterError, match="Failed"):
+        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=FAST)
+
+
 def test_a_model_that_cannot_be_loaded_fails_the_endpoint_with_the_reason(sagemaker: Any) -> None:
     """boto3's waiter stops on Failed; FailureReason is the model server's own reason."""
-    missing = "s3://models/absent/model.tar.gz"
-    sagemaker.create_model(ModelName="absent-model", PrimaryContainer={"ModelDataUrl": missing})
-    create_instance_config(sagemaker, "absent-config", "absent-model")
-    sagemaker.create_endpoint(EndpointName="absent", EndpointConfigName="absent-config")
-    with pytest.raises(WaiterError, match="Failed"):
-        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="absent",
-                                                         WaiterConfig=FAST)  # fmt: skip
+    created_failing(sagemaker, "absent", "s3://models/absent/model.tar.gz")
     described = sagemaker.describe_endpoint(EndpointName="absent")
     assert described["EndpointStatus"] == "Failed"
     assert described["FailureReason"].startswith("ModelLoadFailed: model cannot be loaded: ")
@@ -588,13 +592,7 @@ def test_a_failed_endpoints_last_modified_time_stays_through_its_models_retries(
     """Each retry of a model that cannot load (5 s after the failure, then doubling) moved
     LastModifiedTime, the endpoint Failed for the same reason throughout. It stays the time
     the endpoint turned Failed, through a retry seen running and failing again."""
-    missing = "s3://models/absent-again/model.tar.gz"
-    sagemaker.create_model(ModelName="retried-model", PrimaryContainer={"ModelDataUrl": missing})
-    create_instance_config(sagemaker, "retried-config", "retried-model")
-    sagemaker.create_endpoint(EndpointName="failing", EndpointConfigName="retried-config")
-    with pytest.raises(WaiterError, match="Failed"):
-        sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="failing",
-                                                         WaiterConfig=FAST)  # fmt: skip
+    created_failing(sagemaker, "failing", "s3://models/absent-again/model.tar.gz")
     failed_at = sagemaker.describe_endpoint(EndpointName="failing")["LastModifiedTime"]
     seen, retry_ran = set(), False
     for _ in range(48):  # about 12 s: the first retry comes 5 s after the failure
@@ -605,8 +603,8 @@ def test_a_failed_endpoints_last_modified_time_stays_through_its_models_retries(
     assert retry_ran, "no retry of the model ran while polled"
     assert seen == {("Failed", failed_at)}
     sagemaker.delete_endpoint(EndpointName="failing")
-    sagemaker.delete_endpoint_config(EndpointConfigName="retried-config")
-    sagemaker.delete_model(ModelName="retried-model")
+    sagemaker.delete_endpoint_config(EndpointConfigName="failing-config")
+    sagemaker.delete_model(ModelName="failing-model")
 
 
 def symlinked_member() -> bytes:

@@ -912,18 +912,24 @@ def test_an_endpoint_whose_model_cannot_load_starts_again_after_a_doubling_back_
     assert name not in supervisor.load_retries
 
 
+def failed_example(tmp_path: Path, mode: str) -> tuple[Supervisor, dict[str, Any], LocalEndpoint]:
+    """``up``'s example endpoint of ``mode`` (and its document), its model failed to load."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / f"{mode}.yaml").read_text())
+    supervisor.apply(parse_document(document, "test"))
+    failed = supervisor.endpoints[document["metadata"]["name"]]
+    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    return supervisor, document, failed
+
+
 def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_backs_off_anew(
     tmp_path: Path,
 ) -> None:
     """A serverless endpoint at zero applied again by its retry showed InService 5 s after its
     model failed to load, with nothing trying it yet. It stays Failed, naming why, until the
     server its retry starts runs; a changed spec gets its own back-off (5 s again)."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
-    name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    failed = supervisor.endpoints[name]
-    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    supervisor, document, failed = failed_example(tmp_path, "serverless")
+    name = failed.name
     supervisor.load_retries[name] = (3, 0.0)
     supervisor._retry_loads(1.0)
     again = supervisor.endpoints[name]
@@ -945,12 +951,8 @@ def test_a_retry_of_a_failed_load_keeps_the_time_the_endpoint_failed(
     """Each retry applied the spec again as a new endpoint, whose Ready condition had no time
     yet: DescribeEndpoint's LastModifiedTime moved at every retry of an endpoint that stayed
     Failed for the same reason. It keeps the time the endpoint turned Failed."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
-    name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    failed = supervisor.endpoints[name]
-    failed.failure = ("ModelLoadFailed", "model cannot be loaded: no such object")
+    supervisor, _, failed = failed_example(tmp_path, "realtime")
+    name = failed.name
     failed.status = Status(Phase.FAILED, *failed.failure)
     monkeypatch.setattr(time, "time", lambda: 1_000.0)
     before = supervisor.object_of(failed)["status"]["conditions"][0]["lastTransitionTime"]
