@@ -263,7 +263,9 @@ class ObjectStore(Protocol):
     def open_write(
         self, ref: ObjectRef, content_type: str | None = None
     ) -> contextlib.AbstractContextManager[IO[bytes]]: ...
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool: ...
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool: ...
     def exists(self, ref: ObjectRef) -> bool: ...
     def modified(self, ref: ObjectRef) -> float | None: ...
     def size(self, ref: ObjectRef) -> int: ...
@@ -432,11 +434,13 @@ class FileStore:
             raise file_error("write", ref.uri, exc) from exc
         return fd, name, created
 
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         """Write a new object whole, unless one exists (then False): a hard link of a complete
         temporary file, so a concurrent reader never sees it half written; an empty object,
         which cannot be seen half written, in one exclusive create. Not ``durable``: without
-        the fsyncs, for a marker a power loss may take."""
+        the fsyncs, for a marker a power loss may take. ``content_type``: a file has none."""
         try:
             if data:
                 with self._published(ref, _link_new, durable) as handle:
@@ -658,11 +662,16 @@ class S3Store:
                 raise self._translate(exc, ref, writing=True) from exc
             raise
 
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         """A conditional PUT (``If-None-Match: *``): False when the key exists. Always
-        durable."""
+        durable. ``content_type``: as ``open_write``'s."""
+        typed = {"ContentType": content_type} if content_type else {}
         try:
-            self.client.put_object(Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*")
+            self.client.put_object(
+                Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*", **typed
+            )
         except Exception as exc:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
@@ -882,12 +891,15 @@ class Storage:
         store, ref = self._resolve(uri)
         return store.open_write(ref, content_type)
 
-    def create(self, uri: str, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, uri: str, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         """Write a new object whole unless one exists: True when this call created it (of
         two concurrent callers, exactly one wins). ``durable=False`` may skip making it
-        survive a power loss (local files), never the exclusion."""
+        survive a power loss (local files), never the exclusion. ``content_type``: as
+        ``open_write``'s."""
         store, ref = self._resolve(uri)
-        return store.create(ref, data, durable)
+        return store.create(ref, data, durable, content_type)
 
     def exists(self, uri: str) -> bool:
         store, ref = self._resolve(uri)

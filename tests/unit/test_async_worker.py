@@ -262,9 +262,11 @@ class CreateRecorder(FileStore):
     def __init__(self) -> None:
         self.creates: list[tuple[str, bool]] = []
 
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         self.creates.append((Path(ref.key).name, durable))
-        return super().create(ref, data, durable)
+        return super().create(ref, data, durable, content_type)
 
 
 def test_an_error_s_claim_is_fsynced_and_a_success_s_is_not(
@@ -955,10 +957,12 @@ def test_an_abandoned_request_keeps_its_inline_input_and_a_stored_output_wins(
 class UnclaimableResult(FileStore):
     """The store answers every attempt to create a result claim with an error."""
 
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         if ref.key.endswith(".result"):
             raise StorageError(f"cannot create {ref.uri}: service unavailable")
-        return super().create(ref, data, durable)
+        return super().create(ref, data, durable, content_type)
 
 
 def test_an_error_whose_claim_cannot_be_taken_is_said_only_on_the_queues_last_deliveries(
@@ -1001,9 +1005,11 @@ class SweptClaim(FileStore):
     def __init__(self) -> None:
         self.tries = 0
 
-    def create(self, ref: ObjectRef, data: bytes, durable: bool = True) -> bool:
+    def create(
+        self, ref: ObjectRef, data: bytes, durable: bool = True, content_type: str | None = None
+    ) -> bool:
         self.tries += 1
-        return self.tries > 1 and super().create(ref, data, durable)
+        return self.tries > 1 and super().create(ref, data, durable, content_type)
 
 
 def test_a_claim_removed_before_it_is_read_is_taken_again(

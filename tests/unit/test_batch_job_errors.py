@@ -16,7 +16,7 @@ from infermodes.predict.model import XGBoostModel
 from infermodes.settings import BatchSettings
 from infermodes.storage import S3Store, Storage
 from infermodes.workers.batch.records import MIB
-from infermodes.workers.batch.runner import Runner
+from infermodes.workers.batch.runner import Runner, write_summary
 from infermodes.workers.batch.summary import Summary
 from tests.unit.test_batch_listed_keys import ROWS, model  # noqa: F401 (a fixture)
 
@@ -114,3 +114,38 @@ def test_a_file_uri_whose_escapes_name_no_object_says_the_path_it_looked_for(
     plain = f"{tmp_path}/keys/100%/"  # a plain path's '%' is no escape: no advice to escape it
     summary = run_job(model, plain, f"file://{tmp_path}/out/", monkeypatch, run_id="job-3")
     assert summary.error == f"no input objects under {plain}"
+
+
+def test_the_job_s_records_under_its_output_carry_their_content_type(
+    model: Path,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The summaries, the input listing and the run marker under ``_infermodes-batch/`` were
+    stored with no content type, as the ``.out`` objects once were."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="data")
+        client.put_object(Bucket="data", Key="in/a.csv", Body=ROWS)
+        settings = BatchSettings(model_uri=str(model), input_uri="s3://data/in/",
+                                 output_uri="s3://data/out/", run_id="job-1",
+                                 metrics_port=0)  # fmt: skip
+        storage = Storage(s3_store=S3Store(client))
+        runner = Runner(settings, storage, XGBoostModel.load(str(model)),
+                        BatchMetrics(CollectorRegistry()))  # fmt: skip
+        write_summary(settings, storage, runner.run())
+        folder = "out/_infermodes-batch/"
+        listed = client.list_objects_v2(Bucket="data", Prefix=folder)["Contents"]
+        stored = {
+            item["Key"][len(folder) :]: client.head_object(Bucket="data", Key=item["Key"])[
+                "ContentType"
+            ]
+            for item in listed
+        }
+    assert stored == {
+        "run-job-1": "text/plain",
+        "run-job-1.inputs.json": "application/json",
+        "summary-0000-of-0001.json": "application/json",
+    }

@@ -29,6 +29,10 @@ from infermodes.storage import ObjectRef, join_uri, parse_uri
 OUT_SUFFIX = ".out"
 PART_MARK = ".part-"
 SUMMARY_FOLDER = "_infermodes-batch"
+# The media types of the job's records there: its summaries and its input listing are JSON;
+# the run marker is empty, an object whose time alone matters
+RECORD_TYPE = "application/json"
+MARKER_TYPE = "text/plain"
 # What a unit costs beyond its bytes (a listing's share, the existence check, a read, a write:
 # on S3 some five requests), in bytes of rows an instance transforms in that time
 UNIT_COST = 1024 * 1024

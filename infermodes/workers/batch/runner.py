@@ -249,7 +249,8 @@ class Runner:
             raise OutputUnusable(str(exc)) from None
         objects = self.inputs()
         try:
-            if objects and not self.storage.create(listing, plan.dump_listing(objects)):
+            stored = plan.dump_listing(objects)
+            if objects and not self.storage.create(listing, stored, content_type=plan.RECORD_TYPE):
                 return plan.load_listing(self.storage.get_bytes(listing, LISTING_LIMIT))  # a peer's
         except StorageError as exc:
             raise OutputUnusable(str(exc)) from None
@@ -452,7 +453,8 @@ class Runner:
         if not run_id or self.settings.keep_existing:
             return None
         marker = plan.run_marker_uri(self.output_prefix, run_id)
-        self.storage.create(marker, b"")  # False: another instance's, or this job's before
+        # False: another instance's, or this job's before
+        self.storage.create(marker, b"", content_type=plan.MARKER_TYPE)
         started = self.storage.modified(marker)
         if started is None:
             raise StorageError(f"{marker} is gone right after it was made")
@@ -662,7 +664,7 @@ def write_summary(settings: BatchSettings, storage: Storage, summary: Summary) -
     output = parse_uri(settings.output_uri).uri
     uri = plan.summary_uri(output, settings.instance_index, settings.instance_count)
     try:
-        storage.put_bytes(uri, summary.to_json())
+        storage.put_bytes(uri, summary.to_json(), plan.RECORD_TYPE)
     except StorageError as exc:
         log.error("cannot write the summary %s: %s", uri, exc)
     if settings.termination_message_path:

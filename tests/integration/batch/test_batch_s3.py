@@ -300,3 +300,26 @@ def test_an_instance_sigkilled_mid_upload_and_run_again_leaves_no_incomplete_upl
     lines = get(seaweedfs, bucket, "out/big.csv.out").splitlines()
     scores = np.array([float(line.rsplit(b",", 1)[1]) for line in lines], dtype=np.float32)
     np.testing.assert_array_equal(scores, expected_scores(booster, text))
+
+
+def test_the_job_s_records_are_stored_with_their_content_type(
+    abalone_model: AbaloneModel, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """The summaries, the input listing and the run marker under ``_infermodes-batch/`` had
+    no content type, as the ``.out`` objects once had."""
+    put(seaweedfs, bucket, "in/a.csv", csv_text(abalone_model.test_rows[:5]))
+    env = {**seaweedfs.env, "INFERMODES_BATCH_RUN_ID": "job-1"}
+    done = run_instances(instances(abalone_model, bucket, 2), env=env)
+    assert [d.returncode for d in done] == [0, 0], [d.log for d in done]
+    s3 = seaweedfs.client()
+    stored = {
+        key: s3.head_object(Bucket=bucket, Key=key).get("ContentType")
+        for key in keys(seaweedfs, bucket, "out/_infermodes-batch/")
+    }
+    folder = "out/_infermodes-batch/"
+    assert stored == {
+        f"{folder}run-job-1": "text/plain",
+        f"{folder}run-job-1.inputs.json": "application/json",
+        f"{folder}summary-0000-of-0002.json": "application/json",
+        f"{folder}summary-0001-of-0002.json": "application/json",
+    }
