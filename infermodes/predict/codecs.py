@@ -283,11 +283,29 @@ def _other_delimiter(field: bytes) -> bytes | None:
     return None
 
 
-def _first_row_hint(exc: InvalidInput, line: bytes) -> InvalidInput:
+def _quoted_field(line: bytes, row: int) -> InvalidInput | None:
+    """The error of a row that holds a field in double quotes, naming it; None without one.
+    The model reads numbers, and CSV goes to it as it is: quotes are not parsed (nor by the
+    platform's XGBoost container), so ``"1,5",0.3`` would be refused as a row of one feature
+    too many, or as ``'"1'`` that is no number. On the error path only."""
+    quote = line.find(b'"')
+    if quote < 0:
+        return None
+    start = line.rfind(b",", 0, quote) + 1
+    closing = line.find(b'"', quote + 1)
+    field = line[start : closing + 1] if closing >= 0 else line[start:]
+    return InvalidInput(
+        f"row {row}, column {line.count(b',', 0, quote) + 1}: the quoted field {_show(field)} is "
+        "not taken: the model reads numbers only, and quotes in CSV are not parsed (nor by the "
+        "platform's XGBoost container); send each number unquoted, without a comma in it"
+    )
+
+
+def _first_row_hint(exc: InvalidInput, line: bytes, row: int = 1) -> InvalidInput:
     """The error of a body's first row, with what the row looks like when that explains it:
-    numbers joined by another delimiter than ','; else a header row, when no field of the
-    row is a number (a categorical value left unencoded is not one). On the error path
-    only."""
+    numbers joined by another delimiter than ','; a header row, when no field of the row is a
+    number (a categorical value left unencoded is not one); else a quoted field. On the error
+    path only."""
     fields = line.split(b",")
     for field in fields:
         delimiter = _other_delimiter(field)
@@ -297,7 +315,7 @@ def _first_row_hint(exc: InvalidInput, line: bytes) -> InvalidInput:
                 "separated by ','"
             )
     if any(_is_number(field.strip(b" \t")) for field in fields):
-        return exc
+        return _quoted_field(line, row) or exc
     return InvalidInput(
         f"{exc}; no field of this row is a number: header rows are not supported (nor by the "
         "platform's container); send rows only"
@@ -338,8 +356,8 @@ def decode_csv(
             rows.append(_csv_row(line, number, width))
     except InvalidInput as exc:
         if rows:
-            raise
-        raise _first_row_hint(exc, line) from None
+            raise _quoted_field(line, number) or exc from None
+        raise _first_row_hint(exc, line, number) from None
     if not rows:
         raise InvalidInput("empty request body: expected at least one CSV row")
     return np.array(rows, dtype=np.float32)

@@ -38,6 +38,7 @@ from tests.support.processes import ServerProcess, running_server, wait_until
 ROW = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
 ABALONE_HEADER = b"Sex_F,Sex_I,Sex_M,Length,Diameter,Height,Whole,Shucked,Viscera,Shell"
 CSV = [(b"Content-Type", b"text/csv")]
+QUOTED = "row {row}, column {column}: the quoted field '{field}' is not taken: the model reads"
 JSON = [(b"Content-Type", b"application/json")]
 LIBSVM = [(b"Content-Type", b"text/libsvm")]
 RECORDIO = [(b"Content-Type", b"application/x-recordio-protobuf")]
@@ -116,6 +117,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
             "separated by ';', and CSV fields are separated by ','",
         ),
         (CSV, ABALONE_HEADER.replace(b",", b";"), "no field of this row is a number: header"),
+        (CSV, ROW.replace(b"0.455", b'"0,455"'), QUOTED.format(row=1, column=4, field='"0,455"')),
+        (CSV, ROW + b"\n" + b'"1",' + ROW[2:], QUOTED.format(row=2, column=1, field='"1"')),
     ],
     ids=[
         "json-int-309-digits",
@@ -129,6 +132,8 @@ def peak_rss_mb(server: ServerProcess) -> float:
         "csv-header-row",
         "csv-semicolons",
         "csv-header-row-semicolons",
+        "csv-quoted-field-with-a-comma",
+        "csv-quoted-field-second-row",
     ],
 )
 def test_decoder_errors_are_400s_naming_the_problem_and_spare_the_next_request(

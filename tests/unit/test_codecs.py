@@ -184,6 +184,33 @@ def test_a_row_with_a_number_or_after_the_first_is_not_called_a_header(body: byt
     assert HEADER_HINT not in str(raised.value)
 
 
+QUOTED = "the model reads numbers only, and quotes in CSV are not parsed"
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "field"),
+    [
+        (b'"1,5",0.3,0.2', "row 1, column 1", '"1,5"'),  # the one-row path
+        (b'0.1,"2,5",0.3\n1,2,3', "row 1, column 2", '"2,5"'),
+        (b'1,2,3\n\n"1,5",0.3,0.2\n4,5,6', "row 3, column 1", '"1,5"'),  # after a row read
+        (b'1,2,"3"\n4,5,6', "row 1, column 3", '"3"'),  # no comma in it: as no number
+        (b'1,2,"3', "row 1, column 3", '"3'),  # not closed
+    ],
+)
+@pytest.mark.parametrize("num_features", [3, None])
+@pytest.mark.parametrize("budgets", [None, {codecs.CSV: 1 << 30}])  # the server's, batch's
+def test_a_quoted_field_is_refused_as_such_naming_its_row_and_column(
+    body: bytes, where: str, field: str, num_features: int | None, budgets: dict[str, int] | None
+) -> None:
+    """``"1,5",0.3,0.2`` was refused as "expected 3 features, got 4" (or "cannot parse '"1'"),
+    which sends the user counting columns: the model reads numbers, and quotes are not parsed
+    (the platform's XGBoost container parses none either)."""
+    with pytest.raises(InvalidInput) as raised:
+        codecs.decode(body, codecs.CSV, num_features, memory_budgets=budgets)
+    assert str(raised.value).startswith(f"{where}: the quoted field {field!r} is not taken: ")
+    assert QUOTED in str(raised.value)
+
+
 ABALONE_ROW = [b"1", b"0", b"0", b"0.455", b"0.365", b"0.095", b"0.514", b"0.2245", b"0.101"]
 
 

@@ -121,6 +121,26 @@ def test_a_quoted_id_column_is_filtered_out_and_joined_back_as_written(
     )
 
 
+def test_without_a_filter_a_quoted_field_fails_its_object_naming_its_line_and_column(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """Without an input filter CSV goes to the model as it is, whose reader parses no quotes:
+    ``"0,455"`` was refused as "expected 10 features, got 11", which names no field."""
+    features = csv_text(rows).decode().splitlines()
+    quoted = features[6].split(",")
+    quoted[3] = f'"{quoted[3].replace(".", ",")}"'
+    features[6] = ",".join(quoted)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.csv").write_text("\n".join(features) + "\n")
+    done = run(command(abalone_model, tmp_path / "in", tmp_path / "out"))
+    assert done.returncode == EXIT_OBJECTS_FAILED, done.log
+    [failure] = summary(tmp_path / "out")["failures"]
+    assert (failure["object"], failure["line"]) == (f"file://{tmp_path}/in/a.csv", 7), failure
+    assert failure["reason"].startswith(
+        f"column 4: the quoted field {quoted[3]!r} is not taken: the model reads numbers only"
+    ), failure
+
+
 def test_headers_with_parameters_are_read_as_the_platform_reads_them(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:
