@@ -312,6 +312,12 @@ class BatchMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.records = Counter(
+            "infermodes_batch_records",
+            "Records transformed, as splitType cuts them (a line; a whole JSON document with "
+            "splitType None), of which a JSON one may hold several rows.",
+            registry=registry,
+        )
         self.input_bytes = Counter(
             "infermodes_batch_input_bytes",
             "Input bytes transformed (after decompression).",
@@ -585,7 +591,8 @@ class GatewayMetrics:
 
 def parse_batch_units(text: str) -> dict[str, float]:
     """A batch instance's progress from its exposition text: ``assigned``, the finished units
-    by outcome (``succeeded``, ``skipped``, ``failed``) and ``records`` (rows predicted)."""
+    by outcome (``succeeded``, ``skipped``, ``failed``) and ``records`` (as ``splitType`` cuts
+    them, not the rows they hold)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     found: dict[str, float] = {}
@@ -596,7 +603,7 @@ def parse_batch_units(text: str) -> dict[str, float]:
             elif sample.name == "infermodes_batch_units_total":
                 outcome = sample.labels.get("outcome", "")
                 found[outcome] = found.get(outcome, 0.0) + sample.value
-            elif sample.name == "infermodes_model_rows_predicted_total":
+            elif sample.name == "infermodes_batch_records_total":
                 found["records"] = sample.value
     return found
 

@@ -425,14 +425,16 @@ def test_json_accept_without_join_is_the_servers_response_per_minibatch() -> Non
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/jsonlines"])
 def test_json_records_with_csv_accept_give_a_csv_line_per_row(content_type: str) -> None:
-    """As the docs say of text/csv: a line per input row (it wrote ``{"score": 3.0}``)."""
+    """As the docs say of text/csv: a line per input row (it wrote ``{"score": 3.0}``). The
+    records are counted as splitType cuts them: a line of several rows is one (it counted
+    the rows)."""
     batch = MiniBatch(1, b"[1, 2]\n[[3, 4], [5, 6]]\n")
-    out, rows = transform(content_type=content_type)(batch)
-    assert (out, rows) == (b"3.0\n7.0\n11.0\n", 3)
+    out, records = transform(content_type=content_type)(batch)
+    assert (out, records) == (b"3.0\n7.0\n11.0\n", 2)  # the second record holds two rows
     filtered = transform(content_type=content_type, input_filter="$.features")
     assert filtered(MiniBatch(1, b'{"features": [1, 2]}\n')) == (b"3.0\n", 1)
     whole = transform(content_type="application/json", whole_documents=True)
-    assert whole(MiniBatch(1, b'{"instances": [[1, 2],\n [3, 4]]}')) == (b"3.0\n7.0\n", 2)
+    assert whole(MiniBatch(1, b'{"instances": [[1, 2],\n [3, 4]]}')) == (b"3.0\n7.0\n", 1)
     assert transform(content_type=content_type, output_filter="$[0]")(batch)[0] == (
         b"3.0\n7.0\n11.0\n"
     )
@@ -440,10 +442,10 @@ def test_json_records_with_csv_accept_give_a_csv_line_per_row(content_type: str)
 
 def test_a_whole_json_document_with_instances() -> None:
     document = b'{"instances": [[1, 2],\n [3, 4]]}'
-    out, rows = transform(
+    out, records = transform(
         content_type="application/json", accept="application/jsonlines", whole_documents=True
     )(MiniBatch(1, document))
-    assert rows == 2
+    assert records == 1  # one document, of two rows
     assert json.loads(out) == {"predictions": [{"score": 3.0}, {"score": 7.0}]}
 
 
@@ -507,8 +509,8 @@ def test_a_whole_json_document_gives_the_rows_and_errors_of_two_parses(
             whole(MiniBatch(3, raw))
         assert (caught.value.line, caught.value.reason) == (3, expected)
     else:
-        out, rows = whole(MiniBatch(3, raw))
-        assert rows == expected.shape[0]
+        out, records = whole(MiniBatch(3, raw))
+        assert records == 1
         assert out == codecs.encode(row_sums(expected), codecs.JSON) + b"\n"
 
 
@@ -517,8 +519,8 @@ def test_a_whole_json_document_is_parsed_once() -> None:
     of the parse, which is most of a whole document's transform."""
     whole = transform("application/json", "application/json", "$.x", whole_documents=True)
     with mock.patch.object(json, "loads", wraps=json.loads) as loads:
-        out, rows = whole(MiniBatch(1, b'{"id": 7, "x": {"instances": [[1, 2], [3, 4]]}}'))
-    assert (out, rows) == (b'{"predictions": [{"score": 3.0}, {"score": 7.0}]}\n', 2)
+        out, records = whole(MiniBatch(1, b'{"id": 7, "x": {"instances": [[1, 2], [3, 4]]}}'))
+    assert (out, records) == (b'{"predictions": [{"score": 3.0}, {"score": 7.0}]}\n', 1)
     assert loads.call_count == 1
 
 
@@ -547,8 +549,8 @@ def test_a_join_writes_the_document_as_it_was_read() -> None:
     joined = transform("application/json", "application/jsonlines", "$.x", join=True,
                        whole_documents=True)  # fmt: skip
     raw = b'{"id": 7, "x": [[1, 2], [3, 4]], "note": NaN}'
-    out, rows = joined(MiniBatch(1, raw))
-    assert rows == 2
+    out, records = joined(MiniBatch(1, raw))
+    assert records == 1
     written = {"id": 7, "x": [[1, 2], [3, 4]], "note": float("nan"),
                "SageMakerOutput": {"predictions": [{"score": 3.0}, {"score": 7.0}]}}  # fmt: skip
     assert out == json.dumps(written).encode() + b"\n"
@@ -611,8 +613,8 @@ def test_a_whole_json_mini_batch_peaks_within_the_codecs_declared_expansion() ->
     a mini-batch (up to 100 MB) costs what decoding it costs, not that twice over."""
     body = b'{"instances":[' + b",".join([b"[7]"] * 100_000) + b"]}"
     whole = transform("application/json", whole_documents=True, num_features=1)
-    (_, count), peak = traced_peak(lambda: whole(MiniBatch(1, body)))
-    assert count == 100_000
+    (_, records), peak = traced_peak(lambda: whole(MiniBatch(1, body)))
+    assert records == 1
     assert len(body) + peak < codecs.JSON_BYTES_EXPANSION * len(body)
 
 

@@ -572,8 +572,8 @@ class Runner:
             for done in ordered(self.work, batches, executor, window, self.in_flight):
                 self.record(done)
                 sink.write(done.output)
-                written += done.rows
-                self.progress.advance(records=done.rows)
+                written += done.records
+                self.progress.advance(records=done.records)
         # counted once the output is stored: a unit that fails or stops midway discards them
         self.summary.records += written
 
@@ -581,6 +581,7 @@ class Runner:
         metrics = self.metrics
         metrics.predict_duration.observe(done.predict_seconds)
         metrics.rows_predicted.inc(done.rows)
+        metrics.records.inc(done.records)
         metrics.input_bytes.inc(done.input_bytes)
         metrics.minibatch_duration.labels("ok").observe(done.seconds)
         for seconds in done.failed_seconds:

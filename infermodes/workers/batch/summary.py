@@ -10,7 +10,9 @@ Format (version 1)::
      "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: ..."}],
      "error": null}
 
-A unit is an object or one byte range of a large object; ``objectsWritten`` counts the
+``records`` counts the records of the outputs stored, as splitType cuts them (a line; a
+whole JSON document with splitType None), not the rows a JSON record may hold. A unit is an
+object or one byte range of a large object; ``objectsWritten`` counts the
 ``.out`` objects this instance wrote (an assembled large object counts once, where it was
 assembled). ``failures`` names each failed object with its first bad record (``line`` is null
 when the object failed as a whole, e.g. it could not be read); an object split over instances

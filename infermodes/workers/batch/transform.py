@@ -67,7 +67,9 @@ class Transform:
         return fastcsv.AVAILABLE and plain and self.content_type == self.accept == codecs.CSV
 
     def __call__(self, batch: MiniBatch) -> tuple[bytes, int]:
-        """The mini-batch's output and its number of rows."""
+        """The mini-batch's output and its number of records, as ``splitType`` cuts them: a
+        line (of CSV and libsvm, one row each; of JSON, a document of one row or several), or
+        a whole JSON document (``splitType None``). The rows are the model's to count."""
         if self.content_type in (codecs.JSON, JSONLINES):
             return self._json(batch)
         if self.input_filter.is_identity and self.output_filter.is_identity and not self.join:
@@ -158,11 +160,11 @@ class Transform:
             groups = _groups(_numbered_lines(batch), JSON_GROUP_LINES)
         out = bytearray()
         scores: list[np.ndarray] = []  # one response for the mini-batch: kept until the end
-        rows = 0
+        records = 0
         for group in groups:
             documents, blocks = self._decode_documents(group)
             predictions = self.predict(np.concatenate(blocks))
-            rows += predictions.shape[0]
+            records += len(documents)
             if not self.per_record_output:
                 scores.append(predictions)
             elif self.accept == codecs.CSV:  # a line per input row, whatever the records (no
@@ -170,8 +172,8 @@ class Transform:
             else:
                 out += self._records(documents, blocks, predictions)
         if scores:
-            return self._encode(np.concatenate(scores)), rows
-        return bytes(out), rows
+            return self._encode(np.concatenate(scores)), records
+        return bytes(out), records
 
     def _decode_documents(
         self, lines: list[tuple[int, bytes]]

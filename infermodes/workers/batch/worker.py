@@ -48,7 +48,8 @@ class Done:
     processes have no registry of their own)."""
 
     output: bytes
-    rows: int
+    records: int  # as splitType cuts them: a line, or a whole JSON document (``Transform``)
+    rows: int  # predicted: a JSON record may hold several
     input_bytes: int
     predict_seconds: float
     failed_seconds: list[float] = field(default_factory=list)
@@ -61,8 +62,10 @@ class TimedPredict:
     def __init__(self, model: XGBoostModel) -> None:
         self.model = model
         self.seconds = 0.0
+        self.rows = 0
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.rows += rows.shape[0]
         started = time.perf_counter()
         try:
             return self.model.predict(rows)
@@ -99,10 +102,10 @@ class MiniBatchWorker:
         failed: list[float] = []
         problem = ""
         for attempt in range(self.retries + 1):
-            self.predict.seconds = 0.0
+            self.predict.seconds, self.predict.rows = 0.0, 0
             started = time.perf_counter()
             try:
-                output, rows = self.transform(batch)
+                output, records = self.transform(batch)
             except BadRecord:
                 raise
             except Exception as exc:  # anything else may be transient: retry it
@@ -110,9 +113,9 @@ class MiniBatchWorker:
             else:
                 elapsed = time.perf_counter() - started
                 if elapsed <= self.timeout:
-                    return Done(
-                        output, rows, len(batch.data), self.predict.seconds, failed, elapsed
-                    )
+                    predicted = self.predict
+                    return Done(output, records, predicted.rows, len(batch.data),
+                                predicted.seconds, failed, elapsed)  # fmt: skip
                 problem = f"took {elapsed:.3g} s, over the invocation timeout of {self.timeout:g} s"
             failed.append(time.perf_counter() - started)
             if attempt < self.retries:

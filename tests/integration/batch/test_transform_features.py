@@ -187,6 +187,31 @@ def test_jsonlines_features_filter_and_join(
     np.testing.assert_array_equal(scores, np.asarray(booster.inplace_predict(rows)))
 
 
+def test_records_are_counted_as_split_type_cuts_them_not_as_the_rows_they_hold(
+    abalone_model: AbaloneModel, rows: np.ndarray, tmp_path: Path
+) -> None:
+    """A JSON line of several rows (``{"instances": [[...], [...]]}``) is one record, as
+    ``splitType Line`` cuts them; a whole document (``splitType None``) is one too. The
+    summary counted the rows (600 for 200 records of 3)."""
+    groups = rows.reshape(-1, 3, rows.shape[1]).tolist()
+    (tmp_path / "lines").mkdir()
+    lines = "".join(json.dumps({"instances": group}) + "\n" for group in groups)
+    (tmp_path / "lines/a.jsonl").write_text(lines)
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "whole/b.json").write_text(json.dumps({"instances": rows[:7].tolist()}, indent=1))
+    for split, content_type, expected in (
+        ("Line", "application/jsonlines", len(groups)),
+        ("None", "application/json", 1),
+    ):
+        source = tmp_path / ("lines" if split == "Line" else "whole")
+        out = tmp_path / f"out-{split}"
+        settings = ("--split-type", split, "--content-type", content_type)
+        done = run(command(abalone_model, source, out, *settings, "--accept", "application/json"))
+        assert done.returncode == 0, done.log
+        assert summary(out)["records"] == expected, done.log
+        assert f"Completed: {expected} records in " in done.log
+
+
 def test_single_and_multi_record_strategies(
     abalone_model: AbaloneModel, booster: object, rows: np.ndarray, tmp_path: Path
 ) -> None:

@@ -91,7 +91,9 @@ infermodes_batch_units_assigned 4.0
 infermodes_batch_units_total{outcome="succeeded"} 1.0
 infermodes_batch_units_total{outcome="skipped"} 1.0
 # TYPE infermodes_model_rows_predicted counter
-infermodes_model_rows_predicted_total 500.0
+infermodes_model_rows_predicted_total 900.0
+# TYPE infermodes_batch_records counter
+infermodes_batch_records_total 500.0
 """
 
 
