@@ -52,7 +52,7 @@ UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_
 
 @dataclass(frozen=True)
 class Progress:
-    """A batch job's progress: units are input objects (or byte ranges of large ones)."""
+    """A batch job's progress in input objects (one split into byte ranges counted once)."""
 
     total: int = 0
     done: int = 0
@@ -317,8 +317,9 @@ FAILURES_SHOWN = 5
 
 def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[str, Any]]]:
     """The progress one ended batch instance reports in its summary (``workers/batch/
-    summary.py``, version 1), and the failures it names (an instance-wide error as one without
-    an object)."""
+    summary.py``, version 1) of its whole objects (its byte ranges of split objects are the
+    job's to count: ``ended_progress``), and the failures it names (an instance-wide error as
+    one without an object)."""
     units = summary.get("units") or {}
     failures = list(summary.get("failures") or [])
     if summary.get("error"):
@@ -328,7 +329,51 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
         failed = f"instance {summary.get('index')}: {count} unit(s) failed"
         reason = f"{failed} (see its summary under the output prefix)"
         failures.append({"object": None, "line": None, "reason": reason, "units": count})
-    return units_progress({**units, "records": summary.get("records", 0)}), failures
+    ranges = list(summary.get("ranges") or [])
+    finished = Progress(
+        len(ranges),
+        sum(1 for r in ranges if r.get("outcome") != "failed"),
+        sum(1 for r in ranges if r.get("outcome") == "failed"),
+        sum(int(r.get("records", 0)) for r in ranges),
+    )
+    units_done = units_progress({**units, "records": summary.get("records", 0)})
+    whole = Progress(units_done.total - finished.total, units_done.done - finished.done,
+                     units_done.failed - finished.failed,
+                     units_done.records - finished.records)  # fmt: skip
+    return whole, failures
+
+
+def split_objects_progress(ranges: Iterable[Mapping[str, Any]]) -> Progress:
+    """The objects split into byte ranges, from their ranges' outcomes in every ended
+    instance's summary: each is one object, done when all its ranges are, failed when one
+    failed, and its records counted only when done (a failed one's parts are deleted)."""
+    by_object: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for outcome in ranges:
+        by_object.setdefault(str(outcome.get("object")), {})[int(outcome.get("range", 0))] = outcome
+    done = failed = records = 0
+    for parts in by_object.values():
+        outcomes = [part.get("outcome") for part in parts.values()]
+        if "failed" in outcomes:
+            failed += 1
+        elif len(parts) == max(int(part.get("of", 1)) for part in parts.values()):
+            done += 1
+            records += sum(int(part.get("records", 0)) for part in parts.values())
+    return Progress(len(by_object), done, failed, records)
+
+
+def ended_progress(
+    summaries: Iterable[Mapping[str, Any]],
+) -> tuple[Progress, list[dict[str, Any]]]:
+    """The progress the ended instances report in their summaries, a split object counted
+    once over all of them (``split_objects_progress``), and the failures they name."""
+    found = Progress()
+    failures: list[dict[str, Any]] = []
+    ranges: list[Mapping[str, Any]] = []
+    for summary in summaries:
+        progress, failed = summary_progress(summary)
+        found, failures = add_progress(found, progress), failures + failed
+        ranges += summary.get("ranges") or []
+    return add_progress(found, split_objects_progress(ranges)), failures
 
 
 def add_progress(a: Progress, b: Progress) -> Progress:

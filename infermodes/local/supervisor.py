@@ -59,13 +59,13 @@ from infermodes.endpoints.status import (
     SCALED_TO_ZERO,
     SCALED_TO_ZERO_MESSAGE,
     BatchOutput,
-    Progress,
     QueueFigures,
     Status,
     add_progress,
     batch_failure_reason,
     batch_output_released,
     describe_failures,
+    ended_progress,
     load_error,
     made_by_api,
     output_held_by,
@@ -73,7 +73,6 @@ from infermodes.endpoints.status import (
     pool_starting,
     record_queue,
     rfc3339,
-    summary_progress,
     units_progress,
     update_blocked,
     with_estimated_age,
@@ -1143,9 +1142,8 @@ class Supervisor:
         if spec.batch_block().stop and not self._batch_ended(endpoint):  # (see ``apply``)
             applied = self.state_dir / "endpoints" / f"{name}.json"  # when the stop was
             stopped = rfc3339(applied.stat().st_mtime) if applied.exists() else None
-            kept = Progress()  # what the instances had done: the summaries they left stopping
-            for summary in self._summaries(name, count).values():
-                kept = add_progress(kept, summary_progress(summary)[0])
+            # what the instances had done: the summaries they left stopping
+            kept = ended_progress(self._summaries(name, count).values())[0]
             endpoint.status = Status(
                 Phase.STOPPED, "Stopped", "stopped by spec.batch.stop", end_time=stopped,
                 progress=kept if kept.total else None,
@@ -1198,8 +1196,6 @@ class Supervisor:
             child = Child(key, child_plan, self._log_path(endpoint, key), extra, restart=False)
             endpoint.children[key] = child
             child.start(now)
-        found, ended = Progress(), 0
-        failures: list[dict[str, Any]] = []
         if now - endpoint.progress_read_at >= PROGRESS_INTERVAL_SECONDS:  # not every tick
             endpoint.progress_read_at = now
             running = self._running_workers(endpoint)
@@ -1208,16 +1204,12 @@ class Supervisor:
             )
         texts = endpoint.progress_texts
         left = self._summaries(name, count)
+        found, failures = ended_progress(left.values())
+        ended = len(left)
         for index in range(count):
-            document = left.get(index)
-            if document is None:
-                text = texts.get(f"{name}/instance-{index}")
-                if text is not None:  # running: what it has done so far
-                    found = add_progress(found, units_progress(parse_batch_units(text)))
-                continue
-            ended += 1
-            progress, failed = summary_progress(document)
-            found, failures = add_progress(found, progress), failures + failed
+            text = texts.get(f"{name}/instance-{index}")
+            if index not in left and text is not None:  # running: what it has done so far
+                found = add_progress(found, units_progress(parse_batch_units(text)))
         active = len(endpoint.children)
         if ended < count:
             phase, reason = Phase.IN_PROGRESS, "Running"

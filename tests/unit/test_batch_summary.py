@@ -8,8 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from infermodes.endpoints.status import Progress as JobProgress
+from infermodes.endpoints.status import ended_progress
 from infermodes.workers.batch.runner import Progress
-from infermodes.workers.batch.summary import TERMINATION_MESSAGE_LIMIT, Failure, Summary
+from infermodes.workers.batch.summary import (
+    TERMINATION_MESSAGE_LIMIT,
+    Failure,
+    RangeOutcome,
+    Summary,
+)
 
 
 def test_summary_document_for_the_operator() -> None:
@@ -24,9 +31,41 @@ def test_summary_document_for_the_operator() -> None:
         "objectsWritten": 2, "records": 500, "seconds": 2.0, "recordsPerSecond": 250.0,
         "cpuSeconds": 1.5,
         "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: bad"}],
-        "error": None,
+        "ranges": [], "error": None,
     }  # fmt: skip
     assert "FAILED s3://b/in/c.csv line 17: column 3: bad" in summary.line()
+
+
+BIG, SMALL = "s3://b/in/big.csv", "s3://b/in/small.csv"
+
+
+def test_a_split_object_counts_once_in_the_job_s_progress_done_or_failed_as_its_ranges() -> None:
+    """Two objects, the large one split over both instances, one of its ranges failed: the
+    job was reported as 3 objects, 2 done, with the records of the range whose part the
+    failure deleted. Then the same job whose ranges both succeeded, and one whose range's
+    instance has not ended yet."""
+    first = Summary(0, 2, assigned=2, succeeded=2, objects_written=1, records=105)
+    first.ranges.append(RangeOutcome(BIG, 0, 2, "succeeded", 100))
+    second = Summary(1, 2, assigned=1, failed=1)
+    second.failures.append(Failure(BIG, 2001, "column 3: bad"))
+    second.ranges.append(RangeOutcome(BIG, 1, 2, "failed", 0))
+    documents = [json.loads(summary.termination_message()) for summary in (first, second)]
+    assert ended_progress(documents)[0] == JobProgress(total=2, done=1, failed=1, records=5)
+    second = Summary(1, 2, assigned=1, succeeded=1, objects_written=1, records=90)
+    second.ranges.append(RangeOutcome(BIG, 1, 2, "skipped", 0))  # its part existed
+    documents[1] = json.loads(second.to_json())
+    assert ended_progress(documents)[0] == JobProgress(total=2, done=2, failed=0, records=195)
+    assert ended_progress(documents[:1])[0] == JobProgress(total=2, done=1, failed=0, records=5)
+
+
+def test_ranges_that_do_not_fit_the_termination_message_leave_it_whole() -> None:
+    """Dropped all together (then counted as units), not cut mid-JSON."""
+    summary = Summary(0, 2, assigned=300, succeeded=300)
+    summary.ranges += [RangeOutcome(f"s3://b/in/big-{i:03d}.csv", 0, 2, "succeeded", 1)
+                       for i in range(300)]  # fmt: skip
+    message = json.loads(summary.termination_message())
+    assert message["ranges"] == []
+    assert ended_progress([message])[0] == JobProgress(total=300, done=300, failed=0, records=0)
 
 
 def test_states() -> None:
@@ -55,9 +94,9 @@ def test_the_message_of_many_failures_serialises_only_the_few_that_fit(
     sizes: list[int] = []
     compact = Summary._compact
 
-    def counted(self: Summary, failures: list[Failure]) -> bytes:
+    def counted(self: Summary, failures: list[Failure], ranges: bool) -> bytes:
         sizes.append(len(failures))
-        return compact(self, failures)
+        return compact(self, failures, ranges)
 
     monkeypatch.setattr(Summary, "_compact", counted)
     message = json.loads(summary.termination_message())

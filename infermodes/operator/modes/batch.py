@@ -36,8 +36,8 @@ from infermodes.endpoints.status import (
     add_progress,
     batch_failure_reason,
     describe_failures,
+    ended_progress,
     output_in_use,
-    summary_progress,
     units_progress,
 )
 from infermodes.errors import EXIT_STOPPED
@@ -191,16 +191,14 @@ def progress(signals: Signals) -> tuple[Progress, list[dict[str, Any]]]:
     """Progress over every instance, and the failures their summaries name: an ended
     instance's from its summary, a running one's from its metrics (read together); an
     instance neither ended nor running (starting, or gone without a summary) adds nothing."""
-    found = Progress()
-    failures: list[dict[str, Any]] = []
-    unfinished = []
+    summaries, unfinished = [], []
     for pod in latest_per_index(signals.pods).values():
         summary = summary_of(pod)
         if summary is None:
             unfinished.append(pod)
-            continue
-        ended, failed = summary_progress(summary)
-        found, failures = add_progress(found, ended), failures + failed
+        else:
+            summaries.append(summary)
+    found, failures = ended_progress(summaries)
     running = running_pods(unfinished)
     texts = signals.fetch_metrics(tuple(ip for _, ip in running), BATCH_METRICS_PORT)
     for _, ip in running:

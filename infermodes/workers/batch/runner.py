@@ -54,7 +54,7 @@ from infermodes.settings import warn_of_unknown_variables
 from infermodes.storage import CHUNK_SIZE, Storage, parse_uri, prefix_within
 from infermodes.workers.batch import plan, records
 from infermodes.workers.batch.records import BadRecord, MiniBatch
-from infermodes.workers.batch.summary import Failure, Summary
+from infermodes.workers.batch.summary import Failure, RangeOutcome, Summary
 from infermodes.workers.batch.worker import Done, MiniBatchWorker, concurrent_workers
 
 if TYPE_CHECKING:
@@ -311,9 +311,15 @@ class Runner:
                     self.settings, self.model, self.worker.transform
                 )
             for unit in units:
+                records_before = self.summary.records
                 outcome = self.unit(unit, executor)
                 self.metrics.units.labels(outcome).inc()
                 setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
+                if unit.is_range:
+                    records = self.summary.records - records_before
+                    self.summary.ranges.append(
+                        RangeOutcome(unit.obj.uri, unit.part, unit.parts, outcome, records)
+                    )
                 self.progress.advance(units=1)
         except BrokenExecutor as exc:
             self.summary.error = f"the worker processes died (out of memory?): {exc}"

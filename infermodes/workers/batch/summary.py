@@ -8,6 +8,8 @@ Format (version 1)::
      "objectsWritten": 2, "records": 40000, "seconds": 1.9, "recordsPerSecond": 21052.6,
      "cpuSeconds": 1.4,
      "failures": [{"object": "s3://b/in/c.csv", "line": 17, "reason": "column 3: ..."}],
+     "ranges": [{"object": "s3://b/in/big.csv", "range": 0, "of": 2, "outcome": "succeeded",
+                 "records": 20000}],
      "error": null}
 
 ``records`` counts the records of the outputs stored, as splitType cuts them (a line; a
@@ -44,6 +46,18 @@ class Failure:
     reason: str
 
 
+@dataclass(frozen=True)
+class RangeOutcome:
+    """How one byte range of a split object ended here: the job's progress counts the object
+    once, over every instance's ranges (``endpoints.status.ended_progress``)."""
+
+    object: str
+    range: int
+    of: int
+    outcome: str  # succeeded, skipped or failed
+    records: int
+
+
 @dataclass
 class Summary:
     index: int
@@ -59,6 +73,7 @@ class Summary:
     stopped: bool = False
     error: str | None = None
     failures: list[Failure] = field(default_factory=list)
+    ranges: list[RangeOutcome] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -66,7 +81,9 @@ class Summary:
             return "Stopped"
         return "Failed" if self.failures or self.error else "Completed"
 
-    def document(self, failures: list[Failure] | None = None) -> dict[str, object]:
+    def document(
+        self, failures: list[Failure] | None = None, ranges: bool = True
+    ) -> dict[str, object]:
         return {
             "version": 1,
             "index": self.index,
@@ -84,6 +101,7 @@ class Summary:
             "recordsPerSecond": round(self.records / self.seconds, 1) if self.seconds else 0.0,
             "cpuSeconds": round(self.cpu_seconds, 3),
             "failures": [asdict(f) for f in (self.failures if failures is None else failures)],
+            "ranges": [asdict(r) for r in self.ranges] if ranges else [],
             "error": self.error if failures is None or self.error is None else clip(self.error),
         }
 
@@ -93,19 +111,22 @@ class Summary:
     def termination_message(self) -> bytes:
         """The summary within Kubernetes' 4 KiB: each failure's names and reason cut short,
         then failures dropped from the end if needed (the full list is in the summary object);
-        the state says Failed even when none is left."""
+        the state says Failed even when none is left. Split objects' ranges are kept before
+        any failure, or dropped all together when they alone do not fit (the job's progress
+        then counts this instance's ranges as units, not per object)."""
         kept: list[Failure] = []
-        text = self._compact(kept)
+        ranges = not self.ranges or len(self._compact(kept, True)) <= TERMINATION_MESSAGE_LIMIT
+        text = self._compact(kept, ranges)
         for failure in self.failures:  # a few fit: the whole list is never serialised
             kept.append(Failure(clip(failure.object), failure.line, clip(failure.reason)))
-            more = self._compact(kept)
+            more = self._compact(kept, ranges)
             if len(more) > TERMINATION_MESSAGE_LIMIT:
                 break
             text = more
         return text[:TERMINATION_MESSAGE_LIMIT]
 
-    def _compact(self, failures: list[Failure]) -> bytes:
-        return json.dumps(self.document(failures), separators=(",", ":")).encode()
+    def _compact(self, failures: list[Failure], ranges: bool) -> bytes:
+        return json.dumps(self.document(failures, ranges), separators=(",", ":")).encode()
 
     def line(self) -> str:
         text = (

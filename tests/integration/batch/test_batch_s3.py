@@ -10,6 +10,7 @@ import signal
 import numpy as np
 import pytest
 
+from infermodes.endpoints.status import Progress, ended_progress
 from tests.conftest import AbaloneModel
 from tests.support.batch import (
     batch_command,
@@ -165,6 +166,26 @@ def test_a_large_object_split_over_two_instances_on_s3(
     assert one.returncode == 0, one.log
     assert get(seaweedfs, bucket, "out/big.csv.out") == two
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_split_object_with_a_failed_range_counts_once_in_the_job_s_progress(
+    abalone_model: AbaloneModel, seaweedfs: S3Endpoint, bucket: str
+) -> None:
+    """Two objects, the large one split over the two instances and its second half holding a
+    malformed row: the job's progress from the instances' summaries (as the operator and
+    ``up`` read them) said 3 objects, 2 done, and counted the records of the range whose part
+    the failure deleted. It is 2 objects, 1 done, 1 failed, and the small object's records."""
+    lines = csv_text(sample_rows(abalone_model.test_rows, 40_000, seed=31)).splitlines()
+    lines[30_000] = lines[30_000].replace(b",", b",x", 1)
+    put(seaweedfs, bucket, "in/big.csv", b"\n".join(lines) + b"\n")
+    put(seaweedfs, bucket, "in/small.csv", csv_text(abalone_model.test_rows[:5]))
+    args = ("--split-min-bytes", "100000", "--max-payload-in-mb", "1")
+    done = run_instances(instances(abalone_model, bucket, 2, *args), env=seaweedfs.env)
+    assert sorted(d.returncode for d in done) == [0, EXIT_OBJECTS_FAILED], [d.log for d in done]
+    documents = [summary(seaweedfs, bucket, i, 2) for i in range(2)]
+    assert sum(d["units"]["assigned"] for d in documents) == 3  # two ranges and an object
+    assert keys(seaweedfs, bucket, "out/big") == []  # no .out, no part left
+    assert ended_progress(documents)[0] == Progress(total=2, done=1, failed=1, records=5)
 
 
 @pytest.mark.parametrize("accept", ["application/jsonlines", "application/json"])
