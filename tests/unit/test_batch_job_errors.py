@@ -4,7 +4,9 @@ that does not exist), not send the user to look at inputs that are fine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -22,9 +24,11 @@ from tests.unit.test_batch_listed_keys import ROWS, model  # noqa: F401 (a fixtu
 
 
 def run_job(booster: Path, input_uri: str, output_uri: str, monkeypatch: pytest.MonkeyPatch,
-            run_id: str = "job-1") -> Summary:  # fmt: skip
+            run_id: str = "job-1", stored: Callable[[Any], None] | None = None,
+            ) -> Summary:  # fmt: skip
     """One instance of a job (with a run id, as the operator and up give one) over a moto S3
-    whose only bucket, ``data``, holds ``in/a.csv``."""
+    whose only bucket, ``data``, holds ``in/a.csv``; ``stored``: called with the S3 client
+    once the instance's summary is stored too."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -36,7 +40,11 @@ def run_job(booster: Path, input_uri: str, output_uri: str, monkeypatch: pytest.
                                  output_uri=output_uri, run_id=run_id, metrics_port=0)  # fmt: skip
         storage = Storage(s3_store=S3Store(client))
         metrics = BatchMetrics(CollectorRegistry())
-        return Runner(settings, storage, XGBoostModel.load(str(booster)), metrics).run()
+        summary = Runner(settings, storage, XGBoostModel.load(str(booster)), metrics).run()
+        if stored is not None:
+            write_summary(settings, storage, summary)
+            stored(client)
+        return summary
 
 
 def test_an_output_bucket_that_does_not_exist_is_named_as_the_output_not_the_inputs(
@@ -122,28 +130,15 @@ def test_the_job_s_records_under_its_output_carry_their_content_type(
 ) -> None:
     """The summaries, the input listing and the run marker under ``_infermodes-batch/`` were
     stored with no content type, as the ``.out`` objects once were."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="data")
-        client.put_object(Bucket="data", Key="in/a.csv", Body=ROWS)
-        settings = BatchSettings(model_uri=str(model), input_uri="s3://data/in/",
-                                 output_uri="s3://data/out/", run_id="job-1",
-                                 metrics_port=0)  # fmt: skip
-        storage = Storage(s3_store=S3Store(client))
-        runner = Runner(settings, storage, XGBoostModel.load(str(model)),
-                        BatchMetrics(CollectorRegistry()))  # fmt: skip
-        write_summary(settings, storage, runner.run())
-        folder = "out/_infermodes-batch/"
-        listed = client.list_objects_v2(Bucket="data", Prefix=folder)["Contents"]
-        stored = {
-            item["Key"][len(folder) :]: client.head_object(Bucket="data", Key=item["Key"])[
-                "ContentType"
-            ]
-            for item in listed
-        }
+    folder = "out/_infermodes-batch/"
+    stored: dict[str, str] = {}
+
+    def content_types(client: Any) -> None:
+        for item in client.list_objects_v2(Bucket="data", Prefix=folder)["Contents"]:
+            head = client.head_object(Bucket="data", Key=item["Key"])
+            stored[item["Key"][len(folder) :]] = head["ContentType"]
+
+    run_job(model, "s3://data/in/", "s3://data/out/", monkeypatch, stored=content_types)
     assert stored == {
         "run-job-1": "text/plain",
         "run-job-1.inputs.json": "application/json",
