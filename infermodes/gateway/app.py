@@ -504,6 +504,8 @@ def async_accept_router(
         missing=table.async_missing,
         input_paths=table.async_input_paths,
         accepted=demand.async_accepted if demand is not None else None,
-        allowed_from=GatewaySettings.env_names("allowed_input_prefixes")[0],
+        # installed by hand or by the chart: it cannot tell, so it names both
+        allowed_from=f"{GatewaySettings.env_names('allowed_input_prefixes')[0]}, in the chart "
+        "gateway.allowedInputPrefixes,",
         forgotten=table.forgotten,
     )

@@ -13,7 +13,7 @@ import yaml
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.operator.objects import Ingress
 from infermodes.operator.reconcile import Deps, reconcile
-from infermodes.settings import OperatorSettings
+from infermodes.settings import GatewaySettings, OperatorSettings
 from tests.cluster.controlplane import Binaries
 from tests.e2e.operator_support import CHART
 from tests.unit.operator.test_pinned_env import MODEL, SPECS
@@ -94,6 +94,18 @@ def test_the_gateways_access_keys_come_from_a_secret_and_without_one_none_are_se
     bare = gateway_env(gateway_documents())
     assert "INFERMODES_GATEWAY_ACCESS_KEYS" not in bare
     assert "INFERMODES_GATEWAY_ACCESS_KEYS_FILE" not in bare
+
+
+def test_the_allowed_input_prefixes_a_refusal_names_reach_the_gateway_from_the_chart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An async InputLocation refusal said INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES adds more,
+    which no chart value set: gateway.allowedInputPrefixes sets it, as the gateway reads it."""
+    prefixes = ["s3://inputs/", "file:///data/in/"]
+    env = gateway_env(gateway_documents(f"gateway.allowedInputPrefixes={{{','.join(prefixes)}}}"))
+    monkeypatch.setenv(name := "INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES", env[name]["value"])
+    assert GatewaySettings().allowed_input_prefixes == prefixes
+    assert name not in gateway_env(gateway_documents())  # the default: the gateway's own
 
 
 def test_the_platform_api_may_only_create_read_replace_and_delete_its_objects_in_its_namespace(

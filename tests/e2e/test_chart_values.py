@@ -140,6 +140,8 @@ REFUSED = {
                                            "'/gateway/asyncStoragePrefixes/0'"),
     "a relative file prefix": (["--set", "gateway.asyncStoragePrefixes={file://data/}"],
                                "'/gateway/asyncStoragePrefixes/0'"),
+    "an input prefix of another scheme": (["--set", "gateway.allowedInputPrefixes={http://x/}"],
+                                          "'/gateway/allowedInputPrefixes/0'"),
     "an unknown service type": (["--set", "gateway.service.type=ExternalName"],
                                 "'/gateway/service/type'"),
     "no key of the access keys' Secret": (["--set", "gateway.auth.secretRef.key="],

@@ -528,8 +528,9 @@ def test_a_refused_location_is_403_and_nothing_is_queued(tmp_path: Path) -> None
 
 def test_a_refused_location_names_only_a_setting_its_process_has(tmp_path: Path) -> None:
     """Every process said "the gateway's --allow-input-prefix adds more": the gateway has no
-    such flag (it reads INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES), and `infermodes up` no
-    such setting at all (its inputs lie under the endpoint's input path)."""
+    such flag (it reads INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES, which a chart user sets as
+    gateway.allowedInputPrefixes), and `infermodes up` no such setting at all (its inputs lie
+    under the endpoint's input path)."""
     from infermodes.gateway.app import async_accept_router
     from infermodes.settings import GatewaySettings
 
@@ -557,7 +558,8 @@ def test_a_refused_location_names_only_a_setting_its_process_has(tmp_path: Path)
     finally:
         for close in closing:
             close()
-    assert by_gateway.endswith(" (INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES adds more)")
+    assert by_gateway.endswith(" (INFERMODES_GATEWAY_ALLOWED_INPUT_PREFIXES, in the chart "
+                               "gateway.allowedInputPrefixes, adds more)")  # fmt: skip
     assert by_up.endswith(f"not under an allowed prefix: file://{tmp_path}/out/input")
 
 

@@ -97,10 +97,16 @@ PREFIXES = [
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_a_storage_prefix_passes_the_chart_when_the_gateway_takes_it(prefix: str) -> None:
-    pattern = node("gateway.asyncStoragePrefixes")["items"]["pattern"]
+@pytest.mark.parametrize(("value", "setting"), [
+    ("gateway.asyncStoragePrefixes", "async_storage_prefixes"),
+    ("gateway.allowedInputPrefixes", "allowed_input_prefixes"),
+])  # fmt: skip
+def test_a_storage_prefix_passes_the_chart_when_the_gateway_takes_it(
+    prefix: str, value: str, setting: str
+) -> None:
+    pattern = node(value)["items"]["pattern"]
     try:
-        check_storage_prefixes("async_storage_prefixes", [prefix])
+        check_storage_prefixes(setting, [prefix])
         taken = True
     except ValueError:
         taken = False
