@@ -369,9 +369,11 @@ class Proxy:
             async with asyncio.timeout(self.timeout):
                 return await self.forward(endpoint, forwarded, body, holding, receive, named)
         except TimeoutError:
-            if holding[0]:
+            if holding[0]:  # with what its status says (Unschedulable: no node has room)
+                why = f" (its status: {endpoint.why})" if endpoint.why else ""
                 raise ServiceUnavailable(
-                    f"no replica of endpoint {endpoint.name} became ready within {self.timeout:g} s"
+                    f"no replica of endpoint {endpoint.name} became ready within "
+                    f"{self.timeout:g} s{why}"
                 ) from None
             self.metrics.upstream_errors.labels(endpoint.name, "timeout").inc()
             raise ModelInvocationTimeout(

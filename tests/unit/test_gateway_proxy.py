@@ -340,6 +340,30 @@ def test_held_requests_of_an_endpoint_whose_pods_cannot_start_get_a_503_at_once(
     asyncio.run(scenario())
 
 
+def test_a_request_held_past_the_timeout_for_pods_no_node_takes_is_told_why() -> None:
+    """Pods waiting for a node (Unschedulable) keep requests held (an autoscaler may add one);
+    the 503 at the hold's end said only that no replica became ready, though the status the
+    gateway holds said why all along."""
+
+    async def scenario() -> None:
+        table, proxy, _, _ = setup(max_concurrency=5)
+        endpoint = table.lookup("sl")
+        apply_endpoint(table, "MODIFIED", sl_object("InService", reason="Unschedulable"))
+        proxy.timeout = 0.05
+        with pytest.raises(ServiceUnavailable) as held:
+            await proxy.invoke(endpoint, scope(), receive, "r1")
+        assert str(held.value) == (
+            "no replica of endpoint sl became ready within 0.05 s (its status: Unschedulable)"
+        )
+        apply_endpoint(table, "MODIFIED", sl_object("InService"))  # no reason: none named
+        with pytest.raises(ServiceUnavailable) as bare:
+            await proxy.invoke(endpoint, scope(), receive, "r2")
+        assert str(bare.value) == "no replica of endpoint sl became ready within 0.05 s"
+        assert (endpoint.active, endpoint.held, endpoint.waiters) == (0, 0, [])
+
+    asyncio.run(scenario())
+
+
 def test_held_requests_of_an_endpoint_deleted_meanwhile_get_the_404_a_new_request_gets() -> None:
     async def scenario() -> None:
         table, proxy, _, _ = setup(max_concurrency=5)
