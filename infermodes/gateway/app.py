@@ -402,12 +402,12 @@ def serve(settings: GatewaySettings) -> int:
             return 1
         source = KubeSource(api, settings.namespaces)
         sink = KubeDemandSink(api, gateway_id)
-        if keys is not None or settings.open_platform_api:
-            routers.append(platform_router(settings, api))
-        else:
+        if keys is None and not settings.open_platform_api:
             routers.append(platform_refused())
     registry = CollectorRegistry()
     runner = Runner(settings, source, sink, gateway_id, registry, routers, keys)
+    if not settings.static_endpoints and (keys is not None or settings.open_platform_api):
+        runner.app.include(platform_router(settings, api, runner.table))
     closing: list[Callable[[], None]] = []
     broker_url = given_url(settings.broker_url, settings.broker_url_file)
     if broker_url:
@@ -450,9 +450,10 @@ def platform_refused() -> APIRouter:
     return router
 
 
-def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:
+def platform_router(settings: GatewaySettings, api: KubeApi, table: Table) -> APIRouter:
     """The managed platform's control plane (``POST /``), its state as objects in the platform
-    namespace; endpoints it creates get the configured Secrets."""
+    namespace; endpoints it creates get the configured Secrets, and no name ``table`` serves
+    from another namespace."""
     from infermodes.gateway.platform_store import KubePlatformStore
     from infermodes.platform.router import create_router
     from infermodes.platform.translate import Defaults
@@ -464,7 +465,7 @@ def platform_router(settings: GatewaySettings, api: KubeApi) -> APIRouter:
         broker_secret=settings.platform_broker_secret,
     )
     log.info("platform API: models, endpoint configs and endpoints in namespace %s", namespace)
-    return create_router(KubePlatformStore(api, namespace), defaults)
+    return create_router(KubePlatformStore(api, namespace, table), defaults)
 
 
 def async_accept_router(

@@ -21,6 +21,7 @@ import httpx
 
 from infermodes.endpoints.spec import GROUP, VERSION, object_name
 from infermodes.gateway.kube import ENDPOINTS_PATH, KubeApi, KubeApiError, scoped
+from infermodes.gateway.table import Table
 from infermodes.platform.store import (
     AlreadyExists,
     JsonObject,
@@ -28,6 +29,7 @@ from infermodes.platform.store import (
     NotFound,
     RecordKind,
     Refused,
+    ServedElsewhere,
     Throttled,
     Unavailable,
 )
@@ -81,12 +83,14 @@ def transient(exc: KubeApiError | httpx.TransportError) -> Unavailable | None:
 
 
 class KubePlatformStore:
-    """``PlatformStore`` over the gateway's REST client, in ``namespace``."""
+    """``PlatformStore`` over the gateway's REST client, in ``namespace``; ``table``: the
+    gateway's, whose names in other namespaces a new endpoint may not take."""
 
-    def __init__(self, api: KubeApi, namespace: str) -> None:
+    def __init__(self, api: KubeApi, namespace: str, table: Table | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.endpoints = scoped(namespace, ENDPOINTS_PATH)
+        self.table = table
 
     async def _get(self, path: str) -> dict[str, Any]:
         with transients():
@@ -150,7 +154,15 @@ class KubePlatformStore:
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:
         meta = {**endpoint.get("metadata", {}), "namespace": self.namespace}
-        meta["name"] = object_name(str(meta["name"]))
+        meta["name"] = name = object_name(str(meta["name"]))
+        served = self.table.namespaces_of(name) if self.table is not None else []
+        elsewhere = [namespace for namespace in served if namespace != self.namespace]
+        if elsewhere:
+            raise ServedElsewhere(
+                f"the name {name} is taken by an endpoint this gateway serves from "
+                f"{'namespaces' if len(elsewhere) > 1 else 'namespace'} {' and '.join(elsewhere)} "
+                "(it serves a name from one namespace only)"
+            )
         await self._create(self.endpoints, {**endpoint, "metadata": meta}, "InferenceEndpoint")
 
     async def replace_endpoint(self, endpoint: JsonObject) -> None:

@@ -275,6 +275,11 @@ class Table:
             )
         return found[0]
 
+    def namespaces_of(self, name: str) -> list[str]:
+        """The namespaces with an endpoint of ``name`` (the platform API refuses to make one
+        more elsewhere: ``lookup`` would then answer 409 for each)."""
+        return sorted(e.namespace for e in self._by_name.get(name, []))
+
     @staticmethod
     def not_found(name: str) -> ValidationError:
         return ValidationError(f"endpoint {clipped(name)} not found", 404)

@@ -28,7 +28,14 @@ from infermodes.platform.errors import (
     ResourceLimitExceeded,
     ValidationException,
 )
-from infermodes.platform.store import AlreadyExists, JsonObject, NotFound, PlatformStore, RecordKind
+from infermodes.platform.store import (
+    AlreadyExists,
+    JsonObject,
+    NotFound,
+    PlatformStore,
+    RecordKind,
+    ServedElsewhere,
+)
 from infermodes.platform.translate import (
     ENDPOINT,
     MODIFIED_ANNOTATION,
@@ -339,6 +346,8 @@ class ControlPlane:
             )
         try:
             await self.store.create_endpoint(obj)
+        except ServedElsewhere as exc:
+            raise ResourceInUse(str(exc)) from None
         except AlreadyExists:
             raise taken(obj) from None
 

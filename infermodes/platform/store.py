@@ -28,6 +28,12 @@ class AlreadyExists(Exception):
     platform does for "Cannot create already existing ...")."""
 
 
+class ServedElsewhere(Exception):
+    """A create named an endpoint the gateway serves from another namespace: made, it would take
+    that name off the gateway, which serves a name from one namespace only (the API answers
+    ``ResourceInUse``, as for a name taken in its own)."""
+
+
 class NotFound(Exception):
     """A replace or delete named something that does not exist."""
 
@@ -78,7 +84,8 @@ class PlatformStore(Protocol):
         ...
 
     async def create_endpoint(self, endpoint: JsonObject) -> None:
-        """Apply a new InferenceEndpoint object; ``AlreadyExists`` if its name is taken."""
+        """Apply a new InferenceEndpoint object; ``AlreadyExists`` if its name is taken,
+        ``ServedElsewhere`` if an endpoint of that name is served from another namespace."""
         ...
 
     async def replace_endpoint(self, endpoint: JsonObject) -> None:

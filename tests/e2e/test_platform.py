@@ -38,10 +38,12 @@ from tests.e2e.operator_support import (
     edit_finalizers,
     endpoint_manifest,
     gateway_url,
+    get_endpoint,
     installed_chart,
     secret,
     to_csv,
 )
+from tests.e2e.test_serverless import serverless_manifest
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import Broker, rabbitmq_broker
 from tests.support.s3 import S3Endpoint, read_when_there
@@ -227,6 +229,55 @@ def test_boto3_drives_serverless_async_and_batch_through_the_gateway(
     assert "abalone-batch" in shown.stdout, shown.stdout
     sagemaker.delete_model(ModelName="Abalone-XGB")
     assert sagemaker.list_models()["Models"] == []
+
+
+def test_the_api_takes_no_name_the_gateway_serves_from_another_namespace(
+    tools: Tools, k8s_namespace: str, model_uri: str, bucket: Any
+) -> None:
+    """A serverless endpoint made with kubectl in a namespace the gateway serves: CreateEndpoint
+    and CreateTransformJob under its name were accepted, and from then on the gateway answered
+    the team's endpoint 409 (a name in two namespaces), for anyone with an access key. Both are
+    ResourceInUse naming the namespace; nothing is made, and the team's endpoint stays served."""
+    assert tools.apply(serverless_manifest("team-made", model_uri), k8s_namespace).returncode == 0
+    sagemaker, runtime = client(tools, "sagemaker"), client(tools, "sagemaker-runtime")
+
+    def route_answer() -> int:
+        """The async route's answer for it: 400 (served, of another mode), 404 (not known),
+        409 (a name in two namespaces). No replica is started."""
+        with pytest.raises(ClientError) as caught:
+            runtime.invoke_endpoint_async(EndpointName="team-made",
+                                          InputLocation="s3://platform/none.csv")  # fmt: skip
+        status: int = caught.value.response["ResponseMetadata"]["HTTPStatusCode"]
+        return status
+
+    wait_until(lambda: route_answer() == 400, 60, "the gateway to serve team-made")
+    sagemaker.create_model(ModelName="Team-Clash", ExecutionRoleArn=ROLE, PrimaryContainer={
+        "Image": IMAGE, "ModelDataUrl": "s3://platform/model/model.tar.gz"})  # fmt: skip
+    sagemaker.create_endpoint_config(EndpointConfigName="Team-Clash", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "Team-Clash",
+        "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 2}}])  # fmt: skip
+    try:
+        with pytest.raises(ClientError) as endpoint:
+            sagemaker.create_endpoint(EndpointName="Team-Made", EndpointConfigName="Team-Clash")
+        with pytest.raises(ClientError) as job:
+            sagemaker.create_transform_job(
+                TransformJobName="team-made", ModelName="Team-Clash",
+                TransformInput={"DataSource": {"S3DataSource": {
+                    "S3DataType": "S3Prefix", "S3Uri": "s3://platform/clash/input/"}}},
+                TransformOutput={"S3OutputPath": "s3://platform/clash/output/"},
+                TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+            )  # fmt: skip
+        for caught in (endpoint, job):
+            assert caught.value.response["Error"] == {"Code": "ResourceInUse", "Message": (
+                "the name team-made is taken by an endpoint this gateway serves from namespace "
+                f"{k8s_namespace} (it serves a name from one namespace only)")}  # fmt: skip
+            assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert get_endpoint(tools.cluster.api, OPERATOR_NAMESPACE, "team-made") is None
+        assert route_answer() == 400  # still served, not 409
+    finally:
+        sagemaker.delete_endpoint_config(EndpointConfigName="Team-Clash")
+        sagemaker.delete_model(ModelName="Team-Clash")
+        tools.kubectl("delete", "ie", "team-made", "-n", k8s_namespace, "--timeout=60s")
 
 
 def test_an_unknown_transform_job_is_answered_as_the_platform_answers_it(tools: Tools) -> None:

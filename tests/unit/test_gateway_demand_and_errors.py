@@ -555,3 +555,35 @@ def test_a_transient_answer_of_the_api_server_is_a_retryable_error_boto3_retries
         server.should_exit = True
         thread.join(30)
         listener.close()
+
+
+def test_the_kubernetes_store_makes_no_endpoint_of_a_name_served_from_another_namespace() -> None:
+    """CreateEndpoint (and CreateTransformJob) made an endpoint in the platform namespace under
+    the name of one the gateway served from another (kubectl-made), and from then on the
+    gateway answered both 409: a platform access key took any endpoint off the gateway. The
+    store refuses it before any write, naming the namespace; its own namespace's name is the
+    API server's to refuse (409, as ever)."""
+    from infermodes.gateway.platform_store import KubePlatformStore
+    from infermodes.platform.store import ServedElsewhere
+
+    kube = ScriptedApiServer([(201, "")])
+    table = Table()
+    for namespace in ("team", "platform", "team-b"):
+        table.apply_endpoint({"metadata": {"name": "abalone", "namespace": namespace},
+                              "spec": {"mode": "realtime"}})  # fmt: skip
+    table.apply_endpoint({"metadata": {"name": "own", "namespace": "platform"}, "spec": {}})
+    credentials = Credentials(server=kube.url, verify=False, token=lambda: None)
+    store = KubePlatformStore(KubeApi(credentials), "platform", table)
+    try:
+        with pytest.raises(ServedElsewhere) as refused:
+            asyncio.run(store.create_endpoint({"metadata": {"name": "Abalone"}, "spec": {}}))
+        assert str(refused.value) == (
+            "the name abalone is taken by an endpoint this gateway serves from namespaces team "
+            "and team-b (it serves a name from one namespace only)"
+        )
+        assert kube.seen == 0  # nothing written
+        for name in ("own", "new"):  # the platform namespace's, or no one's: the API server's
+            asyncio.run(store.create_endpoint({"metadata": {"name": name}, "spec": {}}))
+        assert kube.seen == 2
+    finally:
+        kube.close()

@@ -362,12 +362,13 @@ def test_the_gateway_refuses_file_uris_through_the_api(monkeypatch: pytest.Monke
     from unittest import mock
 
     from infermodes.gateway.app import platform_router
+    from infermodes.gateway.table import Table
     from infermodes.platform import router
     from infermodes.settings import GatewaySettings
 
     seen: list[Defaults] = []
     monkeypatch.setattr(router, "create_router", lambda _store, defaults: seen.append(defaults))
-    platform_router(GatewaySettings(platform_namespace="platform"), mock.Mock())
+    platform_router(GatewaySettings(platform_namespace="platform"), mock.Mock(), Table())
     assert [d.file_uris for d in seen] == [False]
 
 
