@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -106,9 +106,14 @@ def object_name(name: str) -> str:
     return name.translate(ASCII_LOWER)
 
 
-# a number above zero (none: a pod of no CPU or memory), then a unit
+# Kubernetes' quantity grammar (apimachinery's resource.Quantity), above zero (none: a pod of
+# no CPU or memory): a number ("1", "1.5", "1.", ".5", an optional "+"), then a binary suffix
+# (Ki..Ei), a decimal one (n u m "" k M G T P E) or a decimal exponent (e or E and a whole
+# number: "1e3" is 1000, "1E3" too, "1E" is an exa). The exponent's 18 digits at most stand for
+# Kubernetes' int64; any quantity past int64 is capped, as Kubernetes caps it.
 QUANTITY_PATTERN = (
-    r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+    r"^\+?([0-9]*[1-9][0-9]*(?:\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)"  # 1: the number
+    r"(?:([KMGTPE]i|[numkMGTPE])|[eE]([-+]?[0-9]{1,18}))?$"  # 2: a unit, or 3: an exponent
 )
 
 
@@ -120,9 +125,13 @@ def quantity_text(value: object) -> object:
 
 MAX_BYTES = 2**63 - 1
 QUANTITY_FACTORS: dict[str, Decimal | int] = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    "": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("0.001"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
+# a quantity whose leading digit is this many places from the point is surely past int64 (or
+# below one byte): 10**30 bytes; sizes in between are computed exactly
+QUANTITY_MAGNITUDE = 30
 
 
 def quantity_bytes(quantity: str) -> int:
@@ -131,8 +140,15 @@ def quantity_bytes(quantity: str) -> int:
     match = re.fullmatch(QUANTITY_PATTERN, quantity)
     if match is None:
         raise ValueError(f"not a quantity: {quantity!r}")
-    # the pattern has no length limit: beyond int64 (as a Kubernetes quantity) is "no limit"
-    amount = Decimal(match[1]) * QUANTITY_FACTORS[match[3] or ""]
+    number, unit, exponent = Decimal(match[1]), match[2] or "", int(match[3] or 0)
+    # an exponent of 18 digits is past what Decimal computes in: its magnitude decides first
+    magnitude = number.adjusted() + exponent
+    if magnitude > QUANTITY_MAGNITUDE:  # beyond int64 (as a Kubernetes quantity) is "no limit"
+        return MAX_BYTES
+    if magnitude < -QUANTITY_MAGNITUDE:
+        return 1  # a fraction of a byte, rounded up
+    with localcontext(prec=len(quantity) + 2 * QUANTITY_MAGNITUDE):  # exact: no rounding
+        amount = number.scaleb(exponent) * QUANTITY_FACTORS[unit]
     return MAX_BYTES if amount > MAX_BYTES else math.ceil(amount)
 
 
@@ -816,7 +832,8 @@ PATTERN_MEANINGS = {
     STORAGE_PREFIX: "an s3://bucket/prefix or file:///path URI, without control characters",
     WEBHOOK_PATTERN: "an http:// or https:// URL without spaces or control characters",
     FILTER_PATTERN: "a JSONPath that starts with $, without control characters",
-    QUANTITY_PATTERN: "a quantity above zero: a number and an optional unit (500m, 2, 512Mi)",
+    QUANTITY_PATTERN: "a quantity above zero, as Kubernetes writes one: a number and an optional "
+    "unit (500m, 2, 512Mi, 1.5Gi, 1e9, 1Pi)",
     IMAGE_PATTERN: "an image reference without spaces or control characters",
     INFERENCE_OUTPUT_PATTERN: "comma-separated output names (predicted_label, probability)",
     DNS_SUBDOMAIN_PATTERN: "a Secret's name: lowercase letters, digits, '-' and '.'",

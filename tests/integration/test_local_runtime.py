@@ -214,6 +214,27 @@ def test_apply_says_what_is_wrong_with_a_name_or_a_block_as_it_is(
     assert refused.returncode == 1 and said in refused.stderr, refused.stderr
 
 
+def test_kubernetes_quantities_with_an_exponent_or_a_peta_unit_are_taken(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """``memory: 1e9`` and ``cpu: 5e-1`` (or ``memory: 1Pi``) are quantities Kubernetes
+    takes; ``up`` refused them as "must be a quantity above zero" (no exponent, nothing past T
+    and Ti)."""
+    resources = {"cpu": "5e-1", "memory": "1e9"}
+    written = document("realtime", abalone_model.tarball, tmp_path, resources=resources)
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({**written, "metadata": {"name": "quant"}}))
+    applied = cli(up, "apply", "-f", str(tmp_path / "q.yaml"))
+    assert applied.stdout == "inferenceendpoint/quant created\n", applied.stderr
+    wait_until(lambda: up.status("quant")["phase"] == "InService", WAIT, "quant InService")
+    row = ",".join(repr(float(v)) for v in abalone_model.test_rows[0])
+    assert cli(up, "invoke", "quant", "--data", row).returncode == 0
+    written["spec"]["realtime"]["resources"]["memory"] = "1Pi"
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({**written, "metadata": {"name": "quant"}}))
+    applied = cli(up, "apply", "-f", str(tmp_path / "q.yaml"))
+    assert applied.stdout == "inferenceendpoint/quant configured\n", applied.stderr
+    assert cli(up, "delete", "quant").returncode == 0
+
+
 def test_apply_of_a_path_to_a_file_named_dash_reads_that_file_not_standard_input(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

@@ -79,13 +79,35 @@ def test_the_worker_is_told_its_memory_limit_from_the_spec(monkeypatch: pytest.M
         ("1500m", 2),  # a fraction of a byte rounds up, as the kubelet's limit does
         ("0.1", 1),
         ("9" * 5000 + "Ti", 2**63 - 1),  # the pattern has no length limit
+        # the rest of Kubernetes' grammar: a decimal exponent (e or E and a whole number; "E"
+        # alone is an exa), P, E, Pi and Ei, n and u, "1." and ".5", a "+"
+        ("1e9", 10**9),
+        ("1E3", 1000),
+        ("2.5e-1", 1),
+        ("1.5e+3", 1500),
+        ("1P", 10**15),
+        ("1E", 10**18),
+        ("1Pi", 1 << 50),
+        ("1Ei", 1 << 60),
+        ("8Ei", 2**63 - 1),
+        ("1500000000n", 2),
+        ("1500000u", 2),
+        ("1.", 1),
+        (".5Ki", 512),
+        ("+1Gi", 1 << 30),
+        ("1e" + "9" * 18, 2**63 - 1),  # past int64: capped, never computed
+        ("1e-" + "9" * 18, 1),
+        ("0." + "0" * 3000 + "1e3005", 10_000),  # exact however long the number
     ],
 )
 def test_a_memory_quantity_in_bytes(quantity: str, expected: int) -> None:
     assert s.quantity_bytes(quantity) == expected
 
 
-@pytest.mark.parametrize("quantity", ["", "0", "1Gb", "-1Gi", "1e3", " 1Gi"])
+@pytest.mark.parametrize(
+    "quantity",
+    ["", "0", "1Gb", "-1Gi", " 1Gi", "1e", "1e1.5", "1e3Ki", "1K", "0e3", ".", "1e" + "9" * 19],
+)
 def test_a_text_that_is_no_quantity_is_refused_by_name(quantity: str) -> None:
     with pytest.raises(ValueError, match="not a quantity"):
         s.quantity_bytes(quantity)
