@@ -222,9 +222,39 @@ class BrokerSecretRef(SpecBlock):
     key: SecretKey = Field("url", description="Its key that holds the AMQP URL.")
 
 
+# the least memory a replica may be given: the model server (Python, XGBoost and a model) or
+# an async worker takes tens of MiB before its first request, so below this no replica starts;
+# a value below it is mostly a unit mistaken ("512m" is 0.512 bytes, where 512Mi was meant)
+MIN_MEMORY = "32Mi"
+
+
+def memory_floor_problem(memory: str) -> str | None:
+    """Why ``resources.memory`` is below ``MIN_MEMORY``, or None: the value, its bytes, and the
+    unit likely meant when it is ``m`` (a thousandth, not a mebibyte)."""
+    size = quantity_bytes(memory)
+    if size >= quantity_bytes(MIN_MEMORY):
+        return None
+    meant = f"; 'm' is a thousandth: {memory[:-1]}Mi is likely meant" if memory[-1:] == "m" else ""
+    return (
+        f"must be at least {MIN_MEMORY}, as a replica's processes take tens of MiB to start; "
+        f"got {shown(memory)}, {size} byte{'' if size == 1 else 's'}{meant}"
+    )
+
+
 class Resources(SpecBlock):
     cpu: Quantity = Field("1", description="CPU request and limit of each replica.")
-    memory: Quantity = Field("1Gi", description="Memory request and limit of each replica.")
+    memory: Quantity = Field(
+        "1Gi", description=f"Memory request and limit of each replica; at least {MIN_MEMORY}."
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, memory: str, info: ValidationInfo) -> str:
+        """Not of a spec ``ADMITTED`` before: earlier releases took any memory above zero."""
+        problem = None if info.context == ADMITTED else memory_floor_problem(memory)
+        if problem is not None:
+            raise ValueError(problem)
+        return memory
 
 
 class ScalingMetric(StrEnum):

@@ -198,14 +198,21 @@ def test_a_manifest_in_another_namespace_is_refused_and_one_in_ups_is_applied(
             {"spec": {"realtime": {"scaling": {"target": float("nan")}}}},
             "m.yaml document 1 (abalone): spec.realtime.scaling.target: must be a finite number",
         ),
+        (
+            {"spec": {"realtime": {"resources": {"memory": "512m"}}}},
+            "m.yaml document 1 (abalone): spec.realtime.resources.memory: must be at least 32Mi"
+            ", as a replica's processes take tens of MiB to start; got '512m', 1 byte; 'm' is a "
+            "thousandth: 512Mi is likely meant",
+        ),
     ],
 )
 def test_apply_says_what_is_wrong_with_a_name_or_a_block_as_it_is(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path, changed: dict[str, Any], said: str
 ) -> None:
     """A name that is a number was "required", a second mode's block made the mode's own
-    "required when mode is serverless and not allowed otherwise", and a NaN was "Out of range
-    float values are not JSON compliant", naming no field."""
+    "required when mode is serverless and not allowed otherwise", a NaN was "Out of range
+    float values are not JSON compliant", naming no field, and 512m of memory (0.512 bytes)
+    was taken."""
     written = yaml.safe_load(manifest("realtime", abalone_model.tarball, tmp_path).read_text())
     written["metadata"].update(changed.get("metadata", {}))
     written["spec"].update(changed.get("spec", {}))

@@ -386,6 +386,32 @@ def test_a_quantity_may_be_a_bare_whole_number_as_in_a_pods_resources() -> None:
 
 
 @pytest.mark.parametrize(
+    ("memory", "said"),
+    [
+        ("512m", "got '512m', 1 byte; 'm' is a thousandth: 512Mi is likely meant"),
+        ("31Mi", "got '31Mi', 32505856 bytes"),
+        (1024, "got '1024', 1024 bytes"),
+        ("33554431", "got '33554431', 33554431 bytes"),
+    ],
+)
+def test_memory_below_the_floor_is_refused_naming_it(memory: str | int, said: str) -> None:
+    """``memory: 512m`` is 0.512 bytes, almost surely 512Mi mistyped: no replica starts in it,
+    and it was taken. Both blocks that carry resources refuse it, on every actuator (the spec)."""
+    for mode, block in (("realtime", {}), ("async", {"outputPath": "s3://b/o"})):
+        raw = {"mode": mode, "model": MODEL,
+               mode: {**block, "resources": {"memory": memory}}}  # fmt: skip
+        result = parse_spec(raw)
+        assert isinstance(result, str)
+        assert f"spec.{mode}.resources.memory: must be at least 32Mi" in result, result
+        assert said in result and ("likely meant" in result) == said.endswith("meant")
+        # an endpoint that ran with it before an upgrade keeps running as it did
+        assert isinstance(parse_spec(raw, admitted=True), s.EndpointSpec)
+    for taken in ("32Mi", "33554432", "0.03125Gi", 33554432):
+        raw = {"mode": "realtime", "model": MODEL, "realtime": {"resources": {"memory": taken}}}
+        assert isinstance(parse_spec(raw), s.EndpointSpec), taken
+
+
+@pytest.mark.parametrize(
     ("refs", "field"),
     [
         ({"storageSecretRef": {"name": "infermodes-S3_keys"}}, "spec.storageSecretRef.name"),
