@@ -757,6 +757,16 @@ MODE_BLOCKS: dict[Mode, str] = {
 }
 
 
+def block_required(block: str, mode: Mode) -> str:
+    """A mode's own block missing, in the words of the spec and the CRD alike."""
+    return f"spec.{block} is required when mode is {mode}"
+
+
+def block_not_allowed(block: str, mode: Mode) -> str:
+    """Another mode's block given, in the words of the spec and the CRD alike."""
+    return f"spec.{block} is not allowed when mode is {mode}"
+
+
 class EndpointSpec(SpecBlock):
     mode: Mode = Field(description="realtime, serverless, async or batch.")
     model: ModelSource
@@ -787,9 +797,11 @@ class EndpointSpec(SpecBlock):
         return refs
 
     cel_rules: ClassVar[list[tuple[str, str]]] = [
-        *[(f"self.mode == '{mode}' ? has(self.{block}) : !has(self.{block})",
-           f"spec.{block} is required when mode is {mode} and not allowed otherwise")
+        # one rule per mode and block, so the API server says what the spec's validator says
+        *[(f"self.mode != '{mode}' || has(self.{block})", block_required(block, mode))
           for mode, block in MODE_BLOCKS.items()],
+        *[(f"self.mode != '{mode}' || !has(self.{block})", block_not_allowed(block, mode))
+          for block in MODE_BLOCKS.values() for mode in MODE_BLOCKS if MODE_BLOCKS[mode] != block],
         ("self.mode != 'batch' || oldSelf.mode != 'batch' || self.model == oldSelf.model",
          BATCH_IMMUTABLE),
         # the Job's pod template, which Kubernetes never changes, is made of these too
@@ -813,9 +825,9 @@ class EndpointSpec(SpecBlock):
         for mode, block in MODE_BLOCKS.items():
             present = self.block(mode) is not None
             if present and self.mode != mode:
-                raise ValueError(f"spec.{block} is not allowed when mode is {self.mode}")
+                raise ValueError(block_not_allowed(block, self.mode))
             if not present and self.mode == mode:
-                raise ValueError(f"spec.{block} is required when mode is {mode}")
+                raise ValueError(block_required(block, mode))
         return self
 
     def block(self, mode: Mode | None = None) -> SpecBlock | None:

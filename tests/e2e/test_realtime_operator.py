@@ -156,7 +156,7 @@ INVALID = [
     ("no-model", {"mode": "realtime", "model": None, "realtime": {}}, "spec.model: Required value"),
     ("no-block", {"mode": "realtime", "realtime": None},
      "spec.realtime is required when mode is realtime"),
-    ("two-blocks", {"serverless": {}}, "spec.serverless is required when mode is serverless"),
+    ("two-blocks", {"serverless": {}}, "spec.serverless is not allowed when mode is realtime"),
     ("cpu-0", {"realtime": {"resources": {"cpu": 0}}},
      "spec.realtime.resources.cpu: Invalid value: 0"),
     ("memory-negative", {"realtime": {"resources": {"memory": -1}}},

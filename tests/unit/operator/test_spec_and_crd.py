@@ -101,11 +101,32 @@ def test_cel_rules_mirror_the_model_validators() -> None:
     spec_node = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "spec"
     ]
-    rules = [r["rule"] for r in spec_node["x-kubernetes-validations"]]
-    assert "self.mode == 'realtime' ? has(self.realtime) : !has(self.realtime)" in rules
-    # a block per mode, a batch job's model, image and storage Secret, which mode changes,
-    # where inferenceOutput applies
-    assert len(rules) == 9
+    rules = {r["rule"]: r["message"] for r in spec_node["x-kubernetes-validations"]}
+    # a block's presence for each mode, a batch job's model, image and storage Secret, which
+    # mode changes, where inferenceOutput applies
+    assert len(rules) == 4 * 4 + 5
+    for mode, block in s.MODE_BLOCKS.items():
+        required = rules[f"self.mode != '{mode}' || has(self.{block})"]
+        assert required == f"spec.{block} is required when mode is {mode}"
+        for other in set(s.Mode) - {mode}:
+            refused = rules[f"self.mode != '{other}' || !has(self.{block})"]
+            assert refused == f"spec.{block} is not allowed when mode is {other}"
+
+
+def test_the_crd_refuses_another_modes_block_in_the_specs_words() -> None:
+    """The CRD said "spec.serverless is required when mode is serverless and not allowed
+    otherwise" of a serverless block on a realtime endpoint, where the spec (up, the
+    operator) says it is not allowed there."""
+    spec_node = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "spec"
+    ]
+    messages = {r["message"] for r in spec_node["x-kubernetes-validations"]}
+    said = parse_spec({"mode": "realtime", "model": MODEL, "realtime": {}, "serverless": {}})
+    assert said == "spec.serverless is not allowed when mode is realtime"
+    assert said in messages
+    said = parse_spec({"mode": "async", "model": MODEL, "realtime": {}})
+    assert isinstance(said, str) and said.startswith("spec.realtime is not allowed when mode is")
+    assert {part.strip() for part in said.split(";")} <= messages
 
 
 @pytest.mark.parametrize(
