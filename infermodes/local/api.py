@@ -18,6 +18,7 @@ from infermodes.local.manifests import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
+    NameTaken,
     OwnedElsewhere,
     Skipped,
     parse_bytes,
@@ -193,7 +194,8 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
                 owners(manifests, source)
                 every += manifests
             refuse_twins(every)
-        except OwnedElsewhere as exc:
+            every = [supervisor.placed(manifest) for manifest in every]
+        except (OwnedElsewhere, NameTaken) as exc:
             return error("Conflict", str(exc), 409)
         except ManifestError as exc:
             return error("InvalidManifest", str(exc), 400)

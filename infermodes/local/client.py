@@ -148,6 +148,7 @@ def describe(obj: Mapping[str, Any]) -> str:
     status = obj.get("status") or {}
     lines = [
         f"Name:      {obj['metadata']['name']}",
+        f"Namespace: {obj['metadata'].get('namespace')}",
         f"Mode:      {obj['spec']['mode']}",
         f"Model:     {obj['spec']['model']['uri']}",
         f"Phase:     {status.get('phase')} ({status.get('reason')})",

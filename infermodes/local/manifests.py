@@ -4,6 +4,7 @@ cluster and a bad file is refused here as the CRD's schema refuses it there."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from infermodes.endpoints.spec import (
     EndpointSpec,
     spec_problems,
 )
+from infermodes.errors import shown
 
 log = logging.getLogger("infermodes.local")
 
@@ -39,7 +41,14 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 # "excessive aliasing" too): a real manifest's few aliases add tens, a "billion laughs" of
 # nested aliases hundreds of millions, which the JSON a cluster gets would have to spell out
 MAX_ALIASED_NODES = 100_000
-NAMESPACE = "local"  # up's one namespace: every endpoint it runs is in it
+# up's key for every endpoint in its gateway's table and in /metrics' namespace label: routes
+# name an endpoint alone (``up`` keeps one endpoint per name, whatever its namespace)
+NAMESPACE = "local"
+# an endpoint's namespace when its manifest names none and no endpoint of its name exists, as
+# kubectl's current namespace is without a context that sets one
+DEFAULT_NAMESPACE = "default"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a DNS-1123 label, as Kubernetes'
+MAX_NAMESPACE_LENGTH = 63
 
 
 class StandardInput:
@@ -62,6 +71,11 @@ def given_source(given: str) -> Source:
 
 class ManifestError(ValueError):
     """A manifest that cannot be applied; the message names the file and the field."""
+
+
+class NameTaken(ManifestError):
+    """A manifest in one namespace under the name of an endpoint ``up`` runs in another: ``up``
+    keeps one endpoint per name, so it would replace that one."""
 
 
 class OwnedElsewhere(ManifestError):
@@ -103,12 +117,14 @@ def secret_name(document: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class Manifest:
     """One validated endpoint: its name, its spec, the document as written and where it was
-    (the file and document, for errors)."""
+    (the file and document, for errors); ``namespace``: the one it names, "" for none (until
+    ``placed``)."""
 
     name: str
     spec: EndpointSpec
     document: dict[str, Any]
     where: str = field(default="", compare=False)
+    namespace: str = ""
 
 
 def parse_document(
@@ -137,8 +153,7 @@ def parse_document(
         raise ManifestError(
             f"{source}: metadata.name must be a string (a DNS-1035 label), got {name!r:.60}"
         )
-    if as_kubectl and isinstance(meta, dict):  # it is: it holds the name
-        check_namespace(meta, f"{source} ({name})")
+    namespace = namespace_of(meta, f"{source} ({name})") if isinstance(meta, dict) else ""
     raw = document.get("spec") or {}
     context = ADMITTED if admitted else None
     sent = as_json(raw) if as_kubectl else raw
@@ -165,24 +180,46 @@ def parse_document(
             f"Kubernetes Secrets to read it from; give the URL in "
             f"{field.removesuffix('SecretRef')} (your file is not shared with a cluster's users)"
         )
-    kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    kept = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
             "spec": document.get("spec")}  # fmt: skip
-    return Manifest(name, spec, kept, source)
+    return Manifest(name, spec, kept, source, namespace)
 
 
-def check_namespace(meta: dict[str, Any], source: str) -> None:
-    """``up`` has one namespace: a file naming another meant an endpoint apart from any of the
-    same name in a third namespace, which ``up`` would silently overwrite, so it is refused.
-    None, ``""`` (``kubectl``'s current namespace) and ``NAMESPACE`` itself are taken."""
+def namespace_of(meta: dict[str, Any], source: str) -> str:
+    """``metadata.namespace`` as written, "" for none (None or ``""``: ``kubectl``'s current
+    namespace); one the API server would refuse (not a DNS-1123 label) is refused naming it."""
     namespace = meta.get("namespace")
-    if namespace in (None, "", NAMESPACE):
-        return
-    shown = repr(namespace if not isinstance(namespace, str) else namespace[:60])
+    if namespace is None or namespace == "":
+        return ""
+    if (
+        isinstance(namespace, str)
+        and len(namespace) <= MAX_NAMESPACE_LENGTH
+        and re.fullmatch(NAMESPACE_PATTERN, namespace)
+    ):
+        return namespace
     raise ManifestError(
-        f"{source}: metadata.namespace {shown}: infermodes up has one namespace, "
-        f"{NAMESPACE!r}, so endpoints of one name in two namespaces would be one endpoint; "
-        f"leave metadata.namespace out or set it to {NAMESPACE}"
+        f"{source}: metadata.namespace {shown(namespace)} must be a DNS-1123 label of at most "
+        f"{MAX_NAMESPACE_LENGTH} characters (lower-case letters, digits and '-', starting and "
+        "ending with a letter or digit), as Kubernetes requires"
     )
+
+
+def placed(manifest: Manifest, existing: str | None) -> Manifest:
+    """``manifest`` in its namespace: the one it names; without one, that of the endpoint of
+    its name (``existing``), or ``DEFAULT_NAMESPACE``, as ``kubectl``'s current namespace would
+    be. ``up`` keeps one endpoint per name: one named in another namespace than ``existing``'s
+    would replace it, and is refused (``NameTaken``)."""
+    namespace = manifest.namespace or existing or DEFAULT_NAMESPACE
+    if existing is not None and namespace != existing:
+        raise NameTaken(
+            f"{manifest.where} ({manifest.name}): endpoint {manifest.name} exists in namespace "
+            f"{existing!r}, not {namespace!r}: infermodes up keeps one endpoint per name, "
+            f"whatever its namespace; delete {manifest.name} first, or give this one another name"
+        )
+    metadata = {**manifest.document["metadata"], "namespace": namespace}
+    document = {**manifest.document, "metadata": metadata}
+    return dataclasses.replace(manifest, namespace=namespace, document=document)
 
 
 def check_name(manifest: Manifest, source: str) -> Manifest:

@@ -80,7 +80,7 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
-from infermodes.local.manifests import NAMESPACE, Manifest, parse_document
+from infermodes.local.manifests import NAMESPACE, Manifest, parse_document, placed
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
     OperatorMetrics,
@@ -365,13 +365,16 @@ class Supervisor:
         for path in sorted((self.state_dir / "endpoints").glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
-                manifest = parse_document(saved["document"], str(path), admitted=True)
+                # placed: one saved before namespaces were kept is in DEFAULT_NAMESPACE
+                manifest = placed(parse_document(saved["document"], str(path), admitted=True),
+                                  None)  # fmt: skip
             except (OSError, ValueError, KeyError, TypeError) as exc:  # ManifestError included
                 log.error("%s is not loaded (a spec this version refuses, or a damaged "
                           "file): %s; apply it again, or delete the file", path, exc)  # fmt: skip
                 continue
             try:
-                previous = parse_document(saved["previous"], str(path), admitted=True)
+                previous = placed(parse_document(saved["previous"], str(path), admitted=True),
+                                  manifest.namespace)  # fmt: skip
             except (KeyError, ValueError, TypeError):  # none, or one this version refuses
                 restored(self._add(manifest, saved["created"]), saved)
                 continue
@@ -396,6 +399,13 @@ class Supervisor:
             self.max_attempts[manifest.name] = block.max_attempts
         return endpoint
 
+    def placed(self, manifest: Manifest) -> Manifest:
+        """``manifests.placed`` against the endpoint of its name, if any (raises ``NameTaken``
+        for one of its name in another namespace): checked for every manifest of an apply
+        before any is applied."""
+        existing = self.endpoints.get(manifest.name)
+        return placed(manifest, existing.manifest.namespace if existing else None)
+
     def apply(self, manifest: Manifest, starting: bool = False) -> str:
         """Create or replace an endpoint; a changed spec replaces its processes unless they
         would run as before (``runs_as_before``), as does the same spec of an endpoint that
@@ -406,6 +416,7 @@ class Supervisor:
         that is ready; a realtime endpoint keeps the replicas it had (within the new bounds).
         ``starting``: an ``-f`` file of ``up``'s start, which lets a spec a restart found rolling
         out wait for its previous spec to serve."""
+        manifest = self.placed(manifest)
         resuming = self.resumed.pop(manifest.name, None)
         if starting and resuming is not None and resuming.document == manifest.document:
             self.resumed[manifest.name] = resuming  # up -f of it: still after its previous spec
@@ -1381,7 +1392,7 @@ class Supervisor:
         endpoint.reported = endpoint.status.to_patch(1, endpoint.reported)
         obj: dict[str, Any] = {
             **endpoint.manifest.document,
-            "metadata": {"name": endpoint.name, "namespace": NAMESPACE,
+            "metadata": {"name": endpoint.name, "namespace": endpoint.manifest.namespace,
                          "creationTimestamp": endpoint.created},
             "status": copy.deepcopy(endpoint.reported),
         }  # fmt: skip

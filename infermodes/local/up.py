@@ -258,6 +258,7 @@ def _serve(
     supervisor.load_state()
     store = LocalPlatformStore(state_dir, supervisor)
     store.refuse_taking_over(manifests, "up -f")  # before any is applied
+    manifests = [supervisor.placed(manifest) for manifest in manifests]  # or NameTaken
     for manifest in manifests:
         supervisor.apply(manifest, starting=True)
     registry = CollectorRegistry()

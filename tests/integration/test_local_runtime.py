@@ -166,27 +166,59 @@ def test_apply_takes_manifests_on_standard_input_all_or_none(
     assert cli(up, "delete", "from-stdin").returncode == 0
 
 
-def test_a_manifest_in_another_namespace_is_refused_and_one_in_ups_is_applied(
+def test_an_endpoint_keeps_its_namespace_and_one_name_is_one_endpoint_whatever_it(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
-    """``up`` has one namespace: the same name applied in ``prod`` and then in ``staging`` was
-    one endpoint, the second overwriting the first without a word."""
+    """Any namespace was refused but ``local`` (most manifests say ``default`` or a team's);
+    before that, ``ns-x`` applied in ``prod`` and then in ``staging`` was one endpoint, the
+    second overwriting the first without a word. Now the namespace is kept and shown, the
+    second is refused naming the first's, and a manifest without one updates ``ns-x`` where
+    it is."""
     written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
     placed = tmp_path / "placed.yaml"
-    placed.write_text(
-        yaml.safe_dump({**written, "metadata": {"name": "ns-x", "namespace": "prod"}})
-    )
-    refused = cli(up, "apply", "-f", str(placed))
-    assert refused.returncode == 1
-    assert "placed.yaml document 1 (ns-x): metadata.namespace 'prod': infermodes up has one " \
-        "namespace, 'local'" in refused.stderr, refused.stderr  # fmt: skip
-    assert "ns-x" not in cli(up, "get").stdout
-    placed.write_text(
-        yaml.safe_dump({**written, "metadata": {"name": "ns-x", "namespace": "local"}})
-    )
-    applied = cli(up, "apply", "-f", str(placed))
+
+    def apply_in(metadata: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        placed.write_text(yaml.safe_dump({**written, "metadata": metadata}))
+        return cli(up, "apply", "-f", str(placed))
+
+    applied = apply_in({"name": "ns-x", "namespace": "prod"})
     assert applied.stdout == "inferenceendpoint/ns-x created\n", applied.stderr
+    assert "Namespace: prod" in cli(up, "describe", "ns-x").stdout
+    refused = apply_in({"name": "ns-x", "namespace": "staging"})
+    assert refused.returncode == 1
+    said = ("placed.yaml document 1 (ns-x): endpoint ns-x exists in namespace 'prod', not "
+            "'staging': infermodes up keeps one endpoint per name")  # fmt: skip
+    assert said in refused.stderr, refused.stderr
+    assert up.endpoint("ns-x")["metadata"]["namespace"] == "prod"
+    unchanged = apply_in({"name": "ns-x"})
+    assert unchanged.stdout == "inferenceendpoint/ns-x unchanged\n", unchanged.stderr
+    bad = apply_in({"name": "ns-y", "namespace": "Prod_1"})
+    assert bad.returncode == 1 and "metadata.namespace 'Prod_1' must be a DNS-1123 label" \
+        in bad.stderr, bad.stderr  # fmt: skip
     assert cli(up, "delete", "ns-x").returncode == 0
+    applied = apply_in({"name": "ns-x", "namespace": "staging"})  # its name free again
+    assert applied.stdout == "inferenceendpoint/ns-x created\n", applied.stderr
+    assert up.endpoint("ns-x")["metadata"]["namespace"] == "staging"
+    assert cli(up, "delete", "ns-x").returncode == 0
+
+
+def test_up_f_refuses_a_name_its_state_runs_in_another_namespace(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The state's ``ns-x`` of ``prod`` and ``up -f`` of ``ns-x`` in ``staging``: refused
+    before anything starts, naming ``prod``, as ``apply`` refuses it."""
+    written = yaml.safe_load(manifest("serverless", abalone_model.tarball, tmp_path).read_text())
+    placed = tmp_path / "placed.yaml"
+    in_prod = {"name": "ns-x", "namespace": "prod"}
+    placed.write_text(yaml.safe_dump({**written, "metadata": in_prod}))
+    with running_up(tmp_path / "state", [placed], tmp_path / "up.log") as first:
+        assert first.endpoint("ns-x")["metadata"]["namespace"] == "prod"
+    placed.write_text(placed.read_text().replace("namespace: prod", "namespace: staging"))
+    refused = subprocess.run([INFERMODES, "up", "--port", str(free_port()), "--state-dir",
+                              str(tmp_path / "state"), "-f", str(placed)], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert refused.returncode != 0
+    assert "endpoint ns-x exists in namespace 'prod', not 'staging'" in refused.stderr, refused
 
 
 @pytest.mark.parametrize(

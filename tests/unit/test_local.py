@@ -31,17 +31,20 @@ from infermodes.local.children import Child, Registry, start_time
 from infermodes.local.client import age, describe, row, table
 from infermodes.local.demand import LocalDemandSink
 from infermodes.local.manifests import (
+    DEFAULT_NAMESPACE,
     MAX_ALIASED_NODES,
     MAX_MANIFEST_BYTES,
     NAMESPACE,
     ExcessiveAliasing,
     Manifest,
     ManifestError,
+    NameTaken,
     OwnedElsewhere,
     aliased_nodes,
     load_paths,
     parse_document,
     parse_text,
+    placed,
 )
 from infermodes.local.supervisor import (
     LocalEndpoint,
@@ -147,25 +150,57 @@ def test_the_longest_name_the_crd_takes_is_taken() -> None:
     assert len(manifest.name) == 50
 
 
-@pytest.mark.parametrize("namespace", ["prod", "default", "123", "[local]"])
-def test_a_namespace_other_than_ups_one_is_refused_naming_it(namespace: str) -> None:
-    """``up`` has one namespace: ``ns-x`` in ``prod`` and then in ``staging`` were one endpoint,
-    the second overwriting the first without a word."""
+@pytest.mark.parametrize("namespace", ["Prod", "'[local]'", "123", "-x", "a" * 64, "{a: b}"])
+def test_a_namespace_kubernetes_would_refuse_is_refused_naming_it(namespace: str) -> None:
     text = GOOD.replace("{name: abalone}", f"{{name: abalone, namespace: {namespace}}}")
     with pytest.raises(ManifestError) as caught:
         parse_text(text, "ep.yaml")
     message = str(caught.value)
     assert message.startswith("ep.yaml document 1 (abalone): metadata.namespace "), message
-    assert f"infermodes up has one namespace, '{NAMESPACE}'" in message
+    assert "must be a DNS-1123 label of at most 63 characters" in message
+    assert len(message) < 400  # a long one is cut short
 
 
 @pytest.mark.parametrize(
-    "metadata",
-    ["{name: abalone, namespace: local}", "{name: abalone, namespace: ''}", "{name: abalone}"],
+    ("metadata", "namespace"),
+    [
+        ("{name: abalone, namespace: prod}", "prod"),
+        ("{name: abalone, namespace: team-a1}", "team-a1"),
+        ("{name: abalone, namespace: local}", "local"),
+        ("{name: abalone, namespace: ''}", ""),
+        ("{name: abalone}", ""),
+    ],
 )
-def test_ups_own_namespace_or_none_is_taken(metadata: str) -> None:
+def test_a_valid_namespace_is_taken_and_kept(metadata: str, namespace: str) -> None:
+    """``up`` refused any namespace but ``local``: most manifests say ``default`` or a team's,
+    and ``up`` promises to run the cluster's YAML."""
     (manifest,) = parse_text(GOOD.replace("{name: abalone}", metadata), "ep.yaml")
-    assert manifest.name == "abalone"
+    assert manifest.namespace == namespace
+    assert manifest.document["metadata"].get("namespace") == (namespace or None)
+
+
+def test_a_manifest_is_placed_in_its_namespace_that_of_its_name_or_default() -> None:
+    """Without a namespace: the existing endpoint's (as kubectl's would be the one it was
+    made in), else ``default``. One name in two namespaces is refused: up keeps one endpoint
+    per name, so ns-x in staging would have replaced ns-x in prod without a word."""
+    (bare,) = parse_text(GOOD, "ep.yaml")
+    (staging,) = parse_text(GOOD.replace("{name: abalone}", "{name: abalone, namespace: staging}"),
+                            "st.yaml")  # fmt: skip
+    assert placed(bare, None).namespace == DEFAULT_NAMESPACE == "default"
+    assert placed(bare, "prod").namespace == "prod"
+    assert placed(bare, "prod").document["metadata"] == {"name": "abalone", "namespace": "prod"}
+    assert placed(staging, None).namespace == "staging"
+    assert placed(staging, "staging") == placed(staging, None)
+    assert placed(placed(bare, "prod"), "prod") == placed(bare, "prod")  # placing twice: the same
+    with pytest.raises(NameTaken) as caught:
+        placed(staging, "prod")
+    assert str(caught.value) == (
+        "st.yaml document 1 (abalone): endpoint abalone exists in namespace 'prod', not "
+        "'staging': infermodes up keeps one endpoint per name, whatever its namespace; delete "
+        "abalone first, or give this one another name"
+    )
+    with pytest.raises(NameTaken):  # placed in default, then applied again against prod's
+        placed(placed(bare, None), "prod")
 
 
 def test_a_name_defined_twice_is_refused_naming_both_documents(tmp_path: Path) -> None:
@@ -1250,8 +1285,11 @@ def test_a_restart_mid_failed_update_brings_the_previous_spec_back_without_its_f
     restarted = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
     restarted.load_state()
     back = restarted.endpoints["abalone"]
-    assert back.manifest.document == document and back.load_failure is None
-    assert restarted.resumed["abalone"].document == broken
+    # saved before namespaces were kept: placed in the default namespace
+    in_default = {"name": "abalone", "namespace": "default"}
+    assert back.manifest.document == {**document, "metadata": in_default}
+    assert back.load_failure is None
+    assert restarted.resumed["abalone"].document == {**broken, "metadata": in_default}
 
 
 SECRET = """\
@@ -1286,6 +1324,9 @@ def test_a_secret_beside_an_endpoint_is_skipped_naming_it_never_its_data(
     assert "export them before starting up" in warning and "do-not-show-me" not in warning
 
     class Applying:
+        def placed(self, manifest: Manifest) -> Manifest:
+            return manifest
+
         def apply(self, manifest: object) -> str:
             return "created"
 
@@ -1757,6 +1798,9 @@ def test_the_files_of_one_apply_are_applied_all_or_none_in_one_request() -> None
     applied: list[str] = []
 
     class Applying:
+        def placed(self, manifest: Manifest) -> Manifest:
+            return manifest
+
         def apply(self, manifest: Manifest) -> str:
             applied.append(manifest.name)
             return "created"
@@ -1790,3 +1834,45 @@ def test_the_files_of_one_apply_are_applied_all_or_none_in_one_request() -> None
                        content=manifests_request([("a.yaml", GOOD.encode())]))  # fmt: skip
     assert done.json() == {"applied": [{"name": "abalone", "result": "created"}], "skipped": []}
     assert applied == ["abalone"]
+
+
+def test_the_api_keeps_one_endpoint_per_name_whatever_its_namespace(tmp_path: Path) -> None:
+    """``ns-x`` applied in ``prod`` and then in ``staging`` was one endpoint, the second
+    replacing the first without a word: now a 409 naming the other namespace, and nothing in
+    the request is applied; without a namespace, the name's endpoint is updated where it is."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from infermodes.local.api import create_router, manifests_request
+
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    supervisor.first_round.set()  # no round runs here: what it shows is what apply made
+    app = FastAPI()
+    app.include_router(create_router(supervisor, None, no_owner))
+    client = TestClient(app)
+
+    def in_namespace(name: str, namespace: str) -> str:
+        return GOOD.replace("{name: abalone}", f"{{name: {name}, namespace: {namespace}}}")
+
+    created = client.post("/_infermodes/endpoints", content=in_namespace("ns-x", "prod"))
+    assert created.json()["applied"] == [{"name": "ns-x", "result": "created"}]
+    other = in_namespace("other", "staging")
+    refused = client.post("/_infermodes/manifests",
+                          content=manifests_request([("a.yaml", other.encode()),
+                                                     ("b.yaml", in_namespace("ns-x", "staging")
+                                                      .encode())]))  # fmt: skip
+    assert refused.status_code == 409
+    assert "b.yaml document 1 (ns-x): endpoint ns-x exists in namespace 'prod', not 'staging'" \
+        in refused.json()["message"]  # fmt: skip
+    assert sorted(supervisor.endpoints) == ["ns-x"]
+    bare = GOOD.replace("{name: abalone}", "{name: ns-x}")
+    assert client.post("/_infermodes/endpoints", content=bare).json()["applied"] == [
+        {"name": "ns-x", "result": "unchanged"}
+    ]
+    shown = client.get("/_infermodes/endpoints/ns-x").json()
+    assert shown["metadata"]["namespace"] == "prod"
+    assert "Namespace: prod" in describe(shown)
+    assert client.post("/_infermodes/endpoints", content=other).json()["applied"] == [
+        {"name": "other", "result": "created"}
+    ]
+    assert client.get("/_infermodes/endpoints/other").json()["metadata"]["namespace"] == "staging"
