@@ -34,6 +34,10 @@ INDEX_METHODS = ("GET", "HEAD")  # a browser's or curl's visit to /: no token, n
 MANIFESTS_MEDIA_TYPE = "application/json"
 MAX_MANIFESTS_REQUEST_BYTES = 16 * MAX_MANIFEST_BYTES  # the files of one `apply -f DIR`, as JSON
 LOG_TAIL_BYTES = 64 * 1024
+STOPPED_LOG = (
+    " (stopped: no process of the endpoint writes it now; one that ended, was scaled in, or "
+    "ran its spec before the last change)"
+)
 NOTIFICATIONS_PER_CALL = 1000
 LARGEST_ID = 2**63 - 1  # a notification id is a SQLite integer
 
@@ -219,14 +223,17 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
 
     @router.get("/endpoints/{name}/logs")
     async def logs(name: str) -> Response:
-        """The end of each of the endpoint's process logs, one after the other."""
+        """The end of each of the endpoint's process logs, one after the other, each headed by
+        its file's name; one no process of the endpoint writes now says so (after a change of
+        mode, the old mode's logs were shown as if they were the endpoint's now)."""
         if name not in supervisor.endpoints:
             return not_found(name)
         parts = []
-        for path in supervisor.log_paths(name):
+        for path, current in supervisor.log_paths(name):
             with path.open("rb") as file:
                 file.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-                parts.append(f"==> {path.name} <==\n" + file.read().decode(errors="replace"))
+                text = file.read().decode(errors="replace")
+            parts.append(f"==> {path.name}{'' if current else STOPPED_LOG} <==\n{text}")
         return PlainTextResponse("\n".join(parts))
 
     return router

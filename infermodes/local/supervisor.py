@@ -447,7 +447,7 @@ class Supervisor:
                 old.outgoing, old.children = {}, {}
                 # what the newest of them run: the old spec, unless its own update had failed
                 previous = old.manifest.document if old.failure is None else old.previous
-            self._remove(old)
+            self._remove(old, why="its endpoint's spec changed")
         run_id = self._same_job(old, manifest)
         if run_id is None:  # a stop or resume keeps what each instance said (its summary)
             shutil.rmtree(self._batch_dir(manifest.name), ignore_errors=True)
@@ -544,7 +544,7 @@ class Supervisor:
         endpoint = self.endpoints.get(name)
         if endpoint is None:
             return False
-        self._remove(endpoint)
+        self._remove(endpoint, why="its endpoint was deleted")
         (self.state_dir / "endpoints" / f"{name}.json").unlink(missing_ok=True)
         shutil.rmtree(self._batch_dir(name), ignore_errors=True)
         self.demand.pop(name, None)
@@ -555,10 +555,12 @@ class Supervisor:
         log.info("%s: deleted", name)  # as "applied": what the log says happened
         return True
 
-    def _remove(self, endpoint: LocalEndpoint, stop: bool = True) -> None:
+    def _remove(self, endpoint: LocalEndpoint, stop: bool = True, why: str = "") -> None:
         """Forget its spec; ``stop``: and stop its processes now (a drain in the background,
-        by the next ticks)."""
+        by the next ticks), up's log saying ``why`` of each."""
         if stop:
+            for key in [*endpoint.children, *endpoint.outgoing]:
+                log.info("%s stopping: %s", key, why)
             for key in list(endpoint.children):
                 self._stop_child(endpoint, key, self._grace(endpoint))
             self._retire_outgoing(endpoint)
@@ -1417,9 +1419,16 @@ class Supervisor:
             obj["status"]["events"] = list(endpoint.events)
         return obj
 
-    def log_paths(self, name: str) -> list[Path]:
+    def log_paths(self, name: str) -> list[tuple[Path, bool]]:
+        """Each log file of the endpoint's processes, and whether one of its processes now
+        writes it: the others are of processes that ended (a batch instance), were scaled in,
+        or ran a spec before its last change (another mode's, after a change of mode)."""
         directory = self.state_dir / "logs" / name
-        return sorted(directory.glob("*.log")) if directory.is_dir() else []
+        endpoint = self.endpoints.get(name)
+        keys = [*endpoint.children, *endpoint.outgoing] if endpoint is not None else []
+        current = {self._log_path(endpoint, key) for key in keys} if endpoint is not None else set()
+        found = sorted(directory.glob("*.log")) if directory.is_dir() else []
+        return [(path, path in current) for path in found]
 
 
 @contextlib.contextmanager

@@ -274,6 +274,33 @@ def test_kubernetes_quantities_with_an_exponent_or_a_peta_unit_are_taken(
     assert cli(up, "delete", "quant").returncode == 0
 
 
+def test_logs_after_a_change_of_mode_say_which_are_of_the_stopped_processes(
+    up: Up, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """A realtime endpoint made async: ``infermodes logs`` printed the realtime server's log
+    as the endpoint's, with no word that its process had stopped, and up's log said nothing of
+    the server stopping for the change."""
+    realtime = document("realtime", abalone_model.tarball, tmp_path)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({**realtime, "metadata": {"name": "chg"}}))
+    assert cli(up, "apply", "-f", str(tmp_path / "m.yaml")).returncode == 0
+    wait_until(lambda: up.status("chg")["phase"] == "InService", WAIT, "chg InService")
+    made_async = document("async", abalone_model.tarball, tmp_path, minReplicas=1)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({**made_async, "metadata": {"name": "chg"}}))
+    applied = cli(up, "apply", "-f", str(tmp_path / "m.yaml"))
+    assert applied.stdout == "inferenceendpoint/chg configured\n", applied.stderr
+    wait_until(lambda: up.status("chg")["phase"] == "InService", WAIT, "chg async InService")
+    wait_until(lambda: "chg/worker-0" in str(up.running("chg")), WAIT, "chg's worker")
+    logs = cli(up, "logs", "chg").stdout
+    headers = [line for line in logs.splitlines() if line.startswith("==> ")]
+    stopped = (
+        "==> chg-server-0.log (stopped: no process of the endpoint writes it now; one that "
+        "ended, was scaled in, or ran its spec before the last change) <=="
+    )
+    assert headers == [stopped, "==> chg-worker-0.log <=="], headers
+    assert "chg/server-0 stopping: its endpoint's spec changed" in up.log
+    assert cli(up, "delete", "chg").returncode == 0
+
+
 def test_apply_of_a_path_to_a_file_named_dash_reads_that_file_not_standard_input(
     up: Up, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

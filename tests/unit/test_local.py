@@ -1876,3 +1876,21 @@ def test_the_api_keeps_one_endpoint_per_name_whatever_its_namespace(tmp_path: Pa
         {"name": "other", "result": "created"}
     ]
     assert client.get("/_infermodes/endpoints/other").json()["metadata"]["namespace"] == "staging"
+
+
+def test_logs_say_which_files_no_process_of_the_endpoint_writes_now(tmp_path: Path) -> None:
+    """After a change of mode, the old mode's server log was listed as the endpoint's, with no
+    word that its process had stopped; up's log said nothing of it stopping for the change."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    endpoint.children["abalone-async/worker-1"] = FakeChild(True, "abalone-async/worker-1")  # type: ignore[assignment]
+    folder = tmp_path / "logs" / "abalone-async"
+    folder.mkdir(parents=True)
+    for key in ("server-0", "worker-1"):
+        (folder / f"abalone-async-{key}.log").write_text(key)
+    assert supervisor.log_paths("abalone-async") == [
+        (folder / "abalone-async-server-0.log", False),
+        (folder / "abalone-async-worker-1.log", True),
+    ]
+    assert supervisor.log_paths("nothing-here") == []
