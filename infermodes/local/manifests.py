@@ -252,11 +252,16 @@ def non_finite_field(value: Any, path: str) -> str | None:
     return next((f for p, i in items if (f := non_finite_field(i, p)) is not None), None)
 
 
+def json_key(key: Any) -> str:
+    """A mapping's key as JSON has it: text (``1`` and ``"1"`` are one key there)."""
+    return str(key)
+
+
 def as_json(value: Any) -> Any:
     """A YAML value as ``kubectl`` sends it: JSON, where an integral float is an integer (the API
     server takes ``2.0`` for an integer) and what JSON lacks (a date) is its text."""
     if isinstance(value, dict):
-        return {str(key): as_json(item) for key, item in value.items()}
+        return {json_key(key): as_json(item) for key, item in value.items()}
     if isinstance(value, list):
         return [as_json(item) for item in value]
     if isinstance(value, float) and value.is_integer():
@@ -323,13 +328,26 @@ class DuplicateKey(ValueError):
 MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *base``: its keys may be overridden
 
 
+SHOWN_KEY_LENGTH = 60  # of a key in a message: a key may be a kilobyte of text
+
+
+def shown_key(key: Any) -> str:
+    """A key in a message: its JSON text, cut short with its length past SHOWN_KEY_LENGTH."""
+    text = json_key(key)
+    if len(text) <= SHOWN_KEY_LENGTH:
+        return f'"{text}"'
+    return f'"{text[:SHOWN_KEY_LENGTH]}..." ({len(text)} characters)'
+
+
 class ManifestLoader(yaml.SafeLoader):
     """``yaml.safe_load``'s loader, refusing a key given twice in one mapping, at any depth,
     with ``kubectl``'s words: a careless merge of two manifests must not change a field
-    silently (a key that overrides one merged in with ``<<`` is no duplicate)."""
+    silently (a key that overrides one merged in with ``<<`` is no duplicate). Keys are
+    compared as JSON has them (``json_key``): ``1`` and ``"1"`` are one key in what a cluster
+    gets, the last winning."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
+        first: dict[str, tuple[Any, int]] = {}
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:
                 continue
@@ -337,12 +355,14 @@ class ManifestLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):  # the base class refuses it, naming it
                 continue
             line = key_node.start_mark.line + 1
-            if key in lines:
+            if json_key(key) in first:
+                given, given_line = first[json_key(key)]
+                written = "" if given == key else f", written {given!r:.40} and {key!r:.40}"
                 raise DuplicateKey(
-                    f'mapping key "{key}" already defined at line {lines[key]} (again at line '
-                    f"{line}): keep one of them"
+                    f"mapping key {shown_key(key)} already defined at line {given_line} (again "
+                    f"at line {line}{written}): keep one of them"
                 )
-            lines[key] = line
+            first[json_key(key)] = (key, line)
         return super().construct_mapping(node, deep=deep)
 
 

@@ -686,6 +686,16 @@ def test_apply_refuses_a_key_given_twice_naming_both_lines(
     assert refused.returncode == 1
     assert (f'{twice} document 1: mapping key "mode" already defined at line {first} (again at '
             f"line {first + 1})") in refused.stderr  # fmt: skip
+    # 1 and "1" are one key in the JSON a cluster gets: labels so were applied, the last winning
+    assert written.count("  name: abalone\n") == 1
+    labels = written.splitlines().index("  name: abalone") + 2
+    twice.write_text(
+        written.replace("  name: abalone\n", "  name: abalone\n  labels: {1: a, '1': b}\n")
+    )
+    refused = cli(up, "apply", "-f", str(twice))
+    assert refused.returncode == 1
+    assert (f'{twice} document 1: mapping key "1" already defined at line {labels} (again at '
+            f"line {labels}, written 1 and '1')") in refused.stderr, refused.stderr  # fmt: skip
     assert [line.split()[0] for line in cli(up, "get").stdout.splitlines()[1:]] == ["abalone"]
 
 

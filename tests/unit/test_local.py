@@ -1137,6 +1137,9 @@ def test_a_manifest_with_a_few_ordinary_aliases_is_taken() -> None:
     assert manifest.spec.realtime is not None and manifest.spec.realtime.min_replicas == 2
 
 
+LONG_KEY = "k" * 999
+
+
 @pytest.mark.parametrize(
     ("text", "said"),
     [
@@ -1146,6 +1149,14 @@ def test_a_manifest_with_a_few_ordinary_aliases_is_taken() -> None:
          'document 2: mapping key "minReplicas" already defined at line 15 (again at line 15)'),
         (GOOD + "metadata: {name: other}\n",
          'document 2: mapping key "metadata" already defined at line 11 (again at line 16)'),
+        # one key in the JSON a cluster gets (the last won), and a long key cut short
+        (GOOD.replace("{name: abalone}", "{name: abalone, labels: {1: a, '1': b}}"),
+         'document 2: mapping key "1" already defined at line 11 (again at line 11, written 1 '
+         "and '1')"),
+        (GOOD.replace("{name: abalone}",
+                      "{name: abalone, labels: {" + LONG_KEY + ": a, " + LONG_KEY + ": b}}"),
+         f'document 2: mapping key "{"k" * 60}..." (999 characters) already defined at line 11 '
+         "(again at line 11): keep one of them"),
     ],
 )  # fmt: skip
 def test_a_key_given_twice_is_refused_naming_both_lines_as_kubectl_does(
