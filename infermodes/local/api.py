@@ -159,7 +159,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
     @router.get("/endpoints")
     async def list_endpoints() -> JSONResponse:
         await supervisor.looked()
-        items = [supervisor.object_of(e) for _, e in sorted(supervisor.endpoints.items())]
+        items = [supervisor.shown(e) for _, e in sorted(supervisor.endpoints.items())]
         return JSONResponse({"items": items})
 
     @router.post("/endpoints")
@@ -211,7 +211,7 @@ def create_router(supervisor: Supervisor, tail: Tail | None, owners: OwnerCheck)
     async def get_endpoint(name: str) -> Response:
         await supervisor.looked()
         endpoint = supervisor.endpoints.get(name)
-        return JSONResponse(supervisor.object_of(endpoint)) if endpoint else not_found(name)
+        return JSONResponse(supervisor.shown(endpoint)) if endpoint else not_found(name)
 
     @router.delete("/endpoints/{name}")
     async def delete_endpoint(name: str) -> Response:

@@ -1394,7 +1394,7 @@ class Supervisor:
         endpoint.reported = endpoint.status.to_patch(1, endpoint.reported)
         obj: dict[str, Any] = {
             **endpoint.manifest.document,
-            "metadata": {"name": endpoint.name, "namespace": endpoint.manifest.namespace,
+            "metadata": {"name": endpoint.name, "namespace": NAMESPACE,
                          "creationTimestamp": endpoint.created},
             "status": copy.deepcopy(endpoint.reported),
         }  # fmt: skip
@@ -1417,6 +1417,14 @@ class Supervisor:
                 for c in children.values()
             ]  # fmt: skip
             obj["status"]["events"] = list(endpoint.events)
+        return obj
+
+    def shown(self, endpoint: LocalEndpoint) -> dict[str, Any]:
+        """``object_of`` as the user sees it (get, describe, the API's JSON): in the namespace
+        it was applied with. The gateway's table and the platform API's store take
+        ``object_of``'s, keyed by ``NAMESPACE``, in which up routes every endpoint by name."""
+        obj = self.object_of(endpoint)
+        obj["metadata"]["namespace"] = endpoint.manifest.namespace
         return obj
 
     def log_paths(self, name: str) -> list[tuple[Path, bool]]:

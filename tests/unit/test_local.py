@@ -1882,6 +1882,12 @@ def test_the_api_keeps_one_endpoint_per_name_whatever_its_namespace(tmp_path: Pa
     ]
     shown = client.get("/_infermodes/endpoints/ns-x").json()
     assert shown["metadata"]["namespace"] == "prod"
+    # the gateway's table routes it under up's own key, where its replicas are set: under
+    # prod, invocations found no replica (503 once the wait ended)
+    endpoint = supervisor.endpoints["ns-x"]
+    assert (
+        supervisor.object_of(endpoint, with_processes=False)["metadata"]["namespace"] == NAMESPACE
+    )
     assert "Namespace: prod" in describe(shown)
     assert client.post("/_infermodes/endpoints", content=other).json()["applied"] == [
         {"name": "other", "result": "created"}
