@@ -7,6 +7,8 @@ process that reads it, so a renamed setting cannot leave a stale, ignored variab
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -103,6 +105,18 @@ def serverless_server(spec: EndpointSpec, port: int = SERVER_PORT) -> ProcessPla
     return model_server(
         spec, workers=1, port=port, predict_threads=max(1, memory // SERVERLESS_MB_PER_CPU)
     )
+
+
+def replica_template(spec: EndpointSpec) -> str:
+    """A digest of what a serverless replica serves (its mode, image, memory and process: its
+    model and the settings it reads), not of how many run (``maxConcurrency``,
+    ``idleTimeoutSeconds``, provisioned concurrency): a new one loads its model once before
+    the endpoint takes requests (``status.serverless_phase``)."""
+    served = {"mode": spec.mode.value, "image": spec.image or "",
+              "memory": spec.serverless_block().memory_size_in_mb,
+              "process": dataclasses.asdict(serverless_server(spec))}  # fmt: skip
+    text = json.dumps(served, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 BATCH_METRICS_PORT = 9090

@@ -91,6 +91,10 @@ class ScalerMemory:
     # None: it is realtime). No gateway reports requests to a realtime endpoint, so one turned
     # serverless counts its idle timeout from the change, not from a request never reported
     serverless_since: float | None = 0.0
+    # wall clock: since when a serverless endpoint's template has been loading its model (None:
+    # not loading, as far as this memory knows): its loading replica was asked for by no
+    # request, so once the model loaded it goes at once unless a request came since
+    loading_since: float | None = None
 
     def initial_to_start(self, initial: int | None) -> int | None:
         """``initial`` (a block's initialReplicas), when the endpoint must start there again:
@@ -206,6 +210,7 @@ def serverless_replicas(
     now: float,
     wall: float,
     load_failed: bool = False,
+    loaded: bool = True,
 ) -> int:
     """Replicas of a serverless endpoint from the gateways' demand (``wall``: the wall clock,
     like the demand's timestamps; ``now``: the monotonic clock of every mode's cooldowns, which
@@ -224,22 +229,31 @@ def serverless_replicas(
       demand: the endpoint is Failed, so the gateways refuse its requests and no demand comes
       to start one; that replica tries the model again (under the kubelet's back-off, or
       ``infermodes up``'s), so a mended artifact brings the endpoint back, and it does not sit
-      at zero looking InService with a model that cannot load.
+      at zero looking InService with a model that cannot load;
+    - its template (``plan.replica_template``) has not had a replica ready yet (not
+      ``loaded``) -> at least one replica, which loads the model before the endpoint takes
+      requests, as the platform's CreateEndpoint and UpdateEndpoint do; once it was ready, the
+      warm floor at once unless a request came since the load began (none asked for it).
     """
     warm, most = serverless_bounds(block)
     # a serverless endpoint has no initialReplicas: one made realtime with one starts there
     memory.initial_to_start(None)
     if memory.serverless_since is None:  # realtime until now
         memory.serverless_since = wall
+    loading_since, memory.loading_since = memory.loading_since, None
+    if not loaded:
+        memory.loading_since = wall if loading_since is None else loading_since
+    unasked = loaded and loading_since is not None and demand.last_request_at < loading_since
     quiet_for = wall - max(demand.last_request_at, memory.serverless_since)
-    idle = (
-        demand.active == 0 and quiet_for >= block.idle_timeout_seconds + IDLE_REPORT_GRACE_SECONDS
+    idle = demand.active == 0 and (
+        unasked or quiet_for >= block.idle_timeout_seconds + IDLE_REPORT_GRACE_SECONDS
     )
     if demand.active > 0:
         wanted = math.ceil(demand.active / block.concurrency_per_replica)
     else:
         wanted = 0 if idle else min(current, 1)
-    wanted = min(max(wanted, warm, 1 if demand.active or load_failed else 0), most)
+    at_least_one = demand.active or load_failed or not loaded
+    wanted = min(max(wanted, warm, 1 if at_least_one else 0), most)
     held_back = not idle and now - memory.last_change_at < SERVERLESS_SCALE_IN_DELAY_SECONDS
     if wanted < current and held_back:
         return current

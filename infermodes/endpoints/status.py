@@ -30,6 +30,9 @@ UNSCHEDULABLE = "Unschedulable"  # no node has room for them
 IN_FLIGHT_UNKNOWN = "InFlightUnknown"  # an async pool whose workers cannot say what they hold
 SCALED_TO_ZERO = "ScaledToZero"  # a serverless endpoint with no replica: a request starts one
 SCALED_TO_ZERO_MESSAGE = "no replicas; a request starts one"
+LOADING_MODEL = "LoadingModel"  # a serverless endpoint's new template: one replica loads it
+LOADING_MODEL_MESSAGE = "one replica loads the model before the endpoint takes requests"
+ROLLING_OUT = "RollingOut"
 COMPLETED = "Completed"
 OBJECTS_FAILED = "ObjectsFailed"  # a batch job with objects that failed
 JOB_FAILED = "JobFailed"  # a batch job that failed on no object (no inputs, a listing)
@@ -223,6 +226,8 @@ class Status:
     end_time: str | None = None
     # the spec its workload runs (written only when it changes; None: left as written)
     applied: AppliedSpec | None = None
+    # serverless: the template whose model a replica loaded (``loaded_template``; None: none)
+    loaded_template: str | None = None
 
     @classmethod
     def from_dict(cls, status: Any) -> Status | None:
@@ -242,6 +247,7 @@ class Status:
             progress=Progress.from_dict(status.get("progress")),
             last_scale_time=status.get("lastScaleTime"),
             applied=AppliedSpec.from_dict(status),
+            loaded_template=status.get("loadedTemplate"),
         )
 
     def to_patch(self, generation: int, previous: Any) -> dict[str, Any]:
@@ -271,6 +277,9 @@ class Status:
         }
         if self.last_scale_time is not None:
             patch["lastScaleTime"] = self.last_scale_time
+        if self.loaded_template is not None or (previous or {}).get("loadedTemplate"):
+            # None removes it: a failure, or another mode, leaves no template known loaded
+            patch["loadedTemplate"] = self.loaded_template
         if self.end_time is not None:
             patch["endTime"] = self.end_time
         elif (previous or {}).get("endTime") is not None:
@@ -425,6 +434,37 @@ def pool_starting(wanted: int, ready: int, served: bool) -> tuple[Phase, str, st
         return None
     phase = Phase.UPDATING if served else Phase.CREATING
     return phase, STARTING_WORKERS, f"{ready}/{wanted} initial workers ready; requests queue"
+
+
+def serverless_phase(
+    loaded: bool, served: bool, replicas: int, ready: int, rolling_out: bool
+) -> tuple[Phase, str, str]:
+    """(phase, reason, message) of a serverless endpoint whose replicas are not failing, as
+    both actuators say it. Until a replica of its template was ready (``loaded``), it is
+    ``Creating`` (``Updating`` once it ``served``): one replica loads the model before the
+    endpoint takes requests, as the platform's CreateEndpoint and UpdateEndpoint do, so a
+    waiter for InService is never told so of a model that cannot load. Then InService, also at
+    zero (the next request cold-starts a replica) and while replicas come and go; ``Updating``
+    while a new template rolls out over replicas (``rolling_out``) of an endpoint that
+    served, or that has a replica ready."""
+    counts = f"{ready}/{replicas} replicas ready"
+    if not loaded:
+        phase = Phase.UPDATING if served else Phase.CREATING
+        return phase, LOADING_MODEL, f"{LOADING_MODEL_MESSAGE} ({counts})"
+    if replicas == 0:
+        return Phase.IN_SERVICE, SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE
+    if rolling_out and (ready > 0 or served):
+        return Phase.UPDATING, ROLLING_OUT, counts
+    if ready >= replicas:
+        return Phase.IN_SERVICE, "AllReplicasReady", counts
+    return Phase.IN_SERVICE, "Scaling", counts
+
+
+def loaded_template(remembered: str | None, template: str, replica_ready: bool) -> str | None:
+    """The template whose model a replica has loaded: ``template`` (``plan.replica_template``)
+    once one of its replicas is ready, else the one ``remembered`` (the operator's in the
+    status, ``up``'s in its memory), so a scale to zero does not load it again."""
+    return template if replica_ready else remembered
 
 
 def update_blocked(detail: str, serving: int) -> str:

@@ -56,8 +56,6 @@ from infermodes.endpoints.status import (
     CRASH_RESTARTS,
     MODEL_LOAD_FAILED,
     OUTPUT_IN_USE,
-    SCALED_TO_ZERO,
-    SCALED_TO_ZERO_MESSAGE,
     BatchOutput,
     QueueFigures,
     Status,
@@ -67,12 +65,14 @@ from infermodes.endpoints.status import (
     describe_failures,
     ended_progress,
     load_error,
+    loaded_template,
     made_by_api,
     output_held_by,
     output_in_use,
     pool_starting,
     record_queue,
     rfc3339,
+    serverless_phase,
     units_progress,
     update_blocked,
     with_estimated_age,
@@ -212,6 +212,10 @@ class LocalEndpoint:
     served: bool = False  # a realtime endpoint is Creating until the replicas it wants are ready
     # ... or Updating, its requests held, when the spec it replaced was in service
     replaced_in_service: bool = False
+    # a serverless one's template whose model a server loaded (``loaded_template``): a scale to
+    # zero, or a spec change that runs as before, does not load it again (a restart of ``up``
+    # does: this memory is not saved)
+    loaded_template: str | None = None
     # (reason, message): Failed until applied again (by hand, or by a model load's retry)
     failure: tuple[str, str] | None = None
     # the model load that failed before a retry applied it again: still the status while no
@@ -458,7 +462,11 @@ class Supervisor:
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
         self._save(endpoint)
-        if old is not None and not outgoing and manifest.spec.mode is Mode.REALTIME:
+        if (
+            old is not None
+            and not outgoing
+            and manifest.spec.mode in (Mode.REALTIME, Mode.SERVERLESS)
+        ):
             # nothing of the old spec serves (a serverless one at zero): said at once, not at
             # the first decision: Updating if the old one served, so a request is held
             self._set_status(endpoint)
@@ -715,7 +723,8 @@ class Supervisor:
             # one: the gateway refuses a Failed endpoint's); once it is ready, demand decides
             load_failed = endpoint.load_failure is not None
             return serverless_replicas(spec.serverless_block(), current, demand, endpoint.memory,
-                                       now, time.time(), load_failed)  # fmt: skip
+                                       now, time.time(), load_failed,
+                                       self._template_loaded(endpoint))  # fmt: skip
         block = async_plan.async_block(spec)
         figures = await self._queue_figures(endpoint, metrics)
         started = current if endpoint.initialized else None  # a new pool: its initialReplicas
@@ -974,7 +983,15 @@ class Supervisor:
         endpoint.served = endpoint.served or 0 < endpoint.desired <= ready
         notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
         starting = self._pool_starting(endpoint, ready) if mode is Mode.ASYNC else None
-        if endpoint.outgoing:
+        old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
+        if mode is Mode.SERVERLESS:  # as the operator says it (previous spec's servers: served)
+            phase, reason, said = serverless_phase(
+                self._template_loaded(endpoint, ready),
+                endpoint.served or endpoint.replaced_in_service or old_serving > 0,
+                endpoint.desired, ready, bool(endpoint.outgoing),
+            )  # fmt: skip
+            notes.insert(0, said)
+        elif endpoint.outgoing:
             phase, reason = Phase.UPDATING, "Updating"
         elif mode is Mode.REALTIME and not endpoint.served and endpoint.replaced_in_service:
             phase, reason = Phase.UPDATING, "Updating"  # e.g. from serverless at zero
@@ -982,12 +999,6 @@ class Supervisor:
             phase, reason = Phase.CREATING, "Creating" if ready else "NoReplicaReady"
             if ready:
                 notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
-        elif mode is Mode.SERVERLESS and not endpoint.desired:
-            phase, reason = Phase.IN_SERVICE, SCALED_TO_ZERO  # as the operator says it
-            notes.insert(0, SCALED_TO_ZERO_MESSAGE)
-        elif mode is Mode.SERVERLESS and ready < endpoint.desired:
-            phase, reason = Phase.IN_SERVICE, "Scaling"  # a cold start: as the operator says it
-            notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
         elif starting is not None:
             phase, reason = starting[0], starting[1]
             notes.insert(0, starting[2])
@@ -1006,7 +1017,6 @@ class Supervisor:
         # restarted pod's last exit says the model could not load
         crashing = None if ready else self._crashing(endpoint)
         retried = None if ready else endpoint.load_failure
-        old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
         blocked = retried or crashing
         if blocked is not None and old_serving:  # as the operator's update that cannot roll out
             reason, message = blocked[0], update_blocked(blocked[1], old_serving)
@@ -1027,6 +1037,14 @@ class Supervisor:
         )  # fmt: skip
         if self.metrics is not None:
             record_queue(self.metrics, (NAMESPACE, endpoint.name), endpoint.status)
+
+    def _template_loaded(self, endpoint: LocalEndpoint, ready: int | None = None) -> bool:
+        """Whether a server of a serverless endpoint's template has loaded its model: one of
+        its servers is ready (``ready``: how many are, when counted already), or was before."""
+        template = plan.replica_template(endpoint.manifest.spec)
+        ready = self._ready(endpoint) if ready is None else ready
+        endpoint.loaded_template = loaded_template(endpoint.loaded_template, template, ready > 0)
+        return endpoint.loaded_template == template
 
     @staticmethod
     def _pool_starting(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:

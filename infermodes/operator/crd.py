@@ -122,6 +122,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         "url": {"type": "string"},
         "appliedGeneration": {"type": "integer"},
         "appliedSpec": {"type": "string"},
+        "loadedTemplate": {"type": "string"},
         "backlog": {
             "type": "object",
             "properties": {

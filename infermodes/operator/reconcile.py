@@ -358,6 +358,7 @@ def converge(
         workload_events,
         batch_output_held_by,
         made_by_api(metadata.get("labels") or {}),
+        (body.get("status") or {}).get("loadedTemplate"),
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)

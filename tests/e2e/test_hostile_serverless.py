@@ -143,6 +143,18 @@ def url_of(tools: Tools) -> str:
     return url
 
 
+def served_by_gateway(url: str, name: str) -> None:
+    """Waits for the gateway to serve a new endpoint: its table follows the status through its
+    watch a moment after the status says InService; until then it answers that the endpoint is
+    Creating (LoadingModel), as it was while one replica loaded its model."""
+    invoke = f"{url}/endpoints/{name}/invocations"
+
+    def served() -> bool:
+        return httpx.post(invoke, content=ROW, headers=CSV, timeout=90).status_code == 200
+
+    wait_until(served, 30, f"the gateway to serve {name}")
+
+
 def burst(ledger: Ledger, url: str, name: str, callers: int) -> list[int]:
     """``callers`` invocations at once; their statuses."""
     gate = threading.Barrier(callers)
@@ -165,7 +177,8 @@ def test_a_cold_start_burst_past_max_concurrency_is_served_or_throttled_never_lo
                                    concurrencyPerReplica=1, idleTimeoutSeconds=600)  # fmt: skip
     apply_ok(tools, manifest, k8s_namespace)
     settled(tools, k8s_namespace, "burst")
-    assert replicas_of(tools, k8s_namespace, "burst") == 0
+    # its model loaded by one replica, which no request asked for: gone at once
+    wait_until(lambda: replicas_of(tools, k8s_namespace, "burst") == 0, 90, "zero replicas")
     url = url_of(tools)
     for wave in ("cold", "warm"):
         codes = burst(ledger, url, "burst", 12)
@@ -187,6 +200,7 @@ def test_requests_racing_the_scale_to_zero_are_all_served(
     apply_ok(tools, manifest, k8s_namespace)
     settled(tools, k8s_namespace, "idle")
     url = url_of(tools)
+    served_by_gateway(url, "idle")
     assert ledger.call(url, "idle", 0) == 200
     for pause in (11.0, 11.6, 12.0, 12.4, 13.0):  # around the decision at 10 + 2 s
         time.sleep(pause)
@@ -273,10 +287,11 @@ def test_a_model_that_cannot_load_fails_the_cold_start_with_the_reason_and_recov
     tools: Tools, k8s_namespace: str, ledger: Ledger, abalone_model: AbaloneModel,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    """A serverless endpoint whose model file is not a model: the held request gets a 400
-    naming ModelLoadFailed (not a 5xx, not the hold's 60 s 503), the status says Failed with
-    the loader's reason, and stays so past the idle timeout (one replica keeps trying the
-    model: at zero it would say InService); once a model is put at that path, requests are
+    """A serverless endpoint whose model file is not a model: before any request (r62 D2: it
+    said InService at zero, and CreateEndpoint's waiter passed, until a request found out) the
+    status says Failed with the loader's reason, never InService; a request gets a 400 naming
+    ModelLoadFailed (not a 5xx, not the hold's 60 s 503); it stays so past the idle timeout
+    (one replica keeps trying the model); once a model is put at that path, requests are
     served again."""
     api = tools.cluster.api
     broken = tmp_path / "broken" / "model.tar.gz"
@@ -284,9 +299,16 @@ def test_a_model_that_cannot_load_fails_the_cold_start_with_the_reason_and_recov
     broken.write_bytes(b"this is not a model\n")
     manifest = serverless_manifest("broken", f"file://{broken}", idleTimeoutSeconds=10)
     apply_ok(tools, manifest, k8s_namespace)
-    settled(tools, k8s_namespace, "broken")
+    phases: list[str] = []
+
+    def failed() -> bool:
+        found = get_endpoint(api, k8s_namespace, "broken") or {}
+        phases.append((found.get("status") or {}).get("phase", ""))
+        return phases[-1] == "Failed"
+
+    wait_until(failed, 180, "the model's load to fail before any request", interval=0.2)
+    assert "InService" not in phases, phases
     url = url_of(tools)
-    # a 400 naming the failure, not the hold's 503 once its 60 s ran out
     assert ledger.call(url, "broken", 0) == 400, ledger.answers[-1]
     _, kind, text = ledger.answers[-1]
     assert kind == "ValidationError" and "ModelLoadFailed" in text, text
@@ -346,11 +368,12 @@ BAD_BODIES: dict[str, tuple[str, dict[str, Any]]] = {
 def test_bad_requests_through_the_gateway_are_4xx_naming_the_problem(
     tools: Tools, k8s_namespace: str, model_uri: str, ledger: Ledger
 ) -> None:
-    """The first one a cold start; each a 4xx with a JSON error saying what is wrong, never a
-    5xx; the endpoint serves good requests between and after them."""
+    """Each a 4xx with a JSON error saying what is wrong, never a 5xx; the endpoint serves good
+    requests between and after them."""
     apply_ok(tools, serverless_manifest("bodies", model_uri, idleTimeoutSeconds=600), k8s_namespace)
     settled(tools, k8s_namespace, "bodies")
     url = url_of(tools)
+    served_by_gateway(url, "bodies")
     invoke = f"{url}/endpoints/bodies/invocations"
     wrong = []
     for case, (says, request) in BAD_BODIES.items():

@@ -476,9 +476,15 @@ def test_boto3_serverless_lifecycle_under_invocations(
     sagemaker.create_endpoint(EndpointName="Hostile", EndpointConfigName="sl-2")
     assert describe(sagemaker, "Hostile")["EndpointStatus"] in ("Creating", "InService")
     sagemaker.get_waiter("endpoint_in_service").wait(EndpointName="Hostile", WaiterConfig=FAST)
-    described = describe(sagemaker, "Hostile")
-    variant = described["ProductionVariants"][0]
-    assert (variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (0, 0), variant
+
+    # its model loaded by one replica, which no invocation asked for: gone at once
+    def at_zero() -> bool:
+        variant = describe(sagemaker, "Hostile")["ProductionVariants"][0]
+        assert describe(sagemaker, "Hostile")["EndpointStatus"] == "InService"
+        return (variant["CurrentInstanceCount"], variant["DesiredInstanceCount"]) == (0, 0)
+
+    wait_until(at_zero, 90, "zero instances", interval=0.5)
+    variant = describe(sagemaker, "Hostile")["ProductionVariants"][0]
     assert variant["CurrentServerlessConfig"]["MaxConcurrency"] == 2
 
     # a cold start with six callers and MaxConcurrency 2: served or throttled, nothing else

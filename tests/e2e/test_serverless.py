@@ -121,16 +121,18 @@ def test_bad_inputs_through_the_gateway_get_documented_4xx(
 def test_a_cold_start_a_quota_refuses_is_answered_at_once_and_serves_once_it_is_gone(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
-    """A quota of no pods: the endpoint is InService at zero; a request holds for a cold
-    start whose pod the API refuses. The status says FailedCreate, and the request gets a 503
-    naming it, well before the gateway's 60 s hold ends. The quota gone, a request serves."""
+    """A quota of no pods, set once the endpoint is InService at zero (its model loaded); a
+    request holds for a cold start whose pod the API refuses. The status says FailedCreate,
+    and the request gets a 503 naming it, well before the gateway's 60 s hold ends. The quota
+    gone, a request serves."""
     api = tools.cluster.api
     quotas = f"/api/v1/namespaces/{k8s_namespace}/resourcequotas"
     no_pods = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
                "spec": {"hard": {"pods": "0"}}}  # fmt: skip
-    api.post(quotas, no_pods)
     assert tools.apply(serverless_manifest("quota", model_uri), k8s_namespace).returncode == 0
     wait_phase(api, k8s_namespace, "quota", "InService")
+    wait_until(lambda: replicas_of(tools, k8s_namespace, "quota") == 0, 90, "zero replicas")
+    api.post(quotas, no_pods)
     url = gateway_url(tools)
     assert url is not None
     row = b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15"
@@ -182,7 +184,8 @@ def test_an_update_an_older_crd_took_still_wakes_the_endpoint_from_zero(
     manifest = serverless_manifest("stale-zero", model_uri, idleTimeoutSeconds=600)
     assert tools.apply(manifest, k8s_namespace).returncode == 0
     wait_phase(api, k8s_namespace, "stale-zero", "InService")
-    assert replicas_of(tools, k8s_namespace, "stale-zero") == 0  # never requested
+    # never requested: its loading replica goes at once, not after idleTimeoutSeconds
+    wait_until(lambda: replicas_of(tools, k8s_namespace, "stale-zero") == 0, 90, "zero replicas")
     with older_crd(tools, manifest, k8s_namespace):
         wait_phase(api, k8s_namespace, "stale-zero", "Updating",
                    also=lambda e: e["status"].get("reason") == "InvalidSpec")  # fmt: skip

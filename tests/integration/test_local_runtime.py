@@ -1457,15 +1457,62 @@ def test_an_endpoint_applied_before_its_model_serves_once_the_model_is_there(
         assert "started again: its model could not load" in up.log
 
 
+def test_a_serverless_endpoint_loads_its_model_before_it_is_in_service_then_goes_to_zero(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """r62 D2: a serverless endpoint at zero never loaded its model, so one whose artifact is
+    missing said InService (CreateEndpoint's waiter passed) until the first request got a 400.
+    Before any request now, one server loads the model: a missing artifact makes the endpoint
+    Failed naming it, never InService; a good one's server starts and is ready, the endpoint
+    InService, and at zero (no process) at once, not after its idleTimeoutSeconds."""
+    missing = document("serverless", tmp_path / "missing.tar.gz", tmp_path)
+    missing["metadata"]["name"] = "abalone-missing"
+    good = document("serverless", abalone_model.tarball, tmp_path, idleTimeoutSeconds=600)
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump_all([missing, good]))
+    seen: dict[str, set[str]] = {"abalone-missing": set(), "abalone-serverless": set()}
+
+    def phase_of(name: str) -> str:
+        status = up.status(name)
+        seen[name].add(f"{status['phase']}/{status['reason']}")
+        return str(status["phase"])
+
+    with running_up(tmp_path / "state", [tmp_path / "both.yaml"], tmp_path / "up.log") as up:
+        wait_until(lambda: phase_of("abalone-missing") == "Failed", WAIT, "the load to fail")
+        status = up.status("abalone-missing")
+        assert status["reason"] == "ModelLoadFailed", status
+        assert "missing.tar.gz" in status["message"], status
+        assert not any(s.startswith("InService") for s in seen["abalone-missing"]), seen
+        wait_until(lambda: phase_of("abalone-serverless") == "InService", WAIT, "in service")
+        assert "abalone-serverless/server-0 started (pid" in up.log  # its model was loaded
+
+        def at_zero() -> bool:
+            status = up.status("abalone-serverless")
+            assert status["phase"] == "InService", status  # in service throughout
+            return status["desiredReplicas"] == 0 and not up.running("abalone-serverless")
+
+        wait_until(at_zero, WAIT, "no process left (well within the 600 s idle timeout)")
+        assert up.status("abalone-serverless")["reason"] == "ScaledToZero"
+        assert (
+            up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:1])).status_code == 200
+        )
+        assert up.status("abalone-missing")["phase"] == "Failed"
+
+
 def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_released(
     abalone_model: AbaloneModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gateway would hold it 300 s and the client waits at most 60: only the endpoint's
     turn to Failed, seen while the request is held, answers it in time, with the 400 a later
-    request gets, naming why."""
+    request gets, naming why. (Its model loaded at creation, then went missing: at zero, the
+    cold start is the first to find out.)"""
     monkeypatch.setenv("INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS", "300")  # read by up
+    shutil.copy(abalone_model.tarball, tmp_path / "missing.tar.gz")
     files = [manifest("serverless", tmp_path / "missing.tar.gz", tmp_path)]
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        at_zero = lambda: not up.running("abalone-serverless")  # noqa: E731
+        wait_until(lambda: up.status("abalone-serverless")["phase"] == "InService" and at_zero(),
+                   WAIT, "its model loaded, and no process left")  # fmt: skip
+        (tmp_path / "missing.tar.gz").unlink()
         url = f"{up.url}/endpoints/abalone-serverless/invocations"
         held = httpx.post(url, content=b"1,2", headers={"content-type": "text/csv"}, timeout=60)
         assert held.status_code == 400, held.text
@@ -1474,23 +1521,24 @@ def test_a_request_held_for_a_serverless_endpoint_whose_model_cannot_load_is_rel
         assert up.status("abalone-serverless")["phase"] == "Failed"
         later = up.invoke("abalone-serverless", b"1,2")
         assert (later.status_code, later.json()) == (400, held.json())
-        # the model put in place, the same spec applied again starts again (it was unchanged)
+        # the model put back in place, the server its retry keeps trying loads it
         shutil.copy(abalone_model.tarball, tmp_path / "missing.tar.gz")
-        applied = cli(up, "apply", "-f", str(files[0]))
-        assert applied.returncode == 0 and "configured" in applied.stdout, applied.stdout
-        served = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:2]))
-        assert served.status_code == 200, served.text
+        rows = to_csv(abalone_model.test_rows[:2])
+        served = lambda: up.invoke("abalone-serverless", rows).status_code == 200  # noqa: E731
+        wait_until(served, WAIT, "the model put back to be served")
 
 
 def test_a_serverless_endpoint_whose_model_is_put_back_serves_again_by_itself(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
-    """Its model missing at a cold start, the endpoint is Failed and its requests refused;
+    """Its model missing as it is created, the endpoint is Failed and its requests refused;
     once the model is back, its retry (no request could start a server: each is refused) loads
     it, and requests are served again without the endpoint being applied again."""
     model = tmp_path / "model.tar.gz"
     files = [manifest("serverless", model, tmp_path)]
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        failed = lambda: up.status("abalone-serverless")["phase"] == "Failed"  # noqa: E731
+        wait_until(failed, WAIT, "its model's load to fail before any request")
         refused = up.invoke("abalone-serverless", to_csv(abalone_model.test_rows[:1]))
         assert refused.status_code == 400, refused.text
         assert "is Failed (ModelLoadFailed)" in refused.json()["message"]

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from infermodes.endpoints.demand import GatewayDemand
-from infermodes.endpoints.plan import ProcessPlan
+from infermodes.endpoints.plan import ProcessPlan, replica_template
 from infermodes.endpoints.spec import Phase
 from infermodes.endpoints.status import Progress, Status, describe_failures, summary_progress
 from infermodes.local.children import Child, Registry, start_time
@@ -977,7 +977,7 @@ def test_a_retried_endpoint_that_starts_nothing_stays_failed_and_a_new_spec_back
     assert name not in supervisor.load_retries
     fresh = supervisor.endpoints[name]
     supervisor._set_status(fresh)  # applied by hand: its own status, not the old failure
-    assert fresh.status.phase.value == "InService"
+    assert (fresh.status.phase.value, fresh.status.reason) == ("Creating", "LoadingModel")
 
 
 def test_a_retry_of_a_failed_load_keeps_the_time_the_endpoint_failed(
@@ -1448,8 +1448,10 @@ def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
     realtime = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
     realtime["metadata"]["name"] = name = serverless["metadata"]["name"]
     supervisor.apply(parse_document(serverless, "test"))
-    supervisor._set_status(supervisor.endpoints[name])
-    assert supervisor.endpoints[name].status.reason == "ScaledToZero"
+    loaded = supervisor.endpoints[name]
+    loaded.loaded_template = replica_template(loaded.manifest.spec)  # its model loaded once
+    supervisor._set_status(loaded)
+    assert loaded.status.reason == "ScaledToZero"
     supervisor.apply(parse_document(realtime, "test"))
     status = supervisor.endpoints[name].status
     assert (status.phase.value, status.reason) == ("Updating", "Updating")
@@ -1468,6 +1470,7 @@ def test_a_serverless_cold_start_says_scaling_until_its_replica_is_ready(
     name = document["metadata"]["name"]
     supervisor.apply(parse_document(document, "test"))
     endpoint = supervisor.endpoints[name]
+    endpoint.loaded_template = replica_template(endpoint.manifest.spec)  # its model loaded once
     supervisor._set_status(endpoint)
     assert endpoint.status.reason == "ScaledToZero"
     endpoint.desired = 1
@@ -1476,6 +1479,52 @@ def test_a_serverless_cold_start_says_scaling_until_its_replica_is_ready(
     status = endpoint.status
     expected = ("InService", "Scaling", "0/1 replicas ready")
     assert (status.phase.value, status.reason, status.message) == expected
+
+
+def test_up_loads_a_serverless_template_once_by_the_operators_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """r62 D2 under up: a new serverless endpoint said InService at zero with a model never
+    loaded. Creating (LoadingModel) with one server wanted until one is ready; InService then,
+    and at zero at once; a change of scaling alone loads nothing again, a new model does
+    (Updating, the endpoint having served)."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
+    name = document["metadata"]["name"]
+    supervisor.apply(parse_document(document, "test"))
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
+    endpoint = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(endpoint, 1.0))
+    assert endpoint.desired == 1
+    status = endpoint.status
+    assert (status.phase.value, status.reason) == ("Creating", "LoadingModel")
+    assert status.message == (
+        "one replica loads the model before the endpoint takes requests (0/1 replicas ready)"
+    )
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
+    supervisor._set_status(endpoint)
+    assert (endpoint.status.phase.value, endpoint.status.reason) == (
+        "InService",
+        "AllReplicasReady",
+    )
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 0)
+    asyncio.run(supervisor._actuate(endpoint, 2.0))
+    assert endpoint.desired == 0  # no request asked for it: at once, not after 300 s idle
+    assert (endpoint.status.phase.value, endpoint.status.reason) == ("InService", "ScaledToZero")
+    scaled = copy.deepcopy(document)
+    scaled["spec"]["serverless"]["maxConcurrency"] = 3
+    assert supervisor.apply(parse_document(scaled, "test")) == "configured"
+    asyncio.run(supervisor._actuate(supervisor.endpoints[name], 3.0))
+    assert (supervisor.endpoints[name].desired, supervisor.endpoints[name].status.reason) == (
+        0, "ScaledToZero"
+    )  # fmt: skip
+    remodelled = copy.deepcopy(scaled)
+    remodelled["spec"]["model"]["uri"] = "file:///elsewhere/model.tar.gz"
+    supervisor.apply(parse_document(remodelled, "test"))
+    changed = supervisor.endpoints[name]
+    asyncio.run(supervisor._actuate(changed, 4.0))
+    assert changed.desired == 1
+    assert (changed.status.phase.value, changed.status.reason) == ("Updating", "LoadingModel")
 
 
 def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_ready(

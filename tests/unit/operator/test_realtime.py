@@ -1,6 +1,7 @@
 """Realtime desired objects, status from observed state, and one reconcile with a fake API."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 
 from infermodes.endpoints import spec as s
 from infermodes.endpoints.demand import Demand, GatewayDemand, annotation_key
+from infermodes.endpoints.plan import replica_template
 from infermodes.endpoints.scaling import ScalerMemory
 from infermodes.endpoints.status import Status, rfc3339
 from infermodes.metrics import ServerLoad as PodLoad
@@ -725,9 +727,10 @@ def test_a_crashing_pod_on_its_way_out_does_not_fail_an_endpoint_that_serves(mod
     })  # fmt: skip
     reverted = WorkloadState(True, 1, 1, 1, True, [pod("old", True), leaving])
     spec = s.EndpointSpec.model_validate({"mode": mode, "model": MODEL, mode: {}})
-    status = MODES[s.Mode(mode)].observe(
-        spec, observed(reverted), Status(s.Phase.UPDATING, "ModelLoadFailed")
-    )
+    signals = observed(reverted)
+    if mode == "serverless":  # the previous spec's template, which loaded before
+        signals = replace(signals, loaded_template=replica_template(spec))
+    status = MODES[s.Mode(mode)].observe(spec, signals, Status(s.Phase.UPDATING, "ModelLoadFailed"))
     assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
 
 

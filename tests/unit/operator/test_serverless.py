@@ -12,14 +12,16 @@ from infermodes.endpoints.demand import (
     GatewayDemand,
     annotation_key,
 )
+from infermodes.endpoints.plan import replica_template
 from infermodes.endpoints.scaling import (
     SERVERLESS_SCALE_IN_DELAY_SECONDS,
     ScalerMemory,
     serverless_bounds,
     serverless_replicas,
 )
-from infermodes.endpoints.status import Status
+from infermodes.endpoints.status import Status, serverless_phase
 from infermodes.operator.modes import serverless
+from infermodes.operator.modes.base import Signals
 from infermodes.operator.observed import PodState, WorkloadState
 from infermodes.operator.reconcile import reconcile
 from tests.unit.operator.test_realtime import REF, FakeKube, check_golden, deps, observed
@@ -47,6 +49,23 @@ def block(**fields: object) -> s.ServerlessSpec:
 def entry(gateway: str, in_flight: int = 0, held: int = 0, last: float = 0.0, at: float = NOW):
     demand = GatewayDemand(gateway, in_flight, held, last, at)
     return annotation_key(gateway), demand.to_annotation()
+
+
+def serverless_spec(**serverless: object) -> s.EndpointSpec:
+    return s.EndpointSpec.model_validate(
+        {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": serverless}
+    )
+
+
+def with_template(spec: s.EndpointSpec, workload: WorkloadState) -> Signals:
+    """The signals of a Deployment applied with the spec's template (its annotation)."""
+    noted = {"metadata": {"annotations": {serverless.REPLICA_TEMPLATE: replica_template(spec)}}}
+    return replace(observed(workload), workload_object=noted, now=NOW, wall=NOW)
+
+
+def loaded(spec: s.EndpointSpec, workload: WorkloadState) -> Signals:
+    """... whose template's model a replica loaded before (the status remembers it)."""
+    return replace(with_template(spec, workload), loaded_template=replica_template(spec))
 
 
 def test_demand_sums_fresh_gateways_and_ignores_stale_and_foreign_entries() -> None:
@@ -133,10 +152,11 @@ def test_a_model_that_cannot_load_keeps_one_replica_trying_it_while_idle() -> No
     assert serverless_replicas(spec.serverless_block(), 0, idle, ScalerMemory(), NOW, NOW,
                                load_failed=True) == 1  # fmt: skip
     # the operator reads the failure from the pods: a model load's exit, not yet ready
+    # (of a template that loaded before: a new one keeps a replica anyway until it loads)
     failing = PodState("p", "127.0.5.3", False, restarts=2, exit_code=3, message="no such file")
     for pods, wanted in (([failing], 1), ([PodState("p", "127.0.5.3", True)], 0), ([], 0)):
         workload = WorkloadState(True, 1, sum(p.ready for p in pods), 1, True, pods)
-        signals = replace(observed(workload), demand=idle, now=NOW, wall=NOW)
+        signals = replace(loaded(spec, workload), demand=idle)
         assert serverless.replicas(spec, signals, ScalerMemory()) == wanted, pods
 
 
@@ -146,15 +166,16 @@ def test_every_serverless_field_reaches_the_objects() -> None:
 
 
 def test_status_is_in_service_at_zero_and_while_scaling() -> None:
+    """Once its template loaded its model (``loaded``)."""
     spec = s.EndpointSpec.model_validate(FULL_SPEC)
-    zero = serverless.observe(spec, observed(WorkloadState(True, 0, 0, 0, True)), None)
+    zero = serverless.observe(spec, loaded(spec, WorkloadState(True, 0, 0, 0, True)), None)
     assert zero.reason == "ScaledToZero"
-    scaling = serverless.observe(spec, observed(WorkloadState(True, 1, 0, 0, True)), None)
+    scaling = serverless.observe(spec, loaded(spec, WorkloadState(True, 1, 0, 0, True)), None)
     assert (scaling.phase, scaling.reason) == (s.Phase.IN_SERVICE, "Scaling")
-    ready = serverless.observe(spec, observed(WorkloadState(True, 2, 2, 2, True)), None)
+    ready = serverless.observe(spec, loaded(spec, WorkloadState(True, 2, 2, 2, True)), None)
     assert (ready.phase, ready.ready_replicas) == (s.Phase.IN_SERVICE, 2)
     cold = WorkloadState(True, 1, 0, 0, True, [PodState("p", None, False, unschedulable="no")])
-    stalled = serverless.observe(spec, observed(cold), None)
+    stalled = serverless.observe(spec, loaded(spec, cold), None)
     assert (stalled.phase, stalled.reason) == (s.Phase.IN_SERVICE, "Unschedulable")
     assert stalled.message == "0/1 replicas ready; pod p cannot be scheduled: no"
 
@@ -167,13 +188,16 @@ def test_an_update_while_a_replica_starts_is_updating_until_it_rolled_out() -> N
     spec = s.EndpointSpec.model_validate(FULL_SPEC)
     starting = WorkloadState(True, 1, 0, 0, False)
     for previous in (s.Phase.IN_SERVICE, s.Phase.UPDATING):
-        status = serverless.observe(spec, observed(starting), Status(previous))
+        status = serverless.observe(spec, loaded(spec, starting), Status(previous))
         assert (status.phase, status.reason) == (s.Phase.UPDATING, "RollingOut"), previous
-    first = serverless.observe(spec, observed(starting), None)
+        # a template not loaded yet (a new model): Updating while it loads
+        new = serverless.observe(spec, with_template(spec, starting), Status(previous))
+        assert (new.phase, new.reason) == (s.Phase.UPDATING, "LoadingModel"), previous
+    first = serverless.observe(spec, loaded(spec, starting), None)
     assert (first.phase, first.reason) == (s.Phase.IN_SERVICE, "Scaling")
-    creating = serverless.observe(spec, observed(starting), Status(s.Phase.CREATING))
+    creating = serverless.observe(spec, loaded(spec, starting), Status(s.Phase.CREATING))
     assert creating.phase is s.Phase.IN_SERVICE
-    done = serverless.observe(spec, observed(WorkloadState(True, 1, 1, 1, True)),
+    done = serverless.observe(spec, loaded(spec, WorkloadState(True, 1, 1, 1, True)),
                               Status(s.Phase.UPDATING))  # fmt: skip
     assert (done.phase, done.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
 
@@ -262,11 +286,22 @@ def test_a_realtime_endpoint_turned_serverless_keeps_a_replica_until_it_is_idle(
               "serverless": {"idleTimeoutSeconds": 60}}  # fmt: skip
     reconcile(body(turned), memory, d)
     assert applied_replicas(kube) == 1
-    later = NOW + 60 + SERVERLESS_SCALE_IN_DELAY_SECONDS
+    # its new template's replica is ready; the requests since the change were reported
+    applied = [o for o in kube.applied if o["kind"] == "Deployment"][-1]
+    kube.deployment = {**live, "metadata": {**live["metadata"], **applied["metadata"]},
+                       "spec": {"replicas": 1}}  # fmt: skip
+    asked = body(turned)
+    asked["metadata"]["annotations"] = dict([entry("gw", last=NOW + 1, at=NOW + 1)])
+    d.wall_clock = lambda: NOW + 2
+    d.clock = lambda: NOW + 2
+    reconcile(asked, memory, d, autoscale=True)
+    assert applied_replicas(kube) == 1  # asked for since the load began: kept while not idle
+    later = NOW + 1 + 60 + SERVERLESS_SCALE_IN_DELAY_SECONDS
     d.wall_clock = lambda: later
     d.clock = lambda: later
-    reconcile(body(turned), memory, d, autoscale=True)
-    assert applied_replicas(kube) == 0  # idle since the change: to zero
+    asked["metadata"]["annotations"] = dict([entry("gw", last=NOW + 1, at=later)])
+    reconcile(asked, memory, d, autoscale=True)
+    assert applied_replicas(kube) == 0  # idle since the last request: to zero
 
 
 def test_a_replica_killed_for_its_memory_while_loading_says_so() -> None:
@@ -327,3 +362,109 @@ def test_an_update_the_operator_cannot_parse_keeps_the_spec_it_had_waking_from_z
     watched, why, runs = in_force({**async_spec, "image": "x\u00a0"}, pool.to_patch(1, None))
     assert watched is not None and watched.async_ is not None and runs == 1
     assert why is not None and why.startswith("spec.image: ")
+
+
+def test_a_new_template_wants_one_replica_to_load_its_model_then_goes_to_zero_at_once() -> None:
+    """r62 D2: a serverless endpoint at zero never loaded its model, so the endpoint_in_service
+    waiter passed on a model that cannot load. Its template wants one replica, whatever the
+    demand, until one was ready; the endpoint is Creating (LoadingModel) meanwhile; then, no
+    request having asked for it, that replica goes at once, not after idleTimeoutSeconds."""
+    spec = serverless_spec(idleTimeoutSeconds=600)
+    memory = ScalerMemory()
+    never = Demand()
+    assert serverless_replicas(spec.serverless_block(), 0, never, memory, NOW, NOW,
+                               loaded=False) == 1  # fmt: skip
+    assert serverless_replicas(spec.serverless_block(), 1, never, memory, NOW + 5, NOW + 5,
+                               loaded=False) == 1  # fmt: skip
+    assert serverless_replicas(spec.serverless_block(), 1, never, memory, NOW + 6, NOW + 6) == 0
+    assert serverless_replicas(spec.serverless_block(), 0, never, memory, NOW + 7, NOW + 7) == 0
+    # a request while it loaded asked for it: it stays for the idle timeout from that request
+    asked = ScalerMemory()
+    serverless_replicas(spec.serverless_block(), 0, never, asked, NOW, NOW, loaded=False)
+    request = Demand(last_request_at=NOW + 3)
+    assert serverless_replicas(spec.serverless_block(), 1, request, asked, NOW + 6, NOW + 6) == 1
+    # the operator: Creating until a replica of the template is ready, then InService
+    starting = WorkloadState(True, 1, 0, 0, True)
+    status = serverless.observe(spec, with_template(spec, starting), None)
+    assert (status.phase, status.reason) == (s.Phase.CREATING, "LoadingModel")
+    assert status.message == (
+        "one replica loads the model before the endpoint takes requests (0/1 replicas ready)"
+    )
+    assert status.loaded_template is None
+    assert serverless.replicas(spec, with_template(spec, WorkloadState(True)), ScalerMemory()) == 1
+    ready = serverless.observe(spec, with_template(spec, WorkloadState(True, 1, 1, 1, True)), None)
+    assert (ready.phase, ready.reason) == (s.Phase.IN_SERVICE, "AllReplicasReady")
+    assert ready.loaded_template == replica_template(spec)
+    assert ready.to_patch(1, None)["loadedTemplate"] == replica_template(spec)
+
+
+def test_only_what_a_replica_serves_makes_a_new_template() -> None:
+    """A change of scaling knobs runs the same replicas: no new load; a new model, image,
+    output setting or memory size is a new replica, which loads its model again."""
+    base = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    same = replica_template(s.EndpointSpec.model_validate(base))
+    scaling = {"maxConcurrency": 7, "idleTimeoutSeconds": 30, "provisionedConcurrency": 2,
+               "concurrencyPerReplica": 2}  # fmt: skip
+    knobs = s.EndpointSpec.model_validate({**base, "serverless": scaling})
+    assert replica_template(knobs) == same
+    for change in ({"model": {"uri": "file:///other"}}, {"image": "registry.example/x:2"},
+                   {"model": {"uri": "file:///m", "inferenceOutput": "predicted_label"}},
+                   {"serverless": {"memorySizeInMB": 4096}}):  # fmt: skip
+        assert replica_template(s.EndpointSpec.model_validate({**base, **change})) != same, change
+
+
+def test_a_changed_template_of_an_endpoint_that_served_is_updating_until_it_loads() -> None:
+    """UpdateEndpoint (or kubectl apply) of a new model to an endpoint at zero: Updating while
+    one replica loads it, as the platform's UpdateEndpoint; its demand wants that replica; the
+    status still remembers the old template, which is not this one."""
+    spec = serverless_spec()
+    old = replica_template(serverless_spec(memorySizeInMB=4096))
+    stale = {"metadata": {"annotations": {serverless.REPLICA_TEMPLATE: old}}}
+    zero = replace(observed(WorkloadState(True, 0, 0, 0, True)), workload_object=stale,
+                   loaded_template=old, now=NOW, wall=NOW)  # fmt: skip
+    assert serverless.replicas(spec, zero, ScalerMemory()) == 1
+    status = serverless.observe(spec, zero, Status(s.Phase.IN_SERVICE, "ScaledToZero"))
+    assert (status.phase, status.reason) == (s.Phase.UPDATING, "LoadingModel")
+    assert status.loaded_template == old
+
+
+def test_a_template_that_loaded_once_stays_loaded_across_a_restart_and_a_scale_to_zero() -> None:
+    """The status remembers the loaded template: an operator started again (a memory just
+    made) does not load it again for nothing, and the endpoint at zero is InService."""
+    spec = serverless_spec()
+    zero = replace(with_template(spec, WorkloadState(True, 0, 0, 0, True)),
+                   loaded_template=replica_template(spec))  # fmt: skip
+    assert serverless.replicas(spec, zero, ScalerMemory()) == 0
+    status = serverless.observe(spec, zero, None)
+    assert (status.phase, status.reason) == (s.Phase.IN_SERVICE, "ScaledToZero")
+    assert status.loaded_template == replica_template(spec)
+    # not remembered: this operator loads it once
+    assert serverless.replicas(spec, replace(zero, loaded_template=None), ScalerMemory()) == 1
+
+
+def test_a_template_whose_model_cannot_load_is_failed_and_forgets_any_load() -> None:
+    """The first load fails: Failed with the load's reason (not InService at zero), one replica
+    keeps trying; the status's remembered template is cleared."""
+    spec = serverless_spec()
+    failing = PodState("p", "127.0.5.3", False, restarts=1, exit_code=3,
+                       message="cannot load model: no such file")  # fmt: skip
+    signals = with_template(spec, WorkloadState(True, 1, 0, 1, True, [failing]))
+    status = serverless.observe(spec, signals, Status(s.Phase.CREATING))
+    assert (status.phase, status.reason) == (s.Phase.FAILED, "ModelLoadFailed")
+    assert status.message == "model cannot be loaded: no such file"
+    assert serverless.replicas(spec, signals, ScalerMemory()) == 1
+    assert status.to_patch(1, {"loadedTemplate": "older"})["loadedTemplate"] is None
+    assert "loadedTemplate" not in status.to_patch(1, None)
+
+
+def test_both_actuators_say_a_serverless_phase_by_one_rule() -> None:
+    """``serverless_phase`` at its edges: loading (first time, after serving), at zero, rolling
+    out over replicas of an endpoint that served, scaling."""
+    assert serverless_phase(False, False, 1, 0, False)[:2] == (s.Phase.CREATING, "LoadingModel")
+    assert serverless_phase(False, True, 0, 0, True)[:2] == (s.Phase.UPDATING, "LoadingModel")
+    assert serverless_phase(True, True, 0, 0, False)[:2] == (s.Phase.IN_SERVICE, "ScaledToZero")
+    assert serverless_phase(True, True, 2, 1, True)[:2] == (s.Phase.UPDATING, "RollingOut")
+    assert serverless_phase(True, False, 1, 0, True)[:2] == (s.Phase.IN_SERVICE, "Scaling")
+    assert serverless_phase(True, False, 2, 2, False) == (
+        s.Phase.IN_SERVICE, "AllReplicasReady", "2/2 replicas ready"
+    )  # fmt: skip
