@@ -1481,6 +1481,18 @@ def test_a_serverless_cold_start_says_scaling_until_its_replica_is_ready(
     assert (status.phase.value, status.reason, status.message) == expected
 
 
+def actuated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: dict[str, Any]
+) -> tuple[Supervisor, LocalEndpoint]:
+    """A supervisor with ``document`` applied and actuated once, starting no process."""
+    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    supervisor.apply(parse_document(document, "test"))
+    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
+    endpoint = supervisor.endpoints[document["metadata"]["name"]]
+    asyncio.run(supervisor._actuate(endpoint, 1.0))
+    return supervisor, endpoint
+
+
 def test_up_loads_a_serverless_template_once_by_the_operators_rule(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1488,13 +1500,9 @@ def test_up_loads_a_serverless_template_once_by_the_operators_rule(
     loaded. Creating (LoadingModel) with one server wanted until one is ready; InService then,
     and at zero at once; a change of scaling alone loads nothing again, a new model does
     (Updating, the endpoint having served)."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "serverless.yaml").read_text())
     name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
-    endpoint = supervisor.endpoints[name]
-    asyncio.run(supervisor._actuate(endpoint, 1.0))
+    supervisor, endpoint = actuated_once(tmp_path, monkeypatch, document)
     assert endpoint.desired == 1
     status = endpoint.status
     assert (status.phase.value, status.reason) == ("Creating", "LoadingModel")
@@ -1533,14 +1541,9 @@ def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_r
     """up said InService at the first of three replicas ready (DescribeEndpoint: InService,
     CurrentInstanceCount 1 of 3, and boto3's waiter passed), where the operator says Creating
     until every wanted replica is, as the platform does until the initial instances are up."""
-    supervisor = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
     document["spec"]["realtime"] |= {"minReplicas": 1, "maxReplicas": 5, "initialReplicas": 3}
-    name = document["metadata"]["name"]
-    supervisor.apply(parse_document(document, "test"))
-    monkeypatch.setattr(supervisor, "_start", lambda endpoint, child, now: None)
-    endpoint = supervisor.endpoints[name]
-    asyncio.run(supervisor._actuate(endpoint, 1.0))
+    supervisor, endpoint = actuated_once(tmp_path, monkeypatch, document)
     assert endpoint.desired == 3
     monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
     supervisor._set_status(endpoint)
