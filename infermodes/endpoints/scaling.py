@@ -95,6 +95,10 @@ class ScalerMemory:
     # not loading, as far as this memory knows): its loading replica was asked for by no
     # request, so once the model loaded it goes at once unless a request came since
     loading_since: float | None = None
+    # the serverless template whose model a replica loaded, as this actuator last said it
+    # (``status.loaded_template``): newer than a status it reads back, which may predate its
+    # own last write; ``up`` keeps it here alone (a restart of ``up`` loads the model again)
+    loaded_template: str | None = None
 
     def initial_to_start(self, initial: int | None) -> int | None:
         """``initial`` (a block's initialReplicas), when the endpoint must start there again:

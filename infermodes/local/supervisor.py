@@ -212,10 +212,6 @@ class LocalEndpoint:
     served: bool = False  # a realtime endpoint is Creating until the replicas it wants are ready
     # ... or Updating, its requests held, when the spec it replaced was in service
     replaced_in_service: bool = False
-    # a serverless one's template whose model a server loaded (``loaded_template``): a scale to
-    # zero, or a spec change that runs as before, does not load it again (a restart of ``up``
-    # does: this memory is not saved)
-    loaded_template: str | None = None
     # (reason, message): Failed until applied again (by hand, or by a model load's retry)
     failure: tuple[str, str] | None = None
     # the model load that failed before a retry applied it again: still the status while no
@@ -1043,8 +1039,9 @@ class Supervisor:
         its servers is ready (``ready``: how many are, when counted already), or was before."""
         template = plan.replica_template(endpoint.manifest.spec)
         ready = self._ready(endpoint) if ready is None else ready
-        endpoint.loaded_template = loaded_template(endpoint.loaded_template, template, ready > 0)
-        return endpoint.loaded_template == template
+        memory = endpoint.memory  # kept by a spec change that runs as before; not saved
+        memory.loaded_template = loaded_template(memory.loaded_template, template, ready > 0)
+        return memory.loaded_template == template
 
     @staticmethod
     def _pool_starting(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:

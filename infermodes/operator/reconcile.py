@@ -358,7 +358,7 @@ def converge(
         workload_events,
         batch_output_held_by,
         made_by_api(metadata.get("labels") or {}),
-        (body.get("status") or {}).get("loadedTemplate"),
+        memory.loaded_template or (body.get("status") or {}).get("loadedTemplate"),
     )
     previous_scale = (body.get("status") or {}).get("lastScaleTime")
     memory.restore(parse_rfc3339(previous_scale), signals.now, wall)
@@ -406,6 +406,7 @@ def converge(
     recorded = AppliedSpec.of(ref.generation, raw) if runs_spec else None
     status = replace(mode.observe(spec, observed, previous), last_scale_time=last_scale,
                      applied=recorded)  # fmt: skip
+    memory.loaded_template = status.loaded_template
     if refusal is not None and not mode.ended(status):
         status = refused_status(status, previous, *refusal)
     events = []

@@ -1390,16 +1390,20 @@ def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
 ) -> None:
     """A cold start forks the model server from ``up``'s pre-imported zygote; the server is
     ``up``'s own child (subreaper), so a SIGKILL of it is seen as exit -9 and leaves no zombie,
-    and the next request is served by its restart. Stopping ``up`` stops the zygote too."""
+    and the next request is served by its restart. Stopping ``up`` stops the zygote too. (The
+    server that loaded the model before the endpoint was InService is forked too.)"""
     files = [manifest("serverless", abalone_model.tarball, tmp_path, idleTimeoutSeconds=10)]
     body = to_csv(abalone_model.test_rows[:3])
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
         assert up.proc is not None
         parent = up.proc.pid
         wait_until(lambda: "model-server zygote ready" in up.log, WAIT, "the zygote")
+        at_zero = lambda: not up.running("abalone-serverless")  # noqa: E731
+        wait_until(lambda: up.status("abalone-serverless")["phase"] == "InService" and at_zero(),
+                   WAIT, "its model loaded, and no process left")  # fmt: skip
         assert up.invoke("abalone-serverless", body).status_code == 200
-        (server,) = [p["pid"] for p in up.running("abalone-serverless")]
-        assert f"abalone-serverless/server-0 started (pid {server}, forked)" in up.log
+        ((server, key),) = [(p["pid"], p["key"]) for p in up.running("abalone-serverless")]
+        assert f"{key} started (pid {server}, forked)" in up.log
         assert server in children_of(parent)
         (zygote,) = set(children_of(parent)) - {server}
         assert "infermodes.local.zygote" in Path(f"/proc/{zygote}/cmdline").read_text()
@@ -1409,8 +1413,8 @@ def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
                    "the killed server to be seen")  # fmt: skip
         wait_until(lambda: "Z" not in children_of(parent).values(), WAIT, "no zombie")
         assert up.invoke("abalone-serverless", body).status_code == 200
-        assert up.log.count("abalone-serverless/server-0 started (pid") == 2  # restarted
-        assert up.log.count(", forked)") == 2
+        assert up.log.count(f"{key} started (pid") == 2  # restarted
+        assert up.log.count(", forked)") == 3  # the loading one, the cold start, its restart
         up.stop()
         assert not alive(zygote)
 
@@ -1555,11 +1559,14 @@ def test_a_request_held_for_a_serverless_server_that_keeps_crashing_is_released(
     """A model server that exits at once at each start, not for its model (here: a setting
     in ``up``'s environment, which its processes get, that it refuses): the endpoint turns
     ``Failed``, ``ContainerCrashing``, as the operator's does for a pod that keeps crashing,
-    and the held request gets the 400 naming it rather than a 503 at the timeout."""
+    before any request (its first server, which would load the model, is the one crashing),
+    and a request gets the 400 naming it rather than a 503 at the timeout."""
     monkeypatch.setenv("INFERMODES_GATEWAY_INVOCATION_TIMEOUT_SECONDS", "300")  # read by up
     monkeypatch.setenv("INFERMODES_SERVE_MAX_ROWS", "-1")
     files = [manifest("serverless", abalone_model.tarball, tmp_path)]
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        failed = lambda: up.status("abalone-serverless")["phase"] == "Failed"  # noqa: E731
+        wait_until(failed, WAIT, "the endpoint to fail before any request")
         url = f"{up.url}/endpoints/abalone-serverless/invocations"
         held = httpx.post(url, content=to_csv(abalone_model.test_rows[:1]),
                           headers={"content-type": "text/csv"}, timeout=60)  # fmt: skip

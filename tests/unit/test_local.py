@@ -1449,7 +1449,7 @@ def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
     realtime["metadata"]["name"] = name = serverless["metadata"]["name"]
     supervisor.apply(parse_document(serverless, "test"))
     loaded = supervisor.endpoints[name]
-    loaded.loaded_template = replica_template(loaded.manifest.spec)  # its model loaded once
+    loaded.memory.loaded_template = replica_template(loaded.manifest.spec)  # loaded once
     supervisor._set_status(loaded)
     assert loaded.status.reason == "ScaledToZero"
     supervisor.apply(parse_document(realtime, "test"))
@@ -1470,7 +1470,9 @@ def test_a_serverless_cold_start_says_scaling_until_its_replica_is_ready(
     name = document["metadata"]["name"]
     supervisor.apply(parse_document(document, "test"))
     endpoint = supervisor.endpoints[name]
-    endpoint.loaded_template = replica_template(endpoint.manifest.spec)  # its model loaded once
+    endpoint.memory.loaded_template = replica_template(
+        endpoint.manifest.spec
+    )  # its model loaded once
     supervisor._set_status(endpoint)
     assert endpoint.status.reason == "ScaledToZero"
     endpoint.desired = 1

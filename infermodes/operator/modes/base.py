@@ -40,8 +40,8 @@ class Signals:
     output_held_by: Callable[[], str | None] = lambda: None
     # made by the platform API (``endpoints/status.made_by_api``): its messages name its calls
     made_by_api: bool = False
-    # the serverless template whose model a replica loaded, as the status remembers it
-    # (``endpoints/status.loaded_template``)
+    # the serverless template whose model a replica loaded, as the operator's memory or else
+    # the status remembers it (``endpoints/status.loaded_template``)
     loaded_template: str | None = None
 
 

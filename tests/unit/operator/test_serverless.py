@@ -468,3 +468,35 @@ def test_both_actuators_say_a_serverless_phase_by_one_rule() -> None:
     assert serverless_phase(True, False, 2, 2, False) == (
         s.Phase.IN_SERVICE, "AllReplicasReady", "2/2 replicas ready"
     )  # fmt: skip
+
+
+def test_a_status_read_back_older_than_the_operators_write_does_not_load_again() -> None:
+    """A reconcile whose body's status predates the operator's own write that remembered the
+    loaded template (a resync's cached body) took it as not loaded once its replica was gone:
+    one replica again, and Creating (LoadingModel) after the endpoint had said InService at
+    zero, which the gateway refused requests for (the operator scenarios). The operator's
+    memory remembers it too."""
+    from tests.unit.operator.test_realtime import body
+
+    spec = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
+    kube = FakeKube()
+    d, _ = deps(kube)
+    d.wall_clock = lambda: NOW
+    memory = ScalerMemory()
+    reconcile(body(spec), memory, d)
+    assert applied_replicas(kube) == 1  # it loads the model
+    applied = [o for o in kube.applied if o["kind"] == "Deployment"][-1]
+    metadata = {**applied["metadata"], "generation": 1}
+    counts = {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}
+    kube.deployment = {**applied, "metadata": metadata, "status": counts}
+    ready = reconcile(body(spec), memory, d).status
+    assert (ready.phase, ready.loaded_template) == (
+        s.Phase.IN_SERVICE,
+        replica_template(s.EndpointSpec.model_validate(spec)),
+    )
+    assert applied_replicas(kube) == 0  # asked for by no request: gone at once
+    kube.deployment = {**applied, "metadata": metadata, "spec": {"replicas": 0},
+                       "status": {"observedGeneration": 1}}  # fmt: skip
+    stale = reconcile(body(spec), memory, d).status  # its status still without loadedTemplate
+    assert applied_replicas(kube) == 0
+    assert (stale.phase, stale.reason) == (s.Phase.IN_SERVICE, "ScaledToZero")
