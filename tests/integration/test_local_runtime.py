@@ -1401,6 +1401,8 @@ def test_serverless_servers_are_forked_from_the_zygote_adopted_and_reaped(
         at_zero = lambda: not up.running("abalone-serverless")  # noqa: E731
         wait_until(lambda: up.status("abalone-serverless")["phase"] == "InService" and at_zero(),
                    WAIT, "its model loaded, and no process left")  # fmt: skip
+        # the loading server has exited too (stopped, it drains): up's one child is the zygote
+        wait_until(lambda: len(children_of(parent)) == 1, WAIT, "the loading server's exit")
         assert up.invoke("abalone-serverless", body).status_code == 200
         ((server, key),) = [(p["pid"], p["key"]) for p in up.running("abalone-serverless")]
         assert f"{key} started (pid {server}, forked)" in up.log
