@@ -156,16 +156,23 @@ def test_a_cold_start_a_quota_refuses_is_answered_at_once_and_serves_once_it_is_
 def test_a_request_held_for_pods_no_node_takes_is_told_why_when_the_hold_ends(
     tools: Tools, k8s_namespace: str, model_uri: str
 ) -> None:
-    """6144 MB asks 3 CPUs of the test node's 2: the cold start's pod waits for a node (what a
-    cluster autoscaler adds), the endpoint says Unschedulable, and the request is held to the
-    gateway's 60 s. Its 503 said only that no replica became ready; it names the reason."""
-    manifest = serverless_manifest("no-room", model_uri, memorySizeInMB=6144)
-    assert tools.apply(manifest, k8s_namespace).returncode == 0
-    wait_phase(tools.cluster.api, k8s_namespace, "no-room", "InService")
+    """The node cordoned (drained for maintenance) once the endpoint is at zero: the cold
+    start's pod waits for a node (the uncordon, or one a cluster autoscaler adds), the endpoint
+    says Unschedulable, and the request is held to the gateway's 60 s. Its 503 said only that
+    no replica became ready; it names the reason."""
+    api = tools.cluster.api
+    assert tools.apply(serverless_manifest("no-room", model_uri), k8s_namespace).returncode == 0
+    wait_phase(api, k8s_namespace, "no-room", "InService")
+    wait_until(lambda: replicas_of(tools, k8s_namespace, "no-room") == 0, 90, "zero replicas")
+    (node,) = [n["metadata"]["name"] for n in api.get("/api/v1/nodes")["items"]]
     url = gateway_url(tools)
     assert url is not None
-    held = httpx.post(f"{url}/endpoints/no-room/invocations", headers=CSV, timeout=120,
-                      content=b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15")  # fmt: skip
+    assert tools.kubectl("cordon", node).returncode == 0
+    try:
+        held = httpx.post(f"{url}/endpoints/no-room/invocations", headers=CSV, timeout=120,
+                          content=b"1,0,0,0.455,0.365,0.095,0.514,0.2245,0.101,0.15")  # fmt: skip
+    finally:
+        assert tools.kubectl("uncordon", node).returncode == 0
     assert held.status_code == 503, held.text
     assert held.json()["message"] == (
         "no replica of endpoint no-room became ready within 60 s (its status: Unschedulable)"
