@@ -88,22 +88,32 @@ def test_a_stall_bound_a_healthy_loop_could_exceed_is_refused(
     assert settings.model_validate({**base, "liveness_stall_seconds": least})
 
 
-def test_a_worker_started_with_a_stall_bound_under_its_connect_span_exits_naming_the_least() -> (
-    None
-):
-    """As a user sets it: the variable below the least stops the worker at start (exit 2),
-    naming the variable and the least value, before it loads a model or connects."""
-    env = {**os.environ, "INFERMODES_WORKER_LIVENESS_STALL_SECONDS": "9.5"}
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("INFERMODES_WORKER_LIVENESS_STALL_SECONDS", "9.5",
+         "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: Input should be greater than or equal to 10"),
+        ("INFERMODES_WORKER_BROKER_URL", "amqp://u:hidden-pw@127.0.0.1:5672/%2F?stack_timeout=40",
+         "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: 60 is under twice the broker URL's "
+         "stack_timeout"),
+    ],
+    ids=["under the least", "under twice the URL's handshake"],
+)  # fmt: skip
+def test_a_worker_started_with_a_stall_bound_under_its_connect_span_exits_naming_it(
+    variable: str, value: str, said: str
+) -> None:
+    """As a user sets it: a stall bound under the least, or under twice the handshake bound
+    the broker URL names, stops the worker at start (exit 2), naming the variable to change
+    (not the URL's password), before it loads a model or connects."""
+    env = {**os.environ, variable: value}
     started = subprocess.run(
         [sys.executable, "-c", "from infermodes.cli import main; main()", "worker",
          "--endpoint", "e", "--model", "file:///absent/model.tar.gz"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert started.returncode == 2, started.stderr
-    assert (
-        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: Input should be greater than or equal to 10"
-        in started.stderr
-    )
+    assert said in started.stderr
+    assert "hidden-pw" not in started.stderr
 
 
 @pytest.mark.parametrize(
@@ -124,23 +134,3 @@ def test_a_worker_whose_broker_url_allows_a_longer_handshake_than_half_its_stall
         return
     with pytest.raises(ValidationError, match=r"under twice the broker URL's stack_timeout \(30"):
         WorkerSettings.model_validate(given)
-
-
-def test_a_worker_with_a_broker_url_whose_handshake_outlasts_its_stall_exits_naming_both() -> None:
-    """As a user sets it: the worker stops at start (exit 2) and the message names both and
-    not the URL's password."""
-    env = {
-        **os.environ,
-        "INFERMODES_WORKER_BROKER_URL": "amqp://u:hidden-pw@127.0.0.1:5672/%2F?stack_timeout=40",
-    }
-    started = subprocess.run(
-        [sys.executable, "-c", "from infermodes.cli import main; main()", "worker",
-         "--endpoint", "e", "--model", "file:///absent/model.tar.gz"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert started.returncode == 2, started.stderr
-    assert (
-        "INFERMODES_WORKER_LIVENESS_STALL_SECONDS: 60 is under twice the broker URL's stack_timeout"
-        in (started.stderr)
-    )
-    assert "hidden-pw" not in started.stderr
