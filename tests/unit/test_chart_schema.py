@@ -111,3 +111,12 @@ def test_a_storage_prefix_passes_the_chart_when_the_gateway_takes_it(
     except ValueError:
         taken = False
     assert bool(re.search(pattern, prefix)) == taken
+
+
+def test_a_value_added_after_a_release_is_not_required() -> None:
+    """``helm upgrade --reuse-values`` validates the values the last release was installed with,
+    without the new chart's defaults: a value this release adds, required, failed every such
+    upgrade before anything was applied (gateway.allowedInputPrefixes)."""
+    gateway = SCHEMA["properties"]["gateway"]
+    assert "allowedInputPrefixes" in gateway["properties"]
+    assert "allowedInputPrefixes" not in gateway["required"]
