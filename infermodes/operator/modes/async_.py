@@ -304,7 +304,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     elif not workload.exists:
         status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")
     elif (starting := first_start(spec, workload, previous)) is not None:
-        status = workload.status(*starting)
+        status = waiting_status(workload, *starting)  # Unschedulable, FailedCreate named
     elif figures is None:
         status = workload.status(
             s.Phase.IN_SERVICE,

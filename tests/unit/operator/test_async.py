@@ -225,6 +225,15 @@ def test_a_new_pool_is_creating_until_its_initial_workers_are_ready() -> None:
     assert look(2, 0, look(2, 2)).phase is s.Phase.IN_SERVICE
     at_zero = async_.observe(SPEC, signals(WorkloadState(True, 0, 0, 0, True), figures), None)
     assert at_zero.phase is s.Phase.IN_SERVICE
+    # a worker no node can take: the start says why its workers do not come, as before it
+    unplaced = PodState("w", None, False, unschedulable="0/1 nodes are available")
+    workload = WorkloadState(True, 2, 1, 2, True, [unplaced])
+    stalled = async_.observe(started, signals(workload, figures), None)
+    assert (stalled.phase, stalled.reason) == (s.Phase.CREATING, "Unschedulable")
+    assert stalled.message == (
+        "1/2 initial workers ready; requests queue; pod w cannot be scheduled: 0/1 nodes are "
+        "available"
+    )
 
 
 def test_workers_the_api_refuses_are_named_with_the_backlog() -> None:
