@@ -108,12 +108,14 @@ def serverless_server(spec: EndpointSpec, port: int = SERVER_PORT) -> ProcessPla
 
 
 def replica_template(spec: EndpointSpec) -> str:
-    """A digest of what a serverless replica serves (its mode, image, memory and process: its
-    model and the settings it reads), not of how many run (``maxConcurrency``,
-    ``idleTimeoutSeconds``, provisioned concurrency): a new one loads its model once before
-    the endpoint takes requests (``status.serverless_phase``)."""
+    """A digest of what a serverless replica serves (its mode, image, memory, the Secret its
+    model is read with, and process: its model and the settings it reads), not of how many run
+    (``maxConcurrency``, ``idleTimeoutSeconds``, provisioned concurrency): a new one loads its
+    model once before the endpoint takes requests (``status.serverless_phase``)."""
+    secret = spec.storage_secret_ref
     served = {"mode": spec.mode.value, "image": spec.image or "",
               "memory": spec.serverless_block().memory_size_in_mb,
+              "storageSecret": secret.model_dump(mode="json") if secret is not None else None,
               "process": dataclasses.asdict(serverless_server(spec))}  # fmt: skip
     text = json.dumps(served, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -400,7 +400,8 @@ def test_a_new_template_wants_one_replica_to_load_its_model_then_goes_to_zero_at
 
 def test_only_what_a_replica_serves_makes_a_new_template() -> None:
     """A change of scaling knobs runs the same replicas: no new load; a new model, image,
-    output setting or memory size is a new replica, which loads its model again."""
+    output setting, memory size or Secret to read the model with is a new replica, which loads
+    its model again (a Secret of wrong credentials otherwise left it InService)."""
     base = {"mode": "serverless", "model": {"uri": "file:///m"}, "serverless": {}}
     same = replica_template(s.EndpointSpec.model_validate(base))
     scaling = {"maxConcurrency": 7, "idleTimeoutSeconds": 30, "provisionedConcurrency": 2,
@@ -409,7 +410,8 @@ def test_only_what_a_replica_serves_makes_a_new_template() -> None:
     assert replica_template(knobs) == same
     for change in ({"model": {"uri": "file:///other"}}, {"image": "registry.example/x:2"},
                    {"model": {"uri": "file:///m", "inferenceOutput": "predicted_label"}},
-                   {"serverless": {"memorySizeInMB": 4096}}):  # fmt: skip
+                   {"serverless": {"memorySizeInMB": 4096}},
+                   {"storageSecretRef": {"name": "other-credentials"}}):  # fmt: skip
         assert replica_template(s.EndpointSpec.model_validate({**base, **change})) != same, change
 
 
