@@ -80,7 +80,13 @@ from infermodes.endpoints.status import (
 from infermodes.errors import EXIT_MODEL_LOAD_FAILED
 from infermodes.gateway.table import SERVING_PHASES, Replica, Table
 from infermodes.local.children import STOP_GRACE_SECONDS, Child, Registry
-from infermodes.local.manifests import NAMESPACE, Manifest, parse_document, placed
+from infermodes.local.manifests import (
+    DEFAULT_NAMESPACE,
+    NAMESPACE,
+    Manifest,
+    parse_document,
+    placed,
+)
 from infermodes.local.zygote import Zygote, reap_adopted
 from infermodes.metrics import (
     OperatorMetrics,
@@ -365,16 +371,17 @@ class Supervisor:
         for path in sorted((self.state_dir / "endpoints").glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
-                # placed: one saved before namespaces were kept is in DEFAULT_NAMESPACE
-                manifest = placed(parse_document(saved["document"], str(path), admitted=True),
-                                  None)  # fmt: skip
+                # one saved before namespaces were kept names none: it takes the namespace of
+                # the first apply of its name (``placed``; until then it shows as default), so
+                # an unchanged file that says ``namespace: local``, which that release told its
+                # users to write, is the same endpoint, not a name taken in another namespace
+                manifest = parse_document(saved["document"], str(path), admitted=True)
             except (OSError, ValueError, KeyError, TypeError) as exc:  # ManifestError included
                 log.error("%s is not loaded (a spec this version refuses, or a damaged "
                           "file): %s; apply it again, or delete the file", path, exc)  # fmt: skip
                 continue
             try:
-                previous = placed(parse_document(saved["previous"], str(path), admitted=True),
-                                  manifest.namespace)  # fmt: skip
+                previous = parse_document(saved["previous"], str(path), admitted=True)
             except (KeyError, ValueError, TypeError):  # none, or one this version refuses
                 restored(self._add(manifest, saved["created"]), saved)
                 continue
@@ -404,7 +411,7 @@ class Supervisor:
         for one of its name in another namespace): checked for every manifest of an apply
         before any is applied."""
         existing = self.endpoints.get(manifest.name)
-        return placed(manifest, existing.manifest.namespace if existing else None)
+        return placed(manifest, existing.manifest.namespace or None if existing else None)
 
     def apply(self, manifest: Manifest, starting: bool = False) -> str:
         """Create or replace an endpoint; a changed spec replaces its processes unless they
@@ -1439,7 +1446,7 @@ class Supervisor:
         it was applied with. The gateway's table and the platform API's store take
         ``object_of``'s, keyed by ``NAMESPACE``, in which up routes every endpoint by name."""
         obj = self.object_of(endpoint)
-        obj["metadata"]["namespace"] = endpoint.manifest.namespace
+        obj["metadata"]["namespace"] = endpoint.manifest.namespace or DEFAULT_NAMESPACE
         return obj
 
     def log_paths(self, name: str) -> list[tuple[Path, bool]]:

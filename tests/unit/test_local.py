@@ -1296,11 +1296,33 @@ def test_a_restart_mid_failed_update_brings_the_previous_spec_back_without_its_f
     restarted = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
     restarted.load_state()
     back = restarted.endpoints["abalone"]
-    # saved before namespaces were kept: placed in the default namespace
-    in_default = {"name": "abalone", "namespace": "default"}
-    assert back.manifest.document == {**document, "metadata": in_default}
+    # saved before namespaces were kept: in none until an apply names one, shown as default
+    assert back.manifest.document == document
+    assert restarted.shown(back)["metadata"]["namespace"] == "default"
     assert back.load_failure is None
-    assert restarted.resumed["abalone"].document == {**broken, "metadata": in_default}
+    assert restarted.resumed["abalone"].document == broken
+
+
+def test_an_endpoint_saved_before_namespaces_were_kept_takes_that_of_its_next_apply(
+    tmp_path: Path,
+) -> None:
+    """The earlier release kept no namespace and told its users to write ``namespace: local``
+    (or none): its state's endpoints were placed in ``default`` at load, so that unchanged
+    file, applied again, was refused as the name taken in another namespace (a 409 from
+    ``apply``, ``up -f`` not starting). The first apply of its name places it."""
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    saved = {"document": document, "created": "2026-12-06T00:00:00Z", "served": True}
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "abalone.json").write_text(json.dumps(saved))
+    restarted = Supervisor(tmp_path, FixedQueue(Backlog(0, 0, 0, "sqlite")), "", 0)  # type: ignore[arg-type]
+    restarted.load_state()
+    in_local = {**document, "metadata": {"name": "abalone", "namespace": "local"}}
+    placed = restarted.placed(parse_document(in_local, "realtime.yaml"))
+    assert placed.namespace == "local"
+    restarted.endpoints["abalone"].manifest = placed  # as apply keeps it
+    elsewhere = {**document, "metadata": {"name": "abalone", "namespace": "prod"}}
+    with pytest.raises(NameTaken, match="exists in namespace 'local', not 'prod'"):
+        restarted.placed(parse_document(elsewhere, "realtime.yaml"))
 
 
 SECRET = """\
