@@ -48,9 +48,12 @@ STARTING_WORKERS = "StartingWorkers"
 OUTPUT_IN_USE = "OutputInUse"
 ACTUATION_FAILED = "ActuationFailed"  # `infermodes up` could not run an endpoint's processes
 # an update that cannot roll out: the spec before it serves (``Updating``), and a new update
-# may replace it, as the platform lets one follow an update that failed and rolled back
+# may replace it, as the platform lets one follow an update that failed and rolled back. Its
+# pods refused or placed nowhere (a quota, no node with room: a new memory size, say) count:
+# either may last, and the update that mends it was refused as in progress meanwhile
 UPDATE_FAILURES = frozenset({MODEL_LOAD_FAILED, CONTAINER_CANNOT_RUN, CONTAINER_CRASHING,
-                             BROKER_LOGIN_REFUSED, APPLY_REFUSED, ACTUATION_FAILED})  # fmt: skip
+                             BROKER_LOGIN_REFUSED, APPLY_REFUSED, ACTUATION_FAILED,
+                             FAILED_CREATE, UNSCHEDULABLE})  # fmt: skip
 
 
 @dataclass(frozen=True)

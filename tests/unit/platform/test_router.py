@@ -270,6 +270,25 @@ def test_update_endpoint_replaces_the_spec_and_reports_updating() -> None:
     assert api.call("DescribeEndpoint", EndpointName="ep")["EndpointStatus"] == "InService"
 
 
+@pytest.mark.parametrize("reason", ["Unschedulable", "FailedCreate", "ModelLoadFailed"])
+def test_an_update_whose_pods_cannot_come_up_may_be_followed_by_another(reason: str) -> None:
+    """A serverless endpoint updated to a memory size no node has room for stayed Updating
+    (Unschedulable) for as long, and the UpdateEndpoint back was refused as in progress: a
+    stalled update says why (FailureReason) and takes the next, as one that cannot load."""
+    api = Api()
+    api.seed("ep")
+    api.call("CreateEndpointConfig", EndpointConfigName="back", ProductionVariants=[
+        {"VariantName": "v", "ModelName": "abalone", "InstanceType": "ml.m5.large",
+         "InitialInstanceCount": 1}])  # fmt: skip
+    api.store.set_status("ep", "Updating", reason=reason, message="pod x cannot be scheduled")
+    described = api.call("DescribeEndpoint", EndpointName="ep")
+    assert described["FailureReason"] == f"{reason}: pod x cannot be scheduled"
+    api.call("UpdateEndpoint", EndpointName="ep", EndpointConfigName="back")
+    api.store.set_status("ep", "Updating", reason="RollingOut")
+    _, message = api.error("UpdateEndpoint", EndpointName="ep", EndpointConfigName="back")
+    assert message.startswith("Cannot update in-progress endpoint")
+
+
 def test_update_endpoint_to_another_kind_of_workload_is_refused_and_changes_nothing() -> None:
     """Real-time and serverless share a workload; asynchronous endpoints have workers of
     their own: the operator could never switch one into the other in place."""
