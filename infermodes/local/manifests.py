@@ -253,7 +253,12 @@ def non_finite_field(value: Any, path: str) -> str | None:
 
 
 def json_key(key: Any) -> str:
-    """A mapping's key as JSON has it: text (``1`` and ``"1"`` are one key there)."""
+    """A mapping's key as JSON has it, as ``kubectl`` converts it: text (``1`` and ``"1"`` are
+    one key there; ``true``, ``null`` and ``1.0`` are ``"true"``, ``"null"`` and ``"1"``)."""
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, float):
+        return str(int(key)) if key.is_integer() else repr(key)
     return str(key)
 
 
@@ -347,7 +352,8 @@ class ManifestLoader(yaml.SafeLoader):
     gets, the last winning."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[str, tuple[Any, int]] = {}
+        first: dict[str, tuple[Any, int]] = {}  # by JSON key
+        built: dict[Any, tuple[Any, int]] = {}  # by the key of the mapping built here
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:
                 continue
@@ -355,14 +361,18 @@ class ManifestLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable):  # the base class refuses it, naming it
                 continue
             line = key_node.start_mark.line + 1
-            if json_key(key) in first:
-                given, given_line = first[json_key(key)]
-                written = "" if given == key else f", written {given!r:.40} and {key!r:.40}"
+            # one key in JSON, or in the mapping built here (``1``, ``true`` and ``1.0`` are one
+            # Python key: the last would win without a word)
+            twin = first.get(json_key(key)) or built.get(key)
+            if twin is not None:
+                given, given_line = twin
+                same = type(given) is type(key) and given == key
+                written = "" if same else f", written {given!r:.40} and {key!r:.40}"
                 raise DuplicateKey(
                     f"mapping key {shown_key(key)} already defined at line {given_line} (again "
                     f"at line {line}{written}): keep one of them"
                 )
-            first[json_key(key)] = (key, line)
+            first[json_key(key)] = built[key] = (key, line)
         return super().construct_mapping(node, deep=deep)
 
 

@@ -1153,6 +1153,13 @@ LONG_KEY = "k" * 999
         (GOOD.replace("{name: abalone}", "{name: abalone, labels: {1: a, '1': b}}"),
          'document 2: mapping key "1" already defined at line 11 (again at line 11, written 1 '
          "and '1')"),
+        # one key in the mapping built here, two in JSON ("1", "true"): the last won silently
+        (GOOD.replace("{name: abalone}", "{name: abalone, labels: {1: a, true: b}}"),
+         'document 2: mapping key "true" already defined at line 11 (again at line 11, written '
+         "1 and True)"),
+        (GOOD.replace("{name: abalone}", "{name: abalone, labels: {1: a, 1.0: b}}"),
+         'document 2: mapping key "1" already defined at line 11 (again at line 11, written '
+         "1 and 1.0)"),
         (GOOD.replace("{name: abalone}",
                       "{name: abalone, labels: {" + LONG_KEY + ": a, " + LONG_KEY + ": b}}"),
          f'document 2: mapping key "{"k" * 60}..." (999 characters) already defined at line 11 '
@@ -1167,6 +1174,13 @@ def test_a_key_given_twice_is_refused_naming_both_lines_as_kubectl_does(
     with pytest.raises(ManifestError) as caught:
         parse_text(GOOD + "---\n" + text, "ep.yaml")
     assert str(caught.value).startswith(f"ep.yaml {said}"), caught.value
+
+
+def test_keys_json_spells_apart_are_two_keys_as_kubectl_sends_them() -> None:
+    """``true`` is ``"true"`` in the JSON kubectl sends, not ``"True"``: both are kept."""
+    text = GOOD.replace("{name: abalone}", "{name: abalone, labels: {true: a, 'True': b}}")
+    (manifest,) = parse_text(text, "ep.yaml")
+    assert manifest.document["metadata"]["name"] == "abalone"
 
 
 def test_a_key_merged_in_with_an_alias_may_be_overridden() -> None:
