@@ -1062,12 +1062,14 @@ class Supervisor:
 
     @staticmethod
     def _crashing(endpoint: LocalEndpoint) -> tuple[str, str] | None:
-        """(reason, message) when one of its model servers has crashed ``CRASH_RESTARTS``
-        times and none is ready, as the operator says of a pod that keeps crashing: no
-        replica is coming, so the gateway answers held requests at once, not at the timeout.
-        It goes on restarting under its back-off, and a ready one ends it."""
+        """(reason, message) when one of its model servers or async workers has crashed
+        ``CRASH_RESTARTS`` times and none is ready, as the operator says of a pod that keeps
+        crashing: no replica is coming, so the gateway answers held requests at once, not at
+        the timeout, and a pool's start does not wait for workers for ever. It goes on
+        restarting under its back-off, and a ready one ends it."""
         for key, child in endpoint.children.items():
-            if key in endpoint.ports and child.exits >= CRASH_RESTARTS:
+            ours = key in endpoint.ports or key in endpoint.metrics_ports
+            if ours and child.exits >= CRASH_RESTARTS:
                 return CONTAINER_CRASHING, (
                     f"process {key} keeps crashing: exited with {child.last_exit} "
                     f"(its log: {child.log_path})"

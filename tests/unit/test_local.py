@@ -524,6 +524,29 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     ready[0] = 0
     at_zero = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     assert shown(at_zero) == ("InService", "InitialReplicas")
+    # its initial workers keep crashing (a broker URL they refuse, say): Failed, as on the
+    # operator, not StartingWorkers for ever (a waiter for InService never ended)
+    crashing = supervisor._add(
+        parse_document(
+            document
+            | {
+                "spec": {
+                    **document["spec"],
+                    "async": {**document["spec"]["async"], "initialReplicas": 1},
+                }
+            },
+            "test",
+        ),
+        "2026-01-01T00:00:00Z",
+    )
+    crashing.desired = decided(supervisor, crashing, time.monotonic())
+    worker = FakeChild(True, "w0")
+    worker.exits, worker.last_exit, worker.log_path = 3, 1, tmp_path / "w0.log"  # type: ignore[attr-defined]
+    crashing.children["w0"] = worker  # type: ignore[assignment]
+    crashing.metrics_ports["w0"] = 1
+    supervisor._set_status(crashing)
+    assert (crashing.status.phase.value, crashing.status.reason) == ("Failed", "ContainerCrashing")
+    assert crashing.status.message.startswith("process w0 keeps crashing: exited with 1")
 
 
 def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path: Path) -> None:
