@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -341,13 +342,10 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
         failed = f"instance {summary.get('index')}: {count} unit(s) failed"
         reason = f"{failed} (see its summary under the output prefix)"
         failures.append({"object": None, "line": None, "reason": reason, "units": count})
-    ranges = list(summary.get("ranges") or [])
-    finished = Progress(
-        len(ranges),
-        sum(1 for r in ranges if r.get("outcome") != "failed"),
-        sum(1 for r in ranges if r.get("outcome") == "failed"),
-        sum(int(r.get("records", 0)) for r in ranges),
-    )
+    ranges = ended_ranges(summary)
+    failed_ranges = sum(1 for r in ranges if r.failed)
+    finished = Progress(len(ranges), len(ranges) - failed_ranges, failed_ranges,
+                        sum(r.records for r in ranges))  # fmt: skip
     units_done = units_progress({**units, "records": summary.get("records", 0)})
     whole = Progress(units_done.total - finished.total, units_done.done - finished.done,
                      units_done.failed - finished.failed,
@@ -355,22 +353,49 @@ def summary_progress(summary: Mapping[str, Any]) -> tuple[Progress, list[dict[st
     return whole, failures
 
 
-def split_objects_progress(ranges: Iterable[Mapping[str, Any]]) -> Progress:
+@dataclass(frozen=True)
+class EndedRange:
+    """A byte range of a split object, as an ended instance's summary lists it."""
+
+    object: str
+    index: int
+    of: int
+    failed: bool
+    records: int
+
+
+def ended_ranges(summary: Mapping[str, Any]) -> list[EndedRange]:
+    """The ranges of split objects an ended instance's summary lists; an entry that is not one
+    (a summary not of this release, a damaged one) is left out, read in the operator's
+    reconcile as it is."""
+    found = []
+    for entry in summary.get("ranges") or []:
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            found.append(EndedRange(str(entry["object"]), int(entry.get("range", 0)),
+                                    int(entry.get("of") or 1), entry.get("outcome") == "failed",
+                                    int(entry.get("records") or 0)))  # fmt: skip
+    return found
+
+
+def split_objects_progress(ranges: Iterable[EndedRange]) -> Progress:
     """The objects split into byte ranges, from their ranges' outcomes in every ended
-    instance's summary: each is one object, done when all its ranges are, failed when one
-    failed, and its records counted only when done (a failed one's parts are deleted)."""
-    by_object: dict[str, dict[int, Mapping[str, Any]]] = {}
-    for outcome in ranges:
-        by_object.setdefault(str(outcome.get("object")), {})[int(outcome.get("range", 0))] = outcome
-    done = failed = records = 0
+    instance's summary: each is one object once all its ranges ended (done, its records
+    counted) or one failed (failed: its parts are deleted); until then its ended ranges count
+    as units, as a running instance's do, so the job's progress does not step back as the
+    first of its instances ends."""
+    by_object: dict[str, dict[int, EndedRange]] = {}
+    for ended in ranges:
+        by_object.setdefault(ended.object, {})[ended.index] = ended
+    found = Progress()
     for parts in by_object.values():
-        outcomes = [part.get("outcome") for part in parts.values()]
-        if "failed" in outcomes:
-            failed += 1
-        elif len(parts) == max(int(part.get("of", 1)) for part in parts.values()):
-            done += 1
-            records += sum(int(part.get("records", 0)) for part in parts.values())
-    return Progress(len(by_object), done, failed, records)
+        records = sum(part.records for part in parts.values())
+        if any(part.failed for part in parts.values()):
+            found = add_progress(found, Progress(1, 0, 1, 0))
+        elif len(parts) >= max(part.of for part in parts.values()):
+            found = add_progress(found, Progress(1, 1, 0, records))
+        else:  # more ranges to come: each ended one a unit, as before the object is whole
+            found = add_progress(found, Progress(len(parts), len(parts), 0, records))
+    return found
 
 
 def ended_progress(
@@ -380,11 +405,11 @@ def ended_progress(
     once over all of them (``split_objects_progress``), and the failures they name."""
     found = Progress()
     failures: list[dict[str, Any]] = []
-    ranges: list[Mapping[str, Any]] = []
+    ranges: list[EndedRange] = []
     for summary in summaries:
         progress, failed = summary_progress(summary)
         found, failures = add_progress(found, progress), failures + failed
-        ranges += summary.get("ranges") or []
+        ranges += ended_ranges(summary)
     return add_progress(found, split_objects_progress(ranges)), failures
 
 

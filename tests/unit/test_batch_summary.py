@@ -55,7 +55,20 @@ def test_a_split_object_counts_once_in_the_job_s_progress_done_or_failed_as_its_
     second.ranges.append(RangeOutcome(BIG, 1, 2, "skipped", 0))  # its part existed
     documents[1] = json.loads(second.to_json())
     assert ended_progress(documents)[0] == JobProgress(total=2, done=2, failed=0, records=195)
-    assert ended_progress(documents[:1])[0] == JobProgress(total=2, done=1, failed=0, records=5)
+    # the first instance ended, the second runs on: its ended range is a unit (as the running
+    # instance's is), not the whole object not done: done and records do not step back from
+    # what the running instances said (1 done, 105 records, to 0 done and 5)
+    assert ended_progress(documents[:1])[0] == JobProgress(total=2, done=2, failed=0, records=105)
+
+
+def test_range_entries_not_of_this_release_are_left_out() -> None:
+    """A summary's ranges are read in the operator's reconcile: an entry that is no range is
+    left out, not an exception that stops the job's status."""
+    summary = json.loads(Summary(0, 1, assigned=2, succeeded=2, records=12).to_json())
+    summary["ranges"] = [{"object": BIG, "range": "x"}, "not a range", None,
+                         {"object": BIG, "range": 0, "of": 1, "outcome": "succeeded",
+                          "records": 7}]  # fmt: skip
+    assert ended_progress([summary])[0] == JobProgress(total=2, done=2, failed=0, records=12)
 
 
 def test_ranges_that_do_not_fit_the_termination_message_leave_it_whole() -> None:
