@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from infermodes.endpoints.spec import object_name
+from infermodes.endpoints.status import FAILED_CREATE, UNSCHEDULABLE
 from infermodes.errors import (
     ClientClosedRequest,
     InfermodesError,
@@ -369,8 +370,9 @@ class Proxy:
             async with asyncio.timeout(self.timeout):
                 return await self.forward(endpoint, forwarded, body, holding, receive, named)
         except TimeoutError:
-            if holding[0]:  # with what its status says (Unschedulable: no node has room)
-                why = f" (its status: {endpoint.why})" if endpoint.why else ""
+            if holding[0]:  # with why its replicas do not come, when its status says it
+                stalled = endpoint.why in (UNSCHEDULABLE, FAILED_CREATE)  # not "Scaling"
+                why = f" (its status: {endpoint.why})" if stalled else ""
                 raise ServiceUnavailable(
                     f"no replica of endpoint {endpoint.name} became ready within "
                     f"{self.timeout:g} s{why}"

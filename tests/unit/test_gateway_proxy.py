@@ -355,7 +355,8 @@ def test_a_request_held_past_the_timeout_for_pods_no_node_takes_is_told_why() ->
         assert str(held.value) == (
             "no replica of endpoint sl became ready within 0.05 s (its status: Unschedulable)"
         )
-        apply_endpoint(table, "MODIFIED", sl_object("InService"))  # no reason: none named
+        # a reason that says nothing of why no replica came (a cold start's Scaling): none named
+        apply_endpoint(table, "MODIFIED", sl_object("InService", reason="Scaling"))
         with pytest.raises(ServiceUnavailable) as bare:
             await proxy.invoke(endpoint, scope(), receive, "r2")
         assert str(bare.value) == "no replica of endpoint sl became ready within 0.05 s"
