@@ -184,7 +184,9 @@ def test_a_split_object_with_a_failed_range_counts_once_in_the_job_s_progress(
     assert sorted(d.returncode for d in done) == [0, EXIT_OBJECTS_FAILED], [d.log for d in done]
     documents = [summary(seaweedfs, bucket, i, 2) for i in range(2)]
     assert sum(d["units"]["assigned"] for d in documents) == 3  # two ranges and an object
-    assert keys(seaweedfs, bucket, "out/big") == []  # no .out, no part left
+    # not assembled; a part the other instance wrote after the failure removed the parts it saw
+    # stays until a later run succeeds (docs/batch.md, "Assembling a split object")
+    assert "out/big.csv.out" not in keys(seaweedfs, bucket, "out/big")
     assert ended_progress(documents)[0] == Progress(total=2, done=1, failed=1, records=5)
 
 
