@@ -649,16 +649,20 @@ def test_a_claimed_success_no_delivery_can_store_is_notified_and_dead_lettered(
 def test_a_failure_path_that_cannot_hold_the_error_object_is_named_in_the_notification(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:
-    """A regular file where the failure folder goes: the last attempt notified the error with
-    a null failureLocation and nothing of why; it now says the object could not be stored,
-    where, and the storage's error, and so does the worker's log."""
+    """A regular file where the failure folder goes, put there after the request was accepted
+    (one there before is refused at once, a 424: tests/unit/test_async_api.py): the last
+    attempt notified the error with a null failureLocation and nothing of why; it now says the
+    object could not be stored, where, and the storage's error, and so does the worker's log."""
     endpoint = "failure-file"
     notes = Notifications(rabbitmq, endpoint).declare()
     with plane(rabbitmq, endpoint, f"file://{tmp_path}/ep", tmp_path, max_attempts=1) as live:
-        (tmp_path / "ep/failure").parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "ep/failure").write_bytes(b"a file where the folder goes")
         response = live.invoke(b"a,b\n", headers={"X-Amzn-SageMaker-Inference-Id": "bad"})
         assert response.status_code == 202, response.text
+        failure = tmp_path / "ep/failure"
+        if failure.is_dir():  # made by the accept: empty, no request failed yet
+            failure.rmdir()
+        failure.parent.mkdir(parents=True, exist_ok=True)
+        failure.write_bytes(b"a file where the folder goes")
         worker = live.start_worker(model_uri(abalone_model), "w")
         notes.wait_for({"bad"}, "Failed", 60)
     [note] = [n for n in notes.received if n["inferenceId"] == "bad"]
