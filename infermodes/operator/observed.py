@@ -13,6 +13,7 @@ from infermodes.endpoints.status import (
     CRASH_RESTARTS,
     FAILED_CREATE,
     MODEL_LOAD_FAILED,
+    ROLLING_OUT,
     UNSCHEDULABLE,
     Status,
     load_error,
@@ -278,4 +279,4 @@ def synchronous_status(workload: WorkloadState, previous: Status | None) -> Stat
     message = f"{workload.ready}/{workload.replicas} replicas ready"
     if not workload.rolled_out:
         message += f", {workload.updated} of the new spec created"
-    return waiting_status(workload, phase, "RollingOut" if was_serving else "Creating", message)
+    return waiting_status(workload, phase, ROLLING_OUT if was_serving else "Creating", message)

@@ -47,6 +47,7 @@ from infermodes.endpoints.status import (
     BROKER_UNREADABLE,
     IN_FLIGHT_UNKNOWN,
     NAME_IN_USE,
+    ROLLING_OUT,
     QueueFigures,
     Status,
     pool_starting,
@@ -333,7 +334,7 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
             )
             status = waiting_status(workload, phase, IN_FLIGHT_UNKNOWN, message)
         elif rolling:
-            status = waiting_status(workload, phase, "RollingOut", f"{queued}; {workers}")
+            status = waiting_status(workload, phase, ROLLING_OUT, f"{queued}; {workers}")
         else:
             reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
             status = waiting_status(workload, phase, reason, f"{queued}; {workers}")
