@@ -959,7 +959,9 @@ def test_a_change_of_scaling_alone_keeps_the_processes_as_a_cluster_keeps_its_po
         return {process["pid"] for process in up.status(name)["processes"]}
 
     with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
-        wait_until(lambda: up.status("abalone")["phase"] == "InService", WAIT, "in service")
+        # a serverless endpoint is InService once its model has loaded (Creating until then)
+        both = lambda: {up.status(name)["phase"] for name in ("abalone", "abalone-serverless")}  # noqa: E731
+        wait_until(lambda: both() == {"InService"}, WAIT, "both in service")
         assert up.invoke("abalone-serverless", body).status_code == 200
         (server,) = pids("abalone-serverless")
         (first,) = pids("abalone")
