@@ -42,8 +42,7 @@ APPLY_REFUSED = "ApplyRefused"  # the API server refused an object of the endpoi
 INVALID_SPEC = "InvalidSpec"  # a spec that cannot run, or the operator does not run
 # an async endpoint held back: an older one in another namespace holds its name (its queue)
 NAME_IN_USE = "NameInUse"
-# an async pool started at its initial workers (a create, an update that starts it there),
-# fewer of them ready yet: Creating, or Updating over a pool that served
+# a new async pool started at its initial workers, fewer of them ready yet (``pool_starting``)
 STARTING_WORKERS = "StartingWorkers"
 # a batch job held back: an older one not ended writes an overlapping output prefix
 OUTPUT_IN_USE = "OutputInUse"
@@ -451,17 +450,23 @@ def describe_failures(failures: list[dict[str, Any]], failed_units: int = 0) -> 
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def pool_starting(wanted: int, ready: int, served: bool) -> tuple[Phase, str, str] | None:
-    """(phase, reason, message) of an async pool started at ``wanted`` workers (its
-    initialReplicas, or minReplicas without it, on a create or an update that starts it
-    there; no more than it still wants) while fewer are ready: ``Creating``, or ``Updating``
-    over an endpoint that ``served``, as the platform says InService once the variant's
-    instances run. None once they are, and for a pool started at zero (requests queue: it
-    is in service at once). Both actuators say it (the operator, ``infermodes up``)."""
-    if ready >= wanted:
+def pool_starting(
+    initial: int, wanted: int, ready: int, served: bool
+) -> tuple[Phase, str, str] | None:
+    """(phase, reason, message) of an async pool that has not ``served`` (no look before this
+    one said ``InService`` or ``Updating``) while fewer of its workers are ready than it starts
+    with: its ``initial`` ones (initialReplicas, minReplicas without it), or the fewer it still
+    ``wanted`` (scaled in before they were). ``Creating`` then, as the platform says InService
+    once the variant's instances run. None once they are ready, for a pool started at zero
+    (requests queue: it is in service at once), and for one that served: its workers coming
+    back, or a new spec's replacing them, are a scale or a rollout, not a start. The one rule
+    of both actuators, each gathering these facts (the operator from its workload and the
+    status it wrote, ``infermodes up`` from its processes and the status it showed)."""
+    starting = min(initial, wanted)
+    if served or ready >= starting:
         return None
-    phase = Phase.UPDATING if served else Phase.CREATING
-    return phase, STARTING_WORKERS, f"{ready}/{wanted} initial workers ready; requests queue"
+    message = f"{ready}/{starting} initial workers ready; requests queue"
+    return Phase.CREATING, STARTING_WORKERS, message
 
 
 def serverless_phase(

@@ -40,7 +40,6 @@ import httpx
 from infermodes.endpoints import async_plan, plan
 from infermodes.endpoints.demand import Demand, GatewayDemand
 from infermodes.endpoints.scaling import (
-    INITIAL_REPLICAS,
     ScalerMemory,
     backlog_replicas,
     pool_in_flight,
@@ -56,6 +55,7 @@ from infermodes.endpoints.status import (
     CRASH_RESTARTS,
     MODEL_LOAD_FAILED,
     OUTPUT_IN_USE,
+    ROLLING_OUT,
     BatchOutput,
     QueueFigures,
     Status,
@@ -212,8 +212,10 @@ class LocalEndpoint:
     progress_read_at: float = -math.inf
     sequence: int = 0
     desired: int = 0
-    # an async pool's workers asked for at its (re)start, until they are ready (pool_starting)
-    initial_wanted: int = 0
+    # an async pool that replaced one in service (a new spec, a restart of ``up``: all its
+    # workers start again) had every worker it wanted ready once, as a Deployment's rollout
+    # ends; until then it is Updating (``_pool_phase``)
+    rolled_out: bool = False
     initialized: bool = False
     served: bool = False  # a realtime endpoint is Creating until the replicas it wants are ready
     # ... or Updating, its requests held, when the spec it replaced was in service
@@ -465,13 +467,11 @@ class Supervisor:
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
         self._save(endpoint)
-        if (
-            old is not None
-            and not outgoing
-            and manifest.spec.mode in (Mode.REALTIME, Mode.SERVERLESS)
-        ):
-            # nothing of the old spec serves (a serverless one at zero): said at once, not at
-            # the first decision: Updating if the old one served, so a request is held
+        if old is not None and not outgoing and manifest.spec.mode is not Mode.BATCH:
+            # nothing of the old spec serves (a serverless one at zero, an async pool, whose
+            # workers all start again): said at once, not at the first decision (Creating, as
+            # a new endpoint): Updating if the old one served, so a request is held, and a
+            # waiter for InService after an update is not told so by the old status
             self._set_status(endpoint)
         if old is not None and outgoing:
             # until its first decision, what the old spec's servers report: they serve on
@@ -736,8 +736,6 @@ class Supervisor:
             block, started, figures.ready, figures.in_flight, endpoint.memory, now,
             figures.consumers, figures.waiting_webhooks,
         )  # fmt: skip
-        if decision.reason == INITIAL_REPLICAS:
-            endpoint.initial_wanted = decision.replicas
         status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)
         endpoint.status = with_backlog(status, figures)
         return decision.replicas
@@ -985,7 +983,7 @@ class Supervisor:
         # until every wanted replica is (the platform's, until its initial instances are up)
         endpoint.served = endpoint.served or 0 < endpoint.desired <= ready
         notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
-        starting = self._pool_starting(endpoint, ready) if mode is Mode.ASYNC else None
+        pool = self._pool_phase(endpoint, ready) if mode is Mode.ASYNC else None
         old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
         if mode is Mode.SERVERLESS:  # as the operator says it (previous spec's servers: served)
             phase, reason, said = serverless_phase(
@@ -1002,9 +1000,9 @@ class Supervisor:
             phase, reason = Phase.CREATING, "Creating" if ready else "NoReplicaReady"
             if ready:
                 notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
-        elif starting is not None:
-            phase, reason = starting[0], starting[1]
-            notes.insert(0, starting[2])
+        elif pool is not None:
+            phase, reason = pool[0], pool[1]
+            notes.insert(0, pool[2])
         else:
             phase = Phase.IN_SERVICE
             reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
@@ -1051,13 +1049,20 @@ class Supervisor:
         return memory.loaded_template == template
 
     @staticmethod
-    def _pool_starting(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:
-        """An async pool's start, as the operator says it (``pool_starting``); over once its
-        initial workers were ready, or it wants fewer (scaled in before they were)."""
+    def _pool_phase(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:
+        """An async pool's start or rollout, as the operator says them: ``Creating`` while a
+        pool that has not served starts (``pool_starting``; served: the status shown last, or
+        the one of the endpoint it replaced), and ``Updating`` (``RollingOut``) while one that
+        replaced a pool in service, whose workers ``up`` all starts again, has not had every
+        worker it wants ready, as the operator says while a Deployment's rollout lasts."""
         served = endpoint.replaced_in_service or endpoint.status.phase in SERVING_PHASES
-        starting = pool_starting(min(endpoint.initial_wanted, endpoint.desired), ready, served)
-        if starting is None:
-            endpoint.initial_wanted = 0
+        first = async_plan.async_block(endpoint.manifest.spec).first_replicas()
+        # before its first decision, the pool wants the workers it starts with
+        wanted = endpoint.desired if endpoint.initialized else first
+        starting = pool_starting(first, wanted, ready, served)
+        endpoint.rolled_out = endpoint.rolled_out or ready >= wanted
+        if starting is None and endpoint.replaced_in_service and not endpoint.rolled_out:
+            return Phase.UPDATING, ROLLING_OUT, f"{ready}/{wanted} workers ready"
         return starting
 
     @staticmethod

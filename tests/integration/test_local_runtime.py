@@ -980,6 +980,57 @@ def test_a_change_of_scaling_alone_keeps_the_processes_as_a_cluster_keeps_its_po
         assert up.endpoint("abalone")["spec"]["realtime"]["maxReplicas"] == 3
 
 
+def test_an_async_pool_under_up_scales_and_rolls_out_as_the_operator_says(
+    abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """As the operator says them (``status.pool_starting``, one rule): a new pool is Creating,
+    StartingWorkers, until its initial worker is ready; a change of initialReplicas alone (its
+    workers run as before) is a scale, InService throughout; a new spec, whose workers ``up``
+    all starts again, is Updating, RollingOut, until every worker it wants is ready, as a
+    Deployment's rollout. ``up`` said Updating, StartingWorkers, for both changes."""
+    name = "abalone-async"
+    bounds = {"minReplicas": 0, "maxReplicas": 3}
+    files = [manifest("async", abalone_model.tarball, tmp_path, initialReplicas=1, **bounds)]
+    changes = {}
+    for folder, block in [("scaled", {"initialReplicas": 2}),
+                          ("respec", {"initialReplicas": 2,
+                                      "maxConcurrentInvocationsPerInstance": 2})]:  # fmt: skip
+        (tmp_path / folder).mkdir()
+        changes[folder] = tmp_path / folder / "async.yaml"
+        changed = document("async", abalone_model.tarball, tmp_path, **bounds, **block)
+        changes[folder].write_text(yaml.safe_dump(changed))
+
+    def seen_until(up: Up, ready: int, what: str) -> list[tuple[str, str]]:
+        """(phase, reason) of every look until ``ready`` workers are ready, InService."""
+        seen: list[tuple[str, str]] = []
+
+        def looked() -> bool:
+            status = up.status(name)
+            seen.append((status["phase"], status["reason"]))
+            return status["phase"] == "InService" and status["readyReplicas"] == ready
+
+        wait_until(looked, WAIT, what)
+        return seen
+
+    with running_up(tmp_path / "state", files, tmp_path / "up.log") as up:
+        started = seen_until(up, 1, "the initial worker")
+        assert {phase for phase, _ in started} <= {"Creating", "InService"}, started
+        assert ("Creating", "StartingWorkers") in started, started
+        (first,) = [p["pid"] for p in up.running(name)]
+        applied = cli(up, "apply", "-f", str(changes["scaled"]))
+        assert applied.stdout.split() == [f"inferenceendpoint/{name}", "configured"], applied
+        scaled = seen_until(up, 2, "the second worker")
+        assert {phase for phase, _ in scaled} == {"InService"}, scaled
+        assert first in [p["pid"] for p in up.running(name)]  # ran as before: a scale
+        applied = cli(up, "apply", "-f", str(changes["respec"]))
+        assert applied.returncode == 0, applied.stderr
+        rolled = seen_until(up, 2, "the new spec's workers")
+        assert first not in [p["pid"] for p in up.running(name)]  # all started again
+        assert ("Updating", "RollingOut") in rolled, rolled
+        assert {phase for phase, _ in rolled} <= {"Updating", "InService"}, rolled
+        assert "StartingWorkers" not in {reason for _, reason in rolled}, rolled
+
+
 def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
     abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

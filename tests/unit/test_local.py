@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -490,8 +491,11 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
 ) -> None:
     """DescribeEndpoint said InService with CurrentInstanceCount 0 right after CreateEndpoint
     (and UpdateEndpoint) of an async variant of InitialInstanceCount 1. A pool started at its
-    initial workers is Creating (Updating over one that served) until they are ready, then
-    InService for good; one started at zero is InService at once (requests queue)."""
+    initial workers is Creating until they are ready, then InService for good; one started at
+    zero is InService at once (requests queue). Over one that served, as the operator says it:
+    a new spec (whose workers ``up`` all starts again) is Updating, RollingOut, until every
+    worker it wants is ready; a changed initialReplicas alone is a scale (InService), not a
+    start (``up`` said Updating, StartingWorkers, for both)."""
     empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
     supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
     document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
@@ -515,10 +519,17 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     assert shown(created)[0] == "InService"
     ready[0] = 0  # its workers restart, say: the start is over
     assert shown(created)[0] == "InService"
+    document["spec"]["async"]["initialReplicas"] = 3  # its processes run as before: a scale
+    supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z", created)
+    assert shown(created) == ("InService", "InitialReplicas")
+    assert created.desired == 3
     updated = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     updated.replaced_in_service = True  # a new spec over the endpoint that served
-    assert shown(updated) == ("Updating", "StartingWorkers")
-    ready[0] = 2
+    assert shown(updated) == ("Updating", "RollingOut")
+    assert updated.status.message.startswith("0/3 workers ready")
+    ready[0] = 3
+    assert shown(updated)[0] == "InService"
+    ready[0] = 1  # its workers restart, say: the rollout is over
     assert shown(updated)[0] == "InService"
     del document["spec"]["async"]["initialReplicas"]  # started at minReplicas: 0
     ready[0] = 0
@@ -547,6 +558,40 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     supervisor._set_status(crashing)
     assert (crashing.status.phase.value, crashing.status.reason) == ("Failed", "ContainerCrashing")
     assert crashing.status.message.startswith("process w0 keeps crashing: exited with 1")
+
+
+def test_an_async_update_under_up_is_said_at_once_not_creating_until_its_first_look(
+    tmp_path: Path,
+) -> None:
+    """Until its first decision, the endpoint a new async spec made said ``Creating``
+    (``Starting``), which the operator never says of an endpoint that served (a
+    DescribeEndpoint right after UpdateEndpoint). Said at once, as the first look will: a
+    rollout (Updating) over one in service, a start (Creating) over one that never served,
+    in service at once for a pool that starts at zero."""
+    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
+    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"]["initialReplicas"] = 2
+    name = document["metadata"]["name"]
+
+    def updated(before: Phase, **block: int) -> tuple[str, str]:
+        supervisor.apply(parse_document(document, "test"))
+        endpoint = supervisor.endpoints[name]
+        endpoint.status = dataclasses.replace(endpoint.status, phase=before)
+        changed = copy.deepcopy(document)
+        changed["spec"]["async"].update(block)
+        supervisor.apply(parse_document(changed, "test"))
+        status = supervisor.object_of(supervisor.endpoints[name])["status"]
+        supervisor.delete(name)
+        return status["phase"], status["reason"]
+
+    assert updated(Phase.IN_SERVICE, maxConcurrentInvocationsPerInstance=2) == (
+        "Updating", "RollingOut"
+    )  # fmt: skip
+    assert updated(Phase.CREATING, maxConcurrentInvocationsPerInstance=2) == (
+        "Creating", "StartingWorkers"
+    )  # fmt: skip
+    assert updated(Phase.IN_SERVICE, initialReplicas=0)[0] == "InService"
 
 
 def test_up_s_status_shows_the_webhook_jobs_waiting_beside_the_backlog(tmp_path: Path) -> None:

@@ -72,7 +72,6 @@ from infermodes.operator.objects import (
     resources,
 )
 from infermodes.operator.observed import (
-    WorkloadState,
     failure,
     running_pods,
     served,
@@ -260,27 +259,15 @@ def desired_objects(
     return guarded([workers], ref, COMPONENT, METRICS_PORT, peers)
 
 
-def first_start(
-    spec: s.EndpointSpec, workload: WorkloadState, previous: Status | None
-) -> tuple[s.Phase, str, str] | None:
-    """A new pool's start at its initial workers (``pool_starting``): ``Creating`` until they
-    are ready, or until it wants fewer (scaled in before they were)."""
-    if served(previous):
-        return None
-    return pool_starting(min(async_block(spec).first_replicas(), workload.replicas),
-                         workload.ready, False)  # fmt: skip
-
-
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
-    """``Creating`` while a new pool's initial workers start (``StartingWorkers``; a pool
-    started at zero is in service at once); then ``InService`` while the queue accepts work,
-    also at zero workers, and ``Updating`` while
-    a spec change rolls out over a pool that served (``RollingOut``; the queue accepts
+    """``Creating`` while a new pool's initial workers start (``status.pool_starting``); then
+    ``InService`` while the queue accepts work, also at zero workers, and ``Updating`` while a
+    spec change rolls out over a pool that served (``RollingOut``; the queue accepts
     throughout); the reason says how the pool stands (``Idle``, ``Processing``;
-    ``BrokerUnreadable`` and ``InFlightUnknown``:
-    the pool is not scaled in, and the message says why). Workers that cannot run make it
-    ``Failed`` only while none serves: a new spec's, beside old ones that consume, leave it
-    ``Updating`` (as a realtime endpoint's), added ones ``InService``, the reason saying why."""
+    ``BrokerUnreadable`` and ``InFlightUnknown``: the pool is not scaled in, and the message
+    says why). Workers that cannot run make it ``Failed`` only while none serves: a new spec's,
+    beside old ones that consume, leave it ``Updating`` (as a realtime endpoint's), added ones
+    ``InService``, the reason saying why."""
     workload = signals.workload
     held = signals.name_held_by() is not None
     read = PoolFigures(None) if held else pool_figures(spec, signals)  # not its own queue
@@ -304,7 +291,8 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         status = workload.status(s.Phase.IN_SERVICE, problem[0], message)
     elif not workload.exists:
         status = Status(s.Phase.CREATING, "Creating", "creating the worker pool")
-    elif (starting := first_start(spec, workload, previous)) is not None:
+    elif (starting := pool_starting(async_block(spec).first_replicas(), workload.replicas,
+                                    workload.ready, served(previous))) is not None:  # fmt: skip
         status = waiting_status(workload, *starting)  # Unschedulable, FailedCreate named
     elif figures is None:
         status = workload.status(

@@ -17,6 +17,7 @@ from infermodes.endpoints.status import (
     QueueFigures,
     Status,
     oldest_age_from_dequeues,
+    pool_starting,
     record_queue,
 )
 from infermodes.metrics import DEQUEUED_ACCEPTED_AT as DEQUEUED
@@ -234,6 +235,82 @@ def test_a_new_pool_is_creating_until_its_initial_workers_are_ready() -> None:
         "1/2 initial workers ready; requests queue; pod w cannot be scheduled: 0/1 nodes are "
         "available"
     )
+
+
+@pytest.mark.parametrize(
+    ("looks", "said"),
+    [
+        pytest.param(  # every look of a pool of 2 whose workers never come: Creating throughout
+            [(2, 2, 0), (2, 2, 0), (2, 2, 1)],
+            ["0/2", "0/2", "1/2"],
+            id="no-worker-ever-ready",
+        ),
+        pytest.param(  # ready once: in service, also scaled to zero and out again after it
+            [(2, 2, 1), (2, 2, 2), (2, 0, 0), (2, 1, 0)],
+            ["1/2", None, None, None],
+            id="ready-once-then-scaled-to-zero",
+        ),
+        pytest.param(  # scaled in before its workers were: the start ends at what it wants
+            [(2, 2, 0), (2, 1, 1), (2, 0, 0)],
+            ["0/2", None, None],
+            id="scaled-in-while-starting",
+        ),
+        pytest.param(  # initialReplicas 1 -> 3 while starting: still a start, of the new spec
+            [(1, 1, 0), (3, 3, 0), (3, 3, 2), (3, 3, 3)],
+            ["0/1", "0/3", "2/3", None],
+            id="spec-update-while-starting",
+        ),
+        pytest.param(  # one of 2 crashes: the start goes on; the crash rule says Failed (None:
+            # not served, so the start resumes once it is back), until both are ready
+            [(2, 2, 1), (2, 2, 0), None, (2, 2, 1), (2, 2, 2), (2, 2, 1)],
+            ["1/2", "0/2", "Failed", "1/2", None, None],
+            id="worker-crashing-while-starting",
+        ),
+        pytest.param(  # started at zero (initialReplicas unset, minReplicas 0): in service
+            [(0, 0, 0), (0, 1, 0), (0, 1, 1)],
+            [None, None, None],
+            id="started-at-zero",
+        ),
+    ],
+)
+def test_one_rule_says_when_an_async_pool_is_starting(
+    looks: list[tuple[int, int, int] | None], said: list[str | None]
+) -> None:
+    """``status.pool_starting`` at its edges, look after look ((initial, wanted, ready)
+    workers), each look's ``served`` being what the look before it said (InService or
+    Updating), as both actuators gather it: the operator from the status it wrote,
+    ``infermodes up`` from the one it showed. A look of None is one a worker's crashes failed
+    (the crash rule, which both ask first)."""
+    previous: s.Phase | None = None
+    shown: list[str | None] = []
+    for look in looks:
+        served = previous in (s.Phase.IN_SERVICE, s.Phase.UPDATING)
+        if look is None:
+            previous = s.Phase.FAILED
+            shown.append("Failed")
+            continue
+        initial, wanted, ready = look
+        starting = pool_starting(initial, wanted, ready, served)
+        if starting is None:
+            previous = s.Phase.IN_SERVICE
+            shown.append(None)
+            continue
+        phase, reason, message = starting
+        assert (phase, reason) == (s.Phase.CREATING, "StartingWorkers")
+        previous = phase
+        shown.append(message.split(" ")[0])
+    assert shown == said
+
+
+def test_a_pool_that_served_is_never_starting_again() -> None:
+    """What ``infermodes up`` said beside the operator: StartingWorkers (Updating) after a new
+    spec or a changed initialReplicas over a pool in service. The operator says a rollout
+    (Updating, RollingOut) or a scale (InService) there, never a start."""
+    for initial, wanted, ready in [(2, 2, 0), (3, 3, 1), (1, 4, 0)]:
+        assert pool_starting(initial, wanted, ready, served=True) is None
+    assert pool_starting(3, 3, 1, served=False) == (
+        s.Phase.CREATING, "StartingWorkers", "1/3 initial workers ready; requests queue"
+    )  # fmt: skip
 
 
 def test_workers_the_api_refuses_are_named_with_the_backlog() -> None:
