@@ -476,16 +476,27 @@ def serverless_phase(
     both actuators say it. Until a replica of its template was ready (``loaded``), it is
     ``Creating`` (``Updating`` once it ``served``): one replica loads the model before the
     endpoint takes requests, as the platform's CreateEndpoint and UpdateEndpoint do, so a
-    waiter for InService is never told so of a model that cannot load. Then InService, also at
-    zero (the next request cold-starts a replica) and while replicas come and go; ``Updating``
-    while a new template rolls out over replicas (``rolling_out``) of an endpoint that
-    served, or that has a replica ready."""
-    counts = f"{ready}/{replicas} replicas ready"
+    waiter for InService is never told so of a model that cannot load. Then InService at
+    zero (the next request cold-starts a replica), and otherwise as any endpoint of model
+    servers that takes requests (``replicas_phase``)."""
     if not loaded:
         phase = Phase.UPDATING if served else Phase.CREATING
+        counts = f"{ready}/{replicas} replicas ready"
         return phase, LOADING_MODEL, f"{LOADING_MODEL_MESSAGE} ({counts})"
     if replicas == 0:
         return Phase.IN_SERVICE, SCALED_TO_ZERO, SCALED_TO_ZERO_MESSAGE
+    return replicas_phase(served, replicas, ready, rolling_out)
+
+
+def replicas_phase(
+    served: bool, replicas: int, ready: int, rolling_out: bool
+) -> tuple[Phase, str, str]:
+    """(phase, reason, message) of an endpoint of model servers that takes requests (a
+    realtime one once it served, a serverless one once its template loaded), its replicas not
+    failing: ``Updating`` while a new template rolls out (``rolling_out``) over replicas of an
+    endpoint that served, or that has a replica ready; else InService, every replica ready
+    or replicas coming and going."""
+    counts = f"{ready}/{replicas} replicas ready"
     if rolling_out and (ready > 0 or served):
         return Phase.UPDATING, ROLLING_OUT, counts
     if ready >= replicas:

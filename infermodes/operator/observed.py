@@ -13,10 +13,10 @@ from infermodes.endpoints.status import (
     CRASH_RESTARTS,
     FAILED_CREATE,
     MODEL_LOAD_FAILED,
-    ROLLING_OUT,
     UNSCHEDULABLE,
     Status,
     load_error,
+    replicas_phase,
     update_blocked,
 )
 from infermodes.errors import EXIT_BROKER_LOGIN_REFUSED, EXIT_MODEL_LOAD_FAILED
@@ -255,28 +255,30 @@ def failed_status(
 
 
 def synchronous_status(workload: WorkloadState, previous: Status | None) -> Status:
-    """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService;
-    Failed with a reason when pods cannot run and none serves (``failed_status``): while the
-    previous spec's replicas serve and the new one's cannot roll out, the endpoint stays
-    Updating, as the platform keeps an endpoint on its old config when an update fails."""
+    """Creating -> InService (every wanted replica ready) -> Updating (rollout) -> InService,
+    once it served as ``replicas_phase`` says it (a serverless endpoint's too); Failed with a
+    reason when pods cannot run and none serves (``failed_status``): while the previous spec's
+    replicas serve and the new one's cannot roll out, the endpoint stays Updating, as the
+    platform keeps an endpoint on its old config when an update fails."""
     problem = failure(workload)
     if problem is not None:
         return failed_status(workload, previous, problem)
-    was_serving = served(previous)
     if not workload.exists:
         return Status(Phase.CREATING, "Creating", "creating the workload")
-    if workload.rolled_out and workload.ready >= workload.replicas:
-        return workload.status(Phase.IN_SERVICE, "AllReplicasReady",
-                      f"{workload.ready}/{workload.replicas} replicas ready")  # fmt: skip
-    # replicas changing, not specs: also a lost last replica being replaced (pods roll out with
-    # maxUnavailable 0, so a spec's rollout keeps a ready one), unless a rollout is ending (a
-    # new template over no replicas rolls out at once: Updating until one is ready)
-    replacing = workload.ready > 0 or (previous is not None and previous.phase is Phase.IN_SERVICE)
-    if was_serving and workload.rolled_out and replacing:
+    was_serving = served(previous)
+    if not was_serving and not (workload.rolled_out and workload.ready >= workload.replicas):
+        phase, reason = Phase.CREATING, "Creating"
         message = f"{workload.ready}/{workload.replicas} replicas ready"
-        return waiting_status(workload, Phase.IN_SERVICE, "Scaling", message)
-    phase = Phase.UPDATING if was_serving else Phase.CREATING
-    message = f"{workload.ready}/{workload.replicas} replicas ready"
+    else:
+        # a rollout lasts while the Deployment rolls out and, after a new template over no
+        # replicas (rolled out at once), until one is ready; a lost last replica being
+        # replaced is no rollout (pods roll out with maxUnavailable 0: a rollout keeps one)
+        updating = previous is not None and previous.phase is Phase.UPDATING
+        over_none = updating and workload.ready == 0 < workload.replicas
+        rolling_out = not workload.rolled_out or over_none
+        phase, reason, message = replicas_phase(
+            was_serving, workload.replicas, workload.ready, rolling_out
+        )
     if not workload.rolled_out:
         message += f", {workload.updated} of the new spec created"
-    return waiting_status(workload, phase, ROLLING_OUT if was_serving else "Creating", message)
+    return waiting_status(workload, phase, reason, message)
