@@ -49,10 +49,10 @@ def replica_resources(block: s.ServerlessSpec) -> s.Resources:
     return s.Resources(cpu=f"{millicores}m", memory=f"{block.memory_size_in_mb}Mi")
 
 
-def template_loaded(spec: s.EndpointSpec, signals: Signals) -> str | None:
-    """The template whose model a replica loaded: the spec's once the Deployment, applied with
-    it, rolled out with a replica ready; else the one the status remembers."""
-    template = replica_template(spec)
+def template_loaded(template: str, signals: Signals) -> str | None:
+    """The template whose model a replica loaded: the spec's (``template``, its
+    ``replica_template``, which its caller compares with this) once the Deployment, applied
+    with it, rolled out with a replica ready; else the one the status remembers."""
     workload = signals.workload
     metadata = (signals.workload_object or {}).get("metadata") or {}
     applied = (metadata.get("annotations") or {}).get(REPLICA_TEMPLATE) == template
@@ -68,7 +68,8 @@ def replicas(spec: s.EndpointSpec, signals: Signals, memory: ScalerMemory) -> in
     current = workload.replicas if workload.exists else 0
     problem = failure(workload)
     load_failed = problem is not None and problem[0] == MODEL_LOAD_FAILED
-    loaded = template_loaded(spec, signals) == replica_template(spec)
+    template = replica_template(spec)
+    loaded = template_loaded(template, signals) == template
     return serverless_replicas(spec.serverless_block(), current, signals.demand, memory,
                                signals.now, signals.wall, load_failed, loaded)  # fmt: skip
 
@@ -114,9 +115,10 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
         return failed_status(workload, previous, problem)
     if not workload.exists:
         return Status(s.Phase.CREATING, "Creating", "creating the workload")
-    loaded = template_loaded(spec, signals)
+    template = replica_template(spec)
+    loaded = template_loaded(template, signals)
     phase, reason, message = serverless_phase(
-        loaded == replica_template(spec), served(previous), workload.replicas, workload.ready,
+        loaded == template, served(previous), workload.replicas, workload.ready,
         not workload.rolled_out,
     )  # fmt: skip
     return replace(waiting_status(workload, phase, reason, message), loaded_template=loaded)

@@ -502,3 +502,21 @@ def test_a_status_read_back_older_than_the_operators_write_does_not_load_again()
     stale = reconcile(body(spec), memory, d).status  # its status still without loadedTemplate
     assert applied_replicas(kube) == 0
     assert (stale.phase, stale.reason) == (s.Phase.IN_SERVICE, "ScaledToZero")
+
+
+def test_each_decision_digests_the_spec_s_template_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replica_template`` hashes the spec's whole process plan: ``replicas`` and ``observe``
+    each took it twice (once in ``template_loaded``, once to compare with it)."""
+    spec = serverless_spec()
+    signals = with_template(spec, WorkloadState(True, 1, 1, 1, True))
+    digests: list[str] = []
+
+    def counted(spec: s.EndpointSpec) -> str:
+        digests.append(replica_template(spec))
+        return digests[-1]
+
+    monkeypatch.setattr(serverless, "replica_template", counted)
+    assert serverless.replicas(spec, signals, ScalerMemory()) == 0  # loaded, and no demand
+    assert len(digests) == 1
+    status = serverless.observe(spec, signals, None)
+    assert (status.phase, len(digests)) == (s.Phase.IN_SERVICE, 2)
