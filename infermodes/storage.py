@@ -589,6 +589,13 @@ def _under(path: str, root: str) -> bool:
     return path.startswith(root.rstrip("/") + "/")
 
 
+def s3_error_code(exc: Exception) -> str:
+    """The error code S3 answered with; "" for a failure with no answer: botocore's
+    connection errors carry ``response = None`` (a connection closed before the answer)."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
 class S3Store:
     """S3 or any S3-compatible store. boto3 reads the endpoint and credentials from the standard
     AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...): nothing to configure here.
@@ -610,7 +617,7 @@ class S3Store:
         of the location, which no retry mends); read, it holds no such object."""
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        code = s3_error_code(exc)
         if writing and code == "NoSuchBucket":
             return UnusableLocation(
                 f"s3 cannot hold {ref.uri}: the bucket {ref.bucket} does not exist"
@@ -673,7 +680,7 @@ class S3Store:
                 Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*", **typed
             )
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            code = s3_error_code(exc)
             if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 return False
             raise self._translate(exc, ref, writing=True) from exc

@@ -618,3 +618,23 @@ def test_a_file_in_the_way_of_a_folder_is_named_and_nothing_else_is(tmp_path: Pa
     assert file_in_the_way(f"file://{tmp_path}/folder/../afile/x") == str(blocker)
     assert file_in_the_way("s3://bucket/afile/fail") is None
     assert file_in_the_way("file://host/not-local") is None  # not a usable URI: writing says
+
+
+def test_an_s3_connection_lost_is_a_storage_error_a_retry_may_mend() -> None:
+    """botocore's connection errors carry ``response = None``: read as an answer, they raised
+    AttributeError out of the store (a batch instance's traceback, an async worker's crash)."""
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    from infermodes.errors import store_failed
+
+    for error in (ConnectionClosedError(endpoint_url="http://127.0.0.1:1/bkt/x"),
+                  EndpointConnectionError(endpoint_url="http://127.0.0.1:1/bkt/x")):  # fmt: skip
+        assert getattr(error, "response", None) is None
+        storage = Storage(s3_store=S3Store(RefusingClient(error)))
+        with pytest.raises(StorageError) as written:
+            storage.put_bytes("s3://bkt/out/x.out", b"1")
+        with pytest.raises(StorageError) as created:
+            storage.create("s3://bkt/out/x.out", b"1")
+        with pytest.raises(StorageError) as read:
+            storage.get_bytes("s3://bkt/in/x.csv")
+        assert all(store_failed(failed.value) for failed in (written, created, read))
