@@ -14,6 +14,11 @@ EXIT_STOPPED = 143  # SIGTERM: in-flight outputs were discarded, not left half w
 # A worker process of `infermodes batch` died (the OOM killer): its memory is the instance's,
 # so the instance ends as one killed would, without a summary, and its Job retries the index
 EXIT_WORKERS_DIED = 6
+# The object store failed on its side while `infermodes batch` wrote or read an object (not
+# reached, a connection cut, a timeout, a 5xx): no fault of the object, which it does not fail;
+# the instance ends without a summary, as one killed would, and its Job retries the index,
+# skipping what the job wrote
+EXIT_STORE_FAILED = 7
 
 
 class BrokerUrlError(ValueError):
@@ -78,6 +83,13 @@ class StorageError(InfermodesError):
 
 class ObjectNotFound(StorageError):
     status_code = 404
+
+
+def store_failed(exc: StorageError) -> bool:
+    """Whether ``exc`` is the store's own failure, which a retry may mend (not reached, a
+    timeout, its 5xx), not a 4xx naming what is wrong with the location (missing, refused,
+    a name it cannot hold), which no retry mends."""
+    return not 400 <= exc.status_code < 500
 
 
 class EndpointNotFound(InfermodesError):

@@ -144,3 +144,80 @@ def test_the_job_s_records_under_its_output_carry_their_content_type(
         "run-job-1.inputs.json": "application/json",
         "summary-0000-of-0001.json": "application/json",
     }
+
+
+class FailingWrites:
+    """moto's S3 client, but its writes of ``.out`` objects fail with ``error``."""
+
+    def __init__(self, client: Any, error: Exception) -> None:
+        self.client, self.error = client, error
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.client, name)
+        if name not in ("put_object", "create_multipart_upload"):
+            return call
+
+        def failing(**kwargs: Any) -> Any:
+            if kwargs["Key"].endswith(".out"):
+                raise self.error
+            return call(**kwargs)
+
+        return failing
+
+
+def run_failing_writes(booster: Path, error: Exception, monkeypatch: pytest.MonkeyPatch
+                       ) -> tuple[Summary, int | None]:  # fmt: skip
+    """One instance over ``in/a.csv`` and ``in/b.csv`` whose outputs fail to be written with
+    ``error``: its summary, and the exit code of an end that runs again (None: none)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="data")
+        for key in ("in/a.csv", "in/b.csv"):
+            client.put_object(Bucket="data", Key=key, Body=ROWS)
+        settings = BatchSettings(model_uri=str(booster), input_uri="s3://data/in/",
+                                 output_uri="s3://data/out/", run_id="job-1",
+                                 metrics_port=0)  # fmt: skip
+        storage = Storage(s3_store=S3Store(FailingWrites(client, error)))
+        runner = Runner(settings, storage, XGBoostModel.load(str(booster)),
+                        BatchMetrics(CollectorRegistry()))  # fmt: skip
+        return runner.run(), runner.runs_again
+
+
+def test_a_store_that_cannot_be_reached_fails_no_object_and_the_instance_runs_again(
+    model: Path,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store's own failure (a connection cut before its answer, which botocore raises
+    with ``response = None``) is no fault of the object: failed, the job would be Failed for
+    good (an instance with failed objects is not retried), all its objects after the outage
+    too. The instance ends at the first, to run again (EXIT_STORE_FAILED)."""
+    from botocore.exceptions import ConnectionClosedError
+
+    from infermodes.errors import EXIT_STORE_FAILED
+
+    cut = ConnectionClosedError(endpoint_url="http://127.0.0.1:1/data/out/a.csv.out")
+    summary, runs_again = run_failing_writes(model, cut, monkeypatch)
+    assert runs_again == EXIT_STORE_FAILED
+    assert summary.failures == []
+    assert summary.error is not None and summary.error.startswith("the object store failed: ")
+    assert "Connection was closed" in summary.error
+
+
+def test_a_store_that_refuses_an_output_fails_its_objects_as_before(
+    model: Path,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 403 names what is wrong with the location, which no run again mends: the objects
+    fail, named, and the instance leaves its summary."""
+    from botocore.exceptions import ClientError
+
+    refused = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+    summary, runs_again = run_failing_writes(model, refused, monkeypatch)
+    assert runs_again is None
+    assert [failure.object for failure in summary.failures] == [
+        "s3://data/in/a.csv",
+        "s3://data/in/b.csv",
+    ]

@@ -65,8 +65,8 @@ class MiniBatch:
 
 
 def read_blocks(source: IO[bytes], block_bytes: int) -> Iterator[bytes]:
-    """The input in blocks; a read that fails fails its object (``StorageError``), not the
-    instance."""
+    """The input in blocks; a read that fails is the store's failure (``StorageError``),
+    which ends the instance to run again (``Runner.unit``), not a fault of its object."""
     try:
         while block := source.read(block_bytes):
             yield block

@@ -38,11 +38,13 @@ from infermodes.errors import (
     EXIT_MODEL_LOAD_FAILED,
     EXIT_OBJECTS_FAILED,
     EXIT_STOPPED,
+    EXIT_STORE_FAILED,
     EXIT_WORKERS_DIED,
     ModelLoadError,
     ObjectNotFound,
     StorageError,
     clipped,
+    store_failed,
 )
 from infermodes.logs import configure_logging
 from infermodes.metrics import LIVENESS_PATH, BatchMetrics, serve_metrics
@@ -200,7 +202,9 @@ class Runner:
         self.summary = Summary(settings.instance_index, settings.instance_count)
         self.run_started: float | None = None  # by the store's clock; None: no run id
         self.progress = Progress(0)
-        self.workers_died = False  # run() ends as a killed instance: EXIT_WORKERS_DIED
+        # the exit code of an end a new run may mend (EXIT_WORKERS_DIED, EXIT_STORE_FAILED):
+        # the instance leaves no summary and runs again, as a killed one does
+        self.runs_again: int | None = None
         # the memory a mini-batch Python's readers decode may take (run() measures it); None:
         # no cap
         self.memory_cap: InputCap | None = None
@@ -323,7 +327,12 @@ class Runner:
                 self.progress.advance(units=1)
         except BrokenExecutor as exc:
             self.summary.error = f"the worker processes died (out of memory?): {exc}"
-            self.workers_died = True
+            self.runs_again = EXIT_WORKERS_DIED
+        except StorageError as exc:  # the store's own failure (``unit``): no object's fault
+            self.summary.error = f"the object store failed: {exc}"
+            log.error("%s: the instance ends without failing the object, to run again and skip "
+                      "what the job wrote", self.summary.error)  # fmt: skip
+            self.runs_again = EXIT_STORE_FAILED
         except Stopped:
             self.summary.stopped = True
         finally:
@@ -478,10 +487,14 @@ class Runner:
 
     def unit(self, unit: plan.WorkUnit, executor: Executor | None) -> str:
         """Transform one object or range; returns succeeded, skipped or failed. Bad input and
-        storage errors fail this object only."""
+        a store's refusal of this object (missing, refused, a name it cannot hold) fail this
+        object only; the store's own failure (not reached, a 5xx) is raised: every object
+        after it would fail alike, and a run after it may mend (``run``)."""
         try:
             return self.transform_unit(unit, executor)
         except (BadRecord, StorageError) as exc:
+            if isinstance(exc, StorageError) and store_failed(exc):
+                raise
             line, reason = None, str(exc)
             if isinstance(exc, BadRecord):
                 reason = exc.reason
@@ -723,9 +736,9 @@ def run(settings: BatchSettings) -> int:
     gc.freeze()
     gc.enable()
     summary = runner.run()
-    if runner.workers_died:  # no summary: the instance runs again, as one killed does
+    if runner.runs_again is not None:  # no summary: the instance runs again, as one killed does
         print(summary.line(), file=sys.stderr)
-        return EXIT_WORKERS_DIED
+        return runner.runs_again
     write_summary(settings, storage, summary)
     print(summary.line(), file=sys.stderr)
     if summary.stopped:
