@@ -2,7 +2,7 @@
 input prefix as the store lists it. An S3 key may hold '.' and '..' segments
 (``in/../../x.csv``), written by whoever may write under the input prefix: its output must not
 land outside the output prefix (a ``file://`` output resolves them; so may an S3-compatible
-server or a proxy), as a manifest's keys may not either."""
+server or a proxy), as a manifest's keys may not either: such an object fails alone."""
 
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ def test_a_listed_key_with_dot_segments_writes_nothing_outside_the_output(
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     outside = [p for p in written if not p.startswith("job/out/") and p != "model.json"]
     assert outside == []
-    # refused as a manifest's key would be, naming the object
-    assert summary.error is not None
-    assert f"s3://data/{key}" in summary.error and "'..' segment" in summary.error
+    # that object fails alone, named (the job's other objects are done): one stray key under
+    # the input prefix made the whole job fail, with nothing written
+    assert summary.error is None
+    assert [(f.object, f.line) for f in summary.failures] == [(f"s3://data/{key}", None)]
+    assert "'..' segment" in summary.failures[0].reason
+    assert written == ["job/out/ok.csv.out", "model.json"]

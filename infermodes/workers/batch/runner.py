@@ -66,6 +66,13 @@ log = logging.getLogger("infermodes.batch")
 
 BLOCK_BYTES = CHUNK_SIZE
 LISTING_LIMIT = 1024 * records.MIB  # a stored listing of millions of objects is read whole
+# why an input whose key has a '.' or '..' segment below the input prefix fails (S3 keeps such
+# a key as written; a file path, an S3-compatible server or a proxy may resolve it)
+DOTTED_KEY = (
+    "its key has a '.' or '..' segment below the input prefix: its output would not lie under "
+    "the output path (a file path resolves the segment, as an S3-compatible server or a proxy "
+    "may); rename the object"
+)
 # A whole JSON document (splitType None) peaks at up to this many times its size: the codecs'
 # decode, plus the object read whole and the transform's own parse and re-encoding of what
 # the input filter selects (measured in the runner: 39 for rows of one one-digit feature, 29
@@ -229,12 +236,7 @@ class Runner:
             for uri, size in self.storage.list_with_sizes(base)
             if not uri.startswith(self.output_prefix + "/") and not uri.endswith("/")
         ]
-        for obj in listed:  # a manifest's keys are refused alike (plan.parse_manifest)
-            if plan.dotted(obj.key):
-                raise ValueError(
-                    f"{clipped(obj.uri, 300)!r} has a '.' or '..' segment below the input "
-                    "prefix: its output would not lie under the output path"
-                )
+        # a key with a '.' or '..' segment stays: it fails alone (``unit``), not the job
         return [obj for obj in listed if plan.SUMMARY_FOLDER not in obj.key.split("/")[:-1]]
 
     def job_inputs(self) -> list[plan.InputObject]:
@@ -299,7 +301,8 @@ class Runner:
             units = self.shard(objects)
             own = plan.summary_uri(self.output_prefix, self.settings.instance_index,
                                    self.settings.instance_count)  # fmt: skip
-            self.clear_partials([*map(self.target, units), own])
+            self.clear_partials([self.target(u) for u in units if not plan.dotted(u.obj.key)]
+                                + [own])  # fmt: skip
             self.summary.assigned = len(units)
             self.metrics.units_assigned.set(len(units))
             log.info(
@@ -490,6 +493,8 @@ class Runner:
         a store's refusal of this object (missing, refused, a name it cannot hold) fail this
         object only; the store's own failure (not reached, a 5xx) is raised: every object
         after it would fail alike, and a run after it may mend (``run``)."""
+        if plan.dotted(unit.obj.key):  # no request names its output, which may lie elsewhere
+            return self.failed(unit, None, DOTTED_KEY)
         try:
             return self.transform_unit(unit, executor)
         except (BadRecord, StorageError) as exc:
@@ -503,11 +508,15 @@ class Runner:
                         line = self.absolute_line(unit, exc.line)
                     except StorageError:  # cannot count: say where in the range instead
                         reason += f" (line {exc.line} of the range from byte {unit.start})"
-            where = f" at line {line}" if line else ""
-            log.error("%s failed%s: %s", unit.obj.uri, where, reason)
-            self.summary.failures.append(Failure(unit.obj.uri, line, reason))
             self.remove(self.parts(unit), "the object will not assemble")
-            return "failed"
+            return self.failed(unit, line, reason)
+
+    def failed(self, unit: plan.WorkUnit, line: int | None, reason: str) -> str:
+        """Record that ``unit``'s object failed (at ``line``; None: as a whole)."""
+        where = f" at line {line}" if line else ""
+        log.error("%s failed%s: %s", unit.obj.uri, where, reason)
+        self.summary.failures.append(Failure(unit.obj.uri, line, reason))
+        return "failed"
 
     @property
     def output_type(self) -> str:
