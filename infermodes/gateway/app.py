@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,8 @@ from infermodes.gateway.errors import (
     unknown_operation,
 )
 from infermodes.gateway.proxy import Proxy, is_invocation
-from infermodes.gateway.table import EndpointSource, Table
+from infermodes.gateway.reread import Rereads
+from infermodes.gateway.table import EndpointSource, RereadingSource, Table
 from infermodes.http import (
     ASGIApp,
     Receive,
@@ -237,6 +239,8 @@ class Runner:
         )
         self.demand = DemandWriter(self.table, sink, gateway_id) if sink is not None else None
         self.app = Gateway(settings, self.table, self.demand, registry, routers, keys)
+        if isinstance(source, RereadingSource):
+            self.app.proxy.rereads = Rereads(partial(source.reread, self.table))
 
     async def run(self) -> int:
         settings = self.settings
@@ -305,6 +309,8 @@ class Runner:
                 await asyncio.to_thread(metrics_server.shutdown)
                 metrics_server.server_close()
             self.app.proxy.prober.stop()
+            if self.app.proxy.rereads is not None:
+                self.app.proxy.rereads.stop()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

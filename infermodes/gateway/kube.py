@@ -374,6 +374,25 @@ class KubeSource:
             ))  # fmt: skip
         await asyncio.gather(*(w.run() for w in watches))
 
+    async def reread(self, table: Table, name: str) -> None:
+        """The endpoints named ``name`` in the watched namespaces, read now and applied (the
+        watch may not have brought their last change yet): a GET in each namespace, or, for
+        all of them, a list selecting that name. Any answer but 200 and 404 raises."""
+        removals = table.removals
+        found: list[dict[str, Any]] = []
+        for scope in self.scopes:
+            if scope is None:
+                selected = {"fieldSelector": f"metadata.name={name}"}
+                found += (await self.api.get(ENDPOINTS_PATH, selected)).get("items") or []
+                continue
+            try:
+                found.append(await self.api.get(f"{scoped(scope, ENDPOINTS_PATH)}/{name}", {}))
+            except KubeApiError as exc:
+                if exc.status != 404:
+                    raise
+        for obj in found:
+            table.apply_read(obj, removals)
+
 
 class KubeDemandSink:
     """Demand as this gateway's annotation on the InferenceEndpoint (a merge patch touches

@@ -40,6 +40,7 @@ from infermodes.gateway.errors import (
     gateway_error_body,
     unknown_operation_body,
 )
+from infermodes.gateway.reread import Rereads
 from infermodes.gateway.table import Endpoint, Replica, Table
 from infermodes.gateway.upstream import Answer, NotSent, Pool, UpstreamFailed
 from infermodes.http import (
@@ -242,6 +243,8 @@ class Proxy:
         self.demand = demand
         self.timeout = settings.invocation_timeout_seconds
         self.prober = Prober(table, settings.probe_interval_seconds, settings.probe_timeout_seconds)
+        # set when the source can read an endpoint ahead of its watch (``Runner``)
+        self.rereads: Rereads | None = None
         table.on_new_replica = self.replica_added
         table.on_removed_replica = self.replica_removed
         table.forgotten.append(self.endpoint_forgotten)
@@ -305,7 +308,10 @@ class Proxy:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST for /endpoints/{name}/invocations")
-            endpoint = self.table.lookup(object_name(scope["path"][len(PREFIX) : -len(SUFFIX)]))
+            name = object_name(scope["path"][len(PREFIX) : -len(SUFFIX)])
+            if self.rereads is not None and self.table.behind(name):
+                await self.rereads(name, named)  # the watch may lag what the caller was told
+            endpoint = self.table.lookup(name)
             label, served = endpoint.name, endpoint
             endpoint.check_servable()
             answer = await self.invoke(endpoint, scope, receive, named)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from infermodes.endpoints.async_plan import async_endpoint
 from infermodes.endpoints.demand import ANNOTATION_PREFIX, STALE_SECONDS, GatewayDemand
@@ -118,6 +118,7 @@ class Endpoint:
     async_: AsyncSpecView | None = None
     variant: str | None = None  # the platform API's production variant; None: not the API's
     peers_seen_at: tuple[float, ...] = ()  # when other gateway replicas last wrote demand
+    version: int = 0  # the resourceVersion of the object last applied (0: none, or not a number)
     replicas: dict[str, Replica] = field(default_factory=dict)
     active: int = 0  # admitted and not yet answered (held included)
     peak_active: int = 0  # the most ``active`` since the demand was last written
@@ -160,6 +161,11 @@ class Endpoint:
             why = f" ({self.why})" if self.why else ""
             raise ValidationError(f"{where} is {phase}{why}, not InService")
 
+    def behind(self) -> bool:
+        """Whether its refusal may only be the watch's lag: a synchronous endpoint whose phase
+        takes no invocations (the API may say InService already). Not a mode's refusal."""
+        return self.mode in SYNCHRONOUS_MODES and self.phase not in SERVING_PHASES
+
     def other_route(self) -> ValidationError:
         """The 400 for a request to a route this endpoint's mode does not take: its route."""
         use = (
@@ -199,6 +205,13 @@ class Endpoint:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def resource_version(meta: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number (etcd's revision, growing with each write to
+    the cluster); 0 when it is not one, which is then never taken for older."""
+    value = str(meta.get("resourceVersion") or "")
+    return int(value) if value.isdigit() and len(value) < 20 else 0
 
 
 def status_replicas(status: Any) -> int:
@@ -244,6 +257,7 @@ class Table:
         self.endpoints: dict[tuple[str, str], Endpoint] = {}
         self.known: set[tuple[str, str]] = set()  # endpoints with an object (not only pods)
         self.synced: set[str] = set()  # sources that have listed everything once
+        self.removals = 0  # endpoints removed so far (``apply_read``)
         self._by_name: dict[str, list[Endpoint]] = {}
         # the accept route's views, by name, live: a name only while one namespace has an
         # endpoint of that name and it is async (``async_missing`` says why not)
@@ -279,6 +293,14 @@ class Table:
         """The namespaces with an endpoint of ``name`` (the platform API refuses to make one
         more elsewhere: ``lookup`` would then answer 409 for each)."""
         return sorted(e.namespace for e in self._by_name.get(name, []))
+
+    def behind(self, name: str) -> bool:
+        """Whether the refusal of an invocation of ``name`` may only be the watch's lag, so
+        that reading it again may change it: no endpoint of that name (its ADDED event may not
+        have come yet), or one whose phase takes no invocations (``Endpoint.behind``). Not a
+        name in two namespaces: a read changes neither."""
+        found = self._holders(name)
+        return not found or (len(found) == 1 and found[0].behind())
 
     @staticmethod
     def not_found(name: str) -> ValidationError:
@@ -326,6 +348,10 @@ class Table:
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace", ""))
         endpoint = self.get(namespace, str(meta.get("name", "")))
+        version = resource_version(meta)
+        if version and version < endpoint.version:  # a watch event behind what a read applied
+            return
+        endpoint.version = version
         try:
             self._read(endpoint, obj)
         except Exception as exc:  # whatever it holds
@@ -345,6 +371,13 @@ class Table:
             self.known.add(key)
             self._by_name.setdefault(endpoint.name, []).append(endpoint)
         self._index_async(endpoint.name)
+
+    def apply_read(self, obj: Mapping[str, Any], removals_before: int) -> None:
+        """An endpoint read on demand (``RereadingSource.reread``), applied as a watch event
+        is, unless an endpoint was removed since the read began (``removals_before``): the
+        object read may be one deleted meanwhile, which no later event would remove."""
+        if self.removals == removals_before:
+            self.apply_endpoint(obj)
 
     def _read(self, endpoint: Endpoint, obj: Mapping[str, Any]) -> None:
         """The endpoint's mode, blocks, phase and peers, from its object."""
@@ -405,6 +438,7 @@ class Table:
         if endpoint is None or (namespace, name) not in self.known:
             return
         self.known.discard((namespace, name))
+        self.removals += 1
         endpoint.async_ = None
         self.async_swept.pop(f"{namespace}/{name}", None)
         self._by_name[name].remove(endpoint)
@@ -415,7 +449,7 @@ class Table:
         # an object created later under this name is a new endpoint: none of this one's demand
         # carries over (its pods may still finish requests: the entry goes once they are gone)
         endpoint.last_request_at, endpoint.peak_active, endpoint.peers_seen_at = 0.0, 0, ()
-        endpoint.pushed_at_zero = False
+        endpoint.pushed_at_zero, endpoint.version = False, 0
         endpoint.wake()  # requests held for it get what a new request gets: 404
         self.forget_if_gone(endpoint)
 
@@ -521,3 +555,13 @@ class EndpointSource(Protocol):
     async def run(self, table: Table) -> None:
         """Fill the table and keep it current until cancelled; add the source's name to
         ``table.synced`` once everything has been listed."""
+
+
+@runtime_checkable
+class RereadingSource(EndpointSource, Protocol):
+    """A source that can read one endpoint again on demand, ahead of its watch
+    (``gateway/reread.py`` says when, and how often)."""
+
+    async def reread(self, table: Table, name: str) -> None:
+        """Read the endpoints named ``name`` and apply them to ``table``
+        (``Table.apply_read``); raise if the read fails."""
