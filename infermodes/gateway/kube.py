@@ -376,20 +376,15 @@ class KubeSource:
 
     async def reread(self, table: Table, name: str) -> None:
         """The endpoints named ``name`` in the watched namespaces, read now and applied (the
-        watch may not have brought their last change yet): a GET in each namespace, or, for
-        all of them, a list selecting that name. Any answer but 200 and 404 raises."""
+        watch may not have brought their last change yet). A list selecting that one name, in
+        each namespace or across all: the list the watch's role grants, no ``get`` besides.
+        Any failure raises."""
         removals = table.removals
+        selected = {"fieldSelector": f"metadata.name={name}"}
         found: list[dict[str, Any]] = []
         for scope in self.scopes:
-            if scope is None:
-                selected = {"fieldSelector": f"metadata.name={name}"}
-                found += (await self.api.get(ENDPOINTS_PATH, selected)).get("items") or []
-                continue
-            try:
-                found.append(await self.api.get(f"{scoped(scope, ENDPOINTS_PATH)}/{name}", {}))
-            except KubeApiError as exc:
-                if exc.status != 404:
-                    raise
+            listed = await self.api.get(scoped(scope, ENDPOINTS_PATH), selected)
+            found += listed.get("items") or []
         for obj in found:
             table.apply_read(obj, removals)
 

@@ -6,7 +6,8 @@ The lag is made, not waited for: the gateway runs in this process (``Runner``, t
 ``infermodes gateway`` runs) over the real API server, with its watch of InferenceEndpoints
 holding back the events the test names until the end (``LaggingWatch``), in order, as a slow
 watch delivers them late; nothing else is changed: the pods' watch, the GETs, the operator that
-reconciles the endpoint and the model server that answers are the real ones. Without the
+reconciles the endpoint, the model server that answers and the gateway's account (the chart's
+least-privilege role) are the real ones. Without the
 re-read, these invocations get the table's 400 (``Creating``) or 404 (not yet ADDED)."""
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from infermodes.gateway.kube import Credentials, KubeApi, KubeSource
 from infermodes.gateway.table import SERVING_PHASES
 from infermodes.settings import GatewaySettings
 from tests.conftest import AbaloneModel
-from tests.e2e.operator_support import Tools, endpoint_manifest, to_csv, wait_phase
+from tests.e2e.operator_support import (
+    OPERATOR_NAMESPACE,
+    Tools,
+    endpoint_manifest,
+    to_csv,
+    wait_phase,
+)
+from tests.e2e.test_gateway import GATEWAY_ACCOUNT
 from tests.support.processes import free_port, wait_until
 
 CSV = {"content-type": "text/csv"}
@@ -99,8 +107,15 @@ def lagging_gateway(
     tools: Tools, namespace: str, holds: Callable[[Mapping[str, Any]], bool]
 ) -> Iterator[tuple[str, LaggingWatch, InThread]]:
     """A gateway serving ``namespace`` whose endpoints' watch holds back what ``holds`` says,
-    listening on loopback; its address, its API and its thread."""
-    api = LaggingWatch(Credentials.from_kubeconfig(tools.cluster.kubeconfig), holds)
+    under the chart's gateway account (its least privilege), listening on loopback; its
+    address, its API and its thread."""
+    token = tools.cluster.api.post(
+        f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{GATEWAY_ACCOUNT}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+         "spec": {"expirationSeconds": 600}},
+    )["status"]["token"]  # fmt: skip
+    credentials = Credentials(tools.cluster.server, False, lambda: token, namespace=namespace)
+    api = LaggingWatch(credentials, holds)
     settings = GatewaySettings(host="127.0.0.1", port=free_port(), namespaces=[namespace])
     running = InThread(Runner(settings, KubeSource(api, [namespace]), None, "lagging"), api)
     running.thread.start()
