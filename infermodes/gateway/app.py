@@ -420,9 +420,8 @@ def serve(settings: GatewaySettings) -> int:
         if not settings.async_storage_prefixes:
             log.warning(ANYWHERE_WARNING)
         try:
-            router = async_accept_router(
-                settings, broker_url, runner.table, registry, closing, runner.demand
-            )
+            router = async_accept_router(settings, broker_url, runner.table, registry, closing,
+                                         runner.demand, runner.app.proxy.rereads)  # fmt: skip
         except BrokerUrlError as exc:  # its text never holds the password
             log.error("the broker URL: %s", exc)
             return 1
@@ -481,11 +480,13 @@ def async_accept_router(
     registry: CollectorRegistry,
     closing: list[Callable[[], None]],
     demand: DemandWriter | None = None,
+    rereads: Rereads | None = None,
 ) -> APIRouter:
     """``POST /endpoints/{name}/async-invocations`` for the async endpoints the table knows,
     over the broker at ``broker_url``, with the retention sweep of their inputs;
     what must be closed at exit is added to ``closing``; ``demand`` hears of each accepted
-    request (it wakes a pool at zero workers)."""
+    request (it wakes a pool at zero workers); ``rereads``: the invocations route's, which
+    reads a name no watched namespace has yet (an endpoint just created) before its 404."""
     from infermodes.gateway.async_accept import create_router
     from infermodes.gateway.async_retention import Sweeper
     from infermodes.metrics import AsyncApiMetrics
@@ -515,4 +516,12 @@ def async_accept_router(
         allowed_from=f"{GatewaySettings.env_names('allowed_input_prefixes')[0]}, in the chart "
         "gateway.allowedInputPrefixes,",
         forgotten=table.forgotten,
+        reread=None if rereads is None else partial(read_unknown, table, rereads),
     )
+
+
+async def read_unknown(table: Table, rereads: Rereads, name: str, request: str) -> None:
+    """The accept route's re-read: only of a name no watched namespace has (one of another
+    mode, or refused, is refused whatever its status)."""
+    if not table.namespaces_of(name):
+        await rereads(name, request)

@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -525,6 +525,7 @@ def create_router(
     accepted: Callable[[str], None] | None = None,
     allowed_from: str = "",
     forgotten: list[Callable[[str], None]] | None = None,
+    reread: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> APIRouter:
     """The route; domain errors become their status, anything else a 500 that is logged and
     counted like any answer. ``missing``: the error for a name without a layout (by default
@@ -533,7 +534,9 @@ def create_router(
     queue (the gateway's push to a pool at zero workers); ``allowed_from``: the setting that
     adds to ``allowed_input_prefixes``, named when a location is refused ("": none);
     ``forgotten``: where the route asks to hear of an endpoint gone (the routing table's), so
-    its log throttles go with it."""
+    its log throttles go with it; ``reread``: awaited with a name without a layout and the
+    request's id before the name is refused (the gateway's: its watch may not have brought
+    an endpoint just created)."""
     router = APIRouter()
     acceptor = Acceptor(storage, publisher)
     told = ThrottledPer(log)  # a broker or store down refuses every request alike
@@ -548,6 +551,9 @@ def create_router(
     async def invoke_async(name: str, request: Request) -> Response:
         name = object_name(name)
         endpoint = endpoints.get(name)
+        if endpoint is None and reread is not None:
+            await reread(name, request_id(request.scope))
+            endpoint = endpoints.get(name)
         if endpoint is None:
             refusal = (
                 missing(name)

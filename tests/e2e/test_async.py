@@ -41,6 +41,7 @@ from tests.e2e.operator_support import (
     to_csv,
     wait_phase,
 )
+from tests.e2e.test_gateway_lag import lagging_gateway
 from tests.support.async_plane import (
     Notifications,
     WebhookReceiver,
@@ -639,3 +640,19 @@ def test_a_rotated_broker_login_reaches_the_gateway_and_the_operator_without_a_r
     check_outputs(tmp_path, sent, abalone_model.booster())
     endpoint = get_endpoint(tools.cluster.api, k8s_namespace, "rotated")
     assert endpoint is not None and endpoint["status"]["reason"] != "BrokerUnreadable"
+
+
+def test_an_async_endpoint_just_created_is_accepted_before_the_gateways_watch_adds_it(
+    tools: Tools, k8s_namespace: str, broker: Broker, model_uri: str, abalone_model: AbaloneModel,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A waiter saw it InService; the gateway, whose watch holds back every event of it
+    (``test_gateway_lag.py``), reads the name before its 404 and accepts the request."""
+    with lagging_gateway(tools, k8s_namespace, lambda _: True, broker.amqp_url) as lagging:
+        url, _, running = lagging
+        manifest = async_manifest("fresh", model_uri, tmp_path, minReplicas=1, maxReplicas=1)
+        serve_async(tools, k8s_namespace, broker, manifest, ready=1)
+        assert running.call(lambda: not running.runner.table.namespaces_of("fresh"))
+        sent = invoke_all(url, "fresh", abalone_model.test_rows, 1)
+        wait_until(lambda: any((tmp_path / "output").glob("*.out")), 120, "its output")
+        check_outputs(tmp_path, sent, abalone_model.booster())

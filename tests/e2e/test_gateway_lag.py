@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from infermodes.endpoints.spec import PLURAL
-from infermodes.gateway.app import Runner
+from infermodes.gateway.app import Runner, async_accept_router
 from infermodes.gateway.kube import Credentials, KubeApi, KubeSource
 from infermodes.gateway.table import SERVING_PHASES
 from infermodes.settings import GatewaySettings
@@ -104,11 +104,15 @@ class InThread:
 
 @contextlib.contextmanager
 def lagging_gateway(
-    tools: Tools, namespace: str, holds: Callable[[Mapping[str, Any]], bool]
+    tools: Tools,
+    namespace: str,
+    holds: Callable[[Mapping[str, Any]], bool],
+    broker_url: str | None = None,
 ) -> Iterator[tuple[str, LaggingWatch, InThread]]:
     """A gateway serving ``namespace`` whose endpoints' watch holds back what ``holds`` says,
-    under the chart's gateway account (its least privilege), listening on loopback; its
-    address, its API and its thread."""
+    under the chart's gateway account (its least privilege), listening on loopback, and with
+    ``broker_url`` accepting async invocations as ``infermodes gateway`` does; its address,
+    its API and its thread."""
     token = tools.cluster.api.post(
         f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{GATEWAY_ACCOUNT}/token",
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -117,7 +121,13 @@ def lagging_gateway(
     credentials = Credentials(tools.cluster.server, False, lambda: token, namespace=namespace)
     api = LaggingWatch(credentials, holds)
     settings = GatewaySettings(host="127.0.0.1", port=free_port(), namespaces=[namespace])
-    running = InThread(Runner(settings, KubeSource(api, [namespace]), None, "lagging"), api)
+    runner = Runner(settings, KubeSource(api, [namespace]), None, "lagging")
+    closing: list[Callable[[], None]] = []
+    if broker_url is not None:
+        runner.app.include(async_accept_router(settings, broker_url, runner.table,
+                                               runner.app.registry, closing, None,
+                                               runner.app.proxy.rereads))  # fmt: skip
+    running = InThread(runner, api)
     running.thread.start()
     url = f"http://127.0.0.1:{settings.port}"
     try:
@@ -126,6 +136,8 @@ def lagging_gateway(
     finally:
         api.release.set()
         running.stop()
+        for close in closing:
+            close()
 
 
 def ready(url: str) -> bool:

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
+from infermodes.gateway.app import async_accept_router
 from infermodes.gateway.reread import ReadBudget, Rereads, readable_name
 from infermodes.gateway.table import Table
+from infermodes.settings import GatewaySettings
 from tests.unit.test_gateway_proxy import FakePool, ready_replica, receive, scope, setup
 
 
@@ -230,3 +237,36 @@ def test_an_invocation_whose_read_fails_gets_the_tables_4xx_not_a_5xx() -> None:
         assert status == 404 and b"nope" in body, body
 
     asyncio.run(run())
+
+
+def test_the_async_route_reads_a_name_no_namespace_has_before_its_404_and_no_other(
+    tmp_path: Path,
+) -> None:
+    table = Table()
+    table.apply_endpoint(rt_object("rt", "InService"))  # another mode: 400 without a read
+    spec = {"mode": "async", "model": {"uri": "file:///m"},
+            "async": {"outputPath": f"file://{tmp_path}/out"}}  # fmt: skip
+    fresh = {"metadata": {"name": "fresh", "namespace": "ns"}, "spec": spec}
+    reads: list[str] = []
+
+    async def read(name: str) -> None:
+        reads.append(name)
+        if name == "fresh":  # the API has it; the watch has not brought it yet
+            table.apply_read(fresh, table.removals)
+
+    closing: list[Callable[[], None]] = []
+    app = FastAPI()
+    app.include_router(async_accept_router(GatewaySettings(), f"sqlite:///{tmp_path}/queue.db",
+                                           table, CollectorRegistry(), closing, None,
+                                           Rereads(read)))  # fmt: skip
+    try:
+        client = TestClient(app)
+        answers = {name: client.post(f"/endpoints/{name}/async-invocations", content=b"1,2",
+                                     headers={"content-type": "text/csv"})
+                   for name in ("fresh", "rt", "nope")}  # fmt: skip
+    finally:
+        for close in closing:
+            close()
+    assert answers["fresh"].status_code == 202, answers["fresh"].text
+    assert answers["rt"].status_code == 400 and answers["nope"].status_code == 404
+    assert reads == ["fresh", "nope"]
