@@ -103,7 +103,7 @@ from infermodes.queueing.notifications import (
     success_body,
 )
 from infermodes.settings import warn_of_unknown_variables
-from infermodes.storage import Storage
+from infermodes.storage import Storage, StorageRefused
 
 if TYPE_CHECKING:
     from infermodes.settings import WorkerSettings
@@ -426,10 +426,11 @@ class Processor:
             )
 
     def _handle(self, request: InvocationRequest, count: int) -> Result:
+        output_exists, error_exists = self._results_stored(request)
         decide = functools.partial(
             plan,
-            output_exists=self.storage.exists(request.output_location),
-            error_exists=self.storage.exists(request.failure_location),
+            output_exists=output_exists,
+            error_exists=error_exists,
             delivery_count=count,
             max_attempts=self.max_attempts,
             now=time.time(),
@@ -456,6 +457,23 @@ class Processor:
             return self._store_claimed_error(request, claimed.record, count)
         self._notify_success(request, result)
         return Result(Settle.ACK, "success")
+
+    def _results_stored(self, request: InvocationRequest) -> tuple[bool, bool]:
+        """Whether the request's output and error objects exist: each delivery's first look
+        at the endpoint's own storage. A refusal there is the worker's credentials, not the
+        request's fault (a storage Secret rotated under running workers: a pod reads it at
+        start), so it is storage that fails, waited out and retried (a restarted worker has
+        the new credentials), never the end of a request that was accepted."""
+        try:
+            return (
+                self.storage.exists(request.output_location),
+                self.storage.exists(request.failure_location),
+            )
+        except StorageRefused as exc:
+            raise StorageError(
+                f"{exc} (the endpoint's own storage refuses this worker: restart the workers "
+                "once their credentials are mended)"
+            ) from exc
 
     def _resend_success(self, request: InvocationRequest) -> Result:
         self._notify_success(request, self._small_output(request))

@@ -511,6 +511,40 @@ def test_an_input_the_store_refuses_fails_at_once_not_after_every_attempt(
     assert record["attempts"] == 1, record
 
 
+def test_output_credentials_rotated_under_a_worker_keep_its_requests_for_a_restarted_one(
+    rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """The storage Secret of an endpoint whose outputs go to S3 rotated, its old key revoked,
+    under a running worker (a pod reads its Secret at start): its store refuses the worker.
+    That is the worker's credentials, not the requests' fault: it holds them as storage that
+    fails, and a worker restarted with the new key completes each one. They ended Failed
+    (StorageRefused) within seconds, with no output and no error object."""
+    from tests.support.seaweedfs import seaweedfs_server
+
+    endpoint = "rotated-output-key"  # the session's broker is shared: a queue name of its own
+    notes = Notifications(rabbitmq, endpoint).declare()
+    with seaweedfs_server() as store:
+        client: Any = store.client()
+        client.create_bucket(Bucket="out")
+        with plane(rabbitmq, endpoint, "s3://out/ep", tmp_path, dict(store.env), 3) as live:
+            live.env = {**store.env, "AWS_SECRET_ACCESS_KEY": "revoked-by-the-rotation"}
+            old = live.start_worker(model_uri(abalone_model), "old")
+            rows = abalone_model.test_rows[:3]
+            ids: set[str] = set()
+            for row in rows:
+                accepted = live.invoke(to_csv([row]))
+                assert accepted.status_code == 202, accepted.text
+                ids.add(accepted.json()["InferenceId"])
+            held = lambda: old.log.count("storage fails") >= len(ids)  # noqa: E731
+            wait_until(lambda: held() or bool(notes.drain()), 60, "the old worker's answer")
+            assert notes.received == [], notes.received  # none ended for the worker's key
+            stop_process(old.proc)
+            live.env = dict(store.env)  # the rotated Secret, read by the restarted worker
+            live.start_worker(model_uri(abalone_model), "new")
+            notes.wait_for(ids, "Completed", 60)
+    assert not notes.ids("Failed"), notes.received
+
+
 def test_an_input_key_the_store_calls_invalid_fails_at_once_naming_it(
     rabbitmq: Broker, abalone_model: AbaloneModel, tmp_path: Path
 ) -> None:

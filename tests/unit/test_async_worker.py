@@ -33,7 +33,7 @@ from infermodes.queueing.messages import (
 )
 from infermodes.queueing.notifications import webhook_job
 from infermodes.settings import WorkerSettings
-from infermodes.storage import FileStore, ObjectRef, Storage
+from infermodes.storage import FileStore, ObjectRef, Storage, StorageRefused
 from infermodes.workers.async_worker import (
     Processor,
     Result,
@@ -345,6 +345,36 @@ def test_a_storage_outage_is_waited_out_holding_the_request_not_spent_in_attempt
         Settle.REQUEUE, "retried"
     )
     assert down.tries >= 2 and len(notifier.sent) == 1  # tried again, then requeued
+
+
+class RevokedKeyStore(FileStore):
+    """Refuses the worker, as S3 refuses a revoked key, the first ``refusals`` looks."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+
+    def exists(self, ref: ObjectRef) -> bool:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise StorageRefused(f"s3 refused access to {ref.uri}: InvalidAccessKeyId")
+        return super().exists(ref)
+
+
+def test_the_endpoints_own_storage_refusing_the_worker_is_waited_out_not_the_requests_end(
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+) -> None:
+    """A storage Secret rotated under a running worker: its output store refuses its key. That
+    is no fault of the request, which ended StorageRefused on its first attempt; it is held
+    as failing storage, and completes once the store takes the worker (a restarted one)."""
+    settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
+                              storage_wait_seconds=60)  # fmt: skip
+    registry = CollectorRegistry()
+    processor = Processor(settings, model, Storage(file_store=RevokedKeyStore(refusals=2)),
+                          notifier, WorkerMetrics(registry), threading.Event())  # fmt: skip
+    assert processor.handle(request(tmp_path), 0) == Result(Settle.ACK, "success")
+    assert (tmp_path / "out/r1.out").exists()
+    assert [success for _, _, success in notifier.sent] == [True]
+    assert registry.get_sample_value("infermodes_async_storage_waits_total") == 2
 
 
 @pytest.mark.parametrize(
