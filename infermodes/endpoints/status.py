@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -467,6 +467,63 @@ def pool_starting(
         return None
     message = f"{ready}/{starting} initial workers ready; requests queue"
     return Phase.CREATING, STARTING_WORKERS, message
+
+
+def still_served(served: bool, phase: Phase) -> bool:
+    """Whether an endpoint that ``served`` (said ``InService`` or ``Updating``, or replaced a
+    spec that did) still counts as one that served after a look that said ``phase``: not once
+    it said ``Failed``. Nothing of it served then, so its replicas or workers coming back are
+    a start (``Creating``: ``StartingWorkers``, a realtime endpoint's ``Creating``), not a
+    rollout over ones that serve (``Updating``): the platform's Failed endpoint is never
+    updated back into service (it is deleted and created again, Creating), and the operator,
+    which asks ``served`` of the status it wrote last, says so; ``infermodes up`` forgets
+    what it served by this rule."""
+    return served and phase is not Phase.FAILED
+
+
+def served(previous: Status | None) -> bool:
+    """Whether the endpoint served before this look (a rollout, not a first start): its last
+    status said ``InService`` or ``Updating`` (``still_served``: not ``Failed``)."""
+    return previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
+
+
+def pool_standing(
+    figures: QueueFigures | None,
+    replicas: int,
+    rolling_out: bool,
+    silent: Sequence[str],
+    workers: str,
+) -> tuple[Phase, str, str]:
+    """(phase, reason, message) of an async pool past its start (``pool_starting``), as both
+    actuators say it. The phase is the workers': ``Updating`` while a new spec's replace those
+    of a pool that served (``rolling_out``; the queue accepts throughout), else ``InService``,
+    also at zero workers. The reason says how the pool stands, the broker first, as it holds
+    the pool's size whatever else is true: ``BrokerUnreadable`` (``figures`` None; a rollout
+    goes on meanwhile, so it stays ``Updating``) and ``InFlightUnknown`` (``silent`` workers
+    cannot say what they hold: neither scales the pool in), then ``RollingOut``, then ``Idle``
+    (nothing queued nor held, no ``replicas`` wanted) or ``Processing``. ``workers``: the message's
+    note of the workers (``N/M workers``, each actuator adding what it knows of them)."""
+    phase = Phase.UPDATING if rolling_out else Phase.IN_SERVICE
+    if figures is None:
+        unread = "the broker cannot be read; the replicas stay as they are, but for a change of"
+        return phase, BROKER_UNREADABLE, f"{unread} minReplicas or maxReplicas; {workers}"
+    in_flight = "unknown" if figures.in_flight is None else str(figures.in_flight)
+    queued = f"{figures.ready} queued, {in_flight} in flight"
+    if figures.ready and figures.oldest_age is not None:
+        queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
+    if figures.waiting_webhooks:
+        queued += f", {figures.waiting_webhooks} webhook job(s) waiting"
+    if silent:
+        unknown = (
+            f"worker(s) {', '.join(silent)} cannot say what they hold (their metrics port does "
+            "not answer, or gives no count): the queue's figures scale the pool in only once "
+            "they can"
+        )
+        return phase, IN_FLIGHT_UNKNOWN, f"{queued}; {unknown}; {workers}"
+    if rolling_out:
+        return phase, ROLLING_OUT, f"{queued}; {workers}"
+    reason = "Idle" if figures.total == 0 and replicas == 0 else "Processing"
+    return phase, reason, f"{queued}; {workers}"
 
 
 def serverless_phase(

@@ -17,6 +17,7 @@ from infermodes.endpoints.status import (
     Status,
     load_error,
     replicas_phase,
+    served,
     update_blocked,
 )
 from infermodes.errors import EXIT_BROKER_LOGIN_REFUSED, EXIT_MODEL_LOAD_FAILED
@@ -228,11 +229,6 @@ def waiting_status(workload: WorkloadState, phase: Phase, reason: str, message: 
     if stall is not None:
         reason, message = stall[0], f"{message}; {stall[1]}"
     return workload.status(phase, reason, message)
-
-
-def served(previous: Status | None) -> bool:
-    """Whether the endpoint served before this look (a rollout, not a first start)."""
-    return previous is not None and previous.phase in (Phase.IN_SERVICE, Phase.UPDATING)
 
 
 def failed_status(

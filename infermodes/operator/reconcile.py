@@ -31,6 +31,7 @@ from infermodes.endpoints.status import (
     output_held_by,
     parse_rfc3339,
     rfc3339,
+    served,
 )
 from infermodes.errors import shown
 from infermodes.metrics import ServerLoad, fetch_metrics_text, read_all
@@ -38,7 +39,7 @@ from infermodes.operator.kube import ApplyRefused, KubeDoor, KubeError
 from infermodes.operator.modes import mode_for
 from infermodes.operator.modes.base import Signals
 from infermodes.operator.objects import POLICY, SPEC_GENERATION, EndpointRef, Ingress
-from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState, served
+from infermodes.operator.observed import TEMPLATE_GENERATION, WorkloadState
 from infermodes.operator.signals.names import Holder, holder_elsewhere
 from infermodes.settings import OperatorSettings, image_allowed, name_allowed
 

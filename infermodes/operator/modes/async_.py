@@ -44,13 +44,12 @@ from infermodes.endpoints.scaling import (
     removal_cost,
 )
 from infermodes.endpoints.status import (
-    BROKER_UNREADABLE,
-    IN_FLIGHT_UNKNOWN,
     NAME_IN_USE,
-    ROLLING_OUT,
     QueueFigures,
     Status,
+    pool_standing,
     pool_starting,
+    served,
     update_blocked,
     with_estimated_age,
 )
@@ -74,7 +73,6 @@ from infermodes.operator.objects import (
 from infermodes.operator.observed import (
     failure,
     running_pods,
-    served,
     waiting_status,
 )
 from infermodes.settings import WorkerSettings
@@ -152,12 +150,6 @@ def with_oldest_age(figures: QueueFigures | None, signals: Signals) -> QueueFigu
         return None
     taken = lambda: worker_readings(signals, parse_worker_dequeued_accepted_at).values()  # noqa: E731
     return with_estimated_age(figures, taken, signals.wall)
-
-
-def webhooks_waiting(figures: QueueFigures) -> str:
-    """A note of the webhook jobs waiting in the outbox, which keep a worker (none: "")."""
-    waiting = figures.waiting_webhooks
-    return f", {waiting} webhook job(s) waiting" if waiting else ""
 
 
 def not_consuming(signals: Signals) -> str:
@@ -261,13 +253,14 @@ def desired_objects(
 
 def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> Status:
     """``Creating`` while a new pool's initial workers start (``status.pool_starting``); then
-    ``InService`` while the queue accepts work, also at zero workers, and ``Updating`` while a
-    spec change rolls out over a pool that served (``RollingOut``; the queue accepts
-    throughout); the reason says how the pool stands (``Idle``, ``Processing``;
-    ``BrokerUnreadable`` and ``InFlightUnknown``: the pool is not scaled in, and the message
-    says why). Workers that cannot run make it ``Failed`` only while none serves: a new spec's,
-    beside old ones that consume, leave it ``Updating`` (as a realtime endpoint's), added ones
-    ``InService``, the reason saying why."""
+    how it stands (``status.pool_standing``, as ``infermodes up`` says it): ``InService``
+    while the queue accepts work, also at zero workers, ``Updating`` while a spec change rolls
+    out over a pool that served (the broker read or not), the reason saying how the pool
+    stands (``Idle``, ``Processing``, ``RollingOut``; ``BrokerUnreadable`` and
+    ``InFlightUnknown``: the pool is not scaled in, and the message says why). Workers that
+    cannot run make it ``Failed`` only while none serves: a new spec's, beside old ones that
+    consume, leave it ``Updating`` (as a realtime endpoint's), added ones ``InService``, the
+    reason saying why."""
     workload = signals.workload
     held = signals.name_held_by() is not None
     read = PoolFigures(None) if held else pool_figures(spec, signals)  # not its own queue
@@ -294,38 +287,17 @@ def observe(spec: s.EndpointSpec, signals: Signals, previous: Status | None) -> 
     elif (starting := pool_starting(async_block(spec).first_replicas(), workload.replicas,
                                     workload.ready, served(previous))) is not None:  # fmt: skip
         status = waiting_status(workload, *starting)  # Unschedulable, FailedCreate named
-    elif figures is None:
-        status = workload.status(
-            s.Phase.IN_SERVICE,
-            BROKER_UNREADABLE,
-            "the broker cannot be read; the replicas stay as they are, but for a change of "
-            "minReplicas or maxReplicas",
-        )
     else:
-        in_flight = "unknown" if figures.in_flight is None else str(figures.in_flight)
-        queued = f"{figures.ready} queued, {in_flight} in flight"
-        if figures.ready and figures.oldest_age is not None:
-            queued += f" (oldest waiting {figures.oldest_age:.1f} s)"
-        queued += webhooks_waiting(figures)
-        workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
         # a spec change rolling out over a pool that served: Updating, as a realtime
         # endpoint's and as `infermodes up` says it (the queue accepts throughout)
         rolling = served(previous) and not workload.rolled_out
-        phase = s.Phase.UPDATING if rolling else s.Phase.IN_SERVICE
+        workers = f"{workload.ready}/{workload.replicas} workers" + not_consuming(signals)
         if rolling:
             workers += f", {workload.updated} of the new spec created"
-        if read.silent:
-            message = (
-                f"{queued}; worker(s) {', '.join(read.silent)} cannot say what they hold "
-                f"(port {METRICS_PORT} does not answer, or gives no count): the queue's "
-                f"figures scale the pool in only once they can; {workers}"
-            )
-            status = waiting_status(workload, phase, IN_FLIGHT_UNKNOWN, message)
-        elif rolling:
-            status = waiting_status(workload, phase, ROLLING_OUT, f"{queued}; {workers}")
-        else:
-            reason = "Idle" if figures.total == 0 and workload.replicas == 0 else "Processing"
-            status = waiting_status(workload, phase, reason, f"{queued}; {workers}")
+        standing = pool_standing(figures, workload.replicas, rolling, read.silent, workers)
+        # a stall (Unschedulable, FailedCreate) is named, but not over an unread broker
+        status = (waiting_status(workload, *standing) if figures is not None
+                  else workload.status(*standing))  # fmt: skip
     return Status(
         status.phase,
         status.reason,

@@ -26,6 +26,7 @@ from infermodes.endpoints.status import (
     MODEL_LOAD_FAILED,
     Status,
     loaded_template,
+    served,
     serverless_phase,
 )
 from infermodes.operator.modes.base import Signals, never_ends, no_pod_annotations
@@ -35,7 +36,7 @@ from infermodes.operator.objects import (
     model_server_objects,
     server_container,
 )
-from infermodes.operator.observed import failed_status, failure, served, waiting_status
+from infermodes.operator.observed import failed_status, failure, waiting_status
 
 COMPONENT = "model-server"
 WORKLOAD = ("apps/v1", "Deployment")

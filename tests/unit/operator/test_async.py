@@ -17,8 +17,10 @@ from infermodes.endpoints.status import (
     QueueFigures,
     Status,
     oldest_age_from_dequeues,
+    pool_standing,
     pool_starting,
     record_queue,
+    still_served,
 )
 from infermodes.metrics import DEQUEUED_ACCEPTED_AT as DEQUEUED
 from infermodes.metrics import OperatorMetrics
@@ -396,6 +398,59 @@ def test_idle_workers_are_marked_cheapest_to_remove_on_scale_in_and_silent_ones_
     }
     steady = async_.pod_annotations(SPEC, signals(four, QueueFigures(0, 2), pods, metrics), 4)
     assert steady == {}
+
+
+@pytest.mark.parametrize(
+    ("figures", "replicas", "rolling_out", "silent", "said"),
+    [
+        (QueueFigures(0, 0), 0, False, (), (s.Phase.IN_SERVICE, "Idle")),
+        (QueueFigures(0, 0), 1, False, (), (s.Phase.IN_SERVICE, "Processing")),  # a worker
+        (QueueFigures(1, 0), 0, False, (), (s.Phase.IN_SERVICE, "Processing")),  # one queued
+        (QueueFigures(0, 1), 0, False, (), (s.Phase.IN_SERVICE, "Processing")),  # one held
+        (QueueFigures(0, None), 0, False, (), (s.Phase.IN_SERVICE, "Processing")),  # unknown
+        (QueueFigures(0, 0), 0, True, (), (s.Phase.UPDATING, "RollingOut")),
+        (QueueFigures(0, 0), 2, True, ("w",), (s.Phase.UPDATING, "InFlightUnknown")),
+        (QueueFigures(0, 0), 2, False, ("w",), (s.Phase.IN_SERVICE, "InFlightUnknown")),
+        (None, 2, False, ("w",), (s.Phase.IN_SERVICE, "BrokerUnreadable")),
+        (None, 2, True, (), (s.Phase.UPDATING, "BrokerUnreadable")),  # the rollout goes on
+    ],
+)
+def test_one_rule_says_how_an_async_pool_stands(
+    figures: QueueFigures | None,
+    replicas: int,
+    rolling_out: bool,
+    silent: tuple[str, ...],
+    said: tuple[s.Phase, str],
+) -> None:
+    """``status.pool_standing`` at its edges, as both actuators say it past a pool's start: the
+    phase is the workers' (Updating while a new spec's replace them, the broker read or not),
+    the reason names the broker first (``infermodes up`` showed its scaling decision's reason,
+    InitialReplicas or Steady, and the operator said InService while its broker was unread
+    during a rollout)."""
+    phase, reason, message = pool_standing(figures, replicas, rolling_out, silent, "1/2 workers")
+    assert (phase, reason) == said
+    assert message.endswith("; 1/2 workers")
+
+
+def test_an_endpoint_that_failed_has_not_served_whatever_it_did_before() -> None:
+    """``status.still_served``: a Failed look ends what an endpoint served, so workers coming
+    back after it are a start (Creating), as the operator, which asks its last status, says;
+    ``infermodes up`` said Updating (InService) for a replaced pool that failed and recovered."""
+    for phase in s.Phase:
+        assert still_served(True, phase) is (phase is not s.Phase.FAILED)
+        assert not still_served(False, phase)
+
+
+def test_an_async_rollout_while_the_broker_cannot_be_read_is_updating_naming_the_broker() -> None:
+    """The operator said InService (BrokerUnreadable) while a new spec's workers replaced those
+    of a pool that served, the broker unread: Updating now, the reason naming the broker."""
+    rolling = WorkloadState(True, 2, 1, 1, False)
+    served = Status(s.Phase.IN_SERVICE, "Processing")
+    blind = async_.observe(SPEC, signals(rolling, None), served)
+    assert (blind.phase, blind.reason) == (s.Phase.UPDATING, BROKER_UNREADABLE)
+    assert blind.message.endswith("1/2 workers, 1 of the new spec created")
+    seen = async_.observe(SPEC, signals(rolling, QueueFigures(0, 0)), served)
+    assert (seen.phase, seen.reason) == (s.Phase.UPDATING, "RollingOut")
 
 
 def test_status_carries_the_backlog_and_says_when_the_broker_is_unreadable() -> None:
