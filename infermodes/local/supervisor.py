@@ -69,10 +69,13 @@ from infermodes.endpoints.status import (
     made_by_api,
     output_held_by,
     output_in_use,
+    pool_standing,
     pool_starting,
     record_queue,
+    replicas_phase,
     rfc3339,
     serverless_phase,
+    still_served,
     units_progress,
     update_blocked,
     with_estimated_age,
@@ -466,6 +469,13 @@ class Supervisor:
         endpoint.previous = previous
         if old is not None:
             endpoint.replaced_in_service = old.status.phase in SERVING_PHASES
+        if old is not None and old.manifest.spec.mode is manifest.spec.mode is Mode.ASYNC:
+            # the name's one queue: as last read, until the new pool's first decision reads it
+            endpoint.status = dataclasses.replace(
+                endpoint.status,
+                backlog=old.status.backlog,
+                backlog_unread=old.status.backlog_unread,
+            )
         self._save(endpoint)
         if old is not None and not outgoing and manifest.spec.mode is not Mode.BATCH:
             # nothing of the old spec serves (a serverless one at zero, an async pool, whose
@@ -476,7 +486,7 @@ class Supervisor:
         if old is not None and outgoing:
             # until its first decision, what the old spec's servers report: they serve on
             endpoint.status = dataclasses.replace(
-                endpoint.status, phase=Phase.UPDATING, reason="Updating",
+                endpoint.status, phase=Phase.UPDATING, reason=ROLLING_OUT,
                 ready_replicas=old.status.ready_replicas,
                 desired_replicas=old.status.desired_replicas,
             )  # fmt: skip
@@ -736,8 +746,7 @@ class Supervisor:
             block, started, figures.ready, figures.in_flight, endpoint.memory, now,
             figures.consumers, figures.waiting_webhooks,
         )  # fmt: skip
-        status = Status(endpoint.status.phase, decision.reason, endpoint.status.message)
-        endpoint.status = with_backlog(status, figures)
+        endpoint.status = with_backlog(endpoint.status, figures)  # its status: _pool_phase
         return decision.replicas
 
     async def _queue_figures(self, endpoint: LocalEndpoint, metrics: MetricsTexts) -> QueueFigures:
@@ -983,33 +992,31 @@ class Supervisor:
         # until every wanted replica is (the platform's, until its initial instances are up)
         endpoint.served = endpoint.served or 0 < endpoint.desired <= ready
         notes = [f"{restarts} restart(s) of crashed processes"] if restarts else []
-        pool = self._pool_phase(endpoint, ready) if mode is Mode.ASYNC else None
         old_serving = sum(1 for c in endpoint.outgoing.values() if self._is_ready(endpoint, c))
+        # served: its replicas were, the spec it replaced was, or that spec's servers still are
+        served = endpoint.served or endpoint.replaced_in_service or old_serving > 0
         if mode is Mode.SERVERLESS:  # as the operator says it (previous spec's servers: served)
             phase, reason, said = serverless_phase(
-                self._template_loaded(endpoint, ready),
-                endpoint.served or endpoint.replaced_in_service or old_serving > 0,
-                endpoint.desired, ready, bool(endpoint.outgoing),
+                self._template_loaded(endpoint, ready), served, endpoint.desired, ready,
+                bool(endpoint.outgoing),
             )  # fmt: skip
             notes.insert(0, said)
-        elif endpoint.outgoing:
-            phase, reason = Phase.UPDATING, "Updating"
-        elif mode is Mode.REALTIME and not endpoint.served and endpoint.replaced_in_service:
-            phase, reason = Phase.UPDATING, "Updating"  # e.g. from serverless at zero
-        elif mode is Mode.REALTIME and not endpoint.served:
+        elif mode is Mode.REALTIME and (served or endpoint.outgoing):
+            # a new spec rolls out while the previous spec's servers serve on, or over none of
+            # them (from serverless at zero, say) until its own are all ready, as the operator
+            # says of a Deployment's rollout (its old pods counted ready)
+            rolling_out = bool(endpoint.outgoing) or not endpoint.served
+            phase, reason, said = replicas_phase(
+                True, endpoint.desired, ready + old_serving, rolling_out
+            )
+            notes.insert(0, said)
+        elif mode is Mode.REALTIME:
             phase, reason = Phase.CREATING, "Creating" if ready else "NoReplicaReady"
             if ready:
                 notes.insert(0, f"{ready}/{endpoint.desired} replicas ready")
-        elif pool is not None:
-            phase, reason = pool[0], pool[1]
-            notes.insert(0, pool[2])
         else:
-            phase = Phase.IN_SERVICE
-            reason = endpoint.status.reason if mode is Mode.ASYNC else "Ready"
-        if mode is Mode.ASYNC and endpoint.silent:
-            notes.append(f"worker(s) {', '.join(endpoint.silent)} cannot say what they hold "
-                         "(no count on their metrics port): the queue's figures scale the "
-                         "pool in only once they can")  # fmt: skip
+            phase, reason, said = self._pool_phase(endpoint, ready)
+            notes.insert(0, said)
         message = "; ".join(notes)
         # the previous spec's servers: Updating. A retry's server, not ready yet, has not shown
         # the model loads: Failed until it does (a waiter would pass on it), or, while the
@@ -1032,6 +1039,8 @@ class Supervisor:
         # the previous spec's servers serve too while a rollover lasts, as a Deployment's old
         # pods count in its readyReplicas (DescribeEndpoint's CurrentInstanceCount)
         serving = ready + old_serving
+        endpoint.served = still_served(endpoint.served, phase)
+        endpoint.replaced_in_service = still_served(endpoint.replaced_in_service, phase)
         endpoint.status = dataclasses.replace(
             endpoint.status, phase=phase, reason=reason, message=message, replicas=running,
             ready_replicas=serving, desired_replicas=endpoint.desired,
@@ -1049,21 +1058,30 @@ class Supervisor:
         return memory.loaded_template == template
 
     @staticmethod
-    def _pool_phase(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str] | None:
-        """An async pool's start or rollout, as the operator says them: ``Creating`` while a
-        pool that has not served starts (``pool_starting``; served: the status shown last, or
-        the one of the endpoint it replaced), and ``Updating`` (``RollingOut``) while one that
-        replaced a pool in service, whose workers ``up`` all starts again, has not had every
-        worker it wants ready, as the operator says while a Deployment's rollout lasts."""
-        served = endpoint.replaced_in_service or endpoint.status.phase in SERVING_PHASES
+    def _pool_phase(endpoint: LocalEndpoint, ready: int) -> tuple[Phase, str, str]:
+        """An async pool's status, as the operator says it: ``Creating`` while a pool that has
+        not served starts (``pool_starting``; served: the status shown last, or the one of the
+        endpoint it replaced), then how it stands (``pool_standing``), ``Updating`` while one
+        that replaced a pool in service, whose workers ``up`` all starts again, has not had
+        every worker it wants ready, as the operator says while a Deployment's rollout lasts.
+        Before its queue was first read (an update before the replaced pool's first decision),
+        a rollout says so, else the reason shown before stays."""
+        status = endpoint.status
+        served = endpoint.replaced_in_service or status.phase in SERVING_PHASES
         first = async_plan.async_block(endpoint.manifest.spec).first_replicas()
         # before its first decision, the pool wants the workers it starts with
         wanted = endpoint.desired if endpoint.initialized else first
         starting = pool_starting(first, wanted, ready, served)
         endpoint.rolled_out = endpoint.rolled_out or ready >= wanted
-        if starting is None and endpoint.replaced_in_service and not endpoint.rolled_out:
-            return Phase.UPDATING, ROLLING_OUT, f"{ready}/{wanted} workers ready"
-        return starting
+        if starting is not None:
+            return starting
+        rolling_out = endpoint.replaced_in_service and not endpoint.rolled_out
+        workers = f"{ready}/{wanted} workers"
+        if status.backlog is None and not status.backlog_unread and rolling_out:  # not read yet
+            return Phase.UPDATING, ROLLING_OUT, workers
+        if status.backlog is None and not status.backlog_unread:
+            return Phase.IN_SERVICE, status.reason, workers
+        return pool_standing(status.backlog, wanted, rolling_out, endpoint.silent, workers)
 
     @staticmethod
     def _crashing(endpoint: LocalEndpoint) -> tuple[str, str] | None:

@@ -926,6 +926,8 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
             wait_until(lambda: len(answers) >= 5, WAIT, "answers before the change")
             applied = cli(up, "apply", "-f", str(changed))
             assert applied.returncode == 0, applied.stderr
+            rolling = up.status("abalone")  # the operator's reason (up said "Updating")
+            assert (rolling["phase"], rolling["reason"]) == ("Updating", "RollingOut"), rolling
             replaced = lambda status: (  # noqa: E731
                 status["phase"] == "InService" and not old & pids()
             )
@@ -934,6 +936,7 @@ def test_a_changed_realtime_spec_is_served_throughout_its_rollout(
             wait_until(lambda: len(answers) >= seen + 5, WAIT, "answers after the change")
             status = up.status("abalone")
             assert (status["desiredReplicas"], status["readyReplicas"]) == (2, 2), status
+            assert status["reason"] == "AllReplicasReady", status  # up said "Ready"
     assert set(answers) == {200}, collections.Counter(answers)
 
 
@@ -1029,6 +1032,11 @@ def test_an_async_pool_under_up_scales_and_rolls_out_as_the_operator_says(
         assert ("Updating", "RollingOut") in rolled, rolled
         assert {phase for phase, _ in rolled} <= {"Updating", "InService"}, rolled
         assert "StartingWorkers" not in {reason for _, reason in rolled}, rolled
+        # in service, how the pool stands, as the operator says it (up said its scaling
+        # decision's reason: InitialReplicas, Steady, Starting right after an update)
+        standing = {reason for phase, reason in started + scaled + rolled if phase == "InService"}
+        assert standing <= {"Idle", "Processing"}, (started, scaled, rolled)
+        assert {reason for phase, reason in rolled if phase == "Updating"} == {"RollingOut"}
 
 
 def test_an_update_whose_model_cannot_load_keeps_the_previous_spec_serving(
@@ -1097,7 +1105,8 @@ def test_a_request_during_an_update_from_serverless_at_zero_waits_for_the_new_re
         ), at_zero
         applied = cli(up, "apply", "-f", str(tmp_path / "realtime.yaml"))
         assert applied.returncode == 0, applied.stderr
-        assert up.status(name)["phase"] == "Updating"
+        updating = up.status(name)  # a rollout over no replica: the operator's reason
+        assert (updating["phase"], updating["reason"]) == ("Updating", "RollingOut"), updating
         answer = up.invoke(name, to_csv(abalone_model.test_rows[:1]))
         assert answer.status_code == 200, answer.text
         wait_until(lambda: up.status(name)["phase"] == "InService", WAIT, "in service again")

@@ -480,7 +480,6 @@ def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
     endpoint = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     now = time.monotonic()
     assert decided(supervisor, endpoint, now) == 3
-    assert endpoint.status.reason == "InitialReplicas"
     for key in ("w0", "w1", "w2"):
         endpoint.children[key] = FakeChild(True, key)  # type: ignore[assignment]
     assert decided(supervisor, endpoint, now + 1) == 3  # the start's cooldown
@@ -521,12 +520,12 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     assert shown(created)[0] == "InService"
     document["spec"]["async"]["initialReplicas"] = 3  # its processes run as before: a scale
     supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z", created)
-    assert shown(created) == ("InService", "InitialReplicas")
+    assert shown(created) == ("InService", "Processing")  # 0 of its 3: as the operator
     assert created.desired == 3
     updated = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     updated.replaced_in_service = True  # a new spec over the endpoint that served
     assert shown(updated) == ("Updating", "RollingOut")
-    assert updated.status.message.startswith("0/3 workers ready")
+    assert updated.status.message.endswith("0/3 workers")
     ready[0] = 3
     assert shown(updated)[0] == "InService"
     ready[0] = 1  # its workers restart, say: the rollout is over
@@ -534,7 +533,7 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     del document["spec"]["async"]["initialReplicas"]  # started at minReplicas: 0
     ready[0] = 0
     at_zero = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
-    assert shown(at_zero) == ("InService", "InitialReplicas")
+    assert shown(at_zero) == ("InService", "Idle")  # none queued, none wanted
     # its initial workers keep crashing (a broker URL they refuse, say): Failed, as on the
     # operator, not StartingWorkers for ever (a waiter for InService never ended)
     crashing = supervisor._add(
@@ -558,6 +557,58 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     supervisor._set_status(crashing)
     assert (crashing.status.phase.value, crashing.status.reason) == ("Failed", "ContainerCrashing")
     assert crashing.status.message.startswith("process w0 keeps crashing: exited with 1")
+
+
+def test_an_endpoint_up_replaced_that_failed_and_recovers_is_starting_not_rolling_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An async pool a new spec replaced in service, whose workers then kept crashing (Failed),
+    said Updating (RollingOut) once they came back, where the operator, whose last status was
+    Failed, says Creating (StartingWorkers): ``status.still_served``. So does a realtime
+    endpoint that served, failed and recovers: Creating until every replica is ready, as the
+    operator says it (up said InService)."""
+    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
+    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=2)
+    ready = [0]
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+    updated = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
+    updated.replaced_in_service = True  # a new spec over the endpoint that served
+    updated.desired = decided(supervisor, updated, time.monotonic())
+    worker = FakeChild(True, "w0")
+    updated.children["w0"] = worker  # type: ignore[assignment]
+    updated.metrics_ports["w0"] = 1
+    supervisor._set_status(updated)
+    assert (updated.status.phase.value, updated.status.reason) == ("Updating", "RollingOut")
+    worker.exits, worker.last_exit, worker.log_path = 3, 1, tmp_path / "w0.log"  # type: ignore[attr-defined]
+    supervisor._set_status(updated)
+    assert (updated.status.phase.value, updated.status.reason) == ("Failed", "ContainerCrashing")
+    ready[0] = 1  # one of its two is back
+    supervisor._set_status(updated)
+    assert (updated.status.phase.value, updated.status.reason) == ("Creating", "StartingWorkers")
+    ready[0] = 2
+    supervisor._set_status(updated)
+    assert (updated.status.phase.value, updated.status.reason) == ("InService", "Processing")
+
+    realtime = yaml.safe_load((REPO / "examples" / "abalone" / "realtime.yaml").read_text())
+    realtime["spec"]["realtime"] |= {"minReplicas": 1, "maxReplicas": 5, "initialReplicas": 3}
+    supervisor, endpoint = actuated_once(tmp_path / "rt", monkeypatch, realtime)
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+    ready[0] = 3
+    supervisor._set_status(endpoint)
+    assert endpoint.status.phase.value == "InService"
+    ready[0] = 0
+    crashed = FakeChild(True, "server-9")
+    crashed.exits, crashed.last_exit, crashed.log_path = 3, 1, tmp_path / "s.log"  # type: ignore[attr-defined]
+    endpoint.children["server-9"] = crashed  # type: ignore[assignment]
+    endpoint.ports["server-9"] = 1
+    supervisor._set_status(endpoint)
+    assert (endpoint.status.phase.value, endpoint.status.reason) == ("Failed", "ContainerCrashing")
+    ready[0] = 1
+    supervisor._set_status(endpoint)
+    assert (endpoint.status.phase.value, endpoint.status.reason) == ("Creating", "Creating")
+    assert endpoint.status.message.startswith("1/3 replicas ready")
 
 
 def test_an_async_update_under_up_is_said_at_once_not_creating_until_its_first_look(
@@ -628,8 +679,9 @@ def test_up_keeps_a_pool_whose_worker_cannot_say_and_names_it(tmp_path: Path) ->
         replicas, endpoint = decide(tmp_path, empty, silent, 2)
     finally:
         closed.close()
-    assert replicas == 3 and endpoint.status.reason == "InFlightUnknown"
+    assert replicas == 3 and endpoint.silent == ("abalone-async/worker-0",)
     Supervisor(tmp_path, FixedQueue(empty), "", 0)._set_status(endpoint)  # type: ignore[arg-type]
+    assert endpoint.status.reason == "InFlightUnknown"  # as the operator's status says it
     assert "worker(s) abalone-async/worker-0 cannot say what they hold" in (endpoint.status.message)
 
 
@@ -642,7 +694,7 @@ def test_up_does_not_ask_the_workers_of_the_embedded_queue(tmp_path: Path) -> No
         replicas, endpoint = decide(tmp_path, exact, {"w": closed.getsockname()[1]}, 2)
     finally:
         closed.close()
-    assert replicas == 1 and endpoint.status.reason == "ScaledIn"
+    assert replicas == 1 and endpoint.silent == ()
 
 
 def async_scale_in(
@@ -1123,7 +1175,7 @@ def test_a_retried_realtime_endpoint_is_failed_until_its_server_shows_the_model_
     assert again.status.message == "model cannot be loaded: gone; tried again now"
     monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 1)
     supervisor._set_status(again)
-    assert (again.status.phase.value, again.status.reason) == ("InService", "Ready")
+    assert (again.status.phase.value, again.status.reason) == ("InService", "AllReplicasReady")
 
 
 def test_a_zygote_that_does_not_answer_is_stopped_and_servers_start_by_exec() -> None:
@@ -1355,7 +1407,7 @@ def test_a_restart_shows_what_is_true_before_any_process_of_it_runs_again(
             await task
 
     asyncio.run(first_answer())
-    assert shown == {"abalone": ("Updating", "Updating"),
+    assert shown == {"abalone": ("Updating", "RollingOut"),
                      "abalone-serverless": ("Failed", "ModelLoadFailed")}  # fmt: skip
     # and the serverless one's model is tried at once: it may be there now
     assert "abalone-serverless/server-0" in started
@@ -1558,7 +1610,7 @@ def test_a_realtime_spec_over_a_serverless_endpoint_at_zero_is_updating_at_once(
     assert loaded.status.reason == "ScaledToZero"
     supervisor.apply(parse_document(realtime, "test"))
     status = supervisor.endpoints[name].status
-    assert (status.phase.value, status.reason) == ("Updating", "Updating")
+    assert (status.phase.value, status.reason) == ("Updating", "RollingOut")
 
 
 @pytest.mark.parametrize("running", [True, False])
@@ -1657,10 +1709,11 @@ def test_a_realtime_endpoint_is_creating_until_every_replica_it_starts_with_is_r
     assert endpoint.status.message == "1/3 replicas ready"
     monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 3)
     supervisor._set_status(endpoint)
-    assert (endpoint.status.phase.value, endpoint.status.reason) == ("InService", "Ready")
+    shown = (endpoint.status.phase.value, endpoint.status.reason)
+    assert shown == ("InService", "AllReplicasReady")
     monkeypatch.setattr(supervisor, "_ready", lambda endpoint: 2)  # one lost once served
     supervisor._set_status(endpoint)
-    assert endpoint.status.phase.value == "InService"
+    assert (endpoint.status.phase.value, endpoint.status.reason) == ("InService", "Scaling")
 
 
 def test_a_child_not_yet_leading_its_own_process_group_is_still_stopped(tmp_path: Path) -> None:
@@ -1785,7 +1838,7 @@ def test_an_update_that_cannot_load_shows_its_failure_between_its_retries_too(
     assert set(shown) == {("Updating", "ModelLoadFailed", 1)}
     monkeypatch.setattr(supervisor, "_is_ready", lambda endpoint, child: True)
     supervisor._set_status(again)  # its model there now: it rolls out
-    assert (again.status.phase.value, again.status.reason) == ("Updating", "Updating")
+    assert (again.status.phase.value, again.status.reason) == ("Updating", "RollingOut")
     assert again.load_failure is None
 
 
