@@ -485,6 +485,19 @@ def test_up_starts_a_new_pool_at_its_initial_replicas(tmp_path: Path) -> None:
     assert decided(supervisor, endpoint, now + 1) == 3  # the start's cooldown
 
 
+def async_pool_under_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ready: list[int]
+) -> tuple[Supervisor, dict[str, Any]]:
+    """``up`` over an empty queue, and the async example (initialReplicas 2, minReplicas 0)
+    to add to it, its workers as ready as ``ready[0]`` says."""
+    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
+    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
+    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
+    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=2)
+    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+    return supervisor, document
+
+
 def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,12 +508,8 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     a new spec (whose workers ``up`` all starts again) is Updating, RollingOut, until every
     worker it wants is ready; a changed initialReplicas alone is a scale (InService), not a
     start (``up`` said Updating, StartingWorkers, for both)."""
-    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
-    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
-    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=2)
     ready = [0]
-    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+    supervisor, document = async_pool_under_up(tmp_path, monkeypatch, ready)
 
     def shown(endpoint: LocalEndpoint) -> tuple[str, str]:
         endpoint.desired = decided(supervisor, endpoint, time.monotonic())
@@ -567,12 +576,8 @@ def test_an_endpoint_up_replaced_that_failed_and_recovers_is_starting_not_rollin
     Failed, says Creating (StartingWorkers): ``status.still_served``. So does a realtime
     endpoint that served, failed and recovers: Creating until every replica is ready, as the
     operator says it (up said InService)."""
-    empty = Backlog(ready=0, unacked=0, consumers=0, source="sqlite", unacked_exact=True)
-    supervisor = Supervisor(tmp_path, FixedQueue(empty), "amqp://127.0.0.1:1/", 0)  # type: ignore[arg-type]
-    document = yaml.safe_load((REPO / "examples" / "abalone" / "async.yaml").read_text())
-    document["spec"]["async"].update(minReplicas=0, maxReplicas=5, initialReplicas=2)
     ready = [0]
-    monkeypatch.setattr(supervisor, "_ready", lambda endpoint: ready[0])
+    supervisor, document = async_pool_under_up(tmp_path, monkeypatch, ready)
     updated = supervisor._add(parse_document(document, "test"), "2026-01-01T00:00:00Z")
     updated.replaced_in_service = True  # a new spec over the endpoint that served
     updated.desired = decided(supervisor, updated, time.monotonic())
