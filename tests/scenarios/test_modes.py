@@ -1,6 +1,7 @@
 """Each mode's behaviour through the gateway URL, on both actuators (``conftest.actuator``):
-predictions equal the booster's, serverless cold start from zero and back to zero, throttling
-with 429, async exactly once with a worker SIGKILLed while it holds work, batch outputs and a
+predictions equal the booster's, a realtime rollout's phases and reasons said alike,
+serverless cold start from zero and back to zero, throttling with 429, async exactly once with
+a worker SIGKILLed while it holds work (how its pool stands said alike), batch outputs and a
 failing object named in the status."""
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def test_realtime_predictions_equal_the_boosters(
     response = invoke(actuator, "rt", to_csv(rows))
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(scores(response.text), predicted(abalone_model, rows), rtol=1e-6)
+
+
+def test_a_realtime_rollout_is_said_alike(
+    actuator: Actuator, abalone_model: AbaloneModel, tmp_path: Path
+) -> None:
+    """Both actuators say a realtime endpoint's steps by one rule (``status.replicas_phase``):
+    InService, AllReplicasReady; a new spec's replica replacing the old one: Updating,
+    RollingOut; then InService, AllReplicasReady again (``up`` said Ready, and Updating,
+    Updating)."""
+    said = lambda phase, reason: lambda s: (s.get("phase"), s.get("reason")) == (phase, reason)  # noqa: E731
+    actuator.apply(endpoint("realtime", "roll", abalone_model, tmp_path,
+                            minReplicas=1, maxReplicas=1))  # fmt: skip
+    wait_status(actuator, "roll", "in service", said("InService", "AllReplicasReady"))
+    actuator.apply(endpoint("realtime", "roll", abalone_model, tmp_path,
+                            minReplicas=1, maxReplicas=1, workers=2))  # fmt: skip
+    wait_status(actuator, "roll", "its rollout", said("Updating", "RollingOut"))
+    wait_status(actuator, "roll", "rolled out", said("InService", "AllReplicasReady"))
+    rows = abalone_model.test_rows[:5]
+    response = invoke(actuator, "roll", to_csv(rows))
+    assert response.status_code == 200, response.text
 
 
 def test_serverless_cold_starts_from_zero_and_returns_to_zero(
@@ -182,6 +203,8 @@ def test_async_requests_complete_once_with_a_worker_killed_mid_way(
     actuator.apply(endpoint("async", "queued", abalone_model, tmp_path, maxReplicas=1,
                             maxConcurrentInvocationsPerInstance=2))  # fmt: skip
     wait_status(actuator, "queued", "InService", lambda s: s.get("phase") == "InService")
+    # how the pool stands, said alike (up said its scaling decision's reason: InitialReplicas)
+    assert actuator.status("queued")["reason"] in ("Idle", "Processing"), actuator.name
     output = tmp_path / "async" / "output"
     rows = abalone_model.test_rows
     copies = 1_200_000 // len(rows) + 1  # ~75 MB of CSV: seconds of a worker's time
@@ -217,6 +240,7 @@ def test_async_requests_complete_once_with_a_worker_killed_mid_way(
     wait_status(actuator, "queued", "an empty backlog",
                 lambda s: (s.get("backlog") or {}).get("total") == 0)  # fmt: skip
     assert len(outputs(output)) == 21  # nothing written twice under a second name
+    assert actuator.status("queued")["reason"] in ("Idle", "Processing"), actuator.name
 
 
 def batch_outcome(
