@@ -498,6 +498,15 @@ def async_pool_under_up(
     return supervisor, document
 
 
+def crashed_often(endpoint: LocalEndpoint, key: str, ports: dict[str, int], log: Path) -> None:
+    """A running process of ``endpoint`` that has exited ``CRASH_RESTARTS`` times, never ready
+    (``ports``: the endpoint's metrics ports for a worker, its ports for a model server)."""
+    child = FakeChild(True, key)
+    child.exits, child.last_exit, child.log_path = 3, 1, log  # type: ignore[attr-defined]
+    endpoint.children[key] = child  # type: ignore[assignment]
+    ports[key] = 1
+
+
 def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -559,10 +568,7 @@ def test_up_s_async_pool_is_creating_until_its_initial_workers_are_ready(
         "2026-01-01T00:00:00Z",
     )
     crashing.desired = decided(supervisor, crashing, time.monotonic())
-    worker = FakeChild(True, "w0")
-    worker.exits, worker.last_exit, worker.log_path = 3, 1, tmp_path / "w0.log"  # type: ignore[attr-defined]
-    crashing.children["w0"] = worker  # type: ignore[assignment]
-    crashing.metrics_ports["w0"] = 1
+    crashed_often(crashing, "w0", crashing.metrics_ports, tmp_path / "w0.log")
     supervisor._set_status(crashing)
     assert (crashing.status.phase.value, crashing.status.reason) == ("Failed", "ContainerCrashing")
     assert crashing.status.message.startswith("process w0 keeps crashing: exited with 1")
@@ -604,10 +610,7 @@ def test_an_endpoint_up_replaced_that_failed_and_recovers_is_starting_not_rollin
     supervisor._set_status(endpoint)
     assert endpoint.status.phase.value == "InService"
     ready[0] = 0
-    crashed = FakeChild(True, "server-9")
-    crashed.exits, crashed.last_exit, crashed.log_path = 3, 1, tmp_path / "s.log"  # type: ignore[attr-defined]
-    endpoint.children["server-9"] = crashed  # type: ignore[assignment]
-    endpoint.ports["server-9"] = 1
+    crashed_often(endpoint, "server-9", endpoint.ports, tmp_path / "s.log")
     supervisor._set_status(endpoint)
     assert (endpoint.status.phase.value, endpoint.status.reason) == ("Failed", "ContainerCrashing")
     ready[0] = 1
