@@ -4,7 +4,8 @@ that does not exist), not send the user to look at inputs that are fine."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,27 @@ from infermodes.workers.batch.summary import Summary
 from tests.unit.test_batch_listed_keys import ROWS, model  # noqa: F401 (a fixture)
 
 
-def run_job(booster: Path, input_uri: str, output_uri: str, monkeypatch: pytest.MonkeyPatch,
-            run_id: str = "job-1", stored: Callable[[Any], None] | None = None,
-            ) -> Summary:  # fmt: skip
-    """One instance of a job (with a run id, as the operator and up give one) over a moto S3
-    whose only bucket, ``data``, holds ``in/a.csv``; ``stored``: called with the S3 client
-    once the instance's summary is stored too."""
+@contextlib.contextmanager
+def moto_bucket(monkeypatch: pytest.MonkeyPatch, *keys: str) -> Iterator[Any]:
+    """A moto S3 client whose only bucket, ``data``, holds ``keys`` (each the example rows)."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="data")
-        client.put_object(Bucket="data", Key="in/a.csv", Body=ROWS)
+        for key in keys:
+            client.put_object(Bucket="data", Key=key, Body=ROWS)
+        yield client
+
+
+def run_job(booster: Path, input_uri: str, output_uri: str, monkeypatch: pytest.MonkeyPatch,
+            run_id: str = "job-1", stored: Callable[[Any], None] | None = None,
+            ) -> Summary:  # fmt: skip
+    """One instance of a job (with a run id, as the operator and up give one) over a moto S3
+    whose only bucket, ``data``, holds ``in/a.csv``; ``stored``: called with the S3 client
+    once the instance's summary is stored too."""
+    with moto_bucket(monkeypatch, "in/a.csv") as client:
         settings = BatchSettings(model_uri=str(booster), input_uri=input_uri,
                                  output_uri=output_uri, run_id=run_id, metrics_port=0)  # fmt: skip
         storage = Storage(s3_store=S3Store(client))
@@ -169,14 +178,7 @@ def run_failing_writes(booster: Path, error: Exception, monkeypatch: pytest.Monk
                        ) -> tuple[Summary, int | None]:  # fmt: skip
     """One instance over ``in/a.csv`` and ``in/b.csv`` whose outputs fail to be written with
     ``error``: its summary, and the exit code of an end that runs again (None: none)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="data")
-        for key in ("in/a.csv", "in/b.csv"):
-            client.put_object(Bucket="data", Key=key, Body=ROWS)
+    with moto_bucket(monkeypatch, "in/a.csv", "in/b.csv") as client:
         settings = BatchSettings(model_uri=str(booster), input_uri="s3://data/in/",
                                  output_uri="s3://data/out/", run_id="job-1",
                                  metrics_port=0)  # fmt: skip
