@@ -101,7 +101,9 @@ def arn(defaults: Defaults, resource: str, name: str) -> str:
 
 def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
     """A platform name; an endpoint's or job's must also make a Kubernetes name when lower
-    cased (a letter first, at most 50 characters)."""
+    cased (a letter first, at most 50 characters). Absent (or null): required."""
+    if name is None:
+        raise ValidationException(f"{field} is required")
     if (
         not isinstance(name, str)
         or len(name) > MAX_PLATFORM_NAME

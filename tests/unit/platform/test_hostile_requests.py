@@ -115,3 +115,24 @@ def answered(api: Any, request: dict[str, Any], key: str, describe: str, listing
         assert api.raw(deleting, json.dumps({key: name}).encode()).status_code == 200
     else:  # a transform job: the API has no delete
         del api.store.endpoints[name.lower()]
+
+
+NAMED = {"CreateModel": "ModelName", "CreateEndpointConfig": "EndpointConfigName",
+         "CreateEndpoint": "EndpointName", "CreateTransformJob": "TransformJobName",
+         "DescribeEndpoint": "EndpointName", "StopTransformJob": "TransformJobName"}  # fmt: skip
+
+
+@pytest.mark.parametrize("operation", sorted(NAMED))
+@pytest.mark.parametrize("value", [MISSING, None], ids=["left out", "null"])
+def test_a_name_left_out_or_null_is_said_to_be_required(operation: str, value: Any) -> None:
+    """A raw request without its name (boto3 refuses one before sending) was told that
+    "None must be 1 to 63 letters ...", as if a name had been given."""
+    api = Api()
+    api.seed()
+    field = NAMED[operation]
+    response = api.raw(
+        operation, json.dumps(replaced(SAMPLES[operation], (field,), value)).encode()
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["__type"] == "ValidationException"
+    assert f"{field} is required" in response.json()["message"], response.text
