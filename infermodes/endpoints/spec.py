@@ -81,6 +81,14 @@ PLURAL = "inferenceendpoints"
 SHORT_NAME = "ie"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_LENGTH = 50  # leaves room for suffixes in the names of the objects we create
+
+
+def is_endpoint_name(name: str) -> bool:
+    """Whether the CRD takes ``name`` for ``metadata.name``: a DNS-1035 label of at most
+    ``MAX_NAME_LENGTH`` characters (no ``..``, ``/`` or upper case: names become paths)."""
+    return len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name) is not None
+
+
 # what Kubernetes takes for a Secret's name (a DNS subdomain) and for one of its keys: the
 # API server refuses a workload naming any other, after kubectl apply took the endpoint
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from infermodes.endpoints.spec import MAX_NAME_LENGTH, NAME_PATTERN
+from infermodes.endpoints.spec import is_endpoint_name
 from infermodes.logs import OUTAGE_LOG_SECONDS, Throttled
 
 log = logging.getLogger("infermodes.gateway")
@@ -27,12 +26,6 @@ log = logging.getLogger("infermodes.gateway")
 READ_INTERVAL_SECONDS = 1.0  # a name is read at most once in this
 MAX_READS_PER_INTERVAL = 10  # all names together, in the same span
 READ_TIMEOUT_SECONDS = 2.0  # a request waits this long at most for a read; then the table answers
-
-
-def readable_name(name: str) -> bool:
-    """Whether ``name`` can be an endpoint's (what the CRD admits): no other is read, so a
-    request's path never becomes another API path."""
-    return len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name) is not None
 
 
 @dataclass
@@ -78,7 +71,8 @@ class Rereads:
     async def __call__(self, name: str, request: str) -> None:
         task = self.reading.get(name)
         if task is None:
-            if not readable_name(name) or not self.budget.allow(name, self.clock()):
+            # only a name an endpoint can have: a request's path never becomes another API path
+            if not is_endpoint_name(name) or not self.budget.allow(name, self.clock()):
                 return
             task = asyncio.get_running_loop().create_task(self._read(name, request))
             self.reading[name] = task

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from infermodes.endpoints.spec import (
     ADMITTED,
     MAX_NAME_LENGTH,
-    NAME_PATTERN,
     EndpointSpec,
+    is_endpoint_name,
     spec_problems,
 )
 from infermodes.errors import shown
@@ -228,7 +228,7 @@ def check_name(manifest: Manifest, source: str) -> Manifest:
     the CRD would refuse (``..``, ``a/b``, upper case) is refused here too. (The platform API's
     endpoints come through ``parse_document`` with names it has checked by its own rule.)"""
     name = manifest.name
-    if len(name) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, name):
+    if is_endpoint_name(name):
         return manifest
     shown = repr(name if len(name) <= 60 else name[:57] + "...")
     raise ManifestError(

@@ -25,13 +25,13 @@ from infermodes.endpoints.spec import (
     INPUT_INSIDE_OUTPUT,
     KIND,
     MAX_NAME_LENGTH,
-    NAME_PATTERN,
     PLATFORM_KIND_LABEL,
     PLATFORM_TRANSFORM_JOB,
     PROVISIONED_WITHIN_MAX,
     REPLICA_RANGE,
     VERSION,
     EndpointSpec,
+    is_endpoint_name,
     object_name,
     spec_problems,
 )
@@ -113,8 +113,7 @@ def check_name(field: str, name: Any, kubernetes: bool = False) -> str:
             f"{field} {shown(name)} must be 1 to 63 letters, digits and hyphens, "
             "starting and ending with a letter or digit"
         )
-    too_long = len(name) > MAX_NAME_LENGTH
-    if kubernetes and (too_long or not re.fullmatch(NAME_PATTERN, object_name(name))):
+    if kubernetes and not is_endpoint_name(object_name(name)):
         raise ValidationException(
             f"{field} {shown(name)}: infermodes names endpoints and transform jobs as Kubernetes "
             f"objects: it must start with a letter and have at most {MAX_NAME_LENGTH} characters"

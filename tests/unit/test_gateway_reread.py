@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from infermodes.endpoints.spec import is_endpoint_name
 from infermodes.gateway.app import async_accept_router
-from infermodes.gateway.reread import ReadBudget, Rereads, readable_name
+from infermodes.gateway.reread import ReadBudget, Rereads
 from infermodes.gateway.table import Table
 from infermodes.settings import GatewaySettings
 from tests.unit.test_gateway_proxy import FakePool, ready_replica, receive, scope, setup
@@ -46,7 +47,7 @@ def test_all_names_together_are_read_at_most_max_reads_times_per_interval() -> N
      ("-a", False), ("a" * 51, False), ("", False), ("a.b", False)],
 )  # fmt: skip
 def test_only_names_an_endpoint_can_have_are_read(name: str, read: bool) -> None:
-    assert readable_name(name) is read
+    assert is_endpoint_name(name) is read
 
 
 class FakeClock:
