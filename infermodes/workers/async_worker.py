@@ -28,6 +28,7 @@ Guarantees, and where they come from:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -184,6 +185,32 @@ class SuccessClaimed(Exception):
 
     def __init__(self, request: InvocationRequest) -> None:
         super().__init__(f"inference {request.inference_id}: a delivery claimed success")
+
+
+class InputRefused(Exception):
+    """The store refused the worker the request's input (``refusal``): the caller's location,
+    which its credentials do not reach."""
+
+    def __init__(self, refusal: StorageRefused) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
+def as_judged(exc: Exception) -> Exception:
+    """An attempt's failure as ``classify`` is to judge it. The store refusing the request's
+    input (``InputRefused``) ends it at once (``StorageRefused``: no retry mends it). The store
+    refusing anything else (its output, error object or claim: the endpoint's own storage) is
+    the worker's credentials, no fault of the request (a storage Secret rotated under running
+    workers: a pod reads it at start): storage that fails, waited out and retried (a restarted
+    worker has the new credentials), never the end of a request that was accepted."""
+    if isinstance(exc, InputRefused):
+        return exc.refusal
+    if isinstance(exc, StorageRefused):
+        return StorageError(
+            f"{exc} (the endpoint's own storage refuses this worker: restart the workers once "
+            "their credentials are mended)"
+        )
+    return exc
 
 
 class ErrorClaimed(Exception):
@@ -345,11 +372,12 @@ class Processor:
             except (BrokerUnavailable, ErrorNotStored, SuccessClaimed):
                 raise  # not a failure of the request: its result may be stored already
             except Exception as exc:
-                failure = classify(exc)
+                judged = as_judged(exc)
+                failure = classify(judged)
                 if failure.reason != STORAGE_UNAVAILABLE or not self._storage_back(
                     request, failure, waits, deadline
                 ):
-                    return self._failed(request, count, exc, failure)
+                    return self._failed(request, count, judged, failure)
                 waits += 1
 
     def _storage_back(
@@ -426,11 +454,10 @@ class Processor:
             )
 
     def _handle(self, request: InvocationRequest, count: int) -> Result:
-        output_exists, error_exists = self._results_stored(request)
         decide = functools.partial(
             plan,
-            output_exists=output_exists,
-            error_exists=error_exists,
+            output_exists=self.storage.exists(request.output_location),
+            error_exists=self.storage.exists(request.failure_location),
             delivery_count=count,
             max_attempts=self.max_attempts,
             now=time.time(),
@@ -457,23 +484,6 @@ class Processor:
             return self._store_claimed_error(request, claimed.record, count)
         self._notify_success(request, result)
         return Result(Settle.ACK, "success")
-
-    def _results_stored(self, request: InvocationRequest) -> tuple[bool, bool]:
-        """Whether the request's output and error objects exist: each delivery's first look
-        at the endpoint's own storage. A refusal there is the worker's credentials, not the
-        request's fault (a storage Secret rotated under running workers: a pod reads it at
-        start), so it is storage that fails, waited out and retried (a restarted worker has
-        the new credentials), never the end of a request that was accepted."""
-        try:
-            return (
-                self.storage.exists(request.output_location),
-                self.storage.exists(request.failure_location),
-            )
-        except StorageRefused as exc:
-            raise StorageError(
-                f"{exc} (the endpoint's own storage refuses this worker: restart the workers "
-                "once their credentials are mended)"
-            ) from exc
 
     def _resend_success(self, request: InvocationRequest) -> Result:
         self._notify_success(request, self._small_output(request))
@@ -547,10 +557,14 @@ class Processor:
         a later delivery finishes."""
         settings = self.settings
         accept = codecs.accept_of(request.accept)  # the output's type, as the server answers
-        with (
-            self.storage.open_read(request.input_location, within=request.input_root) as source,
-            self.storage.open_write(request.output_location, accept) as sink,
-        ):
+        with contextlib.ExitStack() as stack:
+            try:
+                source = stack.enter_context(
+                    self.storage.open_read(request.input_location, within=request.input_root)
+                )
+            except StorageRefused as exc:  # the caller's location (``as_judged``)
+                raise InputRefused(exc) from exc
+            sink = stack.enter_context(self.storage.open_write(request.output_location, accept))
             content_type = codecs.content_type_of(request.content_type)
             cap = self.input_caps.get(content_type)
             head = _Head(sink, INLINE_RESULT_LIMIT)

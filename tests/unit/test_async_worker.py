@@ -348,20 +348,31 @@ def test_a_storage_outage_is_waited_out_holding_the_request_not_spent_in_attempt
 
 
 class RevokedKeyStore(FileStore):
-    """Refuses the worker, as S3 refuses a revoked key, the first ``refusals`` looks."""
+    """Refuses the worker, as S3 refuses a revoked key, the first ``refusals`` calls of
+    ``refused`` (the look for a result, or the output's write)."""
 
-    def __init__(self, refusals: int) -> None:
-        self.refusals = refusals
+    def __init__(self, refusals: int, refused: str = "exists") -> None:
+        self.refusals, self.refused = refusals, refused
 
-    def exists(self, ref: ObjectRef) -> bool:
-        if self.refusals > 0:
+    def refuse(self, method: str, ref: ObjectRef) -> None:
+        if method == self.refused and self.refusals > 0:
             self.refusals -= 1
             raise StorageRefused(f"s3 refused access to {ref.uri}: InvalidAccessKeyId")
+
+    def exists(self, ref: ObjectRef) -> bool:
+        self.refuse("exists", ref)
         return super().exists(ref)
 
+    def open_write(
+        self, ref: ObjectRef, content_type: str | None = None
+    ) -> contextlib.AbstractContextManager[IO[bytes]]:
+        self.refuse("open_write", ref)
+        return super().open_write(ref, content_type)
 
+
+@pytest.mark.parametrize("refused", ["exists", "open_write"])
 def test_the_endpoints_own_storage_refusing_the_worker_is_waited_out_not_the_requests_end(
-    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path
+    model: XGBoostModel, notifier: RecordingNotifier, tmp_path: Path, refused: str
 ) -> None:
     """A storage Secret rotated under a running worker: its output store refuses its key. That
     is no fault of the request, which ended StorageRefused on its first attempt; it is held
@@ -369,7 +380,7 @@ def test_the_endpoints_own_storage_refusing_the_worker_is_waited_out_not_the_req
     settings = WorkerSettings(endpoint="ep", model_uri="unused", retry_backoff_seconds=0,
                               storage_wait_seconds=60)  # fmt: skip
     registry = CollectorRegistry()
-    processor = Processor(settings, model, Storage(file_store=RevokedKeyStore(refusals=2)),
+    processor = Processor(settings, model, Storage(file_store=RevokedKeyStore(2, refused)),
                           notifier, WorkerMetrics(registry), threading.Event())  # fmt: skip
     assert processor.handle(request(tmp_path), 0) == Result(Settle.ACK, "success")
     assert (tmp_path / "out/r1.out").exists()
